@@ -1,0 +1,342 @@
+"""Neural flows (Biloš et al. 2021): closed-form solution curves ``F(t, x)`` with ``F(0, x) = x``.
+
+Every flow is invertible in ``x`` for fixed ``t`` (under the conditions stated per flow) and batched:
+``x`` is ``[..., D]`` (e.g. ``[B, T, D]`` or ``[B, D]``) and ``t`` is ``[..., 1]`` broadcastable to it (``[B, T, 1]``,
+``[T, 1]``; a ``t`` without the trailing 1, i.e. ``x.shape[:-1]`` or ``[T]`` against ``[B, T, D]``, is accepted
+too). A whole trajectory at T times is therefore ONE call — no loop over time.
+
+Layers
+------
+* :class:`ResNetFlowLayer` — ``F(t, x) = x + φ(t) ⊙ g(t, x)``, ``g`` an MLP on ``[x, t]`` whose every linear layer
+  is spectrally normalised to ``coeff`` (0.9) and whose activations are 1-Lipschitz, so
+  ``Lip_x(g) <= coeff^(num_layers+1) < 1`` globally. Invertible wherever ``|φ(t)| <= 1``.
+* :class:`GRUFlowLayer` — ``F(t, h) = h + φ(t) ⊙ z ⊙ (c − h)`` with ``z = 2/5·σ(W_z[h, t])``,
+  ``r = 4/5·σ(W_r[h, t])``, ``c = tanh(W_c[r ⊙ h, t])``, the three maps spectrally normalised. The theorem of
+  the paper gives ``Lip_h(z ⊙ (c − h)) < 1`` for hidden states in ``(−1, 1)^D`` (the GRU regime); then it is
+  invertible wherever ``|φ(t)| <= 1``. For ``φ in [0, 1]`` the map keeps ``(−1, 1)^D`` invariant (convex
+  combination of ``h`` and ``c``).
+* :class:`CouplingFlowLayer` — affine coupling: ``y_A = x_A ⊙ exp(u(t, x_B) ⊙ φ_u(t)) + v(t, x_B) ⊙ φ_v(t)``,
+  ``y_B = x_B``; the split alternates between layers (even / odd channels); with one channel the networks
+  see only ``t``. Always invertible, closed-form inverse.
+
+Residual layers (ResNet, GRU) are inverted by the fixed-point iteration ``x ← y − φ(t) ⊙ g(t, x)``, a
+contraction with rate ``|φ|·Lip(g) < 1``. Invertibility of the ResNet and GRU flows needs ``|φ| <= 1``: use a
+bounded embedding (``tanh`` or ``fourier_bounded``); with an unbounded one (``linear``, ``log``, ``fourier``)
+the forward map is still defined and ``F(0, x) = x`` still holds, but invertibility is only guaranteed
+where ``|φ(t)| < 1 / Lip(g)`` (see :attr:`Flow.guaranteed_invertible`).
+
+Stacks
+------
+:class:`ResNetFlow`, :class:`GRUFlow`, :class:`CouplingFlow` compose ``flow_layers`` layers,
+``F = F_L ∘ … ∘ F_1`` (each layer with its own time embedding); the inverse runs through the stack backwards.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.models.nets import (
+    SpectralNormLinear,
+    check_positive_int,
+    make_activation,
+    mlp,
+    spectral_mlp,
+)
+from ts_neuralode.models.time_embedding import make_time_embedding
+
+
+def broadcast_time(t: Tensor | float, x: Tensor) -> Tensor:
+    """Return ``t`` as ``[*x.shape[:-1], 1]`` in ``x``'s dtype/device (see the module docstring)."""
+    if not torch.is_tensor(t):
+        t = torch.tensor(float(t))
+    t = t.to(dtype=x.dtype, device=x.device)
+    if t.dim() > 0 and (t.shape[-1] != 1 or t.dim() == x.dim() - 1):
+        t = t.unsqueeze(-1)
+    try:
+        return t.expand(*x.shape[:-1], 1)
+    except RuntimeError:
+        raise ValueError(
+            f"flow time of shape {tuple(t.shape)} does not broadcast to the state {tuple(x.shape)}; "
+            "pass t as [..., 1] matching x [..., D] (e.g. [B, T, 1] for [B, T, D])"
+        ) from None
+
+
+class Flow(nn.Module):
+    """Base class: ``forward(t, x) -> y`` and ``inverse(t, y) -> x``, both ``[..., D]``."""
+
+    dim: int
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def guaranteed_invertible(self) -> bool:
+        """True when the construction guarantees invertibility for every ``t`` (see module docstring)."""
+        return True
+
+
+class ResidualFlowLayer(Flow):
+    """``F(t, x) = x + φ(t) ⊙ g(t, x)`` with ``Lip_x(g) < 1``; subclasses define :meth:`residual` (``g``)."""
+
+    def __init__(self, dim: int, time_embedding: str, time_embedding_features: int) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.embedding = make_time_embedding(time_embedding, dim, num_features=time_embedding_features)
+
+    def residual(self, t: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t = broadcast_time(t, x)
+        return x + self.embedding(t) * self.residual(t, x)
+
+    def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+        """Fixed-point iteration ``x ← y − φ(t) ⊙ g(t, x)`` from ``x = y`` until the largest change is
+        ``<= tol`` (at most ``iters`` iterations; a RuntimeWarning if it did not converge). The iterations run
+        without autograd; one final differentiable step gives gradients of a first-order approximation."""
+        t = broadcast_time(t, y)
+        phi = self.embedding(t)
+        x, delta = y, math.inf
+        with torch.no_grad():
+            converged = False
+            for _ in range(iters):
+                x_new = y - phi * self.residual(t, x)
+                delta = (x_new - x).abs().max().item() if x.numel() else 0.0
+                x = x_new
+                if delta <= tol:
+                    converged = True
+                    break
+        if not converged:
+            warnings.warn(
+                f"{type(self).__name__}.inverse did not converge to tol={tol} in {iters} iterations "
+                f"(last change {delta:.3g}); is |φ(t)| <= 1 (bounded time embedding) and the state in range?",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return y - phi * self.residual(t, x.detach())
+
+    @property
+    def guaranteed_invertible(self) -> bool:
+        return self.embedding.bound <= 1.0
+
+
+class ResNetFlowLayer(ResidualFlowLayer):
+    """ResNet flow layer; ``g`` = spectral-normalised MLP ``[x, t] -> hidden_dim × num_layers -> D``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        activation: str = "tanh",
+        time_embedding: str = "fourier_bounded",
+        time_embedding_features: int = 8,
+        coeff: float = 0.9,
+        n_power_iterations: int = 3,
+    ) -> None:
+        super().__init__(dim, time_embedding, time_embedding_features)
+        self.net = spectral_mlp(
+            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation,
+            coeff=coeff, n_power_iterations=n_power_iterations,
+        )
+
+    def residual(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.net(torch.cat([x, t], dim=-1))
+
+
+class GRUFlowLayer(ResidualFlowLayer):
+    """GRU flow layer (see the module docstring); gates act on ``[h, t]``."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        time_embedding: str = "fourier_bounded",
+        time_embedding_features: int = 8,
+        coeff: float = 0.9,
+        n_power_iterations: int = 3,
+    ) -> None:
+        super().__init__(dim, time_embedding, time_embedding_features)
+        kw = dict(coeff=coeff, n_power_iterations=n_power_iterations)
+        self.lin_z = SpectralNormLinear(dim + 1, dim, **kw)
+        self.lin_r = SpectralNormLinear(dim + 1, dim, **kw)
+        self.lin_c = SpectralNormLinear(dim + 1, dim, **kw)
+
+    def residual(self, t: Tensor, h: Tensor) -> Tensor:
+        ht = torch.cat([h, t], dim=-1)
+        z = 0.4 * torch.sigmoid(self.lin_z(ht))
+        r = 0.8 * torch.sigmoid(self.lin_r(ht))
+        c = torch.tanh(self.lin_c(torch.cat([r * h, t], dim=-1)))
+        return z * (c - h)
+
+
+class CouplingFlowLayer(Flow):
+    """Affine coupling layer; ``parity`` picks the transformed channels A = {i : i % 2 == parity}
+    (with one channel, A = {0} and the networks see only ``t``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        parity: int = 0,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        activation: str = "tanh",
+        time_embedding: str = "fourier",
+        time_embedding_features: int = 8,
+    ) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        idx = torch.arange(dim)
+        in_a = (idx % 2 == parity % 2) if dim > 1 else torch.ones(1, dtype=torch.bool)
+        idx_a, idx_b = idx[in_a], idx[~in_a]
+        self.register_buffer("idx_a", idx_a, persistent=False)
+        self.register_buffer("idx_b", idx_b, persistent=False)
+        # y = cat([y_A, x_B])[..., inv_perm] puts every channel back in place
+        self.register_buffer("inv_perm", torch.argsort(torch.cat([idx_a, idx_b])), persistent=False)
+        na, nb = len(idx_a), len(idx_b)
+        self.net = mlp(nb + 1, 2 * na, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation)
+        self.embedding = make_time_embedding(time_embedding, 2 * na, num_features=time_embedding_features)
+
+    def _scale_shift(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        xb = x.index_select(-1, self.idx_b)
+        u, v = self.net(torch.cat([xb, t], dim=-1)).chunk(2, dim=-1)
+        phi_u, phi_v = self.embedding(t).chunk(2, dim=-1)
+        return u * phi_u, v * phi_v
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t = broadcast_time(t, x)
+        log_scale, shift = self._scale_shift(t, x)
+        ya = x.index_select(-1, self.idx_a) * torch.exp(log_scale) + shift
+        return torch.cat([ya, x.index_select(-1, self.idx_b)], dim=-1).index_select(-1, self.inv_perm)
+
+    def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+        """Closed form ``x_A = (y_A − v ⊙ φ_v) ⊙ exp(−u ⊙ φ_u)`` (``iters``/``tol`` unused)."""
+        t = broadcast_time(t, y)
+        log_scale, shift = self._scale_shift(t, y)  # y_B == x_B
+        xa = (y.index_select(-1, self.idx_a) - shift) * torch.exp(-log_scale)
+        return torch.cat([xa, y.index_select(-1, self.idx_b)], dim=-1).index_select(-1, self.inv_perm)
+
+
+class FlowStack(Flow):
+    """Composition ``F_L ∘ … ∘ F_1`` of flow layers sharing ``t``."""
+
+    def __init__(self, layers: list[Flow]) -> None:
+        super().__init__()
+        if not layers:
+            raise ConfigError("flow_layers=0 is invalid; a flow needs at least one layer (flow_layers >= 1)")
+        self.dim = layers[0].dim
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        t = broadcast_time(t, x)
+        for layer in self.layers:
+            x = layer(t, x)
+        return x
+
+    def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+        t = broadcast_time(t, y)
+        for layer in reversed(self.layers):
+            y = layer.inverse(t, y, iters=iters, tol=tol)
+        return y
+
+    @property
+    def guaranteed_invertible(self) -> bool:
+        return all(layer.guaranteed_invertible for layer in self.layers)
+
+
+class ResNetFlow(FlowStack):
+    """Stack of ``flow_layers`` :class:`ResNetFlowLayer`s."""
+
+    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+        check_positive_int(flow_layers, "flow_layers")
+        super().__init__([ResNetFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+
+
+class GRUFlow(FlowStack):
+    """Stack of ``flow_layers`` :class:`GRUFlowLayer`s."""
+
+    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+        check_positive_int(flow_layers, "flow_layers")
+        super().__init__([GRUFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+
+
+class CouplingFlow(FlowStack):
+    """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits."""
+
+    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+        check_positive_int(flow_layers, "flow_layers")
+        super().__init__([CouplingFlowLayer(dim, parity=i, **layer_kwargs) for i in range(flow_layers)])
+
+
+FLOWS: dict[str, type[FlowStack]] = {
+    "resnet_flow": ResNetFlow,
+    "gru_flow": GRUFlow,
+    "coupling_flow": CouplingFlow,
+}
+
+
+def make_flow(
+    kind: str,
+    dim: int,
+    *,
+    flow_layers: int = 2,
+    hidden_dim: int = 64,
+    num_layers: int = 2,
+    activation: str = "tanh",
+    time_embedding: str = "fourier",
+    time_embedding_features: int = 8,
+    coeff: float = 0.9,
+    n_power_iterations: int = 3,
+) -> FlowStack:
+    """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``).
+
+    Options that a kind has no use for are ignored (the GRU flow's gates are single linear maps, so it
+    ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff``), so one set of
+    options serves every kind.
+    """
+    if kind not in FLOWS:
+        raise ConfigError(f"flow kind={kind!r} is not supported; choose one of {', '.join(FLOWS)}")
+    check_positive_int(dim, "dim")
+    check_positive_int(hidden_dim, "hidden_dim")
+    check_positive_int(num_layers, "num_layers", minimum=0)
+    make_activation(activation, lipschitz=kind == "resnet_flow")  # validates early with a clear error
+    if not (isinstance(coeff, (int, float)) and 0 < coeff < 1):
+        raise ConfigError(f"coeff={coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
+    common = dict(time_embedding=time_embedding, time_embedding_features=time_embedding_features)
+    if kind == "resnet_flow":
+        return ResNetFlow(
+            dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation,
+            coeff=coeff, n_power_iterations=n_power_iterations, **common,
+        )
+    if kind == "gru_flow":
+        return GRUFlow(dim, flow_layers=flow_layers, coeff=coeff, n_power_iterations=n_power_iterations, **common)
+    return CouplingFlow(
+        dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
+    )
+
+
+__all__ = [
+    "broadcast_time",
+    "Flow",
+    "ResidualFlowLayer",
+    "ResNetFlowLayer",
+    "GRUFlowLayer",
+    "CouplingFlowLayer",
+    "FlowStack",
+    "ResNetFlow",
+    "GRUFlow",
+    "CouplingFlow",
+    "FLOWS",
+    "make_flow",
+]
+
