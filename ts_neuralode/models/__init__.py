@@ -1,0 +1,40 @@
+"""Forecasting models (plain nn.Modules) on one evolution interface (ODE or neural flow).
+
+``MODELS`` maps a model name to its class; every class takes ``input_dim`` and ``evolution`` (a kind
+string: "ode", "resnet_flow", "gru_flow", "coupling_flow") plus the shared evolution options.
+"""
+
+from ts_neuralode.models.base import Forecast, ForecastModel
+from ts_neuralode.models.gru_ode import GRUODE
+from ts_neuralode.models.latent_ode import LatentODE
+from ts_neuralode.models.ode_rnn import ODERNN
+
+MODELS = {"latent_ode": LatentODE, "ode_rnn": ODERNN, "gru_ode": GRUODE}
+
+__all__ = ["Forecast", "ForecastModel", "LatentODE", "ODERNN", "GRUODE", "MODELS"]
+
+
+def build_model(name: str, **kwargs) -> ForecastModel:
+    """``MODELS[name](**kwargs)`` with one-line errors for an unknown name or option."""
+    import inspect
+
+    from ts_neuralode.errors import ConfigError
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"model {name!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+    return cls(**kwargs)
+
+
+def model_options(name: str) -> set[str]:
+    """The constructor options of ``MODELS[name]``."""
+    import inspect
+
+    return set(inspect.signature(MODELS[name].__init__).parameters) - {"self"}
+
+
+__all__ += ["build_model", "model_options"]

@@ -1,0 +1,181 @@
+"""ForecastingModule: the thin LightningModule around any model in ``ts_neuralode.models.MODELS``.
+
+All science lives in the model (``loss``/``forecast``); this module builds it from plain JSON-able
+hyperparameters (``save_hyperparameters()``: a checkpoint reloads from weights + config, nothing
+pickled), sets the training epoch on the model (KL annealing), and logs:
+
+- every stage: ``{stage}_loss`` and the model's own terms ``{stage}_<name>`` (e.g. ``train_mse``,
+  ``train_kl``);
+- training: ``nfe`` (mean function evaluations per sample in the forward pass; 0 for flows) and
+  ``batch_time`` (seconds per training batch: forward, backward and optimiser step);
+- validation/test, from the forecast at the batch's times (conditioned on ``obs_mask`` only, with
+  ``eval_samples`` samples): ``{stage}_mse``/``{stage}_mae`` over all target points,
+  ``{stage}_interp_mse``/``_mae`` over held-out targets at or before the series' cutoff (interpolation),
+  ``{stage}_extrap_mse``/``_mae`` over targets after the cutoff (extrapolation), ``{stage}_crps`` over
+  all targets, and ``{stage}_nfe``. The interp/extrap pairs are logged only when such points exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from ts_neuralode.data.batch import Batch
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE
+from ts_neuralode.models import Forecast, build_model, model_options
+
+_STAGES = ("val", "test")
+_METRICS = {
+    "mse": MaskedMSE, "mae": MaskedMAE, "interp_mse": MaskedMSE, "interp_mae": MaskedMAE,
+    "extrap_mse": MaskedMSE, "extrap_mae": MaskedMAE, "crps": MaskedCRPS,
+}
+
+
+class ForecastingModule(pl.LightningModule):
+    """Lightning wrapper of one forecasting model.
+
+    Args:
+        model: "latent_ode", "ode_rnn" or "gru_ode".
+        input_dim: number of channels D (the DataModule's ``num_channels``).
+        evolution: "ode", "resnet_flow", "gru_flow" or "coupling_flow" — the only switch between an ODE
+            and a flow variant.
+        latent_dim, hidden_dim, num_layers: state size; width/depth of the networks.
+        method, rtol, atol, step_size, adjoint: ODE solver options (ignored by flows).
+        flow_layers, time_embedding: flow options (ignored by ODEs).
+        model_kwargs: further model-specific options (e.g. ``{"obs_std": 0.01, "encoder_method": "euler"}``
+            for the latent ODE, ``{"loss": "mse"}`` for ODE-RNN); plain JSON-able values.
+        lr, weight_decay: Adam.  lr_decay_every, lr_decay_gamma: StepLR every N epochs (0: off).
+        kl_warmup_epochs, iwae_samples: latent ODE KL annealing and IWAE samples (other models ignore them).
+        eval_samples: samples per forecast for validation/test/predict (probabilistic metrics).
+    Gradient clipping is a Trainer option (``gradient_clip_val``).
+    """
+
+    def __init__(
+        self,
+        model: str = "latent_ode",
+        input_dim: int = 1,
+        evolution: str = "ode",
+        latent_dim: int = 16,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        step_size: float | None = None,
+        adjoint: bool = False,
+        flow_layers: int = 2,
+        time_embedding: str = "fourier",
+        model_kwargs: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_decay_every: int = 0,
+        lr_decay_gamma: float = 0.5,
+        kl_warmup_epochs: int = 10,
+        iwae_samples: int = 3,
+        eval_samples: int = 8,
+    ) -> None:
+        super().__init__()
+        if model_kwargs is not None and not isinstance(model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict of options, got {type(model_kwargs).__name__}")
+        if eval_samples < 1:
+            raise ConfigError(f"eval_samples={eval_samples} must be >= 1")
+        self.save_hyperparameters()
+        kwargs = dict(
+            input_dim=input_dim, evolution=evolution, latent_dim=latent_dim, hidden_dim=hidden_dim,
+            num_layers=num_layers, method=method, rtol=rtol, atol=atol, step_size=step_size, adjoint=adjoint,
+            flow_layers=flow_layers, time_embedding=time_embedding,
+        )
+        accepted = model_options(model) if model in _known_models() else set()
+        for name, value in (("kl_warmup_epochs", kl_warmup_epochs), ("iwae_samples", iwae_samples)):
+            if name in accepted:
+                kwargs[name] = value
+        kwargs.update(model_kwargs or {})
+        self.model = build_model(model, **kwargs)
+        self.metrics = nn.ModuleDict(
+            {stage: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}) for stage in _STAGES}
+        )
+        self._batch_start = 0.0
+
+    # -- training ------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.model.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, logs = self.model.loss(batch)
+        bs = batch.batch_size
+        self.log("train_loss", loss.detach(), batch_size=bs, prog_bar=True, on_step=False, on_epoch=True)
+        for name, value in logs.items():
+            self.log(f"train_{name}", value, batch_size=bs, on_step=False, on_epoch=True)
+        self.log("nfe", float(self.model.last_nfe), batch_size=bs, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        self.log("batch_time", time.perf_counter() - self._batch_start, batch_size=batch.batch_size,
+                 on_step=False, on_epoch=True)
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def _eval_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        bs = batch.batch_size
+        loss, _ = self.model.loss(batch)
+        self.log(f"{stage}_loss", loss, batch_size=bs, prog_bar=True, sync_dist=True)
+        forecast = self.model.predict(batch, num_samples=self.hparams.eval_samples)
+        self.log(f"{stage}_nfe", float(self.model.last_nfe), batch_size=bs, sync_dist=True)
+        target = batch.target_mask
+        after = (batch.times_per_sample() > batch.cutoff.unsqueeze(1)).unsqueeze(-1).to(target.dtype)
+        masks = {
+            "mse": target, "mae": target, "crps": target,
+            "interp_mse": batch.held_out_mask * (1 - after), "interp_mae": batch.held_out_mask * (1 - after),
+            "extrap_mse": target * after, "extrap_mae": target * after,
+        }
+        for name, metric in self.metrics[stage].items():
+            pred = forecast if name == "crps" else forecast.mean
+            metric.update(pred, batch.values, masks[name])
+        return loss
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for name, metric in self.metrics[stage].items():
+            value = metric.compute()  # synced across ranks before the count check: same on every rank
+            if torch.isfinite(value):
+                self.log(f"{stage}_{name}", value, prog_bar=name == "mse")
+            metric.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Forecast:
+        """The forecast at the batch's own times (``eval_samples`` samples)."""
+        return self.model.predict(batch, num_samples=self.hparams.eval_samples).detach()
+
+    def forecast(self, batch: Batch, query_times: torch.Tensor, num_samples: int | None = None) -> Forecast:
+        """Forecast at arbitrary query times ``[Tq]`` or ``[B, Tq]`` (normalised units)."""
+        return self.model.forecast(batch, query_times, num_samples=num_samples or self.hparams.eval_samples)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_decay_every and self.hparams.lr_decay_every > 0:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_decay_every,
+                                                    gamma=self.hparams.lr_decay_gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt
+
+
+def _known_models() -> set[str]:
+    from ts_neuralode.models import MODELS
+
+    return set(MODELS)

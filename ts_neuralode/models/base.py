@@ -1,0 +1,232 @@
+"""Model base class, the Forecast container and the time-grid helpers every model shares.
+
+Every model is a plain ``nn.Module`` subclass of :class:`ForecastModel` that owns one (or two)
+:class:`~ts_neuralode.models.evolution.Evolution` modules built from a kind string. Switching ODE ↔ flow
+changes exactly that option; every other parameter-bearing component is built the same way, so an ODE
+and a flow variant have identical ``state_dict`` keys outside their ``evolution.`` sub-modules.
+
+Grids. A batch's times are ``[T]`` (union grid) or ``[B, T]`` (per-series padded grid, ``time_mask``
+False on padding). Query times are ``[Tq]`` or ``[B, Tq]``. :func:`merge_grid` merges both into one
+strictly increasing grid per sample (shared ``[N]`` when both inputs are shared) and says where the
+batch's points and the queries sit in it, so a model runs one pass over the merged grid and reads the
+queries off it — interpolation (queries among the observations) and extrapolation (queries beyond the
+last one) go through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ts_neuralode.data.batch import Batch
+from ts_neuralode.errors import ConfigError, ForecastError
+
+
+@dataclass
+class Forecast:
+    """A probabilistic forecast at query times.
+
+    Attributes:
+        mean: ``[B, Tq, D]`` point forecast (mean over samples, or the Gaussian mean).
+        samples: ``[S, B, Tq, D]`` sample paths (``S = 1`` for a deterministic point forecast).
+        std: ``[B, Tq, D]`` predictive standard deviation of a Gaussian output, or None when the
+            predictive distribution is only known through ``samples``.
+        times: ``[Tq]`` or ``[B, Tq]`` the query times (normalised units).
+    """
+
+    mean: Tensor
+    samples: Tensor
+    std: Tensor | None = None
+    times: Tensor | None = None
+
+    def quantile(self, q: float) -> Tensor:
+        """``[B, Tq, D]`` the q-quantile: empirical over samples when there are several, else Gaussian."""
+        if not 0.0 < q < 1.0:
+            raise ForecastError(f"quantile level {q} is outside (0, 1); pass e.g. 0.05 or 0.95")
+        if self.samples.shape[0] > 1:
+            return torch.quantile(self.samples, q, dim=0)
+        if self.std is not None:
+            z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=self.mean.dtype))
+            return self.mean + z.to(self.mean.device) * self.std
+        return self.mean
+
+    def detach(self) -> "Forecast":
+        d = lambda x: None if x is None else x.detach()  # noqa: E731
+        return Forecast(self.mean.detach(), self.samples.detach(), d(self.std), d(self.times))
+
+
+class Grid(NamedTuple):
+    """A merged, strictly increasing time grid (per valid part of each row).
+
+    times: ``[N]`` shared or ``[B, N]`` per sample (padding repeats the row's last time).
+    valid: ``[B, N]`` bool, False on padding.
+    values: ``[B, N, D]`` the batch's values placed on the grid (0 elsewhere).
+    obs_mask: ``[B, N, D]`` the conditioning mask on the grid.
+    target_mask: ``[B, N, D]`` the scoring mask on the grid.
+    query_idx: ``[B, Tq]`` long, position of each query time in the grid (None: the grid is the batch's).
+    """
+
+    times: Tensor
+    valid: Tensor
+    values: Tensor
+    obs_mask: Tensor
+    target_mask: Tensor
+    query_idx: Tensor | None
+
+    @property
+    def per_sample_times(self) -> Tensor:
+        if self.times.dim() == 1:
+            return self.times.unsqueeze(0).expand(self.valid.shape[0], -1)
+        return self.times
+
+
+def _batch_valid(batch: Batch) -> Tensor:
+    """``[B, T]`` bool: positions a model steps through (all union times; real points per series)."""
+    if batch.shared_grid:
+        return torch.ones(batch.values.shape[:2], dtype=torch.bool, device=batch.values.device)
+    return batch.time_mask.bool()
+
+
+def batch_grid(batch: Batch) -> Grid:
+    """The batch's own grid (the loss path: no extra query times)."""
+    return Grid(batch.times, _batch_valid(batch), batch.values, batch.obs_mask, batch.target_mask, None)
+
+
+def merge_grid(batch: Batch, query_times: Tensor) -> Grid:
+    """Merge the batch's times with ``query_times`` ([Tq] or [B, Tq]) into one grid per sample."""
+    B, T, D = batch.values.shape
+    q = query_times.to(device=batch.values.device, dtype=batch.values.dtype)
+    if q.dim() not in (1, 2) or (q.dim() == 2 and q.shape[0] != B):
+        raise ForecastError(
+            f"query_times has shape {tuple(q.shape)}; pass [Tq] or [B, Tq] with B = {B} (the batch size)"
+        )
+    if not torch.isfinite(q).all():
+        raise ForecastError("query_times contain NaN or inf; pass finite times in the model's normalised units")
+    if batch.shared_grid and q.dim() == 1:
+        grid, inverse = torch.unique(torch.cat([batch.times, q]), sorted=True, return_inverse=True)
+        n = grid.shape[0]
+        pos = inverse[:T].unsqueeze(0).expand(B, -1)
+        qidx = inverse[T:].unsqueeze(0).expand(B, -1)
+        valid = torch.ones(B, n, dtype=torch.bool, device=grid.device)
+    else:
+        bt = batch.times_per_sample()
+        bvalid = _batch_valid(batch)
+        qt = q.unsqueeze(0).expand(B, -1) if q.dim() == 1 else q
+        allt = torch.cat([bt, qt], dim=1)
+        allv = torch.cat([bvalid, torch.ones_like(qt, dtype=torch.bool)], dim=1)
+        key = torch.where(allv, allt, torch.full_like(allt, float("inf")))
+        skey, order = torch.sort(key, dim=1, stable=True)
+        new = torch.ones_like(skey, dtype=torch.bool)
+        new[:, 1:] = skey[:, 1:] != skey[:, :-1]
+        new &= torch.isfinite(skey)
+        rank = torch.cumsum(new.long(), dim=1) - 1  # grid position of each sorted entry
+        counts = new.sum(1)
+        n = int(counts.max())
+        fin = torch.isfinite(skey)
+        first = fin & new
+        # Scatter each distinct time to its rank; everything else goes to a dummy slot n.
+        grid_ext = torch.zeros(B, n + 1, dtype=allt.dtype, device=allt.device)
+        grid_ext.scatter_(1, torch.where(first, rank, torch.full_like(rank, n)), torch.where(first, skey, 0.0))
+        grid = grid_ext[:, :n]
+        ar = torch.arange(n, device=grid.device).unsqueeze(0)
+        valid = ar < counts.unsqueeze(1)
+        last = grid.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
+        grid = torch.where(valid, grid, last)
+        entry_rank = torch.empty_like(rank)
+        entry_rank.scatter_(1, order, rank)  # position in the grid of every original entry
+        pos = entry_rank[:, :T].clamp(0, n - 1)
+        qidx = entry_rank[:, T:]
+    vals = torch.zeros(B, n + 1, D, dtype=batch.values.dtype, device=batch.values.device)
+    om = torch.zeros_like(vals)
+    tm = torch.zeros_like(vals)
+    # Positions of invalid batch entries (padding) go to the dummy slot n.
+    bpos = torch.where(_batch_valid(batch), pos, torch.full_like(pos, n)).unsqueeze(-1).expand(-1, -1, D)
+    vals.scatter_(1, bpos, batch.values)
+    om.scatter_(1, bpos, batch.obs_mask)
+    tm.scatter_(1, bpos, batch.target_mask)
+    return Grid(grid, valid, vals[:, :n], om[:, :n], tm[:, :n], qidx)
+
+
+def gather_queries(x: Tensor, query_idx: Tensor | None) -> Tensor:
+    """Pick query positions out of ``x`` [..., B, N, C] (no-op when ``query_idx`` is None)."""
+    if query_idx is None:
+        return x
+    idx = query_idx.unsqueeze(-1).expand(*query_idx.shape, x.shape[-1])
+    idx = idx.expand(*x.shape[:-3], *idx.shape) if x.dim() > 3 else idx
+    return x.gather(-2, idx)
+
+
+def check_batch(batch: Batch, input_dim: int, where: str) -> None:
+    """Raise a one-line DataError-style ForecastError when the batch does not fit the model."""
+    if batch.values.dim() != 3 or batch.values.shape[-1] != input_dim:
+        raise ForecastError(
+            f"{where}: batch values have shape {tuple(batch.values.shape)} but the model was built for "
+            f"input_dim={input_dim}; rebuild the model with input_dim={batch.values.shape[-1]}"
+        )
+
+
+def gaussian_nll(x: Tensor, mean: Tensor, std: Tensor, mask: Tensor) -> Tensor:
+    """Masked Gaussian negative log-likelihood summed over the masked entries (same shapes)."""
+    var = std * std
+    nll = 0.5 * (math.log(2 * math.pi) + torch.log(var) + (x - mean) ** 2 / var)
+    return (nll * mask).sum()
+
+
+def step_mask(times: Tensor, valid: Tensor, i: int) -> tuple[Tensor, Tensor]:
+    """Times ``[2]`` or ``[B, 2]`` and ``t_mask`` ``[B, 2]`` for the step from grid index i-1 to i.
+
+    A step is masked out (the state is carried unchanged) on padding and where the two times coincide.
+    """
+    t = times[..., i - 1 : i + 1]
+    tp = times.unsqueeze(0).expand(valid.shape[0], -1) if times.dim() == 1 else times
+    move = valid[:, i] & (tp[:, i] != tp[:, i - 1])
+    return t, torch.stack([torch.ones_like(move), move], dim=1)
+
+
+class ForecastModel(nn.Module):
+    """Base class: ``loss(batch)`` for training, ``forecast(batch, query_times)`` for prediction.
+
+    Subclasses set ``self.input_dim`` and own their evolution module(s); ``last_nfe`` is the number of
+    function evaluations (mean over samples) that the evolutions spent in the last ``loss``/``forecast``.
+    """
+
+    input_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_nfe = 0.0
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict(self, batch: Batch, num_samples: int = 1) -> Forecast:
+        """Forecast at the batch's own times (``[B, T, D]``; the Lightning metrics score these)."""
+        return self.forecast(batch, batch.times, num_samples=num_samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Hook for schedules that depend on the training epoch (KL annealing); default: nothing."""
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
+        out = evolution(h0, t, t_mask)
+        self.last_nfe += float(getattr(evolution, "last_nfe", 0) or 0)
+        return out
+
+    def _grid(self, batch: Batch, query_times: Tensor | None) -> Grid:
+        check_batch(batch, self.input_dim, type(self).__name__)
+        if query_times is None or (query_times is batch.times):
+            return batch_grid(batch)
+        return merge_grid(batch, query_times)
+
+
+def check_positive(**kwargs: float) -> None:
+    for name, value in kwargs.items():
+        if value is None or value <= 0:
+            raise ConfigError(f"{name}={value} must be a positive number; pass e.g. {name}=1")

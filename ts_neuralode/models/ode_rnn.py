@@ -1,0 +1,63 @@
+"""ODE-RNN (Rubanova et al. 2019) and, with a flow evolution, flow-RNN.
+
+h evolves between observation times by the evolution; at each observation a GRU cell reads
+``[x ⊙ m, m]`` (rows with nothing observed keep h unchanged); a Gaussian read-out MLP(h) → (mean, std)
+gives the prediction at any time from the state just *before* that time's update. Query times after the
+last observation are reached from the last update with one evolution call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ts_neuralode.models.base import check_positive
+from ts_neuralode.models.latent_ode import evolution_options
+from ts_neuralode.models.recurrent import FilteringModel, GRUUpdate, build_evolution, mlp
+
+
+class ODERNN(FilteringModel):
+    """ODE-RNN / flow-RNN forecaster with a Gaussian output.
+
+    Args:
+        input_dim: channels D.  evolution: "ode" or a flow kind.  latent_dim: state size H.
+        hidden_dim/num_layers: width/depth of the vector field or flow nets and of the read-out.
+        method/rtol/atol/step_size/adjoint: ODE solver options.  flow_layers/time_embedding: flow options.
+        vector_field: "mlp" or "gru".  loss: "nll" (Gaussian, learned std) or "mse".  min_std: std floor.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 1,
+        evolution: str = "ode",
+        latent_dim: int = 16,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        step_size: float | None = None,
+        adjoint: bool = False,
+        flow_layers: int = 2,
+        time_embedding: str = "fourier",
+        vector_field: str = "mlp",
+        loss: str = "nll",
+        min_std: float = 1e-3,
+    ) -> None:
+        super().__init__(loss=loss, min_std=min_std)
+        check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, min_std=min_std)
+        self.input_dim = input_dim
+        opts = evolution_options(hidden_dim, num_layers, method, rtol, atol, step_size, adjoint, flow_layers,
+                                 time_embedding, vector_field)
+        self.h0 = nn.Parameter(torch.zeros(latent_dim))
+        self.cell = GRUUpdate(input_dim, latent_dim)
+        self.evolution = build_evolution(evolution, latent_dim, **opts)
+        self.head = mlp(latent_dim, hidden_dim, 2 * input_dim)
+
+    def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = self.head(h).chunk(2, dim=-1)
+        return mean, F.softplus(raw) + self.min_std
+
+    def update(self, h: Tensor, x: Tensor, m: Tensor) -> Tensor:
+        return self.cell(h, x, m)

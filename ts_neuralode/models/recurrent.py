@@ -1,0 +1,201 @@
+"""The recurrent pass shared by ODE-RNN, GRU-ODE-Bayes and the latent ODE encoder.
+
+One loop over a grid: evolve the state from the previous grid time to the next with the model's
+evolution, then apply the model's update where something is observed (rows with nothing observed keep
+their state bit for bit). After the last index at which any series of the batch is observed, nothing is
+left to update, so the rest of the grid is reached with **one** evolution call instead of a step per
+point: extrapolation horizons cost one solve, however many query times they hold.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ts_neuralode.data.batch import Batch
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.models.base import (
+    Forecast,
+    ForecastModel,
+    Grid,
+    check_positive,
+    gather_queries,
+    gaussian_nll,
+    step_mask,
+)
+
+Update = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def build_evolution(kind: str, dim: int, **options) -> nn.Module:
+    """``make_evolution`` from the evolution module (imported late: it lives in a sibling file)."""
+    from ts_neuralode.models.evolution import make_evolution
+
+    return make_evolution(kind, dim, **options)
+
+
+def recurrent_pass(
+    evolve: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    h0: Tensor,
+    times: Tensor,
+    valid: Tensor,
+    x: Tensor,
+    m: Tensor,
+    update: Update,
+    *,
+    record: bool = True,
+    hold: bool = False,
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """Run evolve/update over a grid.
+
+    Args:
+        evolve: ``(h [B, H], t [2] | [B, 2] | [K] | [B, K], t_mask [B, *] | None) -> [B, *, H]``.
+        h0: ``[B, H]`` state at ``times[..., 0]`` before the update there.
+        times: ``[N]`` or ``[B, N]`` grid (increasing or decreasing; padding repeats the last time).
+        valid: ``[B, N]`` bool, False on padding.
+        x, m: ``[B, N, D]`` values and observation mask (0/1) on the grid.
+        update: ``(h, x_i, m_i) -> h_new``; only applied to rows with an observation at step i.
+        record: also return the per-position states.
+        hold: keep each row at ``h0`` until its first observation (the state then does not depend on
+            how many unobserved grid points precede it — used by the latent ODE encoder).
+
+    Returns:
+        ``(pre [B, N, H], post [B, N, H], last [B, H])``: states before and after the update at each
+        position (None unless ``record``), and the state at the last grid position.
+    """
+    B, N, _ = x.shape
+    has_obs = m.sum(-1) > 0  # [B, N]
+    any_obs = has_obs.any(0)
+    last_obs = int(torch.nonzero(any_obs)[-1]) if bool(any_obs.any()) else -1
+    shared = times.dim() == 1
+    pre: list[Tensor] = []
+    post: list[Tensor] = []
+    h = h0
+    started = has_obs[:, 0] if hold else None
+    for i in range(0, last_obs + 1):
+        if i > 0:
+            t, tm = step_mask(times, valid, i)
+            h = evolve(h, t, None if shared else tm)[:, -1]
+            if hold:
+                h = torch.where(started.unsqueeze(-1), h, h0)
+                started = started | has_obs[:, i]
+        if record:
+            pre.append(h)
+        obs_i = has_obs[:, i]
+        h = torch.where(obs_i.unsqueeze(-1), update(h, x[:, i], m[:, i]), h)
+        if record:
+            post.append(h)
+    start = max(last_obs, 0)
+    # Nothing observed at all (last_obs < 0): the states are the evolution of h0 over the whole grid.
+    if start < N - 1 or last_obs < 0:
+        tail_t = times[..., start:]
+        tail_mask = None
+        if not shared:
+            tail_mask = valid[:, start:].clone()
+            tail_mask[:, 0] = True
+            # Coinciding times (a padded row) are carried, not stepped: mask everything after them.
+            tail_mask &= torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]], 1).cummin(1).values
+        tail = evolve(h, tail_t, tail_mask)
+        if record:
+            if last_obs < 0:
+                pre.append(tail[:, 0])
+                post.append(tail[:, 0])
+            pre.extend(tail[:, 1:].unbind(1))
+            post.extend(tail[:, 1:].unbind(1))
+        h = tail[:, -1]
+    if not record:
+        return None, None, h
+    return torch.stack(pre, 1), torch.stack(post, 1), h
+
+
+class GRUUpdate(nn.Module):
+    """Masked GRU update from ``[x ⊙ m, m]``: the ODE-RNN / latent-ODE-encoder observation step."""
+
+    def __init__(self, input_dim: int, state_dim: int) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(2 * input_dim, state_dim)
+
+    def forward(self, h: Tensor, x: Tensor, m: Tensor) -> Tensor:
+        return self.cell(torch.cat([x * m, m], dim=-1), h)
+
+
+def flip_grid(times: Tensor, valid: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reverse a grid in time (for backwards encoders): padding comes first and is stepped over."""
+    return times.flip(-1), valid.flip(-1), x.flip(1), m.flip(1)
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 1, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """``in → hidden (× num_layers, act) → out``."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(d, hidden_dim), act()]
+        d = hidden_dim
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class FilteringModel(ForecastModel):
+    """Base of the filtering models (ODE-RNN, GRU-ODE-Bayes): a state evolved between observations,
+    updated at each, and read out as a Gaussian *before* the update at every grid time (so a prediction
+    at an observed time never sees that observation).
+
+    Subclasses build ``self.evolution``, ``self.h0`` ([H] parameter) and implement ``readout`` and
+    ``update``; ``extra_loss`` adds terms that need the post-update states.
+    Loss: masked Gaussian NLL (``loss="nll"``) or MSE (``loss="mse"``) of the pre-update predictions at
+    every known value (observed or target), divided by their number.
+    """
+
+    def __init__(self, loss: str = "nll", min_std: float = 1e-3) -> None:
+        super().__init__()
+        if loss not in ("nll", "mse"):
+            raise ConfigError(f"loss={loss!r} is not supported; pass loss='nll' or loss='mse'")
+        self.loss_kind = loss
+        self.min_std = float(min_std)
+
+    def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(self, h: Tensor, x: Tensor, m: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_loss(self, post: Tensor, grid: Grid, scored: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def _run(self, grid: Grid) -> tuple[Tensor, Tensor]:
+        x = grid.values * grid.obs_mask
+        h0 = self.h0.expand(x.shape[0], -1)
+        evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
+        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+        return pre, post
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        self.last_nfe = 0.0
+        grid = self._grid(batch, None)
+        pre, post = self._run(grid)
+        mean, std = self.readout(pre)
+        scored = torch.maximum(grid.obs_mask, grid.target_mask)
+        n = scored.sum().clamp_min(1.0)
+        sq = ((mean - grid.values) ** 2 * scored).sum() / n
+        nll = gaussian_nll(grid.values, mean, std, scored) / n
+        loss = nll if self.loss_kind == "nll" else sq
+        logs = {"mse": sq.detach(), "nll": nll.detach()}
+        for name, term in self.extra_loss(post, grid, scored).items():
+            loss = loss + term
+            logs[name] = term.detach()
+        return loss, logs
+
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
+        """Gaussian forecast at the queries; ``num_samples > 1`` also draws sample paths from it."""
+        check_positive(num_samples=num_samples)
+        self.last_nfe = 0.0
+        grid = self._grid(batch, query_times)
+        pre, _ = self._run(grid)
+        mean, std = self.readout(gather_queries(pre, grid.query_idx))
+        if num_samples == 1:
+            samples = mean.unsqueeze(0)
+        else:
+            samples = mean + std * torch.randn(num_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
+        return Forecast(mean=mean, samples=samples, std=std, times=query_times)
