@@ -1,0 +1,196 @@
+"""Public entry point :func:`odeint`: argument checks, one normalisation of time, dispatch to the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .core import SolverStats, solve_adaptive, solve_fixed
+from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
+
+ADJOINT_MODES = ("backsolve", "interpolate")
+
+
+@dataclass
+class Solution:
+    """ys: [B, T, D] solution at the requested times (``ys[:, 0] == y0``); stats: per-sample statistics."""
+
+    ys: Tensor
+    stats: SolverStats
+
+
+def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None):
+    """Check t / t_mask and return (tq [B, T] increasing with padding filled, sign, mask).
+
+    ``sign`` is 1.0, -1.0 (every row backwards) or a [B] tensor (mixed directions); the core integrates in
+    τ = sign·t so that it only ever sees increasing time.
+    """
+    B = y0.shape[0]
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t)
+    if t.dim() not in (1, 2):
+        raise ValueError(f"t must be [T] (shared) or [B, T] (per sample), got shape {tuple(t.shape)}")
+    if t.shape[-1] < 1:
+        raise ValueError("t is empty: pass at least the initial time t[..., 0]")
+    t = t.to(device=y0.device, dtype=y0.dtype)
+    if t.dim() == 1:
+        t = t.unsqueeze(0).expand(B, -1)
+    elif t.shape[0] != B:
+        raise ValueError(f"t is [B, T] with B={t.shape[0]} but y0 has batch {B}: give one time row per sample")
+    T = t.shape[1]
+    if t_mask is not None:
+        if not isinstance(t_mask, Tensor) or t_mask.shape != (B, T):
+            shape = tuple(t_mask.shape) if isinstance(t_mask, Tensor) else type(t_mask).__name__
+            raise ValueError(f"t_mask must be a bool tensor [B, T] = [{B}, {T}], got {shape}")
+        m = t_mask.to(device=y0.device, dtype=torch.bool)
+        if not bool(m[:, 0].all()):
+            raise ValueError("t_mask[:, 0] must be True: the first time of each row is the initial time")
+        if T > 1 and bool((m[:, 1:] & ~m[:, :-1]).any()):
+            rows = torch.nonzero((m[:, 1:] & ~m[:, :-1]).any(1)).flatten()[:5].tolist()
+            raise ValueError(
+                f"t_mask has padding in the middle of row(s) {rows}: put all real times first and pad only at the end"
+            )
+        n_valid = m.sum(1)
+        last = t.gather(1, (n_valid - 1).unsqueeze(1))
+        t = torch.where(m, t, last)  # padded entries read back the row's last real output
+    else:
+        m = None
+        last = t[:, -1:]
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("t contains NaN/inf (in its real part): pass finite times")
+    sign_row = torch.sign(last.squeeze(1) - t[:, 0])
+    sign_row = torch.where(sign_row == 0, torch.ones_like(sign_row), sign_row)
+    if T > 1:
+        d = (t[:, 1:] - t[:, :-1]) * sign_row.unsqueeze(1)
+        valid_pair = m[:, 1:] if m is not None else torch.ones_like(d, dtype=torch.bool)
+        bad = valid_pair & ~(d > 0)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad.any(1)).flatten()[:5].tolist()
+            raise ValueError(
+                f"t must be strictly increasing or strictly decreasing in each row; row(s) {rows} are not "
+                "(sort the times and drop duplicates, or mark padding with t_mask)"
+            )
+    if bool((sign_row > 0).all()):
+        sign = 1.0
+    elif bool((sign_row < 0).all()):
+        sign = -1.0
+    else:
+        sign = sign_row
+    tq = t * (sign.unsqueeze(1) if isinstance(sign, Tensor) else sign)
+    return tq.contiguous(), sign
+
+
+def _wrap(func, sign):
+    if isinstance(sign, float) and sign == 1.0:
+        return func
+    if isinstance(sign, float):
+        return lambda tau, y: -func(-tau, y)
+    s_col = sign.unsqueeze(1)
+    return lambda tau, y: s_col * func(sign * tau, y)
+
+
+def odeint(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    step_size: float | None = None,
+    t_mask: Tensor | None = None,
+    adjoint: bool = False,
+    adjoint_params: Iterable[Tensor] | None = None,
+    adjoint_mode: str = "backsolve",
+    seminorm: bool = True,
+    max_steps: int = 10_000,
+    first_step: float | None = None,
+) -> Solution:
+    """Solve dy/dt = func(t, y) for a batch of initial values, each sample with its own step size.
+
+    Args:
+        func: ``func(t [B], y [B, D]) -> [B, D]``; ``t`` holds each sample's own current time.
+        y0: ``[B, D]`` initial states at ``t[..., 0]``.
+        t: ``[T]`` shared or ``[B, T]`` per-sample output times, strictly monotone (decreasing = backwards).
+        method: euler | midpoint | rk4 (fixed step) | bosh3 | dopri5 | tsit5 (adaptive).
+        rtol, atol: tolerances of the adaptive methods (> 0).
+        step_size: fixed-step methods only; ``None`` steps exactly from output time to output time.
+        t_mask: ``[B, T]`` bool, True = real time; padding only after the real times of a row. Outputs at
+            padded positions repeat the row's last real output.
+        adjoint: gradients by the adjoint method (w.r.t. ``y0`` and ``adjoint_params``, default
+            ``func.parameters()``) instead of backpropagating through the solver's operations.
+        adjoint_mode: "backsolve" (re-integrate y backwards with the adjoint; O(1) memory in the number of
+            steps) or "interpolate" (read y from the forward's accepted steps through the dense output:
+            exact y, memory O(steps·B·D)).
+        seminorm: exclude the parameter adjoints from the backward error norm (fewer backward steps).
+        max_steps: limit on attempted steps (per solve); exceeding it raises SolverError.
+        first_step: initial step size of adaptive methods (default: Hairer's automatic choice).
+
+    Returns:
+        :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
+
+    Raises:
+        ValueError: invalid arguments (the message says what to change).
+        SolverError: max_steps exceeded, step-size underflow or non-finite state (method, time reached and
+            number of failed samples in the message).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    tab = METHODS[method]
+    if not isinstance(y0, Tensor) or y0.dim() != 2:
+        shape = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
+        raise ValueError(f"y0 must be a tensor [B, D] (batch, channels), got {shape}; use y0[None] for one sample")
+    if not y0.is_floating_point():
+        raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}")
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError("y0 contains NaN/inf: pass a finite initial state")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"{name} must be a number > 0, got {tol!r}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    if step_size is not None:
+        if method in ADAPTIVE_METHODS:
+            raise ValueError(
+                f"step_size is for fixed-step methods ({', '.join(FIXED_METHODS)}); for {method} pass "
+                "first_step, or drop step_size"
+            )
+        if not isinstance(step_size, (int, float)) or not step_size > 0:
+            raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
+        step_size = float(step_size)
+    if first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
+        raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
+    if adjoint_mode not in ADJOINT_MODES:
+        raise ValueError(f"unknown adjoint_mode {adjoint_mode!r}; choose one of {', '.join(ADJOINT_MODES)}")
+
+    tq, sign = _normalise_time(y0, t, t_mask)
+    f = _wrap(func, sign)
+    opts = dict(rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
+                step_size=step_size)
+
+    if adjoint:
+        from .adjoint import odeint_adjoint
+
+        if adjoint_params is None:
+            if not isinstance(func, nn.Module):
+                raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to differentiate)")
+            adjoint_params = list(func.parameters())
+        params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
+        ys, stats = odeint_adjoint(f, tab, y0, tq, sign, params, opts, mode=adjoint_mode, seminorm=seminorm)
+        return Solution(ys, stats)
+
+    ys, stats, _ = run_solver(f, tab, y0, tq, sign, opts)
+    return Solution(ys, stats)
+
+
+def run_solver(f, tab, y0, tq, sign, opts, record_all=False):
+    if tab.adaptive:
+        return solve_adaptive(
+            f, tab, y0, tq, rtol=opts["rtol"], atol=opts["atol"], max_steps=opts["max_steps"],
+            first_step=opts["first_step"], sign=sign, record_all=record_all,
+        )
+    return solve_fixed(f, tab, y0, tq, step_size=opts["step_size"], max_steps=opts["max_steps"], sign=sign,
+                       record_all=record_all)
