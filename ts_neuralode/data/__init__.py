@@ -1,5 +1,34 @@
-"""Irregular time series data: CSV/DataFrame reading, validation, scaling, batching, generators."""
+"""Irregular time series data: CSV/DataFrame reading, validation, scaling, batching, generators.
+
+Public API:
+
+* :func:`read_series` -> :class:`SeriesTable` (validated, sorted per-series arrays);
+* :class:`SeriesTransform` (values/time normalisation, JSON state_dict, ``make_batch`` for forecasting:
+  see :mod:`ts_neuralode.data.transform` for the time convention) and :class:`PreparedBatch`;
+* :class:`IrregularTimeSeriesDataModule` (LightningDataModule);
+* :func:`collate` / :class:`SeriesArrays` / :class:`TaskSpec` (batch building);
+* :mod:`ts_neuralode.data.generators` (``generate(name, ...)``, ``cli_main(argv)``).
+"""
 
 from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.collate import Collator, SeriesArrays, TaskSpec, collate
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.data.generators import generate
+from ts_neuralode.data.io import SeriesTable, read_series
+from ts_neuralode.data.timecodec import TimeCodec
+from ts_neuralode.data.transform import PreparedBatch, SeriesTransform
 
-__all__ = ["Batch"]
+__all__ = [
+    "Batch",
+    "Collator",
+    "IrregularTimeSeriesDataModule",
+    "PreparedBatch",
+    "SeriesArrays",
+    "SeriesTable",
+    "SeriesTransform",
+    "TaskSpec",
+    "TimeCodec",
+    "collate",
+    "generate",
+    "read_series",
+]

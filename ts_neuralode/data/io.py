@@ -1,0 +1,395 @@
+"""Reading and validating irregular time series from CSV files or pandas DataFrames.
+
+Formats (every column name can be overridden):
+
+* **long** (default): one row per observation time of one series: ``unique_id, ds, y`` (the Nixtla
+  convention). Several channels = several value columns (``value_cols``). With no id column (or
+  ``id_col=None``) the whole file is one series. Default ``value_cols``: ``["y"]`` if there is a ``y``
+  column, else every numeric column other than id/time/mask.
+* **wide**: a time column plus one column per channel (optionally an id column); default ``value_cols``:
+  every numeric column other than id/time/mask.
+
+Missing values: empty/NaN cells, or explicit 0/1 mask columns (``mask_cols``, aligned with
+``value_cols`` or a ``{value_col: mask_col}`` dict); a value under mask 0 is ignored whatever it holds.
+Other columns (static or categorical covariates) are ignored. Rows may come in any order.
+
+Every user error raises :class:`ts_neuralode.errors.DataError` with one line naming the file, the
+column and the first offending row (``line N`` counts the CSV header as line 1; for DataFrames ``row N``
+is the 0-based position).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, TimeCodec, tz_to_str, unit_to_ns
+from ts_neuralode.errors import ConfigError, DataError
+
+_TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?|UTC|GMT)$"
+
+
+@dataclass
+class SeriesTable:
+    """Validated series, concatenated and sorted by (series, time).
+
+    Attributes:
+        ids: ``[S]`` original series ids (sorted).
+        offsets: ``[S + 1]`` int64: rows of series ``s`` are ``offsets[s]:offsets[s + 1]``.
+        times: ``[N]`` float64 raw float time (see :class:`TimeCodec`), strictly increasing per series.
+        values: ``[N, D]`` float64, NaN where not observed.
+        mask: ``[N, D]`` bool, True where observed. Every row has at least one observed channel.
+        channel_names: the value column names (``D`` of them).
+        codec: the :class:`TimeCodec` that produced ``times``.
+        source: file name or "<DataFrame>", used in messages.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+    mask: np.ndarray
+    channel_names: list[str]
+    codec: TimeCodec
+    source: str = "<DataFrame>"
+    id_col: str | None = "unique_id"
+    time_col: str = "ds"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_series(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def first_times(self) -> np.ndarray:
+        return self.times[self.offsets[:-1]]
+
+    def last_times(self) -> np.ndarray:
+        return self.times[self.offsets[1:] - 1]
+
+    def series_of_rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_series), self.counts)
+
+
+class _Where:
+    """Formats 'file: column 'c', line N' locations for messages."""
+
+    def __init__(self, source: str, is_file: bool, positions: np.ndarray | None = None):
+        self.source, self.is_file = source, is_file
+
+    def row(self, pos: int) -> str:
+        return f"line {int(pos) + 2}" if self.is_file else f"row {int(pos)}"
+
+    def at(self, col: str | None, pos: int | None = None) -> str:
+        parts = [self.source]
+        if col is not None:
+            parts.append(f"column '{col}'")
+        if pos is not None:
+            parts.append(self.row(pos))
+        return ", ".join(parts)
+
+
+def read_frame(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV into a DataFrame, raising DataError for a missing, unreadable or empty file."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise DataError(f"{p}: file not found; check the path")
+    if os.path.isdir(p):
+        raise DataError(f"{p}: is a directory, not a CSV file; pass the path of a .csv file")
+    try:
+        df = pd.read_csv(p, skipinitialspace=True)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{p}: file is empty; it needs a header line and at least 2 rows per series") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: not a readable CSV file ({msg}); save it as comma-separated UTF-8 text") from exc
+    if len(df) == 0:
+        raise DataError(f"{p}: file has a header but no data rows; add observations")
+    return df
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
+    """Column -> float64 array; DataError on the first non-numeric cell and on inf."""
+    if col.dtype.kind in "biuf":
+        arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif col.dtype.kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype):
+        raise DataError(f"{where.at(name)}: holds datetimes, not numbers; list it as the time column or drop it")
+    else:
+        num = pd.to_numeric(col, errors="coerce")
+        bad = num.isna().to_numpy() & col.notna().to_numpy()
+        if bad.any():
+            text = col.astype(str)
+            bad &= text.str.strip().to_numpy() != ""
+        if bad.any():
+            i = _first(bad)
+            raise DataError(
+                f"{where.at(name, i)}: value {str(col.iloc[i])!r} is not a number; fix it or leave the cell empty"
+            )
+        arr = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    inf = np.isinf(arr)
+    if inf.any():
+        i = _first(inf)
+        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it empty")
+    return arr
+
+
+def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
+                codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec]:
+    """Time column -> (raw float64 times, codec). Numbers stay numbers; anything else is parsed as datetimes."""
+    missing = col.isna().to_numpy()
+    if missing.any():
+        i = _first(missing)
+        raise DataError(f"{where.at(name, i)}: timestamp is missing; fill it in or delete the row")
+    is_dt = col.dtype.kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype)
+    if not is_dt and col.dtype.kind in "biuf":
+        t = col.to_numpy(dtype=np.float64)
+        if codec is not None and codec.is_datetime:
+            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass datetimes")
+        inf = np.isinf(t)
+        if inf.any():
+            i = _first(inf)
+            raise DataError(f"{where.at(name, i)}: time {t[i]} is infinite; use finite times")
+        return t, codec or TimeCodec("numeric")
+    if not is_dt:
+        num = pd.to_numeric(col, errors="coerce")
+        if num.notna().all():
+            return _parse_time(num, name, where, time_unit, codec)
+        text = col.astype(str).str.strip()
+        aware = text.str.contains(_TZ_SUFFIX, case=False, regex=True).to_numpy()
+        if aware.any() and not aware.all():
+            i = _first(aware != aware[0])
+            raise DataError(
+                f"{where.at(name, i)}: timestamp {text.iloc[i]!r} is {'timezone-aware' if aware[i] else 'naive'} "
+                f"but {text.iloc[0]!r} ({where.row(0)}) is {'timezone-aware' if aware[0] else 'naive'}; "
+                "give every timestamp an offset or none"
+            )
+        try:
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        except ValueError:  # several UTC offsets (e.g. across a DST change): keep them as UTC
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        bad = parsed.isna().to_numpy()
+        if bad.any():  # not ISO 8601: let pandas/dateutil try the failing cells one format at a time
+            retry = pd.to_datetime(text[bad], format="mixed", errors="coerce", utc=bool(aware[0]))
+            if retry.notna().all():
+                if parsed.dt.tz is not None and retry.dt.tz is not None:
+                    retry = retry.dt.tz_convert(parsed.dt.tz)
+                parsed = parsed.copy()
+                parsed[bad] = retry
+                bad = parsed.isna().to_numpy()
+        if bad.any():
+            i = _first(bad)
+            raise DataError(
+                f"{where.at(name, i)}: cannot parse timestamp {text.iloc[i]!r}; use ISO 8601 such as 2024-01-31 12:00"
+            )
+        col = parsed
+    tz = col.dt.tz
+    if tz is not None:
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
+    if codec is None:
+        unit = time_unit or DEFAULT_TIME_UNIT
+        unit_to_ns(unit)
+        codec = TimeCodec("datetime", unit=unit, tz=tz_to_str(tz), ref_ns=int(ns.min()))
+    else:
+        if not codec.is_datetime:
+            raise DataError(f"{where.at(name)}: times are datetimes but the model was trained on numbers; pass numbers")
+        if (tz is None) != (codec.tz is None):
+            raise DataError(
+                f"{where.at(name)}: timestamps are {'naive' if tz is None else 'timezone-aware'} but the model was "
+                f"trained on {'naive' if codec.tz is None else 'timezone-aware'} ones; convert them"
+            )
+    t = (ns - codec.ref_ns).astype(np.float64) / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+    return t, codec
+
+
+def _resolve_masks(mask_cols: Sequence[str] | Mapping[str, str] | None, value_cols: list[str]) -> dict[str, str]:
+    if mask_cols is None:
+        return {}
+    if isinstance(mask_cols, str):
+        mask_cols = [mask_cols]
+    if isinstance(mask_cols, Mapping):
+        unknown = [k for k in mask_cols if k not in value_cols]
+        if unknown:
+            raise ConfigError(f"mask_cols names value columns {unknown} that are not in value_cols {value_cols}")
+        return dict(mask_cols)
+    mask_cols = list(mask_cols)
+    if len(mask_cols) != len(value_cols):
+        raise ConfigError(
+            f"mask_cols has {len(mask_cols)} names but value_cols has {len(value_cols)}; give one mask per value "
+            "column or a {value_col: mask_col} dict"
+        )
+    return dict(zip(value_cols, mask_cols))
+
+
+def read_series(
+    source: str | os.PathLike | pd.DataFrame,
+    *,
+    format: str = "long",
+    id_col: str | None = "unique_id",
+    time_col: str = "ds",
+    value_cols: Sequence[str] | str | None = None,
+    mask_cols: Sequence[str] | Mapping[str, str] | None = None,
+    time_unit: str | None = None,
+    duplicates: str = "error",
+    min_points: int = 2,
+    codec: TimeCodec | None = None,
+) -> SeriesTable:
+    """Read and validate series from a CSV path or a DataFrame (see the module docstring).
+
+    Args:
+        codec: reuse an existing time codec (the forecaster passes the training one so that new data maps
+            onto the same raw time axis); by default one is built from the data.
+        duplicates: "error" (default) or "mean" (average observed values of rows sharing (id, time)).
+        min_points: series with fewer observation times are dropped with a warning.
+    """
+    if format not in ("long", "wide"):
+        raise ConfigError(f"format={format!r} is not supported; use 'long' or 'wide'")
+    if duplicates not in ("error", "mean"):
+        raise ConfigError(f"duplicates={duplicates!r} is not supported; use 'error' or 'mean'")
+    if isinstance(source, pd.DataFrame):
+        df, where = source, _Where("<DataFrame>", False)
+        if len(df) == 0:
+            raise DataError("<DataFrame>: has no rows; pass at least 2 observations per series")
+    else:
+        df, where = read_frame(source), _Where(os.fspath(source), True)
+    df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+    columns = [str(c) for c in df.columns]
+    df.columns = columns
+
+    def need(col: str, what: str) -> None:
+        if col not in columns:
+            raise DataError(f"{where.source}: missing {what} column '{col}' (columns: {', '.join(columns)}); "
+                            f"rename it or pass {what}_col=...")
+
+    need(time_col, "time")
+    has_id = id_col is not None and id_col in columns
+    if id_col is not None and not has_id and id_col != "unique_id":
+        need(id_col, "id")
+    if isinstance(value_cols, str):
+        value_cols = [value_cols]
+    masks_given = mask_cols if not isinstance(mask_cols, str) else [mask_cols]
+    mask_names = set(masks_given.values() if isinstance(masks_given, Mapping) else (masks_given or []))
+    if value_cols is None:
+        reserved = {time_col, id_col} | mask_names
+        if format == "long" and "y" in columns:
+            value_cols = ["y"]
+        else:
+            value_cols = [c for c in columns if c not in reserved and df[c].dtype.kind in "biuf"]
+        if not value_cols:
+            raise DataError(f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); "
+                            "pass value_cols=[...]")
+    value_cols = list(value_cols)
+    for c in value_cols:
+        if c not in columns:
+            raise DataError(f"{where.source}: missing value column '{c}' (columns: {', '.join(columns)}); "
+                            "rename it or pass value_cols=[...]")
+    masks = _resolve_masks(mask_cols, value_cols)
+    for c in masks.values():
+        if c not in columns:
+            raise DataError(f"{where.source}: missing mask column '{c}' (columns: {', '.join(columns)}); "
+                            "fix mask_cols")
+
+    n = len(df)
+    times, codec = _parse_time(df[time_col], time_col, where, time_unit, codec)
+    values = np.empty((n, len(value_cols)), dtype=np.float64)
+    obs = np.empty((n, len(value_cols)), dtype=bool)
+    for d, c in enumerate(value_cols):
+        v = _to_numeric(df[c], c, where)
+        o = ~np.isnan(v)
+        if c in masks:
+            mc = masks[c]
+            m = _to_numeric(df[mc], mc, where)
+            bad = ~((m == 0) | (m == 1))
+            if bad.any():
+                i = _first(bad)
+                raise DataError(f"{where.at(mc, i)}: mask value {df[mc].iloc[i]!r} is not 0 or 1; use 1 = observed, "
+                                "0 = missing")
+            on = m == 1
+            bad = on & ~o
+            if bad.any():
+                i = _first(bad)
+                raise DataError(f"{where.at(c, i)}: value is empty but its mask '{mc}' is 1; set the mask to 0 or fill "
+                                "in the value")
+            o = on
+            v = np.where(on, v, np.nan)
+        values[:, d], obs[:, d] = v, o
+
+    if has_id:
+        idcol = df[id_col]
+        miss = idcol.isna().to_numpy()
+        if miss.any():
+            i = _first(miss)
+            raise DataError(f"{where.at(id_col, i)}: series id is missing; fill it in or delete the row")
+        codes, uniques = pd.factorize(idcol, sort=True)
+        ids = np.asarray(uniques)
+    else:
+        codes, ids = np.zeros(n, dtype=np.int64), np.asarray(["series_0"], dtype=object)
+
+    order = np.lexsort((times, codes))
+    codes_s, t_s = codes[order], times[order]
+    values, obs = values[order], obs[order]
+    same = (codes_s[1:] == codes_s[:-1]) & (t_s[1:] == t_s[:-1])
+    if same.any():
+        if duplicates == "error":
+            later = order[1:][same]
+            j = int(np.argmin(later))
+            i, first_row = int(later[j]), int(order[:-1][same][j])
+            raise DataError(
+                f"{where.at(time_col, i)}: duplicate (id, time) — same series and time as {where.row(first_row)}; "
+                "remove one or pass duplicates='mean'"
+            )
+        start = np.concatenate([[True], ~same])
+        grp_starts = np.flatnonzero(start)
+        vs = np.add.reduceat(np.where(obs, values, 0.0), grp_starts, axis=0)
+        cnt = np.add.reduceat(obs.astype(np.int64), grp_starts, axis=0)
+        obs = cnt > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(obs, vs / np.maximum(cnt, 1), np.nan)
+        codes_s, t_s = codes_s[grp_starts], t_s[grp_starts]
+
+    keep = obs.any(axis=1)
+    if not keep.all():
+        codes_s, t_s, values, obs = codes_s[keep], t_s[keep], values[keep], obs[keep]
+    if len(t_s) == 0:
+        raise DataError(f"{where.source}: no observed values at all (every value is empty or masked); check "
+                        "value_cols and mask_cols")
+    counts = np.bincount(codes_s, minlength=len(ids))
+    short = counts < min_points
+    if short.any():
+        n_short = int(short.sum())
+        if short.all():
+            raise DataError(f"{where.source}: every series has fewer than {min_points} observation times; "
+                            f"need at least {min_points} per series")
+        warnings.warn(f"{where.source}: dropped {n_short} series with fewer than {min_points} observation times "
+                      f"(e.g. id {ids[short][0]!r})", stacklevel=2)
+        keep_rows = ~short[codes_s]
+        codes_s, t_s, values, obs = codes_s[keep_rows], t_s[keep_rows], values[keep_rows], obs[keep_rows]
+        remap = np.cumsum(~short) - 1
+        codes_s = remap[codes_s]
+        ids, counts = ids[~short], counts[~short]
+    never = ~obs.any(axis=0)
+    if never.any():
+        c = value_cols[int(np.flatnonzero(never)[0])]
+        raise DataError(f"{where.at(c)}: channel is never observed (all values empty or masked); drop it from "
+                        "value_cols")
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return SeriesTable(ids=ids, offsets=offsets, times=t_s, values=values, mask=obs,
+                       channel_names=[str(c) for c in value_cols], codec=codec, source=where.source,
+                       id_col=id_col if has_id else None, time_col=time_col)

@@ -1,0 +1,140 @@
+"""Raw time axis <-> float: the one place where datetimes become numbers and back.
+
+A :class:`TimeCodec` turns the user's time column into *raw float time*:
+
+* numeric time columns are used as they are (``time_unit`` is ignored for them);
+* datetime columns become ``(timestamp - ref) / time_unit`` where ``ref`` is the earliest timestamp of
+  the data the codec was built from (so raw float times are small and exact in float64) and
+  ``time_unit`` is a pandas unit string ("s", "min", "h", "D", "W", ...; default "h").
+
+The timezone of the input is remembered (an IANA name, "UTC", or a fixed offset) and restored by
+:meth:`TimeCodec.from_float`. Model time (normalised) is built on top of raw float time by
+:class:`ts_neuralode.data.transform.SeriesTransform`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ts_neuralode.errors import ConfigError, DataError
+
+DEFAULT_TIME_UNIT = "h"
+
+
+def unit_to_ns(unit: str) -> int:
+    """Nanoseconds in one ``unit`` (a pandas Timedelta unit such as "s", "min", "h", "D")."""
+    try:
+        ns = int(pd.Timedelta(1, unit=unit).value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"time_unit={unit!r} is not a pandas time unit; use one of 's', 'min', 'h', 'D', 'W'"
+        ) from exc
+    if ns <= 0:
+        raise ConfigError(f"time_unit={unit!r} must be a positive duration; use 's', 'min', 'h' or 'D'")
+    return ns
+
+
+def tz_to_str(tz: Any) -> str | None:
+    """Serialise a tzinfo: IANA key, 'UTC', or 'fixed:<seconds>' for fixed offsets; None if naive."""
+    if tz is None:
+        return None
+    key = getattr(tz, "key", None) or getattr(tz, "zone", None)
+    if key:
+        return str(key)
+    if str(tz) == "UTC":
+        return "UTC"
+    off = tz.utcoffset(None)
+    if off is not None:
+        return f"fixed:{int(off.total_seconds())}"
+    return str(tz)
+
+
+def tz_from_str(s: str | None) -> Any:
+    if s is None:
+        return None
+    if s.startswith("fixed:"):
+        return _dt.timezone(_dt.timedelta(seconds=int(s[6:])))
+    return s
+
+
+@dataclass
+class TimeCodec:
+    """Converts between the user's time axis and raw float time (see module docstring).
+
+    Attributes:
+        kind: "numeric" or "datetime".
+        unit: pandas unit string of one raw time step (datetimes only).
+        tz: serialised timezone (datetimes only; None = naive).
+        ref_ns: the timestamp (ns since the epoch, UTC for aware data) that maps to raw float 0.
+    """
+
+    kind: str = "numeric"
+    unit: str | None = None
+    tz: str | None = None
+    ref_ns: int = 0
+
+    @property
+    def is_datetime(self) -> bool:
+        return self.kind == "datetime"
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "unit": self.unit, "tz": self.tz, "ref_ns": int(self.ref_ns)}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "TimeCodec":
+        return cls(kind=d["kind"], unit=d.get("unit"), tz=d.get("tz"), ref_ns=int(d.get("ref_ns", 0)))
+
+    # ---------------------------------------------------------------------------------------------
+    def datetimes_to_ns(self, values: Any) -> np.ndarray:
+        """Datetimes (strings, Timestamps, DatetimeIndex, Series) -> int64 ns since epoch (UTC if aware).
+
+        Raises DataError when naive and aware datetimes are mixed with the codec's own kind."""
+        if isinstance(values, (pd.Series, pd.Index)):
+            s = pd.Series(values)
+        elif isinstance(values, (pd.Timestamp, _dt.datetime, str, np.datetime64)):
+            s = pd.Series([values])
+        else:
+            s = pd.Series(list(np.asarray(values, dtype=object).reshape(-1)))
+        if not (s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype)):
+            try:
+                s = pd.to_datetime(s, format="ISO8601" if len(s) and isinstance(s.iloc[0], str) else None)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+        idx = pd.DatetimeIndex(s)
+        aware = idx.tz is not None
+        if aware != (self.tz is not None):
+            want = "timezone-aware" if self.tz is not None else "naive"
+            raise DataError(
+                f"query times are {'timezone-aware' if aware else 'naive'} but the data's times are {want}; "
+                f"pass {want} datetimes"
+            )
+        if aware:
+            idx = idx.tz_convert("UTC").tz_localize(None)
+        return idx.as_unit("ns").asi8
+
+    def to_float(self, values: Any) -> np.ndarray:
+        """Times in the user's form (numbers, or datetimes for a datetime codec) -> raw float64 times."""
+        if not self.is_datetime:
+            arr = np.asarray(values)
+            if arr.dtype.kind in "Mm" or arr.dtype == object and arr.size and isinstance(
+                    arr.flat[0], (pd.Timestamp, _dt.datetime, str)):
+                raise DataError("the data's time axis is numeric but datetimes were given; pass numbers")
+            return np.asarray(arr, dtype=np.float64)
+        ns = self.datetimes_to_ns(values)
+        return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
+
+    def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
+        """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone."""
+        t = np.asarray(t, dtype=np.float64)
+        if not self.is_datetime:
+            return t
+        ns = np.rint(t.reshape(-1) * unit_to_ns(self.unit or DEFAULT_TIME_UNIT)).astype(np.int64) + self.ref_ns
+        idx = pd.DatetimeIndex(ns.view("datetime64[ns]"))
+        if self.tz is not None:
+            idx = idx.tz_localize("UTC").tz_convert(tz_from_str(self.tz))
+        return idx

@@ -1,0 +1,333 @@
+"""Normalisation of values and times, and the forecaster path (history DataFrame -> Batch -> DataFrame).
+
+Time convention (the one place it is defined)
+---------------------------------------------
+1. The user's time column becomes *raw float time* (:class:`~ts_neuralode.data.timecodec.TimeCodec`):
+   numbers as they are; datetimes as ``(timestamp - earliest timestamp in the training file) / time_unit``.
+2. *Model time* is ``(raw - origin) / time_scale``:
+
+   * ``origin`` is, with ``time_origin="series"`` (default), each series' own first observed time (so
+     every series starts at model time 0); with ``time_origin="zero"`` it is 0 for all series (raw
+     float time is kept, only rescaled; use it when absolute time matters, e.g. periodic signals that
+     depend on t).
+   * ``time_scale`` is global. ``"auto"`` picks the smallest power of 10 such that the longest training
+     series spans at most 10 model units (so [0, 10] or [0, 5] protocols stay unchanged, while e.g. hours
+     over a year become spans of ~0.9..9). A number fixes it.
+
+Values: one scikit-learn scaler per channel (``"standard"`` default, ``"minmax"``, ``"robust"`` or
+``"none"``) fitted on the observed training values only, stored as ``center`` / ``scale`` so that
+``model = (value - center) / scale``.
+
+Everything is JSON-serialisable: ``SeriesTransform.state_dict()`` / ``SeriesTransform.from_state_dict()``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.timecodec import TimeCodec
+from ts_neuralode.errors import ConfigError, DataError, ForecastError
+
+SCALERS = ("standard", "minmax", "robust", "none")
+
+
+def _fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
+    """Fit one scikit-learn scaler on the observed values ``x`` [n]; return (center, scale)."""
+    if kind == "none" or x.size == 0:
+        return 0.0, 1.0
+    from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
+
+    col = x.reshape(-1, 1)
+    if kind == "standard":
+        s = StandardScaler().fit(col)
+        center, scale = float(s.mean_[0]), float(s.scale_[0])
+    elif kind == "minmax":
+        s = MinMaxScaler().fit(col)
+        center, scale = float(s.data_min_[0]), float(s.data_range_[0])
+    elif kind == "robust":
+        s = RobustScaler().fit(col)
+        center, scale = float(s.center_[0]), float(s.scale_[0])
+    else:
+        raise ConfigError(f"scaler={kind!r} is not supported; use one of {', '.join(SCALERS)}")
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    return center, scale
+
+
+def auto_time_scale(max_span: float) -> float:
+    """Smallest power of 10 such that ``max_span / scale <= 10`` (1.0 for an empty/zero span)."""
+    if not np.isfinite(max_span) or max_span <= 0:
+        return 1.0
+    return float(10.0 ** math.ceil(math.log10(max_span / 10.0) - 1e-12))
+
+
+@dataclass
+class SeriesTransform:
+    """Maps values and times between original and model units (see the module docstring).
+
+    Attributes:
+        channel_names: value columns, in channel order.
+        codec: raw time codec (datetimes <-> floats, timezone).
+        time_origin: "series" or "zero".
+        time_scale: raw time units per model time unit.
+        scaler: scaler kind; ``center`` / ``scale``: ``[D]`` lists.
+        id_col / time_col: column names used when writing frames.
+    """
+
+    channel_names: list[str]
+    codec: TimeCodec
+    time_origin: str = "series"
+    time_scale: float = 1.0
+    scaler: str = "standard"
+    center: list[float] | None = None
+    scale: list[float] | None = None
+    id_col: str = "unique_id"
+    time_col: str = "ds"
+
+    def __post_init__(self) -> None:
+        if self.time_origin not in ("series", "zero"):
+            raise ConfigError(f"time_origin={self.time_origin!r} is not supported; use 'series' or 'zero'")
+        d = len(self.channel_names)
+        self.center = [0.0] * d if self.center is None else [float(c) for c in self.center]
+        self.scale = [1.0] * d if self.scale is None else [float(s) for s in self.scale]
+        self._c = np.asarray(self.center, dtype=np.float64)
+        self._s = np.asarray(self.scale, dtype=np.float64)
+
+    # --- fitting / serialisation -----------------------------------------------------------------
+    @classmethod
+    def fit(cls, table, series: np.ndarray | None = None, *, scaler: str = "standard",
+            time_scale: float | str = "auto", time_origin: str = "series") -> "SeriesTransform":
+        """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable."""
+        if scaler not in SCALERS:
+            raise ConfigError(f"scaler={scaler!r} is not supported; use one of {', '.join(SCALERS)}")
+        series = np.arange(table.n_series) if series is None else np.asarray(series)
+        rows = np.zeros(len(table.times), dtype=bool)
+        lo, hi = table.offsets[series], table.offsets[series + 1]
+        marks = np.zeros(len(table.times) + 1, dtype=np.int64)
+        np.add.at(marks, lo, 1)
+        np.add.at(marks, hi, -1)
+        rows = np.cumsum(marks[:-1]) > 0
+        centers, scales = [], []
+        for d in range(table.num_channels):
+            c, s = _fit_scaler(scaler, table.values[rows & table.mask[:, d], d])
+            centers.append(c)
+            scales.append(s)
+        if time_scale == "auto":
+            if time_origin == "series":
+                span = float(np.max(table.last_times()[series] - table.first_times()[series]))
+            else:
+                span = float(np.max(np.abs(table.times[rows])))
+            ts = auto_time_scale(span)
+        else:
+            try:
+                ts = float(time_scale)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number") from exc
+            if not (ts > 0 and np.isfinite(ts)):
+                raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
+        return cls(channel_names=list(table.channel_names), codec=table.codec, time_origin=time_origin,
+                   time_scale=ts, scaler=scaler, center=centers, scale=scales,
+                   id_col=table.id_col or "unique_id", time_col=table.time_col)
+
+    def state_dict(self) -> dict:
+        """Plain JSON-able dict (no pickles)."""
+        return {"channel_names": list(self.channel_names), "codec": self.codec.state_dict(),
+                "time_origin": self.time_origin, "time_scale": float(self.time_scale), "scaler": self.scaler,
+                "center": [float(c) for c in self.center], "scale": [float(s) for s in self.scale],
+                "id_col": self.id_col, "time_col": self.time_col}
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any]) -> "SeriesTransform":
+        d = dict(d)
+        d["codec"] = TimeCodec.from_state_dict(d["codec"])
+        return cls(**d)
+
+    # --- values ----------------------------------------------------------------------------------
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    def transform_values(self, v: Any) -> np.ndarray:
+        """Original -> model units; ``v`` [..., D]."""
+        return (np.asarray(v, dtype=np.float64) - self._c) / self._s
+
+    def inverse_values(self, v: Any) -> np.ndarray:
+        """Model -> original units; ``v`` [..., D] (tensor or array)."""
+        if isinstance(v, Tensor):
+            v = v.detach().cpu().double().numpy()
+        return np.asarray(v, dtype=np.float64) * self._s + self._c
+
+    def inverse_std(self, s: Any) -> np.ndarray:
+        """A standard deviation in model units -> original units (scale only)."""
+        if isinstance(s, Tensor):
+            s = s.detach().cpu().double().numpy()
+        return np.asarray(s, dtype=np.float64) * self._s
+
+    # --- times -----------------------------------------------------------------------------------
+    def to_model_time(self, t: Any, origin: Any = 0.0) -> np.ndarray:
+        """User times (numbers or datetimes) -> model time; ``origin`` is raw float (per series, broadcast)."""
+        raw = self.codec.to_float(t)
+        return (raw - np.asarray(origin, dtype=np.float64)) / self.time_scale
+
+    def raw_to_model_time(self, raw: Any, origin: Any = 0.0) -> np.ndarray:
+        return (np.asarray(raw, dtype=np.float64) - np.asarray(origin, dtype=np.float64)) / self.time_scale
+
+    def from_model_time(self, tm: Any, origin: Any = 0.0) -> np.ndarray | pd.DatetimeIndex:
+        """Model time -> user times: floats, or a DatetimeIndex (flattened) with the original timezone."""
+        if isinstance(tm, Tensor):
+            tm = tm.detach().cpu().double().numpy()
+        raw = np.asarray(tm, dtype=np.float64) * self.time_scale + np.asarray(origin, dtype=np.float64)
+        return self.codec.from_float(raw)
+
+    def origins(self, table) -> np.ndarray:
+        """``[S]`` raw float origin of every series of a SeriesTable (its first time, or 0)."""
+        if self.time_origin == "series":
+            return table.first_times().astype(np.float64)
+        return np.zeros(table.n_series)
+
+    # --- forecaster path -------------------------------------------------------------------------
+    def read(self, source, **read_kwargs):
+        """Read a history CSV/DataFrame with this transform's columns and time codec."""
+        from ts_neuralode.data.io import read_series
+
+        kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
+              "codec": self.codec}
+        kw.update(read_kwargs)
+        table = read_series(source, **kw)
+        if table.channel_names != list(self.channel_names):
+            raise DataError(f"{table.source}: channels {table.channel_names} differ from the training channels "
+                            f"{list(self.channel_names)}; pass value_cols in that order")
+        return table
+
+    def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> "PreparedBatch":
+        """History (CSV path, DataFrame or SeriesTable) -> :class:`PreparedBatch` conditioning on every
+        observed value. Use ``prepared.query_times(...)`` for prediction times and ``prepared.to_frame(...)``
+        to map predictions back to original units and timestamps."""
+        from ts_neuralode.data.collate import SeriesArrays, collate
+
+        table = source if hasattr(source, "offsets") else self.read(source, **read_kwargs)
+        origins = self.origins(table)
+        arrays = SeriesArrays.from_table(table, self, origins)
+        idx = np.arange(table.n_series)
+        batch = collate(arrays, idx, layout=layout)
+        gaps = np.diff(table.times)
+        inner = np.ones(len(gaps), dtype=bool)
+        inner[table.offsets[1:-1] - 1] = False
+        gaps = gaps[inner]
+        return PreparedBatch(batch=batch, series_ids=list(table.ids), origins=origins,
+                             last_times=table.last_times().copy(), transform=self,
+                             median_gap=float(np.median(gaps)) if gaps.size else 1.0)
+
+    def to_frame(self, series_ids: Sequence, origins: np.ndarray, times: Any, values: Any,
+                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """Model-unit predictions -> long DataFrame ``[id_col, time_col, <channel>..., <channel>-<band>...]``.
+
+        Args:
+            series_ids: ``B`` ids; origins: ``[B]`` raw float origins.
+            times: ``[Tq]`` or ``[B, Tq]`` model times. values: ``[B, Tq, D]`` model-unit values.
+            bands: extra ``[B, Tq, D]`` arrays (e.g. {"lo-90": q05, "hi-90": q95}) in model units, mapped like
+                values (or, where ``value_kind[name] == "std"``, scaled only), written as ``<channel>-<name>``.
+        """
+        to_np = lambda a: a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+        values = to_np(values)
+        b, tq, d = values.shape
+        times = to_np(times)
+        if times.ndim == 1:
+            times = np.broadcast_to(times, (b, tq))
+        origins = np.asarray(origins, dtype=np.float64).reshape(b, 1)
+        ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
+        out = {self.id_col: np.repeat(np.asarray(series_ids, dtype=object), tq),
+               self.time_col: ts if isinstance(ts, pd.DatetimeIndex) else np.asarray(ts).reshape(-1)}
+        vals = self.inverse_values(values).reshape(b * tq, d)
+        for k, ch in enumerate(self.channel_names):
+            out[ch] = vals[:, k]
+        for name, arr in (bands or {}).items():
+            arr = to_np(arr)
+            kind = (value_kind or {}).get(name, "value")
+            mapped = (self.inverse_std(arr) if kind == "std" else self.inverse_values(arr)).reshape(b * tq, d)
+            for k, ch in enumerate(self.channel_names):
+                out[f"{ch}-{name}"] = mapped[:, k]
+        return pd.DataFrame(out)
+
+
+@dataclass
+class PreparedBatch:
+    """A history turned into a Batch, plus what is needed to map predictions back.
+
+    Attributes:
+        batch: the :class:`Batch` (obs_mask = target_mask = every observed value; cutoff = last time).
+        series_ids: ``B`` original ids, in batch order.
+        origins: ``[B]`` raw float origin of each series.
+        last_times: ``[B]`` raw float time of each series' last observation.
+        median_gap: median raw time between consecutive observations of a series.
+        transform: the :class:`SeriesTransform` used.
+    """
+
+    batch: Batch
+    series_ids: list
+    origins: np.ndarray
+    last_times: np.ndarray
+    transform: SeriesTransform
+    median_gap: float = 1.0
+
+    def _raw_query(self, times: Any, raw: bool = False) -> np.ndarray:
+        """Query times -> ``[B, Tq]`` float64 raw times (see :meth:`query_times`)."""
+        if isinstance(times, Tensor):
+            times = times.detach().cpu().numpy()
+        arr = times if isinstance(times, (pd.Series, pd.Index)) else np.asarray(times)
+        codec = self.transform.codec
+        conv = (lambda x: np.asarray(x, dtype=np.float64)) if raw else codec.to_float
+        if getattr(arr, "ndim", 1) == 2:
+            out = np.stack([conv(row) for row in arr]) if not raw else np.asarray(arr, dtype=np.float64)
+        else:
+            out = conv(arr).reshape(1, -1)
+            out = np.broadcast_to(out, (len(self.series_ids), out.shape[1]))
+        if out.shape[0] != len(self.series_ids):
+            raise ForecastError(f"query times have {out.shape[0]} rows but the history has {len(self.series_ids)} "
+                                "series; pass one row per series or a 1-D list shared by all")
+        if out.shape[1] > 1 and (np.diff(out, axis=1) < 0).any():
+            raise ForecastError("query times must be sorted in increasing order")
+        return out
+
+    def query_times(self, times: Any, raw: bool = False) -> Tensor:
+        """Prediction times -> ``[B, Tq]`` float32 model times.
+
+        ``times``: a 1-D sequence of numbers/datetimes shared by all series, or a 2-D ``[B, Tq]`` array
+        (one row per series). ``raw=True``: the values are raw float times (e.g. from
+        :meth:`future_times`). Each row must be non-decreasing."""
+        tm = self.transform.raw_to_model_time(self._raw_query(times, raw), self.origins[:, None])
+        return torch.as_tensor(tm, dtype=torch.float32)
+
+    def future_times(self, horizon: int, step: float | str | None = None) -> np.ndarray:
+        """``[B, horizon]`` raw float times after each series' last observation, ``step`` apart (raw
+        units, or a pandas duration such as "1h" for datetime data; default: the median gap of the history).
+        Feed them to ``query_times(ft, raw=True)`` and ``to_frame(..., query=ft, raw=True)``."""
+        if step is None:
+            dt = self.median_gap
+        elif isinstance(step, str):
+            if not self.transform.codec.is_datetime:
+                raise ForecastError(f"step={step!r} is a duration but the data's time axis is numeric; pass a number")
+            from ts_neuralode.data.timecodec import unit_to_ns
+
+            dt = pd.Timedelta(step).value / unit_to_ns(self.transform.codec.unit or "h")
+        else:
+            dt = float(step)
+        return self.last_times[:, None] + dt * np.arange(1, horizon + 1)[None, :]
+
+    def to_frame(self, times: Any, values: Any, bands: Mapping[str, Any] | None = None,
+                 value_kind: Mapping[str, str] | None = None, query: Any = None, raw: bool = False) -> pd.DataFrame:
+        """Model-unit predictions at model ``times`` -> long DataFrame in original units/timestamps.
+
+        Pass ``query`` (what you gave :meth:`query_times`, with the same ``raw``) to write those exact
+        timestamps instead of ones recovered from float32 model times."""
+        if query is not None:
+            times = self.transform.raw_to_model_time(self._raw_query(query, raw), self.origins[:, None])
+        return self.transform.to_frame(self.series_ids, self.origins, times, values, bands, value_kind)
