@@ -55,8 +55,8 @@ def broadcast_time(t: Tensor | float, x: Tensor) -> Tensor:
     if not torch.is_tensor(t):
         t = torch.tensor(float(t))
     t = t.to(dtype=x.dtype, device=x.device)
-    if t.dim() > 0 and (t.shape[-1] != 1 or t.dim() == x.dim() - 1):
-        t = t.unsqueeze(-1)
+    if t.dim() > 0 and (t.shape == x.shape[:-1] or t.shape[-1] != 1):
+        t = t.unsqueeze(-1)  # [B, T] / [T] / [B] without the trailing 1
     try:
         return t.expand(*x.shape[:-1], 1)
     except RuntimeError:
@@ -100,18 +100,19 @@ class ResidualFlowLayer(Flow):
 
     def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
         """Fixed-point iteration ``x ← y − φ(t) ⊙ g(t, x)`` from ``x = y`` until the largest change is
-        ``<= tol`` (at most ``iters`` iterations; a RuntimeWarning if it did not converge). The iterations run
+        ``<= tol · (1 + max|y|)`` (at most ``iters`` iterations; a RuntimeWarning if it did not converge). The iterations run
         without autograd; one final differentiable step gives gradients of a first-order approximation."""
         t = broadcast_time(t, y)
         phi = self.embedding(t)
         x, delta = y, math.inf
         with torch.no_grad():
+            scale = y.abs().max().item() if y.numel() else 0.0
             converged = False
             for _ in range(iters):
                 x_new = y - phi * self.residual(t, x)
                 delta = (x_new - x).abs().max().item() if x.numel() else 0.0
                 x = x_new
-                if delta <= tol:
+                if delta <= tol * (1.0 + scale):
                     converged = True
                     break
         if not converged:
