@@ -25,7 +25,7 @@ class SeriesArrays:
     Attributes:
         times: ``[N]`` float32 model times (strictly increasing within a series).
         values: ``[N, D]`` float32 normalised values, 0 where not observed.
-        mask: ``[N, D]`` bool observed.
+        mask: ``[N, D]`` bool observed; ``mask_f`` the same as float32.
         starts / counts: ``[S]`` int64 first row and number of rows of each series.
     """
 
@@ -34,6 +34,9 @@ class SeriesArrays:
     mask: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.mask_f = self.mask.astype(np.float32)
 
     @classmethod
     def from_table(cls, table, transform, origins: np.ndarray) -> "SeriesArrays":
@@ -76,18 +79,18 @@ def subsample(seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: f
     """Pick ``max(1, round(fraction * n_cand))`` random candidates in each segment.
 
     ``seg`` [n] segment id per point, sorted (points of a segment are contiguous), ``cand`` [n] bool,
-    ``counts`` [n_seg] points per segment. Returns a bool [n] selection. One argsort, no Python loop."""
+    ``counts`` [n_seg] points per segment. Returns a bool [n] selection. One sort, no Python loop: each
+    point gets the key ``2 * seg + u`` (``u ~ U(0, 1)`` for candidates, 1.5 otherwise); the k-th smallest
+    key of a segment is its threshold."""
     if fraction >= 1.0:
         return cand.copy()
-    n = len(seg)
-    key = seg * 2.0 + np.where(cand, rng.random(n), 1.5)
-    order = np.argsort(key)
+    key = seg * 2.0 + np.where(cand, rng.random(len(seg)), 1.5)
+    srt = np.sort(key)
+    n_cand = np.bincount(seg, weights=cand, minlength=len(counts)).astype(np.int64)
+    k = np.maximum(1, np.rint(fraction * n_cand).astype(np.int64))
     seg_start = np.cumsum(counts) - counts
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n) - np.repeat(seg_start, counts)
-    n_cand = np.bincount(seg, weights=cand, minlength=len(counts))
-    k = np.maximum(1, np.rint(fraction * n_cand)).astype(np.int64)
-    return cand & (rank < k[seg])
+    thr = srt[seg_start + np.minimum(k, counts) - 1]
+    return cand & (key <= thr[seg])
 
 
 def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | None = None,
@@ -109,24 +112,23 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | N
     flat = np.repeat(arrays.starts[idx], cnt) + pos
     t = arrays.times[flat]
     v = arrays.values[flat]
-    m = arrays.mask[flat]
+    m = arrays.mask_f[flat]
 
     if spec is None:
-        obs_pt = np.ones(n, dtype=bool)
-        tgt_pt = obs_pt
-        cutoff = None
+        obs_mask = tgt_mask = m
+        cutoff = t[first + cnt - 1]
     else:
         cond = pos < np.repeat(spec.cond_count[idx], cnt)
         if spec.fixed_obs is not None:
             obs_pt = spec.fixed_obs[flat]
         else:
             obs_pt = subsample(seg, cond, cnt, spec.fraction, rng if rng is not None else _torch_seeded_rng())
-        tgt_pt = ~cond if spec.targets_after else np.ones(n, dtype=bool)
-        cutoff = None if spec.cutoff is None else spec.cutoff[idx]
-    if cutoff is None:
-        cutoff = np.maximum.reduceat(np.where(obs_pt, t, -np.inf), first).astype(np.float32)
-    obs_mask = m & obs_pt[:, None]
-    tgt_mask = m & tgt_pt[:, None]
+        obs_mask = m * obs_pt[:, None]
+        tgt_mask = m * ~cond[:, None] if spec.targets_after else m
+        if spec.cutoff is None:
+            cutoff = np.maximum.reduceat(np.where(obs_pt, t, -np.inf), first).astype(np.float32)
+        else:
+            cutoff = spec.cutoff[idx]
 
     d = v.shape[1]
     if layout == "union":
@@ -137,18 +139,18 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | N
         width = int(cnt.max()) if b else 0
         col = pos
         tt = np.repeat(t[first + cnt - 1][:, None], width, axis=1)
-        tt[seg, col] = t
-    values = np.zeros((b, width, d), dtype=np.float32)
-    om = np.zeros((b, width, d), dtype=np.float32)
-    tm_ = np.zeros((b, width, d), dtype=np.float32)
-    time_mask = np.zeros((b, width), dtype=bool)
-    values[seg, col] = v
-    om[seg, col] = obs_mask
-    tm_[seg, col] = tgt_mask
-    time_mask[seg, col] = True
-    return Batch(times=torch.from_numpy(np.ascontiguousarray(tt)), values=torch.from_numpy(values),
-                 obs_mask=torch.from_numpy(om), target_mask=torch.from_numpy(tm_),
-                 time_mask=torch.from_numpy(time_mask), series_idx=torch.from_numpy(idx.copy()),
+    lin = seg * width + col
+    if layout == "padded":
+        tt.reshape(-1)[lin] = t
+    out = np.zeros((3, b * width, d), dtype=np.float32)
+    out[0, lin] = v
+    out[1, lin] = obs_mask
+    out[2, lin] = tgt_mask
+    out = torch.from_numpy(out).view(3, b, width, d)
+    time_mask = np.zeros(b * width, dtype=bool)
+    time_mask[lin] = True
+    return Batch(times=torch.from_numpy(tt), values=out[0], obs_mask=out[1], target_mask=out[2],
+                 time_mask=torch.from_numpy(time_mask).view(b, width), series_idx=torch.from_numpy(idx.copy()),
                  cutoff=torch.from_numpy(np.asarray(cutoff, dtype=np.float32)))
 
 
