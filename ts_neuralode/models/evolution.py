@@ -33,8 +33,9 @@ from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.flows import FLOWS, Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, make_activation, mlp
 from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
+from ts_neuralode.solvers import ADJOINT_MODES, METHODS, odeint
 
-ODE_METHODS = ("euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5")
+ODE_METHODS = tuple(METHODS)
 VECTOR_FIELDS = ("mlp", "gru")
 EVOLUTION_KINDS = ("ode",) + tuple(FLOWS)
 
@@ -139,6 +140,8 @@ class ODEEvolution(Evolution):
     ) -> None:
         super().__init__(dim)
         _check_solver_options(method, rtol, atol, step_size, adjoint)
+        if adjoint_mode not in ADJOINT_MODES:
+            raise ConfigError(f"adjoint_mode={adjoint_mode!r} is invalid; choose one of {', '.join(ADJOINT_MODES)}")
         if isinstance(vector_field, nn.Module):
             self.field = vector_field
         else:
@@ -150,8 +153,6 @@ class ODEEvolution(Evolution):
         self.last_stats = None
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
-        from ts_neuralode.solvers import odeint  # the solver layer; imported here to keep import order free
-
         t, t_mask = self._check(h0, t, t_mask)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
