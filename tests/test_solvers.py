@@ -235,7 +235,7 @@ def test_step_size_underflow_on_blow_up():
     assert msg.startswith("tsit5: ") and "1 of 2 sample(s)" in msg, msg
     assert "underflow" in msg or "non-finite" in msg
     t_reached = float(msg.split("stopped at t=")[1].split(";")[0])
-    assert 0.9 < t_reached <= 1.0 + 1e-6
+    assert 0.9 < t_reached <= 1.001  # blow-up at t = 1 (up to the tolerance)
 
 
 def test_non_finite_state():

@@ -39,6 +39,9 @@ Func = Callable[[Tensor, Tensor], Tensor]
 SAFETY = 0.9
 FACTOR_MIN = 0.2
 FACTOR_MAX = 10.0
+# PI controller gains (multiplied by 1/q, q = error-estimator order + 1): h_new = h·safety·r_n^(-β1)·r_{n-1}^(β2)
+BETA1 = 1.0
+BETA2 = 0.1
 
 
 @dataclass
@@ -101,9 +104,12 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
 
 
 def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
-    """RMS over channels of err / (atol + rtol·max(|y0|, |y1|)); non-finite → inf. Shapes [B, D] → [B]."""
+    """RMS over channels of err / (atol + rtol·max(|y0|, |y1|)); non-finite → inf. Shapes [B, D] → [B].
+
+    (vector_norm / sqrt(D) instead of square/mean/sqrt: 2 ops fewer per step.)
+    """
     scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
-    r = (err / scale).square_().mean(-1).sqrt_()
+    r = torch.linalg.vector_norm(err / scale, dim=-1).mul_(err.shape[-1] ** -0.5)
     return torch.nan_to_num_(r, nan=math.inf, posinf=math.inf)
 
 
@@ -142,23 +148,34 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -
 
 
 def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
-    """Evaluate the dense output at query times ``tq [B, Tq]`` (each inside a recorded step) → [B, Tq, D]."""
+    """Evaluate the dense output at query times ``tq [B, Tq]`` (each inside a recorded step) → [B, Tq, D].
+
+    The stages of the N recorded steps are first turned into polynomial coefficients (one matmul over
+    the stage axis: [P, S] @ [B, N, S, D]); the outputs are then a weighted sum of those coefficients. For
+    few steps the weights are a one-hot [B, Tq, N·(P+1)] matrix and the sum is one ``bmm`` — much cheaper
+    on CPU than gathering [B, Tq, S, D] stage blocks (measured ~5× at B=256, Tq=50, N=3).
+    """
     B, N = rec.t_stop.shape
-    S, D = rec.k.shape[-2], rec.k.shape[-1]
+    D = rec.k.shape[-1]
+    Tq = tq.shape[1]
     # first recorded step of each sample that ends at or after the query: the step that covers it
     idx = torch.searchsorted(rec.t_stop, tq.contiguous(), side="left").clamp_(max=N - 1)
     ts = rec.t_start.gather(1, idx)
     dt = rec.dt.gather(1, idx)
-    theta = torch.where(dt > 0, (tq - ts) / torch.where(dt > 0, dt, torch.ones_like(dt)), torch.zeros_like(dt))
+    pos = dt > 0
+    theta = torch.where(pos, (tq - ts) / torch.where(pos, dt, torch.ones_like(dt)), torch.zeros_like(dt))
     P = len(tab.interp[0])
-    W = torch.tensor(tab.interp, dtype=tq.dtype, device=tq.device)  # [S, P]
-    powers = torch.arange(1, P + 1, device=tq.device, dtype=tq.dtype)
-    w = theta.unsqueeze(-1).pow(powers) @ W.t()  # [B, Tq, S]
-    w = w * dt.unsqueeze(-1)
+    W = torch.tensor(tab.interp, dtype=rec.k.dtype, device=rec.k.device).t()  # [P, S]
+    coef = (W @ rec.k) * rec.dt.unsqueeze(-1).unsqueeze(-1)  # [B, N, P, D]
+    coef = torch.cat([rec.y_start.unsqueeze(2), coef], 2)  # [B, N, P+1, D] (power 0 = step start)
+    powers = torch.arange(0, P + 1, device=tq.device, dtype=theta.dtype)
+    pw = theta.unsqueeze(-1).pow(powers).to(coef.dtype)  # [B, Tq, P+1]
+    if N <= 32:
+        onehot = torch.nn.functional.one_hot(idx, N).to(coef.dtype)  # [B, Tq, N]
+        w = (onehot.unsqueeze(-1) * pw.unsqueeze(2)).reshape(B, Tq, N * (P + 1))
+        return torch.bmm(w, coef.reshape(B, N * (P + 1), D))
     bidx = torch.arange(B, device=tq.device).unsqueeze(1)
-    kg = rec.k[bidx, idx]  # [B, Tq, S, D]
-    yg = rec.y_start[bidx, idx]  # [B, Tq, D]
-    return yg + (w.unsqueeze(-2) @ kg).squeeze(-2)
+    return (pw.unsqueeze(-2) @ coef[bidx, idx]).squeeze(-2)
 
 
 def _stack_records(recs: list) -> Records:
@@ -188,8 +205,9 @@ def solve_adaptive(
     """
     B, T = tq.shape
     dev, dtype = y0.device, y0.dtype
-    t0, t_end = tq[:, 0], tq[:, -1]
-    t = t0.clone()
+    t0 = tq[:, 0]
+    t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
+    t = t0
     f0 = func(t, y0)
     nfe_init = 1
     if first_step is None:
@@ -200,11 +218,13 @@ def solve_adaptive(
         dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
     q = min(tab.order, tab.error_order) + 1
-    beta1, beta2, rej_exp = 0.7 / q, 0.4 / q, -1.0 / q
+    beta1, beta2 = BETA1 / q, BETA2 / q
     eps = torch.finfo(dtype).eps
     tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
 
-    prev = torch.ones(B, dtype=dtype, device=dev)
+    # SAFETY·r_{n-1}^β2 of the last accepted step. Accepted ratios are ≤ 1, so this is ≤ SAFETY and the
+    # same PI formula also shrinks rejected steps (r > 1) — no separate reject branch (fewer ops per step).
+    prev_term = torch.full((B,), SAFETY, dtype=dtype, device=dev)
     n_att = torch.zeros(B, dtype=torch.long, device=dev)
     n_acc = torch.zeros(B, dtype=torch.long, device=dev)
     failed = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -212,8 +232,7 @@ def solve_adaptive(
     active = t < t_end
     inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
     tq_ext = torch.cat([tq, inf_col], 1)
-    next_out = tq_ext[:, 1] if T > 1 else inf_col[:, 0]
-    next_out = torch.where(active, next_out, inf_col[:, 0])
+    next_out = torch.where(active, tq_ext[:, 1], inf_col[:, 0])
 
     y, k0 = y0, f0
     recs = []
@@ -227,29 +246,30 @@ def solve_adaptive(
             )
         it += 1
         rem = t_end - t
-        hit = dt >= rem
-        dt_use = torch.minimum(dt, rem)
+        dt_use = torch.minimum(dt, rem)  # finished samples: rem = 0 → frozen, their updates are no-ops
         y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
         with torch.no_grad():
             ratio = error_ratio(err.detach(), y.detach(), y1.detach(), rtol, atol)
             accept = (ratio <= 1.0) & active
-            t_new = torch.where(accept, torch.where(hit, t_end, t + dt_use), t)
-            # PI controller on accept, plain shrink on reject; clamp the change to [0.2, 10]
-            fac_acc = SAFETY * ratio.pow(-beta1) * prev.pow(beta2)
-            fac_rej = (SAFETY * ratio.pow(rej_exp)).clamp_(max=0.9)
-            fac = torch.where(accept, fac_acc, fac_rej).clamp_(FACTOR_MIN, FACTOR_MAX)
-            prev = torch.where(accept, ratio.clamp(min=1e-4), prev)
-            rejected = active & ~accept
-            nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
-            # a clipped final step keeps the controller's own proposal for later (not the clipped length)
-            dt = torch.where(hit & accept, dt, dt_use) * fac
-            under = rejected & (dt < tiny)
-            failed |= under
+            # land exactly on t_end (t + rem may round below it)
+            t_new = torch.where(accept, torch.where(dt >= rem, t_end, t + dt_use), t)
+            fac = ratio.pow(-beta1).mul_(prev_term).clamp_(FACTOR_MIN, FACTOR_MAX)
+            prev_term = torch.where(accept, ratio.clamp(min=1e-4).pow_(beta2).mul_(SAFETY), prev_term)
+            dt = dt_use * fac
             n_att += active
             n_acc += accept
-            active = (t_new < t_end) & ~failed
+            rejected = active & ~accept
+            active = t_new < t_end
             covered = t_new >= next_out
-            flags = torch.stack((active.any(), covered.any(), under.any())).tolist()
+            flags = torch.stack((active, covered, rejected)).any(1).tolist()  # the one host sync per step
+            if flags[2]:  # rare path: classify rejections (non-finite? step-size underflow?)
+                nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
+                under = rejected & (dt < tiny)
+                if bool(under.any()):
+                    failed |= under
+                    t_end = torch.where(under, t, t_end)
+                    active &= ~under
+                    flags[0] = bool(active.any())
         acc_c = accept.unsqueeze(-1)
         if record_all or flags[1]:
             recs.append((t, t_new, dt_use, y, torch.stack(ks, 1)))
@@ -257,16 +277,11 @@ def solve_adaptive(
                 cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
                 next_out = tq_ext.gather(1, cnt).squeeze(1)
         y = torch.where(acc_c, y1, y)
-        k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
-        if not tab.fsal:
-            k0 = func(t_new, y)
+        k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else func(t_new, y)
         t = t_new
         any_active = flags[0]
-        if flags[2] and not any_active:
-            break
     if bool(failed.any()):
-        nf = failed & nonfinite
-        if bool(nf.any()):
+        if bool((failed & nonfinite).any()):
             raise _fail(
                 tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
                 "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
@@ -275,9 +290,8 @@ def solve_adaptive(
             tab, "step size underflow", failed, t, sign,
             "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
         )
-    n_rej = n_att - n_acc
     per_step = tab.stages - 1 if tab.fsal else tab.stages
-    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_rej)
+    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc)
     records = _stack_records(recs) if recs else None
     ys = _assemble(tab, y0, tq, records)
     return ys, stats, records
