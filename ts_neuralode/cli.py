@@ -1,0 +1,316 @@
+"""The ``ts-neuralode`` command.
+
+    ts-neuralode fit      --config configs/latent_ode.yaml --data.path data.csv [--trainer.max_epochs 20]
+    ts-neuralode validate | test | predict   (LightningCLI subcommands, same options; --ckpt_path PATH|last|best)
+    ts-neuralode forecast --model MODEL_DIR_OR_CKPT --data.path history.csv --horizon 30D --out forecast.csv
+    ts-neuralode generate NAME --out PATH        (synthetic data sets; ts_neuralode.data.generators)
+    ts-neuralode benchmark ...                   (ODE vs flow speed/accuracy; ts_neuralode.benchmark)
+
+``fit``/``validate``/``test``/``predict`` are Lightning's CLI over :class:`ForecastingModule` (``--model.*``) and
+:class:`IrregularTimeSeriesDataModule` (``--data.*``); ``data.num_channels`` sets ``model.input_dim``. Extra
+options: ``--tracking_uri`` (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``), ``--experiment_name``,
+``--run_name``, ``--checkpoint_dir`` (default ``<trainer.default_root_dir>/checkpoints``), ``--model_dir``
+(where ``fit`` also writes the reloadable model directory; default ``<checkpoint_dir>/model``), ``--log_model``.
+
+Errors a user can cause print one line on stderr and exit with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from ts_neuralode.errors import ConfigError, TSNeuralODEError
+
+PROG = "ts-neuralode"
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+EXIT_USER_ERROR = 2
+
+
+def _lightning_cli_class():
+    """Build the LightningCLI subclass lazily (importing Lightning is slow; ``generate`` doesn't need it)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    from ts_neuralode import tracking
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.lightning import ForecastingModule
+
+    class TSNeuralODECLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--tracking_uri", type=str | None, default=None,
+                                help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+            parser.add_argument("--experiment_name", type=str, default="ts_neuralode", help="MLflow experiment")
+            parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
+            parser.add_argument("--tracking", type=bool, default=True, help="record the run in MLflow")
+            parser.add_argument("--checkpoint_dir", type=str | None, default=None,
+                                help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints")
+            parser.add_argument("--model_dir", type=str | None, default=None,
+                                help="fit: also write the reloadable model directory here (default "
+                                     "<checkpoint_dir>/model)")
+            parser.add_argument("--log_model", type=bool, default=True,
+                                help="fit: log the model directory and forecast plots to MLflow")
+            parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
+
+        # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand]
+            root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
+            self.ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")
+            ckpt = cfg.get("ckpt_path")
+            if ckpt == "last":
+                last = self.ckpt_dir / "last.ckpt"
+                if last.is_file():
+                    cfg.ckpt_path = str(last)
+                elif self.subcommand == "fit":
+                    warnings.warn(f"--ckpt_path last: no {last} yet; training from scratch", stacklevel=1)
+                    cfg.ckpt_path = None
+                else:
+                    raise ConfigError(f"--ckpt_path last: no checkpoint at {last}; run 'ts-neuralode fit' first "
+                                      "or pass --checkpoint_dir / an explicit --ckpt_path")
+            elif ckpt not in (None, "best", "hpc", "registry") and not Path(ckpt).is_file():
+                raise ConfigError(f"--ckpt_path {ckpt}: checkpoint file not found; pass the path of a .ckpt "
+                                  "file, or 'last' to resume from the checkpoint directory")
+            if ckpt == "best" and self.subcommand != "fit":
+                raise ConfigError("--ckpt_path best only works inside one fit; pass the path of a .ckpt file")
+            if "weights_only" in cfg and cfg.get("weights_only") is None:
+                cfg.weights_only = True
+            self.resume_run_id = None
+            if cfg.get("ckpt_path"):
+                self.resume_run_id = tracking.run_id_from_checkpoint(cfg.ckpt_path)
+                if self.resume_run_id is None:
+                    info = tracking.read_run_file(Path(cfg.ckpt_path).parent) or {}
+                    self.resume_run_id = info.get("run_id")
+
+        def instantiate_trainer(self, **kwargs: Any):
+            cfg = self.config[self.subcommand]
+            trainer_cfg = cfg.trainer
+            callbacks = []
+            logger_cfg = trainer_cfg.get("logger")
+            if cfg.get("tracking") and logger_cfg in (None, True):
+                tags = {"ts_neuralode.subcommand": self.subcommand}
+                kwargs["logger"] = tracking.make_logger(
+                    cfg.get("tracking_uri"), cfg.get("experiment_name"), cfg.get("run_name"),
+                    run_id=self.resume_run_id, tags=tags,
+                )
+                callbacks.append(tracking.MlflowTrackingCallback(
+                    ckpt_dir=self.ckpt_dir, log_model=bool(cfg.get("log_model")), model_dir=cfg.get("model_dir"),
+                ))
+            elif self.subcommand == "fit":
+                callbacks.append(tracking.MlflowTrackingCallback(
+                    ckpt_dir=self.ckpt_dir, log_model=False, model_dir=cfg.get("model_dir")))
+            user_cbs = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False and not any(
+                    isinstance(c, ModelCheckpoint) for c in user_cbs):
+                has_val = (self.datamodule is None or getattr(self.datamodule, "val_fraction", 0) > 0) and (
+                    trainer_cfg.get("limit_val_batches") not in (0, 0.0))
+                callbacks.append(ModelCheckpoint(
+                    dirpath=str(self.ckpt_dir), filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else
+                    "epoch{epoch:03d}", auto_insert_metric_name=False, monitor="val_loss" if has_val else None,
+                    mode="min", save_top_k=1, save_last=True, every_n_epochs=1,
+                ))
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+            return super().instantiate_trainer(**kwargs)
+
+        def after_fit(self) -> None:
+            cb = next((c for c in self.trainer.callbacks if isinstance(c, tracking.MlflowTrackingCallback)), None)
+            if self.trainer.is_global_zero:
+                ckpt = self.trainer.checkpoint_callback
+                best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+                lines = []
+                if best:
+                    lines.append(f"best checkpoint: {best}")
+                if cb is not None and cb.model_dir_written:
+                    lines.append(f"model directory: {cb.model_dir_written}  (ts-neuralode forecast --model ...)")
+                if cb is not None and cb.run_id:
+                    uri = cb.tracking_uri or ""
+                    lines.append(f"MLflow run {cb.run_id} at {uri}")
+                    if uri.startswith("sqlite:"):
+                        lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
+                for line in lines:
+                    print(line, file=sys.stderr)
+
+    return TSNeuralODECLI, ForecastingModule, IrregularTimeSeriesDataModule, tracking
+
+
+def run_lightning(argv: Sequence[str]) -> None:
+    cli_cls, module_cls, data_cls, tracking = _lightning_cli_class()
+    cli_cls(
+        module_cls,
+        data_cls,
+        save_config_callback=tracking.MlflowSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        parser_kwargs={"prog": PROG, "exit_on_error": False},
+        args=list(argv),
+        auto_configure_optimizers=True,
+    )
+
+
+# -- forecast ---------------------------------------------------------------------------------------
+def _forecast_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} forecast",
+        description="Forecast every series of a history CSV at future (or any) times with a trained model; "
+                    "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
+                    "per series.",
+        exit_on_error=False,
+    )
+    p.add_argument("--model", required=True,
+                   help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
+                        "or runs:/<run_id>/model to fetch it from MLflow")
+    p.add_argument("--transform", default=None,
+                   help="for a .ckpt without a data transform: a model directory or its config.json")
+    p.add_argument("--data.path", dest="data_path", required=True, help="history CSV (observed values)")
+    p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
+    p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
+    p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
+    g.add_argument("--horizon", default=None,
+                   help="how far past each series' last observation: a number of time units or a duration "
+                        "such as 30D, 12h")
+    g.add_argument("--freq", default=None, help="regular step of the query grid (number or duration, e.g. 1D)")
+    g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
+    g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
+    p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
+    p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
+                   help="central interval levels in percent (default 50 90)")
+    p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
+    p.add_argument("--series", nargs="+", default=None, help="only these series ids")
+    p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
+    p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
+    p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
+    p.add_argument("--no_plots", action="store_true", help="write no PNGs")
+    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
+    if not model.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        return model
+    import mlflow
+
+    from ts_neuralode.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=model)
+    except Exception as err:  # MlflowException, OSError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--model {model}: cannot fetch it from MLflow ({first}); check the run id and "
+                          "--tracking_uri") from err
+
+
+def _parse_times(values: list[str]) -> list:
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except ValueError:
+            out.append(v)
+    return out
+
+
+def forecast_main(argv: Sequence[str]) -> int:
+    parser = _forecast_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{PROG} forecast: {err}; see '{PROG} forecast --help'") from err
+    from ts_neuralode.forecaster import Forecaster
+
+    path = _resolve_model_path(args.model, args.tracking_uri)
+    fc = Forecaster.load(path, transform=args.transform)
+    read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    out = fc.predict(
+        args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
+        num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
+        series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed, **read,
+    )
+    out_path = Path(args.out)
+    if out_path.parent and not out_path.parent.exists():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(out_path, index=False)
+    n_series = out["unique_id"].nunique()
+    print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
+    if not args.no_plots:
+        plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
+        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, **read)
+        print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
+    return 0
+
+
+# -- generate / benchmark ----------------------------------------------------------------------------
+def generate_main(argv: Sequence[str]) -> int:
+    from ts_neuralode.data.generators import cli_main
+
+    return int(cli_main(list(argv)) or 0)
+
+
+def benchmark_main(argv: Sequence[str]) -> int:
+    try:
+        from ts_neuralode.benchmark import cli_main
+    except ImportError as err:
+        if "ts_neuralode.benchmark" not in str(err):
+            raise
+        raise ConfigError(f"'{PROG} benchmark' is not available in this version (ts_neuralode.benchmark is "
+                          "missing); see scripts/ for benchmark scripts") from err
+    return int(cli_main(list(argv)) or 0)
+
+
+EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main}
+
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,generate,benchmark}} ...
+
+  fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last)
+  validate   evaluate on the validation split (--ckpt_path PATH)
+  test       evaluate on the test split (--ckpt_path PATH)
+  predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
+  forecast   forecast a history CSV at future times with a trained model (CSV + PNGs)
+  generate   write a synthetic data set (sine, square, ..., periodic, double_ou) as CSV
+  benchmark  ODE vs flow speed and accuracy
+
+'{PROG} SUBCOMMAND --help' lists a subcommand's options; '{PROG} fit --print_config' prints a full config.
+"""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ts-neuralode`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else EXIT_USER_ERROR
+    sub = argv[0]
+    try:
+        if sub in EXTRA_SUBCOMMANDS:
+            return EXTRA_SUBCOMMANDS[sub](argv[1:])
+        if sub not in LIGHTNING_SUBCOMMANDS:
+            raise ConfigError(f"unknown subcommand {sub!r}; use one of "
+                              f"{', '.join(LIGHTNING_SUBCOMMANDS + tuple(EXTRA_SUBCOMMANDS))}")
+        run_lightning(argv)
+        return 0
+    except TSNeuralODEError as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except argparse.ArgumentError as err:  # jsonargparse's parser errors (bad/missing option)
+        print(f"{PROG} {sub}: error: {_one_line(err)}; see '{PROG} {sub} --help'", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Forecast figures: one PNG per series — observed history, forecast mean and its uncertainty bands.
+
+Inputs are the tidy frames the :class:`~ts_neuralode.forecaster.Forecaster` works with:
+
+* history: ``unique_id, ds, channel, y`` (one row per observed value, original units and timestamps);
+* forecast: ``unique_id, ds, [channel,] <model>, <model>-lo-<L>, <model>-hi-<L>…`` (Nixtla style).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+_LEVEL = re.compile(r"-lo-(\d+(?:\.\d+)?)$")
+
+
+def forecast_levels(forecast: pd.DataFrame, model: str) -> list[str]:
+    """The interval levels present in a forecast frame, widest first (as strings, e.g. ``["90", "50"]``)."""
+    levels = []
+    for col in forecast.columns:
+        if col.startswith(model + "-lo-"):
+            m = _LEVEL.search(col)
+            if m and f"{model}-hi-{m.group(1)}" in forecast.columns:
+                levels.append(m.group(1))
+    return sorted(levels, key=float, reverse=True)
+
+
+def safe_filename(name: object) -> str:
+    """A file-system-safe stem for a series id."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return stem or "series"
+
+
+def plot_series_forecast(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    model: str,
+    path: str | Path,
+    *,
+    title: str | None = None,
+    cutoff: object | None = None,
+) -> Path:
+    """Draw one series (all its channels, one panel each) and save it to ``path`` (PNG).
+
+    ``history`` and ``forecast`` hold only this series. ``cutoff`` (a time) draws a dashed line where the
+    conditioning history ends.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "channel" in forecast.columns:
+        channels = list(dict.fromkeys(forecast["channel"].tolist()))
+    else:
+        channels = list(dict.fromkeys(history["channel"].tolist())) if "channel" in history.columns else [None]
+    levels = forecast_levels(forecast, model)
+    n = len(channels)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.6), sharex=True, squeeze=False)
+    for ax, ch in zip(axes[:, 0], channels):
+        h = history if ch is None or "channel" not in history.columns else history[history["channel"] == ch]
+        f = forecast if ch is None or "channel" not in forecast.columns else forecast[forecast["channel"] == ch]
+        f = f.sort_values("ds")
+        h = h.sort_values("ds")
+        for i, lvl in enumerate(levels):
+            alpha = 0.15 + 0.15 * i
+            ax.fill_between(
+                f["ds"], f[f"{model}-lo-{lvl}"], f[f"{model}-hi-{lvl}"],
+                color="tab:blue", alpha=min(alpha, 0.6), linewidth=0, label=f"{lvl}% interval",
+            )
+        ax.plot(f["ds"], f[model], color="tab:blue", linewidth=1.6, label=f"forecast ({model})")
+        ax.scatter(h["ds"], h["y"], s=10, color="black", zorder=3, label="observed")
+        if cutoff is not None:
+            ax.axvline(cutoff, color="grey", linestyle="--", linewidth=1, label="end of history")
+        ax.set_ylabel(str(ch) if ch is not None else "value")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=min(4, 2 + len(levels)), frameon=False)
+    axes[0, 0].set_title(title or "forecast")
+    axes[-1, 0].set_xlabel("time")
+    fig.autofmt_xdate() if pd.api.types.is_datetime64_any_dtype(forecast["ds"]) else None
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_forecasts(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    model: str,
+    out_dir: str | Path,
+    *,
+    series: Sequence[object] | None = None,
+    cutoffs: dict | None = None,
+    prefix: str = "forecast_",
+) -> list[Path]:
+    """One PNG per series in ``out_dir`` (``forecast_<id>.png``); returns the paths written."""
+    out_dir = Path(out_dir)
+    ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
+    paths = []
+    for uid in ids:
+        paths.append(
+            plot_series_forecast(
+                history[history["unique_id"] == uid],
+                forecast[forecast["unique_id"] == uid],
+                model,
+                out_dir / f"{prefix}{safe_filename(uid)}.png",
+                title=f"{uid} — {model}",
+                cutoff=(cutoffs or {}).get(uid),
+            )
+        )
+    return paths

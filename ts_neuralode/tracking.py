@@ -1,0 +1,329 @@
+"""MLflow tracking for ``ts-neuralode fit`` (and validate/test).
+
+Where runs go:
+
+* ``--tracking_uri URI`` if given, else ``$MLFLOW_TRACKING_URI``, else a sqlite store ``mlflow.db`` in the
+  working directory (``sqlite:///<abs path>/mlflow.db``, MLflow's own default since 3.7). The URI is always
+  passed explicitly to Lightning's :class:`MLFlowLogger`, which would otherwise fall back to the ``./mlruns``
+  file store (an error on MLflow >= 3.13).
+
+What a fit records (rank 0 only; other DDP ranks never touch MLflow):
+
+* params: the model's and data module's hyperparameters (Lightning logs them), plus ``seed``;
+* ``config.yaml``: the full resolved LightningCLI config (:class:`MlflowSaveConfigCallback`);
+* per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches),
+  every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
+  and ``epoch_time_s`` (training time of the epoch, validation excluded);
+* artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
+  :class:`ts_neuralode.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles) and forecast
+  plots of a few validation series (``plots/``).
+
+Resuming: the run id is stored in every checkpoint (this callback's state) and in ``mlflow_run.json`` beside the
+checkpoints, so ``fit --ckpt_path last`` continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+
+from ts_neuralode.errors import ConfigError, TSNeuralODEError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"
+RUN_FILE = "mlflow_run.json"
+EPOCH_PREFIX = "epoch/"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
+
+    A bare filesystem path ending in ``.db`` is turned into a sqlite URI. The plain-directory file store
+    (``./mlruns``) is refused with a hint, since MLflow >= 3.13 rejects it anyway.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return "sqlite:///" + str(Path(DEFAULT_DB).resolve())
+    if "://" not in uri and ":" not in uri.split("/")[0]:
+        if uri.endswith(".db"):
+            return "sqlite:///" + str(Path(uri).resolve())
+        raise ConfigError(
+            f"tracking URI {uri!r} is a directory (the MLflow file store, rejected by MLflow >= 3.13); "
+            f"use a sqlite file (e.g. --tracking_uri sqlite:///mlflow.db) or a server URL (http://host:port)"
+        )
+    return uri
+
+
+class TrackingLogger(MLFlowLogger):
+    """:class:`MLFlowLogger` that tolerates resumed runs.
+
+    MLflow refuses to change a param's value within a run. When a fit resumes into its old run with, say, a
+    larger ``max_epochs``, the params already present keep their first value and a warning names them.
+    """
+
+    def log_hyperparams(self, params: Any) -> None:  # noqa: D102 - see class docstring
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank != 0:
+            return
+        flat = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}
+        existing = self.experiment.get_run(self.run_id).data.params
+        changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
+        if changed:
+            log.warning("resumed MLflow run keeps its first value of params %s", ", ".join(changed))
+        fresh = {k: v for k, v in flat.items() if k not in existing}
+        if fresh:
+            super().log_hyperparams(fresh)
+
+
+def make_logger(
+    tracking_uri: str | None = None,
+    experiment_name: str = "ts_neuralode",
+    run_name: str | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrackingLogger:
+    """A :class:`TrackingLogger` on the resolved tracking URI (see :func:`resolve_tracking_uri`)."""
+    return TrackingLogger(
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+        run_id=run_id,
+        tags=dict(tags or {}),
+    )
+
+
+def find_logger(trainer: Trainer) -> MLFlowLogger | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            return logger
+    return None
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.detach().float().item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def read_run_file(ckpt_dir: str | os.PathLike) -> dict | None:
+    path = Path(ckpt_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_id_from_checkpoint(ckpt_path: str | os.PathLike) -> str | None:
+    """The MLflow run id stored in a checkpoint by :class:`MlflowTrackingCallback`, if any."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or not weights-only: fall back to the run file
+        return None
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if "MlflowTrackingCallback" in str(key) and isinstance(state, dict) and state.get("run_id"):
+            return str(state["run_id"])
+    return None
+
+
+class MlflowSaveConfigCallback(SaveConfigCallback):
+    """Writes the resolved config to MLflow as ``config.yaml`` (and not to a log dir, which MLflow lacks).
+
+    Lightning calls :meth:`save_config` on rank 0 only.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = find_logger(trainer)
+        if logger is None:
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        logger.experiment.log_text(logger.run_id, text, self.config_filename)
+
+
+class MlflowTrackingCallback(Callback):
+    """Per-epoch metrics (``step = epoch``), epoch time and end-of-fit artifacts; see the module docstring.
+
+    Works without a logger too (then it only writes the model directory at the end of the fit).
+
+    Args:
+        ckpt_dir: where checkpoints and ``mlflow_run.json`` live (the run file enables resuming).
+        log_model: log the model directory and forecast plots to MLflow at the end of the fit.
+        model_dir: also write the model directory here (default ``<ckpt_dir>/model``).
+        plot_series: how many validation series to plot.
+        forecast_samples: latent samples per plotted forecast.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike | None = None,
+        log_model: bool = True,
+        model_dir: str | os.PathLike | None = None,
+        plot_series: int = 3,
+        forecast_samples: int = 50,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.log_model = log_model
+        self.model_dir = Path(model_dir) if model_dir else (self.ckpt_dir / "model" if self.ckpt_dir else None)
+        self.plot_series = plot_series
+        self.forecast_samples = forecast_samples
+        self.run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self.model_dir_written: Path | None = None
+        self._epoch_start = 0.0
+        self._epoch_time = 0.0
+        self._batch_start = 0.0
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._logged_epoch = -1
+
+    # -- run identity (stored in checkpoints so that a resumed fit continues the run) --
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run_id = state_dict.get("run_id") or self.run_id
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = find_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        self.run_id = logger.run_id
+        self.tracking_uri = logger._tracking_uri
+        if stage == "fit" and self.ckpt_dir is not None:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
+            (self.ckpt_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir", str(self.ckpt_dir.resolve()))
+
+    # -- per-epoch metrics --
+    def _add(self, key: str, value: float | None) -> None:
+        if value is not None and math.isfinite(value):
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_time = 0.0
+        self._sums, self._counts = {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        self._add("train_loss", _scalar(loss))
+        model = getattr(pl_module, "model", pl_module)
+        self._add("nfe", _scalar(getattr(model, "last_nfe", None)))
+        self._add("batch_time_s", time.perf_counter() - self._batch_start)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.training and self._epoch_start:
+            self._epoch_time = time.perf_counter() - self._epoch_start
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs before ModelCheckpoint's own on_validation_end (Lightning puts checkpoint callbacks last),
+        # so an epoch's metrics are in MLflow before its checkpoint exists: a resume never leaves a gap.
+        if trainer.sanity_checking or not trainer.training:
+            return
+        self._log_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._logged_epoch != trainer.current_epoch:  # no validation this epoch
+            self._epoch_time = self._epoch_time or time.perf_counter() - self._epoch_start
+            self._log_epoch(trainer)
+
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, float]:
+        """This epoch's metrics: training means (loss, nfe, batch time), epoch time and validation metrics."""
+        metrics = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts.get(k)}
+        if self._epoch_time:
+            metrics["epoch_time_s"] = self._epoch_time
+        for key, value in trainer.callback_metrics.items():
+            v = _scalar(value)
+            if v is not None and key.startswith("val_") and not key.endswith("_step"):
+                metrics[key.removesuffix("_epoch")] = v
+        return metrics
+
+    def _log_epoch(self, trainer: Trainer) -> None:
+        self._logged_epoch = trainer.current_epoch
+        logger = find_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        metrics = self.epoch_metrics(trainer)
+        if not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key=EPOCH_PREFIX + k, value=v, timestamp=now, step=trainer.current_epoch)
+                 for k, v in sorted(metrics.items())]
+        logger.experiment.log_batch(logger.run_id, metrics=batch)
+
+    # -- end of fit: best checkpoint, model directory, plots --
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        logger = find_logger(trainer)
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        if logger is not None and best and Path(best).is_file():
+            logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
+            logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint", str(Path(best).resolve()))
+        datamodule = trainer.datamodule
+        if datamodule is None or getattr(datamodule, "transform", None) is None:
+            log.warning("no fitted data transform: the model directory is not written")
+            return
+        from ts_neuralode.forecaster import Forecaster
+
+        module = pl_module
+        if best and Path(best).is_file():  # the model directory holds the best weights, not the last ones
+            module = _module_with_checkpoint(pl_module, best)
+        forecaster = Forecaster.from_module(module, datamodule)
+        if self.model_dir is not None:
+            self.model_dir_written = forecaster.save(self.model_dir)
+        if logger is None or not self.log_model:
+            return
+        client, run_id = logger.experiment, logger.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = forecaster.save(Path(tmp) / "model")
+            client.log_artifacts(run_id, str(model_dir), "model")
+            try:
+                pngs = forecaster.plot_validation_forecasts(
+                    datamodule, Path(tmp) / "plots", n_series=self.plot_series, num_samples=self.forecast_samples
+                )
+            except TSNeuralODEError as err:  # plots are a courtesy; never fail a finished fit over them
+                log.warning("forecast plots not logged: %s", err)
+                pngs = []
+            for png in pngs:
+                client.log_artifact(run_id, str(png), "plots")
+
+
+def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> LightningModule:
+    """A copy of ``pl_module`` (same class and hparams) holding the weights of ``ckpt_path``."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = {k: v for k, v in dict(pl_module.hparams).items() if not str(k).startswith("_")}
+    module = type(pl_module)(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()
