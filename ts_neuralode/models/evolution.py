@@ -218,10 +218,15 @@ class FlowEvolution(Evolution):
             t = t.expand(B, T)
             last = (t_mask.long().sum(dim=1).clamp(min=1) - 1).unsqueeze(1)  # [B, 1]
             t = torch.where(t_mask, t, t.gather(1, last))
-        dt = (t - t[:, :1]).unsqueeze(-1)  # [B or 1, T, 1]; exactly 0 at index 0
-        x = h0.unsqueeze(1).expand(B, T, self.dim)
         self.last_nfe = 0.0
-        return self.flow(dt, x)
+        if T == 1:
+            return h0.unsqueeze(1)
+        # F(0, h0) = h0 exactly, so index 0 is h0 itself and only the T - 1 later times are computed
+        # (half the work for the two-point calls of recurrent encoders). A shared grid stays [1, T-1, 1]:
+        # the flows compute time embeddings once per time, not once per sample.
+        dt = (t[:, 1:] - t[:, :1]).unsqueeze(-1)  # [B or 1, T-1, 1]
+        x = h0.unsqueeze(1).expand(B, T - 1, self.dim)
+        return torch.cat([h0.unsqueeze(1), self.flow(dt, x)], dim=1)
 
     def inverse(self, y: Tensor, t: Tensor, t0: Tensor | float = 0.0, **kwargs) -> Tensor:
         """Recover ``h0`` from states ``y [B, T, H]`` at times ``t`` (``[T]``/``[B, T]``) evolved from ``t0``."""

@@ -51,19 +51,32 @@ from ts_neuralode.models.time_embedding import make_time_embedding
 
 
 def broadcast_time(t: Tensor | float, x: Tensor) -> Tensor:
-    """Return ``t`` as ``[*x.shape[:-1], 1]`` in ``x``'s dtype/device (see the module docstring)."""
+    """Return ``t`` as a ``[..., 1]`` tensor in ``x``'s dtype/device whose leading shape broadcasts to
+    ``x.shape[:-1]`` (see the module docstring). It is NOT expanded: a time grid shared by the batch
+    (``[1, T, 1]`` against ``[B, T, D]``) stays small, so time embeddings are computed once per time, not
+    once per sample; :func:`expand_time` materialises it where a network needs ``[x, t]``."""
     if not torch.is_tensor(t):
         t = torch.tensor(float(t))
     t = t.to(dtype=x.dtype, device=x.device)
-    if t.dim() > 0 and (t.shape == x.shape[:-1] or t.shape[-1] != 1):
+    if t.dim() == 0:
+        t = t.reshape(1)
+    elif t.shape == x.shape[:-1] or t.shape[-1] != 1:
         t = t.unsqueeze(-1)  # [B, T] / [T] / [B] without the trailing 1
     try:
-        return t.expand(*x.shape[:-1], 1)
+        ok = torch.broadcast_shapes(t.shape[:-1], x.shape[:-1]) == x.shape[:-1]
     except RuntimeError:
+        ok = False
+    if not ok:
         raise ValueError(
             f"flow time of shape {tuple(t.shape)} does not broadcast to the state {tuple(x.shape)}; "
             "pass t as [..., 1] matching x [..., D] (e.g. [B, T, 1] for [B, T, D])"
-        ) from None
+        )
+    return t
+
+
+def expand_time(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` (from :func:`broadcast_time`) expanded to ``[*x.shape[:-1], 1]``."""
+    return t.expand(*x.shape[:-1], 1)
 
 
 class Flow(nn.Module):
@@ -151,7 +164,7 @@ class ResNetFlowLayer(ResidualFlowLayer):
         )
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.net(torch.cat([x, t], dim=-1))
+        return self.net(torch.cat([x, expand_time(t, x)], dim=-1))
 
 
 class GRUFlowLayer(ResidualFlowLayer):
@@ -173,6 +186,7 @@ class GRUFlowLayer(ResidualFlowLayer):
         self.lin_c = SpectralNormLinear(dim + 1, dim, **kw)
 
     def residual(self, t: Tensor, h: Tensor) -> Tensor:
+        t = expand_time(t, h)
         ht = torch.cat([h, t], dim=-1)
         z = 0.4 * torch.sigmoid(self.lin_z(ht))
         r = 0.8 * torch.sigmoid(self.lin_r(ht))
@@ -209,8 +223,11 @@ class CouplingFlowLayer(Flow):
         self.embedding = make_time_embedding(time_embedding, 2 * na, num_features=time_embedding_features)
 
     def _scale_shift(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        xb = x.index_select(-1, self.idx_b)
-        u, v = self.net(torch.cat([xb, t], dim=-1)).chunk(2, dim=-1)
+        if self.idx_b.numel() == 0:  # one channel: the networks see only t (once per distinct time)
+            inp = t
+        else:
+            inp = torch.cat([x.index_select(-1, self.idx_b), expand_time(t, x)], dim=-1)
+        u, v = self.net(inp).chunk(2, dim=-1)
         phi_u, phi_v = self.embedding(t).chunk(2, dim=-1)
         return u * phi_u, v * phi_v
 
@@ -218,6 +235,8 @@ class CouplingFlowLayer(Flow):
         t = broadcast_time(t, x)
         log_scale, shift = self._scale_shift(t, x)
         ya = x.index_select(-1, self.idx_a) * torch.exp(log_scale) + shift
+        if self.idx_b.numel() == 0:
+            return ya
         return torch.cat([ya, x.index_select(-1, self.idx_b)], dim=-1).index_select(-1, self.inv_perm)
 
     def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
@@ -225,6 +244,8 @@ class CouplingFlowLayer(Flow):
         t = broadcast_time(t, y)
         log_scale, shift = self._scale_shift(t, y)  # y_B == x_B
         xa = (y.index_select(-1, self.idx_a) - shift) * torch.exp(-log_scale)
+        if self.idx_b.numel() == 0:
+            return xa
         return torch.cat([xa, y.index_select(-1, self.idx_b)], dim=-1).index_select(-1, self.inv_perm)
 
 
@@ -328,6 +349,7 @@ def make_flow(
 
 __all__ = [
     "broadcast_time",
+    "expand_time",
     "Flow",
     "ResidualFlowLayer",
     "ResNetFlowLayer",
