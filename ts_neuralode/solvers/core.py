@@ -196,12 +196,13 @@ def solve_adaptive(
     max_steps: int,
     first_step: float | None,
     sign=1.0,
-    record_all: bool = False,
+    checkpoints: list | None = None,
 ):
     """Adaptive per-sample integration of y0 [B, D] over the rows of tq [B, T] (forward time).
 
-    Returns (ys [B, T, D], stats, records) — records of every iteration when ``record_all`` (used by the
-    interpolated adjoint), else of the steps that covered output times only.
+    Returns (ys [B, T, D], stats, records of the steps that covered output times). When a list is passed
+    as ``checkpoints``, every iteration appends (t [B], t_new [B], dt_taken [B] (0 where not accepted),
+    y_start [B, D]) to it — what the interpolated adjoint needs to recompute each accepted step.
     """
     B, T = tq.shape
     dev, dtype = y0.device, y0.dtype
@@ -271,11 +272,12 @@ def solve_adaptive(
                     active &= ~under
                     flags[0] = bool(active.any())
         acc_c = accept.unsqueeze(-1)
-        if record_all or flags[1]:
+        if checkpoints is not None:
+            checkpoints.append((t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
+        if flags[1]:
             recs.append((t, t_new, dt_use, y, torch.stack(ks, 1)))
-            if flags[1]:
-                cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
-                next_out = tq_ext.gather(1, cnt).squeeze(1)
+            cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
+            next_out = tq_ext.gather(1, cnt).squeeze(1)
         y = torch.where(acc_c, y1, y)
         k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else func(t_new, y)
         t = t_new
@@ -327,7 +329,7 @@ def solve_fixed(
     step_size: float | None,
     max_steps: int,
     sign=1.0,
-    record_all: bool = False,
+    checkpoints: list | None = None,
 ):
     """Fixed-step integration. ``step_size=None``: the steps are the output intervals of each row.
     Otherwise steps of ``step_size`` from each row's start (last one shortened), outputs by dense output.
@@ -347,8 +349,8 @@ def solve_fixed(
         for i in range(T - 1):
             t, dt = tq[:, i], tq[:, i + 1] - tq[:, i]
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
-            if record_all:
-                recs.append((t, tq[:, i + 1], dt, y, torch.stack(ks, 1)))
+            if checkpoints is not None:
+                checkpoints.append((t, tq[:, i + 1], dt, y))
             y = y1
             outs.append(y)
             n_steps += dt > 0
@@ -366,6 +368,8 @@ def solve_fixed(
             dt = t_stop - t
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
             recs.append((t, t_stop, dt, y, torch.stack(ks, 1)))
+            if checkpoints is not None:
+                checkpoints.append((t, t_stop, dt, y))
             y = y1
         n_steps = n_b
         ys = _assemble(tab, y0, tq, _stack_records(recs) if recs else None)
@@ -373,4 +377,14 @@ def solve_fixed(
     stats = SolverStats(
         n_f_evals=tab.stages * n_steps, n_accepted=n_steps.clone(), n_rejected=torch.zeros_like(n_steps)
     )
-    return ys, stats, (_stack_records(recs) if recs else None)
+    return ys, stats, None
+
+
+def run_solver(f, tab, y0, tq, sign, opts, checkpoints=None):
+    if tab.adaptive:
+        return solve_adaptive(
+            f, tab, y0, tq, rtol=opts["rtol"], atol=opts["atol"], max_steps=opts["max_steps"],
+            first_step=opts["first_step"], sign=sign, checkpoints=checkpoints,
+        )
+    return solve_fixed(f, tab, y0, tq, step_size=opts["step_size"], max_steps=opts["max_steps"], sign=sign,
+                       checkpoints=checkpoints)

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .core import SolverStats, solve_adaptive, solve_fixed
+from .core import SolverStats, run_solver
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
 ADJOINT_MODES = ("backsolve", "interpolate")
@@ -184,13 +184,3 @@ def odeint(
 
     ys, stats, _ = run_solver(f, tab, y0, tq, sign, opts)
     return Solution(ys, stats)
-
-
-def run_solver(f, tab, y0, tq, sign, opts, record_all=False):
-    if tab.adaptive:
-        return solve_adaptive(
-            f, tab, y0, tq, rtol=opts["rtol"], atol=opts["atol"], max_steps=opts["max_steps"],
-            first_step=opts["first_step"], sign=sign, record_all=record_all,
-        )
-    return solve_fixed(f, tab, y0, tq, step_size=opts["step_size"], max_steps=opts["max_steps"], sign=sign,
-                       record_all=record_all)
