@@ -6,7 +6,7 @@
   series' first time, then sink ``dx/dt = A x`` with ``A = [[-4, 10], [-3, 2]]`` and ellipse the
   Lotka–Volterra system ``dx/dt = 2/3 x - 2/3 x y, dy/dt = x y - y``, reported minus 1. Options:
   ``extrap="time"`` (times in [10, 30]) and ``extrap="space"`` (x0 from [-4,-2] ∪ [2,4] in 1-D, [1,2]^2
-  in 2-D). ODEs are integrated with classical RK4 between consecutive sample times (≥ 20 sub-steps per
+  in 2-D). ODEs are integrated with classical RK4 between consecutive sample times (≥ 100 sub-steps per
   unit time, vectorised over series).
 * ``periodic`` (Latent ODE): 100 times shared by all series, t0 = 0 plus 99 sorted U(0, 5); per series
   frequency ~ U(0.4, 0.8), amplitude 1, offset 1 + N(0, 0.1); ``y = sin(2π f t) + offset`` plus
@@ -51,7 +51,7 @@ def _lotka_volterra(x: np.ndarray) -> np.ndarray:
 
 
 def integrate_rk4(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, times: np.ndarray,
-                  steps_per_unit: float = 50.0) -> np.ndarray:
+                  steps_per_unit: float = 100.0) -> np.ndarray:
     """Autonomous ``dx/dt = f(x)`` from ``x0`` [S, D] at ``times[:, 0]`` to every time of ``times`` [S, T]
     (per-series grids); fixed-step RK4 between consecutive outputs. Returns [S, T, D]."""
     s, t = times.shape
