@@ -226,8 +226,7 @@ def solve_adaptive(
     # SAFETY·r_{n-1}^β2 of the last accepted step. Accepted ratios are ≤ 1, so this is ≤ SAFETY and the
     # same PI formula also shrinks rejected steps (r > 1) — no separate reject branch (fewer ops per step).
     prev_term = torch.full((B,), SAFETY, dtype=dtype, device=dev)
-    n_att = torch.zeros(B, dtype=torch.long, device=dev)
-    n_acc = torch.zeros(B, dtype=torch.long, device=dev)
+    att_hist, acc_hist = [], []  # per-step bool masks, summed once at the end (not 2 ops per step)
     failed = torch.zeros(B, dtype=torch.bool, device=dev)
     nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
     active = t < t_end
@@ -257,9 +256,9 @@ def solve_adaptive(
             fac = ratio.pow(-beta1).mul_(prev_term).clamp_(FACTOR_MIN, FACTOR_MAX)
             prev_term = torch.where(accept, ratio.clamp(min=1e-4).pow_(beta2).mul_(SAFETY), prev_term)
             dt = dt_use * fac
-            n_att += active
-            n_acc += accept
-            rejected = active & ~accept
+            att_hist.append(active)
+            acc_hist.append(accept)
+            rejected = active ^ accept  # accept ⊂ active
             active = t_new < t_end
             covered = t_new >= next_out
             flags = torch.stack((active, covered, rejected)).any(1).tolist()  # the one host sync per step
@@ -271,15 +270,21 @@ def solve_adaptive(
                     t_end = torch.where(under, t, t_end)
                     active &= ~under
                     flags[0] = bool(active.any())
-        acc_c = accept.unsqueeze(-1)
         if checkpoints is not None:
             checkpoints.append((t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if flags[1]:
             recs.append((t, t_new, dt_use, y, torch.stack(ks, 1)))
             cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
             next_out = tq_ext.gather(1, cnt).squeeze(1)
-        y = torch.where(acc_c, y1, y)
-        k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else func(t_new, y)
+        if flags[2]:
+            acc_c = accept.unsqueeze(-1)
+            y = torch.where(acc_c, y1, y)
+            k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
+        else:
+            # nobody rejected: finished samples stepped with dt = 0, so y1 == y for them — no masking
+            y, k0 = y1, ks[-1]
+        if not tab.fsal:
+            k0 = func(t_new, y)
         t = t_new
         any_active = flags[0]
     if bool(failed.any()):
@@ -293,6 +298,11 @@ def solve_adaptive(
             "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
         )
     per_step = tab.stages - 1 if tab.fsal else tab.stages
+    if att_hist:
+        n_att = torch.stack(att_hist).sum(0)
+        n_acc = torch.stack(acc_hist).sum(0)
+    else:
+        n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
     stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc)
     records = _stack_records(recs) if recs else None
     ys = _assemble(tab, y0, tq, records)

@@ -36,6 +36,22 @@ def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None):
     if t.shape[-1] < 1:
         raise ValueError("t is empty: pass at least the initial time t[..., 0]")
     t = t.to(device=y0.device, dtype=y0.dtype)
+    if t.dim() == 1 and t_mask is None:
+        # shared grid (the common case): check the one row, then broadcast it (a view, no copy)
+        T = t.shape[0]
+        d = t[1:] - t[:-1]
+        ok, up, down = torch.stack(
+            (torch.isfinite(t).all(), (d > 0).all(), (d < 0).all())
+        ).tolist() if T > 1 else (bool(torch.isfinite(t).all()), True, False)
+        if not ok:
+            raise ValueError("t contains NaN/inf: pass finite times")
+        if not (up or down):
+            raise ValueError(
+                "t must be strictly increasing or strictly decreasing in each row; row(s) [0] are not "
+                "(sort the times and drop duplicates, or mark padding with t_mask)"
+            )
+        sign = 1.0 if up else -1.0
+        return (t if up else -t).unsqueeze(0).expand(B, T), sign
     if t.dim() == 1:
         t = t.unsqueeze(0).expand(B, -1)
     elif t.shape[0] != B:
