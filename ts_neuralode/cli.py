@@ -138,6 +138,9 @@ def _lightning_cli_class():
 
 
 def run_lightning(argv: Sequence[str]) -> None:
+    import logging
+
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
     cli_cls, module_cls, data_cls, tracking = _lightning_cli_class()
     cli_cls(
         module_cls,

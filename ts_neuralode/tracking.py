@@ -9,7 +9,8 @@ Where runs go:
 
 What a fit records (rank 0 only; other DDP ranks never touch MLflow):
 
-* params: the model's and data module's hyperparameters (Lightning logs them), plus ``seed``;
+* params: the model's and data module's hyperparameters (Lightning logs them), ``seed_everything`` and the
+  main trainer options (``trainer/max_epochs``, ``trainer/devices``, ``trainer/strategy`` …);
 * ``config.yaml``: the full resolved LightningCLI config (:class:`MlflowSaveConfigCallback`);
 * per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches),
   every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 RUN_FILE = "mlflow_run.json"
 EPOCH_PREFIX = "epoch/"
+TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision", "gradient_clip_val",
+                  "accumulate_grad_batches")
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -79,7 +82,8 @@ class TrackingLogger(MLFlowLogger):
 
         if rank_zero_only.rank != 0:
             return
-        flat = {k: str(v)[:250] for k, v in _flatten_dict(_convert_params(params)).items()}
+        params = {k: v for k, v in dict(_convert_params(params)).items() if not str(k).startswith("_")}
+        flat = {k: str(v)[:250] for k, v in _flatten_dict(params).items()}
         existing = self.experiment.get_run(self.run_id).data.params
         changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
         if changed:
@@ -161,6 +165,11 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
             return
         text = self.parser.dump(self.config, skip_none=False)
         logger.experiment.log_text(logger.run_id, text, self.config_filename)
+        trainer_cfg = self.config.get("trainer") or {}
+        extra = {"seed_everything": self.config.get("seed_everything")}
+        for key in TRAINER_PARAMS:
+            extra[f"trainer/{key}"] = trainer_cfg.get(key)
+        logger.log_hyperparams(extra)
 
 
 class MlflowTrackingCallback(Callback):
@@ -212,11 +221,16 @@ class MlflowTrackingCallback(Callback):
             return
         self.run_id = logger.run_id
         self.tracking_uri = logger._tracking_uri
-        if stage == "fit" and self.ckpt_dir is not None:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
-            (self.ckpt_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir", str(self.ckpt_dir.resolve()))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After every callback's setup (ModelCheckpoint warns about a non-empty directory in its setup).
+        logger = find_logger(trainer)
+        if logger is None or not trainer.is_global_zero or self.ckpt_dir is None:
+            return
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
+        (self.ckpt_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir", str(self.ckpt_dir.resolve()))
 
     # -- per-epoch metrics --
     def _add(self, key: str, value: float | None) -> None:
