@@ -119,35 +119,34 @@ def test_missing_columns_lists_existing(tmp_path):
         read_series(p, time_col="time", id_col="sid", value_cols=["value"])
 
 
-def test_non_numeric_value_names_line(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,1,1\na,2,abc\na,3,2\n")
+# (csv text, read_series options, substrings the single-line message must contain)
+ERROR_CASES = {
+    "non-numeric value": ("unique_id,ds,y\na,1,1\na,2,abc\na,3,2\n", {}, ["column 'y'", "line 3", "'abc'"]),
+    "unparseable timestamp": ("unique_id,ds,y\na,2024-01-01,1\na,2024-01-02,1\na,not-a-date,2\n", {},
+                              ["column 'ds'", "line 4", "not-a-date"]),
+    "duplicate (id, time)": ("unique_id,ds,y\na,1,1\nb,1,1\na,2,1\na,1,5\n", {},
+                             ["duplicate", "line 5", "line 2", "duplicates='mean'"]),
+    "inf value": ("unique_id,ds,y\na,1,1\na,2,inf\n", {}, ["column 'y'", "line 3", "infinite"]),
+    "channel never observed": ("unique_id,ds,y,z\na,1,1,\na,2,1,\n", {"value_cols": ["y", "z"]},
+                               ["column 'z'", "never observed"]),
+    "mask not 0/1": ("unique_id,ds,y,m\na,1,1,1\na,2,1,2\n", {"mask_cols": ["m"]}, ["column 'm'", "line 3", "0 or 1"]),
+    "mask 1 over empty value": ("unique_id,ds,y,m\na,1,1,1\na,2,,1\n", {"mask_cols": ["m"]}, ["column 'y'", "line 3"]),
+    "mixed naive/aware": ("unique_id,ds,y\na,2024-01-01 00:00,1\na,2024-01-01 01:00+02:00,2\n", {},
+                          ["column 'ds'", "line 3", "naive", "timezone-aware"]),
+    "missing timestamp": ("unique_id,ds,y\na,1,1\na,,2\n", {}, ["column 'ds'", "line 3", "timestamp is missing"]),
+    "missing id": ("unique_id,ds,y\n,1,1\na,2,2\n", {}, ["column 'unique_id'", "line 2", "id is missing"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_validation_error_names_file_column_and_row(tmp_path, case):
+    text, kwargs, parts = ERROR_CASES[case]
     with pytest.raises(DataError) as e:
-        read_series(p)
+        read_series(write(tmp_path, text), **kwargs)
     msg = one_line(e)
-    assert "column 'y'" in msg and "line 3" in msg and "'abc'" in msg
-
-
-def test_unparseable_timestamp(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,2024-01-01,1\na,2024-01-02,1\na,not-a-date,2\n")
-    with pytest.raises(DataError) as e:
-        read_series(p)
-    msg = one_line(e)
-    assert "column 'ds'" in msg and "line 4" in msg and "not-a-date" in msg
-
-
-def test_duplicate_rows_error(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,1,1\nb,1,1\na,2,1\na,1,5\n")
-    with pytest.raises(DataError) as e:
-        read_series(p)
-    msg = one_line(e)
-    assert "duplicate" in msg and "line 5" in msg and "line 2" in msg and "duplicates='mean'" in msg
-
-
-def test_inf_values(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,1,1\na,2,inf\n")
-    with pytest.raises(DataError) as e:
-        read_series(p)
-    assert "infinite" in one_line(e) and "line 3" in str(e.value)
+    assert msg.startswith(str(tmp_path / "d.csv"))
+    for part in parts:
+        assert part in msg, (case, msg)
 
 
 def test_short_series_dropped_with_warning_and_error_if_none_left(tmp_path):
@@ -157,42 +156,6 @@ def test_short_series_dropped_with_warning_and_error_if_none_left(tmp_path):
     assert list(tab.ids) == ["a"]
     with pytest.raises(DataError, match="fewer than 2"):
         read_series(write(tmp_path, "unique_id,ds,y\na,1,1\nb,1,1\n", "s.csv"))
-
-
-def test_channel_never_observed(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y,z\na,1,1,\na,2,1,\n")
-    with pytest.raises(DataError) as e:
-        read_series(p, value_cols=["y", "z"])
-    assert "column 'z'" in one_line(e) and "never observed" in str(e.value)
-
-
-def test_mask_values_other_than_0_1(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y,m\na,1,1,1\na,2,1,2\n")
-    with pytest.raises(DataError) as e:
-        read_series(p, mask_cols=["m"])
-    msg = one_line(e)
-    assert "column 'm'" in msg and "line 3" in msg and "0 or 1" in msg
-
-
-def test_mask_one_over_empty_value(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y,m\na,1,1,1\na,2,,1\n")
-    with pytest.raises(DataError, match="line 3"):
-        read_series(p, mask_cols=["m"])
-
-
-def test_mixed_naive_and_aware_datetimes(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,2024-01-01 00:00,1\na,2024-01-01 01:00+02:00,2\n")
-    with pytest.raises(DataError) as e:
-        read_series(p)
-    msg = one_line(e)
-    assert "line 3" in msg and "naive" in msg and "timezone-aware" in msg
-
-
-def test_missing_timestamp_and_missing_id(tmp_path):
-    with pytest.raises(DataError, match="line 3.*timestamp is missing"):
-        read_series(write(tmp_path, "unique_id,ds,y\na,1,1\na,,2\n"))
-    with pytest.raises(DataError, match="column 'unique_id', line 2"):
-        read_series(write(tmp_path, "unique_id,ds,y\n,1,1\na,2,2\n", "i.csv"))
 
 
 def test_dataframe_errors_name_rows():
@@ -218,3 +181,16 @@ def test_no_warning_for_clean_data(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_series(p)
+
+
+@pytest.mark.parametrize("n_ids", [50, 100_000])
+def test_sort_order_matches_lexsort(n_ids):
+    from ts_neuralode.data.io import _sort_order
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 50, 5000)
+    times = rng.random(5000).round(3)
+    order = _sort_order(codes, times, n_ids)
+    assert np.array_equal(codes[order], codes[np.lexsort((times, codes))])
+    assert np.array_equal(times[order], times[np.lexsort((times, codes))])
+    assert np.array_equal(_sort_order(codes[order], times[order], n_ids), np.arange(5000))

@@ -21,9 +21,8 @@ DistributedSampler under DDP and workers (``num_workers > 0``) only run the chea
 
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import lightning as L
 import numpy as np
@@ -31,7 +30,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from ts_neuralode.data.collate import LAYOUTS, Collator, SeriesArrays, TaskSpec, subsample
-from ts_neuralode.data.io import SeriesTable, read_series
+from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
 

@@ -109,7 +109,6 @@ class SeriesTransform:
         if scaler not in SCALERS:
             raise ConfigError(f"scaler={scaler!r} is not supported; use one of {', '.join(SCALERS)}")
         series = np.arange(table.n_series) if series is None else np.asarray(series)
-        rows = np.zeros(len(table.times), dtype=bool)
         lo, hi = table.offsets[series], table.offsets[series + 1]
         marks = np.zeros(len(table.times) + 1, dtype=np.int64)
         np.add.at(marks, lo, 1)
