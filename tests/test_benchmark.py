@@ -1,0 +1,132 @@
+"""``ts-neuralode benchmark``: outputs (table, CSV, PNG, markdown), MLflow parent + nested runs, one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ts_neuralode import benchmark
+from ts_neuralode.cli import main
+from ts_neuralode.data.generators import generate
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _tiny_csv(tmp_path):
+    path = tmp_path / "tiny.csv"
+    generate("sine", n_series=20, n_points=16, seed=1).to_csv(path, index=False)
+    return path
+
+
+def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root lands here
+    csv = _tiny_csv(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "res" / "bench.csv"
+    rc = main(["benchmark", "--data.path", str(csv), "--models", "latent_ode_rk4,latent_gru_flow", "--epochs", "1",
+               "--batch_size", "8", "--latency_reps", "1", "--out", str(out), "--tracking_uri", uri,
+               "--run_name", "tiny", "--no_progress"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    header = stdout.strip().splitlines()[0]
+    for col in ("model", "params", "epoch time s (median)", "latency p50 ms", "latency p95 ms", "interp MSE",
+                "extrap MSE"):
+        assert col in header
+    assert stdout.count("| latent_") == 2
+
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(benchmark.COLUMNS)
+    assert list(table["model"]) == ["latent_ode_rk4", "latent_gru_flow"]
+    assert (table["params"] > 0).all()
+    assert (table["epoch_time_s"] > 0).all() and (table["latency_p95_ms"] >= table["latency_p50_ms"]).all()
+    assert np.isfinite(table[["interp_mse", "extrap_mse"]].to_numpy()).all()
+    rk4, flow = table.iloc[0], table.iloc[1]
+    assert rk4["infer_nfe"] > 0 and rk4["train_nfe"] > 0  # the ODE counts function evaluations
+    assert flow["infer_nfe"] == 0 and flow["train_nfe"] == 0  # a flow has none
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = out.with_suffix(".md").read_text()
+    assert "ts-neuralode benchmark --data.path" in md and "| latent_gru_flow |" in md
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ts_neuralode_benchmark")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "tiny"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["epochs"] == "1"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["latent_gru_flow", "latent_ode_rk4"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.metrics["params"] > 0 and math.isfinite(child.data.metrics["interp_mse"])
+        hist = client.get_metric_history(child.info.run_id, "epoch/epoch_time_s")
+        assert [m.step for m in hist] == [0]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"bench.csv", "bench.png", "bench.md"} <= arts
+
+
+def test_run_benchmark_same_seed_same_init_and_shared_split():
+    cfg = benchmark.BenchmarkConfig(dataset="sine", n_series=12, n_points=12, models=("latent_resnet_flow",),
+                                    epochs=1, batch_size=6, latency_reps=1)
+    a = benchmark.run_benchmark(cfg, progress=False)
+    b = benchmark.run_benchmark(cfg, progress=False)
+    # same data, seed and budget -> the same model and the same scores (timings aside)
+    for col in ("params", "interp_mse", "extrap_mse", "final_train_loss"):
+        assert a.table[col].iloc[0] == pytest.approx(b.table[col].iloc[0], rel=1e-5)
+    assert a.layout == "padded"  # series with their own random times: no B*T union grid
+    dms = benchmark.make_datamodules(cfg, benchmark.load_frame(cfg), "padded")
+    assert list(dms["interpolation"].split["test"]) == list(dms["extrapolation"].split["test"])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--models", "latent_ode_dopri5,nope"], "unknown model"),
+    (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
+    ([], None),
+    (["--epochs", "0"], "--epochs 0 must be >= 1"),
+    (["--task", "smoothing"], "invalid choice"),
+    (["--bogus", "1"], "unrecognized arguments"),
+    (["--data.format", "wide"], "applies to a CSV only"),
+    (["--tracking_uri", "some_dir"], "directory"),
+])
+def test_bad_options_one_line(tmp_path, monkeypatch, capsys, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    argv = ["benchmark", "--epochs", "1", "--no_progress"] + args
+    if args != [] and "--data.path" not in args:
+        argv += ["--dataset", "sine", "--n_series", "6", "--n_points", "8"]
+    if args == []:
+        fragment = "exactly one of"
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("ts-neuralode")
+    assert fragment in err
+
+
+def test_unknown_dataset_and_missing_file(tmp_path, capsys):
+    assert main(["benchmark", "--dataset", "nope"]) == 2
+    assert "unknown" in capsys.readouterr().err
+    assert main(["benchmark", "--data.path", str(tmp_path / "none.csv")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_markdown_table_and_plot_handle_failures(tmp_path):
+    df = pd.DataFrame([
+        {**{c: math.nan for c in benchmark.COLUMNS}, "model": "a", "params": 10, "epoch_time_s": 0.5,
+         "interp_mse": 0.1, "extrap_mse": 0.2, "error": ""},
+        {**{c: math.nan for c in benchmark.COLUMNS}, "model": "b", "params": 20, "error": "SolverError: underflow"},
+    ])
+    md = benchmark.markdown_table(df)
+    assert md.splitlines()[0].endswith("| error |") and "SolverError: underflow" in md
+    assert "| b | 20 | — |" in md
+    png = benchmark.plot_time_vs_mse(df, tmp_path / "p.png")
+    assert png.stat().st_size > 1000

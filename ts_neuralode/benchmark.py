@@ -1,0 +1,687 @@
+"""``ts-neuralode benchmark``: Neural ODE vs Neural Flow models, same data, seed and budget.
+
+    ts-neuralode benchmark --dataset sine --epochs 5
+    ts-neuralode benchmark --data.path series.csv --models latent_ode_dopri5,latent_gru_flow --epochs 20
+
+Every selected model (:data:`MODEL_SPECS`; default all of them) is built by
+:class:`~ts_neuralode.lightning.ForecastingModule` with the same options, seeded with the same seed, and
+trained by a Lightning ``Trainer`` for the same number of epochs on the same
+:class:`~ts_neuralode.data.IrregularTimeSeriesDataModule` (training task ``--task``). Then it is scored on
+the test split of BOTH tasks (the data modules share the split: same seed, same series):
+
+* ``interp_mse``: interpolation test set, held-out points (condition on ``obs_fraction`` of each series);
+* ``extrap_mse``: extrapolation test set, points after the cut (condition on the points before it).
+
+MSE is in model units (values after the data module's scaler; ``--data.scaler none`` keeps the original
+units). Reported per model: trainable parameters, training time per epoch (median over epochs; the
+``Trainer`` runs no validation and no logger while training, so the epoch time is the training loop only:
+data loading, forward, backward, optimiser step), inference latency per test batch (``model.predict`` at the
+batch's times, one deterministic sample, no grad; p50 and p95 over ``--latency_reps`` passes over the test
+batches after one warm-up pass), function evaluations per forward (training forward and inference forward,
+mean per sample; 0 for flows), and the two test MSEs.
+
+Outputs: a markdown table on stdout (and ``<out stem>.md`` with the command that produced it), the CSV
+``--out``, a PNG chart of epoch time against test MSE (log-log) and, unless ``--no_tracking``, an MLflow parent
+run (params: the shared settings; artifacts: CSV, PNG, markdown) with one nested run per model (params: the
+model's config; metrics: the row, plus ``epoch/epoch_time_s`` and ``epoch/train_loss`` with ``step = epoch``).
+The tracking URI follows the project convention (:func:`ts_neuralode.tracking.resolve_tracking_uri`).
+MLflow is written only between models, never inside a timed loop.
+
+A model whose solver fails (:class:`~ts_neuralode.solvers.SolverError`, e.g. step size underflow on stiff
+dynamics) gets its error in the ``error`` column and the benchmark goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.solvers import SolverError
+
+PROG = "ts-neuralode benchmark"
+
+#: Benchmark model name -> ForecastingModule options (on top of the shared ones).
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    "latent_ode_dopri5": {"model": "latent_ode", "evolution": "ode", "method": "dopri5"},
+    "latent_ode_rk4": {"model": "latent_ode", "evolution": "ode", "method": "rk4"},
+    "latent_gru_flow": {"model": "latent_ode", "evolution": "gru_flow"},
+    "latent_coupling_flow": {"model": "latent_ode", "evolution": "coupling_flow"},
+    "latent_resnet_flow": {"model": "latent_ode", "evolution": "resnet_flow"},
+    "ode_rnn": {"model": "ode_rnn", "evolution": "ode", "method": "dopri5"},
+    "flow_rnn": {"model": "ode_rnn", "evolution": "gru_flow"},
+    "gru_ode": {"model": "gru_ode", "evolution": "ode", "method": "dopri5"},
+    "gru_flow": {"model": "gru_ode", "evolution": "gru_flow"},
+}
+DEFAULT_MODELS = tuple(MODEL_SPECS)
+TASKS = ("interpolation", "extrapolation")
+LAYOUTS = ("auto", "union", "padded")
+
+#: Result columns, in table order (CSV has them all; the markdown table a readable subset).
+COLUMNS = (
+    "model", "family", "evolution", "method", "params", "epochs", "epoch_time_s", "epoch_time_min_s",
+    "train_time_s", "train_nfe", "infer_nfe", "latency_p50_ms", "latency_p95_ms", "interp_mse", "extrap_mse",
+    "final_train_loss", "error",
+)
+_MD_COLUMNS = (
+    ("model", "model"), ("params", "params"), ("epoch_time_s", "epoch time s (median)"),
+    ("latency_p50_ms", "latency p50 ms"), ("latency_p95_ms", "latency p95 ms"), ("train_nfe", "NFE/forward train"),
+    ("infer_nfe", "NFE/forward infer"), ("interp_mse", "interp MSE"), ("extrap_mse", "extrap MSE"),
+)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything one benchmark run depends on (the CLI options; scripts build it directly)."""
+
+    dataset: str | None = None              # a generator name (ts_neuralode.data.generators.NAMES) ...
+    path: str | None = None                 # ... or a CSV file (exactly one of the two)
+    read_options: dict = field(default_factory=dict)   # format/id_col/time_col/value_cols/... for the CSV
+    n_series: int = 1000
+    n_points: int | None = None
+    models: tuple[str, ...] = DEFAULT_MODELS
+    task: str = "interpolation"             # training task; both test tasks are always scored
+    obs_fraction: float = 0.5
+    cut: float = 0.5
+    extrap_obs_fraction: float = 1.0
+    layout: str = "auto"
+    scaler: str = "standard"
+    time_scale: float | str = "auto"
+    epochs: int = 5
+    batch_size: int = 50
+    seed: int = 0
+    model_options: dict = field(default_factory=dict)  # shared ForecastingModule options (latent_dim, lr, ...)
+    model_overrides: dict = field(default_factory=dict)  # per benchmark model name: extra options
+    gradient_clip: float | None = 1.0
+    latency_reps: int = 3
+    device: str = "cpu"
+    threads: int | None = 1                 # torch CPU threads (None: torch's default)
+
+    def validate(self) -> None:
+        if (self.dataset is None) == (self.path is None):
+            raise ConfigError("give exactly one of --dataset NAME (a synthetic set) or --data.path FILE.csv")
+        if self.dataset is not None:
+            from ts_neuralode.data.generators import NAMES
+
+            if self.dataset not in NAMES:
+                raise ConfigError(f"--dataset {self.dataset!r} is unknown; choose one of {', '.join(NAMES)} "
+                                  "or pass --data.path FILE.csv")
+        elif not Path(self.path).is_file():
+            raise ConfigError(f"--data.path {self.path}: file not found; pass an existing CSV file")
+        if not self.models:
+            raise ConfigError(f"--models is empty; choose from {', '.join(MODEL_SPECS)}")
+        unknown = [m for m in self.models if m not in MODEL_SPECS]
+        if unknown:
+            raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(MODEL_SPECS)}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"--models lists a model twice ({', '.join(self.models)}); list each once")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task {self.task!r}; use interpolation or extrapolation")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--data.layout {self.layout!r}; use auto, union or padded")
+        for name in ("epochs", "batch_size", "n_series", "latency_reps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name} {getattr(self, name)} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads} must be >= 1")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {self.device!r}; use cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise ConfigError(f"--gradient_clip {self.gradient_clip} must be > 0 (or omit it)")
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _source_kwargs(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> dict:
+    if df is not None:
+        return {"df": df}
+    return {"path": cfg.path, **cfg.read_options}
+
+
+def load_frame(cfg: BenchmarkConfig) -> pd.DataFrame | None:
+    """The generated data set (None for a CSV, which each data module reads itself)."""
+    if cfg.dataset is None:
+        return None
+    from ts_neuralode.data.generators import generate
+
+    return generate(cfg.dataset, n_series=cfg.n_series, n_points=cfg.n_points, seed=cfg.seed)
+
+
+def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
+    """``auto``: the union grid when the series (nearly) share their times, else per-series padded grids.
+
+    A union grid over series with their own random times would have ``B × T`` points, and every recurrent
+    model steps through each of them.
+    """
+    if cfg.layout != "auto":
+        return cfg.layout
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+
+    probe = IrregularTimeSeriesDataModule(**_source_kwargs(cfg, df), task="interpolation", seed=cfg.seed,
+                                          layout="padded", scaler=cfg.scaler, time_scale=cfg.time_scale)
+    probe.setup()
+    n_unique = len(np.unique(probe.table.times))
+    longest = int(np.max(probe.arrays.counts))
+    return "union" if n_unique <= 2 * longest else "padded"
+
+
+def make_datamodules(cfg: BenchmarkConfig, df: pd.DataFrame | None, layout: str) -> dict[str, Any]:
+    """One data module per task, sharing series, split, scaler and seed."""
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+
+    out = {}
+    for task in TASKS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # series without points on both sides of a cut
+            dm = IrregularTimeSeriesDataModule(
+                **_source_kwargs(cfg, df), task=task, obs_fraction=cfg.obs_fraction, cut=cfg.cut,
+                extrap_obs_fraction=cfg.extrap_obs_fraction, layout=layout, batch_size=cfg.batch_size,
+                seed=cfg.seed, scaler=cfg.scaler, time_scale=cfg.time_scale,
+            )
+            dm.setup()
+        out[task] = dm
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _epoch_timer(device: str):
+    from lightning.pytorch import Callback
+
+    class EpochTimer(Callback):
+        """Wall time of each training epoch (no validation runs inside it) and per-epoch loss / NFE means."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.losses: list[float] = []
+            self.nfes: list[float] = []
+            self._t0 = 0.0
+            self._loss: list[float] = []
+            self._nfe: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._loss, self._nfe = [], []
+            _sync(device)
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self._loss.append(float(loss.detach()))
+            self._nfe.append(float(getattr(pl_module.model, "last_nfe", 0.0) or 0.0))
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            _sync(device)
+            self.times.append(time.perf_counter() - self._t0)
+            self.losses.append(float(np.mean(self._loss)) if self._loss else math.nan)
+            self.nfes.append(float(np.mean(self._nfe)) if self._nfe else math.nan)
+
+    return EpochTimer()
+
+
+def module_options(cfg: BenchmarkConfig, name: str, input_dim: int) -> dict[str, Any]:
+    """ForecastingModule keyword arguments of benchmark model ``name``."""
+    opts = {"eval_samples": 1, **cfg.model_options, **MODEL_SPECS[name], **cfg.model_overrides.get(name, {})}
+    opts["input_dim"] = input_dim
+    return opts
+
+
+@torch.no_grad()
+def measure_latency(model: torch.nn.Module, loader, reps: int, device: str) -> tuple[list[float], float]:
+    """Seconds per test batch for ``model.predict`` (1 warm-up pass, then ``reps`` passes); mean NFE."""
+    batches = [b.to(device) for b in loader]
+    model.eval()
+    for b in batches:  # warm-up (allocator, lazy init)
+        model.predict(b, num_samples=1)
+    times, nfes = [], []
+    for _ in range(reps):
+        for b in batches:
+            _sync(device)
+            t0 = time.perf_counter()
+            model.predict(b, num_samples=1)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            nfes.append(float(model.last_nfe))
+    return times, float(np.mean(nfes)) if nfes else math.nan
+
+
+def _test_metric(trainer, module, dm, key: str) -> float:
+    res = trainer.test(module, datamodule=dm, verbose=False)
+    value = res[0].get(key) if res else None
+    return float(value) if value is not None else math.nan
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """Train and score one model; returns its result row and per-epoch history."""
+    import lightning.pytorch as pl
+
+    from ts_neuralode.lightning import ForecastingModule
+
+    spec = MODEL_SPECS[name]
+    row: dict[str, Any] = {c: math.nan for c in COLUMNS}
+    row.update(model=name, family=spec["model"], evolution=spec["evolution"],
+               method=spec.get("method", "-") if spec["evolution"] == "ode" else "-", epochs=cfg.epochs, error="")
+    history: dict[str, list[float]] = {"epoch_time_s": [], "train_loss": [], "train_nfe": []}
+    train_dm = dms[cfg.task]
+    pl.seed_everything(cfg.seed, verbose=False)
+    opts = module_options(cfg, name, train_dm.num_channels)
+    module = ForecastingModule(**opts)
+    row["params"] = int(sum(p.numel() for p in module.model.parameters() if p.requires_grad))
+    timer = _epoch_timer(cfg.device)
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.device, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        gradient_clip_val=cfg.gradient_clip, callbacks=[timer], deterministic=False,
+    )
+    try:
+        trainer.fit(module, datamodule=train_dm)
+        history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
+        if timer.times:
+            row["epoch_time_s"] = statistics.median(timer.times)
+            row["epoch_time_min_s"] = min(timer.times)
+            row["train_time_s"] = float(sum(timer.times))
+            row["final_train_loss"] = timer.losses[-1]
+            row["train_nfe"] = timer.nfes[-1]
+        module.eval()
+        row["interp_mse"] = _test_metric(trainer, module, dms["interpolation"], "test_interp_mse")
+        row["extrap_mse"] = _test_metric(trainer, module, dms["extrapolation"], "test_extrap_mse")
+        model = module.model.to(cfg.device)
+        lat, nfe = measure_latency(model, dms["interpolation"].test_dataloader(), cfg.latency_reps, cfg.device)
+        row["latency_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
+        row["latency_p95_ms"] = float(np.percentile(lat, 95) * 1e3)
+        row["infer_nfe"] = nfe
+    except SolverError as err:
+        history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
+        row["error"] = "SolverError: " + " ".join(str(err).split())[:200]
+    return row, history
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _fmt(value: Any, col: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if col in ("params", "epochs"):
+        return f"{int(value):,}"
+    if col.endswith("_mse"):
+        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}"
+    if col.endswith("_nfe"):
+        return f"{value:.1f}"
+    if col.endswith("_ms"):
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str]] = _MD_COLUMNS) -> str:
+    """A GitHub markdown table of the result frame (an ``error`` column is added when a model failed)."""
+    cols = list(columns)
+    if "error" in df and df["error"].fillna("").astype(str).str.len().gt(0).any():
+        cols.append(("error", "error"))
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r.get(c), c) for c, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot_time_vs_mse(df: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Scatter of median training epoch time (x) against test MSE (y), log-log; one colour per model,
+    circles for interpolation and triangles for extrapolation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    cmap = plt.get_cmap("tab10")
+    plotted = False
+    for i, (_, r) in enumerate(df.iterrows()):
+        x = r.get("epoch_time_s")
+        for col, marker, label in (("interp_mse", "o", "interp"), ("extrap_mse", "^", "extrap")):
+            y = r.get(col)
+            if x is None or y is None or not (np.isfinite(x) and np.isfinite(y)) or x <= 0 or y <= 0:
+                continue
+            ax.scatter([x], [y], color=cmap(i % 10), marker=marker, s=60,
+                       label=f"{r['model']} ({label})")
+            ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            plotted = True
+    if plotted:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="best", ncol=1)
+    else:
+        ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training time per epoch, median [s]")
+    ax.set_ylabel("test MSE (o interpolation, ^ extrapolation)")
+    ax.set_title(title or "epoch time vs test MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
+    """One paragraph saying what was run (data, split, tasks, budget, machine)."""
+    dm = dms[cfg.task]
+    src = f"synthetic `{cfg.dataset}` ({cfg.n_series} series)" if cfg.dataset else f"`{cfg.path}`"
+    n = {k: len(dm.split[k]) for k in ("train", "val", "test")}
+    shared = {k: v for k, v in cfg.model_options.items()}
+    return (
+        f"Data: {src}, {dm.num_channels} channel(s), split train/val/test = {n['train']}/{n['val']}/{n['test']} "
+        f"series, layout {layout}, scaler {cfg.scaler}. Training task: {cfg.task} "
+        f"(obs_fraction {cfg.obs_fraction}, cut {cfg.cut}); {cfg.epochs} epoch(s), batch {cfg.batch_size}, "
+        f"seed {cfg.seed}, gradient clip {cfg.gradient_clip}, model options {shared or 'defaults'}. "
+        f"Test MSE in model units on the test split: interp = held-out points of the interpolation task, "
+        f"extrap = points after the cut of the extrapolation task. Device {cfg.device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)."
+    )
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+class _Tracker:
+    """Parent run + one nested run per model, written with MlflowClient between models (never while timed)."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str, run_name: str | None, params: dict) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from ts_neuralode.tracking import resolve_tracking_uri
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+            run = self.client.create_run(self.exp_id, run_name=run_name or "benchmark",
+                                         tags={"ts_neuralode.subcommand": "benchmark"})
+        except Exception as err:  # MlflowException, sqlalchemy errors: a user-fixable URI problem
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"--tracking_uri {self.uri}: cannot open the MLflow store ({first}); pass a "
+                              "writable sqlite:///FILE.db or a reachable server URL, or --no_tracking") from err
+        self.parent_id = run.info.run_id
+        self._log(self.parent_id, params=params)
+
+    def _log(self, run_id: str, params: dict | None = None, metrics: dict | None = None,
+             history: dict | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:250]) for k, v in (params or {}).items()]
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+              if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for key, values in (history or {}).items():
+            ms += [Metric(f"epoch/{key}", float(v), now, step) for step, v in enumerate(values) if math.isfinite(v)]
+        for i in range(0, len(ps), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
+            self.client.log_batch(run_id, params=ps[i:i + 100])
+        for i in range(0, len(ms), 1000):
+            self.client.log_batch(run_id, metrics=ms[i:i + 1000])
+
+    def child(self, name: str, params: dict, row: dict, history: dict) -> str:
+        run = self.client.create_run(self.exp_id, run_name=name,
+                                     tags={"mlflow.parentRunId": self.parent_id, "ts_neuralode.subcommand": "benchmark",
+                                           "ts_neuralode.benchmark_model": name})
+        metrics = {k: v for k, v in row.items() if k not in ("model", "family", "evolution", "method", "error")}
+        self._log(run.info.run_id, params=params, metrics=metrics, history=history)
+        if row.get("error"):
+            self.client.set_tag(run.info.run_id, "ts_neuralode.error", row["error"][:5000])
+        self.client.set_terminated(run.info.run_id, "FAILED" if row.get("error") else "FINISHED")
+        return run.info.run_id
+
+    def finish(self, files: Sequence[Path], status: str = "FINISHED") -> None:
+        for f in files:
+            if Path(f).is_file():
+                self.client.log_artifact(self.parent_id, str(f))
+        self.client.set_terminated(self.parent_id, status)
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclass
+class BenchmarkResult:
+    table: pd.DataFrame
+    histories: dict[str, dict]
+    description: str
+    layout: str
+    parent_run_id: str | None = None
+    child_run_ids: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str | None = None
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    *,
+    tracking: bool = False,
+    tracking_uri: str | None = None,
+    experiment_name: str = "ts_neuralode_benchmark",
+    run_name: str | None = None,
+    progress: bool = True,
+    artifacts: Callable[[BenchmarkResult], Sequence[Path]] | None = None,
+) -> BenchmarkResult:
+    """Train and score every model of ``cfg`` (see the module docstring); optionally track in MLflow.
+
+    ``artifacts(result)`` is called before the parent run closes and returns files to attach to it.
+    """
+    cfg.validate()
+    _quiet_lightning()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    df = load_frame(cfg)
+    layout = choose_layout(cfg, df)
+    dms = make_datamodules(cfg, df, layout)
+    desc = describe(cfg, layout, dms)
+    tracker = None
+    if tracking:
+        params = {k: v for k, v in asdict(cfg).items() if k not in ("model_overrides",)}
+        params["models"] = ",".join(cfg.models)
+        params["layout_used"] = layout
+        tracker = _Tracker(tracking_uri, experiment_name, run_name, params)
+    result = BenchmarkResult(pd.DataFrame(columns=list(COLUMNS)), {}, desc, layout,
+                             parent_run_id=tracker.parent_id if tracker else None,
+                             tracking_uri=tracker.uri if tracker else None)
+    rows = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(cfg.models, desc="benchmark", unit="model", disable=not progress, file=sys.stderr)
+    status = "FAILED"
+    try:
+        for name in bar:
+            bar.set_postfix_str(name)
+            row, history = benchmark_model(cfg, name, dms)
+            rows.append(row)
+            result.histories[name] = history
+            if row["error"]:
+                print(f"{PROG}: {name} failed: {row['error']}", file=sys.stderr)
+            if tracker is not None:
+                params = {k: v for k, v in module_options(cfg, name, dms[cfg.task].num_channels).items()}
+                result.child_run_ids[name] = tracker.child(name, params, row, history)
+        result.table = pd.DataFrame(rows, columns=list(COLUMNS))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        if tracker is not None:
+            files = artifacts(result) if (artifacts is not None and status == "FINISHED") else []
+            tracker.finish(files, status)
+    return result
+
+
+def write_outputs(result: BenchmarkResult, out_csv: str | Path, command: str, title: str = "",
+                  plot: str | Path | None = None) -> tuple[Path, Path, Path]:
+    """CSV, PNG chart and markdown (command, description, table) beside each other; returns their paths."""
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out_csv, index=False)
+    png = Path(plot) if plot else out_csv.with_suffix(".png")
+    plot_time_vs_mse(result.table, png, title)
+    md = out_csv.with_suffix(".md")
+    md.write_text(report_markdown(result, command, title, png.name))
+    return out_csv, png, md
+
+
+def report_markdown(result: BenchmarkResult, command: str, title: str = "", png_name: str | None = None) -> str:
+    parts = [f"# {title or 'ts-neuralode benchmark'}", "", "Produced by:", "", "```", command, "```", "",
+             result.description, "", markdown_table(result.table), ""]
+    if png_name:
+        parts += [f"![epoch time vs test MSE]({png_name})", ""]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise ConfigError(f"{PROG}: {message}; see '{PROG} --help'")
+
+
+def _float_or_auto(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train Neural ODE and Neural Flow models on the same data, seed and "
+                "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
+    src = p.add_argument_group("data (one of --dataset / --data.path)")
+    src.add_argument("--dataset", default=None, help="synthetic set (ts-neuralode generate names), e.g. sine")
+    src.add_argument("--n_series", type=int, default=1000, help="series of the synthetic set (default 1000)")
+    src.add_argument("--n_points", type=int, default=None, help="points per synthetic series (default: the set's)")
+    src.add_argument("--data.path", dest="path", default=None, help="CSV file (long or wide format)")
+    src.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
+    src.add_argument("--data.id_col", dest="id_col", default=None)
+    src.add_argument("--data.time_col", dest="time_col", default=None)
+    src.add_argument("--data.value_cols", dest="value_cols", nargs="+", default=None)
+    src.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
+    src.add_argument("--data.time_unit", dest="time_unit", default=None)
+    src.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    src.add_argument("--data.layout", "--layout", dest="layout", choices=LAYOUTS, default="auto",
+                     help="auto (union when series share times, else padded)")
+    src.add_argument("--data.scaler", "--scaler", dest="scaler", default="standard",
+                     choices=("standard", "minmax", "robust", "none"))
+    src.add_argument("--data.time_scale", dest="time_scale", type=_float_or_auto, default="auto")
+    task = p.add_argument_group("task")
+    task.add_argument("--task", "--data.task", dest="task", choices=TASKS, default="interpolation",
+                      help="training task (both test tasks are scored); default interpolation")
+    task.add_argument("--obs_fraction", "--data.obs_fraction", dest="obs_fraction", type=float, default=0.5)
+    task.add_argument("--cut", "--data.cut", dest="cut", type=float, default=0.5)
+    task.add_argument("--extrap_obs_fraction", "--data.extrap_obs_fraction", dest="extrap_obs_fraction",
+                      type=float, default=1.0)
+    m = p.add_argument_group("models and budget")
+    m.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma- or space-separated subset of: {', '.join(MODEL_SPECS)} (default all)")
+    m.add_argument("--epochs", type=int, default=5)
+    m.add_argument("--batch_size", "--data.batch_size", dest="batch_size", type=int, default=50)
+    m.add_argument("--seed", type=int, default=0, help="data generation, split, subsampling and model init")
+    m.add_argument("--latent_dim", type=int, default=None)
+    m.add_argument("--hidden_dim", type=int, default=None)
+    m.add_argument("--num_layers", type=int, default=None)
+    m.add_argument("--flow_layers", type=int, default=None)
+    m.add_argument("--lr", type=float, default=None)
+    m.add_argument("--rtol", type=float, default=None)
+    m.add_argument("--atol", type=float, default=None)
+    m.add_argument("--step_size", type=float, default=None, help="fixed step of rk4 (default: output spacing)")
+    m.add_argument("--gradient_clip", type=float, default=1.0)
+    m.add_argument("--latency_reps", type=int, default=3)
+    m.add_argument("--device", default="cpu", help="cpu or cuda")
+    m.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: these small models run fastest and least noisily on one "
+                        "thread per process, especially on a shared machine; 0 = torch's default)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="benchmark.csv", help="CSV path; the PNG and markdown go beside it")
+    o.add_argument("--plot", default=None, help="PNG path (default <out stem>.png)")
+    o.add_argument("--title", default=None)
+    o.add_argument("--tracking_uri", default=None,
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    o.add_argument("--experiment_name", default="ts_neuralode_benchmark")
+    o.add_argument("--run_name", default=None)
+    o.add_argument("--no_tracking", action="store_true", help="do not record MLflow runs")
+    o.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    read = {k: getattr(args, k) for k in ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit",
+                                          "duplicates") if getattr(args, k) is not None}
+    if read and args.path is None:
+        raise ConfigError(f"--data.{next(iter(read))} applies to a CSV only; pass --data.path FILE.csv too")
+    models = tuple(m for m in args.models.replace(",", " ").split() if m)
+    shared = {k: getattr(args, k) for k in ("latent_dim", "hidden_dim", "num_layers", "flow_layers", "lr", "rtol",
+                                            "atol", "step_size") if getattr(args, k) is not None}
+    return BenchmarkConfig(
+        dataset=args.dataset, path=args.path, read_options=read, n_series=args.n_series, n_points=args.n_points,
+        models=models, task=args.task, obs_fraction=args.obs_fraction, cut=args.cut,
+        extrap_obs_fraction=args.extrap_obs_fraction, layout=args.layout, scaler=args.scaler,
+        time_scale=args.time_scale, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        model_options=shared, gradient_clip=args.gradient_clip, latency_reps=args.latency_reps,
+        device=args.device, threads=args.threads or None,
+    )
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """``ts-neuralode benchmark ...``; returns the exit status (user errors raise ConfigError/DataError)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{PROG}: {err}; see '{PROG} --help'") from err
+    cfg = config_from_args(args)
+    cfg.validate()
+    command = "ts-neuralode benchmark " + " ".join(shlex.quote(a) for a in argv)
+    title = args.title or f"Neural ODE vs Neural Flow — {cfg.dataset or Path(cfg.path).name}"
+    out_csv = Path(args.out)
+    written: list[Path] = []
+
+    def _artifacts(res: BenchmarkResult) -> list[Path]:
+        written.extend(write_outputs(res, out_csv, command, title, args.plot))
+        return written
+
+    result = run_benchmark(cfg, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                           experiment_name=args.experiment_name, run_name=args.run_name,
+                           progress=not args.no_progress, artifacts=_artifacts)
+    if not written:
+        written.extend(write_outputs(result, out_csv, command, title, args.plot))
+    print(markdown_table(result.table))
+    print(f"\nwrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if result.parent_run_id:
+        print(f"MLflow parent run {result.parent_run_id} ({len(result.child_run_ids)} nested) at "
+              f"{result.tracking_uri}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(cli_main())
