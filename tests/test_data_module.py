@@ -295,3 +295,17 @@ def test_lightning_trainer_runs_all_loaders(sine):
     preds = trainer.predict(model, dm)
     assert model.seen["train"] == 36 and model.seen["test"] == 12 and model.seen["pred"] == 60
     assert sorted(torch.cat(preds).tolist()) == list(range(60))
+
+
+def test_demo_csv_end_to_end_and_single_point_history():
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo.csv"
+    dm = IrregularTimeSeriesDataModule(path=str(demo), time_unit="h", task="extrapolation", layout="padded")
+    b = next(iter(dm.test_dataloader()))
+    check_batch(b, 1)
+    out = dm.to_frame(b.series_idx, b.times, b.values)
+    assert str(out.ds.dt.tz) == "UTC+01:00" and out.ds.min() >= pd.Timestamp("2024-01-08", tz="UTC+01:00")
+    hist = pd.read_csv(demo).groupby("unique_id").head(1)  # one observation per series
+    prep = dm.transform.make_batch(hist)
+    assert prep.batch.values.shape == (12, 1, 1) and (prep.batch.cutoff == 0).all()

@@ -198,7 +198,7 @@ class SeriesTransform:
         from ts_neuralode.data.io import read_series
 
         kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
-              "codec": self.codec}
+              "codec": self.codec, "min_points": 1}  # one observation is enough to condition a forecast
         kw.update(read_kwargs)
         table = read_series(source, **kw)
         if table.channel_names != list(self.channel_names):
