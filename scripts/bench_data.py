@@ -57,7 +57,7 @@ dm = IrregularTimeSeriesDataModule(path=path, layout=layout, time_unit=time_unit
 dm.setup("fit")
 t_setup = time.perf_counter() - t0
 import numpy as np
-from ts_neuralode.data.collate import collate
+from ts_neuralode.data.batching import collate
 rng = np.random.default_rng(0)
 res = {"setup_s": t_setup, "import_s": t_import, "rows": int(len(dm.table.times)), "series": dm.table.n_series}
 for name, spec in (("train (random subsample)", dm._specs["train"]), ("eval (fixed subsample)", dm._specs["eval"])):

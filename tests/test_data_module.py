@@ -12,7 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ts_neuralode.data import (Batch, IrregularTimeSeriesDataModule, SeriesArrays, SeriesTransform, collate,
                                generate, read_series)
-from ts_neuralode.data.collate import subsample
+from ts_neuralode.data.batching import subsample
 from ts_neuralode.errors import ConfigError, DataError
 
 torch.manual_seed(0)

@@ -11,7 +11,7 @@ Public API:
 """
 
 from ts_neuralode.data.batch import Batch
-from ts_neuralode.data.collate import Collator, SeriesArrays, TaskSpec, collate
+from ts_neuralode.data.batching import Collator, SeriesArrays, TaskSpec, collate
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.data.io import SeriesTable, read_series

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
-from ts_neuralode.data.collate import LAYOUTS, Collator, SeriesArrays, TaskSpec, subsample
+from ts_neuralode.data.batching import LAYOUTS, Collator, SeriesArrays, TaskSpec, subsample
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError

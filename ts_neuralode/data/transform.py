@@ -210,7 +210,7 @@ class SeriesTransform:
         """History (CSV path, DataFrame or SeriesTable) -> :class:`PreparedBatch` conditioning on every
         observed value. Use ``prepared.query_times(...)`` for prediction times and ``prepared.to_frame(...)``
         to map predictions back to original units and timestamps."""
-        from ts_neuralode.data.collate import SeriesArrays, collate
+        from ts_neuralode.data.batching import SeriesArrays, collate
 
         table = source if hasattr(source, "offsets") else self.read(source, **read_kwargs)
         origins = self.origins(table)
