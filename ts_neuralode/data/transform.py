@@ -199,7 +199,8 @@ class SeriesTransform:
 
         kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
               "codec": self.codec, "min_points": 1}  # one observation is enough to condition a forecast
-        kw.update(read_kwargs)
+        # None for these means "the default", which here is the training setting, not auto-detection
+        kw.update({k: v for k, v in read_kwargs.items() if v is not None or k not in ("value_cols", "time_unit")})
         table = read_series(source, **kw)
         if table.channel_names != list(self.channel_names):
             raise DataError(f"{table.source}: channels {table.channel_names} differ from the training channels "
