@@ -1,0 +1,232 @@
+"""Models: overfitting, mask invariance, ODE/flow parameter sharing, grids, save/reload."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ts_neuralode.data.batch import Batch
+from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.models import MODELS, Forecast, build_model
+from ts_neuralode.models.base import merge_grid
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# Cheap fixed-step ODE settings keep the suite fast; the adaptive solvers are the solver's tests' job.
+FAST = dict(latent_dim=8, hidden_dim=24, method="midpoint", step_size=0.5)
+
+
+def sine_batch(B: int = 4, T: int = 10, D: int = 1, padded: bool = True, seed: int = 0) -> Batch:
+    """B series sin(ω_b t (+ channel phase)), all starting at 0 (so one-step filters can fit them too)."""
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.linspace(0.5, 1.4, B)
+    if padded:
+        times = torch.sort(torch.rand(B, T, generator=g) * 5, dim=1).values
+        times[:, 0] = 0.0
+        lens = torch.full((B,), T)
+        lens[1::2] = T - 3  # ragged rows: padding repeats the last real time
+        tmask = torch.arange(T).unsqueeze(0) < lens.unsqueeze(1)
+        times = torch.where(tmask, times, times.gather(1, (lens - 1).unsqueeze(1)))
+    else:
+        times = torch.cat([torch.zeros(1), torch.sort(torch.rand(T - 1, generator=g) * 5).values])
+        tmask = torch.rand(B, T, generator=g) < 0.8
+        tmask[:, 0] = True
+    tt = times if times.dim() == 2 else times.unsqueeze(0).expand(B, -1)
+    phase = torch.arange(D) * 0.5
+    values = torch.sin(omega.view(B, 1, 1) * tt.unsqueeze(-1) + phase) - torch.sin(phase)
+    target = tmask.unsqueeze(-1).float().expand(B, T, D).clone()
+    obs = target * (torch.rand(B, T, D, generator=g) < 0.7).float()
+    obs[:, 0] = target[:, 0]
+    values = values * target
+    cutoff = torch.where(tmask, tt, torch.zeros_like(tt)).max(1).values
+    return Batch(times, values, obs, target, tmask, torch.arange(B), cutoff)
+
+
+def fit(model, batch, steps: int, lr: float = 1e-2):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+
+def point_mse(model, batch) -> float:
+    """MSE of the deterministic forecast at the batch's times over its target values."""
+    with torch.no_grad():
+        pred = model.predict(batch, num_samples=1).mean
+    m = batch.target_mask
+    return float(((pred - batch.values) ** 2 * m).sum() / m.sum())
+
+
+@pytest.mark.parametrize(
+    "name,evolution",
+    [
+        ("latent_ode", "ode"),
+        ("latent_ode", "gru_flow"),
+        ("ode_rnn", "ode"),
+        ("ode_rnn", "coupling_flow"),
+        ("gru_ode", "ode"),
+        ("gru_ode", "gru_flow"),
+    ],
+)
+def test_each_model_overfits_a_tiny_set(name, evolution):
+    torch.manual_seed(0)
+    batch = sine_batch(B=3, T=8, D=1)
+    kwargs = dict(FAST)
+    if name == "latent_ode":
+        kwargs.update(iwae_samples=1, kl_warmup_epochs=5)
+    model = build_model(name, input_dim=1, evolution=evolution, **kwargs)
+    loss0, _ = model.loss(batch)
+    before = point_mse(model, batch)
+    fit(model, batch, steps=100, lr=2e-2)
+    loss1, _ = model.loss(batch)
+    after = point_mse(model, batch)
+    assert after <= 0.1 * before, f"{name}/{evolution}: MSE {before:.4f} -> {after:.4f}"
+    assert float(loss1) < float(loss0)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("padded", [True, False])
+def test_values_under_mask_zero_change_nothing(name, padded):
+    torch.manual_seed(1)
+    batch = sine_batch(D=2, padded=padded)
+    model = build_model(name, input_dim=2, evolution="ode", **FAST).eval()
+    noise = 100.0 * torch.randn_like(batch.values)
+    # Forecasts condition on obs_mask only: change every unobserved value.
+    unobserved = Batch(batch.times, batch.values + noise * (1 - batch.obs_mask), batch.obs_mask,
+                       batch.target_mask, batch.time_mask, batch.series_idx, batch.cutoff)
+    # The loss also reads targets: drop channel 1 from the targets, then change every value that is
+    # neither observed nor a target.
+    batch.target_mask[:, :, 1] = 0.0
+    unused = torch.maximum(batch.obs_mask, batch.target_mask)
+    untouched = Batch(batch.times, batch.values + noise * (1 - unused), batch.obs_mask, batch.target_mask,
+                      batch.time_mask, batch.series_idx, batch.cutoff)
+    q = torch.linspace(0, 8, 9)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        fa = model.forecast(batch, q, num_samples=3)
+        torch.manual_seed(5)
+        fb = model.forecast(unobserved, q, num_samples=3)
+        assert torch.equal(fa.samples, fb.samples)
+        torch.manual_seed(7)
+        la, _ = model.loss(batch)
+        torch.manual_seed(7)
+        lb, _ = model.loss(untouched)
+    assert torch.equal(la, lb)
+    assert bool((unused == 0).any())  # the perturbation did hit something
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_ode_and_flow_variants_share_all_non_evolution_parameters(name):
+    def keys(evolution):
+        sd = build_model(name, input_dim=3, evolution=evolution, latent_dim=6, hidden_dim=16).state_dict()
+        outside = {k: tuple(v.shape) for k, v in sd.items() if "evolution." not in k}
+        inside = [k for k in sd if "evolution." in k]
+        return outside, inside
+
+    ode, ode_evo = keys("ode")
+    assert ode and ode_evo
+    for flow in ("resnet_flow", "gru_flow", "coupling_flow"):
+        other, other_evo = keys(flow)
+        assert other == ode, f"{name}: {flow} differs from ode outside the evolution"
+        assert other_evo and set(other_evo) != set(ode_evo)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_merged_grid_places_batch_points_and_queries(padded):
+    batch = sine_batch(B=3, T=6, D=2, padded=padded)
+    q = torch.tensor([0.0, 2.5, 9.0])
+    grid = merge_grid(batch, q)
+    gt = grid.per_sample_times
+    # every query sits at its own time; every real batch point is on the grid with its value
+    assert torch.allclose(gt.gather(1, grid.query_idx), q.expand(3, -1))
+    for b in range(3):
+        real = batch.times_per_sample()[b][batch.time_mask[b]]
+        g = gt[b][grid.valid[b]]
+        assert bool((g[1:] > g[:-1]).all())  # strictly increasing, no duplicates
+        assert set(real.tolist()) <= set(g.tolist())
+    assert torch.allclose(grid.values.sum((1, 2)), batch.values.sum((1, 2)))
+    assert torch.equal(grid.obs_mask.sum((1, 2)), batch.obs_mask.sum((1, 2)))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("padded", [True, False])
+def test_forecast_at_batch_times_matches_merged_queries(name, padded):
+    """Same observations → same forecast whether queries are the batch grid, a copy, or a superset."""
+    torch.manual_seed(2)
+    batch = sine_batch(D=2, padded=padded)
+    model = build_model(name, input_dim=2, evolution="gru_flow", latent_dim=6, hidden_dim=16).eval()
+    with torch.no_grad():
+        a = model.predict(batch).mean
+        b = model.forecast(batch, batch.times.clone()).mean
+        per = batch.times_per_sample()
+        c = model.forecast(batch, torch.cat([per, per.max(1, keepdim=True).values + 1.5], 1)).mean[:, :-1]
+    m = batch.time_mask.unsqueeze(-1)
+    assert torch.allclose(a * m, b * m, atol=1e-5)
+    assert torch.allclose(a * m, c * m, atol=1e-5)
+
+
+def test_forecast_shapes_quantiles_and_bands():
+    torch.manual_seed(3)
+    batch = sine_batch(D=2)
+    q = torch.linspace(0, 12, 7)
+    for name in MODELS:
+        model = build_model(name, input_dim=2, evolution="coupling_flow", latent_dim=6, hidden_dim=16)
+        f = model.forecast(batch, q, num_samples=16)
+        assert isinstance(f, Forecast)
+        assert f.mean.shape == (4, 7, 2) and f.samples.shape == (16, 4, 7, 2)
+        lo, hi = f.quantile(0.05), f.quantile(0.95)
+        assert bool((lo <= hi).all()) and bool((hi - lo).sum() > 0)
+    g = Forecast(mean=torch.zeros(1, 1, 1), samples=torch.zeros(1, 1, 1, 1), std=torch.ones(1, 1, 1))
+    assert math.isclose(float(g.quantile(0.975)), 1.959964, rel_tol=1e-4)
+    with pytest.raises(ForecastError):
+        g.quantile(1.5)
+
+
+def test_user_errors_are_one_line():
+    batch = sine_batch(D=2)
+    model = build_model("ode_rnn", input_dim=3, evolution="gru_flow", latent_dim=4, hidden_dim=8)
+    with pytest.raises(ForecastError, match="input_dim=3"):
+        model.loss(batch)
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model("transformer")
+    with pytest.raises(ConfigError, match="no option"):
+        build_model("ode_rnn", iwae_samples=3)
+    with pytest.raises(ForecastError, match="query_times"):
+        build_model("ode_rnn", input_dim=2).forecast(batch, torch.zeros(2, 3))
+
+
+def test_kl_annealing_schedule():
+    model = build_model("latent_ode", input_dim=1, evolution="gru_flow", kl_warmup_epochs=10)
+    model.set_epoch(3)
+    assert model.kl_weight == 0.0
+    model.set_epoch(20)
+    assert math.isclose(model.kl_weight, 1 - 0.99**10)
+
+
+def test_state_dict_reload_predicts_the_same(tmp_path):
+    torch.manual_seed(4)
+    batch = sine_batch(D=2)
+    config = dict(input_dim=2, evolution="ode", **FAST)
+    model = build_model("latent_ode", **config).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    clone = build_model("latent_ode", **config).eval()
+    clone.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    q = torch.linspace(0, 9, 11)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model.forecast(batch, q, num_samples=4).samples
+        torch.manual_seed(0)
+        b = clone.forecast(batch, q, num_samples=4).samples
+    assert torch.equal(a, b)
