@@ -70,6 +70,8 @@ def test_interpolation_masks_and_fixed_eval_subsample(sine):
     check_batch(b1, 1)
     assert torch.equal(b1.obs_mask, b2.obs_mask)  # fixed per series across epochs
     assert torch.equal(b1.target_mask, b1.time_mask.unsqueeze(-1).float())  # reconstruct all
+    last_time = torch.where(b1.time_mask, b1.times, torch.full_like(b1.times, -1.0)).max(1).values
+    torch.testing.assert_close(b1.cutoff, last_time)  # interpolation: cutoff = end of each series
     per_series = b1.obs_mask.sum((1, 2))
     assert (per_series == 12).all()  # round(0.4 * 30)
     assert (b1.held_out_mask.sum((1, 2)) == 18).all()

@@ -64,7 +64,8 @@ class TaskSpec:
         fraction: fraction of the conditioning candidates observed (at least one per series).
         fixed_obs: ``[N]`` bool precomputed selection (validation/test: same subsample every epoch), or
             None to draw a fresh random subsample at every collate (training).
-        cutoff: ``[S]`` float32 model-time cut (extrapolation), or None: the last observed time.
+        cutoff: ``[S]`` float32 model-time cut (extrapolation), or None: each series' last time (so for
+            interpolation every target lies at or before the cutoff, held-out tail points included).
     """
 
     cond_count: np.ndarray
@@ -114,9 +115,9 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | N
     v = arrays.values[flat]
     m = arrays.mask_f[flat]
 
+    cutoff = t[first + cnt - 1]  # each series' last time (interpolation / prediction)
     if spec is None:
         obs_mask = tgt_mask = m
-        cutoff = t[first + cnt - 1]
     else:
         cond = pos < np.repeat(spec.cond_count[idx], cnt)
         if spec.fixed_obs is not None:
@@ -125,9 +126,7 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | N
             obs_pt = subsample(seg, cond, cnt, spec.fraction, rng if rng is not None else _torch_seeded_rng())
         obs_mask = m * obs_pt[:, None]
         tgt_mask = m * ~cond[:, None] if spec.targets_after else m
-        if spec.cutoff is None:
-            cutoff = np.maximum.reduceat(np.where(obs_pt, t, -np.inf), first).astype(np.float32)
-        else:
+        if spec.cutoff is not None:
             cutoff = spec.cutoff[idx]
 
     d = v.shape[1]

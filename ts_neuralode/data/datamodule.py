@@ -12,6 +12,9 @@ Tasks:
   Latent ODE protocol with subsampled points). Series with no point before or after an absolute cut are
   left out of the task (warning).
 
+``batch.cutoff`` is the cut in model time for extrapolation, and each series' last time for
+interpolation and prediction (so interpolation targets never lie after it).
+
 Layouts: ``union`` (times ``[T]`` shared by the batch, the Latent ODE convention) or ``padded`` (times
 ``[B, T]``, each row a series' own times). See :mod:`ts_neuralode.data.transform` for the time convention.
 
