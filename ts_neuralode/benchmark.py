@@ -545,17 +545,9 @@ def write_outputs(result: BenchmarkResult, out_csv: str | Path, command: str, ti
     result.table.to_csv(out_csv, index=False)
     png = Path(plot) if plot else out_csv.with_suffix(".png")
     plot_time_vs_mse(result.table, png, title)
-    md = out_csv.with_suffix(".md")
-    md.write_text(report_markdown(result, command, title, png.name))
+    md = write_report(out_csv.with_suffix(".md"), title or "ts-neuralode benchmark", command,
+                      [result.description, markdown_table(result.table), f"![epoch time vs test MSE]({png.name})"])
     return out_csv, png, md
-
-
-def report_markdown(result: BenchmarkResult, command: str, title: str = "", png_name: str | None = None) -> str:
-    parts = [f"# {title or 'ts-neuralode benchmark'}", "", "Produced by:", "", "```", command, "```", "",
-             result.description, "", markdown_table(result.table), ""]
-    if png_name:
-        parts += [f"![epoch time vs test MSE]({png_name})", ""]
-    return "\n".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -685,3 +677,20 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":  # pragma: no cover
     with contextlib.suppress(BrokenPipeError):
         sys.exit(cli_main())
+
+
+# ------------------------------------------------------------------------------- reproduction scripts
+def script_command(script: str, argv: Sequence[str]) -> str:
+    """The command line that reproduces a scripts/ run (for the header of its results file)."""
+    return " ".join(["python", script, *(shlex.quote(a) for a in argv)])
+
+
+def write_report(path: str | Path, title: str, command: str, sections: Sequence[str]) -> Path:
+    """A results/ markdown file: title, the producing command, then the given sections (paragraphs, tables)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [f"# {title}", "", "Produced by:", "", "```", command, "```", ""]
+    for sec in sections:
+        body += [sec.rstrip(), ""]
+    path.write_text("\n".join(body))
+    return path
