@@ -194,3 +194,12 @@ def test_sort_order_matches_lexsort(n_ids):
     assert np.array_equal(codes[order], codes[np.lexsort((times, codes))])
     assert np.array_equal(times[order], times[np.lexsort((times, codes))])
     assert np.array_equal(_sort_order(codes[order], times[order], n_ids), np.arange(5000))
+
+
+def test_several_utc_offsets_kept_as_utc_and_non_iso_dates(tmp_path):
+    p = write(tmp_path, "unique_id,ds,y\na,2024-03-30T12:00:00+01:00,1\na,2024-03-31T12:00:00+02:00,2\n")
+    tab = read_series(p, time_unit="h")
+    assert tab.codec.tz == "UTC"
+    np.testing.assert_allclose(tab.times, [0.0, 23.0])
+    q = write(tmp_path, "unique_id,ds,y\na,03/30/2024 12:00,1\na,03/31/2024 06:00,2\n", "us.csv")
+    np.testing.assert_allclose(read_series(q, time_unit="h").times, [0.0, 18.0])

@@ -171,21 +171,21 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
         if num.notna().all():
             return _parse_time(num, name, where, time_unit, codec)
         text = col.astype(str).str.strip()
-        aware = text.str.contains(_TZ_SUFFIX, case=False, regex=True).to_numpy()
-        if aware.any() and not aware.all():
-            i = _first(aware != aware[0])
-            raise DataError(
-                f"{where.at(name, i)}: timestamp {text.iloc[i]!r} is {'timezone-aware' if aware[i] else 'naive'} "
-                f"but {text.iloc[0]!r} ({where.row(0)}) is {'timezone-aware' if aware[0] else 'naive'}; "
-                "give every timestamp an offset or none"
-            )
         try:
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-        except ValueError:  # several UTC offsets (e.g. across a DST change): keep them as UTC
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+        except ValueError:  # naive mixed with aware, or several UTC offsets (e.g. across a DST change)
+            aware = text.str.contains(_TZ_SUFFIX, case=False, regex=True).to_numpy()
+            if aware.any() and not aware.all():
+                i = _first(aware != aware[0])
+                raise DataError(
+                    f"{where.at(name, i)}: timestamp {text.iloc[i]!r} is {'timezone-aware' if aware[i] else 'naive'} "
+                    f"but {text.iloc[0]!r} ({where.row(0)}) is {'timezone-aware' if aware[0] else 'naive'}; "
+                    "give every timestamp an offset or none"
+                ) from None
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)  # keep them as UTC
         bad = parsed.isna().to_numpy()
         if bad.any():  # not ISO 8601: let pandas/dateutil try the failing cells one format at a time
-            retry = pd.to_datetime(text[bad], format="mixed", errors="coerce", utc=bool(aware[0]))
+            retry = pd.to_datetime(text[bad], format="mixed", errors="coerce", utc=parsed.dt.tz is not None)
             if retry.notna().all():
                 if parsed.dt.tz is not None and retry.dt.tz is not None:
                     retry = retry.dt.tz_convert(parsed.dt.tz)
