@@ -93,7 +93,7 @@ def test_each_model_overfits_a_tiny_set(name, evolution):
     loss1, _ = model.loss(batch)
     after = point_mse(model, batch)
     assert after <= 0.1 * before, f"{name}/{evolution}: MSE {before:.4f} -> {after:.4f}"
-    assert float(loss1) < float(loss0)
+    assert float(loss1.detach()) < float(loss0.detach())
 
 
 @pytest.mark.parametrize("name", list(MODELS))
