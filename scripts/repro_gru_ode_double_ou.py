@@ -15,24 +15,16 @@ Writes results/repro_gru_ode_double_ou.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, markdown_table, run_benchmark, script_command, write_report
+from ts_neuralode.benchmark import BenchmarkConfig, markdown_table, run_benchmark, script_command, script_parser, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = script_parser(__doc__, "results/repro_gru_ode_double_ou.md")
     p.add_argument("--models", default="gru_ode,gru_flow")
     p.add_argument("--task", default="extrapolation", choices=("interpolation", "extrapolation"))
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (50 with --full)")
-    p.add_argument("--n_series", type=int, default=None, help="default 1000 (10,000 with --full)")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/repro_gru_ode_double_ou.md")
     args = p.parse_args(argv)
     cfg = BenchmarkConfig(
         dataset="double_ou", n_series=args.n_series or (10_000 if args.full else 1000),

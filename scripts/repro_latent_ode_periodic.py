@@ -21,11 +21,10 @@ Writes results/repro_latent_ode_periodic.md.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, write_report
+from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, script_parser, write_report
 
 DEFAULT_MODELS = ("latent_ode_dopri5", "latent_resnet_flow", "latent_gru_flow", "latent_coupling_flow", "ode_rnn")
 # Latent ODE reference code, periodic set, 20 epochs, REFERENCE.md: (task, model) -> (s per epoch, test MSE)
@@ -41,16 +40,9 @@ def _f(v: float, digits: int = 4) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = script_parser(__doc__, "results/repro_latent_ode_periodic.md")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--tasks", default="interpolation,extrapolation")
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (20 with --full)")
-    p.add_argument("--n_series", type=int, default=None, help="default 500 (1000 with --full)")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/repro_latent_ode_periodic.md")
     args = p.parse_args(argv)
     epochs = args.epochs or (20 if args.full else 5)
     n_series = args.n_series or (1000 if args.full else 500)

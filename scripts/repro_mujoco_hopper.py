@@ -20,14 +20,13 @@ Writes results/repro_mujoco_hopper.md.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import sys
 import tempfile
 from pathlib import Path
 
-from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, write_report
+from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, script_parser, write_report
 
 PAPER = {("interpolation", "latent_ode_dopri5"): 0.360, ("extrapolation", "latent_ode_dopri5"): 1.441}  # ×1e-2
 PAPER_ODE_RNN = {"interpolation": 1.647, "extrapolation": 13.508}
@@ -46,19 +45,12 @@ def _simulate_csv(n_series: int, seed: int, directory: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = script_parser(__doc__, "results/repro_mujoco_hopper.md")
     p.add_argument("--data", default=None, help="an existing hopper CSV (scripts/make_mujoco_hopper.py)")
     p.add_argument("--models", default="latent_ode_dopri5,latent_gru_flow,latent_resnet_flow")
     p.add_argument("--tasks", default="interpolation,extrapolation")
     p.add_argument("--obs_fraction", type=float, default=0.1)
     p.add_argument("--cut", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (100 with --full)")
-    p.add_argument("--n_series", type=int, default=None, help="default 1000 (10,000 with --full)")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/repro_mujoco_hopper.md")
     args = p.parse_args(argv)
     if args.data is None and importlib.util.find_spec("dm_control") is None:
         print("skipped: MuJoCo Hopper needs dm_control (pip install .[mujoco]) or --data hopper.csv from "

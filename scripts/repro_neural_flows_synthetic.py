@@ -22,18 +22,16 @@ Writes results/repro_neural_flows_synthetic.md (the command, our figures beside 
 
 from __future__ import annotations
 
-import argparse
 import math
-import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ts_neuralode.benchmark import script_command, script_parser, write_report
 from ts_neuralode.data.generators import generate, sawtooth
 from ts_neuralode.models.evolution import ODEEvolution, make_evolution
 from ts_neuralode.models.nets import mlp
@@ -92,7 +90,7 @@ def trajectories(name: str, n_series: int, seed: int, extrap: str | None = None)
         t = t - t[:, :1]
     mask = np.ones(t.shape, dtype=bool)
     mask[:, 0] = False  # the initial condition is given, not scored
-    f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731  (copies)
     return f32(y[:, 0]), f32(t), f32(y), torch.as_tensor(mask)
 
 
@@ -153,16 +151,9 @@ def fmt(v, digits=4) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = script_parser(__doc__, "results/repro_neural_flows_synthetic.md", seed=123)
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (50 with --full)")
-    p.add_argument("--n_series", type=int, default=None, help="default 400 (1000, the paper's, with --full)")
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--full", action="store_true", help="50 epochs (the reference's long run)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="results/repro_neural_flows_synthetic.md")
     args = p.parse_args(argv)
     epochs = args.epochs or (50 if args.full else 5)
     args.n_series = args.n_series or (1000 if args.full else 400)
@@ -187,27 +178,31 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{name:9s} {kind:14s} epoch {fmt(row['epoch_s'], 3)} s  test {fmt(row['test'])}  "
                   f"extrap-time {fmt(row['extrap_time'])} {row['error']}", file=sys.stderr, flush=True)
-    lines = ["| dataset | model | params | epoch s (median) | NFE/forward | test MSE | extrap-time MSE | "
-             f"ref epoch s ({epochs} ep) | ref test MSE | epoch time vs ODE rk4 |", "|" + "---|" * 10]
+    def ratio(r: dict, base_model: str, key, table: dict | None = None) -> float:
+        base = table.get((epochs, r["dataset"], base_model), (math.nan,))[0] if table is not None else next(
+            (q["epoch_s"] for q in rows if q["dataset"] == r["dataset"] and q["model"] == base_model), math.nan)
+        return key / base if base and not math.isnan(base) else math.nan
+
+    lines = ["| dataset | model | params | epoch s (median) | epoch time / ODE rk4 | epoch time / ODE dopri5 | "
+             "NFE/forward | test MSE | extrap-time MSE | ref epoch s | ref epoch time / ref ODE rk4 | ref test MSE |",
+             "|" + "---|" * 12]
     for r in rows:
         ref = REFERENCE.get((epochs, r["dataset"], r["model"]), (math.nan, math.nan))
-        base = next((q["epoch_s"] for q in rows if q["dataset"] == r["dataset"] and q["model"] == "ode_rk4"), math.nan)
-        ratio = r["epoch_s"] / base if base and not math.isnan(base) else math.nan
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['params']:,} | {fmt(r['epoch_s'], 3)} | {fmt(r['nfe'], 1)} | "
-                     f"{fmt(r['test'])} | {fmt(r['extrap_time'])} | {fmt(ref[0], 2)} | {fmt(ref[1])} | "
-                     f"{fmt(ratio, 2)}{' ' + r['error'] if r['error'] else ''} |")
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['params']:,} | {fmt(r['epoch_s'], 3)} | "
+            f"{fmt(ratio(r, 'ode_rk4', r['epoch_s']), 2)} | {fmt(ratio(r, 'ode_dopri5', r['epoch_s']), 2)} | "
+            f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} | "
+            f"{fmt(ref[0], 2)} | {fmt(ratio(r, 'ode_rk4', ref[0], REFERENCE), 2)} | {fmt(ref[1])} |")
     table = "\n".join(lines)
-    command = "python scripts/repro_neural_flows_synthetic.py " + " ".join(shlex.quote(a) for a in argv)
-    header = (f"# Neural Flows synthetic: ODE vs flows\n\nProduced by:\n\n```\n{command.strip()}\n```\n\n"
-              f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, batch 50, "
-              f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s). MSE in data units "
-              "over all points but the given initial state; extrap-time: fresh series with times in [10, 30]. "
-              "Reference columns: the Neural Flows reference code as timed in REFERENCE.md (2 threads on a quiet "
-              "machine for 5 epochs, 1 thread for 50; their machine is not this run's, so compare the ratio "
-              "columns, not seconds). This machine is shared with other jobs: absolute times are noisy.\n\n")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + table + "\n")
+    setting = (f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, "
+               f"batch 50, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s). "
+               "MSE in data units over all points but the given initial state; extrap-time: fresh series with "
+               "times in [10, 30]. Reference columns: the Neural Flows reference code as timed in REFERENCE.md "
+               f"(600 training series; {epochs}-epoch figures where REFERENCE.md has them). Epoch seconds depend on "
+               "the number of training series and on the machine, so compare the ratio columns; this machine is "
+               "shared with other jobs, so absolute times are noisy.")
+    out = write_report(args.out, "Neural Flows synthetic: ODE vs flows",
+                       script_command("scripts/repro_neural_flows_synthetic.py", argv), [setting, table])
     print(table)
     print(f"wrote {out}", file=sys.stderr)
     return 0

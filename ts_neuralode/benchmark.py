@@ -694,3 +694,17 @@ def write_report(path: str | Path, title: str, command: str, sections: Sequence[
         body += [sec.rstrip(), ""]
     path.write_text("\n".join(body))
     return path
+
+
+def script_parser(doc: str, out: str, seed: int = 0) -> argparse.ArgumentParser:
+    """The options every reproduction script shares: --epochs, --n_series, --full, --device, --threads, --seed,
+    --out (the defaults of --epochs / --n_series depend on --full; each script documents them)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: see the docstring)")
+    p.add_argument("--n_series", type=int, default=None, help="series in the data set (default: see the docstring)")
+    p.add_argument("--full", action="store_true", help="the paper's scale (for a GPU machine: --device cuda)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--out", default=out, help=f"results markdown (default {out})")
+    return p
