@@ -167,9 +167,11 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
             raise DataError(f"{where.at(name, i)}: time {t[i]} is infinite; use finite times")
         return t, codec or TimeCodec("numeric")
     if not is_dt:
-        num = pd.to_numeric(col, errors="coerce")
-        if num.notna().all():
-            return _parse_time(num, name, where, time_unit, codec)
+        head = pd.to_numeric(col.iloc[:100], errors="coerce")  # cheap probe: datetimes fail at once
+        if head.notna().all():
+            num = pd.to_numeric(col, errors="coerce")
+            if num.notna().all():
+                return _parse_time(num, name, where, time_unit, codec)
         text = col.astype(str).str.strip()
         try:
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
