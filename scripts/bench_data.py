@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
              "string column); setup = read + validate + split + fit scalers + precompute arrays, in a fresh "
              "process (peak RSS of that process, including torch/lightning imports, which are not in the "
              "setup time). Collate: 256 random training series, median of 50 calls. Machine: shared 2-core CPU "
-             f"(timings noisy; 1-minute load average at start: {os.getloadavg()[0]:.1f}).", ""]
+             f"(timings noisy; 1-minute load average at start: {os.getloadavg()[0]:.1f}). On a loaded machine a "
+             "collate that needs more than a scheduler slice is often preempted, so its median wall time exceeds "
+             "its CPU time (process CPU time, single-threaded numpy); the minimum wall time is the quiet-machine "
+             "figure. Union batches hold the union of 256 irregular series' times (T ≈ 24,000), so they are "
+             "~100x larger than padded ones; use layout='padded' for such data.", ""]
     rows_md = ["| case | setup (s) | target | peak RSS (MB) | target |", "|---|---|---|---|---|"]
     coll_md = ["| collate (256 series) | shape [B, T, D] | median wall (ms) | median CPU (ms) | min wall (ms) | target |",
                "|---|---|---|---|---|---|"]
