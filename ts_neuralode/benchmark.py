@@ -365,7 +365,7 @@ def plot_time_vs_mse(df: pd.DataFrame, path: str | Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     cmap = plt.get_cmap("tab10")
     plotted = False
     for i, (_, r) in enumerate(df.iterrows()):
@@ -381,7 +381,7 @@ def plot_time_vs_mse(df: pd.DataFrame, path: str | Path, title: str = "") -> Pat
     if plotted:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.legend(fontsize=7, loc="best", ncol=1)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no finite results", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training time per epoch, median [s]")
@@ -407,7 +407,7 @@ def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
         f"series, layout {layout}, scaler {cfg.scaler}. Training task: {cfg.task} "
         f"(obs_fraction {cfg.obs_fraction}, cut {cfg.cut}); {cfg.epochs} epoch(s), batch {cfg.batch_size}, "
         f"seed {cfg.seed}, gradient clip {cfg.gradient_clip}, model options {shared or 'defaults'}. "
-        f"Test MSE in model units on the test split: interp = held-out points of the interpolation task, "
+        f"Test MSE in {'data' if cfg.scaler == 'none' else 'model (scaled)'} units on the test split: interp = held-out points of the interpolation task, "
         f"extrap = points after the cut of the extrapolation task. Device {cfg.device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)."
     )
