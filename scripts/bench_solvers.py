@@ -10,10 +10,10 @@ in both modes); function evaluations forward and backward; share of the forward 
 field; per-sample [B, T] grids vs one shared grid; peak memory; adjoint peak memory at ~100 vs ~10,000
 steps.
 
-Peak memory: on CPU, each measurement runs in a fresh subprocess that sets everything up, reads its
-resident set size (/proc/self/statm), runs the measured call once and reports the growth of the peak RSS
-(``getrusage().ru_maxrss``) over that baseline — torch's CPU allocator has no statistics and tracemalloc
-does not see torch's buffers. On CUDA: ``torch.cuda.max_memory_allocated`` over the allocated baseline.
+Peak memory: on CPU, each measurement runs in a fresh subprocess (glibc set to mmap buffers ≥ 16 KiB so
+freed tensors leave the RSS) that sets everything up, runs the call once as warm-up, reads its resident
+set size, resets the RSS high-water mark (/proc/self/clear_refs), runs the call again and reports VmHWM −
+baseline — torch's CPU allocator keeps no statistics and tracemalloc does not see torch's buffers. On CUDA: ``torch.cuda.max_memory_allocated`` over the allocated baseline.
 
     python scripts/bench_solvers.py                # default: batch 32, 256, 2048 on CPU (< ~6 min)
     python scripts/bench_solvers.py --quick        # smoke run
@@ -23,7 +23,9 @@ does not see torch's buffers. On CUDA: ``torch.cuda.max_memory_allocated`` over 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import random
 import os
 import resource
 import statistics
@@ -191,8 +193,11 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
                 fn()
         else:
             fn()
+    order = list(v.items())
+    rng = random.Random(0)
     for r in range(reps):
-        for k, fn in v.items():
+        rng.shuffle(order)  # interleaved, in a new order each repetition (load drifts on a shared machine)
+        for k, fn in order:
             if k in slow and r >= slow_reps:
                 continue
             if k.startswith("grid"):
@@ -242,6 +247,14 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
 
 # ---------------------------------------------------------------------------------------------------
 # peak memory, each in a fresh subprocess
+def _vmhwm_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM")
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -273,6 +286,8 @@ def mem_child(kind: str, batch: int, device: str, steps: int, threads: int):
         f, y0, t, w = make_problem(batch, device)
         call = variants(f, y0, t, w)[kind]
         n = None
+    call()  # warm-up: one-time lazy initialisation (thread pools, kernels) is not part of the peak
+    gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -281,15 +296,25 @@ def mem_child(kind: str, batch: int, device: str, steps: int, threads: int):
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
+        # glibc is told (MALLOC_MMAP_THRESHOLD_, set by the parent) to mmap every buffer ≥ 16 KiB, so freed
+        # tensors leave the RSS; the high-water mark VmHWM is reset through /proc/self/clear_refs after the
+        # warm-up, so the peak below belongs to the measured call alone.
         base = _rss_bytes()
-        call()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            call()
+            peak = _vmhwm_bytes() - base
+        except OSError:  # no clear_refs: fall back to the lifetime peak (includes the warm-up)
+            call()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     print(json.dumps({"peak": max(peak, 0), "steps": n}))
 
 
 def measure_mem(kind: str, batch: int, device: str, steps: int = 0):
     cmd = [sys.executable, __file__, "--_mem-child", kind, str(batch), device, str(steps), str(torch.get_num_threads())]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="16384", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -376,7 +401,7 @@ def main(argv=None):
             )
     if not args.no_memory:
         lines += ["", f"### Peak memory (batch {mem_batch}; growth of peak "
-                  + ("RSS in a fresh subprocess" if device == "cpu" else "CUDA allocated memory") + ")", "",
+                  + ("RSS in a fresh subprocess, after a warm-up call" if device == "cpu" else "CUDA allocated memory") + ")", "",
                   "| measurement | ts_neuralode | torchdiffeq | torchode |", "|---|---|---|---|"]
         mb = lambda k: measure_mem(k, mem_batch, device)["peak"] / 2**20  # noqa: E731
         lines.append(f"| forward (no grad) | {mb('fwd/ours'):.1f} MiB | {mb('fwd/td'):.1f} MiB | {mb('fwd/tode'):.1f} MiB |")

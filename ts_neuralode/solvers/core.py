@@ -40,6 +40,7 @@ SAFETY = 0.9
 FACTOR_MIN = 0.2
 FACTOR_MAX = 10.0
 # PI controller gains (multiplied by 1/q, q = error-estimator order + 1): h_new = h·safety·r_n^(-β1)·r_{n-1}^(β2)
+FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and freed) every this many
 BETA1 = 1.0
 BETA2 = 0.1
 
@@ -236,6 +237,12 @@ def solve_adaptive(
 
     y, k0 = y0, f0
     recs = []
+    # Without a gradient graph, recorded steps are turned into outputs every FLUSH_EVERY records and
+    # dropped: memory stays flat in the number of steps (with per-sample steps nearly every iteration
+    # covers some sample's output, so keeping them all would grow up to B·T records).
+    flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)) and checkpoints is None
+    out_buf = y0.unsqueeze(1).expand(B, T - 1, -1) if (flush and T > 1) else None
+    t_flushed = t0
     it = 0
     any_active = bool(active.any())
     while any_active:
@@ -276,6 +283,8 @@ def solve_adaptive(
             recs.append((t, t_new, dt_use, y, torch.stack(ks, 1)))
             cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
             next_out = tq_ext.gather(1, cnt).squeeze(1)
+            if out_buf is not None and len(recs) >= FLUSH_EVERY:
+                out_buf, t_flushed = _flush(tab, recs, tq[:, 1:], out_buf, t_flushed, t_new)
         if flags[2]:
             acc_c = accept.unsqueeze(-1)
             y = torch.where(acc_c, y1, y)
@@ -304,9 +313,21 @@ def solve_adaptive(
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
     stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc)
+    if out_buf is not None:
+        if recs:
+            out_buf, _ = _flush(tab, recs, tq[:, 1:], out_buf, t_flushed, t)
+        return torch.cat([y0.unsqueeze(1), out_buf], 1), stats, None
     records = _stack_records(recs) if recs else None
     ys = _assemble(tab, y0, tq, records)
     return ys, stats, records
+
+
+def _flush(tab, recs, q, out_buf, t_from, t_to):
+    """Write the outputs q ∈ (t_from, t_to] (per sample) from the recorded steps into out_buf; clear recs."""
+    vals = interpolate(tab, _stack_records(recs), q)
+    m = (q > t_from.unsqueeze(1)) & (q <= t_to.unsqueeze(1))
+    recs.clear()
+    return torch.where(m.unsqueeze(-1), vals, out_buf), t_to
 
 
 def _assemble(tab: Tableau, y0: Tensor, tq: Tensor, records: Records | None) -> Tensor:
