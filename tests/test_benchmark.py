@@ -49,7 +49,8 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     assert np.isfinite(table[["interp_mse", "extrap_mse"]].to_numpy()).all()
     rk4, flow = table.iloc[0], table.iloc[1]
     assert rk4["infer_nfe"] > 0 and rk4["train_nfe"] > 0  # the ODE counts function evaluations
-    assert flow["infer_nfe"] == 0 and flow["train_nfe"] == 0  # a flow has none
+    # the latent flow's decoder needs no evaluations (its shared Euler ODE-RNN encoder still counts its own)
+    assert flow["infer_nfe"] < rk4["infer_nfe"] and flow["train_nfe"] < rk4["train_nfe"]
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = out.with_suffix(".md").read_text()
