@@ -58,7 +58,7 @@ def _lightning_cli_class():
 
         # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
         def before_instantiate_classes(self) -> None:
-            cfg = self.config[self.subcommand]
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
             root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
             self.ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")
             ckpt = cfg.get("ckpt_path")
@@ -87,7 +87,7 @@ def _lightning_cli_class():
                     self.resume_run_id = info.get("run_id")
 
         def instantiate_trainer(self, **kwargs: Any):
-            cfg = self.config[self.subcommand]
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
             trainer_cfg = cfg.trainer
             callbacks = []
             logger_cfg = trainer_cfg.get("logger")

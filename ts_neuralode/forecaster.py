@@ -364,7 +364,7 @@ class Forecaster:
         tq = max(lengths)
         padded = np.stack([np.concatenate([q, np.full(tq - len(q), q[-1])]) for q in raw_q])
         device = next(iter(self.module.parameters()), torch.zeros(())).device
-        qt = prepared.query_times(padded).to(device)
+        qt = prepared.query_times(padded, raw=True).to(device)
         batch = prepared.batch.to(device)
         fc = self.model.forecast(batch, qt, num_samples=num_samples)
         mean = fc.mean.float()
@@ -379,7 +379,7 @@ class Forecaster:
             bands[f"hi-{_fmt(lv)}"] = fc.quantile(1.0 - a)
         for q in qs:
             bands[f"q-{_fmt(100.0 * q)}"] = fc.quantile(q)
-        frame = prepared.to_frame(qt, mean, bands)
+        frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
         return self._nixtla(frame, list(bands))

@@ -60,7 +60,7 @@ def plot_series_forecast(
         channels = list(dict.fromkeys(history["channel"].tolist())) if "channel" in history.columns else [None]
     levels = forecast_levels(forecast, model)
     n = len(channels)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(10.5, 2.6 * n + 0.8), sharex=True, squeeze=False)
     for ax, ch in zip(axes[:, 0], channels):
         h = history if ch is None or "channel" not in history.columns else history[history["channel"] == ch]
         f = forecast if ch is None or "channel" not in forecast.columns else forecast[forecast["channel"] == ch]
@@ -78,7 +78,7 @@ def plot_series_forecast(
             ax.axvline(cutoff, color="grey", linestyle="--", linewidth=1, label="end of history")
         ax.set_ylabel(str(ch) if ch is not None else "value")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=min(4, 2 + len(levels)), frameon=False)
+    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     axes[0, 0].set_title(title or "forecast")
     axes[-1, 0].set_xlabel("time")
     fig.autofmt_xdate() if pd.api.types.is_datetime64_any_dtype(forecast["ds"]) else None
