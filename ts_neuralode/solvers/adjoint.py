@@ -135,11 +135,11 @@ def _backward_interpolate(spec: _Spec, g: Tensor):
         lo, hi = offs[n], offs[n + 1]
         with torch.enable_grad():
             yn = y_n.detach().requires_grad_(True)
-            y1, ks, _ = rk_step(f, tab, t_n, yn, dt_n, f(t_n, yn))
+            y1, K, _ = rk_step(f, tab, t_n, yn, dt_n, f(t_n, yn))
             obj = (y1 * a).sum()
             if hi > lo:
                 H = torch.zeros(B, S, D, dtype=g.dtype, device=g.device).index_add_(0, b_of[lo:hi], contrib[lo:hi])
-                obj = obj + (torch.stack(ks, 1) * H).sum()
+                obj = obj + (K.transpose(0, 1) * H).sum()
             grads = torch.autograd.grad(obj, (yn, *params), allow_unused=True)
         a = grads[0]
         if hi > lo:
@@ -240,7 +240,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
         hit = dt >= rem
         dt_use = rem if hit else dt
         dtt = torch.full((1,), dt_use, dtype=dtype, device=dev)
-        z1, ks, err = rk_step(aug, tab, sig, z, dtt, k0)
+        z1, K, err = rk_step(aug, tab, sig, z, dtt, k0)
         if err is not None:
             ratio = error_ratio(err[:, : 2 * BD], z[:, : 2 * BD], z1[:, : 2 * BD], rtol, atol)
             if not spec.seminorm and err.shape[1] > 2 * BD:
@@ -274,7 +274,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             else:
                 sig = sig + dt_use
                 dt = dt_use * fac
-                k0 = ks[-1] if tab.fsal else aug(sig, z)
+                k0 = K[-1] if tab.fsal else aug(sig, z)
         else:
             n_rej += 1
             dt = dt_use * fac

@@ -9,12 +9,12 @@ Conventions inside the core (``odeint`` normalises inputs once so the core sees 
   an easy sample does not pay for a hard one (it finishes early and its ``dt`` is frozen to 0);
 * output times never shorten steps: every accepted step that covers an output time is recorded (start,
   length, start state and stacked stages) and after the loop all outputs of all samples are evaluated
-  at once (``searchsorted`` + one gather + one small matmul).
+  at once (``searchsorted`` + one ``mm`` to polynomial coefficients + Horner on gathered rows).
 
 Performance notes (CPU, small MLP fields: the loop overhead, not the field, dominates at batch ≤ 256):
 
-* tableau coefficients are Python floats → ``torch.add(.., alpha=)``/``addcmul`` take them as scalars,
-  no per-step tensor creation;
+* stage inputs are one ``stack`` + ``mm`` + ``addcmul`` each (tableau rows cached as tensors per
+  dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
 * the step-size controller works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * one host synchronisation per step (``.tolist()`` on a 2-element tensor) decides both "is anyone still
@@ -68,40 +68,63 @@ class Records:
     t_start: Tensor  # [B, N]
     t_stop: Tensor  # [B, N]  (== t_start for a sample that did not advance in that iteration)
     dt: Tensor  # [B, N]
-    y_start: Tensor  # [B, N, D]
-    k: Tensor  # [B, N, S, D]
+    y_start: Tensor  # [N, B, D]
+    k: Tensor  # [S, N, B, D]  (stage-major: the dense output's coefficients are one mm away)
 
 
-def _combine(ks: list[Tensor], coeffs) -> Tensor | None:
-    """Σ_j coeffs[j]·ks[j], skipping zero coefficients (Python-float coefficients, no new tensors)."""
-    acc = None
-    for k, a in zip(ks, coeffs):
-        if a == 0.0:
-            continue
-        acc = k * a if acc is None else torch.add(acc, k, alpha=a)
-    return acc
+_COEF_CACHE: dict = {}
+
+
+def coef_tensor(tab: Tableau, what: str, dtype: torch.dtype, device: torch.device):
+    """The tableau's coefficients as small tensors, built once per (method, dtype, device).
+
+    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"interp"``: ``[P, S]`` (power × stage).
+    They feed one ``mm`` over the stacked stages instead of a chain of scalar adds (fewer ops per step).
+    """
+    key = (tab.name, what, dtype, device)
+    out = _COEF_CACHE.get(key)
+    if out is None:
+        if what == "a":
+            out = [torch.tensor([row[:i]], dtype=dtype, device=device) for i, row in enumerate(tab.a)]
+        elif what in ("b", "e"):
+            out = torch.tensor([getattr(tab, what)], dtype=dtype, device=device)
+        else:
+            out = torch.tensor(tab.interp, dtype=dtype, device=device).t().contiguous()
+        _COEF_CACHE[key] = out
+    return out
 
 
 def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tensor):
     """One explicit RK step for every sample (own ``t``/``dt`` per sample).
 
-    t, dt: [B]; y, k0: [B, D] (k0 = f(t, y)). Returns (y1, stages, err) with err None for fixed methods.
+    t, dt: [B]; y, k0: [B, D] (k0 = f(t, y)). Returns (y1, K, err): K [S, B, D] the stacked stages,
+    err [B, D] the local error estimate (None for fixed-step methods).
+
+    Stage inputs are ``y + dt·(a_i @ K[:i])``: one ``stack`` + one ``mm`` + one ``addcmul`` per stage
+    whatever the number of earlier stages (the tableau rows are cached tensors).
     """
+    B, D = y.shape
     dtc = dt.unsqueeze(-1)
+    rows = coef_tensor(tab, "a", y.dtype, y.device)
     ks = [k0]
     yi = y
     for i in range(1, tab.stages):
-        comb = _combine(ks, tab.a[i])
-        yi = y if comb is None else torch.addcmul(y, dtc, comb)
+        if i == 1:
+            yi = torch.addcmul(y, dtc, k0, value=tab.a[1][0])
+        else:
+            yi = torch.addcmul(y, dtc, torch.mm(rows[i], torch.stack(ks).view(i, B * D)).view(B, D))
         ks.append(func(torch.add(t, dt, alpha=tab.c[i]), yi))
+    K = torch.stack(ks)
+    S = tab.stages
     if tab.fsal:
         y1 = yi  # the last row of a FSAL tableau is b: the last stage input is the new state
     else:
-        y1 = torch.addcmul(y, dtc, _combine(ks, tab.b))
+        b = coef_tensor(tab, "b", y.dtype, y.device)
+        y1 = torch.addcmul(y, dtc, torch.mm(b, K.view(S, B * D)).view(B, D))
     err = None
     if tab.e is not None:
-        err = dtc * _combine(ks, tab.e)
-    return y1, ks, err
+        err = dtc * torch.mm(coef_tensor(tab, "e", y.dtype, y.device), K.view(S, B * D)).view(B, D)
+    return y1, K, err
 
 
 def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
@@ -151,38 +174,54 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -
 def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
     """Evaluate the dense output at query times ``tq [B, Tq]`` (each inside a recorded step) → [B, Tq, D].
 
-    The stages of the N recorded steps are first turned into polynomial coefficients (one matmul over
-    the stage axis: [P, S] @ [B, N, S, D]); the outputs are then a weighted sum of those coefficients. For
-    few steps the weights are a one-hot [B, Tq, N·(P+1)] matrix and the sum is one ``bmm`` — much cheaper
-    on CPU than gathering [B, Tq, S, D] stage blocks (measured ~5× at B=256, Tq=50, N=3).
+    The stages of all N recorded steps become polynomial coefficients in one ``mm`` over the stage axis
+    ([P, S] @ [S, N·B·D]); each query then gathers the P coefficient rows of its step (``index_select``
+    on [N·B, D], never a [B, Tq, S, D] block) and sums them by Horner's rule in θ. Measured on W's shapes
+    (B=256, Tq=49, N=3, dopri5, 1 thread): 0.56 ms against 1.07 ms for a one-hot ``bmm``, memory
+    O(B·Tq·D) whatever N.
     """
     B, N = rec.t_stop.shape
-    D = rec.k.shape[-1]
+    S, _, _, D = rec.k.shape
     Tq = tq.shape[1]
     # first recorded step of each sample that ends at or after the query: the step that covers it
     idx = torch.searchsorted(rec.t_stop, tq.contiguous(), side="left").clamp_(max=N - 1)
     ts = rec.t_start.gather(1, idx)
     dt = rec.dt.gather(1, idx)
-    pos = dt > 0
-    theta = torch.where(pos, (tq - ts) / torch.where(pos, dt, torch.ones_like(dt)), torch.zeros_like(dt))
-    P = len(tab.interp[0])
-    W = torch.tensor(tab.interp, dtype=rec.k.dtype, device=rec.k.device).t()  # [P, S]
-    coef = (W @ rec.k) * rec.dt.unsqueeze(-1).unsqueeze(-1)  # [B, N, P, D]
-    coef = torch.cat([rec.y_start.unsqueeze(2), coef], 2)  # [B, N, P+1, D] (power 0 = step start)
-    powers = torch.arange(0, P + 1, device=tq.device, dtype=theta.dtype)
-    pw = theta.unsqueeze(-1).pow(powers).to(coef.dtype)  # [B, Tq, P+1]
-    if N <= 32:
-        onehot = torch.nn.functional.one_hot(idx, N).to(coef.dtype)  # [B, Tq, N]
-        w = (onehot.unsqueeze(-1) * pw.unsqueeze(2)).reshape(B, Tq, N * (P + 1))
-        return torch.bmm(w, coef.reshape(B, N * (P + 1), D))
-    bidx = torch.arange(B, device=tq.device).unsqueeze(1)
-    return (pw.unsqueeze(-2) @ coef[bidx, idx]).squeeze(-2)
+    # dt == 0 only for a record in which the sample did not move; then tq == ts and θ = 0
+    theta = ((tq - ts) / dt.clamp(min=torch.finfo(dt.dtype).tiny)).reshape(B * Tq, 1).to(rec.k.dtype)
+    flat = (idx * B + torch.arange(B, device=tq.device).unsqueeze(1)).reshape(-1)  # row in [N·B]
+    W = coef_tensor(tab, "interp", rec.k.dtype, rec.k.device)  # [P, S]
+    P = W.shape[0]
+    coef = torch.mm(W, rec.k.reshape(S, N * B * D)).view(P, N * B, D)
+    coef = coef * rec.dt.t().reshape(1, N * B, 1).to(coef.dtype)
+    y_start = rec.y_start.reshape(N * B, D)
+    if torch.is_grad_enabled() and (coef.requires_grad or y_start.requires_grad):
+        if N <= 32:
+            # one-hot weights [B, Tq, N·(P+1)] and one bmm: its backward is one bmm, where the gathers'
+            # backward would be P+1 index_adds and 2(P+1) products of [B·Tq, D] temporaries
+            c = torch.cat([y_start.unsqueeze(0), coef], 0).view(P + 1, N, B, D)
+            c = c.permute(2, 1, 0, 3).reshape(B, N * (P + 1), D)
+            pw = theta.view(B, Tq, 1).pow(torch.arange(P + 1, device=tq.device, dtype=theta.dtype))
+            onehot = torch.nn.functional.one_hot(idx, N).to(c.dtype)  # [B, Tq, N]
+            return torch.bmm((onehot.unsqueeze(-1) * pw.unsqueeze(2)).reshape(B, Tq, N * (P + 1)), c)
+        out = coef[P - 1].index_select(0, flat)
+        for p in range(P - 2, -1, -1):
+            out = torch.addcmul(coef[p].index_select(0, flat), theta, out)
+        out = torch.addcmul(y_start.index_select(0, flat), theta, out)
+    else:
+        # two [B·Tq, D] buffers in all: every fresh tensor of this size is a new mmap + page faults on CPU
+        out = coef[P - 1].index_select(0, flat)
+        buf = torch.empty_like(out)
+        for p in range(P - 2, -1, -1):
+            out.mul_(theta).add_(torch.index_select(coef[p], 0, flat, out=buf))
+        out.mul_(theta).add_(torch.index_select(y_start, 0, flat, out=buf))
+    return out.view(B, Tq, D)
 
 
 def _stack_records(recs: list) -> Records:
     ts, te, dts, ys, ks = zip(*recs)
     return Records(
-        torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 1), torch.stack(ks, 1)
+        torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
     )
 
 
@@ -207,6 +246,7 @@ def solve_adaptive(
     """
     B, T = tq.shape
     dev, dtype = y0.device, y0.dtype
+    tq = tq.contiguous()  # a shared grid arrives as an expanded view; searchsorted wants rows in memory
     t0 = tq[:, 0]
     t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
@@ -241,7 +281,7 @@ def solve_adaptive(
     # dropped: memory stays flat in the number of steps (with per-sample steps nearly every iteration
     # covers some sample's output, so keeping them all would grow up to B·T records).
     flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)) and checkpoints is None
-    out_buf = y0.unsqueeze(1).expand(B, T - 1, -1) if (flush and T > 1) else None
+    out_buf = None  # [B, T, D] outputs written by earlier flushes (None: nothing flushed yet)
     t_flushed = t0
     it = 0
     any_active = bool(active.any())
@@ -283,11 +323,11 @@ def solve_adaptive(
         if checkpoints is not None:
             checkpoints.append((t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if flags[1]:
-            recs.append((t, t_new, dt_use, y, torch.stack(ks, 1)))
-            cnt = (tq <= t_new.unsqueeze(1)).sum(1, keepdim=True)
+            recs.append((t, t_new, dt_use, y, ks))
+            cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
             next_out = tq_ext.gather(1, cnt).squeeze(1)
-            if out_buf is not None and len(recs) >= FLUSH_EVERY:
-                out_buf, t_flushed = _flush(tab, recs, tq[:, 1:], out_buf, t_flushed, t_new)
+            if flush and len(recs) >= FLUSH_EVERY:
+                out_buf, t_flushed = _flush(tab, recs, tq, out_buf, y0, t_flushed, t_new)
         if flags[2]:
             acc_c = accept.unsqueeze(-1)
             y = torch.where(acc_c, y1, y)
@@ -316,20 +356,26 @@ def solve_adaptive(
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
     stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc)
-    if out_buf is not None:
+    if flush:
         if recs:
-            out_buf, _ = _flush(tab, recs, tq[:, 1:], out_buf, t_flushed, t)
-        return torch.cat([y0.unsqueeze(1), out_buf], 1), stats, None
+            out_buf, _ = _flush(tab, recs, tq, out_buf, y0, t_flushed, t)
+        return (y0.unsqueeze(1).expand(B, T, -1) if out_buf is None else out_buf), stats, None
     records = _stack_records(recs) if recs else None
     ys = _assemble(tab, y0, tq, records)
     return ys, stats, records
 
 
-def _flush(tab, recs, q, out_buf, t_from, t_to):
-    """Write the outputs q ∈ (t_from, t_to] (per sample) from the recorded steps into out_buf; clear recs."""
-    vals = interpolate(tab, _stack_records(recs), q)
-    m = (q > t_from.unsqueeze(1)) & (q <= t_to.unsqueeze(1))
+def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
+    """Outputs at tq ∈ (t_from, t_to] (per sample) from the recorded steps, merged into out_buf (None: the
+    first flush; its other entries are y0); clears recs. Returns (out_buf [B, T, D], t_to)."""
+    vals = interpolate(tab, _stack_records(recs), tq)  # a fresh tensor: column 0 (not covered) set here
+    vals[:, 0] = y0
     recs.clear()
+    if out_buf is None and bool((tq[:, -1] <= t_to).all()):
+        return vals, t_to  # one flush covers every output (the common case): no merge
+    if out_buf is None:
+        out_buf = y0.unsqueeze(1).expand_as(vals)
+    m = (tq > t_from.unsqueeze(1)) & (tq <= t_to.unsqueeze(1))
     return torch.where(m.unsqueeze(-1), vals, out_buf), t_to
 
 
@@ -401,7 +447,7 @@ def solve_fixed(
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
             dt = t_stop - t
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
-            recs.append((t, t_stop, dt, y, torch.stack(ks, 1)))
+            recs.append((t, t_stop, dt, y, ks))
             if checkpoints is not None:
                 checkpoints.append((t, t_stop, dt, y))
             y = y1
