@@ -91,7 +91,8 @@ def test_each_model_overfits_a_tiny_set(name, evolution):
     model = build_model(name, input_dim=1, evolution=evolution, **kwargs)
     loss0, _ = model.loss(batch)
     before = point_mse(model, batch)
-    fit(model, batch, steps=100, lr=2e-2)
+    # the latent model trains through a noisy ELBO (sampled z0, KL warm-up): give it more steps
+    fit(model, batch, steps=200 if name == "latent_ode" else 100, lr=2e-2)
     loss1, _ = model.loss(batch)
     after = point_mse(model, batch)
     assert after <= 0.1 * before, f"{name}/{evolution}: MSE {before:.4f} -> {after:.4f}"
