@@ -122,8 +122,9 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
         b = coef_tensor(tab, "b", y.dtype, y.device)
         y1 = torch.addcmul(y, dtc, torch.mm(b, K.view(S, B * D)).view(B, D))
     err = None
-    if tab.e is not None:
-        err = dtc * torch.mm(coef_tensor(tab, "e", y.dtype, y.device), K.view(S, B * D)).view(B, D)
+    if tab.e is not None:  # only the step controller reads it: no autograd graph for it
+        with torch.no_grad():
+            err = dtc * torch.mm(coef_tensor(tab, "e", y.dtype, y.device), K.view(S, B * D)).view(B, D)
     return y1, K, err
 
 
@@ -296,7 +297,7 @@ def solve_adaptive(
         dt_use = torch.minimum(dt, rem)  # finished samples: rem = 0 → frozen, their updates are no-ops
         y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
         with torch.no_grad():
-            ratio = error_ratio(err.detach(), y.detach(), y1.detach(), rtol, atol)
+            ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
             accept = (ratio <= 1.0) & active
             # land exactly on t_end (t + rem may round below it)
             t_new = torch.where(accept, torch.where(dt >= rem, t_end, t + dt_use), t)
