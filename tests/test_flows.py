@@ -286,3 +286,26 @@ def test_flow_layer_counts_and_config_errors():
         make_flow("resnet_flow", 3, flow_layers=0)
     with pytest.raises(ConfigError, match="coeff"):
         make_flow("resnet_flow", 3, coeff=1.5)
+
+
+def test_spectral_weight_scope_reuses_one_weight_and_keeps_gradients_exact():
+    from ts_neuralode.models.nets import SpectralNormLinear, spectral_weight_scope
+
+    torch.manual_seed(0)
+    lin = SpectralNormLinear(5, 4).train()
+    x = torch.randn(7, 5)
+    plain = sum(lin(x * k).square().sum() for k in (1.0, 2.0, 3.0))
+    g_plain = torch.autograd.grad(plain, lin.weight)[0]
+    with spectral_weight_scope():
+        w1 = lin.normalized_weight()
+        assert lin.normalized_weight() is w1  # built once per block
+        with torch.no_grad():
+            assert lin.normalized_weight() is not w1  # a no-grad call does not hand out the graph tensor
+        scoped = sum(lin(x * k).square().sum() for k in (1.0, 2.0, 3.0))
+        g_scoped = torch.autograd.grad(scoped, lin.weight)[0]
+        with torch.no_grad():
+            lin.weight.mul_(0.5)  # an in-place edit (an optimizer step) bumps the version: rebuilt
+        assert lin.normalized_weight() is not w1
+    torch.testing.assert_close(scoped, plain)
+    torch.testing.assert_close(g_scoped, g_plain)
+    assert lin.normalized_weight() is not lin.normalized_weight()  # outside a block: fresh each call

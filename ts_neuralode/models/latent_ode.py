@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import Forecast, ForecastModel, Grid, check_positive, gather_queries
+from ts_neuralode.models.nets import shares_spectral_weights
 from ts_neuralode.models.recurrent import GRUUpdate, build_evolution, flip_grid, mlp, recurrent_pass
 
 
@@ -169,6 +170,7 @@ class LatentODE(ForecastModel):
         return self.decoder(z).reshape(S, B, -1, self.input_dim)
 
     # -- API ---------------------------------------------------------------------------------------
+    @shares_spectral_weights
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.last_nfe = 0.0
         grid = self._grid(batch, None)
@@ -192,6 +194,7 @@ class LatentODE(ForecastModel):
             kl = (logq - logp).mean()
         return loss, {"mse": mse, "kl": kl, "loglik": (loglik / n).mean().detach(), "kl_weight": torch.tensor(self.kl_weight)}
 
+    @shares_spectral_weights
     def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
         """Sample z0 ``num_samples`` times (1: the posterior mean, deterministic) and decode at the queries."""
         check_positive(num_samples=num_samples)

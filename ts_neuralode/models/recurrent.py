@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.models.nets import shares_spectral_weights
 from ts_neuralode.models.base import (
     Forecast,
     ForecastModel,
@@ -171,6 +172,7 @@ class FilteringModel(ForecastModel):
         pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
         return pre, post
 
+    @shares_spectral_weights
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.last_nfe = 0.0
         grid = self._grid(batch, None)
@@ -187,6 +189,7 @@ class FilteringModel(ForecastModel):
             logs[name] = term.detach()
         return loss, logs
 
+    @shares_spectral_weights
     def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
         """Gaussian forecast at the queries; ``num_samples > 1`` also draws sample paths from it."""
         check_positive(num_samples=num_samples)
