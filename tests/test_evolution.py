@@ -212,3 +212,19 @@ def test_evolution_rejects_bad_shapes():
         evo(torch.zeros(2, 3), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="t_mask"):
         evo(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kind", ("ode",) + FLOW_KINDS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_leading_sample_dims_share_the_times_of_their_row(kind, per_sample):
+    evo = make_evolution(kind, 3, **SMALL).eval()
+    S, B, T = 2, 4, 6
+    z0 = torch.randn(S, B, 3)
+    if per_sample:
+        t, mask, _ = _padded_grid(B=B, T=T)
+    else:
+        t, mask = torch.linspace(0, 2, T), None
+    out = evo(z0, t, mask)
+    assert out.shape == (S, B, T, 3)
+    for s in range(S):  # each sample row is the plain [B, H] call
+        torch.testing.assert_close(out[s], evo(z0[s], t, mask), rtol=1e-5, atol=1e-6)

@@ -3,13 +3,17 @@
 ```python
 evo = make_evolution("ode", 20, method="dopri5")          # or "resnet_flow", "gru_flow", "coupling_flow"
 out = evo(h0, t)                                           # h0 [B, H]; t [T] or [B, T] -> out [B, T, H]
+out = evo(z0, t)                                           # z0 [S, B, H] (S samples share t) -> [S, B, T, H]
 evo.last_nfe                                               # mean function evaluations (0 for flows)
 ```
 
 ``t[..., 0]`` is the time of ``h0`` and ``out[:, 0] == h0``. Times may decrease (backwards evolution, as in
 the ODE-RNN encoder). With a per-sample grid ``t [B, T]`` an optional ``t_mask [B, T]`` (True = real point,
 padding only after the real points of a row) marks padding; outputs at padded positions repeat the
-row's last real output (the solver's convention, kept by the flows too).
+row's last real output (the solver's convention, kept by the flows too). ``h0`` may carry leading sample
+dimensions ``[..., B, H]`` that share the times of their row (the latent ODE's posterior samples): the ODE
+folds them into its batch; a flow broadcasts over them, so its time embeddings are computed once per
+time row instead of once per sample (3× less embedding work with 3 IWAE samples).
 
 * :class:`ODEEvolution` integrates a vector field with :func:`ts_neuralode.solvers.odeint` (any method,
   tolerances, fixed step, adjoint). Fields: ``"mlp"`` (autonomous MLP with tanh, ``hidden_dim`` ×
@@ -41,7 +45,7 @@ EVOLUTION_KINDS = ("ode",) + tuple(FLOWS)
 
 
 class Evolution(nn.Module):
-    """Base class. ``forward(h0 [B, H], t [T] | [B, T], t_mask [B, T] | None) -> [B, T, H]``."""
+    """Base class. ``forward(h0 [..., B, H], t [T] | [B, T], t_mask [B, T] | None) -> [..., B, T, H]``."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -49,15 +53,15 @@ class Evolution(nn.Module):
         self.last_nfe: float = 0.0  # function evaluations of the last forward, mean over samples
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if h0.dim() != 2 or h0.shape[1] != self.dim:
-            raise ValueError(f"evolution state h0 must be [B, {self.dim}], got {tuple(h0.shape)}")
+        if h0.dim() < 2 or h0.shape[-1] != self.dim:
+            raise ValueError(f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got {tuple(h0.shape)}")
         if not torch.is_tensor(t) or t.dim() not in (1, 2) or t.shape[-1] < 1:
             raise ValueError(f"evolution times must be a [T] or [B, T] tensor, got {getattr(t, 'shape', t)}")
-        if t.dim() == 2 and t.shape[0] != h0.shape[0]:
-            raise ValueError(f"evolution times [B, T] have B={t.shape[0]} but h0 has B={h0.shape[0]}")
+        if t.dim() == 2 and t.shape[0] != h0.shape[-2]:
+            raise ValueError(f"evolution times [B, T] have B={t.shape[0]} but h0 has B={h0.shape[-2]}")
         t = t.to(dtype=h0.dtype, device=h0.device)
         if t_mask is not None:
-            shape = (h0.shape[0], t.shape[-1])
+            shape = (h0.shape[-2], t.shape[-1])
             if tuple(t_mask.shape) != shape:
                 raise ValueError(f"evolution t_mask must be [B, T] = {list(shape)}, got {tuple(t_mask.shape)}")
             t_mask = t_mask.to(device=h0.device, dtype=torch.bool)
@@ -154,6 +158,12 @@ class ODEEvolution(Evolution):
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
+        if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
+            lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
+            n = h0[..., 0, 0].numel()
+            out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
+                               None if t_mask is None else t_mask.repeat(n, 1))
+            return out.reshape(*lead, B, out.shape[-2], H)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
             return h0.unsqueeze(1)
@@ -210,7 +220,7 @@ class FlowEvolution(Evolution):
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
-        B, T = h0.shape[0], t.shape[-1]
+        B, T = h0.shape[-2], t.shape[-1]
         if t.dim() == 1:
             t = t.unsqueeze(0)  # [1, T], broadcast over the batch below
         if t_mask is not None:
@@ -220,13 +230,13 @@ class FlowEvolution(Evolution):
             t = torch.where(t_mask, t, t.gather(1, last))
         self.last_nfe = 0.0
         if T == 1:
-            return h0.unsqueeze(1)
+            return h0.unsqueeze(-2)
         # F(0, h0) = h0 exactly, so index 0 is h0 itself and only the T - 1 later times are computed
-        # (half the work for the two-point calls of recurrent encoders). A shared grid stays [1, T-1, 1]:
-        # the flows compute time embeddings once per time, not once per sample.
+        # (half the work for the two-point calls of recurrent encoders). A shared grid stays [1, T-1, 1]
+        # and leading sample dims are broadcast: time embeddings are computed once per time row.
         dt = (t[:, 1:] - t[:, :1]).unsqueeze(-1)  # [B or 1, T-1, 1]
-        x = h0.unsqueeze(1).expand(B, T - 1, self.dim)
-        return torch.cat([h0.unsqueeze(1), self.flow(dt, x)], dim=1)
+        x = h0.unsqueeze(-2).expand(*h0.shape[:-1], T - 1, self.dim)
+        return torch.cat([h0.unsqueeze(-2), self.flow(dt, x)], dim=-2)
 
     def inverse(self, y: Tensor, t: Tensor, t0: Tensor | float = 0.0, **kwargs) -> Tensor:
         """Recover ``h0`` from states ``y [B, T, H]`` at times ``t`` (``[T]``/``[B, T]``) evolved from ``t0``."""

@@ -163,11 +163,9 @@ class LatentODE(ForecastModel):
 
     def decode(self, z0: Tensor, grid: Grid) -> Tensor:
         """``z0 [S, B, L]`` → decoded means ``[S, B, N, D]`` on the grid."""
-        S, B, L = z0.shape
-        times = grid.times if grid.times.dim() == 1 else grid.times.repeat(S, 1)
-        mask = None if grid.times.dim() == 1 else grid.valid.repeat(S, 1)
-        z = self._evolve(self.evolution, z0.reshape(S * B, L), times, mask)
-        return self.decoder(z).reshape(S, B, -1, self.input_dim)
+        mask = None if grid.times.dim() == 1 else grid.valid
+        z = self._evolve(self.evolution, z0, grid.times, mask)  # [S, B, N, L]: the samples share times
+        return self.decoder(z)
 
     # -- API ---------------------------------------------------------------------------------------
     @shares_spectral_weights
