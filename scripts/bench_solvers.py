@@ -6,7 +6,7 @@ dopri5 with rtol 1e-3 / atol 1e-4, random initialisation, torch.set_num_threads(
 
 Measured side by side in one run (repetitions interleaved across the libraries, median reported):
 forward; forward+backward by autograd; forward+backward by the adjoint (torchdiffeq's odeint_adjoint; ours
-in both modes); function evaluations forward and backward; share of the forward spent inside the vector
+in both modes); function evaluations forward and backward; adjoint gradient error against autograd; share of the forward spent inside the vector
 field; per-sample [B, T] grids vs one shared grid; peak memory; adjoint peak memory at ~100 vs ~10,000
 steps.
 
@@ -228,8 +228,18 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
     f.calls = 0
     ys, _ = run_td(f, y0, t, adjoint=True)
     c_fwd = f.calls
-    torch.autograd.grad((ys * w).sum(), list(f.parameters()))
+    g_td_adj = torch.autograd.grad((ys * w).sum(), list(f.parameters()))
     nfe["adj/td"] = (c_fwd, f.calls - c_fwd)
+
+    # adjoint gradient accuracy: relative L2 distance to the same library's autograd gradient (the exact
+    # gradient of the computed solution, i.e. what an adjoint approximates at this tolerance)
+    def rel(a, b):
+        num = sum(float((x - y).double().square().sum()) for x, y in zip(a, b))
+        return (num / sum(float(y.double().square().sum()) for y in b)) ** 0.5
+
+    g_ag = v["ag/ours"]()[0]
+    grad_err = {mode: rel(v[f"adj/ours-{mode}"]()[0], g_ag) for mode in ("backsolve", "interpolate")}
+    grad_err["td"] = rel(g_td_adj, v["ag/td"]()[0])
 
     # share of the forward spent inside the vector field
     share = {}
@@ -242,7 +252,7 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
             vals.append(f.time_in / dt)
         share[k] = statistics.median(vals)
     f.timed = False
-    return med, nfe, share
+    return med, nfe, share, grad_err
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,7 +375,7 @@ def main(argv=None):
     for B in batches:
         slow_reps = max(1, reps // 3) if B >= 2048 else max(2, reps // 2)
         t0 = time.perf_counter()
-        med, nfe, share = bench_batch(B, device, reps if B < 2048 else max(3, reps // 2), slow_reps, sync)
+        med, nfe, share, grad_err = bench_batch(B, device, reps if B < 2048 else max(3, reps // 2), slow_reps, sync)
         print(f"batch {B}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         ours = med["fwd/ours"]
         lines.append(f"| {B} | forward (ms) | {ours:.2f} | {med['fwd/td']:.2f} | {med['fwd/tode']:.2f} | "
@@ -385,6 +395,9 @@ def main(argv=None):
             lines.append(f"| {B} | adjoint evaluations fwd / bwd (ours: {mode}) | {fe:.0f} / {be:.0f} "
                          f"(bwd = {be / fe:.1f}× fwd) | {nfe['adj/td'][0]} / {nfe['adj/td'][1]} "
                          f"({nfe['adj/td'][1] / nfe['adj/td'][0]:.1f}×) | – | | |")
+        lines.append(f"| {B} | adjoint parameter gradient, relative error vs autograd | backsolve "
+                     f"{grad_err['backsolve']:.1e}, interpolate {grad_err['interpolate']:.1e} | "
+                     f"{grad_err['td']:.1e} | – | | |")
         g = med["grid/per-sample"] / med["grid/shared"]
         lines.append(f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} vs "
                      f"{med['grid/shared']:.2f} = {g:.2f}× (evaluations {nfe['grid/per-sample']:.1f} vs "
