@@ -210,7 +210,7 @@ def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
             out = torch.addcmul(coef[p].index_select(0, flat), theta, out)
         out = torch.addcmul(y_start.index_select(0, flat), theta, out)
     else:
-        # two [B·Tq, D] buffers in all: every fresh tensor of this size is a new mmap + page faults on CPU
+        # in place: two [B·Tq, D] tensors in all (the output and one gather buffer), not 2P + 1 temporaries
         out = coef[P - 1].index_select(0, flat)
         buf = torch.empty_like(out)
         for p in range(P - 2, -1, -1):
