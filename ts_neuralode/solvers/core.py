@@ -281,7 +281,9 @@ def solve_adaptive(
     # Without a gradient graph, recorded steps are turned into outputs every FLUSH_EVERY records and
     # dropped: memory stays flat in the number of steps (with per-sample steps nearly every iteration
     # covers some sample's output, so keeping them all would grow up to B·T records).
-    flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)) and checkpoints is None
+    # The interpolated adjoint's forward (no graph, ``checkpoints`` given) flushes too: its backward
+    # recomputes every step from the checkpoints, the records only serve the outputs.
+    flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
     out_buf = None  # [B, T, D] outputs written by earlier flushes (None: nothing flushed yet)
     t_flushed = t0
     it = 0
