@@ -141,6 +141,9 @@ def run_lightning(argv: Sequence[str]) -> None:
     import logging
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
+    # We pass argv explicitly (so main() works in-process); Lightning warns when sys.argv is also set, which is
+    # always the case for the console script. The two are the same list there: silence that one warning.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     cli_cls, module_cls, data_cls, tracking = _lightning_cli_class()
     cli_cls(
         module_cls,
@@ -155,13 +158,25 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 
 # -- forecast ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`ConfigError` (one line) instead of printing usage and exiting.
+
+    ``exit_on_error=False`` alone does not cover missing required options or bad choices on every Python
+    version, so :meth:`error` is overridden too.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
 def _forecast_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=f"{PROG} forecast",
         description="Forecast every series of a history CSV at future (or any) times with a trained model; "
                     "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
                     "per series.",
         exit_on_error=False,
+        allow_abbrev=False,
     )
     p.add_argument("--model", required=True,
                    help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
@@ -189,6 +204,8 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
+    p.add_argument("--plot_history", default=None,
+                   help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
     p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -227,6 +244,9 @@ def forecast_main(argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except argparse.ArgumentError as err:
         raise ConfigError(f"{PROG} forecast: {err}; see '{PROG} forecast --help'") from err
+    if args.horizon is None and args.times is None:
+        raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
+                          "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
 
     path = _resolve_model_path(args.model, args.tracking_uri)
@@ -245,7 +265,8 @@ def forecast_main(argv: Sequence[str]) -> int:
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
     if not args.no_plots:
         plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
-        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, **read)
+        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
+                       **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
     return 0
 

@@ -314,7 +314,8 @@ class Forecaster:
             raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
         h = self._duration(horizon, "horizon")
         if h <= 0:
-            raise ForecastError(f"horizon={horizon!r} must be positive")
+            raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
+                                "observation to forecast; for times inside the history pass times=[...] instead")
         last = table.last_times()[index]
         if freq is not None:
             if num_points is not None:
@@ -413,11 +414,23 @@ class Forecaster:
         return table_to_long(table)
 
     def plot(self, history: Any, forecast: pd.DataFrame, out_dir: str | os.PathLike,
-             series: Sequence[Any] | None = None, max_series: int | None = None, **read_options: Any) -> list[Path]:
-        """One PNG per series (history, forecast mean, interval bands) in ``out_dir``; returns the paths."""
+             series: Sequence[Any] | None = None, max_series: int | None = None,
+             history_window: float | str | pd.Timedelta | None = None, **read_options: Any) -> list[Path]:
+        """One PNG per series (history, forecast mean, interval bands) in ``out_dir``; returns the paths.
+
+        ``history_window`` (a duration like ``"5D"`` or a number of time units) shows only that much history
+        before each series' last observation (default: all of it).
+        """
         from ts_neuralode.plotting import plot_forecasts
 
         table = self.read_history(history, **read_options)
+        if history_window is not None:
+            w = self._duration(history_window, "history_window")
+            if w <= 0:
+                raise ForecastError(f"history_window={history_window!r} must be positive (e.g. '5D' or a number)")
+            keep = table.times >= np.repeat(table.last_times() - w, table.counts)
+            counts = np.bincount(table.series_of_rows()[keep], minlength=table.n_series)
+            table = _subset_table(table, range(table.n_series), keep=table.counts - counts, from_end=True)
         hist = table_to_long(table)
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
@@ -488,14 +501,17 @@ def _as_transform(tstate: Any):
         raise ForecastError(f"transform state is incomplete ({err}); pass SeriesTransform.state_dict()") from err
 
 
-def _subset_table(table, idx: Sequence[int], keep: Sequence[int] | None = None):
-    """A SeriesTable with only series ``idx`` (optionally only the first ``keep[k]`` rows of each)."""
+def _subset_table(table, idx: Sequence[int], keep: Sequence[int] | None = None, from_end: bool = False):
+    """A SeriesTable with only series ``idx`` (optionally only the first ``keep[k]`` rows of each; with
+    ``from_end``, ``keep[k]`` is instead how many leading rows to drop, keeping at least the last one)."""
     from dataclasses import replace
 
     rows, counts = [], []
     for k, i in enumerate(idx):
         lo, hi = int(table.offsets[i]), int(table.offsets[i + 1])
-        if keep is not None:
+        if keep is not None and from_end:
+            lo = min(lo + max(0, int(keep[k])), hi - 1)
+        elif keep is not None:
             hi = lo + max(1, min(int(keep[k]), hi - lo))
         rows.append(np.arange(lo, hi))
         counts.append(hi - lo)

@@ -12,7 +12,8 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
 * params: the model's and data module's hyperparameters (Lightning logs them), ``seed_everything`` and the
   main trainer options (``trainer/max_epochs``, ``trainer/devices``, ``trainer/strategy`` …);
 * ``config.yaml``: the full resolved LightningCLI config (:class:`MlflowSaveConfigCallback`);
-* per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches),
+* per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches;
+  under DDP over every rank's batches),
   every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
   and ``epoch_time_s`` (training time of the epoch, validation excluded);
 * artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 RUN_FILE = "mlflow_run.json"
 EPOCH_PREFIX = "epoch/"
+TRAIN_KEYS = ("train_loss", "nfe", "batch_time_s")  # per-batch training means of MlflowTrackingCallback
 TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision", "gradient_clip_val",
                   "accumulate_grad_batches")
 
@@ -269,6 +271,18 @@ class MlflowTrackingCallback(Callback):
             self._epoch_time = self._epoch_time or time.perf_counter() - self._epoch_start
             self._log_epoch(trainer)
 
+    def _sync_train_sums(self, trainer: Trainer) -> None:
+        """Under DDP, sum the training sums/counts over the ranks, so ``train_loss`` is the mean over every
+        rank's batches (the global batch), not rank 0's shard. A collective: every rank calls it, same keys."""
+        if getattr(trainer, "world_size", 1) <= 1:
+            return
+        keys = TRAIN_KEYS
+        local = torch.tensor([[self._sums.get(k, 0.0) for k in keys], [float(self._counts.get(k, 0)) for k in keys]],
+                             dtype=torch.float64, device=trainer.strategy.root_device)
+        total = trainer.strategy.reduce(local, reduce_op="sum").cpu()
+        self._sums = {k: float(total[0, i]) for i, k in enumerate(keys) if total[1, i] > 0}
+        self._counts = {k: int(total[1, i]) for i, k in enumerate(keys) if total[1, i] > 0}
+
     def epoch_metrics(self, trainer: Trainer) -> dict[str, float]:
         """This epoch's metrics: training means (loss, nfe, batch time), epoch time and validation metrics."""
         metrics = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts.get(k)}
@@ -282,6 +296,7 @@ class MlflowTrackingCallback(Callback):
 
     def _log_epoch(self, trainer: Trainer) -> None:
         self._logged_epoch = trainer.current_epoch
+        self._sync_train_sums(trainer)
         logger = find_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
