@@ -46,6 +46,9 @@ def _lightning_cli_class():
                                 help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
             parser.add_argument("--experiment_name", type=str, default="ts_neuralode", help="MLflow experiment")
             parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
+            parser.add_argument("--artifact_location", type=str | None, default=None,
+                                help="where a new MLflow experiment keeps artifacts (default: the store's own, "
+                                     "./mlruns for a sqlite file)")
             parser.add_argument("--tracking", type=bool, default=True, help="record the run in MLflow")
             parser.add_argument("--checkpoint_dir", type=str | None, default=None,
                                 help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints")
@@ -95,7 +98,7 @@ def _lightning_cli_class():
                 tags = {"ts_neuralode.subcommand": self.subcommand}
                 kwargs["logger"] = tracking.make_logger(
                     cfg.get("tracking_uri"), cfg.get("experiment_name"), cfg.get("run_name"),
-                    run_id=self.resume_run_id, tags=tags,
+                    run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
                 )
                 callbacks.append(tracking.MlflowTrackingCallback(
                     ckpt_dir=self.ckpt_dir, log_model=bool(cfg.get("log_model")), model_dir=cfg.get("model_dir"),
@@ -207,7 +210,10 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot_history", default=None,
                    help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
-    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs")
+    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
+    p.add_argument("--mlflow_run", default=None,
+                   help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
+                        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -263,12 +269,49 @@ def forecast_main(argv: Sequence[str]) -> int:
     out.to_csv(out_path, index=False)
     n_series = out["unique_id"].nunique()
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
+    pngs: list[Path] = []
     if not args.no_plots:
         plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
         pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
+    if args.mlflow_run:
+        run_id, uri = _log_forecast_to_run(args.mlflow_run, args.tracking_uri, out_path, pngs)
+        print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
+
+
+def _log_forecast_to_run(spec: str, tracking_uri: str | None, csv_path: Path, pngs: list[Path]) -> tuple[str, str]:
+    """Log the forecast CSV and PNGs to an existing MLflow run; returns (run id, tracking URI)."""
+    import json
+
+    from ts_neuralode.tracking import RUN_FILE, resolve_tracking_uri
+
+    p = Path(spec)
+    info: dict = {"run_id": spec}
+    if p.is_dir() or p.is_file():
+        f = p / RUN_FILE if p.is_dir() else p
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
+                              "checkpoint directory of a fit (it holds mlflow_run.json)") from err
+        if not info.get("run_id"):
+            raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
+    uri = resolve_tracking_uri(tracking_uri or info.get("tracking_uri"))
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        client.get_run(info["run_id"])
+        client.log_artifact(info["run_id"], str(csv_path), "forecast")
+        for png in pngs:
+            client.log_artifact(info["run_id"], str(png), "forecast/plots")
+    except Exception as err:  # MlflowException (no such run, store unreachable), OSError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--mlflow_run {spec}: cannot log to run {info['run_id']} at {uri} ({first}); check the "
+                          "run id and --tracking_uri") from err
+    return str(info["run_id"]), uri
 
 
 # -- generate / benchmark ----------------------------------------------------------------------------

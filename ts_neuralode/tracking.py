@@ -55,12 +55,16 @@ TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
 
-    A bare filesystem path ending in ``.db`` is turned into a sqlite URI. The plain-directory file store
-    (``./mlruns``) is refused with a hint, since MLflow >= 3.13 rejects it anyway.
+    A bare filesystem path ending in ``.db`` is turned into a sqlite URI, and a relative sqlite path
+    (``sqlite:///runs/mlflow.db``) into an absolute one, so that the URI recorded for a run (``mlflow_run.json``,
+    the printed ``mlflow ui`` command) works from any directory. The plain-directory file store (``./mlruns``)
+    is refused with a hint, since MLflow >= 3.13 rejects it anyway.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
         return "sqlite:///" + str(Path(DEFAULT_DB).resolve())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     if "://" not in uri and ":" not in uri.split("/")[0]:
         if uri.endswith(".db"):
             return "sqlite:///" + str(Path(uri).resolve())
@@ -95,20 +99,35 @@ class TrackingLogger(MLFlowLogger):
             super().log_hyperparams(fresh)
 
 
+def resolve_artifact_location(location: str | None) -> str | None:
+    """A local path -> absolute ``file://`` URI (so the store works from any directory); URIs unchanged."""
+    if not location:
+        return None
+    if "://" in location:
+        return location
+    return Path(location).resolve().as_uri()
+
+
 def make_logger(
     tracking_uri: str | None = None,
     experiment_name: str = "ts_neuralode",
     run_name: str | None = None,
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
 ) -> TrackingLogger:
-    """A :class:`TrackingLogger` on the resolved tracking URI (see :func:`resolve_tracking_uri`)."""
+    """A :class:`TrackingLogger` on the resolved tracking URI (see :func:`resolve_tracking_uri`).
+
+    ``artifact_location`` is used only when the experiment is created (MLflow's default for a sqlite store is
+    ``./mlruns`` of the working directory).
+    """
     return TrackingLogger(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=resolve_tracking_uri(tracking_uri),
         run_id=run_id,
         tags=dict(tags or {}),
+        artifact_location=resolve_artifact_location(artifact_location),
     )
 
 
