@@ -244,10 +244,29 @@ def _parse_times(values: list[str]) -> list:
     return out
 
 
+_DURATION_OPTIONS = ("--horizon", "--freq", "--plot_history")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--horizon -1D`` -> ``--horizon=-1D``: argparse would take ``-1D`` for an option and say "expected one
+    argument"; joined, the value reaches the forecaster, which explains what is wrong with it."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    argv = list(argv)
+    for i in it:
+        a = argv[i]
+        if a in _DURATION_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            next(it, None)
+        else:
+            out.append(a)
+    return out
+
+
 def forecast_main(argv: Sequence[str]) -> int:
     parser = _forecast_parser()
     try:
-        args = parser.parse_args(list(argv))
+        args = parser.parse_args(_join_negative_values(argv))
     except argparse.ArgumentError as err:
         raise ConfigError(f"{PROG} forecast: {err}; see '{PROG} forecast --help'") from err
     if args.horizon is None and args.times is None:
