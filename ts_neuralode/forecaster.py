@@ -259,7 +259,7 @@ class Forecaster:
                 raise ForecastError(f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
                                     f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
             index = [known[str(s)] for s in series]
-        raw_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
+        raw_q, ns_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
         firsts = table.first_times()[index]
         for row, i in enumerate(index):
             q = raw_q[row]
@@ -280,15 +280,32 @@ class Forecaster:
             bar = _progress(chunks, progress, "forecast")
             for chunk in bar:
                 frames.append(self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk],
-                                                  int(num_samples), levels, qs))
+                                                  int(num_samples), levels, qs,
+                                                  None if ns_q is None else [ns_q[rows_of[i]] for i in chunk]))
         finally:
             if seed is not None:
                 torch.random.set_rng_state(gen_state)
         return pd.concat(frames, ignore_index=True)
 
-    def _query_raw(self, table, prepared, index, horizon, times, freq, num_points) -> list[np.ndarray]:
-        """Raw float query times per requested series (list of 1-D arrays)."""
+    def _query_raw(self, table, prepared, index, horizon, times, freq, num_points
+                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Query times per requested series: raw floats (list of 1-D arrays), and for datetime data the same
+        instants as exact int64 ns since the epoch (so the output timestamps are the ones asked for, not ones
+        recovered from floats a few ns off)."""
         codec = self.transform.codec
+        exact = codec.is_datetime
+        unit_ns = 0
+        if exact:
+            from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
+
+            unit_ns = unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+
+        def from_ns(ns_rows: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            return [(ns - codec.ref_ns).astype(np.float64) / unit_ns for ns in ns_rows], ns_rows
+
+        def to_ns(values) -> np.ndarray:
+            return np.sort(codec.datetimes_to_ns(values))
+
         if times is not None:
             if horizon is not None or freq is not None:
                 raise ForecastError("pass either times=... or horizon=... (with freq/num_points), not both")
@@ -303,13 +320,16 @@ class Forecaster:
                     if g is None:
                         raise ForecastError(f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
                                             "for it or pass series=[...] to forecast fewer series")
-                    out.append(np.sort(codec.to_float(g["ds"])))
-                return out
+                    out.append(to_ns(g["ds"]) if exact else np.sort(codec.to_float(g["ds"])))
+                return from_ns(out) if exact else (out, None)
             arr = times if isinstance(times, (pd.Series, pd.Index, np.ndarray, list, tuple)) else [times]
-            raw = np.sort(np.asarray(codec.to_float(arr), dtype=np.float64).reshape(-1))
-            if raw.size == 0:
+            if len(arr) == 0:
                 raise ForecastError("times=[] is empty; pass at least one query time")
-            return [raw for _ in index]
+            if exact:
+                ns = to_ns(arr)
+                return from_ns([ns for _ in index])
+            raw = np.sort(np.asarray(codec.to_float(arr), dtype=np.float64).reshape(-1))
+            return [raw for _ in index], None
         if horizon is None:
             raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
         h = self._duration(horizon, "horizon")
@@ -329,12 +349,19 @@ class Forecaster:
             if n > 100_000:
                 raise ForecastError(f"horizon/freq gives {n} query times per series; use a coarser freq")
             offs = step * np.arange(1, n + 1)
+            if exact:
+                offs_ns = np.int64(round(step * unit_ns)) * np.arange(1, n + 1, dtype=np.int64)
         else:
             n = 50 if num_points is None else int(num_points)
             if n < 1:
                 raise ForecastError(f"num_points={num_points} must be >= 1")
             offs = np.linspace(0.0, h, n + 1)[1:]
-        return [lt + offs for lt in last]
+            if exact:
+                offs_ns = np.rint(np.linspace(0.0, round(h * unit_ns), n + 1)[1:]).astype(np.int64)
+        if exact:
+            last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns  # history times are whole ns
+            return from_ns([lt + offs_ns for lt in last_ns])
+        return [lt + offs for lt in last], None
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -358,7 +385,7 @@ class Forecaster:
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
-                       levels: list[float], qs: list[float]) -> pd.DataFrame:
+                       levels: list[float], qs: list[float], ns_q: list[np.ndarray] | None = None) -> pd.DataFrame:
         sub = _subset_table(table, chunk)
         prepared = self.transform.make_batch(sub)
         lengths = [len(q) for q in raw_q]
@@ -388,6 +415,13 @@ class Forecaster:
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
+        if ns_q is not None:  # the exact instants asked for (rows are series-major, like ns_q)
+            from ts_neuralode.data.timecodec import tz_from_str
+
+            idx = pd.DatetimeIndex(np.concatenate(ns_q).astype(np.int64).view("datetime64[ns]"))
+            tz = self.transform.codec.tz
+            frame = frame.assign(**{self.transform.time_col: idx.tz_localize("UTC").tz_convert(tz_from_str(tz))
+                                    if tz is not None else idx})
         return self._nixtla(frame, list(bands))
 
     def _nixtla(self, frame: pd.DataFrame, band_names: list[str]) -> pd.DataFrame:
