@@ -111,11 +111,21 @@ def _lightning_cli_class():
                     isinstance(c, ModelCheckpoint) for c in user_cbs):
                 has_val = (self.datamodule is None or getattr(self.datamodule, "val_fraction", 0) > 0) and (
                     trainer_cfg.get("limit_val_batches") not in (0, 0.0))
+                # The best checkpoint comes first: trainer.checkpoint_callback (best_model_path) is this one.
                 callbacks.append(ModelCheckpoint(
                     dirpath=str(self.ckpt_dir), filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else
                     "epoch{epoch:03d}", auto_insert_metric_name=False, monitor="val_loss" if has_val else None,
-                    mode="min", save_top_k=1, save_last=True, every_n_epochs=1,
+                    mode="min", save_top_k=1, save_last=not has_val, every_n_epochs=1,
                 ))
+                if has_val:
+                    # last.ckpt must be the latest epoch for '--ckpt_path last'. Lightning >= 2.5 refreshes
+                    # save_last only in a step where a top-k checkpoint was saved, i.e. when val_loss improved,
+                    # so a resume would restart from the best epoch and redo the later ones. A second,
+                    # unmonitored checkpoint named "last" (overwritten every epoch, never versioned) is.
+                    callbacks.append(ModelCheckpoint(
+                        dirpath=str(self.ckpt_dir), filename="last", monitor=None, save_top_k=1, save_last=False,
+                        every_n_epochs=1, enable_version_counter=False,
+                    ))
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
             return super().instantiate_trainer(**kwargs)
 
