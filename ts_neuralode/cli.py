@@ -9,8 +9,10 @@
 ``fit``/``validate``/``test``/``predict`` are Lightning's CLI over :class:`ForecastingModule` (``--model.*``) and
 :class:`IrregularTimeSeriesDataModule` (``--data.*``); ``data.num_channels`` sets ``model.input_dim``. Extra
 options: ``--tracking_uri`` (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``), ``--experiment_name``,
-``--run_name``, ``--checkpoint_dir`` (default ``<trainer.default_root_dir>/checkpoints``), ``--model_dir``
-(where ``fit`` also writes the reloadable model directory; default ``<checkpoint_dir>/model``), ``--log_model``.
+``--run_name``, ``--artifact_location``, ``--tracking``, ``--checkpoint_dir`` (default
+``<trainer.default_root_dir>/checkpoints``), ``--model_dir`` (where ``fit`` also writes the reloadable model
+directory; default ``<checkpoint_dir>/model``), ``--log_model``. ``fit`` keeps ``last.ckpt`` (the latest epoch,
+for ``--ckpt_path last``) and the best checkpoint by ``val_loss`` in the checkpoint directory.
 
 Errors a user can cause print one line on stderr and exit with status 2 (no traceback).
 """
@@ -109,7 +111,7 @@ def _lightning_cli_class():
             user_cbs = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
             if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False and not any(
                     isinstance(c, ModelCheckpoint) for c in user_cbs):
-                has_val = (self.datamodule is None or getattr(self.datamodule, "val_fraction", 0) > 0) and (
+                has_val = _has_validation_series(self.datamodule) and (
                     trainer_cfg.get("limit_val_batches") not in (0, 0.0))
                 # The best checkpoint comes first: trainer.checkpoint_callback (best_model_path) is this one.
                 callbacks.append(ModelCheckpoint(
@@ -147,7 +149,22 @@ def _lightning_cli_class():
                 for line in lines:
                     print(line, file=sys.stderr)
 
+        def after_predict(self) -> None:
+            if self.trainer.is_global_zero:
+                print("predict: ran Lightning's predict loop (forecasts at each series' own times, returned to "
+                      "Python, nothing written); for a CSV and PNGs at future times use "
+                      f"'{PROG} forecast --model <model directory> --data.path <csv> --horizon ...'", file=sys.stderr)
+
     return TSNeuralODECLI, ForecastingModule, IrregularTimeSeriesDataModule, tracking
+
+
+def _has_validation_series(datamodule) -> bool:
+    """Whether validation will run on any series (val_fraction > 0 can still round to none for few series)."""
+    if datamodule is None:
+        return True
+    if hasattr(datamodule, "split_ids"):
+        return len(datamodule.split_ids("val")) > 0
+    return getattr(datamodule, "val_fraction", 0) > 0
 
 
 def run_lightning(argv: Sequence[str]) -> None:
