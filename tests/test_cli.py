@@ -198,15 +198,19 @@ def test_forecast_user_errors_one_line(args, fragment, dt_fitted, dt_csv, tmp_pa
     (["forecast", "--model", "{model}", "--data.path", "{bad}", "--horizon", "1D"], "missing time column"),
     (["validate", "--data.path", "{csv}", "--ckpt_path", "last", "--checkpoint_dir", "{tmp}/empty"], "no checkpoint at"),
     (["fitt"], "unknown subcommand 'fitt'"),
+    (["forecast", "--model", "{model}", "--data.path", "{csv}", "--horizon", "1D", "--out", "{tmp}/o.csv",
+      "--mlflow_run", "nosuchrun", "--tracking_uri", "{uri}"], "no run nosuchrun"),
 ])
 def test_other_user_errors_one_line(argv, fragment, dt_fitted, dt_csv, bad_csv, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(tmp=tmp_path, csv=dt_csv, bad=bad_csv, model=dt_fitted["model_dir"]) for a in argv]
+    argv = [a.format(tmp=tmp_path, csv=dt_csv, bad=bad_csv, model=dt_fitted["model_dir"],
+                     uri=dt_fitted["tracking_uri"]) for a in argv]
     rc = main(argv)
     err = capfd.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
     assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "o.csv").exists()  # a bad --mlflow_run is caught before anything is written
 
 
 def _env() -> dict:

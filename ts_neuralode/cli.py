@@ -301,6 +301,7 @@ def forecast_main(argv: Sequence[str]) -> int:
                           "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
 
+    run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
     fc = Forecaster.load(path, transform=args.transform)
     read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
@@ -321,14 +322,14 @@ def forecast_main(argv: Sequence[str]) -> int:
         pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
-    if args.mlflow_run:
-        run_id, uri = _log_forecast_to_run(args.mlflow_run, args.tracking_uri, out_path, pngs)
+    if run_target is not None:
+        run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
         print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
 
 
-def _log_forecast_to_run(spec: str, tracking_uri: str | None, csv_path: Path, pngs: list[Path]) -> tuple[str, str]:
-    """Log the forecast CSV and PNGs to an existing MLflow run; returns (run id, tracking URI)."""
+def _resolve_run(spec: str, tracking_uri: str | None):
+    """``--mlflow_run``: (client, run id, tracking URI) of an existing run; checked before anything is written."""
     import json
 
     from ts_neuralode.tracking import RUN_FILE, resolve_tracking_uri
@@ -350,14 +351,24 @@ def _log_forecast_to_run(spec: str, tracking_uri: str | None, csv_path: Path, pn
     client = MlflowClient(uri)
     try:
         client.get_run(info["run_id"])
-        client.log_artifact(info["run_id"], str(csv_path), "forecast")
-        for png in pngs:
-            client.log_artifact(info["run_id"], str(png), "forecast/plots")
-    except Exception as err:  # MlflowException (no such run, store unreachable), OSError
+    except Exception as err:  # MlflowException (no such run, store unreachable)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--mlflow_run {spec}: cannot log to run {info['run_id']} at {uri} ({first}); check the "
-                          "run id and --tracking_uri") from err
-    return str(info["run_id"]), uri
+        raise ConfigError(f"--mlflow_run {spec}: no run {info['run_id']} at {uri} ({first}); check the run id and "
+                          "--tracking_uri") from err
+    return client, str(info["run_id"]), uri
+
+
+def _log_forecast_to_run(target, csv_path: Path, pngs: list[Path]) -> tuple[str, str]:
+    """Log the forecast CSV and PNGs to the run resolved by :func:`_resolve_run`; returns (run id, URI)."""
+    client, run_id, uri = target
+    try:
+        client.log_artifact(run_id, str(csv_path), "forecast")
+        for png in pngs:
+            client.log_artifact(run_id, str(png), "forecast/plots")
+    except Exception as err:  # MlflowException, OSError (artifact store not writable)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--mlflow_run: cannot log artifacts to run {run_id} at {uri} ({first})") from err
+    return run_id, uri
 
 
 # -- generate / benchmark ----------------------------------------------------------------------------
