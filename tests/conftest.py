@@ -110,3 +110,61 @@ def fitted_local(tmp_path_factory, tiny_csv):
             os.environ["MLFLOW_TRACKING_URI"] = old_env
     return {"cwd": cwd, "rc": rc, "ckpt_dir": cwd / "checkpoints", "model_dir": cwd / "checkpoints" / "model",
             "tracking_uri": f"sqlite:///{cwd / 'mlflow.db'}"}
+
+
+# --- a datetime CSV (the demo's shape, small) and one fit on it, shared by test_cli.py and test_forecaster.py ---
+DT_TZ = "+01:00"
+
+
+@pytest.fixture(scope="session")
+def dt_csv(tmp_path_factory) -> Path:
+    """6 sensors x 16 irregular readings over 3 days: ISO datetimes with +01:00 offsets (minute resolution), a daily
+    cycle, an ignored categorical ``site`` column and two empty ``y`` cells."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2024-01-08 00:00", tz="Europe/Berlin")
+    frames = []
+    for k in range(6):
+        minutes = np.sort(rng.choice(3 * 24 * 60, 16, replace=False))
+        hours = minutes / 60.0
+        y = 20 + k + 4 * np.sin(2 * np.pi * hours / 24 + 0.3 * k) + rng.normal(0, 0.3, 16)
+        ds = (start + pd.to_timedelta(minutes, unit="min")).strftime("%Y-%m-%dT%H:%M:%S%z")
+        frames.append(pd.DataFrame({"unique_id": f"s{k}", "ds": [s[:-2] + ":" + s[-2:] for s in ds],
+                                    "y": np.round(y, 3), "site": "north" if k < 3 else "south"}))
+    df = pd.concat(frames, ignore_index=True)
+    df.loc[[5, 40], "y"] = np.nan
+    path = tmp_path_factory.mktemp("dt_data") / "sensors.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dt_fitted(tmp_path_factory, dt_csv):
+    """``ts-neuralode fit`` (in-process, progress bar left on) on :func:`dt_csv` with ``--data.time_unit h``.
+
+    Returns a dict: rc, cwd, ckpt_dir, model_dir, tracking_uri, output (captured stdout + stderr of the fit).
+    """
+    import contextlib
+    import io
+
+    from ts_neuralode.cli import main
+
+    cwd = tmp_path_factory.mktemp("dt_fit")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    args = [a for a in TINY_FIT_ARGS]
+    i = args.index("--trainer.enable_progress_bar")
+    del args[i:i + 2]
+    buf = io.StringIO()
+    old_cwd = os.getcwd()
+    os.chdir(cwd)
+    try:
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking_uri", uri,
+                       "--checkpoint_dir", str(cwd / "ck"), *args])
+    finally:
+        os.chdir(old_cwd)
+    return {"rc": rc, "cwd": cwd, "ckpt_dir": cwd / "ck", "model_dir": cwd / "ck" / "model", "tracking_uri": uri,
+            "output": buf.getvalue()}

@@ -64,7 +64,8 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
     assert resolve_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_tracking_uri() == "http://127.0.0.1:5999"
-    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"  # relative -> absolute
+    assert resolve_tracking_uri(f"sqlite:///{tmp_path / 'y.db'}") == f"sqlite:///{tmp_path / 'y.db'}"
     assert resolve_tracking_uri("runs.db") == f"sqlite:///{tmp_path / 'runs.db'}"
     with pytest.raises(ConfigError, match="file store"):
         resolve_tracking_uri("./mlruns")

@@ -9,8 +9,10 @@
 ``fit``/``validate``/``test``/``predict`` are Lightning's CLI over :class:`ForecastingModule` (``--model.*``) and
 :class:`IrregularTimeSeriesDataModule` (``--data.*``); ``data.num_channels`` sets ``model.input_dim``. Extra
 options: ``--tracking_uri`` (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``), ``--experiment_name``,
-``--run_name``, ``--checkpoint_dir`` (default ``<trainer.default_root_dir>/checkpoints``), ``--model_dir``
-(where ``fit`` also writes the reloadable model directory; default ``<checkpoint_dir>/model``), ``--log_model``.
+``--run_name``, ``--artifact_location``, ``--tracking``, ``--checkpoint_dir`` (default
+``<trainer.default_root_dir>/checkpoints``), ``--model_dir`` (where ``fit`` also writes the reloadable model
+directory; default ``<checkpoint_dir>/model``), ``--log_model``. ``fit`` keeps ``last.ckpt`` (the latest epoch,
+for ``--ckpt_path last``) and the best checkpoint by ``val_loss`` in the checkpoint directory.
 
 Errors a user can cause print one line on stderr and exit with status 2 (no traceback).
 """
@@ -46,6 +48,9 @@ def _lightning_cli_class():
                                 help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
             parser.add_argument("--experiment_name", type=str, default="ts_neuralode", help="MLflow experiment")
             parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
+            parser.add_argument("--artifact_location", type=str | None, default=None,
+                                help="where a new MLflow experiment keeps artifacts (default: the store's own, "
+                                     "./mlruns for a sqlite file)")
             parser.add_argument("--tracking", type=bool, default=True, help="record the run in MLflow")
             parser.add_argument("--checkpoint_dir", type=str | None, default=None,
                                 help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints")
@@ -95,7 +100,7 @@ def _lightning_cli_class():
                 tags = {"ts_neuralode.subcommand": self.subcommand}
                 kwargs["logger"] = tracking.make_logger(
                     cfg.get("tracking_uri"), cfg.get("experiment_name"), cfg.get("run_name"),
-                    run_id=self.resume_run_id, tags=tags,
+                    run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
                 )
                 callbacks.append(tracking.MlflowTrackingCallback(
                     ckpt_dir=self.ckpt_dir, log_model=bool(cfg.get("log_model")), model_dir=cfg.get("model_dir"),
@@ -106,13 +111,23 @@ def _lightning_cli_class():
             user_cbs = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
             if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False and not any(
                     isinstance(c, ModelCheckpoint) for c in user_cbs):
-                has_val = (self.datamodule is None or getattr(self.datamodule, "val_fraction", 0) > 0) and (
+                has_val = _has_validation_series(self.datamodule) and (
                     trainer_cfg.get("limit_val_batches") not in (0, 0.0))
+                # The best checkpoint comes first: trainer.checkpoint_callback (best_model_path) is this one.
                 callbacks.append(ModelCheckpoint(
                     dirpath=str(self.ckpt_dir), filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else
                     "epoch{epoch:03d}", auto_insert_metric_name=False, monitor="val_loss" if has_val else None,
-                    mode="min", save_top_k=1, save_last=True, every_n_epochs=1,
+                    mode="min", save_top_k=1, save_last=not has_val, every_n_epochs=1,
                 ))
+                if has_val:
+                    # last.ckpt must be the latest epoch for '--ckpt_path last'. Lightning >= 2.5 refreshes
+                    # save_last only in a step where a top-k checkpoint was saved, i.e. when val_loss improved,
+                    # so a resume would restart from the best epoch and redo the later ones. A second,
+                    # unmonitored checkpoint named "last" (overwritten every epoch, never versioned) is.
+                    callbacks.append(ModelCheckpoint(
+                        dirpath=str(self.ckpt_dir), filename="last", monitor=None, save_top_k=1, save_last=False,
+                        every_n_epochs=1, enable_version_counter=False,
+                    ))
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
             return super().instantiate_trainer(**kwargs)
 
@@ -134,13 +149,31 @@ def _lightning_cli_class():
                 for line in lines:
                     print(line, file=sys.stderr)
 
+        def after_predict(self) -> None:
+            if self.trainer.is_global_zero:
+                print("predict: ran Lightning's predict loop (forecasts at each series' own times, returned to "
+                      "Python, nothing written); for a CSV and PNGs at future times use "
+                      f"'{PROG} forecast --model <model directory> --data.path <csv> --horizon ...'", file=sys.stderr)
+
     return TSNeuralODECLI, ForecastingModule, IrregularTimeSeriesDataModule, tracking
+
+
+def _has_validation_series(datamodule) -> bool:
+    """Whether validation will run on any series (val_fraction > 0 can still round to none for few series)."""
+    if datamodule is None:
+        return True
+    if hasattr(datamodule, "split_ids"):
+        return len(datamodule.split_ids("val")) > 0
+    return getattr(datamodule, "val_fraction", 0) > 0
 
 
 def run_lightning(argv: Sequence[str]) -> None:
     import logging
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
+    # We pass argv explicitly (so main() works in-process); Lightning warns when sys.argv is also set, which is
+    # always the case for the console script. The two are the same list there: silence that one warning.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     cli_cls, module_cls, data_cls, tracking = _lightning_cli_class()
     cli_cls(
         module_cls,
@@ -155,13 +188,25 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 
 # -- forecast ---------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`ConfigError` (one line) instead of printing usage and exiting.
+
+    ``exit_on_error=False`` alone does not cover missing required options or bad choices on every Python
+    version, so :meth:`error` is overridden too.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
 def _forecast_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=f"{PROG} forecast",
         description="Forecast every series of a history CSV at future (or any) times with a trained model; "
                     "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
                     "per series.",
         exit_on_error=False,
+        allow_abbrev=False,
     )
     p.add_argument("--model", required=True,
                    help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
@@ -189,8 +234,13 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
+    p.add_argument("--plot_history", default=None,
+                   help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
-    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs")
+    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
+    p.add_argument("--mlflow_run", default=None,
+                   help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
+                        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -221,14 +271,37 @@ def _parse_times(values: list[str]) -> list:
     return out
 
 
+_DURATION_OPTIONS = ("--horizon", "--freq", "--plot_history")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--horizon -1D`` -> ``--horizon=-1D``: argparse would take ``-1D`` for an option and say "expected one
+    argument"; joined, the value reaches the forecaster, which explains what is wrong with it."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    argv = list(argv)
+    for i in it:
+        a = argv[i]
+        if a in _DURATION_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            next(it, None)
+        else:
+            out.append(a)
+    return out
+
+
 def forecast_main(argv: Sequence[str]) -> int:
     parser = _forecast_parser()
     try:
-        args = parser.parse_args(list(argv))
+        args = parser.parse_args(_join_negative_values(argv))
     except argparse.ArgumentError as err:
         raise ConfigError(f"{PROG} forecast: {err}; see '{PROG} forecast --help'") from err
+    if args.horizon is None and args.times is None:
+        raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
+                          "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
 
+    run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
     fc = Forecaster.load(path, transform=args.transform)
     read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
@@ -243,11 +316,59 @@ def forecast_main(argv: Sequence[str]) -> int:
     out.to_csv(out_path, index=False)
     n_series = out["unique_id"].nunique()
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
+    pngs: list[Path] = []
     if not args.no_plots:
         plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
-        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, **read)
+        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
+                       **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
+    if run_target is not None:
+        run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
+        print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
+
+
+def _resolve_run(spec: str, tracking_uri: str | None):
+    """``--mlflow_run``: (client, run id, tracking URI) of an existing run; checked before anything is written."""
+    import json
+
+    from ts_neuralode.tracking import RUN_FILE, resolve_tracking_uri
+
+    p = Path(spec)
+    info: dict = {"run_id": spec}
+    if p.is_dir() or p.is_file():
+        f = p / RUN_FILE if p.is_dir() else p
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
+                              "checkpoint directory of a fit (it holds mlflow_run.json)") from err
+        if not info.get("run_id"):
+            raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
+    uri = resolve_tracking_uri(tracking_uri or info.get("tracking_uri"))
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        client.get_run(info["run_id"])
+    except Exception as err:  # MlflowException (no such run, store unreachable)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--mlflow_run {spec}: no run {info['run_id']} at {uri} ({first}); check the run id and "
+                          "--tracking_uri") from err
+    return client, str(info["run_id"]), uri
+
+
+def _log_forecast_to_run(target, csv_path: Path, pngs: list[Path]) -> tuple[str, str]:
+    """Log the forecast CSV and PNGs to the run resolved by :func:`_resolve_run`; returns (run id, URI)."""
+    client, run_id, uri = target
+    try:
+        client.log_artifact(run_id, str(csv_path), "forecast")
+        for png in pngs:
+            client.log_artifact(run_id, str(png), "forecast/plots")
+    except Exception as err:  # MlflowException, OSError (artifact store not writable)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--mlflow_run: cannot log artifacts to run {run_id} at {uri} ({first})") from err
+    return run_id, uri
 
 
 # -- generate / benchmark ----------------------------------------------------------------------------

@@ -259,7 +259,7 @@ class Forecaster:
                 raise ForecastError(f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
                                     f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
             index = [known[str(s)] for s in series]
-        raw_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
+        raw_q, ns_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
         firsts = table.first_times()[index]
         for row, i in enumerate(index):
             q = raw_q[row]
@@ -280,15 +280,32 @@ class Forecaster:
             bar = _progress(chunks, progress, "forecast")
             for chunk in bar:
                 frames.append(self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk],
-                                                  int(num_samples), levels, qs))
+                                                  int(num_samples), levels, qs,
+                                                  None if ns_q is None else [ns_q[rows_of[i]] for i in chunk]))
         finally:
             if seed is not None:
                 torch.random.set_rng_state(gen_state)
         return pd.concat(frames, ignore_index=True)
 
-    def _query_raw(self, table, prepared, index, horizon, times, freq, num_points) -> list[np.ndarray]:
-        """Raw float query times per requested series (list of 1-D arrays)."""
+    def _query_raw(self, table, prepared, index, horizon, times, freq, num_points
+                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Query times per requested series: raw floats (list of 1-D arrays), and for datetime data the same
+        instants as exact int64 ns since the epoch (so the output timestamps are the ones asked for, not ones
+        recovered from floats a few ns off)."""
         codec = self.transform.codec
+        exact = codec.is_datetime
+        unit_ns = 0
+        if exact:
+            from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
+
+            unit_ns = unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+
+        def from_ns(ns_rows: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            return [(ns - codec.ref_ns).astype(np.float64) / unit_ns for ns in ns_rows], ns_rows
+
+        def to_ns(values) -> np.ndarray:
+            return np.sort(codec.datetimes_to_ns(values))
+
         if times is not None:
             if horizon is not None or freq is not None:
                 raise ForecastError("pass either times=... or horizon=... (with freq/num_points), not both")
@@ -303,18 +320,22 @@ class Forecaster:
                     if g is None:
                         raise ForecastError(f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
                                             "for it or pass series=[...] to forecast fewer series")
-                    out.append(np.sort(codec.to_float(g["ds"])))
-                return out
+                    out.append(to_ns(g["ds"]) if exact else np.sort(codec.to_float(g["ds"])))
+                return from_ns(out) if exact else (out, None)
             arr = times if isinstance(times, (pd.Series, pd.Index, np.ndarray, list, tuple)) else [times]
-            raw = np.sort(np.asarray(codec.to_float(arr), dtype=np.float64).reshape(-1))
-            if raw.size == 0:
+            if len(arr) == 0:
                 raise ForecastError("times=[] is empty; pass at least one query time")
-            return [raw for _ in index]
+            if exact:
+                ns = to_ns(arr)
+                return from_ns([ns for _ in index])
+            raw = np.sort(np.asarray(codec.to_float(arr), dtype=np.float64).reshape(-1))
+            return [raw for _ in index], None
         if horizon is None:
             raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
         h = self._duration(horizon, "horizon")
         if h <= 0:
-            raise ForecastError(f"horizon={horizon!r} must be positive")
+            raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
+                                "observation to forecast; for times inside the history pass times=[...] instead")
         last = table.last_times()[index]
         if freq is not None:
             if num_points is not None:
@@ -328,12 +349,19 @@ class Forecaster:
             if n > 100_000:
                 raise ForecastError(f"horizon/freq gives {n} query times per series; use a coarser freq")
             offs = step * np.arange(1, n + 1)
+            if exact:
+                offs_ns = np.int64(round(step * unit_ns)) * np.arange(1, n + 1, dtype=np.int64)
         else:
             n = 50 if num_points is None else int(num_points)
             if n < 1:
                 raise ForecastError(f"num_points={num_points} must be >= 1")
             offs = np.linspace(0.0, h, n + 1)[1:]
-        return [lt + offs for lt in last]
+            if exact:
+                offs_ns = np.rint(np.linspace(0.0, round(h * unit_ns), n + 1)[1:]).astype(np.int64)
+        if exact:
+            last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns  # history times are whole ns
+            return from_ns([lt + offs_ns for lt in last_ns])
+        return [lt + offs for lt in last], None
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -357,7 +385,7 @@ class Forecaster:
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
-                       levels: list[float], qs: list[float]) -> pd.DataFrame:
+                       levels: list[float], qs: list[float], ns_q: list[np.ndarray] | None = None) -> pd.DataFrame:
         sub = _subset_table(table, chunk)
         prepared = self.transform.make_batch(sub)
         lengths = [len(q) for q in raw_q]
@@ -373,15 +401,27 @@ class Forecaster:
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
         bands: dict[str, torch.Tensor] = {}
+        quantile = fc.quantile
+        if fc.std is not None:  # a Gaussian predictive: exact quantiles, not noisy ones from samples
+            def quantile(q: float) -> torch.Tensor:
+                z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64)).item()
+                return fc.mean + z * fc.std
         for lv in levels:
             a = (1.0 - lv / 100.0) / 2.0
-            bands[f"lo-{_fmt(lv)}"] = fc.quantile(a)
-            bands[f"hi-{_fmt(lv)}"] = fc.quantile(1.0 - a)
+            bands[f"lo-{_fmt(lv)}"] = quantile(a)
+            bands[f"hi-{_fmt(lv)}"] = quantile(1.0 - a)
         for q in qs:
-            bands[f"q-{_fmt(100.0 * q)}"] = fc.quantile(q)
+            bands[f"q-{_fmt(100.0 * q)}"] = quantile(q)
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
+        if ns_q is not None:  # the exact instants asked for (rows are series-major, like ns_q)
+            from ts_neuralode.data.timecodec import tz_from_str
+
+            idx = pd.DatetimeIndex(np.concatenate(ns_q).astype(np.int64).view("datetime64[ns]"))
+            tz = self.transform.codec.tz
+            frame = frame.assign(**{self.transform.time_col: idx.tz_localize("UTC").tz_convert(tz_from_str(tz))
+                                    if tz is not None else idx})
         return self._nixtla(frame, list(bands))
 
     def _nixtla(self, frame: pd.DataFrame, band_names: list[str]) -> pd.DataFrame:
@@ -413,11 +453,23 @@ class Forecaster:
         return table_to_long(table)
 
     def plot(self, history: Any, forecast: pd.DataFrame, out_dir: str | os.PathLike,
-             series: Sequence[Any] | None = None, max_series: int | None = None, **read_options: Any) -> list[Path]:
-        """One PNG per series (history, forecast mean, interval bands) in ``out_dir``; returns the paths."""
+             series: Sequence[Any] | None = None, max_series: int | None = None,
+             history_window: float | str | pd.Timedelta | None = None, **read_options: Any) -> list[Path]:
+        """One PNG per series (history, forecast mean, interval bands) in ``out_dir``; returns the paths.
+
+        ``history_window`` (a duration like ``"5D"`` or a number of time units) shows only that much history
+        before each series' last observation (default: all of it).
+        """
         from ts_neuralode.plotting import plot_forecasts
 
         table = self.read_history(history, **read_options)
+        if history_window is not None:
+            w = self._duration(history_window, "history_window")
+            if w <= 0:
+                raise ForecastError(f"history_window={history_window!r} must be positive (e.g. '5D' or a number)")
+            keep = table.times >= np.repeat(table.last_times() - w, table.counts)
+            counts = np.bincount(table.series_of_rows()[keep], minlength=table.n_series)
+            table = _subset_table(table, range(table.n_series), keep=table.counts - counts, from_end=True)
         hist = table_to_long(table)
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
@@ -488,14 +540,17 @@ def _as_transform(tstate: Any):
         raise ForecastError(f"transform state is incomplete ({err}); pass SeriesTransform.state_dict()") from err
 
 
-def _subset_table(table, idx: Sequence[int], keep: Sequence[int] | None = None):
-    """A SeriesTable with only series ``idx`` (optionally only the first ``keep[k]`` rows of each)."""
+def _subset_table(table, idx: Sequence[int], keep: Sequence[int] | None = None, from_end: bool = False):
+    """A SeriesTable with only series ``idx`` (optionally only the first ``keep[k]`` rows of each; with
+    ``from_end``, ``keep[k]`` is instead how many leading rows to drop, keeping at least the last one)."""
     from dataclasses import replace
 
     rows, counts = [], []
     for k, i in enumerate(idx):
         lo, hi = int(table.offsets[i]), int(table.offsets[i + 1])
-        if keep is not None:
+        if keep is not None and from_end:
+            lo = min(lo + max(0, int(keep[k])), hi - 1)
+        elif keep is not None:
             hi = lo + max(1, min(int(keep[k]), hi - lo))
         rows.append(np.arange(lo, hi))
         counts.append(hi - lo)

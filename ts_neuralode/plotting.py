@@ -73,6 +73,8 @@ def plot_series_forecast(
                 color="tab:blue", alpha=min(alpha, 0.6), linewidth=0, label=f"{lvl}% interval",
             )
         ax.plot(f["ds"], f[model], color="tab:blue", linewidth=1.6, label=f"forecast ({model})")
+        # A thin line through the observations makes cycles visible in sparse, irregular histories.
+        ax.plot(h["ds"], h["y"], color="0.6", linewidth=0.7, zorder=2)
         ax.scatter(h["ds"], h["y"], s=10, color="black", zorder=3, label="observed")
         if cutoff is not None:
             ax.axvline(cutoff, color="grey", linestyle="--", linewidth=1, label="end of history")

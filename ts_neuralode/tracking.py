@@ -12,7 +12,8 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
 * params: the model's and data module's hyperparameters (Lightning logs them), ``seed_everything`` and the
   main trainer options (``trainer/max_epochs``, ``trainer/devices``, ``trainer/strategy`` …);
 * ``config.yaml``: the full resolved LightningCLI config (:class:`MlflowSaveConfigCallback`);
-* per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches),
+* per-epoch metrics with ``step = epoch`` under ``epoch/…``: ``train_loss`` (mean over the epoch's batches;
+  under DDP over every rank's batches),
   every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
   and ``epoch_time_s`` (training time of the epoch, validation excluded);
 * artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 RUN_FILE = "mlflow_run.json"
 EPOCH_PREFIX = "epoch/"
+TRAIN_KEYS = ("train_loss", "nfe", "batch_time_s")  # per-batch training means of MlflowTrackingCallback
 TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision", "gradient_clip_val",
                   "accumulate_grad_batches")
 
@@ -53,12 +55,16 @@ TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
 
-    A bare filesystem path ending in ``.db`` is turned into a sqlite URI. The plain-directory file store
-    (``./mlruns``) is refused with a hint, since MLflow >= 3.13 rejects it anyway.
+    A bare filesystem path ending in ``.db`` is turned into a sqlite URI, and a relative sqlite path
+    (``sqlite:///runs/mlflow.db``) into an absolute one, so that the URI recorded for a run (``mlflow_run.json``,
+    the printed ``mlflow ui`` command) works from any directory. The plain-directory file store (``./mlruns``)
+    is refused with a hint, since MLflow >= 3.13 rejects it anyway.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
         return "sqlite:///" + str(Path(DEFAULT_DB).resolve())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
     if "://" not in uri and ":" not in uri.split("/")[0]:
         if uri.endswith(".db"):
             return "sqlite:///" + str(Path(uri).resolve())
@@ -93,20 +99,35 @@ class TrackingLogger(MLFlowLogger):
             super().log_hyperparams(fresh)
 
 
+def resolve_artifact_location(location: str | None) -> str | None:
+    """A local path -> absolute ``file://`` URI (so the store works from any directory); URIs unchanged."""
+    if not location:
+        return None
+    if "://" in location:
+        return location
+    return Path(location).resolve().as_uri()
+
+
 def make_logger(
     tracking_uri: str | None = None,
     experiment_name: str = "ts_neuralode",
     run_name: str | None = None,
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
 ) -> TrackingLogger:
-    """A :class:`TrackingLogger` on the resolved tracking URI (see :func:`resolve_tracking_uri`)."""
+    """A :class:`TrackingLogger` on the resolved tracking URI (see :func:`resolve_tracking_uri`).
+
+    ``artifact_location`` is used only when the experiment is created (MLflow's default for a sqlite store is
+    ``./mlruns`` of the working directory).
+    """
     return TrackingLogger(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=resolve_tracking_uri(tracking_uri),
         run_id=run_id,
         tags=dict(tags or {}),
+        artifact_location=resolve_artifact_location(artifact_location),
     )
 
 
@@ -269,6 +290,18 @@ class MlflowTrackingCallback(Callback):
             self._epoch_time = self._epoch_time or time.perf_counter() - self._epoch_start
             self._log_epoch(trainer)
 
+    def _sync_train_sums(self, trainer: Trainer) -> None:
+        """Under DDP, sum the training sums/counts over the ranks, so ``train_loss`` is the mean over every
+        rank's batches (the global batch), not rank 0's shard. A collective: every rank calls it, same keys."""
+        if getattr(trainer, "world_size", 1) <= 1:
+            return
+        keys = TRAIN_KEYS
+        local = torch.tensor([[self._sums.get(k, 0.0) for k in keys], [float(self._counts.get(k, 0)) for k in keys]],
+                             dtype=torch.float64, device=trainer.strategy.root_device)
+        total = trainer.strategy.reduce(local, reduce_op="sum").cpu()
+        self._sums = {k: float(total[0, i]) for i, k in enumerate(keys) if total[1, i] > 0}
+        self._counts = {k: int(total[1, i]) for i, k in enumerate(keys) if total[1, i] > 0}
+
     def epoch_metrics(self, trainer: Trainer) -> dict[str, float]:
         """This epoch's metrics: training means (loss, nfe, batch time), epoch time and validation metrics."""
         metrics = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts.get(k)}
@@ -282,6 +315,7 @@ class MlflowTrackingCallback(Callback):
 
     def _log_epoch(self, trainer: Trainer) -> None:
         self._logged_epoch = trainer.current_epoch
+        self._sync_train_sums(trainer)
         logger = find_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return

@@ -18,8 +18,11 @@ interpolation and prediction (so interpolation targets never lie after it).
 Layouts: ``union`` (times ``[T]`` shared by the batch, the Latent ODE convention) or ``padded`` (times
 ``[B, T]``, each row a series' own times). See :mod:`ts_neuralode.data.transform` for the time convention.
 
-Loaders are plain DataLoaders over series indices (train shuffled), so Lightning can inject a
-DistributedSampler under DDP and workers (``num_workers > 0``) only run the cheap vectorised collate.
+Loaders are plain DataLoaders over series indices (train shuffled unless ``shuffle=False``), so Lightning
+can inject a DistributedSampler under DDP and workers (``num_workers > 0``) only run the cheap vectorised
+collate. Under DDP with ``devices=N`` each rank gets ``batch_size`` series per step (a global batch of
+``N * batch_size``); ``shuffle=False`` makes the order deterministic (rank r of N takes series r, r+N, …),
+so a DDP run with ``batch_size = B / N`` sees the same global batches as one process with ``B``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         scaler: "standard", "minmax", "robust" or "none"; time_scale: "auto" or a number;
             time_origin: "series" or "zero" (see :mod:`ts_neuralode.data.transform`).
         predict_split: which series predict_dataloader serves: "all", "train", "val" or "test".
+        shuffle: shuffle the training series every epoch (default True; False: a fixed order, e.g. to
+            compare a DDP run with a single-process one batch for batch).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         duplicates: str = "error",
         predict_split: str = "all",
         pin_memory: bool = False,
+        shuffle: bool = True,
     ):
         super().__init__()
         if (path is None) == (df is None):
@@ -129,6 +135,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.scaler, self.time_scale, self.time_origin = scaler, time_scale, time_origin
         self.predict_split = predict_split
+        self.shuffle = bool(shuffle)
         self._ready = False
 
     # --- preparation (lazy: properties trigger it, so models can be sized before trainer.fit) --------
@@ -231,7 +238,20 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._prepare()
-        return self._loader(self.split["train"], self._specs["train"], True, self.batch_size)
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        if self.shuffle or world <= 1:
+            return self._loader(self.split["train"], self._specs["train"], self.shuffle, self.batch_size)
+        # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
+        # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
+        from torch.utils.data.distributed import DistributedSampler
+
+        dataset = SeriesIndexDataset(self.split["train"])
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=int(trainer.global_rank), shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                          collate_fn=Collator(self.arrays, self.layout, self._specs["train"]),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()

@@ -175,9 +175,16 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
     return _neural_flows(name, int(n_series), n_points, rng, extrap, t_min, t_max)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     """``ts-neuralode generate NAME --out PATH [--n-series N] [--n-points T] [--seed S] [--extrap time|space]``."""
-    parser = argparse.ArgumentParser(prog="ts-neuralode generate",
+    parser = _OneLineParser(prog="ts-neuralode generate",
                                      description="Write a synthetic data set as a long CSV (unique_id, ds, values).")
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--out", required=True, help="output CSV path")

@@ -101,10 +101,11 @@ class TimeCodec:
         else:
             s = pd.Series(list(np.asarray(values, dtype=object).reshape(-1)))
         if not (s.dtype.kind == "M" or isinstance(s.dtype, pd.DatetimeTZDtype)):
+            fmt = "ISO8601" if len(s) and isinstance(s.iloc[0], str) else None
             try:
-                s = pd.to_datetime(s, format="ISO8601" if len(s) and isinstance(s.iloc[0], str) else None)
+                s = pd.to_datetime(s, format=fmt)
             except (ValueError, TypeError) as exc:
-                raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+                s = self._parse_mixed_offsets(s, fmt, exc)
         idx = pd.DatetimeIndex(s)
         aware = idx.tz is not None
         if aware != (self.tz is not None):
@@ -116,6 +117,23 @@ class TimeCodec:
         if aware:
             idx = idx.tz_convert("UTC").tz_localize(None)
         return idx.as_unit("ns").asi8
+
+    @staticmethod
+    def _parse_mixed_offsets(s: pd.Series, fmt: str | None, exc: Exception) -> pd.Series:
+        """Aware times in several zones/offsets (e.g. +01:00 and +02:00 across a DST change, or UTC mixed with
+        local times) name instants unambiguously: compare them in UTC. Naive mixed with aware stays an error."""
+        try:
+            stamps = [pd.Timestamp(v) for v in s]
+        except (ValueError, TypeError):
+            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+        aware = [t.tzinfo is not None for t in stamps]
+        if not all(aware):
+            if any(aware):
+                i = aware.index(not aware[0])
+                raise DataError(f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
+                                "give every time an offset or none") from exc
+            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+        return pd.Series([t.tz_convert("UTC") for t in stamps], dtype="datetime64[ns, UTC]")
 
     def to_float(self, values: Any) -> np.ndarray:
         """Times in the user's form (numbers, or datetimes for a datetime codec) -> raw float64 times."""
