@@ -236,3 +236,19 @@ def test_state_dict_reload_predicts_the_same(tmp_path):
         torch.manual_seed(0)
         b = clone.forecast(batch, q, num_samples=4).samples
     assert torch.equal(a, b)
+
+
+def test_latent_ode_eval_loss_is_the_full_bound_whatever_the_annealing_epoch():
+    """Validation compares epochs: in eval mode β = 1, so the KL warm-up does not make early epochs look best."""
+    batch = sine_batch(B=3, T=8, D=1)
+    model = build_model("latent_ode", input_dim=1, evolution="ode", kl_warmup_epochs=5, **FAST)
+
+    def loss_at(epoch, train):
+        model.set_epoch(epoch)
+        model.train(train)
+        torch.manual_seed(0)  # the same posterior samples
+        with torch.no_grad():
+            return float(model.loss(batch)[0])
+
+    assert loss_at(0, train=False) == loss_at(50, train=False)
+    assert loss_at(0, train=True) != loss_at(50, train=True)  # training still anneals β

@@ -5,7 +5,8 @@ encoder: an ODE-RNN (flow-RNN for flow evolutions) run backwards in time over th
 q(z0): MLP(h) → mean, std;  z0 = mean + std ⊙ ε  (k samples)
 decoder: z(t) = evolution(z0, t) at every grid time, x̂(t) = Linear(z(t))
 loss: −IWAE bound over k samples of  log N(x | x̂, obs_std²)[target points] + β (log p(z0) − log q(z0)),
-    divided per series by its number of target values; β is the KL-annealing weight (``set_epoch``).
+    divided per series by its number of target values; β is the KL-annealing weight (``set_epoch``) in
+    training mode and 1 in eval mode (validation/test report the true bound).
 
 Encoder cost (the reference's bottleneck: it steps through every point of the union grid). Ours steps
 through each series' own *observed* times only — compacted per series, so a union grid of 50 series × 100
@@ -184,13 +185,17 @@ class LatentODE(ForecastModel):
         loglik = (ll * tm).sum((2, 3))  # [k, B]
         logp = -0.5 * (z0**2 + math.log(2 * math.pi)).sum(-1)
         logq = -0.5 * (eps**2 + math.log(2 * math.pi)).sum(-1) - torch.log(std).sum(-1)
-        logw = loglik + self.kl_weight * (logp - logq)
+        # β anneals in training only: in eval mode (validation, test) the loss is the true IWAE bound
+        # (β = 1), comparable across epochs — a checkpoint chosen by val_loss is then the best model, not
+        # the epoch with the smallest KL weight
+        beta = self.kl_weight if self.training else 1.0
+        logw = loglik + beta * (logp - logq)
         bound = torch.logsumexp(logw, 0) - math.log(k)  # [B]
         loss = -(bound / n).mean()
         with torch.no_grad():
             mse = (((pred.mean(0) - grid.values) ** 2) * tm).sum() / tm.sum().clamp_min(1.0)
             kl = (logq - logp).mean()
-        return loss, {"mse": mse, "kl": kl, "loglik": (loglik / n).mean().detach(), "kl_weight": torch.tensor(self.kl_weight)}
+        return loss, {"mse": mse, "kl": kl, "loglik": (loglik / n).mean().detach(), "kl_weight": torch.tensor(beta)}
 
     @shares_spectral_weights
     def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
