@@ -231,8 +231,19 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                                        value_kind)
 
     # --- loaders -------------------------------------------------------------------------------
-    def _loader(self, indices: np.ndarray, spec: TaskSpec | None, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(SeriesIndexDataset(indices), batch_size=batch_size, shuffle=shuffle,
+    def _loader(self, indices: np.ndarray, spec: TaskSpec | None, shuffle: bool, batch_size: int,
+                ddp_fixed_order: bool = False) -> DataLoader:
+        dataset = SeriesIndexDataset(indices)
+        sampler = None
+        if ddp_fixed_order:
+            # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
+            # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(dataset, num_replicas=self.trainer.world_size,
+                                         rank=int(self.trainer.global_rank), shuffle=False)
+            shuffle = False
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           collate_fn=Collator(self.arrays, self.layout, spec), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 
@@ -240,18 +251,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         trainer = getattr(self, "trainer", None)
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-        if self.shuffle or world <= 1:
-            return self._loader(self.split["train"], self._specs["train"], self.shuffle, self.batch_size)
-        # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
-        # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
-        from torch.utils.data.distributed import DistributedSampler
-
-        dataset = SeriesIndexDataset(self.split["train"])
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=int(trainer.global_rank), shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=Collator(self.arrays, self.layout, self._specs["train"]),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.pin_memory)
+        return self._loader(self.split["train"], self._specs["train"], self.shuffle, self.batch_size,
+                            ddp_fixed_order=not self.shuffle and world > 1)
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()
