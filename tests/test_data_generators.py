@@ -14,6 +14,7 @@ import torch
 from ts_neuralode.data import read_series
 from ts_neuralode.data.generators import NAMES, cli_main, generate, sawtooth
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.manual_seed(0)
@@ -125,7 +126,7 @@ def test_cli_main(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out), generate("sink", n_series=7, n_points=12, seed=3), atol=1e-9)
     assert cli_main(["sine", "--out", str(tmp_path / "missing_dir" / "x.csv")]) == 2
     assert "cannot write" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="invalid choice: 'lorenz'"):
         cli_main(["lorenz", "--out", str(out)])
 
 

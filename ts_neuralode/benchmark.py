@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser
 from ts_neuralode.solvers import SolverError
 
 PROG = "ts-neuralode benchmark"
@@ -560,11 +560,6 @@ def write_outputs(result: BenchmarkResult, out_csv: str | Path, command: str, ti
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise ConfigError(f"{PROG}: {message}; see '{PROG} --help'")
-
-
 def _float_or_auto(value: str) -> float | str:
     if value == "auto":
         return value
@@ -575,7 +570,7 @@ def _float_or_auto(value: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train Neural ODE and Neural Flow models on the same data, seed and "
+    p = OneLineArgumentParser(prog=PROG, description="Train Neural ODE and Neural Flow models on the same data, seed and "
                 "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
     src = p.add_argument_group("data (one of --dataset / --data.path)")
     src.add_argument("--dataset", default=None, help="synthetic set (ts-neuralode generate names), e.g. sine")
@@ -656,10 +651,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``ts-neuralode benchmark ...``; returns the exit status (user errors raise ConfigError/DataError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"{PROG}: {err}; see '{PROG} --help'") from err
+    args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     cfg.validate()
     command = "ts-neuralode benchmark " + " ".join(shlex.quote(a) for a in argv)

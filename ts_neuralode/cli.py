@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ts_neuralode.errors import ConfigError, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
 
 PROG = "ts-neuralode"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -188,25 +188,12 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 
 # -- forecast ---------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`ConfigError` (one line) instead of printing usage and exiting.
-
-    ``exit_on_error=False`` alone does not cover missing required options or bad choices on every Python
-    version, so :meth:`error` is overridden too.
-    """
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
-
-
 def _forecast_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog=f"{PROG} forecast",
         description="Forecast every series of a history CSV at future (or any) times with a trained model; "
                     "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
                     "per series.",
-        exit_on_error=False,
-        allow_abbrev=False,
     )
     p.add_argument("--model", required=True,
                    help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
@@ -291,11 +278,7 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def forecast_main(argv: Sequence[str]) -> int:
-    parser = _forecast_parser()
-    try:
-        args = parser.parse_args(_join_negative_values(argv))
-    except argparse.ArgumentError as err:
-        raise ConfigError(f"{PROG} forecast: {err}; see '{PROG} forecast --help'") from err
+    args = _forecast_parser().parse_args(_join_negative_values(argv))
     if args.horizon is None and args.times is None:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")

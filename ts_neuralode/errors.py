@@ -7,6 +7,8 @@ The CLI prints that line and exits non-zero; tracebacks are for our own bugs.
 
 from __future__ import annotations
 
+import argparse
+
 from ts_neuralode.solvers.errors import SolverError
 
 
@@ -26,4 +28,25 @@ class ForecastError(TSNeuralODEError, ValueError):
     """A forecast request the model cannot serve (says why)."""
 
 
-__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "SolverError"]
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for the ``ts-neuralode`` subcommands: a bad option raises :class:`ConfigError` with one line
+    (``PROG: message; see 'PROG --help'``) instead of printing the usage and exiting, so the CLI reports it
+    like every other user error. (``exit_on_error=False`` alone does not cover missing required options or
+    bad choices on every Python version, hence :meth:`error`.)"""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as err:  # what exit_on_error=False raises for a bad value or choice
+            self.error(str(err))
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
+__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "SolverError", "OneLineArgumentParser"]

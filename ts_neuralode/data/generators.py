@@ -22,14 +22,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.errors import ConfigError, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
 
 NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou")
 _DEFAULT_POINTS = {"periodic": 100, "double_ou": 20}
@@ -175,17 +174,10 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
     return _neural_flows(name, int(n_series), n_points, rng, extrap, t_min, t_max)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (no usage dump), exit status 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
-
-
 def cli_main(argv: list[str] | None = None) -> int:
     """``ts-neuralode generate NAME --out PATH [--n-series N] [--n-points T] [--seed S] [--extrap time|space]``."""
-    parser = _OneLineParser(prog="ts-neuralode generate",
-                                     description="Write a synthetic data set as a long CSV (unique_id, ds, values).")
+    parser = OneLineArgumentParser(prog="ts-neuralode generate",
+                                   description="Write a synthetic data set as a long CSV (unique_id, ds, values).")
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--out", required=True, help="output CSV path")
     parser.add_argument("--n-series", type=int, default=1000)
