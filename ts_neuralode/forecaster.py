@@ -401,17 +401,12 @@ class Forecaster:
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
         bands: dict[str, torch.Tensor] = {}
-        quantile = fc.quantile
-        if fc.std is not None:  # a Gaussian predictive: exact quantiles, not noisy ones from samples
-            def quantile(q: float) -> torch.Tensor:
-                z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64)).item()
-                return fc.mean + z * fc.std
         for lv in levels:
             a = (1.0 - lv / 100.0) / 2.0
-            bands[f"lo-{_fmt(lv)}"] = quantile(a)
-            bands[f"hi-{_fmt(lv)}"] = quantile(1.0 - a)
+            bands[f"lo-{_fmt(lv)}"] = fc.quantile(a)
+            bands[f"hi-{_fmt(lv)}"] = fc.quantile(1.0 - a)
         for q in qs:
-            bands[f"q-{_fmt(100.0 * q)}"] = quantile(q)
+            bands[f"q-{_fmt(100.0 * q)}"] = fc.quantile(q)
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]

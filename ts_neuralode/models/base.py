@@ -44,14 +44,15 @@ class Forecast:
     times: Tensor | None = None
 
     def quantile(self, q: float) -> Tensor:
-        """``[B, Tq, D]`` the q-quantile: empirical over samples when there are several, else Gaussian."""
+        """``[B, Tq, D]`` the q-quantile: exact for a Gaussian predictive (``std`` known), else empirical over
+        the samples (the mean for a single deterministic path)."""
         if not 0.0 < q < 1.0:
             raise ForecastError(f"quantile level {q} is outside (0, 1); pass e.g. 0.05 or 0.95")
+        if self.std is not None:
+            z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64)).item()
+            return self.mean + z * self.std
         if self.samples.shape[0] > 1:
             return torch.quantile(self.samples, q, dim=0)
-        if self.std is not None:
-            z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=self.mean.dtype))
-            return self.mean + z.to(self.mean.device) * self.std
         return self.mean
 
     def detach(self) -> "Forecast":

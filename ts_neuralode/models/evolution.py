@@ -160,7 +160,7 @@ class ODEEvolution(Evolution):
         t, t_mask = self._check(h0, t, t_mask)
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
             lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
-            n = h0[..., 0, 0].numel()
+            n = math.prod(lead)
             out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
                                None if t_mask is None else t_mask.repeat(n, 1))
             return out.reshape(*lead, B, out.shape[-2], H)
