@@ -365,23 +365,7 @@ class Forecaster:
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
-        codec = self.transform.codec
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if not codec.is_datetime:
-            raise ForecastError(f"{what}={value!r}: the data's time axis is numeric, so pass a number of time units")
-        try:
-            td = pd.Timedelta(value)
-        except (ValueError, TypeError) as err:
-            raise ForecastError(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
-        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
-
-        return td.value / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+        return self.transform.codec.duration(value, what, ForecastError)
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
