@@ -43,10 +43,20 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
 
     table = pd.read_csv(out)
     assert list(table.columns) == list(benchmark.COLUMNS)
-    assert list(table["model"]) == ["latent_ode_rk4", "latent_gru_flow"]
-    assert (table["params"] > 0).all()
-    assert (table["epoch_time_s"] > 0).all() and (table["latency_p95_ms"] >= table["latency_p50_ms"]).all()
-    assert np.isfinite(table[["interp_mse", "extrap_mse"]].to_numpy()).all()
+    # the models, then the default baselines (no --season: no seasonal row)
+    assert list(table["model"]) == ["latent_ode_rk4", "latent_gru_flow", "locf", "mean", "linear"]
+    models, baselines = table.iloc[:2], table.iloc[2:]
+    assert (models["params"] > 0).all() and (baselines["params"] == 0).all()
+    assert (baselines["family"] == "baseline").all() and baselines["epoch_time_s"].isna().all()
+    assert (models["epoch_time_s"] > 0).all() and (table["latency_p95_ms"] >= table["latency_p50_ms"]).all()
+    assert np.isfinite(table[["interp_mse", "extrap_mse", "interp_skill", "extrap_skill"]].to_numpy()).all()
+    assert table["forecast_mse"].isna().all()  # not a forecast run
+    # skill = MSE / the LOCF row's MSE, every row, both tasks
+    locf = table.set_index("model").loc["locf"]
+    for task in ("interp", "extrap"):
+        np.testing.assert_allclose(table[f"{task}_skill"], table[f"{task}_mse"] / locf[f"{task}_mse"], rtol=1e-9)
+    assert "interp skill" in header and "extrap skill" in header and "forecast" not in header
+    assert "| locf | 0 |" in stdout
     rk4, flow = table.iloc[0], table.iloc[1]
     assert rk4["infer_nfe"] > 0 and rk4["train_nfe"] > 0  # the ODE counts function evaluations
     # the latent flow's decoder needs no evaluations (its shared Euler ODE-RNN encoder still counts its own)
@@ -66,12 +76,15 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["epochs"] == "1"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["latent_gru_flow", "latent_ode_rk4"]
+    assert sorted(r.info.run_name for r in children) == ["latent_gru_flow", "latent_ode_rk4", "linear", "locf", "mean"]
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.metrics["params"] > 0 and math.isfinite(child.data.metrics["interp_mse"])
+        assert math.isfinite(child.data.metrics["interp_mse"]) and math.isfinite(child.data.metrics["extrap_skill"])
         hist = client.get_metric_history(child.info.run_id, "epoch/epoch_time_s")
-        assert [m.step for m in hist] == [0]
+        if child.info.run_name.startswith("latent_"):
+            assert child.data.metrics["params"] > 0 and [m.step for m in hist] == [0]
+        else:  # a baseline: nothing trained
+            assert child.data.metrics["params"] == 0 and hist == []
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"bench.csv", "bench.png", "bench.md"} <= arts
 

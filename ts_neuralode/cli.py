@@ -61,7 +61,7 @@ def _lightning_cli_class():
                                 help="fit: log the model directory and forecast plots to MLflow")
             parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
             # --data.season (a duration) reaches the seasonal baseline in model time units
-            parser.link_arguments("data.season_period", "model.season", apply_on="instantiate")
+            parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
 
         # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
         def before_instantiate_classes(self) -> None:

@@ -16,7 +16,7 @@ pickled), sets the training epoch on the model (KL annealing), and logs:
   points exist.
 - the same metrics (but CRPS, which equals the MAE for a point forecast) for each naive baseline
   (:mod:`ts_neuralode.models.baselines`; ``baselines``, default locf, mean, linear, plus seasonal when a
-  ``season`` is set), scored by the same code on the same batches, with the baseline's name appended:
+  ``season_period`` is set), scored by the same code on the same batches, with the baseline's name appended:
   ``test_mse_locf``, ``test_extrap_mse_mean``, ``val_interp_mae_linear`` …;
 - skill against LOCF (when ``locf`` is among the baselines): ``{stage}_skill`` = ``{stage}_mse /
   {stage}_mse_locf``, ``{stage}_interp_skill``, ``{stage}_extrap_skill`` likewise; below 1 means the model
@@ -38,7 +38,7 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 from ts_neuralode.models import Forecast, build_model, model_options
-from ts_neuralode.models.baselines import BASELINES, baseline_names, build_baseline
+from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
 
 _STAGES = ("val", "test")
 _METRICS = {
@@ -48,7 +48,6 @@ _METRICS = {
 _BASELINE_METRICS = tuple(name for name in _METRICS if name != "crps")  # a point forecast's CRPS is its MAE
 #: skill metric name -> the MSE it divides by the LOCF baseline's
 SKILLS = {"skill": "mse", "interp_skill": "interp_mse", "extrap_skill": "extrap_mse"}
-REFERENCE_BASELINE = "locf"
 _MODEL_KEY = "model"  # the model's own metrics (no name suffix)
 
 
@@ -71,8 +70,8 @@ class ForecastingModule(pl.LightningModule):
         baselines: naive baselines scored next to the model in validation/test (names from
             :data:`ts_neuralode.models.baselines.BASELINES`); None: locf, mean, linear (+ seasonal with a
             season); ``[]``: none.
-        season: period of the seasonal baseline in model time units (the CLI links it from the data module's
-            ``season``, a duration); None: no seasonal baseline.
+        season_period: period of the seasonal baseline in model time units (the CLI links it from the data
+            module's ``season_period``, its ``season`` duration converted); None: no seasonal baseline.
     Gradient clipping is a Trainer option (``gradient_clip_val``).
     """
 
@@ -100,7 +99,7 @@ class ForecastingModule(pl.LightningModule):
         iwae_samples: int = 3,
         eval_samples: int = 8,
         baselines: list[str] | None = None,
-        season: float | None = None,
+        season_period: float | None = None,
     ) -> None:
         super().__init__()
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -118,10 +117,10 @@ class ForecastingModule(pl.LightningModule):
             if name in accepted:
                 kwargs[name] = value
         kwargs.update(model_kwargs or {})
-        self.model = build_baseline(model, season) if model in BASELINES else build_model(model, **kwargs)
-        names = baseline_names(baselines, season)
+        self.model = build_baseline(model, season_period) if model in BASELINES else build_model(model, **kwargs)
+        names = baseline_names(baselines, season_period)
         # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.
-        self.baseline_models = nn.ModuleDict({name: build_baseline(name, season) for name in names})
+        self.baseline_models = nn.ModuleDict({name: build_baseline(name, season_period) for name in names})
         self.metrics = nn.ModuleDict({
             stage: nn.ModuleDict({
                 _MODEL_KEY: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}),
@@ -181,14 +180,14 @@ class ForecastingModule(pl.LightningModule):
                 if torch.isfinite(value):
                     self.log(f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY)
                 metric.reset()
-        if REFERENCE_BASELINE not in self.metrics[stage]:
+        if REFERENCE not in self.metrics[stage]:
             return
         for key in self.metrics[stage]:
-            if key == REFERENCE_BASELINE:
+            if key == REFERENCE:
                 continue
             suffix = "" if key == _MODEL_KEY else f"_{key}"
             for name, mse in SKILLS.items():
-                value = skill(values[mse + suffix], values[f"{mse}_{REFERENCE_BASELINE}"])
+                value = skill(values[mse + suffix], values[f"{mse}_{REFERENCE}"])
                 if value == value:  # not NaN
                     self.log(f"{stage}_{name}{suffix}", value)
 

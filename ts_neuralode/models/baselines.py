@@ -41,6 +41,8 @@ from ts_neuralode.models.base import Forecast, ForecastModel, check_positive, ch
 #: Baselines a LightningModule and the benchmark score next to every model unless told otherwise (plus
 #: ``seasonal`` when a season is given).
 DEFAULT_BASELINES = ("locf", "mean", "linear")
+#: The baseline every skill is measured against (model MSE / its MSE).
+REFERENCE = "locf"
 
 
 class Neighbours(NamedTuple):
@@ -225,5 +227,5 @@ def baseline_names(names: list[str] | tuple[str, ...] | None, season: float | No
     return names
 
 
-__all__ = ["BASELINES", "DEFAULT_BASELINES", "Baseline", "LOCF", "Nearest", "Linear", "Mean", "Seasonal",
+__all__ = ["BASELINES", "DEFAULT_BASELINES", "REFERENCE", "Baseline", "LOCF", "Nearest", "Linear", "Mean", "Seasonal",
            "Neighbours", "observed_neighbours", "build_baseline", "baseline_names"]
