@@ -102,6 +102,29 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     assert list(dms["interpolation"].split["test"]) == list(dms["extrapolation"].split["test"])
 
 
+def test_forecast_task_on_one_long_series_with_seasonal_baseline():
+    """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
+    windows an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
+    last value forward (the yearly cycle does, the mean does not)."""
+    from pathlib import Path
+
+    co2 = Path(__file__).resolve().parents[1] / "data" / "co2_mauna_loa.csv"
+    cfg = benchmark.BenchmarkConfig(path=str(co2), read_options={"time_unit": "D"}, models=("flow_rnn",),
+                                    task="forecast", horizon="52W", context="104W", season="365D", epochs=1,
+                                    batch_size=16, latency_reps=1, model_options={"latent_dim": 4, "hidden_dim": 8})
+    res = benchmark.run_benchmark(cfg, progress=False)
+    t = res.table.set_index("model")
+    assert list(t.index) == ["flow_rnn", "locf", "mean", "linear", "seasonal"]
+    assert t[["interp_mse", "extrap_mse"]].isna().all().all()  # split by time: only the forecast test is scored
+    assert np.isfinite(t["forecast_mse"]).all()
+    np.testing.assert_allclose(t["forecast_skill"], t["forecast_mse"] / t.loc["locf", "forecast_mse"], rtol=1e-9)
+    assert t.loc["seasonal", "forecast_skill"] < 0.8 and t.loc["mean", "forecast_skill"] > 1.5
+    assert t.loc["linear", "forecast_mse"] == t.loc["locf", "forecast_mse"]  # after the cutoff linear is flat
+    md = benchmark.markdown_table(res.table)
+    assert "forecast skill" in md and "interp MSE" not in md
+    assert "forecast windows (horizon 52W, context 104W, 42 training windows per epoch" in res.description
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--models", "latent_ode_dopri5,nope"], "unknown model"),
     (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
@@ -110,6 +133,10 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     (["--task", "smoothing"], "invalid choice"),
     (["--bogus", "1"], "unrecognized arguments"),
     (["--data.format", "wide"], "applies to a CSV only"),
+    (["--task", "forecast"], "needs --horizon"),
+    (["--baselines", "seasonal"], "needs --season"),
+    (["--baselines", "locf,drift"], "unknown baseline"),
+    (["--split_by", "time"], "with --task forecast only"),
     (["--tracking_uri", "some_dir"], "directory"),
 ])
 def test_bad_options_one_line(tmp_path, monkeypatch, capsys, args, fragment):
