@@ -18,17 +18,9 @@ from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.metrics import MaskedMSE
 from ts_neuralode.models.baselines import BASELINES, Seasonal, baseline_names, build_baseline
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
+
 NAN = math.nan
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # Three series, two channels (NaN = not observed). B observes nothing on channel 1.
 SERIES = [
     ([0.0, 1.0, 2.0, 4.0], [[1, 10], [2, NAN], [NAN, 30], [4, NAN]]),   # A

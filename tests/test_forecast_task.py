@@ -16,17 +16,9 @@ from ts_neuralode.data import IrregularTimeSeriesDataModule, collate
 from ts_neuralode.errors import ConfigError, DataError
 from ts_neuralode.lightning import ForecastingModule
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
+
 H, CTX = 5.0, 10.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")
