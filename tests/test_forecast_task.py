@@ -89,7 +89,7 @@ def test_training_windows_are_right(frame, layout):
             assert ((om + gm).sum(0) == n_obs).all()  # per channel: exactly the observed cells, missing ones out
             assert (v[(om + gm) == 0] == 0).all()
             seen += 1
-    assert seen == 3 * 30 == len(dm.train_dataloader().dataset)
+    assert seen == 3 * 30 == dm.train_items_per_epoch
 
 
 @pytest.mark.parametrize("layout", ["union", "padded"])
@@ -149,7 +149,7 @@ def test_split_by_series_and_window_counts(frame):
     assert all(len(p) == 1 for p in parts) and len(set.union(*parts)) == 3
     (s,) = parts[0]
     span = dm.table.last_times()[s] - dm.table.first_times()[s]  # no held-out horizon: the whole series trains
-    assert len(dm.train_dataloader().dataset) == math.ceil(span / H)
+    assert len(dm.train_dataloader().dataset) == dm.train_items_per_epoch == math.ceil(span / H)
     (t,) = parts[2]
     (_, c, *_rest), = items(next(iter(dm.test_dataloader())))
     assert c == pytest.approx(dm.table.last_times()[t] - H)

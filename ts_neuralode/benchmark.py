@@ -502,7 +502,7 @@ def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
     if cfg.task == "forecast":
         how = "by time (every series in each; test = its last horizon)" if dm.split_by == "time" else "by series"
         task = (f"forecast windows (horizon {cfg.horizon}, context {cfg.context or 'all history'}, "
-                f"{len(dm._train_items)} training windows per epoch; split {how})")
+                f"{dm.train_items_per_epoch} training windows per epoch; split {how})")
     else:
         task = f"{cfg.task} (obs_fraction {cfg.obs_fraction}, cut {cfg.cut})"
     what = {"interpolation": "interp = held-out points of the interpolation task",

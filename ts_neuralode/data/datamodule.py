@@ -340,6 +340,12 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         return list(self.table.ids)
 
     @property
+    def train_items_per_epoch(self) -> int:
+        """Training samples per epoch: the training series, or for the forecast task their windows."""
+        self._prepare()
+        return len(self._train_items)
+
+    @property
     def season_period(self) -> float | None:
         """The ``season`` in model time units (for the seasonal baseline), or None."""
         if self.season is None:
