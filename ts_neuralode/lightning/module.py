@@ -28,6 +28,7 @@ without a checkpoint); its loss is its MSE on the targets, and it cannot be fitt
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning.pytorch as pl
@@ -188,7 +189,7 @@ class ForecastingModule(pl.LightningModule):
             suffix = "" if key == _MODEL_KEY else f"_{key}"
             for name, mse in SKILLS.items():
                 value = skill(values[mse + suffix], values[f"{mse}_{REFERENCE}"])
-                if value == value:  # not NaN
+                if math.isfinite(value):
                     self.log(f"{stage}_{name}{suffix}", value)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
