@@ -19,6 +19,16 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine (``pytestmark =
+    pytest.mark.usefixtures("one_thread")`` in a test module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -16,14 +16,7 @@ from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 def trainer(tmp_path, epochs=2, **kwargs) -> pl.Trainer:

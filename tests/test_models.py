@@ -12,13 +12,7 @@ from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.models import MODELS, Forecast, build_model
 from ts_neuralode.models.base import merge_grid
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 # Cheap fixed-step ODE settings keep the suite fast; the adaptive solvers are the solver's tests' job.
