@@ -137,6 +137,7 @@ class BenchmarkConfig:
     epochs: int = 5
     batch_size: int = 50
     seed: int = 0
+    train_seed: int | None = None         # model init and training order (default: seed)
     model_options: dict = field(default_factory=dict)  # shared ForecastingModule options (latent_dim, lr, ...)
     model_overrides: dict = field(default_factory=dict)  # per benchmark model name: extra options
     gradient_clip: float | None = 1.0
@@ -394,7 +395,7 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
                method=spec.get("method", "-") if spec["evolution"] == "ode" else "-", epochs=cfg.epochs, error="")
     history: dict[str, list[float]] = {"epoch_time_s": [], "train_loss": [], "train_nfe": []}
     train_dm = dms[cfg.task]
-    pl.seed_everything(cfg.seed, verbose=False)
+    pl.seed_everything(cfg.seed if cfg.train_seed is None else cfg.train_seed, verbose=False)
     opts = module_options(cfg, name, train_dm.num_channels)
     module = ForecastingModule(**opts)
     row["params"] = int(sum(p.numel() for p in module.model.parameters() if p.requires_grad))

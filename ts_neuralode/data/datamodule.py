@@ -260,6 +260,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         s, src = table.n_series, table.source
         h = self._duration(table.codec, self.horizon, "horizon")
         ctx = None if self.context is None else self._duration(table.codec, self.context, "context")
+        window = None if ctx is None else ctx + h  # what a model integrates over: sets time_scale="auto"
         first, last = table.first_times(), table.last_times()
         every, none = np.arange(s), np.zeros(0, dtype=np.int64)
         if self.split_by == "time":
@@ -277,13 +278,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                                 f"(horizon={self.horizon!r}); shorten --data.horizon")
             fit_idx = np.flatnonzero(n_fit > 0)
             transform = SeriesTransform.fit(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, scaler=self.scaler,
-                                            time_scale=self.time_scale, time_origin=self.time_origin)
+                                            time_scale=self.time_scale, time_origin=self.time_origin, window=window)
         else:
             split = self._series_split(table)
             end = np.full(s, np.inf)
             cuts = {"val": last - h, "test": last - h}
             transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
-                                            time_origin=self.time_origin)
+                                            time_origin=self.time_origin, window=window)
         origins = transform.origins(table)
         arrays = SeriesArrays.from_table(table, transform, origins)
         base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),

@@ -104,8 +104,16 @@ class SeriesTransform:
     # --- fitting / serialisation -----------------------------------------------------------------
     @classmethod
     def fit(cls, table, series: np.ndarray | None = None, *, scaler: str = "standard",
-            time_scale: float | str = "auto", time_origin: str = "series") -> "SeriesTransform":
-        """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable."""
+            time_scale: float | str = "auto", time_origin: str = "series",
+            window: float | None = None) -> "SeriesTransform":
+        """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable.
+
+        ``window``: the longest stretch of raw time a model integrates over, when it is shorter than a series
+        (the forecast task's context + horizon): with ``time_scale="auto"`` and ``time_origin="series"`` it
+        sets the scale instead of the longest series, so a window spans a few model units whatever the length
+        of the history (a weekly series over 40 years, forecast a year ahead from five, keeps its yearly cycle
+        at a few radians per model unit instead of ~70, which an ODE initialised near zero would have to reach).
+        """
         if scaler not in SCALERS:
             raise ConfigError(f"scaler={scaler!r} is not supported; use one of {', '.join(SCALERS)}")
         series = np.arange(table.n_series) if series is None else np.asarray(series)
@@ -122,6 +130,8 @@ class SeriesTransform:
         if time_scale == "auto":
             if time_origin == "series":
                 span = float(np.max(table.last_times()[series] - table.first_times()[series]))
+                if window is not None:
+                    span = min(span, float(window))
             else:
                 span = float(np.max(np.abs(table.times[rows])))
             ts = auto_time_scale(span)
