@@ -258,3 +258,16 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
                      "--horizon", "6h", "--context", "-1D", "--no_plots", "--no_progress"]) == 2
     finally:
         os.chdir(old)
+
+
+def test_auto_time_scale_follows_the_window_not_the_history(frame):
+    """With a context the models integrate over context + horizon, not whole series: ``time_scale="auto"`` sizes
+    that window to at most 10 model units. Here the longest series spans 8700 raw units (scale 1000) and a
+    window 500 + 500 = 1000 (scale 100)."""
+    long = frame.assign(ds=frame["ds"] * 100.0)
+    whole = make_dm(long, time_scale="auto", time_origin="series", context=None, horizon=H * 100)
+    window = make_dm(long, time_scale="auto", time_origin="series", context=CTX * 50, horizon=H * 100)
+    assert whole.transform.time_scale == 1000.0
+    assert window.transform.time_scale == 100.0
+    fixed = make_dm(long, time_scale=7.0, time_origin="series", context=CTX * 50, horizon=H * 100)
+    assert fixed.transform.time_scale == 7.0  # a given scale is kept
