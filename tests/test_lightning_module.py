@@ -93,7 +93,30 @@ def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(tmp_path, si
         assert torch.equal(fresh.forecast(batch, q, num_samples=1).mean, a)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_lr_schedules_follow_the_epochs(tmp_path, sine_df, schedule):
+    """cosine: lr · ½(1 + cos(π e / max_epochs)) in epoch e; step: ×gamma every lr_decay_every epochs."""
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10, seed=0)
+    module = small_module("ode_rnn", evolution="gru_flow", lr_schedule=schedule, lr_decay_every=2, lr_decay_gamma=0.5)
+    tr = trainer(tmp_path, epochs=4, enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0,
+                 callbacks=[Record()])
+    tr.fit(module, datamodule=dm)
+    if schedule == "cosine":
+        expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    else:
+        expected = [1e-2, 1e-2, 5e-3, 5e-3]
+    assert seen == pytest.approx(expected, rel=1e-9)
+
+
 def test_module_rejects_bad_options():
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        ForecastingModule(model="ode_rnn", lr_schedule="linear")
     with pytest.raises(ConfigError, match="unknown model"):
         ForecastingModule(model="nope")
     with pytest.raises(ConfigError, match="no option"):

@@ -50,6 +50,7 @@ _BASELINE_METRICS = tuple(name for name in _METRICS if name != "crps")  # a poin
 #: skill metric name -> the MSE it divides by the LOCF baseline's
 SKILLS = {"skill": "mse", "interp_skill": "interp_mse", "extrap_skill": "extrap_mse"}
 _MODEL_KEY = "model"  # the model's own metrics (no name suffix)
+LR_SCHEDULES = ("step", "cosine")
 
 
 class ForecastingModule(pl.LightningModule):
@@ -65,7 +66,9 @@ class ForecastingModule(pl.LightningModule):
         flow_layers, time_embedding: flow options (ignored by ODEs).
         model_kwargs: further model-specific options (e.g. ``{"obs_std": 0.01, "encoder_method": "euler"}``
             for the latent ODE, ``{"loss": "mse"}`` for ODE-RNN); plain JSON-able values.
-        lr, weight_decay: Adam.  lr_decay_every, lr_decay_gamma: StepLR every N epochs (0: off).
+        lr, weight_decay: Adam.  lr_schedule: "step" (``lr_decay_every``/``lr_decay_gamma``: ×gamma every N
+            epochs; N = 0: constant) or "cosine" (cosine annealing from ``lr`` to 0 over the trainer's
+            ``max_epochs``: smooth to the end of a fixed budget, see results/latent_ode_ablation.md).
         kl_warmup_epochs, iwae_samples: latent ODE KL annealing and IWAE samples (other models ignore them).
         eval_samples: samples per forecast for validation/test/predict (probabilistic metrics).
         baselines: naive baselines scored next to the model in validation/test (names from
@@ -96,6 +99,7 @@ class ForecastingModule(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_decay_every: int = 0,
         lr_decay_gamma: float = 0.5,
+        lr_schedule: str = "step",
         kl_warmup_epochs: int = 10,
         iwae_samples: int = 3,
         eval_samples: int = 8,
@@ -107,6 +111,8 @@ class ForecastingModule(pl.LightningModule):
             raise ConfigError(f"model_kwargs must be a dict of options, got {type(model_kwargs).__name__}")
         if eval_samples < 1:
             raise ConfigError(f"eval_samples={eval_samples} must be >= 1")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={lr_schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
         self.save_hyperparameters()
         kwargs = dict(
             input_dim=input_dim, evolution=evolution, latent_dim=latent_dim, hidden_dim=hidden_dim,
@@ -217,11 +223,18 @@ class ForecastingModule(pl.LightningModule):
             raise ConfigError(f"model {self.hparams.model!r} is a baseline with nothing to train; score it with "
                               f"'ts-neuralode test --model.model {self.hparams.model} ...' (no checkpoint needed)")
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_decay_every and self.hparams.lr_decay_every > 0:
+        if self.hparams.lr_schedule == "cosine":
+            epochs = int(self.trainer.max_epochs or 0) if self._trainer is not None else 0
+            if epochs < 1:
+                raise ConfigError("lr_schedule='cosine' anneals over trainer.max_epochs; set --trainer.max_epochs "
+                                  "(or use lr_schedule='step')")
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        elif self.hparams.lr_decay_every and self.hparams.lr_decay_every > 0:
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_decay_every,
                                                     gamma=self.hparams.lr_decay_gamma)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        return opt
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def _known_models() -> set[str]:
