@@ -86,10 +86,10 @@ ESCAPE = {"interpolation": 0.3, "extrapolation": 0.35}
 def reference_loss(model, batch):
     """The Latent ODE reference code's training loss, built from our model's pieces."""
     grid = model._grid(batch, None)
-    mean, std = model.posterior(grid)
+    mean, std, t0 = model.posterior(grid)
     k = model.iwae_samples
     z0 = mean + std * torch.randn(k, *mean.shape, dtype=mean.dtype)
-    pred = model.decode(z0, grid)
+    pred = model.decode(z0, grid, t0)
     tm = grid.target_mask
     var = model.obs_std**2
     ll = -0.5 * ((grid.values - pred) ** 2 / var + math.log(2 * math.pi * var))

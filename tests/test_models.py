@@ -259,9 +259,9 @@ def test_latent_ode_elbo_objective_is_the_closed_form_bound():
     with torch.no_grad():
         loss, logs = model.loss(batch)
         torch.manual_seed(0)
-        mean, std = model.posterior(grid)
+        mean, std, t0 = model.posterior(grid)
         eps = torch.randn(2, *mean.shape)
-        pred = model.decode(mean + std * eps, grid)
+        pred = model.decode(mean + std * eps, grid, t0)
     scored = torch.maximum(grid.target_mask, grid.obs_mask)
     var = model.obs_std**2
     ll = (-0.5 * ((grid.values - pred) ** 2 / var + math.log(2 * math.pi * var)) * scored).sum((2, 3))
@@ -277,7 +277,7 @@ def test_latent_ode_objective_and_posterior_options():
     with torch.no_grad():  # a zero network output gives the initial std exactly
         for p in model.to_z0[-1].parameters():
             p.zero_()
-        _, std = model.posterior(model._grid(sine_batch(B=2), None))
+        _, std, _ = model.posterior(model._grid(sine_batch(B=2), None))
     assert torch.allclose(std, torch.full_like(std, 0.05 + 1e-4))
     with pytest.raises(ConfigError, match="objective"):
         build_model("latent_ode", objective="best_of_k")
@@ -297,3 +297,43 @@ def test_latent_ode_extrapolation_loss_scores_the_context_too():
         loss, logs = model.loss(no_targets)
     assert float(loss) > 50.0
     assert float(logs["mse"]) > 0.0
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_latent_ode_anchor_last_decodes_both_ways_from_the_last_observation(padded):
+    """``anchor="last"``: z0 sits at each series' last observation; every grid time, before or after it, is
+    the evolution from there (a flow's closed form makes that exact, whatever the other grid points)."""
+    batch = sine_batch(B=4, T=9, D=2, padded=padded)
+    model = build_model("latent_ode", input_dim=2, evolution="resnet_flow", anchor="last", **FAST).eval()
+    grid = model._grid(batch, torch.linspace(-1.0, 8.0, 7))  # queries before, among and after the points
+    with torch.no_grad():
+        mean, _, t0 = model.posterior(grid)
+        pred = model.decode(mean.unsqueeze(0), grid, t0)[0]  # [B, N, D]
+    tps = grid.per_sample_times
+    last_obs = torch.where(grid.obs_mask.sum(-1) > 0, tps, torch.full_like(tps, -math.inf)).max(1).values
+    assert torch.equal(t0, last_obs)
+    for b in range(4):
+        t = tps[b][grid.valid[b]]
+        with torch.no_grad():  # one exact flow call per point: F(t - t0, z0)
+            ref = torch.stack([model.evolution(mean[b:b + 1], torch.stack([t0[b], ti]))[0, -1] for ti in t])
+        assert torch.allclose(pred[b][grid.valid[b]], model.decoder(ref), atol=1e-5)
+
+
+def test_latent_ode_anchor_last_with_an_ode_matches_single_solves():
+    batch = sine_batch(B=3, T=8, D=1)
+    model = build_model("latent_ode", input_dim=1, evolution="ode", anchor="last", latent_dim=4, hidden_dim=16,
+                        method="dopri5", rtol=1e-7, atol=1e-9).eval()
+    grid = model._grid(batch, None)
+    with torch.no_grad():
+        mean, _, t0 = model.posterior(grid)
+        pred = model.decode(mean.unsqueeze(0), grid, t0)[0]
+        for b in range(3):
+            for j in torch.nonzero(grid.valid[b]).flatten().tolist():
+                tj = grid.per_sample_times[b, j]
+                if tj == t0[b]:
+                    z = mean[b]
+                else:
+                    z = model.evolution(mean[b:b + 1], torch.stack([t0[b], tj]))[0, -1]
+                assert torch.allclose(pred[b, j], model.decoder(z), atol=1e-4)
+    with pytest.raises(ConfigError, match="anchor"):
+        build_model("latent_ode", anchor="middle")

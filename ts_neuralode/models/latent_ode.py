@@ -53,6 +53,7 @@ from ts_neuralode.models.nets import shares_spectral_weights
 from ts_neuralode.models.recurrent import GRUUpdate, build_evolution, flip_grid, mlp, recurrent_pass
 
 OBJECTIVES = ("elbo", "iwae")
+ANCHORS = ("first", "last")
 
 
 def evolution_options(
@@ -75,12 +76,14 @@ class RecurrentEncoder(nn.Module):
         self.evolution = evolution
         self.state_dim = state_dim
 
-    def forward(self, owner: ForecastModel, grid: Grid) -> Tensor:
-        """``[B, H]`` the encoding at ``grid.times[..., 0]``.
+    def forward(self, owner: ForecastModel, grid: Grid, backwards: bool = True) -> tuple[Tensor, Tensor]:
+        """``(h [B, H], t [B])``: the encoding and the time it is at.
 
         The pass steps through each series' *observed* times only (compacted per series: on a union grid
-        of B series that is ~T/B of the grid, and in interpolation it skips the held-out points), backwards
-        from its last observation, then takes one evolution step back to the grid's first time.
+        of B series that is ~T/B of the grid, and in interpolation it skips the held-out points).
+        ``backwards`` (the reference's encoder): from the last observation back to the first, then one
+        evolution step back to the grid's first time — ``t = grid start``. Else forward in time, ending at
+        each series' last observation (updated by it) — ``t = that observation's time``.
         """
         times = grid.per_sample_times
         has_obs = grid.obs_mask.sum(-1) > 0  # [B, N]
@@ -88,24 +91,40 @@ class RecurrentEncoder(nn.Module):
         K = int(n.max()) if n.numel() else 0
         h0 = grid.values.new_zeros(grid.values.shape[0], self.state_dim)
         if K == 0:
-            return h0
-        # Observed positions first, in time order (a stable sort), then padding repeating the last one.
-        idx = torch.sort((~has_obs).to(torch.int8), dim=1, stable=True).indices[:, :K]
-        valid = torch.arange(K, device=n.device).unsqueeze(0) < n.unsqueeze(1)
+            return h0, times[:, 0]
+        idx, valid = compact_positions(has_obs, K)
         t = times.gather(1, idx)
-        t = torch.where(valid, t, t.gather(1, (n - 1).clamp_min(0).unsqueeze(1)))
         gidx = idx.unsqueeze(-1).expand(-1, -1, grid.values.shape[-1])
         m = grid.obs_mask.gather(1, gidx) * valid.unsqueeze(-1)
         x = grid.values.gather(1, gidx) * m
-        t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
         evolve = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm)  # noqa: E731
+        if not backwards:  # padding last: stepped over, the state held at the last observation
+            _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
+            return h, t.gather(1, (n - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+        t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
         _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
         # One step from each series' first observation back to the grid start.
         back = torch.stack([t[:, -1], times[:, 0]], dim=1)
         move = (n > 0) & (back[:, 1] != back[:, 0])
         if bool(move.any()):
             h = evolve(h, back, torch.stack([torch.ones_like(move), move], dim=1))[:, -1]
-        return h
+        return h, times[:, 0]
+
+
+def compact_positions(keep: Tensor, K: int | None = None, descending: bool = False) -> tuple[Tensor, Tensor]:
+    """Per row of ``keep [B, N]`` (bool), the positions where it is True, in order (``descending``: last
+    first), padded to ``K`` columns by repeating the row's last kept position (position 0 when none):
+    ``(idx [B, K] long, valid [B, K] bool)``. Gathering a grid with ``idx`` gives each row's kept points
+    followed by copies of the last one — the padding convention of the evolutions and the solver."""
+    n = keep.sum(1)
+    K = int(n.max()) if K is None else K
+    order = keep.flip(1) if descending else keep
+    idx = torch.sort((~order).to(torch.int8), dim=1, stable=True).indices[:, :K]
+    if descending:
+        idx = keep.shape[1] - 1 - idx
+    valid = torch.arange(K, device=keep.device).unsqueeze(0) < n.unsqueeze(1)
+    idx = torch.where(valid, idx, idx.gather(1, (n - 1).clamp_min(0).unsqueeze(1)))
+    return idx, valid
 
 
 class LatentODE(ForecastModel):
@@ -125,6 +144,9 @@ class LatentODE(ForecastModel):
         objective: training bound, "elbo" (default) or "iwae" (see the module docstring).
         posterior_std_init: std of q(z0) where the network outputs 0 (default ln 2 = softplus(0); measured: a
             near-zero start, as the reference's, changes nothing once the objective is the ELBO).
+        anchor: where z0 lives: "first" (the reference's: the grid's first time, encoder run backwards) or
+            "last" (each series' last observation, encoder run forwards; the decoder integrates forwards for
+            what comes after and backwards for the history — a forecast then starts from the freshest data).
     """
 
     def __init__(
@@ -150,6 +172,7 @@ class LatentODE(ForecastModel):
         kl_warmup_epochs: int = 10,
         objective: str = "elbo",
         posterior_std_init: float = math.log(2.0),
+        anchor: str = "first",
     ) -> None:
         super().__init__()
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_std=obs_std,
@@ -158,6 +181,9 @@ class LatentODE(ForecastModel):
             raise ConfigError(f"kl_warmup_epochs={kl_warmup_epochs} must be >= 0")
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective={objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}")
+        if anchor not in ANCHORS:
+            raise ConfigError(f"anchor={anchor!r} is not supported; choose one of {', '.join(ANCHORS)}")
+        self.anchor = anchor
         self.objective = objective
         # q(z0) std = softplus(raw + shift) + 1e-4: ``posterior_std_init`` where the network outputs raw = 0
         self.std_shift = math.log(math.expm1(float(posterior_std_init)))
@@ -182,28 +208,48 @@ class LatentODE(ForecastModel):
         self.kl_weight = 0.0 if epoch < w else 1.0 - 0.99 ** (epoch - w)
 
     # -- pieces ----------------------------------------------------------------------------------
-    def posterior(self, grid: Grid) -> tuple[Tensor, Tensor]:
-        """q(z0 | observations): mean and std ``[B, L]``."""
-        h = self.encoder(self, grid)
+    def posterior(self, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
+        """q(z0 | observations): mean and std ``[B, L]``, and the time ``[B]`` z0 is at (see ``anchor``)."""
+        h, t0 = self.encoder(self, grid, backwards=self.anchor == "first")
         mean, raw = self.to_z0(h).chunk(2, dim=-1)
-        return mean, F.softplus(raw + self.std_shift) + 1e-4
+        return mean, F.softplus(raw + self.std_shift) + 1e-4, t0
 
-    def decode(self, z0: Tensor, grid: Grid) -> Tensor:
-        """``z0 [S, B, L]`` → decoded means ``[S, B, N, D]`` on the grid."""
-        mask = None if grid.times.dim() == 1 else grid.valid
-        z = self._evolve(self.evolution, z0, grid.times, mask)  # [S, B, N, L]: the samples share times
-        return self.decoder(z)
+    def decode(self, z0: Tensor, grid: Grid, t0: Tensor) -> Tensor:
+        """``z0 [S, B, L]`` at times ``t0 [B]`` → decoded means ``[S, B, N, D]`` on the grid."""
+        if self.anchor == "first":  # t0 is the grid's first time
+            mask = None if grid.times.dim() == 1 else grid.valid
+            z = self._evolve(self.evolution, z0, grid.times, mask)  # [S, B, N, L]: the samples share times
+            return self.decoder(z)
+        # From each series' anchor: forwards over the later grid points, backwards over the earlier ones
+        # (two evolution calls, each over its compacted per-series times); points at the anchor are z0.
+        times, valid = grid.per_sample_times, grid.valid
+        N = times.shape[1]
+        # one spare column N takes the padding's writes
+        z = z0.unsqueeze(-2).expand(*z0.shape[:-1], N + 1, z0.shape[-1]).clone()  # [S, B, N + 1, L]
+        for part, descending in ((valid & (times > t0.unsqueeze(1)), False),
+                                 (valid & (times < t0.unsqueeze(1)), True)):
+            if not bool(part.any()):
+                continue
+            idx, ok = compact_positions(part, descending=descending)
+            # padding repeats the row's last real time (its anchor when the part is empty)
+            t = torch.where(ok.any(1, keepdim=True), times.gather(1, idx), t0.unsqueeze(1))
+            t = torch.cat([t0.unsqueeze(1), t], 1)
+            tm = torch.cat([torch.ones_like(ok[:, :1]), ok], 1)
+            out = self._evolve(self.evolution, z0, t, tm)[..., 1:, :]  # [S, B, K, L]
+            dest = torch.where(ok, idx, torch.full_like(idx, N)).unsqueeze(-1).expand(*out.shape)
+            z = z.scatter(-2, dest, out)
+        return self.decoder(z[..., :N, :])
 
     # -- API ---------------------------------------------------------------------------------------
     @shares_spectral_weights
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         self.last_nfe = 0.0
         grid = self._grid(batch, None)
-        mean, std = self.posterior(grid)
+        mean, std, t0 = self.posterior(grid)
         k = self.iwae_samples
         eps = torch.randn(k, *mean.shape, dtype=mean.dtype, device=mean.device)
         z0 = mean + std * eps
-        pred = self.decode(z0, grid)  # [k, B, N, D]
+        pred = self.decode(z0, grid, t0)  # [k, B, N, D]
         # scored: every target and every conditioning point (extrapolation also reconstructs its context,
         # as the filtering models score their one-step predictions of the observed points)
         tm = torch.maximum(grid.target_mask, grid.obs_mask)
@@ -237,10 +283,10 @@ class LatentODE(ForecastModel):
         check_positive(num_samples=num_samples)
         self.last_nfe = 0.0
         grid = self._grid(batch, query_times)
-        mean, std = self.posterior(grid)
+        mean, std, t0 = self.posterior(grid)
         if num_samples == 1:
             z0 = mean.unsqueeze(0)
         else:
             z0 = mean + std * torch.randn(num_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
-        samples = gather_queries(self.decode(z0, grid), grid.query_idx)
+        samples = gather_queries(self.decode(z0, grid, t0), grid.query_idx)
         return Forecast(mean=samples.mean(0), samples=samples, std=None, times=query_times)
