@@ -12,6 +12,7 @@ from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.models import MODELS, Forecast, build_model
 from ts_neuralode.models.base import merge_grid
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""

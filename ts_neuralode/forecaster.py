@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.errors import ConfigError, DataError, ForecastError
+from ts_neuralode.errors import ConfigError, ForecastError
 
 FORMAT = "ts_neuralode.model/1"
 WEIGHTS = "weights.pt"
@@ -150,8 +150,6 @@ class Forecaster:
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``.
         """
-        from ts_neuralode.data.transform import SeriesTransform
-
         p = Path(path)
         if not p.exists():
             raise ForecastError(f"{p}: no such model directory or checkpoint; pass the path written by "
