@@ -28,6 +28,13 @@ class ForecastError(TSNeuralODEError, ValueError):
     """A forecast request the model cannot serve (says why)."""
 
 
+class TrainingError(TSNeuralODEError, RuntimeError):
+    """A fit that cannot go on: the loss or gradients became NaN/inf, or the ODE solver could not make progress.
+
+    The message says what happened, at which epoch and step, and what to try; the last good checkpoint and the
+    model directory are left as they were."""
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse for the ``ts-neuralode`` subcommands: a bad option raises :class:`ConfigError` with one line
     (``PROG: message; see 'PROG --help'``) instead of printing the usage and exiting, so the CLI reports it
@@ -49,4 +56,5 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
-__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "SolverError", "OneLineArgumentParser"]
+__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError", "SolverError",
+           "OneLineArgumentParser"]

@@ -107,6 +107,8 @@ class TimeCodec:
             except (ValueError, TypeError) as exc:
                 s = self._parse_mixed_offsets(s, fmt, exc)
         idx = pd.DatetimeIndex(s)
+        if idx.isna().any():
+            raise DataError("query times include a missing value (NaT/None/empty); pass valid datetimes")
         aware = idx.tz is not None
         if aware != (self.tz is not None):
             want = "timezone-aware" if self.tz is not None else "naive"
@@ -147,12 +149,19 @@ class TimeCodec:
         return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
 
     def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
-        """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone."""
+        """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone.
+
+        For datetimes this is exact to the nanosecond only within about a month of ``ref`` (a float64 holds
+        ~15.9 significant digits); times that were read or asked for go out through :meth:`from_ns` instead."""
         t = np.asarray(t, dtype=np.float64)
         if not self.is_datetime:
             return t
         ns = np.rint(t.reshape(-1) * unit_to_ns(self.unit or DEFAULT_TIME_UNIT)).astype(np.int64) + self.ref_ns
-        idx = pd.DatetimeIndex(ns.view("datetime64[ns]"))
+        return self.from_ns(ns)
+
+    def from_ns(self, ns: Any) -> pd.DatetimeIndex:
+        """int64 ns since the epoch (UTC when aware) -> a DatetimeIndex with the original timezone, exactly."""
+        idx = pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).reshape(-1).view("datetime64[ns]"))
         if self.tz is not None:
             idx = idx.tz_localize("UTC").tz_convert(tz_from_str(self.tz))
         return idx
