@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from conftest import TEST_SEED, TEST_THREADS
 from ts_neuralode.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ ARGS = [
     "--data.layout", "padded", "--data.obs_fraction", "1.0", "--data.shuffle", "false",
     "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
-    "--trainer.log_every_n_steps", "1",
+    "--trainer.log_every_n_steps", "1", "--seed_everything", str(TEST_SEED),
 ]
 RTOL_LOSS = 1e-4
 ATOL_WEIGHTS = 1e-4
@@ -49,6 +50,8 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("MLFLOW_TRACKING_URI", None)
+    if TEST_THREADS:  # the margin check's thread count, for the worker processes too
+        env["OMP_NUM_THREADS"] = str(TEST_THREADS)
     return env
 
 
@@ -58,7 +61,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in hist]
 
 
-def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path):
+def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, margin):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     ddp_dir.mkdir()
     cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *ARGS,
@@ -92,18 +95,19 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path):
 
     for key in ("epoch/train_loss", "epoch/val_loss"):
         a, b = _history(client, ddp.info.run_id, key), _history(client, one.info.run_id, key)
-        print(f"{key}: DDP {a} vs single {b}: max rel diff {np.max(np.abs(np.subtract(a, b)) / np.abs(b)):.2e}")
-        np.testing.assert_allclose(a, b, rtol=RTOL_LOSS, err_msg=key)
+        rel = float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))
+        print(f"{key}: DDP {a} vs single {b}: max rel diff {rel:.2e}")
+        margin(f"{key}: max relative difference DDP vs single", rel, RTOL_LOSS)
     # training changed the loss, so agreeing after 3 epochs is not agreeing at the initial weights only
-    assert abs(_history(client, one.info.run_id, "epoch/train_loss")[-1]
-               - _history(client, one.info.run_id, "epoch/train_loss")[0]) > 1e-3
+    train = _history(client, one.info.run_id, "epoch/train_loss")
+    margin("train loss moved over the fit", abs(train[-1] - train[0]), 1e-3, above=True)
 
     wa = torch.load(ddp_dir / "ck" / "model" / "weights.pt", weights_only=True)
     wb = torch.load(one_dir / "ck" / "model" / "weights.pt", weights_only=True)
     assert wa.keys() == wb.keys()
-    print(f"weights: max abs diff {max(float((wa[k] - wb[k]).abs().max()) for k in wa):.2e}")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=ATOL_WEIGHTS, msg=k)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    print(f"weights: max abs diff {worst:.2e}")
+    margin("weights: max abs difference DDP vs single", worst, ATOL_WEIGHTS)
 
     # rank 0 alone wrote the checkpoints, the model directory and the artifacts (one set, not one per rank)
     ckpts = sorted(p.name for p in (ddp_dir / "ck").glob("*.ckpt"))

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from conftest import TEST_SEED, small_tensor_threads
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
@@ -21,7 +22,7 @@ from ts_neuralode.models import Forecast
 def one_thread():
     """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(small_tensor_threads())
     yield
     torch.set_num_threads(n)
 
@@ -122,14 +123,15 @@ def test_masked_metrics_pool_over_batches_and_ignore_masked_entries():
     assert math.isnan(float(MaskedMSE().compute()))
 
 
-def test_crps_gaussian_closed_form_matches_sample_estimate():
-    torch.manual_seed(0)
+def test_crps_gaussian_closed_form_matches_sample_estimate(margin):
+    torch.manual_seed(TEST_SEED)
     mean, std = torch.zeros(1, 50, 1), torch.full((1, 50, 1), 0.7)
     target = torch.linspace(-2, 2, 50).view(1, 50, 1)
     gauss = crps(Forecast(mean=mean, samples=mean.unsqueeze(0), std=std), target)
     samples = mean + std * torch.randn(20000, 1, 50, 1)
     ens = crps(Forecast(mean=mean, samples=samples), target)
-    assert torch.allclose(gauss, ens, atol=0.02)
+    # 20,000 samples: the ensemble estimate's standard error is ~0.003 per point
+    margin("max |closed form - 20k-sample CRPS|", float((gauss - ens).abs().max()), 0.02)
     # a point forecast's CRPS is its absolute error
     point = Forecast(mean=mean, samples=mean.unsqueeze(0))
     assert torch.allclose(crps(point, target), target.abs())

@@ -81,16 +81,20 @@ class TrainingGuard(Callback):
         except (AttributeError, IndexError, KeyError, TypeError):
             return str((getattr(pl_module, "hparams", {}) or {}).get("lr", "?"))
 
-    def _advice(self, trainer: Trainer, pl_module: LightningModule, solver: bool) -> str:
+    def _advice(self, trainer: Trainer, pl_module: LightningModule, solver_message: str | None = None) -> str:
+        """What to try. ``solver_message``: the solver's own failure, when it is the solver that stopped."""
         hp = getattr(pl_module, "hparams", {}) or {}
         is_ode = hp.get("evolution", "ode") == "ode"
-        tries = []
-        if solver and is_ode:
-            tries += ["tighter --model.rtol/--model.atol", "another --model.method (e.g. rk4 with --model.step_size)"]
-        tries += [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
-                  "gradient clipping (--trainer.gradient_clip_val 1.0)"]
-        if not solver and is_ode:
-            tries += ["tighter --model.rtol/--model.atol or another --model.method"]
+        lr = [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
+              "gradient clipping (--trainer.gradient_clip_val 1.0)"]
+        if solver_message is None:
+            tries = lr + (["tighter --model.rtol/--model.atol or another --model.method"] if is_ode else [])
+        elif "max_steps" in solver_message:  # too many steps: the tolerances (or stiff dynamics) are the cause
+            tries = ["looser --model.rtol/--model.atol", "a fixed-step method (e.g. --model.method rk4 "
+                     "--model.step_size 0.1)", *lr]
+        else:  # step size underflow or a non-finite state: dynamics that blow up
+            tries = [*lr, "tighter --model.rtol/--model.atol", "another --model.method (e.g. rk4 with "
+                     "--model.step_size 0.1)"]
         return "try " + ", ".join(tries)
 
     @staticmethod
@@ -107,7 +111,7 @@ class TrainingGuard(Callback):
         return f"no checkpoint was written to {self.ckpt_dir} yet"
 
     def _diverged(self, trainer: Trainer, pl_module: LightningModule, what: str) -> str:
-        return (f"training diverged at {self._where(trainer)}: {what}; {self._advice(trainer, pl_module, False)}; "
+        return (f"training diverged at {self._where(trainer)}: {what}; {self._advice(trainer, pl_module)}; "
                 f"{self._kept()}")
 
     def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
@@ -145,9 +149,13 @@ class TrainingGuard(Callback):
             if not self._weights_finite(pl_module):  # the previous step blew the weights up; the solver only saw it
                 self.failure = self._diverged(trainer, pl_module, "the weights became NaN/inf (the solver then "
                                               f"stopped: {_first_line(exception)})")
+            elif not isinstance(exception, SolverError):  # odeint refused a NaN/inf state: it came from upstream
+                self.failure = self._diverged(trainer, pl_module, "the model's state became NaN/inf before an ODE "
+                                              f"solve ({_first_line(exception)})")
             else:
-                self.failure = (f"the ODE solver could not go on at {self._where(trainer)} ({_first_line(exception)});"
-                                f" {self._advice(trainer, pl_module, True)}; {self._kept()}")
+                first = _first_line(exception)
+                self.failure = (f"the ODE solver could not go on at {self._where(trainer)} ({first}); "
+                                f"{self._advice(trainer, pl_module, first)}; {self._kept()}")
             setattr(exception, MESSAGE_ATTR, self.failure)
         elif isinstance(exception, TrainingError):
             self.failure = str(exception)

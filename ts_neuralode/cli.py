@@ -148,9 +148,11 @@ def _lightning_cli_class():
                     lines.append(f"best checkpoint: {best}")
                 if cb is not None and cb.model_dir_written:
                     lines.append(f"model directory: {cb.model_dir_written}  (ts-neuralode forecast --model ...)")
+                failed = any(getattr(lg, "tracking_failed", False) for lg in self.trainer.loggers)
                 if cb is not None and cb.run_id:
                     uri = cb.tracking_uri or ""
-                    lines.append(f"MLflow run {cb.run_id} at {uri}")
+                    lines.append(f"MLflow run {cb.run_id} at {uri}" + (" (incomplete: tracking failed during the "
+                                                                        "fit)" if failed else ""))
                     if uri.startswith("sqlite:"):
                         lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
                 for line in lines:

@@ -60,7 +60,7 @@ def _fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
     big = float(np.max(np.abs(x)))
     pow2 = 1.0
     if big > 1e100 or 0.0 < big < 1e-100:
-        pow2 = 2.0 ** math.frexp(big)[1]
+        pow2 = math.ldexp(1.0, math.frexp(big)[1] - 1)  # a power of two in (big / 2, big]
         x = x / pow2
     center, scale = _fit_scaler_unit(kind, x)
     with np.errstate(over="ignore"):
