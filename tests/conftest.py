@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 # -- seeds, threads and margins -------------------------------------------------------------------------------------
 # Tests that train or compare floats take their seed from TEST_SEED and assert through the ``margin`` fixture, which
@@ -25,6 +26,12 @@ TEST_THREADS = int(os.environ.get("TS_NEURALODE_TEST_THREADS", "0"))
 MARGIN_LOG = os.environ.get("TS_NEURALODE_MARGIN_LOG")
 
 torch.set_num_threads(TEST_THREADS or 2)
+
+# Property-based tests (hypothesis): the same examples on every run and machine (derandomize), a modest count so CI
+# time is stable, no example database written into the checkout. HYPOTHESIS_PROFILE=explore searches wider.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=60, print_blob=True)
+settings.register_profile("explore", database=None, deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def small_tensor_threads() -> int:

@@ -13,7 +13,13 @@ from ts_neuralode.solvers.errors import SolverError
 
 
 class TSNeuralODEError(Exception):
-    """Base class of every error a user can cause."""
+    """Base class of every error a user can cause. The message is one line: any line breaks in it (e.g. from a
+    pandas error quoted in it) are folded into spaces."""
+
+    def __init__(self, *args) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (" ".join(args[0].split()),)
+        super().__init__(*args)
 
 
 class DataError(TSNeuralODEError, ValueError):

@@ -268,6 +268,11 @@ class Forecaster:
         ids = list(prepared_all.series_ids)
         index = list(range(len(ids)))
         if series is not None:
+            if isinstance(series, (str, bytes)) or not hasattr(series, "__iter__"):
+                series = [series]
+            series = list(series)
+            if not series:
+                raise ForecastError("series=[] names no series; pass some ids, or series=None for all of them")
             known = {str(s): i for i, s in enumerate(ids)}
             missing = [s for s in series if str(s) not in known]
             if missing:
@@ -337,11 +342,7 @@ class Forecaster:
             """(sorted raw floats, the same values as given, in that order)."""
             given = np.asarray(values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else values)
             given = given.reshape(-1)
-            try:
-                raw = np.asarray(codec.to_float(given), dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError) as err:
-                raise ForecastError(f"query times {list(given[:3])}: not numbers ({err}); the data's time axis is "
-                                    "numeric: pass numbers") from err
+            raw = np.asarray(codec.to_float(given), dtype=np.float64).reshape(-1)  # DataError if not numbers
             order = np.argsort(raw, kind="stable")
             keep_given = given.dtype.kind in "iuf"  # numbers come back as given; anything else as parsed floats
             return raw[order], (given[order] if keep_given else raw[order])
@@ -384,20 +385,26 @@ class Forecaster:
             raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
                                 "observation to forecast; for times inside the history pass times=[...] instead")
         last = table.last_times()[index]
+        if exact and not h * unit_ns < 9.2e18:  # int64 ns spans 292 years
+            raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp (2262-04-11); "
+                                "pass a shorter horizon")
         if freq is not None:
             if num_points is not None:
                 raise ForecastError("pass either freq=... or num_points=..., not both")
             step = self._duration(freq, "freq")
             if not step > 0:
                 raise ForecastError(f"freq={freq!r} must be positive")
-            n = math.floor(h / step + 1e-9)
+            ratio = h / step
+            if not ratio < MAX_QUERY_POINTS + 1:  # inf or NaN too
+                raise ForecastError(f"horizon/freq gives {ratio:.3g} query times per series; use a coarser freq "
+                                    f"(at most {MAX_QUERY_POINTS})")
+            n = math.floor(ratio + 1e-9)
             if n < 1:
                 raise ForecastError(f"freq={freq!r} is longer than horizon={horizon!r}; no query time fits")
-            if n > MAX_QUERY_POINTS:
-                raise ForecastError(f"horizon/freq gives {n:.3g} query times per series; use a coarser freq "
-                                    f"(at most {MAX_QUERY_POINTS})")
             offs = step * np.arange(1, n + 1)
             if exact:
+                if round(step * unit_ns) < 1:
+                    raise ForecastError(f"freq={freq!r} is shorter than a nanosecond; pass a longer freq")
                 offs_ns = np.int64(round(step * unit_ns)) * np.arange(1, n + 1, dtype=np.int64)
         else:
             n = 50 if num_points is None else _count(num_points, "num_points")

@@ -261,6 +261,12 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
     tz = col.dt.tz
     if tz is not None:
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    lo, hi = pd.Timestamp.min.as_unit("ns"), pd.Timestamp.max.as_unit("ns")
+    outside = ((col < lo) | (col > hi)).to_numpy()
+    if outside.any():  # pandas parses years 0001..9999, but a time is int64 ns (1677-09-22 .. 2262-04-11)
+        i = _first(outside)
+        raise DataError(f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
+                        f"({lo.date()} .. {hi.date()}); fix it")
     ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
     if codec is None:
         unit = time_unit or DEFAULT_TIME_UNIT

@@ -26,6 +26,11 @@ from ts_neuralode.errors import ConfigError, DataError
 DEFAULT_TIME_UNIT = "h"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def unit_to_ns(unit: str) -> int:
     """Nanoseconds in one ``unit`` (a pandas Timedelta unit such as "s", "min", "h", "D")."""
     try:
@@ -93,7 +98,17 @@ class TimeCodec:
     def datetimes_to_ns(self, values: Any) -> np.ndarray:
         """Datetimes (strings, Timestamps, DatetimeIndex, Series) -> int64 ns since epoch (UTC if aware).
 
-        Raises DataError when naive and aware datetimes are mixed with the codec's own kind."""
+        Raises DataError when naive and aware datetimes are mixed with the codec's own kind, and for anything that
+        is not a datetime in the range of int64 ns (1677-09-22 .. 2262-04-11)."""
+        try:
+            return self._datetimes_to_ns(values)
+        except DataError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # pandas' OutOfBoundsDatetime is a ValueError
+            raise DataError(f"could not read query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps "
+                            "between 1677-09-22 and 2262-04-11") from exc
+
+    def _datetimes_to_ns(self, values: Any) -> np.ndarray:
         if isinstance(values, (pd.Series, pd.Index)):
             s = pd.Series(values)
         elif isinstance(values, (pd.Timestamp, _dt.datetime, str, np.datetime64)):
@@ -127,14 +142,14 @@ class TimeCodec:
         try:
             stamps = [pd.Timestamp(v) for v in s]
         except (ValueError, TypeError):
-            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
         aware = [t.tzinfo is not None for t in stamps]
         if not all(aware):
             if any(aware):
                 i = aware.index(not aware[0])
                 raise DataError(f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
                                 "give every time an offset or none") from exc
-            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
         return pd.Series([t.tz_convert("UTC") for t in stamps], dtype="datetime64[ns, UTC]")
 
     def to_float(self, values: Any) -> np.ndarray:
@@ -144,7 +159,11 @@ class TimeCodec:
             if arr.dtype.kind in "Mm" or arr.dtype == object and arr.size and isinstance(
                     arr.flat[0], (pd.Timestamp, _dt.datetime, str)):
                 raise DataError("the data's time axis is numeric but datetimes were given; pass numbers")
-            return np.asarray(arr, dtype=np.float64)
+            try:
+                return np.asarray(arr, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the data's "
+                                "time axis is numeric: pass numbers") from exc
         ns = self.datetimes_to_ns(values)
         return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
 
