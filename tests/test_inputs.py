@@ -292,6 +292,37 @@ def test_history_datetimes_come_back_exactly_even_decades_apart(tmp_path):
     assert got == [pd.Timestamp(s).isoformat() for s in stamps]  # to the nanosecond, offset kept
 
 
+@pytest.mark.parametrize("layout", ["padded", "union"])
+@pytest.mark.parametrize("kind", ["numeric", "datetime"])
+def test_predict_loop_times_come_back_as_read(kind, layout, tmp_path):
+    """Lightning's predict loop forecasts at each series' own times; mapped back (``DataModule.to_frame``) they are
+    the times of the file, although the model saw them as float32."""
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+
+    if kind == "numeric":
+        ds = [4000.0, 4010.1, 4020.000000000001, 4049.0, 3990.3, 4001.7, 4045.123456789]
+    else:
+        ds = ["2024-01-08T00:15:00.000000001+01:00", "2024-03-08T03:02:00+01:00", "2025-01-09T11:00:00.5+01:00",
+              "2031-01-10T00:00:01.123456789+01:00", "2024-01-07T22:00:00+01:00", "2026-01-08T06:30:00+01:00",
+              "2030-12-10T12:00:00.000000007+01:00"]
+    p = tmp_path / "h.csv"
+    pd.DataFrame({"unique_id": ["a"] * 4 + ["b"] * 3, "ds": ds, "y": np.arange(7.0)}).to_csv(p, index=False)
+    dm = IrregularTimeSeriesDataModule(path=str(p), layout=layout, val_fraction=0, test_fraction=0, time_unit="D")
+    module = ForecastingModule(model="ode_rnn", evolution="gru_flow", input_dim=1, latent_dim=4, hidden_dim=8)
+    frames = []
+    for batch in dm.predict_dataloader():
+        with torch.no_grad():
+            fc = module.predict_step(batch, 0)
+        frames.append(dm.to_frame(batch.series_idx, batch.times, fc.mean))
+    out = pd.concat(frames)
+    read = pd.read_csv(p)
+    if kind == "datetime":
+        read["ds"] = [pd.Timestamp(v) for v in read["ds"]]
+    for sid, g in read.groupby("unique_id"):
+        got = set(out.loc[out["unique_id"] == sid, "ds"].tolist())
+        assert set(g["ds"].tolist()) <= got, (sid, sorted(set(g["ds"]) - got))
+
+
 # -- a corpus of bad files through the CLI ---------------------------------------------------------------------------
 def _sine(n_series=6, n_points=8) -> pd.DataFrame:
     rng = np.random.default_rng(0)

@@ -228,7 +228,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
         return self.transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
-                                       value_kind)
+                                       value_kind, history=(self.table, idx))
 
     # --- loaders -------------------------------------------------------------------------------
     def _loader(self, indices: np.ndarray, spec: TaskSpec | None, shuffle: bool, batch_size: int,

@@ -244,6 +244,31 @@ class SeriesTransform:
         raw = np.asarray(tm, dtype=np.float64) * self.time_scale + np.asarray(origin, dtype=np.float64)
         return self.codec.from_float(raw)
 
+    def _history_times(self, table, idx: Sequence[int], tm: np.ndarray, origins: np.ndarray):
+        """Output times for model times ``tm`` [B, Tq] of series ``idx`` of ``table``: each observation's own time
+        (as read) where ``tm`` is it up to float32 rounding, else the time computed from ``tm``."""
+        raw = tm * self.time_scale + origins
+        tol = 8 * float(np.finfo(np.float32).eps) * (np.abs(tm) + 1.0) * self.time_scale
+        rows = np.full(raw.shape, -1, dtype=np.int64)
+        for r, s in enumerate(np.asarray(idx, dtype=np.int64)):
+            lo, hi = int(table.offsets[s]), int(table.offsets[s + 1])
+            obs = table.times[lo:hi]
+            j = np.clip(np.searchsorted(obs, raw[r]), 1, max(len(obs) - 1, 1))
+            near = np.where(np.abs(obs[j - 1] - raw[r]) <= np.abs(obs[np.minimum(j, len(obs) - 1)] - raw[r]),
+                            j - 1, np.minimum(j, len(obs) - 1))
+            hit = np.abs(obs[near] - raw[r]) <= tol[r]
+            rows[r] = np.where(hit, lo + near, -1)
+        flat, hit = rows.reshape(-1), rows.reshape(-1) >= 0
+        if not self.codec.is_datetime:
+            return np.where(hit, table.times[np.maximum(flat, 0)], raw.reshape(-1))
+        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
+
+        computed = np.rint(raw.reshape(-1) * unit_to_ns(self.codec.unit or DEFAULT_TIME_UNIT)).astype(np.int64)
+        computed += self.codec.ref_ns
+        if table.time_ns is None:
+            return self.codec.from_ns(computed)
+        return self.codec.from_ns(np.where(hit, table.time_ns[np.maximum(flat, 0)], computed))
+
     def origins(self, table) -> np.ndarray:
         """``[S]`` raw float origin of every series of a SeriesTable (its first time, or 0)."""
         if self.time_origin == "series":
@@ -286,7 +311,8 @@ class SeriesTransform:
                              median_gap=float(np.median(gaps)) if gaps.size else 1.0)
 
     def to_frame(self, series_ids: Sequence, origins: np.ndarray, times: Any, values: Any,
-                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None) -> pd.DataFrame:
+                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None,
+                 history: tuple[Any, Sequence[int]] | None = None) -> pd.DataFrame:
         """Model-unit predictions -> long DataFrame ``[id_col, time_col, <channel>..., <channel>-<band>...]``.
 
         Args:
@@ -294,6 +320,10 @@ class SeriesTransform:
             times: ``[Tq]`` or ``[B, Tq]`` model times. values: ``[B, Tq, D]`` model-unit values.
             bands: extra ``[B, Tq, D]`` arrays (e.g. {"lo-90": q05, "hi-90": q95}) in model units, mapped like
                 values (or, where ``value_kind[name] == "std"``, scaled only), written as ``<channel>-<name>``.
+            history: ``(table, idx)``: the SeriesTable the predictions are about and the table position of each of
+                the ``B`` series. A time within float32 rounding of one of that series' observations is then written
+                as that observation's time exactly as read (model times are float32: without this, a forecast at
+                the batch's own times comes back a few units in the last place off).
         """
         to_np = lambda a: a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
         values = to_np(values)
@@ -302,7 +332,10 @@ class SeriesTransform:
         if times.ndim == 1:
             times = np.broadcast_to(times, (b, tq))
         origins = np.asarray(origins, dtype=np.float64).reshape(b, 1)
-        ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
+        if history is not None:
+            ts = self._history_times(history[0], history[1], times, origins)
+        else:
+            ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
         out = {self.id_col: np.repeat(np.asarray(series_ids, dtype=object), tq),
                self.time_col: ts if isinstance(ts, pd.DatetimeIndex) else np.asarray(ts).reshape(-1)}
         vals = self.inverse_values(values).reshape(b * tq, d)
