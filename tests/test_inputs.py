@@ -249,6 +249,47 @@ def test_forecast_queries_give_a_forecast_or_one_line_error(forecasters, data, k
         assert set(out["ds"].tolist()) <= {float(t) for t in asked}  # exactly the numbers passed
 
 
+@pytest.fixture(scope="module")
+def saved_models(forecasters, tmp_path_factory):
+    """{kind: (model directory, history CSV)} for the command line."""
+    root = tmp_path_factory.mktemp("saved")
+    out = {}
+    for kind, (fc, hist) in forecasters.items():
+        hist.to_csv(root / f"{kind}.csv", index=False)
+        out[kind] = (fc.save(root / f"{kind}_model"), root / f"{kind}.csv")
+    return out
+
+
+CLI_WORDS = st.sampled_from(["12", "2.5", "-1", "0", "1e400", "nan", "inf", "12h", "-1D", "2D", "abc", "", "--", "-x",
+                             "4049.0", "2024-01-11T00:00:00+01:00", "2024-13-45", "3000-01-01", "1e-300", "٣"])
+
+
+@settings(SLOW_OK, max_examples=25)  # each example loads the model and reads the CSV
+@given(kind=st.sampled_from(["numeric", "datetime"]), base=st.booleans(),
+       opts=st.lists(st.tuples(st.sampled_from(["--horizon", "--freq", "--num_points", "--times", "--level",
+                                                "--quantiles", "--series", "--num_samples", "--batch_size",
+                                                "--seed", "--plot_history", "--bogus"]),
+                               st.lists(CLI_WORDS, min_size=0, max_size=3)), max_size=3))
+def test_forecast_command_line_gives_a_file_or_one_line(saved_models, tmp_path_factory, capfd, kind, base, opts):
+    model, csv = saved_models[kind]
+    out = tmp_path_factory.mktemp("fc") / "f.csv"
+    argv = ["forecast", "--model", str(model), "--data.path", str(csv), "--out", str(out), "--no_plots",
+            "--no_progress", "--num_samples", "2"]
+    if base:  # a valid query, which the random options below may override or contradict
+        argv += ["--horizon", "12" if kind == "numeric" else "12h", "--num_points", "3"]
+    for flag, values in opts:
+        argv += [flag, *values]
+    rc = main(argv)
+    err = capfd.readouterr().err
+    event(f"{kind}: exit {rc}")
+    assert rc in (0, 2), err
+    if rc == 0:
+        assert out.is_file()
+    else:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("ts-neuralode"), err
+
+
 # -- exact round trips -----------------------------------------------------------------------------------------------
 def test_numeric_query_times_come_back_exactly_as_passed(forecasters, tmp_path):
     fc, hist = forecasters["numeric"]

@@ -107,7 +107,7 @@ class TrainingGuard(Callback):
             return "the weights were not updated by this step"
         last = self.ckpt_dir / "last.ckpt"
         if last.is_file():
-            return f"the checkpoints in {self.ckpt_dir} are as they were (resume from the last good one: {last})"
+            return f"the checkpoints in {self.ckpt_dir} are as they were (the last good one: {last})"
         return f"no checkpoint was written to {self.ckpt_dir} yet"
 
     def _diverged(self, trainer: Trainer, pl_module: LightningModule, what: str) -> str:
