@@ -40,6 +40,16 @@ def small_tensor_threads() -> int:
     return TEST_THREADS or 1
 
 
+@pytest.fixture(scope="module")
+def tiny_tensor_threads():
+    """For a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")``): run it on
+    :func:`small_tensor_threads` threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(small_tensor_threads())
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:  # `pytest -m margin` selects every test that asserts through the margin fixture
         if "margin" in getattr(item, "fixturenames", ()):
@@ -76,6 +86,39 @@ def margin(request) -> Margin:
 
 
 # --- fixtures for the CLI / tracking / forecaster tests -------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict:
+    """Environment of a ``python -m ts_neuralode.cli`` child: this checkout first on the path, no inherited
+    MLFLOW_TRACKING_URI, and the margin check's thread count (as OMP_NUM_THREADS) when it sets one."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if TEST_THREADS:
+        env["OMP_NUM_THREADS"] = str(TEST_THREADS)
+    return env
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch stored in a checkpoint, or None while there is none (or one being written)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # not there yet, or being written
+        return None
+
+
+def wait_for_epoch(proc: subprocess.Popen, ckpt: Path, epoch: int, timeout: float = 300) -> int | None:
+    """Poll ``ckpt`` until it holds ``epoch`` or a later one (returned), or ``proc`` ends / ``timeout`` passes
+    (None)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        got = checkpoint_epoch(ckpt)
+        if got is not None and got >= epoch:
+            return got
+        time.sleep(0.02)
+    return None
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

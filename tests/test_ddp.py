@@ -23,16 +23,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from mlflow import MlflowClient
 
-from conftest import TEST_SEED, TEST_THREADS
+from conftest import TEST_SEED, subprocess_env
 from ts_neuralode.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 ARGS = [
     "--model.model", "ode_rnn", "--model.evolution", "ode", "--model.method", "rk4", "--model.step_size", "0.25",
@@ -46,13 +44,6 @@ RTOL_LOSS = 1e-4
 ATOL_WEIGHTS = 1e-4
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if TEST_THREADS:  # the margin check's thread count, for the worker processes too
-        env["OMP_NUM_THREADS"] = str(TEST_THREADS)
-    return env
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -67,7 +58,7 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, 
     cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *ARGS,
            "--data.batch_size", "2", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--tracking_uri", mlflow_server, "--experiment_name", "ddp", "--checkpoint_dir", str(ddp_dir / "ck")]
-    proc = subprocess.run(cmd, cwd=ddp_dir, env=_env(), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ddp_dir, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     one_dir.mkdir()

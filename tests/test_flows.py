@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
-from conftest import TEST_SEED, small_tensor_threads
+from conftest import TEST_SEED
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.flows import (
     CouplingFlow,
@@ -24,13 +24,8 @@ KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # these tensors are small: one thread avoids OpenMP barrier waits on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(small_tensor_threads())
+def _seed(tiny_tensor_threads):
     torch.manual_seed(TEST_SEED)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------ embeddings

@@ -13,7 +13,6 @@ error (one line); never a traceback, never a NaN deep in a solver. Times leave t
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_FIT_ARGS
+from conftest import TINY_FIT_ARGS, subprocess_env
 from ts_neuralode.cli import main
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
@@ -33,7 +32,6 @@ from ts_neuralode.errors import TSNeuralODEError
 from ts_neuralode.forecaster import Forecaster, table_to_long
 from ts_neuralode.lightning import ForecastingModule
 
-REPO = Path(__file__).resolve().parents[1]
 SLOW_OK = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 # -- strategies -----------------------------------------------------------------------------------------------------
@@ -466,10 +464,9 @@ def test_bad_input_corpus_through_fit(name, tmp_path, capfd):
 
 def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     p = _write(tmp_path, _in_held_out_series(1e308))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.run([sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(p), *TINY_FIT_ARGS,
-                           *SPLIT, "--tracking", "false"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           *SPLIT, "--tracking", "false"], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TEST_SEED, small_tensor_threads
+from conftest import TEST_SEED
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
@@ -17,14 +17,7 @@ from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(small_tensor_threads())
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")  # tiny tensors: one thread (conftest)
 
 
 def trainer(tmp_path, epochs=2, **kwargs) -> pl.Trainer:

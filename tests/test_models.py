@@ -8,20 +8,13 @@ import statistics
 import pytest
 import torch
 
-from conftest import TEST_SEED, small_tensor_threads
+from conftest import TEST_SEED
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.models import MODELS, Forecast, build_model
 from ts_neuralode.models.base import merge_grid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(small_tensor_threads())
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")  # tiny tensors: one thread (conftest)
 
 
 # Cheap fixed-step ODE settings keep the suite fast; the adaptive solvers are the solver's tests' job.

@@ -16,13 +16,18 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import TINY_FIT_ARGS, start_mlflow_server, stop_mlflow_server
+from conftest import (
+    TINY_FIT_ARGS,
+    checkpoint_epoch,
+    start_mlflow_server,
+    stop_mlflow_server,
+    subprocess_env,
+    wait_for_epoch,
+)
 from ts_neuralode.callbacks import FAILURE_TAG
 from ts_neuralode.cli import main
 from ts_neuralode.forecaster import Forecaster
 from ts_neuralode.tracking import read_run_file
-
-REPO = Path(__file__).resolve().parents[1]
 
 # A small ODE-RNN on fixed RK4 steps; with lr_decay_gamma 1e30 every 2 epochs the learning rate jumps from 1e-3 to
 # 1e27 for epoch 2, which blows the weights up within a step or two: a divergence in the middle of a fit.
@@ -32,13 +37,6 @@ ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution", "ode", "--model.late
            "--trainer.num_sanity_val_steps", "0"]
 RK4 = ["--model.method", "rk4", "--model.step_size", "0.25"]
 BLOW_UP_AT_EPOCH_2 = ["--model.lr_decay_every", "2", "--model.lr_decay_gamma", "1e30"]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -168,7 +166,7 @@ def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
             save(k)
     """)
     for delay in (0.0, 0.004, 0.011):  # into the save, at different depths
-        proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=_env(), stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
             announced = 0
@@ -197,33 +195,20 @@ def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp
 
 
 # -- tracking that goes away -----------------------------------------------------------------------------------------
-def _epoch_of(path: Path) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # not written yet
-        return None
-
-
 def test_tracking_server_going_away_mid_fit_does_not_lose_the_training(tiny_csv, tmp_path):
     epochs = 40
     server, url = start_mlflow_server(tmp_path)
     ck = tmp_path / "ck"
-    env = _env()
+    env = subprocess_env()
     env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0",
                MLFLOW_HTTP_REQUEST_TIMEOUT="10")  # fail fast once the server is gone (MLflow retries ~4 min)
     cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS,
            "--trainer.max_epochs", str(epochs), "--tracking_uri", url, "--checkpoint_dir", str(ck)]
     fit = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed_at = None
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and fit.poll() is None:
-            epoch = _epoch_of(ck / "last.ckpt")
-            if epoch is not None and epoch >= 1:
-                os.killpg(server.pid, signal.SIGKILL)  # the server goes away without a word
-                killed_at = epoch
-                break
-            time.sleep(0.05)
+        killed_at = wait_for_epoch(fit, ck / "last.ckpt", 1)
+        if killed_at is not None:
+            os.killpg(server.pid, signal.SIGKILL)  # the server goes away without a word
         _, err = fit.communicate(timeout=600)
     finally:
         if fit.poll() is None:
@@ -234,7 +219,7 @@ def test_tracking_server_going_away_mid_fit_does_not_lose_the_training(tiny_csv,
     assert "Traceback" not in err
     assert err.count("MLflow tracking at") == 1, err[-3000:]  # said once
     assert "training goes on without it" in err
-    assert _epoch_of(ck / "last.ckpt") == epochs - 1  # every epoch trained and checkpointed
+    assert checkpoint_epoch(ck / "last.ckpt") == epochs - 1  # every epoch trained and checkpointed
     fc = Forecaster.load(ck / "model")  # the model directory is complete
     assert fc.transform.channel_names == ["y"]
     assert "tracking failed during the fit" in err
