@@ -40,16 +40,6 @@ def small_tensor_threads() -> int:
     return TEST_THREADS or 1
 
 
-@pytest.fixture(scope="module")
-def tiny_tensor_threads():
-    """For a module of tiny tensors (``pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")``): run it on
-    :func:`small_tensor_threads` threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(small_tensor_threads())
-    yield
-    torch.set_num_threads(n)
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:  # `pytest -m margin` selects every test that asserts through the margin fixture
         if "margin" in getattr(item, "fixturenames", ()):
@@ -118,6 +108,17 @@ def wait_for_epoch(proc: subprocess.Popen, ckpt: Path, epoch: int, timeout: floa
             return got
         time.sleep(0.02)
     return None
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids barrier waits on a busy 2-core machine (``pytestmark =
+    pytest.mark.usefixtures("one_thread")`` in a test module); the margin check's thread count when it sets one
+    (:func:`small_tensor_threads`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(small_tensor_threads())
+    yield
+    torch.set_num_threads(n)
 
 
 def _free_port() -> int:

@@ -43,10 +43,20 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
 
     table = pd.read_csv(out)
     assert list(table.columns) == list(benchmark.COLUMNS)
-    assert list(table["model"]) == ["latent_ode_rk4", "latent_gru_flow"]
-    assert (table["params"] > 0).all()
-    assert (table["epoch_time_s"] > 0).all() and (table["latency_p95_ms"] >= table["latency_p50_ms"]).all()
-    assert np.isfinite(table[["interp_mse", "extrap_mse"]].to_numpy()).all()
+    # the models, then the default baselines (no --season: no seasonal row)
+    assert list(table["model"]) == ["latent_ode_rk4", "latent_gru_flow", "locf", "mean", "linear"]
+    models, baselines = table.iloc[:2], table.iloc[2:]
+    assert (models["params"] > 0).all() and (baselines["params"] == 0).all()
+    assert (baselines["family"] == "baseline").all() and baselines["epoch_time_s"].isna().all()
+    assert (models["epoch_time_s"] > 0).all() and (table["latency_p95_ms"] >= table["latency_p50_ms"]).all()
+    assert np.isfinite(table[["interp_mse", "extrap_mse", "interp_skill", "extrap_skill"]].to_numpy()).all()
+    assert table["forecast_mse"].isna().all()  # not a forecast run
+    # skill = MSE / the LOCF row's MSE, every row, both tasks
+    locf = table.set_index("model").loc["locf"]
+    for task in ("interp", "extrap"):
+        np.testing.assert_allclose(table[f"{task}_skill"], table[f"{task}_mse"] / locf[f"{task}_mse"], rtol=1e-9)
+    assert "interp skill" in header and "extrap skill" in header and "forecast" not in header
+    assert "| locf | 0 |" in stdout
     rk4, flow = table.iloc[0], table.iloc[1]
     assert rk4["infer_nfe"] > 0 and rk4["train_nfe"] > 0  # the ODE counts function evaluations
     # the latent flow's decoder needs no evaluations (its shared Euler ODE-RNN encoder still counts its own)
@@ -66,12 +76,15 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["epochs"] == "1"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["latent_gru_flow", "latent_ode_rk4"]
+    assert sorted(r.info.run_name for r in children) == ["latent_gru_flow", "latent_ode_rk4", "linear", "locf", "mean"]
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.metrics["params"] > 0 and math.isfinite(child.data.metrics["interp_mse"])
+        assert math.isfinite(child.data.metrics["interp_mse"]) and math.isfinite(child.data.metrics["extrap_skill"])
         hist = client.get_metric_history(child.info.run_id, "epoch/epoch_time_s")
-        assert [m.step for m in hist] == [0]
+        if child.info.run_name.startswith("latent_"):
+            assert child.data.metrics["params"] > 0 and [m.step for m in hist] == [0]
+        else:  # a baseline: nothing trained
+            assert child.data.metrics["params"] == 0 and hist == []
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"bench.csv", "bench.png", "bench.md"} <= arts
 
@@ -89,6 +102,29 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     assert list(dms["interpolation"].split["test"]) == list(dms["extrapolation"].split["test"])
 
 
+def test_forecast_task_on_one_long_series_with_seasonal_baseline():
+    """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
+    windows an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
+    last value forward (the yearly cycle does, the mean does not)."""
+    from pathlib import Path
+
+    co2 = Path(__file__).resolve().parents[1] / "data" / "co2_mauna_loa.csv"
+    cfg = benchmark.BenchmarkConfig(path=str(co2), read_options={"time_unit": "D"}, models=("flow_rnn",),
+                                    task="forecast", horizon="52W", context="104W", season="365D", epochs=1,
+                                    batch_size=16, latency_reps=1, model_options={"latent_dim": 4, "hidden_dim": 8})
+    res = benchmark.run_benchmark(cfg, progress=False)
+    t = res.table.set_index("model")
+    assert list(t.index) == ["flow_rnn", "locf", "mean", "linear", "seasonal"]
+    assert t[["interp_mse", "extrap_mse"]].isna().all().all()  # split by time: only the forecast test is scored
+    assert np.isfinite(t["forecast_mse"]).all()
+    np.testing.assert_allclose(t["forecast_skill"], t["forecast_mse"] / t.loc["locf", "forecast_mse"], rtol=1e-9)
+    assert t.loc["seasonal", "forecast_skill"] < 0.8 and t.loc["mean", "forecast_skill"] > 1.5
+    assert t.loc["linear", "forecast_mse"] == t.loc["locf", "forecast_mse"]  # after the cutoff linear is flat
+    md = benchmark.markdown_table(res.table)
+    assert "forecast skill" in md and "interp MSE" not in md
+    assert "forecast windows (horizon 52W, context 104W, 42 training windows per epoch" in res.description
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--models", "latent_ode_dopri5,nope"], "unknown model"),
     (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
@@ -97,6 +133,10 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     (["--task", "smoothing"], "invalid choice"),
     (["--bogus", "1"], "unrecognized arguments"),
     (["--data.format", "wide"], "applies to a CSV only"),
+    (["--task", "forecast"], "needs --horizon"),
+    (["--baselines", "seasonal"], "needs --season"),
+    (["--baselines", "locf,drift"], "unknown baseline"),
+    (["--split_by", "time"], "with --task forecast only"),
     (["--tracking_uri", "some_dir"], "directory"),
 ])
 def test_bad_options_one_line(tmp_path, monkeypatch, capsys, args, fragment):

@@ -24,7 +24,7 @@ KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 
 
 @pytest.fixture(autouse=True)
-def _seed(tiny_tensor_threads):
+def _seed(one_thread):
     torch.manual_seed(TEST_SEED)
 
 

@@ -17,7 +17,7 @@ from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
 
-pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")  # tiny tensors: one thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 def trainer(tmp_path, epochs=2, **kwargs) -> pl.Trainer:

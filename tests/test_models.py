@@ -14,7 +14,7 @@ from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.models import MODELS, Forecast, build_model
 from ts_neuralode.models.base import merge_grid
 
-pytestmark = pytest.mark.usefixtures("tiny_tensor_threads")  # tiny tensors: one thread (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 # Cheap fixed-step ODE settings keep the suite fast; the adaptive solvers are the solver's tests' job.

@@ -10,7 +10,17 @@ trained by a Lightning ``Trainer`` for the same number of epochs on the same
 the test split of BOTH tasks (the data modules share the split: same seed, same series):
 
 * ``interp_mse``: interpolation test set, held-out points (condition on ``obs_fraction`` of each series);
-* ``extrap_mse``: extrapolation test set, points after the cut (condition on the points before it).
+* ``extrap_mse``: extrapolation test set, points after the cut (condition on the points before it);
+* ``forecast_mse`` (training task ``forecast`` only): the last ``--horizon`` of each test series, conditioned on
+  the ``--context`` before it. With ``--split_by time`` (the forecast task's default) every series is in
+  training, so only this column is scored (the interpolation/extrapolation test series would overlap the
+  training data); with ``--split_by series`` all three are, on the same held-out series.
+
+Naive baselines (:mod:`ts_neuralode.models.baselines`; ``--baselines``, default ``locf, mean, linear`` plus
+``seasonal`` with ``--season``) get rows of their own, scored by the same ``trainer.test`` of the same
+:class:`~ts_neuralode.lightning.ForecastingModule` code on the same test sets (nothing to train: no epoch
+time). Every row has a skill per task, ``<task>_skill = <task>_mse / LOCF's <task>_mse`` (below 1: better
+than carrying the last value forward).
 
 MSE is in model units (values after the data module's scaler; ``--data.scaler none`` keeps the original
 units). Reported per model: trainable parameters, training time per epoch (median over epochs; the
@@ -77,20 +87,28 @@ MODEL_SPECS["latent_ode_dopri5_enc"] = {"model": "latent_ode", "evolution": "ode
 for _kind in ("gru_flow", "coupling_flow", "resnet_flow"):
     MODEL_SPECS[f"latent_{_kind}_flowenc"] = {"model": "latent_ode", "evolution": _kind,
                                               "model_kwargs": {"encoder_evolution": "same"}}
-TASKS = ("interpolation", "extrapolation")
+TASKS = ("interpolation", "extrapolation", "forecast")
+SPLITS = ("series", "time")
 LAYOUTS = ("auto", "union", "padded")
+#: test task -> (result column prefix, the test metric that scores it)
+SCORES = {"interpolation": ("interp", "test_interp_mse"), "extrapolation": ("extrap", "test_extrap_mse"),
+          "forecast": ("forecast", "test_extrap_mse")}
 
 #: Result columns, in table order (CSV has them all; the markdown table a readable subset).
 COLUMNS = (
     "model", "family", "evolution", "method", "params", "epochs", "epoch_time_s", "epoch_time_min_s",
     "train_time_s", "train_nfe", "infer_nfe", "latency_p50_ms", "latency_p95_ms", "interp_mse", "extrap_mse",
-    "final_train_loss", "error",
+    "forecast_mse", "interp_skill", "extrap_skill", "forecast_skill", "final_train_loss", "error",
 )
 _MD_COLUMNS = (
     ("model", "model"), ("params", "params"), ("epoch_time_s", "epoch time s (median)"),
     ("latency_p50_ms", "latency p50 ms"), ("latency_p95_ms", "latency p95 ms"), ("train_nfe", "NFE/forward train"),
     ("infer_nfe", "NFE/forward infer"), ("interp_mse", "interp MSE"), ("extrap_mse", "extrap MSE"),
+    ("forecast_mse", "forecast MSE"), ("interp_skill", "interp skill"), ("extrap_skill", "extrap skill"),
+    ("forecast_skill", "forecast skill"),
 )
+#: markdown columns left out when no row has a value (tasks that were not scored)
+_MD_OPTIONAL = ("interp_mse", "extrap_mse", "forecast_mse", "interp_skill", "extrap_skill", "forecast_skill")
 
 
 @dataclass
@@ -103,7 +121,13 @@ class BenchmarkConfig:
     n_series: int = 1000
     n_points: int | None = None
     models: tuple[str, ...] = DEFAULT_MODELS
-    task: str = "interpolation"             # training task; both test tasks are always scored
+    task: str = "interpolation"             # training task (see scored_tasks for the test tasks)
+    horizon: float | str | None = None      # forecast task: target window after the cutoff (a duration)
+    context: float | str | None = None      # forecast task: conditioning window before it (None: all history)
+    windows_per_series: int | str = "auto"  # forecast task: training windows per series per epoch
+    split_by: str | None = None             # forecast task: "time" (default) or "series"
+    baselines: tuple[str, ...] | None = None  # None: locf, mean, linear (+ seasonal with a season); (): none
+    season: float | str | None = None       # period of the seasonal baseline (a duration)
     obs_fraction: float = 0.5
     cut: float = 0.5
     extrap_obs_fraction: float = 1.0
@@ -140,7 +164,17 @@ class BenchmarkConfig:
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models lists a model twice ({', '.join(self.models)}); list each once")
         if self.task not in TASKS:
-            raise ConfigError(f"--task {self.task!r}; use interpolation or extrapolation")
+            raise ConfigError(f"--task {self.task!r}; use interpolation, extrapolation or forecast")
+        if self.task == "forecast" and self.horizon is None:
+            raise ConfigError("--task forecast needs --horizon (a number of the data's time units, or a duration "
+                              "such as 2D)")
+        if self.split_by is not None and (self.split_by not in SPLITS or self.task != "forecast"):
+            raise ConfigError(f"--split_by {self.split_by!r}: use series or time, with --task forecast only")
+        from ts_neuralode.models.baselines import baseline_names
+
+        baseline_names(self.baselines, self.season)  # unknown names, duplicates
+        if "seasonal" in (self.baselines or ()) and self.season is None:
+            raise ConfigError("--baselines seasonal needs --season (the period: a duration such as 24h or a number)")
         if self.layout not in LAYOUTS:
             raise ConfigError(f"--data.layout {self.layout!r}; use auto, union or padded")
         for name in ("epochs", "batch_size", "n_series", "latency_reps"):
@@ -190,18 +224,30 @@ def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
     return "union" if n_unique <= 2 * longest else "padded"
 
 
+def scored_tasks(cfg: BenchmarkConfig) -> tuple[str, ...]:
+    """The test tasks of a run: interpolation and extrapolation; plus forecast when training on forecast
+    windows — alone under a split by time, where every series is in training (see the module docstring)."""
+    if cfg.task != "forecast":
+        return ("interpolation", "extrapolation")
+    return ("forecast",) if (cfg.split_by or "time") == "time" else TASKS
+
+
 def make_datamodules(cfg: BenchmarkConfig, df: pd.DataFrame | None, layout: str) -> dict[str, Any]:
-    """One data module per task, sharing series, split, scaler and seed."""
+    """One data module per task that is trained on or scored, sharing series, split, scaler and seed."""
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
     out = {}
     for task in TASKS:
+        if task != cfg.task and task not in scored_tasks(cfg):
+            continue
+        extra = dict(horizon=cfg.horizon, context=cfg.context, windows_per_series=cfg.windows_per_series,
+                     split_by=cfg.split_by) if task == "forecast" else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # series without points on both sides of a cut
             dm = IrregularTimeSeriesDataModule(
                 **_source_kwargs(cfg, df), task=task, obs_fraction=cfg.obs_fraction, cut=cfg.cut,
                 extrap_obs_fraction=cfg.extrap_obs_fraction, layout=layout, batch_size=cfg.batch_size,
-                seed=cfg.seed, scaler=cfg.scaler, time_scale=cfg.time_scale,
+                seed=cfg.seed, scaler=cfg.scaler, time_scale=cfg.time_scale, season=cfg.season, **extra,
             )
             dm.setup()
         out[task] = dm
@@ -249,10 +295,57 @@ def _epoch_timer(device: str):
 
 
 def module_options(cfg: BenchmarkConfig, name: str, input_dim: int) -> dict[str, Any]:
-    """ForecastingModule keyword arguments of benchmark model ``name``."""
-    opts = {"eval_samples": 1, **cfg.model_options, **MODEL_SPECS[name], **cfg.model_overrides.get(name, {})}
+    """ForecastingModule keyword arguments of benchmark model ``name`` (the baselines have rows of their own, so
+    a model's test run scores no baselines)."""
+    opts = {"eval_samples": 1, "baselines": [], **cfg.model_options, **MODEL_SPECS[name],
+            **cfg.model_overrides.get(name, {})}
     opts["input_dim"] = input_dim
     return opts
+
+
+def _eval_trainer(cfg: BenchmarkConfig, **kwargs):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.device, devices=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, num_sanity_val_steps=0, deterministic=False, **kwargs)
+
+
+def score_tasks(cfg: BenchmarkConfig, trainer, module_for, dms: dict[str, Any], row: dict[str, Any]) -> None:
+    """``row[<task>_mse]`` for every scored task: ``trainer.test`` of ``module_for(dm)`` on that task's data."""
+    for task in scored_tasks(cfg):
+        prefix, key = SCORES[task]
+        row[f"{prefix}_mse"] = _test_metric(trainer, module_for(dms[task]), dms[task], key)
+
+
+def add_skill(row: dict[str, Any], reference: dict[str, Any] | None) -> None:
+    """``row[<task>_skill]`` = its MSE / the reference (LOCF) row's, for every task column."""
+    from ts_neuralode.metrics import skill
+
+    for prefix, _ in SCORES.values():
+        ref = reference.get(f"{prefix}_mse", math.nan) if reference else math.nan
+        row[f"{prefix}_skill"] = skill(row.get(f"{prefix}_mse", math.nan), ref)
+
+
+def benchmark_baseline(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> dict[str, Any]:
+    """Score naive baseline ``name`` like a model (``trainer.test`` of a ForecastingModule around it): nothing to
+    train, so no epoch time; latency of ``predict`` on the first scored task's test batches."""
+    from ts_neuralode.lightning import ForecastingModule
+
+    row: dict[str, Any] = {c: math.nan for c in COLUMNS}
+    row.update(model=name, family="baseline", evolution="-", method="-", params=0, error="")
+    first = dms[scored_tasks(cfg)[0]]
+
+    def module_for(dm):
+        return ForecastingModule(model=name, input_dim=dm.num_channels, baselines=[], eval_samples=1,
+                                 season_period=dm.season_period)
+
+    score_tasks(cfg, _eval_trainer(cfg), module_for, dms, row)
+    lat, nfe = measure_latency(module_for(first).model, first.test_dataloader(), cfg.latency_reps, cfg.device)
+    row["latency_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
+    row["latency_p95_ms"] = float(np.percentile(lat, 95) * 1e3)
+    row["infer_nfe"] = nfe
+    return row
 
 
 @torch.no_grad()
@@ -306,11 +399,7 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
     module = ForecastingModule(**opts)
     row["params"] = int(sum(p.numel() for p in module.model.parameters() if p.requires_grad))
     timer = _epoch_timer(cfg.device)
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs, accelerator=cfg.device, devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=cfg.gradient_clip, callbacks=[timer], deterministic=False,
-    )
+    trainer = _eval_trainer(cfg, gradient_clip_val=cfg.gradient_clip, callbacks=[timer])
     try:
         trainer.fit(module, datamodule=train_dm)
         history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
@@ -321,10 +410,9 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
             row["final_train_loss"] = timer.losses[-1]
             row["train_nfe"] = timer.nfes[-1]
         module.eval()
-        row["interp_mse"] = _test_metric(trainer, module, dms["interpolation"], "test_interp_mse")
-        row["extrap_mse"] = _test_metric(trainer, module, dms["extrapolation"], "test_extrap_mse")
+        score_tasks(cfg, trainer, lambda dm: module, dms, row)
         model = module.model.to(cfg.device)
-        lat, nfe = measure_latency(model, dms["interpolation"].test_dataloader(), cfg.latency_reps, cfg.device)
+        lat, nfe = measure_latency(model, dms[scored_tasks(cfg)[0]].test_dataloader(), cfg.latency_reps, cfg.device)
         row["latency_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
         row["latency_p95_ms"] = float(np.percentile(lat, 95) * 1e3)
         row["infer_nfe"] = nfe
@@ -344,6 +432,8 @@ def _fmt(value: Any, col: str) -> str:
         return f"{int(value):,}"
     if col.endswith("_mse"):
         return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}"
+    if col.endswith("_skill"):
+        return f"{value:.3g}" if abs(value) >= 1e3 else f"{value:.3f}"
     if col.endswith("_nfe"):
         return f"{value:.1f}"
     if col.endswith("_ms"):
@@ -352,8 +442,10 @@ def _fmt(value: Any, col: str) -> str:
 
 
 def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str]] = _MD_COLUMNS) -> str:
-    """A GitHub markdown table of the result frame (an ``error`` column is added when a model failed)."""
-    cols = list(columns)
+    """A GitHub markdown table of the result frame (an ``error`` column is added when a model failed; MSE and
+    skill columns of tasks no row was scored on are left out)."""
+    cols = [(c, h) for c, h in columns
+            if c not in _MD_OPTIONAL or (c in df and pd.to_numeric(df[c], errors="coerce").notna().any())]
     if "error" in df and df["error"].fillna("").astype(str).str.len().gt(0).any():
         cols.append(("error", "error"))
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -407,14 +499,23 @@ def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
     src = f"synthetic `{cfg.dataset}` ({cfg.n_series} series)" if cfg.dataset else f"`{cfg.path}`"
     n = {k: len(dm.split[k]) for k in ("train", "val", "test")}
     shared = {k: v for k, v in cfg.model_options.items()}
+    if cfg.task == "forecast":
+        how = "by time (every series in each; test = its last horizon)" if dm.split_by == "time" else "by series"
+        task = (f"forecast windows (horizon {cfg.horizon}, context {cfg.context or 'all history'}, "
+                f"{dm.train_items_per_epoch} training windows per epoch; split {how})")
+    else:
+        task = f"{cfg.task} (obs_fraction {cfg.obs_fraction}, cut {cfg.cut})"
+    what = {"interpolation": "interp = held-out points of the interpolation task",
+            "extrapolation": "extrap = points after the cut of the extrapolation task",
+            "forecast": "forecast = the last horizon of each test series"}
     return (
         f"Data: {src}, {dm.num_channels} channel(s), split train/val/test = {n['train']}/{n['val']}/{n['test']} "
-        f"series, layout {layout}, scaler {cfg.scaler}. Training task: {cfg.task} "
-        f"(obs_fraction {cfg.obs_fraction}, cut {cfg.cut}); {cfg.epochs} epoch(s), batch {cfg.batch_size}, "
-        f"seed {cfg.seed}, gradient clip {cfg.gradient_clip}, model options {shared or 'defaults'}. "
-        f"Test MSE in {'data' if cfg.scaler == 'none' else 'model (scaled)'} units on the test split: interp = held-out points of the interpolation task, "
-        f"extrap = points after the cut of the extrapolation task. Device {cfg.device}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)."
+        f"series, layout {layout}, scaler {cfg.scaler}. Training task: {task}; {cfg.epochs} epoch(s), batch "
+        f"{cfg.batch_size}, seed {cfg.seed}, gradient clip {cfg.gradient_clip}, model options {shared or 'defaults'}. "
+        f"Test MSE in {'data' if cfg.scaler == 'none' else 'model (scaled)'} units on the test split: "
+        f"{'; '.join(what[t] for t in scored_tasks(cfg))}. Baseline rows (no training) are naive forecasts scored "
+        f"by the same code; skill = MSE / the LOCF row's MSE of the same task (< 1: better than LOCF). "
+        f"Device {cfg.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)."
     )
 
 
@@ -496,7 +597,9 @@ def run_benchmark(
     progress: bool = True,
     artifacts: Callable[[BenchmarkResult], Sequence[Path]] | None = None,
 ) -> BenchmarkResult:
-    """Train and score every model of ``cfg`` (see the module docstring); optionally track in MLflow.
+    """Train and score every model of ``cfg`` and score its baselines (see the module docstring); optionally
+    track in MLflow. The table lists the models, then the baselines (scored first: a model's row, and its MLflow
+    run, carries its skill against LOCF as soon as it is done).
 
     ``artifacts(result)`` is called before the parent run closes and returns files to attach to it.
     """
@@ -517,23 +620,32 @@ def run_benchmark(
     result = BenchmarkResult(pd.DataFrame(columns=list(COLUMNS)), {}, desc, layout,
                              parent_run_id=tracker.parent_id if tracker else None,
                              tracking_uri=tracker.uri if tracker else None)
-    rows = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(cfg.models, desc="benchmark", unit="model", disable=not progress, file=sys.stderr)
+    from ts_neuralode.models.baselines import REFERENCE, baseline_names
+
+    baselines = baseline_names(cfg.baselines, cfg.season)
+    rows, base_rows = [], []
+    bar = tqdm(baselines + list(cfg.models), desc="benchmark", unit="model", disable=not progress, file=sys.stderr)
     status = "FAILED"
     try:
         for name in bar:
             bar.set_postfix_str(name)
-            row, history = benchmark_model(cfg, name, dms)
-            rows.append(row)
+            if name in baselines:
+                row, history = benchmark_baseline(cfg, name, dms), {}
+                params = {"model": name, "family": "baseline", "season": cfg.season}
+                base_rows.append(row)
+            else:
+                row, history = benchmark_model(cfg, name, dms)
+                params = dict(module_options(cfg, name, dms[cfg.task].num_channels))
+                rows.append(row)
+            add_skill(row, next((r for r in base_rows if r["model"] == REFERENCE), None))
             result.histories[name] = history
             if row["error"]:
                 print(f"{PROG}: {name} failed: {row['error']}", file=sys.stderr)
             if tracker is not None:
-                params = {k: v for k, v in module_options(cfg, name, dms[cfg.task].num_channels).items()}
                 result.child_run_ids[name] = tracker.child(name, params, row, history)
-        result.table = pd.DataFrame(rows, columns=list(COLUMNS))
+        result.table = pd.DataFrame(rows + base_rows, columns=list(COLUMNS))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -591,12 +703,29 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data.time_scale", dest="time_scale", type=_float_or_auto, default="auto")
     task = p.add_argument_group("task")
     task.add_argument("--task", "--data.task", dest="task", choices=TASKS, default="interpolation",
-                      help="training task (both test tasks are scored); default interpolation")
+                      help="training task (interpolation and extrapolation are both scored; forecast adds its own "
+                           "test, see --split_by); default interpolation")
+    task.add_argument("--horizon", "--data.horizon", dest="horizon", default=None,
+                      help="forecast task: how far after the cutoff targets are scored (e.g. 2D, 52W or a number of "
+                           "time units); required with --task forecast")
+    task.add_argument("--context", "--data.context", dest="context", default=None,
+                      help="forecast task: how much history before the cutoff the models see (default: all)")
+    task.add_argument("--windows_per_series", "--data.windows_per_series", dest="windows_per_series",
+                      default="auto", help="forecast task: training windows per series per epoch (default auto: "
+                                           "about one per horizon of the series)")
+    task.add_argument("--split_by", "--data.split_by", dest="split_by", choices=SPLITS, default=None,
+                      help="forecast task: hold out the last horizons of every series (time, the default) or whole "
+                           "series (series)")
     task.add_argument("--obs_fraction", "--data.obs_fraction", dest="obs_fraction", type=float, default=0.5)
     task.add_argument("--cut", "--data.cut", dest="cut", type=float, default=0.5)
     task.add_argument("--extrap_obs_fraction", "--data.extrap_obs_fraction", dest="extrap_obs_fraction",
                       type=float, default=1.0)
     m = p.add_argument_group("models and budget")
+    m.add_argument("--baselines", default=None,
+                   help="naive baselines with rows of their own, comma-separated (locf, nearest, linear, mean, "
+                        "seasonal) or 'none'; default locf,mean,linear (+ seasonal with --season)")
+    m.add_argument("--season", "--data.season", dest="season", default=None,
+                   help="period of the seasonal naive baseline: a duration (24h, 365D) or a number of time units")
     m.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma- or space-separated subset of: {', '.join(MODEL_SPECS)} (default: "
                         f"{', '.join(DEFAULT_MODELS)})")
@@ -638,9 +767,14 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     models = tuple(m for m in args.models.replace(",", " ").split() if m)
     shared = {k: getattr(args, k) for k in ("latent_dim", "hidden_dim", "num_layers", "flow_layers", "lr", "rtol",
                                             "atol", "step_size") if getattr(args, k) is not None}
+    baselines = None
+    if args.baselines is not None:
+        baselines = tuple(b for b in args.baselines.replace(",", " ").split() if b and b != "none")
     return BenchmarkConfig(
         dataset=args.dataset, path=args.path, read_options=read, n_series=args.n_series, n_points=args.n_points,
-        models=models, task=args.task, obs_fraction=args.obs_fraction, cut=args.cut,
+        models=models, task=args.task, horizon=args.horizon, context=args.context,
+        windows_per_series=args.windows_per_series, split_by=args.split_by, baselines=baselines, season=args.season,
+        obs_fraction=args.obs_fraction, cut=args.cut,
         extrap_obs_fraction=args.extrap_obs_fraction, layout=args.layout, scaler=args.scaler,
         time_scale=args.time_scale, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         model_options=shared, gradient_clip=args.gradient_clip, latency_reps=args.latency_reps,

@@ -61,6 +61,8 @@ def _lightning_cli_class():
             parser.add_argument("--log_model", type=bool, default=True,
                                 help="fit: log the model directory and forecast plots to MLflow")
             parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
+            # --data.season (a duration) reaches the seasonal baseline in model time units
+            parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
 
         # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
         def before_instantiate_classes(self) -> None:
@@ -236,6 +238,9 @@ def _forecast_parser() -> argparse.ArgumentParser:
     g.add_argument("--freq", default=None, help="regular step of the query grid (number or duration, e.g. 1D)")
     g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
     g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
+    p.add_argument("--context", default=None,
+                   help="condition on only this much recent history before each series' last observation (a "
+                        "duration such as 30D or a number of time units; default: all of it)")
     p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
     p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
                    help="central interval levels in percent (default 50 90)")
@@ -283,7 +288,7 @@ def _parse_times(values: list[str]) -> list:
     return out
 
 
-_DURATION_OPTIONS = ("--horizon", "--freq", "--plot_history")
+_DURATION_OPTIONS = ("--horizon", "--freq", "--plot_history", "--context")
 
 
 def _join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -316,7 +321,8 @@ def forecast_main(argv: Sequence[str]) -> int:
     out = fc.predict(
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
-        series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed, **read,
+        series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
+        context=args.context, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)

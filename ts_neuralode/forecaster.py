@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ts_neuralode.data.batching import context_start
+from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.errors import ConfigError, ForecastError
 
 FORMAT = "ts_neuralode.model/1"
@@ -242,6 +244,7 @@ class Forecaster:
         batch_size: int = 64,
         progress: bool = False,
         seed: int | None = 0,
+        context: float | str | pd.Timedelta | None = None,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -253,6 +256,9 @@ class Forecaster:
             level: central interval levels in percent; quantiles: extra quantiles in (0, 1).
             series: only these series ids (ForecastError for ids not in the history).
             batch_size: series per forward pass. progress: show a progress bar. seed: sampling seed.
+            context: condition on only the observations within this duration before each series' last one
+                (a number of time units or a duration such as "30D"; the same window rule as the forecast
+                task's ``context`` in training); default None: the whole history.
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -264,6 +270,8 @@ class Forecaster:
             if not 0.0 < q < 1.0:
                 raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
         table = self.read_history(history, **read_options)
+        if context is not None:
+            table = self._recent(table, context, "context")
         prepared_all = self.transform.make_batch(table)
         ids = list(prepared_all.series_ids)
         index = list(range(len(ids)))
@@ -291,8 +299,9 @@ class Forecaster:
                 k = int(np.argmin(q))
                 asked = self.transform.codec.from_ns(exact_q[row][k:k + 1])[0] if self.transform.codec.is_datetime \
                     else exact_q[row][k]
+                where = "its first observation" if context is None else f"the start of its context={context!r} window"
                 raise ForecastError(
-                    f"series {ids[i]!r}: query time {asked} is before its first observation "
+                    f"series {ids[i]!r}: query time {asked} is before {where} "
                     f"{table.user_times(first_rows[row:row + 1])[0]}; the model forecasts forward from the history: "
                     "pass times at or after the history's start")
             model_t = self.transform.raw_to_model_time(q, prepared_all.origins[i])
@@ -428,32 +437,16 @@ class Forecaster:
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
-        codec = self.transform.codec
-        if isinstance(value, (bool, np.bool_)):
-            raise ForecastError(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
-        number = None
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):
-                raise ForecastError(f"{what}={value!r} is not a finite number; pass e.g. 12 or a duration such as '12h'")
-            return number
-        if not codec.is_datetime:
-            raise ForecastError(f"{what}={value!r}: the data's time axis is numeric, so pass a number of time units")
-        try:
-            td = pd.Timedelta(value)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise ForecastError(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
-        if td is pd.NaT:
-            raise ForecastError(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
-        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
+        return self.transform.codec.duration(value, what, ForecastError)
 
-        return td.value / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+    def _recent(self, table, window: Any, what: str):
+        """``table`` with only each series' observations within ``window`` before its last one (at least that
+        one): :func:`ts_neuralode.data.batching.context_start`, the forecast task's context rule."""
+        w = self._duration(window, what)
+        if not w > 0:
+            raise ForecastError(f"{what}={window!r} must be positive (e.g. '5D' or a number)")
+        lo = context_start(table.times, table.offsets[:-1], table.counts, table.last_times(), w)
+        return _subset_table(table, range(table.n_series), lo=lo)
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
@@ -541,12 +534,7 @@ class Forecaster:
 
         table = self.read_history(history, **read_options)
         if history_window is not None:
-            w = self._duration(history_window, "history_window")
-            if w <= 0:
-                raise ForecastError(f"history_window={history_window!r} must be positive (e.g. '5D' or a number)")
-            keep = table.times >= np.repeat(table.last_times() - w, table.counts)
-            counts = np.bincount(table.series_of_rows()[keep], minlength=table.n_series)
-            table = _subset_table(table, range(table.n_series), keep=table.counts - counts, from_end=True)
+            table = self._recent(table, history_window, "history_window")
         hist = table_to_long(table)
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
@@ -570,7 +558,7 @@ class Forecaster:
             cut = t[0] + 0.5 * (t[-1] - t[0])
             ctx_parts.append(int(np.searchsorted(t, cut, side="right")))
             queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
-        ctx = _subset_table(table, idx, keep=ctx_parts)
+        ctx = _subset_table(table, idx, hi=ctx_parts)
         fc = self._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [])
         fc = fc.assign(unique_id=fc["unique_id"].astype(str))
         hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
@@ -631,23 +619,6 @@ def _as_transform(tstate: Any):
         return SeriesTransform.from_state_dict(tstate)
     except (KeyError, TypeError) as err:
         raise ForecastError(f"transform state is incomplete ({err}); pass SeriesTransform.state_dict()") from err
-
-
-def _subset_table(table, idx: Sequence[int], keep: Sequence[int] | None = None, from_end: bool = False):
-    """A SeriesTable with only series ``idx`` (optionally only the first ``keep[k]`` rows of each; with
-    ``from_end``, ``keep[k]`` is instead how many leading rows to drop, keeping at least the last one)."""
-    rows, counts = [], []
-    for k, i in enumerate(idx):
-        lo, hi = int(table.offsets[i]), int(table.offsets[i + 1])
-        if keep is not None and from_end:
-            lo = min(lo + max(0, int(keep[k])), hi - 1)
-        elif keep is not None:
-            hi = lo + max(1, min(int(keep[k]), hi - lo))
-        rows.append(np.arange(lo, hi))
-        counts.append(hi - lo)
-    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return table.take(rows, offsets, np.asarray(table.ids)[list(idx)])
 
 
 def table_to_long(table) -> pd.DataFrame:

@@ -99,4 +99,13 @@ def quantile_loss(forecast: Forecast, target: Tensor, quantiles: tuple[float, ..
     return total / len(quantiles)
 
 
-__all__ = ["MaskedMSE", "MaskedMAE", "MaskedCRPS", "crps", "quantile_loss"]
+def skill(mse: float, reference_mse: float) -> float:
+    """Skill against a reference forecaster (LOCF): ``mse / reference_mse``; below 1 beats the reference.
+    NaN when either is not finite or the reference is 0 (a perfect reference leaves nothing to beat)."""
+    mse, ref = float(mse), float(reference_mse)
+    if not (math.isfinite(mse) and math.isfinite(ref)) or ref <= 0:
+        return math.nan
+    return mse / ref
+
+
+__all__ = ["MaskedMSE", "MaskedMAE", "MaskedCRPS", "crps", "quantile_loss", "skill"]

@@ -30,11 +30,12 @@ class Batch:
         obs_mask: ``[B, T, D]`` float 0/1: values the model may read (its conditioning set).
         target_mask: ``[B, T, D]`` float 0/1: values to predict and score. For interpolation this is every
             observed point (reconstruct all); the held-out points are ``target_mask * (1 - obs_mask)``.
-            For extrapolation it is every observed point after the cut.
+            For extrapolation it is every observed point after the cut; for a forecast window, every observed
+            point in the horizon after its cutoff (``obs_mask`` is then the context window before it).
         time_mask: ``[B, T]`` bool: True where series ``b`` has a real point at time index ``t``.
         series_idx: ``[B]`` long: position of each series in ``DataModule.series_ids``.
-        cutoff: ``[B]`` float: the last conditioning time of each series (the extrapolation cut, or the
-            last observed time for interpolation), normalised units.
+        cutoff: ``[B]`` float: the last conditioning time of each series (the extrapolation cut or the forecast
+            window's cutoff, or the last observed time for interpolation), normalised units.
     """
 
     times: Tensor

@@ -1,8 +1,18 @@
 """Building :class:`~ts_neuralode.data.batch.Batch` objects from precomputed per-series arrays.
 
-Everything per series is computed once (:class:`SeriesArrays`, :class:`TaskSpec`); a collate call is a
-handful of vectorised numpy gathers/scatters (no per-series Python loop), so it is cheap enough to run in
-the main process or in DataLoader workers.
+Everything per series is computed once (:class:`SeriesArrays`, :class:`TaskSpec`, :class:`ForecastSpec`); a
+collate call is a handful of vectorised numpy gathers/scatters (no per-series Python loop), so it is cheap
+enough to run in the main process or in DataLoader workers.
+
+Forecast windows (:class:`ForecastSpec`): a batch item is a window of one series around a cutoff ``c``:
+the context ``c - context <= t <= c`` (every observed value; ``context=None``: all history up to ``c``) is the
+conditioning set (``obs_mask``), the horizon ``c < t <= c + horizon`` holds the targets (``target_mask``), and
+nothing else of the series enters the batch. Boundaries are inclusive as written, up to a relative 1e-9 for
+float rounding of the raw times. Training draws a new cutoff for every item of every batch (uniformly among
+the observation times whose next observation lies within the horizon, so every window has a target —
+the same situation as a forecast from a history that ends at an observation); validation/test windows have
+fixed cutoffs. With ``time_origin="series"`` the window's model times start at 0 at its first point (the
+forecaster, given a history — cut to ``context`` or not — starts its series at 0 the same way).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ class SeriesArrays:
         values: ``[N, D]`` float32 normalised values, 0 where not observed.
         mask: ``[N, D]`` bool observed; ``mask_f`` the same as float32.
         starts / counts: ``[S]`` int64 first row and number of rows of each series.
+        raw_times: ``[N]`` float64 raw times (the table's; forecast windows are measured on them), or None.
     """
 
     times: np.ndarray
@@ -34,6 +45,7 @@ class SeriesArrays:
     mask: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
+    raw_times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.mask_f = self.mask.astype(np.float32)
@@ -45,7 +57,7 @@ class SeriesArrays:
         times = transform.raw_to_model_time(table.times, origin_rows).astype(np.float32)
         values = np.where(table.mask, transform.transform_values(np.nan_to_num(table.values)), 0.0).astype(np.float32)
         return cls(times=times, values=values, mask=table.mask.copy(), starts=table.offsets[:-1].astype(np.int64),
-                   counts=counts)
+                   counts=counts, raw_times=np.asarray(table.times, dtype=np.float64))
 
     @property
     def n_series(self) -> int:
@@ -75,6 +87,128 @@ class TaskSpec:
     cutoff: np.ndarray | None = None
 
 
+#: Relative slack of the window boundaries (float rounding of raw times, e.g. datetimes in hours).
+WINDOW_RTOL = 1e-9
+
+
+def segment_searchsorted(times: np.ndarray, start: np.ndarray, count: np.ndarray, x: np.ndarray,
+                         side: str = "left") -> np.ndarray:
+    """Per item ``i``: how many of ``times[start[i] : start[i] + count[i]]`` (sorted) are ``< x[i]`` (``side
+    "left"``) or ``<= x[i]`` (``"right"``) — ``np.searchsorted`` on many segments at once, by a vectorised
+    bisection (``log2(max count)`` numpy steps, exact, no Python loop over segments)."""
+    start, count = np.asarray(start, dtype=np.int64), np.asarray(count, dtype=np.int64)
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = np.zeros_like(count), count.copy()
+    last = np.maximum(count - 1, 0)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        v = times[start + np.minimum(mid, last)] if len(times) else np.zeros(len(mid))
+        right = (v <= x) if side == "right" else (v < x)
+        lo = np.where(active & right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+
+
+def window_slack(cutoff: np.ndarray, *durations: float | None) -> np.ndarray:
+    """The absolute slack :data:`WINDOW_RTOL` allows around window boundaries near ``cutoff``."""
+    scale = np.abs(np.asarray(cutoff, dtype=np.float64)) + 1.0
+    for d in durations:
+        if d is not None:
+            scale = scale + abs(float(d))
+    return WINDOW_RTOL * scale
+
+
+def context_start(times: np.ndarray, start: np.ndarray, count: np.ndarray, cutoff: np.ndarray,
+                  context: float | None, horizon: float | None = None) -> np.ndarray:
+    """Per segment: the position (within it) of the first time ``>= cutoff - context`` — where a context
+    window of duration ``context`` before ``cutoff`` starts (0 for ``context=None``: all history). One rule for
+    training windows and for a forecast conditioned on the recent history (``Forecaster.predict(context=)``)."""
+    if context is None:
+        return np.zeros(len(np.atleast_1d(cutoff)), dtype=np.int64)
+    eps = window_slack(cutoff, context, horizon)
+    return segment_searchsorted(times, start, count, np.asarray(cutoff, dtype=np.float64) - context - eps, "left")
+
+
+def subset_table(table, idx, lo=None, hi=None):
+    """A SeriesTable with series ``idx`` only (in that order), and of each only rows ``lo[k]:hi[k]`` (positions
+    within the series; default all). Each range is clipped to keep at least one row of its series."""
+    idx = np.asarray(list(idx), dtype=np.int64)
+    count = table.counts[idx].astype(np.int64)
+    lo = np.zeros_like(count) if lo is None else np.clip(np.asarray(lo, dtype=np.int64), 0, count - 1)
+    hi = count if hi is None else np.clip(np.asarray(hi, dtype=np.int64), lo + 1, count)
+    n = hi - lo
+    first = np.cumsum(n) - n
+    rows = np.repeat(table.offsets[idx] + lo, n) + np.arange(int(n.sum())) - np.repeat(first, n)
+    offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    return table.take(rows, offsets, np.asarray(table.ids)[idx])  # row-aligned fields (exact times, rows) too
+
+
+@dataclass
+class ForecastSpec:
+    """Forecast windows (see the module docstring); times and durations in raw units.
+
+    Attributes:
+        horizon: how far after the cutoff the targets reach (> 0).
+        context: how far before the cutoff the conditioning window reaches, or None: all history.
+        end: ``[S]`` no target after this raw time (training under a time split: the validation cutoff;
+            ``inf`` otherwise).
+        origin: ``[S]`` raw time origin of each series (the transform's); time_scale: raw units per model unit.
+        shift: True (``time_origin="series"``): a window's model time 0 is its first point; False: ``origin``.
+        cutoff: ``[S]`` fixed cutoffs (validation/test), or None: draw one per item from the anchors.
+        anchor_rows / anchor_start / anchor_count: the candidate cutoff rows of each series (rows into the
+            arrays, grouped by series: series ``s`` owns ``anchor_rows[anchor_start[s]:][:anchor_count[s]]``).
+    """
+
+    horizon: float
+    context: float | None
+    end: np.ndarray
+    origin: np.ndarray
+    time_scale: float
+    shift: bool = True
+    cutoff: np.ndarray | None = None
+    anchor_rows: np.ndarray | None = None
+    anchor_start: np.ndarray | None = None
+    anchor_count: np.ndarray | None = None
+
+    def with_anchors(self, arrays: "SeriesArrays") -> "ForecastSpec":
+        """The same spec drawing random cutoffs: every observation whose next observation (same series) lies
+        in ``(t, min(t + horizon, end)]``."""
+        raw = arrays.raw_times
+        n = len(raw)
+        seg = np.repeat(np.arange(arrays.n_series), arrays.counts)
+        has_next = np.zeros(n, dtype=bool)
+        if n:
+            has_next[:-1] = seg[1:] == seg[:-1]
+        nxt = np.append(raw[1:], np.inf)[:n]
+        reach = np.minimum(raw + self.horizon, self.end[seg]) + window_slack(raw, self.horizon)
+        cand = has_next & (nxt <= reach)
+        rows = np.flatnonzero(cand)
+        count = np.bincount(seg[rows], minlength=arrays.n_series).astype(np.int64)
+        start = (np.cumsum(count) - count).astype(np.int64)
+        return ForecastSpec(self.horizon, self.context, self.end, self.origin, self.time_scale, self.shift, None,
+                            rows, start, count)
+
+    def cutoffs(self, arrays: "SeriesArrays", idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """``[b]`` raw cutoffs of items ``idx``: the fixed ones, or a uniform draw among each series' anchors."""
+        if self.cutoff is not None:
+            return self.cutoff[idx]
+        rng = rng if rng is not None else _torch_seeded_rng()
+        pick = np.floor(rng.random(len(idx)) * self.anchor_count[idx]).astype(np.int64)
+        return arrays.raw_times[self.anchor_rows[self.anchor_start[idx] + pick]]
+
+    def windows(self, arrays: "SeriesArrays", idx: np.ndarray, cutoff: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(first row, rows, conditioning rows)`` ``[b]`` of each item's window around ``cutoff``."""
+        raw, start, count = arrays.raw_times, arrays.starts[idx], arrays.counts[idx]
+        eps = window_slack(cutoff, self.horizon, self.context)
+        lo = context_start(raw, start, count, cutoff, self.context, self.horizon)
+        cond_end = segment_searchsorted(raw, start, count, cutoff + eps, "right")
+        hi = segment_searchsorted(raw, start, count, np.minimum(cutoff + self.horizon, self.end[idx]) + eps, "right")
+        return start + lo, hi - lo, cond_end - lo
+
+
 def subsample(seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: float,
               rng: np.random.Generator) -> np.ndarray:
     """Pick ``max(1, round(fraction * n_cand))`` random candidates in each segment.
@@ -94,9 +228,9 @@ def subsample(seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: f
     return cand & (key <= thr[seg])
 
 
-def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | None = None,
+def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | ForecastSpec | None = None,
             rng: np.random.Generator | None = None) -> Batch:
-    """Batch of series ``idx`` (positions into ``arrays``).
+    """Batch of series ``idx`` (positions into ``arrays``; with a :class:`ForecastSpec`, one window each).
 
     ``spec=None`` conditions on every observed value and targets every observed value (prediction).
     ``layout``: "union" (``times`` [T], the sorted union of the batch's times) or "padded" (``times``
@@ -105,29 +239,40 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | N
         raise ConfigError(f"layout={layout!r} is not supported; use 'union' or 'padded'")
     idx = np.asarray(idx, dtype=np.int64)
     b = len(idx)
-    cnt = arrays.counts[idx]
+    if isinstance(spec, ForecastSpec):
+        cut_raw = spec.cutoffs(arrays, idx, rng)
+        row0, cnt, n_cond = spec.windows(arrays, idx, cut_raw)
+    else:
+        row0, cnt = arrays.starts[idx], arrays.counts[idx]
     n = int(cnt.sum())
     seg = np.repeat(np.arange(b), cnt)
     first = np.cumsum(cnt) - cnt
     pos = np.arange(n) - np.repeat(first, cnt)
-    flat = np.repeat(arrays.starts[idx], cnt) + pos
-    t = arrays.times[flat]
+    flat = np.repeat(row0, cnt) + pos
     v = arrays.values[flat]
     m = arrays.mask_f[flat]
 
-    cutoff = t[first + cnt - 1]  # each series' last time (interpolation / prediction)
-    if spec is None:
-        obs_mask = tgt_mask = m
+    if isinstance(spec, ForecastSpec):
+        origin = arrays.raw_times[row0] if spec.shift else spec.origin[idx]
+        t = ((arrays.raw_times[flat] - np.repeat(origin, cnt)) / spec.time_scale).astype(np.float32)
+        cutoff = (cut_raw - origin) / spec.time_scale
+        cond = pos < np.repeat(n_cond, cnt)
+        obs_mask, tgt_mask = m * cond[:, None], m * ~cond[:, None]
     else:
-        cond = pos < np.repeat(spec.cond_count[idx], cnt)
-        if spec.fixed_obs is not None:
-            obs_pt = spec.fixed_obs[flat]
+        t = arrays.times[flat]
+        cutoff = t[first + cnt - 1]  # each series' last time (interpolation / prediction)
+        if spec is None:
+            obs_mask = tgt_mask = m
         else:
-            obs_pt = subsample(seg, cond, cnt, spec.fraction, rng if rng is not None else _torch_seeded_rng())
-        obs_mask = m * obs_pt[:, None]
-        tgt_mask = m * ~cond[:, None] if spec.targets_after else m
-        if spec.cutoff is not None:
-            cutoff = spec.cutoff[idx]
+            cond = pos < np.repeat(spec.cond_count[idx], cnt)
+            if spec.fixed_obs is not None:
+                obs_pt = spec.fixed_obs[flat]
+            else:
+                obs_pt = subsample(seg, cond, cnt, spec.fraction, rng if rng is not None else _torch_seeded_rng())
+            obs_mask = m * obs_pt[:, None]
+            tgt_mask = m * ~cond[:, None] if spec.targets_after else m
+            if spec.cutoff is not None:
+                cutoff = spec.cutoff[idx]
 
     d = v.shape[1]
     if layout == "union":
@@ -162,7 +307,7 @@ def _torch_seeded_rng() -> np.random.Generator:
 class Collator:
     """Picklable ``collate_fn`` for DataLoaders whose dataset yields series indices."""
 
-    def __init__(self, arrays: SeriesArrays, layout: str, spec: TaskSpec | None):
+    def __init__(self, arrays: SeriesArrays, layout: str, spec: TaskSpec | ForecastSpec | None):
         self.arrays, self.layout, self.spec = arrays, layout, spec
 
     def __call__(self, items) -> Batch:

@@ -12,8 +12,23 @@ Tasks:
   Latent ODE protocol with subsampled points). Series with no point before or after an absolute cut are
   left out of the task (warning).
 
-``batch.cutoff`` is the cut in model time for extrapolation, and each series' last time for
-interpolation and prediction (so interpolation targets never lie after it).
+* ``forecast``: windows of long histories (:class:`~ts_neuralode.data.batching.ForecastSpec`): condition on
+  the ``context`` before a cutoff (default: all history before it), score the ``horizon`` after it (both
+  durations in the data's time unit — a number, or e.g. ``"30D"`` for datetimes). Training draws a new
+  random cutoff for every window, ``windows_per_series`` windows per series per epoch (``"auto"``: about one
+  per horizon of the series' training span, so an epoch covers each part of the history about once as a
+  target). Validation and test use the *last* horizon of each series (a backtest: what a forecast from
+  that point would have scored). ``split_by="time"`` (the default for this task) keeps every series in
+  every split and splits its time axis instead: test = the last horizon, validation = the horizon before
+  it (each on only when ``test_fraction`` / ``val_fraction`` > 0), training = everything before the
+  validation cutoff (no training target lies after it; the scaler is fitted on that part only). That is what
+  few long series need (with 1–12 series a split by series leaves little or nothing to train on);
+  ``split_by="series"`` holds out whole series as for the other tasks (their last horizon is scored).
+  Series too short for a window (no point before a cutoff or none after it) are left out of that split
+  (warning).
+
+``batch.cutoff`` is the cut in model time for extrapolation and forecast windows, and each series' last
+time for interpolation and prediction (so interpolation targets never lie after it).
 
 Layouts: ``union`` (times ``[T]`` shared by the batch, the Latent ODE convention) or ``padded`` (times
 ``[B, T]``, each row a series' own times). See :mod:`ts_neuralode.data.transform` for the time convention.
@@ -35,12 +50,23 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
-from ts_neuralode.data.batching import LAYOUTS, Collator, SeriesArrays, TaskSpec, subsample
+from ts_neuralode.data.batching import (
+    LAYOUTS,
+    Collator,
+    ForecastSpec,
+    SeriesArrays,
+    TaskSpec,
+    segment_searchsorted,
+    subsample,
+    subset_table,
+    window_slack,
+)
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
 
-TASKS = ("interpolation", "extrapolation")
+TASKS = ("interpolation", "extrapolation", "forecast")
+SPLITS = ("series", "time")
 
 
 class SeriesIndexDataset(Dataset):
@@ -57,12 +83,12 @@ class SeriesIndexDataset(Dataset):
 
 
 class IrregularTimeSeriesDataModule(L.LightningDataModule):
-    """Irregularly sampled series for interpolation/extrapolation (see the module docstring).
+    """Irregularly sampled series for interpolation, extrapolation or forecast windows (see the module docstring).
 
     Args:
         path: CSV file (or pass ``df``). format/id_col/time_col/value_cols/mask_cols/time_unit/duplicates:
             see :func:`ts_neuralode.data.io.read_series`.
-        task: "interpolation" or "extrapolation". obs_fraction: interpolation's observed fraction.
+        task: "interpolation", "extrapolation" or "forecast". obs_fraction: interpolation's observed fraction.
         cut: extrapolation cut as a fraction of each series' span; cut_time: an absolute cut instead.
         extrap_obs_fraction: fraction of the conditioning window observed in extrapolation (default all).
         layout: "union" or "padded". batch_size / eval_batch_size: loader batch sizes.
@@ -72,6 +98,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         predict_split: which series predict_dataloader serves: "all", "train", "val" or "test".
         shuffle: shuffle the training series every epoch (default True; False: a fixed order, e.g. to
             compare a DDP run with a single-process one batch for batch).
+        horizon: forecast task: how far after the cutoff targets are scored (required; a number of the data's
+            time units or a duration such as "2D"). context: how far before the cutoff the model looks
+            (default None: all history). windows_per_series: training windows per series per epoch (an
+            int, or "auto"). split_by: "series" or "time" (default: "time" for the forecast task, "series"
+            otherwise; "time" applies to the forecast task only).
+        season: the period of the seasonal naive baseline (a duration or a number of time units); the
+            LightningModule gets it in model units through :attr:`season_period`.
     """
 
     def __init__(
@@ -103,12 +136,28 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         predict_split: str = "all",
         pin_memory: bool = False,
         shuffle: bool = True,
+        horizon: float | str | None = None,
+        context: float | str | None = None,
+        windows_per_series: int | str = "auto",
+        split_by: str | None = None,
+        season: float | str | None = None,
     ):
         super().__init__()
         if (path is None) == (df is None):
             raise ConfigError("give exactly one of path=... (a CSV file) or df=... (a pandas DataFrame)")
         if task not in TASKS:
-            raise ConfigError(f"task={task!r} is not supported; use 'interpolation' or 'extrapolation'")
+            raise ConfigError(f"task={task!r} is not supported; use 'interpolation', 'extrapolation' or 'forecast'")
+        split_by = split_by or ("time" if task == "forecast" else "series")
+        if split_by not in SPLITS:
+            raise ConfigError(f"split_by={split_by!r} is not supported; use 'series' or 'time'")
+        if split_by == "time" and task != "forecast":
+            raise ConfigError(f"split_by='time' applies to task='forecast' only (task={task!r} splits by series); "
+                              "drop split_by or pass task='forecast' with a horizon")
+        if task == "forecast" and horizon is None:
+            raise ConfigError("task='forecast' needs a horizon: pass --data.horizon (a number of the data's time "
+                              "units, or a duration such as 2D for datetimes)")
+        if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
+            raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
         if layout not in LAYOUTS:
             raise ConfigError(f"layout={layout!r} is not supported; use 'union' or 'padded'")
         for name, val in (("obs_fraction", obs_fraction), ("extrap_obs_fraction", extrap_obs_fraction)):
@@ -136,6 +185,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self.scaler, self.time_scale, self.time_origin = scaler, time_scale, time_origin
         self.predict_split = predict_split
         self.shuffle = bool(shuffle)
+        self.horizon, self.context, self.split_by, self.season = horizon, context, split_by, season
+        self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
         self._ready = False
 
     # --- preparation (lazy: properties trigger it, so models can be sized before trainer.fit) --------
@@ -147,16 +198,29 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             return
         source = self.df if self.df is not None else self.path
         table = read_series(source, **self.read_kwargs)
+        if self.task == "forecast":
+            self._prepare_forecast(table)
+        else:
+            self._prepare_series_task(table)
+        self._ready = True
+
+    def _series_split(self, table) -> dict[str, np.ndarray]:
+        """Seeded split of whole series into train/val/test."""
         rng = np.random.default_rng(self.seed)
         s = table.n_series
         perm = rng.permutation(s)
         n_test = int(round(self.test_fraction * s))
         n_val = int(round(self.val_fraction * s))
         if s - n_test - n_val < 1:
+            hint = " or split by time (--data.task forecast --data.split_by time)" if s <= 12 else ""
             raise ConfigError(f"{table.source}: {s} series leave none for training with val_fraction="
-                              f"{self.val_fraction} and test_fraction={self.test_fraction}; lower them")
-        split = {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
-                 "train": np.sort(perm[n_test + n_val:])}
+                              f"{self.val_fraction} and test_fraction={self.test_fraction}; lower them{hint}")
+        return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
+                "train": np.sort(perm[n_test + n_val:])}
+
+    def _prepare_series_task(self, table) -> None:
+        s = table.n_series
+        split = self._series_split(table)
         transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
                                         time_origin=self.time_origin)
         origins = transform.origins(table)
@@ -188,12 +252,79 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         cand = np.arange(len(seg)) - np.repeat(arrays.starts, counts) < np.repeat(cond_count, counts)
         fixed = subsample(seg, cand, counts, fraction, np.random.default_rng([self.seed, 1]))
         targets_after = self.task == "extrapolation"
-        self._specs = {
-            "train": TaskSpec(cond_count, targets_after, fraction, None, cutoff),
-            "eval": TaskSpec(cond_count, targets_after, fraction, fixed, cutoff),
-        }
+        eval_spec = TaskSpec(cond_count, targets_after, fraction, fixed, cutoff)
+        self._specs = {"train": TaskSpec(cond_count, targets_after, fraction, None, cutoff),
+                       "val": eval_spec, "test": eval_spec}
+        self._train_items = split["train"]
         self.table, self.split, self._transform, self.arrays, self.origins = table, split, transform, arrays, origins
-        self._ready = True
+
+    def _duration(self, codec, value, what: str) -> float:
+        d = codec.duration(value, what, ConfigError)
+        if not (np.isfinite(d) and d > 0):
+            raise ConfigError(f"{what}={value!r} must be a positive duration (a number of the data's time units, or "
+                              "e.g. 2D for datetimes)")
+        return d
+
+    def _prepare_forecast(self, table) -> None:
+        s, src = table.n_series, table.source
+        h = self._duration(table.codec, self.horizon, "horizon")
+        ctx = None if self.context is None else self._duration(table.codec, self.context, "context")
+        first, last = table.first_times(), table.last_times()
+        every, none = np.arange(s), np.zeros(0, dtype=np.int64)
+        if self.split_by == "time":
+            test_cut = last - h
+            val_cut = (test_cut if self.test_fraction > 0 else last) - h
+            end = val_cut if self.val_fraction > 0 else (test_cut if self.test_fraction > 0 else np.full(s, np.inf))
+            split = {"train": every, "val": every if self.val_fraction > 0 else none,
+                     "test": every if self.test_fraction > 0 else none}
+            cuts = {"val": val_cut, "test": test_cut}
+            # Fit the scaler and time scale on the training part of the time axis only.
+            n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
+                                         "right")
+            if not (n_fit > 0).any():
+                raise DataError(f"{src}: no series has history before its validation/test horizons "
+                                f"(horizon={self.horizon!r}); shorten --data.horizon")
+            fit_idx = np.flatnonzero(n_fit > 0)
+            transform = SeriesTransform.fit(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, scaler=self.scaler,
+                                            time_scale=self.time_scale, time_origin=self.time_origin)
+        else:
+            split = self._series_split(table)
+            end = np.full(s, np.inf)
+            cuts = {"val": last - h, "test": last - h}
+            transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
+                                            time_origin=self.time_origin)
+        origins = transform.origins(table)
+        arrays = SeriesArrays.from_table(table, transform, origins)
+        base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),
+                            shift=self.time_origin == "series")
+        specs = {"train": base.with_anchors(arrays)}
+        usable = specs["train"].anchor_count[split["train"]] > 0
+        if not usable.any():
+            raise DataError(f"{src}: no series has two observations within horizon={self.horizon!r} of each other "
+                            "before its validation/test part; lengthen --data.horizon or use fewer held-out parts")
+        split["train"] = self._keep(split["train"], usable, "training", src)
+        for name in ("val", "test"):
+            spec = ForecastSpec(h, ctx, np.full(s, np.inf), origins, base.time_scale, base.shift, cuts[name])
+            idx = split[name]
+            _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
+            split[name] = self._keep(idx, (n_cond >= 1) & (cnt > n_cond), name, src)
+            specs[name] = spec
+        if self.windows_per_series == "auto":
+            span = np.minimum(last, end) - first
+            per = np.maximum(1, np.ceil(span / h - 1e-9)).astype(np.int64)
+        else:
+            per = np.full(s, int(self.windows_per_series), dtype=np.int64)
+        self._specs = specs
+        self._train_items = np.repeat(split["train"], per[split["train"]])
+        self.table, self.split, self._transform, self.arrays, self.origins = table, split, transform, arrays, origins
+
+    @staticmethod
+    def _keep(idx: np.ndarray, usable: np.ndarray, what: str, src: str) -> np.ndarray:
+        if not usable.all():
+            warnings.warn(f"{src}: {int((~usable).sum())} series are too short for a {what} forecast window (no "
+                          "point before its cutoff or none within the horizon after it) and are left out of it",
+                          stacklevel=3)
+        return idx[usable]
 
     # --- public properties ---------------------------------------------------------------------
     @property
@@ -217,6 +348,20 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         return list(self.table.ids)
 
+    @property
+    def train_items_per_epoch(self) -> int:
+        """Training samples per epoch: the training series, or for the forecast task their windows."""
+        self._prepare()
+        return len(self._train_items)
+
+    @property
+    def season_period(self) -> float | None:
+        """The ``season`` in model time units (for the seasonal baseline), or None."""
+        if self.season is None:
+            return None
+        self._prepare()
+        return self._duration(self.table.codec, self.season, "season") / self._transform.time_scale
+
     def split_ids(self, name: str) -> list:
         """Series ids of split ``name`` ("train", "val", "test")."""
         self._prepare()
@@ -231,7 +376,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                                        value_kind, history=(self.table, idx))
 
     # --- loaders -------------------------------------------------------------------------------
-    def _loader(self, indices: np.ndarray, spec: TaskSpec | None, shuffle: bool, batch_size: int,
+    def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,
                 ddp_fixed_order: bool = False) -> DataLoader:
         dataset = SeriesIndexDataset(indices)
         sampler = None
@@ -251,16 +396,16 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         trainer = getattr(self, "trainer", None)
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-        return self._loader(self.split["train"], self._specs["train"], self.shuffle, self.batch_size,
+        return self._loader(self._train_items, self._specs["train"], self.shuffle, self.batch_size,
                             ddp_fixed_order=not self.shuffle and world > 1)
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()
-        return self._loader(self.split["val"], self._specs["eval"], False, self.eval_batch_size)
+        return self._loader(self.split["val"], self._specs["val"], False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         self._prepare()
-        return self._loader(self.split["test"], self._specs["eval"], False, self.eval_batch_size)
+        return self._loader(self.split["test"], self._specs["test"], False, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         """Conditions on every observed point of each series (targets = every observed point)."""

@@ -167,6 +167,34 @@ class TimeCodec:
         ns = self.datetimes_to_ns(values)
         return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
 
+    def duration(self, value: Any, what: str, error: type[Exception] = ConfigError) -> float:
+        """A duration -> raw float time units: a number (or numeric string) is already in raw units (for datetime
+        data: ``unit``, default hours); a pandas duration string or Timedelta ("30D", "12h") needs datetime
+        data. Raises ``error`` with one line naming the option ``what``. The sign is not checked."""
+        if isinstance(value, (bool, np.bool_)):
+            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
+        number = None
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is not None:
+            if not np.isfinite(number):
+                raise error(f"{what}={value!r} is not a finite number; pass e.g. 12 or a duration such as '12h'")
+            return number
+        if not self.is_datetime:
+            raise error(f"{what}={value!r}: the data's time axis is numeric, so pass a number of time units")
+        try:
+            td = pd.Timedelta(value)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
+        if td is pd.NaT:
+            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
+        return td.value / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
+
     def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
         """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone.
 

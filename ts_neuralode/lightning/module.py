@@ -11,12 +11,24 @@ pickled), sets the training epoch on the model (KL annealing), and logs:
 - validation/test, from the forecast at the batch's times (conditioned on ``obs_mask`` only, with
   ``eval_samples`` samples): ``{stage}_mse``/``{stage}_mae`` over all target points,
   ``{stage}_interp_mse``/``_mae`` over held-out targets at or before the series' cutoff (interpolation),
-  ``{stage}_extrap_mse``/``_mae`` over targets after the cutoff (extrapolation), ``{stage}_crps`` over
-  all targets, and ``{stage}_nfe``. The interp/extrap pairs are logged only when such points exist.
+  ``{stage}_extrap_mse``/``_mae`` over targets after the cutoff (extrapolation and forecast tasks),
+  ``{stage}_crps`` over all targets, and ``{stage}_nfe``. The interp/extrap pairs are logged only when such
+  points exist.
+- the same metrics (but CRPS, which equals the MAE for a point forecast) for each naive baseline
+  (:mod:`ts_neuralode.models.baselines`; ``baselines``, default locf, mean, linear, plus seasonal when a
+  ``season_period`` is set), scored by the same code on the same batches, with the baseline's name appended:
+  ``test_mse_locf``, ``test_extrap_mse_mean``, ``val_interp_mae_linear`` …;
+- skill against LOCF (when ``locf`` is among the baselines): ``{stage}_skill`` = ``{stage}_mse /
+  {stage}_mse_locf``, ``{stage}_interp_skill``, ``{stage}_extrap_skill`` likewise; below 1 means the model
+  beats carrying the last value forward. Each other baseline gets its own (``test_skill_mean`` …).
+
+``model`` may also name a baseline (``ts-neuralode test --model.model locf --data.path ...`` scores it
+without a checkpoint); its loss is its MSE on the targets, and it cannot be fitted (nothing to train).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning.pytorch as pl
@@ -25,14 +37,19 @@ from torch import nn
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE
+from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 from ts_neuralode.models import Forecast, build_model, model_options
+from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
 
 _STAGES = ("val", "test")
 _METRICS = {
     "mse": MaskedMSE, "mae": MaskedMAE, "interp_mse": MaskedMSE, "interp_mae": MaskedMAE,
     "extrap_mse": MaskedMSE, "extrap_mae": MaskedMAE, "crps": MaskedCRPS,
 }
+_BASELINE_METRICS = tuple(name for name in _METRICS if name != "crps")  # a point forecast's CRPS is its MAE
+#: skill metric name -> the MSE it divides by the LOCF baseline's
+SKILLS = {"skill": "mse", "interp_skill": "interp_mse", "extrap_skill": "extrap_mse"}
+_MODEL_KEY = "model"  # the model's own metrics (no name suffix)
 
 
 class ForecastingModule(pl.LightningModule):
@@ -51,6 +68,11 @@ class ForecastingModule(pl.LightningModule):
         lr, weight_decay: Adam.  lr_decay_every, lr_decay_gamma: StepLR every N epochs (0: off).
         kl_warmup_epochs, iwae_samples: latent ODE KL annealing and IWAE samples (other models ignore them).
         eval_samples: samples per forecast for validation/test/predict (probabilistic metrics).
+        baselines: naive baselines scored next to the model in validation/test (names from
+            :data:`ts_neuralode.models.baselines.BASELINES`); None: locf, mean, linear (+ seasonal with a
+            season); ``[]``: none.
+        season_period: period of the seasonal baseline in model time units (the CLI links it from the data
+            module's ``season_period``, its ``season`` duration converted); None: no seasonal baseline.
     Gradient clipping is a Trainer option (``gradient_clip_val``).
     """
 
@@ -77,6 +99,8 @@ class ForecastingModule(pl.LightningModule):
         kl_warmup_epochs: int = 10,
         iwae_samples: int = 3,
         eval_samples: int = 8,
+        baselines: list[str] | None = None,
+        season_period: float | None = None,
     ) -> None:
         super().__init__()
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -94,10 +118,16 @@ class ForecastingModule(pl.LightningModule):
             if name in accepted:
                 kwargs[name] = value
         kwargs.update(model_kwargs or {})
-        self.model = build_model(model, **kwargs)
-        self.metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}) for stage in _STAGES}
-        )
+        self.model = build_baseline(model, season_period) if model in BASELINES else build_model(model, **kwargs)
+        names = baseline_names(baselines, season_period)
+        # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.
+        self.baseline_models = nn.ModuleDict({name: build_baseline(name, season_period) for name in names})
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({
+                _MODEL_KEY: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}),
+                **{b: nn.ModuleDict({name: _METRICS[name]() for name in _BASELINE_METRICS}) for b in names},
+            }) for stage in _STAGES
+        })
         self._batch_start = 0.0
 
     # -- training ------------------------------------------------------------------------------------
@@ -134,17 +164,33 @@ class ForecastingModule(pl.LightningModule):
             "interp_mse": batch.held_out_mask * (1 - after), "interp_mae": batch.held_out_mask * (1 - after),
             "extrap_mse": target * after, "extrap_mae": target * after,
         }
-        for name, metric in self.metrics[stage].items():
-            pred = forecast if name == "crps" else forecast.mean
-            metric.update(pred, batch.values, masks[name])
+        # The model and every baseline: the same masks, the same metric classes, the same update.
+        for key, metrics in self.metrics[stage].items():
+            fc = forecast if key == _MODEL_KEY else self.baseline_models[key].predict(batch)
+            for name, metric in metrics.items():
+                metric.update(fc if name == "crps" else fc.mean, batch.values, masks[name])
         return loss
 
     def _eval_epoch_end(self, stage: str) -> None:
-        for name, metric in self.metrics[stage].items():
-            value = metric.compute()  # synced across ranks before the count check: same on every rank
-            if torch.isfinite(value):
-                self.log(f"{stage}_{name}", value, prog_bar=name == "mse")
-            metric.reset()
+        values: dict[str, float] = {}
+        for key, metrics in self.metrics[stage].items():
+            suffix = "" if key == _MODEL_KEY else f"_{key}"
+            for name, metric in metrics.items():
+                value = metric.compute()  # synced across ranks before the count check: same on every rank
+                values[name + suffix] = float(value)
+                if torch.isfinite(value):
+                    self.log(f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY)
+                metric.reset()
+        if REFERENCE not in self.metrics[stage]:
+            return
+        for key in self.metrics[stage]:
+            if key == REFERENCE:
+                continue
+            suffix = "" if key == _MODEL_KEY else f"_{key}"
+            for name, mse in SKILLS.items():
+                value = skill(values[mse + suffix], values[f"{mse}_{REFERENCE}"])
+                if math.isfinite(value):
+                    self.log(f"{stage}_{name}{suffix}", value)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val")
@@ -167,6 +213,9 @@ class ForecastingModule(pl.LightningModule):
         return self.model.forecast(batch, query_times, num_samples=num_samples or self.hparams.eval_samples)
 
     def configure_optimizers(self):
+        if not any(p.requires_grad for p in self.parameters()):
+            raise ConfigError(f"model {self.hparams.model!r} is a baseline with nothing to train; score it with "
+                              f"'ts-neuralode test --model.model {self.hparams.model} ...' (no checkpoint needed)")
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_decay_every and self.hparams.lr_decay_every > 0:
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_decay_every,

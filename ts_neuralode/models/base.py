@@ -97,9 +97,9 @@ def batch_grid(batch: Batch) -> Grid:
     return Grid(batch.times, _batch_valid(batch), batch.values, batch.obs_mask, batch.target_mask, None)
 
 
-def merge_grid(batch: Batch, query_times: Tensor) -> Grid:
-    """Merge the batch's times with ``query_times`` ([Tq] or [B, Tq]) into one grid per sample."""
-    B, T, D = batch.values.shape
+def check_query_times(batch: Batch, query_times: Tensor) -> Tensor:
+    """``query_times`` ([Tq] or [B, Tq], finite) on the batch's device and dtype; ForecastError otherwise."""
+    B = batch.values.shape[0]
     q = query_times.to(device=batch.values.device, dtype=batch.values.dtype)
     if q.dim() not in (1, 2) or (q.dim() == 2 and q.shape[0] != B):
         raise ForecastError(
@@ -107,6 +107,13 @@ def merge_grid(batch: Batch, query_times: Tensor) -> Grid:
         )
     if not torch.isfinite(q).all():
         raise ForecastError("query_times contain NaN or inf; pass finite times in the model's normalised units")
+    return q
+
+
+def merge_grid(batch: Batch, query_times: Tensor) -> Grid:
+    """Merge the batch's times with ``query_times`` ([Tq] or [B, Tq]) into one grid per sample."""
+    B, T, D = batch.values.shape
+    q = check_query_times(batch, query_times)
     if batch.shared_grid and q.dim() == 1:
         grid, inverse = torch.unique(torch.cat([batch.times, q]), sorted=True, return_inverse=True)
         n = grid.shape[0]
