@@ -48,10 +48,12 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` atomically: ``write(f)`` fills a temporary binary file beside it, which then replaces it."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], parents: bool = True) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temporary binary file beside it, which then replaces it.
+    ``parents``: create missing parent directories (else a missing one is a FileNotFoundError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -72,8 +74,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode(encoding)))
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", parents: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode(encoding)), parents=parents)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:

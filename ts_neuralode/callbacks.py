@@ -46,6 +46,10 @@ def solver_failure(exception: BaseException) -> bool:
     return isinstance(exception, ValueError) and "contains NaN/inf" in str(exception)
 
 
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
 def _first_line(exception: BaseException) -> str:
     text = str(exception).strip()
     return " ".join(text.splitlines()[0].split()) if text else type(exception).__name__
@@ -103,16 +107,17 @@ class TrainingGuard(Callback):
         return not params or bool(torch.stack([p.isfinite().all() for p in params]).all())
 
     def _kept(self) -> str:
+        """What is left on disk (fit only: validate/test/predict write no checkpoints)."""
         if self.ckpt_dir is None:
-            return "the weights were not updated by this step"
+            return ""
         last = self.ckpt_dir / "last.ckpt"
         if last.is_file():
             return f"the checkpoints in {self.ckpt_dir} are as they were (the last good one: {last})"
         return f"no checkpoint was written to {self.ckpt_dir} yet"
 
     def _diverged(self, trainer: Trainer, pl_module: LightningModule, what: str) -> str:
-        return (f"training diverged at {self._where(trainer)}: {what}; {self._advice(trainer, pl_module)}; "
-                f"{self._kept()}")
+        return _join(f"training diverged at {self._where(trainer)}: {what}", self._advice(trainer, pl_module),
+                     self._kept())
 
     def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
         self.failure = self._diverged(trainer, pl_module, what)
@@ -154,8 +159,8 @@ class TrainingGuard(Callback):
                                               f"solve ({_first_line(exception)})")
             else:
                 first = _first_line(exception)
-                self.failure = (f"the ODE solver could not go on at {self._where(trainer)} ({first}); "
-                                f"{self._advice(trainer, pl_module, first)}; {self._kept()}")
+                self.failure = _join(f"the ODE solver could not go on at {self._where(trainer)} ({first})",
+                                     self._advice(trainer, pl_module, first), self._kept())
             setattr(exception, MESSAGE_ATTR, self.failure)
         elif isinstance(exception, TrainingError):
             self.failure = str(exception)

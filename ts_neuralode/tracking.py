@@ -185,6 +185,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     minutes before failing with a traceback)."""
     if not uri.startswith(("http://", "https://")):
         return
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -195,6 +196,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return  # it answered (a proxy or an older server without /health): reachable
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered; whether its certificate is acceptable is MLflow's call (MLFLOW_TRACKING_INSECURE_TLS)
         raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it, pass another "
                           "--tracking_uri, or --tracking false to train without MLflow") from err
 
