@@ -8,9 +8,11 @@ Every test that asserts through the ``margin`` fixture (tests/conftest.py; selec
 once per (seed, threads): ``TS_NEURALODE_TEST_SEED`` seeds its model initialisation and data, and
 ``TS_NEURALODE_TEST_THREADS`` sets torch's thread count (the DDP test passes it to its worker processes as
 ``OMP_NUM_THREADS``). Each check records its *headroom*: limit / value for an upper bound (value / limit for a lower
-one) — how many times the measured value could grow (shrink) before the check fails. 1.0 is the knife edge; the
-table shows the smallest headroom of every check over all runs and where it occurred. Exit status 1 when any run
-failed or any headroom is below ``--min-headroom`` (default 1.5).
+one) — how many times the measured value could grow (shrink) before the check fails; for an exact bound checked
+up to a rounding tolerance (``limit + tol``), the number of tolerances to spare. 1.0 is the knife edge; the table
+shows the smallest headroom of every check over all runs and where it occurred. Exit status 1 when any run failed
+or any headroom is below ``--min-headroom`` (default 1.25: statistical checks should keep 2 or more; a few
+deterministic ones — the same value for every seed and thread count — sit by design between 1.25 and 2).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2,4", help="torch thread counts (default 1,2,4)")
     p.add_argument("-k", default=None, help="pytest -k expression to run only some tests")
     p.add_argument("--out", default=None, help="also write the markdown table here (e.g. results/test_margins.md)")
-    p.add_argument("--min-headroom", type=float, default=1.5, help="fail below this headroom (default 1.5)")
+    p.add_argument("--min-headroom", type=float, default=1.25, help="fail below this headroom (default 1.25)")
     args = p.parse_args(argv)
     seeds, threads = _ints(args.seeds), _ints(args.threads)
 
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         for th in threads:
             for seed in seeds:
                 log = Path(tmp) / f"s{seed}_t{th}.jsonl"
+                # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so that 2 and 4 threads on
+                # a busy 2-core machine are not slowed down many times over (results do not depend on it)
                 env = dict(os.environ, TS_NEURALODE_TEST_SEED=str(seed), TS_NEURALODE_TEST_THREADS=str(th),
-                           TS_NEURALODE_MARGIN_LOG=str(log))
+                           TS_NEURALODE_MARGIN_LOG=str(log), OMP_WAIT_POLICY="PASSIVE")
                 cmd = [sys.executable, "-m", "pytest", "tests", "-m", "margin", "-q", "-p", "no:cacheprovider",
                        "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
                 if args.k:
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"torch {_torch_version()}; {len(records)} checks recorded in {time.time() - started:.0f} s.", "",
         "Headroom = limit / value for an upper bound (value / limit for a lower bound): how many times the measured "
-        "value may grow (shrink) before the check fails; 1.0 is the knife edge. Worst = the smallest over all runs.",
+        "value may grow (shrink) before the check fails; for an exact bound checked up to a rounding tolerance "
+        "(limit + tol), (limit + tol − value) / tol, the tolerances to spare. 1.0 is the knife edge. Worst = the "
+        "smallest over all runs.",
         "",
         "| test | check | worst headroom | at (seed, threads) | value | limit | " +
         " | ".join(f"worst, {t} thr" for t in threads) + " |",
@@ -111,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         if h is not None and h < args.min_headroom:
             low.append(f"{test} {check}: headroom {h:.3g}")
         cols = " | ".join(_fmt(per_threads[(test, check)].get(t)) for t in threads)
+        limit = f"{'≥' if r['above'] else '≤'} {r['limit']:.4g}" + (f" + {r['tol']:g}" if r.get("tol") else "")
         lines.append(f"| {test.removeprefix('tests/')} | {check} | {_fmt(h)} | ({r['seed']}, {r['threads']}) | "
-                     f"{r['value']:.4g} | {'≥' if r['above'] else '≤'} {r['limit']:.4g} | {cols} |")
+                     f"{r['value']:.4g} | {limit} | {cols} |")
     lines.append("")
     lines.append(f"Failed runs: {len(failures)}" + ("" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)))
     text = "\n".join(lines) + "\n"

@@ -49,14 +49,22 @@ def pytest_collection_modifyitems(config, items):
 class Margin:
     """``margin(label, value, limit)`` asserts ``value <= limit`` (``above=True``: ``value >= limit``) and records the
     headroom: limit / value (value / limit when above) — how many times the value could grow (shrink) before the
-    check fails; 1.0 is the knife edge. Both must be positive."""
+    check fails; 1.0 is the knife edge. Both must be positive.
+
+    ``tol=``: an exact bound up to float rounding (a theorem, e.g. a Lipschitz bound): asserts
+    ``value <= limit + tol`` and records (limit + tol - value) / tol, the number of tolerances to spare (below 1: the
+    value is past the exact bound, within the rounding allowed)."""
 
     def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
 
-    def __call__(self, label: str, value: float, limit: float, *, above: bool = False, note: str = "") -> None:
+    def __call__(self, label: str, value: float, limit: float, *, above: bool = False, tol: float | None = None,
+                 note: str = "") -> None:
         value, limit = float(value), float(limit)
-        if above:
+        if tol is not None:
+            headroom = (limit + tol - value) / tol
+            ok = value <= limit + tol
+        elif above:
             headroom = value / limit if limit > 0 else math.inf
             ok = value >= limit
         else:
@@ -65,9 +73,10 @@ class Margin:
         if MARGIN_LOG:
             with open(MARGIN_LOG, "a") as f:
                 f.write(json.dumps({"test": self.nodeid, "check": label, "value": value, "limit": limit,
-                                    "above": above, "headroom": headroom if math.isfinite(headroom) else None,
+                                    "above": above, "tol": tol, "headroom": headroom if math.isfinite(headroom) else None,
                                     "seed": TEST_SEED, "threads": torch.get_num_threads()}) + "\n")
-        assert ok, f"{label}: {value:.4g} {'<' if above else '>'} limit {limit:.4g} {note}".rstrip()
+        bound = f"{limit:.4g}" + (f" + {tol:g}" if tol is not None else "")
+        assert ok, f"{label}: {value:.4g} {'<' if above else '>'} limit {bound} {note}".rstrip()
 
 
 @pytest.fixture

@@ -188,9 +188,14 @@ def test_resnet_residual_network_is_a_contraction_even_after_adversarial_trainin
         layer.train(mode == "train")
         bound = lipschitz_upper_bound(layer.net)
         measured = _max_jacobian_norm(g, torch.randn(512, dim) * 2)
-        margin(f"{mode}: measured Lipschitz <= bound", measured, bound + 1e-5)
-        margin(f"{mode}: bound < 1", bound, 1.0)
-        margin(f"{mode}: measured < 0.9^3", measured, 0.9**3 + 1e-3)
+        # exact guarantees up to float rounding: the adversarial training pushes measured towards bound, and in eval
+        # mode the bound is the product of the three layers' coefficients (0.9 each); in training mode the power
+        # iteration's estimate of each sigma may lag, so there only bound < 1 is promised
+        margin(f"{mode}: measured Lipschitz <= bound", measured, bound, tol=1e-5)
+        if mode == "eval":
+            margin("eval: bound <= 0.9^3", bound, 0.9**3, tol=1e-6)
+        else:
+            margin("train: bound < 1", bound, 1.0)
     # the adversarial training did push it up; the check is not vacuous
     margin("measured > 0.05 after adversarial training", measured, 0.05, above=True)
 

@@ -123,8 +123,10 @@ def test_crps_gaussian_closed_form_matches_sample_estimate(margin):
     gauss = crps(Forecast(mean=mean, samples=mean.unsqueeze(0), std=std), target)
     samples = mean + std * torch.randn(20000, 1, 50, 1)
     ens = crps(Forecast(mean=mean, samples=samples), target)
-    # 20,000 samples: the ensemble estimate's standard error is ~0.003 per point
-    margin("max |closed form - 20k-sample CRPS|", float((gauss - ens).abs().max()), 0.02)
+    # 20,000 samples: the ensemble estimate's error is ~0.005 per point (the worst of 50 points reached 0.017 over 40
+    # seeds, their mean 0.002); a wrong closed form is off by 0.1 or more (the CRPS itself is 0.16-1.5 here)
+    margin("max |closed form - 20k-sample CRPS| per point", float((gauss - ens).abs().max()), 0.05)
+    margin("|mean of closed form - 20k-sample CRPS|", float((gauss - ens).mean().abs()), 0.006)
     # a point forecast's CRPS is its absolute error
     point = Forecast(mean=mean, samples=mean.unsqueeze(0))
     assert torch.allclose(crps(point, target), target.abs())
