@@ -9,7 +9,8 @@ once per (seed, threads): ``TS_NEURALODE_TEST_SEED`` seeds its model initialisat
 ``TS_NEURALODE_TEST_THREADS`` sets torch's thread count (the DDP test passes it to its worker processes as
 ``OMP_NUM_THREADS``). Each check records its *headroom*: limit / value for an upper bound (value / limit for a lower
 one) — how many times the measured value could grow (shrink) before the check fails; for an exact bound checked
-up to a rounding tolerance (``limit + tol``), the number of tolerances to spare. 1.0 is the knife edge; the table
+up to a rounding tolerance (``limit + tol``), tol / (value - limit): how many times the rounding excess could grow
+(∞ when the exact bound holds). 1.0 is the knife edge; the table
 shows the smallest headroom of every check over all runs and where it occurred. Exit status 1 when any run failed
 or any headroom is below ``--min-headroom`` (default 1.25: statistical checks should keep 2 or more; a few
 deterministic ones — the same value for every seed and thread count — sit by design between 1.25 and 2).
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {_torch_version()}; {len(records)} checks recorded in {time.time() - started:.0f} s.", "",
         "Headroom = limit / value for an upper bound (value / limit for a lower bound): how many times the measured "
         "value may grow (shrink) before the check fails; for an exact bound checked up to a rounding tolerance "
-        "(limit + tol), (limit + tol − value) / tol, the tolerances to spare. 1.0 is the knife edge. Worst = the "
-        "smallest over all runs.",
+        "(limit + tol), tol / (value − limit): how many times the rounding excess may grow (∞: the exact bound "
+        "holds). 1.0 is the knife edge. Worst = the smallest over all runs.",
         "",
         "| test | check | worst headroom | at (seed, threads) | value | limit | " +
         " | ".join(f"worst, {t} thr" for t in threads) + " |",

@@ -52,8 +52,8 @@ class Margin:
     check fails; 1.0 is the knife edge. Both must be positive.
 
     ``tol=``: an exact bound up to float rounding (a theorem, e.g. a Lipschitz bound): asserts
-    ``value <= limit + tol`` and records (limit + tol - value) / tol, the number of tolerances to spare (below 1: the
-    value is past the exact bound, within the rounding allowed)."""
+    ``value <= limit + tol`` and records tol / (value - limit), how many times the rounding excess over the exact
+    bound could grow before the check fails (infinite when the exact bound holds)."""
 
     def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
@@ -62,7 +62,7 @@ class Margin:
                  note: str = "") -> None:
         value, limit = float(value), float(limit)
         if tol is not None:
-            headroom = (limit + tol - value) / tol
+            headroom = tol / (value - limit) if value > limit else math.inf
             ok = value <= limit + tol
         elif above:
             headroom = value / limit if limit > 0 else math.inf
