@@ -44,6 +44,10 @@ def _ints(text: str) -> list[int]:
     return out
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a '|' in a label would split the table cell
+
+
 def _fmt(h: float | None) -> str:
     if h is None or not math.isfinite(h):
         return "∞"
@@ -119,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             low.append(f"{test} {check}: headroom {h:.3g}")
         cols = " | ".join(_fmt(per_threads[(test, check)].get(t)) for t in threads)
         limit = f"{'≥' if r['above'] else '≤'} {r['limit']:.4g}" + (f" + {r['tol']:g}" if r.get("tol") else "")
-        lines.append(f"| {test.removeprefix('tests/')} | {check} | {_fmt(h)} | ({r['seed']}, {r['threads']}) | "
-                     f"{r['value']:.4g} | {limit} | {cols} |")
+        lines.append(f"| {_cell(test.removeprefix('tests/'))} | {_cell(check)} | {_fmt(h)} | "
+                     f"({r['seed']}, {r['threads']}) | {r['value']:.4g} | {limit} | {cols} |")
     lines.append("")
     lines.append(f"Failed runs: {len(failures)}" + ("" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)))
     text = "\n".join(lines) + "\n"

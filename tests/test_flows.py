@@ -151,6 +151,11 @@ def test_residual_inverse_warns_when_not_converged():
 # ------------------------------------------------------------------------------- Lipschitz bounds
 
 
+# Recorded margins (scripts/check_margins.py, seeds 0-4 x threads 1, 2, 4; results/test_margins.md): the adversarially
+# trained ResNet residual's measured Lipschitz ratio never exceeded its bound (it reached 0.721 of 0.729), and is >=
+# 0.71, 14x the 0.05 that shows the training pushed it; the eval bound is 0.9^3 within 1.4e-7 (7x under 1e-6); the GRU
+# residual's Jacobian norm <= 0.674 (headroom 1.48, a guarantee: the same for every seed); the spectral norm tracks
+# 0.9 within 1.2e-6 in training (4000x under 5e-3) and 1.4e-7 in eval (70x under 1e-5).
 def _max_jacobian_norm(fn, points):
     jac = vmap(jacrev(fn))(points)  # [N, D, D]
     return torch.linalg.matrix_norm(jac, ord=2).max().item()

@@ -75,8 +75,10 @@ def point_mse(model, batch) -> float:
 # filters (ODE-RNN, GRU-ODE) train on loss="mse" here: their default Gaussian NLL can trade MSE for a wider std, which
 # makes the MSE of one NLL run a noisy witness (up to 0.52 over 20 seeds for ODE-RNN, against 0.026 over 40 with
 # MSE); the NLL path trains in test_lightning_module.py.
-# Recorded margins (headroom = limit / median ratio; `python scripts/check_margins.py -k overfit`, seeds 0-4 x threads
-# 1, 2, 4; results/test_margins.md): see the table there — worst per model is filled in below by the last run.
+# Recorded margins (`python scripts/check_margins.py`: seeds 0-4 x threads 1, 2, 4; results/test_margins.md), worst
+# headroom = OVERFIT_MAX_RATIO / median ratio: latent_ode/ode 11, latent_ode/gru_flow 160, ode_rnn/ode 39,
+# ode_rnn/coupling_flow 376, gru_ode/ode 4.6, gru_ode/gru_flow 11.7 (the thread count moved none of them by more
+# than a few percent).
 OVERFIT_SEEDS = 3
 OVERFIT_MAX_RATIO = 0.2  # a 5x lower MSE
 

@@ -49,6 +49,9 @@ def _time_dependent():
 PROBLEMS = {"exp": _exp_problem, "oscillator": _oscillator, "time_dependent": _time_dependent}
 
 
+# Recorded margins (scripts/check_margins.py; results/test_margins.md; float64, the same for every seed and thread
+# count): fitted orders within 0.2 of the tableau's (tsit5 on exp, headroom 1.49; all others >= 2.2), adaptive global
+# errors at most 1/12 of 100 x the local tolerance, reverse-time errors at least 3.2x under their limits.
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_order_of_convergence(method, problem, margin):
