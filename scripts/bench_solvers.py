@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -363,7 +363,7 @@ def main(argv=None):
     target_batch = mem_batch  # the targets are stated at batch 256
 
     cmd = "python scripts/bench_solvers.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
-    lines = [f"# Solver benchmark: ts_neuralode vs torchdiffeq vs torchode (workload W)", "",
+    lines = ["# Solver benchmark: ts_neuralode vs torchdiffeq vs torchode (workload W)", "",
              f"Command: `{cmd}`", "",
              f"Device: {device}, torch {torch.__version__}, {args.threads} threads; dopri5 rtol {RTOL} atol {ATOL}; "
              f"MLP {STATE}→{HIDDEN}→{HIDDEN}→{STATE} tanh; {N_TIMES} sorted irregular output times in [0, {T_END}]. "

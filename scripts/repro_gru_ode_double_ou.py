@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, markdown_table, run_benchmark, script_command, script_parser, write_report
+from ts_neuralode.benchmark import (
+    BenchmarkConfig,
+    markdown_table,
+    run_benchmark,
+    script_command,
+    script_parser,
+    write_report,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

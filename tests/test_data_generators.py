@@ -14,7 +14,6 @@ import torch
 from ts_neuralode.data import read_series
 from ts_neuralode.data.generators import NAMES, cli_main, generate, sawtooth
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.manual_seed(0)

@@ -10,8 +10,15 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from ts_neuralode.data import (Batch, IrregularTimeSeriesDataModule, SeriesArrays, SeriesTransform, collate,
-                               generate, read_series)
+from ts_neuralode.data import (
+    Batch,
+    IrregularTimeSeriesDataModule,
+    SeriesArrays,
+    SeriesTransform,
+    collate,
+    generate,
+    read_series,
+)
 from ts_neuralode.data.batching import subsample
 from ts_neuralode.errors import ConfigError, DataError
 

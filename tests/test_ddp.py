@@ -23,15 +23,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from conftest import TEST_SEED, subprocess_env
 from ts_neuralode.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 ARGS = [
     "--model.model", "ode_rnn", "--model.evolution", "ode", "--model.method", "rk4", "--model.step_size", "0.25",
@@ -39,17 +38,14 @@ ARGS = [
     "--data.layout", "padded", "--data.obs_fraction", "1.0", "--data.shuffle", "false",
     "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
-    "--trainer.log_every_n_steps", "1",
+    "--trainer.log_every_n_steps", "1", "--seed_everything", str(TEST_SEED),
 ]
+# Recorded margins (scripts/check_margins.py, seeds 0-4 x threads 1, 2, 4; results/test_margins.md): loss differences
+# at most 1.1e-7 relative (headroom 950), weights 5.9e-7 (170); the train loss moved by at least 0.069 (69x 1e-3).
 RTOL_LOSS = 1e-4
 ATOL_WEIGHTS = 1e-4
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -58,13 +54,13 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in hist]
 
 
-def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path):
+def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, margin):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     ddp_dir.mkdir()
     cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *ARGS,
            "--data.batch_size", "2", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--tracking_uri", mlflow_server, "--experiment_name", "ddp", "--checkpoint_dir", str(ddp_dir / "ck")]
-    proc = subprocess.run(cmd, cwd=ddp_dir, env=_env(), capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=ddp_dir, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     one_dir.mkdir()
@@ -92,18 +88,19 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path):
 
     for key in ("epoch/train_loss", "epoch/val_loss"):
         a, b = _history(client, ddp.info.run_id, key), _history(client, one.info.run_id, key)
-        print(f"{key}: DDP {a} vs single {b}: max rel diff {np.max(np.abs(np.subtract(a, b)) / np.abs(b)):.2e}")
-        np.testing.assert_allclose(a, b, rtol=RTOL_LOSS, err_msg=key)
+        rel = float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))
+        print(f"{key}: DDP {a} vs single {b}: max rel diff {rel:.2e}")
+        margin(f"{key}: max relative difference DDP vs single", rel, RTOL_LOSS)
     # training changed the loss, so agreeing after 3 epochs is not agreeing at the initial weights only
-    assert abs(_history(client, one.info.run_id, "epoch/train_loss")[-1]
-               - _history(client, one.info.run_id, "epoch/train_loss")[0]) > 1e-3
+    train = _history(client, one.info.run_id, "epoch/train_loss")
+    margin("train loss moved over the fit", abs(train[-1] - train[0]), 1e-3, above=True)
 
     wa = torch.load(ddp_dir / "ck" / "model" / "weights.pt", weights_only=True)
     wb = torch.load(one_dir / "ck" / "model" / "weights.pt", weights_only=True)
     assert wa.keys() == wb.keys()
-    print(f"weights: max abs diff {max(float((wa[k] - wb[k]).abs().max()) for k in wa):.2e}")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=ATOL_WEIGHTS, msg=k)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    print(f"weights: max abs diff {worst:.2e}")
+    margin("weights: max abs difference DDP vs single", worst, ATOL_WEIGHTS)
 
     # rank 0 alone wrote the checkpoints, the model directory and the artifacts (one set, not one per rank)
     ckpts = sorted(p.name for p in (ddp_dir / "ck").glob("*.ckpt"))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
+from conftest import TEST_SEED
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.flows import (
     CouplingFlow,
@@ -23,13 +24,8 @@ KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # these tensors are small: one thread avoids OpenMP barrier waits on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def _seed(one_thread):
+    torch.manual_seed(TEST_SEED)
 
 
 # ------------------------------------------------------------------------------------ embeddings
@@ -155,6 +151,11 @@ def test_residual_inverse_warns_when_not_converged():
 # ------------------------------------------------------------------------------- Lipschitz bounds
 
 
+# Recorded margins (scripts/check_margins.py, seeds 0-4 x threads 1, 2, 4; results/test_margins.md): the adversarially
+# trained ResNet residual's measured Lipschitz ratio never exceeded its bound (it reached 0.721 of 0.729), and is >=
+# 0.71, 14x the 0.05 that shows the training pushed it; the eval bound is 0.9^3 within 1.4e-7 (7x under 1e-6); the GRU
+# residual's Jacobian norm <= 0.674 (headroom 1.48, a guarantee: the same for every seed); the spectral norm tracks
+# 0.9 within 1.2e-6 in training (4000x under 5e-3) and 1.4e-7 in eval (70x under 1e-5).
 def _max_jacobian_norm(fn, points):
     jac = vmap(jacrev(fn))(points)  # [N, D, D]
     return torch.linalg.matrix_norm(jac, ord=2).max().item()
@@ -171,7 +172,7 @@ def _adversarial_training(module, fn, sample, steps=40):
         opt.step()
 
 
-def test_resnet_residual_network_is_a_contraction_even_after_adversarial_training():
+def test_resnet_residual_network_is_a_contraction_even_after_adversarial_training(margin):
     dim = 4
     layer = ResNetFlowLayer(dim, hidden_dim=32, num_layers=2)
     t_val = 0.7
@@ -192,13 +193,19 @@ def test_resnet_residual_network_is_a_contraction_even_after_adversarial_trainin
         layer.train(mode == "train")
         bound = lipschitz_upper_bound(layer.net)
         measured = _max_jacobian_norm(g, torch.randn(512, dim) * 2)
-        assert measured <= bound + 1e-5, mode
-        assert bound < 1.0, mode
-        assert measured < 0.9**3 + 1e-3, mode
-    assert measured > 0.05  # the adversarial training did push it up; the check is not vacuous
+        # exact guarantees up to float rounding: the adversarial training pushes measured towards bound, and in eval
+        # mode the bound is the product of the three layers' coefficients (0.9 each); in training mode the power
+        # iteration's estimate of each sigma may lag, so there only bound < 1 is promised
+        margin(f"{mode}: measured Lipschitz <= bound", measured, bound, tol=1e-5)
+        if mode == "eval":
+            margin("eval: bound <= 0.9^3", bound, 0.9**3, tol=1e-6)
+        else:
+            margin("train: bound < 1", bound, 1.0)
+    # the adversarial training did push it up; the check is not vacuous
+    margin("measured > 0.05 after adversarial training", measured, 0.05, above=True)
 
 
-def test_gru_residual_is_a_contraction_in_the_state_box():
+def test_gru_residual_is_a_contraction_in_the_state_box(margin):
     dim = 4
     layer = GRUFlowLayer(dim)
 
@@ -213,23 +220,23 @@ def test_gru_residual_is_a_contraction_in_the_state_box():
     for mode in ("train", "eval"):
         layer.train(mode == "train")
         g(box())  # refresh the spectral estimates outside the functorch transform
-        assert _max_jacobian_norm(g, box()) < 1.0, mode
+        margin(f"{mode}: Jacobian norm < 1", _max_jacobian_norm(g, box()), 1.0)
 
 
-def test_spectral_norm_linear_bound_is_exact_in_eval_and_tracks_in_training():
+def test_spectral_norm_linear_bound_is_exact_in_eval_and_tracks_in_training(margin):
     lin = SpectralNormLinear(30, 20, coeff=0.9)
     with torch.no_grad():
         lin.weight.normal_(0, 5)  # far outside the ball; in-place change bumps the version
     lin.eval()
     sigma = torch.linalg.svdvals(lin.normalized_weight().detach())[0].item()
-    assert abs(sigma - 0.9) < 1e-5
+    margin("eval: |sigma - 0.9|", abs(sigma - 0.9), 1e-5)
     lin.train()
     for _ in range(30):  # each optimizer-like in-place update triggers the power iterations
         with torch.no_grad():
             lin.weight.add_(0.01 * torch.randn_like(lin.weight))
         lin(torch.randn(2, 30))
     sigma_train = torch.linalg.svdvals(lin.normalized_weight().detach())[0].item()
-    assert abs(sigma_train - 0.9) < 5e-3
+    margin("train: |sigma - 0.9|", abs(sigma_train - 0.9), 5e-3)
     small = SpectralNormLinear(5, 5, coeff=0.9)
     with torch.no_grad():
         small.weight.mul_(0.01)  # already inside the ball: left alone

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from conftest import TEST_SEED
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
@@ -138,14 +139,18 @@ def test_masked_metrics_pool_over_batches_and_ignore_masked_entries():
     assert math.isnan(float(MaskedMSE().compute()))
 
 
-def test_crps_gaussian_closed_form_matches_sample_estimate():
-    torch.manual_seed(0)
+def test_crps_gaussian_closed_form_matches_sample_estimate(margin):
+    torch.manual_seed(TEST_SEED)
     mean, std = torch.zeros(1, 50, 1), torch.full((1, 50, 1), 0.7)
     target = torch.linspace(-2, 2, 50).view(1, 50, 1)
     gauss = crps(Forecast(mean=mean, samples=mean.unsqueeze(0), std=std), target)
     samples = mean + std * torch.randn(20000, 1, 50, 1)
     ens = crps(Forecast(mean=mean, samples=samples), target)
-    assert torch.allclose(gauss, ens, atol=0.02)
+    # 20,000 samples: the ensemble estimate's error is ~0.005 per point (the worst of 50 points reached 0.017 over 40
+    # seeds, their mean 0.002); a wrong closed form is off by 0.1 or more (the CRPS itself is 0.16-1.5 here).
+    # Recorded margins (scripts/check_margins.py, results/test_margins.md): headroom 2.9 per point, 6.1 on the mean.
+    margin("max |closed form - 20k-sample CRPS| per point", float((gauss - ens).abs().max()), 0.05)
+    margin("|mean of closed form - 20k-sample CRPS|", float((gauss - ens).mean().abs()), 0.006)
     # a point forecast's CRPS is its absolute error
     point = Forecast(mean=mean, samples=mean.unsqueeze(0))
     assert torch.allclose(crps(point, target), target.abs())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 
+from conftest import TEST_SEED
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.models import MODELS, Forecast, build_model
@@ -67,6 +69,20 @@ def point_mse(model, batch) -> float:
     return float(((pred - batch.values) ** 2 * m).sum() / m.sum())
 
 
+# Overfitting is asserted on the median over OVERFIT_SEEDS training runs, with a generous limit: one run is chaotic
+# (float order alone — another CPU — moved GRU-ODE's after/before MSE ratio from 0.03 to 0.10 at seed 0, and single
+# runs of 30 seeds reach 0.26 for the latent ODE), while the median of 3 stays far below OVERFIT_MAX_RATIO. The
+# filters (ODE-RNN, GRU-ODE) train on loss="mse" here: their default Gaussian NLL can trade MSE for a wider std, which
+# makes the MSE of one NLL run a noisy witness (up to 0.52 over 20 seeds for ODE-RNN, against 0.026 over 40 with
+# MSE); the NLL path trains in test_lightning_module.py.
+# Recorded margins (`python scripts/check_margins.py`: seeds 0-4 x threads 1, 2, 4; results/test_margins.md), worst
+# headroom = OVERFIT_MAX_RATIO / median ratio: latent_ode/ode 11, latent_ode/gru_flow 160, ode_rnn/ode 39,
+# ode_rnn/coupling_flow 376, gru_ode/ode 4.6, gru_ode/gru_flow 11.7 (the thread count moved none of them by more
+# than a few percent).
+OVERFIT_SEEDS = 3
+OVERFIT_MAX_RATIO = 0.2  # a 5x lower MSE
+
+
 @pytest.mark.parametrize(
     "name,evolution",
     [
@@ -78,22 +94,28 @@ def point_mse(model, batch) -> float:
         ("gru_ode", "gru_flow"),
     ],
 )
-def test_each_model_overfits_a_tiny_set(name, evolution):
-    torch.manual_seed(0)
-    batch = sine_batch(B=3, T=8, D=1)
-    kwargs = dict(FAST)
-    if name == "latent_ode":
-        kwargs.update(iwae_samples=1, kl_warmup_epochs=5)
-        if evolution != "ode":
-            kwargs.update(encoder_evolution="same")  # a flow-RNN encoder too
-    model = build_model(name, input_dim=1, evolution=evolution, **kwargs)
-    loss0, _ = model.loss(batch)
-    before = point_mse(model, batch)
-    fit(model, batch, steps=200, lr=2e-2)
-    loss1, _ = model.loss(batch)
-    after = point_mse(model, batch)
-    assert after <= 0.1 * before, f"{name}/{evolution}: MSE {before:.4f} -> {after:.4f}"
-    assert float(loss1.detach()) < float(loss0.detach())
+def test_each_model_overfits_a_tiny_set(name, evolution, margin):
+    ratios = []
+    for k in range(OVERFIT_SEEDS):
+        seed = OVERFIT_SEEDS * TEST_SEED + k
+        torch.manual_seed(seed)
+        batch = sine_batch(B=3, T=8, D=1, seed=seed)
+        kwargs = dict(FAST)
+        if name == "latent_ode":
+            kwargs.update(iwae_samples=1, kl_warmup_epochs=5)
+            if evolution != "ode":
+                kwargs.update(encoder_evolution="same")  # a flow-RNN encoder too
+        else:
+            kwargs.update(loss="mse")
+        model = build_model(name, input_dim=1, evolution=evolution, **kwargs)
+        loss0, _ = model.loss(batch)
+        before = point_mse(model, batch)
+        fit(model, batch, steps=200, lr=2e-2)
+        loss1, _ = model.loss(batch)
+        ratios.append(point_mse(model, batch) / before)
+        assert float(loss1.detach()) < float(loss0.detach()), f"{name}/{evolution} seed {seed}: the loss did not drop"
+    margin("median MSE after/before", statistics.median(ratios), OVERFIT_MAX_RATIO,
+           note=f"({name}/{evolution}, ratios {[round(r, 4) for r in ratios]})")
 
 
 @pytest.mark.parametrize("name", list(MODELS))

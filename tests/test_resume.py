@@ -6,52 +6,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import torch
 from mlflow import MlflowClient
 
-from conftest import TINY_FIT_ARGS
+from conftest import TINY_FIT_ARGS, checkpoint_epoch, subprocess_env, wait_for_epoch
 from ts_neuralode.cli import main
 from ts_neuralode.tracking import read_run_file
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 12
 KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/epoch_time_s")
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def _checkpoint_epoch(path: Path) -> int | None:
-    """The epoch stored in a (possibly half-written) checkpoint, or None."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # not there yet, or being written
-        return None
 
 
 def test_killed_fit_resumes_into_the_same_run(mlflow_server, tiny_csv, tmp_path):
     ck = tmp_path / "ck"
     args = ["fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--trainer.max_epochs", str(EPOCHS),
             "--tracking_uri", mlflow_server, "--experiment_name", "resume", "--checkpoint_dir", str(ck)]
-    proc = subprocess.Popen([sys.executable, "-m", "ts_neuralode.cli", *args], cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "ts_neuralode.cli", *args], cwd=tmp_path, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_at = None
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            epoch = _checkpoint_epoch(ck / "last.ckpt")
-            if epoch is not None and epoch >= 1:
-                proc.kill()  # SIGKILL: no chance to clean up or finish the MLflow run
-                killed_at = epoch
-                break
-            time.sleep(0.02)
+        killed_at = wait_for_epoch(proc, ck / "last.ckpt", 1)
+        if killed_at is not None:
+            proc.kill()  # SIGKILL: no chance to clean up or finish the MLflow run
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -64,7 +41,7 @@ def test_killed_fit_resumes_into_the_same_run(mlflow_server, tiny_csv, tmp_path)
     before = client.get_run(run_id)
     assert before.info.status == "RUNNING"  # killed: never finished
     steps_before = {m.step for m in client.get_metric_history(run_id, "epoch/train_loss")}
-    resume_from = _checkpoint_epoch(ck / "last.ckpt")
+    resume_from = checkpoint_epoch(ck / "last.ckpt")
     assert 1 <= resume_from < EPOCHS - 1 and max(steps_before) < EPOCHS - 1, "the kill came too late to test resume"
 
     old = os.getcwd()
@@ -90,4 +67,4 @@ def test_killed_fit_resumes_into_the_same_run(mlflow_server, tiny_csv, tmp_path)
     train_steps = [m.step for m in client.get_metric_history(run_id, "epoch/train_loss")]
     twice = {s for s in train_steps if train_steps.count(s) > 1}
     assert twice <= set(range(resume_from + 1, max(steps_before) + 1)), (resume_from, sorted(train_steps))
-    assert _checkpoint_epoch(ck / "last.ckpt") == EPOCHS - 1  # last.ckpt follows the latest epoch
+    assert checkpoint_epoch(ck / "last.ckpt") == EPOCHS - 1  # last.ckpt follows the latest epoch

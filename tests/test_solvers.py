@@ -49,9 +49,12 @@ def _time_dependent():
 PROBLEMS = {"exp": _exp_problem, "oscillator": _oscillator, "time_dependent": _time_dependent}
 
 
+# Recorded margins (scripts/check_margins.py; results/test_margins.md; float64, the same for every seed and thread
+# count): fitted orders within 0.2 of the tableau's (tsit5 on exp, headroom 1.49; all others >= 2.2), adaptive global
+# errors at most 1/12 of 100 x the local tolerance, reverse-time errors at least 3.2x under their limits.
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("method", list(METHODS))
-def test_order_of_convergence(method, problem):
+def test_order_of_convergence(method, problem, margin):
     """Global error at t=2 with step h, h/2, h/4: fitted slope = the tableau's order ± 0.3."""
     f, y0, exact = PROBLEMS[problem]()
     tab = METHODS[method]
@@ -67,11 +70,11 @@ def test_order_of_convergence(method, problem):
     x = torch.log(torch.tensor(hs, dtype=F64))
     yv = torch.log(torch.tensor(errs, dtype=F64))
     slope = (((x - x.mean()) * (yv - yv.mean())).sum() / ((x - x.mean()) ** 2).sum()).item()
-    assert abs(slope - tab.order) <= 0.3, (method, problem, errs, slope)
+    margin("|fitted slope - order|", abs(slope - tab.order), 0.3, note=f"({method}, {problem}, errors {errs})")
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
-def test_fixed_step_public_api_order(method):
+def test_fixed_step_public_api_order(method, margin):
     f, y0, exact = _oscillator()
     order = METHODS[method].order
     t = torch.tensor([0.0, 0.7, 2.0], dtype=F64)
@@ -79,12 +82,12 @@ def test_fixed_step_public_api_order(method):
     for h in (0.1, 0.05):
         ys = odeint(f, y0, t, method=method, step_size=h).ys
         errs.append((ys[:, -1] - exact(2.0)).abs().max().item())
-    assert abs(math.log2(errs[0] / errs[1]) - order) <= 0.3
+    margin("|log2 error ratio - order|", abs(math.log2(errs[0] / errs[1]) - order), 0.3)
 
 
 @pytest.mark.parametrize("method", ["bosh3", "dopri5", "tsit5"])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-def test_adaptive_within_tolerance(method, problem):
+def test_adaptive_within_tolerance(method, problem, margin):
     f, y0, exact = PROBLEMS[problem]()
     t = torch.linspace(0, 3, 17, dtype=F64)
     rtol, atol = 1e-7, 1e-9
@@ -92,13 +95,13 @@ def test_adaptive_within_tolerance(method, problem):
     ref = torch.stack([exact(float(ti)) for ti in t], 1)
     err = (sol.ys - ref).abs()
     # global error stays within a small multiple of the local tolerance (dense output included)
-    assert (err <= 100 * (atol + rtol * ref.abs())).all(), err.max()
+    margin("max global error / (100 x local tolerance)", float((err / (100 * (atol + rtol * ref.abs()))).max()), 1.0)
     assert torch.equal(sol.ys[:, 0], y0)
     assert (sol.stats.n_accepted > 0).all() and (sol.stats.n_f_evals > 0).all()
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_reverse_time(method):
+def test_reverse_time(method, margin):
     f, y0, exact = _oscillator()
     t = torch.linspace(1.5, -0.5, 9, dtype=F64)
     # y0 is the state at t=1.5: rotate the exact solution so that it passes through y0 at 1.5
@@ -108,7 +111,7 @@ def test_reverse_time(method):
     sol = odeint(f, y0, t, method=method, **kw)
     ref = torch.stack([exact(float(ti) - 1.5) for ti in t], 1)
     tol = {"euler": 3e-2, "midpoint": 1e-3}.get(method, 1e-6)
-    assert (sol.ys - ref).abs().max() < tol
+    margin("max error", float((sol.ys - ref).abs().max()), tol)
 
 
 class MLP(nn.Module):

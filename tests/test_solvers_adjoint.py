@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from test_solvers import finite_difference_y0  # tests/ is on sys.path under pytest
 from ts_neuralode.solvers import SolverError, odeint
-
-from test_solvers import finite_difference_y0  # noqa: E402  (tests/ is on sys.path under pytest)
 
 F64 = torch.float64
 

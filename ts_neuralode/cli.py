@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser, SolverError, TSNeuralODEError
 
 PROG = "ts-neuralode"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -39,6 +39,7 @@ def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     from ts_neuralode import tracking
+    from ts_neuralode.callbacks import AtomicCheckpointIO, TrainingGuard
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
     from ts_neuralode.lightning import ForecastingModule
 
@@ -96,12 +97,18 @@ def _lightning_cli_class():
         def instantiate_trainer(self, **kwargs: Any):
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             trainer_cfg = cfg.trainer
-            callbacks = []
+            callbacks = [TrainingGuard(self.ckpt_dir if self.subcommand == "fit" else None)]
+            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+            if not any(hasattr(p, "save_checkpoint") for p in plugins):
+                kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # a kill during a save keeps the old file
             logger_cfg = trainer_cfg.get("logger")
             if cfg.get("tracking") and logger_cfg in (None, True):
                 tags = {"ts_neuralode.subcommand": self.subcommand}
+                uri = tracking.resolve_tracking_uri(cfg.get("tracking_uri"))
+                tracking.check_reachable(uri)
                 kwargs["logger"] = tracking.make_logger(
-                    cfg.get("tracking_uri"), cfg.get("experiment_name"), cfg.get("run_name"),
+                    uri, cfg.get("experiment_name"), cfg.get("run_name"),
                     run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
                 )
                 callbacks.append(tracking.MlflowTrackingCallback(
@@ -143,13 +150,31 @@ def _lightning_cli_class():
                     lines.append(f"best checkpoint: {best}")
                 if cb is not None and cb.model_dir_written:
                     lines.append(f"model directory: {cb.model_dir_written}  (ts-neuralode forecast --model ...)")
+                failed = any(getattr(lg, "tracking_failed", False) for lg in self.trainer.loggers)
                 if cb is not None and cb.run_id:
                     uri = cb.tracking_uri or ""
-                    lines.append(f"MLflow run {cb.run_id} at {uri}")
+                    lines.append(f"MLflow run {cb.run_id} at {uri}" + (" (incomplete: tracking failed during the "
+                                                                        "fit)" if failed else ""))
                     if uri.startswith("sqlite:"):
                         lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
                 for line in lines:
                     print(line, file=sys.stderr)
+
+        def before_validate(self) -> None:
+            self._require_split("val", "validate", "--data.val_fraction")
+
+        def before_test(self) -> None:
+            self._require_split("test", "test", "--data.test_fraction")
+
+        def _require_split(self, split: str, what: str, option: str) -> None:
+            """Evaluating an empty split would 'succeed' and score nothing: say so instead."""
+            dm = self.datamodule
+            if dm is None or not hasattr(dm, "split_ids") or len(dm.split_ids(split)):
+                return
+            n = len(dm.series_ids)
+            raise ConfigError(f"{PROG} {what}: the data split has no {split} series ({n} series, {option}="
+                              f"{getattr(dm, split + '_fraction', '?')}); raise {option} (with the same --data.seed "
+                              f"as the fit) or evaluate another split")
 
         def after_predict(self) -> None:
             if self.trainer.is_global_zero:
@@ -300,9 +325,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         context=args.context, **read,
     )
     out_path = Path(args.out)
-    if out_path.parent and not out_path.parent.exists():
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(out_path, index=False)
+    _write_csv(out, out_path)
     n_series = out["unique_id"].nunique()
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
     pngs: list[Path] = []
@@ -315,6 +338,17 @@ def forecast_main(argv: Sequence[str]) -> int:
         run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
         print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
+
+
+def _write_csv(frame, path: Path) -> None:
+    """Atomically (a kill during the write leaves the previous file); one line when the path is not writable."""
+    from ts_neuralode.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, frame.to_csv(index=False))
+    except OSError as err:
+        raise ConfigError(f"--out {path}: cannot write it ({err.strerror or type(err).__name__}); pass a writable "
+                          "path") from err
 
 
 def _resolve_run(spec: str, tracking_uri: str | None):
@@ -416,6 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except TSNeuralODEError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (SolverError, ValueError) as err:
+        # the ODE solver giving up mid-run: TrainingGuard attached where and what to try
+        message = getattr(err, "ts_neuralode_message", None)
+        if message is None:
+            raise
+        print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except argparse.ArgumentError as err:  # jsonargparse's parser errors (bad/missing option)
         print(f"{PROG} {sub}: error: {_one_line(err)}; see '{PROG} {sub} --help'", file=sys.stderr)

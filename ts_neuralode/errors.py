@@ -13,7 +13,13 @@ from ts_neuralode.solvers.errors import SolverError
 
 
 class TSNeuralODEError(Exception):
-    """Base class of every error a user can cause."""
+    """Base class of every error a user can cause. The message is one line: any line breaks in it (e.g. from a
+    pandas error quoted in it) are folded into spaces."""
+
+    def __init__(self, *args) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (" ".join(args[0].split()),)
+        super().__init__(*args)
 
 
 class DataError(TSNeuralODEError, ValueError):
@@ -26,6 +32,13 @@ class ConfigError(TSNeuralODEError, ValueError):
 
 class ForecastError(TSNeuralODEError, ValueError):
     """A forecast request the model cannot serve (says why)."""
+
+
+class TrainingError(TSNeuralODEError, RuntimeError):
+    """A fit that cannot go on: the loss or gradients became NaN/inf, or the ODE solver could not make progress.
+
+    The message says what happened, at which epoch and step, and what to try; the last good checkpoint and the
+    model directory are left as they were."""
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -49,4 +62,5 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
-__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "SolverError", "OneLineArgumentParser"]
+__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError", "SolverError",
+           "OneLineArgumentParser"]

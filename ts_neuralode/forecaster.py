@@ -39,7 +39,7 @@ import torch
 
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
-from ts_neuralode.errors import ConfigError, DataError, ForecastError
+from ts_neuralode.errors import ConfigError, ForecastError
 
 FORMAT = "ts_neuralode.model/1"
 WEIGHTS = "weights.pt"
@@ -122,11 +122,14 @@ class Forecaster:
         return cls(module, datamodule.transform, read, name=name)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it."""
+        """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it.
+
+        The directory is replaced atomically (:func:`ts_neuralode.atomic.atomic_write_dir`): a process killed
+        during the save leaves the previous model directory, or the new one complete, never a mix."""
+        from ts_neuralode.atomic import atomic_write_dir
+
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        torch.save(state, path / WEIGHTS)
         config = {
             "format": FORMAT,
             "name": self.name,
@@ -140,8 +143,16 @@ class Forecaster:
             config["ts_neuralode_version"] = __version__
         except ImportError:  # pragma: no cover
             pass
-        (path / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        return path
+        text = json.dumps(config, indent=2) + "\n"
+
+        def fill(tmp: Path) -> None:
+            torch.save(state, tmp / WEIGHTS)
+            (tmp / CONFIG).write_text(text)
+
+        try:
+            return atomic_write_dir(path, fill)
+        except NotADirectoryError as err:
+            raise ConfigError(f"{path}: exists and is not a directory; pass a directory for the model") from err
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
@@ -152,9 +163,13 @@ class Forecaster:
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``.
         """
-        from ts_neuralode.data.transform import SeriesTransform
+        from ts_neuralode.atomic import interrupted_backup
 
         p = Path(path)
+        backup = interrupted_backup(p)
+        if backup is not None:
+            raise ForecastError(f"{p}: missing; a save was interrupted and left the previous model at {backup}; "
+                                f"rename it to {p.name} or save the model again")
         if not p.exists():
             raise ForecastError(f"{p}: no such model directory or checkpoint; pass the path written by "
                                 "'ts-neuralode fit' (a model directory or a .ckpt file)")
@@ -247,8 +262,8 @@ class Forecaster:
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
-        if int(num_samples) < 1:
-            raise ForecastError(f"num_samples={num_samples} must be >= 1")
+        num_samples = _count(num_samples, "num_samples")
+        batch_size = _count(batch_size, "batch_size")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         for q in qs:
@@ -261,23 +276,40 @@ class Forecaster:
         ids = list(prepared_all.series_ids)
         index = list(range(len(ids)))
         if series is not None:
+            if isinstance(series, (str, bytes)) or not hasattr(series, "__iter__"):
+                series = [series]
+            series = list(series)
+            if not series:
+                raise ForecastError("series=[] names no series; pass some ids, or series=None for all of them")
             known = {str(s): i for i, s in enumerate(ids)}
             missing = [s for s in series if str(s) not in known]
             if missing:
                 raise ForecastError(f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
                                     f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
             index = [known[str(s)] for s in series]
-        raw_q, ns_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
+        raw_q, exact_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
         firsts = table.first_times()[index]
+        first_rows = table.offsets[:-1][index]
         for row, i in enumerate(index):
             q = raw_q[row]
-            q = q[np.isfinite(q)]
+            if not np.isfinite(q).all():
+                raise ForecastError(f"series {ids[i]!r}: query time {exact_q[row][~np.isfinite(q)][0]} is not a "
+                                    "finite time; pass finite numbers or valid datetimes")
             if q.size and q.min() < firsts[row] - 1e-9 * max(1.0, abs(firsts[row])):
-                when = self.transform.codec.from_float(np.array([q.min(), firsts[row]]))
+                k = int(np.argmin(q))
+                asked = self.transform.codec.from_ns(exact_q[row][k:k + 1])[0] if self.transform.codec.is_datetime \
+                    else exact_q[row][k]
                 where = "its first observation" if context is None else f"the start of its context={context!r} window"
                 raise ForecastError(
-                    f"series {ids[i]!r}: query time {when[0]} is before {where} {when[1]}; "
-                    "the model forecasts forward from the history: pass times at or after the history's start")
+                    f"series {ids[i]!r}: query time {asked} is before {where} "
+                    f"{table.user_times(first_rows[row:row + 1])[0]}; the model forecasts forward from the history: "
+                    "pass times at or after the history's start")
+            model_t = self.transform.raw_to_model_time(q, prepared_all.origins[i])
+            if q.size and not np.abs(model_t).max() <= MAX_MODEL_TIME:
+                raise ForecastError(
+                    f"series {ids[i]!r}: query time {exact_q[row][int(np.argmax(np.abs(model_t)))]} is "
+                    f"{float(np.abs(model_t).max()):.3g} model time units from the series' start (the training "
+                    f"series spanned at most ~10); the model cannot reach it: pass nearer times")
 
         gen_state = torch.random.get_rng_state()
         if seed is not None:
@@ -289,18 +321,18 @@ class Forecaster:
             bar = _progress(chunks, progress, "forecast")
             for chunk in bar:
                 frames.append(self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk],
-                                                  int(num_samples), levels, qs,
-                                                  None if ns_q is None else [ns_q[rows_of[i]] for i in chunk]))
+                                                  num_samples, levels, qs, [exact_q[rows_of[i]] for i in chunk]))
         finally:
             if seed is not None:
                 torch.random.set_rng_state(gen_state)
         return pd.concat(frames, ignore_index=True)
 
     def _query_raw(self, table, prepared, index, horizon, times, freq, num_points
-                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Query times per requested series: raw floats (list of 1-D arrays), and for datetime data the same
-        instants as exact int64 ns since the epoch (so the output timestamps are the ones asked for, not ones
-        recovered from floats a few ns off)."""
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Query times per requested series, sorted: raw floats (for the model), and the same times exactly as
+        they leave the package (for the output ``ds``): for datetime data int64 ns since the epoch (the instants
+        asked for, not ones recovered from floats a few ns off); for numbers the values passed (their own dtype),
+        or ``last + k * step`` computed in float64 for a horizon."""
         codec = self.transform.codec
         exact = codec.is_datetime
         unit_ns = 0
@@ -315,13 +347,22 @@ class Forecaster:
         def to_ns(values) -> np.ndarray:
             return np.sort(codec.datetimes_to_ns(values))
 
+        def numbers(values) -> tuple[np.ndarray, np.ndarray]:
+            """(sorted raw floats, the same values as given, in that order)."""
+            given = np.asarray(values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else values)
+            given = given.reshape(-1)
+            raw = np.asarray(codec.to_float(given), dtype=np.float64).reshape(-1)  # DataError if not numbers
+            order = np.argsort(raw, kind="stable")
+            keep_given = given.dtype.kind in "iuf"  # numbers come back as given; anything else as parsed floats
+            return raw[order], (given[order] if keep_given else raw[order])
+
         if times is not None:
             if horizon is not None or freq is not None:
                 raise ForecastError("pass either times=... or horizon=... (with freq/num_points), not both")
             if isinstance(times, pd.DataFrame):
                 if not {"unique_id", "ds"} <= set(times.columns):
                     raise ForecastError("a times DataFrame needs 'unique_id' and 'ds' columns (one row per query)")
-                out = []
+                raw_rows, exact_rows = [], []
                 ids = list(table.ids)
                 groups = {str(k): g for k, g in times.groupby(times["unique_id"].astype(str), sort=False)}
                 for i in index:
@@ -329,48 +370,70 @@ class Forecaster:
                     if g is None:
                         raise ForecastError(f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
                                             "for it or pass series=[...] to forecast fewer series")
-                    out.append(to_ns(g["ds"]) if exact else np.sort(codec.to_float(g["ds"])))
-                return from_ns(out) if exact else (out, None)
+                    if exact:
+                        exact_rows.append(to_ns(g["ds"]))
+                    else:
+                        raw, given = numbers(g["ds"])
+                        raw_rows.append(raw)
+                        exact_rows.append(given)
+                return from_ns(exact_rows) if exact else (raw_rows, exact_rows)
             arr = times if isinstance(times, (pd.Series, pd.Index, np.ndarray, list, tuple)) else [times]
             if len(arr) == 0:
                 raise ForecastError("times=[] is empty; pass at least one query time")
+            if len(arr) > MAX_QUERY_POINTS:
+                raise ForecastError(f"times has {len(arr)} values; pass at most {MAX_QUERY_POINTS} per call")
             if exact:
                 ns = to_ns(arr)
                 return from_ns([ns for _ in index])
-            raw = np.sort(np.asarray(codec.to_float(arr), dtype=np.float64).reshape(-1))
-            return [raw for _ in index], None
+            raw, given = numbers(arr)
+            return [raw for _ in index], [given for _ in index]
         if horizon is None:
             raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
         h = self._duration(horizon, "horizon")
-        if h <= 0:
+        if not h > 0:
             raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
                                 "observation to forecast; for times inside the history pass times=[...] instead")
         last = table.last_times()[index]
+        if exact and not h * unit_ns < 9.2e18:  # int64 ns spans 292 years
+            raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp (2262-04-11); "
+                                "pass a shorter horizon")
         if freq is not None:
             if num_points is not None:
                 raise ForecastError("pass either freq=... or num_points=..., not both")
             step = self._duration(freq, "freq")
-            if step <= 0:
+            if not step > 0:
                 raise ForecastError(f"freq={freq!r} must be positive")
-            n = int(math.floor(h / step + 1e-9))
+            ratio = h / step
+            if not ratio < MAX_QUERY_POINTS + 1:  # inf or NaN too
+                raise ForecastError(f"horizon/freq gives {ratio:.3g} query times per series; use a coarser freq "
+                                    f"(at most {MAX_QUERY_POINTS})")
+            n = math.floor(ratio + 1e-9)
             if n < 1:
                 raise ForecastError(f"freq={freq!r} is longer than horizon={horizon!r}; no query time fits")
-            if n > 100_000:
-                raise ForecastError(f"horizon/freq gives {n} query times per series; use a coarser freq")
             offs = step * np.arange(1, n + 1)
             if exact:
+                if round(step * unit_ns) < 1:
+                    raise ForecastError(f"freq={freq!r} is shorter than a nanosecond; pass a longer freq")
                 offs_ns = np.int64(round(step * unit_ns)) * np.arange(1, n + 1, dtype=np.int64)
         else:
-            n = 50 if num_points is None else int(num_points)
-            if n < 1:
-                raise ForecastError(f"num_points={num_points} must be >= 1")
+            n = 50 if num_points is None else _count(num_points, "num_points")
+            if n > MAX_QUERY_POINTS:
+                raise ForecastError(f"num_points={n} is too many; pass at most {MAX_QUERY_POINTS}")
             offs = np.linspace(0.0, h, n + 1)[1:]
             if exact:
                 offs_ns = np.rint(np.linspace(0.0, round(h * unit_ns), n + 1)[1:]).astype(np.int64)
         if exact:
-            last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns  # history times are whole ns
+            if table.time_ns is not None:  # the last observations exactly as read
+                last_ns = table.time_ns[table.offsets[1:][index] - 1].astype(np.int64)
+            else:
+                last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns
+            span = float(np.max(np.abs(last_ns.astype(np.float64)))) + float(offs_ns[-1])
+            if not span < 9.2e18:  # int64 ns ends in the year 2262
+                raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp "
+                                    "(2262-04-11); pass a shorter horizon")
             return from_ns([lt + offs_ns for lt in last_ns])
-        return [lt + offs for lt in last], None
+        rows = [lt + offs for lt in last]
+        return rows, rows
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -387,7 +450,12 @@ class Forecaster:
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
-                       levels: list[float], qs: list[float], ns_q: list[np.ndarray] | None = None) -> pd.DataFrame:
+                       levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None
+                       ) -> pd.DataFrame:
+        """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
+        :meth:`_query_raw`) when given."""
+        from ts_neuralode.callbacks import solver_failure
+
         sub = _subset_table(table, chunk)
         prepared = self.transform.make_batch(sub)
         lengths = [len(q) for q in raw_q]
@@ -396,7 +464,15 @@ class Forecaster:
         device = next(iter(self.module.parameters()), torch.zeros(())).device
         qt = prepared.query_times(padded, raw=True).to(device)
         batch = prepared.batch.to(device)
-        fc = self.model.forecast(batch, qt, num_samples=num_samples)
+        try:
+            fc = self.model.forecast(batch, qt, num_samples=num_samples)
+        except (RuntimeError, ValueError) as err:
+            if not solver_failure(err):
+                raise
+            first = " ".join(str(err).strip().splitlines()[0].split())
+            raise ForecastError(f"the ODE solver could not forecast series {list(prepared.series_ids)[:5]} ({first}); "
+                                "query times may be too far beyond the history for this model, or its solver "
+                                "tolerances too tight") from err
         mean = fc.mean.float()
         if not torch.isfinite(mean).all():
             raise ForecastError("the model produced non-finite forecasts (NaN/inf) for series "
@@ -412,13 +488,10 @@ class Forecaster:
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
-        if ns_q is not None:  # the exact instants asked for (rows are series-major, like ns_q)
-            from ts_neuralode.data.timecodec import tz_from_str
-
-            idx = pd.DatetimeIndex(np.concatenate(ns_q).astype(np.int64).view("datetime64[ns]"))
-            tz = self.transform.codec.tz
-            frame = frame.assign(**{self.transform.time_col: idx.tz_localize("UTC").tz_convert(tz_from_str(tz))
-                                    if tz is not None else idx})
+        if exact_q is not None:  # the times exactly as asked for (rows are series-major, like exact_q)
+            codec = self.transform.codec
+            ds = codec.from_ns(np.concatenate(exact_q)) if codec.is_datetime else np.concatenate(exact_q)
+            frame = frame.assign(**{self.transform.time_col: ds})
         return self._nixtla(frame, list(bands))
 
     def _nixtla(self, frame: pd.DataFrame, band_names: list[str]) -> pd.DataFrame:
@@ -466,7 +539,7 @@ class Forecaster:
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
             ids = ids[:max_series]
-        last = dict(zip([str(i) for i in table.ids], self.transform.codec.from_float(table.last_times())))
+        last = dict(zip([str(i) for i in table.ids], table.user_times(table.offsets[1:] - 1)))
         hist = hist.assign(unique_id=hist["unique_id"].astype(str))
         fc = forecast.assign(unique_id=forecast["unique_id"].astype(str))
         return plot_forecasts(hist, fc, self.name, out_dir, series=[str(i) for i in ids], cutoffs=last)
@@ -491,8 +564,24 @@ class Forecaster:
         hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
         from ts_neuralode.plotting import plot_forecasts
 
-        cut_t = dict(zip([str(i) for i in ctx.ids], self.transform.codec.from_float(ctx.last_times())))
+        cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1)))
         return plot_forecasts(hist_full, fc, self.name, out_dir, cutoffs=cut_t, prefix="val_forecast_")
+
+
+MAX_QUERY_POINTS = 100_000  # query times per series and call
+MAX_MODEL_TIME = 1e6  # |model time| a query may reach: 1e5 training spans (auto time_scale makes them <= 10)
+
+
+def _count(value: Any, what: str) -> int:
+    """A positive whole number option (num_samples, num_points, batch_size) or a ForecastError."""
+    try:
+        n = int(value)
+        ok = not isinstance(value, bool) and float(value) == n and n >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ForecastError(f"{what}={value!r} must be a whole number >= 1")
+    return n
 
 
 def _progress(items: list, enabled: bool, desc: str):
@@ -535,7 +624,7 @@ def _as_transform(tstate: Any):
 def table_to_long(table) -> pd.DataFrame:
     """SeriesTable -> ``unique_id, ds, channel, y`` rows for every observed value."""
     ids = np.repeat(np.asarray(table.ids, dtype=object), table.counts)
-    ts = table.codec.from_float(table.times)
+    ts = table.user_times()  # exactly as read
     parts = []
     for d, ch in enumerate(table.channel_names):
         m = table.mask[:, d]

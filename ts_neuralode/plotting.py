@@ -8,6 +8,7 @@ Inputs are the tidy frames the :class:`~ts_neuralode.forecaster.Forecaster` work
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from ts_neuralode.atomic import atomic_write_bytes  # noqa: E402
 
 _LEVEL = re.compile(r"-lo-(\d+(?:\.\d+)?)$")
 
@@ -85,8 +88,10 @@ def plot_series_forecast(
     axes[-1, 0].set_xlabel("time")
     fig.autofmt_xdate() if pd.api.types.is_datetime64_any_dtype(forecast["ds"]) else None
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())  # a kill during the save leaves the previous PNG
     return path
 
 

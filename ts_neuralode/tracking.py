@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from ts_neuralode.atomic import atomic_write_text
 from ts_neuralode.errors import ConfigError, TSNeuralODEError
 
 log = logging.getLogger(__name__)
@@ -76,13 +78,46 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 class TrackingLogger(MLFlowLogger):
-    """:class:`MLFlowLogger` that tolerates resumed runs.
+    """:class:`MLFlowLogger` that tolerates resumed runs and a tracking store that goes away.
 
     MLflow refuses to change a param's value within a run. When a fit resumes into its old run with, say, a
     larger ``max_epochs``, the params already present keep their first value and a warning names them.
+
+    Tracking never stops training: the first MLflow call that fails (a server that went away, a full disk)
+    prints one warning, and from then on this logger and :class:`MlflowTrackingCallback` skip MLflow; the
+    checkpoints and the model directory are still written locally. Every MLflow call goes through
+    :meth:`safe_call`.
     """
 
+    tracking_failed: bool = False
+
+    def safe_call(self, fn, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, or None once tracking has failed (the first failure is reported)."""
+        if self.tracking_failed:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException, requests/urllib3 errors, OSError: all mean "store is gone"
+            self.tracking_failed = True
+            first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else type(err).__name__
+            print(f"ts-neuralode: warning: MLflow tracking at {self._tracking_uri} failed ({first[:300]}); "
+                  "training goes on without it (checkpoints and the model directory are still written locally)",
+                  file=sys.stderr, flush=True)
+            return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.safe_call(super().log_metrics, metrics, step)
+
+    def finalize(self, status: str = "success") -> None:
+        self.safe_call(super().finalize, status)
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.safe_call(super().after_save_checkpoint, checkpoint_callback)
+
     def log_hyperparams(self, params: Any) -> None:  # noqa: D102 - see class docstring
+        self.safe_call(self._log_hyperparams, params)
+
+    def _log_hyperparams(self, params: Any) -> None:
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -132,10 +167,39 @@ def make_logger(
 
 
 def find_logger(trainer: Trainer) -> MLFlowLogger | None:
+    """The run's MLflow logger, or None (also once tracking has failed, see :class:`TrackingLogger`)."""
     for logger in trainer.loggers:
         if isinstance(logger, MLFlowLogger):
-            return logger
+            return None if getattr(logger, "tracking_failed", False) else logger
     return None
+
+
+def tracked(logger: MLFlowLogger, fn, *args: Any, **kwargs: Any) -> Any:
+    """Call an MLflow function through the logger's :meth:`TrackingLogger.safe_call` when it has one."""
+    safe = getattr(logger, "safe_call", None)
+    return safe(fn, *args, **kwargs) if safe is not None else fn(*args, **kwargs)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """ConfigError at once when an http(s) tracking server does not answer (MLflow itself would retry for
+    minutes before failing with a traceback)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): reachable
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered; whether its certificate is acceptable is MLflow's call (MLFLOW_TRACKING_INSECURE_TLS)
+        raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it, pass another "
+                          "--tracking_uri, or --tracking false to train without MLflow") from err
 
 
 def _scalar(value: Any) -> float | None:
@@ -185,7 +249,7 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
         if logger is None:
             return
         text = self.parser.dump(self.config, skip_none=False)
-        logger.experiment.log_text(logger.run_id, text, self.config_filename)
+        tracked(logger, lambda: logger.experiment.log_text(logger.run_id, text, self.config_filename))
         trainer_cfg = self.config.get("trainer") or {}
         extra = {"seed_everything": self.config.get("seed_everything")}
         for key in TRAINER_PARAMS:
@@ -250,8 +314,9 @@ class MlflowTrackingCallback(Callback):
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
-        (self.ckpt_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir", str(self.ckpt_dir.resolve()))
+        atomic_write_text(self.ckpt_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
+        tracked(logger, lambda: logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir",
+                                                          str(self.ckpt_dir.resolve())))
 
     # -- per-epoch metrics --
     def _add(self, key: str, value: float | None) -> None:
@@ -327,32 +392,41 @@ class MlflowTrackingCallback(Callback):
         now = int(time.time() * 1000)
         batch = [Metric(key=EPOCH_PREFIX + k, value=v, timestamp=now, step=trainer.current_epoch)
                  for k, v in sorted(metrics.items())]
-        logger.experiment.log_batch(logger.run_id, metrics=batch)
+        tracked(logger, lambda: logger.experiment.log_batch(logger.run_id, metrics=batch))
 
     # -- end of fit: best checkpoint, model directory, plots --
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        logger = find_logger(trainer)
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        if logger is not None and best and Path(best).is_file():
-            logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
-            logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint", str(Path(best).resolve()))
+        forecaster = None
         datamodule = trainer.datamodule
         if datamodule is None or getattr(datamodule, "transform", None) is None:
             log.warning("no fitted data transform: the model directory is not written")
-            return
-        from ts_neuralode.forecaster import Forecaster
+        else:
+            from ts_neuralode.forecaster import Forecaster
 
-        module = pl_module
-        if best and Path(best).is_file():  # the model directory holds the best weights, not the last ones
-            module = _module_with_checkpoint(pl_module, best)
-        forecaster = Forecaster.from_module(module, datamodule)
-        if self.model_dir is not None:
-            self.model_dir_written = forecaster.save(self.model_dir)
-        if logger is None or not self.log_model:
+            module = pl_module
+            if best and Path(best).is_file():  # the model directory holds the best weights, not the last ones
+                module = _module_with_checkpoint(pl_module, best)
+            forecaster = Forecaster.from_module(module, datamodule)
+            if self.model_dir is not None:  # local files first: they do not depend on the tracking store
+                self.model_dir_written = forecaster.save(self.model_dir)
+        logger = find_logger(trainer)
+        if logger is None:
             return
+        if best and Path(best).is_file():
+            tracked(logger, lambda: (logger.experiment.log_artifact(logger.run_id, best, "checkpoints"),
+                                     logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint",
+                                                               str(Path(best).resolve()))))
+        if forecaster is not None and self.log_model:
+            tracked(logger, self._log_model, logger, forecaster, datamodule)
+
+    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule) -> None:
+        """The model directory and validation forecast plots as artifacts of the run."""
+        from ts_neuralode.callbacks import solver_failure
+
         client, run_id = logger.experiment, logger.run_id
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = forecaster.save(Path(tmp) / "model")
@@ -361,7 +435,9 @@ class MlflowTrackingCallback(Callback):
                 pngs = forecaster.plot_validation_forecasts(
                     datamodule, Path(tmp) / "plots", n_series=self.plot_series, num_samples=self.forecast_samples
                 )
-            except TSNeuralODEError as err:  # plots are a courtesy; never fail a finished fit over them
+            except Exception as err:  # plots are a courtesy; never fail a finished fit over them
+                if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
+                    raise
                 log.warning("forecast plots not logged: %s", err)
                 pngs = []
             for png in pngs:

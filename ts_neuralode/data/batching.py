@@ -134,8 +134,6 @@ def context_start(times: np.ndarray, start: np.ndarray, count: np.ndarray, cutof
 def subset_table(table, idx, lo=None, hi=None):
     """A SeriesTable with series ``idx`` only (in that order), and of each only rows ``lo[k]:hi[k]`` (positions
     within the series; default all). Each range is clipped to keep at least one row of its series."""
-    from dataclasses import replace
-
     idx = np.asarray(list(idx), dtype=np.int64)
     count = table.counts[idx].astype(np.int64)
     lo = np.zeros_like(count) if lo is None else np.clip(np.asarray(lo, dtype=np.int64), 0, count - 1)
@@ -144,8 +142,7 @@ def subset_table(table, idx, lo=None, hi=None):
     first = np.cumsum(n) - n
     rows = np.repeat(table.offsets[idx] + lo, n) + np.arange(int(n.sum())) - np.repeat(first, n)
     offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
-    return replace(table, ids=np.asarray(table.ids)[idx], offsets=offsets, times=table.times[rows],
-                   values=table.values[rows], mask=table.mask[rows])
+    return table.take(rows, offsets, np.asarray(table.ids)[idx])  # row-aligned fields (exact times, rows) too
 
 
 @dataclass

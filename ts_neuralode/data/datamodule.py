@@ -50,8 +50,17 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
-from ts_neuralode.data.batching import (LAYOUTS, Collator, ForecastSpec, SeriesArrays, TaskSpec, segment_searchsorted,
-                                       subsample, subset_table, window_slack)
+from ts_neuralode.data.batching import (
+    LAYOUTS,
+    Collator,
+    ForecastSpec,
+    SeriesArrays,
+    TaskSpec,
+    segment_searchsorted,
+    subsample,
+    subset_table,
+    window_slack,
+)
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
@@ -365,7 +374,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
         return self.transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
-                                       value_kind)
+                                       value_kind, history=(self.table, idx))
 
     # --- loaders -------------------------------------------------------------------------------
     def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,

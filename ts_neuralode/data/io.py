@@ -47,6 +47,11 @@ class SeriesTable:
         channel_names: the value column names (``D`` of them).
         codec: the :class:`TimeCodec` that produced ``times``.
         source: file name or "<DataFrame>", used in messages.
+        time_ns: ``[N]`` int64 for datetime data: the instants exactly as read (ns since the epoch, UTC when
+            timezone-aware), so that history times leave the package unchanged (``times`` are floats).
+        rows: ``[N]`` int64 position of each row in the input (the first of a group merged by
+            ``duplicates="mean"``), for messages (:meth:`where`).
+        from_file: whether ``source`` is a file (messages say ``line N``) or a DataFrame (``row N``).
     """
 
     ids: np.ndarray
@@ -60,10 +65,35 @@ class SeriesTable:
     id_col: str | None = "unique_id"
     time_col: str = "ds"
     extra: dict = field(default_factory=dict)
+    time_ns: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    from_file: bool = False
 
     @property
     def n_series(self) -> int:
         return len(self.ids)
+
+    def where(self, col: str | None, k: int | None = None) -> str:
+        """'file, column 'c', line N' of row ``k`` of this table (its position in the input)."""
+        pos = None if k is None or self.rows is None else int(self.rows[k])
+        return _Where(self.source, self.from_file).at(col, pos)
+
+    def user_times(self, k: np.ndarray | slice | None = None):
+        """Times of rows ``k`` (default all) exactly as read: a float array, or a DatetimeIndex in the data's
+        timezone (from :attr:`time_ns`, not from the float ``times``)."""
+        k = slice(None) if k is None else k
+        if self.time_ns is None or not self.codec.is_datetime:
+            return self.codec.from_float(self.times[k])
+        return self.codec.from_ns(self.time_ns[k])
+
+    def take(self, rows: np.ndarray, offsets: np.ndarray, ids) -> "SeriesTable":
+        """A table with rows ``rows`` of this one (in that order), grouped into series by ``offsets``/``ids``."""
+        from dataclasses import replace
+
+        opt = lambda a: None if a is None else a[rows]  # noqa: E731
+        return replace(self, ids=np.asarray(ids), offsets=np.asarray(offsets, dtype=np.int64), times=self.times[rows],
+                       values=self.values[rows], mask=self.mask[rows], time_ns=opt(self.time_ns),
+                       rows=opt(self.rows))
 
     @property
     def num_channels(self) -> int:
@@ -101,6 +131,12 @@ class _Where:
         return ", ".join(parts)
 
 
+# Every number read is the float64 nearest to its text (what Python's float() gives), so times and values leave
+# the package exactly as they were written: pandas >= 3 parses so by default (and deprecates the option);
+# pandas 2's default parser can be one unit in the last place off.
+_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
 def read_frame(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV into a DataFrame, raising DataError for a missing, unreadable or empty file."""
     p = os.fspath(path)
@@ -109,15 +145,36 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
     if os.path.isdir(p):
         raise DataError(f"{p}: is a directory, not a CSV file; pass the path of a .csv file")
     try:
-        df = pd.read_csv(p, skipinitialspace=True)
+        df = pd.read_csv(p, skipinitialspace=True, **_EXACT_FLOATS)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{p}: file is empty; it needs a header line and at least 2 rows per series") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{p}: not a readable CSV file ({msg}); save it as comma-separated UTF-8 text") from exc
+    except (pd.errors.ParserError, UnicodeError, ValueError, OverflowError) as exc:
+        msg = " ".join(str(exc).strip().splitlines()[-1].split()) if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: not a readable CSV file ({msg[:200]}); save it as comma-separated UTF-8 text") from exc
+    except OSError as exc:
+        raise DataError(f"{p}: cannot read it ({exc.strerror or type(exc).__name__}); check its permissions") from exc
     if len(df) == 0:
         raise DataError(f"{p}: file has a header but no data rows; add observations")
+    if len(df.columns) == 1:
+        sep = next((c for c in (";", "\t", "|") if c in str(df.columns[0])), None)
+        if sep is not None:
+            raise DataError(f"{p}: one column {str(df.columns[0])[:80]!r}: the file seems to be separated by "
+                            f"{sep!r}; save it comma-separated")
     return df
+
+
+def _factorize_ids(idcol: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Series ids -> (codes, sorted unique ids). Ids of several types that do not compare (e.g. 3 and "a" in
+    a DataFrame) are sorted by type name, then value."""
+    try:
+        codes, uniques = pd.factorize(idcol, sort=True)
+        return codes, np.asarray(uniques)
+    except TypeError:
+        codes, uniques = pd.factorize(idcol, sort=False)
+        order = sorted(range(len(uniques)), key=lambda i: (type(uniques[i]).__name__, str(uniques[i])))
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return rank[codes], np.asarray(list(uniques), dtype=object)[order]
 
 
 def _first(mask: np.ndarray) -> int:
@@ -150,8 +207,9 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
 
 
 def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
-                codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec]:
-    """Time column -> (raw float64 times, codec). Numbers stay numbers; anything else is parsed as datetimes."""
+                codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec, np.ndarray | None]:
+    """Time column -> (raw float64 times, codec, int64 ns of datetimes or None). Numbers stay numbers; anything
+    else is parsed as datetimes."""
     missing = col.isna().to_numpy()
     if missing.any():
         i = _first(missing)
@@ -165,7 +223,7 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
         if inf.any():
             i = _first(inf)
             raise DataError(f"{where.at(name, i)}: time {t[i]} is infinite; use finite times")
-        return t, codec or TimeCodec("numeric")
+        return t, codec or TimeCodec("numeric"), None
     if not is_dt:
         head = pd.to_numeric(col.iloc[:100], errors="coerce")  # cheap probe: datetimes fail at once
         if head.notna().all():
@@ -203,6 +261,12 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
     tz = col.dt.tz
     if tz is not None:
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    lo, hi = pd.Timestamp.min.as_unit("ns"), pd.Timestamp.max.as_unit("ns")
+    outside = ((col < lo) | (col > hi)).to_numpy()
+    if outside.any():  # pandas parses years 0001..9999, but a time is int64 ns (1677-09-22 .. 2262-04-11)
+        i = _first(outside)
+        raise DataError(f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
+                        f"({lo.date()} .. {hi.date()}); fix it")
     ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
     if codec is None:
         unit = time_unit or DEFAULT_TIME_UNIT
@@ -217,7 +281,7 @@ def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
                 f"trained on {'naive' if codec.tz is None else 'timezone-aware'} ones; convert them"
             )
     t = (ns - codec.ref_ns).astype(np.float64) / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
-    return t, codec
+    return t, codec, ns
 
 
 def _sort_order(codes: np.ndarray, times: np.ndarray, n_ids: int) -> np.ndarray:
@@ -284,7 +348,12 @@ def read_series(
         df, where = read_frame(source), _Where(os.fspath(source), True)
     df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
     columns = [str(c) for c in df.columns]
-    df.columns = columns
+    seen: set[str] = set()
+    dup = next((c for c in columns if c in seen or seen.add(c)), None)
+    if dup is not None:
+        raise DataError(f"{where.source}: column name {dup!r} appears twice (columns: {', '.join(columns)}); rename "
+                        "one of them")
+    df = df.set_axis(columns, axis=1)
 
     def need(col: str, what: str) -> None:
         if col not in columns:
@@ -320,7 +389,7 @@ def read_series(
                             "fix mask_cols")
 
     n = len(df)
-    times, codec = _parse_time(df[time_col], time_col, where, time_unit, codec)
+    times, codec, time_ns = _parse_time(df[time_col], time_col, where, time_unit, codec)
     values = np.empty((n, len(value_cols)), dtype=np.float64)
     obs = np.empty((n, len(value_cols)), dtype=bool)
     for d, c in enumerate(value_cols):
@@ -350,14 +419,14 @@ def read_series(
         if miss.any():
             i = _first(miss)
             raise DataError(f"{where.at(id_col, i)}: series id is missing; fill it in or delete the row")
-        codes, uniques = pd.factorize(idcol, sort=True)
-        ids = np.asarray(uniques)
+        codes, ids = _factorize_ids(idcol)
     else:
         codes, ids = np.zeros(n, dtype=np.int64), np.asarray(["series_0"], dtype=object)
 
     order = _sort_order(codes, times, len(ids))
-    codes_s, t_s = codes[order], times[order]
+    codes_s, t_s, rows_s = codes[order], times[order], order
     values, obs = values[order], obs[order]
+    ns_s = None if time_ns is None else time_ns[order]
     same = (codes_s[1:] == codes_s[:-1]) & (t_s[1:] == t_s[:-1])
     if same.any():
         if duplicates == "error":
@@ -376,11 +445,13 @@ def read_series(
         obs = cnt > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.where(obs, vs / np.maximum(cnt, 1), np.nan)
-        codes_s, t_s = codes_s[grp_starts], t_s[grp_starts]
+        codes_s, t_s, rows_s = codes_s[grp_starts], t_s[grp_starts], rows_s[grp_starts]
+        ns_s = None if ns_s is None else ns_s[grp_starts]
 
     keep = obs.any(axis=1)
     if not keep.all():
-        codes_s, t_s, values, obs = codes_s[keep], t_s[keep], values[keep], obs[keep]
+        codes_s, t_s, values, obs, rows_s = codes_s[keep], t_s[keep], values[keep], obs[keep], rows_s[keep]
+        ns_s = None if ns_s is None else ns_s[keep]
     if len(t_s) == 0:
         raise DataError(f"{where.source}: no observed values at all (every value is empty or masked); check "
                         "value_cols and mask_cols")
@@ -395,6 +466,7 @@ def read_series(
                       f"(e.g. id {ids[short][0]!r})", stacklevel=2)
         keep_rows = ~short[codes_s]
         codes_s, t_s, values, obs = codes_s[keep_rows], t_s[keep_rows], values[keep_rows], obs[keep_rows]
+        rows_s, ns_s = rows_s[keep_rows], None if ns_s is None else ns_s[keep_rows]
         remap = np.cumsum(~short) - 1
         codes_s = remap[codes_s]
         ids, counts = ids[~short], counts[~short]
@@ -407,4 +479,5 @@ def read_series(
     np.cumsum(counts, out=offsets[1:])
     return SeriesTable(ids=ids, offsets=offsets, times=t_s, values=values, mask=obs,
                        channel_names=[str(c) for c in value_cols], codec=codec, source=where.source,
-                       id_col=id_col if has_id else None, time_col=time_col)
+                       id_col=id_col if has_id else None, time_col=time_col, time_ns=ns_s,
+                       rows=np.asarray(rows_s, dtype=np.int64), from_file=where.is_file)

@@ -26,6 +26,11 @@ from ts_neuralode.errors import ConfigError, DataError
 DEFAULT_TIME_UNIT = "h"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def unit_to_ns(unit: str) -> int:
     """Nanoseconds in one ``unit`` (a pandas Timedelta unit such as "s", "min", "h", "D")."""
     try:
@@ -93,7 +98,17 @@ class TimeCodec:
     def datetimes_to_ns(self, values: Any) -> np.ndarray:
         """Datetimes (strings, Timestamps, DatetimeIndex, Series) -> int64 ns since epoch (UTC if aware).
 
-        Raises DataError when naive and aware datetimes are mixed with the codec's own kind."""
+        Raises DataError when naive and aware datetimes are mixed with the codec's own kind, and for anything that
+        is not a datetime in the range of int64 ns (1677-09-22 .. 2262-04-11)."""
+        try:
+            return self._datetimes_to_ns(values)
+        except DataError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # pandas' OutOfBoundsDatetime is a ValueError
+            raise DataError(f"could not read query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps "
+                            "between 1677-09-22 and 2262-04-11") from exc
+
+    def _datetimes_to_ns(self, values: Any) -> np.ndarray:
         if isinstance(values, (pd.Series, pd.Index)):
             s = pd.Series(values)
         elif isinstance(values, (pd.Timestamp, _dt.datetime, str, np.datetime64)):
@@ -107,6 +122,8 @@ class TimeCodec:
             except (ValueError, TypeError) as exc:
                 s = self._parse_mixed_offsets(s, fmt, exc)
         idx = pd.DatetimeIndex(s)
+        if idx.isna().any():
+            raise DataError("query times include a missing value (NaT/None/empty); pass valid datetimes")
         aware = idx.tz is not None
         if aware != (self.tz is not None):
             want = "timezone-aware" if self.tz is not None else "naive"
@@ -125,14 +142,14 @@ class TimeCodec:
         try:
             stamps = [pd.Timestamp(v) for v in s]
         except (ValueError, TypeError):
-            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
         aware = [t.tzinfo is not None for t in stamps]
         if not all(aware):
             if any(aware):
                 i = aware.index(not aware[0])
                 raise DataError(f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
                                 "give every time an offset or none") from exc
-            raise DataError(f"could not parse query times as datetimes ({exc}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
         return pd.Series([t.tz_convert("UTC") for t in stamps], dtype="datetime64[ns, UTC]")
 
     def to_float(self, values: Any) -> np.ndarray:
@@ -142,7 +159,11 @@ class TimeCodec:
             if arr.dtype.kind in "Mm" or arr.dtype == object and arr.size and isinstance(
                     arr.flat[0], (pd.Timestamp, _dt.datetime, str)):
                 raise DataError("the data's time axis is numeric but datetimes were given; pass numbers")
-            return np.asarray(arr, dtype=np.float64)
+            try:
+                return np.asarray(arr, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the data's "
+                                "time axis is numeric: pass numbers") from exc
         ns = self.datetimes_to_ns(values)
         return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
 
@@ -150,28 +171,44 @@ class TimeCodec:
         """A duration -> raw float time units: a number (or numeric string) is already in raw units (for datetime
         data: ``unit``, default hours); a pandas duration string or Timedelta ("30D", "12h") needs datetime
         data. Raises ``error`` with one line naming the option ``what``. The sign is not checked."""
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, (bool, np.bool_)):
+            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
+        number = None
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not np.isfinite(number):
+                raise error(f"{what}={value!r} is not a finite number; pass e.g. 12 or a duration such as '12h'")
+            return number
         if not self.is_datetime:
             raise error(f"{what}={value!r}: the data's time axis is numeric, so pass a number of time units")
         try:
             td = pd.Timedelta(value)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, OverflowError) as err:
             raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
+        if td is pd.NaT:
+            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
         return td.value / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
 
     def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
-        """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone."""
+        """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone.
+
+        For datetimes this is exact to the nanosecond only within about a month of ``ref`` (a float64 holds
+        ~15.9 significant digits); times that were read or asked for go out through :meth:`from_ns` instead."""
         t = np.asarray(t, dtype=np.float64)
         if not self.is_datetime:
             return t
         ns = np.rint(t.reshape(-1) * unit_to_ns(self.unit or DEFAULT_TIME_UNIT)).astype(np.int64) + self.ref_ns
-        idx = pd.DatetimeIndex(ns.view("datetime64[ns]"))
+        return self.from_ns(ns)
+
+    def from_ns(self, ns: Any) -> pd.DatetimeIndex:
+        """int64 ns since the epoch (UTC when aware) -> a DatetimeIndex with the original timezone, exactly."""
+        idx = pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).reshape(-1).view("datetime64[ns]"))
         if self.tz is not None:
             idx = idx.tz_localize("UTC").tz_convert(tz_from_str(self.tz))
         return idx

@@ -39,10 +39,35 @@ from ts_neuralode.errors import ConfigError, DataError, ForecastError
 SCALERS = ("standard", "minmax", "robust", "none")
 
 
+# Largest |value| a model input or target may have after scaling. Beyond it float32 arithmetic in the models
+# overflows (a squared error of 1e12 is 1e24; summed over 1e8 points 1e32, still below float32's 3.4e38); a value
+# that far out is a unit or data-entry error, and it gets a data error naming its file, column and row.
+MAX_SCALED_VALUE = 1e12
+# Largest |model time| of a history: float32 keeps it finite and the solvers can step across it (auto
+# time_scale makes training spans <= 10 model units).
+MAX_MODEL_TIME = 1e6
+
+
 def _fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
-    """Fit one scikit-learn scaler on the observed values ``x`` [n]; return (center, scale)."""
+    """Fit one scikit-learn scaler on the observed values ``x`` [n]; return (center, scale).
+
+    Values near the float64 limits (e.g. 1e308, whose sum or square overflows, or 1e-310) are first divided by
+    a power of two near their largest magnitude (exact), so the statistics are computed in range; center and
+    scale are multiplied back. The result may still be non-finite (a range wider than float64); the caller
+    reports that."""
     if kind == "none" or x.size == 0:
         return 0.0, 1.0
+    big = float(np.max(np.abs(x)))
+    pow2 = 1.0
+    if big > 1e100 or 0.0 < big < 1e-100:
+        pow2 = math.ldexp(1.0, math.frexp(big)[1] - 1)  # a power of two in (big / 2, big]
+        x = x / pow2
+    center, scale = _fit_scaler_unit(kind, x)
+    with np.errstate(over="ignore"):
+        return center * pow2, scale * pow2
+
+
+def _fit_scaler_unit(kind: str, x: np.ndarray) -> tuple[float, float]:
     from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
     col = x.reshape(-1, 1)
@@ -142,9 +167,42 @@ class SeriesTransform:
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number") from exc
             if not (ts > 0 and np.isfinite(ts)):
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
-        return cls(channel_names=list(table.channel_names), codec=table.codec, time_origin=time_origin,
-                   time_scale=ts, scaler=scaler, center=centers, scale=scales,
-                   id_col=table.id_col or "unique_id", time_col=table.time_col)
+        for d, (c, sc) in enumerate(zip(centers, scales)):
+            if not (math.isfinite(c) and math.isfinite(sc)):
+                obs = np.flatnonzero(rows & table.mask[:, d])
+                k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
+                raise DataError(f"{table.where(table.channel_names[d], k)}: value {table.values[k, d]:g}: the column's "
+                                f"values span more than float64 can scale ({scaler} scaler); rescale the column "
+                                "(e.g. divide it by 1e300) or fix the value")
+        out = cls(channel_names=list(table.channel_names), codec=table.codec, time_origin=time_origin,
+                  time_scale=ts, scaler=scaler, center=centers, scale=scales,
+                  id_col=table.id_col or "unique_id", time_col=table.time_col)
+        out.check_table(table)
+        return out
+
+    def check_table(self, table) -> None:
+        """DataError naming file, column and row for the first value or time that this transform would make
+        non-finite or too large for the float32 model (|scaled value| > :data:`MAX_SCALED_VALUE`, |model time| >
+        :data:`MAX_MODEL_TIME`), so that a fit or forecast never meets it as a NaN deep in a solver."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = self.transform_values(table.values)
+            tm = self.raw_to_model_time(table.times, np.repeat(self.origins(table), table.counts))
+        bad = table.mask & ~(np.abs(z) <= MAX_SCALED_VALUE)
+        if bad.any():
+            k, d = (int(a[0]) for a in np.nonzero(bad))
+            raise DataError(
+                f"{table.where(self.channel_names[d], k)}: value {table.values[k, d]:g} is {abs(z[k, d]):.3g} times the "
+                f"column's training scale ({self.scale[d]:.3g}) from its center ({self.center[d]:.3g}), beyond what "
+                f"the model's float32 inputs can hold (|scaled| <= {MAX_SCALED_VALUE:g}); fix the value or rescale the "
+                "column")
+        bad = ~(np.abs(tm) <= MAX_MODEL_TIME)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{table.where(table.time_col, k)}: time {table.user_times(np.array([k]))[0]} is {abs(tm[k]):.3g} "
+                f"model time units from its series' origin (time_scale {self.time_scale:g}), beyond what the model "
+                f"can step across (|model time| <= {MAX_MODEL_TIME:g}); fix the time, split the series, or pass a "
+                "larger --data.time_scale")
 
     def state_dict(self) -> dict:
         """Plain JSON-able dict (no pickles)."""
@@ -196,6 +254,31 @@ class SeriesTransform:
         raw = np.asarray(tm, dtype=np.float64) * self.time_scale + np.asarray(origin, dtype=np.float64)
         return self.codec.from_float(raw)
 
+    def _history_times(self, table, idx: Sequence[int], tm: np.ndarray, origins: np.ndarray):
+        """Output times for model times ``tm`` [B, Tq] of series ``idx`` of ``table``: each observation's own time
+        (as read) where ``tm`` is it up to float32 rounding, else the time computed from ``tm``."""
+        raw = tm * self.time_scale + origins
+        tol = 8 * float(np.finfo(np.float32).eps) * (np.abs(tm) + 1.0) * self.time_scale
+        rows = np.full(raw.shape, -1, dtype=np.int64)
+        for r, s in enumerate(np.asarray(idx, dtype=np.int64)):
+            lo, hi = int(table.offsets[s]), int(table.offsets[s + 1])
+            obs = table.times[lo:hi]
+            j = np.clip(np.searchsorted(obs, raw[r]), 1, max(len(obs) - 1, 1))
+            near = np.where(np.abs(obs[j - 1] - raw[r]) <= np.abs(obs[np.minimum(j, len(obs) - 1)] - raw[r]),
+                            j - 1, np.minimum(j, len(obs) - 1))
+            hit = np.abs(obs[near] - raw[r]) <= tol[r]
+            rows[r] = np.where(hit, lo + near, -1)
+        flat, hit = rows.reshape(-1), rows.reshape(-1) >= 0
+        if not self.codec.is_datetime:
+            return np.where(hit, table.times[np.maximum(flat, 0)], raw.reshape(-1))
+        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
+
+        computed = np.rint(raw.reshape(-1) * unit_to_ns(self.codec.unit or DEFAULT_TIME_UNIT)).astype(np.int64)
+        computed += self.codec.ref_ns
+        if table.time_ns is None:
+            return self.codec.from_ns(computed)
+        return self.codec.from_ns(np.where(hit, table.time_ns[np.maximum(flat, 0)], computed))
+
     def origins(self, table) -> np.ndarray:
         """``[S]`` raw float origin of every series of a SeriesTable (its first time, or 0)."""
         if self.time_origin == "series":
@@ -224,6 +307,7 @@ class SeriesTransform:
         from ts_neuralode.data.batching import SeriesArrays, collate
 
         table = source if hasattr(source, "offsets") else self.read(source, **read_kwargs)
+        self.check_table(table)
         origins = self.origins(table)
         arrays = SeriesArrays.from_table(table, self, origins)
         idx = np.arange(table.n_series)
@@ -237,7 +321,8 @@ class SeriesTransform:
                              median_gap=float(np.median(gaps)) if gaps.size else 1.0)
 
     def to_frame(self, series_ids: Sequence, origins: np.ndarray, times: Any, values: Any,
-                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None) -> pd.DataFrame:
+                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None,
+                 history: tuple[Any, Sequence[int]] | None = None) -> pd.DataFrame:
         """Model-unit predictions -> long DataFrame ``[id_col, time_col, <channel>..., <channel>-<band>...]``.
 
         Args:
@@ -245,6 +330,10 @@ class SeriesTransform:
             times: ``[Tq]`` or ``[B, Tq]`` model times. values: ``[B, Tq, D]`` model-unit values.
             bands: extra ``[B, Tq, D]`` arrays (e.g. {"lo-90": q05, "hi-90": q95}) in model units, mapped like
                 values (or, where ``value_kind[name] == "std"``, scaled only), written as ``<channel>-<name>``.
+            history: ``(table, idx)``: the SeriesTable the predictions are about and the table position of each of
+                the ``B`` series. A time within float32 rounding of one of that series' observations is then written
+                as that observation's time exactly as read (model times are float32: without this, a forecast at
+                the batch's own times comes back a few units in the last place off).
         """
         to_np = lambda a: a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
         values = to_np(values)
@@ -253,7 +342,10 @@ class SeriesTransform:
         if times.ndim == 1:
             times = np.broadcast_to(times, (b, tq))
         origins = np.asarray(origins, dtype=np.float64).reshape(b, 1)
-        ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
+        if history is not None:
+            ts = self._history_times(history[0], history[1], times, origins)
+        else:
+            ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
         out = {self.id_col: np.repeat(np.asarray(series_ids, dtype=object), tq),
                self.time_col: ts if isinstance(ts, pd.DatetimeIndex) else np.asarray(ts).reshape(-1)}
         vals = self.inverse_values(values).reshape(b * tq, d)

@@ -38,6 +38,7 @@ from ts_neuralode.models.flows import FLOWS, Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, make_activation, mlp
 from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
 from ts_neuralode.solvers import ADJOINT_MODES, METHODS, odeint
+from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
 
 ODE_METHODS = tuple(METHODS)
 VECTOR_FIELDS = ("mlp", "gru")
@@ -260,6 +261,9 @@ def _check_solver_options(method, rtol, atol, step_size, adjoint) -> None:
         isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0
     ):
         raise ConfigError(f"step_size={step_size!r} is invalid; pass a positive number or None")
+    if step_size is not None and method in ADAPTIVE_METHODS:
+        raise ConfigError(f"step_size={step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
+                          f"method={method!r} adapts its own steps: drop step_size or choose a fixed-step method")
     if not isinstance(adjoint, bool):
         raise ConfigError(f"adjoint={adjoint!r} is invalid; pass true or false")
 

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.models.nets import shares_spectral_weights
 from ts_neuralode.models.base import (
     Forecast,
     ForecastModel,
@@ -26,6 +25,7 @@ from ts_neuralode.models.base import (
     gaussian_nll,
     step_mask,
 )
+from ts_neuralode.models.nets import shares_spectral_weights
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
 
