@@ -319,6 +319,9 @@ def test_latent_ode_extrapolation_loss_scores_the_context_too():
         loss, logs = model.loss(no_targets)
     assert float(loss) > 50.0
     assert float(logs["mse"]) > 0.0
+    model.score_context = False  # the targets alone: nothing to score here but the KL term
+    with torch.no_grad():
+        assert float(model.loss(no_targets)[0]) < 50.0
 
 
 @pytest.mark.parametrize("padded", [True, False])
