@@ -238,9 +238,13 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
             assert key in run.data.metrics, key
 
         fc = Forecaster.load(tmp_path / "ck" / "model")
+        assert fc.context == "1D"  # the model directory remembers the training context ...
+        assert Forecaster.load(next((tmp_path / "ck").glob("epoch*.ckpt"))).context == "1D"  # ... and the checkpoint
         hist = pd.read_csv(dt_csv)
         ctx = fc.predict(hist, horizon="6h", num_points=3, num_samples=1, context="1D")
-        full = fc.predict(hist, horizon="6h", num_points=3, num_samples=1)
+        full = fc.predict(hist, horizon="6h", num_points=3, num_samples=1, context="all")
+        # by default a forecast conditions on what the model was trained to read
+        pd.testing.assert_frame_equal(fc.predict(hist, horizon="6h", num_points=3, num_samples=1), ctx)
         # context="1D" is the same as handing over only the last day of each series
         h = hist.dropna(subset=["y"]).assign(ts=lambda d: pd.to_datetime(d["ds"], utc=True))
         recent = h[h["ts"] >= h.groupby("unique_id")["ts"].transform("max") - pd.Timedelta("1D")]

@@ -240,7 +240,8 @@ def _forecast_parser() -> argparse.ArgumentParser:
     g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--context", default=None,
                    help="condition on only this much recent history before each series' last observation (a "
-                        "duration such as 30D or a number of time units; default: all of it)")
+                        "duration such as 30D or a number of time units; 'all': the whole history; default: the "
+                        "context the model was trained with on the forecast task, else the whole history)")
     p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
     p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
                    help="central interval levels in percent (default 50 90)")

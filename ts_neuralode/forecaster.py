@@ -94,6 +94,13 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def training_context(datamodule) -> float | str | None:
+    """The ``context`` a data module's forecast task trained on (None for other tasks or a whole history)."""
+    if getattr(datamodule, "task", None) != "forecast":
+        return None
+    return getattr(datamodule, "context", None)
+
+
 class Forecaster:
     """A trained model plus the data transform that maps its units back to the user's.
 
@@ -102,24 +109,29 @@ class Forecaster:
         transform: the fitted :class:`ts_neuralode.data.transform.SeriesTransform`.
         read_options: CSV reading options used for training (format, id/time/value/mask columns …).
         name: name of the forecast column (default: model name, plus the flow kind for flows).
+        context: the forecast task's training ``context`` (a duration such as "4D", or a number of time
+            units; None: the model saw whole histories). ``predict`` conditions on that much recent history
+            by default — what the model was trained to read.
     """
 
     def __init__(self, module: torch.nn.Module, transform, read_options: Mapping[str, Any] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, context: float | str | None = None) -> None:
         self.module = module.eval()
         self.model = getattr(module, "model", module)
         self.transform = transform
         self.read_options = {k: v for k, v in dict(read_options or {}).items() if k in READ_KEYS}
         self.hparams = _clean_hparams(getattr(module, "hparams", {}) or {})
         self.name = name or model_display_name(self.hparams)
+        self.context = context
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
     @classmethod
     def from_module(cls, module: torch.nn.Module, datamodule, name: str | None = None) -> "Forecaster":
-        """From a trained module and the data module it was trained on (its transform and read options)."""
+        """From a trained module and the data module it was trained on (its transform, read options and, for
+        the forecast task, its context)."""
         read = dict(getattr(datamodule, "read_kwargs", {}) or {})
-        return cls(module, datamodule.transform, read, name=name)
+        return cls(module, datamodule.transform, read, name=name, context=training_context(datamodule))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it.
@@ -136,6 +148,7 @@ class Forecaster:
             "module": {"class": "ts_neuralode.lightning.ForecastingModule", "hparams": _jsonable(self.hparams)},
             "transform": _jsonable(self.transform.state_dict()),
             "read_options": _jsonable(self.read_options),
+            "context": _jsonable(self.context),
         }
         try:
             from ts_neuralode import __version__
@@ -189,13 +202,16 @@ class Forecaster:
             tstate = config["transform"]
             read = config.get("read_options", {})
             name = name or config.get("name")
+            context = config.get("context")
         else:
             ckpt = _torch_load(p, map_location)
             if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
                 raise ForecastError(f"{p}: not a Lightning checkpoint (no state_dict); pass a .ckpt from a fit")
             hparams = ckpt.get("hyper_parameters") or {}
             state = ckpt["state_dict"]
-            read = {k: v for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items() if k in READ_KEYS}
+            dm_hparams = ckpt.get("datamodule_hyper_parameters") or {}
+            read = {k: v for k, v in dm_hparams.items() if k in READ_KEYS}
+            context = dm_hparams.get("context") if dm_hparams.get("task") == "forecast" else None
             tstate = None
             for key, val in ckpt.items():
                 if isinstance(val, Mapping) and "transform" in val and "DataModule" in str(key):
@@ -213,7 +229,7 @@ class Forecaster:
             first = str(err).strip().splitlines()[0]
             raise ForecastError(f"{p}: weights do not match the configured model ({first})") from err
         module.to(map_location)
-        return cls(module, tr, read, name=name)
+        return cls(module, tr, read, name=name, context=context)
 
     # ------------------------------------------------------------------------------------------
     # prediction
@@ -258,7 +274,9 @@ class Forecaster:
             batch_size: series per forward pass. progress: show a progress bar. seed: sampling seed.
             context: condition on only the observations within this duration before each series' last one
                 (a number of time units or a duration such as "30D"; the same window rule as the forecast
-                task's ``context`` in training); default None: the whole history.
+                task's ``context`` in training). Default None: the model's training context
+                (``self.context``) when it was trained on the forecast task with one, else the whole
+                history; "all": the whole history in any case.
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -270,6 +288,10 @@ class Forecaster:
             if not 0.0 < q < 1.0:
                 raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
         table = self.read_history(history, **read_options)
+        if context is None:
+            context = self.context
+        elif isinstance(context, str) and context.strip().lower() == "all":
+            context = None
         if context is not None:
             table = self._recent(table, context, "context")
         prepared_all = self.transform.make_batch(table)
