@@ -104,7 +104,7 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
 
 def test_forecast_task_on_one_long_series_with_seasonal_baseline():
     """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
-    windows an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
+    windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
     last value forward (the yearly cycle does, the mean does not)."""
     from pathlib import Path
 
@@ -122,7 +122,7 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline():
     assert t.loc["linear", "forecast_mse"] == t.loc["locf", "forecast_mse"]  # after the cutoff linear is flat
     md = benchmark.markdown_table(res.table)
     assert "forecast skill" in md and "interp MSE" not in md
-    assert "forecast windows (horizon 52W, context 104W, 42 training windows per epoch" in res.description
+    assert "forecast windows (horizon 52W, context 104W, 168 training windows per epoch" in res.description
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -149,7 +149,12 @@ def test_split_by_series_and_window_counts(frame):
     assert all(len(p) == 1 for p in parts) and len(set.union(*parts)) == 3
     (s,) = parts[0]
     span = dm.table.last_times()[s] - dm.table.first_times()[s]  # no held-out horizon: the whole series trains
-    assert len(dm.train_dataloader().dataset) == dm.train_items_per_epoch == math.ceil(span / H)
+    per = math.ceil(span / H)  # one window per horizon of history ...
+    per *= math.ceil(10 * 64 / per)  # ... scaled up to 10 batches of 64 (AUTO_MIN_BATCHES)
+    assert len(dm.train_dataloader().dataset) == dm.train_items_per_epoch == per
+    big = make_dm(frame, split_by="series", val_fraction=0.34, test_fraction=0.34, windows_per_series="auto",
+                  batch_size=1)  # 10 batches of 1 are fewer than one window per horizon: no scaling
+    assert big.train_items_per_epoch == math.ceil(span / H)
     (t,) = parts[2]
     (_, c, *_rest), = items(next(iter(dm.test_dataloader())))
     assert c == pytest.approx(dm.table.last_times()[t] - H)

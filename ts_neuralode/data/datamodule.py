@@ -17,8 +17,9 @@ Tasks:
   durations in the data's time unit — a number, or e.g. ``"30D"`` for datetimes). Training draws a new
   random cutoff for every window, ``windows_per_series`` windows per series per epoch (``"auto"``: about one
   per horizon of the series' training span, so an epoch covers each part of the history about once as a
-  target). Validation and test use the *last* horizon of each series (a backtest: what a forecast from
-  that point would have scored). ``split_by="time"`` (the default for this task) keeps every series in
+  target; scaled up when that gives fewer than ``AUTO_MIN_BATCHES`` = 10 batches an epoch). Validation and
+  test use the *last* horizon of each series (a backtest: what a forecast from that point would have
+  scored). ``split_by="time"`` (the default for this task) keeps every series in
   every split and splits its time axis instead: test = the last horizon, validation = the horizon before
   it (each on only when ``test_fraction`` / ``val_fraction`` > 0), training = everything before the
   validation cutoff (no training target lies after it; the scaler is fitted on that part only). That is what
@@ -42,6 +43,7 @@ so a DDP run with ``batch_size = B / N`` sees the same global batches as one pro
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Mapping
 
@@ -65,6 +67,8 @@ from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
 
+#: ``windows_per_series="auto"`` gives an epoch at least this many training batches
+AUTO_MIN_BATCHES = 10
 TASKS = ("interpolation", "extrapolation", "forecast")
 SPLITS = ("series", "time")
 
@@ -313,6 +317,12 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         if self.windows_per_series == "auto":
             span = np.minimum(last, end) - first
             per = np.maximum(1, np.ceil(span / h - 1e-9)).astype(np.int64)
+            # few series: scale up so an epoch still holds AUTO_MIN_BATCHES batches (12 sensors × 5 windows of
+            # a 2-day horizon would give 4 optimiser steps an epoch, and a config's epoch budget would be spent
+            # before the model learned anything)
+            total = int(per[split["train"]].sum())
+            if 0 < total < AUTO_MIN_BATCHES * self.batch_size:
+                per = per * math.ceil(AUTO_MIN_BATCHES * self.batch_size / total)
         else:
             per = np.full(s, int(self.windows_per_series), dtype=np.int64)
         self._specs = specs
