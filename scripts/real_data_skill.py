@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from ts_neuralode.benchmark import script_command, write_report
 
@@ -74,6 +75,14 @@ def _metrics(store: str, run_name: str) -> tuple[dict[str, float], int]:
     return out, epochs
 
 
+def _has_test_split(config: Path, options: list[str]) -> bool:
+    """False when the config or the options switch the test split off (``test_fraction: 0``, as the demo's)."""
+    fraction = ((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("test_fraction")
+    if "--data.test_fraction" in options:
+        fraction = options[options.index("--data.test_fraction") + 1]
+    return fraction is None or float(fraction) > 0
+
+
 def run_one(config: Path, name: str, path: str, options: list[str], work: Path, store: str) -> dict:
     from ts_neuralode.cli import main
 
@@ -89,8 +98,8 @@ def run_one(config: Path, name: str, path: str, options: list[str], work: Path, 
         rc = main(["fit", *common, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
                    "false", "--log_model", "false"])
         best = sorted(p for p in ckpt_dir.glob("epoch*.ckpt"))
-        if rc == 0 and best:  # the best checkpoint, scored on the test windows and (for configs without
-            for stage in ("validate", "test"):  # a test split, e.g. the demo's) the validation ones
+        if rc == 0 and best:  # the best checkpoint, scored on the validation windows and on the test ones
+            for stage in ("validate", "test") if _has_test_split(config, options) else ("validate",):
                 rc = rc or main([stage, *common, "--ckpt_path", str(best[-1]), "--trainer.enable_progress_bar",
                                  "false"])
     seconds = time.perf_counter() - t0
