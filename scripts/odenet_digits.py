@@ -160,6 +160,7 @@ def measure_step(model: Net, xb, yb, dev) -> dict:
         out["cuda_peak_mib"] = mib(torch.cuda.max_memory_allocated(dev) - base)
     if model.ode() is not None:
         out["nfe_f"], out["nfe_b"] = model.ode().nfe()
+        out["accepted_steps"] = float(model.ode().stats.n_accepted.float().mean())
     model.zero_grad(set_to_none=True)
     return out
 
@@ -172,7 +173,7 @@ def train(model: Net, data, epochs: int, batch: int, lr: float, dev, seed: int, 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps_total, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
     timer = Timer(dev)
-    nfe_f, nfe_b = [], []
+    nfe_f, nfe_b, per_epoch = [], [], []
     for ep in range(epochs):
         model.train()
         perm = torch.randperm(len(Xtr), generator=gen).to(dev)
@@ -188,6 +189,10 @@ def train(model: Net, data, epochs: int, batch: int, lr: float, dev, seed: int, 
                     f, b = model.ode().nfe()
                     nfe_f.append(f)
                     nfe_b.append(b)
+        if nfe_f:
+            n_it = math.ceil(len(Xtr) / batch)
+            b_ep = None if nfe_b[-1] is None else float(np.mean(nfe_b[-n_it:]))
+            per_epoch.append(dict(epoch=ep + 1, nfe_f=float(np.mean(nfe_f[-n_it:])), nfe_b=b_ep))
         if ep == epochs - 1 or (ep + 1) % 5 == 0:
             log(f"    epoch {ep + 1}/{epochs}  loss {loss.item():.4f}  test acc {evaluate(model, Xte, yte):.4f}")
     out = dict(test_acc=evaluate(model, Xte, yte), train_acc=evaluate(model, Xtr, ytr),
@@ -195,7 +200,8 @@ def train(model: Net, data, epochs: int, batch: int, lr: float, dev, seed: int, 
     if nfe_f:
         out["nfe_f"] = float(np.mean(nfe_f))
         out["nfe_b"] = None if nfe_b[0] is None else float(np.mean(nfe_b))
-        out["nfe_f_first"], out["nfe_f_last"] = float(np.mean(nfe_f[:12])), float(np.mean(nfe_f[-12:]))
+        out["nfe_f_first"], out["nfe_f_last"] = per_epoch[0]["nfe_f"], per_epoch[-1]["nfe_f"]
+        out["nfe_per_epoch"] = per_epoch
     return out
 
 
@@ -225,10 +231,11 @@ def main(argv=None) -> dict:
     p.add_argument("--mem-batch", type=int, default=256, help="batch of the memory sweep (default 256)")
     p.add_argument("--mem-steps", default="2,5,10,20", help="rk4 step counts of the memory sweep")
     p.add_argument("--mem-blocks", default="1,2,5,10,20", help="ResNet depths of the memory sweep")
+    p.add_argument("--mem-tols", default="1e-1,1e-3,1e-5", help="dopri5 tolerances of the memory sweep")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.channels, args.mem_batch = 1, 8, 32
-        args.mem_steps, args.mem_blocks, args.resnet_blocks = "2,20", "1,2", 2
+        args.mem_steps, args.mem_blocks, args.resnet_blocks, args.mem_tols = "2,20", "1,2", 2, "1e-2"
     dev = setup(args)
     out_dir = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -273,8 +280,15 @@ def main(argv=None) -> dict:
             model = make_model("ode", c, method="rk4", steps=n, adjoint=adj).to(dev)
             m = measure_step(model, mem_x, mem_y, dev)
             sweep.append(dict(model="ODE-Net rk4", grad="adjoint" if adj else "backprop through solver", depth=n, **m))
+    for adj in (True, False):
+        for tol in [float(s) for s in args.mem_tols.split(",") if s]:
+            torch.manual_seed(args.seed)
+            model = make_model("ode", c, method="dopri5", rtol=tol, atol=tol, adjoint=adj).to(dev)
+            m = measure_step(model, mem_x, mem_y, dev)
+            sweep.append(dict(model=f"ODE-Net dopri5 tol {tol:g}", grad="adjoint" if adj else
+                              "backprop through solver", depth=m["accepted_steps"], **m))
     for r in sweep:
-        print(f"  sweep {r['model']:12s} {r['grad']:24s} depth/steps {r['depth']:3d}: saved {r['saved_mib']:.2f} MiB")
+        print(f"  sweep {r['model']:12s} {r['grad']:24s} depth/steps {r['depth']:5.1f}: saved {r['saved_mib']:.2f} MiB")
 
     def growth(grad_prefix, model):
         rows = [r for r in sweep if r["model"] == model and r["grad"].startswith(grad_prefix)]
@@ -323,15 +337,27 @@ def write_page(path, res, args, adj_growth, bp_growth, res_growth, step_ratio, d
           "adjoint counts one vector-Jacobian product of the augmented field as one evaluation; '—' where autograd "
           "differentiates the recorded forward instead). "
           + (f"The ODE-Net's forward NFE went from {ode['nfe_f_first']:.1f} (first epoch) to {ode['nfe_f_last']:.1f} "
-             "(last epoch) as the dynamics were learned." if "nfe_f_first" in ode else ""),
-          "", "## Peak training memory vs depth / solver steps\n",
+             "(last epoch)." if "nfe_f_first" in ode else ""),
+          ""]
+    if ode.get("nfe_per_epoch"):
+        L += [f"NFE of the {ode['name']} over training (mean per sample per step in each epoch):\n",
+              "| epoch | NFE fwd | NFE bwd | bwd/fwd |", "|---|---|---|---|"]
+        rows = ode["nfe_per_epoch"]
+        for e in rows:
+            if e["epoch"] in (1, 2, 3, len(rows)) or e["epoch"] % 5 == 0:
+                ratio = None if e["nfe_b"] is None else e["nfe_b"] / e["nfe_f"]
+                L.append(f"| {e['epoch']} | {e['nfe_f']:.1f} | {fmt(e['nfe_b'])} | {fmt(ratio, '.2f')} |")
+        L.append("")
+    L += ["## Peak training memory vs depth / solver steps\n",
           f"One training step (forward + backward, batch {args.mem_batch}) of freshly initialised models. Depth = "
-          "residual blocks (ResNet) or rk4 steps on [0, 1] (ODE-Net).\n",
+          "residual blocks (ResNet), rk4 steps on [0, 1] (ODE-Net rk4), or the mean number of accepted steps "
+          "per sample that dopri5 chose at the given tolerance (ODE-Net dopri5; the adaptive solver's memory with "
+          "backprop grows with the steps it takes, with the adjoint it does not).\n",
           "| model | gradients | depth / steps | saved-tensor peak (MiB) |" + (" CUDA peak (MiB) |" if cuda else "")
           + " NFE fwd | NFE bwd | s / step |",
           "|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|"]
     for r in res["sweep"]:
-        L.append(f"| {r['model']} | {r['grad']} | {r['depth']} | {r['saved_mib']:.2f} |"
+        L.append(f"| {r['model']} | {r['grad']} | {r['depth']:.3g} | {r['saved_mib']:.2f} |"
                  + (f" {fmt(r.get('cuda_peak_mib'), '.2f')} |" if cuda else "")
                  + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {r['seconds']:.3f} |")
     L += ["",
