@@ -99,7 +99,8 @@ class ODEBlock(nn.Module):
 class ResBlock(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.n1, self.c1, self.n2, self.c2 = norm(c), nn.Conv2d(c, c, 3, padding=1), norm(c), nn.Conv2d(c, c, 3, padding=1)
+        self.n1, self.c1 = norm(c), nn.Conv2d(c, c, 3, padding=1)
+        self.n2, self.c2 = norm(c), nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x):
         return x + self.c2(F.relu(self.n2(self.c1(F.relu(self.n1(x))))))
