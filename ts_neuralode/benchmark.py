@@ -65,7 +65,8 @@ from ts_neuralode.solvers import SolverError
 
 PROG = "ts-neuralode benchmark"
 
-#: Benchmark model name -> ForecastingModule options (on top of the shared ones).
+#: Benchmark model name -> ForecastingModule options (on top of the shared ones), the evolution's spelled flat
+#: for a readable table (``evolution`` is its kind; :func:`module_options` nests them).
 MODEL_SPECS: dict[str, dict[str, Any]] = {
     "latent_ode_dopri5": {"model": "latent_ode", "evolution": "ode", "method": "dopri5"},
     "latent_ode_rk4": {"model": "latent_ode", "evolution": "ode", "method": "rk4"},
@@ -298,10 +299,10 @@ def _epoch_timer(device: str):
 def module_options(cfg: BenchmarkConfig, name: str, input_dim: int) -> dict[str, Any]:
     """ForecastingModule keyword arguments of benchmark model ``name`` (the baselines have rows of their own, so
     a model's test run scores no baselines)."""
-    opts = {"eval_samples": 1, "baselines": [], **cfg.model_options, **MODEL_SPECS[name],
-            **cfg.model_overrides.get(name, {})}
-    opts["input_dim"] = input_dim
-    return opts
+    from ts_neuralode.models.evolution_config import merge_options
+
+    return merge_options({"eval_samples": 1, "baselines": []}, cfg.model_options, MODEL_SPECS[name],
+                         cfg.model_overrides.get(name, {}), {"input_dim": input_dim})
 
 
 def _eval_trainer(cfg: BenchmarkConfig, **kwargs):

@@ -194,6 +194,40 @@ def _has_validation_series(datamodule) -> bool:
     return getattr(datamodule, "val_fraction", 0) > 0
 
 
+def check_option_spelling(argv: Sequence[str]) -> None:
+    """One line naming the new spelling when ``argv`` or a ``--config`` file uses the flat evolution options of
+    older versions (``--model.evolution gru_flow``, ``--model.method rk4``; now ``--model.evolution.kind``,
+    ``--model.evolution.method``)."""
+    from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
+
+    def check(key: str, value: Any, where: str) -> None:
+        if key in LEGACY_FLAT_OPTIONS:
+            raise ConfigError(f"{where}model.{key} is now {where}model.evolution.{key} (the evolution options are "
+                              "nested under model.evolution)")
+        if key == "evolution" and isinstance(value, str) and value.isidentifier():
+            raise ConfigError(f"{where}model.evolution {value} is now {where}model.evolution.kind {value}")
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if name.startswith("--model."):
+            check(name[len("--model."):], value, "--")
+        elif name == "--config" and Path(value).is_file():
+            import yaml
+
+            try:
+                model = (yaml.safe_load(Path(value).read_text()) or {}).get("model")
+            except (yaml.YAMLError, AttributeError):
+                continue  # jsonargparse reports a broken file in its own words
+            for key, val in (model.items() if isinstance(model, dict) else ()):
+                try:
+                    check(key, val, "")
+                except ConfigError as err:
+                    raise ConfigError(f"--config {value}: {err}") from None
+
+
 def run_lightning(argv: Sequence[str]) -> None:
     import logging
 
@@ -447,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sub not in LIGHTNING_SUBCOMMANDS:
             raise ConfigError(f"unknown subcommand {sub!r}; use one of "
                               f"{', '.join(LIGHTNING_SUBCOMMANDS + tuple(EXTRA_SUBCOMMANDS))}")
+        check_option_spelling(argv[1:])
         run_lightning(argv)
         return 0
     except TSNeuralODEError as err:

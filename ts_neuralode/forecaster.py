@@ -41,7 +41,9 @@ from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.errors import ConfigError, ForecastError
 
-FORMAT = "ts_neuralode.model/1"
+FORMAT = "ts_neuralode.model/2"
+#: older formats that still load: /1 spelled the evolution options flat (mapped onto the nested config)
+READABLE_FORMATS = (FORMAT, "ts_neuralode.model/1")
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
 READ_KEYS = ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit", "duplicates")
@@ -76,8 +78,9 @@ def _jsonable(obj: Any) -> Any:
 def model_display_name(hparams: Mapping[str, Any]) -> str:
     """Column name of the point forecast: the model name, plus the evolution when it is not an ODE."""
     model = str(hparams.get("model", "model"))
-    evolution = str(hparams.get("evolution", "ode"))
-    return model if evolution == "ode" else f"{model}_{evolution}"
+    evolution = hparams.get("evolution", "ode")
+    kind = str(evolution.get("kind", "ode") if isinstance(evolution, Mapping) else getattr(evolution, "kind", evolution))
+    return model if kind == "ode" else f"{model}_{kind}"
 
 
 def parse_levels(level: Iterable[float] | float | None) -> list[float]:
@@ -195,8 +198,9 @@ class Forecaster:
                 config = json.loads(cfg_path.read_text())
             except ValueError as err:
                 raise ForecastError(f"{cfg_path}: not valid JSON ({err})") from err
-            if config.get("format") != FORMAT:
-                raise ForecastError(f"{cfg_path}: unknown model format {config.get('format')!r} (expected {FORMAT})")
+            if config.get("format") not in READABLE_FORMATS:
+                raise ForecastError(f"{cfg_path}: unknown model format {config.get('format')!r} (expected {FORMAT}); "
+                                    "save it again with this version (Forecaster.save)")
             hparams = config["module"]["hparams"]
             state = _torch_load(w_path, map_location)
             tstate = config["transform"]
@@ -222,7 +226,7 @@ class Forecaster:
             raise ForecastError(f"{p}: the checkpoint holds no data transform; pass transform=... (a model "
                                 "directory's config.json or a SeriesTransform)")
         tr = _as_transform(tstate)
-        module = _module_class()(**_clean_hparams(hparams))
+        module = _module_class().from_hparams(hparams)
         try:
             module.load_state_dict(state)
         except RuntimeError as err:

@@ -447,7 +447,6 @@ class MlflowTrackingCallback(Callback):
 def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> LightningModule:
     """A copy of ``pl_module`` (same class and hparams) holding the weights of ``ckpt_path``."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    hparams = {k: v for k, v in dict(pl_module.hparams).items() if not str(k).startswith("_")}
-    module = type(pl_module)(**hparams)
+    module = type(pl_module).from_hparams(pl_module.hparams)
     module.load_state_dict(ckpt["state_dict"])
     return module.eval()
