@@ -102,10 +102,6 @@ class EvolutionConfig:
             return ODEEvolution(state_dim, self)
         return FlowEvolution(state_dim, self)
 
-    @property
-    def is_flow(self) -> bool:
-        return self.kind != "ode"
-
 
 def option_names() -> list[str]:
     return [f.name for f in fields(EvolutionConfig)]
