@@ -39,7 +39,10 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
     """Query times per requested series, sorted: raw floats (for the model), and the same times exactly as
     they leave the package (for the output ``ds``): for datetime data int64 ns since the epoch (the instants
     asked for, not ones recovered from floats a few ns off); for numbers the values passed (their own dtype),
-    or ``last + k * step`` computed in float64 for a horizon."""
+    or ``last + k * step`` computed in float64 for a horizon.
+
+    One function for the whole grammar (``times`` list / DataFrame, ``horizon`` with ``freq`` or ``num_points``,
+    datetimes or numbers): each branch is short and they share the exact-time helpers defined at its top."""
     exact = codec.is_datetime
     unit_ns = 0
     if exact:
