@@ -36,8 +36,9 @@ from ts_neuralode.benchmark import script_command, write_report
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.models.evolution_config import merge_options
 
-# Each variant: ForecastingModule options on top of BASE, model_kwargs on top of BASE_KW, the per-epoch lr
+# Each variant: ForecastingModule options on top of BASE (evolution options flat or nested: merge_options), model_kwargs on top of BASE_KW, the per-epoch lr
 # decay, and an optional script-local change ("ref_init", "ref_loss") described in VARIANT_NOTES.
 BASE = {"model": "latent_ode", "evolution": "ode", "method": "dopri5", "latent_dim": 10, "lr": 1e-2,
         "kl_warmup_epochs": 10, "iwae_samples": 3, "eval_samples": 1}
@@ -133,7 +134,7 @@ def run_variant(spec: dict, seed: int, epochs: int, df, task: str) -> tuple[list
                                        time_scale=spec.get("time_scale", 1.0))
     dm.setup()
     torch.manual_seed(seed)
-    opts = {**BASE, **spec.get("opts", {}), "input_dim": 1, "model_kwargs": {**BASE_KW, **spec.get("kw", {})}}
+    opts = merge_options(BASE, spec.get("opts", {}), {"input_dim": 1, "model_kwargs": {**BASE_KW, **spec.get("kw", {})}})
     model = ForecastingModule(**opts).model
     if spec.get("extra") == "ref_init":
         reference_init(model)

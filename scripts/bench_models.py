@@ -27,6 +27,7 @@ import torch
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.models.evolution_config import merge_options
 
 VARIANTS = [
     ("latent ODE (dopri5)", dict(evolution="ode", method="dopri5")),
@@ -61,10 +62,10 @@ def run_variant(label: str, options: dict, df, args) -> dict:
     pl.seed_everything(args.seed, verbose=False)
     dm = IrregularTimeSeriesDataModule(df=df, task="interpolation", obs_fraction=0.5, layout="padded",
                                        batch_size=args.batch_size, seed=args.seed)
-    module = ForecastingModule(
-        model="latent_ode", input_dim=1, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
-        flow_layers=args.flow_layers, lr=args.lr, weight_decay=1e-5, eval_samples=1, **options,
-    )
+    module = ForecastingModule(**merge_options(
+        dict(model="latent_ode", input_dim=1, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
+             flow_layers=args.flow_layers, lr=args.lr, weight_decay=1e-5, eval_samples=1), options,
+    ))
     timer = EpochTimer()
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

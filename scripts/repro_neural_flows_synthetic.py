@@ -33,7 +33,7 @@ from torch import nn
 
 from ts_neuralode.benchmark import script_command, script_parser, write_report
 from ts_neuralode.data.generators import generate, sawtooth
-from ts_neuralode.models.evolution import ODEEvolution, make_evolution
+from ts_neuralode.models.evolution import EvolutionConfig, ODEEvolution, make_evolution
 from ts_neuralode.models.nets import mlp
 
 DATASETS = ("sine", "square", "sawtooth", "triangle", "sink")
@@ -69,7 +69,7 @@ class TimeField(nn.Module):
 def make_model(kind: str, dim: int) -> nn.Module:
     if kind.startswith("ode_"):
         method = kind.split("_", 1)[1]
-        return ODEEvolution(dim, vector_field=TimeField(dim, 64, 3), method=method, rtol=1e-3, atol=1e-4)
+        return ODEEvolution(dim, EvolutionConfig(method=method, rtol=1e-3, atol=1e-4), field=TimeField(dim, 64, 3))
     return make_evolution(kind, dim, hidden_dim=64, num_layers=2, flow_layers=4, time_embedding="fourier",
                           time_embedding_features=8)
 

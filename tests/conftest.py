@@ -194,7 +194,7 @@ def mlflow_server(tmp_path_factory):
 
 
 TINY_FIT_ARGS = [
-    "--model.model", "latent_ode", "--model.evolution", "coupling_flow", "--model.latent_dim", "4",
+    "--model.model", "latent_ode", "--model.evolution.kind", "coupling_flow", "--model.latent_dim", "4",
     "--model.hidden_dim", "16", "--model.eval_samples", "2", "--model.iwae_samples", "1",
     "--data.layout", "padded", "--data.batch_size", "8",
     "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",

@@ -149,7 +149,7 @@ FIT_ERRORS = [
     (["--data.path", "{csv}", "--data.time_col", "when"], "missing time column 'when'"),
     (["--data.path", "{csv}", "--ckpt_path", "{tmp}/nonexistent.ckpt"], "checkpoint file not found"),
     (["--data.path", "{csv}", "--trainer.bogus", "1"], "unrecognized arguments"),
-    (["--data.path", "{csv}", "--model.evolution", "spline"], "evolution='spline' is not supported"),
+    (["--data.path", "{csv}", "--model.evolution.kind", "spline"], "evolution='spline' is not supported"),
     (["--data.path", "{csv}", "--data.time_unit", "fortnight"], "time_unit='fortnight'"),
 ]
 

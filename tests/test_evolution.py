@@ -7,6 +7,7 @@ from torch import nn
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.evolution import (
     EVOLUTION_KINDS,
+    EvolutionConfig,
     FlowEvolution,
     GRUODEField,
     ODEEvolution,
@@ -110,7 +111,7 @@ def _analytic(A, h0, t):
 def test_ode_evolution_matches_the_analytic_linear_solution(method, opts):
     A = torch.tensor([[-0.4, 1.0], [-1.0, -0.4]], dtype=torch.float64)  # damped rotation
     field = LinearField(A)
-    evo = ODEEvolution(2, vector_field=field, method=method, **opts)
+    evo = ODEEvolution(2, EvolutionConfig(method=method, **opts), field=field)
     h0 = torch.randn(3, 2, dtype=torch.float64)
     for t in (torch.linspace(0, 4, 11, dtype=torch.float64),
               torch.linspace(2, -1, 7, dtype=torch.float64),  # backwards
@@ -169,9 +170,9 @@ def test_every_kind_is_built_and_called_the_same_way():
         assert torch.isfinite(h0.grad).all()
         h0.grad = None
         assert evo(h0, t[:1]).shape == (3, 1, 4)  # a one-point grid is h0 itself
-    # the constructors accept each other's options
-    assert isinstance(ODEEvolution(4, flow_layers=3, time_embedding="log"), ODEEvolution)
-    assert isinstance(FlowEvolution(4, kind="gru_flow", method="euler", vector_field="gru"), FlowEvolution)
+    # one config serves both: the kind picks the evolution, the options that do not apply are unused
+    assert isinstance(EvolutionConfig("ode", flow_layers=3, time_embedding="log").build(4), ODEEvolution)
+    assert isinstance(EvolutionConfig("gru_flow", method="euler", vector_field="gru").build(4), FlowEvolution)
 
 
 @pytest.mark.parametrize(

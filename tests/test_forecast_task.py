@@ -193,9 +193,9 @@ def test_durations_on_datetime_data(dt_csv):
 
 # ------------------------------------------------------------------------------- models and the CLI
 FAMILIES = {
-    "latent_ode": dict(model="latent_ode", evolution="ode", method="rk4", step_size=0.25),
-    "ode_rnn": dict(model="ode_rnn", evolution="ode", method="euler", step_size=0.25),
-    "gru_ode": dict(model="gru_ode", evolution="ode", method="euler", step_size=0.25),
+    "latent_ode": dict(model="latent_ode", evolution={"kind": "ode", "method": "rk4", "step_size": 0.25}),
+    "ode_rnn": dict(model="ode_rnn", evolution={"kind": "ode", "method": "euler", "step_size": 0.25}),
+    "gru_ode": dict(model="gru_ode", evolution={"kind": "ode", "method": "euler", "step_size": 0.25}),
 }
 
 

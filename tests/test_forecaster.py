@@ -113,7 +113,7 @@ def test_gaussian_models_get_exact_gaussian_bands(dt_csv):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(path=str(dt_csv), time_unit="h", layout="padded")
     module = ForecastingModule(model="ode_rnn", input_dim=dm.num_channels, latent_dim=4, hidden_dim=8,
-                               method="rk4", step_size=0.1)
+                               evolution={"method": "rk4", "step_size": 0.1})
     f = Forecaster.from_module(module, dm)
     out = f.predict(dt_csv, horizon="6h", num_points=3, num_samples=5, level=[90], quantiles=[0.5, 0.975])
     mean, lo, hi = out["ode_rnn"], out["ode_rnn-lo-90"], out["ode_rnn-hi-90"]

@@ -16,6 +16,7 @@ from ts_neuralode.errors import ConfigError
 from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
+from ts_neuralode.models.evolution_config import EvolutionConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
@@ -58,7 +59,7 @@ def test_fit_validate_test_predict_on_a_real_datamodule(tmp_path, sine_df):
 def test_extrapolation_task_logs_extrap_metrics_and_ode_counts_nfe(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, task="extrapolation", layout="padded", batch_size=10)
-    module = small_module("ode_rnn", evolution="ode", method="rk4", step_size=0.5)
+    module = small_module("ode_rnn", evolution=EvolutionConfig("ode", method="rk4", step_size=0.5))
     tr = trainer(tmp_path, epochs=1, enable_checkpointing=False, limit_train_batches=2)
     tr.fit(module, datamodule=dm)
     m = tr.callback_metrics
@@ -69,7 +70,7 @@ def test_extrapolation_task_logs_extrap_metrics_and_ode_counts_nfe(tmp_path, sin
 def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10)
-    module = small_module("gru_ode", evolution="ode", method="euler", step_size=0.5,
+    module = small_module("gru_ode", evolution=EvolutionConfig("ode", method="euler", step_size=0.5),
                           model_kwargs={"prep_dim": 4}, lr_decay_every=1)
     json.dumps(dict(module.hparams))  # plain JSON-able config
     tr = trainer(tmp_path, epochs=1, limit_train_batches=2, limit_val_batches=1)

@@ -295,3 +295,24 @@ def test_no_grad_solve_flushes_records_and_matches_grad_solve():
     with torch.no_grad():
         no_grad = odeint(func, y0, t, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(no_grad.ys, with_grad.ys.detach(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the step-size controller (one object for the forward solve and the backsolve adjoint)
+def test_controller_tensor_and_scalar_forms_agree():
+    from ts_neuralode.solvers.controller import FACTOR_MAX, FACTOR_MIN, PIController
+    from ts_neuralode.solvers.tableaus import METHODS as TABLEAUS
+
+    ctl = PIController.for_tableau(TABLEAUS["dopri5"])
+    ratios = [0.0, 1e-6, 0.3, 1.0, 2.5, math.inf]
+    r = torch.tensor(ratios, dtype=F64)
+    prev = ctl.initial_term(len(ratios), F64, torch.device("cpu"))
+    fac = ctl.factor(r.clone(), prev)
+    for i, x in enumerate(ratios):
+        assert fac[i].item() == pytest.approx(ctl.factor_scalar(x, ctl.initial_term_scalar()), rel=1e-12)
+    assert fac[0] == FACTOR_MAX and fac[-1] == FACTOR_MIN  # a perfect step grows most, a failed one shrinks most
+    accept = r <= 1.0
+    after = ctl.after_accept(r.clone(), accept, prev)
+    for i, x in enumerate(ratios):
+        expected = ctl.after_accept_scalar(x) if x <= 1.0 else prev[i].item()
+        assert after[i].item() == pytest.approx(expected, rel=1e-12)

@@ -42,7 +42,7 @@ def check_fit_run(client: MlflowClient, run, epochs: int) -> set[str]:
     """Params, per-epoch metric histories and artifacts every fit must log."""
     assert run.info.status == "FINISHED"
     p = run.data.params
-    assert p["model"] == "latent_ode" and p["evolution"] == "coupling_flow" and p["latent_dim"] == "4"
+    assert p["model"] == "latent_ode" and p["evolution/kind"] == "coupling_flow" and p["latent_dim"] == "4"
     assert p["layout"] == "padded" and p["batch_size"] == "8" and p["input_dim"] == "1"
     assert p["seed_everything"] == "0" and p["trainer/max_epochs"] == str(epochs)
     assert not any(k.startswith("_") for k in p), "LightningCLI private keys leaked into params"
@@ -103,7 +103,7 @@ def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_
     cfg_path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
                                                    tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl"))
     cfg = yaml.safe_load(Path(cfg_path).read_text())
-    assert cfg["model"]["evolution"] == "coupling_flow" and cfg["trainer"]["max_epochs"] == 2
+    assert cfg["model"]["evolution"]["kind"] == "coupling_flow" and cfg["trainer"]["max_epochs"] == 2
     assert cfg["data"]["path"] == str(tiny_csv) and cfg["tracking_uri"] == mlflow_server
 
     model_dir = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model",

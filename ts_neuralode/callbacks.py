@@ -88,17 +88,18 @@ class TrainingGuard(Callback):
     def _advice(self, trainer: Trainer, pl_module: LightningModule, solver_message: str | None = None) -> str:
         """What to try. ``solver_message``: the solver's own failure, when it is the solver that stopped."""
         hp = getattr(pl_module, "hparams", {}) or {}
-        is_ode = hp.get("evolution", "ode") == "ode"
+        evolution = hp.get("evolution") or {}
+        is_ode = (evolution.get("kind", "ode") if isinstance(evolution, dict) else evolution) == "ode"
         lr = [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
               "gradient clipping (--trainer.gradient_clip_val 1.0)"]
         if solver_message is None:
-            tries = lr + (["tighter --model.rtol/--model.atol or another --model.method"] if is_ode else [])
+            tries = lr + (["tighter --model.evolution.rtol/--model.evolution.atol or another --model.evolution.method"] if is_ode else [])
         elif "max_steps" in solver_message:  # too many steps: the tolerances (or stiff dynamics) are the cause
-            tries = ["looser --model.rtol/--model.atol", "a fixed-step method (e.g. --model.method rk4 "
-                     "--model.step_size 0.1)", *lr]
+            tries = ["looser --model.evolution.rtol/--model.evolution.atol", "a fixed-step method (e.g. --model.evolution.method rk4 "
+                     "--model.evolution.step_size 0.1)", *lr]
         else:  # step size underflow or a non-finite state: dynamics that blow up
-            tries = [*lr, "tighter --model.rtol/--model.atol", "another --model.method (e.g. rk4 with "
-                     "--model.step_size 0.1)"]
+            tries = [*lr, "tighter --model.evolution.rtol/--model.evolution.atol", "another --model.evolution.method (e.g. rk4 with "
+                     "--model.evolution.step_size 0.1)"]
         return "try " + ", ".join(tries)
 
     @staticmethod

@@ -20,16 +20,15 @@ predictive distribution, or the Gaussian one for models with a predictive std), 
 requested quantile (``P`` = percent). With several channels there is one row per (series, time, channel)
 and a ``channel`` column.
 
-A model directory holds ``weights.pt`` (the module's ``state_dict``, loaded with ``weights_only=True``) and
-``config.json`` (module hyperparameters, the data transform's ``state_dict()`` and the CSV reading options)
-— no pickles.
+The pieces live in their own modules: model directories and checkpoints in :mod:`ts_neuralode.model_store`,
+the query-time grammar in :mod:`ts_neuralode.query_times`, the output frames in
+:mod:`ts_neuralode.forecast_frame`, the figures in :mod:`ts_neuralode.plotting`; this class ties them together.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -39,59 +38,24 @@ import torch
 
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
-from ts_neuralode.errors import ConfigError, ForecastError
-
-FORMAT = "ts_neuralode.model/1"
-WEIGHTS = "weights.pt"
-CONFIG = "config.json"
-READ_KEYS = ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit", "duplicates")
-DEFAULT_LEVELS = (50, 90)
-
-
-def _module_class():
-    from ts_neuralode.lightning import ForecastingModule
-
-    return ForecastingModule
-
-
-def _clean_hparams(hparams: Mapping[str, Any]) -> dict:
-    """Module hyperparameters without LightningCLI's private keys (``_class_path``, ``_instantiator``)."""
-    return {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
-
-
-def _jsonable(obj: Any) -> Any:
-    """Deep copy of ``obj`` with only JSON types (tuples -> lists); raise ConfigError on anything else."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return obj.item()
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise ConfigError(f"hyperparameter value {obj!r} ({type(obj).__name__}) is not JSON-serialisable; "
-                      "model options must be plain numbers, strings, lists or dicts")
-
-
-def model_display_name(hparams: Mapping[str, Any]) -> str:
-    """Column name of the point forecast: the model name, plus the evolution when it is not an ODE."""
-    model = str(hparams.get("model", "model"))
-    evolution = str(hparams.get("evolution", "ode"))
-    return model if evolution == "ode" else f"{model}_{evolution}"
-
-
-def parse_levels(level: Iterable[float] | float | None) -> list[float]:
-    if level is None:
-        return []
-    levels = [level] if isinstance(level, (int, float)) else list(level)
-    for lv in levels:
-        if not 0 < float(lv) < 100:
-            raise ForecastError(f"level {lv} must be a percentage strictly between 0 and 100 (e.g. 90)")
-    return sorted({float(lv) for lv in levels})
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
+from ts_neuralode.errors import ForecastError
+from ts_neuralode.forecast_frame import (
+    DEFAULT_LEVELS,
+    model_display_name,
+    nixtla_frame,
+    parse_levels,
+    quantile_bands,
+    table_to_long,
+)
+from ts_neuralode.model_store import (
+    READ_KEYS,
+    as_transform,
+    build_module,
+    clean_hparams,
+    read_stored,
+    write_model_dir,
+)
+from ts_neuralode.query_times import check_reachable, count, query_times
 
 
 def training_context(datamodule) -> float | str | None:
@@ -120,7 +84,7 @@ class Forecaster:
         self.model = getattr(module, "model", module)
         self.transform = transform
         self.read_options = {k: v for k, v in dict(read_options or {}).items() if k in READ_KEYS}
-        self.hparams = _clean_hparams(getattr(module, "hparams", {}) or {})
+        self.hparams = clean_hparams(getattr(module, "hparams", {}) or {})
         self.name = name or model_display_name(self.hparams)
         self.context = context
 
@@ -134,38 +98,10 @@ class Forecaster:
         return cls(module, datamodule.transform, read, name=name, context=training_context(datamodule))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it.
-
-        The directory is replaced atomically (:func:`ts_neuralode.atomic.atomic_write_dir`): a process killed
-        during the save leaves the previous model directory, or the new one complete, never a mix."""
-        from ts_neuralode.atomic import atomic_write_dir
-
-        path = Path(path)
-        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        config = {
-            "format": FORMAT,
-            "name": self.name,
-            "module": {"class": "ts_neuralode.lightning.ForecastingModule", "hparams": _jsonable(self.hparams)},
-            "transform": _jsonable(self.transform.state_dict()),
-            "read_options": _jsonable(self.read_options),
-            "context": _jsonable(self.context),
-        }
-        try:
-            from ts_neuralode import __version__
-
-            config["ts_neuralode_version"] = __version__
-        except ImportError:  # pragma: no cover
-            pass
-        text = json.dumps(config, indent=2) + "\n"
-
-        def fill(tmp: Path) -> None:
-            torch.save(state, tmp / WEIGHTS)
-            (tmp / CONFIG).write_text(text)
-
-        try:
-            return atomic_write_dir(path, fill)
-        except NotADirectoryError as err:
-            raise ConfigError(f"{path}: exists and is not a directory; pass a directory for the model") from err
+        """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
+        :func:`ts_neuralode.model_store.write_model_dir`); returns it."""
+        return write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
+                               self.context)
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
@@ -174,62 +110,17 @@ class Forecaster:
 
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
-        e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``.
+        e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``; older model
+        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`).
         """
-        from ts_neuralode.atomic import interrupted_backup
-
-        p = Path(path)
-        backup = interrupted_backup(p)
-        if backup is not None:
-            raise ForecastError(f"{p}: missing; a save was interrupted and left the previous model at {backup}; "
-                                f"rename it to {p.name} or save the model again")
-        if not p.exists():
-            raise ForecastError(f"{p}: no such model directory or checkpoint; pass the path written by "
-                                "'ts-neuralode fit' (a model directory or a .ckpt file)")
-        if p.is_dir():
-            cfg_path, w_path = p / CONFIG, p / WEIGHTS
-            if not cfg_path.is_file() or not w_path.is_file():
-                raise ForecastError(f"{p}: not a model directory (needs {CONFIG} and {WEIGHTS}); "
-                                    "pass a directory written by Forecaster.save or 'ts-neuralode fit'")
-            try:
-                config = json.loads(cfg_path.read_text())
-            except ValueError as err:
-                raise ForecastError(f"{cfg_path}: not valid JSON ({err})") from err
-            if config.get("format") != FORMAT:
-                raise ForecastError(f"{cfg_path}: unknown model format {config.get('format')!r} (expected {FORMAT})")
-            hparams = config["module"]["hparams"]
-            state = _torch_load(w_path, map_location)
-            tstate = config["transform"]
-            read = config.get("read_options", {})
-            name = name or config.get("name")
-            context = config.get("context")
-        else:
-            ckpt = _torch_load(p, map_location)
-            if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-                raise ForecastError(f"{p}: not a Lightning checkpoint (no state_dict); pass a .ckpt from a fit")
-            hparams = ckpt.get("hyper_parameters") or {}
-            state = ckpt["state_dict"]
-            dm_hparams = ckpt.get("datamodule_hyper_parameters") or {}
-            read = {k: v for k, v in dm_hparams.items() if k in READ_KEYS}
-            context = dm_hparams.get("context") if dm_hparams.get("task") == "forecast" else None
-            tstate = None
-            for key, val in ckpt.items():
-                if isinstance(val, Mapping) and "transform" in val and "DataModule" in str(key):
-                    tstate = val["transform"]
-        if transform is not None:
-            tstate = transform
+        stored = read_stored(path, map_location)
+        tstate = transform if transform is not None else stored.transform
         if tstate is None:
-            raise ForecastError(f"{p}: the checkpoint holds no data transform; pass transform=... (a model "
+            raise ForecastError(f"{path}: the checkpoint holds no data transform; pass transform=... (a model "
                                 "directory's config.json or a SeriesTransform)")
-        tr = _as_transform(tstate)
-        module = _module_class()(**_clean_hparams(hparams))
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ForecastError(f"{p}: weights do not match the configured model ({first})") from err
-        module.to(map_location)
-        return cls(module, tr, read, name=name, context=context)
+        tr = as_transform(tstate)
+        module = build_module(stored, Path(path), map_location)
+        return cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
 
     # ------------------------------------------------------------------------------------------
     # prediction
@@ -280,8 +171,8 @@ class Forecaster:
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
-        num_samples = _count(num_samples, "num_samples")
-        batch_size = _count(batch_size, "batch_size")
+        num_samples = count(num_samples, "num_samples")
+        batch_size = count(batch_size, "batch_size")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         for q in qs:
@@ -309,153 +200,15 @@ class Forecaster:
                 raise ForecastError(f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
                                     f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
             index = [known[str(s)] for s in series]
-        raw_q, exact_q = self._query_raw(table, prepared_all, index, horizon, times, freq, num_points)
-        firsts = table.first_times()[index]
-        first_rows = table.offsets[:-1][index]
-        for row, i in enumerate(index):
-            q = raw_q[row]
-            if not np.isfinite(q).all():
-                raise ForecastError(f"series {ids[i]!r}: query time {exact_q[row][~np.isfinite(q)][0]} is not a "
-                                    "finite time; pass finite numbers or valid datetimes")
-            if q.size and q.min() < firsts[row] - 1e-9 * max(1.0, abs(firsts[row])):
-                k = int(np.argmin(q))
-                asked = self.transform.codec.from_ns(exact_q[row][k:k + 1])[0] if self.transform.codec.is_datetime \
-                    else exact_q[row][k]
-                where = "its first observation" if context is None else f"the start of its context={context!r} window"
-                raise ForecastError(
-                    f"series {ids[i]!r}: query time {asked} is before {where} "
-                    f"{table.user_times(first_rows[row:row + 1])[0]}; the model forecasts forward from the history: "
-                    "pass times at or after the history's start")
-            model_t = self.transform.raw_to_model_time(q, prepared_all.origins[i])
-            if q.size and not np.abs(model_t).max() <= MAX_MODEL_TIME:
-                raise ForecastError(
-                    f"series {ids[i]!r}: query time {exact_q[row][int(np.argmax(np.abs(model_t)))]} is "
-                    f"{float(np.abs(model_t).max()):.3g} model time units from the series' start (the training "
-                    f"series spanned at most ~10); the model cannot reach it: pass nearer times")
-
-        gen_state = torch.random.get_rng_state()
-        if seed is not None:
-            torch.manual_seed(seed)
-        frames = []
-        chunks = [index[i:i + batch_size] for i in range(0, len(index), max(1, int(batch_size)))]
+        raw_q, exact_q = query_times(self.transform.codec, table, index, horizon, times, freq, num_points)
+        check_reachable(self.transform, table, prepared_all, index, raw_q, exact_q, context)
+        chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
-        try:
-            bar = _progress(chunks, progress, "forecast")
-            for chunk in bar:
-                frames.append(self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk],
-                                                  num_samples, levels, qs, [exact_q[rows_of[i]] for i in chunk]))
-        finally:
-            if seed is not None:
-                torch.random.set_rng_state(gen_state)
+        with seeded(seed):
+            frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
+                                          [exact_q[rows_of[i]] for i in chunk])
+                      for chunk in _progress(chunks, progress, "forecast")]
         return pd.concat(frames, ignore_index=True)
-
-    def _query_raw(self, table, prepared, index, horizon, times, freq, num_points
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Query times per requested series, sorted: raw floats (for the model), and the same times exactly as
-        they leave the package (for the output ``ds``): for datetime data int64 ns since the epoch (the instants
-        asked for, not ones recovered from floats a few ns off); for numbers the values passed (their own dtype),
-        or ``last + k * step`` computed in float64 for a horizon."""
-        codec = self.transform.codec
-        exact = codec.is_datetime
-        unit_ns = 0
-        if exact:
-            from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
-
-            unit_ns = unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
-
-        def from_ns(ns_rows: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-            return [(ns - codec.ref_ns).astype(np.float64) / unit_ns for ns in ns_rows], ns_rows
-
-        def to_ns(values) -> np.ndarray:
-            return np.sort(codec.datetimes_to_ns(values))
-
-        def numbers(values) -> tuple[np.ndarray, np.ndarray]:
-            """(sorted raw floats, the same values as given, in that order)."""
-            given = np.asarray(values.to_numpy() if isinstance(values, (pd.Series, pd.Index)) else values)
-            given = given.reshape(-1)
-            raw = np.asarray(codec.to_float(given), dtype=np.float64).reshape(-1)  # DataError if not numbers
-            order = np.argsort(raw, kind="stable")
-            keep_given = given.dtype.kind in "iuf"  # numbers come back as given; anything else as parsed floats
-            return raw[order], (given[order] if keep_given else raw[order])
-
-        if times is not None:
-            if horizon is not None or freq is not None:
-                raise ForecastError("pass either times=... or horizon=... (with freq/num_points), not both")
-            if isinstance(times, pd.DataFrame):
-                if not {"unique_id", "ds"} <= set(times.columns):
-                    raise ForecastError("a times DataFrame needs 'unique_id' and 'ds' columns (one row per query)")
-                raw_rows, exact_rows = [], []
-                ids = list(table.ids)
-                groups = {str(k): g for k, g in times.groupby(times["unique_id"].astype(str), sort=False)}
-                for i in index:
-                    g = groups.get(str(ids[i]))
-                    if g is None:
-                        raise ForecastError(f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
-                                            "for it or pass series=[...] to forecast fewer series")
-                    if exact:
-                        exact_rows.append(to_ns(g["ds"]))
-                    else:
-                        raw, given = numbers(g["ds"])
-                        raw_rows.append(raw)
-                        exact_rows.append(given)
-                return from_ns(exact_rows) if exact else (raw_rows, exact_rows)
-            arr = times if isinstance(times, (pd.Series, pd.Index, np.ndarray, list, tuple)) else [times]
-            if len(arr) == 0:
-                raise ForecastError("times=[] is empty; pass at least one query time")
-            if len(arr) > MAX_QUERY_POINTS:
-                raise ForecastError(f"times has {len(arr)} values; pass at most {MAX_QUERY_POINTS} per call")
-            if exact:
-                ns = to_ns(arr)
-                return from_ns([ns for _ in index])
-            raw, given = numbers(arr)
-            return [raw for _ in index], [given for _ in index]
-        if horizon is None:
-            raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
-        h = self._duration(horizon, "horizon")
-        if not h > 0:
-            raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
-                                "observation to forecast; for times inside the history pass times=[...] instead")
-        last = table.last_times()[index]
-        if exact and not h * unit_ns < 9.2e18:  # int64 ns spans 292 years
-            raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp (2262-04-11); "
-                                "pass a shorter horizon")
-        if freq is not None:
-            if num_points is not None:
-                raise ForecastError("pass either freq=... or num_points=..., not both")
-            step = self._duration(freq, "freq")
-            if not step > 0:
-                raise ForecastError(f"freq={freq!r} must be positive")
-            ratio = h / step
-            if not ratio < MAX_QUERY_POINTS + 1:  # inf or NaN too
-                raise ForecastError(f"horizon/freq gives {ratio:.3g} query times per series; use a coarser freq "
-                                    f"(at most {MAX_QUERY_POINTS})")
-            n = math.floor(ratio + 1e-9)
-            if n < 1:
-                raise ForecastError(f"freq={freq!r} is longer than horizon={horizon!r}; no query time fits")
-            offs = step * np.arange(1, n + 1)
-            if exact:
-                if round(step * unit_ns) < 1:
-                    raise ForecastError(f"freq={freq!r} is shorter than a nanosecond; pass a longer freq")
-                offs_ns = np.int64(round(step * unit_ns)) * np.arange(1, n + 1, dtype=np.int64)
-        else:
-            n = 50 if num_points is None else _count(num_points, "num_points")
-            if n > MAX_QUERY_POINTS:
-                raise ForecastError(f"num_points={n} is too many; pass at most {MAX_QUERY_POINTS}")
-            offs = np.linspace(0.0, h, n + 1)[1:]
-            if exact:
-                offs_ns = np.rint(np.linspace(0.0, round(h * unit_ns), n + 1)[1:]).astype(np.int64)
-        if exact:
-            if table.time_ns is not None:  # the last observations exactly as read
-                last_ns = table.time_ns[table.offsets[1:][index] - 1].astype(np.int64)
-            else:
-                last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns
-            span = float(np.max(np.abs(last_ns.astype(np.float64)))) + float(offs_ns[-1])
-            if not span < 9.2e18:  # int64 ns ends in the year 2262
-                raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp "
-                                    "(2262-04-11); pass a shorter horizon")
-            return from_ns([lt + offs_ns for lt in last_ns])
-        rows = [lt + offs for lt in last]
-        return rows, rows
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -475,7 +228,7 @@ class Forecaster:
                        levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None
                        ) -> pd.DataFrame:
         """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
-        :meth:`_query_raw`) when given."""
+        :func:`ts_neuralode.query_times.query_times`) when given."""
         from ts_neuralode.callbacks import solver_failure
 
         sub = _subset_table(table, chunk)
@@ -500,13 +253,7 @@ class Forecaster:
             raise ForecastError("the model produced non-finite forecasts (NaN/inf) for series "
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
-        bands: dict[str, torch.Tensor] = {}
-        for lv in levels:
-            a = (1.0 - lv / 100.0) / 2.0
-            bands[f"lo-{_fmt(lv)}"] = fc.quantile(a)
-            bands[f"hi-{_fmt(lv)}"] = fc.quantile(1.0 - a)
-        for q in qs:
-            bands[f"q-{_fmt(100.0 * q)}"] = fc.quantile(q)
+        bands = quantile_bands(fc, levels, qs)
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
@@ -514,28 +261,7 @@ class Forecaster:
             codec = self.transform.codec
             ds = codec.from_ns(np.concatenate(exact_q)) if codec.is_datetime else np.concatenate(exact_q)
             frame = frame.assign(**{self.transform.time_col: ds})
-        return self._nixtla(frame, list(bands))
-
-    def _nixtla(self, frame: pd.DataFrame, band_names: list[str]) -> pd.DataFrame:
-        """``[id, time, ch, ch-band…]`` -> ``unique_id, ds, [channel,] name, name-band…``."""
-        tr, name = self.transform, self.name
-        base = frame[[tr.id_col, tr.time_col]].rename(columns={tr.id_col: "unique_id", tr.time_col: "ds"})
-        channels = list(tr.channel_names)
-        parts = []
-        for ch in channels:
-            part = base.copy()
-            if len(channels) > 1:
-                part["channel"] = ch
-            part[name] = frame[ch].to_numpy()
-            for b in band_names:
-                part[f"{name}-{b}"] = frame[f"{ch}-{b}"].to_numpy()
-            parts.append(part)
-        out = pd.concat(parts, ignore_index=True)
-        keys = ["unique_id", "ds"] + (["channel"] if len(channels) > 1 else [])
-        order = {c: i for i, c in enumerate(channels)}
-        if len(channels) > 1:
-            out = out.sort_values(keys, key=lambda s: s.map(order) if s.name == "channel" else s, kind="stable")
-        return out.drop_duplicates(keys).reset_index(drop=True)
+        return nixtla_frame(frame, self.transform, self.name, list(bands))
 
     # ------------------------------------------------------------------------------------------
     # history frames and plots
@@ -569,41 +295,24 @@ class Forecaster:
     def plot_validation_forecasts(self, datamodule, out_dir: str | os.PathLike, n_series: int = 3,
                                   num_samples: int = 50) -> list[Path]:
         """Fit-time figures: condition on the first half of a few validation series, forecast the rest."""
-        table = datamodule.table
-        names = [n for n in ("val", "test", "train") if len(datamodule.split.get(n, []))]
-        idx = list(datamodule.split[names[0]][:n_series])
-        hist_full = table_to_long(_subset_table(table, idx))
-        ctx_parts, queries = [], []
-        for k, i in enumerate(idx):
-            lo, hi = table.offsets[i], table.offsets[i + 1]
-            t = table.times[lo:hi]
-            cut = t[0] + 0.5 * (t[-1] - t[0])
-            ctx_parts.append(int(np.searchsorted(t, cut, side="right")))
-            queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
-        ctx = _subset_table(table, idx, hi=ctx_parts)
-        fc = self._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [])
-        fc = fc.assign(unique_id=fc["unique_id"].astype(str))
-        hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
-        from ts_neuralode.plotting import plot_forecasts
+        from ts_neuralode.plotting import validation_forecast_figures
 
-        cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1)))
-        return plot_forecasts(hist_full, fc, self.name, out_dir, cutoffs=cut_t, prefix="val_forecast_")
+        return validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)
 
 
-MAX_QUERY_POINTS = 100_000  # query times per series and call
-MAX_MODEL_TIME = 1e6  # |model time| a query may reach: 1e5 training spans (auto time_scale makes them <= 10)
-
-
-def _count(value: Any, what: str) -> int:
-    """A positive whole number option (num_samples, num_points, batch_size) or a ForecastError."""
+@contextmanager
+def seeded(seed: int | None):
+    """Run the block with torch's global RNG seeded to ``seed`` (None: as it is), restoring its state after:
+    a forecast's samples are reproducible and the caller's random stream is left as it was."""
+    if seed is None:
+        yield
+        return
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
     try:
-        n = int(value)
-        ok = not isinstance(value, bool) and float(value) == n and n >= 1
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ForecastError(f"{what}={value!r} must be a whole number >= 1")
-    return n
+        yield
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def _progress(items: list, enabled: bool, desc: str):
@@ -614,42 +323,4 @@ def _progress(items: list, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="batch", leave=False)
 
 
-def _torch_load(path: Path, map_location) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or a pickle that weights_only refuses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ForecastError(f"{path}: cannot be loaded as weights only ({first}); pass a file written by "
-                            "ts_neuralode (weights.pt or a .ckpt from 'ts-neuralode fit')") from err
-
-
-def _as_transform(tstate: Any):
-    from ts_neuralode.data.transform import SeriesTransform
-
-    if isinstance(tstate, SeriesTransform):
-        return tstate
-    if isinstance(tstate, (str, os.PathLike)):
-        p = Path(tstate)
-        if p.is_dir():
-            p = p / CONFIG
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError) as err:
-            raise ForecastError(f"{p}: cannot read a transform from it ({err})") from err
-        tstate = data.get("transform", data)
-    try:
-        return SeriesTransform.from_state_dict(tstate)
-    except (KeyError, TypeError) as err:
-        raise ForecastError(f"transform state is incomplete ({err}); pass SeriesTransform.state_dict()") from err
-
-
-def table_to_long(table) -> pd.DataFrame:
-    """SeriesTable -> ``unique_id, ds, channel, y`` rows for every observed value."""
-    ids = np.repeat(np.asarray(table.ids, dtype=object), table.counts)
-    ts = table.user_times()  # exactly as read
-    parts = []
-    for d, ch in enumerate(table.channel_names):
-        m = table.mask[:, d]
-        parts.append(pd.DataFrame({"unique_id": ids[m], "ds": ts[m] if isinstance(ts, pd.DatetimeIndex) else ts[m],
-                                   "channel": ch, "y": table.values[m, d]}))
-    return pd.concat(parts, ignore_index=True)
+__all__ = ["Forecaster", "table_to_long", "training_context", "seeded"]

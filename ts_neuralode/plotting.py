@@ -1,6 +1,6 @@
 """Forecast figures: one PNG per series — observed history, forecast mean and its uncertainty bands.
 
-Inputs are the tidy frames the :class:`~ts_neuralode.forecaster.Forecaster` works with:
+Inputs are the tidy frames of :mod:`ts_neuralode.forecast_frame`:
 
 * history: ``unique_id, ds, channel, y`` (one row per observed value, original units and timestamps);
 * forecast: ``unique_id, ds, [channel,] <model>, <model>-lo-<L>, <model>-hi-<L>…`` (Nixtla style).
@@ -121,3 +121,30 @@ def plot_forecasts(
             )
         )
     return paths
+
+
+def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int = 3, num_samples: int = 50
+                                ) -> list[Path]:
+    """Fit-time figures of a :class:`~ts_neuralode.forecaster.Forecaster`: condition on the first half of a few
+    validation series (test, then training series when there are none), forecast the rest and a quarter beyond."""
+    import numpy as np
+
+    from ts_neuralode.data.batching import subset_table
+    from ts_neuralode.forecast_frame import table_to_long
+
+    table = datamodule.table
+    names = [n for n in ("val", "test", "train") if len(datamodule.split.get(n, []))]
+    idx = list(datamodule.split[names[0]][:n_series])
+    hist_full = table_to_long(subset_table(table, idx))
+    ctx_parts, queries = [], []
+    for i in idx:
+        t = table.times[table.offsets[i]:table.offsets[i + 1]]
+        cut = t[0] + 0.5 * (t[-1] - t[0])
+        ctx_parts.append(int(np.searchsorted(t, cut, side="right")))
+        queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
+    ctx = subset_table(table, idx, hi=ctx_parts)
+    fc = forecaster._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [])
+    fc = fc.assign(unique_id=fc["unique_id"].astype(str))
+    hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
+    cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1)))
+    return plot_forecasts(hist_full, fc, forecaster.name, out_dir, cutoffs=cut_t, prefix="val_forecast_")

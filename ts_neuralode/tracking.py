@@ -43,6 +43,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from ts_neuralode.atomic import atomic_write_text
 from ts_neuralode.errors import ConfigError, TSNeuralODEError
+from ts_neuralode.mlflow_io import log_batch
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +260,12 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
 
 class MlflowTrackingCallback(Callback):
     """Per-epoch metrics (``step = epoch``), epoch time and end-of-fit artifacts; see the module docstring.
-
-    Works without a logger too (then it only writes the model directory at the end of the fit).
+    Does nothing without an MLflow logger. The model directory itself is written by
+    :class:`ts_neuralode.export.ModelExportCallback` (whose forecaster this callback logs when it is there).
 
     Args:
         ckpt_dir: where checkpoints and ``mlflow_run.json`` live (the run file enables resuming).
         log_model: log the model directory and forecast plots to MLflow at the end of the fit.
-        model_dir: also write the model directory here (default ``<ckpt_dir>/model``).
         plot_series: how many validation series to plot.
         forecast_samples: latent samples per plotted forecast.
     """
@@ -274,18 +274,15 @@ class MlflowTrackingCallback(Callback):
         self,
         ckpt_dir: str | os.PathLike | None = None,
         log_model: bool = True,
-        model_dir: str | os.PathLike | None = None,
         plot_series: int = 3,
         forecast_samples: int = 50,
     ) -> None:
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.log_model = log_model
-        self.model_dir = Path(model_dir) if model_dir else (self.ckpt_dir / "model" if self.ckpt_dir else None)
         self.plot_series = plot_series
         self.forecast_samples = forecast_samples
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
-        self.model_dir_written: Path | None = None
         self._epoch_start = 0.0
         self._epoch_time = 0.0
         self._batch_start = 0.0
@@ -387,41 +384,30 @@ class MlflowTrackingCallback(Callback):
         metrics = self.epoch_metrics(trainer)
         if not metrics:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(key=EPOCH_PREFIX + k, value=v, timestamp=now, step=trainer.current_epoch)
-                 for k, v in sorted(metrics.items())]
-        tracked(logger, lambda: logger.experiment.log_batch(logger.run_id, metrics=batch))
+        batch = [(EPOCH_PREFIX + k, v, trainer.current_epoch) for k, v in sorted(metrics.items())]
+        tracked(logger, lambda: log_batch(logger.experiment, logger.run_id, metrics=batch))
 
     # -- end of fit: best checkpoint, model directory, plots --
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        forecaster = None
-        datamodule = trainer.datamodule
-        if datamodule is None or getattr(datamodule, "transform", None) is None:
-            log.warning("no fitted data transform: the model directory is not written")
-        else:
-            from ts_neuralode.forecaster import Forecaster
-
-            module = pl_module
-            if best and Path(best).is_file():  # the model directory holds the best weights, not the last ones
-                module = _module_with_checkpoint(pl_module, best)
-            forecaster = Forecaster.from_module(module, datamodule)
-            if self.model_dir is not None:  # local files first: they do not depend on the tracking store
-                self.model_dir_written = forecaster.save(self.model_dir)
         logger = find_logger(trainer)
         if logger is None:
             return
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if best and Path(best).is_file():
             tracked(logger, lambda: (logger.experiment.log_artifact(logger.run_id, best, "checkpoints"),
                                      logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint",
                                                                str(Path(best).resolve()))))
-        if forecaster is not None and self.log_model:
-            tracked(logger, self._log_model, logger, forecaster, datamodule)
+        if not self.log_model:
+            return
+        from ts_neuralode.export import ModelExportCallback, fitted_forecaster
+
+        export = next((c for c in trainer.callbacks if isinstance(c, ModelExportCallback)), None)
+        forecaster = export.forecaster if export is not None else fitted_forecaster(trainer, pl_module)
+        if forecaster is not None:
+            tracked(logger, self._log_model, logger, forecaster, trainer.datamodule)
 
     def _log_model(self, logger: MLFlowLogger, forecaster, datamodule) -> None:
         """The model directory and validation forecast plots as artifacts of the run."""
@@ -442,12 +428,3 @@ class MlflowTrackingCallback(Callback):
                 pngs = []
             for png in pngs:
                 client.log_artifact(run_id, str(png), "plots")
-
-
-def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> LightningModule:
-    """A copy of ``pl_module`` (same class and hparams) holding the weights of ``ckpt_path``."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    hparams = {k: v for k, v in dict(pl_module.hparams).items() if not str(k).startswith("_")}
-    module = type(pl_module)(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval()

@@ -28,10 +28,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, TimeCodec, tz_to_str, unit_to_ns
+from ts_neuralode.data.timecodec import TimeCodec, parse_time_column
 from ts_neuralode.errors import ConfigError, DataError
-
-_TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?|UTC|GMT)$"
 
 
 @dataclass
@@ -206,84 +204,6 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
     return arr
 
 
-def _parse_time(col: pd.Series, name: str, where: _Where, time_unit: str | None,
-                codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec, np.ndarray | None]:
-    """Time column -> (raw float64 times, codec, int64 ns of datetimes or None). Numbers stay numbers; anything
-    else is parsed as datetimes."""
-    missing = col.isna().to_numpy()
-    if missing.any():
-        i = _first(missing)
-        raise DataError(f"{where.at(name, i)}: timestamp is missing; fill it in or delete the row")
-    is_dt = col.dtype.kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype)
-    if not is_dt and col.dtype.kind in "biuf":
-        t = col.to_numpy(dtype=np.float64)
-        if codec is not None and codec.is_datetime:
-            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass datetimes")
-        inf = np.isinf(t)
-        if inf.any():
-            i = _first(inf)
-            raise DataError(f"{where.at(name, i)}: time {t[i]} is infinite; use finite times")
-        return t, codec or TimeCodec("numeric"), None
-    if not is_dt:
-        head = pd.to_numeric(col.iloc[:100], errors="coerce")  # cheap probe: datetimes fail at once
-        if head.notna().all():
-            num = pd.to_numeric(col, errors="coerce")
-            if num.notna().all():
-                return _parse_time(num, name, where, time_unit, codec)
-        text = col.astype(str).str.strip()
-        try:
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-        except ValueError:  # naive mixed with aware, or several UTC offsets (e.g. across a DST change)
-            aware = text.str.contains(_TZ_SUFFIX, case=False, regex=True).to_numpy()
-            if aware.any() and not aware.all():
-                i = _first(aware != aware[0])
-                raise DataError(
-                    f"{where.at(name, i)}: timestamp {text.iloc[i]!r} is {'timezone-aware' if aware[i] else 'naive'} "
-                    f"but {text.iloc[0]!r} ({where.row(0)}) is {'timezone-aware' if aware[0] else 'naive'}; "
-                    "give every timestamp an offset or none"
-                ) from None
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)  # keep them as UTC
-        bad = parsed.isna().to_numpy()
-        if bad.any():  # not ISO 8601: let pandas/dateutil try the failing cells one format at a time
-            retry = pd.to_datetime(text[bad], format="mixed", errors="coerce", utc=parsed.dt.tz is not None)
-            if retry.notna().all():
-                if parsed.dt.tz is not None and retry.dt.tz is not None:
-                    retry = retry.dt.tz_convert(parsed.dt.tz)
-                parsed = parsed.copy()
-                parsed[bad] = retry
-                bad = parsed.isna().to_numpy()
-        if bad.any():
-            i = _first(bad)
-            raise DataError(
-                f"{where.at(name, i)}: cannot parse timestamp {text.iloc[i]!r}; use ISO 8601 such as 2024-01-31 12:00"
-            )
-        col = parsed
-    tz = col.dt.tz
-    if tz is not None:
-        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-    lo, hi = pd.Timestamp.min.as_unit("ns"), pd.Timestamp.max.as_unit("ns")
-    outside = ((col < lo) | (col > hi)).to_numpy()
-    if outside.any():  # pandas parses years 0001..9999, but a time is int64 ns (1677-09-22 .. 2262-04-11)
-        i = _first(outside)
-        raise DataError(f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
-                        f"({lo.date()} .. {hi.date()}); fix it")
-    ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
-    if codec is None:
-        unit = time_unit or DEFAULT_TIME_UNIT
-        unit_to_ns(unit)
-        codec = TimeCodec("datetime", unit=unit, tz=tz_to_str(tz), ref_ns=int(ns.min()))
-    else:
-        if not codec.is_datetime:
-            raise DataError(f"{where.at(name)}: times are datetimes but the model was trained on numbers; pass numbers")
-        if (tz is None) != (codec.tz is None):
-            raise DataError(
-                f"{where.at(name)}: timestamps are {'naive' if tz is None else 'timezone-aware'} but the model was "
-                f"trained on {'naive' if codec.tz is None else 'timezone-aware'} ones; convert them"
-            )
-    t = (ns - codec.ref_ns).astype(np.float64) / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
-    return t, codec, ns
-
-
 def _sort_order(codes: np.ndarray, times: np.ndarray, n_ids: int) -> np.ndarray:
     """Row order sorting by (series code, time). Already-sorted input costs one pass; otherwise an argsort
     of the times then a stable (radix, for < 65,536 series) argsort of the codes — ~2-3x faster than
@@ -335,6 +255,9 @@ def read_series(
             onto the same raw time axis); by default one is built from the data.
         duplicates: "error" (default) or "mean" (average observed values of rows sharing (id, time)).
         min_points: series with fewer observation times are dropped with a warning.
+
+    Long on purpose: it is the data boundary's one validation pass, its checks in the order a user meets the
+    problems (format, columns, values, masks, times, duplicates, short series), each raising with its location.
     """
     if format not in ("long", "wide"):
         raise ConfigError(f"format={format!r} is not supported; use 'long' or 'wide'")
@@ -389,7 +312,7 @@ def read_series(
                             "fix mask_cols")
 
     n = len(df)
-    times, codec, time_ns = _parse_time(df[time_col], time_col, where, time_unit, codec)
+    times, codec, time_ns = parse_time_column(df[time_col], time_col, where, time_unit, codec)
     values = np.empty((n, len(value_cols)), dtype=np.float64)
     obs = np.empty((n, len(value_cols)), dtype=bool)
     for d, c in enumerate(value_cols):

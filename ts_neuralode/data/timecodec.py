@@ -212,3 +212,91 @@ class TimeCodec:
         if self.tz is not None:
             idx = idx.tz_localize("UTC").tz_convert(tz_from_str(self.tz))
         return idx
+
+
+# -- reading a time column (the data boundary: ts_neuralode.data.io) ----------------------------------------
+#: a timestamp that ends in an offset or zone name (timezone-aware)
+TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?|UTC|GMT)$"
+
+
+def _first_true(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
+                      codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec, np.ndarray | None]:
+    """Time column -> (raw float64 times, codec, int64 ns of datetimes or None). Numbers stay numbers; anything
+    else is parsed as datetimes (ISO 8601 first, then pandas' other formats cell by cell). ``where.at(name, row)``
+    names the place in a message (``ts_neuralode.data.io`` passes its file/line formatter)."""
+    missing = col.isna().to_numpy()
+    if missing.any():
+        i = _first_true(missing)
+        raise DataError(f"{where.at(name, i)}: timestamp is missing; fill it in or delete the row")
+    is_dt = col.dtype.kind == "M" or isinstance(col.dtype, pd.DatetimeTZDtype)
+    if not is_dt and col.dtype.kind in "biuf":
+        t = col.to_numpy(dtype=np.float64)
+        if codec is not None and codec.is_datetime:
+            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass datetimes")
+        inf = np.isinf(t)
+        if inf.any():
+            i = _first_true(inf)
+            raise DataError(f"{where.at(name, i)}: time {t[i]} is infinite; use finite times")
+        return t, codec or TimeCodec("numeric"), None
+    if not is_dt:
+        head = pd.to_numeric(col.iloc[:100], errors="coerce")  # cheap probe: datetimes fail at once
+        if head.notna().all():
+            num = pd.to_numeric(col, errors="coerce")
+            if num.notna().all():
+                return parse_time_column(num, name, where, time_unit, codec)
+        text = col.astype(str).str.strip()
+        try:
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        except ValueError:  # naive mixed with aware, or several UTC offsets (e.g. across a DST change)
+            aware = text.str.contains(TZ_SUFFIX, case=False, regex=True).to_numpy()
+            if aware.any() and not aware.all():
+                i = _first_true(aware != aware[0])
+                raise DataError(
+                    f"{where.at(name, i)}: timestamp {text.iloc[i]!r} is {'timezone-aware' if aware[i] else 'naive'} "
+                    f"but {text.iloc[0]!r} ({where.row(0)}) is {'timezone-aware' if aware[0] else 'naive'}; "
+                    "give every timestamp an offset or none"
+                ) from None
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)  # keep them as UTC
+        bad = parsed.isna().to_numpy()
+        if bad.any():  # not ISO 8601: let pandas/dateutil try the failing cells one format at a time
+            retry = pd.to_datetime(text[bad], format="mixed", errors="coerce", utc=parsed.dt.tz is not None)
+            if retry.notna().all():
+                if parsed.dt.tz is not None and retry.dt.tz is not None:
+                    retry = retry.dt.tz_convert(parsed.dt.tz)
+                parsed = parsed.copy()
+                parsed[bad] = retry
+                bad = parsed.isna().to_numpy()
+        if bad.any():
+            i = _first_true(bad)
+            raise DataError(
+                f"{where.at(name, i)}: cannot parse timestamp {text.iloc[i]!r}; use ISO 8601 such as 2024-01-31 12:00"
+            )
+        col = parsed
+    tz = col.dt.tz
+    if tz is not None:
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    lo, hi = pd.Timestamp.min.as_unit("ns"), pd.Timestamp.max.as_unit("ns")
+    outside = ((col < lo) | (col > hi)).to_numpy()
+    if outside.any():  # pandas parses years 0001..9999, but a time is int64 ns (1677-09-22 .. 2262-04-11)
+        i = _first_true(outside)
+        raise DataError(f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
+                        f"({lo.date()} .. {hi.date()}); fix it")
+    ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
+    if codec is None:
+        unit = time_unit or DEFAULT_TIME_UNIT
+        unit_to_ns(unit)
+        codec = TimeCodec("datetime", unit=unit, tz=tz_to_str(tz), ref_ns=int(ns.min()))
+    else:
+        if not codec.is_datetime:
+            raise DataError(f"{where.at(name)}: times are datetimes but the model was trained on numbers; pass numbers")
+        if (tz is None) != (codec.tz is None):
+            raise DataError(
+                f"{where.at(name)}: timestamps are {'naive' if tz is None else 'timezone-aware'} but the model was "
+                f"trained on {'naive' if codec.tz is None else 'timezone-aware'} ones; convert them"
+            )
+    t = (ns - codec.ref_ns).astype(np.float64) / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+    return t, codec, ns

@@ -40,6 +40,7 @@ from ts_neuralode.errors import ConfigError
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 from ts_neuralode.models import Forecast, build_model, model_options
 from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
+from ts_neuralode.models.evolution_config import EvolutionConfig, upgrade_flat_options
 
 _STAGES = ("val", "test")
 _METRICS = {
@@ -59,11 +60,12 @@ class ForecastingModule(pl.LightningModule):
     Args:
         model: "latent_ode", "ode_rnn" or "gru_ode".
         input_dim: number of channels D (the DataModule's ``num_channels``).
-        evolution: "ode", "resnet_flow", "gru_flow" or "coupling_flow" — the only switch between an ODE
-            and a flow variant.
-        latent_dim, hidden_dim, num_layers: state size; width/depth of the networks.
-        method, rtol, atol, step_size, adjoint: ODE solver options (ignored by flows).
-        flow_layers, time_embedding: flow options (ignored by ODEs).
+        evolution: the :class:`~ts_neuralode.models.evolution_config.EvolutionConfig` (``--model.evolution.*``):
+            its ``kind`` ("ode", "resnet_flow", "gru_flow" or "coupling_flow") is the only switch between an
+            ODE and a flow variant; solver options (``method``, ``rtol``, ``atol``, ``step_size``, ``adjoint``,
+            ``adjoint_mode``, ``max_steps``, ``vector_field``) and flow options (``flow_layers``,
+            ``time_embedding``, …) live there too. A kind name or a dict of its options is accepted as well.
+        latent_dim, hidden_dim: state size; width of the networks.
         model_kwargs: further model-specific options (e.g. ``{"obs_std": 0.01, "encoder_method": "euler"}``
             for the latent ODE, ``{"loss": "mse"}`` for ODE-RNN); plain JSON-able values.
         lr, weight_decay: Adam.  lr_schedule: "step" (``lr_decay_every``/``lr_decay_gamma``: ×gamma every N
@@ -83,17 +85,9 @@ class ForecastingModule(pl.LightningModule):
         self,
         model: str = "latent_ode",
         input_dim: int = 1,
-        evolution: str = "ode",
+        evolution: EvolutionConfig = EvolutionConfig(),
         latent_dim: int = 16,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        step_size: float | None = None,
-        adjoint: bool = False,
-        flow_layers: int = 2,
-        time_embedding: str = "fourier",
         model_kwargs: dict | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -113,12 +107,12 @@ class ForecastingModule(pl.LightningModule):
             raise ConfigError(f"eval_samples={eval_samples} must be >= 1")
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule={lr_schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
-        self.save_hyperparameters()
-        kwargs = dict(
-            input_dim=input_dim, evolution=evolution, latent_dim=latent_dim, hidden_dim=hidden_dim,
-            num_layers=num_layers, method=method, rtol=rtol, atol=atol, step_size=step_size, adjoint=adjoint,
-            flow_layers=flow_layers, time_embedding=time_embedding,
-        )
+        evolution = EvolutionConfig.coerce(evolution)
+        # hyperparameters stay plain JSON (a checkpoint reloads with weights_only=True; MLflow logs them flat)
+        self.save_hyperparameters(ignore=["evolution"])
+        self.hparams["evolution"] = evolution.to_dict()
+        self._hparams_initial["evolution"] = evolution.to_dict()
+        kwargs = dict(input_dim=input_dim, evolution=evolution, latent_dim=latent_dim, hidden_dim=hidden_dim)
         accepted = model_options(model) if model in _known_models() else set()
         for name, value in (("kl_warmup_epochs", kl_warmup_epochs), ("iwae_samples", iwae_samples)):
             if name in accepted:
@@ -135,6 +129,13 @@ class ForecastingModule(pl.LightningModule):
             }) for stage in _STAGES
         })
         self._batch_start = 0.0
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> "ForecastingModule":
+        """The module of saved hyperparameters, in this version's spelling or the older flat one (``evolution:
+        ode``, ``method: rk4`` … next to the model options; see :func:`upgrade_flat_options`)."""
+        clean = {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
+        return cls(**upgrade_flat_options(clean))
 
     # -- training ------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

@@ -1,7 +1,8 @@
 """Forecasting models (plain nn.Modules) on one evolution interface (ODE or neural flow).
 
-``MODELS`` maps a model name to its class; every class takes ``input_dim`` and ``evolution`` (a kind
-string: "ode", "resnet_flow", "gru_flow", "coupling_flow") plus the shared evolution options.
+``MODELS`` maps a model name to its class; every class takes ``input_dim`` and ``evolution`` (an
+:class:`~ts_neuralode.models.evolution_config.EvolutionConfig`, or just its kind: "ode", "resnet_flow",
+"gru_flow", "coupling_flow").
 """
 
 from ts_neuralode.models.base import Forecast, ForecastModel
@@ -15,11 +16,14 @@ __all__ = ["Forecast", "ForecastModel", "LatentODE", "ODERNN", "GRUODE", "MODELS
 
 
 def build_model(name: str, **kwargs) -> ForecastModel:
-    """``MODELS[name](**kwargs)`` with one-line errors for an unknown name or option."""
+    """``MODELS[name](**kwargs)`` with one-line errors for an unknown name or option. The evolution options may
+    also come flat, as in older versions (``evolution="ode", method="rk4"``: see ``upgrade_flat_options``)."""
     import inspect
 
     from ts_neuralode.errors import ConfigError
+    from ts_neuralode.models.evolution_config import upgrade_flat_options
 
+    kwargs = upgrade_flat_options(kwargs)
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     cls = MODELS[name]

@@ -22,8 +22,8 @@ time row instead of once per sample (3× less embedding work with 3 IWAE samples
 * :class:`FlowEvolution` evaluates a neural flow in closed form, ``out[:, i] = F(t_i − t_0, h0)``, for all
   times in ONE batched call.
 
-Both constructors take the same options (each ignores those that do not apply), so switching ODE ↔ flow
-is one option of :func:`make_evolution`.
+Both are built from one :class:`~ts_neuralode.models.evolution_config.EvolutionConfig` (each uses the options
+that apply to it), so switching ODE ↔ flow is its one option ``kind``: ``EvolutionConfig(kind).build(dim)``.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.models.flows import FLOWS, Flow, make_flow
-from ts_neuralode.models.nets import check_positive_int, make_activation, mlp
-from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
-from ts_neuralode.solvers import ADJOINT_MODES, METHODS, odeint
-from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
+from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
+from ts_neuralode.models.flows import Flow, make_flow
+from ts_neuralode.models.nets import check_positive_int, mlp
+from ts_neuralode.solvers import METHODS, odeint
 
 ODE_METHODS = tuple(METHODS)
-VECTOR_FIELDS = ("mlp", "gru")
-EVOLUTION_KINDS = ("ode",) + tuple(FLOWS)
+#: what an evolution built outside a model uses for the config's "the model's default" (None) options
+BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
 
 
 class Evolution(nn.Module):
@@ -116,45 +115,21 @@ class ODEEvolution(Evolution):
 
     Args:
         dim: state size H.
-        hidden_dim, num_layers, activation: of the ``"mlp"`` field.
-        vector_field: ``"mlp"``, ``"gru"``, or an ``nn.Module`` ``field(t [B], y [B, H]) -> [B, H]``.
-        method, rtol, atol, step_size, adjoint, adjoint_mode, max_steps: passed to ``odeint``.
-        **_flow_options: flow-only options (``flow_layers``, ``time_embedding``, …) accepted and ignored,
-            so ODE and flow evolutions share one configuration.
+        config: the :class:`EvolutionConfig` (its solver options and, for the ``"mlp"``/``"gru"`` field,
+            ``vector_field``, ``hidden_dim``, ``num_layers``, ``activation``; flow options are unused).
+        field: an ``nn.Module`` ``field(t [B], y [B, H]) -> [B, H]`` instead of the config's field.
 
     After a forward, ``last_nfe`` is the mean number of field evaluations per sample and ``last_stats``
     the solver's per-sample :class:`SolverStats`.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        hidden_dim: int = 64,
-        num_layers: int = 2,
-        activation: str = "tanh",
-        vector_field: str | nn.Module = "mlp",
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        step_size: float | None = None,
-        adjoint: bool = False,
-        adjoint_mode: str = "backsolve",
-        max_steps: int = 10_000,
-        **_flow_options,
-    ) -> None:
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None) -> None:
         super().__init__(dim)
-        _check_solver_options(method, rtol, atol, step_size, adjoint)
-        if adjoint_mode not in ADJOINT_MODES:
-            raise ConfigError(f"adjoint_mode={adjoint_mode!r} is invalid; choose one of {', '.join(ADJOINT_MODES)}")
-        if isinstance(vector_field, nn.Module):
-            self.field = vector_field
-        else:
-            self.field = make_vector_field(
-                vector_field, dim, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation
-            )
-        self.method, self.rtol, self.atol, self.step_size = method, rtol, atol, step_size
-        self.adjoint, self.adjoint_mode, self.max_steps = adjoint, adjoint_mode, max_steps
+        self.config = config = (config or EvolutionConfig()).resolve(**BUILD_DEFAULTS)
+        if field is None:
+            field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
+                                      num_layers=config.num_layers, activation=config.activation)
+        self.field = field
         self.last_stats = None
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
@@ -168,9 +143,10 @@ class ODEEvolution(Evolution):
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
             return h0.unsqueeze(1)
+        c = self.config
         sol = odeint(
-            self.field, h0, t, method=self.method, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-            t_mask=t_mask, adjoint=self.adjoint, adjoint_mode=self.adjoint_mode, max_steps=self.max_steps,
+            self.field, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
+            adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
         )
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
@@ -185,38 +161,24 @@ class FlowEvolution(Evolution):
 
     Args:
         dim: state size H.
-        kind: ``"resnet_flow"``, ``"gru_flow"`` or ``"coupling_flow"`` (ignored when ``flow`` is given).
-        flow_layers, hidden_dim, num_layers, activation, time_embedding, time_embedding_features, coeff:
-            see :func:`ts_neuralode.models.flows.make_flow`.
-        flow: a ready :class:`Flow` (overrides the options above).
-        **_ode_options: ODE-only options (``method``, ``rtol``, ``vector_field``, …) accepted and ignored.
+        config: the :class:`EvolutionConfig` (``kind`` a flow; ``flow_layers``, ``hidden_dim``, ``num_layers``,
+            ``activation``, ``time_embedding``, ``time_embedding_features``, ``coeff``: see
+            :func:`ts_neuralode.models.flows.make_flow`; solver options are unused).
+        flow: a ready :class:`Flow` (overrides the config's flow options).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        kind: str = "resnet_flow",
-        flow_layers: int = 2,
-        hidden_dim: int = 64,
-        num_layers: int = 2,
-        activation: str = "tanh",
-        time_embedding: str = "fourier",
-        time_embedding_features: int = 8,
-        coeff: float = 0.9,
-        flow: Flow | None = None,
-        **_ode_options,
-    ) -> None:
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None) -> None:
         super().__init__(dim)
+        self.config = config = (config or EvolutionConfig(kind="resnet_flow")).resolve(**BUILD_DEFAULTS)
         if flow is None:
             flow = make_flow(
-                kind, dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers,
-                activation=activation, time_embedding=time_embedding,
-                time_embedding_features=time_embedding_features, coeff=coeff,
+                config.kind, dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers, activation=config.activation, time_embedding=config.time_embedding,
+                time_embedding_features=config.time_embedding_features, coeff=config.coeff,
             )
         elif flow.dim != dim:
             raise ConfigError(f"flow has dim={flow.dim} but the evolution was built for dim={dim}")
-        self.kind = kind
+        self.kind = config.kind
         self.flow = flow
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
@@ -251,71 +213,11 @@ class FlowEvolution(Evolution):
 # ---------------------------------------------------------------------------------------- factory
 
 
-def _check_solver_options(method, rtol, atol, step_size, adjoint) -> None:
-    if method not in ODE_METHODS:
-        raise ConfigError(f"method={method!r} is not a known ODE solver; choose one of {', '.join(ODE_METHODS)}")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) or math.isinf(value):
-            raise ConfigError(f"{name}={value!r} is invalid; pass a positive finite number, e.g. 1e-3")
-    if step_size is not None and (
-        isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0
-    ):
-        raise ConfigError(f"step_size={step_size!r} is invalid; pass a positive number or None")
-    if step_size is not None and method in ADAPTIVE_METHODS:
-        raise ConfigError(f"step_size={step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
-                          f"method={method!r} adapts its own steps: drop step_size or choose a fixed-step method")
-    if not isinstance(adjoint, bool):
-        raise ConfigError(f"adjoint={adjoint!r} is invalid; pass true or false")
-
-
-def make_evolution(
-    kind: str,
-    dim: int,
-    *,
-    hidden_dim: int = 64,
-    num_layers: int = 2,
-    method: str = "dopri5",
-    rtol: float = 1e-3,
-    atol: float = 1e-4,
-    step_size: float | None = None,
-    adjoint: bool = False,
-    flow_layers: int = 2,
-    time_embedding: str = "fourier",
-    vector_field: str = "mlp",
-    activation: str = "tanh",
-    time_embedding_features: int = 8,
-) -> Evolution:
-    """Build an evolution: ``kind`` ∈ {"ode", "resnet_flow", "gru_flow", "coupling_flow"}.
-
-    Every option is validated whatever the kind (a typo fails early even where the option is unused),
-    then the options that apply to the kind are used: ODE — ``hidden_dim``, ``num_layers``, ``activation``
-    (mlp field), ``vector_field``, ``method``, ``rtol``, ``atol``, ``step_size``, ``adjoint``; flows —
-    ``flow_layers``, ``hidden_dim``, ``num_layers`` (hidden layers of each flow layer's network),
-    ``activation``, ``time_embedding``, ``time_embedding_features``.
-    """
-    if kind not in EVOLUTION_KINDS:
-        raise ConfigError(f"evolution={kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)}")
+def make_evolution(kind: str, dim: int, **options) -> Evolution:
+    """``EvolutionConfig(kind, **options).build(dim)``: ``kind`` ∈ {"ode", "resnet_flow", "gru_flow",
+    "coupling_flow"}, options as the :class:`EvolutionConfig` fields (validated whatever the kind)."""
     check_positive_int(dim, "dim")
-    check_positive_int(hidden_dim, "hidden_dim")
-    check_positive_int(num_layers, "num_layers", minimum=0)
-    check_positive_int(flow_layers, "flow_layers")
-    check_positive_int(time_embedding_features, "time_embedding_features")
-    _check_solver_options(method, rtol, atol, step_size, adjoint)
-    if vector_field not in VECTOR_FIELDS:
-        raise ConfigError(f"vector_field={vector_field!r} is not supported; choose one of {', '.join(VECTOR_FIELDS)}")
-    if time_embedding not in TIME_EMBEDDINGS:
-        raise ConfigError(
-            f"time_embedding={time_embedding!r} is not supported; choose one of {', '.join(TIME_EMBEDDINGS)}"
-        )
-    make_activation(activation, lipschitz=kind == "resnet_flow")
-    options = dict(
-        hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, method=method, rtol=rtol,
-        atol=atol, step_size=step_size, adjoint=adjoint, vector_field=vector_field, flow_layers=flow_layers,
-        time_embedding=time_embedding, time_embedding_features=time_embedding_features,
-    )
-    if kind == "ode":
-        return ODEEvolution(dim, **options)
-    return FlowEvolution(dim, kind=kind, **options)
+    return EvolutionConfig(kind=kind, **options).build(dim)
 
 
 __all__ = [
@@ -326,6 +228,7 @@ __all__ = [
     "GRUODEField",
     "make_vector_field",
     "make_evolution",
+    "EvolutionConfig",
     "EVOLUTION_KINDS",
     "ODE_METHODS",
     "VECTOR_FIELDS",

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ts_neuralode.models.base import Grid, check_positive
-from ts_neuralode.models.latent_ode import evolution_options
-from ts_neuralode.models.recurrent import FilteringModel, build_evolution, mlp
+from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.models.nets import mlp
+from ts_neuralode.models.recurrent import FilteringModel
 
 
 class GRUBayesUpdate(nn.Module):
@@ -38,7 +39,7 @@ class GRUBayesUpdate(nn.Module):
 
 
 class GRUODE(FilteringModel):
-    """GRU-ODE-Bayes forecaster (``evolution="ode"``: continuous GRU field; ``"gru_flow"``: GRU flow).
+    """GRU-ODE-Bayes forecaster (evolution kind ``"ode"``: continuous GRU field by default; ``"gru_flow"``: GRU flow).
 
     Args as :class:`~ts_neuralode.models.ode_rnn.ODERNN`, plus ``prep_dim`` (per-channel jump features),
     ``obs_std`` (std of the KL target N(x, obs_std²)) and ``kl_weight`` (1e-4 as in the paper).
@@ -47,18 +48,9 @@ class GRUODE(FilteringModel):
     def __init__(
         self,
         input_dim: int = 1,
-        evolution: str = "ode",
+        evolution: EvolutionConfig | str | None = None,
         latent_dim: int = 16,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        step_size: float | None = None,
-        adjoint: bool = False,
-        flow_layers: int = 2,
-        time_embedding: str = "fourier",
-        vector_field: str = "gru",
         loss: str = "nll",
         min_std: float = 1e-3,
         prep_dim: int = 8,
@@ -71,11 +63,11 @@ class GRUODE(FilteringModel):
         self.input_dim = input_dim
         self.obs_std = float(obs_std)
         self.kl_weight = float(kl_weight)
-        opts = evolution_options(hidden_dim, num_layers, method, rtol, atol, step_size, adjoint, flow_layers,
-                                 time_embedding, vector_field)
+        # the evolution's field defaults to the continuous GRU dynamics (``vector_field="gru"``)
+        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="gru")
         self.h0 = nn.Parameter(torch.zeros(latent_dim))
-        self.evolution = build_evolution(evolution, latent_dim, **opts)
-        self.head = mlp(latent_dim, hidden_dim, 2 * input_dim, act=nn.ReLU)
+        self.evolution = config.build(latent_dim)
+        self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1, activation="relu")
         self.jump = GRUBayesUpdate(input_dim, latent_dim, prep_dim)
 
     def _params(self, h: Tensor) -> tuple[Tensor, Tensor]:

@@ -42,6 +42,7 @@ every other parameter.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -50,22 +51,12 @@ from torch.nn import functional as F
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import Forecast, ForecastModel, Grid, check_positive, gather_queries
-from ts_neuralode.models.nets import shares_spectral_weights
-from ts_neuralode.models.recurrent import GRUUpdate, build_evolution, flip_grid, mlp, recurrent_pass
+from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.models.nets import mlp, shares_spectral_weights
+from ts_neuralode.models.recurrent import GRUUpdate, flip_grid, recurrent_pass
 
 OBJECTIVES = ("elbo", "iwae")
 ANCHORS = ("first", "last")
-
-
-def evolution_options(
-    hidden_dim: int, num_layers: int, method: str, rtol: float, atol: float, step_size: float | None,
-    adjoint: bool, flow_layers: int, time_embedding: str, vector_field: str,
-) -> dict:
-    """The keyword arguments every model forwards to ``make_evolution``."""
-    return dict(
-        hidden_dim=hidden_dim, num_layers=num_layers, method=method, rtol=rtol, atol=atol, step_size=step_size,
-        adjoint=adjoint, flow_layers=flow_layers, time_embedding=time_embedding, vector_field=vector_field,
-    )
 
 
 class RecurrentEncoder(nn.Module):
@@ -133,10 +124,10 @@ class LatentODE(ForecastModel):
 
     Args:
         input_dim: channels D.
-        evolution: "ode", "resnet_flow", "gru_flow" or "coupling_flow" (encoder and decoder).
-        latent_dim: size of z.  hidden_dim/num_layers: width/depth of the vector field or flow nets and
-            of the q(z0) MLP.  method/rtol/atol/step_size/adjoint: decoder ODE solver options.
-        flow_layers/time_embedding: flow options.  vector_field: "mlp" (default) or "gru".
+        evolution: the decoder's :class:`EvolutionConfig` (or its kind: "ode", "resnet_flow", "gru_flow",
+            "coupling_flow"); the encoder's is the same but for ``encoder_evolution``/``encoder_method``.
+        latent_dim: size of z.  hidden_dim: width of the q(z0) MLP (and of the evolutions' nets unless the
+            config sets ``hidden_dim``).
         encoder_dim: encoder state size (default 2·latent_dim).  encoder_evolution: "ode" (default:
             ODE-RNN for every variant), "same" (the kind of ``evolution``) or a kind.  encoder_method: ODE
             method of an ODE encoder ("euler": one step per interval; any solver method works).
@@ -156,18 +147,9 @@ class LatentODE(ForecastModel):
     def __init__(
         self,
         input_dim: int = 1,
-        evolution: str = "ode",
+        evolution: EvolutionConfig | str | None = None,
         latent_dim: int = 16,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        step_size: float | None = None,
-        adjoint: bool = False,
-        flow_layers: int = 2,
-        time_embedding: str = "fourier",
-        vector_field: str = "mlp",
         encoder_dim: int | None = None,
         encoder_evolution: str = "ode",
         encoder_method: str = "euler",
@@ -200,13 +182,13 @@ class LatentODE(ForecastModel):
         self.kl_warmup_epochs = int(kl_warmup_epochs)
         self.kl_weight = 0.0 if kl_warmup_epochs > 0 else 1.0
         enc_dim = encoder_dim or 2 * latent_dim
-        opts = evolution_options(hidden_dim, num_layers, method, rtol, atol, step_size, adjoint, flow_layers,
-                                 time_embedding, vector_field)
-        enc_opts = dict(opts, method=encoder_method, step_size=None, adjoint=False, vector_field="mlp")
-        enc_kind = evolution if encoder_evolution == "same" else encoder_evolution
-        self.encoder = RecurrentEncoder(input_dim, enc_dim, build_evolution(enc_kind, enc_dim, **enc_opts))
-        self.to_z0 = mlp(enc_dim, hidden_dim, 2 * latent_dim)
-        self.evolution = build_evolution(evolution, latent_dim, **opts)
+        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
+        enc_kind = config.kind if encoder_evolution == "same" else encoder_evolution
+        enc_config = replace(config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False,
+                             vector_field="mlp")
+        self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim))
+        self.to_z0 = mlp(enc_dim, 2 * latent_dim, hidden_dim, num_layers=1)
+        self.evolution = config.build(latent_dim)
         self.decoder = nn.Linear(latent_dim, input_dim)
 
     def set_epoch(self, epoch: int) -> None:

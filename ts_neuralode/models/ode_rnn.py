@@ -13,47 +13,37 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ts_neuralode.models.base import check_positive
-from ts_neuralode.models.latent_ode import evolution_options
-from ts_neuralode.models.recurrent import FilteringModel, GRUUpdate, build_evolution, mlp
+from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.models.nets import mlp
+from ts_neuralode.models.recurrent import FilteringModel, GRUUpdate
 
 
 class ODERNN(FilteringModel):
     """ODE-RNN / flow-RNN forecaster with a Gaussian output.
 
     Args:
-        input_dim: channels D.  evolution: "ode" or a flow kind.  latent_dim: state size H.
-        hidden_dim/num_layers: width/depth of the vector field or flow nets and of the read-out.
-        method/rtol/atol/step_size/adjoint: ODE solver options.  flow_layers/time_embedding: flow options.
-        vector_field: "mlp" or "gru".  loss: "nll" (Gaussian, learned std) or "mse".  min_std: std floor.
+        input_dim: channels D.  evolution: an :class:`EvolutionConfig` (or just its kind, "ode" or a flow).
+        latent_dim: state size H.  hidden_dim: width of the read-out (and of the evolution's nets unless its
+        config sets ``hidden_dim``).  loss: "nll" (Gaussian, learned std) or "mse".  min_std: std floor.
     """
 
     def __init__(
         self,
         input_dim: int = 1,
-        evolution: str = "ode",
+        evolution: EvolutionConfig | str | None = None,
         latent_dim: int = 16,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        step_size: float | None = None,
-        adjoint: bool = False,
-        flow_layers: int = 2,
-        time_embedding: str = "fourier",
-        vector_field: str = "mlp",
         loss: str = "nll",
         min_std: float = 1e-3,
     ) -> None:
         super().__init__(loss=loss, min_std=min_std)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, min_std=min_std)
         self.input_dim = input_dim
-        opts = evolution_options(hidden_dim, num_layers, method, rtol, atol, step_size, adjoint, flow_layers,
-                                 time_embedding, vector_field)
+        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
         self.h0 = nn.Parameter(torch.zeros(latent_dim))
         self.cell = GRUUpdate(input_dim, latent_dim)
-        self.evolution = build_evolution(evolution, latent_dim, **opts)
-        self.head = mlp(latent_dim, hidden_dim, 2 * input_dim)
+        self.evolution = config.build(latent_dim)
+        self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1)
 
     def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mean, raw = self.head(h).chunk(2, dim=-1)

@@ -30,13 +30,6 @@ from ts_neuralode.models.nets import shares_spectral_weights
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def build_evolution(kind: str, dim: int, **options) -> nn.Module:
-    """``make_evolution`` from the evolution module (imported late: it lives in a sibling file)."""
-    from ts_neuralode.models.evolution import make_evolution
-
-    return make_evolution(kind, dim, **options)
-
-
 def recurrent_pass(
     evolve: Callable[[Tensor, Tensor, Tensor | None], Tensor],
     h0: Tensor,
@@ -125,17 +118,6 @@ class GRUUpdate(nn.Module):
 def flip_grid(times: Tensor, valid: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reverse a grid in time (for backwards encoders): padding comes first and is stepped over."""
     return times.flip(-1), valid.flip(-1), x.flip(1), m.flip(1)
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 1, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    """``in → hidden (× num_layers, act) → out``."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for _ in range(num_layers):
-        layers += [nn.Linear(d, hidden_dim), act()]
-        d = hidden_dim
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 class FilteringModel(ForecastModel):

@@ -29,29 +29,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .core import (
-    BETA1,
-    BETA2,
-    FACTOR_MAX,
-    FACTOR_MIN,
-    SAFETY,
-    _fail,
-    error_ratio,
-    initial_step,
-    rk_step,
-    run_solver,
-)
+from .controller import PIController, error_ratio, initial_step
+from .core import SolverOptions, StepCheckpoint, _fail, rk_step, run_solver
 
 
 class _Spec:
     """Everything the autograd.Function needs that is not a differentiable tensor input."""
 
-    def __init__(self, f, tab, tq, sign, opts, mode, seminorm, params):
+    def __init__(self, f, tab, tq, sign, opts: SolverOptions, mode, seminorm, params):
         self.f, self.tab, self.tq, self.sign, self.opts = f, tab, tq, sign, opts
         self.mode, self.seminorm, self.params = mode, seminorm, params
         self.stats = None
         self.ys = None
-        self.chk = None
+        self.chk: list[StepCheckpoint] | None = None
 
 
 class _OdeintAdjoint(torch.autograd.Function):
@@ -104,9 +94,9 @@ def _backward_interpolate(spec: _Spec, g: Tensor):
                     mode="interpolate")
         return g.sum(1), pgrads, info
     N = len(chk)
-    t_start = torch.stack([c[0] for c in chk], 1)  # [B, N]
-    t_stop = torch.stack([c[1] for c in chk], 1)
-    dts = torch.stack([c[2] for c in chk], 1)
+    t_start = torch.stack([c.t_start for c in chk], 1)  # [B, N]
+    t_stop = torch.stack([c.t_stop for c in chk], 1)
+    dts = torch.stack([c.dt for c in chk], 1)
     q, gq = tq[:, 1:], g[:, 1:]
     # the step that covers each output: the same rule as the forward's dense output
     idx = torch.searchsorted(t_stop, q.contiguous(), side="left").clamp_(max=N - 1)  # [B, T-1]
@@ -131,7 +121,7 @@ def _backward_interpolate(spec: _Spec, g: Tensor):
     a = torch.zeros(B, D, dtype=g.dtype, device=g.device)
     n_eval = torch.zeros(B, dtype=torch.long, device=g.device)
     for n in range(N - 1, -1, -1):
-        t_n, _, dt_n, y_n = chk[n]
+        t_n, _, dt_n, y_n = chk[n]  # a StepCheckpoint
         lo, hi = offs[n], offs[n + 1]
         with torch.enable_grad():
             yn = y_n.detach().requires_grad_(True)
@@ -152,13 +142,79 @@ def _backward_interpolate(spec: _Spec, g: Tensor):
 
 
 # ---------------------------------------------------------------------------------------------------
+class AdjointDynamics:
+    """The augmented system of the backsolve adjoint, in σ = −τ, on one packed row ``z [1, M]`` = (y, a, a_θ…):
+    ``dz/dσ = −(f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ)`` at τ = −σ.
+
+    With per-sample grids, ``mask [B, 1]`` (set per output interval) freezes the samples whose span does not
+    cover the interval: their y and a do not move. ``n_evals`` counts evaluations (one vector-Jacobian product
+    each).
+    """
+
+    def __init__(self, f, params: tuple, B: int, D: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.f, self.params, self.B, self.D = f, params, B, D
+        self.BD = B * D
+        self.dtype, self.device = dtype, device
+        self.mask: Tensor | None = None
+        self.n_evals = 0
+
+    def __call__(self, sigma: Tensor, zz: Tensor) -> Tensor:
+        self.n_evals += 1
+        B, D, BD, m = self.B, self.D, self.BD, self.mask
+        y = zz[0, :BD].view(B, D)
+        a = zz[0, BD : 2 * BD].view(B, D)
+        if m is not None:
+            a = a * m
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            fy = self.f((-sigma).expand(B), y_)
+            vj = torch.autograd.grad(fy, (y_, *self.params), grad_outputs=a, allow_unused=True)
+        dy = fy.detach()
+        if m is not None:
+            dy = dy * m
+        parts = [-dy.reshape(-1), vj[0].reshape(-1)]  # dσ = −dτ: (−f, +aᵀJ, +aᵀf_θ)
+        for v, p in zip(vj[1:], self.params):
+            parts.append(v.reshape(-1) if v is not None else torch.zeros(p.numel(), dtype=self.dtype,
+                                                                          device=self.device))
+        return torch.cat(parts).unsqueeze(0)
+
+
+class OutputCotangents:
+    """Adds ``∂L/∂y(t_i)`` to the adjoint ``a`` when the backward solve reaches output time ``t_i``: a per-sample
+    pointer to the next output (from the last one down), several at one time for a row's padded duplicates."""
+
+    def __init__(self, g: Tensor, tq: Tensor, BD: int) -> None:
+        self.g, self.tq, self.BD = g, tq, BD
+        B, T, _ = g.shape
+        self.rows = torch.arange(B, device=g.device)
+        self.ptr = torch.full((B,), T - 1, dtype=torch.long, device=g.device)
+
+    def add(self, zz: Tensor, tau: float) -> Tensor:
+        B, BD = self.g.shape[0], self.BD
+        a = zz[0, BD : 2 * BD].view(B, -1)
+        jump = torch.zeros_like(a)
+        while True:  # padded duplicates of a row's last time: several outputs at one time
+            p = self.ptr.clamp(min=0)
+            hit = (self.ptr >= 0) & (self.tq.gather(1, p.unsqueeze(1)).squeeze(1) == tau)
+            if not bool(hit.any()):
+                break
+            jump = jump + torch.where(hit.unsqueeze(1), self.g[self.rows, p], torch.zeros_like(a))
+            self.ptr = self.ptr - hit.long()
+        zz = zz.clone()
+        zz[0, BD : 2 * BD] += jump.reshape(-1)
+        return zz
+
+
 def _backward_backsolve(spec: _Spec, g: Tensor):
     """Continuous adjoint, integrated backwards once over the span with a batch-joint step size.
 
     Works in σ = −τ so that the backward solve runs forwards and reuses the forward core (rk_step,
-    error_ratio, initial_step). The augmented state is packed into one [1, M] row: (y, a, a_θ...).
+    error_ratio, initial_step, the :class:`PIController`). The augmented state is packed into one [1, M] row:
+    (y, a, a_θ...), see :class:`AdjointDynamics`. This is one orchestrator (~100 lines): the step loop, its
+    error control and the output-time bookkeeping share the controller's state, and splitting them would pass
+    that state around for no gain in clarity.
     """
-    tab, f, tq, params, opts = spec.tab, spec.f, spec.tq, spec.params, spec.opts
+    tab, tq, params, opts = spec.tab, spec.tq, spec.params, spec.opts
     ys = spec.ys
     B, T, D = g.shape
     dev, dtype = g.device, g.dtype
@@ -170,70 +226,31 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
     # state: y at each sample's own end time (frozen by the mask until the backward reaches it)
     y_init = ys[:, -1]
     z = torch.cat([y_init.reshape(-1), torch.zeros(BD + sum(sizes), dtype=dtype, device=dev)]).unsqueeze(0)
-    mask = {"m": None}
-    n_eval = [0]
-
-    def aug(sigma: Tensor, zz: Tensor) -> Tensor:
-        """dz/dσ = −(f, −aᵀ∂f/∂y, −aᵀ∂f/∂θ) at τ = −σ."""
-        n_eval[0] += 1
-        y = zz[0, :BD].view(B, D)
-        a = zz[0, BD : 2 * BD].view(B, D)
-        m = mask["m"]
-        if m is not None:
-            a = a * m
-        with torch.enable_grad():
-            y_ = y.detach().requires_grad_(True)
-            fy = f((-sigma).expand(B), y_)
-            vj = torch.autograd.grad(fy, (y_, *params), grad_outputs=a, allow_unused=True)
-        dy = fy.detach()
-        if m is not None:
-            dy = dy * m
-        parts = [-dy.reshape(-1), vj[0].reshape(-1)]  # dσ = −dτ: (−f, +aᵀJ, +aᵀf_θ)
-        for v, p in zip(vj[1:], params):
-            parts.append(v.reshape(-1) if v is not None else torch.zeros(p.numel(), dtype=dtype, device=dev))
-        return torch.cat(parts).unsqueeze(0)
-
-    # output cotangents are added when the backward passes their time: per-sample pointer to the next one
-    ptr = torch.full((B,), T - 1, dtype=torch.long, device=dev)
-
-    def add_jumps(zz: Tensor, tau: float) -> Tensor:
-        nonlocal ptr
-        a = zz[0, BD : 2 * BD].view(B, D)
-        jump = torch.zeros_like(a)
-        while True:  # padded duplicates of a row's last time: several outputs at one time
-            p = ptr.clamp(min=0)
-            hit = (ptr >= 0) & (tq.gather(1, p.unsqueeze(1)).squeeze(1) == tau)
-            if not bool(hit.any()):
-                break
-            jump = jump + torch.where(hit.unsqueeze(1), g[torch.arange(B, device=dev), p], torch.zeros_like(a))
-            ptr = ptr - hit.long()
-        zz = zz.clone()
-        zz[0, BD : 2 * BD] += jump.reshape(-1)
-        return zz
+    aug = AdjointDynamics(spec.f, params, B, D, dtype, dev)
+    cotangents = OutputCotangents(g, tq, BD)
 
     def set_mask(tau_mid: float):
         if not shared:
-            mask["m"] = ((tau_mid > t0_b) & (tau_mid < tend_b)).to(dtype).unsqueeze(1)
+            aug.mask = ((tau_mid > t0_b) & (tau_mid < tend_b)).to(dtype).unsqueeze(1)
 
-    rtol, atol = opts["rtol"], opts["atol"]
+    rtol, atol = opts.rtol, opts.atol
+    controller = PIController.for_tableau(tab)
     tau = stops[-1]
-    z = add_jumps(z, tau)
+    z = cotangents.add(z, tau)
     si = len(stops) - 2
     sig = torch.full((1,), -tau, dtype=dtype, device=dev)
     n_acc = n_rej = 0
     if si >= 0:
         set_mask(0.5 * (stops[si] + tau))
         k0 = aug(sig, z)
-        q = min(tab.order, tab.error_order) + 1
-        beta1, beta2 = BETA1 / q, BETA2 / q
-        prev_term = SAFETY
+        prev_term = controller.initial_term_scalar()
         if tab.adaptive:
             dt = float(initial_step(aug, sig, z.detach(), k0.detach(), tab.order, rtol, atol)[0])
         else:
-            dt = opts["step_size"] if opts["step_size"] is not None else math.inf
+            dt = opts.step_size if opts.step_size is not None else math.inf
         eps = torch.finfo(dtype).eps
         span = max(abs(stops[0]), abs(stops[-1]), eps)
-        max_steps = opts["max_steps"]
+        max_steps = opts.max_steps
     while si >= 0:
         target = -stops[si]
         rem = target - float(sig[0])
@@ -254,18 +271,15 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
                         torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), -float(sig[0]), dtype=dtype,
                                                                                  device=dev), spec.sign,
                         "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps")
-        if tab.adaptive:
-            fac = min(FACTOR_MAX, max(FACTOR_MIN, (r if r > 0 else 1e-10) ** (-beta1) * prev_term)) if math.isfinite(r) else FACTOR_MIN
-        else:
-            fac = 1.0
+        fac = controller.factor_scalar(r, prev_term) if tab.adaptive else 1.0
         if accept:
             n_acc += 1
             z = z1
             if tab.adaptive:
-                prev_term = SAFETY * max(r, 1e-4) ** beta2
+                prev_term = controller.after_accept_scalar(r)
             if hit:
                 sig = torch.full((1,), target, dtype=dtype, device=dev)
-                z = add_jumps(z, stops[si])
+                z = cotangents.add(z, stops[si])
                 si -= 1
                 if si >= 0:
                     set_mask(0.5 * (stops[si] + stops[si + 1]))
@@ -288,6 +302,6 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
     for p, n in zip(params, sizes):
         pg.append(z[0, off : off + n].view_as(p).clone())
         off += n
-    info = dict(n_f_evals=torch.full((B,), n_eval[0], dtype=torch.long, device=dev), n_steps=n_acc + n_rej,
+    info = dict(n_f_evals=torch.full((B,), aug.n_evals, dtype=torch.long, device=dev), n_steps=n_acc + n_rej,
                 n_rejected=n_rej, mode="backsolve")
     return gy0, pg, info

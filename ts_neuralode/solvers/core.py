@@ -1,5 +1,5 @@
-"""The shared explicit Runge–Kutta core: one step function, an adaptive loop, a fixed-step loop and the
-vectorised dense-output evaluation.
+"""The shared explicit Runge–Kutta core: one step function, an adaptive loop and a fixed-step loop (the dense
+output lives in ``dense.py``, the step-size controller in ``controller.py``).
 
 Conventions inside the core (``odeint`` normalises inputs once so the core sees one form):
 
@@ -15,7 +15,7 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
 
 * stage inputs are one ``stack`` + ``mm`` + ``addcmul`` each (tableau rows cached as tensors per
   dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
-* the step-size controller works on detached tensors: no autograd nodes for it (smaller graph, and
+* the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * one host synchronisation per step (``.tolist()`` on a 2-element tensor) decides both "is anyone still
   running" and "did this step cover an output time" (only such steps are kept — this keeps memory flat
@@ -26,23 +26,49 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .controller import PIController, error_ratio, initial_step
+from .dense import Records, coef_tensor, interpolate
 from .errors import SolverError
 from .tableaus import Tableau
 
 Func = Callable[[Tensor, Tensor], Tensor]
 
-SAFETY = 0.9
-FACTOR_MIN = 0.2
-FACTOR_MAX = 10.0
-# PI controller gains (multiplied by 1/q, q = error-estimator order + 1): h_new = h·safety·r_n^(-β1)·r_{n-1}^(β2)
 FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and freed) every this many
-BETA1 = 1.0
-BETA2 = 0.1
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """The options every solve shares, checked once by :func:`~ts_neuralode.solvers.odeint`."""
+
+    rtol: float
+    atol: float
+    max_steps: int
+    first_step: float | None = None  # adaptive methods: initial step (None: Hairer's automatic choice)
+    step_size: float | None = None  # fixed-step methods: step (None: output time to output time)
+
+
+class StepRecord(NamedTuple):
+    """One iteration's step as the dense output needs it (every tensor per sample)."""
+
+    t_start: Tensor  # [B]
+    t_stop: Tensor  # [B]  (== t_start for a sample that did not advance)
+    dt: Tensor  # [B]  the step length tried
+    y_start: Tensor  # [B, D]
+    k: Tensor  # [S, B, D] the stacked stages
+
+
+class StepCheckpoint(NamedTuple):
+    """One iteration's step as the interpolated adjoint recomputes it."""
+
+    t_start: Tensor  # [B]
+    t_stop: Tensor  # [B]
+    dt: Tensor  # [B]  the length of the accepted step (0 where the sample did not move)
+    y_start: Tensor  # [B, D] the exact start state
 
 
 @dataclass
@@ -59,39 +85,6 @@ class SolverStats:
     n_accepted: Tensor
     n_rejected: Tensor
     backward: dict = field(default_factory=dict)
-
-
-@dataclass
-class Records:
-    """Data of recorded steps, each tensor stacked along dim 1 (steps)."""
-
-    t_start: Tensor  # [B, N]
-    t_stop: Tensor  # [B, N]  (== t_start for a sample that did not advance in that iteration)
-    dt: Tensor  # [B, N]
-    y_start: Tensor  # [N, B, D]
-    k: Tensor  # [S, N, B, D]  (stage-major: the dense output's coefficients are one mm away)
-
-
-_COEF_CACHE: dict = {}
-
-
-def coef_tensor(tab: Tableau, what: str, dtype: torch.dtype, device: torch.device):
-    """The tableau's coefficients as small tensors, built once per (method, dtype, device).
-
-    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"interp"``: ``[P, S]`` (power × stage).
-    They feed one ``mm`` over the stacked stages instead of a chain of scalar adds (fewer ops per step).
-    """
-    key = (tab.name, what, dtype, device)
-    out = _COEF_CACHE.get(key)
-    if out is None:
-        if what == "a":
-            out = [torch.tensor([row[:i]], dtype=dtype, device=device) for i, row in enumerate(tab.a)]
-        elif what in ("b", "e"):
-            out = torch.tensor([getattr(tab, what)], dtype=dtype, device=device)
-        else:
-            out = torch.tensor(tab.interp, dtype=dtype, device=device).t().contiguous()
-        _COEF_CACHE[key] = out
-    return out
 
 
 def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tensor):
@@ -128,36 +121,6 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     return y1, K, err
 
 
-def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
-    """RMS over channels of err / (atol + rtol·max(|y0|, |y1|)); non-finite → inf. Shapes [B, D] → [B].
-
-    (vector_norm / sqrt(D) instead of square/mean/sqrt: 2 ops fewer per step.)
-    """
-    scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
-    r = torch.linalg.vector_norm(err / scale, dim=-1).mul_(err.shape[-1] ** -0.5)
-    return torch.nan_to_num_(r, nan=math.inf, posinf=math.inf)
-
-
-def initial_step(func: Func, t0: Tensor, y0: Tensor, f0: Tensor, order: int, rtol: float, atol: float):
-    """Hairer's automatic initial step, per sample (one extra evaluation). All inputs detached."""
-    scale = y0.abs() * rtol + atol
-    d0 = (y0 / scale).square().mean(-1).sqrt()
-    d1 = (f0 / scale).square().mean(-1).sqrt()
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = torch.nan_to_num(h0, nan=1e-6, posinf=1e-6)
-    y1 = torch.addcmul(y0, h0.unsqueeze(-1), f0)
-    f1 = func(t0 + h0, y1)
-    d2 = ((f1 - f0) / scale).square().mean(-1).sqrt() / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(
-        dmax <= 1e-15,
-        torch.clamp(h0 * 1e-3, min=1e-6),
-        (0.01 / dmax).pow(1.0 / (order + 1)),
-    )
-    h = torch.minimum(100 * h0, h1)
-    return torch.nan_to_num(h, nan=1e-6, posinf=1e-6)
-
-
 def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -> SolverError:
     n = int(failed.sum())
     tt = (t * sign)[failed] if isinstance(sign, Tensor) else t[failed] * sign
@@ -172,54 +135,7 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -
     return err
 
 
-def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
-    """Evaluate the dense output at query times ``tq [B, Tq]`` (each inside a recorded step) → [B, Tq, D].
-
-    The stages of all N recorded steps become polynomial coefficients in one ``mm`` over the stage axis
-    ([P, S] @ [S, N·B·D]); each query then gathers the P coefficient rows of its step (``index_select``
-    on [N·B, D], never a [B, Tq, S, D] block) and sums them by Horner's rule in θ. Measured on W's shapes
-    (B=256, Tq=49, N=3, dopri5, 1 thread): 0.56 ms against 1.07 ms for a one-hot ``bmm``, memory
-    O(B·Tq·D) whatever N.
-    """
-    B, N = rec.t_stop.shape
-    S, _, _, D = rec.k.shape
-    Tq = tq.shape[1]
-    # first recorded step of each sample that ends at or after the query: the step that covers it
-    idx = torch.searchsorted(rec.t_stop, tq.contiguous(), side="left").clamp_(max=N - 1)
-    ts = rec.t_start.gather(1, idx)
-    dt = rec.dt.gather(1, idx)
-    # dt == 0 only for a record in which the sample did not move; then tq == ts and θ = 0
-    theta = ((tq - ts) / dt.clamp(min=torch.finfo(dt.dtype).tiny)).reshape(B * Tq, 1).to(rec.k.dtype)
-    flat = (idx * B + torch.arange(B, device=tq.device).unsqueeze(1)).reshape(-1)  # row in [N·B]
-    W = coef_tensor(tab, "interp", rec.k.dtype, rec.k.device)  # [P, S]
-    P = W.shape[0]
-    coef = torch.mm(W, rec.k.reshape(S, N * B * D)).view(P, N * B, D)
-    coef = coef * rec.dt.t().reshape(1, N * B, 1).to(coef.dtype)
-    y_start = rec.y_start.reshape(N * B, D)
-    if torch.is_grad_enabled() and (coef.requires_grad or y_start.requires_grad):
-        if N <= 32:
-            # one-hot weights [B, Tq, N·(P+1)] and one bmm: its backward is one bmm, where the gathers'
-            # backward would be P+1 index_adds and 2(P+1) products of [B·Tq, D] temporaries
-            c = torch.cat([y_start.unsqueeze(0), coef], 0).view(P + 1, N, B, D)
-            c = c.permute(2, 1, 0, 3).reshape(B, N * (P + 1), D)
-            pw = theta.view(B, Tq, 1).pow(torch.arange(P + 1, device=tq.device, dtype=theta.dtype))
-            onehot = torch.nn.functional.one_hot(idx, N).to(c.dtype)  # [B, Tq, N]
-            return torch.bmm((onehot.unsqueeze(-1) * pw.unsqueeze(2)).reshape(B, Tq, N * (P + 1)), c)
-        out = coef[P - 1].index_select(0, flat)
-        for p in range(P - 2, -1, -1):
-            out = torch.addcmul(coef[p].index_select(0, flat), theta, out)
-        out = torch.addcmul(y_start.index_select(0, flat), theta, out)
-    else:
-        # in place: two [B·Tq, D] tensors in all (the output and one gather buffer), not 2P + 1 temporaries
-        out = coef[P - 1].index_select(0, flat)
-        buf = torch.empty_like(out)
-        for p in range(P - 2, -1, -1):
-            out.mul_(theta).add_(torch.index_select(coef[p], 0, flat, out=buf))
-        out.mul_(theta).add_(torch.index_select(y_start, 0, flat, out=buf))
-    return out.view(B, Tq, D)
-
-
-def _stack_records(recs: list) -> Records:
+def _stack_records(recs: list[StepRecord]) -> Records:
     ts, te, dts, ys, ks = zip(*recs)
     return Records(
         torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
@@ -237,13 +153,17 @@ def solve_adaptive(
     max_steps: int,
     first_step: float | None,
     sign=1.0,
-    checkpoints: list | None = None,
+    checkpoints: list[StepCheckpoint] | None = None,
 ):
     """Adaptive per-sample integration of y0 [B, D] over the rows of tq [B, T] (forward time).
 
     Returns (ys [B, T, D], stats, records of the steps that covered output times). When a list is passed
-    as ``checkpoints``, every iteration appends (t [B], t_new [B], dt_taken [B] (0 where not accepted),
-    y_start [B, D]) to it — what the interpolated adjoint needs to recompute each accepted step.
+    as ``checkpoints``, every iteration appends a :class:`StepCheckpoint` to it — what the interpolated adjoint
+    needs to recompute each accepted step. Step sizes come from the :class:`PIController`.
+
+    One long loop on purpose (as diffrax's ``diffeqsolve``): every per-step decision (accept, land on t_end,
+    record, flush, classify a rejection) shares the loop's state and the one host sync per step; the comments
+    say why each choice was made.
     """
     B, T = tq.shape
     dev, dtype = y0.device, y0.dtype
@@ -260,14 +180,10 @@ def solve_adaptive(
     else:
         dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
-    q = min(tab.order, tab.error_order) + 1
-    beta1, beta2 = BETA1 / q, BETA2 / q
+    controller = PIController.for_tableau(tab)
     eps = torch.finfo(dtype).eps
     tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
-
-    # SAFETY·r_{n-1}^β2 of the last accepted step. Accepted ratios are ≤ 1, so this is ≤ SAFETY and the
-    # same PI formula also shrinks rejected steps (r > 1) — no separate reject branch (fewer ops per step).
-    prev_term = torch.full((B,), SAFETY, dtype=dtype, device=dev)
+    prev_term = controller.initial_term(B, dtype, dev)  # the controller's memory of the last accepted step
     att_hist, acc_hist = [], []  # per-step bool masks, summed once at the end (not 2 ops per step)
     failed = torch.zeros(B, dtype=torch.bool, device=dev)
     nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -277,7 +193,7 @@ def solve_adaptive(
     next_out = torch.where(active, tq_ext[:, 1], inf_col[:, 0])
 
     y, k0 = y0, f0
-    recs = []
+    recs: list[StepRecord] = []
     # Without a gradient graph, recorded steps are turned into outputs every FLUSH_EVERY records and
     # dropped: memory stays flat in the number of steps (with per-sample steps nearly every iteration
     # covers some sample's output, so keeping them all would grow up to B·T records).
@@ -303,8 +219,8 @@ def solve_adaptive(
             accept = (ratio <= 1.0) & active
             # land exactly on t_end (t + rem may round below it)
             t_new = torch.where(accept, torch.where(dt >= rem, t_end, t + dt_use), t)
-            fac = ratio.pow(-beta1).mul_(prev_term).clamp_(FACTOR_MIN, FACTOR_MAX)
-            prev_term = torch.where(accept, ratio.clamp(min=1e-4).pow_(beta2).mul_(SAFETY), prev_term)
+            fac = controller.factor(ratio, prev_term)
+            prev_term = controller.after_accept(ratio, accept, prev_term)
             dt = dt_use * fac
             att_hist.append(active)
             acc_hist.append(accept)
@@ -314,24 +230,25 @@ def solve_adaptive(
             rejected = active ^ accept  # accept ⊂ active
             active = t_new < t_end
             covered = t_new >= next_out
-            flags = torch.stack((active, covered, rejected)).any(1).tolist()  # the one host sync per step
-            if flags[2]:  # rare path: classify rejections (non-finite? step-size underflow?)
+            # the one host sync per step
+            any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
+            if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
                 under = rejected & (dt < tiny)
                 if bool(under.any()):
                     failed |= under
                     t_end = torch.where(under, t, t_end)
                     active &= ~under
-                    flags[0] = bool(active.any())
+                    any_active = bool(active.any())
         if checkpoints is not None:
-            checkpoints.append((t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
-        if flags[1]:
-            recs.append((t, t_new, dt_use, y, ks))
+            checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
+        if any_covered:
+            recs.append(StepRecord(t, t_new, dt_use, y, ks))
             cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
             next_out = tq_ext.gather(1, cnt).squeeze(1)
             if flush and len(recs) >= FLUSH_EVERY:
                 out_buf, t_flushed = _flush(tab, recs, tq, out_buf, y0, t_flushed, t_new)
-        if flags[2]:
+        if any_rejected:
             acc_c = accept.unsqueeze(-1)
             y = torch.where(acc_c, y1, y)
             k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
@@ -341,7 +258,6 @@ def solve_adaptive(
         if not tab.fsal:
             k0 = func(t_new, y)
         t = t_new
-        any_active = flags[0]
     if bool(failed.any()):
         if bool((failed & nonfinite).any()):
             raise _fail(
@@ -412,7 +328,7 @@ def solve_fixed(
     step_size: float | None,
     max_steps: int,
     sign=1.0,
-    checkpoints: list | None = None,
+    checkpoints: list[StepCheckpoint] | None = None,
 ):
     """Fixed-step integration. ``step_size=None``: the steps are the output intervals of each row.
     Otherwise steps of ``step_size`` from each row's start (last one shortened), outputs by dense output.
@@ -433,7 +349,7 @@ def solve_fixed(
             t, dt = tq[:, i], tq[:, i + 1] - tq[:, i]
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
             if checkpoints is not None:
-                checkpoints.append((t, tq[:, i + 1], dt, y))
+                checkpoints.append(StepCheckpoint(t, tq[:, i + 1], dt, y))
             y = y1
             outs.append(y)
             n_steps += dt > 0
@@ -450,9 +366,9 @@ def solve_fixed(
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
             dt = t_stop - t
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
-            recs.append((t, t_stop, dt, y, ks))
+            recs.append(StepRecord(t, t_stop, dt, y, ks))
             if checkpoints is not None:
-                checkpoints.append((t, t_stop, dt, y))
+                checkpoints.append(StepCheckpoint(t, t_stop, dt, y))
             y = y1
         n_steps = n_b
         ys = _assemble(tab, y0, tq, _stack_records(recs) if recs else None)
@@ -463,11 +379,11 @@ def solve_fixed(
     return ys, stats, None
 
 
-def run_solver(f, tab, y0, tq, sign, opts, checkpoints=None):
+def run_solver(f, tab, y0, tq, sign, opts: SolverOptions, checkpoints: list[StepCheckpoint] | None = None):
     if tab.adaptive:
         return solve_adaptive(
-            f, tab, y0, tq, rtol=opts["rtol"], atol=opts["atol"], max_steps=opts["max_steps"],
-            first_step=opts["first_step"], sign=sign, checkpoints=checkpoints,
+            f, tab, y0, tq, rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
+            first_step=opts.first_step, sign=sign, checkpoints=checkpoints,
         )
-    return solve_fixed(f, tab, y0, tq, step_size=opts["step_size"], max_steps=opts["max_steps"], sign=sign,
+    return solve_fixed(f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign,
                        checkpoints=checkpoints)

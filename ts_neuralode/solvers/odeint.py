@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .core import SolverStats, run_solver
+from .core import SolverOptions, SolverStats, run_solver
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
 ADJOINT_MODES = ("backsolve", "interpolate")
@@ -148,6 +148,9 @@ def odeint(
     Returns:
         :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
 
+    Long because it is the one entry point: every argument is checked here once, with a message that says
+    what to change, so the core sees one normalised form.
+
     Raises:
         ValueError: invalid arguments (the message says what to change).
         SolverError: max_steps exceeded, step-size underflow or non-finite state (method, time reached and
@@ -184,8 +187,8 @@ def odeint(
 
     tq, sign = _normalise_time(y0, t, t_mask)
     f = _wrap(func, sign)
-    opts = dict(rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
-                step_size=step_size)
+    opts = SolverOptions(rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
+                         step_size=step_size)
 
     if adjoint:
         from .adjoint import odeint_adjoint

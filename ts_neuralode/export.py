@@ -1,0 +1,57 @@
+"""The reloadable model directory at the end of a fit: :class:`ModelExportCallback`.
+
+The directory (:mod:`ts_neuralode.model_store`: weights + JSON config, no pickles) holds the best checkpoint's
+weights when a checkpoint callback kept one, else the last ones, with the data module's fitted transform, so
+``ts-neuralode forecast --model <dir>`` works without the training data. Written on rank 0, before anything is
+logged to MLflow (local files do not depend on the tracking store).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def fitted_forecaster(trainer: Trainer, pl_module: LightningModule):
+    """A :class:`~ts_neuralode.forecaster.Forecaster` of the fit's best weights (None without a fitted transform)."""
+    from ts_neuralode.forecaster import Forecaster
+
+    datamodule = trainer.datamodule
+    if datamodule is None or getattr(datamodule, "transform", None) is None:
+        log.warning("no fitted data transform: the model directory is not written")
+        return None
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+    module = _module_with_checkpoint(pl_module, best) if best and Path(best).is_file() else pl_module
+    return Forecaster.from_module(module, datamodule)
+
+
+def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> LightningModule:
+    """A copy of ``pl_module`` (same class and hparams) holding the weights of ``ckpt_path``."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    module = type(pl_module).from_hparams(pl_module.hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()
+
+
+class ModelExportCallback(Callback):
+    """At the end of a fit, write the model directory to ``model_dir`` (None: build the forecaster only, for
+    the tracking callback to log). ``forecaster`` and ``model_dir_written`` are set afterwards."""
+
+    def __init__(self, model_dir: str | os.PathLike | None) -> None:
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.forecaster = None
+        self.model_dir_written: Path | None = None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.forecaster = fitted_forecaster(trainer, pl_module)
+        if self.forecaster is not None and self.model_dir is not None:
+            self.model_dir_written = self.forecaster.save(self.model_dir)

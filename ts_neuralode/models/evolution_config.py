@@ -1,0 +1,216 @@
+"""The evolution options as one object: :class:`EvolutionConfig` (kind + solver options + flow options).
+
+Every model takes one ``evolution`` config and passes it through untouched; the config validates itself once
+(at construction) and builds the evolution module with :meth:`EvolutionConfig.build`. On the command line it
+is the nested group ``--model.evolution.*``::
+
+    ts-neuralode fit --model.evolution.kind gru_flow --model.evolution.flow_layers 4
+    ts-neuralode fit --model.evolution.method dopri5 --model.evolution.adjoint true   # interpolated adjoint
+
+Older model directories and checkpoints spelled these options flat (``evolution: ode``, ``method: rk4`` …
+next to the model's own options); :func:`upgrade_flat_options` maps them onto the nested config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from ts_neuralode.errors import ConfigError
+
+EVOLUTION_KINDS = ("ode", "resnet_flow", "gru_flow", "coupling_flow")
+VECTOR_FIELDS = ("mlp", "gru")
+#: the options that apply to the ODE only / to the flows only (the rest apply to both)
+SOLVER_OPTIONS = ("method", "rtol", "atol", "step_size", "adjoint", "adjoint_mode", "max_steps", "vector_field")
+FLOW_OPTIONS = ("flow_layers", "time_embedding", "time_embedding_features", "coeff")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """How a model's state evolves between times: an ODE solved numerically, or a neural flow in closed form.
+
+    Attributes:
+        kind: "ode", "resnet_flow", "gru_flow" or "coupling_flow" — the one switch between ODE and flow.
+        hidden_dim: width of the vector field's / flow layers' networks (None: the model's ``hidden_dim``).
+        num_layers: hidden layers of those networks (0: one linear map).
+        activation: their activation ("tanh"; a ResNet flow admits only 1-Lipschitz ones).
+        vector_field: ODE field, "mlp" or "gru" (GRU-ODE dynamics); None: the model's default (GRU-ODE-Bayes:
+            "gru", the others "mlp").
+        method, rtol, atol, step_size: ODE solver (euler | midpoint | rk4 fixed step, ``step_size`` None =
+            output time to output time; bosh3 | dopri5 | tsit5 adaptive with tolerances rtol/atol).
+        adjoint: gradients by the adjoint method instead of backpropagating through the solver.
+        adjoint_mode: with ``adjoint``: "interpolate" (default: exact y from the forward's dense output,
+            faster) or "backsolve" (re-integrates y backwards: memory flat in the number of steps).
+        max_steps: attempted solver steps per solve before it gives up with a SolverError.
+        flow_layers: stacked flow layers.  time_embedding: "fourier", "tanh", "log", …  (see
+            :mod:`ts_neuralode.models.time_embedding`); time_embedding_features: its width.
+        coeff: spectral-norm bound (0, 1) of the residual flows' networks.
+    """
+
+    kind: str = "ode"
+    hidden_dim: int | None = None
+    num_layers: int = 2
+    activation: str = "tanh"
+    vector_field: str | None = None
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    step_size: float | None = None
+    adjoint: bool = False
+    adjoint_mode: str = "interpolate"
+    max_steps: int = 10_000
+    flow_layers: int = 2
+    time_embedding: str = "fourier"
+    time_embedding_features: int = 8
+    coeff: float = 0.9
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def coerce(cls, value: "EvolutionConfig | str | Mapping[str, Any] | None") -> "EvolutionConfig":
+        """A config from a config, a kind name (``"gru_flow"``: defaults otherwise) or a dict of options."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(kind=value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ConfigError(f"evolution has no option(s) {unknown}; its options are {option_names()}")
+            return cls(**value)
+        raise ConfigError(f"evolution={value!r} is invalid; pass a kind ({', '.join(EVOLUTION_KINDS)}) or an "
+                          "EvolutionConfig")
+
+    def resolve(self, **defaults: Any) -> "EvolutionConfig":
+        """This config with its None options (``hidden_dim``, ``vector_field``) set to a model's ``defaults``."""
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able options (hyperparameters, model directories)."""
+        return asdict(self)
+
+    def build(self, state_dim: int):
+        """The :class:`~ts_neuralode.models.evolution.Evolution` of a state of size ``state_dim``."""
+        from ts_neuralode.models.evolution import FlowEvolution, ODEEvolution
+
+        if self.kind == "ode":
+            return ODEEvolution(state_dim, self)
+        return FlowEvolution(state_dim, self)
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(EvolutionConfig)]
+
+
+# -- validation (the one place) ---------------------------------------------------------------------
+def _int(value, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is invalid; pass an integer >= {minimum}")
+
+
+def _positive(value, name: str, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise ConfigError(f"{name}={value!r} is invalid; pass a positive finite number, e.g. {example}")
+
+
+def _choice(value, name: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
+
+
+def _validate(c: EvolutionConfig) -> None:
+    """Every option is checked whatever the kind: a typo fails early even where the option is unused."""
+    from ts_neuralode.models.nets import make_activation
+    from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
+    from ts_neuralode.solvers import ADJOINT_MODES, METHODS
+    from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
+
+    if c.kind not in EVOLUTION_KINDS:
+        raise ConfigError(f"evolution={c.kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)} "
+                          "(--model.evolution.kind)")
+    if c.hidden_dim is not None:
+        _int(c.hidden_dim, "hidden_dim")
+    _int(c.num_layers, "num_layers", minimum=0)
+    _int(c.flow_layers, "flow_layers")
+    _int(c.time_embedding_features, "time_embedding_features")
+    _int(c.max_steps, "max_steps")
+    if c.vector_field is not None:
+        _choice(c.vector_field, "vector_field", VECTOR_FIELDS)
+    _choice(c.time_embedding, "time_embedding", tuple(TIME_EMBEDDINGS))
+    make_activation(c.activation, lipschitz=c.kind == "resnet_flow")
+    if c.method not in METHODS:
+        raise ConfigError(f"method={c.method!r} is not a known ODE solver; choose one of {', '.join(METHODS)}")
+    _positive(c.rtol, "rtol", "1e-3")
+    _positive(c.atol, "atol", "1e-4")
+    if c.step_size is not None:
+        if isinstance(c.step_size, bool) or not isinstance(c.step_size, (int, float)) or not c.step_size > 0:
+            raise ConfigError(f"step_size={c.step_size!r} is invalid; pass a positive number or None")
+        if c.method in ADAPTIVE_METHODS:
+            raise ConfigError(f"step_size={c.step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
+                              f"method={c.method!r} adapts its own steps: drop step_size or choose a fixed-step "
+                              "method")
+    if not isinstance(c.adjoint, bool):
+        raise ConfigError(f"adjoint={c.adjoint!r} is invalid; pass true or false")
+    _choice(c.adjoint_mode, "adjoint_mode", ADJOINT_MODES)
+    if isinstance(c.coeff, bool) or not isinstance(c.coeff, (int, float)) or not 0 < c.coeff < 1:
+        raise ConfigError(f"coeff={c.coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
+
+
+# -- the old flat spelling ----------------------------------------------------------------------------
+#: options that older versions took flat, next to ``model``/``evolution`` (format ts_neuralode.model/1 and
+#: the checkpoints written with it); ``hidden_dim`` stayed a model option (the evolution inherits it).
+LEGACY_FLAT_OPTIONS = ("num_layers", "method", "rtol", "atol", "step_size", "adjoint", "flow_layers",
+                       "time_embedding", "vector_field", "activation", "time_embedding_features", "adjoint_mode",
+                       "max_steps")
+
+
+def upgrade_flat_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Map the old flat spelling of the module/model options onto the nested ``evolution`` config.
+
+    ``{"evolution": "ode", "method": "rk4", "model_kwargs": {"vector_field": "gru"}, ...}`` →
+    ``{"evolution": {"kind": "ode", "method": "rk4", "vector_field": "gru"}, "model_kwargs": {}, ...}``.
+    Options already in the new spelling pass unchanged.
+    """
+    out = dict(options)
+    evolution = out.get("evolution")
+    if isinstance(evolution, EvolutionConfig):
+        evolution = evolution.to_dict()
+    nested = {"kind": evolution} if isinstance(evolution, str) else dict(evolution or {})
+    legacy = isinstance(evolution, str) or any(k in out for k in LEGACY_FLAT_OPTIONS)
+    for key in LEGACY_FLAT_OPTIONS:
+        if key in out:
+            nested[key] = out.pop(key)
+    kwargs = out.get("model_kwargs")
+    if isinstance(kwargs, Mapping) and any(k in kwargs for k in LEGACY_FLAT_OPTIONS):
+        kwargs = dict(kwargs)
+        for key in LEGACY_FLAT_OPTIONS:
+            if key in kwargs:
+                nested[key] = kwargs.pop(key)
+        out["model_kwargs"] = kwargs
+        legacy = True
+    if "evolution" in out or nested or legacy:
+        out["evolution"] = nested
+    return out
+
+
+def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Module options from layers (later ones win), each in the flat or the nested spelling; the ``evolution``
+    options are merged one by one (a layer setting ``method`` keeps the kind an earlier layer chose)."""
+    out: dict[str, Any] = {}
+    evolution: dict[str, Any] = {}
+    for layer in layers:
+        layer = upgrade_flat_options(layer)
+        evolution.update(layer.pop("evolution", None) or {})
+        out.update(layer)
+    if evolution:
+        out["evolution"] = evolution
+    return out
+
+
+__all__ = ["merge_options", "EvolutionConfig", "EVOLUTION_KINDS", "VECTOR_FIELDS", "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
+           "option_names"]
