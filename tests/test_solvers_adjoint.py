@@ -147,3 +147,18 @@ def test_backsolve_max_steps_in_backward_raises():
     sol = odeint(func, y0.requires_grad_(True), t, adjoint=True, rtol=1e-8, atol=1e-10, max_steps=10)
     with pytest.raises(SolverError, match=r"dopri5: adjoint backward: max_steps=10 exceeded"):
         (sol.ys * w).sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("n", [2, 3, 5, 7, 10])
+def test_fixed_step_backsolve_takes_as_many_steps_back_as_forward(n, dtype):
+    """Summing ``T / n`` steps backwards in float32 used to stop a sliver short of t0 and take one more step."""
+    torch.manual_seed(0)
+    func = TimeMLP().to(dtype)
+    y0 = torch.randn(4, 3, dtype=dtype, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=dtype)
+    sol = odeint(func, y0, t, method="rk4", step_size=1.0 / n, adjoint=True, adjoint_mode="backsolve")
+    forward_calls, func.calls = func.calls, 0
+    sol.ys.sum().backward()
+    assert forward_calls == 4 * n  # rk4: four evaluations a step
+    assert func.calls == forward_calls, (func.calls, forward_calls)

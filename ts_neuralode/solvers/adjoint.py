@@ -238,7 +238,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
     tau = stops[-1]
     z = cotangents.add(z, tau)
     si = len(stops) - 2
-    sig = torch.full((1,), -tau, dtype=dtype, device=dev)
+    pos = -tau  # the backward time in Python floats: float32 sums of steps would leave a sliver before a stop
+    sig = torch.full((1,), pos, dtype=dtype, device=dev)
     n_acc = n_rej = 0
     if si >= 0:
         set_mask(0.5 * (stops[si] + tau))
@@ -253,8 +254,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
         max_steps = opts.max_steps
     while si >= 0:
         target = -stops[si]
-        rem = target - float(sig[0])
-        hit = dt >= rem
+        rem = target - pos
+        hit = dt * (1 + 1e-9) >= rem  # a step that lands within rounding of the stop takes it
         dt_use = rem if hit else dt
         dtt = torch.full((1,), dt_use, dtype=dtype, device=dev)
         z1, K, err = rk_step(aug, tab, sig, z, dtt, k0)
@@ -278,7 +279,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             if tab.adaptive:
                 prev_term = controller.after_accept_scalar(r)
             if hit:
-                sig = torch.full((1,), target, dtype=dtype, device=dev)
+                pos = target
+                sig = torch.full((1,), pos, dtype=dtype, device=dev)
                 z = cotangents.add(z, stops[si])
                 si -= 1
                 if si >= 0:
@@ -286,7 +288,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
                     k0 = aug(sig, z)  # the jump changed a: re-evaluate the first stage
                 # the controller keeps its own proposal across the output time (not the clipped length)
             else:
-                sig = sig + dt_use
+                pos = pos + dt_use
+                sig = torch.full((1,), pos, dtype=dtype, device=dev)
                 dt = dt_use * fac
                 k0 = K[-1] if tab.fsal else aug(sig, z)
         else:
