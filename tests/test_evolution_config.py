@@ -117,3 +117,11 @@ def test_print_config_shows_every_evolution_option(capsys):
     out = capsys.readouterr().out
     for f in fields(EvolutionConfig):
         assert f"    {f.name}:" in out
+
+
+def test_evolution_kinds_are_the_ode_and_every_flow():
+    """``EVOLUTION_KINDS`` is spelled out (the config module imports no torch code); it must follow ``FLOWS``."""
+    from ts_neuralode.models.evolution_config import EVOLUTION_KINDS
+    from ts_neuralode.models.flows import FLOWS
+
+    assert EVOLUTION_KINDS[0] == "ode" and set(EVOLUTION_KINDS[1:]) == set(FLOWS)

@@ -41,6 +41,12 @@ class TrainingError(TSNeuralODEError, RuntimeError):
     model directory are left as they were."""
 
 
+def check_choice(value, name: str, choices) -> None:
+    """``ConfigError`` unless ``value`` is one of ``choices`` (the one wording of that error)."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse for the ``ts-neuralode`` subcommands: a bad option raises :class:`ConfigError` with one line
     (``PROG: message; see 'PROG --help'``) instead of printing the usage and exiting, so the CLI reports it
@@ -62,5 +68,5 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
-__all__ = ["TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError", "SolverError",
+__all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError", "SolverError",
            "OneLineArgumentParser"]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ts_neuralode.data.batch import Batch
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 from ts_neuralode.models import Forecast, build_model, model_options
 from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
@@ -105,8 +105,7 @@ class ForecastingModule(pl.LightningModule):
             raise ConfigError(f"model_kwargs must be a dict of options, got {type(model_kwargs).__name__}")
         if eval_samples < 1:
             raise ConfigError(f"eval_samples={eval_samples} must be >= 1")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule={lr_schedule!r} is not supported; choose one of {', '.join(LR_SCHEDULES)}")
+        check_choice(lr_schedule, "lr_schedule", LR_SCHEDULES)
         evolution = EvolutionConfig.coerce(evolution)
         # hyperparameters stay plain JSON (a checkpoint reloads with weights_only=True; MLflow logs them flat)
         self.save_hyperparameters(ignore=["evolution"])

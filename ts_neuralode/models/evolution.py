@@ -37,9 +37,8 @@ from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
-from ts_neuralode.solvers import METHODS, odeint
+from ts_neuralode.solvers import odeint
 
-ODE_METHODS = tuple(METHODS)
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
 
@@ -230,6 +229,5 @@ __all__ = [
     "make_evolution",
     "EvolutionConfig",
     "EVOLUTION_KINDS",
-    "ODE_METHODS",
     "VECTOR_FIELDS",
 ]

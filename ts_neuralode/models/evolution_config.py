@@ -17,13 +17,10 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, check_choice
 
 EVOLUTION_KINDS = ("ode", "resnet_flow", "gru_flow", "coupling_flow")
 VECTOR_FIELDS = ("mlp", "gru")
-#: the options that apply to the ODE only / to the flows only (the rest apply to both)
-SOLVER_OPTIONS = ("method", "rtol", "atol", "step_size", "adjoint", "adjoint_mode", "max_steps", "vector_field")
-FLOW_OPTIONS = ("flow_layers", "time_embedding", "time_embedding_features", "coeff")
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,8 @@ class EvolutionConfig:
 
     def resolve(self, **defaults: Any) -> "EvolutionConfig":
         """This config with its None options (``hidden_dim``, ``vector_field``) set to a model's ``defaults``."""
-        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return replace(self, **unset) if unset else self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able options (hyperparameters, model directories)."""
@@ -113,14 +111,13 @@ def _int(value, name: str, minimum: int = 1) -> None:
         raise ConfigError(f"{name}={value!r} is invalid; pass an integer >= {minimum}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive(value, name: str, example: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+    if not _is_number(value) or not value > 0 or math.isinf(value):
         raise ConfigError(f"{name}={value!r} is invalid; pass a positive finite number, e.g. {example}")
-
-
-def _choice(value, name: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
 
 
 def _validate(c: EvolutionConfig) -> None:
@@ -140,15 +137,15 @@ def _validate(c: EvolutionConfig) -> None:
     _int(c.time_embedding_features, "time_embedding_features")
     _int(c.max_steps, "max_steps")
     if c.vector_field is not None:
-        _choice(c.vector_field, "vector_field", VECTOR_FIELDS)
-    _choice(c.time_embedding, "time_embedding", tuple(TIME_EMBEDDINGS))
+        check_choice(c.vector_field, "vector_field", VECTOR_FIELDS)
+    check_choice(c.time_embedding, "time_embedding", tuple(TIME_EMBEDDINGS))
     make_activation(c.activation, lipschitz=c.kind == "resnet_flow")
     if c.method not in METHODS:
         raise ConfigError(f"method={c.method!r} is not a known ODE solver; choose one of {', '.join(METHODS)}")
     _positive(c.rtol, "rtol", "1e-3")
     _positive(c.atol, "atol", "1e-4")
     if c.step_size is not None:
-        if isinstance(c.step_size, bool) or not isinstance(c.step_size, (int, float)) or not c.step_size > 0:
+        if not _is_number(c.step_size) or not c.step_size > 0:
             raise ConfigError(f"step_size={c.step_size!r} is invalid; pass a positive number or None")
         if c.method in ADAPTIVE_METHODS:
             raise ConfigError(f"step_size={c.step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
@@ -156,8 +153,8 @@ def _validate(c: EvolutionConfig) -> None:
                               "method")
     if not isinstance(c.adjoint, bool):
         raise ConfigError(f"adjoint={c.adjoint!r} is invalid; pass true or false")
-    _choice(c.adjoint_mode, "adjoint_mode", ADJOINT_MODES)
-    if isinstance(c.coeff, bool) or not isinstance(c.coeff, (int, float)) or not 0 < c.coeff < 1:
+    check_choice(c.adjoint_mode, "adjoint_mode", ADJOINT_MODES)
+    if not _is_number(c.coeff) or not 0 < c.coeff < 1:
         raise ConfigError(f"coeff={c.coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
 
 
@@ -181,21 +178,21 @@ def upgrade_flat_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(evolution, EvolutionConfig):
         evolution = evolution.to_dict()
     nested = {"kind": evolution} if isinstance(evolution, str) else dict(evolution or {})
-    legacy = isinstance(evolution, str) or any(k in out for k in LEGACY_FLAT_OPTIONS)
-    for key in LEGACY_FLAT_OPTIONS:
-        if key in out:
-            nested[key] = out.pop(key)
+    _take_legacy(out, nested)
     kwargs = out.get("model_kwargs")
     if isinstance(kwargs, Mapping) and any(k in kwargs for k in LEGACY_FLAT_OPTIONS):
-        kwargs = dict(kwargs)
-        for key in LEGACY_FLAT_OPTIONS:
-            if key in kwargs:
-                nested[key] = kwargs.pop(key)
-        out["model_kwargs"] = kwargs
-        legacy = True
-    if "evolution" in out or nested or legacy:
+        out["model_kwargs"] = dict(kwargs)
+        _take_legacy(out["model_kwargs"], nested)
+    if "evolution" in out or nested:  # a legacy option, if any, is in ``nested`` now
         out["evolution"] = nested
     return out
+
+
+def _take_legacy(options: dict[str, Any], nested: dict[str, Any]) -> None:
+    """Move the old flat evolution options out of ``options`` into ``nested``."""
+    for key in LEGACY_FLAT_OPTIONS:
+        if key in options:
+            nested[key] = options.pop(key)
 
 
 def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:

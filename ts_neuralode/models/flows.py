@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.nets import (
     SpectralNormLinear,
     check_positive_int,
@@ -326,8 +326,7 @@ def make_flow(
     ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff``), so one set of
     options serves every kind.
     """
-    if kind not in FLOWS:
-        raise ConfigError(f"flow kind={kind!r} is not supported; choose one of {', '.join(FLOWS)}")
+    check_choice(kind, "flow kind", FLOWS)
     check_positive_int(dim, "dim")
     check_positive_int(hidden_dim, "hidden_dim")
     check_positive_int(num_layers, "num_layers", minimum=0)

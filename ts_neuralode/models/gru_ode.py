@@ -1,7 +1,7 @@
 """GRU-ODE-Bayes (De Brouwer et al. 2019) and its GRU-flow counterpart.
 
 Between observations h follows the continuous GRU dynamics dh/dt = (1 − z) ⊙ (g − h)
-(``make_evolution("ode", vector_field="gru")``; ``evolution="gru_flow"`` swaps in the GRU flow).
+(``make_evolution("ode", dim, vector_field="gru")``; ``evolution="gru_flow"`` swaps in the GRU flow).
 p(x | h) = N(μ, exp(logvar)) with (μ, logvar) = MLP(h). At an observation, the GRU-Bayes jump reads per
 channel ``[x, μ, logvar, (x − μ)/σ]`` through a per-channel linear map + ReLU, zeroed on unobserved
 channels, into a GRU cell. Loss (per known value) = pre-jump Gaussian NLL

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ts_neuralode.data.batch import Batch
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, Grid, check_positive, gather_queries
 from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import mlp, shares_spectral_weights
@@ -92,7 +92,7 @@ class RecurrentEncoder(nn.Module):
         evolve = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm)  # noqa: E731
         if not backwards:  # padding last: stepped over, the state held at the last observation
             _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
-            return h, t.gather(1, (n - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+            return h, t[:, -1]  # the padding repeats each row's last observation time
         t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
         _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
         # One step from each series' first observation back to the grid start.
@@ -166,10 +166,8 @@ class LatentODE(ForecastModel):
                        iwae_samples=iwae_samples, posterior_std_init=posterior_std_init)
         if kl_warmup_epochs < 0:
             raise ConfigError(f"kl_warmup_epochs={kl_warmup_epochs} must be >= 0")
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"objective={objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}")
-        if anchor not in ANCHORS:
-            raise ConfigError(f"anchor={anchor!r} is not supported; choose one of {', '.join(ANCHORS)}")
+        check_choice(objective, "objective", OBJECTIVES)
+        check_choice(anchor, "anchor", ANCHORS)
         self.anchor = anchor
         self.score_context = bool(score_context)
         self.objective = objective
@@ -225,7 +223,7 @@ class LatentODE(ForecastModel):
             tm = torch.cat([torch.ones_like(ok[:, :1]), ok], 1)
             out = self._evolve(self.evolution, z0, t, tm)[..., 1:, :]  # [S, B, K, L]
             dest = torch.where(ok, idx, torch.full_like(idx, N)).unsqueeze(-1).expand(*out.shape)
-            z = z.scatter(-2, dest, out)
+            z.scatter_(-2, dest, out)
         return self.decoder(z[..., :N, :])
 
     # -- API ---------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
         accept = r <= 1.0
         if n_acc + n_rej >= max_steps:
             raise _fail(tab, f"adjoint backward: max_steps={max_steps} exceeded",
-                        torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), -float(sig[0]), dtype=dtype,
+                        torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), -pos, dtype=dtype,
                                                                                  device=dev), spec.sign,
                         "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps")
         fac = controller.factor_scalar(r, prev_term) if tab.adaptive else 1.0
@@ -298,7 +298,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             if dt < 10 * eps * span:
                 what = "non-finite adjoint state" if not math.isfinite(r) else "step size underflow"
                 raise _fail(tab, f"adjoint backward: {what}", torch.ones(B, dtype=torch.bool, device=dev),
-                            torch.full((B,), -float(sig[0]), dtype=dtype, device=dev), spec.sign,
+                            torch.full((B,), -pos, dtype=dtype, device=dev), spec.sign,
                             "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)")
     gy0 = z[0, BD : 2 * BD].view(B, D).clone()
     pg, off = [], 2 * BD

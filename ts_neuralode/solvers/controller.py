@@ -6,7 +6,7 @@ ratio is ``r_n`` (RMS of error / (atol + rtol·|y|), accepted when ≤ 1) the ne
     h_{n+1} = h_n · clamp(SAFETY · r_n^(−β1/q) · r_{n−1}^(β2/q), FACTOR_MIN, FACTOR_MAX)
 
 with ``q`` = error-estimator order + 1 and ``r_{n−1}`` the ratio of the last *accepted* step. The running
-term ``SAFETY·r_{n−1}^(β2/q)`` (:attr:`PIState`) is ≤ SAFETY because accepted ratios are ≤ 1, so the same
+term ``SAFETY·r_{n−1}^(β2/q)`` (``prev_term``) is ≤ SAFETY because accepted ratios are ≤ 1, so the same
 formula also shrinks a rejected step (r > 1): there is no separate reject branch (fewer ops per step).
 
 Two forms of the same arithmetic: :meth:`PIController.factor` / :meth:`~PIController.after_accept` on ``[B]``

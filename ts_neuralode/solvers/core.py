@@ -17,9 +17,9 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
 * the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
-* one host synchronisation per step (``.tolist()`` on a 2-element tensor) decides both "is anyone still
-  running" and "did this step cover an output time" (only such steps are kept — this keeps memory flat
-  in step count when no gradient graph is being built).
+* one host synchronisation per step (``.tolist()`` on a 3-element tensor) decides "is anyone still
+  running", "was any step rejected" and "did this step cover an output time" (only such steps are kept —
+  this keeps memory flat in step count when no gradient graph is being built).
 """
 
 from __future__ import annotations
