@@ -60,7 +60,7 @@ import numpy as np
 from ts_neuralode.data.batching import collate
 rng = np.random.default_rng(0)
 res = {"setup_s": t_setup, "import_s": t_import, "rows": int(len(dm.table.times)), "series": dm.table.n_series}
-for name, spec in (("train (random subsample)", dm._specs["train"]), ("eval (fixed subsample)", dm._specs["eval"])):
+for name, spec in (("train (random subsample)", dm._specs["train"]), ("eval (fixed subsample)", dm._specs["val"])):
     for lay in ("padded", "union"):
         ts, cpu = [], []
         for _ in range(60):

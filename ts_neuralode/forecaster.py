@@ -185,8 +185,8 @@ class Forecaster:
             context = None
         if context is not None:
             table = self._recent(table, context, "context")
-        prepared_all = self.transform.make_batch(table)
-        ids = list(prepared_all.series_ids)
+        self.transform.check_table(table)  # the chunks' batches are built below; here only ids and origins
+        ids = list(table.ids)
         index = list(range(len(ids)))
         if series is not None:
             if isinstance(series, (str, bytes)) or not hasattr(series, "__iter__"):
@@ -201,7 +201,7 @@ class Forecaster:
                                     f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
             index = [known[str(s)] for s in series]
         raw_q, exact_q = query_times(self.transform.codec, table, index, horizon, times, freq, num_points)
-        check_reachable(self.transform, table, prepared_all, index, raw_q, exact_q, context)
+        check_reachable(self.transform, table, self.transform.origins(table), index, raw_q, exact_q, context)
         chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
         with seeded(seed):

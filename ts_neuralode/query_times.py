@@ -44,14 +44,10 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
     One function for the whole grammar (``times`` list / DataFrame, ``horizon`` with ``freq`` or ``num_points``,
     datetimes or numbers): each branch is short and they share the exact-time helpers defined at its top."""
     exact = codec.is_datetime
-    unit_ns = 0
-    if exact:
-        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
-
-        unit_ns = unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
+    unit_ns = codec.unit_ns if exact else 0
 
     def from_ns(ns_rows: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return [(ns - codec.ref_ns).astype(np.float64) / unit_ns for ns in ns_rows], ns_rows
+        return [codec.ns_to_float(ns) for ns in ns_rows], ns_rows
 
     def to_ns(values) -> np.ndarray:
         return np.sort(codec.datetimes_to_ns(values))
@@ -135,7 +131,7 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
         if table.time_ns is not None:  # the last observations exactly as read
             last_ns = table.time_ns[table.offsets[1:][index] - 1].astype(np.int64)
         else:
-            last_ns = np.rint(last * unit_ns).astype(np.int64) + codec.ref_ns
+            last_ns = codec.float_to_ns(last)
         span = float(np.max(np.abs(last_ns.astype(np.float64)))) + float(offs_ns[-1])
         if not span < 9.2e18:  # int64 ns ends in the year 2262
             raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp "
@@ -145,11 +141,11 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
     return rows, rows
 
 
-def check_reachable(transform, table, prepared, index: list[int], raw_q: list[np.ndarray], exact_q: list[np.ndarray],
-                    context: Any) -> None:
+def check_reachable(transform, table, origins: np.ndarray, index: list[int], raw_q: list[np.ndarray],
+                    exact_q: list[np.ndarray], context: Any) -> None:
     """ForecastError for a query time that is not finite, lies before the (context window of the) history, or
-    is further from the series' start than the model can reach."""
-    ids = list(prepared.series_ids)
+    is further from the series' start (``origins``: every series' raw origin) than the model can reach."""
+    ids = list(table.ids)
     firsts = table.first_times()[index]
     first_rows = table.offsets[:-1][index]
     for row, i in enumerate(index):
@@ -166,7 +162,7 @@ def check_reachable(transform, table, prepared, index: list[int], raw_q: list[np
                 f"series {ids[i]!r}: query time {asked} is before {where} "
                 f"{table.user_times(first_rows[row:row + 1])[0]}; the model forecasts forward from the history: "
                 "pass times at or after the history's start")
-        model_t = transform.raw_to_model_time(q, prepared.origins[i])
+        model_t = transform.raw_to_model_time(q, origins[i])
         if q.size and not np.abs(model_t).max() <= MAX_MODEL_TIME:
             raise ForecastError(
                 f"series {ids[i]!r}: query time {exact_q[row][int(np.argmax(np.abs(model_t)))]} is "

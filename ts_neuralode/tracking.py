@@ -124,8 +124,10 @@ class TrackingLogger(MLFlowLogger):
 
         if rank_zero_only.rank != 0:
             return
-        params = {k: v for k, v in dict(_convert_params(params)).items() if not str(k).startswith("_")}
-        flat = {k: str(v)[:250] for k, v in _flatten_dict(params).items()}
+        from ts_neuralode.mlflow_io import MAX_PARAM_LENGTH
+        from ts_neuralode.model_store import clean_hparams
+
+        flat = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in _flatten_dict(clean_hparams(_convert_params(params))).items()}
         existing = self.experiment.get_run(self.run_id).data.params
         changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
         if changed:
@@ -406,16 +408,18 @@ class MlflowTrackingCallback(Callback):
 
         export = next((c for c in trainer.callbacks if isinstance(c, ModelExportCallback)), None)
         forecaster = export.forecaster if export is not None else fitted_forecaster(trainer, pl_module)
+        written = export.model_dir_written if export is not None else None
         if forecaster is not None:
-            tracked(logger, self._log_model, logger, forecaster, trainer.datamodule)
+            tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written)
 
-    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule) -> None:
-        """The model directory and validation forecast plots as artifacts of the run."""
+    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> None:
+        """The model directory (``model_dir`` when the export callback has written it, else saved here) and
+        validation forecast plots as artifacts of the run."""
         from ts_neuralode.callbacks import solver_failure
 
         client, run_id = logger.experiment, logger.run_id
         with tempfile.TemporaryDirectory() as tmp:
-            model_dir = forecaster.save(Path(tmp) / "model")
+            model_dir = model_dir or forecaster.save(Path(tmp) / "model")
             client.log_artifacts(run_id, str(model_dir), "model")
             try:
                 pngs = forecaster.plot_validation_forecasts(

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ts_neuralode.data.batching import LAYOUTS as BATCH_LAYOUTS
+from ts_neuralode.data.datamodule import SPLITS, TASKS
 from ts_neuralode.errors import ConfigError
 
 PROG = "ts-neuralode benchmark"
@@ -35,9 +37,7 @@ MODEL_SPECS["latent_ode_dopri5_enc"] = {"model": "latent_ode", "evolution": "ode
 for _kind in ("gru_flow", "coupling_flow", "resnet_flow"):
     MODEL_SPECS[f"latent_{_kind}_flowenc"] = {"model": "latent_ode", "evolution": _kind,
                                               "model_kwargs": {"encoder_evolution": "same"}}
-TASKS = ("interpolation", "extrapolation", "forecast")
-SPLITS = ("series", "time")
-LAYOUTS = ("auto", "union", "padded")
+LAYOUTS = ("auto", *BATCH_LAYOUTS)  # auto: union when the series share their times, else padded (runner.choose_layout)
 #: test task -> (result column prefix, the test metric that scores it)
 SCORES = {"interpolation": ("interp", "test_interp_mse"), "extrapolation": ("extrap", "test_extrap_mse"),
           "forecast": ("forecast", "test_extrap_mse")}

@@ -165,11 +165,15 @@ def benchmark_baseline(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> 
                                  season_period=dm.season_period)
 
     score_tasks(cfg, _eval_trainer(cfg), module_for, dms, row)
-    lat, nfe = measure_latency(module_for(first).model, first.test_dataloader(), cfg.latency_reps, cfg.device)
-    row["latency_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
-    row["latency_p95_ms"] = float(np.percentile(lat, 95) * 1e3)
-    row["infer_nfe"] = nfe
+    record_latency(row, module_for(first).model, cfg, dms)
     return row
+
+
+def record_latency(row: dict[str, Any], model: torch.nn.Module, cfg: BenchmarkConfig, dms: dict[str, Any]) -> None:
+    """``row``'s latency percentiles and inference NFE: ``model.predict`` on the first scored task's test batches."""
+    lat, nfe = measure_latency(model, dms[scored_tasks(cfg)[0]].test_dataloader(), cfg.latency_reps, cfg.device)
+    row.update(latency_p50_ms=float(np.percentile(lat, 50) * 1e3), latency_p95_ms=float(np.percentile(lat, 95) * 1e3),
+               infer_nfe=nfe)
 
 
 @torch.no_grad()
@@ -226,7 +230,6 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
     trainer = _eval_trainer(cfg, gradient_clip_val=cfg.gradient_clip, callbacks=[timer])
     try:
         trainer.fit(module, datamodule=train_dm)
-        history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
         if timer.times:
             row["epoch_time_s"] = statistics.median(timer.times)
             row["epoch_time_min_s"] = min(timer.times)
@@ -235,14 +238,11 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
             row["train_nfe"] = timer.nfes[-1]
         module.eval()
         score_tasks(cfg, trainer, lambda dm: module, dms, row)
-        model = module.model.to(cfg.device)
-        lat, nfe = measure_latency(model, dms[scored_tasks(cfg)[0]].test_dataloader(), cfg.latency_reps, cfg.device)
-        row["latency_p50_ms"] = float(np.percentile(lat, 50) * 1e3)
-        row["latency_p95_ms"] = float(np.percentile(lat, 95) * 1e3)
-        row["infer_nfe"] = nfe
+        record_latency(row, module.model.to(cfg.device), cfg, dms)
     except SolverError as err:
-        history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
         row["error"] = "SolverError: " + " ".join(str(err).split())[:200]
+    finally:
+        history.update(epoch_time_s=timer.times, train_loss=timer.losses, train_nfe=timer.nfes)
     return row, history
 
 

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.data.timecodec import TimeCodec, parse_time_column
+from ts_neuralode.data.timecodec import TimeCodec, _first_true, parse_time_column
 from ts_neuralode.errors import ConfigError, DataError
 
 
@@ -175,10 +175,6 @@ def _factorize_ids(idcol: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         return rank[codes], np.asarray(list(uniques), dtype=object)[order]
 
 
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
 def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
     """Column -> float64 array; DataError on the first non-numeric cell and on inf."""
     if col.dtype.kind in "biuf":
@@ -192,14 +188,14 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
             text = col.astype(str)
             bad &= text.str.strip().to_numpy() != ""
         if bad.any():
-            i = _first(bad)
+            i = _first_true(bad)
             raise DataError(
                 f"{where.at(name, i)}: value {str(col.iloc[i])!r} is not a number; fix it or leave the cell empty"
             )
         arr = num.to_numpy(dtype=np.float64, na_value=np.nan)
     inf = np.isinf(arr)
     if inf.any():
-        i = _first(inf)
+        i = _first_true(inf)
         raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it empty")
     return arr
 
@@ -323,13 +319,13 @@ def read_series(
             m = _to_numeric(df[mc], mc, where)
             bad = ~((m == 0) | (m == 1))
             if bad.any():
-                i = _first(bad)
+                i = _first_true(bad)
                 raise DataError(f"{where.at(mc, i)}: mask value {df[mc].iloc[i]!r} is not 0 or 1; use 1 = observed, "
                                 "0 = missing")
             on = m == 1
             bad = on & ~o
             if bad.any():
-                i = _first(bad)
+                i = _first_true(bad)
                 raise DataError(f"{where.at(c, i)}: value is empty but its mask '{mc}' is 1; set the mask to 0 or fill "
                                 "in the value")
             o = on
@@ -340,7 +336,7 @@ def read_series(
         idcol = df[id_col]
         miss = idcol.isna().to_numpy()
         if miss.any():
-            i = _first(miss)
+            i = _first_true(miss)
             raise DataError(f"{where.at(id_col, i)}: series id is missing; fill it in or delete the row")
         codes, ids = _factorize_ids(idcol)
     else:

@@ -84,6 +84,19 @@ class TimeCodec:
     ref_ns: int = 0
 
     @property
+    def unit_ns(self) -> int:
+        """Nanoseconds in one raw time unit of datetime data (``unit``, default hours)."""
+        return unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
+
+    def ns_to_float(self, ns: np.ndarray) -> np.ndarray:
+        """int64 ns since the epoch -> raw float time (units since ``ref``)."""
+        return (np.asarray(ns) - self.ref_ns).astype(np.float64) / self.unit_ns
+
+    def float_to_ns(self, t: np.ndarray) -> np.ndarray:
+        """Raw float time -> int64 ns since the epoch (rounded to the nearest ns), flattened."""
+        return np.rint(np.asarray(t, dtype=np.float64).reshape(-1) * self.unit_ns).astype(np.int64) + self.ref_ns
+
+    @property
     def is_datetime(self) -> bool:
         return self.kind == "datetime"
 
@@ -165,7 +178,7 @@ class TimeCodec:
                 raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the data's "
                                 "time axis is numeric: pass numbers") from exc
         ns = self.datetimes_to_ns(values)
-        return (ns - self.ref_ns).astype(np.float64) / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
+        return self.ns_to_float(ns)
 
     def duration(self, value: Any, what: str, error: type[Exception] = ConfigError) -> float:
         """A duration -> raw float time units: a number (or numeric string) is already in raw units (for datetime
@@ -193,7 +206,7 @@ class TimeCodec:
             raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
         if td is pd.NaT:
             raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
-        return td.value / unit_to_ns(self.unit or DEFAULT_TIME_UNIT)
+        return td.value / self.unit_ns
 
     def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
         """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone.
@@ -203,8 +216,7 @@ class TimeCodec:
         t = np.asarray(t, dtype=np.float64)
         if not self.is_datetime:
             return t
-        ns = np.rint(t.reshape(-1) * unit_to_ns(self.unit or DEFAULT_TIME_UNIT)).astype(np.int64) + self.ref_ns
-        return self.from_ns(ns)
+        return self.from_ns(self.float_to_ns(t))
 
     def from_ns(self, ns: Any) -> pd.DatetimeIndex:
         """int64 ns since the epoch (UTC when aware) -> a DatetimeIndex with the original timezone, exactly."""
@@ -298,5 +310,4 @@ def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
                 f"{where.at(name)}: timestamps are {'naive' if tz is None else 'timezone-aware'} but the model was "
                 f"trained on {'naive' if codec.tz is None else 'timezone-aware'} ones; convert them"
             )
-    t = (ns - codec.ref_ns).astype(np.float64) / unit_to_ns(codec.unit or DEFAULT_TIME_UNIT)
-    return t, codec, ns
+    return codec.ns_to_float(ns), codec, ns

@@ -271,10 +271,7 @@ class SeriesTransform:
         flat, hit = rows.reshape(-1), rows.reshape(-1) >= 0
         if not self.codec.is_datetime:
             return np.where(hit, table.times[np.maximum(flat, 0)], raw.reshape(-1))
-        from ts_neuralode.data.timecodec import DEFAULT_TIME_UNIT, unit_to_ns
-
-        computed = np.rint(raw.reshape(-1) * unit_to_ns(self.codec.unit or DEFAULT_TIME_UNIT)).astype(np.int64)
-        computed += self.codec.ref_ns
+        computed = self.codec.float_to_ns(raw)
         if table.time_ns is None:
             return self.codec.from_ns(computed)
         return self.codec.from_ns(np.where(hit, table.time_ns[np.maximum(flat, 0)], computed))

@@ -38,6 +38,7 @@ from torch import nn
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
+from ts_neuralode.model_store import clean_hparams
 from ts_neuralode.models import Forecast, build_model, model_options
 from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
 from ts_neuralode.models.evolution_config import EvolutionConfig, upgrade_flat_options
@@ -133,8 +134,7 @@ class ForecastingModule(pl.LightningModule):
     def from_hparams(cls, hparams: dict) -> "ForecastingModule":
         """The module of saved hyperparameters, in this version's spelling or the older flat one (``evolution:
         ode``, ``method: rk4`` … next to the model options; see :func:`upgrade_flat_options`)."""
-        clean = {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
-        return cls(**upgrade_flat_options(clean))
+        return cls(**upgrade_flat_options(clean_hparams(hparams)))
 
     # -- training ------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
