@@ -361,15 +361,7 @@ def write_page(path, res, args, adj_growth, bp_growth, res_growth, step_ratio, d
         L.append(f"| {r['model']} | {r['grad']} | {r['depth']:.3g} | {r['saved_mib']:.2f} |"
                  + (f" {fmt(r.get('cuda_peak_mib'), '.2f')} |" if cuda else "")
                  + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {r['seconds']:.3f} |")
-    odd = [r for r in res["sweep"] if r["model"] == "ODE-Net rk4" and r["grad"] == "adjoint"
-           and r.get("nfe_b") is not None and r["nfe_b"] > r["nfe_f"]]
     L += [""]
-    if odd:
-        L += ["rk4 with the adjoint at " + ", ".join(f"{r['depth']:g}" for r in odd) + " steps: the backward solve took "
-              + ", ".join(f"{r['nfe_b'] / 4:g}" for r in odd) + " rk4 steps (NFE bwd / 4) where the forward took "
-              + ", ".join(f"{r['depth']:g}" for r in odd) + ": the backward solve's fixed-step grid has one more step "
-              "than the forward's for these n (a detail of the solver core's backsolve, not of this script; the "
-              "memory is unaffected).\n"]
     L += [f"Growth of the peak from the smallest to the largest setting: ResNet x{res_growth:.2f} for {depth_ratio:g}x "
           f"the blocks (O(L)); ODE-Net backprop through the solver x{bp_growth:.2f} for {step_ratio:g}x the steps "
           f"(O(steps)); ODE-Net adjoint x{adj_growth:.3f} (O(1)).\n",

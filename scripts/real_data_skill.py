@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ts_neuralode.benchmark import script_command, write_report
+from ts_neuralode.benchmark import publish_report
+from ts_neuralode.metrics import skill
 
 ROOT = Path(__file__).resolve().parents[1]
 PBC_LABS = "[bili, chol, albumin, alk_phos, ast, platelet, protime]"
@@ -155,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| data | config | epochs run | scored on | MSE | skill vs LOCF | LOCF | mean | linear | seasonal | "
              "time s | error |", "|" + "---|" * 12]
     for r in rows:
-        skill = r.get("model", math.nan) / r["locf"] if r.get("locf") else math.nan
+        model_skill = skill(r.get("model", math.nan), r.get("locf", math.nan))
         lines.append(f"| {r['data']} | {r['config']} | {_f(r.get('epochs'))} | {r.get('scored', '—')} | "
-                     f"{_f(r.get('model'))} | {_f(skill)} | "
+                     f"{_f(r.get('model'))} | {_f(model_skill)} | "
                      + " | ".join(_f(r.get(b)) for b in BASELINES) + f" | {r['seconds']:.0f} | {r['error']} |")
     table = "\n".join(lines)
     notes = ("MSE in the data module's scaled units (standardised per channel on the training part) over the "
@@ -166,11 +167,8 @@ def main(argv: list[str] | None = None) -> int:
              "the same points. "
              "Skill < 1: better than carrying the last value forward. Options per data set: "
              + "; ".join(f"`{k}`: `{' '.join(v[1])}`" for k, v in DATASETS.items()) + ".")
-    path = write_report(args.out, "Real irregular data: every shipped config against the naive forecasts",
-                        script_command("scripts/real_data_skill.py", argv), [notes, table])
-    print(table)
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return publish_report(args.out, "Real irregular data: every shipped config against the naive forecasts",
+                          "scripts/real_data_skill.py", argv, [notes, table], table)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import sys
 from ts_neuralode.benchmark import (
     BenchmarkConfig,
     markdown_table,
+    publish_report,
     run_benchmark,
-    script_command,
     script_parser,
-    write_report,
 )
 
 
@@ -54,13 +53,9 @@ def main(argv: list[str] | None = None) -> int:
            "records; the Neural Flows authors report GRU flow \"60% less time per training epoch\" than GRU-ODE "
            "(MIMIC) and flow/ODE epoch-time ratios 0.41 and 0.36 in their filtering experiments. Those are the "
            "figures to hold the ratio above against; our MSE has no paper counterpart here. MSE in data units.")
-    path = write_report(args.out, "GRU-ODE vs GRU flow on double OU",
-                        script_command("scripts/repro_gru_ode_double_ou.py", argv),
-                        [res.description, markdown_table(res.table), *lines, ref])
-    print(markdown_table(res.table))
-    print(*lines, sep="\n")
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return publish_report(args.out, "GRU-ODE vs GRU flow on double OU", "scripts/repro_gru_ode_double_ou.py", argv,
+                          [res.description, markdown_table(res.table), *lines, ref],
+                          "\n".join([markdown_table(res.table), *lines]))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import math
 import statistics
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, script_parser, write_report
+from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 
 DEFAULT_MODELS = ("latent_ode_dopri5", "latent_resnet_flow", "latent_gru_flow", "latent_coupling_flow", "ode_rnn")
 # Latent ODE reference code, periodic set, 20 epochs, REFERENCE.md: (task, model) -> (s per epoch, test MSE)
@@ -101,11 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         "times scale with the number of training series (reference: 600 per epoch). The machine is shared: "
         "compare models within the table. Baselines have no training (no epoch time)."
     )
-    path = write_report(args.out, "Latent ODE periodic: interpolation and extrapolation",
-                        script_command("scripts/repro_latent_ode_periodic.py", argv), [notes, table])
-    print(table)
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return publish_report(args.out, "Latent ODE periodic: interpolation and extrapolation",
+                          "scripts/repro_latent_ode_periodic.py", argv, [notes, table], table)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ts_neuralode.benchmark import BenchmarkConfig, run_benchmark, script_command, script_parser, write_report
+from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 
 PAPER = {("interpolation", "latent_ode_dopri5"): 0.360, ("extrapolation", "latent_ode_dopri5"): 1.441}  # ×1e-2
 PAPER_ODE_RNN = {"interpolation": 1.647, "extrapolation": 13.508}
@@ -82,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = (f"{desc}\n\nPaper (Table 3, 10% observed): latent ODE (ODE encoder) interpolation 0.360, extrapolation "
              f"1.441; ODE-RNN {PAPER_ODE_RNN['interpolation']} / {PAPER_ODE_RNN['extrapolation']} (×1e-2). The paper "
              "trained to convergence on 10,000 sequences; runs without --full are far shorter.")
-    out = write_report(args.out, "Latent ODE vs latent flow on MuJoCo Hopper (10% observed)",
-                       script_command("scripts/repro_mujoco_hopper.py", argv), [notes, table])
-    print(table)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return publish_report(args.out, "Latent ODE vs latent flow on MuJoCo Hopper (10% observed)",
+                          "scripts/repro_mujoco_hopper.py", argv, [notes, table], table)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ts_neuralode.benchmark import script_command, script_parser, write_report
+from ts_neuralode.benchmark import publish_report, script_parser
 from ts_neuralode.data.generators import generate, sawtooth
 from ts_neuralode.models.evolution import EvolutionConfig, ODEEvolution, make_evolution
 from ts_neuralode.models.nets import mlp
@@ -201,11 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                f"(600 training series; {epochs}-epoch figures where REFERENCE.md has them). Epoch seconds depend on "
                "the number of training series and on the machine, so compare the ratio columns; this machine is "
                "shared with other jobs, so absolute times are noisy.")
-    out = write_report(args.out, "Neural Flows synthetic: ODE vs flows",
-                       script_command("scripts/repro_neural_flows_synthetic.py", argv), [setting, table])
-    print(table)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return publish_report(args.out, "Neural Flows synthetic: ODE vs flows", "scripts/repro_neural_flows_synthetic.py",
+                          argv, [setting, table], table)
 
 
 if __name__ == "__main__":

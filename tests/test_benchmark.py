@@ -102,7 +102,7 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     assert list(dms["interpolation"].split["test"]) == list(dms["extrapolation"].split["test"])
 
 
-def test_forecast_task_on_one_long_series_with_seasonal_baseline():
+def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
     windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
     last value forward (the yearly cycle does, the mean does not)."""
@@ -118,7 +118,9 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline():
     assert t[["interp_mse", "extrap_mse"]].isna().all().all()  # split by time: only the forecast test is scored
     assert np.isfinite(t["forecast_mse"]).all()
     np.testing.assert_allclose(t["forecast_skill"], t["forecast_mse"] / t.loc["locf", "forecast_mse"], rtol=1e-9)
-    assert t.loc["seasonal", "forecast_skill"] < 0.8 and t.loc["mean", "forecast_skill"] > 1.5
+    # naive forecasts of fixed data: deterministic, recorded so a change of window or scaler shows its headroom
+    margin("seasonal naive skill vs LOCF", t.loc["seasonal", "forecast_skill"], 0.8)
+    margin("series-mean skill vs LOCF", t.loc["mean", "forecast_skill"], 1.5, above=True)
     assert t.loc["linear", "forecast_mse"] == t.loc["locf", "forecast_mse"]  # after the cutoff linear is flat
     md = benchmark.markdown_table(res.table)
     assert "forecast skill" in md and "interp MSE" not in md

@@ -30,8 +30,7 @@ def _finite(x):
 
 
 def test_odenet_digits_quick(tmp_path):
-    res = _script("odenet_digits").main(["--quick", "--out", str(tmp_path)])
-    torch.set_num_threads(2)  # the script set 1 (--threads default)
+    res = _script("odenet_digits").main(["--quick", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     page = (tmp_path / "odenet.md").read_text()
     assert page.startswith("# ODE-Net vs ResNet") and "--quick" in page
     saved = json.loads((tmp_path / "odenet.json").read_text())
@@ -47,8 +46,7 @@ def test_odenet_digits_quick(tmp_path):
 
 
 def test_cnf_density_quick(tmp_path):
-    res = _script("cnf_density").main(["--quick", "--out", str(tmp_path)])
-    torch.set_num_threads(2)
+    res = _script("cnf_density").main(["--quick", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert (tmp_path / "cnf.md").read_text().startswith("# Continuous normalising flow")
     assert _finite(json.loads((tmp_path / "cnf.json").read_text()))
     assert len(res["rows"]) == 6 and all(math.isfinite(r["test_ll"]) for r in res["rows"])
@@ -60,21 +58,12 @@ def test_cnf_density_quick(tmp_path):
 A = torch.tensor([[-0.3, 0.8], [-0.5, 0.2]], dtype=torch.float64)  # tr(A) = -0.1, not symmetric
 
 
-class _Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.A = torch.nn.Parameter(A.clone())
-
-    def forward(self, t, z):
-        return z @ self.A.T
-
-
 def test_cnf_linear_field_analytic():
     """f(z) = Az: z(T) = e^{AT} z(0) and log p(z(T)) = log p(z(0)) - T tr(A), for any z(0)."""
     cnf = _script("cnf_density")
     T = 1.5
     z0 = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    dyn = cnf.CNFDynamics(_Linear(), "exact")
+    dyn = cnf.CNFDynamics(cnf._LinearField(A), "exact")
     with torch.no_grad():
         zT, lT, _ = cnf.flow(dyn, z0, 0.0, T, method="dopri5", rtol=1e-10, atol=1e-10)
     M = torch.linalg.matrix_exp(A * T)
@@ -98,7 +87,7 @@ def test_cnf_hutchinson_unbiased_on_linear_field(noise):
     cnf = _script("cnf_density")
     n, T = 8_000, 1.0
     z0 = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    dyn = cnf.CNFDynamics(_Linear(), "hutchinson", noise)
+    dyn = cnf.CNFDynamics(cnf._LinearField(A), "hutchinson", noise)
     dyn.draw_noise((n, 2), z0, torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, lT, _ = cnf.flow(dyn, z0, 0.0, T, method="rk4", step_size=0.25)

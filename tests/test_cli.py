@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY_FIT_ARGS
+from conftest import TINY_FIT_ARGS, subprocess_env
 from ts_neuralode.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "latent_ode_coupling_flow"  # the forecast column of TINY_FIT_ARGS' model (model + flow kind)
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -213,13 +211,6 @@ def test_other_user_errors_one_line(argv, fragment, dt_fitted, dt_csv, bad_csv, 
     assert not (tmp_path / "o.csv").exists()  # a bad --mlflow_run is caught before anything is written
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
     """The same through ``python -m ts_neuralode.cli`` (what the console script runs): nothing else on stderr —
     no Lightning warning about sys.argv, no traceback — and exit status 2."""
@@ -229,7 +220,7 @@ def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
          "must be positive"),
     ]
     for argv, fragment in cases:
-        proc = subprocess.run([sys.executable, "-m", "ts_neuralode.cli", *argv], cwd=tmp_path, env=_env(),
+        proc = subprocess.run([sys.executable, "-m", "ts_neuralode.cli", *argv], cwd=tmp_path, env=subprocess_env(),
                               capture_output=True, text=True, timeout=300)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, proc.stderr

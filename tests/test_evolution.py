@@ -19,13 +19,8 @@ SMALL = dict(hidden_dim=16, num_layers=1, flow_layers=2)
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # these tensors are small: one thread avoids OpenMP barrier waits on a busy 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed(one_thread):  # small tensors: conftest's one_thread
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _padded_grid(B=4, T=8, lo=0.0, hi=5.0):

@@ -61,6 +61,7 @@ from ts_neuralode.benchmark.report import (
     describe,
     markdown_table,
     plot_time_vs_mse,
+    publish_report,
     script_command,
     script_parser,
     write_outputs,
@@ -82,6 +83,6 @@ __all__ = [
     "BenchmarkConfig", "BenchmarkResult", "COLUMNS", "DEFAULT_MODELS", "MODEL_SPECS", "PROG", "SCORES", "TASKS",
     "benchmark_baseline", "benchmark_model", "build_parser", "choose_layout", "cli_main", "config_from_args",
     "describe", "load_frame", "make_datamodules", "markdown_table", "measure_latency", "module_options",
-    "plot_time_vs_mse", "run_benchmark", "scored_tasks", "script_command", "script_parser", "write_outputs",
+    "plot_time_vs_mse", "run_benchmark", "scored_tasks", "publish_report", "script_command", "script_parser", "write_outputs",
     "write_report",
 ]

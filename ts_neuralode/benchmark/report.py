@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -144,6 +145,16 @@ def write_report(path: str | Path, title: str, command: str, sections: Sequence[
         body += [sec.rstrip(), ""]
     path.write_text("\n".join(body))
     return path
+
+
+def publish_report(out: str | Path, title: str, script: str, argv: Sequence[str], sections: Sequence[str],
+                   shown: str) -> int:
+    """The end of a results script: :func:`write_report` with ``script``'s command line, ``shown`` on stdout, the
+    path written on stderr; returns the exit status 0."""
+    path = write_report(out, title, script_command(script, argv), sections)
+    print(shown)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def script_parser(doc: str, out: str, seed: int = 0) -> argparse.ArgumentParser:
