@@ -187,13 +187,18 @@ class Seasonal(Baseline):
         check_positive(tolerance=self.tolerance)
 
     def point(self, batch: Batch, q: Tensor) -> Tensor:
-        here = observed_neighbours(batch, q)
         # the last observed time per series and channel ([B, 1, D]): the "history" the season reaches back into
-        end = observed_neighbours(batch, torch.full_like(q[:, :1], math.inf))
-        behind = (q - end.prev_t) / self.period
-        k = torch.where(end.has_prev, torch.ceil(behind - 1e-6).clamp_min(1.0), torch.ones_like(behind))
+        obs = batch.obs_mask > 0
+        tps = batch.times_per_sample().to(q.dtype).unsqueeze(-1)
+        end_t = torch.where(obs, tps, torch.full_like(tps, -math.inf)).amax(1, keepdim=True)
+        behind = (q - end_t) / self.period
+        k = torch.where(obs.any(1, keepdim=True), torch.ceil(behind - 1e-6).clamp_min(1.0), torch.ones_like(behind))
         target = q - k * self.period
-        value, time, found = observed_neighbours(batch, target).nearest(target)
+        # one neighbour search for the query times (LOCF fallback) and their seasonal targets
+        both = observed_neighbours(batch, torch.cat([q, target], 1))
+        Tq = q.shape[1]
+        here, back = Neighbours(*(f[:, :Tq] for f in both)), Neighbours(*(f[:, Tq:] for f in both))
+        value, time, found = back.nearest(target)
         close = found & ((time - target).abs() <= self.tolerance)
         return torch.where(close, value, here.carried())
 
