@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ts_neuralode.atomic import atomic_torch_save
 from ts_neuralode.errors import TrainingError
+from ts_neuralode.models.evolution_config import evolution_kind
 from ts_neuralode.solvers.errors import SolverError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ class TrainingGuard(Callback):
     def _advice(self, trainer: Trainer, pl_module: LightningModule, solver_message: str | None = None) -> str:
         """What to try. ``solver_message``: the solver's own failure, when it is the solver that stopped."""
         hp = getattr(pl_module, "hparams", {}) or {}
-        evolution = hp.get("evolution") or {}
-        is_ode = (evolution.get("kind", "ode") if isinstance(evolution, dict) else evolution) == "ode"
+        is_ode = evolution_kind(hp.get("evolution")) == "ode"
         lr = [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
               "gradient clipping (--trainer.gradient_clip_val 1.0)"]
         if solver_message is None:

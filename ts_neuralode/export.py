@@ -41,11 +41,11 @@ def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> Light
 
 
 class ModelExportCallback(Callback):
-    """At the end of a fit, write the model directory to ``model_dir`` (None: build the forecaster only, for
-    the tracking callback to log). ``forecaster`` and ``model_dir_written`` are set afterwards."""
+    """At the end of a fit, write the model directory to ``model_dir``; ``forecaster`` and ``model_dir_written``
+    are set afterwards (the tracking callback logs that directory)."""
 
-    def __init__(self, model_dir: str | os.PathLike | None) -> None:
-        self.model_dir = Path(model_dir) if model_dir else None
+    def __init__(self, model_dir: str | os.PathLike) -> None:
+        self.model_dir = Path(model_dir)
         self.forecaster = None
         self.model_dir_written: Path | None = None
 
@@ -53,5 +53,5 @@ class ModelExportCallback(Callback):
         if not trainer.is_global_zero:
             return
         self.forecaster = fitted_forecaster(trainer, pl_module)
-        if self.forecaster is not None and self.model_dir is not None:
+        if self.forecaster is not None:
             self.model_dir_written = self.forecaster.save(self.model_dir)

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from ts_neuralode.errors import ForecastError
+from ts_neuralode.models.evolution_config import evolution_kind
 
 DEFAULT_LEVELS = (50, 90)
 
@@ -21,8 +22,7 @@ DEFAULT_LEVELS = (50, 90)
 def model_display_name(hparams: Mapping[str, Any]) -> str:
     """Column name of the point forecast: the model name, plus the evolution when it is not an ODE."""
     model = str(hparams.get("model", "model"))
-    evolution = hparams.get("evolution", "ode")
-    kind = str(evolution.get("kind", "ode") if isinstance(evolution, Mapping) else getattr(evolution, "kind", evolution))
+    kind = evolution_kind(hparams.get("evolution"))
     return model if kind == "ode" else f"{model}_{kind}"
 
 

@@ -101,6 +101,16 @@ class EvolutionConfig:
         return FlowEvolution(state_dim, self)
 
 
+def evolution_kind(value: "EvolutionConfig | str | Mapping[str, Any] | None") -> str:
+    """The kind of an evolution however it is spelled (config, kind name, dict of options as in saved
+    hyperparameters, None: the default ``"ode"``), without validating the rest."""
+    if isinstance(value, EvolutionConfig):
+        return value.kind
+    if isinstance(value, Mapping):
+        return str(value.get("kind", "ode"))
+    return "ode" if value is None else str(value)
+
+
 def option_names() -> list[str]:
     return [f.name for f in fields(EvolutionConfig)]
 
@@ -209,5 +219,5 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["merge_options", "EvolutionConfig", "EVOLUTION_KINDS", "VECTOR_FIELDS", "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
+__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS", "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
            "option_names"]
