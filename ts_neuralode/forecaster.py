@@ -38,6 +38,7 @@ import torch
 
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
+from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.forecast_frame import (
     DEFAULT_LEVELS,
@@ -87,6 +88,8 @@ class Forecaster:
         self.hparams = clean_hparams(getattr(module, "hparams", {}) or {})
         self.name = name or model_display_name(self.hparams)
         self.context = context
+        #: the known-future covariates the model reads (None: none); ``predict`` needs them for every query time
+        self.covariate_spec = CovariateSpec.from_state_dict(self.hparams.get("covariates"))
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -152,6 +155,7 @@ class Forecaster:
         progress: bool = False,
         seed: int | None = 0,
         context: float | str | pd.Timedelta | None = None,
+        future: pd.DataFrame | str | os.PathLike | None = None,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -168,6 +172,9 @@ class Forecaster:
                 task's ``context`` in training). Default None: the model's training context
                 (``self.context``) when it was trained on the forecast task with one, else the whole
                 history; "all": the whole history in any case.
+            future: known-future covariate values after the history (a DataFrame or CSV with the id and time
+                columns and the model's ``future_cols``); the history's own rows count too. Every covariate must
+                be known up to each series' last query time (ForecastError naming the column otherwise).
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -202,13 +209,31 @@ class Forecaster:
             index = [known[str(s)] for s in series]
         raw_q, exact_q = query_times(self.transform.codec, table, index, horizon, times, freq, num_points)
         check_reachable(self.transform, table, self.transform.origins(table), index, raw_q, exact_q, context)
+        covariates = self._covariates(history, future, table, index, raw_q)
         chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
         with seeded(seed):
             frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
-                                          [exact_q[rows_of[i]] for i in chunk])
+                                          [exact_q[rows_of[i]] for i in chunk], covariates)
                       for chunk in _progress(chunks, progress, "forecast")]
         return pd.concat(frames, ignore_index=True)
+
+    def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray]):
+        """The known-future covariates of ``table``'s series from the history and ``future`` (None when the model
+        takes none), checked to cover every query time."""
+        spec = self.covariate_spec
+        if spec is None:
+            return None
+        if not spec.future_cols:
+            return CovariateArrays.read([], table, spec, id_col=table.id_col, time_col=table.time_col)
+        if not isinstance(history, (str, os.PathLike, pd.DataFrame)):
+            raise ForecastError(f"the model reads known-future covariates {spec.future_cols}: pass the history as a "
+                                "DataFrame or CSV path holding them")
+        sources = [history] + ([] if future is None else [future])
+        arrays = CovariateArrays.read(sources, table, spec, id_col=table.id_col, time_col=table.time_col)
+        arrays.check_coverage(spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]),
+                              self.transform.codec)
+        return arrays
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -225,10 +250,11 @@ class Forecaster:
 
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
-                       levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None
-                       ) -> pd.DataFrame:
+                       levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None,
+                       covariates: CovariateArrays | None = None) -> pd.DataFrame:
         """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
-        :func:`ts_neuralode.query_times.query_times`) when given."""
+        :func:`ts_neuralode.query_times.query_times`) when given. ``covariates``: the known-future covariates of
+        ``table``'s series (a model that reads them needs them)."""
         from ts_neuralode.callbacks import solver_failure
 
         sub = _subset_table(table, chunk)
@@ -238,6 +264,10 @@ class Forecaster:
         padded = np.stack([np.concatenate([q, np.full(tq - len(q), q[-1])]) for q in raw_q])
         device = next(iter(self.module.parameters()), torch.zeros(())).device
         qt = prepared.query_times(padded, raw=True).to(device)
+        if covariates is not None:
+            prepared.batch.covariates = covariates.subset(chunk).batch(
+                self.covariate_spec, np.arange(len(chunk)), prepared.origins, float(self.transform.time_scale),
+                self.transform.codec)
         batch = prepared.batch.to(device)
         try:
             fc = self.model.forecast(batch, qt, num_samples=num_samples)

@@ -143,7 +143,9 @@ def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int =
         ctx_parts.append(int(np.searchsorted(t, cut, side="right")))
         queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
     ctx = subset_table(table, idx, hi=ctx_parts)
-    fc = forecaster._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [])
+    cov = getattr(datamodule.arrays, "covariates", None)  # known-future covariates, when the model reads them
+    fc = forecaster._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [], None,
+                                   None if cov is None else cov.arrays.subset(idx))
     fc = fc.assign(unique_id=fc["unique_id"].astype(str))
     hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
     cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1)))

@@ -15,9 +15,13 @@ Two layouts share this container:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ts_neuralode.data.covariates import CovariateBatch
 
 
 @dataclass
@@ -36,6 +40,8 @@ class Batch:
         series_idx: ``[B]`` long: position of each series in ``DataModule.series_ids``.
         cutoff: ``[B]`` float: the last conditioning time of each series (the extrapolation cut or the forecast
             window's cutoff, or the last observed time for interpolation), normalised units.
+        covariates: known-future covariates ``u(t)`` of each series
+            (:class:`~ts_neuralode.data.covariates.CovariateBatch`), or None.
     """
 
     times: Tensor
@@ -45,6 +51,7 @@ class Batch:
     time_mask: Tensor
     series_idx: Tensor
     cutoff: Tensor
+    covariates: "CovariateBatch | None" = None
 
     @property
     def batch_size(self) -> int:
@@ -67,10 +74,16 @@ class Batch:
         return self.target_mask * (1.0 - self.obs_mask)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return Batch(**{f.name: _maybe(getattr(self, f.name), "to", device, non_blocking=non_blocking)
+                        for f in fields(self)})
 
     def pin_memory(self) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return Batch(**{f.name: _maybe(getattr(self, f.name), "pin_memory") for f in fields(self)})
 
     def __len__(self) -> int:
         return self.batch_size
+
+
+def _maybe(x, method: str, *args, **kwargs):
+    """``x.method(...)``, or None for an absent optional field."""
+    return None if x is None else getattr(x, method)(*args, **kwargs)

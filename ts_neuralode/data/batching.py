@@ -18,6 +18,7 @@ forecaster, given a history — cut to ``context`` or not — starts its series 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class SeriesArrays:
         mask: ``[N, D]`` bool observed; ``mask_f`` the same as float32.
         starts / counts: ``[S]`` int64 first row and number of rows of each series.
         raw_times: ``[N]`` float64 raw times (the table's; forecast windows are measured on them), or None.
+        covariates: known-future covariates of the series
+            (:class:`~ts_neuralode.data.covariates.CovariateSource`), attached to every batch; or None.
     """
 
     times: np.ndarray
@@ -46,6 +49,7 @@ class SeriesArrays:
     starts: np.ndarray
     counts: np.ndarray
     raw_times: np.ndarray | None = None
+    covariates: Any = None
 
     def __post_init__(self) -> None:
         self.mask_f = self.mask.astype(np.float32)
@@ -252,6 +256,7 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | F
     v = arrays.values[flat]
     m = arrays.mask_f[flat]
 
+    origin = None
     if isinstance(spec, ForecastSpec):
         origin = arrays.raw_times[row0] if spec.shift else spec.origin[idx]
         t = ((arrays.raw_times[flat] - np.repeat(origin, cnt)) / spec.time_scale).astype(np.float32)
@@ -293,9 +298,13 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | F
     out = torch.from_numpy(out).view(3, b, width, d)
     time_mask = np.zeros(b * width, dtype=bool)
     time_mask[lin] = True
+    cov = None
+    if arrays.covariates is not None:  # a forecast window needs u on its own span only
+        span = (arrays.raw_times[row0], arrays.raw_times[row0 + cnt - 1]) if origin is not None else (None, None)
+        cov = arrays.covariates.batch(idx, origin, *span)
     return Batch(times=torch.from_numpy(tt), values=out[0], obs_mask=out[1], target_mask=out[2],
                  time_mask=torch.from_numpy(time_mask).view(b, width), series_idx=torch.from_numpy(idx.copy()),
-                 cutoff=torch.from_numpy(np.asarray(cutoff, dtype=np.float32)))
+                 cutoff=torch.from_numpy(np.asarray(cutoff, dtype=np.float32)), covariates=cov)
 
 
 def _torch_seeded_rng() -> np.random.Generator:

@@ -63,6 +63,7 @@ from ts_neuralode.data.batching import (
     subset_table,
     window_slack,
 )
+from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
@@ -109,6 +110,11 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             otherwise; "time" applies to the forecast task only).
         season: the period of the seasonal naive baseline (a duration or a number of time units); the
             LightningModule gets it in model units through :attr:`season_period`.
+        future_cols: known-future covariate columns (a control ``u(t)`` of the dynamics, never forecast or scored;
+            :mod:`ts_neuralode.data.covariates`). future_interp: ``"constant"`` (default) or ``"linear"``, one for
+            all, a list (one per column) or a ``{column: kind}`` dict. calendar: calendar features computed as
+            known-future covariates (``time_of_day``, ``day_of_week``, ``day_of_year``; datetimes only). The
+            model gets the fitted spec through :attr:`covariates`.
     """
 
     def __init__(
@@ -145,6 +151,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         windows_per_series: int | str = "auto",
         split_by: str | None = None,
         season: float | str | None = None,
+        future_cols: list[str] | None = None,
+        future_interp: str | list[str] | dict[str, str] | None = None,
+        calendar: list[str] | None = None,
     ):
         super().__init__()
         if (path is None) == (df is None):
@@ -191,6 +200,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.horizon, self.context, self.split_by, self.season = horizon, context, split_by, season
         self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
+        self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar)
+        if self._cov_spec is not None:
+            self.read_kwargs["exclude_cols"] = list(self._cov_spec.future_cols)
         self._ready = False
 
     # --- preparation (lazy: properties trigger it, so models can be sized before trainer.fit) --------
@@ -206,7 +218,19 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             self._prepare_forecast(table)
         else:
             self._prepare_series_task(table)
+        if self._cov_spec is not None:
+            self._attach_covariates(source)
         self._ready = True
+
+    def _attach_covariates(self, source) -> None:
+        """Read the known-future covariates of every series, fit their scaling on the training series and attach
+        them to the series arrays (so every batch carries ``u(t)``)."""
+        arrays = CovariateArrays.read([source], self.table, self._cov_spec, id_col=self.table.id_col,
+                                      time_col=self.table.time_col)
+        self._cov_spec = self._cov_spec.fit(arrays, self.split["train"], self.table.codec,
+                                            self._transform.time_scale)
+        self.arrays.covariates = CovariateSource(self._cov_spec, arrays, self.table.codec,
+                                                 float(self._transform.time_scale), self.origins)
 
     def _series_split(self, table) -> dict[str, np.ndarray]:
         """Seeded split of whole series into train/val/test."""
@@ -353,6 +377,14 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
     def channel_names(self) -> list[str]:
         self._prepare()
         return list(self.table.channel_names)
+
+    @property
+    def covariates(self) -> dict | None:
+        """The fitted known-future covariate spec (JSON; the model's ``covariates``), or None."""
+        if self._cov_spec is None:
+            return None
+        self._prepare()
+        return self._cov_spec.state_dict()
 
     @property
     def series_ids(self) -> list:

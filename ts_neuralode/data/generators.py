@@ -17,6 +17,14 @@
   ``n_points`` random grid times (default 20, ~2 per unit time); 20% of observations carry both channels,
   the rest one channel chosen at random (the other cell is left empty).
 
+* ``pk`` (pharmacokinetics, a target driven by a known-future input): a one-compartment model with infusions
+  at known times, ``dc/dt = rate(t) − k c`` (``c(0) = 0``), elimination ``k ~ U(0.3, 0.7)`` per series; 2–6
+  infusions per series start at ``U(0, 0.9·t_max)`` (default ``t_max`` 10), last ``U(0.3, 1)`` each, at a rate
+  ``~ U(0.5, 2)`` (overlaps add). The target ``y = c`` (solved exactly, piecewise) plus ``N(0, 0.02²)`` noise is
+  observed at ``n_points`` sorted ``U(0, t_max)`` times (default 40); the schedule is the column ``rate`` on rows of
+  its own (one per change, ``y`` empty): piecewise constant, so ``--data.future_cols '[rate]'`` with the default
+  ``--data.future_interp constant`` gives the model exactly the input that drove the target.
+
 ``n_points`` keeps its paper default per set when not given; ``n_series`` defaults to 1000.
 """
 
@@ -31,8 +39,8 @@ import pandas as pd
 from ts_neuralode.atomic import atomic_write_text
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
 
-NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou")
-_DEFAULT_POINTS = {"periodic": 100, "double_ou": 20}
+NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou", "pk")
+_DEFAULT_POINTS = {"periodic": 100, "double_ou": 20, "pk": 40}
 _SINK_A = np.array([[-4.0, 10.0], [-3.0, 2.0]])
 
 
@@ -148,6 +156,35 @@ def _double_ou(n_series: int, n_points: int, rng: np.random.Generator, t_max: fl
     return _long(np.round(times, 10), vals, ["x1", "x2"], mask)
 
 
+def _pk(n_series: int, n_points: int, rng: np.random.Generator, t_max: float | None) -> pd.DataFrame:
+    horizon = 10.0 if t_max is None else float(t_max)
+    k = rng.uniform(0.3, 0.7, n_series)
+    frames = []
+    width = len(str(n_series - 1))
+    for s in range(n_series):
+        n_inf = int(rng.integers(2, 7))
+        start = rng.uniform(0.0, 0.9 * horizon, n_inf)
+        stop = start + rng.uniform(0.3, 1.0, n_inf)
+        rate = rng.uniform(0.5, 2.0, n_inf)
+        # the schedule: total rate after each change point (overlapping infusions add)
+        change = np.unique(np.concatenate([[0.0], start, stop]))
+        level = np.array([rate[(start <= c) & (c < stop)].sum() for c in change])
+        obs = np.sort(rng.uniform(0.0, horizon, n_points))
+        # exact solution, piece by piece: c(t) = R/k + (c0 − R/k) e^{−k (t − t0)} while the rate is R
+        piece = np.searchsorted(change, obs, side="right") - 1
+        c_at = np.zeros(len(change))
+        for j in range(1, len(change)):
+            r = level[j - 1] / k[s]
+            c_at[j] = r + (c_at[j - 1] - r) * np.exp(-k[s] * (change[j] - change[j - 1]))
+        r = level[piece] / k[s]
+        y = r + (c_at[piece] - r) * np.exp(-k[s] * (obs - change[piece])) + rng.normal(0.0, 0.02, n_points)
+        sid = f"s{s:0{width}d}"
+        frames.append(pd.DataFrame({"unique_id": sid, "ds": obs, "y": y, "rate": np.nan}))
+        frames.append(pd.DataFrame({"unique_id": sid, "ds": change, "y": np.nan, "rate": level}))
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)
+
+
 def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed: int = 0, *,
              extrap: str | None = None, t_min: float | None = None, t_max: float | None = None) -> pd.DataFrame:
     """Generate data set ``name`` (one of :data:`NAMES`) as a long DataFrame ``unique_id, ds, <channels>``.
@@ -162,7 +199,7 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
     if extrap not in (None, "time", "space"):
         raise ConfigError(f"extrap={extrap!r} is not supported; use 'time' or 'space'")
-    if extrap is not None and name in ("periodic", "double_ou"):
+    if extrap is not None and name in ("periodic", "double_ou", "pk"):
         raise ConfigError(f"extrap={extrap!r} applies only to the Neural Flows sets, not {name!r}")
     n_points = _DEFAULT_POINTS.get(name, 100) if n_points is None else int(n_points)
     if int(n_series) < 1 or n_points < 2:
@@ -172,6 +209,8 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
         return _periodic(int(n_series), n_points, rng, t_max)
     if name == "double_ou":
         return _double_ou(int(n_series), n_points, rng, t_max)
+    if name == "pk":
+        return _pk(int(n_series), n_points, rng, t_max)
     return _neural_flows(name, int(n_series), n_points, rng, extrap, t_min, t_max)
 
 

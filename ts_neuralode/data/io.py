@@ -243,6 +243,7 @@ def read_series(
     duplicates: str = "error",
     min_points: int = 2,
     codec: TimeCodec | None = None,
+    exclude_cols: Sequence[str] = (),
 ) -> SeriesTable:
     """Read and validate series from a CSV path or a DataFrame (see the module docstring).
 
@@ -251,6 +252,7 @@ def read_series(
             onto the same raw time axis); by default one is built from the data.
         duplicates: "error" (default) or "mean" (average observed values of rows sharing (id, time)).
         min_points: series with fewer observation times are dropped with a warning.
+        exclude_cols: columns that are never value columns (covariates): left out of the default ``value_cols``.
 
     Long on purpose: it is the data boundary's one validation pass, its checks in the order a user meets the
     problems (format, columns, values, masks, times, duplicates, short series), each raising with its location.
@@ -288,7 +290,7 @@ def read_series(
     masks_given = mask_cols if not isinstance(mask_cols, str) else [mask_cols]
     mask_names = set(masks_given.values() if isinstance(masks_given, Mapping) else (masks_given or []))
     if value_cols is None:
-        reserved = {time_col, id_col} | mask_names
+        reserved = {time_col, id_col} | mask_names | set(exclude_cols)
         if format == "long" and "y" in columns:
             value_cols = ["y"]
         else:
@@ -297,6 +299,9 @@ def read_series(
             raise DataError(f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); "
                             "pass value_cols=[...]")
     value_cols = list(value_cols)
+    both = [c for c in value_cols if c in set(exclude_cols)]
+    if both:
+        raise ConfigError(f"column {both[0]!r} is both a value column and a covariate; list it in one of them")
     for c in value_cols:
         if c not in columns:
             raise DataError(f"{where.source}: missing value column '{c}' (columns: {', '.join(columns)}); "

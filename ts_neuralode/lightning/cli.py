@@ -46,6 +46,8 @@ class TSNeuralODECLI(LightningCLI):
         parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
         # --data.season (a duration) reaches the seasonal baseline in model time units
         parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
+        # known-future covariates (--data.future_cols, --data.calendar): their fitted spec sizes the model's control
+        parser.link_arguments("data.covariates", "model.covariates", apply_on="instantiate")
 
     # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
     def before_instantiate_classes(self) -> None:

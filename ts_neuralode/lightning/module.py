@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.covariates import CovariateSpec
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 from ts_neuralode.model_store import clean_hparams
@@ -79,6 +80,9 @@ class ForecastingModule(pl.LightningModule):
             season); ``[]``: none.
         season_period: period of the seasonal baseline in model time units (the CLI links it from the data
             module's ``season_period``, its ``season`` duration converted); None: no seasonal baseline.
+        covariates: the known-future covariate spec (:class:`~ts_neuralode.data.covariates.CovariateSpec` state; the
+            CLI links it from the data module's ``covariates``): the model's evolution reads its ``control_dim``
+            channels ``u(t)`` from every batch. Saved with the hyperparameters, so a model directory remembers it.
     Gradient clipping is a Trainer option (``gradient_clip_val``).
     """
 
@@ -100,6 +104,7 @@ class ForecastingModule(pl.LightningModule):
         eval_samples: int = 8,
         baselines: list[str] | None = None,
         season_period: float | None = None,
+        covariates: dict | None = None,
     ) -> None:
         super().__init__()
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -118,6 +123,9 @@ class ForecastingModule(pl.LightningModule):
             if name in accepted:
                 kwargs[name] = value
         kwargs.update(model_kwargs or {})
+        spec = CovariateSpec.from_state_dict(covariates)
+        if spec is not None and model not in BASELINES:
+            kwargs["control_dim"] = spec.control_dim
         self.model = build_baseline(model, season_period) if model in BASELINES else build_model(model, **kwargs)
         names = baseline_names(baselines, season_period)
         # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.

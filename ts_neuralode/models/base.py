@@ -177,6 +177,22 @@ def check_batch(batch: Batch, input_dim: int, where: str) -> None:
         )
 
 
+def check_control(batch: Batch, control_dim: int, where: str):
+    """The batch's known-future covariates when the model reads ``control_dim > 0`` channels of them (None
+    otherwise); a one-line ForecastError when they are missing or of another width."""
+    if not control_dim:
+        return None
+    cov = batch.covariates
+    if cov is None:
+        raise ForecastError(f"{where}: the model was trained with known-future covariates ({control_dim} channels) "
+                            "but the batch has none; pass them (--data.future_cols / --data.calendar, or "
+                            "Forecaster.predict(..., future=DataFrame))")
+    if cov.dim != control_dim:
+        raise ForecastError(f"{where}: the batch has {cov.dim} covariate channels but the model was built for "
+                            f"{control_dim}; pass the covariates it was trained with")
+    return cov
+
+
 def gaussian_nll(x: Tensor, mean: Tensor, std: Tensor, mask: Tensor) -> Tensor:
     """Masked Gaussian negative log-likelihood summed over the masked entries (same shapes)."""
     var = std * std
@@ -203,10 +219,13 @@ class ForecastModel(nn.Module):
     """
 
     input_dim: int
+    #: channels of the known-future covariates ``u(t)`` the evolutions read (0: none; set by subclasses)
+    control_dim: int = 0
 
     def __init__(self) -> None:
         super().__init__()
         self.last_nfe = 0.0
+        self._control = None
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -223,12 +242,13 @@ class ForecastModel(nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
-        out = evolution(h0, t, t_mask)
+        out = evolution(h0, t, t_mask) if self._control is None else evolution(h0, t, t_mask, control=self._control)
         self.last_nfe += float(getattr(evolution, "last_nfe", 0) or 0)
         return out
 
     def _grid(self, batch: Batch, query_times: Tensor | None) -> Grid:
         check_batch(batch, self.input_dim, type(self).__name__)
+        self._control = check_control(batch, self.control_dim, type(self).__name__)
         if query_times is None or (query_times is batch.times):
             return batch_grid(batch)
         return merge_grid(batch, query_times)

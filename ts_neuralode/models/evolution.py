@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.models.control import ControlledGRUField, ControlledMLPField, controlled_field, controlled_flow
 from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
@@ -46,9 +47,10 @@ BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
 class Evolution(nn.Module):
     """Base class. ``forward(h0 [..., B, H], t [T] | [B, T], t_mask [B, T] | None) -> [..., B, T, H]``."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, control_dim: int = 0) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
+        self.control_dim = int(control_dim)
         self.last_nfe: float = 0.0  # function evaluations of the last forward, mean over samples
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -66,8 +68,18 @@ class Evolution(nn.Module):
             t_mask = t_mask.to(device=h0.device, dtype=torch.bool)
         return t, t_mask
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:  # pragma: no cover
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None,
+                control=None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def _control(self, control):
+        """The control ``u`` an evolution built with ``control_dim`` needs (:mod:`ts_neuralode.models.control`)."""
+        if self.control_dim and control is None:
+            raise ValueError(f"this evolution was built for a control of {self.control_dim} channels (known-future "
+                             "covariates) but none was given")
+        if control is not None and control.dim != self.control_dim:
+            raise ValueError(f"control has {control.dim} channels but the evolution was built for {self.control_dim}")
+        return control if self.control_dim else None
 
 
 # --------------------------------------------------------------------------------------------- ODE
@@ -109,6 +121,13 @@ def make_vector_field(
     raise ConfigError(f"vector_field={vector_field!r} is not supported; choose one of {', '.join(VECTOR_FIELDS)}")
 
 
+def make_controlled_field(config: EvolutionConfig, dim: int, control_dim: int) -> nn.Module:
+    """The config's field (``mlp`` or ``gru``) reading a control ``u`` of ``control_dim`` channels."""
+    if config.vector_field == "gru":
+        return ControlledGRUField(dim, control_dim)
+    return ControlledMLPField(dim, control_dim, config.hidden_dim, config.num_layers, config.activation)
+
+
 class ODEEvolution(Evolution):
     """Vector field integrated by :func:`ts_neuralode.solvers.odeint`.
 
@@ -122,30 +141,37 @@ class ODEEvolution(Evolution):
     the solver's per-sample :class:`SolverStats`.
     """
 
-    def __init__(self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None,
+                 control_dim: int = 0) -> None:
+        super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig()).resolve(**BUILD_DEFAULTS)
+        if field is None and control_dim:
+            field = make_controlled_field(config, dim, control_dim)
         if field is None:
             field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
                                       num_layers=config.num_layers, activation=config.activation)
         self.field = field
         self.last_stats = None
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
+        control = self._control(control)
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
             lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
             n = math.prod(lead)
             out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
-                               None if t_mask is None else t_mask.repeat(n, 1))
+                               None if t_mask is None else t_mask.repeat(n, 1),
+                               None if control is None else control.repeat(n))
             return out.reshape(*lead, B, out.shape[-2], H)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
             return h0.unsqueeze(1)
         c = self.config
+        func = self.field if control is None else controlled_field(self.field, control)
         sol = odeint(
-            self.field, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
+            func, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
             adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
+            adjoint_params=list(self.field.parameters()) if c.adjoint else None,
         )
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
@@ -166,22 +192,24 @@ class FlowEvolution(Evolution):
         flow: a ready :class:`Flow` (overrides the config's flow options).
     """
 
-    def __init__(self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None,
+                 control_dim: int = 0) -> None:
+        super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig(kind="resnet_flow")).resolve(**BUILD_DEFAULTS)
-        if flow is None:
+        if flow is None:  # with a control the flow acts on [h, u] (ts_neuralode.models.control)
             flow = make_flow(
-                config.kind, dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
+                config.kind, dim + self.control_dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
                 num_layers=config.num_layers, activation=config.activation, time_embedding=config.time_embedding,
                 time_embedding_features=config.time_embedding_features, coeff=config.coeff,
             )
-        elif flow.dim != dim:
-            raise ConfigError(f"flow has dim={flow.dim} but the evolution was built for dim={dim}")
+        elif flow.dim != dim + self.control_dim:
+            raise ConfigError(f"flow has dim={flow.dim} but the evolution was built for dim={dim + self.control_dim}")
         self.kind = config.kind
         self.flow = flow
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
+        control = self._control(control)
         B, T = h0.shape[-2], t.shape[-1]
         if t.dim() == 1:
             t = t.unsqueeze(0)  # [1, T], broadcast over the batch below
@@ -193,6 +221,8 @@ class FlowEvolution(Evolution):
         self.last_nfe = 0.0
         if T == 1:
             return h0.unsqueeze(-2)
+        if control is not None:
+            return controlled_flow(self.flow, h0, t.expand(B, T), control, self.dim)
         # F(0, h0) = h0 exactly, so index 0 is h0 itself and only the T - 1 later times are computed
         # (half the work for the two-point calls of recurrent encoders). A shared grid stays [1, T-1, 1]
         # and leading sample dims are broadcast: time embeddings are computed once per time row.

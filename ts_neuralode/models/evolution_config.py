@@ -92,13 +92,14 @@ class EvolutionConfig:
         """Plain JSON-able options (hyperparameters, model directories)."""
         return asdict(self)
 
-    def build(self, state_dim: int):
-        """The :class:`~ts_neuralode.models.evolution.Evolution` of a state of size ``state_dim``."""
+    def build(self, state_dim: int, control_dim: int = 0):
+        """The :class:`~ts_neuralode.models.evolution.Evolution` of a state of size ``state_dim``, driven by a
+        control ``u(t)`` of ``control_dim`` channels when > 0 (:mod:`ts_neuralode.models.control`)."""
         from ts_neuralode.models.evolution import FlowEvolution, ODEEvolution
 
         if self.kind == "ode":
-            return ODEEvolution(state_dim, self)
-        return FlowEvolution(state_dim, self)
+            return ODEEvolution(state_dim, self, control_dim=control_dim)
+        return FlowEvolution(state_dim, self, control_dim=control_dim)
 
 
 def evolution_kind(value: "EvolutionConfig | str | Mapping[str, Any] | None") -> str:

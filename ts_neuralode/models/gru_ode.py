@@ -42,7 +42,8 @@ class GRUODE(FilteringModel):
     """GRU-ODE-Bayes forecaster (evolution kind ``"ode"``: continuous GRU field by default; ``"gru_flow"``: GRU flow).
 
     Args as :class:`~ts_neuralode.models.ode_rnn.ODERNN`, plus ``prep_dim`` (per-channel jump features),
-    ``obs_std`` (std of the KL target N(x, obs_std²)) and ``kl_weight`` (1e-4 as in the paper).
+    ``obs_std`` (std of the KL target N(x, obs_std²)), ``kl_weight`` (1e-4 as in the paper) and ``control_dim``
+    (known-future covariates: the GRU gates also read ``u(t)``).
     """
 
     def __init__(
@@ -56,8 +57,10 @@ class GRUODE(FilteringModel):
         prep_dim: int = 8,
         obs_std: float = 0.01,
         kl_weight: float = 1e-4,
+        control_dim: int = 0,
     ) -> None:
         super().__init__(loss=loss, min_std=min_std)
+        self.control_dim = int(control_dim)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, prep_dim=prep_dim,
                        obs_std=obs_std, min_std=min_std)
         self.input_dim = input_dim
@@ -66,7 +69,7 @@ class GRUODE(FilteringModel):
         # the evolution's field defaults to the continuous GRU dynamics (``vector_field="gru"``)
         config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="gru")
         self.h0 = nn.Parameter(torch.zeros(latent_dim))
-        self.evolution = config.build(latent_dim)
+        self.evolution = config.build(latent_dim, self.control_dim)
         self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1, activation="relu")
         self.jump = GRUBayesUpdate(input_dim, latent_dim, prep_dim)
 

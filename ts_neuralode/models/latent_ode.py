@@ -142,6 +142,8 @@ class LatentODE(ForecastModel):
         score_context: the loss also reconstructs the conditioning points (default; in extrapolation and
             forecasting it is then not only the targets after the cut — measured in
             results/latent_ode_ablation.md: without it the periodic extrapolation stays on the plateau).
+        control_dim: channels of the known-future covariates ``u(t)`` driving the decoder (and the encoder's
+            evolution); 0: none.
     """
 
     def __init__(
@@ -160,8 +162,10 @@ class LatentODE(ForecastModel):
         posterior_std_init: float = math.log(2.0),
         anchor: str = "first",
         score_context: bool = True,
+        control_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.control_dim = int(control_dim)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_std=obs_std,
                        iwae_samples=iwae_samples, posterior_std_init=posterior_std_init)
         if kl_warmup_epochs < 0:
@@ -184,9 +188,9 @@ class LatentODE(ForecastModel):
         enc_kind = config.kind if encoder_evolution == "same" else encoder_evolution
         enc_config = replace(config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False,
                              vector_field="mlp")
-        self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim))
+        self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim, self.control_dim))
         self.to_z0 = mlp(enc_dim, 2 * latent_dim, hidden_dim, num_layers=1)
-        self.evolution = config.build(latent_dim)
+        self.evolution = config.build(latent_dim, self.control_dim)
         self.decoder = nn.Linear(latent_dim, input_dim)
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,0 +1,360 @@
+"""Known-future covariates: inputs given for any time (a dosing schedule, a price plan, the calendar) that drive
+a model's dynamics as a control, ``dh/dt = f(t, h, u(t))``.
+
+Input: extra numeric columns of the same long CSV/DataFrame as the target (``future_cols``). Each column has
+its own sample grid per series — the rows where its cell is filled; a row may carry a covariate and no target
+value (a dose given when nothing was measured), and a target row may leave the covariate empty. Between its
+samples a column is interpolated, per column (``interp``): ``"constant"`` (piecewise constant, right-continuous:
+the last sample's value holds until the next sample — a rate switched at known times) or ``"linear"``. Before a
+series' first sample a column holds its first value, after its last one its last value (in training; a forecast
+must cover its query times, see :meth:`CovariateArrays.check_coverage`). Values are standardised with the
+training series' mean and std (``center`` / ``scale``).
+
+Calendar features (``calendar``: ``time_of_day``, ``day_of_week``, ``day_of_year``) need datetimes and are
+computed, not interpolated: each is a ``(sin, cos)`` pair of the local wall-clock phase (periods 1 day, 7 days
+from Monday 00:00, 365.2425 days from 1 January of 1970; a DST change shifts a series by its offset change).
+
+In a :class:`~ts_neuralode.data.batch.Batch` the covariates are a :class:`CovariateBatch`: each series' knots
+(the union of its columns' sample times, every column resampled onto them by its own rule — exact for both
+rules), in the batch's model time, plus the calendar phases at model time 0. ``CovariateBatch(t)`` evaluates
+``u(t)`` for any model time; the models hand it to their evolution (:mod:`ts_neuralode.models.control`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ts_neuralode.errors import ConfigError, DataError, ForecastError, check_choice
+
+INTERPOLATIONS = ("constant", "linear")
+#: calendar feature -> (period in ns, phase offset in ns: the epoch 1970-01-01 was a Thursday)
+CALENDAR = {
+    "time_of_day": (86_400 * 10**9, 0),
+    "day_of_week": (7 * 86_400 * 10**9, 3 * 86_400 * 10**9),
+    "day_of_year": (int(365.2425 * 86_400 * 10**9), 0),
+}
+
+
+@dataclass
+class CovariateSpec:
+    """Which covariates a model takes and how they are scaled (JSON: :meth:`state_dict`; a saved model keeps it in
+    its hyperparameters, so a forecast knows which columns it needs).
+
+    Attributes:
+        future_cols: known-future covariate columns; interp: ``"constant"`` or ``"linear"`` per column.
+        center / scale: per column standardisation (training series).
+        calendar: calendar feature names (:data:`CALENDAR`); freq: their frequencies in cycles per *model* time
+            unit (set by :meth:`fit` from the time codec and the transform's time scale).
+    """
+
+    future_cols: list[str]
+    interp: list[str]
+    center: list[float]
+    scale: list[float]
+    calendar: list[str]
+    freq: list[float]
+
+    @property
+    def control_dim(self) -> int:
+        """Channels of ``u(t)``: one per column, two (sin, cos) per calendar feature."""
+        return len(self.future_cols) + 2 * len(self.calendar)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.future_cols) + [f"{c}_{f}" for c in self.calendar for f in ("sin", "cos")]
+
+    def state_dict(self) -> dict:
+        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, d: Mapping[str, Any] | None) -> "CovariateSpec | None":
+        if not d:
+            return None
+        return cls(**{f.name: list(d.get(f.name) or []) for f in fields(cls)})
+
+    @classmethod
+    def configure(cls, future_cols: Sequence[str] | str | None, interp: str | Sequence[str] | Mapping[str, str] | None,
+                  calendar: Sequence[str] | str | None) -> "CovariateSpec | None":
+        """Validate the options (before any data is read); None when there are no covariates."""
+        cols = [future_cols] if isinstance(future_cols, str) else list(future_cols or [])
+        cal = [calendar] if isinstance(calendar, str) else list(calendar or [])
+        if len(set(cols)) != len(cols):
+            raise ConfigError(f"future_cols={cols} names a column twice; list each once")
+        for c in cal:
+            check_choice(c, "calendar", tuple(CALENDAR))
+        if not cols and not cal:
+            if interp not in (None, "constant", "linear", [], {}):
+                raise ConfigError(f"future_interp={interp!r} is set but future_cols is empty; pass --data.future_cols")
+            return None
+        if interp is None or isinstance(interp, str):
+            kinds = [interp or "constant"] * len(cols)
+        elif isinstance(interp, Mapping):
+            unknown = sorted(set(interp) - set(cols))
+            if unknown:
+                raise ConfigError(f"future_interp names columns {unknown} that are not in future_cols {cols}")
+            kinds = [interp.get(c, "constant") for c in cols]
+        else:
+            kinds = list(interp)
+            if len(kinds) != len(cols):
+                raise ConfigError(f"future_interp has {len(kinds)} entries but future_cols has {len(cols)}; give one "
+                                  "per column, one for all ('linear'), or a {column: kind} dict")
+        for k in kinds:
+            check_choice(k, "future_interp", INTERPOLATIONS)
+        return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal))
+
+    def fit(self, arrays: "CovariateArrays", train: np.ndarray, codec, time_scale: float) -> "CovariateSpec":
+        """Scales from the samples of the training series ``train``; calendar frequencies in model units."""
+        center, scale = [], []
+        for c in range(len(self.future_cols)):
+            v = np.concatenate([arrays.raw_samples[c][s] for s in train]) if len(train) else np.zeros(0)
+            mu = float(v.mean()) if v.size else 0.0
+            sd = float(v.std()) if v.size else 1.0
+            center.append(mu)
+            scale.append(sd if np.isfinite(sd) and sd > 0 else 1.0)
+        if self.calendar and not codec.is_datetime:
+            raise ConfigError(f"calendar={self.calendar} needs a datetime time column, but the times are numbers; "
+                              "drop --data.calendar or pass datetimes")
+        freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
+        return replace(self, center=center, scale=scale, freq=freq)
+
+
+def _numeric(col: pd.Series, name: str, where) -> np.ndarray:
+    from ts_neuralode.data.io import _to_numeric
+
+    return _to_numeric(col, name, where)
+
+
+@dataclass
+class CovariateArrays:
+    """Per-series covariate knots in raw time (aligned with a SeriesTable's series).
+
+    Attributes:
+        knots: ``[M]`` float64 raw times, sorted within each series (the union of its columns' sample times).
+        values: ``[M, C]`` float64 original values, each column resampled onto the knots by its own rule.
+        starts / counts: ``[S]`` the rows of each series.  last: ``[S, C]`` raw time of each column's last sample.
+        raw_samples: per column, per series, the sampled values (for fitting the scaler).
+    """
+
+    knots: np.ndarray
+    values: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    last: np.ndarray
+    raw_samples: list
+
+    @classmethod
+    def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
+             what: str = "future_cols") -> "CovariateArrays":
+        """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames, e.g. the history and a frame of
+        future values; rows of all of them together) for the series of ``table`` (matched by id)."""
+        from ts_neuralode.data.io import _Where, read_frame
+        from ts_neuralode.data.timecodec import parse_time_column
+
+        cols, S = spec.future_cols, table.n_series
+        per_col: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in cols]
+        pos = {str(i): k for k, i in enumerate(table.ids)}
+        for src in sources if cols else ():
+            if isinstance(src, pd.DataFrame):
+                df, where = src, _Where("<DataFrame>", False)
+            else:
+                df, where = read_frame(src), _Where(os.fspath(src), True)
+            df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
+            for c in cols:
+                if c not in df.columns:
+                    raise DataError(f"{where.source}: missing known-future covariate column '{c}' (columns: "
+                                    f"{', '.join(map(str, df.columns))}); add it or drop it from future_cols")
+            if time_col not in df.columns:
+                raise DataError(f"{where.source}: missing time column '{time_col}'; the covariate rows need it")
+            if len(df) == 0:
+                continue
+            t, _, _ = parse_time_column(df[time_col], time_col, where, None, table.codec)
+            if id_col is not None and id_col in df.columns:
+                code = np.array([pos.get(str(v), -1) for v in df[id_col].to_numpy()], dtype=np.int64)
+            else:
+                code = np.zeros(len(df), dtype=np.int64) if S == 1 else np.full(len(df), -1)
+            for k, c in enumerate(cols):
+                v = _numeric(df[c], c, where)
+                ok = ~np.isnan(v) & (code >= 0)
+                per_col[k].append((code[ok], t[ok], v[ok]))
+        # per column: sorted (series, time) samples; duplicates averaged
+        samples = []
+        for k, c in enumerate(cols):
+            code = np.concatenate([p[0] for p in per_col[k]]) if per_col[k] else np.zeros(0, np.int64)
+            t = np.concatenate([p[1] for p in per_col[k]]) if per_col[k] else np.zeros(0)
+            v = np.concatenate([p[2] for p in per_col[k]]) if per_col[k] else np.zeros(0)
+            order = np.lexsort((t, code))
+            code, t, v = code[order], t[order], v[order]
+            new = np.ones(len(t), dtype=bool)
+            new[1:] = (code[1:] != code[:-1]) | (t[1:] != t[:-1])
+            grp = np.flatnonzero(new)
+            if len(grp) < len(t):
+                v = np.add.reduceat(v, grp) / np.diff(np.append(grp, len(t)))
+                code, t = code[grp], t[grp]
+            cnt = np.bincount(code, minlength=S)
+            if (cnt == 0).any():
+                sid = table.ids[int(np.flatnonzero(cnt == 0)[0])]
+                raise DataError(f"{table.source}: known-future covariate '{c}' has no value for series {sid!r}; "
+                                "fill it in for every series (it drives the model at every time)")
+            off = np.concatenate([[0], np.cumsum(cnt)])
+            samples.append([(t[off[s]:off[s + 1]], v[off[s]:off[s + 1]]) for s in range(S)])
+        knots, values, counts, last = [], [], np.zeros(S, np.int64), np.zeros((S, len(cols)))
+        for s in range(S):
+            ks = np.unique(np.concatenate([samples[k][s][0] for k in range(len(cols))])) if cols else np.zeros(0)
+            vs = np.empty((len(ks), len(cols)))
+            for k in range(len(cols)):
+                ts, v = samples[k][s]
+                last[s, k] = ts[-1]
+                if spec.interp[k] == "linear":
+                    vs[:, k] = np.interp(ks, ts, v)
+                else:
+                    vs[:, k] = v[np.clip(np.searchsorted(ts, ks, side="right") - 1, 0, len(ts) - 1)]
+            knots.append(ks)
+            values.append(vs)
+            counts[s] = len(ks)
+        starts = (np.cumsum(counts) - counts).astype(np.int64)
+        raw = [[samples[k][s][1] for s in range(S)] for k in range(len(cols))]
+        cat = lambda a, w: np.concatenate(a) if a else np.zeros((0,) * w)  # noqa: E731
+        return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
+                   last, raw)
+
+    def subset(self, idx: Sequence[int]) -> "CovariateArrays":
+        """The arrays of series ``idx`` (in that order)."""
+        idx = np.asarray(list(idx), dtype=np.int64)
+        n = self.counts[idx]
+        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in idx]) \
+            if len(idx) else np.zeros(0, np.int64)
+        starts = (np.cumsum(n) - n).astype(np.int64)
+        raw = [[col[i] for i in idx] for col in self.raw_samples]
+        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw)
+
+    def check_coverage(self, spec: CovariateSpec, ids: Sequence, idx: Sequence[int], until: np.ndarray,
+                       codec) -> None:
+        """ForecastError naming the column and series when a column's last sample of series ``idx[i]`` lies before
+        ``until[i]`` (its latest query time): a known-future covariate must be known for every query time."""
+        for i, s in enumerate(idx):
+            short = np.flatnonzero(self.last[s] < until[i])
+            if short.size:
+                c = spec.future_cols[int(short[0])]
+                fmt = lambda x: str(codec.from_float(np.array([x]))[0])  # noqa: E731
+                raise ForecastError(f"known-future covariate '{c}' is missing for query time {fmt(until[i])} of series "
+                                    f"{ids[s]!r} (its last value is at {fmt(self.last[s, int(short[0])])}); pass "
+                                    f"future=DataFrame with {c} up to the last query time")
+
+    def batch(self, spec: CovariateSpec, idx: np.ndarray, origin: np.ndarray, time_scale: float, codec,
+              lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> "CovariateBatch":
+        """The :class:`CovariateBatch` of series ``idx`` whose model time 0 is raw time ``origin`` [b]. With
+        ``lo``/``hi`` (raw) only the knots that matter on ``[lo, hi]`` are kept (the last one at or before ``lo``
+        through the first one at or after ``hi``)."""
+        from ts_neuralode.data.batching import segment_searchsorted
+
+        idx = np.asarray(idx, dtype=np.int64)
+        start, count = self.starts[idx], self.counts[idx]
+        a = np.zeros(len(idx), np.int64) if lo is None else np.maximum(
+            segment_searchsorted(self.knots, start, count, lo, "right") - 1, 0)
+        b = count if hi is None else np.minimum(segment_searchsorted(self.knots, start, count, hi, "left") + 1, count)
+        b = np.maximum(b, a + 1)
+        n = b - a
+        width = int(n.max()) if len(idx) else 0
+        pos = np.minimum(np.arange(width)[None, :], (n - 1)[:, None])  # padding repeats the last knot
+        rows = (start + a)[:, None] + pos
+        c = len(spec.future_cols)
+        knots = (self.knots[rows] - origin[:, None]) / time_scale if c else np.zeros((len(idx), 1))
+        vals = (self.values[rows] - np.asarray(spec.center)) / np.asarray(spec.scale) if c else \
+            np.zeros((len(idx), 1, 0))
+        phase = np.zeros((len(idx), len(spec.calendar)))
+        if spec.calendar:
+            ns = codec.from_float(np.asarray(origin, dtype=np.float64))
+            local = (ns.tz_localize(None) if ns.tz is not None else ns).asi8
+            for p, name in enumerate(spec.calendar):
+                period, offset = CALENDAR[name]
+                phase[:, p] = np.mod(local + offset, period) / period
+        as_t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
+        return CovariateBatch(as_t(knots), as_t(vals), torch.tensor([k == "linear" for k in spec.interp],
+                                                                      dtype=torch.bool),
+                              as_t(phase), torch.tensor(spec.freq, dtype=torch.float32))
+
+
+@dataclass
+class CovariateSource:
+    """What a collate needs to attach covariates to a batch: the spec, the series' arrays, the time codec and
+    scale, and each series' model-time origin (raw)."""
+
+    spec: CovariateSpec
+    arrays: CovariateArrays
+    codec: Any
+    time_scale: float
+    origins: np.ndarray
+
+    def batch(self, idx: np.ndarray, origin: np.ndarray | None = None, lo: np.ndarray | None = None,
+              hi: np.ndarray | None = None) -> "CovariateBatch":
+        origin = self.origins[np.asarray(idx, dtype=np.int64)] if origin is None else origin
+        return self.arrays.batch(self.spec, idx, np.asarray(origin, dtype=np.float64), self.time_scale, self.codec,
+                                 lo, hi)
+
+
+@dataclass
+class CovariateBatch:
+    """``u(t)`` of a batch (see the module docstring).
+
+    Attributes:
+        knots: ``[B, K]`` model times, sorted per row (padding repeats the row's last knot).
+        values: ``[B, K, C]`` scaled column values at the knots.  linear: ``[C]`` bool, linear (else constant).
+        phase: ``[B, P]`` calendar phases (cycles) at model time 0.  freq: ``[P]`` cycles per model time unit.
+    """
+
+    knots: Tensor
+    values: Tensor
+    linear: Tensor
+    phase: Tensor
+    freq: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.values.shape[-1] + 2 * self.phase.shape[-1]
+
+    def to(self, device, non_blocking: bool = False) -> "CovariateBatch":
+        return CovariateBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                 for f in fields(self)})
+
+    def pin_memory(self) -> "CovariateBatch":
+        return CovariateBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def repeat(self, n: int) -> "CovariateBatch":
+        """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
+        if n == 1:
+            return self
+        return replace(self, knots=self.knots.repeat(n, 1), values=self.values.repeat(n, 1, 1),
+                       phase=self.phase.repeat(n, 1))
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """``u`` at model times ``t`` ``[B]`` or ``[B, T]`` -> ``[B, C_u]`` or ``[B, T, C_u]``."""
+        squeeze = t.dim() == 1
+        if t.dim() == 0:
+            t, squeeze = t.expand(self.knots.shape[0]), True
+        tt = (t.unsqueeze(1) if squeeze else t).to(self.knots.dtype)
+        parts = []
+        if self.values.shape[-1]:
+            K = self.knots.shape[1]
+            i0 = (torch.searchsorted(self.knots, tt.contiguous(), right=True) - 1).clamp(0, K - 1)
+            i1 = (i0 + 1).clamp(max=K - 1)
+            k0, k1 = self.knots.gather(1, i0), self.knots.gather(1, i1)
+            w = torch.where(k1 > k0, (tt - k0) / (k1 - k0).clamp_min(1e-12), torch.zeros_like(tt)).clamp(0, 1)
+            C = self.values.shape[-1]
+            v0 = self.values.gather(1, i0.unsqueeze(-1).expand(*i0.shape, C))
+            v1 = self.values.gather(1, i1.unsqueeze(-1).expand(*i1.shape, C))
+            parts.append(torch.where(self.linear, v0 + w.unsqueeze(-1) * (v1 - v0), v0))
+        if self.phase.shape[-1]:
+            ang = 2 * torch.pi * (self.phase.unsqueeze(1) + tt.unsqueeze(-1) * self.freq)
+            parts.append(torch.stack([torch.sin(ang), torch.cos(ang)], -1).flatten(-2))
+        out = torch.cat(parts, -1).to(t.dtype)
+        return out.squeeze(1) if squeeze else out
+
+
+__all__ = ["CovariateSpec", "CovariateArrays", "CovariateSource", "CovariateBatch", "CALENDAR", "INTERPOLATIONS"]
