@@ -75,6 +75,9 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
     p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
     p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    p.add_argument("--future", default=None,
+                   help="CSV of known-future covariate values after the history (id, time and the model's "
+                        "future_cols), for a model trained with --data.future_cols")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
     g.add_argument("--horizon", default=None,
                    help="how far past each series' last observation: a number of time units or a duration "
@@ -167,7 +170,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, **read,
+        context=args.context, future=args.future, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)
@@ -266,7 +269,7 @@ USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,generate,benchmar
   test       evaluate on the test split (--ckpt_path PATH)
   predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
   forecast   forecast a history CSV at future times with a trained model (CSV + PNGs)
-  generate   write a synthetic data set (sine, square, ..., periodic, double_ou) as CSV
+  generate   write a synthetic data set (sine, square, ..., periodic, double_ou, pk) as CSV
   benchmark  ODE vs flow speed and accuracy
 
 '{PROG} SUBCOMMAND --help' lists a subcommand's options; '{PROG} fit --print_config' prints a full config.
