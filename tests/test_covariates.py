@@ -212,3 +212,32 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path):
     assert "known-future covariate 'rate' is missing for query time 11" in msg and "\n" not in msg
     with pytest.raises(DataError, match="missing known-future covariate column 'rate'"):
         fc.predict(hist[["unique_id", "ds", "y"]], times=[7.0])
+
+
+def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
+    """Forecaster.fit runs the CLI's fit (checkpoints, model directory, MLflow run on a real server) and returns a
+    forecaster that predicts; the covariates travel through it too."""
+    from mlflow import MlflowClient
+
+    from ts_neuralode.forecaster import Forecaster
+
+    df = generate("pk", n_series=12, n_points=20, seed=2)
+    fc = Forecaster.fit(df, "ode_rnn", data_options={"future_cols": ["rate"], "batch_size": 8, "layout": "padded"},
+                        model_options={"latent_dim": 4, "hidden_dim": 8, "evolution": {"kind": "gru_flow"}},
+                        trainer={"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+                        output_dir=tmp_path / "run", tracking_uri=mlflow_server, experiment_name="fit_api",
+                        run_name="pk", log_model=False)
+    assert isinstance(fc, Forecaster) and fc.covariate_spec.future_cols == ["rate"]
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert any(p.suffix == ".ckpt" for p in (tmp_path / "run" / "checkpoints").iterdir())
+    run = MlflowClient(mlflow_server).get_run(fc.fit_info["run_id"])
+    assert run.data.params["model"] == "ode_rnn" and "epoch/train_loss" in run.data.metrics
+    out = fc.predict(df, horizon=1.0, num_points=3, num_samples=2,
+                     future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": 12.0, "rate": 0.0}))
+    assert len(out) == 36 and np.isfinite(out[fc.name]).all()
+    again = Forecaster.load(fc.fit_info["model_dir"])
+    pd.testing.assert_frame_equal(again.predict(df, horizon=1.0, num_points=3, num_samples=2,
+                                                future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()),
+                                                                     "ds": 12.0, "rate": 0.0})), out)
+    with pytest.raises(ConfigError, match="config file not found"):
+        Forecaster.fit(df, "configs/nope.yaml", output_dir=tmp_path / "bad", tracking=False)

@@ -90,6 +90,7 @@ class Forecaster:
         self.context = context
         #: the known-future covariates the model reads (None: none); ``predict`` needs them for every query time
         self.covariate_spec = CovariateSpec.from_state_dict(self.hparams.get("covariates"))
+        self.fit_info: dict | None = None  # set by Forecaster.fit
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -99,6 +100,31 @@ class Forecaster:
         the forecast task, its context)."""
         read = dict(getattr(datamodule, "read_kwargs", {}) or {})
         return cls(module, datamodule.transform, read, name=name, context=training_context(datamodule))
+
+    @classmethod
+    def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
+            model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
+            output_dir: str | os.PathLike = "ts_neuralode_fit", tracking: bool = True, tracking_uri: str | None = None,
+            experiment_name: str | None = None, run_name: str | None = None, log_model: bool = True,
+            seed: int = 0) -> "Forecaster":
+        """Train a model from Python through the same code path as ``ts-neuralode fit`` (its LightningCLI, callbacks,
+        checkpoints, model export and MLflow tracking; :mod:`ts_neuralode.fit_api`) and return it fitted.
+
+        Args:
+            data: a DataFrame (written to ``<output_dir>/data.csv``) or a CSV path.
+            model: a model name (``latent_ode``, ``ode_rnn``, ``gru_ode``) or a config file (``configs/demo.yaml``).
+            data_options / model_options / trainer: ``--data.*`` / ``--model.*`` / ``--trainer.*`` options as dicts
+                (``{"evolution": {"kind": "gru_flow"}}`` for ``--model.evolution.kind``); they override the config.
+            output_dir: checkpoints (``checkpoints/``) and the model directory (``model/``) go here.
+            tracking, tracking_uri, experiment_name, run_name, log_model: MLflow, as the CLI options of those names.
+            seed: ``--seed_everything``.
+        The returned forecaster's ``fit_info`` holds the command line, the directories and the MLflow run id.
+        """
+        from ts_neuralode.fit_api import fit
+
+        return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
+                   output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
