@@ -241,3 +241,15 @@ def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
                                                                      "ds": 12.0, "rate": 0.0})), out)
     with pytest.raises(ConfigError, match="config file not found"):
         Forecaster.fit(df, "configs/nope.yaml", output_dir=tmp_path / "bad", tracking=False)
+
+
+def test_readme_fit_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's Forecaster.fit example, executed verbatim (in a scratch directory)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- readme-example: fit -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "unique_id" in printed and (tmp_path / "pk_run" / "model" / "config.json").is_file()
