@@ -253,3 +253,56 @@ def test_readme_fit_example_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "unique_id" in printed and (tmp_path / "pk_run" / "model" / "config.json").is_file()
+
+
+def _static_past_frame() -> pd.DataFrame:
+    df = generate("pk", n_series=10, n_points=15, seed=3)
+    ids = sorted(df.unique_id.unique())
+    site = {s: ("north" if i % 3 else "south") for i, s in enumerate(ids)}
+    age = {s: 30.0 + 5 * i for i, s in enumerate(ids)}
+    df["site"], df["age"] = df.unique_id.map(site), df.unique_id.map(age)
+    rng = np.random.default_rng(0)
+    df["temp"] = np.where(rng.random(len(df)) < 0.5, rng.normal(size=len(df)), np.nan)  # its own sparse grid
+    return df
+
+
+@pytest.mark.parametrize("model", ["ode_rnn", "gru_ode", "latent_ode"])
+def test_past_and_static_covariates(model, tmp_path):
+    """Past-only covariates are input channels that are never scored; static ones condition the initial state; the
+    forecaster reads both from the history and forecasts only the targets."""
+    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.lightning import ForecastingModule
+
+    df = _static_past_frame()
+    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", past_cols=["temp"], static_cols=["site", "age"],
+                                       future_cols=["rate"], layout="padded", batch_size=10, val_fraction=0,
+                                       test_fraction=0)
+    assert dm.channel_names == ["y", "temp"]
+    spec = CovariateSpec.from_state_dict(dm.covariates)
+    assert spec.static_kind == ["categorical", "numeric"] and spec.static_vocab[0] == ["north", "south"]
+    assert spec.static_dim == 3
+    batch = next(iter(dm.train_dataloader()))
+    assert float(batch.target_mask[..., 1].sum()) == 0 and float(batch.obs_mask[..., 1].sum()) > 0
+    static = batch.covariates.static
+    assert static.shape == (10, 3) and torch.equal(static[:, :2].sum(1), torch.ones(10))
+    module = ForecastingModule(model=model, input_dim=2, latent_dim=4, hidden_dim=8, covariates=dm.covariates,
+                               evolution={"kind": "ode", "method": "euler", "step_size": 0.5})
+    loss, _ = module.model.loss(batch)
+    loss.backward()
+    head = module.model.decoder.weight if model == "latent_ode" else module.model.head[-1].weight
+    if model != "gru_ode":  # (GRU-ODE's jump also reads the predicted mean of every channel: a gradient path)
+        assert float(head.grad[1].abs().sum()) == 0.0  # the past channel's prediction is never scored
+    assert float(head.grad[0].abs().sum()) > 0.0
+    fc = Forecaster.from_module(module, dm)
+    fc.save(tmp_path / "m")
+    fc = Forecaster.load(tmp_path / "m")
+    end = pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": 12.0, "rate": 0.0})
+    out = fc.predict(df, horizon=1.0, num_points=2, num_samples=1, future=end)
+    assert "channel" not in out.columns and len(out) == 20  # only y is forecast
+    other = df.assign(site=df.site.map({"north": "south", "south": "north"}))
+    moved = fc.predict(other, horizon=1.0, num_points=2, num_samples=1, future=end)
+    assert not np.array_equal(out[fc.name], moved[fc.name])  # the static category reaches the forecast
+    bad = df.copy()
+    bad.loc[bad.index[3], "age"] = 99.0
+    with pytest.raises(DataError, match="one value per series"):
+        fc.predict(bad, horizon=1.0, num_points=2, future=end)

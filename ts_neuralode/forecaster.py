@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -91,6 +92,11 @@ class Forecaster:
         #: the known-future covariates the model reads (None: none); ``predict`` needs them for every query time
         self.covariate_spec = CovariateSpec.from_state_dict(self.hparams.get("covariates"))
         self.fit_info: dict | None = None  # set by Forecaster.fit
+        n_past = len(self.covariate_spec.past_cols) if self.covariate_spec is not None else 0
+        #: the transform of the forecast channels (the training channels but the past-only covariates)
+        self.output_transform = transform if not n_past else replace(
+            transform, channel_names=transform.channel_names[:-n_past], center=transform.center[:-n_past],
+            scale=transform.scale[:-n_past])
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -250,15 +256,16 @@ class Forecaster:
         spec = self.covariate_spec
         if spec is None:
             return None
-        if not spec.future_cols:
+        if not spec.future_cols and not spec.static_cols:
             return CovariateArrays.read([], table, spec, id_col=table.id_col, time_col=table.time_col)
         if not isinstance(history, (str, os.PathLike, pd.DataFrame)):
-            raise ForecastError(f"the model reads known-future covariates {spec.future_cols}: pass the history as a "
-                                "DataFrame or CSV path holding them")
+            raise ForecastError(f"the model reads covariates {spec.future_cols + spec.static_cols}: pass the history "
+                                "as a DataFrame or CSV path holding them")
         sources = [history] + ([] if future is None else [future])
         arrays = CovariateArrays.read(sources, table, spec, id_col=table.id_col, time_col=table.time_col)
-        arrays.check_coverage(spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]),
-                              self.transform.codec)
+        if spec.future_cols:
+            arrays.check_coverage(spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]),
+                                  self.transform.codec)
         return arrays
 
     def _duration(self, value: Any, what: str) -> float:
@@ -310,6 +317,10 @@ class Forecaster:
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
         bands = quantile_bands(fc, levels, qs)
+        n_out = self.output_transform.num_channels  # past-only covariate channels are inputs, never forecast
+        if n_out < mean.shape[-1]:
+            mean, bands = mean[..., :n_out], {k: v[..., :n_out] for k, v in bands.items()}
+            prepared.transform = self.output_transform
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
@@ -317,7 +328,7 @@ class Forecaster:
             codec = self.transform.codec
             ds = codec.from_ns(np.concatenate(exact_q)) if codec.is_datetime else np.concatenate(exact_q)
             frame = frame.assign(**{self.transform.time_col: ds})
-        return nixtla_frame(frame, self.transform, self.name, list(bands))
+        return nixtla_frame(frame, self.output_transform, self.name, list(bands))
 
     # ------------------------------------------------------------------------------------------
     # history frames and plots
@@ -340,6 +351,7 @@ class Forecaster:
         if history_window is not None:
             table = self._recent(table, history_window, "history_window")
         hist = table_to_long(table)
+        hist = hist[hist["channel"].isin(self.output_transform.channel_names)]  # not the past-only covariates
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
             ids = ids[:max_series]

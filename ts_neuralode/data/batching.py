@@ -41,6 +41,7 @@ class SeriesArrays:
         raw_times: ``[N]`` float64 raw times (the table's; forecast windows are measured on them), or None.
         covariates: known-future covariates of the series
             (:class:`~ts_neuralode.data.covariates.CovariateSource`), attached to every batch; or None.
+        scored: ``[D]`` float 0/1: channels that may be targets (0: past-only covariates); None: all.
     """
 
     times: np.ndarray
@@ -50,6 +51,7 @@ class SeriesArrays:
     counts: np.ndarray
     raw_times: np.ndarray | None = None
     covariates: Any = None
+    scored: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.mask_f = self.mask.astype(np.float32)
@@ -294,7 +296,7 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | F
     out = np.zeros((3, b * width, d), dtype=np.float32)
     out[0, lin] = v
     out[1, lin] = obs_mask
-    out[2, lin] = tgt_mask
+    out[2, lin] = tgt_mask if arrays.scored is None else tgt_mask * arrays.scored
     out = torch.from_numpy(out).view(3, b, width, d)
     time_mask = np.zeros(b * width, dtype=bool)
     time_mask[lin] = True

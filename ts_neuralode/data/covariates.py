@@ -23,7 +23,7 @@ rules), in the batch's model time, plus the calendar phases at model time 0. ``C
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -52,6 +52,10 @@ class CovariateSpec:
         center / scale: per column standardisation (training series).
         calendar: calendar feature names (:data:`CALENDAR`); freq: their frequencies in cycles per *model* time
             unit (set by :meth:`fit` from the time codec and the transform's time scale).
+        past_cols: past-only covariates: the last channels of the series table (inputs, never forecast or scored).
+        static_cols: one value per series; static_kind: "numeric" or "categorical" per column (categorical when the
+            column is not numeric); static_center / static_scale: numeric standardisation (0/1 for categorical);
+            static_vocab: the training categories of each categorical column (one-hot; an unseen one is all 0).
     """
 
     future_cols: list[str]
@@ -60,11 +64,22 @@ class CovariateSpec:
     scale: list[float]
     calendar: list[str]
     freq: list[float]
+    past_cols: list[str] = field(default_factory=list)
+    static_cols: list[str] = field(default_factory=list)
+    static_kind: list[str] = field(default_factory=list)
+    static_center: list[float] = field(default_factory=list)
+    static_scale: list[float] = field(default_factory=list)
+    static_vocab: list[list[str]] = field(default_factory=list)
 
     @property
     def control_dim(self) -> int:
         """Channels of ``u(t)``: one per column, two (sin, cos) per calendar feature."""
         return len(self.future_cols) + 2 * len(self.calendar)
+
+    @property
+    def static_dim(self) -> int:
+        """Width of the encoded static covariates: one per numeric column, one-hot width per categorical one."""
+        return sum(1 if k == "numeric" else len(v) for k, v in zip(self.static_kind, self.static_vocab))
 
     @property
     def names(self) -> list[str]:
@@ -81,18 +96,25 @@ class CovariateSpec:
 
     @classmethod
     def configure(cls, future_cols: Sequence[str] | str | None, interp: str | Sequence[str] | Mapping[str, str] | None,
-                  calendar: Sequence[str] | str | None) -> "CovariateSpec | None":
+                  calendar: Sequence[str] | str | None, past_cols: Sequence[str] | str | None = None,
+                  static_cols: Sequence[str] | str | None = None) -> "CovariateSpec | None":
         """Validate the options (before any data is read); None when there are no covariates."""
-        cols = [future_cols] if isinstance(future_cols, str) else list(future_cols or [])
-        cal = [calendar] if isinstance(calendar, str) else list(calendar or [])
-        if len(set(cols)) != len(cols):
-            raise ConfigError(f"future_cols={cols} names a column twice; list each once")
+        listed = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
+        cols, cal, past, static = listed(future_cols), listed(calendar), listed(past_cols), listed(static_cols)
+        every = cols + past + static
+        dup = next((c for c in every if every.count(c) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"column {dup!r} is named twice among future_cols, past_cols and static_cols; list it "
+                              "once")
         for c in cal:
             check_choice(c, "calendar", tuple(CALENDAR))
-        if not cols and not cal:
+        extra = dict(past_cols=past, static_cols=static)
+        if not cols:
             if interp not in (None, "constant", "linear", [], {}):
                 raise ConfigError(f"future_interp={interp!r} is set but future_cols is empty; pass --data.future_cols")
-            return None
+            if not cal and not past and not static:
+                return None
+            return cls([], [], [], [], cal, [0.0] * len(cal), **extra)
         if interp is None or isinstance(interp, str):
             kinds = [interp or "constant"] * len(cols)
         elif isinstance(interp, Mapping):
@@ -107,7 +129,7 @@ class CovariateSpec:
                                   "per column, one for all ('linear'), or a {column: kind} dict")
         for k in kinds:
             check_choice(k, "future_interp", INTERPOLATIONS)
-        return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal))
+        return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal), **extra)
 
     def fit(self, arrays: "CovariateArrays", train: np.ndarray, codec, time_scale: float) -> "CovariateSpec":
         """Scales from the samples of the training series ``train``; calendar frequencies in model units."""
@@ -122,7 +144,63 @@ class CovariateSpec:
             raise ConfigError(f"calendar={self.calendar} needs a datetime time column, but the times are numbers; "
                               "drop --data.calendar or pass datetimes")
         freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
-        return replace(self, center=center, scale=scale, freq=freq)
+        kind, s_center, s_scale, vocab = [], [], [], []
+        for k in range(len(self.static_cols)):
+            col = arrays.static[np.asarray(train, dtype=np.int64), k]
+            num = pd.to_numeric(pd.Series(col), errors="coerce")
+            if num.notna().all():
+                kind.append("numeric")
+                sd = float(num.std(ddof=0)) if len(num) else 1.0
+                s_center.append(float(num.mean()) if len(num) else 0.0)
+                s_scale.append(sd if np.isfinite(sd) and sd > 0 else 1.0)
+                vocab.append([])
+            else:
+                kind.append("categorical")
+                s_center.append(0.0)
+                s_scale.append(1.0)
+                vocab.append(sorted({str(v) for v in col}))
+        return replace(self, center=center, scale=scale, freq=freq, static_kind=kind, static_center=s_center,
+                       static_scale=s_scale, static_vocab=vocab)
+
+    def encode_static(self, raw: np.ndarray) -> np.ndarray:
+        """``[b, n_static]`` raw per-series values -> ``[b, static_dim]`` float (standardised numbers, one-hot
+        categories; a category not seen in training is all zeros)."""
+        parts = [np.zeros((len(raw), 0))]
+        for k, kind in enumerate(self.static_kind):
+            if kind == "numeric":
+                v = pd.to_numeric(pd.Series(raw[:, k]), errors="coerce").to_numpy(dtype=np.float64)
+                if np.isnan(v).any():
+                    bad = raw[int(np.flatnonzero(np.isnan(v))[0]), k]
+                    raise DataError(f"static covariate '{self.static_cols[k]}' was numeric in training but holds "
+                                    f"{bad!r}; pass a number")
+                parts.append(((v - self.static_center[k]) / self.static_scale[k])[:, None])
+            else:
+                pos = {c: j for j, c in enumerate(self.static_vocab[k])}
+                hot = np.zeros((len(raw), len(pos)))
+                for i, v in enumerate(raw[:, k]):
+                    if str(v) in pos:
+                        hot[i, pos[str(v)]] = 1.0
+                parts.append(hot)
+        return np.concatenate(parts, axis=1)
+
+
+def _read_static(df: pd.DataFrame, code: np.ndarray, out: np.ndarray, cols: list[str], where, ids) -> None:
+    """Fill ``out[s, k]`` with series ``s``'s value of static column ``cols[k]`` (DataError when a series holds two
+    different values, here or against ``out``'s earlier ones)."""
+    for k, c in enumerate(cols):
+        ok = df[c].notna().to_numpy() & (code >= 0)
+        rows = np.flatnonzero(ok)
+        v = df[c].to_numpy(dtype=object)[rows]
+        first = pd.Series(v).groupby(code[rows], sort=True).first()
+        for s, val in first.items():
+            if out[s, k] is None:
+                out[s, k] = val
+        ref = np.array([out[s, k] for s in code[rows]], dtype=object)
+        bad = np.flatnonzero(v != ref)
+        if bad.size:
+            i, s = int(rows[bad[0]]), int(code[rows[bad[0]]])
+            raise DataError(f"{where.at(c, i)}: static covariate '{c}' of series {ids[s]!r} is {v[bad[0]]!r} here but "
+                            f"{out[s, k]!r} elsewhere; a static covariate has one value per series")
 
 
 def _numeric(col: pd.Series, name: str, where) -> np.ndarray:
@@ -140,6 +218,7 @@ class CovariateArrays:
         values: ``[M, C]`` float64 original values, each column resampled onto the knots by its own rule.
         starts / counts: ``[S]`` the rows of each series.  last: ``[S, C]`` raw time of each column's last sample.
         raw_samples: per column, per series, the sampled values (for fitting the scaler).
+        static: ``[S, n_static]`` object: each series' static covariate values as read.
     """
 
     knots: np.ndarray
@@ -148,28 +227,33 @@ class CovariateArrays:
     counts: np.ndarray
     last: np.ndarray
     raw_samples: list
+    static: np.ndarray = None
 
     @classmethod
     def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
              what: str = "future_cols") -> "CovariateArrays":
         """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames, e.g. the history and a frame of
-        future values; rows of all of them together) for the series of ``table`` (matched by id)."""
+        future values; rows of all of them together) and ``spec.static_cols`` (from the first source; later ones may
+        repeat them) for the series of ``table`` (matched by id)."""
         from ts_neuralode.data.io import _Where, read_frame
         from ts_neuralode.data.timecodec import parse_time_column
 
         cols, S = spec.future_cols, table.n_series
         per_col: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in cols]
         pos = {str(i): k for k, i in enumerate(table.ids)}
-        for src in sources if cols else ():
+        static = np.full((S, len(spec.static_cols)), None, dtype=object)
+        for n_src, src in enumerate(sources if cols or spec.static_cols else ()):
             if isinstance(src, pd.DataFrame):
                 df, where = src, _Where("<DataFrame>", False)
             else:
                 df, where = read_frame(src), _Where(os.fspath(src), True)
             df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
-            for c in cols:
+            statics = spec.static_cols if n_src == 0 else [c for c in spec.static_cols if c in df.columns]
+            for c, what in [(c, "known-future") for c in cols] + [(c, "static") for c in statics]:
                 if c not in df.columns:
-                    raise DataError(f"{where.source}: missing known-future covariate column '{c}' (columns: "
-                                    f"{', '.join(map(str, df.columns))}); add it or drop it from future_cols")
+                    option = "future_cols" if what == "known-future" else "static_cols"
+                    raise DataError(f"{where.source}: missing {what} covariate column '{c}' (columns: "
+                                    f"{', '.join(map(str, df.columns))}); add it or drop it from {option}")
             if time_col not in df.columns:
                 raise DataError(f"{where.source}: missing time column '{time_col}'; the covariate rows need it")
             if len(df) == 0:
@@ -179,6 +263,7 @@ class CovariateArrays:
                 code = np.array([pos.get(str(v), -1) for v in df[id_col].to_numpy()], dtype=np.int64)
             else:
                 code = np.zeros(len(df), dtype=np.int64) if S == 1 else np.full(len(df), -1)
+            _read_static(df, code, static, statics, where, table.ids)
             for k, c in enumerate(cols):
                 v = _numeric(df[c], c, where)
                 ok = ~np.isnan(v) & (code >= 0)
@@ -221,8 +306,13 @@ class CovariateArrays:
         starts = (np.cumsum(counts) - counts).astype(np.int64)
         raw = [[samples[k][s][1] for s in range(S)] for k in range(len(cols))]
         cat = lambda a, w: np.concatenate(a) if a else np.zeros((0,) * w)  # noqa: E731
+        missing = [(s, k) for s in range(S) for k in range(len(spec.static_cols)) if static[s, k] is None]
+        if missing:
+            s, k = missing[0]
+            raise DataError(f"{table.source}: static covariate '{spec.static_cols[k]}' has no value for series "
+                            f"{table.ids[s]!r}; fill it in on at least one row of the series")
         return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
-                   last, raw)
+                   last, raw, static)
 
     def subset(self, idx: Sequence[int]) -> "CovariateArrays":
         """The arrays of series ``idx`` (in that order)."""
@@ -232,7 +322,7 @@ class CovariateArrays:
             if len(idx) else np.zeros(0, np.int64)
         starts = (np.cumsum(n) - n).astype(np.int64)
         raw = [[col[i] for i in idx] for col in self.raw_samples]
-        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw)
+        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx])
 
     def check_coverage(self, spec: CovariateSpec, ids: Sequence, idx: Sequence[int], until: np.ndarray,
                        codec) -> None:
@@ -278,7 +368,8 @@ class CovariateArrays:
         as_t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
         return CovariateBatch(as_t(knots), as_t(vals), torch.tensor([k == "linear" for k in spec.interp],
                                                                       dtype=torch.bool),
-                              as_t(phase), torch.tensor(spec.freq, dtype=torch.float32))
+                              as_t(phase), torch.tensor(spec.freq, dtype=torch.float32),
+                              as_t(spec.encode_static(self.static[idx])))
 
 
 @dataclass
@@ -307,6 +398,7 @@ class CovariateBatch:
         knots: ``[B, K]`` model times, sorted per row (padding repeats the row's last knot).
         values: ``[B, K, C]`` scaled column values at the knots.  linear: ``[C]`` bool, linear (else constant).
         phase: ``[B, P]`` calendar phases (cycles) at model time 0.  freq: ``[P]`` cycles per model time unit.
+        static: ``[B, S]`` encoded static covariates (``S = 0``: none); they condition the initial state.
     """
 
     knots: Tensor
@@ -314,24 +406,26 @@ class CovariateBatch:
     linear: Tensor
     phase: Tensor
     freq: Tensor
+    static: Tensor | None = None
 
     @property
     def dim(self) -> int:
         return self.values.shape[-1] + 2 * self.phase.shape[-1]
 
     def to(self, device, non_blocking: bool = False) -> "CovariateBatch":
-        return CovariateBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                                 for f in fields(self)})
+        return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else
+                                 getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
     def pin_memory(self) -> "CovariateBatch":
-        return CovariateBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
+                                 for f in fields(self)})
 
     def repeat(self, n: int) -> "CovariateBatch":
         """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
         if n == 1:
             return self
         return replace(self, knots=self.knots.repeat(n, 1), values=self.values.repeat(n, 1, 1),
-                       phase=self.phase.repeat(n, 1))
+                       phase=self.phase.repeat(n, 1), static=None if self.static is None else self.static.repeat(n, 1))
 
     def __call__(self, t: Tensor) -> Tensor:
         """``u`` at model times ``t`` ``[B]`` or ``[B, T]`` -> ``[B, C_u]`` or ``[B, T, C_u]``."""

@@ -115,6 +115,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             all, a list (one per column) or a ``{column: kind}`` dict. calendar: calendar features computed as
             known-future covariates (``time_of_day``, ``day_of_week``, ``day_of_year``; datetimes only). The
             model gets the fitted spec through :attr:`covariates`.
+        past_cols: past-only covariates: extra input channels (after the value columns) the models condition on,
+            never forecast or scored (their target mask is 0). static_cols: one value per series, numeric or
+            categorical (one-hot): they condition the models' initial state / encoding.
     """
 
     def __init__(
@@ -154,6 +157,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         future_cols: list[str] | None = None,
         future_interp: str | list[str] | dict[str, str] | None = None,
         calendar: list[str] | None = None,
+        past_cols: list[str] | None = None,
+        static_cols: list[str] | None = None,
     ):
         super().__init__()
         if (path is None) == (df is None):
@@ -200,9 +205,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.horizon, self.context, self.split_by, self.season = horizon, context, split_by, season
         self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
-        self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar)
+        self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar, past_cols, static_cols)
         if self._cov_spec is not None:
-            self.read_kwargs["exclude_cols"] = list(self._cov_spec.future_cols)
+            self.read_kwargs["exclude_cols"] = list(self._cov_spec.future_cols) + list(self._cov_spec.static_cols)
+            self.read_kwargs["past_cols"] = list(self._cov_spec.past_cols)
         self._ready = False
 
     # --- preparation (lazy: properties trigger it, so models can be sized before trainer.fit) --------
@@ -231,6 +237,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                                             self._transform.time_scale)
         self.arrays.covariates = CovariateSource(self._cov_spec, arrays, self.table.codec,
                                                  float(self._transform.time_scale), self.origins)
+        n_past = len(self._cov_spec.past_cols)
+        if n_past:  # past-only channels are inputs: never targets
+            self.arrays.scored = np.r_[np.ones(self.table.num_channels - n_past), np.zeros(n_past)].astype(np.float32)
 
     def _series_split(self, table) -> dict[str, np.ndarray]:
         """Seeded split of whole series into train/val/test."""

@@ -244,6 +244,7 @@ def read_series(
     min_points: int = 2,
     codec: TimeCodec | None = None,
     exclude_cols: Sequence[str] = (),
+    past_cols: Sequence[str] = (),
 ) -> SeriesTable:
     """Read and validate series from a CSV path or a DataFrame (see the module docstring).
 
@@ -253,6 +254,8 @@ def read_series(
         duplicates: "error" (default) or "mean" (average observed values of rows sharing (id, time)).
         min_points: series with fewer observation times are dropped with a warning.
         exclude_cols: columns that are never value columns (covariates): left out of the default ``value_cols``.
+        past_cols: past-only covariates, read as extra channels after the value columns (never forecast or scored:
+            the data module and the models know them by :class:`~ts_neuralode.data.covariates.CovariateSpec`).
 
     Long on purpose: it is the data boundary's one validation pass, its checks in the order a user meets the
     problems (format, columns, values, masks, times, duplicates, short series), each raising with its location.
@@ -290,7 +293,7 @@ def read_series(
     masks_given = mask_cols if not isinstance(mask_cols, str) else [mask_cols]
     mask_names = set(masks_given.values() if isinstance(masks_given, Mapping) else (masks_given or []))
     if value_cols is None:
-        reserved = {time_col, id_col} | mask_names | set(exclude_cols)
+        reserved = {time_col, id_col} | mask_names | set(exclude_cols) | set(past_cols)
         if format == "long" and "y" in columns:
             value_cols = ["y"]
         else:
@@ -307,6 +310,14 @@ def read_series(
             raise DataError(f"{where.source}: missing value column '{c}' (columns: {', '.join(columns)}); "
                             "rename it or pass value_cols=[...]")
     masks = _resolve_masks(mask_cols, value_cols)
+    both = [c for c in past_cols if c in value_cols]
+    if both:
+        raise ConfigError(f"column {both[0]!r} is both a value column and a past covariate; list it in one of them")
+    for c in past_cols:
+        if c not in columns:
+            raise DataError(f"{where.source}: missing past covariate column '{c}' (columns: {', '.join(columns)}); "
+                            "add it or drop it from past_cols")
+    value_cols = value_cols + list(past_cols)
     for c in masks.values():
         if c not in columns:
             raise DataError(f"{where.source}: missing mask column '{c}' (columns: {', '.join(columns)}); "

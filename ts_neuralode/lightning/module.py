@@ -125,7 +125,8 @@ class ForecastingModule(pl.LightningModule):
         kwargs.update(model_kwargs or {})
         spec = CovariateSpec.from_state_dict(covariates)
         if spec is not None and model not in BASELINES:
-            kwargs["control_dim"] = spec.control_dim
+            kwargs.update(control_dim=spec.control_dim, static_dim=spec.static_dim,
+                          target_dim=input_dim - len(spec.past_cols))
         self.model = build_baseline(model, season_period) if model in BASELINES else build_model(model, **kwargs)
         names = baseline_names(baselines, season_period)
         # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.

@@ -193,6 +193,18 @@ def check_control(batch: Batch, control_dim: int, where: str):
     return cov
 
 
+def check_static(batch: Batch, static_dim: int, where: str):
+    """``[B, static_dim]`` encoded static covariates of the batch when the model reads them (None otherwise)."""
+    if not static_dim:
+        return None
+    static = getattr(batch.covariates, "static", None)
+    if static is None or static.shape[-1] != static_dim:
+        got = 0 if static is None else static.shape[-1]
+        raise ForecastError(f"{where}: the model was trained with static covariates ({static_dim} encoded features) "
+                            f"but the batch has {got}; pass the static columns it was trained with")
+    return static
+
+
 def gaussian_nll(x: Tensor, mean: Tensor, std: Tensor, mask: Tensor) -> Tensor:
     """Masked Gaussian negative log-likelihood summed over the masked entries (same shapes)."""
     var = std * std
@@ -221,11 +233,16 @@ class ForecastModel(nn.Module):
     input_dim: int
     #: channels of the known-future covariates ``u(t)`` the evolutions read (0: none; set by subclasses)
     control_dim: int = 0
+    #: width of the encoded static covariates that condition the initial state (0: none)
+    static_dim: int = 0
+    #: the first ``target_dim`` channels are targets, the rest past-only covariates (None: all are targets)
+    target_dim: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self.last_nfe = 0.0
         self._control = None
+        self._static = None
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -246,9 +263,24 @@ class ForecastModel(nn.Module):
         self.last_nfe += float(getattr(evolution, "last_nfe", 0) or 0)
         return out
 
+    def _covariate_inputs(self, static_dim: int, target_dim: int | None, control_dim: int) -> None:
+        """Record the covariate sizes (:mod:`ts_neuralode.data.covariates`) a subclass was built for."""
+        self.static_dim, self.control_dim = int(static_dim), int(control_dim)
+        self.target_dim = None if target_dim is None or target_dim == self.input_dim else int(target_dim)
+        if self.target_dim is not None and not 0 < self.target_dim < self.input_dim:
+            raise ConfigError(f"target_dim={target_dim} must lie in [1, input_dim={self.input_dim}]")
+
+    def _targets_only(self, mask: Tensor) -> Tensor:
+        """``mask`` [..., D] with the past-only covariate channels (after ``target_dim``) zeroed: never scored."""
+        if self.target_dim is None:
+            return mask
+        keep = torch.arange(mask.shape[-1], device=mask.device) < self.target_dim
+        return mask * keep.to(mask.dtype)
+
     def _grid(self, batch: Batch, query_times: Tensor | None) -> Grid:
         check_batch(batch, self.input_dim, type(self).__name__)
         self._control = check_control(batch, self.control_dim, type(self).__name__)
+        self._static = check_static(batch, self.static_dim, type(self).__name__)
         if query_times is None or (query_times is batch.times):
             return batch_grid(batch)
         return merge_grid(batch, query_times)

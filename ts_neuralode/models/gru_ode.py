@@ -43,7 +43,7 @@ class GRUODE(FilteringModel):
 
     Args as :class:`~ts_neuralode.models.ode_rnn.ODERNN`, plus ``prep_dim`` (per-channel jump features),
     ``obs_std`` (std of the KL target N(x, obs_std²)), ``kl_weight`` (1e-4 as in the paper) and ``control_dim``
-    (known-future covariates: the GRU gates also read ``u(t)``).
+    (known-future covariates: the GRU gates also read ``u(t)``), ``static_dim`` and ``target_dim`` (as ODE-RNN's).
     """
 
     def __init__(
@@ -58,9 +58,10 @@ class GRUODE(FilteringModel):
         obs_std: float = 0.01,
         kl_weight: float = 1e-4,
         control_dim: int = 0,
+        static_dim: int = 0,
+        target_dim: int | None = None,
     ) -> None:
         super().__init__(loss=loss, min_std=min_std)
-        self.control_dim = int(control_dim)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, prep_dim=prep_dim,
                        obs_std=obs_std, min_std=min_std)
         self.input_dim = input_dim
@@ -68,7 +69,9 @@ class GRUODE(FilteringModel):
         self.kl_weight = float(kl_weight)
         # the evolution's field defaults to the continuous GRU dynamics (``vector_field="gru"``)
         config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="gru")
+        self._covariate_inputs(static_dim, target_dim, control_dim)
         self.h0 = nn.Parameter(torch.zeros(latent_dim))
+        self.static_proj = nn.Linear(static_dim, latent_dim) if static_dim else None
         self.evolution = config.build(latent_dim, self.control_dim)
         self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1, activation="relu")
         self.jump = GRUBayesUpdate(input_dim, latent_dim, prep_dim)
@@ -93,5 +96,5 @@ class GRUODE(FilteringModel):
         mean, logvar = self._params(post)
         var_p = self.obs_std**2
         kl = 0.5 * (math.log(var_p) - logvar + (torch.exp(logvar) + (mean - grid.values) ** 2) / var_p - 1.0)
-        kl = (kl * grid.obs_mask).sum() / scored.sum().clamp_min(1.0)
+        kl = (kl * self._targets_only(grid.obs_mask)).sum() / scored.sum().clamp_min(1.0)
         return {"kl": self.kl_weight * kl}

@@ -143,7 +143,9 @@ class LatentODE(ForecastModel):
             forecasting it is then not only the targets after the cut — measured in
             results/latent_ode_ablation.md: without it the periodic extrapolation stays on the plateau).
         control_dim: channels of the known-future covariates ``u(t)`` driving the decoder (and the encoder's
-            evolution); 0: none.
+            evolution); 0: none.  static_dim: width of the encoded static covariates, read with the encoding by
+            q(z0).  target_dim: the first channels are targets, the rest past-only covariates the encoder reads
+            (never scored); None: all are targets.
     """
 
     def __init__(
@@ -163,9 +165,10 @@ class LatentODE(ForecastModel):
         anchor: str = "first",
         score_context: bool = True,
         control_dim: int = 0,
+        static_dim: int = 0,
+        target_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.control_dim = int(control_dim)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_std=obs_std,
                        iwae_samples=iwae_samples, posterior_std_init=posterior_std_init)
         if kl_warmup_epochs < 0:
@@ -178,6 +181,7 @@ class LatentODE(ForecastModel):
         # q(z0) std = softplus(raw + shift) + 1e-4: ``posterior_std_init`` where the network outputs raw = 0
         self.std_shift = math.log(math.expm1(float(posterior_std_init)))
         self.input_dim = input_dim
+        self._covariate_inputs(static_dim, target_dim, control_dim)
         self.latent_dim = latent_dim
         self.obs_std = float(obs_std)
         self.iwae_samples = int(iwae_samples)
@@ -189,7 +193,7 @@ class LatentODE(ForecastModel):
         enc_config = replace(config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False,
                              vector_field="mlp")
         self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim, self.control_dim))
-        self.to_z0 = mlp(enc_dim, 2 * latent_dim, hidden_dim, num_layers=1)
+        self.to_z0 = mlp(enc_dim + self.static_dim, 2 * latent_dim, hidden_dim, num_layers=1)
         self.evolution = config.build(latent_dim, self.control_dim)
         self.decoder = nn.Linear(latent_dim, input_dim)
 
@@ -201,6 +205,8 @@ class LatentODE(ForecastModel):
     def posterior(self, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
         """q(z0 | observations): mean and std ``[B, L]``, and the time ``[B]`` z0 is at (see ``anchor``)."""
         h, t0 = self.encoder(self, grid, backwards=self.anchor == "first")
+        if self._static is not None:  # static covariates condition q(z0)
+            h = torch.cat([h, self._static], dim=-1)
         mean, raw = self.to_z0(h).chunk(2, dim=-1)
         return mean, F.softplus(raw + self.std_shift) + 1e-4, t0
 
@@ -243,6 +249,7 @@ class LatentODE(ForecastModel):
         # scored: every target and every conditioning point (extrapolation also reconstructs its context,
         # as the filtering models score their one-step predictions of the observed points)
         tm = torch.maximum(grid.target_mask, grid.obs_mask) if self.score_context else grid.target_mask
+        tm = self._targets_only(tm)
         n = tm.sum((1, 2)).clamp_min(1.0)  # [B]
         var = self.obs_std**2
         ll = -0.5 * ((grid.values - pred) ** 2 / var + math.log(2 * math.pi * var))

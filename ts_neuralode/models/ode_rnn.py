@@ -25,7 +25,9 @@ class ODERNN(FilteringModel):
         input_dim: channels D.  evolution: an :class:`EvolutionConfig` (or just its kind, "ode" or a flow).
         latent_dim: state size H.  hidden_dim: width of the read-out (and of the evolution's nets unless its
         config sets ``hidden_dim``).  loss: "nll" (Gaussian, learned std) or "mse".  min_std: std floor.
-        control_dim: channels of the known-future covariates driving the evolution (0: none).
+        control_dim: channels of the known-future covariates driving the evolution (0: none).  static_dim: width of
+        the encoded static covariates added (linearly) to the initial state.  target_dim: the first channels are
+        targets, the rest past-only covariates (read, never scored; None: all channels are targets).
     """
 
     def __init__(
@@ -37,13 +39,16 @@ class ODERNN(FilteringModel):
         loss: str = "nll",
         min_std: float = 1e-3,
         control_dim: int = 0,
+        static_dim: int = 0,
+        target_dim: int | None = None,
     ) -> None:
         super().__init__(loss=loss, min_std=min_std)
-        self.control_dim = int(control_dim)
         check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, min_std=min_std)
         self.input_dim = input_dim
         config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
+        self._covariate_inputs(static_dim, target_dim, control_dim)
         self.h0 = nn.Parameter(torch.zeros(latent_dim))
+        self.static_proj = nn.Linear(static_dim, latent_dim) if static_dim else None
         self.cell = GRUUpdate(input_dim, latent_dim)
         self.evolution = config.build(latent_dim, self.control_dim)
         self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1)

@@ -150,6 +150,8 @@ class FilteringModel(ForecastModel):
     def _run(self, grid: Grid) -> tuple[Tensor, Tensor]:
         x = grid.values * grid.obs_mask
         h0 = self.h0.expand(x.shape[0], -1)
+        if self._static is not None:  # static covariates condition the initial state
+            h0 = h0 + self.static_proj(self._static)
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
         pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
         return pre, post
@@ -160,7 +162,7 @@ class FilteringModel(ForecastModel):
         grid = self._grid(batch, None)
         pre, post = self._run(grid)
         mean, std = self.readout(pre)
-        scored = torch.maximum(grid.obs_mask, grid.target_mask)
+        scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask))
         n = scored.sum().clamp_min(1.0)
         sq = ((mean - grid.values) ** 2 * scored).sum() / n
         nll = gaussian_nll(grid.values, mean, std, scored) / n
