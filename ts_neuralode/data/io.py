@@ -302,21 +302,15 @@ def read_series(
             raise DataError(f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); "
                             "pass value_cols=[...]")
     value_cols = list(value_cols)
-    both = [c for c in value_cols if c in set(exclude_cols)]
+    both = [c for c in value_cols if c in set(exclude_cols) | set(past_cols)]
     if both:
         raise ConfigError(f"column {both[0]!r} is both a value column and a covariate; list it in one of them")
-    for c in value_cols:
-        if c not in columns:
-            raise DataError(f"{where.source}: missing value column '{c}' (columns: {', '.join(columns)}); "
-                            "rename it or pass value_cols=[...]")
+    for cols, what, fix in ((value_cols, "value", "rename it or pass value_cols=[...]"),
+                            (past_cols, "past covariate", "add it or drop it from past_cols")):
+        for c in cols:
+            if c not in columns:
+                raise DataError(f"{where.source}: missing {what} column '{c}' (columns: {', '.join(columns)}); {fix}")
     masks = _resolve_masks(mask_cols, value_cols)
-    both = [c for c in past_cols if c in value_cols]
-    if both:
-        raise ConfigError(f"column {both[0]!r} is both a value column and a past covariate; list it in one of them")
-    for c in past_cols:
-        if c not in columns:
-            raise DataError(f"{where.source}: missing past covariate column '{c}' (columns: {', '.join(columns)}); "
-                            "add it or drop it from past_cols")
     value_cols = value_cols + list(past_cols)
     for c in masks.values():
         if c not in columns:
