@@ -178,7 +178,7 @@ def test_calendar_features_are_local_wall_clock():
     assert u[:, 2].numpy() == pytest.approx(np.sin(2 * np.pi * dow / 7), abs=1e-3)
 
 
-def test_fit_forecast_round_trip_needs_the_future(tmp_path):
+def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     """``ts-neuralode fit --data.future_cols`` in-process; the model directory remembers the covariates;
     Forecaster.predict reads them from the history and ``future``, and says which one is missing."""
     from ts_neuralode.cli import main
@@ -212,6 +212,20 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path):
     assert "known-future covariate 'rate' is missing for query time 11" in msg and "\n" not in msg
     with pytest.raises(DataError, match="missing known-future covariate column 'rate'"):
         fc.predict(hist[["unique_id", "ds", "y"]], times=[7.0])
+    # the forecast subcommand: --future CSV, and one line with exit status 2 when it falls short
+    hist.to_csv(tmp_path / "hist.csv", index=False)
+    pd.concat([future, end]).to_csv(tmp_path / "future.csv", index=False)
+    base = ["forecast", "--model", str(model_dir), "--data.path", str(tmp_path / "hist.csv"), "--times", "7", "11",
+            "--no_plots", "--num_samples", "2", "--out", str(tmp_path / "fc.csv")]
+    assert main([*base, "--future", str(tmp_path / "future.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "fc.csv")) == 24
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ts-neuralode: error: known-future covariate 'rate' is missing") and "\n" not in err
+    assert main(["fit", "--data.path", str(csv), "--data.future_cols", "[dose]", "--tracking", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "bad")]) == 2
+    assert "missing known-future covariate column 'dose'" in capsys.readouterr().err
 
 
 def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
