@@ -7,11 +7,14 @@ Public API:
   see :mod:`ts_neuralode.data.transform` for the time convention) and :class:`PreparedBatch`;
 * :class:`IrregularTimeSeriesDataModule` (LightningDataModule);
 * :func:`collate` / :class:`SeriesArrays` / :class:`TaskSpec` (batch building);
+* :class:`CovariateSpec` / :class:`CovariateBatch` (known-future, static and past-only covariates:
+  :mod:`ts_neuralode.data.covariates`);
 * :mod:`ts_neuralode.data.generators` (``generate(name, ...)``, ``cli_main(argv)``).
 """
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.batching import Collator, SeriesArrays, TaskSpec, collate
+from ts_neuralode.data.covariates import CovariateBatch, CovariateSpec
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.data.io import SeriesTable, read_series
@@ -21,6 +24,8 @@ from ts_neuralode.data.transform import PreparedBatch, SeriesTransform
 __all__ = [
     "Batch",
     "Collator",
+    "CovariateBatch",
+    "CovariateSpec",
     "IrregularTimeSeriesDataModule",
     "PreparedBatch",
     "SeriesArrays",
