@@ -320,3 +320,12 @@ def test_past_and_static_covariates(model, tmp_path):
     bad.loc[bad.index[3], "age"] = 99.0
     with pytest.raises(DataError, match="one value per series"):
         fc.predict(bad, horizon=1.0, num_points=2, future=end)
+
+
+def test_lightning_predict_frames_hold_the_targets_only():
+    """The data module maps Lightning's predictions back without the past-only covariate channel."""
+    df = _static_past_frame()
+    dm = IrregularTimeSeriesDataModule(df=df, past_cols=["temp"], val_fraction=0, test_fraction=0)
+    batch = next(iter(dm.predict_dataloader()))
+    frame = dm.to_frame(batch.series_idx, batch.times, batch.values, {"lo-90": batch.values})
+    assert list(frame.columns) == ["unique_id", "ds", "y", "y-lo-90"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -92,11 +91,9 @@ class Forecaster:
         #: the known-future covariates the model reads (None: none); ``predict`` needs them for every query time
         self.covariate_spec = CovariateSpec.from_state_dict(self.hparams.get("covariates"))
         self.fit_info: dict | None = None  # set by Forecaster.fit
-        n_past = len(self.covariate_spec.past_cols) if self.covariate_spec is not None else 0
         #: the transform of the forecast channels (the training channels but the past-only covariates)
-        self.output_transform = transform if not n_past else replace(
-            transform, channel_names=transform.channel_names[:-n_past], center=transform.center[:-n_past],
-            scale=transform.scale[:-n_past])
+        spec = self.covariate_spec
+        self.output_transform = transform if spec is None else spec.output_transform(transform)
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -317,9 +314,9 @@ class Forecaster:
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
         bands = quantile_bands(fc, levels, qs)
-        n_out = self.output_transform.num_channels  # past-only covariate channels are inputs, never forecast
-        if n_out < mean.shape[-1]:
-            mean, bands = mean[..., :n_out], {k: v[..., :n_out] for k, v in bands.items()}
+        if self.output_transform is not self.transform:  # past-only covariate channels are inputs, never forecast
+            cut = self.covariate_spec.forecast_channels
+            mean, bands = cut(mean), {k: cut(v) for k, v in bands.items()}
             prepared.transform = self.output_transform
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])

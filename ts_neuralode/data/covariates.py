@@ -88,6 +88,19 @@ class CovariateSpec:
     def state_dict(self) -> dict:
         return {f.name: list(getattr(self, f.name)) for f in fields(self)}
 
+    def output_transform(self, transform):
+        """The part of a fitted :class:`~ts_neuralode.data.transform.SeriesTransform` that maps forecasts back: its
+        channels but the past-only covariates (the last ``len(past_cols)``), which are never forecast."""
+        n = len(self.past_cols)
+        if not n:
+            return transform
+        return replace(transform, channel_names=transform.channel_names[:-n], center=transform.center[:-n],
+                       scale=transform.scale[:-n])
+
+    def forecast_channels(self, values: Tensor | np.ndarray):
+        """``values`` [..., D] without the past-only covariate channels."""
+        return values[..., :values.shape[-1] - len(self.past_cols)]
+
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any] | None) -> "CovariateSpec | None":
         if not d:

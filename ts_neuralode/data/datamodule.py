@@ -424,8 +424,12 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         """Predictions for ``series_idx`` [B] (Batch.series_idx) at model ``times`` -> original units/times."""
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
-        return self.transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
-                                       value_kind, history=(self.table, idx))
+        transform, spec = self.transform, self._cov_spec
+        if spec is not None and spec.past_cols:  # past-only covariates are inputs, never forecast
+            transform, values = spec.output_transform(transform), spec.forecast_channels(values)
+            bands = {k: spec.forecast_channels(v) for k, v in (bands or {}).items()}
+        return transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
+                                  value_kind, history=(self.table, idx))
 
     # --- loaders -------------------------------------------------------------------------------
     def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,

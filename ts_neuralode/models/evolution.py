@@ -232,6 +232,9 @@ class FlowEvolution(Evolution):
 
     def inverse(self, y: Tensor, t: Tensor, t0: Tensor | float = 0.0, **kwargs) -> Tensor:
         """Recover ``h0`` from states ``y [B, T, H]`` at times ``t`` (``[T]``/``[B, T]``) evolved from ``t0``."""
+        if self.control_dim:
+            raise ConfigError("inverse is not defined for a flow driven by covariates (it is invertible on [h, u] "
+                              "only, piece by piece); invert the flow itself: evolution.flow.inverse")
         if not torch.is_tensor(t0):
             t0 = torch.tensor(float(t0))
         t0 = t0.to(y)
