@@ -3,6 +3,7 @@
     ts-neuralode fit      --config configs/latent_ode.yaml --data.path data.csv [--trainer.max_epochs 20]
     ts-neuralode validate | test | predict   (LightningCLI subcommands, same options; --ckpt_path PATH|last|best)
     ts-neuralode forecast --model MODEL_DIR_OR_CKPT --data.path history.csv --horizon 30D --out forecast.csv
+    ts-neuralode backtest --model MODEL_DIR --data.path history.csv --horizon 2D --n_windows 4   (ts_neuralode.backtest)
     ts-neuralode generate NAME --out PATH        (synthetic data sets; ts_neuralode.data.generators)
     ts-neuralode benchmark ...                   (ODE vs flow speed/accuracy; ts_neuralode.benchmark)
 
@@ -257,15 +258,23 @@ def benchmark_main(argv: Sequence[str]) -> int:
     return int(cli_main(list(argv)) or 0)
 
 
-EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main}
+def backtest_main(argv: Sequence[str]) -> int:
+    from ts_neuralode.backtest_cli import main as backtest_cli
 
-USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,generate,benchmark}} ...
+    return backtest_cli(list(argv))
+
+
+EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main,
+                     "backtest": backtest_main}
+
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
   fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last)
   validate   evaluate on the validation split (--ckpt_path PATH)
   test       evaluate on the test split (--ckpt_path PATH)
   predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
   forecast   forecast a history CSV at future times with a trained model (CSV + PNGs)
+  backtest   rolling-origin backtest of a trained model: forecasts, metrics, report, plot, MLflow
   generate   write a synthetic data set (sine, square, ..., periodic, double_ou) as CSV
   benchmark  ODE vs flow speed and accuracy
 

@@ -210,6 +210,21 @@ class Forecaster:
                       for chunk in _progress(chunks, progress, "forecast")]
         return pd.concat(frames, ignore_index=True)
 
+    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
+                         cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
+                         refit: bool | int = False, fit_args: Sequence[str] | str | None = None,
+                         **options: Any) -> pd.DataFrame:
+        """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
+        <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
+        ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
+        windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
+        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
+        :mod:`ts_neuralode.backtest` (also :func:`ts_neuralode.backtest.evaluate` for the metrics)."""
+        from ts_neuralode.backtest import cross_validation
+
+        return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
+                                refit=refit, fit_args=fit_args, **options)
+
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
         return self.transform.codec.duration(value, what, ForecastError)
