@@ -43,6 +43,8 @@ class TSNeuralODECLI(LightningCLI):
                                  "<checkpoint_dir>/model)")
         parser.add_argument("--log_model", type=bool, default=True,
                             help="fit: log the model directory and forecast plots to MLflow")
+        parser.add_argument("--register_as", type=str | None, default=None,
+                            help="fit: also register the logged MLflow model under this name")
         parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
         # --data.season (a duration) reaches the seasonal baseline in model time units
         parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
@@ -97,7 +99,8 @@ class TSNeuralODECLI(LightningCLI):
                 run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
             )
             callbacks.append(tracking.MlflowTrackingCallback(ckpt_dir=self.ckpt_dir,
-                                                             log_model=bool(cfg.get("log_model"))))
+                                                             log_model=bool(cfg.get("log_model")),
+                                                             register_as=cfg.get("register_as")))
         user_cbs = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False and not any(
                 isinstance(c, ModelCheckpoint) for c in user_cbs):
