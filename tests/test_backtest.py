@@ -155,3 +155,45 @@ def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
     direct = ref.predict(raw[keep], times=rows[["unique_id", "ds"]], num_samples=8)
     assert np.allclose(direct[NAME].to_numpy(), rows.sort_values(["unique_id", "ds"])[NAME].to_numpy(), rtol=1e-4,
                        atol=1e-5)
+
+
+# -- conformal calibration --------------------------------------------------------------------------------------
+def test_conformal_factor_and_band_stretch():
+    from ts_neuralode import calibration
+
+    scores = np.arange(1.0, 101.0)[::-1]
+    assert calibration.conformal_factor(scores, 90) == 91.0  # the ceil((n + 1) 0.9) = 91st smallest
+    assert calibration.conformal_factor(scores[:5], 90) == np.inf  # too few points for a 90% guarantee
+    y, m = np.array([3.0, -1.0]), np.zeros(2)
+    assert np.allclose(calibration.band_scores(y, m, m - 1.0, m + 2.0), [1.5, 1.0])
+    cal = {"edges": [0.0, 1.0, 2.0], "factors": {"90": [2.0, 0.5]}}
+    frame = pd.DataFrame({"m": [1.0, 1.0], "m-lo-90": [0.0, 0.0], "m-hi-90": [3.0, 3.0]})
+    out = calibration.apply(frame, cal, "m", np.array([0.5, 7.0]))  # lead 7 is past the horizon: last bucket
+    assert np.allclose(out["m-lo-90"], [-1.0, 0.5]) and np.allclose(out["m-hi-90"], [5.0, 2.0])
+
+
+def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_path, capfd):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(dt_fitted["model_dir"], model)
+    rc = main(["forecast", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points", "2",
+               "--out", str(tmp_path / "f.csv"), "--no_plots", "--calibrated", "--no_progress"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
+    common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "6",
+              "--step", "3h", "--buckets", "1", "--num_samples", "16", "--no_tracking", "--no_progress"]
+    assert main([*common, "--out_dir", str(tmp_path / "raw"), "--calibrate"]) == 0
+    assert (model / "calibration.json").is_file()
+    fc = Forecaster.load(model)
+    factors = fc.calibration["factors"]
+    assert set(factors) == {"50", "90"} and min(factors["50"] + factors["90"]) > 0
+    raw = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16)
+    cal = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16, calibrated=True)
+    c = factors["90"][0]
+    assert np.allclose(cal[f"{NAME}-hi-90"], raw[NAME] + c * (raw[f"{NAME}-hi-90"] - raw[NAME]))
+    assert np.allclose(cal[f"{NAME}-lo-90"], raw[NAME] - c * (raw[NAME] - raw[f"{NAME}-lo-90"]))
+    # on the windows it was fitted on, the calibrated bands cover at least their level (split-conformal quantile)
+    assert main([*common, "--out_dir", str(tmp_path / "cal"), "--calibrated"]) == 0
+    overall = pd.read_csv(tmp_path / "cal" / "metrics.csv").query("scope == 'overall' and model == @NAME").iloc[0]
+    assert overall["coverage-50"] >= 0.5 and overall["coverage-90"] >= 0.9

@@ -415,11 +415,12 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
         if scope == "horizon":
             part = part.sort_values(["model", "bucket"]).drop(columns="bucket")
         part = part.dropna(axis=1, how="all")
-        lines += [f"## {head}", "", _md_table(part), ""]
+        lines += [f"## {head}", "", md_table(part), ""]
     return "\n".join(lines)
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of any frame (floats to 4 significant digits, NaN blank)."""
     def cell(v: Any) -> str:
         if isinstance(v, (float, np.floating)):
             return "" if not np.isfinite(v) else f"{v:.4g}"
@@ -448,3 +449,32 @@ def mlflow_metrics(metrics: pd.DataFrame) -> list[tuple[str, float, int]]:
             else:
                 out.append((key + "_by_horizon", float(v), int(r["bucket"])))
     return out
+
+
+def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
+              history: Any = None, save_to: str | os.PathLike | None = None, **read_options: Any) -> dict:
+    """Fit the conformal band calibration of ``fc`` on the backtest rows ``cv`` (made with uncalibrated bands),
+    per horizon bucket (:mod:`ts_neuralode.calibration`); sets ``fc.calibration`` and, with ``save_to`` (a model
+    directory), stores it there. Returns it.
+
+    With ``history`` (the backtest's history) a row's lead time is counted from the last observation up to its
+    cutoff, as ``predict`` counts it from a history's last observation; without it, from the cutoff."""
+    from ts_neuralode import calibration
+
+    codec = fc.transform.codec
+    h = codec.duration(horizon, "horizon", ConfigError)
+    lead = None
+    if history is not None:
+        from ts_neuralode.data.batching import segment_searchsorted
+
+        table = fc.read_history(history, **read_options)
+        pos = {str(u): i for i, u in enumerate(table.ids)}
+        s = cv["unique_id"].astype(str).map(pos).to_numpy()
+        n = segment_searchsorted(table.times, table.offsets[:-1][s], table.counts[s], codec.to_float(cv["cutoff"]),
+                                 "right")
+        lead = codec.to_float(cv["ds"]) - table.times[table.offsets[:-1][s] + n - 1]
+    cal = calibration.fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead)
+    fc.calibration = cal
+    if save_to is not None:
+        calibration.save(save_to, cal)
+    return cal

@@ -59,7 +59,10 @@ def parser() -> OneLineArgumentParser:
     p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
                    help="central interval levels in percent (default 50 90)")
     p.add_argument("--calibrated", action="store_true",
-                   help="use the model's conformal band calibration (see ts-neuralode calibrate)")
+                   help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
+                        "store it in the model directory (calibration.json; used by forecast --calibrated)")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
@@ -89,13 +92,19 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(_join_negative_values(argv))
     if args.n_windows is None and args.cutoffs is None:
         args.n_windows = 3
+    if args.calibrate and args.calibrated:
+        raise ConfigError("--calibrate fits the calibration from the uncalibrated bands; drop --calibrated")
     if args.refit < 0:
         raise ConfigError(f"--refit {args.refit}: pass 0 (never), 1 (every window) or K (every K windows)")
     target = None
     if not args.no_tracking:
         target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
                   else _new_run(args.tracking_uri, args.experiment_name, args.run_name))
-    fc = Forecaster.load(_resolve_model_path(args.model, args.tracking_uri), transform=args.transform)
+    model_path = _resolve_model_path(args.model, args.tracking_uri)
+    if args.calibrate and not Path(model_path).is_dir():
+        raise ConfigError(f"--calibrate stores the calibration in the model directory; --model {args.model} is not "
+                          "one (pass the model directory written by fit)")
+    fc = Forecaster.load(model_path, transform=args.transform)
     read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
     cv = backtest.cross_validation(
         fc, args.data_path, args.horizon, n_windows=args.n_windows, step=args.step,
@@ -121,6 +130,10 @@ def main(argv: Sequence[str]) -> int:
     report_path = out_dir / "report.md"
     atomic_write_text(report_path, report + "\n")
     print(f"wrote {cv_path} ({len(cv)} rows), {metrics_path}, {report_path}, {png}")
+    if args.calibrate:
+        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data_path, save_to=model_path, **read)
+        factors = "; ".join(f"{lv}%: " + ", ".join(f"{c:.3g}" for c in f) for lv, f in cal["factors"].items())
+        print(f"calibration (band stretch per horizon bucket) {factors}: stored in {model_path}/calibration.json")
     overall = metrics[metrics["scope"] == "overall"].set_index("model")
     for model, row in overall.iterrows():
         cov = "  ".join(f"{c} {row[c]:.3f}" for c in overall.columns if c.startswith("coverage-") and row[c] == row[c])

@@ -90,6 +90,8 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
     p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
                    help="central interval levels in percent (default 50 90)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
@@ -168,7 +170,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, **read,
+        context=args.context, calibrated=args.calibrated, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)

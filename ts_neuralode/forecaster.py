@@ -87,6 +87,7 @@ class Forecaster:
         self.hparams = clean_hparams(getattr(module, "hparams", {}) or {})
         self.name = name or model_display_name(self.hparams)
         self.context = context
+        self.calibration: dict | None = None  # conformal band factors (ts_neuralode.calibration), if calibrated
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -100,8 +101,13 @@ class Forecaster:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
         :func:`ts_neuralode.model_store.write_model_dir`); returns it."""
-        return write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
-                               self.context)
+        out = write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
+                              self.context)
+        if self.calibration is not None:
+            from ts_neuralode import calibration
+
+            calibration.save(out, self.calibration)
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
@@ -120,7 +126,12 @@ class Forecaster:
                                 "directory's config.json or a SeriesTransform)")
         tr = as_transform(tstate)
         module = build_module(stored, Path(path), map_location)
-        return cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
+        fc = cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
+        if Path(path).is_dir():
+            from ts_neuralode import calibration
+
+            fc.calibration = calibration.load(path)
+        return fc
 
     # ------------------------------------------------------------------------------------------
     # prediction
@@ -152,6 +163,7 @@ class Forecaster:
         progress: bool = False,
         seed: int | None = 0,
         context: float | str | pd.Timedelta | None = None,
+        calibrated: bool = False,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -168,11 +180,16 @@ class Forecaster:
                 task's ``context`` in training). Default None: the model's training context
                 (``self.context``) when it was trained on the forecast task with one, else the whole
                 history; "all": the whole history in any case.
+            calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
+                fitted on backtest residuals per horizon bucket; ForecastError when the model has none).
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
+        if calibrated and self.calibration is None:
+            raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
+                                "('ts-neuralode backtest --calibrate' or ts_neuralode.backtest.calibrate)")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         for q in qs:
@@ -208,7 +225,14 @@ class Forecaster:
             frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
                                           [exact_q[rows_of[i]] for i in chunk])
                       for chunk in _progress(chunks, progress, "forecast")]
-        return pd.concat(frames, ignore_index=True)
+        out = pd.concat(frames, ignore_index=True)
+        if calibrated:
+            from ts_neuralode import calibration
+
+            last = dict(zip(map(str, table.ids), table.last_times()))
+            lead = self.transform.codec.to_float(out["ds"]) - out["unique_id"].astype(str).map(last).to_numpy()
+            out = calibration.apply(out, self.calibration, self.name, lead)
+        return out
 
     def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
                          cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
