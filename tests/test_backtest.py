@@ -197,3 +197,26 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
     assert main([*common, "--out_dir", str(tmp_path / "cal"), "--calibrated"]) == 0
     overall = pd.read_csv(tmp_path / "cal" / "metrics.csv").query("scope == 'overall' and model == @NAME").iloc[0]
     assert overall["coverage-50"] >= 0.5 and overall["coverage-90"] >= 0.9
+
+
+# -- a time-based split for fit: --data.train_end -------------------------------------------------------------
+def test_train_end_trains_before_one_time_and_validates_after_it():
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.errors import ConfigError
+
+    demo = pd.read_csv("data/demo.csv")
+    end = "2024-01-18T00:00:00+01:00"
+    dm = IrregularTimeSeriesDataModule(df=demo, time_unit="h", task="forecast", horizon="2D", context="4D",
+                                       train_end=end, layout="padded", batch_size=4)
+    dm.setup()
+    cut = float(dm.table.codec.to_float([end])[0])
+    assert np.all(dm._specs["train"].end == cut) and np.all(dm._specs["val"].cutoff == cut)
+    assert dm.split_ids("test") == [] and len(dm.split_ids("val")) == 12
+    before = demo[pd.to_datetime(demo["ds"]) <= pd.Timestamp(end)]["y"].dropna()
+    assert np.isclose(dm.transform.center[0], before.mean())  # the scaler saw only the part before train_end
+    for batch in dm.val_dataloader():  # validation targets: the horizon after train_end (model time > cutoff)
+        tm = batch.times if batch.times.dim() == 2 else batch.times.expand(batch.target_mask.shape[:2])
+        scored = batch.target_mask.any(-1)
+        assert (tm[scored] > batch.cutoff.view(-1, 1).expand_as(tm)[scored] - 1e-6).all()
+    with pytest.raises(ConfigError, match="train_end applies to task='forecast'"):
+        IrregularTimeSeriesDataModule(df=demo, time_unit="h", train_end=end)
