@@ -72,7 +72,8 @@ def _forecast_parser() -> argparse.ArgumentParser:
                         "or runs:/<run_id>/model to fetch it from MLflow")
     p.add_argument("--transform", default=None,
                    help="for a .ckpt without a data transform: a model directory or its config.json")
-    p.add_argument("--data.path", dest="data_path", required=True, help="history CSV (observed values)")
+    p.add_argument("--data.path", dest="data_path", required=True,
+                   help="history file, CSV or Parquet (.parquet) (observed values)")
     p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
     p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
     p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
@@ -96,7 +97,7 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
+    p.add_argument("--out", default="forecast.csv", help="output file (default forecast.csv; .parquet for Parquet)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
     p.add_argument("--plot_history", default=None,
@@ -189,11 +190,13 @@ def forecast_main(argv: Sequence[str]) -> int:
 
 
 def _write_csv(frame, path: Path) -> None:
-    """Atomically (a kill during the write leaves the previous file); one line when the path is not writable."""
-    from ts_neuralode.atomic import atomic_write_text
+    """Atomically (a kill during the write leaves the previous file); one line when the path is not writable.
+    Parquet for a .parquet / .pq path, else CSV."""
+    from ts_neuralode.atomic import atomic_write_bytes
+    from ts_neuralode.data.io import frame_bytes
 
     try:
-        atomic_write_text(path, frame.to_csv(index=False))
+        atomic_write_bytes(path, frame_bytes(frame, path))
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot write it ({err.strerror or type(err).__name__}); pass a writable "
                           "path") from err
