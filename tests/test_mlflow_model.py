@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY_FIT_ARGS, _free_port, subprocess_env
+from conftest import TINY_FIT_ARGS, _free_port, stop_mlflow_server, subprocess_env
 from ts_neuralode.cli import main
 from ts_neuralode.forecaster import Forecaster
 
@@ -111,12 +110,4 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
         assert (pd.to_datetime(rows["ds"]) == want["ds"]).all()
         assert np.allclose(rows[NAME], want[NAME], rtol=1e-5)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=20)
+        stop_mlflow_server(proc)  # the server's whole process group (uvicorn is its child)
