@@ -412,8 +412,10 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
     for scope, head in (("overall", "Overall"), ("horizon", "Per horizon bucket (time after the cutoff)"),
                         ("series", "Per series")):
         part = metrics[metrics["scope"] == scope].drop(columns=["scope"] + ([] if scope == "horizon" else ["bucket"]))
-        if scope == "horizon":
-            part = part.sort_values(["model", "bucket"]).drop(columns="bucket")
+        if scope == "horizon":  # models in their order (the forecast first), buckets in time order
+            rank = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
+            part = part.sort_values(["model", "bucket"], key=lambda c: c.map(rank) if c.name == "model" else c)
+            part = part.drop(columns="bucket")
         part = part.dropna(axis=1, how="all")
         lines += [f"## {head}", "", md_table(part), ""]
     return "\n".join(lines)

@@ -140,7 +140,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
               + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "") + (f"  {cov}" if cov else ""))
     if target is not None:
-        run_id, uri = _log_to_run(target, metrics, [cv_path, metrics_path, report_path, png])
+        files = [cv_path, metrics_path, report_path, png] + ([Path(model_path) / "calibration.json"]
+                                                             if args.calibrate else [])
+        run_id, uri = _log_to_run(target, metrics, files)
         print(f"logged the backtest to MLflow run {run_id} at {uri} (metrics backtest/..., artifacts backtest/)")
     return 0
 
