@@ -127,6 +127,27 @@ def verdict(row: dict) -> str:
     return "; ".join(out)
 
 
+def reading(table: pd.DataFrame) -> str:
+    """What the table says: the targets met, the misses, and the sampling noise of a coverage on these points."""
+    met = sum(str(v).count("met") for v in table["targets (calibrated)"])
+    misses = [f"{r['data']} {r['model']} {lv}% ({r[f'cov{lv}_cal']:.3f})" for _, r in table.iterrows() for lv in LEVELS
+              if not TARGETS[lv][0] <= r[f"cov{lv}_cal"] <= TARGETS[lv][1]]
+    n = int(table["distinct_test_points"].min())
+    sd50, sd90 = (100 * np.sqrt(p * (1 - p) / n) for p in (0.5, 0.9))
+    return (f"**Reading.** {met} of {2 * len(table)} calibrated coverages are inside their target range"
+            + (f"; off: {', '.join(misses)}" if misses else "") + ". The raw bands of the latent ODE cover almost "
+            "nothing (its samples carry only the spread of the latent initial state, not the observation noise), so "
+            "its calibrated band is essentially the conformal quantile of its own residuals (factors of 20-70); the "
+            "ODE-RNN and GRU-ODE have a Gaussian predictive std and need factors near 1. Split-conformal coverage is "
+            "guaranteed for points exchangeable with the calibration points, and on the calibration windows "
+            "themselves every model reaches its level (the in-sample columns); the held-out windows come later, and "
+            "a model whose error grows or shrinks with the distance from its training data (the latent ODE on the "
+            f"demo) drifts off. Sampling noise alone: with {n} distinct held-out observations (each scored from "
+            f"several overlapping windows, so fewer independent ones), a coverage has a standard error of at least "
+            f"{sd50:.1f} points at 50% and {sd90:.1f} at 90%: misses of that size are noise, larger ones are the "
+            "drift above.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=30)
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.epochs}`, everything else as the config says, 1 CPU thread; {args.num_samples} predictive "
             "samples (latent ODE). Data: " + "; ".join(f"`{k}`: {all_ds[k]['what']}" for k in
                                                        args.datasets.split(",")) + ".")
-    sections = [desc, "## Held-out coverage before / after calibration", markdown_table(show),
+    sections = [desc, "## Held-out coverage before / after calibration", markdown_table(show), reading(table),
                 "## Calibration factors (band stretch per horizon bucket, nearest first) and in-sample coverage",
                 markdown_table(factors)]
     return publish_report(args.out, "Conformal calibration of the forecast bands", "scripts/calibration_study.py",
