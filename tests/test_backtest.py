@@ -181,7 +181,7 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
                "--out", str(tmp_path / "f.csv"), "--no_plots", "--calibrated", "--no_progress"])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
-    common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "6",
+    common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "4",
               "--step", "3h", "--buckets", "1", "--num_samples", "16", "--no_tracking", "--no_progress"]
     assert main([*common, "--out_dir", str(tmp_path / "raw"), "--calibrate"]) == 0
     assert (model / "calibration.json").is_file()

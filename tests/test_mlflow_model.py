@@ -40,6 +40,12 @@ def registered(tmp_path_factory, dt_csv):
     return {"uri": uri, "cwd": cwd, "model_dir": cwd / "ck" / "model"}
 
 
+def test_register_as_without_tracking_is_one_line(tiny_csv, capfd):
+    rc = main(["fit", "--data.path", str(tiny_csv), "--tracking", "false", "--register_as", "x", *TINY_FIT_ARGS])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--register_as x registers the model logged to MLflow" in err[0], err
+
+
 def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered):
     from mlflow import MlflowClient
 

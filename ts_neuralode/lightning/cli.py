@@ -70,6 +70,9 @@ class TSNeuralODECLI(LightningCLI):
                               "file, or 'last' to resume from the checkpoint directory")
         if ckpt == "best" and self.subcommand != "fit":
             raise ConfigError("--ckpt_path best only works inside one fit; pass the path of a .ckpt file")
+        if cfg.get("register_as") and not (cfg.get("tracking") and cfg.get("log_model")):
+            raise ConfigError(f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
+                              "--tracking true and --log_model true")
         if "weights_only" in cfg and cfg.get("weights_only") is None:
             cfg.weights_only = True
         self.resume_run_id = None
