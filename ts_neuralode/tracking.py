@@ -431,8 +431,13 @@ class MlflowTrackingCallback(Callback):
             client.log_artifacts(run_id, str(model_dir), "model")
             from ts_neuralode.mlflow_model import log_pyfunc  # the same directory as an MLflow (pyfunc) model
 
-            log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster, datamodule,
-                       self.register_as)
+            try:
+                log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster, datamodule,
+                           self.register_as)
+            except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked())
+                if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
+                    raise
+                log.warning("MLflow model not logged (its example forecast failed: %s); model/ is logged", err)
             try:
                 pngs = forecaster.plot_validation_forecasts(
                     datamodule, Path(tmp) / "plots", n_series=self.plot_series, num_samples=self.forecast_samples
