@@ -3,6 +3,7 @@
     ts-neuralode fit      --config configs/latent_ode.yaml --data.path data.csv [--trainer.max_epochs 20]
     ts-neuralode validate | test | predict   (LightningCLI subcommands, same options; --ckpt_path PATH|last|best)
     ts-neuralode forecast --model MODEL_DIR_OR_CKPT --data.path history.csv --horizon 30D --out forecast.csv
+    ts-neuralode backtest --model MODEL_DIR --data.path history.csv --horizon 2D --n_windows 4   (ts_neuralode.backtest)
     ts-neuralode generate NAME --out PATH        (synthetic data sets; ts_neuralode.data.generators)
     ts-neuralode benchmark ...                   (ODE vs flow speed/accuracy; ts_neuralode.benchmark)
 
@@ -71,7 +72,8 @@ def _forecast_parser() -> argparse.ArgumentParser:
                         "or runs:/<run_id>/model to fetch it from MLflow")
     p.add_argument("--transform", default=None,
                    help="for a .ckpt without a data transform: a model directory or its config.json")
-    p.add_argument("--data.path", dest="data_path", required=True, help="history CSV (observed values)")
+    p.add_argument("--data.path", dest="data_path", required=True,
+                   help="history file, CSV or Parquet (.parquet) (observed values)")
     p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
     p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
     p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
@@ -92,11 +94,13 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
     p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
                    help="central interval levels in percent (default 50 90)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
+    p.add_argument("--out", default="forecast.csv", help="output file (default forecast.csv; .parquet for Parquet)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
     p.add_argument("--plot_history", default=None,
@@ -170,7 +174,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, future=args.future, **read,
+        context=args.context, future=args.future, calibrated=args.calibrated, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)
@@ -189,11 +193,13 @@ def forecast_main(argv: Sequence[str]) -> int:
 
 
 def _write_csv(frame, path: Path) -> None:
-    """Atomically (a kill during the write leaves the previous file); one line when the path is not writable."""
-    from ts_neuralode.atomic import atomic_write_text
+    """Atomically (a kill during the write leaves the previous file); one line when the path is not writable.
+    Parquet for a .parquet / .pq path, else CSV."""
+    from ts_neuralode.atomic import atomic_write_bytes
+    from ts_neuralode.data.io import frame_bytes
 
     try:
-        atomic_write_text(path, frame.to_csv(index=False))
+        atomic_write_bytes(path, frame_bytes(frame, path))
     except OSError as err:
         raise ConfigError(f"--out {path}: cannot write it ({err.strerror or type(err).__name__}); pass a writable "
                           "path") from err
@@ -260,15 +266,23 @@ def benchmark_main(argv: Sequence[str]) -> int:
     return int(cli_main(list(argv)) or 0)
 
 
-EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main}
+def backtest_main(argv: Sequence[str]) -> int:
+    from ts_neuralode.backtest_cli import main as backtest_cli
 
-USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,generate,benchmark}} ...
+    return backtest_cli(list(argv))
+
+
+EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main,
+                     "backtest": backtest_main}
+
+USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
   fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last)
   validate   evaluate on the validation split (--ckpt_path PATH)
   test       evaluate on the test split (--ckpt_path PATH)
   predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
   forecast   forecast a history CSV at future times with a trained model (CSV + PNGs)
+  backtest   rolling-origin backtest of a trained model: forecasts, metrics, report, plot, MLflow
   generate   write a synthetic data set (sine, square, ..., periodic, double_ou, pk) as CSV
   benchmark  ODE vs flow speed and accuracy
 

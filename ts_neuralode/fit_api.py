@@ -86,27 +86,34 @@ def fit_argv(data: Any, model: str | os.PathLike, *, data_options: Mapping[str, 
     return argv, model_dir
 
 
-def fit(data: Any, model: str | os.PathLike = "latent_ode", **kwargs: Any):
-    """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.forecaster.Forecaster` (see
-    :meth:`Forecaster.fit <ts_neuralode.forecaster.Forecaster.fit>` for the arguments)."""
+def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
+    """Run the ``ts-neuralode fit`` command line ``argv`` in-process and load the model directory it wrote (the one
+    code path of :func:`fit` and the backtest's refits)."""
     import argparse
 
     from ts_neuralode.cli import run_lightning
     from ts_neuralode.forecaster import Forecaster
     from ts_neuralode.tracking import read_run_file
 
-    argv, model_dir = fit_argv(data, model, **kwargs)
     try:
         run_lightning(argv)
     except argparse.ArgumentError as err:  # jsonargparse: an unknown or ill-typed option
-        raise ConfigError(f"Forecaster.fit: {' '.join(str(err).split())}") from err
+        raise ConfigError(f"{what}: {' '.join(str(err).split())}") from err
     if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"Forecaster.fit: the fit wrote no model directory at {model_dir} (no fitted weights)")
+        raise ConfigError(f"{what}: the fit wrote no model directory at {model_dir} (no fitted weights)")
     fc = Forecaster.load(model_dir)
-    info = read_run_file(model_dir.parent / "checkpoints") or {}
-    fc.fit_info = {"argv": argv, "model_dir": str(model_dir), "checkpoint_dir": str(model_dir.parent / "checkpoints"),
+    checkpoints = model_dir.parent / "checkpoints"
+    info = read_run_file(checkpoints) or {}
+    fc.fit_info = {"argv": argv, "model_dir": str(model_dir), "checkpoint_dir": str(checkpoints),
                    "run_id": info.get("run_id"), "tracking_uri": info.get("tracking_uri")}
     return fc
 
 
-__all__ = ["fit", "fit_argv", "options_to_argv"]
+def fit(data: Any, model: str | os.PathLike = "latent_ode", **kwargs: Any):
+    """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.forecaster.Forecaster` (see
+    :meth:`Forecaster.fit <ts_neuralode.forecaster.Forecaster.fit>` for the arguments)."""
+    argv, model_dir = fit_argv(data, model, **kwargs)
+    return run_fit(argv, model_dir)
+
+
+__all__ = ["fit", "fit_argv", "options_to_argv", "run_fit"]

@@ -94,6 +94,7 @@ class Forecaster:
         #: the transform of the forecast channels (the training channels but the past-only covariates)
         spec = self.covariate_spec
         self.output_transform = transform if spec is None else spec.output_transform(transform)
+        self.calibration: dict | None = None  # conformal band factors (ts_neuralode.calibration), if calibrated
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -132,8 +133,13 @@ class Forecaster:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
         :func:`ts_neuralode.model_store.write_model_dir`); returns it."""
-        return write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
-                               self.context)
+        out = write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
+                              self.context)
+        if self.calibration is not None:
+            from ts_neuralode import calibration
+
+            calibration.save(out, self.calibration)
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
@@ -152,7 +158,12 @@ class Forecaster:
                                 "directory's config.json or a SeriesTransform)")
         tr = as_transform(tstate)
         module = build_module(stored, Path(path), map_location)
-        return cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
+        fc = cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
+        if Path(path).is_dir():
+            from ts_neuralode import calibration
+
+            fc.calibration = calibration.load(path)
+        return fc
 
     # ------------------------------------------------------------------------------------------
     # prediction
@@ -185,6 +196,7 @@ class Forecaster:
         seed: int | None = 0,
         context: float | str | pd.Timedelta | None = None,
         future: pd.DataFrame | str | os.PathLike | None = None,
+        calibrated: bool = False,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -204,11 +216,16 @@ class Forecaster:
             future: known-future covariate values after the history (a DataFrame or CSV with the id and time
                 columns and the model's ``future_cols``); the history's own rows count too. Every covariate must
                 be known up to each series' last query time (ForecastError naming the column otherwise).
+            calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
+                fitted on backtest residuals per horizon bucket; ForecastError when the model has none).
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
+        if calibrated and self.calibration is None:
+            raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
+                                "('ts-neuralode backtest --calibrate' or ts_neuralode.backtest.calibrate)")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         for q in qs:
@@ -245,7 +262,29 @@ class Forecaster:
             frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
                                           [exact_q[rows_of[i]] for i in chunk], covariates)
                       for chunk in _progress(chunks, progress, "forecast")]
-        return pd.concat(frames, ignore_index=True)
+        out = pd.concat(frames, ignore_index=True)
+        if calibrated:
+            from ts_neuralode import calibration
+
+            last = dict(zip(map(str, table.ids), table.last_times()))
+            lead = self.transform.codec.to_float(out["ds"]) - out["unique_id"].astype(str).map(last).to_numpy()
+            out = calibration.apply(out, self.calibration, self.name, lead)
+        return out
+
+    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
+                         cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
+                         refit: bool | int = False, fit_args: Sequence[str] | str | None = None,
+                         **options: Any) -> pd.DataFrame:
+        """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
+        <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
+        ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
+        windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
+        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
+        :mod:`ts_neuralode.backtest` (also :func:`ts_neuralode.backtest.evaluate` for the metrics)."""
+        from ts_neuralode.backtest import cross_validation
+
+        return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
+                                refit=refit, fit_args=fit_args, **options)
 
     def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray]):
         """The known-future covariates of ``table``'s series from the history and ``future`` (None when the model

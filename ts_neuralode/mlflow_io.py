@@ -16,6 +16,16 @@ from ts_neuralode.errors import ConfigError
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 250
+#: the MLflow 3 UI's experiment type: model training (not GenAI)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def mark_training_experiment(client, experiment_id: str) -> None:
+    """Tag the experiment as a model-training one in the MLflow UI, unless it has a kind already."""
+    exp = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str]):
@@ -26,7 +36,8 @@ def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str]):
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+            experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
     except Exception as err:  # MlflowException, sqlalchemy errors: a user-fixable URI problem
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -17,8 +17,10 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
   every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
   and ``epoch_time_s`` (training time of the epoch, validation excluded);
 * artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
-  :class:`ts_neuralode.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles) and forecast
-  plots of a few validation series (``plots/``).
+  :class:`ts_neuralode.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles), the same model as
+  an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.mlflow_model`; registered with
+  ``--register_as NAME``) and forecast plots of a few validation series (``plots/``);
+* the experiment is tagged as a model-training one (``mlflow.experimentKind``) unless it has a kind already.
 
 Resuming: the run id is stored in every checkpoint (this callback's state) and in ``mlflow_run.json`` beside the
 checkpoints, so ``fit --ckpt_path last`` continues the same MLflow run.
@@ -270,6 +272,7 @@ class MlflowTrackingCallback(Callback):
         log_model: log the model directory and forecast plots to MLflow at the end of the fit.
         plot_series: how many validation series to plot.
         forecast_samples: latent samples per plotted forecast.
+        register_as: also register the logged MLflow model under this name (``--register_as``).
     """
 
     def __init__(
@@ -278,7 +281,9 @@ class MlflowTrackingCallback(Callback):
         log_model: bool = True,
         plot_series: int = 3,
         forecast_samples: int = 50,
+        register_as: str | None = None,
     ) -> None:
+        self.register_as = register_as
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.log_model = log_model
         self.plot_series = plot_series
@@ -305,6 +310,9 @@ class MlflowTrackingCallback(Callback):
             return
         self.run_id = logger.run_id
         self.tracking_uri = logger._tracking_uri
+        from ts_neuralode.mlflow_io import mark_training_experiment
+
+        tracked(logger, mark_training_experiment, logger.experiment, logger.experiment_id)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After every callback's setup (ModelCheckpoint warns about a non-empty directory in its setup).
@@ -421,6 +429,15 @@ class MlflowTrackingCallback(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = model_dir or forecaster.save(Path(tmp) / "model")
             client.log_artifacts(run_id, str(model_dir), "model")
+            from ts_neuralode.mlflow_model import log_pyfunc  # the same directory as an MLflow (pyfunc) model
+
+            try:
+                log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster, datamodule,
+                           self.register_as)
+            except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked())
+                if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
+                    raise
+                log.warning("MLflow model not logged (its example forecast failed: %s); model/ is logged", err)
             try:
                 pngs = forecaster.plot_validation_forecasts(
                     datamodule, Path(tmp) / "plots", n_series=self.plot_series, num_samples=self.forecast_samples

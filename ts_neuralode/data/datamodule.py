@@ -108,6 +108,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             (default None: all history). windows_per_series: training windows per series per epoch (an
             int, or "auto"). split_by: "series" or "time" (default: "time" for the forecast task, "series"
             otherwise; "time" applies to the forecast task only).
+        train_end: forecast task split by time: one cutoff time for every series (a number or datetime on the
+            data's own time axis) instead of the last horizons: training windows lie before it (the scaler is
+            fitted on that part), validation scores the horizon after it, conditioned on the context before
+            it (val_fraction / test_fraction are then ignored; there is no test split).
         season: the period of the seasonal naive baseline (a duration or a number of time units); the
             LightningModule gets it in model units through :attr:`season_period`.
         future_cols: known-future covariate columns (a control ``u(t)`` of the dynamics, never forecast or scored;
@@ -159,6 +163,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         calendar: list[str] | None = None,
         past_cols: list[str] | None = None,
         static_cols: list[str] | None = None,
+        train_end: float | str | None = None,
     ):
         super().__init__()
         if (path is None) == (df is None):
@@ -174,6 +179,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         if task == "forecast" and horizon is None:
             raise ConfigError("task='forecast' needs a horizon: pass --data.horizon (a number of the data's time "
                               "units, or a duration such as 2D for datetimes)")
+        if train_end is not None and (task != "forecast" or split_by != "time"):
+            raise ConfigError(f"train_end applies to task='forecast' split by time (task={task!r}, split_by="
+                              f"{split_by!r}); pass --data.task forecast with a horizon, or drop train_end")
         if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
             raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
         if layout not in LAYOUTS:
@@ -204,6 +212,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.shuffle = bool(shuffle)
         self.horizon, self.context, self.split_by, self.season = horizon, context, split_by, season
+        self.train_end = train_end
         self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
         self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar, past_cols, static_cols)
         if self._cov_spec is not None:
@@ -310,12 +319,17 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         first, last = table.first_times(), table.last_times()
         every, none = np.arange(s), np.zeros(0, dtype=np.int64)
         if self.split_by == "time":
-            test_cut = last - h
-            val_cut = (test_cut if self.test_fraction > 0 else last) - h
-            end = val_cut if self.val_fraction > 0 else (test_cut if self.test_fraction > 0 else np.full(s, np.inf))
-            split = {"train": every, "val": every if self.val_fraction > 0 else none,
-                     "test": every if self.test_fraction > 0 else none}
-            cuts = {"val": val_cut, "test": test_cut}
+            if self.train_end is not None:  # one cutoff for every series: train before it, validate after it
+                cut = np.full(s, float(table.codec.to_float([self.train_end])[0]))
+                end, cuts = cut, {"val": cut, "test": cut}
+                split = {"train": every, "val": every, "test": none}
+            else:
+                test_cut = last - h
+                val_cut = (test_cut if self.test_fraction > 0 else last) - h
+                end = val_cut if self.val_fraction > 0 else (test_cut if self.test_fraction > 0 else np.full(s, np.inf))
+                split = {"train": every, "val": every if self.val_fraction > 0 else none,
+                         "test": every if self.test_fraction > 0 else none}
+                cuts = {"val": val_cut, "test": test_cut}
             # Fit the scaler and time scale on the training part of the time axis only.
             n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
                                          "right")

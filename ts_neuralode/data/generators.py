@@ -36,7 +36,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.atomic import atomic_write_text
+from ts_neuralode.atomic import atomic_write
+from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
 
 NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou", "pk")
@@ -231,7 +232,8 @@ def cli_main(argv: list[str] | None = None) -> int:
         df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
                       extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
         # atomically: a kill during the write leaves the previous file
-        atomic_write_text(args.out, df.to_csv(index=False, float_format="%.12g"), parents=False)
+        data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
+        atomic_write(args.out, lambda f: f.write(data), parents=False)
     except TSNeuralODEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

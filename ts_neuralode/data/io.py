@@ -20,6 +20,7 @@ is the 0-based position).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -135,13 +136,47 @@ class _Where:
 _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
+#: file name endings read and written as Parquet (everything else is CSV)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a Parquet file (by its extension: .parquet or .pq)."""
+    return os.fspath(path).lower().endswith(PARQUET_SUFFIXES)
+
+
+def frame_bytes(frame: pd.DataFrame, path: str | os.PathLike, **csv_options) -> bytes:
+    """``frame`` as the bytes of a file named ``path``: Parquet for .parquet / .pq, else CSV (``csv_options``)."""
+    if is_parquet(path):
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        return buf.getvalue()
+    return frame.to_csv(index=False, **csv_options).encode("utf-8")
+
+
+def _read_parquet(p: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(p)
+    except ImportError as exc:
+        raise DataError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow); or pass a CSV file") from exc
+    except Exception as exc:  # pyarrow's ArrowInvalid / OSError: not a Parquet file
+        msg = " ".join(str(exc).strip().splitlines()[-1].split()) if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: not a readable Parquet file ({msg[:200]}); check the file or pass a CSV") from exc
+
+
 def read_frame(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV into a DataFrame, raising DataError for a missing, unreadable or empty file."""
+    """Read a CSV (or a Parquet file: .parquet / .pq) into a DataFrame, raising DataError for a missing, unreadable
+    or empty file."""
     p = os.fspath(path)
     if not os.path.exists(p):
         raise DataError(f"{p}: file not found; check the path")
     if os.path.isdir(p):
         raise DataError(f"{p}: is a directory, not a CSV file; pass the path of a .csv file")
+    if is_parquet(p):
+        df = _read_parquet(p)
+        if len(df) == 0:
+            raise DataError(f"{p}: file has no data rows; add observations")
+        return df
     try:
         df = pd.read_csv(p, skipinitialspace=True, **_EXACT_FLOATS)
     except pd.errors.EmptyDataError as exc:

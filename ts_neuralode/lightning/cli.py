@@ -43,6 +43,8 @@ class TSNeuralODECLI(LightningCLI):
                                  "<checkpoint_dir>/model)")
         parser.add_argument("--log_model", type=bool, default=True,
                             help="fit: log the model directory and forecast plots to MLflow")
+        parser.add_argument("--register_as", type=str | None, default=None,
+                            help="fit: also register the logged MLflow model under this name")
         parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
         # --data.season (a duration) reaches the seasonal baseline in model time units
         parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
@@ -70,6 +72,9 @@ class TSNeuralODECLI(LightningCLI):
                               "file, or 'last' to resume from the checkpoint directory")
         if ckpt == "best" and self.subcommand != "fit":
             raise ConfigError("--ckpt_path best only works inside one fit; pass the path of a .ckpt file")
+        if cfg.get("register_as") and not (cfg.get("tracking") and cfg.get("log_model")):
+            raise ConfigError(f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
+                              "--tracking true and --log_model true")
         if "weights_only" in cfg and cfg.get("weights_only") is None:
             cfg.weights_only = True
         self.resume_run_id = None
@@ -99,7 +104,8 @@ class TSNeuralODECLI(LightningCLI):
                 run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
             )
             callbacks.append(tracking.MlflowTrackingCallback(ckpt_dir=self.ckpt_dir,
-                                                             log_model=bool(cfg.get("log_model"))))
+                                                             log_model=bool(cfg.get("log_model")),
+                                                             register_as=cfg.get("register_as")))
         user_cbs = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False and not any(
                 isinstance(c, ModelCheckpoint) for c in user_cbs):

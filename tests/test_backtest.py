@@ -1,0 +1,222 @@
+"""Rolling-origin backtesting: ``Forecaster.cross_validation``, ``backtest.evaluate`` and ``ts-neuralode backtest``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY_FIT_ARGS
+from ts_neuralode import backtest
+from ts_neuralode.cli import main
+from ts_neuralode.forecaster import Forecaster
+
+NAME = "latent_ode_coupling_flow"
+HOUR_NS = 3_600_000_000_000
+
+
+@pytest.fixture(scope="module")
+def fc(dt_fitted):
+    assert dt_fitted["rc"] == 0, dt_fitted["output"][-2000:]
+    return Forecaster.load(dt_fitted["model_dir"])
+
+
+@pytest.fixture(scope="module")
+def observed(dt_csv) -> pd.DataFrame:
+    df = pd.read_csv(dt_csv).dropna(subset=["y"])
+    return df.assign(ds=pd.to_datetime(df["ds"]))
+
+
+@pytest.fixture(scope="module")
+def cv(fc, dt_csv):
+    return fc.cross_validation(str(dt_csv), "12h", n_windows=3, step="6h", num_samples=16)
+
+
+def test_rows_are_the_observations_after_each_cutoff(cv, observed):
+    """Nixtla columns; every row is an observed value within the horizon after its window's cutoff; each series'
+    last window ends at its last observation (cutoff = last - 12h, then every 6h before)."""
+    assert list(cv.columns[:9]) == ["unique_id", "ds", "cutoff", "y", NAME, f"{NAME}-lo-50", f"{NAME}-hi-50",
+                                    f"{NAME}-lo-90", f"{NAME}-hi-90"]
+    assert {"locf", "mean"} <= set(cv.columns) and any(c.startswith(f"{NAME}-q-") for c in cv.columns)
+    assert str(cv["ds"].dt.tz) == "UTC+01:00" and str(cv["cutoff"].dt.tz) == "UTC+01:00"
+    lead = cv["ds"] - cv["cutoff"]
+    assert (lead > pd.Timedelta(0)).all() and (lead <= pd.Timedelta("12h")).all()
+    key = observed.set_index(["unique_id", "ds"])["y"]
+    got = cv.set_index(["unique_id", "ds"])["y"]
+    assert np.allclose(got.to_numpy(), key.loc[got.index].to_numpy())  # y is the file's value at that time
+    # completeness: every observation within (cutoff, cutoff + 12h] of every window is a row
+    for (uid, cut), g in cv.groupby(["unique_id", "cutoff"]):
+        o = observed[(observed["unique_id"] == uid) & (observed["ds"] > cut)
+                     & (observed["ds"] <= cut + pd.Timedelta("12h"))]
+        assert sorted(o["ds"]) == sorted(g["ds"])
+    last = observed.groupby("unique_id")["ds"].max()
+    ends = cv.groupby("unique_id")["ds"].max()
+    assert (ends == last[ends.index]).all()
+    cuts = cv.groupby("unique_id")["cutoff"].unique()
+    for uid, c in cuts.items():  # a window without targets is left out: a subset of the three
+        assert set(last[uid] - pd.Series(c)) <= {pd.Timedelta(h) for h in ("12h", "18h", "24h")}
+    assert cv.groupby("unique_id")["cutoff"].nunique().max() == 3
+    assert (cv[f"{NAME}-lo-90"] <= cv[f"{NAME}-lo-50"] + 1e-9).all()
+
+
+def test_a_window_is_a_forecast_from_the_history_up_to_its_cutoff(fc, cv, observed, dt_csv):
+    """The rows of a window are exactly what predict gives for the history cut at each series' cutoff (the same
+    series in the batch, the same seed: the same latent samples)."""
+    raw = pd.read_csv(dt_csv)
+    last_cut = cv.groupby("unique_id")["cutoff"].max()
+    rows = cv[cv["cutoff"] == cv["unique_id"].map(last_cut)].sort_values(["unique_id", "ds"])
+    hist = raw[pd.to_datetime(raw["ds"]) <= raw["unique_id"].map(last_cut)]
+    direct = fc.predict(hist, times=rows[["unique_id", "ds"]], num_samples=16)
+    assert np.allclose(direct[NAME].to_numpy(), rows[NAME].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert np.allclose(direct[f"{NAME}-hi-90"].to_numpy(), rows[f"{NAME}-hi-90"].to_numpy(), rtol=1e-5, atol=1e-6)
+    uid, cut = last_cut.index[0], last_cut.iloc[0]
+    rows = rows[rows["unique_id"] == uid]
+    # the baselines: the value at the cutoff, and the mean of the history up to it
+    h = observed[(observed["unique_id"] == uid) & (observed["ds"] <= cut)]
+    assert np.allclose(rows["locf"], h["y"].iloc[-1]) and np.allclose(rows["mean"], h["y"].mean())
+
+
+def test_evaluate_matches_the_definitions(cv):
+    m = backtest.evaluate(cv, 12.0, buckets=3, unit_ns=HOUR_NS)
+    assert set(m["scope"]) == {"overall", "series", "horizon"}
+    overall = m[m["scope"] == "overall"].set_index("model")
+    err = (cv[NAME] - cv["y"]).abs()
+    assert overall.loc[NAME, "n"] == len(cv)
+    assert np.isclose(overall.loc[NAME, "mae"], err.mean())
+    assert np.isclose(overall.loc[NAME, "rmse"], np.sqrt(((cv[NAME] - cv["y"]) ** 2).mean()))
+    assert np.isclose(overall.loc[NAME, "scaled_mae"], err.mean() / (cv["locf"] - cv["y"]).abs().mean())
+    inside = (cv["y"] >= cv[f"{NAME}-lo-90"]) & (cv["y"] <= cv[f"{NAME}-hi-90"])
+    assert np.isclose(overall.loc[NAME, "coverage-90"], inside.mean())
+    assert np.isclose(overall.loc[NAME, "width-90"], (cv[f"{NAME}-hi-90"] - cv[f"{NAME}-lo-90"]).mean())
+    assert overall.loc[NAME, "winkler-90"] >= overall.loc[NAME, "width-90"]
+    assert 0 < overall.loc[NAME, "crps"] < err.mean() + 1e-9  # a spread forecast's CRPS is below its MAE
+    assert np.isnan(overall.loc["locf", "crps"]) and overall.loc["locf", "scaled_mae"] == 1
+    hz = m[(m["scope"] == "horizon") & (m["model"] == NAME)].sort_values("bucket")
+    assert list(hz["group"]) == ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"][:len(hz)]
+    assert hz["n"].sum() == len(cv)
+    series = m[(m["scope"] == "series") & (m["model"] == NAME)]
+    assert series["n"].sum() == len(cv) and set(series["group"]) == set(cv["unique_id"])
+
+
+def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "bt"
+    rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
+               "--n_windows", "2", "--buckets", "2", "--num_samples", "8", "--out_dir", str(out),
+               "--tracking_uri", uri, "--experiment_name", "bt", "--no_progress"])
+    assert rc == 0
+    cv = pd.read_csv(out / "cv.csv")
+    assert list(cv.columns[:4]) == ["unique_id", "ds", "cutoff", "y"]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["model"]) == {NAME, "locf", "mean"}
+    report = (out / "report.md").read_text()
+    assert "## Per horizon bucket" in report and "ts-neuralode backtest --model" in report
+    assert (out / "error_vs_horizon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bt")
+    run = client.search_runs([exp.experiment_id])[0]
+    overall = metrics[(metrics["scope"] == "overall") & (metrics["model"] == NAME)].iloc[0]
+    assert np.isclose(run.data.metrics[f"backtest/{NAME}/mae"], overall["mae"])
+    steps = client.get_metric_history(run.info.run_id, f"backtest/{NAME}/mae_by_horizon")
+    assert sorted(s.step for s in steps) == [0, 1]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "backtest")}
+    assert {"backtest/cv.csv", "backtest/metrics.csv", "backtest/report.md", "backtest/error_vs_horizon.png"} <= arts
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--n_windows", "0"], "n_windows=0 must be >= 1"),
+    (["--n_windows", "2", "--cutoffs", "2024-01-09T00:00+01:00"], "either n_windows"),
+    (["--refit", "1"], "refit needs fit_args"),
+])
+def test_backtest_user_errors_are_one_line(dt_fitted, dt_csv, tmp_path, capfd, args, needle):
+    rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
+               "--out_dir", str(tmp_path), "--no_tracking", *args])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
+    """refit=True: each window's model is trained by 'ts-neuralode fit' on that window's history only; with the
+    same seed and options the last window's model equals a fit on the file cut at that cutoff."""
+    args = [a for a in TINY_FIT_ARGS]
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    fit_args = ["--data.time_unit", "h", *args]
+    cv = fc.cross_validation(str(dt_csv), "12h", n_windows=2, step="12h", num_samples=8, refit=True,
+                             fit_args=fit_args, workdir=tmp_path)
+    assert cv.groupby("unique_id")["cutoff"].nunique().max() == 2
+    assert np.isfinite(cv[NAME]).all()
+    raw = pd.read_csv(dt_csv)
+    last_cut = cv.groupby("unique_id")["cutoff"].max()
+    keep = pd.to_datetime(raw["ds"]) <= raw["unique_id"].map(last_cut)
+    ref = backtest.refit_forecaster(fit_args, raw[keep], tmp_path / "ref")
+    rows = cv[cv["cutoff"] == cv["unique_id"].map(last_cut)]
+    direct = ref.predict(raw[keep], times=rows[["unique_id", "ds"]], num_samples=8)
+    assert np.allclose(direct[NAME].to_numpy(), rows.sort_values(["unique_id", "ds"])[NAME].to_numpy(), rtol=1e-4,
+                       atol=1e-5)
+
+
+# -- conformal calibration --------------------------------------------------------------------------------------
+def test_conformal_factor_and_band_stretch():
+    from ts_neuralode import calibration
+
+    scores = np.arange(1.0, 101.0)[::-1]
+    assert calibration.conformal_factor(scores, 90) == 91.0  # the ceil((n + 1) 0.9) = 91st smallest
+    assert calibration.conformal_factor(scores[:5], 90) == np.inf  # too few points for a 90% guarantee
+    y, m = np.array([3.0, -1.0]), np.zeros(2)
+    assert np.allclose(calibration.band_scores(y, m, m - 1.0, m + 2.0), [1.5, 1.0])
+    cal = {"edges": [0.0, 1.0, 2.0], "factors": {"90": [2.0, 0.5]}}
+    frame = pd.DataFrame({"m": [1.0, 1.0], "m-lo-90": [0.0, 0.0], "m-hi-90": [3.0, 3.0]})
+    out = calibration.apply(frame, cal, "m", np.array([0.5, 7.0]))  # lead 7 is past the horizon: last bucket
+    assert np.allclose(out["m-lo-90"], [-1.0, 0.5]) and np.allclose(out["m-hi-90"], [5.0, 2.0])
+
+
+def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_path, capfd):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(dt_fitted["model_dir"], model)
+    rc = main(["forecast", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points", "2",
+               "--out", str(tmp_path / "f.csv"), "--no_plots", "--calibrated", "--no_progress"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
+    common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "4",
+              "--step", "3h", "--buckets", "1", "--num_samples", "16", "--no_tracking", "--no_progress"]
+    assert main([*common, "--out_dir", str(tmp_path / "raw"), "--calibrate"]) == 0
+    assert (model / "calibration.json").is_file()
+    fc = Forecaster.load(model)
+    factors = fc.calibration["factors"]
+    assert set(factors) == {"50", "90"} and min(factors["50"] + factors["90"]) > 0
+    raw = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16)
+    cal = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16, calibrated=True)
+    c = factors["90"][0]
+    assert np.allclose(cal[f"{NAME}-hi-90"], raw[NAME] + c * (raw[f"{NAME}-hi-90"] - raw[NAME]))
+    assert np.allclose(cal[f"{NAME}-lo-90"], raw[NAME] - c * (raw[NAME] - raw[f"{NAME}-lo-90"]))
+    # on the windows it was fitted on, the calibrated bands cover at least their level (split-conformal quantile)
+    assert main([*common, "--out_dir", str(tmp_path / "cal"), "--calibrated"]) == 0
+    overall = pd.read_csv(tmp_path / "cal" / "metrics.csv").query("scope == 'overall' and model == @NAME").iloc[0]
+    assert overall["coverage-50"] >= 0.5 and overall["coverage-90"] >= 0.9
+
+
+# -- a time-based split for fit: --data.train_end -------------------------------------------------------------
+def test_train_end_trains_before_one_time_and_validates_after_it():
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.errors import ConfigError
+
+    demo = pd.read_csv("data/demo.csv")
+    end = "2024-01-18T00:00:00+01:00"
+    dm = IrregularTimeSeriesDataModule(df=demo, time_unit="h", task="forecast", horizon="2D", context="4D",
+                                       train_end=end, layout="padded", batch_size=4)
+    dm.setup()
+    cut = float(dm.table.codec.to_float([end])[0])
+    assert np.all(dm._specs["train"].end == cut) and np.all(dm._specs["val"].cutoff == cut)
+    assert dm.split_ids("test") == [] and len(dm.split_ids("val")) == 12
+    before = demo[pd.to_datetime(demo["ds"]) <= pd.Timestamp(end)]["y"].dropna()
+    assert np.isclose(dm.transform.center[0], before.mean())  # the scaler saw only the part before train_end
+    for batch in dm.val_dataloader():  # validation targets: the horizon after train_end (model time > cutoff)
+        tm = batch.times if batch.times.dim() == 2 else batch.times.expand(batch.target_mask.shape[:2])
+        scored = batch.target_mask.any(-1)
+        assert (tm[scored] > batch.cutoff.view(-1, 1).expand_as(tm)[scored] - 1e-6).all()
+    with pytest.raises(ConfigError, match="train_end applies to task='forecast'"):
+        IrregularTimeSeriesDataModule(df=demo, time_unit="h", train_end=end)

@@ -1,0 +1,479 @@
+"""Rolling-origin backtesting: forecast from many cutoffs, score what came after, in the user's units.
+
+:func:`cross_validation` (``Forecaster.cross_validation``) returns Nixtla-style rows
+``unique_id, ds, [channel,] cutoff, y, <model>, <model>-lo-L, <model>-hi-L, <model>-q-P, locf, mean``: one per
+observed value after each cutoff, at the series' own (irregular) observation times.
+
+Windows, per series (times in the data's units; durations as numbers or strings such as ``"2D"``):
+
+* ``n_windows`` (with ``step``, default the horizon): nominal cuts ``last - horizon - k * step`` for
+  ``k = n_windows - 1 … 0`` (the last window ends at the series' last observation: the backtest of the
+  forecast you would have made one horizon ago, and of the ``split_by time`` test window of the forecast task);
+* ``cutoffs``: explicit times shared by every series.
+
+A window's forecast is the one made at time ``cutoff`` with everything observed up to it: the model conditions on
+the series' observations at or before the cutoff (as :meth:`Forecaster.predict` on that history would) and is
+scored at its observations in ``(cutoff, cutoff + horizon]``. A series with no observation up to a cutoff or none
+in the window after it sits that window out.
+
+``refit``: ``False`` (one model for every window — it may have seen the later windows in training), ``True``
+(train a new model on each window's history) or ``k`` (every ``k`` windows); a refit trains through the same
+code path as ``ts-neuralode fit`` (:func:`refit_forecaster`) with the options of ``fit_args``.
+
+Baselines scored by the same code: ``locf`` (the last value observed up to the cutoff) and ``mean`` (the mean of
+the series' values up to the cutoff). :func:`evaluate` scores every model column with utilsforecast's losses (MAE, RMSE,
+MAE relative to ``locf``, CRPS, interval coverage and Winkler score) plus the band width, overall, per series
+and per horizon bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ts_neuralode.errors import ConfigError, ForecastError
+
+#: the quantile grid behind the CRPS (midpoints of 20 equal slices of (0, 1); CRPS = 2 x mean pinball loss)
+CRPS_QUANTILES = tuple((np.arange(20) + 0.5) / 20)
+BASELINES = ("locf", "mean")
+DEFAULT_BUCKETS = 4
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# -- windows ------------------------------------------------------------------------------------------------
+def window_cuts(table, horizon: float, n_windows: int | None, cutoffs: Sequence | None, step: float | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``[W, S]`` cut times (see the module docstring): raw floats, and for datetime data the same instants as
+    int64 ns (exact: the ``cutoff`` column shows them, and the float times are computed from them)."""
+    codec = table.codec
+    if (n_windows is None) == (cutoffs is None):
+        raise ConfigError("pass either n_windows=... (with an optional step) or cutoffs=[...], not both or neither")
+    s = table.n_series
+    if cutoffs is not None:
+        if len(list(cutoffs)) == 0:
+            raise ConfigError("cutoffs=[] is empty; pass at least one time")
+        if codec.is_datetime:
+            ns = np.sort(codec.datetimes_to_ns(list(cutoffs)))
+            ns = np.repeat(ns[:, None], s, axis=1)
+            return codec.ns_to_float(ns), ns
+        cut = np.sort(np.asarray(codec.to_float(list(cutoffs)), dtype=np.float64).reshape(-1))
+        return np.repeat(cut[:, None], s, axis=1), None
+    n = int(n_windows)
+    if n < 1:
+        raise ConfigError(f"n_windows={n_windows} must be >= 1")
+    step = horizon if step is None else step
+    if not step > 0:
+        raise ConfigError(f"step={step!r} must be a positive duration")
+    k = np.arange(n - 1, -1, -1, dtype=np.int64)[:, None]
+    if codec.is_datetime and table.time_ns is not None:
+        last_ns = table.time_ns[table.offsets[1:] - 1][None, :]
+        ns = last_ns - int(round(horizon * codec.unit_ns)) - k * int(round(step * codec.unit_ns))
+        return codec.ns_to_float(ns), ns
+    return table.last_times()[None, :] - horizon - k * step, None
+
+
+def _window_rows(table, cut: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per series: rows up to the cut ``n_hist`` and up to cut + horizon ``n_end`` (positions within it)."""
+    from ts_neuralode.data.batching import segment_searchsorted, window_slack
+
+    start, count = table.offsets[:-1], table.counts
+    n_hist = segment_searchsorted(table.times, start, count, cut, "right")
+    end = cut + horizon
+    n_end = segment_searchsorted(table.times, start, count, end + window_slack(end, horizon), "right")
+    return n_hist, n_end
+
+
+# -- refitting ----------------------------------------------------------------------------------------------
+def refit_forecaster(fit_args: Sequence[str] | str, data: pd.DataFrame, workdir: str | os.PathLike):
+    """A new :class:`Forecaster` trained on ``data`` by ``ts-neuralode fit`` with the options ``fit_args`` (e.g.
+    ``["--config", "configs/demo.yaml"]``), in-process through the code path of :meth:`Forecaster.fit` (the same
+    parser, data module, callbacks and model export); no MLflow run, checkpoints and model directory under
+    ``workdir``."""
+    from ts_neuralode.fit_api import run_fit
+
+    args = shlex.split(fit_args) if isinstance(fit_args, str) else list(fit_args)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "train.csv"
+    data.to_csv(path, index=False)
+    argv = ["fit", *args, "--data.path", str(path), "--checkpoint_dir", str(work / "checkpoints"),
+            "--model_dir", str(work / "model"), "--tracking", "false"]
+    return run_fit(argv, work / "model", what=f"refit on the history in {path} (fit options {' '.join(args)})")
+
+
+def _source_frame(history: Any) -> pd.DataFrame | None:
+    if isinstance(history, pd.DataFrame):
+        return history
+    if isinstance(history, (str, os.PathLike)):
+        from ts_neuralode.data.io import read_frame
+
+        return read_frame(history)
+    return None
+
+
+# -- cross-validation ---------------------------------------------------------------------------------------
+def cross_validation(
+    fc,
+    history: Any,
+    horizon: float | str | pd.Timedelta,
+    *,
+    n_windows: int | None = None,
+    cutoffs: Sequence | None = None,
+    step: float | str | pd.Timedelta | None = None,
+    refit: bool | int = False,
+    fit_args: Sequence[str] | str | None = None,
+    level: Iterable[float] | float | None = (50, 90),
+    quantiles: Iterable[float] | None = CRPS_QUANTILES,
+    num_samples: int = 100,
+    context: float | str | pd.Timedelta | None = None,
+    seed: int | None = 0,
+    batch_size: int = 64,
+    calibrated: bool = False,
+    progress: bool = False,
+    workdir: str | os.PathLike | None = None,
+    **read_options: Any,
+) -> pd.DataFrame:
+    """Backtest ``fc`` on ``history`` (see the module docstring); returns the rows of every window."""
+    table = fc.read_history(history, **read_options)
+    codec = table.codec
+    h = codec.duration(horizon, "horizon", ConfigError)
+    if not h > 0:
+        raise ConfigError(f"horizon={horizon!r} must be positive")
+    step_raw = None if step is None else codec.duration(step, "step", ConfigError)
+    cuts, cuts_ns = window_cuts(table, h, n_windows, cutoffs, step_raw)
+    every = _refit_every(refit)
+    if every and not fit_args:
+        raise ConfigError("refit needs fit_args: the options of 'ts-neuralode fit' that train a model (e.g. "
+                          "['--config', 'configs/demo.yaml'])")
+    source = _source_frame(history) if every else None
+    if every and (source is None or table.rows is None):
+        raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
+                          "window's part of it)")
+    frames = []
+    model = fc
+    tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
+    try:
+        for w in _progress(range(len(cuts)), progress):
+            n_hist, n_end = _window_rows(table, cuts[w], h)
+            ok = np.flatnonzero((n_hist >= 1) & (n_end > n_hist))
+            if len(ok) == 0:
+                continue
+            hist = _subset(table, ok, hi=n_hist[ok])
+            raw_hist = None
+            if every:  # the file's own rows up to each cutoff: what a refit trains on and its model reads
+                rows = np.concatenate([table.rows[table.offsets[s]:table.offsets[s] + n_hist[s]] for s in ok])
+                raw_hist = source.iloc[np.sort(rows)]
+                if len(frames) % every == 0:
+                    model = refit_forecaster(fit_args, raw_hist, Path(tmp.name) / f"window{w}")
+            cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
+            frames.append(_score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples,
+                                        context, seed, batch_size, calibrated, raw_hist))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if not frames:
+        raise ForecastError("no backtest window has a series with history before its cutoff and an observation within "
+                            "the horizon after it; use fewer windows, a shorter step or other cutoffs")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _refit_every(refit: bool | int) -> int:
+    if isinstance(refit, bool):
+        return 1 if refit else 0
+    try:
+        k = int(refit)
+    except (TypeError, ValueError):
+        k = -1
+    if k < 0:
+        raise ConfigError(f"refit={refit!r}: pass False, True or a number of windows k >= 1 (refit every k windows)")
+    return k
+
+
+def _subset(table, idx, lo=None, hi=None):
+    from ts_neuralode.data.batching import subset_table
+
+    return subset_table(table, idx, lo=lo, hi=hi)
+
+
+def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples, context, seed, batch_size,
+                  calibrated, raw_history) -> pd.DataFrame:
+    """One window: forecast ``model`` at the observation times after each series' cutoff, join the observed
+    values and the baselines."""
+    from ts_neuralode.forecast_frame import table_to_long
+
+    targets = table_to_long(_subset(table, ok, lo=n_hist[ok], hi=n_end[ok]))
+    times = targets[["unique_id", "ds"]].drop_duplicates()
+    kw = {"calibrated": True} if calibrated else {}
+    out = model.predict(hist if raw_history is None else raw_history, times=times, level=level, quantiles=quantiles,
+                        num_samples=num_samples, context=context, seed=seed, batch_size=batch_size, **kw)
+    cutoff = pd.DataFrame({"unique_id": hist.ids, "cutoff": cut})
+    by = table_to_long(hist).groupby(["unique_id", "channel"], sort=False)["y"]
+    base = pd.concat([by.last().rename("locf"), by.mean().rename("mean")], axis=1).reset_index()
+    multi = "channel" in out.columns
+    rows = targets.merge(cutoff, on="unique_id").merge(base, on=["unique_id", "channel"])
+    keys = ["unique_id", "ds"] + (["channel"] if multi else [])
+    if not multi:
+        rows = rows.drop(columns="channel")
+    frame = rows.merge(out, on=keys, how="inner", validate="one_to_one")
+    front = keys + ["cutoff", "y"]
+    cols = front + [c for c in out.columns if c not in keys] + list(BASELINES)
+    return frame[cols]
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="backtest", unit="window", leave=False)
+
+
+# -- scoring ------------------------------------------------------------------------------------------------
+def model_columns(cv: pd.DataFrame) -> list[str]:
+    """The point-forecast columns of a cross-validation frame (models and baselines)."""
+    skip = {"unique_id", "ds", "channel", "cutoff", "y"}
+    return [c for c in cv.columns if c not in skip and "-" not in c]
+
+
+def levels_of(cv: pd.DataFrame, model: str) -> list[int | float]:
+    out = []
+    for c in cv.columns:
+        if c.startswith(f"{model}-lo-") and f"{model}-hi-{c[len(model) + 4:]}" in cv.columns:
+            v = float(c[len(model) + 4:])
+            out.append(int(v) if v.is_integer() else v)
+    return sorted(out)
+
+
+def quantile_columns(cv: pd.DataFrame, model: str) -> tuple[list[str], np.ndarray]:
+    cols = [c for c in cv.columns if c.startswith(f"{model}-q-")]
+    qs = np.array([float(c[len(model) + 3:]) / 100.0 for c in cols])
+    order = np.argsort(qs)
+    return [cols[i] for i in order], qs[order]
+
+
+def lead_times(cv: pd.DataFrame, unit_ns: int | None = None) -> np.ndarray:
+    """``ds - cutoff`` in the data's time units (for datetimes: ``unit_ns`` nanoseconds, default hours)."""
+    if pd.api.types.is_datetime64_any_dtype(cv["ds"]):
+        unit = pd.Timedelta(unit_ns or 3_600_000_000_000, "ns")
+        return ((cv["ds"] - cv["cutoff"]) / unit).to_numpy(dtype=np.float64)
+    return (cv["ds"].astype(float) - cv["cutoff"].astype(float)).to_numpy()
+
+
+def bucket_edges(horizon: float, buckets: int) -> np.ndarray:
+    if int(buckets) < 1:
+        raise ConfigError(f"buckets={buckets} must be >= 1")
+    return np.linspace(0.0, float(horizon), int(buckets) + 1)
+
+
+def bucket_of(lead: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Index of the horizon bucket ``(edges[b], edges[b+1]]`` of each lead (beyond the last: the last)."""
+    return np.clip(np.searchsorted(edges, lead, side="left") - 1, 0, len(edges) - 2)
+
+
+_UNIT_NAMES = {10**9: "s", 60 * 10**9: "min", 3600 * 10**9: "h", 86400 * 10**9: "D", 7 * 86400 * 10**9: "W"}
+
+
+def bucket_labels(edges: np.ndarray, unit_ns: int | None = None) -> list[str]:
+    """``(a, b]`` per bucket, in the data's time unit (``12h``, ``1.5D``; plain numbers for numeric times)."""
+    unit = _UNIT_NAMES.get(int(unit_ns), f"x{unit_ns}ns") if unit_ns else ""
+    return [f"({_fmt(round(a, 6))}{unit}, {_fmt(round(b, 6))}{unit}]" for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
+    """One row per (``key`` value, model): utilsforecast's losses on the rows of ``df`` grouped by ``key``."""
+    from utilsforecast import losses
+
+    kw = {"id_col": key, "cutoff_col": "__no_cutoff__"}
+    parts: dict[str, pd.DataFrame] = {
+        "n": df.groupby(key, sort=True).size().rename("n").reset_index(),
+    }
+    metric_frames = {"mae": losses.mae(df, models, **kw), "rmse": losses.rmse(df, models, **kw)}
+    if "locf" in df.columns:
+        metric_frames["scaled_mae"] = losses.rmae(df, models, baseline="locf", **kw)
+    crps_models = {m: quantile_columns(df, m) for m in models}
+    crps_models = {m: v for m, v in crps_models.items() if len(v[0]) >= 2}
+    rows = []
+    for m in models:
+        rec = pd.DataFrame({key: metric_frames["mae"][key]})
+        for name, f in metric_frames.items():
+            rec[name] = f[m].to_numpy()
+        if m in crps_models:
+            cols, qs = crps_models[m]
+            rec["crps"] = 2.0 * losses.mqloss(df, {m: cols}, qs, **kw)[m].to_numpy()
+        for lv in levels_of(df, m):
+            tag = _fmt(lv)
+            rec[f"coverage-{tag}"] = losses.coverage(df, [m], lv, **kw)[m].to_numpy()
+            width = (df[f"{m}-hi-{tag}"] - df[f"{m}-lo-{tag}"]).groupby(df[key], sort=True).mean()
+            rec[f"width-{tag}"] = width.to_numpy()
+            rec[f"winkler-{tag}"] = losses.winkler_score(df, [m], lv, **kw)[m].to_numpy()
+        rec.insert(1, "model", m)
+        rows.append(rec.merge(parts["n"], on=key))
+    return pd.concat(rows, ignore_index=True)
+
+
+def evaluate(cv: pd.DataFrame, horizon: float, buckets: int = DEFAULT_BUCKETS, unit_ns: int | None = None,
+             models: list[str] | None = None) -> pd.DataFrame:
+    """Metrics of every model column of ``cv`` (a :func:`cross_validation` frame) in the data's units.
+
+    Returns one row per (scope, group, model): ``scope`` is ``overall`` (group ``all``), ``series`` (group = the
+    series id, plus ``/channel`` with several channels) or ``horizon`` (group = the lead-time bucket ``(a, b]``
+    after the cutoff, ``buckets`` equal slices of ``horizon``, in the data's time units); columns ``n`` (points),
+    ``mae``, ``rmse``, ``scaled_mae`` (MAE / the ``locf`` baseline's MAE on the same points: below 1 beats
+    carrying the last value forward), ``crps`` (twice the mean pinball loss over the quantile columns: the CRPS
+    of the predictive distribution on that quantile grid; models without quantiles have none), and per interval
+    level ``coverage-L`` (fraction of points inside the band), ``width-L`` (mean band width) and ``winkler-L``.
+    """
+    models = models or model_columns(cv)
+    df = cv.copy()
+    df["__all__"] = "all"
+    sid = df["unique_id"].astype(str)
+    df["__series__"] = sid + ("/" + df["channel"].astype(str) if "channel" in df.columns else "")
+    edges = bucket_edges(horizon, buckets)
+    labels = bucket_labels(edges, unit_ns)
+    df["__bucket__"] = bucket_of(lead_times(df, unit_ns), edges)
+    out = []
+    for scope, key in (("overall", "__all__"), ("series", "__series__"), ("horizon", "__bucket__")):
+        s = _scores(df, models, key).rename(columns={key: "group"})
+        if scope == "horizon":
+            s.insert(1, "bucket", s["group"].astype(int))
+            s["group"] = [labels[int(b)] for b in s["group"]]
+        s.insert(0, "scope", scope)
+        out.append(s)
+    res = pd.concat(out, ignore_index=True)
+    first = ["scope", "group", "bucket", "model", "n"]
+    return res[first + [c for c in res.columns if c not in first]]
+
+
+# -- report -------------------------------------------------------------------------------------------------
+def plot_error_vs_horizon(metrics: pd.DataFrame, path: str | os.PathLike, unit: str = "") -> Path:
+    """MAE and coverage per horizon bucket, one line per model (PNG written atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ts_neuralode.atomic import atomic_write_bytes
+
+    hz = metrics[metrics["scope"] == "horizon"].sort_values("bucket")
+    cov_cols = [c for c in hz.columns if c.startswith("coverage-") and hz[c].notna().any()]
+    fig, axes = plt.subplots(1, 2 if cov_cols else 1, figsize=(11 if cov_cols else 6, 4), squeeze=False)
+    for model, g in hz.groupby("model", sort=False):
+        axes[0, 0].plot(g["bucket"], g["mae"], marker="o", label=model)
+        if cov_cols:
+            for c in cov_cols:
+                if g[c].notna().any():
+                    axes[0, 1].plot(g["bucket"], g[c], marker="o", label=f"{model} {c[len('coverage-'):]}%")
+    labels = list(dict.fromkeys(hz["group"]))
+    for ax in axes[0]:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, fontsize=8)
+        ax.set_xlabel(f"time after the cutoff{(' (' + unit + ')') if unit else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("MAE (data units)")
+    axes[0, 0].set_title("error vs horizon")
+    if cov_cols:
+        for c in cov_cols:
+            axes[0, 1].axhline(float(c[len("coverage-"):]) / 100.0, color="grey", lw=0.8, ls="--")
+        axes[0, 1].set_ylabel("coverage")
+        axes[0, 1].set_title("interval coverage vs horizon (dashed: nominal)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(Path(path), buf.getvalue()) or Path(path)
+
+
+def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command: str | None = None) -> str:
+    """The backtest report: windows, then the overall, per-horizon and per-series tables."""
+    n_win = cv.groupby("unique_id")["cutoff"].nunique()
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [f"{len(cv)} scored points, {cv['unique_id'].nunique()} series, {int(n_win.max())} window(s) per "
+              f"series (cutoffs {cv['cutoff'].min()} … {cv['cutoff'].max()}). Errors in the data's units; "
+              "`scaled_mae` = MAE / the `locf` baseline's MAE on the same points (below 1 beats carrying the last "
+              "value forward); `crps` from the predictive quantiles; `coverage-L`: fraction of points inside the L% "
+              "band (nominal L/100).", ""]
+    for scope, head in (("overall", "Overall"), ("horizon", "Per horizon bucket (time after the cutoff)"),
+                        ("series", "Per series")):
+        part = metrics[metrics["scope"] == scope].drop(columns=["scope"] + ([] if scope == "horizon" else ["bucket"]))
+        if scope == "horizon":  # models in their order (the forecast first), buckets in time order
+            rank = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
+            part = part.sort_values(["model", "bucket"], key=lambda c: c.map(rank) if c.name == "model" else c)
+            part = part.drop(columns="bucket")
+        part = part.dropna(axis=1, how="all")
+        lines += [f"## {head}", "", md_table(part), ""]
+    return "\n".join(lines)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of any frame (floats to 4 significant digits, NaN blank)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if not np.isfinite(v) else f"{v:.4g}"
+        return str(v)
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def mlflow_metrics(metrics: pd.DataFrame) -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` for MLflow: ``backtest/<model>/<metric>`` overall (step 0) and
+    ``backtest/<model>/<metric>_by_horizon`` with step = horizon bucket (MLflow plots it as error vs horizon)."""
+    import math
+
+    out = []
+    names = [c for c in metrics.columns if c not in ("scope", "group", "bucket", "model")]
+    for r in metrics[metrics["scope"].isin(["overall", "horizon"])].to_dict("records"):
+        for name in names:
+            v = r.get(name)
+            if v is None or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
+                continue
+            key = f"backtest/{r['model']}/{name.replace('-', '_')}"
+            if r["scope"] == "overall":
+                out.append((key, float(v), 0))
+            else:
+                out.append((key + "_by_horizon", float(v), int(r["bucket"])))
+    return out
+
+
+def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
+              history: Any = None, save_to: str | os.PathLike | None = None, **read_options: Any) -> dict:
+    """Fit the conformal band calibration of ``fc`` on the backtest rows ``cv`` (made with uncalibrated bands),
+    per horizon bucket (:mod:`ts_neuralode.calibration`); sets ``fc.calibration`` and, with ``save_to`` (a model
+    directory), stores it there. Returns it.
+
+    With ``history`` (the backtest's history) a row's lead time is counted from the last observation up to its
+    cutoff, as ``predict`` counts it from a history's last observation; without it, from the cutoff."""
+    from ts_neuralode import calibration
+
+    codec = fc.transform.codec
+    h = codec.duration(horizon, "horizon", ConfigError)
+    lead = None
+    if history is not None:
+        from ts_neuralode.data.batching import segment_searchsorted
+
+        table = fc.read_history(history, **read_options)
+        pos = {str(u): i for i, u in enumerate(table.ids)}
+        s = cv["unique_id"].astype(str).map(pos).to_numpy()
+        n = segment_searchsorted(table.times, table.offsets[:-1][s], table.counts[s], codec.to_float(cv["cutoff"]),
+                                 "right")
+        lead = codec.to_float(cv["ds"]) - table.times[table.offsets[:-1][s] + n - 1]
+    cal = calibration.fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead)
+    fc.calibration = cal
+    if save_to is not None:
+        calibration.save(save_to, cal)
+    return cal

@@ -1,0 +1,177 @@
+"""``ts-neuralode backtest``: rolling-origin backtest of a trained model on a history file.
+
+    ts-neuralode backtest --model demo_output/model --data.path data/demo.csv --horizon 2D --n_windows 4 \\
+        --step 1D --out_dir demo_output/backtest --mlflow_run demo_output/checkpoints
+
+Writes ``<out_dir>/cv.csv`` (the Nixtla-style rows of :func:`ts_neuralode.backtest.cross_validation`),
+``metrics.csv`` (:func:`ts_neuralode.backtest.evaluate`: overall, per series, per horizon bucket),
+``report.md`` and ``error_vs_horizon.png``, and logs the overall and per-bucket metrics (step = bucket) and
+those files to MLflow: to the run of ``--mlflow_run`` (a run id or a fit's checkpoint directory), else to a new
+run in ``--experiment_name`` (``--no_tracking``: none).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+
+PROG = "ts-neuralode"
+
+
+def parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(
+        prog=f"{PROG} backtest",
+        description="Rolling-origin backtest: forecast each series from several cutoffs, score the observations "
+                    "within the horizon after each in the data's units (MAE, RMSE, MAE relative to the last value "
+                    "carried forward, CRPS, interval coverage / width / Winkler score), overall, per series and per "
+                    "horizon bucket; writes a CSV of every forecast, the metrics, a markdown report and a plot.",
+    )
+    p.add_argument("--model", required=True,
+                   help="model directory (from fit), a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
+    p.add_argument("--transform", default=None,
+                   help="for a .ckpt without a data transform: a model directory or its config.json")
+    p.add_argument("--data.path", dest="data_path", required=True, help="history file (.csv or .parquet)")
+    p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
+    p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
+    p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    p.add_argument("--horizon", required=True,
+                   help="how far after each cutoff to score: a number of time units or a duration such as 2D")
+    g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
+    g.add_argument("--n_windows", type=int, default=None,
+                   help="windows per series, the last one ending at the series' last observation (default 3)")
+    g.add_argument("--step", default=None, help="distance between windows (default: the horizon)")
+    g.add_argument("--cutoffs", nargs="+", default=None, help="explicit cutoff times shared by every series")
+    p.add_argument("--refit", type=int, default=0,
+                   help="train a new model every K windows on the history before the cutoff (0: never, the "
+                        "default; 1: every window); needs --fit_args")
+    p.add_argument("--fit_args", default=None,
+                   help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
+                        "configs/demo.yaml --trainer.max_epochs 20\"")
+    p.add_argument("--context", default=None,
+                   help="condition on only this much history before each cutoff (default: the model's training "
+                        "context; 'all': everything before the cutoff)")
+    p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics (default 4)")
+    p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
+    p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
+                   help="central interval levels in percent (default 50 90)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
+                        "store it in the model directory (calibration.json; used by forecast --calibrated)")
+    p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
+    p.add_argument("--out", default=None, help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
+    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                                        "sqlite:///mlflow.db)")
+    p.add_argument("--mlflow_run", default=None,
+                   help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run")
+    p.add_argument("--experiment_name", default="ts_neuralode", help="experiment of a new run (default ts_neuralode)")
+    p.add_argument("--run_name", default=None, help="name of a new run (default backtest_<model>)")
+    p.add_argument("--no_tracking", action="store_true", help="log nothing to MLflow")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    from ts_neuralode import backtest
+    from ts_neuralode.cli import (
+        _join_negative_values,
+        _parse_times,
+        _resolve_model_path,
+        _resolve_run,
+        _write_csv,
+    )
+    from ts_neuralode.forecaster import Forecaster
+
+    args = parser().parse_args(_join_negative_values(argv))
+    if args.n_windows is None and args.cutoffs is None:
+        args.n_windows = 3
+    if args.calibrate and args.calibrated:
+        raise ConfigError("--calibrate fits the calibration from the uncalibrated bands; drop --calibrated")
+    if args.refit < 0:
+        raise ConfigError(f"--refit {args.refit}: pass 0 (never), 1 (every window) or K (every K windows)")
+    target = None
+    if not args.no_tracking:
+        target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
+                  else _new_run(args.tracking_uri, args.experiment_name, args.run_name))
+    model_path = _resolve_model_path(args.model, args.tracking_uri)
+    if args.calibrate and not Path(model_path).is_dir():
+        raise ConfigError(f"--calibrate stores the calibration in the model directory; --model {args.model} is not "
+                          "one (pass the model directory written by fit)")
+    fc = Forecaster.load(model_path, transform=args.transform)
+    read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    cv = backtest.cross_validation(
+        fc, args.data_path, args.horizon, n_windows=args.n_windows, step=args.step,
+        cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
+        fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
+        num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
+        calibrated=args.calibrated, progress=not args.no_progress, **read)
+    codec = fc.transform.codec
+    h = codec.duration(args.horizon, "horizon", ConfigError)
+    unit_ns = codec.unit_ns if codec.is_datetime else None
+    metrics = backtest.evaluate(cv, h, buckets=args.buckets, unit_ns=unit_ns)
+    out_dir = Path(args.out_dir)
+    cv_path = Path(args.out) if args.out else out_dir / "cv.csv"
+    _write_csv(cv, cv_path)
+    metrics_path = out_dir / "metrics.csv"
+    _write_csv(metrics, metrics_path)
+    png = backtest.plot_error_vs_horizon(metrics, out_dir / "error_vs_horizon.png",
+                                         unit=getattr(codec, "unit", "") if codec.is_datetime else "")
+    command = f"{PROG} backtest " + " ".join(shlex.quote(a) for a in argv)
+    report = backtest.markdown_report(cv, metrics, f"Backtest of {fc.name}", command)
+    from ts_neuralode.atomic import atomic_write_text
+
+    report_path = out_dir / "report.md"
+    atomic_write_text(report_path, report + "\n")
+    print(f"wrote {cv_path} ({len(cv)} rows), {metrics_path}, {report_path}, {png}")
+    if args.calibrate:
+        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data_path, save_to=model_path, **read)
+        factors = "; ".join(f"{lv}%: " + ", ".join(f"{c:.3g}" for c in f) for lv, f in cal["factors"].items())
+        print(f"calibration (band stretch per horizon bucket) {factors}: stored in {model_path}/calibration.json")
+    overall = metrics[metrics["scope"] == "overall"].set_index("model")
+    for model, row in overall.iterrows():
+        cov = "  ".join(f"{c} {row[c]:.3f}" for c in overall.columns if c.startswith("coverage-") and row[c] == row[c])
+        print(f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
+              + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "") + (f"  {cov}" if cov else ""))
+    if target is not None:
+        files = [cv_path, metrics_path, report_path, png] + ([Path(model_path) / "calibration.json"]
+                                                             if args.calibrate else [])
+        run_id, uri = _log_to_run(target, metrics, files)
+        print(f"logged the backtest to MLflow run {run_id} at {uri} (metrics backtest/..., artifacts backtest/)")
+    return 0
+
+
+def _new_run(tracking_uri: str | None, experiment: str, run_name: str | None):
+    from ts_neuralode.mlflow_io import open_run
+    from ts_neuralode.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client, _, run = open_run(uri, experiment, run_name or "backtest", {"ts_neuralode.subcommand": "backtest"})
+    return client, run.info.run_id, uri, True
+
+
+def _log_to_run(target, metrics, files: list[Path]) -> tuple[str, str]:
+    from ts_neuralode import backtest
+    from ts_neuralode.mlflow_io import log_batch
+
+    client, run_id, uri = target[:3]
+    try:
+        log_batch(client, run_id, metrics=backtest.mlflow_metrics(metrics))
+        for f in files:
+            client.log_artifact(run_id, str(f), "backtest")
+        if len(target) > 3:  # a run this command opened
+            client.set_terminated(run_id)
+    except Exception as err:  # MlflowException, OSError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot log the backtest to MLflow run {run_id} at {uri} ({first})") from err
+    return run_id, uri
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

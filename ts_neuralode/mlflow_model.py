@@ -1,0 +1,164 @@
+"""The trained forecaster as an MLflow model (pyfunc flavour): loggable, registrable, servable.
+
+``fit`` logs it next to the model directory (:func:`log_pyfunc`, called by the tracking callback), so the run's
+page lists it under *Logged models*; ``--register_as NAME`` also registers it. Then
+
+    model = mlflow.pyfunc.load_model("models:/<model id>")        # or runs:/<run id>/forecaster
+    model.predict(history_df, params={"horizon": "2D", "freq": "1h"})
+
+    mlflow models serve -m models:/<model id> --env-manager local -h 127.0.0.1 -p 5001
+    curl -X POST 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+        -d '{"dataframe_split": {"columns": [...], "data": [...]}, "params": {"horizon": "2D"}}'
+
+``predict`` takes a history frame in the training format (the input example shows it) and query options as
+``params`` (``horizon``, ``freq``, ``num_points``, ``num_samples``, ``level``, ``context``, ``seed``,
+``calibrated``; an empty string / 0 means "not given"), and returns the forecast frame of
+:meth:`Forecaster.predict` (datetimes as ISO 8601 strings with their offset, so the frame travels as JSON).
+
+The MLflow model holds the model directory (weights + JSON config, no pickles) as an artifact, the package's
+source (``code_paths``) and a code file that builds :class:`ForecasterModel` (MLflow's models-from-code: nothing
+is pickled).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+try:  # the class is defined only where MLflow is installed (always, with ts_neuralode's dependencies)
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+#: name of the logged model within the run (``runs:/<run id>/forecaster``)
+MODEL_NAME = "forecaster"
+#: query options and their "not given" defaults (the params schema)
+PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": 100,
+                                  "level": [50.0, 90.0], "context": "", "seed": 0, "calibrated": False}
+EXAMPLE_ROWS = 8
+
+_ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster (see ts_neuralode.mlflow_model)
+import mlflow
+
+from ts_neuralode.mlflow_model import ForecasterModel
+
+mlflow.models.set_model(ForecasterModel())
+"""
+
+
+class ForecasterModel(PythonModel):
+    """pyfunc wrapper of :class:`ts_neuralode.forecaster.Forecaster` (artifact ``model_dir``)."""
+
+    def load_context(self, context) -> None:
+        from ts_neuralode.forecaster import Forecaster
+
+        self.forecaster = Forecaster.load(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return forecast_frame(self.forecaster, model_input, params)
+
+
+def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` -> keyword arguments of :meth:`Forecaster.predict` ("" / 0 / None mean "not given")."""
+    p = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
+    unknown = sorted(set(p) - set(PARAM_DEFAULTS))
+    if unknown:
+        from ts_neuralode.errors import ForecastError
+
+        raise ForecastError(f"unknown params {unknown}; use {', '.join(PARAM_DEFAULTS)}")
+    opts: dict[str, Any] = {"num_samples": int(p["num_samples"]), "level": [float(v) for v in p["level"]],
+                            "seed": int(p["seed"])}
+    for key in ("horizon", "freq", "context"):
+        if str(p[key]).strip():
+            opts[key] = str(p[key]).strip()
+    if int(p["num_points"] or 0) > 0:
+        opts["num_points"] = int(p["num_points"])
+    if bool(p["calibrated"]):
+        opts["calibrated"] = True
+    return opts
+
+
+def forecast_frame(forecaster, history: pd.DataFrame, params: dict[str, Any] | None) -> pd.DataFrame:
+    """The forecast of ``history`` with the query ``params``, datetimes as ISO 8601 strings."""
+    out = forecaster.predict(history, **query_options(params))
+    if pd.api.types.is_datetime64_any_dtype(out["ds"]):
+        out["ds"] = [t.isoformat() for t in out["ds"]]
+    return out
+
+
+def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS) -> pd.DataFrame | None:
+    """The last ``rows`` lines of the first ``n_series`` series of the training data, in its own columns."""
+    from ts_neuralode.data.io import read_frame
+
+    read = dict(getattr(datamodule, "read_kwargs", {}) or {})
+    df = datamodule.df if getattr(datamodule, "df", None) is not None else read_frame(datamodule.path)
+    tr = datamodule.transform
+    keep = [c for c in [read.get("id_col"), tr.time_col, *tr.channel_names, *(read.get("mask_cols") or [])]
+            if c is not None and c in df.columns]
+    df = df[list(dict.fromkeys(keep))]
+    id_col = read.get("id_col") if read.get("id_col") in df.columns else None
+    if id_col is None:
+        return df.tail(rows).reset_index(drop=True)
+    ids = list(dict.fromkeys(df[id_col]))[:n_series]
+    return pd.concat([df[df[id_col] == i].tail(rows) for i in ids], ignore_index=True)
+
+
+def example_params(forecaster, datamodule) -> dict[str, Any]:
+    """The params default for the signature: the forecast task's horizon, when the model was trained on one."""
+    params = dict(PARAM_DEFAULTS)
+    horizon = getattr(datamodule, "horizon", None)
+    if horizon is not None:
+        params["horizon"] = str(horizon)
+    return params
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "lightning", "jsonargparse", "pandas", "numpy", "torchmetrics", "scikit-learn", "mlflow",
+                 "matplotlib", "tqdm", "utilsforecast"):
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster, datamodule,
+               register_as: str | None = None):
+    """Log the model directory as an MLflow pyfunc model of run ``run_id`` (and register it as ``register_as``);
+    returns MLflow's ``ModelInfo``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import ts_neuralode
+
+    example = input_example(datamodule)
+    params = example_params(forecaster, datamodule)
+    probe = dict(params)
+    if not probe["horizon"]:  # a short forecast of the example, for the output schema only
+        tab = forecaster.read_history(example)
+        span = float(max(tab.last_times() - tab.first_times()))
+        probe["horizon"] = str(span / 10 if span > 0 else 1.0)
+    probe["num_points"], probe["num_samples"] = 2, 4  # the example request: a valid query (served in a test)
+    output = forecast_frame(forecaster, example, probe)
+    signature = infer_signature(example, output, params=params)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            entry = Path(tmp) / "ts_neuralode_forecaster.py"
+            entry.write_text(_ENTRY)
+            with mlflow.start_run(run_id=run_id):
+                return mlflow.pyfunc.log_model(
+                    name=MODEL_NAME, python_model=str(entry), artifacts={"model_dir": str(model_dir)},
+                    code_paths=[str(Path(ts_neuralode.__file__).parent)], signature=signature,
+                    input_example=(example, probe), pip_requirements=_requirements(),
+                    registered_model_name=register_as or None,
+                )
+    finally:
+        mlflow.set_tracking_uri(previous)
