@@ -151,7 +151,8 @@ class FilteringModel(ForecastModel):
         x = grid.values * grid.obs_mask
         h0 = self.h0.expand(x.shape[0], -1)
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
-        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+        with self.evolution.carry_steps():  # one trajectory cut at the updates: steps carry across intervals
+            pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
         return pre, post
 
     @shares_spectral_weights

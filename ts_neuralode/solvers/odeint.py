@@ -123,7 +123,7 @@ def odeint(
     adjoint_mode: str = "backsolve",
     seminorm: bool = True,
     max_steps: int = 10_000,
-    first_step: float | None = None,
+    first_step: float | Tensor | None = None,
 ) -> Solution:
     """Solve dy/dt = func(t, y) for a batch of initial values, each sample with its own step size.
 
@@ -143,7 +143,8 @@ def odeint(
             exact y, memory O(steps·B·D)).
         seminorm: exclude the parameter adjoints from the backward error norm (fewer backward steps).
         max_steps: limit on attempted steps (per solve); exceeding it raises SolverError.
-        first_step: initial step size of adaptive methods (default: Hairer's automatic choice).
+        first_step: initial step size of adaptive methods (default: Hairer's automatic choice): a number, or a
+            ``[B]`` tensor of per-sample steps (e.g. ``stats.next_dt`` of the solve this one continues).
 
     Returns:
         :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
@@ -180,7 +181,11 @@ def odeint(
         if not isinstance(step_size, (int, float)) or not step_size > 0:
             raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
         step_size = float(step_size)
-    if first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
+    if isinstance(first_step, Tensor):
+        if first_step.shape != (y0.shape[0],) or not bool(((first_step > 0) & torch.isfinite(first_step)).all()):
+            raise ValueError(f"first_step as a tensor must be [B] = [{y0.shape[0]}] with finite entries > 0, got "
+                             f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this batch")
+    elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
     if adjoint_mode not in ADJOINT_MODES:
         raise ValueError(f"unknown adjoint_mode {adjoint_mode!r}; choose one of {', '.join(ADJOINT_MODES)}")
