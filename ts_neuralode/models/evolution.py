@@ -161,6 +161,7 @@ class ODEEvolution(Evolution):
         sol = odeint(
             self.field, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
             adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps, first_step=first,
+            check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )
         if carry is not None:
             carry[0] = sol.stats.next_dt

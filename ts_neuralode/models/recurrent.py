@@ -70,8 +70,8 @@ def recurrent_pass(
     started = has_obs[:, 0] if hold else None
     for i in range(0, last_obs + 1):
         if i > 0:
-            t, tm = step_mask(times, valid, i)
-            h = evolve(h, t, None if shared else tm)[:, -1]
+            t, tm = (times[i - 1 : i + 1], None) if shared else step_mask(times, valid, i)
+            h = evolve(h, t, tm)[:, -1]
             if hold:
                 h = torch.where(started.unsqueeze(-1), h, h0)
                 started = started | has_obs[:, i]

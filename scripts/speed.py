@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Speed of the recurrent models, the solver forward and the flows, and peak memory per training step (issue 15).
+
+Every timing is a ratio measured side by side in ONE process: the contenders' training steps are interleaved
+(A B A B ...), repeated, and the median taken, with one torch thread — the machine is shared, so absolute
+seconds are not comparable between runs, ratios are.
+
+Sections (``--sections``, default all):
+
+* ``rnn``: ODE-RNN on the Latent ODE reference's periodic protocol (``run_models.py -n N -s 50 -l 10
+  --dataset periodic --ode-rnn``: 100 times in [0, 5], 50 observed per series, latent 10, batch 50) against
+  the reference code's own ODE-RNN (its Euler encoder: one step per interval shorter than span/50, Adamax,
+  3 samples), imported from ``--latent-ode-ref`` (a checkout of YuliaRubanova/latent_ode; read, never
+  copied). Ours: the default dopri5 field, and the reference's solver (Euler, step 0.1 = span/50). Both train
+  ``--epochs`` epochs on batches of 50; s/epoch = median training step × the reference's batches per epoch;
+  test MSE after training, each code scoring its own test split (ours: held-out points).
+* ``solver``: dopri5 forward vs torchdiffeq and torchode on workload W (scripts/bench_solvers.py's problem) at
+  batch 32 / 256 / 2048, equal evaluations, and the share of the forward inside the vector field.
+* ``memory``: peak RSS growth of one training step (loss + backward) per model, each in a fresh subprocess
+  (scripts/bench_solvers.py's method), and a latent ODE trained with the backsolve adjoint vs autograd at
+  short and long spans (flat memory in the number of steps).
+
+    python scripts/speed.py                          # everything (CPU, ~10 min on a quiet 2-core machine)
+    python scripts/speed.py --sections rnn --epochs 3 --n_series 300
+
+Writes results/speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ts_neuralode.benchmark import publish_report  # noqa: E402
+
+SECTIONS = ("rnn", "solver", "memory")
+
+
+# ------------------------------------------------------------------------------------------------ rnn
+def _ref_odernn(ref_dir: str, n_series: int, seed: int):
+    """The reference code's ODE-RNN, data and training step, built as its run_models.py does for --ode-rnn."""
+    import numpy as np
+    from torch import nn
+
+    sys.path.insert(0, ref_dir)
+    import lib.utils as rutils
+    from lib.diffeq_solver import DiffeqSolver
+    from lib.ode_func import ODEFunc
+    from lib.ode_rnn import ODE_RNN
+    from lib.parse_datasets import parse_datasets
+
+    args = argparse.Namespace(
+        n=n_series, lr=1e-2, batch_size=50, dataset="periodic", sample_tp=50, cut_tp=None, quantization=0.1,
+        latents=10, rec_layers=1, units=100, gru_units=100, extrap=False, timepoints=100, max_t=5.0,
+        noise_weight=0.01, classif=False, poisson=False,
+    )
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dev = torch.device("cpu")
+    data = parse_datasets(args, dev)
+    net = rutils.create_net(10, 10, n_layers=1, n_units=100, nonlinear=nn.Tanh)
+    func = ODEFunc(input_dim=1, latent_dim=10, ode_func_net=net, device=dev)
+    solver = DiffeqSolver(1, func, "euler", 10, odeint_rtol=1e-3, odeint_atol=1e-4, device=dev)
+    model = ODE_RNN(1, 10, device=dev, z0_diffeq_solver=solver, n_gru_units=100, concat_mask=True,
+                    obsrv_std=torch.Tensor([0.01]), use_binary_classif=False, classif_per_tp=False, n_labels=1,
+                    train_classif_w_reconstr=False)
+    opt = torch.optim.Adamax(model.parameters(), lr=args.lr)
+
+    def step():
+        opt.zero_grad()
+        rutils.update_learning_rate(opt, decay_rate=0.999, lowest=args.lr / 10)
+        res = model.compute_all_losses(rutils.get_next_batch(data["train_dataloader"]), n_traj_samples=3, kl_coef=0.0)
+        res["loss"].backward()
+        opt.step()
+
+    def test_mse():
+        with torch.no_grad():
+            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args, n_batches=data["n_test_batches"],
+                                                  experimentID=0, device=dev, n_traj_samples=3, kl_coef=0.0)
+        return float(res["mse"])
+
+    return step, test_mse, data["n_train_batches"]
+
+
+def _our_odernn(n_series: int, seed: int, overrides: dict):
+    """Our ODE-RNN on the same protocol: its training step (Adam, gradient clip 1.0) and test MSE on held-out points."""
+    from ts_neuralode.benchmark.config import BenchmarkConfig
+    from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
+    from ts_neuralode.lightning import ForecastingModule
+
+    cfg = BenchmarkConfig(dataset="periodic", n_series=n_series, n_points=100, models=("ode_rnn",),
+                          task="interpolation", obs_fraction=0.5, layout="union", scaler="none", time_scale=1.0,
+                          batch_size=50, seed=seed, model_options={"latent_dim": 10, "lr": 1e-2},
+                          model_overrides={"ode_rnn": overrides})
+    dm = make_datamodules(cfg, load_frame(cfg), "union")["interpolation"]
+    torch.manual_seed(seed)
+    model = ForecastingModule(**module_options(cfg, "ode_rnn", dm.num_channels)).model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    state = {"it": iter(())}
+    nfe = []
+
+    def step():
+        batch = next(state["it"], None)
+        if batch is None:
+            state["it"] = iter(dm.train_dataloader())
+            batch = next(state["it"])
+        opt.zero_grad()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        nfe.append(model.last_nfe)
+
+    def test_mse():
+        num = den = 0.0
+        with torch.no_grad():
+            for batch in dm.test_dataloader():
+                mean = model.predict(batch).mean
+                mask = batch.held_out_mask * (batch.times_per_sample() <= batch.cutoff.unsqueeze(1)).unsqueeze(-1)
+                num += float(((mean - batch.values) ** 2 * mask).sum())
+                den += float(mask.sum())
+        return num / max(den, 1.0)
+
+    return step, test_mse, nfe
+
+
+def section_rnn(args) -> str:
+    ref = Path(args.latent_ode_ref)
+    if not (ref / "lib" / "ode_rnn.py").is_file():
+        return (f"## ODE-RNN vs the Latent ODE reference\n\nNot run: no reference checkout at {ref} "
+                "(pass --latent-ode-ref PATH to a clone of YuliaRubanova/latent_ode).\n")
+    n_series, epochs = args.n_series, args.epochs
+    ref_step, ref_mse, ref_batches = _ref_odernn(str(ref), n_series, args.seed)
+    contenders = {"reference ODE-RNN (Euler, its code)": (ref_step, ref_mse, None)}
+    for label, over in (("ours, dopri5 (default)", {}),
+                        ("ours, Euler step 0.1 (the reference's solver)", {"method": "euler", "step_size": 0.1})):
+        step, mse, nfe = _our_odernn(n_series, args.seed, over)
+        contenders[label] = (step, mse, nfe)
+    times = {k: [] for k in contenders}
+    curves = {k: [] for k in contenders}  # test MSE after each epoch (scored outside the timed steps)
+    for _ in range(epochs):
+        for _ in range(ref_batches):
+            for k, (step, _, _) in contenders.items():  # interleaved: A B C A B C ...
+                t0 = time.perf_counter()
+                step()
+                times[k].append(time.perf_counter() - t0)
+        for k, (_, mse, _) in contenders.items():
+            curves[k].append(mse())
+    ref_key = next(iter(contenders))
+    base = statistics.median(times[ref_key])
+    target = curves[ref_key][-1]
+    lines = [
+        "## ODE-RNN vs the Latent ODE reference (periodic, its protocol)",
+        "",
+        f"{n_series} series (the reference trains on 80%: {ref_batches} batches of 50 per epoch), 100 times in "
+        f"[0, 5], 50 observed per series, latent 10; {epochs} epoch(s) each, training steps interleaved in one "
+        "process, 1 thread. s/epoch = median step × the reference's batches per epoch. Test MSE after each epoch: "
+        "each code's own test split and metric (the reference's: its reconstruction MSE; ours: held-out points). "
+        f"Time to the reference's final MSE ({target:.4f}): s/epoch × the first epoch at or below it.",
+        "",
+        "| model | median step (ms) | s/epoch | speed-up vs reference | NFE/forward | test MSE by epoch | "
+        "time to reference's final MSE (s) | speed-up to that MSE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ref_time = base * ref_batches * epochs
+    for k, (_, _, nfe) in contenders.items():
+        med = statistics.median(times[k])
+        n = f"{statistics.mean(nfe[-ref_batches:]):.0f}" if nfe else "(Euler, ~1 per interval)"
+        first = next((i + 1 for i, v in enumerate(curves[k]) if v <= target), None)
+        reach = "not reached" if first is None else f"{med * ref_batches * first:.2f}"
+        gain = "—" if first is None else f"{ref_time / (med * ref_batches * first):.2f}×"
+        lines.append(f"| {k} | {1e3 * med:.1f} | {med * ref_batches:.2f} | {base / med:.2f}× | {n} | "
+                     f"{', '.join(f'{v:.4f}' for v in curves[k])} | {reach} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--n_series", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent-ode-ref", default="/tmp/latent_ode_ref")
+    p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        print(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    head = f"torch {torch.__version__}, cpu, 1 thread; machine shared: ratios only (measured side by side)."
+    texts = [head] + [globals()[f"section_{s}"](args) for s in sections]
+    return publish_report(args.out, "Speed (issue 15)", "scripts/speed.py", argv, texts, "\n\n".join(texts))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
