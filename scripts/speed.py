@@ -29,7 +29,6 @@ Writes results/speed.md.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
 from ts_neuralode.benchmark import publish_report  # noqa: E402
 
@@ -91,19 +91,20 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
     return step, test_mse, data["n_train_batches"]
 
 
-def _our_odernn(n_series: int, seed: int, overrides: dict):
-    """Our ODE-RNN on the same protocol: its training step (Adam, gradient clip 1.0) and test MSE on held-out points."""
+def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn"):
+    """One of our benchmark models on the reference's protocol: its training step (Adam, gradient clip 1.0), test
+    MSE on held-out points and the NFE of each step."""
     from ts_neuralode.benchmark.config import BenchmarkConfig
     from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
     from ts_neuralode.lightning import ForecastingModule
 
-    cfg = BenchmarkConfig(dataset="periodic", n_series=n_series, n_points=100, models=("ode_rnn",),
+    cfg = BenchmarkConfig(dataset="periodic", n_series=n_series, n_points=100, models=(name,),
                           task="interpolation", obs_fraction=0.5, layout="union", scaler="none", time_scale=1.0,
                           batch_size=50, seed=seed, model_options={"latent_dim": 10, "lr": 1e-2},
-                          model_overrides={"ode_rnn": overrides})
+                          model_overrides={name: overrides})
     dm = make_datamodules(cfg, load_frame(cfg), "union")["interpolation"]
     torch.manual_seed(seed)
-    model = ForecastingModule(**module_options(cfg, "ode_rnn", dm.num_channels)).model
+    model = ForecastingModule(**module_options(cfg, name, dm.num_channels)).model
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     state = {"it": iter(())}
     nfe = []
@@ -143,7 +144,7 @@ def section_rnn(args) -> str:
     contenders = {"reference ODE-RNN (Euler, its code)": (ref_step, ref_mse, None)}
     for label, over in (("ours, dopri5 (default)", {}),
                         ("ours, Euler step 0.1 (the reference's solver)", {"method": "euler", "step_size": 0.1})):
-        step, mse, nfe = _our_odernn(n_series, args.seed, over)
+        step, mse, nfe = _our_model(n_series, args.seed, over)
         contenders[label] = (step, mse, nfe)
     times = {k: [] for k in contenders}
     curves = {k: [] for k in contenders}  # test MSE after each epoch (scored outside the timed steps)
@@ -183,6 +184,117 @@ def section_rnn(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------- solver
+def section_solver(args) -> str:
+    """dopri5 forward (no grad) vs torchdiffeq and torchode on workload W, and the share inside the field."""
+    import bench_solvers as bs
+
+    lines = [
+        "## Solver forward: dopri5 vs torchdiffeq and torchode (workload W, scripts/bench_solvers.py's problem)",
+        "",
+        f"State 16, MLP 16→64→64→16 tanh, 50 irregular output times in [0, 5], rtol {bs.RTOL} / atol {bs.ATOL}, "
+        f"no gradient; {args.reps} repetitions interleaved in a new order each time, median; 1 thread. Share in the "
+        "field: time inside the vector field's forward / the whole solve (median of 5 timed solves).",
+        "",
+        "| batch | ours (ms) | torchdiffeq (ms) | torchode (ms) | torchdiffeq / ours | torchode / ours | evaluations "
+        "per sample ours / torchdiffeq / torchode | share in the field ours / torchdiffeq / torchode |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = ("fwd/ours", "fwd/td", "fwd/tode")
+    for B in args.batches:
+        f, y0, t, w = bs.make_problem(B, "cpu")
+        v = bs.variants(f, y0, t, w)
+        nfe = {}
+        for k in names:
+            f.calls = 0
+            v[k]()  # warm-up (and the evaluation count: batched calls count once per sample)
+            nfe[k] = f.calls
+        times = {k: [] for k in names}
+        order = list(names)
+        for r in range(args.reps):
+            order = order[1:] + order[:1]  # rotate: no contender always runs first
+            for k in order:
+                t0 = time.perf_counter()
+                v[k]()
+                times[k].append(time.perf_counter() - t0)
+        share = {}
+        f.timed = True
+        for k in names:
+            vals = []
+            for _ in range(5):
+                f.time_in = 0.0
+                t0 = time.perf_counter()
+                v[k]()
+                vals.append(f.time_in / (time.perf_counter() - t0))
+            share[k] = statistics.median(vals)
+        f.timed = False
+        med = {k: statistics.median(times[k]) for k in names}
+        o = med["fwd/ours"]
+        lines.append(f"| {B} | {1e3 * o:.2f} | {1e3 * med['fwd/td']:.2f} | {1e3 * med['fwd/tode']:.2f} | "
+                     f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
+                     f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- memory
+MEM_MODELS = ("latent_ode_dopri5", "latent_ode_rk4", "latent_gru_flow", "latent_coupling_flow", "latent_resnet_flow",
+              "ode_rnn", "flow_rnn", "gru_ode", "gru_flow")
+#: the adjoint on a model: the latent ODE (dopri5) at its default tolerance and at a tight one (many more steps)
+ADJOINT_CASES = (("autograd", {}), ("adjoint, backsolve", {"adjoint": True, "adjoint_mode": "backsolve"}),
+                 ("adjoint, interpolate", {"adjoint": True, "adjoint_mode": "interpolate"}))
+TOLS = (("rtol 1e-3", {}), ("rtol 1e-7", {"rtol": 1e-7, "atol": 1e-8}))
+
+
+def measure_mem(name: str, overrides: dict) -> dict:
+    """Peak of torch's CPU allocations during one training step of model ``name`` (after a warm-up step): the
+    profiler's allocation events in time order, summed; the peak of the running sum. Plus the step's NFE."""
+    from torch.profiler import profile
+
+    step, _, nfe = _our_model(100, 0, overrides, name)
+    step()  # warm-up: lazy initialisation (optimizer state) is not part of the peak
+    with profile(profile_memory=True) as prof:
+        step()
+    cur = peak = 0
+    for ev in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += ev.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return {"peak": peak, "nfe": nfe[-1]}
+
+
+def section_memory(args) -> str:
+    lines = [
+        "## Peak memory per training step (CPU, torch's allocations)",
+        "",
+        "Periodic set, one training step (loss + backward + Adam step) on a batch of 50 series × 100 times, latent "
+        "10, after a warm-up step: the peak of the running sum of torch's CPU allocations and frees during the step "
+        "(torch.profiler's memory events in time order; the process RSS cannot resolve these sizes: the tensors "
+        "are a few KiB each and glibc keeps freed heap). Model weights and optimizer state held before the step "
+        "are not counted.",
+        "",
+        "| model | peak MiB | NFE/forward |",
+        "|---|---|---|",
+    ]
+    for name in MEM_MODELS:
+        r = measure_mem(name, {})
+        lines.append(f"| {name} | {r['peak'] / 2**20:.1f} | {r['nfe']:.0f} |")
+    lines += [
+        "",
+        "### The adjoint's flat memory, on the latent ODE (dopri5)",
+        "",
+        "The same step with the decoder's gradients by autograd or by the adjoint, at the default tolerance and at "
+        "rtol 1e-7 / atol 1e-8 (many more solver steps). Backsolve keeps no step of the forward: its memory does "
+        "not grow with the step count; interpolate keeps the forward's accepted steps' states (no graph).",
+        "",
+        "| gradients | " + " | ".join(f"{t}: peak MiB (NFE)" for t, _ in TOLS) + " | growth |",
+        "|---|" + "---|" * (len(TOLS) + 1),
+    ]
+    for label, over in ADJOINT_CASES:
+        rs = [measure_mem("latent_ode_dopri5", {**over, **tol}) for _, tol in TOLS]
+        cells = " | ".join(f"{r['peak'] / 2**20:.1f} ({r['nfe']:.0f})" for r in rs)
+        lines.append(f"| {label} | {cells} | {rs[-1]['peak'] / max(rs[0]['peak'], 1):.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 # -------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -191,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--n_series", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 256, 2048], help="solver section's batch sizes")
+    p.add_argument("--reps", type=int, default=41, help="solver section: interleaved repetitions")
     p.add_argument("--latent-ode-ref", default="/tmp/latent_ode_ref")
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
     args = p.parse_args(argv)
