@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
 from ts_neuralode.benchmark import publish_report  # noqa: E402
 
-SECTIONS = ("rnn", "solver", "memory")
+SECTIONS = ("rnn", "solver", "flows", "memory")
 
 
 # ------------------------------------------------------------------------------------------------ rnn
@@ -236,6 +236,108 @@ def section_solver(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------- flows
+FLOW_DATA = ("sine", "sink")
+FLOW_KINDS = (("coupling_flow", "coupling", "CouplingFlow"), ("resnet_flow", "resnet", "ResNetFlow"))
+
+
+def _ref_flow(ref_dir: str, site: str, data: str, cls: str, seed: int):
+    """The Neural Flows reference's synthetic experiment (its flow, data loader and step: MSE, Adam lr 1e-3,
+    weight decay 1e-5, batch 50), imported from its checkout; ``stribor`` from its environment's site-packages."""
+    for path in (ref_dir,):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if site not in sys.path:
+        sys.path.append(site)  # last: only what our environment lacks (stribor) comes from there
+    import nfe.models as nm
+    from nfe.experiments.synthetic.data import get_data_loaders
+
+    torch.manual_seed(seed)
+    dim, _, dl_train, _, dl_test = get_data_loaders(data, 50)
+    model = getattr(nm, cls)(dim, 4, [64, 64], "TimeFourier", 8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    state = {"it": iter(())}
+
+    def step():
+        batch = next(state["it"], None)
+        if batch is None:
+            state["it"] = iter(dl_train)
+            batch = next(state["it"])
+        x, t, y = batch
+        loss = torch.mean((model(x, t) - y) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def test_mse():
+        with torch.no_grad():
+            return float(statistics.mean(float(torch.mean((model(x, t) - y) ** 2)) for x, t, y in dl_test))
+
+    return step, test_mse, len(dl_train)
+
+
+def _our_flow(data: str, kind: str, seed: int):
+    """Our flow on our copy of the same synthetic set (scripts/repro_neural_flows_synthetic.py's model and step)."""
+    import repro_neural_flows_synthetic as nf
+
+    x0, t, y, m = nf.trajectories(data, 1000, 123)
+    perm = torch.randperm(len(x0), generator=torch.Generator().manual_seed(123))
+    tr, te = perm[:600], perm[800:]
+    torch.manual_seed(seed)
+    model = nf.make_model(kind, y.shape[-1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    state = {"it": iter(())}
+
+    def step():
+        idx = next(state["it"], None)
+        if idx is None:
+            state["it"] = iter(tr[torch.randperm(len(tr), generator=gen)].split(50))
+            idx = next(state["it"])
+        loss = ((model(x0[idx], t[idx]) - y[idx]) ** 2).mean(-1)[m[idx]].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def test_mse():
+        return nf.mse(model, (x0[te], t[te], y[te], m[te]), "cpu")
+
+    return step, test_mse
+
+
+def section_flows(args) -> str:
+    ref, site = Path(args.nfe_ref), Path(args.nfe_site)
+    if not (ref / "nfe" / "models" / "flow.py").is_file() or not (site / "stribor").is_dir():
+        return (f"## Flows vs the Neural Flows reference\n\nNot run: no reference checkout at {ref} (or no stribor "
+                f"in {site}); pass --nfe-ref and --nfe-site.\n")
+    lines = [
+        "## Flows vs the Neural Flows reference (synthetic sets, its settings)",
+        "",
+        "4 flow layers of 2 × 64 hidden, Fourier time embedding with 8 features, Adam lr 1e-3, weight decay 1e-5, "
+        f"batch 50, 600 training series of 100 points; {args.flow_epochs} epoch(s) each, training steps of the "
+        "reference and ours interleaved in one process, 1 thread; median step. Test MSE: each code's own test split "
+        "after the same number of steps.",
+        "",
+        "| data | flow | reference step (ms) | ours step (ms) | speed-up | reference test MSE | ours test MSE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for data in FLOW_DATA:
+        for kind, _, cls in FLOW_KINDS:
+            r_step, r_mse, n_batches = _ref_flow(str(ref), str(site), data, cls, args.seed)
+            o_step, o_mse = _our_flow(data, kind, args.seed)
+            tr, to = [], []
+            for _ in range(args.flow_epochs * n_batches):
+                for fn, acc in ((r_step, tr), (o_step, to)):
+                    t0 = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t0)
+            a, b = statistics.median(tr), statistics.median(to)
+            lines.append(f"| {data} | {kind} | {1e3 * a:.2f} | {1e3 * b:.2f} | {a / b:.2f}× | {r_mse():.4f} | "
+                         f"{o_mse():.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- memory
 MEM_MODELS = ("latent_ode_dopri5", "latent_ode_rk4", "latent_gru_flow", "latent_coupling_flow", "latent_resnet_flow",
               "ode_rnn", "flow_rnn", "gru_ode", "gru_flow")
@@ -306,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[32, 256, 2048], help="solver section's batch sizes")
     p.add_argument("--reps", type=int, default=41, help="solver section: interleaved repetitions")
     p.add_argument("--latent-ode-ref", default="/tmp/latent_ode_ref")
+    p.add_argument("--nfe-ref", default="/tmp/nfe_ref", help="a checkout of mbilos/neural-flows-experiments")
+    p.add_argument("--nfe-site", default="/tmp/nfenv/lib/python3.11/site-packages",
+                   help="site-packages holding the reference's stribor")
+    p.add_argument("--flow-epochs", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
