@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
 from ts_neuralode.benchmark import publish_report  # noqa: E402
 
-SECTIONS = ("rnn", "solver", "flows", "memory")
+SECTIONS = ("rnn", "solver", "flows", "latent", "memory")
 
 
 # ------------------------------------------------------------------------------------------------ rnn
@@ -91,18 +91,20 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
     return step, test_mse, data["n_train_batches"]
 
 
-def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn"):
+PERIODIC = dict(dataset="periodic", n_points=100, layout="union", scaler="none", time_scale=1.0,
+                model_options={"latent_dim": 10, "lr": 1e-2})
+
+
+def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn", data: dict = PERIODIC):
     """One of our benchmark models on the reference's protocol: its training step (Adam, gradient clip 1.0), test
     MSE on held-out points and the NFE of each step."""
     from ts_neuralode.benchmark.config import BenchmarkConfig
     from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
     from ts_neuralode.lightning import ForecastingModule
 
-    cfg = BenchmarkConfig(dataset="periodic", n_series=n_series, n_points=100, models=(name,),
-                          task="interpolation", obs_fraction=0.5, layout="union", scaler="none", time_scale=1.0,
-                          batch_size=50, seed=seed, model_options={"latent_dim": 10, "lr": 1e-2},
-                          model_overrides={name: overrides})
-    dm = make_datamodules(cfg, load_frame(cfg), "union")["interpolation"]
+    cfg = BenchmarkConfig(n_series=n_series, models=(name,), task="interpolation", obs_fraction=0.5, batch_size=50,
+                          seed=seed, model_overrides={name: overrides}, **data)
+    dm = make_datamodules(cfg, load_frame(cfg), cfg.layout)["interpolation"]
     torch.manual_seed(seed)
     model = ForecastingModule(**module_options(cfg, name, dm.num_channels)).model
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -338,6 +340,58 @@ def section_flows(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------- latent
+LATENT_MODELS = ("latent_ode_dopri5", "latent_coupling_flow", "latent_resnet_flow", "latent_gru_flow")
+SINE = dict(dataset="sine", layout="padded", scaler="standard", model_options={"lr": 1e-2})
+
+
+def section_latent(args) -> str:
+    """Latent flows vs the latent ODE over a whole training run: per-epoch time, NFE and test MSE curves."""
+    runs = {name: _our_model(args.latent_series, args.seed, {}, name, SINE) for name in LATENT_MODELS}
+    n_steps = args.latent_series * 6 // 10 // 50 + (1 if args.latent_series * 6 // 10 % 50 else 0)
+    hist = {name: {"s": [], "nfe": [], "mse": []} for name in runs}
+    for _ in range(args.latent_epochs):
+        spent = {name: 0.0 for name in runs}
+        for _ in range(n_steps):
+            for name, (step, _, _) in runs.items():  # interleaved step by step
+                t0 = time.perf_counter()
+                step()
+                spent[name] += time.perf_counter() - t0
+        for name, (_, mse, nfe) in runs.items():
+            hist[name]["s"].append(spent[name])
+            hist[name]["nfe"].append(statistics.mean(nfe[-n_steps:]))
+            hist[name]["mse"].append(mse())
+    target = min(hist["latent_ode_dopri5"]["mse"])
+    lines = [
+        "## Latent flows vs the latent ODE over a whole training run (sine)",
+        "",
+        f"Synthetic `sine`, {args.latent_series} series (60% for training: {n_steps} batches of 50 per epoch), "
+        f"interpolation task (half of the points observed), standard scaling, Adam lr 1e-2, {args.latent_epochs} "
+        "epochs; the four models' training steps interleaved one by one in one process, 1 thread. Per epoch: "
+        "training seconds, mean NFE per forward (the encoder is the same Euler ODE-RNN for all: only the decoder "
+        "differs), test MSE on held-out points (scaled units) after the epoch. Time to MSE: cumulative training "
+        f"seconds until the test MSE first reaches the latent ODE's best ({target:.4f}).",
+        "",
+        "| model | s/epoch first → last (median) | NFE/forward first → last | best test MSE | final test MSE | "
+        "training s to the latent ODE's best MSE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, h in hist.items():
+        cum, reach = 0.0, None
+        for sec, m in zip(h["s"], h["mse"]):
+            cum += sec
+            if reach is None and m <= target:
+                reach = cum
+        lines.append(f"| {name} | {h['s'][0]:.2f} → {h['s'][-1]:.2f} ({statistics.median(h['s']):.2f}) | "
+                     f"{h['nfe'][0]:.0f} → {h['nfe'][-1]:.0f} | {min(h['mse']):.4f} | {h['mse'][-1]:.4f} | "
+                     f"{'not reached' if reach is None else f'{reach:.1f}'} |")
+    lines += ["", "Per-epoch curves (epoch: seconds / NFE / test MSE):", ""]
+    for name, h in hist.items():
+        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"], h["mse"])))
+        lines.append(f"- {name}: {pts}")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------- memory
 MEM_MODELS = ("latent_ode_dopri5", "latent_ode_rk4", "latent_gru_flow", "latent_coupling_flow", "latent_resnet_flow",
               "ode_rnn", "flow_rnn", "gru_ode", "gru_flow")
@@ -412,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nfe-site", default="/tmp/nfenv/lib/python3.11/site-packages",
                    help="site-packages holding the reference's stribor")
     p.add_argument("--flow-epochs", type=int, default=3)
+    p.add_argument("--latent-series", type=int, default=500)
+    p.add_argument("--latent-epochs", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
