@@ -14,13 +14,20 @@ Sections (``--sections``, default all):
   copied). Ours: the default dopri5 field, and the reference's solver (Euler, step 0.1 = span/50). Both train
   ``--epochs`` epochs on batches of 50; s/epoch = median training step × the reference's batches per epoch;
   test MSE after training, each code scoring its own test split (ours: held-out points).
+* ``carry``: ODE-RNN, GRU-ODE, flow-RNN, GRU flow with the step carried across observation intervals and
+  without (the evolution's ``carry_steps`` replaced by a null context), interleaved in one process.
 * ``solver``: dopri5 forward vs torchdiffeq and torchode on workload W (scripts/bench_solvers.py's problem) at
   batch 32 / 256 / 2048, equal evaluations, and the share of the forward inside the vector field.
-* ``memory``: peak RSS growth of one training step (loss + backward) per model, each in a fresh subprocess
-  (scripts/bench_solvers.py's method), and a latent ODE trained with the backsolve adjoint vs autograd at
-  short and long spans (flat memory in the number of steps).
+* ``flows``: coupling and ResNet flows against the Neural Flows reference's own (``--nfe-ref``, a checkout of
+  mbilos/neural-flows-experiments, with ``stribor`` from ``--nfe-site``; read, never copied) on sine and sink,
+  its settings, training steps interleaved.
+* ``latent``: latent coupling / ResNet / GRU flows vs the latent ODE (dopri5) over a whole training run on sine:
+  per-epoch seconds, NFE and test MSE, and the training time to the latent ODE's best test MSE.
+* ``memory``: peak of torch's CPU allocations during one training step per model (torch.profiler's memory
+  events), and the latent ODE with autograd vs the adjoint (backsolve, interpolate) at rtol 1e-3 and 1e-7
+  (flat memory in the number of steps).
 
-    python scripts/speed.py                          # everything (CPU, ~10 min on a quiet 2-core machine)
+    python scripts/speed.py --epochs 5 --latent-epochs 30   # everything (CPU, ~10 min)
     python scripts/speed.py --sections rnn --epochs 3 --n_series 300
 
 Writes results/speed.md.
@@ -42,7 +49,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
 from ts_neuralode.benchmark import publish_report  # noqa: E402
 
-SECTIONS = ("rnn", "solver", "flows", "latent", "memory")
+SECTIONS = ("rnn", "carry", "solver", "flows", "latent", "memory")
 
 
 # ------------------------------------------------------------------------------------------------ rnn
@@ -236,6 +243,41 @@ def section_solver(args) -> str:
                      f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
                      f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} |")
     return "\n".join(lines) + "\n"
+
+
+def section_carry(args) -> str:
+    """Each filtering model with and without the step carried across intervals (one process, interleaved)."""
+    import contextlib
+
+    lines = [
+        "## Recurrent models: the step carried across observation intervals, on and off",
+        "",
+        "Periodic protocol as above (batch 50, 100 times, latent 10), dopri5 (flow-RNN and GRU flow: no solver). "
+        "'off' replaces the evolution's carry_steps() by a null context (each interval searches its first step "
+        "and checks its inputs, as before this change); everything else is the same code. Training steps "
+        f"interleaved, {args.carry_steps} each, median.",
+        "",
+        "| model | step ms, carry on | step ms, carry off | speed-up | NFE/forward on / off |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("ode_rnn", "gru_ode", "flow_rnn", "gru_flow"):
+        on, off = _our_model(200, args.seed, {}, name), _our_model(200, args.seed, {}, name)
+        evo = _closure_model(off[0]).evolution
+        evo.carry_steps = contextlib.nullcontext
+        times = {"on": [], "off": []}
+        for _ in range(args.carry_steps):
+            for key, (step, _, _) in (("on", on), ("off", off)):
+                t0 = time.perf_counter()
+                step()
+                times[key].append(time.perf_counter() - t0)
+        a, b = statistics.median(times["on"]), statistics.median(times["off"])
+        lines.append(f"| {name} | {1e3 * a:.1f} | {1e3 * b:.1f} | {b / a:.2f}× | {on[2][-1]:.0f} / {off[2][-1]:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _closure_model(step):
+    """The model a training step from :func:`_our_model` closes over."""
+    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))["model"]
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -466,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nfe-site", default="/tmp/nfenv/lib/python3.11/site-packages",
                    help="site-packages holding the reference's stribor")
     p.add_argument("--flow-epochs", type=int, default=3)
+    p.add_argument("--carry-steps", type=int, default=15)
     p.add_argument("--latent-series", type=int, default=500)
     p.add_argument("--latent-epochs", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))

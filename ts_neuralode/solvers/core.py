@@ -17,6 +17,9 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
 * the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
+* a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
+  ``first_step`` skips the initial-step search (recurrent models carry it across observation intervals), and a
+  two-point solve returns its final state directly (no recorded steps, no dense output);
 * one host synchronisation per step (``.tolist()`` on a 3-element tensor) decides "is anyone still
   running", "was any step rejected" and "did this step cover an output time" (only such steps are kept —
   this keeps memory flat in step count when no gradient graph is being built).
@@ -102,6 +105,8 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     """
     B, D = y.shape
     dtc = dt.unsqueeze(-1)
+    if tab.stages == 1:  # Euler: y + dt·k0, no stage stack or mm (a recurrent model's interval is one such step)
+        return torch.addcmul(y, dtc, k0, value=tab.b[0]), k0.unsqueeze(0), None
     rows = coef_tensor(tab, "a", y.dtype, y.device)
     ks = [k0]
     yi = y
