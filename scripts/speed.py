@@ -52,6 +52,11 @@ from ts_neuralode.benchmark import publish_report  # noqa: E402
 SECTIONS = ("rnn", "carry", "solver", "flows", "latent", "memory")
 
 
+def _head(title: str, intro: str, header: str) -> list[str]:
+    """A results section's first lines: its heading, a paragraph, and a markdown table's header and rule."""
+    return [title, "", intro, "", header, "|" + "---|" * (header.count("|") - 1)]
+
+
 # ------------------------------------------------------------------------------------------------ rnn
 def _ref_odernn(ref_dir: str, n_series: int, seed: int):
     """The reference code's ODE-RNN, data and training step, built as its run_models.py does for --ode-rnn."""
@@ -168,19 +173,16 @@ def section_rnn(args) -> str:
     ref_key = next(iter(contenders))
     base = statistics.median(times[ref_key])
     target = curves[ref_key][-1]
-    lines = [
+    lines = _head(
         "## ODE-RNN vs the Latent ODE reference (periodic, its protocol)",
-        "",
         f"{n_series} series (the reference trains on 80%: {ref_batches} batches of 50 per epoch), 100 times in "
         f"[0, 5], 50 observed per series, latent 10; {epochs} epoch(s) each, training steps interleaved in one "
         "process, 1 thread. s/epoch = median step × the reference's batches per epoch. Test MSE after each epoch: "
         "each code's own test split and metric (the reference's: its reconstruction MSE; ours: held-out points). "
         f"Time to the reference's final MSE ({target:.4f}): s/epoch × the first epoch at or below it.",
-        "",
         "| model | median step (ms) | s/epoch | speed-up vs reference | NFE/forward | test MSE by epoch | "
         "time to reference's final MSE (s) | speed-up to that MSE |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    )
     ref_time = base * ref_batches * epochs
     for k, (_, _, nfe) in contenders.items():
         med = statistics.median(times[k])
@@ -198,17 +200,14 @@ def section_solver(args) -> str:
     """dopri5 forward (no grad) vs torchdiffeq and torchode on workload W, and the share inside the field."""
     import bench_solvers as bs
 
-    lines = [
+    lines = _head(
         "## Solver forward: dopri5 vs torchdiffeq and torchode (workload W, scripts/bench_solvers.py's problem)",
-        "",
         f"State 16, MLP 16→64→64→16 tanh, 50 irregular output times in [0, 5], rtol {bs.RTOL} / atol {bs.ATOL}, "
         f"no gradient; {args.reps} repetitions interleaved in a new order each time, median; 1 thread. Share in the "
         "field: time inside the vector field's forward / the whole solve (median of 5 timed solves).",
-        "",
         "| batch | ours (ms) | torchdiffeq (ms) | torchode (ms) | torchdiffeq / ours | torchode / ours | evaluations "
         "per sample ours / torchdiffeq / torchode | share in the field ours / torchdiffeq / torchode |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    )
     names = ("fwd/ours", "fwd/td", "fwd/tode")
     for B in args.batches:
         f, y0, t, w = bs.make_problem(B, "cpu")
@@ -249,17 +248,14 @@ def section_carry(args) -> str:
     """Each filtering model with and without the step carried across intervals (one process, interleaved)."""
     import contextlib
 
-    lines = [
+    lines = _head(
         "## Recurrent models: the step carried across observation intervals, on and off",
-        "",
         "Periodic protocol as above (batch 50, 100 times, latent 10), dopri5 (flow-RNN and GRU flow: no solver). "
         "'off' replaces the evolution's carry_steps() by a null context (each interval searches its first step "
         "and checks its inputs, as before this change); everything else is the same code. Training steps "
         f"interleaved, {args.carry_steps} each, median.",
-        "",
         "| model | step ms, carry on | step ms, carry off | speed-up | NFE/forward on / off |",
-        "|---|---|---|---|---|",
-    ]
+    )
     for name in ("ode_rnn", "gru_ode", "flow_rnn", "gru_flow"):
         on, off = _our_model(200, args.seed, {}, name), _our_model(200, args.seed, {}, name)
         evo = _closure_model(off[0]).evolution
@@ -355,17 +351,14 @@ def section_flows(args) -> str:
     if not (ref / "nfe" / "models" / "flow.py").is_file() or not (site / "stribor").is_dir():
         return (f"## Flows vs the Neural Flows reference\n\nNot run: no reference checkout at {ref} (or no stribor "
                 f"in {site}); pass --nfe-ref and --nfe-site.\n")
-    lines = [
+    lines = _head(
         "## Flows vs the Neural Flows reference (synthetic sets, its settings)",
-        "",
         "4 flow layers of 2 × 64 hidden, Fourier time embedding with 8 features, Adam lr 1e-3, weight decay 1e-5, "
         f"batch 50, 600 training series of 100 points; {args.flow_epochs} epoch(s) each, training steps of the "
         "reference and ours interleaved in one process, 1 thread; median step. Test MSE: each code's own test split "
         "after the same number of steps.",
-        "",
         "| data | flow | reference step (ms) | ours step (ms) | speed-up | reference test MSE | ours test MSE |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    )
     for data in FLOW_DATA:
         for kind, _, cls in FLOW_KINDS:
             r_step, r_mse, n_batches = _ref_flow(str(ref), str(site), data, cls, args.seed)
@@ -404,20 +397,17 @@ def section_latent(args) -> str:
             hist[name]["nfe"].append(statistics.mean(nfe[-n_steps:]))
             hist[name]["mse"].append(mse())
     target = min(hist["latent_ode_dopri5"]["mse"])
-    lines = [
+    lines = _head(
         "## Latent flows vs the latent ODE over a whole training run (sine)",
-        "",
         f"Synthetic `sine`, {args.latent_series} series (60% for training: {n_steps} batches of 50 per epoch), "
         f"interpolation task (half of the points observed), standard scaling, Adam lr 1e-2, {args.latent_epochs} "
         "epochs; the four models' training steps interleaved one by one in one process, 1 thread. Per epoch: "
         "training seconds, mean NFE per forward (the encoder is the same Euler ODE-RNN for all: only the decoder "
         "differs), test MSE on held-out points (scaled units) after the epoch. Time to MSE: cumulative training "
         f"seconds until the test MSE first reaches the latent ODE's best ({target:.4f}).",
-        "",
         "| model | s/epoch first → last (median) | NFE/forward first → last | best test MSE | final test MSE | "
         "training s to the latent ODE's best MSE |",
-        "|---|---|---|---|---|---|",
-    ]
+    )
     for name, h in hist.items():
         cum, reach = 0.0, None
         for sec, m in zip(h["s"], h["mse"]):
@@ -460,32 +450,25 @@ def measure_mem(name: str, overrides: dict) -> dict:
 
 
 def section_memory(args) -> str:
-    lines = [
+    lines = _head(
         "## Peak memory per training step (CPU, torch's allocations)",
-        "",
         "Periodic set, one training step (loss + backward + Adam step) on a batch of 50 series × 100 times, latent "
         "10, after a warm-up step: the peak of the running sum of torch's CPU allocations and frees during the step "
         "(torch.profiler's memory events in time order; the process RSS cannot resolve these sizes: the tensors "
         "are a few KiB each and glibc keeps freed heap). Model weights and optimizer state held before the step "
         "are not counted.",
-        "",
         "| model | peak MiB | NFE/forward |",
-        "|---|---|---|",
-    ]
+    )
     for name in MEM_MODELS:
         r = measure_mem(name, {})
         lines.append(f"| {name} | {r['peak'] / 2**20:.1f} | {r['nfe']:.0f} |")
-    lines += [
-        "",
+    lines += ["", *_head(
         "### The adjoint's flat memory, on the latent ODE (dopri5)",
-        "",
         "The same step with the decoder's gradients by autograd or by the adjoint, at the default tolerance and at "
         "rtol 1e-7 / atol 1e-8 (many more solver steps). Backsolve keeps no step of the forward: its memory does "
         "not grow with the step count; interpolate keeps the forward's accepted steps' states (no graph).",
-        "",
         "| gradients | " + " | ".join(f"{t}: peak MiB (NFE)" for t, _ in TOLS) + " | growth |",
-        "|---|" + "---|" * (len(TOLS) + 1),
-    ]
+    )]
     for label, over in ADJOINT_CASES:
         rs = [measure_mem("latent_ode_dopri5", {**over, **tol}) for _, tol in TOLS]
         cells = " | ".join(f"{r['peak'] / 2**20:.1f} ({r['nfe']:.0f})" for r in rs)
