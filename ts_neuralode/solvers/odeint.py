@@ -150,9 +150,10 @@ def odeint(
         max_steps: limit on attempted steps (per solve); exceeding it raises SolverError.
         first_step: initial step size of adaptive methods (default: Hairer's automatic choice): a number, or a
             ``[B]`` tensor of per-sample steps (e.g. ``stats.next_dt`` of the solve this one continues).
-        check_inputs: False skips the checks that read tensor values (finite ``y0``, finite strictly monotone
-            shared ``t``, positive tensor ``first_step``) — for callers whose inputs were checked once already
-            (a recurrent model's grid, stepped interval by interval). Shapes and options are checked anyway.
+        check_inputs: False skips the checks that read the values of ``t`` (finite, strictly monotone; a shared
+            grid) and of a tensor ``first_step`` (finite, > 0) — for callers whose grid was checked once already
+            (a recurrent model stepping through it interval by interval). ``y0``, shapes and options are
+            checked anyway.
 
     Returns:
         :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
@@ -173,7 +174,7 @@ def odeint(
         raise ValueError(f"y0 must be a tensor [B, D] (batch, channels), got {shape}; use y0[None] for one sample")
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}")
-    if check_inputs and not bool(torch.isfinite(y0).all()):
+    if not bool(torch.isfinite(y0).all()):  # always: a NaN/inf state from upstream is told apart from a solver failure
         raise ValueError("y0 contains NaN/inf: pass a finite initial state")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or not tol > 0:
