@@ -316,3 +316,21 @@ def test_spectral_weight_scope_reuses_one_weight_and_keeps_gradients_exact():
     torch.testing.assert_close(scoped, plain)
     torch.testing.assert_close(g_scoped, g_plain)
     assert lin.normalized_weight() is not lin.normalized_weight()  # outside a block: fresh each call
+
+
+def test_fast_tanh_is_tanh(margin):
+    """The activation "tanh" (2·σ(2x) − 1 on large CPU tensors): torch.tanh's values and gradients."""
+    from ts_neuralode.models.nets import FAST_TANH_MIN_NUMEL, Tanh, fast_tanh, make_activation
+
+    assert isinstance(make_activation("tanh"), Tanh) and isinstance(make_activation("tanh"), torch.nn.Tanh)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-14)):
+        x = (torch.randn(FAST_TANH_MIN_NUMEL + 7, dtype=dtype) * 4).requires_grad_()
+        y = fast_tanh(x)
+        (gx,) = torch.autograd.grad((y * torch.cos(x.detach())).sum(), x)
+        xr = x.detach().requires_grad_()
+        yr = torch.tanh(xr)
+        (gr,) = torch.autograd.grad((yr * torch.cos(xr.detach())).sum(), xr)
+        margin(f"max |fast_tanh - tanh| ({dtype})", float((y - yr).abs().max()), tol)
+        margin(f"max |grad difference| ({dtype})", float((gx - gr).abs().max()), tol)
+        with torch.no_grad():
+            margin(f"no-grad max difference ({dtype})", float((fast_tanh(x) - yr).abs().max()), tol)

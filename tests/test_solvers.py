@@ -316,3 +316,23 @@ def test_controller_tensor_and_scalar_forms_agree():
     for i, x in enumerate(ratios):
         expected = ctl.after_accept_scalar(x) if x <= 1.0 else prev[i].item()
         assert after[i].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_carried_step_continues_a_solve(margin):
+    """``first_step`` = the previous solve's ``stats.next_dt``: no initial-step search (one evaluation fewer per
+    solve), the same accuracy, and consecutive short intervals take one step each once the step is carried."""
+    f, y0, exact = _oscillator()
+    grid = torch.linspace(0.0, 3.0, 31, dtype=F64)
+    y, dt, nfe, nfe_fresh = y0, None, [], []
+    for a, b in zip(grid[:-1], grid[1:]):
+        fresh = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8)
+        sol = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8, first_step=dt)
+        dt, y = sol.stats.next_dt, sol.ys[:, -1]
+        assert dt.shape == (2,) and bool((dt > 0).all())
+        nfe.append(int(sol.stats.n_f_evals.max()))
+        nfe_fresh.append(int(fresh.stats.n_f_evals.max()))
+    margin("max error after 30 carried solves", float((y - exact(3.0)).abs().max()), 1e-5)
+    assert max(nfe[1:]) == 7  # f(t0) + one 6-evaluation dopri5 step: the carried step spans each interval
+    assert sum(nfe) < sum(nfe_fresh)
+    with pytest.raises(ValueError, match="first_step as a tensor must be"):
+        odeint(f, y0, grid, first_step=torch.zeros(2, dtype=F64))

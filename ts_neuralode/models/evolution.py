@@ -29,6 +29,7 @@ that apply to it), so switching ODE ↔ flow is its one option ``kind``: ``Evolu
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,18 @@ class Evolution(nn.Module):
         self.dim = check_positive_int(dim, "dim")
         self.control_dim = int(control_dim)
         self.last_nfe: float = 0.0  # function evaluations of the last forward, mean over samples
+        self._carry: list | None = None  # inside carry_steps(): [next_dt [B] or None]
+
+    @contextmanager
+    def carry_steps(self):
+        """Within the block, each forward of an adaptive ODE starts from the per-sample step the previous
+        forward ended with (no initial-step search, no step regrown from scratch): a recurrent pass's
+        consecutive observation intervals are one trajectory cut at the updates. No effect on flows."""
+        outer, self._carry = self._carry, [None]
+        try:
+            yield self
+        finally:
+            self._carry = outer
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if h0.dim() < 2 or h0.shape[-1] != self.dim:
@@ -168,11 +181,16 @@ class ODEEvolution(Evolution):
             return h0.unsqueeze(1)
         c = self.config
         func = self.field if control is None else controlled_field(self.field, control)
+        carry = self._carry
+        first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
         sol = odeint(
             func, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
-            adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
+            adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps, first_step=first,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
+            check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )
+        if carry is not None:
+            carry[0] = sol.stats.next_dt
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
         return sol.ys

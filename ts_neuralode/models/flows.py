@@ -43,6 +43,7 @@ from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.nets import (
     SpectralNormLinear,
     check_positive_int,
+    fast_tanh,
     make_activation,
     mlp,
     spectral_mlp,
@@ -190,7 +191,7 @@ class GRUFlowLayer(ResidualFlowLayer):
         ht = torch.cat([h, t], dim=-1)
         z = 0.4 * torch.sigmoid(self.lin_z(ht))
         r = 0.8 * torch.sigmoid(self.lin_r(ht))
-        c = torch.tanh(self.lin_c(torch.cat([r * h, t], dim=-1)))
+        c = fast_tanh(self.lin_c(torch.cat([r * h, t], dim=-1)))
         return z * (c - h)
 
 

@@ -91,10 +91,12 @@ class RecurrentEncoder(nn.Module):
         x = grid.values.gather(1, gidx) * m
         evolve = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm)  # noqa: E731
         if not backwards:  # padding last: stepped over, the state held at the last observation
-            _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
+            with self.evolution.carry_steps():
+                _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
             return h, t[:, -1]  # the padding repeats each row's last observation time
         t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
-        _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
+        with self.evolution.carry_steps():
+            _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
         # One step from each series' first observation back to the grid start.
         back = torch.stack([t[:, -1], times[:, 0]], dim=1)
         move = (n > 0) & (back[:, 1] != back[:, 0])

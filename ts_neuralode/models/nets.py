@@ -41,9 +41,47 @@ from torch import Tensor, nn
 
 from ts_neuralode.errors import ConfigError
 
+#: below this many elements torch.tanh is as fast (a Python autograd node costs ~20 µs)
+FAST_TANH_MIN_NUMEL = 8192
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) = 2·σ(2x) − 1 in place on one buffer; backward by ATen's fused ``tanh_backward`` (1 − y²)·g."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def fast_tanh(x: Tensor) -> Tensor:
+    """``torch.tanh`` by ``2·σ(2x) − 1`` on CPU for large tensors: same function (max |difference| 1.8e-7 in
+    float32, 3e-16 in float64 over [−20, 20]), but ATen's CPU tanh kernel is several times slower than its
+    sigmoid (measured with this torch build, one thread, [5000, 64]: 1.27 vs 0.23 ms forward, 1.79 vs 0.73 ms
+    forward + backward). Small tensors and other devices use ``torch.tanh``."""
+    if x.device.type != "cpu" or x.numel() < FAST_TANH_MIN_NUMEL:
+        return torch.tanh(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SigmoidTanh.apply(x)
+    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+
+class Tanh(nn.Tanh):
+    """``nn.Tanh`` computed by :func:`fast_tanh` (a subclass: ``isinstance(m, nn.Tanh)`` still holds)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fast_tanh(x)
+
+
 # name -> (constructor, 1-Lipschitz?)
 _ACTIVATIONS: dict[str, tuple[type[nn.Module], bool]] = {
-    "tanh": (nn.Tanh, True),
+    "tanh": (Tanh, True),
     "relu": (nn.ReLU, True),
     "elu": (nn.ELU, True),  # alpha = 1: slope in (0, 1]
     "softplus": (nn.Softplus, True),

@@ -70,8 +70,8 @@ def recurrent_pass(
     started = has_obs[:, 0] if hold else None
     for i in range(0, last_obs + 1):
         if i > 0:
-            t, tm = step_mask(times, valid, i)
-            h = evolve(h, t, None if shared else tm)[:, -1]
+            t, tm = (times[i - 1 : i + 1], None) if shared else step_mask(times, valid, i)
+            h = evolve(h, t, tm)[:, -1]
             if hold:
                 h = torch.where(started.unsqueeze(-1), h, h0)
                 started = started | has_obs[:, i]
@@ -153,7 +153,8 @@ class FilteringModel(ForecastModel):
         if self._static is not None:  # static covariates condition the initial state
             h0 = h0 + self.static_proj(self._static)
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
-        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+        with self.evolution.carry_steps():  # one trajectory cut at the updates: steps carry across intervals
+            pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
         return pre, post
 
     @shares_spectral_weights

@@ -17,6 +17,9 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
 * the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
+* a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
+  ``first_step`` skips the initial-step search (recurrent models carry it across observation intervals), and a
+  two-point solve returns its final state directly (no recorded steps, no dense output);
 * one host synchronisation per step (``.tolist()`` on a 3-element tensor) decides "is anyone still
   running", "was any step rejected" and "did this step cover an output time" (only such steps are kept —
   this keeps memory flat in step count when no gradient graph is being built).
@@ -48,7 +51,8 @@ class SolverOptions:
     rtol: float
     atol: float
     max_steps: int
-    first_step: float | None = None  # adaptive methods: initial step (None: Hairer's automatic choice)
+    # adaptive methods: initial step, one float or a [B] tensor per sample (None: Hairer's automatic choice)
+    first_step: float | Tensor | None = None
     step_size: float | None = None  # fixed-step methods: step (None: output time to output time)
 
 
@@ -85,6 +89,9 @@ class SolverStats:
     n_accepted: Tensor
     n_rejected: Tensor
     backward: dict = field(default_factory=dict)
+    #: adaptive methods: each sample's next step as the controller proposed it after its last step ([B]; the
+    #: ``first_step`` of a following solve that continues from here — recurrent models carry it)
+    next_dt: Tensor | None = None
 
 
 def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tensor):
@@ -98,6 +105,8 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     """
     B, D = y.shape
     dtc = dt.unsqueeze(-1)
+    if tab.stages == 1:  # Euler: y + dt·k0, no stage stack or mm (a recurrent model's interval is one such step)
+        return torch.addcmul(y, dtc, k0, value=tab.b[0]), k0.unsqueeze(0), None
     rows = coef_tensor(tab, "a", y.dtype, y.device)
     ks = [k0]
     yi = y
@@ -151,7 +160,7 @@ def solve_adaptive(
     rtol: float,
     atol: float,
     max_steps: int,
-    first_step: float | None,
+    first_step: float | Tensor | None,
     sign=1.0,
     checkpoints: list[StepCheckpoint] | None = None,
 ):
@@ -173,10 +182,13 @@ def solve_adaptive(
     t = t0
     f0 = func(t, y0)
     nfe_init = 1
+    carried = isinstance(first_step, Tensor)
     if first_step is None:
         with torch.no_grad():
             dt = initial_step(func, t0, y0.detach(), f0.detach(), tab.order, rtol, atol)
         nfe_init += 1
+    elif carried:  # carried from an earlier solve: no initial-step search
+        dt = first_step.to(dtype=dtype, device=dev)
     else:
         dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
@@ -200,6 +212,9 @@ def solve_adaptive(
     # The interpolated adjoint's forward (no graph, ``checkpoints`` given) flushes too: its backward
     # recomputes every step from the checkpoints, the records only serve the outputs.
     flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
+    # One output after t0 (a recurrent model's observation interval): every sample ends exactly on it, so the
+    # final state is that output — no steps recorded, no dense output.
+    two_point = T == 2
     out_buf = None  # [B, T, D] outputs written by earlier flushes (None: nothing flushed yet)
     t_flushed = t0
     it = 0
@@ -218,10 +233,15 @@ def solve_adaptive(
             ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
             accept = (ratio <= 1.0) & active
             # land exactly on t_end (t + rem may round below it)
-            t_new = torch.where(accept, torch.where(dt >= rem, t_end, t + dt_use), t)
+            landed = dt >= rem
+            t_new = torch.where(accept, torch.where(landed, t_end, t + dt_use), t)
             fac = controller.factor(ratio, prev_term)
             prev_term = controller.after_accept(ratio, accept, prev_term)
-            dt = dt_use * fac
+            # finished samples keep their last proposal (the ``next_dt`` a following solve starts from)
+            dt_next = dt_use * fac
+            if carried:  # an accepted step cut short to land on t_end says nothing against the step it was cut from
+                dt_next = torch.maximum(dt_next, torch.where(landed & accept, dt, 0.0))
+            dt = torch.where(active, dt_next, dt)
             att_hist.append(active)
             acc_hist.append(accept)
             if len(att_hist) == 64:  # fold the history now and then: memory stays flat in the step count
@@ -242,7 +262,7 @@ def solve_adaptive(
                     any_active = bool(active.any())
         if checkpoints is not None:
             checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
-        if any_covered:
+        if any_covered and not two_point:
             recs.append(StepRecord(t, t_new, dt_use, y, ks))
             cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
             next_out = tq_ext.gather(1, cnt).squeeze(1)
@@ -274,7 +294,10 @@ def solve_adaptive(
         n_acc = torch.stack(acc_hist).sum(0)
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
-    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc)
+    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc,
+                        next_dt=dt)
+    if two_point:
+        return torch.stack((y0, y), 1), stats, None
     if flush:
         if recs:
             out_buf, _ = _flush(tab, recs, tq, out_buf, y0, t_flushed, t)
@@ -366,12 +389,13 @@ def solve_fixed(
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
             dt = t_stop - t
             y1, ks, _ = rk_step(func, tab, t, y, dt, func(t, y))
-            recs.append(StepRecord(t, t_stop, dt, y, ks))
+            if T > 2:  # two points: every row's last step ends on its output, y is it (no dense output)
+                recs.append(StepRecord(t, t_stop, dt, y, ks))
             if checkpoints is not None:
                 checkpoints.append(StepCheckpoint(t, t_stop, dt, y))
             y = y1
         n_steps = n_b
-        ys = _assemble(tab, y0, tq, _stack_records(recs) if recs else None)
+        ys = torch.stack((y0, y), 1) if T == 2 else _assemble(tab, y0, tq, _stack_records(recs) if recs else None)
     _check_finite(tab, ys, tq, sign)
     stats = SolverStats(
         n_f_evals=tab.stages * n_steps, n_accepted=n_steps.clone(), n_rejected=torch.zeros_like(n_steps)

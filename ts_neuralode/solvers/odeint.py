@@ -22,7 +22,7 @@ class Solution:
     stats: SolverStats
 
 
-def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None):
+def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None, check: bool = True):
     """Check t / t_mask and return (tq [B, T] increasing with padding filled, sign, mask).
 
     ``sign`` is 1.0, -1.0 (every row backwards) or a [B] tensor (mixed directions); the core integrates in
@@ -36,6 +36,10 @@ def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None):
     if t.shape[-1] < 1:
         raise ValueError("t is empty: pass at least the initial time t[..., 0]")
     t = t.to(device=y0.device, dtype=y0.dtype)
+    if t.dim() == 1 and t_mask is None and not check:  # the caller vouches for t: only its direction is read
+        T = t.shape[0]
+        up = T == 1 or bool(t[-1] > t[0])
+        return (t if up else -t).unsqueeze(0).expand(B, T), 1.0 if up else -1.0
     if t.dim() == 1 and t_mask is None:
         # shared grid (the common case): check the one row, then broadcast it (a view, no copy)
         T = t.shape[0]
@@ -123,7 +127,8 @@ def odeint(
     adjoint_mode: str = "backsolve",
     seminorm: bool = True,
     max_steps: int = 10_000,
-    first_step: float | None = None,
+    first_step: float | Tensor | None = None,
+    check_inputs: bool = True,
 ) -> Solution:
     """Solve dy/dt = func(t, y) for a batch of initial values, each sample with its own step size.
 
@@ -143,7 +148,12 @@ def odeint(
             exact y, memory O(steps·B·D)).
         seminorm: exclude the parameter adjoints from the backward error norm (fewer backward steps).
         max_steps: limit on attempted steps (per solve); exceeding it raises SolverError.
-        first_step: initial step size of adaptive methods (default: Hairer's automatic choice).
+        first_step: initial step size of adaptive methods (default: Hairer's automatic choice): a number, or a
+            ``[B]`` tensor of per-sample steps (e.g. ``stats.next_dt`` of the solve this one continues).
+        check_inputs: False skips the checks that read the values of ``t`` (finite, strictly monotone; a shared
+            grid) and of a tensor ``first_step`` (finite, > 0) — for callers whose grid was checked once already
+            (a recurrent model stepping through it interval by interval). ``y0``, shapes and options are
+            checked anyway.
 
     Returns:
         :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
@@ -164,7 +174,7 @@ def odeint(
         raise ValueError(f"y0 must be a tensor [B, D] (batch, channels), got {shape}; use y0[None] for one sample")
     if not y0.is_floating_point():
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}")
-    if not bool(torch.isfinite(y0).all()):
+    if not bool(torch.isfinite(y0).all()):  # always: a NaN/inf state from upstream is told apart from a solver failure
         raise ValueError("y0 contains NaN/inf: pass a finite initial state")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or not tol > 0:
@@ -180,12 +190,18 @@ def odeint(
         if not isinstance(step_size, (int, float)) or not step_size > 0:
             raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
         step_size = float(step_size)
-    if first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
+    if isinstance(first_step, Tensor):
+        if first_step.shape != (y0.shape[0],) or (
+            check_inputs and not bool(((first_step > 0) & torch.isfinite(first_step)).all())
+        ):
+            raise ValueError(f"first_step as a tensor must be [B] = [{y0.shape[0]}] with finite entries > 0, got "
+                             f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this batch")
+    elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
     if adjoint_mode not in ADJOINT_MODES:
         raise ValueError(f"unknown adjoint_mode {adjoint_mode!r}; choose one of {', '.join(ADJOINT_MODES)}")
 
-    tq, sign = _normalise_time(y0, t, t_mask)
+    tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
     f = _wrap(func, sign)
     opts = SolverOptions(rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
                          step_size=step_size)
