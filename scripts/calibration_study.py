@@ -46,7 +46,7 @@ from ts_neuralode import backtest  # noqa: E402
 from ts_neuralode.backtest import md_table as markdown_table  # noqa: E402
 from ts_neuralode.benchmark.report import publish_report  # noqa: E402
 
-FAMILIES = ("latent_ode", "ode_rnn", "gru_ode")
+FAMILIES = ("latent_ode", "ode_rnn", "gru_ode", "latent_ode:coupling_flow", "ode_rnn:gru_flow")  # model[:evolution]
 LEVELS = (50, 90)
 TARGETS = {50: (0.47, 0.53), 90: (0.87, 0.93)}
 
@@ -94,7 +94,8 @@ def coverage(cv: pd.DataFrame, name: str, level: int) -> tuple[float, float]:
 def run_one(ds: dict, family: str, work: Path, num_samples: int) -> dict:
     frame = ds["frame"]
     train = frame[ds["time"](frame) <= ds["t1"]]
-    args = [*ds["fit_args"], "--model.model", family]
+    model, _, kind = family.partition(":")
+    args = [*ds["fit_args"], "--model.model", model] + (["--model.evolution.kind", kind] if kind else [])
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         fc = backtest.refit_forecaster(args, train, work)
