@@ -112,9 +112,11 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
         return model
     import mlflow
 
+    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
+                                           off="pass the model directory itself as --model"))
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=model)
     except Exception as err:  # MlflowException, OSError
@@ -158,7 +160,11 @@ def forecast_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.preflight import writable_dir, writable_file
 
+    writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
+    if not args.no_plots:
+        writable_dir(_plot_dir(args), "--plot_dir")
     run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
     fc = Forecaster.load(path, transform=args.transform)
@@ -175,7 +181,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
     pngs: list[Path] = []
     if not args.no_plots:
-        plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
+        plot_dir = _plot_dir(args)
         pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
@@ -183,6 +189,11 @@ def forecast_main(argv: Sequence[str]) -> int:
         run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
         print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
+
+
+def _plot_dir(args) -> Path:
+    out = Path(args.out)
+    return Path(args.plot_dir) if args.plot_dir else out.with_name(out.stem + "_plots")
 
 
 def _write_csv(frame, path: Path) -> None:
@@ -213,7 +224,10 @@ def _resolve_run(spec: str, tracking_uri: str | None):
                               "checkpoint directory of a fit (it holds mlflow_run.json)") from err
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
-    uri = resolve_tracking_uri(tracking_uri or info.get("tracking_uri"))
+    from ts_neuralode.preflight import tracking_store
+
+    uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
+                         off="leave out --mlflow_run")
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
