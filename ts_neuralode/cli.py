@@ -93,6 +93,9 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
+                        "max_steps, at most 30000); raise it for horizons far past the history")
     p.add_argument("--out", default="forecast.csv", help="output CSV (default forecast.csv)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
@@ -173,7 +176,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, **read,
+        context=args.context, max_steps=args.max_steps, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)

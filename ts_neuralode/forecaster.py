@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.errors import ForecastError
@@ -152,6 +153,7 @@ class Forecaster:
         progress: bool = False,
         seed: int | None = 0,
         context: float | str | pd.Timedelta | None = None,
+        max_steps: int | None = None,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -168,6 +170,8 @@ class Forecaster:
                 task's ``context`` in training). Default None: the model's training context
                 (``self.context``) when it was trained on the forecast task with one, else the whole
                 history; "all": the whole history in any case.
+            max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
+                horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -204,10 +208,21 @@ class Forecaster:
         check_reachable(self.transform, table, self.transform.origins(table), index, raw_q, exact_q, context)
         chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
-        with seeded(seed):
-            frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
-                                          [exact_q[rows_of[i]] for i in chunk])
-                      for chunk in _progress(chunks, progress, "forecast")]
+        user_steps = budgets.check_max_steps(max_steps)
+        span = budgets.forecast_span(self.transform, table, index, raw_q)
+        steps = budgets.forecast_budget(self.module, span.span, user_steps)
+        with seeded(seed), budgets.step_budget(self.module, steps):
+            try:
+                frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
+                                              qs, [exact_q[rows_of[i]] for i in chunk])
+                          for chunk in _progress(chunks, progress, "forecast")]
+            except ForecastError as err:
+                asked = f"horizon={horizon!r}" if horizon is not None else "the query times"
+                far = budgets.steps_exceeded(err.__cause__, self.module, steps or 0, self.transform, span, asked,
+                                             user_steps is not None)
+                if far is None:
+                    raise
+                raise far from err
         return pd.concat(frames, ignore_index=True)
 
     def _duration(self, value: Any, what: str) -> float:
