@@ -141,7 +141,7 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
     t_stop = float(t_reached[failed].min()) if t_reached is not None and failed is not None and failed.any() \
         else last_model_t
     evs = ode_evolutions(module)
-    method = evs[0].config.method if evs else "the solver"
+    method = getattr(err, "method", None) or (evs[0].config.method if evs else "the solver")
     fixed = re.search(r"needs (\d+) steps of ([0-9.eE+-]+)", text)
     if fixed:  # a fixed-step solve is refused before it starts: it would have reached budget * step_size
         need, step = int(fixed.group(1)), float(fixed.group(2))
@@ -153,13 +153,15 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
         what = f"adaptive {method} steps"
         covered = max(reached - last_model_t, 1e-12)
         suggest = budget * min(1000, math.ceil((target_model_t - last_model_t) / covered) + 1)
-    past = max(reached - last_model_t, 0.0) * time_scale
+    past = (reached - last_model_t) * time_scale
+    where = (f"about {describe_duration(past, codec)} past the last observation" if past > 0 else
+             f"only to about {describe_duration(-past, codec)} before the last observation")
     whole = (target_model_t - last_model_t) * time_scale
     how = "--max_steps" if user_set else f"--max_steps (default: what the horizon needs, at most {FORECAST_MAX_STEPS})"
     return ForecastError(
         f"{asked}: the forecast needs more ODE solver steps ({what}) than the budget max_steps={budget}; "
-        f"with it the solver reaches about {describe_duration(past, codec)} past the last observation of "
-        f"{describe_duration(whole, codec)} asked; pass a nearer horizon, or raise {how} to at least {suggest} "
+        f"with it the solver gets {where}, of {describe_duration(whole, codec)} past it asked; pass a nearer "
+        f"horizon, or raise {how} to at least {suggest} "
         f"(Forecaster.predict(max_steps=...); time and memory grow with it)")
 
 
