@@ -135,6 +135,23 @@ def replaceable_dir(path: str | os.PathLike, option: str) -> Path:
     return p
 
 
+def checkpoint_file(path: str | os.PathLike) -> None:
+    """``--ckpt_path FILE``: a Lightning checkpoint that loads with ``weights_only=True`` (one line saying what is
+    wrong with it otherwise; Lightning would fail later with a traceback quoting torch's unsafe-loading advice)."""
+    from collections.abc import Mapping
+
+    from ts_neuralode.errors import ForecastError
+    from ts_neuralode.model_store import torch_load
+
+    try:
+        ckpt = torch_load(Path(path), "cpu")
+    except ForecastError as err:
+        raise ConfigError(f"--ckpt_path {err}") from err
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
+                          "'ts-neuralode fit' (a model directory's weights.pt is for 'ts-neuralode forecast')")
+
+
 def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
     """``fit | validate | test | predict``: the tracking store (when a run is recorded) and, for ``fit``, the
     default root, checkpoint and model directories."""
@@ -150,5 +167,5 @@ def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
     replaceable_dir(cfg.get("model_dir") or ckpt_dir / "model", "--model_dir")
 
 
-__all__ = ["writable_dir", "writable_file", "tracking_store", "limit_mlflow_retries", "replaceable_dir", "lightning_run",
+__all__ = ["writable_dir", "writable_file", "tracking_store", "limit_mlflow_retries", "replaceable_dir", "lightning_run", "checkpoint_file",
            "unreachable", "PROBE_TIMEOUT_S"]

@@ -47,6 +47,15 @@ class TSNeuralODECLI(LightningCLI):
         # --data.season (a duration) reaches the seasonal baseline in model time units
         parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning loads --ckpt_path here (for its hyperparameters), before before_instantiate_classes: a damaged
+        # or foreign file is one line instead of torch's traceback
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            preflight.checkpoint_file(ckpt)
+        super()._parse_ckpt_path()
+
     # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
