@@ -212,3 +212,16 @@ def test_fit_model_dir_and_root_checked_first(tmp_path, capfd):
         rc = main([*base, "--checkpoint_dir", str(tmp_path / "ck"), *extra])
         line = _one_line(capfd.readouterr().err)
         assert rc == 2 and fragment in line and "missing.csv" not in line, line
+
+
+def test_bad_ckpt_path_one_line(tmp_path, dt_csv, dt_fitted, capfd):
+    """Lightning loads --ckpt_path for its hyperparameters before anything else: a random file or a model
+    directory's weights.pt is one line there, not torch's traceback and its unsafe-loading advice."""
+    rand = tmp_path / "rand.ckpt"
+    rand.write_bytes(b"\x67\x22" * 500)
+    for ckpt, fragment in [(rand, "not a torch file"), (dt_fitted["model_dir"] / "weights.pt",
+                                                          "not a Lightning checkpoint")]:
+        rc = main(["validate", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking", "false",
+                   "--ckpt_path", str(ckpt)])
+        line = _one_line(capfd.readouterr().err)
+        assert rc == 2 and f"--ckpt_path {ckpt}" in line and fragment in line and UNSAFE_ADVICE not in line, line
