@@ -179,6 +179,8 @@ def test_preflight_checks(tmp_path):
         tracking_store(f"sqlite:///{tmp_path / 'no_dir' / 'mlflow.db'}")
     with pytest.raises(ConfigError, match="is a directory; name a database file"):
         tracking_store(f"sqlite:///{tmp_path}")
+    with pytest.raises(ConfigError, match="does not exist, so it holds no runs"):
+        tracking_store(f"sqlite:///{tmp_path / 'ok.db'}", must_exist=True)
     assert tracking_store(f"sqlite:///{tmp_path / 'ok.db'}").endswith("ok.db")
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]  # lowered where unset (MLflow's default waits minutes)
 

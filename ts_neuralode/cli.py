@@ -119,7 +119,7 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
     from ts_neuralode.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
-                                           off="pass the model directory itself as --model"))
+                                           off="pass the model directory itself as --model", must_exist=True))
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=model)
     except Exception as err:  # MlflowException, OSError
@@ -230,7 +230,7 @@ def _resolve_run(spec: str, tracking_uri: str | None):
     from ts_neuralode.preflight import tracking_store
 
     uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
-                         off="leave out --mlflow_run")
+                         off="leave out --mlflow_run", must_exist=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)

@@ -100,10 +100,12 @@ def _sqlite_problem(db: Path) -> str | None:
     return None
 
 
-def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--tracking false") -> str:
+def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--tracking false",
+                   must_exist: bool = False) -> str:
     """Probe tracking URI ``uri`` (already resolved) once: an http(s) server must answer within
     :data:`PROBE_TIMEOUT_S`; a sqlite file's directory must be writable. ConfigError names the URI and the fixes
-    (``off``: this subcommand's way to turn tracking off). Also :func:`limit_mlflow_retries`. Returns ``uri``."""
+    (``off``: this subcommand's way to turn tracking off; ``must_exist``: the store is only read, so a missing
+    sqlite file is an error, not created). Also :func:`limit_mlflow_retries`. Returns ``uri``."""
     limit_mlflow_retries()
     fixes = f"pass another {option} (e.g. {option} sqlite:///mlflow.db), or {off}"
     if uri.startswith(("http://", "https://")):
@@ -116,6 +118,9 @@ def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--track
         if db.is_dir():
             raise ConfigError(f"tracking URI {uri}: {db} is a directory; name a database file, e.g. "
                               f"{option} sqlite:///{db / 'mlflow.db'}")
+        if must_exist and not db.exists():
+            raise ConfigError(f"tracking URI {uri}: {db} does not exist, so it holds no runs; pass the "
+                              f"{option} the fit used (its checkpoint directory's mlflow_run.json names it), or {off}")
         if not db.parent.is_dir():
             raise ConfigError(f"tracking URI {uri}: directory {db.parent} does not exist; create it, {fixes}")
         reason = _sqlite_problem(db)
@@ -167,5 +172,5 @@ def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
     replaceable_dir(cfg.get("model_dir") or ckpt_dir / "model", "--model_dir")
 
 
-__all__ = ["writable_dir", "writable_file", "tracking_store", "limit_mlflow_retries", "replaceable_dir", "lightning_run", "checkpoint_file",
-           "unreachable", "PROBE_TIMEOUT_S"]
+__all__ = ["writable_dir", "writable_file", "replaceable_dir", "checkpoint_file", "tracking_store", "unreachable",
+           "limit_mlflow_retries", "lightning_run", "PROBE_TIMEOUT_S"]
