@@ -164,6 +164,9 @@ def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
 
     if cfg.get("tracking") and cfg.trainer.get("logger") in (None, True):
         tracking_store(resolve_tracking_uri(cfg.get("tracking_uri")))
+        where = cfg.get("artifact_location")
+        if where and ("://" not in where or where.startswith("file://")):  # a local artifact store
+            writable_dir(where.removeprefix("file://"), "--artifact_location")
     if subcommand != "fit":
         return
     if cfg.trainer.get("default_root_dir"):
