@@ -32,11 +32,12 @@ def run(argv: list[str], cwd: Path) -> tuple[int, float, float, int, str]:
     """Exit status, wall seconds, CPU seconds (user + sys of the child), stderr's line count and last line."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([*console(), *argv], cwd=cwd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([*console(), *argv], cwd=cwd, capture_output=True, timeout=900)  # bytes: keep the \r
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    # what a terminal shows: a progress bar cleared with carriage returns leaves what follows the last one
+    lines = [shown for ln in proc.stderr.decode().split("\n") if (shown := ln.rsplit("\r", 1)[-1]).strip()]
     return proc.returncode, wall, cpu, len(lines), lines[-1] if lines else ""
 
 
@@ -45,8 +46,10 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="check_failures_"))
     try:
-        demo = ["--config", str(ROOT / "configs/demo.yaml"), "--trainer.default_root_dir", str(tmp),
-                "--checkpoint_dir", str(tmp / "checkpoints"), "--model_dir", str(tmp / "model")]
+        demo = ["--config", str(ROOT / "configs/demo.yaml"), "--data.path", str(ROOT / "data/demo.csv"),
+                "--trainer.default_root_dir", str(tmp),
+                "--checkpoint_dir", str(tmp / "checkpoints"), "--model_dir", str(tmp / "model"),
+                "--tracking_uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifact_location", str(tmp / "mlartifacts")]
         rc, *_ = run(["fit", *demo, "--trainer.max_epochs", "1", "--tracking", "false",
                       "--trainer.enable_progress_bar", "false"], tmp)
         if rc != 0:

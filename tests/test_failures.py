@@ -36,8 +36,14 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+def shown_lines(err: str) -> list[str]:
+    """The non-blank lines a terminal shows for ``err``: a progress bar redrawn and cleared with carriage
+    returns leaves only what follows its last one."""
+    return [shown for ln in err.split("\n") if (shown := ln.rsplit("\r", 1)[-1]).strip()]
+
+
 def _one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    lines = shown_lines(err)
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     return lines[0]
 
@@ -92,11 +98,12 @@ def test_issue_table_rows_one_line_each(tmp_path, dt_csv, dt_fitted, ode_model):
         "random weights.pt": (["forecast", "--model", str(random_weights), "--data.path", str(dt_csv), "--horizon",
                                "2h", "--out", str(tmp_path / "r.csv")], ["not a torch file"]),
     }
-    procs = {name: subprocess.Popen([*_console(), *argv], cwd=tmp_path, env=subprocess_env(), text=True,
+    procs = {name: subprocess.Popen([*_console(), *argv], cwd=tmp_path, env=subprocess_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for name, (argv, _) in rows.items()}
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=180)  # a hang guard (MLflow's retries took 4 min), not a timing test
+        _, raw = proc.communicate(timeout=180)  # a hang guard (MLflow's retries took 4 min), not a timing test
+        err = raw.decode()  # bytes: text mode would turn a progress bar's carriage returns into line breaks
         line = _one_line(err)
         assert proc.returncode == 2, (name, err)
         for fragment in rows[name][1]:
@@ -175,8 +182,9 @@ def test_preflight_checks(tmp_path):
     assert writable_dir(tmp_path / "new" / "dir", "--x").is_dir()
     with pytest.raises(ConfigError, match="file is not a database"):
         tracking_store(f"sqlite:///{afile}")
-    with pytest.raises(ConfigError, match="does not exist; create it"):
-        tracking_store(f"sqlite:///{tmp_path / 'no_dir' / 'mlflow.db'}")
+    with pytest.raises(ConfigError, match="cannot create directory"):
+        tracking_store(f"sqlite:///{afile / 'no_dir' / 'mlflow.db'}")
+    assert tracking_store(f"sqlite:///{tmp_path / 'new_dir' / 'mlflow.db'}")  # created, as MLflow would the file
     with pytest.raises(ConfigError, match="is a directory; name a database file"):
         tracking_store(f"sqlite:///{tmp_path}")
     with pytest.raises(ConfigError, match="does not exist, so it holds no runs"):

@@ -211,11 +211,12 @@ class Forecaster:
         user_steps = budgets.check_max_steps(max_steps)
         span = budgets.forecast_span(self.transform, table, index, raw_q)
         steps = budgets.forecast_budget(self.module, span.span, user_steps)
+        bar = _progress(chunks, progress, "forecast")
         with seeded(seed), budgets.step_budget(self.module, steps):
             try:
                 frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
                                               qs, [exact_q[rows_of[i]] for i in chunk])
-                          for chunk in _progress(chunks, progress, "forecast")]
+                          for chunk in bar]
             except ForecastError as err:
                 asked = f"horizon={horizon!r}" if horizon is not None else "the query times"
                 far = budgets.steps_exceeded(err.__cause__, self.module, steps or 0, self.transform, span, asked,
@@ -223,6 +224,8 @@ class Forecaster:
                 if far is None:
                     raise
                 raise far from err
+            finally:
+                getattr(bar, "close", lambda: None)()  # clears the bar: an error line stands on its own
         return pd.concat(frames, ignore_index=True)
 
     def _duration(self, value: Any, what: str) -> float:

@@ -121,8 +121,11 @@ def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--track
         if must_exist and not db.exists():
             raise ConfigError(f"tracking URI {uri}: {db} does not exist, so it holds no runs; pass the "
                               f"{option} the fit used (its checkpoint directory's mlflow_run.json names it), or {off}")
-        if not db.parent.is_dir():
-            raise ConfigError(f"tracking URI {uri}: directory {db.parent} does not exist; create it, {fixes}")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)  # as the fit's other outputs (demo_output/mlflow.db)
+        except OSError as err:
+            raise ConfigError(f"tracking URI {uri}: cannot create directory {db.parent} ({_reason(err)}); "
+                              f"{fixes}") from err
         reason = _sqlite_problem(db)
         if reason is not None:
             raise ConfigError(f"tracking URI {uri}: cannot use {db} as an MLflow store ({reason}); {fixes}")
