@@ -150,7 +150,8 @@ def test_each_damaged_model_file_has_its_own_line(tmp_path, dt_fitted):
         "is empty (0 bytes": _damaged(tmp_path, src, "empty", weights=b""),
         "holds an object of type ts_neuralode.errors.ConfigError": _damaged(tmp_path, src, "pickle",
                                                                              weights=pickled.read_bytes()),
-        "'ts_neuralode.model/9' written by ts_neuralode 9.0 is not one this version reads": _damaged(
+        "'ts_neuralode.model/9' written by ts_neuralode 9.0 is not one this version reads (ts_neuralode.model/2, "
+        "ts_neuralode.model/1); it is newer than this ts_neuralode: upgrade": _damaged(
             tmp_path, src, "newer", config={**config, "format": "ts_neuralode.model/9",
                                             "ts_neuralode_version": "9.0"}),
         "not valid JSON": _damaged(tmp_path, src, "json", config="{oops"),

@@ -132,11 +132,14 @@ def _read_config(cfg_path: Path) -> dict:
     if fmt not in READABLE_FORMATS:
         version = config.get("ts_neuralode_version") if isinstance(config, dict) else None
         by = f" written by ts_neuralode {version}" if version else ""
-        newer = isinstance(fmt, str) and fmt.startswith("ts_neuralode.model/")
+        ours = isinstance(fmt, str) and fmt.startswith("ts_neuralode.model/")
+        newer = ours and fmt.rpartition("/")[2].isdigit() and int(fmt.rpartition("/")[2]) > int(FORMAT.rpartition("/")[2])
+        fix = ("it is newer than this ts_neuralode: upgrade ts_neuralode to load it" if newer else
+               "load it with the ts_neuralode version that wrote it and save it again with this version "
+               "(Forecaster.save)" if ours else
+               "pass a model directory written by Forecaster.save or 'ts-neuralode fit'")
         raise ForecastError(f"{cfg_path}: model format {fmt!r}{by} is not one this version reads "
-                            f"({', '.join(READABLE_FORMATS)}); " + ("load it with the ts_neuralode version that "
-                            "wrote it, or save it again with this one" if newer else
-                            "pass a model directory written by Forecaster.save or 'ts-neuralode fit'"))
+                            f"({', '.join(READABLE_FORMATS)}); {fix}")
     module = config.get("module")
     missing = [k for k, ok in (("module.hparams", isinstance(module, dict) and isinstance(module.get("hparams"),
                                                                                           dict)),
