@@ -70,7 +70,8 @@ def main() -> int:
             "forecast, weights.pt random bytes": ["forecast", "--model", str(bad), "--data.path", data,
                                                   "--horizon", "2D", "--out", str(tmp / "f.csv")],
         }
-        table = ["| row | exit | wall s | CPU s | stderr lines | met | the (last) line |", "|---|---|---|---|---|---|---|"]
+        table = ["| row | exit | wall s | CPU s | stderr lines | met | the (last) line |",
+                 "|---|---|---|---|---|---|---|"]
         for name, argv in rows.items():
             rc, wall, cpu, n, line = run(argv, tmp)
             ok = "yes" if wall <= TARGET_S and rc == 2 and n == 1 else "NO"

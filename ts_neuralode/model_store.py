@@ -133,7 +133,8 @@ def _read_config(cfg_path: Path) -> dict:
         version = config.get("ts_neuralode_version") if isinstance(config, dict) else None
         by = f" written by ts_neuralode {version}" if version else ""
         ours = isinstance(fmt, str) and fmt.startswith("ts_neuralode.model/")
-        newer = ours and fmt.rpartition("/")[2].isdigit() and int(fmt.rpartition("/")[2]) > int(FORMAT.rpartition("/")[2])
+        number = fmt.rpartition("/")[2] if ours else ""
+        newer = number.isdigit() and int(number) > int(FORMAT.rpartition("/")[2])
         fix = ("it is newer than this ts_neuralode: upgrade ts_neuralode to load it" if newer else
                "load it with the ts_neuralode version that wrote it and save it again with this version "
                "(Forecaster.save)" if ours else
