@@ -8,6 +8,7 @@ fresh process: most of its time is importing torch). How long each takes is meas
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_FIT_ARGS, subprocess_env
+from conftest import TINY_FIT_ARGS, subprocess_env, wait_for_epoch
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.forecaster import Forecaster
@@ -237,3 +238,26 @@ def test_bad_ckpt_path_one_line(tmp_path, dt_csv, dt_fitted, capfd):
                    "--ckpt_path", str(ckpt)])
         line = _one_line(capfd.readouterr().err)
         assert rc == 2 and f"--ckpt_path {ckpt}" in line and fragment in line and UNSAFE_ADVICE not in line, line
+
+
+def test_sigterm_during_fit_is_a_failure_with_one_line(tmp_path, tiny_csv):
+    """Lightning stops a fit cleanly on SIGTERM but exits 0 (its SIGTERMException is a SystemExit without a
+    status): a script could not tell that fit from a finished one. Now: one line, status 143, checkpoints kept."""
+    args = [a for a in TINY_FIT_ARGS]
+    args[args.index("--trainer.max_epochs") + 1] = "1000"
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen([*_console(), "fit", "--data.path", str(tiny_csv), "--tracking", "false",
+                             "--checkpoint_dir", str(ck), *args], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for_epoch(proc, ck / "last.ckpt", 1) is not None, "the fit did not reach epoch 1"
+        proc.send_signal(signal.SIGTERM)
+        _, raw = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last = shown_lines(raw.decode())[-1]
+    assert proc.returncode == 143 and "Traceback" not in raw.decode(), raw.decode()[-2000:]
+    assert last == "ts-neuralode fit: stopped by SIGTERM; the checkpoints of finished epochs are kept: continue " \
+                   "with --ckpt_path last", last
+    assert (ck / "last.ckpt").is_file()

@@ -326,6 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:  # Lightning stops on SIGTERM with SIGTERMException, a SystemExit of status 0
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        kept = ("; the checkpoints of finished epochs are kept: continue with --ckpt_path last" if sub == "fit"
+                else "")
+        print(f"{PROG} {sub}: stopped by SIGTERM{kept}", file=sys.stderr)
+        return 128 + 15
 
 
 if __name__ == "__main__":
