@@ -96,6 +96,10 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError("--calibrate fits the calibration from the uncalibrated bands; drop --calibrated")
     if args.refit < 0:
         raise ConfigError(f"--refit {args.refit}: pass 0 (never), 1 (every window) or K (every K windows)")
+    from ts_neuralode.preflight import writable_dir, writable_file
+
+    out_dir = writable_dir(args.out_dir, "--out_dir")  # before the work: a backtest computed and not written is lost
+    cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
     target = None
     if not args.no_tracking:
         target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
@@ -116,8 +120,6 @@ def main(argv: Sequence[str]) -> int:
     h = codec.duration(args.horizon, "horizon", ConfigError)
     unit_ns = codec.unit_ns if codec.is_datetime else None
     metrics = backtest.evaluate(cv, h, buckets=args.buckets, unit_ns=unit_ns)
-    out_dir = Path(args.out_dir)
-    cv_path = Path(args.out) if args.out else out_dir / "cv.csv"
     _write_csv(cv, cv_path)
     metrics_path = out_dir / "metrics.csv"
     _write_csv(metrics, metrics_path)
@@ -149,9 +151,10 @@ def main(argv: Sequence[str]) -> int:
 
 def _new_run(tracking_uri: str | None, experiment: str, run_name: str | None):
     from ts_neuralode.mlflow_io import open_run
+    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")
     client, _, run = open_run(uri, experiment, run_name or "backtest", {"ts_neuralode.subcommand": "backtest"})
     return client, run.info.run_id, uri, True
 

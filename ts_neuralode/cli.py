@@ -100,6 +100,9 @@ def _forecast_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
+                        "max_steps, at most 30000); raise it for horizons far past the history")
     p.add_argument("--out", default="forecast.csv", help="output file (default forecast.csv; .parquet for Parquet)")
     p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
@@ -119,9 +122,11 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
         return model
     import mlflow
 
+    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
+                                           off="pass the model directory itself as --model", must_exist=True))
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=model)
     except Exception as err:  # MlflowException, OSError
@@ -165,7 +170,11 @@ def forecast_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.preflight import writable_dir, writable_file
 
+    writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
+    if not args.no_plots:
+        writable_dir(_plot_dir(args), "--plot_dir")
     run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
     fc = Forecaster.load(path, transform=args.transform)
@@ -174,7 +183,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, future=args.future, calibrated=args.calibrated, **read,
+        context=args.context, future=args.future, calibrated=args.calibrated, max_steps=args.max_steps, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)
@@ -182,7 +191,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
     pngs: list[Path] = []
     if not args.no_plots:
-        plot_dir = Path(args.plot_dir) if args.plot_dir else out_path.with_name(out_path.stem + "_plots")
+        plot_dir = _plot_dir(args)
         pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
@@ -190,6 +199,11 @@ def forecast_main(argv: Sequence[str]) -> int:
         run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
         print(f"attached the forecast to MLflow run {run_id} at {uri} (artifacts forecast/)")
     return 0
+
+
+def _plot_dir(args) -> Path:
+    out = Path(args.out)
+    return Path(args.plot_dir) if args.plot_dir else out.with_name(out.stem + "_plots")
 
 
 def _write_csv(frame, path: Path) -> None:
@@ -222,7 +236,10 @@ def _resolve_run(spec: str, tracking_uri: str | None):
                               "checkpoint directory of a fit (it holds mlflow_run.json)") from err
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
-    uri = resolve_tracking_uri(tracking_uri or info.get("tracking_uri"))
+    from ts_neuralode.preflight import tracking_store
+
+    uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
+                         off="leave out --mlflow_run", must_exist=True)
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -326,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:  # Lightning stops on SIGTERM with SIGTERMException, a SystemExit of status 0
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        kept = ("; the checkpoints of finished epochs are kept: continue with --ckpt_path last" if sub == "fit"
+                else "")
+        print(f"{PROG} {sub}: stopped by SIGTERM{kept}", file=sys.stderr)
+        return 128 + 15
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
@@ -197,6 +198,7 @@ class Forecaster:
         context: float | str | pd.Timedelta | None = None,
         future: pd.DataFrame | str | os.PathLike | None = None,
         calibrated: bool = False,
+        max_steps: int | None = None,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -218,6 +220,8 @@ class Forecaster:
                 be known up to each series' last query time (ForecastError naming the column otherwise).
             calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
                 fitted on backtest residuals per horizon bucket; ForecastError when the model has none).
+            max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
+                horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -258,10 +262,24 @@ class Forecaster:
         covariates = self._covariates(history, future, table, index, raw_q)
         chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
-        with seeded(seed):
-            frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels, qs,
-                                          [exact_q[rows_of[i]] for i in chunk], covariates)
-                      for chunk in _progress(chunks, progress, "forecast")]
+        user_steps = budgets.check_max_steps(max_steps)
+        span = budgets.forecast_span(self.transform, table, index, raw_q)
+        steps = budgets.forecast_budget(self.module, span.span, user_steps)
+        bar = _progress(chunks, progress, "forecast")
+        with seeded(seed), budgets.step_budget(self.module, steps):
+            try:
+                frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
+                                              qs, [exact_q[rows_of[i]] for i in chunk], covariates)
+                          for chunk in bar]
+            except ForecastError as err:
+                asked = f"horizon={horizon!r}" if horizon is not None else "the query times"
+                far = budgets.steps_exceeded(err.__cause__, self.module, steps or 0, self.transform, span, asked,
+                                             user_steps is not None)
+                if far is None:
+                    raise
+                raise far from err
+            finally:
+                getattr(bar, "close", lambda: None)()  # clears the bar: an error line stands on its own
         out = pd.concat(frames, ignore_index=True)
         if calibrated:
             from ts_neuralode import calibration

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,15 +114,41 @@ def _read_model_dir(p: Path, map_location) -> StoredModel:
     if not cfg_path.is_file() or not w_path.is_file():
         raise ForecastError(f"{p}: not a model directory (needs {CONFIG} and {WEIGHTS}); "
                             "pass a directory written by Forecaster.save or 'ts-neuralode fit'")
+    config = _read_config(cfg_path)
+    return StoredModel(config["module"]["hparams"], torch_load(w_path, map_location), config["transform"],
+                       config.get("read_options") or {}, config.get("name"), config.get("context"))
+
+
+def _read_config(cfg_path: Path) -> dict:
+    """``config.json`` of a model directory, its format and layout checked (one line for each problem)."""
     try:
         config = json.loads(cfg_path.read_text())
-    except ValueError as err:
-        raise ForecastError(f"{cfg_path}: not valid JSON ({err})") from err
-    if config.get("format") not in READABLE_FORMATS:
-        raise ForecastError(f"{cfg_path}: unknown model format {config.get('format')!r} (expected {FORMAT}); "
-                            "save it again with this version (Forecaster.save)")
-    return StoredModel(config["module"]["hparams"], torch_load(w_path, map_location), config["transform"],
-                       config.get("read_options", {}), config.get("name"), config.get("context"))
+    except OSError as err:
+        raise ForecastError(f"{cfg_path}: cannot read it ({err.strerror or type(err).__name__})") from err
+    except ValueError as err:  # also UnicodeDecodeError: a binary file
+        raise ForecastError(f"{cfg_path}: not valid JSON ({_first_line(err)}); the model directory is damaged: "
+                            "save the model again (Forecaster.save or 'ts-neuralode fit')") from err
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt not in READABLE_FORMATS:
+        version = config.get("ts_neuralode_version") if isinstance(config, dict) else None
+        by = f" written by ts_neuralode {version}" if version else ""
+        ours = isinstance(fmt, str) and fmt.startswith("ts_neuralode.model/")
+        number = fmt.rpartition("/")[2] if ours else ""
+        newer = number.isdigit() and int(number) > int(FORMAT.rpartition("/")[2])
+        fix = ("it is newer than this ts_neuralode: upgrade ts_neuralode to load it" if newer else
+               "load it with the ts_neuralode version that wrote it and save it again with this version "
+               "(Forecaster.save)" if ours else
+               "pass a model directory written by Forecaster.save or 'ts-neuralode fit'")
+        raise ForecastError(f"{cfg_path}: model format {fmt!r}{by} is not one this version reads "
+                            f"({', '.join(READABLE_FORMATS)}); {fix}")
+    module = config.get("module")
+    missing = [k for k, ok in (("module.hparams", isinstance(module, dict) and isinstance(module.get("hparams"),
+                                                                                          dict)),
+                               ("transform", isinstance(config.get("transform"), dict))) if not ok]
+    if missing:
+        raise ForecastError(f"{cfg_path}: {' and '.join(missing)} missing or not an object in a {fmt} config; the "
+                            "model directory is damaged: save the model again")
+    return config
 
 
 def _read_checkpoint(p: Path, map_location) -> StoredModel:
@@ -142,22 +171,56 @@ def build_module(stored: StoredModel, where: Path, map_location) -> torch.nn.Mod
     """The :class:`ForecastingModule` of ``stored``, weights loaded (ForecastError when they do not fit)."""
     from ts_neuralode.lightning import ForecastingModule
 
-    module = ForecastingModule.from_hparams(stored.hparams)
+    try:
+        module = ForecastingModule.from_hparams(stored.hparams)
+    except TypeError as err:  # an option this version does not have (a model saved by another version)
+        raise ForecastError(f"{where}: its model options do not fit this version of ts_neuralode ({err}); load it "
+                            "with the version that saved it, or train it again") from err
     try:
         module.load_state_dict(stored.state)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        first = " ".join(lines[:2])[:300]
         raise ForecastError(f"{where}: weights do not match the configured model ({first})") from err
     return module.to(map_location)
 
 
+_FROM_US = "pass a file written by ts_neuralode (a model directory's weights.pt or a .ckpt from 'ts-neuralode fit')"
+
+
 def torch_load(path: Path, map_location) -> Any:
+    """``torch.load(path, weights_only=True)``; ForecastError with one line saying what is wrong with the file:
+    unreadable, empty, not a torch file, truncated, or holding Python objects beyond tensors (never loaded:
+    unpickling them could run arbitrary code)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise ForecastError(f"{path}: cannot read it ({err.strerror or type(err).__name__})") from err
+    if not head:
+        raise ForecastError(f"{path}: is empty (0 bytes; a copy or download that did not finish?); {_FROM_US}")
+    # torch.save writes a zip archive (b"PK\x03\x04"); files of torch < 1.6 begin with a pickle (b"\x80")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise ForecastError(f"{path}: not a torch file (it starts with bytes {head!r}, a file saved by torch "
+                            f"starts with {b'PK'!r}); {_FROM_US}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or a pickle that weights_only refuses
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ForecastError(f"{path}: cannot be loaded as weights only ({first}); pass a file written by "
-                            "ts_neuralode (weights.pt or a .ckpt from 'ts-neuralode fit')") from err
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"an object of type {found.group(1)}" if found else "Python objects beyond tensors"
+        raise ForecastError(f"{path}: holds {what}, which is not loaded (only tensors and plain containers are: "
+                            f"unpickling other objects could run arbitrary code); {_FROM_US}") from None
+    except Exception as err:  # RuntimeError/OSError/EOFError of a damaged archive
+        if head == b"PK\x03\x04" and not zipfile.is_zipfile(path) or isinstance(err, EOFError):
+            raise ForecastError(f"{path}: truncated or damaged ({path.stat().st_size} bytes, the end of the "
+                                f"archive is missing; a copy or download that did not finish?); {_FROM_US}") from err
+        first = _first_line(err)
+        raise ForecastError(f"{path}: cannot be read as a torch file ({first}); {_FROM_US}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__
 
 
 def as_transform(tstate: Any):

@@ -185,28 +185,6 @@ def tracked(logger: MLFlowLogger, fn, *args: Any, **kwargs: Any) -> Any:
     return safe(fn, *args, **kwargs) if safe is not None else fn(*args, **kwargs)
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """ConfigError at once when an http(s) tracking server does not answer (MLflow itself would retry for
-    minutes before failing with a traceback)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered (a proxy or an older server without /health): reachable
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "reason", None) or err
-        if isinstance(reason, ssl.SSLError):
-            return  # it answered; whether its certificate is acceptable is MLflow's call (MLFLOW_TRACKING_INSECURE_TLS)
-        raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it, pass another "
-                          "--tracking_uri, or --tracking false to train without MLflow") from err
-
-
 def _scalar(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

@@ -125,12 +125,25 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     )
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Output paths and the tracking store, checked before any data is generated or model trained."""
+    from ts_neuralode.preflight import tracking_store, writable_file
+    from ts_neuralode.tracking import resolve_tracking_uri
+
+    writable_file(args.out, "--out")
+    if args.plot:
+        writable_file(args.plot, "--plot")
+    if not args.no_tracking:
+        tracking_store(resolve_tracking_uri(args.tracking_uri), off="--no_tracking")
+
+
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``ts-neuralode benchmark ...``; returns the exit status (user errors raise ConfigError/DataError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     cfg.validate()
+    _preflight(args)
     command = "ts-neuralode benchmark " + " ".join(shlex.quote(a) for a in argv)
     title = args.title or f"Neural ODE vs Neural Flow — {cfg.dataset or Path(cfg.path).name}"
     out_csv = Path(args.out)

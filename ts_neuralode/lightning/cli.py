@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from ts_neuralode import tracking
+from ts_neuralode import preflight, tracking
 from ts_neuralode.callbacks import AtomicCheckpointIO, TrainingGuard
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.export import ModelExportCallback
@@ -51,11 +51,21 @@ class TSNeuralODECLI(LightningCLI):
         # known-future covariates (--data.future_cols, --data.calendar): their fitted spec sizes the model's control
         parser.link_arguments("data.covariates", "model.covariates", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning loads --ckpt_path here (for its hyperparameters), before before_instantiate_classes: a damaged
+        # or foreign file is one line instead of torch's traceback
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            preflight.checkpoint_file(ckpt)
+        super()._parse_ckpt_path()
+
     # -- before the trainer exists: checkpoint path, MLflow run to continue ----------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
         self.ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")
+        preflight.lightning_run(self.subcommand, cfg, self.ckpt_dir)  # before any data is read or model built
         ckpt = cfg.get("ckpt_path")
         if ckpt == "last":
             last = self.ckpt_dir / "last.ckpt"
@@ -98,7 +108,6 @@ class TSNeuralODECLI(LightningCLI):
         if cfg.get("tracking") and logger_cfg in (None, True):
             tags = {"ts_neuralode.subcommand": self.subcommand}
             uri = tracking.resolve_tracking_uri(cfg.get("tracking_uri"))
-            tracking.check_reachable(uri)
             kwargs["logger"] = tracking.make_logger(
                 uri, cfg.get("experiment_name"), cfg.get("run_name"),
                 run_id=self.resume_run_id, tags=tags, artifact_location=cfg.get("artifact_location"),
