@@ -220,3 +220,135 @@ def test_train_end_trains_before_one_time_and_validates_after_it():
         assert (tm[scored] > batch.cutoff.view(-1, 1).expand_as(tm)[scored] - 1e-6).all()
     with pytest.raises(ConfigError, match="train_end applies to task='forecast'"):
         IrregularTimeSeriesDataModule(df=demo, time_unit="h", train_end=end)
+
+
+# -- covariates in backtests (tiny untrained models: the data path, not the accuracy, is under test) -------------
+def _pk(n_series: int = 6, seed: int = 5) -> pd.DataFrame:
+    from ts_neuralode.data.generators import generate
+
+    df = generate("pk", n_series=n_series, n_points=12, seed=seed)
+    ids = sorted(df.unique_id.unique())
+    df["site"] = df.unique_id.map({s: ("north" if i % 2 else "south") for i, s in enumerate(ids)})
+    rng = np.random.default_rng(0)
+    df["temp"] = np.where(rng.random(len(df)) < 0.5, rng.normal(size=len(df)), np.nan)  # its own sparse grid
+    return df
+
+
+def _untrained(df: pd.DataFrame, path, **covariates) -> Forecaster:
+    """A saved and reloaded untrained ode_rnn reading ``covariates`` (future_cols, static_cols, past_cols)."""
+    import torch
+
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.lightning import ForecastingModule
+
+    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", layout="padded", batch_size=8, val_fraction=0,
+                                       test_fraction=0, **covariates)
+    dm.setup()
+    torch.manual_seed(0)
+    module = ForecastingModule(model="ode_rnn", input_dim=len(dm.channel_names), latent_dim=4, hidden_dim=8,
+                               covariates=dm.covariates, evolution={"kind": "ode", "method": "euler",
+                                                                    "step_size": 0.5})
+    Forecaster.from_module(module, dm).save(path)
+    return Forecaster.load(path)
+
+
+def _end_rows(df: pd.DataFrame, at: float = 12.0) -> pd.DataFrame:
+    return pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": at, "rate": 0.0})
+
+
+def test_backtest_reads_known_future_and_static_covariates(tmp_path):
+    """A future_cols + static_cols model backtests: the covariates come from the whole history (known-future values
+    after the cutoff too) plus ``future``; a window equals predict on the history cut at the cutoff with the
+    rest of the schedule passed as ``future``."""
+    from ts_neuralode.errors import ConfigError, ForecastError
+
+    df = _pk()[["unique_id", "ds", "y", "rate", "site"]]
+    fc = _untrained(df, tmp_path / "m", future_cols=["rate"], static_cols=["site"])
+    with pytest.raises(ForecastError, match="known-future covariate 'rate' is missing"):
+        fc.cross_validation(df, 2.0, n_windows=2, num_samples=2)  # the schedule ends before some observations
+    cv = fc.cross_validation(df, 2.0, n_windows=2, num_samples=2, future=_end_rows(df))
+    name = fc.name
+    assert cv.groupby("unique_id")["cutoff"].nunique().max() == 2 and np.isfinite(cv[name]).all()
+    last_cut = cv.groupby("unique_id")["cutoff"].max()
+    rows = cv[cv["cutoff"] == cv["unique_id"].map(last_cut)].sort_values(["unique_id", "ds"])
+    before = df["ds"] <= df["unique_id"].map(last_cut)
+    plan = pd.concat([df[~before & df.rate.notna()][["unique_id", "ds", "rate"]], _end_rows(df)])
+    direct = fc.predict(df[before], times=rows[["unique_id", "ds"]], num_samples=2, future=plan)
+    assert np.allclose(direct[name].to_numpy(), rows[name].to_numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="reads none"):
+        _untrained(df[["unique_id", "ds", "y"]], tmp_path / "plain").cross_validation(df, 2.0, n_windows=1,
+                                                                                     future=_end_rows(df))
+
+
+def test_refit_keeps_the_covariate_only_rows(tmp_path):
+    """A refit trains on every row up to the cutoff — the pk dose rows hold a rate and no y — and forecasts with
+    the schedule after it."""
+    df = _pk()[["unique_id", "ds", "y", "rate"]]
+    fc = _untrained(df, tmp_path / "m", future_cols=["rate"])
+    table = fc.read_history(df)
+    cut = table.last_times() - 2.0
+    n_hist, _ = backtest._window_rows(table, cut, 2.0)
+    ok = np.arange(table.n_series)
+    kept = backtest._row_cutter(df, table)(ok, n_hist, cut)
+    expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut)))]
+    pd.testing.assert_frame_equal(kept, expect)
+    assert kept["y"].isna().sum() > 0  # the dose rows survive
+    fit_args = ["--data.future_cols", "[rate]", "--model.model", "ode_rnn", "--model.latent_dim", "4",
+                "--model.hidden_dim", "8", "--model.evolution.method", "euler", "--model.evolution.step_size", "0.5",
+                "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0"]
+    cv = fc.cross_validation(df, 2.0, n_windows=1, num_samples=2, refit=True, fit_args=fit_args, workdir=tmp_path,
+                             future=_end_rows(df))
+    assert len(cv) > 0 and np.isfinite(cv[fc.name]).all()
+
+
+def test_backtest_of_a_past_covariate_model_scores_the_targets_only(tmp_path):
+    """past_cols: the past-only channel is an input; the rows, y and the baselines are the target's only."""
+    df = _pk()[["unique_id", "ds", "y", "temp"]]
+    fc = _untrained(df, tmp_path / "m", past_cols=["temp"])
+    cv = fc.cross_validation(df, 2.0, n_windows=2, num_samples=2)
+    assert "channel" not in cv.columns and np.isfinite(cv[fc.name]).all()
+    obs = df.dropna(subset=["y"]).set_index(["unique_id", "ds"])["y"]
+    assert np.allclose(cv["y"].to_numpy(), obs.loc[list(zip(cv["unique_id"], cv["ds"]))].to_numpy())
+    for (uid, cut), g in cv.groupby(["unique_id", "cutoff"]):
+        h = obs.loc[uid]
+        assert len(g) == int(((h.index > cut) & (h.index <= cut + 2.0)).sum())
+        assert np.allclose(g["locf"], h[h.index <= cut].iloc[-1]) and np.allclose(g["mean"], h[h.index <= cut].mean())
+
+
+def test_backtest_command_future_and_no_orphan_run(tmp_path, capfd):
+    """``backtest --future FILE``; a failing backtest opens no MLflow run, a working one logs to one finished run."""
+    from mlflow import MlflowClient
+
+    df = _pk()[["unique_id", "ds", "y", "rate"]]
+    _untrained(df, tmp_path / "m", future_cols=["rate"])
+    df.to_csv(tmp_path / "pk.csv", index=False)
+    _end_rows(df).to_csv(tmp_path / "future.csv", index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = ["backtest", "--model", str(tmp_path / "m"), "--data.path", str(tmp_path / "pk.csv"), "--horizon", "2",
+            "--n_windows", "2", "--num_samples", "2", "--out_dir", str(tmp_path / "bt"), "--tracking_uri", uri,
+            "--experiment_name", "bt", "--no_progress"]
+    assert main(base) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "known-future covariate 'rate' is missing" in err[0]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bt")
+    assert exp is None or client.search_runs([exp.experiment_id]) == []
+    assert main([*base, "--future", str(tmp_path / "future.csv")]) == 0
+    runs = client.search_runs([client.get_experiment_by_name("bt").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(pd.read_csv(tmp_path / "bt" / "cv.csv")) > 0
+
+
+def test_train_end_errors_name_the_option():
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.errors import ConfigError
+
+    demo = pd.read_csv("data/demo.csv")
+    for end, needle in [("2024-01-18", "train_end=2024-01-18 is not a time of the data"),
+                        (5, "train_end=5 is not a time of the data"),
+                        ("2030-01-01T00:00:00+01:00", "no series has an observation")]:
+        dm = IrregularTimeSeriesDataModule(df=demo, time_unit="h", task="forecast", horizon="2D", train_end=end)
+        with pytest.raises(ConfigError, match=needle) as err:
+            dm.setup()
+        assert "\n" not in str(err.value) and "train_end" in str(err.value)

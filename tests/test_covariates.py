@@ -329,3 +329,23 @@ def test_lightning_predict_frames_hold_the_targets_only():
     batch = next(iter(dm.predict_dataloader()))
     frame = dm.to_frame(batch.series_idx, batch.times, batch.values, {"lo-90": batch.values})
     assert list(frame.columns) == ["unique_id", "ds", "y", "y-lo-90"]
+
+
+def test_future_replaces_the_history_schedule_from_its_first_time():
+    """Per series and column, ``future``'s samples replace the history's from the first future time on (not
+    averaged with them); a future frame without the id column is an error when there are several series."""
+    from ts_neuralode.data.covariates import CovariateArrays
+    from ts_neuralode.data.io import read_series
+
+    df = _frame()
+    table = read_series(df, value_cols=["y"], min_points=1)
+    spec = CovariateSpec.configure(["rate"], None, None)
+    plan = pd.DataFrame({"unique_id": ["a", "a"], "ds": [1.5, 3.0], "rate": [10.0, 20.0]})
+    arrays = CovariateArrays.read([df, plan], table, spec, id_col="unique_id", time_col="ds")
+    a = arrays.subset([0])
+    assert a.knots.tolist() == [0.0, 1.5, 3.0] and a.values[:, 0].tolist() == [0.0, 10.0, 20.0]  # 4.0 at t=2 gone
+    b = arrays.align(["b"])
+    assert b.knots.tolist() == [0.0] and b.values[:, 0].tolist() == [1.0]  # no plan for b: the history's stand
+    with pytest.raises(DataError, match="no 'unique_id' column, but the history has 2 series") as err:
+        CovariateArrays.read([df, plan.drop(columns="unique_id")], table, spec, id_col="unique_id", time_col="ds")
+    assert "\n" not in str(err.value)

@@ -97,17 +97,15 @@ def refit_forecaster(fit_args: Sequence[str] | str, data: pd.DataFrame, workdir:
     """A new :class:`Forecaster` trained on ``data`` by ``ts-neuralode fit`` with the options ``fit_args`` (e.g.
     ``["--config", "configs/demo.yaml"]``), in-process through the code path of :meth:`Forecaster.fit` (the same
     parser, data module, callbacks and model export); no MLflow run, checkpoints and model directory under
-    ``workdir``."""
-    from ts_neuralode.fit_api import run_fit
+    ``workdir`` (the command line of :func:`ts_neuralode.fit_api.fit_argv`, ``data`` written to
+    ``workdir/data.csv``)."""
+    from ts_neuralode.fit_api import fit_argv, run_fit
 
     args = shlex.split(fit_args) if isinstance(fit_args, str) else list(fit_args)
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "train.csv"
-    data.to_csv(path, index=False)
-    argv = ["fit", *args, "--data.path", str(path), "--checkpoint_dir", str(work / "checkpoints"),
-            "--model_dir", str(work / "model"), "--tracking", "false"]
-    return run_fit(argv, work / "model", what=f"refit on the history in {path} (fit options {' '.join(args)})")
+    argv, model_dir = fit_argv(data, None, output_dir=workdir, tracking=False, log_model=False, seed=None,
+                               extra_args=args)
+    return run_fit(argv, model_dir, what=f"refit on the history in {Path(workdir) / 'data.csv'} (fit options "
+                                         f"{' '.join(args)})")
 
 
 def _source_frame(history: Any) -> pd.DataFrame | None:
@@ -140,10 +138,22 @@ def cross_validation(
     calibrated: bool = False,
     progress: bool = False,
     workdir: str | os.PathLike | None = None,
+    future: pd.DataFrame | str | os.PathLike | None = None,
     **read_options: Any,
 ) -> pd.DataFrame:
-    """Backtest ``fc`` on ``history`` (see the module docstring); returns the rows of every window."""
+    """Backtest ``fc`` on ``history`` (see the module docstring); returns the rows of every window.
+
+    Covariates: a model's known-future and static covariates are read once from the whole ``history`` plus
+    ``future`` (values after the history's end, as :meth:`Forecaster.predict`'s ``future``); a window's forecast
+    reads them after its cutoff too — they are known in advance, unlike the targets and past-only covariates, which
+    stop at the cutoff."""
     table = fc.read_history(history, **read_options)
+    spec = fc.covariate_spec
+    covariates = None
+    if spec is not None and (spec.future_cols or spec.static_cols):
+        covariates = fc.read_covariates(history, future, table)
+    elif future is not None:
+        raise ConfigError("future=... gives known-future covariates, but the model reads none; drop it")
     codec = table.codec
     h = codec.duration(horizon, "horizon", ConfigError)
     if not h > 0:
@@ -155,10 +165,11 @@ def cross_validation(
         raise ConfigError("refit needs fit_args: the options of 'ts-neuralode fit' that train a model (e.g. "
                           "['--config', 'configs/demo.yaml'])")
     source = _source_frame(history) if every else None
-    if every and (source is None or table.rows is None):
+    if every and source is None:
         raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
                           "window's part of it)")
-    frames = []
+    source_cut = _row_cutter(source, table) if every else None
+    frames, seen = [], -1
     model = fc
     tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
     try:
@@ -168,15 +179,17 @@ def cross_validation(
             if len(ok) == 0:
                 continue
             hist = _subset(table, ok, hi=n_hist[ok])
+            seen += 1
             raw_hist = None
             if every:  # the file's own rows up to each cutoff: what a refit trains on and its model reads
-                rows = np.concatenate([table.rows[table.offsets[s]:table.offsets[s] + n_hist[s]] for s in ok])
-                raw_hist = source.iloc[np.sort(rows)]
-                if len(frames) % every == 0:
+                raw_hist = source_cut(ok, n_hist, cuts[w])
+                if seen % every == 0:
                     model = refit_forecaster(fit_args, raw_hist, Path(tmp.name) / f"window{w}")
             cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
-            frames.append(_score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples,
-                                        context, seed, batch_size, calibrated, raw_hist))
+            frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples, context,
+                                  seed, batch_size, calibrated, raw_hist, covariates)
+            if frame is not None:
+                frames.append(frame)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -198,6 +211,34 @@ def _refit_every(refit: bool | int) -> int:
     return k
 
 
+def _row_cutter(source: pd.DataFrame, table):
+    """``cut(ok, n_hist, cut)``: the rows of ``source`` of the series ``ok`` up to each one's cutoff — every row
+    with a time at or before it, also those holding only a covariate (a dose row without a target value). A
+    source without the id column (one series, or the wide format) is cut by the table's rows as read."""
+    from ts_neuralode.data.io import _Where
+    from ts_neuralode.data.timecodec import parse_time_column
+
+    id_col, time_col = table.id_col, table.time_col
+    if id_col in source.columns and time_col in source.columns:
+        t, _, _ = parse_time_column(source[time_col], time_col, _Where("<history>", False), None, table.codec)
+        pos = {str(i): k for k, i in enumerate(table.ids)}
+        code = np.array([pos.get(str(v), -1) for v in source[id_col].to_numpy()], dtype=np.int64)
+
+        def cut_by_time(ok, n_hist, cut):
+            limit = np.full(table.n_series + 1, -np.inf)  # code -1 (another series) -> the last entry: never
+            limit[ok] = cut[ok]
+            return source[t <= limit[code]]
+        return cut_by_time
+    if table.rows is None:
+        raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
+                          "window's part of it)")
+
+    def cut_by_rows(ok, n_hist, cut):
+        rows = np.concatenate([table.rows[table.offsets[s]:table.offsets[s] + n_hist[s]] for s in ok])
+        return source.iloc[np.sort(rows)]
+    return cut_by_rows
+
+
 def _subset(table, idx, lo=None, hi=None):
     from ts_neuralode.data.batching import subset_table
 
@@ -205,18 +246,22 @@ def _subset(table, idx, lo=None, hi=None):
 
 
 def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples, context, seed, batch_size,
-                  calibrated, raw_history) -> pd.DataFrame:
+                  calibrated, raw_history, covariates) -> pd.DataFrame:
     """One window: forecast ``model`` at the observation times after each series' cutoff, join the observed
-    values and the baselines."""
+    values and the baselines (the model's forecast channels only: never the past-only covariates)."""
     from ts_neuralode.forecast_frame import table_to_long
 
-    targets = table_to_long(_subset(table, ok, lo=n_hist[ok], hi=n_end[ok]))
+    targets = model.target_rows(table_to_long(_subset(table, ok, lo=n_hist[ok], hi=n_end[ok])))
+    if targets.empty:  # only past-only covariates were observed in this window
+        return None
     times = targets[["unique_id", "ds"]].drop_duplicates()
     kw = {"calibrated": True} if calibrated else {}
+    scored = list(dict.fromkeys(times["unique_id"]))
     out = model.predict(hist if raw_history is None else raw_history, times=times, level=level, quantiles=quantiles,
-                        num_samples=num_samples, context=context, seed=seed, batch_size=batch_size, **kw)
+                        num_samples=num_samples, context=context, seed=seed, batch_size=batch_size,
+                        series=None if len(scored) == len(ok) else scored, covariates=covariates, **kw)
     cutoff = pd.DataFrame({"unique_id": hist.ids, "cutoff": cut})
-    by = table_to_long(hist).groupby(["unique_id", "channel"], sort=False)["y"]
+    by = model.target_rows(table_to_long(hist)).groupby(["unique_id", "channel"], sort=False)["y"]
     base = pd.concat([by.last().rename("locf"), by.mean().rename("mean")], axis=1).reset_index()
     multi = "channel" in out.columns
     rows = targets.merge(cutoff, on="unique_id").merge(base, on=["unique_id", "channel"])

@@ -30,14 +30,9 @@ def parser() -> OneLineArgumentParser:
                     "carried forward, CRPS, interval coverage / width / Winkler score), overall, per series and per "
                     "horizon bucket; writes a CSV of every forecast, the metrics, a markdown report and a plot.",
     )
-    p.add_argument("--model", required=True,
-                   help="model directory (from fit), a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
-    p.add_argument("--transform", default=None,
-                   help="for a .ckpt without a data transform: a model directory or its config.json")
-    p.add_argument("--data.path", dest="data_path", required=True, help="history file (.csv or .parquet)")
-    p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
-    p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
-    p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    from ts_neuralode.cli import forecast_options
+
+    forecast_options(p, context="before each cutoff")
     p.add_argument("--horizon", required=True,
                    help="how far after each cutoff to score: a number of time units or a duration such as 2D")
     g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
@@ -51,20 +46,12 @@ def parser() -> OneLineArgumentParser:
     p.add_argument("--fit_args", default=None,
                    help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
                         "configs/demo.yaml --trainer.max_epochs 20\"")
-    p.add_argument("--context", default=None,
-                   help="condition on only this much history before each cutoff (default: the model's training "
-                        "context; 'all': everything before the cutoff)")
     p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics (default 4)")
-    p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
-    p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
-                   help="central interval levels in percent (default 50 90)")
     p.add_argument("--calibrated", action="store_true",
                    help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
                         "store it in the model directory (calibration.json; used by forecast --calibrated)")
-    p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
     p.add_argument("--out", default=None, help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
     p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
@@ -86,6 +73,7 @@ def main(argv: Sequence[str]) -> int:
         _resolve_model_path,
         _resolve_run,
         _write_csv,
+        read_options,
     )
     from ts_neuralode.forecaster import Forecaster
 
@@ -100,22 +88,22 @@ def main(argv: Sequence[str]) -> int:
 
     out_dir = writable_dir(args.out_dir, "--out_dir")  # before the work: a backtest computed and not written is lost
     cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
-    target = None
+    target = None  # the store is probed before the work; a new run is opened after it (no orphan RUNNING run)
     if not args.no_tracking:
         target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
-                  else _new_run(args.tracking_uri, args.experiment_name, args.run_name))
+                  else _probe_store(args.tracking_uri))
     model_path = _resolve_model_path(args.model, args.tracking_uri)
     if args.calibrate and not Path(model_path).is_dir():
         raise ConfigError(f"--calibrate stores the calibration in the model directory; --model {args.model} is not "
                           "one (pass the model directory written by fit)")
     fc = Forecaster.load(model_path, transform=args.transform)
-    read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    read = read_options(args)
     cv = backtest.cross_validation(
         fc, args.data_path, args.horizon, n_windows=args.n_windows, step=args.step,
         cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
         fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
         num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
-        calibrated=args.calibrated, progress=not args.no_progress, **read)
+        calibrated=args.calibrated, progress=not args.no_progress, future=args.future, **read)
     codec = fc.transform.codec
     h = codec.duration(args.horizon, "horizon", ConfigError)
     unit_ns = codec.unit_ns if codec.is_datetime else None
@@ -141,6 +129,8 @@ def main(argv: Sequence[str]) -> int:
         cov = "  ".join(f"{c} {row[c]:.3f}" for c in overall.columns if c.startswith("coverage-") and row[c] == row[c])
         print(f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
               + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "") + (f"  {cov}" if cov else ""))
+    if isinstance(target, str):  # the tracking URI probed above: the backtest's own run, opened now
+        target = _new_run(target, args.experiment_name, args.run_name)
     if target is not None:
         files = [cv_path, metrics_path, report_path, png] + ([Path(model_path) / "calibration.json"]
                                                              if args.calibrate else [])
@@ -149,12 +139,17 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _new_run(tracking_uri: str | None, experiment: str, run_name: str | None):
-    from ts_neuralode.mlflow_io import open_run
+def _probe_store(tracking_uri: str | None) -> str:
+    """The tracking URI, its store probed (ConfigError before any work when it cannot be used)."""
     from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
-    uri = tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")
+    return tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")
+
+
+def _new_run(uri: str, experiment: str, run_name: str | None):
+    from ts_neuralode.mlflow_io import open_run
+
     client, _, run = open_run(uri, experiment, run_name or "backtest", {"ts_neuralode.subcommand": "backtest"})
     return client, run.info.run_id, uri, True
 

@@ -67,19 +67,7 @@ def _forecast_parser() -> argparse.ArgumentParser:
                     "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
                     "per series.",
     )
-    p.add_argument("--model", required=True,
-                   help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
-                        "or runs:/<run_id>/model to fetch it from MLflow")
-    p.add_argument("--transform", default=None,
-                   help="for a .ckpt without a data transform: a model directory or its config.json")
-    p.add_argument("--data.path", dest="data_path", required=True,
-                   help="history file, CSV or Parquet (.parquet) (observed values)")
-    p.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
-    p.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
-    p.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
-    p.add_argument("--future", default=None,
-                   help="CSV of known-future covariate values after the history (id, time and the model's "
-                        "future_cols), for a model trained with --data.future_cols")
+    forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
     g.add_argument("--horizon", default=None,
                    help="how far past each series' last observation: a number of time units or a duration "
@@ -87,19 +75,10 @@ def _forecast_parser() -> argparse.ArgumentParser:
     g.add_argument("--freq", default=None, help="regular step of the query grid (number or duration, e.g. 1D)")
     g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
     g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
-    p.add_argument("--context", default=None,
-                   help="condition on only this much recent history before each series' last observation (a "
-                        "duration such as 30D or a number of time units; 'all': the whole history; default: the "
-                        "context the model was trained with on the forecast task, else the whole history)")
-    p.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
-    p.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
-                   help="central interval levels in percent (default 50 90)")
     p.add_argument("--calibrated", action="store_true",
                    help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
-    p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--max_steps", type=int, default=None,
                    help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
                         "max_steps, at most 30000); raise it for horizons far past the history")
@@ -115,6 +94,41 @@ def _forecast_parser() -> argparse.ArgumentParser:
                         "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def forecast_options(p: argparse.ArgumentParser, context: str) -> None:
+    """The options ``forecast`` and ``backtest`` share (one definition, so they cannot drift): the model, the
+    history's reading options, known-future covariates and the predictive distribution. ``context``: where the
+    conditioning window of ``--context`` ends ("before each series' last observation", "before each cutoff")."""
+    g = p.add_argument_group("model, history and predictive samples")
+    g.add_argument("--model", required=True,
+                   help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
+                        "or runs:/<run_id>/model to fetch it from MLflow")
+    g.add_argument("--transform", default=None,
+                   help="for a .ckpt without a data transform: a model directory or its config.json")
+    g.add_argument("--data.path", dest="data_path", required=True,
+                   help="history file, CSV or Parquet (.parquet) (observed values)")
+    g.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
+    g.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
+    g.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
+    g.add_argument("--future", default=None,
+                   help="CSV of known-future covariate values after the history (id, time and the model's "
+                        "future_cols), for a model trained with --data.future_cols; per series and column its "
+                        "values replace the history's from its first time on")
+    g.add_argument("--context", default=None,
+                   help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
+                        "of time units; 'all': the whole history; default: the context the model was trained with "
+                        "on the forecast task, else the whole history)")
+    g.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
+    g.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
+                   help="central interval levels in percent (default 50 90)")
+    g.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def read_options(args: argparse.Namespace) -> dict:
+    """The history's reading options given by :func:`forecast_options`' ``--data.*`` flags."""
+    return {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
 
 
 def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
@@ -178,7 +192,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
     fc = Forecaster.load(path, transform=args.transform)
-    read = {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    read = read_options(args)
     out = fc.predict(
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,

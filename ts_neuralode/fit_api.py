@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -50,12 +50,18 @@ def options_to_argv(group: str, options: Mapping[str, Any] | None) -> list[str]:
     return out
 
 
-def fit_argv(data: Any, model: str | os.PathLike, *, data_options: Mapping[str, Any] | None = None,
+def fit_argv(data: Any, model: str | os.PathLike | None, *, data_options: Mapping[str, Any] | None = None,
              model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
              output_dir: str | os.PathLike = "ts_neuralode_fit", tracking: bool = True,
              tracking_uri: str | None = None, experiment_name: str | None = None, run_name: str | None = None,
-             log_model: bool = True, seed: int = 0) -> tuple[list[str], Path]:
-    """The ``ts-neuralode fit`` command line of :func:`fit` and the model directory it will write."""
+             log_model: bool = True, seed: int | None = 0, extra_args: Sequence[str] = ()
+             ) -> tuple[list[str], Path]:
+    """The ``ts-neuralode fit`` command line of :func:`fit` and the model directory it will write.
+
+    ``model`` None: no model option (``extra_args`` give it); ``extra_args``: more ``fit`` options (e.g. the
+    backtest's refit options ``--config configs/demo.yaml --trainer.max_epochs 20``), placed after the model and
+    before the data path and the output directories, which they cannot override; ``seed`` None: no
+    ``--seed_everything`` (the config's or ``extra_args``' stands)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(data, pd.DataFrame):
@@ -66,8 +72,10 @@ def fit_argv(data: Any, model: str | os.PathLike, *, data_options: Mapping[str, 
     else:
         raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a CSV path")
     argv = ["fit"]
-    m = str(model)
-    if m.endswith((".yaml", ".yml", ".json")) or Path(m).is_file():
+    m = "" if model is None else str(model)
+    if model is None:
+        pass
+    elif m.endswith((".yaml", ".yml", ".json")) or Path(m).is_file():
         if not Path(m).is_file():
             raise ConfigError(f"model={m!r}: config file not found; pass a model name (latent_ode, ode_rnn, gru_ode) "
                               "or the path of a config such as configs/ode_rnn.yaml")
@@ -75,10 +83,10 @@ def fit_argv(data: Any, model: str | os.PathLike, *, data_options: Mapping[str, 
     else:
         argv += ["--model.model", m]
     model_dir = out / "model"
-    argv += ["--data.path", str(path), *options_to_argv("data", data_options),
+    argv += [*extra_args, "--data.path", str(path), *options_to_argv("data", data_options),
              *options_to_argv("model", model_options), *options_to_argv("trainer", trainer),
              "--trainer.default_root_dir", str(out), "--checkpoint_dir", str(out / "checkpoints"),
-             "--model_dir", str(model_dir), "--seed_everything", str(int(seed)),
+             "--model_dir", str(model_dir), *([] if seed is None else ["--seed_everything", str(int(seed))]),
              "--tracking", _value(bool(tracking)), "--log_model", _value(bool(log_model))]
     for name, val in (("tracking_uri", tracking_uri), ("experiment_name", experiment_name), ("run_name", run_name)):
         if val is not None:

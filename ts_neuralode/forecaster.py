@@ -199,6 +199,7 @@ class Forecaster:
         future: pd.DataFrame | str | os.PathLike | None = None,
         calibrated: bool = False,
         max_steps: int | None = None,
+        covariates: CovariateArrays | None = None,
         **read_options: Any,
     ) -> pd.DataFrame:
         """Forecast every series of ``history`` at the query times (see the module docstring).
@@ -216,12 +217,18 @@ class Forecaster:
                 (``self.context``) when it was trained on the forecast task with one, else the whole
                 history; "all": the whole history in any case.
             future: known-future covariate values after the history (a DataFrame or CSV with the id and time
-                columns and the model's ``future_cols``); the history's own rows count too. Every covariate must
-                be known up to each series' last query time (ForecastError naming the column otherwise).
+                columns — the id may be left out for a single series — and the model's ``future_cols``). Per series
+                and column, ``future``'s samples replace the history's from the first time ``future`` gives a value
+                on (a what-if plan overrides the history's own schedule rows); before it the history's samples
+                stand. Every covariate must be known up to each series' last query time (ForecastError naming the
+                column otherwise).
             calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
                 fitted on backtest residuals per horizon bucket; ForecastError when the model has none).
             max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
                 horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
+            covariates: the covariates already read (:class:`~ts_neuralode.data.covariates.CovariateArrays` with
+                ``ids``, e.g. of a longer history: the backtest reads them once); used instead of reading the
+                history and ``future``, still checked to cover the query times.
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
@@ -259,7 +266,7 @@ class Forecaster:
             index = [known[str(s)] for s in series]
         raw_q, exact_q = query_times(self.transform.codec, table, index, horizon, times, freq, num_points)
         check_reachable(self.transform, table, self.transform.origins(table), index, raw_q, exact_q, context)
-        covariates = self._covariates(history, future, table, index, raw_q)
+        covariates = self._covariates(history, future, table, index, raw_q, covariates)
         chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
         user_steps = budgets.check_max_steps(max_steps)
@@ -304,23 +311,39 @@ class Forecaster:
         return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
                                 refit=refit, fit_args=fit_args, **options)
 
-    def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray]):
-        """The known-future covariates of ``table``'s series from the history and ``future`` (None when the model
-        takes none), checked to cover every query time."""
+    def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray],
+                    given: CovariateArrays | None = None):
+        """The known-future covariates of ``table``'s series from the history and ``future``, or from ``given``
+        (read before; matched by id), None when the model takes none; checked to cover every query time."""
         spec = self.covariate_spec
         if spec is None:
             return None
-        if not spec.future_cols and not spec.static_cols:
+        if given is not None:
+            arrays = given.align(table.ids)
+        elif not spec.future_cols and not spec.static_cols:
             return CovariateArrays.read([], table, spec, id_col=table.id_col, time_col=table.time_col)
-        if not isinstance(history, (str, os.PathLike, pd.DataFrame)):
-            raise ForecastError(f"the model reads covariates {spec.future_cols + spec.static_cols}: pass the history "
-                                "as a DataFrame or CSV path holding them")
-        sources = [history] + ([] if future is None else [future])
-        arrays = CovariateArrays.read(sources, table, spec, id_col=table.id_col, time_col=table.time_col)
+        else:
+            arrays = self.read_covariates(history, future, table)
         if spec.future_cols:
             arrays.check_coverage(spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]),
                                   self.transform.codec)
         return arrays
+
+    def read_covariates(self, history: Any, future: Any, table) -> CovariateArrays:
+        """The covariates of ``table``'s series read from ``history`` (DataFrame or CSV path) and ``future`` (see
+        :meth:`predict`)."""
+        spec = self.covariate_spec
+        if spec is not None and (spec.future_cols or spec.static_cols) and not isinstance(
+                history, (str, os.PathLike, pd.DataFrame)):
+            raise ForecastError(f"the model reads covariates {spec.future_cols + spec.static_cols}: pass the history "
+                                "as a DataFrame or CSV path holding them")
+        sources = [history] + ([] if future is None else [future])
+        return CovariateArrays.read(sources, table, spec, id_col=table.id_col, time_col=table.time_col)
+
+    def target_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A long frame (``unique_id, ds, channel, y``) without the past-only covariate channels
+        (:meth:`CovariateSpec.target_rows`)."""
+        return frame if self.covariate_spec is None else self.covariate_spec.target_rows(frame)
 
     def _duration(self, value: Any, what: str) -> float:
         """A duration (number in raw units, or a Timedelta / string for datetime data) -> raw float."""
@@ -371,10 +394,8 @@ class Forecaster:
                                 f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
                                 "too far beyond the training range for this model")
         bands = quantile_bands(fc, levels, qs)
-        if self.output_transform is not self.transform:  # past-only covariate channels are inputs, never forecast
-            cut = self.covariate_spec.forecast_channels
-            mean, bands = cut(mean), {k: cut(v) for k, v in bands.items()}
-            prepared.transform = self.output_transform
+        if self.covariate_spec is not None:  # past-only covariate channels are inputs, never forecast
+            prepared.transform, mean, bands = self.covariate_spec.outputs(prepared.transform, mean, bands)
         frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
         keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
         frame = frame[keep]
@@ -404,8 +425,7 @@ class Forecaster:
         table = self.read_history(history, **read_options)
         if history_window is not None:
             table = self._recent(table, history_window, "history_window")
-        hist = table_to_long(table)
-        hist = hist[hist["channel"].isin(self.output_transform.channel_names)]  # not the past-only covariates
+        hist = self.target_rows(table_to_long(table))  # not the past-only covariates
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
             ids = ids[:max_series]

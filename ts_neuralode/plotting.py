@@ -135,8 +135,7 @@ def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int =
     table = datamodule.table
     names = [n for n in ("val", "test", "train") if len(datamodule.split.get(n, []))]
     idx = list(datamodule.split[names[0]][:n_series])
-    hist_full = table_to_long(subset_table(table, idx))
-    hist_full = hist_full[hist_full["channel"].isin(forecaster.output_transform.channel_names)]  # no past covariates
+    hist_full = forecaster.target_rows(table_to_long(subset_table(table, idx)))  # no past covariates
     ctx_parts, queries = [], []
     for i in idx:
         t = table.times[table.offsets[i]:table.offsets[i + 1]]

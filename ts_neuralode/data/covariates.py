@@ -101,6 +101,20 @@ class CovariateSpec:
         """``values`` [..., D] without the past-only covariate channels."""
         return values[..., :values.shape[-1] - len(self.past_cols)]
 
+    def outputs(self, transform, values, bands: Mapping[str, Any] | None = None):
+        """``(transform, values, bands)`` of the forecast channels only: the one place the past-only covariate
+        channels (inputs, never forecast or scored) are cut from model outputs (:meth:`output_transform`,
+        :meth:`forecast_channels`); unchanged without past-only covariates."""
+        if not self.past_cols:
+            return transform, values, bands
+        cut = self.forecast_channels
+        return self.output_transform(transform), cut(values), {k: cut(v) for k, v in (bands or {}).items()}
+
+    def target_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of a long frame (``unique_id, ds, channel, y``) of the forecast channels: without the past-only
+        covariates (what a forecast is plotted against and scored on)."""
+        return frame[~frame["channel"].isin(self.past_cols)] if self.past_cols else frame
+
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any] | None) -> "CovariateSpec | None":
         if not d:
@@ -232,6 +246,7 @@ class CovariateArrays:
         starts / counts: ``[S]`` the rows of each series.  last: ``[S, C]`` raw time of each column's last sample.
         raw_samples: per column, per series, the sampled values (for fitting the scaler).
         static: ``[S, n_static]`` object: each series' static covariate values as read.
+        ids: the series ids, in row order (None: not recorded); :meth:`align` matches another table's series.
     """
 
     knots: np.ndarray
@@ -241,13 +256,20 @@ class CovariateArrays:
     last: np.ndarray
     raw_samples: list
     static: np.ndarray = None
+    ids: list | None = None
 
     @classmethod
     def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
              what: str = "future_cols") -> "CovariateArrays":
-        """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames, e.g. the history and a frame of
-        future values; rows of all of them together) and ``spec.static_cols`` (from the first source; later ones may
-        repeat them) for the series of ``table`` (matched by id)."""
+        """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames: the history, then optionally a frame
+        of future values) and ``spec.static_cols`` (from the first source; later ones may repeat them) for the series
+        of ``table`` (matched by id).
+
+        The later sources *replace* the first one's samples: per series and column, from the first time a later
+        source holds a value on, only the later sources' samples count (a what-if plan passed as ``future``
+        overrides the history's own schedule from its first row on; before it the history's samples stand).
+        Samples of one source at the same (series, time) are averaged. With several series every source needs the
+        id column (DataError otherwise)."""
         from ts_neuralode.data.io import _Where, read_frame
         from ts_neuralode.data.timecodec import parse_time_column
 
@@ -274,19 +296,28 @@ class CovariateArrays:
             t, _, _ = parse_time_column(df[time_col], time_col, where, None, table.codec)
             if id_col is not None and id_col in df.columns:
                 code = np.array([pos.get(str(v), -1) for v in df[id_col].to_numpy()], dtype=np.int64)
+            elif S == 1:
+                code = np.zeros(len(df), dtype=np.int64)
             else:
-                code = np.zeros(len(df), dtype=np.int64) if S == 1 else np.full(len(df), -1)
+                raise DataError(f"{where.source}: no '{id_col}' column, but the history has {S} series; add the "
+                                "series id to every row")
             _read_static(df, code, static, statics, where, table.ids)
             for k, c in enumerate(cols):
                 v = _numeric(df[c], c, where)
                 ok = ~np.isnan(v) & (code >= 0)
-                per_col[k].append((code[ok], t[ok], v[ok]))
-        # per column: sorted (series, time) samples; duplicates averaged
+                per_col[k].append((code[ok], t[ok], v[ok], np.full(int(ok.sum()), n_src > 0)))
+        # per column: sorted (series, time) samples, the later sources' replacing the first's; duplicates averaged
         samples = []
         for k, c in enumerate(cols):
             code = np.concatenate([p[0] for p in per_col[k]]) if per_col[k] else np.zeros(0, np.int64)
             t = np.concatenate([p[1] for p in per_col[k]]) if per_col[k] else np.zeros(0)
             v = np.concatenate([p[2] for p in per_col[k]]) if per_col[k] else np.zeros(0)
+            later = np.concatenate([p[3] for p in per_col[k]]) if per_col[k] else np.zeros(0, bool)
+            if later.any():
+                first = np.full(S, np.inf)
+                np.minimum.at(first, code[later], t[later])
+                keep = later | (t < first[code])
+                code, t, v = code[keep], t[keep], v[keep]
             order = np.lexsort((t, code))
             code, t, v = code[order], t[order], v[order]
             new = np.ones(len(t), dtype=bool)
@@ -325,7 +356,7 @@ class CovariateArrays:
             raise DataError(f"{table.source}: static covariate '{spec.static_cols[k]}' has no value for series "
                             f"{table.ids[s]!r}; fill it in on at least one row of the series")
         return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
-                   last, raw, static)
+                   last, raw, static, list(table.ids))
 
     def subset(self, idx: Sequence[int]) -> "CovariateArrays":
         """The arrays of series ``idx`` (in that order)."""
@@ -335,7 +366,17 @@ class CovariateArrays:
             if len(idx) else np.zeros(0, np.int64)
         starts = (np.cumsum(n) - n).astype(np.int64)
         raw = [[col[i] for i in idx] for col in self.raw_samples]
-        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx])
+        ids = None if self.ids is None else [self.ids[i] for i in idx]
+        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx],
+                               ids)
+
+    def align(self, ids: Sequence) -> "CovariateArrays":
+        """The arrays of the series ``ids`` (matched as strings; ForecastError naming one that is not here)."""
+        pos = {str(i): k for k, i in enumerate(self.ids or [])}
+        missing = [i for i in ids if str(i) not in pos]
+        if missing:
+            raise ForecastError(f"no covariates were read for series {missing[:5]}")
+        return self.subset([pos[str(i)] for i in ids])
 
     def check_coverage(self, spec: CovariateSpec, ids: Sequence, idx: Sequence[int], until: np.ndarray,
                        codec) -> None:

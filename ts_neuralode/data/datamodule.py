@@ -311,6 +311,19 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                               "e.g. 2D for datetimes)")
         return d
 
+    def _train_end(self, table) -> float:
+        """``train_end`` as a raw time (ConfigError naming it when it is not a time of the data's kind)."""
+        try:
+            cut = float(table.codec.to_float([self.train_end])[0])
+        except (DataError, TypeError, ValueError) as err:
+            kind = ("a datetime like the data's, e.g. 2024-01-18T00:00:00+01:00" if table.codec.is_datetime
+                    else "a number of the data's time units")
+            raise ConfigError(f"--data.train_end={self.train_end!s} is not a time of the data: pass {kind} "
+                              f"({' '.join(str(err).split())})") from err
+        if not np.isfinite(cut):
+            raise ConfigError(f"--data.train_end={self.train_end!s} is not a finite time; pass a time within the data")
+        return cut
+
     def _prepare_forecast(self, table) -> None:
         s, src = table.n_series, table.source
         h = self._duration(table.codec, self.horizon, "horizon")
@@ -320,7 +333,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         every, none = np.arange(s), np.zeros(0, dtype=np.int64)
         if self.split_by == "time":
             if self.train_end is not None:  # one cutoff for every series: train before it, validate after it
-                cut = np.full(s, float(table.codec.to_float([self.train_end])[0]))
+                cut = np.full(s, self._train_end(table))
                 end, cuts = cut, {"val": cut, "test": cut}
                 split = {"train": every, "val": every, "test": none}
             else:
@@ -359,7 +372,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             spec = ForecastSpec(h, ctx, np.full(s, np.inf), origins, base.time_scale, base.shift, cuts[name])
             idx = split[name]
             _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
-            split[name] = self._keep(idx, (n_cond >= 1) & (cnt > n_cond), name, src)
+            ok = (n_cond >= 1) & (cnt > n_cond)
+            if name == "val" and self.train_end is not None and not ok.any():
+                end_of = table.user_times(table.offsets[1:] - 1)
+                raise ConfigError(f"--data.train_end={self.train_end!s}: no series has an observation within "
+                                  f"horizon={self.horizon!r} after it to validate on (the data ends at "
+                                  f"{max(end_of)}); pass an earlier train_end")
+            split[name] = self._keep(idx, ok, name, src)
             specs[name] = spec
         if self.windows_per_series == "auto":
             span = np.minimum(last, end) - first
@@ -439,9 +458,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
         transform, spec = self.transform, self._cov_spec
-        if spec is not None and spec.past_cols:  # past-only covariates are inputs, never forecast
-            transform, values = spec.output_transform(transform), spec.forecast_channels(values)
-            bands = {k: spec.forecast_channels(v) for k, v in (bands or {}).items()}
+        if spec is not None:  # past-only covariates are inputs, never forecast
+            transform, values, bands = spec.outputs(transform, values, bands)
         return transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
                                   value_kind, history=(self.table, idx))
 
