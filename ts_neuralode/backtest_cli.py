@@ -7,7 +7,9 @@ Writes ``<out_dir>/cv.csv`` (the Nixtla-style rows of :func:`ts_neuralode.backte
 ``metrics.csv`` (:func:`ts_neuralode.backtest.evaluate`: overall, per series, per horizon bucket),
 ``report.md`` and ``error_vs_horizon.png``, and logs the overall and per-bucket metrics (step = bucket) and
 those files to MLflow: to the run of ``--mlflow_run`` (a run id or a fit's checkpoint directory), else to a new
-run in ``--experiment_name`` (``--no_tracking``: none).
+run in ``--experiment_name``, opened once the backtest has been computed (``--no_tracking``: none). A model with
+known-future covariates reads them from the history file and ``--future FILE`` (values after its end). The model,
+history and sampling options are ``forecast``'s (:func:`ts_neuralode.cli.forecast_options`).
 """
 
 from __future__ import annotations
