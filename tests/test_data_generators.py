@@ -123,8 +123,10 @@ def test_cli_main(tmp_path, capsys):
     tab = read_series(out)
     assert tab.n_series == 7 and tab.channel_names == ["x1", "x2"] and len(tab.times) == 84
     pd.testing.assert_frame_equal(pd.read_csv(out), generate("sink", n_series=7, n_points=12, seed=3), atol=1e-9)
-    assert cli_main(["sine", "--out", str(tmp_path / "missing_dir" / "x.csv")]) == 2
-    assert "cannot write" in capsys.readouterr().err
+    assert cli_main(["sine", "--out", str(tmp_path / "new_dir" / "x.csv"), "--n-series", "2"]) == 0  # created
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="--out .*cannot write there"):  # checked before generating
+        cli_main(["sine", "--out", str(tmp_path / "a_file" / "x.csv")])
     with pytest.raises(ConfigError, match="invalid choice: 'lorenz'"):
         cli_main(["lorenz", "--out", str(out)])
 

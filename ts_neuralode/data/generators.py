@@ -38,7 +38,7 @@ import pandas as pd
 
 from ts_neuralode.atomic import atomic_write
 from ts_neuralode.data.io import frame_bytes
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, OneLineArgumentParser
 
 NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou", "pk")
 _DEFAULT_POINTS = {"periodic": 100, "double_ou": 20, "pk": 40}
@@ -228,22 +228,23 @@ def cli_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t-min", type=float, default=None)
     parser.add_argument("--t-max", type=float, default=None)
     args = parser.parse_args(argv)
-    try:
-        df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
-                      extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
-        # atomically: a kill during the write leaves the previous file
-        data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
+    from ts_neuralode.errors import ConfigError
+    from ts_neuralode.preflight import writable_file
+
+    writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost
+    df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
+                  extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
+    data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
+    try:  # atomically: a kill during the write leaves the previous file
         atomic_write(args.out, lambda f: f.write(data), parents=False)
-    except TSNeuralODEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f"error: cannot write {args.out}: {exc.strerror}; check the directory exists and is writable",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"--out {args.out}: cannot write it ({exc.strerror or type(exc).__name__}); pass a "
+                          "writable path") from exc
     print(f"wrote {args.out}: {df['unique_id'].nunique()} series, {len(df)} rows")
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(cli_main())
+if __name__ == "__main__":  # pragma: no cover  (errors as one line through the package's command)
+    from ts_neuralode.cli import main
+
+    raise SystemExit(main(["generate", *sys.argv[1:]]))
