@@ -236,7 +236,8 @@ def as_transform(tstate: Any):
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError) as err:
-            raise ForecastError(f"{p}: cannot read a transform from it ({err})") from err
+            raise ForecastError(f"transform {p} (--transform / transform=): cannot read it ({err}); pass the model "
+                                "directory the fit wrote, or its config.json") from err
         tstate = data.get("transform", data)
     try:
         return SeriesTransform.from_state_dict(tstate)
