@@ -62,7 +62,8 @@ def parser() -> OneLineArgumentParser:
                    help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
-                        "store it in the model directory (calibration.json; used by forecast --calibrated)")
+                        "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
+                        "MLflow model that fit logged earlier)")
     p.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
