@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from ts_neuralode import backtest  # noqa: E402
 from ts_neuralode.backtest import md_table as markdown_table  # noqa: E402
 from ts_neuralode.benchmark.report import publish_report  # noqa: E402
+from ts_neuralode.forecast_frame import band_col  # noqa: E402
 
 FAMILIES = ("latent_ode", "ode_rnn", "gru_ode", "latent_ode:coupling_flow", "ode_rnn:gru_flow")  # model[:evolution]
 LEVELS = (50, 90)
@@ -87,7 +88,7 @@ def datasets(epochs: int) -> dict:
 
 
 def coverage(cv: pd.DataFrame, name: str, level: int) -> tuple[float, float]:
-    lo, hi = cv[f"{name}-lo-{level}"], cv[f"{name}-hi-{level}"]
+    lo, hi = cv[band_col(name, "lo", level)], cv[band_col(name, "hi", level)]
     return float(((cv["y"] >= lo) & (cv["y"] <= hi)).mean()), float((hi - lo).mean())
 
 

@@ -185,3 +185,19 @@ def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_pat
     assert err[0].startswith("ts-neuralode: error: --register_as a/b: the MLflow model was not logged") and \
         "Names cannot contain" in err[0], err
     assert (tmp_path / "ck" / "model" / "config.json").is_file()
+
+
+def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
+    """An untracked fit in a directory holding an earlier fit's mlflow_run.json reports no run id."""
+    import shutil
+
+    from ts_neuralode.fit_api import run_fit
+
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(registered["cwd"] / "ck" / "mlflow_run.json", tmp_path / "checkpoints")
+    args = [a for a in TINY_FIT_ARGS]
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    fc = run_fit(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--checkpoint_dir",
+                  str(tmp_path / "checkpoints"), "--model_dir", str(tmp_path / "model"), "--tracking", "false", *args],
+                 tmp_path / "model")
+    assert fc.fit_info["run_id"] is None and fc.fit_info["tracking_uri"] is None
