@@ -179,7 +179,8 @@ def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_pat
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1"
     rc = main(["fit", "--data.path", str(tiny_csv), "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--checkpoint_dir", str(tmp_path / "ck"), "--register_as", "a/b", *args])
+               "--artifact_location", str(tmp_path / "artifacts"), "--checkpoint_dir", str(tmp_path / "ck"),
+               "--register_as", "a/b", *args])
     err = [ln for ln in capfd.readouterr().err.strip().splitlines() if "error" in ln.lower()]
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("ts-neuralode: error: --register_as a/b: the MLflow model was not logged") and \
