@@ -405,7 +405,7 @@ class MlflowTrackingCallback(Callback):
                                     f"registered ({why}); the local model directory is written: fix the cause and "
                                     "fit again")
 
-    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> None:
+    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> Any:
         """The model directory (``model_dir`` when the export callback has written it, else saved here) and
         validation forecast plots as artifacts of the run."""
         from ts_neuralode.callbacks import solver_failure
