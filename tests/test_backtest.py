@@ -84,18 +84,62 @@ def test_evaluate_matches_the_definitions(cv):
     assert overall.loc[NAME, "n"] == len(cv)
     assert np.isclose(overall.loc[NAME, "mae"], err.mean())
     assert np.isclose(overall.loc[NAME, "rmse"], np.sqrt(((cv[NAME] - cv["y"]) ** 2).mean()))
-    assert np.isclose(overall.loc[NAME, "scaled_mae"], err.mean() / (cv["locf"] - cv["y"]).abs().mean())
+    locf_mae = (cv["locf"] - cv["y"]).abs().groupby(cv["unique_id"]).transform("mean")  # MASE-style, per series
+    assert np.isclose(overall.loc[NAME, "scaled_mae"], (err / locf_mae).mean())
     inside = (cv["y"] >= cv[f"{NAME}-lo-90"]) & (cv["y"] <= cv[f"{NAME}-hi-90"])
     assert np.isclose(overall.loc[NAME, "coverage-90"], inside.mean())
     assert np.isclose(overall.loc[NAME, "width-90"], (cv[f"{NAME}-hi-90"] - cv[f"{NAME}-lo-90"]).mean())
     assert overall.loc[NAME, "winkler-90"] >= overall.loc[NAME, "width-90"]
     assert 0 < overall.loc[NAME, "crps"] < err.mean() + 1e-9  # a spread forecast's CRPS is below its MAE
-    assert np.isnan(overall.loc["locf", "crps"]) and overall.loc["locf", "scaled_mae"] == 1
+    assert np.isnan(overall.loc["locf", "crps"]) and np.isclose(overall.loc["locf", "scaled_mae"], 1)
     hz = m[(m["scope"] == "horizon") & (m["model"] == NAME)].sort_values("bucket")
     assert list(hz["group"]) == ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"][:len(hz)]
     assert hz["n"].sum() == len(cv)
     series = m[(m["scope"] == "series") & (m["model"] == NAME)]
     assert series["n"].sum() == len(cv) and set(series["group"]) == set(cv["unique_id"])
+
+
+def test_evaluate_takes_the_horizon_forms_of_cross_validation(cv):
+    from ts_neuralode.errors import ConfigError
+
+    want = backtest.evaluate(cv, 12.0, buckets=3, unit_ns=HOUR_NS)
+    for horizon in ("12h", pd.Timedelta("12h"), "720min"):
+        got = backtest.evaluate(cv, horizon, buckets=3)
+        pd.testing.assert_frame_equal(got.drop(columns="group"), want.drop(columns="group"))
+    assert list(backtest.evaluate(cv, "0.5D", buckets=3).query("scope == 'horizon'")["group"].unique()) == \
+        ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"]  # labels in the duration's own unit
+    with pytest.raises(ConfigError, match="is a number but the backtest's times are datetimes"):
+        backtest.evaluate(cv, 12.0)  # no silent hours
+    numeric = cv.assign(ds=np.arange(len(cv), dtype=float), cutoff=0.0)
+    with pytest.raises(ConfigError, match="times are numbers"):
+        backtest.evaluate(numeric, "12h")
+
+
+def test_scaled_mae_gives_every_series_its_own_scale():
+    """MASE-style: scaling one series' values leaves scaled_mae unchanged; a series with a zero locf MAE is left
+    out with a note instead of giving inf or NaN."""
+    rng = np.random.default_rng(1)
+    parts = []
+    for k, scale in enumerate((1.0, 10.0, 100.0)):
+        y = scale * rng.normal(size=12)
+        parts.append(pd.DataFrame({"unique_id": f"s{k}", "ds": np.arange(12.0) % 4 + 1, "cutoff": 0.0, "y": y,
+                                   "f": y + scale * rng.normal(0, 0.5, 12), "locf": y + scale * rng.normal(0, 1, 12)}))
+    cv = pd.concat(parts, ignore_index=True)
+    m = backtest.evaluate(cv, 4.0, buckets=2).set_index(["scope", "group", "model"])
+    ratio = (cv["f"] - cv["y"]).abs() / (cv["locf"] - cv["y"]).abs().groupby(cv["unique_id"]).transform("mean")
+    assert np.isclose(m.loc[("overall", "all", "f"), "scaled_mae"], ratio.mean())
+    assert np.isclose(m.loc[("overall", "all", "locf"), "scaled_mae"], 1.0)
+    big = cv.assign(**{c: np.where(cv["unique_id"] == "s2", 1000 * cv[c], cv[c]) for c in ("y", "f", "locf")})
+    again = backtest.evaluate(big, 4.0, buckets=2).set_index(["scope", "group", "model"])
+    assert np.isclose(again.loc[("overall", "all", "f"), "scaled_mae"], ratio.mean())
+    flat = pd.concat([cv, pd.DataFrame({"unique_id": "c", "ds": [1.0, 2.0], "cutoff": 0.0, "y": 3.0, "f": 3.5,
+                                        "locf": 3.0})], ignore_index=True)
+    res = backtest.evaluate(flat, 4.0, buckets=2)
+    assert np.isclose(res.set_index(["scope", "group", "model"]).loc[("overall", "all", "f"), "scaled_mae"],
+                      ratio.mean())
+    assert np.isfinite(res.query("scope != 'series'")["scaled_mae"]).all()
+    assert res.attrs["notes"] and "c" in res.attrs["notes"][0]
+    assert "Note: scaled_mae leaves out 1 series" in backtest.markdown_report(flat, res, "t")
 
 
 def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tmp_path):
@@ -164,12 +208,34 @@ def test_conformal_factor_and_band_stretch():
     scores = np.arange(1.0, 101.0)[::-1]
     assert calibration.conformal_factor(scores, 90) == 91.0  # the ceil((n + 1) 0.9) = 91st smallest
     assert calibration.conformal_factor(scores[:5], 90) == np.inf  # too few points for a 90% guarantee
-    y, m = np.array([3.0, -1.0]), np.zeros(2)
-    assert np.allclose(calibration.band_scores(y, m, m - 1.0, m + 2.0), [1.5, 1.0])
-    cal = {"edges": [0.0, 1.0, 2.0], "factors": {"90": [2.0, 0.5]}}
-    frame = pd.DataFrame({"m": [1.0, 1.0], "m-lo-90": [0.0, 0.0], "m-hi-90": [3.0, 3.0]})
+    y, lo, hi = np.array([3.5, -1.0, 1.0]), np.array([-1.0, -1.0, 0.0]), np.array([2.0, 2.0, 2.0])
+    assert np.allclose(calibration.band_scores(y, lo, hi, 0.0), [2.0, 1.0, 0.0])  # |y - mid| / half-width
+    cal = {"edges": [0.0, 1.0, 2.0], "factors": {"90": [2.0, 0.5]}, "floors": {"90": 0.0}}
+    frame = pd.DataFrame({"m": [1.0, 1.0], "m-lo-90": [0.0, 0.0], "m-hi-90": [3.0, 3.0], "m-q-50": [1.0, 1.0]})
     out = calibration.apply(frame, cal, "m", np.array([0.5, 7.0]))  # lead 7 is past the horizon: last bucket
-    assert np.allclose(out["m-lo-90"], [-1.0, 0.5]) and np.allclose(out["m-hi-90"], [5.0, 2.0])
+    assert np.allclose(out["m-lo-90"], [-1.5, 0.75]) and np.allclose(out["m-hi-90"], [4.5, 2.25])
+    assert list(out.columns) == ["m", "m-lo-90", "m-hi-90"]  # calibrated: no (uncalibrated) quantile columns
+
+
+def test_calibration_of_skewed_and_zero_width_bands():
+    """A sample mean outside its band (skewed samples) and zero-width bands (num_samples=1) calibrate to finite
+    factors and bands that cover their level on the calibration points."""
+    from ts_neuralode import calibration
+
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.normal(0.0, 1.0, n)
+    lead = rng.uniform(0, 4, n)
+    skew = pd.DataFrame({"y": y, "ds": lead, "cutoff": 0.0, "m": 5.0, "m-lo-90": 0.5, "m-hi-90": 1.5})
+    cal = calibration.fit(skew, "m", 4.0, buckets=2)
+    assert all(np.isfinite(cal["factors"]["90"])) and max(cal["factors"]["90"]) < 100  # the mean lies above the band
+    out = calibration.apply(skew, cal, "m", lead)
+    inside = (y >= out["m-lo-90"]) & (y <= out["m-hi-90"])
+    assert inside.mean() >= 0.9 and np.allclose(out["m-lo-90"] + out["m-hi-90"], 2.0)  # about the band's midpoint
+    flat = skew.assign(**{"m-lo-90": 0.0, "m-hi-90": 0.0})
+    cal = calibration.fit(flat, "m", 4.0, buckets=2)
+    out = calibration.apply(flat, cal, "m", lead)
+    assert cal["floors"]["90"] > 0 and ((y >= out["m-lo-90"]) & (y <= out["m-hi-90"])).mean() >= 0.9
 
 
 def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_path, capfd):
@@ -190,9 +256,10 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
     assert set(factors) == {"50", "90"} and min(factors["50"] + factors["90"]) > 0
     raw = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16)
     cal = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16, calibrated=True)
-    c = factors["90"][0]
-    assert np.allclose(cal[f"{NAME}-hi-90"], raw[NAME] + c * (raw[f"{NAME}-hi-90"] - raw[NAME]))
-    assert np.allclose(cal[f"{NAME}-lo-90"], raw[NAME] - c * (raw[NAME] - raw[f"{NAME}-lo-90"]))
+    c, f = factors["90"][0], fc.calibration["floors"]["90"]
+    mid, half = (raw[f"{NAME}-hi-90"] + raw[f"{NAME}-lo-90"]) / 2, (raw[f"{NAME}-hi-90"] - raw[f"{NAME}-lo-90"]) / 2
+    assert np.allclose(cal[f"{NAME}-hi-90"], mid + c * (half + f))
+    assert np.allclose(cal[f"{NAME}-lo-90"], mid - c * (half + f))
     # on the windows it was fitted on, the calibrated bands cover at least their level (split-conformal quantile)
     assert main([*common, "--out_dir", str(tmp_path / "cal"), "--calibrated"]) == 0
     overall = pd.read_csv(tmp_path / "cal" / "metrics.csv").query("scope == 'overall' and model == @NAME").iloc[0]

@@ -117,3 +117,88 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
         assert np.allclose(rows[NAME], want[NAME], rtol=1e-5)
     finally:
         stop_mlflow_server(proc)  # the server's whole process group (uvicorn is its child)
+
+
+# -- a model with known-future and static covariates --------------------------------------------------------------
+PK_ARGS = ["--model.model", "ode_rnn", "--model.latent_dim", "4", "--model.hidden_dim", "8",
+           "--model.evolution.method", "rk4", "--model.evolution.step_size", "0.5", "--data.batch_size", "8",
+           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+           "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="module")
+def pk_registered(tmp_path_factory):
+    """A 1-epoch ODE-RNN on the pk set with ``future_cols=[rate]`` and ``static_cols=[weight]``, registered."""
+    import torch
+
+    from ts_neuralode.data.generators import generate
+
+    cwd = tmp_path_factory.mktemp("pk_registered")
+    df = generate("pk", n_series=8, n_points=15, seed=0)
+    df["weight"] = df["unique_id"].map({u: 50.0 + 5 * i for i, u in enumerate(df["unique_id"].unique())})
+    df.to_csv(cwd / "pk.csv", index=False)
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    torch.manual_seed(0)
+    rc = main(["fit", "--data.path", str(cwd / "pk.csv"), "--data.future_cols", "[rate]", "--data.static_cols",
+               "[weight]", "--tracking_uri", uri, "--artifact_location", str(cwd / "artifacts"), "--checkpoint_dir",
+               str(cwd / "ck"), "--experiment_name", "pk", "--register_as", "pk", *PK_ARGS])
+    assert rc == 0
+    return {"uri": uri, "df": df, "model_dir": cwd / "ck" / "model"}
+
+
+def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_registered):
+    """The signature carries the covariate columns (MLflow keeps them in a request); known-future values go in as
+    rows with an empty y after the history; the forecast equals Forecaster.predict's. The served model's
+    ``calibrated`` param says why it cannot be used."""
+    import mlflow
+
+    from ts_neuralode.errors import ForecastError
+
+    mlflow.set_tracking_uri(pk_registered["uri"])
+    try:
+        model = mlflow.pyfunc.load_model("models:/pk/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert model.metadata.signature.inputs.input_names() == ["unique_id", "ds", "y", "rate", "weight"]
+    df = pk_registered["df"]
+    future = df[(df["ds"] > 6.0) & (df["ds"] <= 9.0)].assign(y=np.nan)  # the dose schedule, no observations
+    last = df[df["ds"] <= 9.0].dropna(subset=["rate"]).groupby("unique_id", as_index=False).last()
+    future = pd.concat([future, last.assign(ds=9.0, y=np.nan)], ignore_index=True)  # the rate known up to t = 9
+    request = pd.concat([df[df["ds"] <= 6.0], future], ignore_index=True)
+    query = {"horizon": "2.5", "num_points": 3, "num_samples": 4, "seed": 0}
+    got = model.predict(request, params=query)
+    want = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4)
+    assert list(got.columns) == list(want.columns) and len(got) == 3 * df["unique_id"].nunique()
+    assert np.allclose(got["ode_rnn"], want["ode_rnn"]) and np.allclose(got["ode_rnn-hi-90"], want["ode_rnn-hi-90"])
+    with pytest.raises(ForecastError, match="holds no band calibration"):
+        model.predict(request, params={**query, "calibrated": True})
+
+
+def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_path, capfd):
+    """MLflow refuses the name (a real registry error): the fit exits 2 with one line, not a warning and 0."""
+    args = [a for a in TINY_FIT_ARGS]
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    rc = main(["fit", "--data.path", str(tiny_csv), "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--artifact_location", str(tmp_path / "artifacts"), "--checkpoint_dir", str(tmp_path / "ck"),
+               "--register_as", "a/b", *args])
+    err = [ln for ln in capfd.readouterr().err.strip().splitlines() if "error" in ln.lower()]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("ts-neuralode: error: --register_as a/b: the MLflow model was not logged") and \
+        "Names cannot contain" in err[0], err
+    assert (tmp_path / "ck" / "model" / "config.json").is_file()
+
+
+def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
+    """An untracked fit in a directory holding an earlier fit's mlflow_run.json reports no run id."""
+    import shutil
+
+    from ts_neuralode.fit_api import run_fit
+
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(registered["cwd"] / "ck" / "mlflow_run.json", tmp_path / "checkpoints")
+    args = [a for a in TINY_FIT_ARGS]
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    fc = run_fit(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--checkpoint_dir",
+                  str(tmp_path / "checkpoints"), "--model_dir", str(tmp_path / "model"), "--tracking", "false", *args],
+                 tmp_path / "model")
+    assert fc.fit_info["run_id"] is None and fc.fit_info["tracking_uri"] is None

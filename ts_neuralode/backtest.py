@@ -22,8 +22,8 @@ code path as ``ts-neuralode fit`` (:func:`refit_forecaster`) with the options of
 
 Baselines scored by the same code: ``locf`` (the last value observed up to the cutoff) and ``mean`` (the mean of
 the series' values up to the cutoff). :func:`evaluate` scores every model column with utilsforecast's losses (MAE, RMSE,
-MAE relative to ``locf``, CRPS, interval coverage and Winkler score) plus the band width, overall, per series
-and per horizon bucket.
+CRPS, interval coverage and Winkler score), the band width and a MASE-style ``scaled_mae`` (errors over each
+series' ``locf`` MAE), overall, per series and per horizon bucket.
 """
 
 from __future__ import annotations
@@ -38,15 +38,12 @@ import numpy as np
 import pandas as pd
 
 from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 
 #: the quantile grid behind the CRPS (midpoints of 20 equal slices of (0, 1); CRPS = 2 x mean pinball loss)
 CRPS_QUANTILES = tuple((np.arange(20) + 0.5) / 20)
 BASELINES = ("locf", "mean")
 DEFAULT_BUCKETS = 4
-
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
 
 
 # -- windows ------------------------------------------------------------------------------------------------
@@ -289,28 +286,39 @@ def model_columns(cv: pd.DataFrame) -> list[str]:
     return [c for c in cv.columns if c not in skip and "-" not in c]
 
 
-def levels_of(cv: pd.DataFrame, model: str) -> list[int | float]:
-    out = []
-    for c in cv.columns:
-        if c.startswith(f"{model}-lo-") and f"{model}-hi-{c[len(model) + 4:]}" in cv.columns:
-            v = float(c[len(model) + 4:])
-            out.append(int(v) if v.is_integer() else v)
-    return sorted(out)
-
-
-def quantile_columns(cv: pd.DataFrame, model: str) -> tuple[list[str], np.ndarray]:
-    cols = [c for c in cv.columns if c.startswith(f"{model}-q-")]
-    qs = np.array([float(c[len(model) + 3:]) / 100.0 for c in cols])
-    order = np.argsort(qs)
-    return [cols[i] for i in order], qs[order]
-
-
 def lead_times(cv: pd.DataFrame, unit_ns: int | None = None) -> np.ndarray:
-    """``ds - cutoff`` in the data's time units (for datetimes: ``unit_ns`` nanoseconds, default hours)."""
+    """``ds - cutoff`` in the data's time units (for datetimes: ``unit_ns`` nanoseconds, which they need)."""
     if pd.api.types.is_datetime64_any_dtype(cv["ds"]):
-        unit = pd.Timedelta(unit_ns or 3_600_000_000_000, "ns")
-        return ((cv["ds"] - cv["cutoff"]) / unit).to_numpy(dtype=np.float64)
+        if not unit_ns:
+            raise ConfigError("the backtest's times are datetimes: lead times need their time unit (unit_ns, e.g. "
+                              "the model's fc.transform.codec.unit_ns)")
+        return ((cv["ds"] - cv["cutoff"]) / pd.Timedelta(int(unit_ns), "ns")).to_numpy(dtype=np.float64)
     return (cv["ds"].astype(float) - cv["cutoff"].astype(float)).to_numpy()
+
+
+def horizon_in_units(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, unit_ns: int | None = None
+                     ) -> tuple[float, int | None]:
+    """``horizon`` (the forms :func:`cross_validation` takes) -> ``(number of time units, unit_ns)``. Datetime
+    rows: a duration (``"12h"``, a Timedelta) in ``unit_ns`` (default: the largest of s / min / h / D / W that
+    divides it), or a number in ``unit_ns`` (then required); numeric rows: a number."""
+    from ts_neuralode.data.timecodec import as_number, as_timedelta
+
+    is_dt = pd.api.types.is_datetime64_any_dtype(cv["ds"])
+    number = as_number(horizon)
+    if number is not None:
+        if is_dt and not unit_ns:
+            raise ConfigError(f"horizon={horizon!r} is a number but the backtest's times are datetimes: pass a duration "
+                              "such as '12h', or unit_ns= (the model's time unit, fc.transform.codec.unit_ns)")
+        h, unit = number, (int(unit_ns) if is_dt else None)
+    elif not is_dt:
+        raise ConfigError(f"horizon={horizon!r}: the backtest's times are numbers, so pass a number of time units")
+    else:
+        td = as_timedelta(horizon, "horizon")
+        unit = int(unit_ns) if unit_ns else max([u for u in _UNIT_NAMES if td.value % u == 0] or [10**9])
+        h = td.value / unit
+    if not (np.isfinite(h) and h > 0):
+        raise ConfigError(f"horizon={horizon!r} must be a positive duration")
+    return h, unit
 
 
 def bucket_edges(horizon: float, buckets: int) -> np.ndarray:
@@ -330,7 +338,7 @@ _UNIT_NAMES = {10**9: "s", 60 * 10**9: "min", 3600 * 10**9: "h", 86400 * 10**9: 
 def bucket_labels(edges: np.ndarray, unit_ns: int | None = None) -> list[str]:
     """``(a, b]`` per bucket, in the data's time unit (``12h``, ``1.5D``; plain numbers for numeric times)."""
     unit = _UNIT_NAMES.get(int(unit_ns), f"x{unit_ns}ns") if unit_ns else ""
-    return [f"({_fmt(round(a, 6))}{unit}, {_fmt(round(b, 6))}{unit}]" for a, b in zip(edges[:-1], edges[1:])]
+    return [f"({fmt_level(round(a, 6))}{unit}, {fmt_level(round(b, 6))}{unit}]" for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
@@ -342,8 +350,6 @@ def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
         "n": df.groupby(key, sort=True).size().rename("n").reset_index(),
     }
     metric_frames = {"mae": losses.mae(df, models, **kw), "rmse": losses.rmse(df, models, **kw)}
-    if "locf" in df.columns:
-        metric_frames["scaled_mae"] = losses.rmae(df, models, baseline="locf", **kw)
     crps_models = {m: quantile_columns(df, m) for m in models}
     crps_models = {m: v for m, v in crps_models.items() if len(v[0]) >= 2}
     rows = []
@@ -351,13 +357,16 @@ def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
         rec = pd.DataFrame({key: metric_frames["mae"][key]})
         for name, f in metric_frames.items():
             rec[name] = f[m].to_numpy()
+        if "__scale__" in df.columns:  # MASE-style: each error over its series' LOCF MAE, then the mean
+            scaled = ((df[m] - df["y"]).abs() / df["__scale__"]).groupby(df[key], sort=True).mean()
+            rec["scaled_mae"] = scaled.reindex(rec[key]).to_numpy()
         if m in crps_models:
             cols, qs = crps_models[m]
             rec["crps"] = 2.0 * losses.mqloss(df, {m: cols}, qs, **kw)[m].to_numpy()
         for lv in levels_of(df, m):
-            tag = _fmt(lv)
+            tag = fmt_level(lv)
             rec[f"coverage-{tag}"] = losses.coverage(df, [m], lv, **kw)[m].to_numpy()
-            width = (df[f"{m}-hi-{tag}"] - df[f"{m}-lo-{tag}"]).groupby(df[key], sort=True).mean()
+            width = (df[band_col(m, "hi", lv)] - df[band_col(m, "lo", lv)]).groupby(df[key], sort=True).mean()
             rec[f"width-{tag}"] = width.to_numpy()
             rec[f"winkler-{tag}"] = losses.winkler_score(df, [m], lv, **kw)[m].to_numpy()
         rec.insert(1, "model", m)
@@ -365,23 +374,38 @@ def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def evaluate(cv: pd.DataFrame, horizon: float, buckets: int = DEFAULT_BUCKETS, unit_ns: int | None = None,
-             models: list[str] | None = None) -> pd.DataFrame:
+def evaluate(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
+             unit_ns: int | None = None, models: list[str] | None = None) -> pd.DataFrame:
     """Metrics of every model column of ``cv`` (a :func:`cross_validation` frame) in the data's units.
+
+    ``horizon`` as :func:`cross_validation` takes it: for datetime rows a duration (``"2D"``, a Timedelta; bucket
+    labels in ``unit_ns``, default the duration's own unit) or a number of ``unit_ns`` time units (then required:
+    the model's ``fc.transform.codec.unit_ns``); for numeric times a number.
 
     Returns one row per (scope, group, model): ``scope`` is ``overall`` (group ``all``), ``series`` (group = the
     series id, plus ``/channel`` with several channels) or ``horizon`` (group = the lead-time bucket ``(a, b]``
     after the cutoff, ``buckets`` equal slices of ``horizon``, in the data's time units); columns ``n`` (points),
-    ``mae``, ``rmse``, ``scaled_mae`` (MAE / the ``locf`` baseline's MAE on the same points: below 1 beats
-    carrying the last value forward), ``crps`` (twice the mean pinball loss over the quantile columns: the CRPS
+    ``mae``, ``rmse``, ``scaled_mae`` (MASE-style: each error divided by its series' ``locf`` MAE over all its
+    rows of ``cv``, then averaged over the group's points, so every series counts in its own scale; below 1 beats
+    carrying the last value forward; a series whose ``locf`` MAE is 0 is left out of it, listed in
+    ``result.attrs["notes"]``), ``crps`` (twice the mean pinball loss over the quantile columns: the CRPS
     of the predictive distribution on that quantile grid; models without quantiles have none), and per interval
     level ``coverage-L`` (fraction of points inside the band), ``width-L`` (mean band width) and ``winkler-L``.
     """
     models = models or model_columns(cv)
+    horizon, unit_ns = horizon_in_units(cv, horizon, unit_ns)
     df = cv.copy()
     df["__all__"] = "all"
     sid = df["unique_id"].astype(str)
     df["__series__"] = sid + ("/" + df["channel"].astype(str) if "channel" in df.columns else "")
+    notes = []
+    if "locf" in df.columns:
+        scale = (df["locf"] - df["y"]).abs().groupby(df["__series__"]).transform("mean")
+        zero = sorted(set(df.loc[scale <= 0, "__series__"]))
+        if zero:
+            notes.append(f"scaled_mae leaves out {len(zero)} series whose locf MAE is 0 (constant after each cutoff): "
+                         f"{', '.join(zero[:10])}{' …' if len(zero) > 10 else ''}")
+        df["__scale__"] = scale.where(scale > 0)
     edges = bucket_edges(horizon, buckets)
     labels = bucket_labels(edges, unit_ns)
     df["__bucket__"] = bucket_of(lead_times(df, unit_ns), edges)
@@ -394,8 +418,12 @@ def evaluate(cv: pd.DataFrame, horizon: float, buckets: int = DEFAULT_BUCKETS, u
         s.insert(0, "scope", scope)
         out.append(s)
     res = pd.concat(out, ignore_index=True)
+    if "crps" not in res.columns:  # the same columns whether or not a model has quantiles (calibrated: none)
+        res.insert(res.columns.get_loc("rmse") + 1 + ("scaled_mae" in res.columns), "crps", np.nan)
     first = ["scope", "group", "bucket", "model", "n"]
-    return res[first + [c for c in res.columns if c not in first]]
+    res = res[first + [c for c in res.columns if c not in first]]
+    res.attrs["notes"] = notes
+    return res
 
 
 # -- report -------------------------------------------------------------------------------------------------
@@ -448,9 +476,10 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
         lines += ["```", command, "```", ""]
     lines += [f"{len(cv)} scored points, {cv['unique_id'].nunique()} series, {int(n_win.max())} window(s) per "
               f"series (cutoffs {cv['cutoff'].min()} … {cv['cutoff'].max()}). Errors in the data's units; "
-              "`scaled_mae` = MAE / the `locf` baseline's MAE on the same points (below 1 beats carrying the last "
-              "value forward); `crps` from the predictive quantiles; `coverage-L`: fraction of points inside the L% "
+              "`scaled_mae` (MASE-style) = the mean of each error divided by its series' `locf` MAE, so every series "
+              "counts in its own scale (below 1 beats carrying the last value forward); `crps` from the predictive quantiles; `coverage-L`: fraction of points inside the L% "
               "band (nominal L/100).", ""]
+    lines += [f"Note: {n}" for n in metrics.attrs.get("notes", [])] + ([""] if metrics.attrs.get("notes") else [])
     for scope, head in (("overall", "Overall"), ("horizon", "Per horizon bucket (time after the cutoff)"),
                         ("series", "Per series")):
         part = metrics[metrics["scope"] == scope].drop(columns=["scope"] + ([] if scope == "horizon" else ["bucket"]))
@@ -509,14 +538,8 @@ def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets
     h = codec.duration(horizon, "horizon", ConfigError)
     lead = None
     if history is not None:
-        from ts_neuralode.data.batching import segment_searchsorted
-
         table = fc.read_history(history, **read_options)
-        pos = {str(u): i for i, u in enumerate(table.ids)}
-        s = cv["unique_id"].astype(str).map(pos).to_numpy()
-        n = segment_searchsorted(table.times, table.offsets[:-1][s], table.counts[s], codec.to_float(cv["cutoff"]),
-                                 "right")
-        lead = codec.to_float(cv["ds"]) - table.times[table.offsets[:-1][s] + n - 1]
+        lead = calibration.lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
     cal = calibration.fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead)
     fc.calibration = cal
     if save_to is not None:

@@ -53,7 +53,8 @@ def parser() -> OneLineArgumentParser:
                    help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
-                        "store it in the model directory (calibration.json; used by forecast --calibrated)")
+                        "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
+                        "MLflow model that fit logged earlier)")
     p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
     p.add_argument("--out", default=None, help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
     p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "

@@ -1,21 +1,37 @@
 """Conformal calibration of the forecast bands, per horizon bucket, from backtest residuals.
 
-A model's L% band ``[lo, hi]`` around its point forecast ``m`` covers L% of what happens only when the model's
-predictive distribution is right. Split conformal calibration measures how far off it is on backtest windows
-(:func:`ts_neuralode.backtest.cross_validation`) and rescales the band: for each point the score
+A model's L% band ``[lo, hi]`` covers L% of what happens only when the model's predictive distribution is right.
+Split conformal calibration measures how far off it is on backtest windows
+(:func:`ts_neuralode.backtest.cross_validation`) and rescales the band about its own midpoint
+``mid = (lo + hi) / 2`` (half-width ``w = (hi - lo) / 2``): for each point the score
 
-    s = max((m - y) / (m - lo), (y - m) / (hi - m))
+    s = |y - mid| / (w + f)
 
-is the factor by which the band must be stretched (about ``m``, each side keeping its own width) to reach ``y``;
-the factor ``c`` of level L in horizon bucket b is the ``ceil((n + 1) L/100)``-th smallest of the bucket's n
-scores, so the stretched band ``[m - c (m - lo), m + c (hi - m)]`` covers at least L% of exchangeable new points.
-Buckets are equal slices of the backtest horizon by lead time (time after the cutoff; in ``predict``: after the
-series' last observation; leads beyond the horizon use the last bucket). A bucket with fewer than
-``MIN_POINTS`` scores takes the factor pooled over all buckets.
+is the factor by which the band must be stretched to reach ``y``; the factor ``c`` of level L in horizon bucket b
+is the ``ceil((n + 1) L/100)``-th smallest of the bucket's n scores, so the stretched band
+``[mid - c (w + f), mid + c (w + f)]`` covers at least L% of exchangeable new points.
+
+Why this score. It is multiplicative: one factor per bucket serves series of any scale, and each band keeps its
+own shape (wider where the model is less sure). An additive CQR offset ``max(lo - y, y - hi)`` is in the data's
+units, so the pooled quantile would be set by the largest-scale series (narrow series would get bands far too
+wide). It is centred on the band itself, not on the point forecast (the sample mean of latent and flow models,
+which need not lie inside a sampled band), so it is defined for any band with ``lo <= hi``. ``f`` is an additive
+floor per level in the data's units, stored with the factors: 1e-3 x the median half-width of the calibration
+bands, or, when every band has zero width (``num_samples=1``), the median ``|y - mid|`` — then the calibrated band
+is the plain absolute-residual conformal interval ``mid ± c f``.
+
+Buckets are equal slices of the backtest horizon by lead time: the time after the last observation the forecast
+conditioned on (:func:`lead_since_last`, the same function for calibration and for ``predict``; leads beyond the
+horizon use the last bucket). A bucket with fewer than ``MIN_POINTS`` scores takes the factor pooled over all
+buckets.
 
 The calibration is a small JSON file in the model directory (``calibration.json``), read by
 ``Forecaster.load`` and applied by ``Forecaster.predict(..., calibrated=True)`` /
-``ts-neuralode forecast --calibrated``.
+``ts-neuralode forecast --calibrated``. It calibrates the central bands only: a calibrated forecast has no
+``-q-P`` quantile columns (they would describe the uncalibrated distribution; ``backtest --calibrated`` therefore
+reports coverage and Winkler scores but no CRPS). The MLflow model logged by ``fit`` is a copy of the model
+directory as it was then: a calibration made later by ``backtest --calibrate`` is not in it
+(:mod:`ts_neuralode.mlflow_model`).
 """
 
 from __future__ import annotations
@@ -30,10 +46,13 @@ import numpy as np
 import pandas as pd
 
 from ts_neuralode.errors import ForecastError
+from ts_neuralode.forecast_frame import band_col, fmt_level, levels_of
 
 FILE = "calibration.json"
-FORMAT = "ts_neuralode.calibration/1"
+FORMAT = "ts_neuralode.calibration/2"
 MIN_POINTS = 20
+#: the additive floor of the half-width, as a fraction of the calibration bands' median half-width
+FLOOR_FRACTION = 1e-3
 
 
 def conformal_factor(scores: np.ndarray, level: float) -> float:
@@ -44,20 +63,51 @@ def conformal_factor(scores: np.ndarray, level: float) -> float:
     return float(s[k - 1]) if 1 <= k <= n else math.inf
 
 
-def band_scores(y: np.ndarray, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The stretch factor that makes each band reach its ``y`` (see the module docstring)."""
-    tiny = 1e-12 * np.maximum(1.0, np.abs(mean))
-    below = (mean - y) / np.maximum(mean - lo, tiny)
-    above = (y - mean) / np.maximum(hi - mean, tiny)
-    return np.maximum(below, above)
+def width_floor(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """The additive floor ``f`` of the half-width (see the module docstring)."""
+    half = (np.asarray(hi, np.float64) - np.asarray(lo, np.float64)) / 2.0
+    positive = half[half > 0]
+    if positive.size:
+        f = FLOOR_FRACTION * float(np.median(positive))
+    else:
+        f = float(np.median(np.abs(np.asarray(y, np.float64) - (np.asarray(lo) + np.asarray(hi)) / 2.0)))
+    return f if f > 0 else 1e-12
+
+
+def band_scores(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, floor: float) -> np.ndarray:
+    """The stretch factor about each band's midpoint that makes it reach its ``y`` (see the module docstring)."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return np.abs(np.asarray(y, np.float64) - (lo + hi) / 2.0) / (np.abs(hi - lo) / 2.0 + floor)
+
+
+def lead_since_last(table, unique_id: Any, ds: Any, cutoff: Any = None) -> np.ndarray:
+    """Each row's time (raw units) after the last observation of its series ``unique_id`` in ``table`` — at or
+    before the row's ``cutoff`` when given (a backtest row), else the history's last one (a forecast row). What
+    the calibration buckets by, both when it is fitted and when ``predict`` applies it."""
+    from ts_neuralode.data.batching import segment_searchsorted
+
+    codec = table.codec
+    pos = {str(u): i for i, u in enumerate(table.ids)}
+    sid = pd.Series(np.asarray(unique_id, dtype=object)).astype(str)
+    s = sid.map(pos)
+    if s.isna().any():
+        raise ForecastError(f"series {sid[s.isna()].iloc[0]!r} is not in the history the lead times are counted from; "
+                            "pass the history the forecasts were made from")
+    s = s.to_numpy(np.int64)
+    start, count = table.offsets[:-1][s], table.counts[s]
+    n = count if cutoff is None else segment_searchsorted(table.times, start, count, codec.to_float(cutoff), "right")
+    if np.any(n < 1):
+        raise ForecastError("a row's cutoff lies before its series' first observation; pass the history the backtest "
+                            "was made from")
+    return codec.to_float(ds) - table.times[start + n - 1]
 
 
 def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns: int | None = None,
         levels: list[float] | None = None, lead: np.ndarray | None = None) -> dict:
     """Per-bucket conformal factors of ``model``'s bands from a cross-validation frame (raw time units). ``lead``:
-    each row's time after the last observation its forecast conditioned on (what ``predict`` buckets by);
-    default ``ds - cutoff``."""
-    from ts_neuralode.backtest import bucket_edges, bucket_of, lead_times, levels_of
+    each row's time after the last observation its forecast conditioned on (:func:`lead_since_last`, what
+    ``predict`` buckets by); default ``ds - cutoff`` (``unit_ns``: the data's time unit for datetimes)."""
+    from ts_neuralode.backtest import bucket_edges, bucket_of, lead_times
 
     edges = bucket_edges(horizon, buckets)
     b = bucket_of(lead_times(cv, unit_ns) if lead is None else np.asarray(lead, dtype=np.float64), edges)
@@ -66,37 +116,42 @@ def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns:
     if not levels:
         raise ForecastError(f"the backtest frame has no bands of {model!r} to calibrate; pass level=[...]")
     factors: dict[str, list[float]] = {}
+    floors: dict[str, float] = {}
     counts = [int((b == k).sum()) for k in range(len(edges) - 1)]
-    y, m = cv["y"].to_numpy(float), cv[model].to_numpy(float)
+    y = cv["y"].to_numpy(float)
     for lv in levels:
-        tag = f"{float(lv):g}"
-        s = band_scores(y, m, cv[f"{model}-lo-{tag}"].to_numpy(float), cv[f"{model}-hi-{tag}"].to_numpy(float))
+        tag = fmt_level(lv)
+        lo, hi = cv[band_col(model, "lo", lv)].to_numpy(float), cv[band_col(model, "hi", lv)].to_numpy(float)
+        floors[tag] = width_floor(y, lo, hi)
+        s = band_scores(y, lo, hi, floors[tag])
         pooled = conformal_factor(s, float(lv))
         factors[tag] = [conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled
                         for k in range(len(edges) - 1)]
     return {"format": FORMAT, "model": model, "horizon": float(horizon), "edges": edges.tolist(),
-            "points": counts, "factors": factors}
+            "points": counts, "factors": factors, "floors": floors}
 
 
 def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: np.ndarray) -> pd.DataFrame:
-    """``frame`` (a forecast) with every calibrated level's band stretched by its bucket's factor; ``lead`` is each
-    row's time after its series' last observation (raw units). Levels without a factor raise ForecastError."""
+    """``frame`` (a forecast) with every level's band stretched about its midpoint by its bucket's factor and
+    without the ``-q-P`` quantile columns (see the module docstring); ``lead`` is each row's time after its series'
+    last observation (raw units, :func:`lead_since_last`). Levels without a factor raise ForecastError."""
     from ts_neuralode.backtest import bucket_of
+    from ts_neuralode.forecast_frame import quantile_columns
 
     edges = np.asarray(calibration["edges"], dtype=np.float64)
     b = bucket_of(np.asarray(lead, dtype=np.float64), edges)
-    out = frame.copy()
-    m = out[name].to_numpy(float)
-    for col in [c for c in out.columns if c.startswith(f"{name}-lo-")]:
-        tag = col[len(name) + 4:]
-        f = calibration["factors"].get(f"{float(tag):g}")
+    out = frame.drop(columns=quantile_columns(frame, name)[0])
+    for lv in levels_of(out, name):
+        tag = fmt_level(lv)
+        f = calibration["factors"].get(tag)
         if f is None:
             raise ForecastError(f"the model's calibration has no factors for level {tag} (it has "
                                 f"{', '.join(calibration['factors'])}); ask for those levels or calibrate again")
         c = np.asarray(f, dtype=np.float64)[b]
-        out[col] = m - c * (m - out[col].to_numpy(float))
-        hi = f"{name}-hi-{tag}"
-        out[hi] = m + c * (out[hi].to_numpy(float) - m)
+        lo_col, hi_col = band_col(name, "lo", lv), band_col(name, "hi", lv)
+        lo, hi = out[lo_col].to_numpy(float), out[hi_col].to_numpy(float)
+        mid, half = (lo + hi) / 2.0, np.abs(hi - lo) / 2.0 + float(calibration["floors"][tag])
+        out[lo_col], out[hi_col] = mid - c * half, mid + c * half
     return out
 
 

@@ -101,8 +101,10 @@ def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
 
     from ts_neuralode.cli import run_lightning
     from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.tracking import read_run_file
+    from ts_neuralode.tracking import RUN_FILE, read_run_file
 
+    checkpoints = model_dir.parent / "checkpoints"
+    stale = _stamp(checkpoints / RUN_FILE)  # a run file left by an earlier fit in this directory is not this fit's
     try:
         run_lightning(argv)
     except argparse.ArgumentError as err:  # jsonargparse: an unknown or ill-typed option
@@ -110,11 +112,20 @@ def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{what}: the fit wrote no model directory at {model_dir} (no fitted weights)")
     fc = Forecaster.load(model_dir)
-    checkpoints = model_dir.parent / "checkpoints"
-    info = read_run_file(checkpoints) or {}
+    fresh = _stamp(checkpoints / RUN_FILE)
+    info = (read_run_file(checkpoints) or {}) if fresh is not None and fresh != stale else {}
     fc.fit_info = {"argv": argv, "model_dir": str(model_dir), "checkpoint_dir": str(checkpoints),
                    "run_id": info.get("run_id"), "tracking_uri": info.get("tracking_uri")}
     return fc
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime ns, inode) of ``path``, None when it does not exist: whether a fit (re)wrote it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
 
 
 def fit(data: Any, model: str | os.PathLike = "latent_ode", **kwargs: Any):

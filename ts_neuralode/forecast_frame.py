@@ -36,8 +36,39 @@ def parse_levels(level: Iterable[float] | float | None) -> list[float]:
     return sorted({float(lv) for lv in levels})
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
+# -- band column names: made and parsed here only ------------------------------------------------------------
+def fmt_level(x: float) -> str:
+    """A level or quantile percent as it appears in a column name (``90``, ``97.5``)."""
+    return f"{float(x):g}"
+
+
+def band_name(kind: str, x: float) -> str:
+    """``lo-L`` / ``hi-L`` (central interval level ``L`` in percent) or ``q-P`` (quantile ``P`` in percent)."""
+    return f"{kind}-{fmt_level(x)}"
+
+
+def band_col(name: str, kind: str, x: float) -> str:
+    """The column of band ``kind`` at ``x`` of forecast ``name`` (``<name>-lo-90``)."""
+    return f"{name}-{band_name(kind, x)}"
+
+
+def levels_of(frame: pd.DataFrame, name: str) -> list[int | float]:
+    """The interval levels of ``name`` with both a ``-lo-L`` and a ``-hi-L`` column in ``frame``, ascending."""
+    out = []
+    for c in frame.columns:
+        tag = c[len(name) + 4:] if c.startswith(f"{name}-lo-") else None
+        if tag is not None and f"{name}-hi-{tag}" in frame.columns:
+            v = float(tag)
+            out.append(int(v) if v.is_integer() else v)
+    return sorted(out)
+
+
+def quantile_columns(frame: pd.DataFrame, name: str) -> tuple[list[str], np.ndarray]:
+    """The ``-q-P`` columns of ``name`` in ``frame`` and their quantiles (fractions), ascending."""
+    cols = [c for c in frame.columns if c.startswith(f"{name}-q-")]
+    qs = np.array([float(c[len(name) + 3:]) / 100.0 for c in cols])
+    order = np.argsort(qs)
+    return [cols[i] for i in order], qs[order]
 
 
 def quantile_bands(forecast, levels: list[float], quantiles: list[float]) -> dict[str, torch.Tensor]:
@@ -45,10 +76,10 @@ def quantile_bands(forecast, levels: list[float], quantiles: list[float]) -> dic
     bands: dict[str, torch.Tensor] = {}
     for lv in levels:
         a = (1.0 - lv / 100.0) / 2.0
-        bands[f"lo-{_fmt(lv)}"] = forecast.quantile(a)
-        bands[f"hi-{_fmt(lv)}"] = forecast.quantile(1.0 - a)
+        bands[band_name("lo", lv)] = forecast.quantile(a)
+        bands[band_name("hi", lv)] = forecast.quantile(1.0 - a)
     for q in quantiles:
-        bands[f"q-{_fmt(100.0 * q)}"] = forecast.quantile(q)
+        bands[band_name("q", 100.0 * q)] = forecast.quantile(q)
     return bands
 
 

@@ -223,7 +223,8 @@ class Forecaster:
                 stand. Every covariate must be known up to each series' last query time (ForecastError naming the
                 column otherwise).
             calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
-                fitted on backtest residuals per horizon bucket; ForecastError when the model has none).
+                fitted on backtest residuals per horizon bucket; ForecastError when the model has none); the
+                quantile columns are then left out (they describe the uncalibrated distribution).
             max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
                 horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
             covariates: the covariates already read (:class:`~ts_neuralode.data.covariates.CovariateArrays` with
@@ -291,8 +292,7 @@ class Forecaster:
         if calibrated:
             from ts_neuralode import calibration
 
-            last = dict(zip(map(str, table.ids), table.last_times()))
-            lead = self.transform.codec.to_float(out["ds"]) - out["unique_id"].astype(str).map(last).to_numpy()
+            lead = calibration.lead_since_last(table, out["unique_id"], out["ds"])
             out = calibration.apply(out, self.calibration, self.name, lead)
         return out
 

@@ -15,6 +15,18 @@ page lists it under *Logged models*; ``--register_as NAME`` also registers it. T
 ``calibrated``; an empty string / 0 means "not given"), and returns the forecast frame of
 :meth:`Forecaster.predict` (datetimes as ISO 8601 strings with their offset, so the frame travels as JSON).
 
+Covariates. A model trained with ``--data.future_cols`` / ``--data.static_cols`` reads them from the same frame:
+the input example and the signature carry those columns (MLflow drops columns the signature lacks). Known-future
+values go in as extra rows with an empty ``y`` (every channel empty) at their times after the history, the same
+way the training CSV holds them; each known-future column must be known up to each series' last query time (the
+example has one such row per series, at the example query's last time). Static columns carry the series' value
+on its rows.
+
+Calibration. The model is a copy of the model directory as the fit left it. ``ts-neuralode backtest --calibrate``
+writes ``calibration.json`` into the local model directory later, so it is not in a model logged by ``fit``: the
+``calibrated`` param of such a model raises an error saying so (forecast with the calibrated local directory:
+``ts-neuralode forecast --model DIR --calibrated``, or ``Forecaster.load(DIR).predict(..., calibrated=True)``).
+
 The MLflow model holds the model directory (weights + JSON config, no pickles) as an artifact, the package's
 source (``code_paths``) and a code file that builds :class:`ForecasterModel` (MLflow's models-from-code: nothing
 is pickled).
@@ -26,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 try:  # the class is defined only where MLflow is installed (always, with ts_neuralode's dependencies)
@@ -83,20 +96,36 @@ def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def forecast_frame(forecaster, history: pd.DataFrame, params: dict[str, Any] | None) -> pd.DataFrame:
     """The forecast of ``history`` with the query ``params``, datetimes as ISO 8601 strings."""
-    out = forecaster.predict(history, **query_options(params))
+    opts = query_options(params)
+    if opts.get("calibrated") and forecaster.calibration is None:
+        from ts_neuralode.errors import ForecastError
+
+        raise ForecastError("params calibrated=true: this MLflow model holds no band calibration (the model logged by "
+                            "'fit' is the model directory before 'ts-neuralode backtest --calibrate' wrote "
+                            "calibration.json into it); forecast with that directory instead ('ts-neuralode forecast "
+                            "--model DIR --calibrated') or send calibrated=false")
+    out = forecaster.predict(history, **opts)
     if pd.api.types.is_datetime64_any_dtype(out["ds"]):
         out["ds"] = [t.isoformat() for t in out["ds"]]
     return out
 
 
-def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS) -> pd.DataFrame | None:
-    """The last ``rows`` lines of the first ``n_series`` series of the training data, in its own columns."""
+def covariate_columns(forecaster) -> list[str]:
+    """The columns a model reads besides its channels: its known-future and static covariates."""
+    spec = getattr(forecaster, "covariate_spec", None)
+    return [] if spec is None else [*spec.future_cols, *spec.static_cols]
+
+
+def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS, forecaster=None) -> pd.DataFrame | None:
+    """The last ``rows`` lines of the first ``n_series`` series of the training data, in its own columns (with
+    ``forecaster``: also its covariate columns)."""
     from ts_neuralode.data.io import read_frame
 
     read = dict(getattr(datamodule, "read_kwargs", {}) or {})
     df = datamodule.df if getattr(datamodule, "df", None) is not None else read_frame(datamodule.path)
     tr = datamodule.transform
-    keep = [c for c in [read.get("id_col"), tr.time_col, *tr.channel_names, *(read.get("mask_cols") or [])]
+    keep = [c for c in [read.get("id_col"), tr.time_col, *tr.channel_names, *(read.get("mask_cols") or []),
+                        *covariate_columns(forecaster)]
             if c is not None and c in df.columns]
     df = df[list(dict.fromkeys(keep))]
     id_col = read.get("id_col") if read.get("id_col") in df.columns else None
@@ -104,6 +133,40 @@ def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS) -> pd
         return df.tail(rows).reset_index(drop=True)
     ids = list(dict.fromkeys(df[id_col]))[:n_series]
     return pd.concat([df[df[id_col] == i].tail(rows) for i in ids], ignore_index=True)
+
+
+def with_future_rows(forecaster, example: pd.DataFrame, query: dict[str, Any]) -> pd.DataFrame:
+    """``example`` plus, for a model with known-future or static covariates, one row per series at the last time
+    of the forecast ``query`` (params) with every channel empty and the series' last covariate values: how
+    known-future values are sent (see the module docstring)."""
+    from ts_neuralode.query_times import query_times
+
+    cols = covariate_columns(forecaster)
+    if not cols:
+        return example
+    opts = query_options(query)
+    tab = forecaster.read_history(example)
+    codec = tab.codec
+    _, exact = query_times(codec, tab, list(range(tab.n_series)), opts.get("horizon"), None, opts.get("freq"),
+                           opts.get("num_points"))
+    tr = forecaster.transform
+    id_col = tab.id_col if tab.id_col in example.columns else None
+    last = [np.max(q) for q in exact]
+    if codec.is_datetime:
+        stamps = codec.from_ns(np.asarray(last, dtype=np.int64))
+        textual = not pd.api.types.is_datetime64_any_dtype(example[tr.time_col])
+        last = [t.isoformat() for t in stamps] if textual else list(stamps)
+    groups = [example] if id_col is None else [example[example[id_col] == i] for i in tab.ids]
+    future = []
+    for part, t in zip(groups, last):
+        row = part.iloc[[-1]].copy()
+        row[cols] = part[cols].ffill().iloc[[-1]].to_numpy()
+        for c in row.columns:
+            if c not in cols and c not in (id_col, tr.time_col):
+                row[c] = np.nan if pd.api.types.is_float_dtype(example[c]) else 0
+        row[tr.time_col] = t
+        future.append(row)
+    return pd.concat([example, *future], ignore_index=True)
 
 
 def example_params(forecaster, datamodule) -> dict[str, Any]:
@@ -137,7 +200,7 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster
 
     import ts_neuralode
 
-    example = input_example(datamodule)
+    example = input_example(datamodule, forecaster=forecaster)
     params = example_params(forecaster, datamodule)
     probe = dict(params)
     if not probe["horizon"]:  # a short forecast of the example, for the output schema only
@@ -145,6 +208,7 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster
         span = float(max(tab.last_times() - tab.first_times()))
         probe["horizon"] = str(span / 10 if span > 0 else 1.0)
     probe["num_points"], probe["num_samples"] = 2, 4  # the example request: a valid query (served in a test)
+    example = with_future_rows(forecaster, example, probe)
     output = forecast_frame(forecaster, example, probe)
     signature = infer_signature(example, output, params=params)
     previous = mlflow.get_tracking_uri()

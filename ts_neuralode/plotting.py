@@ -20,19 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ts_neuralode.atomic import atomic_write_bytes  # noqa: E402
-
-_LEVEL = re.compile(r"-lo-(\d+(?:\.\d+)?)$")
+from ts_neuralode.forecast_frame import band_col, fmt_level, levels_of  # noqa: E402
 
 
 def forecast_levels(forecast: pd.DataFrame, model: str) -> list[str]:
     """The interval levels present in a forecast frame, widest first (as strings, e.g. ``["90", "50"]``)."""
-    levels = []
-    for col in forecast.columns:
-        if col.startswith(model + "-lo-"):
-            m = _LEVEL.search(col)
-            if m and f"{model}-hi-{m.group(1)}" in forecast.columns:
-                levels.append(m.group(1))
-    return sorted(levels, key=float, reverse=True)
+    return [fmt_level(lv) for lv in reversed(levels_of(forecast, model))]
 
 
 def safe_filename(name: object) -> str:
@@ -72,7 +65,7 @@ def plot_series_forecast(
         for i, lvl in enumerate(levels):
             alpha = 0.15 + 0.15 * i
             ax.fill_between(
-                f["ds"], f[f"{model}-lo-{lvl}"], f[f"{model}-hi-{lvl}"],
+                f["ds"], f[band_col(model, "lo", lvl)], f[band_col(model, "hi", lvl)],
                 color="tab:blue", alpha=min(alpha, 0.6), linewidth=0, label=f"{lvl}% interval",
             )
         ax.plot(f["ds"], f[model], color="tab:blue", linewidth=1.6, label=f"forecast ({model})")

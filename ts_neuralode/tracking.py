@@ -44,7 +44,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from ts_neuralode.atomic import atomic_write_text
-from ts_neuralode.errors import ConfigError, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, ForecastError, TSNeuralODEError
 from ts_neuralode.mlflow_io import log_batch
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ class MlflowTrackingCallback(Callback):
         register_as: str | None = None,
     ) -> None:
         self.register_as = register_as
+        self._model_error: str | None = None  # why the MLflow model was not logged (see on_fit_end)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.log_model = log_model
         self.plot_series = plot_series
@@ -396,9 +397,15 @@ class MlflowTrackingCallback(Callback):
         forecaster = export.forecaster if export is not None else fitted_forecaster(trainer, pl_module)
         written = export.model_dir_written if export is not None else None
         if forecaster is not None:
-            tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written)
+            self._model_error = None
+            logged = tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written)
+            if self.register_as and not logged:  # asked to register: no model is a failed command, not a warning
+                why = self._model_error or "MLflow tracking failed; see the warning above"
+                raise ForecastError(f"--register_as {self.register_as}: the MLflow model was not logged and "
+                                    f"registered ({why}); the local model directory is written: fix the cause and "
+                                    "fit again")
 
-    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> None:
+    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> Any:
         """The model directory (``model_dir`` when the export callback has written it, else saved here) and
         validation forecast plots as artifacts of the run."""
         from ts_neuralode.callbacks import solver_failure
@@ -410,12 +417,18 @@ class MlflowTrackingCallback(Callback):
             from ts_neuralode.mlflow_model import log_pyfunc  # the same directory as an MLflow (pyfunc) model
 
             try:
-                log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster, datamodule,
-                           self.register_as)
-            except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked())
-                if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
+                info = log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster,
+                                  datamodule, self.register_as)
+            except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked(), unless
+                # the model is to be registered: then any failure ends the fit with one error line, in on_fit_end)
+                if not (isinstance(err, TSNeuralODEError) or solver_failure(err) or self.register_as):
                     raise
-                log.warning("MLflow model not logged (its example forecast failed: %s); model/ is logged", err)
+                first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else type(err).__name__
+                self._model_error = (first if not (isinstance(err, TSNeuralODEError) or solver_failure(err))
+                                     else f"its example forecast failed: {first}")
+                info = None
+                if not self.register_as:
+                    log.warning("MLflow model not logged (%s); model/ is logged", self._model_error)
             try:
                 pngs = forecaster.plot_validation_forecasts(
                     datamodule, Path(tmp) / "plots", n_series=self.plot_series, num_samples=self.forecast_samples
@@ -427,3 +440,4 @@ class MlflowTrackingCallback(Callback):
                 pngs = []
             for png in pngs:
                 client.log_artifact(run_id, str(png), "plots")
+        return info

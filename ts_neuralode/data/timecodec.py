@@ -186,27 +186,14 @@ class TimeCodec:
         data. Raises ``error`` with one line naming the option ``what``. The sign is not checked."""
         if isinstance(value, (bool, np.bool_)):
             raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
-        number = None
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
+        number = as_number(value)
         if number is not None:
             if not np.isfinite(number):
                 raise error(f"{what}={value!r} is not a finite number; pass e.g. 12 or a duration such as '12h'")
             return number
         if not self.is_datetime:
             raise error(f"{what}={value!r}: the data's time axis is numeric, so pass a number of time units")
-        try:
-            td = pd.Timedelta(value)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
-        if td is pd.NaT:
-            raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
-        return td.value / self.unit_ns
+        return as_timedelta(value, what, error).value / self.unit_ns
 
     def from_float(self, t: Any) -> np.ndarray | pd.DatetimeIndex:
         """Raw float times -> numbers (numeric codec) or a DatetimeIndex with the original timezone.
@@ -224,6 +211,31 @@ class TimeCodec:
         if self.tz is not None:
             idx = idx.tz_localize("UTC").tz_convert(tz_from_str(self.tz))
         return idx
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a float when it is a number or a numeric string (a duration in raw time units), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def as_timedelta(value: Any, what: str, error: type[Exception] = ConfigError) -> pd.Timedelta:
+    """A pandas duration (``"30D"``, ``"12h"``, a Timedelta); ``error`` naming the option ``what`` otherwise."""
+    try:
+        td = pd.Timedelta(value)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number") from err
+    if td is pd.NaT:
+        raise error(f"{what}={value!r} is not a duration; use e.g. '30D', '12h' or a number")
+    return td
 
 
 # -- reading a time column (the data boundary: ts_neuralode.data.io) ----------------------------------------
