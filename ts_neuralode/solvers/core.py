@@ -100,24 +100,39 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     t, dt: [B]; y, k0: [B, D] (k0 = f(t, y)). Returns (y1, K, err): K [S, B, D] the stacked stages,
     err [B, D] the local error estimate (None for fixed-step methods).
 
-    Stage inputs are ``y + dt·(a_i @ K[:i])``: one ``stack`` + one ``mm`` + one ``addcmul`` per stage
-    whatever the number of earlier stages (the tableau rows are cached tensors).
+    Stage inputs are ``y + dt·(a_i @ K[:i])``: one ``mm`` + one ``addcmul`` per stage whatever the number of
+    earlier stages (the tableau rows are cached tensors); the stage times are one ``addcmul`` ([S, B]).
+    Without a gradient graph the stages are written into one preallocated [S, B, D] block (one ``copy_`` per
+    stage instead of a growing ``stack``); with one they are stacked (an in-place write into a block that an
+    earlier ``mm`` saved for backward would break autograd).
     """
     B, D = y.shape
     dtc = dt.unsqueeze(-1)
     if tab.stages == 1:  # Euler: y + dt·k0, no stage stack or mm (a recurrent model's interval is one such step)
         return torch.addcmul(y, dtc, k0, value=tab.b[0]), k0.unsqueeze(0), None
+    S = tab.stages
     rows = coef_tensor(tab, "a", y.dtype, y.device)
-    ks = [k0]
+    tc = torch.addcmul(t, coef_tensor(tab, "c", y.dtype, y.device), dt)  # [S, B] every stage's time
+    graph = torch.is_grad_enabled() and (y.requires_grad or k0.requires_grad or dt.requires_grad)
+    if graph:
+        ks = [k0]
+    else:
+        K = y.new_empty(S, B, D)
+        K[0].copy_(k0)
     yi = y
-    for i in range(1, tab.stages):
+    for i in range(1, S):
         if i == 1:
             yi = torch.addcmul(y, dtc, k0, value=tab.a[1][0])
         else:
-            yi = torch.addcmul(y, dtc, torch.mm(rows[i], torch.stack(ks).view(i, B * D)).view(B, D))
-        ks.append(func(torch.add(t, dt, alpha=tab.c[i]), yi))
-    K = torch.stack(ks)
-    S = tab.stages
+            prev = torch.stack(ks) if graph else K[:i]
+            yi = torch.addcmul(y, dtc, torch.mm(rows[i], prev.view(i, B * D)).view(B, D))
+        ki = func(tc[i], yi)
+        if graph:
+            ks.append(ki)
+        else:
+            K[i].copy_(ki)
+    if graph:
+        K = torch.stack(ks)
     if tab.fsal:
         y1 = yi  # the last row of a FSAL tableau is b: the last stage input is the new state
     else:
