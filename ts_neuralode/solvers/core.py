@@ -208,12 +208,10 @@ def solve_adaptive(
         dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
     controller = PIController.for_tableau(tab)
-    eps = torch.finfo(dtype).eps
-    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
     prev_term = controller.initial_term(B, dtype, dev)  # the controller's memory of the last accepted step
     att_hist, acc_hist = [], []  # per-step bool masks, summed once at the end (not 2 ops per step)
-    failed = torch.zeros(B, dtype=torch.bool, device=dev)
-    nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
+    # failure bookkeeping (the smallest step, failed / non-finite masks) is built at the first rejection
+    tiny = failed = nonfinite = None
     active = t < t_end
     inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
     tq_ext = torch.cat([tq, inf_col], 1)
@@ -268,6 +266,11 @@ def solve_adaptive(
             # the one host sync per step
             any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
+                if tiny is None:  # t_end is still every sample's real end here (only a failure moves it)
+                    eps = torch.finfo(dtype).eps
+                    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
+                    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+                    nonfinite = torch.zeros_like(failed)
                 nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
                 under = rejected & (dt < tiny)
                 if bool(under.any()):
@@ -293,7 +296,7 @@ def solve_adaptive(
         if not tab.fsal:
             k0 = func(t_new, y)
         t = t_new
-    if bool(failed.any()):
+    if failed is not None and bool(failed.any()):
         if bool((failed & nonfinite).any()):
             raise _fail(
                 tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
