@@ -13,8 +13,10 @@ Conventions inside the core (``odeint`` normalises inputs once so the core sees 
 
 Performance notes (CPU, small MLP fields: the loop overhead, not the field, dominates at batch ≤ 256):
 
-* stage inputs are one ``stack`` + ``mm`` + ``addcmul`` each (tableau rows cached as tensors per
-  dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
+* stage inputs are one ``mm`` + ``addcmul`` each (tableau rows cached as tensors per dtype/device), not a
+  chain of scalar adds; the stage times are one ``addcmul``; without a gradient graph the stages are written
+  into one preallocated [S, B, D] block (with one, stacked); that block is what a step records;
+* failure bookkeeping (smallest allowed step, failed / non-finite masks) is built at the first rejection only;
 * the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
