@@ -29,6 +29,7 @@ Sections (``--sections``, default all):
 
     python scripts/speed.py --epochs 5 --latent-epochs 30   # everything (CPU, ~10 min)
     python scripts/speed.py --sections rnn --epochs 3 --n_series 300
+    python scripts/speed.py --sections solver --update   # rerun one section, keep the others in the file
 
 Writes results/speed.md.
 """
@@ -204,9 +205,13 @@ def section_solver(args) -> str:
         "## Solver forward: dopri5 vs torchdiffeq and torchode (workload W, scripts/bench_solvers.py's problem)",
         f"State 16, MLP 16→64→64→16 tanh, 50 irregular output times in [0, 5], rtol {bs.RTOL} / atol {bs.ATOL}, "
         f"no gradient; {args.reps} repetitions interleaved in a new order each time, median; 1 thread. Share in the "
-        "field: time inside the vector field's forward / the whole solve (median of 5 timed solves).",
+        "field: time inside the vector field's forward / the whole solve (median of 5 timed solves). Field alone: "
+        "the same number of evaluations of the field on a [batch, 16] state, timed in the same interleaving — the "
+        "time of a solver whose only cost is the field; bound = a rival's time / field alone, the largest speed-up "
+        "any solver can have over it at equal evaluations.",
         "| batch | ours (ms) | torchdiffeq (ms) | torchode (ms) | torchdiffeq / ours | torchode / ours | evaluations "
-        "per sample ours / torchdiffeq / torchode | share in the field ours / torchdiffeq / torchode |",
+        "per sample ours / torchdiffeq / torchode | share in the field ours / torchdiffeq / torchode | field alone "
+        "(ms) | bound vs torchdiffeq / torchode |",
     )
     names = ("fwd/ours", "fwd/td", "fwd/tode")
     for B in args.batches:
@@ -217,8 +222,17 @@ def section_solver(args) -> str:
             f.calls = 0
             v[k]()  # warm-up (and the evaluation count: batched calls count once per sample)
             nfe[k] = f.calls
-        times = {k: [] for k in names}
-        order = list(names)
+        ys_field = torch.randn(B, bs.STATE)
+
+        def field_alone(n=nfe["fwd/ours"]):
+            with torch.no_grad():
+                for _ in range(n):
+                    f(None, ys_field)
+
+        v["field"] = field_alone
+        names_t = names + ("field",)
+        times = {k: [] for k in names_t}
+        order = list(names_t)
         for r in range(args.reps):
             order = order[1:] + order[:1]  # rotate: no contender always runs first
             for k in order:
@@ -236,11 +250,12 @@ def section_solver(args) -> str:
                 vals.append(f.time_in / (time.perf_counter() - t0))
             share[k] = statistics.median(vals)
         f.timed = False
-        med = {k: statistics.median(times[k]) for k in names}
-        o = med["fwd/ours"]
+        med = {k: statistics.median(times[k]) for k in names_t}
+        o, fa = med["fwd/ours"], med["field"]
         lines.append(f"| {B} | {1e3 * o:.2f} | {1e3 * med['fwd/td']:.2f} | {1e3 * med['fwd/tode']:.2f} | "
                      f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
-                     f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} |")
+                     f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} | "
+                     f"{1e3 * fa:.2f} | {med['fwd/td'] / fa:.2f}× / {med['fwd/tode'] / fa:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -477,6 +492,31 @@ def section_memory(args) -> str:
 
 
 # -------------------------------------------------------------------------------------------- main
+def _update(out: Path, texts: list[str], argv: list[str] | None) -> int:
+    """Replace each section in ``out`` whose heading (a text's first line) it holds, from that heading to the
+    next ``## `` heading; a section not found is appended. Each replaced section says how it was rerun."""
+    if not out.is_file():
+        print(f"--update: {out} does not exist; run without --update first to write it", file=sys.stderr)
+        return 2
+    lines = out.read_text().split("\n")
+    cmd = "python scripts/speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for text in texts:
+        new = text.rstrip("\n").split("\n")
+        new[1:1] = ["", f"(This section rerun alone on {stamp}: `{cmd.strip()}`.)"]
+        head = new[0]
+        if head in lines:
+            i = lines.index(head)
+            j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+            lines[i:j] = new + [""]
+        else:
+            lines += [""] + new
+    out.write_text("\n".join(lines))
+    print("\n\n".join(texts))
+    print(f"updated {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -495,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent-series", type=int, default=500)
     p.add_argument("--latent-epochs", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
+    p.add_argument("--update", action="store_true",
+                   help="replace only the sections run (by their heading) in an existing --out, keep the rest")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sections = [s for s in args.sections.split(",") if s]
@@ -503,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     head = f"torch {torch.__version__}, cpu, 1 thread; machine shared: ratios only (measured side by side)."
+    if args.update:
+        return _update(Path(args.out), [globals()[f"section_{s}"](args) for s in sections], argv)
     texts = [head] + [globals()[f"section_{s}"](args) for s in sections]
     return publish_report(args.out, "Speed (issue 15)", "scripts/speed.py", argv, texts, "\n\n".join(texts))
 

@@ -336,3 +336,24 @@ def test_carried_step_continues_a_solve(margin):
     assert sum(nfe) < sum(nfe_fresh)
     with pytest.raises(ValueError, match="first_step as a tensor must be"):
         odeint(f, y0, grid, first_step=torch.zeros(2, dtype=F64))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_no_graph_forward_equals_the_graph_forward(method, monkeypatch, margin):
+    """Without a gradient graph the core writes the stages into one preallocated block and evaluates the dense
+    output in chunks with the step length folded into the last Horner factor; with one it stacks the stages and
+    scales the coefficients. Same steps, same outputs up to float rounding — across many chunks and a ragged
+    last one (tiny chunks forced)."""
+    import ts_neuralode.solvers.dense as dense
+
+    monkeypatch.setattr(dense, "CHUNK_ELEMS", 3 * 50)  # D=3: 50 query rows per chunk
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
+    y0 = torch.randn(37, 3)
+    t = torch.cat([torch.zeros(37, 1), torch.rand(37, 22).sort(1).values * 3 + 1e-3], 1)  # per-sample grids
+    with torch.no_grad():
+        a = odeint(lambda tt, y: net(y), y0, t, method=method)
+    b = odeint(lambda tt, y: net(y), y0.clone().requires_grad_(True), t, method=method)
+    for k in ("n_f_evals", "n_accepted", "n_rejected"):
+        assert torch.equal(getattr(a.stats, k), getattr(b.stats, k)), k
+    margin("max |no-graph - graph| output", float((a.ys - b.ys.detach()).abs().max()), 1e-5)

@@ -84,20 +84,23 @@ def error_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -
 
 
 def initial_step(func, t0: Tensor, y0: Tensor, f0: Tensor, order: int, rtol: float, atol: float):
-    """Hairer's automatic initial step, per sample (one extra evaluation). All inputs detached."""
-    scale = y0.abs() * rtol + atol
-    d0 = (y0 / scale).square().mean(-1).sqrt()
-    d1 = (f0 / scale).square().mean(-1).sqrt()
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = torch.nan_to_num(h0, nan=1e-6, posinf=1e-6)
+    """Hairer's automatic initial step, per sample (one extra evaluation). All inputs detached.
+
+    (RMS norms as ``vector_norm / sqrt(D)``, ``d0`` and ``d1`` in one call on the stacked pair: ~10 ops fewer.)
+    """
+    rms = y0.shape[-1] ** -0.5
+    scale = y0.abs().mul_(rtol).add_(atol)
+    d0, d1 = torch.linalg.vector_norm(torch.stack((y0, f0)).div_(scale), dim=-1).mul_(rms)
+    h0 = torch.where(torch.minimum(d0, d1) < 1e-5, 1e-6, d0.div(d1).mul_(0.01))
+    h0 = torch.nan_to_num_(h0, nan=1e-6, posinf=1e-6)
     y1 = torch.addcmul(y0, h0.unsqueeze(-1), f0)
     f1 = func(t0 + h0, y1)
-    d2 = ((f1 - f0) / scale).square().mean(-1).sqrt() / h0
+    d2 = torch.linalg.vector_norm((f1 - f0).div_(scale), dim=-1).mul_(rms).div_(h0)
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(
         dmax <= 1e-15,
         torch.clamp(h0 * 1e-3, min=1e-6),
-        (0.01 / dmax).pow(1.0 / (order + 1)),
+        (0.01 / dmax).pow_(1.0 / (order + 1)),
     )
     h = torch.minimum(100 * h0, h1)
-    return torch.nan_to_num(h, nan=1e-6, posinf=1e-6)
+    return torch.nan_to_num_(h, nan=1e-6, posinf=1e-6)

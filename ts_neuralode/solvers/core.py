@@ -13,8 +13,10 @@ Conventions inside the core (``odeint`` normalises inputs once so the core sees 
 
 Performance notes (CPU, small MLP fields: the loop overhead, not the field, dominates at batch ≤ 256):
 
-* stage inputs are one ``stack`` + ``mm`` + ``addcmul`` each (tableau rows cached as tensors per
-  dtype/device), not a chain of scalar adds; the stacked stages [S, B, D] are what a step records;
+* stage inputs are one ``mm`` + ``addcmul`` each (tableau rows cached as tensors per dtype/device), not a
+  chain of scalar adds; the stage times are one ``addcmul``; without a gradient graph the stages are written
+  into one preallocated [S, B, D] block (with one, stacked); that block is what a step records;
+* failure bookkeeping (smallest allowed step, failed / non-finite masks) is built at the first rejection only;
 * the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
@@ -100,24 +102,39 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     t, dt: [B]; y, k0: [B, D] (k0 = f(t, y)). Returns (y1, K, err): K [S, B, D] the stacked stages,
     err [B, D] the local error estimate (None for fixed-step methods).
 
-    Stage inputs are ``y + dt·(a_i @ K[:i])``: one ``stack`` + one ``mm`` + one ``addcmul`` per stage
-    whatever the number of earlier stages (the tableau rows are cached tensors).
+    Stage inputs are ``y + dt·(a_i @ K[:i])``: one ``mm`` + one ``addcmul`` per stage whatever the number of
+    earlier stages (the tableau rows are cached tensors); the stage times are one ``addcmul`` ([S, B]).
+    Without a gradient graph the stages are written into one preallocated [S, B, D] block (one ``copy_`` per
+    stage instead of a growing ``stack``); with one they are stacked (an in-place write into a block that an
+    earlier ``mm`` saved for backward would break autograd).
     """
     B, D = y.shape
     dtc = dt.unsqueeze(-1)
     if tab.stages == 1:  # Euler: y + dt·k0, no stage stack or mm (a recurrent model's interval is one such step)
         return torch.addcmul(y, dtc, k0, value=tab.b[0]), k0.unsqueeze(0), None
+    S = tab.stages
     rows = coef_tensor(tab, "a", y.dtype, y.device)
-    ks = [k0]
+    tc = torch.addcmul(t, coef_tensor(tab, "c", y.dtype, y.device), dt)  # [S, B] every stage's time
+    graph = torch.is_grad_enabled() and (y.requires_grad or k0.requires_grad or dt.requires_grad)
+    if graph:
+        ks = [k0]
+    else:
+        K = y.new_empty(S, B, D)
+        K[0].copy_(k0)
     yi = y
-    for i in range(1, tab.stages):
+    for i in range(1, S):
         if i == 1:
             yi = torch.addcmul(y, dtc, k0, value=tab.a[1][0])
         else:
-            yi = torch.addcmul(y, dtc, torch.mm(rows[i], torch.stack(ks).view(i, B * D)).view(B, D))
-        ks.append(func(torch.add(t, dt, alpha=tab.c[i]), yi))
-    K = torch.stack(ks)
-    S = tab.stages
+            prev = torch.stack(ks) if graph else K[:i]
+            yi = torch.addcmul(y, dtc, torch.mm(rows[i], prev.view(i, B * D)).view(B, D))
+        ki = func(tc[i], yi)
+        if graph:
+            ks.append(ki)
+        else:
+            K[i].copy_(ki)
+    if graph:
+        K = torch.stack(ks)
     if tab.fsal:
         y1 = yi  # the last row of a FSAL tableau is b: the last stage input is the new state
     else:
@@ -193,12 +210,10 @@ def solve_adaptive(
         dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
     controller = PIController.for_tableau(tab)
-    eps = torch.finfo(dtype).eps
-    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
     prev_term = controller.initial_term(B, dtype, dev)  # the controller's memory of the last accepted step
     att_hist, acc_hist = [], []  # per-step bool masks, summed once at the end (not 2 ops per step)
-    failed = torch.zeros(B, dtype=torch.bool, device=dev)
-    nonfinite = torch.zeros(B, dtype=torch.bool, device=dev)
+    # failure bookkeeping (the smallest step, failed / non-finite masks) is built at the first rejection
+    tiny = failed = nonfinite = None
     active = t < t_end
     inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
     tq_ext = torch.cat([tq, inf_col], 1)
@@ -253,6 +268,11 @@ def solve_adaptive(
             # the one host sync per step
             any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
+                if tiny is None:  # t_end is still every sample's real end here (only a failure moves it)
+                    eps = torch.finfo(dtype).eps
+                    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
+                    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+                    nonfinite = torch.zeros_like(failed)
                 nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
                 under = rejected & (dt < tiny)
                 if bool(under.any()):
@@ -278,7 +298,7 @@ def solve_adaptive(
         if not tab.fsal:
             k0 = func(t_new, y)
         t = t_new
-    if bool(failed.any()):
+    if failed is not None and bool(failed.any()):
         if bool((failed & nonfinite).any()):
             raise _fail(
                 tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,

@@ -27,12 +27,14 @@ class Records:
 
 
 _COEF_CACHE: dict = {}
+#: no-graph dense output: query rows per chunk × D (≈ 512 KiB of float32: the chunk and its gather buffer stay in L2)
+CHUNK_ELEMS = 1 << 17
 
 
 def coef_tensor(tab: Tableau, what: str, dtype: torch.dtype, device: torch.device):
     """The tableau's coefficients as small tensors, built once per (method, dtype, device).
 
-    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"interp"``: ``[P, S]`` (power × stage).
+    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"c"``: ``[S, 1]``; ``"interp"``: ``[P, S]`` (power × stage).
     They feed one ``mm`` over the stacked stages instead of a chain of scalar adds (fewer ops per step).
     """
     key = (tab.name, what, dtype, device)
@@ -42,6 +44,8 @@ def coef_tensor(tab: Tableau, what: str, dtype: torch.dtype, device: torch.devic
             out = [torch.tensor([row[:i]], dtype=dtype, device=device) for i, row in enumerate(tab.a)]
         elif what in ("b", "e"):
             out = torch.tensor([getattr(tab, what)], dtype=dtype, device=device)
+        elif what == "c":  # [S, 1]: the stage times t + c·dt of every sample in one addcmul
+            out = torch.tensor(tab.c, dtype=dtype, device=device).unsqueeze(1)
         else:
             out = torch.tensor(tab.interp, dtype=dtype, device=device).t().contiguous()
         _COEF_CACHE[key] = out
@@ -70,9 +74,9 @@ def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
     W = coef_tensor(tab, "interp", rec.k.dtype, rec.k.device)  # [P, S]
     P = W.shape[0]
     coef = torch.mm(W, rec.k.reshape(S, N * B * D)).view(P, N * B, D)
-    coef = coef * rec.dt.t().reshape(1, N * B, 1).to(coef.dtype)
     y_start = rec.y_start.reshape(N * B, D)
     if torch.is_grad_enabled() and (coef.requires_grad or y_start.requires_grad):
+        coef = coef * rec.dt.t().reshape(1, N * B, 1).to(coef.dtype)
         if N <= 32:
             # one-hot weights [B, Tq, N·(P+1)] and one bmm: its backward is one bmm, where the gathers'
             # backward would be P+1 index_adds and 2(P+1) products of [B·Tq, D] temporaries
@@ -86,10 +90,18 @@ def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
             out = torch.addcmul(coef[p].index_select(0, flat), theta, out)
         out = torch.addcmul(y_start.index_select(0, flat), theta, out)
     else:
-        # in place: two [B·Tq, D] tensors in all (the output and one gather buffer), not 2P + 1 temporaries
-        out = coef[P - 1].index_select(0, flat)
-        buf = torch.empty_like(out)
-        for p in range(P - 2, -1, -1):
-            out.mul_(theta).add_(torch.index_select(coef[p], 0, flat, out=buf))
-        out.mul_(theta).add_(torch.index_select(y_start, 0, flat, out=buf))
+        # no graph: Horner in place, in chunks of query rows whose output and one gather buffer stay in cache
+        # (the whole [B·Tq, D] output is written once, not 2P+1 times); the step length multiplies the last
+        # Horner factor (θ·dt, one per query) instead of every coefficient row
+        thd = theta * dt.reshape(B * Tq, 1).to(theta.dtype)
+        out = torch.empty(B * Tq, D, dtype=coef.dtype, device=coef.device)
+        step = max(1, CHUNK_ELEMS // D)
+        buf = torch.empty(min(step, B * Tq), D, dtype=coef.dtype, device=coef.device)
+        for s in range(0, B * Tq, step):
+            rows, th, o = flat[s:s + step], theta[s:s + step], out[s:s + step]
+            b = buf[: rows.shape[0]]
+            torch.index_select(coef[P - 1], 0, rows, out=o)
+            for p in range(P - 2, -1, -1):
+                o.mul_(th).add_(torch.index_select(coef[p], 0, rows, out=b))
+            o.mul_(thd[s:s + step]).add_(torch.index_select(y_start, 0, rows, out=b))
     return out.view(B, Tq, D)
