@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,10 +30,9 @@ REFERENCE_SPAN = 10.0
 
 def ode_evolutions(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The ODE evolutions (solver users) inside ``module``; flows have no step budget."""
-    from ts_neuralode.models.evolution_config import EvolutionConfig
+    from ts_neuralode.models.evolution import ODEEvolution
 
-    return [m for m in module.modules()
-            if isinstance(getattr(m, "config", None), EvolutionConfig) and m.config.kind == "ode"]
+    return [m for m in module.modules() if isinstance(m, ODEEvolution)]
 
 
 def check_max_steps(max_steps: Any, option: str = "max_steps") -> int | None:
@@ -133,18 +131,16 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
     ``user_set``: whether ``budget`` came from the caller."""
     codec, time_scale = transform.codec, transform.time_scale
     last_model_t, target_model_t = span.last, span.target
-    text = " ".join(str(err).split())
-    if "max_steps=" not in text or "exceeded" not in text:
+    if getattr(err, "max_steps", None) is None:  # another failure (SolverError's max_steps: the limit that stopped it)
         return None
-    t_reached = getattr(err, "t_reached", None)
-    failed = getattr(err, "failed", None)
+    t_reached = err.t_reached
+    failed = err.failed
     t_stop = float(t_reached[failed].min()) if t_reached is not None and failed is not None and failed.any() \
         else last_model_t
     evs = ode_evolutions(module)
-    method = getattr(err, "method", None) or (evs[0].config.method if evs else "the solver")
-    fixed = re.search(r"needs (\d+) steps of ([0-9.eE+-]+)", text)
-    if fixed:  # a fixed-step solve is refused before it starts: it would have reached budget * step_size
-        need, step = int(fixed.group(1)), float(fixed.group(2))
+    method = err.method or (evs[0].config.method if evs else "the solver")
+    if err.needed_steps is not None:  # a fixed-step solve is refused before it starts: it would have reached budget * step
+        need, step = int(err.needed_steps), float(err.step_size)
         reached = t_stop + budget * step
         what = f"{method} steps of {describe_duration(step * time_scale, codec)}"
         suggest = need

@@ -271,7 +271,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             raise _fail(tab, f"adjoint backward: max_steps={max_steps} exceeded",
                         torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), -pos, dtype=dtype,
                                                                                  device=dev), spec.sign,
-                        "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps")
+                        "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps",
+                        max_steps=max_steps)
         fac = controller.factor_scalar(r, prev_term) if tab.adaptive else 1.0
         if accept:
             n_acc += 1

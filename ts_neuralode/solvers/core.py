@@ -147,7 +147,9 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     return y1, K, err
 
 
-def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -> SolverError:
+def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str, **facts) -> SolverError:
+    """The SolverError of ``failed`` samples stopped at ``t``; ``facts`` (``max_steps``, ``needed_steps``,
+    ``step_size``) become its attributes."""
     n = int(failed.sum())
     tt = (t * sign)[failed] if isinstance(sign, Tensor) else t[failed] * sign
     lo, hi = float(tt.min()), float(tt.max())
@@ -158,6 +160,8 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str) -
     err.method = tab.name
     err.failed = failed
     err.t_reached = t * sign
+    for name, value in facts.items():
+        setattr(err, name, value)
     return err
 
 
@@ -238,7 +242,7 @@ def solve_adaptive(
         if it >= max_steps:
             raise _fail(
                 tab, f"max_steps={max_steps} exceeded", active, t, sign,
-                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness",
+                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
             )
         it += 1
         rem = t_end - t
@@ -385,7 +389,7 @@ def solve_fixed(
         if T - 1 > max_steps:
             raise _fail(tab, f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
                         torch.ones(B, dtype=torch.bool, device=dev), t0, sign,
-                        "raise max_steps or pass fewer output times")
+                        "raise max_steps or pass fewer output times", max_steps=max_steps)
         outs = [y0]
         n_steps = torch.zeros(B, dtype=torch.long, device=dev)
         for i in range(T - 1):
@@ -403,7 +407,8 @@ def solve_fixed(
         n = int(n_b.max()) if B else 0
         if n > max_steps:
             raise _fail(tab, f"max_steps={max_steps} exceeded (needs {n} steps of {step_size:g})",
-                        n_b > max_steps, t0, sign, "raise max_steps or use a larger step_size")
+                        n_b > max_steps, t0, sign, "raise max_steps or use a larger step_size", max_steps=max_steps,
+                        needed_steps=n, step_size=step_size)
         for i in range(n):
             t = torch.minimum(t0 + i * step_size, t_end)
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
