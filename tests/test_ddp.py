@@ -85,6 +85,11 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, 
     ddp, one = runs["ddp"], runs["single"]
     assert ddp.data.params["trainer/devices"] == "2" and ddp.data.params["trainer/strategy"] == "ddp"
     assert ddp.data.params["batch_size"] == "2" and one.data.params["batch_size"] == "4"
+    # the run's scale, recorded once by rank 0: 2 ranks x 2 series = the single run's global batch of 4
+    assert (ddp.data.params["world_size"], ddp.data.params["global_batch_size"]) == ("2", "4")
+    assert (one.data.params["world_size"], one.data.params["global_batch_size"]) == ("1", "4")
+    assert ddp.data.params["strategy"] == "DDPStrategy" and "torch_threads" in ddp.data.params
+    assert "sync_dist" not in proc.stderr, proc.stderr[-3000:]  # epoch logs are reduced, no DDP warnings
 
     for key in ("epoch/train_loss", "epoch/val_loss"):
         a, b = _history(client, ddp.info.run_id, key), _history(client, one.info.run_id, key)

@@ -144,7 +144,8 @@ def test_adjoint_with_plain_function_and_adjoint_params():
 
 def test_backsolve_max_steps_in_backward_raises():
     func, y0, t, w = _setup(seed=6)
-    sol = odeint(func, y0.requires_grad_(True), t, adjoint=True, rtol=1e-8, atol=1e-10, max_steps=10)
+    sol = odeint(func, y0.requires_grad_(True), t, adjoint=True, adjoint_mode="backsolve", rtol=1e-8, atol=1e-10,
+                 max_steps=10)
     with pytest.raises(SolverError, match=r"dopri5: adjoint backward: max_steps=10 exceeded"):
         (sol.ys * w).sum().backward()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser, SolverError, TSNeuralODEError
+from ts_neuralode.threads import configure_threads
 
 PROG = "ts-neuralode"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -334,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else EXIT_USER_ERROR
     sub = argv[0]
     try:
+        configure_threads(announce=True)  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:

@@ -58,6 +58,7 @@ from ts_neuralode.model_store import (
     write_model_dir,
 )
 from ts_neuralode.query_times import check_reachable, count, query_times
+from ts_neuralode.threads import configure_threads
 
 
 def training_context(datamodule) -> float | str | None:
@@ -127,6 +128,7 @@ class Forecaster:
         """
         from ts_neuralode.fit_api import fit
 
+        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
         return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
                    output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                    experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
@@ -233,6 +235,7 @@ class Forecaster:
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
+        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
         if calibrated and self.calibration is None:

@@ -240,6 +240,25 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
         logger.log_hyperparams(extra)
 
 
+def scale_params(trainer: Trainer) -> dict[str, Any]:
+    """What the run was spread over, logged once by rank 0: world size, nodes, strategy, the global batch size
+    (series per optimizer step over every rank) and the torch thread choice (:mod:`ts_neuralode.threads`)."""
+    from ts_neuralode.threads import current_choice
+
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    per_rank = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    params: dict[str, Any] = {"world_size": world, "num_nodes": int(getattr(trainer, "num_nodes", 1) or 1),
+                              "strategy": type(trainer.strategy).__name__}
+    if per_rank is not None:
+        params["global_batch_size"] = int(per_rank) * world * accumulate
+    choice = current_choice()
+    if choice is not None:
+        params.update(choice.params())
+    params["torch_threads"] = torch.get_num_threads()  # what runs (Lightning's DDP may set it after the choice)
+    return params
+
+
 class MlflowTrackingCallback(Callback):
     """Per-epoch metrics (``step = epoch``), epoch time and end-of-fit artifacts; see the module docstring.
     Does nothing without an MLflow logger. The model directory itself is written by
@@ -303,6 +322,7 @@ class MlflowTrackingCallback(Callback):
         atomic_write_text(self.ckpt_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
         tracked(logger, lambda: logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir",
                                                           str(self.ckpt_dir.resolve())))
+        logger.log_hyperparams(scale_params(trainer))
 
     # -- per-epoch metrics --
     def _add(self, key: str, value: float | None) -> None:

@@ -155,15 +155,17 @@ class ForecastingModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, logs = self.model.loss(batch)
         bs = batch.batch_size
-        self.log("train_loss", loss.detach(), batch_size=bs, prog_bar=True, on_step=False, on_epoch=True)
+        # Epoch-level logs are means over every rank's batches under DDP (sync_dist: one reduce per key per epoch).
+        self.log("train_loss", loss.detach(), batch_size=bs, prog_bar=True, on_step=False, on_epoch=True,
+                 sync_dist=True)
         for name, value in logs.items():
-            self.log(f"train_{name}", value, batch_size=bs, on_step=False, on_epoch=True)
-        self.log("nfe", float(self.model.last_nfe), batch_size=bs, on_step=False, on_epoch=True)
+            self.log(f"train_{name}", value, batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("nfe", float(self.model.last_nfe), batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         self.log("batch_time", time.perf_counter() - self._batch_start, batch_size=batch.batch_size,
-                 on_step=False, on_epoch=True)
+                 on_step=False, on_epoch=True, sync_dist=True)
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, stage: str) -> torch.Tensor:
@@ -193,8 +195,9 @@ class ForecastingModule(pl.LightningModule):
             for name, metric in metrics.items():
                 value = metric.compute()  # synced across ranks before the count check: same on every rank
                 values[name + suffix] = float(value)
-                if torch.isfinite(value):
-                    self.log(f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY)
+                if torch.isfinite(value):  # the same on every rank: sync_dist's mean keeps it (and DDP stays quiet)
+                    self.log(f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY,
+                             sync_dist=True)
                 metric.reset()
         if REFERENCE not in self.metrics[stage]:
             return
@@ -205,7 +208,7 @@ class ForecastingModule(pl.LightningModule):
             for name, mse in SKILLS.items():
                 value = skill(values[mse + suffix], values[f"{mse}_{REFERENCE}"])
                 if math.isfinite(value):
-                    self.log(f"{stage}_{name}{suffix}", value)
+                    self.log(f"{stage}_{name}{suffix}", value, sync_dist=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val")

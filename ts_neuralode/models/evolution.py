@@ -165,6 +165,7 @@ class ODEEvolution(Evolution):
                                       num_layers=config.num_layers, activation=config.activation)
         self.field = field
         self.last_stats = None
+        self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
@@ -180,12 +181,13 @@ class ODEEvolution(Evolution):
             self.last_nfe, self.last_stats = 0.0, None
             return h0.unsqueeze(1)
         c = self.config
+        if self._solver_options[0] is not c:  # built once per config: a recurrent pass solves per interval
+            self._solver_options = (c, c.solver_options())
         func = self.field if control is None else controlled_field(self.field, control)
         carry = self._carry
         first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
         sol = odeint(
-            func, h0, t, method=c.method, rtol=c.rtol, atol=c.atol, step_size=c.step_size, t_mask=t_mask,
-            adjoint=c.adjoint, adjoint_mode=c.adjoint_mode, max_steps=c.max_steps, first_step=first,
+            func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from ts_neuralode.errors import ConfigError, check_choice
+from ts_neuralode.solvers.options import DEFAULTS as SOLVER_DEFAULTS
+from ts_neuralode.solvers.options import ODEOptions
 
 EVOLUTION_KINDS = ("ode", "resnet_flow", "gru_flow", "coupling_flow")
 VECTOR_FIELDS = ("mlp", "gru")
@@ -50,13 +52,14 @@ class EvolutionConfig:
     num_layers: int = 2
     activation: str = "tanh"
     vector_field: str | None = None
-    method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-4
-    step_size: float | None = None
-    adjoint: bool = False
-    adjoint_mode: str = "interpolate"
-    max_steps: int = 10_000
+    # the solver's options: defaults declared once, by the solver (ts_neuralode.solvers.options.ODEOptions)
+    method: str = SOLVER_DEFAULTS.method
+    rtol: float = SOLVER_DEFAULTS.rtol
+    atol: float = SOLVER_DEFAULTS.atol
+    step_size: float | None = SOLVER_DEFAULTS.step_size
+    adjoint: bool = SOLVER_DEFAULTS.adjoint
+    adjoint_mode: str = SOLVER_DEFAULTS.adjoint_mode
+    max_steps: int = SOLVER_DEFAULTS.max_steps
     flow_layers: int = 2
     time_embedding: str = "fourier"
     time_embedding_features: int = 8
@@ -64,6 +67,11 @@ class EvolutionConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def solver_options(self) -> ODEOptions:
+        """The solver's options object (checked already: this config validated them at construction)."""
+        return ODEOptions(method=self.method, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
+                          adjoint=self.adjoint, adjoint_mode=self.adjoint_mode, max_steps=self.max_steps)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod

@@ -6,8 +6,9 @@
 
 from .core import SolverStats
 from .errors import SolverError
-from .odeint import ADJOINT_MODES, Solution, odeint
+from .odeint import Solution, odeint
+from .options import ADJOINT_MODES, ODEOptions
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
-__all__ = ["odeint", "Solution", "SolverStats", "SolverError", "METHODS", "FIXED_METHODS",
+__all__ = ["odeint", "ODEOptions", "Solution", "SolverStats", "SolverError", "METHODS", "FIXED_METHODS",
            "ADAPTIVE_METHODS", "ADJOINT_MODES"]

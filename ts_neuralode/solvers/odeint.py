@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from .core import SolverOptions, SolverStats, run_solver
-from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
+from .options import ADJOINT_MODES, DEFAULTS, ODEOptions
+from .tableaus import METHODS
 
-ADJOINT_MODES = ("backsolve", "interpolate")
+__all__ = ["odeint", "Solution", "ADJOINT_MODES"]
 
 
 @dataclass
@@ -112,21 +113,25 @@ def _wrap(func, sign):
     return lambda tau, y: s_col * func(sign * tau, y)
 
 
+_UNSET: Any = object()  # a keyword not given: the options object's (or ODEOptions') value
+
+
 def odeint(
     func: Callable[[Tensor, Tensor], Tensor],
     y0: Tensor,
     t: Tensor,
+    options: ODEOptions | None = None,
     *,
-    method: str = "dopri5",
-    rtol: float = 1e-3,
-    atol: float = 1e-4,
-    step_size: float | None = None,
+    method: str = _UNSET,
+    rtol: float = _UNSET,
+    atol: float = _UNSET,
+    step_size: float | None = _UNSET,
     t_mask: Tensor | None = None,
-    adjoint: bool = False,
+    adjoint: bool = _UNSET,
     adjoint_params: Iterable[Tensor] | None = None,
-    adjoint_mode: str = "backsolve",
-    seminorm: bool = True,
-    max_steps: int = 10_000,
+    adjoint_mode: str = _UNSET,
+    seminorm: bool = _UNSET,
+    max_steps: int = _UNSET,
     first_step: float | Tensor | None = None,
     check_inputs: bool = True,
 ) -> Solution:
@@ -136,18 +141,12 @@ def odeint(
         func: ``func(t [B], y [B, D]) -> [B, D]``; ``t`` holds each sample's own current time.
         y0: ``[B, D]`` initial states at ``t[..., 0]``.
         t: ``[T]`` shared or ``[B, T]`` per-sample output times, strictly monotone (decreasing = backwards).
-        method: euler | midpoint | rk4 (fixed step) | bosh3 | dopri5 | tsit5 (adaptive).
-        rtol, atol: tolerances of the adaptive methods (> 0).
-        step_size: fixed-step methods only; ``None`` steps exactly from output time to output time.
+        options: an :class:`~ts_neuralode.solvers.options.ODEOptions` (method, rtol, atol, step_size, adjoint,
+            adjoint_mode, seminorm, max_steps: defaults and their meaning are declared there, once). The same
+            names as keywords replace its fields (``odeint(f, y0, t, method="rk4")`` needs no options object).
         t_mask: ``[B, T]`` bool, True = real time; padding only after the real times of a row. Outputs at
             padded positions repeat the row's last real output.
-        adjoint: gradients by the adjoint method (w.r.t. ``y0`` and ``adjoint_params``, default
-            ``func.parameters()``) instead of backpropagating through the solver's operations.
-        adjoint_mode: "backsolve" (re-integrate y backwards with the adjoint; O(1) memory in the number of
-            steps) or "interpolate" (read y from the forward's accepted steps through the dense output:
-            exact y, memory O(steps·B·D)).
-        seminorm: exclude the parameter adjoints from the backward error norm (fewer backward steps).
-        max_steps: limit on attempted steps (per solve); exceeding it raises SolverError.
+        adjoint_params: with ``adjoint``: the tensors to differentiate (default ``func.parameters()``).
         first_step: initial step size of adaptive methods (default: Hairer's automatic choice): a number, or a
             ``[B]`` tensor of per-sample steps (e.g. ``stats.next_dt`` of the solve this one continues).
         check_inputs: False skips the checks that read the values of ``t`` (finite, strictly monotone; a shared
@@ -158,17 +157,22 @@ def odeint(
     Returns:
         :class:`Solution` with ``ys [B, T, D]`` and per-sample ``stats``.
 
-    Long because it is the one entry point: every argument is checked here once, with a message that says
-    what to change, so the core sees one normalised form.
-
     Raises:
         ValueError: invalid arguments (the message says what to change).
         SolverError: max_steps exceeded, step-size underflow or non-finite state (method, time reached and
             number of failed samples in the message).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    tab = METHODS[method]
+    given = {k: v for k, v in (("method", method), ("rtol", rtol), ("atol", atol), ("step_size", step_size),
+                                ("adjoint", adjoint), ("adjoint_mode", adjoint_mode), ("seminorm", seminorm),
+                                ("max_steps", max_steps)) if v is not _UNSET}
+    if options is None:
+        opt = ODEOptions(**given) if given else DEFAULTS
+    elif not isinstance(options, ODEOptions):
+        raise ValueError(f"options must be an ODEOptions, got {type(options).__name__}; pass solver options as "
+                         "ODEOptions(method=..., rtol=...) or as keywords")
+    else:
+        opt = replace(options, **given) if given else options
+    tab = METHODS[opt.method]
     if not isinstance(y0, Tensor) or y0.dim() != 2:
         shape = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
         raise ValueError(f"y0 must be a tensor [B, D] (batch, channels), got {shape}; use y0[None] for one sample")
@@ -176,20 +180,6 @@ def odeint(
         raise ValueError(f"y0 must be a floating-point tensor, got {y0.dtype}")
     if not bool(torch.isfinite(y0).all()):  # always: a NaN/inf state from upstream is told apart from a solver failure
         raise ValueError("y0 contains NaN/inf: pass a finite initial state")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"{name} must be a number > 0, got {tol!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    if step_size is not None:
-        if method in ADAPTIVE_METHODS:
-            raise ValueError(
-                f"step_size is for fixed-step methods ({', '.join(FIXED_METHODS)}); for {method} pass "
-                "first_step, or drop step_size"
-            )
-        if not isinstance(step_size, (int, float)) or not step_size > 0:
-            raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
-        step_size = float(step_size)
     if isinstance(first_step, Tensor):
         if first_step.shape != (y0.shape[0],) or (
             check_inputs and not bool(((first_step > 0) & torch.isfinite(first_step)).all())
@@ -198,15 +188,13 @@ def odeint(
                              f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this batch")
     elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
-    if adjoint_mode not in ADJOINT_MODES:
-        raise ValueError(f"unknown adjoint_mode {adjoint_mode!r}; choose one of {', '.join(ADJOINT_MODES)}")
 
     tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
     f = _wrap(func, sign)
-    opts = SolverOptions(rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
-                         step_size=step_size)
+    opts = SolverOptions(rtol=float(opt.rtol), atol=float(opt.atol), max_steps=opt.max_steps, first_step=first_step,
+                         step_size=None if opt.step_size is None else float(opt.step_size))
 
-    if adjoint:
+    if opt.adjoint:
         from .adjoint import odeint_adjoint
 
         if adjoint_params is None:
@@ -214,7 +202,7 @@ def odeint(
                 raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to differentiate)")
             adjoint_params = list(func.parameters())
         params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
-        ys, stats = odeint_adjoint(f, tab, y0, tq, sign, params, opts, mode=adjoint_mode, seminorm=seminorm)
+        ys, stats = odeint_adjoint(f, tab, y0, tq, sign, params, opts, mode=opt.adjoint_mode, seminorm=opt.seminorm)
         return Solution(ys, stats)
 
     ys, stats, _ = run_solver(f, tab, y0, tq, sign, opts)
