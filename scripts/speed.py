@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
 from ts_neuralode.benchmark import publish_report  # noqa: E402
 
-SECTIONS = ("rnn", "carry", "solver", "flows", "latent", "memory")
+SECTIONS = ("rnn", "carry", "interval", "solver", "flows", "latent", "memory")
 
 
 def _head(title: str, intro: str, header: str) -> list[str]:
@@ -256,6 +256,139 @@ def section_solver(args) -> str:
                      f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
                      f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} | "
                      f"{1e3 * fa:.2f} | {med['fwd/td'] / fa:.2f}× / {med['fwd/tode'] / fa:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def section_interval(args) -> str:
+    """Recurrent intervals: the two-point path against the general loop, torchdiffeq and torchode (issue 24)."""
+    import contextlib
+
+    import bench_solvers as bs
+
+    from ts_neuralode.solvers.odeint import odeint
+
+    mod = sys.modules[odeint.__module__]
+
+    @contextlib.contextmanager
+    def general_path():
+        mod.TWO_POINT_PATH = False
+        try:
+            yield
+        finally:
+            mod.TWO_POINT_PATH = True
+
+    lines = _head(
+        "## Recurrent intervals: the two-point path (issue 24)",
+        "Workload R: W's field and batch of states (state 16, MLP 16→64→64→16 tanh, rtol "
+        f"{bs.RTOL} / atol {bs.ATOL}) solved from each of W's 50 output times to the next as a recurrent model "
+        "does — 49 solves of one interval each, the state carried over (no update between, to compare solvers "
+        "alone), no gradient. Ours: each interval starts from the step the previous one ended with (first_step = "
+        "next_dt, check_inputs=False, as ODEEvolution.carry_steps); 'general loop': the same calls with the "
+        "two-point path switched off (odeint.TWO_POINT_PATH = False: the adaptive loop with its output grid, as "
+        "before); torchdiffeq / torchode: one solve per interval from scratch (neither carries a step). "
+        f"{args.reps} repetitions interleaved in a new order each time, median; 1 thread. Share in the field and "
+        "field alone as in the solver section.",
+        "| batch | ours (ms) | general loop (ms) | torchdiffeq (ms) | torchode (ms) | general / ours | torchdiffeq / "
+        "ours | torchode / ours | evaluations per sample ours / torchdiffeq / torchode | share in the field ours / "
+        "general | field alone (ms) |",
+    )
+    import torchdiffeq
+    import torchode as to
+
+    for B in args.batches:
+        f, y0, t, _ = bs.make_problem(B, "cpu")
+        term = to.ODETerm(f)
+        tode = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=bs.ATOL, rtol=bs.RTOL, term=term))
+        sf = bs.Scalar(f)
+
+        def ours():
+            with torch.no_grad():
+                h, dt = y0, None
+                for i in range(t.shape[0] - 1):
+                    sol = odeint(f, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL, first_step=dt,
+                                 check_inputs=False)
+                    h, dt = sol.ys[:, -1], sol.stats.next_dt
+            return h
+
+        def general():
+            with general_path():
+                return ours()
+
+        def td():
+            with torch.no_grad():
+                h = y0
+                for i in range(t.shape[0] - 1):
+                    h = torchdiffeq.odeint(sf, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL)[-1]
+            return h
+
+        def tde():
+            with torch.no_grad():
+                h = y0
+                for i in range(t.shape[0] - 1):
+                    h = tode.solve(to.InitialValueProblem(y0=h, t_eval=t[i:i + 2].expand(B, 2))).ys[:, -1]
+            return h
+
+        v = {"ours": ours, "general": general, "td": td, "tode": tde}
+        nfe = {}
+        for k, fn in v.items():
+            f.calls = 0
+            fn()
+            nfe[k] = f.calls
+        torch.testing.assert_close(ours(), general(), rtol=0, atol=0)  # the same arithmetic, bit for bit
+        ys_field = torch.randn(B, bs.STATE)
+
+        def field_alone(n=nfe["ours"]):
+            with torch.no_grad():
+                for _ in range(n):
+                    f(None, ys_field)
+
+        v["field"] = field_alone
+        times = {k: [] for k in v}
+        order = list(v)
+        for _ in range(args.reps):
+            order = order[1:] + order[:1]
+            for k in order:
+                t0 = time.perf_counter()
+                v[k]()
+                times[k].append(time.perf_counter() - t0)
+        share = {}
+        f.timed = True
+        for k in ("ours", "general"):
+            vals = []
+            for _ in range(5):
+                f.time_in = 0.0
+                t0 = time.perf_counter()
+                v[k]()
+                vals.append(f.time_in / (time.perf_counter() - t0))
+            share[k] = statistics.median(vals)
+        f.timed = False
+        med = {k: statistics.median(x) for k, x in times.items()}
+        o = med["ours"]
+        lines.append(f"| {B} | {1e3 * o:.2f} | {1e3 * med['general']:.2f} | {1e3 * med['td']:.2f} | "
+                     f"{1e3 * med['tode']:.2f} | {med['general'] / o:.2f}× | {med['td'] / o:.2f}× | "
+                     f"{med['tode'] / o:.2f}× | {nfe['ours']} / {nfe['td']} / {nfe['tode']} | "
+                     f"{share['ours']:.0%} / {share['general']:.0%} | {1e3 * med['field']:.2f} |")
+        print(lines[-1], flush=True)
+
+    lines += ["", "Recurrent models, training step (loss + backward + Adam) with the two-point path on and off, "
+              f"periodic protocol (batch 50, 100 times, latent 10, dopri5), interleaved, {args.carry_steps} each, "
+              "median:", "", "| model | step ms, two-point path | step ms, general loop | speed-up | NFE/forward |",
+              "|---|---|---|---|---|"]
+    for name in ("ode_rnn", "gru_ode", "latent_ode_dopri5_enc"):
+        step, _, nfe = _our_model(200, args.seed, {}, name)
+        tms = {"on": [], "off": []}
+        step()
+        for _ in range(args.carry_steps):
+            for key in ("on", "off"):
+                ctx = contextlib.nullcontext() if key == "on" else general_path()
+                with ctx:
+                    t0 = time.perf_counter()
+                    step()
+                    tms[key].append(time.perf_counter() - t0)
+        a, b = statistics.median(tms["on"]), statistics.median(tms["off"])
+        label = name if name != "latent_ode_dopri5_enc" else "latent ODE, dopri5 encoder"
+        lines.append(f"| {label} | {1e3 * a:.1f} | {1e3 * b:.1f} | {b / a:.2f}× | {nfe[-1]:.0f} |")
+        print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
 
 

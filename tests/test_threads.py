@@ -92,7 +92,7 @@ def test_bad_thread_count_is_one_line(monkeypatch, capsys):
         threads.configure_threads(0)
     from ts_neuralode.cli import main
 
-    assert main(["generate", "sine", "--help"]) == 2
+    assert main(["fit", "--help"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "TS_NEURALODE_THREADS" in err
 

@@ -331,6 +331,118 @@ def solve_adaptive(
     return ys, stats, records
 
 
+def solve_interval(
+    func: Func,
+    tab: Tableau,
+    y0: Tensor,
+    t0: Tensor,
+    t1: Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    first_step: float | Tensor | None,
+    sign=1.0,
+    all_active: bool = False,
+):
+    """The two-point path: y(t1) from y0 [B, D] at t0 [B], adaptive per sample, forward time (t1 >= t0; a sample
+    with t1 == t0 does not move). Returns (y1 [B, D], stats).
+
+    :func:`solve_adaptive` with one output time, minus what one output time does not need — a recurrent model
+    restarts a solve at every observation, so this runs ~100 times per forward with ~1 step each and its setup
+    counts as much as its loop (results/speed.md, "Recurrent intervals"): no output grid (``tq``, next output,
+    "covered" test), no step records or dense output, statistics counted in place rather than kept per step, and
+    the final state returned as is (no [B, 2, D] stack). ``all_active``: the caller vouches t1 > t0 for every
+    sample (a shared, checked grid), which saves the host sync that would ask.
+    """
+    B = y0.shape[0]
+    dev, dtype = y0.device, y0.dtype
+    t_end = t1.clone()  # a failed sample gets its end moved to where it stopped (freezes it)
+    t = t0
+    f0 = func(t, y0)
+    nfe_init = 1
+    carried = isinstance(first_step, Tensor)
+    if first_step is None:
+        with torch.no_grad():
+            dt = initial_step(func, t0, y0.detach(), f0.detach(), tab.order, rtol, atol)
+        nfe_init += 1
+    elif carried:
+        dt = first_step.to(dtype=dtype, device=dev)
+    else:
+        dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
+    controller = PIController.for_tableau(tab)
+    prev_term = controller.initial_term(B, dtype, dev)
+    n_att = torch.zeros(B, dtype=torch.long, device=dev)
+    n_acc = torch.zeros_like(n_att)
+    tiny = failed = nonfinite = None
+    active = t < t_end
+    any_active = True if all_active else bool(active.any())
+    y, k0 = y0, f0
+    it = 0
+    while any_active:
+        if it >= max_steps:
+            raise _fail(
+                tab, f"max_steps={max_steps} exceeded", active, t, sign,
+                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
+            )
+        it += 1
+        rem = t_end - t
+        dt_use = torch.minimum(dt, rem)
+        y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
+        with torch.no_grad():
+            ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
+            accept = (ratio <= 1.0).logical_and_(active)
+            landed = dt >= rem
+            t_new = torch.where(accept, torch.where(landed, t_end, t + dt_use), t)
+            fac = controller.factor(ratio, prev_term)
+            prev_term = controller.after_accept(ratio, accept, prev_term)
+            dt_next = dt_use * fac
+            if carried:  # a step cut short to land on t_end says nothing against the step it was cut from
+                dt_next = torch.maximum(dt_next, torch.where(landed & accept, dt, 0.0))
+            dt = torch.where(active, dt_next, dt)
+            n_att += active
+            n_acc += accept
+            rejected = active ^ accept
+            active = t_new < t_end
+            any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
+            if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
+                if tiny is None:
+                    eps = torch.finfo(dtype).eps
+                    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
+                    failed = torch.zeros(B, dtype=torch.bool, device=dev)
+                    nonfinite = torch.zeros_like(failed)
+                nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
+                under = rejected & (dt < tiny)
+                if bool(under.any()):
+                    failed |= under
+                    t_end = torch.where(under, t, t_end)
+                    active &= ~under
+                    any_active = bool(active.any())
+        if any_rejected:
+            acc_c = accept.unsqueeze(-1)
+            y = torch.where(acc_c, y1, y)
+            k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
+        else:
+            y, k0 = y1, ks[-1]
+        if not tab.fsal:
+            k0 = func(t_new, y)
+        t = t_new
+    if failed is not None and bool(failed.any()):
+        if bool((failed & nonfinite).any()):
+            raise _fail(
+                tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
+                "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
+            )
+        raise _fail(
+            tab, "step size underflow", failed, t, sign,
+            "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
+        )
+    per_step = tab.stages - 1 if tab.fsal else tab.stages
+    stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
+                        n_rejected=n_att.sub(n_acc), next_dt=dt)
+    return y, stats
+
+
 def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
     """Outputs at tq ∈ (t_from, t_to] (per sample) from the recorded steps, merged into out_buf (None: the
     first flush; its other entries are y0); clears recs. Returns (out_buf [B, T, D], t_to)."""

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .core import SolverOptions, SolverStats, run_solver
+from .core import SolverOptions, SolverStats, run_solver, solve_interval
 from .options import ADJOINT_MODES, DEFAULTS, ODEOptions
 from .tableaus import METHODS
 
@@ -104,6 +104,31 @@ def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None, check: bool = 
     return tq.contiguous(), sign
 
 
+def _interval_unchecked(y0: Tensor, t: Tensor, t_mask: Tensor | None):
+    """(τ0 [B], τ1 [B], sign, all_active) of one interval whose times the caller checked already (a recurrent
+    model's grid), with one host sync; None when the rows run in both directions (the general path then)."""
+    B = y0.shape[0]
+    t = t.to(device=y0.device, dtype=y0.dtype)
+    if t.dim() == 1 and t_mask is None:  # a shared grid: two numbers
+        a, b = t.tolist()
+        sign = 1.0 if b >= a else -1.0
+        return (torch.full((B,), sign * a, dtype=y0.dtype, device=y0.device),
+                torch.full((B,), sign * b, dtype=y0.dtype, device=y0.device), sign, a != b)
+    if t.dim() == 1:
+        t = t.unsqueeze(0).expand(B, 2)
+    if t.shape[0] != B or (t_mask is not None and t_mask.shape != (B, 2)):
+        return None  # let the general path say what is wrong
+    t0 = t[:, 0]
+    t1 = t[:, 1] if t_mask is None else torch.where(t_mask[:, 1].to(device=y0.device, dtype=torch.bool), t[:, 1], t0)
+    d = t1 - t0
+    lo, hi = torch.stack((d.min(), d.max())).tolist()
+    if lo >= 0:
+        return t0, t1, 1.0, lo > 0
+    if hi <= 0:
+        return -t0, -t1, -1.0, hi < 0
+    return None
+
+
 def _wrap(func, sign):
     if isinstance(sign, float) and sign == 1.0:
         return func
@@ -113,6 +138,9 @@ def _wrap(func, sign):
     return lambda tau, y: s_col * func(sign * tau, y)
 
 
+#: False sends one-interval solves through the general adaptive loop as before the two-point path (for A/B
+#: measurements: scripts/speed.py --sections interval)
+TWO_POINT_PATH = True
 _UNSET: Any = object()  # a keyword not given: the options object's (or ODEOptions') value
 
 
@@ -188,6 +216,17 @@ def odeint(
                              f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this batch")
     elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
+
+    if TWO_POINT_PATH and tab.adaptive and not opt.adjoint and isinstance(t, Tensor) and t.shape[-1] == 2:
+        # one interval (a recurrent model's step from one observation to the next): the two-point path
+        times = None if check_inputs else _interval_unchecked(y0, t, t_mask)
+        if times is None:
+            tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
+            times = tq[:, 0], tq[:, 1], sign, False
+        tau0, tau1, sign, all_active = times
+        y1, stats = solve_interval(_wrap(func, sign), tab, y0, tau0, tau1, rtol=float(opt.rtol), atol=float(opt.atol),
+                                   max_steps=opt.max_steps, first_step=first_step, sign=sign, all_active=all_active)
+        return Solution(torch.stack((y0, y1), 1), stats)
 
     tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
     f = _wrap(func, sign)
