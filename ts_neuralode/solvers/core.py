@@ -21,7 +21,7 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   gradients do not flow through step-size selection, as in diffrax);
 * a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
   ``first_step`` skips the initial-step search (recurrent models carry it across observation intervals), and a
-  two-point solve returns its final state directly (no recorded steps, no dense output);
+  one-interval solve takes :func:`solve_interval` (no output grid, no recorded steps, no dense output);
 * one host synchronisation per step (``.tolist()`` on a 3-element tensor) decides "is anyone still
   running", "was any step rejected" and "did this step cover an output time" (only such steps are kept —
   this keeps memory flat in step count when no gradient graph is being built).
