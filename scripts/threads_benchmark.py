@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--out", default=str(ROOT / "results" / "threads.md"))
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally below stops the competitor
     batches, reps = ([64], 3) if args.quick else (args.batches, args.reps)
     usable, detail = usable_cpus()
     counts = sorted({1, 2, usable})
