@@ -90,6 +90,7 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, 
     assert (one.data.params["world_size"], one.data.params["global_batch_size"]) == ("1", "4")
     assert ddp.data.params["strategy"] == "DDPStrategy" and "torch_threads" in ddp.data.params
     assert "sync_dist" not in proc.stderr, proc.stderr[-3000:]  # epoch logs are reduced, no DDP warnings
+    assert proc.stderr.count("torch threads: ") == 1  # the thread choice, said once (rank 0's summary)
 
     for key in ("epoch/train_loss", "epoch/val_loss"):
         a, b = _history(client, ddp.info.run_id, key), _history(client, one.info.run_id, key)

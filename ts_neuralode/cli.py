@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else EXIT_USER_ERROR
     sub = argv[0]
     try:
-        configure_threads(announce=sub == "fit")  # torch threads fitted to the usable CPUs (ts_neuralode.threads)
+        configure_threads()  # torch threads fitted to the usable CPUs (ts_neuralode.threads)
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:

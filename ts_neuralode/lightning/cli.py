@@ -22,6 +22,7 @@ from ts_neuralode import preflight, tracking
 from ts_neuralode.callbacks import AtomicCheckpointIO, TrainingGuard
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.export import ModelExportCallback
+from ts_neuralode.threads import current_choice
 
 PROG = "ts-neuralode"
 
@@ -156,6 +157,8 @@ class TSNeuralODECLI(LightningCLI):
                                                                     "fit)" if failed else ""))
                 if uri.startswith("sqlite:"):
                     lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
+            choice = current_choice()  # the torch thread count this fit ran with (ts_neuralode.threads)
+            lines += [choice.line] if choice is not None else []
             for line in lines:
                 print(line, file=sys.stderr)
 
