@@ -15,7 +15,7 @@ from ts_neuralode.errors import ConfigError
 def _restore(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "_CHOSEN", None)
-    for var in (threads.ENV_VAR, "OMP_NUM_THREADS", "RANK", "LOCAL_RANK"):
+    for var in (threads.ENV_VAR, threads.CHOSEN_VAR, "OMP_NUM_THREADS", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     yield
     torch.set_num_threads(before)
@@ -70,11 +70,18 @@ def test_precedence_option_env_omp_default(monkeypatch, capsys):
     monkeypatch.setattr(threads, "_CHOSEN", None)
     assert threads.configure_threads().threads == 2  # the default never exceeds the usable CPUs
 
+    # a child process (a DDP rank) inherits the choice and its source through the environment
+    assert os.environ["OMP_NUM_THREADS"] == "2" and os.environ[threads.CHOSEN_VAR] == "2:default"
     monkeypatch.setattr(threads, "_CHOSEN", None)
+    assert threads.configure_threads().source == "default"
+
+    monkeypatch.setattr(threads, "_CHOSEN", None)
+    monkeypatch.delenv(threads.CHOSEN_VAR)
     torch.set_num_threads(1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     choice = threads.configure_threads()
     assert (choice.threads, choice.source) == (1, "OMP_NUM_THREADS")  # the user's choice is left alone
+    assert threads.CHOSEN_VAR not in os.environ
 
     monkeypatch.setenv(threads.ENV_VAR, "2")
     monkeypatch.setattr(threads, "_CHOSEN", None)

@@ -16,6 +16,8 @@ torch's default against 9 s with one thread for the same 4 batches (issue 24; re
 
 The decision is made once per process (later calls report it again and change nothing, unless a new explicit
 ``threads`` is given), so calling it from every entry point (the CLI, ``Forecaster.fit``/``predict``) is cheap.
+A choice of ours is also written to ``$OMP_NUM_THREADS`` (as Lightning does with its own): the ranks of a DDP
+run are child processes, and Lightning would otherwise give each ``usable CPUs / processes`` threads.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ENV_VAR = "TS_NEURALODE_THREADS"
 #: threads only on a quiet machine; set the option then.
 DEFAULT_THREADS = 1
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CHOSEN_VAR = "TS_NEURALODE_THREADS_CHOSEN"  # "<n>:<source>", for child processes (see configure_threads)
 
 
 @dataclass(frozen=True)
@@ -163,16 +166,25 @@ def configure_threads(threads: int | None = None, *, announce: bool = False) -> 
     if threads is None and _CHOSEN is not None and torch.get_num_threads() == _CHOSEN.threads:
         return _CHOSEN  # decided already in this process (and nobody changed it since)
     usable, detail = usable_cpus()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    inherited = os.environ.get(CHOSEN_VAR, "")  # a parent process (a DDP launcher) chose: same choice, same source
     if threads is not None:
         n, source = _parse(threads, "threads"), "option"
     elif env:
         n, source = _parse(env, ENV_VAR), "option"
-    elif os.environ.get("OMP_NUM_THREADS", "").strip():
+    elif omp and inherited == f"{omp}:option":
+        n, source = _parse(omp, "OMP_NUM_THREADS"), "option"
+    elif omp and inherited != f"{omp}:default":
         n, source = torch.get_num_threads(), "OMP_NUM_THREADS"  # torch read it at start-up: leave it
     else:
         n, source = min(DEFAULT_THREADS, usable), "default"
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if source != "OMP_NUM_THREADS":
+        # Lightning's DDP sets usable CPUs / processes threads per rank unless $OMP_NUM_THREADS is set, and its
+        # ranks are child processes: the variable carries this choice to them (and CHOSEN_VAR where it came from).
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        os.environ[CHOSEN_VAR] = f"{n}:{source}"
     first = _CHOSEN is None
     _CHOSEN = ThreadChoice(n, source, usable, detail)
     rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
