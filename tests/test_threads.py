@@ -65,6 +65,8 @@ def test_precedence_option_env_omp_default(monkeypatch, capsys):
     assert line.count("\n") == 1 and line.startswith("torch threads: 3 (default")
     threads.configure_threads(announce=True)
     assert capsys.readouterr().err == ""  # announced once per process
+    torch.set_num_threads(2)  # the user's own call after the choice is kept
+    assert threads.configure_threads().source == "torch.set_num_threads" and torch.get_num_threads() == 2
 
     monkeypatch.setattr(threads, "usable_cpus", lambda: (2, "affinity 2, cgroup quota 2 CPU(s)"))
     monkeypatch.setattr(threads, "_CHOSEN", None)

@@ -14,8 +14,8 @@ torch's default against 9 s with one thread for the same 4 batches (issue 24; re
    :func:`usable_cpus`: the scheduler affinity (``sched_getaffinity``, e.g. ``taskset``/cpuset) and the cgroup
    CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), whichever is smaller.
 
-The decision is made once per process (later calls report it again and change nothing, unless a new explicit
-``threads`` is given), so calling it from every entry point (the CLI, ``Forecaster.fit``/``predict``) is cheap.
+The decision is made once per process (later calls report it again and change nothing — a later
+``torch.set_num_threads`` is respected — unless a new explicit ``threads`` is given), so calling it from every entry point (the CLI, ``Forecaster.fit``/``predict``) is cheap.
 A choice of ours is also written to ``$OMP_NUM_THREADS`` (as Lightning does with its own): the ranks of a DDP
 run are child processes, and Lightning would otherwise give each ``usable CPUs / processes`` threads.
 """
@@ -47,7 +47,7 @@ class ThreadChoice:
     """The outcome of :func:`configure_threads`: ``threads`` set, where it came from, and the CPUs usable."""
 
     threads: int
-    source: str  # "option", "OMP_NUM_THREADS" or "default"
+    source: str  # "option", "OMP_NUM_THREADS", "default" or "torch.set_num_threads" (changed after the choice)
     usable: int  # CPUs this process may use (affinity and cgroup quota)
     detail: str  # how ``usable`` was found
 
@@ -55,6 +55,7 @@ class ThreadChoice:
     def line(self) -> str:
         """One line for the log: ``torch threads: 1 (default; 2 usable CPUs: affinity 2, no cgroup quota)``."""
         how = {"option": f"${ENV_VAR} / threads option", "OMP_NUM_THREADS": "$OMP_NUM_THREADS",
+               "torch.set_num_threads": "set by torch.set_num_threads after the first choice",
                "default": f"default for small tensors, set ${ENV_VAR} to change"}[self.source]
         return f"torch threads: {self.threads} ({how}; {self.usable} usable CPU(s): {self.detail})"
 
@@ -163,8 +164,10 @@ def configure_threads(threads: int | None = None, *, announce: bool = False) -> 
     """
     global _CHOSEN
     env = os.environ.get(ENV_VAR, "").strip()
-    if threads is None and _CHOSEN is not None and torch.get_num_threads() == _CHOSEN.threads:
-        return _CHOSEN  # decided already in this process (and nobody changed it since)
+    if threads is None and _CHOSEN is not None:  # decided already in this process
+        if torch.get_num_threads() != _CHOSEN.threads:  # changed since by torch.set_num_threads: that wins
+            _CHOSEN = ThreadChoice(torch.get_num_threads(), "torch.set_num_threads", _CHOSEN.usable, _CHOSEN.detail)
+        return _CHOSEN
     usable, detail = usable_cpus()
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     inherited = os.environ.get(CHOSEN_VAR, "")  # a parent process (a DDP launcher) chose: same choice, same source
