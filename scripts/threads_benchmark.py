@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         f"torch {torch.__version__}, CPU; {usable} usable CPU(s) ({detail}); torch's own default here: "
-        f"{torch_default} thread(s) (this process started with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). "
+        f"{torch_default} thread(s) (this process started with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', 'unset')}: torch reads both). "
         f"Load average (1 min) at start / end: {load0:.2f} / {load1:.2f}.",
         "",
         "Training step (loss + backward + Adam) on the periodic set (100 times, half observed, latent 10), "
