@@ -195,3 +195,10 @@ def test_fit_save_load_predict_remembers_the_options(tmp_path):
     # in the data's units: each series' forecast sits at its own level (100 k), as the base puts it
     levels = out.groupby("unique_id")[fc.name].mean().to_numpy()
     np.testing.assert_allclose(levels, 100 * np.arange(4) + 2.5, atol=5.0)
+
+
+def test_auto_base_follows_the_season():
+    with_season = ForecastingModule(model="ode_rnn", base="auto", normalize="window", season_period=1.0)
+    without = ForecastingModule(model="ode_rnn", base="auto", normalize="window")
+    assert with_season.model.base_kind == "seasonal_trend" and without.model.base_kind == "last"
+    assert with_season.hparams.base == "auto"  # resolved again from the saved season on reload

@@ -20,6 +20,7 @@ computes
                        package's ``seasonal`` baseline
   ``seasonal_trend``   seasonal naive plus ``k`` times the context's mean change over one period (its seasonal
                        differences; 0 where the context spans less than a period)
+  ``auto``             ``seasonal_trend`` when the model knows a season (``--data.season``), else ``last``
   ===================  ================================================================================
 
 The inner model reads and predicts ``z``: ``(y - m) / s`` at or before each series' cutoff (the context, as
@@ -47,15 +48,23 @@ from ts_neuralode.models.baselines import Seasonal, observed_neighbours
 
 NORMALIZE = ("none", "window")
 BASES = ("none", "mean", "last", "trend", "seasonal", "seasonal_trend")
+#: ``base="auto"``: the base a model corrects when none is named — seasonal_trend with a season, else last
+#: (the winners of results/forecast_ablations.md)
+AUTO_BASE = {True: "seasonal_trend", False: "last"}
 #: floor of the window scale, in the data module's scaled units (standardised per channel on the training part):
 #: a near-constant context must not blow its targets up
 SCALE_EPS = 1e-2
 
 
+def resolve_base(base: str, season_period: float | None) -> str:
+    """``base`` itself, or for ``"auto"`` the base of :data:`AUTO_BASE` (seasonal_trend when a season is known)."""
+    return AUTO_BASE[season_period is not None] if base == "auto" else base
+
+
 def check_window_options(normalize: str, base: str, season_period: float | None) -> None:
     """One-line ConfigErrors for unknown names or a seasonal base without a season."""
     check_choice(normalize, "normalize", NORMALIZE)
-    check_choice(base, "base", BASES)
+    check_choice(base, "base", BASES + ("auto",))
     if base.startswith("seasonal") and season_period is None:
         raise ConfigError(f"base={base!r} needs a season: pass --data.season (e.g. 24h, 52W) or choose another base "
                           f"({', '.join(b for b in BASES if not b.startswith('seasonal'))})")
@@ -146,6 +155,7 @@ class WindowModel(ForecastModel):
                  season_period: float | None = None) -> None:
         super().__init__()
         check_window_options(normalize, base, season_period)
+        base = resolve_base(base, season_period)
         self.inner = inner
         self.normalize, self.base_kind = normalize, base
         self.period = None if season_period is None else float(season_period)
@@ -192,4 +202,4 @@ class WindowModel(ForecastModel):
                         std=None if fc.std is None else s * fc.std, times=fc.times)
 
 
-__all__ = ["BASES", "NORMALIZE", "WindowModel", "WindowStats", "check_window_options"]
+__all__ = ["AUTO_BASE", "BASES", "resolve_base", "NORMALIZE", "WindowModel", "WindowStats", "check_window_options"]
