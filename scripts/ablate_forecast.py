@@ -80,10 +80,10 @@ DATASETS = {
                       {"task": "forecast", "horizon": 365, "value_cols": PBC_LABS, "split_by": "series",
                        "val_fraction": 0.2, "test_fraction": 0.0, "batch_size": 32, "layout": "padded"},
                       2, 365.0, False, split="series", holdout=62),
-    "bxlator": DataSet("bxlator", "data/external/bxlator.csv", 1.0,
-                       {"task": "forecast", "horizon": 1.0, "split_by": "series", "val_fraction": 0.2,
+    "bxlator": DataSet("bxlator", "data/external/bxlator.csv", 10.0,
+                       {"task": "forecast", "horizon": 10.0, "split_by": "series", "val_fraction": 0.2,
                         "test_fraction": 0.0, "batch_size": 50, "layout": "padded"},
-                       2, 1.0, False, split="series", holdout=200),
+                       2, 10.0, False, split="series", holdout=200),
 }
 
 #: variant -> (model options, data options, seasonal data only, datetime data only)
@@ -107,6 +107,18 @@ VARIANTS = {
 CALENDAR = {"co2": ["day_of_year"], "demo": ["time_of_day"]}
 LONG_CONTEXT = {"co2": "520W", "demo": "4D", "pbcseq": None, "bxlator": None}
 BASE_REFERENCES = ("last", "trend", "seasonal_trend")  # zero-correction bases scored beside the models
+
+
+#: the protocol line of each data set (what run_dataset writes into DataSet.notes), for --merge
+NOTES = {
+    "co2": "test cutoffs 3, 2 and 1 years (52W) before the end (3 windows); trained on windows before a year "
+           "before the first cutoff, validated on that year",
+    "demo": "test cutoffs 4, 3 and 2 days before each sensor's end (3 windows of 2 days); trained on windows before "
+            "2 days before the first cutoff, validated on those 2 days",
+    "pbcseq": "62 held-out patients (seed 0), their last 2 years (one-year horizon, 2 windows); trained on the other "
+              "250 (20% of them validate)",
+    "bxlator": "200 held-out series (seed 0), their last 2 horizons of 10 time units; trained on the other 800",
+}
 
 
 def quiet():
@@ -211,7 +223,7 @@ def score(cv: pd.DataFrame, ds: DataSet, fc: Forecaster, models: list[str]) -> p
 
 
 def run_dataset(ds: DataSet, variants: list[str], epochs: int, config: str, workdir: Path, seed: int,
-                log) -> pd.DataFrame:
+                log, partial: Path | None = None) -> pd.DataFrame:
     frame = pd.read_csv(ROOT / ds.path)
     if ds.split == "time":
         first, train_end = test_cutoffs(ds, frame)
@@ -252,9 +264,11 @@ def run_dataset(ds: DataSet, variants: list[str], epochs: int, config: str, work
                 cv_all = merge_column(cv_all, cv, c)
         s = score(cv, ds, fc, [v, "locf", "mean"]).loc[[v]]
         s.insert(0, "variant", v)
-        s["fit_s"], s["cv_s"] = fit_s, cv_s
+        s["fit_s"], s["cv_s"], s["max_epochs"] = fit_s, cv_s, epochs
         rows.append(s.reset_index(drop=True))
         log(f"{ds.name} {v}: mae {s['mae'].iloc[0]:.4g} scaled {s['scaled_mae'].iloc[0]:.4g} fit {fit_s:.0f}s")
+        if partial is not None:  # what is done so far, in case the run is cut short
+            pd.concat(rows, ignore_index=True).assign(data=ds.name).to_csv(partial, index=False)
     if ref_fc is None:
         return pd.DataFrame()
     # naive forecasts and zero-correction bases on the same points
@@ -284,7 +298,17 @@ def fmt(x) -> str:
     return f"{x:.4g}"
 
 
-def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int) -> str:
+def ratios(part: pd.DataFrame) -> pd.DataFrame:
+    """Scaled MAE over the mean's and the seasonal naive's (below 1: better than that naive forecast)."""
+    part = part.copy()
+    ref = part.set_index("variant")["scaled_mae"]
+    for name, col in (("mean", "x_mean"), ("seasonal_naive", "x_seasonal")):
+        if name in ref.index:
+            part[col] = part["scaled_mae"] / float(ref[name])
+    return part
+
+
+def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int | None = None) -> str:
     lines = ["# Forecast ablations on real data: what beats the naive forecasts", "", "Produced by:", "", "```",
              command, "```", "",
              "Every row is scored by `ts_neuralode.backtest.evaluate` on the rows of `Forecaster.cross_validation` "
@@ -294,8 +318,9 @@ def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int) -> st
              "`mae_last_window` the last cutoff's window alone (CO₂: the last 52 weeks, the issue's protocol). "
              "Naive rows: `locf` (last value), `mean` (series mean up to the cutoff), `seasonal_naive` (the package's "
              "seasonal baseline), `base_*` (a window model with a zeroed correction: exactly its `--model.base`). "
-             f"Models: `configs/ode_rnn.yaml` (ODE-RNN) with Euler steps of 0.1 model units (cheap: the ablation is about the forecast options, not the solver), at most {epochs} epochs "
-             "(early stopping as the config), seed 0, one thread on a shared 2-core CPU (fit seconds are only "
+             "Models: `configs/ode_rnn.yaml` (ODE-RNN) with Euler steps of 0.1 model units (cheap: the ablation is "
+             "about the forecast options, not the solver), at most `max_epochs` epochs (cosine schedule over them, "
+             "early stopping as the config), seed 0, one thread on a shared 2-core CPU (fit seconds are only "
              "comparable within a table).", "",
              "Variants: `norm` = `--model.normalize window`; `last`, `trend`, `seasonal`, `seasonal_trend` = "
              "`--model.base …`; `cal` = `--data.calendar` (CO₂: day_of_year; demo: time_of_day); `long` = a longer "
@@ -303,8 +328,10 @@ def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int) -> st
     for name, part in res.groupby("data", sort=False):
         ds = datasets[name]
         lines += [f"## {name}", "", ds.notes + ".", ""]
-        cols = [c for c in ("variant", "mae", "scaled_mae", "crps", "coverage-90", "mae_last_window", "fit_s",
-                            "error") if c in part.columns and part[c].notna().any()]
+        part = ratios(part)
+        cols = [c for c in ("variant", "mae", "scaled_mae", "x_mean", "x_seasonal", "crps", "coverage-90",
+                            "mae_last_window", "max_epochs", "fit_s", "error")
+                if c in part.columns and part[c].notna().any()]
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for _, r in part.iterrows():
@@ -322,7 +349,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/ode_rnn.yaml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/forecast_ablations.md")
+    p.add_argument("--merge", nargs="*", default=None,
+                   help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)")
+    p.add_argument("--commands", nargs="*", default=None, help="with --merge: the commands that made the CSVs")
     args = p.parse_args(argv)
+    if args.merge:
+        res = pd.concat([pd.read_csv(f) for f in args.merge], ignore_index=True)
+        order = list(dict.fromkeys(res["data"]))
+        res = pd.concat([res[res["data"] == d].drop_duplicates("variant", keep="first") for d in order])
+        for d in order:
+            DATASETS[d].notes = NOTES.get(d, "")
+        text = markdown(res, "\n".join(args.commands or []), DATASETS, args.epochs or 12)
+        (ROOT / args.out).write_text(text)
+        res.to_csv((ROOT / args.out).with_suffix(".csv"), index=False)
+        return 0
     torch.set_num_threads(1)
     quiet()
     epochs = args.epochs or (12 if args.quick else 30)
@@ -343,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for ds in chosen.values():
             frames.append(run_dataset(ds, variants, epochs, str(ROOT / args.config), Path(tmp), args.seed,
-                                      lambda m: print(m, file=sys.stderr, flush=True)))
+                                      lambda m: print(m, file=sys.stderr, flush=True),
+                                      out_md.with_name(out_md.stem + f".{ds.name}.partial.csv")))
             res = pd.concat(frames, ignore_index=True)
             res.to_csv(out_md.with_suffix(".csv"), index=False)
             out_md.write_text(markdown(res, command, chosen, epochs))
