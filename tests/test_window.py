@@ -202,3 +202,17 @@ def test_auto_base_follows_the_season():
     without = ForecastingModule(model="ode_rnn", base="auto", normalize="window")
     assert with_season.model.base_kind == "seasonal_trend" and without.model.base_kind == "last"
     assert with_season.hparams.base == "auto"  # resolved again from the saved season on reload
+
+
+@pytest.mark.parametrize("name", ["ode_rnn", "gru_ode", "latent_ode"])
+def test_an_untrained_correction_starts_at_its_base(name):
+    """With a base, the inner model's mean read-out starts at 0: the untrained model forecasts the base exactly."""
+    t, y = irregular(5)
+    batch = window_batch(y, t, cutoff=3.0)
+    m = ForecastingModule(model=name, input_dim=1, evolution={"kind": "gru_flow"}, latent_dim=4, hidden_dim=8,
+                          normalize="window", base="seasonal_trend", season_period=P).model.eval()
+    q = torch.linspace(3.1, 4.5, 6)
+    with torch.no_grad():
+        got = m.forecast(batch, q, num_samples=3).mean
+        base = m.stats(batch).base(q.view(1, -1, 1).expand(3, -1, 1))
+    torch.testing.assert_close(got, base, atol=1e-5, rtol=0)

@@ -27,7 +27,9 @@ The inner model reads and predicts ``z``: ``(y - m) / s`` at or before each seri
 RevIN) and ``(y - b(t)) / s`` after it (the correction); its forecast is mapped back with ``y = b(t) + s z``
 (``m + s z`` at or before the cutoff), samples and predictive std alike. So a normalised model is invariant to
 adding a constant to a series (or multiplying it by a positive number), and a model whose correction is zero
-forecasts exactly its base. The inner model's loss is in ``z`` units: each window weighs the same, whatever its
+forecasts exactly its base — which is where training starts: with a base, the inner model's mean read-out is
+initialised to 0 (:meth:`~ts_neuralode.models.base.ForecastModel.zero_mean_output`), so the model moves away from
+the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window weighs the same, whatever its
 level and spread.
 
 Measured on real data in results/forecast_ablations.md (``scripts/ablate_forecast.py``).
@@ -157,6 +159,8 @@ class WindowModel(ForecastModel):
         check_window_options(normalize, base, season_period)
         base = resolve_base(base, season_period)
         self.inner = inner
+        if base != "none":  # the correction starts at 0: an untrained model forecasts its base exactly
+            inner.zero_mean_output()
         self.normalize, self.base_kind = normalize, base
         self.period = None if season_period is None else float(season_period)
         self.input_dim = inner.input_dim
