@@ -109,6 +109,14 @@ LONG_CONTEXT = {"co2": "520W", "demo": "4D", "pbcseq": None, "bxlator": None}
 BASE_REFERENCES = ("last", "trend", "seasonal_trend")  # zero-correction bases scored beside the models
 
 
+OLD_SUFFIX = " (random-init correction)"
+#: the epoch budgets of the runs at commit 2902cc5 (their CSVs predate the max_epochs column)
+OLD_EPOCHS = {"co2": 8, "demo": 12, "pbcseq": 12}
+
+
+def is_reference(variant: str) -> bool:
+    """A naive forecast or a zero-correction base (nothing trained)."""
+    return variant in ("locf", "mean", "seasonal_naive") or variant.startswith("base_")
 #: the protocol line of each data set (what run_dataset writes into DataSet.notes), for --merge
 NOTES = {
     "co2": "test cutoffs 3, 2 and 1 years (52W) before the end (3 windows); trained on windows before a year "
@@ -352,11 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="*", default=None,
                    help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)")
     p.add_argument("--commands", nargs="*", default=None, help="with --merge: the commands that made the CSVs")
+    p.add_argument("--old", nargs="*", default=None,
+                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started at 0)")
     args = p.parse_args(argv)
     if args.merge:
-        res = pd.concat([pd.read_csv(f) for f in args.merge], ignore_index=True)
+        parts = [pd.read_csv(f) for f in args.merge]
+        for f in args.old or []:  # runs before the correction's zero start (commit 2902cc5): base rows relabelled
+            old = pd.read_csv(f)
+            based = old["variant"].map(lambda v: v in VARIANTS and "base" in VARIANTS[v][0])
+            old.loc[based, "variant"] = old.loc[based, "variant"] + OLD_SUFFIX
+            trained = ~old["variant"].map(is_reference)
+            if "max_epochs" not in old.columns:
+                old["max_epochs"] = np.nan
+            old.loc[trained & old["max_epochs"].isna(), "max_epochs"] = old["data"].map(OLD_EPOCHS)
+            parts.append(old)
+        res = pd.concat(parts, ignore_index=True)
         order = list(dict.fromkeys(res["data"]))
         res = pd.concat([res[res["data"] == d].drop_duplicates("variant", keep="first") for d in order])
+        res = res.assign(_ref=~res["variant"].map(is_reference)).sort_values(["data", "_ref"], kind="stable",
+                                                                             key=lambda c: c.map(order.index)
+                                                                             if c.name == "data" else c)
+        res = res.drop(columns="_ref")
         for d in order:
             DATASETS[d].notes = NOTES.get(d, "")
         text = markdown(res, "\n".join(args.commands or []), DATASETS, args.epochs or 12)
