@@ -100,6 +100,11 @@ VARIANTS = {
     "norm_seasonal_cal": ({"normalize": "window", "base": "seasonal"}, {"calendar": "auto"}, True, True),
     "norm_seasonal_long": ({"normalize": "window", "base": "seasonal"}, {"context": "long"}, True, False),
     "cal": ({}, {"calendar": "auto"}, False, True),
+    "norm_seasonal_trend_mse": ({"normalize": "window", "base": "seasonal_trend", "model_kwargs": {"loss": "mse"}}, {},
+                                True, False),
+    "norm_seasonal_trend_lr3": ({"normalize": "window", "base": "seasonal_trend", "lr": 1e-3}, {}, True, False),
+    "norm_last_lr3": ({"normalize": "window", "base": "last", "lr": 1e-3}, {}, False, False),
+    "last_mse": ({"base": "last", "model_kwargs": {"loss": "mse"}}, {}, False, False),
     "norm_seasonal_trend_long": ({"normalize": "window", "base": "seasonal_trend"}, {"context": "long"}, True, False),
     "norm_last_long": ({"normalize": "window", "base": "last"}, {"context": "long"}, False, False),
 }
@@ -332,7 +337,9 @@ def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int | None
              "comparable within a table).", "",
              "Variants: `norm` = `--model.normalize window`; `last`, `trend`, `seasonal`, `seasonal_trend` = "
              "`--model.base …`; `cal` = `--data.calendar` (CO₂: day_of_year; demo: time_of_day); `long` = a longer "
-             "context (CO₂: 520W instead of 260W; demo: 4D instead of 1D).", ""]
+             "context (CO₂: 520W instead of 260W; demo: 4D instead of 1D); `mse` = the ODE-RNN trained on the MSE "
+             "(`--model.model_kwargs '{\"loss\": \"mse\"}'`) instead of the Gaussian NLL; `lr3` = `--model.lr 1e-3` "
+             "(instead of 1e-2).", ""]
     for name, part in res.groupby("data", sort=False):
         ds = datasets[name]
         lines += [f"## {name}", "", ds.notes + ".", ""]
