@@ -43,6 +43,7 @@ from ts_neuralode.model_store import clean_hparams
 from ts_neuralode.models import Forecast, build_model, model_options
 from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
 from ts_neuralode.models.evolution_config import EvolutionConfig, upgrade_flat_options
+from ts_neuralode.models.window import WindowModel, check_window_options
 
 _STAGES = ("val", "test")
 _METRICS = {
@@ -83,6 +84,12 @@ class ForecastingModule(pl.LightningModule):
         covariates: the known-future covariate spec (:class:`~ts_neuralode.data.covariates.CovariateSpec` state; the
             CLI links it from the data module's ``covariates``): the model's evolution reads its ``control_dim``
             channels ``u(t)`` from every batch. Saved with the hyperparameters, so a model directory remembers it.
+        normalize: ``none`` or ``window``: the model works in each window's units (its context's mean and standard
+            deviation per series and channel, RevIN-style); forecasts and bands are mapped back
+            (:mod:`ts_neuralode.models.window`).
+        base: ``none``, ``mean``, ``last``, ``trend``, ``seasonal``, ``seasonal_trend`` or ``auto`` (seasonal_trend
+            with a season, else last): past the cutoff the model forecasts a correction on top of this naive forecast
+            from the context (the seasonal ones need a season).
     Gradient clipping is a Trainer option (``gradient_clip_val``).
     """
 
@@ -105,6 +112,8 @@ class ForecastingModule(pl.LightningModule):
         baselines: list[str] | None = None,
         season_period: float | None = None,
         covariates: dict | None = None,
+        normalize: str = "none",
+        base: str = "none",
     ) -> None:
         super().__init__()
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -127,7 +136,13 @@ class ForecastingModule(pl.LightningModule):
         if spec is not None and model not in BASELINES:
             kwargs.update(control_dim=spec.control_dim, static_dim=spec.static_dim,
                           target_dim=input_dim - len(spec.past_cols))
-        self.model = build_baseline(model, season_period) if model in BASELINES else build_model(model, **kwargs)
+        check_window_options(normalize, base, season_period)
+        if model in BASELINES:
+            self.model = build_baseline(model, season_period)
+        else:
+            self.model = build_model(model, **kwargs)
+            if normalize != "none" or base != "none":  # plain models keep their state_dict keys
+                self.model = WindowModel(self.model, normalize, base, season_period)
         names = baseline_names(baselines, season_period)
         # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.
         self.baseline_models = nn.ModuleDict({name: build_baseline(name, season_period) for name in names})

@@ -257,6 +257,11 @@ class ForecastModel(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Hook for schedules that depend on the training epoch (KL annealing); default: nothing."""
 
+    def zero_mean_output(self) -> None:
+        """Set the read-out of the predictive mean to 0 (weights and bias of its last linear map), so that the model
+        forecasts 0 until trained: a :class:`~ts_neuralode.models.window.WindowModel` correction then starts at its
+        base. Default: nothing (a model without such a read-out)."""
+
     # -- helpers ---------------------------------------------------------------------------------
     def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
         out = evolution(h0, t, t_mask) if self._control is None else evolution(h0, t, t_mask, control=self._control)

@@ -199,6 +199,12 @@ class LatentODE(ForecastModel):
         self.evolution = config.build(latent_dim, self.control_dim)
         self.decoder = nn.Linear(latent_dim, input_dim)
 
+    def zero_mean_output(self) -> None:
+        """The decoder (latent state -> mean) set to 0."""
+        with torch.no_grad():
+            self.decoder.weight.zero_()
+            self.decoder.bias.zero_()
+
     def set_epoch(self, epoch: int) -> None:
         w = self.kl_warmup_epochs
         self.kl_weight = 0.0 if epoch < w else 1.0 - 0.99 ** (epoch - w)

@@ -138,6 +138,13 @@ class FilteringModel(ForecastModel):
         self.loss_kind = loss
         self.min_std = float(min_std)
 
+    def zero_mean_output(self) -> None:
+        """The mean half of the read-out (``head``'s last layer: ``[mean, std]`` outputs) set to 0."""
+        last = self.head[-1]
+        with torch.no_grad():
+            last.weight[: self.input_dim].zero_()
+            last.bias[: self.input_dim].zero_()
+
     def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
