@@ -29,11 +29,43 @@ from typing import Sequence
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser, SolverError, TSNeuralODEError
 
 PROG = "ts-neuralode"
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("validate", "test", "predict")
 EXIT_USER_ERROR = 2
 
 
+def fit_main(argv: Sequence[str]) -> int:
+    """``ts-neuralode fit``: parse the options (:mod:`ts_neuralode.lightning.options`), train through the API
+    (:func:`ts_neuralode.fit_api.train`, the code path of ``Forecaster.fit``) and print where everything went."""
+    from ts_neuralode.fit_api import train
+    from ts_neuralode.lightning.options import fit_options
+
+    parser, cfg = fit_options(argv)
+    result = train(parser, cfg)
+    if not result.is_global_zero:
+        return 0
+    lines = []
+    if result.best_checkpoint:
+        lines.append(f"best checkpoint: {result.best_checkpoint}")
+    if result.calibration_line:
+        lines.append(result.calibration_line)
+    if result.model_dir_written:
+        lines.append(f"model directory: {result.model_dir_written}  ({PROG} forecast --model ...)")
+    if result.run_id:
+        uri = result.tracking_uri or ""
+        lines.append(f"MLflow run {result.run_id} at {uri}" + (" (incomplete: tracking failed during the fit)"
+                                                                if result.tracking_failed else ""))
+        if uri.startswith("sqlite:"):
+            lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
+        if result.model_uri:
+            lines.append(f"MLflow model {result.model_uri}  (mlflow.pyfunc.load_model('{result.model_uri}'), or "
+                         f"runs:/{result.run_id}/model)")
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 0
+
+
 def run_lightning(argv: Sequence[str]) -> None:
+    """``validate | test | predict`` (LightningCLI runs them)."""
     import logging
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
@@ -43,7 +75,8 @@ def run_lightning(argv: Sequence[str]) -> None:
     from ts_neuralode import tracking
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
     from ts_neuralode.lightning import ForecastingModule
-    from ts_neuralode.lightning.cli import TSNeuralODECLI, check_option_spelling
+    from ts_neuralode.lightning.cli import TSNeuralODECLI
+    from ts_neuralode.lightning.options import check_option_spelling
 
     check_option_spelling(argv[1:])
 
@@ -303,8 +336,10 @@ def backtest_main(argv: Sequence[str]) -> int:
     return backtest_cli(list(argv))
 
 
-EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main,
-                     "backtest": backtest_main}
+EXTRA_SUBCOMMANDS = {"fit": fit_main, "forecast": forecast_main, "generate": generate_main,
+                     "benchmark": benchmark_main, "backtest": backtest_main}
+
+SUBCOMMANDS = ("fit", *LIGHTNING_SUBCOMMANDS, *(s for s in EXTRA_SUBCOMMANDS if s != "fit"))
 
 USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
@@ -337,8 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:
-            raise ConfigError(f"unknown subcommand {sub!r}; use one of "
-                              f"{', '.join(LIGHTNING_SUBCOMMANDS + tuple(EXTRA_SUBCOMMANDS))}")
+            raise ConfigError(f"unknown subcommand {sub!r}; use one of {', '.join(SUBCOMMANDS)}")
         run_lightning(argv)
         return 0
     except TSNeuralODEError as err:
