@@ -24,9 +24,9 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Optional, Sequence
 
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser, SolverError, TSNeuralODEError
+from ts_neuralode.errors import ConfigError, SolverError, TSNeuralODEError
 
 PROG = "ts-neuralode"
 LIGHTNING_SUBCOMMANDS = ("validate", "test", "predict")
@@ -93,75 +93,100 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 
 # -- forecast ---------------------------------------------------------------------------------------
-def _forecast_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(
-        prog=f"{PROG} forecast",
-        description="Forecast every series of a history CSV at future (or any) times with a trained model; "
-                    "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
-                    "per series.",
+def _forecast_parser():
+    from ts_neuralode.cli_args import subcommand_parser
+
+    p = subcommand_parser(
+        "forecast",
+        "Forecast every series of a history CSV at future (or any) times with a trained model; writes a "
+        "Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG per series.",
     )
     forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
-    g.add_argument("--horizon", default=None,
+    g.add_argument("--horizon", type=Optional[str], default=None,
                    help="how far past each series' last observation: a number of time units or a duration "
                         "such as 30D, 12h")
-    g.add_argument("--freq", default=None, help="regular step of the query grid (number or duration, e.g. 1D)")
-    g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
-    g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
+    g.add_argument("--freq", type=Optional[str], default=None,
+                   help="regular step of the query grid (number or duration, e.g. 1D)")
+    g.add_argument("--num_points", type=Optional[int], default=None,
+                   help="evenly spaced query points (default: 50 when no --freq)")
+    g.add_argument("--times", type=str, nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--calibrated", action="store_true",
                    help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
-    p.add_argument("--series", nargs="+", default=None, help="only these series ids")
-    p.add_argument("--max_steps", type=int, default=None,
+    p.add_argument("--series", type=str, nargs="+", default=None, help="only these series ids")
+    p.add_argument("--max_steps", type=Optional[int], default=None,
                    help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
                         "max_steps, at most 30000); raise it for horizons far past the history")
-    p.add_argument("--out", default="forecast.csv", help="output file (default forecast.csv; .parquet for Parquet)")
-    p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
-    p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
-    p.add_argument("--plot_history", default=None,
+    p.add_argument("--out", type=str, default="forecast.csv", help="output file (.parquet for Parquet)")
+    p.add_argument("--plot_dir", type=Optional[str], default=None, help="PNG per series here (default: <out "
+                                                                          "stem>_plots/)")
+    p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series")
+    p.add_argument("--plot_history", type=Optional[str], default=None,
                    help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
-    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
-    p.add_argument("--mlflow_run", default=None,
+    p.add_argument("--tracking_uri", type=Optional[str], default=None,
+                   help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
+    p.add_argument("--mlflow_run", type=Optional[str], default=None,
                    help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
                         "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def forecast_options(p: argparse.ArgumentParser, context: str) -> None:
+#: options ``forecast`` and ``backtest`` cannot run without (not required by the parser, so that
+#: ``--print_config`` and ``--config`` work without them)
+REQUIRED = ("--model", "--data.path")
+
+
+def forecast_options(p, context: str) -> None:
     """The options ``forecast`` and ``backtest`` share (one definition, so they cannot drift): the model, the
     history's reading options, known-future covariates and the predictive distribution. ``context``: where the
     conditioning window of ``--context`` ends ("before each series' last observation", "before each cutoff")."""
     g = p.add_argument_group("model, history and predictive samples")
-    g.add_argument("--model", required=True,
-                   help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
-                        "or runs:/<run_id>/model to fetch it from MLflow")
-    g.add_argument("--transform", default=None,
+    g.add_argument("--model", type=Optional[str], default=None,
+                   help="(required) model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), "
+                        "a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
+    g.add_argument("--transform", type=Optional[str], default=None,
                    help="for a .ckpt without a data transform: a model directory or its config.json")
-    g.add_argument("--data.path", dest="data_path", required=True,
-                   help="history file, CSV or Parquet (.parquet) (observed values)")
-    g.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
-    g.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
-    g.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
-    g.add_argument("--future", default=None,
+    g.add_argument("--data.path", type=Optional[str], default=None,
+                   help="(required) history file, CSV or Parquet (.parquet) (observed values)")
+    g.add_argument("--data.format", type=Optional[Literal["long", "wide"]], default=None,
+                   help="long or wide (default: the model's, from fit)")
+    g.add_argument("--data.mask_cols", type=str, nargs="+", default=None,
+                   help="0/1 mask columns, one per value column (default: the model's)")
+    g.add_argument("--data.duplicates", type=Optional[Literal["error", "mean"]], default=None,
+                   help="rows sharing a series and time: error or mean (default: the model's)")
+    g.add_argument("--future", type=Optional[str], default=None,
                    help="CSV of known-future covariate values after the history (id, time and the model's "
                         "future_cols), for a model trained with --data.future_cols; per series and column its "
                         "values replace the history's from its first time on")
-    g.add_argument("--context", default=None,
+    g.add_argument("--context", type=Optional[str], default=None,
                    help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
                         "of time units; 'all': the whole history; default: the context the model was trained with "
                         "on the forecast task, else the whole history)")
-    g.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
+    g.add_argument("--num_samples", type=int, default=100, help="predictive samples")
     g.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
-                   help="central interval levels in percent (default 50 90)")
+                   help="central interval levels in percent")
     g.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
-def read_options(args: argparse.Namespace) -> dict:
+def parse_forecast_like(parser, argv: Sequence[str]):
+    """Parse ``forecast`` / ``backtest`` options; one line when ``--model`` or ``--data.path`` is missing."""
+    from ts_neuralode.cli_args import parse
+
+    args = parse(parser, _join_negative_values(argv))
+    missing = [o for o in REQUIRED if args.get(o[2:]) is None]
+    if missing:
+        raise ConfigError(f"{parser.prog}: the following arguments are required: {', '.join(missing)}; see "
+                          f"'{parser.prog} --help'")
+    return args
+
+
+def read_options(args) -> dict:
     """The history's reading options given by :func:`forecast_options`' ``--data.*`` flags."""
-    return {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    return {k: args.data[k] for k in ("format", "mask_cols", "duplicates") if args.data[k] is not None}
 
 
 def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
@@ -212,7 +237,7 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def forecast_main(argv: Sequence[str]) -> int:
-    args = _forecast_parser().parse_args(_join_negative_values(argv))
+    args = parse_forecast_like(_forecast_parser(), argv)
     if args.horizon is None and args.times is None:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")
@@ -227,7 +252,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     fc = Forecaster.load(path, transform=args.transform)
     read = read_options(args)
     out = fc.predict(
-        args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
+        args.data.path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
         context=args.context, future=args.future, calibrated=args.calibrated, max_steps=args.max_steps, **read,
@@ -239,7 +264,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     pngs: list[Path] = []
     if not args.no_plots:
         plot_dir = _plot_dir(args)
-        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
+        pngs = fc.plot(args.data.path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
     if run_target is not None:
@@ -313,15 +338,48 @@ def _log_forecast_to_run(target, csv_path: Path, pngs: list[Path]) -> tuple[str,
 
 
 # -- generate / benchmark ----------------------------------------------------------------------------
-def generate_main(argv: Sequence[str]) -> int:
-    from ts_neuralode.data.generators import cli_main
+def _generate_parser():
+    from ts_neuralode.cli_args import subcommand_parser
+    from ts_neuralode.data.generators import NAMES, generate
 
-    return int(cli_main(list(argv)) or 0)
+    p = subcommand_parser("generate", "Write a synthetic data set as a long CSV or Parquet file (unique_id, ds, "
+                                      "values); the same options always give the same file.")
+    p.add_argument("name", choices=NAMES, help="the data set")
+    p.add_argument("--out", type=str, required=True, help="output file (.parquet for Parquet, else CSV)")
+    p.add_function_arguments(generate, skip={"name"})
+    return p
+
+
+#: options of ``generate`` in older versions and their spelling now
+GENERATE_RENAMES = {"--n-series": "--n_series", "--n-points": "--n_points", "--t-min": "--t_min",
+                    "--t-max": "--t_max"}
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    """``ts-neuralode generate NAME --out PATH [--n_series N] [--n_points T] [--seed S] [--extrap time|space]``."""
+    from ts_neuralode.atomic import atomic_write
+    from ts_neuralode.cli_args import parse
+    from ts_neuralode.data.generators import generate
+    from ts_neuralode.data.io import frame_bytes
+    from ts_neuralode.preflight import writable_file
+
+    args = parse(_generate_parser(), argv, GENERATE_RENAMES)
+    writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost
+    df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
+                  extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
+    data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
+    try:  # atomically: a kill during the write leaves the previous file
+        atomic_write(args.out, lambda f: f.write(data), parents=False)
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot write it ({exc.strerror or type(exc).__name__}); pass a "
+                          "writable path") from exc
+    print(f"wrote {args.out}: {df['unique_id'].nunique()} series, {len(df)} rows")
+    return 0
 
 
 def benchmark_main(argv: Sequence[str]) -> int:
     try:
-        from ts_neuralode.benchmark import cli_main
+        from ts_neuralode.benchmark.cli import cli_main
     except ImportError as err:
         if "ts_neuralode.benchmark" not in str(err):
             raise
@@ -376,7 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_lightning(argv)
         return 0
     except TSNeuralODEError as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        from ts_neuralode.cli_args import cli_words
+
+        print(f"{PROG}: error: {cli_words(_one_line(err))}", file=sys.stderr)  # in the command line's words
         return EXIT_USER_ERROR
     except (SolverError, ValueError) as err:
         # the ODE solver giving up mid-run: TrainingGuard attached where and what to try
