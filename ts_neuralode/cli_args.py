@@ -29,6 +29,14 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+def name_defaults(parser) -> None:
+    """Give the options of an argparse ``parser`` that have no help text one naming their default (argparse shows
+    no line at all for them, so :class:`DefaultsHelpFormatter` alone cannot)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+
+
 def subcommand_parser(name: str, description: str):
     """A jsonargparse parser for ``ts-neuralode NAME`` with ``--config`` and ``--print_config``."""
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -84,4 +92,4 @@ def cli_words(message: str, group: str = "data") -> str:
     return _API_WORDS.sub(lambda m: f"{m.group(1)} --{group}.{m.group(2)} ", message)
 
 
-__all__ = ["DefaultsHelpFormatter", "subcommand_parser", "parse", "check_spelling", "cli_words", "DATA_OPTIONS"]
+__all__ = ["DefaultsHelpFormatter", "name_defaults", "subcommand_parser", "parse", "check_spelling", "cli_words", "DATA_OPTIONS"]
