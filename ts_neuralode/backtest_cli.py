@@ -19,15 +19,24 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ts_neuralode.atomic import atomic_write_text
+from ts_neuralode.cli import (
+    _parse_times,
+    _resolve_model_path,
+    _resolve_run,
+    _write_csv,
+    forecast_options,
+    parse_forecast_like,
+    read_options,
+)
+from ts_neuralode.cli_args import subcommand_parser
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
 
 PROG = "ts-neuralode"
 
 
 def parser():
-    from ts_neuralode.cli import forecast_options
-    from ts_neuralode.cli_args import subcommand_parser
-
     p = subcommand_parser(
         "backtest",
         "Rolling-origin backtest: forecast each series from several cutoffs, score the observations within the "
@@ -76,14 +85,6 @@ def parser():
 
 def main(argv: Sequence[str]) -> int:
     from ts_neuralode import backtest
-    from ts_neuralode.cli import (
-        _parse_times,
-        _resolve_model_path,
-        _resolve_run,
-        _write_csv,
-        parse_forecast_like,
-        read_options,
-    )
     from ts_neuralode.forecaster import Forecaster
 
     args = parse_forecast_like(parser(), argv)
@@ -96,7 +97,6 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError("--calibrate fits the calibration from the uncalibrated bands; drop --calibrated")
     if args.refit < 0:
         raise ConfigError(f"--refit {args.refit}: pass 0 (never), 1 (every window) or K (every K windows)")
-    from ts_neuralode.preflight import writable_dir, writable_file
 
     out_dir = writable_dir(args.out_dir, "--out_dir")  # before the work: a backtest computed and not written is lost
     cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
@@ -127,7 +127,6 @@ def main(argv: Sequence[str]) -> int:
                                          unit=getattr(codec, "unit", "") if codec.is_datetime else "")
     command = f"{PROG} backtest " + " ".join(shlex.quote(a) for a in argv)
     report = backtest.markdown_report(cv, metrics, f"Backtest of {fc.name}", command)
-    from ts_neuralode.atomic import atomic_write_text
 
     report_path = out_dir / "report.md"
     atomic_write_text(report_path, report + "\n")
@@ -153,7 +152,6 @@ def main(argv: Sequence[str]) -> int:
 
 def _probe_store(tracking_uri: str | None) -> str:
     """The tracking URI, its store probed (ConfigError before any work when it cannot be used)."""
-    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
     return tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")

@@ -26,7 +26,10 @@ import warnings
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
+from ts_neuralode.atomic import atomic_write, atomic_write_bytes
+from ts_neuralode.cli_args import cli_words, parse, subcommand_parser
 from ts_neuralode.errors import ConfigError, SolverError, TSNeuralODEError
+from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
 
 PROG = "ts-neuralode"
 LIGHTNING_SUBCOMMANDS = ("validate", "test", "predict")
@@ -94,7 +97,6 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 # -- forecast ---------------------------------------------------------------------------------------
 def _forecast_parser():
-    from ts_neuralode.cli_args import subcommand_parser
 
     p = subcommand_parser(
         "forecast",
@@ -174,7 +176,6 @@ def forecast_options(p, context: str) -> None:
 
 def parse_forecast_like(parser, argv: Sequence[str]):
     """Parse ``forecast`` / ``backtest`` options; one line when ``--model`` or ``--data.path`` is missing."""
-    from ts_neuralode.cli_args import parse
 
     args = parse(parser, _join_negative_values(argv))
     missing = [o for o in REQUIRED if args.get(o[2:]) is None]
@@ -194,7 +195,6 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
         return model
     import mlflow
 
-    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
@@ -242,7 +242,6 @@ def forecast_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.preflight import writable_dir, writable_file
 
     writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
     if not args.no_plots:
@@ -281,7 +280,6 @@ def _plot_dir(args) -> Path:
 def _write_csv(frame, path: Path) -> None:
     """Atomically (a kill during the write leaves the previous file); one line when the path is not writable.
     Parquet for a .parquet / .pq path, else CSV."""
-    from ts_neuralode.atomic import atomic_write_bytes
     from ts_neuralode.data.io import frame_bytes
 
     try:
@@ -308,7 +306,6 @@ def _resolve_run(spec: str, tracking_uri: str | None):
                               "checkpoint directory of a fit (it holds mlflow_run.json)") from err
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
-    from ts_neuralode.preflight import tracking_store
 
     uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
                          off="leave out --mlflow_run", must_exist=True)
@@ -339,7 +336,6 @@ def _log_forecast_to_run(target, csv_path: Path, pngs: list[Path]) -> tuple[str,
 
 # -- generate / benchmark ----------------------------------------------------------------------------
 def _generate_parser():
-    from ts_neuralode.cli_args import subcommand_parser
     from ts_neuralode.data.generators import NAMES, generate
 
     p = subcommand_parser("generate", "Write a synthetic data set as a long CSV or Parquet file (unique_id, ds, "
@@ -357,11 +353,8 @@ GENERATE_RENAMES = {"--n-series": "--n_series", "--n-points": "--n_points", "--t
 
 def generate_main(argv: Sequence[str]) -> int:
     """``ts-neuralode generate NAME --out PATH [--n_series N] [--n_points T] [--seed S] [--extrap time|space]``."""
-    from ts_neuralode.atomic import atomic_write
-    from ts_neuralode.cli_args import parse
     from ts_neuralode.data.generators import generate
     from ts_neuralode.data.io import frame_bytes
-    from ts_neuralode.preflight import writable_file
 
     args = parse(_generate_parser(), argv, GENERATE_RENAMES)
     writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost
@@ -434,7 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_lightning(argv)
         return 0
     except TSNeuralODEError as err:
-        from ts_neuralode.cli_args import cli_words
 
         print(f"{PROG}: error: {cli_words(_one_line(err))}", file=sys.stderr)  # in the command line's words
         return EXIT_USER_ERROR

@@ -13,6 +13,8 @@ import argparse
 import re
 from typing import Mapping, Sequence
 
+from jsonargparse import ActionConfigFile, ArgumentParser
+
 from ts_neuralode.errors import ConfigError
 
 PROG = "ts-neuralode"
@@ -39,8 +41,6 @@ def name_defaults(parser) -> None:
 
 def subcommand_parser(name: str, description: str):
     """A jsonargparse parser for ``ts-neuralode NAME`` with ``--config`` and ``--print_config``."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     p = ArgumentParser(prog=f"{PROG} {name}", description=description, exit_on_error=False, default_meta=False,
                        allow_abbrev=False)  # no silent abbreviations
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (the keys of "

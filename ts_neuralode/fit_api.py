@@ -24,17 +24,39 @@ library never calls the command line.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import MethodType
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, instantiate_class
 
+from ts_neuralode import preflight, tracking
+from ts_neuralode.atomic import atomic_write_text
+from ts_neuralode.callbacks import TrainingGuard
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning.trainer_parts import TRAIN_MONITOR, VAL_MONITOR
+from ts_neuralode.export import ModelExportCallback
+from ts_neuralode.forecaster import Forecaster
+from ts_neuralode.lightning.options import check_model_options, fit_options, merge_options
+from ts_neuralode.lightning.trainer_parts import (
+    TRAIN_MONITOR,
+    VAL_MONITOR,
+    checkpoint_callbacks,
+    has_validation_series,
+    tracking_parts,
+    with_atomic_checkpoints,
+)
 
 
 @dataclass
@@ -69,8 +91,6 @@ def resolve_config(model: str | os.PathLike | None = None, *, data_options: Mapp
     """(parser, config) of a fit: the command-line options ``fit_args`` (e.g. ``["--config", "configs/demo.yaml"]``),
     then ``model`` (a model name, or a config file), then the option dicts, then ``overrides`` (top-level options
     such as ``{"tracking": False}``), each overriding the ones before."""
-    from ts_neuralode.lightning.options import check_model_options, fit_options, merge_options
-
     check_model_options(model_options)
     try:
         parser, cfg = fit_options(list(fit_args))
@@ -97,21 +117,15 @@ def resolve_config(model: str | os.PathLike | None = None, *, data_options: Mapp
 # -- training ---------------------------------------------------------------------------------------------------
 def _checkpoint_hparams(parser, cfg, ckpt: str):
     """Lightning's ``--ckpt_path`` rule: the model options stored in the checkpoint replace the config's."""
-    import torch
-
     hparams = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {}) or {}
     hparams = {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path")}
     if not hparams:
         return cfg
-    from ts_neuralode.lightning.options import merge_options
-
     return merge_options(parser, cfg, {"model": hparams})
 
 
 def _resume(parser, cfg, ckpt_dir: Path):
     """Resolve ``ckpt_path`` (``last``, a file) in ``cfg``; returns (cfg, MLflow run id to continue or None)."""
-    from ts_neuralode import preflight, tracking
-
     ckpt = cfg.get("ckpt_path")
     if ckpt and Path(ckpt).is_file():
         preflight.checkpoint_file(ckpt)  # a damaged or foreign file is one line instead of torch's traceback
@@ -136,44 +150,21 @@ def _resume(parser, cfg, ckpt_dir: Path):
     return cfg, run_id
 
 
-class _BestScore:
-    """The lowest finite value of ``monitor`` seen at the end of a training epoch (a Lightning callback; built
-    lazily so that importing this module does not import Lightning)."""
+class BestScore(Callback):
+    """The lowest finite value of ``monitor`` seen at the end of a training epoch."""
 
-    @staticmethod
-    def make(monitor: str):
-        from lightning.pytorch import Callback
+    def __init__(self, monitor: str) -> None:
+        self.monitor, self.best = monitor, math.nan
 
-        class BestScore(Callback):
-            def __init__(self) -> None:
-                self.monitor, self.best = monitor, math.nan
-
-            def on_train_epoch_end(self, trainer, pl_module) -> None:
-                v = trainer.callback_metrics.get(self.monitor)
-                if v is not None and math.isfinite(float(v)) and not float(v) >= self.best:
-                    self.best = float(v)
-
-        return BestScore()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is not None and math.isfinite(float(v)) and not float(v) >= self.best:
+            self.best = float(v)
 
 
 def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None) -> FitResult:
     """Fit the model of the resolved options ``cfg`` (see the module docstring); ``data``: a DataFrame that replaces
     ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer."""
-    import logging
-
-    from lightning.pytorch import Trainer, seed_everything
-
-    from ts_neuralode import preflight, tracking
-    from ts_neuralode.callbacks import TrainingGuard
-    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.export import ModelExportCallback
-    from ts_neuralode.lightning.trainer_parts import (
-        checkpoint_callbacks,
-        has_validation_series,
-        tracking_parts,
-        with_atomic_checkpoints,
-    )
-
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
     root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
     ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")
@@ -205,14 +196,12 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     if logger is not None:
         trainer_cfg["logger"] = logger
     has_val = has_validation_series(datamodule) and trainer_cfg.get("limit_val_batches") not in (0, 0.0)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     ckpts = []
     if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
             isinstance(c, ModelCheckpoint) for c in user_cbs):
         ckpts = checkpoint_callbacks(ckpt_dir, has_val)
     monitor = VAL_MONITOR if has_val else TRAIN_MONITOR
-    best = _BestScore.make(monitor)
+    best = BestScore(monitor)
     config_cb = []
     if not trainer_cfg.get("fast_dev_run", False):
         config_cb = [tracking.MlflowSaveConfigCallback(parser, cfg, overwrite=True)]
@@ -239,8 +228,6 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
 
 
 def _as_dict(parser, cfg) -> dict:
-    import yaml
-
     return yaml.safe_load(parser.dump(cfg, skip_none=False))
 
 
@@ -250,11 +237,6 @@ def _configure_optimizers(parser, init, module) -> None:
     opt, sched = init.get("optimizer"), init.get("lr_scheduler")
     if not opt:
         return
-    from functools import partial
-    from types import MethodType
-
-    from lightning.pytorch.cli import LightningCLI, instantiate_class
-
     optimizer = instantiate_class(module.parameters(), opt)
     scheduler = instantiate_class(optimizer, sched) if sched else None
     fn = partial(LightningCLI.configure_optimizers, module, optimizer=optimizer, lr_scheduler=scheduler)
@@ -264,8 +246,6 @@ def _configure_optimizers(parser, init, module) -> None:
 # -- the API -----------------------------------------------------------------------------------------------------
 def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str]):
     """The fitted :class:`Forecaster` of a fit (from the model directory it wrote), ``fit_info`` set."""
-    from ts_neuralode.forecaster import Forecaster
-
     if not (result.model_dir / "config.json").is_file():
         raise ConfigError(f"{what}: the fit wrote no model directory at {result.model_dir} (no fitted weights)")
     fc = Forecaster.load(result.model_dir)
@@ -279,8 +259,6 @@ def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str
 def _record_config(parser, cfg, out: Path, data: Any) -> list[str]:
     """Write the resolved options to ``out/config.yaml``; returns the ``ts-neuralode fit`` command line that
     reproduces the fit (a DataFrame: save it as a file and add ``--data.path FILE``)."""
-    from ts_neuralode.atomic import atomic_write_text
-
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
     atomic_write_text(path, parser.dump(cfg, skip_none=False))

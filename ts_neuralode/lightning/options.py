@@ -12,12 +12,17 @@ type checks.
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.errors import ConfigError
 from ts_neuralode.lightning.module import ForecastingModule
+from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
 
 PROG = "ts-neuralode"
 
@@ -61,8 +66,6 @@ class FitOptions(LightningCLI):
     the resolved options; nothing instantiated, no seed set, nothing run)."""
 
     def __init__(self, args: Sequence[str] | None = (), prog: str = f"{PROG} fit") -> None:
-        import warnings
-
         # args are passed explicitly (the API has no command line); Lightning warns when sys.argv is set too
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
         super().__init__(ForecastingModule, IrregularTimeSeriesDataModule, seed_everything_default=0,
@@ -100,9 +103,6 @@ def merge_options(parser, cfg, overrides: Mapping[str, Any]):
 
 
 def _check_legacy(key: str, value: Any, where: str) -> None:
-    from ts_neuralode.errors import ConfigError
-    from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
-
     if key in LEGACY_FLAT_OPTIONS:
         raise ConfigError(f"{where}model.{key} is now {where}model.evolution.{key} (the evolution options are "
                           "nested under model.evolution)")
@@ -112,9 +112,6 @@ def _check_legacy(key: str, value: Any, where: str) -> None:
 
 def check_model_options(model_options: Mapping[str, Any] | None) -> None:
     """The check of :func:`check_option_spelling` on the API's ``model_options`` dict, in the API's words."""
-    from ts_neuralode.errors import ConfigError
-    from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
-
     for key, val in (model_options or {}).items():
         if key in LEGACY_FLAT_OPTIONS:
             raise ConfigError(f"model_options={{'{key}': ...}} is now model_options={{'evolution': {{'{key}': ...}}}} "
@@ -128,12 +125,6 @@ def check_option_spelling(argv: Sequence[str]) -> None:
     """One line naming the new spelling when ``argv`` or a ``--config`` file uses the flat evolution options of
     older versions (``--model.evolution gru_flow``, ``--model.method rk4``; now ``--model.evolution.kind``,
     ``--model.evolution.method``)."""
-    from pathlib import Path
-
-    import yaml
-
-    from ts_neuralode.errors import ConfigError
-
     argv = list(argv)
     for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")

@@ -7,6 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from ts_neuralode import tracking
+from ts_neuralode.callbacks import AtomicCheckpointIO
+
 #: metric the best checkpoint (and ``fit_info["best_score"]``) follow when the fit validates; else the training loss
 VAL_MONITOR = "val_loss"
 TRAIN_MONITOR = "train_loss"
@@ -24,8 +29,6 @@ def has_validation_series(datamodule) -> bool:
 def checkpoint_callbacks(ckpt_dir: Path, has_val: bool) -> list:
     """The best checkpoint (by ``val_loss`` when the fit validates; first, so that ``trainer.checkpoint_callback``
     is this one) and ``last.ckpt`` (the latest epoch, for ``--ckpt_path last``)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     out = [ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else "epoch{epoch:03d}",
         auto_insert_metric_name=False, monitor=VAL_MONITOR if has_val else None, mode="min", save_top_k=1,
@@ -44,8 +47,6 @@ def checkpoint_callbacks(ckpt_dir: Path, has_val: bool) -> list:
 def tracking_parts(cfg, stage: str, ckpt_dir: Path, run_id: str | None = None):
     """(logger, callbacks) of MLflow tracking for ``stage`` (``fit`` | ``validate`` | ...), (None, []) when the
     config tracks nothing or names its own logger."""
-    from ts_neuralode import tracking
-
     if not cfg.get("tracking") or cfg.trainer.get("logger") not in (None, True):
         return None, []
     logger = tracking.make_logger(
@@ -59,8 +60,6 @@ def tracking_parts(cfg, stage: str, ckpt_dir: Path, run_id: str | None = None):
 def with_atomic_checkpoints(plugins: Any) -> list:
     """Trainer plugins plus :class:`AtomicCheckpointIO` (a kill during a save keeps the old file) unless one of
     them already writes checkpoints."""
-    from ts_neuralode.callbacks import AtomicCheckpointIO
-
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
     return plugins if any(hasattr(p, "save_checkpoint") for p in plugins) else [*plugins, AtomicCheckpointIO()]
 
