@@ -18,8 +18,8 @@ from ts_neuralode.forecaster import Forecaster
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ts_neuralode"
 #: the command-line modules: the only ones that may import each other
-CLI_MODULES = {"ts_neuralode.cli", "ts_neuralode.backtest_cli", "ts_neuralode.benchmark.cli",
-               "ts_neuralode.lightning.cli"}
+CLI_MODULES = {"ts_neuralode.cli", "ts_neuralode.cli_args", "ts_neuralode.backtest_cli", "ts_neuralode.generate_cli",
+               "ts_neuralode.benchmark.cli", "ts_neuralode.lightning.cli"}
 
 TINY = {
     "model_options": {"latent_dim": 4, "hidden_dim": 8, "eval_samples": 2,
