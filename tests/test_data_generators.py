@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ts_neuralode.cli import generate_main as cli_main
 from ts_neuralode.data import read_series
-from ts_neuralode.data.generators import NAMES, cli_main, generate, sawtooth
+from ts_neuralode.data.generators import NAMES, generate, sawtooth
 from ts_neuralode.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,16 +120,18 @@ def test_generate_errors():
 
 def test_cli_main(tmp_path, capsys):
     out = tmp_path / "s.csv"
-    assert cli_main(["sink", "--out", str(out), "--n-series", "7", "--n-points", "12", "--seed", "3"]) == 0
+    assert cli_main(["sink", "--out", str(out), "--n_series", "7", "--n_points", "12", "--seed", "3"]) == 0
     tab = read_series(out)
     assert tab.n_series == 7 and tab.channel_names == ["x1", "x2"] and len(tab.times) == 84
     pd.testing.assert_frame_equal(pd.read_csv(out), generate("sink", n_series=7, n_points=12, seed=3), atol=1e-9)
-    assert cli_main(["sine", "--out", str(tmp_path / "new_dir" / "x.csv"), "--n-series", "2"]) == 0  # created
+    assert cli_main(["sine", "--out", str(tmp_path / "new_dir" / "x.csv"), "--n_series", "2"]) == 0  # created
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ConfigError, match="--out .*cannot write there"):  # checked before generating
         cli_main(["sine", "--out", str(tmp_path / "a_file" / "x.csv")])
     with pytest.raises(ConfigError, match="invalid choice: 'lorenz'"):
         cli_main(["lorenz", "--out", str(out)])
+    with pytest.raises(ConfigError, match=r"^ts-neuralode generate: --n-series is now --n_series"):  # one spelling
+        cli_main(["sine", "--out", str(out), "--n-series", "2"])
 
 
 def test_bundled_csvs_are_small_readable_and_documented():

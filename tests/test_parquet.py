@@ -40,9 +40,9 @@ def test_forecast_reads_and_writes_parquet(dt_fitted, dt_csv, parquet_files, tmp
 
 
 def test_generate_writes_parquet_and_a_bad_parquet_is_one_line(tmp_path, capfd):
-    from ts_neuralode.data.generators import cli_main
+    from ts_neuralode.cli import generate_main as cli_main
 
-    assert cli_main(["sine", "--out", str(tmp_path / "s.parquet"), "--n-series", "3", "--n-points", "10"]) == 0
+    assert cli_main(["sine", "--out", str(tmp_path / "s.parquet"), "--n_series", "3", "--n_points", "10"]) == 0
     df = pd.read_parquet(tmp_path / "s.parquet")
     assert list(df.columns) == ["unique_id", "ds", "y"] and len(df) == 30
     (tmp_path / "bad.parquet").write_text("unique_id,ds,y\na,1,2\n")

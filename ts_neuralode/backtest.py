@@ -91,18 +91,14 @@ def _window_rows(table, cut: np.ndarray, horizon: float) -> tuple[np.ndarray, np
 
 # -- refitting ----------------------------------------------------------------------------------------------
 def refit_forecaster(fit_args: Sequence[str] | str, data: pd.DataFrame, workdir: str | os.PathLike):
-    """A new :class:`Forecaster` trained on ``data`` by ``ts-neuralode fit`` with the options ``fit_args`` (e.g.
-    ``["--config", "configs/demo.yaml"]``), in-process through the code path of :meth:`Forecaster.fit` (the same
-    parser, data module, callbacks and model export); no MLflow run, checkpoints and model directory under
-    ``workdir`` (the command line of :func:`ts_neuralode.fit_api.fit_argv`, ``data`` written to
-    ``workdir/data.csv``)."""
-    from ts_neuralode.fit_api import fit_argv, run_fit
+    """A new :class:`Forecaster` trained on ``data`` (a DataFrame, in memory) with the ``ts-neuralode fit`` options
+    ``fit_args`` (e.g. ``["--config", "configs/demo.yaml"]``) through the API every fit goes through
+    (:func:`ts_neuralode.fit_api.refit`: the same parser, data module, callbacks and model export); no MLflow run,
+    checkpoints and model directory under ``workdir``."""
+    from ts_neuralode.fit_api import refit
 
     args = shlex.split(fit_args) if isinstance(fit_args, str) else list(fit_args)
-    argv, model_dir = fit_argv(data, None, output_dir=workdir, tracking=False, log_model=False, seed=None,
-                               extra_args=args)
-    return run_fit(argv, model_dir, what=f"refit on the history in {Path(workdir) / 'data.csv'} (fit options "
-                                         f"{' '.join(args)})")
+    return refit(args, data, workdir)
 
 
 def _source_frame(history: Any) -> pd.DataFrame | None:

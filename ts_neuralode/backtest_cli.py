@@ -17,52 +17,67 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+from ts_neuralode.atomic import atomic_write_text
+from ts_neuralode.cli import (
+    _parse_times,
+    _resolve_model_path,
+    _resolve_run,
+    _write_csv,
+    forecast_options,
+    parse_forecast_like,
+    read_options,
+)
+from ts_neuralode.cli_args import subcommand_parser
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
 
 PROG = "ts-neuralode"
 
 
-def parser() -> OneLineArgumentParser:
-    p = OneLineArgumentParser(
-        prog=f"{PROG} backtest",
-        description="Rolling-origin backtest: forecast each series from several cutoffs, score the observations "
-                    "within the horizon after each in the data's units (MAE, RMSE, MAE relative to the last value "
-                    "carried forward, CRPS, interval coverage / width / Winkler score), overall, per series and per "
-                    "horizon bucket; writes a CSV of every forecast, the metrics, a markdown report and a plot.",
+def parser():
+    p = subcommand_parser(
+        "backtest",
+        "Rolling-origin backtest: forecast each series from several cutoffs, score the observations within the "
+        "horizon after each in the data's units (MAE, RMSE, MAE relative to the last value carried forward, CRPS, "
+        "interval coverage / width / Winkler score), overall, per series and per horizon bucket; writes a CSV of "
+        "every forecast, the metrics, a markdown report and a plot.",
     )
-    from ts_neuralode.cli import forecast_options
-
     forecast_options(p, context="before each cutoff")
-    p.add_argument("--horizon", required=True,
-                   help="how far after each cutoff to score: a number of time units or a duration such as 2D")
+    p.add_argument("--horizon", type=Optional[str], default=None,
+                   help="(required) how far after each cutoff to score: a number of time units or a duration such "
+                        "as 2D")
     g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
-    g.add_argument("--n_windows", type=int, default=None,
-                   help="windows per series, the last one ending at the series' last observation (default 3)")
-    g.add_argument("--step", default=None, help="distance between windows (default: the horizon)")
-    g.add_argument("--cutoffs", nargs="+", default=None, help="explicit cutoff times shared by every series")
+    g.add_argument("--n_windows", type=Optional[int], default=None,
+                   help="windows per series, the last one ending at the series' last observation (default 3 "
+                        "without --cutoffs)")
+    g.add_argument("--step", type=Optional[str], default=None, help="distance between windows (default: the "
+                                                                     "horizon)")
+    g.add_argument("--cutoffs", type=str, nargs="+", default=None, help="explicit cutoff times shared by every "
+                                                                         "series")
     p.add_argument("--refit", type=int, default=0,
-                   help="train a new model every K windows on the history before the cutoff (0: never, the "
-                        "default; 1: every window); needs --fit_args")
-    p.add_argument("--fit_args", default=None,
+                   help="train a new model every K windows on the history before the cutoff (0: never; 1: every "
+                        "window); needs --fit_args")
+    p.add_argument("--fit_args", type=Optional[str], default=None,
                    help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
                         "configs/demo.yaml --trainer.max_epochs 20\"")
-    p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics (default 4)")
+    p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics")
     p.add_argument("--calibrated", action="store_true",
                    help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
     p.add_argument("--calibrate", action="store_true",
                    help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
                         "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
                         "MLflow model that fit logged earlier)")
-    p.add_argument("--out_dir", default="backtest", help="output directory (default backtest/)")
-    p.add_argument("--out", default=None, help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
-    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                                        "sqlite:///mlflow.db)")
-    p.add_argument("--mlflow_run", default=None,
+    p.add_argument("--out_dir", type=str, default="backtest", help="output directory")
+    p.add_argument("--out", type=Optional[str], default=None,
+                   help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
+    p.add_argument("--tracking_uri", type=Optional[str], default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--mlflow_run", type=Optional[str], default=None,
                    help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run")
-    p.add_argument("--experiment_name", default="ts_neuralode", help="experiment of a new run (default ts_neuralode)")
-    p.add_argument("--run_name", default=None, help="name of a new run (default backtest_<model>)")
+    p.add_argument("--experiment_name", type=str, default="ts_neuralode", help="experiment of a new run")
+    p.add_argument("--run_name", type=Optional[str], default=None, help="name of a new run (default backtest)")
     p.add_argument("--no_tracking", action="store_true", help="log nothing to MLflow")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
@@ -70,24 +85,18 @@ def parser() -> OneLineArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     from ts_neuralode import backtest
-    from ts_neuralode.cli import (
-        _join_negative_values,
-        _parse_times,
-        _resolve_model_path,
-        _resolve_run,
-        _write_csv,
-        read_options,
-    )
     from ts_neuralode.forecaster import Forecaster
 
-    args = parser().parse_args(_join_negative_values(argv))
+    args = parse_forecast_like(parser(), argv)
+    if args.horizon is None:
+        raise ConfigError(f"{PROG} backtest: the following arguments are required: --horizon; see '{PROG} backtest "
+                          "--help'")
     if args.n_windows is None and args.cutoffs is None:
         args.n_windows = 3
     if args.calibrate and args.calibrated:
         raise ConfigError("--calibrate fits the calibration from the uncalibrated bands; drop --calibrated")
     if args.refit < 0:
         raise ConfigError(f"--refit {args.refit}: pass 0 (never), 1 (every window) or K (every K windows)")
-    from ts_neuralode.preflight import writable_dir, writable_file
 
     out_dir = writable_dir(args.out_dir, "--out_dir")  # before the work: a backtest computed and not written is lost
     cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
@@ -102,7 +111,7 @@ def main(argv: Sequence[str]) -> int:
     fc = Forecaster.load(model_path, transform=args.transform)
     read = read_options(args)
     cv = backtest.cross_validation(
-        fc, args.data_path, args.horizon, n_windows=args.n_windows, step=args.step,
+        fc, args.data.path, args.horizon, n_windows=args.n_windows, step=args.step,
         cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
         fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
         num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
@@ -118,13 +127,12 @@ def main(argv: Sequence[str]) -> int:
                                          unit=getattr(codec, "unit", "") if codec.is_datetime else "")
     command = f"{PROG} backtest " + " ".join(shlex.quote(a) for a in argv)
     report = backtest.markdown_report(cv, metrics, f"Backtest of {fc.name}", command)
-    from ts_neuralode.atomic import atomic_write_text
 
     report_path = out_dir / "report.md"
     atomic_write_text(report_path, report + "\n")
     print(f"wrote {cv_path} ({len(cv)} rows), {metrics_path}, {report_path}, {png}")
     if args.calibrate:
-        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data_path, save_to=model_path, **read)
+        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data.path, save_to=model_path, **read)
         factors = "; ".join(f"{lv}%: " + ", ".join(f"{c:.3g}" for c in f) for lv, f in cal["factors"].items())
         print(f"calibration (band stretch per horizon bucket) {factors}: stored in {model_path}/calibration.json")
     overall = metrics[metrics["scope"] == "overall"].set_index("model")
@@ -144,7 +152,6 @@ def main(argv: Sequence[str]) -> int:
 
 def _probe_store(tracking_uri: str | None) -> str:
     """The tracking URI, its store probed (ConfigError before any work when it cannot be used)."""
-    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
     return tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")

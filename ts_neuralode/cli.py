@@ -24,17 +24,55 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Optional, Sequence
 
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser, SolverError, TSNeuralODEError
-from ts_neuralode.threads import configure_threads
+from ts_neuralode.atomic import atomic_write_bytes
+from ts_neuralode.cli_args import cli_words, parse, subcommand_parser
+from ts_neuralode.errors import ConfigError, SolverError, TSNeuralODEError
+from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
+from ts_neuralode.threads import configure_threads, current_choice
 
 PROG = "ts-neuralode"
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("validate", "test", "predict")
 EXIT_USER_ERROR = 2
 
 
+def fit_main(argv: Sequence[str]) -> int:
+    """``ts-neuralode fit``: parse the options (:mod:`ts_neuralode.lightning.options`), train through the API
+    (:func:`ts_neuralode.fit_api.train`, the code path of ``Forecaster.fit``) and print where everything went."""
+    from ts_neuralode.fit_api import train
+    from ts_neuralode.lightning.options import fit_options
+
+    parser, cfg = fit_options(argv)
+    result = train(parser, cfg)
+    if not result.is_global_zero:
+        return 0
+    lines = []
+    if result.best_checkpoint:
+        lines.append(f"best checkpoint: {result.best_checkpoint}")
+    if result.calibration_line:
+        lines.append(result.calibration_line)
+    if result.model_dir_written:
+        lines.append(f"model directory: {result.model_dir_written}  ({PROG} forecast --model ...)")
+    if result.run_id:
+        uri = result.tracking_uri or ""
+        lines.append(f"MLflow run {result.run_id} at {uri}" + (" (incomplete: tracking failed during the fit)"
+                                                                if result.tracking_failed else ""))
+        if uri.startswith("sqlite:"):
+            lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
+        if result.model_uri:
+            lines.append(f"MLflow model {result.model_uri}  (mlflow.pyfunc.load_model('{result.model_uri}'), or "
+                         f"runs:/{result.run_id}/model)")
+    choice = current_choice()  # the torch thread count this fit ran with (ts_neuralode.threads)
+    if choice is not None:
+        lines.append(choice.line)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 0
+
+
 def run_lightning(argv: Sequence[str]) -> None:
+    """``validate | test | predict`` (LightningCLI runs them)."""
     import logging
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
@@ -44,7 +82,8 @@ def run_lightning(argv: Sequence[str]) -> None:
     from ts_neuralode import tracking
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
     from ts_neuralode.lightning import ForecastingModule
-    from ts_neuralode.lightning.cli import TSNeuralODECLI, check_option_spelling
+    from ts_neuralode.lightning.cli import TSNeuralODECLI
+    from ts_neuralode.lightning.options import check_option_spelling
 
     check_option_spelling(argv[1:])
 
@@ -61,75 +100,98 @@ def run_lightning(argv: Sequence[str]) -> None:
 
 
 # -- forecast ---------------------------------------------------------------------------------------
-def _forecast_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(
-        prog=f"{PROG} forecast",
-        description="Forecast every series of a history CSV at future (or any) times with a trained model; "
-                    "writes a Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG "
-                    "per series.",
+def _forecast_parser():
+
+    p = subcommand_parser(
+        "forecast",
+        "Forecast every series of a history CSV at future (or any) times with a trained model; writes a "
+        "Nixtla-style CSV (unique_id, ds, <model>, <model>-lo-L, <model>-hi-L) and one PNG per series.",
     )
     forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
-    g.add_argument("--horizon", default=None,
+    g.add_argument("--horizon", type=Optional[str], default=None,
                    help="how far past each series' last observation: a number of time units or a duration "
                         "such as 30D, 12h")
-    g.add_argument("--freq", default=None, help="regular step of the query grid (number or duration, e.g. 1D)")
-    g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
-    g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
+    g.add_argument("--freq", type=Optional[str], default=None,
+                   help="regular step of the query grid (number or duration, e.g. 1D)")
+    g.add_argument("--num_points", type=Optional[int], default=None,
+                   help="evenly spaced query points (default: 50 when no --freq)")
+    g.add_argument("--times", type=str, nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--calibrated", action="store_true",
                    help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
-    p.add_argument("--series", nargs="+", default=None, help="only these series ids")
-    p.add_argument("--max_steps", type=int, default=None,
+    p.add_argument("--series", type=str, nargs="+", default=None, help="only these series ids")
+    p.add_argument("--max_steps", type=Optional[int], default=None,
                    help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
                         "max_steps, at most 30000); raise it for horizons far past the history")
-    p.add_argument("--out", default="forecast.csv", help="output file (default forecast.csv; .parquet for Parquet)")
-    p.add_argument("--plot_dir", default=None, help="PNG per series here (default: <out stem>_plots/)")
-    p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series (default 20)")
-    p.add_argument("--plot_history", default=None,
+    p.add_argument("--out", type=str, default="forecast.csv", help="output file (.parquet for Parquet)")
+    p.add_argument("--plot_dir", type=Optional[str], default=None, help="PNG per series here (default: <out "
+                                                                          "stem>_plots/)")
+    p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series")
+    p.add_argument("--plot_history", type=Optional[str], default=None,
                    help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
-    p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
-    p.add_argument("--mlflow_run", default=None,
+    p.add_argument("--tracking_uri", type=Optional[str], default=None,
+                   help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
+    p.add_argument("--mlflow_run", type=Optional[str], default=None,
                    help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
                         "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p
 
 
-def forecast_options(p: argparse.ArgumentParser, context: str) -> None:
+#: options ``forecast`` and ``backtest`` cannot run without (not required by the parser, so that
+#: ``--print_config`` and ``--config`` work without them)
+REQUIRED = ("--model", "--data.path")
+
+
+def forecast_options(p, context: str) -> None:
     """The options ``forecast`` and ``backtest`` share (one definition, so they cannot drift): the model, the
     history's reading options, known-future covariates and the predictive distribution. ``context``: where the
     conditioning window of ``--context`` ends ("before each series' last observation", "before each cutoff")."""
     g = p.add_argument_group("model, history and predictive samples")
-    g.add_argument("--model", required=True,
-                   help="model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), a .ckpt, "
-                        "or runs:/<run_id>/model to fetch it from MLflow")
-    g.add_argument("--transform", default=None,
+    g.add_argument("--model", type=Optional[str], default=None,
+                   help="(required) model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), "
+                        "a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
+    g.add_argument("--transform", type=Optional[str], default=None,
                    help="for a .ckpt without a data transform: a model directory or its config.json")
-    g.add_argument("--data.path", dest="data_path", required=True,
-                   help="history file, CSV or Parquet (.parquet) (observed values)")
-    g.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
-    g.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
-    g.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
-    g.add_argument("--future", default=None,
+    g.add_argument("--data.path", type=Optional[str], default=None,
+                   help="(required) history file, CSV or Parquet (.parquet) (observed values)")
+    g.add_argument("--data.format", type=Optional[Literal["long", "wide"]], default=None,
+                   help="long or wide (default: the model's, from fit)")
+    g.add_argument("--data.mask_cols", type=str, nargs="+", default=None,
+                   help="0/1 mask columns, one per value column (default: the model's)")
+    g.add_argument("--data.duplicates", type=Optional[Literal["error", "mean"]], default=None,
+                   help="rows sharing a series and time: error or mean (default: the model's)")
+    g.add_argument("--future", type=Optional[str], default=None,
                    help="CSV of known-future covariate values after the history (id, time and the model's "
                         "future_cols), for a model trained with --data.future_cols; per series and column its "
                         "values replace the history's from its first time on")
-    g.add_argument("--context", default=None,
+    g.add_argument("--context", type=Optional[str], default=None,
                    help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
                         "of time units; 'all': the whole history; default: the context the model was trained with "
                         "on the forecast task, else the whole history)")
-    g.add_argument("--num_samples", type=int, default=100, help="predictive samples (default 100)")
+    g.add_argument("--num_samples", type=int, default=100, help="predictive samples")
     g.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
-                   help="central interval levels in percent (default 50 90)")
+                   help="central interval levels in percent")
     g.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
-def read_options(args: argparse.Namespace) -> dict:
+def parse_forecast_like(parser, argv: Sequence[str]):
+    """Parse ``forecast`` / ``backtest`` options; one line when ``--model`` or ``--data.path`` is missing."""
+
+    args = parse(parser, _join_negative_values(argv))
+    missing = [o for o in REQUIRED if args.get(o[2:]) is None]
+    if missing:
+        raise ConfigError(f"{parser.prog}: the following arguments are required: {', '.join(missing)}; see "
+                          f"'{parser.prog} --help'")
+    return args
+
+
+def read_options(args) -> dict:
     """The history's reading options given by :func:`forecast_options`' ``--data.*`` flags."""
-    return {k: getattr(args, k) for k in ("format", "mask_cols", "duplicates") if getattr(args, k) is not None}
+    return {k: args.data[k] for k in ("format", "mask_cols", "duplicates") if args.data[k] is not None}
 
 
 def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
@@ -137,7 +199,6 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
         return model
     import mlflow
 
-    from ts_neuralode.preflight import tracking_store
     from ts_neuralode.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
@@ -180,12 +241,11 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def forecast_main(argv: Sequence[str]) -> int:
-    args = _forecast_parser().parse_args(_join_negative_values(argv))
+    args = parse_forecast_like(_forecast_parser(), argv)
     if args.horizon is None and args.times is None:
         raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
                           "units, with --freq or --num_points) or --times T1 T2 ...")
     from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.preflight import writable_dir, writable_file
 
     writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
     if not args.no_plots:
@@ -195,7 +255,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     fc = Forecaster.load(path, transform=args.transform)
     read = read_options(args)
     out = fc.predict(
-        args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
+        args.data.path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
         context=args.context, future=args.future, calibrated=args.calibrated, max_steps=args.max_steps, **read,
@@ -207,7 +267,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     pngs: list[Path] = []
     if not args.no_plots:
         plot_dir = _plot_dir(args)
-        pngs = fc.plot(args.data_path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
+        pngs = fc.plot(args.data.path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
     if run_target is not None:
@@ -224,7 +284,6 @@ def _plot_dir(args) -> Path:
 def _write_csv(frame, path: Path) -> None:
     """Atomically (a kill during the write leaves the previous file); one line when the path is not writable.
     Parquet for a .parquet / .pq path, else CSV."""
-    from ts_neuralode.atomic import atomic_write_bytes
     from ts_neuralode.data.io import frame_bytes
 
     try:
@@ -251,7 +310,6 @@ def _resolve_run(spec: str, tracking_uri: str | None):
                               "checkpoint directory of a fit (it holds mlflow_run.json)") from err
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
-    from ts_neuralode.preflight import tracking_store
 
     uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
                          off="leave out --mlflow_run", must_exist=True)
@@ -282,14 +340,14 @@ def _log_forecast_to_run(target, csv_path: Path, pngs: list[Path]) -> tuple[str,
 
 # -- generate / benchmark ----------------------------------------------------------------------------
 def generate_main(argv: Sequence[str]) -> int:
-    from ts_neuralode.data.generators import cli_main
+    from ts_neuralode.generate_cli import main as generate_cli
 
-    return int(cli_main(list(argv)) or 0)
+    return generate_cli(list(argv))
 
 
 def benchmark_main(argv: Sequence[str]) -> int:
     try:
-        from ts_neuralode.benchmark import cli_main
+        from ts_neuralode.benchmark.cli import cli_main
     except ImportError as err:
         if "ts_neuralode.benchmark" not in str(err):
             raise
@@ -304,8 +362,10 @@ def backtest_main(argv: Sequence[str]) -> int:
     return backtest_cli(list(argv))
 
 
-EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benchmark": benchmark_main,
-                     "backtest": backtest_main}
+EXTRA_SUBCOMMANDS = {"fit": fit_main, "forecast": forecast_main, "generate": generate_main,
+                     "benchmark": benchmark_main, "backtest": backtest_main}
+
+SUBCOMMANDS = ("fit", *LIGHTNING_SUBCOMMANDS, *(s for s in EXTRA_SUBCOMMANDS if s != "fit"))
 
 USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
@@ -339,12 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:
-            raise ConfigError(f"unknown subcommand {sub!r}; use one of "
-                              f"{', '.join(LIGHTNING_SUBCOMMANDS + tuple(EXTRA_SUBCOMMANDS))}")
+            raise ConfigError(f"unknown subcommand {sub!r}; use one of {', '.join(SUBCOMMANDS)}")
         run_lightning(argv)
         return 0
     except TSNeuralODEError as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+
+        print(f"{PROG}: error: {cli_words(_one_line(err))}", file=sys.stderr)  # in the command line's words
         return EXIT_USER_ERROR
     except (SolverError, ValueError) as err:
         # the ODE solver giving up mid-run: TrainingGuard attached where and what to try

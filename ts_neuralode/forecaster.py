@@ -110,27 +110,32 @@ class Forecaster:
     @classmethod
     def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-            output_dir: str | os.PathLike = "ts_neuralode_fit", tracking: bool = True, tracking_uri: str | None = None,
-            experiment_name: str | None = None, run_name: str | None = None, log_model: bool = True,
-            seed: int = 0) -> "Forecaster":
-        """Train a model from Python through the same code path as ``ts-neuralode fit`` (its LightningCLI, callbacks,
-        checkpoints, model export and MLflow tracking; :mod:`ts_neuralode.fit_api`) and return it fitted.
+            callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
+            tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
+            run_name: str | None = None, log_model: bool = True, seed: int = 0) -> "Forecaster":
+        """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
+        checkpoints, model export and MLflow tracking; :func:`ts_neuralode.fit_api.train`) and return it fitted.
 
         Args:
-            data: a DataFrame (written to ``<output_dir>/data.csv``) or a CSV path.
+            data: a DataFrame (handed to the data module in memory) or a CSV / Parquet path.
             model: a model name (``latent_ode``, ``ode_rnn``, ``gru_ode``) or a config file (``configs/demo.yaml``).
             data_options / model_options / trainer: ``--data.*`` / ``--model.*`` / ``--trainer.*`` options as dicts
                 (``{"evolution": {"kind": "gru_flow"}}`` for ``--model.evolution.kind``); they override the config.
-            output_dir: checkpoints (``checkpoints/``) and the model directory (``model/``) go here.
+            callbacks: extra Lightning callbacks for the Trainer (e.g. an Optuna pruning callback).
+            output_dir: checkpoints (``checkpoints/``), the model directory (``model/``) and the resolved options
+                (``config.yaml``) go here.
             tracking, tracking_uri, experiment_name, run_name, log_model: MLflow, as the CLI options of those names.
             seed: ``--seed_everything``.
-        The returned forecaster's ``fit_info`` holds the command line, the directories and the MLflow run id.
+        The returned forecaster's ``fit_info`` holds ``monitor`` (the metric the best checkpoint follows:
+        ``val_loss``, or ``train_loss`` without validation) and ``best_score`` (its best value, a float), the
+        resolved options (``config``), the ``ts-neuralode fit`` command line that reproduces the fit (``argv``), the
+        directories and the MLflow run id.
         """
         from ts_neuralode.fit_api import fit
 
         configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
         return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
-                   output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                   callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                    experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -277,7 +282,7 @@ class Forecaster:
         span = budgets.forecast_span(self.transform, table, index, raw_q)
         steps = budgets.forecast_budget(self.module, span.span, user_steps)
         bar = _progress(chunks, progress, "forecast")
-        with seeded(seed), budgets.step_budget(self.module, steps):
+        with seeded(seed), budgets.step_budget(steps):
             try:
                 frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
                                               qs, [exact_q[rows_of[i]] for i in chunk], covariates)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -68,18 +67,12 @@ def forecast_budget(module: torch.nn.Module, span: float, max_steps: int | None 
     return max(own, min(need, FORECAST_MAX_STEPS))
 
 
-@contextmanager
-def step_budget(module: torch.nn.Module, max_steps: int | None):
-    """Run the block with every ODE evolution of ``module`` allowed ``max_steps`` steps (None: unchanged)."""
-    evs = ode_evolutions(module) if max_steps is not None else []
-    saved = [e.config for e in evs]
-    try:
-        for e in evs:
-            e.config = dataclasses.replace(e.config, max_steps=max_steps)
-        yield
-    finally:
-        for e, c in zip(evs, saved):
-            e.config = c
+def step_budget(max_steps: int | None):
+    """Run the block with every ODE solve allowed ``max_steps`` steps (None: each evolution's own): the budget
+    travels with the call (:func:`ts_neuralode.models.evolution.solver_steps`), no model is modified."""
+    from ts_neuralode.models.evolution import solver_steps
+
+    return solver_steps(max_steps)
 
 
 @dataclasses.dataclass

@@ -43,10 +43,9 @@ dynamics) gets its error in the ``error`` column and the benchmark goes on with 
 The package, one job a module: :mod:`~ts_neuralode.benchmark.config` (model table, columns, settings),
 :mod:`~ts_neuralode.benchmark.runner` (data, training, scoring), :mod:`~ts_neuralode.benchmark.tracker`
 (MLflow runs), :mod:`~ts_neuralode.benchmark.report` (table, chart, results/ files),
-:mod:`~ts_neuralode.benchmark.cli` (the subcommand's options).
+:mod:`~ts_neuralode.benchmark.cli` (the subcommand's options; imported by the command line only, not here).
 """
 
-from ts_neuralode.benchmark.cli import build_parser, cli_main, config_from_args
 from ts_neuralode.benchmark.config import (
     COLUMNS,
     DEFAULT_MODELS,
@@ -81,7 +80,7 @@ from ts_neuralode.benchmark.runner import (
 
 __all__ = [
     "BenchmarkConfig", "BenchmarkResult", "COLUMNS", "DEFAULT_MODELS", "MODEL_SPECS", "PROG", "SCORES", "TASKS",
-    "benchmark_baseline", "benchmark_model", "build_parser", "choose_layout", "cli_main", "config_from_args",
+    "benchmark_baseline", "benchmark_model", "choose_layout",
     "describe", "load_frame", "make_datamodules", "markdown_table", "measure_latency", "module_options",
     "plot_time_vs_mse", "run_benchmark", "scored_tasks", "publish_report", "script_command", "script_parser", "write_outputs",
     "write_report",

@@ -25,7 +25,9 @@ def _float_or_auto(value: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, description="Train Neural ODE and Neural Flow models on the same data, seed and "
+    from ts_neuralode.cli_args import DefaultsHelpFormatter, name_defaults
+
+    p = OneLineArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter, description="Train Neural ODE and Neural Flow models on the same data, seed and "
                 "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
     src = p.add_argument_group("data (one of --dataset / --data.path)")
     src.add_argument("--dataset", default=None, help="synthetic set (ts-neuralode generate names), e.g. sine")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--run_name", default=None)
     o.add_argument("--no_tracking", action="store_true", help="do not record MLflow runs")
     o.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    name_defaults(p)
     return p
 
 

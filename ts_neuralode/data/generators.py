@@ -30,15 +30,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.atomic import atomic_write
-from ts_neuralode.data.io import frame_bytes
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+from ts_neuralode.errors import ConfigError
 
 NAMES = ("sine", "square", "sawtooth", "triangle", "sink", "ellipse", "periodic", "double_ou", "pk")
 _DEFAULT_POINTS = {"periodic": 100, "double_ou": 20, "pk": 40}
@@ -191,10 +188,13 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
     """Generate data set ``name`` (one of :data:`NAMES`) as a long DataFrame ``unique_id, ds, <channels>``.
 
     Args:
-        n_series: number of series; n_points: points per series (default 100; 20 for double_ou).
-        seed: numpy seed — the same arguments always give the same frame.
+        n_series: number of series.
+        n_points: points per series (default 100; 20 for double_ou).
+        seed: numpy seed: the same arguments always give the same frame.
         extrap: Neural Flows sets only: None, "time" (times in [10, 30]) or "space" (x0 outside the
-            training range). t_min / t_max: override the time range.
+            training range).
+        t_min: override the start of the time range.
+        t_max: override the end of the time range.
     """
     if name not in NAMES:
         raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
@@ -215,36 +215,5 @@ def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed:
     return _neural_flows(name, int(n_series), n_points, rng, extrap, t_min, t_max)
 
 
-def cli_main(argv: list[str] | None = None) -> int:
-    """``ts-neuralode generate NAME --out PATH [--n-series N] [--n-points T] [--seed S] [--extrap time|space]``."""
-    parser = OneLineArgumentParser(prog="ts-neuralode generate",
-                                   description="Write a synthetic data set as a long CSV (unique_id, ds, values).")
-    parser.add_argument("name", choices=NAMES)
-    parser.add_argument("--out", required=True, help="output CSV path")
-    parser.add_argument("--n-series", type=int, default=1000)
-    parser.add_argument("--n-points", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extrap", choices=("time", "space"), default=None)
-    parser.add_argument("--t-min", type=float, default=None)
-    parser.add_argument("--t-max", type=float, default=None)
-    args = parser.parse_args(argv)
-    from ts_neuralode.errors import ConfigError
-    from ts_neuralode.preflight import writable_file
-
-    writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost
-    df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
-                  extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
-    data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
-    try:  # atomically: a kill during the write leaves the previous file
-        atomic_write(args.out, lambda f: f.write(data), parents=False)
-    except OSError as exc:
-        raise ConfigError(f"--out {args.out}: cannot write it ({exc.strerror or type(exc).__name__}); pass a "
-                          "writable path") from exc
-    print(f"wrote {args.out}: {df['unique_id'].nunique()} series, {len(df)} rows")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover  (errors as one line through the package's command)
-    from ts_neuralode.cli import main
-
-    raise SystemExit(main(["generate", *sys.argv[1:]]))
+if __name__ == "__main__":  # pragma: no cover  (the command line lives in ts_neuralode.cli: 'ts-neuralode generate')
+    raise SystemExit("run 'ts-neuralode generate NAME --out PATH' (or python -m ts_neuralode.cli generate ...)")

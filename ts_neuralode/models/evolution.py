@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,21 @@ from ts_neuralode.solvers import odeint
 
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
+
+#: the step budget of the current call (:func:`solver_steps`); None: each evolution's own ``config.max_steps``
+_CALL_MAX_STEPS: ContextVar[int | None] = ContextVar("ts_neuralode_call_max_steps", default=None)
+
+
+@contextmanager
+def solver_steps(max_steps: int | None):
+    """Within the block (this thread / task only), every ODE solve allows ``max_steps`` steps (None: each
+    evolution's own). A forecast's step budget travels with the call this way instead of being written into
+    the evolutions' configs, so a model serving two forecasts at once never sees the other's budget."""
+    token = _CALL_MAX_STEPS.set(max_steps)
+    try:
+        yield
+    finally:
+        _CALL_MAX_STEPS.reset(token)
 
 
 class Evolution(nn.Module):
@@ -188,6 +204,7 @@ class ODEEvolution(Evolution):
         first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
         sol = odeint(
             func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first,
+            max_steps=_CALL_MAX_STEPS.get() or c.max_steps,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )
