@@ -12,7 +12,9 @@ f(t − t0, x) integrated from 0).
 Models (the authors' synthetic settings, REFERENCE.md): ODE with a 3 × 64 tanh MLP field on [x, t]
 (``ode_rk4``: rk4 with one step per output interval; ``ode_dopri5``: rtol 1e-3, atol 1e-4); flows with 4 layers
 of 2 × 64 hidden and a Fourier time embedding of 8 features. Adam lr 1e-3, weight decay 1e-5, batch 50,
-gradient clipping 1. No early stopping: the model after the last epoch is scored.
+gradient clipping 1. No early stopping: the model after the last epoch is scored. Optional rows
+(``--models resnet_flow_16`` / ``resnet_flow_16_relu``): the ResNet flow with the 16 residual blocks the reference
+code actually builds for its ``--flow-layers 4`` (see EXTRA_MODELS).
 
     python scripts/repro_neural_flows_synthetic.py              # 400 series, 5 epochs: ~5 min on a 2-core CPU
     python scripts/repro_neural_flows_synthetic.py --full --device cuda   # 1000 series (the paper's), 50 epochs
