@@ -15,7 +15,7 @@ Two measurements, both on the periodic family ``y = o + sin(2π f t)`` (f ~ U(0.
 A variant is a set of :class:`~ts_neuralode.models.evolution_config.EvolutionConfig` options on top of the
 package defaults (``default`` = none).
 
-    python scripts/flows_periodic.py --quick                 # 300 series, 5 epochs, one variant (minutes)
+    python scripts/flows_periodic.py --quick                 # 300 series, 5 epochs, one variant (minutes; *_quick.md)
     python scripts/flows_periodic.py                         # the ablation at 20 epochs (CPU, ~1 h on 1 thread)
 
 Writes results/flows_periodic.md (and results/flows_periodic.csv, one row per run, appended as they finish).
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     seeds = [int(s) for s in args.seeds.split(",")]
     skip = set(args.skip.split(",")) | ({"probe", "benchmark"} if args.render_only else set())
-    csv = Path(args.out).with_suffix(".csv")
+    if args.quick and args.out == "results/flows_periodic.md":  # never mix quick rows into the 20-epoch table
+        args.out = "results/flows_periodic_quick.md"
+    csv = Path(args.out).with_suffix(".csv")  # rows are appended: one CSV per protocol (epochs, series)
     rows = []
 
     def record(row: dict) -> None:
