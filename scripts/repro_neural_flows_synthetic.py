@@ -12,7 +12,9 @@ f(t − t0, x) integrated from 0).
 Models (the authors' synthetic settings, REFERENCE.md): ODE with a 3 × 64 tanh MLP field on [x, t]
 (``ode_rk4``: rk4 with one step per output interval; ``ode_dopri5``: rtol 1e-3, atol 1e-4); flows with 4 layers
 of 2 × 64 hidden and a Fourier time embedding of 8 features. Adam lr 1e-3, weight decay 1e-5, batch 50,
-gradient clipping 1. No early stopping: the model after the last epoch is scored.
+gradient clipping 1. No early stopping: the model after the last epoch is scored. Optional rows
+(``--models resnet_flow_16`` / ``resnet_flow_16_relu``): the ResNet flow with the 16 residual blocks the reference
+code actually builds for its ``--flow-layers 4`` (see EXTRA_MODELS).
 
     python scripts/repro_neural_flows_synthetic.py              # 400 series, 5 epochs: ~5 min on a 2-core CPU
     python scripts/repro_neural_flows_synthetic.py --full --device cuda   # 1000 series (the paper's), 50 epochs
@@ -38,6 +40,10 @@ from ts_neuralode.models.nets import mlp
 
 DATASETS = ("sine", "square", "sawtooth", "triangle", "sink")
 MODELS = ("ode_rk4", "ode_dopri5", "resnet_flow", "gru_flow", "coupling_flow")
+#: optional rows (--models): the ResNet flow laid out as the reference code builds it for ``--flow-layers 4``:
+#: each of its 4 flow layers is a stribor ResNetFlow of ``n_layers`` = 4 residual blocks, i.e. 16 blocks in all
+#: (nfe/models/flow.py passes n_layers on), each with a 2 x 64 network; ReLU as there
+EXTRA_MODELS = {"resnet_flow_16": dict(flow_layers=16), "resnet_flow_16_relu": dict(flow_layers=16, activation="relu")}
 # f of the 1-D sets, value = x0 + f(t) (the generator's definitions; f(0) gives the initial state)
 _F = {"sine": np.sin, "square": lambda t: np.sign(np.sin(t)), "sawtooth": sawtooth,
       "triangle": lambda t: np.abs(sawtooth(t))}
@@ -70,8 +76,10 @@ def make_model(kind: str, dim: int) -> nn.Module:
     if kind.startswith("ode_"):
         method = kind.split("_", 1)[1]
         return ODEEvolution(dim, EvolutionConfig(method=method, rtol=1e-3, atol=1e-4), field=TimeField(dim, 64, 3))
-    return make_evolution(kind, dim, hidden_dim=64, num_layers=2, flow_layers=4, time_embedding="fourier",
-                          time_embedding_features=8)
+    options = dict(hidden_dim=64, num_layers=2, flow_layers=4, time_embedding="fourier", time_embedding_features=8)
+    if kind in EXTRA_MODELS:
+        kind, options = "resnet_flow", {**options, **EXTRA_MODELS[kind]}
+    return make_evolution(kind, dim, **options)
 
 
 def trajectories(name: str, n_series: int, seed: int, extrap: str | None = None):
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     datasets = [d for d in args.datasets.split(",") if d]
     models = [m for m in args.models.split(",") if m]
-    bad = [d for d in datasets if d not in DATASETS] + [m for m in models if m not in MODELS]
+    bad = [d for d in datasets if d not in DATASETS] + [m for m in models if m not in MODELS and m not in EXTRA_MODELS]
     if bad:
         print(f"error: unknown dataset/model {bad}; datasets {DATASETS}, models {MODELS}", file=sys.stderr)
         return 2

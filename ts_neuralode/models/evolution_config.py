@@ -42,8 +42,10 @@ class EvolutionConfig:
         adjoint_mode: with ``adjoint``: "interpolate" (default: exact y from the forward's dense output,
             faster) or "backsolve" (re-integrates y backwards: memory flat in the number of steps).
         max_steps: attempted solver steps per solve before it gives up with a SolverError.
-        flow_layers: stacked flow layers.  time_embedding: "fourier", "tanh", "log", …  (see
-            :mod:`ts_neuralode.models.time_embedding`); time_embedding_features: its width.
+        flow_layers: stacked flow layers.  time_embedding: "fourier" (default: unbounded; measured against
+            "fourier_bounded" in results/flows_periodic.md), "fourier_bounded", "tanh", "log", "linear" (see
+            :mod:`ts_neuralode.models.time_embedding`); time_embedding_features: its width. These fields are the
+            one declaration of the flows' defaults (:mod:`ts_neuralode.models.flows` reads them from here).
         coeff: spectral-norm bound (0, 1) of the residual flows' networks.
     """
 

@@ -25,6 +25,13 @@ bounded embedding (``tanh`` or ``fourier_bounded``); with an unbounded one (``li
 the forward map is still defined and ``F(0, x) = x`` still holds, but invertibility is only guaranteed
 where ``|φ(t)| < 1 / Lip(g)`` (see :attr:`Flow.guaranteed_invertible`).
 
+Defaults. Every flow option's default (time embedding, its features, ``coeff``, ``flow_layers``, ``num_layers``,
+``activation``) is :class:`~ts_neuralode.models.evolution_config.EvolutionConfig`'s, declared there once. The
+time embedding defaults to the unbounded ``fourier``: measured (results/flows_periodic.md), ``fourier_bounded``
+fits sinusoids 10–100× worse (its |φ| <= 1/2 caps how far a layer can move the state), at the price of
+invertibility being guaranteed only where ``|φ(t)| < 1 / Lip(g)``; ask for ``fourier_bounded`` or ``tanh``
+where the inverse must exist everywhere.
+
 Stacks
 ------
 :class:`ResNetFlow`, :class:`GRUFlow`, :class:`CouplingFlow` compose ``flow_layers`` layers,
@@ -40,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ts_neuralode.errors import ConfigError, check_choice
+from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import (
     SpectralNormLinear,
     check_positive_int,
@@ -49,6 +57,10 @@ from ts_neuralode.models.nets import (
     spectral_mlp,
 )
 from ts_neuralode.models.time_embedding import make_time_embedding
+
+#: the flow options' defaults are declared once, as the fields of :class:`EvolutionConfig` (measured choices:
+#: results/flows_periodic.md); the constructors below read them from there
+_D = EvolutionConfig
 
 
 def broadcast_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -151,11 +163,11 @@ class ResNetFlowLayer(ResidualFlowLayer):
         dim: int,
         *,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        activation: str = "tanh",
-        time_embedding: str = "fourier_bounded",
-        time_embedding_features: int = 8,
-        coeff: float = 0.9,
+        num_layers: int = _D.num_layers,
+        activation: str = _D.activation,
+        time_embedding: str = _D.time_embedding,
+        time_embedding_features: int = _D.time_embedding_features,
+        coeff: float = _D.coeff,
         n_power_iterations: int = 3,
     ) -> None:
         super().__init__(dim, time_embedding, time_embedding_features)
@@ -175,9 +187,9 @@ class GRUFlowLayer(ResidualFlowLayer):
         self,
         dim: int,
         *,
-        time_embedding: str = "fourier_bounded",
-        time_embedding_features: int = 8,
-        coeff: float = 0.9,
+        time_embedding: str = _D.time_embedding,
+        time_embedding_features: int = _D.time_embedding_features,
+        coeff: float = _D.coeff,
         n_power_iterations: int = 3,
     ) -> None:
         super().__init__(dim, time_embedding, time_embedding_features)
@@ -205,10 +217,10 @@ class CouplingFlowLayer(Flow):
         *,
         parity: int = 0,
         hidden_dim: int = 64,
-        num_layers: int = 2,
-        activation: str = "tanh",
-        time_embedding: str = "fourier",
-        time_embedding_features: int = 8,
+        num_layers: int = _D.num_layers,
+        activation: str = _D.activation,
+        time_embedding: str = _D.time_embedding,
+        time_embedding_features: int = _D.time_embedding_features,
     ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
@@ -280,7 +292,7 @@ class FlowStack(Flow):
 class ResNetFlow(FlowStack):
     """Stack of ``flow_layers`` :class:`ResNetFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
         check_positive_int(flow_layers, "flow_layers")
         super().__init__([ResNetFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
 
@@ -288,7 +300,7 @@ class ResNetFlow(FlowStack):
 class GRUFlow(FlowStack):
     """Stack of ``flow_layers`` :class:`GRUFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
         check_positive_int(flow_layers, "flow_layers")
         super().__init__([GRUFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
 
@@ -296,7 +308,7 @@ class GRUFlow(FlowStack):
 class CouplingFlow(FlowStack):
     """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits."""
 
-    def __init__(self, dim: int, *, flow_layers: int = 2, **layer_kwargs) -> None:
+    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
         check_positive_int(flow_layers, "flow_layers")
         super().__init__([CouplingFlowLayer(dim, parity=i, **layer_kwargs) for i in range(flow_layers)])
 
@@ -312,13 +324,13 @@ def make_flow(
     kind: str,
     dim: int,
     *,
-    flow_layers: int = 2,
+    flow_layers: int = _D.flow_layers,
     hidden_dim: int = 64,
-    num_layers: int = 2,
-    activation: str = "tanh",
-    time_embedding: str = "fourier",
-    time_embedding_features: int = 8,
-    coeff: float = 0.9,
+    num_layers: int = _D.num_layers,
+    activation: str = _D.activation,
+    time_embedding: str = _D.time_embedding,
+    time_embedding_features: int = _D.time_embedding_features,
+    coeff: float = _D.coeff,
     n_power_iterations: int = 3,
 ) -> FlowStack:
     """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``).
