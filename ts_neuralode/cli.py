@@ -33,7 +33,9 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXIT_USER_ERROR = 2
 
 
-def run_lightning(argv: Sequence[str]) -> None:
+def run_lightning(argv: Sequence[str], callbacks: Sequence | None = None):
+    """Run a LightningCLI subcommand in-process; returns the CLI (its ``trainer``). ``callbacks``: extra Lightning
+    callbacks for the Trainer (``Forecaster.fit(callbacks=...)``)."""
     import logging
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
@@ -47,7 +49,7 @@ def run_lightning(argv: Sequence[str]) -> None:
 
     check_option_spelling(argv[1:])
 
-    TSNeuralODECLI(
+    return TSNeuralODECLI(
         ForecastingModule,
         IrregularTimeSeriesDataModule,
         save_config_callback=tracking.MlflowSaveConfigCallback,
@@ -56,6 +58,7 @@ def run_lightning(argv: Sequence[str]) -> None:
         parser_kwargs={"prog": PROG, "exit_on_error": False},
         args=list(argv),
         auto_configure_optimizers=True,
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,  # model choice: callbacks pass-through
     )
 
 
@@ -308,7 +311,8 @@ EXTRA_SUBCOMMANDS = {"forecast": forecast_main, "generate": generate_main, "benc
 
 USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
-  fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last)
+  fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last);
+             --model auto searches the models with Optuna ('fit --model auto --help')
   validate   evaluate on the validation split (--ckpt_path PATH)
   test       evaluate on the test split (--ckpt_path PATH)
   predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
@@ -336,6 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
+        if sub == "fit":  # model choice: 'fit --model auto' searches (ts_neuralode.model_choice_cli)
+            from ts_neuralode.model_choice_cli import main as auto_main
+            from ts_neuralode.model_choice_cli import wants_auto
+
+            if wants_auto(argv[1:]):
+                return auto_main(argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:
             raise ConfigError(f"unknown subcommand {sub!r}; use one of "
                               f"{', '.join(LIGHTNING_SUBCOMMANDS + tuple(EXTRA_SUBCOMMANDS))}")

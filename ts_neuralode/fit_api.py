@@ -94,9 +94,9 @@ def fit_argv(data: Any, model: str | os.PathLike | None, *, data_options: Mappin
     return argv, model_dir
 
 
-def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
+def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit", callbacks: Sequence | None = None):
     """Run the ``ts-neuralode fit`` command line ``argv`` in-process and load the model directory it wrote (the one
-    code path of :func:`fit` and the backtest's refits)."""
+    code path of :func:`fit` and the backtest's refits). ``callbacks``: extra Lightning callbacks for the Trainer."""
     import argparse
 
     from ts_neuralode.cli import run_lightning
@@ -106,7 +106,7 @@ def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
     checkpoints = model_dir.parent / "checkpoints"
     stale = _stamp(checkpoints / RUN_FILE)  # a run file left by an earlier fit in this directory is not this fit's
     try:
-        run_lightning(argv)
+        cli = run_lightning(argv, callbacks)
     except argparse.ArgumentError as err:  # jsonargparse: an unknown or ill-typed option
         raise ConfigError(f"{what}: {' '.join(str(err).split())}") from err
     if not (model_dir / "config.json").is_file():
@@ -115,8 +115,16 @@ def run_fit(argv: list[str], model_dir: Path, what: str = "Forecaster.fit"):
     fresh = _stamp(checkpoints / RUN_FILE)
     info = (read_run_file(checkpoints) or {}) if fresh is not None and fresh != stale else {}
     fc.fit_info = {"argv": argv, "model_dir": str(model_dir), "checkpoint_dir": str(checkpoints),
-                   "run_id": info.get("run_id"), "tracking_uri": info.get("tracking_uri")}
+                   "run_id": info.get("run_id"), "tracking_uri": info.get("tracking_uri"),
+                   **_best(cli)}  # monitor / best_score: the model choice's contract with Forecaster.fit
     return fc
+
+
+def _best(cli) -> dict:
+    """``{"monitor": "val_loss", "best_score": 0.42}`` of the fit's checkpoint callback (None where it has none)."""
+    ckpt = getattr(getattr(cli, "trainer", None), "checkpoint_callback", None)
+    score = getattr(ckpt, "best_model_score", None)
+    return {"monitor": getattr(ckpt, "monitor", None), "best_score": None if score is None else float(score)}
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -128,11 +136,11 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_ino
 
 
-def fit(data: Any, model: str | os.PathLike = "latent_ode", **kwargs: Any):
+def fit(data: Any, model: str | os.PathLike = "latent_ode", callbacks: Sequence | None = None, **kwargs: Any):
     """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.forecaster.Forecaster` (see
     :meth:`Forecaster.fit <ts_neuralode.forecaster.Forecaster.fit>` for the arguments)."""
     argv, model_dir = fit_argv(data, model, **kwargs)
-    return run_fit(argv, model_dir)
+    return run_fit(argv, model_dir, callbacks=callbacks)
 
 
 __all__ = ["fit", "fit_argv", "options_to_argv", "run_fit"]

@@ -40,7 +40,7 @@ from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
-from ts_neuralode.errors import ForecastError
+from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.forecast_frame import (
     DEFAULT_LEVELS,
     model_display_name,
@@ -111,7 +111,7 @@ class Forecaster:
             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
             output_dir: str | os.PathLike = "ts_neuralode_fit", tracking: bool = True, tracking_uri: str | None = None,
             experiment_name: str | None = None, run_name: str | None = None, log_model: bool = True,
-            seed: int = 0) -> "Forecaster":
+            seed: int = 0, callbacks: Sequence | None = None, **auto: Any) -> "Forecaster":
         """Train a model from Python through the same code path as ``ts-neuralode fit`` (its LightningCLI, callbacks,
         checkpoints, model export and MLflow tracking; :mod:`ts_neuralode.fit_api`) and return it fitted.
 
@@ -123,13 +123,30 @@ class Forecaster:
             output_dir: checkpoints (``checkpoints/``) and the model directory (``model/``) go here.
             tracking, tracking_uri, experiment_name, run_name, log_model: MLflow, as the CLI options of those names.
             seed: ``--seed_everything``.
-        The returned forecaster's ``fit_info`` holds the command line, the directories and the MLflow run id.
+            callbacks: extra Lightning callbacks for the Trainer.
+            model="auto": the automatic model choice (:func:`ts_neuralode.model_choice.fit_auto`; its options
+                ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``auto``).
+        The returned forecaster's ``fit_info`` holds the command line, the directories, the MLflow run id and the
+        checkpoint's ``monitor`` / ``best_score``.
         """
         from ts_neuralode.fit_api import fit
 
+        # -- model choice (helper "auto"): model="auto" searches; its options pass through ``auto`` --------------
+        if str(model) == "auto":
+            from ts_neuralode.model_choice import fit_auto
+
+            return fit_auto(data, data_options=data_options, model_options=model_options, trainer=trainer,
+                            callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                            experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                            **auto)
+        if auto:
+            raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
+                              "model choice)")
+        # -- end model choice ------------------------------------------------------------------------------------
         return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
                    output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
+                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                   callbacks=callbacks)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
@@ -150,8 +167,13 @@ class Forecaster:
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``; older model
-        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`).
+        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`). A directory written by an
+        :class:`~ts_neuralode.model_choice_ensemble.EnsembleForecaster` loads as one.
         """
+        from ts_neuralode.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir  # model choice
+
+        if transform is None and is_ensemble_dir(path):
+            return EnsembleForecaster.load(path, map_location=map_location)
         stored = read_stored(path, map_location)
         tstate = transform if transform is not None else stored.transform
         if tstate is None:

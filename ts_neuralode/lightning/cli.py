@@ -135,7 +135,8 @@ class TSNeuralODECLI(LightningCLI):
                     dirpath=str(self.ckpt_dir), filename="last", monitor=None, save_top_k=1, save_last=False,
                     every_n_epochs=1, enable_version_counter=False,
                 ))
-        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        extra = self.trainer_defaults.get("callbacks") or []  # Forecaster.fit(callbacks=...) via run_lightning
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*callbacks, *extra]}
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
