@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 from lightning.pytorch import Callback
 
-from ts_neuralode.errors import ConfigError, DataError, SolverError, TrainingError
+from ts_neuralode.errors import ConfigError, DataError, SolverError, TrainingError, TSNeuralODEError
 from ts_neuralode.model_choice_space import SEARCH_SPACE, Param, check_space, describe, flatten, nest, sample
 
 try:
@@ -445,7 +445,8 @@ class _Tracking:
         if not self.enabled:
             return None
         key = f"{ATTR}.mlflow_parent_run_id"
-        run_id = study.user_attrs.get(key) or (None if created else _wait_attr(study, key, PARENT_WAIT_S))
+        fresh = not created and not study.get_trials(deepcopy=False)  # a worker that created it a moment ago
+        run_id = study.user_attrs.get(key) or (_wait_attr(study, key, PARENT_WAIT_S) if fresh else None)
         if run_id is not None:
             with contextlib.suppress(Exception):
                 self.client.update_run(run_id, status="RUNNING")
@@ -502,7 +503,8 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
     epochs = int(fixed.get("trainer.max_epochs", DEFAULT_EPOCHS))
     if pruner is None:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
-    settings = {"data": _data_digest(path), "fixed": fixed, "defaults": defaults, "metric": metric, "seed": seed,
+    settings = {"data": _data_digest(path), "fixed": fixed, "metric": metric, "seed": seed,
+                "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
                 "space": [repr(p) for p in space]}
     storage_obj, study, created = _open_study(storage, study_name, pruner, settings)
     track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
@@ -593,15 +595,21 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
                      trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=tdir,
                      tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
                      run_name=f"trial_{n:04d}", log_model=False, seed=seed)
-    except (TrainingError, SolverError) as err:
-        reason = " ".join(str(getattr(err, "ts_neuralode_message", None) or err).split())[:500]
-    except ValueError as err:
-        message = getattr(err, "ts_neuralode_message", None)
-        if message is None or isinstance(err, (ConfigError, DataError)):
-            _abandon(study, trial, track, cb, retry=False)
-            raise _user_error(err, n, label) from err
-        reason = " ".join(str(message).split())[:500]
-    except BaseException:  # Ctrl-C (Lightning turns it into SystemExit), SIGTERM, our bugs: run it again later
+    except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
+        _abandon(study, trial, track, cb, retry=False)
+        raise _user_error(err, n, label) from err
+    except (TSNeuralODEError, SolverError) as err:  # NaN loss, a solver that cannot finish: this configuration fails
+        reason = " ".join(str(err).split())[:500]
+    except Exception as err:  # a bug met by one configuration: recorded (traceback in the trial's log), search goes on
+        import traceback
+
+        message = getattr(err, "ts_neuralode_message", None)  # TrainingGuard's line for a failing solve
+        if message is None:
+            with open(tdir / "log.txt", "a", encoding="utf-8") as log:
+                traceback.print_exc(file=log)
+        reason = (" ".join(str(message).split())[:500] if message is not None else
+                  f"{type(err).__name__}: {' '.join(str(err).split())[:400]} (traceback in {tdir / 'log.txt'})")
+    except BaseException:  # Ctrl-C (Lightning turns it into SystemExit), SIGTERM: run it again when resumed
         _abandon(study, trial, track, cb, retry=True)
         raise
     seconds = time.monotonic() - started
@@ -656,9 +664,7 @@ def _abandon(study, trial, track, cb, retry: bool) -> None:
 
 
 def _user_error(err: Exception, n: int, label: str) -> Exception:
-    message = " ".join(str(getattr(err, "ts_neuralode_message", None) or err).split())
-    cls = type(err) if isinstance(err, (ConfigError, DataError)) else ConfigError
-    return cls(f"model auto, trial {n} ({label}): {message}")
+    return type(err)(f"model auto, trial {n} ({label}): {' '.join(str(err).split())}")
 
 
 # -- refit and result ---------------------------------------------------------------------------------------
