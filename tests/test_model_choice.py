@@ -81,8 +81,8 @@ def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     out = fc.predict(series, horizon=1.0, num_points=4)
     assert len(out) == 8 * 4 and np.isfinite(out[fc.name]).all()
     assert Forecaster.load(info["model_dir"]).name == fc.name
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("auto: trial")]
-    assert len(lines) == 3, lines  # one line per trial when stderr is not a terminal
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("auto: [")]
+    assert len(lines) == 3 and lines[-1].startswith("auto: [3/3] trial 2 "), lines  # one line per trial (no TTY)
     # MLflow: the search's parent run, each trial and the refit a child of it, with per-epoch metrics
     from mlflow import MlflowClient
 

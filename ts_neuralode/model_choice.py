@@ -208,7 +208,9 @@ def _storage(url: str | None):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # workers wait for each other's writes
         if ":///" in url:
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     for attempt in range(4):  # workers starting together race to create the tables: the losers try again
         try:
             with warnings.catch_warnings():
@@ -310,6 +312,7 @@ class _Progress:
 
     def __init__(self, enabled: bool | None, total: int | None, done: int) -> None:
         self.stream = sys.stderr
+        self.total = total
         self.enabled = True if enabled is None else bool(enabled)
         self.bar = None
         if self.enabled and (enabled is None and self.stream.isatty()):
@@ -648,7 +651,9 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         what = f"pruned after epoch {cb.values and len(cb.values) - 1}"
     else:
         what = f"failed: {reason}"
-    bar.trial(f"trial {n} {label}: {what} in {seconds:.1f}s; {best_txt}", best_txt)
+    done = len(result.trials())
+    of = "" if bar.total is None else f"/{bar.total}"
+    bar.trial(f"[{done}{of}] trial {n} {label}: {what} in {seconds:.1f}s; {best_txt}", best_txt)
 
 
 def _abandon(study, trial, track, cb, retry: bool) -> None:
@@ -678,6 +683,7 @@ def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence
     full["data.val_fraction"] = 0.0
     full.pop("data.train_end", None)
     full["trainer.max_epochs"] = int(trial.user_attrs.get("best_epoch", 0)) + 1
+    full["trainer.limit_val_batches"] = 0  # nothing left to validate on
     groups = nest(full)
     model = groups["model"].pop("model", "latent_ode")
     rdir = output_dir / "refit" / f"trial_{trial.number:04d}"

@@ -11,6 +11,7 @@ sections (the command line wins). ``--worker`` only runs trials (a worker of a s
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -134,12 +135,22 @@ def main(argv: Sequence[str]) -> int:
                   experiment_name=args.experiment_name, run_name=args.run_name, seed=args.seed, budget=budget,
                   metric=args.metric, storage=args.storage, study_name=args.study_name, patience=args.patience,
                   progress=False if args.no_progress else None)
-    if args.worker:
-        result = model_choice.search(data, **common)
-        print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: {result.stop_reason})")
-        print(model_choice.summary(result), end="")
-        return 0
-    fc = model_choice.fit_auto(data, ensemble=args.ensemble, refit=args.refit, log_model=args.log_model, **common)
+    try:
+        if args.worker:
+            result = model_choice.search(data, **common)
+            print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: "
+                  f"{result.stop_reason})")
+            print(model_choice.summary(result), end="")
+            return 0
+        fc = model_choice.fit_auto(data, ensemble=args.ensemble, refit=args.refit, log_model=args.log_model,
+                                   **common)
+    except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1); SIGTERM likewise
+        if isinstance(err, SystemExit) and err.code in (0, None):
+            raise
+        hint = ("run the same command again to resume the study" if args.storage else
+                "pass --storage sqlite:///study.db to make a search resumable")
+        print(f"{PROG}: interrupted; {hint}", file=sys.stderr)
+        return 130
     info = fc.fit_info
     print(f"best trial {info['best_trial']} ({info['metric']}={info['best_value']:.4g}): {info['params']}")
     print(f"trials: {info['trials']} (stopped: {info['stop_reason']})")
