@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import small_tensor_threads, subprocess_env
+from conftest import TEST_SEED, small_tensor_threads, subprocess_env
 from ts_neuralode import model_choice
 from ts_neuralode.cli import main
 from ts_neuralode.data.generators import generate
@@ -108,18 +108,18 @@ def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
 def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     # two trials that learn, then one that cannot (learning rate 1e-7): the median rule stops it early
     space = (choice("model.model", ("ode_rnn",)), choice("model.lr", (0.03, 1e-7)))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)  # from the second validation on
     result = model_choice.search(series, data_options=DATA, model_options={**MODEL, "lr_schedule": "step"},
-                                 trainer={"max_epochs": 4}, output_dir=tmp_path, tracking=False, budget=3, space=space,
-                                 pruner=pruner, progress=False,
+                                 trainer={"max_epochs": 6}, output_dir=tmp_path, tracking=False, budget=3, space=space,
+                                 pruner=pruner, progress=False, seed=TEST_SEED,
                                  enqueue=[{"model.lr": 0.03}, {"model.lr": 0.03}, {"model.lr": 1e-7}])
     trials = result.study.get_trials()
     assert [t.params["model.lr"] for t in trials] == [0.03, 0.03, 1e-7]
     assert [t.user_attrs["outcome"] for t in trials] == ["complete", "complete", "pruned"]
     hopeless = trials[2]
     assert hopeless.state == optuna.trial.TrialState.PRUNED
-    assert hopeless.user_attrs["epochs"] < 4  # stopped before its epochs ran out
-    assert trials[0].user_attrs["epochs"] == 4
+    assert hopeless.user_attrs["epochs"] < 6  # stopped once it fell behind the others at the same epoch
+    assert trials[0].user_attrs["epochs"] == 6
 
 
 def test_time_budget_stops_the_search(series, tmp_path):

@@ -536,7 +536,7 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
             trial = _claim(study, storage_obj, study_id, budget.trials)
             if trial is None:
                 break
-            study.sampler = optuna.samplers.TPESampler(seed=int(seed) * 100_003 + trial.number,
+            study.sampler = optuna.samplers.TPESampler(seed=(int(seed) * 100_003 + trial.number) % 2**32,
                                                        n_startup_trials=n_startup)
             _run_trial(trial, study, storage_obj, study_id, space, fixed, defaults, path, out, callbacks, track,
                        parent, seed, metric, deadline, patience, bar, result)
