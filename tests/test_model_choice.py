@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from conftest import TEST_SEED, small_tensor_threads, subprocess_env
 from ts_neuralode import model_choice
@@ -62,6 +63,24 @@ def test_budget_and_space_declarations():
     k = searched["data.context_horizons"]
     assert options["data.context"] == (None if k is None else f"{2 * k:g}D")
     assert nest({"model.evolution.kind": "ode", "data.horizon": 2})["model"] == {"evolution": {"kind": "ode"}}
+
+
+def test_cli_options_are_grouped(tmp_path):
+    from ts_neuralode.model_choice_cli import _from_config, _grouped, _merge, wants_auto
+
+    assert wants_auto(["--model", "auto", "--data.path", "x"]) and wants_auto(["--model=auto"])
+    assert not wants_auto(["--model.model", "auto"]) and not wants_auto(["--config", "auto"])
+    got = _grouped(["--data.horizon", "2D", "--model.evolution.kind=ode", "--model.lr", "0.01",
+                    "--data.value_cols", "[a, b]", "--data.context", "null", "--trainer.max_epochs", "3"])
+    assert got == {"data": {"horizon": "2D", "value_cols": ["a", "b"], "context": None},
+                   "model": {"evolution": {"kind": "ode"}, "lr": 0.01}, "trainer": {"max_epochs": 3}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  horizon: 1D\n  layout: padded\nmodel:\n  evolution:\n    method: rk4\n")
+    merged = _merge(_from_config(str(cfg)), got)  # the command line wins
+    assert merged["data"]["horizon"] == "2D" and merged["data"]["layout"] == "padded"
+    assert merged["model"]["evolution"] == {"method": "rk4", "kind": "ode"}
+    with pytest.raises(ConfigError, match="unknown option"):
+        _grouped(["--bogus", "1"])
 
 
 def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
@@ -120,6 +139,8 @@ def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     assert hopeless.state == optuna.trial.TrialState.PRUNED
     assert hopeless.user_attrs["epochs"] < 6  # stopped once it fell behind the others at the same epoch
     assert trials[0].user_attrs["epochs"] == 6
+    # Forecaster.fit's contract: the checkpoint's monitor and best score after the fit
+    assert trials[0].user_attrs["monitor"] == "val_loss" and math.isfinite(trials[0].user_attrs["best_score"])
 
 
 def test_time_budget_stops_the_search(series, tmp_path):
@@ -139,7 +160,7 @@ def _counted(study) -> list:
     return [t for t in study.get_trials() if "outcome" in t.user_attrs]
 
 
-def test_resume_after_an_interruption_continues_the_study(series, tmp_path):
+def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monkeypatch):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -150,41 +171,67 @@ def test_resume_after_an_interruption_continues_the_study(series, tmp_path):
             f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    study = None
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:  # interrupt trial 1 once it has reported an epoch
+        while time.monotonic() < deadline:  # kill the worker (no chance to clean up) once trial 1 reported an epoch
             time.sleep(0.5)
             assert proc.poll() is None, proc.stdout.read()
             try:
-                study = optuna.load_study(study_name="resume", storage=storage)
-                trials = study.get_trials()
+                trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
             except Exception:  # the study is not created yet
                 continue
             if len(trials) >= 2 and trials[1].intermediate_values:
                 break
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    study = optuna.load_study(study_name="resume", storage=storage)
-    trials = study.get_trials()
+        proc.kill()
+        proc.wait(timeout=60)
+    trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
     assert trials[0].user_attrs["outcome"] == "complete"
-    interrupted = trials[1]
-    assert interrupted.state == optuna.trial.TrialState.FAIL and "outcome" not in interrupted.user_attrs
-    assert trials[2].state == optuna.trial.TrialState.WAITING  # its parameters, queued to run again
+    killed = trials[1]
+    assert killed.state == optuna.trial.TrialState.RUNNING and "outcome" not in killed.user_attrs
+    # its worker's heartbeat stopped: after the grace period (shortened here from 60 s) it is stale
+    monkeypatch.setattr(model_choice, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(model_choice, "GRACE_S", 2)
+    time.sleep(3)
     first_value = trials[0].value
     result = model_choice.search(str(csv), budget=3, **kw)
-    counted = _counted(result.study)
-    assert len(counted) == 3  # the budget counts the study's trials: 1 before the interruption, 2 now
-    assert result.ran == [2, 3]  # the retry of the interrupted trial first, then a new one; trial 0 kept
     trials = result.study.get_trials()
+    assert trials[1].state == optuna.trial.TrialState.FAIL and "outcome" not in trials[1].user_attrs
+    assert len(_counted(result.study)) == 3  # the budget counts the study's trials: 1 before the kill, 2 now
+    assert result.ran == [2, 3]  # the killed trial's parameters first, then a new one; trial 0 kept
     assert trials[0].value == first_value
-    assert trials[2].params == interrupted.params and trials[2].user_attrs["outcome"] != "interrupted"
+    assert trials[2].params == killed.params and trials[2].user_attrs["outcome"] in ("complete", "pruned")
     again = model_choice.search(str(csv), budget=3, **kw)
     assert again.ran == [] and len(_counted(again.study)) == 3  # nothing left to do
+
+
+class _CtrlC(Callback):
+    """Presses Ctrl-C at the end of the first epoch of trial ``n`` (Lightning turns it into SystemExit)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.calls += 1
+        trial = next(c for c in trainer.callbacks if isinstance(c, model_choice.TrialCallback)).trial
+        if self.calls == 1 and trial.number == self.n:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            model_choice.search(series, data_options=DATA, model_options=MODEL, trainer=TRAINER, output_dir=tmp_path,
+                                tracking=False, budget=2, storage=storage, study_name="ctrl_c", progress=False,
+                                callbacks=[_CtrlC(0)])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
+    trials = optuna.load_study(study_name="ctrl_c", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert "outcome" not in trials[0].user_attrs  # interrupted: not counted in the budget
+    assert trials[1].params == trials[0].params  # queued to run first when the search resumes
 
 
 def test_two_workers_share_one_storage(series, tmp_path):
