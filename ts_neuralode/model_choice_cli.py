@@ -32,7 +32,9 @@ def wants_auto(argv: Sequence[str]) -> bool:
 
 def _parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description="Search the model families and evolutions with Optuna on the "
-                              "forecast task's time split; refit the winner (or keep the top k as an ensemble).")
+                              "forecast task's time split; refit the winner (or keep the top k as an ensemble).",
+                              epilog="--data.*, --model.*, --trainer.* options (as for 'ts-neuralode fit') are fixed "
+                                     "for every trial and not searched; --data.path and --data.horizon are required.")
     p.add_argument("--model", choices=["auto"], required=True)
     p.add_argument("--config", default=None, help="YAML file whose data/model/trainer sections fix those options")
     p.add_argument("--budget.trials", dest="trials", type=int, default=None,
