@@ -87,7 +87,7 @@ def run_lightning(argv: Sequence[str]) -> None:
 
     check_option_spelling(argv[1:])
 
-    TSNeuralODECLI(
+    return TSNeuralODECLI(
         ForecastingModule,
         IrregularTimeSeriesDataModule,
         save_config_callback=tracking.MlflowSaveConfigCallback,
@@ -96,6 +96,7 @@ def run_lightning(argv: Sequence[str]) -> None:
         parser_kwargs={"prog": PROG, "exit_on_error": False},
         args=list(argv),
         auto_configure_optimizers=True,
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,  # model choice: callbacks pass-through
     )
 
 
@@ -369,7 +370,8 @@ SUBCOMMANDS = ("fit", *LIGHTNING_SUBCOMMANDS, *(s for s in EXTRA_SUBCOMMANDS if 
 
 USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate,benchmark}} ...
 
-  fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last)
+  fit        train a model (LightningCLI: --config FILE, --model.*, --data.*, --trainer.*, --ckpt_path last);
+             --model auto searches the models with Optuna ('fit --model auto --help')
   validate   evaluate on the validation split (--ckpt_path PATH)
   test       evaluate on the test split (--ckpt_path PATH)
   predict    Lightning predict loop over the data module's predict split (--ckpt_path PATH)
@@ -396,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argv[0]
     try:
         configure_threads()  # torch threads fitted to the usable CPUs (ts_neuralode.threads)
+        if sub == "fit":  # model choice: 'fit --model auto' searches (ts_neuralode.model_choice_cli)
+            from ts_neuralode.model_choice_cli import main as auto_main
+            from ts_neuralode.model_choice_cli import wants_auto
+
+            if wants_auto(argv[1:]):
+                return auto_main(argv[1:])
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
         if sub not in LIGHTNING_SUBCOMMANDS:

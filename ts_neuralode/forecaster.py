@@ -40,7 +40,7 @@ from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
-from ts_neuralode.errors import ForecastError
+from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.forecast_frame import (
     DEFAULT_LEVELS,
     model_display_name,
@@ -112,7 +112,7 @@ class Forecaster:
             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
             callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
             tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-            run_name: str | None = None, log_model: bool = True, seed: int = 0) -> "Forecaster":
+            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> "Forecaster":
         """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
         checkpoints, model export and MLflow tracking; :func:`ts_neuralode.fit_api.train`) and return it fitted.
 
@@ -130,10 +130,22 @@ class Forecaster:
         ``val_loss``, or ``train_loss`` without validation) and ``best_score`` (its best value, a float), the
         resolved options (``config``), the ``ts-neuralode fit`` command line that reproduces the fit (``argv``), the
         directories and the MLflow run id.
+        ``model="auto"``: the automatic model choice (:func:`ts_neuralode.model_choice.fit_auto`; its options
+        ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``auto``).
         """
         from ts_neuralode.fit_api import fit
 
         configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
+        if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
+            from ts_neuralode.model_choice import fit_auto
+
+            return fit_auto(data, data_options=data_options, model_options=model_options, trainer=trainer,
+                            callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                            experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                            **auto)
+        if auto:
+            raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
+                              "model choice)")
         return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
                    callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                    experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
@@ -157,8 +169,13 @@ class Forecaster:
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``; older model
-        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`).
+        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`). A directory written by an
+        :class:`~ts_neuralode.model_choice_ensemble.EnsembleForecaster` loads as one.
         """
+        from ts_neuralode.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir  # model choice
+
+        if transform is None and is_ensemble_dir(path):
+            return EnsembleForecaster.load(path, map_location=map_location)
         stored = read_stored(path, map_location)
         tstate = transform if transform is not None else stored.transform
         if tstate is None:

@@ -1,0 +1,313 @@
+"""The automatic model choice (ts_neuralode.model_choice): search, pruning, budgets, resume, workers, MLflow, ensemble."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from conftest import TEST_SEED, small_tensor_threads, subprocess_env
+from ts_neuralode import model_choice
+from ts_neuralode.cli import main
+from ts_neuralode.data.generators import generate
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.forecaster import Forecaster
+from ts_neuralode.model_choice import Budget
+from ts_neuralode.model_choice_ensemble import EnsembleForecaster
+from ts_neuralode.model_choice_space import SEARCH_SPACE, choice, nest, sample, scale_duration
+
+DATA = {"horizon": 1.0, "layout": "padded", "batch_size": 8, "windows_per_series": 4}
+MODEL = {"latent_dim": 4, "hidden_dim": 16, "eval_samples": 4, "iwae_samples": 1}
+TRAINER = {"max_epochs": 2}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(small_tensor_threads())
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def series() -> pd.DataFrame:
+    """8 periodic series x 60 irregular points (times 0..~6): the last horizon (1.0) of each validates."""
+    return generate("periodic", n_series=8, n_points=60, seed=0)
+
+
+def test_budget_and_space_declarations():
+    assert Budget.coerce(5) == Budget(trials=5, time=None)
+    assert Budget.coerce("2min") == Budget(trials=None, time=120.0)
+    assert Budget.coerce({"trials": 3, "time": "1h"}) == Budget(trials=3, time=3600.0)
+    for bad in (0, {"trials": None, "time": None}, True, {"runs": 3}, "soon"):
+        with pytest.raises(ConfigError):
+            Budget.coerce(bad)
+    assert scale_duration("2D", 2) == "4D" and scale_duration(1.5, 4) == 6.0
+    # every family x evolution is in the table, and the user's fixed options are not searched
+    table = {p.option: p for p in SEARCH_SPACE}
+    assert set(table["model.model"].values) == {"latent_ode", "ode_rnn", "gru_ode"}
+    assert set(table["model.evolution.kind"].values) == {"ode", "gru_flow", "coupling_flow", "resnet_flow"}
+    study = optuna.create_study()
+    searched, options = sample(study.ask(), SEARCH_SPACE, {"model.evolution.kind": "ode", "data.horizon": "2D"})
+    assert "model.evolution.kind" not in searched and "model.evolution.flow_layers" not in searched
+    assert "model.evolution.method" in searched  # applies to the fixed kind
+    k = searched["data.context_horizons"]
+    assert options["data.context"] == (None if k is None else f"{2 * k:g}D")
+    assert nest({"model.evolution.kind": "ode", "data.horizon": 2})["model"] == {"evolution": {"kind": "ode"}}
+
+
+def test_cli_options_are_grouped(tmp_path):
+    from ts_neuralode.model_choice_cli import _from_config, _grouped, _merge, wants_auto
+
+    assert wants_auto(["--model", "auto", "--data.path", "x"]) and wants_auto(["--model=auto"])
+    assert not wants_auto(["--model.model", "auto"]) and not wants_auto(["--config", "auto"])
+    got = _grouped(["--data.horizon", "2D", "--model.evolution.kind=ode", "--model.lr", "0.01",
+                    "--data.value_cols", "[a, b]", "--data.context", "null", "--trainer.max_epochs", "3"])
+    assert got == {"data": {"horizon": "2D", "value_cols": ["a", "b"], "context": None},
+                   "model": {"evolution": {"kind": "ode"}, "lr": 0.01}, "trainer": {"max_epochs": 3}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  horizon: 1D\n  layout: padded\nmodel:\n  evolution:\n    method: rk4\n")
+    merged = _merge(_from_config(str(cfg)), got)  # the command line wins
+    assert merged["data"]["horizon"] == "2D" and merged["data"]["layout"] == "padded"
+    assert merged["model"]["evolution"] == {"method": "rk4", "kind": "ode"}
+    with pytest.raises(ConfigError, match="unknown option"):
+        _grouped(["--bogus", "1"])
+
+
+def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fc = Forecaster.fit(series, "auto", data_options=DATA, model_options=MODEL, trainer=TRAINER,
+                        output_dir=tmp_path / "out", tracking_uri=uri, experiment_name="auto", budget=3,
+                        log_model=False)
+    info = fc.fit_info
+    assert isinstance(fc, Forecaster)
+    assert sum(info["trials"].values()) == 3 and info["trials"]["complete"] >= 1
+    assert info["metric"] == "val_mae" and math.isfinite(info["best_value"])
+    # the winner's configuration, refitted on train + validation for its best number of epochs
+    best = info["params"]
+    assert fc.hparams["model"] == best.get("model.model")
+    refit_dir = tmp_path / "out" / "refit" / f"trial_{info['best_trial']:04d}"
+    assert (refit_dir / "model" / "config.json").is_file()
+    out = fc.predict(series, horizon=1.0, num_points=4)
+    assert len(out) == 8 * 4 and np.isfinite(out[fc.name]).all()
+    assert Forecaster.load(info["model_dir"]).name == fc.name
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("auto: [")]
+    assert len(lines) == 3 and lines[-1].startswith("auto: [3/3] trial 2 "), lines  # one line per trial (no TTY)
+    # MLflow: the search's parent run, each trial and the refit a child of it, with per-epoch metrics
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("auto")
+    runs = client.search_runs([exp.experiment_id])
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["ts_neuralode.kind"] == "model_choice"
+    assert float(parent.data.metrics["best_value"]) == pytest.approx(info["best_value"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = [r for r in children if "ts_neuralode.trial" in r.data.tags]
+    refits = [r for r in children if "ts_neuralode.refit_of_trial" in r.data.tags]
+    assert sorted(int(r.data.tags["ts_neuralode.trial"]) for r in trials) == [0, 1, 2]
+    assert len(refits) == 1 and refits[0].data.tags["ts_neuralode.refit_of_trial"] == str(info["best_trial"])
+    assert len(runs) == 1 + 3 + 1
+    for r in trials:
+        hist = client.get_metric_history(r.info.run_id, "epoch/val_mae")
+        assert len(hist) >= 1 and all(np.isfinite(m.value) for m in hist)
+    done = [r for r in trials if r.data.tags["ts_neuralode.outcome"] == "complete"]
+    assert min(r.data.metrics["trial_value"] for r in done) == pytest.approx(info["best_value"])
+
+
+def test_pruning_stops_a_hopeless_trial(series, tmp_path):
+    # two trials that learn, then one that cannot (learning rate 1e-7): the median rule stops it early
+    space = (choice("model.model", ("ode_rnn",)), choice("model.lr", (0.03, 1e-7)))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)  # from the second validation on
+    result = model_choice.search(series, data_options=DATA, model_options={**MODEL, "lr_schedule": "step"},
+                                 trainer={"max_epochs": 6}, output_dir=tmp_path, tracking=False, budget=3, space=space,
+                                 pruner=pruner, progress=False, seed=TEST_SEED,
+                                 enqueue=[{"model.lr": 0.03}, {"model.lr": 0.03}, {"model.lr": 1e-7}])
+    trials = result.study.get_trials()
+    assert [t.params["model.lr"] for t in trials] == [0.03, 0.03, 1e-7]
+    assert [t.user_attrs["outcome"] for t in trials] == ["complete", "complete", "pruned"]
+    hopeless = trials[2]
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    assert hopeless.user_attrs["epochs"] < 6  # stopped once it fell behind the others at the same epoch
+    assert trials[0].user_attrs["epochs"] == 6
+    # Forecaster.fit's contract: the checkpoint's monitor and best score after the fit
+    assert trials[0].user_attrs["monitor"] == "val_loss" and math.isfinite(trials[0].user_attrs["best_score"])
+
+
+def test_time_budget_stops_the_search(series, tmp_path):
+    start = time.monotonic()
+    result = model_choice.search(series, data_options=DATA, model_options=MODEL, trainer={"max_epochs": 500},
+                                 output_dir=tmp_path, tracking=False, budget={"trials": 50, "time": 4},
+                                 progress=False)
+    elapsed = time.monotonic() - start
+    assert result.stop_reason == "time"
+    assert 1 <= len(result.ran) < 50
+    last = result.study.get_trials()[-1]
+    assert last.user_attrs.get("stopped_by_time") and last.user_attrs["epochs"] < 500
+    assert elapsed < 4 + 90, elapsed  # the deadline stops the running trial (setup and teardown on a busy machine)
+
+
+def _counted(study) -> list:
+    return [t for t in study.get_trials() if "outcome" in t.user_attrs]
+
+
+def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monkeypatch):
+    csv = tmp_path / "data.csv"
+    series.to_csv(csv, index=False)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    kw = dict(data_options=DATA, model_options=MODEL, trainer={"max_epochs": 4}, output_dir=str(tmp_path / "out"),
+              tracking=False, storage=storage, study_name="resume", progress=False)
+    code = ("import sys, torch; torch.set_num_threads(1)\n"
+            "from ts_neuralode import model_choice\n"
+            f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill the worker (no chance to clean up) once trial 1 reported an epoch
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
+            except Exception:  # the study is not created yet
+                continue
+            if len(trials) >= 2 and trials[1].intermediate_values:
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
+    assert trials[0].user_attrs["outcome"] == "complete"
+    killed = trials[1]
+    assert killed.state == optuna.trial.TrialState.RUNNING and "outcome" not in killed.user_attrs
+    # its worker's heartbeat stopped: after the grace period (shortened here from 60 s) it is stale
+    monkeypatch.setattr(model_choice, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(model_choice, "GRACE_S", 2)
+    time.sleep(3)
+    first_value = trials[0].value
+    result = model_choice.search(str(csv), budget=3, **kw)
+    trials = result.study.get_trials()
+    assert trials[1].state == optuna.trial.TrialState.FAIL and "outcome" not in trials[1].user_attrs
+    assert len(_counted(result.study)) == 3  # the budget counts the study's trials: 1 before the kill, 2 now
+    assert result.ran == [2, 3]  # the killed trial's parameters first, then a new one; trial 0 kept
+    assert trials[0].value == first_value
+    assert trials[2].params == killed.params and trials[2].user_attrs["outcome"] in ("complete", "pruned")
+    again = model_choice.search(str(csv), budget=3, **kw)
+    assert again.ran == [] and len(_counted(again.study)) == 3  # nothing left to do
+
+
+class _CtrlC(Callback):
+    """Presses Ctrl-C at the end of the first epoch of trial ``n`` (Lightning turns it into SystemExit)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.calls += 1
+        trial = next(c for c in trainer.callbacks if isinstance(c, model_choice.TrialCallback)).trial
+        if self.calls == 1 and trial.number == self.n:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            model_choice.search(series, data_options=DATA, model_options=MODEL, trainer=TRAINER, output_dir=tmp_path,
+                                tracking=False, budget=2, storage=storage, study_name="ctrl_c", progress=False,
+                                callbacks=[_CtrlC(0)])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
+    trials = optuna.load_study(study_name="ctrl_c", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert "outcome" not in trials[0].user_attrs  # interrupted: not counted in the budget
+    assert trials[1].params == trials[0].params  # queued to run first when the search resumes
+
+
+def test_two_workers_share_one_storage(series, tmp_path):
+    csv = tmp_path / "data.csv"
+    series.to_csv(csv, index=False)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["fit", "--model", "auto", "--worker", "--data.path", str(csv), "--data.horizon", "1.0",
+            "--data.layout", "padded", "--data.batch_size", "8", "--data.windows_per_series", "4",
+            "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.eval_samples", "4",
+            "--trainer.max_epochs", "2", "--budget.trials", "5", "--storage", storage, "--study_name", "shared",
+            "--tracking", "false"]
+    procs = [subprocess.Popen([sys.executable, "-m", "ts_neuralode.cli", *args, "--output_dir",
+                               str(tmp_path / f"w{i}")], env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    counted = _counted(study)
+    assert len(counted) == 5, [(t.number, t.state, t.user_attrs) for t in study.get_trials()]
+    workers = {t.user_attrs["worker"] for t in counted}
+    assert len(workers) == 2, workers  # both contributed
+    assert sorted(t.number for t in counted) == list(range(5))
+    assert all("worker ran trials" in o for o in outs)
+    # the search is done: a final call only refits the best trial
+    rc = main(["fit", "--model", "auto", *args[4:], "--output_dir", str(tmp_path / "final"), "--no_progress"])
+    assert rc == 0
+    assert len(_counted(optuna.load_study(study_name="shared", storage=storage))) == 5
+    assert (tmp_path / "final" / "model" / "config.json").is_file()
+
+
+def test_ensemble_bands_come_from_the_mixture(series, tmp_path):
+    # two members that agree on everything but the level: the same model fitted to y and to y + 100
+    opts = dict(data_options={**DATA, "task": "forecast", "val_fraction": 0.0, "test_fraction": 0.0},
+                model_options={**MODEL, "evolution": {"kind": "gru_flow"}}, trainer={"max_epochs": 1},
+                tracking=False)
+    a = Forecaster.fit(series, "ode_rnn", output_dir=tmp_path / "a", **opts)
+    b = Forecaster.fit(series.assign(y=series["y"] + 1000.0), "ode_rnn", output_dir=tmp_path / "b", **opts)
+    ens = EnsembleForecaster([a, b])
+    kw = dict(horizon=1.0, num_points=3, num_samples=200)
+    out = ens.predict(series, level=[50, 90], **kw)
+    qa = a.predict(series, level=[], quantiles=[0.1, 0.5], **kw)
+    qb = b.predict(series, level=[], quantiles=[0.5, 0.9], **kw)
+    na, nb = a.name, b.name
+    spread = float((qa[f"{na}-q-50"] - qa[f"{na}-q-10"]).abs().max())
+    assert float((qb[nb] - qa[na]).min()) > 20 * spread  # the members do not overlap
+    tol = 0.05 * spread + 1e-6
+    np.testing.assert_allclose(out["ensemble"], (qa[na] + qb[nb]) / 2, atol=1e-4)
+    # an equal mixture of two far-apart members: its q-quantile is member a's 2q-quantile below the gap and member
+    # b's (2q - 1)-quantile above it; the 90% band runs from a's 10% to b's 90% quantile, the 50% one median to median
+    np.testing.assert_allclose(out["ensemble-lo-90"], qa[f"{na}-q-10"], atol=tol)
+    np.testing.assert_allclose(out["ensemble-hi-90"], qb[f"{nb}-q-90"], atol=tol)
+    np.testing.assert_allclose(out["ensemble-lo-50"], qa[f"{na}-q-50"], atol=tol)
+    np.testing.assert_allclose(out["ensemble-hi-50"], qb[f"{nb}-q-50"], atol=tol)
+    assert float((out["ensemble-hi-90"] - out["ensemble-lo-90"]).min()) > 900  # wider than either member's band
+    # saved and loaded as one model (Forecaster.load knows the directory), the same forecasts
+    ens.save(tmp_path / "ens")
+    back = Forecaster.load(tmp_path / "ens")
+    assert isinstance(back, EnsembleForecaster) and len(back.members) == 2
+    pd.testing.assert_frame_equal(back.predict(series, level=[50, 90], **kw), out)
+    # backtest rows, scored against the observations with the baselines beside
+    cv = back.cross_validation(series, horizon=1.0, n_windows=1, level=[90], num_samples=50)
+    assert {"y", "ensemble", "ensemble-lo-90", "ensemble-hi-90", "locf", "mean"} <= set(cv.columns)
+    assert len(cv) > 0 and np.isfinite(cv["ensemble"]).all()
+
+
+def test_auto_errors_are_one_line(series, tmp_path, capsys):
+    csv = tmp_path / "d.csv"
+    series.to_csv(csv, index=False)
+    rc = main(["fit", "--model", "auto", "--data.path", str(csv), "--tracking", "false"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "horizon" in err[0]
+    with pytest.raises(ConfigError, match="apply only to model='auto'"):
+        Forecaster.fit(series, "ode_rnn", budget=3, tracking=False, output_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="ensemble"):
+        Forecaster.fit(series, "auto", data_options=DATA, ensemble=0, tracking=False, output_dir=tmp_path / "y")
+    rc = main(["fit", "--model", "auto", "--data.path", str(csv), "--data.horizon", "1", "--budget.trials", "1",
+               "--bogus", "1", "--tracking", "false"])
+    assert rc == 2 and "--bogus" in capsys.readouterr().err
