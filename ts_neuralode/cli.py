@@ -96,7 +96,6 @@ def run_lightning(argv: Sequence[str]) -> None:
         parser_kwargs={"prog": PROG, "exit_on_error": False},
         args=list(argv),
         auto_configure_optimizers=True,
-        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,  # model choice: callbacks pass-through
     )
 
 
