@@ -284,6 +284,8 @@ def family(name: str) -> str:
         return "naive"
     if name.startswith("sf_"):
         return "statsforecast"
+    if name.startswith("peers_"):
+        return "peers"
     if name.startswith("nf_"):
         return "neuralforecast"
     return "auto" if name == "auto" else "ours"
@@ -390,10 +392,14 @@ def plot(all_overall: dict[str, pd.DataFrame], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = len(all_overall)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 5.2), squeeze=False)
+    ncol = min(3, n)
+    nrow = int(math.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 4.8 * nrow), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
     colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue",
               "auto": "tab:purple"}
-    for ax, (name, ov) in zip(axes[0], all_overall.items()):
+    for ax, (name, ov) in zip(axes.flat, all_overall.items()):
         s = ov.set_index("model")["scaled_mae"].sort_values()
         ax.barh(range(len(s)), s.to_numpy(), color=[colors[family(m)] for m in s.index])
         ax.set_yticks(range(len(s)))
@@ -404,7 +410,7 @@ def plot(all_overall: dict[str, pd.DataFrame], path: Path) -> None:
         ax.set_xlabel("scaled MAE (1 = last value)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     fig.legend(handles, list(colors), loc="lower center", ncol=len(colors), fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -465,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key is not None and key.is_file():
                     peer_res = pd.read_pickle(key)
                 elif args.from_cache:
-                    peer_res = {f"{'+'.join(families)}": {"cols": None, "error": "not run (no cached result)"}}
+                    peer_res = {"peers_" + "_".join(families): {"cols": None, "error": "not run (no cached result)"}}
                 else:
                     log(f"{name}: peers {families}")
                     peer_res = run_peers(ds, long, cuts, rows, families, args.max_steps, Path(tmp) / f"{name}_peers",
