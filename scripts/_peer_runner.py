@@ -5,7 +5,7 @@
 Reads ``WORKDIR/spec.json`` and ``WORKDIR/grid.csv`` (``uid, window, step, y``: each univariate series' history up
 to a window's cutoff on a regular grid, step 0 at the cutoff; written by scripts/peer_benchmark.py) and writes
 ``WORKDIR/forecasts_<family>.csv`` (``uid, window, step, model, point[, q-P…, lo-90, hi-90]``, steps 1..h) and
-``WORKDIR/timings.json`` ({model: {fit_s, predict_s, error}}). The grid's integer step is the libraries' time
+``WORKDIR/timings_<family>.json`` ({model: {fit_s, predict_s, error}}). The grid's integer step is the libraries' time
 stamp (``freq=1``), so every series may have its own cutoff.
 
 * statsforecast (``statsforecast`` in spec["families"]): AutoETS, AutoARIMA, AutoTheta (season_length =
@@ -88,7 +88,7 @@ def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.DataF
         except Exception as err:  # one model failing is a row of the report, not the end of the benchmark
             timings[f"sf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": f"{type(err).__name__}: {err}"[:200]}
         print(f"statsforecast {name}: {timings[f'sf_{name}']}", file=sys.stderr, flush=True)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "window", "step", "model"])
 
 
 def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.DataFrame:
@@ -128,7 +128,7 @@ def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.Data
         except Exception as err:
             timings[f"nf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": f"{type(err).__name__}: {err}"[:200]}
         print(f"neuralforecast {name}: {timings[f'nf_{name}']}", file=sys.stderr, flush=True)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "window", "step", "model"])
 
 
 def main(argv: list[str]) -> int:
@@ -137,13 +137,12 @@ def main(argv: list[str]) -> int:
     grid = pd.read_csv(work / "grid.csv", dtype={"uid": str})
     os.environ.setdefault("NIXTLA_ID_AS_COL", "1")
     warnings.filterwarnings("ignore")
-    timings: dict = {}
     runners = {"statsforecast": run_statsforecast, "neuralforecast": run_neuralforecast}
     for family in spec["families"]:
+        timings = {}
         out = runners[family](grid, spec, timings)
-        if len(out):
-            out.to_csv(work / f"forecasts_{family}.csv", index=False)
-        (work / "timings.json").write_text(json.dumps(timings, indent=1))
+        out.to_csv(work / f"forecasts_{family}.csv", index=False)
+        (work / f"timings_{family}.json").write_text(json.dumps(timings, indent=1))
     return 0
 
 

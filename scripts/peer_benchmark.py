@@ -222,36 +222,46 @@ def ensure_venv(log) -> Path:
 
 
 def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.DataFrame, families: list[str],
-              max_steps: int, work: Path, log) -> dict[str, dict]:
-    """statsforecast / neuralforecast through the runner; {model: {"cols", "fit_s", "predict_s", "error"}}."""
-    py = ensure_venv(log)
+              max_steps: int, work: Path, log, run: bool = True) -> dict[str, dict]:
+    """statsforecast / neuralforecast through the runner; {model: {"cols", "fit_s", "predict_s", "error"}}.
+
+    ``work`` keeps each family's output (``forecasts_<family>.csv``, ``timings_<family>.json``): a family already
+    there is not run again (an interrupted run resumes; families may run in parallel processes); ``run=False`` only
+    reads what is there."""
     grid = pw.regular_grid(long, cuts, ds.dt, ds.grid_max)
     h = int(math.ceil(ds.horizon / ds.dt - 1e-9))
     season = int(round(ds.season / ds.dt)) if ds.season else 1
-    work.mkdir(parents=True, exist_ok=True)
-    grid.to_csv(work / "grid.csv", index=False)
-    spec = {"h": h, "season": season, "input_size": ds.input_size, "max_steps": max_steps, "families": families}
-    (work / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": "",
-           "NIXTLA_ID_AS_COL": "1", "PYTHONWARNINGS": "ignore"}
-    with open(work / "runner.log", "w") as runner_log:  # its progress: tail -f <work>/runner.log
-        log(f"peer runner log: {work / 'runner.log'}")
-        proc = subprocess.run([str(py), str(Path(__file__).with_name("_peer_runner.py")), str(work)], env=env,
-                              stdout=runner_log, stderr=subprocess.STDOUT)
-    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").is_file() else {}
-    if proc.returncode != 0:
-        tail = (work / "runner.log").read_text().strip().splitlines()[-1:]
-        log(f"peer runner failed (rc {proc.returncode}): {tail}")
+
+    def done(fam):
+        return (work / f"forecasts_{fam}.csv").is_file() and (work / f"timings_{fam}.json").is_file()
+    todo = [f for f in families if not done(f)]
+    if todo and run:
+        py = ensure_venv(log)
+        work.mkdir(parents=True, exist_ok=True)
+        grid.to_csv(work / "grid.csv", index=False)
+        spec = {"h": h, "season": season, "input_size": ds.input_size, "max_steps": max_steps, "families": todo}
+        (work / "spec.json").write_text(json.dumps(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": "",
+               "NIXTLA_ID_AS_COL": "1", "PYTHONWARNINGS": "ignore"}
+        runner_log = work / f"runner_{'+'.join(todo)}.log"
+        with open(runner_log, "w") as fh:  # its progress: tail -f on this file
+            log(f"peer runner log: {runner_log}")
+            proc = subprocess.run([str(py), str(Path(__file__).with_name("_peer_runner.py")), str(work)], env=env,
+                                  stdout=fh, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            log(f"peer runner failed (rc {proc.returncode}): {runner_log.read_text().strip().splitlines()[-1:]}")
     out = {}
     for fam in families:
-        f = work / f"forecasts_{fam}.csv"
-        fc = pd.read_csv(f, dtype={"uid": str}) if f.is_file() else pd.DataFrame(columns=["model"])
+        if not done(fam):
+            out[f"peers_{fam}"] = {"cols": None, "error": "not run" + ("" if run else " (no cached result)")}
+            continue
+        timings = json.loads((work / f"timings_{fam}.json").read_text())
+        fc = pd.read_csv(work / f"forecasts_{fam}.csv", dtype={"uid": str})
         for m, g in fc.groupby("model", sort=False):
-            cols = pw.read_back(g.dropna(axis=1, how="all"), grid, rows, ds.dt, m)
-            out[m] = {"cols": cols, **timings.get(m, {})}
-    for m, t in timings.items():
-        if m not in out:
-            out[m] = {"cols": None, **t}
+            out[m] = {"cols": pw.read_back(g.dropna(axis=1, how="all"), grid, rows, ds.dt, m), **timings.get(m, {})}
+        for m, t in timings.items():
+            if m not in out:
+                out[m] = {"cols": None, **t}
     return out
 
 
@@ -470,14 +480,13 @@ def main(argv: list[str] | None = None) -> int:
                 key = cache / f"{tag}-peers-s{args.max_steps}-{'+'.join(families)}.pkl" if cache else None
                 if key is not None and key.is_file():
                     peer_res = pd.read_pickle(key)
-                elif args.from_cache:
-                    peer_res = {"peers_" + "_".join(families): {"cols": None, "error": "not run (no cached result)"}}
                 else:
-                    log(f"{name}: peers {families}")
-                    peer_res = run_peers(ds, long, cuts, rows, families, args.max_steps, Path(tmp) / f"{name}_peers",
-                                         log)
-                    if key is not None:
-                        key.parent.mkdir(parents=True, exist_ok=True)
+                    work = (cache if cache else Path(tmp)) / f"{tag}-peers-s{args.max_steps}"
+                    if not args.from_cache:
+                        log(f"{name}: peers {families}")
+                    peer_res = run_peers(ds, long, cuts, rows, families, args.max_steps, work, log,
+                                         run=not args.from_cache)
+                    if key is not None and not any(m.startswith("peers_") for m in peer_res):  # every family ran
                         pd.to_pickle(peer_res, key)
                 results.update(peer_res)
             models = [(c.stem, str(c)) for c in configs if c.stem != "demo" or name == "demo"]
