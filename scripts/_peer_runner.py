@@ -5,7 +5,8 @@
 Reads ``WORKDIR/spec.json`` and ``WORKDIR/grid.csv`` (``uid, window, step, y``: each univariate series' history up
 to a window's cutoff on a regular grid, step 0 at the cutoff; written by scripts/peer_benchmark.py) and writes
 ``WORKDIR/forecasts_<family>.csv`` (``uid, window, step, model, point[, q-P…, lo-90, hi-90]``, steps 1..h) and
-``WORKDIR/timings_<family>.json`` ({model: {fit_s, predict_s, error}}). The grid's integer step is the libraries' time
+``WORKDIR/timings_<family>.json`` ({model: {fit_s, predict_s, error}}), both rewritten after every model, and
+``WORKDIR/done_<family>`` at the end. The grid's integer step is the libraries' time
 stamp (``freq=1``), so every series may have its own cutoff.
 
 * statsforecast (``statsforecast`` in spec["families"]): AutoETS, AutoARIMA, AutoTheta (season_length =
@@ -53,15 +54,15 @@ def _bands(pred: pd.DataFrame, model: str, with_levels: bool) -> pd.DataFrame:
     return out
 
 
-def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.DataFrame:
+def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> pd.DataFrame:
     from statsforecast import StatsForecast
     from statsforecast.models import MSTL, AutoARIMA, AutoETS, AutoTheta, Naive
 
     m = int(spec.get("season") or 1)
-    models = {"AutoETS": lambda: AutoETS(season_length=m), "AutoARIMA": lambda: AutoARIMA(season_length=m),
-              "AutoTheta": lambda: AutoTheta(season_length=m)}
+    models = {"AutoETS": lambda: AutoETS(season_length=m), "AutoTheta": lambda: AutoTheta(season_length=m)}
     if m > 1:
         models["MSTL"] = lambda: MSTL(season_length=m)
+    models["AutoARIMA"] = lambda: AutoARIMA(season_length=m)  # last: by far the slowest here
     h = int(spec["h"])
     frames = []
     for name, make in models.items():
@@ -88,10 +89,11 @@ def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.DataF
         except Exception as err:  # one model failing is a row of the report, not the end of the benchmark
             timings[f"sf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": f"{type(err).__name__}: {err}"[:200]}
         print(f"statsforecast {name}: {timings[f'sf_{name}']}", file=sys.stderr, flush=True)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "window", "step", "model"])
+        save(frames, timings)
+    return frames
 
 
-def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.DataFrame:
+def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> pd.DataFrame:
     import logging
 
     import torch
@@ -128,7 +130,8 @@ def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict) -> pd.Data
         except Exception as err:
             timings[f"nf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": f"{type(err).__name__}: {err}"[:200]}
         print(f"neuralforecast {name}: {timings[f'nf_{name}']}", file=sys.stderr, flush=True)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["uid", "window", "step", "model"])
+        save(frames, timings)
+    return frames
 
 
 def main(argv: list[str]) -> int:
@@ -139,10 +142,14 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     runners = {"statsforecast": run_statsforecast, "neuralforecast": run_neuralforecast}
     for family in spec["families"]:
-        timings = {}
-        out = runners[family](grid, spec, timings)
-        out.to_csv(work / f"forecasts_{family}.csv", index=False)
-        (work / f"timings_{family}.json").write_text(json.dumps(timings, indent=1))
+        def save(frames, timings, family=family):  # after every model: an interrupted run keeps what finished
+            out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+                columns=["uid", "window", "step", "model"])
+            out.to_csv(work / f"forecasts_{family}.csv", index=False)
+            (work / f"timings_{family}.json").write_text(json.dumps(timings, indent=1))
+        (work / f"done_{family}").unlink(missing_ok=True)
+        runners[family](grid, spec, {}, save)
+        (work / f"done_{family}").write_text("")
     return 0
 
 

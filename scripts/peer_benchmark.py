@@ -233,7 +233,7 @@ def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.Data
     season = int(round(ds.season / ds.dt)) if ds.season else 1
 
     def done(fam):
-        return (work / f"forecasts_{fam}.csv").is_file() and (work / f"timings_{fam}.json").is_file()
+        return (work / f"done_{fam}").is_file()
     todo = [f for f in families if not done(f)]
     if todo and run:
         py = ensure_venv(log)
@@ -252,9 +252,11 @@ def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.Data
             log(f"peer runner failed (rc {proc.returncode}): {runner_log.read_text().strip().splitlines()[-1:]}")
     out = {}
     for fam in families:
-        if not done(fam):
+        if not (work / f"timings_{fam}.json").is_file():
             out[f"peers_{fam}"] = {"cols": None, "error": "not run" + ("" if run else " (no cached result)")}
             continue
+        if not done(fam):  # interrupted: the models that finished, and a row saying the rest did not
+            out[f"peers_{fam}"] = {"cols": None, "error": "the other models of this family did not finish in time"}
         timings = json.loads((work / f"timings_{fam}.json").read_text())
         fc = pd.read_csv(work / f"forecasts_{fam}.csv", dtype={"uid": str})
         for m, g in fc.groupby("model", sort=False):
