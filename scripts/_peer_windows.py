@@ -113,10 +113,10 @@ def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: 
     (``step = -n+1 … 0``, back to the first observation, at most ``max_points``), values by linear interpolation
     between the observations (flat past the last one); ``uid`` = ``unique_id|channel``."""
     frames = []
+    by_id = {u: list(zip(g["window"], g["cutoff"])) for u, g in cuts.groupby("unique_id", sort=False)}
     for (uid, ch), g in long.groupby(["unique_id", "channel"], sort=False):
         t, y = g["t"].to_numpy(), g["y"].to_numpy()
-        for cut_row in cuts[cuts["unique_id"] == uid].itertuples(index=False):
-            cut = cut_row.cutoff
+        for window, cut in by_id.get(uid, []):
             keep = t <= cut
             if not keep.any():
                 continue
@@ -124,7 +124,7 @@ def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: 
             if max_points:
                 n = min(n, int(max_points))
             steps = np.arange(-n + 1, 1)
-            frames.append(pd.DataFrame({"uid": f"{uid}{SEP}{ch}", "window": cut_row.window, "step": steps,
+            frames.append(pd.DataFrame({"uid": f"{uid}{SEP}{ch}", "window": window, "step": steps,
                                         "y": np.interp(cut + steps * dt, t[keep], y[keep])}))
     return pd.concat(frames, ignore_index=True)
 

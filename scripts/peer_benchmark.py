@@ -228,6 +228,8 @@ def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.Data
     ``work`` keeps each family's output (``forecasts_<family>.csv``, ``timings_<family>.json``): a family already
     there is not run again (an interrupted run resumes; families may run in parallel processes); ``run=False`` only
     reads what is there."""
+    if not run and not any((work / f"timings_{f}.json").is_file() for f in families):
+        return {f"peers_{f}": {"cols": None, "error": "not run (no cached result)"} for f in families}
     grid = pw.regular_grid(long, cuts, ds.dt, ds.grid_max)
     h = int(math.ceil(ds.horizon / ds.dt - 1e-9))
     season = int(round(ds.season / ds.dt)) if ds.season else 1
