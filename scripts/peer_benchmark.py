@@ -325,7 +325,8 @@ def table(name: str, overall: pd.DataFrame, results: dict[str, dict]) -> str:
     for m, res in results.items():
         if m not in by.index:
             lines.append(f"| {m} | {family(m)} | — | — | — | — | — | {fmt(res.get('fit_s', math.nan), 3)} | — | "
-                         f"failed: {res.get('error', '')[:160].replace('|', '/')} |")
+                         f"{'' if res.get('error', '').startswith(('not run', 'the other')) else 'failed: '}"
+                         f"{res.get('error', '')[:160].replace('|', '/')} |")
     return "\n".join(lines)
 
 
