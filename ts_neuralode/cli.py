@@ -76,7 +76,10 @@ def _forecast_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_points", type=int, default=None, help="evenly spaced query points (default 50)")
     g.add_argument("--times", nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--calibrated", action="store_true",
-                   help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
+                   help="stretch the bands by the model's conformal calibration (an error when it has none); the "
+                        "default stretches them whenever the model has one (fit calibrates on its validation windows)")
+    p.add_argument("--raw_bands", action="store_true",
+                   help="the model's own (uncalibrated) bands, even when the model has a calibration")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", nargs="+", default=None, help="only these series ids")
     p.add_argument("--max_steps", type=int, default=None,
@@ -197,7 +200,7 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data_path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, future=args.future, calibrated=args.calibrated, max_steps=args.max_steps, **read,
+        context=args.context, future=args.future, calibrated=False if args.raw_bands else (True if args.calibrated else None), max_steps=args.max_steps, **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)

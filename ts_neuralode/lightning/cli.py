@@ -147,6 +147,8 @@ class TSNeuralODECLI(LightningCLI):
             lines = []
             if best:
                 lines.append(f"best checkpoint: {best}")
+            if export is not None and export.calibration_line:
+                lines.append(export.calibration_line)
             if export is not None and export.model_dir_written:
                 lines.append(f"model directory: {export.model_dir_written}  (ts-neuralode forecast --model ...)")
             failed = any(getattr(lg, "tracking_failed", False) for lg in self.trainer.loggers)
@@ -156,6 +158,9 @@ class TSNeuralODECLI(LightningCLI):
                                                                     "fit)" if failed else ""))
                 if uri.startswith("sqlite:"):
                     lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
+                if cb.model_uri:
+                    lines.append(f"MLflow model {cb.model_uri}  (mlflow.pyfunc.load_model('{cb.model_uri}'), or "
+                                 f"runs:/{cb.run_id}/model)")
             for line in lines:
                 print(line, file=sys.stderr)
 
