@@ -188,10 +188,11 @@ def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: flo
     codec = table.codec
     frames, seen = [], -1
     model = fc
+    before_all = (float(np.min(table.times)) if len(table.times) else 0.0) - abs(h) - 1.0  # a cut with no history
     tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
     try:
         for w in _progress(range(len(cuts)), progress):
-            cut_w = np.where(np.isfinite(cuts[w]), cuts[w], -np.inf)
+            cut_w = np.where(np.isfinite(cuts[w]), cuts[w], before_all)
             n_hist, n_end = _window_rows(table, cut_w, h)
             if limit is not None:
                 _, n_lim = _window_rows(table, np.asarray(limit, dtype=np.float64), 0.0)
