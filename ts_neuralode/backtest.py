@@ -148,6 +148,9 @@ def cross_validation(
 
     ``series``: backtest only these series ids (e.g. ``Forecaster.split_ids("val")``, the series a fit held out);
     ForecastError naming the ids the history lacks."""
+    from ts_neuralode.data.io import as_frame
+
+    history, future = as_frame(history), as_frame(future)
     table = fc.read_history(history, **read_options)
     if series is not None:
         table = _only_series(table, series)

@@ -40,6 +40,7 @@ from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
+from ts_neuralode.data.io import as_frame
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.forecast_frame import (
     DEFAULT_LEVELS,
@@ -130,7 +131,7 @@ class Forecaster:
         """
         from ts_neuralode.fit_api import fit
 
-        return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
+        return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
                    output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                    experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
 
@@ -191,12 +192,13 @@ class Forecaster:
         kw = {k: v for k, v in self.read_options.items() if k not in ("id_col", "time_col", "value_cols")}
         kw.setdefault("min_points", 1)  # one observation is enough to condition on
         kw.update(read_options)
+        history = as_frame(history)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if isinstance(history, (str, os.PathLike)) or isinstance(history, pd.DataFrame):
             return self.transform.read(history, **kw)
         if hasattr(history, "offsets"):
             return history
-        raise ForecastError(f"history of type {type(history).__name__} is not supported; pass a pandas "
-                            "DataFrame or a CSV path")
+        raise ForecastError(f"history of type {type(history).__module__.split('.')[0]}.{type(history).__name__} is "
+                            "not supported; pass a pandas or polars DataFrame, a pyarrow Table, or a CSV/Parquet path")
 
     def predict(
         self,
@@ -255,6 +257,7 @@ class Forecaster:
         """
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
+        history, future = as_frame(history), as_frame(future)
         if calibrated and self.calibration is None:
             raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
                                 "('ts-neuralode backtest --calibrate' or ts_neuralode.backtest.calibrate)")

@@ -166,6 +166,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         train_end: float | str | None = None,
     ):
         super().__init__()
+        from ts_neuralode.data.io import as_frame
+
+        df = as_frame(df)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if (path is None) == (df is None):
             raise ConfigError("give exactly one of path=... (a CSV file) or df=... (a pandas DataFrame)")
         if task not in TASKS:
@@ -446,6 +449,24 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             return None
         self._prepare()
         return self._duration(self.table.codec, self.season, "season") / self._transform.time_scale
+
+    @property
+    def column_summary(self) -> str:
+        """One line: what each column of the data is used as (targets, masks, covariates, ignored)."""
+        self._prepare()
+        cols = self.table.extra.get("columns", {})
+        spec = self._cov_spec
+        parts = [f"{self.table.n_series} series", f"targets {', '.join(cols.get('targets', self.channel_names))}"]
+        masks = cols.get("masks") or {}
+        parts.append("masks " + (", ".join(f"{m} ({v})" for v, m in masks.items()) if masks else "none"))
+        cov = []
+        if spec is not None:
+            cov += [f"{c} (known future)" for c in spec.future_cols] + [f"{c} (past)" for c in spec.past_cols]
+            cov += [f"{c} (static)" for c in spec.static_cols] + [f"{c} (calendar)" for c in spec.calendar]
+        parts.append("covariates " + (", ".join(cov) if cov else "none"))
+        ignored = [c for c in cols.get("ignored", []) if spec is None or c not in spec.static_cols + spec.future_cols]
+        parts.append("ignored " + (", ".join(ignored) if ignored else "none"))
+        return f"data {self.table.source}: " + "; ".join(parts)
 
     def split_ids(self, name: str) -> list:
         """Series ids of split ``name`` ("train", "val", "test")."""

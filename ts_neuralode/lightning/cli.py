@@ -138,6 +138,12 @@ class TSNeuralODECLI(LightningCLI):
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
 
+    def before_fit(self) -> None:
+        """One line at the start of every fit: what each column of the data is used as."""
+        dm = self.datamodule
+        if self.trainer.is_global_zero and dm is not None and hasattr(dm, "column_summary"):
+            print(dm.column_summary, file=sys.stderr)
+
     def after_fit(self) -> None:
         cb = next((c for c in self.trainer.callbacks if isinstance(c, tracking.MlflowTrackingCallback)), None)
         export = next((c for c in self.trainer.callbacks if isinstance(c, ModelExportCallback)), None)
