@@ -101,3 +101,30 @@ def test_every_fit_starts_with_one_line_saying_what_each_column_is(dt_fitted):
     assert len(lines) == 1, dt_fitted["output"][-2000:]
     assert "targets y" in lines[0] and "masks none" in lines[0] and "covariates none" in lines[0]
     assert "ignored site" in lines[0]
+
+
+def test_forecast_validation_that_cannot_be_built_is_an_error_naming_the_series():
+    """Split by series, every validation series shorter than the horizon: no silent fit without validation."""
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+
+    df = pd.DataFrame({"unique_id": np.repeat([f"s{k}" for k in range(10)], 8), "ds": np.tile(np.arange(8.0), 10),
+                       "y": np.sin(np.arange(80.0))})
+    dm = IrregularTimeSeriesDataModule(df=df, task="forecast", split_by="series", horizon=10.0, val_fraction=0.2,
+                                       test_fraction=0.0)
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    msg = str(err.value)
+    assert "none of the 2 validation series" in msg and "--data.val_fraction 0" in msg and "\n" not in msg
+    val = [f"s{k}" for k in range(10) if f"s{k}" in msg]
+    assert len(val) == 2
+
+
+def test_the_covariate_scaler_sees_nothing_after_train_end():
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+
+    t = np.arange(0.0, 40.0)
+    df = pd.concat([pd.DataFrame({"unique_id": f"s{k}", "ds": t, "y": np.sin(t + k),
+                                  "u": np.where(t <= 20.0, 1.0, 100.0)}) for k in range(3)], ignore_index=True)
+    dm = IrregularTimeSeriesDataModule(df=df, task="forecast", horizon=5.0, train_end=20.0, future_cols=["u"])
+    dm.setup()
+    assert dm.covariates["center"] == [1.0]  # the 100s after train_end are not in the scaler
