@@ -321,6 +321,7 @@ USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate
   benchmark  ODE vs flow speed and accuracy
 
 '{PROG} SUBCOMMAND --help' lists a subcommand's options; '{PROG} fit --print_config' prints a full config.
+--verbose (any subcommand): also show Lightning's and MLflow's own messages (ts_neuralode.noise).
 """
 
 
@@ -336,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else EXIT_USER_ERROR
     sub = argv[0]
+    from ts_neuralode.noise import quiet
+
+    quiet(verbose="--verbose" in argv)  # third-party chatter a user cannot act on (ts_neuralode.noise)
+    argv = [a for a in argv if a != "--verbose"]
     try:
         if sub in EXTRA_SUBCOMMANDS:
             return EXTRA_SUBCOMMANDS[sub](argv[1:])
