@@ -78,6 +78,9 @@ class ModelExportCallback(Callback):
             return
         self.forecaster = fitted_forecaster(trainer, pl_module)
         if self.forecaster is not None:
+            from ts_neuralode.calibration import training_extent
+
+            self.forecaster.training_extent = training_extent(trainer.datamodule)
             if self.calibrate:
                 self.calibration_line = calibrate_fitted(self.forecaster, trainer.datamodule)
             self.model_dir_written = self.forecaster.save(self.model_dir)
