@@ -60,7 +60,7 @@ def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered)
     assert exp.tags.get("mlflow.experimentKind") == "forecasting"  # the UI's forecasting layout, not GenAI's
     run = client.search_runs([exp.experiment_id])[0]
     logged = client.search_logged_models([exp.experiment_id])
-    assert [(m.name, m.source_run_id) for m in logged] == [("model", run.info.run_id)]
+    assert [(m.name, m.source_run_id) for m in logged] == [("forecaster", run.info.run_id)]
     # logged at the best checkpoint's epoch, with that epoch's scores (not the first epoch's)
     assert [o.step for o in run.outputs.model_outputs] == [0]  # a 1-epoch fit: its one epoch is the best
     linked = {m.key: m.value for m in logged[0].metrics or []}
@@ -71,8 +71,8 @@ def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered)
     assert version.run_id == run.info.run_id and logged[0].model_id in version.source
 
 
-def test_fit_prints_the_model_uri_and_runs_uri_loads_it(registered, dt_csv):
-    """The ``models:/`` URI fit prints and ``runs:/<run>/model`` both load with mlflow.pyfunc."""
+def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
+    """The ``models:/`` URI fit prints and ``runs:/<run>/forecaster`` both load with mlflow.pyfunc."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -85,7 +85,7 @@ def test_fit_prints_the_model_uri_and_runs_uri_loads_it(registered, dt_csv):
     mlflow.set_tracking_uri(registered["uri"])
     try:
         a = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(history, params=QUERY)
-        b = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(history, params=QUERY)
+        b = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/forecaster").predict(history, params=QUERY)
     finally:
         mlflow.set_tracking_uri(None)
     assert np.allclose(a[NAME], b[NAME])

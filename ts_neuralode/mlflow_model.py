@@ -3,7 +3,7 @@
 ``fit`` logs it next to the model directory (:func:`log_pyfunc`, called by the tracking callback), so the run's
 page lists it under *Logged models*; ``--register_as NAME`` also registers it. Then
 
-    model = mlflow.pyfunc.load_model("models:/<model id>")        # as fit prints it; or runs:/<run id>/model
+    model = mlflow.pyfunc.load_model("models:/<model id>")        # as fit prints it; or runs:/<run id>/forecaster
     model.predict(history_df, params={"horizon": "2D", "freq": "1h"})
 
     mlflow models serve -m models:/<model id> --env-manager local -h 127.0.0.1 -p 5001
@@ -47,10 +47,10 @@ try:  # the class is defined only where MLflow is installed (always, with ts_neu
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-#: name of the logged model within the run (``runs:/<run id>/model``: MLflow merges the run's ``model/`` artifact
-#: folder, the plain model directory, with the logged model's files, so the same URI serves ``mlflow.pyfunc`` and
-#: ``ts-neuralode forecast --model``)
-MODEL_NAME = "model"
+#: name of the logged model within the run (``runs:/<run id>/forecaster``; ``fit`` prints its ``models:/`` URI, the
+#: one to use). Not "model": that is the run's folder of the plain model directory, and MLflow 3 merges a logged model
+#: of the same name into it, looking the model up in the *global* tracking store even for a client of another one.
+MODEL_NAME = "forecaster"
 #: query options and their "not given" defaults (the params schema)
 PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": 100,
                                   "level": [50.0, 90.0], "context": "", "seed": 0, "calibrated": False,

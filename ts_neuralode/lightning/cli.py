@@ -166,7 +166,7 @@ class TSNeuralODECLI(LightningCLI):
                     lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
                 if cb.model_uri:
                     lines.append(f"MLflow model {cb.model_uri}  (mlflow.pyfunc.load_model('{cb.model_uri}'), or "
-                                 f"runs:/{cb.run_id}/model)")
+                                 f"runs:/{cb.run_id}/forecaster)")
             for line in lines:
                 print(line, file=sys.stderr)
 
