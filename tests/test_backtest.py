@@ -249,13 +249,23 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
     assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
     common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "4",
               "--step", "3h", "--buckets", "1", "--num_samples", "16", "--no_tracking", "--no_progress"]
+    # windows the model trained on: refused with one line naming what to pass (the series the fit held out)
+    held_out = [str(s) for s in Forecaster.load(model).split_ids("val") + Forecaster.load(model).split_ids("test")]
+    assert main([*common, "--out_dir", str(tmp_path / "trained"), "--calibrate"]) == 2
+    err = [ln for ln in capfd.readouterr().err.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and "lie in the data the model trained on" in err[0] and "--refit 1" in err[0], err
+    assert f"--series {' '.join(sorted(held_out))}" in err[0] or all(s in err[0] for s in held_out), err
+    assert not (model / "calibration.json").exists()
+    common += ["--series", *held_out]
     assert main([*common, "--out_dir", str(tmp_path / "raw"), "--calibrate"]) == 0
     assert (model / "calibration.json").is_file()
     fc = Forecaster.load(model)
     factors = fc.calibration["factors"]
     assert set(factors) == {"50", "90"} and min(factors["50"] + factors["90"]) > 0
-    raw = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16)
+    raw = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16, calibrated=False)
     cal = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16, calibrated=True)
+    default = fc.predict(str(dt_csv), horizon="6h", num_points=2, num_samples=16)  # a calibrated model: calibrated
+    assert np.allclose(default[f"{NAME}-hi-90"], cal[f"{NAME}-hi-90"])
     c, f = factors["90"][0], fc.calibration["floors"]["90"]
     mid, half = (raw[f"{NAME}-hi-90"] + raw[f"{NAME}-lo-90"]) / 2, (raw[f"{NAME}-hi-90"] - raw[f"{NAME}-lo-90"]) / 2
     assert np.allclose(cal[f"{NAME}-hi-90"], mid + c * (half + f))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,12 +33,17 @@ def registered(tmp_path_factory, dt_csv):
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1"
+    import contextlib
+    import io
+
     torch.manual_seed(0)
-    rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking_uri", uri,
-               "--artifact_location", str(cwd / "artifacts"), "--checkpoint_dir", str(cwd / "ck"),
-               "--experiment_name", "served", "--register_as", "tiny", *args])
-    assert rc == 0
-    return {"uri": uri, "cwd": cwd, "model_dir": cwd / "ck" / "model"}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking_uri", uri,
+                   "--artifact_location", str(cwd / "artifacts"), "--checkpoint_dir", str(cwd / "ck"),
+                   "--experiment_name", "served", "--register_as", "tiny", *args])
+    assert rc == 0, buf.getvalue()[-3000:]
+    return {"uri": uri, "cwd": cwd, "model_dir": cwd / "ck" / "model", "output": buf.getvalue()}
 
 
 def test_register_as_without_tracking_is_one_line(tiny_csv, capfd):
@@ -51,13 +57,38 @@ def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered)
 
     client = MlflowClient(registered["uri"])
     exp = client.get_experiment_by_name("served")
-    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert exp.tags.get("mlflow.experimentKind") == "forecasting"  # the UI's forecasting layout, not GenAI's
     run = client.search_runs([exp.experiment_id])[0]
     logged = client.search_logged_models([exp.experiment_id])
     assert [(m.name, m.source_run_id) for m in logged] == [("forecaster", run.info.run_id)]
+    # logged at the best checkpoint's epoch, with that epoch's scores (not the first epoch's)
+    assert [o.step for o in run.outputs.model_outputs] == [0]  # a 1-epoch fit: its one epoch is the best
+    linked = {m.key: m.value for m in logged[0].metrics or []}
+    history = client.get_metric_history(run.info.run_id, "epoch/val_loss")
+    assert linked.get("epoch/val_loss") == history[-1].value
     assert [o.model_id for o in run.outputs.model_outputs] == [logged[0].model_id]
     version = client.get_model_version("tiny", "1")
     assert version.run_id == run.info.run_id and logged[0].model_id in version.source
+
+
+def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
+    """The ``models:/`` URI fit prints and ``runs:/<run>/forecaster`` both load with mlflow.pyfunc."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(registered["uri"])
+    exp = client.get_experiment_by_name("served")
+    run = client.search_runs([exp.experiment_id])[0]
+    model_id = client.search_logged_models([exp.experiment_id])[0].model_id
+    assert f"MLflow model models:/{model_id}" in registered["output"]
+    history = pd.read_csv(dt_csv)[["unique_id", "ds", "y"]]
+    mlflow.set_tracking_uri(registered["uri"])
+    try:
+        a = mlflow.pyfunc.load_model(f"models:/{model_id}").predict(history, params=QUERY)
+        b = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/forecaster").predict(history, params=QUERY)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert np.allclose(a[NAME], b[NAME])
 
 
 def test_pyfunc_load_model_forecasts_like_the_forecaster(registered, dt_csv):
@@ -115,6 +146,17 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
         assert len(rows) == len(want) == 3 * history["unique_id"].nunique()
         assert (pd.to_datetime(rows["ds"]) == want["ds"]).all()
         assert np.allclose(rows[NAME], want[NAME], rtol=1e-5)
+        # a bad request: one JSON line saying what is wrong, no stack trace and no echo of the request
+        bad = {"dataframe_split": history.to_dict(orient="split", index=False), "params": {"horizon": "-2h"}}
+        req = urllib.request.Request(url + "/invocations", data=json.dumps(bad).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(req, timeout=120)
+        text = caught.value.read().decode()
+        answer = json.loads(text)
+        assert caught.value.code == 400 and len(text.strip().splitlines()) == 1, text
+        assert answer["error_code"] == "BAD_REQUEST" and "stack_trace" not in answer, answer
+        assert "horizon" in answer["message"] and "Failed to predict" not in answer["message"], answer
     finally:
         stop_mlflow_server(proc)  # the server's whole process group (uvicorn is its child)
 
@@ -170,8 +212,18 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
     want = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4)
     assert list(got.columns) == list(want.columns) and len(got) == 3 * df["unique_id"].nunique()
     assert np.allclose(got["ode_rnn"], want["ode_rnn"]) and np.allclose(got["ode_rnn-hi-90"], want["ode_rnn-hi-90"])
+    # fit calibrated the bands on its validation windows when they held enough points; the served model carries that
+    # calibration (what Forecaster.predict applies by default) and raw_bands=true gives the model's own bands
+    raw = model.predict(request, params={**query, "raw_bands": True})
+    want_raw = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4,
+                                                                   calibrated=False)
+    assert np.allclose(raw["ode_rnn-hi-90"], want_raw["ode_rnn-hi-90"])
+    from ts_neuralode.mlflow_model import forecast_frame
+
+    bare = Forecaster.load(pk_registered["model_dir"])
+    bare.calibration = None
     with pytest.raises(ForecastError, match="holds no band calibration"):
-        model.predict(request, params={**query, "calibrated": True})
+        forecast_frame(bare, request, {**query, "calibrated": True})
 
 
 def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_path, capfd):

@@ -132,6 +132,7 @@ def cross_validation(
     progress: bool = False,
     workdir: str | os.PathLike | None = None,
     future: pd.DataFrame | str | os.PathLike | None = None,
+    series: Sequence[Any] | None = None,
     **read_options: Any,
 ) -> pd.DataFrame:
     """Backtest ``fc`` on ``history`` (see the module docstring); returns the rows of every window.
@@ -139,8 +140,16 @@ def cross_validation(
     Covariates: a model's known-future and static covariates are read once from the whole ``history`` plus
     ``future`` (values after the history's end, as :meth:`Forecaster.predict`'s ``future``); a window's forecast
     reads them after its cutoff too — they are known in advance, unlike the targets and past-only covariates, which
-    stop at the cutoff."""
+    stop at the cutoff.
+
+    ``series``: backtest only these series ids (e.g. ``Forecaster.split_ids("val")``, the series a fit held out);
+    ForecastError naming the ids the history lacks."""
+    from ts_neuralode.data.io import as_frame
+
+    history, future = as_frame(history), as_frame(future)
     table = fc.read_history(history, **read_options)
+    if series is not None:
+        table = _only_series(table, series)
     spec = fc.covariate_spec
     covariates = None
     if spec is not None and (spec.future_cols or spec.static_cols):
@@ -162,13 +171,32 @@ def cross_validation(
         raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
                           "window's part of it)")
     source_cut = _row_cutter(source, table) if every else None
+    frames = _run_windows(fc, table, cuts, cuts_ns, h, None, every, fit_args, source_cut, workdir, progress,
+                          dict(level=level, quantiles=quantiles, num_samples=num_samples, context=context, seed=seed,
+                               batch_size=batch_size, calibrated=calibrated, covariates=covariates))
+    if not frames:
+        raise ForecastError("no backtest window has a series with history before its cutoff and an observation within "
+                            "the horizon after it; use fewer windows, a shorter step or other cutoffs")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: float, limit: np.ndarray | None,
+                 every: int, fit_args, source_cut, workdir, progress: bool, opts: dict) -> list[pd.DataFrame]:
+    """The scored rows of every window ``cuts[w]`` (``[W, S]`` raw cut times; NaN: the series sits the window
+    out); ``limit`` (``[S]`` raw times, optional): no target after it."""
+    codec = table.codec
     frames, seen = [], -1
     model = fc
+    before_all = (float(np.min(table.times)) if len(table.times) else 0.0) - abs(h) - 1.0  # a cut with no history
     tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
     try:
         for w in _progress(range(len(cuts)), progress):
-            n_hist, n_end = _window_rows(table, cuts[w], h)
-            ok = np.flatnonzero((n_hist >= 1) & (n_end > n_hist))
+            cut_w = np.where(np.isfinite(cuts[w]), cuts[w], before_all)
+            n_hist, n_end = _window_rows(table, cut_w, h)
+            if limit is not None:
+                _, n_lim = _window_rows(table, np.asarray(limit, dtype=np.float64), 0.0)
+                n_end = np.minimum(n_end, n_lim)
+            ok = np.flatnonzero((n_hist >= 1) & (n_end > n_hist) & np.isfinite(cuts[w]))
             if len(ok) == 0:
                 continue
             hist = _subset(table, ok, hi=n_hist[ok])
@@ -179,17 +207,31 @@ def cross_validation(
                 if seen % every == 0:
                     model = refit_forecaster(fit_args, raw_hist, Path(tmp.name) / f"window{w}")
             cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
-            frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples, context,
-                                  seed, batch_size, calibrated, raw_hist, covariates)
+            frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, opts["level"], opts["quantiles"],
+                                  opts["num_samples"], opts["context"], opts["seed"], opts["batch_size"],
+                                  opts["calibrated"], raw_hist, opts["covariates"])
             if frame is not None:
                 frames.append(frame)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    if not frames:
-        raise ForecastError("no backtest window has a series with history before its cutoff and an observation within "
-                            "the horizon after it; use fewer windows, a shorter step or other cutoffs")
-    return pd.concat(frames, ignore_index=True)
+    return frames
+
+
+def _only_series(table, series: Sequence[Any]):
+    """``table`` restricted to the series ``series`` (ids compared as text, in the table's order)."""
+    if isinstance(series, (str, bytes)) or not hasattr(series, "__iter__"):
+        series = [series]
+    wanted = [str(s) for s in series]
+    if not wanted:
+        raise ConfigError("series=[] names no series; pass some ids, or leave it out for all of them")
+    pos = {str(u): i for i, u in enumerate(table.ids)}
+    missing = [s for s in wanted if s not in pos]
+    if missing:
+        shown = ", ".join(map(str, list(table.ids)[:5])) + (" …" if table.n_series > 5 else "")
+        raise ForecastError(f"series {missing[:5]} not in the history (it has {table.n_series} series: {shown}); "
+                            "pass ids of the history's id column")
+    return _subset(table, sorted({pos[s] for s in wanted}))
 
 
 def _refit_every(refit: bool | int) -> int:
@@ -248,7 +290,7 @@ def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, 
     if targets.empty:  # only past-only covariates were observed in this window
         return None
     times = targets[["unique_id", "ds"]].drop_duplicates()
-    kw = {"calibrated": True} if calibrated else {}
+    kw = {"calibrated": bool(calibrated)}  # a backtest scores the model's own bands unless asked for calibrated ones
     scored = list(dict.fromkeys(times["unique_id"]))
     out = model.predict(hist if raw_history is None else raw_history, times=times, level=level, quantiles=quantiles,
                         num_samples=num_samples, context=context, seed=seed, batch_size=batch_size,
@@ -521,16 +563,22 @@ def mlflow_metrics(metrics: pd.DataFrame) -> list[tuple[str, float, int]]:
 
 
 def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
-              history: Any = None, save_to: str | os.PathLike | None = None, **read_options: Any) -> dict:
+              history: Any = None, save_to: str | os.PathLike | None = None, refit: bool = False,
+              **read_options: Any) -> dict:
     """Fit the conformal band calibration of ``fc`` on the backtest rows ``cv`` (made with uncalibrated bands),
     per horizon bucket (:mod:`ts_neuralode.calibration`); sets ``fc.calibration`` and, with ``save_to`` (a model
     directory), stores it there. Returns it.
 
     With ``history`` (the backtest's history) a row's lead time is counted from the last observation up to its
-    cutoff, as ``predict`` counts it from a history's last observation; without it, from the cutoff."""
+    cutoff, as ``predict`` counts it from a history's last observation; without it, from the cutoff.
+
+    Rows that score observations ``fc`` trained on (its ``training_extent``) are refused with one line saying what
+    to pass, unless ``refit`` (each window's model trained only on the history before its cutoff)."""
     from ts_neuralode import calibration
 
     codec = fc.transform.codec
+    if not refit:
+        calibration.refuse_trained_windows(getattr(fc, "training_extent", None), cv, codec)
     h = codec.duration(horizon, "horizon", ConfigError)
     lead = None
     if history is not None:
@@ -541,3 +589,95 @@ def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets
     if save_to is not None:
         calibration.save(save_to, cal)
     return cal
+
+
+# -- the calibration at the end of a fit ----------------------------------------------------------------------
+#: the band levels ``fit`` calibrates (a level too high for the number of held-out points is left out)
+FIT_LEVELS = (50.0, 80.0, 90.0, 95.0, 99.0)
+#: fewer held-out points than this: ``fit`` leaves the bands uncalibrated (and says so)
+MIN_FIT_POINTS = 50
+#: rolling windows per held-out stretch (cutoffs a quarter horizon apart)
+FIT_WINDOWS = 4
+
+
+def held_out_windows(datamodule) -> tuple[list, np.ndarray, np.ndarray, float] | None:
+    """The backtest windows of a fit's data that the model never trained on: ``(ids, cuts [W, n], limit [n],
+    horizon)`` in raw times (no target after ``limit``), or None without a validation split.
+
+    * forecast task split by time: per series, cutoffs from its validation cutoff on, a quarter horizon apart, with
+      targets up to the end of the validation horizon (the training targets stop at the validation cutoff; the test
+      horizon after it stays untouched);
+    * forecast task split by series: the validation series' last ``FIT_WINDOWS`` half-horizon-spaced windows;
+    * interpolation / extrapolation: the validation series, cutoffs from the extrapolation cut (interpolation: the
+      middle of the series) to the series' end, horizon = the longest stretch after the cut.
+    The validation windows choose the best checkpoint, nothing else: they are held out from the weights."""
+    split = getattr(datamodule, "split", None)
+    if split is None or len(split.get("val", [])) == 0:
+        return None
+    table = datamodule.table
+    val = np.asarray(split["val"], dtype=np.int64)
+    ids = [table.ids[i] for i in val]
+    k = np.arange(FIT_WINDOWS, dtype=np.float64)[:, None]
+    first, last = table.first_times()[val], table.last_times()[val]
+    if datamodule.task == "forecast":
+        spec = datamodule._specs["val"]
+        h = float(spec.horizon)
+        if datamodule.split_by == "time":
+            c0 = np.asarray(spec.cutoff, dtype=np.float64)[val]
+            return ids, c0[None, :] + k * h / FIT_WINDOWS, c0 + h, h
+        return ids, (last - h)[None, :] - k[::-1] * h / 2, np.full(len(val), np.inf), h
+    if datamodule.task == "extrapolation" and datamodule.cut_time is not None:
+        cut = np.full(len(val), float(table.codec.to_float([datamodule.cut_time])[0]))
+    else:
+        frac = datamodule.cut if datamodule.task == "extrapolation" else 0.5
+        cut = first + frac * (last - first)
+    span = last - cut
+    h = float(np.max(span)) if len(span) else 0.0
+    if not h > 0:
+        return None
+    return ids, cut[None, :] + k * span[None, :] / FIT_WINDOWS, np.full(len(val), np.inf), h
+
+
+def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAULT_BUCKETS,
+                    seed: int | None = 0) -> tuple[dict | None, str]:
+    """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
+    (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
+    from ts_neuralode import calibration
+
+    windows = held_out_windows(datamodule)
+    if windows is None:
+        return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
+                      "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on")
+    ids, cuts, limit, h = windows
+    source = datamodule.df if getattr(datamodule, "df", None) is not None else datamodule.path
+    table = fc.read_history(source)
+    pos = {str(u): i for i, u in enumerate(table.ids)}
+    full = np.full((cuts.shape[0], table.n_series), np.nan)
+    lim = np.full(table.n_series, np.inf)
+    for j, u in enumerate(ids):
+        i = pos.get(str(u))
+        if i is not None:
+            full[:, i], lim[i] = cuts[:, j], limit[j]
+    codec = table.codec
+    cuts_ns = codec.float_to_ns(np.nan_to_num(full)).reshape(full.shape) if codec.is_datetime else None
+    spec = fc.covariate_spec
+    covariates = (fc.read_covariates(source, None, table)
+                  if spec is not None and (spec.future_cols or spec.static_cols) else None)
+    frames = _run_windows(fc, table, full, cuts_ns, h, lim, 0, None, None, None, False,
+                          dict(level=list(FIT_LEVELS), quantiles=None, num_samples=num_samples, context=None,
+                               seed=seed, batch_size=64, calibrated=False, covariates=covariates))
+    cv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(cv) < MIN_FIT_POINTS:
+        return None, (f"only {len(cv)} held-out validation points to calibrate on (at least {MIN_FIT_POINTS}); "
+                      "the bands are the model's own: raise --data.val_fraction, or calibrate with 'ts-neuralode "
+                      "backtest --calibrate' on windows the model did not train on")
+    lead = calibration.lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
+    cal = calibration.fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead,
+                          drop_unreachable=True)
+    cal["fitted_on"] = {"what": "held-out validation windows of the fit", "points": int(len(cv)),
+                        "series": len(ids)}
+    levels = "/".join(cal["factors"])
+    f90 = cal["factors"].get("90")
+    stretch = f" (90% band stretched x{min(f90):.2f}-{max(f90):.2f})" if f90 else ""
+    return cal, (f"calibrated the {levels}% bands on {len(cv)} held-out validation points of {len(ids)} series"
+                 f"{stretch}")

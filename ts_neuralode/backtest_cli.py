@@ -62,6 +62,8 @@ def parser():
     p.add_argument("--fit_args", type=Optional[str], default=None,
                    help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
                         "configs/demo.yaml --trainer.max_epochs 20\"")
+    p.add_argument("--series", type=str, nargs="+", default=None,
+                   help="backtest only these series ids (e.g. those the fit held out; Forecaster.split_ids)")
     p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics")
     p.add_argument("--calibrated", action="store_true",
                    help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
@@ -115,7 +117,8 @@ def main(argv: Sequence[str]) -> int:
         cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
         fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
         num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
-        calibrated=args.calibrated, progress=not args.no_progress, future=args.future, **read)
+        calibrated=args.calibrated, progress=not args.no_progress, future=args.future, series=args.series,
+        **read)
     codec = fc.transform.codec
     h = codec.duration(args.horizon, "horizon", ConfigError)
     unit_ns = codec.unit_ns if codec.is_datetime else None
@@ -132,7 +135,8 @@ def main(argv: Sequence[str]) -> int:
     atomic_write_text(report_path, report + "\n")
     print(f"wrote {cv_path} ({len(cv)} rows), {metrics_path}, {report_path}, {png}")
     if args.calibrate:
-        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data.path, save_to=model_path, **read)
+        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data.path, save_to=model_path,
+                                 refit=bool(args.refit), **read)
         factors = "; ".join(f"{lv}%: " + ", ".join(f"{c:.3g}" for c in f) for lv, f in cal["factors"].items())
         print(f"calibration (band stretch per horizon bucket) {factors}: stored in {model_path}/calibration.json")
     overall = metrics[metrics["scope"] == "overall"].set_index("model")

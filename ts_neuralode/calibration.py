@@ -103,10 +103,12 @@ def lead_since_last(table, unique_id: Any, ds: Any, cutoff: Any = None) -> np.nd
 
 
 def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns: int | None = None,
-        levels: list[float] | None = None, lead: np.ndarray | None = None) -> dict:
+        levels: list[float] | None = None, lead: np.ndarray | None = None, drop_unreachable: bool = False) -> dict:
     """Per-bucket conformal factors of ``model``'s bands from a cross-validation frame (raw time units). ``lead``:
     each row's time after the last observation its forecast conditioned on (:func:`lead_since_last`, what
-    ``predict`` buckets by); default ``ds - cutoff`` (``unit_ns``: the data's time unit for datetimes)."""
+    ``predict`` buckets by); default ``ds - cutoff`` (``unit_ns``: the data's time unit for datetimes).
+    ``drop_unreachable``: leave out levels too high for the number of points (their factor would be infinite)
+    instead of storing an infinite factor. A bucket whose own factor is infinite takes the pooled one."""
     from ts_neuralode.backtest import bucket_edges, bucket_of, lead_times
 
     edges = bucket_edges(horizon, buckets)
@@ -125,8 +127,16 @@ def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns:
         floors[tag] = width_floor(y, lo, hi)
         s = band_scores(y, lo, hi, floors[tag])
         pooled = conformal_factor(s, float(lv))
-        factors[tag] = [conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled
-                        for k in range(len(edges) - 1)]
+        if not math.isfinite(pooled):
+            if drop_unreachable:  # too few points for this level's guarantee (e.g. 99% from 50 points)
+                del floors[tag]
+                continue
+        per_bucket = [conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled
+                      for k in range(len(edges) - 1)]
+        factors[tag] = [f if math.isfinite(f) else pooled for f in per_bucket]
+    if not factors:
+        raise ForecastError(f"{len(y)} backtest points are too few for a conformal band of any of the levels "
+                            f"{', '.join(fmt_level(lv) for lv in levels)}; backtest more windows or series")
     return {"format": FORMAT, "model": model, "horizon": float(horizon), "edges": edges.tolist(),
             "points": counts, "factors": factors, "floors": floors}
 
@@ -175,3 +185,84 @@ def load(model_dir: str | os.PathLike) -> dict | None:
     if data.get("format") != FORMAT:
         raise ForecastError(f"{path}: unknown calibration format {data.get('format')!r}; calibrate the model again")
     return data
+
+
+# -- what the model trained on: the calibration must not score those points ----------------------------------
+#: the model directory's record of the data the model trained on (:func:`training_extent`)
+EXTENT_FILE = "training_extent.json"
+EXTENT_FORMAT = "ts_neuralode.training_extent/1"
+
+
+def training_extent(datamodule) -> dict | None:
+    """Which observations a fit trained on: per training series (id as text), the raw time after which no training
+    target lies (None: the whole series). Series not listed were held out (validation / test series). None when the
+    data module does not say (not an :class:`IrregularTimeSeriesDataModule`)."""
+    split = getattr(datamodule, "split", None)
+    table = getattr(datamodule, "table", None)
+    if split is None or table is None:
+        return None
+    specs = getattr(datamodule, "_specs", {}) or {}
+    end = getattr(specs.get("train"), "end", None)
+    series = {}
+    for i in np.unique(np.asarray(split["train"], dtype=np.int64)):
+        e = None if end is None or not np.isfinite(end[i]) else float(end[i])
+        series[str(table.ids[i])] = e
+    splits = {k: [_json_id(table.ids[i]) for i in np.asarray(v, dtype=np.int64)] for k, v in split.items()}
+    return {"format": EXTENT_FORMAT, "series": series, "split": splits}
+
+
+def _json_id(u: Any) -> Any:
+    """A series id as JSON keeps it (numbers stay numbers)."""
+    return u.item() if isinstance(u, np.generic) else u
+
+
+def save_extent(model_dir: str | os.PathLike, extent: Mapping[str, Any]) -> Path:
+    from ts_neuralode.atomic import atomic_write_text
+
+    path = Path(model_dir) / EXTENT_FILE
+    atomic_write_text(path, json.dumps(dict(extent)) + "\n")
+    return path
+
+
+def load_extent(model_dir: str | os.PathLike) -> dict | None:
+    path = Path(model_dir) / EXTENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data if data.get("format") == EXTENT_FORMAT else None
+
+
+def trained_rows(extent: Mapping[str, Any] | None, unique_id: Any, ds_raw: np.ndarray) -> np.ndarray:
+    """Which rows (series ``unique_id`` at raw times ``ds_raw``) are observations the model trained on."""
+    n = len(ds_raw)
+    if extent is None:
+        return np.zeros(n, dtype=bool)
+    series = extent.get("series", {})
+    ends = pd.Series(np.asarray(unique_id, dtype=object)).astype(str).map(
+        lambda u: (np.inf if series[u] is None else float(series[u])) if u in series else -np.inf)
+    return np.asarray(ds_raw, dtype=np.float64) <= ends.to_numpy(np.float64)
+
+
+def refuse_trained_windows(extent: Mapping[str, Any] | None, cv: pd.DataFrame, codec) -> None:
+    """ForecastError (one line, what to pass) when backtest rows ``cv`` score observations the model trained on:
+    conformal factors fitted on them are too small (the model fits its training data better than new data)."""
+    if extent is None or cv.empty:
+        return
+    hit = trained_rows(extent, cv["unique_id"], codec.to_float(cv["ds"]))
+    if not hit.any():
+        return
+    first = cv[hit].iloc[0]
+    series = extent["series"]
+    until = series.get(str(first["unique_id"]))
+    where = "the whole series" if until is None else f"up to {codec.from_float([until])[0]}"
+    held = [u for u in dict.fromkeys(cv["unique_id"].astype(str)) if u not in series]
+    hint = (f"--series {' '.join(held[:8])}{' …' if len(held) > 8 else ''} (series the fit held out), "
+            if held else "")
+    raise ForecastError(
+        f"--calibrate: {int(hit.sum())} of the {len(cv)} backtest points lie in the data the model trained on "
+        f"(series {first['unique_id']!s} at {first['ds']!s}; it trained on {where}), and bands calibrated on them "
+        f"come out too narrow; pass --refit 1 (a new model per window), {hint}or --cutoffs after the training "
+        "data — or leave out --calibrate: fit already calibrated the bands on its held-out validation windows")

@@ -62,7 +62,7 @@ def fit_main(argv: Sequence[str]) -> int:
             lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
         if result.model_uri:
             lines.append(f"MLflow model {result.model_uri}  (mlflow.pyfunc.load_model('{result.model_uri}'), or "
-                         f"runs:/{result.run_id}/model)")
+                         f"runs:/{result.run_id}/forecaster)")
     choice = current_choice()  # the torch thread count this fit ran with (ts_neuralode.threads)
     if choice is not None:
         lines.append(choice.line)
@@ -118,7 +118,10 @@ def _forecast_parser():
                    help="evenly spaced query points (default: 50 when no --freq)")
     g.add_argument("--times", type=str, nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--calibrated", action="store_true",
-                   help="stretch the bands by the model's conformal calibration (ts-neuralode backtest --calibrate)")
+                   help="stretch the bands by the model's conformal calibration (an error when it has none); the "
+                        "default stretches them whenever the model has one (fit calibrates on its validation windows)")
+    p.add_argument("--raw_bands", action="store_true",
+                   help="the model's own (uncalibrated) bands, even when the model has a calibration")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", type=str, nargs="+", default=None, help="only these series ids")
     p.add_argument("--max_steps", type=Optional[int], default=None,
@@ -258,7 +261,8 @@ def forecast_main(argv: Sequence[str]) -> int:
         args.data.path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
         series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        context=args.context, future=args.future, calibrated=args.calibrated, max_steps=args.max_steps, **read,
+        context=args.context, future=args.future, max_steps=args.max_steps,
+        calibrated=False if args.raw_bands else (True if args.calibrated else None), **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)
@@ -380,6 +384,7 @@ USAGE = f"""usage: {PROG} {{fit,validate,test,predict,forecast,backtest,generate
   benchmark  ODE vs flow speed and accuracy
 
 '{PROG} SUBCOMMAND --help' lists a subcommand's options; '{PROG} fit --print_config' prints a full config.
+--verbose (any subcommand): also show Lightning's and MLflow's own messages (ts_neuralode.noise).
 """
 
 
@@ -395,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else EXIT_USER_ERROR
     sub = argv[0]
+    from ts_neuralode.noise import quiet
+
+    quiet(verbose="--verbose" in argv)  # third-party chatter a user cannot act on (ts_neuralode.noise)
+    argv = [a for a in argv if a != "--verbose"]
     try:
         configure_threads()  # torch threads fitted to the usable CPUs (ts_neuralode.threads)
         if sub == "fit":  # model choice: 'fit --model auto' searches (ts_neuralode.model_choice_cli)

@@ -40,13 +40,37 @@ def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> Light
     return module.eval()
 
 
-class ModelExportCallback(Callback):
-    """At the end of a fit, write the model directory to ``model_dir``; ``forecaster`` and ``model_dir_written``
-    are set afterwards (the tracking callback logs that directory)."""
+def calibrate_fitted(forecaster, datamodule) -> str:
+    """Fit ``forecaster``'s band calibration on the fit's held-out validation windows
+    (:func:`ts_neuralode.backtest.fit_calibration`) and record what it trained on (``training_extent``, which
+    ``backtest --calibrate`` checks); returns the line saying what was done. A forecast that fails there (a solver
+    that cannot reach the validation horizon) leaves the bands uncalibrated and says why: it never fails the fit."""
+    from ts_neuralode import calibration
+    from ts_neuralode.backtest import fit_calibration
+    from ts_neuralode.callbacks import solver_failure
+    from ts_neuralode.errors import TSNeuralODEError
 
-    def __init__(self, model_dir: str | os.PathLike) -> None:
+    forecaster.training_extent = calibration.training_extent(datamodule)
+    try:
+        forecaster.calibration, line = fit_calibration(forecaster, datamodule)
+    except Exception as err:
+        if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
+            raise
+        first = " ".join(str(err).strip().splitlines()[0].split())
+        forecaster.calibration, line = None, f"bands left uncalibrated: the validation forecasts failed ({first})"
+    return line
+
+
+class ModelExportCallback(Callback):
+    """At the end of a fit, calibrate the bands on the held-out validation windows (``calibrate``, default on:
+    :func:`calibrate_fitted`) and write the model directory to ``model_dir``; ``forecaster``, ``calibration_line``
+    and ``model_dir_written`` are set afterwards (the tracking callback logs that directory)."""
+
+    def __init__(self, model_dir: str | os.PathLike, calibrate: bool = True) -> None:
         self.model_dir = Path(model_dir)
+        self.calibrate = calibrate
         self.forecaster = None
+        self.calibration_line: str | None = None
         self.model_dir_written: Path | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -54,4 +78,9 @@ class ModelExportCallback(Callback):
             return
         self.forecaster = fitted_forecaster(trainer, pl_module)
         if self.forecaster is not None:
+            from ts_neuralode.calibration import training_extent
+
+            self.forecaster.training_extent = training_extent(trainer.datamodule)
+            if self.calibrate:
+                self.calibration_line = calibrate_fitted(self.forecaster, trainer.datamodule)
             self.model_dir_written = self.forecaster.save(self.model_dir)

@@ -27,6 +27,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -162,6 +163,16 @@ class BestScore(Callback):
             self.best = float(v)
 
 
+class ColumnSummary(Callback):
+    """One line at the start of every fit (rank 0): what each column of the data is used as (targets, masks,
+    covariates, ignored; :attr:`IrregularTimeSeriesDataModule.column_summary`)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if trainer.is_global_zero and dm is not None and hasattr(dm, "column_summary"):
+            print(dm.column_summary, file=sys.stderr)
+
+
 def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None) -> FitResult:
     """Fit the model of the resolved options ``cfg`` (see the module docstring); ``data``: a DataFrame that replaces
     ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer."""
@@ -191,7 +202,7 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     trainer_cfg = dict(init.trainer)
     user_cbs = trainer_cfg.pop("callbacks", None) or []
     user_cbs = list(user_cbs) if isinstance(user_cbs, (list, tuple)) else [user_cbs]
-    own = [TrainingGuard(ckpt_dir), ModelExportCallback(model_dir)]
+    own = [TrainingGuard(ckpt_dir), ModelExportCallback(model_dir), ColumnSummary()]
     logger, track_cbs = tracking_parts(cfg, "fit", ckpt_dir, resume_run_id)
     if logger is not None:
         trainer_cfg["logger"] = logger

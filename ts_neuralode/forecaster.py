@@ -40,9 +40,11 @@ from ts_neuralode import step_budget as budgets
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
+from ts_neuralode.data.io import as_frame
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.forecast_frame import (
     DEFAULT_LEVELS,
+    fmt_level,
     model_display_name,
     nixtla_frame,
     parse_levels,
@@ -97,6 +99,8 @@ class Forecaster:
         spec = self.covariate_spec
         self.output_transform = transform if spec is None else spec.output_transform(transform)
         self.calibration: dict | None = None  # conformal band factors (ts_neuralode.calibration), if calibrated
+        #: which observations the model trained on (ts_neuralode.calibration.training_extent), when known
+        self.training_extent: dict | None = None
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
@@ -139,14 +143,14 @@ class Forecaster:
         if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
             from ts_neuralode.model_choice import fit_auto
 
-            return fit_auto(data, data_options=data_options, model_options=model_options, trainer=trainer,
+            return fit_auto(as_frame(data), data_options=data_options, model_options=model_options, trainer=trainer,
                             callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                             experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
                             **auto)
         if auto:
             raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
                               "model choice)")
-        return fit(data, model, data_options=data_options, model_options=model_options, trainer=trainer,
+        return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
                    callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
                    experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
 
@@ -155,10 +159,12 @@ class Forecaster:
         :func:`ts_neuralode.model_store.write_model_dir`); returns it."""
         out = write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
                               self.context)
-        if self.calibration is not None:
-            from ts_neuralode import calibration
+        from ts_neuralode import calibration
 
+        if self.calibration is not None:
             calibration.save(out, self.calibration)
+        if self.training_extent is not None:
+            calibration.save_extent(out, self.training_extent)
         return out
 
     @classmethod
@@ -188,7 +194,20 @@ class Forecaster:
             from ts_neuralode import calibration
 
             fc.calibration = calibration.load(path)
+            fc.training_extent = calibration.load_extent(path)
         return fc
+
+    def split_ids(self, name: str) -> list:
+        """The series ids of the fit's split ``name`` ("train", "val" or "test"): e.g. ``backtest --series`` with
+        the ``"test"`` ids scores only series the model never saw. ForecastError when the model does not record its
+        split (a model saved before this version, or built from a module)."""
+        if name not in ("train", "val", "test"):
+            raise ForecastError(f"split {name!r}: pass 'train', 'val' or 'test'")
+        split = (self.training_extent or {}).get("split")
+        if split is None:
+            raise ForecastError("this model does not record its fit's split (it was saved without "
+                                "training_extent.json); fit it again with this version")
+        return list(split.get(name, []))
 
     # ------------------------------------------------------------------------------------------
     # prediction
@@ -197,12 +216,13 @@ class Forecaster:
         kw = {k: v for k, v in self.read_options.items() if k not in ("id_col", "time_col", "value_cols")}
         kw.setdefault("min_points", 1)  # one observation is enough to condition on
         kw.update(read_options)
+        history = as_frame(history)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if isinstance(history, (str, os.PathLike)) or isinstance(history, pd.DataFrame):
             return self.transform.read(history, **kw)
         if hasattr(history, "offsets"):
             return history
-        raise ForecastError(f"history of type {type(history).__name__} is not supported; pass a pandas "
-                            "DataFrame or a CSV path")
+        raise ForecastError(f"history of type {type(history).__module__.split('.')[0]}.{type(history).__name__} is "
+                            "not supported; pass a pandas or polars DataFrame, a pyarrow Table, or a CSV/Parquet path")
 
     def predict(
         self,
@@ -221,7 +241,7 @@ class Forecaster:
         seed: int | None = 0,
         context: float | str | pd.Timedelta | None = None,
         future: pd.DataFrame | str | os.PathLike | None = None,
-        calibrated: bool = False,
+        calibrated: bool | None = None,
         max_steps: int | None = None,
         covariates: CovariateArrays | None = None,
         **read_options: Any,
@@ -247,8 +267,10 @@ class Forecaster:
                 stand. Every covariate must be known up to each series' last query time (ForecastError naming the
                 column otherwise).
             calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
-                fitted on backtest residuals per horizon bucket; ForecastError when the model has none); the
-                quantile columns are then left out (they describe the uncalibrated distribution).
+                fitted per horizon bucket at the end of ``fit`` on its held-out validation windows, or by
+                ``backtest --calibrate``); the quantile columns are then left out (they describe the uncalibrated
+                distribution). None (default): when the model has a calibration and no ``quantiles`` are asked
+                for; True: always (ForecastError when the model has none); False: the model's own bands.
             max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
                 horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
             covariates: the covariates already read (:class:`~ts_neuralode.data.covariates.CovariateArrays` with
@@ -260,11 +282,20 @@ class Forecaster:
         configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
+        history, future = as_frame(history), as_frame(future)
         if calibrated and self.calibration is None:
             raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
                                 "('ts-neuralode backtest --calibrate' or ts_neuralode.backtest.calibrate)")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
+        if calibrated is None:
+            calibrated = self.calibration is not None and not qs
+            if calibrated:
+                missing = [lv for lv in levels if fmt_level(lv) not in self.calibration["factors"]]
+                if missing:
+                    raise ForecastError(f"level {fmt_level(missing[0])} has no calibration (the model's calibrated "
+                                        f"levels: {', '.join(self.calibration['factors'])}); ask for those levels, "
+                                        "or for the model's own bands with calibrated=False (--raw_bands)")
         for q in qs:
             if not 0.0 < q < 1.0:
                 raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")

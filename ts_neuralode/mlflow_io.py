@@ -16,15 +16,19 @@ from ts_neuralode.errors import ConfigError
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 250
-#: the MLflow 3 UI's experiment type: model training (not GenAI)
+#: the MLflow 3 UI's experiment type: forecasting (not GenAI: "custom_model_development" opened the GenAI layout and
+#: listed the model under "Agent versions" in MLflow 3.17)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_KIND = "forecasting"
+#: the kind earlier versions set: moved to EXPERIMENT_KIND
+OLD_EXPERIMENT_KIND = "custom_model_development"
 
 
 def mark_training_experiment(client, experiment_id: str) -> None:
-    """Tag the experiment as a model-training one in the MLflow UI, unless it has a kind already."""
+    """Tag the experiment as a forecasting one in the MLflow UI, unless it has another kind already (the kind earlier
+    versions of this package set is updated)."""
     exp = client.get_experiment(experiment_id)
-    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+    if (exp.tags or {}).get(EXPERIMENT_KIND_TAG, OLD_EXPERIMENT_KIND) == OLD_EXPERIMENT_KIND:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 

@@ -3,7 +3,7 @@
 ``fit`` logs it next to the model directory (:func:`log_pyfunc`, called by the tracking callback), so the run's
 page lists it under *Logged models*; ``--register_as NAME`` also registers it. Then
 
-    model = mlflow.pyfunc.load_model("models:/<model id>")        # or runs:/<run id>/forecaster
+    model = mlflow.pyfunc.load_model("models:/<model id>")        # as fit prints it; or runs:/<run id>/forecaster
     model.predict(history_df, params={"horizon": "2D", "freq": "1h"})
 
     mlflow models serve -m models:/<model id> --env-manager local -h 127.0.0.1 -p 5001
@@ -22,10 +22,11 @@ way the training CSV holds them; each known-future column must be known up to ea
 example has one such row per series, at the example query's last time). Static columns carry the series' value
 on its rows.
 
-Calibration. The model is a copy of the model directory as the fit left it. ``ts-neuralode backtest --calibrate``
-writes ``calibration.json`` into the local model directory later, so it is not in a model logged by ``fit``: the
-``calibrated`` param of such a model raises an error saying so (forecast with the calibrated local directory:
-``ts-neuralode forecast --model DIR --calibrated``, or ``Forecaster.load(DIR).predict(..., calibrated=True)``).
+Calibration. The model is a copy of the model directory as the fit left it, with the band calibration ``fit``
+fitted on its held-out validation windows (``calibration.json``): the served bands are calibrated by default (param
+``raw_bands=true``: the model's own bands). ``calibrated=true`` insists on a calibration and raises an error
+when the model has none (a fit without a validation split). A later ``ts-neuralode backtest --calibrate`` writes a
+new ``calibration.json`` into the local model directory only.
 
 The MLflow model holds the model directory (weights + JSON config, no pickles) as an artifact, the package's
 source (``code_paths``) and a code file that builds :class:`ForecasterModel` (MLflow's models-from-code: nothing
@@ -46,11 +47,14 @@ try:  # the class is defined only where MLflow is installed (always, with ts_neu
 except ImportError:  # pragma: no cover
     PythonModel = object
 
-#: name of the logged model within the run (``runs:/<run id>/forecaster``)
+#: name of the logged model within the run (``runs:/<run id>/forecaster``; ``fit`` prints its ``models:/`` URI, the
+#: one to use). Not "model": that is the run's folder of the plain model directory, and MLflow 3 merges a logged model
+#: of the same name into it, looking the model up in the *global* tracking store even for a client of another one.
 MODEL_NAME = "forecaster"
 #: query options and their "not given" defaults (the params schema)
 PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": 100,
-                                  "level": [50.0, 90.0], "context": "", "seed": 0, "calibrated": False}
+                                  "level": [50.0, 90.0], "context": "", "seed": 0, "calibrated": False,
+                                  "raw_bands": False}
 EXAMPLE_ROWS = 8
 
 _ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster (see ts_neuralode.mlflow_model)
@@ -71,7 +75,34 @@ class ForecasterModel(PythonModel):
         self.forecaster = Forecaster.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return forecast_frame(self.forecaster, model_input, params)
+        from ts_neuralode.errors import TSNeuralODEError
+
+        try:
+            return forecast_frame(self.forecaster, model_input, params)
+        except TSNeuralODEError as err:  # the user's request is wrong: one line, no traceback (served or not)
+            raise served_error(err) from None
+
+
+def served_error(err: Exception):
+    """``err`` (a project error) as an ``MlflowException`` (BAD_REQUEST) of the same project class, whose message
+    stays its one line: the scoring server answers a failing request with ``{"error_code": "BAD_REQUEST", "message":
+    ...}`` and no stack trace, but it prefixes an MlflowException's message with the whole request (``Failed to
+    predict data '<frame>'``) by assigning ``.message``; this exception keeps its own line instead."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+    class ServedError(MlflowException, type(err)):
+        @property
+        def message(self) -> str:
+            return self._line
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_line"):
+                self._line = " ".join(str(value).split())
+
+    ServedError.__name__ = type(err).__name__
+    return ServedError(str(err), error_code=BAD_REQUEST)
 
 
 def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -89,7 +120,9 @@ def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
             opts[key] = str(p[key]).strip()
     if int(p["num_points"] or 0) > 0:
         opts["num_points"] = int(p["num_points"])
-    if bool(p["calibrated"]):
+    if bool(p["raw_bands"]):
+        opts["calibrated"] = False
+    elif bool(p["calibrated"]):
         opts["calibrated"] = True
     return opts
 
@@ -100,10 +133,9 @@ def forecast_frame(forecaster, history: pd.DataFrame, params: dict[str, Any] | N
     if opts.get("calibrated") and forecaster.calibration is None:
         from ts_neuralode.errors import ForecastError
 
-        raise ForecastError("params calibrated=true: this MLflow model holds no band calibration (the model logged by "
-                            "'fit' is the model directory before 'ts-neuralode backtest --calibrate' wrote "
-                            "calibration.json into it); forecast with that directory instead ('ts-neuralode forecast "
-                            "--model DIR --calibrated') or send calibrated=false")
+        raise ForecastError("params calibrated=true: this MLflow model holds no band calibration (its fit had no "
+                            "validation windows with enough points to calibrate on); send calibrated=false or leave it "
+                            "out for the model's own bands")
     out = forecaster.predict(history, **opts)
     if pd.api.types.is_datetime64_any_dtype(out["ds"]):
         out["ds"] = [t.isoformat() for t in out["ds"]]
@@ -192,9 +224,10 @@ def _requirements() -> list[str]:
 
 
 def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster, datamodule,
-               register_as: str | None = None):
-    """Log the model directory as an MLflow pyfunc model of run ``run_id`` (and register it as ``register_as``);
-    returns MLflow's ``ModelInfo``."""
+               register_as: str | None = None, step: int = 0):
+    """Log the model directory as an MLflow pyfunc model of run ``run_id`` (and register it as ``register_as``) at
+    ``step`` (the best checkpoint's epoch: MLflow links the run's metrics of that step to the model, so the Logged
+    Models page shows the scores of the weights it holds); returns MLflow's ``ModelInfo``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -222,7 +255,7 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster
                     name=MODEL_NAME, python_model=str(entry), artifacts={"model_dir": str(model_dir)},
                     code_paths=[str(Path(ts_neuralode.__file__).parent)], signature=signature,
                     input_example=(example, probe), pip_requirements=_requirements(),
-                    registered_model_name=register_as or None,
+                    registered_model_name=register_as or None, step=int(step),
                 )
     finally:
         mlflow.set_tracking_uri(previous)

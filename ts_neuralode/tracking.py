@@ -20,7 +20,9 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
   :class:`ts_neuralode.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles), the same model as
   an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.mlflow_model`; registered with
   ``--register_as NAME``) and forecast plots of a few validation series (``plots/``);
-* the experiment is tagged as a model-training one (``mlflow.experimentKind``) unless it has a kind already.
+* the experiment is tagged as a forecasting one (``mlflow.experimentKind``) unless it has another kind already;
+* the MLflow model is logged at the best checkpoint's epoch (its ``step``), so the Logged Models page shows that
+  epoch's metrics; its ``models:/`` URI is ``model_uri`` (``fit`` prints it).
 
 Resuming: the run id is stored in every checkpoint (this callback's state) and in ``mlflow_run.json`` beside the
 checkpoints, so ``fit --ckpt_path last`` continues the same MLflow run.
@@ -288,6 +290,7 @@ class MlflowTrackingCallback(Callback):
         self.forecast_samples = forecast_samples
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
+        self.model_uri: str | None = None  # models:/<model id> of the logged MLflow model
         self._epoch_start = 0.0
         self._epoch_time = 0.0
         self._batch_start = 0.0
@@ -418,14 +421,26 @@ class MlflowTrackingCallback(Callback):
         written = export.model_dir_written if export is not None else None
         if forecaster is not None:
             self._model_error = None
-            logged = tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written)
+            logged = tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written,
+                             self._best_step(best))
+            self.model_uri = getattr(logged, "model_uri", None)
             if self.register_as and not logged:  # asked to register: no model is a failed command, not a warning
                 why = self._model_error or "MLflow tracking failed; see the warning above"
                 raise ForecastError(f"--register_as {self.register_as}: the MLflow model was not logged and "
                                     f"registered ({why}); the local model directory is written: fix the cause and "
                                     "fit again")
 
-    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None) -> Any:
+    def _best_step(self, best: str) -> int:
+        """The epoch of the best checkpoint (the step its metrics were logged at), else the last logged epoch."""
+        if best and Path(best).is_file():
+            try:
+                return int(torch.load(best, map_location="cpu", weights_only=True).get("epoch", 0))
+            except Exception:  # an unreadable checkpoint: fall back to the last epoch
+                pass
+        return max(self._logged_epoch, 0)
+
+    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None,
+                   step: int = 0) -> Any:
         """The model directory (``model_dir`` when the export callback has written it, else saved here) and
         validation forecast plots as artifacts of the run."""
         from ts_neuralode.callbacks import solver_failure
@@ -438,7 +453,7 @@ class MlflowTrackingCallback(Callback):
 
             try:
                 info = log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster,
-                                  datamodule, self.register_as)
+                                  datamodule, self.register_as, step)
             except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked(), unless
                 # the model is to be registered: then any failure ends the fit with one error line, in on_fit_end)
                 if not (isinstance(err, TSNeuralODEError) or solver_failure(err) or self.register_as):

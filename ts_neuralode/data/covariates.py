@@ -158,11 +158,22 @@ class CovariateSpec:
             check_choice(k, "future_interp", INTERPOLATIONS)
         return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal), **extra)
 
-    def fit(self, arrays: "CovariateArrays", train: np.ndarray, codec, time_scale: float) -> "CovariateSpec":
-        """Scales from the samples of the training series ``train``; calendar frequencies in model units."""
+    def fit(self, arrays: "CovariateArrays", train: np.ndarray, codec, time_scale: float,
+            until: np.ndarray | None = None) -> "CovariateSpec":
+        """Scales from the samples of the training series ``train`` — with ``until`` (``[S]`` raw times, e.g. the
+        forecast task's ``train_end`` / validation cutoff) only those at or before it, as the series scaler is
+        fitted; calendar frequencies in model units."""
         center, scale = [], []
+
+        def samples(c: int, s: int) -> np.ndarray:
+            v = arrays.raw_samples[c][s]
+            if until is None or arrays.raw_sample_times is None or not np.isfinite(until[s]):
+                return v
+            before = v[arrays.raw_sample_times[c][s] <= until[s]]
+            return before if before.size else v[:1]  # a series whose schedule starts later: its first value
+
         for c in range(len(self.future_cols)):
-            v = np.concatenate([arrays.raw_samples[c][s] for s in train]) if len(train) else np.zeros(0)
+            v = np.concatenate([samples(c, s) for s in train]) if len(train) else np.zeros(0)
             mu = float(v.mean()) if v.size else 0.0
             sd = float(v.std()) if v.size else 1.0
             center.append(mu)
@@ -245,6 +256,7 @@ class CovariateArrays:
         values: ``[M, C]`` float64 original values, each column resampled onto the knots by its own rule.
         starts / counts: ``[S]`` the rows of each series.  last: ``[S, C]`` raw time of each column's last sample.
         raw_samples: per column, per series, the sampled values (for fitting the scaler).
+        raw_sample_times: per column, per series, the raw times of those samples (None: not recorded).
         static: ``[S, n_static]`` object: each series' static covariate values as read.
         ids: the series ids, in row order (None: not recorded); :meth:`align` matches another table's series.
     """
@@ -257,6 +269,7 @@ class CovariateArrays:
     raw_samples: list
     static: np.ndarray = None
     ids: list | None = None
+    raw_sample_times: list | None = None
 
     @classmethod
     def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
@@ -349,6 +362,7 @@ class CovariateArrays:
             counts[s] = len(ks)
         starts = (np.cumsum(counts) - counts).astype(np.int64)
         raw = [[samples[k][s][1] for s in range(S)] for k in range(len(cols))]
+        raw_t = [[samples[k][s][0] for s in range(S)] for k in range(len(cols))]
         cat = lambda a, w: np.concatenate(a) if a else np.zeros((0,) * w)  # noqa: E731
         missing = [(s, k) for s in range(S) for k in range(len(spec.static_cols)) if static[s, k] is None]
         if missing:
@@ -356,7 +370,7 @@ class CovariateArrays:
             raise DataError(f"{table.source}: static covariate '{spec.static_cols[k]}' has no value for series "
                             f"{table.ids[s]!r}; fill it in on at least one row of the series")
         return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
-                   last, raw, static, list(table.ids))
+                   last, raw, static, list(table.ids), raw_t)
 
     def subset(self, idx: Sequence[int]) -> "CovariateArrays":
         """The arrays of series ``idx`` (in that order)."""
@@ -366,9 +380,10 @@ class CovariateArrays:
             if len(idx) else np.zeros(0, np.int64)
         starts = (np.cumsum(n) - n).astype(np.int64)
         raw = [[col[i] for i in idx] for col in self.raw_samples]
+        raw_t = None if self.raw_sample_times is None else [[col[i] for i in idx] for col in self.raw_sample_times]
         ids = None if self.ids is None else [self.ids[i] for i in idx]
         return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx],
-                               ids)
+                               ids, raw_t)
 
     def align(self, ids: Sequence) -> "CovariateArrays":
         """The arrays of the series ``ids`` (matched as strings; ForecastError naming one that is not here)."""

@@ -166,6 +166,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         train_end: float | str | None = None,
     ):
         super().__init__()
+        from ts_neuralode.data.io import as_frame
+
+        df = as_frame(df)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if (path is None) == (df is None):
             raise ConfigError("give exactly one of path=... (a CSV file) or df=... (a pandas DataFrame)")
         if task not in TASKS:
@@ -242,8 +245,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         them to the series arrays (so every batch carries ``u(t)``)."""
         arrays = CovariateArrays.read([source], self.table, self._cov_spec, id_col=self.table.id_col,
                                       time_col=self.table.time_col)
+        train_spec = getattr(self, "_specs", {}).get("train")
+        until = getattr(train_spec, "end", None)  # the forecast task split by time: nothing after the training end
         self._cov_spec = self._cov_spec.fit(arrays, self.split["train"], self.table.codec,
-                                            self._transform.time_scale)
+                                            self._transform.time_scale, until)
         self.arrays.covariates = CovariateSource(self._cov_spec, arrays, self.table.codec,
                                                  float(self._transform.time_scale), self.origins)
         n_past = len(self._cov_spec.past_cols)
@@ -373,6 +378,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             idx = split[name]
             _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
             ok = (n_cond >= 1) & (cnt > n_cond)
+            if name == "val" and len(idx) and not ok.any() and self.train_end is None:
+                shown = ", ".join(str(table.ids[i]) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
+                raise DataError(f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
+                                f"its last horizon={self.horizon!r} and one within it, so there would be no validation "
+                                "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
+                                "--data.horizon, --data.split_by time (every series validates on its last horizon), "
+                                "or --data.val_fraction 0 to train without validation")
             if name == "val" and self.train_end is not None and not ok.any():
                 end_of = table.user_times(table.offsets[1:] - 1)
                 raise ConfigError(f"--data.train_end={self.train_end!s}: no series has an observation within "
@@ -446,6 +458,24 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             return None
         self._prepare()
         return self._duration(self.table.codec, self.season, "season") / self._transform.time_scale
+
+    @property
+    def column_summary(self) -> str:
+        """One line: what each column of the data is used as (targets, masks, covariates, ignored)."""
+        self._prepare()
+        cols = self.table.extra.get("columns", {})
+        spec = self._cov_spec
+        parts = [f"{self.table.n_series} series", f"targets {', '.join(cols.get('targets', self.channel_names))}"]
+        masks = cols.get("masks") or {}
+        parts.append("masks " + (", ".join(f"{m} ({v})" for v, m in masks.items()) if masks else "none"))
+        cov = []
+        if spec is not None:
+            cov += [f"{c} (known future)" for c in spec.future_cols] + [f"{c} (past)" for c in spec.past_cols]
+            cov += [f"{c} (static)" for c in spec.static_cols] + [f"{c} (calendar)" for c in spec.calendar]
+        parts.append("covariates " + (", ".join(cov) if cov else "none"))
+        ignored = [c for c in cols.get("ignored", []) if spec is None or c not in spec.static_cols + spec.future_cols]
+        parts.append("ignored " + (", ".join(ignored) if ignored else "none"))
+        return f"data {self.table.source}: " + "; ".join(parts)
 
     def split_ids(self, name: str) -> list:
         """Series ids of split ``name`` ("train", "val", "test")."""

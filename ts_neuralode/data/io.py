@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -299,6 +300,7 @@ def read_series(
         raise ConfigError(f"format={format!r} is not supported; use 'long' or 'wide'")
     if duplicates not in ("error", "mean"):
         raise ConfigError(f"duplicates={duplicates!r} is not supported; use 'error' or 'mean'")
+    source = as_frame(source)
     if isinstance(source, pd.DataFrame):
         df, where = source, _Where("<DataFrame>", False)
         if len(df) == 0:
@@ -336,6 +338,7 @@ def read_series(
         if not value_cols:
             raise DataError(f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); "
                             "pass value_cols=[...]")
+        _refuse_masks_and_ids_as_targets(df, value_cols, where)
     value_cols = list(value_cols)
     both = [c for c in value_cols if c in set(exclude_cols) | set(past_cols)]
     if both:
@@ -383,7 +386,7 @@ def read_series(
         if miss.any():
             i = _first_true(miss)
             raise DataError(f"{where.at(id_col, i)}: series id is missing; fill it in or delete the row")
-        codes, ids = _factorize_ids(idcol)
+        codes, ids = _factorize_ids(_integral_ids(idcol))
     else:
         codes, ids = np.zeros(n, dtype=np.int64), np.asarray(["series_0"], dtype=object)
 
@@ -441,7 +444,101 @@ def read_series(
                         "value_cols")
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
+    _warn_extreme_values(values, obs, codes_s, rows_s, value_cols, where)
+    used = {time_col, *([id_col] if has_id else []), *value_cols, *masks.values(), *exclude_cols}
+    extra = {"columns": {"targets": [c for c in value_cols if c not in set(past_cols)], "masks": dict(masks),
+                         "past": list(past_cols), "ignored": [c for c in columns if c not in used]}}
     return SeriesTable(ids=ids, offsets=offsets, times=t_s, values=values, mask=obs,
                        channel_names=[str(c) for c in value_cols], codec=codec, source=where.source,
                        id_col=id_col if has_id else None, time_col=time_col, time_ns=ns_s,
-                       rows=np.asarray(rows_s, dtype=np.int64), from_file=where.is_file)
+                       rows=np.asarray(rows_s, dtype=np.int64), from_file=where.is_file, extra=extra)
+
+
+# -- inputs that would pass silently -------------------------------------------------------------------------
+#: a column name that says "0/1 observation mask" (Mask_1, value_mask, y_ok, observed, is_valid …)
+MASK_NAME = re.compile(r"^(mask|m)[\W_]?\d*$|^mask|mask$|[\W_](ok|valid|observed|flag)$|^(is_?)?(observed|valid)$",
+                       re.IGNORECASE)
+#: a column name that says "series id" (id, ID, patient_id, series_idx …)
+ID_NAME = re.compile(r"^(id|idx|index)$|[\W_](id|idx)$|^.+(?-i:ID)$", re.IGNORECASE)
+#: a value this many robust standard deviations from the rest of its series is reported (1e308, a sentinel)
+EXTREME_Z = 1e6
+
+
+def as_frame(source):
+    """A polars DataFrame, a pyarrow Table (or anything with the Arrow PyCapsule stream interface) -> a pandas
+    DataFrame; other inputs (paths, pandas frames) unchanged. polars and pyarrow are optional inputs: the
+    conversion goes through the Arrow interchange (pyarrow), not through polars."""
+    if source is None or isinstance(source, (pd.DataFrame, str, os.PathLike)) or hasattr(source, "offsets"):
+        return source
+    if hasattr(source, "__arrow_c_stream__") or type(source).__module__.split(".")[0] in ("pyarrow", "polars"):
+        try:
+            import pyarrow as pa
+        except ImportError as exc:
+            raise DataError(f"a {type(source).__module__.split('.')[0]} {type(source).__name__} is read through "
+                            "pyarrow (pip install pyarrow); or pass a pandas DataFrame") from exc
+        table = source if isinstance(source, pa.Table) else pa.table(source)
+        return table.to_pandas()
+    return source
+
+
+def _is_01(col: pd.Series) -> bool:
+    v = pd.to_numeric(col, errors="coerce").dropna()
+    return len(v) > 0 and bool(v.isin([0, 1]).all())
+
+
+def _refuse_masks_and_ids_as_targets(df: pd.DataFrame, value_cols: list[str], where: "_Where") -> None:
+    """DataError when the columns picked as targets by default (every numeric column) include ones whose name
+    and 0/1 content say "observation mask", or whose name and integer content say "series id": they would be
+    forecast as channels without a word."""
+    masks = [c for c in value_cols if MASK_NAME.search(c) and _is_01(df[c])]
+    ids = [c for c in value_cols if ID_NAME.search(c) and c not in masks
+           and bool((pd.to_numeric(df[c], errors="coerce").dropna() % 1 == 0).all())]
+    if not masks and not ids:
+        return
+    rest = [c for c in value_cols if c not in masks and c not in ids]
+    parts = []
+    if masks:
+        parts.append(f"{', '.join(masks)} look like 0/1 observation masks")
+    if ids:
+        parts.append(f"{', '.join(ids)} look like series ids")
+    fix = f"value_cols=[{', '.join(rest[:len(masks)] or rest)}]" if rest else "value_cols=[...]"
+    mask_fix = f" with mask_cols=[{', '.join(masks)}] (one per value column)" if masks else ""
+    id_fix = f"; an id column goes in id_col={ids[0]}" if ids else ""
+    raise DataError(f"{where.source}: {' and '.join(parts)}, but with no value_cols given every numeric column "
+                    f"({', '.join(value_cols)}) would be forecast as a target; pass {fix}{mask_fix}{id_fix}")
+
+
+def _integral_ids(idcol: pd.Series) -> pd.Series:
+    """Float ids that are all whole numbers (``0.0, 1.0`` — how a CSV written from a float array spells ids) as
+    integers, so they come back as ``0``, ``1`` in forecasts and plot file names."""
+    if idcol.dtype.kind == "f" and len(idcol) and bool(np.isfinite(idcol).all()) and bool((idcol % 1 == 0).all()) \
+            and float(idcol.abs().max()) < 2 ** 53:
+        return idcol.astype(np.int64)
+    return idcol
+
+
+def _warn_extreme_values(values: np.ndarray, obs: np.ndarray, codes: np.ndarray, rows: np.ndarray,
+                         value_cols: list[str], where: "_Where") -> None:
+    """One warning per channel naming the file, column and line of a value far beyond the rest of its series
+    (``|v - median| > EXTREME_Z`` robust standard deviations: a sentinel such as 1e308 or a unit typo). It is
+    kept (it may be real), but it swamps its series' scale."""
+    for d, c in enumerate(value_cols):
+        o = obs[:, d]
+        if o.sum() < 3:
+            continue
+        v = pd.Series(values[o, d])
+        g = pd.Series(codes[o])
+        med = v.groupby(g.to_numpy()).transform("median")
+        dev = (v - med).abs()
+        mad = dev.groupby(g.to_numpy()).transform("median")
+        scale = 1.4826 * mad
+        floor = 1e-9 * (med.abs() + 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = dev / np.maximum(scale, floor)
+        hit = np.flatnonzero((z > EXTREME_Z).to_numpy())
+        if len(hit):
+            i = int(hit[0])
+            row = int(rows[np.flatnonzero(o)[i]])
+            more = f" (and {len(hit) - 1} more in this column)" if len(hit) > 1 else ""
+            warnings.warn(f"{where.at(c, row)}: value {v.iloc[i]:g} is far beyond the rest of its series (median "
+                          f"{med.iloc[i]:g}){more}; check it: a sentinel or typo sets the series' scale", stacklevel=3)

@@ -5,9 +5,11 @@ between each series' own covariate samples). A model sets it from the batch (``F
 passes it to every evolution call; an evolution built with ``control_dim = C > 0`` uses it:
 
 * **ODE** (:class:`~ts_neuralode.models.evolution.ODEEvolution`): the vector field reads ``u`` at the solver's
-  own stage times, so the solution is the true controlled ODE (the adaptive solver sees ``u``'s kinks and steps
-  through them; a piecewise constant ``u`` makes the field discontinuous, which an adaptive method handles by
-  shrinking the step there). Fields: :class:`ControlledMLPField` (``MLP([h, u])``) and
+  own stage times, so the solution is the true controlled ODE. A piecewise-constant column makes the field
+  discontinuous, and a solver reads ``u`` only at its stage times: a pulse shorter than a step could fall between
+  them and be ignored, and a step across a change would carry the later input backwards through its dense output.
+  So the evolution stops at every change time (:func:`solve_piecewise`: one solve per constant piece, each piece's
+  constant value held at both its ends; the flows restart there the same way). Fields: :class:`ControlledMLPField` (``MLP([h, u])``) and
   :class:`ControlledGRUField` (the GRU-ODE gates also read ``u``: ``z = σ(U_z h + W_z u)`` …).
 * **Flow** (:func:`controlled_flow`): a flow ``F(Δt, x)`` is the solution map of an *autonomous* system, so a
   time-varying input cannot enter it exactly. Our equivalent: the flow is conditioned on ``u`` held constant —
@@ -98,4 +100,102 @@ def controlled_flow(flow: nn.Module, h0: Tensor, t: Tensor, control, dim: int) -
     return step(x, start, t)
 
 
-__all__ = ["ControlledMLPField", "ControlledGRUField", "controlled_field", "controlled_flow"]
+def change_times(control, tau0: Tensor, tau1: Tensor, sign: Tensor) -> list[Tensor] | None:
+    """Per row, the change times (model time) of ``control``'s piecewise-constant columns strictly inside the span
+    from ``tau0`` to ``tau1`` (``τ = sign · t``, increasing), sorted along the direction of travel; None when the
+    control has no piecewise-constant column or no row crosses a change."""
+    held = held_columns(control)
+    if held is None or not bool(held.any()):
+        return None
+    tau_k = sign.unsqueeze(1) * control.knots.to(tau0.dtype)  # [B, K]
+    inside = (tau_k > tau0.unsqueeze(1)) & (tau_k < tau1.unsqueeze(1))
+    if not bool(inside.any()):
+        return None
+    return [torch.unique(tau_k[b][inside[b]]) for b in range(tau_k.shape[0])]  # sorted ascending in τ
+
+
+def held_columns(control) -> Tensor | None:
+    """``[C_u]`` bool: the control channels that are piecewise constant (``constant`` columns; calendar features
+    and ``linear`` columns are continuous)."""
+    values = getattr(control, "values", None)
+    if values is None or not values.shape[-1]:
+        return None
+    n_cal = control.dim - values.shape[-1]
+    return torch.cat([~control.linear.to(torch.bool), torch.zeros(n_cal, dtype=torch.bool, device=values.device)])
+
+
+class _HeldControl:
+    """``control`` on one piece between change times: the piecewise-constant channels read at the piece's midpoint
+    ``mid`` ``[B]`` (the constant value of that piece, also at its two ends, where ``control(t)`` itself would
+    already read the next piece's value at a piece's far end), the others at ``t``."""
+
+    def __init__(self, control, mid: Tensor, held: Tensor) -> None:
+        self.control, self.held = control, held
+        self.at_mid = control(mid)  # [B, C_u]
+
+    def __call__(self, t: Tensor) -> Tensor:
+        u = self.control(t)
+        mid = self.at_mid if u.dim() == 2 else self.at_mid.unsqueeze(1).expand_as(u)
+        return torch.where(self.held, mid, u)
+
+
+def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, pieces: list[Tensor],
+                    sign: Tensor) -> Tensor:
+    """``h`` at times ``t`` ``[B, T]`` from ``h0`` ``[B, H]``, solving from one change time of the control's
+    piecewise-constant channels to the next (``pieces``: per row, from :func:`change_times`): every change is where
+    a solve ends and the next begins, so the solver never steps over a short pulse (it would read ``u`` only at its
+    stage times) and no step straddles a change (whose dense output would carry the later input backwards in time).
+    ``solve(h [B, H], grid [B, L], mask [B, L], control) -> [B, L, H]`` is one ODE solve; the query times of each
+    row inside a piece are that solve's output times."""
+    B, T = t.shape
+    dev = t.device
+    mask = torch.ones(B, T, dtype=torch.bool, device=dev) if t_mask is None else t_mask
+    n_real = mask.sum(1)
+    tau = sign.unsqueeze(1) * t  # increasing along each row's real points
+    tau_end = tau.gather(1, (n_real - 1).unsqueeze(1)).squeeze(1)
+    held = held_columns(control)
+    out = h0.new_zeros(B, T, h0.shape[-1])
+    out[:, 0] = h0
+    h, start = h0, tau[:, 0].clone()
+    tau_l, real_l = tau.tolist(), mask.tolist()
+    start_l = start.tolist()
+    for j in range(max(len(p) for p in pieces) + 1):
+        ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist())]
+        rows, where = [], []
+        for b in range(B):
+            s, e = start_l[b], ends[b]
+            if not e > s:
+                rows.append([s]), where.append([])
+                continue
+            idx = [i for i in range(1, T) if real_l[b][i] and s < tau_l[b][i] < e]
+            rows.append([s] + [tau_l[b][i] for i in idx] + [e])
+            where.append(idx + [i for i in range(1, T) if real_l[b][i] and tau_l[b][i] == e])
+        L = max(len(r) for r in rows)
+        grid = torch.tensor([r + [r[-1]] * (L - len(r)) for r in rows], dtype=t.dtype, device=dev)
+        gmask = torch.tensor([[k < len(r) for k in range(L)] for r in rows], device=dev)
+        mid = torch.tensor([(r[0] + r[-1]) / 2 for r in rows], dtype=t.dtype, device=dev)
+        active = torch.tensor([len(r) > 1 for r in rows], device=dev)
+        if not bool(active.any()):
+            break
+        seg = control if held is None else _HeldControl(control, sign * mid, held)
+        ys = solve(h, sign.unsqueeze(1) * grid, gmask if L > 1 else None, seg)  # [B, L, H]
+        for b in range(B):
+            n = len(rows[b])
+            if n > 1:
+                inner = where[b]
+                k = list(range(1, n - 1)) + [n - 1] * (len(inner) - (n - 2))
+                if inner:
+                    out[b, inner] = ys[b, k]
+        last = (torch.tensor([len(r) for r in rows], device=dev) - 1).clamp_min(0)
+        h = torch.where(active.unsqueeze(1), ys[torch.arange(B, device=dev), last], h)
+        start_l = [e if len(r) > 1 else s for r, e, s in zip(rows, ends, start_l)]
+    # padded query times repeat the row's last real output (the solver's convention)
+    pad = ~mask
+    if bool(pad.any()):
+        last_real = out[torch.arange(B, device=dev), n_real - 1]
+        out = torch.where(pad.unsqueeze(-1), last_real.unsqueeze(1).expand_as(out), out)
+    return out
+
+
+__all__ = ["ControlledMLPField", "ControlledGRUField", "controlled_field", "controlled_flow", "change_times",
+           "solve_piecewise"]

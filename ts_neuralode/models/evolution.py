@@ -16,7 +16,8 @@ folds them into its batch; a flow broadcasts over them, so its time embeddings a
 time row instead of once per sample (3× less embedding work with 3 IWAE samples).
 
 * :class:`ODEEvolution` integrates a vector field with :func:`ts_neuralode.solvers.odeint` (any method,
-  tolerances, fixed step, adjoint). Fields: ``"mlp"`` (autonomous MLP with tanh, ``hidden_dim`` ×
+  tolerances, fixed step, adjoint); with a piecewise-constant control it solves piece by piece, stopping at every
+  change time (:func:`ts_neuralode.models.control.solve_piecewise`). Fields: ``"mlp"`` (autonomous MLP with tanh, ``hidden_dim`` ×
   ``num_layers``) or ``"gru"`` (GRU-ODE-Bayes: ``dh/dt = (1 − z) ⊙ (g − h)``, ``z = σ(U_z h)``, ``r = σ(U_r h)``,
   ``g = tanh(U_h (r ⊙ h))`` — no input between observations), or any module ``field(t [B], y [B, H])``.
 * :class:`FlowEvolution` evaluates a neural flow in closed form, ``out[:, i] = F(t_i − t_0, h0)``, for all
@@ -36,7 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.models.control import ControlledGRUField, ControlledMLPField, controlled_field, controlled_flow
+from ts_neuralode.models.control import (
+    ControlledGRUField,
+    ControlledMLPField,
+    change_times,
+    controlled_field,
+    controlled_flow,
+    solve_piecewise,
+)
 from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
@@ -199,6 +207,10 @@ class ODEEvolution(Evolution):
         c = self.config
         if self._solver_options[0] is not c:  # built once per config: a recurrent pass solves per interval
             self._solver_options = (c, c.solver_options())
+        if control is not None:
+            pieced = self._solve_piecewise(h0, t, t_mask, control)
+            if pieced is not None:
+                return pieced
         func = self.field if control is None else controlled_field(self.field, control)
         carry = self._carry
         first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
@@ -213,6 +225,33 @@ class ODEEvolution(Evolution):
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
         return sol.ys
+
+    def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control) -> Tensor | None:
+        """With a piecewise-constant control that changes inside the span: one solve per constant piece
+        (:func:`ts_neuralode.models.control.solve_piecewise`), so every change time is a stop of the solver; None
+        when nothing changes inside the span (the one-solve path)."""
+        B = h0.shape[0]
+        tt = t if t.dim() == 2 else t.unsqueeze(0).expand(B, -1)
+        n_real = tt.shape[1] if t_mask is None else t_mask.long().sum(1)
+        last = tt[:, -1] if t_mask is None else tt.gather(1, (n_real - 1).unsqueeze(1)).squeeze(1)
+        sign = torch.where(last >= tt[:, 0], torch.ones_like(last), -torch.ones_like(last))
+        pieces = change_times(control, sign * tt[:, 0], sign * last, sign)
+        if pieces is None:
+            return None
+        c, nfe = self.config, []
+
+        def solve(h: Tensor, grid: Tensor, mask: Tensor | None, piece_control) -> Tensor:
+            sol = odeint(controlled_field(self.field, piece_control), h, grid, method=c.method, rtol=c.rtol,
+                         atol=c.atol, step_size=c.step_size, t_mask=mask, adjoint=c.adjoint,
+                         adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
+                         adjoint_params=list(self.field.parameters()) if c.adjoint else None)
+            nfe.append(sol.stats.n_f_evals.float())
+            self.last_stats = sol.stats
+            return sol.ys
+
+        ys = solve_piecewise(solve, h0, tt, t_mask, control, pieces, sign)
+        self.last_nfe = float(torch.stack(nfe).sum(0).mean().item())
+        return ys
 
 
 # -------------------------------------------------------------------------------------------- flow
