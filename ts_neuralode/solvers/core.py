@@ -302,16 +302,7 @@ def solve_adaptive(
         if not tab.fsal:
             k0 = func(t_new, y)
         t = t_new
-    if failed is not None and bool(failed.any()):
-        if bool((failed & nonfinite).any()):
-            raise _fail(
-                tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
-                "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
-            )
-        raise _fail(
-            tab, "step size underflow", failed, t, sign,
-            "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
-        )
+    _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
     if att_hist:
         n_att = torch.stack(att_hist).sum(0)
@@ -427,20 +418,27 @@ def solve_interval(
         if not tab.fsal:
             k0 = func(t_new, y)
         t = t_new
-    if failed is not None and bool(failed.any()):
-        if bool((failed & nonfinite).any()):
-            raise _fail(
-                tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
-                "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
-            )
-        raise _fail(
-            tab, "step size underflow", failed, t, sign,
-            "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
-        )
+    _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
     stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
                         n_rejected=n_att.sub(n_acc), next_dt=dt)
     return y, stats
+
+
+def _raise_failures(tab, failed, nonfinite, t, sign) -> None:
+    """After the step loop: the samples that failed (``failed``, None when no step was ever rejected) raise one
+    SolverError, non-finite state first, else step-size underflow."""
+    if failed is None or not bool(failed.any()):
+        return
+    if bool((failed & nonfinite).any()):
+        raise _fail(
+            tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
+            "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
+        )
+    raise _fail(
+        tab, "step size underflow", failed, t, sign,
+        "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
+    )
 
 
 def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
