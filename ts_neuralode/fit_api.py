@@ -6,8 +6,8 @@
 (from the file of ``data.path`` or from a DataFrame held in memory), the model (its input size, seasonal period
 and covariates linked from the fitted data module), the callbacks (training guard, model export, the best and
 ``last`` checkpoints, MLflow tracking, the caller's own), the MLflow logger and the Trainer; it resumes from
-``ckpt_path`` (a file or ``last``) and runs ``Trainer.fit``. It prints nothing: the CLI prints the
-:class:`FitResult`. :func:`fit` resolves the Python arguments into those options and returns the fitted
+``ckpt_path`` (a file or ``last``) and runs ``Trainer.fit``. It prints one line, at the fit's start, saying what
+each column is used as (:class:`ColumnSummary`); the CLI prints the :class:`FitResult`. :func:`fit` resolves the Python arguments into those options and returns the fitted
 :class:`~ts_neuralode.forecaster.Forecaster`::
 
     fc = Forecaster.fit("data/demo.csv", "configs/demo.yaml", trainer={"max_epochs": 3}, tracking=False)
