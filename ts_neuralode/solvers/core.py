@@ -272,18 +272,8 @@ def solve_adaptive(
             # the one host sync per step
             any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
-                if tiny is None:  # t_end is still every sample's real end here (only a failure moves it)
-                    eps = torch.finfo(dtype).eps
-                    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
-                    failed = torch.zeros(B, dtype=torch.bool, device=dev)
-                    nonfinite = torch.zeros_like(failed)
-                nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
-                under = rejected & (dt < tiny)
-                if bool(under.any()):
-                    failed |= under
-                    t_end = torch.where(under, t, t_end)
-                    active &= ~under
-                    any_active = bool(active.any())
+                tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
         if checkpoints is not None:
             checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if any_covered and not two_point:
@@ -397,18 +387,8 @@ def solve_interval(
             active = t_new < t_end
             any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
-                if tiny is None:
-                    eps = torch.finfo(dtype).eps
-                    tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
-                    failed = torch.zeros(B, dtype=torch.bool, device=dev)
-                    nonfinite = torch.zeros_like(failed)
-                nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
-                under = rejected & (dt < tiny)
-                if bool(under.any()):
-                    failed |= under
-                    t_end = torch.where(under, t, t_end)
-                    active &= ~under
-                    any_active = bool(active.any())
+                tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
         if any_rejected:
             acc_c = accept.unsqueeze(-1)
             y = torch.where(acc_c, y1, y)
@@ -423,6 +403,26 @@ def solve_interval(
     stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
                         n_rejected=n_att.sub(n_acc), next_dt=dt)
     return y, stats
+
+
+def _classify_rejections(rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite):
+    """The rare path of a step loop, after a step with rejections: mark the rejected samples whose error ratio is
+    non-finite, and fail (stop at ``t``) those whose step fell below ``tiny`` (10 eps of the span's magnitude, made
+    with the failure masks at the first rejection, while ``t_end`` is still every sample's real end). Returns
+    ``(tiny, failed, nonfinite, t_end, active, any_active)``."""
+    if tiny is None:
+        eps = torch.finfo(dt.dtype).eps
+        tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
+        failed = torch.zeros(rejected.shape[0], dtype=torch.bool, device=rejected.device)
+        nonfinite = torch.zeros_like(failed)
+    nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
+    under = rejected & (dt < tiny)
+    if bool(under.any()):
+        failed = failed | under
+        t_end = torch.where(under, t, t_end)
+        active = active & ~under
+        any_active = bool(active.any())
+    return tiny, failed, nonfinite, t_end, active, any_active
 
 
 def _raise_failures(tab, failed, nonfinite, t, sign) -> None:
