@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from ts_neuralode.backtest import evaluate  # noqa: E402
 from ts_neuralode.forecaster import Forecaster  # noqa: E402
 from ts_neuralode.lightning import ForecastingModule  # noqa: E402
+from ts_neuralode.models.window import SEASONAL_BASES  # noqa: E402
 
 PBC_LABS = ["bili", "chol", "albumin", "alk_phos", "ast", "platelet", "protime"]
 
@@ -96,6 +97,8 @@ VARIANTS = {
     "norm_seasonal": ({"normalize": "window", "base": "seasonal"}, {}, True, False),
     "norm_seasonal_trend": ({"normalize": "window", "base": "seasonal_trend"}, {}, True, False),
     "seasonal_trend": ({"base": "seasonal_trend"}, {}, True, False),
+    "norm_harmonic": ({"normalize": "window", "base": "harmonic"}, {}, True, False),
+    "norm_harmonic_long": ({"normalize": "window", "base": "harmonic"}, {"context": "long"}, True, False),
     "norm_seasonal_trend_cal": ({"normalize": "window", "base": "seasonal_trend"}, {"calendar": "auto"}, True, True),
     "norm_seasonal_cal": ({"normalize": "window", "base": "seasonal"}, {"calendar": "auto"}, True, True),
     "norm_seasonal_long": ({"normalize": "window", "base": "seasonal"}, {"context": "long"}, True, False),
@@ -111,7 +114,7 @@ VARIANTS = {
 #: calendar features per data set (``calendar: auto``) and the longer context of ``context: long``
 CALENDAR = {"co2": ["day_of_year"], "demo": ["time_of_day"]}
 LONG_CONTEXT = {"co2": "520W", "demo": "4D", "pbcseq": None, "bxlator": None}
-BASE_REFERENCES = ("last", "trend", "seasonal_trend")  # zero-correction bases scored beside the models
+BASE_REFERENCES = ("last", "trend", "seasonal_trend", "harmonic")  # zero-correction bases scored beside the models
 
 
 OLD_SUFFIX = " (random-init correction)"
@@ -289,7 +292,7 @@ def run_dataset(ds: DataSet, variants: list[str], epochs: int, config: str, work
     if ds.season:
         refs["seasonal_naive"] = baseline_forecaster(ref_fc, "seasonal", "seasonal_naive")
     for b in BASE_REFERENCES:
-        if b.startswith("seasonal") and not ds.season:
+        if b in SEASONAL_BASES and not ds.season:
             continue
         refs[f"base_{b}"] = baseline_forecaster(ref_fc, "ode_rnn", f"base_{b}", "window", b, context=ref_fc.context)
     for name, bfc in refs.items():

@@ -200,7 +200,7 @@ def test_fit_save_load_predict_remembers_the_options(tmp_path):
 def test_auto_base_follows_the_season():
     with_season = ForecastingModule(model="ode_rnn", base="auto", normalize="window", season_period=1.0)
     without = ForecastingModule(model="ode_rnn", base="auto", normalize="window")
-    assert with_season.model.base_kind == "seasonal_trend" and without.model.base_kind == "last"
+    assert with_season.model.base_kind == "harmonic" and without.model.base_kind == "last"
     assert with_season.hparams.base == "auto"  # resolved again from the saved season on reload
 
 

@@ -230,6 +230,11 @@ class ForecastModel(nn.Module):
     function evaluations (mean over samples) that the evolutions spent in the last ``loss``/``forecast``.
     """
 
+    #: whether ``loss`` also scores the conditioning points (the recurrent models' one-step-ahead predictions,
+    #: the latent ODE's reconstruction) or the targets only; a window model with a base sets it False: the
+    #: context is read in level units, the targets are corrections, and only the correction is to be learned
+    score_context: bool = True
+
     input_dim: int
     #: channels of the known-future covariates ``u(t)`` the evolutions read (0: none; set by subclasses)
     control_dim: int = 0

@@ -170,13 +170,14 @@ class FilteringModel(ForecastModel):
         grid = self._grid(batch, None)
         pre, post = self._run(grid)
         mean, std = self.readout(pre)
-        scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask))
+        scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context
+                                    else grid.target_mask)
         n = scored.sum().clamp_min(1.0)
         sq = ((mean - grid.values) ** 2 * scored).sum() / n
         nll = gaussian_nll(grid.values, mean, std, scored) / n
         loss = nll if self.loss_kind == "nll" else sq
         logs = {"mse": sq.detach(), "nll": nll.detach()}
-        for name, term in self.extra_loss(post, grid, scored).items():
+        for name, term in (self.extra_loss(post, grid, scored) if self.score_context else {}).items():
             loss = loss + term
             logs[name] = term.detach()
         return loss, logs

@@ -20,7 +20,10 @@ computes
                        package's ``seasonal`` baseline
   ``seasonal_trend``   seasonal naive plus ``k`` times the context's mean change over one period (its seasonal
                        differences; 0 where the context spans less than a period)
-  ``auto``             ``seasonal_trend`` when the model knows a season (``--data.season``), else ``last``
+  ``harmonic``         the context's harmonic seasonal profile plus its deseasonalised current level and drift
+                       (:mod:`ts_neuralode.models.harmonic`); ``seasonal_trend`` where the context spans
+                       fewer than two seasons
+  ``auto``             ``harmonic`` when the model knows a season (``--data.season``), else ``last``
   ===================  ================================================================================
 
 The inner model reads and predicts ``z``: ``(y - m) / s`` at or before each series' cutoff (the context, as
@@ -47,19 +50,22 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, check_query_times
 from ts_neuralode.models.baselines import Seasonal, observed_neighbours
+from ts_neuralode.models.harmonic import harmonic_forecast
 
 NORMALIZE = ("none", "window")
-BASES = ("none", "mean", "last", "trend", "seasonal", "seasonal_trend")
-#: ``base="auto"``: the base a model corrects when none is named — seasonal_trend with a season, else last
-#: (the winners of results/forecast_ablations.md)
-AUTO_BASE = {True: "seasonal_trend", False: "last"}
+BASES = ("none", "mean", "last", "trend", "seasonal", "seasonal_trend", "harmonic")
+#: the bases that need a season
+SEASONAL_BASES = ("seasonal", "seasonal_trend", "harmonic")
+#: ``base="auto"``: the base a model corrects when none is named — harmonic with a season (seasonal_trend where the
+#: context spans less than two seasons), else last (the winners of results/forecast_ablations.md)
+AUTO_BASE = {True: "harmonic", False: "last"}
 #: floor of the window scale, in the data module's scaled units (standardised per channel on the training part):
 #: a near-constant context must not blow its targets up
 SCALE_EPS = 1e-2
 
 
 def resolve_base(base: str, season_period: float | None) -> str:
-    """``base`` itself, or for ``"auto"`` the base of :data:`AUTO_BASE` (seasonal_trend when a season is known)."""
+    """``base`` itself, or for ``"auto"`` the base of :data:`AUTO_BASE` (harmonic when a season is known)."""
     return AUTO_BASE[season_period is not None] if base == "auto" else base
 
 
@@ -67,9 +73,9 @@ def check_window_options(normalize: str, base: str, season_period: float | None)
     """One-line ConfigErrors for unknown names or a seasonal base without a season."""
     check_choice(normalize, "normalize", NORMALIZE)
     check_choice(base, "base", BASES + ("auto",))
-    if base.startswith("seasonal") and season_period is None:
+    if base in SEASONAL_BASES and season_period is None:
         raise ConfigError(f"base={base!r} needs a season: pass --data.season (e.g. 24h, 52W) or choose another base "
-                          f"({', '.join(b for b in BASES if not b.startswith('seasonal'))})")
+                          f"({', '.join(b for b in BASES if b not in SEASONAL_BASES)})")
 
 
 class WindowStats:
@@ -100,7 +106,7 @@ class WindowStats:
             ok = (n >= 2) & (vt > 0)
             self.slope = torch.where(ok, cov / torch.where(ok, vt, torch.ones_like(vt)), torch.zeros_like(vt))
             self.t_mean = tm
-        if base == "seasonal_trend":
+        if base in ("seasonal_trend", "harmonic"):
             self.drift = self._seasonal_drift()
 
     def _seasonal_drift(self) -> Tensor:
@@ -130,6 +136,12 @@ class WindowStats:
         seasonal = Seasonal(self.period).point(self.batch, q)
         if kind == "seasonal":
             return seasonal
+        if kind == "harmonic":
+            fit, ok = harmonic_forecast(self.batch, q, self.period)
+            return torch.where(ok, fit, self._seasonal_trend(q, seasonal))
+        return self._seasonal_trend(q, seasonal)
+
+    def _seasonal_trend(self, q: Tensor, seasonal: Tensor) -> Tensor:
         # seasonal_trend: k periods back (as the seasonal baseline counts them) times the drift per period
         obs = self.batch.obs_mask > 0
         tps = self.batch.times_per_sample().to(q.dtype).unsqueeze(-1)
@@ -161,6 +173,9 @@ class WindowModel(ForecastModel):
         self.inner = inner
         if base != "none":  # the correction starts at 0: an untrained model forecasts its base exactly
             inner.zero_mean_output()
+            # and only the correction is scored: one-step predictions of the context are in level units, and a
+            # read-out trained on both carries the level into the correction (measured: results/forecast_ablations.md)
+            inner.score_context = False
         self.normalize, self.base_kind = normalize, base
         self.period = None if season_period is None else float(season_period)
         self.input_dim = inner.input_dim
@@ -206,4 +221,5 @@ class WindowModel(ForecastModel):
                         std=None if fc.std is None else s * fc.std, times=fc.times)
 
 
-__all__ = ["AUTO_BASE", "BASES", "resolve_base", "NORMALIZE", "WindowModel", "WindowStats", "check_window_options"]
+__all__ = ["AUTO_BASE", "BASES", "SEASONAL_BASES", "resolve_base", "NORMALIZE", "WindowModel", "WindowStats",
+           "check_window_options"]

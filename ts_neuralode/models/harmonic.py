@@ -1,0 +1,97 @@
+"""A seasonal forecast from the context's harmonic profile, its deseasonalised level and drift.
+
+Seasonal naive copies one noisy observation a season back, and its drift term (``seasonal_trend``) the mean
+seasonal difference: both carry the noise of single points. This forecast estimates the season from every context
+point at once, at the series' own (irregular) observation times — no grid, no gap filling:
+
+1. fit, per series and channel, by (slightly ridge-regularised) least squares over the context points
+   ``y(t) ≈ a + b u + c u² + Σ_k [α_k sin(2πk(t - t_end)/P) + β_k cos(2πk(t - t_end)/P)]``, ``k = 1 … K``,
+   ``u = (t - t_end) / span`` (the quadratic only keeps a curved trend out of the seasonal terms);
+2. deseasonalise: ``s(t) = y(t) - seasonal(t)`` (the sin/cos part alone);
+3. drift ``d``: the least-squares slope of ``s`` over the context; level ``ℓ``: the mean of
+   ``s(t) - d (t - t_end)`` over the points within ``P / 10`` of the last one (the tolerance the seasonal naive
+   forecast uses): the series' current deseasonalised level, not the fit's;
+4. forecast ``ŷ(t) = ℓ + d (t - t_end) + seasonal(t)``.
+
+The fit is trusted (``ok``) where the context spans at least :data:`MIN_SEASONS` seasons and holds at least two
+points per coefficient; elsewhere callers fall back (the window model to seasonal naive plus drift, the
+``harmonic`` baseline to seasonal naive). ``K`` is :data:`HARMONICS` (fewer where the points do not support it).
+Every quantity is vectorised over ``[B, T, D]`` (one batched solve of ``[B, D, p, p]`` normal equations).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ts_neuralode.data.batch import Batch
+
+#: harmonics of the season fitted (a smooth annual or daily profile needs 2–3)
+HARMONICS = 3
+#: the context must span this many seasons for the profile to be told from the trend
+MIN_SEASONS = 2.0
+#: ridge on the normal equations, relative to the number of points (keeps a near-singular fit finite)
+RIDGE = 1e-4
+
+
+def _features(dt: Tensor, span: Tensor, period: float, k: int) -> Tensor:
+    """``[..., 3 + 2k]``: 1, u, u², sin/cos of the first ``k`` harmonics at offsets ``dt`` from the last point."""
+    u = dt / span
+    w = 2 * math.pi * dt / period
+    cols = [torch.ones_like(dt), u, u * u]
+    for j in range(1, k + 1):
+        cols += [torch.sin(j * w), torch.cos(j * w)]
+    return torch.stack(cols, -1)
+
+
+def harmonic_forecast(batch: Batch, q: Tensor, period: float, harmonics: int = HARMONICS) -> tuple[Tensor, Tensor]:
+    """The forecast at per-channel query times ``q`` ``[B, Tq, D]`` from the values under ``batch.obs_mask``.
+
+    Returns ``(forecast [B, Tq, D], ok [B, 1, D])``; ``ok`` False where the context is too short or too sparse
+    for the fit (the forecast there is finite but not to be used).
+    """
+    v = batch.values
+    dtype = torch.float64  # normal equations of sin/cos and u² columns: float32 loses the small coefficients
+    m = (batch.obs_mask > 0).to(dtype)
+    t = batch.times_per_sample().to(dtype).unsqueeze(-1).expand_as(v)
+    y = v.to(dtype) * m
+    n = m.sum(1, keepdim=True)  # [B, 1, D]
+    t_end = torch.where(m > 0, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
+    t_first = torch.where(m > 0, t, torch.full_like(t, math.inf)).amin(1, keepdim=True)
+    finite = torch.isfinite(t_end) & torch.isfinite(t_first)
+    t_end = torch.where(finite, t_end, torch.zeros_like(t_end))
+    span = torch.where(finite, t_end - t_first, torch.zeros_like(t_end))
+    k = harmonics
+    p = 3 + 2 * k
+    ok = finite & (span >= MIN_SEASONS * period) & (n >= 2 * p)
+    dt = (t - t_end) * m  # masked points: dt 0, weight 0
+    X = _features(dt, span.clamp_min(1e-9), period, k) * m.unsqueeze(-1)  # [B, T, D, p]
+    A = torch.einsum("btdi,btdj->bdij", X, X)
+    rhs = torch.einsum("btdi,btd->bdi", X, y)
+    eye = torch.eye(p, dtype=dtype, device=v.device)
+    A = A + RIDGE * (n.squeeze(1).clamp_min(1.0))[..., None, None] * eye
+    coef = torch.linalg.solve(A, rhs)  # [B, D, p]
+    seas_coef = coef[..., 3:]  # [B, D, 2k]
+
+    def seasonal(dts: Tensor) -> Tensor:
+        f = _features(dts, span.clamp_min(1e-9), period, k)[..., 3:]  # [B, T, D, 2k]
+        return torch.einsum("btdi,bdi->btd", f, seas_coef)
+
+    s = (y - seasonal(dt)) * m
+    # drift: least-squares slope of the deseasonalised context
+    tm = (dt * m).sum(1, keepdim=True) / n.clamp_min(1.0)
+    sm = s.sum(1, keepdim=True) / n.clamp_min(1.0)
+    var = (((dt - tm) ** 2) * m).sum(1, keepdim=True)
+    cov = ((dt - tm) * (s - sm) * m).sum(1, keepdim=True)
+    drift = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
+    # level: the deseasonalised, drift-adjusted value of the points within a tenth of a season of the last one
+    near = m * (dt >= -period / 10).to(dtype)
+    level = ((s - drift * dt) * near).sum(1, keepdim=True) / near.sum(1, keepdim=True).clamp_min(1.0)
+    dq = q.to(dtype) - t_end
+    out = level + drift * dq + seasonal(dq)
+    return out.to(v.dtype), ok
+
+
+__all__ = ["HARMONICS", "MIN_SEASONS", "harmonic_forecast"]
