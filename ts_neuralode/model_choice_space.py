@@ -77,6 +77,17 @@ SEARCH_SPACE: tuple[Param, ...] = (
     float_range("model.lr", 1e-3, 3e-2, log=True),
     choice("model.lr_schedule", ("cosine", "step")),
     choice("data.context_horizons", (1, 2, 4, None)),  # the forecast task's context in horizons (None: all)
+    choice("model.normalize", ("none", "window")),  # per-window units (RevIN-style)
+    choice("model.base", ("none", "auto")),  # a correction on top of the harmonic (season) or last-value forecast
+)
+
+#: the trials run first when the caller enqueues none: the ODE-RNN learning a correction in window units on top of
+#: the harmonic seasonal forecast (the last value without a season) — the configuration that won the ablations of
+#: results/forecast_ablations.md; the search goes on from there
+STARTING_POINTS: tuple[dict[str, Any], ...] = (
+    {"model.model": "ode_rnn", "model.evolution.kind": "ode", "model.evolution.method": "rk4",
+     "model.latent_dim": 16, "model.hidden_dim": 64, "model.lr": 0.01, "model.lr_schedule": "cosine",
+     "data.context_horizons": 4, "model.normalize": "window", "model.base": "auto"},
 )
 
 

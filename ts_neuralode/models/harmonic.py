@@ -4,7 +4,8 @@ Seasonal naive copies one noisy observation a season back, and its drift term (`
 seasonal difference: both carry the noise of single points. This forecast estimates the season from every context
 point at once, at the series' own (irregular) observation times — no grid, no gap filling:
 
-1. fit, per series and channel, by (slightly ridge-regularised) least squares over the context points
+1. fit, per series and channel, by (slightly ridge-regularised) least squares over the context points of the
+   last :data:`FIT_SEASONS` seasons
    ``y(t) ≈ a + b u + c u² + Σ_k [α_k sin(2πk(t - t_end)/P) + β_k cos(2πk(t - t_end)/P)]``, ``k = 1 … K``,
    ``u = (t - t_end) / span`` (the quadratic only keeps a curved trend out of the seasonal terms);
 2. deseasonalise: ``s(t) = y(t) - seasonal(t)`` (the sin/cos part alone);
@@ -32,6 +33,9 @@ from ts_neuralode.data.batch import Batch
 HARMONICS = 3
 #: the context must span this many seasons for the profile to be told from the trend
 MIN_SEASONS = 2.0
+#: the fit uses the last this many seasons of the context: several, to average the profile over them, and not
+#: more, so the drift is today's (CO₂'s growth rate doubled over its 60 years)
+FIT_SEASONS = 5.0
 #: ridge on the normal equations, relative to the number of points (keeps a near-singular fit finite)
 RIDGE = 1e-4
 
@@ -56,9 +60,10 @@ def harmonic_forecast(batch: Batch, q: Tensor, period: float, harmonics: int = H
     dtype = torch.float64  # normal equations of sin/cos and u² columns: float32 loses the small coefficients
     m = (batch.obs_mask > 0).to(dtype)
     t = batch.times_per_sample().to(dtype).unsqueeze(-1).expand_as(v)
+    t_end = torch.where(m > 0, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
+    m = m * (t >= t_end - FIT_SEASONS * period).to(dtype)  # the recent seasons only: a trend that changes
     y = v.to(dtype) * m
     n = m.sum(1, keepdim=True)  # [B, 1, D]
-    t_end = torch.where(m > 0, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
     t_first = torch.where(m > 0, t, torch.full_like(t, math.inf)).amin(1, keepdim=True)
     finite = torch.isfinite(t_end) & torch.isfinite(t_first)
     t_end = torch.where(finite, t_end, torch.zeros_like(t_end))
@@ -94,4 +99,4 @@ def harmonic_forecast(batch: Batch, q: Tensor, period: float, harmonics: int = H
     return out.to(v.dtype), ok
 
 
-__all__ = ["HARMONICS", "MIN_SEASONS", "harmonic_forecast"]
+__all__ = ["FIT_SEASONS", "HARMONICS", "MIN_SEASONS", "harmonic_forecast"]
