@@ -92,7 +92,7 @@ DATASETS: dict[str, DataSet] = {
                    {"horizon": "52W", "context": "260W", "season": "52W", "time_unit": "D", "batch_size": 16},
                    "bundled", horizon_arg="52W", note="weekly (W-SAT) with 59 missing weeks; ppm"),
     "demo": DataSet("data/demo.csv", ["y"], "h", 48.0, 24.0, True, 24.0, 1.0, 96,
-                    {"horizon": "2D", "context": "1D", "season": "24h", "time_unit": "h", "batch_size": 16},
+                    {"horizon": "2D", "context": "4D", "season": "24h", "time_unit": "h", "batch_size": 16},
                     "bundled", horizon_arg="2D", note="12 sensors, irregular minutes; °C"),
     "pbcseq": DataSet("data/external/pbcseq.csv", PBC_LABS, None, 365.0, 365.0, False, None, 30.0, 24,
                       {"value_cols": PBC_LABS, "horizon": 365, "windows_per_series": 2, "batch_size": 32},
@@ -206,6 +206,41 @@ def align_model(cv: pd.DataFrame, model_col: str, name: str, ds: DataSet, rows: 
     return out[keep]
 
 
+def harmonic_reference(long: pd.DataFrame, rows: pd.DataFrame, period: float, context, unit: str | None
+                       ) -> np.ndarray:
+    """The harmonic base alone (:func:`ts_neuralode.models.harmonic.harmonic_forecast`, the forecast our window
+    models correct, untrained) at each row, from the history up to the cutoff (the last ``context`` of it, as the
+    configs see it), at the real observation times; the seasonal naive rule where the context is too short."""
+    import torch
+
+    from ts_neuralode.data.batch import Batch
+    from ts_neuralode.models.harmonic import harmonic_forecast
+
+    span = math.inf
+    if context is not None:
+        span = pd.Timedelta(context) / pd.Timedelta(1, unit) if unit else float(context)
+    naive = pw.seasonal_naive(long, rows, period)
+    out = np.full(len(rows), np.nan)
+    hist_by = {k: g for k, g in long.groupby(["unique_id", "channel"], sort=False)}
+    for (uid, ch, cut), idx in rows.groupby(["unique_id", "channel", "cutoff"], sort=False).groups.items():
+        g = hist_by[(uid, ch)]
+        h = g[(g["t"] <= cut) & (g["t"] >= cut - span)]
+        pos = rows.index.get_indexer(idx)
+        t = torch.tensor(h["t"].to_numpy(), dtype=torch.float64)
+        if len(t) < 2:
+            out[pos] = naive[pos]
+            continue
+        v = torch.tensor(h["y"].to_numpy(), dtype=torch.float64).view(1, -1, 1)
+        ones = torch.ones_like(v)
+        b = Batch(times=t, values=v, obs_mask=ones, target_mask=torch.zeros_like(v),
+                  time_mask=torch.ones(1, len(t), dtype=torch.bool), series_idx=torch.zeros(1, dtype=torch.long),
+                  cutoff=torch.tensor([float(cut)], dtype=torch.float64))
+        q = torch.tensor(rows.loc[idx, "ds"].to_numpy(), dtype=torch.float64).view(1, -1, 1)
+        fit, ok = harmonic_forecast(b, q, period)
+        out[pos] = fit.view(-1).numpy() if bool(ok.all()) else naive[pos]
+    return out
+
+
 # -- peers --------------------------------------------------------------------------------------------------
 def ensure_venv(log) -> Path:
     """``.venv-peers`` with torch 2.13.0 (CPU, first: neuralforecast would pull a CUDA build), statsforecast 2.1.1,
@@ -302,6 +337,8 @@ def family(name: str) -> str:
         return "peers"
     if name.startswith("nf_"):
         return "neuralforecast"
+    if name.startswith("base_"):
+        return "base"
     return "auto" if name == "auto" else "ours"
 
 
@@ -412,7 +449,7 @@ def plot(all_overall: dict[str, pd.DataFrame], path: Path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 4.8 * nrow), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue",
+    colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue", "base": "tab:cyan",
               "auto": "tab:purple"}
     for ax, (name, ov) in zip(axes.flat, all_overall.items()):
         s = ov.set_index("model")["scaled_mae"].sort_values()
@@ -480,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             if ds.season:
                 results["seasonal_naive"] = {"cols": pd.DataFrame({"seasonal_naive": pw.seasonal_naive(
                     long, rows, ds.season)}, index=rows.index), "fit_s": 0.0, "predict_s": math.nan}
+                results["base_harmonic"] = {"cols": pd.DataFrame({"base_harmonic": harmonic_reference(
+                    long, rows, ds.season, ds.options.get("context"), ds.unit)}, index=rows.index),
+                    "fit_s": 0.0, "predict_s": math.nan}
             tag = f"{name}-w{args.cutoffs}"
             if families:
                 key = cache / f"{tag}-peers-s{args.max_steps}-{'+'.join(families)}.pkl" if cache else None

@@ -638,16 +638,14 @@ def held_out_windows(datamodule) -> tuple[list, np.ndarray, np.ndarray, float] |
     return ids, cut[None, :] + k * span[None, :] / FIT_WINDOWS, np.full(len(val), np.inf), h
 
 
-def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAULT_BUCKETS,
-                    seed: int | None = 0) -> tuple[dict | None, str]:
-    """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
-    (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
-    from ts_neuralode import calibration
-
+def held_out_forecasts(fc, datamodule, num_samples: int = 100, seed: int | None = 0,
+                       levels: Sequence[float] | None = FIT_LEVELS):
+    """``fc``'s forecasts on the fit's held-out validation windows (:func:`held_out_windows`) as a
+    cross-validation frame, with the history table, the horizon and the series: ``(cv, table, horizon, ids)``;
+    None without a validation split."""
     windows = held_out_windows(datamodule)
     if windows is None:
-        return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
-                      "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on")
+        return None
     ids, cuts, limit, h = windows
     source = datamodule.df if getattr(datamodule, "df", None) is not None else datamodule.path
     table = fc.read_history(source)
@@ -664,9 +662,24 @@ def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAU
     covariates = (fc.read_covariates(source, None, table)
                   if spec is not None and (spec.future_cols or spec.static_cols) else None)
     frames = _run_windows(fc, table, full, cuts_ns, h, lim, 0, None, None, None, False,
-                          dict(level=list(FIT_LEVELS), quantiles=None, num_samples=num_samples, context=None,
+                          dict(level=list(levels or []), quantiles=None, num_samples=num_samples, context=None,
                                seed=seed, batch_size=64, calibrated=False, covariates=covariates))
     cv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return cv, table, h, ids
+
+
+def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAULT_BUCKETS,
+                    seed: int | None = 0) -> tuple[dict | None, str]:
+    """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
+    (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
+    from ts_neuralode import calibration
+
+    held = held_out_forecasts(fc, datamodule, num_samples, seed)
+    if held is None:
+        return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
+                      "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on")
+    cv, table, h, ids = held
+    codec = table.codec
     if len(cv) < MIN_FIT_POINTS:
         return None, (f"only {len(cv)} held-out validation points to calibrate on (at least {MIN_FIT_POINTS}); "
                       "the bands are the model's own: raise --data.val_fraction, or calibrate with 'ts-neuralode "

@@ -41,24 +41,28 @@ def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> Light
 
 
 def calibrate_fitted(forecaster, datamodule) -> str:
-    """Fit ``forecaster``'s band calibration on the fit's held-out validation windows
+    """Weight a window model's learned correction (:func:`ts_neuralode.correction_gate.gate_correction`), then fit
+    ``forecaster``'s band calibration on the fit's held-out validation windows
     (:func:`ts_neuralode.backtest.fit_calibration`) and record what it trained on (``training_extent``, which
     ``backtest --calibrate`` checks); returns the line saying what was done. A forecast that fails there (a solver
     that cannot reach the validation horizon) leaves the bands uncalibrated and says why: it never fails the fit."""
     from ts_neuralode import calibration
     from ts_neuralode.backtest import fit_calibration
     from ts_neuralode.callbacks import solver_failure
+    from ts_neuralode.correction_gate import gate_correction
     from ts_neuralode.errors import TSNeuralODEError
 
     forecaster.training_extent = calibration.training_extent(datamodule)
+    gate = None
     try:
+        gate = gate_correction(forecaster, datamodule)  # before the bands: they are calibrated as it forecasts
         forecaster.calibration, line = fit_calibration(forecaster, datamodule)
     except Exception as err:
         if not (isinstance(err, TSNeuralODEError) or solver_failure(err)):
             raise
         first = " ".join(str(err).strip().splitlines()[0].split())
         forecaster.calibration, line = None, f"bands left uncalibrated: the validation forecasts failed ({first})"
-    return line
+    return line if gate is None else f"{gate}; {line}"
 
 
 class ModelExportCallback(Callback):

@@ -178,6 +178,9 @@ class WindowModel(ForecastModel):
             inner.score_context = False
         self.normalize, self.base_kind = normalize, base
         self.period = None if season_period is None else float(season_period)
+        # the weight of the learned correction in the forecast's mean (1: as trained); the fit sets it on its
+        # validation windows (:func:`ts_neuralode.correction_gate.gate_correction`) and the model directory keeps it
+        self.register_buffer("correction_scale", torch.ones(()))
         self.input_dim = inner.input_dim
         self.control_dim, self.static_dim, self.target_dim = inner.control_dim, inner.static_dim, inner.target_dim
 
@@ -217,8 +220,16 @@ class WindowModel(ForecastModel):
         q = (qt.expand(B, -1) if qt.dim() == 1 else qt).unsqueeze(-1).expand(-1, -1, D)
         off = st.offset(q, batch.cutoff)
         s = st.scale
-        return Forecast(mean=off + s * fc.mean, samples=off + s * fc.samples,
+        # the correction's mean is weighted by correction_scale after the cutoff; the spread around it is kept
+        after = (q > batch.cutoff.view(-1, 1, 1)).to(q.dtype)
+        shrink = (1 - after * (1 - self.correction_scale.to(q.dtype))) * fc.mean - fc.mean
+        return Forecast(mean=off + s * (fc.mean + shrink), samples=off + s * (fc.samples + shrink),
                         std=None if fc.std is None else s * fc.std, times=fc.times)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model directories written before the correction weight existed: the correction as trained
+        state_dict.setdefault(prefix + "correction_scale", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 __all__ = ["AUTO_BASE", "BASES", "SEASONAL_BASES", "resolve_base", "NORMALIZE", "WindowModel", "WindowStats",

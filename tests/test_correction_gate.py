@@ -1,0 +1,73 @@
+"""The correction weight a fit chooses for a window model on its held-out validation windows
+(ts_neuralode.correction_gate): chosen and kept in the model directory, 0 for a correction that only hurts, 1 for
+one that changes nothing (ties keep the model as trained)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ts_neuralode.correction_gate import WEIGHTS, gate_correction, window_model
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.forecaster import Forecaster
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATA = {"task": "forecast", "horizon": 1.0, "context": 4.0, "season": 1.0, "batch_size": 8}
+
+
+def seasonal_frame(n_series: int = 4, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_series):
+        t = np.sort(rng.uniform(0, 8.0, 120))
+        y = 2 * np.sin(2 * np.pi * t + i) + 0.2 * t + i + rng.normal(0, 0.1, t.size)
+        rows.append(pd.DataFrame({"unique_id": f"s{i}", "ds": t, "y": y}))
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    df = seasonal_frame()
+    fc = Forecaster.fit(df, "ode_rnn", data_options=DATA,
+                        model_options={"normalize": "window", "base": "harmonic", "latent_dim": 4, "hidden_dim": 16,
+                                       "evolution": {"kind": "ode", "method": "euler", "step_size": 0.25}},
+                        trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+                        output_dir=tmp_path_factory.mktemp("gate"), tracking=False, log_model=False, seed=0)
+    dm = IrregularTimeSeriesDataModule(df=df, **DATA)
+    dm.setup("fit")
+    return fc, dm
+
+
+def test_the_fit_chooses_a_weight_and_the_model_directory_keeps_it(fitted, tmp_path):
+    fc, _ = fitted
+    wm = window_model(fc)
+    assert wm is not None
+    w = float(wm.correction_scale)
+    assert min(abs(w - c) for c in WEIGHTS) < 1e-6
+    wm.correction_scale.fill_(0.3)  # not a weight the gate would choose: the reload must read it back
+    fc.save(tmp_path / "m")
+    assert float(window_model(Forecaster.load(tmp_path / "m")).correction_scale) == pytest.approx(0.3)
+    wm.correction_scale.fill_(w)
+
+
+def test_a_harmful_correction_is_dropped_and_a_null_one_kept(fitted):
+    fc, dm = fitted
+    wm = window_model(fc)
+    head = wm.inner.head[-1]
+    saved = {k: v.clone() for k, v in head.state_dict().items()}
+    try:
+        with torch.no_grad():  # a correction of +3 window scales everywhere: only hurts
+            head.weight[: wm.inner.input_dim].zero_()
+            head.bias[: wm.inner.input_dim].fill_(3.0)
+        line = gate_correction(fc, dm)
+        assert float(wm.correction_scale) == 0.0, line
+        assert "x0 of the learned correction" in line
+        with torch.no_grad():  # no correction at all: every weight ties, the model as trained is kept
+            head.bias[: wm.inner.input_dim].zero_()
+        gate_correction(fc, dm)
+        assert float(wm.correction_scale) == 1.0
+    finally:
+        head.load_state_dict(saved)
