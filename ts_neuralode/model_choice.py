@@ -45,13 +45,13 @@ from lightning.pytorch import Callback
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TrainingError, TSNeuralODEError
 from ts_neuralode.model_choice_space import (
     SEARCH_SPACE,
-    STARTING_POINTS,
     Param,
     check_space,
     describe,
     flatten,
     nest,
     sample,
+    starting_points,
 )
 
 try:
@@ -525,7 +525,7 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
                                            "storage": storage or "memory", "data": str(path),
                                            **{f"fixed/{k}": v for k, v in fixed.items()}})
     if created:  # a resumed study has them queued (or done) already
-        for params in STARTING_POINTS if enqueue is None else enqueue:
+        for params in starting_points(fixed) if enqueue is None else enqueue:
             study.enqueue_trial(dict(params))
     study_id = storage_obj.get_study_id_from_name(study.study_name)
     deadline = None if budget.time is None else time.monotonic() + budget.time
@@ -734,7 +734,7 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
             and the study in it: the same pair resumes a search and lets several workers share it.
         pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
         enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
-            :data:`~ts_neuralode.model_choice_space.STARTING_POINTS`, ``[]``: none.
+            :func:`~ts_neuralode.model_choice_space.starting_points`, ``[]``: none.
         patience: stop a trial after this many validations without improvement (None: run all epochs).
         progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
     """

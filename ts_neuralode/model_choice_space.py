@@ -78,17 +78,28 @@ SEARCH_SPACE: tuple[Param, ...] = (
     choice("model.lr_schedule", ("cosine", "step")),
     choice("data.context_horizons", (1, 2, 4, None)),  # the forecast task's context in horizons (None: all)
     choice("model.normalize", ("none", "window")),  # per-window units (RevIN-style)
-    choice("model.base", ("none", "auto")),  # a correction on top of the harmonic (season) or last-value forecast
+    # a correction on top of a forecast from the context: auto = the harmonic seasonal forecast with a season, else
+    # the last value; trend = the context's least-squares line (growth curves)
+    choice("model.base", ("none", "auto", "trend")),
 )
 
-#: the trials run first when the caller enqueues none: the ODE-RNN learning a correction in window units on top of
-#: the harmonic seasonal forecast (the last value without a season) — the configuration that won the ablations of
+#: the first trial when the caller enqueues none: the ODE-RNN learning a correction in window units on top of the
+#: harmonic seasonal forecast (the last value without a season) — the configuration that won the ablations of
 #: results/forecast_ablations.md; the search goes on from there
-STARTING_POINTS: tuple[dict[str, Any], ...] = (
-    {"model.model": "ode_rnn", "model.evolution.kind": "ode", "model.evolution.method": "rk4",
-     "model.latent_dim": 16, "model.hidden_dim": 64, "model.lr": 0.01, "model.lr_schedule": "cosine",
-     "data.context_horizons": 4, "model.normalize": "window", "model.base": "auto"},
-)
+STARTING_POINT: dict[str, Any] = {
+    "model.model": "ode_rnn", "model.evolution.kind": "ode", "model.evolution.method": "rk4", "model.latent_dim": 16,
+    "model.hidden_dim": 64, "model.lr": 0.01, "model.lr_schedule": "cosine", "data.context_horizons": 4,
+    "model.normalize": "window", "model.base": "auto"}
+
+
+def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
+    the trend base as well (the last value and the line are the two naive forecasts of series without a season:
+    lab values that wander, growth curves)."""
+    points = [dict(STARTING_POINT)]
+    if fixed.get("data.season") is None:
+        points.append({**STARTING_POINT, "model.base": "trend"})
+    return points
 
 
 def _times_horizon(k: Any, options: Mapping[str, Any]) -> dict[str, Any]:
