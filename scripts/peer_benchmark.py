@@ -152,7 +152,10 @@ def run_config(name: str, model: str, ds: DataSet, raw: pd.DataFrame, long: pd.D
     t = raw_time(raw, ds, origin)
     lim = raw["unique_id"].map(first).to_numpy(dtype=float)
     train = raw[t <= lim + 1e-9]
-    opts = {"task": "forecast", "val_fraction": 0.2, "test_fraction": 0.0, **ds.options}
+    # the data set's options replace a config's own data section; a season, context or calendar the data set does
+    # not give is none (a config written for CO2 must not carry its 52-week season onto lab values)
+    opts = {"task": "forecast", "val_fraction": 0.2, "test_fraction": 0.0, "season": None, "context": None,
+            "calendar": None, **ds.options}
     if Path(model).stem == "demo":  # the demo's own config as shipped: its own context and batch size
         opts = {"task": "forecast", "horizon": ds.options["horizon"], "time_unit": "h", "season": "24h"}
     trainer = {"max_epochs": int(epochs), "enable_progress_bar": False, "enable_model_summary": False}

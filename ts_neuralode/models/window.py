@@ -222,7 +222,7 @@ class WindowModel(ForecastModel):
         s = st.scale
         # the correction's mean is weighted by correction_scale after the cutoff; the spread around it is kept
         after = (q > batch.cutoff.view(-1, 1, 1)).to(q.dtype)
-        shrink = (1 - after * (1 - self.correction_scale.to(q.dtype))) * fc.mean - fc.mean
+        shrink = -after * (1 - self.correction_scale.to(q.dtype)) * fc.mean
         return Forecast(mean=off + s * (fc.mean + shrink), samples=off + s * (fc.samples + shrink),
                         std=None if fc.std is None else s * fc.std, times=fc.times)
 
