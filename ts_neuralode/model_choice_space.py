@@ -94,11 +94,11 @@ STARTING_POINT: dict[str, Any] = {
 
 def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
-    the trend base as well (the last value and the line are the two naive forecasts of series without a season:
-    lab values that wander, growth curves)."""
+    the trend base through the last horizon of history as well (the last value and today's slope are the two naive
+    forecasts of series without a season: lab values that wander, growth curves that may level off)."""
     points = [dict(STARTING_POINT)]
     if fixed.get("data.season") is None:
-        points.append({**STARTING_POINT, "model.base": "trend"})
+        points.append({**STARTING_POINT, "model.base": "trend", "data.context_horizons": 1})
     return points
 
 
