@@ -346,7 +346,12 @@ def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int | None
              "`--model.base …`; `cal` = `--data.calendar` (CO₂: day_of_year; demo: time_of_day); `long` = a longer "
              "context (CO₂: 520W instead of 260W; demo: 4D instead of 1D); `mse` = the ODE-RNN trained on the MSE "
              "(`--model.model_kwargs '{\"loss\": \"mse\"}'`) instead of the Gaussian NLL; `lr3` = `--model.lr 1e-3` "
-             "(instead of 1e-2).", ""]
+             "(instead of 1e-2); `harmonic` = `--model.base harmonic` (the harmonic seasonal forecast, "
+             "`ts_neuralode/models/harmonic.py`). Rows marked `(context scored too)` ran before commit 1359db3, when a "
+             "model with a base was also trained on its one-step predictions of the context (in level units; since "
+             "then only the correction is scored); rows marked `(no gate)` ran before commit fe54b34, when the "
+             "correction was always kept whole (since then its weight 0…1 is chosen on the fit's validation "
+             "windows, `ts_neuralode/correction_gate.py`); unmarked trained rows with a base ran with both.", ""]
     for name, part in res.groupby("data", sort=False):
         ds = datasets[name]
         lines += [f"## {name}", "", ds.notes + ".", ""]
