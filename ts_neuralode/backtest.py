@@ -644,6 +644,9 @@ def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAU
     (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
     from ts_neuralode import calibration
 
+    if getattr(datamodule, "streams_shards", False):  # a Parquet folder: no in-memory table to run windows on
+        return None, ("bands left uncalibrated: the data is a Parquet folder read in shards; calibrate with "
+                      "'ts-neuralode backtest --calibrate' on held-out data")
     windows = held_out_windows(datamodule)
     if windows is None:
         return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "

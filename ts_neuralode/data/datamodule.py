@@ -44,6 +44,7 @@ so a DDP run with ``batch_size = B / N`` sees the same global batches as one pro
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any, Mapping
 
@@ -87,7 +88,22 @@ class SeriesIndexDataset(Dataset):
         return int(self.indices[i])
 
 
-class IrregularTimeSeriesDataModule(L.LightningDataModule):
+class _FolderDispatch(type):
+    """``IrregularTimeSeriesDataModule(path=FOLDER, ...)`` with a folder (a partitioned Parquet dataset) gives a
+    :class:`~ts_neuralode.data.parquet_stream.ParquetFolderDataModule`, which streams it in shards of whole series.
+    (A metaclass, not ``__new__``: option parsers read the signature of ``__init__``.)"""
+
+    def __call__(cls, *args, **kwargs):
+        path = kwargs.get("path", args[0] if args else None)
+        if cls is IrregularTimeSeriesDataModule and kwargs.get("df") is None and path is not None \
+                and os.path.isdir(os.fspath(path)):
+            from ts_neuralode.data.parquet_stream import ParquetFolderDataModule
+
+            cls = ParquetFolderDataModule
+        return super().__call__(*args, **kwargs)
+
+
+class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDispatch):
     """Irregularly sampled series for interpolation, extrapolation or forecast windows (see the module docstring).
 
     Args:
@@ -269,11 +285,16 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
                 "train": np.sort(perm[n_test + n_val:])}
 
+    def _fit_transform(self, table, series, window: float | None = None) -> SeriesTransform:
+        """The value scaler and time scale, fitted on rows of ``series`` of ``table`` (the streaming Parquet module
+        fits them over all shards instead: :mod:`ts_neuralode.data.parquet_stream`)."""
+        return SeriesTransform.fit(table, series, scaler=self.scaler, time_scale=self.time_scale,
+                                   time_origin=self.time_origin, window=window)
+
     def _prepare_series_task(self, table) -> None:
         s = table.n_series
         split = self._series_split(table)
-        transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
-                                        time_origin=self.time_origin)
+        transform = self._fit_transform(table, split["train"])
         origins = transform.origins(table)
         arrays = SeriesArrays.from_table(table, transform, origins)
 
@@ -355,14 +376,12 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
                 raise DataError(f"{src}: no series has history before its validation/test horizons "
                                 f"(horizon={self.horizon!r}); shorten --data.horizon")
             fit_idx = np.flatnonzero(n_fit > 0)
-            transform = SeriesTransform.fit(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, scaler=self.scaler,
-                                            time_scale=self.time_scale, time_origin=self.time_origin, window=window)
+            transform = self._fit_transform(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, window)
         else:
             split = self._series_split(table)
             end = np.full(s, np.inf)
             cuts = {"val": last - h, "test": last - h}
-            transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
-                                            time_origin=self.time_origin, window=window)
+            transform = self._fit_transform(table, split["train"], window)
         origins = transform.origins(table)
         arrays = SeriesArrays.from_table(table, transform, origins)
         base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),
