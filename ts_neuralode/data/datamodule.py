@@ -140,6 +140,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             categorical (one-hot): they condition the models' initial state / encoding.
     """
 
+    #: the data module holds all the series (False for one shard of a Parquet folder: the checks that need every
+    #: series, e.g. "no series has a validation window", are then made by the folder module over all shards)
+    whole_data = True
+
     def __init__(
         self,
         path: str | None = None,
@@ -315,7 +319,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             usable = (cond_count >= 1) & (cond_count < counts)
             if not usable.all():
                 n_bad = int((~usable).sum())
-                if not usable.any():
+                if not usable.any() and self.whole_data:
                     raise DataError(f"{table.source}: no series has points both before and after the cut "
                                     f"(cut={self.cut}, cut_time={self.cut_time!r}); move the cut")
                 warnings.warn(f"{table.source}: {n_bad} series have no point before or after the extrapolation cut "
@@ -372,7 +376,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             # Fit the scaler and time scale on the training part of the time axis only.
             n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
                                          "right")
-            if not (n_fit > 0).any():
+            if not (n_fit > 0).any() and self.whole_data:
                 raise DataError(f"{src}: no series has history before its validation/test horizons "
                                 f"(horizon={self.horizon!r}); shorten --data.horizon")
             fit_idx = np.flatnonzero(n_fit > 0)
@@ -388,7 +392,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
                             shift=self.time_origin == "series")
         specs = {"train": base.with_anchors(arrays)}
         usable = specs["train"].anchor_count[split["train"]] > 0
-        if not usable.any():
+        if not usable.any() and self.whole_data:
             raise DataError(f"{src}: no series has two observations within horizon={self.horizon!r} of each other "
                             "before its validation/test part; lengthen --data.horizon or use fewer held-out parts")
         split["train"] = self._keep(split["train"], usable, "training", src)
@@ -397,14 +401,14 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             idx = split[name]
             _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
             ok = (n_cond >= 1) & (cnt > n_cond)
-            if name == "val" and len(idx) and not ok.any() and self.train_end is None:
+            if name == "val" and len(idx) and not ok.any() and self.train_end is None and self.whole_data:
                 shown = ", ".join(str(table.ids[i]) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
                 raise DataError(f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
                                 f"its last horizon={self.horizon!r} and one within it, so there would be no validation "
                                 "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
                                 "--data.horizon, --data.split_by time (every series validates on its last horizon), "
                                 "or --data.val_fraction 0 to train without validation")
-            if name == "val" and self.train_end is not None and not ok.any():
+            if name == "val" and self.train_end is not None and not ok.any() and self.whole_data:
                 end_of = table.user_times(table.offsets[1:] - 1)
                 raise ConfigError(f"--data.train_end={self.train_end!s}: no series has an observation within "
                                   f"horizon={self.horizon!r} after it to validate on (the data ends at "

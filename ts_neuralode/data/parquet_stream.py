@@ -191,7 +191,7 @@ class ParquetFolder:
     def name(self, shard: Shard) -> str:
         """How messages name a shard: its files."""
         paths = [self.fragments[k].path for k in shard.files]
-        return paths[0] + (f" (+{len(paths) - 1} more files)" if len(paths) > 1 else "")
+        return "a shard of " + paths[0] + (f" (+{len(paths) - 1} more files)" if len(paths) > 1 else "")
 
 
 def _schema_difference(a, b) -> str:
@@ -224,10 +224,13 @@ class _ShardModule(IrregularTimeSeriesDataModule):
         # the streamed split; a validation / test shard also trains (unused) so the forecast task finds anchors
         return {k: every if k in ("train", self.folder_split) else none for k in ("train", "val", "test")}
 
+    whole_data = False
+
     def _fit_transform(self, table, series, window=None) -> SeriesTransform:
-        if self.folder_transform is None:
+        if self.folder_transform is None:  # the scan: record the rows; what it records needs only raw times
             self.fits.append((table, series, window))
-            return super()._fit_transform(table, series, window)
+            return SeriesTransform(channel_names=list(table.channel_names), codec=table.codec,
+                                   time_origin=self.time_origin)
         self.folder_transform.check_table(table)
         return self.folder_transform
 
@@ -396,9 +399,14 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         ok = {"train": r.train_items > 0, "val": r.val_ok, "test": r.test_ok}
         split = {k: v[ok[k][v]] for k, v in base.items()}
         self._warn_left_out(base, split)
+        fix = "--data.horizon" if self.task == "forecast" else "--data.cut"
         if not len(split["train"]):
-            raise DataError(f"{self.path}: no series is usable for training (too short for the task's windows); "
-                            "check --data.horizon / --data.cut")
+            raise DataError(f"{self.path}: none of the {len(base['train'])} training series has a training window "
+                            f"(points before and after a cutoff, within the horizon); adjust {fix}")
+        if self.task == "forecast" and (self.val_fraction > 0 or self.train_end is not None) and not len(split["val"]):
+            raise DataError(f"{self.path}: no validation series has an observation before its validation cutoff and "
+                            f"one within horizon={self.horizon!r} after it, so there would be no validation; pass a "
+                            "shorter --data.horizon, an earlier --data.train_end, or --data.val_fraction 0")
         first, last = r.first, r.last
         if self.codec.is_datetime:
             first, last = self.codec.ns_to_float(first), self.codec.ns_to_float(last)
@@ -533,6 +541,8 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
                            batch_size=self.batch_size if train else self.eval_batch_size)
 
     def _stream_loader(self, name: str) -> DataLoader:
+        # Lightning warns that a sized IterableDataset may repeat data across loader workers: there are none here
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(self.stream(name), batch_size=None, collate_fn=_as_is, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
