@@ -368,6 +368,7 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_PER_SHARD_WARNINGS)
                 m._prepare()
+            m.df = None  # the frame is read into m.table: hold one copy of the shard
             if channels is None:
                 channels = list(m.table.channel_names)
             elif list(m.table.channel_names) != channels:
@@ -564,6 +565,7 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         with warnings.catch_warnings():  # the scan said it once
             warnings.simplefilter("ignore")
             m._prepare()
+        m.df = None  # the frame is read into m.table and m.arrays: hold no third copy
         return m
 
 
