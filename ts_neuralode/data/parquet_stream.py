@@ -24,7 +24,9 @@ batch by batch:
    ranks read disjoint series that cover the split; every rank yields the same number of batches (the smallest,
    known from the scan, as DDP needs), so a rank may leave its last batch or two out of an epoch.
 
-Memory: one shard's rows and the per-series records (a few numbers per series), not the frame. Not supported for a
+Memory: one shard's rows and the per-series records (a few numbers per series), not the frame. Every rank makes the
+scan itself (it is deterministic, so all ranks agree on the split and the transform); only the epochs are divided.
+A message about a bad cell names the shard's files and the row among the rows read for that shard. Not supported for a
 folder (ConfigError, one line): covariates, the robust scaler (its quantiles need every value at once), and
 Lightning's predict loop (forecast the files with ``ts-neuralode forecast``). ``num_workers`` is not used: the
 shards are read in the training process.
