@@ -35,7 +35,7 @@ def write_folder(out: str | os.PathLike, n_series: int, n_points: int, name: str
         n = min(series_per_file, n_series - done)
         df = generate(name, n_series=n, n_points=n_points, seed=seed * 100_003 + files)
         codes = df["unique_id"].astype("category").cat.codes.to_numpy()
-        df["unique_id"] = np.char.add("s", np.char.zfill((codes + done).astype(str), 7))
+        df["unique_id"] = np.char.add("s", np.char.zfill((codes.astype(np.int64) + done).astype(str), 7))
         df = df.sample(frac=1.0, random_state=files).reset_index(drop=True)
         part = out / f"bucket={files % buckets}"
         part.mkdir(exist_ok=True)
