@@ -642,7 +642,9 @@ def held_out_forecasts(fc, datamodule, num_samples: int = 100, seed: int | None 
                        levels: Sequence[float] | None = FIT_LEVELS):
     """``fc``'s forecasts on the fit's held-out validation windows (:func:`held_out_windows`) as a
     cross-validation frame, with the history table, the horizon and the series: ``(cv, table, horizon, ids)``;
-    None without a validation split."""
+    None without a validation split, or for a Parquet folder read in shards (no in-memory table to run windows on)."""
+    if getattr(datamodule, "streams_shards", False):
+        return None
     windows = held_out_windows(datamodule)
     if windows is None:
         return None
@@ -674,6 +676,9 @@ def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAU
     (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
     from ts_neuralode import calibration
 
+    if getattr(datamodule, "streams_shards", False):
+        return None, ("bands left uncalibrated: the data is a Parquet folder read in shards; calibrate with "
+                      "'ts-neuralode backtest --calibrate' on held-out data")
     held = held_out_forecasts(fc, datamodule, num_samples, seed)
     if held is None:
         return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "

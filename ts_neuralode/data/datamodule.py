@@ -44,6 +44,7 @@ so a DDP run with ``batch_size = B / N`` sees the same global batches as one pro
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any, Mapping
 
@@ -87,7 +88,22 @@ class SeriesIndexDataset(Dataset):
         return int(self.indices[i])
 
 
-class IrregularTimeSeriesDataModule(L.LightningDataModule):
+class _FolderDispatch(type):
+    """``IrregularTimeSeriesDataModule(path=FOLDER, ...)`` with a folder (a partitioned Parquet dataset) gives a
+    :class:`~ts_neuralode.data.parquet_stream.ParquetFolderDataModule`, which streams it in shards of whole series.
+    (A metaclass, not ``__new__``: option parsers read the signature of ``__init__``.)"""
+
+    def __call__(cls, *args, **kwargs):
+        path = kwargs.get("path", args[0] if args else None)
+        if cls is IrregularTimeSeriesDataModule and kwargs.get("df") is None and path is not None \
+                and os.path.isdir(os.fspath(path)):
+            from ts_neuralode.data.parquet_stream import ParquetFolderDataModule
+
+            cls = ParquetFolderDataModule
+        return super().__call__(*args, **kwargs)
+
+
+class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDispatch):
     """Irregularly sampled series for interpolation, extrapolation or forecast windows (see the module docstring).
 
     Args:
@@ -123,6 +139,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             never forecast or scored (their target mask is 0). static_cols: one value per series, numeric or
             categorical (one-hot): they condition the models' initial state / encoding.
     """
+
+    #: the data module holds all the series (False for one shard of a Parquet folder: the checks that need every
+    #: series, e.g. "no series has a validation window", are then made by the folder module over all shards)
+    whole_data = True
 
     def __init__(
         self,
@@ -269,11 +289,16 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
                 "train": np.sort(perm[n_test + n_val:])}
 
+    def _fit_transform(self, table, series, window: float | None = None) -> SeriesTransform:
+        """The value scaler and time scale, fitted on rows of ``series`` of ``table`` (the streaming Parquet module
+        fits them over all shards instead: :mod:`ts_neuralode.data.parquet_stream`)."""
+        return SeriesTransform.fit(table, series, scaler=self.scaler, time_scale=self.time_scale,
+                                   time_origin=self.time_origin, window=window)
+
     def _prepare_series_task(self, table) -> None:
         s = table.n_series
         split = self._series_split(table)
-        transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
-                                        time_origin=self.time_origin)
+        transform = self._fit_transform(table, split["train"])
         origins = transform.origins(table)
         arrays = SeriesArrays.from_table(table, transform, origins)
 
@@ -294,7 +319,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             usable = (cond_count >= 1) & (cond_count < counts)
             if not usable.all():
                 n_bad = int((~usable).sum())
-                if not usable.any():
+                if not usable.any() and self.whole_data:
                     raise DataError(f"{table.source}: no series has points both before and after the cut "
                                     f"(cut={self.cut}, cut_time={self.cut_time!r}); move the cut")
                 warnings.warn(f"{table.source}: {n_bad} series have no point before or after the extrapolation cut "
@@ -351,25 +376,23 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             # Fit the scaler and time scale on the training part of the time axis only.
             n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
                                          "right")
-            if not (n_fit > 0).any():
+            if not (n_fit > 0).any() and self.whole_data:
                 raise DataError(f"{src}: no series has history before its validation/test horizons "
                                 f"(horizon={self.horizon!r}); shorten --data.horizon")
             fit_idx = np.flatnonzero(n_fit > 0)
-            transform = SeriesTransform.fit(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, scaler=self.scaler,
-                                            time_scale=self.time_scale, time_origin=self.time_origin, window=window)
+            transform = self._fit_transform(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, window)
         else:
             split = self._series_split(table)
             end = np.full(s, np.inf)
             cuts = {"val": last - h, "test": last - h}
-            transform = SeriesTransform.fit(table, split["train"], scaler=self.scaler, time_scale=self.time_scale,
-                                            time_origin=self.time_origin, window=window)
+            transform = self._fit_transform(table, split["train"], window)
         origins = transform.origins(table)
         arrays = SeriesArrays.from_table(table, transform, origins)
         base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),
                             shift=self.time_origin == "series")
         specs = {"train": base.with_anchors(arrays)}
         usable = specs["train"].anchor_count[split["train"]] > 0
-        if not usable.any():
+        if not usable.any() and self.whole_data:
             raise DataError(f"{src}: no series has two observations within horizon={self.horizon!r} of each other "
                             "before its validation/test part; lengthen --data.horizon or use fewer held-out parts")
         split["train"] = self._keep(split["train"], usable, "training", src)
@@ -378,14 +401,14 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
             idx = split[name]
             _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
             ok = (n_cond >= 1) & (cnt > n_cond)
-            if name == "val" and len(idx) and not ok.any() and self.train_end is None:
+            if name == "val" and len(idx) and not ok.any() and self.train_end is None and self.whole_data:
                 shown = ", ".join(str(table.ids[i]) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
                 raise DataError(f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
                                 f"its last horizon={self.horizon!r} and one within it, so there would be no validation "
                                 "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
                                 "--data.horizon, --data.split_by time (every series validates on its last horizon), "
                                 "or --data.val_fraction 0 to train without validation")
-            if name == "val" and self.train_end is not None and not ok.any():
+            if name == "val" and self.train_end is not None and not ok.any() and self.whole_data:
                 end_of = table.user_times(table.offsets[1:] - 1)
                 raise ConfigError(f"--data.train_end={self.train_end!s}: no series has an observation within "
                                   f"horizon={self.horizon!r} after it to validate on (the data ends at "

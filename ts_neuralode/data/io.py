@@ -281,6 +281,7 @@ def read_series(
     codec: TimeCodec | None = None,
     exclude_cols: Sequence[str] = (),
     past_cols: Sequence[str] = (),
+    name: str | None = None,
 ) -> SeriesTable:
     """Read and validate series from a CSV path or a DataFrame (see the module docstring).
 
@@ -292,6 +293,8 @@ def read_series(
         exclude_cols: columns that are never value columns (covariates): left out of the default ``value_cols``.
         past_cols: past-only covariates, read as extra channels after the value columns (never forecast or scored:
             the data module and the models know them by :class:`~ts_neuralode.data.covariates.CovariateSpec`).
+        name: how messages name a DataFrame source (default ``<DataFrame>``; a shard of a Parquet folder names its
+            files).
 
     Long on purpose: it is the data boundary's one validation pass, its checks in the order a user meets the
     problems (format, columns, values, masks, times, duplicates, short series), each raising with its location.
@@ -302,9 +305,9 @@ def read_series(
         raise ConfigError(f"duplicates={duplicates!r} is not supported; use 'error' or 'mean'")
     source = as_frame(source)
     if isinstance(source, pd.DataFrame):
-        df, where = source, _Where("<DataFrame>", False)
+        df, where = source, _Where(name or "<DataFrame>", False)
         if len(df) == 0:
-            raise DataError("<DataFrame>: has no rows; pass at least 2 observations per series")
+            raise DataError(f"{where.source}: has no rows; pass at least 2 observations per series")
     else:
         df, where = read_frame(source), _Where(os.fspath(source), True)
     df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)

@@ -1,0 +1,627 @@
+"""Data beyond memory: a partitioned Parquet folder streamed in shards of whole series.
+
+``--data.path FOLDER`` (``ts-neuralode fit``, ``Forecaster.fit(FOLDER)``, ``IrregularTimeSeriesDataModule(path=FOLDER)``)
+where FOLDER holds Parquet part files (``*.parquet`` / ``*.pq`` at any depth, hive ``key=value`` folders included;
+names starting with ``.`` or ``_`` are skipped) gives a :class:`ParquetFolderDataModule`. It never holds the whole
+frame. Three passes over the folder, all through :mod:`pyarrow.dataset` scanners that read only the needed columns,
+batch by batch:
+
+1. **ids**: each part file's series ids and row counts (the id column only). Series are grouped into *shards* of
+   whole series of at most :attr:`ParquetFolderDataModule.shard_rows` rows, in the order of the file they first
+   occur in, so a shard reads only the files that hold its series (a series may span files).
+2. **scan** (one streaming pass): every shard goes through the reading and validation of a CSV
+   (:func:`~ts_neuralode.data.io.read_series`) and the task preparation of the in-memory data module (an
+   :class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule` on the shard's rows), which records per
+   series what the split, the scaler and the time scale need: its training windows, whether it has a validation /
+   test window, and the scaler's sufficient statistics (count, mean, squared deviations, min, max per channel) over
+   exactly the rows the in-memory module fits on. The split (by series, seeded as in memory, or by time), the
+   scaler (merged: the same mean and standard deviation as from the whole frame, up to float rounding) and the time
+   scale and time codec are computed from those records.
+3. **every epoch**: a :class:`ShardStream` (an ``IterableDataset``) reads one shard at a time again, only the
+   series of its split that belong to this process, and yields the batches the in-memory module builds from those
+   rows (with the folder's transform; a batch never mixes shards). Under DDP, rank ``r`` of ``N`` (from the
+   trainer, else ``torch.distributed``) takes the ``r``-th of every ``N`` series of the split in id order, so the
+   ranks read disjoint series that cover the split; every rank yields the same number of batches (the smallest,
+   known from the scan, as DDP needs), so a rank may leave its last batch or two out of an epoch.
+
+Memory: one shard's rows and the per-series records (a few numbers per series), not the frame. Every rank makes the
+scan itself (it is deterministic, so all ranks agree on the split and the transform); only the epochs are divided.
+A message about a bad cell names the shard's files and the row among the rows read for that shard. Not supported for a
+folder (ConfigError, one line): covariates, the robust scaler (its quantiles need every value at once), and
+Lightning's predict loop (forecast the files with ``ts-neuralode forecast``). ``num_workers`` is not used: the
+shards are read in the training process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ts_neuralode.data.batching import collate
+from ts_neuralode.data.datamodule import AUTO_MIN_BATCHES, IrregularTimeSeriesDataModule
+from ts_neuralode.data.io import PARQUET_SUFFIXES
+from ts_neuralode.data.timecodec import TimeCodec
+from ts_neuralode.data.transform import SeriesTransform, auto_time_scale
+from ts_neuralode.errors import ConfigError, DataError
+
+#: rows a shard holds at most (a series longer than that is a shard of its own)
+SHARD_ROWS = 500_000
+#: rows per record batch a scanner reads at a time
+SCAN_BATCH = 131_072
+#: messages of the in-memory module about series left out of a split: the scan sums them up over the shards
+_PER_SHARD_WARNINGS = r".*(too short for a .* forecast window|left out of the task).*"
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+    except ImportError as exc:
+        raise DataError("reading a Parquet folder needs pyarrow (pip install pyarrow); or pass one CSV file") from exc
+    return pa, pads
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text or type(exc).__name__)[:200]
+
+
+@dataclass
+class Shard:
+    """Whole series read together: ``ids`` (as the id column holds them) from the part files ``files``
+    (positions in :attr:`ParquetFolder.fragments`); ``rows``: their rows; ``exclusive``: those files hold no other
+    series (no id filter needed)."""
+
+    ids: list
+    files: list[int]
+    rows: int
+    exclusive: bool
+
+
+class ParquetFolder:
+    """The part files of a folder as one :mod:`pyarrow.dataset`, checked: at least one file, every file readable
+    with the same columns and types, the id and time columns present."""
+
+    def __init__(self, path: str, id_col: str, time_col: str, columns: list[str] | None):
+        pa, pads = _pyarrow()
+        self.path = os.fspath(path)
+        files = []
+        for root, dirs, names in os.walk(self.path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            files += [os.path.join(root, n) for n in sorted(names)
+                      if n.lower().endswith(PARQUET_SUFFIXES) and not n.startswith((".", "_"))]
+        if not files:
+            raise DataError(f"{self.path}: folder holds no Parquet files (*.parquet, *.pq); write the data there as "
+                            "part files, or pass a CSV or Parquet file")
+        try:
+            self.dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=self.path)
+        except Exception as exc:  # pyarrow's ArrowInvalid / OSError
+            raise DataError(f"{self.path}: not a readable Parquet folder ({_one_line(exc)}); check its files") from exc
+        self.fragments = list(self.dataset.get_fragments())
+        self.id_col, self.time_col = id_col, time_col
+        first, first_schema = None, None
+        for frag in self.fragments:
+            try:
+                schema = frag.physical_schema
+            except Exception as exc:
+                raise DataError(f"{frag.path}: not a readable Parquet file ({_one_line(exc)}); rewrite or remove "
+                                "it") from exc
+            have = set(schema.names) | set(self._partition_fields(frag))
+            for col, what in ((id_col, "id"), (time_col, "time")):
+                if col not in have:
+                    raise DataError(f"{frag.path}: missing {what} column '{col}' (columns: {', '.join(schema.names)}); "
+                                    f"every part file needs the series id and time columns (or pass {what}_col=...)")
+            if first is None:
+                first, first_schema = frag.path, schema
+                continue
+            diff = _schema_difference(first_schema, schema)
+            if diff:
+                raise DataError(f"{frag.path}: its columns differ from {first} ({diff}); write every part file with "
+                                "the same columns and types")
+        # the files' own columns; a hive partition key (``bucket=3/``) only when it is the id or time column
+        names = [n for n in self.dataset.schema.names if n in first_schema.names or n in (id_col, time_col)]
+        self.columns = names if columns is None else [c for c in dict.fromkeys([id_col, time_col, *columns])
+                                                      if c in self.dataset.schema.names]
+        self.pa, self.pads = pa, pads
+
+    @staticmethod
+    def _partition_fields(frag) -> list[str]:
+        import pyarrow.dataset as pads
+
+        try:
+            return list(pads.get_partition_keys(frag.partition_expression))
+        except Exception:
+            return []
+
+    def shards(self, max_rows: int) -> list[Shard]:
+        """Pass 1: groups of whole series of at most ``max_rows`` rows (see the module docstring)."""
+        pc = __import__("pyarrow.compute", fromlist=["value_counts"])
+        parts = []
+        for k, frag in enumerate(self.fragments):
+            for batch in frag.to_batches(schema=self.dataset.schema, columns=[self.id_col], batch_size=SCAN_BATCH):
+                col = batch.column(0)
+                if col.null_count:
+                    raise DataError(f"{frag.path}, column '{self.id_col}': {col.null_count} rows have no series id; "
+                                    "fill them in or delete the rows")
+                vc = pc.value_counts(col)
+                parts.append(pd.DataFrame({"id": vc.field("values").to_pandas(),
+                                           "n": vc.field("counts").to_numpy(), "file": k}))
+        if not parts:
+            raise DataError(f"{self.path}: the Parquet files have no rows; add observations")
+        per_file = pd.concat(parts, ignore_index=True).groupby(["id", "file"], sort=False, as_index=False)["n"].sum()
+        series = per_file.groupby("id", sort=True).agg(n=("n", "sum"), file=("file", "min"))
+        series = series.sort_values("file", kind="stable")  # by first file, then id
+        n = series["n"].to_numpy(np.int64)
+        shard = ((np.cumsum(n) - n) // max(int(max_rows), 1)).astype(np.int64)
+        _, shard = np.unique(shard, return_inverse=True)
+        series["shard"] = shard
+        per_file["shard"] = series["shard"].reindex(per_file["id"]).to_numpy()
+        exclusive_file = per_file.groupby("file")["shard"].nunique() == 1
+        out = []
+        for s, grp in series.groupby("shard", sort=True):
+            files = sorted(per_file.loc[per_file["shard"] == s, "file"].unique().tolist())
+            out.append(Shard(ids=grp.index.tolist(), files=files, rows=int(grp["n"].sum()),
+                             exclusive=bool(exclusive_file[files].all())))
+        return out
+
+    def read(self, shard: Shard, ids: list | None = None) -> pd.DataFrame:
+        """The rows of series ``ids`` (default: all of the shard's), read batch by batch with the projected columns."""
+        pads = self.pads
+        want = shard.ids if ids is None else ids
+        sub = pads.FileSystemDataset([self.fragments[k] for k in shard.files], schema=self.dataset.schema,
+                                     format=self.dataset.format, filesystem=self.dataset.filesystem)
+        filt = None
+        if ids is not None or not shard.exclusive:
+            typ = self.dataset.schema.field(self.id_col).type
+            filt = pads.field(self.id_col).isin(self.pa.array(np.asarray(want)).cast(typ))
+        try:
+            scanner = sub.scanner(columns=self.columns, filter=filt, batch_size=SCAN_BATCH)
+            table = self.pa.Table.from_batches(list(scanner.to_batches()), schema=scanner.projected_schema)
+        except Exception as exc:
+            raise DataError(f"{self.name(shard)}: cannot read it ({_one_line(exc)}); check the part files") from exc
+        return table.to_pandas()
+
+    def name(self, shard: Shard) -> str:
+        """How messages name a shard: its files."""
+        paths = [self.fragments[k].path for k in shard.files]
+        return "a shard of " + paths[0] + (f" (+{len(paths) - 1} more files)" if len(paths) > 1 else "")
+
+
+def _schema_difference(a, b) -> str:
+    """'' when schemas ``a`` and ``b`` have the same columns and types, else the first difference in words."""
+    for f in a:
+        if f.name not in b.names:
+            return f"column '{f.name}' is missing here"
+        if b.field(f.name).type != f.type:
+            return f"column '{f.name}' is {b.field(f.name).type} here, {f.type} there"
+    extra = [n for n in b.names if n not in a.names]
+    return f"column '{extra[0]}' is only here" if extra else ""
+
+
+class _ShardModule(IrregularTimeSeriesDataModule):
+    """The in-memory data module on one shard's rows. In the scan (``transform=None``) every series is in every
+    split and the transform is fitted on the shard, recording what it was fitted on (``fits``); in an epoch it uses
+    the folder's transform and codec, and ``split`` (only the split being streamed)."""
+
+    def __init__(self, df: pd.DataFrame, options: dict, name: str, codec: TimeCodec | None = None,
+                 transform: SeriesTransform | None = None, split: str | None = None):
+        super().__init__(df=df, **options)
+        self.read_kwargs.update(name=name, codec=codec)
+        self.batch_size = 0  # no AUTO_MIN_BATCHES scale-up per shard: the folder module scales over all of them
+        self.folder_transform, self.folder_split, self.fits = transform, split, []
+
+    def _series_split(self, table) -> dict[str, np.ndarray]:
+        every, none = np.arange(table.n_series), np.zeros(0, dtype=np.int64)
+        if self.folder_split is None:
+            return {"train": every, "val": every, "test": every}
+        # the streamed split; a validation / test shard also trains (unused) so the forecast task finds anchors
+        return {k: every if k in ("train", self.folder_split) else none for k in ("train", "val", "test")}
+
+    whole_data = False
+
+    def _fit_transform(self, table, series, window=None) -> SeriesTransform:
+        if self.folder_transform is None:  # the scan: record the rows; what it records needs only raw times
+            self.fits.append((table, series, window))
+            return SeriesTransform(channel_names=list(table.channel_names), codec=table.codec,
+                                   time_origin=self.time_origin)
+        self.folder_transform.check_table(table)
+        return self.folder_transform
+
+
+@dataclass
+class _Records:
+    """Per-series records of the scan (rows aligned with ``ids``)."""
+
+    ids: np.ndarray
+    shard: np.ndarray
+    train_items: np.ndarray
+    val_ok: np.ndarray
+    test_ok: np.ndarray
+    fitted: np.ndarray  # the series has rows the transform is fitted on
+    n: np.ndarray  # [S, D] observed values in those rows
+    mean: np.ndarray
+    m2: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    first: np.ndarray  # first / last time of those rows (ns for datetimes, else raw floats)
+    last: np.ndarray
+
+
+def _record(m: _ShardModule, k: int) -> _Records:
+    """What shard ``k``'s scan module ``m`` found, per series of its table."""
+    t = m.table
+    s, d = t.n_series, t.num_channels
+    ft, series, _ = m.fits[0]
+    series = np.arange(ft.n_series) if series is None else np.asarray(series, dtype=np.int64)
+    pos = pd.Index(t.ids).get_indexer(ft.ids)  # fit-table series -> shard-table series
+    seg = ft.series_of_rows()
+    in_fit = np.zeros(ft.n_series, dtype=bool)
+    in_fit[series] = True
+    rows = in_fit[seg]
+    stats = {key: np.zeros((s, d)) for key in ("n", "mean", "m2")}
+    lo, hi = np.full((s, d), np.inf), np.full((s, d), -np.inf)
+    for c in range(d):
+        o = rows & ft.mask[:, c]
+        g, v = seg[o], ft.values[o, c]
+        n = np.bincount(g, minlength=ft.n_series).astype(np.float64)
+        mean = np.bincount(g, weights=v, minlength=ft.n_series) / np.maximum(n, 1)
+        m2 = np.bincount(g, weights=(v - mean[g]) ** 2, minlength=ft.n_series)
+        mn, mx = np.full(ft.n_series, np.inf), np.full(ft.n_series, -np.inf)
+        np.minimum.at(mn, g, v)
+        np.maximum.at(mx, g, v)
+        stats["n"][pos, c], stats["mean"][pos, c], stats["m2"][pos, c] = n, mean, m2
+        lo[pos, c], hi[pos, c] = mn, mx
+    fitted = np.zeros(s, dtype=bool)
+    fitted[pos[series]] = True
+    exact = ft.time_ns if ft.codec.is_datetime and ft.time_ns is not None else ft.times
+    first, last = np.zeros(s, dtype=exact.dtype), np.zeros(s, dtype=exact.dtype)
+    first[pos], last[pos] = exact[ft.offsets[:-1]], exact[ft.offsets[1:] - 1]
+    split = m.split
+    return _Records(ids=np.asarray(t.ids), shard=np.full(s, k, dtype=np.int64),
+                    train_items=np.bincount(np.asarray(m._train_items, dtype=np.int64), minlength=s),
+                    val_ok=np.isin(np.arange(s), split["val"]), test_ok=np.isin(np.arange(s), split["test"]),
+                    fitted=fitted, n=stats["n"], mean=stats["mean"], m2=stats["m2"], lo=lo, hi=hi,
+                    first=first, last=last)
+
+
+def merge_scaler(kind: str, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
+                 hi: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel (center, scale) of scaler ``kind`` from per-series statistics ``[S, D]`` (count, mean, sum of
+    squared deviations, min, max): the standard scaler's mean and population standard deviation merged exactly
+    (Chan et al.), as scikit-learn's ``StandardScaler`` / ``MinMaxScaler`` give on all the values; a constant channel
+    gets scale 1 as there."""
+    d = n.shape[1]
+    if kind == "none":
+        return [0.0] * d, [1.0] * d
+    centers, scales = [], []
+    for c in range(d):
+        nc = n[:, c]
+        tot = float(nc.sum())
+        if tot == 0:
+            centers.append(0.0)
+            scales.append(1.0)
+            continue
+        if kind == "standard":
+            mu = float((nc * mean[:, c]).sum() / tot)
+            var = float((m2[:, c].sum() + (nc * (mean[:, c] - mu) ** 2).sum()) / tot)
+            center, scale = mu, math.sqrt(var) if var > 0 else 1.0
+            if scale < 10 * np.finfo(np.float64).eps * max(1.0, abs(mu)):
+                scale = 1.0
+        else:  # minmax
+            center = float(lo[:, c].min())
+            scale = float(hi[:, c].max()) - center
+        centers.append(center)
+        scales.append(scale if math.isfinite(scale) and scale > 0 else 1.0 if math.isfinite(scale) else scale)
+    return centers, scales
+
+
+class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
+    """:class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule` for a folder of Parquet part files,
+    streamed in shards of whole series (the module docstring). Same options; ``path`` is the folder.
+    ``IrregularTimeSeriesDataModule(path=FOLDER, ...)`` returns one of these."""
+
+    #: rows per shard at most (memory: about one shard at a time)
+    shard_rows: int = SHARD_ROWS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        bound = inspect.signature(IrregularTimeSeriesDataModule.__init__).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self._options = {k: v for k, v in bound.arguments.items() if k not in ("self", "path", "df")}
+        where = f"--data.path {self.path}"
+        if self._cov_spec is not None:
+            raise ConfigError(f"{where}: covariates (future_cols, past_cols, static_cols, calendar) are not supported "
+                              "for a Parquet folder yet; drop them or pass one CSV / Parquet file")
+        if self.scaler == "robust":
+            raise ConfigError(f"{where}: the robust scaler's quantiles need every value at once, which a Parquet folder "
+                              "streams; pass --data.scaler standard or minmax")
+        if self.read_kwargs.get("id_col") is None:
+            raise ConfigError(f"{where}: a Parquet folder needs a series id column; pass --data.id_col")
+        self.streams_shards = True  # backtest.fit_calibration: no in-memory table to calibrate on
+
+    # --- the scan ---------------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        rk = self.read_kwargs
+        self.folder = ParquetFolder(self.path, rk["id_col"], rk["time_col"], None)
+        names = self.folder.dataset.schema.names
+        vals, masks = rk.get("value_cols"), rk.get("mask_cols") or []
+        masks = list(masks.values()) if isinstance(masks, dict) else [masks] if isinstance(masks, str) else list(masks)
+        if vals is None and rk.get("format", "long") == "long" and "y" in names:
+            vals = ["y"]  # what read_series takes by default: read only that
+        if vals is not None:  # a column missing here is reported by read_series, naming the shard's files
+            vals = [vals] if isinstance(vals, str) else list(vals)
+            self.folder.columns = [c for c in dict.fromkeys([rk["id_col"], rk["time_col"], *vals, *masks])
+                                   if c in names]
+        self.shards = self.folder.shards(self.shard_rows)
+        recs, codecs, channels = [], [], None
+        for k, shard in enumerate(self.shards):
+            m = _ShardModule(self.folder.read(shard), self._options, self.folder.name(shard))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_PER_SHARD_WARNINGS)
+                m._prepare()
+            m.df = None  # the frame is read into m.table: hold one copy of the shard
+            if channels is None:
+                channels = list(m.table.channel_names)
+            elif list(m.table.channel_names) != channels:
+                raise DataError(f"{self.folder.name(shard)}: value columns {m.table.channel_names} differ from "
+                                f"{channels} in the first shard; write every part file with the same columns")
+            codecs.append((m.table.codec, self.folder.name(shard)))
+            recs.append(_record(m, k))
+            del m
+        self._finish_scan(recs, codecs, channels)
+        self._ready = True
+
+    def _finish_scan(self, recs: list[_Records], codecs, channels: list[str]) -> None:
+        r = _Records(*[np.concatenate([getattr(x, f) for x in recs]) for f in _Records.__dataclass_fields__])
+        order = np.argsort(r.ids, kind="stable")
+        r = _Records(*[getattr(r, f)[order] for f in _Records.__dataclass_fields__])
+        if len(r.ids) > 1 and bool((r.ids[1:] == r.ids[:-1]).any()):
+            dup = r.ids[1:][r.ids[1:] == r.ids[:-1]][0]
+            raise DataError(f"{self.path}: series id {dup!r} is read in two shards (ids such as 1 and 1.0 that become "
+                            "the same); write the id column with one type")
+        self.codec = self._folder_codec(codecs)
+        s = len(r.ids)
+        every = np.arange(s)
+        if self.split_by == "series":
+            base = IrregularTimeSeriesDataModule._series_split(self, SimpleNamespace(n_series=s, source=self.path))
+            fit_series = base["train"]
+        else:
+            base = {"train": every, "val": every, "test": every}
+            fit_series = every[r.fitted]
+        ok = {"train": r.train_items > 0, "val": r.val_ok, "test": r.test_ok}
+        split = {k: v[ok[k][v]] for k, v in base.items()}
+        self._warn_left_out(base, split)
+        fix = "--data.horizon" if self.task == "forecast" else "--data.cut"
+        if not len(split["train"]):
+            raise DataError(f"{self.path}: none of the {len(base['train'])} training series has a training window "
+                            f"(points before and after a cutoff, within the horizon); adjust {fix}")
+        if self.task == "forecast" and (self.val_fraction > 0 or self.train_end is not None) and not len(split["val"]):
+            raise DataError(f"{self.path}: no validation series has an observation before its validation cutoff and "
+                            f"one within horizon={self.horizon!r} after it, so there would be no validation; pass a "
+                            "shorter --data.horizon, an earlier --data.train_end, or --data.val_fraction 0")
+        first, last = r.first, r.last
+        if self.codec.is_datetime:
+            first, last = self.codec.ns_to_float(first), self.codec.ns_to_float(last)
+        self._transform = self._merge_transform(r, fit_series, np.asarray(first, np.float64),
+                                                np.asarray(last, np.float64), channels)
+        factor = 1
+        if self.task == "forecast" and self.windows_per_series == "auto":
+            total = int(r.train_items[split["train"]].sum())
+            if 0 < total < AUTO_MIN_BATCHES * self.batch_size:
+                factor = math.ceil(AUTO_MIN_BATCHES * self.batch_size / total)
+        self.ids, self.series_shard, self.folder_split = r.ids, r.shard, split
+        self.items = {"train": r.train_items * factor, "val": np.ones(s, np.int64), "test": np.ones(s, np.int64)}
+        self._factor, self._channels = factor, channels
+        self._id_index = pd.Index(self.ids)
+
+    def _folder_codec(self, codecs) -> TimeCodec:
+        """The time codec of the whole folder: the shards' own (same kind, unit, timezone), its reference the
+        earliest of theirs (the earliest timestamp of the data, as for one file)."""
+        c0, where0 = codecs[0]
+        for c, where in codecs[1:]:
+            if (c.kind, c.unit, c.tz) != (c0.kind, c0.unit, c0.tz):
+                what = lambda x: x.kind if not x.is_datetime else f"datetimes (tz {x.tz})"  # noqa: E731
+                raise DataError(f"{where}: times are {what(c)} but {what(c0)} in {where0}; write every part file's "
+                                "time column the same way")
+        if not c0.is_datetime:
+            return c0
+        return TimeCodec(c0.kind, c0.unit, c0.tz, min(int(c.ref_ns) for c, _ in codecs))
+
+    def _merge_transform(self, r: _Records, sel: np.ndarray, first: np.ndarray, last: np.ndarray,
+                         channels: list[str]) -> SeriesTransform:
+        center, scale = merge_scaler(self.scaler, r.n[sel], r.mean[sel], r.m2[sel], r.lo[sel], r.hi[sel])
+        for c, (ce, sc) in enumerate(zip(center, scale)):
+            if not (math.isfinite(ce) and math.isfinite(sc)):
+                raise DataError(f"{self.path}, column '{channels[c]}': the column's values span more than float64 can "
+                                f"scale ({self.scaler} scaler); rescale the column or fix the values")
+        if self.time_scale == "auto":
+            if self.time_origin == "series":
+                span = float(np.max(last[sel] - first[sel]))
+                window = self._window()
+                if window is not None:
+                    span = min(span, window)
+            else:
+                span = float(np.max(np.maximum(np.abs(first[sel]), np.abs(last[sel]))))
+            ts = auto_time_scale(span)
+        else:
+            try:
+                ts = float(self.time_scale)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"time_scale={self.time_scale!r} must be 'auto' or a positive number") from exc
+            if not (ts > 0 and np.isfinite(ts)):
+                raise ConfigError(f"time_scale={self.time_scale!r} must be 'auto' or a positive number")
+        rk = self.read_kwargs
+        return SeriesTransform(channel_names=list(channels), codec=self.codec, time_origin=self.time_origin,
+                               time_scale=ts, scaler=self.scaler, center=center, scale=scale,
+                               id_col=rk["id_col"] or "unique_id", time_col=rk["time_col"])
+
+    def _window(self) -> float | None:
+        """The forecast task's context + horizon in raw time (what sets an automatic time scale), or None."""
+        if self.task != "forecast" or self.context is None:
+            return None
+        return self._duration(self.codec, self.context, "context") + self._duration(self.codec, self.horizon, "horizon")
+
+    def _warn_left_out(self, base: dict, split: dict) -> None:
+        for name in ("train", "val", "test"):
+            n = len(base[name]) - len(split[name])
+            if n:
+                what = "forecast window" if self.task == "forecast" else "window of the task"
+                warnings.warn(f"{self.path}: {n} {name} series are too short for a {what} (no point before its cutoff "
+                              "or none after it) and are left out of it", stacklevel=3)
+
+    # --- what the rest of the package reads -------------------------------------------------------------------
+    @property
+    def num_channels(self) -> int:
+        self._prepare()
+        return len(self._channels)
+
+    @property
+    def channel_names(self) -> list[str]:
+        self._prepare()
+        return list(self._channels)
+
+    @property
+    def series_ids(self) -> list:
+        self._prepare()
+        return list(self.ids)
+
+    @property
+    def train_items_per_epoch(self) -> int:
+        self._prepare()
+        return int(self.items["train"][self.folder_split["train"]].sum())
+
+    @property
+    def season_period(self) -> float | None:
+        if self.season is None:
+            return None
+        self._prepare()
+        return self._duration(self.codec, self.season, "season") / self._transform.time_scale
+
+    @property
+    def column_summary(self) -> str:
+        self._prepare()
+        rows = sum(s.rows for s in self.shards)
+        return (f"data {self.path}: {len(self.ids)} series, {rows} rows in {len(self.folder.fragments)} Parquet files, "
+                f"streamed in {len(self.shards)} shards of at most {self.shard_rows} rows; targets "
+                f"{', '.join(self._channels)}; columns read {', '.join(self.folder.columns)}")
+
+    def split_ids(self, name: str) -> list:
+        self._prepare()
+        return [self.ids[i] for i in self.folder_split[name]]
+
+    def to_frame(self, *args, **kwargs):
+        raise ConfigError(f"--data.path {self.path}: a Parquet folder streams in shards, so predictions are not "
+                          "mapped back here; forecast its files with 'ts-neuralode forecast'")
+
+    # --- loaders ------------------------------------------------------------------------------------------------
+    def rank_world(self) -> tuple[int, int]:
+        """(rank, world size): the trainer's, else torch.distributed's, else (0, 1)."""
+        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size or 1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def stream(self, name: str, rank: int | None = None, world: int | None = None) -> "ShardStream":
+        """The batches of split ``name`` for process ``rank`` of ``world`` (default: this process's)."""
+        self._prepare()
+        if rank is None or world is None:
+            rank, world = self.rank_world()
+        train = name == "train"
+        return ShardStream(self, name, rank, world, shuffle=train and self.shuffle,
+                           batch_size=self.batch_size if train else self.eval_batch_size)
+
+    def _stream_loader(self, name: str) -> DataLoader:
+        # Lightning warns that a sized IterableDataset may repeat data across loader workers: there are none here
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        return DataLoader(self.stream(name), batch_size=None, collate_fn=_as_is, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._stream_loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._stream_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._stream_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        self.to_frame()
+
+    def shard_module(self, k: int, name: str, ids: list | None) -> _ShardModule:
+        """Shard ``k``'s rows of series ``ids``, prepared with the folder's transform for split ``name``."""
+        m = _ShardModule(self.folder.read(self.shards[k], ids), self._options, self.folder.name(self.shards[k]),
+                         self.codec, self._transform, name)
+        with warnings.catch_warnings():  # the scan said it once
+            warnings.simplefilter("ignore")
+            m._prepare()
+        m.df = None  # the frame is read into m.table and m.arrays: hold no third copy
+        return m
+
+
+def _as_is(batch):
+    return batch
+
+
+class ShardStream(IterableDataset):
+    """The batches of one split for one process, shard by shard (see the module docstring). ``len()`` is the
+    number of batches an epoch yields; every epoch draws a new shard and series order when ``shuffle``."""
+
+    def __init__(self, dm: ParquetFolderDataModule, name: str, rank: int, world: int, shuffle: bool,
+                 batch_size: int):
+        if not (0 <= rank < world):
+            raise ConfigError(f"rank {rank} is not in 0..{world - 1}")
+        self.dm, self.name, self.rank, self.world = dm, name, rank, world
+        self.shuffle, self.batch_size, self.epoch = shuffle, int(batch_size), 0
+        self.plan = self.assignment(rank)
+        counts = [self.n_batches(self.assignment(r)) for r in range(world)] if world > 1 else [self.n_batches(self.plan)]
+        self.length = min(counts)
+
+    def assignment(self, rank: int) -> dict[int, np.ndarray]:
+        """{shard: global positions of the series of this split that process ``rank`` reads from it}."""
+        mine = self.dm.folder_split[self.name][rank::self.world]
+        shard = self.dm.series_shard[mine]
+        return {int(k): mine[shard == k] for k in np.unique(shard)}
+
+    def n_batches(self, plan: dict[int, np.ndarray]) -> int:
+        items = self.dm.items[self.name]
+        return int(sum(math.ceil(int(items[idx].sum()) / self.batch_size) for idx in plan.values()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        dm = self.dm
+        rng = np.random.default_rng([dm.seed, self.epoch, self.rank])
+        self.epoch += 1
+        order = np.array(sorted(self.plan), dtype=np.int64)
+        if self.shuffle:
+            order = rng.permutation(order)
+        done = 0
+        for k in order:
+            m = dm.shard_module(int(k), self.name, [dm.ids[i] for i in self.plan[int(k)]])
+            items = m._train_items if self.name == "train" else m.split[self.name]
+            items = np.repeat(np.asarray(items, dtype=np.int64), dm._factor if self.name == "train" else 1)
+            if self.shuffle:
+                items = rng.permutation(items)
+            gpos = dm._id_index.get_indexer(m.table.ids)
+            for j in range(0, len(items), self.batch_size):
+                if done >= self.length:
+                    return
+                batch = collate(m.arrays, items[j:j + self.batch_size], dm.layout, m._specs[self.name])
+                batch.series_idx = torch.from_numpy(gpos[batch.series_idx.numpy()])
+                yield batch
+                done += 1
+            del m
