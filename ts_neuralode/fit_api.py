@@ -55,6 +55,7 @@ from ts_neuralode.lightning.trainer_parts import (
     VAL_MONITOR,
     checkpoint_callbacks,
     has_validation_series,
+    progress_bar,
     tracking_parts,
     with_atomic_checkpoints,
 )
@@ -218,8 +219,9 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
         config_cb = [tracking.MlflowSaveConfigCallback(parser, cfg, overwrite=True)]
     trainer_cfg["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
     # the order LightningCLI used: the config's callbacks, then the project's, then the config recorder
+    bar = progress_bar(trainer_cfg, [*user_cbs, *(callbacks or ())])
     trainer = Trainer(**trainer_cfg, callbacks=[*user_cbs, *own, *track_cbs, *ckpts, *(callbacks or ()), best,
-                                                *config_cb])
+                                                *config_cb, *bar])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=cfg.get("weights_only"))
     export = own[1]
     cb = track_cbs[0] if track_cbs else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 
 from ts_neuralode import tracking
 from ts_neuralode.callbacks import AtomicCheckpointIO
@@ -24,6 +24,15 @@ def has_validation_series(datamodule) -> bool:
     if hasattr(datamodule, "split_ids"):
         return len(datamodule.split_ids("val")) > 0
     return getattr(datamodule, "val_fraction", 0) > 0
+
+
+def progress_bar(trainer_cfg: dict, callbacks: list) -> list:
+    """The TQDM progress bar when the run shows one and the user chose none: Lightning would pick its Rich bar
+    whenever ``rich`` happens to be installed (a dependency of other tools), which writes nothing per epoch when
+    the output is not a terminal — a fit's log would then depend on what else the environment holds."""
+    if trainer_cfg.get("enable_progress_bar", True) is False or any(isinstance(c, ProgressBar) for c in callbacks):
+        return []
+    return [TQDMProgressBar()]
 
 
 def checkpoint_callbacks(ckpt_dir: Path, has_val: bool) -> list:
