@@ -26,8 +26,8 @@ import torch
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models.evolution_config import merge_options
+from ts_neuralode.training import ForecastingModule
 
 VARIANTS = [
     ("latent ODE (dopri5)", dict(evolution="ode", method="dopri5")),

@@ -30,11 +30,11 @@ import warnings
 import lightning.pytorch as pl
 import torch
 
-from ts_neuralode.benchmark import publish_report
-from ts_neuralode.benchmark.report import script_parser
+from ts_neuralode.api.benchmark import publish_report
+from ts_neuralode.api.benchmark.report import script_parser
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
-from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.training import ForecastingModule
 
 MODELS = {
     "ODE-RNN (rk4 ODE)": dict(model="ode_rnn", evolution={"kind": "ode", "method": "rk4", "step_size": 0.25}),

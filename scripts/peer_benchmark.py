@@ -1,7 +1,7 @@
 """Peer benchmark: every shipped config against the naive forecasts, statsforecast and neuralforecast, side by side.
 
 Rolling-origin backtests on real data, the same windows and the same scored points for every contender, scored by
-the project's own backtest metrics (:func:`ts_neuralode.backtest.evaluate`: MAE in the data's units, the
+the project's own backtest metrics (:func:`ts_neuralode.api.backtest.evaluate`: MAE in the data's units, the
 MASE-style scaled MAE, CRPS and 90 % coverage where a contender gives bands), with fit and predict seconds.
 
     python scripts/peer_benchmark.py                         # everything found (hours on a 2-core CPU)
@@ -145,8 +145,8 @@ def run_config(name: str, model: str, ds: DataSet, raw: pd.DataFrame, long: pd.D
                rows: pd.DataFrame, origin, aware, epochs: int, work: Path, auto_budget: int | None = None) -> dict:
     """Train ``model`` (a config path or "auto") on each series' rows up to its first cutoff, backtest every window;
     returns {"cols": frame aligned to ``rows`` or None, "fit_s", "predict_s", "error"}."""
-    from ts_neuralode.backtest import CRPS_QUANTILES
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.backtest import CRPS_QUANTILES
+    from ts_neuralode.api.forecaster import Forecaster
 
     first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
     t = raw_time(raw, ds, origin)
@@ -273,7 +273,7 @@ def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.Data
 def score(rows: pd.DataFrame, results: dict[str, dict], horizon: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """One cross-validation frame (the rows + every contender's columns), scored by ``backtest.evaluate`` on the
     rows every contender forecast; returns (overall metrics, per-horizon metrics, rows dropped)."""
-    from ts_neuralode.backtest import evaluate
+    from ts_neuralode.api.backtest import evaluate
 
     cv = rows.drop(columns=["window"]).copy()
     names = []
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             "trains once on the window-0 histories. Peers see the histories resampled to a regular grid (anchored "
             "at each cutoff, gaps and off-grid times filled by linear interpolation) and their grid forecasts are "
             "read back at the real observation times by linear interpolation in time. All contenders are scored by "
-            "`ts_neuralode.backtest.evaluate` on the same rows: MAE in the data's units, `scaled MAE` = each "
+            "`ts_neuralode.api.backtest.evaluate` on the same rows: MAE in the data's units, `scaled MAE` = each "
             "error over its series' last-value MAE (MASE-style; < 1 beats the last value), CRPS from 20 "
             "quantiles, cov90 = fraction inside the 90% band, `MAE last window` = MAE on the last window alone (for "
             "CO₂: the last 52 weeks forecast from everything before, where REFERENCE.md has MSTL at 0.354 ppm). "

@@ -15,7 +15,7 @@ model is trained with ``--seeds`` seeds (the table gives the median and the rang
 * extrapolation: trained and scored on the extrapolation task (condition on 50% of the points of the first
   half of the time span; MSE on the second half).
 
-Both runs go through :func:`ts_neuralode.benchmark.run_benchmark` (same data, seed and budget per model).
+Both runs go through :func:`ts_neuralode.api.benchmark.run_benchmark` (same data, seed and budget per model).
 
     python scripts/repro_latent_ode_periodic.py                       # 500 series, 5 epochs (CPU, minutes)
     python scripts/repro_latent_ode_periodic.py --full --seeds 0,1,2  # 1000 series, 20 epochs (REFERENCE's runs)
@@ -29,7 +29,7 @@ import math
 import statistics
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
+from ts_neuralode.api.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 
 DEFAULT_MODELS = ("latent_ode_dopri5", "latent_resnet_flow", "latent_gru_flow", "latent_coupling_flow", "ode_rnn")
 # Latent ODE reference code, periodic set, 20 epochs, REFERENCE.md: (task, model) -> (s per epoch, test MSE)

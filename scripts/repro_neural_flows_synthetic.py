@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ts_neuralode.benchmark import publish_report, script_parser
+from ts_neuralode.api.benchmark import publish_report, script_parser
 from ts_neuralode.data.generators import generate, sawtooth
 from ts_neuralode.models.evolution import EvolutionConfig, ODEEvolution, make_evolution
 from ts_neuralode.models.nets import mlp

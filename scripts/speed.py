@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
-from ts_neuralode.benchmark import publish_report  # noqa: E402
+from ts_neuralode.api.benchmark import publish_report  # noqa: E402
 
 SECTIONS = ("rnn", "carry", "interval", "solver", "flows", "latent", "memory")
 
@@ -111,9 +111,9 @@ PERIODIC = dict(dataset="periodic", n_points=100, layout="union", scaler="none",
 def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn", data: dict = PERIODIC):
     """One of our benchmark models on the reference's protocol: its training step (Adam, gradient clip 1.0), test
     MSE on held-out points and the NFE of each step."""
-    from ts_neuralode.benchmark.config import BenchmarkConfig
-    from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.api.benchmark.config import BenchmarkConfig
+    from ts_neuralode.api.benchmark.runner import load_frame, make_datamodules, module_options
+    from ts_neuralode.training import ForecastingModule
 
     cfg = BenchmarkConfig(n_series=n_series, models=(name,), task="interpolation", obs_fraction=0.5, batch_size=50,
                           seed=seed, model_overrides={name: overrides}, **data)

@@ -26,7 +26,7 @@ TEST_THREADS = int(os.environ.get("TS_NEURALODE_TEST_THREADS", "0"))
 MARGIN_LOG = os.environ.get("TS_NEURALODE_MARGIN_LOG")
 
 torch.set_num_threads(TEST_THREADS or 2)
-if TEST_THREADS:  # the entry points' thread choice (ts_neuralode.threads) keeps the margin check's count
+if TEST_THREADS:  # the entry points' thread choice (ts_neuralode.core.threads) keeps the margin check's count
     os.environ["TS_NEURALODE_THREADS"] = str(TEST_THREADS)
 
 # Property-based tests (hypothesis): the same examples on every run and machine (derandomize), a modest count so CI

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_FIT_ARGS
-from ts_neuralode import backtest
+from ts_neuralode.api import backtest, windows
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
 
 NAME = "latent_ode_coupling_flow"
 HOUR_NS = 3_600_000_000_000
@@ -203,7 +203,7 @@ def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
 
 # -- conformal calibration --------------------------------------------------------------------------------------
 def test_conformal_factor_and_band_stretch():
-    from ts_neuralode import calibration
+    from ts_neuralode.api import calibration
 
     scores = np.arange(1.0, 101.0)[::-1]
     assert calibration.conformal_factor(scores, 90) == 91.0  # the ceil((n + 1) 0.9) = 91st smallest
@@ -220,7 +220,7 @@ def test_conformal_factor_and_band_stretch():
 def test_calibration_of_skewed_and_zero_width_bands():
     """A sample mean outside its band (skewed samples) and zero-width bands (num_samples=1) calibrate to finite
     factors and bands that cover their level on the calibration points."""
-    from ts_neuralode import calibration
+    from ts_neuralode.api import calibration
 
     rng = np.random.default_rng(0)
     n = 400
@@ -316,7 +316,7 @@ def _untrained(df: pd.DataFrame, path, **covariates) -> Forecaster:
     import torch
 
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.training import ForecastingModule
 
     dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", layout="padded", batch_size=8, val_fraction=0,
                                        test_fraction=0, **covariates)
@@ -364,9 +364,9 @@ def test_refit_keeps_the_covariate_only_rows(tmp_path):
     fc = _untrained(df, tmp_path / "m", future_cols=["rate"])
     table = fc.read_history(df)
     cut = table.last_times() - 2.0
-    n_hist, _ = backtest._window_rows(table, cut, 2.0)
+    n_hist, _ = windows._window_rows(table, cut, 2.0)
     ok = np.arange(table.n_series)
-    kept = backtest._row_cutter(df, table)(ok, n_hist, cut)
+    kept = windows._row_cutter(df, table)(ok, n_hist, cut)
     expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut)))]
     pd.testing.assert_frame_equal(kept, expect)
     assert kept["y"].isna().sum() > 0  # the dose rows survive

@@ -14,9 +14,9 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
-from ts_neuralode.metrics import MaskedMSE
 from ts_neuralode.models.baselines import BASELINES, Seasonal, baseline_names, build_baseline
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.metrics import MaskedMSE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ts_neuralode import benchmark
+from ts_neuralode.api import benchmark
 from ts_neuralode.cli import main
 from ts_neuralode.data.generators import generate
 

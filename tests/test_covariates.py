@@ -181,8 +181,8 @@ def test_calendar_features_are_local_wall_clock():
 def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     """``ts-neuralode fit --data.future_cols`` in-process; the model directory remembers the covariates;
     Forecaster.predict reads them from the history and ``future``, and says which one is missing."""
+    from ts_neuralode.api.forecaster import Forecaster
     from ts_neuralode.cli import main
-    from ts_neuralode.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=0)
     csv = tmp_path / "pk.csv"
@@ -233,7 +233,7 @@ def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
     forecaster that predicts; the covariates travel through it too."""
     from mlflow import MlflowClient
 
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=2)
     fc = Forecaster.fit(df, "ode_rnn", data_options={"future_cols": ["rate"], "batch_size": 8, "layout": "padded"},
@@ -284,8 +284,8 @@ def _static_past_frame() -> pd.DataFrame:
 def test_past_and_static_covariates(model, tmp_path):
     """Past-only covariates are input channels that are never scored; static ones condition the initial state; the
     forecaster reads both from the history and forecasts only the targets."""
-    from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.api.forecaster import Forecaster
+    from ts_neuralode.training import ForecastingModule
 
     df = _static_past_frame()
     dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", past_cols=["temp"], static_cols=["site", "age"],

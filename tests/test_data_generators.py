@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ts_neuralode.cli import generate_main as cli_main
+from ts_neuralode.cli.main import generate_main as cli_main
 from ts_neuralode.data import read_series
 from ts_neuralode.data.generators import NAMES, generate, sawtooth
 from ts_neuralode.errors import ConfigError

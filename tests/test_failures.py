@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import TINY_FIT_ARGS, subprocess_env, wait_for_epoch
+from ts_neuralode.api.forecaster import Forecaster
+from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError, ForecastError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
 
 CONSOLE = Path(sys.executable).with_name("ts-neuralode")
 UNSAFE_ADVICE = "weights_only=False"
@@ -53,7 +53,7 @@ def _one_line(err: str) -> str:
 def ode_model(tmp_path_factory, dt_fitted) -> Path:
     """A model directory with an ODE evolution (rk4, steps of 0.01 model units = 6 min on the dt data, its own
     max_steps 100) and the dt fit's transform; untrained weights serve the far-horizon checks."""
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.training import ForecastingModule
 
     fc = Forecaster.load(dt_fitted["model_dir"])
     hp = dict(fc.hparams)

@@ -14,7 +14,7 @@ import torch
 
 from ts_neuralode.data import IrregularTimeSeriesDataModule, collate
 from ts_neuralode.errors import ConfigError, DataError
-from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.training import ForecastingModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
@@ -224,8 +224,8 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
     from mlflow.tracking import MlflowClient
 
     from conftest import TINY_FIT_ARGS
+    from ts_neuralode.api.forecaster import Forecaster
     from ts_neuralode.cli import main
-    from ts_neuralode.forecaster import Forecaster
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     old = os.getcwd()

@@ -25,12 +25,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_FIT_ARGS, subprocess_env
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
+from ts_neuralode.data.forecast_frame import table_to_long
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import TSNeuralODEError
-from ts_neuralode.forecaster import Forecaster, table_to_long
-from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.training import ForecastingModule
 
 SLOW_OK = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

@@ -13,10 +13,10 @@ from conftest import TEST_SEED
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
-from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
 from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 

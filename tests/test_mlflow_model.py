@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_FIT_ARGS, _free_port, stop_mlflow_server, subprocess_env
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
 
 NAME = "latent_ode_coupling_flow"
 QUERY = {"horizon": "6h", "num_points": 3, "num_samples": 8, "seed": 0}
@@ -218,7 +218,7 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
     want_raw = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4,
                                                                    calibrated=False)
     assert np.allclose(raw["ode_rnn-hi-90"], want_raw["ode_rnn-hi-90"])
-    from ts_neuralode.mlflow_model import forecast_frame
+    from ts_neuralode.integrations.mlflow.logged_model import forecast_frame
 
     bare = Forecaster.load(pk_registered["model_dir"])
     bare.calibration = None
@@ -244,7 +244,7 @@ def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
     """An untracked fit in a directory holding an earlier fit's mlflow_run.json reports no run id."""
     import shutil
 
-    from ts_neuralode.fit_api import run_fit
+    from ts_neuralode.api.fitting import run_fit
 
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(registered["cwd"] / "ck" / "mlflow_run.json", tmp_path / "checkpoints")

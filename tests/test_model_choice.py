@@ -1,4 +1,4 @@
-"""The automatic model choice (ts_neuralode.model_choice): search, pruning, budgets, resume, workers, MLflow, ensemble."""
+"""The automatic model choice (ts_neuralode.api.model_choice): search, pruning, budgets, resume, workers, MLflow, ensemble."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import torch
 from lightning.pytorch import Callback
 
 from conftest import TEST_SEED, small_tensor_threads, subprocess_env
-from ts_neuralode import model_choice
+from ts_neuralode.api import model_choice
+from ts_neuralode.api.forecaster import Forecaster
+from ts_neuralode.api.model_choice import Budget
+from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, choice, nest, sample, scale_duration
 from ts_neuralode.cli import main
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.model_choice import Budget
-from ts_neuralode.model_choice_ensemble import EnsembleForecaster
-from ts_neuralode.model_choice_space import SEARCH_SPACE, choice, nest, sample, scale_duration
 
 DATA = {"horizon": 1.0, "layout": "padded", "batch_size": 8, "windows_per_series": 4}
 MODEL = {"latent_dim": 4, "hidden_dim": 16, "eval_samples": 4, "iwae_samples": 1}
@@ -66,7 +66,7 @@ def test_budget_and_space_declarations():
 
 
 def test_cli_options_are_grouped(tmp_path):
-    from ts_neuralode.model_choice_cli import _from_config, _grouped, _merge, wants_auto
+    from ts_neuralode.cli.model_choice import _from_config, _grouped, _merge, wants_auto
 
     assert wants_auto(["--model", "auto", "--data.path", "x"]) and wants_auto(["--model=auto"])
     assert not wants_auto(["--model.model", "auto"]) and not wants_auto(["--config", "auto"])
@@ -167,7 +167,7 @@ def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monk
     kw = dict(data_options=DATA, model_options=MODEL, trainer={"max_epochs": 4}, output_dir=str(tmp_path / "out"),
               tracking=False, storage=storage, study_name="resume", progress=False)
     code = ("import sys, torch; torch.set_num_threads(1)\n"
-            "from ts_neuralode import model_choice\n"
+            "from ts_neuralode.api import model_choice\n"
             f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -71,8 +71,8 @@ def test_a_pulse_shorter_than_a_step_is_read_and_never_leaks_backwards(config):
 def test_a_half_hour_pulse_changes_a_trained_models_forecast_after_it(method, tmp_path):
     """A model trained with ``--data.future_cols [rate]`` (constant interpolation): a 0.5-long infusion in the
     future changes the forecast after it and leaves the one before it exactly as it was."""
+    from ts_neuralode.api.forecaster import Forecaster
     from ts_neuralode.cli import main
-    from ts_neuralode.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=0)
     df.to_csv(tmp_path / "pk.csv", index=False)

@@ -1,5 +1,5 @@
 """The quiet default: a demo-like fit, forecast and backtest print one line per stage and no warning a user cannot
-act on (ts_neuralode.noise); --verbose shows the libraries' own messages again."""
+act on (ts_neuralode.core.noise); --verbose shows the libraries' own messages again."""
 
 from __future__ import annotations
 

@@ -24,10 +24,10 @@ from conftest import (
     subprocess_env,
     wait_for_epoch,
 )
-from ts_neuralode.callbacks import FAILURE_TAG
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.tracking import read_run_file
+from ts_neuralode.integrations.mlflow.tracking import read_run_file
+from ts_neuralode.training.callbacks import FAILURE_TAG
 
 # A small ODE-RNN on fixed RK4 steps; with lr_decay_gamma 1e30 every 2 epochs the learning rate jumps from 1e-3 to
 # 1e27 for epoch 2, which blows the weights up within a step or two: a divergence in the middle of a fit.
@@ -110,7 +110,7 @@ def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path
 # version. (Written with a plain torch.save / open().write instead, the same kills leave torn files.)
 SAVERS = {
     "checkpoint": """
-        from ts_neuralode.callbacks import AtomicCheckpointIO
+        from ts_neuralode.training.callbacks import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         def save(k):
             io.save_checkpoint({"version": k, "payload": torch.full((2_000_000,), float(k))}, target)
@@ -118,8 +118,8 @@ SAVERS = {
     "model_dir": """
         from ts_neuralode.data.timecodec import TimeCodec
         from ts_neuralode.data.transform import SeriesTransform
-        from ts_neuralode.forecaster import Forecaster
-        from ts_neuralode.lightning import ForecastingModule
+        from ts_neuralode.api.forecaster import Forecaster
+        from ts_neuralode.training import ForecastingModule
         module = ForecastingModule(model="ode_rnn", evolution="gru_flow", latent_dim=64, hidden_dim=384)
         fc = Forecaster(module, SeriesTransform(channel_names=["y"], codec=TimeCodec()))
         def save(k):
@@ -130,7 +130,7 @@ SAVERS = {
             fc.save(target)
     """,
     "forecast_csv": """
-        from ts_neuralode.atomic import atomic_write_text
+        from ts_neuralode.core.atomic import atomic_write_text
         def save(k):
             atomic_write_text(target, "".join(f"s{i},{k}\\n" for i in range(400_000)))
     """,

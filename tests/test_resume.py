@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from conftest import TINY_FIT_ARGS, checkpoint_epoch, subprocess_env, wait_for_epoch
 from ts_neuralode.cli import main
-from ts_neuralode.tracking import read_run_file
+from ts_neuralode.integrations.mlflow.tracking import read_run_file
 
 EPOCHS = 12
 KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/epoch_time_s")

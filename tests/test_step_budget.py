@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ts_neuralode.models.evolution import make_evolution
+from ts_neuralode.models.step_budget import step_budget
 from ts_neuralode.solvers import SolverError
-from ts_neuralode.step_budget import step_budget
 
 
 def test_budget_applies_inside_the_call_only_and_leaves_the_model_alone():

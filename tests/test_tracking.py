@@ -12,10 +12,10 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import TINY_FIT_ARGS
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.tracking import RUN_FILE, resolve_tracking_uri
+from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
 
 EPOCH_KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/val_mse", "epoch/val_interp_mse", "epoch/nfe",
               "epoch/epoch_time_s")

@@ -12,10 +12,10 @@ import torch
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models import ODERNN
 from ts_neuralode.models.baselines import Seasonal
 from ts_neuralode.models.window import BASES, WindowModel
+from ts_neuralode.training import ForecastingModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,7 +172,7 @@ def test_latent_ode_and_gru_ode_train_through_the_wrapper():
 
 def test_fit_save_load_predict_remembers_the_options(tmp_path):
     """A model fitted with normalize/base: its model directory reloads the same forecaster (same forecasts)."""
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     rng = np.random.default_rng(0)
     rows = []
