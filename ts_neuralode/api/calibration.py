@@ -2,7 +2,7 @@
 
 A model's L% band ``[lo, hi]`` covers L% of what happens only when the model's predictive distribution is right.
 Split conformal calibration measures how far off it is on backtest windows
-(:func:`ts_neuralode.backtest.cross_validation`) and rescales the band about its own midpoint
+(:func:`ts_neuralode.api.backtest.cross_validation`) and rescales the band about its own midpoint
 ``mid = (lo + hi) / 2`` (half-width ``w = (hi - lo) / 2``): for each point the score
 
     s = |y - mid| / (w + f)
@@ -31,7 +31,7 @@ The calibration is a small JSON file in the model directory (``calibration.json`
 ``-q-P`` quantile columns (they would describe the uncalibrated distribution; ``backtest --calibrated`` therefore
 reports coverage and Winkler scores but no CRPS). The MLflow model logged by ``fit`` is a copy of the model
 directory as it was then: a calibration made later by ``backtest --calibrate`` is not in it
-(:mod:`ts_neuralode.mlflow_model`).
+(:mod:`ts_neuralode.integrations.mlflow.pyfunc`).
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.errors import ForecastError
-from ts_neuralode.forecast_frame import band_col, fmt_level, levels_of
+from ts_neuralode.api.scoring import DEFAULT_BUCKETS, bucket_edges, bucket_of, lead_times
+from ts_neuralode.api.windows import _run_windows
+from ts_neuralode.core.atomic import atomic_write_text
+from ts_neuralode.data.batching import segment_searchsorted
+from ts_neuralode.data.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
+from ts_neuralode.errors import ConfigError, ForecastError
 
 FILE = "calibration.json"
-FORMAT = "ts_neuralode.calibration/2"
+FORMAT = "ts_neuralode.api.calibration/2"
 MIN_POINTS = 20
 #: the additive floor of the half-width, as a fraction of the calibration bands' median half-width
 FLOOR_FRACTION = 1e-3
@@ -84,7 +88,6 @@ def lead_since_last(table, unique_id: Any, ds: Any, cutoff: Any = None) -> np.nd
     """Each row's time (raw units) after the last observation of its series ``unique_id`` in ``table`` — at or
     before the row's ``cutoff`` when given (a backtest row), else the history's last one (a forecast row). What
     the calibration buckets by, both when it is fitted and when ``predict`` applies it."""
-    from ts_neuralode.data.batching import segment_searchsorted
 
     codec = table.codec
     pos = {str(u): i for i, u in enumerate(table.ids)}
@@ -109,7 +112,6 @@ def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns:
     ``predict`` buckets by); default ``ds - cutoff`` (``unit_ns``: the data's time unit for datetimes).
     ``drop_unreachable``: leave out levels too high for the number of points (their factor would be infinite)
     instead of storing an infinite factor. A bucket whose own factor is infinite takes the pooled one."""
-    from ts_neuralode.backtest import bucket_edges, bucket_of, lead_times
 
     edges = bucket_edges(horizon, buckets)
     b = bucket_of(lead_times(cv, unit_ns) if lead is None else np.asarray(lead, dtype=np.float64), edges)
@@ -145,8 +147,6 @@ def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: 
     """``frame`` (a forecast) with every level's band stretched about its midpoint by its bucket's factor and
     without the ``-q-P`` quantile columns (see the module docstring); ``lead`` is each row's time after its series'
     last observation (raw units, :func:`lead_since_last`). Levels without a factor raise ForecastError."""
-    from ts_neuralode.backtest import bucket_of
-    from ts_neuralode.forecast_frame import quantile_columns
 
     edges = np.asarray(calibration["edges"], dtype=np.float64)
     b = bucket_of(np.asarray(lead, dtype=np.float64), edges)
@@ -166,8 +166,6 @@ def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: 
 
 
 def save(model_dir: str | os.PathLike, calibration: Mapping[str, Any]) -> Path:
-    from ts_neuralode.atomic import atomic_write_text
-
     path = Path(model_dir) / FILE
     atomic_write_text(path, json.dumps(dict(calibration), indent=2) + "\n")
     return path
@@ -217,8 +215,6 @@ def _json_id(u: Any) -> Any:
 
 
 def save_extent(model_dir: str | os.PathLike, extent: Mapping[str, Any]) -> Path:
-    from ts_neuralode.atomic import atomic_write_text
-
     path = Path(model_dir) / EXTENT_FILE
     atomic_write_text(path, json.dumps(dict(extent)) + "\n")
     return path
@@ -266,3 +262,124 @@ def refuse_trained_windows(extent: Mapping[str, Any] | None, cv: pd.DataFrame, c
         f"(series {first['unique_id']!s} at {first['ds']!s}; it trained on {where}), and bands calibrated on them "
         f"come out too narrow; pass --refit 1 (a new model per window), {hint}or --cutoffs after the training "
         "data — or leave out --calibrate: fit already calibrated the bands on its held-out validation windows")
+
+
+# -- calibrating a forecaster: on backtest rows, or at the end of a fit on its held-out windows ---------------
+def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
+              history: Any = None, save_to: str | os.PathLike | None = None, refit: bool = False,
+              **read_options: Any) -> dict:
+    """Fit the conformal band calibration of ``fc`` on the backtest rows ``cv`` (made with uncalibrated bands),
+    per horizon bucket (:mod:`ts_neuralode.api.calibration`); sets ``fc.calibration`` and, with ``save_to`` (a model
+    directory), stores it there. Returns it.
+
+    With ``history`` (the backtest's history) a row's lead time is counted from the last observation up to its
+    cutoff, as ``predict`` counts it from a history's last observation; without it, from the cutoff.
+
+    Rows that score observations ``fc`` trained on (its ``training_extent``) are refused with one line saying what
+    to pass, unless ``refit`` (each window's model trained only on the history before its cutoff)."""
+    codec = fc.transform.codec
+    if not refit:
+        refuse_trained_windows(getattr(fc, "training_extent", None), cv, codec)
+    h = codec.duration(horizon, "horizon", ConfigError)
+    lead = None
+    if history is not None:
+        table = fc.read_history(history, **read_options)
+        lead = lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
+    cal = fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead)
+    fc.calibration = cal
+    if save_to is not None:
+        save(save_to, cal)
+    return cal
+
+
+#: the band levels ``fit`` calibrates (a level too high for the number of held-out points is left out)
+FIT_LEVELS = (50.0, 80.0, 90.0, 95.0, 99.0)
+
+
+#: fewer held-out points than this: ``fit`` leaves the bands uncalibrated (and says so)
+MIN_FIT_POINTS = 50
+
+
+#: rolling windows per held-out stretch (cutoffs a quarter horizon apart)
+FIT_WINDOWS = 4
+
+
+def held_out_windows(datamodule) -> tuple[list, np.ndarray, np.ndarray, float] | None:
+    """The backtest windows of a fit's data that the model never trained on: ``(ids, cuts [W, n], limit [n],
+    horizon)`` in raw times (no target after ``limit``), or None without a validation split.
+
+    * forecast task split by time: per series, cutoffs from its validation cutoff on, a quarter horizon apart, with
+      targets up to the end of the validation horizon (the training targets stop at the validation cutoff; the test
+      horizon after it stays untouched);
+    * forecast task split by series: the validation series' last ``FIT_WINDOWS`` half-horizon-spaced windows;
+    * interpolation / extrapolation: the validation series, cutoffs from the extrapolation cut (interpolation: the
+      middle of the series) to the series' end, horizon = the longest stretch after the cut.
+    The validation windows choose the best checkpoint, nothing else: they are held out from the weights."""
+    split = getattr(datamodule, "split", None)
+    if split is None or len(split.get("val", [])) == 0:
+        return None
+    table = datamodule.table
+    val = np.asarray(split["val"], dtype=np.int64)
+    ids = [table.ids[i] for i in val]
+    k = np.arange(FIT_WINDOWS, dtype=np.float64)[:, None]
+    first, last = table.first_times()[val], table.last_times()[val]
+    if datamodule.task == "forecast":
+        spec = datamodule._specs["val"]
+        h = float(spec.horizon)
+        if datamodule.split_by == "time":
+            c0 = np.asarray(spec.cutoff, dtype=np.float64)[val]
+            return ids, c0[None, :] + k * h / FIT_WINDOWS, c0 + h, h
+        return ids, (last - h)[None, :] - k[::-1] * h / 2, np.full(len(val), np.inf), h
+    if datamodule.task == "extrapolation" and datamodule.cut_time is not None:
+        cut = np.full(len(val), float(table.codec.to_float([datamodule.cut_time])[0]))
+    else:
+        frac = datamodule.cut if datamodule.task == "extrapolation" else 0.5
+        cut = first + frac * (last - first)
+    span = last - cut
+    h = float(np.max(span)) if len(span) else 0.0
+    if not h > 0:
+        return None
+    return ids, cut[None, :] + k * span[None, :] / FIT_WINDOWS, np.full(len(val), np.inf), h
+
+
+def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAULT_BUCKETS,
+                    seed: int | None = 0) -> tuple[dict | None, str]:
+    """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
+    (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
+    windows = held_out_windows(datamodule)
+    if windows is None:
+        return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
+                      "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on")
+    ids, cuts, limit, h = windows
+    source = datamodule.df if getattr(datamodule, "df", None) is not None else datamodule.path
+    table = fc.read_history(source)
+    pos = {str(u): i for i, u in enumerate(table.ids)}
+    full = np.full((cuts.shape[0], table.n_series), np.nan)
+    lim = np.full(table.n_series, np.inf)
+    for j, u in enumerate(ids):
+        i = pos.get(str(u))
+        if i is not None:
+            full[:, i], lim[i] = cuts[:, j], limit[j]
+    codec = table.codec
+    cuts_ns = codec.float_to_ns(np.nan_to_num(full)).reshape(full.shape) if codec.is_datetime else None
+    spec = fc.covariate_spec
+    covariates = (fc.read_covariates(source, None, table)
+                  if spec is not None and (spec.future_cols or spec.static_cols) else None)
+    frames = _run_windows(fc, table, full, cuts_ns, h, lim, 0, None, None, None, False,
+                          dict(level=list(FIT_LEVELS), quantiles=None, num_samples=num_samples, context=None,
+                               seed=seed, batch_size=64, calibrated=False, covariates=covariates))
+    cv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(cv) < MIN_FIT_POINTS:
+        return None, (f"only {len(cv)} held-out validation points to calibrate on (at least {MIN_FIT_POINTS}); "
+                      "the bands are the model's own: raise --data.val_fraction, or calibrate with 'ts-neuralode "
+                      "backtest --calibrate' on windows the model did not train on")
+    lead = lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
+    cal = fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead,
+                          drop_unreachable=True)
+    cal["fitted_on"] = {"what": "held-out validation windows of the fit", "points": int(len(cv)),
+                        "series": len(ids)}
+    levels = "/".join(cal["factors"])
+    f90 = cal["factors"].get("90")
+    stretch = f" (90% band stretched x{min(f90):.2f}-{max(f90):.2f})" if f90 else ""
+    return cal, (f"calibrated the {levels}% bands on {len(cv)} held-out validation points of {len(ids)} series"
+                 f"{stretch}")

@@ -1,6 +1,6 @@
 """The reloadable model directory at the end of a fit: :class:`ModelExportCallback`.
 
-The directory (:mod:`ts_neuralode.model_store`: weights + JSON config, no pickles) holds the best checkpoint's
+The directory (:mod:`ts_neuralode.training.model_store`: weights + JSON config, no pickles) holds the best checkpoint's
 weights when a checkpoint callback kept one, else the last ones, with the data module's fitted transform, so
 ``ts-neuralode forecast --model <dir>`` works without the training data. Written on rank 0, before anything is
 logged to MLflow (local files do not depend on the tracking store).
@@ -15,12 +15,18 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from ts_neuralode.api import calibration
+from ts_neuralode.api.calibration import fit_calibration, training_extent
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.errors import TSNeuralODEError
+from ts_neuralode.training.callbacks import solver_failure
+
 log = logging.getLogger(__name__)
 
 
-def fitted_forecaster(trainer: Trainer, pl_module: LightningModule):
-    """A :class:`~ts_neuralode.forecaster.Forecaster` of the fit's best weights (None without a fitted transform)."""
-    from ts_neuralode.forecaster import Forecaster
+def fitted_forecaster(trainer: Trainer, pl_module: LightningModule, forecaster_cls: type[Predictor] = Predictor):
+    """A ``forecaster_cls`` (a :class:`~ts_neuralode.api.predictor.Predictor`) of the fit's best weights (None without a
+    fitted transform)."""
 
     datamodule = trainer.datamodule
     if datamodule is None or getattr(datamodule, "transform", None) is None:
@@ -29,7 +35,7 @@ def fitted_forecaster(trainer: Trainer, pl_module: LightningModule):
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
     module = _module_with_checkpoint(pl_module, best) if best and Path(best).is_file() else pl_module
-    return Forecaster.from_module(module, datamodule)
+    return forecaster_cls.from_module(module, datamodule)
 
 
 def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> LightningModule:
@@ -42,13 +48,9 @@ def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> Light
 
 def calibrate_fitted(forecaster, datamodule) -> str:
     """Fit ``forecaster``'s band calibration on the fit's held-out validation windows
-    (:func:`ts_neuralode.backtest.fit_calibration`) and record what it trained on (``training_extent``, which
+    (:func:`ts_neuralode.api.backtest.fit_calibration`) and record what it trained on (``training_extent``, which
     ``backtest --calibrate`` checks); returns the line saying what was done. A forecast that fails there (a solver
     that cannot reach the validation horizon) leaves the bands uncalibrated and says why: it never fails the fit."""
-    from ts_neuralode import calibration
-    from ts_neuralode.backtest import fit_calibration
-    from ts_neuralode.callbacks import solver_failure
-    from ts_neuralode.errors import TSNeuralODEError
 
     forecaster.training_extent = calibration.training_extent(datamodule)
     try:
@@ -66,7 +68,9 @@ class ModelExportCallback(Callback):
     :func:`calibrate_fitted`) and write the model directory to ``model_dir``; ``forecaster``, ``calibration_line``
     and ``model_dir_written`` are set afterwards (the tracking callback logs that directory)."""
 
-    def __init__(self, model_dir: str | os.PathLike, calibrate: bool = True) -> None:
+    def __init__(self, model_dir: str | os.PathLike, calibrate: bool = True,
+                 forecaster_cls: type[Predictor] = Predictor) -> None:
+        self.forecaster_cls = forecaster_cls
         self.model_dir = Path(model_dir)
         self.calibrate = calibrate
         self.forecaster = None
@@ -76,10 +80,8 @@ class ModelExportCallback(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self.forecaster = fitted_forecaster(trainer, pl_module)
+        self.forecaster = fitted_forecaster(trainer, pl_module, self.forecaster_cls)
         if self.forecaster is not None:
-            from ts_neuralode.calibration import training_extent
-
             self.forecaster.training_extent = training_extent(trainer.datamodule)
             if self.calibrate:
                 self.calibration_line = calibrate_fitted(self.forecaster, trainer.datamodule)

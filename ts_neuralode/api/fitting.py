@@ -1,14 +1,14 @@
 """Training, the one code path of ``ts-neuralode fit``, :meth:`Forecaster.fit
-<ts_neuralode.forecaster.Forecaster.fit>` and the backtest's refits.
+<ts_neuralode.api.forecaster.Forecaster.fit>` and the backtest's refits.
 
 :func:`train` takes the resolved options of a fit (a jsonargparse Namespace from the parser of
-:mod:`ts_neuralode.lightning.options`, which declares them once) and builds the pieces itself: the data module
+:mod:`ts_neuralode.training.options`, which declares them once) and builds the pieces itself: the data module
 (from the file of ``data.path`` or from a DataFrame held in memory), the model (its input size, seasonal period
 and covariates linked from the fitted data module), the callbacks (training guard, model export, the best and
 ``last`` checkpoints, MLflow tracking, the caller's own), the MLflow logger and the Trainer; it resumes from
 ``ckpt_path`` (a file or ``last``) and runs ``Trainer.fit``. It prints one line, at the fit's start, saying what
 each column is used as (:class:`ColumnSummary`); the CLI prints the :class:`FitResult`. :func:`fit` resolves the Python arguments into those options and returns the fitted
-:class:`~ts_neuralode.forecaster.Forecaster`::
+:class:`~ts_neuralode.api.forecaster.Forecaster`::
 
     fc = Forecaster.fit("data/demo.csv", "configs/demo.yaml", trainer={"max_epochs": 3}, tracking=False)
     fc = Forecaster.fit(df, "ode_rnn", data_options={"future_cols": ["rate"]},
@@ -42,22 +42,23 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, instantiate_class
 
-from ts_neuralode import preflight, tracking
-from ts_neuralode.atomic import atomic_write_text
-from ts_neuralode.callbacks import TrainingGuard
+from ts_neuralode.api import preflight
+from ts_neuralode.api.export import ModelExportCallback
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.core.atomic import atomic_write_text
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.export import ModelExportCallback
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.lightning.options import check_model_options, fit_options, merge_options
-from ts_neuralode.lightning.trainer_parts import (
+from ts_neuralode.integrations.mlflow import tracking
+from ts_neuralode.integrations.mlflow.tracking import tracking_parts
+from ts_neuralode.training.callbacks import TrainingGuard
+from ts_neuralode.training.checkpoints import (
     TRAIN_MONITOR,
     VAL_MONITOR,
     checkpoint_callbacks,
     has_validation_series,
-    tracking_parts,
     with_atomic_checkpoints,
 )
+from ts_neuralode.training.options import check_model_options, fit_options, merge_options
 
 
 @dataclass
@@ -173,9 +174,10 @@ class ColumnSummary(Callback):
             print(dm.column_summary, file=sys.stderr)
 
 
-def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None) -> FitResult:
+def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None,
+          forecaster_cls: type[Predictor] = Predictor) -> FitResult:
     """Fit the model of the resolved options ``cfg`` (see the module docstring); ``data``: a DataFrame that replaces
-    ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer."""
+    ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer; ``forecaster_cls``: the class the model export builds."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
     root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
     ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")
@@ -202,7 +204,7 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     trainer_cfg = dict(init.trainer)
     user_cbs = trainer_cfg.pop("callbacks", None) or []
     user_cbs = list(user_cbs) if isinstance(user_cbs, (list, tuple)) else [user_cbs]
-    own = [TrainingGuard(ckpt_dir), ModelExportCallback(model_dir), ColumnSummary()]
+    own = [TrainingGuard(ckpt_dir), ModelExportCallback(model_dir, forecaster_cls=forecaster_cls), ColumnSummary()]
     logger, track_cbs = tracking_parts(cfg, "fit", ckpt_dir, resume_run_id)
     if logger is not None:
         trainer_cfg["logger"] = logger
@@ -255,11 +257,12 @@ def _configure_optimizers(parser, init, module) -> None:
 
 
 # -- the API -----------------------------------------------------------------------------------------------------
-def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str]):
+def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str],
+                  forecaster_cls: type[Predictor] = Predictor):
     """The fitted :class:`Forecaster` of a fit (from the model directory it wrote), ``fit_info`` set."""
     if not (result.model_dir / "config.json").is_file():
         raise ConfigError(f"{what}: the fit wrote no model directory at {result.model_dir} (no fitted weights)")
-    fc = Forecaster.load(result.model_dir)
+    fc = forecaster_cls.load(result.model_dir)
     fc.fit_info = {"argv": reproduce, "config": result.config, "model_dir": str(result.model_dir),
                    "checkpoint_dir": str(result.checkpoint_dir), "best_checkpoint": result.best_checkpoint,
                    "run_id": result.run_id, "tracking_uri": result.tracking_uri, "monitor": result.monitor,
@@ -281,9 +284,10 @@ def fit(data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Map
         model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
         callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
         tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-        run_name: str | None = None, log_model: bool = True, seed: int | None = 0, what: str = "Forecaster.fit"):
-    """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.forecaster.Forecaster` (see
-    :meth:`Forecaster.fit <ts_neuralode.forecaster.Forecaster.fit>` for the arguments)."""
+        run_name: str | None = None, log_model: bool = True, seed: int | None = 0, what: str = "Forecaster.fit",
+        forecaster_cls: type[Predictor] = Predictor):
+    """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.api.forecaster.Forecaster` (see
+    :meth:`Forecaster.fit <ts_neuralode.api.forecaster.Forecaster.fit>` for the arguments)."""
     if not isinstance(data, (pd.DataFrame, str, os.PathLike)):
         raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a CSV "
                           "path")
@@ -305,11 +309,12 @@ def fit(data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Map
     if frame is not None:
         cfg.data.path = None
     reproduce = _record_config(parser, cfg, out, data)
-    result = train(parser, cfg, frame, callbacks)
-    return forecaster_of(result, parser, cfg, what, reproduce)
+    result = train(parser, cfg, frame, callbacks, forecaster_cls)
+    return forecaster_of(result, parser, cfg, what, reproduce, forecaster_cls)
 
 
-def refit(fit_args: Sequence[str], data: pd.DataFrame, workdir: str | os.PathLike, callbacks=None):
+def refit(fit_args: Sequence[str], data: pd.DataFrame, workdir: str | os.PathLike, callbacks=None,
+          forecaster_cls: type[Predictor] = Predictor):
     """A new :class:`Forecaster` trained on ``data`` (in memory) with the ``ts-neuralode fit`` options ``fit_args``
     (e.g. ``["--config", "configs/demo.yaml", "--trainer.max_epochs", "20"]``): no MLflow run, checkpoints and the
     model directory under ``workdir``, the seed of ``fit_args`` (or its config)."""
@@ -320,18 +325,20 @@ def refit(fit_args: Sequence[str], data: pd.DataFrame, workdir: str | os.PathLik
     parser, cfg = resolve_config(fit_args=fit_args, overrides=overrides, what=what)
     cfg.data.path = None
     reproduce = _record_config(parser, cfg, out, data)
-    return forecaster_of(train(parser, cfg, data, callbacks), parser, cfg, what, reproduce)
+    return forecaster_of(train(parser, cfg, data, callbacks, forecaster_cls), parser, cfg, what, reproduce,
+                         forecaster_cls)
 
 
-def run_fit(argv: Sequence[str], model_dir: Path | None = None, what: str = "fit"):
+def run_fit(argv: Sequence[str], model_dir: Path | None = None, what: str = "fit",
+            forecaster_cls: type[Predictor] = Predictor):
     """Train from a ``ts-neuralode fit`` command line (``argv``, with or without the word ``fit``) and return the
     fitted forecaster (``model_dir``: where it expects the model directory; default: the one the options name)."""
     args = list(argv)[1:] if list(argv)[:1] == ["fit"] else list(argv)
     parser, cfg = resolve_config(fit_args=args, what=what)
-    result = train(parser, cfg)
+    result = train(parser, cfg, forecaster_cls=forecaster_cls)
     if model_dir is not None and Path(model_dir) != result.model_dir:
         raise ConfigError(f"{what}: the fit wrote its model directory to {result.model_dir}, not {model_dir}")
-    return forecaster_of(result, parser, cfg, what, ["fit", *args])
+    return forecaster_of(result, parser, cfg, what, ["fit", *args], forecaster_cls)
 
 
 __all__ = ["FitResult", "fit", "refit", "resolve_config", "run_fit", "train"]

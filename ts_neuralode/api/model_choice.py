@@ -1,7 +1,7 @@
 """The automatic model choice: ``Forecaster.fit(data, "auto", budget=...)`` / ``ts-neuralode fit --model auto``.
 
 It searches the model families (latent ODE, ODE-RNN, GRU-ODE) × evolutions (ODE, GRU / coupling / ResNet flow)
-and their key options (:data:`ts_neuralode.model_choice_space.SEARCH_SPACE`, a declared table) with Optuna, on the
+and their key options (:data:`ts_neuralode.api.model_choice_space.SEARCH_SPACE`, a declared table) with Optuna, on the
 forecast task's **time split**: every trial trains on each series' history before its last ``horizon`` and is
 scored on that last horizon (``data.train_end`` moves the cut to one time for every series). The score is the
 validation metric (``val_mae`` by default: comparable across families, unlike their losses), its best epoch.
@@ -14,8 +14,8 @@ validation metric (``val_mae`` by default: comparable across families, unlike th
   several processes or machines sharing them split the trials between them (``worker=True``: search only);
 * **MLflow**: a parent run for the search, each trial (and each refit) a child run with its per-epoch metrics;
 * **result**: the best trial refitted on train + validation for its best number of epochs and returned as a
-  :class:`~ts_neuralode.forecaster.Forecaster`; or with ``ensemble=k`` the top ``k`` as an
-  :class:`~ts_neuralode.model_choice_ensemble.EnsembleForecaster` (a mixture of their predictive samples).
+  :class:`~ts_neuralode.api.forecaster.Forecaster`; or with ``ensemble=k`` the top ``k`` as an
+  :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` (a mixture of their predictive samples).
 
 Candidates are neural models only: a naive or statistical forecast is never returned.
 """
@@ -42,8 +42,13 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 from lightning.pytorch import Callback
 
+from ts_neuralode.api.fitting import fit
+from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, flatten, nest, sample
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.api.preflight import tracking_store
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TrainingError, TSNeuralODEError
-from ts_neuralode.model_choice_space import SEARCH_SPACE, Param, check_space, describe, flatten, nest, sample
+from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
 
 try:
     import optuna
@@ -438,8 +443,6 @@ class _Tracking:
         if enabled:
             from mlflow import MlflowClient
 
-            from ts_neuralode.preflight import tracking_store
-            from ts_neuralode.tracking import resolve_tracking_uri
 
             self.uri = tracking_store(resolve_tracking_uri(tracking_uri), off="pass tracking=False")
             self.client = MlflowClient(self.uri)
@@ -572,8 +575,6 @@ def _claim(study, storage, study_id: int, budget_trials: int | None):
 
 def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, out, callbacks, track, parent, seed,
                metric, deadline, patience, bar, result) -> None:
-    from ts_neuralode.fit_api import fit
-
     States = optuna.trial.TrialState
     n = trial.number
     searched, options = sample(trial, space, fixed)
@@ -674,10 +675,9 @@ def _user_error(err: Exception, n: int, label: str) -> Exception:
 
 # -- refit and result ---------------------------------------------------------------------------------------
 def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence | None = None, track: _Tracking,
-          parent: str | None, seed: int, log_model: bool):
+          parent: str | None, seed: int, log_model: bool, forecaster_cls: type[Predictor] = Predictor):
     """The trial's configuration trained on train + validation (no validation split; ``data.train_end`` dropped)
-    for the trial's best number of epochs; returns the fitted Forecaster."""
-    from ts_neuralode.fit_api import fit
+    for the trial's best number of epochs; returns the fitted ``forecaster_cls``."""
 
     full = dict(trial.user_attrs["options"])
     full["data.val_fraction"] = 0.0
@@ -694,7 +694,8 @@ def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence
         fc = fit(str(data_path), model, data_options=groups["data"], model_options=groups["model"],
                  trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=rdir,
                  tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
-                 run_name=f"refit_trial_{trial.number:04d}", log_model=log_model, seed=seed)
+                 run_name=f"refit_trial_{trial.number:04d}", log_model=log_model, seed=seed,
+                 forecaster_cls=forecaster_cls)
     shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
     return fc
 
@@ -707,7 +708,7 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
              metric: str = DEFAULT_METRIC, space: Sequence[Param] | None = None, ensemble: int = 1,
              refit: bool = True, storage: str | None = None, study_name: str | None = None, pruner=None,
              enqueue: Sequence[Mapping[str, Any]] | None = None, patience: int | None = None,
-             progress: bool | None = None):
+             progress: bool | None = None, forecaster_cls: type[Predictor] = Predictor):
     """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
 
     Args:
@@ -717,7 +718,7 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
         budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
             (``{"trials": 20, "time": "1h"}``); default 20 trials.
         metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
-        space: the search space (default :data:`~ts_neuralode.model_choice_space.SEARCH_SPACE`).
+        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
         ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
         refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
             return the trials' own models, trained without the validation horizon).
@@ -738,16 +739,16 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
                     space=space, storage=storage, study_name=study_name, pruner=pruner, enqueue=enqueue,
                     patience=patience, progress=progress)
     return finish(result, data, out, ensemble=ensemble, refit=refit, callbacks=callbacks, tracking=tracking,
-                  tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed, log_model=log_model)
+                  tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed, log_model=log_model,
+                  forecaster_cls=forecaster_cls)
 
 
 def finish(result: SearchResult, data: Any, output_dir: Path, *, ensemble: int = 1, refit: bool = True,
            callbacks: Sequence | None = None, tracking: bool = True, tracking_uri: str | None = None,
-           experiment_name: str | None = None, seed: int = 0, log_model: bool = True):
-    """The search's result as a model: the best ``ensemble`` trials, refitted or loaded, saved under
-    ``output_dir/model``."""
-    from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.model_choice_ensemble import EnsembleForecaster
+           experiment_name: str | None = None, seed: int = 0, log_model: bool = True,
+           forecaster_cls: type[Predictor] = Predictor):
+    """The search's result as a model: the best ``ensemble`` trials, refitted or loaded (as ``forecaster_cls``),
+    saved under ``output_dir/model``."""
 
     chosen = result.best(ensemble)
     n = {k: len(result.trials(k)) for k in ("complete", "pruned", "failed")}
@@ -761,13 +762,13 @@ def finish(result: SearchResult, data: Any, output_dir: Path, *, ensemble: int =
     for t in chosen:
         if refit:
             members.append(refit_trial(t, path, output_dir, callbacks=callbacks, track=track, parent=parent,
-                                              seed=seed, log_model=log_model))
+                                              seed=seed, log_model=log_model, forecaster_cls=forecaster_cls))
         else:
             model_dir = t.user_attrs.get("model_dir")
             if not model_dir or not Path(model_dir).is_dir():
                 raise ConfigError(f"model auto: trial {t.number}'s model directory {model_dir} is not on this "
                                   "machine (another worker ran it); use refit=True")
-            members.append(Forecaster.load(model_dir))
+            members.append(forecaster_cls.load(model_dir))
     final = members[0] if len(members) == 1 else EnsembleForecaster(members)
     model_dir = output_dir / "model"
     if model_dir.exists():

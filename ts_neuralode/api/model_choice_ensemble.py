@@ -9,7 +9,7 @@ both), which averaging the members' bands would not.
 
     ens = EnsembleForecaster([fc_a, fc_b])
     out = ens.predict(history, horizon="2D", freq="1h", level=[50, 90])
-    cv = ens.cross_validation(history, horizon="2D", n_windows=4)     # ts_neuralode.backtest, same rows
+    cv = ens.cross_validation(history, horizon="2D", n_windows=4)     # ts_neuralode.api.backtest, same rows
     ens.save("ens_dir"); EnsembleForecaster.load("ens_dir")           # Forecaster.load("ens_dir") as well
 
 The directory holds ``ensemble.json`` and one model directory per member (``member_00`` …).
@@ -27,15 +27,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ts_neuralode.api.backtest import cross_validation
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.core.atomic import atomic_write_bytes
+from ts_neuralode.data.forecast_frame import band_col, parse_levels, quantile_columns
 from ts_neuralode.errors import ConfigError, ForecastError
-from ts_neuralode.forecast_frame import band_col, parse_levels, quantile_columns
 
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "ts_neuralode.ensemble/1"
 
 
 class EnsembleForecaster:
-    """Equal-weight mixture of ``members`` (fitted :class:`~ts_neuralode.forecaster.Forecaster` objects trained on
+    """Equal-weight mixture of ``members`` (fitted :class:`~ts_neuralode.api.forecaster.Forecaster` objects trained on
     the same data: same series, channels and time axis). ``name``: the forecast column (default ``ensemble``)."""
 
     def __init__(self, members: Sequence, name: str = "ensemble") -> None:
@@ -53,7 +56,7 @@ class EnsembleForecaster:
         self.covariate_spec = first.covariate_spec
         self.context = None
 
-    # -- the history, as a Forecaster reads it (ts_neuralode.backtest calls these) ------------------------------
+    # -- the history, as a Forecaster reads it (ts_neuralode.api.backtest calls these) ------------------------------
     def read_history(self, history: Any, **read_options: Any):
         return self.members[0].read_history(history, **read_options)
 
@@ -70,7 +73,7 @@ class EnsembleForecaster:
     def predict(self, history: Any, horizon: Any = None, *, level: Iterable[float] | float | None = (50, 90),
                 quantiles: Iterable[float] | None = None, num_samples: int = 100, calibrated: bool = False,
                 **options: Any) -> pd.DataFrame:
-        """As :meth:`Forecaster.predict <ts_neuralode.forecaster.Forecaster.predict>` (same arguments and columns,
+        """As :meth:`Forecaster.predict <ts_neuralode.api.forecaster.Forecaster.predict>` (same arguments and columns,
         named ``<name>``); the bands and quantiles are those of the members' mixture (module docstring)."""
         if calibrated:
             raise ForecastError("calibrated=True: an ensemble has no band calibration; its bands come from the "
@@ -91,9 +94,8 @@ class EnsembleForecaster:
         return mixture_frame(frames, [m.name for m in self.members], self.name, levels, qs)
 
     def cross_validation(self, history: Any, horizon: Any, **options: Any) -> pd.DataFrame:
-        """Rolling-origin backtest of the ensemble (:func:`ts_neuralode.backtest.cross_validation`; refits are not
+        """Rolling-origin backtest of the ensemble (:func:`ts_neuralode.api.backtest.cross_validation`; refits are not
         supported: refit an ensemble by running the model choice again)."""
-        from ts_neuralode.backtest import cross_validation
 
         if options.get("refit"):
             raise ConfigError("refit is not supported for an ensemble; backtest it as fitted (refit=False)")
@@ -117,15 +119,14 @@ class EnsembleForecaster:
             names.append(sub)
         info = {"format": FORMAT, "name": self.name, "members": names,
                 "member_names": [m.name for m in self.members]}
-        from ts_neuralode.atomic import atomic_write_bytes
 
         atomic_write_bytes(out / ENSEMBLE_FILE, (json.dumps(info, indent=2) + "\n").encode())
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "EnsembleForecaster":
-        from ts_neuralode.forecaster import Forecaster
-
+    def load(cls, path: str | os.PathLike, map_location: str = "cpu",
+             member_cls: type[Predictor] = Predictor) -> "EnsembleForecaster":
+        """The ensemble saved at ``path``, its members loaded as ``member_cls``."""
         root = Path(path)
         try:
             info = json.loads((root / ENSEMBLE_FILE).read_text())
@@ -134,7 +135,7 @@ class EnsembleForecaster:
                               "by EnsembleForecaster.save or the automatic model choice") from err
         if info.get("format") != FORMAT or not info.get("members"):
             raise ConfigError(f"{root / ENSEMBLE_FILE}: not an ensemble of format {FORMAT}")
-        members = [Forecaster.load(root / sub, map_location=map_location) for sub in info["members"]]
+        members = [member_cls.load(root / sub, map_location=map_location) for sub in info["members"]]
         return cls(members, name=info.get("name", "ensemble"))
 
 

@@ -124,7 +124,7 @@ def check_space(space: Sequence[Param]) -> tuple[Param, ...]:
     for p in space:
         if not isinstance(p, Param):
             raise ConfigError(f"search space entry {p!r} is not a Param; build entries with choice(), float_range() "
-                              "or int_range() of ts_neuralode.model_choice_space")
+                              "or int_range() of ts_neuralode.api.model_choice_space")
         if p.option.split(".")[0] not in ("model", "data", "trainer"):
             raise ConfigError(f"search space option {p.option!r} must start with model., data. or trainer.")
         if p.option in seen:

@@ -1,6 +1,7 @@
-"""Forecast from a trained model: observed history in, predictions at any query times out.
+"""Forecast from a trained model (:class:`Predictor`, the body of :class:`~ts_neuralode.api.forecaster.Forecaster`):
+observed history in, predictions at any query times out.
 
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
     fc = Forecaster.load("demo_output/model")             # a model directory, or a Lightning .ckpt
     out = fc.predict(history_df, horizon="30D", num_samples=100, level=[50, 90])
     fc.plot(history_df, out, "plots/")                    # one PNG per series
@@ -20,9 +21,9 @@ predictive distribution, or the Gaussian one for models with a predictive std), 
 requested quantile (``P`` = percent). With several channels there is one row per (series, time, channel)
 and a ``channel`` column.
 
-The pieces live in their own modules: model directories and checkpoints in :mod:`ts_neuralode.model_store`,
-the query-time grammar in :mod:`ts_neuralode.query_times`, the output frames in
-:mod:`ts_neuralode.forecast_frame`, the figures in :mod:`ts_neuralode.plotting`; this class ties them together.
+The pieces live in their own modules: model directories and checkpoints in :mod:`ts_neuralode.training.model_store`,
+the query-time grammar in :mod:`ts_neuralode.data.query_times`, the output frames in
+:mod:`ts_neuralode.data.forecast_frame`, the figures in :mod:`ts_neuralode.api.plotting`; this class ties them together.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode import step_budget as budgets
+from ts_neuralode.api import calibration
+from ts_neuralode.api.plotting import plot_forecasts, validation_forecast_figures
+from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
-from ts_neuralode.data.io import as_frame
-from ts_neuralode.errors import ConfigError, ForecastError
-from ts_neuralode.forecast_frame import (
+from ts_neuralode.data.forecast_frame import (
     DEFAULT_LEVELS,
     fmt_level,
     model_display_name,
@@ -51,16 +52,19 @@ from ts_neuralode.forecast_frame import (
     quantile_bands,
     table_to_long,
 )
-from ts_neuralode.model_store import (
+from ts_neuralode.data.io import as_frame
+from ts_neuralode.data.query_times import check_reachable, count, query_times
+from ts_neuralode.errors import ForecastError
+from ts_neuralode.models import step_budget as budgets
+from ts_neuralode.training.callbacks import solver_failure
+from ts_neuralode.training.model_store import (
     READ_KEYS,
     as_transform,
     build_module,
-    clean_hparams,
     read_stored,
     write_model_dir,
 )
-from ts_neuralode.query_times import check_reachable, count, query_times
-from ts_neuralode.threads import configure_threads
+from ts_neuralode.training.module import clean_hparams
 
 
 def training_context(datamodule) -> float | str | None:
@@ -70,11 +74,11 @@ def training_context(datamodule) -> float | str | None:
     return getattr(datamodule, "context", None)
 
 
-class Forecaster:
+class Predictor:
     """A trained model plus the data transform that maps its units back to the user's.
 
     Args:
-        module: the trained :class:`ts_neuralode.lightning.ForecastingModule` (its ``.model`` is used).
+        module: the trained :class:`ts_neuralode.training.ForecastingModule` (its ``.model`` is used).
         transform: the fitted :class:`ts_neuralode.data.transform.SeriesTransform`.
         read_options: CSV reading options used for training (format, id/time/value/mask columns …).
         name: name of the forecast column (default: model name, plus the flow kind for flows).
@@ -98,68 +102,24 @@ class Forecaster:
         #: the transform of the forecast channels (the training channels but the past-only covariates)
         spec = self.covariate_spec
         self.output_transform = transform if spec is None else spec.output_transform(transform)
-        self.calibration: dict | None = None  # conformal band factors (ts_neuralode.calibration), if calibrated
-        #: which observations the model trained on (ts_neuralode.calibration.training_extent), when known
+        self.calibration: dict | None = None  # conformal band factors (ts_neuralode.api.calibration), if calibrated
+        #: which observations the model trained on (ts_neuralode.api.calibration.training_extent), when known
         self.training_extent: dict | None = None
 
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
     @classmethod
-    def from_module(cls, module: torch.nn.Module, datamodule, name: str | None = None) -> "Forecaster":
+    def from_module(cls, module: torch.nn.Module, datamodule, name: str | None = None) -> "Predictor":
         """From a trained module and the data module it was trained on (its transform, read options and, for
         the forecast task, its context)."""
         read = dict(getattr(datamodule, "read_kwargs", {}) or {})
         return cls(module, datamodule.transform, read, name=name, context=training_context(datamodule))
 
-    @classmethod
-    def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
-            model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-            callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
-            tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> "Forecaster":
-        """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
-        checkpoints, model export and MLflow tracking; :func:`ts_neuralode.fit_api.train`) and return it fitted.
-
-        Args:
-            data: a DataFrame (handed to the data module in memory) or a CSV / Parquet path.
-            model: a model name (``latent_ode``, ``ode_rnn``, ``gru_ode``) or a config file (``configs/demo.yaml``).
-            data_options / model_options / trainer: ``--data.*`` / ``--model.*`` / ``--trainer.*`` options as dicts
-                (``{"evolution": {"kind": "gru_flow"}}`` for ``--model.evolution.kind``); they override the config.
-            callbacks: extra Lightning callbacks for the Trainer (e.g. an Optuna pruning callback).
-            output_dir: checkpoints (``checkpoints/``), the model directory (``model/``) and the resolved options
-                (``config.yaml``) go here.
-            tracking, tracking_uri, experiment_name, run_name, log_model: MLflow, as the CLI options of those names.
-            seed: ``--seed_everything``.
-        The returned forecaster's ``fit_info`` holds ``monitor`` (the metric the best checkpoint follows:
-        ``val_loss``, or ``train_loss`` without validation) and ``best_score`` (its best value, a float), the
-        resolved options (``config``), the ``ts-neuralode fit`` command line that reproduces the fit (``argv``), the
-        directories and the MLflow run id.
-        ``model="auto"``: the automatic model choice (:func:`ts_neuralode.model_choice.fit_auto`; its options
-        ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``auto``).
-        """
-        from ts_neuralode.fit_api import fit
-
-        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
-        if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
-            from ts_neuralode.model_choice import fit_auto
-
-            return fit_auto(as_frame(data), data_options=data_options, model_options=model_options, trainer=trainer,
-                            callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                            experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
-                            **auto)
-        if auto:
-            raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
-                              "model choice)")
-        return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
-                   callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed)
-
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
-        :func:`ts_neuralode.model_store.write_model_dir`); returns it."""
+        :func:`ts_neuralode.training.model_store.write_model_dir`); returns it."""
         out = write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
                               self.context)
-        from ts_neuralode import calibration
 
         if self.calibration is not None:
             calibration.save(out, self.calibration)
@@ -169,19 +129,16 @@ class Forecaster:
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
-             name: str | None = None) -> "Forecaster":
+             name: str | None = None) -> "Predictor":
         """Load a model directory (``weights.pt`` + ``config.json``) or a Lightning ``.ckpt``.
 
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``; older model
-        formats are mapped onto this version's options (:mod:`ts_neuralode.model_store`). A directory written by an
-        :class:`~ts_neuralode.model_choice_ensemble.EnsembleForecaster` loads as one.
+        formats are mapped onto this version's options (:mod:`ts_neuralode.training.model_store`). A directory written by an
+        :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` loads as one through
+        :meth:`Forecaster.load <ts_neuralode.api.forecaster.Forecaster.load>` (this class reads one model).
         """
-        from ts_neuralode.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir  # model choice
-
-        if transform is None and is_ensemble_dir(path):
-            return EnsembleForecaster.load(path, map_location=map_location)
         stored = read_stored(path, map_location)
         tstate = transform if transform is not None else stored.transform
         if tstate is None:
@@ -191,8 +148,6 @@ class Forecaster:
         module = build_module(stored, Path(path), map_location)
         fc = cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
         if Path(path).is_dir():
-            from ts_neuralode import calibration
-
             fc.calibration = calibration.load(path)
             fc.training_extent = calibration.load_extent(path)
         return fc
@@ -266,12 +221,12 @@ class Forecaster:
                 on (a what-if plan overrides the history's own schedule rows); before it the history's samples
                 stand. Every covariate must be known up to each series' last query time (ForecastError naming the
                 column otherwise).
-            calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.calibration`,
+            calibrated: stretch the bands by the model's conformal calibration (:mod:`ts_neuralode.api.calibration`,
                 fitted per horizon bucket at the end of ``fit`` on its held-out validation windows, or by
                 ``backtest --calibrate``); the quantile columns are then left out (they describe the uncalibrated
                 distribution). None (default): when the model has a calibration and no ``quantiles`` are asked
                 for; True: always (ForecastError when the model has none); False: the model's own bands.
-            max_steps: ODE solver steps per solve (:mod:`ts_neuralode.step_budget`); default None: what the
+            max_steps: ODE solver steps per solve (:mod:`ts_neuralode.models.step_budget`); default None: what the
                 horizon needs, at least the model's own ``max_steps``, at most ``FORECAST_MAX_STEPS``.
             covariates: the covariates already read (:class:`~ts_neuralode.data.covariates.CovariateArrays` with
                 ``ids``, e.g. of a longer history: the backtest reads them once); used instead of reading the
@@ -279,13 +234,13 @@ class Forecaster:
         Returns:
             DataFrame ``unique_id, ds, [channel,] <name>, <name>-lo-L, <name>-hi-L, <name>-q-P``.
         """
-        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.threads)
+        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.core.threads)
         num_samples = count(num_samples, "num_samples")
         batch_size = count(batch_size, "batch_size")
         history, future = as_frame(history), as_frame(future)
         if calibrated and self.calibration is None:
             raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
-                                "('ts-neuralode backtest --calibrate' or ts_neuralode.backtest.calibrate)")
+                                "('ts-neuralode backtest --calibrate' or ts_neuralode.api.backtest.calibrate)")
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         if calibrated is None:
@@ -346,26 +301,9 @@ class Forecaster:
                 getattr(bar, "close", lambda: None)()  # clears the bar: an error line stands on its own
         out = pd.concat(frames, ignore_index=True)
         if calibrated:
-            from ts_neuralode import calibration
-
             lead = calibration.lead_since_last(table, out["unique_id"], out["ds"])
             out = calibration.apply(out, self.calibration, self.name, lead)
         return out
-
-    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
-                         cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
-                         refit: bool | int = False, fit_args: Sequence[str] | str | None = None,
-                         **options: Any) -> pd.DataFrame:
-        """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
-        <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
-        ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
-        windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
-        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
-        :mod:`ts_neuralode.backtest` (also :func:`ts_neuralode.backtest.evaluate` for the metrics)."""
-        from ts_neuralode.backtest import cross_validation
-
-        return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
-                                refit=refit, fit_args=fit_args, **options)
 
     def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray],
                     given: CovariateArrays | None = None):
@@ -419,9 +357,8 @@ class Forecaster:
                        levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None,
                        covariates: CovariateArrays | None = None) -> pd.DataFrame:
         """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
-        :func:`ts_neuralode.query_times.query_times`) when given. ``covariates``: the known-future covariates of
+        :func:`ts_neuralode.data.query_times.query_times`) when given. ``covariates``: the known-future covariates of
         ``table``'s series (a model that reads them needs them)."""
-        from ts_neuralode.callbacks import solver_failure
 
         sub = _subset_table(table, chunk)
         prepared = self.transform.make_batch(sub)
@@ -476,7 +413,6 @@ class Forecaster:
         ``history_window`` (a duration like ``"5D"`` or a number of time units) shows only that much history
         before each series' last observation (default: all of it).
         """
-        from ts_neuralode.plotting import plot_forecasts
 
         table = self.read_history(history, **read_options)
         if history_window is not None:
@@ -493,7 +429,6 @@ class Forecaster:
     def plot_validation_forecasts(self, datamodule, out_dir: str | os.PathLike, n_series: int = 3,
                                   num_samples: int = 50) -> list[Path]:
         """Fit-time figures: condition on the first half of a few validation series, forecast the rest."""
-        from ts_neuralode.plotting import validation_forecast_figures
 
         return validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)
 
@@ -521,4 +456,4 @@ def _progress(items: list, enabled: bool, desc: str):
     return tqdm(items, desc=desc, unit="batch", leave=False)
 
 
-__all__ = ["Forecaster", "table_to_long", "training_context", "seeded"]
+__all__ = ["Predictor", "table_to_long", "training_context", "seeded"]

@@ -12,13 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
+from ts_neuralode.training.model_store import torch_load
 
 #: seconds the tracking server has to answer the probe
 PROBE_TIMEOUT_S = 3.0
 #: MLflow's HTTP retry settings when the user set none: MLflow's own defaults (7 retries, backoff factor 2) wait
 #: about four minutes on a server that went away; with these a failure is reported within seconds (a mid-fit one
-#: as a warning, the fit goes on: ts_neuralode.tracking.TrackingLogger)
+#: as a warning, the fit goes on: ts_neuralode.integrations.mlflow.tracking.TrackingLogger)
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
@@ -134,7 +136,7 @@ def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--track
 
 def replaceable_dir(path: str | os.PathLike, option: str) -> Path:
     """A directory that will be written whole and swapped in (the model directory,
-    :func:`ts_neuralode.atomic.atomic_write_dir`): its parent is created and probed; a file at ``path`` is
+    :func:`ts_neuralode.core.atomic.atomic_write_dir`): its parent is created and probed; a file at ``path`` is
     refused."""
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -148,8 +150,6 @@ def checkpoint_file(path: str | os.PathLike) -> None:
     wrong with it otherwise; Lightning would fail later with a traceback quoting torch's unsafe-loading advice)."""
     from collections.abc import Mapping
 
-    from ts_neuralode.errors import ForecastError
-    from ts_neuralode.model_store import torch_load
 
     try:
         ckpt = torch_load(Path(path), "cpu")
@@ -163,7 +163,6 @@ def checkpoint_file(path: str | os.PathLike) -> None:
 def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
     """``fit | validate | test | predict``: the tracking store (when a run is recorded) and, for ``fit``, the
     default root, checkpoint and model directories."""
-    from ts_neuralode.tracking import resolve_tracking_uri
 
     if cfg.get("tracking") and cfg.trainer.get("logger") in (None, True):
         tracking_store(resolve_tracking_uri(cfg.get("tracking_uri")))

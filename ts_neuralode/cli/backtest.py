@@ -3,8 +3,8 @@
     ts-neuralode backtest --model demo_output/model --data.path data/demo.csv --horizon 2D --n_windows 4 \\
         --step 1D --out_dir demo_output/backtest --mlflow_run demo_output/checkpoints
 
-Writes ``<out_dir>/cv.csv`` (the Nixtla-style rows of :func:`ts_neuralode.backtest.cross_validation`),
-``metrics.csv`` (:func:`ts_neuralode.backtest.evaluate`: overall, per series, per horizon bucket),
+Writes ``<out_dir>/cv.csv`` (the Nixtla-style rows of :func:`ts_neuralode.api.backtest.cross_validation`),
+``metrics.csv`` (:func:`ts_neuralode.api.backtest.evaluate`: overall, per series, per horizon bucket),
 ``report.md`` and ``error_vs_horizon.png``, and logs the overall and per-bucket metrics (step = bucket) and
 those files to MLflow: to the run of ``--mlflow_run`` (a run id or a fit's checkpoint directory), else to a new
 run in ``--experiment_name``, opened once the backtest has been computed (``--no_tracking``: none). A model with
@@ -19,8 +19,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ts_neuralode.atomic import atomic_write_text
-from ts_neuralode.cli import (
+from ts_neuralode.api import backtest
+from ts_neuralode.api.forecaster import Forecaster
+from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
+from ts_neuralode.cli.args import subcommand_parser
+from ts_neuralode.cli.forecast import (
     _parse_times,
     _resolve_model_path,
     _resolve_run,
@@ -29,9 +32,10 @@ from ts_neuralode.cli import (
     parse_forecast_like,
     read_options,
 )
-from ts_neuralode.cli_args import subcommand_parser
+from ts_neuralode.core.atomic import atomic_write_text
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
+from ts_neuralode.integrations.mlflow.io import log_batch, open_run
+from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
 
 PROG = "ts-neuralode"
 
@@ -86,9 +90,6 @@ def parser():
 
 
 def main(argv: Sequence[str]) -> int:
-    from ts_neuralode import backtest
-    from ts_neuralode.forecaster import Forecaster
-
     args = parse_forecast_like(parser(), argv)
     if args.horizon is None:
         raise ConfigError(f"{PROG} backtest: the following arguments are required: --horizon; see '{PROG} backtest "
@@ -156,22 +157,16 @@ def main(argv: Sequence[str]) -> int:
 
 def _probe_store(tracking_uri: str | None) -> str:
     """The tracking URI, its store probed (ConfigError before any work when it cannot be used)."""
-    from ts_neuralode.tracking import resolve_tracking_uri
 
     return tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")
 
 
 def _new_run(uri: str, experiment: str, run_name: str | None):
-    from ts_neuralode.mlflow_io import open_run
-
     client, _, run = open_run(uri, experiment, run_name or "backtest", {"ts_neuralode.subcommand": "backtest"})
     return client, run.info.run_id, uri, True
 
 
 def _log_to_run(target, metrics, files: list[Path]) -> tuple[str, str]:
-    from ts_neuralode import backtest
-    from ts_neuralode.mlflow_io import log_batch
-
     client, run_id, uri = target[:3]
     try:
         log_batch(client, run_id, metrics=backtest.mlflow_metrics(metrics))

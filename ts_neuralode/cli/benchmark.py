@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ts_neuralode.benchmark.config import DEFAULT_MODELS, LAYOUTS, MODEL_SPECS, PROG, SPLITS, TASKS, BenchmarkConfig
-from ts_neuralode.benchmark.report import markdown_table, write_outputs
-from ts_neuralode.benchmark.runner import BenchmarkResult, run_benchmark
+from ts_neuralode.api.benchmark.config import DEFAULT_MODELS, LAYOUTS, MODEL_SPECS, PROG, SPLITS, TASKS, BenchmarkConfig
+from ts_neuralode.api.benchmark.report import markdown_table, write_outputs
+from ts_neuralode.api.benchmark.runner import BenchmarkResult, run_benchmark
+from ts_neuralode.api.preflight import tracking_store, writable_file
+from ts_neuralode.cli.args import DefaultsHelpFormatter, name_defaults
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -25,8 +28,6 @@ def _float_or_auto(value: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ts_neuralode.cli_args import DefaultsHelpFormatter, name_defaults
-
     p = OneLineArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter, description="Train Neural ODE and Neural Flow models on the same data, seed and "
                 "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
     src = p.add_argument_group("data (one of --dataset / --data.path)")
@@ -130,8 +131,6 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 def _preflight(args: argparse.Namespace) -> None:
     """Output paths and the tracking store, checked before any data is generated or model trained."""
-    from ts_neuralode.preflight import tracking_store, writable_file
-    from ts_neuralode.tracking import resolve_tracking_uri
 
     writable_file(args.out, "--out")
     if args.plot:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ts_neuralode.atomic import atomic_write
-from ts_neuralode.cli_args import parse, subcommand_parser
+from ts_neuralode.api.preflight import writable_file
+from ts_neuralode.cli.args import parse, subcommand_parser
+from ts_neuralode.core.atomic import atomic_write
+from ts_neuralode.data.generators import NAMES, generate
+from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.preflight import writable_file
 
 
 def _generate_parser():
-    from ts_neuralode.data.generators import NAMES, generate
-
     p = subcommand_parser("generate", "Write a synthetic data set as a long CSV or Parquet file (unique_id, ds, "
                                       "values); the same options always give the same file.")
     p.add_argument("name", choices=NAMES, help="the data set")
@@ -29,8 +29,6 @@ GENERATE_RENAMES = {"--n-series": "--n_series", "--n-points": "--n_points", "--t
 
 def main(argv: Sequence[str]) -> int:
     """Run ``ts-neuralode generate`` with the options ``argv``; returns the exit status (user errors raise)."""
-    from ts_neuralode.data.generators import generate
-    from ts_neuralode.data.io import frame_bytes
 
     args = parse(_generate_parser(), argv, GENERATE_RENAMES)
     writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost

@@ -1,10 +1,10 @@
 """The Lightning side of ``ts-neuralode validate | test | predict``: :class:`TSNeuralODECLI`.
 
-LightningCLI over :class:`~ts_neuralode.lightning.ForecastingModule` (``--model.*``, the evolution nested under
+LightningCLI over :class:`~ts_neuralode.training.ForecastingModule` (``--model.*``, the evolution nested under
 ``--model.evolution.*``) and :class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule`
-(``--data.*``), with the project's extra options (:func:`ts_neuralode.lightning.options.add_project_options`),
+(``--data.*``), with the project's extra options (:func:`ts_neuralode.training.options.add_project_options`),
 the tracking callbacks, and one-line errors for empty evaluation splits. ``fit`` is not run here: it is parsed by
-:class:`ts_neuralode.lightning.options.FitOptions` and run by the API (:func:`ts_neuralode.fit_api.train`).
+:class:`ts_neuralode.training.options.FitOptions` and run by the API (:func:`ts_neuralode.api.fitting.train`).
 Imported only by those subcommands (importing Lightning is slow; ``generate`` does not need it).
 """
 
@@ -17,18 +17,20 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
-from ts_neuralode import preflight, tracking
-from ts_neuralode.callbacks import TrainingGuard
+from ts_neuralode.api import preflight
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning.options import add_project_options
-from ts_neuralode.lightning.trainer_parts import tracking_parts, with_atomic_checkpoints
+from ts_neuralode.integrations.mlflow import tracking
+from ts_neuralode.integrations.mlflow.tracking import tracking_parts
+from ts_neuralode.training.callbacks import TrainingGuard
+from ts_neuralode.training.checkpoints import with_atomic_checkpoints
+from ts_neuralode.training.options import add_project_options
 
 PROG = "ts-neuralode"
 
 
 class TSNeuralODECLI(LightningCLI):
-    """``validate | test | predict`` (``fit`` is parsed by :class:`~ts_neuralode.lightning.options.FitOptions` and run
-    by :func:`ts_neuralode.fit_api.train`)."""
+    """``validate | test | predict`` (``fit`` is parsed by :class:`~ts_neuralode.training.options.FitOptions` and run
+    by :func:`ts_neuralode.api.fitting.train`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         add_project_options(parser)

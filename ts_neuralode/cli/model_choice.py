@@ -1,4 +1,4 @@
-"""``ts-neuralode fit --model auto``: parse the command line and call :func:`ts_neuralode.model_choice.fit_auto`.
+"""``ts-neuralode fit --model auto``: parse the command line and call :func:`ts_neuralode.api.model_choice.fit_auto`.
 
     ts-neuralode fit --model auto --data.path data/demo.csv --data.horizon 2D --data.time_unit h \\
         --budget.trials 20 --budget.time 1h --ensemble 3 --storage sqlite:///study.db --study_name demo
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ts_neuralode.api import model_choice
 from ts_neuralode.errors import ConfigError, OneLineArgumentParser
 
 PROG = "ts-neuralode fit --model auto"
@@ -130,7 +131,6 @@ def main(argv: Sequence[str]) -> int:
     budget: dict[str, Any] = {"trials": args.trials, "time": args.time}
     if args.trials is None and args.time is None:
         budget["trials"] = 20
-    from ts_neuralode import model_choice
 
     common = dict(data_options=given["data"], model_options=given["model"], trainer=given["trainer"],
                   output_dir=args.output_dir, tracking=args.tracking, tracking_uri=args.tracking_uri,

@@ -31,6 +31,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ts_neuralode.data.batching import segment_searchsorted
+from ts_neuralode.data.io import _to_numeric, _Where, read_frame
+from ts_neuralode.data.timecodec import parse_time_column
 from ts_neuralode.errors import ConfigError, DataError, ForecastError, check_choice
 
 INTERPOLATIONS = ("constant", "linear")
@@ -242,8 +245,6 @@ def _read_static(df: pd.DataFrame, code: np.ndarray, out: np.ndarray, cols: list
 
 
 def _numeric(col: pd.Series, name: str, where) -> np.ndarray:
-    from ts_neuralode.data.io import _to_numeric
-
     return _to_numeric(col, name, where)
 
 
@@ -283,8 +284,6 @@ class CovariateArrays:
         overrides the history's own schedule from its first row on; before it the history's samples stand).
         Samples of one source at the same (series, time) are averaged. With several series every source needs the
         id column (DataError otherwise)."""
-        from ts_neuralode.data.io import _Where, read_frame
-        from ts_neuralode.data.timecodec import parse_time_column
 
         cols, S = spec.future_cols, table.n_series
         per_col: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in cols]
@@ -411,7 +410,6 @@ class CovariateArrays:
         """The :class:`CovariateBatch` of series ``idx`` whose model time 0 is raw time ``origin`` [b]. With
         ``lo``/``hi`` (raw) only the knots that matter on ``[lo, hi]`` are kept (the last one at or before ``lo``
         through the first one at or after ``hi``)."""
-        from ts_neuralode.data.batching import segment_searchsorted
 
         idx = np.asarray(idx, dtype=np.int64)
         start, count = self.starts[idx], self.counts[idx]

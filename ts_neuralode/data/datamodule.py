@@ -64,7 +64,7 @@ from ts_neuralode.data.batching import (
     window_slack,
 )
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
-from ts_neuralode.data.io import read_series
+from ts_neuralode.data.io import as_frame, read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
 
@@ -166,7 +166,6 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
         train_end: float | str | None = None,
     ):
         super().__init__()
-        from ts_neuralode.data.io import as_frame
 
         df = as_frame(df)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if (path is None) == (df is None):

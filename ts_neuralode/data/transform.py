@@ -33,7 +33,9 @@ import torch
 from torch import Tensor
 
 from ts_neuralode.data.batch import Batch
-from ts_neuralode.data.timecodec import TimeCodec
+from ts_neuralode.data.batching import SeriesArrays, collate
+from ts_neuralode.data.io import read_series
+from ts_neuralode.data.timecodec import TimeCodec, unit_to_ns
 from ts_neuralode.errors import ConfigError, DataError, ForecastError
 
 SCALERS = ("standard", "minmax", "robust", "none")
@@ -285,7 +287,6 @@ class SeriesTransform:
     # --- forecaster path -------------------------------------------------------------------------
     def read(self, source, **read_kwargs):
         """Read a history CSV/DataFrame with this transform's columns and time codec."""
-        from ts_neuralode.data.io import read_series
 
         kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
               "codec": self.codec, "min_points": 1}  # one observation is enough to condition a forecast
@@ -301,7 +302,6 @@ class SeriesTransform:
         """History (CSV path, DataFrame or SeriesTable) -> :class:`PreparedBatch` conditioning on every
         observed value. Use ``prepared.query_times(...)`` for prediction times and ``prepared.to_frame(...)``
         to map predictions back to original units and timestamps."""
-        from ts_neuralode.data.batching import SeriesArrays, collate
 
         table = source if hasattr(source, "offsets") else self.read(source, **read_kwargs)
         self.check_table(table)
@@ -414,7 +414,6 @@ class PreparedBatch:
         elif isinstance(step, str):
             if not self.transform.codec.is_datetime:
                 raise ForecastError(f"step={step!r} is a duration but the data's time axis is numeric; pass a number")
-            from ts_neuralode.data.timecodec import unit_to_ns
 
             dt = pd.Timedelta(step).value / unit_to_ns(self.transform.codec.unit or "h")
         else:

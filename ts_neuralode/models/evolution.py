@@ -45,7 +45,7 @@ from ts_neuralode.models.control import (
     controlled_flow,
     solve_piecewise,
 )
-from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
+from ts_neuralode.models.evolution_config import EVOLUTION_CLASSES, EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
 from ts_neuralode.solvers import odeint
@@ -326,6 +326,9 @@ def make_evolution(kind: str, dim: int, **options) -> Evolution:
     "coupling_flow"}, options as the :class:`EvolutionConfig` fields (validated whatever the kind)."""
     check_positive_int(dim, "dim")
     return EvolutionConfig(kind=kind, **options).build(dim)
+
+
+EVOLUTION_CLASSES.update(ode=ODEEvolution, flow=FlowEvolution)  # what EvolutionConfig.build makes
 
 
 __all__ = [

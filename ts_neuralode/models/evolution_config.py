@@ -18,11 +18,21 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from ts_neuralode.errors import ConfigError, check_choice
+from ts_neuralode.models.nets import make_activation
+from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
+from ts_neuralode.solvers import ADJOINT_MODES, METHODS
 from ts_neuralode.solvers.options import DEFAULTS as SOLVER_DEFAULTS
 from ts_neuralode.solvers.options import ODEOptions
+from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
 
 EVOLUTION_KINDS = ("ode", "resnet_flow", "gru_flow", "coupling_flow")
 VECTOR_FIELDS = ("mlp", "gru")
+
+
+#: the evolution classes :meth:`EvolutionConfig.build` makes ("ode", "flow"); :mod:`ts_neuralode.models.evolution`
+#: fills it where it defines them (and ``ts_neuralode.models`` imports that module), so this configuration stays
+#: under the modules it configures: they import it, it imports none of them
+EVOLUTION_CLASSES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,7 @@ class EvolutionConfig:
     def build(self, state_dim: int, control_dim: int = 0):
         """The :class:`~ts_neuralode.models.evolution.Evolution` of a state of size ``state_dim``, driven by a
         control ``u(t)`` of ``control_dim`` channels when > 0 (:mod:`ts_neuralode.models.control`)."""
-        from ts_neuralode.models.evolution import FlowEvolution, ODEEvolution
-
-        if self.kind == "ode":
-            return ODEEvolution(state_dim, self, control_dim=control_dim)
-        return FlowEvolution(state_dim, self, control_dim=control_dim)
+        return EVOLUTION_CLASSES["ode" if self.kind == "ode" else "flow"](state_dim, self, control_dim=control_dim)
 
 
 def evolution_kind(value: "EvolutionConfig | str | Mapping[str, Any] | None") -> str:
@@ -143,10 +149,6 @@ def _positive(value, name: str, example: str) -> None:
 
 def _validate(c: EvolutionConfig) -> None:
     """Every option is checked whatever the kind: a typo fails early even where the option is unused."""
-    from ts_neuralode.models.nets import make_activation
-    from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
-    from ts_neuralode.solvers import ADJOINT_MODES, METHODS
-    from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
 
     if c.kind not in EVOLUTION_KINDS:
         raise ConfigError(f"evolution={c.kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)} "

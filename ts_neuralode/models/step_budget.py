@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ts_neuralode.errors import ForecastError
+from ts_neuralode.models.evolution import ODEEvolution, solver_steps
+from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS
 
 #: default upper bound of a forecast's automatic step budget (3x the training default). Time and memory grow
 #: linearly with the steps: the demo's ODE-RNN (rk4, 3 h steps, 12 series) took ~12 ms and ~18 kB a step on
@@ -29,7 +31,6 @@ REFERENCE_SPAN = 10.0
 
 def ode_evolutions(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The ODE evolutions (solver users) inside ``module``; flows have no step budget."""
-    from ts_neuralode.models.evolution import ODEEvolution
 
     return [m for m in module.modules() if isinstance(m, ODEEvolution)]
 
@@ -44,8 +45,6 @@ def check_max_steps(max_steps: Any, option: str = "max_steps") -> int | None:
 
 
 def _needed(config, span: float) -> int:
-    from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS
-
     if config.method in ADAPTIVE_METHODS:
         return math.ceil(config.max_steps * span / REFERENCE_SPAN)
     if config.step_size:
@@ -70,7 +69,6 @@ def forecast_budget(module: torch.nn.Module, span: float, max_steps: int | None 
 def step_budget(max_steps: int | None):
     """Run the block with every ODE solve allowed ``max_steps`` steps (None: each evolution's own): the budget
     travels with the call (:func:`ts_neuralode.models.evolution.solver_steps`), no model is modified."""
-    from ts_neuralode.models.evolution import solver_steps
 
     return solver_steps(max_steps)
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from .adjoint import odeint_adjoint
 from .core import SolverOptions, SolverStats, run_solver, solve_interval
 from .options import ADJOINT_MODES, DEFAULTS, ODEOptions
 from .tableaus import METHODS
@@ -234,8 +235,6 @@ def odeint(
                          step_size=None if opt.step_size is None else float(opt.step_size))
 
     if opt.adjoint:
-        from .adjoint import odeint_adjoint
-
         if adjoint_params is None:
             if not isinstance(func, nn.Module):
                 raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to differentiate)")

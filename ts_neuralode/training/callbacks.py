@@ -5,7 +5,7 @@
   The exception goes through Lightning's own error path, so no checkpoint is written after it, the model
   directory (written only at the end of a fit) is left as it was, and the MLflow run is marked FAILED; the
   guard adds the reason as the run's ``ts_neuralode.failure`` tag.
-* :class:`AtomicCheckpointIO` writes checkpoints atomically (:mod:`ts_neuralode.atomic`): a kill during a save
+* :class:`AtomicCheckpointIO` writes checkpoints atomically (:mod:`ts_neuralode.core.atomic`): a kill during a save
   leaves the previous checkpoint.
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import MLFlowLogger
 
-from ts_neuralode.atomic import atomic_torch_save
+from ts_neuralode.core.atomic import atomic_torch_save
 from ts_neuralode.errors import TrainingError
 from ts_neuralode.models.evolution_config import evolution_kind
 from ts_neuralode.solvers.errors import SolverError
@@ -166,10 +167,17 @@ class TrainingGuard(Callback):
         elif isinstance(exception, TrainingError):
             self.failure = str(exception)
         if self.failure and trainer.is_global_zero:
-            from ts_neuralode.tracking import find_logger
-
             logger = find_logger(trainer)
             if logger is not None:  # the logger marks the run FAILED right after this hook
                 safe = getattr(logger, "safe_call", None)
                 call = safe if safe is not None else (lambda fn, *a: fn(*a))
                 call(lambda: logger.experiment.set_tag(logger.run_id, FAILURE_TAG, self.failure[:5000]))
+
+
+def find_logger(trainer: Trainer) -> MLFlowLogger | None:
+    """The run's MLflow logger, or None (also once tracking has failed, see
+    :class:`ts_neuralode.integrations.mlflow.tracking.TrackingLogger`)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger):
+            return None if getattr(logger, "tracking_failed", False) else logger
+    return None

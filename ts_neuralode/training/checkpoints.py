@@ -1,6 +1,6 @@
 """The parts of a Lightning ``Trainer`` every run of the project gets: the best and ``last`` checkpoints, MLflow
-tracking (logger + callback), atomic checkpoint writes. Used by :func:`ts_neuralode.fit_api.train` (fit) and by
-the ``validate | test | predict`` subcommands (:mod:`ts_neuralode.lightning.cli`)."""
+tracking (logger + callback), atomic checkpoint writes. Used by :func:`ts_neuralode.api.fitting.train` (fit) and by
+the ``validate | test | predict`` subcommands (:mod:`ts_neuralode.cli.lightning`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ts_neuralode import tracking
-from ts_neuralode.callbacks import AtomicCheckpointIO
+from ts_neuralode.training.callbacks import AtomicCheckpointIO
 
 #: metric the best checkpoint (and ``fit_info["best_score"]``) follow when the fit validates; else the training loss
 VAL_MONITOR = "val_loss"
@@ -44,19 +43,6 @@ def checkpoint_callbacks(ckpt_dir: Path, has_val: bool) -> list:
     return out
 
 
-def tracking_parts(cfg, stage: str, ckpt_dir: Path, run_id: str | None = None):
-    """(logger, callbacks) of MLflow tracking for ``stage`` (``fit`` | ``validate`` | ...), (None, []) when the
-    config tracks nothing or names its own logger."""
-    if not cfg.get("tracking") or cfg.trainer.get("logger") not in (None, True):
-        return None, []
-    logger = tracking.make_logger(
-        tracking.resolve_tracking_uri(cfg.get("tracking_uri")), cfg.get("experiment_name"), cfg.get("run_name"),
-        run_id=run_id, tags={"ts_neuralode.subcommand": stage}, artifact_location=cfg.get("artifact_location"))
-    cb = tracking.MlflowTrackingCallback(ckpt_dir=ckpt_dir, log_model=bool(cfg.get("log_model")),
-                                         register_as=cfg.get("register_as"))
-    return logger, [cb]
-
-
 def with_atomic_checkpoints(plugins: Any) -> list:
     """Trainer plugins plus :class:`AtomicCheckpointIO` (a kill during a save keeps the old file) unless one of
     them already writes checkpoints."""
@@ -64,5 +50,4 @@ def with_atomic_checkpoints(plugins: Any) -> list:
     return plugins if any(hasattr(p, "save_checkpoint") for p in plugins) else [*plugins, AtomicCheckpointIO()]
 
 
-__all__ = ["VAL_MONITOR", "TRAIN_MONITOR", "has_validation_series", "checkpoint_callbacks", "tracking_parts",
-           "with_atomic_checkpoints"]
+__all__ = ["VAL_MONITOR", "TRAIN_MONITOR", "has_validation_series", "checkpoint_callbacks", "with_atomic_checkpoints"]

@@ -21,7 +21,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ts_neuralode import __version__
+from ts_neuralode.core.atomic import atomic_write_dir, interrupted_backup
+from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.training.module import ForecastingModule
 
 FORMAT = "ts_neuralode.model/2"
 #: older formats that still load: /1 spelled the evolution options flat (mapped onto the nested config)
@@ -43,11 +47,6 @@ class StoredModel:
     context: float | str | None
 
 
-def clean_hparams(hparams: Mapping[str, Any]) -> dict:
-    """Module hyperparameters without LightningCLI's private keys (``_class_path``, ``_instantiator``)."""
-    return {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
-
-
 def jsonable(obj: Any) -> Any:
     """Deep copy of ``obj`` with only JSON types (tuples -> lists); raise ConfigError on anything else."""
     if isinstance(obj, Mapping):
@@ -66,17 +65,15 @@ def write_model_dir(path: str | os.PathLike, module: torch.nn.Module, hparams: M
                     read_options: Mapping[str, Any], name: str, context: Any) -> Path:
     """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it.
 
-    The directory is replaced atomically (:func:`ts_neuralode.atomic.atomic_write_dir`): a process killed
+    The directory is replaced atomically (:func:`ts_neuralode.core.atomic.atomic_write_dir`): a process killed
     during the save leaves the previous model directory, or the new one complete, never a mix."""
-    from ts_neuralode import __version__
-    from ts_neuralode.atomic import atomic_write_dir
 
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     config = {
         "format": FORMAT,
         "name": name,
-        "module": {"class": "ts_neuralode.lightning.ForecastingModule", "hparams": jsonable(hparams)},
+        "module": {"class": "ts_neuralode.training.ForecastingModule", "hparams": jsonable(hparams)},
         "transform": jsonable(transform.state_dict()),
         "read_options": jsonable(read_options),
         "context": jsonable(context),
@@ -96,7 +93,6 @@ def write_model_dir(path: str | os.PathLike, module: torch.nn.Module, hparams: M
 
 def read_stored(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> StoredModel:
     """A model directory or a Lightning ``.ckpt``, loaded with ``weights_only=True``."""
-    from ts_neuralode.atomic import interrupted_backup
 
     p = Path(path)
     backup = interrupted_backup(p)
@@ -169,7 +165,6 @@ def _read_checkpoint(p: Path, map_location) -> StoredModel:
 
 def build_module(stored: StoredModel, where: Path, map_location) -> torch.nn.Module:
     """The :class:`ForecastingModule` of ``stored``, weights loaded (ForecastError when they do not fit)."""
-    from ts_neuralode.lightning import ForecastingModule
 
     try:
         module = ForecastingModule.from_hparams(stored.hparams)
@@ -225,7 +220,6 @@ def _first_line(err: BaseException) -> str:
 
 def as_transform(tstate: Any):
     """A SeriesTransform from itself, its ``state_dict()``, or a JSON file / model directory holding it."""
-    from ts_neuralode.data.transform import SeriesTransform
 
     if isinstance(tstate, SeriesTransform):
         return tstate

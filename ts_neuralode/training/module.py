@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 import torch
@@ -38,12 +39,11 @@ from torch import nn
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.covariates import CovariateSpec
 from ts_neuralode.errors import ConfigError, check_choice
-from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
-from ts_neuralode.model_store import clean_hparams
-from ts_neuralode.models import Forecast, build_model, model_options
+from ts_neuralode.models import MODELS, Forecast, build_model, model_options
 from ts_neuralode.models.baselines import BASELINES, REFERENCE, baseline_names, build_baseline
 from ts_neuralode.models.evolution_config import EvolutionConfig, upgrade_flat_options
 from ts_neuralode.models.window import WindowModel, check_window_options
+from ts_neuralode.training.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skill
 
 _STAGES = ("val", "test")
 _METRICS = {
@@ -56,6 +56,11 @@ SKILLS = {"skill": "mse", "interp_skill": "interp_mse", "extrap_skill": "extrap_
 _MODEL_KEY = "model"  # the model's own metrics (no name suffix)
 LR_SCHEDULES = ("step", "cosine")
 
+
+
+def clean_hparams(hparams: Mapping[str, Any]) -> dict:
+    """Module hyperparameters without LightningCLI's private keys (``_class_path``, ``_instantiator``)."""
+    return {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
 
 class ForecastingModule(pl.LightningModule):
     """Lightning wrapper of one forecasting model.
@@ -265,6 +270,4 @@ class ForecastingModule(pl.LightningModule):
 
 
 def _known_models() -> set[str]:
-    from ts_neuralode.models import MODELS
-
     return set(MODELS)

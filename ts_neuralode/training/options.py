@@ -1,11 +1,11 @@
-"""The options of a fit, declared once: the parser of ``ts-neuralode fit`` and of :func:`ts_neuralode.fit_api.fit`.
+"""The options of a fit, declared once: the parser of ``ts-neuralode fit`` and of :func:`ts_neuralode.api.fitting.fit`.
 
-LightningCLI's parser generated from the signatures of :class:`~ts_neuralode.lightning.ForecastingModule`
+LightningCLI's parser generated from the signatures of :class:`~ts_neuralode.training.ForecastingModule`
 (``--model.*``, the evolution nested under ``--model.evolution.*``),
 :class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule` (``--data.*``) and Lightning's ``Trainer``
 (``--trainer.*``), plus the project's own options (:func:`add_project_options`: MLflow, checkpoint and model
 directories) and ``--ckpt_path`` / ``--weights_only`` of ``Trainer.fit``. :class:`FitOptions` only builds the
-parser and parses: it instantiates nothing and runs nothing (the API does: :func:`ts_neuralode.fit_api.train`),
+parser and parses: it instantiates nothing and runs nothing (the API does: :func:`ts_neuralode.api.fitting.train`),
 so the command line, a config file and the Python API's dicts all go through the same declarations, defaults and
 type checks.
 """
@@ -21,8 +21,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning.module import ForecastingModule
 from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
+from ts_neuralode.training.module import ForecastingModule
 
 PROG = "ts-neuralode"
 
@@ -75,7 +75,7 @@ class FitOptions(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         add_project_options(parser, fit=True)
 
-    # parse only: the API (ts_neuralode.fit_api.train) seeds, instantiates and runs
+    # parse only: the API (ts_neuralode.api.fitting.train) seeds, instantiates and runs
     def _parse_ckpt_path(self) -> None:
         pass
 

@@ -4,7 +4,7 @@
     ts-neuralode benchmark --data.path series.csv --models latent_ode_dopri5,latent_gru_flow --epochs 20
 
 Every selected model (:data:`MODEL_SPECS`; default all of them) is built by
-:class:`~ts_neuralode.lightning.ForecastingModule` with the same options, seeded with the same seed, and
+:class:`~ts_neuralode.training.ForecastingModule` with the same options, seeded with the same seed, and
 trained by a Lightning ``Trainer`` for the same number of epochs on the same
 :class:`~ts_neuralode.data.IrregularTimeSeriesDataModule` (training task ``--task``). Then it is scored on
 the test split of BOTH tasks (the data modules share the split: same seed, same series):
@@ -18,7 +18,7 @@ the test split of BOTH tasks (the data modules share the split: same seed, same 
 
 Naive baselines (:mod:`ts_neuralode.models.baselines`; ``--baselines``, default ``locf, mean, linear`` plus
 ``seasonal`` with ``--season``) get rows of their own, scored by the same ``trainer.test`` of the same
-:class:`~ts_neuralode.lightning.ForecastingModule` code on the same test sets (nothing to train: no epoch
+:class:`~ts_neuralode.training.ForecastingModule` code on the same test sets (nothing to train: no epoch
 time). Every row has a skill per task, ``<task>_skill = <task>_mse / LOCF's <task>_mse`` (below 1: better
 than carrying the last value forward).
 
@@ -34,19 +34,19 @@ Outputs: a markdown table on stdout (and ``<out stem>.md`` with the command that
 ``--out``, a PNG chart of epoch time against test MSE (log-log) and, unless ``--no_tracking``, an MLflow parent
 run (params: the shared settings; artifacts: CSV, PNG, markdown) with one nested run per model (params: the
 model's config; metrics: the row, plus ``epoch/epoch_time_s`` and ``epoch/train_loss`` with ``step = epoch``).
-The tracking URI follows the project convention (:func:`ts_neuralode.tracking.resolve_tracking_uri`).
+The tracking URI follows the project convention (:func:`ts_neuralode.integrations.mlflow.tracking.resolve_tracking_uri`).
 MLflow is written only between models, never inside a timed loop.
 
 A model whose solver fails (:class:`~ts_neuralode.solvers.SolverError`, e.g. step size underflow on stiff
 dynamics) gets its error in the ``error`` column and the benchmark goes on with the next one.
 
-The package, one job a module: :mod:`~ts_neuralode.benchmark.config` (model table, columns, settings),
-:mod:`~ts_neuralode.benchmark.runner` (data, training, scoring), :mod:`~ts_neuralode.benchmark.tracker`
-(MLflow runs), :mod:`~ts_neuralode.benchmark.report` (table, chart, results/ files),
-:mod:`~ts_neuralode.benchmark.cli` (the subcommand's options; imported by the command line only, not here).
+The package, one job a module: :mod:`~ts_neuralode.api.benchmark.config` (model table, columns, settings),
+:mod:`~ts_neuralode.api.benchmark.runner` (data, training, scoring), :mod:`~ts_neuralode.api.benchmark.tracker`
+(MLflow runs), :mod:`~ts_neuralode.api.benchmark.report` (table, chart, results/ files),
+:mod:`~ts_neuralode.cli.benchmark` (the subcommand's options; imported by the command line only, not here).
 """
 
-from ts_neuralode.benchmark.config import (
+from ts_neuralode.api.benchmark.config import (
     COLUMNS,
     DEFAULT_MODELS,
     MODEL_SPECS,
@@ -56,7 +56,7 @@ from ts_neuralode.benchmark.config import (
     BenchmarkConfig,
     scored_tasks,
 )
-from ts_neuralode.benchmark.report import (
+from ts_neuralode.api.benchmark.report import (
     describe,
     markdown_table,
     plot_time_vs_mse,
@@ -66,7 +66,7 @@ from ts_neuralode.benchmark.report import (
     write_outputs,
     write_report,
 )
-from ts_neuralode.benchmark.runner import (
+from ts_neuralode.api.benchmark.runner import (
     BenchmarkResult,
     benchmark_baseline,
     benchmark_model,

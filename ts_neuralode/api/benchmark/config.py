@@ -10,7 +10,9 @@ import torch
 
 from ts_neuralode.data.batching import LAYOUTS as BATCH_LAYOUTS
 from ts_neuralode.data.datamodule import SPLITS, TASKS
+from ts_neuralode.data.generators import NAMES
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.models.baselines import baseline_names
 
 PROG = "ts-neuralode benchmark"
 
@@ -97,8 +99,6 @@ class BenchmarkConfig:
         if (self.dataset is None) == (self.path is None):
             raise ConfigError("give exactly one of --dataset NAME (a synthetic set) or --data.path FILE.csv")
         if self.dataset is not None:
-            from ts_neuralode.data.generators import NAMES
-
             if self.dataset not in NAMES:
                 raise ConfigError(f"--dataset {self.dataset!r} is unknown; choose one of {', '.join(NAMES)} "
                                   "or pass --data.path FILE.csv")
@@ -119,7 +119,6 @@ class BenchmarkConfig:
                               "such as 2D)")
         if self.split_by is not None and (self.split_by not in SPLITS or self.task != "forecast"):
             raise ConfigError(f"--split_by {self.split_by!r}: use series or time, with --task forecast only")
-        from ts_neuralode.models.baselines import baseline_names
 
         baseline_names(self.baselines, self.season)  # unknown names, duplicates
         if "seasonal" in (self.baselines or ()) and self.season is None:

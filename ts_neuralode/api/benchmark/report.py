@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.benchmark.config import MD_COLUMNS, MD_OPTIONAL, BenchmarkConfig, scored_tasks
+from ts_neuralode.api.benchmark.config import MD_COLUMNS, MD_OPTIONAL, BenchmarkConfig, scored_tasks
 
 if TYPE_CHECKING:
-    from ts_neuralode.benchmark.runner import BenchmarkResult
+    from ts_neuralode.api.benchmark.runner import BenchmarkResult
 
 
 # ---------------------------------------------------------------------------------------------- output

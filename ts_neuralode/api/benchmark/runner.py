@@ -16,10 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.benchmark.config import COLUMNS, MODEL_SPECS, PROG, SCORES, TASKS, BenchmarkConfig, scored_tasks
-from ts_neuralode.benchmark.report import describe
-from ts_neuralode.benchmark.tracker import BenchmarkTracker
+from ts_neuralode.api.benchmark.config import COLUMNS, MODEL_SPECS, PROG, SCORES, TASKS, BenchmarkConfig, scored_tasks
+from ts_neuralode.api.benchmark.report import describe
+from ts_neuralode.api.benchmark.tracker import BenchmarkTracker
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.data.generators import generate
+from ts_neuralode.models.baselines import REFERENCE, baseline_names
+from ts_neuralode.models.evolution_config import merge_options
 from ts_neuralode.solvers import SolverError
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.metrics import skill
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -33,7 +39,6 @@ def load_frame(cfg: BenchmarkConfig) -> pd.DataFrame | None:
     """The generated data set (None for a CSV, which each data module reads itself)."""
     if cfg.dataset is None:
         return None
-    from ts_neuralode.data.generators import generate
 
     return generate(cfg.dataset, n_series=cfg.n_series, n_points=cfg.n_points, seed=cfg.seed)
 
@@ -46,7 +51,6 @@ def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
     """
     if cfg.layout != "auto":
         return cfg.layout
-    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
     probe = IrregularTimeSeriesDataModule(**_source_kwargs(cfg, df), task="interpolation", seed=cfg.seed,
                                           layout="padded", scaler=cfg.scaler, time_scale=cfg.time_scale)
@@ -58,7 +62,6 @@ def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
 
 def make_datamodules(cfg: BenchmarkConfig, df: pd.DataFrame | None, layout: str) -> dict[str, Any]:
     """One data module per task that is trained on or scored, sharing series, split, scaler and seed."""
-    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
     out = {}
     for task in TASKS:
@@ -121,7 +124,6 @@ def _epoch_timer(device: str):
 def module_options(cfg: BenchmarkConfig, name: str, input_dim: int) -> dict[str, Any]:
     """ForecastingModule keyword arguments of benchmark model ``name`` (the baselines have rows of their own, so
     a model's test run scores no baselines)."""
-    from ts_neuralode.models.evolution_config import merge_options
 
     return merge_options({"eval_samples": 1, "baselines": []}, cfg.model_options, MODEL_SPECS[name],
                          cfg.model_overrides.get(name, {}), {"input_dim": input_dim})
@@ -144,7 +146,6 @@ def score_tasks(cfg: BenchmarkConfig, trainer, module_for, dms: dict[str, Any], 
 
 def add_skill(row: dict[str, Any], reference: dict[str, Any] | None) -> None:
     """``row[<task>_skill]`` = its MSE / the reference (LOCF) row's, for every task column."""
-    from ts_neuralode.metrics import skill
 
     for prefix, _ in SCORES.values():
         ref = reference.get(f"{prefix}_mse", math.nan) if reference else math.nan
@@ -154,7 +155,6 @@ def add_skill(row: dict[str, Any], reference: dict[str, Any] | None) -> None:
 def benchmark_baseline(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> dict[str, Any]:
     """Score naive baseline ``name`` like a model (``trainer.test`` of a ForecastingModule around it): nothing to
     train, so no epoch time; latency of ``predict`` on the first scored task's test batches."""
-    from ts_neuralode.lightning import ForecastingModule
 
     row: dict[str, Any] = {c: math.nan for c in COLUMNS}
     row.update(model=name, family="baseline", evolution="-", method="-", params=0, error="")
@@ -214,7 +214,6 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
     """Train and score one model; returns its result row and per-epoch history."""
     import lightning.pytorch as pl
 
-    from ts_neuralode.lightning import ForecastingModule
 
     spec = MODEL_SPECS[name]
     row: dict[str, Any] = {c: math.nan for c in COLUMNS}
@@ -293,7 +292,6 @@ def run_benchmark(
                              tracking_uri=tracker.uri if tracker else None)
     from tqdm.auto import tqdm
 
-    from ts_neuralode.models.baselines import REFERENCE, baseline_names
 
     baselines = baseline_names(cfg.baselines, cfg.season)
     rows, base_rows = [], []

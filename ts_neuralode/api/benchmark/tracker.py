@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ts_neuralode.mlflow_io import finite_metrics, log_batch, open_run
+from ts_neuralode.integrations.mlflow.io import finite_metrics, log_batch, open_run
+from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
 
 TAGS = {"ts_neuralode.subcommand": "benchmark"}
 
@@ -15,8 +16,6 @@ class BenchmarkTracker:
     """Parent run + one nested run per model, written with MlflowClient between models (never while timed)."""
 
     def __init__(self, tracking_uri: str | None, experiment: str, run_name: str | None, params: dict) -> None:
-        from ts_neuralode.tracking import resolve_tracking_uri
-
         self.uri = resolve_tracking_uri(tracking_uri)
         self.client, self.exp_id, run = open_run(self.uri, experiment, run_name or "benchmark", TAGS)
         self.parent_id = run.info.run_id

@@ -1,7 +1,7 @@
 """The one low-level MLflow layer: open an experiment, write params and metrics in MLflow's batch sizes.
 
-Used by the fit's tracking callback (:mod:`ts_neuralode.tracking`) and the benchmark's runs
-(:mod:`ts_neuralode.benchmark.tracker`); both go through an ``MlflowClient`` and never log inside a timed loop.
+Used by the fit's tracking callback (:mod:`ts_neuralode.integrations.mlflow.tracking`) and the benchmark's runs
+(:mod:`ts_neuralode.api.benchmark.tracker`); both go through an ``MlflowClient`` and never log inside a timed loop.
 """
 
 from __future__ import annotations

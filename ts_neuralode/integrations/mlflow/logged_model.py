@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-try:  # the class is defined only where MLflow is installed (always, with ts_neuralode's dependencies)
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object
+import ts_neuralode
+from ts_neuralode.data.io import read_frame
+from ts_neuralode.data.query_times import query_times
+from ts_neuralode.errors import ForecastError
 
 #: name of the logged model within the run (``runs:/<run id>/forecaster``; ``fit`` prints its ``models:/`` URI, the
 #: one to use). Not "model": that is the run's folder of the plain model directory, and MLflow 3 merges a logged model
@@ -57,30 +57,13 @@ PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "n
                                   "raw_bands": False}
 EXAMPLE_ROWS = 8
 
-_ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster (see ts_neuralode.mlflow_model)
+_ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster (see ts_neuralode.integrations.mlflow.logged_model)
 import mlflow
 
-from ts_neuralode.mlflow_model import ForecasterModel
+from ts_neuralode.integrations.mlflow.pyfunc import ForecasterModel
 
 mlflow.models.set_model(ForecasterModel())
 """
-
-
-class ForecasterModel(PythonModel):
-    """pyfunc wrapper of :class:`ts_neuralode.forecaster.Forecaster` (artifact ``model_dir``)."""
-
-    def load_context(self, context) -> None:
-        from ts_neuralode.forecaster import Forecaster
-
-        self.forecaster = Forecaster.load(context.artifacts["model_dir"])
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from ts_neuralode.errors import TSNeuralODEError
-
-        try:
-            return forecast_frame(self.forecaster, model_input, params)
-        except TSNeuralODEError as err:  # the user's request is wrong: one line, no traceback (served or not)
-            raise served_error(err) from None
 
 
 def served_error(err: Exception):
@@ -110,8 +93,6 @@ def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
     p = {**PARAM_DEFAULTS, **{k: v for k, v in (params or {}).items() if v is not None}}
     unknown = sorted(set(p) - set(PARAM_DEFAULTS))
     if unknown:
-        from ts_neuralode.errors import ForecastError
-
         raise ForecastError(f"unknown params {unknown}; use {', '.join(PARAM_DEFAULTS)}")
     opts: dict[str, Any] = {"num_samples": int(p["num_samples"]), "level": [float(v) for v in p["level"]],
                             "seed": int(p["seed"])}
@@ -131,8 +112,6 @@ def forecast_frame(forecaster, history: pd.DataFrame, params: dict[str, Any] | N
     """The forecast of ``history`` with the query ``params``, datetimes as ISO 8601 strings."""
     opts = query_options(params)
     if opts.get("calibrated") and forecaster.calibration is None:
-        from ts_neuralode.errors import ForecastError
-
         raise ForecastError("params calibrated=true: this MLflow model holds no band calibration (its fit had no "
                             "validation windows with enough points to calibrate on); send calibrated=false or leave it "
                             "out for the model's own bands")
@@ -151,7 +130,6 @@ def covariate_columns(forecaster) -> list[str]:
 def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS, forecaster=None) -> pd.DataFrame | None:
     """The last ``rows`` lines of the first ``n_series`` series of the training data, in its own columns (with
     ``forecaster``: also its covariate columns)."""
-    from ts_neuralode.data.io import read_frame
 
     read = dict(getattr(datamodule, "read_kwargs", {}) or {})
     df = datamodule.df if getattr(datamodule, "df", None) is not None else read_frame(datamodule.path)
@@ -171,7 +149,6 @@ def with_future_rows(forecaster, example: pd.DataFrame, query: dict[str, Any]) -
     """``example`` plus, for a model with known-future or static covariates, one row per series at the last time
     of the forecast ``query`` (params) with every channel empty and the series' last covariate values: how
     known-future values are sent (see the module docstring)."""
-    from ts_neuralode.query_times import query_times
 
     cols = covariate_columns(forecaster)
     if not cols:
@@ -231,7 +208,6 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster
     import mlflow
     from mlflow.models import infer_signature
 
-    import ts_neuralode
 
     example = input_example(datamodule, forecaster=forecaster)
     params = example_params(forecaster, datamodule)

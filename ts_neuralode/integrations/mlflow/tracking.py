@@ -17,8 +17,8 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
   every validation metric the module logs (loss, interpolation / extrapolation MSE, function evaluations …)
   and ``epoch_time_s`` (training time of the epoch, validation excluded);
 * artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
-  :class:`ts_neuralode.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles), the same model as
-  an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.mlflow_model`; registered with
+  :class:`ts_neuralode.api.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles), the same model as
+  an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.integrations.mlflow.logged_model`; registered with
   ``--register_as NAME``) and forecast plots of a few validation series (``plots/``);
 * the experiment is tagged as a forecasting one (``mlflow.experimentKind``) unless it has another kind already;
 * the MLflow model is logged at the best checkpoint's epoch (its ``step``), so the Logged Models page shows that
@@ -45,9 +45,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
-from ts_neuralode.atomic import atomic_write_text
+from ts_neuralode.core.atomic import atomic_write_text
+from ts_neuralode.core.threads import current_choice
 from ts_neuralode.errors import ConfigError, ForecastError, TSNeuralODEError
-from ts_neuralode.mlflow_io import log_batch
+from ts_neuralode.integrations.mlflow.io import MAX_PARAM_LENGTH, log_batch, mark_training_experiment
+from ts_neuralode.integrations.mlflow.logged_model import log_pyfunc
+from ts_neuralode.training.callbacks import find_logger, solver_failure
+from ts_neuralode.training.module import clean_hparams
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +132,6 @@ class TrackingLogger(MLFlowLogger):
 
         if rank_zero_only.rank != 0:
             return
-        from ts_neuralode.mlflow_io import MAX_PARAM_LENGTH
-        from ts_neuralode.model_store import clean_hparams
 
         flat = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in _flatten_dict(clean_hparams(_convert_params(params))).items()}
         existing = self.experiment.get_run(self.run_id).data.params
@@ -171,14 +173,6 @@ def make_logger(
         tags=dict(tags or {}),
         artifact_location=resolve_artifact_location(artifact_location),
     )
-
-
-def find_logger(trainer: Trainer) -> MLFlowLogger | None:
-    """The run's MLflow logger, or None (also once tracking has failed, see :class:`TrackingLogger`)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, MLFlowLogger):
-            return None if getattr(logger, "tracking_failed", False) else logger
-    return None
 
 
 def tracked(logger: MLFlowLogger, fn, *args: Any, **kwargs: Any) -> Any:
@@ -244,8 +238,7 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
 
 def scale_params(trainer: Trainer) -> dict[str, Any]:
     """What the run was spread over, logged once by rank 0: world size, nodes, strategy, the global batch size
-    (series per optimizer step over every rank) and the torch thread choice (:mod:`ts_neuralode.threads`)."""
-    from ts_neuralode.threads import current_choice
+    (series per optimizer step over every rank) and the torch thread choice (:mod:`ts_neuralode.core.threads`)."""
 
     world = int(getattr(trainer, "world_size", 1) or 1)
     per_rank = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
@@ -264,7 +257,7 @@ def scale_params(trainer: Trainer) -> dict[str, Any]:
 class MlflowTrackingCallback(Callback):
     """Per-epoch metrics (``step = epoch``), epoch time and end-of-fit artifacts; see the module docstring.
     Does nothing without an MLflow logger. The model directory itself is written by
-    :class:`ts_neuralode.export.ModelExportCallback` (whose forecaster this callback logs when it is there).
+    :class:`ts_neuralode.api.export.ModelExportCallback` (whose forecaster this callback logs when it is there).
 
     Args:
         ckpt_dir: where checkpoints and ``mlflow_run.json`` live (the run file enables resuming).
@@ -311,7 +304,6 @@ class MlflowTrackingCallback(Callback):
             return
         self.run_id = logger.run_id
         self.tracking_uri = logger._tracking_uri
-        from ts_neuralode.mlflow_io import mark_training_experiment
 
         tracked(logger, mark_training_experiment, logger.experiment, logger.experiment_id)
 
@@ -414,11 +406,11 @@ class MlflowTrackingCallback(Callback):
                                                                str(Path(best).resolve()))))
         if not self.log_model:
             return
-        from ts_neuralode.export import ModelExportCallback, fitted_forecaster
-
-        export = next((c for c in trainer.callbacks if isinstance(c, ModelExportCallback)), None)
-        forecaster = export.forecaster if export is not None else fitted_forecaster(trainer, pl_module)
-        written = export.model_dir_written if export is not None else None
+        # the fitted forecaster comes from the model export callback of the fit (ts_neuralode.api.export), found by
+        # what it offers: this layer sits under the API and does not build forecasters itself
+        export = next((c for c in trainer.callbacks if hasattr(c, "model_dir_written")), None)
+        forecaster = getattr(export, "forecaster", None)
+        written = getattr(export, "model_dir_written", None)
         if forecaster is not None:
             self._model_error = None
             logged = tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written,
@@ -443,13 +435,10 @@ class MlflowTrackingCallback(Callback):
                    step: int = 0) -> Any:
         """The model directory (``model_dir`` when the export callback has written it, else saved here) and
         validation forecast plots as artifacts of the run."""
-        from ts_neuralode.callbacks import solver_failure
-
         client, run_id = logger.experiment, logger.run_id
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = model_dir or forecaster.save(Path(tmp) / "model")
             client.log_artifacts(run_id, str(model_dir), "model")
-            from ts_neuralode.mlflow_model import log_pyfunc  # the same directory as an MLflow (pyfunc) model
 
             try:
                 info = log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster,
@@ -476,3 +465,16 @@ class MlflowTrackingCallback(Callback):
             for png in pngs:
                 client.log_artifact(run_id, str(png), "plots")
         return info
+
+
+def tracking_parts(cfg, stage: str, ckpt_dir: Path, run_id: str | None = None):
+    """(logger, callbacks) of MLflow tracking for ``stage`` (``fit`` | ``validate`` | ...), (None, []) when the
+    config tracks nothing or names its own logger."""
+    if not cfg.get("tracking") or cfg.trainer.get("logger") not in (None, True):
+        return None, []
+    logger = make_logger(
+        resolve_tracking_uri(cfg.get("tracking_uri")), cfg.get("experiment_name"), cfg.get("run_name"),
+        run_id=run_id, tags={"ts_neuralode.subcommand": stage}, artifact_location=cfg.get("artifact_location"))
+    cb = MlflowTrackingCallback(ckpt_dir=ckpt_dir, log_model=bool(cfg.get("log_model")),
+                                         register_as=cfg.get("register_as"))
+    return logger, [cb]
