@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ts_neuralode.api import backtest
-    from ts_neuralode.data.forecast_frame import band_col
+    from ts_neuralode.api.forecast_frame import band_col
 
     torch.set_num_threads(args.threads)
     fit_args = ["--model.model", args.model, "--data.id_col", "ID", "--data.time_col", "Time", "--data.value_cols",

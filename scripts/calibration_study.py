@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from ts_neuralode.api import backtest  # noqa: E402
 from ts_neuralode.api.backtest import md_table as markdown_table  # noqa: E402
 from ts_neuralode.api.benchmark.report import publish_report  # noqa: E402
-from ts_neuralode.data.forecast_frame import band_col  # noqa: E402
+from ts_neuralode.api.forecast_frame import band_col  # noqa: E402
 
 FAMILIES = ("latent_ode", "ode_rnn", "gru_ode", "latent_ode:coupling_flow", "ode_rnn:gru_flow")  # model[:evolution]
 LEVELS = (50, 90)

@@ -17,7 +17,8 @@ import _peer_windows as pw  # noqa: E402
 import make_bxlator  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
-from ts_neuralode.api.backtest import _window_rows, evaluate, window_cuts  # noqa: E402
+from ts_neuralode.api.backtest import evaluate, window_cuts  # noqa: E402
+from ts_neuralode.api.windows import _window_rows  # noqa: E402
 from ts_neuralode.data.io import read_series  # noqa: E402
 
 

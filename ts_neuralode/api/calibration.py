@@ -45,11 +45,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.api.scoring import DEFAULT_BUCKETS, bucket_edges, bucket_of, lead_times
 from ts_neuralode.api.windows import _run_windows
 from ts_neuralode.core.atomic import atomic_write_text
 from ts_neuralode.data.batching import segment_searchsorted
-from ts_neuralode.data.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.errors import ConfigError, ForecastError
 
 FILE = "calibration.json"

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ts_neuralode.api.backtest import cross_validation
+from ts_neuralode.api.forecast_frame import band_col, parse_levels, quantile_columns
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.core.atomic import atomic_write_bytes
-from ts_neuralode.data.forecast_frame import band_col, parse_levels, quantile_columns
 from ts_neuralode.errors import ConfigError, ForecastError
 
 ENSEMBLE_FILE = "ensemble.json"

@@ -1,6 +1,6 @@
 """Forecast figures: one PNG per series — observed history, forecast mean and its uncertainty bands.
 
-Inputs are the tidy frames of :mod:`ts_neuralode.data.forecast_frame`:
+Inputs are the tidy frames of :mod:`ts_neuralode.api.forecast_frame`:
 
 * history: ``unique_id, ds, channel, y`` (one row per observed value, original units and timestamps);
 * forecast: ``unique_id, ds, [channel,] <model>, <model>-lo-<L>, <model>-hi-<L>…`` (Nixtla style).
@@ -19,9 +19,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, table_to_long  # noqa: E402
 from ts_neuralode.core.atomic import atomic_write_bytes  # noqa: E402
 from ts_neuralode.data.batching import subset_table
-from ts_neuralode.data.forecast_frame import band_col, fmt_level, levels_of, table_to_long  # noqa: E402
 
 
 def forecast_levels(forecast: pd.DataFrame, model: str) -> list[str]:

@@ -23,7 +23,7 @@ and a ``channel`` column.
 
 The pieces live in their own modules: model directories and checkpoints in :mod:`ts_neuralode.training.model_store`,
 the query-time grammar in :mod:`ts_neuralode.data.query_times`, the output frames in
-:mod:`ts_neuralode.data.forecast_frame`, the figures in :mod:`ts_neuralode.api.plotting`; this class ties them together.
+:mod:`ts_neuralode.api.forecast_frame`, the figures in :mod:`ts_neuralode.api.plotting`; this class ties them together.
 """
 
 from __future__ import annotations
@@ -37,13 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.api import calibration
-from ts_neuralode.api.plotting import plot_forecasts, validation_forecast_figures
-from ts_neuralode.core.threads import configure_threads
-from ts_neuralode.data.batching import context_start
-from ts_neuralode.data.batching import subset_table as _subset_table
-from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
-from ts_neuralode.data.forecast_frame import (
+from ts_neuralode.api import calibration, plotting
+from ts_neuralode.api.forecast_frame import (
     DEFAULT_LEVELS,
     fmt_level,
     model_display_name,
@@ -52,6 +47,10 @@ from ts_neuralode.data.forecast_frame import (
     quantile_bands,
     table_to_long,
 )
+from ts_neuralode.core.threads import configure_threads
+from ts_neuralode.data.batching import context_start
+from ts_neuralode.data.batching import subset_table as _subset_table
+from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
 from ts_neuralode.data.io import as_frame
 from ts_neuralode.data.query_times import check_reachable, count, query_times
 from ts_neuralode.errors import ForecastError
@@ -424,13 +423,13 @@ class Predictor:
         last = dict(zip([str(i) for i in table.ids], table.user_times(table.offsets[1:] - 1)))
         hist = hist.assign(unique_id=hist["unique_id"].astype(str))
         fc = forecast.assign(unique_id=forecast["unique_id"].astype(str))
-        return plot_forecasts(hist, fc, self.name, out_dir, series=[str(i) for i in ids], cutoffs=last)
+        return plotting.plot_forecasts(hist, fc, self.name, out_dir, series=[str(i) for i in ids], cutoffs=last)
 
     def plot_validation_forecasts(self, datamodule, out_dir: str | os.PathLike, n_series: int = 3,
                                   num_samples: int = 50) -> list[Path]:
         """Fit-time figures: condition on the first half of a few validation series, forecast the rest."""
 
-        return validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)
+        return plotting.validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.core.atomic import atomic_write_bytes
-from ts_neuralode.data.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.data.timecodec import as_number, as_timedelta
 from ts_neuralode.errors import ConfigError
 

@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ts_neuralode.api.forecast_frame import table_to_long
 from ts_neuralode.data.batching import segment_searchsorted, subset_table, window_slack
-from ts_neuralode.data.forecast_frame import table_to_long
 from ts_neuralode.data.io import _Where
 from ts_neuralode.data.timecodec import parse_time_column
 from ts_neuralode.errors import ConfigError, ForecastError
