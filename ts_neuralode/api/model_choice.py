@@ -23,180 +23,56 @@ Candidates are neural models only: a naive or statistical forecast is never retu
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
-import logging
 import math
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import pandas as pd
-from lightning.pytorch import Callback
-
 from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
-from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, flatten, nest, sample
+from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary
+from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, nest, sample
+from ts_neuralode.api.model_choice_study import (
+    ATTR,
+    DEFAULT_EPOCHS,
+    DEFAULT_METRIC,
+    DEFAULT_STUDY,
+    DEFAULT_TRIALS,
+    Budget,
+    SearchResult,
+    _counts,
+    _data_digest,
+    _fingerprint,
+    _fixed_options,
+    _prepare_data,
+    _require_optuna,
+    _wait_attr,
+)
 from ts_neuralode.api.predictor import Predictor
-from ts_neuralode.api.preflight import tracking_store
-from ts_neuralode.errors import ConfigError, DataError, SolverError, TrainingError, TSNeuralODEError
-from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
+from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
 
 try:
     import optuna
 except ImportError:  # pragma: no cover - optuna is a dependency; a broken install gets one line
     optuna = None
 
-DEFAULT_TRIALS = 20
-DEFAULT_EPOCHS = 20
-DEFAULT_STUDY = "ts_neuralode_auto"
-DEFAULT_METRIC = "val_mae"
 #: trainer options of every trial unless the user sets them
 TRIAL_TRAINER = {"max_epochs": DEFAULT_EPOCHS, "gradient_clip_val": 1.0, "enable_progress_bar": False,
                  "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1}
 HEARTBEAT_S = 10       # a running trial records a heartbeat this often (RDB storages)
 GRACE_S = 60           # a trial without one for this long is stale: its worker died; it is failed and run again
-PARENT_WAIT_S = 30     # a worker joining a study waits this long for the creator to record the MLflow parent run
-ATTR = "ts_neuralode"  # prefix of the study's user attributes
-
-
-def _require_optuna() -> None:
-    if optuna is None:
-        raise ConfigError("the automatic model choice needs optuna: pip install 'optuna>=4'")
 
 
 # -- budget -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
-    """``trials``: trials of the study in total (all workers and resumes together; None: no limit); ``time``:
-    seconds of wall time for this call's search (None: no limit). A trial running at the deadline stops there and
-    is scored on the validations it made. Refits come after the search and are not counted."""
-
-    trials: int | None = DEFAULT_TRIALS
-    time: float | None = None
-
-    @classmethod
-    def coerce(cls, value: Any) -> "Budget":
-        """``20`` (trials), ``"30min"`` / a Timedelta (time), ``{"trials": 20, "time": "1h"}``, or a Budget."""
-        if isinstance(value, cls):
-            out = value
-        elif value is None:
-            out = cls()
-        elif isinstance(value, bool):
-            raise ConfigError(f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
-                              "{'trials': N, 'time': '1h'}")
-        elif isinstance(value, int):
-            out = cls(trials=value)
-        elif isinstance(value, (str, pd.Timedelta)):
-            out = cls(trials=None, time=_seconds(value))
-        elif isinstance(value, Mapping):
-            unknown = set(value) - {"trials", "time"}
-            if unknown:
-                raise ConfigError(f"budget has no option(s) {sorted(unknown)}; use trials and time")
-            trials = value.get("trials")
-            t = value.get("time")
-            out = cls(trials=None if trials is None else _int(trials, "budget trials"),
-                      time=None if t is None else _seconds(t))
-        else:
-            raise ConfigError(f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
-                              "{'trials': N, 'time': '1h'}")
-        if out.trials is None and out.time is None:
-            raise ConfigError("budget: give a number of trials, a time, or both (the search needs an end)")
-        if out.trials is not None and out.trials < 1:
-            raise ConfigError(f"budget trials={out.trials} must be >= 1")
-        if out.time is not None and not out.time > 0:
-            raise ConfigError(f"budget time={out.time} s must be positive")
-        return out
-
-
-def _int(value: Any, what: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{what}={value!r} is not an integer") from err
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(str(value))
-    except ValueError:
-        pass
-    try:
-        return pd.Timedelta(value).total_seconds()
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"budget time={value!r} is not a duration; pass seconds or e.g. '30min', '2h'") from err
 
 
 # -- the Lightning callback of a trial ----------------------------------------------------------------------
-class TrialCallback(Callback):
-    """Reports ``metric`` to the Optuna ``trial`` after every validation and stops the fit when the pruner says so
-    (``pruned``), when ``patience`` validations passed without improvement, or at ``deadline`` (``time.monotonic``;
-    ``stopped_by_time``). Keeps each epoch's value and the best one (``best``, ``best_epoch``). With a
-    ``parent_run_id`` it makes the fit's MLflow run a child of it (and adds ``tags``); ``run_id`` is that run."""
-
-    def __init__(self, trial=None, metric: str = DEFAULT_METRIC, *, deadline: float | None = None,
-                 patience: int | None = None, parent_run_id: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
-        self.trial, self.metric, self.deadline, self.patience = trial, metric, deadline, patience
-        self.parent_run_id, self.tags = parent_run_id, dict(tags or {})
-        self.values: list[float] = []
-        self.best, self.best_epoch = math.inf, None
-        self.pruned = self.stopped_by_time = False
-        self.run_id: str | None = None
-        self.client = None
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
-        if logger is None or self.parent_run_id is None:
-            return
-        try:
-            self.run_id, self.client = logger.run_id, logger.experiment
-            self.client.set_tag(self.run_id, "mlflow.parentRunId", self.parent_run_id)
-            for k, v in self.tags.items():
-                self.client.set_tag(self.run_id, k, v)
-        except Exception as err:  # tracking problems never stop a trial (the fit's own tracking reports them)
-            warnings.warn(f"model choice: cannot tag MLflow run as a child of {self.parent_run_id} ({err})",
-                          stacklevel=1)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.stopped_by_time = True
-            trainer.should_stop = True
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        if self.metric not in metrics:
-            known = sorted(k for k in metrics if k.startswith("val_"))
-            raise ConfigError(f"model choice: the fit logs no {self.metric!r} to select on; pass metric= one of "
-                              f"{', '.join(known) or 'val_loss'}")
-        value = float(metrics[self.metric])
-        if not math.isfinite(value):
-            value = math.inf
-        epoch = int(trainer.current_epoch)
-        self.values.append(value)
-        if value < self.best:
-            self.best, self.best_epoch = value, epoch
-        if self.trial is not None:
-            self.trial.report(value if math.isfinite(value) else sys.float_info.max, epoch)
-            if self.trial.should_prune():
-                self.pruned = True
-                trainer.should_stop = True
-        if self.patience and self.best_epoch is not None and epoch - self.best_epoch >= self.patience:
-            trainer.should_stop = True
 
 
 # -- the study ----------------------------------------------------------------------------------------------
@@ -231,59 +107,6 @@ def _storage(url: str | None):
                               "sqlite:///study.db or postgresql://user:pass@host/db") from err
 
 
-def _counts(t) -> bool:
-    """Whether trial ``t`` uses the trials budget: running, or run to an outcome (complete, pruned, failed). Waiting
-    trials and interrupted ones (failed without an outcome: they are run again) do not."""
-    return t.state == optuna.trial.TrialState.RUNNING or "outcome" in t.user_attrs
-
-
-@dataclass
-class SearchResult:
-    """What :func:`search` did: the Optuna ``study``, the MLflow ``parent_run_id``, why it stopped
-    (``"trials"``, ``"time"``), and the numbers of the trials this call ran."""
-
-    study: Any
-    parent_run_id: str | None
-    stop_reason: str
-    ran: list[int] = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
-
-    def trials(self, outcome: str | None = None) -> list:
-        """The study's finished trials (``outcome``: only "complete", "pruned" or "failed"), by number."""
-        out = [t for t in self.study.get_trials(deepcopy=False) if "outcome" in t.user_attrs]
-        return [t for t in out if outcome is None or t.user_attrs["outcome"] == outcome]
-
-    def best(self, k: int = 1) -> list:
-        """The ``k`` complete trials with the lowest metric (ties: the earlier trial)."""
-        done = [t for t in self.trials("complete") if t.value is not None and math.isfinite(t.value)]
-        return sorted(done, key=lambda t: (t.value, t.number))[:k]
-
-
-class _Quiet:
-    """A trial's output (Lightning's messages, warnings, prints) goes to its log file instead of the console."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self):
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.levels = {}
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            lg = logging.getLogger(name)
-            self.levels[name] = lg.level
-            lg.setLevel(logging.WARNING)
-        self.redirects = contextlib.ExitStack()
-        self.redirects.enter_context(contextlib.redirect_stdout(self.file))
-        self.redirects.enter_context(contextlib.redirect_stderr(self.file))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.redirects.close()
-        for name, level in self.levels.items():
-            logging.getLogger(name).setLevel(level)
-        self.file.close()
-
-
 class _Heartbeat:
     """Records the trial's heartbeat every HEARTBEAT_S seconds while it runs (RDB storages)."""
 
@@ -310,85 +133,6 @@ class _Heartbeat:
         self.stop.set()
         if self.thread is not None:
             self.thread.join()
-
-
-class _Progress:
-    """A bar on a TTY (tqdm), else one line per trial on stderr; nothing when disabled."""
-
-    def __init__(self, enabled: bool | None, total: int | None, done: int) -> None:
-        self.stream = sys.stderr
-        self.total = total
-        self.enabled = True if enabled is None else bool(enabled)
-        self.bar = None
-        if self.enabled and (enabled is None and self.stream.isatty()):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=done, desc="auto", unit="trial", file=self.stream)
-
-    def trial(self, line: str, postfix: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(1)
-        else:
-            print(f"auto: {line}", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fingerprint(settings: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _data_digest(path: Path) -> str:
-    """sha256 of a data file (or of a folder's file names and sizes): the same data on every worker."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(path)}:{f.stat().st_size}\n".encode())
-    else:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def _prepare_data(data: Any, output_dir: Path) -> Path:
-    if isinstance(data, pd.DataFrame):
-        output_dir.mkdir(parents=True, exist_ok=True)
-        path = output_dir / "data.csv"
-        data.to_csv(path, index=False)
-        return path
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.exists():
-            raise DataError(f"{path}: no such file; pass the path of a CSV or Parquet file, or a DataFrame")
-        return path
-    raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a file path")
-
-
-def _fixed_options(data_options, model_options, trainer) -> dict[str, Any]:
-    """The user's options, flat, with the search's time split forced: the forecast task split by time."""
-    fixed = {**flatten("data", data_options), **flatten("model", model_options), **flatten("trainer", trainer)}
-    if fixed.get("data.task", "forecast") != "forecast":
-        raise ConfigError(f"model auto searches on the forecast task's time split; drop data task="
-                          f"{fixed['data.task']!r} (it uses task='forecast')")
-    if fixed.get("data.split_by", "time") != "time":
-        raise ConfigError("model auto validates on the end of every series (split_by='time'); drop split_by")
-    if fixed.get("data.horizon") is None:
-        raise ConfigError("model auto needs the forecast horizon: pass data_options={'horizon': ...} "
-                          "(--data.horizon, a number of time units or a duration such as 2D)")
-    if float(fixed.get("data.val_fraction", 0.2)) <= 0 and fixed.get("data.train_end") is None:
-        raise ConfigError("model auto scores each trial on the validation horizon; drop val_fraction=0")
-    fixed["data.task"] = "forecast"
-    fixed["data.split_by"] = "time"
-    fixed.setdefault("data.val_fraction", 0.2)
-    fixed.setdefault("data.test_fraction", 0.0)
-    return fixed
 
 
 def _open_study(storage_url, study_name, pruner, settings):
@@ -421,67 +165,7 @@ def _open_study(storage_url, study_name, pruner, settings):
     return storage, study, created
 
 
-def _wait_attr(study, key: str, seconds: float):
-    end = time.monotonic() + seconds
-    while True:
-        value = study.user_attrs.get(key)
-        if value is not None or time.monotonic() >= end:
-            return value
-        time.sleep(0.5)
-
-
 # -- MLflow -------------------------------------------------------------------------------------------------
-class _Tracking:
-    """The search's parent run (created once per study; workers and resumes reuse it)."""
-
-    def __init__(self, enabled: bool, tracking_uri: str | None, experiment_name: str | None, run_name: str | None):
-        self.enabled = enabled
-        self.client = None
-        self.uri = None
-        self.experiment_name = experiment_name or "ts_neuralode"
-        self.run_name = run_name
-        if enabled:
-            from mlflow import MlflowClient
-
-
-            self.uri = tracking_store(resolve_tracking_uri(tracking_uri), off="pass tracking=False")
-            self.client = MlflowClient(self.uri)
-
-    def parent(self, study, created: bool, settings: Mapping[str, Any]) -> str | None:
-        if not self.enabled:
-            return None
-        key = f"{ATTR}.mlflow_parent_run_id"
-        fresh = not created and not study.get_trials(deepcopy=False)  # a worker that created it a moment ago
-        run_id = study.user_attrs.get(key) or (_wait_attr(study, key, PARENT_WAIT_S) if fresh else None)
-        if run_id is not None:
-            with contextlib.suppress(Exception):
-                self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment_name)
-        run = self.client.create_run(exp_id, run_name=self.run_name or f"auto_{study.study_name}",
-                                     tags={"ts_neuralode.kind": "model_choice", "ts_neuralode.study": study.study_name})
-        run_id = run.info.run_id
-        for k, v in settings.items():
-            with contextlib.suppress(Exception):
-                self.client.log_param(run_id, k, str(v)[:6000])
-        study.set_user_attr(key, run_id)
-        return run_id
-
-    def tag(self, run_id: str | None, tags: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
-        if not self.enabled or run_id is None:
-            return
-        with contextlib.suppress(Exception):
-            for k, v in tags.items():
-                self.client.set_tag(run_id, k, str(v))
-            for k, v in (metrics or {}).items():
-                if v is not None and math.isfinite(v):
-                    self.client.log_metric(run_id, k, float(v))
-
-    def end(self, run_id: str | None, status: str) -> None:
-        if self.enabled and run_id is not None:
-            with contextlib.suppress(Exception):
-                self.client.set_terminated(run_id, status)
 
 
 # -- the search ---------------------------------------------------------------------------------------------
@@ -669,35 +353,7 @@ def _abandon(study, trial, track, cb, retry: bool) -> None:
     track.end(cb.run_id, "KILLED")
 
 
-def _user_error(err: Exception, n: int, label: str) -> Exception:
-    return type(err)(f"model auto, trial {n} ({label}): {' '.join(str(err).split())}")
-
-
 # -- refit and result ---------------------------------------------------------------------------------------
-def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence | None = None, track: _Tracking,
-          parent: str | None, seed: int, log_model: bool, forecaster_cls: type[Predictor] = Predictor):
-    """The trial's configuration trained on train + validation (no validation split; ``data.train_end`` dropped)
-    for the trial's best number of epochs; returns the fitted ``forecaster_cls``."""
-
-    full = dict(trial.user_attrs["options"])
-    full["data.val_fraction"] = 0.0
-    full.pop("data.train_end", None)
-    full["trainer.max_epochs"] = int(trial.user_attrs.get("best_epoch", 0)) + 1
-    full["trainer.limit_val_batches"] = 0  # nothing left to validate on
-    groups = nest(full)
-    model = groups["model"].pop("model", "latent_ode")
-    rdir = output_dir / "refit" / f"trial_{trial.number:04d}"
-    shutil.rmtree(rdir, ignore_errors=True)
-    rdir.mkdir(parents=True, exist_ok=True)
-    cb = TrialCallback(None, parent_run_id=parent, tags={"ts_neuralode.refit_of_trial": str(trial.number)})
-    with _Quiet(rdir / "log.txt"):
-        fc = fit(str(data_path), model, data_options=groups["data"], model_options=groups["model"],
-                 trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=rdir,
-                 tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
-                 run_name=f"refit_trial_{trial.number:04d}", log_model=log_model, seed=seed,
-                 forecaster_cls=forecaster_cls)
-    shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
-    return fc
 
 
 def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
@@ -741,65 +397,6 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
     return finish(result, data, out, ensemble=ensemble, refit=refit, callbacks=callbacks, tracking=tracking,
                   tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed, log_model=log_model,
                   forecaster_cls=forecaster_cls)
-
-
-def finish(result: SearchResult, data: Any, output_dir: Path, *, ensemble: int = 1, refit: bool = True,
-           callbacks: Sequence | None = None, tracking: bool = True, tracking_uri: str | None = None,
-           experiment_name: str | None = None, seed: int = 0, log_model: bool = True,
-           forecaster_cls: type[Predictor] = Predictor):
-    """The search's result as a model: the best ``ensemble`` trials, refitted or loaded (as ``forecaster_cls``),
-    saved under ``output_dir/model``."""
-
-    chosen = result.best(ensemble)
-    n = {k: len(result.trials(k)) for k in ("complete", "pruned", "failed")}
-    if not chosen:
-        raise TrainingError(f"model auto: no trial completed ({n['pruned']} pruned, {n['failed']} failed; reasons in "
-                            f"{output_dir / 'trials'}/*/log.txt); raise the budget or trainer.max_epochs")
-    track = _Tracking(tracking, tracking_uri, experiment_name, None)
-    parent = result.parent_run_id
-    path = _prepare_data(data, output_dir) if not isinstance(data, pd.DataFrame) else output_dir / "data.csv"
-    members = []
-    for t in chosen:
-        if refit:
-            members.append(refit_trial(t, path, output_dir, callbacks=callbacks, track=track, parent=parent,
-                                              seed=seed, log_model=log_model, forecaster_cls=forecaster_cls))
-        else:
-            model_dir = t.user_attrs.get("model_dir")
-            if not model_dir or not Path(model_dir).is_dir():
-                raise ConfigError(f"model auto: trial {t.number}'s model directory {model_dir} is not on this "
-                                  "machine (another worker ran it); use refit=True")
-            members.append(forecaster_cls.load(model_dir))
-    final = members[0] if len(members) == 1 else EnsembleForecaster(members)
-    model_dir = output_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    final.save(model_dir)
-    best = chosen[0]
-    info = {"model_dir": str(model_dir), "study_name": result.study.study_name, "best_trial": best.number,
-            "best_value": best.value, "metric": result.settings.get("metric"), "params": dict(best.params),
-            "members": [t.number for t in chosen], "trials": n, "stop_reason": result.stop_reason,
-            "parent_run_id": parent, "refit": bool(refit),
-            "run_id": (members[0].fit_info or {}).get("run_id") if refit and len(members) == 1 else None,
-            "tracking_uri": track.uri}
-    final.fit_info = info
-    if track.enabled and parent is not None:
-        track.tag(parent, {"ts_neuralode.best_trial": best.number, "ts_neuralode.members": info["members"]},
-                  {"best_value": best.value, "trials_complete": n["complete"], "trials_pruned": n["pruned"],
-                   "trials_failed": n["failed"]})
-        if len(members) > 1 and log_model:
-            with contextlib.suppress(Exception):
-                track.client.log_artifacts(parent, str(model_dir), "model")
-        track.end(parent, "FINISHED")
-    return final
-
-
-def summary(result: SearchResult) -> str:
-    """One line per finished trial (number, outcome, value, configuration) — what ``--worker`` prints."""
-    buf = io.StringIO()
-    for t in result.trials():
-        value = "" if t.value is None else f" {t.value:.4g}"
-        buf.write(f"trial {t.number}: {t.user_attrs['outcome']}{value} {describe(t.params)}\n")
-    return buf.getvalue()
 
 
 __all__ = ["Budget", "DEFAULT_METRIC", "SearchResult", "TrialCallback", "finish", "fit_auto", "refit_trial", "search",
