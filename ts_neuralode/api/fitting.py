@@ -49,7 +49,7 @@ from ts_neuralode.core.atomic import atomic_write_text
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow import tracking
-from ts_neuralode.integrations.mlflow.tracking import tracking_parts
+from ts_neuralode.integrations.mlflow.fit_tracking import tracking_parts
 from ts_neuralode.training.callbacks import TrainingGuard
 from ts_neuralode.training.checkpoints import (
     TRAIN_MONITOR,

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI
 from ts_neuralode.api import preflight
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow import tracking
-from ts_neuralode.integrations.mlflow.tracking import tracking_parts
+from ts_neuralode.integrations.mlflow.fit_tracking import tracking_parts
 from ts_neuralode.training.callbacks import TrainingGuard
 from ts_neuralode.training.checkpoints import with_atomic_checkpoints
 from ts_neuralode.training.options import add_project_options
