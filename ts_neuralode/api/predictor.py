@@ -29,7 +29,6 @@ the query-time grammar in :mod:`ts_neuralode.data.query_times`, the output frame
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -47,6 +46,8 @@ from ts_neuralode.api.forecast_frame import (
     quantile_bands,
     table_to_long,
 )
+from ts_neuralode.core.progress import show_progress
+from ts_neuralode.core.seeding import seeded
 from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
@@ -283,7 +284,7 @@ class Predictor:
         user_steps = budgets.check_max_steps(max_steps)
         span = budgets.forecast_span(self.transform, table, index, raw_q)
         steps = budgets.forecast_budget(self.module, span.span, user_steps)
-        bar = _progress(chunks, progress, "forecast")
+        bar = show_progress(chunks, progress, "forecast", "batch")
         with seeded(seed), budgets.step_budget(steps):
             try:
                 frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
@@ -432,27 +433,4 @@ class Predictor:
         return plotting.validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)
 
 
-@contextmanager
-def seeded(seed: int | None):
-    """Run the block with torch's global RNG seeded to ``seed`` (None: as it is), restoring its state after:
-    a forecast's samples are reproducible and the caller's random stream is left as it was."""
-    if seed is None:
-        yield
-        return
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(state)
-
-
-def _progress(items: list, enabled: bool, desc: str):
-    if not enabled or len(items) == 0:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="batch", leave=False)
-
-
-__all__ = ["Predictor", "table_to_long", "training_context", "seeded"]
+__all__ = ["Predictor", "table_to_long", "training_context"]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ts_neuralode.api.forecast_frame import table_to_long
+from ts_neuralode.core.progress import show_progress
 from ts_neuralode.data.batching import segment_searchsorted, subset_table, window_slack
 from ts_neuralode.data.io import _Where
 from ts_neuralode.data.timecodec import parse_time_column
@@ -160,7 +161,7 @@ def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: flo
     before_all = (float(np.min(table.times)) if len(table.times) else 0.0) - abs(h) - 1.0  # a cut with no history
     tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
     try:
-        for w in _progress(range(len(cuts)), progress):
+        for w in show_progress(range(len(cuts)), progress, "backtest", "window"):
             cut_w = np.where(np.isfinite(cuts[w]), cuts[w], before_all)
             n_hist, n_end = _window_rows(table, cut_w, h)
             if limit is not None:
@@ -186,11 +187,3 @@ def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: flo
         if tmp is not None:
             tmp.cleanup()
     return frames
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="backtest", unit="window", leave=False)
