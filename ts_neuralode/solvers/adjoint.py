@@ -30,7 +30,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .controller import PIController, error_ratio, initial_step
-from .core import SolverOptions, StepCheckpoint, _fail, rk_step, run_solver
+from .core import rk_step, run_solver
+from .failures import _fail
+from .records import SolverOptions, StepCheckpoint
 
 
 class _Spec:

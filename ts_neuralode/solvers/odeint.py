@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from .adjoint import odeint_adjoint
-from .core import SolverOptions, SolverStats, run_solver, solve_interval
+from .core import run_solver, solve_interval
 from .options import ADJOINT_MODES, DEFAULTS, ODEOptions
+from .records import SolverOptions, SolverStats
 from .tableaus import METHODS
 
 __all__ = ["odeint", "Solution", "ADJOINT_MODES"]
