@@ -402,7 +402,7 @@ def main(argv=None):
         lines.append(f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} vs "
                      f"{med['grid/shared']:.2f} = {g:.2f}× (evaluations {nfe['grid/per-sample']:.1f} vs "
                      f"{nfe['grid/shared']:.1f}) | (not supported) | | | |")
-        if B == target_batch:
+        if target_batch == B:
             targets = dict(
                 fwd_td=med["fwd/td"] / ours, fwd_tode=med["fwd/tode"] / ours,
                 nfe_eq=abs(nfe["fwd/ours"] / nfe["fwd/tode"] - 1),

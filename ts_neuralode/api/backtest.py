@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 

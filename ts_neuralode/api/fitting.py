@@ -29,11 +29,12 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MethodType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch

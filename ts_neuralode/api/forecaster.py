@@ -15,7 +15,8 @@ backtest and the model choice take the class to build as ``forecaster_cls``).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -39,7 +40,7 @@ class Forecaster(Predictor):
             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
             callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
             tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> "Forecaster":
+            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> Forecaster:
         """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
         checkpoints, model export and MLflow tracking; :func:`ts_neuralode.api.fitting.train`) and return it fitted.
 

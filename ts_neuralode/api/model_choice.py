@@ -31,8 +31,9 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary

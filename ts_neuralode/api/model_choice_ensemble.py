@@ -21,8 +21,9 @@ import copy
 import json
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,7 +126,7 @@ class EnsembleForecaster:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu",
-             member_cls: type[Predictor] = Predictor) -> "EnsembleForecaster":
+             member_cls: type[Predictor] = Predictor) -> EnsembleForecaster:
         """The ensemble saved at ``path``, its members loaded as ``member_cls``."""
         root = Path(path)
         try:

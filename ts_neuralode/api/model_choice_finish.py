@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 

@@ -18,8 +18,9 @@ onto the real option(s) at trial time: ``data.context_horizons`` = k gives ``dat
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 

@@ -8,9 +8,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -56,7 +57,7 @@ class Budget:
     time: float | None = None
 
     @classmethod
-    def coerce(cls, value: Any) -> "Budget":
+    def coerce(cls, value: Any) -> Budget:
         """``20`` (trials), ``"30min"`` / a Timedelta (time), ``{"trials": 20, "time": "1h"}``, or a Budget."""
         if isinstance(value, cls):
             out = value

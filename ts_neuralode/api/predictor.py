@@ -29,8 +29,9 @@ the query-time grammar in :mod:`ts_neuralode.data.query_times`, the output frame
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,7 +110,7 @@ class Predictor:
     # ------------------------------------------------------------------------------------------
     # construction, saving, loading
     @classmethod
-    def from_module(cls, module: torch.nn.Module, datamodule, name: str | None = None) -> "Predictor":
+    def from_module(cls, module: torch.nn.Module, datamodule, name: str | None = None) -> Predictor:
         """From a trained module and the data module it was trained on (its transform, read options and, for
         the forecast task, its context)."""
         read = dict(getattr(datamodule, "read_kwargs", {}) or {})
@@ -129,7 +130,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
-             name: str | None = None) -> "Predictor":
+             name: str | None = None) -> Predictor:
         """Load a model directory (``weights.pt`` + ``config.json``) or a Lightning ``.ckpt``.
 
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass

@@ -6,8 +6,9 @@ the observations after its cutoff (:func:`_run_windows`). Shared by the rolling-
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from ts_neuralode.api import backtest
 from ts_neuralode.api.forecaster import Forecaster

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ts_neuralode.api.benchmark.config import DEFAULT_MODELS, LAYOUTS, MODEL_SPECS, PROG, SPLITS, TASKS, BenchmarkConfig
 from ts_neuralode.api.benchmark.report import markdown_table, write_outputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from ts_neuralode.api.fitting import train
 from ts_neuralode.cli.lightning import TSNeuralODECLI

@@ -4,8 +4,9 @@ run); the history and sampling options declared here are shared with ``backtest`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file

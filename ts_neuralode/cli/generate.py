@@ -3,7 +3,7 @@ synthetic data set (:func:`ts_neuralode.data.generators.generate`, whose signatu
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ts_neuralode.api.preflight import writable_file
 from ts_neuralode.cli.args import parse, subcommand_parser

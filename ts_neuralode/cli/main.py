@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ts_neuralode.cli.args import cli_words
 from ts_neuralode.core.noise import quiet

@@ -4,8 +4,9 @@ The arrays it reads and the batches it feeds live in :mod:`ts_neuralode.data.cov
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -102,7 +103,7 @@ class CovariateSpec:
         return frame[~frame["channel"].isin(self.past_cols)] if self.past_cols else frame
 
     @classmethod
-    def from_state_dict(cls, d: Mapping[str, Any] | None) -> "CovariateSpec | None":
+    def from_state_dict(cls, d: Mapping[str, Any] | None) -> CovariateSpec | None:
         if not d:
             return None
         return cls(**{f.name: list(d.get(f.name) or []) for f in fields(cls)})
@@ -110,7 +111,7 @@ class CovariateSpec:
     @classmethod
     def configure(cls, future_cols: Sequence[str] | str | None, interp: str | Sequence[str] | Mapping[str, str] | None,
                   calendar: Sequence[str] | str | None, past_cols: Sequence[str] | str | None = None,
-                  static_cols: Sequence[str] | str | None = None) -> "CovariateSpec | None":
+                  static_cols: Sequence[str] | str | None = None) -> CovariateSpec | None:
         """Validate the options (before any data is read); None when there are no covariates."""
         listed = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
         cols, cal, past, static = listed(future_cols), listed(calendar), listed(past_cols), listed(static_cols)
@@ -144,8 +145,8 @@ class CovariateSpec:
             check_choice(k, "future_interp", INTERPOLATIONS)
         return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal), **extra)
 
-    def fit(self, arrays: "CovariateArrays", train: np.ndarray, codec, time_scale: float,
-            until: np.ndarray | None = None) -> "CovariateSpec":
+    def fit(self, arrays: CovariateArrays, train: np.ndarray, codec, time_scale: float,
+            until: np.ndarray | None = None) -> CovariateSpec:
         """Scales from the samples of the training series ``train`` — with ``until`` (``[S]`` raw times, e.g. the
         forecast task's ``train_end`` / validation cutoff) only those at or before it, as the series scaler is
         fitted; calendar frequencies in model units."""

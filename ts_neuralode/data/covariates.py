@@ -23,8 +23,9 @@ rules), in the batch's model time, plus the calendar phases at model time 0. ``C
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,7 @@ class CovariateArrays:
 
     @classmethod
     def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
-             what: str = "future_cols") -> "CovariateArrays":
+             what: str = "future_cols") -> CovariateArrays:
         """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames: the history, then optionally a frame
         of future values) and ``spec.static_cols`` (from the first source; later ones may repeat them) for the series
         of ``table`` (matched by id).
@@ -184,7 +185,7 @@ class CovariateArrays:
         return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
                    last, raw, static, list(table.ids), raw_t)
 
-    def subset(self, idx: Sequence[int]) -> "CovariateArrays":
+    def subset(self, idx: Sequence[int]) -> CovariateArrays:
         """The arrays of series ``idx`` (in that order)."""
         idx = np.asarray(list(idx), dtype=np.int64)
         n = self.counts[idx]
@@ -197,7 +198,7 @@ class CovariateArrays:
         return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx],
                                ids, raw_t)
 
-    def align(self, ids: Sequence) -> "CovariateArrays":
+    def align(self, ids: Sequence) -> CovariateArrays:
         """The arrays of the series ``ids`` (matched as strings; ForecastError naming one that is not here)."""
         pos = {str(i): k for k, i in enumerate(self.ids or [])}
         missing = [i for i in ids if str(i) not in pos]
@@ -219,7 +220,7 @@ class CovariateArrays:
                                     f"future=DataFrame with {c} up to the last query time")
 
     def batch(self, spec: CovariateSpec, idx: np.ndarray, origin: np.ndarray, time_scale: float, codec,
-              lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> "CovariateBatch":
+              lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> CovariateBatch:
         """The :class:`CovariateBatch` of series ``idx`` whose model time 0 is raw time ``origin`` [b]. With
         ``lo``/``hi`` (raw) only the knots that matter on ``[lo, hi]`` are kept (the last one at or before ``lo``
         through the first one at or after ``hi``)."""
@@ -264,7 +265,7 @@ class CovariateSource:
     origins: np.ndarray
 
     def batch(self, idx: np.ndarray, origin: np.ndarray | None = None, lo: np.ndarray | None = None,
-              hi: np.ndarray | None = None) -> "CovariateBatch":
+              hi: np.ndarray | None = None) -> CovariateBatch:
         origin = self.origins[np.asarray(idx, dtype=np.int64)] if origin is None else origin
         return self.arrays.batch(self.spec, idx, np.asarray(origin, dtype=np.float64), self.time_scale, self.codec,
                                  lo, hi)
@@ -292,15 +293,15 @@ class CovariateBatch:
     def dim(self) -> int:
         return self.values.shape[-1] + 2 * self.phase.shape[-1]
 
-    def to(self, device, non_blocking: bool = False) -> "CovariateBatch":
+    def to(self, device, non_blocking: bool = False) -> CovariateBatch:
         return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else
                                  getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
-    def pin_memory(self) -> "CovariateBatch":
+    def pin_memory(self) -> CovariateBatch:
         return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
                                  for f in fields(self)})
 
-    def repeat(self, n: int) -> "CovariateBatch":
+    def repeat(self, n: int) -> CovariateBatch:
         """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
         if n == 1:
             return self

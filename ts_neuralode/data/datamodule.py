@@ -43,7 +43,8 @@ so a DDP run with ``batch_size = B / N`` sees the same global batches as one pro
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -80,7 +80,7 @@ class SeriesTable:
             return self.codec.from_float(self.times[k])
         return self.codec.from_ns(self.time_ns[k])
 
-    def take(self, rows: np.ndarray, offsets: np.ndarray, ids) -> "SeriesTable":
+    def take(self, rows: np.ndarray, offsets: np.ndarray, ids) -> SeriesTable:
         """A table with rows ``rows`` of this one (in that order), grouped into series by ``offsets``/``ids``."""
         from dataclasses import replace
 

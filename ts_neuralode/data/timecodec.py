@@ -104,7 +104,7 @@ class TimeCodec:
         return {"kind": self.kind, "unit": self.unit, "tz": self.tz, "ref_ns": int(self.ref_ns)}
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "TimeCodec":
+    def from_state_dict(cls, d: dict) -> TimeCodec:
         return cls(kind=d["kind"], unit=d.get("unit"), tz=d.get("tz"), ref_ns=int(d.get("ref_ns", 0)))
 
     # ---------------------------------------------------------------------------------------------

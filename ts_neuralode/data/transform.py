@@ -24,8 +24,9 @@ Everything is JSON-serialisable: ``SeriesTransform.state_dict()`` / ``SeriesTran
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,7 +133,7 @@ class SeriesTransform:
     @classmethod
     def fit(cls, table, series: np.ndarray | None = None, *, scaler: str = "standard",
             time_scale: float | str = "auto", time_origin: str = "series",
-            window: float | None = None) -> "SeriesTransform":
+            window: float | None = None) -> SeriesTransform:
         """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable.
 
         ``window``: the longest stretch of raw time a model integrates over, when it is shorter than a series
@@ -214,7 +215,7 @@ class SeriesTransform:
                 "id_col": self.id_col, "time_col": self.time_col}
 
     @classmethod
-    def from_state_dict(cls, d: Mapping[str, Any]) -> "SeriesTransform":
+    def from_state_dict(cls, d: Mapping[str, Any]) -> SeriesTransform:
         d = dict(d)
         d["codec"] = TimeCodec.from_state_dict(d["codec"])
         return cls(**d)
@@ -298,7 +299,7 @@ class SeriesTransform:
                             f"{list(self.channel_names)}; pass value_cols in that order")
         return table
 
-    def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> "PreparedBatch":
+    def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> PreparedBatch:
         """History (CSV path, DataFrame or SeriesTable) -> :class:`PreparedBatch` conditioning on every
         observed value. Use ``prepared.query_times(...)`` for prediction times and ``prepared.to_frame(...)``
         to map predictions back to original units and timestamps."""

@@ -60,7 +60,7 @@ class ControlledGRUField(nn.Module):
         return (1 - z) * (g - h)
 
 
-def controlled_field(field: nn.Module, control) -> "callable":
+def controlled_field(field: nn.Module, control) -> callable:
     """The solver's ``func(t [B], y [B, H])`` of a controlled field and the rows' ``u``."""
     return lambda t, y: field(t, y, control(t.expand(y.shape[0]) if t.dim() == 0 else t))
 

@@ -14,8 +14,9 @@ next to the model's own options); :func:`upgrade_flat_options` maps them onto th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.nets import make_activation
@@ -87,7 +88,7 @@ class EvolutionConfig:
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
-    def coerce(cls, value: "EvolutionConfig | str | Mapping[str, Any] | None") -> "EvolutionConfig":
+    def coerce(cls, value: EvolutionConfig | str | Mapping[str, Any] | None) -> EvolutionConfig:
         """A config from a config, a kind name (``"gru_flow"``: defaults otherwise) or a dict of options."""
         if value is None:
             return cls()
@@ -103,7 +104,7 @@ class EvolutionConfig:
         raise ConfigError(f"evolution={value!r} is invalid; pass a kind ({', '.join(EVOLUTION_KINDS)}) or an "
                           "EvolutionConfig")
 
-    def resolve(self, **defaults: Any) -> "EvolutionConfig":
+    def resolve(self, **defaults: Any) -> EvolutionConfig:
         """This config with its None options (``hidden_dim``, ``vector_field``) set to a model's ``defaults``."""
         unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **unset) if unset else self
@@ -118,7 +119,7 @@ class EvolutionConfig:
         return EVOLUTION_CLASSES["ode" if self.kind == "ode" else "flow"](state_dim, self, control_dim=control_dim)
 
 
-def evolution_kind(value: "EvolutionConfig | str | Mapping[str, Any] | None") -> str:
+def evolution_kind(value: EvolutionConfig | str | Mapping[str, Any] | None) -> str:
     """The kind of an evolution however it is spelled (config, kind name, dict of options as in saved
     hyperparameters, None: the default ``"ode"``), without validating the rest."""
     if isinstance(value, EvolutionConfig):

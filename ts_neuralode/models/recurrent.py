@@ -9,7 +9,7 @@ point: extrapolation horizons cost one solve, however many query times they hold
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -30,7 +30,7 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -392,7 +392,7 @@ def solve_fixed(
     y = y0
     recs = []
     if step_size is None:
-        if T - 1 > max_steps:
+        if max_steps < T - 1:
             raise _fail(tab, f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
                         torch.ones(B, dtype=torch.bool, device=dev), t0, sign,
                         "raise max_steps or pass fewer output times", max_steps=max_steps)

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -160,7 +161,7 @@ class ForecastingModule(pl.LightningModule):
         self._batch_start = 0.0
 
     @classmethod
-    def from_hparams(cls, hparams: dict) -> "ForecastingModule":
+    def from_hparams(cls, hparams: dict) -> ForecastingModule:
         """The module of saved hyperparameters, in this version's spelling or the older flat one (``evolution:
         ode``, ``method: rk4`` … next to the model options; see :func:`upgrade_flat_options`)."""
         return cls(**upgrade_flat_options(clean_hparams(hparams)))

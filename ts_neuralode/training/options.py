@@ -13,8 +13,9 @@ type checks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 from lightning.pytorch.cli import LightningCLI

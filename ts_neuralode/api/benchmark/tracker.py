@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ts_neuralode.integrations.mlflow.io import finite_metrics, log_batch, open_run
 from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
