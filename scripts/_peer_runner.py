@@ -12,7 +12,8 @@ stamp (``freq=1``), so every series may have its own cutoff.
 * statsforecast (``statsforecast`` in spec["families"]): AutoETS, AutoARIMA, AutoTheta (season_length =
   spec["season"] grid steps, 1 when none) and MSTL (only with a season), each fitted on every window's history
   (``fit`` then ``predict``; they are local models; AutoARIMA on the last 10 seasons of each history — 520
-  steps without a season — as its seasonal search takes tens of minutes per fit on CO₂'s 2,000 weeks), bands at the levels 5, 15, …, 95 (the quantiles
+  steps without a season — as its seasonal search takes tens of minutes per fit on CO₂'s 2,000 weeks), bands at the
+  levels 5, 15, …, 95 (the quantiles
   2.5 %, 7.5 %, … 97.5 % of the CRPS grid) and 90. A series a model cannot fit falls back to the Naive forecast
   (statsforecast's ``fallback_model``).
 * neuralforecast (``neuralforecast``): NHITS, NBEATS, TiDE (MAE loss: point forecasts), input_size

@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)")
     p.add_argument("--commands", nargs="*", default=None, help="with --merge: the commands that made the CSVs")
     p.add_argument("--old", nargs="*", default=None,
-                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started at 0)")
+                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started "
+                        "at 0)")
     args = p.parse_args(argv)
     if args.merge:
         parts = [pd.read_csv(f) for f in args.merge]

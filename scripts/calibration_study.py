@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 "windows as above (`fit_cal_points`: the points it calibrated on).")
     sections = [desc, "## Held-out coverage of the default bands (calibrated by fit)", fit_desc,
                 markdown_table(fit_show),
-                "## Held-out coverage before / after calibration on a separate calibration set", markdown_table(show), reading(table),
+                "## Held-out coverage before / after calibration on a separate calibration set", markdown_table(show),
+                reading(table),
                 "## Calibration factors (band stretch per horizon bucket, nearest first) and in-sample coverage",
                 markdown_table(factors)]
     return publish_report(args.out, "Conformal calibration of the forecast bands", "scripts/calibration_study.py",

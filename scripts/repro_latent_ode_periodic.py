@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             col = lambda c: [float(t.loc[name, c]) for t in tables]  # noqa: E731
             ref = REFERENCE.get((task, name), (math.nan, math.nan))
             epoch_s = statistics.median(col("epoch_time_s"))
-            errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("", "nan")})
+            errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("",
+                                                                                                                  "nan")})
             rows.append(f"| {task} | {name} | {int(tables[0].loc[name, 'params']):,} | {_f(epoch_s, 3)} | "
                         f"{_f(base / epoch_s, 2)} | {_f(statistics.median(col('infer_nfe')), 1)} | "
                         f"{_spread(col(f'{key}_mse'))} | {_spread(col(f'{key}_skill'), 3)} | "

@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['params']:,} | {fmt(r['epoch_s'], 3)} | "
             f"{fmt(ratio(r, 'ode_rk4', r['epoch_s']), 2)} | {fmt(ratio(r, 'ode_dopri5', r['epoch_s']), 2)} | "
-            f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} | "
+            f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} "
+            f"| "
             f"{fmt(ref[0], 2)} | {fmt(ratio(r, 'ode_rk4', ref[0], REFERENCE), 2)} | {fmt(ref[1])} |")
     table = "\n".join(lines)
     setting = (f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, "

@@ -97,7 +97,8 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
 
     def test_mse():
         with torch.no_grad():
-            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args, n_batches=data["n_test_batches"],
+            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args,
+                                                  n_batches=data["n_test_batches"],
                                                   experimentID=0, device=dev, n_traj_samples=3, kl_coef=0.0)
         return float(res["mse"])
 
@@ -567,7 +568,8 @@ def section_latent(args) -> str:
                      f"{'not reached' if reach is None else f'{reach:.1f}'} |")
     lines += ["", "Per-epoch curves (epoch: seconds / NFE / test MSE):", ""]
     for name, h in hist.items():
-        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"], h["mse"])))
+        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"],
+                                                                                              h["mse"])))
         lines.append(f"- {name}: {pts}")
     return "\n".join(lines) + "\n"
 

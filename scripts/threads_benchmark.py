@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             for cond in ("quiet", "busy"):
                 comp = None
                 if cond == "busy":
-                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "2"})
                     time.sleep(1.0)  # let it start its loop
                 try:
                     res[cond] = measure(step, counts, reps)
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         f"torch {torch.__version__}, CPU; {usable} usable CPU(s) ({detail}); torch's own default here: "
-        f"{torch_default} thread(s) (this process started with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{torch_default} thread(s) (this process started with "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', 'unset')}: torch reads both). "
         f"Load average (1 min) at start / end: {load0:.2f} / {load1:.2f}.",
         "",

@@ -75,7 +75,8 @@ class Margin:
         if MARGIN_LOG:
             with open(MARGIN_LOG, "a") as f:
                 f.write(json.dumps({"test": self.nodeid, "check": label, "value": value, "limit": limit,
-                                    "above": above, "tol": tol, "headroom": headroom if math.isfinite(headroom) else None,
+                                    "above": above, "tol": tol,
+                                    "headroom": headroom if math.isfinite(headroom) else None,
                                     "seed": TEST_SEED, "threads": torch.get_num_threads()}) + "\n")
         bound = f"{limit:.4g}" + (f" + {tol:g}" if tol is not None else "")
         assert ok, f"{label}: {value:.4g} {'<' if above else '>'} limit {bound} {note}".rstrip()

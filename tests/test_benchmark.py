@@ -104,7 +104,8 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
 
 def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
-    windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
+    windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at
+    once what beats carrying the
     last value forward (the yearly cycle does, the mean does not)."""
     from pathlib import Path
 

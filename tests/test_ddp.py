@@ -33,7 +33,8 @@ from ts_neuralode.cli import main
 
 EPOCHS = 3
 ARGS = [
-    "--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.evolution.method", "rk4", "--model.evolution.step_size", "0.25",
+    "--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.evolution.method", "rk4",
+    "--model.evolution.step_size", "0.25",
     "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.lr", "0.01", "--model.eval_samples", "2",
     "--data.layout", "padded", "--data.obs_fraction", "1.0", "--data.shuffle", "false",
     "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",

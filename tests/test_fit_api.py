@@ -104,7 +104,8 @@ def test_fit_option_errors_are_one_line(tmp_path):
     df = generate("sine", n_series=4, n_points=8, seed=0)
     with pytest.raises(ConfigError, match=r"^Forecaster.fit: .*no_such_option"):
         Forecaster.fit(df, "ode_rnn", model_options={"no_such_option": 1}, output_dir=tmp_path, tracking=False)
-    with pytest.raises(ConfigError, match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': \{'method'"):
+    with pytest.raises(ConfigError, match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': "
+                                          r"\{'method'"):
         Forecaster.fit(df, "ode_rnn", model_options={"method": "rk4"}, output_dir=tmp_path, tracking=False)
     with pytest.raises(ConfigError, match="not supported; pass a pandas DataFrame"):
         Forecaster.fit([1, 2, 3], "ode_rnn", output_dir=tmp_path, tracking=False)

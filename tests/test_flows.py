@@ -364,7 +364,8 @@ def test_a_default_flow_and_a_default_config_build_the_same_embedding(kind):
     direct = make_flow(kind, 4).layers[0].embedding
     via_config = EvolutionConfig(kind=kind).build(4).flow.layers[0].embedding
     assert type(direct) is type(via_config) is TIME_EMBEDDINGS[EvolutionConfig().time_embedding]
-    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k, v in via_config.state_dict().items()}
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k,
+                                                                    v in via_config.state_dict().items()}
 
 
 @pytest.mark.parametrize("kind", KINDS)

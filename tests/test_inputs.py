@@ -188,7 +188,8 @@ def forecasters():
             "datetime": (_forecaster(DATETIME_HISTORY), DATETIME_HISTORY)}
 
 
-DURATIONS = st.one_of(NUMBERS, st.sampled_from(["12h", "2D", "-1D", "0h", "abc", "", "1e400", "nan", "30min", "1000000D",
+DURATIONS = st.one_of(NUMBERS, st.sampled_from(["12h", "2D", "-1D", "0h", "abc", "", "1e400", "nan", "30min",
+                                                "1000000D",
                                                 "P1D", "3", "-3"]),
                       st.just(pd.Timedelta("6h")), st.booleans(), st.none())
 QUERY_TIMES = st.one_of(NUMBERS, WORDS, DATETIMES, st.just(pd.NaT), st.none(),

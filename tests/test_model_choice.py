@@ -1,4 +1,5 @@
-"""The automatic model choice (ts_neuralode.api.model_choice): search, pruning, budgets, resume, workers, MLflow, ensemble."""
+"""The automatic model choice (ts_neuralode.api.model_choice): search, pruning, budgets, resume, workers, MLflow,
+ensemble."""
 
 from __future__ import annotations
 

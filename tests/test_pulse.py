@@ -79,7 +79,8 @@ def test_a_half_hour_pulse_changes_a_trained_models_forecast_after_it(method, tm
     torch.manual_seed(0)
     rc = main(["fit", "--data.path", str(tmp_path / "pk.csv"), "--data.future_cols", "[rate]", "--model.model",
                "ode_rnn", "--model.latent_dim", "4", "--model.hidden_dim", "8", "--model.evolution.method", method,
-               *(["--model.evolution.step_size", "0.5"] if method == "rk4" else []), "--data.batch_size", "8", "--trainer.max_epochs", "1",
+               *(["--model.evolution.step_size",
+                  "0.5"] if method == "rk4" else []), "--data.batch_size", "8", "--trainer.max_epochs", "1",
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                "--trainer.default_root_dir", str(tmp_path), "--tracking", "false"])
     assert rc == 0

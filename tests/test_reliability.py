@@ -31,7 +31,8 @@ from ts_neuralode.training.callbacks import FAILURE_TAG
 
 # A small ODE-RNN on fixed RK4 steps; with lr_decay_gamma 1e30 every 2 epochs the learning rate jumps from 1e-3 to
 # 1e27 for epoch 2, which blows the weights up within a step or two: a divergence in the middle of a fit.
-ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.latent_dim", "4", "--model.hidden_dim", "16",
+ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.latent_dim", "4",
+           "--model.hidden_dim", "16",
            "--model.eval_samples", "2", "--data.layout", "padded", "--data.batch_size", "4",
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
            "--trainer.num_sanity_val_steps", "0"]
@@ -91,7 +92,8 @@ def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(ti
 def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path, capfd):
     # dopri5 cannot reach rtol 1e-12 in float32: it runs out of steps on the first batch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, "--model.evolution.method", "dopri5", "--model.evolution.rtol", "1e-12",
+    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, "--model.evolution.method", "dopri5",
+            "--model.evolution.rtol", "1e-12",
             "--model.evolution.atol", "1e-14", "--trainer.max_epochs", "2", "--tracking_uri", uri,
             "--checkpoint_dir", str(tmp_path / "ck")]
     rc = _run_in(tmp_path, args)

@@ -196,7 +196,8 @@ def finite_difference_y0(func, y0, t, w, eps=1e-6, **kw):
             for j in range(y0.shape[1]):
                 e = torch.zeros_like(y0)
                 e[i, j] = eps
-                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys, w)) / (2 * eps)
+                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys,
+                                                                               w)) / (2 * eps)
     return fd
 
 
@@ -265,7 +266,8 @@ def test_non_finite_state():
         (dict(), torch.zeros(3, 2), r"t is \[B, T\] with B=3 but y0 has batch 2"),
         (dict(t_mask=torch.tensor([[True, False, True], [True, True, True]])), torch.tensor([0.0, 1.0, 2.0]),
          "padding in the middle of row"),
-        (dict(t_mask=torch.ones(2, 2, dtype=torch.bool)), torch.tensor([0.0, 1.0, 2.0]), r"t_mask must be a bool tensor \[B, T\]"),
+        (dict(t_mask=torch.ones(2, 2, dtype=torch.bool)), torch.tensor([0.0, 1.0, 2.0]), r"t_mask must be a bool "
+                                                                                         r"tensor \[B, T\]"),
         (dict(method="dopri5", step_size=0.1), torch.tensor([0.0, 1.0]), "step_size is for fixed-step methods"),
         (dict(adjoint_mode="magic"), torch.tensor([0.0, 1.0]), "unknown adjoint_mode"),
     ],

@@ -153,5 +153,6 @@ def cross_validation(
 
 __all__ = ["BASELINES", "CRPS_QUANTILES", "DEFAULT_BUCKETS", "bucket_edges", "bucket_labels", "bucket_of", "calibrate",
            "cross_validation", "evaluate", "fit_calibration", "held_out_windows", "horizon_in_units", "lead_times",
-           "markdown_report", "md_table", "mlflow_metrics", "model_columns", "plot_error_vs_horizon", "refit_forecaster",
+           "markdown_report", "md_table", "mlflow_metrics", "model_columns", "plot_error_vs_horizon",
+           "refit_forecaster",
            "window_cuts"]

@@ -7,7 +7,8 @@
 and covariates linked from the fitted data module), the callbacks (training guard, model export, the best and
 ``last`` checkpoints, MLflow tracking, the caller's own), the MLflow logger and the Trainer; it resumes from
 ``ckpt_path`` (a file or ``last``) and runs ``Trainer.fit``. It prints one line, at the fit's start, saying what
-each column is used as (:class:`ColumnSummary`); the CLI prints the :class:`FitResult`. :func:`fit` resolves the Python arguments into those options and returns the fitted
+each column is used as (:class:`ColumnSummary`); the CLI prints the :class:`FitResult`. :func:`fit` resolves the Python
+arguments into those options and returns the fitted
 :class:`~ts_neuralode.api.forecaster.Forecaster`::
 
     fc = Forecaster.fit("data/demo.csv", "configs/demo.yaml", trainer={"max_epochs": 3}, tracking=False)
@@ -178,7 +179,8 @@ class ColumnSummary(Callback):
 def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None,
           forecaster_cls: type[Predictor] = Predictor) -> FitResult:
     """Fit the model of the resolved options ``cfg`` (see the module docstring); ``data``: a DataFrame that replaces
-    ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer; ``forecaster_cls``: the class the model export builds."""
+    ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer;
+    ``forecaster_cls``: the class the model export builds."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
     root = Path(cfg.trainer.get("default_root_dir") or os.getcwd())
     ckpt_dir = Path(cfg.get("checkpoint_dir") or root / "checkpoints")

@@ -72,7 +72,8 @@ class Forecaster(Predictor):
                               "model choice)")
         return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
                    callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed, forecaster_cls=cls)
+                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                   forecaster_cls=cls)
 
     @classmethod
     def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",

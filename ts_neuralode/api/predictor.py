@@ -136,7 +136,8 @@ class Predictor:
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
         ``transform`` (a SeriesTransform, its ``state_dict()`` dict, or the path of a JSON file holding it,
         e.g. a model directory's ``config.json``). Everything is loaded with ``weights_only=True``; older model
-        formats are mapped onto this version's options (:mod:`ts_neuralode.training.model_store`). A directory written by an
+        formats are mapped onto this version's options (:mod:`ts_neuralode.training.model_store`). A directory written
+        by an
         :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` loads as one through
         :meth:`Forecaster.load <ts_neuralode.api.forecaster.Forecaster.load>` (this class reads one model).
         """

@@ -46,7 +46,8 @@ def horizon_in_units(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, unit
     number = as_number(horizon)
     if number is not None:
         if is_dt and not unit_ns:
-            raise ConfigError(f"horizon={horizon!r} is a number but the backtest's times are datetimes: pass a duration "
+            raise ConfigError(f"horizon={horizon!r} is a number but the backtest's times are datetimes: pass a "
+                              f"duration "
                               "such as '12h', or unit_ns= (the model's time unit, fc.transform.codec.unit_ns)")
         h, unit = number, (int(unit_ns) if is_dt else None)
     elif not is_dt:
@@ -211,7 +212,8 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
     lines += [f"{len(cv)} scored points, {cv['unique_id'].nunique()} series, {int(n_win.max())} window(s) per "
               f"series (cutoffs {cv['cutoff'].min()} … {cv['cutoff'].max()}). Errors in the data's units; "
               "`scaled_mae` (MASE-style) = the mean of each error divided by its series' `locf` MAE, so every series "
-              "counts in its own scale (below 1 beats carrying the last value forward); `crps` from the predictive quantiles; `coverage-L`: fraction of points inside the L% "
+              "counts in its own scale (below 1 beats carrying the last value forward); `crps` from the predictive "
+              "quantiles; `coverage-L`: fraction of points inside the L% "
               "band (nominal L/100).", ""]
     lines += [f"Note: {n}" for n in metrics.attrs.get("notes", [])] + ([""] if metrics.attrs.get("notes") else [])
     for scope, head in (("overall", "Overall"), ("horizon", "Per horizon bucket (time after the cutoff)"),

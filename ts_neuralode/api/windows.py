@@ -153,7 +153,8 @@ def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, 
 
 
 def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: float, limit: np.ndarray | None,
-                 every: int, refit_fn: Callable[[pd.DataFrame, Path], Any] | None, source_cut, workdir, progress: bool, opts: dict) -> list[pd.DataFrame]:
+                 every: int, refit_fn: Callable[[pd.DataFrame, Path], Any] | None, source_cut, workdir,
+                 progress: bool, opts: dict) -> list[pd.DataFrame]:
     """The scored rows of every window ``cuts[w]`` (``[W, S]`` raw cut times; NaN: the series sits the window
     out); ``limit`` (``[S]`` raw times, optional): no target after it."""
     codec = table.codec

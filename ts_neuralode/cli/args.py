@@ -92,4 +92,5 @@ def cli_words(message: str, group: str = "data") -> str:
     return _API_WORDS.sub(lambda m: f"{m.group(1)} --{group}.{m.group(2)} ", message)
 
 
-__all__ = ["DefaultsHelpFormatter", "name_defaults", "subcommand_parser", "parse", "check_spelling", "cli_words", "DATA_OPTIONS"]
+__all__ = ["DefaultsHelpFormatter", "name_defaults", "subcommand_parser", "parse", "check_spelling", "cli_words",
+           "DATA_OPTIONS"]

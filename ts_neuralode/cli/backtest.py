@@ -145,7 +145,8 @@ def main(argv: Sequence[str]) -> int:
     for model, row in overall.iterrows():
         cov = "  ".join(f"{c} {row[c]:.3f}" for c in overall.columns if c.startswith("coverage-") and row[c] == row[c])
         print(f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
-              + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "") + (f"  {cov}" if cov else ""))
+              + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "")
+              + (f"  {cov}" if cov else ""))
     if isinstance(target, str):  # the tracking URI probed above: the backtest's own run, opened now
         target = _new_run(target, args.experiment_name, args.run_name)
     if target is not None:

@@ -28,7 +28,9 @@ def _float_or_auto(value: str) -> float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter, description="Train Neural ODE and Neural Flow models on the same data, seed and "
+    p = OneLineArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter, description="Train Neural ODE and "
+                                                                                            "Neural Flow models on the "
+                                                                                            "same data, seed and "
                 "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
     src = p.add_argument_group("data (one of --dataset / --data.path)")
     src.add_argument("--dataset", default=None, help="synthetic set (ts-neuralode generate names), e.g. sine")

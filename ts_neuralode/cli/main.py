@@ -3,7 +3,8 @@
     ts-neuralode fit      --config configs/latent_ode.yaml --data.path data.csv [--trainer.max_epochs 20]
     ts-neuralode validate | test | predict   (LightningCLI subcommands, same options; --ckpt_path PATH|last|best)
     ts-neuralode forecast --model MODEL_DIR_OR_CKPT --data.path history.csv --horizon 30D --out forecast.csv
-    ts-neuralode backtest --model MODEL_DIR --data.path history.csv --horizon 2D --n_windows 4   (ts_neuralode.api.backtest)
+    ts-neuralode backtest --model MODEL_DIR --data.path history.csv --horizon 2D --n_windows 4
+    (ts_neuralode.api.backtest)
     ts-neuralode generate NAME --out PATH        (synthetic data sets; ts_neuralode.data.generators)
     ts-neuralode benchmark ...                   (ODE vs flow speed/accuracy; ts_neuralode.api.benchmark)
 

@@ -15,7 +15,8 @@ torch's default against 9 s with one thread for the same 4 batches (issue 24; re
    CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), whichever is smaller.
 
 The decision is made once per process (later calls report it again and change nothing — a later
-``torch.set_num_threads`` is respected — unless a new explicit ``threads`` is given), so calling it from every entry point (the CLI, ``Forecaster.fit``/``predict``) is cheap.
+``torch.set_num_threads`` is respected — unless a new explicit ``threads`` is given), so calling it from every entry
+point (the CLI, ``Forecaster.fit``/``predict``) is cheap.
 A choice of ours is also written to ``$OMP_NUM_THREADS`` (as Lightning does with its own): the ranks of a DDP
 run are child processes, and Lightning would otherwise give each ``usable CPUs / processes`` threads.
 """

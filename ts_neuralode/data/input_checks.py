@@ -1,5 +1,6 @@
-"""Inputs that would pass silently, refused or flagged when the series are read (:func:`ts_neuralode.data.io.read_series`):
-a mask or id column passed as a target, float ids, values so large they swamp the scaler."""
+"""Inputs that would pass silently, refused or flagged when the series are read
+(:func:`ts_neuralode.data.io.read_series`): a mask or id column passed as a target, float ids, values so large they
+swamp the scaler."""
 
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
     inf = np.isinf(arr)
     if inf.any():
         i = _first_true(inf)
-        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it empty")
+        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it "
+                        f"empty")
     return arr
 
 

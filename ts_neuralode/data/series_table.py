@@ -1,5 +1,5 @@
-"""The validated series of a data set in one flat layout: :class:`SeriesTable` (what :func:`ts_neuralode.data.io.read_series`
-returns and everything downstream reads)."""
+"""The validated series of a data set in one flat layout: :class:`SeriesTable` (what
+:func:`ts_neuralode.data.io.read_series` returns and everything downstream reads)."""
 
 from __future__ import annotations
 

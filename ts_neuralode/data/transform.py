@@ -194,7 +194,8 @@ class SeriesTransform:
         if bad.any():
             k, d = (int(a[0]) for a in np.nonzero(bad))
             raise DataError(
-                f"{table.where(self.channel_names[d], k)}: value {table.values[k, d]:g} is {abs(z[k, d]):.3g} times the "
+                f"{table.where(self.channel_names[d], k)}: value {table.values[k, d]:g} is {abs(z[k, d]):.3g} times "
+                f"the "
                 f"column's training scale ({self.scale[d]:.3g}) from its center ({self.center[d]:.3g}), beyond what "
                 f"the model's float32 inputs can hold (|scaled| <= {MAX_SCALED_VALUE:g}); fix the value or rescale the "
                 "column")

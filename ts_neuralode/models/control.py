@@ -9,7 +9,8 @@ passes it to every evolution call; an evolution built with ``control_dim = C > 0
   discontinuous, and a solver reads ``u`` only at its stage times: a pulse shorter than a step could fall between
   them and be ignored, and a step across a change would carry the later input backwards through its dense output.
   So the evolution stops at every change time (:func:`solve_piecewise`: one solve per constant piece, each piece's
-  constant value held at both its ends; the flows restart there the same way). Fields: :class:`ControlledMLPField` (``MLP([h, u])``) and
+  constant value held at both its ends; the flows restart there the same way). Fields: :class:`ControlledMLPField`
+  (``MLP([h, u])``) and
   :class:`ControlledGRUField` (the GRU-ODE gates also read ``u``: ``z = σ(U_z h + W_z u)`` …).
 * **Flow** (:func:`controlled_flow`): a flow ``F(Δt, x)`` is the solution map of an *autonomous* system, so a
   time-varying input cannot enter it exactly. Our equivalent: the flow is conditioned on ``u`` held constant —

@@ -233,5 +233,6 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS", "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
+__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS",
+           "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
            "option_names"]

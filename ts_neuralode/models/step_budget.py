@@ -130,7 +130,8 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
         else last_model_t
     evs = ode_evolutions(module)
     method = err.method or (evs[0].config.method if evs else "the solver")
-    if err.needed_steps is not None:  # a fixed-step solve is refused before it starts: it would have reached budget * step
+    # a fixed-step solve is refused before it starts: it would have reached budget * step
+    if err.needed_steps is not None:
         need, step = int(err.needed_steps), float(err.step_size)
         reached = t_stop + budget * step
         what = f"{method} steps of {describe_duration(step * time_scale, codec)}"

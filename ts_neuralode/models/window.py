@@ -29,7 +29,8 @@ RevIN) and ``(y - b(t)) / s`` after it (the correction); its forecast is mapped 
 adding a constant to a series (or multiplying it by a positive number), and a model whose correction is zero
 forecasts exactly its base — which is where training starts: with a base, the inner model's mean read-out is
 initialised to 0 (:meth:`~ts_neuralode.models.base.ForecastModel.zero_mean_output`), so the model moves away from
-the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window weighs the same, whatever its
+the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window
+weighs the same, whatever its
 level and spread.
 
 Measured on real data in results/forecast_ablations.md (``scripts/ablate_forecast.py``).

@@ -17,7 +17,8 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   chain of scalar adds; the stage times are one ``addcmul``; without a gradient graph the stages are written
   into one preallocated [S, B, D] block (with one, stacked); that block is what a step records;
 * failure bookkeeping (smallest allowed step, failed / non-finite masks) is built at the first rejection only;
-* the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
+* the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no
+autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
   ``first_step`` skips the initial-step search (recurrent models carry it across observation intervals), and a

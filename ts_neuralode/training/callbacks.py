@@ -94,12 +94,15 @@ class TrainingGuard(Callback):
         lr = [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
               "gradient clipping (--trainer.gradient_clip_val 1.0)"]
         if solver_message is None:
-            tries = lr + (["tighter --model.evolution.rtol/--model.evolution.atol or another --model.evolution.method"] if is_ode else [])
+            tighter = "tighter --model.evolution.rtol/--model.evolution.atol or another --model.evolution.method"
+            tries = lr + ([tighter] if is_ode else [])
         elif "max_steps" in solver_message:  # too many steps: the tolerances (or stiff dynamics) are the cause
-            tries = ["looser --model.evolution.rtol/--model.evolution.atol", "a fixed-step method (e.g. --model.evolution.method rk4 "
+            tries = ["looser --model.evolution.rtol/--model.evolution.atol", "a fixed-step method (e.g. "
+                                                                             "--model.evolution.method rk4 "
                      "--model.evolution.step_size 0.1)", *lr]
         else:  # step size underflow or a non-finite state: dynamics that blow up
-            tries = [*lr, "tighter --model.evolution.rtol/--model.evolution.atol", "another --model.evolution.method (e.g. rk4 with "
+            tries = [*lr, "tighter --model.evolution.rtol/--model.evolution.atol", "another --model.evolution.method "
+                                                                                   "(e.g. rk4 with "
                      "--model.evolution.step_size 0.1)"]
         return "try " + ", ".join(tries)
 

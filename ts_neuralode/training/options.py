@@ -145,4 +145,5 @@ def check_option_spelling(argv: Sequence[str]) -> None:
                     raise ConfigError(f"--config {value}: {err}") from None
 
 
-__all__ = ["FitOptions", "check_option_spelling", "check_model_options", "add_project_options", "fit_options", "merge_options"]
+__all__ = ["FitOptions", "check_option_spelling", "check_model_options", "add_project_options", "fit_options",
+           "merge_options"]

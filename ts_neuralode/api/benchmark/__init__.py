@@ -34,7 +34,8 @@ Outputs: a markdown table on stdout (and ``<out stem>.md`` with the command that
 ``--out``, a PNG chart of epoch time against test MSE (log-log) and, unless ``--no_tracking``, an MLflow parent
 run (params: the shared settings; artifacts: CSV, PNG, markdown) with one nested run per model (params: the
 model's config; metrics: the row, plus ``epoch/epoch_time_s`` and ``epoch/train_loss`` with ``step = epoch``).
-The tracking URI follows the project convention (:func:`ts_neuralode.integrations.mlflow.tracking.resolve_tracking_uri`).
+The tracking URI follows the project convention
+(:func:`ts_neuralode.integrations.mlflow.tracking.resolve_tracking_uri`).
 MLflow is written only between models, never inside a timed loop.
 
 A model whose solver fails (:class:`~ts_neuralode.solvers.SolverError`, e.g. step size underflow on stiff
@@ -82,6 +83,7 @@ __all__ = [
     "BenchmarkConfig", "BenchmarkResult", "COLUMNS", "DEFAULT_MODELS", "MODEL_SPECS", "PROG", "SCORES", "TASKS",
     "benchmark_baseline", "benchmark_model", "choose_layout",
     "describe", "load_frame", "make_datamodules", "markdown_table", "measure_latency", "module_options",
-    "plot_time_vs_mse", "run_benchmark", "scored_tasks", "publish_report", "script_command", "script_parser", "write_outputs",
+    "plot_time_vs_mse", "run_benchmark", "scored_tasks", "publish_report", "script_command", "script_parser",
+    "write_outputs",
     "write_report",
 ]

@@ -57,7 +57,8 @@ PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "n
                                   "raw_bands": False}
 EXAMPLE_ROWS = 8
 
-_ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster (see ts_neuralode.integrations.mlflow.logged_model)
+_ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster
+# (see ts_neuralode.integrations.mlflow.logged_model)
 import mlflow
 
 from ts_neuralode.integrations.mlflow.pyfunc import ForecasterModel

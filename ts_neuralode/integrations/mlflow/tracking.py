@@ -18,7 +18,8 @@ What a fit records (rank 0 only; other DDP ranks never touch MLflow):
   and ``epoch_time_s`` (training time of the epoch, validation excluded);
 * artifacts at the end of the fit: the best checkpoint (``checkpoints/``), the reloadable model directory of
   :class:`ts_neuralode.api.forecaster.Forecaster` (``model/``: weights + JSON config, no pickles), the same model as
-  an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.integrations.mlflow.logged_model`; registered with
+  an MLflow pyfunc model (logged model ``forecaster``, :mod:`ts_neuralode.integrations.mlflow.logged_model`; registered
+  with
   ``--register_as NAME``) and forecast plots of a few validation series (``plots/``);
 * the experiment is tagged as a forecasting one (``mlflow.experimentKind``) unless it has another kind already;
 * the MLflow model is logged at the best checkpoint's epoch (its ``step``), so the Logged Models page shows that
