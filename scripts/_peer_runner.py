@@ -81,7 +81,7 @@ def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> pd
                 fit_s, pred_s = fit_s + t1 - t0, pred_s + t2 - t1
                 pred = pred.reset_index() if "unique_id" not in pred.columns else pred
                 col = [c for c in pred.columns if c not in ("unique_id", "ds") and "-" not in c][0]
-                f = _bands(pred.rename(columns=lambda c: c.replace(col, name, 1)), name, True)
+                f = _bands(pred.rename(columns=lambda c, col=col, name=name: c.replace(col, name, 1)), name, True)
                 f["window"], f["model"] = w, f"sf_{name}"
                 frames.append(f)
                 print(f"statsforecast {name}: window {w} done ({fit_s + pred_s:.0f} s so far)", file=sys.stderr,

@@ -113,7 +113,7 @@ def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: 
     (``step = -n+1 … 0``, back to the first observation, at most ``max_points``), values by linear interpolation
     between the observations (flat past the last one); ``uid`` = ``unique_id|channel``."""
     frames = []
-    by_id = {u: list(zip(g["window"], g["cutoff"])) for u, g in cuts.groupby("unique_id", sort=False)}
+    by_id = {u: list(zip(g["window"], g["cutoff"], strict=False)) for u, g in cuts.groupby("unique_id", sort=False)}
     for (uid, ch), g in long.groupby(["unique_id", "channel"], sort=False):
         t, y = g["t"].to_numpy(), g["y"].to_numpy()
         for window, cut in by_id.get(uid, []):

@@ -236,7 +236,7 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
     # adjoint gradient accuracy: relative L2 distance to the same library's autograd gradient (the exact
     # gradient of the computed solution, i.e. what an adjoint approximates at this tolerance)
     def rel(a, b):
-        num = sum(float((x - y).double().square().sum()) for x, y in zip(a, b))
+        num = sum(float((x - y).double().square().sum()) for x, y in zip(a, b, strict=False))
         return (num / sum(float(y.double().square().sum()) for y in b)) ** 0.5
 
     g_ag = v["ag/ours"]()[0]

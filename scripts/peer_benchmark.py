@@ -338,7 +338,7 @@ def findings(all_overall: dict[str, pd.DataFrame]) -> list[str]:
         s = ov.set_index("model")["scaled_mae"]
         fam = {m: family(m) for m in s.index}
 
-        def best(f):
+        def best(f, s=s, fam=fam):
             c = [m for m in s.index if fam[m] == f]
             return (min(c, key=lambda m: s[m]), s[min(c, key=lambda m: s[m])]) if c else (None, math.nan)
         ours, sf, nf = best("ours"), best("statsforecast"), best("neuralforecast")
@@ -370,7 +370,7 @@ def targets(all_overall: dict[str, pd.DataFrame]) -> list[str]:
         m = min(cand, key=lambda c: by.loc[c, "scaled_mae"])
         sm = by["scaled_mae"]
 
-        def best(f, col="scaled_mae"):
+        def best(f, col="scaled_mae", by=by, fam=fam):
             c = [x for x in by.index if fam[x] == f and math.isfinite(by.loc[x, col])] if col in by else []
             return min((by.loc[x, col] for x in c), default=math.nan)
         checks = []
@@ -414,7 +414,7 @@ def plot(all_overall: dict[str, pd.DataFrame], path: Path) -> None:
         ax.axis("off")
     colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue",
               "auto": "tab:purple"}
-    for ax, (name, ov) in zip(axes.flat, all_overall.items()):
+    for ax, (name, ov) in zip(axes.flat, all_overall.items(), strict=False):
         s = ov.set_index("model")["scaled_mae"].sort_values()
         ax.barh(range(len(s)), s.to_numpy(), color=[colors[family(m)] for m in s.index])
         ax.set_yticks(range(len(s)))

@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         tables = [r.table.set_index("model") for r in results]
         base = statistics.median(t["epoch_time_s"].get("latent_ode_dopri5", math.nan) for t in tables)
         for name in tables[0].index:
-            col = lambda c: [float(t.loc[name, c]) for t in tables]  # noqa: E731
+            def col(c, name=name, tables=tables):
+                return [float(t.loc[name, c]) for t in tables]
+
             ref = REFERENCE.get((task, name), (math.nan, math.nan))
             epoch_s = statistics.median(col("epoch_time_s"))
             errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("",

@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         n = len(x0)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
         n_tr, n_va = int(0.6 * n), int(0.2 * n)
-        split = lambda idx: (x0[idx], t[idx], y[idx], m[idx])  # noqa: E731
+        def split(idx, x0=x0, t=t, y=y, m=m):
+            return x0[idx], t[idx], y[idx], m[idx]
+
         train, test = split(perm[:n_tr]), split(perm[n_tr + n_va:])
         extrap = trajectories(name, n - n_tr - n_va, args.seed + 1, extrap="time")
         for kind in models:

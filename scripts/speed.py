@@ -225,7 +225,7 @@ def section_solver(args) -> str:
             nfe[k] = f.calls
         ys_field = torch.randn(B, bs.STATE)
 
-        def field_alone(n=nfe["fwd/ours"]):
+        def field_alone(n=nfe["fwd/ours"], f=f, ys_field=ys_field):
             with torch.no_grad():
                 for _ in range(n):
                     f(None, ys_field)
@@ -234,7 +234,7 @@ def section_solver(args) -> str:
         names_t = names + ("field",)
         times = {k: [] for k in names_t}
         order = list(names_t)
-        for r in range(args.reps):
+        for _ in range(args.reps):
             order = order[1:] + order[:1]  # rotate: no contender always runs first
             for k in order:
                 t0 = time.perf_counter()
@@ -302,7 +302,7 @@ def section_interval(args) -> str:
         tode = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=bs.ATOL, rtol=bs.RTOL, term=term))
         sf = bs.Scalar(f)
 
-        def ours():
+        def ours(f=f, y0=y0, t=t):
             with torch.no_grad():
                 h, dt = y0, None
                 for i in range(t.shape[0] - 1):
@@ -315,14 +315,14 @@ def section_interval(args) -> str:
             with general_path():
                 return ours()
 
-        def td():
+        def td(sf=sf, y0=y0, t=t):
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
                     h = torchdiffeq.odeint(sf, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL)[-1]
             return h
 
-        def tde():
+        def tde(tode=tode, y0=y0, t=t, B=B):
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
@@ -338,7 +338,7 @@ def section_interval(args) -> str:
         torch.testing.assert_close(ours(), general(), rtol=0, atol=0)  # the same arithmetic, bit for bit
         ys_field = torch.randn(B, bs.STATE)
 
-        def field_alone(n=nfe["ours"]):
+        def field_alone(n=nfe["ours"], f=f, ys_field=ys_field):
             with torch.no_grad():
                 for _ in range(n):
                     f(None, ys_field)
@@ -422,7 +422,7 @@ def section_carry(args) -> str:
 
 def _closure_model(step):
     """The model a training step from :func:`_our_model` closes over."""
-    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))["model"]
+    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__), strict=False))["model"]
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -559,7 +559,7 @@ def section_latent(args) -> str:
     )
     for name, h in hist.items():
         cum, reach = 0.0, None
-        for sec, m in zip(h["s"], h["mse"]):
+        for sec, m in zip(h["s"], h["mse"], strict=False):
             cum += sec
             if reach is None and m <= target:
                 reach = cum
@@ -569,7 +569,7 @@ def section_latent(args) -> str:
     lines += ["", "Per-epoch curves (epoch: seconds / NFE / test MSE):", ""]
     for name, h in hist.items():
         pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"],
-                                                                                              h["mse"])))
+                                                                                              h["mse"], strict=False)))
         lines.append(f"- {name}: {pts}")
     return "\n".join(lines) + "\n"
 

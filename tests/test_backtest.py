@@ -367,7 +367,7 @@ def test_refit_keeps_the_covariate_only_rows(tmp_path):
     n_hist, _ = windows._window_rows(table, cut, 2.0)
     ok = np.arange(table.n_series)
     kept = windows._row_cutter(df, table)(ok, n_hist, cut)
-    expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut)))]
+    expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut, strict=True)))]
     pd.testing.assert_frame_equal(kept, expect)
     assert kept["y"].isna().sum() > 0  # the dose rows survive
     fit_args = ["--data.future_cols", "[rate]", "--model.model", "ode_rnn", "--model.latent_dim", "4",
@@ -386,7 +386,7 @@ def test_backtest_of_a_past_covariate_model_scores_the_targets_only(tmp_path):
     cv = fc.cross_validation(df, 2.0, n_windows=2, num_samples=2)
     assert "channel" not in cv.columns and np.isfinite(cv[fc.name]).all()
     obs = df.dropna(subset=["y"]).set_index(["unique_id", "ds"])["y"]
-    assert np.allclose(cv["y"].to_numpy(), obs.loc[list(zip(cv["unique_id"], cv["ds"]))].to_numpy())
+    assert np.allclose(cv["y"].to_numpy(), obs.loc[list(zip(cv["unique_id"], cv["ds"], strict=True))].to_numpy())
     for (uid, cut), g in cv.groupby(["unique_id", "cutoff"]):
         h = obs.loc[uid]
         assert len(g) == int(((h.index > cut) & (h.index <= cut + 2.0)).sum())

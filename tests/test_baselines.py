@@ -59,7 +59,7 @@ def make_batch(layout: str, hold_out: tuple[int, int] | None = None) -> Batch:
     obs = torch.zeros(b, width, d)
     time_mask = torch.zeros(b, width, dtype=torch.bool)
     for i, (_, vals) in enumerate(SERIES):
-        for j, (c, row) in enumerate(zip(cols[i], vals)):
+        for c, row in zip(cols[i], vals, strict=True):
             time_mask[i, c] = True
             for k, v in enumerate(row):
                 if not math.isnan(v):

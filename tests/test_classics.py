@@ -108,5 +108,5 @@ def test_cnf_adjoint_gradient_matches_backprop():
             lp, _ = cnf.log_likelihood(dyn, x, 1.0, method="dopri5", rtol=1e-9, atol=1e-9, adjoint=adjoint)
             grads.append(torch.autograd.grad(lp.mean(), list(field.parameters())))
     for a, b in ((grads[0], grads[1]), (grads[2], grads[3])):
-        for ga, gb in zip(a, b):
+        for ga, gb in zip(a, b, strict=True):
             torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)

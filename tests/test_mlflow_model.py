@@ -119,9 +119,9 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "models", "serve", "-m", "models:/tiny/1",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path, env=env)
-    log.close()
+    with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+                                env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180

@@ -115,7 +115,7 @@ def test_seasonal_naive_takes_the_value_one_period_back():
     np.testing.assert_allclose(got, np.sin(2 * np.pi * np.array([5.0, 6.0, 7.0]) / period))
     far = pw.window_rows(long, pd.DataFrame({"unique_id": ["a"], "window": [0], "cutoff": [2.0]}), 10.0)
     got = pw.seasonal_naive(long, far, period)
-    at = dict(zip(far["ds"], got))
+    at = dict(zip(far["ds"], got, strict=True))
     sin = lambda x: np.sin(2 * np.pi * x / period)  # noqa: E731
     # history up to 2.0: 6.0 -> 1.0 and 7.0 -> 2.0 (k = 1), 12.0 -> 2.0 (k = 2); 3.2 -> -1.8 has no observation
     # within P/10: the last value

@@ -221,7 +221,7 @@ def test_autograd_matches_finite_differences_and_torchdiffeq():
     loss_td = _loss(ys_td.permute(1, 0, 2), w)
     gy0_td, *gp_td = torch.autograd.grad(loss_td, [y0b, *func.parameters()])
     torch.testing.assert_close(gy0, gy0_td, rtol=1e-6, atol=1e-8)
-    for a, b in zip(gp, gp_td):
+    for a, b in zip(gp, gp_td, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
@@ -326,7 +326,7 @@ def test_carried_step_continues_a_solve(margin):
     f, y0, exact = _oscillator()
     grid = torch.linspace(0.0, 3.0, 31, dtype=F64)
     y, dt, nfe, nfe_fresh = y0, None, [], []
-    for a, b in zip(grid[:-1], grid[1:]):
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
         fresh = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8)
         sol = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8, first_step=dt)
         dt, y = sol.stats.next_dt, sol.ys[:, -1]

@@ -30,7 +30,7 @@ def _grads(func, y0, t, w, **kw):
 
 
 def _assert_grads_close(ga, gb, rtol, atol):
-    for a, b in zip(ga, gb):
+    for a, b in zip(ga, gb, strict=True):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 

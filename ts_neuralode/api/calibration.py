@@ -130,10 +130,10 @@ def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns:
         floors[tag] = width_floor(y, lo, hi)
         s = band_scores(y, lo, hi, floors[tag])
         pooled = conformal_factor(s, float(lv))
-        if not math.isfinite(pooled):
-            if drop_unreachable:  # too few points for this level's guarantee (e.g. 99% from 50 points)
-                del floors[tag]
-                continue
+        # too few points for this level's guarantee (e.g. 99% from 50 points): the level is left out
+        if not math.isfinite(pooled) and drop_unreachable:
+            del floors[tag]
+            continue
         per_bucket = [conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled
                       for k in range(len(edges) - 1)]
         factors[tag] = [f if math.isfinite(f) else pooled for f in per_bucket]

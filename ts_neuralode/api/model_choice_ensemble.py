@@ -153,7 +153,7 @@ def mixture_frame(frames: Sequence[pd.DataFrame], names: Sequence[str], name: st
     merged = None
     samples = []
     means = []
-    for i, (frame, member) in enumerate(zip(frames, names)):
+    for i, (frame, member) in enumerate(zip(frames, names, strict=True)):
         cols, _ = quantile_columns(frame, member)
         part = frame[keys + [member] + cols].rename(columns={member: f"__mean{i}",
                                                              **{c: f"__s{i}_{j}" for j, c in enumerate(cols)}})

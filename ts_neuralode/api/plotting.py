@@ -58,7 +58,7 @@ def plot_series_forecast(
     levels = forecast_levels(forecast, model)
     n = len(channels)
     fig, axes = plt.subplots(n, 1, figsize=(10.5, 2.6 * n + 0.8), sharex=True, squeeze=False)
-    for ax, ch in zip(axes[:, 0], channels):
+    for ax, ch in zip(axes[:, 0], channels, strict=True):
         h = history if ch is None or "channel" not in history.columns else history[history["channel"] == ch]
         f = forecast if ch is None or "channel" not in forecast.columns else forecast[forecast["channel"] == ch]
         f = f.sort_values("ds")
@@ -140,5 +140,5 @@ def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int =
                                    None if cov is None else cov.arrays.subset(idx))
     fc = fc.assign(unique_id=fc["unique_id"].astype(str))
     hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
-    cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1)))
+    cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1), strict=True))
     return plot_forecasts(hist_full, fc, forecaster.name, out_dir, cutoffs=cut_t, prefix="val_forecast_")

@@ -174,7 +174,7 @@ class Predictor:
         kw.setdefault("min_points", 1)  # one observation is enough to condition on
         kw.update(read_options)
         history = as_frame(history)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
-        if isinstance(history, (str, os.PathLike)) or isinstance(history, pd.DataFrame):
+        if isinstance(history, (str, os.PathLike, pd.DataFrame)):
             return self.transform.read(history, **kw)
         if hasattr(history, "offsets"):
             return history
@@ -423,7 +423,7 @@ class Predictor:
         ids = list(series) if series is not None else list(dict.fromkeys(forecast["unique_id"].tolist()))
         if max_series is not None:
             ids = ids[:max_series]
-        last = dict(zip([str(i) for i in table.ids], table.user_times(table.offsets[1:] - 1)))
+        last = dict(zip([str(i) for i in table.ids], table.user_times(table.offsets[1:] - 1), strict=True))
         hist = hist.assign(unique_id=hist["unique_id"].astype(str))
         fc = forecast.assign(unique_id=forecast["unique_id"].astype(str))
         return plotting.plot_forecasts(hist, fc, self.name, out_dir, series=[str(i) for i in ids], cutoffs=last)

@@ -75,7 +75,8 @@ def bucket_of(lead: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def bucket_labels(edges: np.ndarray, unit_ns: int | None = None) -> list[str]:
     """``(a, b]`` per bucket, in the data's time unit (``12h``, ``1.5D``; plain numbers for numeric times)."""
     unit = _UNIT_NAMES.get(int(unit_ns), f"x{unit_ns}ns") if unit_ns else ""
-    return [f"({fmt_level(round(a, 6))}{unit}, {fmt_level(round(b, 6))}{unit}]" for a, b in zip(edges[:-1], edges[1:])]
+    return [f"({fmt_level(round(a, 6))}{unit}, {fmt_level(round(b, 6))}{unit}]"
+            for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:

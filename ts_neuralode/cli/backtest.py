@@ -18,7 +18,6 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 from ts_neuralode.api import backtest
 from ts_neuralode.api.forecaster import Forecaster
@@ -50,21 +49,21 @@ def parser():
         "every forecast, the metrics, a markdown report and a plot.",
     )
     forecast_options(p, context="before each cutoff")
-    p.add_argument("--horizon", type=Optional[str], default=None,
+    p.add_argument("--horizon", type=str | None, default=None,
                    help="(required) how far after each cutoff to score: a number of time units or a duration such "
                         "as 2D")
     g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
-    g.add_argument("--n_windows", type=Optional[int], default=None,
+    g.add_argument("--n_windows", type=int | None, default=None,
                    help="windows per series, the last one ending at the series' last observation (default 3 "
                         "without --cutoffs)")
-    g.add_argument("--step", type=Optional[str], default=None, help="distance between windows (default: the "
+    g.add_argument("--step", type=str | None, default=None, help="distance between windows (default: the "
                                                                      "horizon)")
     g.add_argument("--cutoffs", type=str, nargs="+", default=None, help="explicit cutoff times shared by every "
                                                                          "series")
     p.add_argument("--refit", type=int, default=0,
                    help="train a new model every K windows on the history before the cutoff (0: never; 1: every "
                         "window); needs --fit_args")
-    p.add_argument("--fit_args", type=Optional[str], default=None,
+    p.add_argument("--fit_args", type=str | None, default=None,
                    help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
                         "configs/demo.yaml --trainer.max_epochs 20\"")
     p.add_argument("--series", type=str, nargs="+", default=None,
@@ -77,14 +76,14 @@ def parser():
                         "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
                         "MLflow model that fit logged earlier)")
     p.add_argument("--out_dir", type=str, default="backtest", help="output directory")
-    p.add_argument("--out", type=Optional[str], default=None,
+    p.add_argument("--out", type=str | None, default=None,
                    help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
-    p.add_argument("--tracking_uri", type=Optional[str], default=None,
+    p.add_argument("--tracking_uri", type=str | None, default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--mlflow_run", type=Optional[str], default=None,
+    p.add_argument("--mlflow_run", type=str | None, default=None,
                    help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run")
     p.add_argument("--experiment_name", type=str, default="ts_neuralode", help="experiment of a new run")
-    p.add_argument("--run_name", type=Optional[str], default=None, help="name of a new run (default backtest)")
+    p.add_argument("--run_name", type=str | None, default=None, help="name of a new run (default backtest)")
     p.add_argument("--no_tracking", action="store_true", help="log nothing to MLflow")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return p

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
@@ -28,12 +28,12 @@ def _forecast_parser():
     )
     forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
-    g.add_argument("--horizon", type=Optional[str], default=None,
+    g.add_argument("--horizon", type=str | None, default=None,
                    help="how far past each series' last observation: a number of time units or a duration "
                         "such as 30D, 12h")
-    g.add_argument("--freq", type=Optional[str], default=None,
+    g.add_argument("--freq", type=str | None, default=None,
                    help="regular step of the query grid (number or duration, e.g. 1D)")
-    g.add_argument("--num_points", type=Optional[int], default=None,
+    g.add_argument("--num_points", type=int | None, default=None,
                    help="evenly spaced query points (default: 50 when no --freq)")
     g.add_argument("--times", type=str, nargs="+", default=None, help="explicit query times shared by all series")
     p.add_argument("--calibrated", action="store_true",
@@ -43,19 +43,19 @@ def _forecast_parser():
                    help="the model's own (uncalibrated) bands, even when the model has a calibration")
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", type=str, nargs="+", default=None, help="only these series ids")
-    p.add_argument("--max_steps", type=Optional[int], default=None,
+    p.add_argument("--max_steps", type=int | None, default=None,
                    help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
                         "max_steps, at most 30000); raise it for horizons far past the history")
     p.add_argument("--out", type=str, default="forecast.csv", help="output file (.parquet for Parquet)")
-    p.add_argument("--plot_dir", type=Optional[str], default=None, help="PNG per series here (default: <out "
+    p.add_argument("--plot_dir", type=str | None, default=None, help="PNG per series here (default: <out "
                                                                           "stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series")
-    p.add_argument("--plot_history", type=Optional[str], default=None,
+    p.add_argument("--plot_history", type=str | None, default=None,
                    help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
     p.add_argument("--no_plots", action="store_true", help="write no PNGs")
-    p.add_argument("--tracking_uri", type=Optional[str], default=None,
+    p.add_argument("--tracking_uri", type=str | None, default=None,
                    help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
-    p.add_argument("--mlflow_run", type=Optional[str], default=None,
+    p.add_argument("--mlflow_run", type=str | None, default=None,
                    help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
                         "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
@@ -72,24 +72,24 @@ def forecast_options(p, context: str) -> None:
     history's reading options, known-future covariates and the predictive distribution. ``context``: where the
     conditioning window of ``--context`` ends ("before each series' last observation", "before each cutoff")."""
     g = p.add_argument_group("model, history and predictive samples")
-    g.add_argument("--model", type=Optional[str], default=None,
+    g.add_argument("--model", type=str | None, default=None,
                    help="(required) model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), "
                         "a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
-    g.add_argument("--transform", type=Optional[str], default=None,
+    g.add_argument("--transform", type=str | None, default=None,
                    help="for a .ckpt without a data transform: a model directory or its config.json")
-    g.add_argument("--data.path", type=Optional[str], default=None,
+    g.add_argument("--data.path", type=str | None, default=None,
                    help="(required) history file, CSV or Parquet (.parquet) (observed values)")
-    g.add_argument("--data.format", type=Optional[Literal["long", "wide"]], default=None,
+    g.add_argument("--data.format", type=Literal["long", "wide"] | None, default=None,
                    help="long or wide (default: the model's, from fit)")
     g.add_argument("--data.mask_cols", type=str, nargs="+", default=None,
                    help="0/1 mask columns, one per value column (default: the model's)")
-    g.add_argument("--data.duplicates", type=Optional[Literal["error", "mean"]], default=None,
+    g.add_argument("--data.duplicates", type=Literal["error", "mean"] | None, default=None,
                    help="rows sharing a series and time: error or mean (default: the model's)")
-    g.add_argument("--future", type=Optional[str], default=None,
+    g.add_argument("--future", type=str | None, default=None,
                    help="CSV of known-future covariate values after the history (id, time and the model's "
                         "future_cols), for a model trained with --data.future_cols; per series and column its "
                         "values replace the history's from its first time on")
-    g.add_argument("--context", type=Optional[str], default=None,
+    g.add_argument("--context", type=str | None, default=None,
                    help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
                         "of time units; 'all': the whole history; default: the context the model was trained with "
                         "on the forecast task, else the whole history)")

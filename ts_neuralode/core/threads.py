@@ -121,9 +121,9 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -
     for base in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):  # cgroup v1
         for d in _candidates(base, v1):
             quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
-            if quota and period and quota.lstrip("-").isdigit() and period.isdigit():
-                if int(quota) > 0 and int(period) > 0:
-                    limits.append(int(quota) / int(period))
+            valid = quota and period and quota.lstrip("-").isdigit() and period.isdigit()
+            if valid and int(quota) > 0 and int(period) > 0:
+                limits.append(int(quota) / int(period))
     return min(limits) if limits else None
 
 

@@ -66,7 +66,7 @@ class CovariateSpec:
     @property
     def static_dim(self) -> int:
         """Width of the encoded static covariates: one per numeric column, one-hot width per categorical one."""
-        return sum(1 if k == "numeric" else len(v) for k, v in zip(self.static_kind, self.static_vocab))
+        return sum(1 if k == "numeric" else len(v) for k, v in zip(self.static_kind, self.static_vocab, strict=True))
 
     @property
     def names(self) -> list[str]:

@@ -171,7 +171,7 @@ def _resolve_masks(mask_cols: Sequence[str] | Mapping[str, str] | None, value_co
             f"mask_cols has {len(mask_cols)} names but value_cols has {len(value_cols)}; give one mask per value "
             "column or a {value_col: mask_col} dict"
         )
-    return dict(zip(value_cols, mask_cols))
+    return dict(zip(value_cols, mask_cols, strict=True))
 
 
 def read_series(

@@ -170,7 +170,7 @@ class SeriesTransform:
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number") from exc
             if not (ts > 0 and np.isfinite(ts)):
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
-        for d, (c, sc) in enumerate(zip(centers, scales)):
+        for d, (c, sc) in enumerate(zip(centers, scales, strict=True)):
             if not (math.isfinite(c) and math.isfinite(sc)):
                 obs = np.flatnonzero(rows & table.mask[:, d])
                 k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
@@ -334,7 +334,9 @@ class SeriesTransform:
                 as that observation's time exactly as read (model times are float32: without this, a forecast at
                 the batch's own times comes back a few units in the last place off).
         """
-        to_np = lambda a: a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+        def to_np(a):
+            return a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+
         values = to_np(values)
         b, tq, d = values.shape
         times = to_np(times)

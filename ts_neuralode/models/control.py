@@ -161,7 +161,7 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
     tau_l, real_l = tau.tolist(), mask.tolist()
     start_l = start.tolist()
     for j in range(max(len(p) for p in pieces) + 1):
-        ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist())]
+        ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist(), strict=True)]
         rows, where = [], []
         for b in range(B):
             s, e = start_l[b], ends[b]
@@ -189,7 +189,7 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
                     out[b, inner] = ys[b, k]
         last = (torch.tensor([len(r) for r in rows], device=dev) - 1).clamp_min(0)
         h = torch.where(active.unsqueeze(1), ys[torch.arange(B, device=dev), last], h)
-        start_l = [e if len(r) > 1 else s for r, e, s in zip(rows, ends, start_l)]
+        start_l = [e if len(r) > 1 else s for r, e, s in zip(rows, ends, start_l, strict=True)]
     # padded query times repeat the row's last real output (the solver's convention)
     pad = ~mask
     if bool(pad.any()):

@@ -113,7 +113,7 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 def _layer_sizes(in_dim: int, out_dim: int, hidden_dim: int, num_layers: int) -> list[tuple[int, int]]:
     dims = [in_dim] + [hidden_dim] * num_layers + [out_dim]
-    return list(zip(dims[:-1], dims[1:]))
+    return list(zip(dims[:-1], dims[1:], strict=True))
 
 
 def mlp(

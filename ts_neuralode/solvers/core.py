@@ -99,7 +99,7 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
 
 
 def _stack_records(recs: list[StepRecord]) -> Records:
-    ts, te, dts, ys, ks = zip(*recs)
+    ts, te, dts, ys, ks = zip(*recs, strict=True)
     return Records(
         torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
     )

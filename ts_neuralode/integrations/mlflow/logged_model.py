@@ -168,7 +168,7 @@ def with_future_rows(forecaster, example: pd.DataFrame, query: dict[str, Any]) -
         last = [t.isoformat() for t in stamps] if textual else list(stamps)
     groups = [example] if id_col is None else [example[example[id_col] == i] for i in tab.ids]
     future = []
-    for part, t in zip(groups, last):
+    for part, t in zip(groups, last, strict=True):
         row = part.iloc[[-1]].copy()
         row[cols] = part[cols].ffill().iloc[[-1]].to_numpy()
         for c in row.columns:
