@@ -64,7 +64,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         except argparse.ArgumentError as err:  # what exit_on_error=False raises for a bad value or choice
             self.error(str(err))
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 

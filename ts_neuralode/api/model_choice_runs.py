@@ -34,10 +34,11 @@ class TrialCallback(Callback):
         self.trial, self.metric, self.deadline, self.patience = trial, metric, deadline, patience
         self.parent_run_id, self.tags = parent_run_id, dict(tags or {})
         self.values: list[float] = []
-        self.best, self.best_epoch = math.inf, None
+        self.best: float = math.inf
+        self.best_epoch: int | None = None
         self.pruned = self.stopped_by_time = False
         self.run_id: str | None = None
-        self.client = None
+        self.client: Any = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         from lightning.pytorch.loggers import MLFlowLogger

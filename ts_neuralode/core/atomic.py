@@ -49,7 +49,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], parents: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], parents: bool = True) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a temporary binary file beside it, which then replaces it.
     ``parents``: create missing parent directories (else a missing one is a FileNotFoundError)."""
     path = Path(path)

@@ -169,7 +169,10 @@ class CovariateSpec:
             raise ConfigError(f"calendar={self.calendar} needs a datetime time column, but the times are numbers; "
                               "drop --data.calendar or pass datetimes")
         freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
-        kind, s_center, s_scale, vocab = [], [], [], []
+        kind: list[str] = []
+        s_center: list[float] = []
+        s_scale: list[float] = []
+        vocab: list[list[str]] = []
         for k in range(len(self.static_cols)):
             col = arrays.static[np.asarray(train, dtype=np.int64), k]
             num = pd.to_numeric(pd.Series(col), errors="coerce")

@@ -50,6 +50,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from ts_neuralode.data.batching import (
     LAYOUTS,
@@ -329,12 +330,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule):
     def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,
                 ddp_fixed_order: bool = False) -> DataLoader:
         dataset = SeriesIndexDataset(indices)
-        sampler = None
+        sampler: DistributedSampler | None = None
         if ddp_fixed_order:
             # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
             # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
-            from torch.utils.data.distributed import DistributedSampler
-
             sampler = DistributedSampler(dataset, num_replicas=self.trainer.world_size,
                                          rank=int(self.trainer.global_rank), shuffle=False)
             shuffle = False

@@ -26,6 +26,8 @@ passes it to every evolution call; an evolution built with ``control_dim = C > 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -61,7 +63,7 @@ class ControlledGRUField(nn.Module):
         return (1 - z) * (g - h)
 
 
-def controlled_field(field: nn.Module, control) -> callable:
+def controlled_field(field: nn.Module, control) -> Callable:
     """The solver's ``func(t [B], y [B, H])`` of a controlled field and the rows' ``u``."""
     return lambda t, y: field(t, y, control(t.expand(y.shape[0]) if t.dim() == 0 else t))
 
@@ -162,11 +164,13 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
     start_l = start.tolist()
     for j in range(max(len(p) for p in pieces) + 1):
         ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist(), strict=True)]
-        rows, where = [], []
+        rows: list[list] = []
+        where: list[list] = []
         for b in range(B):
             s, e = start_l[b], ends[b]
             if not e > s:
-                rows.append([s]), where.append([])
+                rows.append([s])
+                where.append([])
                 continue
             idx = [i for i in range(1, T) if real_l[b][i] and s < tau_l[b][i] < e]
             rows.append([s] + [tau_l[b][i] for i in idx] + [e])

@@ -49,7 +49,7 @@ from ts_neuralode.models.control import (
 from ts_neuralode.models.evolution_config import EVOLUTION_CLASSES, EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
-from ts_neuralode.solvers import odeint
+from ts_neuralode.solvers import SolverStats, odeint
 
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
@@ -190,7 +190,7 @@ class ODEEvolution(Evolution):
             field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
                                       num_layers=config.num_layers, activation=config.activation)
         self.field = field
-        self.last_stats = None
+        self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:

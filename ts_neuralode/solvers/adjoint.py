@@ -50,7 +50,7 @@ class _OdeintAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: _Spec, y0: Tensor, *params: Tensor) -> Tensor:
         with torch.no_grad():
-            chk = [] if spec.mode == "interpolate" else None
+            chk: list | None = [] if spec.mode == "interpolate" else None
             ys, stats, _ = run_solver(spec.f, spec.tab, y0, spec.tq, spec.sign, spec.opts, checkpoints=chk)
         spec.ys, spec.stats, spec.chk = ys, stats, chk
         ctx.spec = spec
