@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ts_neuralode.api.backtest import cross_validation
 from ts_neuralode.api.forecast_frame import band_col, parse_levels, quantile_columns
@@ -125,7 +126,7 @@ class EnsembleForecaster:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str = "cpu",
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
              member_cls: type[Predictor] = Predictor) -> EnsembleForecaster:
         """The ensemble saved at ``path``, its members loaded as ``member_cls``."""
         root = Path(path)

@@ -50,7 +50,7 @@ def fit_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_lightning(argv: Sequence[str]) -> None:
+def run_lightning(argv: Sequence[str]) -> TSNeuralODECLI:
     """``validate | test | predict`` (LightningCLI runs them)."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # no "Seed set to 0" noise
     # We pass argv explicitly (so main() works in-process); Lightning warns when sys.argv is also set, which is

@@ -133,7 +133,7 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
 
 
 def _parse_times(values: list[str]) -> list:
-    out = []
+    out: list = []
     for v in values:
         try:
             out.append(float(v))

@@ -217,7 +217,7 @@ def read_series(
     df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
     columns = [str(c) for c in df.columns]
     seen: set[str] = set()
-    dup = next((c for c in columns if c in seen or seen.add(c)), None)
+    dup = next((c for c in columns if c in seen or seen.add(c)), None)  # type: ignore[func-returns-value]
     if dup is not None:
         raise DataError(f"{where.source}: column name {dup!r} appears twice (columns: {', '.join(columns)}); rename "
                         "one of them")

@@ -298,6 +298,7 @@ def run_benchmark(
     rows, base_rows = [], []
     bar = tqdm(baselines + list(cfg.models), desc="benchmark", unit="model", disable=not progress, file=sys.stderr)
     status = "FAILED"
+    history: dict[str, Any]  # per-epoch records of a trained model (none for a baseline)
     try:
         for name in bar:
             bar.set_postfix_str(name)
