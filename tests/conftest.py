@@ -43,10 +43,16 @@ def small_tensor_threads() -> int:
     return TEST_THREADS or 1
 
 
+#: fixtures that train a model or start a server: a test that uses one is slow (`pytest -m "not slow"` leaves it out)
+SLOW_FIXTURES = {"dt_fitted", "fitted_local", "mlflow_server"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:  # `pytest -m margin` selects every test that asserts through the margin fixture
         if "margin" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.margin)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 class Margin:

@@ -178,6 +178,7 @@ def test_calendar_features_are_local_wall_clock():
     assert u[:, 2].numpy() == pytest.approx(np.sin(2 * np.pi * dow / 7), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     """``ts-neuralode fit --data.future_cols`` in-process; the model directory remembers the covariates;
     Forecaster.predict reads them from the history and ``future``, and says which one is missing."""
@@ -228,6 +229,7 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     assert "missing known-future covariate column 'dose'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
     """Forecaster.fit runs the CLI's fit (checkpoints, model directory, MLflow run on a real server) and returns a
     forecaster that predicts; the covariates travel through it too."""
@@ -257,6 +259,7 @@ def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
         Forecaster.fit(df, "configs/nope.yaml", output_dir=tmp_path / "bad", tracking=False)
 
 
+@pytest.mark.slow
 def test_readme_fit_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's Forecaster.fit example, executed verbatim (in a scratch directory)."""
     from pathlib import Path
@@ -280,6 +283,7 @@ def _static_past_frame() -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["ode_rnn", "gru_ode", "latent_ode"])
 def test_past_and_static_covariates(model, tmp_path):
     """Past-only covariates are input channels that are never scored; static ones condition the initial state; the

@@ -27,6 +27,7 @@ def arrays(df, cols):
     return t, v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_reproducible_and_shaped(name):
     a = generate(name, n_series=20, n_points=30 if name != "double_ou" else None, seed=5)
@@ -61,6 +62,7 @@ def test_one_dimensional_sets(name, f):
     assert x0s.min() >= 2 and x0s.max() <= 4
 
 
+@pytest.mark.slow
 def test_sink_solves_the_linear_ode():
     t, v = arrays(generate("sink", n_series=20, n_points=30, seed=1), ["x1", "x2"])
     a = torch.tensor([[-4.0, 10.0], [-3.0, 2.0]], dtype=torch.float64)
@@ -74,6 +76,7 @@ def test_sink_solves_the_linear_ode():
     assert vs[:, 0].min() >= 1 and vs[:, 0].max() <= 2
 
 
+@pytest.mark.slow
 def test_ellipse_conserves_lotka_volterra_invariant():
     t, v = arrays(generate("ellipse", n_series=20, n_points=40, seed=2), ["x1", "x2"])
     x, y = v[..., 0] + 1.0, v[..., 1] + 1.0  # reported minus 1
@@ -119,6 +122,7 @@ def test_generate_errors():
         generate("sine", n_points=1)
 
 
+@pytest.mark.slow
 def test_cli_main(tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert cli_main(["sink", "--out", str(out), "--n_series", "7", "--n_points", "12", "--seed", "3"]) == 0

@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -55,6 +56,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in hist]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, margin):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     ddp_dir.mkdir()

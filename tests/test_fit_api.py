@@ -45,6 +45,7 @@ def _module_name(path: Path) -> str:
     return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
 
 
+@pytest.mark.slow
 def test_nothing_in_the_library_imports_the_cli():
     """Every import of the package (inside functions too) that names a CLI module comes from a CLI module."""
     offenders = []
@@ -62,6 +63,7 @@ def test_nothing_in_the_library_imports_the_cli():
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_fit_takes_a_dataframe_in_memory_callbacks_and_reports_the_best_score(tmp_path):
     df = generate("sine", n_series=10, n_points=16, seed=4)
     rec = EpochRecorder("val_loss")
@@ -90,6 +92,7 @@ def test_fit_takes_a_dataframe_in_memory_callbacks_and_reports_the_best_score(tm
     np.testing.assert_allclose(a[fc.name].to_numpy(), b[cli.name].to_numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_without_validation_monitors_the_training_loss(tmp_path):
     df = generate("sine", n_series=6, n_points=12, seed=5)
     rec = EpochRecorder("train_loss")

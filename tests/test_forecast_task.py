@@ -199,6 +199,7 @@ FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["union", "padded"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_model_family_trains_on_forecast_windows(frame, tmp_path, family, layout):
@@ -220,6 +221,7 @@ def test_every_model_family_trains_on_forecast_windows(frame, tmp_path, family, 
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))  # it learned something
 
 
+@pytest.mark.slow
 def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -32,6 +32,7 @@ def last_obs(hist: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(h["ds"]).groupby(h["unique_id"]).max()
 
 
+@pytest.mark.slow
 def test_predict_matches_the_cli(fc, dt_fitted, dt_csv, hist, tmp_path):
     out = fc.predict(hist, horizon="12h", num_points=4, num_samples=30, seed=0)
     rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
@@ -125,6 +126,7 @@ def test_gaussian_models_get_exact_gaussian_bands(dt_csv):
     assert math.isclose(float(np.median(hi - mean) > 0), 1.0)
 
 
+@pytest.mark.slow
 def test_plot_history_window(fc, hist, tmp_path, monkeypatch):
     from ts_neuralode.api import plotting
 

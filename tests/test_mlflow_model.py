@@ -52,6 +52,7 @@ def test_register_as_without_tracking_is_one_line(tiny_csv, capfd):
     assert rc == 2 and len(err) == 1 and "--register_as x registers the model logged to MLflow" in err[0], err
 
 
+@pytest.mark.slow
 def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered):
     from mlflow import MlflowClient
 
@@ -71,6 +72,7 @@ def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered)
     assert version.run_id == run.info.run_id and logged[0].model_id in version.source
 
 
+@pytest.mark.slow
 def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
     """The ``models:/`` URI fit prints and ``runs:/<run>/forecaster`` both load with mlflow.pyfunc."""
     import mlflow
@@ -91,6 +93,7 @@ def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
     assert np.allclose(a[NAME], b[NAME])
 
 
+@pytest.mark.slow
 def test_pyfunc_load_model_forecasts_like_the_forecaster(registered, dt_csv):
     import mlflow
 
@@ -111,6 +114,7 @@ def test_pyfunc_load_model_forecasts_like_the_forecaster(registered, dt_csv):
     assert np.allclose(got[NAME], want[NAME]) and np.allclose(got[f"{NAME}-hi-90"], want[f"{NAME}-hi-90"])
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
     port = _free_port()
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": registered["uri"]}
@@ -188,6 +192,7 @@ def pk_registered(tmp_path_factory):
     return {"uri": uri, "df": df, "model_dir": cwd / "ck" / "model"}
 
 
+@pytest.mark.slow
 def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_registered):
     """The signature carries the covariate columns (MLflow keeps them in a request); known-future values go in as
     rows with an empty y after the history; the forecast equals Forecaster.predict's. The served model's
@@ -226,6 +231,7 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
         forecast_frame(bare, request, {**query, "calibrated": True})
 
 
+@pytest.mark.slow
 def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_path, capfd):
     """MLflow refuses the name (a real registry error): the fit exits 2 with one line, not a warning and 0."""
     args = [a for a in TINY_FIT_ARGS]
@@ -240,6 +246,7 @@ def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_pat
     assert (tmp_path / "ck" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
     """An untracked fit in a directory holding an earlier fit's mlflow_run.json reports no run id."""
     import shutil

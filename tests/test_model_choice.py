@@ -84,6 +84,7 @@ def test_cli_options_are_grouped(tmp_path):
         _grouped(["--bogus", "1"])
 
 
+@pytest.mark.slow
 def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fc = Forecaster.fit(series, "auto", data_options=DATA, model_options=MODEL, trainer=TRAINER,
@@ -125,6 +126,7 @@ def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     assert min(r.data.metrics["trial_value"] for r in done) == pytest.approx(info["best_value"])
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     # two trials that learn, then one that cannot (learning rate 1e-7): the median rule stops it early
     space = (choice("model.model", ("ode_rnn",)), choice("model.lr", (0.03, 1e-7)))
@@ -144,6 +146,7 @@ def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     assert trials[0].user_attrs["monitor"] == "val_loss" and math.isfinite(trials[0].user_attrs["best_score"])
 
 
+@pytest.mark.slow
 def test_time_budget_stops_the_search(series, tmp_path):
     start = time.monotonic()
     result = model_choice.search(series, data_options=DATA, model_options=MODEL, trainer={"max_epochs": 500},
@@ -161,6 +164,7 @@ def _counted(study) -> list:
     return [t for t in study.get_trials() if "outcome" in t.user_attrs]
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monkeypatch):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
@@ -219,6 +223,7 @@ class _CtrlC(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     handler = signal.getsignal(signal.SIGINT)
@@ -235,6 +240,7 @@ def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     assert trials[1].params == trials[0].params  # queued to run first when the search resumes
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_storage(series, tmp_path):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
@@ -263,6 +269,7 @@ def test_two_workers_share_one_storage(series, tmp_path):
     assert (tmp_path / "final" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_ensemble_bands_come_from_the_mixture(series, tmp_path):
     # two members that agree on everything but the level: the same model fitted to y and to y + 100
     opts = dict(data_options={**DATA, "task": "forecast", "val_fraction": 0.0, "test_fraction": 0.0},

@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_solvers_import_nothing_from_lightning_or_the_package():
     """The solver core stands alone (DESIGN.md): importing it must not pull Lightning or other layers."""
     code = (

@@ -123,6 +123,7 @@ def test_seasonal_naive_takes_the_value_one_period_back():
     assert np.isclose(at[3.2], sin(2.0)) and not np.isclose(at[5.0], sin(2.0))
 
 
+@pytest.mark.slow
 def test_naive_contenders_score_identically_to_the_backtest_locf():
     """The benchmark's scoring (backtest.evaluate on one frame) gives a contender equal to locf its exact MAE and
     scaled MAE 1; a contender with missing rows is scored on the rows every contender has."""

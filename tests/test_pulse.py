@@ -67,6 +67,7 @@ def test_a_pulse_shorter_than_a_step_is_read_and_never_leaks_backwards(config):
     assert abs(float(ob[1, 2]) - want[0]) < tol * want[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_a_half_hour_pulse_changes_a_trained_models_forecast_after_it(method, tmp_path):
     """A model trained with ``--data.future_cols [rate]`` (constant interpolation): a 0.5-long infusion in the

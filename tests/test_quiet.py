@@ -20,6 +20,7 @@ def _lines(err: str) -> list[str]:
             and "batch/s]" not in ln]
 
 
+@pytest.mark.slow
 def test_demo_like_fit_forecast_backtest_print_one_line_per_stage(tmp_path, capfd):
     d = tmp_path
     uri = f"sqlite:///{d / 'mlflow.db'}"

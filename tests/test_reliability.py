@@ -59,6 +59,7 @@ def _run_in(cwd: Path, argv: list[str]) -> int:
 
 
 # -- training that goes wrong ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(tiny_csv, tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ck = tmp_path / "ck"
@@ -89,6 +90,7 @@ def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(ti
     assert run.data.tags[FAILURE_TAG] == line.removeprefix("ts-neuralode: error: ")
 
 
+@pytest.mark.slow
 def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path, capfd):
     # dopri5 cannot reach rtol 1e-12 in float32: it runs out of steps on the first batch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -157,6 +159,7 @@ def _check_version(kind: str, target: Path) -> int:
     return int(lines[0].split(",")[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SAVERS))
 def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
     target = tmp_path / {"checkpoint": "last.ckpt", "model_dir": "model", "forecast_csv": "forecast.csv"}[kind]
@@ -186,6 +189,7 @@ def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
         assert 2 <= got <= last_started, (got, last_started)
 
 
+@pytest.mark.slow
 def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp_path, capfd):
     assert fitted_local["rc"] == 0
     rc = main(["test", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--data.test_fraction", "0",
@@ -197,6 +201,7 @@ def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp
 
 
 # -- tracking that goes away -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tracking_server_going_away_mid_fit_does_not_lose_the_training(tiny_csv, tmp_path):
     epochs = 40
     server, url = start_mlflow_server(tmp_path)

@@ -52,6 +52,7 @@ PROBLEMS = {"exp": _exp_problem, "oscillator": _oscillator, "time_dependent": _t
 # Recorded margins (scripts/check_margins.py; results/test_margins.md; float64, the same for every seed and thread
 # count): fitted orders within 0.2 of the tableau's (tsit5 on exp, headroom 1.49; all others >= 2.2), adaptive global
 # errors at most 1/12 of 100 x the local tolerance, reverse-time errors at least 3.2x under their limits.
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_order_of_convergence(method, problem, margin):
@@ -85,6 +86,7 @@ def test_fixed_step_public_api_order(method, margin):
     margin("|log2 error ratio - order|", abs(math.log2(errs[0] / errs[1]) - order), 0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bosh3", "dopri5", "tsit5"])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 def test_adaptive_within_tolerance(method, problem, margin):
@@ -100,6 +102,7 @@ def test_adaptive_within_tolerance(method, problem, margin):
     assert (sol.stats.n_accepted > 0).all() and (sol.stats.n_f_evals > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_reverse_time(method, margin):
     f, y0, exact = _oscillator()
@@ -132,6 +135,7 @@ def _sorted_rows(B, T, lo=0.0, hi=3.0, dtype=F64):
     return t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4"])
 def test_per_sample_grid_equals_single_solves(method):
     torch.manual_seed(0)
@@ -282,6 +286,7 @@ def test_invalid_y0_shape():
         odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_no_grad_solve_flushes_records_and_matches_grad_solve():
     """Without a graph, recorded steps are turned into outputs every few records (flat memory): same result."""
     torch.manual_seed(7)

@@ -12,6 +12,7 @@ from ts_neuralode.models.step_budget import step_budget
 from ts_neuralode.solvers import SolverError
 
 
+@pytest.mark.slow
 def test_budget_applies_inside_the_call_only_and_leaves_the_model_alone():
     evo = make_evolution("ode", 3, method="rk4", step_size=0.5)  # 20 steps for t in [0, 10]
     config = evo.config

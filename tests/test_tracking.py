@@ -71,6 +71,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
         resolve_tracking_uri("./mlruns")
 
 
+@pytest.mark.slow
 def test_fit_logs_to_local_default_store(fitted_local):
     assert fitted_local["rc"] == 0
     cwd = fitted_local["cwd"]
@@ -85,6 +86,7 @@ def test_fit_logs_to_local_default_store(fitted_local):
     assert (fitted_local["model_dir"] / "weights.pt").is_file()
 
 
+@pytest.mark.slow
 def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_path, monkeypatch):
     import mlflow
 
