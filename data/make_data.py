@@ -50,7 +50,8 @@ def co2() -> pd.DataFrame:
     try:
         import statsmodels.api as sm
     except ImportError:
-        raise SystemExit("error: --co2 needs statsmodels (pip install statsmodels, in a throwaway venv is fine)")
+        raise SystemExit("error: --co2 needs statsmodels (pip install statsmodels, in a throwaway venv is "
+                         "fine)") from None
     d = sm.datasets.co2.load_pandas().data.dropna()
     return pd.DataFrame({"unique_id": "mauna_loa", "ds": d.index.strftime("%Y-%m-%d"), "y": d["co2"].to_numpy()})
 

@@ -12,7 +12,8 @@ stamp (``freq=1``), so every series may have its own cutoff.
 * statsforecast (``statsforecast`` in spec["families"]): AutoETS, AutoARIMA, AutoTheta (season_length =
   spec["season"] grid steps, 1 when none) and MSTL (only with a season), each fitted on every window's history
   (``fit`` then ``predict``; they are local models; AutoARIMA on the last 10 seasons of each history — 520
-  steps without a season — as its seasonal search takes tens of minutes per fit on CO₂'s 2,000 weeks), bands at the levels 5, 15, …, 95 (the quantiles
+  steps without a season — as its seasonal search takes tens of minutes per fit on CO₂'s 2,000 weeks), bands at the
+  levels 5, 15, …, 95 (the quantiles
   2.5 %, 7.5 %, … 97.5 % of the CRPS grid) and 90. A series a model cannot fit falls back to the Naive forecast
   (statsforecast's ``fallback_model``).
 * neuralforecast (``neuralforecast``): NHITS, NBEATS, TiDE (MAE loss: point forecasts), input_size
@@ -80,7 +81,7 @@ def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> pd
                 fit_s, pred_s = fit_s + t1 - t0, pred_s + t2 - t1
                 pred = pred.reset_index() if "unique_id" not in pred.columns else pred
                 col = [c for c in pred.columns if c not in ("unique_id", "ds") and "-" not in c][0]
-                f = _bands(pred.rename(columns=lambda c: c.replace(col, name, 1)), name, True)
+                f = _bands(pred.rename(columns=lambda c, col=col, name=name: c.replace(col, name, 1)), name, True)
                 f["window"], f["model"] = w, f"sf_{name}"
                 frames.append(f)
                 print(f"statsforecast {name}: window {w} done ({fit_s + pred_s:.0f} s so far)", file=sys.stderr,

@@ -2,7 +2,7 @@
 
 Everything here works on a *long* frame of observed values ``unique_id, channel, t, y`` with ``t`` a float in the
 data set's time unit (datetimes converted once by :func:`to_long`). A window is ``(cutoff, cutoff + horizon]``
-per series, cutoffs as :mod:`ts_neuralode.backtest` makes them (``last - horizon - k * step``, per series or from
+per series, cutoffs as :mod:`ts_neuralode.api.backtest` makes them (``last - horizon - k * step``, per series or from
 the last time of all series when the cutoffs are shared); :func:`window_rows` gives the scored rows with the
 backtest's own baselines ``locf`` (the channel's last value up to the cutoff) and ``mean`` (its mean up to the
 cutoff), and a channel without history before the cutoff sits out (as the backtest's inner merge does).
@@ -113,7 +113,7 @@ def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: 
     (``step = -n+1 … 0``, back to the first observation, at most ``max_points``), values by linear interpolation
     between the observations (flat past the last one); ``uid`` = ``unique_id|channel``."""
     frames = []
-    by_id = {u: list(zip(g["window"], g["cutoff"])) for u, g in cuts.groupby("unique_id", sort=False)}
+    by_id = {u: list(zip(g["window"], g["cutoff"], strict=False)) for u, g in cuts.groupby("unique_id", sort=False)}
     for (uid, ch), g in long.groupby(["unique_id", "channel"], sort=False):
         t, y = g["t"].to_numpy(), g["y"].to_numpy()
         for window, cut in by_id.get(uid, []):

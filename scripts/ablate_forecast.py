@@ -2,7 +2,7 @@
 
 Every variant is trained through ``Forecaster.fit`` (the code path of ``ts-neuralode fit``) on the part of the data
 before the test windows, then backtested with ``Forecaster.cross_validation`` on rolling-origin windows (several
-cutoffs, at the series' real observation times) and scored by ``ts_neuralode.backtest.evaluate`` (MAE in the data's
+cutoffs, at the series' real observation times) and scored by ``ts_neuralode.api.backtest.evaluate`` (MAE in the data's
 units, MASE-style scaled MAE, CRPS, 90% coverage), beside the naive forecasts on the same points: last value
 (``locf``), the series mean up to the cutoff (``mean``), seasonal naive (the package's ``seasonal`` baseline, whole
 history) and the bases a model can correct (``--model.base``, scored with a zero correction: what the model adds
@@ -47,10 +47,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ts_neuralode.backtest import evaluate  # noqa: E402
-from ts_neuralode.forecaster import Forecaster  # noqa: E402
-from ts_neuralode.lightning import ForecastingModule  # noqa: E402
+from ts_neuralode.api.backtest import evaluate  # noqa: E402
+from ts_neuralode.api.forecaster import Forecaster  # noqa: E402
 from ts_neuralode.models.window import SEASONAL_BASES  # noqa: E402
+from ts_neuralode.training import ForecastingModule  # noqa: E402
 
 PBC_LABS = ["bili", "chol", "albumin", "alk_phos", "ast", "platelet", "protime"]
 
@@ -331,7 +331,7 @@ def ratios(part: pd.DataFrame) -> pd.DataFrame:
 def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int | None = None) -> str:
     lines = ["# Forecast ablations on real data: what beats the naive forecasts", "", "Produced by:", "", "```",
              command, "```", "",
-             "Every row is scored by `ts_neuralode.backtest.evaluate` on the rows of `Forecaster.cross_validation` "
+             "Every row is scored by `ts_neuralode.api.backtest.evaluate` on the rows of `Forecaster.cross_validation` "
              "(rolling origin, the series' real observation times, forecasts conditioned on the history up to each "
              "cutoff): MAE in the data's units, `scaled_mae` (each error over its series' last-value MAE on the same "
              "rows, MASE-style: below 1 beats the last value), CRPS and 90% coverage from 100 predictive samples, "
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)")
     p.add_argument("--commands", nargs="*", default=None, help="with --merge: the commands that made the CSVs")
     p.add_argument("--old", nargs="*", default=None,
-                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started at 0)")
+                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started "
+                        "at 0)")
     args = p.parse_args(argv)
     if args.merge:
         parts = [pd.read_csv(f) for f in args.merge]

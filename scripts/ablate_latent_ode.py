@@ -32,13 +32,14 @@ import time
 import torch
 from torch import nn
 
-from ts_neuralode.benchmark import publish_report
+from ts_neuralode.api.benchmark import publish_report
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models.evolution_config import merge_options
+from ts_neuralode.training import ForecastingModule
 
-# Each variant: ForecastingModule options on top of BASE (evolution options flat or nested: merge_options), the variant's model_kwargs, the per-epoch lr
+# Each variant: ForecastingModule options on top of BASE (evolution options flat or nested: merge_options), the
+# variant's model_kwargs, the per-epoch lr
 # decay, and an optional script-local change ("ref_init", "ref_loss") described in VARIANT_NOTES.
 BASE = {"model": "latent_ode", "evolution": "ode", "method": "dopri5", "latent_dim": 10, "lr": 1e-2,
         "kl_warmup_epochs": 10, "iwae_samples": 3, "eval_samples": 1}

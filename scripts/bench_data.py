@@ -101,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
              "figure. Union batches hold the union of 256 irregular series' times (T ≈ 24,000), so they are "
              "~100x larger than padded ones; use layout='padded' for such data.", ""]
     rows_md = ["| case | setup (s) | target | peak RSS (MB) | target |", "|---|---|---|---|---|"]
-    coll_md = ["| collate (256 series) | shape [B, T, D] | median wall (ms) | median CPU (ms) | min wall (ms) | target |",
+    coll_md = ["| collate (256 series) | shape [B, T, D] | median wall (ms) | median CPU (ms) | min wall (ms) | target "
+               "|",
                "|---|---|---|---|---|---|"]
-    cases = [("numeric times", False, None)] + ([] if args.no_datetime else [("datetime strings, time_unit='h'", True, "h")])
+    cases = [("numeric times", False, None)] + ([] if args.no_datetime else [("datetime strings, time_unit='h'", True,
+                                                                              "h")])
     with tempfile.TemporaryDirectory() as tmp:
         for label, dt, unit in cases:
             path = Path(tmp) / ("dt.csv" if dt else "num.csv")
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             if not dt:
                 for k, (sec, cpu, best, shape) in ((k, v) for k, v in res.items() if k.startswith("collate")):
                     target = "≤ 5" if "padded" in k else "— (T = union of all times)"
-                    coll_md.append(f"| {k[8:]} | {shape} | {sec * 1e3:.2f} | {cpu * 1e3:.2f} | {best * 1e3:.2f} | {target} |")
+                    coll_md.append(f"| {k[8:]} | {shape} | {sec * 1e3:.2f} | {cpu * 1e3:.2f} | {best * 1e3:.2f} | "
+                                   f"{target} |")
     text = "\n".join(lines + rows_md + [""] + coll_md) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

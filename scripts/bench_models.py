@@ -26,8 +26,8 @@ import torch
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models.evolution_config import merge_options
+from ts_neuralode.training import ForecastingModule
 
 VARIANTS = [
     ("latent ODE (dopri5)", dict(evolution="ode", method="dopri5")),
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     df = generate("sine", n_series=args.n_series, n_points=args.n_points, seed=args.seed)
     rows = [run_variant(label, options, df, args) for label, options in VARIANTS]
     base = rows[0]
-    command = "python scripts/bench_models.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    words = argv if argv is not None else sys.argv[1:]
+    command = "python scripts/bench_models.py " + " ".join(shlex.quote(a) for a in words)
     lines = [
         f"Command: `{command.strip()}`",
         "",

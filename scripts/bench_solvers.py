@@ -6,14 +6,16 @@ dopri5 with rtol 1e-3 / atol 1e-4, random initialisation, torch.set_num_threads(
 
 Measured side by side in one run (repetitions interleaved across the libraries, median reported):
 forward; forward+backward by autograd; forward+backward by the adjoint (torchdiffeq's odeint_adjoint; ours
-in both modes); function evaluations forward and backward; adjoint gradient error against autograd; share of the forward spent inside the vector
+in both modes); function evaluations forward and backward; adjoint gradient error against autograd; share of the forward
+spent inside the vector
 field; per-sample [B, T] grids vs one shared grid; peak memory; adjoint peak memory at ~100 vs ~10,000
 steps.
 
 Peak memory: on CPU, each measurement runs in a fresh subprocess (glibc set to mmap buffers ≥ 16 KiB so
 freed tensors leave the RSS) that sets everything up, runs the call once as warm-up, reads its resident
 set size, resets the RSS high-water mark (/proc/self/clear_refs), runs the call again and reports VmHWM −
-baseline — torch's CPU allocator keeps no statistics and tracemalloc does not see torch's buffers. On CUDA: ``torch.cuda.max_memory_allocated`` over the allocated baseline.
+baseline — torch's CPU allocator keeps no statistics and tracemalloc does not see torch's buffers. On CUDA:
+``torch.cuda.max_memory_allocated`` over the allocated baseline.
 
     python scripts/bench_solvers.py                # default: batch 32, 256, 2048 on CPU (< ~6 min)
     python scripts/bench_solvers.py --quick        # smoke run
@@ -234,7 +236,7 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
     # adjoint gradient accuracy: relative L2 distance to the same library's autograd gradient (the exact
     # gradient of the computed solution, i.e. what an adjoint approximates at this tolerance)
     def rel(a, b):
-        num = sum(float((x - y).double().square().sum()) for x, y in zip(a, b))
+        num = sum(float((x - y).double().square().sum()) for x, y in zip(a, b, strict=False))
         return (num / sum(float(y.double().square().sum()) for y in b)) ** 0.5
 
     g_ag = v["ag/ours"]()[0]
@@ -399,10 +401,11 @@ def main(argv=None):
                      f"{grad_err['backsolve']:.1e}, interpolate {grad_err['interpolate']:.1e} | "
                      f"{grad_err['td']:.1e} | – | | |")
         g = med["grid/per-sample"] / med["grid/shared"]
-        lines.append(f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} vs "
+        lines.append(f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} "
+                     f"vs "
                      f"{med['grid/shared']:.2f} = {g:.2f}× (evaluations {nfe['grid/per-sample']:.1f} vs "
                      f"{nfe['grid/shared']:.1f}) | (not supported) | | | |")
-        if B == target_batch:
+        if target_batch == B:
             targets = dict(
                 fwd_td=med["fwd/td"] / ours, fwd_tode=med["fwd/tode"] / ours,
                 nfe_eq=abs(nfe["fwd/ours"] / nfe["fwd/tode"] - 1),
@@ -414,11 +417,14 @@ def main(argv=None):
             )
     if not args.no_memory:
         lines += ["", f"### Peak memory (batch {mem_batch}; growth of peak "
-                  + ("RSS in a fresh subprocess, after a warm-up call" if device == "cpu" else "CUDA allocated memory") + ")", "",
+                  + ("RSS in a fresh subprocess, after a warm-up call" if device == "cpu"
+                     else "CUDA allocated memory") + ")", "",
                   "| measurement | ts_neuralode | torchdiffeq | torchode |", "|---|---|---|---|"]
         mb = lambda k: measure_mem(k, mem_batch, device)["peak"] / 2**20  # noqa: E731
-        lines.append(f"| forward (no grad) | {mb('fwd/ours'):.1f} MiB | {mb('fwd/td'):.1f} MiB | {mb('fwd/tode'):.1f} MiB |")
-        lines.append(f"| forward+backward, autograd | {mb('ag/ours'):.1f} MiB | {mb('ag/td'):.1f} MiB | {mb('ag/tode'):.1f} MiB |")
+        lines.append(f"| forward (no grad) | {mb('fwd/ours'):.1f} MiB | {mb('fwd/td'):.1f} MiB | {mb('fwd/tode'):.1f} "
+                     f"MiB |")
+        lines.append(f"| forward+backward, autograd | {mb('ag/ours'):.1f} MiB | {mb('ag/td'):.1f} MiB | "
+                     f"{mb('ag/tode'):.1f} MiB |")
         lines.append(f"| forward+backward, adjoint | backsolve {mb('adj/ours-backsolve'):.1f} MiB, interpolate "
                      f"{mb('adj/ours-interpolate'):.1f} MiB | {mb('adj/td'):.1f} MiB | – |")
         # at batch 32 the state is 2 KiB and the whole adjoint peaks near 1.5 MiB, where glibc's arena
@@ -437,17 +443,24 @@ def main(argv=None):
     if "fwd_td" in targets:
         lines += ["", f"### Targets (stated at batch 256; measured at batch {target_batch})", ""]
         chk = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-        lines.append(f"- forward ≥ 2.5× faster than torchdiffeq: {targets['fwd_td']:.2f}× — {chk(targets['fwd_td'] >= 2.5)}")
-        lines.append(f"- forward ≥ 2× faster than torchode: {targets['fwd_tode']:.2f}× — {chk(targets['fwd_tode'] >= 2)}; "
+        lines.append(f"- forward ≥ 2.5× faster than torchdiffeq: {targets['fwd_td']:.2f}× — "
+                     f"{chk(targets['fwd_td'] >= 2.5)}")
+        lines.append(f"- forward ≥ 2× faster than torchode: {targets['fwd_tode']:.2f}× — "
+                     f"{chk(targets['fwd_tode'] >= 2)}; "
                      f"evaluations within {targets['nfe_eq']:.0%} of torchode's — {chk(targets['nfe_eq'] <= 0.1)}")
         lines.append(f"- adjoint backward ≤ 3× forward evaluations: interpolate {targets['adj_nfe']:.1f}× — "
-                     f"{chk(targets['adj_nfe'] <= 3)}; backsolve {targets['adj_nfe_bs']:.1f}× — {chk(targets['adj_nfe_bs'] <= 3)}")
-        lines.append(f"- adjoint forward+backward ≥ 5× faster than torchdiffeq's: interpolate {targets['adj_speed']:.1f}× — "
-                     f"{chk(targets['adj_speed'] >= 5)}; backsolve {targets['adj_speed_bs']:.1f}× — {chk(targets['adj_speed_bs'] >= 5)}")
-        lines.append(f"- autograd forward+backward ≥ 2× faster than torchdiffeq's: {targets['ag']:.2f}× — {chk(targets['ag'] >= 2)}")
+                     f"{chk(targets['adj_nfe'] <= 3)}; backsolve {targets['adj_nfe_bs']:.1f}× — "
+                     f"{chk(targets['adj_nfe_bs'] <= 3)}")
+        lines.append(f"- adjoint forward+backward ≥ 5× faster than torchdiffeq's: interpolate "
+                     f"{targets['adj_speed']:.1f}× — "
+                     f"{chk(targets['adj_speed'] >= 5)}; backsolve {targets['adj_speed_bs']:.1f}× — "
+                     f"{chk(targets['adj_speed_bs'] >= 5)}")
+        lines.append(f"- autograd forward+backward ≥ 2× faster than torchdiffeq's: {targets['ag']:.2f}× — "
+                     f"{chk(targets['ag'] >= 2)}")
         lines.append(f"- per-sample grids ≤ 1.2× a shared grid: {targets['grid']:.2f}× — {chk(targets['grid'] <= 1.2)}")
         if "mem_growth" in targets:
-            lines.append(f"- adjoint (backsolve) peak memory flat from ~{mem_steps[0]} to ~{mem_steps[1]} steps (≤ 10% growth): "
+            lines.append(f"- adjoint (backsolve) peak memory flat from ~{mem_steps[0]} to ~{mem_steps[1]} steps (≤ 10% "
+                         f"growth): "
                          f"{targets['mem_growth']:+.0%} — {chk(targets['mem_growth'] <= 0.10)}")
     text = "\n".join(lines) + "\n"
     print(text)

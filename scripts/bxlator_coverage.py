@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from ts_neuralode import backtest
-    from ts_neuralode.forecast_frame import band_col
+    from ts_neuralode.api import backtest
+    from ts_neuralode.api.forecast_frame import band_col
 
     torch.set_num_threads(args.threads)
     fit_args = ["--model.model", args.model, "--data.id_col", "ID", "--data.time_col", "Time", "--data.value_cols",

@@ -43,10 +43,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ts_neuralode import backtest  # noqa: E402
-from ts_neuralode.backtest import md_table as markdown_table  # noqa: E402
-from ts_neuralode.benchmark.report import publish_report  # noqa: E402
-from ts_neuralode.forecast_frame import band_col  # noqa: E402
+from ts_neuralode.api import backtest  # noqa: E402
+from ts_neuralode.api.backtest import md_table as markdown_table  # noqa: E402
+from ts_neuralode.api.benchmark.report import publish_report  # noqa: E402
+from ts_neuralode.api.forecast_frame import band_col  # noqa: E402
 
 FAMILIES = ("latent_ode", "ode_rnn", "gru_ode", "latent_ode:coupling_flow", "ode_rnn:gru_flow")  # model[:evolution]
 LEVELS = (50, 90)
@@ -162,7 +162,7 @@ def reading(table: pd.DataFrame) -> str:
     if len(gauss):
         names, lo, hi = kind(gauss)
         parts.append(f"{names} have a Gaussian predictive std and need factors near 1 ({lo:.2f}-{hi:.2f}).")
-    parts.append("The stretch is about each band's own midpoint (ts_neuralode.calibration), so a sample mean that "
+    parts.append("The stretch is about each band's own midpoint (ts_neuralode.api.calibration), so a sample mean that "
                  "lies outside its band does not push the band to one side. Split-conformal coverage is guaranteed "
                  "for points exchangeable with the calibration points, and on the calibration windows themselves "
                  "every model reaches its level (the in-sample columns); the held-out windows come later, and a model "
@@ -215,11 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                                                        args.datasets.split(",")) + ".")
     fit_desc = ("The default bands: what `fit` calibrates by itself, on the held-out validation windows of its own "
                 "training data (the last horizon before `T1`, cutoffs a quarter horizon apart; "
-                "`ts_neuralode.backtest.fit_calibration`), with no backtest step; scored on the same held-out test "
+                "`ts_neuralode.api.backtest.fit_calibration`), with no backtest step; scored on the same held-out test "
                 "windows as above (`fit_cal_points`: the points it calibrated on).")
     sections = [desc, "## Held-out coverage of the default bands (calibrated by fit)", fit_desc,
                 markdown_table(fit_show),
-                "## Held-out coverage before / after calibration on a separate calibration set", markdown_table(show), reading(table),
+                "## Held-out coverage before / after calibration on a separate calibration set", markdown_table(show),
+                reading(table),
                 "## Calibration factors (band stretch per horizon bucket, nearest first) and in-sample coverage",
                 markdown_table(factors)]
     return publish_report(args.out, "Conformal calibration of the forecast bands", "scripts/calibration_study.py",

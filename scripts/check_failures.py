@@ -42,7 +42,7 @@ def run(argv: list[str], cwd: Path) -> tuple[int, float, float, int, str]:
 
 
 def main() -> int:
-    from ts_neuralode.benchmark.report import publish_report
+    from ts_neuralode.api.benchmark.report import publish_report
 
     tmp = Path(tempfile.mkdtemp(prefix="check_failures_"))
     try:

@@ -1,6 +1,6 @@
 """Rerun the tests that train or compare floats under several seeds and thread counts; report each check's worst margin.
 
-    python scripts/check_margins.py                                   # seeds 0-4 x threads 1,2,4 (about 20 min on 2 cores)
+    python scripts/check_margins.py                                   # seeds 0-4 x threads 1,2,4 (~20 min, 2 cores)
     python scripts/check_margins.py --seeds 0-1 --threads 1 -k overfit # a quick look at some tests
     python scripts/check_margins.py --out results/test_margins.md      # also write the table (with this command)
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {_cell(test.removeprefix('tests/'))} | {_cell(check)} | {_fmt(h)} | "
                      f"({r['seed']}, {r['threads']}) | {r['value']:.4g} | {limit} | {cols} |")
     lines.append("")
-    lines.append(f"Failed runs: {len(failures)}" + ("" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)))
+    listed = "" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)
+    lines.append(f"Failed runs: {len(failures)}" + listed)
     text = "\n".join(lines) + "\n"
     print()
     print(text)

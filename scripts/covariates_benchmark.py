@@ -30,11 +30,11 @@ import warnings
 import lightning.pytorch as pl
 import torch
 
-from ts_neuralode.benchmark import publish_report
-from ts_neuralode.benchmark.report import script_parser
+from ts_neuralode.api.benchmark import publish_report
+from ts_neuralode.api.benchmark.report import script_parser
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
-from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.training import ForecastingModule
 
 MODELS = {
     "ODE-RNN (rk4 ODE)": dict(model="ode_rnn", evolution={"kind": "ode", "method": "rk4", "step_size": 0.25}),
@@ -47,7 +47,8 @@ MODELS = {
 
 def run(name: str, spec: dict, df, with_cov: bool, args) -> dict:
     pl.seed_everything(args.seed, verbose=False)
-    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", cut=0.5, batch_size=50, seed=args.seed, layout="padded",
+    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", cut=0.5, batch_size=50, seed=args.seed,
+                                       layout="padded",
                                        future_cols=["rate"] if with_cov else None)
     module = ForecastingModule(**spec, input_dim=dm.num_channels, latent_dim=16, hidden_dim=32, lr=1e-2,
                                lr_schedule="cosine", baselines=["locf", "mean"], covariates=dm.covariates)
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         without = run(name, MODELS[name], df, False, args)
         with_ = run(name, MODELS[name], df, True, args)
         rows.append((name, with_, without))
-    table = ["| model | extrap MSE with `rate` | without | ratio without / with | LOCF | mean | fit s (with / without) |",
+    table = ["| model | extrap MSE with `rate` | without | ratio without / with | LOCF | mean | fit s (with / without) "
+             "|",
              "|---|---|---|---|---|---|---|"]
     for name, w, wo in rows:
         table.append(f"| {name} | {w['model']:.4f} | {wo['model']:.4f} | {wo['model'] / w['model']:.1f}× | "

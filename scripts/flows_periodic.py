@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
+from ts_neuralode.api.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 from ts_neuralode.models.evolution import make_evolution
 from ts_neuralode.models.evolution_config import EvolutionConfig
 

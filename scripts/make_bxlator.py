@@ -36,7 +36,7 @@ def convert(raw: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"the BXLator CSV lacks the columns {missing}; expected {COLUMNS} (+ Cov)")
     out = pd.DataFrame({
-        "unique_id": ["bxl_%04d" % int(i) for i in raw["ID"]],
+        "unique_id": [f"bxl_{int(i):04d}" for i in raw["ID"]],
         "ds": raw["Time"].astype(float).round(6),
         "x1": raw["Value_1"].where(raw["Mask_1"] > 0, np.nan),
         "x2": raw["Value_2"].where(raw["Mask_2"] > 0, np.nan),

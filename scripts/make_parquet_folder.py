@@ -1,7 +1,8 @@
 """Write a large partitioned Parquet folder of synthetic series, part file by part file (bounded memory).
 
 Each part file holds whole series (``--series_per_file``) of a ``ts-neuralode generate`` data set (default
-``double_ou``: 2 channels, most rows observe one of them), generated with seed ``seed * 100003 + file`` and ids renamed to
+``double_ou``: 2 channels, most rows observe one of them), generated with seed ``seed * 100003 + file``
+and ids renamed to
 be unique over the folder (``s0000000`` …); rows are shuffled within a file. Files go to hive folders
 ``bucket=K/part-NNNNN.parquet`` (K = file mod ``--buckets``), as a partitioned data lake would hold them.
 

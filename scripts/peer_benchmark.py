@@ -1,7 +1,7 @@
 """Peer benchmark: every shipped config against the naive forecasts, statsforecast and neuralforecast, side by side.
 
 Rolling-origin backtests on real data, the same windows and the same scored points for every contender, scored by
-the project's own backtest metrics (:func:`ts_neuralode.backtest.evaluate`: MAE in the data's units, the
+the project's own backtest metrics (:func:`ts_neuralode.api.backtest.evaluate`: MAE in the data's units, the
 MASE-style scaled MAE, CRPS and 90 % coverage where a contender gives bands), with fit and predict seconds.
 
     python scripts/peer_benchmark.py                         # everything found (hours on a 2-core CPU)
@@ -145,8 +145,8 @@ def run_config(name: str, model: str, ds: DataSet, raw: pd.DataFrame, long: pd.D
                rows: pd.DataFrame, origin, aware, epochs: int, work: Path, auto_budget: int | None = None) -> dict:
     """Train ``model`` (a config path or "auto") on each series' rows up to its first cutoff, backtest every window;
     returns {"cols": frame aligned to ``rows`` or None, "fit_s", "predict_s", "error"}."""
-    from ts_neuralode.backtest import CRPS_QUANTILES
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.backtest import CRPS_QUANTILES
+    from ts_neuralode.api.forecaster import Forecaster
 
     first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
     t = raw_time(raw, ds, origin)
@@ -311,7 +311,7 @@ def run_peers(ds: DataSet, long: pd.DataFrame, cuts: pd.DataFrame, rows: pd.Data
 def score(rows: pd.DataFrame, results: dict[str, dict], horizon: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """One cross-validation frame (the rows + every contender's columns), scored by ``backtest.evaluate`` on the
     rows every contender forecast; returns (overall metrics, per-horizon metrics, rows dropped)."""
-    from ts_neuralode.backtest import evaluate
+    from ts_neuralode.api.backtest import evaluate
 
     cv = rows.drop(columns=["window"]).copy()
     names = []
@@ -378,7 +378,7 @@ def findings(all_overall: dict[str, pd.DataFrame]) -> list[str]:
         s = ov.set_index("model")["scaled_mae"]
         fam = {m: family(m) for m in s.index}
 
-        def best(f):
+        def best(f, s=s, fam=fam):
             c = [m for m in s.index if fam[m] == f]
             return (min(c, key=lambda m: s[m]), s[min(c, key=lambda m: s[m])]) if c else (None, math.nan)
         ours, sf, nf = best("ours"), best("statsforecast"), best("neuralforecast")
@@ -410,7 +410,7 @@ def targets(all_overall: dict[str, pd.DataFrame]) -> list[str]:
         m = min(cand, key=lambda c: by.loc[c, "scaled_mae"])
         sm = by["scaled_mae"]
 
-        def best(f, col="scaled_mae"):
+        def best(f, col="scaled_mae", by=by, fam=fam):
             c = [x for x in by.index if fam[x] == f and math.isfinite(by.loc[x, col])] if col in by else []
             return min((by.loc[x, col] for x in c), default=math.nan)
         checks = []
@@ -452,9 +452,10 @@ def plot(all_overall: dict[str, pd.DataFrame], path: Path) -> None:
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 4.8 * nrow), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue", "base": "tab:cyan",
+    colors = {"naive": "0.6", "statsforecast": "tab:orange", "neuralforecast": "tab:green", "ours": "tab:blue",
+              "base": "tab:cyan",
               "auto": "tab:purple"}
-    for ax, (name, ov) in zip(axes.flat, all_overall.items()):
+    for ax, (name, ov) in zip(axes.flat, all_overall.items(), strict=False):
         s = ov.set_index("model")["scaled_mae"].sort_values()
         ax.barh(range(len(s)), s.to_numpy(), color=[colors[family(m)] for m in s.index])
         ax.set_yticks(range(len(s)))
@@ -588,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             "trains once on the window-0 histories. Peers see the histories resampled to a regular grid (anchored "
             "at each cutoff, gaps and off-grid times filled by linear interpolation) and their grid forecasts are "
             "read back at the real observation times by linear interpolation in time. All contenders are scored by "
-            "`ts_neuralode.backtest.evaluate` on the same rows: MAE in the data's units, `scaled MAE` = each "
+            "`ts_neuralode.api.backtest.evaluate` on the same rows: MAE in the data's units, `scaled MAE` = each "
             "error over its series' last-value MAE (MASE-style; < 1 beats the last value), CRPS from 20 "
             "quantiles, cov90 = fraction inside the 90% band, `MAE last window` = MAE on the last window alone (for "
             "CO₂: the last 52 weeks forecast from everything before, where REFERENCE.md has MSTL at 0.354 ppm). "

@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ts_neuralode.benchmark import publish_report
-from ts_neuralode.metrics import skill
+from ts_neuralode.api.benchmark import publish_report
+from ts_neuralode.training.metrics import skill
 
 ROOT = Path(__file__).resolve().parents[1]
 PBC_LABS = "[bili, chol, albumin, alk_phos, ast, platelet, protime]"

@@ -5,7 +5,7 @@ unit time, 20% of them joint, the rest one channel), original units. Models: ``g
 field, dopri5) and ``gru_flow`` (its GRU-flow counterpart): the one-option switch of
 :class:`~ts_neuralode.models.GRUODE`. Trained on ``--task`` (default extrapolation: condition on the first
 half of each series, forecast the second) and scored on both test tasks, through
-:func:`ts_neuralode.benchmark.run_benchmark`.
+:func:`ts_neuralode.api.benchmark.run_benchmark`.
 
     python scripts/repro_gru_ode_double_ou.py                        # 1000 series, 5 epochs (CPU, minutes)
     python scripts/repro_gru_ode_double_ou.py --full --device cuda   # 10,000 series (the paper's), 50 epochs
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from ts_neuralode.benchmark import (
+from ts_neuralode.api.benchmark import (
     BenchmarkConfig,
     markdown_table,
     publish_report,

@@ -15,7 +15,7 @@ model is trained with ``--seeds`` seeds (the table gives the median and the rang
 * extrapolation: trained and scored on the extrapolation task (condition on 50% of the points of the first
   half of the time span; MSE on the second half).
 
-Both runs go through :func:`ts_neuralode.benchmark.run_benchmark` (same data, seed and budget per model).
+Both runs go through :func:`ts_neuralode.api.benchmark.run_benchmark` (same data, seed and budget per model).
 
     python scripts/repro_latent_ode_periodic.py                       # 500 series, 5 epochs (CPU, minutes)
     python scripts/repro_latent_ode_periodic.py --full --seeds 0,1,2  # 1000 series, 20 epochs (REFERENCE's runs)
@@ -29,7 +29,7 @@ import math
 import statistics
 import sys
 
-from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
+from ts_neuralode.api.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 
 DEFAULT_MODELS = ("latent_ode_dopri5", "latent_resnet_flow", "latent_gru_flow", "latent_coupling_flow", "ode_rnn")
 # Latent ODE reference code, periodic set, 20 epochs, REFERENCE.md: (task, model) -> (s per epoch, test MSE)
@@ -80,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         tables = [r.table.set_index("model") for r in results]
         base = statistics.median(t["epoch_time_s"].get("latent_ode_dopri5", math.nan) for t in tables)
         for name in tables[0].index:
-            col = lambda c: [float(t.loc[name, c]) for t in tables]  # noqa: E731
+            def col(c, name=name, tables=tables):
+                return [float(t.loc[name, c]) for t in tables]
+
             ref = REFERENCE.get((task, name), (math.nan, math.nan))
             epoch_s = statistics.median(col("epoch_time_s"))
-            errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("", "nan")})
+            errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("",
+                                                                                                                  "nan")})
             rows.append(f"| {task} | {name} | {int(tables[0].loc[name, 'params']):,} | {_f(epoch_s, 3)} | "
                         f"{_f(base / epoch_s, 2)} | {_f(statistics.median(col('infer_nfe')), 1)} | "
                         f"{_spread(col(f'{key}_mse'))} | {_spread(col(f'{key}_skill'), 3)} | "

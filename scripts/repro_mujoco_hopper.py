@@ -10,7 +10,7 @@ MSE on all the held-out ones; extrapolation: condition on 10% of the points of t
 second half (the reference code cuts at the first third instead — ``--cut 0.333`` reproduces that). Latent
 dimension 15, batch 50, standardised channels (MSE in standardised units ×1e-2, like the paper's table, whose
 normalisation may differ: check before comparing digits). Trained per task, through
-:func:`ts_neuralode.benchmark.run_benchmark`.
+:func:`ts_neuralode.api.benchmark.run_benchmark`.
 
     python scripts/repro_mujoco_hopper.py                          # 1000 sequences, 5 epochs (CPU)
     python scripts/repro_mujoco_hopper.py --full --device cuda     # 10,000 sequences, 100 epochs
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ts_neuralode.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
+from ts_neuralode.api.benchmark import BenchmarkConfig, publish_report, run_benchmark, script_parser
 
 PAPER = {("interpolation", "latent_ode_dopri5"): 0.360, ("extrapolation", "latent_ode_dopri5"): 1.441}  # ×1e-2
 PAPER_ODE_RNN = {"interpolation": 1.647, "extrapolation": 13.508}

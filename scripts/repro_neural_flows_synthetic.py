@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ts_neuralode.benchmark import publish_report, script_parser
+from ts_neuralode.api.benchmark import publish_report, script_parser
 from ts_neuralode.data.generators import generate, sawtooth
 from ts_neuralode.models.evolution import EvolutionConfig, ODEEvolution, make_evolution
 from ts_neuralode.models.nets import mlp
@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         n = len(x0)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
         n_tr, n_va = int(0.6 * n), int(0.2 * n)
-        split = lambda idx: (x0[idx], t[idx], y[idx], m[idx])  # noqa: E731
+        def split(idx, x0=x0, t=t, y=y, m=m):
+            return x0[idx], t[idx], y[idx], m[idx]
+
         train, test = split(perm[:n_tr]), split(perm[n_tr + n_va:])
         extrap = trajectories(name, n - n_tr - n_va, args.seed + 1, extrap="time")
         for kind in models:
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['params']:,} | {fmt(r['epoch_s'], 3)} | "
             f"{fmt(ratio(r, 'ode_rk4', r['epoch_s']), 2)} | {fmt(ratio(r, 'ode_dopri5', r['epoch_s']), 2)} | "
-            f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} | "
+            f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} "
+            f"| "
             f"{fmt(ref[0], 2)} | {fmt(ratio(r, 'ode_rk4', ref[0], REFERENCE), 2)} | {fmt(ref[1])} |")
     table = "\n".join(lines)
     setting = (f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, "

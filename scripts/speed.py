@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # bench_solvers' workload
 
-from ts_neuralode.benchmark import publish_report  # noqa: E402
+from ts_neuralode.api.benchmark import publish_report  # noqa: E402
 
 SECTIONS = ("rnn", "carry", "interval", "solver", "flows", "latent", "memory")
 
@@ -97,7 +97,8 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
 
     def test_mse():
         with torch.no_grad():
-            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args, n_batches=data["n_test_batches"],
+            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args,
+                                                  n_batches=data["n_test_batches"],
                                                   experimentID=0, device=dev, n_traj_samples=3, kl_coef=0.0)
         return float(res["mse"])
 
@@ -111,9 +112,9 @@ PERIODIC = dict(dataset="periodic", n_points=100, layout="union", scaler="none",
 def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn", data: dict = PERIODIC):
     """One of our benchmark models on the reference's protocol: its training step (Adam, gradient clip 1.0), test
     MSE on held-out points and the NFE of each step."""
-    from ts_neuralode.benchmark.config import BenchmarkConfig
-    from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.api.benchmark.config import BenchmarkConfig
+    from ts_neuralode.api.benchmark.runner import load_frame, make_datamodules, module_options
+    from ts_neuralode.training import ForecastingModule
 
     cfg = BenchmarkConfig(n_series=n_series, models=(name,), task="interpolation", obs_fraction=0.5, batch_size=50,
                           seed=seed, model_overrides={name: overrides}, **data)
@@ -224,7 +225,7 @@ def section_solver(args) -> str:
             nfe[k] = f.calls
         ys_field = torch.randn(B, bs.STATE)
 
-        def field_alone(n=nfe["fwd/ours"]):
+        def field_alone(n=nfe["fwd/ours"], f=f, ys_field=ys_field):
             with torch.no_grad():
                 for _ in range(n):
                     f(None, ys_field)
@@ -233,7 +234,7 @@ def section_solver(args) -> str:
         names_t = names + ("field",)
         times = {k: [] for k in names_t}
         order = list(names_t)
-        for r in range(args.reps):
+        for _ in range(args.reps):
             order = order[1:] + order[:1]  # rotate: no contender always runs first
             for k in order:
                 t0 = time.perf_counter()
@@ -301,7 +302,7 @@ def section_interval(args) -> str:
         tode = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=bs.ATOL, rtol=bs.RTOL, term=term))
         sf = bs.Scalar(f)
 
-        def ours():
+        def ours(f=f, y0=y0, t=t):
             with torch.no_grad():
                 h, dt = y0, None
                 for i in range(t.shape[0] - 1):
@@ -314,14 +315,14 @@ def section_interval(args) -> str:
             with general_path():
                 return ours()
 
-        def td():
+        def td(sf=sf, y0=y0, t=t):
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
                     h = torchdiffeq.odeint(sf, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL)[-1]
             return h
 
-        def tde():
+        def tde(tode=tode, y0=y0, t=t, B=B):
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
@@ -337,7 +338,7 @@ def section_interval(args) -> str:
         torch.testing.assert_close(ours(), general(), rtol=0, atol=0)  # the same arithmetic, bit for bit
         ys_field = torch.randn(B, bs.STATE)
 
-        def field_alone(n=nfe["ours"]):
+        def field_alone(n=nfe["ours"], f=f, ys_field=ys_field):
             with torch.no_grad():
                 for _ in range(n):
                     f(None, ys_field)
@@ -421,7 +422,7 @@ def section_carry(args) -> str:
 
 def _closure_model(step):
     """The model a training step from :func:`_our_model` closes over."""
-    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))["model"]
+    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__), strict=False))["model"]
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -558,7 +559,7 @@ def section_latent(args) -> str:
     )
     for name, h in hist.items():
         cum, reach = 0.0, None
-        for sec, m in zip(h["s"], h["mse"]):
+        for sec, m in zip(h["s"], h["mse"], strict=False):
             cum += sec
             if reach is None and m <= target:
                 reach = cum
@@ -567,7 +568,8 @@ def section_latent(args) -> str:
                      f"{'not reached' if reach is None else f'{reach:.1f}'} |")
     lines += ["", "Per-epoch curves (epoch: seconds / NFE / test MSE):", ""]
     for name, h in hist.items():
-        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"], h["mse"])))
+        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"],
+                                                                                              h["mse"], strict=False)))
         lines.append(f"- {name}: {pts}")
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Training-step time by torch thread count, per model family and batch size, quiet and beside a busy process
-(issue 24, part 1): the measurement behind ``ts_neuralode.threads.DEFAULT_THREADS``.
+(issue 24, part 1): the measurement behind ``ts_neuralode.core.threads.DEFAULT_THREADS``.
 
 For each model family (ODE-RNN dopri5, latent ODE dopri5, a latent coupling flow) and batch size, the training
 steps (loss + backward + Adam) at 1, 2 and all usable threads are interleaved in ONE process (``torch.set_num_threads``
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ts_neuralode.threads import DEFAULT_THREADS, usable_cpus  # noqa: E402
+from ts_neuralode.core.threads import DEFAULT_THREADS, usable_cpus  # noqa: E402
 
-FAMILIES = {  # label -> benchmark model name (ts_neuralode.benchmark.config.MODEL_SPECS)
+FAMILIES = {  # label -> benchmark model name (ts_neuralode.api.benchmark.config.MODEL_SPECS)
     "ODE-RNN (dopri5)": "ode_rnn",
     "latent ODE (dopri5)": "latent_ode_dopri5",
     "latent coupling flow": "latent_coupling_flow",
@@ -55,9 +55,9 @@ while True:
 
 def build_step(name: str, batch: int, seed: int = 0):
     """A training step of benchmark model ``name`` on the periodic set (100 times, half observed), batch ``batch``."""
-    from ts_neuralode.benchmark.config import BenchmarkConfig
-    from ts_neuralode.benchmark.runner import load_frame, make_datamodules, module_options
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.api.benchmark.config import BenchmarkConfig
+    from ts_neuralode.api.benchmark.runner import load_frame, make_datamodules, module_options
+    from ts_neuralode.training import ForecastingModule
 
     cfg = BenchmarkConfig(dataset="periodic", n_points=100, layout="union", scaler="none", time_scale=1.0,
                           n_series=max(100, 2 * batch), models=(name,), task="interpolation", obs_fraction=0.5,
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             for cond in ("quiet", "busy"):
                 comp = None
                 if cond == "busy":
-                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ,
+                                                                                     "OMP_NUM_THREADS": "2"})
                     time.sleep(1.0)  # let it start its loop
                 try:
                     res[cond] = measure(step, counts, reps)
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         f"torch {torch.__version__}, CPU; {usable} usable CPU(s) ({detail}); torch's own default here: "
-        f"{torch_default} thread(s) (this process started with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{torch_default} thread(s) (this process started with "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
         f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS', 'unset')}: torch reads both). "
         f"Load average (1 min) at start / end: {load0:.2f} / {load1:.2f}.",
         "",
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {label} | {batch} | {cond} | {cells} | {best} |")
     lines += [
         "",
-        f"`ts_neuralode.threads.DEFAULT_THREADS` = {DEFAULT_THREADS} (capped by the usable CPUs); "
+        f"`ts_neuralode.core.threads.DEFAULT_THREADS` = {DEFAULT_THREADS} (capped by the usable CPUs); "
         "`$TS_NEURALODE_THREADS` or `$OMP_NUM_THREADS` override it.",
         "",
     ]

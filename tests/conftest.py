@@ -1,5 +1,6 @@
 """Shared test configuration."""
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ TEST_THREADS = int(os.environ.get("TS_NEURALODE_TEST_THREADS", "0"))
 MARGIN_LOG = os.environ.get("TS_NEURALODE_MARGIN_LOG")
 
 torch.set_num_threads(TEST_THREADS or 2)
-if TEST_THREADS:  # the entry points' thread choice (ts_neuralode.threads) keeps the margin check's count
+if TEST_THREADS:  # the entry points' thread choice (ts_neuralode.core.threads) keeps the margin check's count
     os.environ["TS_NEURALODE_THREADS"] = str(TEST_THREADS)
 
 # Property-based tests (hypothesis): the same examples on every run and machine (derandomize), a modest count so CI
@@ -42,10 +43,16 @@ def small_tensor_threads() -> int:
     return TEST_THREADS or 1
 
 
+#: fixtures that train a model or start a server: a test that uses one is slow (`pytest -m "not slow"` leaves it out)
+SLOW_FIXTURES = {"dt_fitted", "fitted_local", "mlflow_server"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:  # `pytest -m margin` selects every test that asserts through the margin fixture
         if "margin" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.margin)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 class Margin:
@@ -75,7 +82,8 @@ class Margin:
         if MARGIN_LOG:
             with open(MARGIN_LOG, "a") as f:
                 f.write(json.dumps({"test": self.nodeid, "check": label, "value": value, "limit": limit,
-                                    "above": above, "tol": tol, "headroom": headroom if math.isfinite(headroom) else None,
+                                    "above": above, "tol": tol,
+                                    "headroom": headroom if math.isfinite(headroom) else None,
                                     "seed": TEST_SEED, "threads": torch.get_num_threads()}) + "\n")
         bound = f"{limit:.4g}" + (f" + {tol:g}" if tol is not None else "")
         assert ok, f"{label}: {value:.4g} {'<' if above else '>'} limit {bound} {note}".rstrip()
@@ -148,9 +156,8 @@ def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--default-artifact-root", str(root / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    log.close()  # the child keeps its own handle
+    with open(root / "server.log", "wb") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     try:
@@ -178,10 +185,8 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=20)
 
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_FIT_ARGS
-from ts_neuralode import backtest
+from ts_neuralode.api import backtest, windows
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
 
 NAME = "latent_ode_coupling_flow"
 HOUR_NS = 3_600_000_000_000
@@ -32,6 +32,7 @@ def cv(fc, dt_csv):
     return fc.cross_validation(str(dt_csv), "12h", n_windows=3, step="6h", num_samples=16)
 
 
+@pytest.mark.slow
 def test_rows_are_the_observations_after_each_cutoff(cv, observed):
     """Nixtla columns; every row is an observed value within the horizon after its window's cutoff; each series'
     last window ends at its last observation (cutoff = last - 12h, then every 6h before)."""
@@ -59,6 +60,7 @@ def test_rows_are_the_observations_after_each_cutoff(cv, observed):
     assert (cv[f"{NAME}-lo-90"] <= cv[f"{NAME}-lo-50"] + 1e-9).all()
 
 
+@pytest.mark.slow
 def test_a_window_is_a_forecast_from_the_history_up_to_its_cutoff(fc, cv, observed, dt_csv):
     """The rows of a window are exactly what predict gives for the history cut at each series' cutoff (the same
     series in the batch, the same seed: the same latent samples)."""
@@ -76,6 +78,7 @@ def test_a_window_is_a_forecast_from_the_history_up_to_its_cutoff(fc, cv, observ
     assert np.allclose(rows["locf"], h["y"].iloc[-1]) and np.allclose(rows["mean"], h["y"].mean())
 
 
+@pytest.mark.slow
 def test_evaluate_matches_the_definitions(cv):
     m = backtest.evaluate(cv, 12.0, buckets=3, unit_ns=HOUR_NS)
     assert set(m["scope"]) == {"overall", "series", "horizon"}
@@ -99,6 +102,7 @@ def test_evaluate_matches_the_definitions(cv):
     assert series["n"].sum() == len(cv) and set(series["group"]) == set(cv["unique_id"])
 
 
+@pytest.mark.slow
 def test_evaluate_takes_the_horizon_forms_of_cross_validation(cv):
     from ts_neuralode.errors import ConfigError
 
@@ -115,6 +119,7 @@ def test_evaluate_takes_the_horizon_forms_of_cross_validation(cv):
         backtest.evaluate(numeric, "12h")
 
 
+@pytest.mark.slow
 def test_scaled_mae_gives_every_series_its_own_scale():
     """MASE-style: scaling one series' values leaves scaled_mae unchanged; a series with a zero locf MAE is left
     out with a note instead of giving inf or NaN."""
@@ -142,6 +147,7 @@ def test_scaled_mae_gives_every_series_its_own_scale():
     assert "Note: scaled_mae leaves out 1 series" in backtest.markdown_report(flat, res, "t")
 
 
+@pytest.mark.slow
 def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tmp_path):
     from mlflow import MlflowClient
 
@@ -169,6 +175,7 @@ def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tm
     assert {"backtest/cv.csv", "backtest/metrics.csv", "backtest/report.md", "backtest/error_vs_horizon.png"} <= arts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, needle", [
     (["--n_windows", "0"], "n_windows=0 must be >= 1"),
     (["--n_windows", "2", "--cutoffs", "2024-01-09T00:00+01:00"], "either n_windows"),
@@ -181,6 +188,7 @@ def test_backtest_user_errors_are_one_line(dt_fitted, dt_csv, tmp_path, capfd, a
     assert rc == 2 and len(err) == 1 and needle in err[0], err
 
 
+@pytest.mark.slow
 def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
     """refit=True: each window's model is trained by 'ts-neuralode fit' on that window's history only; with the
     same seed and options the last window's model equals a fit on the file cut at that cutoff."""
@@ -203,7 +211,7 @@ def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
 
 # -- conformal calibration --------------------------------------------------------------------------------------
 def test_conformal_factor_and_band_stretch():
-    from ts_neuralode import calibration
+    from ts_neuralode.api import calibration
 
     scores = np.arange(1.0, 101.0)[::-1]
     assert calibration.conformal_factor(scores, 90) == 91.0  # the ceil((n + 1) 0.9) = 91st smallest
@@ -220,7 +228,7 @@ def test_conformal_factor_and_band_stretch():
 def test_calibration_of_skewed_and_zero_width_bands():
     """A sample mean outside its band (skewed samples) and zero-width bands (num_samples=1) calibrate to finite
     factors and bands that cover their level on the calibration points."""
-    from ts_neuralode import calibration
+    from ts_neuralode.api import calibration
 
     rng = np.random.default_rng(0)
     n = 400
@@ -238,6 +246,7 @@ def test_calibration_of_skewed_and_zero_width_bands():
     assert cal["floors"]["90"] > 0 and ((y >= out["m-lo-90"]) & (y <= out["m-hi-90"])).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_path, capfd):
     import shutil
 
@@ -316,7 +325,7 @@ def _untrained(df: pd.DataFrame, path, **covariates) -> Forecaster:
     import torch
 
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.training import ForecastingModule
 
     dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", layout="padded", batch_size=8, val_fraction=0,
                                        test_fraction=0, **covariates)
@@ -333,6 +342,7 @@ def _end_rows(df: pd.DataFrame, at: float = 12.0) -> pd.DataFrame:
     return pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": at, "rate": 0.0})
 
 
+@pytest.mark.slow
 def test_backtest_reads_known_future_and_static_covariates(tmp_path):
     """A future_cols + static_cols model backtests: the covariates come from the whole history (known-future values
     after the cutoff too) plus ``future``; a window equals predict on the history cut at the cutoff with the
@@ -357,6 +367,7 @@ def test_backtest_reads_known_future_and_static_covariates(tmp_path):
                                                                                      future=_end_rows(df))
 
 
+@pytest.mark.slow
 def test_refit_keeps_the_covariate_only_rows(tmp_path):
     """A refit trains on every row up to the cutoff — the pk dose rows hold a rate and no y — and forecasts with
     the schedule after it."""
@@ -364,10 +375,10 @@ def test_refit_keeps_the_covariate_only_rows(tmp_path):
     fc = _untrained(df, tmp_path / "m", future_cols=["rate"])
     table = fc.read_history(df)
     cut = table.last_times() - 2.0
-    n_hist, _ = backtest._window_rows(table, cut, 2.0)
+    n_hist, _ = windows._window_rows(table, cut, 2.0)
     ok = np.arange(table.n_series)
-    kept = backtest._row_cutter(df, table)(ok, n_hist, cut)
-    expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut)))]
+    kept = windows._row_cutter(df, table)(ok, n_hist, cut)
+    expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut, strict=True)))]
     pd.testing.assert_frame_equal(kept, expect)
     assert kept["y"].isna().sum() > 0  # the dose rows survive
     fit_args = ["--data.future_cols", "[rate]", "--model.model", "ode_rnn", "--model.latent_dim", "4",
@@ -379,6 +390,7 @@ def test_refit_keeps_the_covariate_only_rows(tmp_path):
     assert len(cv) > 0 and np.isfinite(cv[fc.name]).all()
 
 
+@pytest.mark.slow
 def test_backtest_of_a_past_covariate_model_scores_the_targets_only(tmp_path):
     """past_cols: the past-only channel is an input; the rows, y and the baselines are the target's only."""
     df = _pk()[["unique_id", "ds", "y", "temp"]]
@@ -386,13 +398,14 @@ def test_backtest_of_a_past_covariate_model_scores_the_targets_only(tmp_path):
     cv = fc.cross_validation(df, 2.0, n_windows=2, num_samples=2)
     assert "channel" not in cv.columns and np.isfinite(cv[fc.name]).all()
     obs = df.dropna(subset=["y"]).set_index(["unique_id", "ds"])["y"]
-    assert np.allclose(cv["y"].to_numpy(), obs.loc[list(zip(cv["unique_id"], cv["ds"]))].to_numpy())
+    assert np.allclose(cv["y"].to_numpy(), obs.loc[list(zip(cv["unique_id"], cv["ds"], strict=True))].to_numpy())
     for (uid, cut), g in cv.groupby(["unique_id", "cutoff"]):
         h = obs.loc[uid]
         assert len(g) == int(((h.index > cut) & (h.index <= cut + 2.0)).sum())
         assert np.allclose(g["locf"], h[h.index <= cut].iloc[-1]) and np.allclose(g["mean"], h[h.index <= cut].mean())
 
 
+@pytest.mark.slow
 def test_backtest_command_future_and_no_orphan_run(tmp_path, capfd):
     """``backtest --future FILE``; a failing backtest opens no MLflow run, a working one logs to one finished run."""
     from mlflow import MlflowClient

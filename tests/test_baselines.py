@@ -14,9 +14,9 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
-from ts_neuralode.metrics import MaskedMSE
 from ts_neuralode.models.baselines import BASELINES, Seasonal, baseline_names, build_baseline
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.metrics import MaskedMSE
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
@@ -59,7 +59,7 @@ def make_batch(layout: str, hold_out: tuple[int, int] | None = None) -> Batch:
     obs = torch.zeros(b, width, d)
     time_mask = torch.zeros(b, width, dtype=torch.bool)
     for i, (_, vals) in enumerate(SERIES):
-        for j, (c, row) in enumerate(zip(cols[i], vals)):
+        for c, row in zip(cols[i], vals, strict=True):
             time_mask[i, c] = True
             for k, v in enumerate(row):
                 if not math.isnan(v):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ts_neuralode import benchmark
+from ts_neuralode.api import benchmark
 from ts_neuralode.cli import main
 from ts_neuralode.data.generators import generate
 
@@ -25,6 +25,7 @@ def _tiny_csv(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root lands here
     csv = _tiny_csv(tmp_path)
@@ -89,6 +90,7 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     assert {"bench.csv", "bench.png", "bench.md"} <= arts
 
 
+@pytest.mark.slow
 def test_run_benchmark_same_seed_same_init_and_shared_split():
     cfg = benchmark.BenchmarkConfig(dataset="sine", n_series=12, n_points=12, models=("latent_resnet_flow",),
                                     epochs=1, batch_size=6, latency_reps=1)
@@ -102,9 +104,11 @@ def test_run_benchmark_same_seed_same_init_and_shared_split():
     assert list(dms["interpolation"].split["test"]) == list(dms["extrapolation"].split["test"])
 
 
+@pytest.mark.slow
 def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     """The bundled CO2 series (one series, weekly, 1958-2001: 41.75 years before the two held-out horizons, so 42
-    windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at once what beats carrying the
+    windows, ×4 to fill 10 batches of 16: 168 an epoch): forecast windows split by time; the baselines' rows show at
+    once what beats carrying the
     last value forward (the yearly cycle does, the mean does not)."""
     from pathlib import Path
 
@@ -162,6 +166,7 @@ def test_unknown_dataset_and_missing_file(tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_markdown_table_and_plot_handle_failures(tmp_path):
     df = pd.DataFrame([
         {**{c: math.nan for c in benchmark.COLUMNS}, "model": "a", "params": 10, "epoch_time_s": 0.5,

@@ -29,6 +29,7 @@ def _finite(x):
     return True
 
 
+@pytest.mark.slow
 def test_odenet_digits_quick(tmp_path):
     res = _script("odenet_digits").main(["--quick", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     page = (tmp_path / "odenet.md").read_text()
@@ -45,6 +46,7 @@ def test_odenet_digits_quick(tmp_path):
     assert adj[-1] <= 1.10 * adj[0] and bp[-1] > 2 * bp[0]
 
 
+@pytest.mark.slow
 def test_cnf_density_quick(tmp_path):
     res = _script("cnf_density").main(["--quick", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert (tmp_path / "cnf.md").read_text().startswith("# Continuous normalising flow")
@@ -58,6 +60,7 @@ def test_cnf_density_quick(tmp_path):
 A = torch.tensor([[-0.3, 0.8], [-0.5, 0.2]], dtype=torch.float64)  # tr(A) = -0.1, not symmetric
 
 
+@pytest.mark.slow
 def test_cnf_linear_field_analytic():
     """f(z) = Az: z(T) = e^{AT} z(0) and log p(z(T)) = log p(z(0)) - T tr(A), for any z(0)."""
     cnf = _script("cnf_density")
@@ -94,6 +97,7 @@ def test_cnf_hutchinson_unbiased_on_linear_field(noise):
     assert abs(float(-lT.mean()) - float(torch.trace(A))) < 0.05
 
 
+@pytest.mark.slow
 def test_cnf_adjoint_gradient_matches_backprop():
     """The adjoint (double backward through the trace) gives the gradient of backprop through the solver."""
     cnf = _script("cnf_density")
@@ -108,5 +112,5 @@ def test_cnf_adjoint_gradient_matches_backprop():
             lp, _ = cnf.log_likelihood(dyn, x, 1.0, method="dopri5", rtol=1e-9, atol=1e-9, adjoint=adjoint)
             grads.append(torch.autograd.grad(lp.mean(), list(field.parameters())))
     for a, b in ((grads[0], grads[1]), (grads[2], grads[3])):
-        for ga, gb in zip(a, b):
+        for ga, gb in zip(a, b, strict=True):
             torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)

@@ -57,6 +57,7 @@ def check_forecast(fc: pd.DataFrame, dt_csv: Path, levels=("50", "90")) -> pd.Da
     return fc
 
 
+@pytest.mark.slow
 def test_fit_on_datetime_csv(dt_fitted, dt_csv):
     assert dt_fitted["rc"] == 0, dt_fitted["output"][-2000:]
     cfg = json.loads((dt_fitted["model_dir"] / "config.json").read_text())
@@ -67,6 +68,7 @@ def test_fit_on_datetime_csv(dt_fitted, dt_csv):
     assert "Epoch 0" in dt_fitted["output"] and "Epoch 1" in dt_fitted["output"]
 
 
+@pytest.mark.slow
 def test_forecast_horizon_as_duration_with_plots_and_progress(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "fc.csv"
     rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "12h", "--num_points", "4", "--num_samples", "20",
@@ -120,6 +122,7 @@ def test_forecast_explicit_times(dt_fitted, dt_csv, tmp_path, capfd):
         assert list(g["ds"]) == [pd.Timestamp(t) for t in times]
 
 
+@pytest.mark.slow
 def test_forecast_attaches_to_the_fit_run(dt_fitted, dt_csv, tmp_path, capfd):
     from mlflow import MlflowClient
 
@@ -152,6 +155,7 @@ FIT_ERRORS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,fragment", FIT_ERRORS, ids=[f[1][:24] for f in FIT_ERRORS])
 def test_fit_user_errors_one_line(args, fragment, dt_csv, bad_csv, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
@@ -194,7 +198,8 @@ def test_forecast_user_errors_one_line(args, fragment, dt_fitted, dt_csv, tmp_pa
     (["forecast", "--model", "{tmp}/no_model", "--data.path", "{csv}", "--horizon", "1D"], "no such model directory"),
     (["forecast", "--model", "{tmp}"], "required: --data.path"),
     (["forecast", "--model", "{model}", "--data.path", "{bad}", "--horizon", "1D"], "missing time column"),
-    (["validate", "--data.path", "{csv}", "--ckpt_path", "last", "--checkpoint_dir", "{tmp}/empty"], "no checkpoint at"),
+    (["validate", "--data.path", "{csv}", "--ckpt_path", "last", "--checkpoint_dir", "{tmp}/empty"],
+     "no checkpoint at"),
     (["fitt"], "unknown subcommand 'fitt'"),
     (["forecast", "--model", "{model}", "--data.path", "{csv}", "--horizon", "1D", "--out", "{tmp}/o.csv",
       "--mlflow_run", "nosuchrun", "--tracking_uri", "{uri}"], "no run nosuchrun"),
@@ -211,6 +216,7 @@ def test_other_user_errors_one_line(argv, fragment, dt_fitted, dt_csv, bad_csv, 
     assert not (tmp_path / "o.csv").exists()  # a bad --mlflow_run is caught before anything is written
 
 
+@pytest.mark.slow
 def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
     """The same through ``python -m ts_neuralode.cli`` (what the console script runs): nothing else on stderr —
     no Lightning warning about sys.argv, no traceback — and exit status 2."""
@@ -228,6 +234,7 @@ def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
 
 
 # -- progress bars: on by default, off on request ---------------------------------------------------------------
+@pytest.mark.slow
 def test_fit_progress_bar_can_be_turned_off(dt_csv, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking", "false",
@@ -237,6 +244,7 @@ def test_fit_progress_bar_can_be_turned_off(dt_csv, tmp_path, monkeypatch, capfd
     assert "Epoch 0" not in cap.out + cap.err
 
 
+@pytest.mark.slow
 def test_benchmark_progress_bar_default_and_off(tmp_path, monkeypatch, capfd):
     from ts_neuralode.data.generators import generate
 

@@ -83,7 +83,7 @@ def test_an_extreme_value_is_a_warning_naming_file_column_and_line(tmp_path):
 
 def test_polars_and_pyarrow_frames_are_read_like_pandas(dt_fitted, dt_csv):
     pa = pytest.importorskip("pyarrow")
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     fc = Forecaster.load(dt_fitted["model_dir"])
     hist = pd.read_csv(dt_csv)

@@ -14,6 +14,7 @@ from ts_neuralode.cli import main
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_parses_and_resolves_every_option(config):
     out = io.StringIO()

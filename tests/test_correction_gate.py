@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.correction_gate import WEIGHTS, gate_correction, window_model
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-from ts_neuralode.forecaster import Forecaster
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -178,11 +178,12 @@ def test_calendar_features_are_local_wall_clock():
     assert u[:, 2].numpy() == pytest.approx(np.sin(2 * np.pi * dow / 7), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     """``ts-neuralode fit --data.future_cols`` in-process; the model directory remembers the covariates;
     Forecaster.predict reads them from the history and ``future``, and says which one is missing."""
+    from ts_neuralode.api.forecaster import Forecaster
     from ts_neuralode.cli import main
-    from ts_neuralode.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=0)
     csv = tmp_path / "pk.csv"
@@ -228,12 +229,13 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     assert "missing known-future covariate column 'dose'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
     """Forecaster.fit runs the CLI's fit (checkpoints, model directory, MLflow run on a real server) and returns a
     forecaster that predicts; the covariates travel through it too."""
     from mlflow import MlflowClient
 
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=2)
     fc = Forecaster.fit(df, "ode_rnn", data_options={"future_cols": ["rate"], "batch_size": 8, "layout": "padded"},
@@ -257,6 +259,7 @@ def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
         Forecaster.fit(df, "configs/nope.yaml", output_dir=tmp_path / "bad", tracking=False)
 
 
+@pytest.mark.slow
 def test_readme_fit_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's Forecaster.fit example, executed verbatim (in a scratch directory)."""
     from pathlib import Path
@@ -280,12 +283,13 @@ def _static_past_frame() -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["ode_rnn", "gru_ode", "latent_ode"])
 def test_past_and_static_covariates(model, tmp_path):
     """Past-only covariates are input channels that are never scored; static ones condition the initial state; the
     forecaster reads both from the history and forecasts only the targets."""
-    from ts_neuralode.forecaster import Forecaster
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.api.forecaster import Forecaster
+    from ts_neuralode.training import ForecastingModule
 
     df = _static_past_frame()
     dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", past_cols=["temp"], static_cols=["site", "age"],

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ts_neuralode.cli import generate_main as cli_main
+from ts_neuralode.cli.main import generate_main as cli_main
 from ts_neuralode.data import read_series
 from ts_neuralode.data.generators import NAMES, generate, sawtooth
 from ts_neuralode.errors import ConfigError
@@ -27,6 +27,7 @@ def arrays(df, cols):
     return t, v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_reproducible_and_shaped(name):
     a = generate(name, n_series=20, n_points=30 if name != "double_ou" else None, seed=5)
@@ -61,18 +62,21 @@ def test_one_dimensional_sets(name, f):
     assert x0s.min() >= 2 and x0s.max() <= 4
 
 
+@pytest.mark.slow
 def test_sink_solves_the_linear_ode():
     t, v = arrays(generate("sink", n_series=20, n_points=30, seed=1), ["x1", "x2"])
     a = torch.tensor([[-4.0, 10.0], [-3.0, 2.0]], dtype=torch.float64)
     x0 = v[:, 0]
     assert x0.min() >= 0 and x0.max() <= 1
     dt = torch.from_numpy(np.array(t - t[:, :1]))
-    exact = torch.einsum("stij,sj->sti", torch.linalg.matrix_exp(dt[..., None, None] * a), torch.from_numpy(np.array(x0)))
+    exact = torch.einsum("stij,sj->sti", torch.linalg.matrix_exp(dt[..., None, None] * a),
+                         torch.from_numpy(np.array(x0)))
     np.testing.assert_allclose(v, exact.numpy(), atol=1e-6)
     _, vs = arrays(generate("sink", n_series=20, n_points=5, seed=1, extrap="space"), ["x1", "x2"])
     assert vs[:, 0].min() >= 1 and vs[:, 0].max() <= 2
 
 
+@pytest.mark.slow
 def test_ellipse_conserves_lotka_volterra_invariant():
     t, v = arrays(generate("ellipse", n_series=20, n_points=40, seed=2), ["x1", "x2"])
     x, y = v[..., 0] + 1.0, v[..., 1] + 1.0  # reported minus 1
@@ -118,6 +122,7 @@ def test_generate_errors():
         generate("sine", n_points=1)
 
 
+@pytest.mark.slow
 def test_cli_main(tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert cli_main(["sink", "--out", str(out), "--n_series", "7", "--n_points", "12", "--seed", "3"]) == 0

@@ -197,6 +197,7 @@ def test_datamodule_to_frame_maps_batches_back(sine):
     np.testing.assert_allclose(got.y.to_numpy(), orig.y.to_numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_num_workers_2_and_distributed_sampler(sine):
     dm = dm_of(sine, num_workers=2, batch_size=10, layout="padded")
     seen = []

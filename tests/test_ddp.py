@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -33,7 +34,8 @@ from ts_neuralode.cli import main
 
 EPOCHS = 3
 ARGS = [
-    "--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.evolution.method", "rk4", "--model.evolution.step_size", "0.25",
+    "--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.evolution.method", "rk4",
+    "--model.evolution.step_size", "0.25",
     "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.lr", "0.01", "--model.eval_samples", "2",
     "--data.layout", "padded", "--data.obs_fraction", "1.0", "--data.shuffle", "false",
     "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
@@ -54,6 +56,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in hist]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, margin):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     ddp_dir.mkdir()

@@ -102,6 +102,7 @@ def _analytic(A, h0, t):
     return torch.einsum("btij,bj->bti", torch.linalg.matrix_exp(A * dt[..., None, None]), h0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,opts", [("dopri5", dict(rtol=1e-7, atol=1e-9)), ("rk4", dict(step_size=0.01))])
 def test_ode_evolution_matches_the_analytic_linear_solution(method, opts):
     A = torch.tensor([[-0.4, 1.0], [-1.0, -0.4]], dtype=torch.float64)  # damped rotation

@@ -8,12 +8,12 @@ from dataclasses import FrozenInstanceError, fields
 import pytest
 import torch
 
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models.evolution import FlowEvolution, ODEEvolution
 from ts_neuralode.models.evolution_config import EvolutionConfig, merge_options, upgrade_flat_options
+from ts_neuralode.training import ForecastingModule
 
 
 def test_config_is_frozen_validated_once_and_builds_either_kind():

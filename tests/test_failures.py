@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import TINY_FIT_ARGS, subprocess_env, wait_for_epoch
+from ts_neuralode.api.forecaster import Forecaster
+from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError, ForecastError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.preflight import tracking_store, writable_dir, writable_file
 
 CONSOLE = Path(sys.executable).with_name("ts-neuralode")
 UNSAFE_ADVICE = "weights_only=False"
@@ -53,7 +53,7 @@ def _one_line(err: str) -> str:
 def ode_model(tmp_path_factory, dt_fitted) -> Path:
     """A model directory with an ODE evolution (rk4, steps of 0.01 model units = 6 min on the dt data, its own
     max_steps 100) and the dt fit's transform; untrained weights serve the far-horizon checks."""
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.training import ForecastingModule
 
     fc = Forecaster.load(dt_fitted["model_dir"])
     hp = dict(fc.hparams)
@@ -76,6 +76,7 @@ def _damaged(tmp_path: Path, model_dir: Path, name: str, weights: bytes | None =
     return d
 
 
+@pytest.mark.slow
 def test_issue_table_rows_one_line_each(tmp_path, dt_csv, dt_fitted, ode_model):
     """The five rows of the issue, as a user runs them: the console command, one line, exit 2, no traceback.
     The output-location rows name a missing history or model too: the location is reported, so it was checked
@@ -114,6 +115,7 @@ def test_issue_table_rows_one_line_each(tmp_path, dt_csv, dt_fitted, ode_model):
 
 
 # -- far horizons -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_far_horizon_gets_the_steps_it_needs(ode_model, dt_csv):
     """The model's own max_steps (100 steps of 6 min) does not reach 20 h; the forecast's default budget scales
     with the span, and an explicit max_steps below the need stops with one line saying how far it gets."""
@@ -241,6 +243,7 @@ def test_fit_model_dir_and_root_checked_first(tmp_path, capfd):
         assert rc == 2 and fragment in line and "missing.csv" not in line, line
 
 
+@pytest.mark.slow
 def test_bad_ckpt_path_one_line(tmp_path, dt_csv, dt_fitted, capfd):
     """Lightning loads --ckpt_path for its hyperparameters before anything else: a random file or a model
     directory's weights.pt is one line there, not torch's traceback and its unsafe-loading advice."""
@@ -254,6 +257,7 @@ def test_bad_ckpt_path_one_line(tmp_path, dt_csv, dt_fitted, capfd):
         assert rc == 2 and f"--ckpt_path {ckpt}" in line and fragment in line and UNSAFE_ADVICE not in line, line
 
 
+@pytest.mark.slow
 def test_sigterm_during_fit_is_a_failure_with_one_line(tmp_path, tiny_csv):
     """Lightning stops a fit cleanly on SIGTERM but exits 0 (its SIGTERMException is a SystemExit without a
     status): a script could not tell that fit from a finished one. Now: one line, status 143, checkpoints kept."""

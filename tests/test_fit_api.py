@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from lightning.pytorch import Callback
 
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ts_neuralode"
-#: the command-line modules: the only ones that may import each other
-CLI_MODULES = {"ts_neuralode.cli", "ts_neuralode.cli_args", "ts_neuralode.backtest_cli", "ts_neuralode.generate_cli",
-               "ts_neuralode.benchmark.cli", "ts_neuralode.lightning.cli"}
+#: the command-line modules (the package ts_neuralode.cli): the only ones that may import each other
+CLI_MODULES = {"ts_neuralode.cli"} | {
+    ".".join(("ts_neuralode", "cli", p.stem)) for p in (PACKAGE / "cli").glob("*.py") if p.stem != "__init__"}
 
 TINY = {
     "model_options": {"latent_dim": 4, "hidden_dim": 8, "eval_samples": 2,
@@ -45,6 +45,7 @@ def _module_name(path: Path) -> str:
     return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
 
 
+@pytest.mark.slow
 def test_nothing_in_the_library_imports_the_cli():
     """Every import of the package (inside functions too) that names a CLI module comes from a CLI module."""
     offenders = []
@@ -62,6 +63,7 @@ def test_nothing_in_the_library_imports_the_cli():
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_fit_takes_a_dataframe_in_memory_callbacks_and_reports_the_best_score(tmp_path):
     df = generate("sine", n_series=10, n_points=16, seed=4)
     rec = EpochRecorder("val_loss")
@@ -90,6 +92,7 @@ def test_fit_takes_a_dataframe_in_memory_callbacks_and_reports_the_best_score(tm
     np.testing.assert_allclose(a[fc.name].to_numpy(), b[cli.name].to_numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_without_validation_monitors_the_training_loss(tmp_path):
     df = generate("sine", n_series=6, n_points=12, seed=5)
     rec = EpochRecorder("train_loss")
@@ -104,7 +107,8 @@ def test_fit_option_errors_are_one_line(tmp_path):
     df = generate("sine", n_series=4, n_points=8, seed=0)
     with pytest.raises(ConfigError, match=r"^Forecaster.fit: .*no_such_option"):
         Forecaster.fit(df, "ode_rnn", model_options={"no_such_option": 1}, output_dir=tmp_path, tracking=False)
-    with pytest.raises(ConfigError, match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': \{'method'"):
+    with pytest.raises(ConfigError, match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': "
+                                          r"\{'method'"):
         Forecaster.fit(df, "ode_rnn", model_options={"method": "rk4"}, output_dir=tmp_path, tracking=False)
     with pytest.raises(ConfigError, match="not supported; pass a pandas DataFrame"):
         Forecaster.fit([1, 2, 3], "ode_rnn", output_dir=tmp_path, tracking=False)

@@ -77,6 +77,7 @@ def _flow(kind, dim, **kw):
     return make_flow(kind, dim, hidden_dim=16, num_layers=2, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dim", [1, 3])
 @pytest.mark.parametrize("embedding", list(TIME_EMBEDDINGS))
@@ -364,9 +365,11 @@ def test_a_default_flow_and_a_default_config_build_the_same_embedding(kind):
     direct = make_flow(kind, 4).layers[0].embedding
     via_config = EvolutionConfig(kind=kind).build(4).flow.layers[0].embedding
     assert type(direct) is type(via_config) is TIME_EMBEDDINGS[EvolutionConfig().time_embedding]
-    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k, v in via_config.state_dict().items()}
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k,
+                                                                    v in via_config.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_default_flow_learns_sinusoids_of_a_given_frequency(kind, margin):
     """With the default options a flow ``F(t, z0)`` and a linear read-out fit ``sin(ω t)`` for three frequencies

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ForecastError, TSNeuralODEError
-from ts_neuralode.forecaster import Forecaster
 
 NAME = "latent_ode_coupling_flow"
 
@@ -32,6 +32,7 @@ def last_obs(hist: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(h["ds"]).groupby(h["unique_id"]).max()
 
 
+@pytest.mark.slow
 def test_predict_matches_the_cli(fc, dt_fitted, dt_csv, hist, tmp_path):
     out = fc.predict(hist, horizon="12h", num_points=4, num_samples=30, seed=0)
     rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
@@ -108,7 +109,7 @@ def test_predict_errors_say_why(fc, hist):
 def test_gaussian_models_get_exact_gaussian_bands(dt_csv):
     """ODE-RNN has a predictive std: bands are mean ± z·std (symmetric, median = mean), not noisy sample ones."""
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.lightning import ForecastingModule
+    from ts_neuralode.training import ForecastingModule
 
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(path=str(dt_csv), time_unit="h", layout="padded")
@@ -125,8 +126,9 @@ def test_gaussian_models_get_exact_gaussian_bands(dt_csv):
     assert math.isclose(float(np.median(hi - mean) > 0), 1.0)
 
 
+@pytest.mark.slow
 def test_plot_history_window(fc, hist, tmp_path, monkeypatch):
-    import ts_neuralode.plotting as plotting
+    from ts_neuralode.api import plotting
 
     out = fc.predict(hist, horizon="12h", num_points=3, num_samples=5)
     seen = {}

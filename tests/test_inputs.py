@@ -25,12 +25,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_FIT_ARGS, subprocess_env
+from ts_neuralode.api.forecast_frame import table_to_long
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
 from ts_neuralode.data.io import read_series
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import TSNeuralODEError
-from ts_neuralode.forecaster import Forecaster, table_to_long
-from ts_neuralode.lightning import ForecastingModule
+from ts_neuralode.training import ForecastingModule
 
 SLOW_OK = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -111,6 +112,7 @@ def _model_loss_is_finite(table, transform) -> None:
     assert torch.isfinite(loss), (loss, table.values, table.times)
 
 
+@pytest.mark.slow
 @SLOW_OK
 @given(csv_files(), st.sampled_from(["standard", "minmax", "robust", "none"]))
 def test_csv_reader_gives_a_table_or_one_line_error(tmp_path_factory, case, scaler):
@@ -139,6 +141,7 @@ def test_csv_reader_gives_a_table_or_one_line_error(tmp_path_factory, case, scal
     event("table, transform and a finite loss")
 
 
+@pytest.mark.slow
 @SLOW_OK
 @given(st.data())
 def test_dataframe_ids_and_values_of_every_type(data):
@@ -187,7 +190,8 @@ def forecasters():
             "datetime": (_forecaster(DATETIME_HISTORY), DATETIME_HISTORY)}
 
 
-DURATIONS = st.one_of(NUMBERS, st.sampled_from(["12h", "2D", "-1D", "0h", "abc", "", "1e400", "nan", "30min", "1000000D",
+DURATIONS = st.one_of(NUMBERS, st.sampled_from(["12h", "2D", "-1D", "0h", "abc", "", "1e400", "nan", "30min",
+                                                "1000000D",
                                                 "P1D", "3", "-3"]),
                       st.just(pd.Timedelta("6h")), st.booleans(), st.none())
 QUERY_TIMES = st.one_of(NUMBERS, WORDS, DATETIMES, st.just(pd.NaT), st.none(),
@@ -228,6 +232,7 @@ def queries(draw, kind: str):
 NUM_POINTS = st.one_of(st.integers(-2, 12), st.sampled_from([10**9, 2.5, "4", "x", True]))
 
 
+@pytest.mark.slow
 @SLOW_OK
 @given(st.data(), st.sampled_from(["numeric", "datetime"]))
 def test_forecast_queries_give_a_forecast_or_one_line_error(forecasters, data, kind):
@@ -262,6 +267,7 @@ CLI_WORDS = st.sampled_from(["12", "2.5", "-1", "0", "1e400", "nan", "inf", "12h
                              "4049.0", "2024-01-11T00:00:00+01:00", "2024-13-45", "3000-01-01", "1e-300", "٣"])
 
 
+@pytest.mark.slow
 @settings(SLOW_OK, max_examples=25)  # each example loads the model and reads the CSV
 @given(kind=st.sampled_from(["numeric", "datetime"]), base=st.booleans(),
        opts=st.lists(st.tuples(st.sampled_from(["--horizon", "--freq", "--num_points", "--times", "--level",
@@ -307,6 +313,7 @@ def test_numeric_query_times_come_back_exactly_as_passed(forecasters, tmp_path):
     assert sorted(set(back["ds"])) == [4041.1, 4049.0]
 
 
+@pytest.mark.slow
 @SLOW_OK
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), min_size=2, max_size=12, unique=True))
 def test_history_and_query_times_round_trip_exactly(times):
@@ -445,6 +452,7 @@ def _write(tmp_path: Path, content) -> Path:
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_bad_input_corpus_through_fit(name, tmp_path, capfd):
     content, expect, parts, *options = CORPUS[name]
@@ -462,6 +470,7 @@ def test_bad_input_corpus_through_fit(name, tmp_path, capfd):
         assert part in lines[0], (name, lines[0])
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     p = _write(tmp_path, _in_held_out_series(1e308))
     proc = subprocess.run([sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(p), *TINY_FIT_ARGS,

@@ -13,10 +13,10 @@ from conftest import TEST_SEED
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
-from ts_neuralode.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 from ts_neuralode.models import Forecast
 from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, crps, quantile_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
@@ -38,6 +38,7 @@ def small_module(model="latent_ode", evolution="gru_flow", **kw) -> ForecastingM
                              lr=1e-2, eval_samples=4, **kw)
 
 
+@pytest.mark.slow
 def test_fit_validate_test_predict_on_a_real_datamodule(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10, seed=0)
@@ -56,6 +57,7 @@ def test_fit_validate_test_predict_on_a_real_datamodule(tmp_path, sine_df):
     assert isinstance(preds[0], Forecast) and preds[0].samples.shape[0] == 4
 
 
+@pytest.mark.slow
 def test_extrapolation_task_logs_extrap_metrics_and_ode_counts_nfe(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, task="extrapolation", layout="padded", batch_size=10)
@@ -67,6 +69,7 @@ def test_extrapolation_task_logs_extrap_metrics_and_ode_counts_nfe(tmp_path, sin
     assert float(m["nfe"]) > 0  # an ODE evolution reports its function evaluations
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10)
@@ -95,6 +98,7 @@ def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(tmp_path, si
         assert torch.equal(fresh.forecast(batch, q, num_samples=1).mean, a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cosine", "step"])
 def test_lr_schedules_follow_the_epochs(tmp_path, sine_df, schedule):
     """cosine: lr · ½(1 + cos(π e / max_epochs)) in epoch e; step: ×gamma every lr_decay_every epochs."""

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_FIT_ARGS, _free_port, stop_mlflow_server, subprocess_env
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
 
 NAME = "latent_ode_coupling_flow"
 QUERY = {"horizon": "6h", "num_points": 3, "num_samples": 8, "seed": 0}
@@ -52,6 +52,7 @@ def test_register_as_without_tracking_is_one_line(tiny_csv, capfd):
     assert rc == 2 and len(err) == 1 and "--register_as x registers the model logged to MLflow" in err[0], err
 
 
+@pytest.mark.slow
 def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered):
     from mlflow import MlflowClient
 
@@ -71,6 +72,7 @@ def test_fit_logs_a_registered_pyfunc_model_of_a_training_experiment(registered)
     assert version.run_id == run.info.run_id and logged[0].model_id in version.source
 
 
+@pytest.mark.slow
 def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
     """The ``models:/`` URI fit prints and ``runs:/<run>/forecaster`` both load with mlflow.pyfunc."""
     import mlflow
@@ -91,6 +93,7 @@ def test_fit_prints_the_model_uri_and_both_uris_load_it(registered, dt_csv):
     assert np.allclose(a[NAME], b[NAME])
 
 
+@pytest.mark.slow
 def test_pyfunc_load_model_forecasts_like_the_forecaster(registered, dt_csv):
     import mlflow
 
@@ -111,6 +114,7 @@ def test_pyfunc_load_model_forecasts_like_the_forecaster(registered, dt_csv):
     assert np.allclose(got[NAME], want[NAME]) and np.allclose(got[f"{NAME}-hi-90"], want[f"{NAME}-hi-90"])
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
     port = _free_port()
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": registered["uri"]}
@@ -119,9 +123,9 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "models", "serve", "-m", "models:/tiny/1",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path, env=env)
-    log.close()
+    with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+                                env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -188,6 +192,7 @@ def pk_registered(tmp_path_factory):
     return {"uri": uri, "df": df, "model_dir": cwd / "ck" / "model"}
 
 
+@pytest.mark.slow
 def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_registered):
     """The signature carries the covariate columns (MLflow keeps them in a request); known-future values go in as
     rows with an empty y after the history; the forecast equals Forecaster.predict's. The served model's
@@ -218,7 +223,7 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
     want_raw = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4,
                                                                    calibrated=False)
     assert np.allclose(raw["ode_rnn-hi-90"], want_raw["ode_rnn-hi-90"])
-    from ts_neuralode.mlflow_model import forecast_frame
+    from ts_neuralode.integrations.mlflow.logged_model import forecast_frame
 
     bare = Forecaster.load(pk_registered["model_dir"])
     bare.calibration = None
@@ -226,6 +231,7 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
         forecast_frame(bare, request, {**query, "calibrated": True})
 
 
+@pytest.mark.slow
 def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_path, capfd):
     """MLflow refuses the name (a real registry error): the fit exits 2 with one line, not a warning and 0."""
     args = [a for a in TINY_FIT_ARGS]
@@ -240,11 +246,12 @@ def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_pat
     assert (tmp_path / "ck" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
     """An untracked fit in a directory holding an earlier fit's mlflow_run.json reports no run id."""
     import shutil
 
-    from ts_neuralode.fit_api import run_fit
+    from ts_neuralode.api.fitting import run_fit
 
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(registered["cwd"] / "ck" / "mlflow_run.json", tmp_path / "checkpoints")

@@ -1,4 +1,5 @@
-"""The automatic model choice (ts_neuralode.model_choice): search, pruning, budgets, resume, workers, MLflow, ensemble."""
+"""The automatic model choice (ts_neuralode.api.model_choice): search, pruning, budgets, resume, workers, MLflow,
+ensemble."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import torch
 from lightning.pytorch import Callback
 
 from conftest import TEST_SEED, small_tensor_threads, subprocess_env
-from ts_neuralode import model_choice
+from ts_neuralode.api import model_choice
+from ts_neuralode.api.forecaster import Forecaster
+from ts_neuralode.api.model_choice import Budget
+from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, choice, nest, sample, scale_duration
 from ts_neuralode.cli import main
 from ts_neuralode.data.generators import generate
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.model_choice import Budget
-from ts_neuralode.model_choice_ensemble import EnsembleForecaster
-from ts_neuralode.model_choice_space import SEARCH_SPACE, choice, nest, sample, scale_duration
 
 DATA = {"horizon": 1.0, "layout": "padded", "batch_size": 8, "windows_per_series": 4}
 MODEL = {"latent_dim": 4, "hidden_dim": 16, "eval_samples": 4, "iwae_samples": 1}
@@ -66,7 +67,7 @@ def test_budget_and_space_declarations():
 
 
 def test_cli_options_are_grouped(tmp_path):
-    from ts_neuralode.model_choice_cli import _from_config, _grouped, _merge, wants_auto
+    from ts_neuralode.cli.model_choice import _from_config, _grouped, _merge, wants_auto
 
     assert wants_auto(["--model", "auto", "--data.path", "x"]) and wants_auto(["--model=auto"])
     assert not wants_auto(["--model.model", "auto"]) and not wants_auto(["--config", "auto"])
@@ -83,6 +84,7 @@ def test_cli_options_are_grouped(tmp_path):
         _grouped(["--bogus", "1"])
 
 
+@pytest.mark.slow
 def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fc = Forecaster.fit(series, "auto", data_options=DATA, model_options=MODEL, trainer=TRAINER,
@@ -124,6 +126,7 @@ def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     assert min(r.data.metrics["trial_value"] for r in done) == pytest.approx(info["best_value"])
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     # two trials that learn, then one that cannot (learning rate 1e-7): the median rule stops it early
     space = (choice("model.model", ("ode_rnn",)), choice("model.lr", (0.03, 1e-7)))
@@ -143,6 +146,7 @@ def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     assert trials[0].user_attrs["monitor"] == "val_loss" and math.isfinite(trials[0].user_attrs["best_score"])
 
 
+@pytest.mark.slow
 def test_time_budget_stops_the_search(series, tmp_path):
     start = time.monotonic()
     result = model_choice.search(series, data_options=DATA, model_options=MODEL, trainer={"max_epochs": 500},
@@ -160,6 +164,7 @@ def _counted(study) -> list:
     return [t for t in study.get_trials() if "outcome" in t.user_attrs]
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monkeypatch):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
@@ -167,7 +172,7 @@ def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monk
     kw = dict(data_options=DATA, model_options=MODEL, trainer={"max_epochs": 4}, output_dir=str(tmp_path / "out"),
               tracking=False, storage=storage, study_name="resume", progress=False)
     code = ("import sys, torch; torch.set_num_threads(1)\n"
-            "from ts_neuralode import model_choice\n"
+            "from ts_neuralode.api import model_choice\n"
             f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -218,6 +223,7 @@ class _CtrlC(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     handler = signal.getsignal(signal.SIGINT)
@@ -234,6 +240,7 @@ def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     assert trials[1].params == trials[0].params  # queued to run first when the search resumes
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_storage(series, tmp_path):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
@@ -262,6 +269,7 @@ def test_two_workers_share_one_storage(series, tmp_path):
     assert (tmp_path / "final" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_ensemble_bands_come_from_the_mixture(series, tmp_path):
     # two members that agree on everything but the level: the same model fitted to y and to y + 100
     opts = dict(data_options={**DATA, "task": "forecast", "val_fraction": 0.0, "test_fraction": 0.0},
@@ -316,7 +324,7 @@ def test_auto_errors_are_one_line(series, tmp_path, capsys):
 def test_starting_points_follow_the_season():
     """The first trials: the ODE-RNN correcting the harmonic forecast with a season; without one, on the last value
     and on the trend line; every option they set is a value of the search space."""
-    from ts_neuralode.model_choice_space import SEARCH_SPACE, starting_points
+    from ts_neuralode.api.model_choice_space import SEARCH_SPACE, starting_points
 
     with_season = starting_points({"data.horizon": "2D", "data.season": "24h"})
     without = starting_points({"data.horizon": 5})

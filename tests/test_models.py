@@ -83,6 +83,7 @@ OVERFIT_SEEDS = 3
 OVERFIT_MAX_RATIO = 0.2  # a 5x lower MSE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,evolution",
     [
@@ -118,6 +119,7 @@ def test_each_model_overfits_a_tiny_set(name, evolution, margin):
            note=f"({name}/{evolution}, ratios {[round(r, 4) for r in ratios]})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("padded", [True, False])
 def test_values_under_mask_zero_change_nothing(name, padded):

@@ -39,8 +39,9 @@ def test_forecast_reads_and_writes_parquet(dt_fitted, dt_csv, parquet_files, tmp
     assert np.allclose(pq.iloc[:, 2:].to_numpy(), csv.iloc[:, 2:].to_numpy())
 
 
+@pytest.mark.slow
 def test_generate_writes_parquet_and_a_bad_parquet_is_one_line(tmp_path, capfd):
-    from ts_neuralode.cli import generate_main as cli_main
+    from ts_neuralode.cli.main import generate_main as cli_main
 
     assert cli_main(["sine", "--out", str(tmp_path / "s.parquet"), "--n_series", "3", "--n_points", "10"]) == 0
     df = pd.read_parquet(tmp_path / "s.parquet")

@@ -1,4 +1,5 @@
-"""A partitioned Parquet folder as ``--data.path``: streamed in shards of whole series (ts_neuralode.data.parquet_stream).
+"""A partitioned Parquet folder as ``--data.path``: streamed in shards of whole series
+(ts_neuralode.data.parquet_stream).
 
 The folder and the equivalent single CSV give the same fitted transform, the same split and the same batches; two
 ranks read disjoint series that cover the split; bad folders are one line; a fit from a folder works from the CLI.
@@ -218,7 +219,8 @@ def test_a_bad_value_names_the_part_file(tmp_path):
     part = pd.read_parquet(paths[1])
     part.loc[part.index[2], "y"] = "n/a"
     part.to_parquet(paths[1], index=False)
-    with pytest.raises(DataError, match=r"a shard of .*part-\d\.parquet.*, column 'y', row \d+: value 'n/a' is not a number"):
+    bad_cell = r"a shard of .*part-\d\.parquet.*, column 'y', row \d+: value 'n/a' is not a number"
+    with pytest.raises(DataError, match=bad_cell):
         IrregularTimeSeriesDataModule(path=str(tmp_path / "f")).setup()
 
 
@@ -241,7 +243,7 @@ def test_cli_fit_from_a_folder_and_its_errors(ou, tmp_path, capfd):
 
 
 def test_forecaster_fit_from_a_folder(ou, tmp_path):
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     opts = {"layout": "padded", "batch_size": 4, "task": "extrapolation"}
     fc = Forecaster.fit(str(ou / "folder"), "ode_rnn", data_options=opts,

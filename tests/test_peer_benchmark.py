@@ -17,7 +17,8 @@ import _peer_windows as pw  # noqa: E402
 import make_bxlator  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
-from ts_neuralode.backtest import _window_rows, evaluate, window_cuts  # noqa: E402
+from ts_neuralode.api.backtest import evaluate, window_cuts  # noqa: E402
+from ts_neuralode.api.windows import _window_rows  # noqa: E402
 from ts_neuralode.data.io import read_series  # noqa: E402
 
 
@@ -114,7 +115,7 @@ def test_seasonal_naive_takes_the_value_one_period_back():
     np.testing.assert_allclose(got, np.sin(2 * np.pi * np.array([5.0, 6.0, 7.0]) / period))
     far = pw.window_rows(long, pd.DataFrame({"unique_id": ["a"], "window": [0], "cutoff": [2.0]}), 10.0)
     got = pw.seasonal_naive(long, far, period)
-    at = dict(zip(far["ds"], got))
+    at = dict(zip(far["ds"], got, strict=True))
     sin = lambda x: np.sin(2 * np.pi * x / period)  # noqa: E731
     # history up to 2.0: 6.0 -> 1.0 and 7.0 -> 2.0 (k = 1), 12.0 -> 2.0 (k = 2); 3.2 -> -1.8 has no observation
     # within P/10: the last value
@@ -122,6 +123,7 @@ def test_seasonal_naive_takes_the_value_one_period_back():
     assert np.isclose(at[3.2], sin(2.0)) and not np.isclose(at[5.0], sin(2.0))
 
 
+@pytest.mark.slow
 def test_naive_contenders_score_identically_to_the_backtest_locf():
     """The benchmark's scoring (backtest.evaluate on one frame) gives a contender equal to locf its exact MAE and
     scaled MAE 1; a contender with missing rows is scored on the rows every contender has."""

@@ -67,19 +67,21 @@ def test_a_pulse_shorter_than_a_step_is_read_and_never_leaks_backwards(config):
     assert abs(float(ob[1, 2]) - want[0]) < tol * want[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_a_half_hour_pulse_changes_a_trained_models_forecast_after_it(method, tmp_path):
     """A model trained with ``--data.future_cols [rate]`` (constant interpolation): a 0.5-long infusion in the
     future changes the forecast after it and leaves the one before it exactly as it was."""
+    from ts_neuralode.api.forecaster import Forecaster
     from ts_neuralode.cli import main
-    from ts_neuralode.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=0)
     df.to_csv(tmp_path / "pk.csv", index=False)
     torch.manual_seed(0)
     rc = main(["fit", "--data.path", str(tmp_path / "pk.csv"), "--data.future_cols", "[rate]", "--model.model",
                "ode_rnn", "--model.latent_dim", "4", "--model.hidden_dim", "8", "--model.evolution.method", method,
-               *(["--model.evolution.step_size", "0.5"] if method == "rk4" else []), "--data.batch_size", "8", "--trainer.max_epochs", "1",
+               *(["--model.evolution.step_size",
+                  "0.5"] if method == "rk4" else []), "--data.batch_size", "8", "--trainer.max_epochs", "1",
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                "--trainer.default_root_dir", str(tmp_path), "--tracking", "false"])
     assert rc == 0

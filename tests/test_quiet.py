@@ -1,5 +1,5 @@
 """The quiet default: a demo-like fit, forecast and backtest print one line per stage and no warning a user cannot
-act on (ts_neuralode.noise); --verbose shows the libraries' own messages again."""
+act on (ts_neuralode.core.noise); --verbose shows the libraries' own messages again."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def _lines(err: str) -> list[str]:
             and "batch/s]" not in ln]
 
 
+@pytest.mark.slow
 def test_demo_like_fit_forecast_backtest_print_one_line_per_stage(tmp_path, capfd):
     d = tmp_path
     uri = f"sqlite:///{d / 'mlflow.db'}"

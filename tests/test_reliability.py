@@ -24,14 +24,15 @@ from conftest import (
     subprocess_env,
     wait_for_epoch,
 )
-from ts_neuralode.callbacks import FAILURE_TAG
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.tracking import read_run_file
+from ts_neuralode.integrations.mlflow.tracking import read_run_file
+from ts_neuralode.training.callbacks import FAILURE_TAG
 
 # A small ODE-RNN on fixed RK4 steps; with lr_decay_gamma 1e30 every 2 epochs the learning rate jumps from 1e-3 to
 # 1e27 for epoch 2, which blows the weights up within a step or two: a divergence in the middle of a fit.
-ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.latent_dim", "4", "--model.hidden_dim", "16",
+ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.latent_dim", "4",
+           "--model.hidden_dim", "16",
            "--model.eval_samples", "2", "--data.layout", "padded", "--data.batch_size", "4",
            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
            "--trainer.num_sanity_val_steps", "0"]
@@ -58,6 +59,7 @@ def _run_in(cwd: Path, argv: list[str]) -> int:
 
 
 # -- training that goes wrong ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(tiny_csv, tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ck = tmp_path / "ck"
@@ -88,10 +90,12 @@ def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(ti
     assert run.data.tags[FAILURE_TAG] == line.removeprefix("ts-neuralode: error: ")
 
 
+@pytest.mark.slow
 def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path, capfd):
     # dopri5 cannot reach rtol 1e-12 in float32: it runs out of steps on the first batch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, "--model.evolution.method", "dopri5", "--model.evolution.rtol", "1e-12",
+    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, "--model.evolution.method", "dopri5",
+            "--model.evolution.rtol", "1e-12",
             "--model.evolution.atol", "1e-14", "--trainer.max_epochs", "2", "--tracking_uri", uri,
             "--checkpoint_dir", str(tmp_path / "ck")]
     rc = _run_in(tmp_path, args)
@@ -110,7 +114,7 @@ def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path
 # version. (Written with a plain torch.save / open().write instead, the same kills leave torn files.)
 SAVERS = {
     "checkpoint": """
-        from ts_neuralode.callbacks import AtomicCheckpointIO
+        from ts_neuralode.training.callbacks import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         def save(k):
             io.save_checkpoint({"version": k, "payload": torch.full((2_000_000,), float(k))}, target)
@@ -118,8 +122,8 @@ SAVERS = {
     "model_dir": """
         from ts_neuralode.data.timecodec import TimeCodec
         from ts_neuralode.data.transform import SeriesTransform
-        from ts_neuralode.forecaster import Forecaster
-        from ts_neuralode.lightning import ForecastingModule
+        from ts_neuralode.api.forecaster import Forecaster
+        from ts_neuralode.training import ForecastingModule
         module = ForecastingModule(model="ode_rnn", evolution="gru_flow", latent_dim=64, hidden_dim=384)
         fc = Forecaster(module, SeriesTransform(channel_names=["y"], codec=TimeCodec()))
         def save(k):
@@ -130,7 +134,7 @@ SAVERS = {
             fc.save(target)
     """,
     "forecast_csv": """
-        from ts_neuralode.atomic import atomic_write_text
+        from ts_neuralode.core.atomic import atomic_write_text
         def save(k):
             atomic_write_text(target, "".join(f"s{i},{k}\\n" for i in range(400_000)))
     """,
@@ -155,6 +159,7 @@ def _check_version(kind: str, target: Path) -> int:
     return int(lines[0].split(",")[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SAVERS))
 def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
     target = tmp_path / {"checkpoint": "last.ckpt", "model_dir": "model", "forecast_csv": "forecast.csv"}[kind]
@@ -184,6 +189,7 @@ def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
         assert 2 <= got <= last_started, (got, last_started)
 
 
+@pytest.mark.slow
 def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp_path, capfd):
     assert fitted_local["rc"] == 0
     rc = main(["test", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--data.test_fraction", "0",
@@ -195,6 +201,7 @@ def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp
 
 
 # -- tracking that goes away -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tracking_server_going_away_mid_fit_does_not_lose_the_training(tiny_csv, tmp_path):
     epochs = 40
     server, url = start_mlflow_server(tmp_path)

@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY_FIT_ARGS, checkpoint_epoch, subprocess_env, wait_for_epoch
 from ts_neuralode.cli import main
-from ts_neuralode.tracking import read_run_file
+from ts_neuralode.integrations.mlflow.tracking import read_run_file
 
 EPOCHS = 12
 KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/epoch_time_s")
@@ -19,6 +20,7 @@ KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/epoch_time_s")
 
 
 
+@pytest.mark.slow
 def test_killed_fit_resumes_into_the_same_run(mlflow_server, tiny_csv, tmp_path):
     ck = tmp_path / "ck"
     args = ["fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--trainer.max_epochs", str(EPOCHS),

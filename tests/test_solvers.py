@@ -52,6 +52,7 @@ PROBLEMS = {"exp": _exp_problem, "oscillator": _oscillator, "time_dependent": _t
 # Recorded margins (scripts/check_margins.py; results/test_margins.md; float64, the same for every seed and thread
 # count): fitted orders within 0.2 of the tableau's (tsit5 on exp, headroom 1.49; all others >= 2.2), adaptive global
 # errors at most 1/12 of 100 x the local tolerance, reverse-time errors at least 3.2x under their limits.
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_order_of_convergence(method, problem, margin):
@@ -85,6 +86,7 @@ def test_fixed_step_public_api_order(method, margin):
     margin("|log2 error ratio - order|", abs(math.log2(errs[0] / errs[1]) - order), 0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bosh3", "dopri5", "tsit5"])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 def test_adaptive_within_tolerance(method, problem, margin):
@@ -100,6 +102,7 @@ def test_adaptive_within_tolerance(method, problem, margin):
     assert (sol.stats.n_accepted > 0).all() and (sol.stats.n_f_evals > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_reverse_time(method, margin):
     f, y0, exact = _oscillator()
@@ -132,6 +135,7 @@ def _sorted_rows(B, T, lo=0.0, hi=3.0, dtype=F64):
     return t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "rk4"])
 def test_per_sample_grid_equals_single_solves(method):
     torch.manual_seed(0)
@@ -196,7 +200,8 @@ def finite_difference_y0(func, y0, t, w, eps=1e-6, **kw):
             for j in range(y0.shape[1]):
                 e = torch.zeros_like(y0)
                 e[i, j] = eps
-                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys, w)) / (2 * eps)
+                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys,
+                                                                               w)) / (2 * eps)
     return fd
 
 
@@ -220,7 +225,7 @@ def test_autograd_matches_finite_differences_and_torchdiffeq():
     loss_td = _loss(ys_td.permute(1, 0, 2), w)
     gy0_td, *gp_td = torch.autograd.grad(loss_td, [y0b, *func.parameters()])
     torch.testing.assert_close(gy0, gy0_td, rtol=1e-6, atol=1e-8)
-    for a, b in zip(gp, gp_td):
+    for a, b in zip(gp, gp_td, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
@@ -265,7 +270,8 @@ def test_non_finite_state():
         (dict(), torch.zeros(3, 2), r"t is \[B, T\] with B=3 but y0 has batch 2"),
         (dict(t_mask=torch.tensor([[True, False, True], [True, True, True]])), torch.tensor([0.0, 1.0, 2.0]),
          "padding in the middle of row"),
-        (dict(t_mask=torch.ones(2, 2, dtype=torch.bool)), torch.tensor([0.0, 1.0, 2.0]), r"t_mask must be a bool tensor \[B, T\]"),
+        (dict(t_mask=torch.ones(2, 2, dtype=torch.bool)), torch.tensor([0.0, 1.0, 2.0]), r"t_mask must be a bool "
+                                                                                         r"tensor \[B, T\]"),
         (dict(method="dopri5", step_size=0.1), torch.tensor([0.0, 1.0]), "step_size is for fixed-step methods"),
         (dict(adjoint_mode="magic"), torch.tensor([0.0, 1.0]), "unknown adjoint_mode"),
     ],
@@ -280,6 +286,7 @@ def test_invalid_y0_shape():
         odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_no_grad_solve_flushes_records_and_matches_grad_solve():
     """Without a graph, recorded steps are turned into outputs every few records (flat memory): same result."""
     torch.manual_seed(7)
@@ -324,7 +331,7 @@ def test_carried_step_continues_a_solve(margin):
     f, y0, exact = _oscillator()
     grid = torch.linspace(0.0, 3.0, 31, dtype=F64)
     y, dt, nfe, nfe_fresh = y0, None, [], []
-    for a, b in zip(grid[:-1], grid[1:]):
+    for a, b in zip(grid[:-1], grid[1:], strict=True):
         fresh = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8)
         sol = odeint(f, y, torch.stack((a, b)), rtol=1e-6, atol=1e-8, first_step=dt)
         dt, y = sol.stats.next_dt, sol.ys[:, -1]

@@ -30,7 +30,7 @@ def _grads(func, y0, t, w, **kw):
 
 
 def _assert_grads_close(ga, gb, rtol, atol):
-    for a, b in zip(ga, gb):
+    for a, b in zip(ga, gb, strict=True):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
@@ -48,6 +48,7 @@ def _setup(seed=0, B=3, T=7, per_sample=False):
     return func, y0, t, w
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, kw", [("dopri5", dict(rtol=1e-9, atol=1e-11)), ("tsit5", dict(rtol=1e-9, atol=1e-11)),
                                         ("bosh3", dict(rtol=1e-8, atol=1e-10)), ("rk4", dict(step_size=0.02)),
                                         ("euler", dict())])
@@ -60,6 +61,7 @@ def test_interpolate_adjoint_equals_autograd(method, kw):
     assert sol.stats.backward["mode"] == "interpolate" and (sol.stats.backward["n_f_evals"] > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seminorm", [True, False])
 def test_backsolve_adjoint_matches_autograd_and_finite_differences(seminorm):
     func, y0, t, w = _setup(seed=1)
@@ -80,6 +82,7 @@ def test_seminorm_takes_fewer_backward_evaluations():
     assert semi.stats.backward["n_f_evals"][0] < full.stats.backward["n_f_evals"][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["backsolve", "interpolate"])
 def test_adjoint_per_sample_grids_padding_and_reverse_time(mode):
     func, y0, t, w = _setup(seed=3, B=4, T=6, per_sample=True)
@@ -93,6 +96,7 @@ def test_adjoint_per_sample_grids_padding_and_reverse_time(mode):
     _assert_grads_close(ga, gb, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["backsolve", "interpolate"])
 def test_adjoint_matches_torchdiffeq_adjoint(mode):
     torchdiffeq = pytest.importorskip("torchdiffeq")

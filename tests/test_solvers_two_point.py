@@ -60,7 +60,7 @@ def test_two_point_path_equals_the_general_loop_bit_for_bit(method, case, check,
     assert int(a.stats.n_accepted.sum()) > 0
     ga = torch.autograd.grad(a.ys.square().sum(), [y0, *net.parameters()])
     gb = torch.autograd.grad(b.ys.square().sum(), [y0, *net.parameters()])
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         assert torch.equal(x, y)
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from ts_neuralode.models.evolution import make_evolution
+from ts_neuralode.models.step_budget import step_budget
 from ts_neuralode.solvers import SolverError
-from ts_neuralode.step_budget import step_budget
 
 
+@pytest.mark.slow
 def test_budget_applies_inside_the_call_only_and_leaves_the_model_alone():
     evo = make_evolution("ode", 3, method="rk4", step_size=0.5)  # 20 steps for t in [0, 10]
     config = evo.config

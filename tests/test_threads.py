@@ -1,4 +1,4 @@
-"""ts_neuralode.threads: the usable CPUs (affinity, cgroup v1/v2 quota) and the thread choice's precedence."""
+"""ts_neuralode.core.threads: the usable CPUs (affinity, cgroup v1/v2 quota) and the thread choice's precedence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from ts_neuralode import threads
+from ts_neuralode.core import threads
 from ts_neuralode.errors import ConfigError
 
 

@@ -12,10 +12,10 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import TINY_FIT_ARGS
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.forecaster import Forecaster
-from ts_neuralode.tracking import RUN_FILE, resolve_tracking_uri
+from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
 
 EPOCH_KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/val_mse", "epoch/val_interp_mse", "epoch/nfe",
               "epoch/epoch_time_s")
@@ -71,6 +71,7 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
         resolve_tracking_uri("./mlruns")
 
 
+@pytest.mark.slow
 def test_fit_logs_to_local_default_store(fitted_local):
     assert fitted_local["rc"] == 0
     cwd = fitted_local["cwd"]
@@ -85,6 +86,7 @@ def test_fit_logs_to_local_default_store(fitted_local):
     assert (fitted_local["model_dir"] / "weights.pt").is_file()
 
 
+@pytest.mark.slow
 def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_path, monkeypatch):
     import mlflow
 

@@ -12,10 +12,10 @@ import torch
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
-from ts_neuralode.lightning import ForecastingModule
 from ts_neuralode.models import ODERNN
 from ts_neuralode.models.baselines import Seasonal
 from ts_neuralode.models.window import BASES, WindowModel
+from ts_neuralode.training import ForecastingModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,6 +51,7 @@ def irregular(seed: int = 0, n: int = 40, span: float = 4.0):
     return t, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["none", "last", "trend", "seasonal"])
 def test_normalised_model_is_invariant_to_a_constant(base):
     """Adding c to a series (context and targets) adds exactly c to the forecast and leaves the loss unchanged."""
@@ -170,9 +171,10 @@ def test_latent_ode_and_gru_ode_train_through_the_wrapper():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
 
+@pytest.mark.slow
 def test_fit_save_load_predict_remembers_the_options(tmp_path):
     """A model fitted with normalize/base: its model directory reloads the same forecaster (same forecasts)."""
-    from ts_neuralode.forecaster import Forecaster
+    from ts_neuralode.api.forecaster import Forecaster
 
     rng = np.random.default_rng(0)
     rows = []
@@ -204,6 +206,7 @@ def test_auto_base_follows_the_season():
     assert with_season.hparams.base == "auto"  # resolved again from the saved season on reload
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ode_rnn", "gru_ode", "latent_ode"])
 def test_an_untrained_correction_starts_at_its_base(name):
     """With a base, the inner model's mean read-out starts at 0: the untrained model forecasts the base exactly."""

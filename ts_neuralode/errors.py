@@ -64,9 +64,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         except argparse.ArgumentError as err:  # what exit_on_error=False raises for a bad value or choice
             self.error(str(err))
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
-__all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError", "SolverError",
+__all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError",
+           "SolverError",
            "OneLineArgumentParser"]

@@ -18,6 +18,7 @@ from ts_neuralode.data.covariates import CovariateBatch, CovariateSpec
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.data.io import SeriesTable, read_series
+from ts_neuralode.data.parquet_stream import ParquetFolderDataModule
 from ts_neuralode.data.timecodec import TimeCodec
 from ts_neuralode.data.transform import PreparedBatch, SeriesTransform
 
@@ -27,6 +28,7 @@ __all__ = [
     "CovariateBatch",
     "CovariateSpec",
     "IrregularTimeSeriesDataModule",
+    "ParquetFolderDataModule",
     "PreparedBatch",
     "SeriesArrays",
     "SeriesTable",

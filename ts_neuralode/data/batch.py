@@ -51,7 +51,7 @@ class Batch:
     time_mask: Tensor
     series_idx: Tensor
     cutoff: Tensor
-    covariates: "CovariateBatch | None" = None
+    covariates: CovariateBatch | None = None
 
     @property
     def batch_size(self) -> int:
@@ -73,11 +73,11 @@ class Batch:
         """``[B, T, D]``: targets the model did not see (interpolation's held-out points)."""
         return self.target_mask * (1.0 - self.obs_mask)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(**{f.name: _maybe(getattr(self, f.name), "to", device, non_blocking=non_blocking)
                         for f in fields(self)})
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return Batch(**{f.name: _maybe(getattr(self, f.name), "pin_memory") for f in fields(self)})
 
     def __len__(self) -> int:

@@ -57,7 +57,7 @@ class SeriesArrays:
         self.mask_f = self.mask.astype(np.float32)
 
     @classmethod
-    def from_table(cls, table, transform, origins: np.ndarray) -> "SeriesArrays":
+    def from_table(cls, table, transform, origins: np.ndarray) -> SeriesArrays:
         counts = table.counts.astype(np.int64)
         origin_rows = np.repeat(np.asarray(origins, dtype=np.float64), counts)
         times = transform.raw_to_model_time(table.times, origin_rows).astype(np.float32)
@@ -178,7 +178,7 @@ class ForecastSpec:
     anchor_start: np.ndarray | None = None
     anchor_count: np.ndarray | None = None
 
-    def with_anchors(self, arrays: "SeriesArrays") -> "ForecastSpec":
+    def with_anchors(self, arrays: SeriesArrays) -> ForecastSpec:
         """The same spec drawing random cutoffs: every observation whose next observation (same series) lies
         in ``(t, min(t + horizon, end)]``."""
         raw = arrays.raw_times
@@ -196,7 +196,7 @@ class ForecastSpec:
         return ForecastSpec(self.horizon, self.context, self.end, self.origin, self.time_scale, self.shift, None,
                             rows, start, count)
 
-    def cutoffs(self, arrays: "SeriesArrays", idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    def cutoffs(self, arrays: SeriesArrays, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """``[b]`` raw cutoffs of items ``idx``: the fixed ones, or a uniform draw among each series' anchors."""
         if self.cutoff is not None:
             return self.cutoff[idx]
@@ -204,7 +204,7 @@ class ForecastSpec:
         pick = np.floor(rng.random(len(idx)) * self.anchor_count[idx]).astype(np.int64)
         return arrays.raw_times[self.anchor_rows[self.anchor_start[idx] + pick]]
 
-    def windows(self, arrays: "SeriesArrays", idx: np.ndarray, cutoff: np.ndarray
+    def windows(self, arrays: SeriesArrays, idx: np.ndarray, cutoff: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(first row, rows, conditioning rows)`` ``[b]`` of each item's window around ``cutoff``."""
         raw, start, count = arrays.raw_times, arrays.starts[idx], arrays.counts[idx]

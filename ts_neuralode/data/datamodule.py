@@ -43,34 +43,28 @@ so a DDP run with ``batch_size = B / N`` sees the same global batches as one pro
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from ts_neuralode.data.batching import (
     LAYOUTS,
     Collator,
     ForecastSpec,
-    SeriesArrays,
     TaskSpec,
-    segment_searchsorted,
-    subsample,
-    subset_table,
-    window_slack,
 )
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
-from ts_neuralode.data.io import read_series
+from ts_neuralode.data.io import as_frame, read_series
+from ts_neuralode.data.tasks import positive_duration, prepare_forecast, prepare_series_task, series_split
 from ts_neuralode.data.transform import SeriesTransform
-from ts_neuralode.errors import ConfigError, DataError
+from ts_neuralode.errors import ConfigError
 
-#: ``windows_per_series="auto"`` gives an epoch at least this many training batches
-AUTO_MIN_BATCHES = 10
 TASKS = ("interpolation", "extrapolation", "forecast")
 SPLITS = ("series", "time")
 
@@ -93,13 +87,15 @@ class _FolderDispatch(type):
     :class:`~ts_neuralode.data.parquet_stream.ParquetFolderDataModule`, which streams it in shards of whole series.
     (A metaclass, not ``__new__``: option parsers read the signature of ``__init__``.)"""
 
+    #: the data module class for folders, registered by :mod:`ts_neuralode.data.parquet_stream` (which
+    #: ``ts_neuralode.data`` imports, so it is registered before any data module is made)
+    folder_module: type | None = None
+
     def __call__(cls, *args, **kwargs):
         path = kwargs.get("path", args[0] if args else None)
         if cls is IrregularTimeSeriesDataModule and kwargs.get("df") is None and path is not None \
-                and os.path.isdir(os.fspath(path)):
-            from ts_neuralode.data.parquet_stream import ParquetFolderDataModule
-
-            cls = ParquetFolderDataModule
+                and os.path.isdir(os.fspath(path)) and _FolderDispatch.folder_module is not None:
+            cls = _FolderDispatch.folder_module
         return super().__call__(*args, **kwargs)
 
 
@@ -186,7 +182,6 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         train_end: float | str | None = None,
     ):
         super().__init__()
-        from ts_neuralode.data.io import as_frame
 
         df = as_frame(df)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if (path is None) == (df is None):
@@ -223,7 +218,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         self.save_hyperparameters(ignore=["df"])
         self.path, self.df = path, df
-        self.read_kwargs = dict(format=format, id_col=id_col, time_col=time_col, value_cols=value_cols,
+        self.read_kwargs: dict[str, Any] = dict(format=format, id_col=id_col, time_col=time_col, value_cols=value_cols,
                                 mask_cols=mask_cols, time_unit=time_unit, duplicates=duplicates)
         self.task, self.obs_fraction, self.cut, self.cut_time = task, float(obs_fraction), float(cut), cut_time
         self.extrap_obs_fraction = float(extrap_obs_fraction)
@@ -247,15 +242,25 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     def setup(self, stage: str | None = None) -> None:
         self._prepare()
 
+    def _series_split(self, table) -> dict[str, np.ndarray]:
+        """Seeded split of whole series into train/val/test (:func:`ts_neuralode.data.tasks.series_split`)."""
+        return series_split(table, self.seed, self.val_fraction, self.test_fraction)
+
+    def _fit_transform(self, table, series, window: float | None = None) -> SeriesTransform:
+        """The value scaler and time scale, fitted on rows of ``series`` of ``table`` (the streaming Parquet module
+        fits them over all shards instead: :mod:`ts_neuralode.data.parquet_stream`)."""
+        return SeriesTransform.fit(table, series, scaler=self.scaler, time_scale=self.time_scale,
+                                   time_origin=self.time_origin, window=window)
+
     def _prepare(self) -> None:
         if self._ready:
             return
         source = self.df if self.df is not None else self.path
         table = read_series(source, **self.read_kwargs)
-        if self.task == "forecast":
-            self._prepare_forecast(table)
-        else:
-            self._prepare_series_task(table)
+        prepared = (prepare_forecast if self.task == "forecast" else prepare_series_task)(self, table)
+        self.table, self.split, self._transform = prepared.table, prepared.split, prepared.transform
+        self.arrays, self.origins = prepared.arrays, prepared.origins
+        self._specs, self._train_items = prepared.specs, prepared.train_items
         if self._cov_spec is not None:
             self._attach_covariates(source)
         self._ready = True
@@ -274,169 +279,6 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         n_past = len(self._cov_spec.past_cols)
         if n_past:  # past-only channels are inputs: never targets
             self.arrays.scored = np.r_[np.ones(self.table.num_channels - n_past), np.zeros(n_past)].astype(np.float32)
-
-    def _series_split(self, table) -> dict[str, np.ndarray]:
-        """Seeded split of whole series into train/val/test."""
-        rng = np.random.default_rng(self.seed)
-        s = table.n_series
-        perm = rng.permutation(s)
-        n_test = int(round(self.test_fraction * s))
-        n_val = int(round(self.val_fraction * s))
-        if s - n_test - n_val < 1:
-            hint = " or split by time (--data.task forecast --data.split_by time)" if s <= 12 else ""
-            raise ConfigError(f"{table.source}: {s} series leave none for training with val_fraction="
-                              f"{self.val_fraction} and test_fraction={self.test_fraction}; lower them{hint}")
-        return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
-                "train": np.sort(perm[n_test + n_val:])}
-
-    def _fit_transform(self, table, series, window: float | None = None) -> SeriesTransform:
-        """The value scaler and time scale, fitted on rows of ``series`` of ``table`` (the streaming Parquet module
-        fits them over all shards instead: :mod:`ts_neuralode.data.parquet_stream`)."""
-        return SeriesTransform.fit(table, series, scaler=self.scaler, time_scale=self.time_scale,
-                                   time_origin=self.time_origin, window=window)
-
-    def _prepare_series_task(self, table) -> None:
-        s = table.n_series
-        split = self._series_split(table)
-        transform = self._fit_transform(table, split["train"])
-        origins = transform.origins(table)
-        arrays = SeriesArrays.from_table(table, transform, origins)
-
-        counts = arrays.counts
-        seg = table.series_of_rows()
-        if self.task == "interpolation":
-            cond_count, cutoff, fraction = counts.copy(), None, self.obs_fraction
-        else:
-            if self.cut_time is not None:
-                cut_raw = np.full(s, float(transform.codec.to_float([self.cut_time])[0]))
-            else:
-                first, last = table.first_times(), table.last_times()
-                cut_raw = first + self.cut * (last - first)
-            cond_count = np.bincount(seg, weights=table.times <= np.repeat(cut_raw, counts), minlength=s)
-            cond_count = cond_count.astype(np.int64)
-            cutoff = transform.raw_to_model_time(cut_raw, origins).astype(np.float32)
-            fraction = self.extrap_obs_fraction
-            usable = (cond_count >= 1) & (cond_count < counts)
-            if not usable.all():
-                n_bad = int((~usable).sum())
-                if not usable.any() and self.whole_data:
-                    raise DataError(f"{table.source}: no series has points both before and after the cut "
-                                    f"(cut={self.cut}, cut_time={self.cut_time!r}); move the cut")
-                warnings.warn(f"{table.source}: {n_bad} series have no point before or after the extrapolation cut "
-                              "and are left out of the task", stacklevel=2)
-                split = {k: v[usable[v]] for k, v in split.items()}
-        cand = np.arange(len(seg)) - np.repeat(arrays.starts, counts) < np.repeat(cond_count, counts)
-        fixed = subsample(seg, cand, counts, fraction, np.random.default_rng([self.seed, 1]))
-        targets_after = self.task == "extrapolation"
-        eval_spec = TaskSpec(cond_count, targets_after, fraction, fixed, cutoff)
-        self._specs = {"train": TaskSpec(cond_count, targets_after, fraction, None, cutoff),
-                       "val": eval_spec, "test": eval_spec}
-        self._train_items = split["train"]
-        self.table, self.split, self._transform, self.arrays, self.origins = table, split, transform, arrays, origins
-
-    def _duration(self, codec, value, what: str) -> float:
-        d = codec.duration(value, what, ConfigError)
-        if not (np.isfinite(d) and d > 0):
-            raise ConfigError(f"{what}={value!r} must be a positive duration (a number of the data's time units, or "
-                              "e.g. 2D for datetimes)")
-        return d
-
-    def _train_end(self, table) -> float:
-        """``train_end`` as a raw time (ConfigError naming it when it is not a time of the data's kind)."""
-        try:
-            cut = float(table.codec.to_float([self.train_end])[0])
-        except (DataError, TypeError, ValueError) as err:
-            kind = ("a datetime like the data's, e.g. 2024-01-18T00:00:00+01:00" if table.codec.is_datetime
-                    else "a number of the data's time units")
-            raise ConfigError(f"--data.train_end={self.train_end!s} is not a time of the data: pass {kind} "
-                              f"({' '.join(str(err).split())})") from err
-        if not np.isfinite(cut):
-            raise ConfigError(f"--data.train_end={self.train_end!s} is not a finite time; pass a time within the data")
-        return cut
-
-    def _prepare_forecast(self, table) -> None:
-        s, src = table.n_series, table.source
-        h = self._duration(table.codec, self.horizon, "horizon")
-        ctx = None if self.context is None else self._duration(table.codec, self.context, "context")
-        window = None if ctx is None else ctx + h  # what a model integrates over: sets time_scale="auto"
-        first, last = table.first_times(), table.last_times()
-        every, none = np.arange(s), np.zeros(0, dtype=np.int64)
-        if self.split_by == "time":
-            if self.train_end is not None:  # one cutoff for every series: train before it, validate after it
-                cut = np.full(s, self._train_end(table))
-                end, cuts = cut, {"val": cut, "test": cut}
-                split = {"train": every, "val": every, "test": none}
-            else:
-                test_cut = last - h
-                val_cut = (test_cut if self.test_fraction > 0 else last) - h
-                end = val_cut if self.val_fraction > 0 else (test_cut if self.test_fraction > 0 else np.full(s, np.inf))
-                split = {"train": every, "val": every if self.val_fraction > 0 else none,
-                         "test": every if self.test_fraction > 0 else none}
-                cuts = {"val": val_cut, "test": test_cut}
-            # Fit the scaler and time scale on the training part of the time axis only.
-            n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
-                                         "right")
-            if not (n_fit > 0).any() and self.whole_data:
-                raise DataError(f"{src}: no series has history before its validation/test horizons "
-                                f"(horizon={self.horizon!r}); shorten --data.horizon")
-            fit_idx = np.flatnonzero(n_fit > 0)
-            transform = self._fit_transform(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, window)
-        else:
-            split = self._series_split(table)
-            end = np.full(s, np.inf)
-            cuts = {"val": last - h, "test": last - h}
-            transform = self._fit_transform(table, split["train"], window)
-        origins = transform.origins(table)
-        arrays = SeriesArrays.from_table(table, transform, origins)
-        base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),
-                            shift=self.time_origin == "series")
-        specs = {"train": base.with_anchors(arrays)}
-        usable = specs["train"].anchor_count[split["train"]] > 0
-        if not usable.any() and self.whole_data:
-            raise DataError(f"{src}: no series has two observations within horizon={self.horizon!r} of each other "
-                            "before its validation/test part; lengthen --data.horizon or use fewer held-out parts")
-        split["train"] = self._keep(split["train"], usable, "training", src)
-        for name in ("val", "test"):
-            spec = ForecastSpec(h, ctx, np.full(s, np.inf), origins, base.time_scale, base.shift, cuts[name])
-            idx = split[name]
-            _, cnt, n_cond = spec.windows(arrays, idx, cuts[name][idx])
-            ok = (n_cond >= 1) & (cnt > n_cond)
-            if name == "val" and len(idx) and not ok.any() and self.train_end is None and self.whole_data:
-                shown = ", ".join(str(table.ids[i]) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
-                raise DataError(f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
-                                f"its last horizon={self.horizon!r} and one within it, so there would be no validation "
-                                "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
-                                "--data.horizon, --data.split_by time (every series validates on its last horizon), "
-                                "or --data.val_fraction 0 to train without validation")
-            if name == "val" and self.train_end is not None and not ok.any() and self.whole_data:
-                end_of = table.user_times(table.offsets[1:] - 1)
-                raise ConfigError(f"--data.train_end={self.train_end!s}: no series has an observation within "
-                                  f"horizon={self.horizon!r} after it to validate on (the data ends at "
-                                  f"{max(end_of)}); pass an earlier train_end")
-            split[name] = self._keep(idx, ok, name, src)
-            specs[name] = spec
-        if self.windows_per_series == "auto":
-            span = np.minimum(last, end) - first
-            per = np.maximum(1, np.ceil(span / h - 1e-9)).astype(np.int64)
-            # few series: scale up so an epoch still holds AUTO_MIN_BATCHES batches (12 sensors × 5 windows of
-            # a 2-day horizon would give 4 optimiser steps an epoch, and a config's epoch budget would be spent
-            # before the model learned anything)
-            total = int(per[split["train"]].sum())
-            if 0 < total < AUTO_MIN_BATCHES * self.batch_size:
-                per = per * math.ceil(AUTO_MIN_BATCHES * self.batch_size / total)
-        else:
-            per = np.full(s, int(self.windows_per_series), dtype=np.int64)
-        self._specs = specs
-        self._train_items = np.repeat(split["train"], per[split["train"]])
-        self.table, self.split, self._transform, self.arrays, self.origins = table, split, transform, arrays, origins
-
-    @staticmethod
-    def _keep(idx: np.ndarray, usable: np.ndarray, what: str, src: str) -> np.ndarray:
-        if not usable.all():
-            warnings.warn(f"{src}: {int((~usable).sum())} series are too short for a {what} forecast window (no "
-                          "point before its cutoff or none within the horizon after it) and are left out of it",
-                          stacklevel=3)
-        return idx[usable]
 
     # --- public properties ---------------------------------------------------------------------
     @property
@@ -480,7 +322,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         if self.season is None:
             return None
         self._prepare()
-        return self._duration(self.table.codec, self.season, "season") / self._transform.time_scale
+        return positive_duration(self.table.codec, self.season, "season") / self._transform.time_scale
 
     @property
     def column_summary(self) -> str:
@@ -520,12 +362,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,
                 ddp_fixed_order: bool = False) -> DataLoader:
         dataset = SeriesIndexDataset(indices)
-        sampler = None
+        sampler: DistributedSampler | None = None
         if ddp_fixed_order:
             # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
             # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
-            from torch.utils.data.distributed import DistributedSampler
-
             sampler = DistributedSampler(dataset, num_replicas=self.trainer.world_size,
                                          rank=int(self.trainer.global_rank), shuffle=False)
             shuffle = False

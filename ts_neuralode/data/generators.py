@@ -30,7 +30,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -112,8 +112,10 @@ def _neural_flows(name: str, n_series: int, n_points: int, rng: np.random.Genera
         x0 = np.where(side, rng.uniform(-4.0, -2.0, n_series), rng.uniform(2.0, 4.0, n_series))
     else:
         x0 = rng.uniform(-2.0, 2.0, n_series)
-    f = {"sine": np.sin, "square": lambda t: np.sign(np.sin(t)), "sawtooth": sawtooth,
-         "triangle": lambda t: np.abs(sawtooth(t))}[name]
+    shapes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "sine": np.sin, "square": lambda t: np.sign(np.sin(t)), "sawtooth": sawtooth,
+        "triangle": lambda t: np.abs(sawtooth(t))}
+    f = shapes[name]
     return _long(times, (x0[:, None] + f(times))[..., None], ["y"])
 
 

@@ -22,114 +22,20 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import warnings
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ts_neuralode.data.input_checks import (
+    _integral_ids,
+    _refuse_masks_and_ids_as_targets,
+    _warn_extreme_values,
+)
+from ts_neuralode.data.series_table import SeriesTable, _Where
 from ts_neuralode.data.timecodec import TimeCodec, _first_true, parse_time_column
 from ts_neuralode.errors import ConfigError, DataError
-
-
-@dataclass
-class SeriesTable:
-    """Validated series, concatenated and sorted by (series, time).
-
-    Attributes:
-        ids: ``[S]`` original series ids (sorted).
-        offsets: ``[S + 1]`` int64: rows of series ``s`` are ``offsets[s]:offsets[s + 1]``.
-        times: ``[N]`` float64 raw float time (see :class:`TimeCodec`), strictly increasing per series.
-        values: ``[N, D]`` float64, NaN where not observed.
-        mask: ``[N, D]`` bool, True where observed. Every row has at least one observed channel.
-        channel_names: the value column names (``D`` of them).
-        codec: the :class:`TimeCodec` that produced ``times``.
-        source: file name or "<DataFrame>", used in messages.
-        time_ns: ``[N]`` int64 for datetime data: the instants exactly as read (ns since the epoch, UTC when
-            timezone-aware), so that history times leave the package unchanged (``times`` are floats).
-        rows: ``[N]`` int64 position of each row in the input (the first of a group merged by
-            ``duplicates="mean"``), for messages (:meth:`where`).
-        from_file: whether ``source`` is a file (messages say ``line N``) or a DataFrame (``row N``).
-    """
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    times: np.ndarray
-    values: np.ndarray
-    mask: np.ndarray
-    channel_names: list[str]
-    codec: TimeCodec
-    source: str = "<DataFrame>"
-    id_col: str | None = "unique_id"
-    time_col: str = "ds"
-    extra: dict = field(default_factory=dict)
-    time_ns: np.ndarray | None = None
-    rows: np.ndarray | None = None
-    from_file: bool = False
-
-    @property
-    def n_series(self) -> int:
-        return len(self.ids)
-
-    def where(self, col: str | None, k: int | None = None) -> str:
-        """'file, column 'c', line N' of row ``k`` of this table (its position in the input)."""
-        pos = None if k is None or self.rows is None else int(self.rows[k])
-        return _Where(self.source, self.from_file).at(col, pos)
-
-    def user_times(self, k: np.ndarray | slice | None = None):
-        """Times of rows ``k`` (default all) exactly as read: a float array, or a DatetimeIndex in the data's
-        timezone (from :attr:`time_ns`, not from the float ``times``)."""
-        k = slice(None) if k is None else k
-        if self.time_ns is None or not self.codec.is_datetime:
-            return self.codec.from_float(self.times[k])
-        return self.codec.from_ns(self.time_ns[k])
-
-    def take(self, rows: np.ndarray, offsets: np.ndarray, ids) -> "SeriesTable":
-        """A table with rows ``rows`` of this one (in that order), grouped into series by ``offsets``/``ids``."""
-        from dataclasses import replace
-
-        opt = lambda a: None if a is None else a[rows]  # noqa: E731
-        return replace(self, ids=np.asarray(ids), offsets=np.asarray(offsets, dtype=np.int64), times=self.times[rows],
-                       values=self.values[rows], mask=self.mask[rows], time_ns=opt(self.time_ns),
-                       rows=opt(self.rows))
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def first_times(self) -> np.ndarray:
-        return self.times[self.offsets[:-1]]
-
-    def last_times(self) -> np.ndarray:
-        return self.times[self.offsets[1:] - 1]
-
-    def series_of_rows(self) -> np.ndarray:
-        return np.repeat(np.arange(self.n_series), self.counts)
-
-
-class _Where:
-    """Formats 'file: column 'c', line N' locations for messages."""
-
-    def __init__(self, source: str, is_file: bool):
-        self.source, self.is_file = source, is_file
-
-    def row(self, pos: int) -> str:
-        return f"line {int(pos) + 2}" if self.is_file else f"row {int(pos)}"
-
-    def at(self, col: str | None, pos: int | None = None) -> str:
-        parts = [self.source]
-        if col is not None:
-            parts.append(f"column '{col}'")
-        if pos is not None:
-            parts.append(self.row(pos))
-        return ", ".join(parts)
-
 
 # Every number read is the float64 nearest to its text (what Python's float() gives), so times and values leave
 # the package exactly as they were written: pandas >= 3 parses so by default (and deprecates the option);
@@ -232,7 +138,8 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
     inf = np.isinf(arr)
     if inf.any():
         i = _first_true(inf)
-        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it empty")
+        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it "
+                        f"empty")
     return arr
 
 
@@ -264,7 +171,7 @@ def _resolve_masks(mask_cols: Sequence[str] | Mapping[str, str] | None, value_co
             f"mask_cols has {len(mask_cols)} names but value_cols has {len(value_cols)}; give one mask per value "
             "column or a {value_col: mask_col} dict"
         )
-    return dict(zip(value_cols, mask_cols))
+    return dict(zip(value_cols, mask_cols, strict=True))
 
 
 def read_series(
@@ -313,7 +220,7 @@ def read_series(
     df = df.rename(columns=lambda c: c.strip() if isinstance(c, str) else c)
     columns = [str(c) for c in df.columns]
     seen: set[str] = set()
-    dup = next((c for c in columns if c in seen or seen.add(c)), None)
+    dup = next((c for c in columns if c in seen or seen.add(c)), None)  # type: ignore[func-returns-value]
     if dup is not None:
         raise DataError(f"{where.source}: column name {dup!r} appears twice (columns: {', '.join(columns)}); rename "
                         "one of them")
@@ -458,13 +365,6 @@ def read_series(
 
 
 # -- inputs that would pass silently -------------------------------------------------------------------------
-#: a column name that says "0/1 observation mask" (Mask_1, value_mask, y_ok, observed, is_valid …)
-MASK_NAME = re.compile(r"^(mask|m)[\W_]?\d*$|^mask|mask$|[\W_](ok|valid|observed|flag)$|^(is_?)?(observed|valid)$",
-                       re.IGNORECASE)
-#: a column name that says "series id" (id, ID, patient_id, series_idx …)
-ID_NAME = re.compile(r"^(id|idx|index)$|[\W_](id|idx)$|^.+(?-i:ID)$", re.IGNORECASE)
-#: a value this many robust standard deviations from the rest of its series is reported (1e308, a sentinel)
-EXTREME_Z = 1e6
 
 
 def as_frame(source):
@@ -484,64 +384,3 @@ def as_frame(source):
     return source
 
 
-def _is_01(col: pd.Series) -> bool:
-    v = pd.to_numeric(col, errors="coerce").dropna()
-    return len(v) > 0 and bool(v.isin([0, 1]).all())
-
-
-def _refuse_masks_and_ids_as_targets(df: pd.DataFrame, value_cols: list[str], where: "_Where") -> None:
-    """DataError when the columns picked as targets by default (every numeric column) include ones whose name
-    and 0/1 content say "observation mask", or whose name and integer content say "series id": they would be
-    forecast as channels without a word."""
-    masks = [c for c in value_cols if MASK_NAME.search(c) and _is_01(df[c])]
-    ids = [c for c in value_cols if ID_NAME.search(c) and c not in masks
-           and bool((pd.to_numeric(df[c], errors="coerce").dropna() % 1 == 0).all())]
-    if not masks and not ids:
-        return
-    rest = [c for c in value_cols if c not in masks and c not in ids]
-    parts = []
-    if masks:
-        parts.append(f"{', '.join(masks)} look like 0/1 observation masks")
-    if ids:
-        parts.append(f"{', '.join(ids)} look like series ids")
-    fix = f"value_cols=[{', '.join(rest[:len(masks)] or rest)}]" if rest else "value_cols=[...]"
-    mask_fix = f" with mask_cols=[{', '.join(masks)}] (one per value column)" if masks else ""
-    id_fix = f"; an id column goes in id_col={ids[0]}" if ids else ""
-    raise DataError(f"{where.source}: {' and '.join(parts)}, but with no value_cols given every numeric column "
-                    f"({', '.join(value_cols)}) would be forecast as a target; pass {fix}{mask_fix}{id_fix}")
-
-
-def _integral_ids(idcol: pd.Series) -> pd.Series:
-    """Float ids that are all whole numbers (``0.0, 1.0`` — how a CSV written from a float array spells ids) as
-    integers, so they come back as ``0``, ``1`` in forecasts and plot file names."""
-    if idcol.dtype.kind == "f" and len(idcol) and bool(np.isfinite(idcol).all()) and bool((idcol % 1 == 0).all()) \
-            and float(idcol.abs().max()) < 2 ** 53:
-        return idcol.astype(np.int64)
-    return idcol
-
-
-def _warn_extreme_values(values: np.ndarray, obs: np.ndarray, codes: np.ndarray, rows: np.ndarray,
-                         value_cols: list[str], where: "_Where") -> None:
-    """One warning per channel naming the file, column and line of a value far beyond the rest of its series
-    (``|v - median| > EXTREME_Z`` robust standard deviations: a sentinel such as 1e308 or a unit typo). It is
-    kept (it may be real), but it swamps its series' scale."""
-    for d, c in enumerate(value_cols):
-        o = obs[:, d]
-        if o.sum() < 3:
-            continue
-        v = pd.Series(values[o, d])
-        g = pd.Series(codes[o])
-        med = v.groupby(g.to_numpy()).transform("median")
-        dev = (v - med).abs()
-        mad = dev.groupby(g.to_numpy()).transform("median")
-        scale = 1.4826 * mad
-        floor = 1e-9 * (med.abs() + 1.0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = dev / np.maximum(scale, floor)
-        hit = np.flatnonzero((z > EXTREME_Z).to_numpy())
-        if len(hit):
-            i = int(hit[0])
-            row = int(rows[np.flatnonzero(o)[i]])
-            more = f" (and {len(hit) - 1} more in this column)" if len(hit) > 1 else ""
-            warnings.warn(f"{where.at(c, row)}: value {v.iloc[i]:g} is far beyond the rest of its series (median "
-                          f"{med.iloc[i]:g}){more}; check it: a sentinel or typo sets the series' scale", stacklevel=3)

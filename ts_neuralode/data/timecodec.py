@@ -104,7 +104,7 @@ class TimeCodec:
         return {"kind": self.kind, "unit": self.unit, "tz": self.tz, "ref_ns": int(self.ref_ns)}
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "TimeCodec":
+    def from_state_dict(cls, d: dict) -> TimeCodec:
         return cls(kind=d["kind"], unit=d.get("unit"), tz=d.get("tz"), ref_ns=int(d.get("ref_ns", 0)))
 
     # ---------------------------------------------------------------------------------------------
@@ -155,14 +155,16 @@ class TimeCodec:
         try:
             stamps = [pd.Timestamp(v) for v in s]
         except (ValueError, TypeError):
-            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 "
+                            "timestamps") from exc
         aware = [t.tzinfo is not None for t in stamps]
         if not all(aware):
             if any(aware):
                 i = aware.index(not aware[0])
                 raise DataError(f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
                                 "give every time an offset or none") from exc
-            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps") from exc
+            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 "
+                            "timestamps") from exc
         return pd.Series([t.tz_convert("UTC") for t in stamps], dtype="datetime64[ns, UTC]")
 
     def to_float(self, values: Any) -> np.ndarray:
@@ -175,7 +177,8 @@ class TimeCodec:
             try:
                 return np.asarray(arr, dtype=np.float64)
             except (TypeError, ValueError) as exc:
-                raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the data's "
+                raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the "
+                                f"data's "
                                 "time axis is numeric: pass numbers") from exc
         ns = self.datetimes_to_ns(values)
         return self.ns_to_float(ns)
@@ -260,7 +263,8 @@ def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
     if not is_dt and col.dtype.kind in "biuf":
         t = col.to_numpy(dtype=np.float64)
         if codec is not None and codec.is_datetime:
-            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass datetimes")
+            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass "
+                            f"datetimes")
         inf = np.isinf(t)
         if inf.any():
             i = _first_true(inf)

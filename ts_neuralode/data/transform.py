@@ -24,8 +24,9 @@ Everything is JSON-serialisable: ``SeriesTransform.state_dict()`` / ``SeriesTran
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,9 @@ import torch
 from torch import Tensor
 
 from ts_neuralode.data.batch import Batch
-from ts_neuralode.data.timecodec import TimeCodec
+from ts_neuralode.data.batching import SeriesArrays, collate
+from ts_neuralode.data.io import read_series
+from ts_neuralode.data.timecodec import TimeCodec, unit_to_ns
 from ts_neuralode.errors import ConfigError, DataError, ForecastError
 
 SCALERS = ("standard", "minmax", "robust", "none")
@@ -130,7 +133,7 @@ class SeriesTransform:
     @classmethod
     def fit(cls, table, series: np.ndarray | None = None, *, scaler: str = "standard",
             time_scale: float | str = "auto", time_origin: str = "series",
-            window: float | None = None) -> "SeriesTransform":
+            window: float | None = None) -> SeriesTransform:
         """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable.
 
         ``window``: the longest stretch of raw time a model integrates over, when it is shorter than a series
@@ -167,7 +170,7 @@ class SeriesTransform:
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number") from exc
             if not (ts > 0 and np.isfinite(ts)):
                 raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
-        for d, (c, sc) in enumerate(zip(centers, scales)):
+        for d, (c, sc) in enumerate(zip(centers, scales, strict=True)):
             if not (math.isfinite(c) and math.isfinite(sc)):
                 obs = np.flatnonzero(rows & table.mask[:, d])
                 k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
@@ -191,7 +194,8 @@ class SeriesTransform:
         if bad.any():
             k, d = (int(a[0]) for a in np.nonzero(bad))
             raise DataError(
-                f"{table.where(self.channel_names[d], k)}: value {table.values[k, d]:g} is {abs(z[k, d]):.3g} times the "
+                f"{table.where(self.channel_names[d], k)}: value {table.values[k, d]:g} is {abs(z[k, d]):.3g} times "
+                f"the "
                 f"column's training scale ({self.scale[d]:.3g}) from its center ({self.center[d]:.3g}), beyond what "
                 f"the model's float32 inputs can hold (|scaled| <= {MAX_SCALED_VALUE:g}); fix the value or rescale the "
                 "column")
@@ -212,7 +216,7 @@ class SeriesTransform:
                 "id_col": self.id_col, "time_col": self.time_col}
 
     @classmethod
-    def from_state_dict(cls, d: Mapping[str, Any]) -> "SeriesTransform":
+    def from_state_dict(cls, d: Mapping[str, Any]) -> SeriesTransform:
         d = dict(d)
         d["codec"] = TimeCodec.from_state_dict(d["codec"])
         return cls(**d)
@@ -285,7 +289,6 @@ class SeriesTransform:
     # --- forecaster path -------------------------------------------------------------------------
     def read(self, source, **read_kwargs):
         """Read a history CSV/DataFrame with this transform's columns and time codec."""
-        from ts_neuralode.data.io import read_series
 
         kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
               "codec": self.codec, "min_points": 1}  # one observation is enough to condition a forecast
@@ -297,11 +300,10 @@ class SeriesTransform:
                             f"{list(self.channel_names)}; pass value_cols in that order")
         return table
 
-    def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> "PreparedBatch":
+    def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> PreparedBatch:
         """History (CSV path, DataFrame or SeriesTable) -> :class:`PreparedBatch` conditioning on every
         observed value. Use ``prepared.query_times(...)`` for prediction times and ``prepared.to_frame(...)``
         to map predictions back to original units and timestamps."""
-        from ts_neuralode.data.batching import SeriesArrays, collate
 
         table = source if hasattr(source, "offsets") else self.read(source, **read_kwargs)
         self.check_table(table)
@@ -332,7 +334,9 @@ class SeriesTransform:
                 as that observation's time exactly as read (model times are float32: without this, a forecast at
                 the batch's own times comes back a few units in the last place off).
         """
-        to_np = lambda a: a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+        def to_np(a):
+            return a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
+
         values = to_np(values)
         b, tq, d = values.shape
         times = to_np(times)
@@ -414,7 +418,6 @@ class PreparedBatch:
         elif isinstance(step, str):
             if not self.transform.codec.is_datetime:
                 raise ForecastError(f"step={step!r} is a duration but the data's time axis is numeric; pass a number")
-            from ts_neuralode.data.timecodec import unit_to_ns
 
             dt = pd.Timedelta(step).value / unit_to_ns(self.transform.codec.unit or "h")
         else:

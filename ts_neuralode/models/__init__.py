@@ -5,7 +5,9 @@
 "gru_flow", "coupling_flow").
 """
 
+from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import Forecast, ForecastModel
+from ts_neuralode.models.evolution_config import upgrade_flat_options
 from ts_neuralode.models.gru_ode import GRUODE
 from ts_neuralode.models.latent_ode import LatentODE
 from ts_neuralode.models.ode_rnn import ODERNN
@@ -20,8 +22,6 @@ def build_model(name: str, **kwargs) -> ForecastModel:
     also come flat, as in older versions (``evolution="ode", method="rk4"``: see ``upgrade_flat_options``)."""
     import inspect
 
-    from ts_neuralode.errors import ConfigError
-    from ts_neuralode.models.evolution_config import upgrade_flat_options
 
     kwargs = upgrade_flat_options(kwargs)
     if name not in MODELS:

@@ -55,7 +55,7 @@ class Forecast:
             return torch.quantile(self.samples, q, dim=0)
         return self.mean
 
-    def detach(self) -> "Forecast":
+    def detach(self) -> Forecast:
         d = lambda x: None if x is None else x.detach()  # noqa: E731
         return Forecast(self.mean.detach(), self.samples.detach(), d(self.std), d(self.times))
 

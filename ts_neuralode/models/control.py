@@ -9,7 +9,8 @@ passes it to every evolution call; an evolution built with ``control_dim = C > 0
   discontinuous, and a solver reads ``u`` only at its stage times: a pulse shorter than a step could fall between
   them and be ignored, and a step across a change would carry the later input backwards through its dense output.
   So the evolution stops at every change time (:func:`solve_piecewise`: one solve per constant piece, each piece's
-  constant value held at both its ends; the flows restart there the same way). Fields: :class:`ControlledMLPField` (``MLP([h, u])``) and
+  constant value held at both its ends; the flows restart there the same way). Fields: :class:`ControlledMLPField`
+  (``MLP([h, u])``) and
   :class:`ControlledGRUField` (the GRU-ODE gates also read ``u``: ``z = σ(U_z h + W_z u)`` …).
 * **Flow** (:func:`controlled_flow`): a flow ``F(Δt, x)`` is the solution map of an *autonomous* system, so a
   time-varying input cannot enter it exactly. Our equivalent: the flow is conditioned on ``u`` held constant —
@@ -24,6 +25,8 @@ passes it to every evolution call; an evolution built with ``control_dim = C > 0
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +63,7 @@ class ControlledGRUField(nn.Module):
         return (1 - z) * (g - h)
 
 
-def controlled_field(field: nn.Module, control) -> "callable":
+def controlled_field(field: nn.Module, control) -> Callable:
     """The solver's ``func(t [B], y [B, H])`` of a controlled field and the rows' ``u``."""
     return lambda t, y: field(t, y, control(t.expand(y.shape[0]) if t.dim() == 0 else t))
 
@@ -160,12 +163,14 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
     tau_l, real_l = tau.tolist(), mask.tolist()
     start_l = start.tolist()
     for j in range(max(len(p) for p in pieces) + 1):
-        ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist())]
-        rows, where = [], []
+        ends = [float(p[j]) if j < len(p) else tau_end_b for p, tau_end_b in zip(pieces, tau_end.tolist(), strict=True)]
+        rows: list[list] = []
+        where: list[list] = []
         for b in range(B):
             s, e = start_l[b], ends[b]
             if not e > s:
-                rows.append([s]), where.append([])
+                rows.append([s])
+                where.append([])
                 continue
             idx = [i for i in range(1, T) if real_l[b][i] and s < tau_l[b][i] < e]
             rows.append([s] + [tau_l[b][i] for i in idx] + [e])
@@ -188,7 +193,7 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
                     out[b, inner] = ys[b, k]
         last = (torch.tensor([len(r) for r in rows], device=dev) - 1).clamp_min(0)
         h = torch.where(active.unsqueeze(1), ys[torch.arange(B, device=dev), last], h)
-        start_l = [e if len(r) > 1 else s for r, e, s in zip(rows, ends, start_l)]
+        start_l = [e if len(r) > 1 else s for r, e, s in zip(rows, ends, start_l, strict=True)]
     # padded query times repeat the row's last real output (the solver's convention)
     pad = ~mask
     if bool(pad.any()):

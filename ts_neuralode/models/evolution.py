@@ -17,7 +17,8 @@ time row instead of once per sample (3× less embedding work with 3 IWAE samples
 
 * :class:`ODEEvolution` integrates a vector field with :func:`ts_neuralode.solvers.odeint` (any method,
   tolerances, fixed step, adjoint); with a piecewise-constant control it solves piece by piece, stopping at every
-  change time (:func:`ts_neuralode.models.control.solve_piecewise`). Fields: ``"mlp"`` (autonomous MLP with tanh, ``hidden_dim`` ×
+  change time (:func:`ts_neuralode.models.control.solve_piecewise`). Fields: ``"mlp"`` (autonomous MLP with tanh,
+  ``hidden_dim`` ×
   ``num_layers``) or ``"gru"`` (GRU-ODE-Bayes: ``dh/dt = (1 − z) ⊙ (g − h)``, ``z = σ(U_z h)``, ``r = σ(U_r h)``,
   ``g = tanh(U_h (r ⊙ h))`` — no input between observations), or any module ``field(t [B], y [B, H])``.
 * :class:`FlowEvolution` evaluates a neural flow in closed form, ``out[:, i] = F(t_i − t_0, h0)``, for all
@@ -45,10 +46,10 @@ from ts_neuralode.models.control import (
     controlled_flow,
     solve_piecewise,
 )
-from ts_neuralode.models.evolution_config import EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
+from ts_neuralode.models.evolution_config import EVOLUTION_CLASSES, EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
-from ts_neuralode.solvers import odeint
+from ts_neuralode.solvers import SolverStats, odeint
 
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
@@ -92,7 +93,8 @@ class Evolution(nn.Module):
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if h0.dim() < 2 or h0.shape[-1] != self.dim:
-            raise ValueError(f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got {tuple(h0.shape)}")
+            raise ValueError(f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got "
+                             f"{tuple(h0.shape)}")
         if not torch.is_tensor(t) or t.dim() not in (1, 2) or t.shape[-1] < 1:
             raise ValueError(f"evolution times must be a [T] or [B, T] tensor, got {getattr(t, 'shape', t)}")
         if t.dim() == 2 and t.shape[0] != h0.shape[-2]:
@@ -188,7 +190,7 @@ class ODEEvolution(Evolution):
             field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
                                       num_layers=config.num_layers, activation=config.activation)
         self.field = field
-        self.last_stats = None
+        self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
     def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
@@ -326,6 +328,9 @@ def make_evolution(kind: str, dim: int, **options) -> Evolution:
     "coupling_flow"}, options as the :class:`EvolutionConfig` fields (validated whatever the kind)."""
     check_positive_int(dim, "dim")
     return EvolutionConfig(kind=kind, **options).build(dim)
+
+
+EVOLUTION_CLASSES.update(ode=ODEEvolution, flow=FlowEvolution)  # what EvolutionConfig.build makes
 
 
 __all__ = [

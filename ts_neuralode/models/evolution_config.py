@@ -14,15 +14,26 @@ next to the model's own options); :func:`upgrade_flat_options` maps them onto th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ts_neuralode.errors import ConfigError, check_choice
+from ts_neuralode.models.nets import make_activation
+from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
+from ts_neuralode.solvers import ADJOINT_MODES, METHODS
 from ts_neuralode.solvers.options import DEFAULTS as SOLVER_DEFAULTS
 from ts_neuralode.solvers.options import ODEOptions
+from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
 
 EVOLUTION_KINDS = ("ode", "resnet_flow", "gru_flow", "coupling_flow")
 VECTOR_FIELDS = ("mlp", "gru")
+
+
+#: the evolution classes :meth:`EvolutionConfig.build` makes ("ode", "flow"); :mod:`ts_neuralode.models.evolution`
+#: fills it where it defines them (and ``ts_neuralode.models`` imports that module), so this configuration stays
+#: under the modules it configures: they import it, it imports none of them
+EVOLUTION_CLASSES: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ class EvolutionConfig:
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
-    def coerce(cls, value: "EvolutionConfig | str | Mapping[str, Any] | None") -> "EvolutionConfig":
+    def coerce(cls, value: EvolutionConfig | str | Mapping[str, Any] | None) -> EvolutionConfig:
         """A config from a config, a kind name (``"gru_flow"``: defaults otherwise) or a dict of options."""
         if value is None:
             return cls()
@@ -93,7 +104,7 @@ class EvolutionConfig:
         raise ConfigError(f"evolution={value!r} is invalid; pass a kind ({', '.join(EVOLUTION_KINDS)}) or an "
                           "EvolutionConfig")
 
-    def resolve(self, **defaults: Any) -> "EvolutionConfig":
+    def resolve(self, **defaults: Any) -> EvolutionConfig:
         """This config with its None options (``hidden_dim``, ``vector_field``) set to a model's ``defaults``."""
         unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **unset) if unset else self
@@ -105,14 +116,10 @@ class EvolutionConfig:
     def build(self, state_dim: int, control_dim: int = 0):
         """The :class:`~ts_neuralode.models.evolution.Evolution` of a state of size ``state_dim``, driven by a
         control ``u(t)`` of ``control_dim`` channels when > 0 (:mod:`ts_neuralode.models.control`)."""
-        from ts_neuralode.models.evolution import FlowEvolution, ODEEvolution
-
-        if self.kind == "ode":
-            return ODEEvolution(state_dim, self, control_dim=control_dim)
-        return FlowEvolution(state_dim, self, control_dim=control_dim)
+        return EVOLUTION_CLASSES["ode" if self.kind == "ode" else "flow"](state_dim, self, control_dim=control_dim)
 
 
-def evolution_kind(value: "EvolutionConfig | str | Mapping[str, Any] | None") -> str:
+def evolution_kind(value: EvolutionConfig | str | Mapping[str, Any] | None) -> str:
     """The kind of an evolution however it is spelled (config, kind name, dict of options as in saved
     hyperparameters, None: the default ``"ode"``), without validating the rest."""
     if isinstance(value, EvolutionConfig):
@@ -143,10 +150,6 @@ def _positive(value, name: str, example: str) -> None:
 
 def _validate(c: EvolutionConfig) -> None:
     """Every option is checked whatever the kind: a typo fails early even where the option is unused."""
-    from ts_neuralode.models.nets import make_activation
-    from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS
-    from ts_neuralode.solvers import ADJOINT_MODES, METHODS
-    from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS, FIXED_METHODS
 
     if c.kind not in EVOLUTION_KINDS:
         raise ConfigError(f"evolution={c.kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)} "
@@ -230,5 +233,6 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS", "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
+__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS",
+           "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
            "option_names"]

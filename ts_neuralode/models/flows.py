@@ -126,8 +126,9 @@ class ResidualFlowLayer(Flow):
 
     def inverse(self, t: Tensor | float, y: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
         """Fixed-point iteration ``x ← y − φ(t) ⊙ g(t, x)`` from ``x = y`` until the largest change is
-        ``<= tol · (1 + max|y|)`` (at most ``iters`` iterations; a RuntimeWarning if it did not converge). The iterations run
-        without autograd; one final differentiable step gives gradients of a first-order approximation."""
+        ``<= tol · (1 + max|y|)`` (at most ``iters`` iterations; a RuntimeWarning if it did not converge). The
+        iterations run without autograd; one final differentiable step gives gradients of a first-order
+        approximation."""
         t = broadcast_time(t, y)
         phi = self.embedding(t)
         x, delta = y, math.inf

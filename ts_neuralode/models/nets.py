@@ -113,7 +113,7 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 def _layer_sizes(in_dim: int, out_dim: int, hidden_dim: int, num_layers: int) -> list[tuple[int, int]]:
     dims = [in_dim] + [hidden_dim] * num_layers + [out_dim]
-    return list(zip(dims[:-1], dims[1:]))
+    return list(zip(dims[:-1], dims[1:], strict=True))
 
 
 def mlp(
@@ -185,7 +185,7 @@ class SpectralNormLinear(nn.Module):
         n_power_iterations: int = 3,
     ) -> None:
         super().__init__()
-        if not (isinstance(coeff, (int, float)) and 0 < coeff):
+        if not (isinstance(coeff, (int, float)) and coeff > 0):
             raise ConfigError(f"spectral coeff={coeff!r} is invalid; pass a number in (0, 1), e.g. 0.9")
         self.in_features, self.out_features = in_features, out_features
         self.coeff = float(coeff)

@@ -9,7 +9,7 @@ point: extrapolation horizons cost one solve, however many query times they hold
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,8 @@ def recurrent_pass(
             tail_mask = valid[:, start:].clone()
             tail_mask[:, 0] = True
             # Coinciding times (a padded row) are carried, not stepped: mask everything after them.
-            tail_mask &= torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]], 1).cummin(1).values
+            tail_mask &= torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]],
+                                   1).cummin(1).values
         tail = evolve(h, tail_t, tail_mask)
         if record:
             if last_obs < 0:

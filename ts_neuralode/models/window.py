@@ -32,7 +32,8 @@ RevIN) and ``(y - b(t)) / s`` after it (the correction); its forecast is mapped 
 adding a constant to a series (or multiplying it by a positive number), and a model whose correction is zero
 forecasts exactly its base — which is where training starts: with a base, the inner model's mean read-out is
 initialised to 0 (:meth:`~ts_neuralode.models.base.ForecastModel.zero_mean_output`), so the model moves away from
-the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window weighs the same, whatever its
+the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window
+weighs the same, whatever its
 level and spread.
 
 Measured on real data in results/forecast_ablations.md (``scripts/ablate_forecast.py``).
@@ -225,6 +226,10 @@ class WindowModel(ForecastModel):
         shrink = -after * (1 - self.correction_scale.to(q.dtype)) * fc.mean
         return Forecast(mean=off + s * (fc.mean + shrink), samples=off + s * (fc.samples + shrink),
                         std=None if fc.std is None else s * fc.std, times=fc.times)
+
+    def set_correction_scale(self, weight: float) -> None:
+        """Weight the learned correction by ``weight`` (0: the base alone, 1: as trained)."""
+        self.correction_scale.fill_(float(weight))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # model directories written before the correction weight existed: the correction as trained

@@ -4,10 +4,10 @@
 >>> sol.ys  # [B, T, D]; sol.stats: per-sample n_f_evals / n_accepted / n_rejected
 """
 
-from .core import SolverStats
 from .errors import SolverError
 from .odeint import Solution, odeint
 from .options import ADJOINT_MODES, ODEOptions
+from .records import SolverStats
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
 __all__ = ["odeint", "ODEOptions", "Solution", "SolverStats", "SolverError", "METHODS", "FIXED_METHODS",

@@ -30,7 +30,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .controller import PIController, error_ratio, initial_step
-from .core import SolverOptions, StepCheckpoint, _fail, rk_step, run_solver
+from .core import rk_step, run_solver
+from .failures import _fail
+from .records import SolverOptions, StepCheckpoint
 
 
 class _Spec:
@@ -48,7 +50,7 @@ class _OdeintAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: _Spec, y0: Tensor, *params: Tensor) -> Tensor:
         with torch.no_grad():
-            chk = [] if spec.mode == "interpolate" else None
+            chk: list | None = [] if spec.mode == "interpolate" else None
             ys, stats, _ = run_solver(spec.f, spec.tab, y0, spec.tq, spec.sign, spec.opts, checkpoints=chk)
         spec.ys, spec.stats, spec.chk = ys, stats, chk
         ctx.spec = spec
@@ -74,7 +76,7 @@ def odeint_adjoint(f, tab, y0, tq, sign, params, opts, *, mode: str, seminorm: b
 
 
 def _vjp_params(grads, params, acc):
-    for i, (gr, p) in enumerate(zip(grads, params)):
+    for i, (gr, _p) in enumerate(zip(grads, params, strict=True)):
         if gr is not None:
             acc[i] = acc[i] + gr
     return acc
@@ -173,7 +175,7 @@ class AdjointDynamics:
         if m is not None:
             dy = dy * m
         parts = [-dy.reshape(-1), vj[0].reshape(-1)]  # dσ = −dτ: (−f, +aᵀJ, +aᵀf_θ)
-        for v, p in zip(vj[1:], self.params):
+        for v, p in zip(vj[1:], self.params, strict=True):
             parts.append(v.reshape(-1) if v is not None else torch.zeros(p.numel(), dtype=self.dtype,
                                                                           device=self.device))
         return torch.cat(parts).unsqueeze(0)
@@ -303,7 +305,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
                             "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)")
     gy0 = z[0, BD : 2 * BD].view(B, D).clone()
     pg, off = [], 2 * BD
-    for p, n in zip(params, sizes):
+    for p, n in zip(params, sizes, strict=True):
         pg.append(z[0, off : off + n].view_as(p).clone())
         off += n
     info = dict(n_f_evals=torch.full((B,), aug.n_evals, dtype=torch.long, device=dev), n_steps=n_acc + n_rej,

@@ -41,7 +41,7 @@ class PIController:
     beta2: float
 
     @classmethod
-    def for_tableau(cls, tab: Tableau) -> "PIController":
+    def for_tableau(cls, tab: Tableau) -> PIController:
         q = min(tab.order, tab.error_order) + 1
         return cls(BETA1 / q, BETA2 / q)
 

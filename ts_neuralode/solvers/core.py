@@ -17,7 +17,8 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
   chain of scalar adds; the stage times are one ``addcmul``; without a gradient graph the stages are written
   into one preallocated [S, B, D] block (with one, stacked); that block is what a step records;
 * failure bookkeeping (smallest allowed step, failed / non-finite masks) is built at the first rejection only;
-* the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no autograd nodes for it (smaller graph, and
+* the step-size controller (:class:`~ts_neuralode.solvers.controller.PIController`) works on detached tensors: no
+autograd nodes for it (smaller graph, and
   gradients do not flow through step-size selection, as in diffrax);
 * a solve can continue another: ``stats.next_dt`` (each sample's last controller proposal) passed back as
   ``first_step`` skips the initial-step search (recurrent models carry it across observation intervals), and a
@@ -30,70 +31,20 @@ Performance notes (CPU, small MLP fields: the loop overhead, not the field, domi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .controller import PIController, error_ratio, initial_step
 from .dense import Records, coef_tensor, interpolate
-from .errors import SolverError
+from .failures import _classify_rejections, _fail, _raise_failures
+from .records import SolverOptions, SolverStats, StepCheckpoint, StepRecord
 from .tableaus import Tableau
 
 Func = Callable[[Tensor, Tensor], Tensor]
 
 FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and freed) every this many
-
-
-@dataclass(frozen=True)
-class SolverOptions:
-    """The options every solve shares, checked once by :func:`~ts_neuralode.solvers.odeint`."""
-
-    rtol: float
-    atol: float
-    max_steps: int
-    # adaptive methods: initial step, one float or a [B] tensor per sample (None: Hairer's automatic choice)
-    first_step: float | Tensor | None = None
-    step_size: float | None = None  # fixed-step methods: step (None: output time to output time)
-
-
-class StepRecord(NamedTuple):
-    """One iteration's step as the dense output needs it (every tensor per sample)."""
-
-    t_start: Tensor  # [B]
-    t_stop: Tensor  # [B]  (== t_start for a sample that did not advance)
-    dt: Tensor  # [B]  the step length tried
-    y_start: Tensor  # [B, D]
-    k: Tensor  # [S, B, D] the stacked stages
-
-
-class StepCheckpoint(NamedTuple):
-    """One iteration's step as the interpolated adjoint recomputes it."""
-
-    t_start: Tensor  # [B]
-    t_stop: Tensor  # [B]
-    dt: Tensor  # [B]  the length of the accepted step (0 where the sample did not move)
-    y_start: Tensor  # [B, D] the exact start state
-
-
-@dataclass
-class SolverStats:
-    """Per-sample statistics (LongTensors ``[B]``).
-
-    ``n_f_evals`` counts evaluations of the vector field a sample took part in while it was still
-    integrating (batched evaluations count once per sample). After a backward pass through the adjoint,
-    ``backward`` holds ``{"n_f_evals": int, "n_steps": int, "n_rejected": int}`` for the batch-joint
-    backward solve (one vector-Jacobian product of the augmented field = one evaluation).
-    """
-
-    n_f_evals: Tensor
-    n_accepted: Tensor
-    n_rejected: Tensor
-    backward: dict = field(default_factory=dict)
-    #: adaptive methods: each sample's next step as the controller proposed it after its last step ([B]; the
-    #: ``first_step`` of a following solve that continues from here — recurrent models carry it)
-    next_dt: Tensor | None = None
 
 
 def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tensor):
@@ -147,26 +98,8 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
     return y1, K, err
 
 
-def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str, **facts) -> SolverError:
-    """The SolverError of ``failed`` samples stopped at ``t``; ``facts`` (``max_steps``, ``needed_steps``,
-    ``step_size``) become its attributes."""
-    n = int(failed.sum())
-    tt = (t * sign)[failed] if isinstance(sign, Tensor) else t[failed] * sign
-    lo, hi = float(tt.min()), float(tt.max())
-    where = f"t={lo:.6g}" if lo == hi else f"t in [{lo:.6g}, {hi:.6g}]"
-    err = SolverError(
-        f"{tab.name}: {what} for {n} of {t.shape[0]} sample(s), stopped at {where}; {hint}"
-    )
-    err.method = tab.name
-    err.failed = failed
-    err.t_reached = t * sign
-    for name, value in facts.items():
-        setattr(err, name, value)
-    return err
-
-
 def _stack_records(recs: list[StepRecord]) -> Records:
-    ts, te, dts, ys, ks = zip(*recs)
+    ts, te, dts, ys, ks = zip(*recs, strict=True)
     return Records(
         torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
     )
@@ -405,42 +338,6 @@ def solve_interval(
     return y, stats
 
 
-def _classify_rejections(rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite):
-    """The rare path of a step loop, after a step with rejections: mark the rejected samples whose error ratio is
-    non-finite, and fail (stop at ``t``) those whose step fell below ``tiny`` (10 eps of the span's magnitude, made
-    with the failure masks at the first rejection, while ``t_end`` is still every sample's real end). Returns
-    ``(tiny, failed, nonfinite, t_end, active, any_active)``."""
-    if tiny is None:
-        eps = torch.finfo(dt.dtype).eps
-        tiny = 10 * eps * torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps)
-        failed = torch.zeros(rejected.shape[0], dtype=torch.bool, device=rejected.device)
-        nonfinite = torch.zeros_like(failed)
-    nonfinite = torch.where(rejected, ~torch.isfinite(ratio), nonfinite)
-    under = rejected & (dt < tiny)
-    if bool(under.any()):
-        failed = failed | under
-        t_end = torch.where(under, t, t_end)
-        active = active & ~under
-        any_active = bool(active.any())
-    return tiny, failed, nonfinite, t_end, active, any_active
-
-
-def _raise_failures(tab, failed, nonfinite, t, sign) -> None:
-    """After the step loop: the samples that failed (``failed``, None when no step was ever rejected) raise one
-    SolverError, non-finite state first, else step-size underflow."""
-    if failed is None or not bool(failed.any()):
-        return
-    if bool((failed & nonfinite).any()):
-        raise _fail(
-            tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
-            "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
-        )
-    raise _fail(
-        tab, "step size underflow", failed, t, sign,
-        "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
-    )
-
-
 def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
     """Outputs at tq ∈ (t_from, t_to] (per sample) from the recorded steps, merged into out_buf (None: the
     first flush; its other entries are y0); clears recs. Returns (out_buf [B, T, D], t_to)."""
@@ -496,7 +393,7 @@ def solve_fixed(
     y = y0
     recs = []
     if step_size is None:
-        if T - 1 > max_steps:
+        if max_steps < T - 1:
             raise _fail(tab, f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
                         torch.ones(B, dtype=torch.bool, device=dev), t0, sign,
                         "raise max_steps or pass fewer output times", max_steps=max_steps)

@@ -34,7 +34,8 @@ CHUNK_ELEMS = 1 << 17
 def coef_tensor(tab: Tableau, what: str, dtype: torch.dtype, device: torch.device):
     """The tableau's coefficients as small tensors, built once per (method, dtype, device).
 
-    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"c"``: ``[S, 1]``; ``"interp"``: ``[P, S]`` (power × stage).
+    ``"a"``: list of stage rows ``[1, i]``; ``"b"``, ``"e"``: ``[1, S]``; ``"c"``: ``[S, 1]``; ``"interp"``: ``[P, S]``
+    (power × stage).
     They feed one ``mm`` over the stacked stages instead of a chain of scalar adds (fewer ops per step).
     """
     key = (tab.name, what, dtype, device)

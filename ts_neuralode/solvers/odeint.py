@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .core import SolverOptions, SolverStats, run_solver, solve_interval
+from .adjoint import odeint_adjoint
+from .core import run_solver, solve_interval
 from .options import ADJOINT_MODES, DEFAULTS, ODEOptions
+from .records import SolverOptions, SolverStats
 from .tableaus import METHODS
 
 __all__ = ["odeint", "Solution", "ADJOINT_MODES"]
@@ -213,7 +216,8 @@ def odeint(
             check_inputs and not bool(((first_step > 0) & torch.isfinite(first_step)).all())
         ):
             raise ValueError(f"first_step as a tensor must be [B] = [{y0.shape[0]}] with finite entries > 0, got "
-                             f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this batch")
+                             f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this "
+                             "batch")
     elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
 
@@ -234,11 +238,10 @@ def odeint(
                          step_size=None if opt.step_size is None else float(opt.step_size))
 
     if opt.adjoint:
-        from .adjoint import odeint_adjoint
-
         if adjoint_params is None:
             if not isinstance(func, nn.Module):
-                raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to differentiate)")
+                raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to "
+                                 "differentiate)")
             adjoint_params = list(func.parameters())
         params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
         ys, stats = odeint_adjoint(f, tab, y0, tq, sign, params, opts, mode=opt.adjoint_mode, seminorm=opt.seminorm)

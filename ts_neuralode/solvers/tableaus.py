@@ -63,7 +63,7 @@ def _solve(m, r):
         for i in range(n):
             if i != col and aug[i][col] != 0:
                 f = aug[i][col]
-                aug[i] = [vi - f * vc for vi, vc in zip(aug[i], aug[col])]
+                aug[i] = [vi - f * vc for vi, vc in zip(aug[i], aug[col], strict=True)]
     return [row[n:] for row in aug]
 
 
@@ -141,7 +141,7 @@ BOSH3 = Tableau(
     (0.0, 0.5, 0.75, 1.0),
     ((), (0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9)),
     tuple(float(x) for x in _BS_B),
-    tuple(float(x - y) for x, y in zip(_BS_B, _BS_BHAT)),
+    tuple(float(x - y) for x, y in zip(_BS_B, _BS_BHAT, strict=True)),
     _hermite_interp(_BS_B, 3),
     fsal=True,
     error_order=2,
@@ -175,7 +175,7 @@ DOPRI5 = Tableau(
     (0.0, 0.2, 0.3, 0.8, 8 / 9, 1.0, 1.0),
     tuple(tuple(float(x) for x in row) for row in _DP_A),
     tuple(float(x) for x in _DP_B),
-    tuple(float(x - y) for x, y in zip(_DP_B, _DP_BHAT)),
+    tuple(float(x - y) for x, y in zip(_DP_B, _DP_BHAT, strict=True)),
     _hermite_interp(_DP_B, 6, _DP_MID),
     fsal=True,
     error_order=4,

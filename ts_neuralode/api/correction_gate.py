@@ -1,0 +1,74 @@
+"""How much of a window model's learned correction to keep, chosen on the fit's held-out validation windows.
+
+A :class:`~ts_neuralode.models.window.WindowModel` with a base forecasts ``base + correction``; training fits the
+correction on the training windows, where it can also learn noise that does not carry over. At the end of a fit
+(before the bands are calibrated, on the same windows: :func:`ts_neuralode.api.calibration.held_out_forecasts`) the
+correction's weight ``c`` in ``base + c · correction`` is chosen from :data:`WEIGHTS` by the validation error: the
+mean over series and channels of each one's MAE relative to the base's. Two forecasts suffice (``c = 0`` and
+``c = 1``: the mean is linear in ``c``). Ties keep the larger weight; ``c = 1`` is the model as trained, ``c = 0``
+its base alone. The weight is a buffer of the model (``correction_scale``), so the model directory, the MLflow
+model and every later forecast use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ts_neuralode.api.calibration import held_out_forecasts
+from ts_neuralode.models.window import WindowModel
+
+#: the correction weights the validation chooses from
+WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+#: predictive samples of the two validation forecasts (the mean of a latent model is their average)
+NUM_SAMPLES = 20
+
+
+def window_model(forecaster) -> WindowModel | None:
+    """The forecaster's window model when it corrects a base, else None."""
+    model = getattr(getattr(forecaster, "module", None), "model", None)
+    return model if isinstance(model, WindowModel) and model.base_kind != "none" else None
+
+
+def gate_correction(forecaster, datamodule) -> str | None:
+    """Set the correction weight of ``forecaster``'s window model on the held-out validation windows; returns the
+    line saying what was chosen, or None (no base, no validation split, nothing to score)."""
+    wm = window_model(forecaster)
+    if wm is None:
+        return None
+    name = forecaster.name
+    means = {}
+    try:
+        for c in (0.0, 1.0):
+            wm.set_correction_scale(c)
+            held = held_out_forecasts(forecaster, datamodule, num_samples=NUM_SAMPLES, seed=0, levels=None)
+            if held is None or held[0].empty:
+                return None
+            means[c] = held[0]
+    finally:
+        wm.set_correction_scale(1.0)
+    cv0, cv1 = means[0.0], means[1.0]
+    keys = ["unique_id"] + (["channel"] if "channel" in cv0.columns else [])
+    y = cv0["y"].to_numpy(dtype=float)
+    base, full = cv0[name].to_numpy(dtype=float), cv1[name].to_numpy(dtype=float)
+    ok = np.isfinite(y) & np.isfinite(base) & np.isfinite(full)
+    if not ok.any():
+        return None
+    groups = cv0.loc[ok, keys].astype(str).agg("/".join, axis=1).to_numpy()
+    y, base, full = y[ok], base[ok], full[ok]
+    err0 = _group_mae(groups, np.abs(base - y))
+    scale = np.where(err0 > 0, err0, 1.0)
+    score = {c: float(np.mean(_group_mae(groups, np.abs(base + c * (full - base) - y)) / scale)) for c in WEIGHTS}
+    best = min(WEIGHTS, key=lambda c: (round(score[c], 12), -c))
+    wm.set_correction_scale(best)
+    return (f"kept x{best:g} of the learned correction on its {wm.base_kind} base, chosen on {int(ok.sum())} "
+            f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}, "
+            f"x{best:g} {score[best]:.3f})")
+
+
+def _group_mae(groups: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """The mean of ``err`` per group (groups in sorted order)."""
+    _, inv = np.unique(groups, return_inverse=True)
+    return np.bincount(inv, weights=err) / np.bincount(inv)
+
+
+__all__ = ["WEIGHTS", "gate_correction", "window_model"]

@@ -1,0 +1,102 @@
+"""The API's face: :class:`Forecaster`, a trained model that forecasts (:class:`~ts_neuralode.api.predictor.Predictor`:
+``load``, ``save``, ``predict``, ``plot``) plus the verbs that reach the rest of the API: :meth:`Forecaster.fit`
+(:mod:`ts_neuralode.api.fitting`, or the automatic model choice), :meth:`Forecaster.cross_validation`
+(:mod:`ts_neuralode.api.backtest`) and :meth:`Forecaster.load` of an ensemble directory
+(:mod:`ts_neuralode.api.model_choice_ensemble`).
+
+    from ts_neuralode.api.forecaster import Forecaster
+    fc = Forecaster.load("demo_output/model")             # a model directory, or a Lightning .ckpt
+    out = fc.predict(history_df, horizon="30D", num_samples=100, level=[50, 90])
+
+It sits on top of the API so that the modules it calls build plain predictors and never import it (the fit, the
+backtest and the model choice take the class to build as ``forecaster_cls``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ts_neuralode.api.backtest import cross_validation
+from ts_neuralode.api.fitting import fit
+from ts_neuralode.api.model_choice import fit_auto
+from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.core.threads import configure_threads
+from ts_neuralode.data.io import as_frame
+from ts_neuralode.errors import ConfigError
+
+
+class Forecaster(Predictor):
+    """A trained model that forecasts (see :class:`~ts_neuralode.api.predictor.Predictor` for the arguments), with
+    :meth:`fit` and :meth:`cross_validation`."""
+
+    @classmethod
+    def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
+            model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
+            callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
+            tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
+            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> Forecaster:
+        """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
+        checkpoints, model export and MLflow tracking; :func:`ts_neuralode.api.fitting.train`) and return it fitted.
+
+        Args:
+            data: a DataFrame (handed to the data module in memory) or a CSV / Parquet path.
+            model: a model name (``latent_ode``, ``ode_rnn``, ``gru_ode``) or a config file (``configs/demo.yaml``).
+            data_options / model_options / trainer: ``--data.*`` / ``--model.*`` / ``--trainer.*`` options as dicts
+                (``{"evolution": {"kind": "gru_flow"}}`` for ``--model.evolution.kind``); they override the config.
+            callbacks: extra Lightning callbacks for the Trainer (e.g. an Optuna pruning callback).
+            output_dir: checkpoints (``checkpoints/``), the model directory (``model/``) and the resolved options
+                (``config.yaml``) go here.
+            tracking, tracking_uri, experiment_name, run_name, log_model: MLflow, as the CLI options of those names.
+            seed: ``--seed_everything``.
+        The returned forecaster's ``fit_info`` holds ``monitor`` (the metric the best checkpoint follows:
+        ``val_loss``, or ``train_loss`` without validation) and ``best_score`` (its best value, a float), the
+        resolved options (``config``), the ``ts-neuralode fit`` command line that reproduces the fit (``argv``), the
+        directories and the MLflow run id.
+        ``model="auto"``: the automatic model choice (:func:`ts_neuralode.api.model_choice.fit_auto`; its options
+        ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``auto``).
+        """
+        configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.core.threads)
+        if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
+            return fit_auto(as_frame(data), data_options=data_options, model_options=model_options, trainer=trainer,
+                            callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                            experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                            forecaster_cls=cls, **auto)
+        if auto:
+            raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
+                              "model choice)")
+        return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
+                   callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
+                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
+                   forecaster_cls=cls)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
+             name: str | None = None):
+        """As :meth:`Predictor.load <ts_neuralode.api.predictor.Predictor.load>`; a directory written by an
+        :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` loads as one (its members as this
+        class)."""
+        if transform is None and is_ensemble_dir(path):
+            return EnsembleForecaster.load(path, map_location=map_location, member_cls=cls)
+        return super().load(path, transform=transform, map_location=map_location, name=name)
+
+    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
+                         cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
+                         refit: bool | int = False, fit_args: Sequence[str] | str | None = None,
+                         **options: Any) -> pd.DataFrame:
+        """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
+        <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
+        ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
+        windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
+        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
+        :mod:`ts_neuralode.api.backtest` (also :func:`ts_neuralode.api.backtest.evaluate` for the metrics)."""
+        return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
+                                refit=refit, fit_args=fit_args, forecaster_cls=type(self), **options)
+
+
+__all__ = ["Forecaster"]

@@ -1,0 +1,413 @@
+"""The automatic model choice: ``Forecaster.fit(data, "auto", budget=...)`` / ``ts-neuralode fit --model auto``.
+
+It searches the model families (latent ODE, ODE-RNN, GRU-ODE) × evolutions (ODE, GRU / coupling / ResNet flow)
+and their key options (:data:`ts_neuralode.api.model_choice_space.SEARCH_SPACE`, a declared table) with Optuna, on the
+forecast task's **time split**: every trial trains on each series' history before its last ``horizon`` and is
+scored on that last horizon (``data.train_end`` moves the cut to one time for every series). The score is the
+validation metric (``val_mae`` by default: comparable across families, unlike their losses), its best epoch.
+
+* **pruning**: :class:`TrialCallback` reports the metric to Optuna after every validation; a trial the pruner
+  (median rule by default) finds hopeless stops there;
+* **budget**: a number of trials (the study's total, across workers and resumes) and/or a wall time for this call;
+* **storage**: ``storage="sqlite:///study.db"`` (or PostgreSQL on a cluster) keeps the study; the same storage and
+  ``study_name`` resume it after an interruption (an interrupted trial is run again with its parameters), and
+  several processes or machines sharing them split the trials between them (``worker=True``: search only);
+* **MLflow**: a parent run for the search, each trial (and each refit) a child run with its per-epoch metrics;
+* **result**: the best trial refitted on train + validation for its best number of epochs and returned as a
+  :class:`~ts_neuralode.api.forecaster.Forecaster`; or with ``ensemble=k`` the top ``k`` as an
+  :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` (a mixture of their predictive samples).
+
+Candidates are neural models only: a naive or statistical forecast is never returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ts_neuralode.api.fitting import fit
+from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary
+from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
+from ts_neuralode.api.model_choice_space import (
+    SEARCH_SPACE,
+    Param,
+    check_space,
+    describe,
+    nest,
+    sample,
+    starting_points,
+)
+from ts_neuralode.api.model_choice_study import (
+    ATTR,
+    DEFAULT_EPOCHS,
+    DEFAULT_METRIC,
+    DEFAULT_STUDY,
+    DEFAULT_TRIALS,
+    Budget,
+    SearchResult,
+    _counts,
+    _data_digest,
+    _fingerprint,
+    _fixed_options,
+    _prepare_data,
+    _require_optuna,
+    _wait_attr,
+)
+from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
+
+try:
+    import optuna
+except ImportError:  # pragma: no cover - optuna is a dependency; a broken install gets one line
+    optuna = None
+
+#: trainer options of every trial unless the user sets them
+TRIAL_TRAINER = {"max_epochs": DEFAULT_EPOCHS, "gradient_clip_val": 1.0, "enable_progress_bar": False,
+                 "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1}
+HEARTBEAT_S = 10       # a running trial records a heartbeat this often (RDB storages)
+GRACE_S = 60           # a trial without one for this long is stale: its worker died; it is failed and run again
+
+
+# -- budget -------------------------------------------------------------------------------------------------
+
+
+# -- the Lightning callback of a trial ----------------------------------------------------------------------
+
+
+# -- the study ----------------------------------------------------------------------------------------------
+def _storage(url: str | None):
+    """An Optuna storage: None -> in memory (no resume); a URL (``sqlite:///…``, ``postgresql://…``) -> RDB with
+    heartbeats (a dead worker's trial is failed after GRACE_S and run again); a bare path -> a sqlite file."""
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    url = str(url)
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).resolve()}"
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # workers wait for each other's writes
+        if ":///" in url:
+            Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    for attempt in range(4):  # workers starting together race to create the tables: the losers try again
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                  heartbeat_stale_trial_callback=retry, **kwargs)
+        except Exception as err:  # sqlalchemy: bad URL, unreachable server, missing driver, a race
+            if attempt < 3 and "://" in url and not isinstance(err, (ImportError, ValueError)):
+                time.sleep(1.0 + attempt)
+                continue
+            first = " ".join(str(err).split())[:300]
+            raise ConfigError(f"storage={url!r}: cannot open the Optuna storage ({first}); pass e.g. "
+                              "sqlite:///study.db or postgresql://user:pass@host/db") from err
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every HEARTBEAT_S seconds while it runs (RDB storages)."""
+
+    def __init__(self, storage, trial_id: int | None) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.stop = threading.Event()
+        self.thread = None
+
+    def __enter__(self):
+        if self.trial_id is not None and hasattr(self.storage, "record_heartbeat") and \
+                self.storage.get_heartbeat_interval():
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.storage.record_heartbeat(self.trial_id)
+            if self.stop.wait(HEARTBEAT_S):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _open_study(storage_url, study_name, pruner, settings):
+    storage = _storage(storage_url)
+    name = study_name or DEFAULT_STUDY
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+            created = False
+    fp = _fingerprint(settings)
+    if created:
+        study.set_user_attr(f"{ATTR}.fingerprint", fp)
+        study.set_user_attr(f"{ATTR}.settings", json.loads(json.dumps(settings, default=str)))
+    else:
+        stored = _wait_attr(study, f"{ATTR}.fingerprint", 10.0)
+        if stored is None:
+            raise ConfigError(f"study {name!r} at {storage_url} was not made by the model choice; pass another "
+                              "study_name")
+        if stored != fp:
+            old = study.user_attrs.get(f"{ATTR}.settings") or {}
+            new = json.loads(json.dumps(settings, default=str))
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"study {name!r} at {storage_url} was started with other settings ({', '.join(diff)} "
+                              "differ); resume it with the same data and options, or pass another study_name")
+    return storage, study, created
+
+
+# -- MLflow -------------------------------------------------------------------------------------------------
+
+
+# -- the search ---------------------------------------------------------------------------------------------
+def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
+           model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
+           callbacks: Sequence | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
+           tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
+           run_name: str | None = None, seed: int = 0, budget: Any = DEFAULT_TRIALS, metric: str = DEFAULT_METRIC,
+           space: Sequence[Param] | None = None, storage: str | None = None, study_name: str | None = None,
+           pruner=None, enqueue: Sequence[Mapping[str, Any]] | None = None, patience: int | None = None,
+           progress: bool | None = None) -> SearchResult:
+    """Run trials until the budget is spent (see the module docstring); returns the :class:`SearchResult`.
+
+    Args as :func:`fit_auto`; ``enqueue``: configurations to try first (``{"model.model": "ode_rnn", "model.lr":
+    0.01}``; options not given are sampled)."""
+    _require_optuna()
+    budget = Budget.coerce(budget)
+    space = check_space(SEARCH_SPACE if space is None else space)
+    out = Path(output_dir)
+    fixed = _fixed_options(data_options, model_options, trainer)
+    path = _prepare_data(data, out)
+    defaults = {f"trainer.{k}": v for k, v in TRIAL_TRAINER.items()}
+    if not tracking:
+        defaults["trainer.logger"] = False
+    epochs = int(fixed.get("trainer.max_epochs", DEFAULT_EPOCHS))
+    if pruner is None:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
+    settings = {"data": _data_digest(path), "fixed": fixed, "metric": metric, "seed": seed,
+                "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
+                "space": [repr(p) for p in space]}
+    storage_obj, study, created = _open_study(storage, study_name, pruner, settings)
+    track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
+    parent = track.parent(study, created, {"budget_trials": budget.trials, "budget_time_s": budget.time,
+                                           "metric": metric, "study_name": study.study_name,
+                                           "storage": storage or "memory", "data": str(path),
+                                           **{f"fixed/{k}": v for k, v in fixed.items()}})
+    if created:  # a resumed study has them queued (or done) already
+        for params in starting_points(fixed) if enqueue is None else enqueue:
+            study.enqueue_trial(dict(params))
+    study_id = storage_obj.get_study_id_from_name(study.study_name)
+    deadline = None if budget.time is None else time.monotonic() + budget.time
+    n_startup = 10 if budget.trials is None else min(10, max(2, budget.trials // 2))
+    done_before = sum(1 for t in study.get_trials(deepcopy=False) if "outcome" in t.user_attrs)
+    bar = _Progress(progress, budget.trials, min(done_before, budget.trials or done_before))
+    result = SearchResult(study, parent, "trials", settings=settings)
+    status = "FINISHED"
+    try:
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                result.stop_reason = "time"
+                break
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(study)
+            trial = _claim(study, storage_obj, study_id, budget.trials)
+            if trial is None:
+                break
+            study.sampler = optuna.samplers.TPESampler(seed=(int(seed) * 100_003 + trial.number) % 2**32,
+                                                       n_startup_trials=n_startup)
+            _run_trial(trial, study, storage_obj, study_id, space, fixed, defaults, path, out, callbacks, track,
+                       parent, seed, metric, deadline, patience, bar, result)
+            result.ran.append(trial.number)
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        if status == "KILLED":
+            track.end(parent, "KILLED")
+    return result
+
+
+def _claim(study, storage, study_id: int, budget_trials: int | None):
+    """The next trial of the study within the trials budget, or None when the budget is spent. Trials are numbered
+    by the storage in one transaction, so workers racing for the last trial agree: the one whose trial ranks past
+    the budget puts it back in the queue (a resume with a larger budget runs it first)."""
+    if budget_trials is not None and sum(_counts(t) for t in study.get_trials(deepcopy=False)) >= budget_trials:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
+        trial = study.ask()
+    if budget_trials is None:
+        return trial
+    rank = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counts(t))
+    if rank >= budget_trials:
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_state_values(tid, optuna.trial.TrialState.WAITING)
+        return None
+    return trial
+
+
+def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, out, callbacks, track, parent, seed,
+               metric, deadline, patience, bar, result) -> None:
+    States = optuna.trial.TrialState
+    n = trial.number
+    searched, options = sample(trial, space, fixed)
+    full = {**defaults, **options}
+    label = describe(searched)
+    trial.set_user_attr("options", json.loads(json.dumps(full, default=str)))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    tdir = out / "trials" / f"trial_{n:04d}"
+    if tdir.exists():  # an earlier, interrupted attempt of this number (or of a stale run)
+        shutil.rmtree(tdir, ignore_errors=True)
+    tdir.mkdir(parents=True, exist_ok=True)
+    groups = nest(full)
+    model = groups["model"].pop("model", "latent_ode")
+    cb = TrialCallback(trial, metric, deadline=deadline, patience=patience, parent_run_id=parent,
+                       tags={"ts_neuralode.trial": str(n), "ts_neuralode.study": study.study_name})
+    tid = storage.get_trial_id_from_study_id_trial_number(study_id, n)
+    started = time.monotonic()
+    fc, reason = None, None
+    try:
+        with _Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
+            fc = fit(str(path), model, data_options=groups["data"], model_options=groups["model"],
+                     trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=tdir,
+                     tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
+                     run_name=f"trial_{n:04d}", log_model=False, seed=seed)
+    except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
+        _abandon(study, trial, track, cb, retry=False)
+        raise _user_error(err, n, label) from err
+    except (TSNeuralODEError, SolverError) as err:  # NaN loss, a solver that cannot finish: this configuration fails
+        reason = " ".join(str(err).split())[:500]
+    except Exception as err:  # a bug met by one configuration: recorded (traceback in the trial's log), search goes on
+        import traceback
+
+        message = getattr(err, "ts_neuralode_message", None)  # TrainingGuard's line for a failing solve
+        if message is None:
+            with open(tdir / "log.txt", "a", encoding="utf-8") as log:
+                traceback.print_exc(file=log)
+        reason = (" ".join(str(message).split())[:500] if message is not None else
+                  f"{type(err).__name__}: {' '.join(str(err).split())[:400]} (traceback in {tdir / 'log.txt'})")
+    except BaseException:  # Ctrl-C (Lightning turns it into SystemExit), SIGTERM: run it again when resumed
+        _abandon(study, trial, track, cb, retry=True)
+        raise
+    seconds = time.monotonic() - started
+    shutil.rmtree(tdir / "checkpoints", ignore_errors=True)  # the model directory holds the best weights
+    trial.set_user_attr("seconds", round(seconds, 3))
+    trial.set_user_attr("epochs", len(cb.values))
+    if cb.run_id:
+        trial.set_user_attr("mlflow_run_id", cb.run_id)
+    if fc is not None:
+        trial.set_user_attr("model_dir", str(Path(fc.fit_info["model_dir"]).resolve()))
+        trial.set_user_attr("monitor", fc.fit_info.get("monitor"))
+        trial.set_user_attr("best_score", fc.fit_info.get("best_score"))
+    if reason is None and cb.pruned:
+        outcome, state = "pruned", States.PRUNED
+    elif reason is None and math.isfinite(cb.best):
+        outcome, state = "complete", States.COMPLETE
+        trial.set_user_attr("best_epoch", cb.best_epoch)
+    else:
+        outcome, state = "failed", States.FAIL
+        reason = reason or ("stopped by the time budget before its first validation" if cb.stopped_by_time else
+                            f"no finite {metric}")
+        trial.set_user_attr("reason", reason)
+    if cb.stopped_by_time:
+        trial.set_user_attr("stopped_by_time", True)
+    trial.set_user_attr("outcome", outcome)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.tell(trial, cb.best if state == States.COMPLETE else None, state=state)
+    track.tag(cb.run_id, {"ts_neuralode.outcome": outcome},
+              {"trial_value": cb.best} if state == States.COMPLETE else None)
+    best = result.best(1)
+    best_txt = f"best {best[0].value:.4g} (trial {best[0].number})" if best else "no complete trial yet"
+    if outcome == "complete":
+        what = f"{metric}={cb.best:.4g} at epoch {cb.best_epoch}"
+    elif outcome == "pruned":
+        what = f"pruned after epoch {cb.values and len(cb.values) - 1}"
+    else:
+        what = f"failed: {reason}"
+    done = len(result.trials())
+    of = "" if bar.total is None else f"/{bar.total}"
+    bar.trial(f"[{done}{of}] trial {n} {label}: {what} in {seconds:.1f}s; {best_txt}", best_txt)
+
+
+def _abandon(study, trial, track, cb, retry: bool) -> None:
+    """Fail an interrupted trial without an outcome (it does not use the budget) and, with ``retry``, queue its
+    parameters to run again first when the search resumes."""
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if retry:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
+    track.tag(cb.run_id, {"ts_neuralode.outcome": "interrupted"})
+    track.end(cb.run_id, "KILLED")
+
+
+# -- refit and result ---------------------------------------------------------------------------------------
+
+
+def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
+             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
+             callbacks: Sequence | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
+             tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
+             run_name: str | None = None, log_model: bool = True, seed: int = 0, budget: Any = DEFAULT_TRIALS,
+             metric: str = DEFAULT_METRIC, space: Sequence[Param] | None = None, ensemble: int = 1,
+             refit: bool = True, storage: str | None = None, study_name: str | None = None, pruner=None,
+             enqueue: Sequence[Mapping[str, Any]] | None = None, patience: int | None = None,
+             progress: bool | None = None, forecaster_cls: type[Predictor] = Predictor):
+    """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
+
+    Args:
+        data, data_options, model_options, trainer, callbacks, output_dir, tracking, tracking_uri, experiment_name,
+            run_name, log_model, seed: as :meth:`Forecaster.fit` (the options given are fixed, not searched;
+            ``data_options`` needs the forecast ``horizon``; ``trainer.max_epochs`` (default 20) bounds each trial).
+        budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
+            (``{"trials": 20, "time": "1h"}``); default 20 trials.
+        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
+        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
+        ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
+        refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
+            return the trials' own models, trained without the validation horizon).
+        storage, study_name: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory)
+            and the study in it: the same pair resumes a search and lets several workers share it.
+        pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
+        enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
+            :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
+        patience: stop a trial after this many validations without improvement (None: run all epochs).
+        progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
+    """
+    _require_optuna()
+    if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
+        raise ConfigError(f"ensemble={ensemble!r} must be an integer >= 1 (the number of best trials to mix)")
+    out = Path(output_dir)
+    result = search(data, data_options=data_options, model_options=model_options, trainer=trainer,
+                    callbacks=callbacks, output_dir=out, tracking=tracking, tracking_uri=tracking_uri,
+                    experiment_name=experiment_name, run_name=run_name, seed=seed, budget=budget, metric=metric,
+                    space=space, storage=storage, study_name=study_name, pruner=pruner, enqueue=enqueue,
+                    patience=patience, progress=progress)
+    return finish(result, data, out, ensemble=ensemble, refit=refit, callbacks=callbacks, tracking=tracking,
+                  tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed, log_model=log_model,
+                  forecaster_cls=forecaster_cls)
+
+
+__all__ = ["Budget", "DEFAULT_METRIC", "SearchResult", "TrialCallback", "finish", "fit_auto", "refit_trial", "search",
+           "summary"]

@@ -1,0 +1,96 @@
+"""How the ``ts-neuralode`` subcommands read their options (the CLI layer only; nothing below imports this).
+
+Every subcommand parser is a jsonargparse parser made by :func:`subcommand_parser`: ``--config FILE`` (YAML with
+the same keys), ``--print_config`` (the resolved options as YAML), ``--help`` listing each option with its type,
+default and description; options are spelled in snake_case. :func:`parse` refuses an old spelling (``--n-series``,
+``--no_tracking``) with one line naming the new one, and :func:`cli_words` rewrites the API's words in an error
+(``pass time_col=...``) into the option that sets it (``--data.time_col``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from ts_neuralode.errors import ConfigError
+
+PROG = "ts-neuralode"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """argparse help that names each option's default (unless its help already does): ``benchmark --help``."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def name_defaults(parser) -> None:
+    """Give the options of an argparse ``parser`` that have no help text one naming their default (argparse shows
+    no line at all for them, so :class:`DefaultsHelpFormatter` alone cannot)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+
+
+def subcommand_parser(name: str, description: str):
+    """A jsonargparse parser for ``ts-neuralode NAME`` with ``--config`` and ``--print_config``."""
+    p = ArgumentParser(prog=f"{PROG} {name}", description=description, exit_on_error=False, default_meta=False,
+                       allow_abbrev=False)  # no silent abbreviations
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (the keys of "
+                                                            "--print_config); later options override it")
+    return p
+
+
+def _option_names(parser) -> set[str]:
+    names: set[str] = set()
+    for action in parser._actions:  # jsonargparse keeps argparse's action list
+        names.update(s for s in action.option_strings if s.startswith("--"))
+    return names
+
+
+def check_spelling(argv: Sequence[str], parser, renames: Mapping[str, str] | None = None) -> None:
+    """One line for an option spelled as in older versions: ``renames`` maps an old option to the words of its new
+    form (``{"--no_tracking": "--tracking false"}``); an unknown ``--a-b`` whose ``--a_b`` exists is named too."""
+    known = _option_names(parser)
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        if renames and name in renames:
+            raise ConfigError(f"{parser.prog}: {name} is now {renames[name]}")
+        snake = "--" + name[2:].replace("-", "_")
+        if name not in known and snake in known:
+            raise ConfigError(f"{parser.prog}: {name} is now {snake} (options are spelled in snake_case)")
+
+
+def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None):
+    """The parsed options (a jsonargparse Namespace); a bad option is one line (ConfigError) naming the fix."""
+    argv = list(argv)
+    check_spelling(argv, parser, renames)
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{parser.prog}: {' '.join(str(err).split())}; see '{parser.prog} --help'") from err
+
+
+#: API argument names (``pass time_col=...``) and the CLI options that set them
+DATA_OPTIONS = ("id_col", "time_col", "value_cols", "mask_cols", "time_unit", "format", "duplicates", "time_scale",
+                "future_cols", "past_cols", "static_cols", "calendar", "future_interp", "horizon", "context", "task",
+                "train_end", "season", "val_fraction", "test_fraction", "split_by", "windows_per_series", "layout")
+_API_WORDS = re.compile(r"\b(pass|use|set|give|raise|lower|drop) (" + "|".join(DATA_OPTIONS) + r")=")
+
+
+def cli_words(message: str, group: str = "data") -> str:
+    """``pass time_col=...`` -> ``pass --data.time_col ...``: an API error in the words of the command line."""
+    return _API_WORDS.sub(lambda m: f"{m.group(1)} --{group}.{m.group(2)} ", message)
+
+
+__all__ = ["DefaultsHelpFormatter", "name_defaults", "subcommand_parser", "parse", "check_spelling", "cli_words",
+           "DATA_OPTIONS"]

@@ -1,0 +1,1 @@
+"""Services beside the API (MLflow: :mod:`.mlflow`)."""
