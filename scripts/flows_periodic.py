@@ -168,7 +168,8 @@ def report(args, argv, csv: Path, desc, variants, kinds) -> int:
         desc = str(df["setting"].dropna().iloc[-1])
     d = EvolutionConfig()
     defaults = (f"Package defaults of the flow options (EvolutionConfig): time_embedding {d.time_embedding!r}, "
-                f"time_embedding_features {d.time_embedding_features}, flow_layers {d.flow_layers}, num_layers "
+                f"time_embedding_features {d.time_embedding_features}, time_input_features {d.time_input_features}, "
+                f"flow_layers {d.flow_layers}, num_layers "
                 f"{d.num_layers}, coeff {d.coeff}; hidden_dim 64 (the model's).")
     sections = [defaults]
     shown = ""
