@@ -339,7 +339,8 @@ def test_fast_tanh_is_tanh(margin):
 
 # ------------------------------------------------------------------------------------ defaults (declared once)
 
-FLOW_OPTIONS = ("time_embedding", "time_embedding_features", "coeff", "flow_layers", "num_layers", "activation")
+FLOW_OPTIONS = ("time_embedding", "time_embedding_features", "time_input_features", "coeff", "flow_layers", "num_layers",
+                "activation")
 
 
 @pytest.mark.parametrize("ctor", [ResNetFlowLayer, GRUFlowLayer, CouplingFlowLayer, ResNetFlow, GRUFlow, CouplingFlow,
@@ -394,3 +395,64 @@ def test_a_default_flow_learns_sinusoids_of_a_given_frequency(kind, margin):
     with torch.no_grad():
         mse = float(((dec(evo(enc(torch.eye(3)), t)).squeeze(-1) - y) ** 2).mean())
     margin("MSE of the fitted sinusoids", mse, 0.05)
+
+
+# ---------------------------------------------------------------- the residual flows' unconstrained time input
+
+
+@pytest.mark.parametrize("kind", ["resnet_flow", "gru_flow"])
+def test_time_input_keeps_identity_invertibility_and_the_state_contraction(kind, margin):
+    """``time_input_features`` adds an unconstrained path from ``t`` into the residual network: ``F(0, x) = x``
+    still holds exactly, the fixed-point inverse still recovers ``x`` under a bounded embedding, and the
+    Lipschitz constant in the state is bounded exactly as without it (the time path does not read the state)."""
+    torch.manual_seed(TEST_SEED)
+    flow = _flow(kind, 4, flow_layers=2, time_input_features=6).eval()
+    assert flow.guaranteed_invertible and all(layer.time_input is not None for layer in flow.layers)
+    x = torch.rand(8, 12, 4) * 1.8 - 0.9  # inside the GRU flow's state box
+    assert torch.equal(flow(torch.zeros(8, 12, 1), x), x)
+    t = torch.linspace(0, 5, 12).view(1, 12, 1)
+    with torch.no_grad():  # a strong time path: the residual's time dependence far from small
+        for layer in flow.layers:
+            layer.time_input.linear.weight.mul_(10.0)
+    y = flow(t, x)
+    assert (y - x).abs().max() > 1e-2
+    margin("inverse error", float((flow.inverse(t, y) - x).abs().max()), 1e-4)
+    layer = flow.layers[0]
+    for tv in (0.5, 2.0):
+        g = lambda h: layer.residual(torch.full((*h.shape[:-1], 1), tv), h)  # noqa: E731
+        jac = _max_jacobian_norm(g, torch.rand(256, 4) * 1.8 - 0.9)
+        bound = lipschitz_upper_bound(layer.net) if kind == "resnet_flow" else 1.0
+        margin(f"Lip_x of the residual at t={tv}", jac, bound, tol=1e-5)
+
+
+def test_time_input_lifts_the_bound_on_the_residuals_time_derivative(margin):
+    """Without it the ResNet residual reads ``t`` through its spectrally normalised input layer, so
+    ``|∂g/∂t| <= coeff^3`` (0.73): every fast oscillation in time must come from ``φ(t)``. With it the time
+    derivative is unconstrained (measured in results/flows_periodic.md: the probe of the periodic family at
+    the benchmark's 240 steps)."""
+    torch.manual_seed(TEST_SEED)
+    t = torch.linspace(0, 5, 200).view(200, 1).requires_grad_()
+    x = torch.randn(1, 4).expand(200, 4)
+    slopes = {}
+    for k in (0, 8):
+        layer = ResNetFlowLayer(4, hidden_dim=32, time_input_features=k).eval()
+        if k:
+            with torch.no_grad():
+                layer.time_input.linear.weight.mul_(5.0)
+        (dg,) = torch.autograd.grad(layer.residual(t, x).sum(), t)  # sum over channels: |.| <= sqrt(D) * Lip
+        slopes[k] = float(dg.abs().max())
+    margin("no time input: max |d(sum g)/dt| <= 2 * 0.9^3", slopes[0], 2 * 0.9**3, tol=1e-5)
+    margin("time input: max |d(sum g)/dt| above that bound", slopes[8], 2 * 0.9**3, above=True)
+
+
+def test_time_input_features_is_one_evolution_option():
+    from ts_neuralode.models.evolution import make_evolution
+    from ts_neuralode.models.evolution_config import EvolutionConfig
+
+    assert EvolutionConfig().time_input_features == 0  # default: the flows as they were
+    assert make_evolution("resnet_flow", 3).flow.layers[0].time_input is None
+    evo = make_evolution("gru_flow", 3, time_input_features=4)
+    assert evo.flow.layers[0].time_input.freq.shape == (4,)
+    assert make_evolution("coupling_flow", 3, time_input_features=4) is not None  # ignored by the coupling flow
+    with pytest.raises(ConfigError, match="time_input_features"):
+        EvolutionConfig(kind="resnet_flow", time_input_features=-1)

@@ -265,7 +265,7 @@ class FlowEvolution(Evolution):
     Args:
         dim: state size H.
         config: the :class:`EvolutionConfig` (``kind`` a flow; ``flow_layers``, ``hidden_dim``, ``num_layers``,
-            ``activation``, ``time_embedding``, ``time_embedding_features``, ``coeff``: see
+            ``activation``, ``time_embedding``, ``time_embedding_features``, ``time_input_features``, ``coeff``: see
             :func:`ts_neuralode.models.flows.make_flow`; solver options are unused).
         flow: a ready :class:`Flow` (overrides the config's flow options).
     """
@@ -279,6 +279,7 @@ class FlowEvolution(Evolution):
                 config.kind, dim + self.control_dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
                 num_layers=config.num_layers, activation=config.activation, time_embedding=config.time_embedding,
                 time_embedding_features=config.time_embedding_features, coeff=config.coeff,
+                time_input_features=config.time_input_features,
             )
         elif flow.dim != dim + self.control_dim:
             raise ConfigError(f"flow has dim={flow.dim} but the evolution was built for dim={dim + self.control_dim}")

@@ -57,6 +57,11 @@ class EvolutionConfig:
             "fourier_bounded" in results/flows_periodic.md), "fourier_bounded", "tanh", "log", "linear" (see
             :mod:`ts_neuralode.models.time_embedding`); time_embedding_features: its width. These fields are the
             one declaration of the flows' defaults (:mod:`ts_neuralode.models.flows` reads them from here).
+        time_input_features: how the residual flows' (ResNet, GRU) networks read ``t``: 0 (default) the raw time
+            inside their spectrally normalised input layer, so ``|∂g/∂t| < coeff^L`` and every oscillation must come
+            from ``φ(t)``; K > 0 also K trainable sinusoid pairs ``[sin(a t), cos(a t)]`` through an *unconstrained*
+            linear map (``Lip_x(g)``, hence invertibility, unchanged). Measured in results/flows_periodic.md.
+            The coupling flow's networks are unconstrained already and ignore it.
         coeff: spectral-norm bound (0, 1) of the residual flows' networks.
     """
 
@@ -76,6 +81,7 @@ class EvolutionConfig:
     flow_layers: int = 2
     time_embedding: str = "fourier"
     time_embedding_features: int = 8
+    time_input_features: int = 0
     coeff: float = 0.9
 
     def __post_init__(self) -> None:
@@ -159,6 +165,7 @@ def _validate(c: EvolutionConfig) -> None:
     _int(c.num_layers, "num_layers", minimum=0)
     _int(c.flow_layers, "flow_layers")
     _int(c.time_embedding_features, "time_embedding_features")
+    _int(c.time_input_features, "time_input_features", minimum=0)
     _int(c.max_steps, "max_steps")
     if c.vector_field is not None:
         check_choice(c.vector_field, "vector_field", VECTOR_FIELDS)

@@ -92,6 +92,25 @@ def expand_time(t: Tensor, x: Tensor) -> Tensor:
     return t.expand(*x.shape[:-1], 1)
 
 
+class TimeInput(nn.Module):
+    """An unconstrained path from ``t`` into a residual flow's network: ``W [sin(a t), cos(a t)]`` with ``K``
+    trainable angular frequencies ``a`` (log-uniform over [0.5, 8] radians per time unit at initialisation) and
+    an ordinary (not spectrally normalised) linear map ``W`` to ``out_dim`` pre-activations. It adds nothing to
+    ``Lip_x`` of the network, so the flow's invertibility is what it was; it lifts the bound ``|∂g/∂t| < coeff^L``
+    that a spectrally normalised input layer puts on the time dependence (see ``time_input_features`` in
+    :class:`~ts_neuralode.models.evolution_config.EvolutionConfig`)."""
+
+    def __init__(self, num_features: int, out_dim: int) -> None:
+        super().__init__()
+        k = check_positive_int(num_features, "time_input_features")
+        self.freq = nn.Parameter(torch.empty(k).uniform_(math.log(0.5), math.log(8.0)).exp())
+        self.linear = nn.Linear(2 * k, out_dim, bias=False)
+
+    def forward(self, t: Tensor) -> Tensor:
+        a = t * self.freq  # [..., 1] * [K]
+        return self.linear(torch.cat([torch.sin(a), torch.cos(a)], dim=-1))
+
+
 class Flow(nn.Module):
     """Base class: ``forward(t, x) -> y`` and ``inverse(t, y) -> x``, both ``[..., D]``."""
 
@@ -168,6 +187,7 @@ class ResNetFlowLayer(ResidualFlowLayer):
         activation: str = _D.activation,
         time_embedding: str = _D.time_embedding,
         time_embedding_features: int = _D.time_embedding_features,
+        time_input_features: int = _D.time_input_features,
         coeff: float = _D.coeff,
         n_power_iterations: int = 3,
     ) -> None:
@@ -176,9 +196,18 @@ class ResNetFlowLayer(ResidualFlowLayer):
             dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation,
             coeff=coeff, n_power_iterations=n_power_iterations,
         )
+        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
+        # added to the first layer's pre-activations (hidden_dim wide; dim when the net is one linear map)
+        self.time_input = TimeInput(k, self.net[0].out_features) if k else None
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.net(torch.cat([x, expand_time(t, x)], dim=-1))
+        inp = torch.cat([x, expand_time(t, x)], dim=-1)
+        if self.time_input is None:
+            return self.net(inp)
+        h = self.net[0](inp) + self.time_input(t)
+        for layer in self.net[1:]:
+            h = layer(h)
+        return h
 
 
 class GRUFlowLayer(ResidualFlowLayer):
@@ -190,6 +219,7 @@ class GRUFlowLayer(ResidualFlowLayer):
         *,
         time_embedding: str = _D.time_embedding,
         time_embedding_features: int = _D.time_embedding_features,
+        time_input_features: int = _D.time_input_features,
         coeff: float = _D.coeff,
         n_power_iterations: int = 3,
     ) -> None:
@@ -198,13 +228,19 @@ class GRUFlowLayer(ResidualFlowLayer):
         self.lin_z = SpectralNormLinear(dim + 1, dim, **kw)
         self.lin_r = SpectralNormLinear(dim + 1, dim, **kw)
         self.lin_c = SpectralNormLinear(dim + 1, dim, **kw)
+        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
+        # one unconstrained time term per gate pre-activation (z, r, c)
+        self.time_input = TimeInput(k, 3 * dim) if k else None
 
     def residual(self, t: Tensor, h: Tensor) -> Tensor:
+        tz = tr = tc = 0.0
+        if self.time_input is not None:
+            tz, tr, tc = self.time_input(t).chunk(3, dim=-1)
         t = expand_time(t, h)
         ht = torch.cat([h, t], dim=-1)
-        z = 0.4 * torch.sigmoid(self.lin_z(ht))
-        r = 0.8 * torch.sigmoid(self.lin_r(ht))
-        c = fast_tanh(self.lin_c(torch.cat([r * h, t], dim=-1)))
+        z = 0.4 * torch.sigmoid(self.lin_z(ht) + tz)
+        r = 0.8 * torch.sigmoid(self.lin_r(ht) + tr)
+        c = fast_tanh(self.lin_c(torch.cat([r * h, t], dim=-1)) + tc)
         return z * (c - h)
 
 
@@ -331,14 +367,15 @@ def make_flow(
     activation: str = _D.activation,
     time_embedding: str = _D.time_embedding,
     time_embedding_features: int = _D.time_embedding_features,
+    time_input_features: int = _D.time_input_features,
     coeff: float = _D.coeff,
     n_power_iterations: int = 3,
 ) -> FlowStack:
     """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``).
 
     Options that a kind has no use for are ignored (the GRU flow's gates are single linear maps, so it
-    ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff``), so one set of
-    options serves every kind.
+    ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff`` and
+    ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind.
     """
     check_choice(kind, "flow kind", FLOWS)
     check_positive_int(dim, "dim")
@@ -351,10 +388,11 @@ def make_flow(
     if kind == "resnet_flow":
         return ResNetFlow(
             dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation,
-            coeff=coeff, n_power_iterations=n_power_iterations, **common,
+            coeff=coeff, n_power_iterations=n_power_iterations, time_input_features=time_input_features, **common,
         )
     if kind == "gru_flow":
-        return GRUFlow(dim, flow_layers=flow_layers, coeff=coeff, n_power_iterations=n_power_iterations, **common)
+        return GRUFlow(dim, flow_layers=flow_layers, coeff=coeff, n_power_iterations=n_power_iterations,
+                       time_input_features=time_input_features, **common)
     return CouplingFlow(
         dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
     )
@@ -364,6 +402,7 @@ __all__ = [
     "broadcast_time",
     "expand_time",
     "Flow",
+    "TimeInput",
     "ResidualFlowLayer",
     "ResNetFlowLayer",
     "GRUFlowLayer",
