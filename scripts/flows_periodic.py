@@ -204,7 +204,8 @@ def report(args, argv, csv: Path, desc, variants, kinds) -> int:
                 continue
             vals = [_f(float(r["interp_mse"].iloc[0])) if len(r) else "—" for r in sel.values()]
             lines.append(f"| {v} | " + " | ".join(vals) + " |")
-        sections += [f"**Probe: MSE of the flow fitted directly with z0 from the true (frequency, offset), {steps} Adam "
+        sections += [f"**Probe: MSE of the flow fitted directly with z0 from the true (frequency, offset), {steps} "
+                     f"Adam "
                      "steps** (no encoder; variance of the sine part 0.5)"
                      + (" — the benchmark's own budget of optimizer steps." if steps == 240 else "."), "\n".join(lines)]
         shown = shown + "\n\n" + "\n".join(lines)

@@ -339,7 +339,8 @@ def test_fast_tanh_is_tanh(margin):
 
 # ------------------------------------------------------------------------------------ defaults (declared once)
 
-FLOW_OPTIONS = ("time_embedding", "time_embedding_features", "time_input_features", "coeff", "flow_layers", "num_layers",
+FLOW_OPTIONS = ("time_embedding", "time_embedding_features", "time_input_features", "coeff", "flow_layers",
+                "num_layers",
                 "activation")
 
 
@@ -419,7 +420,7 @@ def test_time_input_keeps_identity_invertibility_and_the_state_contraction(kind,
     margin("inverse error", float((flow.inverse(t, y) - x).abs().max()), 1e-4)
     layer = flow.layers[0]
     for tv in (0.5, 2.0):
-        g = lambda h: layer.residual(torch.full((*h.shape[:-1], 1), tv), h)  # noqa: E731
+        g = lambda h, tv=tv: layer.residual(torch.full((*h.shape[:-1], 1), tv), h)  # noqa: E731
         jac = _max_jacobian_norm(g, torch.rand(256, 4) * 1.8 - 0.9)
         bound = lipschitz_upper_bound(layer.net) if kind == "resnet_flow" else 1.0
         margin(f"Lip_x of the residual at t={tv}", jac, bound, tol=1e-5)
