@@ -96,6 +96,24 @@ class TrackingLogger(MLFlowLogger):
 
     tracking_failed: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            super().__init__(*args, **kwargs)
+            return
+        # Other ranks never call MLflow (Lightning routes every logger call to rank 0), so they open no store:
+        # under torchrun / srun all ranks start at once, and two processes creating one fresh sqlite store race on
+        # its schema migration ("duplicate column name"). See ts_neuralode.multinode.
+        import mlflow.tracking
+
+        real = mlflow.tracking.MlflowClient
+        mlflow.tracking.MlflowClient = lambda *a, **k: None
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            mlflow.tracking.MlflowClient = real
+
     def safe_call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, or None once tracking has failed (the first failure is reported)."""
         if self.tracking_failed:
