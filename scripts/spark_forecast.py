@@ -121,7 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = args.sizes or ([1000, 5000] if args.quick else [1000, 5000, 20000, 100000])
     torch.set_num_threads(1)
-    cores = max(1, usable_cpus())
+    cores = usable_cpus()[0]
     buckets = 2 * cores
     load0 = os.getloadavg()[0]
 
