@@ -68,7 +68,8 @@ def spark():
     from pyspark.sql import SparkSession
 
     session = (SparkSession.builder.master("local[2]").appName("ts_neuralode-test")
-               .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.host", "127.0.0.1")
                .config("spark.driver.bindAddress", "127.0.0.1").config("spark.sql.shuffle.partitions", "4")
                .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
                .config("spark.executorEnv.PYTHONPATH", subprocess_env()["PYTHONPATH"])

@@ -107,8 +107,16 @@ class ForecastFunction:
         return _MODELS[path]
 
     def __call__(self, frame):
+        import pandas as pd
+
         frame = frame.drop(columns=[c for c in self.drop if c in frame.columns])
-        return self.model().predict(frame, params=self.params)
+        out = self.model().predict(frame, params=self.params)
+        # pandas >= 3 keeps strings in pyarrow-backed columns; pyspark 4.3's Arrow writer takes plain object ones
+        # (a chunked arrow column fails in RecordBatch.from_arrays)
+        for col in out.columns:
+            if pd.api.types.is_string_dtype(out[col].dtype) and out[col].dtype != object:
+                out[col] = out[col].astype(object)
+        return out
 
 
 def as_udf(fn: ForecastFunction):
