@@ -5,7 +5,7 @@ The model is an ODE-RNN (its bands are Gaussian, drawn from no samples), so a fo
 series share a predict call: one group per series, and 3 hash buckets of several series each, must both equal one
 in-process call over every series up to float32 rounding of another batch composition (measured ~3e-7; atol 1e-5).
 
-The session: local[2], no UI, bound to 127.0.0.1, 4 shuffle partitions, this interpreter for the Python workers;
+The session: local[2], no UI, bound to 127.0.0.1, 2 shuffle partitions, this interpreter for the Python workers;
 stopped at the end of the module. Skipped where pyspark (the ``spark`` extra) or Java is missing.
 """
 
@@ -70,7 +70,7 @@ def spark():
     session = (SparkSession.builder.master("local[2]").appName("ts_neuralode-test")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.sql.shuffle.partitions", "4")
+               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.sql.shuffle.partitions", "2")
                .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
                .config("spark.executorEnv.PYTHONPATH", subprocess_env()["PYTHONPATH"])
                .config("spark.executorEnv.OMP_NUM_THREADS", "1")
