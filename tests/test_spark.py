@@ -95,6 +95,8 @@ def test_spark_forecasts_equal_in_process_predict(spark, logged, tiny_csv, bucke
     expected = _sorted(Forecaster.load(logged["model_dir"]).predict(history, **query_options(QUERY)))
     out = forecast_spark(spark.createDataFrame(history), logged["model_uri"], QUERY, buckets=buckets,
                          tracking_uri=logged["tracking_uri"])
+    if buckets is not None:  # one task per bucket (Spark's adaptive execution would merge them into one)
+        assert out.rdd.getNumPartitions() == buckets
     got = _sorted(out.toPandas())
     n_series = history["unique_id"].nunique()
     assert len(got) == n_series * QUERY["num_points"] == len(expected)
