@@ -131,13 +131,18 @@ def as_udf(fn: ForecastFunction):
 
 def ship(spark, model_dir: str) -> str:
     """Copy the model folder under a name of its own and send it to the executors (``SparkContext.addFile``);
-    returns the copy's path. A name of its own: Spark refuses a second file of one base name from another path."""
+    returns the copy's path. A name of its own: Spark refuses a second file of one base name from another path.
+    The copy is removed when the driver's Python exits (the executors fetch it while jobs run). Needs a classic
+    session (``SparkContext``), not Spark Connect."""
+    import atexit
     import shutil
     import tempfile
     import uuid
     from pathlib import Path
 
-    copy = Path(tempfile.mkdtemp(prefix="ts_neuralode_spark_")) / f"model_{uuid.uuid4().hex[:12]}"
+    parent = tempfile.mkdtemp(prefix="ts_neuralode_spark_")
+    atexit.register(shutil.rmtree, parent, ignore_errors=True)
+    copy = Path(parent) / f"model_{uuid.uuid4().hex[:12]}"
     shutil.copytree(model_dir, copy)
     spark.sparkContext.addFile(str(copy), recursive=True)
     return str(copy)
