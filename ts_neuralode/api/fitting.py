@@ -61,6 +61,7 @@ from ts_neuralode.training.checkpoints import (
     progress_bar,
     with_atomic_checkpoints,
 )
+from ts_neuralode.training.multinode import check_launch
 from ts_neuralode.training.options import check_model_options, fit_options, merge_options
 
 
@@ -206,6 +207,7 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     datamodule, module = init.data, init.model
     _configure_optimizers(parser, init, module)
     trainer_cfg = dict(init.trainer)
+    check_launch(trainer_cfg)  # torchrun / srun: the Trainer's nodes x devices must be their world size
     user_cbs = trainer_cfg.pop("callbacks", None) or []
     user_cbs = list(user_cbs) if isinstance(user_cbs, (list, tuple)) else [user_cbs]
     own = [TrainingGuard(ckpt_dir), ModelExportCallback(model_dir, forecaster_cls=forecaster_cls), ColumnSummary()]

@@ -39,10 +39,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow.tracking
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.io import MAX_PARAM_LENGTH
@@ -94,6 +96,20 @@ class TrackingLogger(MLFlowLogger):
     """
 
     tracking_failed: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if rank_zero_only.rank == 0:
+            super().__init__(*args, **kwargs)
+            return
+        # Other ranks never call MLflow (Lightning routes every logger call to rank 0), so they open no store:
+        # under torchrun / srun all ranks start at once, and two processes creating one fresh sqlite store race on
+        # its schema migration ("duplicate column name"). See ts_neuralode.training.multinode.
+        real = mlflow.tracking.MlflowClient
+        setattr(mlflow.tracking, "MlflowClient", lambda *a, **k: None)  # noqa: B010 (a module attribute, briefly)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            setattr(mlflow.tracking, "MlflowClient", real)  # noqa: B010
 
     def safe_call(self, fn, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, or None once tracking has failed (the first failure is reported)."""
