@@ -259,9 +259,12 @@ def search(
             **{f"fixed/{k}": v for k, v in fixed.items()},
         },
     )
-    if created:  # a resumed study has them queued (or done) already
-        for params in starting_points(fixed) if enqueue is None else enqueue:
+    if created and enqueue is not None:  # a resumed study has them queued (or done) already
+        for params in enqueue:
             study.enqueue_trial(dict(params))
+    # the package's starting points go in one at a time, as trials are claimed: none is left waiting when the budget
+    # ends first, and a resumed study (as many trials as points) has had them
+    points = starting_points(fixed) if enqueue is None else []
     study_id = storage_obj.get_study_id_from_name(study.study_name)
     deadline = None if budget.time is None else time.monotonic() + budget.time
     n_startup = 10 if budget.trials is None else min(10, max(2, budget.trials // 2))
@@ -277,6 +280,7 @@ def search(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
+            _next_starting_point(study, points, budget.trials)
             trial = _claim(study, storage_obj, study_id, budget.trials)
             if trial is None:
                 break
@@ -312,6 +316,16 @@ def search(
         if status == "KILLED":
             track.end(parent, "KILLED")
     return result
+
+
+def _next_starting_point(study, points: Sequence[Mapping[str, Any]], budget_trials: int | None) -> None:
+    """Queue the next of ``points`` when the study has fewer trials than points, none waiting, and budget left."""
+    trials = study.get_trials(deepcopy=False)
+    if len(trials) >= len(points) or any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+        return
+    if budget_trials is not None and sum(_counts(t) for t in trials) >= budget_trials:
+        return
+    study.enqueue_trial(dict(points[len(trials)]))
 
 
 def _claim(study, storage, study_id: int, budget_trials: int | None):
