@@ -68,13 +68,6 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
-__all__ = [
-    "check_choice",
-    "TSNeuralODEError",
-    "DataError",
-    "ConfigError",
-    "ForecastError",
-    "TrainingError",
-    "SolverError",
-    "OneLineArgumentParser",
-]
+__all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError",
+           "SolverError",
+           "OneLineArgumentParser"]

@@ -60,11 +60,9 @@ def gate_correction(forecaster, datamodule) -> str | None:
     score = {c: float(np.mean(_group_mae(groups, np.abs(base + c * (full - base) - y)) / scale)) for c in WEIGHTS}
     best = min(WEIGHTS, key=lambda c: (round(score[c], 12), -c))
     wm.set_correction_scale(best)
-    return (
-        f"kept x{best:g} of the learned correction on its {wm.base_kind} base, chosen on {int(ok.sum())} "
-        f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}, "
-        f"x{best:g} {score[best]:.3f})"
-    )
+    return (f"kept x{best:g} of the learned correction on its {wm.base_kind} base, chosen on {int(ok.sum())} "
+            f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}, "
+            f"x{best:g} {score[best]:.3f})")
 
 
 def _group_mae(groups: np.ndarray, err: np.ndarray) -> np.ndarray:

@@ -28,50 +28,32 @@ GROUPS = ("data", "model", "trainer")
 def wants_auto(argv: Sequence[str]) -> bool:
     """Whether a ``fit`` command line asks for the model choice (``--model auto`` / ``--model=auto``)."""
     argv = list(argv)
-    return "--model=auto" in argv or any(
-        a == "--model" and i + 1 < len(argv) and argv[i + 1] == "auto" for i, a in enumerate(argv)
-    )
+    return "--model=auto" in argv or any(a == "--model" and i + 1 < len(argv) and argv[i + 1] == "auto"
+                                         for i, a in enumerate(argv))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(
-        prog=PROG,
-        description="Search the model families and evolutions with Optuna on the "
-        "forecast task's time split; refit the winner (or keep the top k as an ensemble).",
-        epilog="--data.*, --model.*, --trainer.* options (as for 'ts-neuralode fit') are fixed "
-        "for every trial and not searched; --data.path and --data.horizon are required.",
-    )
+    p = OneLineArgumentParser(prog=PROG, description="Search the model families and evolutions with Optuna on the "
+                              "forecast task's time split; refit the winner (or keep the top k as an ensemble).",
+                              epilog="--data.*, --model.*, --trainer.* options (as for 'ts-neuralode fit') are fixed "
+                                     "for every trial and not searched; --data.path and --data.horizon are required.")
     p.add_argument("--model", choices=["auto"], required=True)
     p.add_argument("--config", default=None, help="YAML file whose data/model/trainer sections fix those options")
-    p.add_argument(
-        "--budget.trials",
-        dest="trials",
-        type=int,
-        default=None,
-        help="trials of the study in total, across workers and resumes (default 20 without --budget.time)",
-    )
+    p.add_argument("--budget.trials", dest="trials", type=int, default=None,
+                   help="trials of the study in total, across workers and resumes (default 20 without --budget.time)")
     p.add_argument("--budget.time", dest="time", default=None, help="wall time of this search (e.g. 30min, 2h)")
     p.add_argument("--metric", default="val_mae", help="validation metric to minimise (default val_mae)")
     p.add_argument("--ensemble", type=int, default=1, help="keep the top k trials as a mixture (default 1)")
-    p.add_argument(
-        "--refit",
-        type=_bool,
-        default=True,
-        help="retrain the choice on train + validation (default true; false: the trials' own models)",
-    )
-    p.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna storage URL (sqlite:///study.db, postgresql://...): resume, several workers",
-    )
+    p.add_argument("--refit", type=_bool, default=True,
+                   help="retrain the choice on train + validation (default true; false: the trials' own models)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (sqlite:///study.db, postgresql://...): resume, several workers")
     p.add_argument("--study_name", default=None, help="study in the storage (default ts_neuralode_auto)")
     p.add_argument("--worker", action="store_true", help="only run trials (a worker of a shared --storage)")
-    p.add_argument(
-        "--patience", type=int, default=None, help="stop a trial after this many validations without improvement"
-    )
-    p.add_argument(
-        "--output_dir", default="ts_neuralode_auto", help="trials, refits and the model directory (<output_dir>/model)"
-    )
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a trial after this many validations without improvement")
+    p.add_argument("--output_dir", default="ts_neuralode_auto",
+                   help="trials, refits and the model directory (<output_dir>/model)")
     p.add_argument("--tracking", type=_bool, default=True, help="record the search in MLflow (default true)")
     p.add_argument("--tracking_uri", default=None)
     p.add_argument("--experiment_name", default=None)
@@ -101,10 +83,8 @@ def _grouped(rest: list[str]) -> dict[str, dict[str, Any]]:
         name, eq, value = arg.partition("=")
         group = name[2:].split(".", 1)[0] if name.startswith("--") else ""
         if group not in GROUPS or "." not in name:
-            raise ConfigError(
-                f"{PROG}: unknown option {arg!r}; see '{PROG} --help' (fixed options are --data.*, "
-                "--model.*, --trainer.*)"
-            )
+            raise ConfigError(f"{PROG}: unknown option {arg!r}; see '{PROG} --help' (fixed options are --data.*, "
+                              "--model.*, --trainer.*)")
         if not eq:
             if i + 1 >= len(rest):
                 raise ConfigError(f"{PROG}: {name} needs a value")
@@ -153,38 +133,25 @@ def main(argv: Sequence[str]) -> int:
     if args.trials is None and args.time is None:
         budget["trials"] = 20
 
-    common = dict(
-        data_options=given["data"],
-        model_options=given["model"],
-        trainer=given["trainer"],
-        output_dir=args.output_dir,
-        tracking=args.tracking,
-        tracking_uri=args.tracking_uri,
-        experiment_name=args.experiment_name,
-        run_name=args.run_name,
-        seed=args.seed,
-        budget=budget,
-        metric=args.metric,
-        storage=args.storage,
-        study_name=args.study_name,
-        patience=args.patience,
-        progress=False if args.no_progress else None,
-    )
+    common = dict(data_options=given["data"], model_options=given["model"], trainer=given["trainer"],
+                  output_dir=args.output_dir, tracking=args.tracking, tracking_uri=args.tracking_uri,
+                  experiment_name=args.experiment_name, run_name=args.run_name, seed=args.seed, budget=budget,
+                  metric=args.metric, storage=args.storage, study_name=args.study_name, patience=args.patience,
+                  progress=False if args.no_progress else None)
     try:
         if args.worker:
             result = model_choice.search(data, **common)
-            print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: {result.stop_reason})")
+            print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: "
+                  f"{result.stop_reason})")
             print(model_choice.summary(result), end="")
             return 0
-        fc = model_choice.fit_auto(data, ensemble=args.ensemble, refit=args.refit, log_model=args.log_model, **common)
+        fc = model_choice.fit_auto(data, ensemble=args.ensemble, refit=args.refit, log_model=args.log_model,
+                                   **common)
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1); SIGTERM likewise
         if isinstance(err, SystemExit) and err.code in (0, None):
             raise
-        hint = (
-            "run the same command again to resume the study"
-            if args.storage
-            else "pass --storage sqlite:///study.db to make a search resumable"
-        )
+        hint = ("run the same command again to resume the study" if args.storage else
+                "pass --storage sqlite:///study.db to make a search resumable")
         print(f"{PROG}: interrupted; {hint}", file=sys.stderr)
         return 130
     info = fc.fit_info

@@ -27,14 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = [
-    "atomic_write",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "atomic_torch_save",
-    "atomic_write_dir",
-    "interrupted_backup",
-]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "atomic_write_dir",
+           "interrupted_backup"]
 
 
 def _umask() -> int:

@@ -184,16 +184,12 @@ def check_control(batch: Batch, control_dim: int, where: str):
         return None
     cov = batch.covariates
     if cov is None:
-        raise ForecastError(
-            f"{where}: the model was trained with known-future covariates ({control_dim} channels) "
-            "but the batch has none; pass them (--data.future_cols / --data.calendar, or "
-            "Forecaster.predict(..., future=DataFrame))"
-        )
+        raise ForecastError(f"{where}: the model was trained with known-future covariates ({control_dim} channels) "
+                            "but the batch has none; pass them (--data.future_cols / --data.calendar, or "
+                            "Forecaster.predict(..., future=DataFrame))")
     if cov.dim != control_dim:
-        raise ForecastError(
-            f"{where}: the batch has {cov.dim} covariate channels but the model was built for "
-            f"{control_dim}; pass the covariates it was trained with"
-        )
+        raise ForecastError(f"{where}: the batch has {cov.dim} covariate channels but the model was built for "
+                            f"{control_dim}; pass the covariates it was trained with")
     return cov
 
 
@@ -204,10 +200,8 @@ def check_static(batch: Batch, static_dim: int, where: str):
     static = getattr(batch.covariates, "static", None)
     if static is None or static.shape[-1] != static_dim:
         got = 0 if static is None else static.shape[-1]
-        raise ForecastError(
-            f"{where}: the model was trained with static covariates ({static_dim} encoded features) "
-            f"but the batch has {got}; pass the static columns it was trained with"
-        )
+        raise ForecastError(f"{where}: the model was trained with static covariates ({static_dim} encoded features) "
+                            f"but the batch has {got}; pass the static columns it was trained with")
     return static
 
 

@@ -93,9 +93,8 @@ class Evolution(nn.Module):
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if h0.dim() < 2 or h0.shape[-1] != self.dim:
-            raise ValueError(
-                f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got {tuple(h0.shape)}"
-            )
+            raise ValueError(f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got "
+                             f"{tuple(h0.shape)}")
         if not torch.is_tensor(t) or t.dim() not in (1, 2) or t.shape[-1] < 1:
             raise ValueError(f"evolution times must be a [T] or [B, T] tensor, got {getattr(t, 'shape', t)}")
         if t.dim() == 2 and t.shape[0] != h0.shape[-2]:
@@ -108,16 +107,15 @@ class Evolution(nn.Module):
             t_mask = t_mask.to(device=h0.device, dtype=torch.bool)
         return t, t_mask
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:  # pragma: no cover
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None,
+                control=None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _control(self, control):
         """The control ``u`` an evolution built with ``control_dim`` needs (:mod:`ts_neuralode.models.control`)."""
         if self.control_dim and control is None:
-            raise ValueError(
-                f"this evolution was built for a control of {self.control_dim} channels (known-future "
-                "covariates) but none was given"
-            )
+            raise ValueError(f"this evolution was built for a control of {self.control_dim} channels (known-future "
+                             "covariates) but none was given")
         if control is not None and control.dim != self.control_dim:
             raise ValueError(f"control has {control.dim} channels but the evolution was built for {self.control_dim}")
         return control if self.control_dim else None
@@ -182,21 +180,15 @@ class ODEEvolution(Evolution):
     the solver's per-sample :class:`SolverStats`.
     """
 
-    def __init__(
-        self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None, control_dim: int = 0
-    ) -> None:
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None,
+                 control_dim: int = 0) -> None:
         super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig()).resolve(**BUILD_DEFAULTS)
         if field is None and control_dim:
             field = make_controlled_field(config, dim, control_dim)
         if field is None:
-            field = make_vector_field(
-                config.vector_field,
-                dim,
-                hidden_dim=config.hidden_dim,
-                num_layers=config.num_layers,
-                activation=config.activation,
-            )
+            field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
+                                      num_layers=config.num_layers, activation=config.activation)
         self.field = field
         self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
@@ -207,12 +199,9 @@ class ODEEvolution(Evolution):
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
             lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
             n = math.prod(lead)
-            out = self.forward(
-                h0.reshape(n * B, H),
-                t if t.dim() == 1 else t.repeat(n, 1),
-                None if t_mask is None else t_mask.repeat(n, 1),
-                None if control is None else control.repeat(n),
-            )
+            out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
+                               None if t_mask is None else t_mask.repeat(n, 1),
+                               None if control is None else control.repeat(n))
             return out.reshape(*lead, B, out.shape[-2], H)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
@@ -228,12 +217,7 @@ class ODEEvolution(Evolution):
         carry = self._carry
         first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
         sol = odeint(
-            func,
-            h0,
-            t,
-            self._solver_options[1],
-            t_mask=t_mask,
-            first_step=first,
+            func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first,
             max_steps=_CALL_MAX_STEPS.get() or c.max_steps,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
@@ -259,20 +243,10 @@ class ODEEvolution(Evolution):
         c, nfe = self.config, []
 
         def solve(h: Tensor, grid: Tensor, mask: Tensor | None, piece_control) -> Tensor:
-            sol = odeint(
-                controlled_field(self.field, piece_control),
-                h,
-                grid,
-                method=c.method,
-                rtol=c.rtol,
-                atol=c.atol,
-                step_size=c.step_size,
-                t_mask=mask,
-                adjoint=c.adjoint,
-                adjoint_mode=c.adjoint_mode,
-                max_steps=c.max_steps,
-                adjoint_params=list(self.field.parameters()) if c.adjoint else None,
-            )
+            sol = odeint(controlled_field(self.field, piece_control), h, grid, method=c.method, rtol=c.rtol,
+                         atol=c.atol, step_size=c.step_size, t_mask=mask, adjoint=c.adjoint,
+                         adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
+                         adjoint_params=list(self.field.parameters()) if c.adjoint else None)
             nfe.append(sol.stats.n_f_evals.float())
             self.last_stats = sol.stats
             return sol.ys
@@ -296,22 +270,15 @@ class FlowEvolution(Evolution):
         flow: a ready :class:`Flow` (overrides the config's flow options).
     """
 
-    def __init__(
-        self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None, control_dim: int = 0
-    ) -> None:
+    def __init__(self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None,
+                 control_dim: int = 0) -> None:
         super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig(kind="resnet_flow")).resolve(**BUILD_DEFAULTS)
         if flow is None:  # with a control the flow acts on [h, u] (ts_neuralode.models.control)
             flow = make_flow(
-                config.kind,
-                dim + self.control_dim,
-                flow_layers=config.flow_layers,
-                hidden_dim=config.hidden_dim,
-                num_layers=config.num_layers,
-                activation=config.activation,
-                time_embedding=config.time_embedding,
-                time_embedding_features=config.time_embedding_features,
-                coeff=config.coeff,
+                config.kind, dim + self.control_dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers, activation=config.activation, time_embedding=config.time_embedding,
+                time_embedding_features=config.time_embedding_features, coeff=config.coeff,
                 time_input_features=config.time_input_features,
             )
         elif flow.dim != dim + self.control_dim:
@@ -345,10 +312,8 @@ class FlowEvolution(Evolution):
     def inverse(self, y: Tensor, t: Tensor, t0: Tensor | float = 0.0, **kwargs) -> Tensor:
         """Recover ``h0`` from states ``y [B, T, H]`` at times ``t`` (``[T]``/``[B, T]``) evolved from ``t0``."""
         if self.control_dim:
-            raise ConfigError(
-                "inverse is not defined for a flow driven by covariates (it is invertible on [h, u] "
-                "only, piece by piece); invert the flow itself: evolution.flow.inverse"
-            )
+            raise ConfigError("inverse is not defined for a flow driven by covariates (it is invertible on [h, u] "
+                              "only, piece by piece); invert the flow itself: evolution.flow.inverse")
         if not torch.is_tensor(t0):
             t0 = torch.tensor(float(t0))
         t0 = t0.to(y)

@@ -90,9 +90,8 @@ def recurrent_pass(
             tail_mask = valid[:, start:].clone()
             tail_mask[:, 0] = True
             # Coinciding times (a padded row) are carried, not stepped: mask everything after them.
-            tail_mask &= (
-                torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]], 1).cummin(1).values
-            )
+            tail_mask &= torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]],
+                                   1).cummin(1).values
         tail = evolve(h, tail_t, tail_mask)
         if record:
             if last_obs < 0:
@@ -172,9 +171,8 @@ class FilteringModel(ForecastModel):
         grid = self._grid(batch, None)
         pre, post = self._run(grid)
         mean, std = self.readout(pre)
-        scored = self._targets_only(
-            torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context else grid.target_mask
-        )
+        scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context
+                                    else grid.target_mask)
         n = scored.sum().clamp_min(1.0)
         sq = ((mean - grid.values) ** 2 * scored).sum() / n
         nll = gaussian_nll(grid.values, mean, std, scored) / n

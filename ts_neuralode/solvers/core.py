@@ -100,7 +100,9 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
 
 def _stack_records(recs: list[StepRecord]) -> Records:
     ts, te, dts, ys, ks = zip(*recs, strict=True)
-    return Records(torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1))
+    return Records(
+        torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
+    )
 
 
 def solve_adaptive(
@@ -172,13 +174,8 @@ def solve_adaptive(
     while any_active:
         if it >= max_steps:
             raise _fail(
-                tab,
-                f"max_steps={max_steps} exceeded",
-                active,
-                t,
-                sign,
-                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness",
-                max_steps=max_steps,
+                tab, f"max_steps={max_steps} exceeded", active, t, sign,
+                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
             )
         it += 1
         rem = t_end - t
@@ -209,8 +206,7 @@ def solve_adaptive(
             any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
-                )
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
         if checkpoints is not None:
             checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if any_covered and not two_point:
@@ -236,7 +232,8 @@ def solve_adaptive(
         n_acc = torch.stack(acc_hist).sum(0)
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
-    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc, next_dt=dt)
+    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc,
+                        next_dt=dt)
     if two_point:
         return torch.stack((y0, y), 1), stats, None
     if flush:
@@ -299,13 +296,8 @@ def solve_interval(
     while any_active:
         if it >= max_steps:
             raise _fail(
-                tab,
-                f"max_steps={max_steps} exceeded",
-                active,
-                t,
-                sign,
-                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness",
-                max_steps=max_steps,
+                tab, f"max_steps={max_steps} exceeded", active, t, sign,
+                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
             )
         it += 1
         rem = t_end - t
@@ -329,8 +321,7 @@ def solve_interval(
             any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
-                )
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
         if any_rejected:
             acc_c = accept.unsqueeze(-1)
             y = torch.where(acc_c, y1, y)
@@ -342,9 +333,8 @@ def solve_interval(
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
-    stats = SolverStats(
-        n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=dt
-    )
+    stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
+                        n_rejected=n_att.sub(n_acc), next_dt=dt)
     return y, stats
 
 
@@ -378,11 +368,7 @@ def _check_finite(tab: Tableau, ys: Tensor, tq: Tensor, sign):
         last_ok = (bad.float().argmax(1) - 1).clamp(min=0)  # last output time with a finite state
         t_reached = tq.gather(1, last_ok.unsqueeze(1)).squeeze(1)
         raise _fail(
-            tab,
-            "state became non-finite (NaN/inf)",
-            failed,
-            t_reached,
-            sign,
+            tab, "state became non-finite (NaN/inf)", failed, t_reached, sign,
             "use a smaller step_size or an adaptive method, or check the vector field for blow-up",
         )
 
@@ -408,15 +394,9 @@ def solve_fixed(
     recs = []
     if step_size is None:
         if max_steps < T - 1:
-            raise _fail(
-                tab,
-                f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
-                torch.ones(B, dtype=torch.bool, device=dev),
-                t0,
-                sign,
-                "raise max_steps or pass fewer output times",
-                max_steps=max_steps,
-            )
+            raise _fail(tab, f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
+                        torch.ones(B, dtype=torch.bool, device=dev), t0, sign,
+                        "raise max_steps or pass fewer output times", max_steps=max_steps)
         outs = [y0]
         n_steps = torch.zeros(B, dtype=torch.long, device=dev)
         for i in range(T - 1):
@@ -433,17 +413,9 @@ def solve_fixed(
         n_b = torch.ceil(span / step_size * (1 - 1e-12)).long()
         n = int(n_b.max()) if B else 0
         if n > max_steps:
-            raise _fail(
-                tab,
-                f"max_steps={max_steps} exceeded (needs {n} steps of {step_size:g})",
-                n_b > max_steps,
-                t0,
-                sign,
-                "raise max_steps or use a larger step_size",
-                max_steps=max_steps,
-                needed_steps=n,
-                step_size=step_size,
-            )
+            raise _fail(tab, f"max_steps={max_steps} exceeded (needs {n} steps of {step_size:g})",
+                        n_b > max_steps, t0, sign, "raise max_steps or use a larger step_size", max_steps=max_steps,
+                        needed_steps=n, step_size=step_size)
         for i in range(n):
             t = torch.minimum(t0 + i * step_size, t_end)
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
@@ -466,17 +438,8 @@ def solve_fixed(
 def run_solver(f, tab, y0, tq, sign, opts: SolverOptions, checkpoints: list[StepCheckpoint] | None = None):
     if tab.adaptive:
         return solve_adaptive(
-            f,
-            tab,
-            y0,
-            tq,
-            rtol=opts.rtol,
-            atol=opts.atol,
-            max_steps=opts.max_steps,
-            first_step=opts.first_step,
-            sign=sign,
-            checkpoints=checkpoints,
+            f, tab, y0, tq, rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
+            first_step=opts.first_step, sign=sign, checkpoints=checkpoints,
         )
-    return solve_fixed(
-        f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign, checkpoints=checkpoints
-    )
+    return solve_fixed(f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign,
+                       checkpoints=checkpoints)

@@ -109,7 +109,9 @@ def _F(x):
 EULER = Tableau("euler", 1, (0.0,), ((),), (1.0,), None, ((1.0,),), fsal=False)
 
 # explicit midpoint; continuous extension b0(θ) = θ − θ², b1(θ) = θ² (order 2)
-MIDPOINT = Tableau("midpoint", 2, (0.0, 0.5), ((), (0.5,)), (0.0, 1.0), None, ((1.0, -1.0), (0.0, 1.0)), fsal=False)
+MIDPOINT = Tableau(
+    "midpoint", 2, (0.0, 0.5), ((), (0.5,)), (0.0, 1.0), None, ((1.0, -1.0), (0.0, 1.0)), fsal=False
+)
 
 # classic RK4; its order-3 continuous extension
 # b0 = θ − 3θ²/2 + 2θ³/3, b1 = b2 = θ² − 2θ³/3, b3 = −θ²/2 + 2θ³/3
@@ -158,23 +160,14 @@ _DP_A = (
 )
 _DP_B = _DP_A[6] + (Fraction(0),)
 _DP_BHAT = (
-    Fraction(5179, 57600),
-    Fraction(0),
-    Fraction(7571, 16695),
-    Fraction(393, 640),
-    Fraction(-92097, 339200),
-    Fraction(187, 2100),
-    Fraction(1, 40),
+    Fraction(5179, 57600), Fraction(0), Fraction(7571, 16695), Fraction(393, 640),
+    Fraction(-92097, 339200), Fraction(187, 2100), Fraction(1, 40),
 )
 # Shampine's order-5 solution at θ = 1/2 (weights on the 7 stages)
 _DP_MID = (
-    Fraction(6025192743, 30085553152) / 2,
-    Fraction(0),
-    Fraction(51252292925, 65400821598) / 2,
-    Fraction(-2691868925, 45128329728) / 2,
-    Fraction(187940372067, 1594534317056) / 2,
-    Fraction(-1776094331, 19743644256) / 2,
-    Fraction(11237099, 235043384) / 2,
+    Fraction(6025192743, 30085553152) / 2, Fraction(0), Fraction(51252292925, 65400821598) / 2,
+    Fraction(-2691868925, 45128329728) / 2, Fraction(187940372067, 1594534317056) / 2,
+    Fraction(-1776094331, 19743644256) / 2, Fraction(11237099, 235043384) / 2,
 )
 DOPRI5 = Tableau(
     "dopri5",
@@ -203,13 +196,8 @@ _TS_A = (
 _TS_B = _TS_A[6] + (0.0,)
 # error weights b − b_hat; the last one is −1/66 (sign as corrected after the paper)
 _TS_E = (
-    0.00178001105222577714,
-    0.0008164344596567469,
-    -0.007880878010261995,
-    0.1447110071732629,
-    -0.5823571654525552,
-    0.45808210592918697,
-    -1 / 66,
+    0.00178001105222577714, 0.0008164344596567469, -0.007880878010261995, 0.1447110071732629,
+    -0.5823571654525552, 0.45808210592918697, -1 / 66,
 )
 
 
@@ -225,10 +213,8 @@ def _tsit5_interp():
 
     t2 = [F(0), F(0), F(1)]
     polys = [
-        [
-            F(-1.0530884977290216) * x
-            for x in _pmul(_pmul(th, lin(1.3299890189751412)), quad(-1.4364028541716351, 0.7139816917074209))
-        ],
+        [F(-1.0530884977290216) * x for x in _pmul(_pmul(th, lin(1.3299890189751412)),
+                                                    quad(-1.4364028541716351, 0.7139816917074209))],
         [F(0.1017) * x for x in _pmul(t2, quad(-2.1966568338249754, 1.2949852507374631))],
         [F(2.490627285651252793) * x for x in _pmul(t2, quad(-2.38535645472061657, 1.57803468208092486))],
         [F(-16.54810288924490272) * x for x in _pmul(_pmul(lin(1.21712927295533244), lin(0.61620406037800089)), t2)],
