@@ -80,9 +80,8 @@ SEARCH_SPACE: tuple[Param, ...] = (
     choice("data.context_horizons", (1, 2, 4, None)),  # the forecast task's context in horizons (None: all)
     choice("model.normalize", ("none", "window")),  # per-window units (RevIN-style)
     # a correction on top of a forecast from the context: auto = the harmonic seasonal forecast with a season, else
-    # the last value; trend = the context's least-squares line (growth curves); mean = the context's mean (series
-    # that oscillate about a level)
-    choice("model.base", ("none", "auto", "trend", "mean")),
+    # the last value; trend = the context's least-squares line (growth curves)
+    choice("model.base", ("none", "auto", "trend")),
 )
 
 #: the first trial when the caller enqueues none: the ODE-RNN learning a correction in window units on top of the
@@ -96,13 +95,13 @@ STARTING_POINT: dict[str, Any] = {
 
 def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
-    the two other naive forecasts of series without a season as well: the line through the last horizon of history
-    (today's slope: growth curves that may level off) and the context's mean (series that oscillate about a level).
-    With the last value (the starting point's base) they cover lab values that wander, growth and oscillation."""
+    the trend base through the last horizon of history as well (the last value and today's slope are the two naive
+    forecasts of series without a season: lab values that wander, growth curves that may level off). A third on the
+    context's mean was measured and dropped: the validation horizon chose it where it forecast worse
+    (results/peers.md)."""
     points = [dict(STARTING_POINT)]
     if fixed.get("data.season") is None:
         points.append({**STARTING_POINT, "model.base": "trend", "data.context_horizons": 1})
-        points.append({**STARTING_POINT, "model.base": "mean"})
     return points
 
 
