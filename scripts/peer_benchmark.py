@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python scripts/peer_benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     head = ["# Peer benchmark: our configs vs naive, statsforecast and neuralforecast on real data", "",
             "```", cmd.strip(), "```", "",
-            f"Machine: a shared 2-core CPU (seven sessions at once), torch 1 thread; timings are wall seconds "
+            f"Machine: a shared 2-core CPU (other jobs beside it), torch 1 thread; timings are wall seconds "
             f"in that state. Configs trained with at most {args.epochs} epochs, **once per data set on each "
             f"series' data up to its first cutoff**, then forecast at every cutoff (no refit); statsforecast refits "
             f"every window; neuralforecast (max_steps {args.max_steps}, 1 thread, MAE loss: point forecasts only) "
@@ -598,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
             "statsforecast: AutoARIMA sees the last 10 seasons of each history (520 steps without a season; its "
             "seasonal search took tens of minutes per fit on CO₂'s full 2,000 weeks here); a series a model "
             "cannot fit falls back to the Naive forecast; bands at the levels 5…95 give the CRPS quantiles. "
+            "`base_harmonic` (family `base`) is the harmonic seasonal forecast our window models correct "
+            "(`ts_neuralode/models/harmonic.py`), untrained, from the same context as the configs: it shows what "
+            "the learned correction adds. "
             "demo.yaml runs on the demo data only, with its own context (4D). The page is assembled from "
             "per-(data set, contender) results cached under `.venv-peers/cache` by runs with the same options "
             "(`--from_cache` lists what had not run).",
