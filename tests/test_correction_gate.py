@@ -1,5 +1,5 @@
 """The correction weight a fit chooses for a window model on its held-out validation windows
-(ts_neuralode.correction_gate): chosen and kept in the model directory, 0 for a correction that only hurts, 1 for
+(ts_neuralode.api.correction_gate): chosen and kept in the model directory, 0 for a correction that only hurts, 1 for
 one that changes nothing (ties keep the model as trained)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ts_neuralode.api.forecaster import Forecaster
-from ts_neuralode.correction_gate import WEIGHTS, gate_correction, window_model
+from ts_neuralode.api.correction_gate import WEIGHTS, gate_correction, window_model
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -180,7 +180,7 @@ class WindowModel(ForecastModel):
         self.normalize, self.base_kind = normalize, base
         self.period = None if season_period is None else float(season_period)
         # the weight of the learned correction in the forecast's mean (1: as trained); the fit sets it on its
-        # validation windows (:func:`ts_neuralode.correction_gate.gate_correction`) and the model directory keeps it
+        # validation windows (:func:`ts_neuralode.api.correction_gate.gate_correction`) and the model directory keeps it
         self.register_buffer("correction_scale", torch.ones(()))
         self.input_dim = inner.input_dim
         self.control_dim, self.static_dim, self.target_dim = inner.control_dim, inner.static_dim, inner.target_dim
