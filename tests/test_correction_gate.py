@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.correction_gate import WEIGHTS, gate_correction, window_model
+from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
