@@ -50,53 +50,65 @@ def _features(dt: Tensor, span: Tensor, period: float, k: int) -> Tensor:
     return torch.stack(cols, -1)
 
 
+class HarmonicFit:
+    """The fit of a batch's context (see the module docstring), evaluated at any query times with :meth:`at`:
+    fitted once, whatever the number of query sets (a window model reads it at its batch's times and at the
+    forecast's). ``ok`` ``[B, 1, D]``: False where the context is too short or too sparse for the fit."""
+
+    def __init__(self, batch: Batch, period: float, harmonics: int = HARMONICS) -> None:
+        v = batch.values
+        dtype = torch.float64  # normal equations of sin/cos and u² columns: float32 loses the small coefficients
+        m = (batch.obs_mask > 0).to(dtype)
+        t = batch.times_per_sample().to(dtype).unsqueeze(-1).expand_as(v)
+        t_end = torch.where(m > 0, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
+        m = m * (t >= t_end - FIT_SEASONS * period).to(dtype)  # the recent seasons only: a trend that changes
+        y = v.to(dtype) * m
+        n = m.sum(1, keepdim=True)  # [B, 1, D]
+        t_first = torch.where(m > 0, t, torch.full_like(t, math.inf)).amin(1, keepdim=True)
+        finite = torch.isfinite(t_end) & torch.isfinite(t_first)
+        t_end = torch.where(finite, t_end, torch.zeros_like(t_end))
+        span = torch.where(finite, t_end - t_first, torch.zeros_like(t_end))
+        k = harmonics
+        p = 3 + 2 * k
+        self.ok = finite & (span >= MIN_SEASONS * period) & (n >= 2 * p)
+        self.t_end, self.span, self.period, self.k, self.dtype = t_end, span.clamp_min(1e-9), period, k, v.dtype
+        dt = (t - t_end) * m  # masked points: dt 0, weight 0
+        X = _features(dt, self.span, period, k) * m.unsqueeze(-1)  # [B, T, D, p]
+        A = torch.einsum("btdi,btdj->bdij", X, X)
+        rhs = torch.einsum("btdi,btd->bdi", X, y)
+        eye = torch.eye(p, dtype=dtype, device=v.device)
+        A = A + RIDGE * (n.squeeze(1).clamp_min(1.0))[..., None, None] * eye
+        self.seas_coef = torch.linalg.solve(A, rhs)[..., 3:]  # [B, D, 2k]
+        s = (y - self.seasonal(dt)) * m
+        # drift: least-squares slope of the deseasonalised context
+        tm = (dt * m).sum(1, keepdim=True) / n.clamp_min(1.0)
+        sm = s.sum(1, keepdim=True) / n.clamp_min(1.0)
+        var = (((dt - tm) ** 2) * m).sum(1, keepdim=True)
+        cov = ((dt - tm) * (s - sm) * m).sum(1, keepdim=True)
+        self.drift = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
+        # level: the deseasonalised, drift-adjusted value of the points within a tenth of a season of the last one
+        near = m * (dt >= -period / 10).to(dtype)
+        self.level = ((s - self.drift * dt) * near).sum(1, keepdim=True) / near.sum(1, keepdim=True).clamp_min(1.0)
+
+    def seasonal(self, dts: Tensor) -> Tensor:
+        """``[B, T, D]`` the seasonal part at offsets ``dts`` from each series' last context point."""
+        f = _features(dts, self.span, self.period, self.k)[..., 3:]  # [B, T, D, 2k]
+        return torch.einsum("btdi,bdi->btd", f, self.seas_coef)
+
+    def at(self, q: Tensor) -> Tensor:
+        """``[B, Tq, D]`` the forecast at per-channel query times ``q``."""
+        dq = q.to(self.t_end.dtype) - self.t_end
+        return (self.level + self.drift * dq + self.seasonal(dq)).to(self.dtype)
+
+
 def harmonic_forecast(batch: Batch, q: Tensor, period: float, harmonics: int = HARMONICS) -> tuple[Tensor, Tensor]:
     """The forecast at per-channel query times ``q`` ``[B, Tq, D]`` from the values under ``batch.obs_mask``.
 
     Returns ``(forecast [B, Tq, D], ok [B, 1, D])``; ``ok`` False where the context is too short or too sparse
     for the fit (the forecast there is finite but not to be used).
     """
-    v = batch.values
-    dtype = torch.float64  # normal equations of sin/cos and u² columns: float32 loses the small coefficients
-    m = (batch.obs_mask > 0).to(dtype)
-    t = batch.times_per_sample().to(dtype).unsqueeze(-1).expand_as(v)
-    t_end = torch.where(m > 0, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
-    m = m * (t >= t_end - FIT_SEASONS * period).to(dtype)  # the recent seasons only: a trend that changes
-    y = v.to(dtype) * m
-    n = m.sum(1, keepdim=True)  # [B, 1, D]
-    t_first = torch.where(m > 0, t, torch.full_like(t, math.inf)).amin(1, keepdim=True)
-    finite = torch.isfinite(t_end) & torch.isfinite(t_first)
-    t_end = torch.where(finite, t_end, torch.zeros_like(t_end))
-    span = torch.where(finite, t_end - t_first, torch.zeros_like(t_end))
-    k = harmonics
-    p = 3 + 2 * k
-    ok = finite & (span >= MIN_SEASONS * period) & (n >= 2 * p)
-    dt = (t - t_end) * m  # masked points: dt 0, weight 0
-    X = _features(dt, span.clamp_min(1e-9), period, k) * m.unsqueeze(-1)  # [B, T, D, p]
-    A = torch.einsum("btdi,btdj->bdij", X, X)
-    rhs = torch.einsum("btdi,btd->bdi", X, y)
-    eye = torch.eye(p, dtype=dtype, device=v.device)
-    A = A + RIDGE * (n.squeeze(1).clamp_min(1.0))[..., None, None] * eye
-    coef = torch.linalg.solve(A, rhs)  # [B, D, p]
-    seas_coef = coef[..., 3:]  # [B, D, 2k]
-
-    def seasonal(dts: Tensor) -> Tensor:
-        f = _features(dts, span.clamp_min(1e-9), period, k)[..., 3:]  # [B, T, D, 2k]
-        return torch.einsum("btdi,bdi->btd", f, seas_coef)
-
-    s = (y - seasonal(dt)) * m
-    # drift: least-squares slope of the deseasonalised context
-    tm = (dt * m).sum(1, keepdim=True) / n.clamp_min(1.0)
-    sm = s.sum(1, keepdim=True) / n.clamp_min(1.0)
-    var = (((dt - tm) ** 2) * m).sum(1, keepdim=True)
-    cov = ((dt - tm) * (s - sm) * m).sum(1, keepdim=True)
-    drift = torch.where(var > 0, cov / var.clamp_min(1e-300), torch.zeros_like(var))
-    # level: the deseasonalised, drift-adjusted value of the points within a tenth of a season of the last one
-    near = m * (dt >= -period / 10).to(dtype)
-    level = ((s - drift * dt) * near).sum(1, keepdim=True) / near.sum(1, keepdim=True).clamp_min(1.0)
-    dq = q.to(dtype) - t_end
-    out = level + drift * dq + seasonal(dq)
-    return out.to(v.dtype), ok
+    fit = HarmonicFit(batch, period, harmonics)
+    return fit.at(q), fit.ok
 
 
-__all__ = ["FIT_SEASONS", "HARMONICS", "MIN_SEASONS", "harmonic_forecast"]
+__all__ = ["FIT_SEASONS", "HARMONICS", "MIN_SEASONS", "HarmonicFit", "harmonic_forecast"]

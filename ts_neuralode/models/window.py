@@ -51,7 +51,7 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, check_query_times
 from ts_neuralode.models.baselines import Seasonal, observed_neighbours
-from ts_neuralode.models.harmonic import harmonic_forecast
+from ts_neuralode.models.harmonic import HarmonicFit
 
 NORMALIZE = ("none", "window")
 BASES = ("none", "mean", "last", "trend", "seasonal", "seasonal_trend", "harmonic")
@@ -109,6 +109,8 @@ class WindowStats:
             self.t_mean = tm
         if base in ("seasonal_trend", "harmonic"):
             self.drift = self._seasonal_drift()
+        # the harmonic fit, made once per batch: read at the batch's times and at the forecast's
+        self.harmonic = HarmonicFit(batch, float(period)) if base == "harmonic" else None
 
     def _seasonal_drift(self) -> Tensor:
         """``[B, 1, D]`` the mean seasonal difference ``y(t) - y(t - P)`` over the context points that have an
@@ -138,8 +140,7 @@ class WindowStats:
         if kind == "seasonal":
             return seasonal
         if kind == "harmonic":
-            fit, ok = harmonic_forecast(self.batch, q, self.period)
-            return torch.where(ok, fit, self._seasonal_trend(q, seasonal))
+            return torch.where(self.harmonic.ok, self.harmonic.at(q), self._seasonal_trend(q, seasonal))
         return self._seasonal_trend(q, seasonal)
 
     def _seasonal_trend(self, q: Tensor, seasonal: Tensor) -> Tensor:
