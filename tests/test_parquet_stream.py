@@ -20,7 +20,8 @@ from ts_neuralode.cli import main  # noqa: E402
 from ts_neuralode.data import parquet_stream  # noqa: E402
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule  # noqa: E402
 from ts_neuralode.data.generators import generate  # noqa: E402
-from ts_neuralode.data.parquet_stream import ParquetFolderDataModule, merge_scaler  # noqa: E402
+from ts_neuralode.data.parquet_stream import ParquetFolderDataModule  # noqa: E402
+from ts_neuralode.data.scalers import merge_scaler  # noqa: E402
 from ts_neuralode.errors import ConfigError, DataError  # noqa: E402
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "gru_flow.yaml")

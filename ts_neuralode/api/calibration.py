@@ -36,7 +36,6 @@ directory as it was then: a calibration made later by ``backtest --calibrate`` i
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -49,7 +48,7 @@ import pandas as pd
 from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.api.scoring import DEFAULT_BUCKETS, bucket_edges, bucket_of, lead_times
 from ts_neuralode.api.windows import _run_windows
-from ts_neuralode.core.atomic import atomic_write_text
+from ts_neuralode.core.atomic import read_json, write_json
 from ts_neuralode.data.batching import segment_searchsorted
 from ts_neuralode.errors import ConfigError, ForecastError
 
@@ -167,20 +166,18 @@ def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: 
 
 
 def save(model_dir: str | os.PathLike, calibration: Mapping[str, Any]) -> Path:
-    path = Path(model_dir) / FILE
-    atomic_write_text(path, json.dumps(dict(calibration), indent=2) + "\n")
-    return path
+    return write_json(Path(model_dir) / FILE, dict(calibration))
 
 
 def load(model_dir: str | os.PathLike) -> dict | None:
     """The calibration stored in a model directory, or None."""
     path = Path(model_dir) / FILE
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except ValueError as err:
         raise ForecastError(f"{path}: not valid JSON ({err}); calibrate the model again") from err
+    if data is None:
+        return None
     if data.get("format") != FORMAT:
         raise ForecastError(f"{path}: unknown calibration format {data.get('format')!r}; calibrate the model again")
     return data
@@ -216,20 +213,15 @@ def _json_id(u: Any) -> Any:
 
 
 def save_extent(model_dir: str | os.PathLike, extent: Mapping[str, Any]) -> Path:
-    path = Path(model_dir) / EXTENT_FILE
-    atomic_write_text(path, json.dumps(dict(extent)) + "\n")
-    return path
+    return write_json(Path(model_dir) / EXTENT_FILE, dict(extent), indent=None)
 
 
 def load_extent(model_dir: str | os.PathLike) -> dict | None:
-    path = Path(model_dir) / EXTENT_FILE
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text())
+        data = read_json(Path(model_dir) / EXTENT_FILE)
     except ValueError:
         return None
-    return data if data.get("format") == EXTENT_FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") == EXTENT_FORMAT else None
 
 
 def trained_rows(extent: Mapping[str, Any] | None, unique_id: Any, ds_raw: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ import torch
 from ts_neuralode.api.backtest import cross_validation
 from ts_neuralode.api.forecast_frame import band_col, parse_levels, quantile_columns
 from ts_neuralode.api.predictor import Predictor
-from ts_neuralode.core.atomic import atomic_write_bytes
+from ts_neuralode.core.atomic import write_json
 from ts_neuralode.errors import ConfigError, ForecastError
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -122,7 +122,7 @@ class EnsembleForecaster:
         info = {"format": FORMAT, "name": self.name, "members": names,
                 "member_names": [m.name for m in self.members]}
 
-        atomic_write_bytes(out / ENSEMBLE_FILE, (json.dumps(info, indent=2) + "\n").encode())
+        write_json(out / ENSEMBLE_FILE, info)
         return out
 
     @classmethod

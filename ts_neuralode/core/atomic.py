@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "atomic_write_dir",
-           "interrupted_backup"]
+           "interrupted_backup", "write_json", "read_json"]
 
 
 def _umask() -> int:
@@ -77,6 +78,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8", parents: bool = True) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode(encoding)), parents=parents)
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
+    """``data`` as a JSON file at ``path`` (one trailing newline), atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON value stored at ``path``; None when there is no such file. ``ValueError`` when the file is not
+    JSON (also not UTF-8 text), ``OSError`` when it cannot be read: the caller says what it means for its file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:

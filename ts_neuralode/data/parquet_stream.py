@@ -49,9 +49,10 @@ from torch.utils.data import DataLoader
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule, _FolderDispatch
 from ts_neuralode.data.parquet_folder import SHARD_ROWS, ParquetFolder, ShardStream, _as_is
+from ts_neuralode.data.scalers import auto_time_scale, merge_scaler
 from ts_neuralode.data.tasks import AUTO_MIN_BATCHES, positive_duration
 from ts_neuralode.data.timecodec import TimeCodec
-from ts_neuralode.data.transform import SeriesTransform, auto_time_scale
+from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, DataError
 
 #: messages of the in-memory module about series left out of a split: the scan sums them up over the shards
@@ -144,37 +145,6 @@ def _record(m: _ShardModule, k: int) -> _Records:
                     val_ok=np.isin(np.arange(s), split["val"]), test_ok=np.isin(np.arange(s), split["test"]),
                     fitted=fitted, n=stats["n"], mean=stats["mean"], m2=stats["m2"], lo=lo, hi=hi,
                     first=first, last=last)
-
-
-def merge_scaler(kind: str, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
-                 hi: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel (center, scale) of scaler ``kind`` from per-series statistics ``[S, D]`` (count, mean, sum of
-    squared deviations, min, max): the standard scaler's mean and population standard deviation merged exactly
-    (Chan et al.), as scikit-learn's ``StandardScaler`` / ``MinMaxScaler`` give on all the values; a constant channel
-    gets scale 1 as there."""
-    d = n.shape[1]
-    if kind == "none":
-        return [0.0] * d, [1.0] * d
-    centers, scales = [], []
-    for c in range(d):
-        nc = n[:, c]
-        tot = float(nc.sum())
-        if tot == 0:
-            centers.append(0.0)
-            scales.append(1.0)
-            continue
-        if kind == "standard":
-            mu = float((nc * mean[:, c]).sum() / tot)
-            var = float((m2[:, c].sum() + (nc * (mean[:, c] - mu) ** 2).sum()) / tot)
-            center, scale = mu, math.sqrt(var) if var > 0 else 1.0
-            if scale < 10 * np.finfo(np.float64).eps * max(1.0, abs(mu)):
-                scale = 1.0
-        else:  # minmax
-            center = float(lo[:, c].min())
-            scale = float(hi[:, c].max()) - center
-        centers.append(center)
-        scales.append(scale if math.isfinite(scale) and scale > 0 else 1.0 if math.isfinite(scale) else scale)
-    return centers, scales
 
 
 class ParquetFolderDataModule(IrregularTimeSeriesDataModule):

@@ -36,11 +36,9 @@ from torch import Tensor
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.batching import SeriesArrays, collate
 from ts_neuralode.data.io import read_series
+from ts_neuralode.data.scalers import SCALERS, auto_time_scale, fit_scaler
 from ts_neuralode.data.timecodec import TimeCodec, unit_to_ns
 from ts_neuralode.errors import ConfigError, DataError, ForecastError
-
-SCALERS = ("standard", "minmax", "robust", "none")
-
 
 # Largest |value| a model input or target may have after scaling. Beyond it float32 arithmetic in the models
 # overflows (a squared error of 1e12 is 1e24; summed over 1e8 points 1e32, still below float32's 3.4e38); a value
@@ -49,52 +47,6 @@ MAX_SCALED_VALUE = 1e12
 # Largest |model time| of a history: float32 keeps it finite and the solvers can step across it (auto
 # time_scale makes training spans <= 10 model units).
 MAX_MODEL_TIME = 1e6
-
-
-def _fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
-    """Fit one scikit-learn scaler on the observed values ``x`` [n]; return (center, scale).
-
-    Values near the float64 limits (e.g. 1e308, whose sum or square overflows, or 1e-310) are first divided by
-    a power of two near their largest magnitude (exact), so the statistics are computed in range; center and
-    scale are multiplied back. The result may still be non-finite (a range wider than float64); the caller
-    reports that."""
-    if kind == "none" or x.size == 0:
-        return 0.0, 1.0
-    big = float(np.max(np.abs(x)))
-    pow2 = 1.0
-    if big > 1e100 or 0.0 < big < 1e-100:
-        pow2 = math.ldexp(1.0, math.frexp(big)[1] - 1)  # a power of two in (big / 2, big]
-        x = x / pow2
-    center, scale = _fit_scaler_unit(kind, x)
-    with np.errstate(over="ignore"):
-        return center * pow2, scale * pow2
-
-
-def _fit_scaler_unit(kind: str, x: np.ndarray) -> tuple[float, float]:
-    from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
-
-    col = x.reshape(-1, 1)
-    if kind == "standard":
-        s = StandardScaler().fit(col)
-        center, scale = float(s.mean_[0]), float(s.scale_[0])
-    elif kind == "minmax":
-        s = MinMaxScaler().fit(col)
-        center, scale = float(s.data_min_[0]), float(s.data_range_[0])
-    elif kind == "robust":
-        s = RobustScaler().fit(col)
-        center, scale = float(s.center_[0]), float(s.scale_[0])
-    else:
-        raise ConfigError(f"scaler={kind!r} is not supported; use one of {', '.join(SCALERS)}")
-    if not np.isfinite(scale) or scale <= 0:
-        scale = 1.0
-    return center, scale
-
-
-def auto_time_scale(max_span: float) -> float:
-    """Smallest power of 10 such that ``max_span / scale <= 10`` (1.0 for an empty/zero span)."""
-    if not np.isfinite(max_span) or max_span <= 0:
-        return 1.0
-    return float(10.0 ** math.ceil(math.log10(max_span / 10.0) - 1e-12))
 
 
 @dataclass
@@ -152,7 +104,7 @@ class SeriesTransform:
         rows = np.cumsum(marks[:-1]) > 0
         centers, scales = [], []
         for d in range(table.num_channels):
-            c, s = _fit_scaler(scaler, table.values[rows & table.mask[:, d], d])
+            c, s = fit_scaler(scaler, table.values[rows & table.mask[:, d], d])
             centers.append(c)
             scales.append(s)
         if time_scale == "auto":

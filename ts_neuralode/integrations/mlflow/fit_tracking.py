@@ -5,7 +5,6 @@ of a stage (:func:`tracking_parts`). The logger, the run file and the store live
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 
-from ts_neuralode.core.atomic import atomic_write_text
+from ts_neuralode.core.atomic import write_json
 from ts_neuralode.core.threads import current_choice
 from ts_neuralode.errors import ForecastError, TSNeuralODEError
 from ts_neuralode.integrations.mlflow.io import log_batch, mark_training_experiment
@@ -118,7 +117,7 @@ class MlflowTrackingCallback(Callback):
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
-        atomic_write_text(self.ckpt_dir / RUN_FILE, json.dumps(info, indent=2) + "\n")
+        write_json(self.ckpt_dir / RUN_FILE, info)
         tracked(logger, lambda: logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir",
                                                           str(self.ckpt_dir.resolve())))
         logger.log_hyperparams(scale_params(trainer))

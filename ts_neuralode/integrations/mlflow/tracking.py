@@ -31,7 +31,6 @@ checkpoints, so ``fit --ckpt_path last`` continues the same MLflow run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -46,6 +45,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from ts_neuralode.core.atomic import read_json
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.io import MAX_PARAM_LENGTH
 from ts_neuralode.training.callbacks import find_logger
@@ -203,11 +203,8 @@ def _scalar(value: Any) -> float | None:
 
 
 def read_run_file(ckpt_dir: str | os.PathLike) -> dict | None:
-    path = Path(ckpt_dir) / RUN_FILE
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text())
+        return read_json(Path(ckpt_dir) / RUN_FILE)
     except (OSError, ValueError):
         return None
 
