@@ -88,3 +88,21 @@ def test_data_errors_name_the_cli_option(dt_fitted, tmp_path, capfd):
     err = _err_lines(capfd)
     assert len(err) == 1 and "missing time column" in err[0] and "--data.time_col" in err[0], err
     assert "time_col=" not in err[0]
+
+
+@pytest.mark.parametrize("sub", ["forecast", "backtest"])
+def test_sampling_defaults_are_the_apis(sub, capsys):
+    """The command line's sampling defaults are those of Forecaster.predict and the backtest (one declaration)."""
+    import inspect
+
+    from ts_neuralode.api.backtest import cross_validation
+    from ts_neuralode.api.predictor import Predictor
+
+    with pytest.raises(SystemExit):
+        main([sub, "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    for fn in (Predictor.predict, cross_validation):
+        params = inspect.signature(fn).parameters
+        for name in ("num_samples", "batch_size", "seed"):
+            assert cfg[name] == params[name].default, (sub, fn.__qualname__, name)
+        assert [float(v) for v in cfg["level"]] == [float(v) for v in params["level"].default]

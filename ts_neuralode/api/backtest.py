@@ -61,6 +61,7 @@ from ts_neuralode.api.windows import (
     _run_windows,
     window_cuts,
 )
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import as_frame, read_frame
 from ts_neuralode.errors import ConfigError, ForecastError
 
@@ -93,12 +94,12 @@ def cross_validation(
     step: float | str | pd.Timedelta | None = None,
     refit: bool | int = False,
     fit_args: Sequence[str] | str | None = None,
-    level: Iterable[float] | float | None = (50, 90),
+    level: Iterable[float] | float | None = SAMPLING.level,
     quantiles: Iterable[float] | None = CRPS_QUANTILES,
-    num_samples: int = 100,
+    num_samples: int = SAMPLING.num_samples,
     context: float | str | pd.Timedelta | None = None,
-    seed: int | None = 0,
-    batch_size: int = 64,
+    seed: int | None = SAMPLING.seed,
+    batch_size: int = SAMPLING.batch_size,
     calibrated: bool = False,
     progress: bool = False,
     workdir: str | os.PathLike | None = None,

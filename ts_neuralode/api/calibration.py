@@ -49,6 +49,7 @@ from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, quan
 from ts_neuralode.api.scoring import DEFAULT_BUCKETS, bucket_edges, bucket_of, lead_times
 from ts_neuralode.api.windows import _run_windows
 from ts_neuralode.core.atomic import read_json, write_json
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.batching import segment_searchsorted
 from ts_neuralode.errors import ConfigError, ForecastError
 
@@ -335,7 +336,7 @@ def held_out_windows(datamodule) -> tuple[list, np.ndarray, np.ndarray, float] |
     return ids, cut[None, :] + k * span[None, :] / FIT_WINDOWS, np.full(len(val), np.inf), h
 
 
-def held_out_forecasts(fc, datamodule, num_samples: int = 100, seed: int | None = 0,
+def held_out_forecasts(fc, datamodule, num_samples: int = SAMPLING.num_samples, seed: int | None = SAMPLING.seed,
                        levels: Sequence[float] | None = FIT_LEVELS):
     """``fc``'s forecasts on the fit's held-out validation windows (:func:`held_out_windows`) as a
     cross-validation frame, with the history table, the horizon and the series: ``(cv, table, horizon, ids)``;
@@ -367,8 +368,8 @@ def held_out_forecasts(fc, datamodule, num_samples: int = 100, seed: int | None 
     return cv, table, h, ids
 
 
-def fit_calibration(fc, datamodule, num_samples: int = 100, buckets: int = DEFAULT_BUCKETS,
-                    seed: int | None = 0) -> tuple[dict | None, str]:
+def fit_calibration(fc, datamodule, num_samples: int = SAMPLING.num_samples, buckets: int = DEFAULT_BUCKETS,
+                    seed: int | None = SAMPLING.seed) -> tuple[dict | None, str]:
     """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
     (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
     if getattr(datamodule, "streams_shards", False):

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.models.evolution_config import evolution_kind
 
-DEFAULT_LEVELS = (50, 90)
+DEFAULT_LEVELS = SAMPLING.level
 
 
 def model_display_name(hparams: Mapping[str, Any]) -> str:

@@ -33,6 +33,7 @@ from ts_neuralode.api.backtest import cross_validation
 from ts_neuralode.api.forecast_frame import band_col, parse_levels, quantile_columns
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.core.atomic import write_json
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.errors import ConfigError, ForecastError
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -72,9 +73,9 @@ class EnsembleForecaster:
         return self.members[0].history_frame(history, **read_options)
 
     # -- forecasts ----------------------------------------------------------------------------------------------
-    def predict(self, history: Any, horizon: Any = None, *, level: Iterable[float] | float | None = (50, 90),
-                quantiles: Iterable[float] | None = None, num_samples: int = 100, calibrated: bool = False,
-                **options: Any) -> pd.DataFrame:
+    def predict(self, history: Any, horizon: Any = None, *, level: Iterable[float] | float | None = SAMPLING.level,
+                quantiles: Iterable[float] | None = None, num_samples: int = SAMPLING.num_samples,
+                calibrated: bool = False, **options: Any) -> pd.DataFrame:
         """As :meth:`Forecaster.predict <ts_neuralode.api.forecaster.Forecaster.predict>` (same arguments and columns,
         named ``<name>``); the bands and quantiles are those of the members' mixture (module docstring)."""
         if calibrated:

@@ -39,7 +39,6 @@ import torch
 
 from ts_neuralode.api import calibration, plotting
 from ts_neuralode.api.forecast_frame import (
-    DEFAULT_LEVELS,
     fmt_level,
     model_display_name,
     nixtla_frame,
@@ -48,6 +47,7 @@ from ts_neuralode.api.forecast_frame import (
     table_to_long,
 )
 from ts_neuralode.core.progress import show_progress
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.core.seeding import seeded
 from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.batching import context_start
@@ -189,13 +189,13 @@ class Predictor:
         times: Any = None,
         freq: float | str | pd.Timedelta | None = None,
         num_points: int | None = None,
-        num_samples: int = 100,
-        level: Iterable[float] | float | None = DEFAULT_LEVELS,
+        num_samples: int = SAMPLING.num_samples,
+        level: Iterable[float] | float | None = SAMPLING.level,
         quantiles: Iterable[float] | None = None,
         series: Sequence[Any] | None = None,
-        batch_size: int = 64,
+        batch_size: int = SAMPLING.batch_size,
         progress: bool = False,
-        seed: int | None = 0,
+        seed: int | None = SAMPLING.seed,
         context: float | str | pd.Timedelta | None = None,
         future: pd.DataFrame | str | os.PathLike | None = None,
         calibrated: bool | None = None,

@@ -12,6 +12,7 @@ from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
 from ts_neuralode.cli.args import parse, subcommand_parser
 from ts_neuralode.core.atomic import atomic_write_bytes
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
@@ -93,11 +94,12 @@ def forecast_options(p, context: str) -> None:
                    help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
                         "of time units; 'all': the whole history; default: the context the model was trained with "
                         "on the forecast task, else the whole history)")
-    g.add_argument("--num_samples", type=int, default=100, help="predictive samples")
-    g.add_argument("--level", type=float, nargs="*", default=[50.0, 90.0],
+    # the defaults are the API's (forecast_frame.SAMPLING), so the command line and Forecaster.predict agree
+    g.add_argument("--num_samples", type=int, default=SAMPLING.num_samples, help="predictive samples")
+    g.add_argument("--level", type=float, nargs="*", default=list(SAMPLING.level),
                    help="central interval levels in percent")
-    g.add_argument("--batch_size", type=int, default=64, help="series per forward pass")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--batch_size", type=int, default=SAMPLING.batch_size, help="series per forward pass")
+    g.add_argument("--seed", type=int, default=SAMPLING.seed, help="sampling seed")
 
 
 def parse_forecast_like(parser, argv: Sequence[str]):

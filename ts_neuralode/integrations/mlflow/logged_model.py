@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 import ts_neuralode
+from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import read_frame
 from ts_neuralode.data.query_times import query_times
 from ts_neuralode.errors import ForecastError
@@ -52,9 +53,9 @@ from ts_neuralode.errors import ForecastError
 #: of the same name into it, looking the model up in the *global* tracking store even for a client of another one.
 MODEL_NAME = "forecaster"
 #: query options and their "not given" defaults (the params schema)
-PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": 100,
-                                  "level": [50.0, 90.0], "context": "", "seed": 0, "calibrated": False,
-                                  "raw_bands": False}
+PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": SAMPLING.num_samples,
+                                  "level": list(SAMPLING.level), "context": "", "seed": SAMPLING.seed,
+                                  "calibrated": False, "raw_bands": False}
 EXAMPLE_ROWS = 8
 
 _ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster
