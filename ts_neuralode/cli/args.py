@@ -63,9 +63,9 @@ def check_spelling(argv: Sequence[str], parser, renames: Mapping[str, str] | Non
         name = arg.split("=", 1)[0]
         if not name.startswith("--"):
             continue
-        if renames and name in renames:
-            raise ConfigError(f"{parser.prog}: {name} is now {renames[name]}")
         snake = "--" + name[2:].replace("-", "_")
+        if renames and (name in renames or snake in renames):  # --no_tracking, and --no-tracking too
+            raise ConfigError(f"{parser.prog}: {name} is now {renames.get(name) or renames[snake]}")
         if name not in known and snake in known:
             raise ConfigError(f"{parser.prog}: {name} is now {snake} (options are spelled in snake_case)")
 
