@@ -140,7 +140,7 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     (["--bogus", "1"], "unrecognized arguments"),
     (["--data.format", "wide"], "applies to a CSV only"),
     (["--data.task", "forecast"], "needs --data.horizon"),
-    (["--baselines", "seasonal"], "needs --season"),
+    (["--baselines", "seasonal"], "needs --data.season"),
     (["--baselines", "locf,drift"], "unknown baseline"),
     (["--data.split_by", "time"], "with --data.task forecast only"),
     (["--tracking_uri", "some_dir"], "directory"),
