@@ -107,3 +107,18 @@ def test_every_rename_names_an_option_that_exists():
     known = {s for a in parser()._actions for s in a.option_strings}
     for old, new in BENCHMARK_RENAMES.items():
         assert old not in known and new.split()[0] in known, (old, new)
+
+
+def test_a_list_option_given_as_words_says_how_to_write_a_list(capfd):
+    """``--data.value_cols a b`` (argparse's spelling of a list in older versions): one line with the new one."""
+    assert main(["benchmark", "--data.path", "x.csv", "--data.value_cols", "a", "b"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.value_cols" in err[0] and "[a, b]" in err[0], err
+
+
+def test_an_old_key_in_a_config_file_names_the_new_option(tmp_path, capfd):
+    path = tmp_path / "old.yaml"
+    path.write_text("dataset: sine\ntask: forecast\n")
+    assert main(["benchmark", "--config", str(path)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'task' (a key of the config file) is now --data.task" in err[0], err
