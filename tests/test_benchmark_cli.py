@@ -122,3 +122,30 @@ def test_an_old_key_in_a_config_file_names_the_new_option(tmp_path, capfd):
     assert main(["benchmark", "--config", str(path)]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'task' (a key of the config file) is now --data.task" in err[0], err
+
+
+@pytest.mark.slow
+def test_a_fresh_process_runs_the_printed_config(tmp_path):
+    """``ts-neuralode benchmark --print_config > c.yaml`` then ``--config c.yaml``, each in a process of its own
+    (as a user runs them: nothing imported beforehand, as the other tests' imports would)."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ts_neuralode.cli", "benchmark"]
+    argv = ["--dataset", "sine", "--n_series", "12", "--n_points", "10", "--models", "latent_gru_flow,ode_rnn",
+            "--epochs", "1", "--data.batch_size", "6", "--latency_reps", "1", "--tracking", "false", "--progress",
+            "false", "--out", str(tmp_path / "b.csv")]
+    printed = subprocess.run([*cmd, *argv, "--print_config"], capture_output=True, text=True, env=env, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "c.yaml").write_text(printed.stdout)
+    run = subprocess.run([*cmd, "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    table = pd.read_csv(tmp_path / "b.csv")
+    assert list(table["model"]) == ["latent_gru_flow", "ode_rnn", "locf", "mean", "linear"]
+    assert (table["params"].iloc[:2] > 0).all() and table[["interp_mse", "extrap_mse"]].notna().all().all()
+    assert "| ode_rnn |" in run.stdout and (tmp_path / "b.md").read_text().count("--config") == 1
