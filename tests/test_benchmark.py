@@ -32,8 +32,8 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "res" / "bench.csv"
     rc = main(["benchmark", "--data.path", str(csv), "--models", "latent_ode_rk4,latent_gru_flow", "--epochs", "1",
-               "--batch_size", "8", "--latency_reps", "1", "--out", str(out), "--tracking_uri", uri,
-               "--run_name", "tiny", "--no_progress"])
+               "--data.batch_size", "8", "--latency_reps", "1", "--out", str(out), "--tracking_uri", uri,
+               "--run_name", "tiny", "--progress", "false"])
     assert rc == 0
     stdout = capsys.readouterr().out
     header = stdout.strip().splitlines()[0]
@@ -136,18 +136,18 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
     ([], None),
     (["--epochs", "0"], "--epochs 0 must be >= 1"),
-    (["--task", "smoothing"], "invalid choice"),
+    (["--data.task", "smoothing"], "invalid choice"),
     (["--bogus", "1"], "unrecognized arguments"),
     (["--data.format", "wide"], "applies to a CSV only"),
-    (["--task", "forecast"], "needs --horizon"),
-    (["--baselines", "seasonal"], "needs --season"),
+    (["--data.task", "forecast"], "needs --data.horizon"),
+    (["--baselines", "seasonal"], "needs --data.season"),
     (["--baselines", "locf,drift"], "unknown baseline"),
-    (["--split_by", "time"], "with --task forecast only"),
+    (["--data.split_by", "time"], "with --data.task forecast only"),
     (["--tracking_uri", "some_dir"], "directory"),
 ])
 def test_bad_options_one_line(tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
-    argv = ["benchmark", "--epochs", "1", "--no_progress"] + args
+    argv = ["benchmark", "--epochs", "1", "--progress", "false"] + args
     if args != [] and "--data.path" not in args:
         argv += ["--dataset", "sine", "--n_series", "6", "--n_points", "8"]
     if args == []:

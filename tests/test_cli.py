@@ -252,10 +252,10 @@ def test_benchmark_progress_bar_default_and_off(tmp_path, monkeypatch, capfd):
     csv = tmp_path / "b.csv"
     generate("sine", n_series=10, n_points=10, seed=2).to_csv(csv, index=False)
     base = ["benchmark", "--data.path", str(csv), "--models", "latent_coupling_flow", "--epochs", "1",
-            "--batch_size", "8", "--latency_reps", "1", "--no_tracking"]
+            "--data.batch_size", "8", "--latency_reps", "1", "--tracking", "false"]
     assert main([*base, "--out", str(tmp_path / "on.csv")]) == 0
     assert "benchmark:" in capfd.readouterr().err
-    assert main([*base, "--out", str(tmp_path / "off.csv"), "--no_progress"]) == 0
+    assert main([*base, "--out", str(tmp_path / "off.csv"), "--progress", "false"]) == 0
     assert "benchmark:" not in capfd.readouterr().err
 
 

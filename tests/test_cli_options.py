@@ -30,7 +30,7 @@ def test_benchmark_help_names_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 5)" in out and "(default: cpu)" in out  # --epochs, --device
+    assert "default: 5)" in out and "default: cpu)" in out  # --epochs, --device
 
 
 def test_generate_config_file_and_print_config(tmp_path, capsys):

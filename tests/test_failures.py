@@ -201,7 +201,7 @@ def test_preflight_checks(tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     (["forecast", "--mlflow_run", "0123456789abcdef"], "leave out --mlflow_run"),
     (["forecast", "--model", "runs:/0123456789abcdef/model"], "pass the model directory itself as --model"),
-    (["benchmark", "--dataset", "sine", "--models", "latent_coupling_flow", "--epochs", "1"], "--no_tracking"),
+    (["benchmark", "--dataset", "sine", "--models", "latent_coupling_flow", "--epochs", "1"], "--tracking false"),
     (["backtest", "--horizon", "2h"], "--no_tracking"),
 ])
 def test_other_subcommands_probe_the_tracking_server(argv, fragment, dt_fitted, dt_csv, tmp_path, capfd):

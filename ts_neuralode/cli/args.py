@@ -20,25 +20,6 @@ from ts_neuralode.errors import ConfigError
 PROG = "ts-neuralode"
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """argparse help that names each option's default (unless its help already does): ``benchmark --help``."""
-
-    def _get_help_string(self, action) -> str:
-        text = action.help or ""
-        if (not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS)
-                or isinstance(action, argparse._HelpAction)):
-            return text
-        return f"{text} (default: %(default)s)".strip()
-
-
-def name_defaults(parser) -> None:
-    """Give the options of an argparse ``parser`` that have no help text one naming their default (argparse shows
-    no line at all for them, so :class:`DefaultsHelpFormatter` alone cannot)."""
-    for action in parser._actions:
-        if action.help is None and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
-            action.help = "(default: %(default)s)"
-
-
 def subcommand_parser(name: str, description: str):
     """A jsonargparse parser for ``ts-neuralode NAME`` with ``--config`` and ``--print_config``."""
     p = ArgumentParser(prog=f"{PROG} {name}", description=description, exit_on_error=False, default_meta=False,
@@ -63,9 +44,9 @@ def check_spelling(argv: Sequence[str], parser, renames: Mapping[str, str] | Non
         name = arg.split("=", 1)[0]
         if not name.startswith("--"):
             continue
-        if renames and name in renames:
-            raise ConfigError(f"{parser.prog}: {name} is now {renames[name]}")
         snake = "--" + name[2:].replace("-", "_")
+        if renames and (name in renames or snake in renames):  # --no_tracking, and --no-tracking too
+            raise ConfigError(f"{parser.prog}: {name} is now {renames.get(name) or renames[snake]}")
         if name not in known and snake in known:
             raise ConfigError(f"{parser.prog}: {name} is now {snake} (options are spelled in snake_case)")
 
@@ -77,7 +58,14 @@ def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None)
     try:
         return parser.parse_args(argv)
     except argparse.ArgumentError as err:
-        raise ConfigError(f"{parser.prog}: {' '.join(str(err).split())}; see '{parser.prog} --help'") from err
+        text = " ".join(str(err).split())
+        old = re.search(r"Option '([^']+)' is not accepted", text)  # a key of a --config file
+        if old and renames and f"--{old[1]}" in renames:
+            text = f"'{old[1]}' (a key of the config file) is now {renames[f'--{old[1]}']}"
+        key = re.search(r'Parser key "([^"]+)"', text)
+        if key and "Expected <class 'list'>" in text:  # '--data.value_cols a b' (argparse's nargs) in older versions
+            text += f"; write a list as --{key[1]} [a, b] (or an item at a time: --{key[1]}+ a --{key[1]}+ b)"
+        raise ConfigError(f"{parser.prog}: {text}; see '{parser.prog} --help'") from err
 
 
 #: API argument names (``pass time_col=...``) and the CLI options that set them
@@ -92,5 +80,5 @@ def cli_words(message: str, group: str = "data") -> str:
     return _API_WORDS.sub(lambda m: f"{m.group(1)} --{group}.{m.group(2)} ", message)
 
 
-__all__ = ["DefaultsHelpFormatter", "name_defaults", "subcommand_parser", "parse", "check_spelling", "cli_words",
+__all__ = ["subcommand_parser", "parse", "check_spelling", "cli_words",
            "DATA_OPTIONS"]

@@ -1,154 +1,175 @@
-"""``ts-neuralode benchmark``: its options, turned into a :class:`BenchmarkConfig` and run."""
+"""``ts-neuralode benchmark``: a jsonargparse subcommand (``--config FILE``, ``--print_config``, ``--help``) whose
+options are read from the declarations they set, each declared once:
+
+* the benchmark's own (``--dataset``, ``--models``, ``--epochs`` ...): the fields of
+  :class:`~ts_neuralode.api.benchmark.config.BenchmarkConfig`;
+* the data options ``--data.*`` (:data:`~ts_neuralode.api.benchmark.config.DATA_FIELDS` and
+  :data:`~ts_neuralode.api.benchmark.config.READ_OPTIONS`): the data module's signature
+  (:class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule`, as in ``fit``), with BenchmarkConfig's
+  defaults (the data module's, but for ``layout``: ``auto``);
+* the model options every model shares (``--latent_dim``, ``--lr``, ``--rtol`` ...): ForecastingModule's signature
+  and :class:`~ts_neuralode.models.evolution_config.EvolutionConfig` (default: each model's own);
+* ``--tracking``, ``--tracking_uri``, ``--experiment_name``, ``--run_name``, ``--progress``: the signature of
+  :func:`~ts_neuralode.api.benchmark.runner.run_benchmark` (the command line tracks by default);
+* ``--out``, ``--plot``, ``--title`` (the files this command writes): here.
+
+Older spellings (``--task``, ``--horizon``, ``--batch_size`` ..., ``--no_tracking``, ``--no_progress``,
+``--n-series``) fail with one line naming the new one (:data:`BENCHMARK_RENAMES`).
+"""
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import shlex
 import sys
+import typing
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
-from ts_neuralode.api.benchmark.config import DEFAULT_MODELS, LAYOUTS, MODEL_SPECS, PROG, SPLITS, TASKS, BenchmarkConfig
+import docstring_parser
+
+from ts_neuralode.api.benchmark.config import (
+    DATA_FIELDS,
+    MODEL_SPECS,
+    PROG,
+    READ_OPTIONS,
+    SHARED_MODEL_OPTIONS,
+    BenchmarkConfig,
+)
 from ts_neuralode.api.benchmark.report import markdown_table, write_outputs
 from ts_neuralode.api.benchmark.runner import BenchmarkResult, run_benchmark
 from ts_neuralode.api.preflight import tracking_store, writable_file
-from ts_neuralode.cli.args import DefaultsHelpFormatter, name_defaults
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+from ts_neuralode.cli.args import parse, subcommand_parser
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.data.generators import NAMES
+from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
+from ts_neuralode.models.evolution_config import EvolutionConfig
+from ts_neuralode.training import ForecastingModule
+
+#: the options of ``benchmark`` in older versions and their spelling now
+BENCHMARK_RENAMES = {
+    **{f"--{name}": f"--data.{name}" for name in DATA_FIELDS if name != "path"},
+    "--no_tracking": "--tracking false",
+    "--no_progress": "--progress false",
+}
+#: BenchmarkConfig fields the command line does not set (the data options are ``--data.*``; model options per model
+#: are for scripts)
+_NOT_OPTIONS = {*DATA_FIELDS, "read_options", "model_options", "model_overrides"}
+_RUN_OPTIONS = ("tracking", "tracking_uri", "experiment_name", "run_name", "progress")
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def _float_or_auto(value: str) -> float | str:
-    if value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+#: what each shared model option does, in the words of a benchmark (its type and the models' default are read from
+#: where it is declared: :func:`_shared_model_option`)
+_SHARED_HELP = {
+    "latent_dim": "state size of every model",
+    "hidden_dim": "width of every model's networks",
+    "num_layers": "hidden layers of the vector fields' / flows' networks",
+    "flow_layers": "stacked flow layers of every flow",
+    "lr": "Adam's learning rate",
+    "rtol": "relative tolerance of the adaptive ODE solvers (dopri5)",
+    "atol": "absolute tolerance of the adaptive ODE solvers (dopri5)",
+    "step_size": "fixed step of rk4 (None: from output time to output time)",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, formatter_class=DefaultsHelpFormatter, description="Train Neural ODE and "
-                                                                                            "Neural Flow models on the "
-                                                                                            "same data, seed and "
-                "budget; report parameters, epoch time, latency, NFE and test MSE (table, CSV, PNG, MLflow).")
-    src = p.add_argument_group("data (one of --dataset / --data.path)")
-    src.add_argument("--dataset", default=None, help="synthetic set (ts-neuralode generate names), e.g. sine")
-    src.add_argument("--n_series", type=int, default=1000, help="series of the synthetic set (default 1000)")
-    src.add_argument("--n_points", type=int, default=None, help="points per synthetic series (default: the set's)")
-    src.add_argument("--data.path", dest="path", default=None, help="CSV file (long or wide format)")
-    src.add_argument("--data.format", dest="format", choices=("long", "wide"), default=None)
-    src.add_argument("--data.id_col", dest="id_col", default=None)
-    src.add_argument("--data.time_col", dest="time_col", default=None)
-    src.add_argument("--data.value_cols", dest="value_cols", nargs="+", default=None)
-    src.add_argument("--data.mask_cols", dest="mask_cols", nargs="+", default=None)
-    src.add_argument("--data.time_unit", dest="time_unit", default=None)
-    src.add_argument("--data.duplicates", dest="duplicates", choices=("error", "mean"), default=None)
-    src.add_argument("--data.layout", "--layout", dest="layout", choices=LAYOUTS, default="auto",
-                     help="auto (union when series share times, else padded)")
-    src.add_argument("--data.scaler", "--scaler", dest="scaler", default="standard",
-                     choices=("standard", "minmax", "robust", "none"))
-    src.add_argument("--data.time_scale", dest="time_scale", type=_float_or_auto, default="auto")
-    task = p.add_argument_group("task")
-    task.add_argument("--task", "--data.task", dest="task", choices=TASKS, default="interpolation",
-                      help="training task (interpolation and extrapolation are both scored; forecast adds its own "
-                           "test, see --split_by); default interpolation")
-    task.add_argument("--horizon", "--data.horizon", dest="horizon", default=None,
-                      help="forecast task: how far after the cutoff targets are scored (e.g. 2D, 52W or a number of "
-                           "time units); required with --task forecast")
-    task.add_argument("--context", "--data.context", dest="context", default=None,
-                      help="forecast task: how much history before the cutoff the models see (default: all)")
-    task.add_argument("--windows_per_series", "--data.windows_per_series", dest="windows_per_series",
-                      default="auto", help="forecast task: training windows per series per epoch (default auto: "
-                                           "about one per horizon of the series)")
-    task.add_argument("--split_by", "--data.split_by", dest="split_by", choices=SPLITS, default=None,
-                      help="forecast task: hold out the last horizons of every series (time, the default) or whole "
-                           "series (series)")
-    task.add_argument("--obs_fraction", "--data.obs_fraction", dest="obs_fraction", type=float, default=0.5)
-    task.add_argument("--cut", "--data.cut", dest="cut", type=float, default=0.5)
-    task.add_argument("--extrap_obs_fraction", "--data.extrap_obs_fraction", dest="extrap_obs_fraction",
-                      type=float, default=1.0)
-    m = p.add_argument_group("models and budget")
-    m.add_argument("--baselines", default=None,
-                   help="naive baselines with rows of their own, comma-separated (locf, nearest, linear, mean, "
-                        "seasonal) or 'none'; default locf,mean,linear (+ seasonal with --season)")
-    m.add_argument("--season", "--data.season", dest="season", default=None,
-                   help="period of the seasonal naive baseline: a duration (24h, 365D) or a number of time units")
-    m.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help=f"comma- or space-separated subset of: {', '.join(MODEL_SPECS)} (default: "
-                        f"{', '.join(DEFAULT_MODELS)})")
-    m.add_argument("--epochs", type=int, default=5)
-    m.add_argument("--batch_size", "--data.batch_size", dest="batch_size", type=int, default=50)
-    m.add_argument("--seed", type=int, default=0, help="data generation, split, subsampling and model init")
-    m.add_argument("--latent_dim", type=int, default=None)
-    m.add_argument("--hidden_dim", type=int, default=None)
-    m.add_argument("--num_layers", type=int, default=None)
-    m.add_argument("--flow_layers", type=int, default=None)
-    m.add_argument("--lr", type=float, default=None)
-    m.add_argument("--rtol", type=float, default=None)
-    m.add_argument("--atol", type=float, default=None)
-    m.add_argument("--step_size", type=float, default=None, help="fixed step of rk4 (default: output spacing)")
-    m.add_argument("--gradient_clip", type=float, default=1.0)
-    m.add_argument("--latency_reps", type=int, default=3)
-    m.add_argument("--device", default="cpu", help="cpu or cuda")
-    m.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: these small models run fastest and least noisily on one "
-                        "thread per process, especially on a shared machine; 0 = torch's default)")
+def _descriptions(owner: Any) -> dict[str, str]:
+    """The parameter/attribute descriptions of ``owner``'s docstring."""
+    return {p.arg_name: " ".join((p.description or "").split())
+            for p in docstring_parser.parse(inspect.getdoc(owner) or "").params}
+
+
+def _retitle(parser, dest: str, title: str) -> None:
+    """Title the help group of option ``dest`` (jsonargparse titles a class's group with its docstring)."""
+    for group in parser._action_groups:
+        if any(a.dest == dest for a in group._group_actions):
+            group.title = title
+
+
+def _shared_model_option(name: str) -> tuple[Any, Any]:
+    """The type and default of a shared model option, where it is declared: ForecastingModule's signature, else an
+    EvolutionConfig field."""
+    params = inspect.signature(ForecastingModule.__init__).parameters
+    if name in params:
+        return typing.get_type_hints(ForecastingModule.__init__)[name], params[name].default
+    declared = {f.name: f for f in fields(EvolutionConfig)}[name]
+    return typing.get_type_hints(EvolutionConfig)[name], declared.default
+
+
+def parser():
+    """The ``ts-neuralode benchmark`` parser (see the module docstring for where each option is declared)."""
+    p = subcommand_parser(
+        "benchmark",
+        "Train Neural ODE and Neural Flow models on the same data, seed and budget; report parameters, epoch time, "
+        "latency, NFE and test MSE, with naive baselines scored by the same code (table, CSV, PNG, MLflow).",
+    )
+    p.add_class_arguments(BenchmarkConfig, skip=_NOT_OPTIONS, instantiate=False)
+
+    # the data options: the data module's, with the benchmark's defaults and descriptions of its fields
+    data_params = set(inspect.signature(IrregularTimeSeriesDataModule.__init__).parameters) - {"self"}
+    p.add_class_arguments(IrregularTimeSeriesDataModule, "data", instantiate=False,
+                          skip=data_params - {*DATA_FIELDS, *READ_OPTIONS})
+    defaults = {f.name: f.default for f in fields(BenchmarkConfig) if f.default is not MISSING}
+    p.set_defaults({f"data.{name}": defaults[name] for name in DATA_FIELDS})
+    bench_docs = _descriptions(BenchmarkConfig)
+    for action in p._actions:
+        key = action.dest.removeprefix("data.")
+        if action.dest.startswith("data.") and key in DATA_FIELDS and bench_docs.get(key):
+            action.help = bench_docs[key]
+        elif action.dest in ("models", "dataset"):  # the names to choose from
+            names = MODEL_SPECS if action.dest == "models" else NAMES
+            action.help = f"{action.help.rstrip('.')}; from: {', '.join(names)}."
+
+    g = p.add_argument_group("model options, the same for every model (default: each model's own)")
+    for name in SHARED_MODEL_OPTIONS:
+        typ, own = _shared_model_option(name)
+        g.add_argument(f"--{name}", type=typ | None, default=None, help=f"{_SHARED_HELP[name]} (models: {own})")
+
+    p.add_function_arguments(run_benchmark, skip={"cfg", "artifacts"})
+    p.set_defaults(tracking=True)  # a command line run is recorded unless it says not to
+    _retitle(p, "dataset", "the benchmark (models, budget, synthetic data)")
+    _retitle(p, "data.path", "data (--dataset, or --data.path with its reading options) and task")
+    _retitle(p, "tracking", "MLflow and progress")
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="benchmark.csv", help="CSV path; the PNG and markdown go beside it")
-    o.add_argument("--plot", default=None, help="PNG path (default <out stem>.png)")
-    o.add_argument("--title", default=None)
-    o.add_argument("--tracking_uri", default=None,
-                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    o.add_argument("--experiment_name", default="ts_neuralode_benchmark")
-    o.add_argument("--run_name", default=None)
-    o.add_argument("--no_tracking", action="store_true", help="do not record MLflow runs")
-    o.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    name_defaults(p)
+    o.add_argument("--out", type=str, default="benchmark.csv", help="the result CSV; the PNG and markdown go beside it")
+    o.add_argument("--plot", type=str | None, default=None, help="the PNG chart (default <out stem>.png)")
+    o.add_argument("--title", type=str | None, default=None,
+                   help="title of the chart and the markdown (default: Neural ODE vs Neural Flow — <data set>)")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    read = {k: getattr(args, k) for k in ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit",
-                                          "duplicates") if getattr(args, k) is not None}
-    if read and args.path is None:
+def config_from_args(args) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` of parsed options (a jsonargparse Namespace)."""
+    data = args.data
+    own = {f.name: args[f.name] for f in fields(BenchmarkConfig) if f.name not in _NOT_OPTIONS}
+    read_defaults = inspect.signature(IrregularTimeSeriesDataModule.__init__).parameters
+    read = {k: data[k] for k in READ_OPTIONS if data[k] != read_defaults[k].default}
+    if read and data.path is None:
         raise ConfigError(f"--data.{next(iter(read))} applies to a CSV only; pass --data.path FILE.csv too")
-    models = tuple(m for m in args.models.replace(",", " ").split() if m)
-    shared = {k: getattr(args, k) for k in ("latent_dim", "hidden_dim", "num_layers", "flow_layers", "lr", "rtol",
-                                            "atol", "step_size") if getattr(args, k) is not None}
-    baselines = None
-    if args.baselines is not None:
-        baselines = tuple(b for b in args.baselines.replace(",", " ").split() if b and b != "none")
-    return BenchmarkConfig(
-        dataset=args.dataset, path=args.path, read_options=read, n_series=args.n_series, n_points=args.n_points,
-        models=models, task=args.task, horizon=args.horizon, context=args.context,
-        windows_per_series=args.windows_per_series, split_by=args.split_by, baselines=baselines, season=args.season,
-        obs_fraction=args.obs_fraction, cut=args.cut,
-        extrap_obs_fraction=args.extrap_obs_fraction, layout=args.layout, scaler=args.scaler,
-        time_scale=args.time_scale, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        model_options=shared, gradient_clip=args.gradient_clip, latency_reps=args.latency_reps,
-        device=args.device, threads=args.threads or None,
-    )
+    shared = {k: args[k] for k in SHARED_MODEL_OPTIONS if args[k] is not None}
+    return BenchmarkConfig(**own, **{k: data[k] for k in DATA_FIELDS}, read_options=read, model_options=shared)
 
 
-def _preflight(args: argparse.Namespace) -> None:
+def _preflight(args) -> None:
     """Output paths and the tracking store, checked before any data is generated or model trained."""
 
     writable_file(args.out, "--out")
     if args.plot:
         writable_file(args.plot, "--plot")
-    if not args.no_tracking:
-        tracking_store(resolve_tracking_uri(args.tracking_uri), off="--no_tracking")
+    if args.tracking:
+        tracking_store(resolve_tracking_uri(args.tracking_uri), off="--tracking false")
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """``ts-neuralode benchmark ...``; returns the exit status (user errors raise ConfigError/DataError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse(parser(), argv, BENCHMARK_RENAMES)
     cfg = config_from_args(args)
     cfg.validate()
     _preflight(args)
-    command = "ts-neuralode benchmark " + " ".join(shlex.quote(a) for a in argv)
+    command = f"{PROG} " + " ".join(shlex.quote(a) for a in argv)
     title = args.title or f"Neural ODE vs Neural Flow — {cfg.dataset or Path(cfg.path).name}"
     out_csv = Path(args.out)
     written: list[Path] = []
@@ -157,9 +178,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         written.extend(write_outputs(res, out_csv, command, title, args.plot))
         return written
 
-    result = run_benchmark(cfg, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
-                           experiment_name=args.experiment_name, run_name=args.run_name,
-                           progress=not args.no_progress, artifacts=_artifacts)
+    result = run_benchmark(cfg, **{k: args[k] for k in _RUN_OPTIONS}, artifacts=_artifacts)
     if not written:
         written.extend(write_outputs(result, out_csv, command, title, args.plot))
     print(markdown_table(result.table))

@@ -103,23 +103,39 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     """Irregularly sampled series for interpolation, extrapolation or forecast windows (see the module docstring).
 
     Args:
-        path: CSV file (or pass ``df``). format/id_col/time_col/value_cols/mask_cols/time_unit/duplicates:
-            see :func:`ts_neuralode.data.io.read_series`.
-        task: "interpolation", "extrapolation" or "forecast". obs_fraction: interpolation's observed fraction.
-        cut: extrapolation cut as a fraction of each series' span; cut_time: an absolute cut instead.
+        path: CSV file (or pass ``df``).
+        format: "long" (one row per series and time) or "wide" (see :func:`ts_neuralode.data.io.read_series`).
+        id_col: the series id column (None: the whole file is one series).
+        time_col: the time column (numbers or datetimes).
+        value_cols: the value columns (default: ``y`` if there is one in long format, else every numeric column
+            other than id, time and masks).
+        mask_cols: 0/1 observation mask columns, aligned with value_cols.
+        time_unit: a datetime column's unit of model time, a pandas unit ("s", "min", "h", "D", "W"; default "h";
+            ignored for numeric times).
+        duplicates: rows sharing a series and time: "error" or "mean".
+        task: "interpolation", "extrapolation" or "forecast".
+        obs_fraction: interpolation's observed fraction.
+        cut: extrapolation cut as a fraction of each series' span.
+        cut_time: an absolute extrapolation cut instead.
         extrap_obs_fraction: fraction of the conditioning window observed in extrapolation (default all).
-        layout: "union" or "padded". batch_size / eval_batch_size: loader batch sizes.
-        val_fraction / test_fraction: fractions of the series held out; seed: split and subsample seed.
-        scaler: "standard", "minmax", "robust" or "none"; time_scale: "auto" or a number;
-            time_origin: "series" or "zero" (see :mod:`ts_neuralode.data.transform`).
+        layout: "union" or "padded".
+        batch_size: training loader batch size.
+        eval_batch_size: validation/test/predict loader batch size (default: batch_size).
+        val_fraction: fraction of the series held out for validation.
+        test_fraction: fraction of the series held out for testing.
+        seed: split and subsample seed.
+        scaler: "standard", "minmax", "robust" or "none".
+        time_scale: "auto" or a number.
+        time_origin: "series" or "zero" (see :mod:`ts_neuralode.data.transform`).
         predict_split: which series predict_dataloader serves: "all", "train", "val" or "test".
         shuffle: shuffle the training series every epoch (default True; False: a fixed order, e.g. to
             compare a DDP run with a single-process one batch for batch).
         horizon: forecast task: how far after the cutoff targets are scored (required; a number of the data's
-            time units or a duration such as "2D"). context: how far before the cutoff the model looks
-            (default None: all history). windows_per_series: training windows per series per epoch (an
-            int, or "auto"). split_by: "series" or "time" (default: "time" for the forecast task, "series"
-            otherwise; "time" applies to the forecast task only).
+            time units or a duration such as "2D").
+        context: forecast task: how far before the cutoff the model looks (default None: all history).
+        windows_per_series: forecast task: training windows per series per epoch (an int, or "auto").
+        split_by: "series" or "time" (default: "time" for the forecast task, "series" otherwise; "time" applies
+            to the forecast task only).
         train_end: forecast task split by time: one cutoff time for every series (a number or datetime on the
             data's own time axis) instead of the last horizons: training windows lie before it (the scaler is
             fitted on that part), validation scores the horizon after it, conditioned on the context before

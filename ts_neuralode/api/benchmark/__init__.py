@@ -6,18 +6,18 @@
 Every selected model (:data:`MODEL_SPECS`; default all of them) is built by
 :class:`~ts_neuralode.training.ForecastingModule` with the same options, seeded with the same seed, and
 trained by a Lightning ``Trainer`` for the same number of epochs on the same
-:class:`~ts_neuralode.data.IrregularTimeSeriesDataModule` (training task ``--task``). Then it is scored on
+:class:`~ts_neuralode.data.IrregularTimeSeriesDataModule` (training task ``--data.task``). Then it is scored on
 the test split of BOTH tasks (the data modules share the split: same seed, same series):
 
 * ``interp_mse``: interpolation test set, held-out points (condition on ``obs_fraction`` of each series);
 * ``extrap_mse``: extrapolation test set, points after the cut (condition on the points before it);
-* ``forecast_mse`` (training task ``forecast`` only): the last ``--horizon`` of each test series, conditioned on
-  the ``--context`` before it. With ``--split_by time`` (the forecast task's default) every series is in
+* ``forecast_mse`` (training task ``forecast`` only): the last ``--data.horizon`` of each test series, conditioned on
+  the ``--data.context`` before it. With ``--data.split_by time`` (the forecast task's default) every series is in
   training, so only this column is scored (the interpolation/extrapolation test series would overlap the
-  training data); with ``--split_by series`` all three are, on the same held-out series.
+  training data); with ``--data.split_by series`` all three are, on the same held-out series.
 
 Naive baselines (:mod:`ts_neuralode.models.baselines`; ``--baselines``, default ``locf, mean, linear`` plus
-``seasonal`` with ``--season``) get rows of their own, scored by the same ``trainer.test`` of the same
+``seasonal`` with ``--data.season``) get rows of their own, scored by the same ``trainer.test`` of the same
 :class:`~ts_neuralode.training.ForecastingModule` code on the same test sets (nothing to train: no epoch
 time). Every row has a skill per task, ``<task>_skill = <task>_mse / LOCF's <task>_mse`` (below 1: better
 than carrying the last value forward).
@@ -31,7 +31,7 @@ batches after one warm-up pass), function evaluations per forward (training forw
 mean per sample; 0 for flows), and the two test MSEs.
 
 Outputs: a markdown table on stdout (and ``<out stem>.md`` with the command that produced it), the CSV
-``--out``, a PNG chart of epoch time against test MSE (log-log) and, unless ``--no_tracking``, an MLflow parent
+``--out``, a PNG chart of epoch time against test MSE (log-log) and, unless ``--tracking false``, an MLflow parent
 run (params: the shared settings; artifacts: CSV, PNG, markdown) with one nested run per model (params: the
 model's config; metrics: the row, plus ``epoch/epoch_time_s`` and ``epoch/train_loss`` with ``step = epoch``).
 The tracking URI follows the project convention

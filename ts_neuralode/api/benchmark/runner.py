@@ -272,7 +272,17 @@ def run_benchmark(
     track in MLflow. The table lists the models, then the baselines (scored first: a model's row, and its MLflow
     run, carries its skill against LOCF as soon as it is done).
 
-    ``artifacts(result)`` is called before the parent run closes and returns files to attach to it.
+    Args:
+        cfg: the benchmark's settings.
+        tracking: record an MLflow parent run (params: the shared settings; artifacts) with one nested run per
+            model and baseline.
+        tracking_uri: MLflow tracking URI (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+        experiment_name: MLflow experiment of the runs.
+        run_name: name of the parent run (None: benchmark).
+        progress: show a progress bar on stderr.
+        artifacts: ``artifacts(result)`` is called before the parent run closes and returns files to attach to it.
+
+    ``ts-neuralode benchmark`` reads its options ``tracking`` ... ``progress`` from this signature.
     """
     cfg.validate()
     _quiet_lightning()
