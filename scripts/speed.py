@@ -15,7 +15,7 @@ Sections (``--sections``, default all):
   ``--epochs`` epochs on batches of 50; s/epoch = median training step × the reference's batches per epoch;
   test MSE after training, each code scoring its own test split (ours: held-out points).
 * ``carry``: ODE-RNN, GRU-ODE, flow-RNN, GRU flow with the step carried across observation intervals and
-  without (the evolution's ``carry_steps`` replaced by a null context), interleaved in one process.
+  without (the pass's ``StepCarry`` replaced by None), interleaved in one process.
 * ``solver``: dopri5 forward vs torchdiffeq and torchode on workload W (scripts/bench_solvers.py's problem) at
   batch 32 / 256 / 2048, equal evaluations, and the share of the forward inside the vector field.
 * ``flows``: coupling and ResNet flows against the Neural Flows reference's own (``--nfe-ref``, a checkout of
@@ -284,7 +284,7 @@ def section_interval(args) -> str:
         f"{bs.RTOL} / atol {bs.ATOL}) solved from each of W's 50 output times to the next as a recurrent model "
         "does — 49 solves of one interval each, the state carried over (no update between, to compare solvers "
         "alone), no gradient. Ours: each interval starts from the step the previous one ended with (first_step = "
-        "next_dt, check_inputs=False, as ODEEvolution.carry_steps); 'general loop': the same calls with the "
+        "next_dt, check_inputs=False, as ODEEvolution with a StepCarry); 'general loop': the same calls with the "
         "two-point path switched off (odeint.TWO_POINT_PATH = False: the adaptive loop with its output grid, as "
         "before); torchdiffeq / torchode: one solve per interval from scratch (neither carries a step). "
         f"{args.reps} repetitions interleaved in a new order each time, median; 1 thread. Share in the field and "
@@ -400,29 +400,34 @@ def section_carry(args) -> str:
     lines = _head(
         "## Recurrent models: the step carried across observation intervals, on and off",
         "Periodic protocol as above (batch 50, 100 times, latent 10), dopri5 (flow-RNN and GRU flow: no solver). "
-        "'off' replaces the evolution's carry_steps() by a null context (each interval searches its first step "
+        "'off' makes the pass's StepCarry None (each interval searches its first step "
         "and checks its inputs, as before this change); everything else is the same code. Training steps "
         f"interleaved, {args.carry_steps} each, median.",
         "| model | step ms, carry on | step ms, carry off | speed-up | NFE/forward on / off |",
     )
+    from ts_neuralode.models import recurrent
+
+    @contextlib.contextmanager
+    def no_carry():  # the filtering models' pass makes its StepCarry through this module's name
+        made = recurrent.StepCarry
+        recurrent.StepCarry = lambda: None
+        try:
+            yield
+        finally:
+            recurrent.StepCarry = made
+
     for name in ("ode_rnn", "gru_ode", "flow_rnn", "gru_flow"):
         on, off = _our_model(200, args.seed, {}, name), _our_model(200, args.seed, {}, name)
-        evo = _closure_model(off[0]).evolution
-        evo.carry_steps = contextlib.nullcontext
         times = {"on": [], "off": []}
         for _ in range(args.carry_steps):
             for key, (step, _, _) in (("on", on), ("off", off)):
-                t0 = time.perf_counter()
-                step()
-                times[key].append(time.perf_counter() - t0)
+                with no_carry() if key == "off" else contextlib.nullcontext():
+                    t0 = time.perf_counter()
+                    step()
+                    times[key].append(time.perf_counter() - t0)
         a, b = statistics.median(times["on"]), statistics.median(times["off"])
         lines.append(f"| {name} | {1e3 * a:.1f} | {1e3 * b:.1f} | {b / a:.2f}× | {on[2][-1]:.0f} / {off[2][-1]:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def _closure_model(step):
-    """The model a training step from :func:`_our_model` closes over."""
-    return dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__), strict=False))["model"]
 
 
 # ---------------------------------------------------------------------------------------------- flows

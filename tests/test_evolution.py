@@ -11,6 +11,7 @@ from ts_neuralode.models.evolution import (
     FlowEvolution,
     GRUODEField,
     ODEEvolution,
+    StepCarry,
     make_evolution,
 )
 
@@ -228,23 +229,25 @@ def test_leading_sample_dims_share_the_times_of_their_row(kind, per_sample):
 
 
 def test_carry_steps_across_intervals(margin):
-    """Inside ``carry_steps()`` consecutive solves start from the step the last one ended with: fewer
-    evaluations, the same states (within the tolerance); outside it every solve searches its first step."""
+    """Solves handed one ``StepCarry`` start from the step the last one ended with: fewer evaluations, the same
+    states (within the tolerance); without it every solve searches its first step. The carry is the caller's:
+    nothing of it stays on the evolution."""
     torch.manual_seed(0)
     evo = make_evolution("ode", 4, method="dopri5", rtol=1e-6, atol=1e-8).double()
     h0 = torch.randn(3, 4, dtype=torch.float64)
     grid = torch.linspace(0.0, 1.0, 21, dtype=torch.float64)
 
-    def run():
+    def run(carry=None):
         h, nfe = h0, 0.0
         for i in range(1, len(grid)):
-            h = evo(h, grid[i - 1 : i + 1])[:, -1]
+            h = evo(h, grid[i - 1 : i + 1], carry=carry)[:, -1]
             nfe += evo.last_nfe
         return h, nfe
 
     h_fresh, nfe_fresh = run()
-    with evo.carry_steps():
-        h_carried, nfe_carried = run()
-    assert evo._carry is None
+    carry = StepCarry()
+    h_carried, nfe_carried = run(carry)
+    assert carry.next_dt is not None and carry.next_dt.shape == (3,)
+    assert not any(isinstance(v, StepCarry) for v in vars(evo).values())  # the evolution keeps no carry
     margin("max |carried - fresh| state", float((h_carried - h_fresh).abs().max()), 1e-5)
     assert nfe_carried < nfe_fresh

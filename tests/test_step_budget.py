@@ -1,4 +1,4 @@
-"""A forecast's step budget travels with the call (a context scoped to it), never written into a live model."""
+"""A forecast's step budget travels with the call (an argument of it), never written into a live model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ts_neuralode.models.evolution import make_evolution
-from ts_neuralode.models.step_budget import step_budget
 from ts_neuralode.solvers import SolverError
 
 
@@ -18,14 +17,13 @@ def test_budget_applies_inside_the_call_only_and_leaves_the_model_alone():
     config = evo.config
     h0, t = torch.zeros(2, 3), torch.tensor([0.0, 10.0])
     evo(h0, t)  # the model's own budget (10 000) suffices
-    with step_budget(5):
-        with pytest.raises(SolverError) as err:
-            evo(h0, t)
-        assert err.value.max_steps == 5
-        assert evo.config is config and evo.config.max_steps == config.max_steps  # nothing swapped on the model
-        seen = []  # another thread (another forecast on the same model) keeps the model's own budget
-        th = threading.Thread(target=lambda: seen.append(evo(h0, t).shape))
-        th.start()
-        th.join()
-        assert seen == [torch.Size([2, 2, 3])]
-    evo(h0, t)  # and after the block, the model's own again
+    with pytest.raises(SolverError) as err:
+        evo(h0, t, max_steps=5)
+    assert err.value.max_steps == 5
+    assert evo.config is config and evo.config.max_steps == config.max_steps  # nothing swapped on the model
+    seen = []  # another thread (another forecast on the same model) keeps the model's own budget
+    th = threading.Thread(target=lambda: seen.append(evo(h0, t).shape))
+    th.start()
+    th.join()
+    assert seen == [torch.Size([2, 2, 3])]
+    evo(h0, t)  # and after the budgeted call, the model's own again

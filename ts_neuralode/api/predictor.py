@@ -287,10 +287,10 @@ class Predictor:
         span = budgets.forecast_span(self.transform, table, index, raw_q)
         steps = budgets.forecast_budget(self.module, span.span, user_steps)
         bar = show_progress(chunks, progress, "forecast", "batch")
-        with seeded(seed), budgets.step_budget(steps):
+        with seeded(seed):
             try:
                 frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
-                                              qs, [exact_q[rows_of[i]] for i in chunk], covariates)
+                                              qs, [exact_q[rows_of[i]] for i in chunk], covariates, steps)
                           for chunk in bar]
             except ForecastError as err:
                 asked = f"horizon={horizon!r}" if horizon is not None else "the query times"
@@ -357,10 +357,11 @@ class Predictor:
     @torch.no_grad()
     def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
                        levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None,
-                       covariates: CovariateArrays | None = None) -> pd.DataFrame:
+                       covariates: CovariateArrays | None = None, max_steps: int | None = None) -> pd.DataFrame:
         """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
         :func:`ts_neuralode.data.query_times.query_times`) when given. ``covariates``: the known-future covariates of
-        ``table``'s series (a model that reads them needs them)."""
+        ``table``'s series (a model that reads them needs them). ``max_steps``: the step budget of every ODE solve
+        (:func:`ts_neuralode.models.step_budget.forecast_budget`; None: each evolution's own)."""
 
         sub = _subset_table(table, chunk)
         prepared = self.transform.make_batch(sub)
@@ -375,7 +376,7 @@ class Predictor:
                 self.transform.codec)
         batch = prepared.batch.to(device)
         try:
-            fc = self.model.forecast(batch, qt, num_samples=num_samples)
+            fc = self.model.forecast(batch, qt, num_samples=num_samples, max_steps=max_steps)
         except (RuntimeError, ValueError) as err:
             if not solver_failure(err):
                 raise

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.models.step_budget import check_max_steps
+
+if TYPE_CHECKING:
+    from ts_neuralode.data.covariates import CovariateBatch
+    from ts_neuralode.models.evolution import StepCarry
 
 
 @dataclass
@@ -60,8 +65,29 @@ class Forecast:
         return Forecast(self.mean.detach(), self.samples.detach(), d(self.std), d(self.times))
 
 
+@dataclass(frozen=True)
+class CallInputs:
+    """What one ``loss`` / ``forecast`` call hands its evolutions besides the grid: made by
+    :meth:`ForecastModel._grid` for that call and carried by its :class:`Grid`, never stored on the model, so two
+    calls on one model at once (threads, a Spark UDF, DDP, a forecast inside a hook) each keep their own.
+
+    control: the batch's known-future covariates ``u(t)`` (a :class:`~ts_neuralode.data.covariates.CovariateBatch`)
+        when the model reads them (``control_dim > 0``), else None.
+    static: ``[B, static_dim]`` the batch's encoded static covariates when the model reads them, else None.
+    max_steps: the step budget of every ODE solve of the call (None: each evolution's own ``config.max_steps``).
+    """
+
+    control: CovariateBatch | None = None
+    static: Tensor | None = None
+    max_steps: int | None = None
+
+
+#: the inputs of a call that has none (no covariates, each evolution's own step budget)
+NO_INPUTS = CallInputs()
+
+
 class Grid(NamedTuple):
-    """A merged, strictly increasing time grid (per valid part of each row).
+    """A merged, strictly increasing time grid (per valid part of each row), with the call's other inputs.
 
     times: ``[N]`` shared or ``[B, N]`` per sample (padding repeats the row's last time).
     valid: ``[B, N]`` bool, False on padding.
@@ -69,6 +95,7 @@ class Grid(NamedTuple):
     obs_mask: ``[B, N, D]`` the conditioning mask on the grid.
     target_mask: ``[B, N, D]`` the scoring mask on the grid.
     query_idx: ``[B, Tq]`` long, position of each query time in the grid (None: the grid is the batch's).
+    inputs: the call's covariates and step budget (:class:`CallInputs`; set by :meth:`ForecastModel._grid`).
     """
 
     times: Tensor
@@ -77,6 +104,7 @@ class Grid(NamedTuple):
     obs_mask: Tensor
     target_mask: Tensor
     query_idx: Tensor | None
+    inputs: CallInputs = NO_INPUTS
 
     @property
     def per_sample_times(self) -> Tensor:
@@ -177,7 +205,7 @@ def check_batch(batch: Batch, input_dim: int, where: str) -> None:
         )
 
 
-def check_control(batch: Batch, control_dim: int, where: str):
+def check_control(batch: Batch, control_dim: int, where: str) -> CovariateBatch | None:
     """The batch's known-future covariates when the model reads ``control_dim > 0`` channels of them (None
     otherwise); a one-line ForecastError when they are missing or of another width."""
     if not control_dim:
@@ -193,7 +221,7 @@ def check_control(batch: Batch, control_dim: int, where: str):
     return cov
 
 
-def check_static(batch: Batch, static_dim: int, where: str):
+def check_static(batch: Batch, static_dim: int, where: str) -> Tensor | None:
     """``[B, static_dim]`` encoded static covariates of the batch when the model reads them (None otherwise)."""
     if not static_dim:
         return None
@@ -224,10 +252,13 @@ def step_mask(times: Tensor, valid: Tensor, i: int) -> tuple[Tensor, Tensor]:
 
 
 class ForecastModel(nn.Module):
-    """Base class: ``loss(batch)`` for training, ``forecast(batch, query_times)`` for prediction.
+    """Base class: ``loss(batch)`` for training, ``forecast(batch, query_times, max_steps=None)`` for prediction.
 
     Subclasses set ``self.input_dim`` and own their evolution module(s); ``last_nfe`` is the number of
     function evaluations (mean over samples) that the evolutions spent in the last ``loss``/``forecast``.
+    What a call needs besides the weights (its covariates, its step budget) travels as arguments: ``_grid``
+    returns it with the call's :class:`Grid` (``grid.inputs``) and ``_evolve`` hands it to the evolution; nothing
+    of a call is written on the model.
     """
 
     #: whether ``loss`` also scores the conditioning points (the recurrent models' one-step-ahead predictions,
@@ -246,18 +277,19 @@ class ForecastModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.last_nfe = 0.0
-        self._control = None
-        self._static = None
 
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:  # pragma: no cover
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
+                 max_steps: int | None = None) -> Forecast:  # pragma: no cover - abstract
+        """The forecast at ``query_times`` ([Tq] or [B, Tq]); ``max_steps``: the step budget of every ODE solve of
+        this call (:mod:`ts_neuralode.models.step_budget`; None: each evolution's own ``config.max_steps``)."""
         raise NotImplementedError
 
-    def predict(self, batch: Batch, num_samples: int = 1) -> Forecast:
+    def predict(self, batch: Batch, num_samples: int = 1, *, max_steps: int | None = None) -> Forecast:
         """Forecast at the batch's own times (``[B, T, D]``; the Lightning metrics score these)."""
-        return self.forecast(batch, batch.times, num_samples=num_samples)
+        return self.forecast(batch, batch.times, num_samples=num_samples, max_steps=max_steps)
 
     def set_epoch(self, epoch: int) -> None:
         """Hook for schedules that depend on the training epoch (KL annealing); default: nothing."""
@@ -268,8 +300,11 @@ class ForecastModel(nn.Module):
         base. Default: nothing (a model without such a read-out)."""
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None = None) -> Tensor:
-        out = evolution(h0, t, t_mask) if self._control is None else evolution(h0, t, t_mask, control=self._control)
+    def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None, inputs: CallInputs,
+                carry: StepCarry | None = None) -> Tensor:
+        """``evolution(h0, t, t_mask)`` with the call's control and step budget (``inputs``: ``grid.inputs``) and a
+        recurrent pass's ``carry`` (:class:`~ts_neuralode.models.evolution.StepCarry`); counts its evaluations."""
+        out = evolution(h0, t, t_mask, control=inputs.control, max_steps=inputs.max_steps, carry=carry)
         self.last_nfe += float(getattr(evolution, "last_nfe", 0) or 0)
         return out
 
@@ -287,13 +322,15 @@ class ForecastModel(nn.Module):
         keep = torch.arange(mask.shape[-1], device=mask.device) < self.target_dim
         return mask * keep.to(mask.dtype)
 
-    def _grid(self, batch: Batch, query_times: Tensor | None) -> Grid:
-        check_batch(batch, self.input_dim, type(self).__name__)
-        self._control = check_control(batch, self.control_dim, type(self).__name__)
-        self._static = check_static(batch, self.static_dim, type(self).__name__)
-        if query_times is None or (query_times is batch.times):
-            return batch_grid(batch)
-        return merge_grid(batch, query_times)
+    def _grid(self, batch: Batch, query_times: Tensor | None, max_steps: int | None = None) -> Grid:
+        """The call's grid (the batch's own for ``query_times`` None, else merged with them) carrying the call's
+        :class:`CallInputs`: the batch's covariates (checked against the model) and the step budget ``max_steps``."""
+        where = type(self).__name__
+        check_batch(batch, self.input_dim, where)
+        inputs = CallInputs(check_control(batch, self.control_dim, where), check_static(batch, self.static_dim, where),
+                            check_max_steps(max_steps))
+        own = query_times is None or query_times is batch.times
+        return (batch_grid(batch) if own else merge_grid(batch, query_times))._replace(inputs=inputs)
 
 
 def check_positive(**kwargs: float) -> None:

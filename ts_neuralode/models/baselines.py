@@ -105,9 +105,10 @@ class Baseline(ForecastModel):
     def point(self, batch: Batch, q: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
+                 max_steps: int | None = None) -> Forecast:
         """A deterministic point forecast at ``query_times`` ([Tq] or [B, Tq]); one sample path whatever
-        ``num_samples`` (its CRPS is then its absolute error)."""
+        ``num_samples`` (its CRPS is then its absolute error). ``max_steps``: unused (no solver)."""
         check_positive(num_samples=num_samples)
         self.last_nfe = 0.0
         qt = check_query_times(batch, query_times)

@@ -4,6 +4,7 @@
 evo = make_evolution("ode", 20, method="dopri5")          # or "resnet_flow", "gru_flow", "coupling_flow"
 out = evo(h0, t)                                           # h0 [B, H]; t [T] or [B, T] -> out [B, T, H]
 out = evo(z0, t)                                           # z0 [S, B, H] (S samples share t) -> [S, B, T, H]
+out = evo(h0, t, control=u, max_steps=500, carry=carry)    # a call's covariates, step budget, StepCarry
 evo.last_nfe                                               # mean function evaluations (0 for flows)
 ```
 
@@ -31,8 +32,6 @@ that apply to it), so switching ODE ↔ flow is its one option ``kind``: ``Evolu
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -54,42 +53,30 @@ from ts_neuralode.solvers import SolverStats, odeint
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
 
-#: the step budget of the current call (:func:`solver_steps`); None: each evolution's own ``config.max_steps``
-_CALL_MAX_STEPS: ContextVar[int | None] = ContextVar("ts_neuralode_call_max_steps", default=None)
+class StepCarry:
+    """The per-sample step an adaptive ODE solve of a recurrent pass ended with, for the pass's next solve to start
+    from (``evolution(h, t, carry=carry)``): the pass's consecutive observation intervals are one trajectory cut
+    at the updates (no initial-step search, no step regrown from scratch, inputs checked once by the model). One per
+    pass, made by the pass; the evolution keeps none, so two passes on one model at once each carry their own. No
+    effect on flows (nothing to carry) or on a solve piece by piece under a changing control."""
 
+    __slots__ = ("next_dt",)
 
-@contextmanager
-def solver_steps(max_steps: int | None):
-    """Within the block (this thread / task only), every ODE solve allows ``max_steps`` steps (None: each
-    evolution's own). A forecast's step budget travels with the call this way instead of being written into
-    the evolutions' configs, so a model serving two forecasts at once never sees the other's budget."""
-    token = _CALL_MAX_STEPS.set(max_steps)
-    try:
-        yield
-    finally:
-        _CALL_MAX_STEPS.reset(token)
+    def __init__(self) -> None:
+        self.next_dt: Tensor | None = None  # [B] the step the last solve ended with (None: none yet)
 
 
 class Evolution(nn.Module):
-    """Base class. ``forward(h0 [..., B, H], t [T] | [B, T], t_mask [B, T] | None) -> [..., B, T, H]``."""
+    """Base class. ``forward(h0 [..., B, H], t [T] | [B, T], t_mask [B, T] | None, control=None, *, max_steps=None,
+    carry=None) -> [..., B, T, H]``: the call's covariate ``control`` (:mod:`ts_neuralode.models.control`), step
+    budget ``max_steps`` of an ODE solve (None: ``config.max_steps``) and recurrent pass's :class:`StepCarry` are
+    arguments; nothing of a call is kept on the module but its statistics (``last_nfe``, ``last_stats``)."""
 
     def __init__(self, dim: int, control_dim: int = 0) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.control_dim = int(control_dim)
         self.last_nfe: float = 0.0  # function evaluations of the last forward, mean over samples
-        self._carry: list | None = None  # inside carry_steps(): [next_dt [B] or None]
-
-    @contextmanager
-    def carry_steps(self):
-        """Within the block, each forward of an adaptive ODE starts from the per-sample step the previous
-        forward ended with (no initial-step search, no step regrown from scratch): a recurrent pass's
-        consecutive observation intervals are one trajectory cut at the updates. No effect on flows."""
-        outer, self._carry = self._carry, [None]
-        try:
-            yield self
-        finally:
-            self._carry = outer
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if h0.dim() < 2 or h0.shape[-1] != self.dim:
@@ -107,8 +94,8 @@ class Evolution(nn.Module):
             t_mask = t_mask.to(device=h0.device, dtype=torch.bool)
         return t, t_mask
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None,
-                control=None) -> Tensor:  # pragma: no cover
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
+                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _control(self, control):
@@ -193,7 +180,8 @@ class ODEEvolution(Evolution):
         self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
+                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
         control = self._control(control)
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
@@ -201,7 +189,7 @@ class ODEEvolution(Evolution):
             n = math.prod(lead)
             out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
                                None if t_mask is None else t_mask.repeat(n, 1),
-                               None if control is None else control.repeat(n))
+                               None if control is None else control.repeat(n), max_steps=max_steps, carry=carry)
             return out.reshape(*lead, B, out.shape[-2], H)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
@@ -209,29 +197,30 @@ class ODEEvolution(Evolution):
         c = self.config
         if self._solver_options[0] is not c:  # built once per config: a recurrent pass solves per interval
             self._solver_options = (c, c.solver_options())
+        steps = c.max_steps if max_steps is None else max_steps
         if control is not None:
-            pieced = self._solve_piecewise(h0, t, t_mask, control)
+            pieced = self._solve_piecewise(h0, t, t_mask, control, steps)
             if pieced is not None:
                 return pieced
         func = self.field if control is None else controlled_field(self.field, control)
-        carry = self._carry
-        first = carry[0] if carry is not None and carry[0] is not None and carry[0].shape[0] == h0.shape[0] else None
+        last = None if carry is None else carry.next_dt
+        first = last if last is not None and last.shape[0] == h0.shape[0] else None
         sol = odeint(
-            func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first,
-            max_steps=_CALL_MAX_STEPS.get() or c.max_steps,
+            func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first, max_steps=steps,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )
         if carry is not None:
-            carry[0] = sol.stats.next_dt
+            carry.next_dt = sol.stats.next_dt
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
         return sol.ys
 
-    def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control) -> Tensor | None:
+    def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control,
+                         max_steps: int) -> Tensor | None:
         """With a piecewise-constant control that changes inside the span: one solve per constant piece
-        (:func:`ts_neuralode.models.control.solve_piecewise`), so every change time is a stop of the solver; None
-        when nothing changes inside the span (the one-solve path)."""
+        (:func:`ts_neuralode.models.control.solve_piecewise`, each allowed ``max_steps``), so every change time is
+        a stop of the solver; None when nothing changes inside the span (the one-solve path)."""
         B = h0.shape[0]
         tt = t if t.dim() == 2 else t.unsqueeze(0).expand(B, -1)
         n_real = tt.shape[1] if t_mask is None else t_mask.long().sum(1)
@@ -245,7 +234,7 @@ class ODEEvolution(Evolution):
         def solve(h: Tensor, grid: Tensor, mask: Tensor | None, piece_control) -> Tensor:
             sol = odeint(controlled_field(self.field, piece_control), h, grid, method=c.method, rtol=c.rtol,
                          atol=c.atol, step_size=c.step_size, t_mask=mask, adjoint=c.adjoint,
-                         adjoint_mode=c.adjoint_mode, max_steps=c.max_steps,
+                         adjoint_mode=c.adjoint_mode, max_steps=max_steps,
                          adjoint_params=list(self.field.parameters()) if c.adjoint else None)
             nfe.append(sol.stats.n_f_evals.float())
             self.last_stats = sol.stats
@@ -286,7 +275,9 @@ class FlowEvolution(Evolution):
         self.kind = config.kind
         self.flow = flow
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None) -> Tensor:
+    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
+                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:
+        """``max_steps`` and ``carry`` are accepted for the common interface; a flow has no solver."""
         t, t_mask = self._check(h0, t, t_mask)
         control = self._control(control)
         B, T = h0.shape[-2], t.shape[-1]
@@ -336,6 +327,7 @@ EVOLUTION_CLASSES.update(ode=ODEEvolution, flow=FlowEvolution)  # what Evolution
 
 __all__ = [
     "Evolution",
+    "StepCarry",
     "ODEEvolution",
     "FlowEvolution",
     "MLPField",

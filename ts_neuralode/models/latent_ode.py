@@ -51,6 +51,7 @@ from torch.nn import functional as F
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, Grid, check_positive, gather_queries
+from ts_neuralode.models.evolution import StepCarry
 from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import mlp, shares_spectral_weights
 from ts_neuralode.models.recurrent import GRUUpdate, flip_grid, recurrent_pass
@@ -89,19 +90,19 @@ class RecurrentEncoder(nn.Module):
         gidx = idx.unsqueeze(-1).expand(-1, -1, grid.values.shape[-1])
         m = grid.obs_mask.gather(1, gidx) * valid.unsqueeze(-1)
         x = grid.values.gather(1, gidx) * m
-        evolve = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm)  # noqa: E731
+        carry = StepCarry()  # the pass's intervals are one trajectory cut at the updates: steps carry across them
+        stepped = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm, grid.inputs, carry)  # noqa: E731
         if not backwards:  # padding last: stepped over, the state held at the last observation
-            with self.evolution.carry_steps():
-                _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
+            _, _, h = recurrent_pass(stepped, h0, t, valid, x, m, self.update, record=False, hold=True)
             return h, t[:, -1]  # the padding repeats each row's last observation time
         t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
-        with self.evolution.carry_steps():
-            _, _, h = recurrent_pass(evolve, h0, t, valid, x, m, self.update, record=False, hold=True)
-        # One step from each series' first observation back to the grid start.
+        _, _, h = recurrent_pass(stepped, h0, t, valid, x, m, self.update, record=False, hold=True)
+        # One step from each series' first observation back to the grid start (a solve of its own: no carry).
         back = torch.stack([t[:, -1], times[:, 0]], dim=1)
         move = (n > 0) & (back[:, 1] != back[:, 0])
         if bool(move.any()):
-            h = evolve(h, back, torch.stack([torch.ones_like(move), move], dim=1))[:, -1]
+            h = owner._evolve(self.evolution, h, back, torch.stack([torch.ones_like(move), move], dim=1),
+                              grid.inputs)[:, -1]
         return h, times[:, 0]
 
 
@@ -213,8 +214,8 @@ class LatentODE(ForecastModel):
     def posterior(self, grid: Grid) -> tuple[Tensor, Tensor, Tensor]:
         """q(z0 | observations): mean and std ``[B, L]``, and the time ``[B]`` z0 is at (see ``anchor``)."""
         h, t0 = self.encoder(self, grid, backwards=self.anchor == "first")
-        if self._static is not None:  # static covariates condition q(z0)
-            h = torch.cat([h, self._static], dim=-1)
+        if grid.inputs.static is not None:  # static covariates condition q(z0)
+            h = torch.cat([h, grid.inputs.static], dim=-1)
         mean, raw = self.to_z0(h).chunk(2, dim=-1)
         return mean, F.softplus(raw + self.std_shift) + 1e-4, t0
 
@@ -222,7 +223,7 @@ class LatentODE(ForecastModel):
         """``z0 [S, B, L]`` at times ``t0 [B]`` → decoded means ``[S, B, N, D]`` on the grid."""
         if self.anchor == "first":  # t0 is the grid's first time
             mask = None if grid.times.dim() == 1 else grid.valid
-            z = self._evolve(self.evolution, z0, grid.times, mask)  # [S, B, N, L]: the samples share times
+            z = self._evolve(self.evolution, z0, grid.times, mask, grid.inputs)  # [S, B, N, L]: samples share times
             return self.decoder(z)
         # From each series' anchor: forwards over the later grid points, backwards over the earlier ones
         # (two evolution calls, each over its compacted per-series times); points at the anchor are z0.
@@ -239,7 +240,7 @@ class LatentODE(ForecastModel):
             t = torch.where(ok.any(1, keepdim=True), times.gather(1, idx), t0.unsqueeze(1))
             t = torch.cat([t0.unsqueeze(1), t], 1)
             tm = torch.cat([torch.ones_like(ok[:, :1]), ok], 1)
-            out = self._evolve(self.evolution, z0, t, tm)[..., 1:, :]  # [S, B, K, L]
+            out = self._evolve(self.evolution, z0, t, tm, grid.inputs)[..., 1:, :]  # [S, B, K, L]
             dest = torch.where(ok, idx, torch.full_like(idx, N)).unsqueeze(-1).expand(*out.shape)
             z.scatter_(-2, dest, out)
         return self.decoder(z[..., :N, :])
@@ -283,11 +284,13 @@ class LatentODE(ForecastModel):
         return loss, {"mse": mse, "kl": kl, "loglik": (loglik / n).mean().detach(), "kl_weight": torch.tensor(beta)}
 
     @shares_spectral_weights
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
-        """Sample z0 ``num_samples`` times (1: the posterior mean, deterministic) and decode at the queries."""
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
+                 max_steps: int | None = None) -> Forecast:
+        """Sample z0 ``num_samples`` times (1: the posterior mean, deterministic) and decode at the queries.
+        ``max_steps``: the step budget of every ODE solve, encoder's and decoder's (None: each evolution's own)."""
         check_positive(num_samples=num_samples)
         self.last_nfe = 0.0
-        grid = self._grid(batch, query_times)
+        grid = self._grid(batch, query_times, max_steps)
         mean, std, t0 = self.posterior(grid)
         if num_samples == 1:
             z0 = mean.unsqueeze(0)

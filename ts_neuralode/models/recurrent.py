@@ -25,6 +25,7 @@ from ts_neuralode.models.base import (
     gaussian_nll,
     step_mask,
 )
+from ts_neuralode.models.evolution import StepCarry
 from ts_neuralode.models.nets import shares_spectral_weights
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -158,11 +159,12 @@ class FilteringModel(ForecastModel):
     def _run(self, grid: Grid) -> tuple[Tensor, Tensor]:
         x = grid.values * grid.obs_mask
         h0 = self.h0.expand(x.shape[0], -1)
-        if self._static is not None:  # static covariates condition the initial state
-            h0 = h0 + self.static_proj(self._static)
-        evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
-        with self.evolution.carry_steps():  # one trajectory cut at the updates: steps carry across intervals
-            pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+        inputs = grid.inputs
+        if inputs.static is not None:  # static covariates condition the initial state
+            h0 = h0 + self.static_proj(inputs.static)
+        carry = StepCarry()  # one trajectory cut at the updates: steps carry across intervals
+        evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm, inputs, carry)  # noqa: E731
+        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
         return pre, post
 
     @shares_spectral_weights
@@ -184,11 +186,13 @@ class FilteringModel(ForecastModel):
         return loss, logs
 
     @shares_spectral_weights
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
-        """Gaussian forecast at the queries; ``num_samples > 1`` also draws sample paths from it."""
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
+                 max_steps: int | None = None) -> Forecast:
+        """Gaussian forecast at the queries; ``num_samples > 1`` also draws sample paths from it. ``max_steps``: the
+        step budget of every ODE solve (None: the evolution's own)."""
         check_positive(num_samples=num_samples)
         self.last_nfe = 0.0
-        grid = self._grid(batch, query_times)
+        grid = self._grid(batch, query_times, max_steps)
         pre, _ = self._run(grid)
         mean, std = self.readout(gather_queries(pre, grid.query_idx))
         if num_samples == 1:

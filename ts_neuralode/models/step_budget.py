@@ -6,6 +6,9 @@ adaptive one about proportionally more. :func:`forecast_budget` gives a forecast
 :data:`FORECAST_MAX_STEPS` unless the caller passes ``max_steps`` (``ts-neuralode forecast --max_steps``,
 ``Forecaster.predict(max_steps=...)``); :func:`steps_exceeded` turns a solver that still runs out into one line
 saying how far it got, in the user's units, and what to change.
+
+The budget is an argument of the forecast call (``model.forecast(batch, query_times, max_steps=budget)``), handed
+to every evolution's call with the call's grid (:class:`ts_neuralode.models.base.CallInputs`); no model is modified.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from ts_neuralode.errors import ForecastError
-from ts_neuralode.models.evolution import ODEEvolution, solver_steps
+from ts_neuralode.models.evolution import ODEEvolution
 from ts_neuralode.solvers.tableaus import ADAPTIVE_METHODS
 
 #: default upper bound of a forecast's automatic step budget (3x the training default). Time and memory grow
@@ -64,13 +67,6 @@ def forecast_budget(module: torch.nn.Module, span: float, max_steps: int | None 
     own = max(e.config.max_steps for e in evs)
     need = max(_needed(e.config, span) for e in evs)
     return max(own, min(need, FORECAST_MAX_STEPS))
-
-
-def step_budget(max_steps: int | None):
-    """Run the block with every ODE solve allowed ``max_steps`` steps (None: each evolution's own): the budget
-    travels with the call (:func:`ts_neuralode.models.evolution.solver_steps`), no model is modified."""
-
-    return solver_steps(max_steps)
 
 
 @dataclasses.dataclass
@@ -153,5 +149,5 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
         f"(Forecaster.predict(max_steps=...); time and memory grow with it)")
 
 
-__all__ = ["FORECAST_MAX_STEPS", "ode_evolutions", "check_max_steps", "forecast_budget", "step_budget",
+__all__ = ["FORECAST_MAX_STEPS", "ode_evolutions", "check_max_steps", "forecast_budget",
            "steps_exceeded", "describe_duration", "forecast_span", "Span"]

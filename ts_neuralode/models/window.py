@@ -214,9 +214,10 @@ class WindowModel(ForecastModel):
         inner_batch, _ = self.transform(batch)
         return self.inner.loss(inner_batch)
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1) -> Forecast:
-        inner_batch, st = self.transform(batch)
-        fc = self.inner.forecast(inner_batch, query_times, num_samples=num_samples)
+    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
+                 max_steps: int | None = None) -> Forecast:
+        inner_batch, st = self.transform(batch)  # the batch's covariates ride along (dataclasses.replace)
+        fc = self.inner.forecast(inner_batch, query_times, num_samples=num_samples, max_steps=max_steps)
         qt = check_query_times(batch, query_times)
         B, D = batch.values.shape[0], batch.values.shape[-1]
         q = (qt.expand(B, -1) if qt.dim() == 1 else qt).unsqueeze(-1).expand(-1, -1, D)

@@ -247,9 +247,12 @@ class ForecastingModule(pl.LightningModule):
         """The forecast at the batch's own times (``eval_samples`` samples)."""
         return self.model.predict(batch, num_samples=self.hparams.eval_samples).detach()
 
-    def forecast(self, batch: Batch, query_times: torch.Tensor, num_samples: int | None = None) -> Forecast:
-        """Forecast at arbitrary query times ``[Tq]`` or ``[B, Tq]`` (normalised units)."""
-        return self.model.forecast(batch, query_times, num_samples=num_samples or self.hparams.eval_samples)
+    def forecast(self, batch: Batch, query_times: torch.Tensor, num_samples: int | None = None, *,
+                 max_steps: int | None = None) -> Forecast:
+        """Forecast at arbitrary query times ``[Tq]`` or ``[B, Tq]`` (normalised units); ``max_steps``: the step
+        budget of every ODE solve (None: each evolution's own)."""
+        return self.model.forecast(batch, query_times, num_samples=num_samples or self.hparams.eval_samples,
+                                   max_steps=max_steps)
 
     def configure_optimizers(self):
         if not any(p.requires_grad for p in self.parameters()):
