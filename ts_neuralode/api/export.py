@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from ts_neuralode.api import calibration
-from ts_neuralode.api.calibration import fit_calibration, training_extent
+from ts_neuralode.api.calibration import fit_calibration
 from ts_neuralode.api.correction_gate import gate_correction
 from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.api.training_extent import training_extent
 from ts_neuralode.errors import TSNeuralODEError
 from ts_neuralode.training.callbacks import solver_failure
 
@@ -50,10 +50,10 @@ def _module_with_checkpoint(pl_module: LightningModule, ckpt_path: str) -> Light
 def calibrate_fitted(forecaster, datamodule) -> str:
     """Weight a window model's learned correction (:func:`ts_neuralode.api.correction_gate.gate_correction`), then
     fit ``forecaster``'s band calibration on the fit's held-out validation windows
-    (:func:`ts_neuralode.api.calibration.fit_calibration`) and record what it trained on (``training_extent``, which
+    (:func:`ts_neuralode.api.calibration.fit_calibration`) and record what it trained on (:mod:`training_extent`, which
     ``backtest --calibrate`` checks); returns the line saying what was done. A forecast that fails there (a solver
     that cannot reach the validation horizon) leaves the bands uncalibrated and says why: it never fails the fit."""
-    forecaster.training_extent = calibration.training_extent(datamodule)
+    forecaster.training_extent = training_extent(datamodule)
     gate = None
     try:
         gate = gate_correction(forecaster, datamodule)  # before the bands: they are calibrated as it forecasts

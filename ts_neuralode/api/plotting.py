@@ -19,9 +19,10 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ts_neuralode.api.forecast_chunk import forecast_chunk  # noqa: E402
 from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, table_to_long  # noqa: E402
 from ts_neuralode.core.atomic import atomic_write_bytes  # noqa: E402
-from ts_neuralode.data.batching import subset_table
+from ts_neuralode.data.batching import subset_table  # noqa: E402
 
 
 def forecast_levels(forecast: pd.DataFrame, model: str) -> list[str]:
@@ -136,7 +137,7 @@ def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int =
         queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
     ctx = subset_table(table, idx, hi=ctx_parts)
     cov = getattr(datamodule.arrays, "covariates", None)  # known-future covariates, when the model reads them
-    fc = forecaster._predict_chunk(ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [], None,
+    fc = forecast_chunk(forecaster, ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [], None,
                                    None if cov is None else cov.arrays.subset(idx))
     fc = fc.assign(unique_id=fc["unique_id"].astype(str))
     hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))

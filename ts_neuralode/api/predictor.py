@@ -38,14 +38,14 @@ import pandas as pd
 import torch
 
 from ts_neuralode.api import calibration, plotting
+from ts_neuralode.api.forecast_chunk import forecast_chunk
 from ts_neuralode.api.forecast_frame import (
     fmt_level,
     model_display_name,
-    nixtla_frame,
     parse_levels,
-    quantile_bands,
     table_to_long,
 )
+from ts_neuralode.api.training_extent import load_extent, save_extent
 from ts_neuralode.core.progress import show_progress
 from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.core.seeding import seeded
@@ -57,7 +57,6 @@ from ts_neuralode.data.io import as_frame
 from ts_neuralode.data.query_times import check_reachable, count, query_times
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.models import step_budget as budgets
-from ts_neuralode.training.callbacks import solver_failure
 from ts_neuralode.training.model_store import (
     READ_KEYS,
     as_transform,
@@ -104,7 +103,7 @@ class Predictor:
         spec = self.covariate_spec
         self.output_transform = transform if spec is None else spec.output_transform(transform)
         self.calibration: dict | None = None  # conformal band factors (ts_neuralode.api.calibration), if calibrated
-        #: which observations the model trained on (ts_neuralode.api.calibration.training_extent), when known
+        #: which observations the model trained on (ts_neuralode.api.training_extent), when known
         self.training_extent: dict | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -125,7 +124,7 @@ class Predictor:
         if self.calibration is not None:
             calibration.save(out, self.calibration)
         if self.training_extent is not None:
-            calibration.save_extent(out, self.training_extent)
+            save_extent(out, self.training_extent)
         return out
 
     @classmethod
@@ -151,7 +150,7 @@ class Predictor:
         fc = cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
         if Path(path).is_dir():
             fc.calibration = calibration.load(path)
-            fc.training_extent = calibration.load_extent(path)
+            fc.training_extent = load_extent(path)
         return fc
 
     def split_ids(self, name: str) -> list:
@@ -289,7 +288,7 @@ class Predictor:
         bar = show_progress(chunks, progress, "forecast", "batch")
         with seeded(seed):
             try:
-                frames = [self._predict_chunk(table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
+                frames = [forecast_chunk(self, table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
                                               qs, [exact_q[rows_of[i]] for i in chunk], covariates, steps)
                           for chunk in bar]
             except ForecastError as err:
@@ -353,53 +352,6 @@ class Predictor:
             raise ForecastError(f"{what}={window!r} must be positive (e.g. '5D' or a number)")
         lo = context_start(table.times, table.offsets[:-1], table.counts, table.last_times(), w)
         return _subset_table(table, range(table.n_series), lo=lo)
-
-    @torch.no_grad()
-    def _predict_chunk(self, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int,
-                       levels: list[float], qs: list[float], exact_q: list[np.ndarray] | None = None,
-                       covariates: CovariateArrays | None = None, max_steps: int | None = None) -> pd.DataFrame:
-        """Forecast series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is ``exact_q`` (see
-        :func:`ts_neuralode.data.query_times.query_times`) when given. ``covariates``: the known-future covariates of
-        ``table``'s series (a model that reads them needs them). ``max_steps``: the step budget of every ODE solve
-        (:func:`ts_neuralode.models.step_budget.forecast_budget`; None: each evolution's own)."""
-
-        sub = _subset_table(table, chunk)
-        prepared = self.transform.make_batch(sub)
-        lengths = [len(q) for q in raw_q]
-        tq = max(lengths)
-        padded = np.stack([np.concatenate([q, np.full(tq - len(q), q[-1])]) for q in raw_q])
-        device = next(iter(self.module.parameters()), torch.zeros(())).device
-        qt = prepared.query_times(padded, raw=True).to(device)
-        if covariates is not None:
-            prepared.batch.covariates = covariates.subset(chunk).batch(
-                self.covariate_spec, np.arange(len(chunk)), prepared.origins, float(self.transform.time_scale),
-                self.transform.codec)
-        batch = prepared.batch.to(device)
-        try:
-            fc = self.model.forecast(batch, qt, num_samples=num_samples, max_steps=max_steps)
-        except (RuntimeError, ValueError) as err:
-            if not solver_failure(err):
-                raise
-            first = " ".join(str(err).strip().splitlines()[0].split())
-            raise ForecastError(f"the ODE solver could not forecast series {list(prepared.series_ids)[:5]} ({first}); "
-                                "query times may be too far beyond the history for this model, or its solver "
-                                "tolerances too tight") from err
-        mean = fc.mean.float()
-        if not torch.isfinite(mean).all():
-            raise ForecastError("the model produced non-finite forecasts (NaN/inf) for series "
-                                f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
-                                "too far beyond the training range for this model")
-        bands = quantile_bands(fc, levels, qs)
-        if self.covariate_spec is not None:  # past-only covariate channels are inputs, never forecast
-            prepared.transform, mean, bands = self.covariate_spec.outputs(prepared.transform, mean, bands)
-        frame = prepared.to_frame(qt, mean, bands, query=padded, raw=True)
-        keep = np.concatenate([np.arange(n) < lengths[b] for b, n in enumerate([tq] * len(chunk))])
-        frame = frame[keep]
-        if exact_q is not None:  # the times exactly as asked for (rows are series-major, like exact_q)
-            codec = self.transform.codec
-            ds = codec.from_ns(np.concatenate(exact_q)) if codec.is_datetime else np.concatenate(exact_q)
-            frame = frame.assign(**{self.transform.time_col: ds})
-        return nixtla_frame(frame, self.output_transform, self.name, list(bands))
 
     # ------------------------------------------------------------------------------------------
     # history frames and plots

@@ -50,8 +50,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 
 from ts_neuralode.data.batching import (
     LAYOUTS,
@@ -61,25 +60,13 @@ from ts_neuralode.data.batching import (
 )
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import as_frame, read_series
+from ts_neuralode.data.loaders import series_loader
 from ts_neuralode.data.tasks import positive_duration, prepare_forecast, prepare_series_task, series_split
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError
 
 TASKS = ("interpolation", "extrapolation", "forecast")
 SPLITS = ("series", "time")
-
-
-class SeriesIndexDataset(Dataset):
-    """Yields positions into the DataModule's series arrays; the Collator builds the batch."""
-
-    def __init__(self, indices: np.ndarray):
-        self.indices = np.asarray(indices, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> int:
-        return int(self.indices[i])
 
 
 class _FolderDispatch(type):
@@ -377,17 +364,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     # --- loaders -------------------------------------------------------------------------------
     def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,
                 ddp_fixed_order: bool = False) -> DataLoader:
-        dataset = SeriesIndexDataset(indices)
-        sampler: DistributedSampler | None = None
-        if ddp_fixed_order:
-            # Lightning always puts a *shuffling* DistributedSampler on a training loader under DDP; with
-            # shuffle=False give it a fixed-order one (rank r of N: series r, r + N, ...), which it keeps.
-            sampler = DistributedSampler(dataset, num_replicas=self.trainer.world_size,
-                                         rank=int(self.trainer.global_rank), shuffle=False)
-            shuffle = False
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                          collate_fn=Collator(self.arrays, self.layout, spec), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+        trainer = self.trainer if ddp_fixed_order else None
+        return series_loader(indices, Collator(self.arrays, self.layout, spec), batch_size, shuffle,
+                             num_workers=self.num_workers, pin_memory=self.pin_memory, ddp_trainer=trainer)
 
     def train_dataloader(self) -> DataLoader:
         self._prepare()

@@ -38,7 +38,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import NoReturn
 
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule, _FolderDispatch
 from ts_neuralode.data.parquet_folder import SHARD_ROWS, ParquetFolder, ShardStream, _as_is
+from ts_neuralode.data.parquet_scan import ShardModule, ShardRecords, shard_records
 from ts_neuralode.data.scalers import auto_time_scale, merge_scaler
 from ts_neuralode.data.tasks import AUTO_MIN_BATCHES, positive_duration
 from ts_neuralode.data.timecodec import TimeCodec
@@ -58,93 +58,6 @@ from ts_neuralode.errors import ConfigError, DataError
 #: messages of the in-memory module about series left out of a split: the scan sums them up over the shards
 _PER_SHARD_WARNINGS = r".*(too short for a .* forecast window|left out of the task).*"
 
-
-
-class _ShardModule(IrregularTimeSeriesDataModule):
-    """The in-memory data module on one shard's rows. In the scan (``transform=None``) every series is in every
-    split and the transform is fitted on the shard, recording what it was fitted on (``fits``); in an epoch it uses
-    the folder's transform and codec, and ``split`` (only the split being streamed)."""
-
-    def __init__(self, df: pd.DataFrame, options: dict, name: str, codec: TimeCodec | None = None,
-                 transform: SeriesTransform | None = None, split: str | None = None):
-        super().__init__(df=df, **options)
-        self.read_kwargs.update(name=name, codec=codec)
-        self.batch_size = 0  # no AUTO_MIN_BATCHES scale-up per shard: the folder module scales over all of them
-        self.folder_transform, self.folder_split = transform, split
-        self.fits: list = []
-
-    def _series_split(self, table) -> dict[str, np.ndarray]:
-        every, none = np.arange(table.n_series), np.zeros(0, dtype=np.int64)
-        if self.folder_split is None:
-            return {"train": every, "val": every, "test": every}
-        # the streamed split; a validation / test shard also trains (unused) so the forecast task finds anchors
-        return {k: every if k in ("train", self.folder_split) else none for k in ("train", "val", "test")}
-
-    whole_data = False
-
-    def _fit_transform(self, table, series, window=None) -> SeriesTransform:
-        if self.folder_transform is None:  # the scan: record the rows; what it records needs only raw times
-            self.fits.append((table, series, window))
-            return SeriesTransform(channel_names=list(table.channel_names), codec=table.codec,
-                                   time_origin=self.time_origin)
-        self.folder_transform.check_table(table)
-        return self.folder_transform
-
-
-@dataclass
-class _Records:
-    """Per-series records of the scan (rows aligned with ``ids``)."""
-
-    ids: np.ndarray
-    shard: np.ndarray
-    train_items: np.ndarray
-    val_ok: np.ndarray
-    test_ok: np.ndarray
-    fitted: np.ndarray  # the series has rows the transform is fitted on
-    n: np.ndarray  # [S, D] observed values in those rows
-    mean: np.ndarray
-    m2: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-    first: np.ndarray  # first / last time of those rows (ns for datetimes, else raw floats)
-    last: np.ndarray
-
-
-def _record(m: _ShardModule, k: int) -> _Records:
-    """What shard ``k``'s scan module ``m`` found, per series of its table."""
-    t = m.table
-    s, d = t.n_series, t.num_channels
-    ft, series, _ = m.fits[0]
-    series = np.arange(ft.n_series) if series is None else np.asarray(series, dtype=np.int64)
-    pos = pd.Index(t.ids).get_indexer(ft.ids)  # fit-table series -> shard-table series
-    seg = ft.series_of_rows()
-    in_fit = np.zeros(ft.n_series, dtype=bool)
-    in_fit[series] = True
-    rows = in_fit[seg]
-    stats = {key: np.zeros((s, d)) for key in ("n", "mean", "m2")}
-    lo, hi = np.full((s, d), np.inf), np.full((s, d), -np.inf)
-    for c in range(d):
-        o = rows & ft.mask[:, c]
-        g, v = seg[o], ft.values[o, c]
-        n = np.bincount(g, minlength=ft.n_series).astype(np.float64)
-        mean = np.bincount(g, weights=v, minlength=ft.n_series) / np.maximum(n, 1)
-        m2 = np.bincount(g, weights=(v - mean[g]) ** 2, minlength=ft.n_series)
-        mn, mx = np.full(ft.n_series, np.inf), np.full(ft.n_series, -np.inf)
-        np.minimum.at(mn, g, v)
-        np.maximum.at(mx, g, v)
-        stats["n"][pos, c], stats["mean"][pos, c], stats["m2"][pos, c] = n, mean, m2
-        lo[pos, c], hi[pos, c] = mn, mx
-    fitted = np.zeros(s, dtype=bool)
-    fitted[pos[series]] = True
-    exact = ft.time_ns if ft.codec.is_datetime and ft.time_ns is not None else ft.times
-    first, last = np.zeros(s, dtype=exact.dtype), np.zeros(s, dtype=exact.dtype)
-    first[pos], last[pos] = exact[ft.offsets[:-1]], exact[ft.offsets[1:] - 1]
-    split = m.split
-    return _Records(ids=np.asarray(t.ids), shard=np.full(s, k, dtype=np.int64),
-                    train_items=np.bincount(np.asarray(m._train_items, dtype=np.int64), minlength=s),
-                    val_ok=np.isin(np.arange(s), split["val"]), test_ok=np.isin(np.arange(s), split["test"]),
-                    fitted=fitted, n=stats["n"], mean=stats["mean"], m2=stats["m2"], lo=lo, hi=hi,
-                    first=first, last=last)
 
 
 class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
@@ -189,7 +102,7 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         self.shards = self.folder.shards(self.shard_rows)
         recs, codecs, channels = [], [], None
         for k, shard in enumerate(self.shards):
-            m = _ShardModule(self.folder.read(shard), self._options, self.folder.name(shard))
+            m = ShardModule(self.folder.read(shard), self._options, self.folder.name(shard))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_PER_SHARD_WARNINGS)
                 m._prepare()
@@ -200,15 +113,15 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
                 raise DataError(f"{self.folder.name(shard)}: value columns {m.table.channel_names} differ from "
                                 f"{channels} in the first shard; write every part file with the same columns")
             codecs.append((m.table.codec, self.folder.name(shard)))
-            recs.append(_record(m, k))
+            recs.append(shard_records(m, k))
             del m
         self._finish_scan(recs, codecs, channels)
         self._ready = True
 
-    def _finish_scan(self, recs: list[_Records], codecs, channels: list[str]) -> None:
-        r = _Records(*[np.concatenate([getattr(x, f) for x in recs]) for f in _Records.__dataclass_fields__])
+    def _finish_scan(self, recs: list[ShardRecords], codecs, channels: list[str]) -> None:
+        r = ShardRecords(*[np.concatenate([getattr(x, f) for x in recs]) for f in ShardRecords.__dataclass_fields__])
         order = np.argsort(r.ids, kind="stable")
-        r = _Records(*[getattr(r, f)[order] for f in _Records.__dataclass_fields__])
+        r = ShardRecords(*[getattr(r, f)[order] for f in ShardRecords.__dataclass_fields__])
         if len(r.ids) > 1 and bool((r.ids[1:] == r.ids[:-1]).any()):
             dup = r.ids[1:][r.ids[1:] == r.ids[:-1]][0]
             raise DataError(f"{self.path}: series id {dup!r} is read in two shards (ids such as 1 and 1.0 that become "
@@ -261,7 +174,7 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
             return c0
         return TimeCodec(c0.kind, c0.unit, c0.tz, min(int(c.ref_ns) for c, _ in codecs))
 
-    def _merge_transform(self, r: _Records, sel: np.ndarray, first: np.ndarray, last: np.ndarray,
+    def _merge_transform(self, r: ShardRecords, sel: np.ndarray, first: np.ndarray, last: np.ndarray,
                          channels: list[str]) -> SeriesTransform:
         center, scale = merge_scaler(self.scaler, r.n[sel], r.mean[sel], r.m2[sel], r.lo[sel], r.hi[sel])
         for c, (ce, sc) in enumerate(zip(center, scale, strict=True)):
@@ -384,9 +297,9 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
     def predict_dataloader(self) -> NoReturn:
         self.to_frame()
 
-    def shard_module(self, k: int, name: str, ids: list | None) -> _ShardModule:
+    def shard_module(self, k: int, name: str, ids: list | None) -> ShardModule:
         """Shard ``k``'s rows of series ``ids``, prepared with the folder's transform for split ``name``."""
-        m = _ShardModule(self.folder.read(self.shards[k], ids), self._options, self.folder.name(self.shards[k]),
+        m = ShardModule(self.folder.read(self.shards[k], ids), self._options, self.folder.name(self.shards[k]),
                          self.codec, self._transform, name)
         with warnings.catch_warnings():  # the scan said it once
             warnings.simplefilter("ignore")
