@@ -30,9 +30,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .controller import PIController, error_ratio, initial_step
-from .core import rk_step, run_solver
+from .core import run_solver
 from .failures import _fail
 from .records import SolverOptions, StepCheckpoint
+from .rk_step import rk_step
 
 
 class _Spec:
