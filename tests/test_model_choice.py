@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback
 
 from conftest import TEST_SEED, small_tensor_threads, subprocess_env
-from ts_neuralode.api import model_choice
+from ts_neuralode.api import model_choice, model_choice_storage
 from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.model_choice import Budget
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
@@ -195,8 +195,8 @@ def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monk
     killed = trials[1]
     assert killed.state == optuna.trial.TrialState.RUNNING and "outcome" not in killed.user_attrs
     # its worker's heartbeat stopped: after the grace period (shortened here from 60 s) it is stale
-    monkeypatch.setattr(model_choice, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(model_choice, "GRACE_S", 2)
+    monkeypatch.setattr(model_choice_storage, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(model_choice_storage, "GRACE_S", 2)
     time.sleep(3)
     first_value = trials[0].value
     result = model_choice.search(str(csv), budget=3, **kw)

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,21 +46,17 @@ from ts_neuralode.api.model_choice_space import (
     sample,
     starting_points,
 )
+from ts_neuralode.api.model_choice_storage import Heartbeat, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
-    ATTR,
     DEFAULT_EPOCHS,
     DEFAULT_METRIC,
-    DEFAULT_STUDY,
     DEFAULT_TRIALS,
     Budget,
     SearchResult,
-    _counts,
     _data_digest,
-    _fingerprint,
     _fixed_options,
     _prepare_data,
     _require_optuna,
-    _wait_attr,
 )
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
@@ -74,109 +69,6 @@ except ImportError:  # pragma: no cover - optuna is a dependency; a broken insta
 #: trainer options of every trial unless the user sets them
 TRIAL_TRAINER = {"max_epochs": DEFAULT_EPOCHS, "gradient_clip_val": 1.0, "enable_progress_bar": False,
                  "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1}
-HEARTBEAT_S = 10       # a running trial records a heartbeat this often (RDB storages)
-GRACE_S = 60           # a trial without one for this long is stale: its worker died; it is failed and run again
-
-
-# -- budget -------------------------------------------------------------------------------------------------
-
-
-# -- the Lightning callback of a trial ----------------------------------------------------------------------
-
-
-# -- the study ----------------------------------------------------------------------------------------------
-def _storage(url: str | None):
-    """An Optuna storage: None -> in memory (no resume); a URL (``sqlite:///…``, ``postgresql://…``) -> RDB with
-    heartbeats (a dead worker's trial is failed after GRACE_S and run again); a bare path -> a sqlite file."""
-    if url is None:
-        return optuna.storages.InMemoryStorage()
-    url = str(url)
-    if "://" not in url:
-        url = f"sqlite:///{Path(url).resolve()}"
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # workers wait for each other's writes
-        if ":///" in url:
-            Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ExperimentalWarning
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-    for attempt in range(4):  # workers starting together race to create the tables: the losers try again
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                  heartbeat_stale_trial_callback=retry, **kwargs)
-        except Exception as err:  # sqlalchemy: bad URL, unreachable server, missing driver, a race
-            if attempt < 3 and "://" in url and not isinstance(err, (ImportError, ValueError)):
-                time.sleep(1.0 + attempt)
-                continue
-            first = " ".join(str(err).split())[:300]
-            raise ConfigError(f"storage={url!r}: cannot open the Optuna storage ({first}); pass e.g. "
-                              "sqlite:///study.db or postgresql://user:pass@host/db") from err
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat every HEARTBEAT_S seconds while it runs (RDB storages)."""
-
-    def __init__(self, storage, trial_id: int | None) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self.stop = threading.Event()
-        self.thread = None
-
-    def __enter__(self):
-        if self.trial_id is not None and hasattr(self.storage, "record_heartbeat") and \
-                self.storage.get_heartbeat_interval():
-            self.thread = threading.Thread(target=self._beat, daemon=True)
-            self.thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                self.storage.record_heartbeat(self.trial_id)
-            if self.stop.wait(HEARTBEAT_S):
-                return
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-
-
-def _open_study(storage_url, study_name, pruner, settings):
-    storage = _storage(storage_url)
-    name = study_name or DEFAULT_STUDY
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            study = optuna.create_study(storage=storage, study_name=name, direction="minimize", pruner=pruner)
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
-            created = False
-    fp = _fingerprint(settings)
-    if created:
-        study.set_user_attr(f"{ATTR}.fingerprint", fp)
-        study.set_user_attr(f"{ATTR}.settings", json.loads(json.dumps(settings, default=str)))
-    else:
-        stored = _wait_attr(study, f"{ATTR}.fingerprint", 10.0)
-        if stored is None:
-            raise ConfigError(f"study {name!r} at {storage_url} was not made by the model choice; pass another "
-                              "study_name")
-        if stored != fp:
-            old = study.user_attrs.get(f"{ATTR}.settings") or {}
-            new = json.loads(json.dumps(settings, default=str))
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(f"study {name!r} at {storage_url} was started with other settings ({', '.join(diff)} "
-                              "differ); resume it with the same data and options, or pass another study_name")
-    return storage, study, created
-
-
-# -- MLflow -------------------------------------------------------------------------------------------------
-
-
 # -- the search ---------------------------------------------------------------------------------------------
 def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
            model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
@@ -205,7 +97,7 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
     settings = {"data": _data_digest(path), "fixed": fixed, "metric": metric, "seed": seed,
                 "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
                 "space": [repr(p) for p in space]}
-    storage_obj, study, created = _open_study(storage, study_name, pruner, settings)
+    storage_obj, study, created = open_study(storage, study_name, pruner, settings)
     track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
     parent = track.parent(study, created, {"budget_trials": budget.trials, "budget_time_s": budget.time,
                                            "metric": metric, "study_name": study.study_name,
@@ -232,8 +124,8 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 optuna.storages.fail_stale_trials(study)
-            _next_starting_point(study, points, budget.trials)
-            trial = _claim(study, storage_obj, study_id, budget.trials)
+            next_starting_point(study, points, budget.trials)
+            trial = claim_trial(study, storage_obj, study_id, budget.trials)
             if trial is None:
                 break
             study.sampler = optuna.samplers.TPESampler(seed=(int(seed) * 100_003 + trial.number) % 2**32,
@@ -249,35 +141,6 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
         if status == "KILLED":
             track.end(parent, "KILLED")
     return result
-
-
-def _next_starting_point(study, points: Sequence[Mapping[str, Any]], budget_trials: int | None) -> None:
-    """Queue the next of ``points`` when the study has fewer trials than points, none waiting, and budget left."""
-    trials = study.get_trials(deepcopy=False)
-    if len(trials) >= len(points) or any(t.state == optuna.trial.TrialState.WAITING for t in trials):
-        return
-    if budget_trials is not None and sum(_counts(t) for t in trials) >= budget_trials:
-        return
-    study.enqueue_trial(dict(points[len(trials)]))
-
-
-def _claim(study, storage, study_id: int, budget_trials: int | None):
-    """The next trial of the study within the trials budget, or None when the budget is spent. Trials are numbered
-    by the storage in one transaction, so workers racing for the last trial agree: the one whose trial ranks past
-    the budget puts it back in the queue (a resume with a larger budget runs it first)."""
-    if budget_trials is not None and sum(_counts(t) for t in study.get_trials(deepcopy=False)) >= budget_trials:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
-        trial = study.ask()
-    if budget_trials is None:
-        return trial
-    rank = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and _counts(t))
-    if rank >= budget_trials:
-        tid = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_state_values(tid, optuna.trial.TrialState.WAITING)
-        return None
-    return trial
 
 
 def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, out, callbacks, track, parent, seed,
@@ -301,7 +164,7 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     started = time.monotonic()
     fc, reason = None, None
     try:
-        with _Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
+        with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
             fc = fit(str(path), model, data_options=groups["data"], model_options=groups["model"],
                      trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=tdir,
                      tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
