@@ -51,6 +51,11 @@ def test_generate_config_file_and_print_config(tmp_path, capsys):
     (["generate", "sine", "--out", "x.csv", "--t-max=4"], "--t-max is now --t_max"),
     (["forecast", "--model", "m", "--data.path", "h.csv", "--num-samples", "4"], "--num-samples is now --num_samples"),
     (["backtest", "--model", "m", "--data.path", "h.csv", "--n-windows", "2"], "--n-windows is now --n_windows"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_plots"], "--no_plots is now --plots false"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no-plots"], "--no-plots is now --plots false"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
+    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_tracking"], "--no_tracking is now --tracking false"),
+    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
 ])
 def test_old_spellings_fail_with_one_line_naming_the_new_one(argv, line, capfd):
     assert main(argv) == 2
