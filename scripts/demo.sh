@@ -32,7 +32,7 @@ echo "== 2/3 forecast: 2 days past each sensor's last observation, every 30 min"
 
 echo "== 3/3 backtest: 2-day forecasts from 4 cutoffs a day apart, scored at the sensors' own reading times" >&2
 "$BIN/ts-neuralode" backtest --model "$OUT/model" --data.path data/demo.csv --horizon 2D --n_windows 4 --step 1D \
-    --out_dir "$OUT/backtest" --mlflow_run "$OUT/checkpoints" --no_progress
+    --out_dir "$OUT/backtest" --mlflow_run "$OUT/checkpoints" --progress false
 
 read -r run_id exp_id < <("$BIN/python" -c "import json; d = json.load(open('$OUT/checkpoints/mlflow_run.json')); print(d['run_id'], d['experiment_id'])")
 cat <<MSG

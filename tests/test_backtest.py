@@ -155,7 +155,7 @@ def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tm
     out = tmp_path / "bt"
     rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
                "--n_windows", "2", "--buckets", "2", "--num_samples", "8", "--out_dir", str(out),
-               "--tracking_uri", uri, "--experiment_name", "bt", "--no_progress"])
+               "--tracking_uri", uri, "--experiment_name", "bt", "--progress", "false"])
     assert rc == 0
     cv = pd.read_csv(out / "cv.csv")
     assert list(cv.columns[:4]) == ["unique_id", "ds", "cutoff", "y"]
@@ -183,7 +183,7 @@ def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tm
 ])
 def test_backtest_user_errors_are_one_line(dt_fitted, dt_csv, tmp_path, capfd, args, needle):
     rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
-               "--out_dir", str(tmp_path), "--no_tracking", *args])
+               "--out_dir", str(tmp_path), "--tracking", "false", *args])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
 
@@ -253,11 +253,11 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
     model = tmp_path / "model"
     shutil.copytree(dt_fitted["model_dir"], model)
     rc = main(["forecast", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points", "2",
-               "--out", str(tmp_path / "f.csv"), "--no_plots", "--calibrated", "--no_progress"])
+               "--out", str(tmp_path / "f.csv"), "--plots", "false", "--calibrated", "--progress", "false"])
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
     common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "4",
-              "--step", "3h", "--buckets", "1", "--num_samples", "16", "--no_tracking", "--no_progress"]
+              "--step", "3h", "--buckets", "1", "--num_samples", "16", "--tracking", "false", "--progress", "false"]
     # windows the model trained on: refused with one line naming what to pass (the series the fit held out)
     held_out = [str(s) for s in Forecaster.load(model).split_ids("val") + Forecaster.load(model).split_ids("test")]
     assert main([*common, "--out_dir", str(tmp_path / "trained"), "--calibrate"]) == 2
@@ -417,7 +417,7 @@ def test_backtest_command_future_and_no_orphan_run(tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = ["backtest", "--model", str(tmp_path / "m"), "--data.path", str(tmp_path / "pk.csv"), "--horizon", "2",
             "--n_windows", "2", "--num_samples", "2", "--out_dir", str(tmp_path / "bt"), "--tracking_uri", uri,
-            "--experiment_name", "bt", "--no_progress"]
+            "--experiment_name", "bt", "--progress", "false"]
     assert main(base) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "known-future covariate 'rate' is missing" in err[0]

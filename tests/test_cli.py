@@ -88,7 +88,7 @@ def test_forecast_horizon_as_duration_with_plots_and_progress(dt_fitted, dt_csv,
 def test_forecast_horizon_as_number_regular_grid_no_progress(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "fc.csv"
     rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "6", "--freq", "2", "--num_samples", "20",
-                           "--no_plots", "--no_progress", capfd=capfd)
+                           "--plots", "false", "--progress", "false", capfd=capfd)
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv)
     # numbers are in the training time unit (hours): a grid at last + 2 h, 4 h, 6 h
@@ -102,7 +102,7 @@ def test_forecast_horizon_as_number_regular_grid_no_progress(dt_fitted, dt_csv, 
 def test_forecast_far_beyond_history_daily_grid(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "far.csv"
     rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "30D", "--freq", "1D", "--num_samples", "20",
-                           "--level", "90", "--no_plots", "--no_progress", capfd=capfd)
+                           "--level", "90", "--plots", "false", "--progress", "false", capfd=capfd)
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv, levels=("90",))
     assert (fc.groupby("unique_id").size() == 30).all()
@@ -113,8 +113,8 @@ def test_forecast_far_beyond_history_daily_grid(dt_fitted, dt_csv, tmp_path, cap
 def test_forecast_explicit_times(dt_fitted, dt_csv, tmp_path, capfd):
     times = ["2024-02-01T00:00:00+01:00", "2024-03-01T12:30:00+01:00"]
     out = tmp_path / "times.csv"
-    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--times", *times, "--num_samples", "20", "--no_plots",
-                           "--no_progress", capfd=capfd)
+    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--times", *times, "--num_samples", "20", "--plots", "false",
+                           "--progress", "false", capfd=capfd)
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv)
     assert len(fc) == 6 * 2
@@ -128,7 +128,7 @@ def test_forecast_attaches_to_the_fit_run(dt_fitted, dt_csv, tmp_path, capfd):
 
     out = tmp_path / "att.csv"
     rc, _, err = forecast(dt_fitted, dt_csv, out, "--horizon", "1D", "--num_points", "3", "--num_samples", "10",
-                          "--no_progress", "--mlflow_run", str(dt_fitted["ckpt_dir"]), capfd=capfd)
+                          "--progress", "false", "--mlflow_run", str(dt_fitted["ckpt_dir"]), capfd=capfd)
     assert rc == 0, err
     run_id = json.loads((dt_fitted["ckpt_dir"] / "mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(dt_fitted["tracking_uri"])
@@ -186,7 +186,7 @@ FORECAST_ERRORS = [
 @pytest.mark.parametrize("args,fragment", FORECAST_ERRORS, ids=[" ".join(f[0]) or "none" for f in FORECAST_ERRORS])
 def test_forecast_user_errors_one_line(args, fragment, dt_fitted, dt_csv, tmp_path, capfd):
     rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv),
-               "--out", str(tmp_path / "x.csv"), "--no_progress", *args])
+               "--out", str(tmp_path / "x.csv"), "--progress", "false", *args])
     err = capfd.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err

@@ -51,6 +51,11 @@ def test_generate_config_file_and_print_config(tmp_path, capsys):
     (["generate", "sine", "--out", "x.csv", "--t-max=4"], "--t-max is now --t_max"),
     (["forecast", "--model", "m", "--data.path", "h.csv", "--num-samples", "4"], "--num-samples is now --num_samples"),
     (["backtest", "--model", "m", "--data.path", "h.csv", "--n-windows", "2"], "--n-windows is now --n_windows"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_plots"], "--no_plots is now --plots false"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no-plots"], "--no-plots is now --plots false"),
+    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
+    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_tracking"], "--no_tracking is now --tracking false"),
+    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
 ])
 def test_old_spellings_fail_with_one_line_naming_the_new_one(argv, line, capfd):
     assert main(argv) == 2
@@ -60,13 +65,13 @@ def test_old_spellings_fail_with_one_line_naming_the_new_one(argv, line, capfd):
 
 def test_forecast_config_file_reproduces_the_command_line(dt_fitted, dt_csv, tmp_path, capsys):
     base = ["--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points",
-            "3", "--num_samples", "4", "--level", "80", "--no_plots", "--no_progress"]
+            "3", "--num_samples", "4", "--level", "80", "--plots", "false", "--progress", "false"]
     assert main(["forecast", *base, "--out", str(tmp_path / "a.csv")]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["forecast", *base, "--out", str(tmp_path / "b.csv"), "--print_config"])
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["data"]["path"] == str(dt_csv) and cfg["level"] == [80.0] and cfg["no_plots"] is True
+    assert cfg["data"]["path"] == str(dt_csv) and cfg["level"] == [80.0] and cfg["plots"] is False
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["forecast", "--config", str(tmp_path / "f.yaml")]) == 0
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
@@ -84,7 +89,7 @@ def test_data_errors_name_the_cli_option(dt_fitted, tmp_path, capfd):
     bad = tmp_path / "bad.csv"
     bad.write_text("unique_id,when,y\na,1,2\na,2,3\n")
     assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(bad), "--horizon", "1h",
-                 "--out", str(tmp_path / "o.csv"), "--no_plots", "--no_progress"]) == 2
+                 "--out", str(tmp_path / "o.csv"), "--plots", "false", "--progress", "false"]) == 2
     err = _err_lines(capfd)
     assert len(err) == 1 and "missing time column" in err[0] and "--data.time_col" in err[0], err
     assert "time_col=" not in err[0]

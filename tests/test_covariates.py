@@ -217,7 +217,7 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     hist.to_csv(tmp_path / "hist.csv", index=False)
     pd.concat([future, end]).to_csv(tmp_path / "future.csv", index=False)
     base = ["forecast", "--model", str(model_dir), "--data.path", str(tmp_path / "hist.csv"), "--times", "7", "11",
-            "--no_plots", "--num_samples", "2", "--out", str(tmp_path / "fc.csv")]
+            "--plots", "false", "--num_samples", "2", "--out", str(tmp_path / "fc.csv")]
     assert main([*base, "--future", str(tmp_path / "future.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "fc.csv")) == 24
     capsys.readouterr()

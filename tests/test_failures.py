@@ -94,7 +94,7 @@ def test_issue_table_rows_one_line_each(tmp_path, dt_csv, dt_fitted, ode_model):
         "forecast --out": (["forecast", "--model", str(tmp_path / "no_model"), "--data.path", str(dt_csv),
                             "--horizon", "2h", "--out", str(blocked / "o.csv")], [f"--out {blocked / 'o.csv'}"]),
         "far horizon": (["forecast", "--model", str(ode_model), "--data.path", str(dt_csv), "--horizon", "400D",
-                         "--num_points", "5", "--no_plots", "--out", str(tmp_path / "far.csv")],
+                         "--num_points", "5", "--plots", "false", "--out", str(tmp_path / "far.csv")],
                         ["max_steps=30000", "days past the last observation, of 400 days past it asked", "--max_steps",
                          "nearer horizon"]),
         "random weights.pt": (["forecast", "--model", str(random_weights), "--data.path", str(dt_csv), "--horizon",
@@ -133,8 +133,8 @@ def test_far_horizon_gets_the_steps_it_needs(ode_model, dt_csv):
 
 def test_forecast_max_steps_option(ode_model, dt_csv, tmp_path, capfd):
     rc = main(["forecast", "--model", str(ode_model), "--data.path", str(dt_csv), "--horizon", "20h",
-               "--num_points", "3", "--no_plots", "--no_progress", "--num_samples", "2", "--max_steps", "20",
-               "--out", str(tmp_path / "f.csv")])
+               "--num_points", "3", "--plots", "false", "--progress", "false", "--num_samples", "2",
+               "--max_steps", "20", "--out", str(tmp_path / "f.csv")])
     line = _one_line(capfd.readouterr().err)
     assert rc == 2 and "max_steps=20" in line and "raise --max_steps to at least" in line, line
 
@@ -202,7 +202,7 @@ def test_preflight_checks(tmp_path):
     (["forecast", "--mlflow_run", "0123456789abcdef"], "leave out --mlflow_run"),
     (["forecast", "--model", "runs:/0123456789abcdef/model"], "pass the model directory itself as --model"),
     (["benchmark", "--dataset", "sine", "--models", "latent_coupling_flow", "--epochs", "1"], "--tracking false"),
-    (["backtest", "--horizon", "2h"], "--no_tracking"),
+    (["backtest", "--horizon", "2h"], "--tracking false"),
 ])
 def test_other_subcommands_probe_the_tracking_server(argv, fragment, dt_fitted, dt_csv, tmp_path, capfd):
     url = _dead_url()
@@ -226,7 +226,7 @@ def test_backtest_output_checked_first(tmp_path, dt_fitted, capfd):
     afile = tmp_path / "f.txt"
     afile.write_text("x")
     rc = main(["backtest", "--model", str(tmp_path / "no_model"), "--data.path", str(tmp_path / "missing.csv"),
-               "--horizon", "2h", "--no_tracking", "--out_dir", str(afile / "bt")])
+               "--horizon", "2h", "--tracking", "false", "--out_dir", str(afile / "bt")])
     line = _one_line(capfd.readouterr().err)
     assert rc == 2 and "--out_dir" in line and "missing.csv" not in line and "no_model" not in line, line
 

@@ -261,12 +261,12 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
         assert not np.allclose(ctx.iloc[:, 2], full.iloc[:, 2])  # the model conditions on less
         rc = main(["forecast", "--model", str(tmp_path / "ck" / "model"), "--data.path", str(dt_csv), "--horizon",
                    "6h", "--num_points", "3", "--num_samples", "1", "--context", "1D", "--out",
-                   str(tmp_path / "fc.csv"), "--no_plots", "--no_progress"])
+                   str(tmp_path / "fc.csv"), "--plots", "false", "--progress", "false"])
         assert rc == 0
         cli = pd.read_csv(tmp_path / "fc.csv")
         np.testing.assert_allclose(cli.iloc[:, 2], ctx.iloc[:, 2], rtol=1e-5)
         assert main(["forecast", "--model", str(tmp_path / "ck" / "model"), "--data.path", str(dt_csv),
-                     "--horizon", "6h", "--context", "-1D", "--no_plots", "--no_progress"]) == 2
+                     "--horizon", "6h", "--context", "-1D", "--plots", "false", "--progress", "false"]) == 2
     finally:
         os.chdir(old)
 

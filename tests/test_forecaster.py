@@ -37,7 +37,7 @@ def test_predict_matches_the_cli(fc, dt_fitted, dt_csv, hist, tmp_path):
     out = fc.predict(hist, horizon="12h", num_points=4, num_samples=30, seed=0)
     rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
                "--num_points", "4", "--num_samples", "30", "--seed", "0", "--out", str(tmp_path / "cli.csv"),
-               "--no_plots", "--no_progress"])
+               "--plots", "false", "--progress", "false"])
     assert rc == 0
     cli = pd.read_csv(tmp_path / "cli.csv")
     assert list(cli.columns) == list(out.columns)

@@ -277,8 +277,8 @@ CLI_WORDS = st.sampled_from(["12", "2.5", "-1", "0", "1e400", "nan", "inf", "12h
 def test_forecast_command_line_gives_a_file_or_one_line(saved_models, tmp_path_factory, capfd, kind, base, opts):
     model, csv = saved_models[kind]
     out = tmp_path_factory.mktemp("fc") / "f.csv"
-    argv = ["forecast", "--model", str(model), "--data.path", str(csv), "--out", str(out), "--no_plots",
-            "--no_progress", "--num_samples", "2"]
+    argv = ["forecast", "--model", str(model), "--data.path", str(csv), "--out", str(out), "--plots", "false",
+            "--progress", "false", "--num_samples", "2"]
     if base:  # a valid query, which the random options below may override or contradict
         argv += ["--horizon", "12" if kind == "numeric" else "12h", "--num_points", "3"]
     for flag, values in opts:
@@ -308,7 +308,7 @@ def test_numeric_query_times_come_back_exactly_as_passed(forecasters, tmp_path):
     hist.to_csv(tmp_path / "h.csv", index=False)
     model_dir = fc.save(tmp_path / "model")
     assert main(["forecast", "--model", str(model_dir), "--data.path", str(tmp_path / "h.csv"), "--times", "4049.0",
-                 "4041.1", "--out", str(tmp_path / "f.csv"), "--no_plots", "--no_progress"]) == 0
+                 "4041.1", "--out", str(tmp_path / "f.csv"), "--plots", "false", "--progress", "false"]) == 0
     back = pd.read_csv(tmp_path / "f.csv")
     assert sorted(set(back["ds"])) == [4041.1, 4049.0]
 

@@ -263,7 +263,7 @@ def test_two_workers_share_one_storage(series, tmp_path):
     assert sorted(t.number for t in counted) == list(range(5))
     assert all("worker ran trials" in o for o in outs)
     # the search is done: a final call only refits the best trial
-    rc = main(["fit", "--model", "auto", *args[4:], "--output_dir", str(tmp_path / "final"), "--no_progress"])
+    rc = main(["fit", "--model", "auto", *args[4:], "--output_dir", str(tmp_path / "final"), "--progress", "false"])
     assert rc == 0
     assert len(_counted(optuna.load_study(study_name="shared", storage=storage))) == 5
     assert (tmp_path / "final" / "model" / "config.json").is_file()

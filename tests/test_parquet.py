@@ -28,7 +28,7 @@ def test_a_parquet_file_reads_as_its_csv(dt_csv, parquet_files):
 
 
 def test_forecast_reads_and_writes_parquet(dt_fitted, dt_csv, parquet_files, tmp_path):
-    q = ["--horizon", "6h", "--num_points", "3", "--no_plots", "--no_progress"]
+    q = ["--horizon", "6h", "--num_points", "3", "--plots", "false", "--progress", "false"]
     assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv),
                  "--out", str(tmp_path / "f.csv"), *q]) == 0
     assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path",

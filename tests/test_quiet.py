@@ -34,11 +34,11 @@ def test_demo_like_fit_forecast_backtest_print_one_line_per_stage(tmp_path, capf
     assert fit[0].startswith("data data/demo.csv: 12 series; targets y")
     assert any(ln.startswith("MLflow model models:/") for ln in fit), fit
     rc = main(["forecast", "--model", str(d / "model"), "--data.path", "data/demo.csv", "--horizon", "2D", "--freq",
-               "6h", "--out", str(d / "fc.csv"), "--no_plots", "--no_progress"])
+               "6h", "--out", str(d / "fc.csv"), "--plots", "false", "--progress", "false"])
     out = capfd.readouterr()
     assert rc == 0 and _lines(out.err) == [], out.err
     rc = main(["backtest", "--model", str(d / "model"), "--data.path", "data/demo.csv", "--horizon", "2D",
-               "--n_windows", "2", "--num_samples", "10", "--out_dir", str(d / "bt"), "--no_tracking",
-               "--no_progress"])
+               "--n_windows", "2", "--num_samples", "10", "--out_dir", str(d / "bt"), "--tracking", "false",
+               "--progress", "false"])
     out = capfd.readouterr()
     assert rc == 0 and _lines(out.err) == [], out.err

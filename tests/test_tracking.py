@@ -117,7 +117,7 @@ def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_
     # the CLI fetches the same model straight from the server (runs:/ URI)
     rc = main(["forecast", "--model", f"runs:/{run.info.run_id}/model", "--tracking_uri", mlflow_server,
                "--data.path", str(tiny_csv), "--horizon", "3", "--num_points", "5", "--num_samples", "4",
-               "--out", str(tmp_path / "fc.csv"), "--no_plots", "--no_progress"])
+               "--out", str(tmp_path / "fc.csv"), "--plots", "false", "--progress", "false"])
     assert rc == 0
     import pandas as pd
 

@@ -7,8 +7,6 @@ The CLI prints that line and exits non-zero; tracebacks are for our own bugs.
 
 from __future__ import annotations
 
-import argparse
-
 from ts_neuralode.solvers.errors import SolverError
 
 
@@ -47,27 +45,5 @@ def check_choice(value, name: str, choices) -> None:
         raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse for the ``ts-neuralode`` subcommands: a bad option raises :class:`ConfigError` with one line
-    (``PROG: message; see 'PROG --help'``) instead of printing the usage and exiting, so the CLI reports it
-    like every other user error. (``exit_on_error=False`` alone does not cover missing required options or
-    bad choices on every Python version, hence :meth:`error`.)"""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("exit_on_error", False)
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def parse_known_args(self, args=None, namespace=None):
-        try:
-            return super().parse_known_args(args, namespace)
-        except argparse.ArgumentError as err:  # what exit_on_error=False raises for a bad value or choice
-            self.error(str(err))
-
-    def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}; see '{self.prog} --help'")
-
-
 __all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError",
-           "SolverError",
-           "OneLineArgumentParser"]
+           "SolverError"]

@@ -254,9 +254,18 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
     """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
 
     Args:
-        data, data_options, model_options, trainer, callbacks, output_dir, tracking, tracking_uri, experiment_name,
-            run_name, log_model, seed: as :meth:`Forecaster.fit` (the options given are fixed, not searched;
-            ``data_options`` needs the forecast ``horizon``; ``trainer.max_epochs`` (default 20) bounds each trial).
+        data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
+        data_options: ``--data.*`` options, fixed for every trial (not searched); needs the forecast ``horizon``.
+        model_options: ``--model.*`` options, fixed for every trial (not searched).
+        trainer: ``--trainer.*`` options, fixed for every trial; ``max_epochs`` (default 20) bounds each trial.
+        callbacks: extra Lightning callbacks of every trial and refit.
+        output_dir: the trials, the refits and the model directory (``<output_dir>/model``).
+        tracking: record the search in MLflow (a parent run, a child run per trial and refit).
+        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+        experiment_name: MLflow experiment (None: ``ts_neuralode``).
+        run_name: MLflow name of the search's parent run.
+        log_model: log the returned model directory to MLflow.
+        seed: seed of the sampler and of every trial's fit.
         budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
             (``{"trials": 20, "time": "1h"}``); default 20 trials.
         metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
@@ -264,8 +273,9 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
         ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
         refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
             return the trials' own models, trained without the validation horizon).
-        storage, study_name: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory)
-            and the study in it: the same pair resumes a search and lets several workers share it.
+        storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
+            storage and study name resume a search and let several workers share it.
+        study_name: the study in the storage (None: ``ts_neuralode_auto``).
         pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
         enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
             :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.

@@ -51,12 +51,13 @@ def check_spelling(argv: Sequence[str], parser, renames: Mapping[str, str] | Non
             raise ConfigError(f"{parser.prog}: {name} is now {snake} (options are spelled in snake_case)")
 
 
-def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None):
-    """The parsed options (a jsonargparse Namespace); a bad option is one line (ConfigError) naming the fix."""
+def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None, defaults: bool = True):
+    """The parsed options (a jsonargparse Namespace; ``defaults=False``: only those given, on the command line or in
+    a ``--config`` file); a bad option is one line (ConfigError) naming the fix."""
     argv = list(argv)
     check_spelling(argv, parser, renames)
     try:
-        return parser.parse_args(argv)
+        return parser.parse_args(argv, defaults=defaults)
     except argparse.ArgumentError as err:
         text = " ".join(str(err).split())
         old = re.search(r"Option '([^']+)' is not accepted", text)  # a key of a --config file

@@ -7,7 +7,7 @@ Writes ``<out_dir>/cv.csv`` (the Nixtla-style rows of :func:`ts_neuralode.api.ba
 ``metrics.csv`` (:func:`ts_neuralode.api.backtest.evaluate`: overall, per series, per horizon bucket),
 ``report.md`` and ``error_vs_horizon.png``, and logs the overall and per-bucket metrics (step = bucket) and
 those files to MLflow: to the run of ``--mlflow_run`` (a run id or a fit's checkpoint directory), else to a new
-run in ``--experiment_name``, opened once the backtest has been computed (``--no_tracking``: none). A model with
+run in ``--experiment_name``, opened once the backtest has been computed (``--tracking false``: none). A model with
 known-future covariates reads them from the history file and ``--future FILE`` (values after its end). The model,
 history and sampling options are ``forecast``'s (:func:`ts_neuralode.cli.forecast_options`).
 """
@@ -84,13 +84,17 @@ def parser():
                    help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run")
     p.add_argument("--experiment_name", type=str, default="ts_neuralode", help="experiment of a new run")
     p.add_argument("--run_name", type=str | None, default=None, help="name of a new run (default backtest)")
-    p.add_argument("--no_tracking", action="store_true", help="log nothing to MLflow")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--tracking", type=bool, default=True, help="log the backtest to MLflow (false: nothing)")
+    p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
     return p
 
 
+#: the options of ``backtest`` in older versions and their spelling now
+BACKTEST_RENAMES = {"--no_tracking": "--tracking false", "--no_progress": "--progress false"}
+
+
 def main(argv: Sequence[str]) -> int:
-    args = parse_forecast_like(parser(), argv)
+    args = parse_forecast_like(parser(), argv, BACKTEST_RENAMES)
     if args.horizon is None:
         raise ConfigError(f"{PROG} backtest: the following arguments are required: --horizon; see '{PROG} backtest "
                           "--help'")
@@ -104,7 +108,7 @@ def main(argv: Sequence[str]) -> int:
     out_dir = writable_dir(args.out_dir, "--out_dir")  # before the work: a backtest computed and not written is lost
     cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
     target = None  # the store is probed before the work; a new run is opened after it (no orphan RUNNING run)
-    if not args.no_tracking:
+    if args.tracking:
         target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
                   else _probe_store(args.tracking_uri))
     model_path = _resolve_model_path(args.model, args.tracking_uri)
@@ -118,7 +122,7 @@ def main(argv: Sequence[str]) -> int:
         cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
         fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
         num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
-        calibrated=args.calibrated, progress=not args.no_progress, future=args.future, series=args.series,
+        calibrated=args.calibrated, progress=args.progress, future=args.future, series=args.series,
         **read)
     codec = fc.transform.codec
     h = codec.duration(args.horizon, "horizon", ConfigError)
@@ -159,7 +163,7 @@ def main(argv: Sequence[str]) -> int:
 def _probe_store(tracking_uri: str | None) -> str:
     """The tracking URI, its store probed (ConfigError before any work when it cannot be used)."""
 
-    return tracking_store(resolve_tracking_uri(tracking_uri), off="--no_tracking")
+    return tracking_store(resolve_tracking_uri(tracking_uri), off="--tracking false")
 
 
 def _new_run(uri: str, experiment: str, run_name: str | None):

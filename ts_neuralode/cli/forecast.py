@@ -4,7 +4,7 @@ run); the history and sampling options declared here are shared with ``backtest`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -53,15 +53,18 @@ def _forecast_parser():
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series")
     p.add_argument("--plot_history", type=str | None, default=None,
                    help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
-    p.add_argument("--no_plots", action="store_true", help="write no PNGs")
+    p.add_argument("--plots", type=bool, default=True, help="write a PNG per series (false: none)")
     p.add_argument("--tracking_uri", type=str | None, default=None,
                    help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
     p.add_argument("--mlflow_run", type=str | None, default=None,
                    help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
                         "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
     return p
 
+
+#: the options of ``forecast`` (and ``backtest``) in older versions and their spelling now
+FORECAST_RENAMES = {"--no_plots": "--plots false", "--no_progress": "--progress false"}
 
 #: options ``forecast`` and ``backtest`` cannot run without (not required by the parser, so that
 #: ``--print_config`` and ``--config`` work without them)
@@ -102,10 +105,11 @@ def forecast_options(p, context: str) -> None:
     g.add_argument("--seed", type=int, default=SAMPLING.seed, help="sampling seed")
 
 
-def parse_forecast_like(parser, argv: Sequence[str]):
-    """Parse ``forecast`` / ``backtest`` options; one line when ``--model`` or ``--data.path`` is missing."""
+def parse_forecast_like(parser, argv: Sequence[str], renames: Mapping[str, str] = FORECAST_RENAMES):
+    """Parse ``forecast`` / ``backtest`` options; one line when ``--model`` or ``--data.path`` is missing, or for an
+    option spelled as in older versions (``renames``)."""
 
-    args = parse(parser, _join_negative_values(argv))
+    args = parse(parser, _join_negative_values(argv), renames)
     missing = [o for o in REQUIRED if args.get(o[2:]) is None]
     if missing:
         raise ConfigError(f"{parser.prog}: the following arguments are required: {', '.join(missing)}; see "
@@ -170,7 +174,7 @@ def forecast_main(argv: Sequence[str]) -> int:
                           "units, with --freq or --num_points) or --times T1 T2 ...")
 
     writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
-    if not args.no_plots:
+    if args.plots:
         writable_dir(_plot_dir(args), "--plot_dir")
     run_target = _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else None
     path = _resolve_model_path(args.model, args.tracking_uri)
@@ -179,7 +183,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     out = fc.predict(
         args.data.path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
         num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
-        series=args.series, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
+        series=args.series, batch_size=args.batch_size, progress=args.progress, seed=args.seed,
         context=args.context, future=args.future, max_steps=args.max_steps,
         calibrated=False if args.raw_bands else (True if args.calibrated else None), **read,
     )
@@ -188,7 +192,7 @@ def forecast_main(argv: Sequence[str]) -> int:
     n_series = out["unique_id"].nunique()
     print(f"wrote {out_path}: {len(out)} rows, {n_series} series, columns {', '.join(map(str, out.columns))}")
     pngs: list[Path] = []
-    if not args.no_plots:
+    if args.plots:
         plot_dir = _plot_dir(args)
         pngs = fc.plot(args.data.path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
                        **read)

@@ -3,26 +3,52 @@
     ts-neuralode fit --model auto --data.path data/demo.csv --data.horizon 2D --data.time_unit h \\
         --budget.trials 20 --budget.time 1h --ensemble 3 --storage sqlite:///study.db --study_name demo
 
-``--data.*``, ``--model.*`` and ``--trainer.*`` options are fixed for every trial (values read as YAML: ``2D``,
-``0.01``, ``[a, b]``, ``null``); ``--config FILE`` gives them from a YAML file's ``data``/``model``/``trainer``
-sections (the command line wins). ``--worker`` only runs trials (a worker of a shared ``--storage``).
+A jsonargparse subcommand (``--config FILE``, ``--print_config``, ``--help`` with defaults and descriptions) whose
+options are read from the declarations they set, each declared once:
+
+* the search's options (``--metric``, ``--ensemble``, ``--refit``, ``--storage``, ``--study_name``, ``--patience``,
+  ``--output_dir``, ``--tracking`` ..., ``--seed``, ``--progress``): the signature and docstring of
+  :func:`~ts_neuralode.api.model_choice.fit_auto`; ``--budget.trials`` / ``--budget.time`` its ``budget``;
+* the options fixed for every trial, ``--data.*``, ``--model.*``, ``--trainer.*``: those of ``ts-neuralode fit``
+  (the signatures of :class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule`,
+  :class:`~ts_neuralode.training.ForecastingModule` and Lightning's ``Trainer``), type-checked here; only the ones
+  given (on the command line or in the ``--config`` file) are fixed, the others are searched or left at their
+  defaults, so ``--print_config`` prints the given ones only and its YAML given back as ``--config`` is the same
+  search;
+* ``--worker`` (only run trials: a worker of a shared ``--storage``): here.
+
+Older spellings (``--no_progress``, ``--seed_everything``) fail with one line naming the new one
+(:data:`AUTO_RENAMES`).
 """
 
 from __future__ import annotations
 
-import argparse
+import inspect
+import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch import Trainer
 
 from ts_neuralode.api import model_choice
-from ts_neuralode.errors import ConfigError, OneLineArgumentParser
+from ts_neuralode.api.model_choice_study import DEFAULT_TRIALS
+from ts_neuralode.cli.args import parse, subcommand_parser
+from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.errors import ConfigError
+from ts_neuralode.training import ForecastingModule
+from ts_neuralode.training.options import check_option_spelling
 
 PROG = "ts-neuralode fit --model auto"
-GROUPS = ("data", "model", "trainer")
+#: the option groups fixed for every trial, and the class whose signature declares each
+GROUPS = {"data": IrregularTimeSeriesDataModule, "model": ForecastingModule, "trainer": Trainer}
+#: fit_auto's arguments that are no option of their own: the data (``--data.path``), the fixed options
+#: (``--data.*``, ``--model.*``, ``--trainer.*``), the budget (``--budget.*``) and Python objects
+_NOT_OPTIONS = {"data", "data_options", "model_options", "trainer", "budget", "callbacks", "space", "pruner", "enqueue",
+                "forecaster_cls"}
+#: the options of ``fit --model auto`` in older versions and their spelling now
+AUTO_RENAMES = {"--no_progress": "--progress false", "--seed_everything": "--seed"}
 
 
 def wants_auto(argv: Sequence[str]) -> bool:
@@ -32,125 +58,134 @@ def wants_auto(argv: Sequence[str]) -> bool:
                                          for i, a in enumerate(argv))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, description="Search the model families and evolutions with Optuna on the "
-                              "forecast task's time split; refit the winner (or keep the top k as an ensemble).",
-                              epilog="--data.*, --model.*, --trainer.* options (as for 'ts-neuralode fit') are fixed "
-                                     "for every trial and not searched; --data.path and --data.horizon are required.")
-    p.add_argument("--model", choices=["auto"], required=True)
-    p.add_argument("--config", default=None, help="YAML file whose data/model/trainer sections fix those options")
-    p.add_argument("--budget.trials", dest="trials", type=int, default=None,
-                   help="trials of the study in total, across workers and resumes (default 20 without --budget.time)")
-    p.add_argument("--budget.time", dest="time", default=None, help="wall time of this search (e.g. 30min, 2h)")
-    p.add_argument("--metric", default="val_mae", help="validation metric to minimise (default val_mae)")
-    p.add_argument("--ensemble", type=int, default=1, help="keep the top k trials as a mixture (default 1)")
-    p.add_argument("--refit", type=_bool, default=True,
-                   help="retrain the choice on train + validation (default true; false: the trials' own models)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (sqlite:///study.db, postgresql://...): resume, several workers")
-    p.add_argument("--study_name", default=None, help="study in the storage (default ts_neuralode_auto)")
-    p.add_argument("--worker", action="store_true", help="only run trials (a worker of a shared --storage)")
-    p.add_argument("--patience", type=int, default=None,
-                   help="stop a trial after this many validations without improvement")
-    p.add_argument("--output_dir", default="ts_neuralode_auto",
-                   help="trials, refits and the model directory (<output_dir>/model)")
-    p.add_argument("--tracking", type=_bool, default=True, help="record the search in MLflow (default true)")
-    p.add_argument("--tracking_uri", default=None)
-    p.add_argument("--experiment_name", default=None)
-    p.add_argument("--run_name", default=None, help="MLflow name of the search's parent run")
-    p.add_argument("--log_model", type=_bool, default=True)
-    p.add_argument("--seed", "--seed_everything", dest="seed", type=int, default=0)
-    p.add_argument("--no_progress", action="store_true", help="print nothing per trial")
-    return p
-
-
-def _bool(text: str) -> bool:
-    low = str(text).strip().lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def _grouped(rest: list[str]) -> dict[str, dict[str, Any]]:
-    """``--data.horizon 2D --model.evolution.kind ode`` -> ``{"data": {"horizon": "2D"}, "model": {"evolution":
-    {"kind": "ode"}}, "trainer": {}}``."""
-    out: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        name, eq, value = arg.partition("=")
-        group = name[2:].split(".", 1)[0] if name.startswith("--") else ""
-        if group not in GROUPS or "." not in name:
-            raise ConfigError(f"{PROG}: unknown option {arg!r}; see '{PROG} --help' (fixed options are --data.*, "
-                              "--model.*, --trainer.*)")
-        if not eq:
-            if i + 1 >= len(rest):
-                raise ConfigError(f"{PROG}: {name} needs a value")
-            value = rest[i + 1]
-            i += 1
-        i += 1
-        path = name[2:].split(".")[1:]
-        node = out[group]
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _value(value)
+def _without_model_auto(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--model auto`` (the word that chose this subcommand: ``prog`` says it)."""
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == "--model=auto":
+            continue
+        elif a == "--model" and i + 1 < len(argv) and argv[i + 1] == "auto":
+            skip = True
+        else:
+            out.append(a)
     return out
 
 
-def _value(text: str) -> Any:
+def _options() -> list[str]:
+    """fit_auto's arguments that are options of this command (``--metric``, ``--ensemble`` ...)."""
+    params = inspect.signature(model_choice.fit_auto).parameters
+    return [name for name in params if name not in _NOT_OPTIONS]
+
+
+def parser():
+    """The ``ts-neuralode fit --model auto`` parser (see the module docstring for where each option is declared)."""
+    p = subcommand_parser(
+        "fit --model auto",
+        "Search the model families and evolutions with Optuna on the forecast task's time split; refit the winner "
+        "(or keep the top k as an ensemble).",
+    )
+    p.epilog = ("--data.*, --model.*, --trainer.* are 'ts-neuralode fit''s options (see 'ts-neuralode fit --help'); "
+                "those given are fixed for every trial, the others searched; --data.path and --data.horizon are "
+                "required.")
+    p.add_function_arguments(model_choice.fit_auto, skip=_NOT_OPTIONS)
+    p.set_defaults(output_dir="ts_neuralode_auto")  # the command line's own directory (the API's: ts_neuralode_fit)
+    g = p.add_argument_group("budget (the search ends at the first reached)")
+    g.add_argument("--budget.trials", type=int | None, default=None,
+                   help=f"trials of the study in total, across workers and resumes (default {DEFAULT_TRIALS} "
+                        "without --budget.time)")
+    g.add_argument("--budget.time", type=float | str | None, default=None,
+                   help="wall time of this search: seconds or a duration such as 30min, 2h")
+    p.add_argument("--worker", action="store_true", help="only run trials (a worker of a shared --storage)")
+    for name, cls in GROUPS.items():
+        p.add_class_arguments(cls, name, instantiate=False, fail_untyped=False)
+    for group in p._action_groups:  # jsonargparse titles a group with its function's or class's docstring
+        dests = {a.dest.split(".", 1)[0] for a in group._group_actions}
+        if dests & set(_options()):
+            group.title = "the search (fit_auto's options)"
+        elif len(dests) == 1 and (name := next(iter(dests))) in GROUPS:
+            group.title = f"--{name}.*: fixed for every trial when given ({GROUPS[name].__name__})"
+    return p
+
+
+def _given(p, argv: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The ``--data.*``, ``--model.*``, ``--trainer.*`` options given (command line and ``--config`` file; the
+    command line wins), as nested dicts: ``{"data": {"horizon": "2D"}, "model": {"evolution": {"kind": "ode"}},
+    "trainer": {}}``."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        cfg = parse(p, argv, AUTO_RENAMES, defaults=False).as_dict()
+    except ConfigError as err:
+        text, n = re.subn("unrecognized arguments", "unknown option(s)", str(err), flags=re.IGNORECASE)
+        if n:
+            raise ConfigError(text.replace("; see", " (the fixed options are --data.*, --model.*, --trainer.*); see",
+                                           1)) from None
+        raise
+    return {g: dict(cfg.get(g) or {}) for g in GROUPS}
+
+
+def _grouped(rest: list[str]) -> dict[str, dict[str, Any]]:
+    """The fixed options of command line words ``rest`` (values read as typed by ``ts-neuralode fit``)."""
+    return _given(parser(), rest)
+
+
+def _from_config(path: str | None) -> dict[str, dict[str, Any]]:
+    """The fixed options of a ``--config`` file (its ``data``/``model``/``trainer`` sections)."""
+    return _grouped(["--config", path]) if path is not None else {g: {} for g in GROUPS}
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, nested dicts merged (as a ``--config`` file and the command line are)."""
     out = dict(base)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def _from_config(path: str | None) -> dict[str, dict[str, Any]]:
-    if path is None:
-        return {g: {} for g in GROUPS}
-    try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {path}: cannot read it ({type(err).__name__}); pass a YAML config file") from err
-    return {g: dict(cfg.get(g) or {}) for g in GROUPS}
+def config(argv: Sequence[str]) -> dict[str, Any]:
+    """The options of a ``fit --model auto`` command line (``--model auto`` included or not) as the nested dict
+    ``--print_config`` prints and ``--config`` reads: every search option (with its default), the budget, and the
+    fixed ``data``/``model``/``trainer`` options given."""
+    argv = _without_model_auto([a for a in argv if not a.startswith("--print_config")])
+    check_option_spelling(argv)  # --model.method rk4 (older versions) -> --model.evolution.method
+    p = parser()
+    fixed = _given(p, argv)
+    args = parse(p, argv, AUTO_RENAMES).as_dict()
+    out = {k: v for k, v in args.items() if k != "config" and not k.startswith("__") and k not in GROUPS}
+    return {**out, **fixed}
 
 
 def main(argv: Sequence[str]) -> int:
-    args, rest = _parser().parse_known_args(list(argv))
-    given = _merge(_from_config(args.config), _grouped(rest))
-    data = given["data"].pop("path", None)
+    """``ts-neuralode fit --model auto ...`` (``argv``: the words after ``fit``); returns the exit status."""
+    argv = list(argv)
+    cfg = config(argv)
+    if any(a.startswith("--print_config") for a in argv):
+        sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+        return 0
+    data = cfg["data"].pop("path", None)
     if data is None:
         raise ConfigError(f"{PROG}: pass --data.path (the CSV or Parquet file to search on)")
-    budget: dict[str, Any] = {"trials": args.trials, "time": args.time}
-    if args.trials is None and args.time is None:
-        budget["trials"] = 20
-
-    common = dict(data_options=given["data"], model_options=given["model"], trainer=given["trainer"],
-                  output_dir=args.output_dir, tracking=args.tracking, tracking_uri=args.tracking_uri,
-                  experiment_name=args.experiment_name, run_name=args.run_name, seed=args.seed, budget=budget,
-                  metric=args.metric, storage=args.storage, study_name=args.study_name, patience=args.patience,
-                  progress=False if args.no_progress else None)
+    budget = dict(cfg["budget"])
+    if budget["trials"] is None and budget["time"] is None:
+        budget["trials"] = DEFAULT_TRIALS
+    options = {name: cfg[name] for name in _options()}
+    searched = inspect.signature(model_choice.search).parameters  # fit_auto's options but the finish's
+    common = dict(data_options=cfg["data"], model_options=cfg["model"], trainer=cfg["trainer"], budget=budget,
+                  **{k: v for k, v in options.items() if k in searched})
+    finish = {k: v for k, v in options.items() if k not in searched}  # ensemble, refit, log_model
     try:
-        if args.worker:
+        if cfg["worker"]:
             result = model_choice.search(data, **common)
             print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: "
                   f"{result.stop_reason})")
             print(model_choice.summary(result), end="")
             return 0
-        fc = model_choice.fit_auto(data, ensemble=args.ensemble, refit=args.refit, log_model=args.log_model,
-                                   **common)
+        fc = model_choice.fit_auto(data, **common, **finish)
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1); SIGTERM likewise
         if isinstance(err, SystemExit) and err.code in (0, None):
             raise
-        hint = ("run the same command again to resume the study" if args.storage else
+        hint = ("run the same command again to resume the study" if cfg["storage"] else
                 "pass --storage sqlite:///study.db to make a search resumable")
         print(f"{PROG}: interrupted; {hint}", file=sys.stderr)
         return 130
@@ -164,4 +199,4 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["main", "wants_auto"]
+__all__ = ["AUTO_RENAMES", "config", "main", "parser", "wants_auto"]

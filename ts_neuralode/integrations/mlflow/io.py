@@ -47,7 +47,7 @@ def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str]):
     except Exception as err:  # MlflowException, sqlalchemy errors: a user-fixable URI problem
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"--tracking_uri {uri}: cannot open the MLflow store ({first}); pass a writable "
-                          "sqlite:///FILE.db or a reachable server URL, or --no_tracking") from err
+                          "sqlite:///FILE.db or a reachable server URL, or --tracking false") from err
     return client, exp_id, run
 
 
