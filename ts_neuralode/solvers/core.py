@@ -52,6 +52,24 @@ def _stack_records(recs: list[StepRecord]) -> Records:
     )
 
 
+def _first_step(func: Func, tab: Tableau, t0: Tensor, y0: Tensor, first_step: float | Tensor | None, rtol: float,
+                atol: float) -> tuple[Tensor, Tensor, int]:
+    """The first stage ``f(t0, y0)``, the first step size per sample and the evaluations spent on them: searched
+    (``first_step=None``, one more evaluation), carried from an earlier solve (a tensor: no search), or given."""
+    f0 = func(t0, y0)
+    if first_step is None:
+        with torch.no_grad():
+            return f0, initial_step(func, t0, y0.detach(), f0.detach(), tab.order, rtol, atol), 2
+    if isinstance(first_step, Tensor):
+        return f0, first_step.to(dtype=y0.dtype, device=y0.device), 1
+    return f0, torch.full((y0.shape[0],), float(first_step), dtype=y0.dtype, device=y0.device), 1
+
+
+def _steps_exceeded(tab: Tableau, max_steps: int, active: Tensor, t: Tensor, sign):
+    return _fail(tab, f"max_steps={max_steps} exceeded", active, t, sign,
+                 "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps)
+
+
 def solve_adaptive(
     func: Func,
     tab: Tableau,
@@ -81,17 +99,8 @@ def solve_adaptive(
     t0 = tq[:, 0]
     t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
-    f0 = func(t, y0)
-    nfe_init = 1
+    f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
     carried = isinstance(first_step, Tensor)
-    if first_step is None:
-        with torch.no_grad():
-            dt = initial_step(func, t0, y0.detach(), f0.detach(), tab.order, rtol, atol)
-        nfe_init += 1
-    elif carried:  # carried from an earlier solve: no initial-step search
-        dt = first_step.to(dtype=dtype, device=dev)
-    else:
-        dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
 
     controller = PIController.for_tableau(tab)
     prev_term = controller.initial_term(B, dtype, dev)  # the controller's memory of the last accepted step
@@ -120,10 +129,7 @@ def solve_adaptive(
     any_active = bool(active.any())
     while any_active:
         if it >= max_steps:
-            raise _fail(
-                tab, f"max_steps={max_steps} exceeded", active, t, sign,
-                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
-            )
+            raise _steps_exceeded(tab, max_steps, active, t, sign)
         it += 1
         rem = t_end - t
         dt_use = torch.minimum(dt, rem)  # finished samples: rem = 0 → frozen, their updates are no-ops
@@ -162,15 +168,7 @@ def solve_adaptive(
             next_out = tq_ext.gather(1, cnt).squeeze(1)
             if flush and len(recs) >= FLUSH_EVERY:
                 out_buf, t_flushed = _flush(tab, recs, tq, out_buf, y0, t_flushed, t_new)
-        if any_rejected:
-            acc_c = accept.unsqueeze(-1)
-            y = torch.where(acc_c, y1, y)
-            k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
-        else:
-            # nobody rejected: finished samples stepped with dt = 0, so y1 == y for them — no masking
-            y, k0 = y1, ks[-1]
-        if not tab.fsal:
-            k0 = func(t_new, y)
+        y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
@@ -220,17 +218,8 @@ def solve_interval(
     dev, dtype = y0.device, y0.dtype
     t_end = t1.clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
-    f0 = func(t, y0)
-    nfe_init = 1
+    f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
     carried = isinstance(first_step, Tensor)
-    if first_step is None:
-        with torch.no_grad():
-            dt = initial_step(func, t0, y0.detach(), f0.detach(), tab.order, rtol, atol)
-        nfe_init += 1
-    elif carried:
-        dt = first_step.to(dtype=dtype, device=dev)
-    else:
-        dt = torch.full((B,), float(first_step), dtype=dtype, device=dev)
     controller = PIController.for_tableau(tab)
     prev_term = controller.initial_term(B, dtype, dev)
     n_att = torch.zeros(B, dtype=torch.long, device=dev)
@@ -242,10 +231,7 @@ def solve_interval(
     it = 0
     while any_active:
         if it >= max_steps:
-            raise _fail(
-                tab, f"max_steps={max_steps} exceeded", active, t, sign,
-                "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps,
-            )
+            raise _steps_exceeded(tab, max_steps, active, t, sign)
         it += 1
         rem = t_end - t
         dt_use = torch.minimum(dt, rem)
@@ -269,20 +255,28 @@ def solve_interval(
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
                     rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
-        if any_rejected:
-            acc_c = accept.unsqueeze(-1)
-            y = torch.where(acc_c, y1, y)
-            k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
-        else:
-            y, k0 = y1, ks[-1]
-        if not tab.fsal:
-            k0 = func(t_new, y)
+        y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
     stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
                         n_rejected=n_att.sub(n_acc), next_dt=dt)
     return y, stats
+
+
+def _accept(func: Func, tab: Tableau, accept: Tensor, any_rejected: bool, y: Tensor, y1: Tensor, ks: Tensor,
+            k0: Tensor, t_new: Tensor) -> tuple[Tensor, Tensor]:
+    """The state and first stage after a step: ``y1`` where the step was accepted, ``y`` where it was rejected; the
+    next first stage from the FSAL tableau's last stage, else one evaluation of ``func`` at the new state."""
+    if any_rejected:
+        acc_c = accept.unsqueeze(-1)
+        y = torch.where(acc_c, y1, y)
+        k0 = torch.where(acc_c, ks[-1], k0) if tab.fsal else None
+    else:  # nobody rejected: finished samples stepped with dt = 0, so y1 == y for them — no masking
+        y, k0 = y1, ks[-1]
+    if not tab.fsal:
+        k0 = func(t_new, y)
+    return y, k0
 
 
 def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
