@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary
+from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary, validation_choices
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
 from ts_neuralode.api.model_choice_space import (
     SEARCH_SPACE,
@@ -333,6 +333,8 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         trial.set_user_attr("model_dir", str(Path(fc.fit_info["model_dir"]).resolve()))
         trial.set_user_attr("monitor", fc.fit_info.get("monitor"))
         trial.set_user_attr("best_score", fc.fit_info.get("best_score"))
+        # what the trial measured on its validation windows, for the refit that has none (model_choice_finish)
+        trial.set_user_attr("validation_choices", validation_choices(fc))
     if reason is None and cb.pruned:
         outcome, state = "pruned", States.PRUNED
     elif reason is None and math.isfinite(cb.best):
