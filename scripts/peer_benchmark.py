@@ -531,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from_cache", action="store_true",
                    help="only assemble the page from cached results (contenders without one: listed as not run)")
     p.add_argument("--out", default="results/peers.md")
+    p.add_argument("--ran", action="append", default=[],
+                   help="with --from_cache: a command that filled the cache (repeatable), listed on the page above "
+                        "the command that assembled it")
     args = p.parse_args(argv)
     import torch
 
@@ -623,9 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     png = out.with_suffix(".png")
     if all_overall:
         plot(all_overall, png)
-    cmd = "python scripts/peer_benchmark.py " + " ".join(shlex.quote(a) for a in argv)
+    ran = [i for i, a in enumerate(argv) if a == "--ran"]
+    shown = [a for i, a in enumerate(argv) if i not in ran and i - 1 not in ran]  # the --ran texts are listed above
+    cmd = "python scripts/peer_benchmark.py " + " ".join(shlex.quote(a) for a in shown)
+    filled = ["# the cache was filled by:", *args.ran, "# then this page:"] if args.ran else []
     head = ["# Peer benchmark: our configs vs naive, statsforecast and neuralforecast on real data", "",
-            "```", cmd.strip(), "```", "",
+            "```", *filled, cmd.strip(), "```", "",
             f"Machine: a shared 2-core CPU (other jobs beside it), torch 1 thread; timings are wall seconds "
             f"in that state. Configs trained with at most {args.epochs} epochs, **once per data set on each "
             f"series' data up to its first cutoff**, then forecast at every cutoff (no refit); statsforecast refits "

@@ -7,7 +7,8 @@ correction's weight ``c`` in ``base + c · correction`` is chosen from :data:`WE
 mean over series and channels of each one's MAE relative to the base's. Two forecasts suffice (``c = 0`` and
 ``c = 1``: the mean is linear in ``c``). Ties keep the larger weight; ``c = 1`` is the model as trained, ``c = 0``
 its base alone. The weight is a buffer of the model (``correction_scale``), so the model directory, the MLflow
-model and every later forecast use it.
+model and every later forecast use it. The forecaster's ``correction_gate`` records the choice and both relative
+errors (a fit reports it in ``fit_info["correction_gate"]``; the automatic model choice ranks trials by it).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def gate_correction(forecaster, datamodule) -> str | None:
     score = {c: float(np.mean(_group_mae(groups, np.abs(base + c * (full - base) - y)) / scale)) for c in WEIGHTS}
     best = min(WEIGHTS, key=lambda c: (round(score[c], 12), -c))
     wm.set_correction_scale(best)
+    # what the choice gained on the validation windows: the model choice ranks a trial by its validation error as
+    # gated, not as trained (ts_neuralode.api.model_choice)
+    forecaster.correction_gate = {"weight": float(best), "relative_error": float(score[best]),
+                                  "relative_error_as_trained": float(score[1.0])}
     return (f"kept x{best:g} of the learned correction on its {wm.base_kind} base, chosen on {int(ok.sum())} "
             f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}, "
             f"x{best:g} {score[best]:.3f})")
