@@ -340,15 +340,16 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     elif reason is None and math.isfinite(cb.best):
         outcome, state = "complete", States.COMPLETE
         trial.set_user_attr("best_epoch", cb.best_epoch)
-    value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
-    gated = math.isfinite(cb.best) and value != cb.best
-    if gated:
-        trial.set_user_attr("value_as_trained", cb.best)
     else:
         outcome, state = "failed", States.FAIL
         reason = reason or ("stopped by the time budget before its first validation" if cb.stopped_by_time else
                             f"no finite {metric}")
         trial.set_user_attr("reason", reason)
+    # ranked as the returned model will forecast: with the correction weight chosen on validation
+    value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
+    gated = state == States.COMPLETE and value != cb.best
+    if gated:
+        trial.set_user_attr("value_as_trained", cb.best)
     if cb.stopped_by_time:
         trial.set_user_attr("stopped_by_time", True)
     trial.set_user_attr("outcome", outcome)
@@ -375,14 +376,14 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
 def gated_value(best: float, metric: str, gate: dict | None) -> float:
     """A trial's value: its best ``metric`` as trained, scaled for a window model by what its correction weight,
     chosen on the validation windows at the end of the fit (:mod:`ts_neuralode.api.correction_gate`), changed the
-    validation error (``relative_error / relative_error_as_trained``, at most 1: the weight 1 is one of the choices).
+    validation MAE (``mae / mae_as_trained``, at most 1: the weight 1 is one of the choices).
     The returned model forecasts with that weight, so trials are ranked as they will forecast: a trial whose learned
     correction hurts but whose base is good (BXLator's trend line: val_mae 2.2 as trained, 0.91x the last value on
     its base alone, results/peers_irregular.md) is not ranked by the correction it will not use. Only for error
     metrics (``*mae``); others, and trials without a gate, keep their value."""
     if not gate or not str(metric).endswith("mae") or not (math.isfinite(best) and best > 0):
         return best
-    gated, trained = gate.get("relative_error"), gate.get("relative_error_as_trained")
+    gated, trained = gate.get("mae"), gate.get("mae_as_trained")
     if gated is None or trained is None or not (math.isfinite(gated) and math.isfinite(trained) and trained > 0):
         return best
     return best * min(1.0, max(0.0, float(gated) / float(trained)))
