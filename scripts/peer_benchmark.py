@@ -531,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from_cache", action="store_true",
                    help="only assemble the page from cached results (contenders without one: listed as not run)")
     p.add_argument("--out", default="results/peers.md")
+    p.add_argument("--notes", default="", help="a markdown file whose text goes on the page after its header "
+                   "(what the tables show, said in words)")
     p.add_argument("--ran", action="append", default=[],
                    help="with --from_cache: a command that filled the cache (repeatable), listed on the page above "
                         "the command that assembled it")
@@ -660,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
             "", "![scaled MAE per data set](peers.png)", ""]
     if skipped:
         head += ["Skipped: " + "; ".join(skipped), ""]
+    if args.notes:
+        head += [(ROOT / args.notes).read_text().strip(), ""]
     body = ["## Summary (scaled MAE)", "", "Best of each family per data set; the last column: our best config's "
             "scaled MAE over the best of every other contender (naive ones included; > 1: ours loses).", "",
             *findings(all_overall), "",
