@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo.yaml runs on the demo data only, with its own context (4D). The page is assembled from "
             "per-(data set, contender) results cached under `.venv-peers/cache` by runs with the same options "
             "(`--from_cache` lists what had not run).",
-            "", "![scaled MAE per data set](peers.png)", ""]
+            "", f"![scaled MAE per data set]({png.name})", ""]
     if skipped:
         head += ["Skipped: " + "; ".join(skipped), ""]
     if args.notes:
