@@ -168,18 +168,52 @@ def run_config(name: str, model: str, ds: DataSet, raw: pd.DataFrame, long: pd.D
         res["fit_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         kw = {"level": [90], "quantiles": CRPS_QUANTILES, "num_samples": 50, "seed": 0}
-        if ds.shared:
-            stamps = [to_stamp(c, ds, origin, aware) for c in sorted(cuts["cutoff"].unique())]
-            cv = fc.cross_validation(raw, ds.horizon_arg, cutoffs=stamps, **kw)
-        else:
-            cv = fc.cross_validation(raw, ds.horizon_arg, n_windows=int(cuts["window"].max()) + 1, step=ds.step, **kw)
+
+        def backtest(**kw):
+            if ds.shared:
+                stamps = [to_stamp(c, ds, origin, aware) for c in sorted(cuts["cutoff"].unique())]
+                return fc.cross_validation(raw, ds.horizon_arg, cutoffs=stamps, **kw)
+            return fc.cross_validation(raw, ds.horizon_arg, n_windows=int(cuts["window"].max()) + 1, step=ds.step,
+                                       **kw)
+        cv = backtest(**kw)
         res["predict_s"] = time.perf_counter() - t1
+        n = fc.name
+        # the 90% band scored is the one predict gives by default: calibrated when the fit calibrated it (on its
+        # held-out validation windows); the model's own band is kept beside it (cov90 own); CRPS stays the model's
+        # own quantiles (a calibrated forecast has none)
+        if getattr(fc, "calibration", None) is not None:
+            cal = backtest(level=[90], num_samples=50, seed=0, calibrated=True)
+            keys = [c for c in ("unique_id", "ds", "channel", "cutoff") if c in cv.columns]
+            cv = cv.rename(columns={f"{n}-lo-90": f"{n}-own90lo", f"{n}-hi-90": f"{n}-own90hi"}).merge(
+                cal[keys + [f"{n}-lo-90", f"{n}-hi-90"]], on=keys, how="left", validate="one_to_one")
+        else:
+            cv[f"{n}-own90lo"], cv[f"{n}-own90hi"] = cv[f"{n}-lo-90"], cv[f"{n}-hi-90"]
+        res["calibrated"] = getattr(fc, "calibration", None) is not None
+        res["chosen"] = describe_fit(fc)
     except Exception as err:  # a config that fails is a row of the report, not the end of the benchmark
         res["error"] = f"{type(err).__name__}: {' '.join(str(err).split())}"[:220]
         traceback.print_exc(file=sys.stderr)
         return res
     res["cols"] = align_model(cv, fc.name, name, ds, rows, cuts, origin)
     return res
+
+
+def describe_fit(fc) -> str:
+    """What a fit chose (the automatic choice's winning configuration, the correction weight), for the page."""
+    from ts_neuralode.api.correction_gate import window_model
+
+    parts = []
+    info = getattr(fc, "fit_info", None) or {}
+    if "params" in info:
+        from ts_neuralode.api.model_choice_space import describe
+
+        parts.append(f"trial {info.get('best_trial')}: {describe(info['params'])}")
+    members = getattr(fc, "members", None)
+    for m in members or [fc]:
+        wm = window_model(m)
+        if wm is not None:
+            parts.append(f"correction x{float(wm.correction_scale):.2g}")
+    return "; ".join(parts)
 
 
 def align_model(cv: pd.DataFrame, model_col: str, name: str, ds: DataSet, rows: pd.DataFrame, cuts: pd.DataFrame,
@@ -324,6 +358,12 @@ def score(rows: pd.DataFrame, results: dict[str, dict], horizon: float) -> tuple
     models = ["locf", "mean", *[n for n in names if n not in ("locf", "mean")]]
     met = evaluate(cv, horizon, models=models)
     overall = met[met["scope"] == "overall"].copy()
+    own = {}
+    for m in models:  # the model's own 90% band, where its scored band is the calibrated one (run_config)
+        lo, hi = f"{m}-own90lo", f"{m}-own90hi"
+        if lo in cv.columns and hi in cv.columns:
+            own[m] = float(((cv["y"] >= cv[lo]) & (cv["y"] <= cv[hi])).mean())
+    overall["cov90_own"] = overall["model"].map(own)
     last = rows.loc[cv.index, "window"] == rows["window"].max()  # the last window: the most recent forecast
     if last.any():
         mae_last = (cv.loc[last, models].sub(cv.loc[last, "y"], axis=0)).abs().mean()
@@ -352,19 +392,20 @@ def fmt(v, nd=4) -> str:
 
 
 def table(name: str, overall: pd.DataFrame, results: dict[str, dict]) -> str:
-    lines = ["| contender | family | MAE | scaled MAE | CRPS | cov90 | MAE last window | fit s | predict s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| contender | family | MAE | scaled MAE | CRPS | cov90 | cov90 own bands | MAE last window | fit s | "
+             "predict s | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     by = overall.set_index("model")
     order = sorted(by.index, key=lambda m: by.loc[m, "scaled_mae"])
     for m in order:
         r, res = by.loc[m], results.get(m, {})
         lines.append(f"| {m} | {family(m)} | {fmt(r['mae'])} | {fmt(r['scaled_mae'], 3)} | "
                      f"{fmt(r.get('crps', math.nan))} | {fmt(r.get('coverage-90', math.nan), 3)} | "
-                     f"{fmt(r.get('mae_last', math.nan))} | "
-                     f"{fmt(res.get('fit_s', math.nan), 3)} | {fmt(res.get('predict_s', math.nan), 3)} | |")
+                     f"{fmt(r.get('cov90_own', math.nan), 3)} | {fmt(r.get('mae_last', math.nan))} | "
+                     f"{fmt(res.get('fit_s', math.nan), 3)} | {fmt(res.get('predict_s', math.nan), 3)} | "
+                     f"{res.get('chosen', '')} |")
     for m, res in results.items():
         if m not in by.index:
-            lines.append(f"| {m} | {family(m)} | — | — | — | — | — | {fmt(res.get('fit_s', math.nan), 3)} | — | "
+            lines.append(f"| {m} | {family(m)} | — | — | — | — | — | — | {fmt(res.get('fit_s', math.nan), 3)} | — | "
                          f"{'' if res.get('error', '').startswith(('not run', 'the other')) else 'failed: '}"
                          f"{res.get('error', '')[:160].replace('|', '/')} |")
     return "\n".join(lines)
@@ -476,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
-    p.add_argument("--configs", default="", help="config stems (default: every configs/*.yaml); 'none': no config")
+    p.add_argument("--configs", default="", help="config stems (default: every configs/*.yaml) or paths of config "
+                   "files (*.yaml, from the repository root); 'none': no config")
     p.add_argument("--cutoffs", type=int, default=4, help="backtest windows per data set (default 4)")
     p.add_argument("--epochs", type=int, default=10, help="epoch cap of every config (default 10)")
     p.add_argument("--peers", default="statsforecast,neuralforecast", help="peer families, or 'none'")
@@ -489,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from_cache", action="store_true",
                    help="only assemble the page from cached results (contenders without one: listed as not run)")
     p.add_argument("--out", default="results/peers.md")
+    p.add_argument("--notes", default="", help="a markdown file whose text goes on the page after its header "
+                   "(what the tables show, said in words)")
+    p.add_argument("--ran", action="append", default=[],
+                   help="with --from_cache: a command that filled the cache (repeatable), listed on the page above "
+                        "the command that assembled it")
     args = p.parse_args(argv)
     import torch
 
@@ -500,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs == "none":
         configs = []
     elif args.configs:
-        configs = [ROOT / "configs" / f"{c}.yaml" for c in args.configs.split(",") if c]
+        # a stem of configs/, or the path of a config file (ablations: scripts/peer_configs/*.yaml)
+        configs = [(ROOT / c if c.endswith(".yaml") else ROOT / "configs" / f"{c}.yaml")
+                   for c in args.configs.split(",") if c]
     else:
         configs = sorted((ROOT / "configs").glob("*.yaml"))
     families = [] if args.peers == "none" else [f for f in args.peers.split(",") if f]
@@ -579,9 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     png = out.with_suffix(".png")
     if all_overall:
         plot(all_overall, png)
-    cmd = "python scripts/peer_benchmark.py " + " ".join(shlex.quote(a) for a in argv)
+    ran = [i for i, a in enumerate(argv) if a == "--ran"]
+    shown = [a for i, a in enumerate(argv) if i not in ran and i - 1 not in ran]  # the --ran texts are listed above
+    cmd = "python scripts/peer_benchmark.py " + " ".join(shlex.quote(a) for a in shown)
+    filled = ["# the cache was filled by:", *args.ran, "# then this page:"] if args.ran else []
     head = ["# Peer benchmark: our configs vs naive, statsforecast and neuralforecast on real data", "",
-            "```", cmd.strip(), "```", "",
+            "```", *filled, cmd.strip(), "```", "",
             f"Machine: a shared 2-core CPU (other jobs beside it), torch 1 thread; timings are wall seconds "
             f"in that state. Configs trained with at most {args.epochs} epochs, **once per data set on each "
             f"series' data up to its first cutoff**, then forecast at every cutoff (no refit); statsforecast refits "
@@ -591,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
             "read back at the real observation times by linear interpolation in time. All contenders are scored by "
             "`ts_neuralode.api.backtest.evaluate` on the same rows: MAE in the data's units, `scaled MAE` = each "
             "error over its series' last-value MAE (MASE-style; < 1 beats the last value), CRPS from 20 "
-            "quantiles, cov90 = fraction inside the 90% band, `MAE last window` = MAE on the last window alone (for "
+            "quantiles (the model's own quantiles), cov90 = fraction inside the 90% band as `predict` gives it by "
+            "default (for our models: stretched by the conformal calibration the fit made on its held-out "
+            "validation windows, where it made one), `cov90 own bands` = the same for the model's own band before "
+            "that calibration, `MAE last window` = MAE on the last window alone (for "
             "CO₂: the last 52 weeks forecast from everything before, where REFERENCE.md has MSTL at 0.354 ppm). "
             "`locf`/`mean` are the backtest's own baselines; `seasonal_naive` is the project's seasonal rule "
             "(the value one season back, nearest observation within a tenth of the season, else the last value). "
@@ -604,9 +659,11 @@ def main(argv: list[str] | None = None) -> int:
             "demo.yaml runs on the demo data only, with its own context (4D). The page is assembled from "
             "per-(data set, contender) results cached under `.venv-peers/cache` by runs with the same options "
             "(`--from_cache` lists what had not run).",
-            "", "![scaled MAE per data set](peers.png)", ""]
+            "", f"![scaled MAE per data set]({png.name})", ""]
     if skipped:
         head += ["Skipped: " + "; ".join(skipped), ""]
+    if args.notes:
+        head += [(ROOT / args.notes).read_text().strip(), ""]
     body = ["## Summary (scaled MAE)", "", "Best of each family per data set; the last column: our best config's "
             "scaled MAE over the best of every other contender (naive ones included; > 1: ours loses).", "",
             *findings(all_overall), "",

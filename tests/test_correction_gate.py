@@ -65,9 +65,28 @@ def test_a_harmful_correction_is_dropped_and_a_null_one_kept(fitted):
         line = gate_correction(fc, dm)
         assert float(wm.correction_scale) == 0.0, line
         assert "x0 of the learned correction" in line
+        # the choice and what it gained are recorded (the model choice ranks trials by the gated error)
+        gate = fc.correction_gate
+        assert gate["weight"] == 0.0 and gate["mae_as_trained"] > 1.5 * gate["mae"] > 0
         with torch.no_grad():  # no correction at all: every weight ties, the model as trained is kept
             head.bias[: wm.inner.input_dim].zero_()
         gate_correction(fc, dm)
         assert float(wm.correction_scale) == 1.0
     finally:
         head.load_state_dict(saved)
+
+
+def test_a_fit_reports_the_gate_and_the_model_choice_ranks_by_it(fitted):
+    from ts_neuralode.api.model_choice import gated_value
+
+    fc, _ = fitted
+    gate = fc.fit_info["correction_gate"]
+    saved = Forecaster.load(fc.fit_info["model_dir"])  # as the fit left it (the test above re-gates fc)
+    assert gate["weight"] == pytest.approx(float(window_model(saved).correction_scale))
+    assert gate["mae"] > 0 and gate["mae_as_trained"] > 0
+    # a trial's value: as trained, times what the chosen weight changed the validation error by
+    harmful = {"weight": 0.0, "mae": 1.0, "mae_as_trained": 2.5}
+    assert gated_value(2.0, "val_mae", harmful) == pytest.approx(0.8)
+    assert gated_value(2.0, "val_mae", None) == 2.0  # no base, no gate
+    assert gated_value(-3.0, "val_loss", harmful) == -3.0  # only error metrics are scaled
+    assert gated_value(2.0, "val_mae", {**harmful, "mae": 3.0}) == 2.0  # never above the value as trained

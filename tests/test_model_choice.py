@@ -323,15 +323,48 @@ def test_auto_errors_are_one_line(series, tmp_path, capsys):
 
 def test_starting_points_follow_the_season():
     """The first trials: the ODE-RNN correcting the harmonic forecast with a season; without one, on the last value,
-    and on the trend line; every option they set is a value of the search space."""
+    on the trend line, and the level in global units; every option they set is a value of the search space."""
     from ts_neuralode.api.model_choice_space import SEARCH_SPACE, starting_points
 
     with_season = starting_points({"data.horizon": "2D", "data.season": "24h"})
     without = starting_points({"data.horizon": 5})
     assert [p["model.base"] for p in with_season] == ["auto"]
-    assert [p["model.base"] for p in without] == ["auto", "trend"]
+    assert [p["model.base"] for p in without][:2] == ["auto", "trend"]
+    # then the level itself in the data's global units (a population of series sharing one process)
+    assert len(without) == 3 and without[2]["model.base"] == "none" and without[2]["model.normalize"] == "none"
     space = {p.option: p for p in SEARCH_SPACE}
     for point in with_season + without:
         for option, value in point.items():
             p = space[option]
             assert value in p.values if p.kind == "choice" else p.low <= value <= p.high, (option, value)
+
+
+def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, tmp_path):
+    """The refit trains on train + validation, so it has no validation windows of its own: without its trial's
+    choices its bands were left uncalibrated (BXLator: a 90% band covering 17% of the points, results/peers.md) and
+    its correction weight reset to 1. It inherits both, and the model directory keeps them."""
+    from ts_neuralode.api.correction_gate import window_model
+
+    data = {**DATA, "task": "forecast", "test_fraction": 0.0}
+    fc = Forecaster.fit(series, "auto", data_options=data, model_options={"latent_dim": 4, "hidden_dim": 16},
+                        trainer={"max_epochs": 2}, output_dir=tmp_path / "out", tracking=False, budget=1,
+                        log_model=False)
+    trial = Forecaster.load(tmp_path / "out" / "trials" / "trial_0000" / "model")
+    assert trial.calibration is not None and window_model(trial) is not None  # the starting point: a window model
+    assert fc.calibration is not None, "the refit's bands are uncalibrated"
+    assert fc.calibration["factors"] == trial.calibration["factors"]
+    assert "trial 0" in fc.calibration["fitted_on"]["what"]
+    assert float(window_model(fc).correction_scale) == float(window_model(trial).correction_scale)
+    back = Forecaster.load(fc.fit_info["model_dir"])
+    assert back.calibration is not None and back.calibration["factors"] == trial.calibration["factors"]
+    assert float(window_model(back).correction_scale) == float(window_model(trial).correction_scale)
+    # predict's default bands are the calibrated ones: stretched by the factors about the same midpoints
+    kw = dict(horizon=1.0, num_points=3, num_samples=50, seed=0, level=[90])
+    own, cal = back.predict(series, calibrated=False, **kw), back.predict(series, **kw)
+    n = back.name
+    np.testing.assert_allclose(cal[n], own[n])
+    w_own = (own[f"{n}-hi-90"] - own[f"{n}-lo-90"]).to_numpy()
+    w_cal = (cal[f"{n}-hi-90"] - cal[f"{n}-lo-90"]).to_numpy()
+    f90, floor = np.asarray(trial.calibration["factors"]["90"]), float(trial.calibration["floors"]["90"])
+    assert np.all(w_cal >= f90.min() * (w_own + 2 * floor) - 1e-6)
+    assert np.all(w_cal <= f90.max() * (w_own + 2 * floor) + 1e-6)

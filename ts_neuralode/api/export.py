@@ -78,6 +78,7 @@ class ModelExportCallback(Callback):
         self.calibrate = calibrate
         self.forecaster = None
         self.calibration_line: str | None = None
+        self.correction_gate: dict | None = None  # what the correction gate chose (correction_gate.gate_correction)
         self.model_dir_written: Path | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -88,4 +89,5 @@ class ModelExportCallback(Callback):
             self.forecaster.training_extent = training_extent(trainer.datamodule)
             if self.calibrate:
                 self.calibration_line = calibrate_fitted(self.forecaster, trainer.datamodule)
+                self.correction_gate = getattr(self.forecaster, "correction_gate", None)
             self.model_dir_written = self.forecaster.save(self.model_dir)

@@ -83,6 +83,8 @@ class FitResult:
     #: what the model export and the tracking callback report, when they do (a calibration summary, a models:/ URI)
     calibration_line: str | None = None
     model_uri: str | None = None
+    #: the correction weight chosen on the validation windows and its relative errors (correction_gate), if any
+    correction_gate: dict | None = None
 
 
 # -- resolving the options --------------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
         tracking_failed=any(getattr(lg, "tracking_failed", False) for lg in trainer.loggers),
         monitor=monitor, best_score=score, is_global_zero=trainer.is_global_zero,
         config=_as_dict(parser, cfg), calibration_line=getattr(export, "calibration_line", None),
-        model_uri=getattr(cb, "model_uri", None))
+        model_uri=getattr(cb, "model_uri", None), correction_gate=getattr(export, "correction_gate", None))
 
 
 def _as_dict(parser, cfg) -> dict:
@@ -273,7 +275,7 @@ def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str
     fc.fit_info = {"argv": reproduce, "config": result.config, "model_dir": str(result.model_dir),
                    "checkpoint_dir": str(result.checkpoint_dir), "best_checkpoint": result.best_checkpoint,
                    "run_id": result.run_id, "tracking_uri": result.tracking_uri, "monitor": result.monitor,
-                   "best_score": result.best_score}
+                   "best_score": result.best_score, "correction_gate": result.correction_gate}
     return fc
 
 

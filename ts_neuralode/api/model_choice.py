@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary
+from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary, validation_choices
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
 from ts_neuralode.api.model_choice_space import (
     SEARCH_SPACE,
@@ -196,6 +196,8 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         trial.set_user_attr("model_dir", str(Path(fc.fit_info["model_dir"]).resolve()))
         trial.set_user_attr("monitor", fc.fit_info.get("monitor"))
         trial.set_user_attr("best_score", fc.fit_info.get("best_score"))
+        # what the trial measured on its validation windows, for the refit that has none (model_choice_finish)
+        trial.set_user_attr("validation_choices", validation_choices(fc))
     if reason is None and cb.pruned:
         outcome, state = "pruned", States.PRUNED
     elif reason is None and math.isfinite(cb.best):
@@ -206,18 +208,25 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         reason = reason or ("stopped by the time budget before its first validation" if cb.stopped_by_time else
                             f"no finite {metric}")
         trial.set_user_attr("reason", reason)
+    # ranked as the returned model will forecast: with the correction weight chosen on validation
+    value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
+    gated = state == States.COMPLETE and value != cb.best
+    if gated:
+        trial.set_user_attr("value_as_trained", cb.best)
     if cb.stopped_by_time:
         trial.set_user_attr("stopped_by_time", True)
     trial.set_user_attr("outcome", outcome)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        study.tell(trial, cb.best if state == States.COMPLETE else None, state=state)
+        study.tell(trial, value if state == States.COMPLETE else None, state=state)
     track.tag(cb.run_id, {"ts_neuralode.outcome": outcome},
-              {"trial_value": cb.best} if state == States.COMPLETE else None)
+              {"trial_value": value} if state == States.COMPLETE else None)
     best = result.best(1)
     best_txt = f"best {best[0].value:.4g} (trial {best[0].number})" if best else "no complete trial yet"
     if outcome == "complete":
         what = f"{metric}={cb.best:.4g} at epoch {cb.best_epoch}"
+        if gated:
+            what += f" (x{value / cb.best:.3g} with the correction weight chosen on validation: {value:.4g})"
     elif outcome == "pruned":
         what = f"pruned after epoch {cb.values and len(cb.values) - 1}"
     else:
@@ -225,6 +234,22 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     done = len(result.trials())
     of = "" if bar.total is None else f"/{bar.total}"
     bar.trial(f"[{done}{of}] trial {n} {label}: {what} in {seconds:.1f}s; {best_txt}", best_txt)
+
+
+def gated_value(best: float, metric: str, gate: dict | None) -> float:
+    """A trial's value: its best ``metric`` as trained, scaled for a window model by what its correction weight,
+    chosen on the validation windows at the end of the fit (:mod:`ts_neuralode.api.correction_gate`), changed the
+    validation MAE (``mae / mae_as_trained``, at most 1: the weight 1 is one of the choices).
+    The returned model forecasts with that weight, so trials are ranked as they will forecast: a trial whose learned
+    correction hurts but whose base is good (BXLator's trend line: val_mae 2.2 as trained, 0.91x the last value on
+    its base alone, results/peers_irregular.md) is not ranked by the correction it will not use. Only for error
+    metrics (``*mae``); others, and trials without a gate, keep their value."""
+    if not gate or not str(metric).endswith("mae") or not (math.isfinite(best) and best > 0):
+        return best
+    gated, trained = gate.get("mae"), gate.get("mae_as_trained")
+    if gated is None or trained is None or not (math.isfinite(gated) and math.isfinite(trained) and trained > 0):
+        return best
+    return best * min(1.0, max(0.0, float(gated) / float(trained)))
 
 
 def _abandon(study, trial, track, cb, retry: bool) -> None:

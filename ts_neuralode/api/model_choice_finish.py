@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ts_neuralode.api.correction_gate import window_model
 from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Quiet, _Tracking
@@ -25,10 +27,43 @@ def _user_error(err: Exception, n: int, label: str) -> Exception:
     return type(err)(f"model auto, trial {n} ({label}): {' '.join(str(err).split())}")
 
 
+def validation_choices(fc) -> dict[str, Any]:
+    """What a fit chose on its held-out validation windows (``ts_neuralode.api.export.calibrate_fitted``): the window
+    model's correction weight (None without a base) and the conformal band calibration (None when it could not be
+    fitted). JSON-able: a trial keeps it as a user attribute, for its refit."""
+    wm = window_model(fc)
+    return {"correction_weight": None if wm is None else float(wm.correction_scale.item()),  # type: ignore[operator]
+            "calibration": json.loads(json.dumps(fc.calibration)) if fc.calibration is not None else None}
+
+
+def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_number: int) -> bool:
+    """Give a refit ``fc`` (trained on train + validation, so without validation windows of its own: its correction
+    weight would stay 1 and its bands uncalibrated) what its trial chose on the validation windows: the correction
+    weight and the band calibration. Their conformal factors are ratios to the model's own band widths, so they carry
+    over to the same configuration trained as long on a little more data (measured: results/peers_irregular.md).
+    Returns whether anything was given."""
+    if not choices:
+        return False
+    given = False
+    wm = window_model(fc)
+    weight = choices.get("correction_weight")
+    if wm is not None and weight is not None:
+        wm.set_correction_scale(float(weight))
+        given = True
+    cal = choices.get("calibration")
+    if cal is not None and getattr(fc, "calibration", None) is None:
+        fc.calibration = {**cal, "fitted_on": {**dict(cal.get("fitted_on") or {}),
+                                               "what": f"held-out validation windows of trial {trial_number} "
+                                                       "(the same configuration before its refit)"}}
+        given = True
+    return given
+
+
 def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence | None = None, track: _Tracking,
           parent: str | None, seed: int, log_model: bool, forecaster_cls: type[Predictor] = Predictor):
     """The trial's configuration trained on train + validation (no validation split; ``data.train_end`` dropped)
-    for the trial's best number of epochs; returns the fitted ``forecaster_cls``."""
+    for the trial's best number of epochs; returns the fitted ``forecaster_cls`` with the correction weight and band
+    calibration its trial chose on the validation windows (:func:`inherit_validation_choices`)."""
 
     full = dict(trial.user_attrs["options"])
     full["data.val_fraction"] = 0.0
@@ -48,6 +83,8 @@ def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence
                  run_name=f"refit_trial_{trial.number:04d}", log_model=log_model, seed=seed,
                  forecaster_cls=forecaster_cls)
     shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
+    if inherit_validation_choices(fc, trial.user_attrs.get("validation_choices"), trial.number):
+        fc.save(fc.fit_info["model_dir"])
     return fc
 
 

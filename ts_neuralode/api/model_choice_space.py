@@ -93,15 +93,24 @@ STARTING_POINT: dict[str, Any] = {
     "model.normalize": "window", "model.base": "auto"}
 
 
+#: without a season, also: the same model forecasting the level itself in the data's global units (no window
+#: normalisation, no base). Series that are draws of one process (a population of similar systems, the same
+#: oscillator from different starts) share its level and its pull towards it, which each window's own units discard:
+#: on BXLator it forecast at 0.65x the last value where the window model on the last value stayed at 1.00
+#: (results/peers_irregular.md)
+GLOBAL_LEVEL: dict[str, Any] = {**STARTING_POINT, "model.normalize": "none", "model.base": "none"}
+
+
 def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
     the trend base through the last horizon of history as well (the last value and today's slope are the two naive
-    forecasts of series without a season: lab values that wander, growth curves that may level off). A third on the
-    context's mean was measured and dropped: the validation horizon chose it where it forecast worse
-    (results/peers.md)."""
+    forecasts of series without a season: lab values that wander, growth curves that may level off), then
+    :data:`GLOBAL_LEVEL` (the level in the data's global units). A point on the context's mean in window units was
+    measured and dropped: the validation horizon chose it where it forecast worse (results/peers.md)."""
     points = [dict(STARTING_POINT)]
     if fixed.get("data.season") is None:
         points.append({**STARTING_POINT, "model.base": "trend", "data.context_horizons": 1})
+        points.append(dict(GLOBAL_LEVEL))
     return points
 
 
