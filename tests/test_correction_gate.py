@@ -77,7 +77,7 @@ def test_a_harmful_correction_is_dropped_and_a_null_one_kept(fitted):
 
 
 def test_a_fit_reports_the_gate_and_the_model_choice_ranks_by_it(fitted):
-    from ts_neuralode.api.model_choice import gated_value
+    from ts_neuralode.api.model_choice_study import gated_value
 
     fc, _ = fitted
     gate = fc.fit_info["correction_gate"]

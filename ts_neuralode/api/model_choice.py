@@ -22,7 +22,6 @@ Candidates are neural models only: a naive or statistical forecast is never retu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from ts_neuralode.api.model_choice_space import (
     sample,
     starting_points,
 )
-from ts_neuralode.api.model_choice_storage import Heartbeat, claim_trial, next_starting_point, open_study
+from ts_neuralode.api.model_choice_storage import Heartbeat, abandon_trial, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
     DEFAULT_EPOCHS,
     DEFAULT_METRIC,
@@ -57,6 +56,7 @@ from ts_neuralode.api.model_choice_study import (
     _fixed_options,
     _prepare_data,
     _require_optuna,
+    gated_value,
 )
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
@@ -170,7 +170,7 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
                      tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
                      run_name=f"trial_{n:04d}", log_model=False, seed=seed)
     except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
-        _abandon(study, trial, track, cb, retry=False)
+        abandon_trial(study, trial, track, cb, retry=False)
         raise _user_error(err, n, label) from err
     except (TSNeuralODEError, SolverError) as err:  # NaN loss, a solver that cannot finish: this configuration fails
         reason = " ".join(str(err).split())[:500]
@@ -184,7 +184,7 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         reason = (" ".join(str(message).split())[:500] if message is not None else
                   f"{type(err).__name__}: {' '.join(str(err).split())[:400]} (traceback in {tdir / 'log.txt'})")
     except BaseException:  # Ctrl-C (Lightning turns it into SystemExit), SIGTERM: run it again when resumed
-        _abandon(study, trial, track, cb, retry=True)
+        abandon_trial(study, trial, track, cb, retry=True)
         raise
     seconds = time.monotonic() - started
     shutil.rmtree(tdir / "checkpoints", ignore_errors=True)  # the model directory holds the best weights
@@ -234,34 +234,6 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     done = len(result.trials())
     of = "" if bar.total is None else f"/{bar.total}"
     bar.trial(f"[{done}{of}] trial {n} {label}: {what} in {seconds:.1f}s; {best_txt}", best_txt)
-
-
-def gated_value(best: float, metric: str, gate: dict | None) -> float:
-    """A trial's value: its best ``metric`` as trained, scaled for a window model by what its correction weight,
-    chosen on the validation windows at the end of the fit (:mod:`ts_neuralode.api.correction_gate`), changed the
-    validation MAE (``mae / mae_as_trained``, at most 1: the weight 1 is one of the choices).
-    The returned model forecasts with that weight, so trials are ranked as they will forecast: a trial whose learned
-    correction hurts but whose base is good (BXLator's trend line: val_mae 2.2 as trained, 0.91x the last value on
-    its base alone, results/peers_irregular.md) is not ranked by the correction it will not use. Only for error
-    metrics (``*mae``); others, and trials without a gate, keep their value."""
-    if not gate or not str(metric).endswith("mae") or not (math.isfinite(best) and best > 0):
-        return best
-    gated, trained = gate.get("mae"), gate.get("mae_as_trained")
-    if gated is None or trained is None or not (math.isfinite(gated) and math.isfinite(trained) and trained > 0):
-        return best
-    return best * min(1.0, max(0.0, float(gated) / float(trained)))
-
-
-def _abandon(study, trial, track, cb, retry: bool) -> None:
-    """Fail an interrupted trial without an outcome (it does not use the budget) and, with ``retry``, queue its
-    parameters to run again first when the search resumes."""
-    with contextlib.suppress(Exception), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if retry:
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
-    track.tag(cb.run_id, {"ts_neuralode.outcome": "interrupted"})
-    track.end(cb.run_id, "KILLED")
 
 
 # -- refit and result ---------------------------------------------------------------------------------------

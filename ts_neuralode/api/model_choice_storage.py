@@ -146,4 +146,17 @@ def claim_trial(study, storage, study_id: int, budget_trials: int | None):
     return trial
 
 
-__all__ = ["HEARTBEAT_S", "GRACE_S", "open_storage", "Heartbeat", "open_study", "next_starting_point", "claim_trial"]
+def abandon_trial(study, trial, track, cb, retry: bool) -> None:
+    """Fail an interrupted trial without an outcome (it does not use the budget) and, with ``retry``, queue its
+    parameters to run again first when the search resumes."""
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if retry:
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, frozen)
+    track.tag(cb.run_id, {"ts_neuralode.outcome": "interrupted"})
+    track.end(cb.run_id, "KILLED")
+
+
+__all__ = ["HEARTBEAT_S", "GRACE_S", "open_storage", "Heartbeat", "open_study", "next_starting_point", "claim_trial",
+           "abandon_trial"]

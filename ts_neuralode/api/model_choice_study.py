@@ -197,3 +197,19 @@ def _wait_attr(study, key: str, seconds: float):
         if value is not None or time.monotonic() >= end:
             return value
         time.sleep(0.5)
+
+
+def gated_value(best: float, metric: str, gate: dict | None) -> float:
+    """A trial's value: its best ``metric`` as trained, scaled for a window model by what its correction weight,
+    chosen on the validation windows at the end of the fit (:mod:`ts_neuralode.api.correction_gate`), changed the
+    validation MAE (``mae / mae_as_trained``, at most 1: the weight 1 is one of the choices).
+    The returned model forecasts with that weight, so trials are ranked as they will forecast: a trial whose learned
+    correction hurts but whose base is good (BXLator's trend line: val_mae 2.2 as trained, 0.91x the last value on
+    its base alone, results/peers_irregular.md) is not ranked by the correction it will not use. Only for error
+    metrics (``*mae``); others, and trials without a gate, keep their value."""
+    if not gate or not str(metric).endswith("mae") or not (math.isfinite(best) and best > 0):
+        return best
+    gated, trained = gate.get("mae"), gate.get("mae_as_trained")
+    if gated is None or trained is None or not (math.isfinite(gated) and math.isfinite(trained) and trained > 0):
+        return best
+    return best * min(1.0, max(0.0, float(gated) / float(trained)))
