@@ -7,6 +7,7 @@
 
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import Forecast, ForecastModel
+from ts_neuralode.models.evolution import ODEEvolution  # noqa: F401  (registers the evolution classes build() makes)
 from ts_neuralode.models.evolution_config import upgrade_flat_options
 from ts_neuralode.models.gru_ode import GRUODE
 from ts_neuralode.models.latent_ode import LatentODE

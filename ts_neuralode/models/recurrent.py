@@ -170,7 +170,22 @@ class FilteringModel(ForecastModel):
         self.last_nfe = 0.0
         grid = self._grid(batch, None)
         pre, post = self._run(grid)
+        return self._scored(grid, post, *self.readout(pre))
+
+    @shares_spectral_weights
+    def loss_and_predict(self, batch: Batch, num_samples: int = 1) -> tuple[Tensor, dict[str, Tensor], Forecast]:
+        """``loss(batch)`` and ``predict(batch, num_samples)`` from ONE pass: both read the pre-update states on the
+        batch's own grid, so the validation step runs the recurrent pass once instead of twice (same values)."""
+        check_positive(num_samples=num_samples)
+        self.last_nfe = 0.0
+        grid = self._grid(batch, None)
+        pre, post = self._run(grid)
         mean, std = self.readout(pre)
+        loss, logs = self._scored(grid, post, mean, std)
+        return loss, logs, self._gaussian_forecast(mean, std, batch.times, num_samples)
+
+    def _scored(self, grid: Grid, post: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its logged terms from the read-out ``mean``/``std`` of the pre-update states."""
         scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context
                                     else grid.target_mask)
         n = scored.sum().clamp_min(1.0)
@@ -191,6 +206,10 @@ class FilteringModel(ForecastModel):
         grid = self._grid(batch, query_times)
         pre, _ = self._run(grid)
         mean, std = self.readout(gather_queries(pre, grid.query_idx))
+        return self._gaussian_forecast(mean, std, query_times, num_samples)
+
+    @staticmethod
+    def _gaussian_forecast(mean: Tensor, std: Tensor, query_times: Tensor, num_samples: int) -> Forecast:
         if num_samples == 1:
             samples = mean.unsqueeze(0)
         else:
