@@ -25,7 +25,9 @@ from ts_neuralode.models.base import (
     gaussian_nll,
     step_mask,
 )
+from ts_neuralode.models.evolution import ODEEvolution
 from ts_neuralode.models.nets import shares_spectral_weights
+from ts_neuralode.models.observation_pass import observation_pass
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -41,6 +43,7 @@ def recurrent_pass(
     *,
     record: bool = True,
     hold: bool = False,
+    stop_at_observations: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Run evolve/update over a grid.
 
@@ -54,11 +57,16 @@ def recurrent_pass(
         record: also return the per-position states.
         hold: keep each row at ``h0`` until its first observation (the state then does not depend on
             how many unobserved grid points precede it — used by the latent ODE encoder).
+        stop_at_observations: (with ``record``, without ``hold``) solve from observation to observation and read
+            the grid times in between off each solve's dense output
+            (:func:`ts_neuralode.models.observation_pass.observation_pass`: for ODE evolutions only).
 
     Returns:
         ``(pre [B, N, H], post [B, N, H], last [B, H])``: states before and after the update at each
         position (None unless ``record``), and the state at the last grid position.
     """
+    if stop_at_observations and record and not hold:
+        return observation_pass(evolve, h0, times, valid, x, m, update)
     B, N, _ = x.shape
     has_obs = m.sum(-1) > 0  # [B, N]
     any_obs = has_obs.any(0)
@@ -162,7 +170,8 @@ class FilteringModel(ForecastModel):
             h0 = h0 + self.static_proj(self._static)
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm)  # noqa: E731
         with self.evolution.carry_steps():  # one trajectory cut at the updates: steps carry across intervals
-            pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+            pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update,
+                                          stop_at_observations=isinstance(self.evolution, ODEEvolution))
         return pre, post
 
     @shares_spectral_weights
