@@ -23,7 +23,8 @@ it. Variants:
 * ``threads1`` / ``threads2``: ``OMP_NUM_THREADS=1`` / ``2`` (the user's override);
 * ``ddp``: a bigger ODE-RNN (``--ddp-size`` hidden/latent width) for ``--ddp-batches`` training batches of 100
   series, one process (batch 100) against 2 DDP processes on CPU (gloo, batch 50 each: the same global batches,
-  ``--data.shuffle false``); the validation losses must agree.
+  ``--data.shuffle false``, ``--data.obs_fraction 1.0`` so that no rank draws its own random subsample); the
+  validation losses must agree.
 
 With ``--baseline REV`` the package at git revision REV (``git archive`` into a temporary folder) runs the same
 variants, interleaved run by run with the working tree's (``base, new, base, new`` ...): the machine is shared, so
@@ -134,6 +135,7 @@ def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
         env["OMP_NUM_THREADS"] = "1"  # one thread per process: two processes on the two cores
         n = args.ddp_size
         fit += ["--model.hidden_dim", str(n), "--model.latent_dim", str(n // 2), "--data.shuffle", "false",
+                "--data.obs_fraction", "1.0",  # no random training subsample: each rank would draw its own
                 "--trainer.limit_train_batches", str(args.ddp_batches), "--trainer.limit_val_batches",
                 str(max(1, args.ddp_batches // 2)), "--trainer.num_sanity_val_steps", "0",
                 "--trainer.accelerator", "cpu"]
@@ -263,6 +265,7 @@ def write_page(args, state: str, rows: list[dict], command: str) -> None:
         lines += [f"DDP rows: ODE-RNN with `--model.hidden_dim {n} --model.latent_dim {n // 2}`, "
                   f"`--trainer.limit_train_batches {args.ddp_batches}` global batches of 100 series, "
                   f"`--trainer.limit_val_batches {max(1, args.ddp_batches // 2)}`, `--data.shuffle false`, "
+                  "`--data.obs_fraction 1.0` (a random training subsample would be drawn per rank), "
                   "`--trainer.num_sanity_val_steps 0`, `OMP_NUM_THREADS=1` per process; ddp1: one process, "
                   "`--data.batch_size 100`; ddp2: `--trainer.devices 2 --trainer.strategy ddp --data.batch_size 50` "
                   "(gloo on CPU).", ""]
