@@ -148,7 +148,12 @@ def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(out), "--", *fit]
     before = load1()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # recorded as such: on a shared machine 2 threads can take 10x longer
+        shutil.rmtree(cwd, ignore_errors=True)
+        return {"variant": variant, "src": str(src), "timeout": args.timeout, "load_before": before,
+                "load_after": load1()}
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{variant} ({src}) failed:\n{proc.stderr[-3000:]}")
@@ -192,6 +197,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--ddp_size", type=int, default=512, help="hidden width of the DDP variant (latent: half)")
     ap.add_argument("--ddp_batches", type=int, default=8, help="training batches (of 100 series) of the DDP variant")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds before a run is killed (and reported so)")
     ap.add_argument("--out", default=str(ROOT / "results" / "many_series.md"))
     args = ap.parse_args()
     if args.quick:
@@ -221,6 +227,9 @@ def main() -> int:
         rec = run_variant(srcs[name], csv, variant, work, args)
         rec["code"] = name
         rows.append(rec)
+        if "timeout" in rec:
+            print(f"{name:4s} {variant:9s} did not finish within {args.timeout} s", flush=True)
+            continue
         print(f"{name:4s} {variant:9s} wall {rec['wall']:6.1f}s setup {rec['setup']:5.1f} train {rec['train']:6.1f} "
               f"({rec['train_batches']}) val {rec['val']:5.1f} ({rec['val_batches']}) "
               f"after-fit {rec['after_fit']:5.1f} "
@@ -247,6 +256,10 @@ def write_page(args, state: str, rows: list[dict], command: str) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "timeout" in r:
+            lines.append(f"| {r['code']} | {r['variant']} | | not done in {r['timeout']} s (killed) | | | | | "
+                         f"> {r['timeout']} | | {r['load_before']:.1f} → {r['load_after']:.1f} |")
+            continue
         m = r.get("metrics") or {}
         lines.append(
             f"| {r['code']} | {r['variant']} | {r['threads']} | {fmt(r['train'])} ({r['train_batches']}) | "
@@ -254,9 +267,10 @@ def write_page(args, state: str, rows: list[dict], command: str) -> None:
             f"| {fmt(r['wall'])} | {m.get('val_loss', float('nan')):.4f} | {r['load_before']:.1f} → "
             f"{r['load_after']:.1f} |")
     lines += ["", "Thread choice reported by the default run: "
-              + next((f"`{r['thread_line']}`" for r in rows if r["variant"] == "default" and r.get("thread_line")),
+              + next((f"`{r['thread_line']}`" for r in rows if r["variant"] == "default" and r.get("thread_line")
+                           and r["code"] == "new"),
                      "(none)"), ""]
-    cal = next((r["calibration"] for r in rows if r["calibration"]), "")
+    cal = next((r["calibration"] for r in rows if r.get("calibration") and r["code"] == "new"), "")
     if cal:
         lines += [f"After-fit line of the default run: `{cal.strip()}`", ""]
     ddp = [r for r in rows if r["variant"].startswith("ddp")]
