@@ -14,11 +14,12 @@ within the solver's tolerance (exactly, for a fixed-step method that steps once 
 prediction no longer depends on which other query times share its grid. Only for ODE evolutions: a neural flow
 is not a semigroup (``F(s, F(t, h)) ≠ F(s + t, h)``), so for a flow the two passes are different models.
 
-Layout. Every row's *stops* are its observed grid positions plus its first and its last real position. Iteration
+Layout. Every row's *stops* are its observed grid positions and its first position. Iteration
 ``j`` solves every row from its stop ``j - 1`` to its stop ``j`` in one call on a ``[B, G]`` grid (``G - 1`` the
 largest gap in grid positions of that iteration; each row's positions in between are outputs, the rest is
 padding under ``t_mask``; a row with fewer stops does not move), then applies the update where the stop is
-observed. The per-position states are scattered back into ``[B, N, H]`` once at the end.
+observed. The stretch after each row's last observation (a forecast's query times) is one more solve for all rows
+together. The per-position states are scattered back into ``[B, N, H]`` once at the end.
 """
 
 from __future__ import annotations
@@ -48,13 +49,12 @@ def observation_pass(
     ar = torch.arange(N, device=dev)
     n_valid = valid.long().sum(1)
     last_pos = (n_valid - 1).clamp_min(0)  # [B]
-    is_stop = has_obs | (ar == 0) | (ar == last_pos.unsqueeze(1))
-    is_stop &= valid | (ar == 0)
+    is_stop = has_obs | (ar == 0)  # the stretch after a row's last observation is the joint tail solve below
     n_stop = is_stop.long().sum(1)
     K = int(n_stop.max())
     # stop positions of each row, in order; a row with fewer stops repeats its last one (it then stands still)
     spos = torch.where(is_stop, ar, N).sort(1).values[:, :K]
-    spos = torch.where(spos < N, spos, last_pos.unsqueeze(1))
+    spos = torch.where(spos < N, spos, spos.gather(1, (n_stop - 1).unsqueeze(1)))
     stop_real = torch.arange(K, device=dev) < n_stop.unsqueeze(1)  # [B, K]
 
     obs0 = has_obs[:, 0]
@@ -64,11 +64,18 @@ def observation_pass(
     if K > 1:
         gaps = spos[:, 1:] - spos[:, :-1]  # [B, K-1]
         widths = (gaps.max(0).values + 1).tolist()  # grid points per iteration (the one host read of the layout)
+        # everything an iteration reads, gathered once for all iterations (fewer small ops per observation)
+        obs_at = has_obs.gather(1, spos) & stop_real  # [B, K]
+        x_at = x.gather(1, spos.unsqueeze(-1).expand(B, K, D))
+        m_at = m.gather(1, spos.unsqueeze(-1).expand(B, K, D))
+        offsets: dict[int, Tensor] = {}
         for j in range(1, K):
-            a, b, gap, G = spos[:, j - 1], spos[:, j], gaps[:, j - 1], widths[j - 1]
-            off = torch.arange(G, device=dev)
-            idx = torch.minimum(a.unsqueeze(1) + off, b.unsqueeze(1))  # [B, G]
-            t_mask = off <= gap.unsqueeze(1)
+            a, b, gap, G = spos[:, j - 1 : j], spos[:, j : j + 1], gaps[:, j - 1 : j], widths[j - 1]
+            off = offsets.get(G)
+            if off is None:
+                off = offsets[G] = torch.arange(G, device=dev)
+            idx = torch.minimum(a + off, b)  # [B, G]
+            t_mask = off <= gap
             out = evolve(h, tt.gather(1, idx), t_mask)  # [B, G, H]; padding repeats the row's stop-j state
             h_end = out[:, -1]
             # the states before the update at the positions after stop j-1 up to stop j (padding: dummy slot N)
@@ -76,16 +83,31 @@ def observation_pass(
             pos = torch.where(keep, idx[:, 1:], N)
             pre_idx.append(pos)
             pre_val.append(out[:, 1:])
-            obs_j = has_obs.gather(1, b.unsqueeze(1)).squeeze(1) & stop_real[:, j]
-            xb = x.gather(1, b.view(B, 1, 1).expand(B, 1, D)).squeeze(1)
-            mb = m.gather(1, b.view(B, 1, 1).expand(B, 1, D)).squeeze(1)
-            h = torch.where(obs_j.unsqueeze(-1), update(h_end, xb, mb), h_end)
+            h = torch.where(obs_at[:, j : j + 1], update(h_end, x_at[:, j], m_at[:, j]), h_end)
             # after the update: the in-between positions keep their state, stop j holds the updated one
             post_idx.append(pos)
-            post_val.append(torch.cat([out[:, 1:-1], h.unsqueeze(1)], 1) if G > 2 else h.unsqueeze(1))
             if G > 2:  # rows whose stop j lies before the last column: their stop state sits at column gap
-                at_stop = (off[1:] == gap.unsqueeze(1)) & keep
-                post_val[-1] = torch.where(at_stop.unsqueeze(-1), h.unsqueeze(1), post_val[-1])
+                at_stop = (off[1:] == gap) & keep
+                post_val.append(torch.where(at_stop.unsqueeze(-1), h.unsqueeze(1), out[:, 1:]))
+            else:
+                post_val.append(h.unsqueeze(1))
+    # The tail: from each row's last observation to its last real position, one solve for every row at once (the
+    # query times of a forecast; rows whose last point is observed stand still). Solving it in the iteration where
+    # a row runs out of observations instead would cost one long solve per distinct observation count.
+    a = spos[:, K - 1]
+    gap = last_pos - a
+    G = int(gap.max()) + 1
+    if G > 1:
+        off = torch.arange(G, device=dev)
+        idx = torch.minimum(a.unsqueeze(1) + off, last_pos.unsqueeze(1))
+        t_mask = off <= gap.unsqueeze(1)
+        out = evolve(h, tt.gather(1, idx), t_mask)
+        h = out[:, -1]
+        pos = torch.where(t_mask[:, 1:], idx[:, 1:], N)
+        pre_idx.append(pos)
+        pre_val.append(out[:, 1:])
+        post_idx.append(pos)
+        post_val.append(out[:, 1:])  # nothing observed there: no update
     return _scatter(pre_idx, pre_val, h, N), _scatter(post_idx, post_val, h, N), h
 
 
