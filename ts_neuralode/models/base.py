@@ -291,6 +291,12 @@ class ForecastModel(nn.Module):
         """Forecast at the batch's own times (``[B, T, D]``; the Lightning metrics score these)."""
         return self.forecast(batch, batch.times, num_samples=num_samples, max_steps=max_steps)
 
+    def loss_and_predict(self, batch: Batch, num_samples: int = 1) -> tuple[Tensor, dict[str, Tensor], Forecast]:
+        """``loss(batch)`` and ``predict(batch, num_samples)`` (the validation step needs both); a model whose loss
+        and forecast run the same pass overrides this to run it once (same values)."""
+        loss, logs = self.loss(batch)
+        return loss, logs, self.predict(batch, num_samples=num_samples)
+
     def set_epoch(self, epoch: int) -> None:
         """Hook for schedules that depend on the training epoch (KL annealing); default: nothing."""
 

@@ -25,8 +25,9 @@ from ts_neuralode.models.base import (
     gaussian_nll,
     step_mask,
 )
-from ts_neuralode.models.evolution import StepCarry
+from ts_neuralode.models.evolution import ODEEvolution, StepCarry
 from ts_neuralode.models.nets import shares_spectral_weights
+from ts_neuralode.models.observation_pass import observation_pass
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -42,6 +43,7 @@ def recurrent_pass(
     *,
     record: bool = True,
     hold: bool = False,
+    stop_at_observations: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Run evolve/update over a grid.
 
@@ -55,11 +57,16 @@ def recurrent_pass(
         record: also return the per-position states.
         hold: keep each row at ``h0`` until its first observation (the state then does not depend on
             how many unobserved grid points precede it — used by the latent ODE encoder).
+        stop_at_observations: (with ``record``, without ``hold``) solve from observation to observation and read
+            the grid times in between off each solve's dense output
+            (:func:`ts_neuralode.models.observation_pass.observation_pass`: for ODE evolutions only).
 
     Returns:
         ``(pre [B, N, H], post [B, N, H], last [B, H])``: states before and after the update at each
         position (None unless ``record``), and the state at the last grid position.
     """
+    if stop_at_observations and record and not hold:
+        return observation_pass(evolve, h0, times, valid, x, m, update)
     B, N, _ = x.shape
     has_obs = m.sum(-1) > 0  # [B, N]
     any_obs = has_obs.any(0)
@@ -164,7 +171,8 @@ class FilteringModel(ForecastModel):
             h0 = h0 + self.static_proj(inputs.static)
         carry = StepCarry()  # one trajectory cut at the updates: steps carry across intervals
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm, inputs, carry)  # noqa: E731
-        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update)
+        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update,
+                                      stop_at_observations=isinstance(self.evolution, ODEEvolution))
         return pre, post
 
     @shares_spectral_weights
@@ -172,7 +180,22 @@ class FilteringModel(ForecastModel):
         self.last_nfe = 0.0
         grid = self._grid(batch, None)
         pre, post = self._run(grid)
+        return self._scored(grid, post, *self.readout(pre))
+
+    @shares_spectral_weights
+    def loss_and_predict(self, batch: Batch, num_samples: int = 1) -> tuple[Tensor, dict[str, Tensor], Forecast]:
+        """``loss(batch)`` and ``predict(batch, num_samples)`` from ONE pass: both read the pre-update states on the
+        batch's own grid, so the validation step runs the recurrent pass once instead of twice (same values)."""
+        check_positive(num_samples=num_samples)
+        self.last_nfe = 0.0
+        grid = self._grid(batch, None)
+        pre, post = self._run(grid)
         mean, std = self.readout(pre)
+        loss, logs = self._scored(grid, post, mean, std)
+        return loss, logs, self._gaussian_forecast(mean, std, batch.times, num_samples)
+
+    def _scored(self, grid: Grid, post: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and its logged terms from the read-out ``mean``/``std`` of the pre-update states."""
         scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context
                                     else grid.target_mask)
         n = scored.sum().clamp_min(1.0)
@@ -195,6 +218,10 @@ class FilteringModel(ForecastModel):
         grid = self._grid(batch, query_times, max_steps)
         pre, _ = self._run(grid)
         mean, std = self.readout(gather_queries(pre, grid.query_idx))
+        return self._gaussian_forecast(mean, std, query_times, num_samples)
+
+    @staticmethod
+    def _gaussian_forecast(mean: Tensor, std: Tensor, query_times: Tensor, num_samples: int) -> Forecast:
         if num_samples == 1:
             samples = mean.unsqueeze(0)
         else:

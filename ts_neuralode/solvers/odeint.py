@@ -65,6 +65,19 @@ def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None, check: bool = 
     elif t.shape[0] != B:
         raise ValueError(f"t is [B, T] with B={t.shape[0]} but y0 has batch {B}: give one time row per sample")
     T = t.shape[1]
+    if not check and (t_mask is None or (isinstance(t_mask, Tensor) and t_mask.shape == (B, T))):
+        # the caller vouches for t and t_mask (a recurrent model's grid, checked once): fill the padding and read
+        # the direction with one host sync, none of the value checks below (a recurrent pass's solve per interval)
+        m = None if t_mask is None else t_mask.to(device=y0.device, dtype=torch.bool)
+        last = t[:, -1:] if m is None else t.gather(1, (m.sum(1) - 1).clamp_min(0).unsqueeze(1))
+        if m is not None:
+            t = torch.where(m, t, last)
+        d = last.squeeze(1) - t[:, 0]
+        lo, hi = torch.stack((d.min(), d.max())).tolist()
+        if lo >= 0 or hi <= 0:
+            sign = 1.0 if lo >= 0 else -1.0
+            return (t if sign > 0 else -t).contiguous(), sign
+        # rows in both directions: the general path below
     if t_mask is not None:
         if not isinstance(t_mask, Tensor) or t_mask.shape != (B, T):
             shape = tuple(t_mask.shape) if isinstance(t_mask, Tensor) else type(t_mask).__name__
@@ -201,8 +214,10 @@ def odeint(
     elif not isinstance(options, ODEOptions):
         raise ValueError(f"options must be an ODEOptions, got {type(options).__name__}; pass solver options as "
                          "ODEOptions(method=..., rtol=...) or as keywords")
-    else:
-        opt = replace(options, **given) if given else options
+    elif any(getattr(options, k) != v for k, v in given.items()):
+        opt = replace(options, **given)
+    else:  # nothing changed (a model passes its own max_steps on every call): no new, re-checked options object
+        opt = options
     tab = METHODS[opt.method]
     if not isinstance(y0, Tensor) or y0.dim() != 2:
         shape = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__

@@ -191,9 +191,9 @@ class ForecastingModule(pl.LightningModule):
     # -- evaluation ----------------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, stage: str) -> torch.Tensor:
         bs = batch.batch_size
-        loss, _ = self.model.loss(batch)
+        # one call: a model whose loss and forecast share a pass (the recurrent models) runs it once, not twice
+        loss, _, forecast = self.model.loss_and_predict(batch, num_samples=self.hparams.eval_samples)
         self.log(f"{stage}_loss", loss, batch_size=bs, prog_bar=True, sync_dist=True)
-        forecast = self.model.predict(batch, num_samples=self.hparams.eval_samples)
         self.log(f"{stage}_nfe", float(self.model.last_nfe), batch_size=bs, sync_dist=True)
         target = batch.target_mask
         after = (batch.times_per_sample() > batch.cutoff.unsqueeze(1)).unsqueeze(-1).to(target.dtype)

@@ -1,0 +1,187 @@
+"""Where an ODE-RNN batch of the 5,000-series set spends its time, and the speed-ups of issue 24 A/B in one process.
+
+```
+python scripts/many_series_profile.py                  # 5,000-series sine set, 30 warm-up training steps, 7 reps
+python scripts/many_series_profile.py --quick          # 500 series, 5 warm-up steps, 3 reps
+```
+
+The model is ``configs/ode_rnn.yaml``'s (ODE-RNN, dopri5, latent 16, hidden 64, batch 50, interpolation with half
+the points observed, padded layout), trained ``--warm`` Adam steps first (lr 0.01) so that the dynamics are a
+trained model's, not a random one's (a random field needs ~1 step per interval; after training ~3). Then one
+training batch (loss + backward) and one validation batch (the Lightning module's validation step: loss, forecast
+with 8 samples, metrics and baselines) are timed with the code **before** and **after** the changes, interleaved
+repetition by repetition, 1 thread, median:
+
+* before: the solver stops at every grid time (``recurrent_pass`` without ``stop_at_observations``), the validation
+  step runs the recurrent pass twice (``loss`` then ``predict``), the MLP goes through ``nn.Sequential`` module
+  calls;
+* after: the package as it is (``observation_pass``, ``loss_and_predict``, ``nets.MLP``).
+
+Also reported: batch-level RK steps (``rk_step`` calls), field evaluations per sample, and the difference of the
+loss and of the forecast between the two (the changes keep the results within the solver's tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def before_changes(module):
+    """The code paths as they were before issue 24's throughput changes (see the module docstring)."""
+    from ts_neuralode.models import nets, recurrent
+
+    orig_pass, orig_mlp = recurrent.recurrent_pass, nets.MLP.forward
+
+    def two_passes(batch, num_samples=1):
+        loss, logs = module.model.loss(batch)
+        return loss, logs, module.model.predict(batch, num_samples=num_samples)
+
+    recurrent.recurrent_pass = lambda *a, stop_at_observations=False, **k: orig_pass(*a, **k)
+    nets.MLP.forward = nn.Sequential.forward
+    module.model.loss_and_predict = two_passes
+    try:
+        yield
+    finally:
+        recurrent.recurrent_pass, nets.MLP.forward = orig_pass, orig_mlp
+        del module.model.loss_and_predict  # the class's method again
+
+
+@contextmanager
+def nothing():
+    yield
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n_series", type=int, default=5000)
+    ap.add_argument("--warm", type=int, default=30, help="Adam steps before timing")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "results" / "many_series.md"),
+                    help="the page whose 'In-process A/B' section this replaces (appended when absent)")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_series, args.warm, args.reps = 500, 5, 3
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.models.evolution_config import EvolutionConfig
+    from ts_neuralode.solvers import core
+    from ts_neuralode.training import ForecastingModule
+
+    work = Path(tempfile.mkdtemp(prefix="many_series_profile_"))
+    csv = work / "sine.csv"
+    subprocess.run([sys.executable, "-m", "ts_neuralode.cli", "generate", "sine", "--n_series", str(args.n_series),
+                    "--out", str(csv)], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    dm = IrregularTimeSeriesDataModule(path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded",
+                                       batch_size=50)
+    dm.setup("fit")
+    module = ForecastingModule(model="ode_rnn", input_dim=1, evolution=EvolutionConfig(kind="ode", method="dopri5"),
+                               latent_dim=16, hidden_dim=64, lr=0.01)
+    module.log = lambda *a, **k: None  # no trainer: the validation step's logging is a no-op here
+    opt = torch.optim.Adam(module.parameters(), lr=0.01)
+    it = iter(dm.train_dataloader())
+    for _ in range(args.warm):
+        loss, _ = module.model.loss(next(it))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+    tb, vb = next(it), next(iter(dm.val_dataloader()))
+
+    steps = {"n": 0}
+    rk = core.rk_step
+
+    def counting(*a, **k):
+        steps["n"] += 1
+        return rk(*a, **k)
+
+    core.rk_step = counting
+    arms = {"before": lambda: before_changes(module), "after": nothing}
+    facts: dict = {}
+    for name, ctx in arms.items():
+        with ctx(), torch.no_grad():
+            steps["n"] = 0
+            loss, _ = module.model.loss(vb)  # one pass
+            facts[name] = dict(loss=float(loss), nfe=module.model.last_nfe, val_steps=steps["n"])
+            torch.manual_seed(1)
+            facts[name]["mean"] = module.model.predict(vb, num_samples=8).mean
+    core.rk_step = rk
+
+    def train():
+        loss, _ = module.model.loss(tb)
+        module.zero_grad()
+        loss.backward()
+
+    def val():
+        with torch.no_grad():
+            module._eval_step(vb, "val")
+
+    times: dict = {(a, w): [] for a in arms for w in ("train", "val")}
+    for ctx in arms.values():  # one untimed round: caches, allocator
+        with ctx():
+            train()
+            val()
+    loads = [os.getloadavg()[0]]
+    for r in range(args.reps):
+        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            with arms[name]():
+                for what, fn in (("train", train), ("val", val)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[(name, what)].append(time.perf_counter() - t0)
+    loads.append(os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = (facts["before"]["mean"] - facts["after"]["mean"]).abs()
+    lines = [
+        "## In-process A/B: one training and one validation batch", "",
+        "Produced by:", "", "```", " ".join(["python", "scripts/many_series_profile.py", *sys.argv[1:]]), "```", "",
+        f"{args.n_series} series, the ODE-RNN of configs/ode_rnn.yaml after {args.warm} Adam steps; the two code paths "
+        f"interleaved, {args.reps} repetitions, median, 1 thread; load average {loads[0]:.1f} → {loads[1]:.1f} (shared "
+        "machine). *before*: stop at every grid time, validation pass run twice, MLP through module calls; *after*: "
+        "the package (scripts/many_series_profile.py says exactly what is switched).", "",
+        "| | before | after | after / before |", "|---|---|---|---|",
+        f"| training batch (loss + backward), ms | {med[('before', 'train')] * 1e3:.0f} | "
+        f"{med[('after', 'train')] * 1e3:.0f} | **{med[('after', 'train')] / med[('before', 'train')]:.2f}** |",
+        f"| validation batch (the module's validation step), ms | {med[('before', 'val')] * 1e3:.0f} | "
+        f"{med[('after', 'val')] * 1e3:.0f} | **{med[('after', 'val')] / med[('before', 'val')]:.2f}** |",
+        f"| RK steps of the batch in one pass (validation batch) | {facts['before']['val_steps']} | "
+        f"{facts['after']['val_steps']} | {facts['after']['val_steps'] / facts['before']['val_steps']:.2f} |",
+        f"| field evaluations per series in one pass | {facts['before']['nfe']:.0f} | {facts['after']['nfe']:.0f} | "
+        f"{facts['after']['nfe'] / facts['before']['nfe']:.2f} |",
+        f"| validation loss (NLL) of the batch | {facts['before']['loss']:.5f} | {facts['after']['loss']:.5f} | "
+        f"diff {abs(facts['after']['loss'] - facts['before']['loss']):.1e} |",
+        "", f"Forecast mean, after vs before: max |diff| {float(diff.max()):.1e}, mean |diff| {float(diff.mean()):.1e} "
+        f"(values of scale {float(facts['before']['mean'].abs().mean()):.2f}; dopri5 at rtol 1e-3 / atol 1e-4).", "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    page = out.read_text() if out.exists() else ""
+    head = "## In-process A/B"
+    if head in page:
+        start = page.index(head)
+        nxt = page.find("\n## ", start + 1)
+        page = page[:start] + text + ("" if nxt < 0 else page[nxt:])
+    else:
+        page = page.rstrip("\n") + "\n\n" + text
+    out.write_text(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
