@@ -1,7 +1,7 @@
 """Regenerate the bundled CSVs of data/ (see data/README.md).
 
-    python data/make_data.py            # synthetic sets + demo.csv (needs only ts_neuralode)
-    python data/make_data.py --co2      # also co2_mauna_loa.csv (needs statsmodels installed)
+python data/make_data.py            # synthetic sets + demo.csv (needs only ts_neuralode)
+python data/make_data.py --co2      # also co2_mauna_loa.csv (needs statsmodels installed)
 """
 
 from __future__ import annotations
@@ -41,8 +41,16 @@ def demo(seed: int = 7) -> pd.DataFrame:
         y[rng.random(n) < 0.03] = np.nan
         ds = (start + pd.to_timedelta(hours, unit="h")).strftime("%Y-%m-%dT%H:%M:%S%z")
         ds = [s[:-2] + ":" + s[-2:] for s in ds]  # +0100 -> +01:00
-        frames.append(pd.DataFrame({"unique_id": f"sensor_{k + 1:02d}", "ds": ds, "y": np.round(y, 3),
-                                    "site": "north" if k < 6 else "south"}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "unique_id": f"sensor_{k + 1:02d}",
+                    "ds": ds,
+                    "y": np.round(y, 3),
+                    "site": "north" if k < 6 else "south",
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -50,8 +58,9 @@ def co2() -> pd.DataFrame:
     try:
         import statsmodels.api as sm
     except ImportError:
-        raise SystemExit("error: --co2 needs statsmodels (pip install statsmodels, in a throwaway venv is "
-                         "fine)") from None
+        raise SystemExit(
+            "error: --co2 needs statsmodels (pip install statsmodels, in a throwaway venv is fine)"
+        ) from None
     d = sm.datasets.co2.load_pandas().data.dropna()
     return pd.DataFrame({"unique_id": "mauna_loa", "ds": d.index.strftime("%Y-%m-%d"), "y": d["co2"].to_numpy()})
 

@@ -38,13 +38,19 @@ CRPS_LEVELS = [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]
 
 
 def _grid_frame(grid: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"unique_id": grid["uid"].to_numpy(), "ds": grid["step"].to_numpy() + OFFSET,
-                         "y": grid["y"].to_numpy(dtype=np.float64)})
+    return pd.DataFrame(
+        {
+            "unique_id": grid["uid"].to_numpy(),
+            "ds": grid["step"].to_numpy() + OFFSET,
+            "y": grid["y"].to_numpy(dtype=np.float64),
+        }
+    )
 
 
 def _bands(pred: pd.DataFrame, model: str, with_levels: bool) -> pd.DataFrame:
-    out = pd.DataFrame({"uid": pred["unique_id"].to_numpy(), "step": pred["ds"].to_numpy() - OFFSET,
-                        "point": pred[model].to_numpy()})
+    out = pd.DataFrame(
+        {"uid": pred["unique_id"].to_numpy(), "step": pred["ds"].to_numpy() - OFFSET, "point": pred[model].to_numpy()}
+    )
     if with_levels:
         for lv in CRPS_LEVELS:
             lo, hi = (100 - lv) / 2, (100 + lv) / 2
@@ -84,8 +90,11 @@ def run_statsforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> pd
                 f = _bands(pred.rename(columns=lambda c, col=col, name=name: c.replace(col, name, 1)), name, True)
                 f["window"], f["model"] = w, f"sf_{name}"
                 frames.append(f)
-                print(f"statsforecast {name}: window {w} done ({fit_s + pred_s:.0f} s so far)", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"statsforecast {name}: window {w} done ({fit_s + pred_s:.0f} s so far)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             timings[f"sf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": ""}
         except Exception as err:  # one model failing is a row of the report, not the end of the benchmark
             timings[f"sf_{name}"] = {"fit_s": fit_s, "predict_s": pred_s, "error": f"{type(err).__name__}: {err}"[:200]}
@@ -105,10 +114,23 @@ def run_neuralforecast(grid: pd.DataFrame, spec: dict, timings: dict, save) -> p
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "neuralforecast"):
         logging.getLogger(name).setLevel(logging.ERROR)
     h, inp, steps = int(spec["h"]), int(spec["input_size"]), int(spec["max_steps"])
-    common = dict(h=h, input_size=inp, max_steps=steps, scaler_type="robust", start_padding_enabled=True,
-                  random_seed=1, accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
-                  logger=False, enable_checkpointing=False, batch_size=32, windows_batch_size=256,
-                  val_check_steps=max(steps, 1))
+    common = dict(
+        h=h,
+        input_size=inp,
+        max_steps=steps,
+        scaler_type="robust",
+        start_padding_enabled=True,
+        random_seed=1,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        batch_size=32,
+        windows_batch_size=256,
+        val_check_steps=max(steps, 1),
+    )
     models = {"NHITS": lambda: NHITS(**common), "NBEATS": lambda: NBEATS(**common), "TiDE": lambda: TiDE(**common)}
     windows = sorted(grid["window"].unique())
     frames = []
@@ -143,11 +165,16 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     runners = {"statsforecast": run_statsforecast, "neuralforecast": run_neuralforecast}
     for family in spec["families"]:
+
         def save(frames, timings, family=family):  # after every model: an interrupted run keeps what finished
-            out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-                columns=["uid", "window", "step", "model"])
+            out = (
+                pd.concat(frames, ignore_index=True)
+                if frames
+                else pd.DataFrame(columns=["uid", "window", "step", "model"])
+            )
             out.to_csv(work / f"forecasts_{family}.csv", index=False)
             (work / f"timings_{family}.json").write_text(json.dumps(timings, indent=1))
+
         (work / f"done_{family}").unlink(missing_ok=True)
         runners[family](grid, spec, {}, save)
         (work / f"done_{family}").write_text("")

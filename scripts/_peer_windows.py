@@ -23,8 +23,9 @@ import pandas as pd
 SEP = "|"  # joins unique_id and channel into the peers' univariate series id
 
 
-def to_long(frame: pd.DataFrame, value_cols: list[str], unit_ns: int | None, origin_ns: int | None = None
-            ) -> tuple[pd.DataFrame, int | None]:
+def to_long(
+    frame: pd.DataFrame, value_cols: list[str], unit_ns: int | None, origin_ns: int | None = None
+) -> tuple[pd.DataFrame, int | None]:
     """``unique_id, channel, t, y`` (observed values only) from a wide frame ``unique_id, ds, <value_cols>``.
 
     ``unit_ns`` None: ``ds`` is numeric and ``t = ds``; else datetimes (tz-aware ones in UTC), ``t`` in units of
@@ -57,8 +58,10 @@ def make_cuts(long: pd.DataFrame, horizon: float, n_windows: int, step: float, s
     if shared:
         last = pd.Series(float(long["t"].max()), index=last.index)
     k = np.arange(n_windows - 1, -1, -1)
-    rows = [pd.DataFrame({"unique_id": last.index, "window": w, "cutoff": last.to_numpy() - horizon - kk * step})
-            for w, kk in enumerate(k)]
+    rows = [
+        pd.DataFrame({"unique_id": last.index, "window": w, "cutoff": last.to_numpy() - horizon - kk * step})
+        for w, kk in enumerate(k)
+    ]
     return pd.concat(rows, ignore_index=True)
 
 
@@ -78,12 +81,14 @@ def window_rows(long: pd.DataFrame, cuts: pd.DataFrame, horizon: float) -> pd.Da
     g = hist.sort_values("t", kind="mergesort").groupby(keys, sort=False)["y"]
     base = pd.concat([g.last().rename("locf"), g.mean().rename("mean")], axis=1).reset_index()
     rows = after.merge(base, on=keys, how="inner").rename(columns={"t": "ds"})
-    return rows[["unique_id", "channel", "window", "cutoff", "ds", "y", "locf", "mean"]].sort_values(
-        keys + ["ds"], kind="mergesort").reset_index(drop=True)
+    return (
+        rows[["unique_id", "channel", "window", "cutoff", "ds", "y", "locf", "mean"]]
+        .sort_values(keys + ["ds"], kind="mergesort")
+        .reset_index(drop=True)
+    )
 
 
-def seasonal_naive(long: pd.DataFrame, rows: pd.DataFrame, period: float, tolerance: float | None = None
-                   ) -> np.ndarray:
+def seasonal_naive(long: pd.DataFrame, rows: pd.DataFrame, period: float, tolerance: float | None = None) -> np.ndarray:
     """The project's seasonal naive rule (:class:`ts_neuralode.models.baselines.Seasonal`) at each row: the observed
     value nearest to ``t - k * period`` (``k >= 1`` the fewest periods that reach back to the last observation up to
     the cutoff) when one lies within ``tolerance`` (default ``period / 10``), else the last value."""
@@ -107,8 +112,7 @@ def seasonal_naive(long: pd.DataFrame, rows: pd.DataFrame, period: float, tolera
     return out
 
 
-def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: int | None = None
-                 ) -> pd.DataFrame:
+def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: int | None = None) -> pd.DataFrame:
     """``uid, window, step, y``: each (series, channel) history up to each cutoff on the grid ``cutoff + step * dt``
     (``step = -n+1 … 0``, back to the first observation, at most ``max_points``), values by linear interpolation
     between the observations (flat past the last one); ``uid`` = ``unique_id|channel``."""
@@ -124,8 +128,16 @@ def regular_grid(long: pd.DataFrame, cuts: pd.DataFrame, dt: float, max_points: 
             if max_points:
                 n = min(n, int(max_points))
             steps = np.arange(-n + 1, 1)
-            frames.append(pd.DataFrame({"uid": f"{uid}{SEP}{ch}", "window": window, "step": steps,
-                                        "y": np.interp(cut + steps * dt, t[keep], y[keep])}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "uid": f"{uid}{SEP}{ch}",
+                        "window": window,
+                        "step": steps,
+                        "y": np.interp(cut + steps * dt, t[keep], y[keep]),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 

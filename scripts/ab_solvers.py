@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         before = load_solvers_of(args.before, Path(tmp))
         print(f"Command: `python scripts/ab_solvers.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n")
-        print(f"| batch | measurement | {args.before} min (ms) | now min (ms) | now / {args.before} (min) | "
-              "(median) |")
+        print(f"| batch | measurement | {args.before} min (ms) | now min (ms) | now / {args.before} (min) | (median) |")
         print("|---|---|---|---|---|---|")
         for B in args.batch:
             torch.manual_seed(1)
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _, mod in pair:
                     run(mod, f, y0, t, kind)  # warm-up
                 for r in range(n):
-                    for name, mod in (pair if r % 2 == 0 else pair[::-1]):
+                    for name, mod in pair if r % 2 == 0 else pair[::-1]:
                         t0 = time.perf_counter()
                         run(mod, f, y0, t, kind)
                         times[name].append(time.perf_counter() - t0)

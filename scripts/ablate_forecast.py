@@ -64,27 +64,86 @@ class DataSet:
     n_windows: int
     step: str | float
     season: bool
-    split: str = "time"          # time: train before the first cutoff; series: train on other series
-    holdout: int | None = None   # series held out (split by series)
+    split: str = "time"  # time: train before the first cutoff; series: train on other series
+    holdout: int | None = None  # series held out (split by series)
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
 
 DATASETS = {
-    "co2": DataSet("co2", "data/co2_mauna_loa.csv", "52W",
-                   {"task": "forecast", "horizon": "52W", "context": "260W", "season": "52W", "time_unit": "D",
-                    "batch_size": 16, "layout": "padded"}, 3, "52W", True),
-    "demo": DataSet("demo", "data/demo.csv", "2D",
-                    {"task": "forecast", "horizon": "2D", "context": "1D", "season": "24h", "time_unit": "h",
-                     "batch_size": 16, "layout": "padded"}, 3, "1D", True),
-    "pbcseq": DataSet("pbcseq", "data/external/pbcseq.csv", 365.0,
-                      {"task": "forecast", "horizon": 365, "value_cols": PBC_LABS, "split_by": "series",
-                       "val_fraction": 0.2, "test_fraction": 0.0, "batch_size": 32, "layout": "padded"},
-                      2, 365.0, False, split="series", holdout=62),
-    "bxlator": DataSet("bxlator", "data/external/bxlator.csv", 10.0,
-                       {"task": "forecast", "horizon": 10.0, "split_by": "series", "val_fraction": 0.2,
-                        "test_fraction": 0.0, "batch_size": 50, "layout": "padded"},
-                       2, 10.0, False, split="series", holdout=200),
+    "co2": DataSet(
+        "co2",
+        "data/co2_mauna_loa.csv",
+        "52W",
+        {
+            "task": "forecast",
+            "horizon": "52W",
+            "context": "260W",
+            "season": "52W",
+            "time_unit": "D",
+            "batch_size": 16,
+            "layout": "padded",
+        },
+        3,
+        "52W",
+        True,
+    ),
+    "demo": DataSet(
+        "demo",
+        "data/demo.csv",
+        "2D",
+        {
+            "task": "forecast",
+            "horizon": "2D",
+            "context": "1D",
+            "season": "24h",
+            "time_unit": "h",
+            "batch_size": 16,
+            "layout": "padded",
+        },
+        3,
+        "1D",
+        True,
+    ),
+    "pbcseq": DataSet(
+        "pbcseq",
+        "data/external/pbcseq.csv",
+        365.0,
+        {
+            "task": "forecast",
+            "horizon": 365,
+            "value_cols": PBC_LABS,
+            "split_by": "series",
+            "val_fraction": 0.2,
+            "test_fraction": 0.0,
+            "batch_size": 32,
+            "layout": "padded",
+        },
+        2,
+        365.0,
+        False,
+        split="series",
+        holdout=62,
+    ),
+    "bxlator": DataSet(
+        "bxlator",
+        "data/external/bxlator.csv",
+        10.0,
+        {
+            "task": "forecast",
+            "horizon": 10.0,
+            "split_by": "series",
+            "val_fraction": 0.2,
+            "test_fraction": 0.0,
+            "batch_size": 50,
+            "layout": "padded",
+        },
+        2,
+        10.0,
+        False,
+        split="series",
+        holdout=200,
+    ),
 }
 
 #: variant -> (model options, data options, seasonal data only, datetime data only)
@@ -99,16 +158,24 @@ VARIANTS = {
     "seasonal_trend": ({"base": "seasonal_trend"}, {}, True, False),
     "norm_harmonic": ({"normalize": "window", "base": "harmonic"}, {}, True, False),
     "norm_harmonic_long": ({"normalize": "window", "base": "harmonic"}, {"context": "long"}, True, False),
-    "norm_harmonic_mse": ({"normalize": "window", "base": "harmonic", "model_kwargs": {"loss": "mse"}}, {}, True,
-                          False),
+    "norm_harmonic_mse": (
+        {"normalize": "window", "base": "harmonic", "model_kwargs": {"loss": "mse"}},
+        {},
+        True,
+        False,
+    ),
     "norm_harmonic_lr3": ({"normalize": "window", "base": "harmonic", "lr": 1e-3}, {}, True, False),
     "harmonic": ({"base": "harmonic"}, {}, True, False),
     "norm_seasonal_trend_cal": ({"normalize": "window", "base": "seasonal_trend"}, {"calendar": "auto"}, True, True),
     "norm_seasonal_cal": ({"normalize": "window", "base": "seasonal"}, {"calendar": "auto"}, True, True),
     "norm_seasonal_long": ({"normalize": "window", "base": "seasonal"}, {"context": "long"}, True, False),
     "cal": ({}, {"calendar": "auto"}, False, True),
-    "norm_seasonal_trend_mse": ({"normalize": "window", "base": "seasonal_trend", "model_kwargs": {"loss": "mse"}}, {},
-                                True, False),
+    "norm_seasonal_trend_mse": (
+        {"normalize": "window", "base": "seasonal_trend", "model_kwargs": {"loss": "mse"}},
+        {},
+        True,
+        False,
+    ),
     "norm_seasonal_trend_lr3": ({"normalize": "window", "base": "seasonal_trend", "lr": 1e-3}, {}, True, False),
     "norm_last_lr3": ({"normalize": "window", "base": "last", "lr": 1e-3}, {}, False, False),
     "last_mse": ({"base": "last", "model_kwargs": {"loss": "mse"}}, {}, False, False),
@@ -129,14 +196,16 @@ OLD_EPOCHS = {"co2": 8, "demo": 12, "pbcseq": 12}
 def is_reference(variant: str) -> bool:
     """A naive forecast or a zero-correction base (nothing trained)."""
     return variant in ("locf", "mean", "seasonal_naive") or variant.startswith("base_")
+
+
 #: the protocol line of each data set (what run_dataset writes into DataSet.notes), for --merge
 NOTES = {
     "co2": "test cutoffs 3, 2 and 1 years (52W) before the end (3 windows); trained on windows before a year "
-           "before the first cutoff, validated on that year",
+    "before the first cutoff, validated on that year",
     "demo": "test cutoffs 4, 3 and 2 days before each sensor's end (3 windows of 2 days); trained on windows before "
-            "2 days before the first cutoff, validated on those 2 days",
+    "2 days before the first cutoff, validated on those 2 days",
     "pbcseq": "62 held-out patients (seed 0), their last 2 years (one-year horizon, 2 windows); trained on the other "
-              "250 (20% of them validate)",
+    "250 (20% of them validate)",
     "bxlator": "200 held-out series (seed 0), their last 2 horizons of 10 time units; trained on the other 800",
 }
 
@@ -165,8 +234,9 @@ def split_series(ds: DataSet, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Dat
     return frame[~held], frame[held]
 
 
-def baseline_forecaster(fc: Forecaster, model: str, name: str, normalize: str = "none", base: str = "none",
-                        context=None) -> Forecaster:
+def baseline_forecaster(
+    fc: Forecaster, model: str, name: str, normalize: str = "none", base: str = "none", context=None
+) -> Forecaster:
     """A parameter-free forecaster on ``fc``'s data transform: the seasonal baseline (``model='seasonal'``) or a
     window model whose correction is zeroed (exactly its base)."""
     hp = fc.hparams
@@ -175,9 +245,17 @@ def baseline_forecaster(fc: Forecaster, model: str, name: str, normalize: str = 
     if model == "seasonal":
         mod = ForecastingModule(model="seasonal", input_dim=input_dim, season_period=period, baselines=[])
     else:
-        mod = ForecastingModule(model="ode_rnn", input_dim=input_dim, season_period=period, baselines=[],
-                                normalize=normalize, base=base, latent_dim=2, hidden_dim=4,
-                                evolution={"kind": "resnet_flow"})
+        mod = ForecastingModule(
+            model="ode_rnn",
+            input_dim=input_dim,
+            season_period=period,
+            baselines=[],
+            normalize=normalize,
+            base=base,
+            latent_dim=2,
+            hidden_dim=4,
+            evolution={"kind": "resnet_flow"},
+        )
         head = mod.model.inner.head[-1]
         with torch.no_grad():
             head.weight.zero_()
@@ -207,8 +285,17 @@ def run_variant(ds: DataSet, variant: str, train, history, epochs: int, config: 
     out = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        fc = Forecaster.fit(train, config, data_options=data, model_options=model, trainer=trainer,
-                            output_dir=workdir / f"{ds.name}_{variant}", tracking=False, log_model=False, seed=seed)
+        fc = Forecaster.fit(
+            train,
+            config,
+            data_options=data,
+            model_options=model,
+            trainer=trainer,
+            output_dir=workdir / f"{ds.name}_{variant}",
+            tracking=False,
+            log_model=False,
+            seed=seed,
+        )
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     cv = backtest(fc, ds, history)
@@ -217,8 +304,9 @@ def run_variant(ds: DataSet, variant: str, train, history, epochs: int, config: 
 
 def backtest(fc: Forecaster, ds: DataSet, history) -> pd.DataFrame:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fc.cross_validation(history, ds.horizon, n_windows=ds.n_windows, step=ds.step, level=[90],
-                                   num_samples=100, seed=0)
+        return fc.cross_validation(
+            history, ds.horizon, n_windows=ds.n_windows, step=ds.step, level=[90], num_samples=100, seed=0
+        )
 
 
 def merge_column(cv: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -242,22 +330,34 @@ def score(cv: pd.DataFrame, ds: DataSet, fc: Forecaster, models: list[str]) -> p
     return res
 
 
-def run_dataset(ds: DataSet, variants: list[str], epochs: int, config: str, workdir: Path, seed: int,
-                log, partial: Path | None = None) -> pd.DataFrame:
+def run_dataset(
+    ds: DataSet,
+    variants: list[str],
+    epochs: int,
+    config: str,
+    workdir: Path,
+    seed: int,
+    log,
+    partial: Path | None = None,
+) -> pd.DataFrame:
     frame = pd.read_csv(ROOT / ds.path)
     if ds.split == "time":
         first, train_end = test_cutoffs(ds, frame)
         ds.extra["train_end"] = train_end.isoformat()
         train, history = ROOT / ds.path, ROOT / ds.path
-        ds.notes = (f"test cutoffs from {first.isoformat()} every {ds.step} ({ds.n_windows} windows); trained on "
-                    f"windows before {ds.extra['train_end']}, validated on the horizon after it")
+        ds.notes = (
+            f"test cutoffs from {first.isoformat()} every {ds.step} ({ds.n_windows} windows); trained on "
+            f"windows before {ds.extra['train_end']}, validated on the horizon after it"
+        )
     else:
         tr, te = split_series(ds, frame)
         train, history = workdir / f"{ds.name}_train.csv", workdir / f"{ds.name}_test.csv"
         tr.to_csv(train, index=False)
         te.to_csv(history, index=False)
-        ds.notes = (f"{te['unique_id'].nunique()} held-out series (seed 0), their last {ds.n_windows} horizons "
-                    f"(step {ds.step}); trained on the other {tr['unique_id'].nunique()}")
+        ds.notes = (
+            f"{te['unique_id'].nunique()} held-out series (seed 0), their last {ds.n_windows} horizons "
+            f"(step {ds.step}); trained on the other {tr['unique_id'].nunique()}"
+        )
     rows, cv_all, ref_fc = [], None, None
     for v in variants:
         mopts, dopts, seasonal_only, dt_only = VARIANTS[v]
@@ -329,36 +429,60 @@ def ratios(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(res: pd.DataFrame, command: str, datasets: dict, epochs: int | None = None) -> str:
-    lines = ["# Forecast ablations on real data: what beats the naive forecasts", "", "Produced by:", "", "```",
-             command, "```", "",
-             "Every row is scored by `ts_neuralode.api.backtest.evaluate` on the rows of `Forecaster.cross_validation` "
-             "(rolling origin, the series' real observation times, forecasts conditioned on the history up to each "
-             "cutoff): MAE in the data's units, `scaled_mae` (each error over its series' last-value MAE on the same "
-             "rows, MASE-style: below 1 beats the last value), CRPS and 90% coverage from 100 predictive samples, "
-             "`mae_last_window` the last cutoff's window alone (CO₂: the last 52 weeks, the issue's protocol). "
-             "Naive rows: `locf` (last value), `mean` (series mean up to the cutoff), `seasonal_naive` (the package's "
-             "seasonal baseline), `base_*` (a window model with a zeroed correction: exactly its `--model.base`). "
-             "Models: `configs/ode_rnn.yaml` (ODE-RNN) with Euler steps of 0.1 model units (cheap: the ablation is "
-             "about the forecast options, not the solver), at most `max_epochs` epochs (cosine schedule over them, "
-             "early stopping as the config), seed 0, one thread on a shared 2-core CPU (fit seconds are only "
-             "comparable within a table).", "",
-             "Variants: `norm` = `--model.normalize window`; `last`, `trend`, `seasonal`, `seasonal_trend` = "
-             "`--model.base …`; `cal` = `--data.calendar` (CO₂: day_of_year; demo: time_of_day); `long` = a longer "
-             "context (CO₂: 520W instead of 260W; demo: 4D instead of 1D); `mse` = the ODE-RNN trained on the MSE "
-             "(`--model.model_kwargs '{\"loss\": \"mse\"}'`) instead of the Gaussian NLL; `lr3` = `--model.lr 1e-3` "
-             "(instead of 1e-2); `harmonic` = `--model.base harmonic` (the harmonic seasonal forecast, "
-             "`ts_neuralode/models/harmonic.py`). Rows marked `(context scored too)` ran before commit 1359db3, when a "
-             "model with a base was also trained on its one-step predictions of the context (in level units; since "
-             "then only the correction is scored); rows marked `(no gate)` ran before commit fe54b34, when the "
-             "correction was always kept whole (since then its weight 0…1 is chosen on the fit's validation "
-             "windows, `ts_neuralode/correction_gate.py`); unmarked trained rows with a base ran with both.", ""]
+    lines = [
+        "# Forecast ablations on real data: what beats the naive forecasts",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Every row is scored by `ts_neuralode.api.backtest.evaluate` on the rows of `Forecaster.cross_validation` "
+        "(rolling origin, the series' real observation times, forecasts conditioned on the history up to each "
+        "cutoff): MAE in the data's units, `scaled_mae` (each error over its series' last-value MAE on the same "
+        "rows, MASE-style: below 1 beats the last value), CRPS and 90% coverage from 100 predictive samples, "
+        "`mae_last_window` the last cutoff's window alone (CO₂: the last 52 weeks, the issue's protocol). "
+        "Naive rows: `locf` (last value), `mean` (series mean up to the cutoff), `seasonal_naive` (the package's "
+        "seasonal baseline), `base_*` (a window model with a zeroed correction: exactly its `--model.base`). "
+        "Models: `configs/ode_rnn.yaml` (ODE-RNN) with Euler steps of 0.1 model units (cheap: the ablation is "
+        "about the forecast options, not the solver), at most `max_epochs` epochs (cosine schedule over them, "
+        "early stopping as the config), seed 0, one thread on a shared 2-core CPU (fit seconds are only "
+        "comparable within a table).",
+        "",
+        "Variants: `norm` = `--model.normalize window`; `last`, `trend`, `seasonal`, `seasonal_trend` = "
+        "`--model.base …`; `cal` = `--data.calendar` (CO₂: day_of_year; demo: time_of_day); `long` = a longer "
+        "context (CO₂: 520W instead of 260W; demo: 4D instead of 1D); `mse` = the ODE-RNN trained on the MSE "
+        '(`--model.model_kwargs \'{"loss": "mse"}\'`) instead of the Gaussian NLL; `lr3` = `--model.lr 1e-3` '
+        "(instead of 1e-2); `harmonic` = `--model.base harmonic` (the harmonic seasonal forecast, "
+        "`ts_neuralode/models/harmonic.py`). Rows marked `(context scored too)` ran before commit 1359db3, when a "
+        "model with a base was also trained on its one-step predictions of the context (in level units; since "
+        "then only the correction is scored); rows marked `(no gate)` ran before commit fe54b34, when the "
+        "correction was always kept whole (since then its weight 0…1 is chosen on the fit's validation "
+        "windows, `ts_neuralode/correction_gate.py`); unmarked trained rows with a base ran with both.",
+        "",
+    ]
     for name, part in res.groupby("data", sort=False):
         ds = datasets[name]
         lines += [f"## {name}", "", ds.notes + ".", ""]
         part = ratios(part)
-        cols = [c for c in ("variant", "mae", "scaled_mae", "x_mean", "x_seasonal", "crps", "coverage-90",
-                            "mae_last_window", "max_epochs", "fit_s", "error")
-                if c in part.columns and part[c].notna().any()]
+        cols = [
+            c
+            for c in (
+                "variant",
+                "mae",
+                "scaled_mae",
+                "x_mean",
+                "x_seasonal",
+                "crps",
+                "coverage-90",
+                "mae_last_window",
+                "max_epochs",
+                "fit_s",
+                "error",
+            )
+            if c in part.columns and part[c].notna().any()
+        ]
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for _, r in part.iterrows():
@@ -376,12 +500,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/ode_rnn.yaml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/forecast_ablations.md")
-    p.add_argument("--merge", nargs="*", default=None,
-                   help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=None,
+        help="only write --out from the CSVs of earlier runs (run in parts: each --out X.md writes X.csv)",
+    )
     p.add_argument("--commands", nargs="*", default=None, help="with --merge: the commands that made the CSVs")
-    p.add_argument("--old", nargs="*", default=None,
-                   help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started "
-                        "at 0)")
+    p.add_argument(
+        "--old",
+        nargs="*",
+        default=None,
+        help="with --merge: CSVs of runs at commit 2902cc5, before ce5c15f (a base correction not started at 0)",
+    )
     args = p.parse_args(argv)
     if args.merge:
         parts = [pd.read_csv(f) for f in args.merge]
@@ -397,9 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         res = pd.concat(parts, ignore_index=True)
         order = list(dict.fromkeys(res["data"]))
         res = pd.concat([res[res["data"] == d].drop_duplicates("variant", keep="first") for d in order])
-        res = res.assign(_ref=~res["variant"].map(is_reference)).sort_values(["data", "_ref"], kind="stable",
-                                                                             key=lambda c: c.map(order.index)
-                                                                             if c.name == "data" else c)
+        res = res.assign(_ref=~res["variant"].map(is_reference)).sort_values(
+            ["data", "_ref"], kind="stable", key=lambda c: c.map(order.index) if c.name == "data" else c
+        )
         res = res.drop(columns="_ref")
         for d in order:
             DATASETS[d].notes = NOTES.get(d, "")
@@ -426,9 +557,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/ablate_forecast.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         for ds in chosen.values():
-            frames.append(run_dataset(ds, variants, epochs, str(ROOT / args.config), Path(tmp), args.seed,
-                                      lambda m: print(m, file=sys.stderr, flush=True),
-                                      out_md.with_name(out_md.stem + f".{ds.name}.partial.csv")))
+            frames.append(
+                run_dataset(
+                    ds,
+                    variants,
+                    epochs,
+                    str(ROOT / args.config),
+                    Path(tmp),
+                    args.seed,
+                    lambda m: print(m, file=sys.stderr, flush=True),
+                    out_md.with_name(out_md.stem + f".{ds.name}.partial.csv"),
+                )
+            )
             res = pd.concat(frames, ignore_index=True)
             res.to_csv(out_md.with_suffix(".csv"), index=False)
             out_md.write_text(markdown(res, command, chosen, epochs))

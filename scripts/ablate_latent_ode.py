@@ -41,8 +41,16 @@ from ts_neuralode.training import ForecastingModule
 # Each variant: ForecastingModule options on top of BASE (evolution options flat or nested: merge_options), the
 # variant's model_kwargs, the per-epoch lr
 # decay, and an optional script-local change ("ref_init", "ref_loss") described in VARIANT_NOTES.
-BASE = {"model": "latent_ode", "evolution": "ode", "method": "dopri5", "latent_dim": 10, "lr": 1e-2,
-        "kl_warmup_epochs": 10, "iwae_samples": 3, "eval_samples": 1}
+BASE = {
+    "model": "latent_ode",
+    "evolution": "ode",
+    "method": "dopri5",
+    "latent_dim": 10,
+    "lr": 1e-2,
+    "kl_warmup_epochs": 10,
+    "iwae_samples": 3,
+    "eval_samples": 1,
+}
 # before the study: the IWAE objective, the targets alone scored (posterior std softplus(0) = 0.69 at init, as now)
 OLD = {"objective": "iwae", "score_context": False}
 VARIANTS: dict[str, dict] = {
@@ -69,14 +77,14 @@ VARIANT_NOTES = {
     "step_0.94": "defaults but lr x0.94 per epoch instead of the cosine",
     "1_sample": "defaults with 1 sample (ELBO and IWAE coincide)",
     "ref_loss": "defaults but the reference's normalisation: per-sample log-likelihood averaged per point "
-                "and over the batch, analytic KL averaged over latent dims and the batch, then -logsumexp "
-                "over the 3 samples (script-local)",
+    "and over the batch, analytic KL averaged over latent dims and the batch, then -logsumexp "
+    "over the 3 samples (script-local)",
     "ref_init": "defaults with every Linear and GRU weight N(0, 0.1^2), biases 0, as the reference (script-local)",
     "field_100x1": "defaults with the reference's network size: 1 hidden layer of 100 (ours: 2 of 64)",
     "obs_std_0.1": "defaults with obs_std 0.1 (reference: 0.01)",
     "time_x4": "defaults with time_scale 0.25: the data's time stretched 4x (frequencies 4x lower)",
     "targets_only": "defaults but the loss scores the targets only, not the conditioning points (as before this "
-                    "study; in interpolation the targets are every point, so only extrapolation changes)",
+    "study; in interpolation the targets are every point, so only extrapolation changes)",
 }
 
 
@@ -129,9 +137,18 @@ def test_mse_and_std(model, batches, task: str) -> tuple[float, float]:
 
 
 def run_variant(spec: dict, seed: int, epochs: int, df, task: str) -> tuple[list[float], float]:
-    dm = IrregularTimeSeriesDataModule(df=df, task=task, obs_fraction=0.5, cut=0.5, extrap_obs_fraction=0.5,
-                                       layout="union", batch_size=50, seed=0, scaler="none",
-                                       time_scale=spec.get("time_scale", 1.0))
+    dm = IrregularTimeSeriesDataModule(
+        df=df,
+        task=task,
+        obs_fraction=0.5,
+        cut=0.5,
+        extrap_obs_fraction=0.5,
+        layout="union",
+        batch_size=50,
+        seed=0,
+        scaler="none",
+        time_scale=spec.get("time_scale", 1.0),
+    )
     dm.setup()
     torch.manual_seed(seed)
     opts = merge_options(BASE, spec.get("opts", {}), {"input_dim": 1, "model_kwargs": dict(spec.get("kw", {}))})
@@ -168,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--tasks", default="interpolation,extrapolation",
-                   help="interpolation: every variant; extrapolation: EXTRAP_VARIANTS")
+    p.add_argument(
+        "--tasks",
+        default="interpolation,extrapolation",
+        help="interpolation: every variant; extrapolation: EXTRAP_VARIANTS",
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--n_series", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
@@ -195,25 +215,44 @@ def main(argv: list[str] | None = None) -> int:
                 escapes.append(next((i + 1 for i, v in enumerate(curve) if v < ESCAPE[task]), None))
                 stds.append(std10)
                 curves.append(f"| {name} | {seed} | " + " ".join(f"{v:.2f}" for v in curve) + " |")
-                print(f"{task} {name} seed {seed}: final {curve[-1]:.4f} best {min(curve):.4f} std@10 {std10:.3f} "
-                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"{task} {name} seed {seed}: final {curve[-1]:.4f} best {min(curve):.4f} std@10 {std10:.3f} "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             rows.append(
                 f"| {name} | {statistics.median(finals):.3f} ({min(finals):.3f}–{max(finals):.3f}) | "
                 f"{statistics.median(bests):.3f} | {', '.join(str(e) if e else '—' for e in escapes)} | "
                 f"{statistics.median(stds):.3f} | {VARIANT_NOTES.get(name, '')} |"
             )
-        sections += [f"## {task}", "\n".join([
-            f"| variant | test MSE after {args.epochs} epochs, median (range) | best-epoch MSE, median | "
-            f"epoch MSE < {ESCAPE[task]}, per seed | posterior std after epoch 10 | what it is |",
-            "|---|---|---|---|---|---|", *rows]),
-            "\n".join(["| variant | seed | test MSE per epoch |", "|---|---|---|", *curves])]
-    notes = (f"Seeds {seeds}; {args.n_series} series; {args.epochs} epochs; torch {torch.__version__}, "
-             f"{args.threads} thread(s). Reference code on this protocol after 20 epochs (REFERENCE.md): "
-             "interpolation 0.188 (a rerun here: 0.209, on the plateau at 0.43–0.47 until epoch 15, MSE over all "
-             "points), extrapolation 0.49. Naive forecasts on the same test points (repro_latent_ode_periodic.md): "
-             "interpolation — linear 0.010, LOCF 0.109, series mean 0.483; extrapolation — mean 0.565, LOCF 1.107.")
-    return publish_report(args.out, "Latent ODE periodic: what moved the MSE", "scripts/ablate_latent_ode.py", argv,
-                          [notes, *sections], "\n\n".join(sections))
+        sections += [
+            f"## {task}",
+            "\n".join(
+                [
+                    f"| variant | test MSE after {args.epochs} epochs, median (range) | best-epoch MSE, median | "
+                    f"epoch MSE < {ESCAPE[task]}, per seed | posterior std after epoch 10 | what it is |",
+                    "|---|---|---|---|---|---|",
+                    *rows,
+                ]
+            ),
+            "\n".join(["| variant | seed | test MSE per epoch |", "|---|---|---|", *curves]),
+        ]
+    notes = (
+        f"Seeds {seeds}; {args.n_series} series; {args.epochs} epochs; torch {torch.__version__}, "
+        f"{args.threads} thread(s). Reference code on this protocol after 20 epochs (REFERENCE.md): "
+        "interpolation 0.188 (a rerun here: 0.209, on the plateau at 0.43–0.47 until epoch 15, MSE over all "
+        "points), extrapolation 0.49. Naive forecasts on the same test points (repro_latent_ode_periodic.md): "
+        "interpolation — linear 0.010, LOCF 0.109, series mean 0.483; extrapolation — mean 0.565, LOCF 1.107."
+    )
+    return publish_report(
+        args.out,
+        "Latent ODE periodic: what moved the MSE",
+        "scripts/ablate_latent_ode.py",
+        argv,
+        [notes, *sections],
+        "\n\n".join(sections),
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def make_csv(path: Path, rows: int, series: int, datetimes: bool, seed: int = 0)
     if datetimes:
         ds = (pd.Timestamp("2020-01-01") + pd.to_timedelta(np.round(ds * 3600), unit="s")).strftime("%Y-%m-%d %H:%M:%S")
         ds = np.asarray(ds, dtype=object)
-    df = pd.DataFrame({"unique_id": ids[order], "ds": np.asarray(ds)[order], "y": y.reshape(-1)[order],
-                       "static": "x"})
+    df = pd.DataFrame({"unique_id": ids[order], "ds": np.asarray(ds)[order], "y": y.reshape(-1)[order], "static": "x"})
     if datetimes:
         df = df.drop_duplicates(["unique_id", "ds"])
     df.to_csv(path, index=False, float_format="%.9g")
@@ -77,8 +76,13 @@ print(json.dumps(res))
 
 
 def run_child(path: Path, layout: str, time_unit: str | None) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), layout, time_unit or "-"], check=True,
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), layout, time_unit or "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -90,35 +94,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-datetime", action="store_true", help="skip the datetime-column case")
     args = ap.parse_args(argv)
     cmd = "python scripts/bench_data.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    lines = [f"Command: `{cmd}`", "",
-             f"Long CSV with {args.rows:,} rows, {args.series:,} series (rows shuffled, 5% empty values, one extra "
-             "string column); setup = read + validate + split + fit scalers + precompute arrays, in a fresh "
-             "process (peak RSS of that process, including torch/lightning imports, which are not in the "
-             "setup time). Collate: 256 random training series, median of 50 calls. Machine: shared 2-core CPU "
-             f"(timings noisy; 1-minute load average at start: {os.getloadavg()[0]:.1f}). On a loaded machine a "
-             "collate that needs more than a scheduler slice is often preempted, so its median wall time exceeds "
-             "its CPU time (process CPU time, single-threaded numpy); the minimum wall time is the quiet-machine "
-             "figure. Union batches hold the union of 256 irregular series' times (T ≈ 24,000), so they are "
-             "~100x larger than padded ones; use layout='padded' for such data.", ""]
+    lines = [
+        f"Command: `{cmd}`",
+        "",
+        f"Long CSV with {args.rows:,} rows, {args.series:,} series (rows shuffled, 5% empty values, one extra "
+        "string column); setup = read + validate + split + fit scalers + precompute arrays, in a fresh "
+        "process (peak RSS of that process, including torch/lightning imports, which are not in the "
+        "setup time). Collate: 256 random training series, median of 50 calls. Machine: shared 2-core CPU "
+        f"(timings noisy; 1-minute load average at start: {os.getloadavg()[0]:.1f}). On a loaded machine a "
+        "collate that needs more than a scheduler slice is often preempted, so its median wall time exceeds "
+        "its CPU time (process CPU time, single-threaded numpy); the minimum wall time is the quiet-machine "
+        "figure. Union batches hold the union of 256 irregular series' times (T ≈ 24,000), so they are "
+        "~100x larger than padded ones; use layout='padded' for such data.",
+        "",
+    ]
     rows_md = ["| case | setup (s) | target | peak RSS (MB) | target |", "|---|---|---|---|---|"]
-    coll_md = ["| collate (256 series) | shape [B, T, D] | median wall (ms) | median CPU (ms) | min wall (ms) | target "
-               "|",
-               "|---|---|---|---|---|---|"]
-    cases = [("numeric times", False, None)] + ([] if args.no_datetime else [("datetime strings, time_unit='h'", True,
-                                                                              "h")])
+    coll_md = [
+        "| collate (256 series) | shape [B, T, D] | median wall (ms) | median CPU (ms) | min wall (ms) | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    cases = [("numeric times", False, None)] + (
+        [] if args.no_datetime else [("datetime strings, time_unit='h'", True, "h")]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for label, dt, unit in cases:
             path = Path(tmp) / ("dt.csv" if dt else "num.csv")
             make_csv(path, args.rows, args.series, dt)
             size_mb = path.stat().st_size / 2**20
             res = run_child(path, "padded", unit)
-            rows_md.append(f"| {label} ({res['rows']:,} observed rows, {size_mb:.0f} MB file) | {res['setup_s']:.2f} | "
-                           f"≤ 10 | {res['peak_rss_mb']:.0f} | ≤ 2048 |")
+            rows_md.append(
+                f"| {label} ({res['rows']:,} observed rows, {size_mb:.0f} MB file) | {res['setup_s']:.2f} | "
+                f"≤ 10 | {res['peak_rss_mb']:.0f} | ≤ 2048 |"
+            )
             if not dt:
                 for k, (sec, cpu, best, shape) in ((k, v) for k, v in res.items() if k.startswith("collate")):
                     target = "≤ 5" if "padded" in k else "— (T = union of all times)"
-                    coll_md.append(f"| {k[8:]} | {shape} | {sec * 1e3:.2f} | {cpu * 1e3:.2f} | {best * 1e3:.2f} | "
-                                   f"{target} |")
+                    coll_md.append(
+                        f"| {k[8:]} | {shape} | {sec * 1e3:.2f} | {cpu * 1e3:.2f} | {best * 1e3:.2f} | {target} |"
+                    )
     text = "\n".join(lines + rows_md + [""] + coll_md) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

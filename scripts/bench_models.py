@@ -60,27 +60,42 @@ class EpochTimer(pl.Callback):
 
 def run_variant(label: str, options: dict, df, args) -> dict:
     pl.seed_everything(args.seed, verbose=False)
-    dm = IrregularTimeSeriesDataModule(df=df, task="interpolation", obs_fraction=0.5, layout="padded",
-                                       batch_size=args.batch_size, seed=args.seed)
-    module = ForecastingModule(**merge_options(
-        dict(model="latent_ode", input_dim=1, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
-             flow_layers=args.flow_layers, lr=args.lr, weight_decay=1e-5, eval_samples=1), options,
-    ))
+    dm = IrregularTimeSeriesDataModule(
+        df=df, task="interpolation", obs_fraction=0.5, layout="padded", batch_size=args.batch_size, seed=args.seed
+    )
+    module = ForecastingModule(
+        **merge_options(
+            dict(
+                model="latent_ode",
+                input_dim=1,
+                latent_dim=args.latent_dim,
+                hidden_dim=args.hidden_dim,
+                flow_layers=args.flow_layers,
+                lr=args.lr,
+                weight_decay=1e-5,
+                eval_samples=1,
+            ),
+            options,
+        )
+    )
     timer = EpochTimer()
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, callbacks=[timer],
-        check_val_every_n_epoch=args.epochs, num_sanity_val_steps=0,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
+        check_val_every_n_epoch=args.epochs,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm)
     nfe = float(trainer.callback_metrics.get("nfe", torch.tensor(0.0)))  # before test() replaces the metrics
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    row = {
-        "model": label,
-        "epoch_s": statistics.median(timer.epochs),
-        "test_mse": float(test["test_mse"]),
-        "nfe": nfe,
-    }
+    row = {"model": label, "epoch_s": statistics.median(timer.epochs), "test_mse": float(test["test_mse"]), "nfe": nfe}
     print(f"{label}: {row['epoch_s']:.2f} s/epoch, test MSE {row['test_mse']:.4f}, nfe {row['nfe']:.0f}", flush=True)
     return row
 
@@ -123,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['epoch_s']:.2f} | {base['epoch_s'] / r['epoch_s']:.1f}x | "
-                     f"{r['test_mse']:.4f} | {r['nfe']:.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['epoch_s']:.2f} | {base['epoch_s'] / r['epoch_s']:.1f}x | "
+            f"{r['test_mse']:.4f} | {r['nfe']:.0f} |"
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)

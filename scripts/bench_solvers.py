@@ -52,8 +52,9 @@ class MLPField(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(STATE, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(),
-                                 nn.Linear(HIDDEN, STATE))
+        self.net = nn.Sequential(
+            nn.Linear(STATE, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, STATE)
+        )
         self.calls = 0
         self.timed = False
         self.time_in = 0.0
@@ -147,6 +148,7 @@ def variants(f, y0, t, w):
         def go():
             with torch.no_grad():
                 return runner(f, y0, t, **kw)
+
         return go
 
     def fwdbwd(runner, **kw):
@@ -154,6 +156,7 @@ def variants(f, y0, t, w):
             ys, st = runner(f, y0, t, **kw)
             grads = torch.autograd.grad((ys * w).sum(), params)
             return grads, st
+
         return go
 
     return {
@@ -188,7 +191,7 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
     with torch.no_grad():
         for k in ("grid/shared", "grid/per-sample"):
             fn = v[k]
-            v[k] = (lambda fn=fn: fn())
+            v[k] = lambda fn=fn: fn()
     for k, fn in v.items():  # warm-up
         if k.startswith("grid"):
             with torch.no_grad():
@@ -225,8 +228,7 @@ def bench_batch(batch: int, device: str, reps: int, slow_reps: int, sync):
         nfe["grid/shared"] = nfe["fwd/ours"]
     for mode in ("backsolve", "interpolate"):
         _, st = v[f"adj/ours-{mode}"]()
-        nfe[f"adj/ours-{mode}"] = (st.n_f_evals.float().mean().item(),
-                                   st.backward["n_f_evals"].float().mean().item())
+        nfe[f"adj/ours-{mode}"] = (st.n_f_evals.float().mean().item(), st.backward["n_f_evals"].float().mean().item())
     f.calls = 0
     ys, _ = run_td(f, y0, t, adjoint=True)
     c_fwd = f.calls
@@ -365,14 +367,21 @@ def main(argv=None):
     target_batch = mem_batch  # the targets are stated at batch 256
 
     cmd = "python scripts/bench_solvers.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
-    lines = ["# Solver benchmark: ts_neuralode vs torchdiffeq vs torchode (workload W)", "",
-             f"Command: `{cmd}`", "",
-             f"Device: {device}, torch {torch.__version__}, {args.threads} threads; dopri5 rtol {RTOL} atol {ATOL}; "
-             f"MLP {STATE}→{HIDDEN}→{HIDDEN}→{STATE} tanh; {N_TIMES} sorted irregular output times in [0, {T_END}]. "
-             f"Median of {reps} interleaved repetitions (torchdiffeq's adjoint: fewer). Ratios = their time / ours "
-             "(> 1: ours faster).", ""]
-    lines += ["| batch | measurement | ts_neuralode | torchdiffeq | torchode | torchdiffeq / ours | torchode / ours |",
-              "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Solver benchmark: ts_neuralode vs torchdiffeq vs torchode (workload W)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Device: {device}, torch {torch.__version__}, {args.threads} threads; dopri5 rtol {RTOL} atol {ATOL}; "
+        f"MLP {STATE}→{HIDDEN}→{HIDDEN}→{STATE} tanh; {N_TIMES} sorted irregular output times in [0, {T_END}]. "
+        f"Median of {reps} interleaved repetitions (torchdiffeq's adjoint: fewer). Ratios = their time / ours "
+        "(> 1: ours faster).",
+        "",
+    ]
+    lines += [
+        "| batch | measurement | ts_neuralode | torchdiffeq | torchode | torchdiffeq / ours | torchode / ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
     targets = {}
     for B in batches:
         slow_reps = max(1, reps // 3) if B >= 2048 else max(2, reps // 2)
@@ -380,88 +389,134 @@ def main(argv=None):
         med, nfe, share, grad_err = bench_batch(B, device, reps if B < 2048 else max(3, reps // 2), slow_reps, sync)
         print(f"batch {B}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         ours = med["fwd/ours"]
-        lines.append(f"| {B} | forward (ms) | {ours:.2f} | {med['fwd/td']:.2f} | {med['fwd/tode']:.2f} | "
-                     f"{fmt_ratio(med['fwd/td'], ours)} | {fmt_ratio(med['fwd/tode'], ours)} |")
-        lines.append(f"| {B} | forward function evaluations (per sample) | {nfe['fwd/ours']:.1f} | {nfe['fwd/td']} | "
-                     f"{nfe['fwd/tode']:.1f} | | |")
-        lines.append(f"| {B} | share of forward inside the vector field | {share['fwd/ours']:.0%} | "
-                     f"{share['fwd/td']:.0%} | {share['fwd/tode']:.0%} | | |")
+        lines.append(
+            f"| {B} | forward (ms) | {ours:.2f} | {med['fwd/td']:.2f} | {med['fwd/tode']:.2f} | "
+            f"{fmt_ratio(med['fwd/td'], ours)} | {fmt_ratio(med['fwd/tode'], ours)} |"
+        )
+        lines.append(
+            f"| {B} | forward function evaluations (per sample) | {nfe['fwd/ours']:.1f} | {nfe['fwd/td']} | "
+            f"{nfe['fwd/tode']:.1f} | | |"
+        )
+        lines.append(
+            f"| {B} | share of forward inside the vector field | {share['fwd/ours']:.0%} | "
+            f"{share['fwd/td']:.0%} | {share['fwd/tode']:.0%} | | |"
+        )
         a = med["ag/ours"]
-        lines.append(f"| {B} | forward+backward, autograd (ms) | {a:.2f} | {med['ag/td']:.2f} | {med['ag/tode']:.2f} | "
-                     f"{fmt_ratio(med['ag/td'], a)} | {fmt_ratio(med['ag/tode'], a)} |")
+        lines.append(
+            f"| {B} | forward+backward, autograd (ms) | {a:.2f} | {med['ag/td']:.2f} | {med['ag/tode']:.2f} | "
+            f"{fmt_ratio(med['ag/td'], a)} | {fmt_ratio(med['ag/tode'], a)} |"
+        )
         for mode in ("backsolve", "interpolate"):
             m = med[f"adj/ours-{mode}"]
             fe, be = nfe[f"adj/ours-{mode}"]
-            lines.append(f"| {B} | forward+backward, adjoint (ours: {mode}) (ms) | {m:.2f} | {med['adj/td']:.2f} | – | "
-                         f"{fmt_ratio(med['adj/td'], m)} | |")
-            lines.append(f"| {B} | adjoint evaluations fwd / bwd (ours: {mode}) | {fe:.0f} / {be:.0f} "
-                         f"(bwd = {be / fe:.1f}× fwd) | {nfe['adj/td'][0]} / {nfe['adj/td'][1]} "
-                         f"({nfe['adj/td'][1] / nfe['adj/td'][0]:.1f}×) | – | | |")
-        lines.append(f"| {B} | adjoint parameter gradient, relative error vs autograd | backsolve "
-                     f"{grad_err['backsolve']:.1e}, interpolate {grad_err['interpolate']:.1e} | "
-                     f"{grad_err['td']:.1e} | – | | |")
+            lines.append(
+                f"| {B} | forward+backward, adjoint (ours: {mode}) (ms) | {m:.2f} | {med['adj/td']:.2f} | – | "
+                f"{fmt_ratio(med['adj/td'], m)} | |"
+            )
+            lines.append(
+                f"| {B} | adjoint evaluations fwd / bwd (ours: {mode}) | {fe:.0f} / {be:.0f} "
+                f"(bwd = {be / fe:.1f}× fwd) | {nfe['adj/td'][0]} / {nfe['adj/td'][1]} "
+                f"({nfe['adj/td'][1] / nfe['adj/td'][0]:.1f}×) | – | | |"
+            )
+        lines.append(
+            f"| {B} | adjoint parameter gradient, relative error vs autograd | backsolve "
+            f"{grad_err['backsolve']:.1e}, interpolate {grad_err['interpolate']:.1e} | "
+            f"{grad_err['td']:.1e} | – | | |"
+        )
         g = med["grid/per-sample"] / med["grid/shared"]
-        lines.append(f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} "
-                     f"vs "
-                     f"{med['grid/shared']:.2f} = {g:.2f}× (evaluations {nfe['grid/per-sample']:.1f} vs "
-                     f"{nfe['grid/shared']:.1f}) | (not supported) | | | |")
+        lines.append(
+            f"| {B} | per-sample [B, T] grids vs shared [T] grid, forward (ms) | {med['grid/per-sample']:.2f} "
+            f"vs "
+            f"{med['grid/shared']:.2f} = {g:.2f}× (evaluations {nfe['grid/per-sample']:.1f} vs "
+            f"{nfe['grid/shared']:.1f}) | (not supported) | | | |"
+        )
         if target_batch == B:
             targets = dict(
-                fwd_td=med["fwd/td"] / ours, fwd_tode=med["fwd/tode"] / ours,
+                fwd_td=med["fwd/td"] / ours,
+                fwd_tode=med["fwd/tode"] / ours,
                 nfe_eq=abs(nfe["fwd/ours"] / nfe["fwd/tode"] - 1),
                 adj_nfe=nfe["adj/ours-interpolate"][1] / nfe["adj/ours-interpolate"][0],
                 adj_nfe_bs=nfe["adj/ours-backsolve"][1] / nfe["adj/ours-backsolve"][0],
                 adj_speed=med["adj/td"] / med["adj/ours-interpolate"],
                 adj_speed_bs=med["adj/td"] / med["adj/ours-backsolve"],
-                ag=med["ag/td"] / a, grid=g,
+                ag=med["ag/td"] / a,
+                grid=g,
             )
     if not args.no_memory:
-        lines += ["", f"### Peak memory (batch {mem_batch}; growth of peak "
-                  + ("RSS in a fresh subprocess, after a warm-up call" if device == "cpu"
-                     else "CUDA allocated memory") + ")", "",
-                  "| measurement | ts_neuralode | torchdiffeq | torchode |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Peak memory (batch {mem_batch}; growth of peak "
+            + ("RSS in a fresh subprocess, after a warm-up call" if device == "cpu" else "CUDA allocated memory")
+            + ")",
+            "",
+            "| measurement | ts_neuralode | torchdiffeq | torchode |",
+            "|---|---|---|---|",
+        ]
         mb = lambda k: measure_mem(k, mem_batch, device)["peak"] / 2**20  # noqa: E731
-        lines.append(f"| forward (no grad) | {mb('fwd/ours'):.1f} MiB | {mb('fwd/td'):.1f} MiB | {mb('fwd/tode'):.1f} "
-                     f"MiB |")
-        lines.append(f"| forward+backward, autograd | {mb('ag/ours'):.1f} MiB | {mb('ag/td'):.1f} MiB | "
-                     f"{mb('ag/tode'):.1f} MiB |")
-        lines.append(f"| forward+backward, adjoint | backsolve {mb('adj/ours-backsolve'):.1f} MiB, interpolate "
-                     f"{mb('adj/ours-interpolate'):.1f} MiB | {mb('adj/td'):.1f} MiB | – |")
+        lines.append(
+            f"| forward (no grad) | {mb('fwd/ours'):.1f} MiB | {mb('fwd/td'):.1f} MiB | {mb('fwd/tode'):.1f} MiB |"
+        )
+        lines.append(
+            f"| forward+backward, autograd | {mb('ag/ours'):.1f} MiB | {mb('ag/td'):.1f} MiB | "
+            f"{mb('ag/tode'):.1f} MiB |"
+        )
+        lines.append(
+            f"| forward+backward, adjoint | backsolve {mb('adj/ours-backsolve'):.1f} MiB, interpolate "
+            f"{mb('adj/ours-interpolate'):.1f} MiB | {mb('adj/td'):.1f} MiB | – |"
+        )
         # at batch 32 the state is 2 KiB and the whole adjoint peaks near 1.5 MiB, where glibc's arena
         # fragmentation alone moves the RSS by ±25%; at batch 256 the solver's own buffers dominate
-        lines += ["", f"### Adjoint peak memory vs number of forward steps (batch {mem_batch}, linear oscillator "
-                  "field, ω tuned for the step count)", "", "| adjoint mode | steps | peak | steps | peak | growth |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Adjoint peak memory vs number of forward steps (batch {mem_batch}, linear oscillator "
+            "field, ω tuned for the step count)",
+            "",
+            "| adjoint mode | steps | peak | steps | peak | growth |",
+            "|---|---|---|---|---|---|",
+        ]
         for mode in ("backsolve", "interpolate"):
             lo = measure_mem(f"steps-{mode}", mem_batch, device, mem_steps[0])
             hi = measure_mem(f"steps-{mode}", mem_batch, device, mem_steps[1])
             growth = hi["peak"] / max(lo["peak"], 1) - 1
-            lines.append(f"| {mode} | {lo['steps']:.0f} | {lo['peak'] / 2**20:.1f} MiB | {hi['steps']:.0f} | "
-                         f"{hi['peak'] / 2**20:.1f} MiB | {growth:+.0%} |")
+            lines.append(
+                f"| {mode} | {lo['steps']:.0f} | {lo['peak'] / 2**20:.1f} MiB | {hi['steps']:.0f} | "
+                f"{hi['peak'] / 2**20:.1f} MiB | {growth:+.0%} |"
+            )
             if mode == "backsolve":
                 targets["mem_growth"] = growth
     if "fwd_td" in targets:
         lines += ["", f"### Targets (stated at batch 256; measured at batch {target_batch})", ""]
         chk = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-        lines.append(f"- forward ≥ 2.5× faster than torchdiffeq: {targets['fwd_td']:.2f}× — "
-                     f"{chk(targets['fwd_td'] >= 2.5)}")
-        lines.append(f"- forward ≥ 2× faster than torchode: {targets['fwd_tode']:.2f}× — "
-                     f"{chk(targets['fwd_tode'] >= 2)}; "
-                     f"evaluations within {targets['nfe_eq']:.0%} of torchode's — {chk(targets['nfe_eq'] <= 0.1)}")
-        lines.append(f"- adjoint backward ≤ 3× forward evaluations: interpolate {targets['adj_nfe']:.1f}× — "
-                     f"{chk(targets['adj_nfe'] <= 3)}; backsolve {targets['adj_nfe_bs']:.1f}× — "
-                     f"{chk(targets['adj_nfe_bs'] <= 3)}")
-        lines.append(f"- adjoint forward+backward ≥ 5× faster than torchdiffeq's: interpolate "
-                     f"{targets['adj_speed']:.1f}× — "
-                     f"{chk(targets['adj_speed'] >= 5)}; backsolve {targets['adj_speed_bs']:.1f}× — "
-                     f"{chk(targets['adj_speed_bs'] >= 5)}")
-        lines.append(f"- autograd forward+backward ≥ 2× faster than torchdiffeq's: {targets['ag']:.2f}× — "
-                     f"{chk(targets['ag'] >= 2)}")
+        lines.append(
+            f"- forward ≥ 2.5× faster than torchdiffeq: {targets['fwd_td']:.2f}× — {chk(targets['fwd_td'] >= 2.5)}"
+        )
+        lines.append(
+            f"- forward ≥ 2× faster than torchode: {targets['fwd_tode']:.2f}× — "
+            f"{chk(targets['fwd_tode'] >= 2)}; "
+            f"evaluations within {targets['nfe_eq']:.0%} of torchode's — {chk(targets['nfe_eq'] <= 0.1)}"
+        )
+        lines.append(
+            f"- adjoint backward ≤ 3× forward evaluations: interpolate {targets['adj_nfe']:.1f}× — "
+            f"{chk(targets['adj_nfe'] <= 3)}; backsolve {targets['adj_nfe_bs']:.1f}× — "
+            f"{chk(targets['adj_nfe_bs'] <= 3)}"
+        )
+        lines.append(
+            f"- adjoint forward+backward ≥ 5× faster than torchdiffeq's: interpolate "
+            f"{targets['adj_speed']:.1f}× — "
+            f"{chk(targets['adj_speed'] >= 5)}; backsolve {targets['adj_speed_bs']:.1f}× — "
+            f"{chk(targets['adj_speed_bs'] >= 5)}"
+        )
+        lines.append(
+            f"- autograd forward+backward ≥ 2× faster than torchdiffeq's: {targets['ag']:.2f}× — "
+            f"{chk(targets['ag'] >= 2)}"
+        )
         lines.append(f"- per-sample grids ≤ 1.2× a shared grid: {targets['grid']:.2f}× — {chk(targets['grid'] <= 1.2)}")
         if "mem_growth" in targets:
-            lines.append(f"- adjoint (backsolve) peak memory flat from ~{mem_steps[0]} to ~{mem_steps[1]} steps (≤ 10% "
-                         f"growth): "
-                         f"{targets['mem_growth']:+.0%} — {chk(targets['mem_growth'] <= 0.10)}")
+            lines.append(
+                f"- adjoint (backsolve) peak memory flat from ~{mem_steps[0]} to ~{mem_steps[1]} steps (≤ 10% "
+                f"growth): "
+                f"{targets['mem_growth']:+.0%} — {chk(targets['mem_growth'] <= 0.10)}"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out)

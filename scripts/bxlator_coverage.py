@@ -39,12 +39,38 @@ def main(argv: list[str] | None = None) -> int:
     from ts_neuralode.api.forecast_frame import band_col
 
     torch.set_num_threads(args.threads)
-    fit_args = ["--model.model", args.model, "--data.id_col", "ID", "--data.time_col", "Time", "--data.value_cols",
-                "[Value_1, Value_2]", "--data.mask_cols", "[Mask_1, Mask_2]", "--data.task", "forecast",
-                "--data.split_by", "series", "--data.horizon", "10", "--data.layout", "padded",
-                "--data.batch_size", "50", "--trainer.max_epochs", str(args.epochs), "--trainer.enable_progress_bar",
-                "false", "--trainer.enable_model_summary", "false", "--model.evolution.method", "rk4",
-                "--model.evolution.step_size", "0.1"]
+    fit_args = [
+        "--model.model",
+        args.model,
+        "--data.id_col",
+        "ID",
+        "--data.time_col",
+        "Time",
+        "--data.value_cols",
+        "[Value_1, Value_2]",
+        "--data.mask_cols",
+        "[Mask_1, Mask_2]",
+        "--data.task",
+        "forecast",
+        "--data.split_by",
+        "series",
+        "--data.horizon",
+        "10",
+        "--data.layout",
+        "padded",
+        "--data.batch_size",
+        "50",
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.evolution.method",
+        "rk4",
+        "--model.evolution.step_size",
+        "0.1",
+    ]
     frame = pd.read_csv(args.csv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -55,11 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     raw = fc.cross_validation(frame, 10.0, calibrated=False, **kw)
     cal = fc.cross_validation(frame, 10.0, calibrated=True, **kw)
     name = fc.name
-    print(f"fit {fit_s:.0f} s, {len(test)} test series, {len(raw)} test points; calibration fitted on "
-          f"{fc.calibration['fitted_on']['points']} validation points" if fc.calibration else "no calibration")
+    print(
+        f"fit {fit_s:.0f} s, {len(test)} test series, {len(raw)} test points; calibration fitted on "
+        f"{fc.calibration['fitted_on']['points']} validation points"
+        if fc.calibration
+        else "no calibration"
+    )
     for label, cv in (("raw", raw), ("default (fit-calibrated)", cal)):
-        cov = {lv: float(((cv["y"] >= cv[band_col(name, "lo", lv)]) & (cv["y"] <= cv[band_col(name, "hi", lv)]))
-                         .mean()) for lv in (50, 90)}
+        cov = {
+            lv: float(((cv["y"] >= cv[band_col(name, "lo", lv)]) & (cv["y"] <= cv[band_col(name, "hi", lv)])).mean())
+            for lv in (50, 90)
+        }
         print(f"{label}: coverage-50 {cov[50]:.3f}  coverage-90 {cov[90]:.3f}")
     mae = float((raw[name] - raw["y"]).abs().mean())
     locf = float((raw["locf"] - raw["y"]).abs().mean())

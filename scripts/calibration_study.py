@@ -64,25 +64,50 @@ def synthetic(seed: int = 0) -> pd.DataFrame:
 
 
 def datasets(epochs: int) -> dict:
-    common = ["--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-              "--trainer.enable_model_summary", "false"]
+    common = [
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
     demo = pd.read_csv(ROOT / "data" / "demo.csv")
     start = pd.Timestamp("2024-01-08T00:00:00+01:00")
     day = pd.Timedelta("1D")
     return {
         "demo": dict(
-            frame=demo, time=lambda d: pd.to_datetime(d["ds"]), t1=start + 8 * day,
+            frame=demo,
+            time=lambda d: pd.to_datetime(d["ds"]),
+            t1=start + 8 * day,
             cal=pd.date_range(start + 8 * day, start + 10 * day, freq="6h", inclusive="left"),
-            test=pd.date_range(start + 10 * day, start + 12 * day, freq="6h"), horizon="2D",
+            test=pd.date_range(start + 10 * day, start + 12 * day, freq="6h"),
+            horizon="2D",
             fit_args=["--config", str(ROOT / "configs" / "demo.yaml"), *common],
             what="data/demo.csv, configs/demo.yaml (ODE-RNN settings: rk4 3 h steps, context 4D, horizon 2D)",
         ),
         "synthetic": dict(
-            frame=synthetic(), time=lambda d: d["ds"].astype(float), t1=36.0,
-            cal=np.arange(36.0, 46.0, 1.0), test=np.arange(46.0, 55.01, 1.0), horizon=5.0,
-            fit_args=["--config", str(ROOT / "configs" / "demo.yaml"), "--data.time_unit", "null",
-                      "--data.time_scale", "4", "--data.horizon", "5", "--data.context", "15", "--data.season", "8",
-                      *common],
+            frame=synthetic(),
+            time=lambda d: d["ds"].astype(float),
+            t1=36.0,
+            cal=np.arange(36.0, 46.0, 1.0),
+            test=np.arange(46.0, 55.01, 1.0),
+            horizon=5.0,
+            fit_args=[
+                "--config",
+                str(ROOT / "configs" / "demo.yaml"),
+                "--data.time_unit",
+                "null",
+                "--data.time_scale",
+                "4",
+                "--data.horizon",
+                "5",
+                "--data.context",
+                "15",
+                "--data.season",
+                "8",
+                *common,
+            ],
             what="12 noisy sines, configs/demo.yaml's options with horizon 5, context 15, time_scale 4, season 8",
         ),
     }
@@ -104,27 +129,38 @@ def run_one(ds: dict, family: str, work: Path, num_samples: int) -> dict:
     fit_s = time.perf_counter() - t0
     kw = dict(level=list(LEVELS), num_samples=num_samples, quantiles=None)
     fit_cal = fc.calibration  # what fit itself fitted on its held-out validation windows (the default bands)
-    cv_fit_test = (fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["test"]), calibrated=True, **kw)
-                   if fit_cal is not None else None)
+    cv_fit_test = (
+        fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["test"]), calibrated=True, **kw)
+        if fit_cal is not None
+        else None
+    )
     cv_cal = fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["cal"]), **kw)
     cal = backtest.calibrate(fc, cv_cal, ds["horizon"], buckets=4, history=frame)
     cv_raw = fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["test"]), **kw)
     cv_cal_test = fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["test"]), calibrated=True, **kw)
     name = fc.name
-    row = {"model": name, "fit_s": round(fit_s), "cal_points": len(cv_cal),
-           "fit_cal_points": (fit_cal or {}).get("fitted_on", {}).get("points", 0), "test_points": len(cv_raw),
-           "distinct_test_points": len(cv_raw.drop_duplicates(["unique_id", "ds"])),
-           "mae": float((cv_raw[name] - cv_raw["y"]).abs().mean()),
-           "locf_mae": float((cv_raw["locf"] - cv_raw["y"]).abs().mean())}
+    row = {
+        "model": name,
+        "fit_s": round(fit_s),
+        "cal_points": len(cv_cal),
+        "fit_cal_points": (fit_cal or {}).get("fitted_on", {}).get("points", 0),
+        "test_points": len(cv_raw),
+        "distinct_test_points": len(cv_raw.drop_duplicates(["unique_id", "ds"])),
+        "mae": float((cv_raw[name] - cv_raw["y"]).abs().mean()),
+        "locf_mae": float((cv_raw["locf"] - cv_raw["y"]).abs().mean()),
+    }
     for lv in LEVELS:
         row[f"cov{lv}_raw"], row[f"width{lv}_raw"] = coverage(cv_raw, name, lv)
         row[f"cov{lv}_cal"], row[f"width{lv}_cal"] = coverage(cv_cal_test, name, lv)
-        row[f"cov{lv}_fit"], row[f"width{lv}_fit"] = (coverage(cv_fit_test, name, lv) if cv_fit_test is not None
-                                                      else (float("nan"), float("nan")))
-        row[f"fit_factors{lv}"] = (", ".join(f"{c:.2f}" for c in fit_cal["factors"][str(lv)])
-                                   if fit_cal is not None else "none")
-        row[f"cal{lv}_in_sample"] = coverage(fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["cal"]),
-                                                                 calibrated=True, **kw), name, lv)[0]
+        row[f"cov{lv}_fit"], row[f"width{lv}_fit"] = (
+            coverage(cv_fit_test, name, lv) if cv_fit_test is not None else (float("nan"), float("nan"))
+        )
+        row[f"fit_factors{lv}"] = (
+            ", ".join(f"{c:.2f}" for c in fit_cal["factors"][str(lv)]) if fit_cal is not None else "none"
+        )
+        row[f"cal{lv}_in_sample"] = coverage(
+            fc.cross_validation(frame, ds["horizon"], cutoffs=list(ds["cal"]), calibrated=True, **kw), name, lv
+        )[0]
         row[f"factors{lv}"] = ", ".join(f"{c:.2f}" for c in cal["factors"][str(lv)])
     return row
 
@@ -142,8 +178,12 @@ def reading(table: pd.DataFrame) -> str:
     """What the table says: the targets met, the misses, the two kinds of raw band (sampled from the latent initial
     state vs a Gaussian predictive std, told apart by their raw 90% coverage) and the sampling noise of a coverage."""
     met = sum(str(v).count("met") for v in table["targets (calibrated)"])
-    misses = [f"{r['data']} {r['model']} {lv}% ({r[f'cov{lv}_cal']:.3f})" for _, r in table.iterrows() for lv in LEVELS
-              if not TARGETS[lv][0] <= r[f"cov{lv}_cal"] <= TARGETS[lv][1]]
+    misses = [
+        f"{r['data']} {r['model']} {lv}% ({r[f'cov{lv}_cal']:.3f})"
+        for _, r in table.iterrows()
+        for lv in LEVELS
+        if not TARGETS[lv][0] <= r[f"cov{lv}_cal"] <= TARGETS[lv][1]
+    ]
     n = int(table["distinct_test_points"].min())
     sd50, sd90 = (100 * np.sqrt(p * (1 - p) / n) for p in (0.5, 0.9))
 
@@ -152,24 +192,31 @@ def reading(table: pd.DataFrame) -> str:
         return ", ".join(dict.fromkeys(rows["model"])), min(f), max(f)
 
     sampled, gauss = table[table["cov90_raw"] < 0.5], table[table["cov90_raw"] >= 0.5]
-    parts = [f"**Reading.** {met} of {2 * len(table)} calibrated coverages are inside their target range"
-             + (f"; off: {', '.join(misses)}" if misses else "") + "."]
+    parts = [
+        f"**Reading.** {met} of {2 * len(table)} calibrated coverages are inside their target range"
+        + (f"; off: {', '.join(misses)}" if misses else "")
+        + "."
+    ]
     if len(sampled):
         names, lo, hi = kind(sampled)
-        parts.append(f"The raw bands of {names} cover almost nothing (their samples carry only the spread of the "
-                     "latent initial state, not the observation noise), so their calibrated bands are essentially "
-                     f"the conformal quantile of their own residuals (factors {lo:.0f}-{hi:.0f}).")
+        parts.append(
+            f"The raw bands of {names} cover almost nothing (their samples carry only the spread of the "
+            "latent initial state, not the observation noise), so their calibrated bands are essentially "
+            f"the conformal quantile of their own residuals (factors {lo:.0f}-{hi:.0f})."
+        )
     if len(gauss):
         names, lo, hi = kind(gauss)
         parts.append(f"{names} have a Gaussian predictive std and need factors near 1 ({lo:.2f}-{hi:.2f}).")
-    parts.append("The stretch is about each band's own midpoint (ts_neuralode.api.calibration), so a sample mean that "
-                 "lies outside its band does not push the band to one side. Split-conformal coverage is guaranteed "
-                 "for points exchangeable with the calibration points, and on the calibration windows themselves "
-                 "every model reaches its level (the in-sample columns); the held-out windows come later, and a model "
-                 "whose error grows or shrinks with the distance from its training data drifts off. Sampling noise "
-                 f"alone: with {n} distinct held-out observations (each scored from several overlapping windows, so "
-                 f"fewer independent ones), a coverage has a standard error of at least {sd50:.1f} points at 50% and "
-                 f"{sd90:.1f} at 90%: misses of that size are noise, larger ones are drift.")
+    parts.append(
+        "The stretch is about each band's own midpoint (ts_neuralode.api.calibration), so a sample mean that "
+        "lies outside its band does not push the band to one side. Split-conformal coverage is guaranteed "
+        "for points exchangeable with the calibration points, and on the calibration windows themselves "
+        "every model reaches its level (the in-sample columns); the held-out windows come later, and a model "
+        "whose error grows or shrinks with the distance from its training data drifts off. Sampling noise "
+        f"alone: with {n} distinct held-out observations (each scored from several overlapping windows, so "
+        f"fewer independent ones), a coverage has a standard error of at least {sd50:.1f} points at 50% and "
+        f"{sd90:.1f} at 90%: misses of that size are noise, larger ones are drift."
+    )
     return " ".join(parts)
 
 
@@ -198,33 +245,79 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     table = pd.DataFrame(rows)
-    show = table[["data", "model", "test_points", "distinct_test_points", "mae", "locf_mae", "cov50_raw", "cov50_cal",
-                  "cov90_raw", "cov90_cal", "width90_raw", "width90_cal", "targets (calibrated)"]]
-    fit_show = table[["data", "model", "test_points", "fit_cal_points", "cov50_raw", "cov50_fit", "cov90_raw",
-                      "cov90_fit", "width90_fit", "fit_factors50", "fit_factors90", "targets (fit's default bands)"]]
-    factors = table[["data", "model", "cal_points", "factors50", "factors90", "cal50_in_sample", "cal90_in_sample",
-                     "fit_s"]]
-    desc = ("Coverage = fraction of held-out observations inside the band (`raw`: the model's own band; `cal`: "
-            "stretched by the conformal factors fitted on the calibration windows, per horizon bucket of a quarter "
-            "of the horizon). Held-out windows lie after every training and calibration cutoff; their cutoffs are "
-            "6 h (demo) / 1 time unit (synthetic) apart, so windows overlap and one observation is scored from "
-            "several cutoffs (`test_points` rows, `distinct_test_points` observations). MAE in data units, beside "
-            "the LOCF baseline scored by the same code. Training: `--trainer.max_epochs "
-            f"{args.epochs}`, everything else as the config says, 1 CPU thread; {args.num_samples} predictive "
-            "samples (models that sample). Data: " + "; ".join(f"`{k}`: {all_ds[k]['what']}" for k in
-                                                       args.datasets.split(",")) + ".")
-    fit_desc = ("The default bands: what `fit` calibrates by itself, on the held-out validation windows of its own "
-                "training data (the last horizon before `T1`, cutoffs a quarter horizon apart; "
-                "`ts_neuralode.api.backtest.fit_calibration`), with no backtest step; scored on the same held-out test "
-                "windows as above (`fit_cal_points`: the points it calibrated on).")
-    sections = [desc, "## Held-out coverage of the default bands (calibrated by fit)", fit_desc,
-                markdown_table(fit_show),
-                "## Held-out coverage before / after calibration on a separate calibration set", markdown_table(show),
-                reading(table),
-                "## Calibration factors (band stretch per horizon bucket, nearest first) and in-sample coverage",
-                markdown_table(factors)]
-    return publish_report(args.out, "Conformal calibration of the forecast bands", "scripts/calibration_study.py",
-                          sys.argv[1:] if argv is None else argv, sections, markdown_table(show))
+    show = table[
+        [
+            "data",
+            "model",
+            "test_points",
+            "distinct_test_points",
+            "mae",
+            "locf_mae",
+            "cov50_raw",
+            "cov50_cal",
+            "cov90_raw",
+            "cov90_cal",
+            "width90_raw",
+            "width90_cal",
+            "targets (calibrated)",
+        ]
+    ]
+    fit_show = table[
+        [
+            "data",
+            "model",
+            "test_points",
+            "fit_cal_points",
+            "cov50_raw",
+            "cov50_fit",
+            "cov90_raw",
+            "cov90_fit",
+            "width90_fit",
+            "fit_factors50",
+            "fit_factors90",
+            "targets (fit's default bands)",
+        ]
+    ]
+    factors = table[
+        ["data", "model", "cal_points", "factors50", "factors90", "cal50_in_sample", "cal90_in_sample", "fit_s"]
+    ]
+    desc = (
+        "Coverage = fraction of held-out observations inside the band (`raw`: the model's own band; `cal`: "
+        "stretched by the conformal factors fitted on the calibration windows, per horizon bucket of a quarter "
+        "of the horizon). Held-out windows lie after every training and calibration cutoff; their cutoffs are "
+        "6 h (demo) / 1 time unit (synthetic) apart, so windows overlap and one observation is scored from "
+        "several cutoffs (`test_points` rows, `distinct_test_points` observations). MAE in data units, beside "
+        "the LOCF baseline scored by the same code. Training: `--trainer.max_epochs "
+        f"{args.epochs}`, everything else as the config says, 1 CPU thread; {args.num_samples} predictive "
+        "samples (models that sample). Data: "
+        + "; ".join(f"`{k}`: {all_ds[k]['what']}" for k in args.datasets.split(","))
+        + "."
+    )
+    fit_desc = (
+        "The default bands: what `fit` calibrates by itself, on the held-out validation windows of its own "
+        "training data (the last horizon before `T1`, cutoffs a quarter horizon apart; "
+        "`ts_neuralode.api.backtest.fit_calibration`), with no backtest step; scored on the same held-out test "
+        "windows as above (`fit_cal_points`: the points it calibrated on)."
+    )
+    sections = [
+        desc,
+        "## Held-out coverage of the default bands (calibrated by fit)",
+        fit_desc,
+        markdown_table(fit_show),
+        "## Held-out coverage before / after calibration on a separate calibration set",
+        markdown_table(show),
+        reading(table),
+        "## Calibration factors (band stretch per horizon bucket, nearest first) and in-sample coverage",
+        markdown_table(factors),
+    ]
+    return publish_report(
+        args.out,
+        "Conformal calibration of the forecast bands",
+        "scripts/calibration_study.py",
+        sys.argv[1:] if argv is None else argv,
+        sections,
+        markdown_table(show),
+    )
 
 
 if __name__ == "__main__":

@@ -46,12 +46,35 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="check_failures_"))
     try:
-        demo = ["--config", str(ROOT / "configs/demo.yaml"), "--data.path", str(ROOT / "data/demo.csv"),
-                "--trainer.default_root_dir", str(tmp),
-                "--checkpoint_dir", str(tmp / "checkpoints"), "--model_dir", str(tmp / "model"),
-                "--tracking_uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifact_location", str(tmp / "mlartifacts")]
-        rc, *_ = run(["fit", *demo, "--trainer.max_epochs", "1", "--tracking", "false",
-                      "--trainer.enable_progress_bar", "false"], tmp)
+        demo = [
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            "--data.path",
+            str(ROOT / "data/demo.csv"),
+            "--trainer.default_root_dir",
+            str(tmp),
+            "--checkpoint_dir",
+            str(tmp / "checkpoints"),
+            "--model_dir",
+            str(tmp / "model"),
+            "--tracking_uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--artifact_location",
+            str(tmp / "mlartifacts"),
+        ]
+        rc, *_ = run(
+            [
+                "fit",
+                *demo,
+                "--trainer.max_epochs",
+                "1",
+                "--tracking",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+            ],
+            tmp,
+        )
         if rc != 0:
             raise SystemExit("the one-epoch demo fit failed")
         bad = tmp / "bad_model"
@@ -63,15 +86,46 @@ def main() -> int:
         rows = {
             "fit, tracking server down": ["fit", *demo, "--tracking_uri", "http://127.0.0.1:1"],
             "fit, checkpoint dir cannot be created": ["fit", *demo, "--checkpoint_dir", nope],
-            "forecast --out not writable": ["forecast", "--model", str(tmp / "model"), "--data.path", data,
-                                            "--horizon", "2D", "--out", f"{nope}/o.csv"],
-            "forecast --horizon 20000D": ["forecast", "--model", str(tmp / "model"), "--data.path", data,
-                                          "--horizon", "20000D", "--num_points", "5", "--out", str(tmp / "f.csv")],
-            "forecast, weights.pt random bytes": ["forecast", "--model", str(bad), "--data.path", data,
-                                                  "--horizon", "2D", "--out", str(tmp / "f.csv")],
+            "forecast --out not writable": [
+                "forecast",
+                "--model",
+                str(tmp / "model"),
+                "--data.path",
+                data,
+                "--horizon",
+                "2D",
+                "--out",
+                f"{nope}/o.csv",
+            ],
+            "forecast --horizon 20000D": [
+                "forecast",
+                "--model",
+                str(tmp / "model"),
+                "--data.path",
+                data,
+                "--horizon",
+                "20000D",
+                "--num_points",
+                "5",
+                "--out",
+                str(tmp / "f.csv"),
+            ],
+            "forecast, weights.pt random bytes": [
+                "forecast",
+                "--model",
+                str(bad),
+                "--data.path",
+                data,
+                "--horizon",
+                "2D",
+                "--out",
+                str(tmp / "f.csv"),
+            ],
         }
-        table = ["| row | exit | wall s | CPU s | stderr lines | met | the (last) line |",
-                 "|---|---|---|---|---|---|---|"]
+        table = [
+            "| row | exit | wall s | CPU s | stderr lines | met | the (last) line |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, argv in rows.items():
             rc, wall, cpu, n, line = run(argv, tmp)
             ok = "yes" if wall <= TARGET_S and rc == 2 and n == 1 else "NO"
@@ -79,12 +133,20 @@ def main() -> int:
             print(table[-1], file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    note = (f"Each row: a fresh `ts-neuralode` process (most of its time is importing torch, Lightning and MLflow) "
-            f"on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at the end. Target: one line, exit "
-            f"status 2, within {TARGET_S:g} s.")
+    note = (
+        f"Each row: a fresh `ts-neuralode` process (most of its time is importing torch, Lightning and MLflow) "
+        f"on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at the end. Target: one line, exit "
+        f"status 2, within {TARGET_S:g} s."
+    )
     text = "\n".join(table)
-    return publish_report(ROOT / "results/failure_rows.md", "Failures outside the CSV (issue 17)",
-                          "scripts/check_failures.py", sys.argv[1:], [note, text], text)
+    return publish_report(
+        ROOT / "results/failure_rows.md",
+        "Failures outside the CSV (issue 17)",
+        "scripts/check_failures.py",
+        sys.argv[1:],
+        [note, text],
+        text,
+    )
 
 
 if __name__ == "__main__":

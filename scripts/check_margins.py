@@ -73,10 +73,28 @@ def main(argv: list[str] | None = None) -> int:
                 log = Path(tmp) / f"s{seed}_t{th}.jsonl"
                 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so that 2 and 4 threads on
                 # a busy 2-core machine are not slowed down many times over (results do not depend on it)
-                env = dict(os.environ, TS_NEURALODE_TEST_SEED=str(seed), TS_NEURALODE_TEST_THREADS=str(th),
-                           TS_NEURALODE_MARGIN_LOG=str(log), OMP_WAIT_POLICY="PASSIVE")
-                cmd = [sys.executable, "-m", "pytest", "tests", "-m", "margin", "-q", "-p", "no:cacheprovider",
-                       "-o", "addopts=", "-W", "ignore::DeprecationWarning"]
+                env = dict(
+                    os.environ,
+                    TS_NEURALODE_TEST_SEED=str(seed),
+                    TS_NEURALODE_TEST_THREADS=str(th),
+                    TS_NEURALODE_MARGIN_LOG=str(log),
+                    OMP_WAIT_POLICY="PASSIVE",
+                )
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "tests",
+                    "-m",
+                    "margin",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-o",
+                    "addopts=",
+                    "-W",
+                    "ignore::DeprecationWarning",
+                ]
                 if args.k:
                     cmd += ["-k", args.k]
                 t0 = time.time()
@@ -85,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} threads {th}: {tail} ({time.time() - t0:.0f} s)", flush=True)
                 if proc.returncode != 0:
                     failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
-                    failures += [f"seed {seed} threads {th}: {ln}" for ln in failed] or \
-                        [f"seed {seed} threads {th}: pytest exit {proc.returncode}: {proc.stdout[-500:]}"]
+                    failures += [f"seed {seed} threads {th}: {ln}" for ln in failed] or [
+                        f"seed {seed} threads {th}: pytest exit {proc.returncode}: {proc.stdout[-500:]}"
+                    ]
                 if log.is_file():
                     records += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
@@ -102,18 +121,22 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = "python scripts/check_margins.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     lines = [
-        "# Test margins: worst headroom of every float check over seeds and thread counts", "",
-        f"Command: `{cmd}`", "",
+        "# Test margins: worst headroom of every float check over seeds and thread counts",
+        "",
+        f"Command: `{cmd}`",
+        "",
         f"Seeds {args.seeds}, threads {args.threads}; {platform.machine()} {platform.processor() or ''}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"torch {_torch_version()}; {len(records)} checks recorded in {time.time() - started:.0f} s.", "",
+        f"torch {_torch_version()}; {len(records)} checks recorded in {time.time() - started:.0f} s.",
+        "",
         "Headroom = limit / value for an upper bound (value / limit for a lower bound): how many times the measured "
         "value may grow (shrink) before the check fails; for an exact bound checked up to a rounding tolerance "
         "(limit + tol), tol / (value − limit): how many times the rounding excess may grow (∞: the exact bound "
         "holds). 1.0 is the knife edge. Worst = the smallest over all runs.",
         "",
-        "| test | check | worst headroom | at (seed, threads) | value | limit | " +
-        " | ".join(f"worst, {t} thr" for t in threads) + " |",
+        "| test | check | worst headroom | at (seed, threads) | value | limit | "
+        + " | ".join(f"worst, {t} thr" for t in threads)
+        + " |",
         "|---|---|---|---|---|---|" + "---|" * len(threads),
     ]
     low = []
@@ -123,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             low.append(f"{test} {check}: headroom {h:.3g}")
         cols = " | ".join(_fmt(per_threads[(test, check)].get(t)) for t in threads)
         limit = f"{'≥' if r['above'] else '≤'} {r['limit']:.4g}" + (f" + {r['tol']:g}" if r.get("tol") else "")
-        lines.append(f"| {_cell(test.removeprefix('tests/'))} | {_cell(check)} | {_fmt(h)} | "
-                     f"({r['seed']}, {r['threads']}) | {r['value']:.4g} | {limit} | {cols} |")
+        lines.append(
+            f"| {_cell(test.removeprefix('tests/'))} | {_cell(check)} | {_fmt(h)} | "
+            f"({r['seed']}, {r['threads']}) | {r['value']:.4g} | {limit} | {cols} |"
+        )
     lines.append("")
     listed = "" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)
     lines.append(f"Failed runs: {len(failures)}" + listed)

@@ -73,11 +73,11 @@ def true_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
         centres, sd = 2.5 * torch.stack([torch.cos(k), torch.sin(k)], 1), 0.2
     elif name == "checkerboard":
         # uniform on 8 squares of side 1.5 (the support of every sample): area 18
-        return torch.full((len(x),), -math.log(8 * 1.5 ** 2), dtype=torch.float64)
+        return torch.full((len(x),), -math.log(8 * 1.5**2), dtype=torch.float64)
     else:
         raise ValueError(f"unknown density {name!r}")
     d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
-    comp = -0.5 * d2 / sd ** 2 - math.log(2 * math.pi * sd ** 2)
+    comp = -0.5 * d2 / sd**2 - math.log(2 * math.pi * sd**2)
     return torch.logsumexp(comp, 1) - math.log(len(centres))
 
 
@@ -115,8 +115,11 @@ class CNFDynamics(nn.Module):
         self.noise = None
 
     def draw_noise(self, shape, like: torch.Tensor, gen: torch.Generator | None = None):
-        e = torch.randn(shape, generator=gen, dtype=like.dtype) if self.noise_kind == "gaussian" else \
-            torch.randint(0, 2, shape, generator=gen).to(like.dtype) * 2 - 1
+        e = (
+            torch.randn(shape, generator=gen, dtype=like.dtype)
+            if self.noise_kind == "gaussian"
+            else torch.randint(0, 2, shape, generator=gen).to(like.dtype) * 2 - 1
+        )
         self.noise = e.to(like.device)
 
     def forward(self, t, y):
@@ -143,7 +146,7 @@ class CNFDynamics(nn.Module):
 
 
 def std_normal_logp(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (z ** 2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+    return -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
 
 
 def flow(dyn: CNFDynamics, z0: torch.Tensor, t0: float, t1: float, **kw):
@@ -166,7 +169,7 @@ def exact_log_likelihood(field, x, T, tol, batch=2000):
     dyn = CNFDynamics(field, "exact")
     out = []
     for i in range(0, len(x), batch):
-        lp, _ = log_likelihood(dyn, x[i:i + batch], T, method="dopri5", rtol=tol, atol=tol)
+        lp, _ = log_likelihood(dyn, x[i : i + batch], T, method="dopri5", rtol=tol, atol=tol)
         out.append(lp)
     return torch.cat(out)
 
@@ -198,8 +201,10 @@ def analytic_check(T=1.5, n=256, seed=0) -> dict:
     want_l = -T * torch.trace(A)
     want_lp = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), M @ M.T).log_prob(zT)
     got_lp = std_normal_logp(z0) + lT
-    return dict(l_rel_err=float(((lT - want_l).abs() / want_l.abs()).max()),
-                logp_rel_err=float(((got_lp - want_lp).abs() / want_lp.abs()).max()))
+    return dict(
+        l_rel_err=float(((lT - want_l).abs() / want_l.abs()).max()),
+        logp_rel_err=float(((got_lp - want_lp).abs() / want_lp.abs()).max()),
+    )
 
 
 # -- training -------------------------------------------------------------------------------------------------------
@@ -217,8 +222,7 @@ def train_one(name, trace, args, dev, log=print) -> dict:
         with timer():
             if trace == "hutchinson":
                 dyn.draw_noise(tuple(x.shape), x, gen)
-            lp, stats = log_likelihood(dyn, x, args.T, method="dopri5", rtol=args.tol, atol=args.tol,
-                                       adjoint=True)
+            lp, stats = log_likelihood(dyn, x, args.T, method="dopri5", rtol=args.tol, atol=args.tol, adjoint=True)
             loss = -lp.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -228,14 +232,25 @@ def train_one(name, trace, args, dev, log=print) -> dict:
         nfe_b.append(float(torch.as_tensor(stats.backward["n_f_evals"]).float().mean()))
         losses.append(loss.item())
         if (it + 1) % max(1, args.iters // 5) == 0:
-            log(f"    {name}/{trace} iter {it + 1}/{args.iters}  train nll {np.mean(losses[-20:]):.3f}  "
-                f"nfe {nfe_f[-1]:.0f}/{nfe_b[-1]:.0f}")
+            log(
+                f"    {name}/{trace} iter {it + 1}/{args.iters}  train nll {np.mean(losses[-20:]):.3f}  "
+                f"nfe {nfe_f[-1]:.0f}/{nfe_b[-1]:.0f}"
+            )
     xt = sample_data(name, args.n_test, torch.Generator().manual_seed(10_000 + args.seed)).to(dev)
     lp_test = exact_log_likelihood(field, xt, args.T, args.eval_tol)
     true_ll = float(true_log_density(name, xt).mean())
-    return dict(density=name, trace=trace, true_ll=true_ll, test_ll=float(lp_test.mean()),
-                test_ll_se=float(lp_test.std() / math.sqrt(len(lp_test))), nfe_f=float(np.mean(nfe_f)),
-                nfe_b=float(np.mean(nfe_b)), sec_per_iter=timer.total / args.iters, params=n_params(field), field=field)
+    return dict(
+        density=name,
+        trace=trace,
+        true_ll=true_ll,
+        test_ll=float(lp_test.mean()),
+        test_ll_se=float(lp_test.std() / math.sqrt(len(lp_test))),
+        nfe_f=float(np.mean(nfe_f)),
+        nfe_b=float(np.mean(nfe_b)),
+        sec_per_iter=timer.total / args.iters,
+        params=n_params(field),
+        field=field,
+    )
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------
@@ -259,8 +274,9 @@ def plot_density(name, fields: dict, args, dev, path: Path):
         axes[1 + 2 * j].imshow(dens.numpy(), origin="lower", extent=[-lim, lim, -lim, lim], cmap="viridis")
         axes[1 + 2 * j].set_title(f"density ({trace})", fontsize=8)
         xs = sample(field, args.n_plot, args.T, args.eval_tol, dev, torch.Generator().manual_seed(30_000)).cpu()
-        axes[2 + 2 * j].hist2d(xs[:, 0].numpy(), xs[:, 1].numpy(), bins=80, range=[[-lim, lim], [-lim, lim]],
-                               cmap="viridis")
+        axes[2 + 2 * j].hist2d(
+            xs[:, 0].numpy(), xs[:, 1].numpy(), bins=80, range=[[-lim, lim], [-lim, lim]], cmap="viridis"
+        )
         axes[2 + 2 * j].set_title(f"samples ({trace})", fontsize=8)
     for a in axes:
         a.set_xticks([])
@@ -315,15 +331,32 @@ def main(argv=None) -> dict:
     total = time.perf_counter() - t_start
     sizes = {png: (out_dir / png).stat().st_size for png in pngs}
     targets = dict(
-        analytic=dict(target="linear field: log-density change and log p match the analytic answer, rtol 1e-5",
-                      measured=f"max relative error {max(check.values()):.1e}", met=max(check.values()) <= 1e-5),
-        runtime=dict(target="run time <= ~5 min on 1 CPU thread (the aim for the default settings)",
-                     measured=f"{total:.0f} s", met=total <= 330),
-        png_size=dict(target="PNGs < 200 KB", measured=", ".join(f"{k} {v / 1024:.0f} KB" for k, v in sizes.items()),
-                      met=all(v < 200_000 for v in sizes.values())),
+        analytic=dict(
+            target="linear field: log-density change and log p match the analytic answer, rtol 1e-5",
+            measured=f"max relative error {max(check.values()):.1e}",
+            met=max(check.values()) <= 1e-5,
+        ),
+        runtime=dict(
+            target="run time <= ~5 min on 1 CPU thread (the aim for the default settings)",
+            measured=f"{total:.0f} s",
+            met=total <= 330,
+        ),
+        png_size=dict(
+            target="PNGs < 200 KB",
+            measured=", ".join(f"{k} {v / 1024:.0f} KB" for k, v in sizes.items()),
+            met=all(v < 200_000 for v in sizes.values()),
+        ),
     )
-    result = dict(command=command_line(argv), rows=rows, pngs=pngs, seconds=total, device=str(dev),
-                  threads=args.threads, analytic=check, targets=targets)
+    result = dict(
+        command=command_line(argv),
+        rows=rows,
+        pngs=pngs,
+        seconds=total,
+        device=str(dev),
+        threads=args.threads,
+        analytic=check,
+        targets=targets,
+    )
     (out_dir / "cnf.json").write_text(json.dumps(result, indent=1))
     write_page(out_dir / "cnf.md", result, args)
     print(f"wrote {out_dir / 'cnf.md'} ({total:.0f} s)")
@@ -331,38 +364,50 @@ def main(argv=None) -> dict:
 
 
 def write_page(path, res, args):
-    L = ["# Continuous normalising flow on 2-D toy densities (issue 16)\n", "```", res["command"], "```\n",
-         f"Device {res['device']}, {res['threads']} CPU thread(s). Field: MLP [z, t] -> {args.layers}x{args.hidden} "
-         f"tanh -> 2 ({res['rows'][0]['params']:,} parameters); flow time T = {args.T:g}; {args.iters} Adam "
-         f"iterations (lr {args.lr:g}, cosine to lr/10), batch {args.batch} fresh samples each; dopri5 rtol = atol = "
-         f"{args.tol:g} in training, gradients by the adjoint (backsolve); Hutchinson noise: {args.noise}. Test "
-         f"log-likelihood: mean over {args.n_test} fresh samples (± standard error), exact trace, dopri5 tolerance "
-         f"{args.eval_tol:g}. Times are wall-clock on a machine shared with other jobs: differences under ~30% "
-         f"between rows are noise. Total run time {res['seconds']:.0f} s.\n",
-         "| density | training trace | test log-likelihood (nats) | true density's LL on the same points | NFE fwd | "
-         "NFE bwd | bwd/fwd | s / iteration |",
-         "|---|---|---|---|---|---|---|---|"]
+    L = [
+        "# Continuous normalising flow on 2-D toy densities (issue 16)\n",
+        "```",
+        res["command"],
+        "```\n",
+        f"Device {res['device']}, {res['threads']} CPU thread(s). Field: MLP [z, t] -> {args.layers}x{args.hidden} "
+        f"tanh -> 2 ({res['rows'][0]['params']:,} parameters); flow time T = {args.T:g}; {args.iters} Adam "
+        f"iterations (lr {args.lr:g}, cosine to lr/10), batch {args.batch} fresh samples each; dopri5 rtol = atol = "
+        f"{args.tol:g} in training, gradients by the adjoint (backsolve); Hutchinson noise: {args.noise}. Test "
+        f"log-likelihood: mean over {args.n_test} fresh samples (± standard error), exact trace, dopri5 tolerance "
+        f"{args.eval_tol:g}. Times are wall-clock on a machine shared with other jobs: differences under ~30% "
+        f"between rows are noise. Total run time {res['seconds']:.0f} s.\n",
+        "| density | training trace | test log-likelihood (nats) | true density's LL on the same points | NFE fwd | "
+        "NFE bwd | bwd/fwd | s / iteration |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
-        L.append(f"| {r['density']} | {r['trace']} | {r['test_ll']:.3f} ± {r['test_ll_se']:.3f} | "
-                 f"{r['true_ll']:.3f} | "
-                 f"{r['nfe_f']:.1f} | "
-                 f"{r['nfe_b']:.1f} | {r['nfe_b'] / r['nfe_f']:.2f} | {r['sec_per_iter']:.3f} |")
-    L += ["", "NFE: evaluations of the augmented field per sample per iteration, mean over training (forward solve; "
-          "backward = the adjoint's backward solve, one vector-Jacobian product of the augmented field per "
-          "evaluation). Each evaluation of the exact-trace field costs D = 2 vector-Jacobian products against one for "
-          "Hutchinson, so in 2-D the saving per evaluation is at most 2x; the estimator's noise can also change the "
-          "step counts. The true density's log-likelihood (the generating density of the test points: analytic for "
-          "the eight Gaussians and the checkerboard, quadrature over the angle for the moons) is the ceiling; the "
-          "gap to it is what the flow has not learned in its iterations.\n",
-          "Checks (tests/test_classics.py): for a linear field f(z) = Az the integrated log-density change equals "
-          "-T tr(A) and the flow's log p matches the Gaussian change of variables (float64, rtol 1e-5); the "
-          "Hutchinson estimate averages to tr(A) for both noises; the adjoint gradient of the log-likelihood "
-          "(a double backward through the trace) matches backpropagation through the solver.\n",
-          "Learned density and samples beside the data (left: a 2-D histogram of the data):\n"]
+        L.append(
+            f"| {r['density']} | {r['trace']} | {r['test_ll']:.3f} ± {r['test_ll_se']:.3f} | "
+            f"{r['true_ll']:.3f} | "
+            f"{r['nfe_f']:.1f} | "
+            f"{r['nfe_b']:.1f} | {r['nfe_b'] / r['nfe_f']:.2f} | {r['sec_per_iter']:.3f} |"
+        )
+    L += [
+        "",
+        "NFE: evaluations of the augmented field per sample per iteration, mean over training (forward solve; "
+        "backward = the adjoint's backward solve, one vector-Jacobian product of the augmented field per "
+        "evaluation). Each evaluation of the exact-trace field costs D = 2 vector-Jacobian products against one for "
+        "Hutchinson, so in 2-D the saving per evaluation is at most 2x; the estimator's noise can also change the "
+        "step counts. The true density's log-likelihood (the generating density of the test points: analytic for "
+        "the eight Gaussians and the checkerboard, quadrature over the angle for the moons) is the ceiling; the "
+        "gap to it is what the flow has not learned in its iterations.\n",
+        "Checks (tests/test_classics.py): for a linear field f(z) = Az the integrated log-density change equals "
+        "-T tr(A) and the flow's log p matches the Gaussian change of variables (float64, rtol 1e-5); the "
+        "Hutchinson estimate averages to tr(A) for both noises; the adjoint gradient of the log-likelihood "
+        "(a double backward through the trace) matches backpropagation through the solver.\n",
+        "Learned density and samples beside the data (left: a 2-D histogram of the data):\n",
+    ]
     L += [f"![{p}]({p})" for p in res["pngs"]]
     L += ["", "## Targets\n"]
-    L += [f"- {k}: {t['target']} — measured {t['measured']}: **{'met' if t['met'] else 'NOT met'}**"
-          for k, t in res["targets"].items()]
+    L += [
+        f"- {k}: {t['target']} — measured {t['measured']}: **{'met' if t['met'] else 'NOT met'}**"
+        for k, t in res["targets"].items()
+    ]
     Path(path).write_text("\n".join(L) + "\n")
 
 

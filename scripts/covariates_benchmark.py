@@ -47,22 +47,47 @@ MODELS = {
 
 def run(name: str, spec: dict, df, with_cov: bool, args) -> dict:
     pl.seed_everything(args.seed, verbose=False)
-    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", cut=0.5, batch_size=50, seed=args.seed,
-                                       layout="padded",
-                                       future_cols=["rate"] if with_cov else None)
-    module = ForecastingModule(**spec, input_dim=dm.num_channels, latent_dim=16, hidden_dim=32, lr=1e-2,
-                               lr_schedule="cosine", baselines=["locf", "mean"], covariates=dm.covariates)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                         num_sanity_val_steps=0, limit_val_batches=0)
+    dm = IrregularTimeSeriesDataModule(
+        df=df,
+        task="extrapolation",
+        cut=0.5,
+        batch_size=50,
+        seed=args.seed,
+        layout="padded",
+        future_cols=["rate"] if with_cov else None,
+    )
+    module = ForecastingModule(
+        **spec,
+        input_dim=dm.num_channels,
+        latent_dim=16,
+        hidden_dim=32,
+        lr=1e-2,
+        lr_schedule="cosine",
+        baselines=["locf", "mean"],
+        covariates=dm.covariates,
+    )
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_s = time.perf_counter() - t0
     res = trainer.test(module, datamodule=dm, verbose=False)[0]
     out = {k: float(res[f"test_extrap_mse{s}"]) for k, s in (("model", ""), ("locf", "_locf"), ("mean", "_mean"))}
     out["fit_s"] = fit_s
-    print(f"{name:28s} covariate={with_cov!s:5s} extrap MSE {out['model']:.4f}  LOCF {out['locf']:.4f}  "
-          f"mean {out['mean']:.4f}  ({fit_s:.0f} s)", file=sys.stderr)
+    print(
+        f"{name:28s} covariate={with_cov!s:5s} extrap MSE {out['model']:.4f}  LOCF {out['locf']:.4f}  "
+        f"mean {out['mean']:.4f}  ({fit_s:.0f} s)",
+        file=sys.stderr,
+    )
     return out
 
 
@@ -81,21 +106,31 @@ def main(argv: list[str] | None = None) -> int:
         without = run(name, MODELS[name], df, False, args)
         with_ = run(name, MODELS[name], df, True, args)
         rows.append((name, with_, without))
-    table = ["| model | extrap MSE with `rate` | without | ratio without / with | LOCF | mean | fit s (with / without) "
-             "|",
-             "|---|---|---|---|---|---|---|"]
+    table = [
+        "| model | extrap MSE with `rate` | without | ratio without / with | LOCF | mean | fit s (with / without) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, w, wo in rows:
-        table.append(f"| {name} | {w['model']:.4f} | {wo['model']:.4f} | {wo['model'] / w['model']:.1f}× | "
-                     f"{w['locf']:.4f} | {w['mean']:.4f} | {w['fit_s']:.0f} / {wo['fit_s']:.0f} |")
-    settings = (f"Settings: `pk` data, {args.n_series} series × 40 observations (seed {args.seed}), extrapolation "
-                f"(cut at half of each series' span), 60/20/20 split by series, {args.epochs} epochs, batch 50, Adam "
-                f"lr 1e-2 cosine, gradient clip 1, state 16, hidden 32, {args.threads} torch thread(s), last-epoch "
-                "weights. MSE in standardised units on the test series' points after the cut; LOCF and mean scored "
-                "by the same test step on the same batches (they do not depend on the covariate).")
+        table.append(
+            f"| {name} | {w['model']:.4f} | {wo['model']:.4f} | {wo['model'] / w['model']:.1f}× | "
+            f"{w['locf']:.4f} | {w['mean']:.4f} | {w['fit_s']:.0f} / {wo['fit_s']:.0f} |"
+        )
+    settings = (
+        f"Settings: `pk` data, {args.n_series} series × 40 observations (seed {args.seed}), extrapolation "
+        f"(cut at half of each series' span), 60/20/20 split by series, {args.epochs} epochs, batch 50, Adam "
+        f"lr 1e-2 cosine, gradient clip 1, state 16, hidden 32, {args.threads} torch thread(s), last-epoch "
+        "weights. MSE in standardised units on the test series' points after the cut; LOCF and mean scored "
+        "by the same test step on the same batches (they do not depend on the covariate)."
+    )
     text = "\n".join(table)
-    return publish_report(args.out, "Known-future covariates: with vs without the driving input",
-                          "scripts/covariates_benchmark.py",
-                          sys.argv[1:] if argv is None else argv, [settings, text], text)
+    return publish_report(
+        args.out,
+        "Known-future covariates: with vs without the driving input",
+        "scripts/covariates_benchmark.py",
+        sys.argv[1:] if argv is None else argv,
+        [settings, text],
+        text,
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,15 @@ def main() -> int:
     first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
     t = pb.raw_time(raw, ds, origin)
     train = raw[t <= raw["unique_id"].map(first).to_numpy(dtype=float) + 1e-9]
-    opts = {"task": "forecast", "val_fraction": 0.2, "test_fraction": 0.0, "season": None, "context": None,
-            "calendar": None, **ds.options}
+    opts = {
+        "task": "forecast",
+        "val_fraction": 0.2,
+        "test_fraction": 0.0,
+        "season": None,
+        "context": None,
+        "calendar": None,
+        **ds.options,
+    }
     trainer = {"max_epochs": args.epochs, "enable_progress_bar": False, "enable_model_summary": False}
 
     def backtest(fc, calibrated=False):
@@ -79,24 +86,41 @@ def main() -> int:
             return fc.cross_validation(raw, ds.horizon_arg, cutoffs=stamps, **kw)
         return fc.cross_validation(raw, ds.horizon_arg, n_windows=args.cutoffs, step=ds.step, **kw)
 
-    lines = ["| model | configuration | correction weight | has calibration | 90% factors | scaled MAE | "
-             "cov90 own bands | cov90 calibrated |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | configuration | correction weight | has calibration | 90% factors | scaled MAE | "
+        "cov90 own bands | cov90 calibrated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        fc = Forecaster.fit(train, "auto", budget=args.budget, data_options=opts, trainer=trainer,
-                            output_dir=Path(tmp) / "auto", tracking=False, log_model=False, seed=0,
-                            storage=f"sqlite:///{Path(tmp) / 'study.db'}")
-        print(f"auto fit {time.perf_counter() - t0:.0f}s; best trial {fc.fit_info['best_trial']}: "
-              f"{fc.fit_info['params']}", file=sys.stderr)
+        fc = Forecaster.fit(
+            train,
+            "auto",
+            budget=args.budget,
+            data_options=opts,
+            trainer=trainer,
+            output_dir=Path(tmp) / "auto",
+            tracking=False,
+            log_model=False,
+            seed=0,
+            storage=f"sqlite:///{Path(tmp) / 'study.db'}",
+        )
+        print(
+            f"auto fit {time.perf_counter() - t0:.0f}s; best trial {fc.fit_info['best_trial']}: "
+            f"{fc.fit_info['params']}",
+            file=sys.stderr,
+        )
 
         def row(label, what, f):
             cv = backtest(f)
             cal = getattr(f, "calibration", None)
             f90 = (cal or {}).get("factors", {}).get("90")
             cov_cal = f"{coverage(backtest(f, True), f.name):.3f}" if cal is not None else "—"
-            lines.append(f"| {label} | {what} | {correction_weight(f)} | {'yes' if cal else 'no'} | "
-                         f"{'—' if not f90 else ' '.join(f'{x:.2f}' for x in f90)} | {scaled_mae(cv, f.name):.3f} | "
-                         f"{coverage(cv, f.name):.3f} | {cov_cal} |")
+            lines.append(
+                f"| {label} | {what} | {correction_weight(f)} | {'yes' if cal else 'no'} | "
+                f"{'—' if not f90 else ' '.join(f'{x:.2f}' for x in f90)} | {scaled_mae(cv, f.name):.3f} | "
+                f"{coverage(cv, f.name):.3f} | {cov_cal} |"
+            )
 
         from ts_neuralode.api.model_choice_space import describe
 
@@ -107,8 +131,11 @@ def main() -> int:
         for tr in study.trials:
             mdir = Path(tmp) / "auto" / "trials" / f"trial_{tr.number:04d}" / "model"
             if mdir.is_dir():
-                row(f"trial {tr.number} ({tr.user_attrs.get('outcome')}, val {tr.value})", describe(tr.params),
-                    Forecaster.load(mdir))
+                row(
+                    f"trial {tr.number} ({tr.user_attrs.get('outcome')}, val {tr.value})",
+                    describe(tr.params),
+                    Forecaster.load(mdir),
+                )
     print("\n".join(lines))
     return 0
 

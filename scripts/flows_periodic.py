@@ -79,15 +79,31 @@ def probe(kind: str, options: dict, steps: int = 400, seed: int = 0) -> float:
         return float(((dec(evo(enc(x), t)).squeeze(-1) - y) ** 2).mean())
 
 
-def benchmark(models: tuple[str, ...], options: dict, n_series: int, epochs: int, seed: int, threads: int,
-              baselines: bool):
+def benchmark(
+    models: tuple[str, ...], options: dict, n_series: int, epochs: int, seed: int, threads: int, baselines: bool
+):
     """One run of the periodic interpolation protocol; the result table indexed by model."""
     overrides = {m: {"evolution": dict(options)} for m in models if options}
     cfg = BenchmarkConfig(
-        dataset="periodic", n_series=n_series, n_points=100, models=models, task="interpolation", obs_fraction=0.5,
-        extrap_obs_fraction=0.5, cut=0.5, layout="union", scaler="none", time_scale=1.0, epochs=epochs,
-        batch_size=50, seed=0, train_seed=seed, threads=threads, latency_reps=1,
-        baselines=None if baselines else (), model_overrides=overrides,
+        dataset="periodic",
+        n_series=n_series,
+        n_points=100,
+        models=models,
+        task="interpolation",
+        obs_fraction=0.5,
+        extrap_obs_fraction=0.5,
+        cut=0.5,
+        layout="union",
+        scaler="none",
+        time_scale=1.0,
+        epochs=epochs,
+        batch_size=50,
+        seed=0,
+        train_seed=seed,
+        threads=threads,
+        latency_reps=1,
+        baselines=None if baselines else (),
+        model_overrides=overrides,
         model_options={"latent_dim": 10, "lr": 1e-2, "lr_schedule": "cosine"},
     )
     result = run_benchmark(cfg, progress=False)
@@ -108,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: probe, benchmark, ode")
-    p.add_argument("--probe_steps", type=int, default=400,
-                   help="Adam steps of the probe (400; 240 = the benchmark's budget, rows part 'probe240')")
+    p.add_argument(
+        "--probe_steps",
+        type=int,
+        default=400,
+        help="Adam steps of the probe (400; 240 = the benchmark's budget, rows part 'probe240')",
+    )
     p.add_argument("--render_only", action="store_true", help="only write the page from the CSV of earlier runs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,25 +159,50 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 table, desc = benchmark(("latent_ode_dopri5",), {}, n_series, epochs, seed, args.threads, True)
                 for name in table.index:
-                    record({"part": "benchmark", "variant": "—", "model": name, "seed": seed,
+                    record(
+                        {
+                            "part": "benchmark",
+                            "variant": "—",
+                            "model": name,
+                            "seed": seed,
                             "interp_mse": float(table.loc[name, "interp_mse"]),
-                            "epoch_s": float(table.loc[name, "epoch_time_s"]), "setting": desc})
+                            "epoch_s": float(table.loc[name, "epoch_time_s"]),
+                            "setting": desc,
+                        }
+                    )
         for variant in variants:
             for kind in kinds:
                 for seed in seeds:
-                    table, desc = benchmark((f"latent_{kind}",), VARIANTS[variant], n_series, epochs, seed,
-                                            args.threads, False)
-                    record({"part": "benchmark", "variant": variant, "model": f"latent_{kind}", "seed": seed,
+                    table, desc = benchmark(
+                        (f"latent_{kind}",), VARIANTS[variant], n_series, epochs, seed, args.threads, False
+                    )
+                    record(
+                        {
+                            "part": "benchmark",
+                            "variant": variant,
+                            "model": f"latent_{kind}",
+                            "seed": seed,
                             "interp_mse": float(table.iloc[0]["interp_mse"]),
-                            "epoch_s": float(table.iloc[0]["epoch_time_s"]), "setting": desc})
+                            "epoch_s": float(table.iloc[0]["epoch_time_s"]),
+                            "setting": desc,
+                        }
+                    )
     if "probe" not in skip:
         for variant in variants:
             for kind in kinds:
                 t0 = time.perf_counter()
                 mse = probe(kind, VARIANTS[variant], steps=args.probe_steps)
                 part = "probe" if args.probe_steps == 400 else f"probe{args.probe_steps}"
-                record({"part": part, "variant": variant, "model": kind, "seed": 0, "interp_mse": mse,
-                        "epoch_s": time.perf_counter() - t0})
+                record(
+                    {
+                        "part": part,
+                        "variant": variant,
+                        "model": kind,
+                        "seed": 0,
+                        "interp_mse": mse,
+                        "epoch_s": time.perf_counter() - t0,
+                    }
+                )
     return report(args, argv, csv, desc, variants, kinds)
 
 
@@ -167,10 +212,12 @@ def report(args, argv, csv: Path, desc, variants, kinds) -> int:
     if not desc and "setting" in df and df["setting"].notna().any():
         desc = str(df["setting"].dropna().iloc[-1])
     d = EvolutionConfig()
-    defaults = (f"Package defaults of the flow options (EvolutionConfig): time_embedding {d.time_embedding!r}, "
-                f"time_embedding_features {d.time_embedding_features}, time_input_features {d.time_input_features}, "
-                f"flow_layers {d.flow_layers}, num_layers "
-                f"{d.num_layers}, coeff {d.coeff}; hidden_dim 64 (the model's).")
+    defaults = (
+        f"Package defaults of the flow options (EvolutionConfig): time_embedding {d.time_embedding!r}, "
+        f"time_embedding_features {d.time_embedding_features}, time_input_features {d.time_input_features}, "
+        f"flow_layers {d.flow_layers}, num_layers "
+        f"{d.num_layers}, coeff {d.coeff}; hidden_dim 64 (the model's)."
+    )
     sections = [defaults]
     shown = ""
     bench = df[df["part"] == "benchmark"] if len(df) else df
@@ -179,39 +226,59 @@ def report(args, argv, csv: Path, desc, variants, kinds) -> int:
         cell = lambda r: _f(r["median"]) if r["count"] == 1 else f"{_f(r['median'])} ({_f(r['min'])}–{_f(r['max'])})"  # noqa: E731
         ref = {m: cell(med.loc[("—", m)]) for v, m in med.index if v == "—"}
         ode = ref.get("latent_ode_dopri5", "—")
-        lines = ["| variant | " + " | ".join(f"latent_{k}" for k in kinds) + " | latent ODE (dopri5) |",
-                 "|---|" + "---|" * (len(kinds) + 1)]
+        lines = [
+            "| variant | " + " | ".join(f"latent_{k}" for k in kinds) + " | latent ODE (dopri5) |",
+            "|---|" + "---|" * (len(kinds) + 1),
+        ]
         for v in variants:
             vals = [cell(med.loc[(v, f"latent_{k}")]) if (v, f"latent_{k}") in med.index else "—" for k in kinds]
-            lines.append(f"| {v} {json.dumps(VARIANTS[v]) if VARIANTS[v] else ''} | " + " | ".join(vals)
-                         + f" | {ode} |")
+            lines.append(
+                f"| {v} {json.dumps(VARIANTS[v]) if VARIANTS[v] else ''} | " + " | ".join(vals) + f" | {ode} |"
+            )
         base = ", ".join(f"{m} {ref[m]}" for m in ("locf", "mean", "linear") if m in ref)
         shown = "\n".join(lines)
-        sections += [f"**Benchmark: interpolation test MSE at {args.epochs or (5 if args.quick else 20)} epochs** "
-                     f"(median (range) over the training seeds run). {desc} Naive baselines, same points: "
-                     f"{base}.", shown]
-    parts = sorted({p for p in df["part"].unique() if str(p).startswith("probe")}, key=lambda p: (p != "probe", p)) \
-        if len(df) else []
+        sections += [
+            f"**Benchmark: interpolation test MSE at {args.epochs or (5 if args.quick else 20)} epochs** "
+            f"(median (range) over the training seeds run). {desc} Naive baselines, same points: "
+            f"{base}.",
+            shown,
+        ]
+    parts = (
+        sorted({p for p in df["part"].unique() if str(p).startswith("probe")}, key=lambda p: (p != "probe", p))
+        if len(df)
+        else []
+    )
     for part in parts:
         probe_rows = df[df["part"] == part]
         cols = [*kinds, *(["ode"] if "ode" not in kinds and (probe_rows.model == "ode").any() else [])]
-        steps = 400 if part == "probe" else int(part[len("probe"):])
-        lines = ["| variant | " + " | ".join("latent ODE's decoder (dopri5)" if k == "ode" else k for k in cols) + " |",
-                 "|---|" + "---|" * len(cols)]
+        steps = 400 if part == "probe" else int(part[len("probe") :])
+        lines = [
+            "| variant | " + " | ".join("latent ODE's decoder (dopri5)" if k == "ode" else k for k in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
         for v in variants:
             sel = {k: probe_rows[(probe_rows.variant == v) & (probe_rows.model == k)] for k in cols}
             if not any(len(r) for r in sel.values()):
                 continue
             vals = [_f(float(r["interp_mse"].iloc[0])) if len(r) else "—" for r in sel.values()]
             lines.append(f"| {v} | " + " | ".join(vals) + " |")
-        sections += [f"**Probe: MSE of the flow fitted directly with z0 from the true (frequency, offset), {steps} "
-                     f"Adam "
-                     "steps** (no encoder; variance of the sine part 0.5)"
-                     + (" — the benchmark's own budget of optimizer steps." if steps == 240 else "."), "\n".join(lines)]
+        sections += [
+            f"**Probe: MSE of the flow fitted directly with z0 from the true (frequency, offset), {steps} "
+            f"Adam "
+            "steps** (no encoder; variance of the sine part 0.5)"
+            + (" — the benchmark's own budget of optimizer steps." if steps == 240 else "."),
+            "\n".join(lines),
+        ]
         shown = shown + "\n\n" + "\n".join(lines)
     sections.append(f"Device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s).")
-    return publish_report(args.out, "Latent flows on the periodic set: what makes them learn each series' frequency",
-                          "scripts/flows_periodic.py", argv, sections, shown)
+    return publish_report(
+        args.out,
+        "Latent flows on the periodic set: what makes them learn each series' frequency",
+        "scripts/flows_periodic.py",
+        argv,
+        sections,
+        shown,
+    )
 
 
 if __name__ == "__main__":

@@ -97,9 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     df = generate("periodic", n_series=a.n_series, n_points=100, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dm = IrregularTimeSeriesDataModule(df=df, task="interpolation", obs_fraction=0.5, cut=0.5,
-                                           extrap_obs_fraction=0.5, layout="union", batch_size=50, seed=0,
-                                           scaler="none", time_scale=1.0)
+        dm = IrregularTimeSeriesDataModule(
+            df=df,
+            task="interpolation",
+            obs_fraction=0.5,
+            cut=0.5,
+            extrap_obs_fraction=0.5,
+            layout="union",
+            batch_size=50,
+            seed=0,
+            scaler="none",
+            time_scale=1.0,
+        )
         dm.setup()
     torch.manual_seed(a.seed)
     evo = {"kind": a.kind, **options(a.evo)}
@@ -142,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        row = {**tag, "epoch": epoch, "train_loss": round(sum(losses) / len(losses), 2),
-               "test_interp_mse": round(test_interp_mse(), 4), "epoch_s": round(time.perf_counter() - t0, 1)}
+        row = {
+            **tag,
+            "epoch": epoch,
+            "train_loss": round(sum(losses) / len(losses), 2),
+            "test_interp_mse": round(test_interp_mse(), 4),
+            "epoch_s": round(time.perf_counter() - t0, 1),
+        }
         if a.diag:
             r2, std = frequency_r2(model, dm.train_dataloader())
             row.update(freq_r2=round(r2, 3), posterior_std=round(std, 3))

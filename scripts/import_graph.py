@@ -48,7 +48,8 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _resolve(name: str, known: dict[str, Path]) -> str | None:
@@ -83,8 +84,9 @@ def edges(root: Path = ROOT) -> list[Edge]:
                     else:
                         prefix = child.module or ""
                     if prefix.split(".")[0] == PACKAGE:
-                        targets = [f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in known else prefix
-                                   for a in child.names]
+                        targets = [
+                            f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in known else prefix for a in child.names
+                        ]
                 for t in targets:
                     target = _resolve(t, known)
                     if target and target != mod:
@@ -143,8 +145,10 @@ def layers(root: Path = ROOT) -> list[list[str]]:
     for contract in cfg.get("tool", {}).get("importlinter", {}).get("contracts", []):
         if contract.get("type") == "layers":
             container = (contract.get("containers") or [""])[0]
-            return [[f"{container}.{m.strip()}" if container else m.strip() for m in layer.split("|")]
-                     for layer in contract["layers"]]
+            return [
+                [f"{container}.{m.strip()}" if container else m.strip() for m in layer.split("|")]
+                for layer in contract["layers"]
+            ]
     return []
 
 

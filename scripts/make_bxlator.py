@@ -35,12 +35,14 @@ def convert(raw: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(f"the BXLator CSV lacks the columns {missing}; expected {COLUMNS} (+ Cov)")
-    out = pd.DataFrame({
-        "unique_id": [f"bxl_{int(i):04d}" for i in raw["ID"]],
-        "ds": raw["Time"].astype(float).round(6),
-        "x1": raw["Value_1"].where(raw["Mask_1"] > 0, np.nan),
-        "x2": raw["Value_2"].where(raw["Mask_2"] > 0, np.nan),
-    })
+    out = pd.DataFrame(
+        {
+            "unique_id": [f"bxl_{int(i):04d}" for i in raw["ID"]],
+            "ds": raw["Time"].astype(float).round(6),
+            "x1": raw["Value_1"].where(raw["Mask_1"] > 0, np.nan),
+            "x2": raw["Value_2"].where(raw["Mask_2"] > 0, np.nan),
+        }
+    )
     out = out[out[["x1", "x2"]].notna().any(axis=1)]
     return out.sort_values(["unique_id", "ds"], kind="mergesort").reset_index(drop=True)
 
@@ -50,8 +52,9 @@ def read_source(src: str | None, git_dir: str | None) -> pd.DataFrame:
         raise ValueError("pass exactly one of --src PATH (the BXLator.csv file) or --git-dir DIR (the repository)")
     if src is not None:
         return pd.read_csv(src)
-    text = subprocess.run(["git", "--git-dir", git_dir, "show", f"HEAD:{GIT_PATH}"], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["git", "--git-dir", git_dir, "show", f"HEAD:{GIT_PATH}"], check=True, capture_output=True, text=True
+    ).stdout
     return pd.read_csv(io.StringIO(text))
 
 

@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import dm_control  # noqa: F401
     except ImportError:
-        print("error: dm_control is not installed; install the optional extra with `pip install .[mujoco]` "
-              "(or `pip install dm_control`) and rerun", file=sys.stderr)
+        print(
+            "error: dm_control is not installed; install the optional extra with `pip install .[mujoco]` "
+            "(or `pip install dm_control`) and rerun",
+            file=sys.stderr,
+        )
         return 2
     import pandas as pd
 

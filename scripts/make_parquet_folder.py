@@ -24,8 +24,15 @@ from pathlib import Path
 import numpy as np
 
 
-def write_folder(out: str | os.PathLike, n_series: int, n_points: int, name: str = "double_ou",
-                 series_per_file: int = 10_000, buckets: int = 4, seed: int = 0) -> dict:
+def write_folder(
+    out: str | os.PathLike,
+    n_series: int,
+    n_points: int,
+    name: str = "double_ou",
+    series_per_file: int = 10_000,
+    buckets: int = 4,
+    seed: int = 0,
+) -> dict:
     """Write the folder; returns ``{"files": F, "series": S, "rows": N}``."""
     from ts_neuralode.data.generators import generate
 
@@ -65,8 +72,10 @@ def main(argv=None) -> int:
         shutil.rmtree(a.out)
     t0 = time.perf_counter()
     info = write_folder(a.out, a.n_series, a.n_points, a.name, a.series_per_file, a.buckets, a.seed)
-    print(f"wrote {a.out}: {info['series']} series, {info['rows']} rows in {info['files']} part files "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"wrote {a.out}: {info['series']} series, {info['rows']} rows in {info['files']} part files "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 

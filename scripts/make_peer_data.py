@@ -32,8 +32,13 @@ def elnino(keep: float = 0.7, seed: int = 0) -> pd.DataFrame:
 
     wide = sm.datasets.elnino.load_pandas().data
     long = wide.melt(id_vars="YEAR", value_vars=MONTHS, var_name="month", value_name="y")
-    long["ds"] = pd.to_datetime({"year": long["YEAR"].astype(int), "month": long["month"].map(
-        {m: i + 1 for i, m in enumerate(MONTHS)}), "day": 1})
+    long["ds"] = pd.to_datetime(
+        {
+            "year": long["YEAR"].astype(int),
+            "month": long["month"].map({m: i + 1 for i, m in enumerate(MONTHS)}),
+            "day": 1,
+        }
+    )
     long = long.dropna(subset=["y"]).sort_values("ds").reset_index(drop=True)
     mask = np.random.default_rng(seed).random(len(long)) < keep
     out = long[mask]
@@ -47,8 +52,14 @@ def chickweight(keep: float = 0.75, seed: int = 1) -> pd.DataFrame:
     d = d.assign(unique_id=[f"chick_{int(c):02d}" for c in d["Chick"]]).sort_values(["unique_id", "Time"])
     mask = (np.random.default_rng(seed).random(len(d)) < keep) | (d["Time"].to_numpy() == 0)
     d = d[mask]
-    return pd.DataFrame({"unique_id": d["unique_id"].to_numpy(), "ds": d["Time"].astype(float).to_numpy(),
-                         "y": d["weight"].astype(float).to_numpy(), "diet": d["Diet"].astype(int).to_numpy()})
+    return pd.DataFrame(
+        {
+            "unique_id": d["unique_id"].to_numpy(),
+            "ds": d["Time"].astype(float).to_numpy(),
+            "y": d["weight"].astype(float).to_numpy(),
+            "diet": d["Diet"].astype(int).to_numpy(),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,8 +89,11 @@ def child(out_json: str, argv: list[str]) -> int:
 
     def fit_end(trainer):
         rec["fit_end"] = now()
-        rec["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                          if k in ("val_loss", "val_mse", "train_loss", "val_nfe", "nfe")}
+        rec["metrics"] = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k in ("val_loss", "val_mse", "train_loss", "val_nfe", "nfe")
+        }
         rec["world_size"] = trainer.world_size
 
     hook("on_train_epoch_start", lambda trainer: rec.setdefault("train_start", now()))
@@ -121,12 +124,24 @@ def load1() -> float:
 
 def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
     """One fresh process (two for DDP) running the fit; returns the rank-0 record with wall time and loads."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                            "TS_NEURALODE_THREADS", "TS_NEURALODE_THREADS_CHOSEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TS_NEURALODE_THREADS", "TS_NEURALODE_THREADS_CHOSEN")
+    }
     env["PYTHONPATH"] = str(src)
     env["PYTHONWARNINGS"] = "ignore"
-    fit = ["fit", "--config", str(ROOT / "configs" / "ode_rnn.yaml"), "--data.path", str(csv),
-           "--trainer.max_epochs", "1", "--tracking", "false"]
+    fit = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "ode_rnn.yaml"),
+        "--data.path",
+        str(csv),
+        "--trainer.max_epochs",
+        "1",
+        "--tracking",
+        "false",
+    ]
     if variant == "threads1":
         env["OMP_NUM_THREADS"] = "1"
     elif variant == "threads2":
@@ -134,11 +149,24 @@ def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
     elif variant.startswith("ddp"):
         env["OMP_NUM_THREADS"] = "1"  # one thread per process: two processes on the two cores
         n = args.ddp_size
-        fit += ["--model.hidden_dim", str(n), "--model.latent_dim", str(n // 2), "--data.shuffle", "false",
-                "--data.obs_fraction", "1.0",  # no random training subsample: each rank would draw its own
-                "--trainer.limit_train_batches", str(args.ddp_batches), "--trainer.limit_val_batches",
-                str(max(1, args.ddp_batches // 2)), "--trainer.num_sanity_val_steps", "0",
-                "--trainer.accelerator", "cpu"]
+        fit += [
+            "--model.hidden_dim",
+            str(n),
+            "--model.latent_dim",
+            str(n // 2),
+            "--data.shuffle",
+            "false",
+            "--data.obs_fraction",
+            "1.0",  # no random training subsample: each rank would draw its own
+            "--trainer.limit_train_batches",
+            str(args.ddp_batches),
+            "--trainer.limit_val_batches",
+            str(max(1, args.ddp_batches // 2)),
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+        ]
         if variant == "ddp2":
             fit += ["--data.batch_size", "50", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
         else:
@@ -152,8 +180,13 @@ def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:  # recorded as such: on a shared machine 2 threads can take 10x longer
         shutil.rmtree(cwd, ignore_errors=True)
-        return {"variant": variant, "src": str(src), "timeout": args.timeout, "load_before": before,
-                "load_after": load1()}
+        return {
+            "variant": variant,
+            "src": str(src),
+            "timeout": args.timeout,
+            "load_before": before,
+            "load_after": load1(),
+        }
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{variant} ({src}) failed:\n{proc.stderr[-3000:]}")
@@ -173,11 +206,19 @@ def machine_state() -> str:
     import torch
 
     cpus = len(os.sched_getaffinity(0))
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return (f"{model}, {cpus} usable CPUs, torch {torch.__version__}, Python {platform.python_version()}; "
-            f"`uptime` at the start: {up}")
+    return (
+        f"{model}, {cpus} usable CPUs, torch {torch.__version__}, Python {platform.python_version()}; "
+        f"`uptime` at the start: {up}"
+    )
 
 
 def fmt(x: float) -> str:
@@ -187,7 +228,7 @@ def fmt(x: float) -> str:
 def main() -> int:
     if "--child" in sys.argv:
         i = sys.argv.index("--child")
-        return child(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1:])
+        return child(sys.argv[i + 1], sys.argv[sys.argv.index("--") + 1 :])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n_series", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="500 series, no DDP")
@@ -209,13 +250,23 @@ def main() -> int:
     if args.baseline:
         base = work / "baseline"
         base.mkdir()
-        tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "ts_neuralode"], capture_output=True,
-                             check=True).stdout
+        tar = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.baseline, "ts_neuralode"], capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
         srcs["base"] = base
     csv = work / f"sine{args.n_series}.csv"
-    gen = [sys.executable, "-m", "ts_neuralode.cli", "generate", "sine", "--n_series", str(args.n_series),
-           "--out", str(csv)]
+    gen = [
+        sys.executable,
+        "-m",
+        "ts_neuralode.cli",
+        "generate",
+        "sine",
+        "--n_series",
+        str(args.n_series),
+        "--out",
+        str(csv),
+    ]
     subprocess.run(gen, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     plan = []
     for variant in args.variants.split(","):
@@ -230,10 +281,13 @@ def main() -> int:
         if "timeout" in rec:
             print(f"{name:4s} {variant:9s} did not finish within {args.timeout} s", flush=True)
             continue
-        print(f"{name:4s} {variant:9s} wall {rec['wall']:6.1f}s setup {rec['setup']:5.1f} train {rec['train']:6.1f} "
-              f"({rec['train_batches']}) val {rec['val']:5.1f} ({rec['val_batches']}) "
-              f"after-fit {rec['after_fit']:5.1f} "
-              f"load {rec['load_before']:.1f}->{rec['load_after']:.1f} {rec.get('metrics')}", flush=True)
+        print(
+            f"{name:4s} {variant:9s} wall {rec['wall']:6.1f}s setup {rec['setup']:5.1f} train {rec['train']:6.1f} "
+            f"({rec['train_batches']}) val {rec['val']:5.1f} ({rec['val_batches']}) "
+            f"after-fit {rec['after_fit']:5.1f} "
+            f"load {rec['load_before']:.1f}->{rec['load_after']:.1f} {rec.get('metrics')}",
+            flush=True,
+        )
     shutil.rmtree(work, ignore_errors=True)
     write_page(args, state, rows, " ".join(["python", "scripts/many_series_epoch.py", *sys.argv[1:]]))
     return 0
@@ -241,48 +295,71 @@ def main() -> int:
 
 def write_page(args, state: str, rows: list[dict], command: str) -> None:
     lines = [
-        "# One epoch on many series (issue 24)", "",
-        "Produced by:", "", "```", command, "```", "",
+        "# One epoch on many series (issue 24)",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
         f"Data: `ts-neuralode generate sine --n_series {args.n_series}` ({args.n_series} series x 100 points). Each "
         "row is a fresh process running `ts-neuralode fit --config configs/ode_rnn.yaml --data.path <csv> "
         "--trainer.max_epochs 1 --tracking false` (the DDP rows add the options named below). Seconds; *setup*: "
         "process start to the first training batch (imports, data, model, 2 sanity-check validation batches); "
         "*epoch* = *train* + *val*; *after fit*: band calibration and model directory (scripts/many_series_epoch.py "
-        "explains each).", "",
+        "explains each).",
+        "",
         f"Machine: {state}. **Shared machine**: other sessions ran beside it; compare rows measured side by side "
-        "(their load averages are given), not absolute figures across pages.", "",
+        "(their load averages are given), not absolute figures across pages.",
+        "",
         "| code | variant | threads | train s (batches) | val s (batches) | epoch s | setup s | after fit s | wall s "
         "| val_loss | load before → after |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "timeout" in r:
-            lines.append(f"| {r['code']} | {r['variant']} | | not done in {r['timeout']} s (killed) | | | | | "
-                         f"> {r['timeout']} | | {r['load_before']:.1f} → {r['load_after']:.1f} |")
+            lines.append(
+                f"| {r['code']} | {r['variant']} | | not done in {r['timeout']} s (killed) | | | | | "
+                f"> {r['timeout']} | | {r['load_before']:.1f} → {r['load_after']:.1f} |"
+            )
             continue
         m = r.get("metrics") or {}
         lines.append(
             f"| {r['code']} | {r['variant']} | {r['threads']} | {fmt(r['train'])} ({r['train_batches']}) | "
             f"{fmt(r['val'])} ({r['val_batches']}) | **{fmt(r['epoch'])}** | {fmt(r['setup'])} | {fmt(r['after_fit'])} "
             f"| {fmt(r['wall'])} | {m.get('val_loss', float('nan')):.4f} | {r['load_before']:.1f} → "
-            f"{r['load_after']:.1f} |")
-    lines += ["", "Thread choice reported by the default run: "
-              + next((f"`{r['thread_line']}`" for r in rows if r["variant"] == "default" and r.get("thread_line")
-                           and r["code"] == "new"),
-                     "(none)"), ""]
+            f"{r['load_after']:.1f} |"
+        )
+    lines += [
+        "",
+        "Thread choice reported by the default run: "
+        + next(
+            (
+                f"`{r['thread_line']}`"
+                for r in rows
+                if r["variant"] == "default" and r.get("thread_line") and r["code"] == "new"
+            ),
+            "(none)",
+        ),
+        "",
+    ]
     cal = next((r["calibration"] for r in rows if r.get("calibration") and r["code"] == "new"), "")
     if cal:
         lines += [f"After-fit line of the default run: `{cal.strip()}`", ""]
     ddp = [r for r in rows if r["variant"].startswith("ddp")]
     if ddp:
         n = args.ddp_size
-        lines += [f"DDP rows: ODE-RNN with `--model.hidden_dim {n} --model.latent_dim {n // 2}`, "
-                  f"`--trainer.limit_train_batches {args.ddp_batches}` global batches of 100 series, "
-                  f"`--trainer.limit_val_batches {max(1, args.ddp_batches // 2)}`, `--data.shuffle false`, "
-                  "`--data.obs_fraction 1.0` (a random training subsample would be drawn per rank), "
-                  "`--trainer.num_sanity_val_steps 0`, `OMP_NUM_THREADS=1` per process; ddp1: one process, "
-                  "`--data.batch_size 100`; ddp2: `--trainer.devices 2 --trainer.strategy ddp --data.batch_size 50` "
-                  "(gloo on CPU).", ""]
+        lines += [
+            f"DDP rows: ODE-RNN with `--model.hidden_dim {n} --model.latent_dim {n // 2}`, "
+            f"`--trainer.limit_train_batches {args.ddp_batches}` global batches of 100 series, "
+            f"`--trainer.limit_val_batches {max(1, args.ddp_batches // 2)}`, `--data.shuffle false`, "
+            "`--data.obs_fraction 1.0` (a random training subsample would be drawn per rank), "
+            "`--trainer.num_sanity_val_steps 0`, `OMP_NUM_THREADS=1` per process; ddp1: one process, "
+            "`--data.batch_size 100`; ddp2: `--trainer.devices 2 --trainer.strategy ddp --data.batch_size 50` "
+            "(gloo on CPU).",
+            "",
+        ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

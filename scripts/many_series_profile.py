@@ -71,8 +71,11 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=30, help="Adam steps before timing")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "results" / "many_series.md"),
-                    help="the page whose 'In-process A/B' section this replaces (appended when absent)")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "results" / "many_series.md"),
+        help="the page whose 'In-process A/B' section this replaces (appended when absent)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.n_series, args.warm, args.reps = 500, 5, 3
@@ -85,13 +88,34 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="many_series_profile_"))
     csv = work / "sine.csv"
-    subprocess.run([sys.executable, "-m", "ts_neuralode.cli", "generate", "sine", "--n_series", str(args.n_series),
-                    "--out", str(csv)], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    dm = IrregularTimeSeriesDataModule(path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded",
-                                       batch_size=50)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ts_neuralode.cli",
+            "generate",
+            "sine",
+            "--n_series",
+            str(args.n_series),
+            "--out",
+            str(csv),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    dm = IrregularTimeSeriesDataModule(
+        path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded", batch_size=50
+    )
     dm.setup("fit")
-    module = ForecastingModule(model="ode_rnn", input_dim=1, evolution=EvolutionConfig(kind="ode", method="dopri5"),
-                               latent_dim=16, hidden_dim=64, lr=0.01)
+    module = ForecastingModule(
+        model="ode_rnn",
+        input_dim=1,
+        evolution=EvolutionConfig(kind="ode", method="dopri5"),
+        latent_dim=16,
+        hidden_dim=64,
+        lr=0.01,
+    )
     module.log = lambda *a, **k: None  # no trainer: the validation step's logging is a no-op here
     opt = torch.optim.Adam(module.parameters(), lr=0.01)
     it = iter(dm.train_dataloader())
@@ -138,7 +162,7 @@ def main() -> int:
             val()
     loads = [os.getloadavg()[0]]
     for r in range(args.reps):
-        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+        for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
             with arms[name]():
                 for what, fn in (("train", train), ("val", val)):
                     t0 = time.perf_counter()
@@ -148,13 +172,21 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     diff = (facts["before"]["mean"] - facts["after"]["mean"]).abs()
     lines = [
-        "## In-process A/B: one training and one validation batch", "",
-        "Produced by:", "", "```", " ".join(["python", "scripts/many_series_profile.py", *sys.argv[1:]]), "```", "",
+        "## In-process A/B: one training and one validation batch",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        " ".join(["python", "scripts/many_series_profile.py", *sys.argv[1:]]),
+        "```",
+        "",
         f"{args.n_series} series, the ODE-RNN of configs/ode_rnn.yaml after {args.warm} Adam steps; the two code paths "
         f"interleaved, {args.reps} repetitions, median, 1 thread; load average {loads[0]:.1f} → {loads[1]:.1f} (shared "
         "machine). *before*: stop at every grid time, validation pass run twice, MLP through module calls; *after*: "
-        "the package (scripts/many_series_profile.py says exactly what is switched).", "",
-        "| | before | after | after / before |", "|---|---|---|---|",
+        "the package (scripts/many_series_profile.py says exactly what is switched).",
+        "",
+        "| | before | after | after / before |",
+        "|---|---|---|---|",
         f"| training batch (loss + backward), ms | {med[('before', 'train')] * 1e3:.0f} | "
         f"{med[('after', 'train')] * 1e3:.0f} | **{med[('after', 'train')] / med[('before', 'train')]:.2f}** |",
         f"| validation batch (the module's validation step), ms | {med[('before', 'val')] * 1e3:.0f} | "
@@ -165,8 +197,10 @@ def main() -> int:
         f"{facts['after']['nfe'] / facts['before']['nfe']:.2f} |",
         f"| validation loss (NLL) of the batch | {facts['before']['loss']:.5f} | {facts['after']['loss']:.5f} | "
         f"diff {abs(facts['after']['loss'] - facts['before']['loss']):.1e} |",
-        "", f"Forecast mean, after vs before: max |diff| {float(diff.max()):.1e}, mean |diff| {float(diff.mean()):.1e} "
-        f"(values of scale {float(facts['before']['mean'].abs().mean()):.2f}; dopri5 at rtol 1e-3 / atol 1e-4).", "",
+        "",
+        f"Forecast mean, after vs before: max |diff| {float(diff.max()):.1e}, mean |diff| {float(diff.mean()):.1e} "
+        f"(values of scale {float(facts['before']['mean'].abs().mean()):.2f}; dopri5 at rtol 1e-3 / atol 1e-4).",
+        "",
     ]
     text = "\n".join(lines)
     print(text)

@@ -33,11 +33,42 @@ def main(argv: list[str] | None = None) -> int:
     data = work / f"sine_{args.n_series}.csv"
     cli = [sys.executable, "-u", "-m", "ts_neuralode.cli"]
     if not data.is_file():
-        subprocess.run([*cli, "generate", "sine", "--out", str(data), "--n-series", str(args.n_series),
-                        "--n-points", "100", "--seed", "0"], check=True, cwd=work)
-    cmd = [*cli, "fit", "--config", str(ROOT / "configs" / "ode_rnn.yaml"), "--data.path", str(data),
-           "--tracking", "false", "--trainer.max_time", args.max_time, "--trainer.enable_progress_bar", "false",
-           "--trainer.num_sanity_val_steps", "0", "--checkpoint_dir", str(work / f"ck{time.time_ns()}"), *args.extra]
+        subprocess.run(
+            [
+                *cli,
+                "generate",
+                "sine",
+                "--out",
+                str(data),
+                "--n-series",
+                str(args.n_series),
+                "--n-points",
+                "100",
+                "--seed",
+                "0",
+            ],
+            check=True,
+            cwd=work,
+        )
+    cmd = [
+        *cli,
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "ode_rnn.yaml"),
+        "--data.path",
+        str(data),
+        "--tracking",
+        "false",
+        "--trainer.max_time",
+        args.max_time,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--checkpoint_dir",
+        str(work / f"ck{time.time_ns()}"),
+        *args.extra,
+    ]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=work)
     for line in proc.stderr:

@@ -50,8 +50,9 @@ MOVES = {
     "ts_neuralode.cli_args": "ts_neuralode.cli.args",
     "ts_neuralode.generate_cli": "ts_neuralode.cli.generate",
 }
-_PATTERN = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in sorted(MOVES, key=len, reverse=True))
-                      + r")(?![\w])")
+_PATTERN = re.compile(
+    r"(?<![\w.])(" + "|".join(re.escape(k) for k in sorted(MOVES, key=len, reverse=True)) + r")(?![\w])"
+)
 _SHORT = {old.split(".", 1)[1]: new for old, new in MOVES.items() if old.count(".") == 1}
 _FROM = re.compile(r"^([ \t]*)from ts_neuralode import ([\w ,]+?)([ \t]*(#.*)?)$", re.M)
 

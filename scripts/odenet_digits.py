@@ -135,8 +135,7 @@ def load_digits_split(seed: int, dev, test_fraction=0.2):
 
     d = load_digits()
     X = (d.images.astype(np.float32) / 16.0 - 0.5) / 0.5
-    Xtr, Xte, ytr, yte = train_test_split(X, d.target, test_size=test_fraction, stratify=d.target,
-                                          random_state=seed)
+    Xtr, Xte, ytr, yte = train_test_split(X, d.target, test_size=test_fraction, stratify=d.target, random_state=seed)
     f = lambda a: torch.as_tensor(a, dtype=torch.float32, device=dev).unsqueeze(1)  # noqa: E731
     g = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)  # noqa: E731
     return f(Xtr), g(ytr), f(Xte), g(yte)
@@ -180,7 +179,7 @@ def train(model: Net, data, epochs: int, batch: int, lr: float, dev, seed: int, 
         perm = torch.randperm(len(Xtr), generator=gen).to(dev)
         with timer():
             for i in range(0, len(Xtr), batch):
-                idx = perm[i:i + batch]
+                idx = perm[i : i + batch]
                 loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -196,8 +195,12 @@ def train(model: Net, data, epochs: int, batch: int, lr: float, dev, seed: int, 
             per_epoch.append(dict(epoch=ep + 1, nfe_f=float(np.mean(nfe_f[-n_it:])), nfe_b=b_ep))
         if ep == epochs - 1 or (ep + 1) % 5 == 0:
             log(f"    epoch {ep + 1}/{epochs}  loss {loss.item():.4f}  test acc {evaluate(model, Xte, yte):.4f}")
-    out = dict(test_acc=evaluate(model, Xte, yte), train_acc=evaluate(model, Xtr, ytr),
-               sec_per_epoch=timer.total / epochs, params=n_params(model))
+    out = dict(
+        test_acc=evaluate(model, Xte, yte),
+        train_acc=evaluate(model, Xtr, ytr),
+        sec_per_epoch=timer.total / epochs,
+        params=n_params(model),
+    )
     if nfe_f:
         out["nfe_f"] = float(np.mean(nfe_f))
         out["nfe_b"] = None if nfe_b[0] is None else float(np.mean(nfe_b))
@@ -211,7 +214,7 @@ def evaluate(model: Net, X, y, batch=512) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(X), batch):
-        correct += (model(X[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        correct += (model(X[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
     return correct / len(X)
 
 
@@ -251,13 +254,19 @@ def main(argv=None) -> dict:
     specs = [
         ("ResNet-1", dict(kind="resnet", blocks=1), "backprop"),
         (f"ResNet-{args.resnet_blocks}", dict(kind="resnet", blocks=args.resnet_blocks), "backprop"),
-        (f"RK-Net (rk4, {args.rk_steps} steps)", dict(kind="ode", method="rk4", steps=args.rk_steps, adjoint=False),
-         "backprop through solver"),
-        (f"ODE-Net (dopri5, tol {args.tol:g})", dict(kind="ode", method="dopri5", adjoint=True, rtol=args.tol,
-                                                     atol=args.tol), "adjoint (backsolve)"),
+        (
+            f"RK-Net (rk4, {args.rk_steps} steps)",
+            dict(kind="ode", method="rk4", steps=args.rk_steps, adjoint=False),
+            "backprop through solver",
+        ),
+        (
+            f"ODE-Net (dopri5, tol {args.tol:g})",
+            dict(kind="ode", method="dopri5", adjoint=True, rtol=args.tol, atol=args.tol),
+            "adjoint (backsolve)",
+        ),
     ]
     table = []
-    mem_x, mem_y = data[0][:args.mem_batch], data[1][:args.mem_batch]
+    mem_x, mem_y = data[0][: args.mem_batch], data[1][: args.mem_batch]
     for name, kw, grad in specs:
         torch.manual_seed(args.seed)
         kw = dict(kw)
@@ -286,8 +295,14 @@ def main(argv=None) -> dict:
             torch.manual_seed(args.seed)
             model = make_model("ode", c, method="dopri5", rtol=tol, atol=tol, adjoint=adj).to(dev)
             m = measure_step(model, mem_x, mem_y, dev)
-            sweep.append(dict(model=f"ODE-Net dopri5 tol {tol:g}", grad="adjoint" if adj else
-                              "backprop through solver", depth=m["accepted_steps"], **m))
+            sweep.append(
+                dict(
+                    model=f"ODE-Net dopri5 tol {tol:g}",
+                    grad="adjoint" if adj else "backprop through solver",
+                    depth=m["accepted_steps"],
+                    **m,
+                )
+            )
     for r in sweep:
         print(f"  sweep {r['model']:12s} {r['grad']:24s} depth/steps {r['depth']:5.1f}: saved {r['saved_mib']:.2f} MiB")
 
@@ -301,12 +316,24 @@ def main(argv=None) -> dict:
     ode = table[-1]
     targets = dict(
         accuracy=dict(target=">= 0.97 test accuracy (ODE-Net)", measured=ode["test_acc"], met=ode["test_acc"] >= 0.97),
-        adjoint_memory=dict(target=f"adjoint saved-tensor peak grows <= 10% while steps grow {step_ratio:g}x",
-                            measured=adj_growth - 1, met=adj_growth <= 1.10),
+        adjoint_memory=dict(
+            target=f"adjoint saved-tensor peak grows <= 10% while steps grow {step_ratio:g}x",
+            measured=adj_growth - 1,
+            met=adj_growth <= 1.10,
+        ),
     )
     total = time.perf_counter() - t_start
-    result = dict(command=command_line(argv), table=table, sweep=sweep, targets=targets, seconds=total,
-                  threads=args.threads, device=str(dev), n_train=len(data[0]), n_test=len(data[2]))
+    result = dict(
+        command=command_line(argv),
+        table=table,
+        sweep=sweep,
+        targets=targets,
+        seconds=total,
+        threads=args.threads,
+        device=str(dev),
+        n_train=len(data[0]),
+        n_test=len(data[2]),
+    )
     (out_dir / "odenet.json").write_text(json.dumps(result, indent=1))
     write_page(out_dir / "odenet.md", result, args, adj_growth, bp_growth, res_growth, step_ratio, depth_ratio)
     print(f"wrote {out_dir / 'odenet.md'} ({total:.0f} s)")
@@ -315,65 +342,93 @@ def main(argv=None) -> dict:
 
 def write_page(path, res, args, adj_growth, bp_growth, res_growth, step_ratio, depth_ratio):
     cuda = res["device"].startswith("cuda")
-    L = ["# ODE-Net vs ResNet on 8x8 digits (issue 16)\n", "```", res["command"], "```\n",
-         f"Device {res['device']}, {res['threads']} CPU thread(s); {args.epochs} epochs, batch {args.batch}, Adam with "
-         f"one-cycle lr (max {args.lr:g}), {args.channels} channels; scikit-learn digits, stratified 80/20 split "
-         f"(seed {args.seed}: {res['n_train']} train / {res['n_test']} test images, so one test error = "
-         f"{100 / res['n_test']:.2f} points); test accuracy after the last epoch (no model selection on the test "
-         "set). Times are wall-clock on a machine shared with other jobs: differences under ~30% between rows are "
-         "noise. "
-         f"Total run time {res['seconds']:.0f} s.\n",
-         "## Classifiers\n",
-         "| model | gradients | test error | params | saved-tensor peak (MiB, batch "
-         f"{args.mem_batch}) |{' CUDA peak (MiB) |' if cuda else ''} NFE fwd | NFE bwd | bwd/fwd | s / epoch |",
-         "|---|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|---|"]
+    L = [
+        "# ODE-Net vs ResNet on 8x8 digits (issue 16)\n",
+        "```",
+        res["command"],
+        "```\n",
+        f"Device {res['device']}, {res['threads']} CPU thread(s); {args.epochs} epochs, batch {args.batch}, Adam with "
+        f"one-cycle lr (max {args.lr:g}), {args.channels} channels; scikit-learn digits, stratified 80/20 split "
+        f"(seed {args.seed}: {res['n_train']} train / {res['n_test']} test images, so one test error = "
+        f"{100 / res['n_test']:.2f} points); test accuracy after the last epoch (no model selection on the test "
+        "set). Times are wall-clock on a machine shared with other jobs: differences under ~30% between rows are "
+        "noise. "
+        f"Total run time {res['seconds']:.0f} s.\n",
+        "## Classifiers\n",
+        "| model | gradients | test error | params | saved-tensor peak (MiB, batch "
+        f"{args.mem_batch}) |{' CUDA peak (MiB) |' if cuda else ''} NFE fwd | NFE bwd | bwd/fwd | s / epoch |",
+        "|---|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|---|",
+    ]
     for r in res["table"]:
         ratio = None if r.get("nfe_b") is None else r["nfe_b"] / r["nfe_f"]
-        L.append(f"| {r['name']} | {r['grad']} | {100 * (1 - r['test_acc']):.2f}% | {r['params']:,} | "
-                 f"{r['saved_mib']:.2f} |" + (f" {fmt(r['cuda_peak_mib'], '.2f')} |" if cuda else "")
-                 + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {fmt(ratio, '.2f')} | {r['sec_per_epoch']:.2f} |")
+        L.append(
+            f"| {r['name']} | {r['grad']} | {100 * (1 - r['test_acc']):.2f}% | {r['params']:,} | "
+            f"{r['saved_mib']:.2f} |"
+            + (f" {fmt(r['cuda_peak_mib'], '.2f')} |" if cuda else "")
+            + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {fmt(ratio, '.2f')} | {r['sec_per_epoch']:.2f} |"
+        )
     ode = res["table"][-1]
-    L += ["",
-          "NFE: function evaluations per sample per training step, averaged over training (the backward of the "
-          "adjoint counts one vector-Jacobian product of the augmented field as one evaluation; '—' where autograd "
-          "differentiates the recorded forward instead). "
-          + (f"The ODE-Net's forward NFE went from {ode['nfe_f_first']:.1f} (first epoch) to {ode['nfe_f_last']:.1f} "
-             "(last epoch)." if "nfe_f_first" in ode else ""),
-          ""]
+    L += [
+        "",
+        "NFE: function evaluations per sample per training step, averaged over training (the backward of the "
+        "adjoint counts one vector-Jacobian product of the augmented field as one evaluation; '—' where autograd "
+        "differentiates the recorded forward instead). "
+        + (
+            f"The ODE-Net's forward NFE went from {ode['nfe_f_first']:.1f} (first epoch) to {ode['nfe_f_last']:.1f} "
+            "(last epoch)."
+            if "nfe_f_first" in ode
+            else ""
+        ),
+        "",
+    ]
     if ode.get("nfe_per_epoch"):
-        L += [f"NFE of the {ode['name']} over training (mean per sample per step in each epoch):\n",
-              "| epoch | NFE fwd | NFE bwd | bwd/fwd |", "|---|---|---|---|"]
+        L += [
+            f"NFE of the {ode['name']} over training (mean per sample per step in each epoch):\n",
+            "| epoch | NFE fwd | NFE bwd | bwd/fwd |",
+            "|---|---|---|---|",
+        ]
         rows = ode["nfe_per_epoch"]
         for e in rows:
             if e["epoch"] in (1, 2, 3, len(rows)) or e["epoch"] % 5 == 0:
                 ratio = None if e["nfe_b"] is None else e["nfe_b"] / e["nfe_f"]
                 L.append(f"| {e['epoch']} | {e['nfe_f']:.1f} | {fmt(e['nfe_b'])} | {fmt(ratio, '.2f')} |")
         L.append("")
-    L += ["## Peak training memory vs depth / solver steps\n",
-          f"One training step (forward + backward, batch {args.mem_batch}) of freshly initialised models. Depth = "
-          "residual blocks (ResNet), rk4 steps on [0, 1] (ODE-Net rk4), or the mean number of accepted steps "
-          "per sample that dopri5 chose at the given tolerance (ODE-Net dopri5; the adaptive solver's memory with "
-          "backprop grows with the steps it takes, with the adjoint it does not).\n",
-          "| model | gradients | depth / steps | saved-tensor peak (MiB) |" + (" CUDA peak (MiB) |" if cuda else "")
-          + " NFE fwd | NFE bwd | s / step |",
-          "|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|"]
+    L += [
+        "## Peak training memory vs depth / solver steps\n",
+        f"One training step (forward + backward, batch {args.mem_batch}) of freshly initialised models. Depth = "
+        "residual blocks (ResNet), rk4 steps on [0, 1] (ODE-Net rk4), or the mean number of accepted steps "
+        "per sample that dopri5 chose at the given tolerance (ODE-Net dopri5; the adaptive solver's memory with "
+        "backprop grows with the steps it takes, with the adjoint it does not).\n",
+        "| model | gradients | depth / steps | saved-tensor peak (MiB) |"
+        + (" CUDA peak (MiB) |" if cuda else "")
+        + " NFE fwd | NFE bwd | s / step |",
+        "|---|---|---|---|" + ("---|" if cuda else "") + "---|---|---|",
+    ]
     for r in res["sweep"]:
-        L.append(f"| {r['model']} | {r['grad']} | {r['depth']:.3g} | {r['saved_mib']:.2f} |"
-                 + (f" {fmt(r.get('cuda_peak_mib'), '.2f')} |" if cuda else "")
-                 + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {r['seconds']:.3f} |")
+        L.append(
+            f"| {r['model']} | {r['grad']} | {r['depth']:.3g} | {r['saved_mib']:.2f} |"
+            + (f" {fmt(r.get('cuda_peak_mib'), '.2f')} |" if cuda else "")
+            + f" {fmt(r.get('nfe_f'))} | {fmt(r.get('nfe_b'))} | {r['seconds']:.3f} |"
+        )
     L += [""]
-    L += [f"Growth of the peak from the smallest to the largest setting: ResNet x{res_growth:.2f} for {depth_ratio:g}x "
-          f"the blocks (O(L)); ODE-Net backprop through the solver x{bp_growth:.2f} for {step_ratio:g}x the steps "
-          f"(O(steps)); ODE-Net adjoint x{adj_growth:.3f} (O(1)).\n",
-          "Memory measure: the peak, over the forward and backward of the step, of the bytes of tensors autograd "
-          "holds for the backward pass (saved-tensor hooks; each storage counted once; including the tensors the "
-          "adjoint's backward solve saves for its own vector-Jacobian products). These are the activations, the "
-          "part that grows with depth; parameters, gradients and optimiser state are not included. Chosen over the "
-          "resident set size because on CPU torch keeps no allocator statistics and RSS at these sizes moves with "
-          "the allocator's caching and not with the model" + ("; the CUDA column is the caching allocator's peak "
-                                                             "above the memory allocated before the step." if cuda
-                                                             else ".") + "\n",
-          "## Targets\n"]
+    L += [
+        f"Growth of the peak from the smallest to the largest setting: ResNet x{res_growth:.2f} for {depth_ratio:g}x "
+        f"the blocks (O(L)); ODE-Net backprop through the solver x{bp_growth:.2f} for {step_ratio:g}x the steps "
+        f"(O(steps)); ODE-Net adjoint x{adj_growth:.3f} (O(1)).\n",
+        "Memory measure: the peak, over the forward and backward of the step, of the bytes of tensors autograd "
+        "holds for the backward pass (saved-tensor hooks; each storage counted once; including the tensors the "
+        "adjoint's backward solve saves for its own vector-Jacobian products). These are the activations, the "
+        "part that grows with depth; parameters, gradients and optimiser state are not included. Chosen over the "
+        "resident set size because on CPU torch keeps no allocator statistics and RSS at these sizes moves with "
+        "the allocator's caching and not with the model"
+        + (
+            "; the CUDA column is the caching allocator's peak above the memory allocated before the step."
+            if cuda
+            else "."
+        )
+        + "\n",
+        "## Targets\n",
+    ]
     for k, t in res["targets"].items():
         meas = f"{t['measured']:.4f}" if k == "accuracy" else f"{100 * t['measured']:+.1f}%"
         L.append(f"- {k}: {t['target']} — measured {meas}: **{'met' if t['met'] else 'NOT met'}**")

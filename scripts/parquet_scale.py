@@ -77,12 +77,31 @@ def child(folder: str, out_dir: str, data_only: bool, shard_rows: int, limit: in
                     res["val_s"] = time.perf_counter() - self.v
                     res["val_batches"] = int(sum(trainer.num_val_batches))
 
-        args = ["--config", str(CONFIG), "--data.path", folder, "--trainer.max_epochs", "1", "--tracking", "false",
-                "--trainer.default_root_dir", out_dir, "--trainer.enable_progress_bar", "false",
-                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_model_summary", "false"]
+        args = [
+            "--config",
+            str(CONFIG),
+            "--data.path",
+            folder,
+            "--trainer.max_epochs",
+            "1",
+            "--tracking",
+            "false",
+            "--trainer.default_root_dir",
+            out_dir,
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
         if limit:  # a part of the epoch: the scan and the first shards in full, the time per batch
-            args += ["--trainer.limit_train_batches", str(limit),
-                     "--trainer.limit_val_batches", str(max(limit // 5, 1))]
+            args += [
+                "--trainer.limit_train_batches",
+                str(limit),
+                "--trainer.limit_val_batches",
+                str(max(limit // 5, 1)),
+            ]
         parser, cfg = resolve_config(fit_args=args, what="parquet_scale")
         result = train(parser, cfg, None, callbacks=[Timer()])
         res["val_loss"] = result.best_score
@@ -113,10 +132,17 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="numbers of series (100 points each)")
     p.add_argument("--quick", action="store_true", help="one size, 2,000 series (0.2M rows)")
     p.add_argument("--data-only", action="store_true", help="the scan and one pass over the batches, no model")
-    p.add_argument("--limit-batches", type=int, default=None,
-                   help="train on this many batches (validate on a fifth of it) instead of the whole epoch")
-    p.add_argument("--data-dir", default=str(ROOT / "data" / "external" / "parquet_scale"),
-                   help="where the folders are written (and reused)")
+    p.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="train on this many batches (validate on a fifth of it) instead of the whole epoch",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=str(ROOT / "data" / "external" / "parquet_scale"),
+        help="where the folders are written (and reused)",
+    )
     p.add_argument("--shard-rows", type=int, default=500_000, help="ParquetFolderDataModule.shard_rows")
     p.add_argument("--out", default=str(ROOT / "results" / "parquet_scale.md"))
     p.add_argument("--no-write", action="store_true", help="print the table only")
@@ -145,13 +171,18 @@ def main(argv=None) -> int:
     kind = "data layer only (scan + one pass over the training batches)" if a.data_only else "gru_flow, 1 epoch"
     if a.limit_batches and not a.data_only:
         kind = f"gru_flow, first {a.limit_batches} training + {max(a.limit_batches // 5, 1)} validation batches"
-    lines = ["| rows | series | shards | what | scan s | training batches | epoch s (train + val) | of which val s | "
-             "s per training batch | whole child process s | peak RSS MB |", "|---" * 11 + "|"]
+    lines = [
+        "| rows | series | shards | what | scan s | training batches | epoch s (train + val) | of which val s | "
+        "s per training batch | whole child process s | peak RSS MB |",
+        "|---" * 11 + "|",
+    ]
     for r in rows:
         per = (r["epoch_s"] - r.get("val_s", 0.0)) / max(r["train_batches"], 1)
-        lines.append(f"| {r['rows']:,} | {r['series']:,} | {r['shards']} | {kind} | {r['scan_s']:.1f} | "
-                     f"{r['train_batches']} | {r['epoch_s']:.1f} | {r.get('val_s', float('nan')):.1f} | {per:.3f} | "
-                     f"{r['process_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['rows']:,} | {r['series']:,} | {r['shards']} | {kind} | {r['scan_s']:.1f} | "
+            f"{r['train_batches']} | {r['epoch_s']:.1f} | {r.get('val_s', float('nan')):.1f} | {per:.3f} | "
+            f"{r['process_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if not a.no_write:

@@ -65,33 +65,40 @@ def main() -> int:
     y = rows["y"].to_numpy(float)
     key = rows["unique_id"].astype(str) + "/" + rows["channel"].astype(str)
     ok = np.isfinite(y) & np.isfinite(locf) & np.all([np.isfinite(v) for v in cols.values()], axis=0)
-    df = pd.DataFrame({"key": key[ok].to_numpy(), "locf": np.abs(locf - y)[ok],
-                       **{n: np.abs(v - y)[ok] for n, v in cols.items()}})
+    df = pd.DataFrame(
+        {"key": key[ok].to_numpy(), "locf": np.abs(locf - y)[ok], **{n: np.abs(v - y)[ok] for n, v in cols.items()}}
+    )
     scale = df.groupby("key")["locf"].transform("mean")
     keep = scale > 0
     df, scale = df[keep], scale[keep]
     per = df.groupby("key").mean()
     n = df.groupby("key").size()
     small = per["locf"].rank() <= max(1, len(per) // 5)  # the fifth of the series the last value forecasts best
-    lines = ["| contender | pooled MAE | scaled MAE | share of the scaled MAE from the 20% of series the last value "
-             "forecasts best |", "|---|---|---|---|"]
+    lines = [
+        "| contender | pooled MAE | scaled MAE | share of the scaled MAE from the 20% of series the last value "
+        "forecasts best |",
+        "|---|---|---|---|",
+    ]
     for name in ["locf", *cols]:
         contrib = (df[name] / scale).groupby(df["key"]).sum()
         total = contrib.sum()
-        lines.append(f"| {name} | {df[name].mean():.4g} | {total / len(df):.3g} | "
-                     f"{contrib[small].sum() / total:.2f} |")
+        lines.append(f"| {name} | {df[name].mean():.4g} | {total / len(df):.3g} | {contrib[small].sum() / total:.2f} |")
     print("\n".join(lines))
     first = next(iter(cols), None)
     if first is not None:
         contrib = (df[first] / scale).groupby(df["key"]).sum() / len(df)
         top = contrib.sort_values(ascending=False).head(args.top)
         print()
-        print(f"| series | points | last-value MAE | {' | '.join(f'{c} MAE' for c in cols)} | "
-              f"share of {first}'s scaled MAE |")
+        print(
+            f"| series | points | last-value MAE | {' | '.join(f'{c} MAE' for c in cols)} | "
+            f"share of {first}'s scaled MAE |"
+        )
         print("|---|---|---|" + "---|" * len(cols) + "---|")
         for k in top.index:
-            print(f"| {k} | {n[k]} | {per.loc[k, 'locf']:.3g} | "
-                  f"{' | '.join(f'{per.loc[k, c]:.3g}' for c in cols)} | {top[k] / contrib.sum():.2f} |")
+            print(
+                f"| {k} | {n[k]} | {per.loc[k, 'locf']:.3g} | "
+                f"{' | '.join(f'{per.loc[k, c]:.3g}' for c in cols)} | {top[k] / contrib.sum():.2f} |"
+            )
     return 0
 
 

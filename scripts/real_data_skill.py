@@ -48,15 +48,57 @@ from ts_neuralode.training.metrics import skill
 ROOT = Path(__file__).resolve().parents[1]
 PBC_LABS = "[bili, chol, albumin, alk_phos, ast, platelet, protime]"
 DATASETS = {
-    "pbcseq": ("data/external/pbcseq.csv", [
-        "--data.value_cols", PBC_LABS, "--data.task", "forecast", "--data.horizon", "365",
-        "--data.split_by", "series", "--data.windows_per_series", "2", "--data.batch_size", "32"]),
-    "co2": ("data/co2_mauna_loa.csv", [
-        "--data.task", "forecast", "--data.horizon", "52W", "--data.context", "260W", "--data.season", "52W",
-        "--data.time_unit", "D", "--data.batch_size", "16"]),
-    "demo": ("data/demo.csv", [
-        "--data.task", "forecast", "--data.horizon", "2D", "--data.context", "1D", "--data.season", "24h",
-        "--data.time_unit", "h", "--data.batch_size", "16"]),
+    "pbcseq": (
+        "data/external/pbcseq.csv",
+        [
+            "--data.value_cols",
+            PBC_LABS,
+            "--data.task",
+            "forecast",
+            "--data.horizon",
+            "365",
+            "--data.split_by",
+            "series",
+            "--data.windows_per_series",
+            "2",
+            "--data.batch_size",
+            "32",
+        ],
+    ),
+    "co2": (
+        "data/co2_mauna_loa.csv",
+        [
+            "--data.task",
+            "forecast",
+            "--data.horizon",
+            "52W",
+            "--data.context",
+            "260W",
+            "--data.season",
+            "52W",
+            "--data.time_unit",
+            "D",
+            "--data.batch_size",
+            "16",
+        ],
+    ),
+    "demo": (
+        "data/demo.csv",
+        [
+            "--data.task",
+            "forecast",
+            "--data.horizon",
+            "2D",
+            "--data.context",
+            "1D",
+            "--data.season",
+            "24h",
+            "--data.time_unit",
+            "h",
+            "--data.batch_size",
+            "16",
+        ],
+    ),
 }
 BASELINES = ("locf", "mean", "linear", "seasonal")
 
@@ -89,20 +131,48 @@ def run_one(config: Path, name: str, path: str, options: list[str], work: Path, 
 
     run_name = f"{name}-{config.stem}"
     ckpt_dir = work / run_name
-    common = ["--config", str(config), "--data.path", path, *options, "--tracking_uri", store,
-              "--experiment_name", "real_data", "--run_name", run_name, "--checkpoint_dir", str(ckpt_dir),
-              "--model_dir", str(ckpt_dir / "model"), "--artifact_location", str(work / "artifacts"),
-              "--trainer.default_root_dir", str(ckpt_dir)]  # nothing lands in the repository
+    common = [
+        "--config",
+        str(config),
+        "--data.path",
+        path,
+        *options,
+        "--tracking_uri",
+        store,
+        "--experiment_name",
+        "real_data",
+        "--run_name",
+        run_name,
+        "--checkpoint_dir",
+        str(ckpt_dir),
+        "--model_dir",
+        str(ckpt_dir / "model"),
+        "--artifact_location",
+        str(work / "artifacts"),
+        "--trainer.default_root_dir",
+        str(ckpt_dir),
+    ]  # nothing lands in the repository
     t0 = time.perf_counter()
     log = io.StringIO()
     with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-        rc = main(["fit", *common, "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
-                   "false", "--log_model", "false"])
+        rc = main(
+            [
+                "fit",
+                *common,
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+                "--log_model",
+                "false",
+            ]
+        )
         best = sorted(p for p in ckpt_dir.glob("epoch*.ckpt"))
         if rc == 0 and best:  # the best checkpoint, scored on the validation windows and on the test ones
             for stage in ("validate", "test") if _has_test_split(config, options) else ("validate",):
-                rc = rc or main([stage, *common, "--ckpt_path", str(best[-1]), "--trainer.enable_progress_bar",
-                                 "false"])
+                rc = rc or main(
+                    [stage, *common, "--ckpt_path", str(best[-1]), "--trainer.enable_progress_bar", "false"]
+                )
     seconds = time.perf_counter() - t0
     row = {"data": name, "config": config.stem, "seconds": seconds, "error": ""}
     if rc != 0 or not best:
@@ -125,15 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--configs", default="", help="config stems (default: every configs/*.yaml; demo.yaml on the "
-                                                 "demo data only, as shipped)")
+    p.add_argument(
+        "--configs",
+        default="",
+        help="config stems (default: every configs/*.yaml; demo.yaml on the demo data only, as shipped)",
+    )
     p.add_argument("--epochs", type=int, default=30, help="--trainer.max_epochs for every config (default 30)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     p.add_argument("--out", default="results/real_data_skill.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = [ROOT / "configs" / f"{c}.yaml" for c in args.configs.split(",") if c] or sorted(
-        (ROOT / "configs").glob("*.yaml"))
+        (ROOT / "configs").glob("*.yaml")
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{tmp}/mlflow.db"
@@ -151,24 +225,43 @@ def main(argv: list[str] | None = None) -> int:
                     opts = [*options, "--trainer.max_epochs", str(args.epochs)]
                 row = run_one(config, name, str(ROOT / path), opts, Path(tmp), store)
                 rows.append(row)
-                print(f"{name:7s} {config.stem:22s} model {_f(row.get('model'))} locf {_f(row.get('locf'))} "
-                      f"({row['seconds']:.0f} s) {row['error']}", file=sys.stderr, flush=True)
-    lines = ["| data | config | epochs run | scored on | MSE | skill vs LOCF | LOCF | mean | linear | seasonal | "
-             "time s | error |", "|" + "---|" * 12]
+                print(
+                    f"{name:7s} {config.stem:22s} model {_f(row.get('model'))} locf {_f(row.get('locf'))} "
+                    f"({row['seconds']:.0f} s) {row['error']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    lines = [
+        "| data | config | epochs run | scored on | MSE | skill vs LOCF | LOCF | mean | linear | seasonal | "
+        "time s | error |",
+        "|" + "---|" * 12,
+    ]
     for r in rows:
         model_skill = skill(r.get("model", math.nan), r.get("locf", math.nan))
-        lines.append(f"| {r['data']} | {r['config']} | {_f(r.get('epochs'))} | {r.get('scored', '—')} | "
-                     f"{_f(r.get('model'))} | {_f(model_skill)} | "
-                     + " | ".join(_f(r.get(b)) for b in BASELINES) + f" | {r['seconds']:.0f} | {r['error']} |")
+        lines.append(
+            f"| {r['data']} | {r['config']} | {_f(r.get('epochs'))} | {r.get('scored', '—')} | "
+            f"{_f(r.get('model'))} | {_f(model_skill)} | "
+            + " | ".join(_f(r.get(b)) for b in BASELINES)
+            + f" | {r['seconds']:.0f} | {r['error']} |"
+        )
     table = "\n".join(lines)
-    notes = ("MSE in the data module's scaled units (standardised per channel on the training part) over the "
-             "held-out horizons of the best checkpoint (by val_loss): the test windows, or the validation windows "
-             "for a config without a test split (demo.yaml); every baseline column is scored by the same code on "
-             "the same points. "
-             "Skill < 1: better than carrying the last value forward. Options per data set: "
-             + "; ".join(f"`{k}`: `{' '.join(v[1])}`" for k, v in DATASETS.items()) + ".")
-    return publish_report(args.out, "Real irregular data: every shipped config against the naive forecasts",
-                          "scripts/real_data_skill.py", argv, [notes, table], table)
+    notes = (
+        "MSE in the data module's scaled units (standardised per channel on the training part) over the "
+        "held-out horizons of the best checkpoint (by val_loss): the test windows, or the validation windows "
+        "for a config without a test split (demo.yaml); every baseline column is scored by the same code on "
+        "the same points. "
+        "Skill < 1: better than carrying the last value forward. Options per data set: "
+        + "; ".join(f"`{k}`: `{' '.join(v[1])}`" for k, v in DATASETS.items())
+        + "."
+    )
+    return publish_report(
+        args.out,
+        "Real irregular data: every shipped config against the naive forecasts",
+        "scripts/real_data_skill.py",
+        argv,
+        [notes, table],
+        table,
+    )
 
 
 if __name__ == "__main__":

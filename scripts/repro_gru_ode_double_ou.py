@@ -17,13 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from ts_neuralode.api.benchmark import (
-    BenchmarkConfig,
-    markdown_table,
-    publish_report,
-    run_benchmark,
-    script_parser,
-)
+from ts_neuralode.api.benchmark import BenchmarkConfig, markdown_table, publish_report, run_benchmark, script_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="extrapolation", choices=("interpolation", "extrapolation"))
     args = p.parse_args(argv)
     cfg = BenchmarkConfig(
-        dataset="double_ou", n_series=args.n_series or (10_000 if args.full else 1000),
-        models=tuple(m for m in args.models.split(",") if m), task=args.task, obs_fraction=0.5, cut=0.5,
-        scaler="none", time_scale=1.0, epochs=args.epochs or (50 if args.full else 5), batch_size=50,
-        seed=args.seed, model_options={"latent_dim": 32, "hidden_dim": 64, "lr": 1e-3}, device=args.device,
+        dataset="double_ou",
+        n_series=args.n_series or (10_000 if args.full else 1000),
+        models=tuple(m for m in args.models.split(",") if m),
+        task=args.task,
+        obs_fraction=0.5,
+        cut=0.5,
+        scaler="none",
+        time_scale=1.0,
+        epochs=args.epochs or (50 if args.full else 5),
+        batch_size=50,
+        seed=args.seed,
+        model_options={"latent_dim": 32, "hidden_dim": 64, "lr": 1e-3},
+        device=args.device,
         threads=args.threads,
     )
     res = run_benchmark(cfg, progress=True)
@@ -44,18 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     if {"gru_ode", "gru_flow"} <= set(t.index):
         ratio = t.loc["gru_flow", "epoch_time_s"] / t.loc["gru_ode", "epoch_time_s"]
-        lines.append(f"GRU flow / GRU-ODE training epoch time: {ratio:.2f} (GRU flow needs {abs(1 - ratio):.0%} "
-                     f"{'less' if ratio < 1 else 'more'} time). "
-                     f"Extrapolation MSE GRU flow {t.loc['gru_flow', 'extrap_mse']:.4f} vs GRU-ODE "
-                     f"{t.loc['gru_ode', 'extrap_mse']:.4f}; interpolation {t.loc['gru_flow', 'interp_mse']:.4f} vs "
-                     f"{t.loc['gru_ode', 'interp_mse']:.4f}.")
-    ref = ("Paper figures (REFERENCE.md): the GRU-ODE-Bayes paper reports no double-OU MSE table that REFERENCE.md "
-           "records; the Neural Flows authors report GRU flow \"60% less time per training epoch\" than GRU-ODE "
-           "(MIMIC) and flow/ODE epoch-time ratios 0.41 and 0.36 in their filtering experiments. Those are the "
-           "figures to hold the ratio above against; our MSE has no paper counterpart here. MSE in data units.")
-    return publish_report(args.out, "GRU-ODE vs GRU flow on double OU", "scripts/repro_gru_ode_double_ou.py", argv,
-                          [res.description, markdown_table(res.table), *lines, ref],
-                          "\n".join([markdown_table(res.table), *lines]))
+        lines.append(
+            f"GRU flow / GRU-ODE training epoch time: {ratio:.2f} (GRU flow needs {abs(1 - ratio):.0%} "
+            f"{'less' if ratio < 1 else 'more'} time). "
+            f"Extrapolation MSE GRU flow {t.loc['gru_flow', 'extrap_mse']:.4f} vs GRU-ODE "
+            f"{t.loc['gru_ode', 'extrap_mse']:.4f}; interpolation {t.loc['gru_flow', 'interp_mse']:.4f} vs "
+            f"{t.loc['gru_ode', 'interp_mse']:.4f}."
+        )
+    ref = (
+        "Paper figures (REFERENCE.md): the GRU-ODE-Bayes paper reports no double-OU MSE table that REFERENCE.md "
+        'records; the Neural Flows authors report GRU flow "60% less time per training epoch" than GRU-ODE '
+        "(MIMIC) and flow/ODE epoch-time ratios 0.41 and 0.36 in their filtering experiments. Those are the "
+        "figures to hold the ratio above against; our MSE has no paper counterpart here. MSE in data units."
+    )
+    return publish_report(
+        args.out,
+        "GRU-ODE vs GRU flow on double OU",
+        "scripts/repro_gru_ode_double_ou.py",
+        argv,
+        [res.description, markdown_table(res.table), *lines, ref],
+        "\n".join([markdown_table(res.table), *lines]),
+    )
 
 
 if __name__ == "__main__":

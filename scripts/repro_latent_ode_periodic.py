@@ -33,8 +33,11 @@ from ts_neuralode.api.benchmark import BenchmarkConfig, publish_report, run_benc
 
 DEFAULT_MODELS = ("latent_ode_dopri5", "latent_resnet_flow", "latent_gru_flow", "latent_coupling_flow", "ode_rnn")
 # Latent ODE reference code, periodic set, 20 epochs, REFERENCE.md: (task, model) -> (s per epoch, test MSE)
-REFERENCE = {("interpolation", "latent_ode_dopri5"): (4.5, 0.188), ("extrapolation", "latent_ode_dopri5"): (2.5, 0.49),
-             ("interpolation", "ode_rnn"): (3.6, 0.041)}
+REFERENCE = {
+    ("interpolation", "latent_ode_dopri5"): (4.5, 0.188),
+    ("extrapolation", "latent_ode_dopri5"): (2.5, 0.49),
+    ("interpolation", "ode_rnn"): (3.6, 0.041),
+}
 
 
 def _f(v: float, digits: int = 4) -> str:
@@ -70,9 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for seed in seeds:
             cfg = BenchmarkConfig(
-                dataset="periodic", n_series=n_series, n_points=100, models=models, task=task, obs_fraction=0.5,
-                extrap_obs_fraction=0.5, cut=0.5, layout="union", scaler="none", time_scale=1.0, epochs=epochs,
-                batch_size=50, seed=args.seed, train_seed=seed, device=args.device, threads=args.threads,
+                dataset="periodic",
+                n_series=n_series,
+                n_points=100,
+                models=models,
+                task=task,
+                obs_fraction=0.5,
+                extrap_obs_fraction=0.5,
+                cut=0.5,
+                layout="union",
+                scaler="none",
+                time_scale=1.0,
+                epochs=epochs,
+                batch_size=50,
+                seed=args.seed,
+                train_seed=seed,
+                device=args.device,
+                threads=args.threads,
                 model_options={"latent_dim": 10, "lr": 1e-2, "lr_schedule": "cosine"},
             )
             results.append(run_benchmark(cfg, progress=True))
@@ -80,21 +97,29 @@ def main(argv: list[str] | None = None) -> int:
         tables = [r.table.set_index("model") for r in results]
         base = statistics.median(t["epoch_time_s"].get("latent_ode_dopri5", math.nan) for t in tables)
         for name in tables[0].index:
+
             def col(c, name=name, tables=tables):
                 return [float(t.loc[name, c]) for t in tables]
 
             ref = REFERENCE.get((task, name), (math.nan, math.nan))
             epoch_s = statistics.median(col("epoch_time_s"))
-            errors = sorted({str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("",
-                                                                                                                  "nan")})
-            rows.append(f"| {task} | {name} | {int(tables[0].loc[name, 'params']):,} | {_f(epoch_s, 3)} | "
-                        f"{_f(base / epoch_s, 2)} | {_f(statistics.median(col('infer_nfe')), 1)} | "
-                        f"{_spread(col(f'{key}_mse'))} | {_spread(col(f'{key}_skill'), 3)} | "
-                        f"{_f(ref[0], 1)} | {_f(ref[1], 3)} | {'; '.join(errors)} |")
-    table = "\n".join([
-        "| task | model | params | epoch s (median) | speed-up vs latent ODE dopri5 | NFE/forward infer | "
-        "test MSE, median (range) | skill vs LOCF | ref epoch s (20 ep) | ref test MSE (20 ep) | error |",
-        "|" + "---|" * 11, *rows])
+            errors = sorted(
+                {str(t.loc[name, "error"]) for t in tables if str(t.loc[name, "error"] or "") not in ("", "nan")}
+            )
+            rows.append(
+                f"| {task} | {name} | {int(tables[0].loc[name, 'params']):,} | {_f(epoch_s, 3)} | "
+                f"{_f(base / epoch_s, 2)} | {_f(statistics.median(col('infer_nfe')), 1)} | "
+                f"{_spread(col(f'{key}_mse'))} | {_spread(col(f'{key}_skill'), 3)} | "
+                f"{_f(ref[0], 1)} | {_f(ref[1], 3)} | {'; '.join(errors)} |"
+            )
+    table = "\n".join(
+        [
+            "| task | model | params | epoch s (median) | speed-up vs latent ODE dopri5 | NFE/forward infer | "
+            "test MSE, median (range) | skill vs LOCF | ref epoch s (20 ep) | ref test MSE (20 ep) | error |",
+            "|" + "---|" * 11,
+            *rows,
+        ]
+    )
     notes = (
         f"Last run's settings: {desc} Seeds (model initialisation and training order; the data, split and "
         f"subsampling are fixed): {seeds}.\n\n"
@@ -104,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         "times scale with the number of training series (reference: 600 per epoch). The machine is shared: "
         "compare models within the table. Baselines have no training (no epoch time)."
     )
-    return publish_report(args.out, "Latent ODE periodic: interpolation and extrapolation",
-                          "scripts/repro_latent_ode_periodic.py", argv, [notes, table], table)
+    return publish_report(
+        args.out,
+        "Latent ODE periodic: interpolation and extrapolation",
+        "scripts/repro_latent_ode_periodic.py",
+        argv,
+        [notes, table],
+        table,
+    )
 
 
 if __name__ == "__main__":

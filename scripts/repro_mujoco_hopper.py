@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cut", type=float, default=0.5)
     args = p.parse_args(argv)
     if args.data is None and importlib.util.find_spec("dm_control") is None:
-        print("skipped: MuJoCo Hopper needs dm_control (pip install .[mujoco]) or --data hopper.csv from "
-              "scripts/make_mujoco_hopper.py; nothing measured")
+        print(
+            "skipped: MuJoCo Hopper needs dm_control (pip install .[mujoco]) or --data hopper.csv from "
+            "scripts/make_mujoco_hopper.py; nothing measured"
+        )
         return 0
     n_series = args.n_series or (10_000 if args.full else 1000)
     epochs = args.epochs or (100 if args.full else 5)
@@ -63,10 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         path = args.data or _simulate_csv(n_series, 123, tmp)
         for task in [t for t in args.tasks.split(",") if t]:
             cfg = BenchmarkConfig(
-                path=path, models=tuple(m for m in args.models.split(",") if m), task=task,
-                obs_fraction=args.obs_fraction, extrap_obs_fraction=args.obs_fraction, cut=args.cut, layout="union",
-                scaler="standard", epochs=epochs, batch_size=50, seed=args.seed,
-                model_options={"latent_dim": 15, "lr": 1e-2}, device=args.device, threads=args.threads,
+                path=path,
+                models=tuple(m for m in args.models.split(",") if m),
+                task=task,
+                obs_fraction=args.obs_fraction,
+                extrap_obs_fraction=args.obs_fraction,
+                cut=args.cut,
+                layout="union",
+                scaler="standard",
+                epochs=epochs,
+                batch_size=50,
+                seed=args.seed,
+                model_options={"latent_dim": 15, "lr": 1e-2},
+                device=args.device,
+                threads=args.threads,
             )
             res = run_benchmark(cfg, progress=True)
             key = "interp_mse" if task == "interpolation" else "extrap_mse"
@@ -74,16 +86,32 @@ def main(argv: list[str] | None = None) -> int:
                 paper = PAPER.get((task, r["model"]), math.nan)
                 ours = r[key] * 100
                 gap = f"{ours / paper:.2f}× paper" if math.isfinite(paper) and math.isfinite(ours) else "—"
-                rows.append(f"| {task} | {r['model']} | {r['epoch_time_s']:.3f} | {ours:.3f} | "
-                            f"{'—' if math.isnan(paper) else f'{paper:.3f}'} | {gap} | {r['error'] or ''} |")
+                rows.append(
+                    f"| {task} | {r['model']} | {r['epoch_time_s']:.3f} | {ours:.3f} | "
+                    f"{'—' if math.isnan(paper) else f'{paper:.3f}'} | {gap} | {r['error'] or ''} |"
+                )
             desc = res.description
-    table = "\n".join(["| task | model | epoch s (median) | test MSE ×1e-2 | paper latent ODE (ODE enc) ×1e-2 | "
-                       "ours / paper | error |", "|" + "---|" * 7, *rows])
-    notes = (f"{desc}\n\nPaper (Table 3, 10% observed): latent ODE (ODE encoder) interpolation 0.360, extrapolation "
-             f"1.441; ODE-RNN {PAPER_ODE_RNN['interpolation']} / {PAPER_ODE_RNN['extrapolation']} (×1e-2). The paper "
-             "trained to convergence on 10,000 sequences; runs without --full are far shorter.")
-    return publish_report(args.out, "Latent ODE vs latent flow on MuJoCo Hopper (10% observed)",
-                          "scripts/repro_mujoco_hopper.py", argv, [notes, table], table)
+    table = "\n".join(
+        [
+            "| task | model | epoch s (median) | test MSE ×1e-2 | paper latent ODE (ODE enc) ×1e-2 | "
+            "ours / paper | error |",
+            "|" + "---|" * 7,
+            *rows,
+        ]
+    )
+    notes = (
+        f"{desc}\n\nPaper (Table 3, 10% observed): latent ODE (ODE encoder) interpolation 0.360, extrapolation "
+        f"1.441; ODE-RNN {PAPER_ODE_RNN['interpolation']} / {PAPER_ODE_RNN['extrapolation']} (×1e-2). The paper "
+        "trained to convergence on 10,000 sequences; runs without --full are far shorter."
+    )
+    return publish_report(
+        args.out,
+        "Latent ODE vs latent flow on MuJoCo Hopper (10% observed)",
+        "scripts/repro_mujoco_hopper.py",
+        argv,
+        [notes, table],
+        table,
+    )
 
 
 if __name__ == "__main__":

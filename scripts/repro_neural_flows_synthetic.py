@@ -45,19 +45,31 @@ MODELS = ("ode_rk4", "ode_dopri5", "resnet_flow", "gru_flow", "coupling_flow")
 #: (nfe/models/flow.py passes n_layers on), each with a 2 x 64 network; ReLU as there
 EXTRA_MODELS = {"resnet_flow_16": dict(flow_layers=16), "resnet_flow_16_relu": dict(flow_layers=16, activation="relu")}
 # f of the 1-D sets, value = x0 + f(t) (the generator's definitions; f(0) gives the initial state)
-_F = {"sine": np.sin, "square": lambda t: np.sign(np.sin(t)), "sawtooth": sawtooth,
-      "triangle": lambda t: np.abs(sawtooth(t))}
+_F = {
+    "sine": np.sin,
+    "square": lambda t: np.sign(np.sin(t)),
+    "sawtooth": sawtooth,
+    "triangle": lambda t: np.abs(sawtooth(t)),
+}
 
 # Neural Flows reference code, REFERENCE.md: (epochs, dataset, model) -> (seconds per epoch, test MSE)
 REFERENCE = {
-    (5, "sine", "ode_rk4"): (2.69, 0.406), (5, "sine", "ode_dopri5"): (3.48, 0.410),
-    (5, "sine", "coupling_flow"): (0.31, 0.048), (5, "sine", "resnet_flow"): (0.85, 0.0038),
-    (5, "sink", "ode_rk4"): (2.74, 0.031), (5, "sink", "ode_dopri5"): (4.37, 0.028),
-    (5, "sink", "coupling_flow"): (0.32, 0.058), (5, "sink", "resnet_flow"): (0.89, 0.040),
-    (50, "sine", "ode_dopri5"): (14.5, 0.0151), (50, "sine", "ode_rk4"): (4.6, 0.055),
-    (50, "sine", "coupling_flow"): (0.45, 0.00003), (50, "sine", "resnet_flow"): (1.18, 0.00001),
-    (50, "sink", "ode_dopri5"): (math.nan, 0.0143), (50, "sink", "ode_rk4"): (math.nan, math.nan),
-    (50, "sink", "coupling_flow"): (math.nan, 0.0065), (50, "sink", "resnet_flow"): (math.nan, 0.0049),
+    (5, "sine", "ode_rk4"): (2.69, 0.406),
+    (5, "sine", "ode_dopri5"): (3.48, 0.410),
+    (5, "sine", "coupling_flow"): (0.31, 0.048),
+    (5, "sine", "resnet_flow"): (0.85, 0.0038),
+    (5, "sink", "ode_rk4"): (2.74, 0.031),
+    (5, "sink", "ode_dopri5"): (4.37, 0.028),
+    (5, "sink", "coupling_flow"): (0.32, 0.058),
+    (5, "sink", "resnet_flow"): (0.89, 0.040),
+    (50, "sine", "ode_dopri5"): (14.5, 0.0151),
+    (50, "sine", "ode_rk4"): (4.6, 0.055),
+    (50, "sine", "coupling_flow"): (0.45, 0.00003),
+    (50, "sine", "resnet_flow"): (1.18, 0.00001),
+    (50, "sink", "ode_dopri5"): (math.nan, 0.0143),
+    (50, "sink", "ode_rk4"): (math.nan, math.nan),
+    (50, "sink", "coupling_flow"): (math.nan, 0.0065),
+    (50, "sink", "resnet_flow"): (math.nan, 0.0049),
 }
 
 
@@ -144,9 +156,15 @@ def train_one(kind: str, name: str, train, tests: dict, epochs: int, seed: int, 
     except Exception as err:  # SolverError (dt underflow) and the like: report, go on
         error = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
         scores = {k: math.nan for k in tests}
-    return {"dataset": name, "model": kind, "params": sum(p.numel() for p in model.parameters()),
-            "epoch_s": statistics.median(times) if times else math.nan, "nfe": nfes[-1] if nfes else math.nan,
-            **scores, "error": error}
+    return {
+        "dataset": name,
+        "model": kind,
+        "params": sum(p.numel() for p in model.parameters()),
+        "epoch_s": statistics.median(times) if times else math.nan,
+        "nfe": nfes[-1] if nfes else math.nan,
+        **scores,
+        "error": error,
+    }
 
 
 def fmt(v, digits=4) -> str:
@@ -178,24 +196,37 @@ def main(argv: list[str] | None = None) -> int:
         n = len(x0)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
         n_tr, n_va = int(0.6 * n), int(0.2 * n)
+
         def split(idx, x0=x0, t=t, y=y, m=m):
             return x0[idx], t[idx], y[idx], m[idx]
 
-        train, test = split(perm[:n_tr]), split(perm[n_tr + n_va:])
+        train, test = split(perm[:n_tr]), split(perm[n_tr + n_va :])
         extrap = trajectories(name, n - n_tr - n_va, args.seed + 1, extrap="time")
         for kind in models:
             row = train_one(kind, name, train, {"test": test, "extrap_time": extrap}, epochs, args.seed, args.device)
             rows.append(row)
-            print(f"{name:9s} {kind:14s} epoch {fmt(row['epoch_s'], 3)} s  test {fmt(row['test'])}  "
-                  f"extrap-time {fmt(row['extrap_time'])} {row['error']}", file=sys.stderr, flush=True)
+            print(
+                f"{name:9s} {kind:14s} epoch {fmt(row['epoch_s'], 3)} s  test {fmt(row['test'])}  "
+                f"extrap-time {fmt(row['extrap_time'])} {row['error']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def ratio(r: dict, base_model: str, key, table: dict | None = None) -> float:
-        base = table.get((epochs, r["dataset"], base_model), (math.nan,))[0] if table is not None else next(
-            (q["epoch_s"] for q in rows if q["dataset"] == r["dataset"] and q["model"] == base_model), math.nan)
+        base = (
+            table.get((epochs, r["dataset"], base_model), (math.nan,))[0]
+            if table is not None
+            else next(
+                (q["epoch_s"] for q in rows if q["dataset"] == r["dataset"] and q["model"] == base_model), math.nan
+            )
+        )
         return key / base if base and not math.isnan(base) else math.nan
 
-    lines = ["| dataset | model | params | epoch s (median) | epoch time / ODE rk4 | epoch time / ODE dopri5 | "
-             "NFE/forward | test MSE | extrap-time MSE | ref epoch s | ref epoch time / ref ODE rk4 | ref test MSE |",
-             "|" + "---|" * 12]
+    lines = [
+        "| dataset | model | params | epoch s (median) | epoch time / ODE rk4 | epoch time / ODE dopri5 | "
+        "NFE/forward | test MSE | extrap-time MSE | ref epoch s | ref epoch time / ref ODE rk4 | ref test MSE |",
+        "|" + "---|" * 12,
+    ]
     for r in rows:
         ref = REFERENCE.get((epochs, r["dataset"], r["model"]), (math.nan, math.nan))
         lines.append(
@@ -203,17 +234,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(ratio(r, 'ode_rk4', r['epoch_s']), 2)} | {fmt(ratio(r, 'ode_dopri5', r['epoch_s']), 2)} | "
             f"{fmt(r['nfe'], 1)} | {fmt(r['test'])} | {fmt(r['extrap_time'])}{' ' + r['error'] if r['error'] else ''} "
             f"| "
-            f"{fmt(ref[0], 2)} | {fmt(ratio(r, 'ode_rk4', ref[0], REFERENCE), 2)} | {fmt(ref[1])} |")
+            f"{fmt(ref[0], 2)} | {fmt(ratio(r, 'ode_rk4', ref[0], REFERENCE), 2)} | {fmt(ref[1])} |"
+        )
     table = "\n".join(lines)
-    setting = (f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, "
-               f"batch 50, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s). "
-               "MSE in data units over all points but the given initial state; extrap-time: fresh series with "
-               "times in [10, 30]. Reference columns: the Neural Flows reference code as timed in REFERENCE.md "
-               f"(600 training series; {epochs}-epoch figures where REFERENCE.md has them). Epoch seconds depend on "
-               "the number of training series and on the machine, so compare the ratio columns; this machine is "
-               "shared with other jobs, so absolute times are noisy.")
-    return publish_report(args.out, "Neural Flows synthetic: ODE vs flows", "scripts/repro_neural_flows_synthetic.py",
-                          argv, [setting, table], table)
+    setting = (
+        f"{args.n_series} series × 100 points per set (split 60/20/20, seed {args.seed}), {epochs} epochs, "
+        f"batch 50, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s). "
+        "MSE in data units over all points but the given initial state; extrap-time: fresh series with "
+        "times in [10, 30]. Reference columns: the Neural Flows reference code as timed in REFERENCE.md "
+        f"(600 training series; {epochs}-epoch figures where REFERENCE.md has them). Epoch seconds depend on "
+        "the number of training series and on the machine, so compare the ratio columns; this machine is "
+        "shared with other jobs, so absolute times are noisy."
+    )
+    return publish_report(
+        args.out,
+        "Neural Flows synthetic: ODE vs flows",
+        "scripts/repro_neural_flows_synthetic.py",
+        argv,
+        [setting, table],
+        table,
+    )
 
 
 if __name__ == "__main__":

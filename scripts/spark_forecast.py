@@ -70,10 +70,29 @@ def fit_logged_model(work: Path) -> tuple[str, str, Path]:
     os.chdir(work)
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            rc = main(["fit", "--data.path", str(data), "--model.model", "ode_rnn", "--model.hidden_dim", "16",
-                       "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-                       "--tracking_uri", uri, "--experiment_name", "spark_bench", "--checkpoint_dir",
-                       str(work / "ck"), "--seed_everything", "0"])
+            rc = main(
+                [
+                    "fit",
+                    "--data.path",
+                    str(data),
+                    "--model.model",
+                    "ode_rnn",
+                    "--model.hidden_dim",
+                    "16",
+                    "--trainer.max_epochs",
+                    "1",
+                    "--trainer.enable_progress_bar",
+                    "false",
+                    "--tracking_uri",
+                    uri,
+                    "--experiment_name",
+                    "spark_bench",
+                    "--checkpoint_dir",
+                    str(work / "ck"),
+                    "--seed_everything",
+                    "0",
+                ]
+            )
     finally:
         os.chdir(old)
     if rc != 0:
@@ -86,16 +105,22 @@ def fit_logged_model(work: Path) -> tuple[str, str, Path]:
 def spark_session(cores: int):
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master(f"local[{cores}]").appName("ts_neuralode-spark-forecast")
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.sql.shuffle.partitions", str(2 * cores))
-               .config("spark.driver.memory", "2g")
-               .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
-               .config("spark.executorEnv.PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-               .config("spark.executorEnv.OMP_NUM_THREADS", "1")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    session = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("ts_neuralode-spark-forecast")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", str(2 * cores))
+        .config("spark.driver.memory", "2g")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.executorEnv.PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     return session
 
@@ -117,8 +142,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1,000 series only")
     ap.add_argument("--sizes", type=int, nargs="*", help="numbers of series (default: see --quick)")
-    ap.add_argument("--per_series_max", type=int, default=1000,
-                    help="largest size run with one group per series (default 1000: ~0.1 s per series)")
+    ap.add_argument(
+        "--per_series_max",
+        type=int,
+        default=1000,
+        help="largest size run with one group per series (default 1000: ~0.1 s per series)",
+    )
     ap.add_argument("--out", default=str(ROOT / "results" / "spark_forecast.md"))
     args = ap.parse_args()
     sizes = args.sizes or ([1000] if args.quick else [1000, 5000, 20000])
@@ -147,8 +176,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 expected = fc.predict(history, **query_options(QUERY))
                 t_in = time.perf_counter() - t0
-                rows.append({"series": n, "rows": len(history), "how": "in-process predict (1 call, batches of 64)",
-                             "seconds": t_in, "series_per_s": n / t_in, "max_abs_diff": 0.0})
+                rows.append(
+                    {
+                        "series": n,
+                        "rows": len(history),
+                        "how": "in-process predict (1 call, batches of 64)",
+                        "seconds": t_in,
+                        "series_per_s": n / t_in,
+                        "max_abs_diff": 0.0,
+                    }
+                )
                 print(rows[-1], flush=True)
                 sdf = spark.createDataFrame(history).cache()
                 sdf.count()
@@ -156,10 +193,21 @@ def main() -> None:
                     t0 = time.perf_counter()
                     got = forecast_spark(sdf, model_uri, QUERY, buckets=b, tracking_uri=tracking_uri).toPandas()
                     dt = time.perf_counter() - t0
-                    how = ("spark applyInPandas, one group per series" if b is None
-                           else f"spark applyInPandas, {b} hash buckets of series")
-                    rows.append({"series": n, "rows": len(history), "how": how, "seconds": dt,
-                                 "series_per_s": n / dt, "max_abs_diff": max_diff(got, expected)})
+                    how = (
+                        "spark applyInPandas, one group per series"
+                        if b is None
+                        else f"spark applyInPandas, {b} hash buckets of series"
+                    )
+                    rows.append(
+                        {
+                            "series": n,
+                            "rows": len(history),
+                            "how": how,
+                            "seconds": dt,
+                            "series_per_s": n / dt,
+                            "max_abs_diff": max_diff(got, expected),
+                        }
+                    )
                     print(rows[-1], flush=True)
                 sdf.unpersist()
         finally:
@@ -173,8 +221,11 @@ def write(args, rows, cores, buckets, load0, load1) -> None:
 
     import pyspark
 
-    cmd = "python scripts/spark_forecast.py" + (" --quick" if args.quick else "") + (
-        f" --sizes {' '.join(map(str, args.sizes))}" if args.sizes else "")
+    cmd = (
+        "python scripts/spark_forecast.py"
+        + (" --quick" if args.quick else "")
+        + (f" --sizes {' '.join(map(str, args.sizes))}" if args.sizes else "")
+    )
     lines = [
         "# Batch forecasts on Spark vs one in-process predict",
         "",
@@ -196,8 +247,10 @@ def write(args, rows, cores, buckets, load0, load1) -> None:
     base = {r["series"]: r["seconds"] for r in rows if r["how"].startswith("in-process")}
     for r in rows:
         ratio = base[r["series"]] / r["seconds"]
-        lines.append(f"| {r['series']:,} | {r['rows']:,} | {r['how']} | {r['seconds']:.1f} | "
-                     f"{r['series_per_s']:,.0f} | {ratio:.2f}x | {r['max_abs_diff']:.1e} |")
+        lines.append(
+            f"| {r['series']:,} | {r['rows']:,} | {r['how']} | {r['seconds']:.1f} | "
+            f"{r['series_per_s']:,.0f} | {ratio:.2f}x | {r['max_abs_diff']:.1e} |"
+        )
     lines += [
         "",
         f"`vs in-process`: in-process seconds / this row's seconds (above 1: faster than one in-process call). "

@@ -72,9 +72,23 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
     from lib.parse_datasets import parse_datasets
 
     args = argparse.Namespace(
-        n=n_series, lr=1e-2, batch_size=50, dataset="periodic", sample_tp=50, cut_tp=None, quantization=0.1,
-        latents=10, rec_layers=1, units=100, gru_units=100, extrap=False, timepoints=100, max_t=5.0,
-        noise_weight=0.01, classif=False, poisson=False,
+        n=n_series,
+        lr=1e-2,
+        batch_size=50,
+        dataset="periodic",
+        sample_tp=50,
+        cut_tp=None,
+        quantization=0.1,
+        latents=10,
+        rec_layers=1,
+        units=100,
+        gru_units=100,
+        extrap=False,
+        timepoints=100,
+        max_t=5.0,
+        noise_weight=0.01,
+        classif=False,
+        poisson=False,
     )
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -83,9 +97,19 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
     net = rutils.create_net(10, 10, n_layers=1, n_units=100, nonlinear=nn.Tanh)
     func = ODEFunc(input_dim=1, latent_dim=10, ode_func_net=net, device=dev)
     solver = DiffeqSolver(1, func, "euler", 10, odeint_rtol=1e-3, odeint_atol=1e-4, device=dev)
-    model = ODE_RNN(1, 10, device=dev, z0_diffeq_solver=solver, n_gru_units=100, concat_mask=True,
-                    obsrv_std=torch.Tensor([0.01]), use_binary_classif=False, classif_per_tp=False, n_labels=1,
-                    train_classif_w_reconstr=False)
+    model = ODE_RNN(
+        1,
+        10,
+        device=dev,
+        z0_diffeq_solver=solver,
+        n_gru_units=100,
+        concat_mask=True,
+        obsrv_std=torch.Tensor([0.01]),
+        use_binary_classif=False,
+        classif_per_tp=False,
+        n_labels=1,
+        train_classif_w_reconstr=False,
+    )
     opt = torch.optim.Adamax(model.parameters(), lr=args.lr)
 
     def step():
@@ -97,16 +121,29 @@ def _ref_odernn(ref_dir: str, n_series: int, seed: int):
 
     def test_mse():
         with torch.no_grad():
-            res = rutils.compute_loss_all_batches(model, data["test_dataloader"], args,
-                                                  n_batches=data["n_test_batches"],
-                                                  experimentID=0, device=dev, n_traj_samples=3, kl_coef=0.0)
+            res = rutils.compute_loss_all_batches(
+                model,
+                data["test_dataloader"],
+                args,
+                n_batches=data["n_test_batches"],
+                experimentID=0,
+                device=dev,
+                n_traj_samples=3,
+                kl_coef=0.0,
+            )
         return float(res["mse"])
 
     return step, test_mse, data["n_train_batches"]
 
 
-PERIODIC = dict(dataset="periodic", n_points=100, layout="union", scaler="none", time_scale=1.0,
-                model_options={"latent_dim": 10, "lr": 1e-2})
+PERIODIC = dict(
+    dataset="periodic",
+    n_points=100,
+    layout="union",
+    scaler="none",
+    time_scale=1.0,
+    model_options={"latent_dim": 10, "lr": 1e-2},
+)
 
 
 def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn", data: dict = PERIODIC):
@@ -116,8 +153,16 @@ def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn",
     from ts_neuralode.api.benchmark.runner import load_frame, make_datamodules, module_options
     from ts_neuralode.training import ForecastingModule
 
-    cfg = BenchmarkConfig(n_series=n_series, models=(name,), task="interpolation", obs_fraction=0.5, batch_size=50,
-                          seed=seed, model_overrides={name: overrides}, **data)
+    cfg = BenchmarkConfig(
+        n_series=n_series,
+        models=(name,),
+        task="interpolation",
+        obs_fraction=0.5,
+        batch_size=50,
+        seed=seed,
+        model_overrides={name: overrides},
+        **data,
+    )
     dm = make_datamodules(cfg, load_frame(cfg), cfg.layout)["interpolation"]
     torch.manual_seed(seed)
     model = ForecastingModule(**module_options(cfg, name, dm.num_channels)).model
@@ -153,13 +198,17 @@ def _our_model(n_series: int, seed: int, overrides: dict, name: str = "ode_rnn",
 def section_rnn(args) -> str:
     ref = Path(args.latent_ode_ref)
     if not (ref / "lib" / "ode_rnn.py").is_file():
-        return (f"## ODE-RNN vs the Latent ODE reference\n\nNot run: no reference checkout at {ref} "
-                "(pass --latent-ode-ref PATH to a clone of YuliaRubanova/latent_ode).\n")
+        return (
+            f"## ODE-RNN vs the Latent ODE reference\n\nNot run: no reference checkout at {ref} "
+            "(pass --latent-ode-ref PATH to a clone of YuliaRubanova/latent_ode).\n"
+        )
     n_series, epochs = args.n_series, args.epochs
     ref_step, ref_mse, ref_batches = _ref_odernn(str(ref), n_series, args.seed)
     contenders = {"reference ODE-RNN (Euler, its code)": (ref_step, ref_mse, None)}
-    for label, over in (("ours, dopri5 (default)", {}),
-                        ("ours, Euler step 0.1 (the reference's solver)", {"method": "euler", "step_size": 0.1})):
+    for label, over in (
+        ("ours, dopri5 (default)", {}),
+        ("ours, Euler step 0.1 (the reference's solver)", {"method": "euler", "step_size": 0.1}),
+    ):
         step, mse, nfe = _our_model(n_series, args.seed, over)
         contenders[label] = (step, mse, nfe)
     times = {k: [] for k in contenders}
@@ -192,8 +241,10 @@ def section_rnn(args) -> str:
         first = next((i + 1 for i, v in enumerate(curves[k]) if v <= target), None)
         reach = "not reached" if first is None else f"{med * ref_batches * first:.2f}"
         gain = "—" if first is None else f"{ref_time / (med * ref_batches * first):.2f}×"
-        lines.append(f"| {k} | {1e3 * med:.1f} | {med * ref_batches:.2f} | {base / med:.2f}× | {n} | "
-                     f"{', '.join(f'{v:.4f}' for v in curves[k])} | {reach} | {gain} |")
+        lines.append(
+            f"| {k} | {1e3 * med:.1f} | {med * ref_batches:.2f} | {base / med:.2f}× | {n} | "
+            f"{', '.join(f'{v:.4f}' for v in curves[k])} | {reach} | {gain} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -253,10 +304,12 @@ def section_solver(args) -> str:
         f.timed = False
         med = {k: statistics.median(times[k]) for k in names_t}
         o, fa = med["fwd/ours"], med["field"]
-        lines.append(f"| {B} | {1e3 * o:.2f} | {1e3 * med['fwd/td']:.2f} | {1e3 * med['fwd/tode']:.2f} | "
-                     f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
-                     f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} | "
-                     f"{1e3 * fa:.2f} | {med['fwd/td'] / fa:.2f}× / {med['fwd/tode'] / fa:.2f}× |")
+        lines.append(
+            f"| {B} | {1e3 * o:.2f} | {1e3 * med['fwd/td']:.2f} | {1e3 * med['fwd/tode']:.2f} | "
+            f"{med['fwd/td'] / o:.2f}× | {med['fwd/tode'] / o:.2f}× | "
+            f"{' / '.join(str(nfe[k]) for k in names)} | {' / '.join(f'{share[k]:.0%}' for k in names)} | "
+            f"{1e3 * fa:.2f} | {med['fwd/td'] / fa:.2f}× / {med['fwd/tode'] / fa:.2f}× |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -306,8 +359,16 @@ def section_interval(args) -> str:
             with torch.no_grad():
                 h, dt = y0, None
                 for i in range(t.shape[0] - 1):
-                    sol = odeint(f, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL, first_step=dt,
-                                 check_inputs=False)
+                    sol = odeint(
+                        f,
+                        h,
+                        t[i : i + 2],
+                        method="dopri5",
+                        rtol=bs.RTOL,
+                        atol=bs.ATOL,
+                        first_step=dt,
+                        check_inputs=False,
+                    )
                     h, dt = sol.ys[:, -1], sol.stats.next_dt
             return h
 
@@ -319,14 +380,14 @@ def section_interval(args) -> str:
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
-                    h = torchdiffeq.odeint(sf, h, t[i:i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL)[-1]
+                    h = torchdiffeq.odeint(sf, h, t[i : i + 2], method="dopri5", rtol=bs.RTOL, atol=bs.ATOL)[-1]
             return h
 
         def tde(tode=tode, y0=y0, t=t, B=B):
             with torch.no_grad():
                 h = y0
                 for i in range(t.shape[0] - 1):
-                    h = tode.solve(to.InitialValueProblem(y0=h, t_eval=t[i:i + 2].expand(B, 2))).ys[:, -1]
+                    h = tode.solve(to.InitialValueProblem(y0=h, t_eval=t[i : i + 2].expand(B, 2))).ys[:, -1]
             return h
 
         v = {"ours": ours, "general": general, "td": td, "tode": tde}
@@ -365,16 +426,23 @@ def section_interval(args) -> str:
         f.timed = False
         med = {k: statistics.median(x) for k, x in times.items()}
         o = med["ours"]
-        lines.append(f"| {B} | {1e3 * o:.2f} | {1e3 * med['general']:.2f} | {1e3 * med['td']:.2f} | "
-                     f"{1e3 * med['tode']:.2f} | {med['general'] / o:.2f}× | {med['td'] / o:.2f}× | "
-                     f"{med['tode'] / o:.2f}× | {nfe['ours']} / {nfe['td']} / {nfe['tode']} | "
-                     f"{share['ours']:.0%} / {share['general']:.0%} | {1e3 * med['field']:.2f} |")
+        lines.append(
+            f"| {B} | {1e3 * o:.2f} | {1e3 * med['general']:.2f} | {1e3 * med['td']:.2f} | "
+            f"{1e3 * med['tode']:.2f} | {med['general'] / o:.2f}× | {med['td'] / o:.2f}× | "
+            f"{med['tode'] / o:.2f}× | {nfe['ours']} / {nfe['td']} / {nfe['tode']} | "
+            f"{share['ours']:.0%} / {share['general']:.0%} | {1e3 * med['field']:.2f} |"
+        )
         print(lines[-1], flush=True)
 
-    lines += ["", "Recurrent models, training step (loss + backward + Adam) with the two-point path on and off, "
-              f"periodic protocol (batch 50, 100 times, latent 10, dopri5), interleaved, {args.carry_steps} each, "
-              "median:", "", "| model | step ms, two-point path | step ms, general loop | speed-up | NFE/forward |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Recurrent models, training step (loss + backward + Adam) with the two-point path on and off, "
+        f"periodic protocol (batch 50, 100 times, latent 10, dopri5), interleaved, {args.carry_steps} each, "
+        "median:",
+        "",
+        "| model | step ms, two-point path | step ms, general loop | speed-up | NFE/forward |",
+        "|---|---|---|---|---|",
+    ]
     for name in ("ode_rnn", "gru_ode", "latent_ode_dopri5_enc"):
         step, _, nfe = _our_model(200, args.seed, {}, name)
         tms = {"on": [], "off": []}
@@ -503,8 +571,10 @@ def _our_flow(data: str, kind: str, seed: int):
 def section_flows(args) -> str:
     ref, site = Path(args.nfe_ref), Path(args.nfe_site)
     if not (ref / "nfe" / "models" / "flow.py").is_file() or not (site / "stribor").is_dir():
-        return (f"## Flows vs the Neural Flows reference\n\nNot run: no reference checkout at {ref} (or no stribor "
-                f"in {site}); pass --nfe-ref and --nfe-site.\n")
+        return (
+            f"## Flows vs the Neural Flows reference\n\nNot run: no reference checkout at {ref} (or no stribor "
+            f"in {site}); pass --nfe-ref and --nfe-site.\n"
+        )
     lines = _head(
         "## Flows vs the Neural Flows reference (synthetic sets, its settings)",
         "4 flow layers of 2 × 64 hidden, Fourier time embedding with 8 features, Adam lr 1e-3, weight decay 1e-5, "
@@ -524,8 +594,9 @@ def section_flows(args) -> str:
                     fn()
                     acc.append(time.perf_counter() - t0)
             a, b = statistics.median(tr), statistics.median(to)
-            lines.append(f"| {data} | {kind} | {1e3 * a:.2f} | {1e3 * b:.2f} | {a / b:.2f}× | {r_mse():.4f} | "
-                         f"{o_mse():.4f} |")
+            lines.append(
+                f"| {data} | {kind} | {1e3 * a:.2f} | {1e3 * b:.2f} | {a / b:.2f}× | {r_mse():.4f} | {o_mse():.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -568,23 +639,39 @@ def section_latent(args) -> str:
             cum += sec
             if reach is None and m <= target:
                 reach = cum
-        lines.append(f"| {name} | {h['s'][0]:.2f} → {h['s'][-1]:.2f} ({statistics.median(h['s']):.2f}) | "
-                     f"{h['nfe'][0]:.0f} → {h['nfe'][-1]:.0f} | {min(h['mse']):.4f} | {h['mse'][-1]:.4f} | "
-                     f"{'not reached' if reach is None else f'{reach:.1f}'} |")
+        lines.append(
+            f"| {name} | {h['s'][0]:.2f} → {h['s'][-1]:.2f} ({statistics.median(h['s']):.2f}) | "
+            f"{h['nfe'][0]:.0f} → {h['nfe'][-1]:.0f} | {min(h['mse']):.4f} | {h['mse'][-1]:.4f} | "
+            f"{'not reached' if reach is None else f'{reach:.1f}'} |"
+        )
     lines += ["", "Per-epoch curves (epoch: seconds / NFE / test MSE):", ""]
     for name, h in hist.items():
-        pts = "; ".join(f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}" for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"],
-                                                                                              h["mse"], strict=False)))
+        pts = "; ".join(
+            f"{i + 1}: {a:.2f}/{b:.0f}/{c:.4f}"
+            for i, (a, b, c) in enumerate(zip(h["s"], h["nfe"], h["mse"], strict=False))
+        )
         lines.append(f"- {name}: {pts}")
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------- memory
-MEM_MODELS = ("latent_ode_dopri5", "latent_ode_rk4", "latent_gru_flow", "latent_coupling_flow", "latent_resnet_flow",
-              "ode_rnn", "flow_rnn", "gru_ode", "gru_flow")
+MEM_MODELS = (
+    "latent_ode_dopri5",
+    "latent_ode_rk4",
+    "latent_gru_flow",
+    "latent_coupling_flow",
+    "latent_resnet_flow",
+    "ode_rnn",
+    "flow_rnn",
+    "gru_ode",
+    "gru_flow",
+)
 #: the adjoint on a model: the latent ODE (dopri5) at its default tolerance and at a tight one (many more steps)
-ADJOINT_CASES = (("autograd", {}), ("adjoint, backsolve", {"adjoint": True, "adjoint_mode": "backsolve"}),
-                 ("adjoint, interpolate", {"adjoint": True, "adjoint_mode": "interpolate"}))
+ADJOINT_CASES = (
+    ("autograd", {}),
+    ("adjoint, backsolve", {"adjoint": True, "adjoint_mode": "backsolve"}),
+    ("adjoint, interpolate", {"adjoint": True, "adjoint_mode": "interpolate"}),
+)
 TOLS = (("rtol 1e-3", {}), ("rtol 1e-7", {"rtol": 1e-7, "atol": 1e-8}))
 
 
@@ -617,13 +704,16 @@ def section_memory(args) -> str:
     for name in MEM_MODELS:
         r = measure_mem(name, {})
         lines.append(f"| {name} | {r['peak'] / 2**20:.1f} | {r['nfe']:.0f} |")
-    lines += ["", *_head(
-        "### The adjoint's flat memory, on the latent ODE (dopri5)",
-        "The same step with the decoder's gradients by autograd or by the adjoint, at the default tolerance and at "
-        "rtol 1e-7 / atol 1e-8 (many more solver steps). Backsolve keeps no step of the forward: its memory does "
-        "not grow with the step count; interpolate keeps the forward's accepted steps' states (no graph).",
-        "| gradients | " + " | ".join(f"{t}: peak MiB (NFE)" for t, _ in TOLS) + " | growth |",
-    )]
+    lines += [
+        "",
+        *_head(
+            "### The adjoint's flat memory, on the latent ODE (dopri5)",
+            "The same step with the decoder's gradients by autograd or by the adjoint, at the default tolerance and at "
+            "rtol 1e-7 / atol 1e-8 (many more solver steps). Backsolve keeps no step of the forward: its memory does "
+            "not grow with the step count; interpolate keeps the forward's accepted steps' states (no graph).",
+            "| gradients | " + " | ".join(f"{t}: peak MiB (NFE)" for t, _ in TOLS) + " | growth |",
+        ),
+    ]
     for label, over in ADJOINT_CASES:
         rs = [measure_mem("latent_ode_dopri5", {**over, **tol}) for _, tol in TOLS]
         cells = " | ".join(f"{r['peak'] / 2**20:.1f} ({r['nfe']:.0f})" for r in rs)
@@ -668,15 +758,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=41, help="solver section: interleaved repetitions")
     p.add_argument("--latent-ode-ref", default="/tmp/latent_ode_ref")
     p.add_argument("--nfe-ref", default="/tmp/nfe_ref", help="a checkout of mbilos/neural-flows-experiments")
-    p.add_argument("--nfe-site", default="/tmp/nfenv/lib/python3.11/site-packages",
-                   help="site-packages holding the reference's stribor")
+    p.add_argument(
+        "--nfe-site",
+        default="/tmp/nfenv/lib/python3.11/site-packages",
+        help="site-packages holding the reference's stribor",
+    )
     p.add_argument("--flow-epochs", type=int, default=3)
     p.add_argument("--carry-steps", type=int, default=15)
     p.add_argument("--latent-series", type=int, default=500)
     p.add_argument("--latent-epochs", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "results" / "speed.md"))
-    p.add_argument("--update", action="store_true",
-                   help="replace only the sections run (by their heading) in an existing --out, keep the rest")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the sections run (by their heading) in an existing --out, keep the rest",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sections = [s for s in args.sections.split(",") if s]

@@ -59,9 +59,20 @@ def build_step(name: str, batch: int, seed: int = 0):
     from ts_neuralode.api.benchmark.runner import load_frame, make_datamodules, module_options
     from ts_neuralode.training import ForecastingModule
 
-    cfg = BenchmarkConfig(dataset="periodic", n_points=100, layout="union", scaler="none", time_scale=1.0,
-                          n_series=max(100, 2 * batch), models=(name,), task="interpolation", obs_fraction=0.5,
-                          batch_size=batch, seed=seed, model_options={"latent_dim": 10})
+    cfg = BenchmarkConfig(
+        dataset="periodic",
+        n_points=100,
+        layout="union",
+        scaler="none",
+        time_scale=1.0,
+        n_series=max(100, 2 * batch),
+        models=(name,),
+        task="interpolation",
+        obs_fraction=0.5,
+        batch_size=batch,
+        seed=seed,
+        model_options={"latent_dim": 10},
+    )
     dm = make_datamodules(cfg, load_frame(cfg), cfg.layout)["interpolation"]
     torch.manual_seed(seed)
     model = ForecastingModule(**module_options(cfg, name, dm.num_channels)).model
@@ -117,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             for cond in ("quiet", "busy"):
                 comp = None
                 if cond == "busy":
-                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], env={**os.environ,
-                                                                                     "OMP_NUM_THREADS": "2"})
+                    comp = subprocess.Popen(
+                        [sys.executable, "-c", COMPETITOR], env={**os.environ, "OMP_NUM_THREADS": "2"}
+                    )
                     time.sleep(1.0)  # let it start its loop
                 try:
                     res[cond] = measure(step, counts, reps)

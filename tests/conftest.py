@@ -67,8 +67,9 @@ class Margin:
     def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
 
-    def __call__(self, label: str, value: float, limit: float, *, above: bool = False, tol: float | None = None,
-                 note: str = "") -> None:
+    def __call__(
+        self, label: str, value: float, limit: float, *, above: bool = False, tol: float | None = None, note: str = ""
+    ) -> None:
         value, limit = float(value), float(limit)
         if tol is not None:
             headroom = tol / (value - limit) if value > limit else math.inf
@@ -81,10 +82,22 @@ class Margin:
             ok = value <= limit
         if MARGIN_LOG:
             with open(MARGIN_LOG, "a") as f:
-                f.write(json.dumps({"test": self.nodeid, "check": label, "value": value, "limit": limit,
-                                    "above": above, "tol": tol,
-                                    "headroom": headroom if math.isfinite(headroom) else None,
-                                    "seed": TEST_SEED, "threads": torch.get_num_threads()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "test": self.nodeid,
+                            "check": label,
+                            "value": value,
+                            "limit": limit,
+                            "above": above,
+                            "tol": tol,
+                            "headroom": headroom if math.isfinite(headroom) else None,
+                            "seed": TEST_SEED,
+                            "threads": torch.get_num_threads(),
+                        }
+                    )
+                    + "\n"
+                )
         bound = f"{limit:.4g}" + (f" + {tol:g}" if tol is not None else "")
         assert ok, f"{label}: {value:.4g} {'<' if above else '>'} limit {bound} {note}".rstrip()
 
@@ -152,10 +165,20 @@ def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     consumers): stop it with :func:`stop_mlflow_server`."""
     port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--default-artifact-root", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--default-artifact-root",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(root / "server.log", "wb") as log:  # the child keeps its own handle
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
     url = f"http://127.0.0.1:{port}"
@@ -163,8 +186,9 @@ def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                   f"{(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -201,11 +225,32 @@ def mlflow_server(tmp_path_factory):
 
 
 TINY_FIT_ARGS = [
-    "--model.model", "latent_ode", "--model.evolution.kind", "coupling_flow", "--model.latent_dim", "4",
-    "--model.hidden_dim", "16", "--model.eval_samples", "2", "--model.iwae_samples", "1",
-    "--data.layout", "padded", "--data.batch_size", "8",
-    "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
+    "--model.model",
+    "latent_ode",
+    "--model.evolution.kind",
+    "coupling_flow",
+    "--model.latent_dim",
+    "4",
+    "--model.hidden_dim",
+    "16",
+    "--model.eval_samples",
+    "2",
+    "--model.iwae_samples",
+    "1",
+    "--data.layout",
+    "padded",
+    "--data.batch_size",
+    "8",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.log_every_n_steps",
+    "1",
 ]
 
 
@@ -238,8 +283,13 @@ def fitted_local(tmp_path_factory, tiny_csv):
         os.chdir(old_cwd)
         if old_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = old_env
-    return {"cwd": cwd, "rc": rc, "ckpt_dir": cwd / "checkpoints", "model_dir": cwd / "checkpoints" / "model",
-            "tracking_uri": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return {
+        "cwd": cwd,
+        "rc": rc,
+        "ckpt_dir": cwd / "checkpoints",
+        "model_dir": cwd / "checkpoints" / "model",
+        "tracking_uri": f"sqlite:///{cwd / 'mlflow.db'}",
+    }
 
 
 # --- a datetime CSV (the demo's shape, small) and one fit on it, shared by test_cli.py and test_forecaster.py ---
@@ -261,8 +311,16 @@ def dt_csv(tmp_path_factory) -> Path:
         hours = minutes / 60.0
         y = 20 + k + 4 * np.sin(2 * np.pi * hours / 24 + 0.3 * k) + rng.normal(0, 0.3, 16)
         ds = (start + pd.to_timedelta(minutes, unit="min")).strftime("%Y-%m-%dT%H:%M:%S%z")
-        frames.append(pd.DataFrame({"unique_id": f"s{k}", "ds": [s[:-2] + ":" + s[-2:] for s in ds],
-                                    "y": np.round(y, 3), "site": "north" if k < 3 else "south"}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "unique_id": f"s{k}",
+                    "ds": [s[:-2] + ":" + s[-2:] for s in ds],
+                    "y": np.round(y, 3),
+                    "site": "north" if k < 3 else "south",
+                }
+            )
+        )
     df = pd.concat(frames, ignore_index=True)
     df.loc[[5, 40], "y"] = np.nan
     path = tmp_path_factory.mktemp("dt_data") / "sensors.csv"
@@ -285,16 +343,34 @@ def dt_fitted(tmp_path_factory, dt_csv):
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     args = [a for a in TINY_FIT_ARGS]
     i = args.index("--trainer.enable_progress_bar")
-    del args[i:i + 2]
+    del args[i : i + 2]
     buf = io.StringIO()
     old_cwd = os.getcwd()
     os.chdir(cwd)
     try:
         torch.manual_seed(0)
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking_uri", uri,
-                       "--checkpoint_dir", str(cwd / "ck"), *args])
+            rc = main(
+                [
+                    "fit",
+                    "--data.path",
+                    str(dt_csv),
+                    "--data.time_unit",
+                    "h",
+                    "--tracking_uri",
+                    uri,
+                    "--checkpoint_dir",
+                    str(cwd / "ck"),
+                    *args,
+                ]
+            )
     finally:
         os.chdir(old_cwd)
-    return {"rc": rc, "cwd": cwd, "ckpt_dir": cwd / "ck", "model_dir": cwd / "ck" / "model", "tracking_uri": uri,
-            "output": buf.getvalue()}
+    return {
+        "rc": rc,
+        "cwd": cwd,
+        "ckpt_dir": cwd / "ck",
+        "model_dir": cwd / "ck" / "model",
+        "tracking_uri": uri,
+        "output": buf.getvalue(),
+    }

@@ -33,8 +33,13 @@ def test_no_import_climbs_the_layers():
 
 def test_every_module_sits_on_a_layer():
     order = graph.layers(ROOT)
-    loose = [m for m in graph.modules(ROOT) if m != "ts_neuralode" and graph.layer_of(m, order) is None
-             and m not in ("ts_neuralode.integrations", "ts_neuralode.integrations.mlflow")]
+    loose = [
+        m
+        for m in graph.modules(ROOT)
+        if m != "ts_neuralode"
+        and graph.layer_of(m, order) is None
+        and m not in ("ts_neuralode.integrations", "ts_neuralode.integrations.mlflow")
+    ]
     assert loose == []
 
 
@@ -47,5 +52,7 @@ def test_the_graph_sees_an_import_inside_a_function(tmp_path):
     (pkg / "b.py").write_text("def g():\n    from ts_neuralode import a\n    return a\n")
     edges = graph.edges(tmp_path)
     assert [(e.source, e.target, e.in_function) for e in sorted(edges, key=lambda e: e.source)] == [
-        ("ts_neuralode.a", "ts_neuralode.b", False), ("ts_neuralode.b", "ts_neuralode.a", True)]
+        ("ts_neuralode.a", "ts_neuralode.b", False),
+        ("ts_neuralode.b", "ts_neuralode.a", True),
+    ]
     assert graph.cycles(edges) == [["ts_neuralode.a", "ts_neuralode.b"]]

@@ -36,8 +36,17 @@ def cv(fc, dt_csv):
 def test_rows_are_the_observations_after_each_cutoff(cv, observed):
     """Nixtla columns; every row is an observed value within the horizon after its window's cutoff; each series'
     last window ends at its last observation (cutoff = last - 12h, then every 6h before)."""
-    assert list(cv.columns[:9]) == ["unique_id", "ds", "cutoff", "y", NAME, f"{NAME}-lo-50", f"{NAME}-hi-50",
-                                    f"{NAME}-lo-90", f"{NAME}-hi-90"]
+    assert list(cv.columns[:9]) == [
+        "unique_id",
+        "ds",
+        "cutoff",
+        "y",
+        NAME,
+        f"{NAME}-lo-50",
+        f"{NAME}-hi-50",
+        f"{NAME}-lo-90",
+        f"{NAME}-hi-90",
+    ]
     assert {"locf", "mean"} <= set(cv.columns) and any(c.startswith(f"{NAME}-q-") for c in cv.columns)
     assert str(cv["ds"].dt.tz) == "UTC+01:00" and str(cv["cutoff"].dt.tz) == "UTC+01:00"
     lead = cv["ds"] - cv["cutoff"]
@@ -47,8 +56,9 @@ def test_rows_are_the_observations_after_each_cutoff(cv, observed):
     assert np.allclose(got.to_numpy(), key.loc[got.index].to_numpy())  # y is the file's value at that time
     # completeness: every observation within (cutoff, cutoff + 12h] of every window is a row
     for (uid, cut), g in cv.groupby(["unique_id", "cutoff"]):
-        o = observed[(observed["unique_id"] == uid) & (observed["ds"] > cut)
-                     & (observed["ds"] <= cut + pd.Timedelta("12h"))]
+        o = observed[
+            (observed["unique_id"] == uid) & (observed["ds"] > cut) & (observed["ds"] <= cut + pd.Timedelta("12h"))
+        ]
         assert sorted(o["ds"]) == sorted(g["ds"])
     last = observed.groupby("unique_id")["ds"].max()
     ends = cv.groupby("unique_id")["ds"].max()
@@ -96,7 +106,7 @@ def test_evaluate_matches_the_definitions(cv):
     assert 0 < overall.loc[NAME, "crps"] < err.mean() + 1e-9  # a spread forecast's CRPS is below its MAE
     assert np.isnan(overall.loc["locf", "crps"]) and np.isclose(overall.loc["locf", "scaled_mae"], 1)
     hz = m[(m["scope"] == "horizon") & (m["model"] == NAME)].sort_values("bucket")
-    assert list(hz["group"]) == ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"][:len(hz)]
+    assert list(hz["group"]) == ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"][: len(hz)]
     assert hz["n"].sum() == len(cv)
     series = m[(m["scope"] == "series") & (m["model"] == NAME)]
     assert series["n"].sum() == len(cv) and set(series["group"]) == set(cv["unique_id"])
@@ -110,8 +120,11 @@ def test_evaluate_takes_the_horizon_forms_of_cross_validation(cv):
     for horizon in ("12h", pd.Timedelta("12h"), "720min"):
         got = backtest.evaluate(cv, horizon, buckets=3)
         pd.testing.assert_frame_equal(got.drop(columns="group"), want.drop(columns="group"))
-    assert list(backtest.evaluate(cv, "0.5D", buckets=3).query("scope == 'horizon'")["group"].unique()) == \
-        ["(0h, 4h]", "(4h, 8h]", "(8h, 12h]"]  # labels in the duration's own unit
+    assert list(backtest.evaluate(cv, "0.5D", buckets=3).query("scope == 'horizon'")["group"].unique()) == [
+        "(0h, 4h]",
+        "(4h, 8h]",
+        "(8h, 12h]",
+    ]  # labels in the duration's own unit
     with pytest.raises(ConfigError, match="is a number but the backtest's times are datetimes"):
         backtest.evaluate(cv, 12.0)  # no silent hours
     numeric = cv.assign(ds=np.arange(len(cv), dtype=float), cutoff=0.0)
@@ -127,8 +140,18 @@ def test_scaled_mae_gives_every_series_its_own_scale():
     parts = []
     for k, scale in enumerate((1.0, 10.0, 100.0)):
         y = scale * rng.normal(size=12)
-        parts.append(pd.DataFrame({"unique_id": f"s{k}", "ds": np.arange(12.0) % 4 + 1, "cutoff": 0.0, "y": y,
-                                   "f": y + scale * rng.normal(0, 0.5, 12), "locf": y + scale * rng.normal(0, 1, 12)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "unique_id": f"s{k}",
+                    "ds": np.arange(12.0) % 4 + 1,
+                    "cutoff": 0.0,
+                    "y": y,
+                    "f": y + scale * rng.normal(0, 0.5, 12),
+                    "locf": y + scale * rng.normal(0, 1, 12),
+                }
+            )
+        )
     cv = pd.concat(parts, ignore_index=True)
     m = backtest.evaluate(cv, 4.0, buckets=2).set_index(["scope", "group", "model"])
     ratio = (cv["f"] - cv["y"]).abs() / (cv["locf"] - cv["y"]).abs().groupby(cv["unique_id"]).transform("mean")
@@ -137,11 +160,14 @@ def test_scaled_mae_gives_every_series_its_own_scale():
     big = cv.assign(**{c: np.where(cv["unique_id"] == "s2", 1000 * cv[c], cv[c]) for c in ("y", "f", "locf")})
     again = backtest.evaluate(big, 4.0, buckets=2).set_index(["scope", "group", "model"])
     assert np.isclose(again.loc[("overall", "all", "f"), "scaled_mae"], ratio.mean())
-    flat = pd.concat([cv, pd.DataFrame({"unique_id": "c", "ds": [1.0, 2.0], "cutoff": 0.0, "y": 3.0, "f": 3.5,
-                                        "locf": 3.0})], ignore_index=True)
+    flat = pd.concat(
+        [cv, pd.DataFrame({"unique_id": "c", "ds": [1.0, 2.0], "cutoff": 0.0, "y": 3.0, "f": 3.5, "locf": 3.0})],
+        ignore_index=True,
+    )
     res = backtest.evaluate(flat, 4.0, buckets=2)
-    assert np.isclose(res.set_index(["scope", "group", "model"]).loc[("overall", "all", "f"), "scaled_mae"],
-                      ratio.mean())
+    assert np.isclose(
+        res.set_index(["scope", "group", "model"]).loc[("overall", "all", "f"), "scaled_mae"], ratio.mean()
+    )
     assert np.isfinite(res.query("scope != 'series'")["scaled_mae"]).all()
     assert res.attrs["notes"] and "c" in res.attrs["notes"][0]
     assert "Note: scaled_mae leaves out 1 series" in backtest.markdown_report(flat, res, "t")
@@ -153,9 +179,31 @@ def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tm
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "bt"
-    rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
-               "--n_windows", "2", "--buckets", "2", "--num_samples", "8", "--out_dir", str(out),
-               "--tracking_uri", uri, "--experiment_name", "bt", "--progress", "false"])
+    rc = main(
+        [
+            "backtest",
+            "--model",
+            str(dt_fitted["model_dir"]),
+            "--data.path",
+            str(dt_csv),
+            "--horizon",
+            "12h",
+            "--n_windows",
+            "2",
+            "--buckets",
+            "2",
+            "--num_samples",
+            "8",
+            "--out_dir",
+            str(out),
+            "--tracking_uri",
+            uri,
+            "--experiment_name",
+            "bt",
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 0
     cv = pd.read_csv(out / "cv.csv")
     assert list(cv.columns[:4]) == ["unique_id", "ds", "cutoff", "y"]
@@ -176,14 +224,31 @@ def test_backtest_command_writes_report_and_mlflow_metrics(dt_fitted, dt_csv, tm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, needle", [
-    (["--n_windows", "0"], "n_windows=0 must be >= 1"),
-    (["--n_windows", "2", "--cutoffs", "2024-01-09T00:00+01:00"], "either n_windows"),
-    (["--refit", "1"], "refit needs fit_args"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--n_windows", "0"], "n_windows=0 must be >= 1"),
+        (["--n_windows", "2", "--cutoffs", "2024-01-09T00:00+01:00"], "either n_windows"),
+        (["--refit", "1"], "refit needs fit_args"),
+    ],
+)
 def test_backtest_user_errors_are_one_line(dt_fitted, dt_csv, tmp_path, capfd, args, needle):
-    rc = main(["backtest", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
-               "--out_dir", str(tmp_path), "--tracking", "false", *args])
+    rc = main(
+        [
+            "backtest",
+            "--model",
+            str(dt_fitted["model_dir"]),
+            "--data.path",
+            str(dt_csv),
+            "--horizon",
+            "12h",
+            "--out_dir",
+            str(tmp_path),
+            "--tracking",
+            "false",
+            *args,
+        ]
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
 
@@ -195,8 +260,9 @@ def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1"
     fit_args = ["--data.time_unit", "h", *args]
-    cv = fc.cross_validation(str(dt_csv), "12h", n_windows=2, step="12h", num_samples=8, refit=True,
-                             fit_args=fit_args, workdir=tmp_path)
+    cv = fc.cross_validation(
+        str(dt_csv), "12h", n_windows=2, step="12h", num_samples=8, refit=True, fit_args=fit_args, workdir=tmp_path
+    )
     assert cv.groupby("unique_id")["cutoff"].nunique().max() == 2
     assert np.isfinite(cv[NAME]).all()
     raw = pd.read_csv(dt_csv)
@@ -205,8 +271,9 @@ def test_refit_trains_a_model_per_window_through_fit(fc, dt_csv, tmp_path):
     ref = backtest.refit_forecaster(fit_args, raw[keep], tmp_path / "ref")
     rows = cv[cv["cutoff"] == cv["unique_id"].map(last_cut)]
     direct = ref.predict(raw[keep], times=rows[["unique_id", "ds"]], num_samples=8)
-    assert np.allclose(direct[NAME].to_numpy(), rows.sort_values(["unique_id", "ds"])[NAME].to_numpy(), rtol=1e-4,
-                       atol=1e-5)
+    assert np.allclose(
+        direct[NAME].to_numpy(), rows.sort_values(["unique_id", "ds"])[NAME].to_numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 # -- conformal calibration --------------------------------------------------------------------------------------
@@ -252,12 +319,49 @@ def test_calibrate_stores_factors_that_predict_applies(dt_fitted, dt_csv, tmp_pa
 
     model = tmp_path / "model"
     shutil.copytree(dt_fitted["model_dir"], model)
-    rc = main(["forecast", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points", "2",
-               "--out", str(tmp_path / "f.csv"), "--plots", "false", "--calibrated", "--progress", "false"])
+    rc = main(
+        [
+            "forecast",
+            "--model",
+            str(model),
+            "--data.path",
+            str(dt_csv),
+            "--horizon",
+            "6h",
+            "--num_points",
+            "2",
+            "--out",
+            str(tmp_path / "f.csv"),
+            "--plots",
+            "false",
+            "--calibrated",
+            "--progress",
+            "false",
+        ]
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no band calibration" in err[0]
-    common = ["backtest", "--model", str(model), "--data.path", str(dt_csv), "--horizon", "12h", "--n_windows", "4",
-              "--step", "3h", "--buckets", "1", "--num_samples", "16", "--tracking", "false", "--progress", "false"]
+    common = [
+        "backtest",
+        "--model",
+        str(model),
+        "--data.path",
+        str(dt_csv),
+        "--horizon",
+        "12h",
+        "--n_windows",
+        "4",
+        "--step",
+        "3h",
+        "--buckets",
+        "1",
+        "--num_samples",
+        "16",
+        "--tracking",
+        "false",
+        "--progress",
+        "false",
+    ]
     # windows the model trained on: refused with one line naming what to pass (the series the fit held out)
     held_out = [str(s) for s in Forecaster.load(model).split_ids("val") + Forecaster.load(model).split_ids("test")]
     assert main([*common, "--out_dir", str(tmp_path / "trained"), "--calibrate"]) == 2
@@ -292,8 +396,16 @@ def test_train_end_trains_before_one_time_and_validates_after_it():
 
     demo = pd.read_csv("data/demo.csv")
     end = "2024-01-18T00:00:00+01:00"
-    dm = IrregularTimeSeriesDataModule(df=demo, time_unit="h", task="forecast", horizon="2D", context="4D",
-                                       train_end=end, layout="padded", batch_size=4)
+    dm = IrregularTimeSeriesDataModule(
+        df=demo,
+        time_unit="h",
+        task="forecast",
+        horizon="2D",
+        context="4D",
+        train_end=end,
+        layout="padded",
+        batch_size=4,
+    )
     dm.setup()
     cut = float(dm.table.codec.to_float([end])[0])
     assert np.all(dm._specs["train"].end == cut) and np.all(dm._specs["val"].cutoff == cut)
@@ -327,13 +439,19 @@ def _untrained(df: pd.DataFrame, path, **covariates) -> Forecaster:
     from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
     from ts_neuralode.training import ForecastingModule
 
-    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", layout="padded", batch_size=8, val_fraction=0,
-                                       test_fraction=0, **covariates)
+    dm = IrregularTimeSeriesDataModule(
+        df=df, task="extrapolation", layout="padded", batch_size=8, val_fraction=0, test_fraction=0, **covariates
+    )
     dm.setup()
     torch.manual_seed(0)
-    module = ForecastingModule(model="ode_rnn", input_dim=len(dm.channel_names), latent_dim=4, hidden_dim=8,
-                               covariates=dm.covariates, evolution={"kind": "ode", "method": "euler",
-                                                                    "step_size": 0.5})
+    module = ForecastingModule(
+        model="ode_rnn",
+        input_dim=len(dm.channel_names),
+        latent_dim=4,
+        hidden_dim=8,
+        covariates=dm.covariates,
+        evolution={"kind": "ode", "method": "euler", "step_size": 0.5},
+    )
     Forecaster.from_module(module, dm).save(path)
     return Forecaster.load(path)
 
@@ -363,8 +481,9 @@ def test_backtest_reads_known_future_and_static_covariates(tmp_path):
     direct = fc.predict(df[before], times=rows[["unique_id", "ds"]], num_samples=2, future=plan)
     assert np.allclose(direct[name].to_numpy(), rows[name].to_numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="reads none"):
-        _untrained(df[["unique_id", "ds", "y"]], tmp_path / "plain").cross_validation(df, 2.0, n_windows=1,
-                                                                                     future=_end_rows(df))
+        _untrained(df[["unique_id", "ds", "y"]], tmp_path / "plain").cross_validation(
+            df, 2.0, n_windows=1, future=_end_rows(df)
+        )
 
 
 @pytest.mark.slow
@@ -381,12 +500,33 @@ def test_refit_keeps_the_covariate_only_rows(tmp_path):
     expect = df[df["ds"] <= df["unique_id"].map(dict(zip(table.ids, cut, strict=True)))]
     pd.testing.assert_frame_equal(kept, expect)
     assert kept["y"].isna().sum() > 0  # the dose rows survive
-    fit_args = ["--data.future_cols", "[rate]", "--model.model", "ode_rnn", "--model.latent_dim", "4",
-                "--model.hidden_dim", "8", "--model.evolution.method", "euler", "--model.evolution.step_size", "0.5",
-                "--data.batch_size", "8", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-                "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0"]
-    cv = fc.cross_validation(df, 2.0, n_windows=1, num_samples=2, refit=True, fit_args=fit_args, workdir=tmp_path,
-                             future=_end_rows(df))
+    fit_args = [
+        "--data.future_cols",
+        "[rate]",
+        "--model.model",
+        "ode_rnn",
+        "--model.latent_dim",
+        "4",
+        "--model.hidden_dim",
+        "8",
+        "--model.evolution.method",
+        "euler",
+        "--model.evolution.step_size",
+        "0.5",
+        "--data.batch_size",
+        "8",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+    ]
+    cv = fc.cross_validation(
+        df, 2.0, n_windows=1, num_samples=2, refit=True, fit_args=fit_args, workdir=tmp_path, future=_end_rows(df)
+    )
     assert len(cv) > 0 and np.isfinite(cv[fc.name]).all()
 
 
@@ -415,9 +555,27 @@ def test_backtest_command_future_and_no_orphan_run(tmp_path, capfd):
     df.to_csv(tmp_path / "pk.csv", index=False)
     _end_rows(df).to_csv(tmp_path / "future.csv", index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = ["backtest", "--model", str(tmp_path / "m"), "--data.path", str(tmp_path / "pk.csv"), "--horizon", "2",
-            "--n_windows", "2", "--num_samples", "2", "--out_dir", str(tmp_path / "bt"), "--tracking_uri", uri,
-            "--experiment_name", "bt", "--progress", "false"]
+    base = [
+        "backtest",
+        "--model",
+        str(tmp_path / "m"),
+        "--data.path",
+        str(tmp_path / "pk.csv"),
+        "--horizon",
+        "2",
+        "--n_windows",
+        "2",
+        "--num_samples",
+        "2",
+        "--out_dir",
+        str(tmp_path / "bt"),
+        "--tracking_uri",
+        uri,
+        "--experiment_name",
+        "bt",
+        "--progress",
+        "false",
+    ]
     assert main(base) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "known-future covariate 'rate' is missing" in err[0]
@@ -435,9 +593,11 @@ def test_train_end_errors_name_the_option():
     from ts_neuralode.errors import ConfigError
 
     demo = pd.read_csv("data/demo.csv")
-    for end, needle in [("2024-01-18", "train_end=2024-01-18 is not a time of the data"),
-                        (5, "train_end=5 is not a time of the data"),
-                        ("2030-01-01T00:00:00+01:00", "no series has an observation")]:
+    for end, needle in [
+        ("2024-01-18", "train_end=2024-01-18 is not a time of the data"),
+        (5, "train_end=5 is not a time of the data"),
+        ("2030-01-01T00:00:00+01:00", "no series has an observation"),
+    ]:
         dm = IrregularTimeSeriesDataModule(df=demo, time_unit="h", task="forecast", horizon="2D", train_end=end)
         with pytest.raises(ConfigError, match=needle) as err:
             dm.setup()

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 NAN = math.nan
 # Three series, two channels (NaN = not observed). B observes nothing on channel 1.
 SERIES = [
-    ([0.0, 1.0, 2.0, 4.0], [[1, 10], [2, NAN], [NAN, 30], [4, NAN]]),   # A
-    ([1.0, 3.0], [[5, NAN], [7, NAN]]),                                   # B
-    ([0.0, 1.0, 2.0, 3.0], [[0, NAN], [10, 5], [0, NAN], [10, NAN]]),    # C
+    ([0.0, 1.0, 2.0, 4.0], [[1, 10], [2, NAN], [NAN, 30], [4, NAN]]),  # A
+    ([1.0, 3.0], [[5, NAN], [7, NAN]]),  # B
+    ([0.0, 1.0, 2.0, 3.0], [[0, NAN], [10, 5], [0, NAN], [10, NAN]]),  # C
 ]
 Q = [0.5, 1.0, 3.0, 5.0]
 # Expected [series][channel] at Q, worked out by hand from the rules in the baselines' docstring.
@@ -33,8 +33,11 @@ EXPECTED = {
     "locf": [[[1, 2, 2, 4], [10, 10, 30, 30]], [[5, 5, 7, 7], [0, 0, 0, 0]], [[0, 10, 10, 10], [5, 5, 5, 5]]],
     # ties go to the earlier observation (A at 0.5, A channel 1 at 1.0)
     "nearest": [[[1, 2, 4, 4], [10, 10, 30, 30]], [[5, 5, 7, 7], [0, 0, 0, 0]], [[0, 10, 10, 10], [5, 5, 5, 5]]],
-    "linear": [[[1.5, 2, 2 + 4 / 3, 4], [15, 20, 30, 30]], [[5, 5, 7, 7], [0, 0, 0, 0]],
-               [[5, 10, 10, 10], [5, 5, 5, 5]]],
+    "linear": [
+        [[1.5, 2, 2 + 4 / 3, 4], [15, 20, 30, 30]],
+        [[5, 5, 7, 7], [0, 0, 0, 0]],
+        [[5, 10, 10, 10], [5, 5, 5, 5]],
+    ],
     "mean": [[[7 / 3] * 4, [20] * 4], [[6] * 4, [0] * 4], [[5] * 4, [5] * 4]],
 }
 # Seasonal naive, period 2, default tolerance 0.2, at these times.
@@ -68,8 +71,15 @@ def make_batch(layout: str, hold_out: tuple[int, int] | None = None) -> Batch:
     if hold_out is not None:
         i, j = hold_out
         obs[i, cols[i][j]] = 0.0
-    return Batch(times=times, values=values, obs_mask=obs, target_mask=target, time_mask=time_mask,
-                 series_idx=torch.arange(b), cutoff=torch.tensor([ts[-1] for ts, _ in SERIES]))
+    return Batch(
+        times=times,
+        values=values,
+        obs_mask=obs,
+        target_mask=target,
+        time_mask=time_mask,
+        series_idx=torch.arange(b),
+        cutoff=torch.tensor([ts[-1] for ts, _ in SERIES]),
+    )
 
 
 def expected(table) -> torch.Tensor:
@@ -131,21 +141,40 @@ def test_forecast_contract_and_errors():
 # --------------------------------------------------------------------------- in the LightningModule
 @pytest.fixture(scope="module")
 def sine_dm():
-    dm = IrregularTimeSeriesDataModule(df=generate("sine", n_series=30, n_points=24, seed=0), task="extrapolation",
-                                       layout="padded", batch_size=4, seed=0)
+    dm = IrregularTimeSeriesDataModule(
+        df=generate("sine", n_series=30, n_points=24, seed=0),
+        task="extrapolation",
+        layout="padded",
+        batch_size=4,
+        seed=0,
+    )
     dm.setup()
     return dm
 
 
 def _trainer(tmp_path):
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, max_epochs=1)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        max_epochs=1,
+    )
 
 
 def test_test_metrics_carry_every_baseline_and_skill(tmp_path, sine_dm):
     torch.manual_seed(0)
-    module = ForecastingModule(model="ode_rnn", input_dim=1, evolution="gru_flow", latent_dim=4, hidden_dim=8,
-                               eval_samples=2, season_period=1.0)
+    module = ForecastingModule(
+        model="ode_rnn",
+        input_dim=1,
+        evolution="gru_flow",
+        latent_dim=4,
+        hidden_dim=8,
+        eval_samples=2,
+        season_period=1.0,
+    )
     res = _trainer(tmp_path).test(module, datamodule=sine_dm, verbose=False)[0]
     for b in ("locf", "mean", "linear", "seasonal"):
         for m in ("mse", "mae", "extrap_mse", "extrap_mae"):
@@ -163,8 +192,9 @@ def test_test_metrics_carry_every_baseline_and_skill(tmp_path, sine_dm):
         direct.update(build_baseline("locf").predict(batch).mean, batch.values, batch.target_mask * after)
     assert res["test_extrap_mse_locf"] == pytest.approx(float(direct.compute()), rel=1e-5)
     # weights of a module with baselines load into one without (no baseline state in the state_dict)
-    plain = ForecastingModule(model="ode_rnn", input_dim=1, evolution="gru_flow", latent_dim=4, hidden_dim=8,
-                              baselines=[])
+    plain = ForecastingModule(
+        model="ode_rnn", input_dim=1, evolution="gru_flow", latent_dim=4, hidden_dim=8, baselines=[]
+    )
     plain.load_state_dict(module.state_dict())
 
 

@@ -31,14 +31,41 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
     csv = _tiny_csv(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "res" / "bench.csv"
-    rc = main(["benchmark", "--data.path", str(csv), "--models", "latent_ode_rk4,latent_gru_flow", "--epochs", "1",
-               "--data.batch_size", "8", "--latency_reps", "1", "--out", str(out), "--tracking_uri", uri,
-               "--run_name", "tiny", "--progress", "false"])
+    rc = main(
+        [
+            "benchmark",
+            "--data.path",
+            str(csv),
+            "--models",
+            "latent_ode_rk4,latent_gru_flow",
+            "--epochs",
+            "1",
+            "--data.batch_size",
+            "8",
+            "--latency_reps",
+            "1",
+            "--out",
+            str(out),
+            "--tracking_uri",
+            uri,
+            "--run_name",
+            "tiny",
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     header = stdout.strip().splitlines()[0]
-    for col in ("model", "params", "epoch time s (median)", "latency p50 ms", "latency p95 ms", "interp MSE",
-                "extrap MSE"):
+    for col in (
+        "model",
+        "params",
+        "epoch time s (median)",
+        "latency p50 ms",
+        "latency p95 ms",
+        "interp MSE",
+        "extrap MSE",
+    ):
         assert col in header
     assert stdout.count("| latent_") == 2
 
@@ -92,8 +119,9 @@ def test_benchmark_cli_outputs_and_mlflow(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_run_benchmark_same_seed_same_init_and_shared_split():
-    cfg = benchmark.BenchmarkConfig(dataset="sine", n_series=12, n_points=12, models=("latent_resnet_flow",),
-                                    epochs=1, batch_size=6, latency_reps=1)
+    cfg = benchmark.BenchmarkConfig(
+        dataset="sine", n_series=12, n_points=12, models=("latent_resnet_flow",), epochs=1, batch_size=6, latency_reps=1
+    )
     a = benchmark.run_benchmark(cfg, progress=False)
     b = benchmark.run_benchmark(cfg, progress=False)
     # same data, seed and budget -> the same model and the same scores (timings aside)
@@ -113,9 +141,19 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     from pathlib import Path
 
     co2 = Path(__file__).resolve().parents[1] / "data" / "co2_mauna_loa.csv"
-    cfg = benchmark.BenchmarkConfig(path=str(co2), read_options={"time_unit": "D"}, models=("flow_rnn",),
-                                    task="forecast", horizon="52W", context="104W", season="365D", epochs=1,
-                                    batch_size=16, latency_reps=1, model_options={"latent_dim": 4, "hidden_dim": 8})
+    cfg = benchmark.BenchmarkConfig(
+        path=str(co2),
+        read_options={"time_unit": "D"},
+        models=("flow_rnn",),
+        task="forecast",
+        horizon="52W",
+        context="104W",
+        season="365D",
+        epochs=1,
+        batch_size=16,
+        latency_reps=1,
+        model_options={"latent_dim": 4, "hidden_dim": 8},
+    )
     res = benchmark.run_benchmark(cfg, progress=False)
     t = res.table.set_index("model")
     assert list(t.index) == ["flow_rnn", "locf", "mean", "linear", "seasonal"]
@@ -131,20 +169,23 @@ def test_forecast_task_on_one_long_series_with_seasonal_baseline(margin):
     assert "forecast windows (horizon 52W, context 104W, 168 training windows per epoch" in res.description
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--models", "latent_ode_dopri5,nope"], "unknown model"),
-    (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
-    ([], None),
-    (["--epochs", "0"], "--epochs 0 must be >= 1"),
-    (["--data.task", "smoothing"], "invalid choice"),
-    (["--bogus", "1"], "unrecognized arguments"),
-    (["--data.format", "wide"], "applies to a CSV only"),
-    (["--data.task", "forecast"], "needs --data.horizon"),
-    (["--baselines", "seasonal"], "needs --data.season"),
-    (["--baselines", "locf,drift"], "unknown baseline"),
-    (["--data.split_by", "time"], "with --data.task forecast only"),
-    (["--tracking_uri", "some_dir"], "directory"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--models", "latent_ode_dopri5,nope"], "unknown model"),
+        (["--data.path", "x.csv", "--dataset", "sine"], "exactly one of"),
+        ([], None),
+        (["--epochs", "0"], "--epochs 0 must be >= 1"),
+        (["--data.task", "smoothing"], "invalid choice"),
+        (["--bogus", "1"], "unrecognized arguments"),
+        (["--data.format", "wide"], "applies to a CSV only"),
+        (["--data.task", "forecast"], "needs --data.horizon"),
+        (["--baselines", "seasonal"], "needs --data.season"),
+        (["--baselines", "locf,drift"], "unknown baseline"),
+        (["--data.split_by", "time"], "with --data.task forecast only"),
+        (["--tracking_uri", "some_dir"], "directory"),
+    ],
+)
 def test_bad_options_one_line(tmp_path, monkeypatch, capsys, args, fragment):
     monkeypatch.chdir(tmp_path)
     argv = ["benchmark", "--epochs", "1", "--progress", "false"] + args
@@ -168,11 +209,20 @@ def test_unknown_dataset_and_missing_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_markdown_table_and_plot_handle_failures(tmp_path):
-    df = pd.DataFrame([
-        {**{c: math.nan for c in benchmark.COLUMNS}, "model": "a", "params": 10, "epoch_time_s": 0.5,
-         "interp_mse": 0.1, "extrap_mse": 0.2, "error": ""},
-        {**{c: math.nan for c in benchmark.COLUMNS}, "model": "b", "params": 20, "error": "SolverError: underflow"},
-    ])
+    df = pd.DataFrame(
+        [
+            {
+                **{c: math.nan for c in benchmark.COLUMNS},
+                "model": "a",
+                "params": 10,
+                "epoch_time_s": 0.5,
+                "interp_mse": 0.1,
+                "extrap_mse": 0.2,
+                "error": "",
+            },
+            {**{c: math.nan for c in benchmark.COLUMNS}, "model": "b", "params": 20, "error": "SolverError: underflow"},
+        ]
+    )
     md = benchmark.markdown_table(df)
     assert md.splitlines()[0].endswith("| error |") and "SolverError: underflow" in md
     assert "| b | 20 | — |" in md

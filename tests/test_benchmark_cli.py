@@ -18,11 +18,48 @@ from ts_neuralode.cli.args import parse
 from ts_neuralode.cli.benchmark import BENCHMARK_RENAMES, config_from_args, parser
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 
-ARGV = ["--data.path", "series.csv", "--data.time_unit", "D", "--data.value_cols", "[a, b]", "--data.task",
-        "forecast", "--data.horizon", "52W", "--data.context", "104W", "--data.season", "365D",
-        "--data.batch_size", "16", "--data.layout", "padded", "--models", "ode_rnn,flow_rnn", "--baselines", "locf",
-        "--epochs", "2", "--seed", "3", "--lr", "0.01", "--rtol", "1e-4", "--threads", "0", "--tracking", "false",
-        "--progress", "false", "--out", "bench/x.csv", "--title", "t"]
+ARGV = [
+    "--data.path",
+    "series.csv",
+    "--data.time_unit",
+    "D",
+    "--data.value_cols",
+    "[a, b]",
+    "--data.task",
+    "forecast",
+    "--data.horizon",
+    "52W",
+    "--data.context",
+    "104W",
+    "--data.season",
+    "365D",
+    "--data.batch_size",
+    "16",
+    "--data.layout",
+    "padded",
+    "--models",
+    "ode_rnn,flow_rnn",
+    "--baselines",
+    "locf",
+    "--epochs",
+    "2",
+    "--seed",
+    "3",
+    "--lr",
+    "0.01",
+    "--rtol",
+    "1e-4",
+    "--threads",
+    "0",
+    "--tracking",
+    "false",
+    "--progress",
+    "false",
+    "--out",
+    "bench/x.csv",
+    "--title",
+    "t",
+]
 
 
 def _options(ns) -> dict:
@@ -52,9 +89,21 @@ def test_print_config_round_trips_through_config(tmp_path, capsys):
 def test_options_build_the_config_the_api_takes():
     cfg = config_from_args(parse(parser(), ARGV))
     assert cfg == BenchmarkConfig(
-        path="series.csv", read_options={"time_unit": "D", "value_cols": ["a", "b"]}, task="forecast",
-        horizon="52W", context="104W", season="365D", batch_size=16, layout="padded", models=("ode_rnn", "flow_rnn"),
-        baselines=("locf",), epochs=2, seed=3, model_options={"lr": 0.01, "rtol": 1e-4}, threads=None)
+        path="series.csv",
+        read_options={"time_unit": "D", "value_cols": ["a", "b"]},
+        task="forecast",
+        horizon="52W",
+        context="104W",
+        season="365D",
+        batch_size=16,
+        layout="padded",
+        models=("ode_rnn", "flow_rnn"),
+        baselines=("locf",),
+        epochs=2,
+        seed=3,
+        model_options={"lr": 0.01, "rtol": 1e-4},
+        threads=None,
+    )
     # no option given: the API's defaults
     assert config_from_args(parse(parser(), ["--dataset", "sine"])) == BenchmarkConfig(dataset="sine")
 
@@ -81,21 +130,37 @@ def test_help_lists_defaults_and_descriptions(capsys):
     assert stop.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--config" in out and "--print_config" in out
-    for fragment in ("--epochs EPOCHS training epochs of every model. (type: int, default: 5)",
-                     "default: auto)",  # --data.layout, the benchmark's own default
-                     "period of the seasonal naive baseline",  # --data.season, described
-                     "--tracking {true,false}", "default: ts_neuralode_benchmark)",
-                     "state size of every model (models: 16)", "latent_ode_dopri5, latent_ode_rk4"):
+    for fragment in (
+        "--epochs EPOCHS training epochs of every model. (type: int, default: 5)",
+        "default: auto)",  # --data.layout, the benchmark's own default
+        "period of the seasonal naive baseline",  # --data.season, described
+        "--tracking {true,false}",
+        "default: ts_neuralode_benchmark)",
+        "state size of every model (models: 16)",
+        "latent_ode_dopri5, latent_ode_rk4",
+    ):
         assert fragment in out, fragment
 
 
-@pytest.mark.parametrize("old, new", [
-    ("--task", "--data.task"), ("--horizon", "--data.horizon"), ("--batch_size", "--data.batch_size"),
-    ("--season", "--data.season"), ("--layout", "--data.layout"), ("--scaler", "--data.scaler"),
-    ("--split_by", "--data.split_by"), ("--no_tracking", "--tracking false"), ("--no-tracking", "--tracking false"),
-    ("--no_progress", "--progress false"), ("--n-series", "--n_series"), ("--latency-reps", "--latency_reps"),
-    ("--batch-size", "--data.batch_size"), ("--data.time-unit", "--data.time_unit"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("--task", "--data.task"),
+        ("--horizon", "--data.horizon"),
+        ("--batch_size", "--data.batch_size"),
+        ("--season", "--data.season"),
+        ("--layout", "--data.layout"),
+        ("--scaler", "--data.scaler"),
+        ("--split_by", "--data.split_by"),
+        ("--no_tracking", "--tracking false"),
+        ("--no-tracking", "--tracking false"),
+        ("--no_progress", "--progress false"),
+        ("--n-series", "--n_series"),
+        ("--latency-reps", "--latency_reps"),
+        ("--batch-size", "--data.batch_size"),
+        ("--data.time-unit", "--data.time_unit"),
+    ],
+)
 def test_old_spellings_fail_with_one_line_naming_the_new_one(old, new, capfd):
     flag = old in ("--no_tracking", "--no-tracking", "--no_progress")
     assert main(["benchmark", "--dataset", "sine", old, *([] if flag else ["1"])]) == 2
@@ -136,14 +201,34 @@ def test_a_fresh_process_runs_the_printed_config(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ts_neuralode.cli", "benchmark"]
-    argv = ["--dataset", "sine", "--n_series", "12", "--n_points", "10", "--models", "latent_gru_flow,ode_rnn",
-            "--epochs", "1", "--data.batch_size", "6", "--latency_reps", "1", "--tracking", "false", "--progress",
-            "false", "--out", str(tmp_path / "b.csv")]
+    argv = [
+        "--dataset",
+        "sine",
+        "--n_series",
+        "12",
+        "--n_points",
+        "10",
+        "--models",
+        "latent_gru_flow,ode_rnn",
+        "--epochs",
+        "1",
+        "--data.batch_size",
+        "6",
+        "--latency_reps",
+        "1",
+        "--tracking",
+        "false",
+        "--progress",
+        "false",
+        "--out",
+        str(tmp_path / "b.csv"),
+    ]
     printed = subprocess.run([*cmd, *argv, "--print_config"], capture_output=True, text=True, env=env, timeout=300)
     assert printed.returncode == 0, printed.stderr
     (tmp_path / "c.yaml").write_text(printed.stdout)
-    run = subprocess.run([*cmd, "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, env=env,
-                         timeout=600, cwd=tmp_path)
+    run = subprocess.run(
+        [*cmd, "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     table = pd.read_csv(tmp_path / "b.csv")
     assert list(table["model"]) == ["latent_gru_flow", "ode_rnn", "locf", "mean", "linear"]

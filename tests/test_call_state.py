@@ -32,16 +32,22 @@ def _batch(seed: int) -> Batch:
     tmask = torch.ones(B, T, dtype=torch.bool)
     g = torch.Generator().manual_seed(seed)
     knots = torch.tensor([0.0, 1.0, 2.0, 4.0]).unsqueeze(0).expand(B, -1).clone()
-    cov = CovariateBatch(knots=knots, values=2 * torch.rand(B, 4, C, generator=g) - 1,
-                         linear=torch.tensor([False, True]), phase=torch.zeros(B, 0), freq=torch.zeros(0),
-                         static=torch.randn(B, S, generator=g))
+    cov = CovariateBatch(
+        knots=knots,
+        values=2 * torch.rand(B, 4, C, generator=g) - 1,
+        linear=torch.tensor([False, True]),
+        phase=torch.zeros(B, 0),
+        freq=torch.zeros(0),
+        static=torch.randn(B, S, generator=g),
+    )
     return Batch(times, values * obs, obs, torch.ones(B, T, D), tmask, torch.arange(B), torch.full((B,), 1.5), cov)
 
 
 def _model(name: str):
     torch.manual_seed(0)
-    return build_model(name, input_dim=D, latent_dim=4, hidden_dim=8, evolution=dict(EVOLUTION), control_dim=C,
-                       static_dim=S).eval()
+    return build_model(
+        name, input_dim=D, latent_dim=4, hidden_dim=8, evolution=dict(EVOLUTION), control_dim=C, static_dim=S
+    ).eval()
 
 
 @pytest.mark.parametrize("name", ["ode_rnn", "gru_ode", "latent_ode"])

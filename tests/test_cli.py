@@ -29,8 +29,9 @@ def last_obs(csv: Path) -> pd.Series:
 
 
 def forecast(dt_fitted, dt_csv, out: Path, *args: str, capfd=None) -> tuple[int, pd.DataFrame | None, str]:
-    rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--out", str(out),
-               *args])
+    rc = main(
+        ["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--out", str(out), *args]
+    )
     err = capfd.readouterr().err if capfd is not None else ""
     return rc, (pd.read_csv(out) if rc == 0 else None), err
 
@@ -71,8 +72,9 @@ def test_fit_on_datetime_csv(dt_fitted, dt_csv):
 @pytest.mark.slow
 def test_forecast_horizon_as_duration_with_plots_and_progress(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "fc.csv"
-    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "12h", "--num_points", "4", "--num_samples", "20",
-                           capfd=capfd)
+    rc, fc, err = forecast(
+        dt_fitted, dt_csv, out, "--horizon", "12h", "--num_points", "4", "--num_samples", "20", capfd=capfd
+    )
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv)
     assert (fc.groupby("unique_id").size() == 4).all()
@@ -87,8 +89,22 @@ def test_forecast_horizon_as_duration_with_plots_and_progress(dt_fitted, dt_csv,
 
 def test_forecast_horizon_as_number_regular_grid_no_progress(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "fc.csv"
-    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "6", "--freq", "2", "--num_samples", "20",
-                           "--plots", "false", "--progress", "false", capfd=capfd)
+    rc, fc, err = forecast(
+        dt_fitted,
+        dt_csv,
+        out,
+        "--horizon",
+        "6",
+        "--freq",
+        "2",
+        "--num_samples",
+        "20",
+        "--plots",
+        "false",
+        "--progress",
+        "false",
+        capfd=capfd,
+    )
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv)
     # numbers are in the training time unit (hours): a grid at last + 2 h, 4 h, 6 h
@@ -101,8 +117,24 @@ def test_forecast_horizon_as_number_regular_grid_no_progress(dt_fitted, dt_csv, 
 
 def test_forecast_far_beyond_history_daily_grid(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "far.csv"
-    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--horizon", "30D", "--freq", "1D", "--num_samples", "20",
-                           "--level", "90", "--plots", "false", "--progress", "false", capfd=capfd)
+    rc, fc, err = forecast(
+        dt_fitted,
+        dt_csv,
+        out,
+        "--horizon",
+        "30D",
+        "--freq",
+        "1D",
+        "--num_samples",
+        "20",
+        "--level",
+        "90",
+        "--plots",
+        "false",
+        "--progress",
+        "false",
+        capfd=capfd,
+    )
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv, levels=("90",))
     assert (fc.groupby("unique_id").size() == 30).all()
@@ -113,8 +145,20 @@ def test_forecast_far_beyond_history_daily_grid(dt_fitted, dt_csv, tmp_path, cap
 def test_forecast_explicit_times(dt_fitted, dt_csv, tmp_path, capfd):
     times = ["2024-02-01T00:00:00+01:00", "2024-03-01T12:30:00+01:00"]
     out = tmp_path / "times.csv"
-    rc, fc, err = forecast(dt_fitted, dt_csv, out, "--times", *times, "--num_samples", "20", "--plots", "false",
-                           "--progress", "false", capfd=capfd)
+    rc, fc, err = forecast(
+        dt_fitted,
+        dt_csv,
+        out,
+        "--times",
+        *times,
+        "--num_samples",
+        "20",
+        "--plots",
+        "false",
+        "--progress",
+        "false",
+        capfd=capfd,
+    )
     assert rc == 0, err
     fc = check_forecast(fc, dt_csv)
     assert len(fc) == 6 * 2
@@ -127,8 +171,22 @@ def test_forecast_attaches_to_the_fit_run(dt_fitted, dt_csv, tmp_path, capfd):
     from mlflow import MlflowClient
 
     out = tmp_path / "att.csv"
-    rc, _, err = forecast(dt_fitted, dt_csv, out, "--horizon", "1D", "--num_points", "3", "--num_samples", "10",
-                          "--progress", "false", "--mlflow_run", str(dt_fitted["ckpt_dir"]), capfd=capfd)
+    rc, _, err = forecast(
+        dt_fitted,
+        dt_csv,
+        out,
+        "--horizon",
+        "1D",
+        "--num_points",
+        "3",
+        "--num_samples",
+        "10",
+        "--progress",
+        "false",
+        "--mlflow_run",
+        str(dt_fitted["ckpt_dir"]),
+        capfd=capfd,
+    )
     assert rc == 0, err
     run_id = json.loads((dt_fitted["ckpt_dir"] / "mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(dt_fitted["tracking_uri"])
@@ -185,8 +243,20 @@ FORECAST_ERRORS = [
 
 @pytest.mark.parametrize("args,fragment", FORECAST_ERRORS, ids=[" ".join(f[0]) or "none" for f in FORECAST_ERRORS])
 def test_forecast_user_errors_one_line(args, fragment, dt_fitted, dt_csv, tmp_path, capfd):
-    rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv),
-               "--out", str(tmp_path / "x.csv"), "--progress", "false", *args])
+    rc = main(
+        [
+            "forecast",
+            "--model",
+            str(dt_fitted["model_dir"]),
+            "--data.path",
+            str(dt_csv),
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--progress",
+            "false",
+            *args,
+        ]
+    )
     err = capfd.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
@@ -194,20 +264,46 @@ def test_forecast_user_errors_one_line(args, fragment, dt_fitted, dt_csv, tmp_pa
     assert not (tmp_path / "x.csv").exists()
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["forecast", "--model", "{tmp}/no_model", "--data.path", "{csv}", "--horizon", "1D"], "no such model directory"),
-    (["forecast", "--model", "{tmp}"], "required: --data.path"),
-    (["forecast", "--model", "{model}", "--data.path", "{bad}", "--horizon", "1D"], "missing time column"),
-    (["validate", "--data.path", "{csv}", "--ckpt_path", "last", "--checkpoint_dir", "{tmp}/empty"],
-     "no checkpoint at"),
-    (["fitt"], "unknown subcommand 'fitt'"),
-    (["forecast", "--model", "{model}", "--data.path", "{csv}", "--horizon", "1D", "--out", "{tmp}/o.csv",
-      "--mlflow_run", "nosuchrun", "--tracking_uri", "{uri}"], "no run nosuchrun"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (
+            ["forecast", "--model", "{tmp}/no_model", "--data.path", "{csv}", "--horizon", "1D"],
+            "no such model directory",
+        ),
+        (["forecast", "--model", "{tmp}"], "required: --data.path"),
+        (["forecast", "--model", "{model}", "--data.path", "{bad}", "--horizon", "1D"], "missing time column"),
+        (
+            ["validate", "--data.path", "{csv}", "--ckpt_path", "last", "--checkpoint_dir", "{tmp}/empty"],
+            "no checkpoint at",
+        ),
+        (["fitt"], "unknown subcommand 'fitt'"),
+        (
+            [
+                "forecast",
+                "--model",
+                "{model}",
+                "--data.path",
+                "{csv}",
+                "--horizon",
+                "1D",
+                "--out",
+                "{tmp}/o.csv",
+                "--mlflow_run",
+                "nosuchrun",
+                "--tracking_uri",
+                "{uri}",
+            ],
+            "no run nosuchrun",
+        ),
+    ],
+)
 def test_other_user_errors_one_line(argv, fragment, dt_fitted, dt_csv, bad_csv, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(tmp=tmp_path, csv=dt_csv, bad=bad_csv, model=dt_fitted["model_dir"],
-                     uri=dt_fitted["tracking_uri"]) for a in argv]
+    argv = [
+        a.format(tmp=tmp_path, csv=dt_csv, bad=bad_csv, model=dt_fitted["model_dir"], uri=dt_fitted["tracking_uri"])
+        for a in argv
+    ]
     rc = main(argv)
     err = capfd.readouterr().err
     lines = err.strip().splitlines()
@@ -222,12 +318,20 @@ def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
     no Lightning warning about sys.argv, no traceback — and exit status 2."""
     cases = [
         (["fit", "--data.path", str(bad_csv)], "missing time column 'ds'"),
-        (["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "-2h"],
-         "must be positive"),
+        (
+            ["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "-2h"],
+            "must be positive",
+        ),
     ]
     for argv, fragment in cases:
-        proc = subprocess.run([sys.executable, "-m", "ts_neuralode.cli", *argv], cwd=tmp_path, env=subprocess_env(),
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ts_neuralode.cli", *argv],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, proc.stderr
         assert len(lines) == 1 and fragment in lines[0], proc.stderr
@@ -237,8 +341,20 @@ def test_console_errors_in_a_real_process(dt_fitted, dt_csv, bad_csv, tmp_path):
 @pytest.mark.slow
 def test_fit_progress_bar_can_be_turned_off(dt_csv, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
-    rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking", "false",
-               *TINY_FIT_ARGS, "--trainer.max_epochs", "1"])  # TINY_FIT_ARGS: --trainer.enable_progress_bar false
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(dt_csv),
+            "--data.time_unit",
+            "h",
+            "--tracking",
+            "false",
+            *TINY_FIT_ARGS,
+            "--trainer.max_epochs",
+            "1",
+        ]
+    )  # TINY_FIT_ARGS: --trainer.enable_progress_bar false
     cap = capfd.readouterr()
     assert rc == 0, cap.err
     assert "Epoch 0" not in cap.out + cap.err
@@ -251,8 +367,21 @@ def test_benchmark_progress_bar_default_and_off(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     csv = tmp_path / "b.csv"
     generate("sine", n_series=10, n_points=10, seed=2).to_csv(csv, index=False)
-    base = ["benchmark", "--data.path", str(csv), "--models", "latent_coupling_flow", "--epochs", "1",
-            "--data.batch_size", "8", "--latency_reps", "1", "--tracking", "false"]
+    base = [
+        "benchmark",
+        "--data.path",
+        str(csv),
+        "--models",
+        "latent_coupling_flow",
+        "--epochs",
+        "1",
+        "--data.batch_size",
+        "8",
+        "--latency_reps",
+        "1",
+        "--tracking",
+        "false",
+    ]
     assert main([*base, "--out", str(tmp_path / "on.csv")]) == 0
     assert "benchmark:" in capfd.readouterr().err
     assert main([*base, "--out", str(tmp_path / "off.csv"), "--progress", "false"]) == 0

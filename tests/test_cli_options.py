@@ -21,8 +21,12 @@ def test_help_lists_defaults_and_descriptions(sub, capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "--config" in out and "--print_config" in out and "default:" in out
-    described = {"forecast": "predictive samples", "backtest": "horizon buckets", "generate": "number of series",
-                 "fit": "MLflow experiment"}[sub]
+    described = {
+        "forecast": "predictive samples",
+        "backtest": "horizon buckets",
+        "generate": "number of series",
+        "fit": "MLflow experiment",
+    }[sub]
     assert described in " ".join(out.split())
 
 
@@ -46,17 +50,32 @@ def test_generate_config_file_and_print_config(tmp_path, capsys):
     assert df["unique_id"].nunique() == 3 and len(df) == 15
 
 
-@pytest.mark.parametrize("argv,line", [
-    (["generate", "sine", "--out", "x.csv", "--n-points", "4"], "--n-points is now --n_points"),
-    (["generate", "sine", "--out", "x.csv", "--t-max=4"], "--t-max is now --t_max"),
-    (["forecast", "--model", "m", "--data.path", "h.csv", "--num-samples", "4"], "--num-samples is now --num_samples"),
-    (["backtest", "--model", "m", "--data.path", "h.csv", "--n-windows", "2"], "--n-windows is now --n_windows"),
-    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_plots"], "--no_plots is now --plots false"),
-    (["forecast", "--model", "m", "--data.path", "h.csv", "--no-plots"], "--no-plots is now --plots false"),
-    (["forecast", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
-    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_tracking"], "--no_tracking is now --tracking false"),
-    (["backtest", "--model", "m", "--data.path", "h.csv", "--no_progress"], "--no_progress is now --progress false"),
-])
+@pytest.mark.parametrize(
+    "argv,line",
+    [
+        (["generate", "sine", "--out", "x.csv", "--n-points", "4"], "--n-points is now --n_points"),
+        (["generate", "sine", "--out", "x.csv", "--t-max=4"], "--t-max is now --t_max"),
+        (
+            ["forecast", "--model", "m", "--data.path", "h.csv", "--num-samples", "4"],
+            "--num-samples is now --num_samples",
+        ),
+        (["backtest", "--model", "m", "--data.path", "h.csv", "--n-windows", "2"], "--n-windows is now --n_windows"),
+        (["forecast", "--model", "m", "--data.path", "h.csv", "--no_plots"], "--no_plots is now --plots false"),
+        (["forecast", "--model", "m", "--data.path", "h.csv", "--no-plots"], "--no-plots is now --plots false"),
+        (
+            ["forecast", "--model", "m", "--data.path", "h.csv", "--no_progress"],
+            "--no_progress is now --progress false",
+        ),
+        (
+            ["backtest", "--model", "m", "--data.path", "h.csv", "--no_tracking"],
+            "--no_tracking is now --tracking false",
+        ),
+        (
+            ["backtest", "--model", "m", "--data.path", "h.csv", "--no_progress"],
+            "--no_progress is now --progress false",
+        ),
+    ],
+)
 def test_old_spellings_fail_with_one_line_naming_the_new_one(argv, line, capfd):
     assert main(argv) == 2
     err = _err_lines(capfd)
@@ -64,8 +83,24 @@ def test_old_spellings_fail_with_one_line_naming_the_new_one(argv, line, capfd):
 
 
 def test_forecast_config_file_reproduces_the_command_line(dt_fitted, dt_csv, tmp_path, capsys):
-    base = ["--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "6h", "--num_points",
-            "3", "--num_samples", "4", "--level", "80", "--plots", "false", "--progress", "false"]
+    base = [
+        "--model",
+        str(dt_fitted["model_dir"]),
+        "--data.path",
+        str(dt_csv),
+        "--horizon",
+        "6h",
+        "--num_points",
+        "3",
+        "--num_samples",
+        "4",
+        "--level",
+        "80",
+        "--plots",
+        "false",
+        "--progress",
+        "false",
+    ]
     assert main(["forecast", *base, "--out", str(tmp_path / "a.csv")]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -88,8 +123,26 @@ def test_data_errors_name_the_cli_option(dt_fitted, tmp_path, capfd):
     """A reading error of the API says ``pass time_col=...``; the command line says ``--data.time_col``."""
     bad = tmp_path / "bad.csv"
     bad.write_text("unique_id,when,y\na,1,2\na,2,3\n")
-    assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(bad), "--horizon", "1h",
-                 "--out", str(tmp_path / "o.csv"), "--plots", "false", "--progress", "false"]) == 2
+    assert (
+        main(
+            [
+                "forecast",
+                "--model",
+                str(dt_fitted["model_dir"]),
+                "--data.path",
+                str(bad),
+                "--horizon",
+                "1h",
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--plots",
+                "false",
+                "--progress",
+                "false",
+            ]
+        )
+        == 2
+    )
     err = _err_lines(capfd)
     assert len(err) == 1 and "missing time column" in err[0] and "--data.time_col" in err[0], err
     assert "time_col=" not in err[0]

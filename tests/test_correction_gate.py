@@ -31,11 +31,23 @@ def seasonal_frame(n_series: int = 4, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     df = seasonal_frame()
-    fc = Forecaster.fit(df, "ode_rnn", data_options=DATA,
-                        model_options={"normalize": "window", "base": "harmonic", "latent_dim": 4, "hidden_dim": 16,
-                                       "evolution": {"kind": "ode", "method": "euler", "step_size": 0.25}},
-                        trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-                        output_dir=tmp_path_factory.mktemp("gate"), tracking=False, log_model=False, seed=0)
+    fc = Forecaster.fit(
+        df,
+        "ode_rnn",
+        data_options=DATA,
+        model_options={
+            "normalize": "window",
+            "base": "harmonic",
+            "latent_dim": 4,
+            "hidden_dim": 16,
+            "evolution": {"kind": "ode", "method": "euler", "step_size": 0.25},
+        },
+        trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        output_dir=tmp_path_factory.mktemp("gate"),
+        tracking=False,
+        log_model=False,
+        seed=0,
+    )
     dm = IrregularTimeSeriesDataModule(df=df, **DATA)
     dm.setup("fit")
     return fc, dm

@@ -23,16 +23,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _frame() -> pd.DataFrame:
     """Two series; 'rate' on rows of its own (no target) and on one target row; 'temp' on the target rows."""
-    rows = [("a", 0.0, 1.0, 0.0, 1.0), ("a", 1.0, 2.0, np.nan, 2.0), ("a", 2.0, np.nan, 4.0, np.nan),
-            ("a", 3.0, 3.0, np.nan, 3.0), ("a", 4.0, 4.0, np.nan, 5.0),
-            ("b", 0.0, 5.0, 1.0, 0.0), ("b", 2.5, 6.0, np.nan, 1.0), ("b", 5.0, 7.0, np.nan, 2.0)]
+    rows = [
+        ("a", 0.0, 1.0, 0.0, 1.0),
+        ("a", 1.0, 2.0, np.nan, 2.0),
+        ("a", 2.0, np.nan, 4.0, np.nan),
+        ("a", 3.0, 3.0, np.nan, 3.0),
+        ("a", 4.0, 4.0, np.nan, 5.0),
+        ("b", 0.0, 5.0, 1.0, 0.0),
+        ("b", 2.5, 6.0, np.nan, 1.0),
+        ("b", 5.0, 7.0, np.nan, 2.0),
+    ]
     return pd.DataFrame(rows, columns=["unique_id", "ds", "y", "rate", "temp"])
 
 
 def test_covariate_batch_interpolates_per_column():
-    cov = CovariateBatch(knots=torch.tensor([[0.0, 1.0, 3.0]]), values=torch.tensor([[[0.0, 0.0], [2.0, 2.0],
-                                                                                       [6.0, 6.0]]]),
-                         linear=torch.tensor([False, True]), phase=torch.zeros(1, 0), freq=torch.zeros(0))
+    cov = CovariateBatch(
+        knots=torch.tensor([[0.0, 1.0, 3.0]]),
+        values=torch.tensor([[[0.0, 0.0], [2.0, 2.0], [6.0, 6.0]]]),
+        linear=torch.tensor([False, True]),
+        phase=torch.zeros(1, 0),
+        freq=torch.zeros(0),
+    )
     t = torch.tensor([[-1.0, 0.5, 1.0, 2.0, 3.0, 9.0]])
     u = cov(t)[0]
     assert u[:, 0].tolist() == [0.0, 0.0, 2.0, 2.0, 6.0, 6.0]  # constant: right-continuous steps, held outside
@@ -42,8 +53,14 @@ def test_covariate_batch_interpolates_per_column():
 
 
 def test_datamodule_reads_each_column_on_its_own_grid():
-    dm = IrregularTimeSeriesDataModule(df=_frame(), task="interpolation", future_cols=["rate", "temp"],
-                                       future_interp={"temp": "linear"}, val_fraction=0, test_fraction=0)
+    dm = IrregularTimeSeriesDataModule(
+        df=_frame(),
+        task="interpolation",
+        future_cols=["rate", "temp"],
+        future_interp={"temp": "linear"},
+        val_fraction=0,
+        test_fraction=0,
+    )
     assert dm.channel_names == ["y"]  # covariates are never value columns, even without a y default
     spec = CovariateSpec.from_state_dict(dm.covariates)
     assert spec.interp == ["constant", "linear"] and spec.control_dim == 2
@@ -61,8 +78,16 @@ def test_forecast_windows_keep_the_raw_schedule(origin):
     """Every point of a random training window: u at its model time is the schedule at its raw time (windows keep
     only the knots around their own span, and with time_origin=series their model time 0 is their first point)."""
     df = generate("pk", n_series=6, n_points=30, seed=1)
-    dm = IrregularTimeSeriesDataModule(df=df, task="forecast", horizon=2.0, context=3.0, future_cols=["rate"],
-                                       batch_size=6, layout="padded", time_origin=origin)
+    dm = IrregularTimeSeriesDataModule(
+        df=df,
+        task="forecast",
+        horizon=2.0,
+        context=3.0,
+        future_cols=["rate"],
+        batch_size=6,
+        layout="padded",
+        time_origin=origin,
+    )
     spec = CovariateSpec.from_state_dict(dm.covariates)
     batch = next(iter(dm.train_dataloader()))
     u = batch.covariates(batch.times)[..., 0] * spec.scale[0] + spec.center[0]  # [B, T]
@@ -72,9 +97,15 @@ def test_forecast_windows_keep_the_raw_schedule(origin):
         obs = df[(df.unique_id == sid) & df.y.notna()].ds.to_numpy()
         tm = batch.times[b][batch.time_mask[b]].double().numpy() * dm.transform.time_scale
         # the window's raw start: the observation from which the model times land on observations
-        start = 0.0 if origin == "zero" else next(
-            r for r in obs if np.abs(obs[np.searchsorted(obs, r + tm - 1e-6).clip(max=len(obs) - 1)] - (r + tm)).max()
-            < 1e-4)
+        start = (
+            0.0
+            if origin == "zero"
+            else next(
+                r
+                for r in obs
+                if np.abs(obs[np.searchsorted(obs, r + tm - 1e-6).clip(max=len(obs) - 1)] - (r + tm)).max() < 1e-4
+            )
+        )
         raw = start + tm
         want = sched.rate.to_numpy()[np.searchsorted(sched.ds.to_numpy(), raw + 1e-7, side="right") - 1]
         assert u[b][batch.time_mask[b]].numpy() == pytest.approx(want, abs=1e-4)
@@ -98,9 +129,13 @@ def test_covariate_errors_are_one_line(case):
         IrregularTimeSeriesDataModule(df=df, val_fraction=0, test_fraction=0, **kw).setup()
     msg = str(err.value)
     assert "\n" not in msg
-    expect = {"missing column": "missing known-future covariate column 'dose'", "no value": "no value for series 'b'",
-              "both": "both a value column and a covariate", "calendar numeric": "needs a datetime time column",
-              "interp": "future_interp"}[case]
+    expect = {
+        "missing column": "missing known-future covariate column 'dose'",
+        "no value": "no value for series 'b'",
+        "both": "both a value column and a covariate",
+        "calendar numeric": "needs a datetime time column",
+        "interp": "future_interp",
+    }[case]
     assert expect in msg
 
 
@@ -166,8 +201,9 @@ def test_controlled_flow_restarts_at_knots(kind):
 def test_calendar_features_are_local_wall_clock():
     ds = pd.date_range("2024-01-01 00:00", periods=30, freq="7h", tz="Europe/Paris")
     df = pd.DataFrame({"unique_id": "a", "ds": ds.strftime("%Y-%m-%dT%H:%M:%S%z"), "y": np.arange(30.0)})
-    dm = IrregularTimeSeriesDataModule(df=df, calendar=["time_of_day", "day_of_week"], val_fraction=0,
-                                       test_fraction=0, time_unit="h")
+    dm = IrregularTimeSeriesDataModule(
+        df=df, calendar=["time_of_day", "day_of_week"], val_fraction=0, test_fraction=0, time_unit="h"
+    )
     batch = next(iter(dm.predict_dataloader()))
     tm = batch.times[:8].unsqueeze(0)  # union grid: model times of the first points
     u = batch.covariates(tm)[0]
@@ -188,15 +224,42 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     df = generate("pk", n_series=12, n_points=20, seed=0)
     csv = tmp_path / "pk.csv"
     df.to_csv(csv, index=False)
-    rc = main(["fit", "--data.path", str(csv), "--data.future_cols", "[rate]", "--model.model", "ode_rnn",
-               "--model.latent_dim", "4", "--model.hidden_dim", "8", "--model.evolution.method", "rk4",
-               "--model.evolution.step_size", "0.5", "--data.batch_size", "8", "--trainer.max_epochs", "1",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-               "--trainer.default_root_dir", str(tmp_path), "--tracking", "false"])
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(csv),
+            "--data.future_cols",
+            "[rate]",
+            "--model.model",
+            "ode_rnn",
+            "--model.latent_dim",
+            "4",
+            "--model.hidden_dim",
+            "8",
+            "--model.evolution.method",
+            "rk4",
+            "--model.evolution.step_size",
+            "0.5",
+            "--data.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--tracking",
+            "false",
+        ]
+    )
     assert rc == 0
     model_dir = tmp_path / "checkpoints" / "model"
-    assert json.loads((model_dir / "config.json").read_text())["module"]["hparams"]["covariates"]["future_cols"] == \
-        ["rate"]
+    assert json.loads((model_dir / "config.json").read_text())["module"]["hparams"]["covariates"]["future_cols"] == [
+        "rate"
+    ]
     fc = Forecaster.load(model_dir)
     hist = df[df.ds <= 6.0]
     future = df[(df.ds > 6.0) & df.rate.notna()][["unique_id", "ds", "rate"]]
@@ -216,16 +279,44 @@ def test_fit_forecast_round_trip_needs_the_future(tmp_path, capsys):
     # the forecast subcommand: --future CSV, and one line with exit status 2 when it falls short
     hist.to_csv(tmp_path / "hist.csv", index=False)
     pd.concat([future, end]).to_csv(tmp_path / "future.csv", index=False)
-    base = ["forecast", "--model", str(model_dir), "--data.path", str(tmp_path / "hist.csv"), "--times", "7", "11",
-            "--plots", "false", "--num_samples", "2", "--out", str(tmp_path / "fc.csv")]
+    base = [
+        "forecast",
+        "--model",
+        str(model_dir),
+        "--data.path",
+        str(tmp_path / "hist.csv"),
+        "--times",
+        "7",
+        "11",
+        "--plots",
+        "false",
+        "--num_samples",
+        "2",
+        "--out",
+        str(tmp_path / "fc.csv"),
+    ]
     assert main([*base, "--future", str(tmp_path / "future.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "fc.csv")) == 24
     capsys.readouterr()
     assert main(base) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ts-neuralode: error: known-future covariate 'rate' is missing") and "\n" not in err
-    assert main(["fit", "--data.path", str(csv), "--data.future_cols", "[dose]", "--tracking", "false",
-                 "--trainer.default_root_dir", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--data.path",
+                str(csv),
+                "--data.future_cols",
+                "[dose]",
+                "--tracking",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "missing known-future covariate column 'dose'" in capsys.readouterr().err
 
 
@@ -238,23 +329,42 @@ def test_forecaster_fit_round_trip(tmp_path, mlflow_server):
     from ts_neuralode.api.forecaster import Forecaster
 
     df = generate("pk", n_series=12, n_points=20, seed=2)
-    fc = Forecaster.fit(df, "ode_rnn", data_options={"future_cols": ["rate"], "batch_size": 8, "layout": "padded"},
-                        model_options={"latent_dim": 4, "hidden_dim": 8, "evolution": {"kind": "gru_flow"}},
-                        trainer={"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
-                        output_dir=tmp_path / "run", tracking_uri=mlflow_server, experiment_name="fit_api",
-                        run_name="pk", log_model=False)
+    fc = Forecaster.fit(
+        df,
+        "ode_rnn",
+        data_options={"future_cols": ["rate"], "batch_size": 8, "layout": "padded"},
+        model_options={"latent_dim": 4, "hidden_dim": 8, "evolution": {"kind": "gru_flow"}},
+        trainer={"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+        output_dir=tmp_path / "run",
+        tracking_uri=mlflow_server,
+        experiment_name="fit_api",
+        run_name="pk",
+        log_model=False,
+    )
     assert isinstance(fc, Forecaster) and fc.covariate_spec.future_cols == ["rate"]
     assert (tmp_path / "run" / "model" / "config.json").is_file()
     assert any(p.suffix == ".ckpt" for p in (tmp_path / "run" / "checkpoints").iterdir())
     run = MlflowClient(mlflow_server).get_run(fc.fit_info["run_id"])
     assert run.data.params["model"] == "ode_rnn" and "epoch/train_loss" in run.data.metrics
-    out = fc.predict(df, horizon=1.0, num_points=3, num_samples=2,
-                     future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": 12.0, "rate": 0.0}))
+    out = fc.predict(
+        df,
+        horizon=1.0,
+        num_points=3,
+        num_samples=2,
+        future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": 12.0, "rate": 0.0}),
+    )
     assert len(out) == 36 and np.isfinite(out[fc.name]).all()
     again = Forecaster.load(fc.fit_info["model_dir"])
-    pd.testing.assert_frame_equal(again.predict(df, horizon=1.0, num_points=3, num_samples=2,
-                                                future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()),
-                                                                     "ds": 12.0, "rate": 0.0})), out)
+    pd.testing.assert_frame_equal(
+        again.predict(
+            df,
+            horizon=1.0,
+            num_points=3,
+            num_samples=2,
+            future=pd.DataFrame({"unique_id": sorted(df.unique_id.unique()), "ds": 12.0, "rate": 0.0}),
+        ),
+        out,
+    )
     with pytest.raises(ConfigError, match="config file not found"):
         Forecaster.fit(df, "configs/nope.yaml", output_dir=tmp_path / "bad", tracking=False)
 
@@ -292,9 +402,17 @@ def test_past_and_static_covariates(model, tmp_path):
     from ts_neuralode.training import ForecastingModule
 
     df = _static_past_frame()
-    dm = IrregularTimeSeriesDataModule(df=df, task="extrapolation", past_cols=["temp"], static_cols=["site", "age"],
-                                       future_cols=["rate"], layout="padded", batch_size=10, val_fraction=0,
-                                       test_fraction=0)
+    dm = IrregularTimeSeriesDataModule(
+        df=df,
+        task="extrapolation",
+        past_cols=["temp"],
+        static_cols=["site", "age"],
+        future_cols=["rate"],
+        layout="padded",
+        batch_size=10,
+        val_fraction=0,
+        test_fraction=0,
+    )
     assert dm.channel_names == ["y", "temp"]
     spec = CovariateSpec.from_state_dict(dm.covariates)
     assert spec.static_kind == ["categorical", "numeric"] and spec.static_vocab[0] == ["north", "south"]
@@ -303,8 +421,14 @@ def test_past_and_static_covariates(model, tmp_path):
     assert float(batch.target_mask[..., 1].sum()) == 0 and float(batch.obs_mask[..., 1].sum()) > 0
     static = batch.covariates.static
     assert static.shape == (10, 3) and torch.equal(static[:, :2].sum(1), torch.ones(10))
-    module = ForecastingModule(model=model, input_dim=2, latent_dim=4, hidden_dim=8, covariates=dm.covariates,
-                               evolution={"kind": "ode", "method": "euler", "step_size": 0.5})
+    module = ForecastingModule(
+        model=model,
+        input_dim=2,
+        latent_dim=4,
+        hidden_dim=8,
+        covariates=dm.covariates,
+        evolution={"kind": "ode", "method": "euler", "step_size": 0.5},
+    )
     loss, _ = module.model.loss(batch)
     loss.backward()
     head = module.model.decoder.weight if model == "latent_ode" else module.model.head[-1].weight

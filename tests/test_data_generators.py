@@ -46,8 +46,15 @@ def test_sawtooth_scipy_convention():
     np.testing.assert_allclose(sawtooth(t), [-1.0, -0.5, 0.0, 1.0, -1.0, 0.0], atol=1e-8)
 
 
-@pytest.mark.parametrize("name,f", [("sine", np.sin), ("square", lambda t: np.sign(np.sin(t))),
-                                    ("sawtooth", sawtooth), ("triangle", lambda t: np.abs(sawtooth(t)))])
+@pytest.mark.parametrize(
+    "name,f",
+    [
+        ("sine", np.sin),
+        ("square", lambda t: np.sign(np.sin(t))),
+        ("sawtooth", sawtooth),
+        ("triangle", lambda t: np.abs(sawtooth(t))),
+    ],
+)
 def test_one_dimensional_sets(name, f):
     df = generate(name, n_series=200, n_points=50, seed=0)
     t, v = arrays(df, ["y"])
@@ -69,8 +76,9 @@ def test_sink_solves_the_linear_ode():
     x0 = v[:, 0]
     assert x0.min() >= 0 and x0.max() <= 1
     dt = torch.from_numpy(np.array(t - t[:, :1]))
-    exact = torch.einsum("stij,sj->sti", torch.linalg.matrix_exp(dt[..., None, None] * a),
-                         torch.from_numpy(np.array(x0)))
+    exact = torch.einsum(
+        "stij,sj->sti", torch.linalg.matrix_exp(dt[..., None, None] * a), torch.from_numpy(np.array(x0))
+    )
     np.testing.assert_allclose(v, exact.numpy(), atol=1e-6)
     _, vs = arrays(generate("sink", n_series=20, n_points=5, seed=1, extrap="space"), ["x1", "x2"])
     assert vs[:, 0].min() >= 1 and vs[:, 0].max() <= 2

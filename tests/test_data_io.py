@@ -26,6 +26,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 # --- formats ------------------------------------------------------------------------------------
 
+
 def test_long_any_order_extra_columns_and_missing(tmp_path):
     p = write(tmp_path, "unique_id,ds,y,colour\nb,2,5,red\na,3,,blue\na,1,1.5,blue\nb,1,4,red\na,2,2.5,x\nb,3,6,y\n")
     tab = read_series(p)
@@ -61,8 +62,11 @@ def test_mask_columns_ignore_values_under_zero(tmp_path):
 
 
 def test_datetimes_with_timezone_and_unit(tmp_path):
-    p = write(tmp_path, "unique_id,ds,y\na,2024-01-01T00:00:00+01:00,1\na,2024-01-02T12:00:00+01:00,2\n"
-                        "b,2024-01-01T06:00:00+01:00,3\nb,2024-01-01T00:00:00+01:00,4\n")
+    p = write(
+        tmp_path,
+        "unique_id,ds,y\na,2024-01-01T00:00:00+01:00,1\na,2024-01-02T12:00:00+01:00,2\n"
+        "b,2024-01-01T06:00:00+01:00,3\nb,2024-01-01T00:00:00+01:00,4\n",
+    )
     tab = read_series(p, time_unit="D")
     assert tab.codec.is_datetime and tab.codec.unit == "D" and tab.codec.tz == "fixed:3600"
     np.testing.assert_allclose(tab.times, [0, 1.5, 0, 0.25])
@@ -94,6 +98,7 @@ def test_duplicates_mean_option(tmp_path):
 
 # --- validation errors: one line naming file, column and first offending row ---------------------
 
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError) as e:
         read_series(tmp_path / "nope.csv")
@@ -122,17 +127,29 @@ def test_missing_columns_lists_existing(tmp_path):
 # (csv text, read_series options, substrings the single-line message must contain)
 ERROR_CASES = {
     "non-numeric value": ("unique_id,ds,y\na,1,1\na,2,abc\na,3,2\n", {}, ["column 'y'", "line 3", "'abc'"]),
-    "unparseable timestamp": ("unique_id,ds,y\na,2024-01-01,1\na,2024-01-02,1\na,not-a-date,2\n", {},
-                              ["column 'ds'", "line 4", "not-a-date"]),
-    "duplicate (id, time)": ("unique_id,ds,y\na,1,1\nb,1,1\na,2,1\na,1,5\n", {},
-                             ["duplicate", "line 5", "line 2", "duplicates='mean'"]),
+    "unparseable timestamp": (
+        "unique_id,ds,y\na,2024-01-01,1\na,2024-01-02,1\na,not-a-date,2\n",
+        {},
+        ["column 'ds'", "line 4", "not-a-date"],
+    ),
+    "duplicate (id, time)": (
+        "unique_id,ds,y\na,1,1\nb,1,1\na,2,1\na,1,5\n",
+        {},
+        ["duplicate", "line 5", "line 2", "duplicates='mean'"],
+    ),
     "inf value": ("unique_id,ds,y\na,1,1\na,2,inf\n", {}, ["column 'y'", "line 3", "infinite"]),
-    "channel never observed": ("unique_id,ds,y,z\na,1,1,\na,2,1,\n", {"value_cols": ["y", "z"]},
-                               ["column 'z'", "never observed"]),
+    "channel never observed": (
+        "unique_id,ds,y,z\na,1,1,\na,2,1,\n",
+        {"value_cols": ["y", "z"]},
+        ["column 'z'", "never observed"],
+    ),
     "mask not 0/1": ("unique_id,ds,y,m\na,1,1,1\na,2,1,2\n", {"mask_cols": ["m"]}, ["column 'm'", "line 3", "0 or 1"]),
     "mask 1 over empty value": ("unique_id,ds,y,m\na,1,1,1\na,2,,1\n", {"mask_cols": ["m"]}, ["column 'y'", "line 3"]),
-    "mixed naive/aware": ("unique_id,ds,y\na,2024-01-01 00:00,1\na,2024-01-01 01:00+02:00,2\n", {},
-                          ["column 'ds'", "line 3", "naive", "timezone-aware"]),
+    "mixed naive/aware": (
+        "unique_id,ds,y\na,2024-01-01 00:00,1\na,2024-01-01 01:00+02:00,2\n",
+        {},
+        ["column 'ds'", "line 3", "naive", "timezone-aware"],
+    ),
     "missing timestamp": ("unique_id,ds,y\na,1,1\na,,2\n", {}, ["column 'ds'", "line 3", "timestamp is missing"]),
     "missing id": ("unique_id,ds,y\n,1,1\na,2,2\n", {}, ["column 'unique_id'", "line 2", "id is missing"]),
 }

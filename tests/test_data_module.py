@@ -58,13 +58,18 @@ def test_split_is_seeded_disjoint_and_complete(sine):
 
 
 def test_scaler_fitted_on_train_only_ignoring_masked():
-    df = pd.DataFrame({"unique_id": np.repeat(["a", "b", "c", "d", "e"], 3), "ds": np.tile([0.0, 1.0, 2.0], 5),
-                       "y": [1, 2, 3, 10, 20, 30, 100, 200, 300, 4, 5, 6, 7, 8, 9.0],
-                       "m": [1, 1, 0] * 5})
+    df = pd.DataFrame(
+        {
+            "unique_id": np.repeat(["a", "b", "c", "d", "e"], 3),
+            "ds": np.tile([0.0, 1.0, 2.0], 5),
+            "y": [1, 2, 3, 10, 20, 30, 100, 200, 300, 4, 5, 6, 7, 8, 9.0],
+            "m": [1, 1, 0] * 5,
+        }
+    )
     dm = dm_of(df, mask_cols=["m"], val_fraction=0.2, test_fraction=0.2, seed=0)
     train = dm.split["train"]
     tab = dm.table
-    obs = np.concatenate([tab.values[tab.offsets[i]:tab.offsets[i + 1], 0] for i in train])
+    obs = np.concatenate([tab.values[tab.offsets[i] : tab.offsets[i + 1], 0] for i in train])
     assert dm.transform.center[0] == pytest.approx(obs.mean())
     assert dm.transform.scale[0] == pytest.approx(obs.std())
     assert 999 not in obs and len(obs) == 2 * len(train)  # masked third points not used
@@ -105,8 +110,14 @@ def test_extrapolation_fraction_cut(sine):
 def test_extrapolation_absolute_cut_time_and_union_layout(sine):
     late = pd.DataFrame({"unique_id": "late", "ds": [6.0, 7.0, 8.0], "y": [0.0, 1.0, 2.0]})
     with pytest.warns(UserWarning, match="1 series have no point before or after"):
-        dm = dm_of(pd.concat([sine, late]), task="extrapolation", cut_time=5.0, time_origin="zero",
-                   layout="union", batch_size=64)
+        dm = dm_of(
+            pd.concat([sine, late]),
+            task="extrapolation",
+            cut_time=5.0,
+            time_origin="zero",
+            layout="union",
+            batch_size=64,
+        )
     late_idx = dm.series_ids.index("late")
     assert all(late_idx not in v for v in dm.split.values())
     assert dm.transform.time_scale == 1.0
@@ -129,8 +140,12 @@ def test_union_and_padded_hold_the_same_points(sine):
         torch.testing.assert_close(tu, tp)
         torch.testing.assert_close(bu.values[i][bu.time_mask[i]], bp.values[i][bp.time_mask[i]])
     # padding repeats the last real time
-    short = dm_of(pd.concat([sine, generate("sine", n_series=2, n_points=5, seed=9).assign(
-        unique_id=lambda d: "z" + d.unique_id)]), layout="padded")
+    short = dm_of(
+        pd.concat(
+            [sine, generate("sine", n_series=2, n_points=5, seed=9).assign(unique_id=lambda d: "z" + d.unique_id)]
+        ),
+        layout="padded",
+    )
     b = collate(short.arrays, np.array([0, short.table.n_series - 1]), "padded")
     assert b.time_mask[1].sum() == 5 and (b.times[1, 5:] == b.times[1, 4]).all()
 
@@ -210,8 +225,9 @@ def test_num_workers_2_and_distributed_sampler(sine):
     ranks = []
     for r in range(2):
         ds = loader.dataset
-        dl = torch.utils.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 2, r, shuffle=False),
-                                         collate_fn=loader.collate_fn)
+        dl = torch.utils.data.DataLoader(
+            ds, batch_size=4, sampler=DistributedSampler(ds, 2, r, shuffle=False), collate_fn=loader.collate_fn
+        )
         ranks.append([i for b in dl for i in b.series_idx.tolist()])
     assert set(ranks[0]) | set(ranks[1]) == set(dm.split["val"].tolist())
     assert not set(ranks[0]) & set(ranks[1])
@@ -235,7 +251,7 @@ def test_multichannel_union_masks(tmp_path):
     b = next(iter(dm.val_dataloader()))
     check_batch(b, 2)
     # a point observed in one channel only keeps the other channel unobserved
-    only_one = (b.target_mask.sum(-1) == 1)
+    only_one = b.target_mask.sum(-1) == 1
     assert only_one.any()
 
 
@@ -298,8 +314,14 @@ def test_lightning_trainer_runs_all_loaders(sine):
 
     dm = IrregularTimeSeriesDataModule(df=sine, batch_size=16, layout="padded")
     model = Tiny(dm.num_channels)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     preds = trainer.predict(model, dm)

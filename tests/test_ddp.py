@@ -34,20 +34,47 @@ from ts_neuralode.cli import main
 
 EPOCHS = 3
 ARGS = [
-    "--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.evolution.method", "rk4",
-    "--model.evolution.step_size", "0.25",
-    "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.lr", "0.01", "--model.eval_samples", "2",
-    "--data.layout", "padded", "--data.obs_fraction", "1.0", "--data.shuffle", "false",
-    "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "0",
-    "--trainer.log_every_n_steps", "1", "--seed_everything", str(TEST_SEED),
+    "--model.model",
+    "ode_rnn",
+    "--model.evolution.kind",
+    "ode",
+    "--model.evolution.method",
+    "rk4",
+    "--model.evolution.step_size",
+    "0.25",
+    "--model.latent_dim",
+    "4",
+    "--model.hidden_dim",
+    "16",
+    "--model.lr",
+    "0.01",
+    "--model.eval_samples",
+    "2",
+    "--data.layout",
+    "padded",
+    "--data.obs_fraction",
+    "1.0",
+    "--data.shuffle",
+    "false",
+    "--trainer.max_epochs",
+    str(EPOCHS),
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--seed_everything",
+    str(TEST_SEED),
 ]
 # Recorded margins (scripts/check_margins.py, seeds 0-4 x threads 1, 2, 4; results/test_margins.md): loss differences
 # at most 1.1e-7 relative (headroom 950), weights 5.9e-7 (170); the train loss moved by at least 0.069 (69x 1e-3).
 RTOL_LOSS = 1e-4
 ATOL_WEIGHTS = 1e-4
-
-
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -60,9 +87,27 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, margin):
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     ddp_dir.mkdir()
-    cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *ARGS,
-           "--data.batch_size", "2", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--tracking_uri", mlflow_server, "--experiment_name", "ddp", "--checkpoint_dir", str(ddp_dir / "ck")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ts_neuralode.cli",
+        "fit",
+        "--data.path",
+        str(tiny_csv),
+        *ARGS,
+        "--data.batch_size",
+        "2",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--tracking_uri",
+        mlflow_server,
+        "--experiment_name",
+        "ddp",
+        "--checkpoint_dir",
+        str(ddp_dir / "ck"),
+    ]
     proc = subprocess.run(cmd, cwd=ddp_dir, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -70,9 +115,24 @@ def test_ddp_two_processes_match_one_process(mlflow_server, tiny_csv, tmp_path, 
     old = os.getcwd()
     os.chdir(one_dir)
     try:
-        rc = main(["fit", "--data.path", str(tiny_csv), *ARGS, "--data.batch_size", "4", "--trainer.devices", "1",
-                   "--tracking_uri", mlflow_server, "--experiment_name", "single",
-                   "--checkpoint_dir", str(one_dir / "ck")])
+        rc = main(
+            [
+                "fit",
+                "--data.path",
+                str(tiny_csv),
+                *ARGS,
+                "--data.batch_size",
+                "4",
+                "--trainer.devices",
+                "1",
+                "--tracking_uri",
+                mlflow_server,
+                "--experiment_name",
+                "single",
+                "--checkpoint_dir",
+                str(one_dir / "ck"),
+            ]
+        )
     finally:
         os.chdir(old)
     assert rc == 0

@@ -110,9 +110,11 @@ def test_ode_evolution_matches_the_analytic_linear_solution(method, opts):
     field = LinearField(A)
     evo = ODEEvolution(2, EvolutionConfig(method=method, **opts), field=field)
     h0 = torch.randn(3, 2, dtype=torch.float64)
-    for t in (torch.linspace(0, 4, 11, dtype=torch.float64),
-              torch.linspace(2, -1, 7, dtype=torch.float64),  # backwards
-              torch.sort(torch.rand(3, 6, dtype=torch.float64) * 3, dim=1).values):  # per sample
+    for t in (
+        torch.linspace(0, 4, 11, dtype=torch.float64),
+        torch.linspace(2, -1, 7, dtype=torch.float64),  # backwards
+        torch.sort(torch.rand(3, 6, dtype=torch.float64) * 3, dim=1).values,
+    ):  # per sample
         out = evo(h0, t)
         assert torch.equal(out[:, 0], h0)
         expected = _analytic(A, h0, t.expand(3, t.shape[-1]))
@@ -128,8 +130,9 @@ def test_ode_evolution_adjoint_gradients_match_autograd(vector_field):
     grads = []
     for adjoint in (False, True):
         torch.manual_seed(1)
-        evo = make_evolution("ode", 3, hidden_dim=16, num_layers=1, rtol=1e-8, atol=1e-9, adjoint=adjoint,
-                             vector_field=vector_field).double()
+        evo = make_evolution(
+            "ode", 3, hidden_dim=16, num_layers=1, rtol=1e-8, atol=1e-9, adjoint=adjoint, vector_field=vector_field
+        ).double()
         h = h0.clone().requires_grad_(True)
         evo(h, t).pow(2).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in evo.parameters()] + [h.grad.flatten()]))
@@ -155,8 +158,18 @@ def test_gru_ode_field_is_the_gru_ode_bayes_equation_and_keeps_the_state_box():
 
 
 def test_every_kind_is_built_and_called_the_same_way():
-    opts = dict(hidden_dim=16, num_layers=2, method="rk4", rtol=1e-3, atol=1e-4, step_size=0.1, adjoint=False,
-                flow_layers=2, time_embedding="tanh", vector_field="mlp")
+    opts = dict(
+        hidden_dim=16,
+        num_layers=2,
+        method="rk4",
+        rtol=1e-3,
+        atol=1e-4,
+        step_size=0.1,
+        adjoint=False,
+        flow_layers=2,
+        time_embedding="tanh",
+        vector_field="mlp",
+    )
     h0 = torch.randn(3, 4, requires_grad=True)
     t = torch.linspace(1, 0, 5)  # backwards, as the encoders run
     for kind in EVOLUTION_KINDS:

@@ -46,8 +46,14 @@ def test_models_resolve_the_options_left_to_them():
 
 
 def test_flat_options_map_onto_the_nested_config():
-    old = {"model": "gru_ode", "evolution": "ode", "method": "rk4", "step_size": 0.1, "hidden_dim": 16,
-           "model_kwargs": {"vector_field": "mlp", "prep_dim": 4}}
+    old = {
+        "model": "gru_ode",
+        "evolution": "ode",
+        "method": "rk4",
+        "step_size": 0.1,
+        "hidden_dim": 16,
+        "model_kwargs": {"vector_field": "mlp", "prep_dim": 4},
+    }
     new = upgrade_flat_options(old)
     assert new["evolution"] == {"kind": "ode", "method": "rk4", "step_size": 0.1, "vector_field": "mlp"}
     assert new["model_kwargs"] == {"prep_dim": 4} and new["hidden_dim"] == 16
@@ -60,9 +66,17 @@ def _old_style(hparams: dict) -> dict:
     """Hyperparameters as format ts_neuralode.model/1 wrote them (flat evolution options)."""
     flat = {k: v for k, v in hparams.items() if k != "evolution"}
     evo = hparams["evolution"]
-    flat.update(evolution=evo["kind"], method=evo["method"], rtol=evo["rtol"], atol=evo["atol"],
-                step_size=evo["step_size"], adjoint=evo["adjoint"], flow_layers=evo["flow_layers"],
-                time_embedding=evo["time_embedding"], num_layers=evo["num_layers"])
+    flat.update(
+        evolution=evo["kind"],
+        method=evo["method"],
+        rtol=evo["rtol"],
+        atol=evo["atol"],
+        step_size=evo["step_size"],
+        adjoint=evo["adjoint"],
+        flow_layers=evo["flow_layers"],
+        time_embedding=evo["time_embedding"],
+        num_layers=evo["num_layers"],
+    )
     return flat
 
 
@@ -93,11 +107,14 @@ def test_an_old_model_directory_and_checkpoint_still_load(dt_fitted, dt_csv, tmp
         Forecaster.load(old_dir)
 
 
-@pytest.mark.parametrize("argv,new", [
-    (["--model.method", "rk4"], "--model.evolution.method"),
-    (["--model.evolution=gru_flow"], "--model.evolution.kind gru_flow"),
-    (["--model.adjoint", "true"], "--model.evolution.adjoint"),
-])
+@pytest.mark.parametrize(
+    "argv,new",
+    [
+        (["--model.method", "rk4"], "--model.evolution.method"),
+        (["--model.evolution=gru_flow"], "--model.evolution.kind gru_flow"),
+        (["--model.adjoint", "true"], "--model.evolution.adjoint"),
+    ],
+)
 def test_the_old_cli_spelling_fails_with_one_line_naming_the_new_one(argv, new, capsys, tmp_path):
     assert main(["fit", *argv, "--data.path", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err.strip()

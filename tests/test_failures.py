@@ -57,16 +57,22 @@ def ode_model(tmp_path_factory, dt_fitted) -> Path:
 
     fc = Forecaster.load(dt_fitted["model_dir"])
     hp = dict(fc.hparams)
-    hp["evolution"] = {**dict(hp.get("evolution") or {}), "kind": "ode", "method": "rk4", "step_size": 0.01,
-                       "max_steps": 100}
+    hp["evolution"] = {
+        **dict(hp.get("evolution") or {}),
+        "kind": "ode",
+        "method": "rk4",
+        "step_size": 0.01,
+        "max_steps": 100,
+    }
     torch.manual_seed(0)
     module = ForecastingModule.from_hparams(hp)
     out = tmp_path_factory.mktemp("ode_model") / "model"
     return Forecaster(module, fc.transform, fc.read_options, context=fc.context).save(out)
 
 
-def _damaged(tmp_path: Path, model_dir: Path, name: str, weights: bytes | None = None,
-             config: dict | str | None = None) -> Path:
+def _damaged(
+    tmp_path: Path, model_dir: Path, name: str, weights: bytes | None = None, config: dict | str | None = None
+) -> Path:
     d = tmp_path / name
     shutil.copytree(model_dir, d)
     if weights is not None:
@@ -86,23 +92,80 @@ def test_issue_table_rows_one_line_each(tmp_path, dt_csv, dt_fitted, ode_model):
     random_weights = _damaged(tmp_path, dt_fitted["model_dir"], "random", weights=os.urandom(4096))
     fit = ["fit", "--data.time_unit", "h", *TINY_FIT_ARGS]
     rows = {
-        "tracking server down": ([*fit, "--data.path", str(dt_csv), "--tracking_uri", _dead_url()],
-                                 ["is not reachable", "--tracking_uri sqlite:///mlflow.db", "--tracking false",
-                                  "start it"]),
-        "checkpoint dir": ([*fit, "--data.path", str(tmp_path / "missing.csv"), "--tracking", "false",
-                            "--checkpoint_dir", str(blocked / "ck")], [f"--checkpoint_dir {blocked / 'ck'}"]),
-        "forecast --out": (["forecast", "--model", str(tmp_path / "no_model"), "--data.path", str(dt_csv),
-                            "--horizon", "2h", "--out", str(blocked / "o.csv")], [f"--out {blocked / 'o.csv'}"]),
-        "far horizon": (["forecast", "--model", str(ode_model), "--data.path", str(dt_csv), "--horizon", "400D",
-                         "--num_points", "5", "--plots", "false", "--out", str(tmp_path / "far.csv")],
-                        ["max_steps=30000", "days past the last observation, of 400 days past it asked", "--max_steps",
-                         "nearer horizon"]),
-        "random weights.pt": (["forecast", "--model", str(random_weights), "--data.path", str(dt_csv), "--horizon",
-                               "2h", "--out", str(tmp_path / "r.csv")], ["not a torch file"]),
+        "tracking server down": (
+            [*fit, "--data.path", str(dt_csv), "--tracking_uri", _dead_url()],
+            ["is not reachable", "--tracking_uri sqlite:///mlflow.db", "--tracking false", "start it"],
+        ),
+        "checkpoint dir": (
+            [
+                *fit,
+                "--data.path",
+                str(tmp_path / "missing.csv"),
+                "--tracking",
+                "false",
+                "--checkpoint_dir",
+                str(blocked / "ck"),
+            ],
+            [f"--checkpoint_dir {blocked / 'ck'}"],
+        ),
+        "forecast --out": (
+            [
+                "forecast",
+                "--model",
+                str(tmp_path / "no_model"),
+                "--data.path",
+                str(dt_csv),
+                "--horizon",
+                "2h",
+                "--out",
+                str(blocked / "o.csv"),
+            ],
+            [f"--out {blocked / 'o.csv'}"],
+        ),
+        "far horizon": (
+            [
+                "forecast",
+                "--model",
+                str(ode_model),
+                "--data.path",
+                str(dt_csv),
+                "--horizon",
+                "400D",
+                "--num_points",
+                "5",
+                "--plots",
+                "false",
+                "--out",
+                str(tmp_path / "far.csv"),
+            ],
+            [
+                "max_steps=30000",
+                "days past the last observation, of 400 days past it asked",
+                "--max_steps",
+                "nearer horizon",
+            ],
+        ),
+        "random weights.pt": (
+            [
+                "forecast",
+                "--model",
+                str(random_weights),
+                "--data.path",
+                str(dt_csv),
+                "--horizon",
+                "2h",
+                "--out",
+                str(tmp_path / "r.csv"),
+            ],
+            ["not a torch file"],
+        ),
     }
-    procs = {name: subprocess.Popen([*_console(), *argv], cwd=tmp_path, env=subprocess_env(),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, (argv, _) in rows.items()}
+    procs = {
+        name: subprocess.Popen(
+            [*_console(), *argv], cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name, (argv, _) in rows.items()
+    }
     for name, proc in procs.items():
         _, raw = proc.communicate(timeout=180)  # a hang guard (MLflow's retries took 4 min), not a timing test
         err = raw.decode()  # bytes: text mode would turn a progress bar's carriage returns into line breaks
@@ -132,9 +195,29 @@ def test_far_horizon_gets_the_steps_it_needs(ode_model, dt_csv):
 
 
 def test_forecast_max_steps_option(ode_model, dt_csv, tmp_path, capfd):
-    rc = main(["forecast", "--model", str(ode_model), "--data.path", str(dt_csv), "--horizon", "20h",
-               "--num_points", "3", "--plots", "false", "--progress", "false", "--num_samples", "2",
-               "--max_steps", "20", "--out", str(tmp_path / "f.csv")])
+    rc = main(
+        [
+            "forecast",
+            "--model",
+            str(ode_model),
+            "--data.path",
+            str(dt_csv),
+            "--horizon",
+            "20h",
+            "--num_points",
+            "3",
+            "--plots",
+            "false",
+            "--progress",
+            "false",
+            "--num_samples",
+            "2",
+            "--max_steps",
+            "20",
+            "--out",
+            str(tmp_path / "f.csv"),
+        ]
+    )
     line = _one_line(capfd.readouterr().err)
     assert rc == 2 and "max_steps=20" in line and "raise --max_steps to at least" in line, line
 
@@ -152,18 +235,26 @@ def test_each_damaged_model_file_has_its_own_line(tmp_path, dt_fitted):
         "not a torch file": _damaged(tmp_path, src, "random", weights=b"\x13\x37" * 999),
         "truncated or damaged": _damaged(tmp_path, src, "trunc", weights=weights[: len(weights) // 2]),
         "is empty (0 bytes": _damaged(tmp_path, src, "empty", weights=b""),
-        "holds an object of type ts_neuralode.errors.ConfigError": _damaged(tmp_path, src, "pickle",
-                                                                             weights=pickled.read_bytes()),
+        "holds an object of type ts_neuralode.errors.ConfigError": _damaged(
+            tmp_path, src, "pickle", weights=pickled.read_bytes()
+        ),
         "'ts_neuralode.model/9' written by ts_neuralode 9.0 is not one this version reads (ts_neuralode.model/2, "
         "ts_neuralode.model/1); it is newer than this ts_neuralode: upgrade": _damaged(
-            tmp_path, src, "newer", config={**config, "format": "ts_neuralode.model/9",
-                                            "ts_neuralode_version": "9.0"}),
+            tmp_path, src, "newer", config={**config, "format": "ts_neuralode.model/9", "ts_neuralode_version": "9.0"}
+        ),
         "not valid JSON": _damaged(tmp_path, src, "json", config="{oops"),
-        "module.hparams missing": _damaged(tmp_path, src, "nomodule",
-                                           config={k: v for k, v in config.items() if k != "module"}),
+        "module.hparams missing": _damaged(
+            tmp_path, src, "nomodule", config={k: v for k, v in config.items() if k != "module"}
+        ),
         "model options do not fit this version": _damaged(
-            tmp_path, src, "option", config={**config, "module": {**config["module"], "hparams": {
-                **config["module"]["hparams"], "option_from_the_future": 1}}}),
+            tmp_path,
+            src,
+            "option",
+            config={
+                **config,
+                "module": {**config["module"], "hparams": {**config["module"]["hparams"], "option_from_the_future": 1}},
+            },
+        ),
     }
     for fragment, path in cases.items():
         with pytest.raises(ForecastError) as info:
@@ -198,12 +289,15 @@ def test_preflight_checks(tmp_path):
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]  # lowered where unset (MLflow's default waits minutes)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["forecast", "--mlflow_run", "0123456789abcdef"], "leave out --mlflow_run"),
-    (["forecast", "--model", "runs:/0123456789abcdef/model"], "pass the model directory itself as --model"),
-    (["benchmark", "--dataset", "sine", "--models", "latent_coupling_flow", "--epochs", "1"], "--tracking false"),
-    (["backtest", "--horizon", "2h"], "--tracking false"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["forecast", "--mlflow_run", "0123456789abcdef"], "leave out --mlflow_run"),
+        (["forecast", "--model", "runs:/0123456789abcdef/model"], "pass the model directory itself as --model"),
+        (["benchmark", "--dataset", "sine", "--models", "latent_coupling_flow", "--epochs", "1"], "--tracking false"),
+        (["backtest", "--horizon", "2h"], "--tracking false"),
+    ],
+)
 def test_other_subcommands_probe_the_tracking_server(argv, fragment, dt_fitted, dt_csv, tmp_path, capfd):
     url = _dead_url()
     if argv[0] == "forecast":
@@ -211,8 +305,15 @@ def test_other_subcommands_probe_the_tracking_server(argv, fragment, dt_fitted, 
         if "--model" not in argv:
             argv += ["--model", str(dt_fitted["model_dir"])]
     elif argv[0] == "backtest":
-        argv = [*argv, "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--out",
-                str(tmp_path / "o.csv")]
+        argv = [
+            *argv,
+            "--model",
+            str(dt_fitted["model_dir"]),
+            "--data.path",
+            str(dt_csv),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ]
     else:
         argv = [*argv, "--out", str(tmp_path / "b.csv")]
     rc = main([*argv, "--tracking_uri", url])
@@ -225,8 +326,21 @@ def test_backtest_output_checked_first(tmp_path, dt_fitted, capfd):
     """backtest --out_dir below a file: one line before the (missing) history is read or the model loaded."""
     afile = tmp_path / "f.txt"
     afile.write_text("x")
-    rc = main(["backtest", "--model", str(tmp_path / "no_model"), "--data.path", str(tmp_path / "missing.csv"),
-               "--horizon", "2h", "--tracking", "false", "--out_dir", str(afile / "bt")])
+    rc = main(
+        [
+            "backtest",
+            "--model",
+            str(tmp_path / "no_model"),
+            "--data.path",
+            str(tmp_path / "missing.csv"),
+            "--horizon",
+            "2h",
+            "--tracking",
+            "false",
+            "--out_dir",
+            str(afile / "bt"),
+        ]
+    )
     line = _one_line(capfd.readouterr().err)
     assert rc == 2 and "--out_dir" in line and "missing.csv" not in line and "no_model" not in line, line
 
@@ -236,8 +350,10 @@ def test_fit_model_dir_and_root_checked_first(tmp_path, capfd):
     afile = tmp_path / "f.txt"
     afile.write_text("x")
     base = ["fit", "--data.path", str(tmp_path / "missing.csv"), "--tracking", "false", *TINY_FIT_ARGS]
-    for extra, fragment in [(["--model_dir", str(afile)], "--model_dir"),
-                            (["--trainer.default_root_dir", str(afile / "r")], "--trainer.default_root_dir")]:
+    for extra, fragment in [
+        (["--model_dir", str(afile)], "--model_dir"),
+        (["--trainer.default_root_dir", str(afile / "r")], "--trainer.default_root_dir"),
+    ]:
         rc = main([*base, "--checkpoint_dir", str(tmp_path / "ck"), *extra])
         line = _one_line(capfd.readouterr().err)
         assert rc == 2 and fragment in line and "missing.csv" not in line, line
@@ -249,10 +365,23 @@ def test_bad_ckpt_path_one_line(tmp_path, dt_csv, dt_fitted, capfd):
     directory's weights.pt is one line there, not torch's traceback and its unsafe-loading advice."""
     rand = tmp_path / "rand.ckpt"
     rand.write_bytes(b"\x67\x22" * 500)
-    for ckpt, fragment in [(rand, "not a torch file"), (dt_fitted["model_dir"] / "weights.pt",
-                                                          "not a Lightning checkpoint")]:
-        rc = main(["validate", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking", "false",
-                   "--ckpt_path", str(ckpt)])
+    for ckpt, fragment in [
+        (rand, "not a torch file"),
+        (dt_fitted["model_dir"] / "weights.pt", "not a Lightning checkpoint"),
+    ]:
+        rc = main(
+            [
+                "validate",
+                "--data.path",
+                str(dt_csv),
+                "--data.time_unit",
+                "h",
+                "--tracking",
+                "false",
+                "--ckpt_path",
+                str(ckpt),
+            ]
+        )
         line = _one_line(capfd.readouterr().err)
         assert rc == 2 and f"--ckpt_path {ckpt}" in line and fragment in line and UNSAFE_ADVICE not in line, line
 
@@ -264,9 +393,13 @@ def test_sigterm_during_fit_is_a_failure_with_one_line(tmp_path, tiny_csv):
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1000"
     ck = tmp_path / "ck"
-    proc = subprocess.Popen([*_console(), "fit", "--data.path", str(tiny_csv), "--tracking", "false",
-                             "--checkpoint_dir", str(ck), *args], cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*_console(), "fit", "--data.path", str(tiny_csv), "--tracking", "false", "--checkpoint_dir", str(ck), *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert wait_for_epoch(proc, ck / "last.ckpt", 1) is not None, "the fit did not reach epoch 1"
         proc.send_signal(signal.SIGTERM)
@@ -276,6 +409,8 @@ def test_sigterm_during_fit_is_a_failure_with_one_line(tmp_path, tiny_csv):
             proc.kill()
     last = shown_lines(raw.decode())[-1]
     assert proc.returncode == 143 and "Traceback" not in raw.decode(), raw.decode()[-2000:]
-    assert last == "ts-neuralode fit: stopped by SIGTERM; the checkpoints of finished epochs are kept: continue " \
-                   "with --ckpt_path last", last
+    assert (
+        last == "ts-neuralode fit: stopped by SIGTERM; the checkpoints of finished epochs are kept: continue "
+        "with --ckpt_path last"
+    ), last
     assert (ck / "last.ckpt").is_file()

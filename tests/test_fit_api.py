@@ -19,14 +19,24 @@ from ts_neuralode.errors import ConfigError
 PACKAGE = Path(__file__).resolve().parents[1] / "ts_neuralode"
 #: the command-line modules (the package ts_neuralode.cli): the only ones that may import each other
 CLI_MODULES = {"ts_neuralode.cli"} | {
-    ".".join(("ts_neuralode", "cli", p.stem)) for p in (PACKAGE / "cli").glob("*.py") if p.stem != "__init__"}
+    ".".join(("ts_neuralode", "cli", p.stem)) for p in (PACKAGE / "cli").glob("*.py") if p.stem != "__init__"
+}
 
 TINY = {
-    "model_options": {"latent_dim": 4, "hidden_dim": 8, "eval_samples": 2,
-                      "evolution": {"kind": "ode", "method": "rk4", "step_size": 0.25}},
+    "model_options": {
+        "latent_dim": 4,
+        "hidden_dim": 8,
+        "eval_samples": 2,
+        "evolution": {"kind": "ode", "method": "rk4", "step_size": 0.25},
+    },
     "data_options": {"layout": "padded", "batch_size": 4},
-    "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False,
-                "num_sanity_val_steps": 0, "log_every_n_steps": 1},
+    "trainer": {
+        "max_epochs": 3,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+    },
 }
 
 
@@ -84,8 +94,20 @@ def test_fit_takes_a_dataframe_in_memory_callbacks_and_reports_the_best_score(tm
     df.to_csv(csv, index=False)
     argv = info["argv"]
     assert argv[:3] == ["fit", "--config", str(tmp_path / "run" / "config.yaml")] and argv[3] == "--data.path"
-    assert main([*argv[:3], "--data.path", str(csv), "--checkpoint_dir", str(tmp_path / "cli" / "ck"),
-                 "--model_dir", str(tmp_path / "cli" / "model")]) == 0
+    assert (
+        main(
+            [
+                *argv[:3],
+                "--data.path",
+                str(csv),
+                "--checkpoint_dir",
+                str(tmp_path / "cli" / "ck"),
+                "--model_dir",
+                str(tmp_path / "cli" / "model"),
+            ]
+        )
+        == 0
+    )
     cli = Forecaster.load(tmp_path / "cli" / "model")
     a = fc.predict(df, horizon=1.0, num_points=4, num_samples=2)
     b = cli.predict(df, horizon=1.0, num_points=4, num_samples=2)
@@ -107,8 +129,11 @@ def test_fit_option_errors_are_one_line(tmp_path):
     df = generate("sine", n_series=4, n_points=8, seed=0)
     with pytest.raises(ConfigError, match=r"^Forecaster.fit: .*no_such_option"):
         Forecaster.fit(df, "ode_rnn", model_options={"no_such_option": 1}, output_dir=tmp_path, tracking=False)
-    with pytest.raises(ConfigError, match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': "
-                                          r"\{'method'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model_options=\{'method': ...\} is now model_options=\{'evolution': "
+        r"\{'method'",
+    ):
         Forecaster.fit(df, "ode_rnn", model_options={"method": "rk4"}, output_dir=tmp_path, tracking=False)
     with pytest.raises(ConfigError, match="not supported; pass a pandas DataFrame"):
         Forecaster.fit([1, 2, 3], "ode_rnn", output_dir=tmp_path, tracking=False)

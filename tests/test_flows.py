@@ -339,13 +339,20 @@ def test_fast_tanh_is_tanh(margin):
 
 # ------------------------------------------------------------------------------------ defaults (declared once)
 
-FLOW_OPTIONS = ("time_embedding", "time_embedding_features", "time_input_features", "coeff", "flow_layers",
-                "num_layers",
-                "activation")
+FLOW_OPTIONS = (
+    "time_embedding",
+    "time_embedding_features",
+    "time_input_features",
+    "coeff",
+    "flow_layers",
+    "num_layers",
+    "activation",
+)
 
 
-@pytest.mark.parametrize("ctor", [ResNetFlowLayer, GRUFlowLayer, CouplingFlowLayer, ResNetFlow, GRUFlow, CouplingFlow,
-                                  make_flow])
+@pytest.mark.parametrize(
+    "ctor", [ResNetFlowLayer, GRUFlowLayer, CouplingFlowLayer, ResNetFlow, GRUFlow, CouplingFlow, make_flow]
+)
 def test_flow_defaults_are_the_evolution_configs(ctor):
     """Every flow constructor's default of a flow option is EvolutionConfig's (issue 23: the time embedding was
     ``fourier_bounded`` in two constructors and ``fourier`` in the others)."""
@@ -367,8 +374,9 @@ def test_a_default_flow_and_a_default_config_build_the_same_embedding(kind):
     direct = make_flow(kind, 4).layers[0].embedding
     via_config = EvolutionConfig(kind=kind).build(4).flow.layers[0].embedding
     assert type(direct) is type(via_config) is TIME_EMBEDDINGS[EvolutionConfig().time_embedding]
-    assert {k: v.shape for k, v in direct.state_dict().items()} == {k: v.shape for k,
-                                                                    v in via_config.state_dict().items()}
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {
+        k: v.shape for k, v in via_config.state_dict().items()
+    }
 
 
 @pytest.mark.slow

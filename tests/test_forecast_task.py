@@ -37,8 +37,16 @@ def frame() -> pd.DataFrame:
 
 
 def make_dm(frame, **kw) -> IrregularTimeSeriesDataModule:
-    opts = dict(task="forecast", horizon=H, context=CTX, time_scale=1.0, time_origin="zero", batch_size=64,
-                seed=0, value_cols=["y", "z"])
+    opts = dict(
+        task="forecast",
+        horizon=H,
+        context=CTX,
+        time_scale=1.0,
+        time_origin="zero",
+        batch_size=64,
+        seed=0,
+        value_cols=["y", "z"],
+    )
     opts.update(kw)
     dm = IrregularTimeSeriesDataModule(df=frame, **opts)
     dm.setup()
@@ -47,7 +55,7 @@ def make_dm(frame, **kw) -> IrregularTimeSeriesDataModule:
 
 def series_times(dm, s: int) -> np.ndarray:
     t = dm.table
-    return t.times[t.offsets[s]:t.offsets[s + 1]]
+    return t.times[t.offsets[s] : t.offsets[s + 1]]
 
 
 def items(batch):
@@ -57,8 +65,15 @@ def items(batch):
         tm = batch.time_mask[i]
         t = tps[i][tm].double().numpy()
         om, gm = batch.obs_mask[i][tm].numpy(), batch.target_mask[i][tm].numpy()
-        yield (int(batch.series_idx[i]), float(batch.cutoff[i]), t[om.any(1)], t[gm.any(1)], om, gm,
-               batch.values[i][tm].numpy())
+        yield (
+            int(batch.series_idx[i]),
+            float(batch.cutoff[i]),
+            t[om.any(1)],
+            t[gm.any(1)],
+            om,
+            gm,
+            batch.values[i][tm].numpy(),
+        )
 
 
 def check_window(dm, s, c, ctx_t, tgt_t, om, gm, end=math.inf, shift=0.0):
@@ -84,7 +99,7 @@ def test_training_windows_are_right(frame, layout):
             check_window(dm, s, c, ctx_t, tgt_t, om, gm, end=val_cut[s])
             assert c in series_times(dm, s)  # training cutoffs are observation times
             assert tgt_t.max() <= val_cut[s]  # no training target in the validation/test horizons
-            observed = ~np.isnan(dm.table.values[dm.table.offsets[s]:dm.table.offsets[s + 1]])
+            observed = ~np.isnan(dm.table.values[dm.table.offsets[s] : dm.table.offsets[s + 1]])
             n_obs = observed[np.isin(series_times(dm, s), np.concatenate([ctx_t, tgt_t]))].sum(0)
             assert ((om + gm).sum(0) == n_obs).all()  # per channel: exactly the observed cells, missing ones out
             assert (v[(om + gm) == 0] == 0).all()
@@ -124,8 +139,9 @@ def test_union_and_padded_layouts_hold_the_same_windows(frame):
     out = []
     for layout in ("union", "padded"):
         b = collate(dm.arrays, idx, layout, dm._specs["train"], np.random.default_rng(5))
-        out.append([(s, c, ctx.tolist(), tgt.tolist(), v[om + gm > 0].tolist()) for s, c, ctx, tgt, om, gm, v
-                    in items(b)])
+        out.append(
+            [(s, c, ctx.tolist(), tgt.tolist(), v[om + gm > 0].tolist()) for s, c, ctx, tgt, om, gm, v in items(b)]
+        )
     assert out[0] == out[1]
 
 
@@ -152,11 +168,12 @@ def test_split_by_series_and_window_counts(frame):
     per = math.ceil(span / H)  # one window per horizon of history ...
     per *= math.ceil(10 * 64 / per)  # ... scaled up to 10 batches of 64 (AUTO_MIN_BATCHES)
     assert len(dm.train_dataloader().dataset) == dm.train_items_per_epoch == per
-    big = make_dm(frame, split_by="series", val_fraction=0.34, test_fraction=0.34, windows_per_series="auto",
-                  batch_size=1)  # 10 batches of 1 are fewer than one window per horizon: no scaling
+    big = make_dm(
+        frame, split_by="series", val_fraction=0.34, test_fraction=0.34, windows_per_series="auto", batch_size=1
+    )  # 10 batches of 1 are fewer than one window per horizon: no scaling
     assert big.train_items_per_epoch == math.ceil(span / H)
     (t,) = parts[2]
-    (_, c, *_rest), = items(next(iter(dm.test_dataloader())))
+    ((_, c, *_rest),) = items(next(iter(dm.test_dataloader())))
     assert c == pytest.approx(dm.table.last_times()[t] - H)
 
 
@@ -178,8 +195,9 @@ def test_forecast_task_errors_are_one_line(frame):
 
 
 def test_durations_on_datetime_data(dt_csv):
-    dm = IrregularTimeSeriesDataModule(path=str(dt_csv), time_unit="h", task="forecast", horizon="12h",
-                                       context="1D", layout="padded", season="1D")
+    dm = IrregularTimeSeriesDataModule(
+        path=str(dt_csv), time_unit="h", task="forecast", horizon="12h", context="1D", layout="padded", season="1D"
+    )
     dm.setup()
     scale = dm.transform.time_scale
     assert dm.season_period == pytest.approx(24 / scale)
@@ -203,19 +221,41 @@ FAMILIES = {
 @pytest.mark.parametrize("layout", ["union", "padded"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_model_family_trains_on_forecast_windows(frame, tmp_path, family, layout):
-    dm = make_dm(frame, layout=layout, windows_per_series=8, batch_size=6, time_scale="auto",
-                 time_origin="series", season=12)
+    dm = make_dm(
+        frame, layout=layout, windows_per_series=8, batch_size=6, time_scale="auto", time_origin="series", season=12
+    )
     torch.manual_seed(0)
-    module = ForecastingModule(input_dim=2, latent_dim=6, hidden_dim=16, lr=1e-2, eval_samples=2,
-                               season_period=dm.season_period, **FAMILIES[family])
+    module = ForecastingModule(
+        input_dim=2,
+        latent_dim=6,
+        hidden_dim=16,
+        lr=1e-2,
+        eval_samples=2,
+        season_period=dm.season_period,
+        **FAMILIES[family],
+    )
     before = [p.detach().clone() for p in module.parameters()]
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         gradient_clip_val=1.0)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        gradient_clip_val=1.0,
+    )
     trainer.fit(module, datamodule=dm)
     m = trainer.callback_metrics
-    for key in ("train_loss", "val_loss", "val_extrap_mse", "val_extrap_mse_locf", "val_extrap_mse_seasonal",
-                "val_extrap_skill"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_extrap_mse",
+        "val_extrap_mse_locf",
+        "val_extrap_mse_seasonal",
+        "val_extrap_skill",
+    ):
         assert key in m and math.isfinite(float(m[key])), key
     assert "val_interp_mse" not in m  # every target lies after its window's cutoff
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))  # it learned something
@@ -234,14 +274,37 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
     os.chdir(tmp_path)
     try:
         torch.manual_seed(0)
-        rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--data.task", "forecast",
-                   "--data.horizon", "12h", "--data.context", "1D", "--data.season", "1D", "--tracking_uri", uri,
-                   "--checkpoint_dir", str(tmp_path / "ck"), *TINY_FIT_ARGS])
+        rc = main(
+            [
+                "fit",
+                "--data.path",
+                str(dt_csv),
+                "--data.time_unit",
+                "h",
+                "--data.task",
+                "forecast",
+                "--data.horizon",
+                "12h",
+                "--data.context",
+                "1D",
+                "--data.season",
+                "1D",
+                "--tracking_uri",
+                uri,
+                "--checkpoint_dir",
+                str(tmp_path / "ck"),
+                *TINY_FIT_ARGS,
+            ]
+        )
         assert rc == 0
         client = MlflowClient(uri)
         run = client.search_runs([client.get_experiment_by_name("ts_neuralode").experiment_id])[0]
-        for key in ("epoch/val_extrap_mse", "epoch/val_extrap_mse_locf", "epoch/val_extrap_skill",
-                    "epoch/val_extrap_skill_seasonal"):
+        for key in (
+            "epoch/val_extrap_mse",
+            "epoch/val_extrap_mse_locf",
+            "epoch/val_extrap_skill",
+            "epoch/val_extrap_skill_seasonal",
+        ):
             assert key in run.data.metrics, key
 
         fc = Forecaster.load(tmp_path / "ck" / "model")
@@ -259,14 +322,52 @@ def test_cli_fit_on_forecast_windows_then_forecast_with_context(dt_csv, tmp_path
         pd.testing.assert_frame_equal(ctx, cut)
         assert list(ctx["ds"]) == list(full["ds"])
         assert not np.allclose(ctx.iloc[:, 2], full.iloc[:, 2])  # the model conditions on less
-        rc = main(["forecast", "--model", str(tmp_path / "ck" / "model"), "--data.path", str(dt_csv), "--horizon",
-                   "6h", "--num_points", "3", "--num_samples", "1", "--context", "1D", "--out",
-                   str(tmp_path / "fc.csv"), "--plots", "false", "--progress", "false"])
+        rc = main(
+            [
+                "forecast",
+                "--model",
+                str(tmp_path / "ck" / "model"),
+                "--data.path",
+                str(dt_csv),
+                "--horizon",
+                "6h",
+                "--num_points",
+                "3",
+                "--num_samples",
+                "1",
+                "--context",
+                "1D",
+                "--out",
+                str(tmp_path / "fc.csv"),
+                "--plots",
+                "false",
+                "--progress",
+                "false",
+            ]
+        )
         assert rc == 0
         cli = pd.read_csv(tmp_path / "fc.csv")
         np.testing.assert_allclose(cli.iloc[:, 2], ctx.iloc[:, 2], rtol=1e-5)
-        assert main(["forecast", "--model", str(tmp_path / "ck" / "model"), "--data.path", str(dt_csv),
-                     "--horizon", "6h", "--context", "-1D", "--plots", "false", "--progress", "false"]) == 2
+        assert (
+            main(
+                [
+                    "forecast",
+                    "--model",
+                    str(tmp_path / "ck" / "model"),
+                    "--data.path",
+                    str(dt_csv),
+                    "--horizon",
+                    "6h",
+                    "--context",
+                    "-1D",
+                    "--plots",
+                    "false",
+                    "--progress",
+                    "false",
+                ]
+            )
+            == 2
+        )
     finally:
         os.chdir(old)
 

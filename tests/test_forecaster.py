@@ -35,9 +35,29 @@ def last_obs(hist: pd.DataFrame) -> pd.Series:
 @pytest.mark.slow
 def test_predict_matches_the_cli(fc, dt_fitted, dt_csv, hist, tmp_path):
     out = fc.predict(hist, horizon="12h", num_points=4, num_samples=30, seed=0)
-    rc = main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv), "--horizon", "12h",
-               "--num_points", "4", "--num_samples", "30", "--seed", "0", "--out", str(tmp_path / "cli.csv"),
-               "--plots", "false", "--progress", "false"])
+    rc = main(
+        [
+            "forecast",
+            "--model",
+            str(dt_fitted["model_dir"]),
+            "--data.path",
+            str(dt_csv),
+            "--horizon",
+            "12h",
+            "--num_points",
+            "4",
+            "--num_samples",
+            "30",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "cli.csv"),
+            "--plots",
+            "false",
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 0
     cli = pd.read_csv(tmp_path / "cli.csv")
     assert list(cli.columns) == list(out.columns)
@@ -52,10 +72,17 @@ def test_predict_matches_the_cli(fc, dt_fitted, dt_csv, hist, tmp_path):
 
 
 def test_predict_levels_and_quantiles(fc, hist):
-    out = fc.predict(hist, horizon=pd.Timedelta("1D"), freq="6h", num_samples=50, level=[80],
-                     quantiles=[0.1, 0.5, 0.9])
-    assert list(out.columns) == ["unique_id", "ds", NAME, f"{NAME}-lo-80", f"{NAME}-hi-80", f"{NAME}-q-10",
-                                 f"{NAME}-q-50", f"{NAME}-q-90"]
+    out = fc.predict(hist, horizon=pd.Timedelta("1D"), freq="6h", num_samples=50, level=[80], quantiles=[0.1, 0.5, 0.9])
+    assert list(out.columns) == [
+        "unique_id",
+        "ds",
+        NAME,
+        f"{NAME}-lo-80",
+        f"{NAME}-hi-80",
+        f"{NAME}-q-10",
+        f"{NAME}-q-50",
+        f"{NAME}-q-90",
+    ]
     assert out["ds"].dt.tz is not None and out["ds"].iloc[0].utcoffset() == pd.Timedelta("1h")
     assert (out.groupby("unique_id").size() == 4).all()  # +6 h, +12 h, +18 h, +24 h
     q10, q50, q90 = (out[f"{NAME}-q-{p}"] for p in (10, 50, 90))
@@ -76,9 +103,16 @@ def test_predict_explicit_and_per_series_times(fc, hist):
         assert all(t.utcoffset() == pd.Timedelta("1h") for t in g["ds"])
 
     last = last_obs(hist)
-    per = pd.DataFrame({"unique_id": ["s0", "s0", "s3"],
-                        "ds": [last["s0"] + pd.Timedelta("1h"), last["s0"] + pd.Timedelta("7D"),
-                               last["s3"] + pd.Timedelta("90min")]})
+    per = pd.DataFrame(
+        {
+            "unique_id": ["s0", "s0", "s3"],
+            "ds": [
+                last["s0"] + pd.Timedelta("1h"),
+                last["s0"] + pd.Timedelta("7D"),
+                last["s3"] + pd.Timedelta("90min"),
+            ],
+        }
+    )
     out = fc.predict(hist, times=per, series=["s0", "s3"], num_samples=10)
     assert list(out["unique_id"]) == ["s0", "s0", "s3"]
     assert list(out["ds"]) == list(per["ds"])
@@ -113,8 +147,13 @@ def test_gaussian_models_get_exact_gaussian_bands(dt_csv):
 
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(path=str(dt_csv), time_unit="h", layout="padded")
-    module = ForecastingModule(model="ode_rnn", input_dim=dm.num_channels, latent_dim=4, hidden_dim=8,
-                               evolution={"method": "rk4", "step_size": 0.1})
+    module = ForecastingModule(
+        model="ode_rnn",
+        input_dim=dm.num_channels,
+        latent_dim=4,
+        hidden_dim=8,
+        evolution={"method": "rk4", "step_size": 0.1},
+    )
     f = Forecaster.from_module(module, dm)
     out = f.predict(dt_csv, horizon="6h", num_points=3, num_samples=5, level=[90], quantiles=[0.5, 0.975])
     mean, lo, hi = out["ode_rnn"], out["ode_rnn-lo-90"], out["ode_rnn-hi-90"]

@@ -24,8 +24,15 @@ def batch_of(t: np.ndarray, y: np.ndarray, cutoff: float) -> Batch:
     v = torch.as_tensor(y, dtype=torch.float32).unsqueeze(-1)
     B, T = v.shape[:2]
     ctx = (tt <= cutoff).float().view(1, T, 1).expand(B, T, 1).clone()
-    return Batch(times=tt, values=v, obs_mask=ctx, target_mask=1 - ctx, time_mask=torch.ones(B, T, dtype=torch.bool),
-                 series_idx=torch.arange(B), cutoff=torch.full((B,), cutoff))
+    return Batch(
+        times=tt,
+        values=v,
+        obs_mask=ctx,
+        target_mask=1 - ctx,
+        time_mask=torch.ones(B, T, dtype=torch.bool),
+        series_idx=torch.arange(B),
+        cutoff=torch.full((B,), cutoff),
+    )
 
 
 def profile(t):
@@ -66,8 +73,9 @@ def test_short_context_falls_back_to_seasonal_naive_plus_drift():
     q = torch.as_tensor(t[t > 1.2], dtype=torch.float32).view(1, -1, 1)
     _, ok = harmonic_forecast(b, q, P)
     assert not ok.any()  # 1.2 seasons of context: too short to tell the season from the trend
-    torch.testing.assert_close(WindowStats(b, "window", "harmonic", P).base(q),
-                               WindowStats(b, "window", "seasonal_trend", P).base(q))
+    torch.testing.assert_close(
+        WindowStats(b, "window", "harmonic", P).base(q), WindowStats(b, "window", "seasonal_trend", P).base(q)
+    )
 
 
 def test_a_base_trains_the_correction_only():
@@ -77,8 +85,9 @@ def test_a_base_trains_the_correction_only():
     y = (profile(t) + 0.3 * t)[None, :]
     b = batch_of(t, y, cutoff=10.0)  # every point is context: no target
     torch.manual_seed(0)
-    plain = ODERNN(input_dim=1, evolution={"kind": "ode", "method": "euler", "step_size": 0.1}, latent_dim=4,
-                   hidden_dim=8)
+    plain = ODERNN(
+        input_dim=1, evolution={"kind": "ode", "method": "euler", "step_size": 0.1}, latent_dim=4, hidden_dim=8
+    )
     assert plain.loss(b)[0].item() != 0.0
     model = WindowModel(plain, "window", "harmonic", season_period=P)
     assert model.inner.score_context is False

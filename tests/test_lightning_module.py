@@ -23,8 +23,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 def trainer(tmp_path, epochs=2, **kwargs) -> pl.Trainer:
     return pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=1.0, **kwargs,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        gradient_clip_val=1.0,
+        **kwargs,
     )
 
 
@@ -34,8 +41,9 @@ def sine_df():
 
 
 def small_module(model="latent_ode", evolution="gru_flow", **kw) -> ForecastingModule:
-    return ForecastingModule(model=model, input_dim=1, evolution=evolution, latent_dim=6, hidden_dim=16,
-                             lr=1e-2, eval_samples=4, **kw)
+    return ForecastingModule(
+        model=model, input_dim=1, evolution=evolution, latent_dim=6, hidden_dim=16, lr=1e-2, eval_samples=4, **kw
+    )
 
 
 @pytest.mark.slow
@@ -46,8 +54,18 @@ def test_fit_validate_test_predict_on_a_real_datamodule(tmp_path, sine_df):
     tr = trainer(tmp_path, enable_checkpointing=False)
     tr.fit(module, datamodule=dm)
     m = tr.callback_metrics
-    for name in ("train_loss", "train_mse", "nfe", "batch_time", "val_loss", "val_mse", "val_mae",
-                 "val_interp_mse", "val_interp_mae", "val_crps"):
+    for name in (
+        "train_loss",
+        "train_mse",
+        "nfe",
+        "batch_time",
+        "val_loss",
+        "val_mse",
+        "val_mae",
+        "val_interp_mse",
+        "val_interp_mae",
+        "val_crps",
+    ):
         assert name in m and math.isfinite(float(m[name])), name
     assert "val_extrap_mse" not in m  # interpolation task: no targets after the cutoff
     assert float(m["batch_time"]) > 0
@@ -73,8 +91,12 @@ def test_extrapolation_task_logs_extrap_metrics_and_ode_counts_nfe(tmp_path, sin
 def test_checkpoint_reloads_with_weights_only_and_predicts_the_same(tmp_path, sine_df):
     torch.manual_seed(0)
     dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10)
-    module = small_module("gru_ode", evolution=EvolutionConfig("ode", method="euler", step_size=0.5),
-                          model_kwargs={"prep_dim": 4}, lr_decay_every=1)
+    module = small_module(
+        "gru_ode",
+        evolution=EvolutionConfig("ode", method="euler", step_size=0.5),
+        model_kwargs={"prep_dim": 4},
+        lr_decay_every=1,
+    )
     json.dumps(dict(module.hparams))  # plain JSON-able config
     tr = trainer(tmp_path, epochs=1, limit_train_batches=2, limit_val_batches=1)
     tr.fit(module, datamodule=dm)
@@ -110,8 +132,9 @@ def test_lr_schedules_follow_the_epochs(tmp_path, sine_df, schedule):
 
     dm = IrregularTimeSeriesDataModule(df=sine_df, layout="padded", batch_size=10, seed=0)
     module = small_module("ode_rnn", evolution="gru_flow", lr_schedule=schedule, lr_decay_every=2, lr_decay_gamma=0.5)
-    tr = trainer(tmp_path, epochs=4, enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0,
-                 callbacks=[Record()])
+    tr = trainer(
+        tmp_path, epochs=4, enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0, callbacks=[Record()]
+    )
     tr.fit(module, datamodule=dm)
     if schedule == "cosine":
         expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]

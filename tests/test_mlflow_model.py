@@ -39,9 +39,26 @@ def registered(tmp_path_factory, dt_csv):
     torch.manual_seed(0)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = main(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--tracking_uri", uri,
-                   "--artifact_location", str(cwd / "artifacts"), "--checkpoint_dir", str(cwd / "ck"),
-                   "--experiment_name", "served", "--register_as", "tiny", *args])
+        rc = main(
+            [
+                "fit",
+                "--data.path",
+                str(dt_csv),
+                "--data.time_unit",
+                "h",
+                "--tracking_uri",
+                uri,
+                "--artifact_location",
+                str(cwd / "artifacts"),
+                "--checkpoint_dir",
+                str(cwd / "ck"),
+                "--experiment_name",
+                "served",
+                "--register_as",
+                "tiny",
+                *args,
+            ]
+        )
     assert rc == 0, buf.getvalue()[-3000:]
     return {"uri": uri, "cwd": cwd, "model_dir": cwd / "ck" / "model", "output": buf.getvalue()}
 
@@ -121,11 +138,25 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
     # the server execs uvicorn by name: the venv's scripts first on the PATH (as with an activated venv)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "models", "serve", "-m", "models:/tiny/1",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd = [
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/tiny/1",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own handle
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
-                                env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path, env=env
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -141,8 +172,9 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
             time.sleep(0.5)
         history = pd.read_csv(dt_csv)[["unique_id", "ds", "y"]].dropna()
         body = {"dataframe_split": history.to_dict(orient="split", index=False), "params": QUERY}
-        req = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=120) as r:
             answer = json.loads(r.read())
         rows = pd.DataFrame(answer["predictions"])
@@ -152,8 +184,9 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
         assert np.allclose(rows[NAME], want[NAME], rtol=1e-5)
         # a bad request: one JSON line saying what is wrong, no stack trace and no echo of the request
         bad = {"dataframe_split": history.to_dict(orient="split", index=False), "params": {"horizon": "-2h"}}
-        req = urllib.request.Request(url + "/invocations", data=json.dumps(bad).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/invocations", data=json.dumps(bad).encode(), headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(req, timeout=120)
         text = caught.value.read().decode()
@@ -166,10 +199,26 @@ def test_mlflow_models_serve_answers_a_request(registered, dt_csv, tmp_path):
 
 
 # -- a model with known-future and static covariates --------------------------------------------------------------
-PK_ARGS = ["--model.model", "ode_rnn", "--model.latent_dim", "4", "--model.hidden_dim", "8",
-           "--model.evolution.method", "rk4", "--model.evolution.step_size", "0.5", "--data.batch_size", "8",
-           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
-           "--trainer.enable_model_summary", "false"]
+PK_ARGS = [
+    "--model.model",
+    "ode_rnn",
+    "--model.latent_dim",
+    "4",
+    "--model.hidden_dim",
+    "8",
+    "--model.evolution.method",
+    "rk4",
+    "--model.evolution.step_size",
+    "0.5",
+    "--data.batch_size",
+    "8",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +234,28 @@ def pk_registered(tmp_path_factory):
     df.to_csv(cwd / "pk.csv", index=False)
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     torch.manual_seed(0)
-    rc = main(["fit", "--data.path", str(cwd / "pk.csv"), "--data.future_cols", "[rate]", "--data.static_cols",
-               "[weight]", "--tracking_uri", uri, "--artifact_location", str(cwd / "artifacts"), "--checkpoint_dir",
-               str(cwd / "ck"), "--experiment_name", "pk", "--register_as", "pk", *PK_ARGS])
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(cwd / "pk.csv"),
+            "--data.future_cols",
+            "[rate]",
+            "--data.static_cols",
+            "[weight]",
+            "--tracking_uri",
+            uri,
+            "--artifact_location",
+            str(cwd / "artifacts"),
+            "--checkpoint_dir",
+            str(cwd / "ck"),
+            "--experiment_name",
+            "pk",
+            "--register_as",
+            "pk",
+            *PK_ARGS,
+        ]
+    )
     assert rc == 0
     return {"uri": uri, "df": df, "model_dir": cwd / "ck" / "model"}
 
@@ -220,8 +288,9 @@ def test_a_covariate_model_is_registered_and_forecasts_like_the_forecaster(pk_re
     # fit calibrated the bands on its validation windows when they held enough points; the served model carries that
     # calibration (what Forecaster.predict applies by default) and raw_bands=true gives the model's own bands
     raw = model.predict(request, params={**query, "raw_bands": True})
-    want_raw = Forecaster.load(pk_registered["model_dir"]).predict(request, horizon=2.5, num_points=3, num_samples=4,
-                                                                   calibrated=False)
+    want_raw = Forecaster.load(pk_registered["model_dir"]).predict(
+        request, horizon=2.5, num_points=3, num_samples=4, calibrated=False
+    )
     assert np.allclose(raw["ode_rnn-hi-90"], want_raw["ode_rnn-hi-90"])
     from ts_neuralode.integrations.mlflow.logged_model import forecast_frame
 
@@ -236,13 +305,28 @@ def test_a_failed_model_log_with_register_as_is_one_error_line(tiny_csv, tmp_pat
     """MLflow refuses the name (a real registry error): the fit exits 2 with one line, not a warning and 0."""
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1"
-    rc = main(["fit", "--data.path", str(tiny_csv), "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifact_location", str(tmp_path / "artifacts"), "--checkpoint_dir", str(tmp_path / "ck"),
-               "--register_as", "a/b", *args])
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(tiny_csv),
+            "--tracking_uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifact_location",
+            str(tmp_path / "artifacts"),
+            "--checkpoint_dir",
+            str(tmp_path / "ck"),
+            "--register_as",
+            "a/b",
+            *args,
+        ]
+    )
     err = [ln for ln in capfd.readouterr().err.strip().splitlines() if "error" in ln.lower()]
     assert rc == 2 and len(err) == 1, err
-    assert err[0].startswith("ts-neuralode: error: --register_as a/b: the MLflow model was not logged") and \
-        "Names cannot contain" in err[0], err
+    assert (
+        err[0].startswith("ts-neuralode: error: --register_as a/b: the MLflow model was not logged")
+        and "Names cannot contain" in err[0]
+    ), err
     assert (tmp_path / "ck" / "model" / "config.json").is_file()
 
 
@@ -257,7 +341,21 @@ def test_fit_info_names_no_run_of_an_earlier_fit(registered, dt_csv, tmp_path):
     shutil.copy(registered["cwd"] / "ck" / "mlflow_run.json", tmp_path / "checkpoints")
     args = [a for a in TINY_FIT_ARGS]
     args[args.index("--trainer.max_epochs") + 1] = "1"
-    fc = run_fit(["fit", "--data.path", str(dt_csv), "--data.time_unit", "h", "--checkpoint_dir",
-                  str(tmp_path / "checkpoints"), "--model_dir", str(tmp_path / "model"), "--tracking", "false", *args],
-                 tmp_path / "model")
+    fc = run_fit(
+        [
+            "fit",
+            "--data.path",
+            str(dt_csv),
+            "--data.time_unit",
+            "h",
+            "--checkpoint_dir",
+            str(tmp_path / "checkpoints"),
+            "--model_dir",
+            str(tmp_path / "model"),
+            "--tracking",
+            "false",
+            *args,
+        ],
+        tmp_path / "model",
+    )
     assert fc.fit_info["run_id"] is None and fc.fit_info["tracking_uri"] is None

@@ -71,10 +71,26 @@ def test_cli_options_are_grouped(tmp_path):
 
     assert wants_auto(["--model", "auto", "--data.path", "x"]) and wants_auto(["--model=auto"])
     assert not wants_auto(["--model.model", "auto"]) and not wants_auto(["--config", "auto"])
-    got = _grouped(["--data.horizon", "2D", "--model.evolution.kind=ode", "--model.lr", "0.01",
-                    "--data.value_cols", "[a, b]", "--data.context", "null", "--trainer.max_epochs", "3"])
-    assert got == {"data": {"horizon": "2D", "value_cols": ["a", "b"], "context": None},
-                   "model": {"evolution": {"kind": "ode"}, "lr": 0.01}, "trainer": {"max_epochs": 3}}
+    got = _grouped(
+        [
+            "--data.horizon",
+            "2D",
+            "--model.evolution.kind=ode",
+            "--model.lr",
+            "0.01",
+            "--data.value_cols",
+            "[a, b]",
+            "--data.context",
+            "null",
+            "--trainer.max_epochs",
+            "3",
+        ]
+    )
+    assert got == {
+        "data": {"horizon": "2D", "value_cols": ["a", "b"], "context": None},
+        "model": {"evolution": {"kind": "ode"}, "lr": 0.01},
+        "trainer": {"max_epochs": 3},
+    }
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  horizon: 1D\n  layout: padded\nmodel:\n  evolution:\n    method: rk4\n")
     merged = _merge(_from_config(str(cfg)), got)  # the command line wins
@@ -87,9 +103,18 @@ def test_cli_options_are_grouped(tmp_path):
 @pytest.mark.slow
 def test_search_refits_the_winner_and_logs_child_runs(series, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    fc = Forecaster.fit(series, "auto", data_options=DATA, model_options=MODEL, trainer=TRAINER,
-                        output_dir=tmp_path / "out", tracking_uri=uri, experiment_name="auto", budget=3,
-                        log_model=False)
+    fc = Forecaster.fit(
+        series,
+        "auto",
+        data_options=DATA,
+        model_options=MODEL,
+        trainer=TRAINER,
+        output_dir=tmp_path / "out",
+        tracking_uri=uri,
+        experiment_name="auto",
+        budget=3,
+        log_model=False,
+    )
     info = fc.fit_info
     assert isinstance(fc, Forecaster)
     assert sum(info["trials"].values()) == 3 and info["trials"]["complete"] >= 1
@@ -131,10 +156,20 @@ def test_pruning_stops_a_hopeless_trial(series, tmp_path):
     # two trials that learn, then one that cannot (learning rate 1e-7): the median rule stops it early
     space = (choice("model.model", ("ode_rnn",)), choice("model.lr", (0.03, 1e-7)))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)  # from the second validation on
-    result = model_choice.search(series, data_options=DATA, model_options={**MODEL, "lr_schedule": "step"},
-                                 trainer={"max_epochs": 6}, output_dir=tmp_path, tracking=False, budget=3, space=space,
-                                 pruner=pruner, progress=False, seed=TEST_SEED,
-                                 enqueue=[{"model.lr": 0.03}, {"model.lr": 0.03}, {"model.lr": 1e-7}])
+    result = model_choice.search(
+        series,
+        data_options=DATA,
+        model_options={**MODEL, "lr_schedule": "step"},
+        trainer={"max_epochs": 6},
+        output_dir=tmp_path,
+        tracking=False,
+        budget=3,
+        space=space,
+        pruner=pruner,
+        progress=False,
+        seed=TEST_SEED,
+        enqueue=[{"model.lr": 0.03}, {"model.lr": 0.03}, {"model.lr": 1e-7}],
+    )
     trials = result.study.get_trials()
     assert [t.params["model.lr"] for t in trials] == [0.03, 0.03, 1e-7]
     assert [t.user_attrs["outcome"] for t in trials] == ["complete", "complete", "pruned"]
@@ -149,9 +184,16 @@ def test_pruning_stops_a_hopeless_trial(series, tmp_path):
 @pytest.mark.slow
 def test_time_budget_stops_the_search(series, tmp_path):
     start = time.monotonic()
-    result = model_choice.search(series, data_options=DATA, model_options=MODEL, trainer={"max_epochs": 500},
-                                 output_dir=tmp_path, tracking=False, budget={"trials": 50, "time": 4},
-                                 progress=False)
+    result = model_choice.search(
+        series,
+        data_options=DATA,
+        model_options=MODEL,
+        trainer={"max_epochs": 500},
+        output_dir=tmp_path,
+        tracking=False,
+        budget={"trials": 50, "time": 4},
+        progress=False,
+    )
     elapsed = time.monotonic() - start
     assert result.stop_reason == "time"
     assert 1 <= len(result.ran) < 50
@@ -169,13 +211,24 @@ def test_resume_after_a_killed_worker_continues_the_study(series, tmp_path, monk
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    kw = dict(data_options=DATA, model_options=MODEL, trainer={"max_epochs": 4}, output_dir=str(tmp_path / "out"),
-              tracking=False, storage=storage, study_name="resume", progress=False)
-    code = ("import sys, torch; torch.set_num_threads(1)\n"
-            "from ts_neuralode.api import model_choice\n"
-            f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    kw = dict(
+        data_options=DATA,
+        model_options=MODEL,
+        trainer={"max_epochs": 4},
+        output_dir=str(tmp_path / "out"),
+        tracking=False,
+        storage=storage,
+        study_name="resume",
+        progress=False,
+    )
+    code = (
+        "import sys, torch; torch.set_num_threads(1)\n"
+        "from ts_neuralode.api import model_choice\n"
+        f"model_choice.search({str(csv)!r}, budget=3, **{kw!r})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:  # kill the worker (no chance to clean up) once trial 1 reported an epoch
@@ -229,9 +282,19 @@ def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            model_choice.search(series, data_options=DATA, model_options=MODEL, trainer=TRAINER, output_dir=tmp_path,
-                                tracking=False, budget=2, storage=storage, study_name="ctrl_c", progress=False,
-                                callbacks=[_CtrlC(0)])
+            model_choice.search(
+                series,
+                data_options=DATA,
+                model_options=MODEL,
+                trainer=TRAINER,
+                output_dir=tmp_path,
+                tracking=False,
+                budget=2,
+                storage=storage,
+                study_name="ctrl_c",
+                progress=False,
+                callbacks=[_CtrlC(0)],
+            )
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
     trials = optuna.load_study(study_name="ctrl_c", storage=storage).get_trials()
@@ -245,14 +308,48 @@ def test_two_workers_share_one_storage(series, tmp_path):
     csv = tmp_path / "data.csv"
     series.to_csv(csv, index=False)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["fit", "--model", "auto", "--worker", "--data.path", str(csv), "--data.horizon", "1.0",
-            "--data.layout", "padded", "--data.batch_size", "8", "--data.windows_per_series", "4",
-            "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.eval_samples", "4",
-            "--trainer.max_epochs", "2", "--budget.trials", "5", "--storage", storage, "--study_name", "shared",
-            "--tracking", "false"]
-    procs = [subprocess.Popen([sys.executable, "-m", "ts_neuralode.cli", *args, "--output_dir",
-                               str(tmp_path / f"w{i}")], env=subprocess_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    args = [
+        "fit",
+        "--model",
+        "auto",
+        "--worker",
+        "--data.path",
+        str(csv),
+        "--data.horizon",
+        "1.0",
+        "--data.layout",
+        "padded",
+        "--data.batch_size",
+        "8",
+        "--data.windows_per_series",
+        "4",
+        "--model.latent_dim",
+        "4",
+        "--model.hidden_dim",
+        "16",
+        "--model.eval_samples",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        "--budget.trials",
+        "5",
+        "--storage",
+        storage,
+        "--study_name",
+        "shared",
+        "--tracking",
+        "false",
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ts_neuralode.cli", *args, "--output_dir", str(tmp_path / f"w{i}")],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     study = optuna.load_study(study_name="shared", storage=storage)
@@ -272,9 +369,12 @@ def test_two_workers_share_one_storage(series, tmp_path):
 @pytest.mark.slow
 def test_ensemble_bands_come_from_the_mixture(series, tmp_path):
     # two members that agree on everything but the level: the same model fitted to y and to y + 100
-    opts = dict(data_options={**DATA, "task": "forecast", "val_fraction": 0.0, "test_fraction": 0.0},
-                model_options={**MODEL, "evolution": {"kind": "gru_flow"}}, trainer={"max_epochs": 1},
-                tracking=False)
+    opts = dict(
+        data_options={**DATA, "task": "forecast", "val_fraction": 0.0, "test_fraction": 0.0},
+        model_options={**MODEL, "evolution": {"kind": "gru_flow"}},
+        trainer={"max_epochs": 1},
+        tracking=False,
+    )
     a = Forecaster.fit(series, "ode_rnn", output_dir=tmp_path / "a", **opts)
     b = Forecaster.fit(series.assign(y=series["y"] + 1000.0), "ode_rnn", output_dir=tmp_path / "b", **opts)
     ens = EnsembleForecaster([a, b])
@@ -316,8 +416,23 @@ def test_auto_errors_are_one_line(series, tmp_path, capsys):
         Forecaster.fit(series, "ode_rnn", budget=3, tracking=False, output_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="ensemble"):
         Forecaster.fit(series, "auto", data_options=DATA, ensemble=0, tracking=False, output_dir=tmp_path / "y")
-    rc = main(["fit", "--model", "auto", "--data.path", str(csv), "--data.horizon", "1", "--budget.trials", "1",
-               "--bogus", "1", "--tracking", "false"])
+    rc = main(
+        [
+            "fit",
+            "--model",
+            "auto",
+            "--data.path",
+            str(csv),
+            "--data.horizon",
+            "1",
+            "--budget.trials",
+            "1",
+            "--bogus",
+            "1",
+            "--tracking",
+            "false",
+        ]
+    )
     assert rc == 2 and "--bogus" in capsys.readouterr().err
 
 
@@ -346,9 +461,17 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     from ts_neuralode.api.correction_gate import window_model
 
     data = {**DATA, "task": "forecast", "test_fraction": 0.0}
-    fc = Forecaster.fit(series, "auto", data_options=data, model_options={"latent_dim": 4, "hidden_dim": 16},
-                        trainer={"max_epochs": 2}, output_dir=tmp_path / "out", tracking=False, budget=1,
-                        log_model=False)
+    fc = Forecaster.fit(
+        series,
+        "auto",
+        data_options=data,
+        model_options={"latent_dim": 4, "hidden_dim": 16},
+        trainer={"max_epochs": 2},
+        output_dir=tmp_path / "out",
+        tracking=False,
+        budget=1,
+        log_model=False,
+    )
     trial = Forecaster.load(tmp_path / "out" / "trials" / "trial_0000" / "model")
     assert trial.calibration is not None and window_model(trial) is not None  # the starting point: a window model
     assert fc.calibration is not None, "the refit's bands are uncalibrated"

@@ -10,10 +10,41 @@ import yaml
 from ts_neuralode.cli import main
 from ts_neuralode.cli.model_choice import config
 
-ARGV = ["--model", "auto", "--data.path", "d.csv", "--data.horizon", "2D", "--data.value_cols", "[a, b]",
-        "--model.evolution.kind", "ode", "--model.lr", "0.01", "--trainer.max_epochs", "3", "--budget.trials", "7",
-        "--budget.time", "30min", "--ensemble", "2", "--storage", "sqlite:///s.db", "--study_name", "demo",
-        "--worker", "--output_dir", "out", "--tracking", "false", "--progress", "false", "--seed", "5"]
+ARGV = [
+    "--model",
+    "auto",
+    "--data.path",
+    "d.csv",
+    "--data.horizon",
+    "2D",
+    "--data.value_cols",
+    "[a, b]",
+    "--model.evolution.kind",
+    "ode",
+    "--model.lr",
+    "0.01",
+    "--trainer.max_epochs",
+    "3",
+    "--budget.trials",
+    "7",
+    "--budget.time",
+    "30min",
+    "--ensemble",
+    "2",
+    "--storage",
+    "sqlite:///s.db",
+    "--study_name",
+    "demo",
+    "--worker",
+    "--output_dir",
+    "out",
+    "--tracking",
+    "false",
+    "--progress",
+    "false",
+    "--seed",
+    "5",
+]
 
 
 def test_help_lists_the_search_options_with_defaults(capsys):
@@ -22,9 +53,21 @@ def test_help_lists_the_search_options_with_defaults(capsys):
     assert stop.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--config" in out and "--print_config" in out
-    for option in ("--budget.trials", "--budget.time", "--ensemble", "--storage", "--study_name", "--worker",
-                   "--output_dir", "--tracking", "--progress", "--metric", "--data.horizon", "--model.lr",
-                   "--trainer.max_epochs"):
+    for option in (
+        "--budget.trials",
+        "--budget.time",
+        "--ensemble",
+        "--storage",
+        "--study_name",
+        "--worker",
+        "--output_dir",
+        "--tracking",
+        "--progress",
+        "--metric",
+        "--data.horizon",
+        "--model.lr",
+        "--trainer.max_epochs",
+    ):
         assert option in out, option
     # defaults, and descriptions read from fit_auto's docstring
     assert "default: val_mae" in out and "default: ts_neuralode_auto" in out and "(type: int, default: 1)" in out
@@ -55,15 +98,18 @@ def test_nothing_given_fixes_nothing(capsys):
     assert cfg["budget"] == {"trials": None, "time": None} and cfg["output_dir"] == "ts_neuralode_auto"
 
 
-@pytest.mark.parametrize("argv,line", [
-    (["--no_progress"], "--no_progress is now --progress false"),
-    (["--no-progress"], "--no-progress is now --progress false"),
-    (["--seed_everything", "1"], "--seed_everything is now --seed"),
-    (["--study-name", "x"], "--study-name is now --study_name"),
-    (["--budget.trials", "many"], "budget.trials"),
-    (["--model.method", "rk4"], "--model.method is now --model.evolution.method"),
-    (["--bogus", "1"], "unknown option"),
-])
+@pytest.mark.parametrize(
+    "argv,line",
+    [
+        (["--no_progress"], "--no_progress is now --progress false"),
+        (["--no-progress"], "--no-progress is now --progress false"),
+        (["--seed_everything", "1"], "--seed_everything is now --seed"),
+        (["--study-name", "x"], "--study-name is now --study_name"),
+        (["--budget.trials", "many"], "budget.trials"),
+        (["--model.method", "rk4"], "--model.method is now --model.evolution.method"),
+        (["--bogus", "1"], "unknown option"),
+    ],
+)
 def test_bad_options_are_one_line(argv, line, capfd):
     assert main(["fit", "--model", "auto", "--data.path", "d.csv", *argv]) == 2
     err = capfd.readouterr().err.strip().splitlines()

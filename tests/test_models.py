@@ -115,8 +115,12 @@ def test_each_model_overfits_a_tiny_set(name, evolution, margin):
         loss1, _ = model.loss(batch)
         ratios.append(point_mse(model, batch) / before)
         assert float(loss1.detach()) < float(loss0.detach()), f"{name}/{evolution} seed {seed}: the loss did not drop"
-    margin("median MSE after/before", statistics.median(ratios), OVERFIT_MAX_RATIO,
-           note=f"({name}/{evolution}, ratios {[round(r, 4) for r in ratios]})")
+    margin(
+        "median MSE after/before",
+        statistics.median(ratios),
+        OVERFIT_MAX_RATIO,
+        note=f"({name}/{evolution}, ratios {[round(r, 4) for r in ratios]})",
+    )
 
 
 @pytest.mark.slow
@@ -128,14 +132,28 @@ def test_values_under_mask_zero_change_nothing(name, padded):
     model = build_model(name, input_dim=2, evolution="ode", **FAST).eval()
     noise = 100.0 * torch.randn_like(batch.values)
     # Forecasts condition on obs_mask only: change every unobserved value.
-    unobserved = Batch(batch.times, batch.values + noise * (1 - batch.obs_mask), batch.obs_mask,
-                       batch.target_mask, batch.time_mask, batch.series_idx, batch.cutoff)
+    unobserved = Batch(
+        batch.times,
+        batch.values + noise * (1 - batch.obs_mask),
+        batch.obs_mask,
+        batch.target_mask,
+        batch.time_mask,
+        batch.series_idx,
+        batch.cutoff,
+    )
     # The loss also reads targets: drop channel 1 from the targets, then change every value that is
     # neither observed nor a target.
     batch.target_mask[:, :, 1] = 0.0
     unused = torch.maximum(batch.obs_mask, batch.target_mask)
-    untouched = Batch(batch.times, batch.values + noise * (1 - unused), batch.obs_mask, batch.target_mask,
-                      batch.time_mask, batch.series_idx, batch.cutoff)
+    untouched = Batch(
+        batch.times,
+        batch.values + noise * (1 - unused),
+        batch.obs_mask,
+        batch.target_mask,
+        batch.time_mask,
+        batch.series_idx,
+        batch.cutoff,
+    )
     q = torch.linspace(0, 8, 9)
     with torch.no_grad():
         torch.manual_seed(5)
@@ -314,8 +332,15 @@ def test_latent_ode_extrapolation_loss_scores_the_context_too():
     no target at all the loss is still the likelihood of the context (obs_std 0.01: an untrained model's error
     costs ~10^3 nats per point), not just the KL term (a few nats)."""
     batch = sine_batch(B=3, T=8, D=1)
-    no_targets = Batch(batch.times, batch.values, batch.obs_mask, torch.zeros_like(batch.target_mask),
-                       batch.time_mask, batch.series_idx, batch.cutoff)
+    no_targets = Batch(
+        batch.times,
+        batch.values,
+        batch.obs_mask,
+        torch.zeros_like(batch.target_mask),
+        batch.time_mask,
+        batch.series_idx,
+        batch.cutoff,
+    )
     model = build_model("latent_ode", input_dim=1, **FAST).eval()
     with torch.no_grad():
         loss, logs = model.loss(no_targets)
@@ -342,14 +367,23 @@ def test_latent_ode_anchor_last_decodes_both_ways_from_the_last_observation(padd
     for b in range(4):
         t = tps[b][grid.valid[b]]
         with torch.no_grad():  # one exact flow call per point: F(t - t0, z0)
-            ref = torch.stack([model.evolution(mean[b:b + 1], torch.stack([t0[b], ti]))[0, -1] for ti in t])
+            ref = torch.stack([model.evolution(mean[b : b + 1], torch.stack([t0[b], ti]))[0, -1] for ti in t])
         assert torch.allclose(pred[b][grid.valid[b]], model.decoder(ref), atol=1e-5)
 
 
 def test_latent_ode_anchor_last_with_an_ode_matches_single_solves():
     batch = sine_batch(B=3, T=8, D=1)
-    model = build_model("latent_ode", input_dim=1, evolution="ode", anchor="last", latent_dim=4, hidden_dim=16,
-                        method="dopri5", rtol=1e-7, atol=1e-9).eval()
+    model = build_model(
+        "latent_ode",
+        input_dim=1,
+        evolution="ode",
+        anchor="last",
+        latent_dim=4,
+        hidden_dim=16,
+        method="dopri5",
+        rtol=1e-7,
+        atol=1e-9,
+    ).eval()
     grid = model._grid(batch, None)
     with torch.no_grad():
         mean, _, t0 = model.posterior(grid)
@@ -360,7 +394,7 @@ def test_latent_ode_anchor_last_with_an_ode_matches_single_solves():
                 if tj == t0[b]:
                     z = mean[b]
                 else:
-                    z = model.evolution(mean[b:b + 1], torch.stack([t0[b], tj]))[0, -1]
+                    z = model.evolution(mean[b : b + 1], torch.stack([t0[b], tj]))[0, -1]
                 assert torch.allclose(pred[b, j], model.decoder(z), atol=1e-4)
     with pytest.raises(ConfigError, match="anchor"):
         build_model("latent_ode", anchor="middle")

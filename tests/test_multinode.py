@@ -63,14 +63,45 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
     try:
         for rank, cwd in enumerate(nodes):
             cwd.mkdir()
-            cmd = [*_torchrun(), "--nnodes", str(NODES), "--nproc_per_node", "1", "--node_rank", str(rank),
-                   "--master_addr", "127.0.0.1", "--master_port", str(port), "--max_restarts", "0",
-                   "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *ARGS, "--data.batch_size", "2",
-                   "--trainer.num_nodes", str(NODES), "--trainer.devices", "1", "--trainer.strategy", "ddp",
-                   "--tracking_uri", uri, "--experiment_name", "torchrun", "--checkpoint_dir", "ck"]
+            cmd = [
+                *_torchrun(),
+                "--nnodes",
+                str(NODES),
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "--max_restarts",
+                "0",
+                "-m",
+                "ts_neuralode.cli",
+                "fit",
+                "--data.path",
+                str(tiny_csv),
+                *ARGS,
+                "--data.batch_size",
+                "2",
+                "--trainer.num_nodes",
+                str(NODES),
+                "--trainer.devices",
+                "1",
+                "--trainer.strategy",
+                "ddp",
+                "--tracking_uri",
+                uri,
+                "--experiment_name",
+                "torchrun",
+                "--checkpoint_dir",
+                "ck",
+            ]
             with open(cwd / "out.txt", "wb") as out, open(cwd / "err.txt", "wb") as err:
-                procs.append(subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=out, stderr=err,
-                                              start_new_session=True))
+                procs.append(
+                    subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=out, stderr=err, start_new_session=True)
+                )
         deadline = time.time() + TIMEOUT_S
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.time()))
@@ -86,8 +117,24 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
     old = os.getcwd()
     os.chdir(one)
     try:
-        rc = main(["fit", "--data.path", str(tiny_csv), *ARGS, "--data.batch_size", "4", "--trainer.devices", "1",
-                   "--tracking_uri", uri, "--experiment_name", "single", "--checkpoint_dir", str(one / "ck")])
+        rc = main(
+            [
+                "fit",
+                "--data.path",
+                str(tiny_csv),
+                *ARGS,
+                "--data.batch_size",
+                "4",
+                "--trainer.devices",
+                "1",
+                "--tracking_uri",
+                uri,
+                "--experiment_name",
+                "single",
+                "--checkpoint_dir",
+                str(one / "ck"),
+            ]
+        )
     finally:
         os.chdir(old)
     assert rc == 0
@@ -127,8 +174,16 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
     margin("weights: max abs difference torchrun 2 nodes vs single", worst, ATOL_WEIGHTS)
 
 
-TORCHRUN_ENV = {"RANK": "1", "GROUP_RANK": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}
+TORCHRUN_ENV = {
+    "RANK": "1",
+    "GROUP_RANK": "1",
+    "LOCAL_RANK": "0",
+    "LOCAL_WORLD_SIZE": "1",
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+    "TORCHELASTIC_RUN_ID": "none",
+}
 
 
 def _clear_launchers(monkeypatch) -> None:
@@ -147,14 +202,23 @@ def test_launcher_and_shape_check(monkeypatch):
     assert launcher() == ("torchrun", 2, 1)
     check_launch({"num_nodes": 2, "devices": 1, "accelerator": "cpu"})
     check_launch({"num_nodes": "2", "devices": "auto", "accelerator": "cpu"})  # auto on CPU: one process per node
-    shape = (r"torchrun started 2 processes, but --trainer.num_nodes 1 x --trainer.devices 1 = 1; .* "
-             r"e.g. --trainer.num_nodes 2 --trainer.devices 1")
+    shape = (
+        r"torchrun started 2 processes, but --trainer.num_nodes 1 x --trainer.devices 1 = 1; .* "
+        r"e.g. --trainer.num_nodes 2 --trainer.devices 1"
+    )
     with pytest.raises(ConfigError, match=shape):
         check_launch({"num_nodes": 1, "devices": 1, "accelerator": "cpu"})
 
     _clear_launchers(monkeypatch)
-    slurm = {"SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "3",
-             "SLURM_NODEID": "0", "SLURM_JOB_NAME": "fit", "SLURM_JOB_ID": "1"}
+    slurm = {
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "3",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NAME": "fit",
+        "SLURM_JOB_ID": "1",
+    }
     for key, value in slurm.items():
         monkeypatch.setenv(key, value)
     assert launcher() == ("srun", 8, 4)

@@ -29,10 +29,36 @@ def test_a_parquet_file_reads_as_its_csv(dt_csv, parquet_files):
 
 def test_forecast_reads_and_writes_parquet(dt_fitted, dt_csv, parquet_files, tmp_path):
     q = ["--horizon", "6h", "--num_points", "3", "--plots", "false", "--progress", "false"]
-    assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path", str(dt_csv),
-                 "--out", str(tmp_path / "f.csv"), *q]) == 0
-    assert main(["forecast", "--model", str(dt_fitted["model_dir"]), "--data.path",
-                 str(parquet_files / "typed_times.parquet"), "--out", str(tmp_path / "f.parquet"), *q]) == 0
+    assert (
+        main(
+            [
+                "forecast",
+                "--model",
+                str(dt_fitted["model_dir"]),
+                "--data.path",
+                str(dt_csv),
+                "--out",
+                str(tmp_path / "f.csv"),
+                *q,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "forecast",
+                "--model",
+                str(dt_fitted["model_dir"]),
+                "--data.path",
+                str(parquet_files / "typed_times.parquet"),
+                "--out",
+                str(tmp_path / "f.parquet"),
+                *q,
+            ]
+        )
+        == 0
+    )
     csv, pq = pd.read_csv(tmp_path / "f.csv"), pd.read_parquet(tmp_path / "f.parquet")
     assert list(pq.columns) == list(csv.columns) and str(pq["ds"].dt.tz) == "UTC+01:00"
     assert (pq["ds"] == pd.to_datetime(csv["ds"])).all()

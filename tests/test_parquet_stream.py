@@ -82,8 +82,9 @@ def assert_same_transform(a, b):
     sa, sb = a.transform.state_dict(), b.transform.state_dict()
     for key in ("center", "scale"):
         np.testing.assert_allclose(sb[key], sa[key], rtol=1e-10)
-    assert {k: v for k, v in sa.items() if k not in ("center", "scale")} == \
-        {k: v for k, v in sb.items() if k not in ("center", "scale")}
+    assert {k: v for k, v in sa.items() if k not in ("center", "scale")} == {
+        k: v for k, v in sb.items() if k not in ("center", "scale")
+    }
 
 
 @pytest.mark.parametrize("scaler", ["standard", "minmax"])
@@ -226,19 +227,52 @@ def test_a_bad_value_names_the_part_file(tmp_path):
 
 
 def test_cli_fit_from_a_folder_and_its_errors(ou, tmp_path, capfd):
-    rc = main(["fit", "--config", CONFIG, "--data.path", str(ou / "folder"),
-               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-               "--model.hidden_dim", "16", "--tracking", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
-               "--checkpoint_dir", str(tmp_path / "ck")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.path",
+            str(ou / "folder"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--model.hidden_dim",
+            "16",
+            "--tracking",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--checkpoint_dir",
+            str(tmp_path / "ck"),
+        ]
+    )
     err = capfd.readouterr().err
     assert rc == 0, err[-3000:]
     assert "60 series, 1200 rows in 4 Parquet files" in err
     assert (tmp_path / "ck" / "model" / "weights.pt").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    rc = main(["fit", "--config", CONFIG, "--data.path", str(empty), "--tracking", "false",
-               "--trainer.default_root_dir", str(tmp_path / "run2")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.path",
+            str(empty),
+            "--tracking",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run2"),
+        ]
+    )
     lines = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and "holds no Parquet files" in lines[-1] and "Traceback" not in "\n".join(lines), lines[-5:]
 
@@ -247,13 +281,27 @@ def test_forecaster_fit_from_a_folder(ou, tmp_path):
     from ts_neuralode.api.forecaster import Forecaster
 
     opts = {"layout": "padded", "batch_size": 4, "task": "extrapolation"}
-    fc = Forecaster.fit(str(ou / "folder"), "ode_rnn", data_options=opts,
-                        model_options={"latent_dim": 4, "hidden_dim": 8, "eval_samples": 2,
-                                       "evolution": {"kind": "ode", "method": "rk4", "step_size": 0.25}},
-                        trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
-                                 "enable_progress_bar": False, "enable_model_summary": False,
-                                 "num_sanity_val_steps": 0},
-                        output_dir=tmp_path, tracking=False)
+    fc = Forecaster.fit(
+        str(ou / "folder"),
+        "ode_rnn",
+        data_options=opts,
+        model_options={
+            "latent_dim": 4,
+            "hidden_dim": 8,
+            "eval_samples": 2,
+            "evolution": {"kind": "ode", "method": "rk4", "step_size": 0.25},
+        },
+        trainer={
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+        },
+        output_dir=tmp_path,
+        tracking=False,
+    )
     csv = IrregularTimeSeriesDataModule(path=str(ou / "one.csv"), **opts)
     np.testing.assert_allclose(fc.transform.center, csv.transform.center, rtol=1e-10)
     assert fc.transform.channel_names == ["x1", "x2"]
@@ -267,11 +315,36 @@ def test_ddp_two_processes_fit_from_a_folder(ou, tmp_path):
 
     from conftest import subprocess_env
 
-    cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--config", CONFIG, "--data.path", str(ou / "folder"),
-           "--data.batch_size", "7", "--model.hidden_dim", "16", "--trainer.max_epochs", "2",
-           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-           "--tracking", "false", "--checkpoint_dir", str(tmp_path / "ck")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ts_neuralode.cli",
+        "fit",
+        "--config",
+        CONFIG,
+        "--data.path",
+        str(ou / "folder"),
+        "--data.batch_size",
+        "7",
+        "--model.hidden_dim",
+        "16",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--tracking",
+        "false",
+        "--checkpoint_dir",
+        str(tmp_path / "ck"),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("best checkpoint:") == 1 and (tmp_path / "ck" / "model" / "weights.pt").is_file()

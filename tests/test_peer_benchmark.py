@@ -60,8 +60,14 @@ def test_windows_match_the_backtest(shared):
 
 
 def test_channel_without_history_sits_out():
-    raw = pd.DataFrame({"unique_id": "a", "ds": [0.0, 1.0, 2.0, 3.0, 4.0],
-                        "x1": [1.0, 2.0, 3.0, 4.0, 5.0], "x2": [np.nan, np.nan, np.nan, 7.0, 8.0]})
+    raw = pd.DataFrame(
+        {
+            "unique_id": "a",
+            "ds": [0.0, 1.0, 2.0, 3.0, 4.0],
+            "x1": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "x2": [np.nan, np.nan, np.nan, 7.0, 8.0],
+        }
+    )
     long, _ = pw.to_long(raw, ["x1", "x2"], None)
     rows = pw.window_rows(long, pd.DataFrame({"unique_id": ["a"], "window": [0], "cutoff": [2.0]}), 5.0)
     assert set(rows["channel"]) == {"x1"} and list(rows["ds"]) == [3.0, 4.0] and (rows["locf"] == 3.0).all()
@@ -74,8 +80,9 @@ def test_grid_forecast_reads_back_at_irregular_times():
     raw = _irregular(n_series=2, fn=lambda t: a + b * t)
     long, _ = pw.to_long(raw, ["y"], None)
     last = long.groupby("unique_id")["t"].max()
-    cuts = pd.DataFrame({"unique_id": last.index, "window": 0, "cutoff": long.groupby("unique_id")["t"].nth(-8)
-                         .to_numpy()})  # each cutoff on an observation: the grid's step 0 is exact
+    cuts = pd.DataFrame(
+        {"unique_id": last.index, "window": 0, "cutoff": long.groupby("unique_id")["t"].nth(-8).to_numpy()}
+    )  # each cutoff on an observation: the grid's step 0 is exact
     dt, h = 0.7, 4.0
     rows = pw.window_rows(long, cuts, h)
     grid = pw.regular_grid(long, cuts, dt)
@@ -89,8 +96,18 @@ def test_grid_forecast_reads_back_at_irregular_times():
     fc = []
     for uid, c in cuts.set_index("unique_id")["cutoff"].items():
         line = a + b * (c + steps * dt) + float(uid[1:])
-        fc.append(pd.DataFrame({"uid": f"{uid}{pw.SEP}y", "window": 0, "step": steps, "point": line,
-                                "lo-90": line - 1.0, "hi-90": line + 1.0}))
+        fc.append(
+            pd.DataFrame(
+                {
+                    "uid": f"{uid}{pw.SEP}y",
+                    "window": 0,
+                    "step": steps,
+                    "point": line,
+                    "lo-90": line - 1.0,
+                    "hi-90": line + 1.0,
+                }
+            )
+        )
     out = pw.read_back(pd.concat(fc), grid, rows, dt, "peer")
     np.testing.assert_allclose(out["peer"], rows["y"], atol=1e-9)
     inside = (out["peer-lo-90"] <= rows["y"]) & (rows["y"] <= out["peer-hi-90"])
@@ -158,9 +175,17 @@ def test_co2_last_window_is_the_last_52_weeks():
 
 
 def test_make_bxlator_masks_and_sorts():
-    raw = pd.DataFrame({"ID": [1.0, 0.0, 0.0, 0.0], "Time": [0.5, 2.0, 1.0, 3.0], "Value_1": [1.0, 2.0, 3.0, 4.0],
-                        "Value_2": [5.0, 6.0, 7.0, 8.0], "Mask_1": [1.0, 0.0, 1.0, 0.0],
-                        "Mask_2": [1.0, 1.0, 0.0, 0.0], "Cov": 0.0})
+    raw = pd.DataFrame(
+        {
+            "ID": [1.0, 0.0, 0.0, 0.0],
+            "Time": [0.5, 2.0, 1.0, 3.0],
+            "Value_1": [1.0, 2.0, 3.0, 4.0],
+            "Value_2": [5.0, 6.0, 7.0, 8.0],
+            "Mask_1": [1.0, 0.0, 1.0, 0.0],
+            "Mask_2": [1.0, 1.0, 0.0, 0.0],
+            "Cov": 0.0,
+        }
+    )
     out = make_bxlator.convert(raw)
     assert list(out["unique_id"]) == ["bxl_0000", "bxl_0000", "bxl_0001"]
     assert list(out["ds"]) == [1.0, 2.0, 0.5]

@@ -41,8 +41,9 @@ def _exact(t: float, start: float, width: float, level: float) -> float:
     return c * math.exp(-0.5 * max(0.0, t - start - width))
 
 
-@pytest.mark.parametrize("config", [dict(method="rk4", step_size=0.5), dict(method="dopri5", rtol=1e-6, atol=1e-8)],
-                         ids=["rk4", "dopri5"])
+@pytest.mark.parametrize(
+    "config", [dict(method="rk4", step_size=0.5), dict(method="dopri5", rtol=1e-6, atol=1e-8)], ids=["rk4", "dopri5"]
+)
 def test_a_pulse_shorter_than_a_step_is_read_and_never_leaks_backwards(config):
     """A 0.05-long pulse at t = 2.2 (rk4 steps are 0.5 long: without a stop it falls between the stage times of the
     step [2.0, 2.5]), queried before, inside and after it."""
@@ -56,8 +57,13 @@ def test_a_pulse_shorter_than_a_step_is_read_and_never_leaks_backwards(config):
     tol = 2e-2 if config["method"] == "rk4" else 1e-5  # rk4's own error over 0.05-0.5 pieces
     assert float((out - exact).abs().max()) < tol * float(exact.max())
     # per-sample grids with padding and a batch of two rows with different pulses
-    cov2 = CovariateBatch(torch.cat([cov.knots, torch.tensor([[0.0, 4.0, 4.05]], dtype=torch.float64)]),
-                          cov.values.repeat(2, 1, 1), cov.linear, torch.zeros(2, 0), torch.zeros(0))
+    cov2 = CovariateBatch(
+        torch.cat([cov.knots, torch.tensor([[0.0, 4.0, 4.05]], dtype=torch.float64)]),
+        cov.values.repeat(2, 1, 1),
+        cov.linear,
+        torch.zeros(2, 0),
+        torch.zeros(0),
+    )
     tb = torch.tensor([[0.0, 2.1, 3.0, 6.0], [0.0, 3.9, 5.0, 5.0]], dtype=torch.float64)
     mask = torch.tensor([[True] * 4, [True, True, True, False]])
     ob = evo(torch.zeros(2, 1, dtype=torch.float64), tb, t_mask=mask, control=cov2)[:, :, 0]
@@ -78,19 +84,42 @@ def test_a_half_hour_pulse_changes_a_trained_models_forecast_after_it(method, tm
     df = generate("pk", n_series=12, n_points=20, seed=0)
     df.to_csv(tmp_path / "pk.csv", index=False)
     torch.manual_seed(0)
-    rc = main(["fit", "--data.path", str(tmp_path / "pk.csv"), "--data.future_cols", "[rate]", "--model.model",
-               "ode_rnn", "--model.latent_dim", "4", "--model.hidden_dim", "8", "--model.evolution.method", method,
-               *(["--model.evolution.step_size",
-                  "0.5"] if method == "rk4" else []), "--data.batch_size", "8", "--trainer.max_epochs", "1",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-               "--trainer.default_root_dir", str(tmp_path), "--tracking", "false"])
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(tmp_path / "pk.csv"),
+            "--data.future_cols",
+            "[rate]",
+            "--model.model",
+            "ode_rnn",
+            "--model.latent_dim",
+            "4",
+            "--model.hidden_dim",
+            "8",
+            "--model.evolution.method",
+            method,
+            *(["--model.evolution.step_size", "0.5"] if method == "rk4" else []),
+            "--data.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--tracking",
+            "false",
+        ]
+    )
     assert rc == 0
     fc = Forecaster.load(tmp_path / "checkpoints" / "model")
     hist = df[df.ds <= 6.0]
     ids = sorted(df.unique_id.unique())
     # the same schedule times (so the adaptive solver's steps up to 8.0 are the same), one with a 0.5-long dose
-    flat = pd.DataFrame({"unique_id": ids * 4, "ds": [6.0] * 12 + [8.0] * 12 + [8.5] * 12 + [12.0] * 12,
-                         "rate": 0.0})
+    flat = pd.DataFrame({"unique_id": ids * 4, "ds": [6.0] * 12 + [8.0] * 12 + [8.5] * 12 + [12.0] * 12, "rate": 0.0})
     pulse = flat.assign(rate=np.where(flat["ds"] == 8.0, 30.0, 0.0))
     times = [7.9, 9.0, 11.0]
     kw = dict(times=times, num_samples=1, calibrated=False)

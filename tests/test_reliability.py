@@ -31,18 +31,38 @@ from ts_neuralode.training.callbacks import FAILURE_TAG
 
 # A small ODE-RNN on fixed RK4 steps; with lr_decay_gamma 1e30 every 2 epochs the learning rate jumps from 1e-3 to
 # 1e27 for epoch 2, which blows the weights up within a step or two: a divergence in the middle of a fit.
-ODE_RNN = ["--model.model", "ode_rnn", "--model.evolution.kind", "ode", "--model.latent_dim", "4",
-           "--model.hidden_dim", "16",
-           "--model.eval_samples", "2", "--data.layout", "padded", "--data.batch_size", "4",
-           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-           "--trainer.num_sanity_val_steps", "0"]
+ODE_RNN = [
+    "--model.model",
+    "ode_rnn",
+    "--model.evolution.kind",
+    "ode",
+    "--model.latent_dim",
+    "4",
+    "--model.hidden_dim",
+    "16",
+    "--model.eval_samples",
+    "2",
+    "--data.layout",
+    "padded",
+    "--data.batch_size",
+    "4",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.num_sanity_val_steps",
+    "0",
+]
 RK4 = ["--model.evolution.method", "rk4", "--model.evolution.step_size", "0.25"]
 BLOW_UP_AT_EPOCH_2 = ["--model.lr_decay_every", "2", "--model.lr_decay_gamma", "1e30"]
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _error_lines(err: str) -> list[str]:
@@ -63,8 +83,20 @@ def _run_in(cwd: Path, argv: list[str]) -> int:
 def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(tiny_csv, tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ck = tmp_path / "ck"
-    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, *RK4, *BLOW_UP_AT_EPOCH_2, "--tracking_uri", uri,
-            "--experiment_name", "diverge", "--checkpoint_dir", str(ck)]
+    args = [
+        "fit",
+        "--data.path",
+        str(tiny_csv),
+        *ODE_RNN,
+        *RK4,
+        *BLOW_UP_AT_EPOCH_2,
+        "--tracking_uri",
+        uri,
+        "--experiment_name",
+        "diverge",
+        "--checkpoint_dir",
+        str(ck),
+    ]
     assert _run_in(tmp_path, [*args, "--trainer.max_epochs", "2"]) == 0  # epochs 0 and 1 at lr 1e-3
     capfd.readouterr()
     before = _digests(ck)
@@ -94,10 +126,24 @@ def test_divergence_mid_fit_stops_with_one_line_and_keeps_the_last_good_files(ti
 def test_solver_that_cannot_make_progress_stops_with_one_line(tiny_csv, tmp_path, capfd):
     # dopri5 cannot reach rtol 1e-12 in float32: it runs out of steps on the first batch
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["fit", "--data.path", str(tiny_csv), *ODE_RNN, "--model.evolution.method", "dopri5",
-            "--model.evolution.rtol", "1e-12",
-            "--model.evolution.atol", "1e-14", "--trainer.max_epochs", "2", "--tracking_uri", uri,
-            "--checkpoint_dir", str(tmp_path / "ck")]
+    args = [
+        "fit",
+        "--data.path",
+        str(tiny_csv),
+        *ODE_RNN,
+        "--model.evolution.method",
+        "dopri5",
+        "--model.evolution.rtol",
+        "1e-12",
+        "--model.evolution.atol",
+        "1e-14",
+        "--trainer.max_epochs",
+        "2",
+        "--tracking_uri",
+        uri,
+        "--checkpoint_dir",
+        str(tmp_path / "ck"),
+    ]
     rc = _run_in(tmp_path, args)
     err = capfd.readouterr().err
     assert rc == 2 and "Traceback" not in err, err[-2000:]
@@ -163,16 +209,25 @@ def _check_version(kind: str, target: Path) -> int:
 @pytest.mark.parametrize("kind", list(SAVERS))
 def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
     target = tmp_path / {"checkpoint": "last.ckpt", "model_dir": "model", "forecast_csv": "forecast.csv"}[kind]
-    code = "import sys, torch\ntarget = sys.argv[1]\n" + textwrap.dedent(SAVERS[kind]) + textwrap.dedent("""
+    code = (
+        "import sys, torch\ntarget = sys.argv[1]\n"
+        + textwrap.dedent(SAVERS[kind])
+        + textwrap.dedent("""
         k = 0
         while True:
             k += 1
             print(k, flush=True)
             save(k)
     """)
+    )
     for delay in (0.0, 0.004, 0.011):  # into the save, at different depths
-        proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(target)],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             announced = 0
             while announced < 3:  # versions 1 and 2 are complete: a previous good file exists
@@ -192,8 +247,20 @@ def test_a_kill_during_a_save_leaves_a_complete_file(kind, tmp_path):
 @pytest.mark.slow
 def test_test_on_a_split_without_test_series_says_so(fitted_local, tiny_csv, tmp_path, capfd):
     assert fitted_local["rc"] == 0
-    rc = main(["test", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--data.test_fraction", "0",
-               "--tracking", "false", "--ckpt_path", str(fitted_local["ckpt_dir"] / "last.ckpt")])
+    rc = main(
+        [
+            "test",
+            "--data.path",
+            str(tiny_csv),
+            *TINY_FIT_ARGS,
+            "--data.test_fraction",
+            "0",
+            "--tracking",
+            "false",
+            "--ckpt_path",
+            str(fitted_local["ckpt_dir"] / "last.ckpt"),
+        ]
+    )
     err = capfd.readouterr().err
     assert rc == 2
     (line,) = _error_lines(err)
@@ -207,10 +274,24 @@ def test_tracking_server_going_away_mid_fit_does_not_lose_the_training(tiny_csv,
     server, url = start_mlflow_server(tmp_path)
     ck = tmp_path / "ck"
     env = subprocess_env()
-    env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0",
-               MLFLOW_HTTP_REQUEST_TIMEOUT="10")  # fail fast once the server is gone (MLflow retries ~4 min)
-    cmd = [sys.executable, "-m", "ts_neuralode.cli", "fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS,
-           "--trainer.max_epochs", str(epochs), "--tracking_uri", url, "--checkpoint_dir", str(ck)]
+    env.update(
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"
+    )  # fail fast once the server is gone (MLflow retries ~4 min)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ts_neuralode.cli",
+        "fit",
+        "--data.path",
+        str(tiny_csv),
+        *TINY_FIT_ARGS,
+        "--trainer.max_epochs",
+        str(epochs),
+        "--tracking_uri",
+        url,
+        "--checkpoint_dir",
+        str(ck),
+    ]
     fit = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         killed_at = wait_for_epoch(fit, ck / "last.ckpt", 1)
@@ -239,8 +320,9 @@ def test_unreachable_tracking_server_is_one_line_at_once(tiny_csv, tmp_path, cap
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.time()
-    rc = _run_in(tmp_path, ["fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS,
-                            "--tracking_uri", f"http://127.0.0.1:{port}"])
+    rc = _run_in(
+        tmp_path, ["fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--tracking_uri", f"http://127.0.0.1:{port}"]
+    )
     err = capfd.readouterr().err
     assert rc == 2 and time.time() - t0 < 60
     (line,) = _error_lines(err)

@@ -18,15 +18,30 @@ EPOCHS = 12
 KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/epoch_time_s")
 
 
-
-
 @pytest.mark.slow
 def test_killed_fit_resumes_into_the_same_run(mlflow_server, tiny_csv, tmp_path):
     ck = tmp_path / "ck"
-    args = ["fit", "--data.path", str(tiny_csv), *TINY_FIT_ARGS, "--trainer.max_epochs", str(EPOCHS),
-            "--tracking_uri", mlflow_server, "--experiment_name", "resume", "--checkpoint_dir", str(ck)]
-    proc = subprocess.Popen([sys.executable, "-m", "ts_neuralode.cli", *args], cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        "fit",
+        "--data.path",
+        str(tiny_csv),
+        *TINY_FIT_ARGS,
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        "--tracking_uri",
+        mlflow_server,
+        "--experiment_name",
+        "resume",
+        "--checkpoint_dir",
+        str(ck),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ts_neuralode.cli", *args],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         killed_at = wait_for_epoch(proc, ck / "last.ckpt", 1)
         if killed_at is not None:

@@ -60,8 +60,13 @@ def test_order_of_convergence(method, problem, margin):
     f, y0, exact = PROBLEMS[problem]()
     tab = METHODS[method]
     T1 = 2.0
-    hs = {1: [0.02, 0.01, 0.005], 2: [0.1, 0.05, 0.025], 3: [0.2, 0.1, 0.05], 4: [0.25, 0.125, 0.0625],
-          5: [0.1, 0.05, 0.025]}[tab.order]
+    hs = {
+        1: [0.02, 0.01, 0.005],
+        2: [0.1, 0.05, 0.025],
+        3: [0.2, 0.1, 0.05],
+        4: [0.25, 0.125, 0.0625],
+        5: [0.1, 0.05, 0.025],
+    }[tab.order]
     tq = torch.tensor([[0.0, T1]], dtype=F64).expand(y0.shape[0], 2)
     errs = []
     for h in hs:
@@ -200,8 +205,9 @@ def finite_difference_y0(func, y0, t, w, eps=1e-6, **kw):
             for j in range(y0.shape[1]):
                 e = torch.zeros_like(y0)
                 e[i, j] = eps
-                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys,
-                                                                               w)) / (2 * eps)
+                fd[i, j] = (_loss(odeint(func, y0 + e, t, **kw).ys, w) - _loss(odeint(func, y0 - e, t, **kw).ys, w)) / (
+                    2 * eps
+                )
     return fd
 
 
@@ -233,8 +239,9 @@ def test_autograd_matches_finite_differences_and_torchdiffeq():
 # failure modes → SolverError naming method, time reached and number of failed samples
 def test_max_steps_exceeded():
     with pytest.raises(SolverError, match=r"dopri5: max_steps=5 exceeded for 2 of 2 sample\(s\), stopped at t"):
-        odeint(lambda t, y: torch.cos(10 * t).unsqueeze(-1) * y, torch.ones(2, 1), torch.tensor([0.0, 50.0]),
-               max_steps=5)
+        odeint(
+            lambda t, y: torch.cos(10 * t).unsqueeze(-1) * y, torch.ones(2, 1), torch.tensor([0.0, 50.0]), max_steps=5
+        )
 
 
 def test_step_size_underflow_on_blow_up():
@@ -268,10 +275,17 @@ def test_non_finite_state():
         (dict(rtol=0.0), torch.tensor([0.0, 1.0]), "rtol must be a number > 0"),
         (dict(atol=-1e-3), torch.tensor([0.0, 1.0]), "atol must be a number > 0"),
         (dict(), torch.zeros(3, 2), r"t is \[B, T\] with B=3 but y0 has batch 2"),
-        (dict(t_mask=torch.tensor([[True, False, True], [True, True, True]])), torch.tensor([0.0, 1.0, 2.0]),
-         "padding in the middle of row"),
-        (dict(t_mask=torch.ones(2, 2, dtype=torch.bool)), torch.tensor([0.0, 1.0, 2.0]), r"t_mask must be a bool "
-                                                                                         r"tensor \[B, T\]"),
+        (
+            dict(t_mask=torch.tensor([[True, False, True], [True, True, True]])),
+            torch.tensor([0.0, 1.0, 2.0]),
+            "padding in the middle of row",
+        ),
+        (
+            dict(t_mask=torch.ones(2, 2, dtype=torch.bool)),
+            torch.tensor([0.0, 1.0, 2.0]),
+            r"t_mask must be a bool "
+            r"tensor \[B, T\]",
+        ),
         (dict(method="dopri5", step_size=0.1), torch.tensor([0.0, 1.0]), "step_size is for fixed-step methods"),
         (dict(adjoint_mode="magic"), torch.tensor([0.0, 1.0]), "unknown adjoint_mode"),
     ],

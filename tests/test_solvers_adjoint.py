@@ -49,9 +49,16 @@ def _setup(seed=0, B=3, T=7, per_sample=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, kw", [("dopri5", dict(rtol=1e-9, atol=1e-11)), ("tsit5", dict(rtol=1e-9, atol=1e-11)),
-                                        ("bosh3", dict(rtol=1e-8, atol=1e-10)), ("rk4", dict(step_size=0.02)),
-                                        ("euler", dict())])
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        ("dopri5", dict(rtol=1e-9, atol=1e-11)),
+        ("tsit5", dict(rtol=1e-9, atol=1e-11)),
+        ("bosh3", dict(rtol=1e-8, atol=1e-10)),
+        ("rk4", dict(step_size=0.02)),
+        ("euler", dict()),
+    ],
+)
 def test_interpolate_adjoint_equals_autograd(method, kw):
     """The interpolated adjoint is consistent with the forward RK scheme: same gradient as backprop."""
     func, y0, t, w = _setup(per_sample=True)
@@ -148,8 +155,9 @@ def test_adjoint_with_plain_function_and_adjoint_params():
 
 def test_backsolve_max_steps_in_backward_raises():
     func, y0, t, w = _setup(seed=6)
-    sol = odeint(func, y0.requires_grad_(True), t, adjoint=True, adjoint_mode="backsolve", rtol=1e-8, atol=1e-10,
-                 max_steps=10)
+    sol = odeint(
+        func, y0.requires_grad_(True), t, adjoint=True, adjoint_mode="backsolve", rtol=1e-8, atol=1e-10, max_steps=10
+    )
     with pytest.raises(SolverError, match=r"dopri5: adjoint backward: max_steps=10 exceeded"):
         (sol.ys * w).sum().backward()
 

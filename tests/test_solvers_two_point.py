@@ -36,8 +36,10 @@ def _f(net):
 CASES = {
     "shared forward": (torch.tensor([0.3, 1.1]), None),
     "shared backward": (torch.tensor([1.1, 0.3]), None),
-    "per sample, padded": (torch.tensor([[0.0, 0.5], [0.2, 1.4], [0.1, 0.1], [0.3, 2.0], [0.0, 0.7]]),
-                           torch.tensor([[True, True], [True, True], [True, False], [True, True], [True, False]])),
+    "per sample, padded": (
+        torch.tensor([[0.0, 0.5], [0.2, 1.4], [0.1, 0.1], [0.3, 2.0], [0.0, 0.7]]),
+        torch.tensor([[True, True], [True, True], [True, False], [True, True], [True, False]]),
+    ),
 }
 
 

@@ -52,8 +52,22 @@ def logged(tmp_path_factory, tiny_csv):
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            rc = main(["fit", "--data.path", str(tiny_csv), *args, "--data.batch_size", "4", "--tracking_uri", uri,
-                       "--experiment_name", "spark", "--checkpoint_dir", str(cwd / "ck")])
+            rc = main(
+                [
+                    "fit",
+                    "--data.path",
+                    str(tiny_csv),
+                    *args,
+                    "--data.batch_size",
+                    "4",
+                    "--tracking_uri",
+                    uri,
+                    "--experiment_name",
+                    "spark",
+                    "--checkpoint_dir",
+                    str(cwd / "ck"),
+                ]
+            )
     finally:
         os.chdir(old)
     assert rc == 0, buf.getvalue()[-3000:]
@@ -67,19 +81,34 @@ def logged(tmp_path_factory, tiny_csv):
 def spark():
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("ts_neuralode-test")
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.host", "127.0.0.1")
-               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.sql.shuffle.partitions", "2")
-               .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
-               .config("spark.executorEnv.PYTHONPATH", subprocess_env()["PYTHONPATH"])
-               .config("spark.executorEnv.OMP_NUM_THREADS", "1")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    # the Python workers run this interpreter (with torch); the spark.pyspark.python setting alone does not reach
+    # the workers of applyInPandas on every pyspark release, the environment variable does
+    saved = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("ts_neuralode-test")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .config("spark.executorEnv.PYTHONPATH", subprocess_env()["PYTHONPATH"])
+        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
     session.sparkContext.setLogLevel("ERROR")
     try:
         yield session
     finally:
         session.stop()
+        if saved is None:
+            os.environ.pop("PYSPARK_PYTHON", None)
+        else:
+            os.environ["PYSPARK_PYTHON"] = saved
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -93,8 +122,9 @@ def test_spark_forecasts_equal_in_process_predict(spark, logged, tiny_csv, bucke
 
     history = pd.read_csv(tiny_csv)
     expected = _sorted(Forecaster.load(logged["model_dir"]).predict(history, **query_options(QUERY)))
-    out = forecast_spark(spark.createDataFrame(history), logged["model_uri"], QUERY, buckets=buckets,
-                         tracking_uri=logged["tracking_uri"])
+    out = forecast_spark(
+        spark.createDataFrame(history), logged["model_uri"], QUERY, buckets=buckets, tracking_uri=logged["tracking_uri"]
+    )
     if buckets is not None:  # one task per bucket (Spark's adaptive execution would merge them into one)
         assert out.rdd.getNumPartitions() == buckets
     got = _sorted(out.toPandas())

@@ -89,8 +89,11 @@ def test_precedence_option_env_omp_default(monkeypatch, capsys):
     monkeypatch.setattr(threads, "_CHOSEN", None)
     assert threads.configure_threads().source == "option" and torch.get_num_threads() == 2
     assert threads.configure_threads(1).threads == 1 and torch.get_num_threads() == 1  # explicit argument wins
-    assert threads.current_choice().params() == {"torch_threads": "1", "torch_threads_source": "option",
-                                                 "usable_cpus": "2"}
+    assert threads.current_choice().params() == {
+        "torch_threads": "1",
+        "torch_threads_source": "option",
+        "usable_cpus": "2",
+    }
 
 
 def test_bad_thread_count_is_one_line(monkeypatch, capsys):

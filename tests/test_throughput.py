@@ -39,6 +39,7 @@ def test_loss_and_predict_equals_loss_then_predict(name, padded):
 
 # -- the filtering models' solves from observation to observation (ts_neuralode.models.observation_pass) ------------
 
+
 def _passes(model, batch):
     """(pre, post) of the model's pass, and of the stop-everywhere pass on the same grid."""
     from ts_neuralode.models import recurrent
@@ -61,8 +62,9 @@ def test_observation_stops_agree_with_stopping_everywhere(padded, method, tol):
     """Fixed steps of one output interval: the same steps, so the same states (to rounding); adaptive: the same
     trajectory within the solver's tolerance. Every position is compared, observed or not, padding included."""
     torch.manual_seed(0)
-    model = build_model("ode_rnn", input_dim=1, latent_dim=6, hidden_dim=12,
-                        evolution={"kind": "ode", "method": method}).eval()
+    model = build_model(
+        "ode_rnn", input_dim=1, latent_dim=6, hidden_dim=12, evolution={"kind": "ode", "method": method}
+    ).eval()
     batch = sine_batch(B=6, T=14, padded=padded, seed=3)
     (pre, post), (pre_old, post_old) = _passes(model, batch)
     assert pre.shape == pre_old.shape and post.shape == post_old.shape
@@ -73,8 +75,7 @@ def test_observation_stops_agree_with_stopping_everywhere(padded, method, tol):
 
 def test_observation_stops_gradients_agree():
     torch.manual_seed(0)
-    model = build_model("gru_ode", input_dim=1, latent_dim=5, hidden_dim=10,
-                        evolution={"kind": "ode", "method": "rk4"})
+    model = build_model("gru_ode", input_dim=1, latent_dim=5, hidden_dim=10, evolution={"kind": "ode", "method": "rk4"})
     batch = sine_batch(B=5, T=12, padded=True, seed=1)
     from ts_neuralode.models import recurrent
 
@@ -83,7 +84,8 @@ def test_observation_stops_gradients_agree():
     for stop_at_obs in (True, False):
         model.zero_grad()
         recurrent.recurrent_pass = lambda *a, stop_at_observations=False, _s=stop_at_obs, **k: orig(
-            *a, stop_at_observations=_s and stop_at_observations, **k)
+            *a, stop_at_observations=_s and stop_at_observations, **k
+        )
         try:
             loss, _ = model.loss(batch)
             loss.backward()

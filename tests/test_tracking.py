@@ -17,8 +17,14 @@ from ts_neuralode.cli import main
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
 
-EPOCH_KEYS = ("epoch/train_loss", "epoch/val_loss", "epoch/val_mse", "epoch/val_interp_mse", "epoch/nfe",
-              "epoch/epoch_time_s")
+EPOCH_KEYS = (
+    "epoch/train_loss",
+    "epoch/val_loss",
+    "epoch/val_mse",
+    "epoch/val_interp_mse",
+    "epoch/nfe",
+    "epoch/epoch_time_s",
+)
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -93,8 +99,20 @@ def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     torch.manual_seed(0)
-    rc = main(["fit", "--data.path", str(tiny_csv), "--tracking_uri", mlflow_server,
-               "--experiment_name", "server_test", "--run_name", "tiny", *TINY_FIT_ARGS])
+    rc = main(
+        [
+            "fit",
+            "--data.path",
+            str(tiny_csv),
+            "--tracking_uri",
+            mlflow_server,
+            "--experiment_name",
+            "server_test",
+            "--run_name",
+            "tiny",
+            *TINY_FIT_ARGS,
+        ]
+    )
     assert rc == 0
     assert not (tmp_path / "mlflow.db").exists(), "with --tracking_uri nothing may go to the local store"
     client = MlflowClient(mlflow_server)
@@ -102,22 +120,44 @@ def test_fit_logs_to_real_server_and_model_reloads(mlflow_server, tiny_csv, tmp_
     assert run.info.run_name == "tiny"
     check_fit_run(client, run, epochs=2)
 
-    cfg_path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
-                                                   tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl"))
+    cfg_path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="config.yaml", tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl")
+    )
     cfg = yaml.safe_load(Path(cfg_path).read_text())
     assert cfg["model"]["evolution"]["kind"] == "coupling_flow" and cfg["trainer"]["max_epochs"] == 2
     assert cfg["data"]["path"] == str(tiny_csv) and cfg["tracking_uri"] == mlflow_server
 
-    model_dir = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model",
-                                                    tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl"))
+    model_dir = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="model", tracking_uri=mlflow_server, dst_path=str(tmp_path / "dl")
+    )
     fc = Forecaster.load(model_dir)
     out = fc.predict(tiny_csv, horizon=3.0, num_points=5, num_samples=4)
     assert len(out) == 12 * 5 and np.isfinite(out[fc.name].to_numpy()).all()
 
     # the CLI fetches the same model straight from the server (runs:/ URI)
-    rc = main(["forecast", "--model", f"runs:/{run.info.run_id}/model", "--tracking_uri", mlflow_server,
-               "--data.path", str(tiny_csv), "--horizon", "3", "--num_points", "5", "--num_samples", "4",
-               "--out", str(tmp_path / "fc.csv"), "--plots", "false", "--progress", "false"])
+    rc = main(
+        [
+            "forecast",
+            "--model",
+            f"runs:/{run.info.run_id}/model",
+            "--tracking_uri",
+            mlflow_server,
+            "--data.path",
+            str(tiny_csv),
+            "--horizon",
+            "3",
+            "--num_points",
+            "5",
+            "--num_samples",
+            "4",
+            "--out",
+            str(tmp_path / "fc.csv"),
+            "--plots",
+            "false",
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 0
     import pandas as pd
 

@@ -29,19 +29,32 @@ def window_batch(y, t, cutoff: float) -> Batch:
     v = torch.as_tensor(y, dtype=torch.float32).unsqueeze(-1)
     B, T = v.shape[:2]
     ctx = (t <= cutoff).float().view(1, T, 1).expand(B, T, 1).clone()
-    return Batch(times=t, values=v, obs_mask=ctx, target_mask=1 - ctx, time_mask=torch.ones(B, T, dtype=torch.bool),
-                 series_idx=torch.arange(B), cutoff=torch.full((B,), cutoff))
+    return Batch(
+        times=t,
+        values=v,
+        obs_mask=ctx,
+        target_mask=1 - ctx,
+        time_mask=torch.ones(B, T, dtype=torch.bool),
+        series_idx=torch.arange(B),
+        cutoff=torch.full((B,), cutoff),
+    )
 
 
 def shifted(batch: Batch, c: float, a: float = 1.0) -> Batch:
-    return Batch(batch.times, a * batch.values + c, batch.obs_mask, batch.target_mask, batch.time_mask,
-                 batch.series_idx, batch.cutoff)
+    return Batch(
+        batch.times,
+        a * batch.values + c,
+        batch.obs_mask,
+        batch.target_mask,
+        batch.time_mask,
+        batch.series_idx,
+        batch.cutoff,
+    )
 
 
 def ode_rnn(seed: int = 0) -> ODERNN:
     torch.manual_seed(seed)
-    return ODERNN(input_dim=1, evolution={"kind": "ode", "method": "rk4", "step_size": 0.1}, latent_dim=4,
-                  hidden_dim=8)
+    return ODERNN(input_dim=1, evolution={"kind": "ode", "method": "rk4", "step_size": 0.1}, latent_dim=4, hidden_dim=8)
 
 
 def irregular(seed: int = 0, n: int = 40, span: float = 4.0):
@@ -104,8 +117,15 @@ def test_zero_correction_on_seasonal_base_is_seasonal_naive(normalize):
     q = torch.linspace(2.7, 4.9, 12)
     with torch.no_grad():
         got = model.forecast(batch, q).mean
-        ctx = Batch(batch.times, batch.values, batch.obs_mask, torch.zeros_like(batch.obs_mask), batch.time_mask,
-                    batch.series_idx, batch.cutoff)
+        ctx = Batch(
+            batch.times,
+            batch.values,
+            batch.obs_mask,
+            torch.zeros_like(batch.obs_mask),
+            batch.time_mask,
+            batch.series_idx,
+            batch.cutoff,
+        )
         want = Seasonal(P).forecast(ctx, q).mean
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -138,8 +158,9 @@ def test_context_points_use_the_window_location_and_the_forecast_maps_back():
     z, st = model.transform(batch)
     ctx = batch.obs_mask.bool()
     m = (batch.values * batch.obs_mask).sum(1, keepdim=True) / batch.obs_mask.sum(1, keepdim=True)
-    torch.testing.assert_close(z.values[ctx], ((batch.values - m) / st.scale).expand_as(z.values)[ctx],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        z.values[ctx], ((batch.values - m) / st.scale).expand_as(z.values)[ctx], atol=1e-5, rtol=1e-5
+    )
     zc = z.values[ctx].view(3, -1)
     torch.testing.assert_close(zc.mean(1), torch.zeros(3), atol=1e-5, rtol=0)
     assert torch.all((zc.pow(2).mean(1) - 1).abs() < 1e-2)
@@ -163,8 +184,16 @@ def test_latent_ode_and_gru_ode_train_through_the_wrapper():
     t, y = irregular(4)
     batch = window_batch(y, t, cutoff=3.0)
     for name in ("latent_ode", "gru_ode"):
-        m = ForecastingModule(model=name, input_dim=1, evolution={"kind": "gru_flow"}, latent_dim=4, hidden_dim=8,
-                              normalize="window", base="seasonal", season_period=P)
+        m = ForecastingModule(
+            model=name,
+            input_dim=1,
+            evolution={"kind": "gru_flow"},
+            latent_dim=4,
+            hidden_dim=8,
+            normalize="window",
+            base="seasonal",
+            season_period=P,
+        )
         loss, _ = m.model.loss(batch)
         loss.backward()
         assert math.isfinite(float(loss))
@@ -180,15 +209,39 @@ def test_fit_save_load_predict_remembers_the_options(tmp_path):
     rows = []
     for k in range(4):
         ts = np.sort(rng.uniform(0, 60, 120))
-        rows.append(pd.DataFrame({"unique_id": f"s{k}", "ds": ts,
-                                  "y": 100 * k + np.sin(2 * np.pi * ts / 10) + 0.05 * ts + rng.normal(0, .1, 120)}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "unique_id": f"s{k}",
+                    "ds": ts,
+                    "y": 100 * k + np.sin(2 * np.pi * ts / 10) + 0.05 * ts + rng.normal(0, 0.1, 120),
+                }
+            )
+        )
     df = pd.concat(rows, ignore_index=True)
-    fc = Forecaster.fit(df, "ode_rnn", data_options={"task": "forecast", "horizon": 10, "context": 20, "season": 10,
-                                                     "layout": "padded", "batch_size": 4, "windows_per_series": 2},
-                        model_options={"normalize": "window", "base": "seasonal_trend", "latent_dim": 4,
-                                       "hidden_dim": 8, "evolution": {"method": "rk4", "step_size": 0.5}},
-                        trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-                        output_dir=tmp_path / "run", tracking=False)
+    fc = Forecaster.fit(
+        df,
+        "ode_rnn",
+        data_options={
+            "task": "forecast",
+            "horizon": 10,
+            "context": 20,
+            "season": 10,
+            "layout": "padded",
+            "batch_size": 4,
+            "windows_per_series": 2,
+        },
+        model_options={
+            "normalize": "window",
+            "base": "seasonal_trend",
+            "latent_dim": 4,
+            "hidden_dim": 8,
+            "evolution": {"method": "rk4", "step_size": 0.5},
+        },
+        trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        output_dir=tmp_path / "run",
+        tracking=False,
+    )
     out = fc.predict(df, horizon=10, num_points=5, seed=0)
     loaded = Forecaster.load(fc.save(tmp_path / "model"))
     assert isinstance(loaded.model, WindowModel) and loaded.model.base_kind == "seasonal_trend"
@@ -212,8 +265,16 @@ def test_an_untrained_correction_starts_at_its_base(name):
     """With a base, the inner model's mean read-out starts at 0: the untrained model forecasts the base exactly."""
     t, y = irregular(5)
     batch = window_batch(y, t, cutoff=3.0)
-    m = ForecastingModule(model=name, input_dim=1, evolution={"kind": "gru_flow"}, latent_dim=4, hidden_dim=8,
-                          normalize="window", base="seasonal_trend", season_period=P).model.eval()
+    m = ForecastingModule(
+        model=name,
+        input_dim=1,
+        evolution={"kind": "gru_flow"},
+        latent_dim=4,
+        hidden_dim=8,
+        normalize="window",
+        base="seasonal_trend",
+        season_period=P,
+    ).model.eval()
     q = torch.linspace(3.1, 4.5, 6)
     with torch.no_grad():
         got = m.forecast(batch, q, num_samples=3).mean

@@ -45,5 +45,12 @@ def check_choice(value, name: str, choices) -> None:
         raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
 
 
-__all__ = ["check_choice", "TSNeuralODEError", "DataError", "ConfigError", "ForecastError", "TrainingError",
-           "SolverError"]
+__all__ = [
+    "check_choice",
+    "TSNeuralODEError",
+    "DataError",
+    "ConfigError",
+    "ForecastError",
+    "TrainingError",
+    "SolverError",
+]

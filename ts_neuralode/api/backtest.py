@@ -66,8 +66,12 @@ from ts_neuralode.data.io import as_frame, read_frame
 from ts_neuralode.errors import ConfigError, ForecastError
 
 
-def refit_forecaster(fit_args: Sequence[str] | str, data: pd.DataFrame, workdir: str | os.PathLike,
-                     forecaster_cls: type[Predictor] = Predictor):
+def refit_forecaster(
+    fit_args: Sequence[str] | str,
+    data: pd.DataFrame,
+    workdir: str | os.PathLike,
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """A new :class:`Forecaster` trained on ``data`` (a DataFrame, in memory) with the ``ts-neuralode fit`` options
     ``fit_args`` (e.g. ``["--config", "configs/demo.yaml"]``) through the API every fit goes through
     (:func:`ts_neuralode.api.fitting.refit`: the same parser, data module, callbacks and model export); no MLflow run,
@@ -135,25 +139,67 @@ def cross_validation(
     cuts, cuts_ns = window_cuts(table, h, n_windows, cutoffs, step_raw)
     every = _refit_every(refit)
     if every and not fit_args:
-        raise ConfigError("refit needs fit_args: the options of 'ts-neuralode fit' that train a model (e.g. "
-                          "['--config', 'configs/demo.yaml'])")
+        raise ConfigError(
+            "refit needs fit_args: the options of 'ts-neuralode fit' that train a model (e.g. "
+            "['--config', 'configs/demo.yaml'])"
+        )
     source = _source_frame(history) if every else None
     if every and source is None:
-        raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
-                          "window's part of it)")
+        raise ConfigError(
+            "refit needs the history as a DataFrame or a file path (a new model is trained on each window's part of it)"
+        )
     source_cut = _row_cutter(source, table) if every else None
     refit_fn = (lambda data, workdir: refit_forecaster(fit_args, data, workdir, forecaster_cls)) if every else None
-    frames = _run_windows(fc, table, cuts, cuts_ns, h, None, every, refit_fn, source_cut, workdir, progress,
-                          dict(level=level, quantiles=quantiles, num_samples=num_samples, context=context, seed=seed,
-                               batch_size=batch_size, calibrated=calibrated, covariates=covariates))
+    frames = _run_windows(
+        fc,
+        table,
+        cuts,
+        cuts_ns,
+        h,
+        None,
+        every,
+        refit_fn,
+        source_cut,
+        workdir,
+        progress,
+        dict(
+            level=level,
+            quantiles=quantiles,
+            num_samples=num_samples,
+            context=context,
+            seed=seed,
+            batch_size=batch_size,
+            calibrated=calibrated,
+            covariates=covariates,
+        ),
+    )
     if not frames:
-        raise ForecastError("no backtest window has a series with history before its cutoff and an observation within "
-                            "the horizon after it; use fewer windows, a shorter step or other cutoffs")
+        raise ForecastError(
+            "no backtest window has a series with history before its cutoff and an observation within "
+            "the horizon after it; use fewer windows, a shorter step or other cutoffs"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["BASELINES", "CRPS_QUANTILES", "DEFAULT_BUCKETS", "bucket_edges", "bucket_labels", "bucket_of", "calibrate",
-           "cross_validation", "evaluate", "fit_calibration", "held_out_windows", "horizon_in_units", "lead_times",
-           "markdown_report", "md_table", "mlflow_metrics", "model_columns", "plot_error_vs_horizon",
-           "refit_forecaster",
-           "window_cuts"]
+__all__ = [
+    "BASELINES",
+    "CRPS_QUANTILES",
+    "DEFAULT_BUCKETS",
+    "bucket_edges",
+    "bucket_labels",
+    "bucket_of",
+    "calibrate",
+    "cross_validation",
+    "evaluate",
+    "fit_calibration",
+    "held_out_windows",
+    "horizon_in_units",
+    "lead_times",
+    "markdown_report",
+    "md_table",
+    "mlflow_metrics",
+    "model_columns",
+    "plot_error_vs_horizon",
+    "refit_forecaster",
+    "window_cuts",
+]

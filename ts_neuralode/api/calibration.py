@@ -96,19 +96,30 @@ def lead_since_last(table, unique_id: Any, ds: Any, cutoff: Any = None) -> np.nd
     sid = pd.Series(np.asarray(unique_id, dtype=object)).astype(str)
     s = sid.map(pos)
     if s.isna().any():
-        raise ForecastError(f"series {sid[s.isna()].iloc[0]!r} is not in the history the lead times are counted from; "
-                            "pass the history the forecasts were made from")
+        raise ForecastError(
+            f"series {sid[s.isna()].iloc[0]!r} is not in the history the lead times are counted from; "
+            "pass the history the forecasts were made from"
+        )
     s = s.to_numpy(np.int64)
     start, count = table.offsets[:-1][s], table.counts[s]
     n = count if cutoff is None else segment_searchsorted(table.times, start, count, codec.to_float(cutoff), "right")
     if np.any(n < 1):
-        raise ForecastError("a row's cutoff lies before its series' first observation; pass the history the backtest "
-                            "was made from")
+        raise ForecastError(
+            "a row's cutoff lies before its series' first observation; pass the history the backtest was made from"
+        )
     return codec.to_float(ds) - table.times[start + n - 1]
 
 
-def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns: int | None = None,
-        levels: list[float] | None = None, lead: np.ndarray | None = None, drop_unreachable: bool = False) -> dict:
+def fit(
+    cv: pd.DataFrame,
+    model: str,
+    horizon: float,
+    buckets: int = 4,
+    unit_ns: int | None = None,
+    levels: list[float] | None = None,
+    lead: np.ndarray | None = None,
+    drop_unreachable: bool = False,
+) -> dict:
     """Per-bucket conformal factors of ``model``'s bands from a cross-validation frame (raw time units). ``lead``:
     each row's time after the last observation its forecast conditioned on (:func:`lead_since_last`, what
     ``predict`` buckets by); default ``ds - cutoff`` (``unit_ns``: the data's time unit for datetimes).
@@ -135,14 +146,24 @@ def fit(cv: pd.DataFrame, model: str, horizon: float, buckets: int = 4, unit_ns:
         if not math.isfinite(pooled) and drop_unreachable:
             del floors[tag]
             continue
-        per_bucket = [conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled
-                      for k in range(len(edges) - 1)]
+        per_bucket = [
+            conformal_factor(s[b == k], float(lv)) if counts[k] >= MIN_POINTS else pooled for k in range(len(edges) - 1)
+        ]
         factors[tag] = [f if math.isfinite(f) else pooled for f in per_bucket]
     if not factors:
-        raise ForecastError(f"{len(y)} backtest points are too few for a conformal band of any of the levels "
-                            f"{', '.join(fmt_level(lv) for lv in levels)}; backtest more windows or series")
-    return {"format": FORMAT, "model": model, "horizon": float(horizon), "edges": edges.tolist(),
-            "points": counts, "factors": factors, "floors": floors}
+        raise ForecastError(
+            f"{len(y)} backtest points are too few for a conformal band of any of the levels "
+            f"{', '.join(fmt_level(lv) for lv in levels)}; backtest more windows or series"
+        )
+    return {
+        "format": FORMAT,
+        "model": model,
+        "horizon": float(horizon),
+        "edges": edges.tolist(),
+        "points": counts,
+        "factors": factors,
+        "floors": floors,
+    }
 
 
 def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: np.ndarray) -> pd.DataFrame:
@@ -157,8 +178,10 @@ def apply(frame: pd.DataFrame, calibration: Mapping[str, Any], name: str, lead: 
         tag = fmt_level(lv)
         f = calibration["factors"].get(tag)
         if f is None:
-            raise ForecastError(f"the model's calibration has no factors for level {tag} (it has "
-                                f"{', '.join(calibration['factors'])}); ask for those levels or calibrate again")
+            raise ForecastError(
+                f"the model's calibration has no factors for level {tag} (it has "
+                f"{', '.join(calibration['factors'])}); ask for those levels or calibrate again"
+            )
         c = np.asarray(f, dtype=np.float64)[b]
         lo_col, hi_col = band_col(name, "lo", lv), band_col(name, "hi", lv)
         lo, hi = out[lo_col].to_numpy(float), out[hi_col].to_numpy(float)
@@ -186,9 +209,16 @@ def load(model_dir: str | os.PathLike) -> dict | None:
 
 
 # -- calibrating a forecaster: on backtest rows, or at the end of a fit on its held-out windows ---------------
-def calibrate(fc, cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
-              history: Any = None, save_to: str | os.PathLike | None = None, refit: bool = False,
-              **read_options: Any) -> dict:
+def calibrate(
+    fc,
+    cv: pd.DataFrame,
+    horizon: float | str | pd.Timedelta,
+    buckets: int = DEFAULT_BUCKETS,
+    history: Any = None,
+    save_to: str | os.PathLike | None = None,
+    refit: bool = False,
+    **read_options: Any,
+) -> dict:
     """Fit the conformal band calibration of ``fc`` on the backtest rows ``cv`` (made with uncalibrated bands),
     per horizon bucket (:mod:`ts_neuralode.api.calibration`); sets ``fc.calibration`` and, with ``save_to`` (a model
     directory), stores it there. Returns it.
@@ -263,8 +293,13 @@ def held_out_windows(datamodule) -> tuple[list, np.ndarray, np.ndarray, float] |
     return ids, cut[None, :] + k * span[None, :] / FIT_WINDOWS, np.full(len(val), np.inf), h
 
 
-def held_out_forecasts(fc, datamodule, num_samples: int = SAMPLING.num_samples, seed: int | None = SAMPLING.seed,
-                       levels: Sequence[float] | None = FIT_LEVELS):
+def held_out_forecasts(
+    fc,
+    datamodule,
+    num_samples: int = SAMPLING.num_samples,
+    seed: int | None = SAMPLING.seed,
+    levels: Sequence[float] | None = FIT_LEVELS,
+):
     """``fc``'s forecasts on the fit's held-out validation windows (:func:`held_out_windows`) as a
     cross-validation frame, with the history table, the horizon and the series: ``(cv, table, horizon, ids)``;
     None without a validation split, or for a Parquet folder read in shards (no in-memory table to run windows on)."""
@@ -286,39 +321,70 @@ def held_out_forecasts(fc, datamodule, num_samples: int = SAMPLING.num_samples, 
     codec = table.codec
     cuts_ns = codec.float_to_ns(np.nan_to_num(full)).reshape(full.shape) if codec.is_datetime else None
     spec = fc.covariate_spec
-    covariates = (fc.read_covariates(source, None, table)
-                  if spec is not None and (spec.future_cols or spec.static_cols) else None)
-    frames = _run_windows(fc, table, full, cuts_ns, h, lim, 0, None, None, None, False,
-                          dict(level=list(levels or []), quantiles=None, num_samples=num_samples, context=None,
-                               seed=seed, batch_size=64, calibrated=False, covariates=covariates))
+    covariates = (
+        fc.read_covariates(source, None, table) if spec is not None and (spec.future_cols or spec.static_cols) else None
+    )
+    frames = _run_windows(
+        fc,
+        table,
+        full,
+        cuts_ns,
+        h,
+        lim,
+        0,
+        None,
+        None,
+        None,
+        False,
+        dict(
+            level=list(levels or []),
+            quantiles=None,
+            num_samples=num_samples,
+            context=None,
+            seed=seed,
+            batch_size=64,
+            calibrated=False,
+            covariates=covariates,
+        ),
+    )
     cv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return cv, table, h, ids
 
 
-def fit_calibration(fc, datamodule, num_samples: int = SAMPLING.num_samples, buckets: int = DEFAULT_BUCKETS,
-                    seed: int | None = SAMPLING.seed) -> tuple[dict | None, str]:
+def fit_calibration(
+    fc,
+    datamodule,
+    num_samples: int = SAMPLING.num_samples,
+    buckets: int = DEFAULT_BUCKETS,
+    seed: int | None = SAMPLING.seed,
+) -> tuple[dict | None, str]:
     """The conformal calibration of ``fc``'s bands from the fit's held-out validation windows
     (:func:`held_out_windows`), and a line saying what it was fitted on — or ``(None, why not)``."""
     if getattr(datamodule, "streams_shards", False):
-        return None, ("bands left uncalibrated: the data is a Parquet folder read in shards; calibrate with "
-                      "'ts-neuralode backtest --calibrate' on held-out data")
+        return None, (
+            "bands left uncalibrated: the data is a Parquet folder read in shards; calibrate with "
+            "'ts-neuralode backtest --calibrate' on held-out data"
+        )
     held = held_out_forecasts(fc, datamodule, num_samples, seed)
     if held is None:
-        return None, ("no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
-                      "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on")
+        return None, (
+            "no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
+            "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on"
+        )
     cv, table, h, ids = held
     codec = table.codec
     if len(cv) < MIN_FIT_POINTS:
-        return None, (f"only {len(cv)} held-out validation points to calibrate on (at least {MIN_FIT_POINTS}); "
-                      "the bands are the model's own: raise --data.val_fraction, or calibrate with 'ts-neuralode "
-                      "backtest --calibrate' on windows the model did not train on")
+        return None, (
+            f"only {len(cv)} held-out validation points to calibrate on (at least {MIN_FIT_POINTS}); "
+            "the bands are the model's own: raise --data.val_fraction, or calibrate with 'ts-neuralode "
+            "backtest --calibrate' on windows the model did not train on"
+        )
     lead = lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
-    cal = fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead,
-                          drop_unreachable=True)
-    cal["fitted_on"] = {"what": "held-out validation windows of the fit", "points": int(len(cv)),
-                        "series": len(ids)}
+    cal = fit(cv, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead, drop_unreachable=True)
+    cal["fitted_on"] = {"what": "held-out validation windows of the fit", "points": int(len(cv)), "series": len(ids)}
     levels = "/".join(cal["factors"])
     f90 = cal["factors"].get("90")
     stretch = f" (90% band stretched x{min(f90):.2f}-{max(f90):.2f})" if f90 else ""
-    return cal, (f"calibrated the {levels}% bands on {len(cv)} held-out validation points of {len(ids)} series"
-                 f"{stretch}")
+    return cal, (
+        f"calibrated the {levels}% bands on {len(cv)} held-out validation points of {len(ids)} series{stretch}"
+    )

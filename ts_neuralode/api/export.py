@@ -71,8 +71,9 @@ class ModelExportCallback(Callback):
     :func:`calibrate_fitted`) and write the model directory to ``model_dir``; ``forecaster``, ``calibration_line``
     and ``model_dir_written`` are set afterwards (the tracking callback logs that directory)."""
 
-    def __init__(self, model_dir: str | os.PathLike, calibrate: bool = True,
-                 forecaster_cls: type[Predictor] = Predictor) -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike, calibrate: bool = True, forecaster_cls: type[Predictor] = Predictor
+    ) -> None:
         self.forecaster_cls = forecaster_cls
         self.model_dir = Path(model_dir)
         self.calibrate = calibrate

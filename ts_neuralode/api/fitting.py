@@ -92,10 +92,16 @@ def _parse_error(what: str, err: BaseException) -> ConfigError:
     return ConfigError(f"{what}: {' '.join(str(err).split())}")
 
 
-def resolve_config(model: str | os.PathLike | None = None, *, data_options: Mapping[str, Any] | None = None,
-                   model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-                   fit_args: Sequence[str] = (), overrides: Mapping[str, Any] | None = None,
-                   what: str = "Forecaster.fit"):
+def resolve_config(
+    model: str | os.PathLike | None = None,
+    *,
+    data_options: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+    fit_args: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    what: str = "Forecaster.fit",
+):
     """(parser, config) of a fit: the command-line options ``fit_args`` (e.g. ``["--config", "configs/demo.yaml"]``),
     then ``model`` (a model name, or a config file), then the option dicts, then ``overrides`` (top-level options
     such as ``{"tracking": False}``), each overriding the ones before."""
@@ -106,8 +112,10 @@ def resolve_config(model: str | os.PathLike | None = None, *, data_options: Mapp
             m = str(model)
             if m.endswith((".yaml", ".yml", ".json")) or Path(m).is_file():
                 if not Path(m).is_file():
-                    raise ConfigError(f"model={m!r}: config file not found; pass a model name (latent_ode, ode_rnn, "
-                                      "gru_ode) or the path of a config such as configs/ode_rnn.yaml")
+                    raise ConfigError(
+                        f"model={m!r}: config file not found; pass a model name (latent_ode, ode_rnn, "
+                        "gru_ode) or the path of a config such as configs/ode_rnn.yaml"
+                    )
                 _, cfg = fit_options([*fit_args, "--config", m])
             else:
                 cfg = merge_options(parser, cfg, {"model": {"model": m}})
@@ -146,8 +154,10 @@ def _resume(parser, cfg, ckpt_dir: Path):
             warnings.warn(f"--ckpt_path last: no {last} yet; training from scratch", stacklevel=1)
             cfg.ckpt_path = None
     elif ckpt not in (None, "best", "hpc", "registry") and not Path(ckpt).is_file():
-        raise ConfigError(f"--ckpt_path {ckpt}: checkpoint file not found; pass the path of a .ckpt "
-                          "file, or 'last' to resume from the checkpoint directory")
+        raise ConfigError(
+            f"--ckpt_path {ckpt}: checkpoint file not found; pass the path of a .ckpt "
+            "file, or 'last' to resume from the checkpoint directory"
+        )
     if cfg.get("weights_only") is None:
         cfg.weights_only = True
     run_id = None
@@ -180,8 +190,13 @@ class ColumnSummary(Callback):
             print(dm.column_summary, file=sys.stderr)
 
 
-def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any] | None = None,
-          forecaster_cls: type[Predictor] = Predictor) -> FitResult:
+def train(
+    parser,
+    cfg,
+    data: pd.DataFrame | None = None,
+    callbacks: Sequence[Any] | None = None,
+    forecaster_cls: type[Predictor] = Predictor,
+) -> FitResult:
     """Fit the model of the resolved options ``cfg`` (see the module docstring); ``data``: a DataFrame that replaces
     ``data.path`` (read in memory, never written); ``callbacks``: extra Lightning callbacks for the Trainer;
     ``forecaster_cls``: the class the model export builds."""
@@ -191,20 +206,26 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     model_dir = Path(cfg.get("model_dir") or ckpt_dir / "model")
     if data is not None:
         if not isinstance(data, pd.DataFrame):
-            raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a "
-                              "CSV/Parquet path")
+            raise ConfigError(
+                f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a CSV/Parquet path"
+            )
         cfg.data.path = None
     preflight.lightning_run("fit", cfg, ckpt_dir)  # before any data is read or model built
     if cfg.get("register_as") and not (cfg.get("tracking") and cfg.get("log_model")):
-        raise ConfigError(f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
-                          "--tracking true and --log_model true")
+        raise ConfigError(
+            f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
+            "--tracking true and --log_model true"
+        )
     cfg, resume_run_id = _resume(parser, cfg, ckpt_dir)
     seed = cfg.get("seed_everything")
     if seed is not False:
         cfg.seed_everything = seed_everything(None if seed is True else seed, workers=True)
     if data is not None:  # the DataFrame goes to the data module as it is (no file in between)
-        parser.add_instantiator(lambda cls, *a, **kw: cls(*a, **{**kw, "path": None, "df": data}),
-                                IrregularTimeSeriesDataModule, subclasses=False)
+        parser.add_instantiator(
+            lambda cls, *a, **kw: cls(*a, **{**kw, "path": None, "df": data}),
+            IrregularTimeSeriesDataModule,
+            subclasses=False,
+        )
     init = parser.instantiate_classes(cfg)
     datamodule, module = init.data, init.model
     _configure_optimizers(parser, init, module)
@@ -219,7 +240,8 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     has_val = has_validation_series(datamodule) and trainer_cfg.get("limit_val_batches") not in (0, 0.0)
     ckpts = []
     if trainer_cfg.get("enable_checkpointing", True) is not False and not any(
-            isinstance(c, ModelCheckpoint) for c in user_cbs):
+        isinstance(c, ModelCheckpoint) for c in user_cbs
+    ):
         ckpts = checkpoint_callbacks(ckpt_dir, has_val)
     monitor = VAL_MONITOR if has_val else TRAIN_MONITOR
     best = BestScore(monitor)
@@ -229,8 +251,9 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     trainer_cfg["plugins"] = with_atomic_checkpoints(trainer_cfg.get("plugins"))
     # the order LightningCLI used: the config's callbacks, then the project's, then the config recorder
     bar = progress_bar(trainer_cfg, [*user_cbs, *(callbacks or ())])
-    trainer = Trainer(**trainer_cfg, callbacks=[*user_cbs, *own, *track_cbs, *ckpts, *(callbacks or ()), best,
-                                                *config_cb, *bar])
+    trainer = Trainer(
+        **trainer_cfg, callbacks=[*user_cbs, *own, *track_cbs, *ckpts, *(callbacks or ()), best, *config_cb, *bar]
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=cfg.get("weights_only"))
     export = own[1]
     cb = track_cbs[0] if track_cbs else None
@@ -240,13 +263,21 @@ def train(parser, cfg, data: pd.DataFrame | None = None, callbacks: Sequence[Any
     if ckpt is not None and getattr(ckpt, "monitor", None) == monitor and ckpt.best_model_score is not None:
         score = float(ckpt.best_model_score)  # kept across a resume, unlike the epochs seen by this call
     return FitResult(
-        model_dir=model_dir, checkpoint_dir=ckpt_dir, best_checkpoint=best_path or "",
-        model_dir_written=export.model_dir_written, run_id=cb.run_id if cb is not None else None,
+        model_dir=model_dir,
+        checkpoint_dir=ckpt_dir,
+        best_checkpoint=best_path or "",
+        model_dir_written=export.model_dir_written,
+        run_id=cb.run_id if cb is not None else None,
         tracking_uri=cb.tracking_uri if cb is not None else None,
         tracking_failed=any(getattr(lg, "tracking_failed", False) for lg in trainer.loggers),
-        monitor=monitor, best_score=score, is_global_zero=trainer.is_global_zero,
-        config=_as_dict(parser, cfg), calibration_line=getattr(export, "calibration_line", None),
-        model_uri=getattr(cb, "model_uri", None), correction_gate=getattr(export, "correction_gate", None))
+        monitor=monitor,
+        best_score=score,
+        is_global_zero=trainer.is_global_zero,
+        config=_as_dict(parser, cfg),
+        calibration_line=getattr(export, "calibration_line", None),
+        model_uri=getattr(cb, "model_uri", None),
+        correction_gate=getattr(export, "correction_gate", None),
+    )
 
 
 def _as_dict(parser, cfg) -> dict:
@@ -266,16 +297,25 @@ def _configure_optimizers(parser, init, module) -> None:
 
 
 # -- the API -----------------------------------------------------------------------------------------------------
-def forecaster_of(result: FitResult, parser, cfg, what: str, reproduce: list[str],
-                  forecaster_cls: type[Predictor] = Predictor):
+def forecaster_of(
+    result: FitResult, parser, cfg, what: str, reproduce: list[str], forecaster_cls: type[Predictor] = Predictor
+):
     """The fitted :class:`Forecaster` of a fit (from the model directory it wrote), ``fit_info`` set."""
     if not (result.model_dir / "config.json").is_file():
         raise ConfigError(f"{what}: the fit wrote no model directory at {result.model_dir} (no fitted weights)")
     fc = forecaster_cls.load(result.model_dir)
-    fc.fit_info = {"argv": reproduce, "config": result.config, "model_dir": str(result.model_dir),
-                   "checkpoint_dir": str(result.checkpoint_dir), "best_checkpoint": result.best_checkpoint,
-                   "run_id": result.run_id, "tracking_uri": result.tracking_uri, "monitor": result.monitor,
-                   "best_score": result.best_score, "correction_gate": result.correction_gate}
+    fc.fit_info = {
+        "argv": reproduce,
+        "config": result.config,
+        "model_dir": str(result.model_dir),
+        "checkpoint_dir": str(result.checkpoint_dir),
+        "best_checkpoint": result.best_checkpoint,
+        "run_id": result.run_id,
+        "tracking_uri": result.tracking_uri,
+        "monitor": result.monitor,
+        "best_score": result.best_score,
+        "correction_gate": result.correction_gate,
+    }
     return fc
 
 
@@ -289,20 +329,35 @@ def _record_config(parser, cfg, out: Path, data: Any) -> list[str]:
     return argv + (["--data.path", "<the DataFrame, saved as a CSV file>"] if isinstance(data, pd.DataFrame) else [])
 
 
-def fit(data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
-        model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-        callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
-        tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-        run_name: str | None = None, log_model: bool = True, seed: int | None = 0, what: str = "Forecaster.fit",
-        forecaster_cls: type[Predictor] = Predictor):
+def fit(
+    data: Any,
+    model: str | os.PathLike = "latent_ode",
+    *,
+    data_options: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Any] | None = None,
+    output_dir: str | os.PathLike = "ts_neuralode_fit",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    run_name: str | None = None,
+    log_model: bool = True,
+    seed: int | None = 0,
+    what: str = "Forecaster.fit",
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """Train like ``ts-neuralode fit`` and return the fitted :class:`~ts_neuralode.api.forecaster.Forecaster` (see
     :meth:`Forecaster.fit <ts_neuralode.api.forecaster.Forecaster.fit>` for the arguments)."""
     if not isinstance(data, (pd.DataFrame, str, os.PathLike)):
-        raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a CSV "
-                          "path")
+        raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a CSV path")
     out = Path(output_dir)
-    top: dict[str, Any] = {"checkpoint_dir": str(out / "checkpoints"), "model_dir": str(out / "model"),
-                           "tracking": bool(tracking), "log_model": bool(log_model)}
+    top: dict[str, Any] = {
+        "checkpoint_dir": str(out / "checkpoints"),
+        "model_dir": str(out / "model"),
+        "tracking": bool(tracking),
+        "log_model": bool(log_model),
+    }
     if seed is not None:
         top["seed_everything"] = int(seed)
     for name, val in (("tracking_uri", tracking_uri), ("experiment_name", experiment_name), ("run_name", run_name)):
@@ -312,8 +367,9 @@ def fit(data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Map
     data_options = dict(data_options or {})
     if not isinstance(data, pd.DataFrame):
         data_options["path"] = str(data)
-    parser, cfg = resolve_config(model, data_options=data_options, model_options=model_options, trainer=trainer,
-                                 overrides=top, what=what)
+    parser, cfg = resolve_config(
+        model, data_options=data_options, model_options=model_options, trainer=trainer, overrides=top, what=what
+    )
     frame = data if isinstance(data, pd.DataFrame) else None
     if frame is not None:
         cfg.data.path = None
@@ -322,24 +378,36 @@ def fit(data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Map
     return forecaster_of(result, parser, cfg, what, reproduce, forecaster_cls)
 
 
-def refit(fit_args: Sequence[str], data: pd.DataFrame, workdir: str | os.PathLike, callbacks=None,
-          forecaster_cls: type[Predictor] = Predictor):
+def refit(
+    fit_args: Sequence[str],
+    data: pd.DataFrame,
+    workdir: str | os.PathLike,
+    callbacks=None,
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """A new :class:`Forecaster` trained on ``data`` (in memory) with the ``ts-neuralode fit`` options ``fit_args``
     (e.g. ``["--config", "configs/demo.yaml", "--trainer.max_epochs", "20"]``): no MLflow run, checkpoints and the
     model directory under ``workdir``, the seed of ``fit_args`` (or its config)."""
     out = Path(workdir)
     what = f"refit (fit options {' '.join(fit_args)})"
-    overrides = {"trainer": {"default_root_dir": str(out)}, "checkpoint_dir": str(out / "checkpoints"),
-                 "model_dir": str(out / "model"), "tracking": False, "log_model": False}
+    overrides = {
+        "trainer": {"default_root_dir": str(out)},
+        "checkpoint_dir": str(out / "checkpoints"),
+        "model_dir": str(out / "model"),
+        "tracking": False,
+        "log_model": False,
+    }
     parser, cfg = resolve_config(fit_args=fit_args, overrides=overrides, what=what)
     cfg.data.path = None
     reproduce = _record_config(parser, cfg, out, data)
-    return forecaster_of(train(parser, cfg, data, callbacks, forecaster_cls), parser, cfg, what, reproduce,
-                         forecaster_cls)
+    return forecaster_of(
+        train(parser, cfg, data, callbacks, forecaster_cls), parser, cfg, what, reproduce, forecaster_cls
+    )
 
 
-def run_fit(argv: Sequence[str], model_dir: Path | None = None, what: str = "fit",
-            forecaster_cls: type[Predictor] = Predictor):
+def run_fit(
+    argv: Sequence[str], model_dir: Path | None = None, what: str = "fit", forecaster_cls: type[Predictor] = Predictor
+):
     """Train from a ``ts-neuralode fit`` command line (``argv``, with or without the word ``fit``) and return the
     fitted forecaster (``model_dir``: where it expects the model directory; default: the one the options name)."""
     args = list(argv)[1:] if list(argv)[:1] == ["fit"] else list(argv)

@@ -16,9 +16,18 @@ from ts_neuralode.training.callbacks import solver_failure
 
 
 @torch.no_grad()
-def forecast_chunk(fc, table, chunk: list[int], raw_q: list[np.ndarray], num_samples: int, levels: list[float],
-                   qs: list[float], exact_q: list[np.ndarray] | None = None,
-                   covariates: CovariateArrays | None = None, max_steps: int | None = None) -> pd.DataFrame:
+def forecast_chunk(
+    fc,
+    table,
+    chunk: list[int],
+    raw_q: list[np.ndarray],
+    num_samples: int,
+    levels: list[float],
+    qs: list[float],
+    exact_q: list[np.ndarray] | None = None,
+    covariates: CovariateArrays | None = None,
+    max_steps: int | None = None,
+) -> pd.DataFrame:
     """Forecaster ``fc``'s forecast of series ``chunk`` of ``table`` at raw times ``raw_q``; the output ``ds`` is
     ``exact_q`` (see :func:`ts_neuralode.data.query_times.query_times`) when given. ``covariates``: the known-future
     covariates of ``table``'s series (a model that reads them needs them). ``max_steps``: the step budget of every
@@ -33,8 +42,12 @@ def forecast_chunk(fc, table, chunk: list[int], raw_q: list[np.ndarray], num_sam
     qt = prepared.query_times(padded, raw=True).to(device)
     if covariates is not None:
         prepared.batch.covariates = covariates.subset(chunk).batch(
-            fc.covariate_spec, np.arange(len(chunk)), prepared.origins, float(fc.transform.time_scale),
-            fc.transform.codec)
+            fc.covariate_spec,
+            np.arange(len(chunk)),
+            prepared.origins,
+            float(fc.transform.time_scale),
+            fc.transform.codec,
+        )
     batch = prepared.batch.to(device)
     try:
         out = fc.model.forecast(batch, qt, num_samples=num_samples, max_steps=max_steps)
@@ -42,14 +55,18 @@ def forecast_chunk(fc, table, chunk: list[int], raw_q: list[np.ndarray], num_sam
         if not solver_failure(err):
             raise
         first = " ".join(str(err).strip().splitlines()[0].split())
-        raise ForecastError(f"the ODE solver could not forecast series {list(prepared.series_ids)[:5]} ({first}); "
-                            "query times may be too far beyond the history for this model, or its solver "
-                            "tolerances too tight") from err
+        raise ForecastError(
+            f"the ODE solver could not forecast series {list(prepared.series_ids)[:5]} ({first}); "
+            "query times may be too far beyond the history for this model, or its solver "
+            "tolerances too tight"
+        ) from err
     mean = out.mean.float()
     if not torch.isfinite(mean).all():
-        raise ForecastError("the model produced non-finite forecasts (NaN/inf) for series "
-                            f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
-                            "too far beyond the training range for this model")
+        raise ForecastError(
+            "the model produced non-finite forecasts (NaN/inf) for series "
+            f"{[prepared.series_ids[i] for i in range(len(chunk))][:5]}; query times may be "
+            "too far beyond the training range for this model"
+        )
     bands = quantile_bands(out, levels, qs)
     if fc.covariate_spec is not None:  # past-only covariate channels are inputs, never forecast
         prepared.transform, mean, bands = fc.covariate_spec.outputs(prepared.transform, mean, bands)

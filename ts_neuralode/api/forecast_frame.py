@@ -58,7 +58,7 @@ def levels_of(frame: pd.DataFrame, name: str) -> list[int | float]:
     """The interval levels of ``name`` with both a ``-lo-L`` and a ``-hi-L`` column in ``frame``, ascending."""
     out = []
     for c in frame.columns:
-        tag = c[len(name) + 4:] if c.startswith(f"{name}-lo-") else None
+        tag = c[len(name) + 4 :] if c.startswith(f"{name}-lo-") else None
         if tag is not None and f"{name}-hi-{tag}" in frame.columns:
             v = float(tag)
             out.append(int(v) if v.is_integer() else v)
@@ -68,7 +68,7 @@ def levels_of(frame: pd.DataFrame, name: str) -> list[int | float]:
 def quantile_columns(frame: pd.DataFrame, name: str) -> tuple[list[str], np.ndarray]:
     """The ``-q-P`` columns of ``name`` in ``frame`` and their quantiles (fractions), ascending."""
     cols = [c for c in frame.columns if c.startswith(f"{name}-q-")]
-    qs = np.array([float(c[len(name) + 3:]) / 100.0 for c in cols])
+    qs = np.array([float(c[len(name) + 3 :]) / 100.0 for c in cols])
     order = np.argsort(qs)
     return [cols[i] for i in order], qs[order]
 
@@ -114,6 +114,14 @@ def table_to_long(table) -> pd.DataFrame:
     parts = []
     for d, ch in enumerate(table.channel_names):
         m = table.mask[:, d]
-        parts.append(pd.DataFrame({"unique_id": ids[m], "ds": ts[m] if isinstance(ts, pd.DatetimeIndex) else ts[m],
-                                   "channel": ch, "y": table.values[m, d]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "unique_id": ids[m],
+                    "ds": ts[m] if isinstance(ts, pd.DatetimeIndex) else ts[m],
+                    "channel": ch,
+                    "y": table.values[m, d],
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)

@@ -36,11 +36,24 @@ class Forecaster(Predictor):
     :meth:`fit` and :meth:`cross_validation`."""
 
     @classmethod
-    def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", *, data_options: Mapping[str, Any] | None = None,
-            model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-            callbacks: Sequence[Any] | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
-            tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-            run_name: str | None = None, log_model: bool = True, seed: int = 0, **auto: Any) -> Forecaster:
+    def fit(
+        cls,
+        data: Any,
+        model: str | os.PathLike = "latent_ode",
+        *,
+        data_options: Mapping[str, Any] | None = None,
+        model_options: Mapping[str, Any] | None = None,
+        trainer: Mapping[str, Any] | None = None,
+        callbacks: Sequence[Any] | None = None,
+        output_dir: str | os.PathLike = "ts_neuralode_fit",
+        tracking: bool = True,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        log_model: bool = True,
+        seed: int = 0,
+        **auto: Any,
+    ) -> Forecaster:
         """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
         checkpoints, model export and MLflow tracking; :func:`ts_neuralode.api.fitting.train`) and return it fitted.
 
@@ -63,21 +76,47 @@ class Forecaster(Predictor):
         """
         configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.core.threads)
         if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
-            return fit_auto(as_frame(data), data_options=data_options, model_options=model_options, trainer=trainer,
-                            callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                            experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
-                            forecaster_cls=cls, **auto)
+            return fit_auto(
+                as_frame(data),
+                data_options=data_options,
+                model_options=model_options,
+                trainer=trainer,
+                callbacks=callbacks,
+                output_dir=output_dir,
+                tracking=tracking,
+                tracking_uri=tracking_uri,
+                experiment_name=experiment_name,
+                run_name=run_name,
+                log_model=log_model,
+                seed=seed,
+                forecaster_cls=cls,
+                **auto,
+            )
         if auto:
-            raise ConfigError(f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic "
-                              "model choice)")
-        return fit(as_frame(data), model, data_options=data_options, model_options=model_options, trainer=trainer,
-                   callbacks=callbacks, output_dir=output_dir, tracking=tracking, tracking_uri=tracking_uri,
-                   experiment_name=experiment_name, run_name=run_name, log_model=log_model, seed=seed,
-                   forecaster_cls=cls)
+            raise ConfigError(
+                f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic model choice)"
+            )
+        return fit(
+            as_frame(data),
+            model,
+            data_options=data_options,
+            model_options=model_options,
+            trainer=trainer,
+            callbacks=callbacks,
+            output_dir=output_dir,
+            tracking=tracking,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            run_name=run_name,
+            log_model=log_model,
+            seed=seed,
+            forecaster_cls=cls,
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
-             name: str | None = None):
+    def load(
+        cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu", name: str | None = None
+    ):
         """As :meth:`Predictor.load <ts_neuralode.api.predictor.Predictor.load>`; a directory written by an
         :class:`~ts_neuralode.api.model_choice_ensemble.EnsembleForecaster` loads as one (its members as this
         class)."""
@@ -85,18 +124,36 @@ class Forecaster(Predictor):
             return EnsembleForecaster.load(path, map_location=map_location, member_cls=cls)
         return super().load(path, transform=transform, map_location=map_location, name=name)
 
-    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, *, n_windows: int | None = None,
-                         cutoffs: Sequence | None = None, step: float | str | pd.Timedelta | None = None,
-                         refit: bool | int = False, fit_args: Sequence[str] | str | None = None,
-                         **options: Any) -> pd.DataFrame:
+    def cross_validation(
+        self,
+        history: Any,
+        horizon: float | str | pd.Timedelta,
+        *,
+        n_windows: int | None = None,
+        cutoffs: Sequence | None = None,
+        step: float | str | pd.Timedelta | None = None,
+        refit: bool | int = False,
+        fit_args: Sequence[str] | str | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
         """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
         <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
         ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
         windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
         Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
         :mod:`ts_neuralode.api.backtest` (also :func:`ts_neuralode.api.backtest.evaluate` for the metrics)."""
-        return cross_validation(self, history, horizon, n_windows=n_windows, cutoffs=cutoffs, step=step,
-                                refit=refit, fit_args=fit_args, forecaster_cls=type(self), **options)
+        return cross_validation(
+            self,
+            history,
+            horizon,
+            n_windows=n_windows,
+            cutoffs=cutoffs,
+            step=step,
+            refit=refit,
+            fit_args=fit_args,
+            forecaster_cls=type(self),
+            **options,
+        )
 
 
 __all__ = ["Forecaster"]

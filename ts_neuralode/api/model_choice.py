@@ -67,17 +67,40 @@ except ImportError:  # pragma: no cover - optuna is a dependency; a broken insta
     optuna = None
 
 #: trainer options of every trial unless the user sets them
-TRIAL_TRAINER = {"max_epochs": DEFAULT_EPOCHS, "gradient_clip_val": 1.0, "enable_progress_bar": False,
-                 "enable_model_summary": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1}
+TRIAL_TRAINER = {
+    "max_epochs": DEFAULT_EPOCHS,
+    "gradient_clip_val": 1.0,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
+}
+
+
 # -- the search ---------------------------------------------------------------------------------------------
-def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
-           model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-           callbacks: Sequence | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
-           tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-           run_name: str | None = None, seed: int = 0, budget: Any = DEFAULT_TRIALS, metric: str = DEFAULT_METRIC,
-           space: Sequence[Param] | None = None, storage: str | None = None, study_name: str | None = None,
-           pruner=None, enqueue: Sequence[Mapping[str, Any]] | None = None, patience: int | None = None,
-           progress: bool | None = None) -> SearchResult:
+def search(
+    data: Any,
+    *,
+    data_options: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+    callbacks: Sequence | None = None,
+    output_dir: str | os.PathLike = "ts_neuralode_fit",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    run_name: str | None = None,
+    seed: int = 0,
+    budget: Any = DEFAULT_TRIALS,
+    metric: str = DEFAULT_METRIC,
+    space: Sequence[Param] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    pruner=None,
+    enqueue: Sequence[Mapping[str, Any]] | None = None,
+    patience: int | None = None,
+    progress: bool | None = None,
+) -> SearchResult:
     """Run trials until the budget is spent (see the module docstring); returns the :class:`SearchResult`.
 
     Args as :func:`fit_auto`; ``enqueue``: configurations to try first (``{"model.model": "ode_rnn", "model.lr":
@@ -94,15 +117,29 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
     epochs = int(fixed.get("trainer.max_epochs", DEFAULT_EPOCHS))
     if pruner is None:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
-    settings = {"data": _data_digest(path), "fixed": fixed, "metric": metric, "seed": seed,
-                "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
-                "space": [repr(p) for p in space]}
+    settings = {
+        "data": _data_digest(path),
+        "fixed": fixed,
+        "metric": metric,
+        "seed": seed,
+        "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
+        "space": [repr(p) for p in space],
+    }
     storage_obj, study, created = open_study(storage, study_name, pruner, settings)
     track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
-    parent = track.parent(study, created, {"budget_trials": budget.trials, "budget_time_s": budget.time,
-                                           "metric": metric, "study_name": study.study_name,
-                                           "storage": storage or "memory", "data": str(path),
-                                           **{f"fixed/{k}": v for k, v in fixed.items()}})
+    parent = track.parent(
+        study,
+        created,
+        {
+            "budget_trials": budget.trials,
+            "budget_time_s": budget.time,
+            "metric": metric,
+            "study_name": study.study_name,
+            "storage": storage or "memory",
+            "data": str(path),
+            **{f"fixed/{k}": v for k, v in fixed.items()},
+        },
+    )
     if created and enqueue is not None:  # a resumed study has them queued (or done) already
         for params in enqueue:
             study.enqueue_trial(dict(params))
@@ -128,10 +165,29 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
             trial = claim_trial(study, storage_obj, study_id, budget.trials)
             if trial is None:
                 break
-            study.sampler = optuna.samplers.TPESampler(seed=(int(seed) * 100_003 + trial.number) % 2**32,
-                                                       n_startup_trials=n_startup)
-            _run_trial(trial, study, storage_obj, study_id, space, fixed, defaults, path, out, callbacks, track,
-                       parent, seed, metric, deadline, patience, bar, result)
+            study.sampler = optuna.samplers.TPESampler(
+                seed=(int(seed) * 100_003 + trial.number) % 2**32, n_startup_trials=n_startup
+            )
+            _run_trial(
+                trial,
+                study,
+                storage_obj,
+                study_id,
+                space,
+                fixed,
+                defaults,
+                path,
+                out,
+                callbacks,
+                track,
+                parent,
+                seed,
+                metric,
+                deadline,
+                patience,
+                bar,
+                result,
+            )
             result.ran.append(trial.number)
     except BaseException:
         status = "KILLED"
@@ -143,8 +199,26 @@ def search(data: Any, *, data_options: Mapping[str, Any] | None = None,
     return result
 
 
-def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, out, callbacks, track, parent, seed,
-               metric, deadline, patience, bar, result) -> None:
+def _run_trial(
+    trial,
+    study,
+    storage,
+    study_id,
+    space,
+    fixed,
+    defaults,
+    path,
+    out,
+    callbacks,
+    track,
+    parent,
+    seed,
+    metric,
+    deadline,
+    patience,
+    bar,
+    result,
+) -> None:
     States = optuna.trial.TrialState
     n = trial.number
     searched, options = sample(trial, space, fixed)
@@ -158,17 +232,34 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     tdir.mkdir(parents=True, exist_ok=True)
     groups = nest(full)
     model = groups["model"].pop("model", "latent_ode")
-    cb = TrialCallback(trial, metric, deadline=deadline, patience=patience, parent_run_id=parent,
-                       tags={"ts_neuralode.trial": str(n), "ts_neuralode.study": study.study_name})
+    cb = TrialCallback(
+        trial,
+        metric,
+        deadline=deadline,
+        patience=patience,
+        parent_run_id=parent,
+        tags={"ts_neuralode.trial": str(n), "ts_neuralode.study": study.study_name},
+    )
     tid = storage.get_trial_id_from_study_id_trial_number(study_id, n)
     started = time.monotonic()
     fc, reason = None, None
     try:
         with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
-            fc = fit(str(path), model, data_options=groups["data"], model_options=groups["model"],
-                     trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=tdir,
-                     tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
-                     run_name=f"trial_{n:04d}", log_model=False, seed=seed)
+            fc = fit(
+                str(path),
+                model,
+                data_options=groups["data"],
+                model_options=groups["model"],
+                trainer=groups["trainer"],
+                callbacks=[cb, *(callbacks or [])],
+                output_dir=tdir,
+                tracking=track.enabled,
+                tracking_uri=track.uri,
+                experiment_name=track.experiment_name,
+                run_name=f"trial_{n:04d}",
+                log_model=False,
+                seed=seed,
+            )
     except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
         abandon_trial(study, trial, track, cb, retry=False)
         raise _user_error(err, n, label) from err
@@ -181,8 +272,11 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         if message is None:
             with open(tdir / "log.txt", "a", encoding="utf-8") as log:
                 traceback.print_exc(file=log)
-        reason = (" ".join(str(message).split())[:500] if message is not None else
-                  f"{type(err).__name__}: {' '.join(str(err).split())[:400]} (traceback in {tdir / 'log.txt'})")
+        reason = (
+            " ".join(str(message).split())[:500]
+            if message is not None
+            else f"{type(err).__name__}: {' '.join(str(err).split())[:400]} (traceback in {tdir / 'log.txt'})"
+        )
     except BaseException:  # Ctrl-C (Lightning turns it into SystemExit), SIGTERM: run it again when resumed
         abandon_trial(study, trial, track, cb, retry=True)
         raise
@@ -205,8 +299,9 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
         trial.set_user_attr("best_epoch", cb.best_epoch)
     else:
         outcome, state = "failed", States.FAIL
-        reason = reason or ("stopped by the time budget before its first validation" if cb.stopped_by_time else
-                            f"no finite {metric}")
+        reason = reason or (
+            "stopped by the time budget before its first validation" if cb.stopped_by_time else f"no finite {metric}"
+        )
         trial.set_user_attr("reason", reason)
     # ranked as the returned model will forecast: with the correction weight chosen on validation
     value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
@@ -219,8 +314,9 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.tell(trial, value if state == States.COMPLETE else None, state=state)
-    track.tag(cb.run_id, {"ts_neuralode.outcome": outcome},
-              {"trial_value": value} if state == States.COMPLETE else None)
+    track.tag(
+        cb.run_id, {"ts_neuralode.outcome": outcome}, {"trial_value": value} if state == States.COMPLETE else None
+    )
     best = result.best(1)
     best_txt = f"best {best[0].value:.4g} (trial {best[0].number})" if best else "no complete trial yet"
     if outcome == "complete":
@@ -239,15 +335,33 @@ def _run_trial(trial, study, storage, study_id, space, fixed, defaults, path, ou
 # -- refit and result ---------------------------------------------------------------------------------------
 
 
-def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
-             model_options: Mapping[str, Any] | None = None, trainer: Mapping[str, Any] | None = None,
-             callbacks: Sequence | None = None, output_dir: str | os.PathLike = "ts_neuralode_fit",
-             tracking: bool = True, tracking_uri: str | None = None, experiment_name: str | None = None,
-             run_name: str | None = None, log_model: bool = True, seed: int = 0, budget: Any = DEFAULT_TRIALS,
-             metric: str = DEFAULT_METRIC, space: Sequence[Param] | None = None, ensemble: int = 1,
-             refit: bool = True, storage: str | None = None, study_name: str | None = None, pruner=None,
-             enqueue: Sequence[Mapping[str, Any]] | None = None, patience: int | None = None,
-             progress: bool | None = None, forecaster_cls: type[Predictor] = Predictor):
+def fit_auto(
+    data: Any,
+    *,
+    data_options: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+    callbacks: Sequence | None = None,
+    output_dir: str | os.PathLike = "ts_neuralode_fit",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    run_name: str | None = None,
+    log_model: bool = True,
+    seed: int = 0,
+    budget: Any = DEFAULT_TRIALS,
+    metric: str = DEFAULT_METRIC,
+    space: Sequence[Param] | None = None,
+    ensemble: int = 1,
+    refit: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    pruner=None,
+    enqueue: Sequence[Mapping[str, Any]] | None = None,
+    patience: int | None = None,
+    progress: bool | None = None,
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
 
     Args:
@@ -283,15 +397,52 @@ def fit_auto(data: Any, *, data_options: Mapping[str, Any] | None = None,
     if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
         raise ConfigError(f"ensemble={ensemble!r} must be an integer >= 1 (the number of best trials to mix)")
     out = Path(output_dir)
-    result = search(data, data_options=data_options, model_options=model_options, trainer=trainer,
-                    callbacks=callbacks, output_dir=out, tracking=tracking, tracking_uri=tracking_uri,
-                    experiment_name=experiment_name, run_name=run_name, seed=seed, budget=budget, metric=metric,
-                    space=space, storage=storage, study_name=study_name, pruner=pruner, enqueue=enqueue,
-                    patience=patience, progress=progress)
-    return finish(result, data, out, ensemble=ensemble, refit=refit, callbacks=callbacks, tracking=tracking,
-                  tracking_uri=tracking_uri, experiment_name=experiment_name, seed=seed, log_model=log_model,
-                  forecaster_cls=forecaster_cls)
+    result = search(
+        data,
+        data_options=data_options,
+        model_options=model_options,
+        trainer=trainer,
+        callbacks=callbacks,
+        output_dir=out,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+        seed=seed,
+        budget=budget,
+        metric=metric,
+        space=space,
+        storage=storage,
+        study_name=study_name,
+        pruner=pruner,
+        enqueue=enqueue,
+        patience=patience,
+        progress=progress,
+    )
+    return finish(
+        result,
+        data,
+        out,
+        ensemble=ensemble,
+        refit=refit,
+        callbacks=callbacks,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        seed=seed,
+        log_model=log_model,
+        forecaster_cls=forecaster_cls,
+    )
 
 
-__all__ = ["Budget", "DEFAULT_METRIC", "SearchResult", "TrialCallback", "finish", "fit_auto", "refit_trial", "search",
-           "summary"]
+__all__ = [
+    "Budget",
+    "DEFAULT_METRIC",
+    "SearchResult",
+    "TrialCallback",
+    "finish",
+    "fit_auto",
+    "refit_trial",
+    "search",
+    "summary",
+]

@@ -73,14 +73,24 @@ class EnsembleForecaster:
         return self.members[0].history_frame(history, **read_options)
 
     # -- forecasts ----------------------------------------------------------------------------------------------
-    def predict(self, history: Any, horizon: Any = None, *, level: Iterable[float] | float | None = SAMPLING.level,
-                quantiles: Iterable[float] | None = None, num_samples: int = SAMPLING.num_samples,
-                calibrated: bool = False, **options: Any) -> pd.DataFrame:
+    def predict(
+        self,
+        history: Any,
+        horizon: Any = None,
+        *,
+        level: Iterable[float] | float | None = SAMPLING.level,
+        quantiles: Iterable[float] | None = None,
+        num_samples: int = SAMPLING.num_samples,
+        calibrated: bool = False,
+        **options: Any,
+    ) -> pd.DataFrame:
         """As :meth:`Forecaster.predict <ts_neuralode.api.forecaster.Forecaster.predict>` (same arguments and columns,
         named ``<name>``); the bands and quantiles are those of the members' mixture (module docstring)."""
         if calibrated:
-            raise ForecastError("calibrated=True: an ensemble has no band calibration; its bands come from the "
-                                "mixture of its members' samples (drop calibrated)")
+            raise ForecastError(
+                "calibrated=True: an ensemble has no band calibration; its bands come from the "
+                "mixture of its members' samples (drop calibrated)"
+            )
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         for q in qs:
@@ -92,8 +102,9 @@ class EnsembleForecaster:
         grid = list((np.arange(n) + 0.5) / n)
         with warnings.catch_warnings():  # one column per quantile of the grid: pandas finds the frame fragmented
             warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
-            frames = [m.predict(history, horizon, level=[], quantiles=grid, num_samples=n, **options)
-                      for m in self.members]
+            frames = [
+                m.predict(history, horizon, level=[], quantiles=grid, num_samples=n, **options) for m in self.members
+            ]
         return mixture_frame(frames, [m.name for m in self.members], self.name, levels, qs)
 
     def cross_validation(self, history: Any, horizon: Any, **options: Any) -> pd.DataFrame:
@@ -120,22 +131,24 @@ class EnsembleForecaster:
             sub = f"member_{i:02d}"
             m.save(out / sub)
             names.append(sub)
-        info = {"format": FORMAT, "name": self.name, "members": names,
-                "member_names": [m.name for m in self.members]}
+        info = {"format": FORMAT, "name": self.name, "members": names, "member_names": [m.name for m in self.members]}
 
         write_json(out / ENSEMBLE_FILE, info)
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
-             member_cls: type[Predictor] = Predictor) -> EnsembleForecaster:
+    def load(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", member_cls: type[Predictor] = Predictor
+    ) -> EnsembleForecaster:
         """The ensemble saved at ``path``, its members loaded as ``member_cls``."""
         root = Path(path)
         try:
             info = json.loads((root / ENSEMBLE_FILE).read_text())
         except (OSError, ValueError) as err:
-            raise ConfigError(f"{root}: cannot read {ENSEMBLE_FILE} ({type(err).__name__}); pass a directory written "
-                              "by EnsembleForecaster.save or the automatic model choice") from err
+            raise ConfigError(
+                f"{root}: cannot read {ENSEMBLE_FILE} ({type(err).__name__}); pass a directory written "
+                "by EnsembleForecaster.save or the automatic model choice"
+            ) from err
         if info.get("format") != FORMAT or not info.get("members"):
             raise ConfigError(f"{root / ENSEMBLE_FILE}: not an ensemble of format {FORMAT}")
         members = [member_cls.load(root / sub, map_location=map_location) for sub in info["members"]]
@@ -146,8 +159,9 @@ def is_ensemble_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
-def mixture_frame(frames: Sequence[pd.DataFrame], names: Sequence[str], name: str, levels: Sequence[float],
-                  quantiles: Sequence[float]) -> pd.DataFrame:
+def mixture_frame(
+    frames: Sequence[pd.DataFrame], names: Sequence[str], name: str, levels: Sequence[float], quantiles: Sequence[float]
+) -> pd.DataFrame:
     """Members' forecast frames (each with the quantile columns of a stratified grid) -> the mixture's frame:
     ``keys…, name, name-lo-L, name-hi-L, name-q-P`` on the rows every member forecast."""
     first = frames[0]
@@ -157,8 +171,9 @@ def mixture_frame(frames: Sequence[pd.DataFrame], names: Sequence[str], name: st
     means = []
     for i, (frame, member) in enumerate(zip(frames, names, strict=True)):
         cols, _ = quantile_columns(frame, member)
-        part = frame[keys + [member] + cols].rename(columns={member: f"__mean{i}",
-                                                             **{c: f"__s{i}_{j}" for j, c in enumerate(cols)}})
+        part = frame[keys + [member] + cols].rename(
+            columns={member: f"__mean{i}", **{c: f"__s{i}_{j}" for j, c in enumerate(cols)}}
+        )
         merged = part if merged is None else merged.merge(part, on=keys, how="inner", validate="one_to_one")
         samples.append([f"__s{i}_{j}" for j in range(len(cols))])
         means.append(f"__mean{i}")

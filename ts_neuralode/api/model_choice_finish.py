@@ -32,8 +32,10 @@ def validation_choices(fc) -> dict[str, Any]:
     model's correction weight (None without a base) and the conformal band calibration (None when it could not be
     fitted). JSON-able: a trial keeps it as a user attribute, for its refit."""
     wm = window_model(fc)
-    return {"correction_weight": None if wm is None else float(wm.correction_scale.item()),  # type: ignore[operator]
-            "calibration": json.loads(json.dumps(fc.calibration)) if fc.calibration is not None else None}
+    return {
+        "correction_weight": None if wm is None else float(wm.correction_scale.item()),  # type: ignore[operator]
+        "calibration": json.loads(json.dumps(fc.calibration)) if fc.calibration is not None else None,
+    }
 
 
 def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_number: int) -> bool:
@@ -52,15 +54,30 @@ def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_numb
         given = True
     cal = choices.get("calibration")
     if cal is not None and getattr(fc, "calibration", None) is None:
-        fc.calibration = {**cal, "fitted_on": {**dict(cal.get("fitted_on") or {}),
-                                               "what": f"held-out validation windows of trial {trial_number} "
-                                                       "(the same configuration before its refit)"}}
+        fc.calibration = {
+            **cal,
+            "fitted_on": {
+                **dict(cal.get("fitted_on") or {}),
+                "what": f"held-out validation windows of trial {trial_number} "
+                "(the same configuration before its refit)",
+            },
+        }
         given = True
     return given
 
 
-def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence | None = None, track: _Tracking,
-          parent: str | None, seed: int, log_model: bool, forecaster_cls: type[Predictor] = Predictor):
+def refit_trial(
+    trial,
+    data_path: Path,
+    output_dir: Path,
+    *,
+    callbacks: Sequence | None = None,
+    track: _Tracking,
+    parent: str | None,
+    seed: int,
+    log_model: bool,
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """The trial's configuration trained on train + validation (no validation split; ``data.train_end`` dropped)
     for the trial's best number of epochs; returns the fitted ``forecaster_cls`` with the correction weight and band
     calibration its trial chose on the validation windows (:func:`inherit_validation_choices`)."""
@@ -77,42 +94,79 @@ def refit_trial(trial, data_path: Path, output_dir: Path, *, callbacks: Sequence
     rdir.mkdir(parents=True, exist_ok=True)
     cb = TrialCallback(None, parent_run_id=parent, tags={"ts_neuralode.refit_of_trial": str(trial.number)})
     with _Quiet(rdir / "log.txt"):
-        fc = fit(str(data_path), model, data_options=groups["data"], model_options=groups["model"],
-                 trainer=groups["trainer"], callbacks=[cb, *(callbacks or [])], output_dir=rdir,
-                 tracking=track.enabled, tracking_uri=track.uri, experiment_name=track.experiment_name,
-                 run_name=f"refit_trial_{trial.number:04d}", log_model=log_model, seed=seed,
-                 forecaster_cls=forecaster_cls)
+        fc = fit(
+            str(data_path),
+            model,
+            data_options=groups["data"],
+            model_options=groups["model"],
+            trainer=groups["trainer"],
+            callbacks=[cb, *(callbacks or [])],
+            output_dir=rdir,
+            tracking=track.enabled,
+            tracking_uri=track.uri,
+            experiment_name=track.experiment_name,
+            run_name=f"refit_trial_{trial.number:04d}",
+            log_model=log_model,
+            seed=seed,
+            forecaster_cls=forecaster_cls,
+        )
     shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
     if inherit_validation_choices(fc, trial.user_attrs.get("validation_choices"), trial.number):
         fc.save(fc.fit_info["model_dir"])
     return fc
 
 
-def finish(result: SearchResult, data: Any, output_dir: Path, *, ensemble: int = 1, refit: bool = True,
-           callbacks: Sequence | None = None, tracking: bool = True, tracking_uri: str | None = None,
-           experiment_name: str | None = None, seed: int = 0, log_model: bool = True,
-           forecaster_cls: type[Predictor] = Predictor):
+def finish(
+    result: SearchResult,
+    data: Any,
+    output_dir: Path,
+    *,
+    ensemble: int = 1,
+    refit: bool = True,
+    callbacks: Sequence | None = None,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    seed: int = 0,
+    log_model: bool = True,
+    forecaster_cls: type[Predictor] = Predictor,
+):
     """The search's result as a model: the best ``ensemble`` trials, refitted or loaded (as ``forecaster_cls``),
     saved under ``output_dir/model``."""
 
     chosen = result.best(ensemble)
     n = {k: len(result.trials(k)) for k in ("complete", "pruned", "failed")}
     if not chosen:
-        raise TrainingError(f"model auto: no trial completed ({n['pruned']} pruned, {n['failed']} failed; reasons in "
-                            f"{output_dir / 'trials'}/*/log.txt); raise the budget or trainer.max_epochs")
+        raise TrainingError(
+            f"model auto: no trial completed ({n['pruned']} pruned, {n['failed']} failed; reasons in "
+            f"{output_dir / 'trials'}/*/log.txt); raise the budget or trainer.max_epochs"
+        )
     track = _Tracking(tracking, tracking_uri, experiment_name, None)
     parent = result.parent_run_id
     path = _prepare_data(data, output_dir) if not isinstance(data, pd.DataFrame) else output_dir / "data.csv"
     members = []
     for t in chosen:
         if refit:
-            members.append(refit_trial(t, path, output_dir, callbacks=callbacks, track=track, parent=parent,
-                                              seed=seed, log_model=log_model, forecaster_cls=forecaster_cls))
+            members.append(
+                refit_trial(
+                    t,
+                    path,
+                    output_dir,
+                    callbacks=callbacks,
+                    track=track,
+                    parent=parent,
+                    seed=seed,
+                    log_model=log_model,
+                    forecaster_cls=forecaster_cls,
+                )
+            )
         else:
             model_dir = t.user_attrs.get("model_dir")
             if not model_dir or not Path(model_dir).is_dir():
-                raise ConfigError(f"model auto: trial {t.number}'s model directory {model_dir} is not on this "
-                                  "machine (another worker ran it); use refit=True")
+                raise ConfigError(
+                    f"model auto: trial {t.number}'s model directory {model_dir} is not on this "
+                    "machine (another worker ran it); use refit=True"
+                )
             members.append(forecaster_cls.load(model_dir))
     final = members[0] if len(members) == 1 else EnsembleForecaster(members)
     model_dir = output_dir / "model"
@@ -120,17 +174,33 @@ def finish(result: SearchResult, data: Any, output_dir: Path, *, ensemble: int =
         shutil.rmtree(model_dir)
     final.save(model_dir)
     best = chosen[0]
-    info = {"model_dir": str(model_dir), "study_name": result.study.study_name, "best_trial": best.number,
-            "best_value": best.value, "metric": result.settings.get("metric"), "params": dict(best.params),
-            "members": [t.number for t in chosen], "trials": n, "stop_reason": result.stop_reason,
-            "parent_run_id": parent, "refit": bool(refit),
-            "run_id": (members[0].fit_info or {}).get("run_id") if refit and len(members) == 1 else None,
-            "tracking_uri": track.uri}
+    info = {
+        "model_dir": str(model_dir),
+        "study_name": result.study.study_name,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "metric": result.settings.get("metric"),
+        "params": dict(best.params),
+        "members": [t.number for t in chosen],
+        "trials": n,
+        "stop_reason": result.stop_reason,
+        "parent_run_id": parent,
+        "refit": bool(refit),
+        "run_id": (members[0].fit_info or {}).get("run_id") if refit and len(members) == 1 else None,
+        "tracking_uri": track.uri,
+    }
     final.fit_info = info
     if track.enabled and parent is not None:
-        track.tag(parent, {"ts_neuralode.best_trial": best.number, "ts_neuralode.members": info["members"]},
-                  {"best_value": best.value, "trials_complete": n["complete"], "trials_pruned": n["pruned"],
-                   "trials_failed": n["failed"]})
+        track.tag(
+            parent,
+            {"ts_neuralode.best_trial": best.number, "ts_neuralode.members": info["members"]},
+            {
+                "best_value": best.value,
+                "trials_complete": n["complete"],
+                "trials_pruned": n["pruned"],
+                "trials_failed": n["failed"],
+            },
+        )
         if len(members) > 1 and log_model:
             with contextlib.suppress(Exception):
                 track.client.log_artifacts(parent, str(model_dir), "model")

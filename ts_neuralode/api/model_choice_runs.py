@@ -28,9 +28,16 @@ class TrialCallback(Callback):
     ``stopped_by_time``). Keeps each epoch's value and the best one (``best``, ``best_epoch``). With a
     ``parent_run_id`` it makes the fit's MLflow run a child of it (and adds ``tags``); ``run_id`` is that run."""
 
-    def __init__(self, trial=None, metric: str = DEFAULT_METRIC, *, deadline: float | None = None,
-                 patience: int | None = None, parent_run_id: str | None = None,
-                 tags: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        trial=None,
+        metric: str = DEFAULT_METRIC,
+        *,
+        deadline: float | None = None,
+        patience: int | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self.trial, self.metric, self.deadline, self.patience = trial, metric, deadline, patience
         self.parent_run_id, self.tags = parent_run_id, dict(tags or {})
         self.values: list[float] = []
@@ -52,8 +59,9 @@ class TrialCallback(Callback):
             for k, v in self.tags.items():
                 self.client.set_tag(self.run_id, k, v)
         except Exception as err:  # tracking problems never stop a trial (the fit's own tracking reports them)
-            warnings.warn(f"model choice: cannot tag MLflow run as a child of {self.parent_run_id} ({err})",
-                          stacklevel=1)
+            warnings.warn(
+                f"model choice: cannot tag MLflow run as a child of {self.parent_run_id} ({err})", stacklevel=1
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -66,8 +74,10 @@ class TrialCallback(Callback):
         metrics = trainer.callback_metrics
         if self.metric not in metrics:
             known = sorted(k for k in metrics if k.startswith("val_"))
-            raise ConfigError(f"model choice: the fit logs no {self.metric!r} to select on; pass metric= one of "
-                              f"{', '.join(known) or 'val_loss'}")
+            raise ConfigError(
+                f"model choice: the fit logs no {self.metric!r} to select on; pass metric= one of "
+                f"{', '.join(known) or 'val_loss'}"
+            )
         value = float(metrics[self.metric])
         if not math.isfinite(value):
             value = math.inf
@@ -148,7 +158,6 @@ class _Tracking:
         if enabled:
             from mlflow import MlflowClient
 
-
             self.uri = tracking_store(resolve_tracking_uri(tracking_uri), off="pass tracking=False")
             self.client = MlflowClient(self.uri)
 
@@ -164,8 +173,11 @@ class _Tracking:
             return run_id
         exp = self.client.get_experiment_by_name(self.experiment_name)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.experiment_name)
-        run = self.client.create_run(exp_id, run_name=self.run_name or f"auto_{study.study_name}",
-                                     tags={"ts_neuralode.kind": "model_choice", "ts_neuralode.study": study.study_name})
+        run = self.client.create_run(
+            exp_id,
+            run_name=self.run_name or f"auto_{study.study_name}",
+            tags={"ts_neuralode.kind": "model_choice", "ts_neuralode.study": study.study_name},
+        )
         run_id = run.info.run_id
         for k, v in settings.items():
             with contextlib.suppress(Exception):

@@ -57,8 +57,9 @@ def choice(option: str, values: Sequence, when: Mapping[str, Sequence] | None = 
     return Param(option, "choice", tuple(values), when={k: tuple(v) for k, v in (when or {}).items()})
 
 
-def float_range(option: str, low: float, high: float, log: bool = False,
-                when: Mapping[str, Sequence] | None = None) -> Param:
+def float_range(
+    option: str, low: float, high: float, log: bool = False, when: Mapping[str, Sequence] | None = None
+) -> Param:
     return Param(option, "float", low=low, high=high, log=log, when={k: tuple(v) for k, v in (when or {}).items()})
 
 
@@ -88,9 +89,17 @@ SEARCH_SPACE: tuple[Param, ...] = (
 #: harmonic seasonal forecast (the last value without a season) — the configuration that won the ablations of
 #: results/forecast_ablations.md; the search goes on from there
 STARTING_POINT: dict[str, Any] = {
-    "model.model": "ode_rnn", "model.evolution.kind": "ode", "model.evolution.method": "rk4", "model.latent_dim": 16,
-    "model.hidden_dim": 64, "model.lr": 0.01, "model.lr_schedule": "cosine", "data.context_horizons": 4,
-    "model.normalize": "window", "model.base": "auto"}
+    "model.model": "ode_rnn",
+    "model.evolution.kind": "ode",
+    "model.evolution.method": "rk4",
+    "model.latent_dim": 16,
+    "model.hidden_dim": 64,
+    "model.lr": 0.01,
+    "model.lr_schedule": "cosine",
+    "data.context_horizons": 4,
+    "model.normalize": "window",
+    "model.base": "auto",
+}
 
 
 #: without a season, also: the same model forecasting the level itself in the data's global units (no window
@@ -123,7 +132,7 @@ def _times_horizon(k: Any, options: Mapping[str, Any]) -> dict[str, Any]:
 
 #: derived option -> (the real option it sets, a function of (value, all options) giving the real options)
 DERIVED: dict[str, tuple[str, Callable[[Any, Mapping[str, Any]], dict[str, Any]]]] = {
-    "data.context_horizons": ("data.context", _times_horizon),
+    "data.context_horizons": ("data.context", _times_horizon)
 }
 
 
@@ -157,8 +166,10 @@ def check_space(space: Sequence[Param]) -> tuple[Param, ...]:
     seen = set()
     for p in space:
         if not isinstance(p, Param):
-            raise ConfigError(f"search space entry {p!r} is not a Param; build entries with choice(), float_range() "
-                              "or int_range() of ts_neuralode.api.model_choice_space")
+            raise ConfigError(
+                f"search space entry {p!r} is not a Param; build entries with choice(), float_range() "
+                "or int_range() of ts_neuralode.api.model_choice_space"
+            )
         if p.option.split(".")[0] not in ("model", "data", "trainer"):
             raise ConfigError(f"search space option {p.option!r} must start with model., data. or trainer.")
         if p.option in seen:
@@ -215,8 +226,11 @@ def describe(searched: Mapping[str, Any]) -> str:
     model = searched.get("model.model", "")
     kind = searched.get("model.evolution.kind", "")
     head = "/".join(str(x) for x in (model, kind) if x)
-    rest = " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in searched.items()
-                    if k not in ("model.model", "model.evolution.kind"))
+    rest = " ".join(
+        f"{k.rsplit('.', 1)[-1]}={_short(v)}"
+        for k, v in searched.items()
+        if k not in ("model.model", "model.evolution.kind")
+    )
     return (head + " " + rest).strip()
 
 
@@ -224,5 +238,18 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-__all__ = ["DERIVED", "FLOWS", "Param", "SEARCH_SPACE", "check_space", "choice", "describe", "flatten", "float_range",
-           "int_range", "nest", "sample", "scale_duration"]
+__all__ = [
+    "DERIVED",
+    "FLOWS",
+    "Param",
+    "SEARCH_SPACE",
+    "check_space",
+    "choice",
+    "describe",
+    "flatten",
+    "float_range",
+    "int_range",
+    "nest",
+    "sample",
+    "scale_duration",
+]

@@ -20,8 +20,8 @@ try:
 except ImportError:  # pragma: no cover - optuna is a dependency; a broken install gets one line
     optuna = None
 
-HEARTBEAT_S = 10       # a running trial records a heartbeat this often (RDB storages)
-GRACE_S = 60           # a trial without one for this long is stale: its worker died; it is failed and run again
+HEARTBEAT_S = 10  # a running trial records a heartbeat this often (RDB storages)
+GRACE_S = 60  # a trial without one for this long is stale: its worker died; it is failed and run again
 
 
 def open_storage(url: str | None):
@@ -44,15 +44,22 @@ def open_storage(url: str | None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                  heartbeat_stale_trial_callback=retry, **kwargs)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=retry,
+                    **kwargs,
+                )
         except Exception as err:  # sqlalchemy: bad URL, unreachable server, missing driver, a race
             if attempt < 3 and "://" in url and not isinstance(err, (ImportError, ValueError)):
                 time.sleep(1.0 + attempt)
                 continue
             first = " ".join(str(err).split())[:300]
-            raise ConfigError(f"storage={url!r}: cannot open the Optuna storage ({first}); pass e.g. "
-                              "sqlite:///study.db or postgresql://user:pass@host/db") from err
+            raise ConfigError(
+                f"storage={url!r}: cannot open the Optuna storage ({first}); pass e.g. "
+                "sqlite:///study.db or postgresql://user:pass@host/db"
+            ) from err
 
 
 class Heartbeat:
@@ -64,8 +71,11 @@ class Heartbeat:
         self.thread = None
 
     def __enter__(self):
-        if self.trial_id is not None and hasattr(self.storage, "record_heartbeat") and \
-                self.storage.get_heartbeat_interval():
+        if (
+            self.trial_id is not None
+            and hasattr(self.storage, "record_heartbeat")
+            and self.storage.get_heartbeat_interval()
+        ):
             self.thread = threading.Thread(target=self._beat, daemon=True)
             self.thread.start()
         return self
@@ -105,16 +115,18 @@ def open_study(storage_url, study_name, pruner, settings):
     else:
         stored = _wait_attr(study, f"{ATTR}.fingerprint", 10.0)
         if stored is None:
-            raise ConfigError(f"study {name!r} at {storage_url} was not made by the model choice; pass another "
-                              "study_name")
+            raise ConfigError(
+                f"study {name!r} at {storage_url} was not made by the model choice; pass another study_name"
+            )
         if stored != fp:
             old = study.user_attrs.get(f"{ATTR}.settings") or {}
             new = json.loads(json.dumps(settings, default=str))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(f"study {name!r} at {storage_url} was started with other settings ({', '.join(diff)} "
-                              "differ); resume it with the same data and options, or pass another study_name")
+            raise ConfigError(
+                f"study {name!r} at {storage_url} was started with other settings ({', '.join(diff)} "
+                "differ); resume it with the same data and options, or pass another study_name"
+            )
     return storage, study, created
-
 
 
 def next_starting_point(study, points: Sequence[Mapping[str, Any]], budget_trials: int | None) -> None:
@@ -158,5 +170,13 @@ def abandon_trial(study, trial, track, cb, retry: bool) -> None:
     track.end(cb.run_id, "KILLED")
 
 
-__all__ = ["HEARTBEAT_S", "GRACE_S", "open_storage", "Heartbeat", "open_study", "next_starting_point", "claim_trial",
-           "abandon_trial"]
+__all__ = [
+    "HEARTBEAT_S",
+    "GRACE_S",
+    "open_storage",
+    "Heartbeat",
+    "open_study",
+    "next_starting_point",
+    "claim_trial",
+    "abandon_trial",
+]

@@ -36,7 +36,7 @@ DEFAULT_STUDY = "ts_neuralode_auto"
 DEFAULT_METRIC = "val_mae"
 
 
-PARENT_WAIT_S = 30     # a worker joining a study waits this long for the creator to record the MLflow parent run
+PARENT_WAIT_S = 30  # a worker joining a study waits this long for the creator to record the MLflow parent run
 
 
 ATTR = "ts_neuralode"  # prefix of the study's user attributes
@@ -64,8 +64,10 @@ class Budget:
         elif value is None:
             out = cls()
         elif isinstance(value, bool):
-            raise ConfigError(f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
-                              "{'trials': N, 'time': '1h'}")
+            raise ConfigError(
+                f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
+                "{'trials': N, 'time': '1h'}"
+            )
         elif isinstance(value, int):
             out = cls(trials=value)
         elif isinstance(value, (str, pd.Timedelta)):
@@ -76,11 +78,15 @@ class Budget:
                 raise ConfigError(f"budget has no option(s) {sorted(unknown)}; use trials and time")
             trials = value.get("trials")
             t = value.get("time")
-            out = cls(trials=None if trials is None else _int(trials, "budget trials"),
-                      time=None if t is None else _seconds(t))
+            out = cls(
+                trials=None if trials is None else _int(trials, "budget trials"),
+                time=None if t is None else _seconds(t),
+            )
         else:
-            raise ConfigError(f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
-                              "{'trials': N, 'time': '1h'}")
+            raise ConfigError(
+                f"budget={value!r}: pass a number of trials, a duration such as '30min', or "
+                "{'trials': N, 'time': '1h'}"
+            )
         if out.trials is None and out.time is None:
             raise ConfigError("budget: give a number of trials, a time, or both (the search needs an end)")
         if out.trials is not None and out.trials < 1:
@@ -174,13 +180,17 @@ def _fixed_options(data_options, model_options, trainer) -> dict[str, Any]:
     """The user's options, flat, with the search's time split forced: the forecast task split by time."""
     fixed = {**flatten("data", data_options), **flatten("model", model_options), **flatten("trainer", trainer)}
     if fixed.get("data.task", "forecast") != "forecast":
-        raise ConfigError(f"model auto searches on the forecast task's time split; drop data task="
-                          f"{fixed['data.task']!r} (it uses task='forecast')")
+        raise ConfigError(
+            f"model auto searches on the forecast task's time split; drop data task="
+            f"{fixed['data.task']!r} (it uses task='forecast')"
+        )
     if fixed.get("data.split_by", "time") != "time":
         raise ConfigError("model auto validates on the end of every series (split_by='time'); drop split_by")
     if fixed.get("data.horizon") is None:
-        raise ConfigError("model auto needs the forecast horizon: pass data_options={'horizon': ...} "
-                          "(--data.horizon, a number of time units or a duration such as 2D)")
+        raise ConfigError(
+            "model auto needs the forecast horizon: pass data_options={'horizon': ...} "
+            "(--data.horizon, a number of time units or a duration such as 2D)"
+        )
     if float(fixed.get("data.val_fraction", 0.2)) <= 0 and fixed.get("data.train_end") is None:
         raise ConfigError("model auto scores each trial on the validation horizon; drop val_fraction=0")
     fixed["data.task"] = "forecast"

@@ -67,8 +67,13 @@ def plot_series_forecast(
         for i, lvl in enumerate(levels):
             alpha = 0.15 + 0.15 * i
             ax.fill_between(
-                f["ds"], f[band_col(model, "lo", lvl)], f[band_col(model, "hi", lvl)],
-                color="tab:blue", alpha=min(alpha, 0.6), linewidth=0, label=f"{lvl}% interval",
+                f["ds"],
+                f[band_col(model, "lo", lvl)],
+                f[band_col(model, "hi", lvl)],
+                color="tab:blue",
+                alpha=min(alpha, 0.6),
+                linewidth=0,
+                label=f"{lvl}% interval",
             )
         ax.plot(f["ds"], f[model], color="tab:blue", linewidth=1.6, label=f"forecast ({model})")
         # A thin line through the observations makes cycles visible in sparse, irregular histories.
@@ -118,12 +123,12 @@ def plot_forecasts(
     return paths
 
 
-def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int = 3, num_samples: int = 50
-                                ) -> list[Path]:
+def validation_forecast_figures(
+    forecaster, datamodule, out_dir, n_series: int = 3, num_samples: int = 50
+) -> list[Path]:
     """Fit-time figures of a :class:`~ts_neuralode.api.forecaster.Forecaster`: condition on the first half of a few
     validation series (test, then training series when there are none), forecast the rest and a quarter beyond."""
     import numpy as np
-
 
     table = datamodule.table
     names = [n for n in ("val", "test", "train") if len(datamodule.split.get(n, []))]
@@ -131,14 +136,23 @@ def validation_forecast_figures(forecaster, datamodule, out_dir, n_series: int =
     hist_full = forecaster.target_rows(table_to_long(subset_table(table, idx)))  # no past covariates
     ctx_parts, queries = [], []
     for i in idx:
-        t = table.times[table.offsets[i]:table.offsets[i + 1]]
+        t = table.times[table.offsets[i] : table.offsets[i + 1]]
         cut = t[0] + 0.5 * (t[-1] - t[0])
         ctx_parts.append(int(np.searchsorted(t, cut, side="right")))
         queries.append(np.linspace(t[0], t[-1] + 0.25 * (t[-1] - t[0]), 120))
     ctx = subset_table(table, idx, hi=ctx_parts)
     cov = getattr(datamodule.arrays, "covariates", None)  # known-future covariates, when the model reads them
-    fc = forecast_chunk(forecaster, ctx, list(range(len(idx))), queries, num_samples, [50.0, 90.0], [], None,
-                                   None if cov is None else cov.arrays.subset(idx))
+    fc = forecast_chunk(
+        forecaster,
+        ctx,
+        list(range(len(idx))),
+        queries,
+        num_samples,
+        [50.0, 90.0],
+        [],
+        None,
+        None if cov is None else cov.arrays.subset(idx),
+    )
     fc = fc.assign(unique_id=fc["unique_id"].astype(str))
     hist_full = hist_full.assign(unique_id=hist_full["unique_id"].astype(str))
     cut_t = dict(zip([str(i) for i in ctx.ids], ctx.user_times(ctx.offsets[1:] - 1), strict=True))

@@ -39,12 +39,7 @@ import torch
 
 from ts_neuralode.api import calibration, plotting
 from ts_neuralode.api.forecast_chunk import forecast_chunk
-from ts_neuralode.api.forecast_frame import (
-    fmt_level,
-    model_display_name,
-    parse_levels,
-    table_to_long,
-)
+from ts_neuralode.api.forecast_frame import fmt_level, model_display_name, parse_levels, table_to_long
 from ts_neuralode.api.training_extent import load_extent, save_extent
 from ts_neuralode.core.progress import show_progress
 from ts_neuralode.core.sampling import SAMPLING
@@ -57,13 +52,7 @@ from ts_neuralode.data.io import as_frame
 from ts_neuralode.data.query_times import check_reachable, count, query_times
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.models import step_budget as budgets
-from ts_neuralode.training.model_store import (
-    READ_KEYS,
-    as_transform,
-    build_module,
-    read_stored,
-    write_model_dir,
-)
+from ts_neuralode.training.model_store import READ_KEYS, as_transform, build_module, read_stored, write_model_dir
 from ts_neuralode.training.module import clean_hparams
 
 
@@ -87,8 +76,14 @@ class Predictor:
             by default — what the model was trained to read.
     """
 
-    def __init__(self, module: torch.nn.Module, transform, read_options: Mapping[str, Any] | None = None,
-                 name: str | None = None, context: float | str | None = None) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        transform,
+        read_options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        context: float | str | None = None,
+    ) -> None:
         self.module = module.eval()
         self.model = getattr(module, "model", module)
         self.transform = transform
@@ -118,8 +113,9 @@ class Predictor:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model directory ``path`` (``weights.pt`` + ``config.json``, replaced atomically; see
         :func:`ts_neuralode.training.model_store.write_model_dir`); returns it."""
-        out = write_model_dir(path, self.module, self.hparams, self.transform, self.read_options, self.name,
-                              self.context)
+        out = write_model_dir(
+            path, self.module, self.hparams, self.transform, self.read_options, self.name, self.context
+        )
 
         if self.calibration is not None:
             calibration.save(out, self.calibration)
@@ -128,8 +124,9 @@ class Predictor:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu",
-             name: str | None = None) -> Predictor:
+    def load(
+        cls, path: str | os.PathLike, transform=None, map_location: str | torch.device = "cpu", name: str | None = None
+    ) -> Predictor:
         """Load a model directory (``weights.pt`` + ``config.json``) or a Lightning ``.ckpt``.
 
         A ``.ckpt`` written by ``ts-neuralode fit`` carries the data transform itself; for others pass
@@ -143,8 +140,10 @@ class Predictor:
         stored = read_stored(path, map_location)
         tstate = transform if transform is not None else stored.transform
         if tstate is None:
-            raise ForecastError(f"{path}: the checkpoint holds no data transform; pass transform=... (a model "
-                                "directory's config.json or a SeriesTransform)")
+            raise ForecastError(
+                f"{path}: the checkpoint holds no data transform; pass transform=... (a model "
+                "directory's config.json or a SeriesTransform)"
+            )
         tr = as_transform(tstate)
         module = build_module(stored, Path(path), map_location)
         fc = cls(module, tr, stored.read_options, name=name or stored.name, context=stored.context)
@@ -161,8 +160,10 @@ class Predictor:
             raise ForecastError(f"split {name!r}: pass 'train', 'val' or 'test'")
         split = (self.training_extent or {}).get("split")
         if split is None:
-            raise ForecastError("this model does not record its fit's split (it was saved without "
-                                "training_extent.json); fit it again with this version")
+            raise ForecastError(
+                "this model does not record its fit's split (it was saved without "
+                "training_extent.json); fit it again with this version"
+            )
         return list(split.get(name, []))
 
     # ------------------------------------------------------------------------------------------
@@ -177,8 +178,10 @@ class Predictor:
             return self.transform.read(history, **kw)
         if hasattr(history, "offsets"):
             return history
-        raise ForecastError(f"history of type {type(history).__module__.split('.')[0]}.{type(history).__name__} is "
-                            "not supported; pass a pandas or polars DataFrame, a pyarrow Table, or a CSV/Parquet path")
+        raise ForecastError(
+            f"history of type {type(history).__module__.split('.')[0]}.{type(history).__name__} is "
+            "not supported; pass a pandas or polars DataFrame, a pyarrow Table, or a CSV/Parquet path"
+        )
 
     def predict(
         self,
@@ -240,8 +243,10 @@ class Predictor:
         batch_size = count(batch_size, "batch_size")
         history, future = as_frame(history), as_frame(future)
         if calibrated and self.calibration is None:
-            raise ForecastError("calibrated=True, but this model has no band calibration; calibrate it first "
-                                "('ts-neuralode backtest --calibrate' or ts_neuralode.api.backtest.calibrate)")
+            raise ForecastError(
+                "calibrated=True, but this model has no band calibration; calibrate it first "
+                "('ts-neuralode backtest --calibrate' or ts_neuralode.api.backtest.calibrate)"
+            )
         levels = parse_levels(level)
         qs = sorted({float(q) for q in (quantiles or [])})
         if calibrated is None:
@@ -249,9 +254,11 @@ class Predictor:
             if calibrated:
                 missing = [lv for lv in levels if fmt_level(lv) not in self.calibration["factors"]]
                 if missing:
-                    raise ForecastError(f"level {fmt_level(missing[0])} has no calibration (the model's calibrated "
-                                        f"levels: {', '.join(self.calibration['factors'])}); ask for those levels, "
-                                        "or for the model's own bands with calibrated=False (--raw_bands)")
+                    raise ForecastError(
+                        f"level {fmt_level(missing[0])} has no calibration (the model's calibrated "
+                        f"levels: {', '.join(self.calibration['factors'])}); ask for those levels, "
+                        "or for the model's own bands with calibrated=False (--raw_bands)"
+                    )
         for q in qs:
             if not 0.0 < q < 1.0:
                 raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
@@ -274,13 +281,15 @@ class Predictor:
             known = {str(s): i for i, s in enumerate(ids)}
             missing = [s for s in series if str(s) not in known]
             if missing:
-                raise ForecastError(f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
-                                    f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})")
+                raise ForecastError(
+                    f"series {missing[:5]} not found in the history (it has {len(ids)} series: "
+                    f"{', '.join(map(str, ids[:5]))}{' …' if len(ids) > 5 else ''})"
+                )
             index = [known[str(s)] for s in series]
         raw_q, exact_q = query_times(self.transform.codec, table, index, horizon, times, freq, num_points)
         check_reachable(self.transform, table, self.transform.origins(table), index, raw_q, exact_q, context)
         covariates = self._covariates(history, future, table, index, raw_q, covariates)
-        chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+        chunks = [index[i : i + batch_size] for i in range(0, len(index), batch_size)]
         rows_of = {i: r for r, i in enumerate(index)}
         user_steps = budgets.check_max_steps(max_steps)
         span = budgets.forecast_span(self.transform, table, index, raw_q)
@@ -288,13 +297,26 @@ class Predictor:
         bar = show_progress(chunks, progress, "forecast", "batch")
         with seeded(seed):
             try:
-                frames = [forecast_chunk(self, table, chunk, [raw_q[rows_of[i]] for i in chunk], num_samples, levels,
-                                              qs, [exact_q[rows_of[i]] for i in chunk], covariates, steps)
-                          for chunk in bar]
+                frames = [
+                    forecast_chunk(
+                        self,
+                        table,
+                        chunk,
+                        [raw_q[rows_of[i]] for i in chunk],
+                        num_samples,
+                        levels,
+                        qs,
+                        [exact_q[rows_of[i]] for i in chunk],
+                        covariates,
+                        steps,
+                    )
+                    for chunk in bar
+                ]
             except ForecastError as err:
                 asked = f"horizon={horizon!r}" if horizon is not None else "the query times"
-                far = budgets.steps_exceeded(err.__cause__, self.module, steps or 0, self.transform, span, asked,
-                                             user_steps is not None)
+                far = budgets.steps_exceeded(
+                    err.__cause__, self.module, steps or 0, self.transform, span, asked, user_steps is not None
+                )
                 if far is None:
                     raise
                 raise far from err
@@ -306,8 +328,15 @@ class Predictor:
             out = calibration.apply(out, self.calibration, self.name, lead)
         return out
 
-    def _covariates(self, history: Any, future: Any, table, index: list[int], raw_q: list[np.ndarray],
-                    given: CovariateArrays | None = None):
+    def _covariates(
+        self,
+        history: Any,
+        future: Any,
+        table,
+        index: list[int],
+        raw_q: list[np.ndarray],
+        given: CovariateArrays | None = None,
+    ):
         """The known-future covariates of ``table``'s series from the history and ``future``, or from ``given``
         (read before; matched by id), None when the model takes none; checked to cover every query time."""
         spec = self.covariate_spec
@@ -320,18 +349,24 @@ class Predictor:
         else:
             arrays = self.read_covariates(history, future, table)
         if spec.future_cols:
-            arrays.check_coverage(spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]),
-                                  self.transform.codec)
+            arrays.check_coverage(
+                spec, table.ids, index, np.array([float(np.max(q)) for q in raw_q]), self.transform.codec
+            )
         return arrays
 
     def read_covariates(self, history: Any, future: Any, table) -> CovariateArrays:
         """The covariates of ``table``'s series read from ``history`` (DataFrame or CSV path) and ``future`` (see
         :meth:`predict`)."""
         spec = self.covariate_spec
-        if spec is not None and (spec.future_cols or spec.static_cols) and not isinstance(
-                history, (str, os.PathLike, pd.DataFrame)):
-            raise ForecastError(f"the model reads covariates {spec.future_cols + spec.static_cols}: pass the history "
-                                "as a DataFrame or CSV path holding them")
+        if (
+            spec is not None
+            and (spec.future_cols or spec.static_cols)
+            and not isinstance(history, (str, os.PathLike, pd.DataFrame))
+        ):
+            raise ForecastError(
+                f"the model reads covariates {spec.future_cols + spec.static_cols}: pass the history "
+                "as a DataFrame or CSV path holding them"
+            )
         sources = [history] + ([] if future is None else [future])
         return CovariateArrays.read(sources, table, spec, id_col=table.id_col, time_col=table.time_col)
 
@@ -360,9 +395,16 @@ class Predictor:
         table = self.read_history(history, **read_options)
         return table_to_long(table)
 
-    def plot(self, history: Any, forecast: pd.DataFrame, out_dir: str | os.PathLike,
-             series: Sequence[Any] | None = None, max_series: int | None = None,
-             history_window: float | str | pd.Timedelta | None = None, **read_options: Any) -> list[Path]:
+    def plot(
+        self,
+        history: Any,
+        forecast: pd.DataFrame,
+        out_dir: str | os.PathLike,
+        series: Sequence[Any] | None = None,
+        max_series: int | None = None,
+        history_window: float | str | pd.Timedelta | None = None,
+        **read_options: Any,
+    ) -> list[Path]:
         """One PNG per series (history, forecast mean, interval bands) in ``out_dir``; returns the paths.
 
         ``history_window`` (a duration like ``"5D"`` or a number of time units) shows only that much history
@@ -381,8 +423,9 @@ class Predictor:
         fc = forecast.assign(unique_id=forecast["unique_id"].astype(str))
         return plotting.plot_forecasts(hist, fc, self.name, out_dir, series=[str(i) for i in ids], cutoffs=last)
 
-    def plot_validation_forecasts(self, datamodule, out_dir: str | os.PathLike, n_series: int = 3,
-                                  num_samples: int = 50) -> list[Path]:
+    def plot_validation_forecasts(
+        self, datamodule, out_dir: str | os.PathLike, n_series: int = 3, num_samples: int = 50
+    ) -> list[Path]:
         """Fit-time figures: condition on the first half of a few validation series, forecast the rest."""
 
         return plotting.validation_forecast_figures(self, datamodule, out_dir, n_series, num_samples)

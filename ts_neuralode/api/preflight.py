@@ -21,8 +21,11 @@ PROBE_TIMEOUT_S = 3.0
 #: MLflow's HTTP retry settings when the user set none: MLflow's own defaults (7 retries, backoff factor 2) wait
 #: about four minutes on a server that went away; with these a failure is reported within seconds (a mid-fit one
 #: as a warning, the fit goes on: ts_neuralode.integrations.mlflow.tracking.TrackingLogger)
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
 def _reason(err: OSError) -> str:
@@ -102,8 +105,9 @@ def _sqlite_problem(db: Path) -> str | None:
     return None
 
 
-def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--tracking false",
-                   must_exist: bool = False) -> str:
+def tracking_store(
+    uri: str, option: str = "--tracking_uri", off: str = "--tracking false", must_exist: bool = False
+) -> str:
     """Probe tracking URI ``uri`` (already resolved) once: an http(s) server must answer within
     :data:`PROBE_TIMEOUT_S`; a sqlite file's directory must be writable. ConfigError names the URI and the fixes
     (``off``: this subcommand's way to turn tracking off; ``must_exist``: the store is only read, so a missing
@@ -113,21 +117,28 @@ def tracking_store(uri: str, option: str = "--tracking_uri", off: str = "--track
     if uri.startswith(("http://", "https://")):
         reason = unreachable(uri)
         if reason is not None:
-            raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it "
-                              f"(mlflow server --host HOST --port PORT), {fixes}")
+            raise ConfigError(
+                f"MLflow tracking server {uri} is not reachable ({reason}); start it "
+                f"(mlflow server --host HOST --port PORT), {fixes}"
+            )
     elif uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         if db.is_dir():
-            raise ConfigError(f"tracking URI {uri}: {db} is a directory; name a database file, e.g. "
-                              f"{option} sqlite:///{db / 'mlflow.db'}")
+            raise ConfigError(
+                f"tracking URI {uri}: {db} is a directory; name a database file, e.g. "
+                f"{option} sqlite:///{db / 'mlflow.db'}"
+            )
         if must_exist and not db.exists():
-            raise ConfigError(f"tracking URI {uri}: {db} does not exist, so it holds no runs; pass the "
-                              f"{option} the fit used (its checkpoint directory's mlflow_run.json names it), or {off}")
+            raise ConfigError(
+                f"tracking URI {uri}: {db} does not exist, so it holds no runs; pass the "
+                f"{option} the fit used (its checkpoint directory's mlflow_run.json names it), or {off}"
+            )
         try:
             db.parent.mkdir(parents=True, exist_ok=True)  # as the fit's other outputs (demo_output/mlflow.db)
         except OSError as err:
-            raise ConfigError(f"tracking URI {uri}: cannot create directory {db.parent} ({_reason(err)}); "
-                              f"{fixes}") from err
+            raise ConfigError(
+                f"tracking URI {uri}: cannot create directory {db.parent} ({_reason(err)}); {fixes}"
+            ) from err
         reason = _sqlite_problem(db)
         if reason is not None:
             raise ConfigError(f"tracking URI {uri}: cannot use {db} as an MLflow store ({reason}); {fixes}")
@@ -150,14 +161,15 @@ def checkpoint_file(path: str | os.PathLike) -> None:
     wrong with it otherwise; Lightning would fail later with a traceback quoting torch's unsafe-loading advice)."""
     from collections.abc import Mapping
 
-
     try:
         ckpt = torch_load(Path(path), "cpu")
     except ForecastError as err:
         raise ConfigError(f"--ckpt_path {err}") from err
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
-        raise ConfigError(f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
-                          "'ts-neuralode fit' (a model directory's weights.pt is for 'ts-neuralode forecast')")
+        raise ConfigError(
+            f"--ckpt_path {path}: not a Lightning checkpoint (no state_dict); pass a .ckpt written by "
+            "'ts-neuralode fit' (a model directory's weights.pt is for 'ts-neuralode forecast')"
+        )
 
 
 def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
@@ -177,5 +189,14 @@ def lightning_run(subcommand: str | None, cfg, ckpt_dir: Path) -> None:
     replaceable_dir(cfg.get("model_dir") or ckpt_dir / "model", "--model_dir")
 
 
-__all__ = ["writable_dir", "writable_file", "replaceable_dir", "checkpoint_file", "tracking_store", "unreachable",
-           "limit_mlflow_retries", "lightning_run", "PROBE_TIMEOUT_S"]
+__all__ = [
+    "writable_dir",
+    "writable_file",
+    "replaceable_dir",
+    "checkpoint_file",
+    "tracking_store",
+    "unreachable",
+    "limit_mlflow_retries",
+    "lightning_run",
+    "PROBE_TIMEOUT_S",
+]

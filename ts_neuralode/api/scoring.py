@@ -30,14 +30,17 @@ def lead_times(cv: pd.DataFrame, unit_ns: int | None = None) -> np.ndarray:
     """``ds - cutoff`` in the data's time units (for datetimes: ``unit_ns`` nanoseconds, which they need)."""
     if pd.api.types.is_datetime64_any_dtype(cv["ds"]):
         if not unit_ns:
-            raise ConfigError("the backtest's times are datetimes: lead times need their time unit (unit_ns, e.g. "
-                              "the model's fc.transform.codec.unit_ns)")
+            raise ConfigError(
+                "the backtest's times are datetimes: lead times need their time unit (unit_ns, e.g. "
+                "the model's fc.transform.codec.unit_ns)"
+            )
         return ((cv["ds"] - cv["cutoff"]) / pd.Timedelta(int(unit_ns), "ns")).to_numpy(dtype=np.float64)
     return (cv["ds"].astype(float) - cv["cutoff"].astype(float)).to_numpy()
 
 
-def horizon_in_units(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, unit_ns: int | None = None
-                     ) -> tuple[float, int | None]:
+def horizon_in_units(
+    cv: pd.DataFrame, horizon: float | str | pd.Timedelta, unit_ns: int | None = None
+) -> tuple[float, int | None]:
     """``horizon`` (the forms :func:`cross_validation` takes) -> ``(number of time units, unit_ns)``. Datetime
     rows: a duration (``"12h"``, a Timedelta) in ``unit_ns`` (default: the largest of s / min / h / D / W that
     divides it), or a number in ``unit_ns`` (then required); numeric rows: a number."""
@@ -46,9 +49,11 @@ def horizon_in_units(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, unit
     number = as_number(horizon)
     if number is not None:
         if is_dt and not unit_ns:
-            raise ConfigError(f"horizon={horizon!r} is a number but the backtest's times are datetimes: pass a "
-                              f"duration "
-                              "such as '12h', or unit_ns= (the model's time unit, fc.transform.codec.unit_ns)")
+            raise ConfigError(
+                f"horizon={horizon!r} is a number but the backtest's times are datetimes: pass a "
+                f"duration "
+                "such as '12h', or unit_ns= (the model's time unit, fc.transform.codec.unit_ns)"
+            )
         h, unit = number, (int(unit_ns) if is_dt else None)
     elif not is_dt:
         raise ConfigError(f"horizon={horizon!r}: the backtest's times are numbers, so pass a number of time units")
@@ -75,8 +80,10 @@ def bucket_of(lead: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def bucket_labels(edges: np.ndarray, unit_ns: int | None = None) -> list[str]:
     """``(a, b]`` per bucket, in the data's time unit (``12h``, ``1.5D``; plain numbers for numeric times)."""
     unit = _UNIT_NAMES.get(int(unit_ns), f"x{unit_ns}ns") if unit_ns else ""
-    return [f"({fmt_level(round(a, 6))}{unit}, {fmt_level(round(b, 6))}{unit}]"
-            for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [
+        f"({fmt_level(round(a, 6))}{unit}, {fmt_level(round(b, 6))}{unit}]"
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
 
 
 def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
@@ -84,9 +91,7 @@ def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
     from utilsforecast import losses
 
     kw = {"id_col": key, "cutoff_col": "__no_cutoff__"}
-    parts: dict[str, pd.DataFrame] = {
-        "n": df.groupby(key, sort=True).size().rename("n").reset_index(),
-    }
+    parts: dict[str, pd.DataFrame] = {"n": df.groupby(key, sort=True).size().rename("n").reset_index()}
     metric_frames = {"mae": losses.mae(df, models, **kw), "rmse": losses.rmse(df, models, **kw)}
     crps_models = {m: quantile_columns(df, m) for m in models}
     crps_models = {m: v for m, v in crps_models.items() if len(v[0]) >= 2}
@@ -112,8 +117,13 @@ def _scores(df: pd.DataFrame, models: list[str], key: str) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def evaluate(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int = DEFAULT_BUCKETS,
-             unit_ns: int | None = None, models: list[str] | None = None) -> pd.DataFrame:
+def evaluate(
+    cv: pd.DataFrame,
+    horizon: float | str | pd.Timedelta,
+    buckets: int = DEFAULT_BUCKETS,
+    unit_ns: int | None = None,
+    models: list[str] | None = None,
+) -> pd.DataFrame:
     """Metrics of every model column of ``cv`` (a :func:`cross_validation` frame) in the data's units.
 
     ``horizon`` as :func:`cross_validation` takes it: for datetime rows a duration (``"2D"``, a Timedelta; bucket
@@ -141,8 +151,10 @@ def evaluate(cv: pd.DataFrame, horizon: float | str | pd.Timedelta, buckets: int
         scale = (df["locf"] - df["y"]).abs().groupby(df["__series__"]).transform("mean")
         zero = sorted(set(df.loc[scale <= 0, "__series__"]))
         if zero:
-            notes.append(f"scaled_mae leaves out {len(zero)} series whose locf MAE is 0 (constant after each cutoff): "
-                         f"{', '.join(zero[:10])}{' …' if len(zero) > 10 else ''}")
+            notes.append(
+                f"scaled_mae leaves out {len(zero)} series whose locf MAE is 0 (constant after each cutoff): "
+                f"{', '.join(zero[:10])}{' …' if len(zero) > 10 else ''}"
+            )
         df["__scale__"] = scale.where(scale > 0)
     edges = bucket_edges(horizon, buckets)
     labels = bucket_labels(edges, unit_ns)
@@ -173,7 +185,6 @@ def plot_error_vs_horizon(metrics: pd.DataFrame, path: str | os.PathLike, unit: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     hz = metrics[metrics["scope"] == "horizon"].sort_values("bucket")
     cov_cols = [c for c in hz.columns if c.startswith("coverage-") and hz[c].notna().any()]
     fig, axes = plt.subplots(1, 2 if cov_cols else 1, figsize=(11 if cov_cols else 6, 4), squeeze=False)
@@ -182,7 +193,7 @@ def plot_error_vs_horizon(metrics: pd.DataFrame, path: str | os.PathLike, unit: 
         if cov_cols:
             for c in cov_cols:
                 if g[c].notna().any():
-                    axes[0, 1].plot(g["bucket"], g[c], marker="o", label=f"{model} {c[len('coverage-'):]}%")
+                    axes[0, 1].plot(g["bucket"], g[c], marker="o", label=f"{model} {c[len('coverage-') :]}%")
     labels = list(dict.fromkeys(hz["group"]))
     for ax in axes[0]:
         ax.set_xticks(range(len(labels)))
@@ -194,7 +205,7 @@ def plot_error_vs_horizon(metrics: pd.DataFrame, path: str | os.PathLike, unit: 
     axes[0, 0].set_title("error vs horizon")
     if cov_cols:
         for c in cov_cols:
-            axes[0, 1].axhline(float(c[len("coverage-"):]) / 100.0, color="grey", lw=0.8, ls="--")
+            axes[0, 1].axhline(float(c[len("coverage-") :]) / 100.0, color="grey", lw=0.8, ls="--")
         axes[0, 1].set_ylabel("coverage")
         axes[0, 1].set_title("interval coverage vs horizon (dashed: nominal)")
     fig.tight_layout()
@@ -210,15 +221,21 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
     lines = [f"# {title}", ""]
     if command:
         lines += ["```", command, "```", ""]
-    lines += [f"{len(cv)} scored points, {cv['unique_id'].nunique()} series, {int(n_win.max())} window(s) per "
-              f"series (cutoffs {cv['cutoff'].min()} … {cv['cutoff'].max()}). Errors in the data's units; "
-              "`scaled_mae` (MASE-style) = the mean of each error divided by its series' `locf` MAE, so every series "
-              "counts in its own scale (below 1 beats carrying the last value forward); `crps` from the predictive "
-              "quantiles; `coverage-L`: fraction of points inside the L% "
-              "band (nominal L/100).", ""]
+    lines += [
+        f"{len(cv)} scored points, {cv['unique_id'].nunique()} series, {int(n_win.max())} window(s) per "
+        f"series (cutoffs {cv['cutoff'].min()} … {cv['cutoff'].max()}). Errors in the data's units; "
+        "`scaled_mae` (MASE-style) = the mean of each error divided by its series' `locf` MAE, so every series "
+        "counts in its own scale (below 1 beats carrying the last value forward); `crps` from the predictive "
+        "quantiles; `coverage-L`: fraction of points inside the L% "
+        "band (nominal L/100).",
+        "",
+    ]
     lines += [f"Note: {n}" for n in metrics.attrs.get("notes", [])] + ([""] if metrics.attrs.get("notes") else [])
-    for scope, head in (("overall", "Overall"), ("horizon", "Per horizon bucket (time after the cutoff)"),
-                        ("series", "Per series")):
+    for scope, head in (
+        ("overall", "Overall"),
+        ("horizon", "Per horizon bucket (time after the cutoff)"),
+        ("series", "Per series"),
+    ):
         part = metrics[metrics["scope"] == scope].drop(columns=["scope"] + ([] if scope == "horizon" else ["bucket"]))
         if scope == "horizon":  # models in their order (the forecast first), buckets in time order
             rank = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
@@ -231,10 +248,12 @@ def markdown_report(cv: pd.DataFrame, metrics: pd.DataFrame, title: str, command
 
 def md_table(df: pd.DataFrame) -> str:
     """A GitHub markdown table of any frame (floats to 4 significant digits, NaN blank)."""
+
     def cell(v: Any) -> str:
         if isinstance(v, (float, np.floating)):
             return "" if not np.isfinite(v) else f"{v:.4g}"
         return str(v)
+
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "---|" * len(df.columns)
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]

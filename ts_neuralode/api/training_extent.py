@@ -61,8 +61,11 @@ def trained_rows(extent: Mapping[str, Any] | None, unique_id: Any, ds_raw: np.nd
     if extent is None:
         return np.zeros(n, dtype=bool)
     series = extent.get("series", {})
-    ends = pd.Series(np.asarray(unique_id, dtype=object)).astype(str).map(
-        lambda u: (np.inf if series[u] is None else float(series[u])) if u in series else -np.inf)
+    ends = (
+        pd.Series(np.asarray(unique_id, dtype=object))
+        .astype(str)
+        .map(lambda u: (np.inf if series[u] is None else float(series[u])) if u in series else -np.inf)
+    )
     return np.asarray(ds_raw, dtype=np.float64) <= ends.to_numpy(np.float64)
 
 
@@ -79,13 +82,13 @@ def refuse_trained_windows(extent: Mapping[str, Any] | None, cv: pd.DataFrame, c
     until = series.get(str(first["unique_id"]))
     where = "the whole series" if until is None else f"up to {codec.from_float([until])[0]}"
     held = [u for u in dict.fromkeys(cv["unique_id"].astype(str)) if u not in series]
-    hint = (f"--series {' '.join(held[:8])}{' …' if len(held) > 8 else ''} (series the fit held out), "
-            if held else "")
+    hint = f"--series {' '.join(held[:8])}{' …' if len(held) > 8 else ''} (series the fit held out), " if held else ""
     raise ForecastError(
         f"--calibrate: {int(hit.sum())} of the {len(cv)} backtest points lie in the data the model trained on "
         f"(series {first['unique_id']!s} at {first['ds']!s}; it trained on {where}), and bands calibrated on them "
         f"come out too narrow; pass --refit 1 (a new model per window), {hint}or --cutoffs after the training "
-        "data — or leave out --calibrate: fit already calibrated the bands on its held-out validation windows")
+        "data — or leave out --calibrate: fit already calibrated the bands on its held-out validation windows"
+    )
 
 
 __all__ = ["EXTENT_FILE", "training_extent", "save_extent", "load_extent", "trained_rows", "refuse_trained_windows"]

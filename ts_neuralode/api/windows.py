@@ -25,8 +25,9 @@ CRPS_QUANTILES = tuple((np.arange(20) + 0.5) / 20)
 BASELINES = ("locf", "mean")
 
 
-def window_cuts(table, horizon: float, n_windows: int | None, cutoffs: Sequence | None, step: float | None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+def window_cuts(
+    table, horizon: float, n_windows: int | None, cutoffs: Sequence | None, step: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``[W, S]`` cut times (see the module docstring): raw floats, and for datetime data the same instants as
     int64 ns (exact: the ``cutoff`` column shows them, and the float times are computed from them)."""
     codec = table.codec
@@ -77,8 +78,10 @@ def _only_series(table, series: Sequence[Any]):
     missing = [s for s in wanted if s not in pos]
     if missing:
         shown = ", ".join(map(str, list(table.ids)[:5])) + (" …" if table.n_series > 5 else "")
-        raise ForecastError(f"series {missing[:5]} not in the history (it has {table.n_series} series: {shown}); "
-                            "pass ids of the history's id column")
+        raise ForecastError(
+            f"series {missing[:5]} not in the history (it has {table.n_series} series: {shown}); "
+            "pass ids of the history's id column"
+        )
     return _subset(table, sorted({pos[s] for s in wanted}))
 
 
@@ -109,14 +112,17 @@ def _row_cutter(source: pd.DataFrame, table):
             limit = np.full(table.n_series + 1, -np.inf)  # code -1 (another series) -> the last entry: never
             limit[ok] = cut[ok]
             return source[t <= limit[code]]
+
         return cut_by_time
     if table.rows is None:
-        raise ConfigError("refit needs the history as a DataFrame or a file path (a new model is trained on each "
-                          "window's part of it)")
+        raise ConfigError(
+            "refit needs the history as a DataFrame or a file path (a new model is trained on each window's part of it)"
+        )
 
     def cut_by_rows(ok, n_hist, cut):
-        rows = np.concatenate([table.rows[table.offsets[s]:table.offsets[s] + n_hist[s]] for s in ok])
+        rows = np.concatenate([table.rows[table.offsets[s] : table.offsets[s] + n_hist[s]] for s in ok])
         return source.iloc[np.sort(rows)]
+
     return cut_by_rows
 
 
@@ -124,8 +130,24 @@ def _subset(table, idx, lo=None, hi=None):
     return subset_table(table, idx, lo=lo, hi=hi)
 
 
-def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, num_samples, context, seed, batch_size,
-                  calibrated, raw_history, covariates) -> pd.DataFrame:
+def _score_window(
+    model,
+    table,
+    hist,
+    ok,
+    n_hist,
+    n_end,
+    cut,
+    level,
+    quantiles,
+    num_samples,
+    context,
+    seed,
+    batch_size,
+    calibrated,
+    raw_history,
+    covariates,
+) -> pd.DataFrame:
     """One window: forecast ``model`` at the observation times after each series' cutoff, join the observed
     values and the baselines (the model's forecast channels only: never the past-only covariates)."""
 
@@ -135,9 +157,19 @@ def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, 
     times = targets[["unique_id", "ds"]].drop_duplicates()
     kw = {"calibrated": bool(calibrated)}  # a backtest scores the model's own bands unless asked for calibrated ones
     scored = list(dict.fromkeys(times["unique_id"]))
-    out = model.predict(hist if raw_history is None else raw_history, times=times, level=level, quantiles=quantiles,
-                        num_samples=num_samples, context=context, seed=seed, batch_size=batch_size,
-                        series=None if len(scored) == len(ok) else scored, covariates=covariates, **kw)
+    out = model.predict(
+        hist if raw_history is None else raw_history,
+        times=times,
+        level=level,
+        quantiles=quantiles,
+        num_samples=num_samples,
+        context=context,
+        seed=seed,
+        batch_size=batch_size,
+        series=None if len(scored) == len(ok) else scored,
+        covariates=covariates,
+        **kw,
+    )
     cutoff = pd.DataFrame({"unique_id": hist.ids, "cutoff": cut})
     by = model.target_rows(table_to_long(hist)).groupby(["unique_id", "channel"], sort=False)["y"]
     base = pd.concat([by.last().rename("locf"), by.mean().rename("mean")], axis=1).reset_index()
@@ -152,9 +184,20 @@ def _score_window(model, table, hist, ok, n_hist, n_end, cut, level, quantiles, 
     return frame[cols]
 
 
-def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: float, limit: np.ndarray | None,
-                 every: int, refit_fn: Callable[[pd.DataFrame, Path], Any] | None, source_cut, workdir,
-                 progress: bool, opts: dict) -> list[pd.DataFrame]:
+def _run_windows(
+    fc,
+    table,
+    cuts: np.ndarray,
+    cuts_ns: np.ndarray | None,
+    h: float,
+    limit: np.ndarray | None,
+    every: int,
+    refit_fn: Callable[[pd.DataFrame, Path], Any] | None,
+    source_cut,
+    workdir,
+    progress: bool,
+    opts: dict,
+) -> list[pd.DataFrame]:
     """The scored rows of every window ``cuts[w]`` (``[W, S]`` raw cut times; NaN: the series sits the window
     out); ``limit`` (``[S]`` raw times, optional): no target after it."""
     codec = table.codec
@@ -180,9 +223,24 @@ def _run_windows(fc, table, cuts: np.ndarray, cuts_ns: np.ndarray | None, h: flo
                 if seen % every == 0:
                     model = refit_fn(raw_hist, Path(tmp.name) / f"window{w}")
             cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
-            frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, opts["level"], opts["quantiles"],
-                                  opts["num_samples"], opts["context"], opts["seed"], opts["batch_size"],
-                                  opts["calibrated"], raw_hist, opts["covariates"])
+            frame = _score_window(
+                model,
+                table,
+                hist,
+                ok,
+                n_hist,
+                n_end,
+                cut,
+                opts["level"],
+                opts["quantiles"],
+                opts["num_samples"],
+                opts["context"],
+                opts["seed"],
+                opts["batch_size"],
+                opts["calibrated"],
+                raw_hist,
+                opts["covariates"],
+            )
             if frame is not None:
                 frames.append(frame)
     finally:

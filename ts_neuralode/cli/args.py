@@ -22,10 +22,14 @@ PROG = "ts-neuralode"
 
 def subcommand_parser(name: str, description: str):
     """A jsonargparse parser for ``ts-neuralode NAME`` with ``--config`` and ``--print_config``."""
-    p = ArgumentParser(prog=f"{PROG} {name}", description=description, exit_on_error=False, default_meta=False,
-                       allow_abbrev=False)  # no silent abbreviations
-    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (the keys of "
-                                                            "--print_config); later options override it")
+    p = ArgumentParser(
+        prog=f"{PROG} {name}", description=description, exit_on_error=False, default_meta=False, allow_abbrev=False
+    )  # no silent abbreviations
+    p.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="a YAML file of these options (the keys of --print_config); later options override it",
+    )
     return p
 
 
@@ -70,9 +74,31 @@ def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None,
 
 
 #: API argument names (``pass time_col=...``) and the CLI options that set them
-DATA_OPTIONS = ("id_col", "time_col", "value_cols", "mask_cols", "time_unit", "format", "duplicates", "time_scale",
-                "future_cols", "past_cols", "static_cols", "calendar", "future_interp", "horizon", "context", "task",
-                "train_end", "season", "val_fraction", "test_fraction", "split_by", "windows_per_series", "layout")
+DATA_OPTIONS = (
+    "id_col",
+    "time_col",
+    "value_cols",
+    "mask_cols",
+    "time_unit",
+    "format",
+    "duplicates",
+    "time_scale",
+    "future_cols",
+    "past_cols",
+    "static_cols",
+    "calendar",
+    "future_interp",
+    "horizon",
+    "context",
+    "task",
+    "train_end",
+    "season",
+    "val_fraction",
+    "test_fraction",
+    "split_by",
+    "windows_per_series",
+    "layout",
+)
 _API_WORDS = re.compile(r"\b(pass|use|set|give|raise|lower|drop) (" + "|".join(DATA_OPTIONS) + r")=")
 
 
@@ -81,5 +107,4 @@ def cli_words(message: str, group: str = "data") -> str:
     return _API_WORDS.sub(lambda m: f"{m.group(1)} --{group}.{m.group(2)} ", message)
 
 
-__all__ = ["subcommand_parser", "parse", "check_spelling", "cli_words",
-           "DATA_OPTIONS"]
+__all__ = ["subcommand_parser", "parse", "check_spelling", "cli_words", "DATA_OPTIONS"]

@@ -49,39 +49,74 @@ def parser():
         "every forecast, the metrics, a markdown report and a plot.",
     )
     forecast_options(p, context="before each cutoff")
-    p.add_argument("--horizon", type=str | None, default=None,
-                   help="(required) how far after each cutoff to score: a number of time units or a duration such "
-                        "as 2D")
+    p.add_argument(
+        "--horizon",
+        type=str | None,
+        default=None,
+        help="(required) how far after each cutoff to score: a number of time units or a duration such as 2D",
+    )
     g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
-    g.add_argument("--n_windows", type=int | None, default=None,
-                   help="windows per series, the last one ending at the series' last observation (default 3 "
-                        "without --cutoffs)")
-    g.add_argument("--step", type=str | None, default=None, help="distance between windows (default: the "
-                                                                     "horizon)")
-    g.add_argument("--cutoffs", type=str, nargs="+", default=None, help="explicit cutoff times shared by every "
-                                                                         "series")
-    p.add_argument("--refit", type=int, default=0,
-                   help="train a new model every K windows on the history before the cutoff (0: never; 1: every "
-                        "window); needs --fit_args")
-    p.add_argument("--fit_args", type=str | None, default=None,
-                   help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
-                        "configs/demo.yaml --trainer.max_epochs 20\"")
-    p.add_argument("--series", type=str, nargs="+", default=None,
-                   help="backtest only these series ids (e.g. those the fit held out; Forecaster.split_ids)")
+    g.add_argument(
+        "--n_windows",
+        type=int | None,
+        default=None,
+        help="windows per series, the last one ending at the series' last observation (default 3 without --cutoffs)",
+    )
+    g.add_argument("--step", type=str | None, default=None, help="distance between windows (default: the horizon)")
+    g.add_argument("--cutoffs", type=str, nargs="+", default=None, help="explicit cutoff times shared by every series")
+    p.add_argument(
+        "--refit",
+        type=int,
+        default=0,
+        help="train a new model every K windows on the history before the cutoff (0: never; 1: every "
+        "window); needs --fit_args",
+    )
+    p.add_argument(
+        "--fit_args",
+        type=str | None,
+        default=None,
+        help="options of 'ts-neuralode fit' for --refit, as one string, e.g. \"--config "
+        'configs/demo.yaml --trainer.max_epochs 20"',
+    )
+    p.add_argument(
+        "--series",
+        type=str,
+        nargs="+",
+        default=None,
+        help="backtest only these series ids (e.g. those the fit held out; Forecaster.split_ids)",
+    )
     p.add_argument("--buckets", type=int, default=4, help="horizon buckets of the per-horizon metrics")
-    p.add_argument("--calibrated", action="store_true",
-                   help="score the bands as calibrated by the model's conformal calibration (from --calibrate)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
-                        "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
-                        "MLflow model that fit logged earlier)")
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="score the bands as calibrated by the model's conformal calibration (from --calibrate)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a conformal calibration of the bands per horizon bucket on these windows' residuals and "
+        "store it in the model directory (calibration.json; used by forecast --calibrated; not in the "
+        "MLflow model that fit logged earlier)",
+    )
     p.add_argument("--out_dir", type=str, default="backtest", help="output directory")
-    p.add_argument("--out", type=str | None, default=None,
-                   help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)")
-    p.add_argument("--tracking_uri", type=str | None, default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--mlflow_run", type=str | None, default=None,
-                   help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run")
+    p.add_argument(
+        "--out",
+        type=str | None,
+        default=None,
+        help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)",
+    )
+    p.add_argument(
+        "--tracking_uri",
+        type=str | None,
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    p.add_argument(
+        "--mlflow_run",
+        type=str | None,
+        default=None,
+        help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run",
+    )
     p.add_argument("--experiment_name", type=str, default="ts_neuralode", help="experiment of a new run")
     p.add_argument("--run_name", type=str | None, default=None, help="name of a new run (default backtest)")
     p.add_argument("--tracking", type=bool, default=True, help="log the backtest to MLflow (false: nothing)")
@@ -96,8 +131,9 @@ BACKTEST_RENAMES = {"--no_tracking": "--tracking false", "--no_progress": "--pro
 def main(argv: Sequence[str]) -> int:
     args = parse_forecast_like(parser(), argv, BACKTEST_RENAMES)
     if args.horizon is None:
-        raise ConfigError(f"{PROG} backtest: the following arguments are required: --horizon; see '{PROG} backtest "
-                          "--help'")
+        raise ConfigError(
+            f"{PROG} backtest: the following arguments are required: --horizon; see '{PROG} backtest --help'"
+        )
     if args.n_windows is None and args.cutoffs is None:
         args.n_windows = 3
     if args.calibrate and args.calibrated:
@@ -109,21 +145,37 @@ def main(argv: Sequence[str]) -> int:
     cv_path = writable_file(args.out, "--out") if args.out else out_dir / "cv.csv"
     target = None  # the store is probed before the work; a new run is opened after it (no orphan RUNNING run)
     if args.tracking:
-        target = (_resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run
-                  else _probe_store(args.tracking_uri))
+        target = (
+            _resolve_run(args.mlflow_run, args.tracking_uri) if args.mlflow_run else _probe_store(args.tracking_uri)
+        )
     model_path = _resolve_model_path(args.model, args.tracking_uri)
     if args.calibrate and not Path(model_path).is_dir():
-        raise ConfigError(f"--calibrate stores the calibration in the model directory; --model {args.model} is not "
-                          "one (pass the model directory written by fit)")
+        raise ConfigError(
+            f"--calibrate stores the calibration in the model directory; --model {args.model} is not "
+            "one (pass the model directory written by fit)"
+        )
     fc = Forecaster.load(model_path, transform=args.transform)
     read = read_options(args)
     cv = backtest.cross_validation(
-        fc, args.data.path, args.horizon, n_windows=args.n_windows, step=args.step,
-        cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None, refit=args.refit,
-        fit_args=shlex.split(args.fit_args) if args.fit_args else None, level=args.level,
-        num_samples=args.num_samples, context=args.context, seed=args.seed, batch_size=args.batch_size,
-        calibrated=args.calibrated, progress=args.progress, future=args.future, series=args.series,
-        **read)
+        fc,
+        args.data.path,
+        args.horizon,
+        n_windows=args.n_windows,
+        step=args.step,
+        cutoffs=_parse_times(args.cutoffs) if args.cutoffs else None,
+        refit=args.refit,
+        fit_args=shlex.split(args.fit_args) if args.fit_args else None,
+        level=args.level,
+        num_samples=args.num_samples,
+        context=args.context,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        calibrated=args.calibrated,
+        progress=args.progress,
+        future=args.future,
+        series=args.series,
+        **read,
+    )
     codec = fc.transform.codec
     h = codec.duration(args.horizon, "horizon", ConfigError)
     unit_ns = codec.unit_ns if codec.is_datetime else None
@@ -131,8 +183,9 @@ def main(argv: Sequence[str]) -> int:
     _write_csv(cv, cv_path)
     metrics_path = out_dir / "metrics.csv"
     _write_csv(metrics, metrics_path)
-    png = backtest.plot_error_vs_horizon(metrics, out_dir / "error_vs_horizon.png",
-                                         unit=getattr(codec, "unit", "") if codec.is_datetime else "")
+    png = backtest.plot_error_vs_horizon(
+        metrics, out_dir / "error_vs_horizon.png", unit=getattr(codec, "unit", "") if codec.is_datetime else ""
+    )
     command = f"{PROG} backtest " + " ".join(shlex.quote(a) for a in argv)
     report = backtest.markdown_report(cv, metrics, f"Backtest of {fc.name}", command)
 
@@ -140,21 +193,32 @@ def main(argv: Sequence[str]) -> int:
     atomic_write_text(report_path, report + "\n")
     print(f"wrote {cv_path} ({len(cv)} rows), {metrics_path}, {report_path}, {png}")
     if args.calibrate:
-        cal = backtest.calibrate(fc, cv, args.horizon, args.buckets, history=args.data.path, save_to=model_path,
-                                 refit=bool(args.refit), **read)
+        cal = backtest.calibrate(
+            fc,
+            cv,
+            args.horizon,
+            args.buckets,
+            history=args.data.path,
+            save_to=model_path,
+            refit=bool(args.refit),
+            **read,
+        )
         factors = "; ".join(f"{lv}%: " + ", ".join(f"{c:.3g}" for c in f) for lv, f in cal["factors"].items())
         print(f"calibration (band stretch per horizon bucket) {factors}: stored in {model_path}/calibration.json")
     overall = metrics[metrics["scope"] == "overall"].set_index("model")
     for model, row in overall.iterrows():
         cov = "  ".join(f"{c} {row[c]:.3f}" for c in overall.columns if c.startswith("coverage-") and row[c] == row[c])
-        print(f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
-              + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "")
-              + (f"  {cov}" if cov else ""))
+        print(
+            f"  {model}: MAE {row['mae']:.4g}  RMSE {row['rmse']:.4g}  scaled MAE {row['scaled_mae']:.3f}"
+            + (f"  CRPS {row['crps']:.4g}" if row.get("crps") == row.get("crps") else "")
+            + (f"  {cov}" if cov else "")
+        )
     if isinstance(target, str):  # the tracking URI probed above: the backtest's own run, opened now
         target = _new_run(target, args.experiment_name, args.run_name)
     if target is not None:
-        files = [cv_path, metrics_path, report_path, png] + ([Path(model_path) / "calibration.json"]
-                                                             if args.calibrate else [])
+        files = [cv_path, metrics_path, report_path, png] + (
+            [Path(model_path) / "calibration.json"] if args.calibrate else []
+        )
         run_id, uri = _log_to_run(target, metrics, files)
         print(f"logged the backtest to MLflow run {run_id} at {uri} (metrics backtest/..., artifacts backtest/)")
     return 0

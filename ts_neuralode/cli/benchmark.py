@@ -77,8 +77,10 @@ _SHARED_HELP = {
 
 def _descriptions(owner: Any) -> dict[str, str]:
     """The parameter/attribute descriptions of ``owner``'s docstring."""
-    return {p.arg_name: " ".join((p.description or "").split())
-            for p in docstring_parser.parse(inspect.getdoc(owner) or "").params}
+    return {
+        p.arg_name: " ".join((p.description or "").split())
+        for p in docstring_parser.parse(inspect.getdoc(owner) or "").params
+    }
 
 
 def _retitle(parser, dest: str, title: str) -> None:
@@ -109,8 +111,9 @@ def parser():
 
     # the data options: the data module's, with the benchmark's defaults and descriptions of its fields
     data_params = set(inspect.signature(IrregularTimeSeriesDataModule.__init__).parameters) - {"self"}
-    p.add_class_arguments(IrregularTimeSeriesDataModule, "data", instantiate=False,
-                          skip=data_params - {*DATA_FIELDS, *READ_OPTIONS})
+    p.add_class_arguments(
+        IrregularTimeSeriesDataModule, "data", instantiate=False, skip=data_params - {*DATA_FIELDS, *READ_OPTIONS}
+    )
     defaults = {f.name: f.default for f in fields(BenchmarkConfig) if f.default is not MISSING}
     p.set_defaults({f"data.{name}": defaults[name] for name in DATA_FIELDS})
     bench_docs = _descriptions(BenchmarkConfig)
@@ -135,8 +138,12 @@ def parser():
     o = p.add_argument_group("output")
     o.add_argument("--out", type=str, default="benchmark.csv", help="the result CSV; the PNG and markdown go beside it")
     o.add_argument("--plot", type=str | None, default=None, help="the PNG chart (default <out stem>.png)")
-    o.add_argument("--title", type=str | None, default=None,
-                   help="title of the chart and the markdown (default: Neural ODE vs Neural Flow — <data set>)")
+    o.add_argument(
+        "--title",
+        type=str | None,
+        default=None,
+        help="title of the chart and the markdown (default: Neural ODE vs Neural Flow — <data set>)",
+    )
     return p
 
 
@@ -184,8 +191,10 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(result.table))
     print(f"\nwrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     if result.parent_run_id:
-        print(f"MLflow parent run {result.parent_run_id} ({len(result.child_run_ids)} nested) at "
-              f"{result.tracking_uri}", file=sys.stderr)
+        print(
+            f"MLflow parent run {result.parent_run_id} ({len(result.child_run_ids)} nested) at {result.tracking_uri}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -35,13 +35,17 @@ def fit_main(argv: Sequence[str]) -> int:
         lines.append(f"model directory: {result.model_dir_written}  ({PROG} forecast --model ...)")
     if result.run_id:
         uri = result.tracking_uri or ""
-        lines.append(f"MLflow run {result.run_id} at {uri}" + (" (incomplete: tracking failed during the fit)"
-                                                                if result.tracking_failed else ""))
+        lines.append(
+            f"MLflow run {result.run_id} at {uri}"
+            + (" (incomplete: tracking failed during the fit)" if result.tracking_failed else "")
+        )
         if uri.startswith("sqlite:"):
             lines.append(f"  view it: mlflow ui --backend-store-uri {uri}")
         if result.model_uri:
-            lines.append(f"MLflow model {result.model_uri}  (mlflow.pyfunc.load_model('{result.model_uri}'), or "
-                         f"runs:/{result.run_id}/forecaster)")
+            lines.append(
+                f"MLflow model {result.model_uri}  (mlflow.pyfunc.load_model('{result.model_uri}'), or "
+                f"runs:/{result.run_id}/forecaster)"
+            )
     choice = current_choice()  # the torch thread count this fit ran with (ts_neuralode.core.threads)
     if choice is not None:
         lines.append(choice.line)

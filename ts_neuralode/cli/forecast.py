@@ -29,36 +29,62 @@ def _forecast_parser():
     )
     forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
-    g.add_argument("--horizon", type=str | None, default=None,
-                   help="how far past each series' last observation: a number of time units or a duration "
-                        "such as 30D, 12h")
-    g.add_argument("--freq", type=str | None, default=None,
-                   help="regular step of the query grid (number or duration, e.g. 1D)")
-    g.add_argument("--num_points", type=int | None, default=None,
-                   help="evenly spaced query points (default: 50 when no --freq)")
+    g.add_argument(
+        "--horizon",
+        type=str | None,
+        default=None,
+        help="how far past each series' last observation: a number of time units or a duration such as 30D, 12h",
+    )
+    g.add_argument(
+        "--freq", type=str | None, default=None, help="regular step of the query grid (number or duration, e.g. 1D)"
+    )
+    g.add_argument(
+        "--num_points", type=int | None, default=None, help="evenly spaced query points (default: 50 when no --freq)"
+    )
     g.add_argument("--times", type=str, nargs="+", default=None, help="explicit query times shared by all series")
-    p.add_argument("--calibrated", action="store_true",
-                   help="stretch the bands by the model's conformal calibration (an error when it has none); the "
-                        "default stretches them whenever the model has one (fit calibrates on its validation windows)")
-    p.add_argument("--raw_bands", action="store_true",
-                   help="the model's own (uncalibrated) bands, even when the model has a calibration")
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="stretch the bands by the model's conformal calibration (an error when it has none); the "
+        "default stretches them whenever the model has one (fit calibrates on its validation windows)",
+    )
+    p.add_argument(
+        "--raw_bands",
+        action="store_true",
+        help="the model's own (uncalibrated) bands, even when the model has a calibration",
+    )
     p.add_argument("--quantiles", type=float, nargs="*", default=None, help="extra quantiles in (0, 1)")
     p.add_argument("--series", type=str, nargs="+", default=None, help="only these series ids")
-    p.add_argument("--max_steps", type=int | None, default=None,
-                   help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
-                        "max_steps, at most 30000); raise it for horizons far past the history")
+    p.add_argument(
+        "--max_steps",
+        type=int | None,
+        default=None,
+        help="ODE solver steps per solve (default: what the horizon needs, at least the model's own "
+        "max_steps, at most 30000); raise it for horizons far past the history",
+    )
     p.add_argument("--out", type=str, default="forecast.csv", help="output file (.parquet for Parquet)")
-    p.add_argument("--plot_dir", type=str | None, default=None, help="PNG per series here (default: <out "
-                                                                          "stem>_plots/)")
+    p.add_argument("--plot_dir", type=str | None, default=None, help="PNG per series here (default: <out stem>_plots/)")
     p.add_argument("--max_plots", type=int, default=20, help="plot at most this many series")
-    p.add_argument("--plot_history", type=str | None, default=None,
-                   help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)")
+    p.add_argument(
+        "--plot_history",
+        type=str | None,
+        default=None,
+        help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)",
+    )
     p.add_argument("--plots", type=bool, default=True, help="write a PNG per series (false: none)")
-    p.add_argument("--tracking_uri", type=str | None, default=None,
-                   help="MLflow tracking URI for runs:/ model URIs and --mlflow_run")
-    p.add_argument("--mlflow_run", type=str | None, default=None,
-                   help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
-                        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)")
+    p.add_argument(
+        "--tracking_uri",
+        type=str | None,
+        default=None,
+        help="MLflow tracking URI for runs:/ model URIs and --mlflow_run",
+    )
+    p.add_argument(
+        "--mlflow_run",
+        type=str | None,
+        default=None,
+        help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
+        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)",
+    )
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
     return p
 
@@ -76,31 +102,65 @@ def forecast_options(p, context: str) -> None:
     history's reading options, known-future covariates and the predictive distribution. ``context``: where the
     conditioning window of ``--context`` ends ("before each series' last observation", "before each cutoff")."""
     g = p.add_argument_group("model, history and predictive samples")
-    g.add_argument("--model", type=str | None, default=None,
-                   help="(required) model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), "
-                        "a .ckpt, or runs:/<run_id>/model to fetch it from MLflow")
-    g.add_argument("--transform", type=str | None, default=None,
-                   help="for a .ckpt without a data transform: a model directory or its config.json")
-    g.add_argument("--data.path", type=str | None, default=None,
-                   help="(required) history file, CSV or Parquet (.parquet) (observed values)")
-    g.add_argument("--data.format", type=Literal["long", "wide"] | None, default=None,
-                   help="long or wide (default: the model's, from fit)")
-    g.add_argument("--data.mask_cols", type=str, nargs="+", default=None,
-                   help="0/1 mask columns, one per value column (default: the model's)")
-    g.add_argument("--data.duplicates", type=Literal["error", "mean"] | None, default=None,
-                   help="rows sharing a series and time: error or mean (default: the model's)")
-    g.add_argument("--future", type=str | None, default=None,
-                   help="CSV of known-future covariate values after the history (id, time and the model's "
-                        "future_cols), for a model trained with --data.future_cols; per series and column its "
-                        "values replace the history's from its first time on")
-    g.add_argument("--context", type=str | None, default=None,
-                   help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
-                        "of time units; 'all': the whole history; default: the context the model was trained with "
-                        "on the forecast task, else the whole history)")
+    g.add_argument(
+        "--model",
+        type=str | None,
+        default=None,
+        help="(required) model directory (from fit: <checkpoint_dir>/model, or MLflow artifact 'model'), "
+        "a .ckpt, or runs:/<run_id>/model to fetch it from MLflow",
+    )
+    g.add_argument(
+        "--transform",
+        type=str | None,
+        default=None,
+        help="for a .ckpt without a data transform: a model directory or its config.json",
+    )
+    g.add_argument(
+        "--data.path",
+        type=str | None,
+        default=None,
+        help="(required) history file, CSV or Parquet (.parquet) (observed values)",
+    )
+    g.add_argument(
+        "--data.format",
+        type=Literal["long", "wide"] | None,
+        default=None,
+        help="long or wide (default: the model's, from fit)",
+    )
+    g.add_argument(
+        "--data.mask_cols",
+        type=str,
+        nargs="+",
+        default=None,
+        help="0/1 mask columns, one per value column (default: the model's)",
+    )
+    g.add_argument(
+        "--data.duplicates",
+        type=Literal["error", "mean"] | None,
+        default=None,
+        help="rows sharing a series and time: error or mean (default: the model's)",
+    )
+    g.add_argument(
+        "--future",
+        type=str | None,
+        default=None,
+        help="CSV of known-future covariate values after the history (id, time and the model's "
+        "future_cols), for a model trained with --data.future_cols; per series and column its "
+        "values replace the history's from its first time on",
+    )
+    g.add_argument(
+        "--context",
+        type=str | None,
+        default=None,
+        help=f"condition on only this much recent history {context} (a duration such as 30D or a number "
+        "of time units; 'all': the whole history; default: the context the model was trained with "
+        "on the forecast task, else the whole history)",
+    )
     # the defaults are the API's (forecast_frame.SAMPLING), so the command line and Forecaster.predict agree
     g.add_argument("--num_samples", type=int, default=SAMPLING.num_samples, help="predictive samples")
-    g.add_argument("--level", type=float, nargs="*", default=list(SAMPLING.level),
-                   help="central interval levels in percent")
+    g.add_argument(
+        "--level", type=float, nargs="*", default=list(SAMPLING.level), help="central interval levels in percent"
+    )
     g.add_argument("--batch_size", type=int, default=SAMPLING.batch_size, help="series per forward pass")
     g.add_argument("--seed", type=int, default=SAMPLING.seed, help="sampling seed")
 
@@ -112,8 +172,9 @@ def parse_forecast_like(parser, argv: Sequence[str], renames: Mapping[str, str] 
     args = parse(parser, _join_negative_values(argv), renames)
     missing = [o for o in REQUIRED if args.get(o[2:]) is None]
     if missing:
-        raise ConfigError(f"{parser.prog}: the following arguments are required: {', '.join(missing)}; see "
-                          f"'{parser.prog} --help'")
+        raise ConfigError(
+            f"{parser.prog}: the following arguments are required: {', '.join(missing)}; see '{parser.prog} --help'"
+        )
     return args
 
 
@@ -127,15 +188,18 @@ def _resolve_model_path(model: str, tracking_uri: str | None) -> str:
         return model
     import mlflow
 
-
-    mlflow.set_tracking_uri(tracking_store(resolve_tracking_uri(tracking_uri),
-                                           off="pass the model directory itself as --model", must_exist=True))
+    mlflow.set_tracking_uri(
+        tracking_store(
+            resolve_tracking_uri(tracking_uri), off="pass the model directory itself as --model", must_exist=True
+        )
+    )
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=model)
     except Exception as err:  # MlflowException, OSError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--model {model}: cannot fetch it from MLflow ({first}); check the run id and "
-                          "--tracking_uri") from err
+        raise ConfigError(
+            f"--model {model}: cannot fetch it from MLflow ({first}); check the run id and --tracking_uri"
+        ) from err
 
 
 def _parse_times(values: list[str]) -> list:
@@ -170,8 +234,10 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 def forecast_main(argv: Sequence[str]) -> int:
     args = parse_forecast_like(_forecast_parser(), argv)
     if args.horizon is None and args.times is None:
-        raise ConfigError(f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
-                          "units, with --freq or --num_points) or --times T1 T2 ...")
+        raise ConfigError(
+            f"{PROG} forecast: no query times; pass --horizon (e.g. 2D, 12h or a number of time "
+            "units, with --freq or --num_points) or --times T1 T2 ..."
+        )
 
     writable_file(args.out, "--out")  # before the work: a forecast computed and then not written is lost
     if args.plots:
@@ -181,11 +247,23 @@ def forecast_main(argv: Sequence[str]) -> int:
     fc = Forecaster.load(path, transform=args.transform)
     read = read_options(args)
     out = fc.predict(
-        args.data.path, args.horizon, times=_parse_times(args.times) if args.times else None, freq=args.freq,
-        num_points=args.num_points, num_samples=args.num_samples, level=args.level, quantiles=args.quantiles,
-        series=args.series, batch_size=args.batch_size, progress=args.progress, seed=args.seed,
-        context=args.context, future=args.future, max_steps=args.max_steps,
-        calibrated=False if args.raw_bands else (True if args.calibrated else None), **read,
+        args.data.path,
+        args.horizon,
+        times=_parse_times(args.times) if args.times else None,
+        freq=args.freq,
+        num_points=args.num_points,
+        num_samples=args.num_samples,
+        level=args.level,
+        quantiles=args.quantiles,
+        series=args.series,
+        batch_size=args.batch_size,
+        progress=args.progress,
+        seed=args.seed,
+        context=args.context,
+        future=args.future,
+        max_steps=args.max_steps,
+        calibrated=False if args.raw_bands else (True if args.calibrated else None),
+        **read,
     )
     out_path = Path(args.out)
     _write_csv(out, out_path)
@@ -194,8 +272,9 @@ def forecast_main(argv: Sequence[str]) -> int:
     pngs: list[Path] = []
     if args.plots:
         plot_dir = _plot_dir(args)
-        pngs = fc.plot(args.data.path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history,
-                       **read)
+        pngs = fc.plot(
+            args.data.path, out, plot_dir, max_series=args.max_plots, history_window=args.plot_history, **read
+        )
         print(f"wrote {len(pngs)} plot(s) to {plot_dir}/")
     if run_target is not None:
         run_id, uri = _log_forecast_to_run(run_target, out_path, pngs)
@@ -215,14 +294,14 @@ def _write_csv(frame, path: Path) -> None:
     try:
         atomic_write_bytes(path, frame_bytes(frame, path))
     except OSError as err:
-        raise ConfigError(f"--out {path}: cannot write it ({err.strerror or type(err).__name__}); pass a writable "
-                          "path") from err
+        raise ConfigError(
+            f"--out {path}: cannot write it ({err.strerror or type(err).__name__}); pass a writable path"
+        ) from err
 
 
 def _resolve_run(spec: str, tracking_uri: str | None):
     """``--mlflow_run``: (client, run id, tracking URI) of an existing run; checked before anything is written."""
     import json
-
 
     p = Path(spec)
     info: dict = {"run_id": spec}
@@ -231,13 +310,16 @@ def _resolve_run(spec: str, tracking_uri: str | None):
         try:
             info = json.loads(f.read_text())
         except (OSError, ValueError) as err:
-            raise ConfigError(f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
-                              "checkpoint directory of a fit (it holds mlflow_run.json)") from err
+            raise ConfigError(
+                f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
+                "checkpoint directory of a fit (it holds mlflow_run.json)"
+            ) from err
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
 
-    uri = tracking_store(resolve_tracking_uri(tracking_uri or info.get("tracking_uri")),
-                         off="leave out --mlflow_run", must_exist=True)
+    uri = tracking_store(
+        resolve_tracking_uri(tracking_uri or info.get("tracking_uri")), off="leave out --mlflow_run", must_exist=True
+    )
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -245,8 +327,9 @@ def _resolve_run(spec: str, tracking_uri: str | None):
         client.get_run(info["run_id"])
     except Exception as err:  # MlflowException (no such run, store unreachable)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--mlflow_run {spec}: no run {info['run_id']} at {uri} ({first}); check the run id and "
-                          "--tracking_uri") from err
+        raise ConfigError(
+            f"--mlflow_run {spec}: no run {info['run_id']} at {uri} ({first}); check the run id and --tracking_uri"
+        ) from err
     return client, str(info["run_id"]), uri
 
 

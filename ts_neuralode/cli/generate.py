@@ -14,8 +14,11 @@ from ts_neuralode.errors import ConfigError
 
 
 def _generate_parser():
-    p = subcommand_parser("generate", "Write a synthetic data set as a long CSV or Parquet file (unique_id, ds, "
-                                      "values); the same options always give the same file.")
+    p = subcommand_parser(
+        "generate",
+        "Write a synthetic data set as a long CSV or Parquet file (unique_id, ds, "
+        "values); the same options always give the same file.",
+    )
     p.add_argument("name", choices=NAMES, help="the data set")
     p.add_argument("--out", type=str, required=True, help="output file (.parquet for Parquet, else CSV)")
     p.add_function_arguments(generate, skip={"name"})
@@ -23,8 +26,7 @@ def _generate_parser():
 
 
 #: options of ``generate`` in older versions and their spelling now
-GENERATE_RENAMES = {"--n-series": "--n_series", "--n-points": "--n_points", "--t-min": "--t_min",
-                    "--t-max": "--t_max"}
+GENERATE_RENAMES = {"--n-series": "--n_series", "--n-points": "--n_points", "--t-min": "--t_min", "--t-max": "--t_max"}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -32,13 +34,21 @@ def main(argv: Sequence[str]) -> int:
 
     args = parse(_generate_parser(), argv, GENERATE_RENAMES)
     writable_file(args.out, "--out")  # before generating: a data set made and then not written is lost
-    df = generate(args.name, n_series=args.n_series, n_points=args.n_points, seed=args.seed,
-                  extrap=args.extrap, t_min=args.t_min, t_max=args.t_max)
+    df = generate(
+        args.name,
+        n_series=args.n_series,
+        n_points=args.n_points,
+        seed=args.seed,
+        extrap=args.extrap,
+        t_min=args.t_min,
+        t_max=args.t_max,
+    )
     data = frame_bytes(df, args.out, float_format="%.12g")  # Parquet for a .parquet path, else CSV
     try:  # atomically: a kill during the write leaves the previous file
         atomic_write(args.out, lambda f: f.write(data), parents=False)
     except OSError as exc:
-        raise ConfigError(f"--out {args.out}: cannot write it ({exc.strerror or type(exc).__name__}); pass a "
-                          "writable path") from exc
+        raise ConfigError(
+            f"--out {args.out}: cannot write it ({exc.strerror or type(exc).__name__}); pass a writable path"
+        ) from exc
     print(f"wrote {args.out}: {df['unique_id'].nunique()} series, {len(df)} rows")
     return 0

@@ -56,16 +56,22 @@ class TSNeuralODECLI(LightningCLI):
             if last.is_file():
                 cfg.ckpt_path = str(last)
             else:
-                raise ConfigError(f"--ckpt_path last: no checkpoint at {last}; run 'ts-neuralode fit' first "
-                                  "or pass --checkpoint_dir / an explicit --ckpt_path")
+                raise ConfigError(
+                    f"--ckpt_path last: no checkpoint at {last}; run 'ts-neuralode fit' first "
+                    "or pass --checkpoint_dir / an explicit --ckpt_path"
+                )
         elif ckpt not in (None, "best", "hpc", "registry") and not Path(ckpt).is_file():
-            raise ConfigError(f"--ckpt_path {ckpt}: checkpoint file not found; pass the path of a .ckpt "
-                              "file, or 'last' to resume from the checkpoint directory")
+            raise ConfigError(
+                f"--ckpt_path {ckpt}: checkpoint file not found; pass the path of a .ckpt "
+                "file, or 'last' to resume from the checkpoint directory"
+            )
         if ckpt == "best":
             raise ConfigError("--ckpt_path best only works inside one fit; pass the path of a .ckpt file")
         if cfg.get("register_as") and not (cfg.get("tracking") and cfg.get("log_model")):
-            raise ConfigError(f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
-                              "--tracking true and --log_model true")
+            raise ConfigError(
+                f"--register_as {cfg.get('register_as')} registers the model logged to MLflow; it needs "
+                "--tracking true and --log_model true"
+            )
         if "weights_only" in cfg and cfg.get("weights_only") is None:
             cfg.weights_only = True
         self.resume_run_id = None
@@ -97,12 +103,17 @@ class TSNeuralODECLI(LightningCLI):
         if dm is None or not hasattr(dm, "split_ids") or len(dm.split_ids(split)):
             return
         n = len(dm.series_ids)
-        raise ConfigError(f"{PROG} {what}: the data split has no {split} series ({n} series, {option}="
-                          f"{getattr(dm, split + '_fraction', '?')}); raise {option} (with the same --data.seed "
-                          f"as the fit) or evaluate another split")
+        raise ConfigError(
+            f"{PROG} {what}: the data split has no {split} series ({n} series, {option}="
+            f"{getattr(dm, split + '_fraction', '?')}); raise {option} (with the same --data.seed "
+            f"as the fit) or evaluate another split"
+        )
 
     def after_predict(self) -> None:
         if self.trainer.is_global_zero:
-            print("predict: ran Lightning's predict loop (forecasts at each series' own times, returned to "
-                  "Python, nothing written); for a CSV and PNGs at future times use "
-                  f"'{PROG} forecast --model <model directory> --data.path <csv> --horizon ...'", file=sys.stderr)
+            print(
+                "predict: ran Lightning's predict loop (forecasts at each series' own times, returned to "
+                "Python, nothing written); for a CSV and PNGs at future times use "
+                f"'{PROG} forecast --model <model directory> --data.path <csv> --horizon ...'",
+                file=sys.stderr,
+            )

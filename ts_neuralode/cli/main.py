@@ -81,8 +81,13 @@ def auto_main(argv: Sequence[str]) -> int | None:
     return run(argv) if wants_auto(argv) else None
 
 
-EXTRA_SUBCOMMANDS = {"fit": fit_main, "forecast": forecast_main, "generate": generate_main,
-                     "benchmark": benchmark_main, "backtest": backtest_main}
+EXTRA_SUBCOMMANDS = {
+    "fit": fit_main,
+    "forecast": forecast_main,
+    "generate": generate_main,
+    "benchmark": benchmark_main,
+    "backtest": backtest_main,
+}
 
 SUBCOMMANDS = ("fit", *LIGHTNING_SUBCOMMANDS, *(s for s in EXTRA_SUBCOMMANDS if s != "fit"))
 
@@ -148,8 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as err:  # Lightning stops on SIGTERM with SIGTERMException, a SystemExit of status 0
         if type(err).__name__ != "SIGTERMException":
             raise
-        kept = ("; the checkpoints of finished epochs are kept: continue with --ckpt_path last" if sub == "fit"
-                else "")
+        kept = "; the checkpoints of finished epochs are kept: continue with --ckpt_path last" if sub == "fit" else ""
         print(f"{PROG} {sub}: stopped by SIGTERM{kept}", file=sys.stderr)
         return 128 + 15
 

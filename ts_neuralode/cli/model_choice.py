@@ -45,8 +45,18 @@ PROG = "ts-neuralode fit --model auto"
 GROUPS = {"data": IrregularTimeSeriesDataModule, "model": ForecastingModule, "trainer": Trainer}
 #: fit_auto's arguments that are no option of their own: the data (``--data.path``), the fixed options
 #: (``--data.*``, ``--model.*``, ``--trainer.*``), the budget (``--budget.*``) and Python objects
-_NOT_OPTIONS = {"data", "data_options", "model_options", "trainer", "budget", "callbacks", "space", "pruner", "enqueue",
-                "forecaster_cls"}
+_NOT_OPTIONS = {
+    "data",
+    "data_options",
+    "model_options",
+    "trainer",
+    "budget",
+    "callbacks",
+    "space",
+    "pruner",
+    "enqueue",
+    "forecaster_cls",
+}
 #: the options of ``fit --model auto`` in older versions and their spelling now
 AUTO_RENAMES = {"--no_progress": "--progress false", "--seed_everything": "--seed"}
 
@@ -54,8 +64,9 @@ AUTO_RENAMES = {"--no_progress": "--progress false", "--seed_everything": "--see
 def wants_auto(argv: Sequence[str]) -> bool:
     """Whether a ``fit`` command line asks for the model choice (``--model auto`` / ``--model=auto``)."""
     argv = list(argv)
-    return "--model=auto" in argv or any(a == "--model" and i + 1 < len(argv) and argv[i + 1] == "auto"
-                                         for i, a in enumerate(argv))
+    return "--model=auto" in argv or any(
+        a == "--model" and i + 1 < len(argv) and argv[i + 1] == "auto" for i, a in enumerate(argv)
+    )
 
 
 def _without_model_auto(argv: Sequence[str]) -> list[str]:
@@ -87,17 +98,27 @@ def parser():
         "Search the model families and evolutions with Optuna on the forecast task's time split; refit the winner "
         "(or keep the top k as an ensemble).",
     )
-    p.epilog = ("--data.*, --model.*, --trainer.* are 'ts-neuralode fit''s options (see 'ts-neuralode fit --help'); "
-                "those given are fixed for every trial, the others searched; --data.path and --data.horizon are "
-                "required.")
+    p.epilog = (
+        "--data.*, --model.*, --trainer.* are 'ts-neuralode fit''s options (see 'ts-neuralode fit --help'); "
+        "those given are fixed for every trial, the others searched; --data.path and --data.horizon are "
+        "required."
+    )
     p.add_function_arguments(model_choice.fit_auto, skip=_NOT_OPTIONS)
     p.set_defaults(output_dir="ts_neuralode_auto")  # the command line's own directory (the API's: ts_neuralode_fit)
     g = p.add_argument_group("budget (the search ends at the first reached)")
-    g.add_argument("--budget.trials", type=int | None, default=None,
-                   help=f"trials of the study in total, across workers and resumes (default {DEFAULT_TRIALS} "
-                        "without --budget.time)")
-    g.add_argument("--budget.time", type=float | str | None, default=None,
-                   help="wall time of this search: seconds or a duration such as 30min, 2h")
+    g.add_argument(
+        "--budget.trials",
+        type=int | None,
+        default=None,
+        help=f"trials of the study in total, across workers and resumes (default {DEFAULT_TRIALS} "
+        "without --budget.time)",
+    )
+    g.add_argument(
+        "--budget.time",
+        type=float | str | None,
+        default=None,
+        help="wall time of this search: seconds or a duration such as 30min, 2h",
+    )
     p.add_argument("--worker", action="store_true", help="only run trials (a worker of a shared --storage)")
     for name, cls in GROUPS.items():
         p.add_class_arguments(cls, name, instantiate=False, fail_untyped=False)
@@ -119,8 +140,9 @@ def _given(p, argv: Sequence[str]) -> dict[str, dict[str, Any]]:
     except ConfigError as err:
         text, n = re.subn("unrecognized arguments", "unknown option(s)", str(err), flags=re.IGNORECASE)
         if n:
-            raise ConfigError(text.replace("; see", " (the fixed options are --data.*, --model.*, --trainer.*); see",
-                                           1)) from None
+            raise ConfigError(
+                text.replace("; see", " (the fixed options are --data.*, --model.*, --trainer.*); see", 1)
+            ) from None
         raise
     return {g: dict(cfg.get(g) or {}) for g in GROUPS}
 
@@ -171,22 +193,29 @@ def main(argv: Sequence[str]) -> int:
         budget["trials"] = DEFAULT_TRIALS
     options = {name: cfg[name] for name in _options()}
     searched = inspect.signature(model_choice.search).parameters  # fit_auto's options but the finish's
-    common = dict(data_options=cfg["data"], model_options=cfg["model"], trainer=cfg["trainer"], budget=budget,
-                  **{k: v for k, v in options.items() if k in searched})
+    common = dict(
+        data_options=cfg["data"],
+        model_options=cfg["model"],
+        trainer=cfg["trainer"],
+        budget=budget,
+        **{k: v for k, v in options.items() if k in searched},
+    )
     finish = {k: v for k, v in options.items() if k not in searched}  # ensemble, refit, log_model
     try:
         if cfg["worker"]:
             result = model_choice.search(data, **common)
-            print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: "
-                  f"{result.stop_reason})")
+            print(f"worker ran trials {result.ran} of study {result.study.study_name} (stopped: {result.stop_reason})")
             print(model_choice.summary(result), end="")
             return 0
         fc = model_choice.fit_auto(data, **common, **finish)
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1); SIGTERM likewise
         if isinstance(err, SystemExit) and err.code in (0, None):
             raise
-        hint = ("run the same command again to resume the study" if cfg["storage"] else
-                "pass --storage sqlite:///study.db to make a search resumable")
+        hint = (
+            "run the same command again to resume the study"
+            if cfg["storage"]
+            else "pass --storage sqlite:///study.db to make a search resumable"
+        )
         print(f"{PROG}: interrupted; {hint}", file=sys.stderr)
         return 130
     info = fc.fit_info

@@ -28,8 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "atomic_write_dir",
-           "interrupted_backup", "write_json", "read_json"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "atomic_write_dir",
+    "interrupted_backup",
+    "write_json",
+    "read_json",
+]
 
 
 def _umask() -> int:

@@ -55,15 +55,21 @@ class ThreadChoice:
     @property
     def line(self) -> str:
         """One line for the log: ``torch threads: 1 (default; 2 usable CPUs: affinity 2, no cgroup quota)``."""
-        how = {"option": f"${ENV_VAR} / threads option", "OMP_NUM_THREADS": "$OMP_NUM_THREADS",
-               "torch.set_num_threads": "set by torch.set_num_threads after the first choice",
-               "default": f"default for small tensors, set ${ENV_VAR} to change"}[self.source]
+        how = {
+            "option": f"${ENV_VAR} / threads option",
+            "OMP_NUM_THREADS": "$OMP_NUM_THREADS",
+            "torch.set_num_threads": "set by torch.set_num_threads after the first choice",
+            "default": f"default for small tensors, set ${ENV_VAR} to change",
+        }[self.source]
         return f"torch threads: {self.threads} ({how}; {self.usable} usable CPU(s): {self.detail})"
 
     def params(self) -> dict[str, str]:
         """MLflow params recording the choice."""
-        return {"torch_threads": str(self.threads), "torch_threads_source": self.source,
-                "usable_cpus": str(self.usable)}
+        return {
+            "torch_threads": str(self.threads),
+            "torch_threads_source": self.source,
+            "usable_cpus": str(self.usable),
+        }
 
 
 def _read(path: Path) -> str | None:

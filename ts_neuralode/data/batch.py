@@ -74,8 +74,9 @@ class Batch:
         return self.target_mask * (1.0 - self.obs_mask)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(**{f.name: _maybe(getattr(self, f.name), "to", device, non_blocking=non_blocking)
-                        for f in fields(self)})
+        return Batch(
+            **{f.name: _maybe(getattr(self, f.name), "to", device, non_blocking=non_blocking) for f in fields(self)}
+        )
 
     def pin_memory(self) -> Batch:
         return Batch(**{f.name: _maybe(getattr(self, f.name), "pin_memory") for f in fields(self)})

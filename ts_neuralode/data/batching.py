@@ -62,8 +62,14 @@ class SeriesArrays:
         origin_rows = np.repeat(np.asarray(origins, dtype=np.float64), counts)
         times = transform.raw_to_model_time(table.times, origin_rows).astype(np.float32)
         values = np.where(table.mask, transform.transform_values(np.nan_to_num(table.values)), 0.0).astype(np.float32)
-        return cls(times=times, values=values, mask=table.mask.copy(), starts=table.offsets[:-1].astype(np.int64),
-                   counts=counts, raw_times=np.asarray(table.times, dtype=np.float64))
+        return cls(
+            times=times,
+            values=values,
+            mask=table.mask.copy(),
+            starts=table.offsets[:-1].astype(np.int64),
+            counts=counts,
+            raw_times=np.asarray(table.times, dtype=np.float64),
+        )
 
     @property
     def n_series(self) -> int:
@@ -97,8 +103,9 @@ class TaskSpec:
 WINDOW_RTOL = 1e-9
 
 
-def segment_searchsorted(times: np.ndarray, start: np.ndarray, count: np.ndarray, x: np.ndarray,
-                         side: str = "left") -> np.ndarray:
+def segment_searchsorted(
+    times: np.ndarray, start: np.ndarray, count: np.ndarray, x: np.ndarray, side: str = "left"
+) -> np.ndarray:
     """Per item ``i``: how many of ``times[start[i] : start[i] + count[i]]`` (sorted) are ``< x[i]`` (``side
     "left"``) or ``<= x[i]`` (``"right"``) — ``np.searchsorted`` on many segments at once, by a vectorised
     bisection (``log2(max count)`` numpy steps, exact, no Python loop over segments)."""
@@ -126,8 +133,14 @@ def window_slack(cutoff: np.ndarray, *durations: float | None) -> np.ndarray:
     return WINDOW_RTOL * scale
 
 
-def context_start(times: np.ndarray, start: np.ndarray, count: np.ndarray, cutoff: np.ndarray,
-                  context: float | None, horizon: float | None = None) -> np.ndarray:
+def context_start(
+    times: np.ndarray,
+    start: np.ndarray,
+    count: np.ndarray,
+    cutoff: np.ndarray,
+    context: float | None,
+    horizon: float | None = None,
+) -> np.ndarray:
     """Per segment: the position (within it) of the first time ``>= cutoff - context`` — where a context
     window of duration ``context`` before ``cutoff`` starts (0 for ``context=None``: all history). One rule for
     training windows and for a forecast conditioned on the recent history (``Forecaster.predict(context=)``)."""
@@ -193,8 +206,9 @@ class ForecastSpec:
         rows = np.flatnonzero(cand)
         count = np.bincount(seg[rows], minlength=arrays.n_series).astype(np.int64)
         start = (np.cumsum(count) - count).astype(np.int64)
-        return ForecastSpec(self.horizon, self.context, self.end, self.origin, self.time_scale, self.shift, None,
-                            rows, start, count)
+        return ForecastSpec(
+            self.horizon, self.context, self.end, self.origin, self.time_scale, self.shift, None, rows, start, count
+        )
 
     def cutoffs(self, arrays: SeriesArrays, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """``[b]`` raw cutoffs of items ``idx``: the fixed ones, or a uniform draw among each series' anchors."""
@@ -204,8 +218,9 @@ class ForecastSpec:
         pick = np.floor(rng.random(len(idx)) * self.anchor_count[idx]).astype(np.int64)
         return arrays.raw_times[self.anchor_rows[self.anchor_start[idx] + pick]]
 
-    def windows(self, arrays: SeriesArrays, idx: np.ndarray, cutoff: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def windows(
+        self, arrays: SeriesArrays, idx: np.ndarray, cutoff: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(first row, rows, conditioning rows)`` ``[b]`` of each item's window around ``cutoff``."""
         raw, start, count = arrays.raw_times, arrays.starts[idx], arrays.counts[idx]
         eps = window_slack(cutoff, self.horizon, self.context)
@@ -215,8 +230,9 @@ class ForecastSpec:
         return start + lo, hi - lo, cond_end - lo
 
 
-def subsample(seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: float,
-              rng: np.random.Generator) -> np.ndarray:
+def subsample(
+    seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """Pick ``max(1, round(fraction * n_cand))`` random candidates in each segment.
 
     ``seg`` [n] segment id per point, sorted (points of a segment are contiguous), ``cand`` [n] bool,
@@ -234,8 +250,13 @@ def subsample(seg: np.ndarray, cand: np.ndarray, counts: np.ndarray, fraction: f
     return cand & (key <= thr[seg])
 
 
-def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | ForecastSpec | None = None,
-            rng: np.random.Generator | None = None) -> Batch:
+def collate(
+    arrays: SeriesArrays,
+    idx,
+    layout: str = "union",
+    spec: TaskSpec | ForecastSpec | None = None,
+    rng: np.random.Generator | None = None,
+) -> Batch:
     """Batch of series ``idx`` (positions into ``arrays``; with a :class:`ForecastSpec`, one window each).
 
     ``spec=None`` conditions on every observed value and targets every observed value (prediction).
@@ -304,9 +325,16 @@ def collate(arrays: SeriesArrays, idx, layout: str = "union", spec: TaskSpec | F
     if arrays.covariates is not None:  # a forecast window needs u on its own span only
         span = (arrays.raw_times[row0], arrays.raw_times[row0 + cnt - 1]) if origin is not None else (None, None)
         cov = arrays.covariates.batch(idx, origin, *span)
-    return Batch(times=torch.from_numpy(tt), values=out[0], obs_mask=out[1], target_mask=out[2],
-                 time_mask=torch.from_numpy(time_mask).view(b, width), series_idx=torch.from_numpy(idx.copy()),
-                 cutoff=torch.from_numpy(np.asarray(cutoff, dtype=np.float32)), covariates=cov)
+    return Batch(
+        times=torch.from_numpy(tt),
+        values=out[0],
+        obs_mask=out[1],
+        target_mask=out[2],
+        time_mask=torch.from_numpy(time_mask).view(b, width),
+        series_idx=torch.from_numpy(idx.copy()),
+        cutoff=torch.from_numpy(np.asarray(cutoff, dtype=np.float32)),
+        covariates=cov,
+    )
 
 
 def _torch_seeded_rng() -> np.random.Generator:

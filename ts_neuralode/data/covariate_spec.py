@@ -81,12 +81,16 @@ class CovariateSpec:
         n = len(self.past_cols)
         if not n:
             return transform
-        return replace(transform, channel_names=transform.channel_names[:-n], center=transform.center[:-n],
-                       scale=transform.scale[:-n])
+        return replace(
+            transform,
+            channel_names=transform.channel_names[:-n],
+            center=transform.center[:-n],
+            scale=transform.scale[:-n],
+        )
 
     def forecast_channels(self, values: Tensor | np.ndarray):
         """``values`` [..., D] without the past-only covariate channels."""
-        return values[..., :values.shape[-1] - len(self.past_cols)]
+        return values[..., : values.shape[-1] - len(self.past_cols)]
 
     def outputs(self, transform, values, bands: Mapping[str, Any] | None = None):
         """``(transform, values, bands)`` of the forecast channels only: the one place the past-only covariate
@@ -109,17 +113,23 @@ class CovariateSpec:
         return cls(**{f.name: list(d.get(f.name) or []) for f in fields(cls)})
 
     @classmethod
-    def configure(cls, future_cols: Sequence[str] | str | None, interp: str | Sequence[str] | Mapping[str, str] | None,
-                  calendar: Sequence[str] | str | None, past_cols: Sequence[str] | str | None = None,
-                  static_cols: Sequence[str] | str | None = None) -> CovariateSpec | None:
+    def configure(
+        cls,
+        future_cols: Sequence[str] | str | None,
+        interp: str | Sequence[str] | Mapping[str, str] | None,
+        calendar: Sequence[str] | str | None,
+        past_cols: Sequence[str] | str | None = None,
+        static_cols: Sequence[str] | str | None = None,
+    ) -> CovariateSpec | None:
         """Validate the options (before any data is read); None when there are no covariates."""
         listed = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
         cols, cal, past, static = listed(future_cols), listed(calendar), listed(past_cols), listed(static_cols)
         every = cols + past + static
         dup = next((c for c in every if every.count(c) > 1), None)
         if dup is not None:
-            raise ConfigError(f"column {dup!r} is named twice among future_cols, past_cols and static_cols; list it "
-                              "once")
+            raise ConfigError(
+                f"column {dup!r} is named twice among future_cols, past_cols and static_cols; list it once"
+            )
         for c in cal:
             check_choice(c, "calendar", tuple(CALENDAR))
         extra = dict(past_cols=past, static_cols=static)
@@ -139,14 +149,17 @@ class CovariateSpec:
         else:
             kinds = list(interp)
             if len(kinds) != len(cols):
-                raise ConfigError(f"future_interp has {len(kinds)} entries but future_cols has {len(cols)}; give one "
-                                  "per column, one for all ('linear'), or a {column: kind} dict")
+                raise ConfigError(
+                    f"future_interp has {len(kinds)} entries but future_cols has {len(cols)}; give one "
+                    "per column, one for all ('linear'), or a {column: kind} dict"
+                )
         for k in kinds:
             check_choice(k, "future_interp", INTERPOLATIONS)
         return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal), **extra)
 
-    def fit(self, arrays: CovariateArrays, train: np.ndarray, codec, time_scale: float,
-            until: np.ndarray | None = None) -> CovariateSpec:
+    def fit(
+        self, arrays: CovariateArrays, train: np.ndarray, codec, time_scale: float, until: np.ndarray | None = None
+    ) -> CovariateSpec:
         """Scales from the samples of the training series ``train`` — with ``until`` (``[S]`` raw times, e.g. the
         forecast task's ``train_end`` / validation cutoff) only those at or before it, as the series scaler is
         fitted; calendar frequencies in model units."""
@@ -166,8 +179,10 @@ class CovariateSpec:
             center.append(mu)
             scale.append(sd if np.isfinite(sd) and sd > 0 else 1.0)
         if self.calendar and not codec.is_datetime:
-            raise ConfigError(f"calendar={self.calendar} needs a datetime time column, but the times are numbers; "
-                              "drop --data.calendar or pass datetimes")
+            raise ConfigError(
+                f"calendar={self.calendar} needs a datetime time column, but the times are numbers; "
+                "drop --data.calendar or pass datetimes"
+            )
         freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
         kind: list[str] = []
         s_center: list[float] = []
@@ -187,8 +202,16 @@ class CovariateSpec:
                 s_center.append(0.0)
                 s_scale.append(1.0)
                 vocab.append(sorted({str(v) for v in col}))
-        return replace(self, center=center, scale=scale, freq=freq, static_kind=kind, static_center=s_center,
-                       static_scale=s_scale, static_vocab=vocab)
+        return replace(
+            self,
+            center=center,
+            scale=scale,
+            freq=freq,
+            static_kind=kind,
+            static_center=s_center,
+            static_scale=s_scale,
+            static_vocab=vocab,
+        )
 
     def encode_static(self, raw: np.ndarray) -> np.ndarray:
         """``[b, n_static]`` raw per-series values -> ``[b, static_dim]`` float (standardised numbers, one-hot
@@ -199,8 +222,10 @@ class CovariateSpec:
                 v = pd.to_numeric(pd.Series(raw[:, k]), errors="coerce").to_numpy(dtype=np.float64)
                 if np.isnan(v).any():
                     bad = raw[int(np.flatnonzero(np.isnan(v))[0]), k]
-                    raise DataError(f"static covariate '{self.static_cols[k]}' was numeric in training but holds "
-                                    f"{bad!r}; pass a number")
+                    raise DataError(
+                        f"static covariate '{self.static_cols[k]}' was numeric in training but holds "
+                        f"{bad!r}; pass a number"
+                    )
                 parts.append(((v - self.static_center[k]) / self.static_scale[k])[:, None])
             else:
                 pos = {c: j for j, c in enumerate(self.static_vocab[k])}

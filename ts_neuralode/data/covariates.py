@@ -54,8 +54,10 @@ def _read_static(df: pd.DataFrame, code: np.ndarray, out: np.ndarray, cols: list
         bad = np.flatnonzero(v != ref)
         if bad.size:
             i, s = int(rows[bad[0]]), int(code[rows[bad[0]]])
-            raise DataError(f"{where.at(c, i)}: static covariate '{c}' of series {ids[s]!r} is {v[bad[0]]!r} here but "
-                            f"{out[s, k]!r} elsewhere; a static covariate has one value per series")
+            raise DataError(
+                f"{where.at(c, i)}: static covariate '{c}' of series {ids[s]!r} is {v[bad[0]]!r} here but "
+                f"{out[s, k]!r} elsewhere; a static covariate has one value per series"
+            )
 
 
 def _numeric(col: pd.Series, name: str, where) -> np.ndarray:
@@ -87,8 +89,16 @@ class CovariateArrays:
     raw_sample_times: list | None = None
 
     @classmethod
-    def read(cls, sources: Sequence[Any], table, spec: CovariateSpec, *, id_col: str | None, time_col: str,
-             what: str = "future_cols") -> CovariateArrays:
+    def read(
+        cls,
+        sources: Sequence[Any],
+        table,
+        spec: CovariateSpec,
+        *,
+        id_col: str | None,
+        time_col: str,
+        what: str = "future_cols",
+    ) -> CovariateArrays:
         """Read ``spec.future_cols`` from ``sources`` (CSV paths or DataFrames: the history, then optionally a frame
         of future values) and ``spec.static_cols`` (from the first source; later ones may repeat them) for the series
         of ``table`` (matched by id).
@@ -113,8 +123,10 @@ class CovariateArrays:
             for c, what in [(c, "known-future") for c in cols] + [(c, "static") for c in statics]:
                 if c not in df.columns:
                     option = "future_cols" if what == "known-future" else "static_cols"
-                    raise DataError(f"{where.source}: missing {what} covariate column '{c}' (columns: "
-                                    f"{', '.join(map(str, df.columns))}); add it or drop it from {option}")
+                    raise DataError(
+                        f"{where.source}: missing {what} covariate column '{c}' (columns: "
+                        f"{', '.join(map(str, df.columns))}); add it or drop it from {option}"
+                    )
             if time_col not in df.columns:
                 raise DataError(f"{where.source}: missing time column '{time_col}'; the covariate rows need it")
             if len(df) == 0:
@@ -125,8 +137,10 @@ class CovariateArrays:
             elif S == 1:
                 code = np.zeros(len(df), dtype=np.int64)
             else:
-                raise DataError(f"{where.source}: no '{id_col}' column, but the history has {S} series; add the "
-                                "series id to every row")
+                raise DataError(
+                    f"{where.source}: no '{id_col}' column, but the history has {S} series; add the "
+                    "series id to every row"
+                )
             _read_static(df, code, static, statics, where, table.ids)
             for k, c in enumerate(cols):
                 v = _numeric(df[c], c, where)
@@ -155,10 +169,12 @@ class CovariateArrays:
             cnt = np.bincount(code, minlength=S)
             if (cnt == 0).any():
                 sid = table.ids[int(np.flatnonzero(cnt == 0)[0])]
-                raise DataError(f"{table.source}: known-future covariate '{c}' has no value for series {sid!r}; "
-                                "fill it in for every series (it drives the model at every time)")
+                raise DataError(
+                    f"{table.source}: known-future covariate '{c}' has no value for series {sid!r}; "
+                    "fill it in for every series (it drives the model at every time)"
+                )
             off = np.concatenate([[0], np.cumsum(cnt)])
-            samples.append([(t[off[s]:off[s + 1]], v[off[s]:off[s + 1]]) for s in range(S)])
+            samples.append([(t[off[s] : off[s + 1]], v[off[s] : off[s + 1]]) for s in range(S)])
         knots, values, counts, last = [], [], np.zeros(S, np.int64), np.zeros((S, len(cols)))
         for s in range(S):
             ks = np.unique(np.concatenate([samples[k][s][0] for k in range(len(cols))])) if cols else np.zeros(0)
@@ -180,23 +196,38 @@ class CovariateArrays:
         missing = [(s, k) for s in range(S) for k in range(len(spec.static_cols)) if static[s, k] is None]
         if missing:
             s, k = missing[0]
-            raise DataError(f"{table.source}: static covariate '{spec.static_cols[k]}' has no value for series "
-                            f"{table.ids[s]!r}; fill it in on at least one row of the series")
-        return cls(cat(knots, 1), np.concatenate(values) if values else np.zeros((0, len(cols))), starts, counts,
-                   last, raw, static, list(table.ids), raw_t)
+            raise DataError(
+                f"{table.source}: static covariate '{spec.static_cols[k]}' has no value for series "
+                f"{table.ids[s]!r}; fill it in on at least one row of the series"
+            )
+        return cls(
+            cat(knots, 1),
+            np.concatenate(values) if values else np.zeros((0, len(cols))),
+            starts,
+            counts,
+            last,
+            raw,
+            static,
+            list(table.ids),
+            raw_t,
+        )
 
     def subset(self, idx: Sequence[int]) -> CovariateArrays:
         """The arrays of series ``idx`` (in that order)."""
         idx = np.asarray(list(idx), dtype=np.int64)
         n = self.counts[idx]
-        rows = np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in idx]) \
-            if len(idx) else np.zeros(0, np.int64)
+        rows = (
+            np.concatenate([np.arange(self.starts[i], self.starts[i] + self.counts[i]) for i in idx])
+            if len(idx)
+            else np.zeros(0, np.int64)
+        )
         starts = (np.cumsum(n) - n).astype(np.int64)
         raw = [[col[i] for i in idx] for col in self.raw_samples]
         raw_t = None if self.raw_sample_times is None else [[col[i] for i in idx] for col in self.raw_sample_times]
         ids = None if self.ids is None else [self.ids[i] for i in idx]
-        return CovariateArrays(self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx],
-                               ids, raw_t)
+        return CovariateArrays(
+            self.knots[rows], self.values[rows], starts, n, self.last[idx], raw, self.static[idx], ids, raw_t
+        )
 
     def align(self, ids: Sequence) -> CovariateArrays:
         """The arrays of the series ``ids`` (matched as strings; ForecastError naming one that is not here)."""
@@ -206,8 +237,7 @@ class CovariateArrays:
             raise ForecastError(f"no covariates were read for series {missing[:5]}")
         return self.subset([pos[str(i)] for i in ids])
 
-    def check_coverage(self, spec: CovariateSpec, ids: Sequence, idx: Sequence[int], until: np.ndarray,
-                       codec) -> None:
+    def check_coverage(self, spec: CovariateSpec, ids: Sequence, idx: Sequence[int], until: np.ndarray, codec) -> None:
         """ForecastError naming the column and series when a column's last sample of series ``idx[i]`` lies before
         ``until[i]`` (its latest query time): a known-future covariate must be known for every query time."""
         for i, s in enumerate(idx):
@@ -215,20 +245,33 @@ class CovariateArrays:
             if short.size:
                 c = spec.future_cols[int(short[0])]
                 fmt = lambda x: str(codec.from_float(np.array([x]))[0])  # noqa: E731
-                raise ForecastError(f"known-future covariate '{c}' is missing for query time {fmt(until[i])} of series "
-                                    f"{ids[s]!r} (its last value is at {fmt(self.last[s, int(short[0])])}); pass "
-                                    f"future=DataFrame with {c} up to the last query time")
+                raise ForecastError(
+                    f"known-future covariate '{c}' is missing for query time {fmt(until[i])} of series "
+                    f"{ids[s]!r} (its last value is at {fmt(self.last[s, int(short[0])])}); pass "
+                    f"future=DataFrame with {c} up to the last query time"
+                )
 
-    def batch(self, spec: CovariateSpec, idx: np.ndarray, origin: np.ndarray, time_scale: float, codec,
-              lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> CovariateBatch:
+    def batch(
+        self,
+        spec: CovariateSpec,
+        idx: np.ndarray,
+        origin: np.ndarray,
+        time_scale: float,
+        codec,
+        lo: np.ndarray | None = None,
+        hi: np.ndarray | None = None,
+    ) -> CovariateBatch:
         """The :class:`CovariateBatch` of series ``idx`` whose model time 0 is raw time ``origin`` [b]. With
         ``lo``/``hi`` (raw) only the knots that matter on ``[lo, hi]`` are kept (the last one at or before ``lo``
         through the first one at or after ``hi``)."""
 
         idx = np.asarray(idx, dtype=np.int64)
         start, count = self.starts[idx], self.counts[idx]
-        a = np.zeros(len(idx), np.int64) if lo is None else np.maximum(
-            segment_searchsorted(self.knots, start, count, lo, "right") - 1, 0)
+        a = (
+            np.zeros(len(idx), np.int64)
+            if lo is None
+            else np.maximum(segment_searchsorted(self.knots, start, count, lo, "right") - 1, 0)
+        )
         b = count if hi is None else np.minimum(segment_searchsorted(self.knots, start, count, hi, "left") + 1, count)
         b = np.maximum(b, a + 1)
         n = b - a
@@ -237,8 +280,9 @@ class CovariateArrays:
         rows = (start + a)[:, None] + pos
         c = len(spec.future_cols)
         knots = (self.knots[rows] - origin[:, None]) / time_scale if c else np.zeros((len(idx), 1))
-        vals = (self.values[rows] - np.asarray(spec.center)) / np.asarray(spec.scale) if c else \
-            np.zeros((len(idx), 1, 0))
+        vals = (
+            (self.values[rows] - np.asarray(spec.center)) / np.asarray(spec.scale) if c else np.zeros((len(idx), 1, 0))
+        )
         phase = np.zeros((len(idx), len(spec.calendar)))
         if spec.calendar:
             ns = codec.from_float(np.asarray(origin, dtype=np.float64))
@@ -247,10 +291,14 @@ class CovariateArrays:
                 period, offset = CALENDAR[name]
                 phase[:, p] = np.mod(local + offset, period) / period
         as_t = lambda x: torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)  # noqa: E731
-        return CovariateBatch(as_t(knots), as_t(vals), torch.tensor([k == "linear" for k in spec.interp],
-                                                                      dtype=torch.bool),
-                              as_t(phase), torch.tensor(spec.freq, dtype=torch.float32),
-                              as_t(spec.encode_static(self.static[idx])))
+        return CovariateBatch(
+            as_t(knots),
+            as_t(vals),
+            torch.tensor([k == "linear" for k in spec.interp], dtype=torch.bool),
+            as_t(phase),
+            torch.tensor(spec.freq, dtype=torch.float32),
+            as_t(spec.encode_static(self.static[idx])),
+        )
 
 
 @dataclass
@@ -264,11 +312,17 @@ class CovariateSource:
     time_scale: float
     origins: np.ndarray
 
-    def batch(self, idx: np.ndarray, origin: np.ndarray | None = None, lo: np.ndarray | None = None,
-              hi: np.ndarray | None = None) -> CovariateBatch:
+    def batch(
+        self,
+        idx: np.ndarray,
+        origin: np.ndarray | None = None,
+        lo: np.ndarray | None = None,
+        hi: np.ndarray | None = None,
+    ) -> CovariateBatch:
         origin = self.origins[np.asarray(idx, dtype=np.int64)] if origin is None else origin
-        return self.arrays.batch(self.spec, idx, np.asarray(origin, dtype=np.float64), self.time_scale, self.codec,
-                                 lo, hi)
+        return self.arrays.batch(
+            self.spec, idx, np.asarray(origin, dtype=np.float64), self.time_scale, self.codec, lo, hi
+        )
 
 
 @dataclass
@@ -294,19 +348,34 @@ class CovariateBatch:
         return self.values.shape[-1] + 2 * self.phase.shape[-1]
 
     def to(self, device, non_blocking: bool = False) -> CovariateBatch:
-        return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else
-                                 getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return CovariateBatch(
+            **{
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name).to(device, non_blocking=non_blocking)
+                for f in fields(self)
+            }
+        )
 
     def pin_memory(self) -> CovariateBatch:
-        return CovariateBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
-                                 for f in fields(self)})
+        return CovariateBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
+                for f in fields(self)
+            }
+        )
 
     def repeat(self, n: int) -> CovariateBatch:
         """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
         if n == 1:
             return self
-        return replace(self, knots=self.knots.repeat(n, 1), values=self.values.repeat(n, 1, 1),
-                       phase=self.phase.repeat(n, 1), static=None if self.static is None else self.static.repeat(n, 1))
+        return replace(
+            self,
+            knots=self.knots.repeat(n, 1),
+            values=self.values.repeat(n, 1, 1),
+            phase=self.phase.repeat(n, 1),
+            static=None if self.static is None else self.static.repeat(n, 1),
+        )
 
     def __call__(self, t: Tensor) -> Tensor:
         """``u`` at model times ``t`` ``[B]`` or ``[B, T]`` -> ``[B, C_u]`` or ``[B, T, C_u]``."""

@@ -52,12 +52,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from ts_neuralode.data.batching import (
-    LAYOUTS,
-    Collator,
-    ForecastSpec,
-    TaskSpec,
-)
+from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import as_frame, read_series
 from ts_neuralode.data.loaders import series_loader
@@ -80,8 +75,13 @@ class _FolderDispatch(type):
 
     def __call__(cls, *args, **kwargs):
         path = kwargs.get("path", args[0] if args else None)
-        if cls is IrregularTimeSeriesDataModule and kwargs.get("df") is None and path is not None \
-                and os.path.isdir(os.fspath(path)) and _FolderDispatch.folder_module is not None:
+        if (
+            cls is IrregularTimeSeriesDataModule
+            and kwargs.get("df") is None
+            and path is not None
+            and os.path.isdir(os.fspath(path))
+            and _FolderDispatch.folder_module is not None
+        ):
             cls = _FolderDispatch.folder_module
         return super().__call__(*args, **kwargs)
 
@@ -195,14 +195,20 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         if split_by not in SPLITS:
             raise ConfigError(f"split_by={split_by!r} is not supported; use 'series' or 'time'")
         if split_by == "time" and task != "forecast":
-            raise ConfigError(f"split_by='time' applies to task='forecast' only (task={task!r} splits by series); "
-                              "drop split_by or pass task='forecast' with a horizon")
+            raise ConfigError(
+                f"split_by='time' applies to task='forecast' only (task={task!r} splits by series); "
+                "drop split_by or pass task='forecast' with a horizon"
+            )
         if task == "forecast" and horizon is None:
-            raise ConfigError("task='forecast' needs a horizon: pass --data.horizon (a number of the data's time "
-                              "units, or a duration such as 2D for datetimes)")
+            raise ConfigError(
+                "task='forecast' needs a horizon: pass --data.horizon (a number of the data's time "
+                "units, or a duration such as 2D for datetimes)"
+            )
         if train_end is not None and (task != "forecast" or split_by != "time"):
-            raise ConfigError(f"train_end applies to task='forecast' split by time (task={task!r}, split_by="
-                              f"{split_by!r}); pass --data.task forecast with a horizon, or drop train_end")
+            raise ConfigError(
+                f"train_end applies to task='forecast' split by time (task={task!r}, split_by="
+                f"{split_by!r}); pass --data.task forecast with a horizon, or drop train_end"
+            )
         if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
             raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
         if layout not in LAYOUTS:
@@ -213,16 +219,24 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         if cut_time is None and not 0.0 < float(cut) < 1.0:
             raise ConfigError(f"cut={cut} must be in (0, 1) (a fraction of each series' span); or pass cut_time")
         if not (0.0 <= val_fraction < 1 and 0.0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ConfigError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum "
-                              "to less than 1")
+            raise ConfigError(
+                f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum to less than 1"
+            )
         if predict_split not in ("all", "train", "val", "test"):
             raise ConfigError(f"predict_split={predict_split!r}; use 'all', 'train', 'val' or 'test'")
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         self.save_hyperparameters(ignore=["df"])
         self.path, self.df = path, df
-        self.read_kwargs: dict[str, Any] = dict(format=format, id_col=id_col, time_col=time_col, value_cols=value_cols,
-                                mask_cols=mask_cols, time_unit=time_unit, duplicates=duplicates)
+        self.read_kwargs: dict[str, Any] = dict(
+            format=format,
+            id_col=id_col,
+            time_col=time_col,
+            value_cols=value_cols,
+            mask_cols=mask_cols,
+            time_unit=time_unit,
+            duplicates=duplicates,
+        )
         self.task, self.obs_fraction, self.cut, self.cut_time = task, float(obs_fraction), float(cut), cut_time
         self.extrap_obs_fraction = float(extrap_obs_fraction)
         self.layout, self.batch_size = layout, int(batch_size)
@@ -252,8 +266,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     def _fit_transform(self, table, series, window: float | None = None) -> SeriesTransform:
         """The value scaler and time scale, fitted on rows of ``series`` of ``table`` (the streaming Parquet module
         fits them over all shards instead: :mod:`ts_neuralode.data.parquet_stream`)."""
-        return SeriesTransform.fit(table, series, scaler=self.scaler, time_scale=self.time_scale,
-                                   time_origin=self.time_origin, window=window)
+        return SeriesTransform.fit(
+            table, series, scaler=self.scaler, time_scale=self.time_scale, time_origin=self.time_origin, window=window
+        )
 
     def _prepare(self) -> None:
         if self._ready:
@@ -271,14 +286,17 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     def _attach_covariates(self, source) -> None:
         """Read the known-future covariates of every series, fit their scaling on the training series and attach
         them to the series arrays (so every batch carries ``u(t)``)."""
-        arrays = CovariateArrays.read([source], self.table, self._cov_spec, id_col=self.table.id_col,
-                                      time_col=self.table.time_col)
+        arrays = CovariateArrays.read(
+            [source], self.table, self._cov_spec, id_col=self.table.id_col, time_col=self.table.time_col
+        )
         train_spec = getattr(self, "_specs", {}).get("train")
         until = getattr(train_spec, "end", None)  # the forecast task split by time: nothing after the training end
-        self._cov_spec = self._cov_spec.fit(arrays, self.split["train"], self.table.codec,
-                                            self._transform.time_scale, until)
-        self.arrays.covariates = CovariateSource(self._cov_spec, arrays, self.table.codec,
-                                                 float(self._transform.time_scale), self.origins)
+        self._cov_spec = self._cov_spec.fit(
+            arrays, self.split["train"], self.table.codec, self._transform.time_scale, until
+        )
+        self.arrays.covariates = CovariateSource(
+            self._cov_spec, arrays, self.table.codec, float(self._transform.time_scale), self.origins
+        )
         n_past = len(self._cov_spec.past_cols)
         if n_past:  # past-only channels are inputs: never targets
             self.arrays.scored = np.r_[np.ones(self.table.num_channels - n_past), np.zeros(n_past)].astype(np.float32)
@@ -350,30 +368,61 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         self._prepare()
         return [self.table.ids[i] for i in self.split[name]]
 
-    def to_frame(self, series_idx, times, values, bands: Mapping[str, Any] | None = None,
-                 value_kind: Mapping[str, str] | None = None) -> pd.DataFrame:
+    def to_frame(
+        self,
+        series_idx,
+        times,
+        values,
+        bands: Mapping[str, Any] | None = None,
+        value_kind: Mapping[str, str] | None = None,
+    ) -> pd.DataFrame:
         """Predictions for ``series_idx`` [B] (Batch.series_idx) at model ``times`` -> original units/times."""
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
         transform, spec = self.transform, self._cov_spec
         if spec is not None:  # past-only covariates are inputs, never forecast
             transform, values, bands = spec.outputs(transform, values, bands)
-        return transform.to_frame([self.table.ids[i] for i in idx], self.origins[idx], times, values, bands,
-                                  value_kind, history=(self.table, idx))
+        return transform.to_frame(
+            [self.table.ids[i] for i in idx],
+            self.origins[idx],
+            times,
+            values,
+            bands,
+            value_kind,
+            history=(self.table, idx),
+        )
 
     # --- loaders -------------------------------------------------------------------------------
-    def _loader(self, indices: np.ndarray, spec: TaskSpec | ForecastSpec | None, shuffle: bool, batch_size: int,
-                ddp_fixed_order: bool = False) -> DataLoader:
+    def _loader(
+        self,
+        indices: np.ndarray,
+        spec: TaskSpec | ForecastSpec | None,
+        shuffle: bool,
+        batch_size: int,
+        ddp_fixed_order: bool = False,
+    ) -> DataLoader:
         trainer = self.trainer if ddp_fixed_order else None
-        return series_loader(indices, Collator(self.arrays, self.layout, spec), batch_size, shuffle,
-                             num_workers=self.num_workers, pin_memory=self.pin_memory, ddp_trainer=trainer)
+        return series_loader(
+            indices,
+            Collator(self.arrays, self.layout, spec),
+            batch_size,
+            shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            ddp_trainer=trainer,
+        )
 
     def train_dataloader(self) -> DataLoader:
         self._prepare()
         trainer = getattr(self, "trainer", None)
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-        return self._loader(self._train_items, self._specs["train"], self.shuffle, self.batch_size,
-                            ddp_fixed_order=not self.shuffle and world > 1)
+        return self._loader(
+            self._train_items,
+            self._specs["train"],
+            self.shuffle,
+            self.batch_size,
+            ddp_fixed_order=not self.shuffle and world > 1,
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._prepare()

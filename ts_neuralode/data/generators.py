@@ -56,8 +56,9 @@ def _lotka_volterra(x: np.ndarray) -> np.ndarray:
     return np.stack([2.0 / 3.0 * a - 2.0 / 3.0 * a * b, a * b - b], axis=-1)
 
 
-def integrate_rk4(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, times: np.ndarray,
-                  steps_per_unit: float = 100.0) -> np.ndarray:
+def integrate_rk4(
+    f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, times: np.ndarray, steps_per_unit: float = 100.0
+) -> np.ndarray:
     """Autonomous ``dx/dt = f(x)`` from ``x0`` [S, D] at ``times[:, 0]`` to every time of ``times`` [S, T]
     (per-series grids); fixed-step RK4 between consecutive outputs. Returns [S, T, D]."""
     s, t = times.shape
@@ -78,8 +79,9 @@ def integrate_rk4(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, times: 
     return out
 
 
-def _long(times: np.ndarray, values: np.ndarray, channels: list[str], mask: np.ndarray | None = None,
-          id_prefix: str = "s") -> pd.DataFrame:
+def _long(
+    times: np.ndarray, values: np.ndarray, channels: list[str], mask: np.ndarray | None = None, id_prefix: str = "s"
+) -> pd.DataFrame:
     s, t = times.shape
     width = len(str(s - 1))
     ids = np.array([f"{id_prefix}{i:0{width}d}" for i in range(s)], dtype=object)
@@ -92,8 +94,15 @@ def _long(times: np.ndarray, values: np.ndarray, channels: list[str], mask: np.n
     return pd.DataFrame(data)
 
 
-def _neural_flows(name: str, n_series: int, n_points: int, rng: np.random.Generator, extrap: str | None,
-                  t_min: float | None, t_max: float | None) -> pd.DataFrame:
+def _neural_flows(
+    name: str,
+    n_series: int,
+    n_points: int,
+    rng: np.random.Generator,
+    extrap: str | None,
+    t_min: float | None,
+    t_max: float | None,
+) -> pd.DataFrame:
     lo, hi = (10.0, 30.0) if extrap == "time" else (0.0, 10.0)
     lo = lo if t_min is None else float(t_min)
     hi = hi if t_max is None else float(t_max)
@@ -113,8 +122,11 @@ def _neural_flows(name: str, n_series: int, n_points: int, rng: np.random.Genera
     else:
         x0 = rng.uniform(-2.0, 2.0, n_series)
     shapes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "sine": np.sin, "square": lambda t: np.sign(np.sin(t)), "sawtooth": sawtooth,
-        "triangle": lambda t: np.abs(sawtooth(t))}
+        "sine": np.sin,
+        "square": lambda t: np.sign(np.sin(t)),
+        "sawtooth": sawtooth,
+        "triangle": lambda t: np.abs(sawtooth(t)),
+    }
     f = shapes[name]
     return _long(times, (x0[:, None] + f(times))[..., None], ["y"])
 
@@ -185,8 +197,16 @@ def _pk(n_series: int, n_points: int, rng: np.random.Generator, t_max: float | N
     return df.sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)
 
 
-def generate(name: str, n_series: int = 1000, n_points: int | None = None, seed: int = 0, *,
-             extrap: str | None = None, t_min: float | None = None, t_max: float | None = None) -> pd.DataFrame:
+def generate(
+    name: str,
+    n_series: int = 1000,
+    n_points: int | None = None,
+    seed: int = 0,
+    *,
+    extrap: str | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+) -> pd.DataFrame:
     """Generate data set ``name`` (one of :data:`NAMES`) as a long DataFrame ``unique_id, ds, <channels>``.
 
     Args:

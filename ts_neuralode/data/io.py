@@ -28,11 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ts_neuralode.data.input_checks import (
-    _integral_ids,
-    _refuse_masks_and_ids_as_targets,
-    _warn_extreme_values,
-)
+from ts_neuralode.data.input_checks import _integral_ids, _refuse_masks_and_ids_as_targets, _warn_extreme_values
 from ts_neuralode.data.series_table import SeriesTable, _Where
 from ts_neuralode.data.timecodec import TimeCodec, _first_true, parse_time_column
 from ts_neuralode.errors import ConfigError, DataError
@@ -98,8 +94,10 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
     if len(df.columns) == 1:
         sep = next((c for c in (";", "\t", "|") if c in str(df.columns[0])), None)
         if sep is not None:
-            raise DataError(f"{p}: one column {str(df.columns[0])[:80]!r}: the file seems to be separated by "
-                            f"{sep!r}; save it comma-separated")
+            raise DataError(
+                f"{p}: one column {str(df.columns[0])[:80]!r}: the file seems to be separated by "
+                f"{sep!r}; save it comma-separated"
+            )
     return df
 
 
@@ -138,8 +136,9 @@ def _to_numeric(col: pd.Series, name: str, where: _Where) -> np.ndarray:
     inf = np.isinf(arr)
     if inf.any():
         i = _first_true(inf)
-        raise DataError(f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it "
-                        f"empty")
+        raise DataError(
+            f"{where.at(name, i)}: value {arr[i]} is infinite; replace it with a finite number or leave it empty"
+        )
     return arr
 
 
@@ -222,14 +221,17 @@ def read_series(
     seen: set[str] = set()
     dup = next((c for c in columns if c in seen or seen.add(c)), None)  # type: ignore[func-returns-value]
     if dup is not None:
-        raise DataError(f"{where.source}: column name {dup!r} appears twice (columns: {', '.join(columns)}); rename "
-                        "one of them")
+        raise DataError(
+            f"{where.source}: column name {dup!r} appears twice (columns: {', '.join(columns)}); rename one of them"
+        )
     df = df.set_axis(columns, axis=1)
 
     def need(col: str, what: str) -> None:
         if col not in columns:
-            raise DataError(f"{where.source}: missing {what} column '{col}' (columns: {', '.join(columns)}); "
-                            f"rename it or pass {what}_col=...")
+            raise DataError(
+                f"{where.source}: missing {what} column '{col}' (columns: {', '.join(columns)}); "
+                f"rename it or pass {what}_col=..."
+            )
 
     need(time_col, "time")
     has_id = id_col is not None and id_col in columns
@@ -246,15 +248,18 @@ def read_series(
         else:
             value_cols = [c for c in columns if c not in reserved and df[c].dtype.kind in "biuf"]
         if not value_cols:
-            raise DataError(f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); "
-                            "pass value_cols=[...]")
+            raise DataError(
+                f"{where.source}: no numeric value column found (columns: {', '.join(columns)}); pass value_cols=[...]"
+            )
         _refuse_masks_and_ids_as_targets(df, value_cols, where)
     value_cols = list(value_cols)
     both = [c for c in value_cols if c in set(exclude_cols) | set(past_cols)]
     if both:
         raise ConfigError(f"column {both[0]!r} is both a value column and a covariate; list it in one of them")
-    for cols, what, fix in ((value_cols, "value", "rename it or pass value_cols=[...]"),
-                            (past_cols, "past covariate", "add it or drop it from past_cols")):
+    for cols, what, fix in (
+        (value_cols, "value", "rename it or pass value_cols=[...]"),
+        (past_cols, "past covariate", "add it or drop it from past_cols"),
+    ):
         for c in cols:
             if c not in columns:
                 raise DataError(f"{where.source}: missing {what} column '{c}' (columns: {', '.join(columns)}); {fix}")
@@ -262,8 +267,7 @@ def read_series(
     value_cols = value_cols + list(past_cols)
     for c in masks.values():
         if c not in columns:
-            raise DataError(f"{where.source}: missing mask column '{c}' (columns: {', '.join(columns)}); "
-                            "fix mask_cols")
+            raise DataError(f"{where.source}: missing mask column '{c}' (columns: {', '.join(columns)}); fix mask_cols")
 
     n = len(df)
     times, codec, time_ns = parse_time_column(df[time_col], time_col, where, time_unit, codec)
@@ -278,14 +282,16 @@ def read_series(
             bad = ~((m == 0) | (m == 1))
             if bad.any():
                 i = _first_true(bad)
-                raise DataError(f"{where.at(mc, i)}: mask value {df[mc].iloc[i]!r} is not 0 or 1; use 1 = observed, "
-                                "0 = missing")
+                raise DataError(
+                    f"{where.at(mc, i)}: mask value {df[mc].iloc[i]!r} is not 0 or 1; use 1 = observed, 0 = missing"
+                )
             on = m == 1
             bad = on & ~o
             if bad.any():
                 i = _first_true(bad)
-                raise DataError(f"{where.at(c, i)}: value is empty but its mask '{mc}' is 1; set the mask to 0 or fill "
-                                "in the value")
+                raise DataError(
+                    f"{where.at(c, i)}: value is empty but its mask '{mc}' is 1; set the mask to 0 or fill in the value"
+                )
             o = on
             v = np.where(on, v, np.nan)
         values[:, d], obs[:, d] = v, o
@@ -330,17 +336,24 @@ def read_series(
         codes_s, t_s, values, obs, rows_s = codes_s[keep], t_s[keep], values[keep], obs[keep], rows_s[keep]
         ns_s = None if ns_s is None else ns_s[keep]
     if len(t_s) == 0:
-        raise DataError(f"{where.source}: no observed values at all (every value is empty or masked); check "
-                        "value_cols and mask_cols")
+        raise DataError(
+            f"{where.source}: no observed values at all (every value is empty or masked); check "
+            "value_cols and mask_cols"
+        )
     counts = np.bincount(codes_s, minlength=len(ids))
     short = counts < min_points
     if short.any():
         n_short = int(short.sum())
         if short.all():
-            raise DataError(f"{where.source}: every series has fewer than {min_points} observation times; "
-                            f"need at least {min_points} per series")
-        warnings.warn(f"{where.source}: dropped {n_short} series with fewer than {min_points} observation times "
-                      f"(e.g. id {ids[short][0]!r})", stacklevel=2)
+            raise DataError(
+                f"{where.source}: every series has fewer than {min_points} observation times; "
+                f"need at least {min_points} per series"
+            )
+        warnings.warn(
+            f"{where.source}: dropped {n_short} series with fewer than {min_points} observation times "
+            f"(e.g. id {ids[short][0]!r})",
+            stacklevel=2,
+        )
         keep_rows = ~short[codes_s]
         codes_s, t_s, values, obs = codes_s[keep_rows], t_s[keep_rows], values[keep_rows], obs[keep_rows]
         rows_s, ns_s = rows_s[keep_rows], None if ns_s is None else ns_s[keep_rows]
@@ -350,18 +363,37 @@ def read_series(
     never = ~obs.any(axis=0)
     if never.any():
         c = value_cols[int(np.flatnonzero(never)[0])]
-        raise DataError(f"{where.at(c)}: channel is never observed (all values empty or masked); drop it from "
-                        "value_cols")
+        raise DataError(
+            f"{where.at(c)}: channel is never observed (all values empty or masked); drop it from value_cols"
+        )
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     _warn_extreme_values(values, obs, codes_s, rows_s, value_cols, where)
     used = {time_col, *([id_col] if has_id else []), *value_cols, *masks.values(), *exclude_cols}
-    extra = {"columns": {"targets": [c for c in value_cols if c not in set(past_cols)], "masks": dict(masks),
-                         "past": list(past_cols), "ignored": [c for c in columns if c not in used]}}
-    return SeriesTable(ids=ids, offsets=offsets, times=t_s, values=values, mask=obs,
-                       channel_names=[str(c) for c in value_cols], codec=codec, source=where.source,
-                       id_col=id_col if has_id else None, time_col=time_col, time_ns=ns_s,
-                       rows=np.asarray(rows_s, dtype=np.int64), from_file=where.is_file, extra=extra)
+    extra = {
+        "columns": {
+            "targets": [c for c in value_cols if c not in set(past_cols)],
+            "masks": dict(masks),
+            "past": list(past_cols),
+            "ignored": [c for c in columns if c not in used],
+        }
+    }
+    return SeriesTable(
+        ids=ids,
+        offsets=offsets,
+        times=t_s,
+        values=values,
+        mask=obs,
+        channel_names=[str(c) for c in value_cols],
+        codec=codec,
+        source=where.source,
+        id_col=id_col if has_id else None,
+        time_col=time_col,
+        time_ns=ns_s,
+        rows=np.asarray(rows_s, dtype=np.int64),
+        from_file=where.is_file,
+        extra=extra,
+    )
 
 
 # -- inputs that would pass silently -------------------------------------------------------------------------
@@ -377,10 +409,10 @@ def as_frame(source):
         try:
             import pyarrow as pa
         except ImportError as exc:
-            raise DataError(f"a {type(source).__module__.split('.')[0]} {type(source).__name__} is read through "
-                            "pyarrow (pip install pyarrow); or pass a pandas DataFrame") from exc
+            raise DataError(
+                f"a {type(source).__module__.split('.')[0]} {type(source).__name__} is read through "
+                "pyarrow (pip install pyarrow); or pass a pandas DataFrame"
+            ) from exc
         table = source if isinstance(source, pa.Table) else pa.table(source)
         return table.to_pandas()
     return source
-
-

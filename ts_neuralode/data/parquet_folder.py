@@ -66,11 +66,16 @@ class ParquetFolder:
         files = []
         for root, dirs, names in os.walk(self.path):
             dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-            files += [os.path.join(root, n) for n in sorted(names)
-                      if n.lower().endswith(PARQUET_SUFFIXES) and not n.startswith((".", "_"))]
+            files += [
+                os.path.join(root, n)
+                for n in sorted(names)
+                if n.lower().endswith(PARQUET_SUFFIXES) and not n.startswith((".", "_"))
+            ]
         if not files:
-            raise DataError(f"{self.path}: folder holds no Parquet files (*.parquet, *.pq); write the data there as "
-                            "part files, or pass a CSV or Parquet file")
+            raise DataError(
+                f"{self.path}: folder holds no Parquet files (*.parquet, *.pq); write the data there as "
+                "part files, or pass a CSV or Parquet file"
+            )
         try:
             self.dataset = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=self.path)
         except Exception as exc:  # pyarrow's ArrowInvalid / OSError
@@ -82,24 +87,32 @@ class ParquetFolder:
             try:
                 schema = frag.physical_schema
             except Exception as exc:
-                raise DataError(f"{frag.path}: not a readable Parquet file ({_one_line(exc)}); rewrite or remove "
-                                "it") from exc
+                raise DataError(
+                    f"{frag.path}: not a readable Parquet file ({_one_line(exc)}); rewrite or remove it"
+                ) from exc
             have = set(schema.names) | set(self._partition_fields(frag))
             for col, what in ((id_col, "id"), (time_col, "time")):
                 if col not in have:
-                    raise DataError(f"{frag.path}: missing {what} column '{col}' (columns: {', '.join(schema.names)}); "
-                                    f"every part file needs the series id and time columns (or pass {what}_col=...)")
+                    raise DataError(
+                        f"{frag.path}: missing {what} column '{col}' (columns: {', '.join(schema.names)}); "
+                        f"every part file needs the series id and time columns (or pass {what}_col=...)"
+                    )
             if first is None:
                 first, first_schema = frag.path, schema
                 continue
             diff = _schema_difference(first_schema, schema)
             if diff:
-                raise DataError(f"{frag.path}: its columns differ from {first} ({diff}); write every part file with "
-                                "the same columns and types")
+                raise DataError(
+                    f"{frag.path}: its columns differ from {first} ({diff}); write every part file with "
+                    "the same columns and types"
+                )
         # the files' own columns; a hive partition key (``bucket=3/``) only when it is the id or time column
         names = [n for n in self.dataset.schema.names if n in first_schema.names or n in (id_col, time_col)]
-        self.columns = names if columns is None else [c for c in dict.fromkeys([id_col, time_col, *columns])
-                                                      if c in self.dataset.schema.names]
+        self.columns = (
+            names
+            if columns is None
+            else [c for c in dict.fromkeys([id_col, time_col, *columns]) if c in self.dataset.schema.names]
+        )
         self.pa, self.pads = pa, pads
 
     @staticmethod
@@ -119,11 +132,14 @@ class ParquetFolder:
             for batch in frag.to_batches(schema=self.dataset.schema, columns=[self.id_col], batch_size=SCAN_BATCH):
                 col = batch.column(0)
                 if col.null_count:
-                    raise DataError(f"{frag.path}, column '{self.id_col}': {col.null_count} rows have no series id; "
-                                    "fill them in or delete the rows")
+                    raise DataError(
+                        f"{frag.path}, column '{self.id_col}': {col.null_count} rows have no series id; "
+                        "fill them in or delete the rows"
+                    )
                 vc = pc.value_counts(col)
-                parts.append(pd.DataFrame({"id": vc.field("values").to_pandas(),
-                                           "n": vc.field("counts").to_numpy(), "file": k}))
+                parts.append(
+                    pd.DataFrame({"id": vc.field("values").to_pandas(), "n": vc.field("counts").to_numpy(), "file": k})
+                )
         if not parts:
             raise DataError(f"{self.path}: the Parquet files have no rows; add observations")
         per_file = pd.concat(parts, ignore_index=True).groupby(["id", "file"], sort=False, as_index=False)["n"].sum()
@@ -138,16 +154,26 @@ class ParquetFolder:
         out = []
         for s, grp in series.groupby("shard", sort=True):
             files = sorted(per_file.loc[per_file["shard"] == s, "file"].unique().tolist())
-            out.append(Shard(ids=grp.index.tolist(), files=files, rows=int(grp["n"].sum()),
-                             exclusive=bool(exclusive_file[files].all())))
+            out.append(
+                Shard(
+                    ids=grp.index.tolist(),
+                    files=files,
+                    rows=int(grp["n"].sum()),
+                    exclusive=bool(exclusive_file[files].all()),
+                )
+            )
         return out
 
     def read(self, shard: Shard, ids: list | None = None) -> pd.DataFrame:
         """The rows of series ``ids`` (default: all of the shard's), read batch by batch with the projected columns."""
         pads = self.pads
         want = shard.ids if ids is None else ids
-        sub = pads.FileSystemDataset([self.fragments[k] for k in shard.files], schema=self.dataset.schema,
-                                     format=self.dataset.format, filesystem=self.dataset.filesystem)
+        sub = pads.FileSystemDataset(
+            [self.fragments[k] for k in shard.files],
+            schema=self.dataset.schema,
+            format=self.dataset.format,
+            filesystem=self.dataset.filesystem,
+        )
         filt = None
         if ids is not None or not shard.exclusive:
             typ = self.dataset.schema.field(self.id_col).type
@@ -176,7 +202,6 @@ def _schema_difference(a, b) -> str:
     return f"column '{extra[0]}' is only here" if extra else ""
 
 
-
 def _as_is(batch):
     return batch
 
@@ -185,8 +210,7 @@ class ShardStream(IterableDataset):
     """The batches of one split for one process, shard by shard (see the module docstring). ``len()`` is the
     number of batches an epoch yields; every epoch draws a new shard and series order when ``shuffle``."""
 
-    def __init__(self, dm: Any, name: str, rank: int, world: int, shuffle: bool,
-                 batch_size: int):
+    def __init__(self, dm: Any, name: str, rank: int, world: int, shuffle: bool, batch_size: int):
         if not (0 <= rank < world):
             raise ConfigError(f"rank {rank} is not in 0..{world - 1}")
         self.dm, self.name, self.rank, self.world = dm, name, rank, world
@@ -198,7 +222,7 @@ class ShardStream(IterableDataset):
 
     def assignment(self, rank: int) -> dict[int, np.ndarray]:
         """{shard: global positions of the series of this split that process ``rank`` reads from it}."""
-        mine = self.dm.folder_split[self.name][rank::self.world]
+        mine = self.dm.folder_split[self.name][rank :: self.world]
         shard = self.dm.series_shard[mine]
         return {int(k): mine[shard == k] for k in np.unique(shard)}
 
@@ -227,7 +251,7 @@ class ShardStream(IterableDataset):
             for j in range(0, len(items), self.batch_size):
                 if done >= self.length:
                     return
-                batch = collate(m.arrays, items[j:j + self.batch_size], dm.layout, m._specs[self.name])
+                batch = collate(m.arrays, items[j : j + self.batch_size], dm.layout, m._specs[self.name])
                 batch.series_idx = torch.from_numpy(gpos[batch.series_idx.numpy()])
                 yield batch
                 done += 1

@@ -19,8 +19,15 @@ class ShardModule(IrregularTimeSeriesDataModule):
     split and the transform is fitted on the shard, recording what it was fitted on (``fits``); in an epoch it uses
     the folder's transform and codec, and ``split`` (only the split being streamed)."""
 
-    def __init__(self, df: pd.DataFrame, options: dict, name: str, codec: TimeCodec | None = None,
-                 transform: SeriesTransform | None = None, split: str | None = None):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        options: dict,
+        name: str,
+        codec: TimeCodec | None = None,
+        transform: SeriesTransform | None = None,
+        split: str | None = None,
+    ):
         super().__init__(df=df, **options)
         self.read_kwargs.update(name=name, codec=codec)
         self.batch_size = 0  # no AUTO_MIN_BATCHES scale-up per shard: the folder module scales over all of them
@@ -39,8 +46,9 @@ class ShardModule(IrregularTimeSeriesDataModule):
     def _fit_transform(self, table, series, window=None) -> SeriesTransform:
         if self.folder_transform is None:  # the scan: record the rows; what it records needs only raw times
             self.fits.append((table, series, window))
-            return SeriesTransform(channel_names=list(table.channel_names), codec=table.codec,
-                                   time_origin=self.time_origin)
+            return SeriesTransform(
+                channel_names=list(table.channel_names), codec=table.codec, time_origin=self.time_origin
+            )
         self.folder_transform.check_table(table)
         return self.folder_transform
 
@@ -94,8 +102,18 @@ def shard_records(m: ShardModule, k: int) -> ShardRecords:
     first, last = np.zeros(s, dtype=exact.dtype), np.zeros(s, dtype=exact.dtype)
     first[pos], last[pos] = exact[ft.offsets[:-1]], exact[ft.offsets[1:] - 1]
     split = m.split
-    return ShardRecords(ids=np.asarray(t.ids), shard=np.full(s, k, dtype=np.int64),
-                    train_items=np.bincount(np.asarray(m._train_items, dtype=np.int64), minlength=s),
-                    val_ok=np.isin(np.arange(s), split["val"]), test_ok=np.isin(np.arange(s), split["test"]),
-                    fitted=fitted, n=stats["n"], mean=stats["mean"], m2=stats["m2"], lo=lo, hi=hi,
-                    first=first, last=last)
+    return ShardRecords(
+        ids=np.asarray(t.ids),
+        shard=np.full(s, k, dtype=np.int64),
+        train_items=np.bincount(np.asarray(m._train_items, dtype=np.int64), minlength=s),
+        val_ok=np.isin(np.arange(s), split["val"]),
+        test_ok=np.isin(np.arange(s), split["test"]),
+        fitted=fitted,
+        n=stats["n"],
+        mean=stats["mean"],
+        m2=stats["m2"],
+        lo=lo,
+        hi=hi,
+        first=first,
+        last=last,
+    )

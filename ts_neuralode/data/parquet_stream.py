@@ -59,7 +59,6 @@ from ts_neuralode.errors import ConfigError, DataError
 _PER_SHARD_WARNINGS = r".*(too short for a .* forecast window|left out of the task).*"
 
 
-
 class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
     """:class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule` for a folder of Parquet part files,
     streamed in shards of whole series (the module docstring). Same options; ``path`` is the folder.
@@ -75,11 +74,15 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         self._options = {k: v for k, v in bound.arguments.items() if k not in ("self", "path", "df")}
         where = f"--data.path {self.path}"
         if self._cov_spec is not None:
-            raise ConfigError(f"{where}: covariates (future_cols, past_cols, static_cols, calendar) are not supported "
-                              "for a Parquet folder yet; drop them or pass one CSV / Parquet file")
+            raise ConfigError(
+                f"{where}: covariates (future_cols, past_cols, static_cols, calendar) are not supported "
+                "for a Parquet folder yet; drop them or pass one CSV / Parquet file"
+            )
         if self.scaler == "robust":
-            raise ConfigError(f"{where}: the robust scaler's quantiles need every value at once, which a Parquet "
-                              "folder streams; pass --data.scaler standard or minmax")
+            raise ConfigError(
+                f"{where}: the robust scaler's quantiles need every value at once, which a Parquet "
+                "folder streams; pass --data.scaler standard or minmax"
+            )
         if self.read_kwargs.get("id_col") is None:
             raise ConfigError(f"{where}: a Parquet folder needs a series id column; pass --data.id_col")
         self.streams_shards = True  # backtest.fit_calibration: no in-memory table to calibrate on
@@ -97,8 +100,9 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
             vals = ["y"]  # what read_series takes by default: read only that
         if vals is not None:  # a column missing here is reported by read_series, naming the shard's files
             vals = [vals] if isinstance(vals, str) else list(vals)
-            self.folder.columns = [c for c in dict.fromkeys([rk["id_col"], rk["time_col"], *vals, *masks])
-                                   if c in names]
+            self.folder.columns = [
+                c for c in dict.fromkeys([rk["id_col"], rk["time_col"], *vals, *masks]) if c in names
+            ]
         self.shards = self.folder.shards(self.shard_rows)
         recs, codecs, channels = [], [], None
         for k, shard in enumerate(self.shards):
@@ -110,8 +114,10 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
             if channels is None:
                 channels = list(m.table.channel_names)
             elif list(m.table.channel_names) != channels:
-                raise DataError(f"{self.folder.name(shard)}: value columns {m.table.channel_names} differ from "
-                                f"{channels} in the first shard; write every part file with the same columns")
+                raise DataError(
+                    f"{self.folder.name(shard)}: value columns {m.table.channel_names} differ from "
+                    f"{channels} in the first shard; write every part file with the same columns"
+                )
             codecs.append((m.table.codec, self.folder.name(shard)))
             recs.append(shard_records(m, k))
             del m
@@ -124,8 +130,10 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         r = ShardRecords(*[getattr(r, f)[order] for f in ShardRecords.__dataclass_fields__])
         if len(r.ids) > 1 and bool((r.ids[1:] == r.ids[:-1]).any()):
             dup = r.ids[1:][r.ids[1:] == r.ids[:-1]][0]
-            raise DataError(f"{self.path}: series id {dup!r} is read in two shards (ids such as 1 and 1.0 that become "
-                            "the same); write the id column with one type")
+            raise DataError(
+                f"{self.path}: series id {dup!r} is read in two shards (ids such as 1 and 1.0 that become "
+                "the same); write the id column with one type"
+            )
         self.codec = self._folder_codec(codecs)
         s = len(r.ids)
         every = np.arange(s)
@@ -140,17 +148,22 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         self._warn_left_out(base, split)
         fix = "--data.horizon" if self.task == "forecast" else "--data.cut"
         if not len(split["train"]):
-            raise DataError(f"{self.path}: none of the {len(base['train'])} training series has a training window "
-                            f"(points before and after a cutoff, within the horizon); adjust {fix}")
+            raise DataError(
+                f"{self.path}: none of the {len(base['train'])} training series has a training window "
+                f"(points before and after a cutoff, within the horizon); adjust {fix}"
+            )
         if self.task == "forecast" and (self.val_fraction > 0 or self.train_end is not None) and not len(split["val"]):
-            raise DataError(f"{self.path}: no validation series has an observation before its validation cutoff and "
-                            f"one within horizon={self.horizon!r} after it, so there would be no validation; pass a "
-                            "shorter --data.horizon, an earlier --data.train_end, or --data.val_fraction 0")
+            raise DataError(
+                f"{self.path}: no validation series has an observation before its validation cutoff and "
+                f"one within horizon={self.horizon!r} after it, so there would be no validation; pass a "
+                "shorter --data.horizon, an earlier --data.train_end, or --data.val_fraction 0"
+            )
         first, last = r.first, r.last
         if self.codec.is_datetime:
             first, last = self.codec.ns_to_float(first), self.codec.ns_to_float(last)
-        self._transform = self._merge_transform(r, fit_series, np.asarray(first, np.float64),
-                                                np.asarray(last, np.float64), channels)
+        self._transform = self._merge_transform(
+            r, fit_series, np.asarray(first, np.float64), np.asarray(last, np.float64), channels
+        )
         factor = 1
         if self.task == "forecast" and self.windows_per_series == "auto":
             total = int(r.train_items[split["train"]].sum())
@@ -168,19 +181,24 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         for c, where in codecs[1:]:
             if (c.kind, c.unit, c.tz) != (c0.kind, c0.unit, c0.tz):
                 what = lambda x: x.kind if not x.is_datetime else f"datetimes (tz {x.tz})"  # noqa: E731
-                raise DataError(f"{where}: times are {what(c)} but {what(c0)} in {where0}; write every part file's "
-                                "time column the same way")
+                raise DataError(
+                    f"{where}: times are {what(c)} but {what(c0)} in {where0}; write every part file's "
+                    "time column the same way"
+                )
         if not c0.is_datetime:
             return c0
         return TimeCodec(c0.kind, c0.unit, c0.tz, min(int(c.ref_ns) for c, _ in codecs))
 
-    def _merge_transform(self, r: ShardRecords, sel: np.ndarray, first: np.ndarray, last: np.ndarray,
-                         channels: list[str]) -> SeriesTransform:
+    def _merge_transform(
+        self, r: ShardRecords, sel: np.ndarray, first: np.ndarray, last: np.ndarray, channels: list[str]
+    ) -> SeriesTransform:
         center, scale = merge_scaler(self.scaler, r.n[sel], r.mean[sel], r.m2[sel], r.lo[sel], r.hi[sel])
         for c, (ce, sc) in enumerate(zip(center, scale, strict=True)):
             if not (math.isfinite(ce) and math.isfinite(sc)):
-                raise DataError(f"{self.path}, column '{channels[c]}': the column's values span more than float64 can "
-                                f"scale ({self.scaler} scaler); rescale the column or fix the values")
+                raise DataError(
+                    f"{self.path}, column '{channels[c]}': the column's values span more than float64 can "
+                    f"scale ({self.scaler} scaler); rescale the column or fix the values"
+                )
         if self.time_scale == "auto":
             if self.time_origin == "series":
                 span = float(np.max(last[sel] - first[sel]))
@@ -198,24 +216,36 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
             if not (ts > 0 and np.isfinite(ts)):
                 raise ConfigError(f"time_scale={self.time_scale!r} must be 'auto' or a positive number")
         rk = self.read_kwargs
-        return SeriesTransform(channel_names=list(channels), codec=self.codec, time_origin=self.time_origin,
-                               time_scale=ts, scaler=self.scaler, center=center, scale=scale,
-                               id_col=rk["id_col"] or "unique_id", time_col=rk["time_col"])
+        return SeriesTransform(
+            channel_names=list(channels),
+            codec=self.codec,
+            time_origin=self.time_origin,
+            time_scale=ts,
+            scaler=self.scaler,
+            center=center,
+            scale=scale,
+            id_col=rk["id_col"] or "unique_id",
+            time_col=rk["time_col"],
+        )
 
     def _window(self) -> float | None:
         """The forecast task's context + horizon in raw time (what sets an automatic time scale), or None."""
         if self.task != "forecast" or self.context is None:
             return None
-        return (positive_duration(self.codec, self.context, "context")
-                + positive_duration(self.codec, self.horizon, "horizon"))
+        return positive_duration(self.codec, self.context, "context") + positive_duration(
+            self.codec, self.horizon, "horizon"
+        )
 
     def _warn_left_out(self, base: dict, split: dict) -> None:
         for name in ("train", "val", "test"):
             n = len(base[name]) - len(split[name])
             if n:
                 what = "forecast window" if self.task == "forecast" else "window of the task"
-                warnings.warn(f"{self.path}: {n} {name} series are too short for a {what} (no point before its cutoff "
-                              "or none after it) and are left out of it", stacklevel=3)
+                warnings.warn(
+                    f"{self.path}: {n} {name} series are too short for a {what} (no point before its cutoff "
+                    "or none after it) and are left out of it",
+                    stacklevel=3,
+                )
 
     # --- what the rest of the package reads -------------------------------------------------------------------
     @property
@@ -249,17 +279,21 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
     def column_summary(self) -> str:
         self._prepare()
         rows = sum(s.rows for s in self.shards)
-        return (f"data {self.path}: {len(self.ids)} series, {rows} rows in {len(self.folder.fragments)} Parquet files, "
-                f"streamed in {len(self.shards)} shards of at most {self.shard_rows} rows; targets "
-                f"{', '.join(self._channels)}; columns read {', '.join(self.folder.columns)}")
+        return (
+            f"data {self.path}: {len(self.ids)} series, {rows} rows in {len(self.folder.fragments)} Parquet files, "
+            f"streamed in {len(self.shards)} shards of at most {self.shard_rows} rows; targets "
+            f"{', '.join(self._channels)}; columns read {', '.join(self.folder.columns)}"
+        )
 
     def split_ids(self, name: str) -> list:
         self._prepare()
         return [self.ids[i] for i in self.folder_split[name]]
 
     def to_frame(self, *args, **kwargs) -> NoReturn:
-        raise ConfigError(f"--data.path {self.path}: a Parquet folder streams in shards, so predictions are not "
-                          "mapped back here; forecast its files with 'ts-neuralode forecast'")
+        raise ConfigError(
+            f"--data.path {self.path}: a Parquet folder streams in shards, so predictions are not "
+            "mapped back here; forecast its files with 'ts-neuralode forecast'"
+        )
 
     # --- loaders ------------------------------------------------------------------------------------------------
     def rank_world(self) -> tuple[int, int]:
@@ -277,8 +311,14 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
         if rank is None or world is None:
             rank, world = self.rank_world()
         train = name == "train"
-        return ShardStream(self, name, rank, world, shuffle=train and self.shuffle,
-                           batch_size=self.batch_size if train else self.eval_batch_size)
+        return ShardStream(
+            self,
+            name,
+            rank,
+            world,
+            shuffle=train and self.shuffle,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+        )
 
     def _stream_loader(self, name: str) -> DataLoader:
         # Lightning warns that a sized IterableDataset may repeat data across loader workers: there are none here
@@ -299,8 +339,14 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
 
     def shard_module(self, k: int, name: str, ids: list | None) -> ShardModule:
         """Shard ``k``'s rows of series ``ids``, prepared with the folder's transform for split ``name``."""
-        m = ShardModule(self.folder.read(self.shards[k], ids), self._options, self.folder.name(self.shards[k]),
-                         self.codec, self._transform, name)
+        m = ShardModule(
+            self.folder.read(self.shards[k], ids),
+            self._options,
+            self.folder.name(self.shards[k]),
+            self.codec,
+            self._transform,
+            name,
+        )
         with warnings.catch_warnings():  # the scan said it once
             warnings.simplefilter("ignore")
             m._prepare()

@@ -34,8 +34,9 @@ def count(value: Any, what: str) -> int:
     return n
 
 
-def query_times(codec, table, index: list[int], horizon, times, freq, num_points
-                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def query_times(
+    codec, table, index: list[int], horizon, times, freq, num_points
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Query times per requested series, sorted: raw floats (for the model), and the same times exactly as
     they leave the package (for the output ``ds``): for datetime data int64 ns since the epoch (the instants
     asked for, not ones recovered from floats a few ns off); for numbers the values passed (their own dtype),
@@ -73,8 +74,10 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
             for i in index:
                 g = groups.get(str(ids[i]))
                 if g is None:
-                    raise ForecastError(f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
-                                        "for it or pass series=[...] to forecast fewer series")
+                    raise ForecastError(
+                        f"series {ids[i]!r} has no query times in the times DataFrame; add rows "
+                        "for it or pass series=[...] to forecast fewer series"
+                    )
                 if exact:
                     exact_rows.append(to_ns(g["ds"]))
                 else:
@@ -96,12 +99,15 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
         raise ForecastError("no query times: pass horizon=... (how far past the last observation) or times=[...]")
     h = codec.duration(horizon, "horizon", ForecastError)
     if not h > 0:
-        raise ForecastError(f"horizon={horizon!r} must be positive: it is how far past each series' last "
-                            "observation to forecast; for times inside the history pass times=[...] instead")
+        raise ForecastError(
+            f"horizon={horizon!r} must be positive: it is how far past each series' last "
+            "observation to forecast; for times inside the history pass times=[...] instead"
+        )
     last = table.last_times()[index]
     if exact and not h * unit_ns < 9.2e18:  # int64 ns spans 292 years
-        raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp (2262-04-11); "
-                            "pass a shorter horizon")
+        raise ForecastError(
+            f"horizon={horizon!r} reaches past the last representable timestamp (2262-04-11); pass a shorter horizon"
+        )
     if freq is not None:
         if num_points is not None:
             raise ForecastError("pass either freq=... or num_points=..., not both")
@@ -110,8 +116,10 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
             raise ForecastError(f"freq={freq!r} must be positive")
         ratio = h / step
         if not ratio < MAX_QUERY_POINTS + 1:  # inf or NaN too
-            raise ForecastError(f"horizon/freq gives {ratio:.3g} query times per series; use a coarser freq "
-                                f"(at most {MAX_QUERY_POINTS})")
+            raise ForecastError(
+                f"horizon/freq gives {ratio:.3g} query times per series; use a coarser freq "
+                f"(at most {MAX_QUERY_POINTS})"
+            )
         n = math.floor(ratio + 1e-9)
         if n < 1:
             raise ForecastError(f"freq={freq!r} is longer than horizon={horizon!r}; no query time fits")
@@ -134,15 +142,24 @@ def query_times(codec, table, index: list[int], horizon, times, freq, num_points
             last_ns = codec.float_to_ns(last)
         span = float(np.max(np.abs(last_ns.astype(np.float64)))) + float(offs_ns[-1])
         if not span < 9.2e18:  # int64 ns ends in the year 2262
-            raise ForecastError(f"horizon={horizon!r} reaches past the last representable timestamp "
-                                "(2262-04-11); pass a shorter horizon")
+            raise ForecastError(
+                f"horizon={horizon!r} reaches past the last representable timestamp "
+                "(2262-04-11); pass a shorter horizon"
+            )
         return from_ns([lt + offs_ns for lt in last_ns])
     rows = [lt + offs for lt in last]
     return rows, rows
 
 
-def check_reachable(transform, table, origins: np.ndarray, index: list[int], raw_q: list[np.ndarray],
-                    exact_q: list[np.ndarray], context: Any) -> None:
+def check_reachable(
+    transform,
+    table,
+    origins: np.ndarray,
+    index: list[int],
+    raw_q: list[np.ndarray],
+    exact_q: list[np.ndarray],
+    context: Any,
+) -> None:
     """ForecastError for a query time that is not finite, lies before the (context window of the) history, or
     is further from the series' start (``origins``: every series' raw origin) than the model can reach."""
     ids = list(table.ids)
@@ -151,20 +168,25 @@ def check_reachable(transform, table, origins: np.ndarray, index: list[int], raw
     for row, i in enumerate(index):
         q = raw_q[row]
         if not np.isfinite(q).all():
-            raise ForecastError(f"series {ids[i]!r}: query time {exact_q[row][~np.isfinite(q)][0]} is not a "
-                                "finite time; pass finite numbers or valid datetimes")
+            raise ForecastError(
+                f"series {ids[i]!r}: query time {exact_q[row][~np.isfinite(q)][0]} is not a "
+                "finite time; pass finite numbers or valid datetimes"
+            )
         if q.size and q.min() < firsts[row] - 1e-9 * max(1.0, abs(firsts[row])):
             k = int(np.argmin(q))
-            asked = transform.codec.from_ns(exact_q[row][k:k + 1])[0] if transform.codec.is_datetime \
-                else exact_q[row][k]
+            asked = (
+                transform.codec.from_ns(exact_q[row][k : k + 1])[0] if transform.codec.is_datetime else exact_q[row][k]
+            )
             where = "its first observation" if context is None else f"the start of its context={context!r} window"
             raise ForecastError(
                 f"series {ids[i]!r}: query time {asked} is before {where} "
-                f"{table.user_times(first_rows[row:row + 1])[0]}; the model forecasts forward from the history: "
-                "pass times at or after the history's start")
+                f"{table.user_times(first_rows[row : row + 1])[0]}; the model forecasts forward from the history: "
+                "pass times at or after the history's start"
+            )
         model_t = transform.raw_to_model_time(q, origins[i])
         if q.size and not np.abs(model_t).max() <= MAX_MODEL_TIME:
             raise ForecastError(
                 f"series {ids[i]!r}: query time {exact_q[row][int(np.argmax(np.abs(model_t)))]} is "
                 f"{float(np.abs(model_t).max()):.3g} model time units from the series' start (the training "
-                f"series spanned at most ~10); the model cannot reach it: pass nearer times")
+                f"series spanned at most ~10); the model cannot reach it: pass nearer times"
+            )

@@ -59,8 +59,9 @@ def auto_time_scale(max_span: float) -> float:
     return float(10.0 ** math.ceil(math.log10(max_span / 10.0) - 1e-12))
 
 
-def merge_scaler(kind: str, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
-                 hi: np.ndarray) -> tuple[list[float], list[float]]:
+def merge_scaler(
+    kind: str, n: np.ndarray, mean: np.ndarray, m2: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[list[float], list[float]]:
     """Per-channel (center, scale) of scaler ``kind`` from per-series statistics ``[S, D]`` (count, mean, sum of
     squared deviations, min, max): the standard scaler's mean and population standard deviation merged exactly
     (Chan et al.), as scikit-learn's ``StandardScaler`` / ``MinMaxScaler`` give on all the values; a constant channel

@@ -85,9 +85,16 @@ class SeriesTable:
         from dataclasses import replace
 
         opt = lambda a: None if a is None else a[rows]  # noqa: E731
-        return replace(self, ids=np.asarray(ids), offsets=np.asarray(offsets, dtype=np.int64), times=self.times[rows],
-                       values=self.values[rows], mask=self.mask[rows], time_ns=opt(self.time_ns),
-                       rows=opt(self.rows))
+        return replace(
+            self,
+            ids=np.asarray(ids),
+            offsets=np.asarray(offsets, dtype=np.int64),
+            times=self.times[rows],
+            values=self.values[rows],
+            mask=self.mask[rows],
+            time_ns=opt(self.time_ns),
+            rows=opt(self.rows),
+        )
 
     @property
     def num_channels(self) -> int:

@@ -52,10 +52,16 @@ def series_split(table, seed, val_fraction: float, test_fraction: float) -> dict
     n_val = int(round(val_fraction * s))
     if s - n_test - n_val < 1:
         hint = " or split by time (--data.task forecast --data.split_by time)" if s <= 12 else ""
-        raise ConfigError(f"{table.source}: {s} series leave none for training with val_fraction="
-                          f"{val_fraction} and test_fraction={test_fraction}; lower them{hint}")
-    return {"test": np.sort(perm[:n_test]), "val": np.sort(perm[n_test:n_test + n_val]),
-            "train": np.sort(perm[n_test + n_val:])}
+        raise ConfigError(
+            f"{table.source}: {s} series leave none for training with val_fraction="
+            f"{val_fraction} and test_fraction={test_fraction}; lower them{hint}"
+        )
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
 
 def prepare_series_task(opts, table) -> Prepared:
     """The interpolation / extrapolation task of ``table`` under the data module options ``opts``."""
@@ -83,10 +89,15 @@ def prepare_series_task(opts, table) -> Prepared:
         if not usable.all():
             n_bad = int((~usable).sum())
             if not usable.any() and opts.whole_data:
-                raise DataError(f"{table.source}: no series has points both before and after the cut "
-                                f"(cut={opts.cut}, cut_time={opts.cut_time!r}); move the cut")
-            warnings.warn(f"{table.source}: {n_bad} series have no point before or after the extrapolation cut "
-                          "and are left out of the task", stacklevel=2)
+                raise DataError(
+                    f"{table.source}: no series has points both before and after the cut "
+                    f"(cut={opts.cut}, cut_time={opts.cut_time!r}); move the cut"
+                )
+            warnings.warn(
+                f"{table.source}: {n_bad} series have no point before or after the extrapolation cut "
+                "and are left out of the task",
+                stacklevel=2,
+            )
             split = {k: v[usable[v]] for k, v in split.items()}
     cand = np.arange(len(seg)) - np.repeat(arrays.starts, counts) < np.repeat(cond_count, counts)
     fixed = subsample(seg, cand, counts, fraction, np.random.default_rng([opts.seed, 1]))
@@ -95,26 +106,35 @@ def prepare_series_task(opts, table) -> Prepared:
     specs = {"train": TaskSpec(cond_count, targets_after, fraction, None, cutoff), "val": eval_spec, "test": eval_spec}
     return Prepared(table, split, transform, arrays, origins, specs, split["train"])
 
+
 def positive_duration(codec, value, what: str) -> float:
     """``value`` (a number of the data's time units or a duration string) as raw time; ConfigError unless > 0."""
     d = codec.duration(value, what, ConfigError)
     if not (np.isfinite(d) and d > 0):
-        raise ConfigError(f"{what}={value!r} must be a positive duration (a number of the data's time units, or "
-                          "e.g. 2D for datetimes)")
+        raise ConfigError(
+            f"{what}={value!r} must be a positive duration (a number of the data's time units, or "
+            "e.g. 2D for datetimes)"
+        )
     return d
+
 
 def train_end_time(train_end, table) -> float:
     """``train_end`` as a raw time (ConfigError naming it when it is not a time of the data's kind)."""
     try:
         cut = float(table.codec.to_float([train_end])[0])
     except (DataError, TypeError, ValueError) as err:
-        kind = ("a datetime like the data's, e.g. 2024-01-18T00:00:00+01:00" if table.codec.is_datetime
-                else "a number of the data's time units")
-        raise ConfigError(f"--data.train_end={train_end!s} is not a time of the data: pass {kind} "
-                          f"({' '.join(str(err).split())})") from err
+        kind = (
+            "a datetime like the data's, e.g. 2024-01-18T00:00:00+01:00"
+            if table.codec.is_datetime
+            else "a number of the data's time units"
+        )
+        raise ConfigError(
+            f"--data.train_end={train_end!s} is not a time of the data: pass {kind} ({' '.join(str(err).split())})"
+        ) from err
     if not np.isfinite(cut):
         raise ConfigError(f"--data.train_end={train_end!s} is not a finite time; pass a time within the data")
     return cut
+
 
 def prepare_forecast(opts, table) -> Prepared:
     """The forecast task of ``table`` under the data module options ``opts`` (split by time or by series)."""
@@ -133,15 +153,19 @@ def prepare_forecast(opts, table) -> Prepared:
             test_cut = last - h
             val_cut = (test_cut if opts.test_fraction > 0 else last) - h
             end = val_cut if opts.val_fraction > 0 else (test_cut if opts.test_fraction > 0 else np.full(s, np.inf))
-            split = {"train": every, "val": every if opts.val_fraction > 0 else none,
-                     "test": every if opts.test_fraction > 0 else none}
+            split = {
+                "train": every,
+                "val": every if opts.val_fraction > 0 else none,
+                "test": every if opts.test_fraction > 0 else none,
+            }
             cuts = {"val": val_cut, "test": test_cut}
         # Fit the scaler and time scale on the training part of the time axis only.
-        n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h),
-                                     "right")
+        n_fit = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end + window_slack(end, h), "right")
         if not (n_fit > 0).any() and opts.whole_data:
-            raise DataError(f"{src}: no series has history before its validation/test horizons "
-                            f"(horizon={opts.horizon!r}); shorten --data.horizon")
+            raise DataError(
+                f"{src}: no series has history before its validation/test horizons "
+                f"(horizon={opts.horizon!r}); shorten --data.horizon"
+            )
         fit_idx = np.flatnonzero(n_fit > 0)
         transform = opts._fit_transform(subset_table(table, fit_idx, hi=n_fit[fit_idx]), None, window)
     else:
@@ -151,13 +175,21 @@ def prepare_forecast(opts, table) -> Prepared:
         transform = opts._fit_transform(table, split["train"], window)
     origins = transform.origins(table)
     arrays = SeriesArrays.from_table(table, transform, origins)
-    base = ForecastSpec(h, ctx, np.asarray(end, dtype=np.float64), origins, float(transform.time_scale),
-                        shift=opts.time_origin == "series")
+    base = ForecastSpec(
+        h,
+        ctx,
+        np.asarray(end, dtype=np.float64),
+        origins,
+        float(transform.time_scale),
+        shift=opts.time_origin == "series",
+    )
     specs = {"train": base.with_anchors(arrays)}
     usable = specs["train"].anchor_count[split["train"]] > 0
     if not usable.any() and opts.whole_data:
-        raise DataError(f"{src}: no series has two observations within horizon={opts.horizon!r} of each other "
-                        "before its validation/test part; lengthen --data.horizon or use fewer held-out parts")
+        raise DataError(
+            f"{src}: no series has two observations within horizon={opts.horizon!r} of each other "
+            "before its validation/test part; lengthen --data.horizon or use fewer held-out parts"
+        )
     split["train"] = keep_usable(split["train"], usable, "training", src)
     for name in ("val", "test"):
         spec = ForecastSpec(h, ctx, np.full(s, np.inf), origins, base.time_scale, base.shift, cuts[name])
@@ -166,16 +198,20 @@ def prepare_forecast(opts, table) -> Prepared:
         ok = (n_cond >= 1) & (cnt > n_cond)
         if name == "val" and len(idx) and not ok.any() and opts.train_end is None and opts.whole_data:
             shown = ", ".join(str(table.ids[i]) for i in idx[:5]) + (" …" if len(idx) > 5 else "")
-            raise DataError(f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
-                            f"its last horizon={opts.horizon!r} and one within it, so there would be no validation "
-                            "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
-                            "--data.horizon, --data.split_by time (every series validates on its last horizon), "
-                            "or --data.val_fraction 0 to train without validation")
+            raise DataError(
+                f"{src}: none of the {len(idx)} validation series ({shown}) has an observation before "
+                f"its last horizon={opts.horizon!r} and one within it, so there would be no validation "
+                "(no early stopping, no checkpoint choice, no band calibration); pass a shorter "
+                "--data.horizon, --data.split_by time (every series validates on its last horizon), "
+                "or --data.val_fraction 0 to train without validation"
+            )
         if name == "val" and opts.train_end is not None and not ok.any() and opts.whole_data:
             end_of = table.user_times(table.offsets[1:] - 1)
-            raise ConfigError(f"--data.train_end={opts.train_end!s}: no series has an observation within "
-                              f"horizon={opts.horizon!r} after it to validate on (the data ends at "
-                              f"{max(end_of)}); pass an earlier train_end")
+            raise ConfigError(
+                f"--data.train_end={opts.train_end!s}: no series has an observation within "
+                f"horizon={opts.horizon!r} after it to validate on (the data ends at "
+                f"{max(end_of)}); pass an earlier train_end"
+            )
         split[name] = keep_usable(idx, ok, name, src)
         specs[name] = spec
     if opts.windows_per_series == "auto":
@@ -191,9 +227,12 @@ def prepare_forecast(opts, table) -> Prepared:
         per = np.full(s, int(opts.windows_per_series), dtype=np.int64)
     return Prepared(table, split, transform, arrays, origins, specs, np.repeat(split["train"], per[split["train"]]))
 
+
 def keep_usable(idx: np.ndarray, usable: np.ndarray, what: str, src: str) -> np.ndarray:
     if not usable.all():
-        warnings.warn(f"{src}: {int((~usable).sum())} series are too short for a {what} forecast window (no "
-                      "point before its cutoff or none within the horizon after it) and are left out of it",
-                      stacklevel=3)
+        warnings.warn(
+            f"{src}: {int((~usable).sum())} series are too short for a {what} forecast window (no "
+            "point before its cutoff or none within the horizon after it) and are left out of it",
+            stacklevel=3,
+        )
     return idx[usable]

@@ -118,8 +118,10 @@ class TimeCodec:
         except DataError:
             raise
         except (ValueError, TypeError, OverflowError) as exc:  # pandas' OutOfBoundsDatetime is a ValueError
-            raise DataError(f"could not read query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps "
-                            "between 1677-09-22 and 2262-04-11") from exc
+            raise DataError(
+                f"could not read query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps "
+                "between 1677-09-22 and 2262-04-11"
+            ) from exc
 
     def _datetimes_to_ns(self, values: Any) -> np.ndarray:
         if isinstance(values, (pd.Series, pd.Index)):
@@ -155,31 +157,41 @@ class TimeCodec:
         try:
             stamps = [pd.Timestamp(v) for v in s]
         except (ValueError, TypeError):
-            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 "
-                            "timestamps") from exc
+            raise DataError(
+                f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps"
+            ) from exc
         aware = [t.tzinfo is not None for t in stamps]
         if not all(aware):
             if any(aware):
                 i = aware.index(not aware[0])
-                raise DataError(f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
-                                "give every time an offset or none") from exc
-            raise DataError(f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 "
-                            "timestamps") from exc
+                raise DataError(
+                    f"query times mix timezone-aware and naive datetimes ({s.iloc[0]!r}, {s.iloc[i]!r}); "
+                    "give every time an offset or none"
+                ) from exc
+            raise DataError(
+                f"could not parse query times as datetimes ({_first_line(exc)}); pass ISO 8601 timestamps"
+            ) from exc
         return pd.Series([t.tz_convert("UTC") for t in stamps], dtype="datetime64[ns, UTC]")
 
     def to_float(self, values: Any) -> np.ndarray:
         """Times in the user's form (numbers, or datetimes for a datetime codec) -> raw float64 times."""
         if not self.is_datetime:
             arr = np.asarray(values)
-            if arr.dtype.kind in "Mm" or arr.dtype == object and arr.size and isinstance(
-                    arr.flat[0], (pd.Timestamp, _dt.datetime, str)):
+            if (
+                arr.dtype.kind in "Mm"
+                or arr.dtype == object
+                and arr.size
+                and isinstance(arr.flat[0], (pd.Timestamp, _dt.datetime, str))
+            ):
                 raise DataError("the data's time axis is numeric but datetimes were given; pass numbers")
             try:
                 return np.asarray(arr, dtype=np.float64)
             except (TypeError, ValueError) as exc:
-                raise DataError(f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the "
-                                f"data's "
-                                "time axis is numeric: pass numbers") from exc
+                raise DataError(
+                    f"times {arr.reshape(-1)[:3].tolist()} are not numbers ({_first_line(exc)}); the "
+                    f"data's "
+                    "time axis is numeric: pass numbers"
+                ) from exc
         ns = self.datetimes_to_ns(values)
         return self.ns_to_float(ns)
 
@@ -250,8 +262,9 @@ def _first_true(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
-                      codec: TimeCodec | None) -> tuple[np.ndarray, TimeCodec, np.ndarray | None]:
+def parse_time_column(
+    col: pd.Series, name: str, where, time_unit: str | None, codec: TimeCodec | None
+) -> tuple[np.ndarray, TimeCodec, np.ndarray | None]:
     """Time column -> (raw float64 times, codec, int64 ns of datetimes or None). Numbers stay numbers; anything
     else is parsed as datetimes (ISO 8601 first, then pandas' other formats cell by cell). ``where.at(name, row)``
     names the place in a message (``ts_neuralode.data.io`` passes its file/line formatter)."""
@@ -263,8 +276,9 @@ def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
     if not is_dt and col.dtype.kind in "biuf":
         t = col.to_numpy(dtype=np.float64)
         if codec is not None and codec.is_datetime:
-            raise DataError(f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass "
-                            f"datetimes")
+            raise DataError(
+                f"{where.at(name)}: times are numbers but the model was trained on datetimes; pass datetimes"
+            )
         inf = np.isinf(t)
         if inf.any():
             i = _first_true(inf)
@@ -311,8 +325,10 @@ def parse_time_column(col: pd.Series, name: str, where, time_unit: str | None,
     outside = ((col < lo) | (col > hi)).to_numpy()
     if outside.any():  # pandas parses years 0001..9999, but a time is int64 ns (1677-09-22 .. 2262-04-11)
         i = _first_true(outside)
-        raise DataError(f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
-                        f"({lo.date()} .. {hi.date()}); fix it")
+        raise DataError(
+            f"{where.at(name, i)}: timestamp {col.iloc[i]} is outside the range a time can have "
+            f"({lo.date()} .. {hi.date()}); fix it"
+        )
     ns = col.dt.as_unit("ns").to_numpy().view(np.int64)
     if codec is None:
         unit = time_unit or DEFAULT_TIME_UNIT

@@ -83,9 +83,16 @@ class SeriesTransform:
 
     # --- fitting / serialisation -----------------------------------------------------------------
     @classmethod
-    def fit(cls, table, series: np.ndarray | None = None, *, scaler: str = "standard",
-            time_scale: float | str = "auto", time_origin: str = "series",
-            window: float | None = None) -> SeriesTransform:
+    def fit(
+        cls,
+        table,
+        series: np.ndarray | None = None,
+        *,
+        scaler: str = "standard",
+        time_scale: float | str = "auto",
+        time_origin: str = "series",
+        window: float | None = None,
+    ) -> SeriesTransform:
         """Fit on the series ``series`` (indices into ``table``; default all) of a SeriesTable.
 
         ``window``: the longest stretch of raw time a model integrates over, when it is shorter than a series
@@ -126,12 +133,22 @@ class SeriesTransform:
             if not (math.isfinite(c) and math.isfinite(sc)):
                 obs = np.flatnonzero(rows & table.mask[:, d])
                 k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
-                raise DataError(f"{table.where(table.channel_names[d], k)}: value {table.values[k, d]:g}: the column's "
-                                f"values span more than float64 can scale ({scaler} scaler); rescale the column "
-                                "(e.g. divide it by 1e300) or fix the value")
-        out = cls(channel_names=list(table.channel_names), codec=table.codec, time_origin=time_origin,
-                  time_scale=ts, scaler=scaler, center=centers, scale=scales,
-                  id_col=table.id_col or "unique_id", time_col=table.time_col)
+                raise DataError(
+                    f"{table.where(table.channel_names[d], k)}: value {table.values[k, d]:g}: the column's "
+                    f"values span more than float64 can scale ({scaler} scaler); rescale the column "
+                    "(e.g. divide it by 1e300) or fix the value"
+                )
+        out = cls(
+            channel_names=list(table.channel_names),
+            codec=table.codec,
+            time_origin=time_origin,
+            time_scale=ts,
+            scaler=scaler,
+            center=centers,
+            scale=scales,
+            id_col=table.id_col or "unique_id",
+            time_col=table.time_col,
+        )
         out.check_table(table)
         return out
 
@@ -150,7 +167,8 @@ class SeriesTransform:
                 f"the "
                 f"column's training scale ({self.scale[d]:.3g}) from its center ({self.center[d]:.3g}), beyond what "
                 f"the model's float32 inputs can hold (|scaled| <= {MAX_SCALED_VALUE:g}); fix the value or rescale the "
-                "column")
+                "column"
+            )
         bad = ~(np.abs(tm) <= MAX_MODEL_TIME)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -158,14 +176,22 @@ class SeriesTransform:
                 f"{table.where(table.time_col, k)}: time {table.user_times(np.array([k]))[0]} is {abs(tm[k]):.3g} "
                 f"model time units from its series' origin (time_scale {self.time_scale:g}), beyond what the model "
                 f"can step across (|model time| <= {MAX_MODEL_TIME:g}); fix the time, split the series, or pass a "
-                "larger --data.time_scale")
+                "larger --data.time_scale"
+            )
 
     def state_dict(self) -> dict:
         """Plain JSON-able dict (no pickles)."""
-        return {"channel_names": list(self.channel_names), "codec": self.codec.state_dict(),
-                "time_origin": self.time_origin, "time_scale": float(self.time_scale), "scaler": self.scaler,
-                "center": [float(c) for c in self.center], "scale": [float(s) for s in self.scale],
-                "id_col": self.id_col, "time_col": self.time_col}
+        return {
+            "channel_names": list(self.channel_names),
+            "codec": self.codec.state_dict(),
+            "time_origin": self.time_origin,
+            "time_scale": float(self.time_scale),
+            "scaler": self.scaler,
+            "center": [float(c) for c in self.center],
+            "scale": [float(s) for s in self.scale],
+            "id_col": self.id_col,
+            "time_col": self.time_col,
+        }
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> SeriesTransform:
@@ -220,8 +246,11 @@ class SeriesTransform:
             lo, hi = int(table.offsets[s]), int(table.offsets[s + 1])
             obs = table.times[lo:hi]
             j = np.clip(np.searchsorted(obs, raw[r]), 1, max(len(obs) - 1, 1))
-            near = np.where(np.abs(obs[j - 1] - raw[r]) <= np.abs(obs[np.minimum(j, len(obs) - 1)] - raw[r]),
-                            j - 1, np.minimum(j, len(obs) - 1))
+            near = np.where(
+                np.abs(obs[j - 1] - raw[r]) <= np.abs(obs[np.minimum(j, len(obs) - 1)] - raw[r]),
+                j - 1,
+                np.minimum(j, len(obs) - 1),
+            )
             hit = np.abs(obs[near] - raw[r]) <= tol[r]
             rows[r] = np.where(hit, lo + near, -1)
         flat, hit = rows.reshape(-1), rows.reshape(-1) >= 0
@@ -242,14 +271,21 @@ class SeriesTransform:
     def read(self, source, **read_kwargs):
         """Read a history CSV/DataFrame with this transform's columns and time codec."""
 
-        kw = {"id_col": self.id_col, "time_col": self.time_col, "value_cols": list(self.channel_names),
-              "codec": self.codec, "min_points": 1}  # one observation is enough to condition a forecast
+        kw = {
+            "id_col": self.id_col,
+            "time_col": self.time_col,
+            "value_cols": list(self.channel_names),
+            "codec": self.codec,
+            "min_points": 1,
+        }  # one observation is enough to condition a forecast
         # None for these means "the default", which here is the training setting, not auto-detection
         kw.update({k: v for k, v in read_kwargs.items() if v is not None or k not in ("value_cols", "time_unit")})
         table = read_series(source, **kw)
         if table.channel_names != list(self.channel_names):
-            raise DataError(f"{table.source}: channels {table.channel_names} differ from the training channels "
-                            f"{list(self.channel_names)}; pass value_cols in that order")
+            raise DataError(
+                f"{table.source}: channels {table.channel_names} differ from the training channels "
+                f"{list(self.channel_names)}; pass value_cols in that order"
+            )
         return table
 
     def make_batch(self, source, *, layout: str = "padded", **read_kwargs) -> PreparedBatch:
@@ -267,13 +303,25 @@ class SeriesTransform:
         inner = np.ones(len(gaps), dtype=bool)
         inner[table.offsets[1:-1] - 1] = False
         gaps = gaps[inner]
-        return PreparedBatch(batch=batch, series_ids=list(table.ids), origins=origins,
-                             last_times=table.last_times().copy(), transform=self,
-                             median_gap=float(np.median(gaps)) if gaps.size else 1.0)
+        return PreparedBatch(
+            batch=batch,
+            series_ids=list(table.ids),
+            origins=origins,
+            last_times=table.last_times().copy(),
+            transform=self,
+            median_gap=float(np.median(gaps)) if gaps.size else 1.0,
+        )
 
-    def to_frame(self, series_ids: Sequence, origins: np.ndarray, times: Any, values: Any,
-                 bands: Mapping[str, Any] | None = None, value_kind: Mapping[str, str] | None = None,
-                 history: tuple[Any, Sequence[int]] | None = None) -> pd.DataFrame:
+    def to_frame(
+        self,
+        series_ids: Sequence,
+        origins: np.ndarray,
+        times: Any,
+        values: Any,
+        bands: Mapping[str, Any] | None = None,
+        value_kind: Mapping[str, str] | None = None,
+        history: tuple[Any, Sequence[int]] | None = None,
+    ) -> pd.DataFrame:
         """Model-unit predictions -> long DataFrame ``[id_col, time_col, <channel>..., <channel>-<band>...]``.
 
         Args:
@@ -286,6 +334,7 @@ class SeriesTransform:
                 as that observation's time exactly as read (model times are float32: without this, a forecast at
                 the batch's own times comes back a few units in the last place off).
         """
+
         def to_np(a):
             return a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, float)
 
@@ -299,8 +348,10 @@ class SeriesTransform:
             ts = self._history_times(history[0], history[1], times, origins)
         else:
             ts = self.from_model_time(times, np.broadcast_to(origins, (b, tq)))
-        out = {self.id_col: np.repeat(np.asarray(series_ids, dtype=object), tq),
-               self.time_col: ts if isinstance(ts, pd.DatetimeIndex) else np.asarray(ts).reshape(-1)}
+        out = {
+            self.id_col: np.repeat(np.asarray(series_ids, dtype=object), tq),
+            self.time_col: ts if isinstance(ts, pd.DatetimeIndex) else np.asarray(ts).reshape(-1),
+        }
         vals = self.inverse_values(values).reshape(b * tq, d)
         for k, ch in enumerate(self.channel_names):
             out[ch] = vals[:, k]
@@ -346,8 +397,10 @@ class PreparedBatch:
             out = conv(arr).reshape(1, -1)
             out = np.broadcast_to(out, (len(self.series_ids), out.shape[1]))
         if out.shape[0] != len(self.series_ids):
-            raise ForecastError(f"query times have {out.shape[0]} rows but the history has {len(self.series_ids)} "
-                                "series; pass one row per series or a 1-D list shared by all")
+            raise ForecastError(
+                f"query times have {out.shape[0]} rows but the history has {len(self.series_ids)} "
+                "series; pass one row per series or a 1-D list shared by all"
+            )
         if out.shape[1] > 1 and (np.diff(out, axis=1) < 0).any():
             raise ForecastError("query times must be sorted in increasing order")
         return out
@@ -376,8 +429,15 @@ class PreparedBatch:
             dt = float(step)
         return self.last_times[:, None] + dt * np.arange(1, horizon + 1)[None, :]
 
-    def to_frame(self, times: Any, values: Any, bands: Mapping[str, Any] | None = None,
-                 value_kind: Mapping[str, str] | None = None, query: Any = None, raw: bool = False) -> pd.DataFrame:
+    def to_frame(
+        self,
+        times: Any,
+        values: Any,
+        bands: Mapping[str, Any] | None = None,
+        value_kind: Mapping[str, str] | None = None,
+        query: Any = None,
+        raw: bool = False,
+    ) -> pd.DataFrame:
         """Model-unit predictions at model ``times`` -> long DataFrame in original units/timestamps.
 
         Pass ``query`` (what you gave :meth:`query_times`, with the same ``raw``) to write those exact

@@ -64,8 +64,10 @@ def local_model(model_uri: str, tracking_uri: str | None = None) -> str:
 
     if "://" not in model_uri and ":/" not in model_uri:
         if not (Path(model_uri) / "MLmodel").is_file():
-            raise ConfigError(f"model {model_uri!r} is no MLflow model folder (no MLmodel file in it); pass the "
-                              "models:/ or runs:/<run id>/forecaster URI that 'ts-neuralode fit' printed")
+            raise ConfigError(
+                f"model {model_uri!r} is no MLflow model folder (no MLmodel file in it); pass the "
+                "models:/ or runs:/<run id>/forecaster URI that 'ts-neuralode fit' printed"
+            )
         return str(Path(model_uri).resolve())
     import mlflow
 
@@ -73,8 +75,10 @@ def local_model(model_uri: str, tracking_uri: str | None = None) -> str:
         return mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri)
     except Exception as err:  # MlflowException, OSError: the URI or the store is wrong
         first = " ".join(str(err).split())[:300]
-        raise ConfigError(f"cannot fetch the MLflow model {model_uri!r} ({first}); pass the URI that "
-                          "'ts-neuralode fit' printed and --tracking_uri / tracking_uri= of its store") from None
+        raise ConfigError(
+            f"cannot fetch the MLflow model {model_uri!r} ({first}); pass the URI that "
+            "'ts-neuralode fit' printed and --tracking_uri / tracking_uri= of its store"
+        ) from None
 
 
 #: the models loaded in this (worker) process, by folder: a Python worker serves many tasks and loads a model once
@@ -89,8 +93,9 @@ class ForecastFunction:
     to the executors by reference (it is importable there: ts_neuralode is installed beside the model's
     requirements), so the model cache above lives as long as the worker process."""
 
-    def __init__(self, model_dir: str, params: dict[str, Any] | None = None, *, shipped: bool = False,
-                 drop: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, model_dir: str, params: dict[str, Any] | None = None, *, shipped: bool = False, drop: tuple[str, ...] = ()
+    ) -> None:
         import os
 
         self.model_dir, self.params, self.shipped, self.drop = model_dir, dict(params or {}), shipped, tuple(drop)
@@ -150,9 +155,17 @@ def ship(spark, model_dir: str) -> str:
     return str(copy)
 
 
-def forecast_spark(history, model_uri: str, params: dict[str, Any] | None = None, *, id_col: str = "unique_id",
-                   buckets: int | None = None, partitions: int | None = None, tracking_uri: str | None = None,
-                   schema: str | None = None):
+def forecast_spark(
+    history,
+    model_uri: str,
+    params: dict[str, Any] | None = None,
+    *,
+    id_col: str = "unique_id",
+    buckets: int | None = None,
+    partitions: int | None = None,
+    tracking_uri: str | None = None,
+    schema: str | None = None,
+):
     """Forecast every series of the Spark DataFrame ``history`` with the MLflow model ``model_uri``; returns a Spark
     DataFrame of forecast rows (the columns of :meth:`Forecaster.predict`, datetimes as ISO strings).
 
@@ -170,8 +183,10 @@ def forecast_spark(history, model_uri: str, params: dict[str, Any] | None = None
     from pyspark.sql import functions as F
 
     if id_col not in history.columns:
-        raise ConfigError(f"history has no id column {id_col!r} (columns: {', '.join(history.columns)}); pass "
-                          "id_col= the column naming each series")
+        raise ConfigError(
+            f"history has no id column {id_col!r} (columns: {', '.join(history.columns)}); pass "
+            "id_col= the column naming each series"
+        )
     for name, value in (("buckets", buckets), ("partitions", partitions)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name}={value!r} must be a positive integer, or None (see forecast_spark's help)")

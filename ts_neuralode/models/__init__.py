@@ -23,7 +23,6 @@ def build_model(name: str, **kwargs) -> ForecastModel:
     also come flat, as in older versions (``evolution="ode", method="rk4"``: see ``upgrade_flat_options``)."""
     import inspect
 
-
     kwargs = upgrade_flat_options(kwargs)
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")

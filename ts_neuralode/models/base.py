@@ -212,12 +212,16 @@ def check_control(batch: Batch, control_dim: int, where: str) -> CovariateBatch 
         return None
     cov = batch.covariates
     if cov is None:
-        raise ForecastError(f"{where}: the model was trained with known-future covariates ({control_dim} channels) "
-                            "but the batch has none; pass them (--data.future_cols / --data.calendar, or "
-                            "Forecaster.predict(..., future=DataFrame))")
+        raise ForecastError(
+            f"{where}: the model was trained with known-future covariates ({control_dim} channels) "
+            "but the batch has none; pass them (--data.future_cols / --data.calendar, or "
+            "Forecaster.predict(..., future=DataFrame))"
+        )
     if cov.dim != control_dim:
-        raise ForecastError(f"{where}: the batch has {cov.dim} covariate channels but the model was built for "
-                            f"{control_dim}; pass the covariates it was trained with")
+        raise ForecastError(
+            f"{where}: the batch has {cov.dim} covariate channels but the model was built for "
+            f"{control_dim}; pass the covariates it was trained with"
+        )
     return cov
 
 
@@ -228,8 +232,10 @@ def check_static(batch: Batch, static_dim: int, where: str) -> Tensor | None:
     static = getattr(batch.covariates, "static", None)
     if static is None or static.shape[-1] != static_dim:
         got = 0 if static is None else static.shape[-1]
-        raise ForecastError(f"{where}: the model was trained with static covariates ({static_dim} encoded features) "
-                            f"but the batch has {got}; pass the static columns it was trained with")
+        raise ForecastError(
+            f"{where}: the model was trained with static covariates ({static_dim} encoded features) "
+            f"but the batch has {got}; pass the static columns it was trained with"
+        )
     return static
 
 
@@ -281,8 +287,9 @@ class ForecastModel(nn.Module):
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
-                 max_steps: int | None = None) -> Forecast:  # pragma: no cover - abstract
+    def forecast(
+        self, batch: Batch, query_times: Tensor, num_samples: int = 1, *, max_steps: int | None = None
+    ) -> Forecast:  # pragma: no cover - abstract
         """The forecast at ``query_times`` ([Tq] or [B, Tq]); ``max_steps``: the step budget of every ODE solve of
         this call (:mod:`ts_neuralode.models.step_budget`; None: each evolution's own ``config.max_steps``)."""
         raise NotImplementedError
@@ -306,8 +313,15 @@ class ForecastModel(nn.Module):
         base. Default: nothing (a model without such a read-out)."""
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _evolve(self, evolution: nn.Module, h0: Tensor, t: Tensor, t_mask: Tensor | None, inputs: CallInputs,
-                carry: StepCarry | None = None) -> Tensor:
+    def _evolve(
+        self,
+        evolution: nn.Module,
+        h0: Tensor,
+        t: Tensor,
+        t_mask: Tensor | None,
+        inputs: CallInputs,
+        carry: StepCarry | None = None,
+    ) -> Tensor:
         """``evolution(h0, t, t_mask)`` with the call's control and step budget (``inputs``: ``grid.inputs``) and a
         recurrent pass's ``carry`` (:class:`~ts_neuralode.models.evolution.StepCarry`); counts its evaluations."""
         out = evolution(h0, t, t_mask, control=inputs.control, max_steps=inputs.max_steps, carry=carry)
@@ -333,8 +347,11 @@ class ForecastModel(nn.Module):
         :class:`CallInputs`: the batch's covariates (checked against the model) and the step budget ``max_steps``."""
         where = type(self).__name__
         check_batch(batch, self.input_dim, where)
-        inputs = CallInputs(check_control(batch, self.control_dim, where), check_static(batch, self.static_dim, where),
-                            check_max_steps(max_steps))
+        inputs = CallInputs(
+            check_control(batch, self.control_dim, where),
+            check_static(batch, self.static_dim, where),
+            check_max_steps(max_steps),
+        )
         own = query_times is None or query_times is batch.times
         return (batch_grid(batch) if own else merge_grid(batch, query_times))._replace(inputs=inputs)
 

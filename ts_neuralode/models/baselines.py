@@ -93,8 +93,9 @@ def observed_neighbours(batch: Batch, q: Tensor) -> Neighbours:
     next_i = torch.where(n_lt < T, first.gather(1, n_lt.clamp(0, T - 1)), torch.full_like(n_lt, T))
     pi, ni = prev_i.clamp(0, T - 1), next_i.clamp(0, T - 1)
     t3 = tps.unsqueeze(-1).expand(B, T, D)
-    return Neighbours(t3.gather(1, pi), values.gather(1, pi), prev_i >= 0, t3.gather(1, ni), values.gather(1, ni),
-                      next_i < T)
+    return Neighbours(
+        t3.gather(1, pi), values.gather(1, pi), prev_i >= 0, t3.gather(1, ni), values.gather(1, ni), next_i < T
+    )
 
 
 class Baseline(ForecastModel):
@@ -105,8 +106,9 @@ class Baseline(ForecastModel):
     def point(self, batch: Batch, q: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
-                 max_steps: int | None = None) -> Forecast:
+    def forecast(
+        self, batch: Batch, query_times: Tensor, num_samples: int = 1, *, max_steps: int | None = None
+    ) -> Forecast:
         """A deterministic point forecast at ``query_times`` ([Tq] or [B, Tq]); one sample path whatever
         ``num_samples`` (its CRPS is then its absolute error). ``max_steps``: unused (no solver)."""
         check_positive(num_samples=num_samples)
@@ -181,8 +183,10 @@ class Seasonal(Baseline):
     def __init__(self, period: float, tolerance: float | None = None) -> None:
         super().__init__()
         if period is None or not (math.isfinite(float(period)) and float(period) > 0):
-            raise ConfigError(f"seasonal baseline: period={period!r} must be a positive number of model time units; "
-                              "pass a season (e.g. --data.season 24h)")
+            raise ConfigError(
+                f"seasonal baseline: period={period!r} must be a positive number of model time units; "
+                "pass a season (e.g. --data.season 24h)"
+            )
         self.period = float(period)
         self.tolerance = self.period / 10 if tolerance is None else float(tolerance)
         check_positive(tolerance=self.tolerance)
@@ -213,8 +217,10 @@ def build_baseline(name: str, season: float | None = None) -> Baseline:
         raise ConfigError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     if name == "seasonal":
         if season is None:
-            raise ConfigError("the seasonal baseline needs a season: pass --data.season (a duration such as 24h, "
-                              "or a number of time units) or leave 'seasonal' out of the baselines")
+            raise ConfigError(
+                "the seasonal baseline needs a season: pass --data.season (a duration such as 24h, "
+                "or a number of time units) or leave 'seasonal' out of the baselines"
+            )
         return Seasonal(season)
     return BASELINES[name]()
 
@@ -233,5 +239,18 @@ def baseline_names(names: list[str] | tuple[str, ...] | None, season: float | No
     return names
 
 
-__all__ = ["BASELINES", "DEFAULT_BASELINES", "REFERENCE", "Baseline", "LOCF", "Nearest", "Linear", "Mean", "Seasonal",
-           "Neighbours", "observed_neighbours", "build_baseline", "baseline_names"]
+__all__ = [
+    "BASELINES",
+    "DEFAULT_BASELINES",
+    "REFERENCE",
+    "Baseline",
+    "LOCF",
+    "Nearest",
+    "Linear",
+    "Mean",
+    "Seasonal",
+    "Neighbours",
+    "observed_neighbours",
+    "build_baseline",
+    "baseline_names",
+]

@@ -37,8 +37,9 @@ from ts_neuralode.models.nets import mlp
 class ControlledMLPField(nn.Module):
     """``f(t, h, u) = MLP([h, u])`` (tanh by default)."""
 
-    def __init__(self, dim: int, control_dim: int, hidden_dim: int = 64, num_layers: int = 2,
-                 activation: str = "tanh") -> None:
+    def __init__(
+        self, dim: int, control_dim: int, hidden_dim: int = 64, num_layers: int = 2, activation: str = "tanh"
+    ) -> None:
         super().__init__()
         self.net = mlp(dim + control_dim, dim, hidden_dim, num_layers, activation)
 
@@ -98,8 +99,9 @@ def controlled_flow(flow: nn.Module, h0: Tensor, t: Tensor, control, dim: int) -
     j = ((d * P).unsqueeze(1) <= tau.unsqueeze(2)).sum(-1).clamp_min(1) - 1  # [B, T]: last boundary at or before
     start = P.gather(1, j)
     H = torch.stack(states, -2)  # [..., B, J, H]
-    x = H.gather(-2, j.unsqueeze(-1).expand(*H.shape[:-3], B, T, dim) if H.dim() > 3 else
-                 j.unsqueeze(-1).expand(B, T, dim))
+    x = H.gather(
+        -2, j.unsqueeze(-1).expand(*H.shape[:-3], B, T, dim) if H.dim() > 3 else j.unsqueeze(-1).expand(B, T, dim)
+    )
     return step(x, start, t)
 
 
@@ -142,8 +144,9 @@ class _HeldControl:
         return torch.where(self.held, mid, u)
 
 
-def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, pieces: list[Tensor],
-                    sign: Tensor) -> Tensor:
+def solve_piecewise(
+    solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, pieces: list[Tensor], sign: Tensor
+) -> Tensor:
     """``h`` at times ``t`` ``[B, T]`` from ``h0`` ``[B, H]``, solving from one change time of the control's
     piecewise-constant channels to the next (``pieces``: per row, from :func:`change_times`): every change is where
     a solve ends and the next begins, so the solver never steps over a short pulse (it would read ``u`` only at its
@@ -202,5 +205,11 @@ def solve_piecewise(solve, h0: Tensor, t: Tensor, t_mask: Tensor | None, control
     return out
 
 
-__all__ = ["ControlledMLPField", "ControlledGRUField", "controlled_field", "controlled_flow", "change_times",
-           "solve_piecewise"]
+__all__ = [
+    "ControlledMLPField",
+    "ControlledGRUField",
+    "controlled_field",
+    "controlled_flow",
+    "change_times",
+    "solve_piecewise",
+]

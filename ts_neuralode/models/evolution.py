@@ -53,6 +53,7 @@ from ts_neuralode.solvers import SolverStats, odeint
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
 
+
 class StepCarry:
     """The per-sample step an adaptive ODE solve of a recurrent pass ended with, for the pass's next solve to start
     from (``evolution(h, t, carry=carry)``): the pass's consecutive observation intervals are one trajectory cut
@@ -80,8 +81,9 @@ class Evolution(nn.Module):
 
     def _check(self, h0: Tensor, t: Tensor, t_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if h0.dim() < 2 or h0.shape[-1] != self.dim:
-            raise ValueError(f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got "
-                             f"{tuple(h0.shape)}")
+            raise ValueError(
+                f"evolution state h0 must be [B, {self.dim}] (or [..., B, {self.dim}]), got {tuple(h0.shape)}"
+            )
         if not torch.is_tensor(t) or t.dim() not in (1, 2) or t.shape[-1] < 1:
             raise ValueError(f"evolution times must be a [T] or [B, T] tensor, got {getattr(t, 'shape', t)}")
         if t.dim() == 2 and t.shape[0] != h0.shape[-2]:
@@ -94,15 +96,25 @@ class Evolution(nn.Module):
             t_mask = t_mask.to(device=h0.device, dtype=torch.bool)
         return t, t_mask
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
-                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:  # pragma: no cover
+    def forward(
+        self,
+        h0: Tensor,
+        t: Tensor,
+        t_mask: Tensor | None = None,
+        control=None,
+        *,
+        max_steps: int | None = None,
+        carry: StepCarry | None = None,
+    ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _control(self, control):
         """The control ``u`` an evolution built with ``control_dim`` needs (:mod:`ts_neuralode.models.control`)."""
         if self.control_dim and control is None:
-            raise ValueError(f"this evolution was built for a control of {self.control_dim} channels (known-future "
-                             "covariates) but none was given")
+            raise ValueError(
+                f"this evolution was built for a control of {self.control_dim} channels (known-future "
+                "covariates) but none was given"
+            )
         if control is not None and control.dim != self.control_dim:
             raise ValueError(f"control has {control.dim} channels but the evolution was built for {self.control_dim}")
         return control if self.control_dim else None
@@ -167,29 +179,48 @@ class ODEEvolution(Evolution):
     the solver's per-sample :class:`SolverStats`.
     """
 
-    def __init__(self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None,
-                 control_dim: int = 0) -> None:
+    def __init__(
+        self, dim: int, config: EvolutionConfig | None = None, field: nn.Module | None = None, control_dim: int = 0
+    ) -> None:
         super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig()).resolve(**BUILD_DEFAULTS)
         if field is None and control_dim:
             field = make_controlled_field(config, dim, control_dim)
         if field is None:
-            field = make_vector_field(config.vector_field, dim, hidden_dim=config.hidden_dim,
-                                      num_layers=config.num_layers, activation=config.activation)
+            field = make_vector_field(
+                config.vector_field,
+                dim,
+                hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers,
+                activation=config.activation,
+            )
         self.field = field
         self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
-                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:
+    def forward(
+        self,
+        h0: Tensor,
+        t: Tensor,
+        t_mask: Tensor | None = None,
+        control=None,
+        *,
+        max_steps: int | None = None,
+        carry: StepCarry | None = None,
+    ) -> Tensor:
         t, t_mask = self._check(h0, t, t_mask)
         control = self._control(control)
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
             lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
             n = math.prod(lead)
-            out = self.forward(h0.reshape(n * B, H), t if t.dim() == 1 else t.repeat(n, 1),
-                               None if t_mask is None else t_mask.repeat(n, 1),
-                               None if control is None else control.repeat(n), max_steps=max_steps, carry=carry)
+            out = self.forward(
+                h0.reshape(n * B, H),
+                t if t.dim() == 1 else t.repeat(n, 1),
+                None if t_mask is None else t_mask.repeat(n, 1),
+                None if control is None else control.repeat(n),
+                max_steps=max_steps,
+                carry=carry,
+            )
             return out.reshape(*lead, B, out.shape[-2], H)
         if t.shape[-1] == 1:  # nothing to integrate
             self.last_nfe, self.last_stats = 0.0, None
@@ -206,7 +237,13 @@ class ODEEvolution(Evolution):
         last = None if carry is None else carry.next_dt
         first = last if last is not None and last.shape[0] == h0.shape[0] else None
         sol = odeint(
-            func, h0, t, self._solver_options[1], t_mask=t_mask, first_step=first, max_steps=steps,
+            func,
+            h0,
+            t,
+            self._solver_options[1],
+            t_mask=t_mask,
+            first_step=first,
+            max_steps=steps,
             adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             check_inputs=carry is None,  # a recurrent pass steps through its grid, checked once by the model
         )
@@ -216,8 +253,7 @@ class ODEEvolution(Evolution):
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
         return sol.ys
 
-    def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control,
-                         max_steps: int) -> Tensor | None:
+    def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, max_steps: int) -> Tensor | None:
         """With a piecewise-constant control that changes inside the span: one solve per constant piece
         (:func:`ts_neuralode.models.control.solve_piecewise`, each allowed ``max_steps``), so every change time is
         a stop of the solver; None when nothing changes inside the span (the one-solve path)."""
@@ -232,10 +268,20 @@ class ODEEvolution(Evolution):
         c, nfe = self.config, []
 
         def solve(h: Tensor, grid: Tensor, mask: Tensor | None, piece_control) -> Tensor:
-            sol = odeint(controlled_field(self.field, piece_control), h, grid, method=c.method, rtol=c.rtol,
-                         atol=c.atol, step_size=c.step_size, t_mask=mask, adjoint=c.adjoint,
-                         adjoint_mode=c.adjoint_mode, max_steps=max_steps,
-                         adjoint_params=list(self.field.parameters()) if c.adjoint else None)
+            sol = odeint(
+                controlled_field(self.field, piece_control),
+                h,
+                grid,
+                method=c.method,
+                rtol=c.rtol,
+                atol=c.atol,
+                step_size=c.step_size,
+                t_mask=mask,
+                adjoint=c.adjoint,
+                adjoint_mode=c.adjoint_mode,
+                max_steps=max_steps,
+                adjoint_params=list(self.field.parameters()) if c.adjoint else None,
+            )
             nfe.append(sol.stats.n_f_evals.float())
             self.last_stats = sol.stats
             return sol.ys
@@ -259,15 +305,22 @@ class FlowEvolution(Evolution):
         flow: a ready :class:`Flow` (overrides the config's flow options).
     """
 
-    def __init__(self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None,
-                 control_dim: int = 0) -> None:
+    def __init__(
+        self, dim: int, config: EvolutionConfig | None = None, flow: Flow | None = None, control_dim: int = 0
+    ) -> None:
         super().__init__(dim, control_dim)
         self.config = config = (config or EvolutionConfig(kind="resnet_flow")).resolve(**BUILD_DEFAULTS)
         if flow is None:  # with a control the flow acts on [h, u] (ts_neuralode.models.control)
             flow = make_flow(
-                config.kind, dim + self.control_dim, flow_layers=config.flow_layers, hidden_dim=config.hidden_dim,
-                num_layers=config.num_layers, activation=config.activation, time_embedding=config.time_embedding,
-                time_embedding_features=config.time_embedding_features, coeff=config.coeff,
+                config.kind,
+                dim + self.control_dim,
+                flow_layers=config.flow_layers,
+                hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers,
+                activation=config.activation,
+                time_embedding=config.time_embedding,
+                time_embedding_features=config.time_embedding_features,
+                coeff=config.coeff,
                 time_input_features=config.time_input_features,
             )
         elif flow.dim != dim + self.control_dim:
@@ -275,8 +328,16 @@ class FlowEvolution(Evolution):
         self.kind = config.kind
         self.flow = flow
 
-    def forward(self, h0: Tensor, t: Tensor, t_mask: Tensor | None = None, control=None, *,
-                max_steps: int | None = None, carry: StepCarry | None = None) -> Tensor:
+    def forward(
+        self,
+        h0: Tensor,
+        t: Tensor,
+        t_mask: Tensor | None = None,
+        control=None,
+        *,
+        max_steps: int | None = None,
+        carry: StepCarry | None = None,
+    ) -> Tensor:
         """``max_steps`` and ``carry`` are accepted for the common interface; a flow has no solver."""
         t, t_mask = self._check(h0, t, t_mask)
         control = self._control(control)
@@ -303,8 +364,10 @@ class FlowEvolution(Evolution):
     def inverse(self, y: Tensor, t: Tensor, t0: Tensor | float = 0.0, **kwargs) -> Tensor:
         """Recover ``h0`` from states ``y [B, T, H]`` at times ``t`` (``[T]``/``[B, T]``) evolved from ``t0``."""
         if self.control_dim:
-            raise ConfigError("inverse is not defined for a flow driven by covariates (it is invertible on [h, u] "
-                              "only, piece by piece); invert the flow itself: evolution.flow.inverse")
+            raise ConfigError(
+                "inverse is not defined for a flow driven by covariates (it is invertible on [h, u] "
+                "only, piece by piece); invert the flow itself: evolution.flow.inverse"
+            )
         if not torch.is_tensor(t0):
             t0 = torch.tensor(float(t0))
         t0 = t0.to(y)

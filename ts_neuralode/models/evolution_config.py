@@ -89,8 +89,15 @@ class EvolutionConfig:
 
     def solver_options(self) -> ODEOptions:
         """The solver's options object (checked already: this config validated them at construction)."""
-        return ODEOptions(method=self.method, rtol=self.rtol, atol=self.atol, step_size=self.step_size,
-                          adjoint=self.adjoint, adjoint_mode=self.adjoint_mode, max_steps=self.max_steps)
+        return ODEOptions(
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            step_size=self.step_size,
+            adjoint=self.adjoint,
+            adjoint_mode=self.adjoint_mode,
+            max_steps=self.max_steps,
+        )
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -107,8 +114,9 @@ class EvolutionConfig:
             if unknown:
                 raise ConfigError(f"evolution has no option(s) {unknown}; its options are {option_names()}")
             return cls(**value)
-        raise ConfigError(f"evolution={value!r} is invalid; pass a kind ({', '.join(EVOLUTION_KINDS)}) or an "
-                          "EvolutionConfig")
+        raise ConfigError(
+            f"evolution={value!r} is invalid; pass a kind ({', '.join(EVOLUTION_KINDS)}) or an EvolutionConfig"
+        )
 
     def resolve(self, **defaults: Any) -> EvolutionConfig:
         """This config with its None options (``hidden_dim``, ``vector_field``) set to a model's ``defaults``."""
@@ -158,8 +166,10 @@ def _validate(c: EvolutionConfig) -> None:
     """Every option is checked whatever the kind: a typo fails early even where the option is unused."""
 
     if c.kind not in EVOLUTION_KINDS:
-        raise ConfigError(f"evolution={c.kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)} "
-                          "(--model.evolution.kind)")
+        raise ConfigError(
+            f"evolution={c.kind!r} is not supported; choose one of {', '.join(EVOLUTION_KINDS)} "
+            "(--model.evolution.kind)"
+        )
     if c.hidden_dim is not None:
         _int(c.hidden_dim, "hidden_dim")
     _int(c.num_layers, "num_layers", minimum=0)
@@ -179,9 +189,11 @@ def _validate(c: EvolutionConfig) -> None:
         if not _is_number(c.step_size) or not c.step_size > 0:
             raise ConfigError(f"step_size={c.step_size!r} is invalid; pass a positive number or None")
         if c.method in ADAPTIVE_METHODS:
-            raise ConfigError(f"step_size={c.step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
-                              f"method={c.method!r} adapts its own steps: drop step_size or choose a fixed-step "
-                              "method")
+            raise ConfigError(
+                f"step_size={c.step_size!r} is for the fixed-step methods ({', '.join(FIXED_METHODS)}); "
+                f"method={c.method!r} adapts its own steps: drop step_size or choose a fixed-step "
+                "method"
+            )
     if not isinstance(c.adjoint, bool):
         raise ConfigError(f"adjoint={c.adjoint!r} is invalid; pass true or false")
     check_choice(c.adjoint_mode, "adjoint_mode", ADJOINT_MODES)
@@ -192,9 +204,21 @@ def _validate(c: EvolutionConfig) -> None:
 # -- the old flat spelling ----------------------------------------------------------------------------
 #: options that older versions took flat, next to ``model``/``evolution`` (format ts_neuralode.model/1 and
 #: the checkpoints written with it); ``hidden_dim`` stayed a model option (the evolution inherits it).
-LEGACY_FLAT_OPTIONS = ("num_layers", "method", "rtol", "atol", "step_size", "adjoint", "flow_layers",
-                       "time_embedding", "vector_field", "activation", "time_embedding_features", "adjoint_mode",
-                       "max_steps")
+LEGACY_FLAT_OPTIONS = (
+    "num_layers",
+    "method",
+    "rtol",
+    "atol",
+    "step_size",
+    "adjoint",
+    "flow_layers",
+    "time_embedding",
+    "vector_field",
+    "activation",
+    "time_embedding_features",
+    "adjoint_mode",
+    "max_steps",
+)
 
 
 def upgrade_flat_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,6 +264,13 @@ def merge_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["merge_options", "EvolutionConfig", "evolution_kind", "EVOLUTION_KINDS", "VECTOR_FIELDS",
-           "LEGACY_FLAT_OPTIONS", "upgrade_flat_options",
-           "option_names"]
+__all__ = [
+    "merge_options",
+    "EvolutionConfig",
+    "evolution_kind",
+    "EVOLUTION_KINDS",
+    "VECTOR_FIELDS",
+    "LEGACY_FLAT_OPTIONS",
+    "upgrade_flat_options",
+    "option_names",
+]

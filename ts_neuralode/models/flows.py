@@ -193,8 +193,13 @@ class ResNetFlowLayer(ResidualFlowLayer):
     ) -> None:
         super().__init__(dim, time_embedding, time_embedding_features)
         self.net = spectral_mlp(
-            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation,
-            coeff=coeff, n_power_iterations=n_power_iterations,
+            dim + 1,
+            dim,
+            check_positive_int(hidden_dim, "hidden_dim"),
+            num_layers,
+            activation,
+            coeff=coeff,
+            n_power_iterations=n_power_iterations,
         )
         k = check_positive_int(time_input_features, "time_input_features", minimum=0)
         # added to the first layer's pre-activations (hidden_dim wide; dim when the net is one linear map)
@@ -350,11 +355,7 @@ class CouplingFlow(FlowStack):
         super().__init__([CouplingFlowLayer(dim, parity=i, **layer_kwargs) for i in range(flow_layers)])
 
 
-FLOWS: dict[str, type[FlowStack]] = {
-    "resnet_flow": ResNetFlow,
-    "gru_flow": GRUFlow,
-    "coupling_flow": CouplingFlow,
-}
+FLOWS: dict[str, type[FlowStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRUFlow, "coupling_flow": CouplingFlow}
 
 
 def make_flow(
@@ -387,12 +388,25 @@ def make_flow(
     common = dict(time_embedding=time_embedding, time_embedding_features=time_embedding_features)
     if kind == "resnet_flow":
         return ResNetFlow(
-            dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation,
-            coeff=coeff, n_power_iterations=n_power_iterations, time_input_features=time_input_features, **common,
+            dim,
+            flow_layers=flow_layers,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            activation=activation,
+            coeff=coeff,
+            n_power_iterations=n_power_iterations,
+            time_input_features=time_input_features,
+            **common,
         )
     if kind == "gru_flow":
-        return GRUFlow(dim, flow_layers=flow_layers, coeff=coeff, n_power_iterations=n_power_iterations,
-                       time_input_features=time_input_features, **common)
+        return GRUFlow(
+            dim,
+            flow_layers=flow_layers,
+            coeff=coeff,
+            n_power_iterations=n_power_iterations,
+            time_input_features=time_input_features,
+            **common,
+        )
     return CouplingFlow(
         dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
     )
@@ -414,4 +428,3 @@ __all__ = [
     "FLOWS",
     "make_flow",
 ]
-

@@ -62,8 +62,14 @@ class GRUODE(FilteringModel):
         target_dim: int | None = None,
     ) -> None:
         super().__init__(loss=loss, min_std=min_std)
-        check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, prep_dim=prep_dim,
-                       obs_std=obs_std, min_std=min_std)
+        check_positive(
+            input_dim=input_dim,
+            latent_dim=latent_dim,
+            hidden_dim=hidden_dim,
+            prep_dim=prep_dim,
+            obs_std=obs_std,
+            min_std=min_std,
+        )
         self.input_dim = input_dim
         self.obs_std = float(obs_std)
         self.kl_weight = float(kl_weight)

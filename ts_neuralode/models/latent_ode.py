@@ -101,8 +101,9 @@ class RecurrentEncoder(nn.Module):
         back = torch.stack([t[:, -1], times[:, 0]], dim=1)
         move = (n > 0) & (back[:, 1] != back[:, 0])
         if bool(move.any()):
-            h = owner._evolve(self.evolution, h, back, torch.stack([torch.ones_like(move), move], dim=1),
-                              grid.inputs)[:, -1]
+            h = owner._evolve(self.evolution, h, back, torch.stack([torch.ones_like(move), move], dim=1), grid.inputs)[
+                :, -1
+            ]
         return h, times[:, 0]
 
 
@@ -172,8 +173,14 @@ class LatentODE(ForecastModel):
         target_dim: int | None = None,
     ) -> None:
         super().__init__()
-        check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, obs_std=obs_std,
-                       iwae_samples=iwae_samples, posterior_std_init=posterior_std_init)
+        check_positive(
+            input_dim=input_dim,
+            latent_dim=latent_dim,
+            hidden_dim=hidden_dim,
+            obs_std=obs_std,
+            iwae_samples=iwae_samples,
+            posterior_std_init=posterior_std_init,
+        )
         if kl_warmup_epochs < 0:
             raise ConfigError(f"kl_warmup_epochs={kl_warmup_epochs} must be >= 0")
         check_choice(objective, "objective", OBJECTIVES)
@@ -193,8 +200,9 @@ class LatentODE(ForecastModel):
         enc_dim = encoder_dim or 2 * latent_dim
         config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
         enc_kind = config.kind if encoder_evolution == "same" else encoder_evolution
-        enc_config = replace(config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False,
-                             vector_field="mlp")
+        enc_config = replace(
+            config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False, vector_field="mlp"
+        )
         self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim, self.control_dim))
         self.to_z0 = mlp(enc_dim + self.static_dim, 2 * latent_dim, hidden_dim, num_layers=1)
         self.evolution = config.build(latent_dim, self.control_dim)
@@ -231,8 +239,7 @@ class LatentODE(ForecastModel):
         N = times.shape[1]
         # one spare column N takes the padding's writes
         z = z0.unsqueeze(-2).expand(*z0.shape[:-1], N + 1, z0.shape[-1]).clone()  # [S, B, N + 1, L]
-        for part, descending in ((valid & (times > t0.unsqueeze(1)), False),
-                                 (valid & (times < t0.unsqueeze(1)), True)):
+        for part, descending in ((valid & (times > t0.unsqueeze(1)), False), (valid & (times < t0.unsqueeze(1)), True)):
             if not bool(part.any()):
                 continue
             idx, ok = compact_positions(part, descending=descending)
@@ -284,8 +291,9 @@ class LatentODE(ForecastModel):
         return loss, {"mse": mse, "kl": kl, "loglik": (loglik / n).mean().detach(), "kl_weight": torch.tensor(beta)}
 
     @shares_spectral_weights
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
-                 max_steps: int | None = None) -> Forecast:
+    def forecast(
+        self, batch: Batch, query_times: Tensor, num_samples: int = 1, *, max_steps: int | None = None
+    ) -> Forecast:
         """Sample z0 ``num_samples`` times (1: the posterior mean, deterministic) and decode at the queries.
         ``max_steps``: the step budget of every ODE solve, encoder's and decoder's (None: each evolution's own)."""
         check_positive(num_samples=num_samples)

@@ -141,14 +141,17 @@ class MLP(nn.Sequential):
 
 
 def _no_hooks(layer: nn.Module) -> bool:
-    return not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
-                or layer._backward_pre_hooks)
+    return not (layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks)
 
 
 def _global_hooks() -> bool:
     m = nn.modules.module
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or m._global_backward_pre_hooks)
+    return bool(
+        m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    )
 
 
 def mlp(
@@ -211,13 +214,7 @@ class SpectralNormLinear(nn.Module):
     """
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        coeff: float = 0.9,
-        n_power_iterations: int = 3,
+        self, in_features: int, out_features: int, bias: bool = True, *, coeff: float = 0.9, n_power_iterations: int = 3
     ) -> None:
         super().__init__()
         if not (isinstance(coeff, (int, float)) and coeff > 0):

@@ -98,8 +98,9 @@ def recurrent_pass(
             tail_mask = valid[:, start:].clone()
             tail_mask[:, 0] = True
             # Coinciding times (a padded row) are carried, not stepped: mask everything after them.
-            tail_mask &= torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]],
-                                   1).cummin(1).values
+            tail_mask &= (
+                torch.cat([torch.ones_like(tail_mask[:, :1]), tail_t[:, 1:] != tail_t[:, :-1]], 1).cummin(1).values
+            )
         tail = evolve(h, tail_t, tail_mask)
         if record:
             if last_obs < 0:
@@ -171,8 +172,16 @@ class FilteringModel(ForecastModel):
             h0 = h0 + self.static_proj(inputs.static)
         carry = StepCarry()  # one trajectory cut at the updates: steps carry across intervals
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm, inputs, carry)  # noqa: E731
-        pre, post, _ = recurrent_pass(evolve, h0, grid.times, grid.valid, x, grid.obs_mask, self.update,
-                                      stop_at_observations=isinstance(self.evolution, ODEEvolution))
+        pre, post, _ = recurrent_pass(
+            evolve,
+            h0,
+            grid.times,
+            grid.valid,
+            x,
+            grid.obs_mask,
+            self.update,
+            stop_at_observations=isinstance(self.evolution, ODEEvolution),
+        )
         return pre, post
 
     @shares_spectral_weights
@@ -196,8 +205,9 @@ class FilteringModel(ForecastModel):
 
     def _scored(self, grid: Grid, post: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss and its logged terms from the read-out ``mean``/``std`` of the pre-update states."""
-        scored = self._targets_only(torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context
-                                    else grid.target_mask)
+        scored = self._targets_only(
+            torch.maximum(grid.obs_mask, grid.target_mask) if self.score_context else grid.target_mask
+        )
         n = scored.sum().clamp_min(1.0)
         sq = ((mean - grid.values) ** 2 * scored).sum() / n
         nll = gaussian_nll(grid.values, mean, std, scored) / n
@@ -209,8 +219,9 @@ class FilteringModel(ForecastModel):
         return loss, logs
 
     @shares_spectral_weights
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
-                 max_steps: int | None = None) -> Forecast:
+    def forecast(
+        self, batch: Batch, query_times: Tensor, num_samples: int = 1, *, max_steps: int | None = None
+    ) -> Forecast:
         """Gaussian forecast at the queries; ``num_samples > 1`` also draws sample paths from it. ``max_steps``: the
         step budget of every ODE solve (None: the evolution's own)."""
         check_positive(num_samples=num_samples)

@@ -90,8 +90,11 @@ def forecast_span(transform, table, index: list[int], raw_q: list[np.ndarray]) -
         target = float(np.max(raw_q[row]))
         span = float(transform.raw_to_model_time(target, firsts[i]))
         if span > best.span:
-            best = Span(span, float(transform.raw_to_model_time(lasts[i], origins[i])),
-                        float(transform.raw_to_model_time(target, origins[i])))
+            best = Span(
+                span,
+                float(transform.raw_to_model_time(lasts[i], origins[i])),
+                float(transform.raw_to_model_time(target, origins[i])),
+            )
     return best
 
 
@@ -110,8 +113,9 @@ def _num(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
 
 
-def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: int, transform, span: Span,
-                   asked: str, user_set: bool) -> ForecastError | None:
+def steps_exceeded(
+    err: BaseException | None, module: torch.nn.Module, budget: int, transform, span: Span, asked: str, user_set: bool
+) -> ForecastError | None:
     """The one line for a forecast whose solver ran out of steps (None when ``err`` is another failure).
 
     ``span``: the farthest-reaching series (:func:`forecast_span`); ``asked``: the horizon as the user gave it;
@@ -122,8 +126,11 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
         return None
     t_reached = err.t_reached
     failed = err.failed
-    t_stop = float(t_reached[failed].min()) if t_reached is not None and failed is not None and failed.any() \
+    t_stop = (
+        float(t_reached[failed].min())
+        if t_reached is not None and failed is not None and failed.any()
         else last_model_t
+    )
     evs = ode_evolutions(module)
     method = err.method or (evs[0].config.method if evs else "the solver")
     # a fixed-step solve is refused before it starts: it would have reached budget * step
@@ -138,16 +145,28 @@ def steps_exceeded(err: BaseException | None, module: torch.nn.Module, budget: i
         covered = max(reached - last_model_t, 1e-12)
         suggest = budget * min(1000, math.ceil((target_model_t - last_model_t) / covered) + 1)
     past = (reached - last_model_t) * time_scale
-    where = (f"about {describe_duration(past, codec)} past the last observation" if past > 0 else
-             f"only to about {describe_duration(-past, codec)} before the last observation")
+    where = (
+        f"about {describe_duration(past, codec)} past the last observation"
+        if past > 0
+        else f"only to about {describe_duration(-past, codec)} before the last observation"
+    )
     whole = (target_model_t - last_model_t) * time_scale
     how = "--max_steps" if user_set else f"--max_steps (default: what the horizon needs, at most {FORECAST_MAX_STEPS})"
     return ForecastError(
         f"{asked}: the forecast needs more ODE solver steps ({what}) than the budget max_steps={budget}; "
         f"with it the solver gets {where}, of {describe_duration(whole, codec)} past it asked; pass a nearer "
         f"horizon, or raise {how} to at least {suggest} "
-        f"(Forecaster.predict(max_steps=...); time and memory grow with it)")
+        f"(Forecaster.predict(max_steps=...); time and memory grow with it)"
+    )
 
 
-__all__ = ["FORECAST_MAX_STEPS", "ode_evolutions", "check_max_steps", "forecast_budget",
-           "steps_exceeded", "describe_duration", "forecast_span", "Span"]
+__all__ = [
+    "FORECAST_MAX_STEPS",
+    "ode_evolutions",
+    "check_max_steps",
+    "forecast_budget",
+    "steps_exceeded",
+    "describe_duration",
+    "forecast_span",
+    "Span",
+]

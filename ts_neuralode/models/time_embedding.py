@@ -125,9 +125,7 @@ def make_time_embedding(name: str, dim: int, *, num_features: int = 8) -> TimeEm
     """Build a time embedding by name (see the table above); ``num_features`` applies to Fourier ones."""
     key = str(name).lower()
     if key not in TIME_EMBEDDINGS:
-        raise ConfigError(
-            f"time_embedding={name!r} is not supported; choose one of {', '.join(TIME_EMBEDDINGS)}"
-        )
+        raise ConfigError(f"time_embedding={name!r} is not supported; choose one of {', '.join(TIME_EMBEDDINGS)}")
     cls = TIME_EMBEDDINGS[key]
     if issubclass(cls, FourierTimeEmbedding):
         return cls(dim, num_features=num_features)

@@ -75,8 +75,10 @@ def check_window_options(normalize: str, base: str, season_period: float | None)
     check_choice(normalize, "normalize", NORMALIZE)
     check_choice(base, "base", BASES + ("auto",))
     if base in SEASONAL_BASES and season_period is None:
-        raise ConfigError(f"base={base!r} needs a season: pass --data.season (e.g. 24h, 52W) or choose another base "
-                          f"({', '.join(b for b in BASES if b not in SEASONAL_BASES)})")
+        raise ConfigError(
+            f"base={base!r} needs a season: pass --data.season (e.g. 24h, 52W) or choose another base "
+            f"({', '.join(b for b in BASES if b not in SEASONAL_BASES)})"
+        )
 
 
 class WindowStats:
@@ -93,7 +95,7 @@ class WindowStats:
         self.mean = mean
         if normalize == "window":
             var = (((v - mean) ** 2) * m).sum(1, keepdim=True) / n.clamp_min(1.0)
-            scale = torch.sqrt(var + SCALE_EPS ** 2)
+            scale = torch.sqrt(var + SCALE_EPS**2)
             self.loc = mean
             self.scale = torch.where(n >= 2, scale, torch.ones_like(scale))
         else:
@@ -167,8 +169,9 @@ class WindowModel(ForecastModel):
         season_period: the season in model time units (the seasonal bases need it).
     """
 
-    def __init__(self, inner: ForecastModel, normalize: str = "none", base: str = "none",
-                 season_period: float | None = None) -> None:
+    def __init__(
+        self, inner: ForecastModel, normalize: str = "none", base: str = "none", season_period: float | None = None
+    ) -> None:
         super().__init__()
         check_window_options(normalize, base, season_period)
         base = resolve_base(base, season_period)
@@ -214,8 +217,9 @@ class WindowModel(ForecastModel):
         inner_batch, _ = self.transform(batch)
         return self.inner.loss(inner_batch)
 
-    def forecast(self, batch: Batch, query_times: Tensor, num_samples: int = 1, *,
-                 max_steps: int | None = None) -> Forecast:
+    def forecast(
+        self, batch: Batch, query_times: Tensor, num_samples: int = 1, *, max_steps: int | None = None
+    ) -> Forecast:
         inner_batch, st = self.transform(batch)  # the batch's covariates ride along (dataclasses.replace)
         fc = self.inner.forecast(inner_batch, query_times, num_samples=num_samples, max_steps=max_steps)
         qt = check_query_times(batch, query_times)
@@ -226,8 +230,12 @@ class WindowModel(ForecastModel):
         # the correction's mean is weighted by correction_scale after the cutoff; the spread around it is kept
         after = (q > batch.cutoff.view(-1, 1, 1)).to(q.dtype)
         shrink = -after * (1 - self.correction_scale.to(q.dtype)) * fc.mean
-        return Forecast(mean=off + s * (fc.mean + shrink), samples=off + s * (fc.samples + shrink),
-                        std=None if fc.std is None else s * fc.std, times=fc.times)
+        return Forecast(
+            mean=off + s * (fc.mean + shrink),
+            samples=off + s * (fc.samples + shrink),
+            std=None if fc.std is None else s * fc.std,
+            times=fc.times,
+        )
 
     def set_correction_scale(self, weight: float) -> None:
         """Weight the learned correction by ``weight`` (0: the base alone, 1: as trained)."""
@@ -239,5 +247,13 @@ class WindowModel(ForecastModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-__all__ = ["AUTO_BASE", "BASES", "SEASONAL_BASES", "resolve_base", "NORMALIZE", "WindowModel", "WindowStats",
-           "check_window_options"]
+__all__ = [
+    "AUTO_BASE",
+    "BASES",
+    "SEASONAL_BASES",
+    "resolve_base",
+    "NORMALIZE",
+    "WindowModel",
+    "WindowStats",
+    "check_window_options",
+]

@@ -10,5 +10,14 @@ from .options import ADJOINT_MODES, ODEOptions
 from .records import SolverStats
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
-__all__ = ["odeint", "ODEOptions", "Solution", "SolverStats", "SolverError", "METHODS", "FIXED_METHODS",
-           "ADAPTIVE_METHODS", "ADJOINT_MODES"]
+__all__ = [
+    "odeint",
+    "ODEOptions",
+    "Solution",
+    "SolverStats",
+    "SolverError",
+    "METHODS",
+    "FIXED_METHODS",
+    "ADAPTIVE_METHODS",
+    "ADJOINT_MODES",
+]

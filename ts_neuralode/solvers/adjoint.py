@@ -93,8 +93,9 @@ def _backward_interpolate(spec: _Spec, g: Tensor):
     S = tab.stages
     pgrads = [torch.zeros_like(p) for p in params]
     if not chk or T == 1:
-        info = dict(n_f_evals=torch.zeros(B, dtype=torch.long, device=g.device), n_steps=0, n_rejected=0,
-                    mode="interpolate")
+        info = dict(
+            n_f_evals=torch.zeros(B, dtype=torch.long, device=g.device), n_steps=0, n_rejected=0, mode="interpolate"
+        )
         return g.sum(1), pgrads, info
     N = len(chk)
     t_start = torch.stack([c.t_start for c in chk], 1)  # [B, N]
@@ -177,8 +178,9 @@ class AdjointDynamics:
             dy = dy * m
         parts = [-dy.reshape(-1), vj[0].reshape(-1)]  # dσ = −dτ: (−f, +aᵀJ, +aᵀf_θ)
         for v, p in zip(vj[1:], self.params, strict=True):
-            parts.append(v.reshape(-1) if v is not None else torch.zeros(p.numel(), dtype=self.dtype,
-                                                                          device=self.device))
+            parts.append(
+                v.reshape(-1) if v is not None else torch.zeros(p.numel(), dtype=self.dtype, device=self.device)
+            )
         return torch.cat(parts).unsqueeze(0)
 
 
@@ -271,11 +273,15 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             r = 0.0
         accept = r <= 1.0
         if n_acc + n_rej >= max_steps:
-            raise _fail(tab, f"adjoint backward: max_steps={max_steps} exceeded",
-                        torch.ones(B, dtype=torch.bool, device=dev), torch.full((B,), -pos, dtype=dtype,
-                                                                                 device=dev), spec.sign,
-                        "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps",
-                        max_steps=max_steps)
+            raise _fail(
+                tab,
+                f"adjoint backward: max_steps={max_steps} exceeded",
+                torch.ones(B, dtype=torch.bool, device=dev),
+                torch.full((B,), -pos, dtype=dtype, device=dev),
+                spec.sign,
+                "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps",
+                max_steps=max_steps,
+            )
         fac = controller.factor_scalar(r, prev_term) if tab.adaptive else 1.0
         if accept:
             n_acc += 1
@@ -301,14 +307,23 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             dt = dt_use * fac
             if dt < 10 * eps * span:
                 what = "non-finite adjoint state" if not math.isfinite(r) else "step size underflow"
-                raise _fail(tab, f"adjoint backward: {what}", torch.ones(B, dtype=torch.bool, device=dev),
-                            torch.full((B,), -pos, dtype=dtype, device=dev), spec.sign,
-                            "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)")
+                raise _fail(
+                    tab,
+                    f"adjoint backward: {what}",
+                    torch.ones(B, dtype=torch.bool, device=dev),
+                    torch.full((B,), -pos, dtype=dtype, device=dev),
+                    spec.sign,
+                    "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)",
+                )
     gy0 = z[0, BD : 2 * BD].view(B, D).clone()
     pg, off = [], 2 * BD
     for p, n in zip(params, sizes, strict=True):
         pg.append(z[0, off : off + n].view_as(p).clone())
         off += n
-    info = dict(n_f_evals=torch.full((B,), aug.n_evals, dtype=torch.long, device=dev), n_steps=n_acc + n_rej,
-                n_rejected=n_rej, mode="backsolve")
+    info = dict(
+        n_f_evals=torch.full((B,), aug.n_evals, dtype=torch.long, device=dev),
+        n_steps=n_acc + n_rej,
+        n_rejected=n_rej,
+        mode="backsolve",
+    )
     return gy0, pg, info

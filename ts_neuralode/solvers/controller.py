@@ -97,10 +97,6 @@ def initial_step(func, t0: Tensor, y0: Tensor, f0: Tensor, order: int, rtol: flo
     f1 = func(t0 + h0, y1)
     d2 = torch.linalg.vector_norm((f1 - f0).div_(scale), dim=-1).mul_(rms).div_(h0)
     dmax = torch.maximum(d1, d2)
-    h1 = torch.where(
-        dmax <= 1e-15,
-        torch.clamp(h0 * 1e-3, min=1e-6),
-        (0.01 / dmax).pow_(1.0 / (order + 1)),
-    )
+    h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax).pow_(1.0 / (order + 1)))
     h = torch.minimum(100 * h0, h1)
     return torch.nan_to_num_(h, nan=1e-6, posinf=1e-6)

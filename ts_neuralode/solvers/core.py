@@ -47,13 +47,12 @@ FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and free
 
 def _stack_records(recs: list[StepRecord]) -> Records:
     ts, te, dts, ys, ks = zip(*recs, strict=True)
-    return Records(
-        torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1)
-    )
+    return Records(torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1))
 
 
-def _first_step(func: Func, tab: Tableau, t0: Tensor, y0: Tensor, first_step: float | Tensor | None, rtol: float,
-                atol: float) -> tuple[Tensor, Tensor, int]:
+def _first_step(
+    func: Func, tab: Tableau, t0: Tensor, y0: Tensor, first_step: float | Tensor | None, rtol: float, atol: float
+) -> tuple[Tensor, Tensor, int]:
     """The first stage ``f(t0, y0)``, the first step size per sample and the evaluations spent on them: searched
     (``first_step=None``, one more evaluation), carried from an earlier solve (a tensor: no search), or given."""
     f0 = func(t0, y0)
@@ -66,8 +65,15 @@ def _first_step(func: Func, tab: Tableau, t0: Tensor, y0: Tensor, first_step: fl
 
 
 def _steps_exceeded(tab: Tableau, max_steps: int, active: Tensor, t: Tensor, sign):
-    return _fail(tab, f"max_steps={max_steps} exceeded", active, t, sign,
-                 "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness", max_steps=max_steps)
+    return _fail(
+        tab,
+        f"max_steps={max_steps} exceeded",
+        active,
+        t,
+        sign,
+        "raise max_steps, loosen rtol/atol, or check the dynamics for stiffness",
+        max_steps=max_steps,
+    )
 
 
 def solve_adaptive(
@@ -159,7 +165,8 @@ def solve_adaptive(
             any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
+                )
         if checkpoints is not None:
             checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if any_covered and not two_point:
@@ -177,8 +184,7 @@ def solve_adaptive(
         n_acc = torch.stack(acc_hist).sum(0)
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
-    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc,
-                        next_dt=dt)
+    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc, next_dt=dt)
     if two_point:
         return torch.stack((y0, y), 1), stats, None
     if flush:
@@ -254,18 +260,29 @@ def solve_interval(
             any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
             if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
                 tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite)
+                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
+                )
         y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
-    stats = SolverStats(n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc,
-                        n_rejected=n_att.sub(n_acc), next_dt=dt)
+    stats = SolverStats(
+        n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=dt
+    )
     return y, stats
 
 
-def _accept(func: Func, tab: Tableau, accept: Tensor, any_rejected: bool, y: Tensor, y1: Tensor, ks: Tensor,
-            k0: Tensor, t_new: Tensor) -> tuple[Tensor, Tensor]:
+def _accept(
+    func: Func,
+    tab: Tableau,
+    accept: Tensor,
+    any_rejected: bool,
+    y: Tensor,
+    y1: Tensor,
+    ks: Tensor,
+    k0: Tensor,
+    t_new: Tensor,
+) -> tuple[Tensor, Tensor]:
     """The state and first stage after a step: ``y1`` where the step was accepted, ``y`` where it was rejected; the
     next first stage from the FSAL tableau's last stage, else one evaluation of ``func`` at the new state."""
     if any_rejected:
@@ -309,7 +326,11 @@ def _check_finite(tab: Tableau, ys: Tensor, tq: Tensor, sign):
         last_ok = (bad.float().argmax(1) - 1).clamp(min=0)  # last output time with a finite state
         t_reached = tq.gather(1, last_ok.unsqueeze(1)).squeeze(1)
         raise _fail(
-            tab, "state became non-finite (NaN/inf)", failed, t_reached, sign,
+            tab,
+            "state became non-finite (NaN/inf)",
+            failed,
+            t_reached,
+            sign,
             "use a smaller step_size or an adaptive method, or check the vector field for blow-up",
         )
 
@@ -335,9 +356,15 @@ def solve_fixed(
     recs = []
     if step_size is None:
         if max_steps < T - 1:
-            raise _fail(tab, f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
-                        torch.ones(B, dtype=torch.bool, device=dev), t0, sign,
-                        "raise max_steps or pass fewer output times", max_steps=max_steps)
+            raise _fail(
+                tab,
+                f"max_steps={max_steps} exceeded ({T - 1} output intervals)",
+                torch.ones(B, dtype=torch.bool, device=dev),
+                t0,
+                sign,
+                "raise max_steps or pass fewer output times",
+                max_steps=max_steps,
+            )
         outs = [y0]
         n_steps = torch.zeros(B, dtype=torch.long, device=dev)
         for i in range(T - 1):
@@ -354,9 +381,17 @@ def solve_fixed(
         n_b = torch.ceil(span / step_size * (1 - 1e-12)).long()
         n = int(n_b.max()) if B else 0
         if n > max_steps:
-            raise _fail(tab, f"max_steps={max_steps} exceeded (needs {n} steps of {step_size:g})",
-                        n_b > max_steps, t0, sign, "raise max_steps or use a larger step_size", max_steps=max_steps,
-                        needed_steps=n, step_size=step_size)
+            raise _fail(
+                tab,
+                f"max_steps={max_steps} exceeded (needs {n} steps of {step_size:g})",
+                n_b > max_steps,
+                t0,
+                sign,
+                "raise max_steps or use a larger step_size",
+                max_steps=max_steps,
+                needed_steps=n,
+                step_size=step_size,
+            )
         for i in range(n):
             t = torch.minimum(t0 + i * step_size, t_end)
             t_stop = torch.where(n_b > i + 1, t0 + (i + 1) * step_size, t_end)
@@ -379,8 +414,17 @@ def solve_fixed(
 def run_solver(f, tab, y0, tq, sign, opts: SolverOptions, checkpoints: list[StepCheckpoint] | None = None):
     if tab.adaptive:
         return solve_adaptive(
-            f, tab, y0, tq, rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
-            first_step=opts.first_step, sign=sign, checkpoints=checkpoints,
+            f,
+            tab,
+            y0,
+            tq,
+            rtol=opts.rtol,
+            atol=opts.atol,
+            max_steps=opts.max_steps,
+            first_step=opts.first_step,
+            sign=sign,
+            checkpoints=checkpoints,
         )
-    return solve_fixed(f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign,
-                       checkpoints=checkpoints)
+    return solve_fixed(
+        f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign, checkpoints=checkpoints
+    )

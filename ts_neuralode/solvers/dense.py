@@ -99,10 +99,10 @@ def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
         step = max(1, CHUNK_ELEMS // D)
         buf = torch.empty(min(step, B * Tq), D, dtype=coef.dtype, device=coef.device)
         for s in range(0, B * Tq, step):
-            rows, th, o = flat[s:s + step], theta[s:s + step], out[s:s + step]
+            rows, th, o = flat[s : s + step], theta[s : s + step], out[s : s + step]
             b = buf[: rows.shape[0]]
             torch.index_select(coef[P - 1], 0, rows, out=o)
             for p in range(P - 2, -1, -1):
                 o.mul_(th).add_(torch.index_select(coef[p], 0, rows, out=b))
-            o.mul_(thd[s:s + step]).add_(torch.index_select(y_start, 0, rows, out=b))
+            o.mul_(thd[s : s + step]).add_(torch.index_select(y_start, 0, rows, out=b))
     return out.view(B, Tq, D)

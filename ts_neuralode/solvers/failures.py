@@ -18,9 +18,7 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str, *
     tt = (t * sign)[failed] if isinstance(sign, Tensor) else t[failed] * sign
     lo, hi = float(tt.min()), float(tt.max())
     where = f"t={lo:.6g}" if lo == hi else f"t in [{lo:.6g}, {hi:.6g}]"
-    err = SolverError(
-        f"{tab.name}: {what} for {n} of {t.shape[0]} sample(s), stopped at {where}; {hint}"
-    )
+    err = SolverError(f"{tab.name}: {what} for {n} of {t.shape[0]} sample(s), stopped at {where}; {hint}")
     err.method = tab.name
     err.failed = failed
     err.t_reached = t * sign
@@ -56,10 +54,18 @@ def _raise_failures(tab, failed, nonfinite, t, sign) -> None:
         return
     if bool((failed & nonfinite).any()):
         raise _fail(
-            tab, "state or derivative became non-finite (NaN/inf)", failed, t, sign,
+            tab,
+            "state or derivative became non-finite (NaN/inf)",
+            failed,
+            t,
+            sign,
             "check the vector field for overflow/blow-up, lower the learning rate, or normalise time",
         )
     raise _fail(
-        tab, "step size underflow", failed, t, sign,
+        tab,
+        "step size underflow",
+        failed,
+        t,
+        sign,
         "the solution likely blows up or is too stiff here; shorten the time span or loosen rtol/atol",
     )

@@ -48,9 +48,11 @@ def _normalise_time(y0: Tensor, t: Tensor, t_mask: Tensor | None, check: bool = 
         # shared grid (the common case): check the one row, then broadcast it (a view, no copy)
         T = t.shape[0]
         d = t[1:] - t[:-1]
-        ok, up, down = torch.stack(
-            (torch.isfinite(t).all(), (d > 0).all(), (d < 0).all())
-        ).tolist() if T > 1 else (bool(torch.isfinite(t).all()), True, False)
+        ok, up, down = (
+            torch.stack((torch.isfinite(t).all(), (d > 0).all(), (d < 0).all())).tolist()
+            if T > 1
+            else (bool(torch.isfinite(t).all()), True, False)
+        )
         if not ok:
             raise ValueError("t contains NaN/inf: pass finite times")
         if not (up or down):
@@ -128,8 +130,12 @@ def _interval_unchecked(y0: Tensor, t: Tensor, t_mask: Tensor | None):
     if t.dim() == 1 and t_mask is None:  # a shared grid: two numbers
         a, b = t.tolist()
         sign = 1.0 if b >= a else -1.0
-        return (torch.full((B,), sign * a, dtype=y0.dtype, device=y0.device),
-                torch.full((B,), sign * b, dtype=y0.dtype, device=y0.device), sign, a != b)
+        return (
+            torch.full((B,), sign * a, dtype=y0.dtype, device=y0.device),
+            torch.full((B,), sign * b, dtype=y0.dtype, device=y0.device),
+            sign,
+            a != b,
+        )
     if t.dim() == 1:
         t = t.unsqueeze(0).expand(B, 2)
     if t.shape[0] != B or (t_mask is not None and t_mask.shape != (B, 2)):
@@ -206,14 +212,27 @@ def odeint(
         SolverError: max_steps exceeded, step-size underflow or non-finite state (method, time reached and
             number of failed samples in the message).
     """
-    given = {k: v for k, v in (("method", method), ("rtol", rtol), ("atol", atol), ("step_size", step_size),
-                                ("adjoint", adjoint), ("adjoint_mode", adjoint_mode), ("seminorm", seminorm),
-                                ("max_steps", max_steps)) if v is not _UNSET}
+    given = {
+        k: v
+        for k, v in (
+            ("method", method),
+            ("rtol", rtol),
+            ("atol", atol),
+            ("step_size", step_size),
+            ("adjoint", adjoint),
+            ("adjoint_mode", adjoint_mode),
+            ("seminorm", seminorm),
+            ("max_steps", max_steps),
+        )
+        if v is not _UNSET
+    }
     if options is None:
         opt = ODEOptions(**given) if given else DEFAULTS
     elif not isinstance(options, ODEOptions):
-        raise ValueError(f"options must be an ODEOptions, got {type(options).__name__}; pass solver options as "
-                         "ODEOptions(method=..., rtol=...) or as keywords")
+        raise ValueError(
+            f"options must be an ODEOptions, got {type(options).__name__}; pass solver options as "
+            "ODEOptions(method=..., rtol=...) or as keywords"
+        )
     elif any(getattr(options, k) != v for k, v in given.items()):
         opt = replace(options, **given)
     else:  # nothing changed (a model passes its own max_steps on every call): no new, re-checked options object
@@ -230,9 +249,11 @@ def odeint(
         if first_step.shape != (y0.shape[0],) or (
             check_inputs and not bool(((first_step > 0) & torch.isfinite(first_step)).all())
         ):
-            raise ValueError(f"first_step as a tensor must be [B] = [{y0.shape[0]}] with finite entries > 0, got "
-                             f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this "
-                             "batch")
+            raise ValueError(
+                f"first_step as a tensor must be [B] = [{y0.shape[0]}] with finite entries > 0, got "
+                f"shape {tuple(first_step.shape)}; pass a number or stats.next_dt of a solve of this "
+                "batch"
+            )
     elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
 
@@ -243,20 +264,37 @@ def odeint(
             tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
             times = tq[:, 0], tq[:, 1], sign, False
         tau0, tau1, sign, all_active = times
-        y1, stats = solve_interval(_wrap(func, sign), tab, y0, tau0, tau1, rtol=float(opt.rtol), atol=float(opt.atol),
-                                   max_steps=opt.max_steps, first_step=first_step, sign=sign, all_active=all_active)
+        y1, stats = solve_interval(
+            _wrap(func, sign),
+            tab,
+            y0,
+            tau0,
+            tau1,
+            rtol=float(opt.rtol),
+            atol=float(opt.atol),
+            max_steps=opt.max_steps,
+            first_step=first_step,
+            sign=sign,
+            all_active=all_active,
+        )
         return Solution(torch.stack((y0, y1), 1), stats)
 
     tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
     f = _wrap(func, sign)
-    opts = SolverOptions(rtol=float(opt.rtol), atol=float(opt.atol), max_steps=opt.max_steps, first_step=first_step,
-                         step_size=None if opt.step_size is None else float(opt.step_size))
+    opts = SolverOptions(
+        rtol=float(opt.rtol),
+        atol=float(opt.atol),
+        max_steps=opt.max_steps,
+        first_step=first_step,
+        step_size=None if opt.step_size is None else float(opt.step_size),
+    )
 
     if opt.adjoint:
         if adjoint_params is None:
             if not isinstance(func, nn.Module):
-                raise ValueError("adjoint=True with a plain function: pass adjoint_params (the tensors to "
-                                 "differentiate)")
+                raise ValueError(
+                    "adjoint=True with a plain function: pass adjoint_params (the tensors to differentiate)"
+                )
             adjoint_params = list(func.parameters())
         params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
         ys, stats = odeint_adjoint(f, tab, y0, tq, sign, params, opts, mode=opt.adjoint_mode, seminorm=opt.seminorm)

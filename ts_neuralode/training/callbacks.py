@@ -91,19 +91,25 @@ class TrainingGuard(Callback):
         """What to try. ``solver_message``: the solver's own failure, when it is the solver that stopped."""
         hp = getattr(pl_module, "hparams", {}) or {}
         is_ode = evolution_kind(hp.get("evolution")) == "ode"
-        lr = [f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
-              "gradient clipping (--trainer.gradient_clip_val 1.0)"]
+        lr = [
+            f"a lower --model.lr (now {self._lr(trainer, pl_module)})",
+            "gradient clipping (--trainer.gradient_clip_val 1.0)",
+        ]
         if solver_message is None:
             tighter = "tighter --model.evolution.rtol/--model.evolution.atol or another --model.evolution.method"
             tries = lr + ([tighter] if is_ode else [])
         elif "max_steps" in solver_message:  # too many steps: the tolerances (or stiff dynamics) are the cause
-            tries = ["looser --model.evolution.rtol/--model.evolution.atol", "a fixed-step method (e.g. "
-                                                                             "--model.evolution.method rk4 "
-                     "--model.evolution.step_size 0.1)", *lr]
+            tries = [
+                "looser --model.evolution.rtol/--model.evolution.atol",
+                "a fixed-step method (e.g. --model.evolution.method rk4 --model.evolution.step_size 0.1)",
+                *lr,
+            ]
         else:  # step size underflow or a non-finite state: dynamics that blow up
-            tries = [*lr, "tighter --model.evolution.rtol/--model.evolution.atol", "another --model.evolution.method "
-                                                                                   "(e.g. rk4 with "
-                     "--model.evolution.step_size 0.1)"]
+            tries = [
+                *lr,
+                "tighter --model.evolution.rtol/--model.evolution.atol",
+                "another --model.evolution.method (e.g. rk4 with --model.evolution.step_size 0.1)",
+            ]
         return "try " + ", ".join(tries)
 
     @staticmethod
@@ -121,8 +127,9 @@ class TrainingGuard(Callback):
         return f"no checkpoint was written to {self.ckpt_dir} yet"
 
     def _diverged(self, trainer: Trainer, pl_module: LightningModule, what: str) -> str:
-        return _join(f"training diverged at {self._where(trainer)}: {what}", self._advice(trainer, pl_module),
-                     self._kept())
+        return _join(
+            f"training diverged at {self._where(trainer)}: {what}", self._advice(trainer, pl_module), self._kept()
+        )
 
     def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
         self.failure = self._diverged(trainer, pl_module, what)
@@ -148,8 +155,9 @@ class TrainingGuard(Callback):
         if grads and not bool(torch.stack([g.detach().isfinite().all() for g in grads]).all()):
             self._stop(trainer, pl_module, "the gradients became NaN/inf")
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # finite gradients times a huge learning rate can still overflow the weights; stop before anything saves them
         if not self._weights_finite(pl_module):
             self._stop(trainer, pl_module, "the weights became NaN/inf in the last optimizer step")
@@ -157,15 +165,24 @@ class TrainingGuard(Callback):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if solver_failure(exception) and not getattr(exception, MESSAGE_ATTR, None):
             if not self._weights_finite(pl_module):  # the previous step blew the weights up; the solver only saw it
-                self.failure = self._diverged(trainer, pl_module, "the weights became NaN/inf (the solver then "
-                                              f"stopped: {_first_line(exception)})")
+                self.failure = self._diverged(
+                    trainer,
+                    pl_module,
+                    f"the weights became NaN/inf (the solver then stopped: {_first_line(exception)})",
+                )
             elif not isinstance(exception, SolverError):  # odeint refused a NaN/inf state: it came from upstream
-                self.failure = self._diverged(trainer, pl_module, "the model's state became NaN/inf before an ODE "
-                                              f"solve ({_first_line(exception)})")
+                self.failure = self._diverged(
+                    trainer,
+                    pl_module,
+                    f"the model's state became NaN/inf before an ODE solve ({_first_line(exception)})",
+                )
             else:
                 first = _first_line(exception)
-                self.failure = _join(f"the ODE solver could not go on at {self._where(trainer)} ({first})",
-                                     self._advice(trainer, pl_module, first), self._kept())
+                self.failure = _join(
+                    f"the ODE solver could not go on at {self._where(trainer)} ({first})",
+                    self._advice(trainer, pl_module, first),
+                    self._kept(),
+                )
             setattr(exception, MESSAGE_ATTR, self.failure)
         elif isinstance(exception, TrainingError):
             self.failure = str(exception)

@@ -37,18 +37,34 @@ def progress_bar(trainer_cfg: dict, callbacks: list) -> list:
 def checkpoint_callbacks(ckpt_dir: Path, has_val: bool) -> list:
     """The best checkpoint (by ``val_loss`` when the fit validates; first, so that ``trainer.checkpoint_callback``
     is this one) and ``last.ckpt`` (the latest epoch, for ``--ckpt_path last``)."""
-    out = [ModelCheckpoint(
-        dirpath=str(ckpt_dir), filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else "epoch{epoch:03d}",
-        auto_insert_metric_name=False, monitor=VAL_MONITOR if has_val else None, mode="min", save_top_k=1,
-        save_last=not has_val, every_n_epochs=1,
-    )]
+    out = [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="epoch{epoch:03d}-{val_loss:.4f}" if has_val else "epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            monitor=VAL_MONITOR if has_val else None,
+            mode="min",
+            save_top_k=1,
+            save_last=not has_val,
+            every_n_epochs=1,
+        )
+    ]
     if has_val:
         # last.ckpt must be the latest epoch for '--ckpt_path last'. Lightning >= 2.5 refreshes save_last only in a
         # step where a top-k checkpoint was saved, i.e. when val_loss improved, so a resume would restart from the
         # best epoch and redo the later ones. A second, unmonitored checkpoint named "last" (overwritten every
         # epoch, never versioned) is.
-        out.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1,
-                                   save_last=False, every_n_epochs=1, enable_version_counter=False))
+        out.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                save_last=False,
+                every_n_epochs=1,
+                enable_version_counter=False,
+            )
+        )
     return out
 
 

@@ -58,12 +58,21 @@ def jsonable(obj: Any) -> Any:
         return obj.item()
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
-    raise ConfigError(f"hyperparameter value {obj!r} ({type(obj).__name__}) is not JSON-serialisable; "
-                      "model options must be plain numbers, strings, lists or dicts")
+    raise ConfigError(
+        f"hyperparameter value {obj!r} ({type(obj).__name__}) is not JSON-serialisable; "
+        "model options must be plain numbers, strings, lists or dicts"
+    )
 
 
-def write_model_dir(path: str | os.PathLike, module: torch.nn.Module, hparams: Mapping[str, Any], transform,
-                    read_options: Mapping[str, Any], name: str, context: Any) -> Path:
+def write_model_dir(
+    path: str | os.PathLike,
+    module: torch.nn.Module,
+    hparams: Mapping[str, Any],
+    transform,
+    read_options: Mapping[str, Any],
+    name: str,
+    context: Any,
+) -> Path:
     """Write ``weights.pt`` + ``config.json`` to directory ``path`` (created); returns it.
 
     The directory is replaced atomically (:func:`ts_neuralode.core.atomic.atomic_write_dir`): a process killed
@@ -98,22 +107,34 @@ def read_stored(path: str | os.PathLike, map_location: str | torch.device = "cpu
     p = Path(path)
     backup = interrupted_backup(p)
     if backup is not None:
-        raise ForecastError(f"{p}: missing; a save was interrupted and left the previous model at {backup}; "
-                            f"rename it to {p.name} or save the model again")
+        raise ForecastError(
+            f"{p}: missing; a save was interrupted and left the previous model at {backup}; "
+            f"rename it to {p.name} or save the model again"
+        )
     if not p.exists():
-        raise ForecastError(f"{p}: no such model directory or checkpoint; pass the path written by "
-                            "'ts-neuralode fit' (a model directory or a .ckpt file)")
+        raise ForecastError(
+            f"{p}: no such model directory or checkpoint; pass the path written by "
+            "'ts-neuralode fit' (a model directory or a .ckpt file)"
+        )
     return _read_model_dir(p, map_location) if p.is_dir() else _read_checkpoint(p, map_location)
 
 
 def _read_model_dir(p: Path, map_location) -> StoredModel:
     cfg_path, w_path = p / CONFIG, p / WEIGHTS
     if not cfg_path.is_file() or not w_path.is_file():
-        raise ForecastError(f"{p}: not a model directory (needs {CONFIG} and {WEIGHTS}); "
-                            "pass a directory written by Forecaster.save or 'ts-neuralode fit'")
+        raise ForecastError(
+            f"{p}: not a model directory (needs {CONFIG} and {WEIGHTS}); "
+            "pass a directory written by Forecaster.save or 'ts-neuralode fit'"
+        )
     config = _read_config(cfg_path)
-    return StoredModel(config["module"]["hparams"], torch_load(w_path, map_location), config["transform"],
-                       config.get("read_options") or {}, config.get("name"), config.get("context"))
+    return StoredModel(
+        config["module"]["hparams"],
+        torch_load(w_path, map_location),
+        config["transform"],
+        config.get("read_options") or {},
+        config.get("name"),
+        config.get("context"),
+    )
 
 
 def _read_config(cfg_path: Path) -> dict:
@@ -123,8 +144,10 @@ def _read_config(cfg_path: Path) -> dict:
     except OSError as err:
         raise ForecastError(f"{cfg_path}: cannot read it ({err.strerror or type(err).__name__})") from err
     except ValueError as err:  # also UnicodeDecodeError: a binary file
-        raise ForecastError(f"{cfg_path}: not valid JSON ({_first_line(err)}); the model directory is damaged: "
-                            "save the model again (Forecaster.save or 'ts-neuralode fit')") from err
+        raise ForecastError(
+            f"{cfg_path}: not valid JSON ({_first_line(err)}); the model directory is damaged: "
+            "save the model again (Forecaster.save or 'ts-neuralode fit')"
+        ) from err
     fmt = config.get("format") if isinstance(config, dict) else None
     if fmt not in READABLE_FORMATS:
         version = config.get("ts_neuralode_version") if isinstance(config, dict) else None
@@ -132,19 +155,31 @@ def _read_config(cfg_path: Path) -> dict:
         ours = isinstance(fmt, str) and fmt.startswith("ts_neuralode.model/")
         number = fmt.rpartition("/")[2] if ours else ""
         newer = number.isdigit() and int(number) > int(FORMAT.rpartition("/")[2])
-        fix = ("it is newer than this ts_neuralode: upgrade ts_neuralode to load it" if newer else
-               "load it with the ts_neuralode version that wrote it and save it again with this version "
-               "(Forecaster.save)" if ours else
-               "pass a model directory written by Forecaster.save or 'ts-neuralode fit'")
-        raise ForecastError(f"{cfg_path}: model format {fmt!r}{by} is not one this version reads "
-                            f"({', '.join(READABLE_FORMATS)}); {fix}")
+        fix = (
+            "it is newer than this ts_neuralode: upgrade ts_neuralode to load it"
+            if newer
+            else "load it with the ts_neuralode version that wrote it and save it again with this version "
+            "(Forecaster.save)"
+            if ours
+            else "pass a model directory written by Forecaster.save or 'ts-neuralode fit'"
+        )
+        raise ForecastError(
+            f"{cfg_path}: model format {fmt!r}{by} is not one this version reads ({', '.join(READABLE_FORMATS)}); {fix}"
+        )
     module = config.get("module")
-    missing = [k for k, ok in (("module.hparams", isinstance(module, dict) and isinstance(module.get("hparams"),
-                                                                                          dict)),
-                               ("transform", isinstance(config.get("transform"), dict))) if not ok]
+    missing = [
+        k
+        for k, ok in (
+            ("module.hparams", isinstance(module, dict) and isinstance(module.get("hparams"), dict)),
+            ("transform", isinstance(config.get("transform"), dict)),
+        )
+        if not ok
+    ]
     if missing:
-        raise ForecastError(f"{cfg_path}: {' and '.join(missing)} missing or not an object in a {fmt} config; the "
-                            "model directory is damaged: save the model again")
+        raise ForecastError(
+            f"{cfg_path}: {' and '.join(missing)} missing or not an object in a {fmt} config; the "
+            "model directory is damaged: save the model again"
+        )
     return config
 
 
@@ -158,8 +193,11 @@ def _read_checkpoint(p: Path, map_location) -> StoredModel:
         if isinstance(val, Mapping) and "transform" in val and "DataModule" in str(key):
             transform = val["transform"]
     return StoredModel(
-        ckpt.get("hyper_parameters") or {}, ckpt["state_dict"], transform,
-        {k: v for k, v in dm_hparams.items() if k in READ_KEYS}, None,
+        ckpt.get("hyper_parameters") or {},
+        ckpt["state_dict"],
+        transform,
+        {k: v for k, v in dm_hparams.items() if k in READ_KEYS},
+        None,
         dm_hparams.get("context") if dm_hparams.get("task") == "forecast" else None,
     )
 
@@ -170,8 +208,10 @@ def build_module(stored: StoredModel, where: Path, map_location) -> torch.nn.Mod
     try:
         module = ForecastingModule.from_hparams(stored.hparams)
     except TypeError as err:  # an option this version does not have (a model saved by another version)
-        raise ForecastError(f"{where}: its model options do not fit this version of ts_neuralode ({err}); load it "
-                            "with the version that saved it, or train it again") from err
+        raise ForecastError(
+            f"{where}: its model options do not fit this version of ts_neuralode ({err}); load it "
+            "with the version that saved it, or train it again"
+        ) from err
     try:
         module.load_state_dict(stored.state)
     except RuntimeError as err:
@@ -197,19 +237,25 @@ def torch_load(path: Path, map_location) -> Any:
         raise ForecastError(f"{path}: is empty (0 bytes; a copy or download that did not finish?); {_FROM_US}")
     # torch.save writes a zip archive (b"PK\x03\x04"); files of torch < 1.6 begin with a pickle (b"\x80")
     if head != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise ForecastError(f"{path}: not a torch file (it starts with bytes {head!r}, a file saved by torch "
-                            f"starts with {b'PK'!r}); {_FROM_US}")
+        raise ForecastError(
+            f"{path}: not a torch file (it starts with bytes {head!r}, a file saved by torch "
+            f"starts with {b'PK'!r}); {_FROM_US}"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         what = f"an object of type {found.group(1)}" if found else "Python objects beyond tensors"
-        raise ForecastError(f"{path}: holds {what}, which is not loaded (only tensors and plain containers are: "
-                            f"unpickling other objects could run arbitrary code); {_FROM_US}") from None
+        raise ForecastError(
+            f"{path}: holds {what}, which is not loaded (only tensors and plain containers are: "
+            f"unpickling other objects could run arbitrary code); {_FROM_US}"
+        ) from None
     except Exception as err:  # RuntimeError/OSError/EOFError of a damaged archive
         if head == b"PK\x03\x04" and not zipfile.is_zipfile(path) or isinstance(err, EOFError):
-            raise ForecastError(f"{path}: truncated or damaged ({path.stat().st_size} bytes, the end of the "
-                                f"archive is missing; a copy or download that did not finish?); {_FROM_US}") from err
+            raise ForecastError(
+                f"{path}: truncated or damaged ({path.stat().st_size} bytes, the end of the "
+                f"archive is missing; a copy or download that did not finish?); {_FROM_US}"
+            ) from err
         first = _first_line(err)
         raise ForecastError(f"{path}: cannot be read as a torch file ({first}); {_FROM_US}") from err
 
@@ -231,8 +277,10 @@ def as_transform(tstate: Any):
         try:
             data = json.loads(p.read_text())
         except (OSError, ValueError) as err:
-            raise ForecastError(f"transform {p} (--transform / transform=): cannot read it ({err}); pass the model "
-                                "directory the fit wrote, or its config.json") from err
+            raise ForecastError(
+                f"transform {p} (--transform / transform=): cannot read it ({err}); pass the model "
+                "directory the fit wrote, or its config.json"
+            ) from err
         tstate = data.get("transform", data)
     try:
         return SeriesTransform.from_state_dict(tstate)

@@ -48,8 +48,13 @@ from ts_neuralode.training.metrics import MaskedCRPS, MaskedMAE, MaskedMSE, skil
 
 _STAGES = ("val", "test")
 _METRICS = {
-    "mse": MaskedMSE, "mae": MaskedMAE, "interp_mse": MaskedMSE, "interp_mae": MaskedMAE,
-    "extrap_mse": MaskedMSE, "extrap_mae": MaskedMAE, "crps": MaskedCRPS,
+    "mse": MaskedMSE,
+    "mae": MaskedMAE,
+    "interp_mse": MaskedMSE,
+    "interp_mae": MaskedMAE,
+    "extrap_mse": MaskedMSE,
+    "extrap_mae": MaskedMAE,
+    "crps": MaskedCRPS,
 }
 _BASELINE_METRICS = tuple(name for name in _METRICS if name != "crps")  # a point forecast's CRPS is its MAE
 #: skill metric name -> the MSE it divides by the LOCF baseline's
@@ -58,10 +63,10 @@ _MODEL_KEY = "model"  # the model's own metrics (no name suffix)
 LR_SCHEDULES = ("step", "cosine")
 
 
-
 def clean_hparams(hparams: Mapping[str, Any]) -> dict:
     """Module hyperparameters without LightningCLI's private keys (``_class_path``, ``_instantiator``)."""
     return {k: v for k, v in dict(hparams).items() if not str(k).startswith("_")}
+
 
 class ForecastingModule(pl.LightningModule):
     """Lightning wrapper of one forecasting model.
@@ -140,8 +145,9 @@ class ForecastingModule(pl.LightningModule):
         kwargs.update(model_kwargs or {})
         spec = CovariateSpec.from_state_dict(covariates)
         if spec is not None and model not in BASELINES:
-            kwargs.update(control_dim=spec.control_dim, static_dim=spec.static_dim,
-                          target_dim=input_dim - len(spec.past_cols))
+            kwargs.update(
+                control_dim=spec.control_dim, static_dim=spec.static_dim, target_dim=input_dim - len(spec.past_cols)
+            )
         check_window_options(normalize, base, season_period)
         if model in BASELINES:
             self.model = build_baseline(model, season_period)
@@ -152,12 +158,17 @@ class ForecastingModule(pl.LightningModule):
         names = baseline_names(baselines, season_period)
         # No parameters and no buffers: checkpoints and model directories keep the same state_dict keys.
         self.baseline_models = nn.ModuleDict({name: build_baseline(name, season_period) for name in names})
-        self.metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({
-                _MODEL_KEY: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}),
-                **{b: nn.ModuleDict({name: _METRICS[name]() for name in _BASELINE_METRICS}) for b in names},
-            }) for stage in _STAGES
-        })
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        _MODEL_KEY: nn.ModuleDict({name: cls() for name, cls in _METRICS.items()}),
+                        **{b: nn.ModuleDict({name: _METRICS[name]() for name in _BASELINE_METRICS}) for b in names},
+                    }
+                )
+                for stage in _STAGES
+            }
+        )
         self._batch_start = 0.0
 
     @classmethod
@@ -177,16 +188,23 @@ class ForecastingModule(pl.LightningModule):
         loss, logs = self.model.loss(batch)
         bs = batch.batch_size
         # Epoch-level logs are means over every rank's batches under DDP (sync_dist: one reduce per key per epoch).
-        self.log("train_loss", loss.detach(), batch_size=bs, prog_bar=True, on_step=False, on_epoch=True,
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss.detach(), batch_size=bs, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True
+        )
         for name, value in logs.items():
             self.log(f"train_{name}", value, batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
         self.log("nfe", float(self.model.last_nfe), batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        self.log("batch_time", time.perf_counter() - self._batch_start, batch_size=batch.batch_size,
-                 on_step=False, on_epoch=True, sync_dist=True)
+        self.log(
+            "batch_time",
+            time.perf_counter() - self._batch_start,
+            batch_size=batch.batch_size,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
 
     # -- evaluation ----------------------------------------------------------------------------------
     def _eval_step(self, batch: Batch, stage: str) -> torch.Tensor:
@@ -198,9 +216,13 @@ class ForecastingModule(pl.LightningModule):
         target = batch.target_mask
         after = (batch.times_per_sample() > batch.cutoff.unsqueeze(1)).unsqueeze(-1).to(target.dtype)
         masks = {
-            "mse": target, "mae": target, "crps": target,
-            "interp_mse": batch.held_out_mask * (1 - after), "interp_mae": batch.held_out_mask * (1 - after),
-            "extrap_mse": target * after, "extrap_mae": target * after,
+            "mse": target,
+            "mae": target,
+            "crps": target,
+            "interp_mse": batch.held_out_mask * (1 - after),
+            "interp_mae": batch.held_out_mask * (1 - after),
+            "extrap_mse": target * after,
+            "extrap_mae": target * after,
         }
         # The model and every baseline: the same masks, the same metric classes, the same update.
         for key, metrics in self.metrics[stage].items():
@@ -217,8 +239,9 @@ class ForecastingModule(pl.LightningModule):
                 value = metric.compute()  # synced across ranks before the count check: same on every rank
                 values[name + suffix] = float(value)
                 if torch.isfinite(value):  # the same on every rank: sync_dist's mean keeps it (and DDP stays quiet)
-                    self.log(f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY,
-                             sync_dist=True)
+                    self.log(
+                        f"{stage}_{name}{suffix}", value, prog_bar=name == "mse" and key == _MODEL_KEY, sync_dist=True
+                    )
                 metric.reset()
         if REFERENCE not in self.metrics[stage]:
             return
@@ -247,27 +270,34 @@ class ForecastingModule(pl.LightningModule):
         """The forecast at the batch's own times (``eval_samples`` samples)."""
         return self.model.predict(batch, num_samples=self.hparams.eval_samples).detach()
 
-    def forecast(self, batch: Batch, query_times: torch.Tensor, num_samples: int | None = None, *,
-                 max_steps: int | None = None) -> Forecast:
+    def forecast(
+        self, batch: Batch, query_times: torch.Tensor, num_samples: int | None = None, *, max_steps: int | None = None
+    ) -> Forecast:
         """Forecast at arbitrary query times ``[Tq]`` or ``[B, Tq]`` (normalised units); ``max_steps``: the step
         budget of every ODE solve (None: each evolution's own)."""
-        return self.model.forecast(batch, query_times, num_samples=num_samples or self.hparams.eval_samples,
-                                   max_steps=max_steps)
+        return self.model.forecast(
+            batch, query_times, num_samples=num_samples or self.hparams.eval_samples, max_steps=max_steps
+        )
 
     def configure_optimizers(self):
         if not any(p.requires_grad for p in self.parameters()):
-            raise ConfigError(f"model {self.hparams.model!r} is a baseline with nothing to train; score it with "
-                              f"'ts-neuralode test --model.model {self.hparams.model} ...' (no checkpoint needed)")
+            raise ConfigError(
+                f"model {self.hparams.model!r} is a baseline with nothing to train; score it with "
+                f"'ts-neuralode test --model.model {self.hparams.model} ...' (no checkpoint needed)"
+            )
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "cosine":
             epochs = int(self.trainer.max_epochs or 0) if self._trainer is not None else 0
             if epochs < 1:
-                raise ConfigError("lr_schedule='cosine' anneals over trainer.max_epochs; set --trainer.max_epochs "
-                                  "(or use lr_schedule='step')")
+                raise ConfigError(
+                    "lr_schedule='cosine' anneals over trainer.max_epochs; set --trainer.max_epochs "
+                    "(or use lr_schedule='step')"
+                )
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         elif self.hparams.lr_decay_every and self.hparams.lr_decay_every > 0:
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_decay_every,
-                                                    gamma=self.hparams.lr_decay_gamma)
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=self.hparams.lr_decay_every, gamma=self.hparams.lr_decay_gamma
+            )
         else:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

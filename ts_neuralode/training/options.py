@@ -33,28 +33,55 @@ def add_project_options(parser, fit: bool = False) -> None:
     the checkpoint and model directories) and the links from the fitted data module to the model; ``fit``: also
     ``Trainer.fit``'s ``--ckpt_path`` and ``--weights_only`` (LightningCLI adds them to its own ``fit``
     subcommand)."""
-    parser.add_argument("--tracking_uri", type=str | None, default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking_uri",
+        type=str | None,
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     parser.add_argument("--experiment_name", type=str, default="ts_neuralode", help="MLflow experiment")
     parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
-    parser.add_argument("--artifact_location", type=str | None, default=None,
-                        help="where a new MLflow experiment keeps artifacts (default: the store's own, "
-                             "./mlruns for a sqlite file)")
+    parser.add_argument(
+        "--artifact_location",
+        type=str | None,
+        default=None,
+        help="where a new MLflow experiment keeps artifacts (default: the store's own, ./mlruns for a sqlite file)",
+    )
     parser.add_argument("--tracking", type=bool, default=True, help="record the run in MLflow")
-    parser.add_argument("--checkpoint_dir", type=str | None, default=None,
-                        help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints")
-    parser.add_argument("--model_dir", type=str | None, default=None,
-                        help="fit: also write the reloadable model directory here (default "
-                             "<checkpoint_dir>/model)")
-    parser.add_argument("--log_model", type=bool, default=True,
-                        help="fit: log the model directory and forecast plots to MLflow")
-    parser.add_argument("--register_as", type=str | None, default=None,
-                        help="fit: also register the logged MLflow model under this name")
+    parser.add_argument(
+        "--checkpoint_dir",
+        type=str | None,
+        default=None,
+        help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints",
+    )
+    parser.add_argument(
+        "--model_dir",
+        type=str | None,
+        default=None,
+        help="fit: also write the reloadable model directory here (default <checkpoint_dir>/model)",
+    )
+    parser.add_argument(
+        "--log_model", type=bool, default=True, help="fit: log the model directory and forecast plots to MLflow"
+    )
+    parser.add_argument(
+        "--register_as",
+        type=str | None,
+        default=None,
+        help="fit: also register the logged MLflow model under this name",
+    )
     if fit:
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="resume from this checkpoint: a .ckpt path, or 'last' (<checkpoint_dir>/last.ckpt)")
-        parser.add_argument("--weights_only", type=bool | None, default=None,
-                            help="load --ckpt_path with torch.load(weights_only=...) (default true)")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint: a .ckpt path, or 'last' (<checkpoint_dir>/last.ckpt)",
+        )
+        parser.add_argument(
+            "--weights_only",
+            type=bool | None,
+            default=None,
+            help="load --ckpt_path with torch.load(weights_only=...) (default true)",
+        )
     parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
     # --data.season (a duration) reaches the seasonal baseline in model time units
     parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
@@ -69,9 +96,16 @@ class FitOptions(LightningCLI):
     def __init__(self, args: Sequence[str] | None = (), prog: str = f"{PROG} fit") -> None:
         # args are passed explicitly (the API has no command line); Lightning warns when sys.argv is set too
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
-        super().__init__(ForecastingModule, IrregularTimeSeriesDataModule, seed_everything_default=0,
-                         parser_kwargs={"prog": prog, "exit_on_error": False}, args=list(args or ()),
-                         run=False, auto_configure_optimizers=True, load_from_checkpoint_support=False)
+        super().__init__(
+            ForecastingModule,
+            IrregularTimeSeriesDataModule,
+            seed_everything_default=0,
+            parser_kwargs={"prog": prog, "exit_on_error": False},
+            args=list(args or ()),
+            run=False,
+            auto_configure_optimizers=True,
+            load_from_checkpoint_support=False,
+        )
 
     def add_arguments_to_parser(self, parser) -> None:
         add_project_options(parser, fit=True)
@@ -105,8 +139,10 @@ def merge_options(parser, cfg, overrides: Mapping[str, Any]):
 
 def _check_legacy(key: str, value: Any, where: str) -> None:
     if key in LEGACY_FLAT_OPTIONS:
-        raise ConfigError(f"{where}model.{key} is now {where}model.evolution.{key} (the evolution options are "
-                          "nested under model.evolution)")
+        raise ConfigError(
+            f"{where}model.{key} is now {where}model.evolution.{key} (the evolution options are "
+            "nested under model.evolution)"
+        )
     if key == "evolution" and isinstance(value, str) and value.isidentifier():
         raise ConfigError(f"{where}model.evolution {value} is now {where}model.evolution.kind {value}")
 
@@ -115,11 +151,14 @@ def check_model_options(model_options: Mapping[str, Any] | None) -> None:
     """The check of :func:`check_option_spelling` on the API's ``model_options`` dict, in the API's words."""
     for key, val in (model_options or {}).items():
         if key in LEGACY_FLAT_OPTIONS:
-            raise ConfigError(f"model_options={{'{key}': ...}} is now model_options={{'evolution': {{'{key}': ...}}}} "
-                              "(the evolution options are nested under 'evolution')")
+            raise ConfigError(
+                f"model_options={{'{key}': ...}} is now model_options={{'evolution': {{'{key}': ...}}}} "
+                "(the evolution options are nested under 'evolution')"
+            )
         if key == "evolution" and isinstance(val, str) and val.isidentifier():
-            raise ConfigError(f"model_options={{'evolution': '{val}'}} is now model_options={{'evolution': "
-                              f"{{'kind': '{val}'}}}}")
+            raise ConfigError(
+                f"model_options={{'evolution': '{val}'}} is now model_options={{'evolution': {{'kind': '{val}'}}}}"
+            )
 
 
 def check_option_spelling(argv: Sequence[str]) -> None:
@@ -132,18 +171,24 @@ def check_option_spelling(argv: Sequence[str]) -> None:
         if not eq:
             value = argv[i + 1] if i + 1 < len(argv) else ""
         if name.startswith("--model."):
-            _check_legacy(name[len("--model."):], value, "--")
+            _check_legacy(name[len("--model.") :], value, "--")
         elif name == "--config" and Path(value).is_file():
             try:
                 model = (yaml.safe_load(Path(value).read_text()) or {}).get("model")
             except (yaml.YAMLError, AttributeError):
                 continue  # jsonargparse reports a broken file in its own words
-            for key, val in (model.items() if isinstance(model, dict) else ()):
+            for key, val in model.items() if isinstance(model, dict) else ():
                 try:
                     _check_legacy(key, val, "")
                 except ConfigError as err:
                     raise ConfigError(f"--config {value}: {err}") from None
 
 
-__all__ = ["FitOptions", "check_option_spelling", "check_model_options", "add_project_options", "fit_options",
-           "merge_options"]
+__all__ = [
+    "FitOptions",
+    "check_option_spelling",
+    "check_model_options",
+    "add_project_options",
+    "fit_options",
+    "merge_options",
+]

@@ -36,27 +36,63 @@ DEFAULT_MODELS = tuple(MODEL_SPECS)
 # one Euler step per observation interval, as the Latent ODE reference code; only the decoder differs):
 # the latent ODE with a dopri5 ODE-RNN encoder (each interval an adaptive solve), and latent flows whose
 # encoder is a flow-RNN of the same flow kind (the Neural Flows paper's latent flow models).
-MODEL_SPECS["latent_ode_dopri5_enc"] = {"model": "latent_ode", "evolution": "ode", "method": "dopri5",
-                                        "model_kwargs": {"encoder_method": "dopri5"}}
+MODEL_SPECS["latent_ode_dopri5_enc"] = {
+    "model": "latent_ode",
+    "evolution": "ode",
+    "method": "dopri5",
+    "model_kwargs": {"encoder_method": "dopri5"},
+}
 for _kind in ("gru_flow", "coupling_flow", "resnet_flow"):
-    MODEL_SPECS[f"latent_{_kind}_flowenc"] = {"model": "latent_ode", "evolution": _kind,
-                                              "model_kwargs": {"encoder_evolution": "same"}}
+    MODEL_SPECS[f"latent_{_kind}_flowenc"] = {
+        "model": "latent_ode",
+        "evolution": _kind,
+        "model_kwargs": {"encoder_evolution": "same"},
+    }
 LAYOUTS = ("auto", *BATCH_LAYOUTS)  # auto: union when the series share their times, else padded (runner.choose_layout)
 #: test task -> (result column prefix, the test metric that scores it)
-SCORES = {"interpolation": ("interp", "test_interp_mse"), "extrapolation": ("extrap", "test_extrap_mse"),
-          "forecast": ("forecast", "test_extrap_mse")}
+SCORES = {
+    "interpolation": ("interp", "test_interp_mse"),
+    "extrapolation": ("extrap", "test_extrap_mse"),
+    "forecast": ("forecast", "test_extrap_mse"),
+}
 
 #: Result columns, in table order (CSV has them all; the markdown table a readable subset).
 COLUMNS = (
-    "model", "family", "evolution", "method", "params", "epochs", "epoch_time_s", "epoch_time_min_s",
-    "train_time_s", "train_nfe", "infer_nfe", "latency_p50_ms", "latency_p95_ms", "interp_mse", "extrap_mse",
-    "forecast_mse", "interp_skill", "extrap_skill", "forecast_skill", "final_train_loss", "error",
+    "model",
+    "family",
+    "evolution",
+    "method",
+    "params",
+    "epochs",
+    "epoch_time_s",
+    "epoch_time_min_s",
+    "train_time_s",
+    "train_nfe",
+    "infer_nfe",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "interp_mse",
+    "extrap_mse",
+    "forecast_mse",
+    "interp_skill",
+    "extrap_skill",
+    "forecast_skill",
+    "final_train_loss",
+    "error",
 )
 MD_COLUMNS = (
-    ("model", "model"), ("params", "params"), ("epoch_time_s", "epoch time s (median)"),
-    ("latency_p50_ms", "latency p50 ms"), ("latency_p95_ms", "latency p95 ms"), ("train_nfe", "NFE/forward train"),
-    ("infer_nfe", "NFE/forward infer"), ("interp_mse", "interp MSE"), ("extrap_mse", "extrap MSE"),
-    ("forecast_mse", "forecast MSE"), ("interp_skill", "interp skill"), ("extrap_skill", "extrap skill"),
+    ("model", "model"),
+    ("params", "params"),
+    ("epoch_time_s", "epoch time s (median)"),
+    ("latency_p50_ms", "latency p50 ms"),
+    ("latency_p95_ms", "latency p95 ms"),
+    ("train_nfe", "NFE/forward train"),
+    ("infer_nfe", "NFE/forward infer"),
+    ("interp_mse", "interp MSE"),
+    ("extrap_mse", "extrap MSE"),
+    ("forecast_mse", "forecast MSE"),
+    ("interp_skill", "interp skill"),
+    ("extrap_skill", "extrap skill"),
     ("forecast_skill", "forecast skill"),
 )
 #: markdown columns left out when no row has a value (tasks that were not scored)
@@ -66,16 +102,31 @@ MD_OPTIONAL = ("interp_mse", "extrap_mse", "forecast_mse", "interp_skill", "extr
 #: The :class:`BenchmarkConfig` fields that are options of the data module
 #: (:class:`~ts_neuralode.data.datamodule.IrregularTimeSeriesDataModule`, the command line's ``--data.*``): their
 #: defaults are the data module's (one declaration), but for ``layout``, which adds ``auto``.
-DATA_FIELDS = ("path", "task", "obs_fraction", "cut", "extrap_obs_fraction", "layout", "batch_size", "scaler",
-               "time_scale", "horizon", "context", "windows_per_series", "split_by", "season")
+DATA_FIELDS = (
+    "path",
+    "task",
+    "obs_fraction",
+    "cut",
+    "extrap_obs_fraction",
+    "layout",
+    "batch_size",
+    "scaler",
+    "time_scale",
+    "horizon",
+    "context",
+    "windows_per_series",
+    "split_by",
+    "season",
+)
 #: The data module's reading options a CSV may need (``BenchmarkConfig.read_options``; ``--data.*``)
 READ_OPTIONS = ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit", "duplicates")
 #: Model options a benchmark may set for every model at once (``BenchmarkConfig.model_options``; ``--latent_dim``
 #: ...): ForecastingModule's (latent_dim, hidden_dim, lr) and EvolutionConfig's (the others)
 SHARED_MODEL_OPTIONS = ("latent_dim", "hidden_dim", "num_layers", "flow_layers", "lr", "rtol", "atol", "step_size")
 
-_DATA_DEFAULTS = {name: p.default for name, p in inspect.signature(IrregularTimeSeriesDataModule.__init__)
-                  .parameters.items()}
+_DATA_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(IrregularTimeSeriesDataModule.__init__).parameters.items()
+}
 
 
 def names_list(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -172,31 +223,36 @@ class BenchmarkConfig:
             raise ConfigError("give exactly one of --dataset NAME (a synthetic set) or --data.path FILE.csv")
         if self.dataset is not None:
             if self.dataset not in NAMES:
-                raise ConfigError(f"--dataset {self.dataset!r} is unknown; choose one of {', '.join(NAMES)} "
-                                  "or pass --data.path FILE.csv")
+                raise ConfigError(
+                    f"--dataset {self.dataset!r} is unknown; choose one of {', '.join(NAMES)} "
+                    "or pass --data.path FILE.csv"
+                )
         elif not Path(self.path).is_file():
             raise ConfigError(f"--data.path {self.path}: file not found; pass an existing CSV file")
         if not self.models:
             raise ConfigError(f"--models is empty; choose from {', '.join(MODEL_SPECS)}")
         unknown = [m for m in self.models if m not in MODEL_SPECS]
         if unknown:
-            raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from "
-                              f"{', '.join(MODEL_SPECS)}")
+            raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_SPECS)}")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models lists a model twice ({', '.join(self.models)}); list each once")
         if self.task not in TASKS:
-            raise ConfigError(f"--data.task {self.task!r}: invalid choice; use interpolation, extrapolation or "
-                              "forecast")
+            raise ConfigError(
+                f"--data.task {self.task!r}: invalid choice; use interpolation, extrapolation or forecast"
+            )
         if self.task == "forecast" and self.horizon is None:
-            raise ConfigError("--data.task forecast needs --data.horizon (a number of the data's time units, or a "
-                              "duration such as 2D)")
+            raise ConfigError(
+                "--data.task forecast needs --data.horizon (a number of the data's time units, or a "
+                "duration such as 2D)"
+            )
         if self.split_by is not None and (self.split_by not in SPLITS or self.task != "forecast"):
             raise ConfigError(f"--data.split_by {self.split_by!r}: use series or time, with --data.task forecast only")
 
         baseline_names(self.baselines, self.season)  # unknown names, duplicates
         if "seasonal" in (self.baselines or ()) and self.season is None:
-            raise ConfigError("--baselines seasonal needs --data.season (the period: a duration such as 24h or a "
-                              "number)")
+            raise ConfigError(
+                "--baselines seasonal needs --data.season (the period: a duration such as 24h or a number)"
+            )
         if self.layout not in LAYOUTS:
             raise ConfigError(f"--data.layout {self.layout!r}; use auto, union or padded")
         for name in ("epochs", "batch_size", "n_series", "latency_reps"):

@@ -43,8 +43,11 @@ def _fmt(value: Any, col: str) -> str:
 def markdown_table(df: pd.DataFrame, columns: Sequence[tuple[str, str]] = MD_COLUMNS) -> str:
     """A GitHub markdown table of the result frame (an ``error`` column is added when a model failed; MSE and
     skill columns of tasks no row was scored on are left out)."""
-    cols = [(c, h) for c, h in columns
-            if c not in MD_OPTIONAL or (c in df and pd.to_numeric(df[c], errors="coerce").notna().any())]
+    cols = [
+        (c, h)
+        for c, h in columns
+        if c not in MD_OPTIONAL or (c in df and pd.to_numeric(df[c], errors="coerce").notna().any())
+    ]
     if "error" in df and df["error"].fillna("").astype(str).str.len().gt(0).any():
         cols.append(("error", "error"))
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -70,8 +73,7 @@ def plot_time_vs_mse(df: pd.DataFrame, path: str | Path, title: str = "") -> Pat
             y = r.get(col)
             if x is None or y is None or not (np.isfinite(x) and np.isfinite(y)) or x <= 0 or y <= 0:
                 continue
-            ax.scatter([x], [y], color=cmap(i % 10), marker=marker, s=60,
-                       label=f"{r['model']} ({label})")
+            ax.scatter([x], [y], color=cmap(i % 10), marker=marker, s=60, label=f"{r['model']} ({label})")
             ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
             plotted = True
     if plotted:
@@ -100,13 +102,17 @@ def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
     shared = {k: v for k, v in cfg.model_options.items()}
     if cfg.task == "forecast":
         how = "by time (every series in each; test = its last horizon)" if dm.split_by == "time" else "by series"
-        task = (f"forecast windows (horizon {cfg.horizon}, context {cfg.context or 'all history'}, "
-                f"{dm.train_items_per_epoch} training windows per epoch; split {how})")
+        task = (
+            f"forecast windows (horizon {cfg.horizon}, context {cfg.context or 'all history'}, "
+            f"{dm.train_items_per_epoch} training windows per epoch; split {how})"
+        )
     else:
         task = f"{cfg.task} (obs_fraction {cfg.obs_fraction}, cut {cfg.cut})"
-    what = {"interpolation": "interp = held-out points of the interpolation task",
-            "extrapolation": "extrap = points after the cut of the extrapolation task",
-            "forecast": "forecast = the last horizon of each test series"}
+    what = {
+        "interpolation": "interp = held-out points of the interpolation task",
+        "extrapolation": "extrap = points after the cut of the extrapolation task",
+        "forecast": "forecast = the last horizon of each test series",
+    }
     return (
         f"Data: {src}, {dm.num_channels} channel(s), split train/val/test = {n['train']}/{n['val']}/{n['test']} "
         f"series, layout {layout}, scaler {cfg.scaler}. Training task: {task}; {cfg.epochs} epoch(s), batch "
@@ -118,16 +124,21 @@ def describe(cfg: BenchmarkConfig, layout: str, dms: dict[str, Any]) -> str:
     )
 
 
-def write_outputs(result: BenchmarkResult, out_csv: str | Path, command: str, title: str = "",
-                  plot: str | Path | None = None) -> tuple[Path, Path, Path]:
+def write_outputs(
+    result: BenchmarkResult, out_csv: str | Path, command: str, title: str = "", plot: str | Path | None = None
+) -> tuple[Path, Path, Path]:
     """CSV, PNG chart and markdown (command, description, table) beside each other; returns their paths."""
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(out_csv, index=False)
     png = Path(plot) if plot else out_csv.with_suffix(".png")
     plot_time_vs_mse(result.table, png, title)
-    md = write_report(out_csv.with_suffix(".md"), title or "ts-neuralode benchmark", command,
-                      [result.description, markdown_table(result.table), f"![epoch time vs test MSE]({png.name})"])
+    md = write_report(
+        out_csv.with_suffix(".md"),
+        title or "ts-neuralode benchmark",
+        command,
+        [result.description, markdown_table(result.table), f"![epoch time vs test MSE]({png.name})"],
+    )
     return out_csv, png, md
 
 
@@ -148,8 +159,9 @@ def write_report(path: str | Path, title: str, command: str, sections: Sequence[
     return path
 
 
-def publish_report(out: str | Path, title: str, script: str, argv: Sequence[str], sections: Sequence[str],
-                   shown: str) -> int:
+def publish_report(
+    out: str | Path, title: str, script: str, argv: Sequence[str], sections: Sequence[str], shown: str
+) -> int:
     """The end of a results script: :func:`write_report` with ``script``'s command line, ``shown`` on stdout, the
     path written on stderr; returns the exit status 0."""
     path = write_report(out, title, script_command(script, argv), sections)

@@ -53,8 +53,14 @@ def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
     if cfg.layout != "auto":
         return cfg.layout
 
-    probe = IrregularTimeSeriesDataModule(**_source_kwargs(cfg, df), task="interpolation", seed=cfg.seed,
-                                          layout="padded", scaler=cfg.scaler, time_scale=cfg.time_scale)
+    probe = IrregularTimeSeriesDataModule(
+        **_source_kwargs(cfg, df),
+        task="interpolation",
+        seed=cfg.seed,
+        layout="padded",
+        scaler=cfg.scaler,
+        time_scale=cfg.time_scale,
+    )
     probe.setup()
     n_unique = len(np.unique(probe.table.times))
     longest = int(np.max(probe.arrays.counts))
@@ -68,14 +74,31 @@ def make_datamodules(cfg: BenchmarkConfig, df: pd.DataFrame | None, layout: str)
     for task in TASKS:
         if task != cfg.task and task not in scored_tasks(cfg):
             continue
-        extra = dict(horizon=cfg.horizon, context=cfg.context, windows_per_series=cfg.windows_per_series,
-                     split_by=cfg.split_by) if task == "forecast" else {}
+        extra = (
+            dict(
+                horizon=cfg.horizon,
+                context=cfg.context,
+                windows_per_series=cfg.windows_per_series,
+                split_by=cfg.split_by,
+            )
+            if task == "forecast"
+            else {}
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # series without points on both sides of a cut
             dm = IrregularTimeSeriesDataModule(
-                **_source_kwargs(cfg, df), task=task, obs_fraction=cfg.obs_fraction, cut=cfg.cut,
-                extrap_obs_fraction=cfg.extrap_obs_fraction, layout=layout, batch_size=cfg.batch_size,
-                seed=cfg.seed, scaler=cfg.scaler, time_scale=cfg.time_scale, season=cfg.season, **extra,
+                **_source_kwargs(cfg, df),
+                task=task,
+                obs_fraction=cfg.obs_fraction,
+                cut=cfg.cut,
+                extrap_obs_fraction=cfg.extrap_obs_fraction,
+                layout=layout,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                scaler=cfg.scaler,
+                time_scale=cfg.time_scale,
+                season=cfg.season,
+                **extra,
             )
             dm.setup()
         out[task] = dm
@@ -126,16 +149,31 @@ def module_options(cfg: BenchmarkConfig, name: str, input_dim: int) -> dict[str,
     """ForecastingModule keyword arguments of benchmark model ``name`` (the baselines have rows of their own, so
     a model's test run scores no baselines)."""
 
-    return merge_options({"eval_samples": 1, "baselines": []}, cfg.model_options, MODEL_SPECS[name],
-                         cfg.model_overrides.get(name, {}), {"input_dim": input_dim})
+    return merge_options(
+        {"eval_samples": 1, "baselines": []},
+        cfg.model_options,
+        MODEL_SPECS[name],
+        cfg.model_overrides.get(name, {}),
+        {"input_dim": input_dim},
+    )
 
 
 def _eval_trainer(cfg: BenchmarkConfig, **kwargs):
     import lightning.pytorch as pl
 
-    return pl.Trainer(max_epochs=cfg.epochs, accelerator=cfg.device, devices=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=0, num_sanity_val_steps=0, deterministic=False, **kwargs)
+    return pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.device,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        **kwargs,
+    )
 
 
 def score_tasks(cfg: BenchmarkConfig, trainer, module_for, dms: dict[str, Any], row: dict[str, Any]) -> None:
@@ -162,8 +200,9 @@ def benchmark_baseline(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> 
     first = dms[scored_tasks(cfg)[0]]
 
     def module_for(dm):
-        return ForecastingModule(model=name, input_dim=dm.num_channels, baselines=[], eval_samples=1,
-                                 season_period=dm.season_period)
+        return ForecastingModule(
+            model=name, input_dim=dm.num_channels, baselines=[], eval_samples=1, season_period=dm.season_period
+        )
 
     score_tasks(cfg, _eval_trainer(cfg), module_for, dms, row)
     record_latency(row, module_for(first).model, cfg, dms)
@@ -173,8 +212,11 @@ def benchmark_baseline(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> 
 def record_latency(row: dict[str, Any], model: torch.nn.Module, cfg: BenchmarkConfig, dms: dict[str, Any]) -> None:
     """``row``'s latency percentiles and inference NFE: ``model.predict`` on the first scored task's test batches."""
     lat, nfe = measure_latency(model, dms[scored_tasks(cfg)[0]].test_dataloader(), cfg.latency_reps, cfg.device)
-    row.update(latency_p50_ms=float(np.percentile(lat, 50) * 1e3), latency_p95_ms=float(np.percentile(lat, 95) * 1e3),
-               infer_nfe=nfe)
+    row.update(
+        latency_p50_ms=float(np.percentile(lat, 50) * 1e3),
+        latency_p95_ms=float(np.percentile(lat, 95) * 1e3),
+        infer_nfe=nfe,
+    )
 
 
 @torch.no_grad()
@@ -215,11 +257,16 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
     """Train and score one model; returns its result row and per-epoch history."""
     import lightning.pytorch as pl
 
-
     spec = MODEL_SPECS[name]
     row: dict[str, Any] = {c: math.nan for c in COLUMNS}
-    row.update(model=name, family=spec["model"], evolution=spec["evolution"],
-               method=spec.get("method", "-") if spec["evolution"] == "ode" else "-", epochs=cfg.epochs, error="")
+    row.update(
+        model=name,
+        family=spec["model"],
+        evolution=spec["evolution"],
+        method=spec.get("method", "-") if spec["evolution"] == "ode" else "-",
+        epochs=cfg.epochs,
+        error="",
+    )
     history: dict[str, list[float]] = {"epoch_time_s": [], "train_loss": [], "train_nfe": []}
     train_dm = dms[cfg.task]
     pl.seed_everything(cfg.seed if cfg.train_seed is None else cfg.train_seed, verbose=False)
@@ -298,11 +345,15 @@ def run_benchmark(
         params["models"] = ",".join(cfg.models)
         params["layout_used"] = layout
         tracker = BenchmarkTracker(tracking_uri, experiment_name, run_name, params)
-    result = BenchmarkResult(pd.DataFrame(columns=list(COLUMNS)), {}, desc, layout,
-                             parent_run_id=tracker.parent_id if tracker else None,
-                             tracking_uri=tracker.uri if tracker else None)
+    result = BenchmarkResult(
+        pd.DataFrame(columns=list(COLUMNS)),
+        {},
+        desc,
+        layout,
+        parent_run_id=tracker.parent_id if tracker else None,
+        tracking_uri=tracker.uri if tracker else None,
+    )
     from tqdm.auto import tqdm
-
 
     baselines = baseline_names(cfg.baselines, cfg.season)
     rows, base_rows = [], []

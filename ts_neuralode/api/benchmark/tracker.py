@@ -22,13 +22,16 @@ class BenchmarkTracker:
         log_batch(self.client, self.parent_id, params=params)
 
     def child(self, name: str, params: dict, row: dict, history: dict) -> str:
-        run = self.client.create_run(self.exp_id, run_name=name, tags={
-            "mlflow.parentRunId": self.parent_id, **TAGS, "ts_neuralode.benchmark_model": name})
-        metrics = finite_metrics({k: v for k, v in row.items()
-                                  if k not in ("model", "family", "evolution", "method", "error")})
+        run = self.client.create_run(
+            self.exp_id,
+            run_name=name,
+            tags={"mlflow.parentRunId": self.parent_id, **TAGS, "ts_neuralode.benchmark_model": name},
+        )
+        metrics = finite_metrics(
+            {k: v for k, v in row.items() if k not in ("model", "family", "evolution", "method", "error")}
+        )
         for key, values in history.items():
-            metrics += [(f"epoch/{key}", float(v), step) for step, v in enumerate(values)
-                        if math.isfinite(v)]
+            metrics += [(f"epoch/{key}", float(v), step) for step, v in enumerate(values) if math.isfinite(v)]
         log_batch(self.client, run.info.run_id, params=params, metrics=metrics)
         if row.get("error"):
             self.client.set_tag(run.info.run_id, "ts_neuralode.error", row["error"][:5000])

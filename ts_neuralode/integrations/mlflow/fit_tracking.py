@@ -46,8 +46,11 @@ def scale_params(trainer: Trainer) -> dict[str, Any]:
     world = int(getattr(trainer, "world_size", 1) or 1)
     per_rank = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
     accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-    params: dict[str, Any] = {"world_size": world, "num_nodes": int(getattr(trainer, "num_nodes", 1) or 1),
-                              "strategy": type(trainer.strategy).__name__}
+    params: dict[str, Any] = {
+        "world_size": world,
+        "num_nodes": int(getattr(trainer, "num_nodes", 1) or 1),
+        "strategy": type(trainer.strategy).__name__,
+    }
     if per_rank is not None:
         params["global_batch_size"] = int(per_rank) * world * accumulate
     choice = current_choice()
@@ -118,8 +121,12 @@ class MlflowTrackingCallback(Callback):
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         info = {"run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": self.tracking_uri}
         write_json(self.ckpt_dir / RUN_FILE, info)
-        tracked(logger, lambda: logger.experiment.set_tag(logger.run_id, "ts_neuralode.checkpoint_dir",
-                                                          str(self.ckpt_dir.resolve())))
+        tracked(
+            logger,
+            lambda: logger.experiment.set_tag(
+                logger.run_id, "ts_neuralode.checkpoint_dir", str(self.ckpt_dir.resolve())
+            ),
+        )
         logger.log_hyperparams(scale_params(trainer))
 
     # -- per-epoch metrics --
@@ -165,8 +172,11 @@ class MlflowTrackingCallback(Callback):
         if getattr(trainer, "world_size", 1) <= 1:
             return
         keys = TRAIN_KEYS
-        local = torch.tensor([[self._sums.get(k, 0.0) for k in keys], [float(self._counts.get(k, 0)) for k in keys]],
-                             dtype=torch.float64, device=trainer.strategy.root_device)
+        local = torch.tensor(
+            [[self._sums.get(k, 0.0) for k in keys], [float(self._counts.get(k, 0)) for k in keys]],
+            dtype=torch.float64,
+            device=trainer.strategy.root_device,
+        )
         total = trainer.strategy.reduce(local, reduce_op="sum").cpu()
         self._sums = {k: float(total[0, i]) for i, k in enumerate(keys) if total[1, i] > 0}
         self._counts = {k: int(total[1, i]) for i, k in enumerate(keys) if total[1, i] > 0}
@@ -204,9 +214,13 @@ class MlflowTrackingCallback(Callback):
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if best and Path(best).is_file():
-            tracked(logger, lambda: (logger.experiment.log_artifact(logger.run_id, best, "checkpoints"),
-                                     logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint",
-                                                               str(Path(best).resolve()))))
+            tracked(
+                logger,
+                lambda: (
+                    logger.experiment.log_artifact(logger.run_id, best, "checkpoints"),
+                    logger.experiment.set_tag(logger.run_id, "ts_neuralode.best_checkpoint", str(Path(best).resolve())),
+                ),
+            )
         if not self.log_model:
             return
         # the fitted forecaster comes from the model export callback of the fit (ts_neuralode.api.export), found by
@@ -216,14 +230,17 @@ class MlflowTrackingCallback(Callback):
         written = getattr(export, "model_dir_written", None)
         if forecaster is not None:
             self._model_error = None
-            logged = tracked(logger, self._log_model, logger, forecaster, trainer.datamodule, written,
-                             self._best_step(best))
+            logged = tracked(
+                logger, self._log_model, logger, forecaster, trainer.datamodule, written, self._best_step(best)
+            )
             self.model_uri = getattr(logged, "model_uri", None)
             if self.register_as and not logged:  # asked to register: no model is a failed command, not a warning
                 why = self._model_error or "MLflow tracking failed; see the warning above"
-                raise ForecastError(f"--register_as {self.register_as}: the MLflow model was not logged and "
-                                    f"registered ({why}); the local model directory is written: fix the cause and "
-                                    "fit again")
+                raise ForecastError(
+                    f"--register_as {self.register_as}: the MLflow model was not logged and "
+                    f"registered ({why}); the local model directory is written: fix the cause and "
+                    "fit again"
+                )
 
     def _best_step(self, best: str) -> int:
         """The epoch of the best checkpoint (the step its metrics were logged at), else the last logged epoch."""
@@ -234,8 +251,9 @@ class MlflowTrackingCallback(Callback):
                 pass
         return max(self._logged_epoch, 0)
 
-    def _log_model(self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None,
-                   step: int = 0) -> Any:
+    def _log_model(
+        self, logger: MLFlowLogger, forecaster, datamodule, model_dir: Path | None = None, step: int = 0
+    ) -> Any:
         """The model directory (``model_dir`` when the export callback has written it, else saved here) and
         validation forecast plots as artifacts of the run."""
         client, run_id = logger.experiment, logger.run_id
@@ -244,15 +262,25 @@ class MlflowTrackingCallback(Callback):
             client.log_artifacts(run_id, str(model_dir), "model")
 
             try:
-                info = log_pyfunc(self.tracking_uri or logger._tracking_uri, run_id, model_dir, forecaster,
-                                  datamodule, self.register_as, step)
+                info = log_pyfunc(
+                    self.tracking_uri or logger._tracking_uri,
+                    run_id,
+                    model_dir,
+                    forecaster,
+                    datamodule,
+                    self.register_as,
+                    step,
+                )
             except Exception as err:  # its example forecast failed (MLflow's own errors go on to tracked(), unless
                 # the model is to be registered: then any failure ends the fit with one error line, in on_fit_end)
                 if not (isinstance(err, TSNeuralODEError) or solver_failure(err) or self.register_as):
                     raise
                 first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else type(err).__name__
-                self._model_error = (first if not (isinstance(err, TSNeuralODEError) or solver_failure(err))
-                                     else f"its example forecast failed: {first}")
+                self._model_error = (
+                    first
+                    if not (isinstance(err, TSNeuralODEError) or solver_failure(err))
+                    else f"its example forecast failed: {first}"
+                )
                 info = None
                 if not self.register_as:
                     log.warning("MLflow model not logged (%s); model/ is logged", self._model_error)
@@ -276,8 +304,14 @@ def tracking_parts(cfg, stage: str, ckpt_dir: Path, run_id: str | None = None):
     if not cfg.get("tracking") or cfg.trainer.get("logger") not in (None, True):
         return None, []
     logger = make_logger(
-        resolve_tracking_uri(cfg.get("tracking_uri")), cfg.get("experiment_name"), cfg.get("run_name"),
-        run_id=run_id, tags={"ts_neuralode.subcommand": stage}, artifact_location=cfg.get("artifact_location"))
-    cb = MlflowTrackingCallback(ckpt_dir=ckpt_dir, log_model=bool(cfg.get("log_model")),
-                                         register_as=cfg.get("register_as"))
+        resolve_tracking_uri(cfg.get("tracking_uri")),
+        cfg.get("experiment_name"),
+        cfg.get("run_name"),
+        run_id=run_id,
+        tags={"ts_neuralode.subcommand": stage},
+        artifact_location=cfg.get("artifact_location"),
+    )
+    cb = MlflowTrackingCallback(
+        ckpt_dir=ckpt_dir, log_model=bool(cfg.get("log_model")), register_as=cfg.get("register_as")
+    )
     return logger, [cb]

@@ -41,24 +41,29 @@ def open_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str]):
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        )
         run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
     except Exception as err:  # MlflowException, sqlalchemy errors: a user-fixable URI problem
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--tracking_uri {uri}: cannot open the MLflow store ({first}); pass a writable "
-                          "sqlite:///FILE.db or a reachable server URL, or --tracking false") from err
+        raise ConfigError(
+            f"--tracking_uri {uri}: cannot open the MLflow store ({first}); pass a writable "
+            "sqlite:///FILE.db or a reachable server URL, or --tracking false"
+        ) from err
     return client, exp_id, run
 
 
 def finite_metrics(values: Mapping[str, Any], step: int = 0) -> list[tuple[str, float, int]]:
     """``(key, value, step)`` for each finite number of ``values`` (strings, NaN and inf are left out)."""
-    return [(k, float(v), step) for k, v in values.items()
-            if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    return [(k, float(v), step) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(float(v))]
 
 
-def log_batch(client, run_id: str, params: Mapping[str, Any] | None = None,
-              metrics: Iterable[tuple[str, float, int]] = ()) -> None:
+def log_batch(
+    client, run_id: str, params: Mapping[str, Any] | None = None, metrics: Iterable[tuple[str, float, int]] = ()
+) -> None:
     """Params (values as strings, cut to MLflow's 250 characters) and ``(key, value, step)`` metrics, in as
     few ``log_batch`` calls as MLflow's limits allow (100 params, 1000 metrics a call)."""
     from mlflow.entities import Metric, Param
@@ -67,6 +72,6 @@ def log_batch(client, run_id: str, params: Mapping[str, Any] | None = None,
     ps = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in (params or {}).items()]
     ms = [Metric(k, float(v), now, step) for k, v, step in metrics]
     for i in range(0, len(ps), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=ps[i:i + MAX_PARAMS_PER_BATCH])
+        client.log_batch(run_id, params=ps[i : i + MAX_PARAMS_PER_BATCH])
     for i in range(0, len(ms), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=ms[i:i + MAX_METRICS_PER_BATCH])
+        client.log_batch(run_id, metrics=ms[i : i + MAX_METRICS_PER_BATCH])

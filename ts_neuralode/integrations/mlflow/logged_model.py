@@ -53,9 +53,17 @@ from ts_neuralode.errors import ForecastError
 #: of the same name into it, looking the model up in the *global* tracking store even for a client of another one.
 MODEL_NAME = "forecaster"
 #: query options and their "not given" defaults (the params schema)
-PARAM_DEFAULTS: dict[str, Any] = {"horizon": "", "freq": "", "num_points": 0, "num_samples": SAMPLING.num_samples,
-                                  "level": list(SAMPLING.level), "context": "", "seed": SAMPLING.seed,
-                                  "calibrated": False, "raw_bands": False}
+PARAM_DEFAULTS: dict[str, Any] = {
+    "horizon": "",
+    "freq": "",
+    "num_points": 0,
+    "num_samples": SAMPLING.num_samples,
+    "level": list(SAMPLING.level),
+    "context": "",
+    "seed": SAMPLING.seed,
+    "calibrated": False,
+    "raw_bands": False,
+}
 EXAMPLE_ROWS = 8
 
 _ENTRY = """# MLflow models-from-code entry of a ts_neuralode forecaster
@@ -96,8 +104,11 @@ def query_options(params: dict[str, Any] | None) -> dict[str, Any]:
     unknown = sorted(set(p) - set(PARAM_DEFAULTS))
     if unknown:
         raise ForecastError(f"unknown params {unknown}; use {', '.join(PARAM_DEFAULTS)}")
-    opts: dict[str, Any] = {"num_samples": int(p["num_samples"]), "level": [float(v) for v in p["level"]],
-                            "seed": int(p["seed"])}
+    opts: dict[str, Any] = {
+        "num_samples": int(p["num_samples"]),
+        "level": [float(v) for v in p["level"]],
+        "seed": int(p["seed"]),
+    }
     for key in ("horizon", "freq", "context"):
         if str(p[key]).strip():
             opts[key] = str(p[key]).strip()
@@ -114,9 +125,11 @@ def forecast_frame(forecaster, history: pd.DataFrame, params: dict[str, Any] | N
     """The forecast of ``history`` with the query ``params``, datetimes as ISO 8601 strings."""
     opts = query_options(params)
     if opts.get("calibrated") and forecaster.calibration is None:
-        raise ForecastError("params calibrated=true: this MLflow model holds no band calibration (its fit had no "
-                            "validation windows with enough points to calibrate on); send calibrated=false or leave it "
-                            "out for the model's own bands")
+        raise ForecastError(
+            "params calibrated=true: this MLflow model holds no band calibration (its fit had no "
+            "validation windows with enough points to calibrate on); send calibrated=false or leave it "
+            "out for the model's own bands"
+        )
     out = forecaster.predict(history, **opts)
     if pd.api.types.is_datetime64_any_dtype(out["ds"]):
         out["ds"] = [t.isoformat() for t in out["ds"]]
@@ -136,9 +149,17 @@ def input_example(datamodule, n_series: int = 2, rows: int = EXAMPLE_ROWS, forec
     read = dict(getattr(datamodule, "read_kwargs", {}) or {})
     df = datamodule.df if getattr(datamodule, "df", None) is not None else read_frame(datamodule.path)
     tr = datamodule.transform
-    keep = [c for c in [read.get("id_col"), tr.time_col, *tr.channel_names, *(read.get("mask_cols") or []),
-                        *covariate_columns(forecaster)]
-            if c is not None and c in df.columns]
+    keep = [
+        c
+        for c in [
+            read.get("id_col"),
+            tr.time_col,
+            *tr.channel_names,
+            *(read.get("mask_cols") or []),
+            *covariate_columns(forecaster),
+        ]
+        if c is not None and c in df.columns
+    ]
     df = df[list(dict.fromkeys(keep))]
     id_col = read.get("id_col") if read.get("id_col") in df.columns else None
     if id_col is None:
@@ -158,8 +179,9 @@ def with_future_rows(forecaster, example: pd.DataFrame, query: dict[str, Any]) -
     opts = query_options(query)
     tab = forecaster.read_history(example)
     codec = tab.codec
-    _, exact = query_times(codec, tab, list(range(tab.n_series)), opts.get("horizon"), None, opts.get("freq"),
-                           opts.get("num_points"))
+    _, exact = query_times(
+        codec, tab, list(range(tab.n_series)), opts.get("horizon"), None, opts.get("freq"), opts.get("num_points")
+    )
     tr = forecaster.transform
     id_col = tab.id_col if tab.id_col in example.columns else None
     last = [np.max(q) for q in exact]
@@ -193,8 +215,19 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("torch", "lightning", "jsonargparse", "pandas", "numpy", "torchmetrics", "scikit-learn", "mlflow",
-                 "matplotlib", "tqdm", "utilsforecast"):
+    for name in (
+        "torch",
+        "lightning",
+        "jsonargparse",
+        "pandas",
+        "numpy",
+        "torchmetrics",
+        "scikit-learn",
+        "mlflow",
+        "matplotlib",
+        "tqdm",
+        "utilsforecast",
+    ):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -202,14 +235,20 @@ def _requirements() -> list[str]:
     return out
 
 
-def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster, datamodule,
-               register_as: str | None = None, step: int = 0):
+def log_pyfunc(
+    tracking_uri: str,
+    run_id: str,
+    model_dir: str | Path,
+    forecaster,
+    datamodule,
+    register_as: str | None = None,
+    step: int = 0,
+):
     """Log the model directory as an MLflow pyfunc model of run ``run_id`` (and register it as ``register_as``) at
     ``step`` (the best checkpoint's epoch: MLflow links the run's metrics of that step to the model, so the Logged
     Models page shows the scores of the weights it holds); returns MLflow's ``ModelInfo``."""
     import mlflow
     from mlflow.models import infer_signature
-
 
     example = input_example(datamodule, forecaster=forecaster)
     params = example_params(forecaster, datamodule)
@@ -230,10 +269,15 @@ def log_pyfunc(tracking_uri: str, run_id: str, model_dir: str | Path, forecaster
             entry.write_text(_ENTRY)
             with mlflow.start_run(run_id=run_id):
                 return mlflow.pyfunc.log_model(
-                    name=MODEL_NAME, python_model=str(entry), artifacts={"model_dir": str(model_dir)},
-                    code_paths=[str(Path(ts_neuralode.__file__).parent)], signature=signature,
-                    input_example=(example, probe), pip_requirements=_requirements(),
-                    registered_model_name=register_as or None, step=int(step),
+                    name=MODEL_NAME,
+                    python_model=str(entry),
+                    artifacts={"model_dir": str(model_dir)},
+                    code_paths=[str(Path(ts_neuralode.__file__).parent)],
+                    signature=signature,
+                    input_example=(example, probe),
+                    pip_requirements=_requirements(),
+                    registered_model_name=register_as or None,
+                    step=int(step),
                 )
     finally:
         mlflow.set_tracking_uri(previous)

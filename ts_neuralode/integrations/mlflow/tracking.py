@@ -56,8 +56,15 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 RUN_FILE = "mlflow_run.json"
 EPOCH_PREFIX = "epoch/"
-TRAINER_PARAMS = ("max_epochs", "accelerator", "devices", "strategy", "precision", "gradient_clip_val",
-                  "accumulate_grad_batches")
+TRAINER_PARAMS = (
+    "max_epochs",
+    "accelerator",
+    "devices",
+    "strategy",
+    "precision",
+    "gradient_clip_val",
+    "accumulate_grad_batches",
+)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -72,7 +79,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if not uri:
         return "sqlite:///" + str(Path(DEFAULT_DB).resolve())
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if "://" not in uri and ":" not in uri.split("/")[0]:
         if uri.endswith(".db"):
             return "sqlite:///" + str(Path(uri).resolve())
@@ -120,9 +127,12 @@ class TrackingLogger(MLFlowLogger):
         except Exception as err:  # MlflowException, requests/urllib3 errors, OSError: all mean "store is gone"
             self.tracking_failed = True
             first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else type(err).__name__
-            print(f"ts-neuralode: warning: MLflow tracking at {self._tracking_uri} failed ({first[:300]}); "
-                  "training goes on without it (checkpoints and the model directory are still written locally)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"ts-neuralode: warning: MLflow tracking at {self._tracking_uri} failed ({first[:300]}); "
+                "training goes on without it (checkpoints and the model directory are still written locally)",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -242,5 +252,3 @@ class MlflowSaveConfigCallback(SaveConfigCallback):
         for key in TRAINER_PARAMS:
             extra[f"trainer/{key}"] = trainer_cfg.get(key)
         logger.log_hyperparams(extra)
-
-
