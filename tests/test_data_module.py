@@ -341,3 +341,22 @@ def test_demo_csv_end_to_end_and_single_point_history():
     hist = pd.read_csv(demo).groupby("unique_id").head(1)  # one observation per series
     prep = dm.transform.make_batch(hist)
     assert prep.batch.values.shape == (12, 1, 1) and (prep.batch.cutoff == 0).all()
+
+
+@pytest.mark.parametrize("kw", [dict(task="interpolation"), dict(task="forecast", horizon=1.0, split_by="series")])
+def test_calibration_windows_sample_at_most_fit_max_series(sine, kw, monkeypatch):
+    """Many validation series: the calibration and the correction gate forecast a seeded sample of them (the same
+    every time), with each sampled series' own windows; few: every one."""
+    from ts_neuralode.api import calibration
+
+    dm = dm_of(sine, val_fraction=0.5, **kw)
+    val_ids = [dm.table.ids[i] for i in dm.split["val"]]
+    ids_all, cuts_all, _, _ = calibration.held_out_windows(dm)
+    assert ids_all == val_ids and cuts_all.shape[1] == len(val_ids) > 7
+    monkeypatch.setattr(calibration, "FIT_MAX_SERIES", 7)
+    ids, cuts, limit, _ = calibration.held_out_windows(dm)
+    assert len(ids) == 7 and len(set(ids)) == 7 and set(ids) <= set(val_ids)
+    assert ids == [u for u in val_ids if u in set(ids)]  # in the split's order
+    assert calibration.held_out_windows(dm)[0] == ids  # seeded: the same sample every time
+    pos = [val_ids.index(u) for u in ids]
+    assert np.array_equal(cuts, cuts_all[:, pos]) and cuts.shape == (calibration.FIT_WINDOWS, 7)
