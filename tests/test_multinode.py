@@ -1,10 +1,14 @@
-"""Training past one machine: 2 "nodes" x 1 process started by ``torchrun`` on loopback (gloo) equal one process.
+"""Training past one machine: 2 "nodes" x 1 process, started by ``torchrun`` or as ``srun`` starts them, on loopback
+(gloo), equal one process.
 
-Each node is its own ``torchrun --nnodes 2 --nproc_per_node 1 --node_rank R --master_addr 127.0.0.1`` in its own
-working directory, running ``python -m ts_neuralode.cli fit`` with ``--trainer.num_nodes 2 --trainer.devices 1``:
-Lightning finds torchrun's environment (TorchElasticEnvironment) and runs the two processes it was given. The
-setup that makes the two runs agree to float rounding is test_ddp.py's (same global batches, same start, a
-deterministic loss): its options, its tolerances and their recorded margins are reused here.
+torchrun: each node is its own ``torchrun --nnodes 2 --nproc_per_node 1 --node_rank R --master_addr 127.0.0.1`` in
+its own working directory, running ``python -m ts_neuralode.cli fit`` with ``--trainer.num_nodes 2
+--trainer.devices 1``: Lightning finds torchrun's environment (TorchElasticEnvironment) and runs the two processes
+it was given. srun: each node's task is the same command run directly with the variables srun sets for each task
+(SLURM_NTASKS, SLURM_PROCID, SLURM_NODEID, SLURM_NODELIST, ...): Lightning's SLURMEnvironment takes it from there
+(no SLURM installation is involved). The setup that makes the runs agree to float rounding is test_ddp.py's (same
+global batches, same start, a deterministic loss): its options, its tolerances and their recorded margins are
+reused here.
 
 The tracking store is one fresh sqlite file that both nodes are pointed at, as a user would on a shared disk: only
 rank 0 may open it (two processes creating one sqlite store at once race on its schema; rank 1 opens none), and
@@ -56,29 +60,48 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
+def _launch(name: str, rank: int, port: int) -> tuple[list[str], dict]:
+    """The command and environment of node ``rank``'s process as ``name`` starts it: ``torchrun`` (its agent on
+    each node starts the worker and sets RANK, WORLD_SIZE, ...), or ``srun``, which runs the command itself in each
+    task with SLURM's per-task variables (Lightning's SLURMEnvironment reads them; the root node is the first of
+    SLURM_NODELIST, the port MASTER_PORT). No SLURM here: the variables are the ones srun sets for 2 nodes x 1
+    task, so this runs Lightning's SLURM path, not SLURM."""
+    env = subprocess_env()
+    for key in list(env):
+        if key.startswith("SLURM_") or key in TORCHRUN_ENV:
+            del env[key]
+    cli = ["-m", "ts_neuralode.cli"]
+    if name == "torchrun":
+        node = ["--nnodes", str(NODES), "--nproc_per_node", "1", "--node_rank", str(rank)]
+        master = ["--master_addr", "127.0.0.1", "--master_port", str(port), "--max_restarts", "0"]
+        return [*_torchrun(), *node, *master, *cli], env
+    env.update(
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="ts-neuralode-fit",
+        SLURM_NTASKS=str(NODES),
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_NNODES=str(NODES),
+        SLURM_JOB_NUM_NODES=str(NODES),
+        SLURM_NODELIST="127.0.0.1",
+        SLURM_PROCID=str(rank),
+        SLURM_NODEID=str(rank),
+        SLURM_LOCALID="0",
+        MASTER_PORT=str(port),
+    )
+    return [sys.executable, *cli], env
+
+
+@pytest.mark.parametrize("launcher_name", ["torchrun", "srun"])
+def test_two_nodes_match_one_process(launcher_name, tiny_csv, tmp_path, margin):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     port = _free_port()
     nodes, procs = [tmp_path / f"node{r}" for r in range(NODES)], []
     try:
         for rank, cwd in enumerate(nodes):
             cwd.mkdir()
+            start, env = _launch(launcher_name, rank, port)
             cmd = [
-                *_torchrun(),
-                "--nnodes",
-                str(NODES),
-                "--nproc_per_node",
-                "1",
-                "--node_rank",
-                str(rank),
-                "--master_addr",
-                "127.0.0.1",
-                "--master_port",
-                str(port),
-                "--max_restarts",
-                "0",
-                "-m",
-                "ts_neuralode.cli",
+                *start,
                 "fit",
                 "--data.path",
                 str(tiny_csv),
@@ -94,14 +117,12 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
                 "--tracking_uri",
                 uri,
                 "--experiment_name",
-                "torchrun",
+                "multi",
                 "--checkpoint_dir",
                 "ck",
             ]
             with open(cwd / "out.txt", "wb") as out, open(cwd / "err.txt", "wb") as err:
-                procs.append(
-                    subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=out, stderr=err, start_new_session=True)
-                )
+                procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True))
         deadline = time.time() + TIMEOUT_S
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.time()))
@@ -141,16 +162,18 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
 
     client = MlflowClient(uri)
     runs = {}
-    for name in ("torchrun", "single"):
+    for name in ("multi", "single"):
         found = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         assert len(found) == 1, f"{name}: {len(found)} runs (only rank 0 may create one)"
         assert found[0].info.status == "FINISHED"
         runs[name] = found[0]
-    multi, single = runs["torchrun"], runs["single"]
+    multi, single = runs["multi"], runs["single"]
     params = multi.data.params
     # the run's scale, recorded by rank 0: 2 nodes x 1 process x 2 series = the single run's global batch of 4
     assert (params["world_size"], params["num_nodes"], params["global_batch_size"]) == ("2", "2", "4"), params
     assert params["strategy"] == "DDPStrategy"
+    started_by = {"torchrun": "TorchElasticEnvironment", "srun": "SLURMEnvironment"}[launcher_name]
+    assert params["cluster_environment"] == started_by, params
     assert (single.data.params["world_size"], single.data.params["global_batch_size"]) == ("1", "4")
     # rank 0 reports the run; node 1 says nothing of MLflow, writes no checkpoint and no model
     assert "MLflow run" in errs[0] and "MLflow" not in errs[1], errs[1][-2000:]
@@ -161,8 +184,8 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
         a, b = _history(client, multi.info.run_id, key), _history(client, single.info.run_id, key)
         assert len(a) == EPOCHS
         rel = float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))
-        print(f"{key}: torchrun 2 nodes {a} vs single {b}: max rel diff {rel:.2e}")
-        margin(f"{key}: max relative difference torchrun 2 nodes vs single", rel, RTOL_LOSS)
+        print(f"{key}: {launcher_name} 2 nodes {a} vs single {b}: max rel diff {rel:.2e}")
+        margin(f"{key}: max relative difference {launcher_name} 2 nodes vs single", rel, RTOL_LOSS)
     train = _history(client, single.info.run_id, "epoch/train_loss")
     margin("train loss moved over the fit", abs(train[-1] - train[0]), 1e-3, above=True)
 
@@ -171,7 +194,7 @@ def test_torchrun_two_nodes_match_one_process(tiny_csv, tmp_path, margin):
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     print(f"weights: max abs diff {worst:.2e}")
-    margin("weights: max abs difference torchrun 2 nodes vs single", worst, ATOL_WEIGHTS)
+    margin(f"weights: max abs difference {launcher_name} 2 nodes vs single", worst, ATOL_WEIGHTS)
 
 
 TORCHRUN_ENV = {

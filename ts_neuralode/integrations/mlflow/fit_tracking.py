@@ -40,8 +40,10 @@ TRAIN_KEYS = ("train_loss", "nfe", "batch_time_s")  # per-batch training means o
 
 
 def scale_params(trainer: Trainer) -> dict[str, Any]:
-    """What the run was spread over, logged once by rank 0: world size, nodes, strategy, the global batch size
-    (series per optimizer step over every rank) and the torch thread choice (:mod:`ts_neuralode.core.threads`)."""
+    """What the run was spread over, logged once by rank 0: world size, nodes, strategy, the cluster environment
+    that started the processes (``TorchElasticEnvironment`` under torchrun, ``SLURMEnvironment`` under srun,
+    ``LightningEnvironment`` where Lightning started them), the global batch size (series per optimizer step over
+    every rank) and the torch thread choice (:mod:`ts_neuralode.core.threads`)."""
 
     world = int(getattr(trainer, "world_size", 1) or 1)
     per_rank = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
@@ -51,6 +53,9 @@ def scale_params(trainer: Trainer) -> dict[str, Any]:
         "num_nodes": int(getattr(trainer, "num_nodes", 1) or 1),
         "strategy": type(trainer.strategy).__name__,
     }
+    cluster = getattr(trainer.strategy, "cluster_environment", None)
+    if cluster is not None:
+        params["cluster_environment"] = type(cluster).__name__
     if per_rank is not None:
         params["global_batch_size"] = int(per_rank) * world * accumulate
     choice = current_choice()
