@@ -46,6 +46,7 @@ VARIANTS = {
     "features 32": {"time_embedding_features": 32},
     "flow_layers 4": {"flow_layers": 4},
     "time_input 8": {"time_input_features": 8},
+    "rotation 2": {"rotation_pairs": 2},
 }
 KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 

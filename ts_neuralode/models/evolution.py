@@ -322,6 +322,7 @@ class FlowEvolution(Evolution):
                 time_embedding_features=config.time_embedding_features,
                 coeff=config.coeff,
                 time_input_features=config.time_input_features,
+                rotation_pairs=config.rotation_pairs,
             )
         elif flow.dim != dim + self.control_dim:
             raise ConfigError(f"flow has dim={flow.dim} but the evolution was built for dim={dim + self.control_dim}")

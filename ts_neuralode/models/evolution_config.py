@@ -62,6 +62,9 @@ class EvolutionConfig:
             from ``φ(t)``; K > 0 also K trainable sinusoid pairs ``[sin(a t), cos(a t)]`` through an *unconstrained*
             linear map (``Lip_x(g)``, hence invertibility, unchanged). Measured in results/flows_periodic.md.
             The coupling flow's networks are unconstrained already and ignore it.
+        rotation_pairs: P > 0 puts a rotation layer first in any flow's stack: P pairs of state channels rotated
+            by ``ω(x_B) t``, the frequencies read from the other channels (the exact flow of a linear ODE with a
+            state-dependent frequency, :mod:`ts_neuralode.models.rotation_flow`); 0 (default): none.
         coeff: spectral-norm bound (0, 1) of the residual flows' networks.
     """
 
@@ -82,6 +85,7 @@ class EvolutionConfig:
     time_embedding: str = "fourier"
     time_embedding_features: int = 8
     time_input_features: int = 0
+    rotation_pairs: int = 0
     coeff: float = 0.9
 
     def __post_init__(self) -> None:
@@ -176,6 +180,7 @@ def _validate(c: EvolutionConfig) -> None:
     _int(c.flow_layers, "flow_layers")
     _int(c.time_embedding_features, "time_embedding_features")
     _int(c.time_input_features, "time_input_features", minimum=0)
+    _int(c.rotation_pairs, "rotation_pairs", minimum=0)
     _int(c.max_steps, "max_steps")
     if c.vector_field is not None:
         check_choice(c.vector_field, "vector_field", VECTOR_FIELDS)

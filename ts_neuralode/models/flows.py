@@ -56,6 +56,7 @@ from ts_neuralode.models.nets import (
     mlp,
     spectral_mlp,
 )
+from ts_neuralode.models.rotation_flow import RotationFlowLayer
 from ts_neuralode.models.time_embedding import make_time_embedding
 
 #: the flow options' defaults are declared once, as the fields of :class:`EvolutionConfig` (measured choices:
@@ -369,6 +370,7 @@ def make_flow(
     time_embedding: str = _D.time_embedding,
     time_embedding_features: int = _D.time_embedding_features,
     time_input_features: int = _D.time_input_features,
+    rotation_pairs: int = _D.rotation_pairs,
     coeff: float = _D.coeff,
     n_power_iterations: int = 3,
 ) -> FlowStack:
@@ -376,7 +378,9 @@ def make_flow(
 
     Options that a kind has no use for are ignored (the GRU flow's gates are single linear maps, so it
     ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff`` and
-    ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind.
+    ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind. ``rotation_pairs``
+    P > 0 puts a :class:`~ts_neuralode.models.rotation_flow.RotationFlowLayer` (P channel pairs rotated at
+    state-dependent frequencies) first in the stack of any kind.
     """
     check_choice(kind, "flow kind", FLOWS)
     check_positive_int(dim, "dim")
@@ -386,8 +390,9 @@ def make_flow(
     if not (isinstance(coeff, (int, float)) and 0 < coeff < 1):
         raise ConfigError(f"coeff={coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
     common = dict(time_embedding=time_embedding, time_embedding_features=time_embedding_features)
+    stack: FlowStack
     if kind == "resnet_flow":
-        return ResNetFlow(
+        stack = ResNetFlow(
             dim,
             flow_layers=flow_layers,
             hidden_dim=hidden_dim,
@@ -398,8 +403,8 @@ def make_flow(
             time_input_features=time_input_features,
             **common,
         )
-    if kind == "gru_flow":
-        return GRUFlow(
+    elif kind == "gru_flow":
+        stack = GRUFlow(
             dim,
             flow_layers=flow_layers,
             coeff=coeff,
@@ -407,9 +412,14 @@ def make_flow(
             time_input_features=time_input_features,
             **common,
         )
-    return CouplingFlow(
-        dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
-    )
+    else:
+        stack = CouplingFlow(
+            dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
+        )
+    if check_positive_int(rotation_pairs, "rotation_pairs", minimum=0):
+        rotation = RotationFlowLayer(dim, rotation_pairs, hidden_dim=hidden_dim, num_layers=num_layers)
+        stack.layers.insert(0, rotation)
+    return stack
 
 
 __all__ = [
