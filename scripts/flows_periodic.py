@@ -47,6 +47,7 @@ VARIANTS = {
     "flow_layers 4": {"flow_layers": 4},
     "time_input 8": {"time_input_features": 8},
     "rotation 2": {"rotation_pairs": 2},
+    "rotation 3": {"rotation_pairs": 3},
 }
 KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 
@@ -216,6 +217,7 @@ def report(args, argv, csv: Path, desc, variants, kinds) -> int:
     defaults = (
         f"Package defaults of the flow options (EvolutionConfig): time_embedding {d.time_embedding!r}, "
         f"time_embedding_features {d.time_embedding_features}, time_input_features {d.time_input_features}, "
+        f"rotation_pairs {d.rotation_pairs}, "
         f"flow_layers {d.flow_layers}, num_layers "
         f"{d.num_layers}, coeff {d.coeff}; hidden_dim 64 (the model's)."
     )
