@@ -14,7 +14,7 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models import ODERNN
 from ts_neuralode.models.baselines import Seasonal
-from ts_neuralode.models.window import BASES, WindowModel
+from ts_neuralode.models.window import BASES, DAMPED_INIT, WindowModel
 from ts_neuralode.training import ForecastingModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def irregular(seed: int = 0, n: int = 40, span: float = 4.0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("base", ["none", "last", "trend", "seasonal"])
+@pytest.mark.parametrize("base", ["none", "last", "trend", "damped", "seasonal"])
 def test_normalised_model_is_invariant_to_a_constant(base):
     """Adding c to a series (context and targets) adds exactly c to the forecast and leaves the loss unchanged."""
     t, y = irregular()
@@ -150,6 +150,48 @@ def test_zero_correction_bases_are_exact_on_their_own_kind_of_series():
     assert (sn - torch.tensor(season[t > 3.0], dtype=torch.float32)).abs().max() > 0.6
 
 
+def test_zero_correction_damped_base_levels_off_from_the_last_value():
+    """``damped``: the last value plus the context's slope, damped with τ = e^θ × the context's span: on a line it
+    starts on the line and falls below it, towards last + slope·τ; a constant stays constant."""
+    t = np.arange(0, 3.6, 0.25)  # context 0..3 (span 3, the last value at t = 3), targets at 3.25 and 3.5
+    y = np.stack([2.0 + 0.7 * t, np.full_like(t, 5.0)])
+    batch = window_batch(y, t, cutoff=3.0)
+    model = zeroed(WindowModel(ode_rnn(), "window", "damped"))
+    tau = math.exp(float(model.damping[0])) * 3.0
+    assert tau == pytest.approx(DAMPED_INIT * 3.0, rel=1e-6)
+    q = torch.tensor([3.5, 6.0, 20.0, 1000.0])
+    with torch.no_grad():
+        got = model.forecast(batch, q).mean[:, :, 0]
+    dt = q.double() - 3.0
+    want = torch.tensor(2.0 + 0.7 * 3.0) + 0.7 * tau * (1 - torch.exp(-dt / tau))
+    torch.testing.assert_close(got[0].double(), want, atol=1e-3, rtol=1e-4)
+    line = 2.0 + 0.7 * q
+    assert float(got[0, 0]) == pytest.approx(float(line[0]), abs=0.02)  # at first on the line
+    assert float(line[2] - got[0, 2]) > 1.0  # then below it
+    assert float(got[0, 3]) == pytest.approx(2.0 + 0.7 * 3.0 + 0.7 * tau, abs=1e-2)  # levelled off
+    torch.testing.assert_close(got[1], torch.full_like(got[1], 5.0), atol=1e-4, rtol=0)
+
+
+def test_damped_base_learns_its_time_constant_and_keeps_it():
+    """θ (per channel) gets a gradient through the correction's loss, moves with an optimiser step, and a
+    state dict round trip keeps it."""
+    t = np.arange(0, 5.0, 0.25)
+    y = np.stack([10 * (1 - np.exp(-t / 1.5)), 5 * (1 - np.exp(-t / 1.0))])  # growth that levels off
+    batch = window_batch(y, t, cutoff=2.0)
+    model = WindowModel(ode_rnn(), "window", "damped")
+    opt = torch.optim.Adam([model.damping], lr=0.05)
+    before = model.damping.detach().clone()
+    loss, _ = model.loss(batch)
+    loss.backward()
+    assert model.damping.grad is not None and float(model.damping.grad.abs().sum()) > 0
+    opt.step()
+    assert float((model.damping - before).abs().sum()) > 0.01
+    again = WindowModel(ode_rnn(1), "window", "damped")
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.damping.detach(), model.damping.detach())
+    assert "damping" not in WindowModel(ode_rnn(), "window", "trend").state_dict()
+
+
 def test_context_points_use_the_window_location_and_the_forecast_maps_back():
     """Before the cutoff the inner model sees (y - mean) / std; its forecast is mapped back with the same numbers."""
     t, y = irregular(3)
@@ -177,7 +219,7 @@ def test_module_options_and_errors():
         ForecastingModule(model="ode_rnn", base="seasonl", season_period=1.0)
     with pytest.raises(ConfigError, match="normalize"):
         ForecastingModule(model="ode_rnn", normalize="revin")
-    assert set(BASES) >= {"none", "last", "seasonal", "seasonal_trend", "trend", "mean"}
+    assert set(BASES) >= {"none", "last", "seasonal", "seasonal_trend", "trend", "damped", "mean"}
 
 
 def test_latent_ode_and_gru_ode_train_through_the_wrapper():

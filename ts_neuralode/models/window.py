@@ -15,6 +15,12 @@ computes
   ``mean``             the context mean
   ``last``             the last context value (LOCF)
   ``trend``            the least-squares line through the context, extended past the cutoff
+  ``damped``           the last context value plus the context's least-squares slope, damped as it is carried
+                       forward (Holt's damped trend in continuous time): ``last + slope τ (1 - exp(-Δ/τ))`` at
+                       ``Δ`` after the last observation, so the forecast levels off at ``last + slope τ``
+                       (growth curves that flatten, lab values that drift). ``τ = exp(θ) × the context's time
+                       span`` per series, with ``θ`` a learned parameter per channel (initialised to ``log 2``),
+                       trained with the model through the correction's loss
   ``seasonal``         seasonal naive: the context value ``k`` periods back (``k >= 1`` the fewest that reach
                        into the context; the observation nearest ``t - kP`` within ``P/10``, else LOCF) — the
                        package's ``seasonal`` baseline
@@ -54,7 +60,7 @@ from ts_neuralode.models.baselines import Seasonal, observed_neighbours
 from ts_neuralode.models.harmonic import HarmonicFit
 
 NORMALIZE = ("none", "window")
-BASES = ("none", "mean", "last", "trend", "seasonal", "seasonal_trend", "harmonic")
+BASES = ("none", "mean", "last", "trend", "damped", "seasonal", "seasonal_trend", "harmonic")
 #: the bases that need a season
 SEASONAL_BASES = ("seasonal", "seasonal_trend", "harmonic")
 #: ``base="auto"``: the base a model corrects when none is named — harmonic with a season (seasonal_trend where the
@@ -63,6 +69,9 @@ AUTO_BASE = {True: "harmonic", False: "last"}
 #: floor of the window scale, in the data module's scaled units (standardised per channel on the training part):
 #: a near-constant context must not blow its targets up
 SCALE_EPS = 1e-2
+#: the damped base's initial time constant, in context spans (``θ = log DAMPED_INIT``): half the slope is left after
+#: 1.4 spans, a third of the straight line's rise given up at one span
+DAMPED_INIT = 2.0
 
 
 def resolve_base(base: str, season_period: float | None) -> str:
@@ -87,9 +96,11 @@ class WindowStats:
     ``loc``, ``scale``: ``[B, 1, D]``; ``base(q)`` for per-channel query times ``q`` ``[B, Tq, D]``.
     """
 
-    def __init__(self, batch: Batch, normalize: str, base: str, period: float | None) -> None:
+    def __init__(
+        self, batch: Batch, normalize: str, base: str, period: float | None, damping: Tensor | None = None
+    ) -> None:
         v, m = batch.values, batch.obs_mask
-        self.batch, self.base_kind, self.period = batch, base, period
+        self.batch, self.base_kind, self.period, self.damping = batch, base, period, damping
         n = m.sum(1, keepdim=True)
         mean = (v * m).sum(1, keepdim=True) / n.clamp_min(1.0)
         self.mean = mean
@@ -101,7 +112,7 @@ class WindowStats:
         else:
             self.loc = torch.zeros_like(mean)
             self.scale = torch.ones_like(mean)
-        if base == "trend":
+        if base in ("trend", "damped"):
             t = batch.times_per_sample().to(v.dtype).unsqueeze(-1).expand_as(v)
             tm = (t * m).sum(1, keepdim=True) / n.clamp_min(1.0)
             vt = (((t - tm) ** 2) * m).sum(1, keepdim=True)
@@ -109,6 +120,11 @@ class WindowStats:
             ok = (n >= 2) & (vt > 0)
             self.slope = torch.where(ok, cov / torch.where(ok, vt, torch.ones_like(vt)), torch.zeros_like(vt))
             self.t_mean = tm
+            if base == "damped":  # the context's last time and time span, per series and channel
+                obs = m > 0
+                self.t_end = torch.where(obs, t, torch.full_like(t, -math.inf)).amax(1, keepdim=True)
+                t_start = torch.where(obs, t, torch.full_like(t, math.inf)).amin(1, keepdim=True)
+                self.span = torch.where(ok, self.t_end - t_start, torch.ones_like(vt))
         if base in ("seasonal_trend", "harmonic"):
             self.drift = self._seasonal_drift()
         # the harmonic fit, made once per batch: read at the batch's times and at the forecast's
@@ -138,6 +154,13 @@ class WindowStats:
             return observed_neighbours(self.batch, torch.full_like(q, math.inf)).carried()
         if kind == "trend":
             return self.mean + self.slope * (q - self.t_mean)
+        if kind == "damped":
+            last = observed_neighbours(self.batch, torch.full_like(q, math.inf)).carried()
+            theta = torch.zeros(q.shape[-1], dtype=q.dtype, device=q.device) if self.damping is None else self.damping
+            tau = torch.exp(theta.to(q.dtype)).view(1, 1, -1) * self.span
+            # time since the last observation (0 where a channel has none: its slope is 0 and no gradient turns NaN)
+            dt = torch.where(torch.isfinite(self.t_end), q - self.t_end, torch.zeros_like(q)).clamp_min(0.0)
+            return last + self.slope * tau * -torch.expm1(-dt / tau)
         seasonal = Seasonal(self.period).point(self.batch, q)
         if kind == "seasonal":
             return seasonal
@@ -186,6 +209,10 @@ class WindowModel(ForecastModel):
         # the weight of the learned correction in the forecast's mean (1: as trained); the fit sets it on its
         # validation windows (:func:`ts_neuralode.api.correction_gate.gate_correction`) and the model directory keeps it
         self.register_buffer("correction_scale", torch.ones(()))
+        # the damped base's log time constant per channel (in context spans), learned with the model
+        self.damping = (
+            torch.nn.Parameter(torch.full((inner.input_dim,), math.log(DAMPED_INIT))) if base == "damped" else None
+        )
         self.input_dim = inner.input_dim
         self.control_dim, self.static_dim, self.target_dim = inner.control_dim, inner.static_dim, inner.target_dim
 
@@ -202,7 +229,7 @@ class WindowModel(ForecastModel):
         self.inner.set_epoch(epoch)
 
     def stats(self, batch: Batch) -> WindowStats:
-        return WindowStats(batch, self.normalize, self.base_kind, self.period)
+        return WindowStats(batch, self.normalize, self.base_kind, self.period, self.damping)
 
     def transform(self, batch: Batch) -> tuple[Batch, WindowStats]:
         """The batch in window units (every point with a value: context and targets) and the statistics."""
@@ -250,6 +277,7 @@ class WindowModel(ForecastModel):
 __all__ = [
     "AUTO_BASE",
     "BASES",
+    "DAMPED_INIT",
     "SEASONAL_BASES",
     "resolve_base",
     "NORMALIZE",

@@ -98,9 +98,9 @@ class ForecastingModule(pl.LightningModule):
         normalize: ``none`` or ``window``: the model works in each window's units (its context's mean and standard
             deviation per series and channel, RevIN-style); forecasts and bands are mapped back
             (:mod:`ts_neuralode.models.window`).
-        base: ``none``, ``mean``, ``last``, ``trend``, ``seasonal``, ``seasonal_trend``, ``harmonic`` or ``auto``
-            (harmonic with a season, else last): past the cutoff the model forecasts a correction on top of this
-            forecast from the context (the seasonal ones need a season); only the correction is trained.
+        base: ``none``, ``mean``, ``last``, ``trend``, ``damped``, ``seasonal``, ``seasonal_trend``, ``harmonic`` or
+            ``auto`` (harmonic with a season, else last): past the cutoff the model forecasts a correction on top of
+            this forecast from the context (the seasonal ones need a season); only the correction is trained.
     Gradient clipping is a Trainer option (``gradient_clip_val``).
     """
 
