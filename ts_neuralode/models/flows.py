@@ -40,8 +40,10 @@ Stacks
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -331,85 +333,86 @@ class FlowStack(Flow):
         return all(layer.guaranteed_invertible for layer in self.layers)
 
 
-class ResNetFlow(FlowStack):
+class LayerStack(FlowStack):
+    """``flow_layers`` layers of the class's ``layer``, each built with ``layer_kwargs`` (and its
+    :meth:`layer_options`)."""
+
+    layer: type[Flow]
+
+    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs: Any) -> None:
+        check_positive_int(flow_layers, "flow_layers")
+        super().__init__([self.layer(dim, **self.layer_options(i), **layer_kwargs) for i in range(flow_layers)])
+
+    @staticmethod
+    def layer_options(i: int) -> dict[str, Any]:
+        """Options of layer ``i`` of its own (none by default)."""
+        return {}
+
+
+class ResNetFlow(LayerStack):
     """Stack of ``flow_layers`` :class:`ResNetFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([ResNetFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+    layer = ResNetFlowLayer
 
 
-class GRUFlow(FlowStack):
+class GRUFlow(LayerStack):
     """Stack of ``flow_layers`` :class:`GRUFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([GRUFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+    layer = GRUFlowLayer
 
 
-class CouplingFlow(FlowStack):
-    """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits."""
+class CouplingFlow(LayerStack):
+    """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits (layer ``i`` has parity ``i``)."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([CouplingFlowLayer(dim, parity=i, **layer_kwargs) for i in range(flow_layers)])
+    layer = CouplingFlowLayer
+
+    @staticmethod
+    def layer_options(i: int) -> dict[str, Any]:
+        return {"parity": i}
 
 
-FLOWS: dict[str, type[FlowStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRUFlow, "coupling_flow": CouplingFlow}
+FLOWS: dict[str, type[LayerStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRUFlow, "coupling_flow": CouplingFlow}
+
+#: the keyword options of the flow layers (what :func:`make_flow` passes on to the kind's layers that take them)
+LAYER_OPTIONS = tuple(
+    dict.fromkeys(
+        name
+        for stack in FLOWS.values()
+        for name, p in inspect.signature(stack.layer).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "parity"
+    )
+)
 
 
-def make_flow(
-    kind: str,
-    dim: int,
-    *,
-    flow_layers: int = _D.flow_layers,
-    hidden_dim: int = 64,
-    num_layers: int = _D.num_layers,
-    activation: str = _D.activation,
-    time_embedding: str = _D.time_embedding,
-    time_embedding_features: int = _D.time_embedding_features,
-    time_input_features: int = _D.time_input_features,
-    coeff: float = _D.coeff,
-    n_power_iterations: int = 3,
-) -> FlowStack:
-    """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``).
+def make_flow(kind: str, dim: int, *, flow_layers: int = _D.flow_layers, **layer_options: Any) -> FlowStack:
+    """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``) of ``flow_layers`` layers.
 
-    Options that a kind has no use for are ignored (the GRU flow's gates are single linear maps, so it
-    ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff`` and
-    ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind.
+    ``layer_options`` are the layers' keyword options (``hidden_dim``, ``num_layers``, ``activation``,
+    ``time_embedding``, ``time_embedding_features``, ``time_input_features``, ``coeff``, ``n_power_iterations``:
+    declared once, with their defaults, by :class:`ResNetFlowLayer`, :class:`GRUFlowLayer` and
+    :class:`CouplingFlowLayer`). Options that a kind has no use for are ignored (the GRU flow's gates are single
+    linear maps, so it ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff``
+    and ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind.
     """
     check_choice(kind, "flow kind", FLOWS)
     check_positive_int(dim, "dim")
-    check_positive_int(hidden_dim, "hidden_dim")
-    check_positive_int(num_layers, "num_layers", minimum=0)
-    make_activation(activation, lipschitz=kind == "resnet_flow")  # validates early with a clear error
+    unknown = sorted(set(layer_options) - set(LAYER_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"make_flow() got unexpected keyword argument(s) {unknown}; flow options: {list(LAYER_OPTIONS)}"
+        )
+    if "hidden_dim" in layer_options:
+        check_positive_int(layer_options["hidden_dim"], "hidden_dim")
+    if "num_layers" in layer_options:
+        check_positive_int(layer_options["num_layers"], "num_layers", minimum=0)
+    if "activation" in layer_options:  # validates early with a clear error
+        make_activation(layer_options["activation"], lipschitz=kind == "resnet_flow")
+    coeff = layer_options.get("coeff", _D.coeff)
     if not (isinstance(coeff, (int, float)) and 0 < coeff < 1):
         raise ConfigError(f"coeff={coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
-    common = dict(time_embedding=time_embedding, time_embedding_features=time_embedding_features)
-    if kind == "resnet_flow":
-        return ResNetFlow(
-            dim,
-            flow_layers=flow_layers,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            activation=activation,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
-            time_input_features=time_input_features,
-            **common,
-        )
-    if kind == "gru_flow":
-        return GRUFlow(
-            dim,
-            flow_layers=flow_layers,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
-            time_input_features=time_input_features,
-            **common,
-        )
-    return CouplingFlow(
-        dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
-    )
+    stack = FLOWS[kind]
+    accepted = inspect.signature(stack.layer).parameters
+    return stack(dim, flow_layers=flow_layers, **{k: v for k, v in layer_options.items() if k in accepted})
 
 
 __all__ = [
@@ -422,6 +425,7 @@ __all__ = [
     "GRUFlowLayer",
     "CouplingFlowLayer",
     "FlowStack",
+    "LayerStack",
     "ResNetFlow",
     "GRUFlow",
     "CouplingFlow",
