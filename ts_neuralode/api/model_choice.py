@@ -56,6 +56,7 @@ from ts_neuralode.api.model_choice_study import (
     _fixed_options,
     _prepare_data,
     _require_optuna,
+    _Search,
     gated_value,
 )
 from ts_neuralode.api.predictor import Predictor
@@ -152,6 +153,25 @@ def search(
     done_before = sum(1 for t in study.get_trials(deepcopy=False) if "outcome" in t.user_attrs)
     bar = _Progress(progress, budget.trials, min(done_before, budget.trials or done_before))
     result = SearchResult(study, parent, "trials", settings=settings)
+    run = _Search(
+        study,
+        storage_obj,
+        study_id,
+        space,
+        fixed,
+        defaults,
+        path,
+        out,
+        callbacks,
+        track,
+        parent,
+        seed,
+        metric,
+        deadline,
+        patience,
+        bar,
+        result,
+    )
     status = "FINISHED"
     try:
         while True:
@@ -168,26 +188,7 @@ def search(
             study.sampler = optuna.samplers.TPESampler(
                 seed=(int(seed) * 100_003 + trial.number) % 2**32, n_startup_trials=n_startup
             )
-            _run_trial(
-                trial,
-                study,
-                storage_obj,
-                study_id,
-                space,
-                fixed,
-                defaults,
-                path,
-                out,
-                callbacks,
-                track,
-                parent,
-                seed,
-                metric,
-                deadline,
-                patience,
-                bar,
-                result,
-            )
+            _run_trial(trial, run)
             result.ran.append(trial.number)
     except BaseException:
         status = "KILLED"
@@ -199,34 +200,17 @@ def search(
     return result
 
 
-def _run_trial(
-    trial,
-    study,
-    storage,
-    study_id,
-    space,
-    fixed,
-    defaults,
-    path,
-    out,
-    callbacks,
-    track,
-    parent,
-    seed,
-    metric,
-    deadline,
-    patience,
-    bar,
-    result,
-) -> None:
+def _run_trial(trial, run: _Search) -> None:
+    """Run one claimed trial: fit its sampled options, record the outcome in the study, MLflow and the bar."""
+    study, storage, metric, track, bar, result = run.study, run.storage, run.metric, run.track, run.bar, run.result
     States = optuna.trial.TrialState
     n = trial.number
-    searched, options = sample(trial, space, fixed)
-    full = {**defaults, **options}
+    searched, options = sample(trial, run.space, run.fixed)
+    full = {**run.defaults, **options}
     label = describe(searched)
     trial.set_user_attr("options", json.loads(json.dumps(full, default=str)))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    tdir = out / "trials" / f"trial_{n:04d}"
+    tdir = run.out / "trials" / f"trial_{n:04d}"
     if tdir.exists():  # an earlier, interrupted attempt of this number (or of a stale run)
         shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True, exist_ok=True)
@@ -235,30 +219,30 @@ def _run_trial(
     cb = TrialCallback(
         trial,
         metric,
-        deadline=deadline,
-        patience=patience,
-        parent_run_id=parent,
+        deadline=run.deadline,
+        patience=run.patience,
+        parent_run_id=run.parent,
         tags={"ts_neuralode.trial": str(n), "ts_neuralode.study": study.study_name},
     )
-    tid = storage.get_trial_id_from_study_id_trial_number(study_id, n)
+    tid = storage.get_trial_id_from_study_id_trial_number(run.study_id, n)
     started = time.monotonic()
     fc, reason = None, None
     try:
         with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
             fc = fit(
-                str(path),
+                str(run.path),
                 model,
                 data_options=groups["data"],
                 model_options=groups["model"],
                 trainer=groups["trainer"],
-                callbacks=[cb, *(callbacks or [])],
+                callbacks=[cb, *(run.callbacks or [])],
                 output_dir=tdir,
                 tracking=track.enabled,
                 tracking_uri=track.uri,
                 experiment_name=track.experiment_name,
                 run_name=f"trial_{n:04d}",
                 log_model=False,
-                seed=seed,
+                seed=run.seed,
             )
     except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
         abandon_trial(study, trial, track, cb, retry=False)
