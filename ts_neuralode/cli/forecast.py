@@ -11,7 +11,7 @@ from typing import Literal
 from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
 from ts_neuralode.cli.args import parse, subcommand_parser
-from ts_neuralode.core.atomic import atomic_write_bytes
+from ts_neuralode.core.atomic import atomic_write_bytes, load_json
 from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError
@@ -301,19 +301,17 @@ def _write_csv(frame, path: Path) -> None:
 
 def _resolve_run(spec: str, tracking_uri: str | None):
     """``--mlflow_run``: (client, run id, tracking URI) of an existing run; checked before anything is written."""
-    import json
-
     p = Path(spec)
     info: dict = {"run_id": spec}
     if p.is_dir() or p.is_file():
-        f = p / RUN_FILE if p.is_dir() else p
-        try:
-            info = json.loads(f.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(
+        f, info = load_json(
+            p,
+            RUN_FILE,
+            lambda f, err: ConfigError(
                 f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
                 "checkpoint directory of a fit (it holds mlflow_run.json)"
-            ) from err
+            ),
+        )
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
 
