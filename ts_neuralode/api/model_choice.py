@@ -33,18 +33,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary, validation_choices
-from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
-from ts_neuralode.api.model_choice_space import (
-    SEARCH_SPACE,
-    Param,
-    check_space,
-    describe,
-    nest,
-    sample,
-    starting_points,
+from ts_neuralode.api.model_choice_finish import (
+    _user_error,
+    finish,
+    fit_configuration,
+    refit_trial,
+    summary,
+    validation_choices,
 )
+from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, sample, starting_points
 from ts_neuralode.api.model_choice_storage import Heartbeat, abandon_trial, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
     DEFAULT_EPOCHS,
@@ -214,8 +212,6 @@ def _run_trial(trial, run: _Search) -> None:
     if tdir.exists():  # an earlier, interrupted attempt of this number (or of a stale run)
         shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True, exist_ok=True)
-    groups = nest(full)
-    model = groups["model"].pop("model", "latent_ode")
     cb = TrialCallback(
         trial,
         metric,
@@ -229,18 +225,13 @@ def _run_trial(trial, run: _Search) -> None:
     fc, reason = None, None
     try:
         with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
-            fc = fit(
-                str(run.path),
-                model,
-                data_options=groups["data"],
-                model_options=groups["model"],
-                trainer=groups["trainer"],
-                callbacks=[cb, *(run.callbacks or [])],
-                output_dir=tdir,
-                tracking=track.enabled,
-                tracking_uri=track.uri,
-                experiment_name=track.experiment_name,
-                run_name=f"trial_{n:04d}",
+            fc = fit_configuration(
+                full,
+                run.path,
+                tdir,
+                [cb, *(run.callbacks or [])],
+                track,
+                f"trial_{n:04d}",
                 log_model=False,
                 seed=run.seed,
             )
