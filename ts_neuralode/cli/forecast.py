@@ -16,6 +16,7 @@ from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
+from ts_neuralode.training.options import TrackingOptions
 
 PROG = "ts-neuralode"
 
@@ -72,21 +73,23 @@ def _forecast_parser():
         help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)",
     )
     p.add_argument("--plots", type=bool, default=True, help="write a PNG per series (false: none)")
-    p.add_argument(
-        "--tracking_uri",
-        type=str | None,
-        default=None,
-        help="MLflow tracking URI for runs:/ model URIs and --mlflow_run",
-    )
+    # the tracking URI of runs:/ model URIs and --mlflow_run
+    p.add_class_arguments(TrackingOptions, None, instantiate=False, skip={"experiment_name", "run_name", "tracking"})
+    run_options(p, "also attach the CSV and PNGs to it (artifacts forecast/)")
+    return p
+
+
+def run_options(p, mlflow_run: str) -> None:
+    """The options ``forecast`` and ``backtest`` share after their own: ``--mlflow_run`` (``mlflow_run``: what the
+    command logs to that run) and ``--progress``."""
     p.add_argument(
         "--mlflow_run",
         type=str | None,
         default=None,
-        help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
-        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)",
+        help=f"an existing MLflow run, a run id or the checkpoint directory of a fit (its mlflow_run.json names the "
+        f"run and tracking URI): {mlflow_run}",
     )
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
-    return p
 
 
 #: the options of ``forecast`` (and ``backtest``) in older versions and their spelling now
