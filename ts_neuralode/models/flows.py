@@ -40,14 +40,15 @@ Stacks
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ts_neuralode.core.signatures import keyword_options
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import (
@@ -131,12 +132,31 @@ class Flow(nn.Module):
 
 
 class ResidualFlowLayer(Flow):
-    """``F(t, x) = x + φ(t) ⊙ g(t, x)`` with ``Lip_x(g) < 1``; subclasses define :meth:`residual` (``g``)."""
+    """``F(t, x) = x + φ(t) ⊙ g(t, x)`` with ``Lip_x(g) < 1``; subclasses define :meth:`residual` (``g``) and
+    ``build(dim, spectral, **net_options) -> width``, which makes its networks (see ``__init__``)."""
 
-    def __init__(self, dim: int, time_embedding: str, time_embedding_features: int) -> None:
+    build: Callable[..., int]
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        time_embedding: str = _D.time_embedding,
+        time_embedding_features: int = _D.time_embedding_features,
+        time_input_features: int = _D.time_input_features,
+        coeff: float = _D.coeff,
+        n_power_iterations: int = 3,
+        **net_options: Any,
+    ) -> None:
+        """The options every residual layer takes; ``net_options`` (a subclass's own) go to its :meth:`build`, which
+        makes ``g``'s networks (spectrally normalised with ``coeff`` and ``n_power_iterations``) and returns the
+        width of the pre-activations a :class:`TimeInput` of ``time_input_features`` features adds to."""
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.embedding = make_time_embedding(time_embedding, dim, num_features=time_embedding_features)
+        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
+        width = self.build(dim, {"coeff": coeff, "n_power_iterations": n_power_iterations}, **net_options)
+        self.time_input = TimeInput(k, width) if k else None
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -178,7 +198,8 @@ class ResidualFlowLayer(Flow):
 
 
 class ResNetFlowLayer(ResidualFlowLayer):
-    """ResNet flow layer; ``g`` = spectral-normalised MLP ``[x, t] -> hidden_dim × num_layers -> D``."""
+    """ResNet flow layer; ``g`` = spectral-normalised MLP ``[x, t] -> hidden_dim × num_layers -> D`` (the other
+    options: :class:`ResidualFlowLayer`'s)."""
 
     def __init__(
         self,
@@ -187,25 +208,16 @@ class ResNetFlowLayer(ResidualFlowLayer):
         hidden_dim: int = 64,
         num_layers: int = _D.num_layers,
         activation: str = _D.activation,
-        time_embedding: str = _D.time_embedding,
-        time_embedding_features: int = _D.time_embedding_features,
-        time_input_features: int = _D.time_input_features,
-        coeff: float = _D.coeff,
-        n_power_iterations: int = 3,
+        **residual_options: Any,
     ) -> None:
-        super().__init__(dim, time_embedding, time_embedding_features)
+        super().__init__(dim, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **residual_options)
+
+    def build(self, dim: int, spectral: dict[str, Any], *, hidden_dim: int, num_layers: int, activation: str) -> int:
         self.net = spectral_mlp(
-            dim + 1,
-            dim,
-            check_positive_int(hidden_dim, "hidden_dim"),
-            num_layers,
-            activation,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
+            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation, **spectral
         )
-        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
         # added to the first layer's pre-activations (hidden_dim wide; dim when the net is one linear map)
-        self.time_input = TimeInput(k, self.net[0].out_features) if k else None
+        return self.net[0].out_features
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:
         inp = torch.cat([x, expand_time(t, x)], dim=-1)
@@ -218,26 +230,13 @@ class ResNetFlowLayer(ResidualFlowLayer):
 
 
 class GRUFlowLayer(ResidualFlowLayer):
-    """GRU flow layer (see the module docstring); gates act on ``[h, t]``."""
+    """GRU flow layer (see the module docstring); gates act on ``[h, t]`` (options: :class:`ResidualFlowLayer`'s)."""
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        time_embedding: str = _D.time_embedding,
-        time_embedding_features: int = _D.time_embedding_features,
-        time_input_features: int = _D.time_input_features,
-        coeff: float = _D.coeff,
-        n_power_iterations: int = 3,
-    ) -> None:
-        super().__init__(dim, time_embedding, time_embedding_features)
-        kw = dict(coeff=coeff, n_power_iterations=n_power_iterations)
-        self.lin_z = SpectralNormLinear(dim + 1, dim, **kw)
-        self.lin_r = SpectralNormLinear(dim + 1, dim, **kw)
-        self.lin_c = SpectralNormLinear(dim + 1, dim, **kw)
-        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
-        # one unconstrained time term per gate pre-activation (z, r, c)
-        self.time_input = TimeInput(k, 3 * dim) if k else None
+    def build(self, dim: int, spectral: dict[str, Any]) -> int:
+        self.lin_z = SpectralNormLinear(dim + 1, dim, **spectral)
+        self.lin_r = SpectralNormLinear(dim + 1, dim, **spectral)
+        self.lin_c = SpectralNormLinear(dim + 1, dim, **spectral)
+        return 3 * dim  # one unconstrained time term per gate pre-activation (z, r, c)
 
     def residual(self, t: Tensor, h: Tensor) -> Tensor:
         tz = tr = tc = 0.0
@@ -376,10 +375,7 @@ FLOWS: dict[str, type[LayerStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRU
 #: the keyword options of the flow layers (what :func:`make_flow` passes on to the kind's layers that take them)
 LAYER_OPTIONS = tuple(
     dict.fromkeys(
-        name
-        for stack in FLOWS.values()
-        for name, p in inspect.signature(stack.layer).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "parity"
+        name for stack in FLOWS.values() for name in keyword_options(stack.layer) if name not in ("dim", "parity")
     )
 )
 
@@ -411,7 +407,7 @@ def make_flow(kind: str, dim: int, *, flow_layers: int = _D.flow_layers, **layer
     if not (isinstance(coeff, (int, float)) and 0 < coeff < 1):
         raise ConfigError(f"coeff={coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
     stack = FLOWS[kind]
-    accepted = inspect.signature(stack.layer).parameters
+    accepted = keyword_options(stack.layer)
     return stack(dim, flow_layers=flow_layers, **{k: v for k, v in layer_options.items() if k in accepted})
 
 
