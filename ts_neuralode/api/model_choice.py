@@ -22,6 +22,7 @@ Candidates are neural models only: a naive or statistical forecast is never retu
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -102,8 +103,31 @@ def search(
 ) -> SearchResult:
     """Run trials until the budget is spent (see the module docstring); returns the :class:`SearchResult`.
 
-    Args as :func:`fit_auto`; ``enqueue``: configurations to try first (``{"model.model": "ode_rnn", "model.lr":
-    0.01}``; options not given are sampled)."""
+    Args:
+        data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
+        data_options: ``--data.*`` options, fixed for every trial (not searched); needs the forecast ``horizon``.
+        model_options: ``--model.*`` options, fixed for every trial (not searched).
+        trainer: ``--trainer.*`` options, fixed for every trial; ``max_epochs`` (default 20) bounds each trial.
+        callbacks: extra Lightning callbacks of every trial and refit.
+        output_dir: the trials, the refits and the model directory (``<output_dir>/model``).
+        tracking: record the search in MLflow (a parent run, a child run per trial and refit).
+        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+        experiment_name: MLflow experiment (None: ``ts_neuralode``).
+        run_name: MLflow name of the search's parent run.
+        seed: seed of the sampler and of every trial's fit.
+        budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
+            (``{"trials": 20, "time": "1h"}``); default 20 trials.
+        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
+        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
+        storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
+            storage and study name resume a search and let several workers share it.
+        study_name: the study in the storage (None: ``ts_neuralode_auto``).
+        pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
+        enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
+            :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
+        patience: stop a trial after this many validations without improvement (None: run all epochs).
+        progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
+    """
     _require_optuna()
     budget = Budget.coerce(budget)
     space = check_space(SEARCH_SPACE if space is None else space)
@@ -196,6 +220,12 @@ def search(
         if status == "KILLED":
             track.end(parent, "KILLED")
     return result
+
+
+#: the defaults of :func:`search`'s options (what :func:`fit_auto` passes on to its finish too)
+SEARCH_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(search).parameters.items() if p.default is not p.empty
+}
 
 
 def _run_trial(trial, run: _Search) -> None:
@@ -313,98 +343,38 @@ def _run_trial(trial, run: _Search) -> None:
 def fit_auto(
     data: Any,
     *,
-    data_options: Mapping[str, Any] | None = None,
-    model_options: Mapping[str, Any] | None = None,
-    trainer: Mapping[str, Any] | None = None,
-    callbacks: Sequence | None = None,
-    output_dir: str | os.PathLike = "ts_neuralode_fit",
-    tracking: bool = True,
-    tracking_uri: str | None = None,
-    experiment_name: str | None = None,
-    run_name: str | None = None,
-    log_model: bool = True,
-    seed: int = 0,
-    budget: Any = DEFAULT_TRIALS,
-    metric: str = DEFAULT_METRIC,
-    space: Sequence[Param] | None = None,
     ensemble: int = 1,
     refit: bool = True,
-    storage: str | None = None,
-    study_name: str | None = None,
-    pruner=None,
-    enqueue: Sequence[Mapping[str, Any]] | None = None,
-    patience: int | None = None,
-    progress: bool | None = None,
+    log_model: bool = True,
     forecaster_cls: type[Predictor] = Predictor,
+    **options: Any,
 ):
     """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
+    ``options`` are those of :func:`search`, declared there: the fixed options, the budget, the storage, MLflow.
 
     Args:
         data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
-        data_options: ``--data.*`` options, fixed for every trial (not searched); needs the forecast ``horizon``.
-        model_options: ``--model.*`` options, fixed for every trial (not searched).
-        trainer: ``--trainer.*`` options, fixed for every trial; ``max_epochs`` (default 20) bounds each trial.
-        callbacks: extra Lightning callbacks of every trial and refit.
-        output_dir: the trials, the refits and the model directory (``<output_dir>/model``).
-        tracking: record the search in MLflow (a parent run, a child run per trial and refit).
-        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
-        experiment_name: MLflow experiment (None: ``ts_neuralode``).
-        run_name: MLflow name of the search's parent run.
         log_model: log the returned model directory to MLflow.
-        seed: seed of the sampler and of every trial's fit.
-        budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
-            (``{"trials": 20, "time": "1h"}``); default 20 trials.
-        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
-        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
         ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
         refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
             return the trials' own models, trained without the validation horizon).
-        storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
-            storage and study name resume a search and let several workers share it.
-        study_name: the study in the storage (None: ``ts_neuralode_auto``).
-        pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
-        enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
-            :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
-        patience: stop a trial after this many validations without improvement (None: run all epochs).
-        progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
     """
     _require_optuna()
     if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
         raise ConfigError(f"ensemble={ensemble!r} must be an integer >= 1 (the number of best trials to mix)")
-    out = Path(output_dir)
-    result = search(
-        data,
-        data_options=data_options,
-        model_options=model_options,
-        trainer=trainer,
-        callbacks=callbacks,
-        output_dir=out,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
-        seed=seed,
-        budget=budget,
-        metric=metric,
-        space=space,
-        storage=storage,
-        study_name=study_name,
-        pruner=pruner,
-        enqueue=enqueue,
-        patience=patience,
-        progress=progress,
-    )
+    result = search(data, **options)
+    given = {**SEARCH_DEFAULTS, **options}  # what the finish shares with the search
     return finish(
         result,
         data,
-        out,
+        Path(given["output_dir"]),
         ensemble=ensemble,
         refit=refit,
-        callbacks=callbacks,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        seed=seed,
+        callbacks=given["callbacks"],
+        tracking=given["tracking"],
+        tracking_uri=given["tracking_uri"],
+        experiment_name=given["experiment_name"],
+        seed=given["seed"],
         log_model=log_model,
         forecaster_cls=forecaster_cls,
     )
