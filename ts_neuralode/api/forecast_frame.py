@@ -38,6 +38,15 @@ def parse_levels(level: Iterable[float] | float | None) -> list[float]:
     return sorted({float(lv) for lv in levels})
 
 
+def parse_quantiles(quantiles: Iterable[float] | None) -> list[float]:
+    """The distinct ``quantiles`` asked for, sorted, each checked to lie strictly between 0 and 1."""
+    qs = sorted({float(q) for q in (quantiles or [])})
+    for q in qs:
+        if not 0.0 < q < 1.0:
+            raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
+    return qs
+
+
 # -- band column names: made and parsed here only ------------------------------------------------------------
 def fmt_level(x: float) -> str:
     """A level or quantile percent as it appears in a column name (``90``, ``97.5``)."""

@@ -14,8 +14,9 @@ backtest and the model choice take the class to build as ``forecaster_cls``).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -30,34 +31,20 @@ from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.io import as_frame
 from ts_neuralode.errors import ConfigError
 
+#: the options of a fit that is no model choice: :func:`ts_neuralode.api.fitting.fit`'s, declared there
+FIT_OPTIONS = tuple(name for name in inspect.signature(fit).parameters if name not in ("what", "forecaster_cls"))
+
 
 class Forecaster(Predictor):
     """A trained model that forecasts (see :class:`~ts_neuralode.api.predictor.Predictor` for the arguments), with
     :meth:`fit` and :meth:`cross_validation`."""
 
     @classmethod
-    def fit(
-        cls,
-        data: Any,
-        model: str | os.PathLike = "latent_ode",
-        *,
-        data_options: Mapping[str, Any] | None = None,
-        model_options: Mapping[str, Any] | None = None,
-        trainer: Mapping[str, Any] | None = None,
-        callbacks: Sequence[Any] | None = None,
-        output_dir: str | os.PathLike = "ts_neuralode_fit",
-        tracking: bool = True,
-        tracking_uri: str | None = None,
-        experiment_name: str | None = None,
-        run_name: str | None = None,
-        log_model: bool = True,
-        seed: int = 0,
-        **auto: Any,
-    ) -> Forecaster:
+    def fit(cls, data: Any, model: str | os.PathLike = "latent_ode", **options: Any) -> Forecaster:
         """Train a model from Python through the code path of ``ts-neuralode fit`` (its options, callbacks,
         checkpoints, model export and MLflow tracking; :func:`ts_neuralode.api.fitting.train`) and return it fitted.
 
-        Args:
+        Args (the keyword ``options`` are those of :func:`ts_neuralode.api.fitting.fit`, declared there):
             data: a DataFrame (handed to the data module in memory) or a CSV / Parquet path.
             model: a model name (``latent_ode``, ``ode_rnn``, ``gru_ode``) or a config file (``configs/demo.yaml``).
             data_options / model_options / trainer: ``--data.*`` / ``--model.*`` / ``--trainer.*`` options as dicts
@@ -72,46 +59,19 @@ class Forecaster(Predictor):
         resolved options (``config``), the ``ts-neuralode fit`` command line that reproduces the fit (``argv``), the
         directories and the MLflow run id.
         ``model="auto"``: the automatic model choice (:func:`ts_neuralode.api.model_choice.fit_auto`; its options
-        ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``auto``).
+        ``budget``, ``ensemble``, ``refit``, ``storage``, ``study_name``, ``metric`` … go in ``options`` too).
         """
         configure_threads()  # torch threads fitted to this process's CPUs (ts_neuralode.core.threads)
         if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
-            return fit_auto(
-                as_frame(data),
-                data_options=data_options,
-                model_options=model_options,
-                trainer=trainer,
-                callbacks=callbacks,
-                output_dir=output_dir,
-                tracking=tracking,
-                tracking_uri=tracking_uri,
-                experiment_name=experiment_name,
-                run_name=run_name,
-                log_model=log_model,
-                seed=seed,
-                forecaster_cls=cls,
-                **auto,
-            )
-        if auto:
-            raise ConfigError(
-                f"Forecaster.fit: {', '.join(sorted(auto))} apply only to model='auto' (the automatic model choice)"
-            )
-        return fit(
-            as_frame(data),
-            model,
-            data_options=data_options,
-            model_options=model_options,
-            trainer=trainer,
-            callbacks=callbacks,
-            output_dir=output_dir,
-            tracking=tracking,
-            tracking_uri=tracking_uri,
-            experiment_name=experiment_name,
-            run_name=run_name,
-            log_model=log_model,
-            seed=seed,
-            forecaster_cls=cls,
-        )
+            train = fit_auto
+        else:
+            auto = sorted(set(options) - set(FIT_OPTIONS))
+            if auto:
+                raise ConfigError(
+                    f"Forecaster.fit: {', '.join(auto)} apply only to model='auto' (the automatic model choice)"
+                )
+            train = functools.partial(fit, model=model)
+        return train(as_frame(data), forecaster_cls=cls, **options)
 
     @classmethod
     def load(
@@ -124,36 +84,15 @@ class Forecaster(Predictor):
             return EnsembleForecaster.load(path, map_location=map_location, member_cls=cls)
         return super().load(path, transform=transform, map_location=map_location, name=name)
 
-    def cross_validation(
-        self,
-        history: Any,
-        horizon: float | str | pd.Timedelta,
-        *,
-        n_windows: int | None = None,
-        cutoffs: Sequence | None = None,
-        step: float | str | pd.Timedelta | None = None,
-        refit: bool | int = False,
-        fit_args: Sequence[str] | str | None = None,
-        **options: Any,
-    ) -> pd.DataFrame:
+    def cross_validation(self, history: Any, horizon: float | str | pd.Timedelta, **options: Any) -> pd.DataFrame:
         """Rolling-origin backtest: Nixtla-style rows ``unique_id, ds, cutoff, y, <name>, <name>-lo-L,
         <name>-hi-L, …, locf, mean`` at the observation times within ``horizon`` after each cutoff; windows from
         ``n_windows`` (+ ``step``) before each series' end, or explicit ``cutoffs``; ``refit`` (True or every k
         windows) trains a new model on each window's history with ``ts-neuralode fit`` options ``fit_args``.
-        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …). See
+        Other options as :meth:`predict` (level, quantiles, num_samples, context, seed …); the keyword ``options``
+        are those of :func:`ts_neuralode.api.backtest.cross_validation`, declared there. See
         :mod:`ts_neuralode.api.backtest` (also :func:`ts_neuralode.api.backtest.evaluate` for the metrics)."""
-        return cross_validation(
-            self,
-            history,
-            horizon,
-            n_windows=n_windows,
-            cutoffs=cutoffs,
-            step=step,
-            refit=refit,
-            fit_args=fit_args,
-            forecaster_cls=type(self),
-            **options,
-        )
+        return cross_validation(self, history, horizon, forecaster_cls=type(self), **options)
 
 
 __all__ = ["Forecaster"]

@@ -22,6 +22,7 @@ Candidates are neural models only: a naive or statistical forecast is never retu
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -33,18 +34,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice_finish import _user_error, finish, refit_trial, summary, validation_choices
-from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
-from ts_neuralode.api.model_choice_space import (
-    SEARCH_SPACE,
-    Param,
-    check_space,
-    describe,
-    nest,
-    sample,
-    starting_points,
+from ts_neuralode.api.model_choice_finish import (
+    _user_error,
+    finish,
+    fit_configuration,
+    refit_trial,
+    summary,
+    validation_choices,
 )
+from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
+from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, sample, starting_points
 from ts_neuralode.api.model_choice_storage import Heartbeat, abandon_trial, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
     DEFAULT_EPOCHS,
@@ -56,6 +55,7 @@ from ts_neuralode.api.model_choice_study import (
     _fixed_options,
     _prepare_data,
     _require_optuna,
+    _Search,
     gated_value,
 )
 from ts_neuralode.api.predictor import Predictor
@@ -103,8 +103,31 @@ def search(
 ) -> SearchResult:
     """Run trials until the budget is spent (see the module docstring); returns the :class:`SearchResult`.
 
-    Args as :func:`fit_auto`; ``enqueue``: configurations to try first (``{"model.model": "ode_rnn", "model.lr":
-    0.01}``; options not given are sampled)."""
+    Args:
+        data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
+        data_options: ``--data.*`` options, fixed for every trial (not searched); needs the forecast ``horizon``.
+        model_options: ``--model.*`` options, fixed for every trial (not searched).
+        trainer: ``--trainer.*`` options, fixed for every trial; ``max_epochs`` (default 20) bounds each trial.
+        callbacks: extra Lightning callbacks of every trial and refit.
+        output_dir: the trials, the refits and the model directory (``<output_dir>/model``).
+        tracking: record the search in MLflow (a parent run, a child run per trial and refit).
+        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+        experiment_name: MLflow experiment (None: ``ts_neuralode``).
+        run_name: MLflow name of the search's parent run.
+        seed: seed of the sampler and of every trial's fit.
+        budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
+            (``{"trials": 20, "time": "1h"}``); default 20 trials.
+        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
+        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
+        storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
+            storage and study name resume a search and let several workers share it.
+        study_name: the study in the storage (None: ``ts_neuralode_auto``).
+        pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
+        enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
+            :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
+        patience: stop a trial after this many validations without improvement (None: run all epochs).
+        progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
+    """
     _require_optuna()
     budget = Budget.coerce(budget)
     space = check_space(SEARCH_SPACE if space is None else space)
@@ -152,6 +175,25 @@ def search(
     done_before = sum(1 for t in study.get_trials(deepcopy=False) if "outcome" in t.user_attrs)
     bar = _Progress(progress, budget.trials, min(done_before, budget.trials or done_before))
     result = SearchResult(study, parent, "trials", settings=settings)
+    run = _Search(
+        study,
+        storage_obj,
+        study_id,
+        space,
+        fixed,
+        defaults,
+        path,
+        out,
+        callbacks,
+        track,
+        parent,
+        seed,
+        metric,
+        deadline,
+        patience,
+        bar,
+        result,
+    )
     status = "FINISHED"
     try:
         while True:
@@ -168,26 +210,7 @@ def search(
             study.sampler = optuna.samplers.TPESampler(
                 seed=(int(seed) * 100_003 + trial.number) % 2**32, n_startup_trials=n_startup
             )
-            _run_trial(
-                trial,
-                study,
-                storage_obj,
-                study_id,
-                space,
-                fixed,
-                defaults,
-                path,
-                out,
-                callbacks,
-                track,
-                parent,
-                seed,
-                metric,
-                deadline,
-                patience,
-                bar,
-                result,
-            )
+            _run_trial(trial, run)
             result.ran.append(trial.number)
     except BaseException:
         status = "KILLED"
@@ -199,66 +222,48 @@ def search(
     return result
 
 
-def _run_trial(
-    trial,
-    study,
-    storage,
-    study_id,
-    space,
-    fixed,
-    defaults,
-    path,
-    out,
-    callbacks,
-    track,
-    parent,
-    seed,
-    metric,
-    deadline,
-    patience,
-    bar,
-    result,
-) -> None:
+#: the defaults of :func:`search`'s options (what :func:`fit_auto` passes on to its finish too)
+SEARCH_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(search).parameters.items() if p.default is not p.empty
+}
+
+
+def _run_trial(trial, run: _Search) -> None:
+    """Run one claimed trial: fit its sampled options, record the outcome in the study, MLflow and the bar."""
+    study, storage, metric, track, bar, result = run.study, run.storage, run.metric, run.track, run.bar, run.result
     States = optuna.trial.TrialState
     n = trial.number
-    searched, options = sample(trial, space, fixed)
-    full = {**defaults, **options}
+    searched, options = sample(trial, run.space, run.fixed)
+    full = {**run.defaults, **options}
     label = describe(searched)
     trial.set_user_attr("options", json.loads(json.dumps(full, default=str)))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    tdir = out / "trials" / f"trial_{n:04d}"
+    tdir = run.out / "trials" / f"trial_{n:04d}"
     if tdir.exists():  # an earlier, interrupted attempt of this number (or of a stale run)
         shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True, exist_ok=True)
-    groups = nest(full)
-    model = groups["model"].pop("model", "latent_ode")
     cb = TrialCallback(
         trial,
         metric,
-        deadline=deadline,
-        patience=patience,
-        parent_run_id=parent,
+        deadline=run.deadline,
+        patience=run.patience,
+        parent_run_id=run.parent,
         tags={"ts_neuralode.trial": str(n), "ts_neuralode.study": study.study_name},
     )
-    tid = storage.get_trial_id_from_study_id_trial_number(study_id, n)
+    tid = storage.get_trial_id_from_study_id_trial_number(run.study_id, n)
     started = time.monotonic()
     fc, reason = None, None
     try:
         with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
-            fc = fit(
-                str(path),
-                model,
-                data_options=groups["data"],
-                model_options=groups["model"],
-                trainer=groups["trainer"],
-                callbacks=[cb, *(callbacks or [])],
-                output_dir=tdir,
-                tracking=track.enabled,
-                tracking_uri=track.uri,
-                experiment_name=track.experiment_name,
-                run_name=f"trial_{n:04d}",
+            fc = fit_configuration(
+                full,
+                run.path,
+                tdir,
+                [cb, *(run.callbacks or [])],
+                track,
+                f"trial_{n:04d}",
                 log_model=False,
-                seed=seed,
+                seed=run.seed,
             )
     except (ConfigError, DataError) as err:  # the user's options or data: every trial would fail the same way
         abandon_trial(study, trial, track, cb, retry=False)
@@ -338,98 +343,38 @@ def _run_trial(
 def fit_auto(
     data: Any,
     *,
-    data_options: Mapping[str, Any] | None = None,
-    model_options: Mapping[str, Any] | None = None,
-    trainer: Mapping[str, Any] | None = None,
-    callbacks: Sequence | None = None,
-    output_dir: str | os.PathLike = "ts_neuralode_fit",
-    tracking: bool = True,
-    tracking_uri: str | None = None,
-    experiment_name: str | None = None,
-    run_name: str | None = None,
-    log_model: bool = True,
-    seed: int = 0,
-    budget: Any = DEFAULT_TRIALS,
-    metric: str = DEFAULT_METRIC,
-    space: Sequence[Param] | None = None,
     ensemble: int = 1,
     refit: bool = True,
-    storage: str | None = None,
-    study_name: str | None = None,
-    pruner=None,
-    enqueue: Sequence[Mapping[str, Any]] | None = None,
-    patience: int | None = None,
-    progress: bool | None = None,
+    log_model: bool = True,
     forecaster_cls: type[Predictor] = Predictor,
+    **options: Any,
 ):
     """Search, then return the winner refitted (a Forecaster) or the top ``ensemble`` (an EnsembleForecaster).
+    ``options`` are those of :func:`search`, declared there: the fixed options, the budget, the storage, MLflow.
 
     Args:
         data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
-        data_options: ``--data.*`` options, fixed for every trial (not searched); needs the forecast ``horizon``.
-        model_options: ``--model.*`` options, fixed for every trial (not searched).
-        trainer: ``--trainer.*`` options, fixed for every trial; ``max_epochs`` (default 20) bounds each trial.
-        callbacks: extra Lightning callbacks of every trial and refit.
-        output_dir: the trials, the refits and the model directory (``<output_dir>/model``).
-        tracking: record the search in MLflow (a parent run, a child run per trial and refit).
-        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
-        experiment_name: MLflow experiment (None: ``ts_neuralode``).
-        run_name: MLflow name of the search's parent run.
         log_model: log the returned model directory to MLflow.
-        seed: seed of the sampler and of every trial's fit.
-        budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
-            (``{"trials": 20, "time": "1h"}``); default 20 trials.
-        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
-        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
         ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
         refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
             return the trials' own models, trained without the validation horizon).
-        storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
-            storage and study name resume a search and let several workers share it.
-        study_name: the study in the storage (None: ``ts_neuralode_auto``).
-        pruner: an Optuna pruner (default: median rule after 3 trials and a quarter of the epochs).
-        enqueue: configurations to try first (``[{"model.model": "ode_rnn"}]``); None: the package's
-            :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
-        patience: stop a trial after this many validations without improvement (None: run all epochs).
-        progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
     """
     _require_optuna()
     if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
         raise ConfigError(f"ensemble={ensemble!r} must be an integer >= 1 (the number of best trials to mix)")
-    out = Path(output_dir)
-    result = search(
-        data,
-        data_options=data_options,
-        model_options=model_options,
-        trainer=trainer,
-        callbacks=callbacks,
-        output_dir=out,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        run_name=run_name,
-        seed=seed,
-        budget=budget,
-        metric=metric,
-        space=space,
-        storage=storage,
-        study_name=study_name,
-        pruner=pruner,
-        enqueue=enqueue,
-        patience=patience,
-        progress=progress,
-    )
+    result = search(data, **options)
+    given = {**SEARCH_DEFAULTS, **options}  # what the finish shares with the search
     return finish(
         result,
         data,
-        out,
+        Path(given["output_dir"]),
         ensemble=ensemble,
         refit=refit,
-        callbacks=callbacks,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        experiment_name=experiment_name,
-        seed=seed,
+        callbacks=given["callbacks"],
+        tracking=given["tracking"],
+        tracking_uri=given["tracking_uri"],
+        experiment_name=given["experiment_name"],
+        seed=given["seed"],
         log_model=log_model,
         forecaster_cls=forecaster_cls,
     )

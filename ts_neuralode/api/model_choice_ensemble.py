@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from ts_neuralode.api.backtest import cross_validation
-from ts_neuralode.api.forecast_frame import band_col, parse_levels, quantile_columns
+from ts_neuralode.api.forecast_frame import band_col, parse_levels, parse_quantiles, quantile_columns
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.core.atomic import write_json
 from ts_neuralode.core.sampling import SAMPLING
@@ -91,11 +91,7 @@ class EnsembleForecaster:
                 "calibrated=True: an ensemble has no band calibration; its bands come from the "
                 "mixture of its members' samples (drop calibrated)"
             )
-        levels = parse_levels(level)
-        qs = sorted({float(q) for q in (quantiles or [])})
-        for q in qs:
-            if not 0.0 < q < 1.0:
-                raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
+        levels, qs = parse_levels(level), parse_quantiles(quantiles)
         n = int(num_samples)
         if n < 1:
             raise ForecastError(f"num_samples={num_samples} must be >= 1")

@@ -66,6 +66,41 @@ def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_numb
     return given
 
 
+def fit_configuration(
+    options: Mapping[str, Any],
+    data_path: Path,
+    out: Path,
+    callbacks: Sequence,
+    track: _Tracking,
+    run_name: str,
+    *,
+    log_model: bool,
+    seed: int,
+    forecaster_cls: type[Predictor] = Predictor,
+):
+    """Train one configuration of the search (flat ``options``: ``data.*``, ``model.*`` with the family in
+    ``model.model``, ``trainer.*``) on ``data_path`` into ``out``, tracked as MLflow run ``run_name`` of the search's
+    experiment: the fit of a trial and of a refit."""
+    groups = nest(options)
+    model = groups["model"].pop("model", "latent_ode")
+    return fit(
+        str(data_path),
+        model,
+        data_options=groups["data"],
+        model_options=groups["model"],
+        trainer=groups["trainer"],
+        callbacks=callbacks,
+        output_dir=out,
+        tracking=track.enabled,
+        tracking_uri=track.uri,
+        experiment_name=track.experiment_name,
+        run_name=run_name,
+        log_model=log_model,
+        seed=seed,
+        forecaster_cls=forecaster_cls,
+    )
+
+
 def refit_trial(
     trial,
     data_path: Path,
@@ -87,25 +122,18 @@ def refit_trial(
     full.pop("data.train_end", None)
     full["trainer.max_epochs"] = int(trial.user_attrs.get("best_epoch", 0)) + 1
     full["trainer.limit_val_batches"] = 0  # nothing left to validate on
-    groups = nest(full)
-    model = groups["model"].pop("model", "latent_ode")
     rdir = output_dir / "refit" / f"trial_{trial.number:04d}"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir(parents=True, exist_ok=True)
     cb = TrialCallback(None, parent_run_id=parent, tags={"ts_neuralode.refit_of_trial": str(trial.number)})
     with _Quiet(rdir / "log.txt"):
-        fc = fit(
-            str(data_path),
-            model,
-            data_options=groups["data"],
-            model_options=groups["model"],
-            trainer=groups["trainer"],
-            callbacks=[cb, *(callbacks or [])],
-            output_dir=rdir,
-            tracking=track.enabled,
-            tracking_uri=track.uri,
-            experiment_name=track.experiment_name,
-            run_name=f"refit_trial_{trial.number:04d}",
+        fc = fit_configuration(
+            full,
+            data_path,
+            rdir,
+            [cb, *(callbacks or [])],
+            track,
+            f"refit_trial_{trial.number:04d}",
             log_model=log_model,
             seed=seed,
             forecaster_cls=forecaster_cls,

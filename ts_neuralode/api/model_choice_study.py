@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,3 +223,28 @@ def gated_value(best: float, metric: str, gate: dict | None) -> float:
     if gated is None or trained is None or not (math.isfinite(gated) and math.isfinite(trained) and trained > 0):
         return best
     return best * min(1.0, max(0.0, float(gated) / float(trained)))
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What every trial of one :func:`~ts_neuralode.api.model_choice.search` call shares: the study and its
+    storage, the space and the options, where trials write, tracking, the stopping rules, the progress bar and the
+    result."""
+
+    study: Any
+    storage: Any
+    study_id: int
+    space: Sequence[Any]  # of model_choice_space.Param
+    fixed: dict[str, Any]
+    defaults: dict[str, Any]
+    path: Path
+    out: Path
+    callbacks: Sequence | None
+    track: Any  # model_choice_runs._Tracking
+    parent: str | None
+    seed: int
+    metric: str
+    deadline: float | None
+    patience: int | None
+    bar: Any  # model_choice_runs._Progress
+    result: SearchResult

@@ -39,7 +39,7 @@ import torch
 
 from ts_neuralode.api import calibration, plotting
 from ts_neuralode.api.forecast_chunk import forecast_chunk
-from ts_neuralode.api.forecast_frame import fmt_level, model_display_name, parse_levels, table_to_long
+from ts_neuralode.api.forecast_frame import fmt_level, model_display_name, parse_levels, parse_quantiles, table_to_long
 from ts_neuralode.api.training_extent import load_extent, save_extent
 from ts_neuralode.core.progress import show_progress
 from ts_neuralode.core.sampling import SAMPLING
@@ -247,8 +247,7 @@ class Predictor:
                 "calibrated=True, but this model has no band calibration; calibrate it first "
                 "('ts-neuralode backtest --calibrate' or ts_neuralode.api.backtest.calibrate)"
             )
-        levels = parse_levels(level)
-        qs = sorted({float(q) for q in (quantiles or [])})
+        levels, qs = parse_levels(level), parse_quantiles(quantiles)
         if calibrated is None:
             calibrated = self.calibration is not None and not qs
             if calibrated:
@@ -259,9 +258,6 @@ class Predictor:
                         f"levels: {', '.join(self.calibration['factors'])}); ask for those levels, "
                         "or for the model's own bands with calibrated=False (--raw_bands)"
                     )
-        for q in qs:
-            if not 0.0 < q < 1.0:
-                raise ForecastError(f"quantile {q} must be strictly between 0 and 1 (e.g. 0.1, 0.9)")
         table = self.read_history(history, **read_options)
         if context is None:
             context = self.context

@@ -130,45 +130,22 @@ def _subset(table, idx, lo=None, hi=None):
     return subset_table(table, idx, lo=lo, hi=hi)
 
 
-def _score_window(
-    model,
-    table,
-    hist,
-    ok,
-    n_hist,
-    n_end,
-    cut,
-    level,
-    quantiles,
-    num_samples,
-    context,
-    seed,
-    batch_size,
-    calibrated,
-    raw_history,
-    covariates,
-) -> pd.DataFrame:
+def _score_window(model, table, hist, ok, n_hist, n_end, cut, raw_history, opts: dict) -> pd.DataFrame:
     """One window: forecast ``model`` at the observation times after each series' cutoff, join the observed
-    values and the baselines (the model's forecast channels only: never the past-only covariates)."""
+    values and the baselines (the model's forecast channels only: never the past-only covariates). ``opts``: the
+    ``predict`` options of every window (:func:`_run_windows`)."""
 
     targets = model.target_rows(table_to_long(_subset(table, ok, lo=n_hist[ok], hi=n_end[ok])))
     if targets.empty:  # only past-only covariates were observed in this window
         return None
     times = targets[["unique_id", "ds"]].drop_duplicates()
-    kw = {"calibrated": bool(calibrated)}  # a backtest scores the model's own bands unless asked for calibrated ones
     scored = list(dict.fromkeys(times["unique_id"]))
     out = model.predict(
         hist if raw_history is None else raw_history,
         times=times,
-        level=level,
-        quantiles=quantiles,
-        num_samples=num_samples,
-        context=context,
-        seed=seed,
-        batch_size=batch_size,
         series=None if len(scored) == len(ok) else scored,
-        covariates=covariates,
-        **kw,
+        # a backtest scores the model's own bands unless asked for calibrated ones
+        **{**opts, "calibrated": bool(opts["calibrated"])},
     )
     cutoff = pd.DataFrame({"unique_id": hist.ids, "cutoff": cut})
     by = model.target_rows(table_to_long(hist)).groupby(["unique_id", "channel"], sort=False)["y"]
@@ -199,7 +176,9 @@ def _run_windows(
     opts: dict,
 ) -> list[pd.DataFrame]:
     """The scored rows of every window ``cuts[w]`` (``[W, S]`` raw cut times; NaN: the series sits the window
-    out); ``limit`` (``[S]`` raw times, optional): no target after it."""
+    out); ``limit`` (``[S]`` raw times, optional): no target after it; ``opts``: the ``predict`` options of every
+    window (``level``, ``quantiles``, ``num_samples``, ``context``, ``seed``, ``batch_size``, ``calibrated``,
+    ``covariates``)."""
     codec = table.codec
     frames, seen = [], -1
     model = fc
@@ -223,24 +202,7 @@ def _run_windows(
                 if seen % every == 0:
                     model = refit_fn(raw_hist, Path(tmp.name) / f"window{w}")
             cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
-            frame = _score_window(
-                model,
-                table,
-                hist,
-                ok,
-                n_hist,
-                n_end,
-                cut,
-                opts["level"],
-                opts["quantiles"],
-                opts["num_samples"],
-                opts["context"],
-                opts["seed"],
-                opts["batch_size"],
-                opts["calibrated"],
-                raw_hist,
-                opts["covariates"],
-            )
+            frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, raw_hist, opts)
             if frame is not None:
                 frames.append(frame)
     finally:

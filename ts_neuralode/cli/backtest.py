@@ -31,11 +31,13 @@ from ts_neuralode.cli.forecast import (
     forecast_options,
     parse_forecast_like,
     read_options,
+    run_options,
 )
 from ts_neuralode.core.atomic import atomic_write_text
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.io import log_batch, open_run
 from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
+from ts_neuralode.training.options import TrackingOptions
 
 PROG = "ts-neuralode"
 
@@ -105,22 +107,8 @@ def parser():
         default=None,
         help="the forecasts' file (default <out_dir>/cv.csv; .parquet for Parquet)",
     )
-    p.add_argument(
-        "--tracking_uri",
-        type=str | None,
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    p.add_argument(
-        "--mlflow_run",
-        type=str | None,
-        default=None,
-        help="log to this MLflow run (a run id, or the checkpoint directory of a fit) instead of a new run",
-    )
-    p.add_argument("--experiment_name", type=str, default="ts_neuralode", help="experiment of a new run")
-    p.add_argument("--run_name", type=str | None, default=None, help="name of a new run (default backtest)")
-    p.add_argument("--tracking", type=bool, default=True, help="log the backtest to MLflow (false: nothing)")
-    p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
+    p.add_class_arguments(TrackingOptions, None, instantiate=False)
+    run_options(p, "log the backtest there instead of to a new run")
     return p
 
 

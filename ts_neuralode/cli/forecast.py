@@ -11,11 +11,12 @@ from typing import Literal
 from ts_neuralode.api.forecaster import Forecaster
 from ts_neuralode.api.preflight import tracking_store, writable_dir, writable_file
 from ts_neuralode.cli.args import parse, subcommand_parser
-from ts_neuralode.core.atomic import atomic_write_bytes
+from ts_neuralode.core.atomic import atomic_write_bytes, load_json
 from ts_neuralode.core.sampling import SAMPLING
 from ts_neuralode.data.io import frame_bytes
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import RUN_FILE, resolve_tracking_uri
+from ts_neuralode.training.options import TrackingOptions
 
 PROG = "ts-neuralode"
 
@@ -72,21 +73,23 @@ def _forecast_parser():
         help="show only this much history before each series' end in the PNGs (e.g. 5D; default all)",
     )
     p.add_argument("--plots", type=bool, default=True, help="write a PNG per series (false: none)")
-    p.add_argument(
-        "--tracking_uri",
-        type=str | None,
-        default=None,
-        help="MLflow tracking URI for runs:/ model URIs and --mlflow_run",
-    )
+    # the tracking URI of runs:/ model URIs and --mlflow_run
+    p.add_class_arguments(TrackingOptions, None, instantiate=False, skip={"experiment_name", "run_name", "tracking"})
+    run_options(p, "also attach the CSV and PNGs to it (artifacts forecast/)")
+    return p
+
+
+def run_options(p, mlflow_run: str) -> None:
+    """The options ``forecast`` and ``backtest`` share after their own: ``--mlflow_run`` (``mlflow_run``: what the
+    command logs to that run) and ``--progress``."""
     p.add_argument(
         "--mlflow_run",
         type=str | None,
         default=None,
-        help="also attach the CSV and PNGs to this MLflow run (artifacts forecast/): a run id, or the "
-        "checkpoint directory of a fit (its mlflow_run.json names the run and tracking URI)",
+        help=f"an existing MLflow run, a run id or the checkpoint directory of a fit (its mlflow_run.json names the "
+        f"run and tracking URI): {mlflow_run}",
     )
     p.add_argument("--progress", type=bool, default=True, help="show a progress bar (false: none)")
-    return p
 
 
 #: the options of ``forecast`` (and ``backtest``) in older versions and their spelling now
@@ -301,19 +304,17 @@ def _write_csv(frame, path: Path) -> None:
 
 def _resolve_run(spec: str, tracking_uri: str | None):
     """``--mlflow_run``: (client, run id, tracking URI) of an existing run; checked before anything is written."""
-    import json
-
     p = Path(spec)
     info: dict = {"run_id": spec}
     if p.is_dir() or p.is_file():
-        f = p / RUN_FILE if p.is_dir() else p
-        try:
-            info = json.loads(f.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(
+        f, info = load_json(
+            p,
+            RUN_FILE,
+            lambda f, err: ConfigError(
                 f"--mlflow_run {spec}: cannot read {f} ({type(err).__name__}); pass a run id or the "
                 "checkpoint directory of a fit (it holds mlflow_run.json)"
-            ) from err
+            ),
+        )
         if not info.get("run_id"):
             raise ConfigError(f"--mlflow_run {spec}: {f} names no run_id; pass a run id instead")
 

@@ -86,9 +86,12 @@ def _without_model_auto(argv: Sequence[str]) -> list[str]:
 
 
 def _options() -> list[str]:
-    """fit_auto's arguments that are options of this command (``--metric``, ``--ensemble`` ...)."""
-    params = inspect.signature(model_choice.fit_auto).parameters
-    return [name for name in params if name not in _NOT_OPTIONS]
+    """fit_auto's arguments that are options of this command (``--metric``, ``--ensemble`` ...): its own and those
+    of :func:`~ts_neuralode.api.model_choice.search`, which it passes its ``**options`` on to."""
+    own = inspect.signature(model_choice.fit_auto).parameters
+    searched = inspect.signature(model_choice.search).parameters
+    names = [n for n, p in own.items() if p.kind is not p.VAR_KEYWORD] + list(searched)
+    return [name for name in dict.fromkeys(names) if name not in _NOT_OPTIONS]
 
 
 def parser():

@@ -102,6 +102,18 @@ def read_json(path: str | os.PathLike) -> Any | None:
     return json.loads(path.read_text())
 
 
+def load_json(path: str | os.PathLike, inside: str, fail: Callable[[Path, Exception], Exception]) -> tuple[Path, Any]:
+    """``(file, value)``: the JSON value of the file ``path`` (a directory: its file ``inside``). When the file
+    cannot be read (``OSError``) or is not JSON (``ValueError``, also not UTF-8 text) it raises ``fail(file, err)``:
+    the caller's one line saying what to pass instead."""
+    path = Path(path)
+    file = path / inside if path.is_dir() else path
+    try:
+        return file, json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise fail(file, err) from err
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)``, atomically."""
     import torch

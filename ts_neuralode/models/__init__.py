@@ -5,6 +5,7 @@
 "gru_flow", "coupling_flow").
 """
 
+from ts_neuralode.core.signatures import keyword_options
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import Forecast, ForecastModel
 from ts_neuralode.models.evolution import ODEEvolution  # noqa: F401  (registers the evolutions EvolutionConfig.build makes)
@@ -21,24 +22,21 @@ __all__ = ["Forecast", "ForecastModel", "LatentODE", "ODERNN", "GRUODE", "MODELS
 def build_model(name: str, **kwargs) -> ForecastModel:
     """``MODELS[name](**kwargs)`` with one-line errors for an unknown name or option. The evolution options may
     also come flat, as in older versions (``evolution="ode", method="rk4"``: see ``upgrade_flat_options``)."""
-    import inspect
-
     kwargs = upgrade_flat_options(kwargs)
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    cls = MODELS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = model_options(name)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigError(f"model {name!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
-    return cls(**kwargs)
+    return MODELS[name](**kwargs)
 
 
 def model_options(name: str) -> set[str]:
-    """The constructor options of ``MODELS[name]``."""
-    import inspect
-
-    return set(inspect.signature(MODELS[name].__init__).parameters) - {"self"}
+    """The constructor options of ``MODELS[name]``: its ``__init__``'s own and, where that passes ``**options`` on,
+    its bases' (the options every neural model shares are declared once, by
+    :class:`~ts_neuralode.models.base.NeuralModel`)."""
+    return set(keyword_options(MODELS[name]))
 
 
 __all__ += ["build_model", "model_options"]

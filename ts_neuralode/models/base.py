@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, ForecastError
+from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.step_budget import check_max_steps
 
 if TYPE_CHECKING:
@@ -354,6 +355,46 @@ class ForecastModel(nn.Module):
         )
         own = query_times is None or query_times is batch.times
         return (batch_grid(batch) if own else merge_grid(batch, query_times))._replace(inputs=inputs)
+
+
+class NeuralModel(ForecastModel):
+    """Base of the neural models: the options every one of them takes, declared here once (a model's own
+    ``__init__`` declares its own options and passes ``**options`` on; :func:`ts_neuralode.models.model_options` lists
+    both). It checks them, records the sizes and resolves ``evolution_config``; the subclass builds the networks.
+
+    Args:
+        input_dim: channels D.
+        evolution: an :class:`~ts_neuralode.models.evolution_config.EvolutionConfig` (or just its kind, "ode" or a
+            flow).
+        latent_dim: state size H.
+        hidden_dim: width of the model's networks (and of the evolution's nets unless its config sets
+            ``hidden_dim``).
+        control_dim: channels of the known-future covariates driving the evolution (0: none).
+        static_dim: width of the encoded static covariates (0: none); they condition the initial state.
+        target_dim: the first channels are targets, the rest past-only covariates (read, never scored; None: all
+            channels are targets).
+    """
+
+    #: the evolution's vector field unless its config names one
+    vector_field = "mlp"
+
+    def __init__(
+        self,
+        input_dim: int = 1,
+        evolution: EvolutionConfig | str | None = None,
+        latent_dim: int = 16,
+        hidden_dim: int = 64,
+        control_dim: int = 0,
+        static_dim: int = 0,
+        target_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim)
+        self.input_dim, self.latent_dim, self.hidden_dim = input_dim, latent_dim, hidden_dim
+        self._covariate_inputs(static_dim, target_dim, control_dim)
+        self.evolution_config = EvolutionConfig.coerce(evolution).resolve(
+            hidden_dim=hidden_dim, vector_field=self.vector_field
+        )
 
 
 def check_positive(**kwargs: float) -> None:

@@ -105,6 +105,13 @@ class Evolution(nn.Module):
         *,
         max_steps: int | None = None,
         carry: StepCarry | None = None,
+    ) -> Tensor:
+        """Checks the call (shapes, times, control) once for every kind, then :meth:`_evolve` does the kind's work."""
+        t, t_mask = self._check(h0, t, t_mask)
+        return self._evolve(h0, t, t_mask, self._control(control), max_steps, carry)
+
+    def _evolve(
+        self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, max_steps: int | None, carry: StepCarry | None
     ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -198,18 +205,9 @@ class ODEEvolution(Evolution):
         self.last_stats: SolverStats | None = None
         self._solver_options = (config, config.solver_options())  # (the config it was built from, options)
 
-    def forward(
-        self,
-        h0: Tensor,
-        t: Tensor,
-        t_mask: Tensor | None = None,
-        control=None,
-        *,
-        max_steps: int | None = None,
-        carry: StepCarry | None = None,
+    def _evolve(
+        self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, max_steps: int | None, carry: StepCarry | None
     ) -> Tensor:
-        t, t_mask = self._check(h0, t, t_mask)
-        control = self._control(control)
         if h0.dim() > 2:  # leading sample dims: one solve over all of them, each row's grid repeated
             lead, (B, H) = h0.shape[:-2], h0.shape[-2:]
             n = math.prod(lead)
@@ -272,13 +270,8 @@ class ODEEvolution(Evolution):
                 controlled_field(self.field, piece_control),
                 h,
                 grid,
-                method=c.method,
-                rtol=c.rtol,
-                atol=c.atol,
-                step_size=c.step_size,
+                self._solver_options[1],
                 t_mask=mask,
-                adjoint=c.adjoint,
-                adjoint_mode=c.adjoint_mode,
                 max_steps=max_steps,
                 adjoint_params=list(self.field.parameters()) if c.adjoint else None,
             )
@@ -329,19 +322,10 @@ class FlowEvolution(Evolution):
         self.kind = config.kind
         self.flow = flow
 
-    def forward(
-        self,
-        h0: Tensor,
-        t: Tensor,
-        t_mask: Tensor | None = None,
-        control=None,
-        *,
-        max_steps: int | None = None,
-        carry: StepCarry | None = None,
+    def _evolve(
+        self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, max_steps: int | None, carry: StepCarry | None
     ) -> Tensor:
         """``max_steps`` and ``carry`` are accepted for the common interface; a flow has no solver."""
-        t, t_mask = self._check(h0, t, t_mask)
-        control = self._control(control)
         B, T = h0.shape[-2], t.shape[-1]
         if t.dim() == 1:
             t = t.unsqueeze(0)  # [1, T], broadcast over the batch below

@@ -42,10 +42,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ts_neuralode.core.signatures import keyword_options
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import (
@@ -130,12 +133,31 @@ class Flow(nn.Module):
 
 
 class ResidualFlowLayer(Flow):
-    """``F(t, x) = x + φ(t) ⊙ g(t, x)`` with ``Lip_x(g) < 1``; subclasses define :meth:`residual` (``g``)."""
+    """``F(t, x) = x + φ(t) ⊙ g(t, x)`` with ``Lip_x(g) < 1``; subclasses define :meth:`residual` (``g``) and
+    ``build(dim, spectral, **net_options) -> width``, which makes its networks (see ``__init__``)."""
 
-    def __init__(self, dim: int, time_embedding: str, time_embedding_features: int) -> None:
+    build: Callable[..., int]
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        time_embedding: str = _D.time_embedding,
+        time_embedding_features: int = _D.time_embedding_features,
+        time_input_features: int = _D.time_input_features,
+        coeff: float = _D.coeff,
+        n_power_iterations: int = 3,
+        **net_options: Any,
+    ) -> None:
+        """The options every residual layer takes; ``net_options`` (a subclass's own) go to its :meth:`build`, which
+        makes ``g``'s networks (spectrally normalised with ``coeff`` and ``n_power_iterations``) and returns the
+        width of the pre-activations a :class:`TimeInput` of ``time_input_features`` features adds to."""
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.embedding = make_time_embedding(time_embedding, dim, num_features=time_embedding_features)
+        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
+        width = self.build(dim, {"coeff": coeff, "n_power_iterations": n_power_iterations}, **net_options)
+        self.time_input = TimeInput(k, width) if k else None
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -177,7 +199,8 @@ class ResidualFlowLayer(Flow):
 
 
 class ResNetFlowLayer(ResidualFlowLayer):
-    """ResNet flow layer; ``g`` = spectral-normalised MLP ``[x, t] -> hidden_dim × num_layers -> D``."""
+    """ResNet flow layer; ``g`` = spectral-normalised MLP ``[x, t] -> hidden_dim × num_layers -> D`` (the other
+    options: :class:`ResidualFlowLayer`'s)."""
 
     def __init__(
         self,
@@ -186,25 +209,16 @@ class ResNetFlowLayer(ResidualFlowLayer):
         hidden_dim: int = 64,
         num_layers: int = _D.num_layers,
         activation: str = _D.activation,
-        time_embedding: str = _D.time_embedding,
-        time_embedding_features: int = _D.time_embedding_features,
-        time_input_features: int = _D.time_input_features,
-        coeff: float = _D.coeff,
-        n_power_iterations: int = 3,
+        **residual_options: Any,
     ) -> None:
-        super().__init__(dim, time_embedding, time_embedding_features)
+        super().__init__(dim, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **residual_options)
+
+    def build(self, dim: int, spectral: dict[str, Any], *, hidden_dim: int, num_layers: int, activation: str) -> int:
         self.net = spectral_mlp(
-            dim + 1,
-            dim,
-            check_positive_int(hidden_dim, "hidden_dim"),
-            num_layers,
-            activation,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
+            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation, **spectral
         )
-        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
         # added to the first layer's pre-activations (hidden_dim wide; dim when the net is one linear map)
-        self.time_input = TimeInput(k, self.net[0].out_features) if k else None
+        return self.net[0].out_features
 
     def residual(self, t: Tensor, x: Tensor) -> Tensor:
         inp = torch.cat([x, expand_time(t, x)], dim=-1)
@@ -217,26 +231,13 @@ class ResNetFlowLayer(ResidualFlowLayer):
 
 
 class GRUFlowLayer(ResidualFlowLayer):
-    """GRU flow layer (see the module docstring); gates act on ``[h, t]``."""
+    """GRU flow layer (see the module docstring); gates act on ``[h, t]`` (options: :class:`ResidualFlowLayer`'s)."""
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        time_embedding: str = _D.time_embedding,
-        time_embedding_features: int = _D.time_embedding_features,
-        time_input_features: int = _D.time_input_features,
-        coeff: float = _D.coeff,
-        n_power_iterations: int = 3,
-    ) -> None:
-        super().__init__(dim, time_embedding, time_embedding_features)
-        kw = dict(coeff=coeff, n_power_iterations=n_power_iterations)
-        self.lin_z = SpectralNormLinear(dim + 1, dim, **kw)
-        self.lin_r = SpectralNormLinear(dim + 1, dim, **kw)
-        self.lin_c = SpectralNormLinear(dim + 1, dim, **kw)
-        k = check_positive_int(time_input_features, "time_input_features", minimum=0)
-        # one unconstrained time term per gate pre-activation (z, r, c)
-        self.time_input = TimeInput(k, 3 * dim) if k else None
+    def build(self, dim: int, spectral: dict[str, Any]) -> int:
+        self.lin_z = SpectralNormLinear(dim + 1, dim, **spectral)
+        self.lin_r = SpectralNormLinear(dim + 1, dim, **spectral)
+        self.lin_c = SpectralNormLinear(dim + 1, dim, **spectral)
+        return 3 * dim  # one unconstrained time term per gate pre-activation (z, r, c)
 
     def residual(self, t: Tensor, h: Tensor) -> Tensor:
         tz = tr = tc = 0.0
@@ -332,31 +333,52 @@ class FlowStack(Flow):
         return all(layer.guaranteed_invertible for layer in self.layers)
 
 
-class ResNetFlow(FlowStack):
+class LayerStack(FlowStack):
+    """``flow_layers`` layers of the class's ``layer``, each built with ``layer_kwargs`` (and its
+    :meth:`layer_options`)."""
+
+    layer: type[Flow]
+
+    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs: Any) -> None:
+        check_positive_int(flow_layers, "flow_layers")
+        super().__init__([self.layer(dim, **self.layer_options(i), **layer_kwargs) for i in range(flow_layers)])
+
+    @staticmethod
+    def layer_options(i: int) -> dict[str, Any]:
+        """Options of layer ``i`` of its own (none by default)."""
+        return {}
+
+
+class ResNetFlow(LayerStack):
     """Stack of ``flow_layers`` :class:`ResNetFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([ResNetFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+    layer = ResNetFlowLayer
 
 
-class GRUFlow(FlowStack):
+class GRUFlow(LayerStack):
     """Stack of ``flow_layers`` :class:`GRUFlowLayer`s."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([GRUFlowLayer(dim, **layer_kwargs) for _ in range(flow_layers)])
+    layer = GRUFlowLayer
 
 
-class CouplingFlow(FlowStack):
-    """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits."""
+class CouplingFlow(LayerStack):
+    """Stack of ``flow_layers`` :class:`CouplingFlowLayer`s with alternating splits (layer ``i`` has parity ``i``)."""
 
-    def __init__(self, dim: int, *, flow_layers: int = _D.flow_layers, **layer_kwargs) -> None:
-        check_positive_int(flow_layers, "flow_layers")
-        super().__init__([CouplingFlowLayer(dim, parity=i, **layer_kwargs) for i in range(flow_layers)])
+    layer = CouplingFlowLayer
+
+    @staticmethod
+    def layer_options(i: int) -> dict[str, Any]:
+        return {"parity": i}
 
 
-FLOWS: dict[str, type[FlowStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRUFlow, "coupling_flow": CouplingFlow}
+FLOWS: dict[str, type[LayerStack]] = {"resnet_flow": ResNetFlow, "gru_flow": GRUFlow, "coupling_flow": CouplingFlow}
+
+#: the keyword options of the flow layers (what :func:`make_flow` passes on to the kind's layers that take them)
+LAYER_OPTIONS = tuple(
+    dict.fromkeys(
+        name for stack in FLOWS.values() for name in keyword_options(stack.layer) if name not in ("dim", "parity")
+    )
+)
 
 
 def make_flow(
@@ -364,62 +386,44 @@ def make_flow(
     dim: int,
     *,
     flow_layers: int = _D.flow_layers,
-    hidden_dim: int = 64,
-    num_layers: int = _D.num_layers,
-    activation: str = _D.activation,
-    time_embedding: str = _D.time_embedding,
-    time_embedding_features: int = _D.time_embedding_features,
-    time_input_features: int = _D.time_input_features,
     rotation_pairs: int = _D.rotation_pairs,
-    coeff: float = _D.coeff,
-    n_power_iterations: int = 3,
+    **layer_options: Any,
 ) -> FlowStack:
-    """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``).
+    """Build a flow stack by kind (``resnet_flow``, ``gru_flow``, ``coupling_flow``) of ``flow_layers`` layers.
 
-    Options that a kind has no use for are ignored (the GRU flow's gates are single linear maps, so it
-    ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff`` and
-    ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind. ``rotation_pairs``
-    P > 0 puts a :class:`~ts_neuralode.models.rotation_flow.RotationFlowLayer` (P channel pairs rotated at
-    state-dependent frequencies) first in the stack of any kind.
+    ``layer_options`` are the layers' keyword options (``hidden_dim``, ``num_layers``, ``activation``,
+    ``time_embedding``, ``time_embedding_features``, ``time_input_features``, ``coeff``, ``n_power_iterations``:
+    declared once, with their defaults, by :class:`ResNetFlowLayer`, :class:`GRUFlowLayer` and
+    :class:`CouplingFlowLayer`). Options that a kind has no use for are ignored (the GRU flow's gates are single
+    linear maps, so it ignores ``hidden_dim``/``num_layers``/``activation``; only the residual flows use ``coeff``
+    and ``time_input_features``, see :class:`TimeInput`), so one set of options serves every kind.
+    ``rotation_pairs`` P > 0 puts a :class:`~ts_neuralode.models.rotation_flow.RotationFlowLayer` (P channel pairs
+    rotated at state-dependent frequencies, its network ``hidden_dim`` wide and ``num_layers`` deep) first in the
+    stack of any kind.
     """
     check_choice(kind, "flow kind", FLOWS)
     check_positive_int(dim, "dim")
-    check_positive_int(hidden_dim, "hidden_dim")
-    check_positive_int(num_layers, "num_layers", minimum=0)
-    make_activation(activation, lipschitz=kind == "resnet_flow")  # validates early with a clear error
+    unknown = sorted(set(layer_options) - set(LAYER_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"make_flow() got unexpected keyword argument(s) {unknown}; flow options: {list(LAYER_OPTIONS)}"
+        )
+    if "hidden_dim" in layer_options:
+        check_positive_int(layer_options["hidden_dim"], "hidden_dim")
+    if "num_layers" in layer_options:
+        check_positive_int(layer_options["num_layers"], "num_layers", minimum=0)
+    if "activation" in layer_options:  # validates early with a clear error
+        make_activation(layer_options["activation"], lipschitz=kind == "resnet_flow")
+    coeff = layer_options.get("coeff", _D.coeff)
     if not (isinstance(coeff, (int, float)) and 0 < coeff < 1):
         raise ConfigError(f"coeff={coeff!r} is invalid; the spectral bound must lie in (0, 1), e.g. 0.9")
-    common = dict(time_embedding=time_embedding, time_embedding_features=time_embedding_features)
-    stack: FlowStack
-    if kind == "resnet_flow":
-        stack = ResNetFlow(
-            dim,
-            flow_layers=flow_layers,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            activation=activation,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
-            time_input_features=time_input_features,
-            **common,
-        )
-    elif kind == "gru_flow":
-        stack = GRUFlow(
-            dim,
-            flow_layers=flow_layers,
-            coeff=coeff,
-            n_power_iterations=n_power_iterations,
-            time_input_features=time_input_features,
-            **common,
-        )
-    else:
-        stack = CouplingFlow(
-            dim, flow_layers=flow_layers, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **common
-        )
+    stack = FLOWS[kind]
+    accepted = keyword_options(stack.layer)
+    flow = stack(dim, flow_layers=flow_layers, **{k: v for k, v in layer_options.items() if k in accepted})
     if check_positive_int(rotation_pairs, "rotation_pairs", minimum=0):
-        rotation = RotationFlowLayer(dim, rotation_pairs, hidden_dim=hidden_dim, num_layers=num_layers)
-        stack.layers.insert(0, rotation)
-    return stack
+        net = {k: layer_options[k] for k in ("hidden_dim", "num_layers") if k in layer_options}
+        flow.layers.insert(0, RotationFlowLayer(dim, rotation_pairs, **net))
+    return flow
 
 
 __all__ = [
@@ -432,6 +436,7 @@ __all__ = [
     "GRUFlowLayer",
     "CouplingFlowLayer",
     "FlowStack",
+    "LayerStack",
     "ResNetFlow",
     "GRUFlow",
     "CouplingFlow",

@@ -11,12 +11,12 @@ channels, into a GRU cell. Loss (per known value) = pre-jump Gaussian NLL
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ts_neuralode.models.base import Grid, check_positive
-from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import mlp
 from ts_neuralode.models.recurrent import FilteringModel
 
@@ -41,46 +41,22 @@ class GRUBayesUpdate(nn.Module):
 class GRUODE(FilteringModel):
     """GRU-ODE-Bayes forecaster (evolution kind ``"ode"``: continuous GRU field by default; ``"gru_flow"``: GRU flow).
 
-    Args as :class:`~ts_neuralode.models.ode_rnn.ODERNN`, plus ``prep_dim`` (per-channel jump features),
-    ``obs_std`` (std of the KL target N(x, obs_std²)), ``kl_weight`` (1e-4 as in the paper) and ``control_dim``
-    (known-future covariates: the GRU gates also read ``u(t)``), ``static_dim`` and ``target_dim`` (as ODE-RNN's).
+    Options as :class:`~ts_neuralode.models.ode_rnn.ODERNN` (those of ``FilteringModel`` and ``NeuralModel``; with
+    ``control_dim`` the GRU gates also read ``u(t)``), plus its own: ``prep_dim`` (per-channel jump features),
+    ``obs_std`` (std of the KL target N(x, obs_std²)) and ``kl_weight`` (1e-4 as in the paper).
     """
 
-    def __init__(
-        self,
-        input_dim: int = 1,
-        evolution: EvolutionConfig | str | None = None,
-        latent_dim: int = 16,
-        hidden_dim: int = 64,
-        loss: str = "nll",
-        min_std: float = 1e-3,
-        prep_dim: int = 8,
-        obs_std: float = 0.01,
-        kl_weight: float = 1e-4,
-        control_dim: int = 0,
-        static_dim: int = 0,
-        target_dim: int | None = None,
-    ) -> None:
-        super().__init__(loss=loss, min_std=min_std)
-        check_positive(
-            input_dim=input_dim,
-            latent_dim=latent_dim,
-            hidden_dim=hidden_dim,
-            prep_dim=prep_dim,
-            obs_std=obs_std,
-            min_std=min_std,
-        )
-        self.input_dim = input_dim
+    #: the continuous GRU dynamics between observations, unless the evolution's config names another field
+    vector_field = "gru"
+
+    def __init__(self, prep_dim: int = 8, obs_std: float = 0.01, kl_weight: float = 1e-4, **options: Any) -> None:
+        super().__init__(**options)
+        check_positive(prep_dim=prep_dim, obs_std=obs_std)
         self.obs_std = float(obs_std)
         self.kl_weight = float(kl_weight)
-        # the evolution's field defaults to the continuous GRU dynamics (``vector_field="gru"``)
-        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="gru")
-        self._covariate_inputs(static_dim, target_dim, control_dim)
-        self.h0 = nn.Parameter(torch.zeros(latent_dim))
-        self.static_proj = nn.Linear(static_dim, latent_dim) if static_dim else None
-        self.evolution = config.build(latent_dim, self.control_dim)
-        self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1, activation="relu")
-        self.jump = GRUBayesUpdate(input_dim, latent_dim, prep_dim)
+        self.evolution = self.evolution_config.build(self.latent_dim, self.control_dim)
+        self.head = mlp(self.latent_dim, 2 * self.input_dim, self.hidden_dim, num_layers=1, activation="relu")
+        self.jump = GRUBayesUpdate(self.input_dim, self.latent_dim, prep_dim)
 
     def _params(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mean, logvar = self.head(h).chunk(2, dim=-1)

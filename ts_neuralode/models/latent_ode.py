@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +51,8 @@ from torch.nn import functional as F
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError, check_choice
-from ts_neuralode.models.base import Forecast, ForecastModel, Grid, check_positive, gather_queries
+from ts_neuralode.models.base import Forecast, ForecastModel, Grid, NeuralModel, check_positive, gather_queries
 from ts_neuralode.models.evolution import StepCarry
-from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import mlp, shares_spectral_weights
 from ts_neuralode.models.recurrent import GRUUpdate, flip_grid, recurrent_pass
 
@@ -123,10 +123,11 @@ def compact_positions(keep: Tensor, K: int | None = None, descending: bool = Fal
     return idx, valid
 
 
-class LatentODE(ForecastModel):
+class LatentODE(NeuralModel):
     """Latent ODE / latent neural flow encoder-decoder (see module docstring).
 
-    Args:
+    Args (its own, and those of :class:`~ts_neuralode.models.base.NeuralModel`: ``input_dim``, ``evolution``,
+    ``latent_dim``, ``hidden_dim``, ``control_dim``, ``static_dim``, ``target_dim``, as it reads them):
         input_dim: channels D.
         evolution: the decoder's :class:`EvolutionConfig` (or its kind: "ode", "resnet_flow", "gru_flow",
             "coupling_flow"); the encoder's is the same but for ``encoder_evolution``/``encoder_method``.
@@ -154,10 +155,6 @@ class LatentODE(ForecastModel):
 
     def __init__(
         self,
-        input_dim: int = 1,
-        evolution: EvolutionConfig | str | None = None,
-        latent_dim: int = 16,
-        hidden_dim: int = 64,
         encoder_dim: int | None = None,
         encoder_evolution: str = "ode",
         encoder_method: str = "euler",
@@ -168,19 +165,10 @@ class LatentODE(ForecastModel):
         posterior_std_init: float = math.log(2.0),
         anchor: str = "first",
         score_context: bool = True,
-        control_dim: int = 0,
-        static_dim: int = 0,
-        target_dim: int | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__()
-        check_positive(
-            input_dim=input_dim,
-            latent_dim=latent_dim,
-            hidden_dim=hidden_dim,
-            obs_std=obs_std,
-            iwae_samples=iwae_samples,
-            posterior_std_init=posterior_std_init,
-        )
+        super().__init__(**options)
+        check_positive(obs_std=obs_std, iwae_samples=iwae_samples, posterior_std_init=posterior_std_init)
         if kl_warmup_epochs < 0:
             raise ConfigError(f"kl_warmup_epochs={kl_warmup_epochs} must be >= 0")
         check_choice(objective, "objective", OBJECTIVES)
@@ -190,23 +178,20 @@ class LatentODE(ForecastModel):
         self.objective = objective
         # q(z0) std = softplus(raw + shift) + 1e-4: ``posterior_std_init`` where the network outputs raw = 0
         self.std_shift = math.log(math.expm1(float(posterior_std_init)))
-        self.input_dim = input_dim
-        self._covariate_inputs(static_dim, target_dim, control_dim)
-        self.latent_dim = latent_dim
         self.obs_std = float(obs_std)
         self.iwae_samples = int(iwae_samples)
         self.kl_warmup_epochs = int(kl_warmup_epochs)
         self.kl_weight = 0.0 if kl_warmup_epochs > 0 else 1.0
+        latent_dim, config = self.latent_dim, self.evolution_config
         enc_dim = encoder_dim or 2 * latent_dim
-        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
         enc_kind = config.kind if encoder_evolution == "same" else encoder_evolution
         enc_config = replace(
             config, kind=enc_kind, method=encoder_method, step_size=None, adjoint=False, vector_field="mlp"
         )
-        self.encoder = RecurrentEncoder(input_dim, enc_dim, enc_config.build(enc_dim, self.control_dim))
-        self.to_z0 = mlp(enc_dim + self.static_dim, 2 * latent_dim, hidden_dim, num_layers=1)
+        self.encoder = RecurrentEncoder(self.input_dim, enc_dim, enc_config.build(enc_dim, self.control_dim))
+        self.to_z0 = mlp(enc_dim + self.static_dim, 2 * latent_dim, self.hidden_dim, num_layers=1)
         self.evolution = config.build(latent_dim, self.control_dim)
-        self.decoder = nn.Linear(latent_dim, input_dim)
+        self.decoder = nn.Linear(latent_dim, self.input_dim)
 
     def zero_mean_output(self) -> None:
         """The decoder (latent state -> mean) set to 0."""

@@ -8,12 +8,11 @@ last observation are reached from the last update with one evolution call.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import Any
+
+from torch import Tensor
 from torch.nn import functional as F
 
-from ts_neuralode.models.base import check_positive
-from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.nets import mlp
 from ts_neuralode.models.recurrent import FilteringModel, GRUUpdate
 
@@ -21,37 +20,18 @@ from ts_neuralode.models.recurrent import FilteringModel, GRUUpdate
 class ODERNN(FilteringModel):
     """ODE-RNN / flow-RNN forecaster with a Gaussian output.
 
-    Args:
-        input_dim: channels D.  evolution: an :class:`EvolutionConfig` (or just its kind, "ode" or a flow).
-        latent_dim: state size H.  hidden_dim: width of the read-out (and of the evolution's nets unless its
-        config sets ``hidden_dim``).  loss: "nll" (Gaussian, learned std) or "mse".  min_std: std floor.
-        control_dim: channels of the known-future covariates driving the evolution (0: none).  static_dim: width of
-        the encoded static covariates added (linearly) to the initial state.  target_dim: the first channels are
-        targets, the rest past-only covariates (read, never scored; None: all channels are targets).
+    Options: those of :class:`~ts_neuralode.models.recurrent.FilteringModel` (``loss``: "nll", Gaussian with a
+    learned std, or "mse"; ``min_std``: std floor) and of :class:`~ts_neuralode.models.base.NeuralModel`
+    (``input_dim``, ``evolution``, ``latent_dim``, ``hidden_dim``: width of the read-out and of the evolution's nets
+    unless its config sets ``hidden_dim``, ``control_dim``, ``static_dim``: added linearly to the initial state,
+    ``target_dim``).
     """
 
-    def __init__(
-        self,
-        input_dim: int = 1,
-        evolution: EvolutionConfig | str | None = None,
-        latent_dim: int = 16,
-        hidden_dim: int = 64,
-        loss: str = "nll",
-        min_std: float = 1e-3,
-        control_dim: int = 0,
-        static_dim: int = 0,
-        target_dim: int | None = None,
-    ) -> None:
-        super().__init__(loss=loss, min_std=min_std)
-        check_positive(input_dim=input_dim, latent_dim=latent_dim, hidden_dim=hidden_dim, min_std=min_std)
-        self.input_dim = input_dim
-        config = EvolutionConfig.coerce(evolution).resolve(hidden_dim=hidden_dim, vector_field="mlp")
-        self._covariate_inputs(static_dim, target_dim, control_dim)
-        self.h0 = nn.Parameter(torch.zeros(latent_dim))
-        self.static_proj = nn.Linear(static_dim, latent_dim) if static_dim else None
-        self.cell = GRUUpdate(input_dim, latent_dim)
-        self.evolution = config.build(latent_dim, self.control_dim)
-        self.head = mlp(latent_dim, 2 * input_dim, hidden_dim, num_layers=1)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.cell = GRUUpdate(self.input_dim, self.latent_dim)
+        self.evolution = self.evolution_config.build(self.latent_dim, self.control_dim)
+        self.head = mlp(self.latent_dim, 2 * self.input_dim, self.hidden_dim, num_layers=1)
 
     def readout(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mean, raw = self.head(h).chunk(2, dim=-1)

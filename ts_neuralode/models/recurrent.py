@@ -10,6 +10,7 @@ point: extrapolation horizons cost one solve, however many query times they hold
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,8 @@ from ts_neuralode.data.batch import Batch
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.base import (
     Forecast,
-    ForecastModel,
     Grid,
+    NeuralModel,
     check_positive,
     gather_queries,
     gaussian_nll,
@@ -130,23 +131,27 @@ def flip_grid(times: Tensor, valid: Tensor, x: Tensor, m: Tensor) -> tuple[Tenso
     return times.flip(-1), valid.flip(-1), x.flip(1), m.flip(1)
 
 
-class FilteringModel(ForecastModel):
+class FilteringModel(NeuralModel):
     """Base of the filtering models (ODE-RNN, GRU-ODE-Bayes): a state evolved between observations,
     updated at each, and read out as a Gaussian *before* the update at every grid time (so a prediction
     at an observed time never sees that observation).
 
-    Subclasses build ``self.evolution``, ``self.h0`` ([H] parameter) and implement ``readout`` and
-    ``update``; ``extra_loss`` adds terms that need the post-update states.
+    Options: ``loss``, ``min_std`` (the std floor) and those of :class:`~ts_neuralode.models.base.NeuralModel`. It
+    builds ``self.h0`` ([H] parameter) and ``self.static_proj``; subclasses build ``self.evolution`` and ``self.head``
+    and implement ``readout`` and ``update``; ``extra_loss`` adds terms that need the post-update states.
     Loss: masked Gaussian NLL (``loss="nll"``) or MSE (``loss="mse"``) of the pre-update predictions at
     every known value (observed or target), divided by their number.
     """
 
-    def __init__(self, loss: str = "nll", min_std: float = 1e-3) -> None:
-        super().__init__()
+    def __init__(self, loss: str = "nll", min_std: float = 1e-3, **options: Any) -> None:
+        super().__init__(**options)
         if loss not in ("nll", "mse"):
             raise ConfigError(f"loss={loss!r} is not supported; pass loss='nll' or loss='mse'")
+        check_positive(min_std=min_std)
         self.loss_kind = loss
         self.min_std = float(min_std)
+        self.h0 = nn.Parameter(torch.zeros(self.latent_dim))
+        self.static_proj = nn.Linear(self.static_dim, self.latent_dim) if self.static_dim else None
 
     def zero_mean_output(self) -> None:
         """The mean half of the read-out (``head``'s last layer: ``[mean, std]`` outputs) set to 0."""

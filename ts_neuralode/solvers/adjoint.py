@@ -31,6 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from .controller import PIController, error_ratio, initial_step
 from .core import run_solver
+from .errors import SolverError
 from .failures import _fail
 from .records import SolverOptions, StepCheckpoint
 from .rk_step import rk_step
@@ -234,6 +235,12 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
     aug = AdjointDynamics(spec.f, params, B, D, dtype, dev)
     cotangents = OutputCotangents(g, tq, BD)
 
+    def failure(what: str, hint: str, **facts) -> SolverError:
+        """The backward's failure: every sample stops at the current ``pos`` (one batch-joint step)."""
+        everyone = torch.ones(B, dtype=torch.bool, device=dev)
+        at = torch.full((B,), -pos, dtype=dtype, device=dev)
+        return _fail(tab, f"adjoint backward: {what}", everyone, at, spec.sign, hint, **facts)
+
     def set_mask(tau_mid: float):
         if not shared:
             aug.mask = ((tau_mid > t0_b) & (tau_mid < tend_b)).to(dtype).unsqueeze(1)
@@ -273,12 +280,8 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             r = 0.0
         accept = r <= 1.0
         if n_acc + n_rej >= max_steps:
-            raise _fail(
-                tab,
-                f"adjoint backward: max_steps={max_steps} exceeded",
-                torch.ones(B, dtype=torch.bool, device=dev),
-                torch.full((B,), -pos, dtype=dtype, device=dev),
-                spec.sign,
+            raise failure(
+                f"max_steps={max_steps} exceeded",
                 "raise max_steps or loosen rtol/atol; adjoint_mode='interpolate' follows the forward's steps",
                 max_steps=max_steps,
             )
@@ -307,14 +310,7 @@ def _backward_backsolve(spec: _Spec, g: Tensor):
             dt = dt_use * fac
             if dt < 10 * eps * span:
                 what = "non-finite adjoint state" if not math.isfinite(r) else "step size underflow"
-                raise _fail(
-                    tab,
-                    f"adjoint backward: {what}",
-                    torch.ones(B, dtype=torch.bool, device=dev),
-                    torch.full((B,), -pos, dtype=dtype, device=dev),
-                    spec.sign,
-                    "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)",
-                )
+                raise failure(what, "loosen rtol/atol or use adjoint_mode='interpolate' (no re-integration of y)")
     gy0 = z[0, BD : 2 * BD].view(B, D).clone()
     pg, off = [], 2 * BD
     for p, n in zip(params, sizes, strict=True):

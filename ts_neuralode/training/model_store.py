@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ts_neuralode import __version__
-from ts_neuralode.core.atomic import atomic_write_dir, interrupted_backup
+from ts_neuralode.core.atomic import atomic_write_dir, interrupted_backup, load_json
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.training.module import ForecastingModule
@@ -271,16 +271,14 @@ def as_transform(tstate: Any):
     if isinstance(tstate, SeriesTransform):
         return tstate
     if isinstance(tstate, (str, os.PathLike)):
-        p = Path(tstate)
-        if p.is_dir():
-            p = p / CONFIG
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError) as err:
-            raise ForecastError(
+        _, data = load_json(
+            tstate,
+            CONFIG,
+            lambda p, err: ForecastError(
                 f"transform {p} (--transform / transform=): cannot read it ({err}); pass the model "
                 "directory the fit wrote, or its config.json"
-            ) from err
+            ),
+        )
         tstate = data.get("transform", data)
     try:
         return SeriesTransform.from_state_dict(tstate)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,60 +29,62 @@ from ts_neuralode.training.module import ForecastingModule
 PROG = "ts-neuralode"
 
 
+@dataclass(frozen=True)
+class TrackingOptions:
+    """MLflow: where and under which names a run is recorded.
+
+    Args:
+        tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)
+        experiment_name: MLflow experiment of a new run
+        run_name: MLflow name of a new run (default: the command's)
+        tracking: record the run in MLflow (false: nothing)
+    """
+
+    tracking_uri: str | None = None
+    experiment_name: str = "ts_neuralode"
+    run_name: str | None = None
+    tracking: bool = True
+
+
+@dataclass(frozen=True)
+class FitOutputs:
+    """Where a fit keeps what it makes.
+
+    Args:
+        artifact_location: where a new MLflow experiment keeps artifacts (default: the store's own, ./mlruns for a
+            sqlite file)
+        checkpoint_dir: checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints
+        model_dir: fit: also write the reloadable model directory here (default <checkpoint_dir>/model)
+        log_model: fit: log the model directory and forecast plots to MLflow
+        register_as: fit: also register the logged MLflow model under this name
+    """
+
+    artifact_location: str | None = None
+    checkpoint_dir: str | None = None
+    model_dir: str | None = None
+    log_model: bool = True
+    register_as: str | None = None
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    """Resuming a fit (``Trainer.fit``'s options; LightningCLI adds them to its own ``fit`` subcommand).
+
+    Args:
+        ckpt_path: resume from this checkpoint: a .ckpt path, or 'last' (<checkpoint_dir>/last.ckpt)
+        weights_only: load --ckpt_path with torch.load(weights_only=...) (default true)
+    """
+
+    ckpt_path: str | None = None
+    weights_only: bool | None = None
+
+
 def add_project_options(parser, fit: bool = False) -> None:
-    """The options every Lightning subcommand shares besides ``--model.*``, ``--data.*``, ``--trainer.*`` (MLflow,
-    the checkpoint and model directories) and the links from the fitted data module to the model; ``fit``: also
-    ``Trainer.fit``'s ``--ckpt_path`` and ``--weights_only`` (LightningCLI adds them to its own ``fit``
-    subcommand)."""
-    parser.add_argument(
-        "--tracking_uri",
-        type=str | None,
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    parser.add_argument("--experiment_name", type=str, default="ts_neuralode", help="MLflow experiment")
-    parser.add_argument("--run_name", type=str | None, default=None, help="MLflow run name")
-    parser.add_argument(
-        "--artifact_location",
-        type=str | None,
-        default=None,
-        help="where a new MLflow experiment keeps artifacts (default: the store's own, ./mlruns for a sqlite file)",
-    )
-    parser.add_argument("--tracking", type=bool, default=True, help="record the run in MLflow")
-    parser.add_argument(
-        "--checkpoint_dir",
-        type=str | None,
-        default=None,
-        help="checkpoints (+ mlflow_run.json); default <trainer.default_root_dir>/checkpoints",
-    )
-    parser.add_argument(
-        "--model_dir",
-        type=str | None,
-        default=None,
-        help="fit: also write the reloadable model directory here (default <checkpoint_dir>/model)",
-    )
-    parser.add_argument(
-        "--log_model", type=bool, default=True, help="fit: log the model directory and forecast plots to MLflow"
-    )
-    parser.add_argument(
-        "--register_as",
-        type=str | None,
-        default=None,
-        help="fit: also register the logged MLflow model under this name",
-    )
-    if fit:
-        parser.add_argument(
-            "--ckpt_path",
-            type=str | None,
-            default=None,
-            help="resume from this checkpoint: a .ckpt path, or 'last' (<checkpoint_dir>/last.ckpt)",
-        )
-        parser.add_argument(
-            "--weights_only",
-            type=bool | None,
-            default=None,
-            help="load --ckpt_path with torch.load(weights_only=...) (default true)",
-        )
+    """The options every Lightning subcommand shares besides ``--model.*``, ``--data.*``, ``--trainer.*``
+    (:class:`TrackingOptions`, :class:`FitOutputs`) and the links from the fitted data module to the model; ``fit``:
+    also :class:`ResumeOptions`."""
+    for options in (TrackingOptions, FitOutputs, ResumeOptions) if fit else (TrackingOptions, FitOutputs):
+        parser.add_class_arguments(options, None, instantiate=False)
     parser.link_arguments("data.num_channels", "model.input_dim", apply_on="instantiate")
     # --data.season (a duration) reaches the seasonal baseline in model time units
     parser.link_arguments("data.season_period", "model.season_period", apply_on="instantiate")
@@ -189,6 +192,9 @@ __all__ = [
     "check_option_spelling",
     "check_model_options",
     "add_project_options",
+    "TrackingOptions",
+    "FitOutputs",
+    "ResumeOptions",
     "fit_options",
     "merge_options",
 ]
