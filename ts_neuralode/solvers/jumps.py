@@ -178,6 +178,8 @@ def _solve_jumps(
     t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
     f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
+    # (a first segment of length 0 counts as carried: its zero-length step must leave the step size as it was)
+    carried = (seg_t[:, 0] <= t0) | isinstance(first_step, Tensor)
     controller = PIController.for_tableau(tab)
     prev_term = controller.initial_term(B, dtype, dev)
     n_att = torch.zeros(B, dtype=torch.long, device=dev)
@@ -211,9 +213,9 @@ def _solve_jumps(
             prev_term = controller.after_accept(ratio, accept, prev_term)
             dt_next = dt_use * fac
             reached = landed & accept
-            # a step cut short to land says nothing against the step it was cut from (and a zero-length segment,
-            # two grid times equal, leaves the step as it was)
-            dt_next = torch.maximum(dt_next, torch.where(reached, dt, 0.0))
+            # a step cut short to land says nothing against the step it was cut from (a solve that continues
+            # another: from a row's first jump on, or from the start with first_step given)
+            dt_next = torch.maximum(dt_next, torch.where(reached & carried, dt, 0.0))
             dt = torch.where(active, dt_next, dt)
             n_att += active
             n_acc += accept
@@ -246,6 +248,7 @@ def _solve_jumps(
             k0 = torch.where(jc, func(t_new, y), k0)  # a fresh first stage after the jump (no FSAL across it)
             with torch.no_grad():
                 prev_term = torch.where(jumped, SAFETY, prev_term)
+                carried |= jumped
                 n_jmp += jumped
                 seg_start_att = torch.where(jumped, n_att, seg_start_att)
                 ptr += jc
