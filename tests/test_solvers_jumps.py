@@ -151,3 +151,18 @@ def test_refuses_what_it_cannot_do():
         odeint_jumps(decay, y0, torch.stack([t[0], -t[1]]), jump_at, plus_one, ODEOptions())
     with pytest.raises(ValueError, match="jump_at"):
         odeint_jumps(decay, y0, t, jump_at[:, :2], plus_one, ODEOptions())
+
+
+def test_a_failing_row_raises_one_solver_error():
+    """y' = y² blows up at t = 1/y0: the row that reaches it fails with the solver's one-line error (no hang, no NaN
+    returned); a jump that makes the state NaN fails as non-finite."""
+    t = torch.linspace(0, 2, 5, dtype=torch.float64).unsqueeze(0).expand(2, 5)
+    jump_at = torch.zeros(2, 5, dtype=torch.bool)
+    y0 = torch.tensor([[1.0], [0.1]], dtype=torch.float64)
+    with pytest.raises(SolverError, match="1 of 2 sample"):
+        odeint_jumps(lambda tt, y: y * y, y0, t, jump_at, plus_one, ODEOptions())
+    nan_jump = lambda y, at, pos: torch.full_like(y, math.nan)  # noqa: E731
+    jump_at = torch.zeros(2, 5, dtype=torch.bool)
+    jump_at[0, 2] = True
+    with pytest.raises(SolverError, match="non-finite"):
+        odeint_jumps(decay, torch.ones(2, 1, dtype=torch.float64), t, jump_at, nan_jump, ODEOptions())

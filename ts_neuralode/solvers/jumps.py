@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .controller import SAFETY, PIController, error_ratio
 from .core import _accept, _assemble, _first_step, _flush, _stack_records, _steps_exceeded
-from .failures import _classify_rejections, _raise_failures
+from .failures import _raise_failures
 from .odeint import _normalise_time, _wrap
 from .options import ODEOptions
 from .records import SolverStats, StepRecord
@@ -186,7 +186,9 @@ def _solve_jumps(
     n_acc = torch.zeros_like(n_att)
     n_jmp = torch.zeros_like(n_att)
     seg_start_att = torch.zeros_like(n_att)  # n_att when the row's current segment began (the max_steps bound)
-    tiny = failed = nonfinite = None
+    failed = nonfinite = None  # [B] masks, made at the first failure
+    eps = torch.finfo(dtype).eps
+    tiny = torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps).mul_(10 * eps)  # the smallest allowed step
     active = t < t_end
     inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
     tq_ext = torch.cat([tq, inf_col], 1)
@@ -223,14 +225,23 @@ def _solve_jumps(
             active = t_new < t_end
             jumped = reached.logical_and_(ptr.squeeze(1) < n_jumps)
             covered = t_new >= next_out
-            any_active, any_covered, any_rejected, any_jumped = (
-                torch.stack((active, covered, rejected, jumped)).any(1).tolist()  # the one host sync per step
+            # a rejected step below the smallest allowed one fails its row; tested here, in the one host sync,
+            # because with many rows some row rejects a step in most iterations
+            under = rejected & (dt < tiny)
+            any_active, any_covered, any_rejected, any_jumped, any_under = (
+                torch.stack((active, covered, rejected, jumped, under)).any(1).tolist()  # the one host sync per step
             )
-            if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
-                tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
+            if any_under:  # rare path: the rows stop where they are and fail after the loop
+                nonfinite = (
+                    under & ~torch.isfinite(ratio)
+                    if nonfinite is None
+                    else nonfinite | (under & ~torch.isfinite(ratio))
                 )
-                seg_end = torch.minimum(seg_end, t_end)  # a failed row stands still
+                failed = under if failed is None else failed | under
+                t_end = torch.where(under, t, t_end)
+                seg_end = torch.minimum(seg_end, t_end)
+                active = active & ~under
+                any_active = bool(active.any())
         if any_covered:
             recs.append(StepRecord(t, t_new, dt_use, y, ks))
             cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
