@@ -209,7 +209,7 @@ def main() -> int:
     a, b = first, second
     diff = (facts[a]["mean"] - facts[b]["mean"]).abs()
     if args.compare == "one-solve":
-        title = "## In-process A/B: the filtering pass as one solve with jumps"
+        title = "### In-process A/B: the filtering pass as one solve with jumps"  # a subsection of its dated section
         what = (
             "*intervals*: one solve per observation interval for the whole batch (`recurrent.USE_JUMPS = False`); "
             "*one solve*: the package (`solvers/jumps.py`: every row steps through its own observations)."
@@ -257,10 +257,10 @@ def main() -> int:
     print(text)
     out = Path(args.out)
     page = out.read_text() if out.exists() else ""
-    head = title
-    if head in page:
-        start = page.index(head)
-        nxt = page.find("\n## ", start + 1)
+    at = page.find("\n" + title + "\n")
+    if at >= 0:  # replace the section, up to the next heading of any level
+        start = at + 1
+        nxt = page.find("\n#", start + 1)
         page = page[:start] + text + ("" if nxt < 0 else page[nxt:])
     else:
         page = page.rstrip("\n") + "\n\n" + text
