@@ -188,7 +188,10 @@ def _solve_jumps(
     seg_start_att = torch.zeros_like(n_att)  # n_att when the row's current segment began (the max_steps bound)
     failed = nonfinite = None  # [B] masks, made at the first failure
     eps = torch.finfo(dtype).eps
-    tiny = torch.maximum(t0.abs(), t_end.abs()).clamp_(min=eps).mul_(10 * eps)  # the smallest allowed step
+    # the smallest allowed step of each segment: 10 eps of its times' magnitude (as a solve of that one interval has it)
+    seg_from = torch.cat([t0.unsqueeze(1), seg_t[:, :-1]], 1)
+    seg_tiny = torch.maximum(seg_from.abs(), seg_t.abs()).clamp_(min=eps).mul_(10 * eps)  # [B, K+1]
+    tiny = seg_tiny[:, 0]
     active = t < t_end
     inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
     tq_ext = torch.cat([tq, inf_col], 1)
@@ -264,6 +267,7 @@ def _solve_jumps(
                 seg_start_att = torch.where(jumped, n_att, seg_start_att)
                 ptr += jc
                 seg_end = seg_t.gather(1, ptr).squeeze(1)
+                tiny = seg_tiny.gather(1, ptr).squeeze(1)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
