@@ -151,6 +151,14 @@ def test_refuses_what_it_cannot_do():
         odeint_jumps(decay, y0, torch.stack([t[0], -t[1]]), jump_at, plus_one, ODEOptions())
     with pytest.raises(ValueError, match="jump_at"):
         odeint_jumps(decay, y0, t, jump_at[:, :2], plus_one, ODEOptions())
+    with pytest.raises(ValueError, match="first_step"):
+        odeint_jumps(decay, y0, t, jump_at, plus_one, ODEOptions(), first_step=torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="monotone"):
+        odeint_jumps(decay, y0, t.flip(1)[:, [1, 0, 2, 3]], jump_at, plus_one, ODEOptions())
+    carried = odeint_jumps(decay, y0, t, jump_at, plus_one, ODEOptions(), first_step=torch.full((2,), 0.05).double())
+    torch.testing.assert_close(
+        carried.ys, odeint_jumps(decay, y0, t, jump_at, plus_one, ODEOptions()).ys, rtol=1e-3, atol=1e-4
+    )
 
 
 def test_a_failing_row_raises_one_solver_error():

@@ -90,6 +90,12 @@ def odeint_jumps(
         _check_grid(tq, t_mask)
     if tuple(jump_at.shape) != (B, N):
         raise ValueError(f"jump_at must be a bool tensor [B, N] = [{B}, {N}], got {tuple(jump_at.shape)}")
+    if first_step is not None and (
+        not isinstance(first_step, Tensor)
+        or first_step.shape != (B,)
+        or (check_inputs and not bool(((first_step > 0) & torch.isfinite(first_step)).all()))
+    ):
+        raise ValueError(f"first_step must be None or a [B] = [{B}] tensor of finite steps > 0 (stats.next_dt)")
     at = jump_at.to(device=y0.device, dtype=torch.bool)
     if t_mask is not None:
         at = at & t_mask.to(device=y0.device, dtype=torch.bool)
