@@ -83,6 +83,56 @@ def interval_solves():
         recurrent.USE_JUMPS = True
 
 
+def work_counts(module, batch, ctx) -> dict:
+    """What one training batch (loss + backward) does under ``ctx``, machine-independent: each row's attempted and
+    rejected steps summed over the pass's solves (mean and max over the rows) and the dispatched torch ops forward and
+    backward (a ``TorchDispatchMode`` counts every ATen call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    evo = type(module.model.evolution)
+    stats: list = []
+    forward, solve_jumps = evo.forward, evo.solve_jumps
+
+    def fwd(self, *a, **k):
+        out = forward(self, *a, **k)
+        stats.append(self.last_stats)
+        return out
+
+    def jumps(self, *a, **k):
+        out = solve_jumps(self, *a, **k)
+        if out is not None:
+            stats.append(self.last_stats)
+        return out
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.n += 1
+            return func(*args, **(kwargs or {}))
+
+    evo.forward, evo.solve_jumps = fwd, jumps
+    try:
+        with ctx():
+            with Ops():
+                loss, _ = module.model.loss(batch)
+            n_fwd = Ops.n
+            with Ops():
+                loss.backward()
+            module.zero_grad()
+    finally:
+        evo.forward, evo.solve_jumps = forward, solve_jumps
+    att = sum((s.n_accepted + s.n_rejected).float() for s in stats if s is not None)
+    rej = sum(s.n_rejected.float() for s in stats if s is not None)
+    return dict(
+        att_mean=float(att.mean()),
+        att_max=float(att.max()),
+        rej=float(rej.mean()),
+        ops_fwd=n_fwd,
+        ops_bwd=Ops.n - n_fwd,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n_series", type=int, default=5000)
@@ -181,6 +231,10 @@ def main() -> int:
             facts[name]["calls"] = steps["calls"]
     core.rk_step = jumps.rk_step = rk
     field.forward = field_forward
+    for name, ctx in arms.items():
+        facts[name].update(work_counts(module, tb, ctx))
+    core.rk_step = jumps.rk_step = rk
+    field.forward = field_forward
 
     def train():
         loss, _ = module.model.loss(tb)
@@ -223,7 +277,7 @@ def main() -> int:
 
     def row(label: str, key, fmt: str = ".0f", bold: bool = False) -> str:
         x, y = (med[(a, key)] * 1e3, med[(b, key)] * 1e3) if isinstance(key, str) else key
-        r = f"{y / x:.2f}"
+        r = f"{y / x:.2f}" if x else "–"
         return f"| {label} | {x:{fmt}} | {y:{fmt}} | {'**' + r + '**' if bold else r} |"
 
     lines = [
@@ -246,6 +300,11 @@ def main() -> int:
         row("RK steps of the batch in one pass (validation batch)", (facts[a]["val_steps"], facts[b]["val_steps"])),
         row("batch-level field evaluations, one training forward", (facts[a]["calls"], facts[b]["calls"])),
         row("field evaluations per series in one pass", (facts[a]["nfe"], facts[b]["nfe"])),
+        row("attempted steps per row in one training pass, mean", (facts[a]["att_mean"], facts[b]["att_mean"]), ".1f"),
+        row("attempted steps per row in one training pass, max", (facts[a]["att_max"], facts[b]["att_max"])),
+        row("rejected steps per row in one training pass, mean", (facts[a]["rej"], facts[b]["rej"]), ".1f"),
+        row("dispatched torch ops, training forward", (facts[a]["ops_fwd"], facts[b]["ops_fwd"])),
+        row("dispatched torch ops, its backward", (facts[a]["ops_bwd"], facts[b]["ops_bwd"])),
         f"| validation loss (NLL) of the batch | {facts[a]['loss']:.5f} | {facts[b]['loss']:.5f} | "
         f"diff {abs(facts[b]['loss'] - facts[a]['loss']):.1e} |",
         "",
