@@ -142,6 +142,8 @@ def run_variant(src: Path, csv: Path, variant: str, work: Path, args) -> dict:
         "--tracking",
         "false",
     ]
+    if args.seed is not None:  # the training's seed (the config's seed_everything: 0): a spread of one-epoch results
+        fit += ["--seed_everything", str(args.seed)]
     if variant == "threads1":
         env["OMP_NUM_THREADS"] = "1"
     elif variant == "threads2":
@@ -238,6 +240,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--ddp_size", type=int, default=512, help="hidden width of the DDP variant (latent: half)")
     ap.add_argument("--ddp_batches", type=int, default=8, help="training batches (of 100 series) of the DDP variant")
+    ap.add_argument("--seed", type=int, default=None, help="--seed_everything of every fit (default: the config's)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds before a run is killed (and reported so)")
     ap.add_argument("--out", default=str(ROOT / "results" / "many_series.md"))
     args = ap.parse_args()

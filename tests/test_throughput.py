@@ -110,3 +110,44 @@ def test_forecast_at_a_time_does_not_depend_on_other_query_times():
         b = model.forecast(batch, more).mean[:, [1, 4, 6]]
     torch.testing.assert_close(a[:, :2], b[:, :2], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# -- the pass as one solve with the updates as jumps (ts_neuralode.solvers.odeint_jumps) ------------------------------
+
+
+def _counted_loss(model, batch, use_jumps: bool):
+    """(loss, parameter gradients, pre, batch-level field evaluations) with the one-solve pass on or off."""
+    from ts_neuralode.models import recurrent
+
+    field = model.evolution.field
+    calls = []
+    orig_forward, orig_flag = field.forward, recurrent.USE_JUMPS
+    field.forward = lambda t, y: calls.append(y.shape[0]) or orig_forward(t, y)
+    recurrent.USE_JUMPS = use_jumps
+    try:
+        model.zero_grad()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        with torch.no_grad():
+            pre, _ = model._run(model._grid(batch, None))
+    finally:
+        field.forward, recurrent.USE_JUMPS = orig_forward, orig_flag
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return loss.detach(), grads, pre, len(calls)
+
+
+@pytest.mark.parametrize("name", ["ode_rnn", "gru_ode"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_one_solve_pass_agrees_with_interval_solves_and_evaluates_less(name, padded):
+    """Same states, loss and gradients within the solver's tolerance (dopri5, rtol 1e-3); fewer batch-level field
+    evaluations, as every row steps through its own observations instead of waiting for the slowest row in each
+    interval."""
+    torch.manual_seed(0)
+    model = build_model(name, input_dim=1, latent_dim=6, hidden_dim=12)
+    batch = sine_batch(B=8, T=30, padded=padded, seed=4)
+    loss_j, g_j, pre_j, calls_j = _counted_loss(model, batch, True)
+    loss_i, g_i, pre_i, calls_i = _counted_loss(model, batch, False)
+    torch.testing.assert_close(pre_j, pre_i, rtol=5e-3, atol=5e-3)
+    torch.testing.assert_close(loss_j, loss_i, rtol=5e-3, atol=5e-3)
+    assert float((g_j - g_i).norm() / g_i.norm()) < 2e-2
+    assert calls_j < calls_i

@@ -48,7 +48,7 @@ from ts_neuralode.models.control import (
 from ts_neuralode.models.evolution_config import EVOLUTION_CLASSES, EVOLUTION_KINDS, VECTOR_FIELDS, EvolutionConfig
 from ts_neuralode.models.flows import Flow, make_flow
 from ts_neuralode.models.nets import check_positive_int, mlp
-from ts_neuralode.solvers import SolverStats, odeint
+from ts_neuralode.solvers import ADAPTIVE_METHODS, SolverStats, odeint, odeint_jumps
 
 #: what an evolution built outside a model uses for the config's "the model's default" (None) options
 BUILD_DEFAULTS = {"hidden_dim": 64, "vector_field": "mlp"}
@@ -250,6 +250,33 @@ class ODEEvolution(Evolution):
         self.last_stats = sol.stats
         self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
         return sol.ys
+
+    def solve_jumps(
+        self, h0: Tensor, t: Tensor, t_mask: Tensor | None, jump_at: Tensor, jump, *, control=None, max_steps=None
+    ) -> tuple[Tensor, Tensor] | None:
+        """One adaptive solve through the grid ``t [B, N]`` with the state jumping by ``jump`` where ``jump_at``
+        (:func:`ts_neuralode.solvers.odeint_jumps`): ``(states before the jumps [B, N, H], final state [B, H])``, or
+        None where this evolution solves piece by piece (a fixed-step method, the adjoint, a control): the caller
+        then solves interval by interval. The grid was checked by the model (no value checks here)."""
+        c = self.config
+        if control is not None or c.adjoint or c.method not in ADAPTIVE_METHODS or h0.dim() != 2:
+            return None
+        if self._solver_options[0] is not c:
+            self._solver_options = (c, c.solver_options())
+        sol = odeint_jumps(
+            self.field,
+            h0,
+            t.to(dtype=h0.dtype, device=h0.device),
+            jump_at,
+            jump,
+            self._solver_options[1],
+            t_mask=t_mask,
+            max_steps=c.max_steps if max_steps is None else max_steps,
+            check_inputs=False,
+        )
+        self.last_stats = sol.stats
+        self.last_nfe = float(sol.stats.n_f_evals.float().mean().item())
+        return sol.ys, sol.y_end
 
     def _solve_piecewise(self, h0: Tensor, t: Tensor, t_mask: Tensor | None, control, max_steps: int) -> Tensor | None:
         """With a piecewise-constant control that changes inside the span: one solve per constant piece

@@ -31,6 +31,9 @@ from ts_neuralode.models.nets import shares_spectral_weights
 from ts_neuralode.models.observation_pass import observation_pass
 
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: False: the filtering models solve interval by interval as before the one-solve pass (for A/B measurements:
+#: scripts/many_series_profile.py)
+USE_JUMPS = True
 
 
 def recurrent_pass(
@@ -45,6 +48,7 @@ def recurrent_pass(
     record: bool = True,
     hold: bool = False,
     stop_at_observations: bool = False,
+    solve_jumps=None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Run evolve/update over a grid.
 
@@ -61,13 +65,15 @@ def recurrent_pass(
         stop_at_observations: (with ``record``, without ``hold``) solve from observation to observation and read
             the grid times in between off each solve's dense output
             (:func:`ts_neuralode.models.observation_pass.observation_pass`: for ODE evolutions only).
+        solve_jumps: (with ``stop_at_observations``) the evolution's one-solve path with the updates as jumps
+            (:meth:`ts_neuralode.models.evolution.ODEEvolution.solve_jumps`), tried first.
 
     Returns:
         ``(pre [B, N, H], post [B, N, H], last [B, H])``: states before and after the update at each
         position (None unless ``record``), and the state at the last grid position.
     """
     if stop_at_observations and record and not hold:
-        return observation_pass(evolve, h0, times, valid, x, m, update)
+        return observation_pass(evolve, h0, times, valid, x, m, update, solve_jumps)
     B, N, _ = x.shape
     has_obs = m.sum(-1) > 0  # [B, N]
     any_obs = has_obs.any(0)
@@ -177,6 +183,7 @@ class FilteringModel(NeuralModel):
             h0 = h0 + self.static_proj(inputs.static)
         carry = StepCarry()  # one trajectory cut at the updates: steps carry across intervals
         evolve = lambda h, t, tm: self._evolve(self.evolution, h, t, tm, inputs, carry)  # noqa: E731
+        ode = isinstance(self.evolution, ODEEvolution)
         pre, post, _ = recurrent_pass(
             evolve,
             h0,
@@ -185,9 +192,19 @@ class FilteringModel(NeuralModel):
             x,
             grid.obs_mask,
             self.update,
-            stop_at_observations=isinstance(self.evolution, ODEEvolution),
+            stop_at_observations=ode,
+            solve_jumps=(lambda *a: self._solve_jumps(inputs, *a)) if ode and USE_JUMPS else None,
         )
         return pre, post
+
+    def _solve_jumps(self, inputs, h0: Tensor, t: Tensor, t_mask: Tensor, jump_at: Tensor, jump):
+        """The pass as one solve with the updates as jumps (:meth:`ODEEvolution.solve_jumps`); counts evaluations."""
+        out = self.evolution.solve_jumps(
+            h0, t, t_mask, jump_at, jump, control=inputs.control, max_steps=inputs.max_steps
+        )
+        if out is not None:
+            self.last_nfe += self.evolution.last_nfe
+        return out
 
     @shares_spectral_weights
     def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:

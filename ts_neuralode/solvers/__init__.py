@@ -5,6 +5,7 @@
 """
 
 from .errors import SolverError
+from .jumps import JumpSolution, odeint_jumps
 from .odeint import Solution, odeint
 from .options import ADJOINT_MODES, ODEOptions
 from .records import SolverStats
@@ -12,6 +13,8 @@ from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS
 
 __all__ = [
     "odeint",
+    "odeint_jumps",
+    "JumpSolution",
     "ODEOptions",
     "Solution",
     "SolverStats",

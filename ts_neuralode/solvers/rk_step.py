@@ -32,36 +32,40 @@ def rk_step(func: Func, tab: Tableau, t: Tensor, y: Tensor, dt: Tensor, k0: Tens
         return torch.addcmul(y, dtc, k0, value=tab.b[0]), k0.unsqueeze(0), None
     S = tab.stages
     rows = coef_tensor(tab, "a", y.dtype, y.device)
-    tc = torch.addcmul(t, coef_tensor(tab, "c", y.dtype, y.device), dt)  # [S, B] every stage's time
+    # every stage's time in one addcmul, unbound once (a view per stage without an indexing op each)
+    tc = torch.addcmul(t, coef_tensor(tab, "c", y.dtype, y.device), dt).unbind(0)
     graph = torch.is_grad_enabled() and (y.requires_grad or k0.requires_grad or dt.requires_grad)
     if graph:
         ks = [k0]
-    else:
+    else:  # the block, its [S, B·D] view for the mm and its per-stage views, each made once
         K = y.new_empty(S, B, D)
-        K[0].copy_(k0)
+        Kv = K.view(S, B * D)
+        Ks = K.unbind(0)
+        Ks[0].copy_(k0)
     yi = y
     for i in range(1, S):
         if i == 1:
             yi = torch.addcmul(y, dtc, k0, value=tab.a[1][0])
         else:
-            prev = torch.stack(ks) if graph else K[:i]
-            yi = torch.addcmul(y, dtc, torch.mm(rows[i], prev.view(i, B * D)).view(B, D))
+            prev = torch.stack(ks).view(i, B * D) if graph else Kv[:i]
+            yi = torch.addcmul(y, dtc, torch.mm(rows[i], prev).view(B, D))
         ki = func(tc[i], yi)
         if graph:
             ks.append(ki)
         else:
-            K[i].copy_(ki)
+            Ks[i].copy_(ki)
     if graph:
         K = torch.stack(ks)
+        Kv = K.view(S, B * D)
     if tab.fsal:
         y1 = yi  # the last row of a FSAL tableau is b: the last stage input is the new state
     else:
         b = coef_tensor(tab, "b", y.dtype, y.device)
-        y1 = torch.addcmul(y, dtc, torch.mm(b, K.view(S, B * D)).view(B, D))
+        y1 = torch.addcmul(y, dtc, torch.mm(b, Kv).view(B, D))
     err = None
     if tab.e is not None:  # only the step controller reads it: no autograd graph for it
         with torch.no_grad():
-            err = dtc * torch.mm(coef_tensor(tab, "e", y.dtype, y.device), K.view(S, B * D)).view(B, D)
+            err = dtc * torch.mm(coef_tensor(tab, "e", y.dtype, y.device), Kv).view(B, D)
     return y1, K, err
 
 
