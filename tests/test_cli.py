@@ -115,6 +115,23 @@ def test_forecast_horizon_as_number_regular_grid_no_progress(dt_fitted, dt_csv, 
     assert "forecast:" not in err
 
 
+def test_forecast_reads_a_history_whose_columns_are_named_otherwise(dt_fitted, dt_csv, tmp_path, capfd):
+    """--data.id_col / time_col / value_cols: the same history under other column names gives the same forecast."""
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(dt_csv).rename(columns={"unique_id": "sensor", "ds": "when", "y": "temp"}).to_csv(renamed, index=False)
+    args = ("--horizon", "6", "--freq", "2", "--num_samples", "20", "--plots", "false", "--progress", "false")
+    rc, ref, err = forecast(dt_fitted, dt_csv, tmp_path / "ref.csv", *args, capfd=capfd)
+    assert rc == 0, err
+    cols = ("--data.id_col", "sensor", "--data.time_col", "when", "--data.value_cols", "temp")
+    rc, got, err = forecast(dt_fitted, renamed, tmp_path / "got.csv", *args, *cols, capfd=capfd)
+    assert rc == 0, err
+    pd.testing.assert_frame_equal(got, ref)
+    # without the flags: one line naming the column the model expects and the flag that fixes it
+    rc, _, err = forecast(dt_fitted, renamed, tmp_path / "bad.csv", *args, capfd=capfd)
+    assert rc != 0 and "missing time column 'ds'" in err and "--data.time_col" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_forecast_far_beyond_history_daily_grid(dt_fitted, dt_csv, tmp_path, capfd):
     out = tmp_path / "far.csv"
     rc, fc, err = forecast(
@@ -208,6 +225,7 @@ FIT_ERRORS = [
     (["--data.path", "{csv}", "--data.time_col", "when"], "missing time column 'when'"),
     (["--data.path", "{csv}", "--ckpt_path", "{tmp}/nonexistent.ckpt"], "checkpoint file not found"),
     (["--data.path", "{csv}", "--trainer.bogus", "1"], "unrecognized arguments"),
+    (["--data.path", "{csv}", "--max_epochs", "1"], "did you mean --trainer.max_epochs for --max_epochs?"),
     (["--data.path", "{csv}", "--model.evolution.kind", "spline"], "evolution='spline' is not supported"),
     (["--data.path", "{csv}", "--data.time_unit", "fortnight"], "time_unit='fortnight'"),
 ]
@@ -235,6 +253,8 @@ FORECAST_ERRORS = [
     (["--horizon", "12h", "--freq", "1D"], "longer than horizon"),
     (["--horizon", "12h", "--bogus"], "unrecognized arguments: --bogus"),
     (["--horizon", "12h", "--num_sampl", "3"], "unrecognized arguments"),  # no silent abbreviations
+    (["--horizon", "12h", "--samples", "3"], "(did you mean --num_samples for --samples?)"),
+    (["--horizon", "12h", "--zzz", "3"], "unrecognized arguments: --zzz 3; see"),  # nothing close: no guess
     ([], "no query times"),
     (["--horizon", "12h", "--series", "nope"], "not found in the history"),
     (["--horizon", "12h", "--quantiles", "1.5"], "strictly between 0 and 1"),

@@ -98,6 +98,8 @@ def test_cli_options_are_grouped(tmp_path):
     assert merged["model"]["evolution"] == {"method": "rk4", "kind": "ode"}
     with pytest.raises(ConfigError, match="unknown option"):
         _grouped(["--bogus", "1"])
+    with pytest.raises(ConfigError, match=r"did you mean --budget\.time or --budget\.trials for --budget\?"):
+        _grouped(["--budget", "2"])
 
 
 @pytest.mark.slow

@@ -70,10 +70,10 @@ def gate_correction(forecaster, datamodule) -> str | None:
     unit = _channel_scale(forecaster, cv0.loc[ok, "channel"] if "channel" in cv0.columns else None, len(y))
     mae = {c: float(np.mean(np.abs(base + c * (full - base) - y) / unit)) for c in (best, 1.0)}
     forecaster.correction_gate = {"weight": float(best), "mae": mae[best], "mae_as_trained": mae[1.0]}
+    chosen = f", x{best:g} {score[best]:.3f}" if best != 1.0 else ""
     return (
         f"kept x{best:g} of the learned correction on its {wm.base_kind} base, chosen on {int(ok.sum())} "
-        f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}, "
-        f"x{best:g} {score[best]:.3f})"
+        f"held-out validation points (error relative to the base alone: x1 {score[1.0]:.3f}{chosen})"
     )
 
 

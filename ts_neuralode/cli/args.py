@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ts_neuralode.core.option_hints import option_names, unknown_option_hint
 from ts_neuralode.errors import ConfigError
 
 PROG = "ts-neuralode"
@@ -33,17 +34,10 @@ def subcommand_parser(name: str, description: str):
     return p
 
 
-def _option_names(parser) -> set[str]:
-    names: set[str] = set()
-    for action in parser._actions:  # jsonargparse keeps argparse's action list
-        names.update(s for s in action.option_strings if s.startswith("--"))
-    return names
-
-
 def check_spelling(argv: Sequence[str], parser, renames: Mapping[str, str] | None = None) -> None:
     """One line for an option spelled as in older versions: ``renames`` maps an old option to the words of its new
     form (``{"--no_tracking": "--tracking false"}``); an unknown ``--a-b`` whose ``--a_b`` exists is named too."""
-    known = _option_names(parser)
+    known = option_names(parser)
     for arg in argv:
         name = arg.split("=", 1)[0]
         if not name.startswith("--"):
@@ -70,6 +64,7 @@ def parse(parser, argv: Sequence[str], renames: Mapping[str, str] | None = None,
         key = re.search(r'Parser key "([^"]+)"', text)
         if key and "Expected <class 'list'>" in text:  # '--data.value_cols a b' (argparse's nargs) in older versions
             text += f"; write a list as --{key[1]} [a, b] (or an item at a time: --{key[1]}+ a --{key[1]}+ b)"
+        text += unknown_option_hint(parser, text)
         raise ConfigError(f"{parser.prog}: {text}; see '{parser.prog} --help'") from err
 
 

@@ -130,6 +130,21 @@ def forecast_options(p, context: str) -> None:
         default=None,
         help="long or wide (default: the model's, from fit)",
     )
+    for col, what in (("id_col", "series id"), ("time_col", "time")):
+        g.add_argument(
+            f"--data.{col}",
+            type=str | None,
+            default=None,
+            help=f"the history's {what} column (default: the model's, from fit; for a file whose columns are "
+            "named otherwise)",
+        )
+    g.add_argument(
+        "--data.value_cols",
+        type=str,
+        nargs="+",
+        default=None,
+        help="the history's value columns, in the order of the model's channels (default: the model's)",
+    )
     g.add_argument(
         "--data.mask_cols",
         type=str,
@@ -183,7 +198,8 @@ def parse_forecast_like(parser, argv: Sequence[str], renames: Mapping[str, str] 
 
 def read_options(args) -> dict:
     """The history's reading options given by :func:`forecast_options`' ``--data.*`` flags."""
-    return {k: args.data[k] for k in ("format", "mask_cols", "duplicates") if args.data[k] is not None}
+    keys = ("format", "id_col", "time_col", "value_cols", "mask_cols", "duplicates")
+    return {k: args.data[k] for k in keys if args.data[k] is not None}
 
 
 def _resolve_model_path(model: str, tracking_uri: str | None) -> str:

@@ -15,20 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
-
 from ts_neuralode.api import preflight
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow import tracking
 from ts_neuralode.integrations.mlflow.fit_tracking import tracking_parts
 from ts_neuralode.training.callbacks import TrainingGuard
 from ts_neuralode.training.checkpoints import with_atomic_checkpoints
-from ts_neuralode.training.options import add_project_options
+from ts_neuralode.training.options import HintingCLI, add_project_options
 
 PROG = "ts-neuralode"
 
 
-class TSNeuralODECLI(LightningCLI):
+class TSNeuralODECLI(HintingCLI):
     """``validate | test | predict`` (``fit`` is parsed by :class:`~ts_neuralode.training.options.FitOptions` and run
     by :func:`ts_neuralode.api.fitting.train`)."""
 

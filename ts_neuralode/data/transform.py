@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -281,6 +281,11 @@ class SeriesTransform:
         # None for these means "the default", which here is the training setting, not auto-detection
         kw.update({k: v for k, v in read_kwargs.items() if v is not None or k not in ("value_cols", "time_unit")})
         table = read_series(source, **kw)
+        given = read_kwargs.get("value_cols")
+        given = [given] if isinstance(given, str) else given
+        if given is not None and len(given) == len(self.channel_names) == len(table.channel_names):
+            # value columns named otherwise than at fit time: they stand for the training channels, in order
+            table = replace(table, channel_names=list(self.channel_names))
         if table.channel_names != list(self.channel_names):
             raise DataError(
                 f"{table.source}: channels {table.channel_names} differ from the training channels "

@@ -12,6 +12,7 @@ type checks.
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from ts_neuralode.core.option_hints import unknown_option_hint
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.evolution_config import LEGACY_FLAT_OPTIONS
@@ -92,7 +94,20 @@ def add_project_options(parser, fit: bool = False) -> None:
     parser.link_arguments("data.covariates", "model.covariates", apply_on="instantiate")
 
 
-class FitOptions(LightningCLI):
+class HintingCLI(LightningCLI):
+    """LightningCLI whose "unrecognized arguments" error names the options most likely meant."""
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            hint = unknown_option_hint(parser, str(err))
+            if not hint:
+                raise
+            raise argparse.ArgumentError(None, f"{err}{hint}") from None
+
+
+class FitOptions(HintingCLI):
     """LightningCLI reduced to its parser: ``FitOptions(args).parser`` / ``.config`` (a jsonargparse Namespace of
     the resolved options; nothing instantiated, no seed set, nothing run)."""
 
@@ -190,6 +205,7 @@ def check_option_spelling(argv: Sequence[str]) -> None:
 __all__ = [
     "FitOptions",
     "check_option_spelling",
+    "HintingCLI",
     "check_model_options",
     "add_project_options",
     "TrackingOptions",
