@@ -48,11 +48,11 @@ from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.batching import context_start
 from ts_neuralode.data.batching import subset_table as _subset_table
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSpec
-from ts_neuralode.data.io import as_frame
+from ts_neuralode.data.io import READ_KEYS, as_frame
 from ts_neuralode.data.query_times import check_reachable, count, query_times
 from ts_neuralode.errors import ForecastError
 from ts_neuralode.models import step_budget as budgets
-from ts_neuralode.training.model_store import READ_KEYS, as_transform, build_module, read_stored, write_model_dir
+from ts_neuralode.training.model_store import as_transform, build_module, read_stored, write_model_dir
 from ts_neuralode.training.module import clean_hparams
 
 

@@ -184,9 +184,14 @@ class CovariateSpec:
                 "drop --data.calendar or pass datetimes"
             )
         freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
+        return replace(self, center=center, scale=scale, freq=freq, **self._fit_static(arrays, train))
+
+    def _fit_static(self, arrays: CovariateArrays, train: np.ndarray) -> dict[str, list]:
+        """The static columns' part of :meth:`fit`: each column's kind, and its standardisation (numeric) or its
+        categories (categorical), from the values of the training series ``train``."""
         kind: list[str] = []
-        s_center: list[float] = []
-        s_scale: list[float] = []
+        center: list[float] = []
+        scale: list[float] = []
         vocab: list[list[str]] = []
         for k in range(len(self.static_cols)):
             col = arrays.static[np.asarray(train, dtype=np.int64), k]
@@ -194,24 +199,15 @@ class CovariateSpec:
             if num.notna().all():
                 kind.append("numeric")
                 sd = float(num.std(ddof=0)) if len(num) else 1.0
-                s_center.append(float(num.mean()) if len(num) else 0.0)
-                s_scale.append(sd if np.isfinite(sd) and sd > 0 else 1.0)
+                center.append(float(num.mean()) if len(num) else 0.0)
+                scale.append(sd if np.isfinite(sd) and sd > 0 else 1.0)
                 vocab.append([])
             else:
                 kind.append("categorical")
-                s_center.append(0.0)
-                s_scale.append(1.0)
+                center.append(0.0)
+                scale.append(1.0)
                 vocab.append(sorted({str(v) for v in col}))
-        return replace(
-            self,
-            center=center,
-            scale=scale,
-            freq=freq,
-            static_kind=kind,
-            static_center=s_center,
-            static_scale=s_scale,
-            static_vocab=vocab,
-        )
+        return dict(static_kind=kind, static_center=center, static_scale=scale, static_vocab=vocab)
 
     def encode_static(self, raw: np.ndarray) -> np.ndarray:
         """``[b, n_static]`` raw per-series values -> ``[b, static_dim]`` float (standardised numbers, one-hot

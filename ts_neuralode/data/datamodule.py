@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 
 from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
-from ts_neuralode.data.io import as_frame, read_series
+from ts_neuralode.data.io import READ_KEYS, as_frame, read_series
 from ts_neuralode.data.loaders import series_loader
 from ts_neuralode.data.tasks import positive_duration, prepare_forecast, prepare_series_task, series_split
 from ts_neuralode.data.transform import SeriesTransform
@@ -228,15 +228,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         self.save_hyperparameters(ignore=["df"])
         self.path, self.df = path, df
-        self.read_kwargs: dict[str, Any] = dict(
-            format=format,
-            id_col=id_col,
-            time_col=time_col,
-            value_cols=value_cols,
-            mask_cols=mask_cols,
-            time_unit=time_unit,
-            duplicates=duplicates,
-        )
+        self.read_kwargs: dict[str, Any] = {k: self.hparams[k] for k in READ_KEYS}  # the reading arguments, as saved
         self.task, self.obs_fraction, self.cut, self.cut_time = task, float(obs_fraction), float(cut), cut_time
         self.extrap_obs_fraction = float(extrap_obs_fraction)
         self.layout, self.batch_size = layout, int(batch_size)

@@ -41,6 +41,9 @@ _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precis
 
 #: file name endings read and written as Parquet (everything else is CSV)
 PARQUET_SUFFIXES = (".parquet", ".pq")
+#: the options of :func:`read_series` that say how to read a history file: the data module's reading options, which a
+#: saved model keeps (so that a forecast reads new history as the fit read its data)
+READ_KEYS = ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit", "duplicates")
 
 
 def is_parquet(path: str | os.PathLike) -> bool:

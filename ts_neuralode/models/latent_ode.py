@@ -54,7 +54,8 @@ from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, Grid, NeuralModel, check_positive, gather_queries
 from ts_neuralode.models.evolution import StepCarry
 from ts_neuralode.models.nets import mlp, shares_spectral_weights
-from ts_neuralode.models.recurrent import GRUUpdate, flip_grid, recurrent_pass
+from ts_neuralode.models.observation_pass import ObservedGrid
+from ts_neuralode.models.recurrent import GRUUpdate, recurrent_pass
 
 OBJECTIVES = ("elbo", "iwae")
 ANCHORS = ("first", "last")
@@ -92,13 +93,14 @@ class RecurrentEncoder(nn.Module):
         x = grid.values.gather(1, gidx) * m
         carry = StepCarry()  # the pass's intervals are one trajectory cut at the updates: steps carry across them
         stepped = lambda h, tt, tm: owner._evolve(self.evolution, h, tt, tm, grid.inputs, carry)  # noqa: E731
+        obs = ObservedGrid(t, valid, x, m)
         if not backwards:  # padding last: stepped over, the state held at the last observation
-            _, _, h = recurrent_pass(stepped, h0, t, valid, x, m, self.update, record=False, hold=True)
+            _, _, h = recurrent_pass(stepped, h0, obs, self.update, record=False, hold=True)
             return h, t[:, -1]  # the padding repeats each row's last observation time
-        t, valid, x, m = flip_grid(t, valid, x, m)  # backwards: padding first (stepped over, state held)
-        _, _, h = recurrent_pass(stepped, h0, t, valid, x, m, self.update, record=False, hold=True)
+        obs = obs.flipped()  # backwards: padding first (stepped over, state held)
+        _, _, h = recurrent_pass(stepped, h0, obs, self.update, record=False, hold=True)
         # One step from each series' first observation back to the grid start (a solve of its own: no carry).
-        back = torch.stack([t[:, -1], times[:, 0]], dim=1)
+        back = torch.stack([obs.times[:, -1], times[:, 0]], dim=1)
         move = (n > 0) & (back[:, 1] != back[:, 0])
         if bool(move.any()):
             h = owner._evolve(self.evolution, h, back, torch.stack([torch.ones_like(move), move], dim=1), grid.inputs)[

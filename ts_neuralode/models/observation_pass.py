@@ -31,12 +31,30 @@ together. The per-position states are scattered back into ``[B, N, H]`` once at 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 Evolve = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 Update = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class ObservedGrid(NamedTuple):
+    """The grid a recurrent pass runs over: ``times`` ``[N]`` or ``[B, N]`` (increasing or decreasing; padding repeats
+    the row's last time), ``valid`` ``[B, N]`` bool (False on padding), ``x`` / ``m`` ``[B, N, D]`` the values and
+    the observation mask (0/1) on the grid."""
+
+    times: Tensor
+    valid: Tensor
+    x: Tensor
+    m: Tensor
+
+    def flipped(self) -> ObservedGrid:
+        """The grid reversed in time (for backwards encoders): padding comes first and is stepped over."""
+        return ObservedGrid(self.times.flip(-1), self.valid.flip(-1), self.x.flip(1), self.m.flip(1))
+
+
 #: ``(h0 [B, H], t [B, N], t_mask [B, N], jump_at [B, N], jump) -> (pre [B, N, H], last [B, H]) | None``
 SolveJumps = Callable[
     [Tensor, Tensor, Tensor, Tensor, Callable[[Tensor, Tensor, Tensor], Tensor]], tuple[Tensor, Tensor] | None
@@ -44,29 +62,23 @@ SolveJumps = Callable[
 
 
 def observation_pass(
-    evolve: Evolve,
-    h0: Tensor,
-    times: Tensor,
-    valid: Tensor,
-    x: Tensor,
-    m: Tensor,
-    update: Update,
-    solve_jumps: SolveJumps | None = None,
+    evolve: Evolve, h0: Tensor, grid: ObservedGrid, update: Update, solve_jumps: SolveJumps | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``recurrent_pass(..., record=True)`` with solves from observation to observation (module docstring).
 
-    Args and returns as :func:`ts_neuralode.models.recurrent.recurrent_pass`: ``times`` ``[N]`` or ``[B, N]``,
-    ``valid`` ``[B, N]`` (real points first, padding after), ``x``/``m`` ``[B, N, D]``; returns
-    ``(pre [B, N, H], post [B, N, H], last [B, H])``. Padded positions hold the row's final state (as there).
-    ``solve_jumps``: the evolution's one-solve path (:meth:`ts_neuralode.models.evolution.ODEEvolution.solve_jumps`,
-    module docstring); where it returns None the pass solves interval by interval with ``evolve``.
+    Args and returns as :func:`ts_neuralode.models.recurrent.recurrent_pass` (the grid's ``valid``: real points
+    first, padding after); returns ``(pre [B, N, H], post [B, N, H], last [B, H])``. Padded positions hold the row's
+    final state (as there). ``solve_jumps``: the evolution's one-solve path
+    (:meth:`ts_neuralode.models.evolution.ODEEvolution.solve_jumps`, module docstring); where it returns None the pass
+    solves interval by interval with ``evolve``.
     """
+    times, valid, x, m = grid
     B, N, D = x.shape
     dev = x.device
     tt = times.unsqueeze(0).expand(B, N) if times.dim() == 1 else times
     has_obs = (m.sum(-1) > 0) & valid  # [B, N]
     if solve_jumps is not None:
-        one_solve = _jump_pass(solve_jumps, h0, tt, valid, x, m, update, has_obs)
+        one_solve = _jump_pass(solve_jumps, h0, ObservedGrid(tt, valid, x, m), update, has_obs)
         if one_solve is not None:
             return one_solve
     ar = torch.arange(N, device=dev)
@@ -135,19 +147,13 @@ def observation_pass(
 
 
 def _jump_pass(
-    solve_jumps: SolveJumps,
-    h0: Tensor,
-    tt: Tensor,
-    valid: Tensor,
-    x: Tensor,
-    m: Tensor,
-    update: Update,
-    has_obs: Tensor,
+    solve_jumps: SolveJumps, h0: Tensor, grid: ObservedGrid, update: Update, has_obs: Tensor
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """The pass as one solve with the updates as jumps (:func:`ts_neuralode.solvers.odeint_jumps`): every row steps
     through its own observations in one loop, so a batch-level step is no longer paid for by every row at every
     interval of the slowest row (module docstring of :mod:`ts_neuralode.solvers.jumps`). Same states as the
-    interval-by-interval pass below, to rounding."""
+    interval-by-interval pass below, to rounding. ``grid.times``: ``[B, N]``."""
+    tt, valid, x, m = grid
     B, N, D = x.shape
     post_idx: list[Tensor] = []
     post_val: list[Tensor] = []

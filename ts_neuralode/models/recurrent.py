@@ -9,7 +9,6 @@ point: extrapolation horizons cost one solve, however many query times they hold
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,21 +27,17 @@ from ts_neuralode.models.base import (
 )
 from ts_neuralode.models.evolution import ODEEvolution, StepCarry
 from ts_neuralode.models.nets import shares_spectral_weights
-from ts_neuralode.models.observation_pass import observation_pass
+from ts_neuralode.models.observation_pass import Evolve, ObservedGrid, Update, observation_pass
 
-Update = Callable[[Tensor, Tensor, Tensor], Tensor]
 #: False: the filtering models solve interval by interval as before the one-solve pass (for A/B measurements:
 #: scripts/many_series_profile.py)
 USE_JUMPS = True
 
 
 def recurrent_pass(
-    evolve: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    evolve: Evolve,
     h0: Tensor,
-    times: Tensor,
-    valid: Tensor,
-    x: Tensor,
-    m: Tensor,
+    grid: ObservedGrid,
     update: Update,
     *,
     record: bool = True,
@@ -54,10 +49,8 @@ def recurrent_pass(
 
     Args:
         evolve: ``(h [B, H], t [2] | [B, 2] | [K] | [B, K], t_mask [B, *] | None) -> [B, *, H]``.
-        h0: ``[B, H]`` state at ``times[..., 0]`` before the update there.
-        times: ``[N]`` or ``[B, N]`` grid (increasing or decreasing; padding repeats the last time).
-        valid: ``[B, N]`` bool, False on padding.
-        x, m: ``[B, N, D]`` values and observation mask (0/1) on the grid.
+        h0: ``[B, H]`` state at ``grid.times[..., 0]`` before the update there.
+        grid: the times, the valid positions, the values and the observation mask (:class:`ObservedGrid`).
         update: ``(h, x_i, m_i) -> h_new``; only applied to rows with an observation at step i.
         record: also return the per-position states.
         hold: keep each row at ``h0`` until its first observation (the state then does not depend on
@@ -73,7 +66,8 @@ def recurrent_pass(
         position (None unless ``record``), and the state at the last grid position.
     """
     if stop_at_observations and record and not hold:
-        return observation_pass(evolve, h0, times, valid, x, m, update, solve_jumps)
+        return observation_pass(evolve, h0, grid, update, solve_jumps)
+    times, valid, x, m = grid
     B, N, _ = x.shape
     has_obs = m.sum(-1) > 0  # [B, N]
     any_obs = has_obs.any(0)
@@ -132,11 +126,6 @@ class GRUUpdate(nn.Module):
         return self.cell(torch.cat([x * m, m], dim=-1), h)
 
 
-def flip_grid(times: Tensor, valid: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Reverse a grid in time (for backwards encoders): padding comes first and is stepped over."""
-    return times.flip(-1), valid.flip(-1), x.flip(1), m.flip(1)
-
-
 class FilteringModel(NeuralModel):
     """Base of the filtering models (ODE-RNN, GRU-ODE-Bayes): a state evolved between observations,
     updated at each, and read out as a Gaussian *before* the update at every grid time (so a prediction
@@ -187,10 +176,7 @@ class FilteringModel(NeuralModel):
         pre, post, _ = recurrent_pass(
             evolve,
             h0,
-            grid.times,
-            grid.valid,
-            x,
-            grid.obs_mask,
+            ObservedGrid(grid.times, grid.valid, x, grid.obs_mask),
             self.update,
             stop_at_observations=ode,
             solve_jumps=(lambda *a: self._solve_jumps(inputs, *a)) if ode and USE_JUMPS else None,

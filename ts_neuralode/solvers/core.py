@@ -30,24 +30,15 @@ autograd nodes for it (smaller graph, and
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .controller import PIController, error_ratio, initial_step
-from .dense import Records, interpolate
+from .dense import Outputs, _assemble, _stack_records
 from .failures import _classify_rejections, _fail, _raise_failures
 from .records import SolverOptions, SolverStats, StepCheckpoint, StepRecord
 from .rk_step import Func, rk_step
 from .tableaus import Tableau
-
-FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and freed) every this many
-
-
-def _stack_records(recs: list[StepRecord]) -> Records:
-    ts, te, dts, ys, ks = zip(*recs, strict=True)
-    return Records(torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1))
 
 
 def _first_step(
@@ -76,20 +67,67 @@ def _steps_exceeded(tab: Tableau, max_steps: int, active: Tensor, t: Tensor, sig
     )
 
 
+class _StepControl:
+    """The step-size control of one adaptive solve: each sample's next step ``dt [B]``, the PI controller's memory
+    ``prev_term [B]`` (of the last accepted step) and :meth:`attempt`, the step every adaptive loop takes first in an
+    iteration.
+
+    ``carried``: whether the solve continues another (a first step carried over, or a jump): False, True, or a ``[B]``
+    mask of the samples that do. For those, an accepted step cut short to land on its stop says nothing against the
+    step it was cut from, so it does not shrink their next step. Finished samples keep their last proposal (the
+    ``next_dt`` a following solve starts from).
+    """
+
+    def __init__(self, func: Func, tab: Tableau, rtol: float, atol: float, dt: Tensor, carried: bool | Tensor):
+        self.func, self.tab, self.rtol, self.atol = func, tab, rtol, atol
+        self.controller = PIController.for_tableau(tab)
+        self.prev_term = self.controller.initial_term(dt.shape[0], dt.dtype, dt.device)
+        self.dt, self.carried = dt, carried
+
+    def attempt(self, t: Tensor, y: Tensor, k0: Tensor, t_stop: Tensor, active: Tensor):
+        """One step of every sample from ``t`` towards ``t_stop`` [B] (cut short to land on it), tested against the
+        tolerances; ``dt`` and ``prev_term`` move on (where ``active``).
+
+        Returns ``(y1, ks, dt_use, ratio, accept, rejected, reached, t_new)``: the step's end state and stacked stages,
+        the step length tried, the error ratio, the ``active`` samples whose step was accepted / rejected, those whose
+        accepted step reached ``t_stop`` (None unless ``carried``), and where each sample stands after the step.
+        """
+        dt, controller = self.dt, self.controller
+        rem = t_stop - t
+        dt_use = torch.minimum(dt, rem)  # finished samples: rem = 0 → frozen, their updates are no-ops
+        y1, ks, err = rk_step(self.func, self.tab, t, y, dt_use, k0)
+        with torch.no_grad():
+            ratio = error_ratio(err, y.detach(), y1.detach(), self.rtol, self.atol)
+            accept = (ratio <= 1.0).logical_and_(active)
+            landed = dt >= rem
+            # land exactly on t_stop (t + rem may round below it)
+            t_new = torch.where(accept, torch.where(landed, t_stop, t + dt_use), t)
+            fac = controller.factor(ratio, self.prev_term)
+            self.prev_term = controller.after_accept(ratio, accept, self.prev_term)
+            dt_next = dt_use * fac
+            reached = None
+            carried = self.carried
+            if carried is not False:  # True, or a [B] mask of the samples it holds for
+                reached = landed & accept
+                cut_short = reached if carried is True else reached & carried
+                dt_next = torch.maximum(dt_next, torch.where(cut_short, dt, 0.0))
+            self.dt = torch.where(active, dt_next, dt)
+            rejected = active ^ accept  # accept ⊂ active
+        return y1, ks, dt_use, ratio, accept, rejected, reached, t_new
+
+
 def solve_adaptive(
     func: Func,
     tab: Tableau,
     y0: Tensor,
     tq: Tensor,
+    opts: SolverOptions,
     *,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    first_step: float | Tensor | None,
     sign=1.0,
     checkpoints: list[StepCheckpoint] | None = None,
 ):
-    """Adaptive per-sample integration of y0 [B, D] over the rows of tq [B, T] (forward time).
+    """Adaptive per-sample integration of y0 [B, D] over the rows of tq [B, T] (forward time), with the tolerances,
+    step budget and first step of ``opts``.
 
     Returns (ys [B, T, D], stats, records of the steps that covered output times). When a list is passed
     as ``checkpoints``, every iteration appends a :class:`StepCheckpoint` to it — what the interpolated adjoint
@@ -100,81 +138,53 @@ def solve_adaptive(
     say why each choice was made.
     """
     B, T = tq.shape
-    dev, dtype = y0.device, y0.dtype
+    dev = y0.device
+    rtol, atol, max_steps, first_step = opts.rtol, opts.atol, opts.max_steps, opts.first_step
     tq = tq.contiguous()  # a shared grid arrives as an expanded view; searchsorted wants rows in memory
     t0 = tq[:, 0]
     t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
     f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
-    carried = isinstance(first_step, Tensor)
-
-    controller = PIController.for_tableau(tab)
-    prev_term = controller.initial_term(B, dtype, dev)  # the controller's memory of the last accepted step
+    step = _StepControl(func, tab, rtol, atol, dt, carried=isinstance(first_step, Tensor))
     att_hist, acc_hist = [], []  # per-step bool masks, summed once at the end (not 2 ops per step)
     # failure bookkeeping (the smallest step, failed / non-finite masks) is built at the first rejection
     tiny = failed = nonfinite = None
     active = t < t_end
-    inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
-    tq_ext = torch.cat([tq, inf_col], 1)
-    next_out = torch.where(active, tq_ext[:, 1], inf_col[:, 0])
-
     y, k0 = y0, f0
-    recs: list[StepRecord] = []
-    # Without a gradient graph, recorded steps are turned into outputs every FLUSH_EVERY records and
-    # dropped: memory stays flat in the number of steps (with per-sample steps nearly every iteration
-    # covers some sample's output, so keeping them all would grow up to B·T records).
-    # The interpolated adjoint's forward (no graph, ``checkpoints`` given) flushes too: its backward
-    # recomputes every step from the checkpoints, the records only serve the outputs.
-    flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
+    # Without a gradient graph the recorded steps are flushed into outputs (:class:`Outputs`). The interpolated
+    # adjoint's forward (no graph, ``checkpoints`` given) flushes too: its backward recomputes every step from the
+    # checkpoints, the records only serve the outputs.
+    outputs = Outputs(
+        tab, y0, tq, active, flush=not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
+    )
     # One output after t0 (a recurrent model's observation interval): every sample ends exactly on it, so the
     # final state is that output — no steps recorded, no dense output.
     two_point = T == 2
-    out_buf = None  # [B, T, D] outputs written by earlier flushes (None: nothing flushed yet)
-    t_flushed = t0
     it = 0
     any_active = bool(active.any())
     while any_active:
         if it >= max_steps:
             raise _steps_exceeded(tab, max_steps, active, t, sign)
         it += 1
-        rem = t_end - t
-        dt_use = torch.minimum(dt, rem)  # finished samples: rem = 0 → frozen, their updates are no-ops
-        y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
-        with torch.no_grad():
-            ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
-            accept = (ratio <= 1.0) & active
-            # land exactly on t_end (t + rem may round below it)
-            landed = dt >= rem
-            t_new = torch.where(accept, torch.where(landed, t_end, t + dt_use), t)
-            fac = controller.factor(ratio, prev_term)
-            prev_term = controller.after_accept(ratio, accept, prev_term)
-            # finished samples keep their last proposal (the ``next_dt`` a following solve starts from)
-            dt_next = dt_use * fac
-            if carried:  # an accepted step cut short to land on t_end says nothing against the step it was cut from
-                dt_next = torch.maximum(dt_next, torch.where(landed & accept, dt, 0.0))
-            dt = torch.where(active, dt_next, dt)
-            att_hist.append(active)
-            acc_hist.append(accept)
-            if len(att_hist) == 64:  # fold the history now and then: memory stays flat in the step count
-                att_hist = [torch.stack(att_hist).sum(0)]
-                acc_hist = [torch.stack(acc_hist).sum(0)]
-            rejected = active ^ accept  # accept ⊂ active
-            active = t_new < t_end
-            covered = t_new >= next_out
-            # the one host sync per step
-            any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
-            if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
-                tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
-                )
+        y1, ks, dt_use, ratio, accept, rejected, _, t_new = step.attempt(t, y, k0, t_end, active)
+        # (from here on masks only: nothing that a gradient graph could hold)
+        att_hist.append(active)
+        acc_hist.append(accept)
+        if len(att_hist) == 64:  # fold the history now and then: memory stays flat in the step count
+            att_hist = [torch.stack(att_hist).sum(0)]
+            acc_hist = [torch.stack(acc_hist).sum(0)]
+        active = t_new < t_end
+        covered = t_new >= outputs.next_out
+        # the one host sync per step
+        any_active, any_covered, any_rejected = torch.stack((active, covered, rejected)).any(1).tolist()
+        if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
+            tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
+                rejected, ratio, step.dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
+            )
         if checkpoints is not None:
             checkpoints.append(StepCheckpoint(t, t_new, torch.where(accept, dt_use, torch.zeros_like(dt_use)), y))
         if any_covered and not two_point:
-            recs.append(StepRecord(t, t_new, dt_use, y, ks))
-            cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
-            next_out = tq_ext.gather(1, cnt).squeeze(1)
-            if flush and len(recs) >= FLUSH_EVERY:
-                out_buf, t_flushed = _flush(tab, recs, tq, out_buf, y0, t_flushed, t_new)
+            outputs.record(t, t_new, dt_use, y, ks)
         y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
@@ -184,15 +194,12 @@ def solve_adaptive(
         n_acc = torch.stack(acc_hist).sum(0)
     else:
         n_att = n_acc = torch.zeros(B, dtype=torch.long, device=dev)
-    stats = SolverStats(n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc, next_dt=dt)
+    stats = SolverStats(
+        n_f_evals=nfe_init + per_step * n_att, n_accepted=n_acc, n_rejected=n_att - n_acc, next_dt=step.dt
+    )
     if two_point:
         return torch.stack((y0, y), 1), stats, None
-    if flush:
-        if recs:
-            out_buf, _ = _flush(tab, recs, tq, out_buf, y0, t_flushed, t)
-        return (y0.unsqueeze(1).expand(B, T, -1) if out_buf is None else out_buf), stats, None
-    records = _stack_records(recs) if recs else None
-    ys = _assemble(tab, y0, tq, records)
+    ys, records = outputs.result(t)
     return ys, stats, records
 
 
@@ -202,16 +209,14 @@ def solve_interval(
     y0: Tensor,
     t0: Tensor,
     t1: Tensor,
+    opts: SolverOptions,
     *,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    first_step: float | Tensor | None,
     sign=1.0,
     all_active: bool = False,
 ):
     """The two-point path: y(t1) from y0 [B, D] at t0 [B], adaptive per sample, forward time (t1 >= t0; a sample
-    with t1 == t0 does not move). Returns (y1 [B, D], stats).
+    with t1 == t0 does not move), with the tolerances, step budget and first step of ``opts``. Returns
+    (y1 [B, D], stats).
 
     :func:`solve_adaptive` with one output time, minus what one output time does not need — a recurrent model
     restarts a solve at every observation, so this runs ~100 times per forward with ~1 step each and its setup
@@ -221,13 +226,12 @@ def solve_interval(
     sample (a shared, checked grid), which saves the host sync that would ask.
     """
     B = y0.shape[0]
-    dev, dtype = y0.device, y0.dtype
+    dev = y0.device
+    rtol, atol, max_steps, first_step = opts.rtol, opts.atol, opts.max_steps, opts.first_step
     t_end = t1.clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
     f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
-    carried = isinstance(first_step, Tensor)
-    controller = PIController.for_tableau(tab)
-    prev_term = controller.initial_term(B, dtype, dev)
+    step = _StepControl(func, tab, rtol, atol, dt, carried=isinstance(first_step, Tensor))
     n_att = torch.zeros(B, dtype=torch.long, device=dev)
     n_acc = torch.zeros_like(n_att)
     tiny = failed = nonfinite = None
@@ -239,35 +243,21 @@ def solve_interval(
         if it >= max_steps:
             raise _steps_exceeded(tab, max_steps, active, t, sign)
         it += 1
-        rem = t_end - t
-        dt_use = torch.minimum(dt, rem)
-        y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
-        with torch.no_grad():
-            ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
-            accept = (ratio <= 1.0).logical_and_(active)
-            landed = dt >= rem
-            t_new = torch.where(accept, torch.where(landed, t_end, t + dt_use), t)
-            fac = controller.factor(ratio, prev_term)
-            prev_term = controller.after_accept(ratio, accept, prev_term)
-            dt_next = dt_use * fac
-            if carried:  # a step cut short to land on t_end says nothing against the step it was cut from
-                dt_next = torch.maximum(dt_next, torch.where(landed & accept, dt, 0.0))
-            dt = torch.where(active, dt_next, dt)
-            n_att += active
-            n_acc += accept
-            rejected = active ^ accept
-            active = t_new < t_end
-            any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
-            if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
-                tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
-                    rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
-                )
+        y1, ks, _, ratio, accept, rejected, _, t_new = step.attempt(t, y, k0, t_end, active)
+        n_att += active
+        n_acc += accept
+        active = t_new < t_end
+        any_active, any_rejected = torch.stack((active, rejected)).any(1).tolist()  # the one host sync
+        if any_rejected:  # rare path: classify rejections (non-finite? step-size underflow?)
+            tiny, failed, nonfinite, t_end, active, any_active = _classify_rejections(
+                rejected, ratio, step.dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite
+            )
         y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         t = t_new
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
     stats = SolverStats(
-        n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=dt
+        n_f_evals=n_att.mul(per_step).add_(nfe_init), n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=step.dt
     )
     return y, stats
 
@@ -294,29 +284,6 @@ def _accept(
     if not tab.fsal:
         k0 = func(t_new, y)
     return y, k0
-
-
-def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
-    """Outputs at tq ∈ (t_from, t_to] (per sample) from the recorded steps, merged into out_buf (None: the
-    first flush; its other entries are y0); clears recs. Returns (out_buf [B, T, D], t_to)."""
-    vals = interpolate(tab, _stack_records(recs), tq)  # a fresh tensor: column 0 (not covered) set here
-    vals[:, 0] = y0
-    recs.clear()
-    if out_buf is None and bool((tq[:, -1] <= t_to).all()):
-        return vals, t_to  # one flush covers every output (the common case): no merge
-    if out_buf is None:
-        out_buf = y0.unsqueeze(1).expand_as(vals)
-    m = (tq > t_from.unsqueeze(1)) & (tq <= t_to.unsqueeze(1))
-    return torch.where(m.unsqueeze(-1), vals, out_buf), t_to
-
-
-def _assemble(tab: Tableau, y0: Tensor, tq: Tensor, records: Records | None) -> Tensor:
-    if tq.shape[1] == 1:
-        return y0.unsqueeze(1)
-    if records is None:  # no sample advanced (all spans empty)
-        return y0.unsqueeze(1).expand(-1, tq.shape[1], -1)
-    rest = interpolate(tab, records, tq[:, 1:])
-    return torch.cat([y0.unsqueeze(1), rest], 1)
 
 
 def _check_finite(tab: Tableau, ys: Tensor, tq: Tensor, sign):
@@ -413,18 +380,7 @@ def solve_fixed(
 
 def run_solver(f, tab, y0, tq, sign, opts: SolverOptions, checkpoints: list[StepCheckpoint] | None = None):
     if tab.adaptive:
-        return solve_adaptive(
-            f,
-            tab,
-            y0,
-            tq,
-            rtol=opts.rtol,
-            atol=opts.atol,
-            max_steps=opts.max_steps,
-            first_step=opts.first_step,
-            sign=sign,
-            checkpoints=checkpoints,
-        )
+        return solve_adaptive(f, tab, y0, tq, opts, sign=sign, checkpoints=checkpoints)
     return solve_fixed(
         f, tab, y0, tq, step_size=opts.step_size, max_steps=opts.max_steps, sign=sign, checkpoints=checkpoints
     )

@@ -3,16 +3,21 @@
 The tableau's interpolant (:attr:`Tableau.interp`, power × stage) maps the stacked stages of a step to
 polynomial coefficients in θ = (t − t_start)/dt; :func:`interpolate` evaluates every query of every sample in
 one pass (``searchsorted`` + one ``mm`` + Horner on gathered rows), so output times never shorten steps.
+:class:`Outputs` is an adaptive loop's side of it: which steps to record, and when to turn them into outputs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .records import StepRecord
 from .tableaus import Tableau
+
+FLUSH_EVERY = 32  # no-grad solves: recorded steps turned into outputs (and freed) every this many
 
 
 @dataclass
@@ -106,3 +111,74 @@ def interpolate(tab: Tableau, rec: Records, tq: Tensor) -> Tensor:
                 o.mul_(th).add_(torch.index_select(coef[p], 0, rows, out=b))
             o.mul_(thd[s : s + step]).add_(torch.index_select(y_start, 0, rows, out=b))
     return out.view(B, Tq, D)
+
+
+def _stack_records(recs: list[StepRecord]) -> Records:
+    ts, te, dts, ys, ks = zip(*recs, strict=True)
+    return Records(torch.stack(ts, 1), torch.stack(te, 1), torch.stack(dts, 1), torch.stack(ys, 0), torch.stack(ks, 1))
+
+
+def _flush(tab, recs, tq, out_buf, y0, t_from, t_to):
+    """Outputs at tq ∈ (t_from, t_to] (per sample) from the recorded steps, merged into out_buf (None: the
+    first flush; its other entries are y0); clears recs. Returns (out_buf [B, T, D], t_to)."""
+    vals = interpolate(tab, _stack_records(recs), tq)  # a fresh tensor: column 0 (not covered) set here
+    vals[:, 0] = y0
+    recs.clear()
+    if out_buf is None and bool((tq[:, -1] <= t_to).all()):
+        return vals, t_to  # one flush covers every output (the common case): no merge
+    if out_buf is None:
+        out_buf = y0.unsqueeze(1).expand_as(vals)
+    m = (tq > t_from.unsqueeze(1)) & (tq <= t_to.unsqueeze(1))
+    return torch.where(m.unsqueeze(-1), vals, out_buf), t_to
+
+
+def _assemble(tab: Tableau, y0: Tensor, tq: Tensor, records: Records | None) -> Tensor:
+    if tq.shape[1] == 1:
+        return y0.unsqueeze(1)
+    if records is None:  # no sample advanced (all spans empty)
+        return y0.unsqueeze(1).expand(-1, tq.shape[1], -1)
+    rest = interpolate(tab, records, tq[:, 1:])
+    return torch.cat([y0.unsqueeze(1), rest], 1)
+
+
+class Outputs:
+    """The outputs of an adaptive loop at the grid ``tq [B, T]`` (forward time, ``tq[:, 0]`` the start, where the
+    output is ``y0``): each sample's next output time, and the steps that covered one, recorded for dense output.
+
+    ``flush`` (no gradient graph is built): the records are turned into outputs every FLUSH_EVERY records and
+    dropped, so memory stays flat in the number of steps (with per-sample steps nearly every iteration covers some
+    sample's output, so keeping them all would grow up to B·T records). Otherwise they are kept to the end (the
+    outputs' graph runs through them; the interpolated adjoint reads them).
+    """
+
+    def __init__(self, tab: Tableau, y0: Tensor, tq: Tensor, active: Tensor, flush: bool) -> None:
+        inf_col = torch.full((tq.shape[0], 1), math.inf, dtype=y0.dtype, device=y0.device)
+        self.tab, self.y0, self.tq, self.flush = tab, y0, tq, flush
+        self.tq_ext = torch.cat([tq, inf_col], 1)
+        #: [B] each sample's first output time after where it stands (inf: none left, or not moving)
+        self.next_out = torch.where(active, self.tq_ext[:, 1], inf_col[:, 0])
+        self.recs: list[StepRecord] = []
+        self.out_buf: Tensor | None = None  # [B, T, D] outputs written by earlier flushes (None: nothing flushed yet)
+        self.t_flushed = tq[:, 0]
+
+    def record(self, t: Tensor, t_new: Tensor, dt: Tensor, y: Tensor, ks: Tensor) -> None:
+        """Keep the step from ``t`` to ``t_new`` (tried length ``dt``, start state ``y``, stages ``ks``): it covered
+        some sample's next output time."""
+        self.recs.append(StepRecord(t, t_new, dt, y, ks))
+        cnt = torch.searchsorted(self.tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
+        self.next_out = self.tq_ext.gather(1, cnt).squeeze(1)
+        if self.flush and len(self.recs) >= FLUSH_EVERY:
+            self.out_buf, self.t_flushed = _flush(
+                self.tab, self.recs, self.tq, self.out_buf, self.y0, self.t_flushed, t_new
+            )
+
+    def result(self, t: Tensor) -> tuple[Tensor, Records | None]:
+        """The outputs ``[B, T, D]`` once every sample stands at ``t`` (its end), and the records kept (None when
+        flushing, or when none)."""
+        if self.flush:
+            if self.recs:
+                self.out_buf, _ = _flush(self.tab, self.recs, self.tq, self.out_buf, self.y0, self.t_flushed, t)
+            B, T = self.tq.shape
+            return (self.y0.unsqueeze(1).expand(B, T, -1) if self.out_buf is None else self.out_buf), None
+        records = _stack_records(self.recs) if self.recs else None
+        return _assemble(self.tab, self.y0, self.tq, records), records

@@ -27,6 +27,7 @@ def _fail(tab: Tableau, what: str, failed: Tensor, t: Tensor, sign, hint: str, *
     return err
 
 
+@torch.no_grad()
 def _classify_rejections(rejected, ratio, dt, t, t0, t_end, active, any_active, tiny, failed, nonfinite):
     """The rare path of a step loop, after a step with rejections: mark the rejected samples whose error ratio is
     non-finite, and fail (stop at ``t``) those whose step fell below ``tiny`` (10 eps of the span's magnitude, made

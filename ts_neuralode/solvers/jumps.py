@@ -22,20 +22,20 @@ steps, never a shortened step): ``ys[:, n]`` is the state at ``t[:, n]`` *before
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .controller import SAFETY, PIController, error_ratio
-from .core import _accept, _assemble, _first_step, _flush, _stack_records, _steps_exceeded
+from .controller import SAFETY
+from .core import _accept, _first_step, _StepControl, _steps_exceeded
+from .dense import Outputs
 from .failures import _raise_failures
 from .odeint import _normalise_time, _wrap
 from .options import ODEOptions
-from .records import SolverStats, StepRecord
-from .rk_step import Func, rk_step
+from .records import SolverOptions, SolverStats
+from .rk_step import Func
 from .tableaus import METHODS
 
 #: ``jump(y [B, D], at [B] bool, pos [B] long) -> [B, D]``: the states after the jump of the rows ``at`` (which
@@ -106,10 +106,7 @@ def odeint_jumps(
         tq,
         at,
         jump,
-        rtol=float(options.rtol),
-        atol=float(options.atol),
-        max_steps=options.max_steps if max_steps is None else max_steps,
-        first_step=first_step,
+        SolverOptions.of(options, first_step, max_steps),
         sign=sign,
         real=None if t_mask is None else t_mask.to(device=y0.device, dtype=torch.bool),
     )
@@ -151,11 +148,8 @@ def _solve_jumps(
     tq: Tensor,
     at: Tensor,
     jump: Jump,
+    opts: SolverOptions,
     *,
-    rtol: float,
-    atol: float,
-    max_steps: int,
-    first_step: Tensor | None,
     sign: float,
     real: Tensor | None,
 ) -> JumpSolution:
@@ -164,6 +158,7 @@ def _solve_jumps(
     each row's segment end ``seg_end`` (its next jump time, or its end) and the jump after a step that lands on it."""
     B, N = tq.shape
     dev, dtype = y0.device, y0.dtype
+    rtol, atol, max_steps, first_step = opts.rtol, opts.atol, opts.max_steps, opts.first_step
     # real grid times equal to the one before them (duplicates in a row): read after the earlier position's jump
     tie = tq[:, 1:] == tq[:, :-1]
     if real is not None:
@@ -184,10 +179,9 @@ def _solve_jumps(
     t_end = tq[:, -1].clone()  # a failed sample gets its end moved to where it stopped (freezes it)
     t = t0
     f0, dt, nfe_init = _first_step(func, tab, t0, y0, first_step, rtol, atol)
-    # (a first segment of length 0 counts as carried: its zero-length step must leave the step size as it was)
-    carried = (seg_t[:, 0] <= t0) | isinstance(first_step, Tensor)
-    controller = PIController.for_tableau(tab)
-    prev_term = controller.initial_term(B, dtype, dev)
+    # a row continues another solve from its first jump on, or from the start with first_step given (a first segment
+    # of length 0 counts as carried too: its zero-length step must leave the step size as it was)
+    step = _StepControl(func, tab, rtol, atol, dt, carried=(seg_t[:, 0] <= t0) | isinstance(first_step, Tensor))
     n_att = torch.zeros(B, dtype=torch.long, device=dev)
     n_acc = torch.zeros_like(n_att)
     n_jmp = torch.zeros_like(n_att)
@@ -199,44 +193,26 @@ def _solve_jumps(
     seg_tiny = torch.maximum(seg_from.abs(), seg_t.abs()).clamp_(min=eps).mul_(10 * eps)  # [B, K+1]
     tiny = seg_tiny[:, 0]
     active = t < t_end
-    inf_col = torch.full((B, 1), math.inf, dtype=dtype, device=dev)
-    tq_ext = torch.cat([tq, inf_col], 1)
-    next_out = torch.where(active, tq_ext[:, 1], inf_col[:, 0])
     y, k0 = y0, f0
-    recs: list[StepRecord] = []
-    flush = not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
-    out_buf, t_flushed = None, t0
+    outputs = Outputs(
+        tab, y_pre0, tq, active, flush=not (torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad))
+    )
     it = 0
     any_active = bool(active.any())
     while any_active:
         it += 1
         if it > max_steps and bool(((n_att - seg_start_att) >= max_steps).logical_and_(active).any()):
             raise _steps_exceeded(tab, max_steps, active, t, sign)
-        rem = seg_end - t
-        dt_use = torch.minimum(dt, rem)
-        y1, ks, err = rk_step(func, tab, t, y, dt_use, k0)
+        y1, ks, dt_use, ratio, accept, rejected, reached, t_new = step.attempt(t, y, k0, seg_end, active)
         with torch.no_grad():
-            ratio = error_ratio(err, y.detach(), y1.detach(), rtol, atol)
-            accept = (ratio <= 1.0).logical_and_(active)
-            landed = dt >= rem
-            t_new = torch.where(accept, torch.where(landed, seg_end, t + dt_use), t)
-            fac = controller.factor(ratio, prev_term)
-            prev_term = controller.after_accept(ratio, accept, prev_term)
-            dt_next = dt_use * fac
-            reached = landed & accept
-            # a step cut short to land says nothing against the step it was cut from (a solve that continues
-            # another: from a row's first jump on, or from the start with first_step given)
-            dt_next = torch.maximum(dt_next, torch.where(reached & carried, dt, 0.0))
-            dt = torch.where(active, dt_next, dt)
             n_att += active
             n_acc += accept
-            rejected = active ^ accept
             active = t_new < t_end
             jumped = reached.logical_and_(ptr.squeeze(1) < n_jumps)
-            covered = t_new >= next_out
+            covered = t_new >= outputs.next_out
             # a rejected step below the smallest allowed one fails its row; tested here, in the one host sync,
             # because with many rows some row rejects a step in most iterations
-            under = rejected & (dt < tiny)
+            under = rejected & (step.dt < tiny)
             any_active, any_covered, any_rejected, any_jumped, any_under = (
                 torch.stack((active, covered, rejected, jumped, under)).any(1).tolist()  # the one host sync per step
             )
@@ -252,11 +228,7 @@ def _solve_jumps(
                 active = active & ~under
                 any_active = bool(active.any())
         if any_covered:
-            recs.append(StepRecord(t, t_new, dt_use, y, ks))
-            cnt = torch.searchsorted(tq, t_new.unsqueeze(1), right=True)  # outputs at or before t_new
-            next_out = tq_ext.gather(1, cnt).squeeze(1)
-            if flush and len(recs) >= 32:
-                out_buf, t_flushed = _flush(tab, recs, tq, out_buf, y_pre0, t_flushed, t_new)
+            outputs.record(t, t_new, dt_use, y, ks)
         y, k0 = _accept(func, tab, accept, any_rejected, y, y1, ks, k0, t_new)
         if any_jumped:
             pos = seg_pos.gather(1, ptr).squeeze(1).clamp_(max=N - 1)  # rows past their last jump: any valid index
@@ -267,8 +239,8 @@ def _solve_jumps(
             y = torch.where(jc, y_jump, y)
             k0 = torch.where(jc, func(t_new, y), k0)  # a fresh first stage after the jump (no FSAL across it)
             with torch.no_grad():
-                prev_term = torch.where(jumped, SAFETY, prev_term)
-                carried |= jumped
+                step.prev_term = torch.where(jumped, SAFETY, step.prev_term)
+                step.carried |= jumped
                 n_jmp += jumped
                 seg_start_att = torch.where(jumped, n_att, seg_start_att)
                 ptr += jc
@@ -278,13 +250,8 @@ def _solve_jumps(
     _raise_failures(tab, failed, nonfinite, t, sign)
     per_step = tab.stages - 1 if tab.fsal else tab.stages
     nfe = n_att.mul(per_step).add_(n_jmp).add_(nfe_init)
-    stats = SolverStats(n_f_evals=nfe, n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=dt)
-    if flush:
-        if recs:
-            out_buf, _ = _flush(tab, recs, tq, out_buf, y_pre0, t_flushed, t)
-        ys = y_pre0.unsqueeze(1).expand(B, N, -1) if out_buf is None else out_buf
-    else:
-        ys = _assemble(tab, y_pre0, tq, _stack_records(recs) if recs else None)
+    stats = SolverStats(n_f_evals=nfe, n_accepted=n_acc, n_rejected=n_att.sub(n_acc), next_dt=step.dt)
+    ys, _ = outputs.result(t)
     if ties:
         ys = _after_earlier_jumps(ys, tie, at, posts, ties)
     return JumpSolution(ys, y, stats)

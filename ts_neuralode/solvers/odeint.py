@@ -257,6 +257,7 @@ def odeint(
     elif first_step is not None and (not isinstance(first_step, (int, float)) or not first_step > 0):
         raise ValueError(f"first_step must be a number > 0, got {first_step!r}")
 
+    opts = SolverOptions.of(opt, first_step)
     if TWO_POINT_PATH and tab.adaptive and not opt.adjoint and isinstance(t, Tensor) and t.shape[-1] == 2:
         # one interval (a recurrent model's step from one observation to the next): the two-point path
         times = None if check_inputs else _interval_unchecked(y0, t, t_mask)
@@ -264,30 +265,11 @@ def odeint(
             tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
             times = tq[:, 0], tq[:, 1], sign, False
         tau0, tau1, sign, all_active = times
-        y1, stats = solve_interval(
-            _wrap(func, sign),
-            tab,
-            y0,
-            tau0,
-            tau1,
-            rtol=float(opt.rtol),
-            atol=float(opt.atol),
-            max_steps=opt.max_steps,
-            first_step=first_step,
-            sign=sign,
-            all_active=all_active,
-        )
+        y1, stats = solve_interval(_wrap(func, sign), tab, y0, tau0, tau1, opts, sign=sign, all_active=all_active)
         return Solution(torch.stack((y0, y1), 1), stats)
 
     tq, sign = _normalise_time(y0, t, t_mask, check_inputs)
     f = _wrap(func, sign)
-    opts = SolverOptions(
-        rtol=float(opt.rtol),
-        atol=float(opt.atol),
-        max_steps=opt.max_steps,
-        first_step=first_step,
-        step_size=None if opt.step_size is None else float(opt.step_size),
-    )
 
     if opt.adjoint:
         if adjoint_params is None:

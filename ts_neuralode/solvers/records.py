@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .options import ODEOptions
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,20 @@ class SolverOptions:
     # adaptive methods: initial step, one float or a [B] tensor per sample (None: Hairer's automatic choice)
     first_step: float | Tensor | None = None
     step_size: float | None = None  # fixed-step methods: step (None: output time to output time)
+
+    @classmethod
+    def of(
+        cls, options: ODEOptions, first_step: float | Tensor | None = None, max_steps: int | None = None
+    ) -> SolverOptions:
+        """What the solve loops read of checked ``options`` (numbers as floats), with the call's ``first_step`` and
+        ``max_steps`` (None: the options' own)."""
+        return cls(
+            rtol=float(options.rtol),
+            atol=float(options.atol),
+            max_steps=options.max_steps if max_steps is None else max_steps,
+            first_step=first_step,
+            step_size=None if options.step_size is None else float(options.step_size),
+        )
 
 
 class StepRecord(NamedTuple):

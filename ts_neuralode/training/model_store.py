@@ -24,6 +24,7 @@ import torch
 
 from ts_neuralode import __version__
 from ts_neuralode.core.atomic import atomic_write_dir, interrupted_backup, load_json
+from ts_neuralode.data.io import READ_KEYS
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError, ForecastError
 from ts_neuralode.training.module import ForecastingModule
@@ -33,7 +34,6 @@ FORMAT = "ts_neuralode.model/2"
 READABLE_FORMATS = (FORMAT, "ts_neuralode.model/1")
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
-READ_KEYS = ("format", "id_col", "time_col", "value_cols", "mask_cols", "time_unit", "duplicates")
 
 
 @dataclass
