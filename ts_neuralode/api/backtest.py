@@ -55,6 +55,7 @@ from ts_neuralode.api.scoring import (
 from ts_neuralode.api.windows import (
     BASELINES,
     CRPS_QUANTILES,
+    WindowRefit,
     _only_series,
     _refit_every,
     _row_cutter,
@@ -148,31 +149,25 @@ def cross_validation(
         raise ConfigError(
             "refit needs the history as a DataFrame or a file path (a new model is trained on each window's part of it)"
         )
-    source_cut = _row_cutter(source, table) if every else None
-    refit_fn = (lambda data, workdir: refit_forecaster(fit_args, data, workdir, forecaster_cls)) if every else None
-    frames = _run_windows(
-        fc,
-        table,
-        cuts,
-        cuts_ns,
-        h,
-        None,
-        every,
-        refit_fn,
-        source_cut,
-        workdir,
-        progress,
-        dict(
-            level=level,
-            quantiles=quantiles,
-            num_samples=num_samples,
-            context=context,
-            seed=seed,
-            batch_size=batch_size,
-            calibrated=calibrated,
-            covariates=covariates,
-        ),
+    window_refit = None
+    if every:
+        window_refit = WindowRefit(
+            every,
+            lambda data, folder: refit_forecaster(fit_args, data, folder, forecaster_cls),
+            _row_cutter(source, table),
+            workdir,
+        )
+    predict_options = dict(
+        level=level,
+        quantiles=quantiles,
+        num_samples=num_samples,
+        context=context,
+        seed=seed,
+        batch_size=batch_size,
+        calibrated=calibrated,
+        covariates=covariates,
     )
+    frames = _run_windows(fc, table, cuts, cuts_ns, h, predict_options, refit=window_refit, progress=progress)
     if not frames:
         raise ForecastError(
             "no backtest window has a series with history before its cutoff and an observation within "

@@ -333,29 +333,17 @@ def held_out_forecasts(
     covariates = (
         fc.read_covariates(source, None, table) if spec is not None and (spec.future_cols or spec.static_cols) else None
     )
-    frames = _run_windows(
-        fc,
-        table,
-        full,
-        cuts_ns,
-        h,
-        lim,
-        0,
-        None,
-        None,
-        None,
-        False,
-        dict(
-            level=list(levels or []),
-            quantiles=None,
-            num_samples=num_samples,
-            context=None,
-            seed=seed,
-            batch_size=64,
-            calibrated=False,
-            covariates=covariates,
-        ),
+    predict_options = dict(
+        level=list(levels or []),
+        quantiles=None,
+        num_samples=num_samples,
+        context=None,
+        seed=seed,
+        batch_size=64,
+        calibrated=False,
+        covariates=covariates,
     )
+    frames = _run_windows(fc, table, full, cuts_ns, h, predict_options, limit=lim)
     cv = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return cv, table, h, ids
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -161,29 +161,38 @@ def _score_window(model, table, hist, ok, n_hist, n_end, cut, raw_history, opts:
     return frame[cols]
 
 
+class WindowRefit(NamedTuple):
+    """A backtest that trains a new model every ``every`` windows: ``fit(rows, workdir)`` trains one on ``rows`` (the
+    history file's own rows up to each cutoff, as ``cut(series, n_rows, cuts)`` gives them), in a temporary folder
+    under ``workdir``."""
+
+    every: int
+    fit: Callable[[pd.DataFrame, Path], Any]
+    cut: Callable[[np.ndarray, np.ndarray, np.ndarray], pd.DataFrame]
+    workdir: Any = None
+
+
 def _run_windows(
     fc,
     table,
     cuts: np.ndarray,
     cuts_ns: np.ndarray | None,
     h: float,
-    limit: np.ndarray | None,
-    every: int,
-    refit_fn: Callable[[pd.DataFrame, Path], Any] | None,
-    source_cut,
-    workdir,
-    progress: bool,
     opts: dict,
+    *,
+    limit: np.ndarray | None = None,
+    refit: WindowRefit | None = None,
+    progress: bool = False,
 ) -> list[pd.DataFrame]:
     """The scored rows of every window ``cuts[w]`` (``[W, S]`` raw cut times; NaN: the series sits the window
-    out); ``limit`` (``[S]`` raw times, optional): no target after it; ``opts``: the ``predict`` options of every
-    window (``level``, ``quantiles``, ``num_samples``, ``context``, ``seed``, ``batch_size``, ``calibrated``,
-    ``covariates``)."""
+    out); ``opts``: the ``predict`` options of every window (``level``, ``quantiles``, ``num_samples``, ``context``,
+    ``seed``, ``batch_size``, ``calibrated``, ``covariates``); ``limit`` (``[S]`` raw times): no target after it;
+    ``refit``: train a new model every ``refit.every`` windows (else ``fc`` forecasts every window)."""
     codec = table.codec
     frames, seen = [], -1
     model = fc
     before_all = (float(np.min(table.times)) if len(table.times) else 0.0) - abs(h) - 1.0  # a cut with no history
-    tmp = tempfile.TemporaryDirectory(dir=workdir) if every else None
+    tmp = tempfile.TemporaryDirectory(dir=refit.workdir) if refit else None
     try:
         for w in show_progress(range(len(cuts)), progress, "backtest", "window"):
             cut_w = np.where(np.isfinite(cuts[w]), cuts[w], before_all)
@@ -197,10 +206,10 @@ def _run_windows(
             hist = _subset(table, ok, hi=n_hist[ok])
             seen += 1
             raw_hist = None
-            if every:  # the file's own rows up to each cutoff: what a refit trains on and its model reads
-                raw_hist = source_cut(ok, n_hist, cuts[w])
-                if seen % every == 0:
-                    model = refit_fn(raw_hist, Path(tmp.name) / f"window{w}")
+            if refit is not None:  # the file's own rows up to each cutoff: what a refit trains on and its model reads
+                raw_hist = refit.cut(ok, n_hist, cuts[w])
+                if seen % refit.every == 0:
+                    model = refit.fit(raw_hist, Path(tmp.name) / f"window{w}")
             cut = codec.from_ns(cuts_ns[w][ok]) if cuts_ns is not None else cuts[w][ok]
             frame = _score_window(model, table, hist, ok, n_hist, n_end, cut, raw_hist, opts)
             if frame is not None:
