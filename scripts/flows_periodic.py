@@ -48,6 +48,9 @@ VARIANTS = {
     "time_input 8": {"time_input_features": 8},
     "rotation 2": {"rotation_pairs": 2},
     "rotation 3": {"rotation_pairs": 3},
+    "rotation 4": {"rotation_pairs": 4},
+    "rotation 3 tanh-time": {"rotation_pairs": 3, "time_embedding": "tanh"},
+    "rotation 3 one-layer": {"rotation_pairs": 3, "flow_layers": 1},
 }
 KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
 
