@@ -269,8 +269,8 @@ class SeriesTransform:
 
     # --- forecaster path -------------------------------------------------------------------------
     def read(self, source, **read_kwargs):
-        """Read a history CSV/DataFrame with this transform's columns and time codec."""
-
+        """Read a history CSV/DataFrame with this transform's columns and time codec (``value_cols`` named otherwise
+        than at fit time stand for the training channels, in order)."""
         kw = {
             "id_col": self.id_col,
             "time_col": self.time_col,
@@ -281,11 +281,9 @@ class SeriesTransform:
         # None for these means "the default", which here is the training setting, not auto-detection
         kw.update({k: v for k, v in read_kwargs.items() if v is not None or k not in ("value_cols", "time_unit")})
         table = read_series(source, **kw)
-        given = read_kwargs.get("value_cols")
-        given = [given] if isinstance(given, str) else given
-        if given is not None and len(given) == len(self.channel_names) == len(table.channel_names):
-            # value columns named otherwise than at fit time: they stand for the training channels, in order
-            table = replace(table, channel_names=list(self.channel_names))
+        given = [v] if isinstance(v := read_kwargs.get("value_cols"), str) else list(v or [])
+        if len(given) == len(self.channel_names) == len(table.channel_names) and set(given) != set(self.channel_names):
+            table = replace(table, channel_names=list(self.channel_names))  # named otherwise: the channels in order
         if table.channel_names != list(self.channel_names):
             raise DataError(
                 f"{table.source}: channels {table.channel_names} differ from the training channels "
