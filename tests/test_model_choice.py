@@ -414,8 +414,15 @@ def test_auto_errors_are_one_line(series, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "horizon" in err[0]
-    with pytest.raises(ConfigError, match="apply only to model='auto'"):
+    with pytest.raises(ConfigError, match="budget applies only to model='auto'"):
         Forecaster.fit(series, "ode_rnn", budget=3, tracking=False, output_dir=tmp_path / "x")
+    # a fit's own options in the wrong place: the group dict that takes them
+    with pytest.raises(ConfigError, match=r"max_epochs is not an argument of its own; pass trainer=\{'max_epochs'"):
+        Forecaster.fit(series, "ode_rnn", max_epochs=3, tracking=False, output_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"pass model_options=\{'evolution': \{'method': \.\.\.\}\}"):
+        Forecaster.fit(series, "ode_rnn", method="rk4", tracking=False, output_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="bogus is not an option"):
+        Forecaster.fit(series, "ode_rnn", bogus=1, tracking=False, output_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="ensemble"):
         Forecaster.fit(series, "auto", data_options=DATA, ensemble=0, tracking=False, output_dir=tmp_path / "y")
     rc = main(

@@ -24,15 +24,38 @@ import torch
 
 from ts_neuralode.api.backtest import cross_validation
 from ts_neuralode.api.fitting import fit
-from ts_neuralode.api.model_choice import fit_auto
+from ts_neuralode.api.model_choice import SEARCH_DEFAULTS, fit_auto
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir
 from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.core.option_hints import option_names
 from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.io import as_frame
 from ts_neuralode.errors import ConfigError
+from ts_neuralode.training.options import fit_options
 
 #: the options of a fit that is no model choice: :func:`ts_neuralode.api.fitting.fit`'s, declared there
 FIT_OPTIONS = tuple(name for name in inspect.signature(fit).parameters if name not in ("what", "forecaster_cls"))
+
+
+#: the argument of :meth:`Forecaster.fit` that takes each group of ``ts-neuralode fit``'s options
+_GROUP_ARGUMENT = {"data": "data_options", "model": "model_options", "trainer": "trainer"}
+
+
+def _misplaced(name: str) -> str:
+    """What to pass instead of the keyword ``name`` that a fit (not a model choice) does not take: the group dict
+    holding an option of that name (``max_epochs`` -> ``trainer={'max_epochs': ...}``), or model='auto' for a search
+    option."""
+    parser, _ = fit_options()
+    for option in sorted(option_names(parser)):
+        group, _, key = option[2:].partition(".")
+        if group in _GROUP_ARGUMENT and key.rsplit(".", 1)[-1] == name:
+            nested = "..."
+            for part in reversed(key.split(".")):
+                nested = f"{{{part!r}: {nested}}}"
+            return f"{name} is not an argument of its own; pass {_GROUP_ARGUMENT[group]}={nested}"
+    if name in inspect.signature(fit_auto).parameters or name in SEARCH_DEFAULTS:
+        return f"{name} applies only to model='auto' (the automatic model choice)"
+    return f"{name} is not an option (the options: {', '.join(FIT_OPTIONS)})"
 
 
 class Forecaster(Predictor):
@@ -65,11 +88,9 @@ class Forecaster(Predictor):
         if str(model) == "auto":  # the automatic model choice searches, then refits through this same fit
             train = fit_auto
         else:
-            auto = sorted(set(options) - set(FIT_OPTIONS))
-            if auto:
-                raise ConfigError(
-                    f"Forecaster.fit: {', '.join(auto)} apply only to model='auto' (the automatic model choice)"
-                )
+            unknown = sorted(set(options) - set(FIT_OPTIONS))
+            if unknown:
+                raise ConfigError(f"Forecaster.fit: {'; '.join(_misplaced(name) for name in unknown)}")
             train = functools.partial(fit, model=model)
         return train(as_frame(data), forecaster_cls=cls, **options)
 
