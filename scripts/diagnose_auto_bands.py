@@ -25,7 +25,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peer_windows as pw  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
 
@@ -63,8 +62,8 @@ def main() -> int:
     from ts_neuralode.api.forecaster import Forecaster
 
     ds = pb.DATASETS[args.dataset]
-    raw, long, origin, aware = pb.load(ds)
-    cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
+    w = pb.windows(ds, args.cutoffs)
+    raw, origin, aware, cuts = w.raw, w.origin, w.aware, w.cuts
     first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
     t = pb.raw_time(raw, ds, origin)
     train = raw[t <= raw["unique_id"].map(first).to_numpy(dtype=float) + 1e-9]

@@ -133,6 +133,40 @@ def work_counts(module, batch, ctx) -> dict:
     )
 
 
+def sine_workload(n_series: int, prefix: str):
+    """The workload of the in-process A/Bs (this script and ``scripts/pass_trajectory.py``): ``ts-neuralode generate
+    sine --n_series N`` into a temporary CSV, its interpolation data module (set up for fit, padded batches of 50),
+    and a function that makes the ODE-RNN module both train (dopri5, latent 16, hidden 64, lr 0.01): called when the
+    caller's random state is where it wants the weights drawn."""
+    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+    from ts_neuralode.models.evolution_config import EvolutionConfig
+    from ts_neuralode.training import ForecastingModule
+
+    csv = Path(tempfile.mkdtemp(prefix=prefix)) / "sine.csv"
+    subprocess.run(
+        [sys.executable, "-m", "ts_neuralode.cli", "generate", "sine", "--n_series", str(n_series), "--out", str(csv)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    dm = IrregularTimeSeriesDataModule(
+        path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded", batch_size=50
+    )
+    dm.setup("fit")
+
+    def make_module():
+        return ForecastingModule(
+            model="ode_rnn",
+            input_dim=1,
+            evolution=EvolutionConfig(kind="ode", method="dopri5"),
+            latent_dim=16,
+            hidden_dim=64,
+            lr=0.01,
+        )
+
+    return dm, make_module
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n_series", type=int, default=5000)
@@ -150,41 +184,10 @@ def main() -> int:
         args.n_series, args.warm, args.reps = 500, 5, 3
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.models.evolution_config import EvolutionConfig
     from ts_neuralode.solvers import core, jumps
-    from ts_neuralode.training import ForecastingModule
 
-    work = Path(tempfile.mkdtemp(prefix="many_series_profile_"))
-    csv = work / "sine.csv"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ts_neuralode.cli",
-            "generate",
-            "sine",
-            "--n_series",
-            str(args.n_series),
-            "--out",
-            str(csv),
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    dm = IrregularTimeSeriesDataModule(
-        path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded", batch_size=50
-    )
-    dm.setup("fit")
-    module = ForecastingModule(
-        model="ode_rnn",
-        input_dim=1,
-        evolution=EvolutionConfig(kind="ode", method="dopri5"),
-        latent_dim=16,
-        hidden_dim=64,
-        lr=0.01,
-    )
+    dm, make_module = sine_workload(args.n_series, "many_series_profile_")
+    module = make_module()
     module.log = lambda *a, **k: None  # no trainer: the validation step's logging is a no-op here
     opt = torch.optim.Adam(module.parameters(), lr=0.01)
     it = iter(dm.train_dataloader())

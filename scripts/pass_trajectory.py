@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import subprocess
+import itertools
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -41,36 +39,17 @@ def main() -> int:
     if args.quick:
         args.n_series, args.steps = 500, 20
     torch.set_num_threads(1)
-    from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
-    from ts_neuralode.models import recurrent
-    from ts_neuralode.models.evolution_config import EvolutionConfig
-    from ts_neuralode.training import ForecastingModule
+    from many_series_profile import sine_workload
 
-    csv = Path(tempfile.mkdtemp(prefix="pass_trajectory_")) / "sine.csv"
-    subprocess.run(
-        [sys.executable, "-m", "ts_neuralode.cli", "generate", "sine", "--n_series", str(args.n_series), "--out", csv],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    from ts_neuralode.models import recurrent
+
     torch.manual_seed(args.seed)
-    dm = IrregularTimeSeriesDataModule(
-        path=str(csv), task="interpolation", obs_fraction=0.5, layout="padded", batch_size=50
-    )
-    dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    train_batches = [next(it) for _ in range(args.steps)]
-    vit = iter(dm.val_dataloader())
-    val_batches = [next(vit) for _ in range(5)]
+    dm, make_module = sine_workload(args.n_series, "pass_trajectory_")
+    # at most --steps training batches and 5 validation ones (--quick's 500 series hold 6 and 2)
+    train_batches = list(itertools.islice(dm.train_dataloader(), args.steps))
+    val_batches = list(itertools.islice(dm.val_dataloader(), 5))
     torch.manual_seed(args.seed)
-    first = ForecastingModule(
-        model="ode_rnn",
-        input_dim=1,
-        evolution=EvolutionConfig(kind="ode", method="dopri5"),
-        latent_dim=16,
-        hidden_dim=64,
-        lr=0.01,
-    )
+    first = make_module()
     second = copy.deepcopy(first)
     if args.control:
         with torch.no_grad():

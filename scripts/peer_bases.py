@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peer_windows as pw  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
 from ts_neuralode.api.forecaster import Forecaster  # noqa: E402
@@ -37,9 +36,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     ds = pb.DATASETS[args.dataset]
-    raw, long, origin, aware = pb.load(ds)
-    cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
-    rows = pw.window_rows(long, cuts, ds.horizon)
+    w = pb.windows(ds, args.cutoffs)
+    raw, origin, aware, cuts, rows = w.raw, w.origin, w.aware, w.cuts, w.rows
     first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
     t = pb.raw_time(raw, ds, origin)
     train = raw[t <= raw["unique_id"].map(first).to_numpy(float) + 1e-9]

@@ -197,6 +197,27 @@ def load(ds: DataSet) -> tuple[pd.DataFrame, pd.DataFrame, int | None, bool]:
     return raw, long, origin, aware
 
 
+@dataclass(frozen=True)
+class Windows:
+    """A data set as every peer script reads it: the frames of :func:`load` and its rolling-origin windows (``cuts``:
+    each series' cutoff per window; ``rows``: the scored points)."""
+
+    ds: DataSet
+    raw: pd.DataFrame
+    long: pd.DataFrame
+    origin: int | None
+    aware: bool
+    cuts: pd.DataFrame
+    rows: pd.DataFrame
+
+
+def windows(ds: DataSet, n_cutoffs: int) -> Windows:
+    """``ds`` loaded and cut into ``n_cutoffs`` rolling-origin windows, as the benchmark scores them."""
+    raw, long, origin, aware = load(ds)
+    cuts = pw.make_cuts(long, ds.horizon, n_cutoffs, ds.step, ds.shared)
+    return Windows(ds, raw, long, origin, aware, cuts, pw.window_rows(long, cuts, ds.horizon))
+
+
 def raw_time(raw: pd.DataFrame, ds: DataSet, origin: int | None) -> np.ndarray:
     if ds.unit is None:
         return pd.to_numeric(raw["ds"]).to_numpy(dtype=float)
@@ -738,9 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(f"{name}: {ds.path} not found (write it with {ds.make})")
                 log(f"skip {skipped[-1]}")
                 continue
-            raw, long, origin, aware = load(ds)
-            cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
-            rows = pw.window_rows(long, cuts, ds.horizon)
+            w = windows(ds, args.cutoffs)
+            raw, long, origin, aware, cuts, rows = w.raw, w.long, w.origin, w.aware, w.cuts, w.rows
             log(f"{name}: {long['unique_id'].nunique()} series, {len(rows)} scored points in {args.cutoffs} windows")
             results: dict[str, dict] = {}
             if ds.season:

@@ -20,7 +20,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peer_windows as pw  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
 
@@ -35,9 +34,8 @@ def main() -> int:
     p.add_argument("--top", type=int, default=8)
     args = p.parse_args()
     ds = pb.DATASETS[args.dataset]
-    raw, long, origin, aware = pb.load(ds)
-    cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
-    rows = pw.window_rows(long, cuts, ds.horizon)
+    w = pb.windows(ds, args.cutoffs)
+    long, cuts, rows = w.long, w.cuts, w.rows
     cache, tag = Path(args.cache), f"{args.dataset}-w{args.cutoffs}"
     peers = {}
     for fam in ("statsforecast", "neuralforecast"):

@@ -20,7 +20,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peer_windows as pw  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
 from ts_neuralode.api.calibration import band_scores, conformal_factor, width_floor  # noqa: E402
@@ -43,9 +42,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for ds_name in [d for d in args.datasets.split(",") if d]:
         ds = pb.DATASETS[ds_name]
-        _, long, _, _ = pb.load(ds)
-        cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
-        rows = pw.window_rows(long, cuts, ds.horizon)
+        w = pb.windows(ds, args.cutoffs)
+        cuts, rows = w.cuts, w.rows
         f = Path(args.cache) / f"{ds_name}-w{args.cutoffs}-{name}-e{args.epochs}.pkl"
         if not f.is_file():
             print(f"{ds_name}: {f} not in the cache", file=sys.stderr)

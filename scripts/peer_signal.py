@@ -23,7 +23,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peer_windows as pw  # noqa: E402
 import peer_benchmark as pb  # noqa: E402
 
 
@@ -60,9 +59,8 @@ def main() -> int:
     p.add_argument("--cutoffs", type=int, default=4)
     args = p.parse_args()
     ds = pb.DATASETS[args.dataset]
-    _, long, _, _ = pb.load(ds)
-    cuts = pw.make_cuts(long, ds.horizon, args.cutoffs, ds.step, ds.shared)
-    rows = pw.window_rows(long, cuts, ds.horizon)
+    w = pb.windows(ds, args.cutoffs)
+    long, rows = w.long, w.rows
     f = features(long, rows)
     y = rows["y"].to_numpy(float)
     key = rows["unique_id"].astype(str) + "/" + rows["channel"].astype(str)
