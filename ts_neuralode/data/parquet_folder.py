@@ -251,7 +251,7 @@ class ShardStream(IterableDataset):
             for j in range(0, len(items), self.batch_size):
                 if done >= self.length:
                     return
-                batch = collate(m.arrays, items[j : j + self.batch_size], dm.layout, m._specs[self.name])
+                batch = collate(m.arrays, items[j : j + self.batch_size], dm.batch_layout, m._specs[self.name])
                 batch.series_idx = torch.from_numpy(gpos[batch.series_idx.numpy()])
                 yield batch
                 done += 1

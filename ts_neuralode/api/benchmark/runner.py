@@ -20,6 +20,7 @@ import torch
 from ts_neuralode.api.benchmark.config import COLUMNS, MODEL_SPECS, PROG, SCORES, TASKS, BenchmarkConfig, scored_tasks
 from ts_neuralode.api.benchmark.report import describe
 from ts_neuralode.api.benchmark.tracker import BenchmarkTracker
+from ts_neuralode.data.batching import auto_layout
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.models.baselines import REFERENCE, baseline_names
@@ -45,11 +46,8 @@ def load_frame(cfg: BenchmarkConfig) -> pd.DataFrame | None:
 
 
 def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
-    """``auto``: the union grid when the series (nearly) share their times, else per-series padded grids.
-
-    A union grid over series with their own random times would have ``B × T`` points, and every recurrent
-    model steps through each of them.
-    """
+    """``auto``: the data module's rule on the data (:func:`~ts_neuralode.data.batching.auto_layout`, as on the
+    interpolation task: the benchmark's tasks share one layout)."""
     if cfg.layout != "auto":
         return cfg.layout
 
@@ -62,9 +60,7 @@ def choose_layout(cfg: BenchmarkConfig, df: pd.DataFrame | None) -> str:
         time_scale=cfg.time_scale,
     )
     probe.setup()
-    n_unique = len(np.unique(probe.table.times))
-    longest = int(np.max(probe.arrays.counts))
-    return "union" if n_unique <= 2 * longest else "padded"
+    return auto_layout(probe.table.times, probe.arrays.counts, "interpolation")
 
 
 def make_datamodules(cfg: BenchmarkConfig, df: pd.DataFrame | None, layout: str) -> dict[str, Any]:
