@@ -27,7 +27,7 @@ from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice import SEARCH_DEFAULTS, fit_auto
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster, is_ensemble_dir
 from ts_neuralode.api.predictor import Predictor
-from ts_neuralode.core.option_hints import option_names
+from ts_neuralode.core.option_hints import ending_in, option_names
 from ts_neuralode.core.threads import configure_threads
 from ts_neuralode.data.io import as_frame
 from ts_neuralode.errors import ConfigError
@@ -41,14 +41,13 @@ FIT_OPTIONS = tuple(name for name in inspect.signature(fit).parameters if name n
 _GROUP_ARGUMENT = {"data": "data_options", "model": "model_options", "trainer": "trainer"}
 
 
-def _misplaced(name: str) -> str:
+def _misplaced(name: str, known: set[str]) -> str:
     """What to pass instead of the keyword ``name`` that a fit (not a model choice) does not take: the group dict
-    holding an option of that name (``max_epochs`` -> ``trainer={'max_epochs': ...}``), or model='auto' for a search
-    option."""
-    parser, _ = fit_options()
-    for option in sorted(option_names(parser)):
+    holding an option of that name among ``known`` (``ts-neuralode fit``'s options; ``max_epochs`` ->
+    ``trainer={'max_epochs': ...}``), or model='auto' for a search option."""
+    for option in ending_in(known, name):
         group, _, key = option[2:].partition(".")
-        if group in _GROUP_ARGUMENT and key.rsplit(".", 1)[-1] == name:
+        if group in _GROUP_ARGUMENT:
             nested = "..."
             for part in reversed(key.split(".")):
                 nested = f"{{{part!r}: {nested}}}"
@@ -90,7 +89,8 @@ class Forecaster(Predictor):
         else:
             unknown = sorted(set(options) - set(FIT_OPTIONS))
             if unknown:
-                raise ConfigError(f"Forecaster.fit: {'; '.join(_misplaced(name) for name in unknown)}")
+                known = option_names(fit_options()[0])  # ts-neuralode fit's parser, built once for the message
+                raise ConfigError(f"Forecaster.fit: {'; '.join(_misplaced(name, known) for name in unknown)}")
             train = functools.partial(fit, model=model)
         return train(as_frame(data), forecaster_cls=cls, **options)
 

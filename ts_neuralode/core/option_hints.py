@@ -21,6 +21,11 @@ def option_names(parser) -> set[str]:
     return names
 
 
+def ending_in(known, name: str) -> list[str]:
+    """The options of ``known`` whose last dotted part is ``name`` (``max_epochs`` -> ``--trainer.max_epochs``)."""
+    return sorted(k for k in known if k.rsplit(".", 1)[-1].lstrip("-") == name)
+
+
 def unknown_option_hint(parser, message: str) -> str:
     """For an "unrecognized arguments" parser error: `` (did you mean --trainer.max_epochs for --max_epochs?)``, the
     options of ``parser`` an unknown one most likely meant (the same last part of a dotted name, a group's options,
@@ -35,7 +40,7 @@ def unknown_option_hint(parser, message: str) -> str:
         if not name.startswith("--") or name in known:
             continue
         hits = (
-            [k for k in known if k.rsplit(".", 1)[-1] == name[2:]]
+            ending_in(known, name[2:])
             or [k for k in known if k.startswith(name + ".")]
             or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
         )
@@ -44,4 +49,4 @@ def unknown_option_hint(parser, message: str) -> str:
     return f" (did you mean {'; '.join(hints)}?)" if hints else ""
 
 
-__all__ = ["option_names", "unknown_option_hint"]
+__all__ = ["ending_in", "option_names", "unknown_option_hint"]

@@ -394,8 +394,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             return self.layout
         if getattr(self, "streams_shards", False):
             return "padded"
-        self._prepare()
-        return auto_layout(self.table.times, self.table.counts, self.task)
+        if getattr(self, "_auto_layout", None) is None:  # resolved once: every loader of the fit asks
+            self._prepare()
+            self._auto_layout = auto_layout(self.table.times, self.table.counts, self.task)
+        return self._auto_layout
 
     def _loader(
         self,
