@@ -34,10 +34,10 @@ def coverage(cv, name: str) -> float:
     return float(np.mean((y >= lo) & (y <= hi)))
 
 
-def scaled_mae(cv, name: str) -> float:
+def scaled_mae(cv, name: str, horizon) -> float:
     from ts_neuralode.api.backtest import evaluate
 
-    met = evaluate(cv, 1e9, models=["locf", name])
+    met = evaluate(cv, horizon, models=["locf", name])
     ov = met[met["scope"] == "overall"].set_index("model")
     return float(ov.loc[name, "scaled_mae"])
 
@@ -117,7 +117,7 @@ def main() -> int:
             cov_cal = f"{coverage(backtest(f, True), f.name):.3f}" if cal is not None else "—"
             lines.append(
                 f"| {label} | {what} | {correction_weight(f)} | {'yes' if cal else 'no'} | "
-                f"{'—' if not f90 else ' '.join(f'{x:.2f}' for x in f90)} | {scaled_mae(cv, f.name):.3f} | "
+                f"{'—' if not f90 else ' '.join(f'{x:.2f}' for x in f90)} | {scaled_mae(cv, f.name, ds.horizon_arg):.3f} | "
                 f"{coverage(cv, f.name):.3f} | {cov_cal} |"
             )
 

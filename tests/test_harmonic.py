@@ -10,7 +10,7 @@ import torch
 
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.models import ODERNN
-from ts_neuralode.models.harmonic import harmonic_forecast
+from ts_neuralode.models.harmonic import HarmonicFit, harmonic_forecast
 from ts_neuralode.models.window import WindowModel, WindowStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,3 +92,23 @@ def test_a_base_trains_the_correction_only():
     model = WindowModel(plain, "window", "harmonic", season_period=P)
     assert model.inner.score_context is False
     assert model.loss(b)[0].item() == 0.0
+
+
+def test_the_information_criterion_chooses_the_harmonics_per_series():
+    """A noisy sine takes one harmonic, the two-harmonic profile two or more (BIC on each series' own fit): three
+    fixed harmonics (before) fitted the sine's noise as harmonics 2 and 3."""
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 5.0, 120))
+    y = np.stack([np.sin(2 * np.pi * t / P) + rng.normal(0, 0.5, t.size), profile(t) + rng.normal(0, 0.05, t.size)])
+    fit = HarmonicFit(batch_of(t, y, cutoff=4.0), P)
+    assert fit.ok.all()
+    assert fit.harmonics[0, 0].item() == 1 and (fit.seas_coef[0, 0, 2:] == 0).all()
+    assert fit.harmonics[1, 0].item() >= 2 and fit.seas_coef[1, 0, 2:4].abs().max() > 0.3  # the 0.4 cos(4πt + 0.3)
+
+
+def test_a_sparse_context_fits_one_harmonic():
+    """12 points over three seasons: too few for three harmonics (2 points per coefficient), enough for one."""
+    t = np.linspace(0, 3.0, 12, endpoint=False)
+    b = batch_of(t, (profile(t) + 0.2 * t)[None, :], cutoff=3.0)
+    fit = HarmonicFit(b, P)
+    assert fit.ok.all() and fit.harmonics[0, 0].item() == 1
