@@ -466,7 +466,10 @@ def test_starting_points_follow_the_season():
 def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, tmp_path):
     """The refit trains on train + validation, so it has no validation windows of its own: without its trial's
     choices its bands were left uncalibrated (BXLator: a 90% band covering 17% of the points, results/peers.md) and
-    its correction weight reset to 1. It inherits both, and the model directory keeps them."""
+    its correction weight reset to 1. It inherits the weight, and bands calibrated on its trial's windows from the
+    trial's held-out errors over its own band widths (a refit's band can be wider or narrower than its trial's);
+    the model directory keeps both."""
+    from ts_neuralode.api.calibration import transfer_calibration
     from ts_neuralode.api.correction_gate import window_model
 
     data = {**DATA, "task": "forecast", "test_fraction": 0.0}
@@ -484,11 +487,15 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     trial = Forecaster.load(tmp_path / "out" / "trials" / "trial_0000" / "model")
     assert trial.calibration is not None and window_model(trial) is not None  # the starting point: a window model
     assert fc.calibration is not None, "the refit's bands are uncalibrated"
-    assert fc.calibration["factors"] == trial.calibration["factors"]
-    assert "trial 0" in fc.calibration["fitted_on"]["what"]
+    # the same windows, this model's widths (the identity: a model calibrated on itself gets its own factors back)
+    assert fc.calibration["fitted_on"]["windows"] == trial.calibration["fitted_on"]["windows"]
+    assert "trial 0" in fc.calibration["fitted_on"]["what"] and "band widths" in fc.calibration["fitted_on"]["what"]
+    same = transfer_calibration(trial, trial, series, trial.calibration)
+    for lv, f in trial.calibration["factors"].items():
+        np.testing.assert_allclose(same["factors"][lv], f, rtol=1e-9)
     assert float(window_model(fc).correction_scale) == float(window_model(trial).correction_scale)
     back = Forecaster.load(fc.fit_info["model_dir"])
-    assert back.calibration is not None and back.calibration["factors"] == trial.calibration["factors"]
+    assert back.calibration is not None and back.calibration["factors"] == fc.calibration["factors"]
     assert float(window_model(back).correction_scale) == float(window_model(trial).correction_scale)
     # predict's default bands are the calibrated ones: stretched by the factors about the same midpoints
     kw = dict(horizon=1.0, num_points=3, num_samples=50, seed=0, level=[90])
@@ -497,6 +504,6 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     np.testing.assert_allclose(cal[n], own[n])
     w_own = (own[f"{n}-hi-90"] - own[f"{n}-lo-90"]).to_numpy()
     w_cal = (cal[f"{n}-hi-90"] - cal[f"{n}-lo-90"]).to_numpy()
-    f90, floor = np.asarray(trial.calibration["factors"]["90"]), float(trial.calibration["floors"]["90"])
+    f90, floor = np.asarray(back.calibration["factors"]["90"]), float(back.calibration["floors"]["90"])
     assert np.all(w_cal >= f90.min() * (w_own + 2 * floor) - 1e-6)
     assert np.all(w_cal <= f90.max() * (w_own + 2 * floor) + 1e-6)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ts_neuralode.api.calibration import transfer_calibration
 from ts_neuralode.api.correction_gate import window_model
 from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
@@ -38,12 +39,21 @@ def validation_choices(fc) -> dict[str, Any]:
     }
 
 
-def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_number: int) -> bool:
+def inherit_validation_choices(
+    fc,
+    choices: Mapping[str, Any] | None,
+    trial_number: int,
+    *,
+    trial_dir: str | None = None,
+    data: Any = None,
+    forecaster_cls: type[Predictor] = Predictor,
+) -> bool:
     """Give a refit ``fc`` (trained on train + validation, so without validation windows of its own: its correction
     weight would stay 1 and its bands uncalibrated) what its trial chose on the validation windows: the correction
-    weight and the band calibration. Their conformal factors are ratios to the model's own band widths, so they carry
-    over to the same configuration trained as long on a little more data (measured: results/peers_irregular.md).
-    Returns whether anything was given."""
+    weight, and a band calibration. The calibration is made for the refit's own bands on the trial's windows, from
+    the trial's held-out errors there (:func:`ts_neuralode.api.calibration.transfer_calibration`, with the trial's
+    model from ``trial_dir`` and the history ``data``); where the trial's model is not on this machine (another
+    worker ran it), the trial's factors are taken as they are. Returns whether anything was given."""
     if not choices:
         return False
     given = False
@@ -53,17 +63,16 @@ def inherit_validation_choices(fc, choices: Mapping[str, Any] | None, trial_numb
         wm.set_correction_scale(float(weight))
         given = True
     cal = choices.get("calibration")
-    if cal is not None and getattr(fc, "calibration", None) is None:
-        fc.calibration = {
-            **cal,
-            "fitted_on": {
-                **dict(cal.get("fitted_on") or {}),
-                "what": f"held-out validation windows of trial {trial_number} "
-                "(the same configuration before its refit)",
-            },
-        }
-        given = True
-    return given
+    if cal is None or getattr(fc, "calibration", None) is not None:
+        return given
+    own = None
+    if trial_dir is not None and data is not None and Path(trial_dir).is_dir():
+        own = transfer_calibration(fc, forecaster_cls.load(trial_dir), data, cal)
+    base = own if own is not None else cal
+    how = "the trial's errors over this model's band widths" if own is not None else "the trial's factors"
+    what = f"held-out validation windows of trial {trial_number} (the same configuration before its refit): {how}"
+    fc.calibration = {**base, "fitted_on": {**dict(base.get("fitted_on") or {}), "what": what}}
+    return True
 
 
 def fit_configuration(
@@ -139,7 +148,15 @@ def refit_trial(
             forecaster_cls=forecaster_cls,
         )
     shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
-    if inherit_validation_choices(fc, trial.user_attrs.get("validation_choices"), trial.number):
+    choices = trial.user_attrs.get("validation_choices")
+    if inherit_validation_choices(
+        fc,
+        choices,
+        trial.number,
+        trial_dir=trial.user_attrs.get("model_dir"),
+        data=data_path,
+        forecaster_cls=forecaster_cls,
+    ):
         fc.save(fc.fit_info["model_dir"])
     return fc
 
