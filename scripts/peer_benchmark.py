@@ -408,6 +408,41 @@ def harmonic_reference(long: pd.DataFrame, rows: pd.DataFrame, period: float, co
     return out
 
 
+def code_revision() -> str | None:
+    """The commit our contenders run at (short hash), or None when ``ts_neuralode/`` or ``configs/`` has uncommitted
+    changes (or this is no git checkout): their results then depend on code no commit names."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ts_neuralode", "configs"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0 or dirty.returncode != 0 or dirty.stdout.strip():
+        return None
+    return head.stdout.strip()
+
+
+def our_cache_key(cache: Path | None, tag: str, stem: str, args, rev: str | None) -> Path | None:
+    """Where a result of ours is cached: by data set, contender, epochs (the automatic choice: and budget) and the
+    commit it ran at — a result made by other code is not reused. None without a cache or a commit."""
+    if cache is None or rev is None:
+        return None
+    budget = f"-b{args.auto_budget}" if stem == "auto" else ""
+    return cache / f"{tag}-{stem}-e{args.epochs}{budget}-{rev}.pkl"
+
+
+def newest_cached(cache: Path, key: Path | None) -> Path | None:
+    """``--from_cache``: the newest cached result of the same data set, contender and options, at any commit."""
+    if key is None:
+        return None
+    stem = key.name.rsplit("-", 1)[0]
+    found = sorted(cache.glob(f"{stem}-*.pkl"), key=lambda f: f.stat().st_mtime)
+    # a result written before the key named the budget and the commit
+    legacy = cache / f"{stem.rsplit('-b', 1)[0] if '-auto-' in stem else stem}.pkl"
+    return found[-1] if found else legacy
+
+
 # -- peers --------------------------------------------------------------------------------------------------
 def ensure_venv(log) -> Path:
     """``.venv-peers`` with torch 2.13.0 (CPU, first: neuralforecast would pull a CUDA build), statsforecast 2.1.1,
@@ -751,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
         configs = sorted((ROOT / "configs").glob("*.yaml"))
     families = [] if args.peers == "none" else [f for f in args.peers.split(",") if f]
     cache = Path(args.cache) if args.cache else None
+    rev = code_revision()
+    if cache is not None and rev is None and not args.from_cache:
+        log("the package has uncommitted changes: our models' results are neither read from nor written to the cache")
     sections, all_overall, all_results, skipped = [], {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [d for d in args.datasets.split(",") if d]:
@@ -802,9 +840,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.auto:
                 models.append(("auto", "auto"))
             for stem, model in models:
-                key = cache / f"{tag}-{stem}-e{args.epochs}.pkl" if cache else None
+                if args.from_cache and cache is not None:
+                    key = newest_cached(cache, our_cache_key(cache, tag, stem, args, "any"))
+                else:
+                    key = our_cache_key(cache, tag, stem, args, rev)
                 if key is not None and key.is_file():
                     results[stem] = pd.read_pickle(key)
+                    if args.from_cache:
+                        log(f"{name}: {stem} from {key.name}")
                     continue
                 if args.from_cache:
                     results[stem] = {"cols": None, "error": "not run in the time of this session (no cached result)"}
