@@ -115,9 +115,10 @@ def main() -> int:
             cal = getattr(f, "calibration", None)
             f90 = (cal or {}).get("factors", {}).get("90")
             cov_cal = f"{coverage(backtest(f, True), f.name):.3f}" if cal is not None else "—"
+            factors = "—" if not f90 else " ".join(f"{x:.2f}" for x in f90)
             lines.append(
                 f"| {label} | {what} | {correction_weight(f)} | {'yes' if cal else 'no'} | "
-                f"{'—' if not f90 else ' '.join(f'{x:.2f}' for x in f90)} | {scaled_mae(cv, f.name, ds.horizon_arg):.3f} | "
+                f"{factors} | {scaled_mae(cv, f.name, ds.horizon_arg):.3f} | "
                 f"{coverage(cv, f.name):.3f} | {cov_cal} |"
             )
 

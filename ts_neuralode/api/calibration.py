@@ -408,12 +408,9 @@ def transfer_calibration(
         frame[band_col(fc.name, "lo", lv)], frame[band_col(fc.name, "hi", lv)] = mid - half, mid + half
     codec = table.codec
     lead = lead_since_last(table, frame["unique_id"], frame["ds"], frame["cutoff"])
-    cal = fit(frame, fc.name, h, buckets, codec.unit_ns if codec.is_datetime else None, lead=lead, drop_unreachable=True)
-    cal["fitted_on"] = {
-        **dict(calibration.get("fitted_on") or {}),
-        "points": int(len(frame)),
-        "series": len(ids),
-    }
+    unit_ns = codec.unit_ns if codec.is_datetime else None
+    cal = fit(frame, fc.name, h, buckets, unit_ns, lead=lead, drop_unreachable=True)
+    cal["fitted_on"] = {**dict(calibration.get("fitted_on") or {}), "points": int(len(frame)), "series": len(ids)}
     return cal
 
 
