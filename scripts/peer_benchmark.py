@@ -369,13 +369,13 @@ def align_model(
 
 
 def harmonic_reference(long: pd.DataFrame, rows: pd.DataFrame, period: float, context, unit: str | None) -> np.ndarray:
-    """The harmonic base alone (:func:`ts_neuralode.models.harmonic.harmonic_forecast`, the forecast our window
+    """The harmonic base alone (:func:`ts_neuralode.data.harmonic.harmonic_forecast`, the forecast our window
     models correct, untrained) at each row, from the history up to the cutoff (the last ``context`` of it, as the
     configs see it), at the real observation times; the seasonal naive rule where the context is too short."""
     import torch
 
     from ts_neuralode.data.batch import Batch
-    from ts_neuralode.models.harmonic import harmonic_forecast
+    from ts_neuralode.data.harmonic import harmonic_forecast
 
     span = math.inf
     if context is not None:
@@ -935,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         "seasonal search took tens of minutes per fit on CO₂'s full 2,000 weeks here); a series a model "
         "cannot fit falls back to the Naive forecast; bands at the levels 5…95 give the CRPS quantiles. "
         "`base_harmonic` (family `base`) is the harmonic seasonal forecast our window models correct "
-        "(`ts_neuralode/models/harmonic.py`), untrained, from the same context as the configs: it shows what "
+        "(`ts_neuralode/data/harmonic.py`), untrained, from the same context as the configs: it shows what "
         "the learned correction adds. "
         "demo.yaml runs on the demo data only, with its own context (4D). The page is assembled from "
         "per-(data set, contender) results cached under `.venv-peers/cache` by runs with the same options "

@@ -1,4 +1,4 @@
-"""The harmonic seasonal base (ts_neuralode.models.harmonic) and what a window model with a base trains: exact on a
+"""The harmonic seasonal base (ts_neuralode.data.harmonic) and what a window model with a base trains: exact on a
 sine on a line at irregular times, the current level rather than the fit's, the fallback where the context is too
 short, and a loss that scores the correction only."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.harmonic import HarmonicFit, harmonic_forecast
 from ts_neuralode.models import ODERNN
-from ts_neuralode.models.harmonic import HarmonicFit, harmonic_forecast
 from ts_neuralode.models.window import WindowModel, WindowStats
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,7 @@ from ts_neuralode.api.model_choice_study import (
     _require_optuna,
     _Search,
     gated_value,
+    resolve_season,
 )
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
@@ -134,6 +136,9 @@ def search(
     out = Path(output_dir)
     fixed = _fixed_options(data_options, model_options, trainer)
     path = _prepare_data(data, out)
+    fixed, season_line = resolve_season(fixed, path, seed)
+    if season_line is not None and progress is not False:
+        print(f"model auto: {season_line}", file=sys.stderr)
     defaults = {f"trainer.{k}": v for k, v in TRIAL_TRAINER.items()}
     if not tracking:
         defaults["trainer.logger"] = False

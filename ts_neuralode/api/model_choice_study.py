@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import pandas as pd
 
 from ts_neuralode.api.model_choice_space import flatten
+from ts_neuralode.data.io import READ_KEYS, read_series
+from ts_neuralode.data.season import detect_season
 from ts_neuralode.errors import ConfigError, DataError
 
 try:
@@ -174,6 +177,26 @@ def _prepare_data(data: Any, output_dir: Path) -> Path:
             raise DataError(f"{path}: no such file; pass the path of a CSV or Parquet file, or a DataFrame")
         return path
     raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a file path")
+
+
+def resolve_season(fixed: Mapping[str, Any], path: Path, seed: int) -> tuple[dict[str, Any], str | None]:
+    """``fixed`` with ``data.season`` chosen once for every trial where the user gave none or ``"auto"``
+    (:func:`ts_neuralode.data.season.detect_season`: a calendar period for datetime series, else none), and the
+    line saying what was measured (None where the user gave a season, or None for no season)."""
+    if fixed.get("data.season", "auto") != "auto":
+        return dict(fixed), None
+    data = {k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith("data.")}
+    read = {k: data[k] for k in READ_KEYS if data.get(k) is not None}
+    excluded = list(data.get("future_cols") or []) + list(data.get("static_cols") or [])
+    if excluded:  # as the data module reads it: covariate columns are not value columns
+        read["exclude_cols"] = excluded
+    if data.get("past_cols"):
+        read["past_cols"] = list(data["past_cols"])
+    with warnings.catch_warnings():  # each trial's data module says what reading found
+        warnings.simplefilter("ignore")
+        table = read_series(path, **read)
+    season, line = detect_season(table, seed)
+    return {**fixed, "data.season": season}, line
 
 
 def _fixed_options(data_options, model_options, trainer) -> dict[str, Any]:

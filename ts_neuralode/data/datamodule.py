@@ -56,6 +56,7 @@ from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import READ_KEYS, as_frame, read_series
 from ts_neuralode.data.loaders import series_loader
+from ts_neuralode.data.season import detect_season
 from ts_neuralode.data.tasks import positive_duration, prepare_forecast, prepare_series_task, series_split
 from ts_neuralode.data.transform import SeriesTransform
 from ts_neuralode.errors import ConfigError
@@ -128,8 +129,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             data's own time axis) instead of the last horizons: training windows lie before it (the scaler is
             fitted on that part), validation scores the horizon after it, conditioned on the context before
             it (val_fraction / test_fraction are then ignored; there is no test split).
-        season: the period of the seasonal naive baseline (a duration or a number of time units); the
-            LightningModule gets it in model units through :attr:`season_period`.
+        season: the period of the seasonal naive baseline and the harmonic base (a duration or a number of time
+            units), or ``"auto"``: chosen from the calendar's periods by the harmonic fit (datetimes only;
+            :mod:`ts_neuralode.data.season`); the LightningModule gets it in model units through
+            :attr:`season_period`.
         future_cols: known-future covariate columns (a control ``u(t)`` of the dynamics, never forecast or scored;
             :mod:`ts_neuralode.data.covariates`). future_interp: ``"constant"`` (default) or ``"linear"``, one for
             all, a list (one per column) or a ``{column: kind}`` dict. calendar: calendar features computed as
@@ -333,10 +336,21 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     @property
     def season_period(self) -> float | None:
         """The ``season`` in model time units (for the seasonal baseline), or None."""
-        if self.season is None:
+        season = self.resolved_season
+        if season is None:
             return None
+        return positive_duration(self.table.codec, season, "season") / self._transform.time_scale
+
+    @property
+    def resolved_season(self) -> float | str | None:
+        """``season``, with ``"auto"`` replaced by the period :func:`ts_neuralode.data.season.detect_season` chooses
+        (chosen once; its line is :attr:`season_line`)."""
+        if self.season != "auto":
+            return self.season
         self._prepare()
-        return positive_duration(self.table.codec, self.season, "season") / self._transform.time_scale
+        if not hasattr(self, "_detected_season"):
+            self._detected_season, self.season_line = detect_season(self.table, self.seed)
+        return self._detected_season
 
     @property
     def column_summary(self) -> str:
@@ -354,6 +368,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         parts.append("covariates " + (", ".join(cov) if cov else "none"))
         ignored = [c for c in cols.get("ignored", []) if spec is None or c not in spec.static_cols + spec.future_cols]
         parts.append("ignored " + (", ".join(ignored) if ignored else "none"))
+        if self.season == "auto":
+            self.resolved_season  # noqa: B018 (detects once and sets season_line)
+            parts.append(self.season_line)
         return f"data {self.table.source}: " + "; ".join(parts)
 
     def split_ids(self, name: str) -> list:

@@ -272,6 +272,11 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
     def season_period(self) -> float | None:
         if self.season is None:
             return None
+        if self.season == "auto":
+            raise ConfigError(
+                f"--data.season auto: {self.path} is a Parquet folder read in shards, and the season is chosen on an "
+                "in-memory table; pass the season (e.g. --data.season 24h)"
+            )
         self._prepare()
         return positive_duration(self.codec, self.season, "season") / self._transform.time_scale
 

@@ -27,7 +27,7 @@ computes
   ``seasonal_trend``   seasonal naive plus ``k`` times the context's mean change over one period (its seasonal
                        differences; 0 where the context spans less than a period)
   ``harmonic``         the context's harmonic seasonal profile plus its deseasonalised current level and drift
-                       (:mod:`ts_neuralode.models.harmonic`); ``seasonal_trend`` where the context spans
+                       (:mod:`ts_neuralode.data.harmonic`); ``seasonal_trend`` where the context spans
                        fewer than two seasons
   ``auto``             ``harmonic`` when the model knows a season (``--data.season``), else ``last``
   ===================  ================================================================================
@@ -54,10 +54,10 @@ import torch
 from torch import Tensor
 
 from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.harmonic import HarmonicFit
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.base import Forecast, ForecastModel, check_query_times
 from ts_neuralode.models.baselines import Seasonal, observed_neighbours
-from ts_neuralode.models.harmonic import HarmonicFit
 
 NORMALIZE = ("none", "window")
 BASES = ("none", "mean", "last", "trend", "damped", "seasonal", "seasonal_trend", "harmonic")

@@ -351,7 +351,8 @@ def run_benchmark(
     )
     from tqdm.auto import tqdm
 
-    baselines = baseline_names(cfg.baselines, cfg.season)
+    season = getattr(dms[cfg.task], "resolved_season", cfg.season)  # "auto": the period the data module chose
+    baselines = baseline_names(cfg.baselines, season)
     rows, base_rows = [], []
     bar = tqdm(baselines + list(cfg.models), desc="benchmark", unit="model", disable=not progress, file=sys.stderr)
     status = "FAILED"
@@ -361,7 +362,7 @@ def run_benchmark(
             bar.set_postfix_str(name)
             if name in baselines:
                 row, history = benchmark_baseline(cfg, name, dms), {}
-                params = {"model": name, "family": "baseline", "season": cfg.season}
+                params = {"model": name, "family": "baseline", "season": season}
                 base_rows.append(row)
             else:
                 row, history = benchmark_model(cfg, name, dms)
