@@ -471,6 +471,7 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     the model directory keeps both."""
     from ts_neuralode.api.calibration import transfer_calibration
     from ts_neuralode.api.correction_gate import window_model
+    from ts_neuralode.api.model_choice_finish import inherit_validation_choices
 
     data = {**DATA, "task": "forecast", "test_fraction": 0.0}
     fc = Forecaster.fit(
@@ -497,6 +498,13 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     back = Forecaster.load(fc.fit_info["model_dir"])
     assert back.calibration is not None and back.calibration["factors"] == fc.calibration["factors"]
     assert float(window_model(back).correction_scale) == float(window_model(trial).correction_scale)
+    # where the trial's model is not on this machine (another worker ran it), its factors are taken as they are
+    other = Forecaster.load(fc.fit_info["model_dir"])
+    other.calibration = None
+    choices = {"correction_weight": 0.0, "calibration": trial.calibration}
+    assert inherit_validation_choices(other, choices, 0, trial_dir=str(tmp_path / "elsewhere"), data=series)
+    assert other.calibration["factors"] == trial.calibration["factors"]
+    assert other.calibration["fitted_on"]["what"].endswith("the trial's factors")
     # predict's default bands are the calibrated ones: stretched by the factors about the same midpoints
     kw = dict(horizon=1.0, num_points=3, num_samples=50, seed=0, level=[90])
     own, cal = back.predict(series, calibrated=False, **kw), back.predict(series, **kw)
