@@ -18,7 +18,7 @@ The number of harmonics ``K`` is chosen per series and channel, from 1 to :data:
 information criterion of step 1's fit, ``n log(RSS/n) + p log n`` with ``p = 3 + 2K`` coefficients, among the ``K``
 with at least two context points per coefficient (TBATS chooses its harmonics by an information criterion the same
 way). A smooth profile (a daily temperature cycle) takes one harmonic, a skewed one (CO₂'s) three: a fixed ``K = 3``
-fits the noise of the first, and forecast the demo sensors and El Niño 38% and 9% worse than the choice
+fits the noise of the first, and forecast the demo sensors and El Niño 62% and 9% worse than the choice
 (``scripts/peer_benchmark.py``'s ``base_harmonic`` row, results/peers_irregular.md).
 
 The fit is trusted (``ok``) where the context spans at least :data:`MIN_SEASONS` seasons and some ``K`` has its two
