@@ -67,3 +67,17 @@ def test_the_model_choice_chooses_the_season_once_where_none_is_given(tmp_path):
     # a season the user gave, or none (None), is theirs
     assert resolve_season({**base, "data.season": "12h"}, path, seed=0) == ({**base, "data.season": "12h"}, None)
     assert resolve_season({**base, "data.season": None}, path, seed=0) == ({**base, "data.season": None}, None)
+
+
+def test_a_parquet_folder_read_in_shards_asks_for_the_season(tmp_path):
+    """The choice reads an in-memory table; a folder streamed in shards says so in one line."""
+    from ts_neuralode.errors import ConfigError
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    df = frame("daily")
+    for k, (_, part) in enumerate(df.groupby("unique_id")):
+        part.to_parquet(folder / f"part-{k}.parquet", index=False)
+    dm = IrregularTimeSeriesDataModule(path=str(folder), task="forecast", horizon="2D", season="auto")
+    with pytest.raises(ConfigError, match="season auto.*Parquet folder.*--data.season 24h"):
+        dm.season_period  # noqa: B018
