@@ -81,3 +81,6 @@ def test_a_parquet_folder_read_in_shards_asks_for_the_season(tmp_path):
     dm = IrregularTimeSeriesDataModule(path=str(folder), task="forecast", horizon="2D", season="auto")
     with pytest.raises(ConfigError, match="season auto.*Parquet folder.*--data.season 24h"):
         dm.season_period  # noqa: B018
+    # the model choice does not choose one there (and says so)
+    fixed, line = resolve_season({"data.horizon": "2D"}, folder, seed=0)
+    assert fixed["data.season"] is None and "Parquet folder" in line

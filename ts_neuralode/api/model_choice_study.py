@@ -185,6 +185,10 @@ def resolve_season(fixed: Mapping[str, Any], path: Path, seed: int) -> tuple[dic
     line saying what was measured (None where the user gave a season, or None for no season)."""
     if fixed.get("data.season", "auto") != "auto":
         return dict(fixed), None
+    if Path(path).is_dir():  # a Parquet folder is read in shards: no in-memory table to choose on
+        return {**fixed, "data.season": None}, (
+            f"season auto: none chosen ({path} is a Parquet folder read in shards; pass --data.season, e.g. 24h)"
+        )
     data = {k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith("data.")}
     read = {k: data[k] for k in READ_KEYS if data.get(k) is not None}
     excluded = list(data.get("future_cols") or []) + list(data.get("static_cols") or [])
