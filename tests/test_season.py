@@ -37,6 +37,27 @@ def test_the_calendar_period_in_the_series_is_found(kind, want):
     assert "365.25D: too few seasons or points" in line  # four weeks of history cannot show a year
 
 
+@pytest.mark.parametrize("kind", ["random_walk", "ar1"])
+def test_series_that_wander_without_a_season_get_none(kind):
+    """Daily random walks and AR(1) series over 4 years: their drift projects onto a seasonal profile in sample (the
+    BIC preferred a year for them), but the profile does not forecast the held-out last season."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(10):
+        ds = pd.date_range("2020-01-01", periods=4 * 365, freq="D")
+        e = rng.normal(size=len(ds))
+        if kind == "random_walk":
+            y = np.cumsum(e)
+        else:
+            y = np.zeros(len(ds))
+            for t in range(1, len(ds)):
+                y[t] = 0.9 * y[t - 1] + e[t]
+        keep = rng.random(len(ds)) < 0.7
+        rows.append(pd.DataFrame({"unique_id": f"s{i}", "ds": ds[keep], "y": y[keep]}))
+    season, line = detect_season(read_series(pd.concat(rows, ignore_index=True)))
+    assert season is None, line
+
+
 def test_numeric_times_have_no_calendar_period():
     df = frame("daily")
     df["ds"] = (df["ds"] - df["ds"].min()) / pd.Timedelta(1, "D")

@@ -62,8 +62,7 @@ class HarmonicFit:
     """The fit of a batch's context (see the module docstring), evaluated at any query times with :meth:`at`:
     fitted once, whatever the number of query sets (a window model reads it at its batch's times and at the
     forecast's). ``ok`` ``[B, 1, D]``: False where the context is too short or too sparse for the fit;
-    ``harmonics`` ``[B, D]``: the number of harmonics chosen (0 where none could be fitted); ``bic_gain`` ``[B, D]``:
-    the chosen fit's BIC below the trend's alone; ``points`` ``[B, D]``: the context points fitted."""
+    ``harmonics`` ``[B, D]``: the number of harmonics chosen (0 where none could be fitted)."""
 
     def __init__(self, batch: Batch, period: float, harmonics: int = HARMONICS) -> None:
         v = batch.values
@@ -85,33 +84,24 @@ class HarmonicFit:
         A = torch.einsum("btdi,btdj->bdij", X, X)
         rhs = torch.einsum("btdi,btd->bdi", X, y)
         nd = n.squeeze(1)  # [B, D]
-        # the fits with 0 … k harmonics (their features are nested: the leading blocks of X, A and rhs); of 1 … k the
-        # one with the lowest BIC is kept per series and channel, its sin/cos coefficients padded with zeros to 2k;
-        # the fit without a season (0: the quadratic trend alone) measures what the season explains (bic_gain)
+        # the fits with 1 … k harmonics (their features are nested: the leading blocks of X, A and rhs), the one with
+        # the lowest BIC kept per series and channel; its sin/cos coefficients padded with zeros to 2k
         best = torch.full_like(nd, math.inf)
         self.seas_coef = torch.zeros(*nd.shape, 2 * k, dtype=dtype, device=v.device)
         self.harmonics = torch.zeros(nd.shape, dtype=torch.long, device=v.device)  # [B, D] the K chosen (0: none)
-        for j in range(0, k + 1):
+        for j in range(1, k + 1):
             p = 3 + 2 * j
             eye = torch.eye(p, dtype=dtype, device=v.device)
             coef = torch.linalg.solve(A[..., :p, :p] + RIDGE * nd.clamp_min(1.0)[..., None, None] * eye, rhs[..., :p])
             rss = (((torch.einsum("btdi,bdi->btd", X[..., :p], coef) - y) ** 2) * m).sum(1)  # [B, D]
             bic = nd * torch.log(rss.clamp_min(1e-300) / nd.clamp_min(1.0)) + p * torch.log(nd.clamp_min(1.0))
             bic = torch.where(nd >= 2 * p, bic, torch.full_like(bic, math.inf))
-            if j == 0:
-                no_season = bic
-                continue
             better = bic < best
             best = torch.where(better, bic, best)
             padded = torch.nn.functional.pad(coef[..., 3:], (0, 2 * (k - j)))
             self.seas_coef = torch.where(better.unsqueeze(-1), padded, self.seas_coef)
             self.harmonics = torch.where(better, j, self.harmonics)
         self.ok = finite & (span >= MIN_SEASONS * period) & torch.isfinite(best).unsqueeze(1)
-        # [B, D] how much lower the chosen fit's BIC is than the trend's alone (> 0: the season explains more than its
-        # coefficients cost; 0 where no fit qualifies): what season detection (ts_neuralode.data.season) compares
-        gain = no_season - best
-        self.bic_gain = torch.where(torch.isfinite(gain), gain, torch.zeros_like(gain))
-        self.points = nd
         s = (y - self.seasonal(dt)) * m
         # drift: least-squares slope of the deseasonalised context
         tm = (dt * m).sum(1, keepdim=True) / n.clamp_min(1.0)
