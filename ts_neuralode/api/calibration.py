@@ -317,8 +317,12 @@ def held_out_forecasts(
     windows = held_out_windows(datamodule)
     if windows is None:
         return None
-    source = datamodule.df if getattr(datamodule, "df", None) is not None else datamodule.path
-    return window_forecasts(fc, source, windows, num_samples, seed, levels)
+    return window_forecasts(fc, _source(datamodule), windows, num_samples, seed, levels)
+
+
+def _source(datamodule) -> Any:
+    """The data a data module read: its DataFrame, else its path."""
+    return datamodule.df if getattr(datamodule, "df", None) is not None else datamodule.path
 
 
 def window_forecasts(
@@ -428,13 +432,13 @@ def fit_calibration(
             "bands left uncalibrated: the data is a Parquet folder read in shards; calibrate with "
             "'ts-neuralode backtest --calibrate' on held-out data"
         )
-    held = held_out_forecasts(fc, datamodule, num_samples, seed)
-    if held is None:
+    windows = held_out_windows(datamodule)
+    if windows is None:
         return None, (
             "no validation split to calibrate on (val_fraction 0); the bands are the model's own: "
             "calibrate with 'ts-neuralode backtest --calibrate' on windows the model did not train on"
         )
-    cv, table, h, ids = held
+    cv, table, h, ids = window_forecasts(fc, _source(datamodule), windows, num_samples, seed)
     codec = table.codec
     if len(cv) < MIN_FIT_POINTS:
         return None, (
@@ -448,7 +452,7 @@ def fit_calibration(
         "what": "held-out validation windows of the fit",
         "points": int(len(cv)),
         "series": len(ids),
-        "windows": windows_record(held_out_windows(datamodule)),
+        "windows": windows_record(windows),
     }
     levels = "/".join(cal["factors"])
     f90 = cal["factors"].get("90")
