@@ -40,7 +40,7 @@ from ts_neuralode.errors import ConfigError
 CANDIDATES = ("1D", "7D", "365.25D")
 #: series sampled (seeded) for the choice
 MAX_SERIES = 64
-#: each series' points fitted (its last FIT_SEASONS seasons, evenly thinned to this many)
+#: each series' points fitted (its last FIT_SEASONS + 1 seasons, evenly thinned to this many)
 MAX_POINTS = 1000
 #: the median held-out gain a season needs (the log of the squared-error ratio, without the season over with it)
 MIN_GAIN = 0.25
