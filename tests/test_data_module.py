@@ -365,7 +365,7 @@ def test_demo_csv_end_to_end_and_single_point_history():
 def test_calibration_windows_sample_at_most_fit_max_series(sine, kw, monkeypatch):
     """Many validation series: the calibration and the correction gate forecast a seeded sample of them (the same
     every time), with each sampled series' own windows; few: every one."""
-    from ts_neuralode.api import calibration
+    from ts_neuralode.api import held_out as calibration
 
     dm = dm_of(sine, val_fraction=0.5, **kw)
     val_ids = [dm.table.ids[i] for i in dm.split["val"]]

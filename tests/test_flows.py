@@ -17,7 +17,7 @@ from ts_neuralode.models.flows import (
     ResNetFlowLayer,
     make_flow,
 )
-from ts_neuralode.models.nets import SpectralNormLinear, lipschitz_upper_bound, spectral_mlp
+from ts_neuralode.models.nets import SpectralNormLinear, lipschitz_upper_bound, mlp
 from ts_neuralode.models.time_embedding import TIME_EMBEDDINGS, make_time_embedding
 
 KINDS = ("resnet_flow", "gru_flow", "coupling_flow")
@@ -246,7 +246,7 @@ def test_spectral_norm_linear_bound_is_exact_in_eval_and_tracks_in_training(marg
 
 def test_spectral_mlp_rejects_non_lipschitz_activations():
     with pytest.raises(ConfigError, match="1-Lipschitz"):
-        spectral_mlp(3, 3, 8, 1, activation="silu")
+        mlp(3, 3, 8, 1, activation="silu", spectral={})
     with pytest.raises(ConfigError, match="activation='silu'"):
         make_flow("resnet_flow", 3, activation="silu")
 

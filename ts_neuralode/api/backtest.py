@@ -35,8 +35,9 @@ from typing import Any
 
 import pandas as pd
 
-from ts_neuralode.api.calibration import calibrate, fit_calibration, held_out_windows
+from ts_neuralode.api.calibration import calibrate, fit_calibration
 from ts_neuralode.api.fitting import refit
+from ts_neuralode.api.held_out import held_out_windows
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.api.scoring import (
     DEFAULT_BUCKETS,

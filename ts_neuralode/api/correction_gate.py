@@ -2,7 +2,7 @@
 
 A :class:`~ts_neuralode.models.window.WindowModel` with a base forecasts ``base + correction``; training fits the
 correction on the training windows, where it can also learn noise that does not carry over. At the end of a fit
-(before the bands are calibrated, on the same windows: :func:`ts_neuralode.api.calibration.held_out_forecasts`) the
+(before the bands are calibrated, on the same windows: :func:`ts_neuralode.api.held_out.held_out_forecasts`) the
 correction's weight ``c`` in ``base + c · correction`` is chosen from :data:`WEIGHTS` by the validation error: the
 mean over series and channels of each one's MAE relative to the base's. Two forecasts suffice (``c = 0`` and
 ``c = 1``: the mean is linear in ``c``). Ties keep the larger weight; ``c = 1`` is the model as trained, ``c = 0``
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ts_neuralode.api.calibration import held_out_forecasts
+from ts_neuralode.api.held_out import held_out_forecasts
 from ts_neuralode.models.window import WindowModel
 
 #: the correction weights the validation chooses from

@@ -29,6 +29,7 @@ from ts_neuralode.cli.forecast import (
     _resolve_run,
     _write_csv,
     forecast_options,
+    horizon_option,
     parse_forecast_like,
     read_options,
     run_options,
@@ -51,12 +52,7 @@ def parser():
         "every forecast, the metrics, a markdown report and a plot.",
     )
     forecast_options(p, context="before each cutoff")
-    p.add_argument(
-        "--horizon",
-        type=str | None,
-        default=None,
-        help="(required) how far after each cutoff to score: a number of time units or a duration such as 2D",
-    )
+    horizon_option(p, "(required) how far after each cutoff to score")
     g = p.add_argument_group("windows (--n_windows [--step], or --cutoffs)")
     g.add_argument(
         "--n_windows",

@@ -37,9 +37,10 @@ from ts_neuralode.api.benchmark.config import (
     READ_OPTIONS,
     SHARED_MODEL_OPTIONS,
     BenchmarkConfig,
+    BenchmarkResult,
 )
 from ts_neuralode.api.benchmark.report import markdown_table, write_outputs
-from ts_neuralode.api.benchmark.runner import BenchmarkResult, run_benchmark
+from ts_neuralode.api.benchmark.runner import run_benchmark
 from ts_neuralode.api.preflight import tracking_store, writable_file
 from ts_neuralode.cli.args import parse, subcommand_parser
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule

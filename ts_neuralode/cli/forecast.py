@@ -30,12 +30,7 @@ def _forecast_parser():
     )
     forecast_options(p, context="before each series' last observation")
     g = p.add_argument_group("query times (horizon [+ freq | num_points], or times)")
-    g.add_argument(
-        "--horizon",
-        type=str | None,
-        default=None,
-        help="how far past each series' last observation: a number of time units or a duration such as 30D, 12h",
-    )
+    horizon_option(g, "how far past each series' last observation")
     g.add_argument(
         "--freq", type=str | None, default=None, help="regular step of the query grid (number or duration, e.g. 1D)"
     )
@@ -98,6 +93,13 @@ FORECAST_RENAMES = {"--no_plots": "--plots false", "--no_progress": "--progress 
 #: options ``forecast`` and ``backtest`` cannot run without (not required by the parser, so that
 #: ``--print_config`` and ``--config`` work without them)
 REQUIRED = ("--model", "--data.path")
+
+
+def horizon_option(p, what: str) -> None:
+    """``--horizon`` of ``forecast`` and ``backtest``; ``what``: how far from where."""
+    p.add_argument(
+        "--horizon", type=str | None, default=None, help=f"{what}: a number of time units or a duration such as 2D, 12h"
+    )
 
 
 def forecast_options(p, context: str) -> None:

@@ -10,18 +10,84 @@ Two layouts share this container:
 * per-series padded grid (for the solver's ``[B, T]`` mode): ``times`` is ``[B, T]``; row ``b`` holds
   series ``b``'s own strictly increasing times followed by padding; ``time_mask`` is False on padding
   (padded times repeat the row's last real time, so every row stays non-decreasing).
+
+A batch may carry its covariates, :class:`CovariateBatch`: ``u(t)`` at any model time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ts_neuralode.data.covariates import CovariateBatch
+_B = TypeVar("_B", "Batch", "CovariateBatch")
+
+
+@dataclass
+class CovariateBatch:
+    """``u(t)`` of a batch: its covariates, known-future and past columns interpolated between knots and calendar
+    phases, at any model time (how they are read and scaled: :mod:`ts_neuralode.data.covariates`).
+
+    Attributes:
+        knots: ``[B, K]`` model times, sorted per row (padding repeats the row's last knot).
+        values: ``[B, K, C]`` scaled column values at the knots.  linear: ``[C]`` bool, linear (else constant).
+        phase: ``[B, P]`` calendar phases (cycles) at model time 0.  freq: ``[P]`` cycles per model time unit.
+        static: ``[B, S]`` encoded static covariates (``S = 0``: none); they condition the initial state.
+    """
+
+    knots: Tensor
+    values: Tensor
+    linear: Tensor
+    phase: Tensor
+    freq: Tensor
+    static: Tensor | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.values.shape[-1] + 2 * self.phase.shape[-1]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CovariateBatch:
+        return _each_field(self, "to", device, non_blocking=non_blocking)
+
+    def pin_memory(self) -> CovariateBatch:
+        return _each_field(self, "pin_memory")
+
+    def repeat(self, n: int) -> CovariateBatch:
+        """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
+        if n == 1:
+            return self
+        return replace(
+            self,
+            knots=self.knots.repeat(n, 1),
+            values=self.values.repeat(n, 1, 1),
+            phase=self.phase.repeat(n, 1),
+            static=None if self.static is None else self.static.repeat(n, 1),
+        )
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """``u`` at model times ``t`` ``[B]`` or ``[B, T]`` -> ``[B, C_u]`` or ``[B, T, C_u]``."""
+        squeeze = t.dim() == 1
+        if t.dim() == 0:
+            t, squeeze = t.expand(self.knots.shape[0]), True
+        tt = (t.unsqueeze(1) if squeeze else t).to(self.knots.dtype)
+        parts = []
+        if self.values.shape[-1]:
+            K = self.knots.shape[1]
+            i0 = (torch.searchsorted(self.knots, tt.contiguous(), right=True) - 1).clamp(0, K - 1)
+            i1 = (i0 + 1).clamp(max=K - 1)
+            k0, k1 = self.knots.gather(1, i0), self.knots.gather(1, i1)
+            w = torch.where(k1 > k0, (tt - k0) / (k1 - k0).clamp_min(1e-12), torch.zeros_like(tt)).clamp(0, 1)
+            C = self.values.shape[-1]
+            v0 = self.values.gather(1, i0.unsqueeze(-1).expand(*i0.shape, C))
+            v1 = self.values.gather(1, i1.unsqueeze(-1).expand(*i1.shape, C))
+            parts.append(torch.where(self.linear, v0 + w.unsqueeze(-1) * (v1 - v0), v0))
+        if self.phase.shape[-1]:
+            ang = 2 * torch.pi * (self.phase.unsqueeze(1) + tt.unsqueeze(-1) * self.freq)
+            parts.append(torch.stack([torch.sin(ang), torch.cos(ang)], -1).flatten(-2))
+        out = torch.cat(parts, -1).to(t.dtype)
+        return out.squeeze(1) if squeeze else out
 
 
 @dataclass
@@ -74,17 +140,21 @@ class Batch:
         return self.target_mask * (1.0 - self.obs_mask)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(
-            **{f.name: _maybe(getattr(self, f.name), "to", device, non_blocking=non_blocking) for f in fields(self)}
-        )
+        return _each_field(self, "to", device, non_blocking=non_blocking)
 
     def pin_memory(self) -> Batch:
-        return Batch(**{f.name: _maybe(getattr(self, f.name), "pin_memory") for f in fields(self)})
+        return _each_field(self, "pin_memory")
 
     def __len__(self) -> int:
         return self.batch_size
 
 
-def _maybe(x, method: str, *args, **kwargs):
-    """``x.method(...)``, or None for an absent optional field."""
-    return None if x is None else getattr(x, method)(*args, **kwargs)
+def _each_field(batch: _B, method: str, *args, **kwargs) -> _B:
+    """A copy of the dataclass ``batch`` with ``field.method(...)`` for each field (a covariate batch's own
+    ``method``; None stays None: an absent optional field)."""
+    return type(batch)(
+        **{
+            f.name: None if (x := getattr(batch, f.name)) is None else getattr(x, method)(*args, **kwargs)
+            for f in fields(batch)
+        }
+    )

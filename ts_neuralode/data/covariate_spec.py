@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -14,8 +14,14 @@ from torch import Tensor
 
 from ts_neuralode.errors import ConfigError, DataError, check_choice
 
-if TYPE_CHECKING:  # the arrays it fits on (that module imports this one)
-    from ts_neuralode.data.covariates import CovariateArrays
+
+class CovariateSamples(Protocol):
+    """What the spec fits its scaling on (:class:`ts_neuralode.data.covariates.CovariateArrays` has it): per column
+    and series the sampled values and their raw times (None: not recorded), and each series' static values."""
+
+    raw_samples: list
+    raw_sample_times: list | None
+    static: np.ndarray
 
 
 INTERPOLATIONS = ("constant", "linear")
@@ -158,7 +164,7 @@ class CovariateSpec:
         return cls(cols, kinds, [0.0] * len(cols), [1.0] * len(cols), cal, [0.0] * len(cal), **extra)
 
     def fit(
-        self, arrays: CovariateArrays, train: np.ndarray, codec, time_scale: float, until: np.ndarray | None = None
+        self, arrays: CovariateSamples, train: np.ndarray, codec, time_scale: float, until: np.ndarray | None = None
     ) -> CovariateSpec:
         """Scales from the samples of the training series ``train`` — with ``until`` (``[S]`` raw times, e.g. the
         forecast task's ``train_end`` / validation cutoff) only those at or before it, as the series scaler is
@@ -186,7 +192,7 @@ class CovariateSpec:
         freq = [float(time_scale) * codec.unit_ns / CALENDAR[c][0] for c in self.calendar] if self.calendar else []
         return replace(self, center=center, scale=scale, freq=freq, **self._fit_static(arrays, train))
 
-    def _fit_static(self, arrays: CovariateArrays, train: np.ndarray) -> dict[str, list]:
+    def _fit_static(self, arrays: CovariateSamples, train: np.ndarray) -> dict[str, list]:
         """The static columns' part of :meth:`fit`: each column's kind, and its standardisation (numeric) or its
         categories (categorical), from the values of the training series ``train``."""
         kind: list[str] = []
@@ -231,3 +237,20 @@ class CovariateSpec:
                         hot[i, pos[str(v)]] = 1.0
                 parts.append(hot)
         return np.concatenate(parts, axis=1)
+
+
+def column_uses(table, spec: CovariateSpec | None) -> str:
+    """One line: what each column of ``table`` (a :class:`~ts_neuralode.data.series_table.SeriesTable`) is used as
+    (targets, masks, covariates by ``spec``, ignored)."""
+    cols = table.extra.get("columns", {})
+    parts = [f"{table.n_series} series", f"targets {', '.join(cols.get('targets', table.channel_names))}"]
+    masks = cols.get("masks") or {}
+    parts.append("masks " + (", ".join(f"{m} ({v})" for v, m in masks.items()) if masks else "none"))
+    cov = []
+    if spec is not None:
+        cov += [f"{c} (known future)" for c in spec.future_cols] + [f"{c} (past)" for c in spec.past_cols]
+        cov += [f"{c} (static)" for c in spec.static_cols] + [f"{c} (calendar)" for c in spec.calendar]
+    parts.append("covariates " + (", ".join(cov) if cov else "none"))
+    ignored = [c for c in cols.get("ignored", []) if spec is None or c not in spec.static_cols + spec.future_cols]
+    parts.append("ignored " + (", ".join(ignored) if ignored else "none"))
+    return f"data {table.source}: " + "; ".join(parts)

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 
+from ts_neuralode.data.batch import CovariateBatch
 from ts_neuralode.data.batching import segment_searchsorted
 from ts_neuralode.data.covariate_spec import CALENDAR, INTERPOLATIONS, CovariateSpec
 from ts_neuralode.data.io import _to_numeric, _Where, read_frame
@@ -323,82 +323,6 @@ class CovariateSource:
         return self.arrays.batch(
             self.spec, idx, np.asarray(origin, dtype=np.float64), self.time_scale, self.codec, lo, hi
         )
-
-
-@dataclass
-class CovariateBatch:
-    """``u(t)`` of a batch (see the module docstring).
-
-    Attributes:
-        knots: ``[B, K]`` model times, sorted per row (padding repeats the row's last knot).
-        values: ``[B, K, C]`` scaled column values at the knots.  linear: ``[C]`` bool, linear (else constant).
-        phase: ``[B, P]`` calendar phases (cycles) at model time 0.  freq: ``[P]`` cycles per model time unit.
-        static: ``[B, S]`` encoded static covariates (``S = 0``: none); they condition the initial state.
-    """
-
-    knots: Tensor
-    values: Tensor
-    linear: Tensor
-    phase: Tensor
-    freq: Tensor
-    static: Tensor | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.values.shape[-1] + 2 * self.phase.shape[-1]
-
-    def to(self, device, non_blocking: bool = False) -> CovariateBatch:
-        return CovariateBatch(
-            **{
-                f.name: None
-                if getattr(self, f.name) is None
-                else getattr(self, f.name).to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            }
-        )
-
-    def pin_memory(self) -> CovariateBatch:
-        return CovariateBatch(
-            **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
-                for f in fields(self)
-            }
-        )
-
-    def repeat(self, n: int) -> CovariateBatch:
-        """The covariates of ``n`` stacked copies of the batch (sample-major rows ``s * B + b``)."""
-        if n == 1:
-            return self
-        return replace(
-            self,
-            knots=self.knots.repeat(n, 1),
-            values=self.values.repeat(n, 1, 1),
-            phase=self.phase.repeat(n, 1),
-            static=None if self.static is None else self.static.repeat(n, 1),
-        )
-
-    def __call__(self, t: Tensor) -> Tensor:
-        """``u`` at model times ``t`` ``[B]`` or ``[B, T]`` -> ``[B, C_u]`` or ``[B, T, C_u]``."""
-        squeeze = t.dim() == 1
-        if t.dim() == 0:
-            t, squeeze = t.expand(self.knots.shape[0]), True
-        tt = (t.unsqueeze(1) if squeeze else t).to(self.knots.dtype)
-        parts = []
-        if self.values.shape[-1]:
-            K = self.knots.shape[1]
-            i0 = (torch.searchsorted(self.knots, tt.contiguous(), right=True) - 1).clamp(0, K - 1)
-            i1 = (i0 + 1).clamp(max=K - 1)
-            k0, k1 = self.knots.gather(1, i0), self.knots.gather(1, i1)
-            w = torch.where(k1 > k0, (tt - k0) / (k1 - k0).clamp_min(1e-12), torch.zeros_like(tt)).clamp(0, 1)
-            C = self.values.shape[-1]
-            v0 = self.values.gather(1, i0.unsqueeze(-1).expand(*i0.shape, C))
-            v1 = self.values.gather(1, i1.unsqueeze(-1).expand(*i1.shape, C))
-            parts.append(torch.where(self.linear, v0 + w.unsqueeze(-1) * (v1 - v0), v0))
-        if self.phase.shape[-1]:
-            ang = 2 * torch.pi * (self.phase.unsqueeze(1) + tt.unsqueeze(-1) * self.freq)
-            parts.append(torch.stack([torch.sin(ang), torch.cos(ang)], -1).flatten(-2))
-        out = torch.cat(parts, -1).to(t.dtype)
-        return out.squeeze(1) if squeeze else out
 
 
 __all__ = ["CovariateSpec", "CovariateArrays", "CovariateSource", "CovariateBatch", "CALENDAR", "INTERPOLATIONS"]

@@ -53,13 +53,14 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from ts_neuralode.data.batching import LAYOUTS, Collator, ForecastSpec, TaskSpec, auto_layout
+from ts_neuralode.data.covariate_spec import column_uses
 from ts_neuralode.data.covariates import CovariateArrays, CovariateSource, CovariateSpec
 from ts_neuralode.data.io import READ_KEYS, as_frame, read_series
 from ts_neuralode.data.loaders import series_loader
 from ts_neuralode.data.season import detect_season
 from ts_neuralode.data.tasks import positive_duration, prepare_forecast, prepare_series_task, series_split
 from ts_neuralode.data.transform import SeriesTransform
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, check_choice
 
 TASKS = ("interpolation", "extrapolation", "forecast")
 SPLITS = ("series", "time")
@@ -193,11 +194,9 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         df = as_frame(df)  # a polars DataFrame or a pyarrow Table: through the Arrow interchange
         if (path is None) == (df is None):
             raise ConfigError("give exactly one of path=... (a CSV file) or df=... (a pandas DataFrame)")
-        if task not in TASKS:
-            raise ConfigError(f"task={task!r} is not supported; use 'interpolation', 'extrapolation' or 'forecast'")
+        check_choice(task, "task", TASKS)
         split_by = split_by or ("time" if task == "forecast" else "series")
-        if split_by not in SPLITS:
-            raise ConfigError(f"split_by={split_by!r} is not supported; use 'series' or 'time'")
+        check_choice(split_by, "split_by", SPLITS)
         if split_by == "time" and task != "forecast":
             raise ConfigError(
                 f"split_by='time' applies to task='forecast' only (task={task!r} splits by series); "
@@ -215,8 +214,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             )
         if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
             raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
-        if layout not in ("auto", *LAYOUTS):
-            raise ConfigError(f"layout={layout!r} is not supported; use 'auto', 'union' or 'padded'")
+        check_choice(layout, "layout", ("auto", *LAYOUTS))
         for name, val in (("obs_fraction", obs_fraction), ("extrap_obs_fraction", extrap_obs_fraction)):
             if not 0.0 < float(val) <= 1.0:
                 raise ConfigError(f"{name}={val} must be in (0, 1]")
@@ -226,8 +224,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             raise ConfigError(
                 f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 and sum to less than 1"
             )
-        if predict_split not in ("all", "train", "val", "test"):
-            raise ConfigError(f"predict_split={predict_split!r}; use 'all', 'train', 'val' or 'test'")
+        check_choice(predict_split, "predict_split", ("all", "train", "val", "test"))
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
         self.save_hyperparameters(ignore=["df"])
@@ -235,15 +232,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         self.read_kwargs: dict[str, Any] = {k: self.hparams[k] for k in READ_KEYS}  # the reading arguments, as saved
         self.task, self.obs_fraction, self.cut, self.cut_time = task, float(obs_fraction), float(cut), cut_time
         self.extrap_obs_fraction = float(extrap_obs_fraction)
-        self.layout, self.batch_size = layout, int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.layout, self.batch_size, self.eval_batch_size = layout, int(batch_size), int(eval_batch_size or batch_size)
         self.val_fraction, self.test_fraction, self.seed = float(val_fraction), float(test_fraction), int(seed)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.scaler, self.time_scale, self.time_origin = scaler, time_scale, time_origin
-        self.predict_split = predict_split
-        self.shuffle = bool(shuffle)
-        self.horizon, self.context, self.split_by, self.season = horizon, context, split_by, season
-        self.train_end = train_end
+        self.predict_split, self.shuffle = predict_split, bool(shuffle)
+        self.horizon, self.context, self.split_by = horizon, context, split_by
+        self.season, self.train_end = season, train_end
         self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
         self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar, past_cols, static_cols)
         if self._cov_spec is not None:
@@ -356,22 +351,11 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
     def column_summary(self) -> str:
         """One line: what each column of the data is used as (targets, masks, covariates, ignored)."""
         self._prepare()
-        cols = self.table.extra.get("columns", {})
-        spec = self._cov_spec
-        parts = [f"{self.table.n_series} series", f"targets {', '.join(cols.get('targets', self.channel_names))}"]
-        masks = cols.get("masks") or {}
-        parts.append("masks " + (", ".join(f"{m} ({v})" for v, m in masks.items()) if masks else "none"))
-        cov = []
-        if spec is not None:
-            cov += [f"{c} (known future)" for c in spec.future_cols] + [f"{c} (past)" for c in spec.past_cols]
-            cov += [f"{c} (static)" for c in spec.static_cols] + [f"{c} (calendar)" for c in spec.calendar]
-        parts.append("covariates " + (", ".join(cov) if cov else "none"))
-        ignored = [c for c in cols.get("ignored", []) if spec is None or c not in spec.static_cols + spec.future_cols]
-        parts.append("ignored " + (", ".join(ignored) if ignored else "none"))
+        line = column_uses(self.table, self._cov_spec)
         if self.season == "auto":
             self.resolved_season  # noqa: B018 (detects once and sets season_line)
-            parts.append(self.season_line)
-        return f"data {self.table.source}: " + "; ".join(parts)
+            line += f"; {self.season_line}"
+        return line
 
     def split_ids(self, name: str) -> list:
         """Series ids of split ``name`` ("train", "val", "test")."""

@@ -28,7 +28,7 @@ from ts_neuralode.models.evolution_config import EvolutionConfig
 from ts_neuralode.models.step_budget import check_max_steps
 
 if TYPE_CHECKING:
-    from ts_neuralode.data.covariates import CovariateBatch
+    from ts_neuralode.data.batch import CovariateBatch
     from ts_neuralode.models.evolution import StepCarry
 
 

@@ -51,14 +51,7 @@ from torch import Tensor, nn
 from ts_neuralode.core.signatures import keyword_options
 from ts_neuralode.errors import ConfigError, check_choice
 from ts_neuralode.models.evolution_config import EvolutionConfig
-from ts_neuralode.models.nets import (
-    SpectralNormLinear,
-    check_positive_int,
-    fast_tanh,
-    make_activation,
-    mlp,
-    spectral_mlp,
-)
+from ts_neuralode.models.nets import SpectralNormLinear, check_positive_int, fast_tanh, make_activation, mlp
 from ts_neuralode.models.rotation_flow import RotationFlowLayer
 from ts_neuralode.models.time_embedding import make_time_embedding
 
@@ -214,8 +207,8 @@ class ResNetFlowLayer(ResidualFlowLayer):
         super().__init__(dim, hidden_dim=hidden_dim, num_layers=num_layers, activation=activation, **residual_options)
 
     def build(self, dim: int, spectral: dict[str, Any], *, hidden_dim: int, num_layers: int, activation: str) -> int:
-        self.net = spectral_mlp(
-            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation, **spectral
+        self.net = mlp(
+            dim + 1, dim, check_positive_int(hidden_dim, "hidden_dim"), num_layers, activation, spectral=spectral
         )
         # added to the first layer's pre-activations (hidden_dim wide; dim when the net is one linear map)
         return self.net[0].out_features

@@ -4,9 +4,9 @@
 * :func:`mlp` — ``in_dim → hidden_dim × num_layers → out_dim`` multilayer perceptron.
 * :class:`SpectralNormLinear` — a linear layer whose weight is rescaled so that its spectral norm is at most
   ``coeff`` (< 1), used wherever a flow needs a true Lipschitz bound.
-* :func:`spectral_mlp` — :func:`mlp` with every linear layer spectrally normalised (including the first;
-  the Neural Flows reference library leaves the first one out, so its bound does not hold) and only
-  1-Lipschitz activations, so ``Lip(net) <= coeff ** (num_layers + 1) < 1``.
+* ``mlp(..., spectral={...})`` — every linear layer spectrally normalised (including the first; the Neural
+  Flows reference library leaves the first one out, so its bound does not hold) and only 1-Lipschitz
+  activations, so ``Lip(net) <= coeff ** (num_layers + 1) < 1``.
 
 Spectral normalisation. ``W_eff = W / max(1, sigma(W) / coeff)``, so a weight already inside the ball is
 left alone (i-ResNet style rather than always dividing by sigma). ``sigma`` is estimated:
@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,20 +163,25 @@ def mlp(
     num_layers: int = 2,
     activation: str = "tanh",
     final_activation: str | None = None,
+    *,
+    spectral: Mapping[str, Any] | None = None,
 ) -> nn.Sequential:
     """Plain MLP ``[..., in_dim] -> [..., out_dim]`` with ``num_layers`` hidden layers of ``hidden_dim``.
 
-    ``num_layers=0`` gives a single linear map.
+    ``num_layers=0`` gives a single linear map. ``spectral`` (the options of :class:`SpectralNormLinear`:
+    ``coeff``, ``n_power_iterations``; ``{}`` for its defaults): every linear layer spectrally normalised and only
+    1-Lipschitz activations admitted, so ``Lip(net) <= coeff ** (num_layers + 1)``.
     """
     check_positive_int(num_layers, "num_layers", minimum=0)
+    lipschitz = spectral is not None
     layers: list[nn.Module] = []
     sizes = _layer_sizes(in_dim, out_dim, hidden_dim, num_layers)
     for i, (a, b) in enumerate(sizes):
-        layers.append(nn.Linear(a, b))
+        layers.append(nn.Linear(a, b) if spectral is None else SpectralNormLinear(a, b, **spectral))
         if i < len(sizes) - 1:
-            layers.append(make_activation(activation))
+            layers.append(make_activation(activation, lipschitz=lipschitz))
     if final_activation is not None:
-        layers.append(make_activation(final_activation, where="final_activation"))
+        layers.append(make_activation(final_activation, lipschitz=lipschitz, where="final_activation"))
     return MLP(*layers)
 
 
@@ -302,28 +309,6 @@ class SpectralNormLinear(nn.Module):
         )
 
 
-def spectral_mlp(
-    in_dim: int,
-    out_dim: int,
-    hidden_dim: int = 64,
-    num_layers: int = 2,
-    activation: str = "tanh",
-    *,
-    coeff: float = 0.9,
-    n_power_iterations: int = 3,
-) -> nn.Sequential:
-    """MLP whose every linear layer is a :class:`SpectralNormLinear` and whose activations are
-    1-Lipschitz, so ``Lip(net) <= coeff ** (num_layers + 1)``."""
-    check_positive_int(num_layers, "num_layers", minimum=0)
-    layers: list[nn.Module] = []
-    sizes = _layer_sizes(in_dim, out_dim, hidden_dim, num_layers)
-    for i, (a, b) in enumerate(sizes):
-        layers.append(SpectralNormLinear(a, b, coeff=coeff, n_power_iterations=n_power_iterations))
-        if i < len(sizes) - 1:
-            layers.append(make_activation(activation, lipschitz=True))
-    return nn.Sequential(*layers)
-
-
 def lipschitz_upper_bound(module: nn.Module) -> float:
     """Product of the spectral-norm bounds of the :class:`SpectralNormLinear` layers of a sequential
     ``module`` with 1-Lipschitz activations (exact sigma), i.e. a certified bound on ``Lip(module)``."""
@@ -345,6 +330,5 @@ __all__ = [
     "SpectralNormLinear",
     "spectral_weight_scope",
     "shares_spectral_weights",
-    "spectral_mlp",
     "lipschitz_upper_bound",
 ]

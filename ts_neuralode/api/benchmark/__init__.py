@@ -55,6 +55,7 @@ from ts_neuralode.api.benchmark.config import (
     SCORES,
     TASKS,
     BenchmarkConfig,
+    BenchmarkResult,
     scored_tasks,
 )
 from ts_neuralode.api.benchmark.report import (
@@ -68,7 +69,6 @@ from ts_neuralode.api.benchmark.report import (
     write_report,
 )
 from ts_neuralode.api.benchmark.runner import (
-    BenchmarkResult,
     benchmark_baseline,
     benchmark_model,
     choose_layout,

@@ -1,4 +1,5 @@
-"""The benchmark's settings: the model table, the result columns and :class:`BenchmarkConfig` (checked once)."""
+"""The benchmark's settings: the model table, the result columns and :class:`BenchmarkConfig` (checked once), and
+the :class:`BenchmarkResult` a run returns."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from ts_neuralode.data.batching import LAYOUTS as BATCH_LAYOUTS
@@ -275,3 +277,17 @@ def scored_tasks(cfg: BenchmarkConfig) -> tuple[str, ...]:
     if cfg.task != "forecast":
         return ("interpolation", "extrapolation")
     return ("forecast",) if (cfg.split_by or "time") == "time" else TASKS
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`~ts_neuralode.api.benchmark.runner.run_benchmark` returns: the scored table (models, then
+    baselines), each model's per-epoch history, the run's description and batch layout, and its MLflow runs."""
+
+    table: pd.DataFrame
+    histories: dict[str, dict]
+    description: str
+    layout: str
+    parent_run_id: str | None = None
+    child_run_ids: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str | None = None

@@ -9,16 +9,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.api.benchmark.config import MD_COLUMNS, MD_OPTIONAL, BenchmarkConfig, scored_tasks
-
-if TYPE_CHECKING:
-    from ts_neuralode.api.benchmark.runner import BenchmarkResult
+from ts_neuralode.api.benchmark.config import MD_COLUMNS, MD_OPTIONAL, BenchmarkConfig, BenchmarkResult, scored_tasks
 
 
 # ---------------------------------------------------------------------------------------------- output

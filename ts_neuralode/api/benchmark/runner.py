@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ts_neuralode.api.benchmark.config import COLUMNS, MODEL_SPECS, PROG, SCORES, TASKS, BenchmarkConfig, scored_tasks
+from ts_neuralode.api.benchmark.config import (
+    COLUMNS,
+    MODEL_SPECS,
+    PROG,
+    SCORES,
+    BenchmarkConfig,
+    BenchmarkResult,
+    scored_tasks,
+)
 from ts_neuralode.api.benchmark.report import describe
 from ts_neuralode.api.benchmark.tracker import BenchmarkTracker
 from ts_neuralode.data.batching import auto_layout
-from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule
+from ts_neuralode.data.datamodule import TASKS, IrregularTimeSeriesDataModule
 from ts_neuralode.data.generators import generate
 from ts_neuralode.models.baselines import REFERENCE, baseline_names
 from ts_neuralode.models.evolution_config import merge_options
@@ -290,17 +298,6 @@ def benchmark_model(cfg: BenchmarkConfig, name: str, dms: dict[str, Any]) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ run
-@dataclass
-class BenchmarkResult:
-    table: pd.DataFrame
-    histories: dict[str, dict]
-    description: str
-    layout: str
-    parent_run_id: str | None = None
-    child_run_ids: dict[str, str] = field(default_factory=dict)
-    tracking_uri: str | None = None
-
-
 def run_benchmark(
     cfg: BenchmarkConfig,
     *,
