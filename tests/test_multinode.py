@@ -91,6 +91,7 @@ def _launch(name: str, rank: int, port: int) -> tuple[list[str], dict]:
     return [sys.executable, *cli], env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher_name", ["torchrun", "srun"])
 def test_two_nodes_match_one_process(launcher_name, tiny_csv, tmp_path, margin):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

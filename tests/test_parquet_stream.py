@@ -307,6 +307,7 @@ def test_forecaster_fit_from_a_folder(ou, tmp_path):
     assert fc.transform.channel_names == ["x1", "x2"]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_fit_from_a_folder(ou, tmp_path):
     """Two real DDP processes (gloo on CPU) stream their own series from the folder and finish the epoch together
     (a rank with one batch more or less than the other would hang the all-reduce)."""
