@@ -4,6 +4,8 @@ short, and a loss that scores the correction only."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,19 @@ def test_a_sparse_context_fits_one_harmonic():
     b = batch_of(t, (profile(t) + 0.2 * t)[None, :], cutoff=3.0)
     fit = HarmonicFit(b, P)
     assert fit.ok.all() and fit.harmonics[0, 0].item() == 1
+
+
+def test_a_reverting_level_tends_to_the_context_line():
+    """A level shift of 2 in the last tenth of a season: without reversion the forecast keeps it; with a reversion
+    time far below the lead it has returned to the context's line (the shifted points are 3% of the context, so the
+    line itself moved little)."""
+    t = np.arange(0, 4.0, 0.02)
+    q = torch.tensor([4.5, 4.75]).view(1, 2, 1)
+    fit = HarmonicFit(batch_of(t, (profile(t) + np.where(t > 3.85, 2.0, 0.0))[None, :], 4.0), P)
+    truth = torch.as_tensor(profile(np.array([4.5, 4.75])), dtype=torch.float32).view(1, 2, 1)
+    kept = (fit.at(q) - truth).squeeze()
+    reverted = (fit.at(q, torch.tensor([1e-3])) - truth).squeeze()
+    assert ((kept > 1.6) & (kept < 2.4)).all(), kept
+    assert (reverted.abs() < 0.4).all(), reverted
+    halfway = (fit.at(q[:, :1], torch.tensor([0.5 / math.log(2)])) - truth[:, :1]).squeeze()  # half-life 0.5
+    assert abs(float(halfway) - 0.5 * float(kept[0]) - 0.5 * float(reverted[0])) < 0.05

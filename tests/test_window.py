@@ -322,3 +322,33 @@ def test_an_untrained_correction_starts_at_its_base(name):
         got = m.forecast(batch, q, num_samples=3).mean
         base = m.stats(batch).base(q.view(1, -1, 1).expand(3, -1, 1))
     torch.testing.assert_close(got, base, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_the_harmonic_base_learns_how_fast_its_level_reverts():
+    """The reversion time (per channel) learned through the correction's loss alone: short where the seasonal
+    series' departures are an Ornstein–Uhlenbeck process of time constant 0.1 seasons, long where they are a random
+    walk (both start at 4 seasons); a model directory written before it existed loads as no reversion."""
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 6.0, 0.05)
+    phi = math.exp(-0.05 / 0.1)
+    ou = np.zeros((16, t.size))
+    for i in range(1, t.size):
+        ou[:, i] = phi * ou[:, i - 1] + math.sqrt(1 - phi**2) * rng.normal(0, 1, 16)
+    walk = np.cumsum(rng.normal(0, 0.15, (16, t.size)), 1)
+    learned = {}
+    for name, departure in (("ou", ou), ("walk", walk)):
+        batch = window_batch(np.sin(2 * np.pi * t) + departure + rng.normal(0, 0.05, (16, t.size)), t, cutoff=5.0)
+        model = WindowModel(ode_rnn(), "window", "harmonic", season_period=P)
+        opt = torch.optim.Adam([model.reversion], lr=0.15)
+        for _ in range(40):
+            opt.zero_grad()
+            model.loss(batch)[0].backward()
+            opt.step()
+        learned[name] = math.exp(model.reversion.item())
+    assert learned["ou"] < 0.3 and learned["walk"] > 1.0, learned
+    old = {k: v for k, v in model.state_dict().items() if k != "reversion"}
+    again = WindowModel(ode_rnn(), "window", "harmonic", season_period=P)
+    again.load_state_dict(old)
+    assert float(again.reversion.min()) >= 30.0  # e^30 seasons: the level persists, as it did
+    assert "reversion" not in WindowModel(ode_rnn(), "window", "damped").state_dict()

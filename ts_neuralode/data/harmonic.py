@@ -12,7 +12,9 @@ point at once, at the series' own (irregular) observation times — no grid, no 
 3. drift ``d``: the least-squares slope of ``s`` over the context; level ``ℓ``: the mean of
    ``s(t) - d (t - t_end)`` over the points within ``P / 10`` of the last one (the tolerance the seasonal naive
    forecast uses): the series' current deseasonalised level, not the fit's;
-4. forecast ``ŷ(t) = ℓ + d (t - t_end) + seasonal(t)``.
+4. forecast ``ŷ(t) = ℓ + d (t - t_end) + seasonal(t)``; or, given a reversion time ``τ`` (the harmonic base of a
+   window model learns one, :mod:`ts_neuralode.models.window`), with the level's departure from the deseasonalised
+   context's least-squares line ``L`` decaying: ``L + (ℓ - L) exp(-(t - t_end)/τ)`` in place of ``ℓ``.
 
 The number of harmonics ``K`` is chosen per series and channel, from 1 to :data:`HARMONICS`, by the Bayesian
 information criterion of step 1's fit, ``n log(RSS/n) + p log n`` with ``p = 3 + 2K`` coefficients, among the ``K``
@@ -112,16 +114,24 @@ class HarmonicFit:
         # level: the deseasonalised, drift-adjusted value of the points within a tenth of a season of the last one
         near = m * (dt >= -period / 10).to(dtype)
         self.level = ((s - self.drift * dt) * near).sum(1, keepdim=True) / near.sum(1, keepdim=True).clamp_min(1.0)
+        # the deseasonalised context's least-squares line at the last point: where a reverting level tends to
+        self.line = sm - self.drift * tm
 
     def seasonal(self, dts: Tensor) -> Tensor:
         """``[B, T, D]`` the seasonal part at offsets ``dts`` from each series' last context point."""
         f = _features(dts, self.span, self.period, self.k)[..., 3:]  # [B, T, D, 2k]
         return torch.einsum("btdi,bdi->btd", f, self.seas_coef)
 
-    def at(self, q: Tensor) -> Tensor:
-        """``[B, Tq, D]`` the forecast at per-channel query times ``q``."""
+    def at(self, q: Tensor, reversion: Tensor | None = None) -> Tensor:
+        """``[B, Tq, D]`` the forecast at per-channel query times ``q``; ``reversion`` ``[D]`` (optional): the time
+        constant, in model time units, at which the level's departure from the context's line decays (None: it
+        persists)."""
         dq = q.to(self.t_end.dtype) - self.t_end
-        return (self.level + self.drift * dq + self.seasonal(dq)).to(self.dtype)
+        level = self.level
+        if reversion is not None:
+            keep = torch.exp(-dq.clamp_min(0.0) / reversion.to(dq.dtype).view(1, 1, -1))
+            level = self.line + keep * (self.level - self.line)
+        return (level + self.drift * dq + self.seasonal(dq)).to(self.dtype)
 
 
 def harmonic_forecast(batch: Batch, q: Tensor, period: float, harmonics: int = HARMONICS) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,11 @@ computes
                        differences; 0 where the context spans less than a period)
   ``harmonic``         the context's harmonic seasonal profile plus its deseasonalised current level and drift
                        (:mod:`ts_neuralode.data.harmonic`); ``seasonal_trend`` where the context spans
-                       fewer than two seasons
+                       fewer than two seasons. The level's departure from the deseasonalised context's
+                       least-squares line decays as ``exp(-Δ/τ)`` (a continuous-time AR(1), as the departures
+                       of a seasonal series from its trend often are: El Niño's anomalies, a sensor's weather),
+                       ``τ = exp(ρ)`` seasons with ``ρ`` a learned parameter per channel (initialised to
+                       ``log 4``: nearly the persistent level of a random walk, where it stays)
   ``auto``             ``harmonic`` when the model knows a season (``--data.season``), else ``last``
   ===================  ================================================================================
 
@@ -39,8 +43,8 @@ adding a constant to a series (or multiplying it by a positive number), and a mo
 forecasts exactly its base — which is where training starts: with a base, the inner model's mean read-out is
 initialised to 0 (:meth:`~ts_neuralode.models.base.ForecastModel.zero_mean_output`), so the model moves away from
 the naive forecast only as far as the training windows pay for it. The inner model's loss is in ``z`` units: each window
-weighs the same, whatever its
-level and spread.
+weighs the same, whatever its level and spread. The bases' own parameters (``θ``, ``ρ``: one number per channel
+each) are stepped :data:`~ts_neuralode.training.module.BASE_LR_FACTOR` times faster than the network.
 
 Measured on real data in results/forecast_ablations.md (``scripts/ablate_forecast.py``).
 """
@@ -72,6 +76,10 @@ SCALE_EPS = 1e-2
 #: the damped base's initial time constant, in context spans (``θ = log DAMPED_INIT``): half the slope is left after
 #: 1.4 spans, a third of the straight line's rise given up at one span
 DAMPED_INIT = 2.0
+#: the harmonic base's initial reversion time, in seasons (``log`` of it is learned per channel): the level's
+#: departure from the context's line keeps 78% after a season, so an untrained model forecasts nearly as the base
+#: without reversion does
+REVERSION_INIT = 4.0
 
 
 def resolve_base(base: str, season_period: float | None) -> str:
@@ -97,10 +105,17 @@ class WindowStats:
     """
 
     def __init__(
-        self, batch: Batch, normalize: str, base: str, period: float | None, damping: Tensor | None = None
+        self,
+        batch: Batch,
+        normalize: str,
+        base: str,
+        period: float | None,
+        damping: Tensor | None = None,
+        reversion: Tensor | None = None,
     ) -> None:
         v, m = batch.values, batch.obs_mask
         self.batch, self.base_kind, self.period, self.damping = batch, base, period, damping
+        self.reversion = reversion
         n = m.sum(1, keepdim=True)
         mean = (v * m).sum(1, keepdim=True) / n.clamp_min(1.0)
         self.mean = mean
@@ -165,7 +180,8 @@ class WindowStats:
         if kind == "seasonal":
             return seasonal
         if kind == "harmonic":
-            return torch.where(self.harmonic.ok, self.harmonic.at(q), self._seasonal_trend(q, seasonal))
+            tau = None if self.reversion is None else torch.exp(self.reversion) * float(self.period)
+            return torch.where(self.harmonic.ok, self.harmonic.at(q, tau), self._seasonal_trend(q, seasonal))
         return self._seasonal_trend(q, seasonal)
 
     def _seasonal_trend(self, q: Tensor, seasonal: Tensor) -> Tensor:
@@ -213,6 +229,10 @@ class WindowModel(ForecastModel):
         self.damping = (
             torch.nn.Parameter(torch.full((inner.input_dim,), math.log(DAMPED_INIT))) if base == "damped" else None
         )
+        # the harmonic base's log reversion time per channel (in seasons), learned with the model
+        self.reversion = (
+            torch.nn.Parameter(torch.full((inner.input_dim,), math.log(REVERSION_INIT))) if base == "harmonic" else None
+        )
         self.input_dim = inner.input_dim
         self.control_dim, self.static_dim, self.target_dim = inner.control_dim, inner.static_dim, inner.target_dim
 
@@ -229,7 +249,7 @@ class WindowModel(ForecastModel):
         self.inner.set_epoch(epoch)
 
     def stats(self, batch: Batch) -> WindowStats:
-        return WindowStats(batch, self.normalize, self.base_kind, self.period, self.damping)
+        return WindowStats(batch, self.normalize, self.base_kind, self.period, self.damping, self.reversion)
 
     def transform(self, batch: Batch) -> tuple[Batch, WindowStats]:
         """The batch in window units (every point with a value: context and targets) and the statistics."""
@@ -264,6 +284,11 @@ class WindowModel(ForecastModel):
             times=fc.times,
         )
 
+    def base_parameters(self) -> list[torch.nn.Parameter]:
+        """The base's own learned time constants (the damped base's, the harmonic base's reversion): the optimiser
+        steps them faster than the network (:data:`ts_neuralode.training.module.BASE_LR_FACTOR`)."""
+        return [p for p in (self.damping, self.reversion) if p is not None]
+
     def set_correction_scale(self, weight: float) -> None:
         """Weight the learned correction by ``weight`` (0: the base alone, 1: as trained)."""
         self.correction_scale.fill_(float(weight))
@@ -271,6 +296,9 @@ class WindowModel(ForecastModel):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # model directories written before the correction weight existed: the correction as trained
         state_dict.setdefault(prefix + "correction_scale", torch.ones(()))
+        if self.reversion is not None:  # written before the harmonic base learned its reversion: none (it persists;
+            # e^30 seasons, finite so that a fit resumed from such a model still has a gradient)
+            state_dict.setdefault(prefix + "reversion", torch.full_like(self.reversion, 30.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -61,6 +61,8 @@ _BASELINE_METRICS = tuple(name for name in _METRICS if name != "crps")  # a poin
 SKILLS = {"skill": "mse", "interp_skill": "interp_mse", "extrap_skill": "extrap_mse"}
 _MODEL_KEY = "model"  # the model's own metrics (no name suffix)
 LR_SCHEDULES = ("step", "cosine")
+#: how many times faster than the network a window model's base time constants are stepped (see configure_optimizers)
+BASE_LR_FACTOR = 10.0
 
 
 def clean_hparams(hparams: Mapping[str, Any]) -> dict:
@@ -285,7 +287,16 @@ class ForecastingModule(pl.LightningModule):
                 f"model {self.hparams.model!r} is a baseline with nothing to train; score it with "
                 f"'ts-neuralode test --model.model {self.hparams.model} ...' (no checkpoint needed)"
             )
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        lr = self.hparams.lr
+        # a window model's base time constants (one number per channel each) step BASE_LR_FACTOR times faster: at the
+        # network's rate they moved about one e-fold in a short fit, too little to reach a time constant the data
+        # sets (measured: results/peers_irregular.md)
+        base = list(self.model.base_parameters()) if isinstance(self.model, WindowModel) else []
+        ids = {id(p) for p in base}
+        groups: list[dict] = [{"params": [p for p in self.parameters() if id(p) not in ids]}]
+        if base:
+            groups.append({"params": base, "lr": lr * BASE_LR_FACTOR, "weight_decay": 0.0})
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "cosine":
             epochs = int(self.trainer.max_epochs or 0) if self._trainer is not None else 0
             if epochs < 1:
