@@ -293,7 +293,7 @@ class ForecastingModule(pl.LightningModule):
         # (results/peers_irregular.md)
         base = list(self.model.base_parameters()) if isinstance(self.model, WindowModel) else []
         ids = {id(p) for p in base}
-        groups: list[dict] = [{"params": [p for p in self.parameters() if id(p) not in ids]}]
+        groups = [{"params": [p for p in self.parameters() if id(p) not in ids]}]
         if base:
             groups.append({"params": base, "lr": lr * BASE_LR_FACTOR, "weight_decay": 0.0})
         opt = torch.optim.Adam(groups, lr=lr, weight_decay=self.hparams.weight_decay)
