@@ -64,18 +64,8 @@ def main() -> int:
     ds = pb.DATASETS[args.dataset]
     w = pb.windows(ds, args.cutoffs)
     raw, origin, aware, cuts = w.raw, w.origin, w.aware, w.cuts
-    first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
-    t = pb.raw_time(raw, ds, origin)
-    train = raw[t <= raw["unique_id"].map(first).to_numpy(dtype=float) + 1e-9]
-    opts = {
-        "task": "forecast",
-        "val_fraction": 0.2,
-        "test_fraction": 0.0,
-        "season": None,
-        "context": None,
-        "calendar": None,
-        **ds.options,
-    }
+    train = pb.training_rows(ds, raw, cuts, origin)
+    opts = pb.fit_options(ds, "auto")
     trainer = {"max_epochs": args.epochs, "enable_progress_bar": False, "enable_model_summary": False}
 
     def backtest(fc, calibrated=False):

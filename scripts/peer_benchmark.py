@@ -232,6 +232,35 @@ def to_stamp(t: float, ds: DataSet, origin: int | None, aware: bool):
 
 
 # -- our models ---------------------------------------------------------------------------------------------
+def training_rows(ds: DataSet, raw: pd.DataFrame, cuts: pd.DataFrame, origin) -> pd.DataFrame:
+    """The rows a contender trains on: each series' history up to its first cutoff."""
+    first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
+    t = raw_time(raw, ds, origin)
+    return raw[t <= raw["unique_id"].map(first).to_numpy(dtype=float) + 1e-9]
+
+
+def fit_options(ds: DataSet, model: str) -> dict:
+    """The ``data_options`` of our contenders' fits on ``ds`` (``model``: a config path or "auto")."""
+    # the data set's options replace a config's own data section; a season, context or calendar the data set does
+    # not give is none (a config written for CO2 must not carry its 52-week season onto lab values)
+    opts = {
+        "task": "forecast",
+        "val_fraction": 0.2,
+        "test_fraction": 0.0,
+        "season": None,
+        "context": None,
+        "calendar": None,
+        **ds.options,
+    }
+    if model == "auto" and "context" not in ds.options:
+        # the automatic choice searches the context (data.context_horizons); a context fixed to None here made
+        # every trial use the whole history, its starting points' "the last horizon" included
+        del opts["context"]
+    if Path(model).stem == "demo":  # the demo's own config as shipped: its own context and batch size
+        opts = {"task": "forecast", "horizon": ds.options["horizon"], "time_unit": "h", "season": "24h"}
+    return opts
+
+
 def run_config(
     name: str,
     model: str,
@@ -251,27 +280,8 @@ def run_config(
     from ts_neuralode.api.backtest import CRPS_QUANTILES
     from ts_neuralode.api.forecaster import Forecaster
 
-    first = cuts[cuts["window"] == 0].set_index("unique_id")["cutoff"]
-    t = raw_time(raw, ds, origin)
-    lim = raw["unique_id"].map(first).to_numpy(dtype=float)
-    train = raw[t <= lim + 1e-9]
-    # the data set's options replace a config's own data section; a season, context or calendar the data set does
-    # not give is none (a config written for CO2 must not carry its 52-week season onto lab values)
-    opts = {
-        "task": "forecast",
-        "val_fraction": 0.2,
-        "test_fraction": 0.0,
-        "season": None,
-        "context": None,
-        "calendar": None,
-        **ds.options,
-    }
-    if model == "auto" and "context" not in ds.options:
-        # the automatic choice searches the context (data.context_horizons); a context fixed to None here made
-        # every trial use the whole history, its starting points' "the last horizon" included
-        del opts["context"]
-    if Path(model).stem == "demo":  # the demo's own config as shipped: its own context and batch size
-        opts = {"task": "forecast", "horizon": ds.options["horizon"], "time_unit": "h", "season": "24h"}
+    train = training_rows(ds, raw, cuts, origin)
+    opts = fit_options(ds, model)
     trainer = {"max_epochs": int(epochs), "enable_progress_bar": False, "enable_model_summary": False}
     res = {"cols": None, "fit_s": math.nan, "predict_s": math.nan, "error": ""}
     t0 = time.perf_counter()
