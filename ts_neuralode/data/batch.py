@@ -107,7 +107,7 @@ class Batch:
         cutoff: ``[B]`` float: the last conditioning time of each series (the extrapolation cut or the forecast
             window's cutoff, or the last observed time for interpolation), normalised units.
         covariates: known-future covariates ``u(t)`` of each series
-            (:class:`~ts_neuralode.data.covariates.CovariateBatch`), or None.
+            (:class:`~ts_neuralode.data.batch.CovariateBatch`), or None.
     """
 
     times: Tensor

@@ -14,9 +14,10 @@ Calendar features (``calendar``: ``time_of_day``, ``day_of_week``, ``day_of_year
 computed, not interpolated: each is a ``(sin, cos)`` pair of the local wall-clock phase (periods 1 day, 7 days
 from Monday 00:00, 365.2425 days from 1 January of 1970; a DST change shifts a series by its offset change).
 
-In a :class:`~ts_neuralode.data.batch.Batch` the covariates are a :class:`CovariateBatch`: each series' knots
-(the union of its columns' sample times, every column resampled onto them by its own rule — exact for both
-rules), in the batch's model time, plus the calendar phases at model time 0. ``CovariateBatch(t)`` evaluates
+In a :class:`~ts_neuralode.data.batch.Batch` the covariates are a :class:`~ts_neuralode.data.batch.CovariateBatch`
+(defined beside the batch, re-exported here): each series' knots (the union of its columns' sample times, every
+column resampled onto them by its own rule — exact for both rules), in the batch's model time, plus the calendar
+phases at model time 0. ``CovariateBatch(t)`` evaluates
 ``u(t)`` for any model time; the models hand it to their evolution (:mod:`ts_neuralode.models.control`).
 """
 

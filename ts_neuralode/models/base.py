@@ -72,7 +72,7 @@ class CallInputs:
     :meth:`ForecastModel._grid` for that call and carried by its :class:`Grid`, never stored on the model, so two
     calls on one model at once (threads, a Spark UDF, DDP, a forecast inside a hook) each keep their own.
 
-    control: the batch's known-future covariates ``u(t)`` (a :class:`~ts_neuralode.data.covariates.CovariateBatch`)
+    control: the batch's known-future covariates ``u(t)`` (a :class:`~ts_neuralode.data.batch.CovariateBatch`)
         when the model reads them (``control_dim > 0``), else None.
     static: ``[B, static_dim]`` the batch's encoded static covariates when the model reads them, else None.
     max_steps: the step budget of every ODE solve of the call (None: each evolution's own ``config.max_steps``).

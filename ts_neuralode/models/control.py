@@ -1,6 +1,6 @@
 """Known-future covariates as a control of the evolution: ``dh/dt = f(t, h, u(t))``.
 
-``u`` is a :class:`~ts_neuralode.data.covariates.CovariateBatch` (callable: ``u(t [B]) -> [B, C]``, interpolated
+``u`` is a :class:`~ts_neuralode.data.batch.CovariateBatch` (callable: ``u(t [B]) -> [B, C]``, interpolated
 between each series' own covariate samples). A model sets it from the batch (``ForecastModel._grid``) and
 passes it to every evolution call; an evolution built with ``control_dim = C > 0`` uses it:
 
