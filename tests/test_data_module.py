@@ -378,3 +378,19 @@ def test_calibration_windows_sample_at_most_fit_max_series(sine, kw, monkeypatch
     assert calibration.held_out_windows(dm)[0] == ids  # seeded: the same sample every time
     pos = [val_ids.index(u) for u in ids]
     assert np.array_equal(cuts, cuts_all[:, pos]) and cuts.shape == (calibration.FIT_WINDOWS, 7)
+
+
+@pytest.mark.parametrize(
+    "times, fix",
+    [
+        ([0.0, 1.0, 2.0, 3.0], "shorten --data.horizon"),  # the held-out horizon leaves one observation before it
+        ([0.0, 10.0, 20.0, 30.0, 40.0], "lengthen --data.horizon"),  # history enough, but gaps wider than it
+    ],
+)
+def test_a_forecast_task_without_training_windows_says_which_way_to_move_the_horizon(times, fix):
+    df = pd.DataFrame(
+        {"unique_id": np.repeat(["a", "b"], len(times)), "ds": times * 2, "y": np.arange(2 * len(times), dtype=float)}
+    )
+    with pytest.raises(DataError, match="two observations within horizon=3") as err:
+        dm_of(df, task="forecast", horizon=3, val_fraction=0.2, test_fraction=0.0)
+    assert fix in str(err.value) and "\n" not in str(err.value)

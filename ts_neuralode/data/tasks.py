@@ -186,9 +186,17 @@ def prepare_forecast(opts, table) -> Prepared:
     specs = {"train": base.with_anchors(arrays)}
     usable = specs["train"].anchor_count[split["train"]] > 0
     if not usable.any() and opts.whole_data:
+        before = segment_searchsorted(table.times, table.offsets[:-1], table.counts, end, "right")
+        if int(before[split["train"]].max(initial=0)) < 2:  # each held-out part is a horizon long: they took it all
+            fix = (
+                "at most one observation before them; shorten --data.horizon or hold out less "
+                "(--data.val_fraction 0, --data.test_fraction 0)"
+            )
+        else:
+            fix = "lengthen --data.horizon beyond the gaps between observations, or hold out less"
         raise DataError(
             f"{src}: no series has two observations within horizon={opts.horizon!r} of each other "
-            "before its validation/test part; lengthen --data.horizon or use fewer held-out parts"
+            f"before its validation/test part ({fix})"
         )
     split["train"] = keep_usable(split["train"], usable, "training", src)
     for name in ("val", "test"):
