@@ -353,7 +353,9 @@ def test_two_workers_share_one_storage(series, tmp_path):
         for i in range(2)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    failed = [f"worker {i} exited {p.returncode}:\n{outs[i][-4000:]}" for i, p in enumerate(procs) if p.returncode]
+    if failed:  # the whole tail of each failing worker's output (an assert's repr cuts it)
+        pytest.fail("\n".join(failed), pytrace=False)
     study = optuna.load_study(study_name="shared", storage=storage)
     counted = _counted(study)
     assert len(counted) == 5, [(t.number, t.state, t.user_attrs) for t in study.get_trials()]
