@@ -75,6 +75,53 @@ def test_scaler_fitted_on_train_only_ignoring_masked():
     assert 999 not in obs and len(obs) == 2 * len(train)  # masked third points not used
 
 
+def _multiplicative(n_series=4, n=120, seed=0, past=False):
+    """Monthly-like positive series whose season grows with the level (airline passengers' shape)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_series):
+        t = np.sort(rng.choice(np.arange(n * 2), n, replace=False)).astype(float)
+        level = (50.0 + 20 * k) * np.exp(0.01 * t)
+        y = level * (1 + 0.4 * np.sin(2 * np.pi * t / 12)) * np.exp(0.02 * rng.standard_normal(n))
+        frame = {"unique_id": f"s{k}", "ds": t, "y": y}
+        if past:
+            frame["temp"] = rng.standard_normal(n) - 2.0  # a past covariate with negative values
+        rows.append(pd.DataFrame(frame))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_log_scaler_scales_the_log_of_the_forecast_channels_only():
+    """scaler="log": centre and scale are the training log values' mean and std, past covariates are standardised
+    as they are (negative values allowed), values map back exactly, and the flags survive the state dict (an older
+    state dict without them loads as no log)."""
+    df = _multiplicative(past=True)
+    dm = dm_of(df, past_cols=["temp"], scaler="log", val_fraction=0.25, test_fraction=0.0)
+    tf, tab = dm.transform, dm.table
+    assert tf.log == [True, False]
+    obs = np.concatenate([tab.values[tab.offsets[i] : tab.offsets[i + 1], 0] for i in dm.split["train"]])
+    assert tf.center[0] == pytest.approx(np.log(obs).mean()) and tf.scale[0] == pytest.approx(np.log(obs).std())
+    z = tf.transform_values(tab.values)
+    assert np.allclose(z[:, 0], (np.log(tab.values[:, 0]) - tf.center[0]) / tf.scale[0])
+    assert np.allclose(z[:, 1], (tab.values[:, 1] - tf.center[1]) / tf.scale[1])
+    assert np.allclose(tf.inverse_values(z), tab.values, rtol=1e-12)
+    again = SeriesTransform.from_state_dict(json.loads(json.dumps(tf.state_dict())))
+    assert again.log == [True, False] and np.allclose(again.inverse_values(z), tab.values, rtol=1e-12)
+    old = {k: v for k, v in tf.state_dict().items() if k != "log"}
+    assert SeriesTransform.from_state_dict(old).log == [False, False]
+
+
+def test_log_scaler_refuses_a_value_that_is_not_positive_in_one_line():
+    df = _multiplicative()
+    df.loc[7, "y"] = 0.0
+    with pytest.raises(DataError, match=r"column 'y'.*value 0: scaler 'log' needs positive values.*--data.scaler"):
+        dm_of(df, scaler="log")
+    good = dm_of(_multiplicative(), scaler="log")
+    history = _multiplicative().iloc[:50].copy()
+    history.loc[3, "y"] = -1.0  # a history to forecast from is checked the same way
+    with pytest.raises(DataError, match="scaler 'log' needs positive values"):
+        good.transform.make_batch(history)
+
+
 def test_interpolation_masks_and_fixed_eval_subsample(sine):
     dm = dm_of(sine, task="interpolation", obs_fraction=0.4, layout="padded", batch_size=8)
     b1 = next(iter(dm.val_dataloader()))

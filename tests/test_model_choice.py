@@ -468,6 +468,24 @@ def test_starting_points_follow_the_season():
             assert value in p.values if p.kind == "choice" else p.low <= value <= p.high, (option, value)
 
 
+def test_the_log_scale_is_searched_where_the_values_are_positive():
+    """Positive values: the space searches ``data.scaler`` (standard / log) and, with a season, the second starting
+    point is the first on the log scale; not where the user fixed the scaler, nor without a season (there it is left
+    to the search), nor for data with a value <= 0 (a log trial would fail as a data error and end the search)."""
+    from ts_neuralode.api.model_choice_space import LOG_SCALE, SEARCH_SPACE, default_space, starting_points
+
+    assert default_space(False) == SEARCH_SPACE and LOG_SCALE not in SEARCH_SPACE
+    assert default_space(True)[-1] == LOG_SCALE and "log" in LOG_SCALE.values
+    season = {"data.horizon": "2D", "data.season": "24h"}
+    points = starting_points(season, log_scale=True)
+    # every point names its scaler: an option of the space a point leaves out would be sampled at random
+    assert [p["data.scaler"] for p in points] == ["standard", "log", "standard"]
+    assert points[1] == {**points[0], "data.scaler": "log"}
+    assert all("data.scaler" not in p for p in starting_points({**season, "data.scaler": "standard"}, log_scale=True))
+    assert [p["data.scaler"] for p in starting_points({"data.horizon": 5}, log_scale=True)] == ["standard"] * 3
+    assert starting_points(season, log_scale=False) == starting_points(season)
+
+
 def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, tmp_path):
     """The refit trains on train + validation, so it has no validation windows of its own: without its trial's
     choices its bands were left uncalibrated (BXLator: a 90% band covering 17% of the points, results/peers.md) and

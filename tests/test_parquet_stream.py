@@ -202,7 +202,7 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"part-1\.parquet: its columns differ from .*part-0\.parquet \(column 'y'"):
         IrregularTimeSeriesDataModule(path=str(mixed)).setup()
 
-    with pytest.raises(ConfigError, match="robust scaler"):
+    with pytest.raises(ConfigError, match="robust scaler is not supported"):
         IrregularTimeSeriesDataModule(path=str(mixed), scaler="robust")
 
     bad_time = tmp_path / "bad_time"

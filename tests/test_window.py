@@ -352,3 +352,49 @@ def test_the_harmonic_base_learns_how_fast_its_level_reverts():
     again.load_state_dict(old)
     assert float(again.reversion.min()) >= 30.0  # e^30 seasons: the level persists, as it did
     assert "reversion" not in WindowModel(ode_rnn(), "window", "damped").state_dict()
+
+
+@pytest.mark.slow
+def test_a_season_that_grows_with_the_level_is_forecast_on_the_log_scale(tmp_path):
+    """scaler="log": the harmonic base fits a multiplicative season (additive in the log) that the standard scale
+    can only fit with one amplitude; forecasts and bands come back through exp, so they stay positive."""
+    from ts_neuralode.api.forecaster import Forecaster
+
+    def truth(k, t):
+        return (20 + 10 * k) * np.exp(0.03 * t) * (1 + 0.6 * np.sin(2 * np.pi * t / 10))
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(4):
+        ts = np.sort(rng.uniform(0, 60, 140))
+        rows.append(pd.DataFrame({"unique_id": f"s{k}", "ds": ts, "y": truth(k, ts) * rng.lognormal(0, 0.01, 140)}))
+    history = pd.concat(rows, ignore_index=True)
+    last = history.groupby("unique_id")["ds"].max().min()
+    times = last + np.linspace(0.5, 10, 12)
+    mae = {}
+    for scaler in ("standard", "log"):
+        fc = Forecaster.fit(
+            history,
+            "ode_rnn",
+            data_options={
+                "task": "forecast",
+                "horizon": 10,
+                "context": 30,
+                "season": 10,
+                "layout": "padded",
+                "batch_size": 4,
+                "windows_per_series": 2,
+                "scaler": scaler,
+            },
+            model_options={"normalize": "window", "base": "harmonic", "latent_dim": 4, "hidden_dim": 8},
+            trainer={"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+            output_dir=tmp_path / scaler,
+            tracking=False,
+        )
+        out = fc.predict(history, times=times, seed=0)
+        k = out["unique_id"].str[1:].astype(int).to_numpy()
+        mae[scaler] = float(np.abs(out[fc.name].to_numpy() - truth(k, out["ds"].to_numpy())).mean())
+        if scaler == "log":
+            bands = [c for c in out.columns if c.startswith(f"{fc.name}-")]
+            assert bands and (out[[fc.name, *bands]].to_numpy() > 0).all()
+    assert mae["log"] < 0.6 * mae["standard"], mae  # measured: 1.6 against 39.6

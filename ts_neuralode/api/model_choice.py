@@ -44,7 +44,7 @@ from ts_neuralode.api.model_choice_finish import (
     validation_choices,
 )
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
-from ts_neuralode.api.model_choice_space import SEARCH_SPACE, Param, check_space, describe, sample, starting_points
+from ts_neuralode.api.model_choice_space import Param, check_space, default_space, describe, sample, starting_points
 from ts_neuralode.api.model_choice_storage import Heartbeat, abandon_trial, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
     DEFAULT_EPOCHS,
@@ -57,10 +57,12 @@ from ts_neuralode.api.model_choice_study import (
     _prepare_data,
     _require_optuna,
     _Search,
+    choice_table,
     gated_value,
     resolve_season,
 )
 from ts_neuralode.api.predictor import Predictor
+from ts_neuralode.data.scalers import positive_targets
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
 
 try:
@@ -120,7 +122,8 @@ def search(
         budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
             (``{"trials": 20, "time": "1h"}``); default 20 trials.
         metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
-        space: the search space (default :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`).
+        space: the search space (default :func:`~ts_neuralode.api.model_choice_space.default_space`:
+            :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`, and the log scale where the values are positive).
         storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
             storage and study name resume a search and let several workers share it.
         study_name: the study in the storage (None: ``ts_neuralode_auto``).
@@ -132,11 +135,14 @@ def search(
     """
     _require_optuna()
     budget = Budget.coerce(budget)
-    space = check_space(SEARCH_SPACE if space is None else space)
     out = Path(output_dir)
     fixed = _fixed_options(data_options, model_options, trainer)
     path = _prepare_data(data, out)
-    fixed, season_line = resolve_season(fixed, path, seed)
+    table = choice_table(fixed, path)
+    fixed, season_line = resolve_season(fixed, path, seed, table)
+    # the log scale is searched (and, with a season, a starting point) where every value to forecast is positive
+    space = check_space(default_space(table is not None and positive_targets(table)) if space is None else space)
+    del table
     if season_line is not None and progress is not False:
         print(f"model auto: {season_line}", file=sys.stderr)
     defaults = {f"trainer.{k}": v for k, v in TRIAL_TRAINER.items()}
@@ -173,7 +179,7 @@ def search(
             study.enqueue_trial(dict(params))
     # the package's starting points go in one at a time, as trials are claimed: none is left waiting when the budget
     # ends first, and a resumed study (as many trials as points) has had them
-    points = starting_points(fixed) if enqueue is None else []
+    points = starting_points(fixed, log_scale=any(p.option == "data.scaler" for p in space)) if enqueue is None else []
     study_id = storage_obj.get_study_id_from_name(study.study_name)
     deadline = None if budget.time is None else time.monotonic() + budget.time
     n_startup = 10 if budget.trials is None else min(10, max(2, budget.trials // 2))

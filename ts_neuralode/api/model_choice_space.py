@@ -85,6 +85,17 @@ SEARCH_SPACE: tuple[Param, ...] = (
     choice("model.base", ("none", "auto", "trend")),
 )
 
+#: searched where every value to forecast is positive (:func:`default_space`): the forecast channels' log, standardised
+#: (a multiplicative season or growth becomes additive; forecasts and bands map back through exp)
+LOG_SCALE = choice("data.scaler", ("standard", "log"))
+
+
+def default_space(positive: bool) -> tuple[Param, ...]:
+    """The search space of a search given none: :data:`SEARCH_SPACE`, and :data:`LOG_SCALE` where ``positive``
+    (every observed value of the forecast channels is > 0; a log trial on other data would fail as a data error)."""
+    return (*SEARCH_SPACE, LOG_SCALE) if positive else SEARCH_SPACE
+
+
 #: the first trial when the caller enqueues none: the ODE-RNN learning a correction in window units on top of the
 #: harmonic seasonal forecast (the last value without a season) — the configuration that won the ablations of
 #: results/forecast_ablations.md; the search goes on from there. Its solver is the adaptive dopri5, not rk4: rk4
@@ -113,7 +124,7 @@ STARTING_POINT: dict[str, Any] = {
 GLOBAL_LEVEL: dict[str, Any] = {**STARTING_POINT, "model.normalize": "none", "model.base": "none"}
 
 
-def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+def starting_points(fixed: Mapping[str, Any], log_scale: bool = False) -> list[dict[str, Any]]:
     """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
     the trend base through the last horizon of history as well (the last value and today's slope are the two naive
     forecasts of series without a season: lab values that wander, growth curves that may level off), then, with a
@@ -122,11 +133,21 @@ def starting_points(fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     at 0.485x the last value without it, 0.192 with it (as without a season); the demo, CO₂ and El Niño unchanged
     (0.110, 0.279, 0.524: the validation did not choose it; results/peers_irregular.md). A point on the context's
     mean in window units was measured and dropped: the validation horizon chose it where it forecast worse
-    (results/peers.md)."""
+    (results/peers.md).
+
+    ``log_scale`` (the search space has :data:`LOG_SCALE`: the values are positive) and a season: the second point is
+    :data:`STARTING_POINT` on the log scale (unless the user fixed ``data.scaler``): a season whose amplitude grows with
+    the level (airline passengers, sales) is additive there, and the harmonic base fits it."""
     points = [dict(STARTING_POINT)]
     if fixed.get("data.season") is None:
         points.append({**STARTING_POINT, "model.base": "trend", "data.context_horizons": 1})
     points.append(dict(GLOBAL_LEVEL))
+    if not log_scale or "data.scaler" in fixed:
+        return points
+    # the points set the scaler they run on (an option of the space that a point leaves out is sampled at random)
+    points = [{**p, "data.scaler": "standard"} for p in points]
+    if fixed.get("data.season") is not None:
+        points.insert(1, {**points[0], "data.scaler": "log"})
     return points
 
 
@@ -249,8 +270,10 @@ __all__ = [
     "DERIVED",
     "FLOWS",
     "Param",
+    "LOG_SCALE",
     "SEARCH_SPACE",
     "check_space",
+    "default_space",
     "choice",
     "describe",
     "flatten",

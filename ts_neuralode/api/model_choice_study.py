@@ -179,16 +179,11 @@ def _prepare_data(data: Any, output_dir: Path) -> Path:
     raise ConfigError(f"data of type {type(data).__name__} is not supported; pass a pandas DataFrame or a file path")
 
 
-def resolve_season(fixed: Mapping[str, Any], path: Path, seed: int) -> tuple[dict[str, Any], str | None]:
-    """``fixed`` with ``data.season`` chosen once for every trial where the user gave none or ``"auto"``
-    (:func:`ts_neuralode.data.season.detect_season`: a calendar period for datetime series, else none), and the
-    line saying what was measured (None where the user gave a season, or None for no season)."""
-    if fixed.get("data.season", "auto") != "auto":
-        return dict(fixed), None
-    if Path(path).is_dir():  # a Parquet folder is read in shards: no in-memory table to choose on
-        return {**fixed, "data.season": None}, (
-            f"season auto: none chosen ({path} is a Parquet folder read in shards; pass --data.season, e.g. 24h)"
-        )
+def choice_table(fixed: Mapping[str, Any], path: Path):
+    """The data as every trial's data module reads it (a SeriesTable), or None for a Parquet folder (read in shards:
+    no in-memory table to choose on)."""
+    if Path(path).is_dir():
+        return None
     data = {k.split(".", 1)[1]: v for k, v in fixed.items() if k.startswith("data.")}
     read = {k: data[k] for k in READ_KEYS if data.get(k) is not None}
     excluded = list(data.get("future_cols") or []) + list(data.get("static_cols") or [])
@@ -198,8 +193,23 @@ def resolve_season(fixed: Mapping[str, Any], path: Path, seed: int) -> tuple[dic
         read["past_cols"] = list(data["past_cols"])
     with warnings.catch_warnings():  # each trial's data module says what reading found
         warnings.simplefilter("ignore")
-        table = read_series(path, **read)
-    season, line = detect_season(table, seed)
+        return read_series(path, **read)
+
+
+def resolve_season(
+    fixed: Mapping[str, Any], path: Path, seed: int, table: Any = None
+) -> tuple[dict[str, Any], str | None]:
+    """``fixed`` with ``data.season`` chosen once for every trial where the user gave none or ``"auto"``
+    (:func:`ts_neuralode.data.season.detect_season`: a calendar period for datetime series, else none), and the
+    line saying what was measured (None where the user gave a season, or None for no season). ``table``: the data
+    as :func:`choice_table` read it (None: read here)."""
+    if fixed.get("data.season", "auto") != "auto":
+        return dict(fixed), None
+    if Path(path).is_dir():
+        return {**fixed, "data.season": None}, (
+            f"season auto: none chosen ({path} is a Parquet folder read in shards; pass --data.season, e.g. 24h)"
+        )
+    season, line = detect_season(choice_table(fixed, path) if table is None else table, seed)
     return {**fixed, "data.season": season}, line
 
 

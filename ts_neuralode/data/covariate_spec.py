@@ -92,6 +92,7 @@ class CovariateSpec:
             channel_names=transform.channel_names[:-n],
             center=transform.center[:-n],
             scale=transform.scale[:-n],
+            log=transform.log[:-n],
         )
 
     def forecast_channels(self, values: Tensor | np.ndarray):

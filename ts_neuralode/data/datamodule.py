@@ -114,7 +114,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         val_fraction: fraction of the series held out for validation.
         test_fraction: fraction of the series held out for testing.
         seed: split and subsample seed.
-        scaler: "standard", "minmax", "robust" or "none".
+        scaler: "standard", "minmax", "robust", "none" or "log" (the log of the forecast channels, standardised).
         time_scale: "auto" or a number.
         time_origin: "series" or "zero" (see :mod:`ts_neuralode.data.transform`).
         predict_split: which series predict_dataloader serves: "all", "train", "val" or "test".
@@ -362,14 +362,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         self._prepare()
         return [self.table.ids[i] for i in self.split[name]]
 
-    def to_frame(
-        self,
-        series_idx,
-        times,
-        values,
-        bands: Mapping[str, Any] | None = None,
-        value_kind: Mapping[str, str] | None = None,
-    ) -> pd.DataFrame:
+    def to_frame(self, series_idx, times, values, bands: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Predictions for ``series_idx`` [B] (Batch.series_idx) at model ``times`` -> original units/times."""
         self._prepare()
         idx = np.asarray(series_idx.cpu() if hasattr(series_idx, "cpu") else series_idx, dtype=np.int64)
@@ -377,13 +370,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         if spec is not None:  # past-only covariates are inputs, never forecast
             transform, values, bands = spec.outputs(transform, values, bands)
         return transform.to_frame(
-            [self.table.ids[i] for i in idx],
-            self.origins[idx],
-            times,
-            values,
-            bands,
-            value_kind,
-            history=(self.table, idx),
+            [self.table.ids[i] for i in idx], self.origins[idx], times, values, bands, history=(self.table, idx)
         )
 
     # --- loaders -------------------------------------------------------------------------------

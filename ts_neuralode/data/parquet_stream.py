@@ -28,9 +28,9 @@ batch by batch:
 Memory: one shard's rows and the per-series records (a few numbers per series), not the frame. Every rank makes the
 scan itself (it is deterministic, so all ranks agree on the split and the transform); only the epochs are divided.
 A message about a bad cell names the shard's files and the row among the rows read for that shard. Not supported for a
-folder (ConfigError, one line): covariates, the robust scaler (its quantiles need every value at once), and
-Lightning's predict loop (forecast the files with ``ts-neuralode forecast``). ``num_workers`` is not used: the
-shards are read in the training process.
+folder (ConfigError, one line): covariates, the robust scaler (its quantiles need every value at once), the log
+scaler, and Lightning's predict loop (forecast the files with ``ts-neuralode forecast``). ``num_workers`` is not used:
+the shards are read in the training process.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from ts_neuralode.data.datamodule import IrregularTimeSeriesDataModule, _FolderDispatch
 from ts_neuralode.data.parquet_folder import SHARD_ROWS, ParquetFolder, ShardStream, _as_is
 from ts_neuralode.data.parquet_scan import ShardModule, ShardRecords, shard_records
-from ts_neuralode.data.scalers import auto_time_scale, merge_scaler
+from ts_neuralode.data.scalers import merge_scaler, resolve_time_scale
 from ts_neuralode.data.tasks import AUTO_MIN_BATCHES, positive_duration
 from ts_neuralode.data.timecodec import TimeCodec
 from ts_neuralode.data.transform import SeriesTransform
@@ -78,10 +78,11 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
                 f"{where}: covariates (future_cols, past_cols, static_cols, calendar) are not supported "
                 "for a Parquet folder yet; drop them or pass one CSV / Parquet file"
             )
-        if self.scaler == "robust":
+        if self.scaler in ("robust", "log"):
+            why = "its quantiles need every value at once" if self.scaler == "robust" else "it is not streamed yet"
             raise ConfigError(
-                f"{where}: the robust scaler's quantiles need every value at once, which a Parquet "
-                "folder streams; pass --data.scaler standard or minmax"
+                f"{where}: the {self.scaler} scaler is not supported for a Parquet folder ({why}); pass "
+                "--data.scaler standard or minmax"
             )
         if self.read_kwargs.get("id_col") is None:
             raise ConfigError(f"{where}: a Parquet folder needs a series id column; pass --data.id_col")
@@ -199,22 +200,14 @@ class ParquetFolderDataModule(IrregularTimeSeriesDataModule):
                     f"{self.path}, column '{channels[c]}': the column's values span more than float64 can "
                     f"scale ({self.scaler} scaler); rescale the column or fix the values"
                 )
-        if self.time_scale == "auto":
-            if self.time_origin == "series":
-                span = float(np.max(last[sel] - first[sel]))
-                window = self._window()
-                if window is not None:
-                    span = min(span, window)
-            else:
-                span = float(np.max(np.maximum(np.abs(first[sel]), np.abs(last[sel]))))
-            ts = auto_time_scale(span)
-        else:
-            try:
-                ts = float(self.time_scale)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"time_scale={self.time_scale!r} must be 'auto' or a positive number") from exc
-            if not (ts > 0 and np.isfinite(ts)):
-                raise ConfigError(f"time_scale={self.time_scale!r} must be 'auto' or a positive number")
+
+        def span() -> float:  # what the auto time scale reads
+            if self.time_origin != "series":
+                return float(np.max(np.maximum(np.abs(first[sel]), np.abs(last[sel]))))
+            longest, window = float(np.max(last[sel] - first[sel])), self._window()
+            return longest if window is None else min(longest, window)
+
+        ts = resolve_time_scale(self.time_scale, span)
         rk = self.read_kwargs
         return SeriesTransform(
             channel_names=list(channels),

@@ -5,12 +5,33 @@ streamed shard by shard (:func:`merge_scaler`, the Parquet folders)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ts_neuralode.errors import ConfigError
+from ts_neuralode.errors import ConfigError, DataError
 
-SCALERS = ("standard", "minmax", "robust", "none")
+SCALERS = ("standard", "minmax", "robust", "none", "log")
+#: ``"log"``: the natural log of the forecast channels, then the standard scaler (a multiplicative season or growth
+#: becomes additive; forecasts and bands map back through ``exp``, so they stay positive). Past covariates are scaled
+#: as by ``"standard"``.
+LOG = "log"
+
+
+def log_channels(v: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """``v`` [..., D] with the natural log of the channels ``which`` [D] (bool); non-positive values give NaN / -inf
+    there (:meth:`~ts_neuralode.data.transform.SeriesTransform.check_table` refuses them first)."""
+    out = np.array(v, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[..., which] = np.log(out[..., which])
+    return out
+
+
+def exp_channels(v: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`log_channels` (in place on ``v``, a float64 array it owns)."""
+    with np.errstate(over="ignore"):
+        v[..., which] = np.exp(v[..., which])
+    return v
 
 
 def fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
@@ -22,6 +43,8 @@ def fit_scaler(kind: str, x: np.ndarray) -> tuple[float, float]:
     reports that."""
     if kind == "none" or x.size == 0:
         return 0.0, 1.0
+    if kind == LOG:  # the caller took the log of a forecast channel (or it is a past covariate): standardised
+        kind = "standard"
     big = float(np.max(np.abs(x)))
     pow2 = 1.0
     if big > 1e100 or 0.0 < big < 1e-100:
@@ -91,4 +114,78 @@ def merge_scaler(
     return centers, scales
 
 
-__all__ = ["SCALERS", "fit_scaler", "merge_scaler", "auto_time_scale"]
+def fit_channel_scalers(table, rows: np.ndarray, scaler: str) -> tuple[list[float], list[float], list[bool]]:
+    """Per-channel (center, scale) of scaler ``scaler`` fitted on the observed values of ``rows`` [N] (bool) of a
+    SeriesTable, and the channels scaled by their log (scaler ``"log"``: the forecast channels, not the past
+    covariates). DataError naming file, column and row for a value <= 0 in a log channel, or a column whose values
+    span more than float64 can scale."""
+    log = [scaler == LOG and bool(t) for t in target_channels(table)]
+    refuse_non_positive(table, log)
+    centers, scales = [], []
+    for d in range(table.num_channels):
+        x = table.values[rows & table.mask[:, d], d]
+        c, s = fit_scaler(scaler, np.log(x) if log[d] else x)
+        if not (math.isfinite(c) and math.isfinite(s)):
+            obs = np.flatnonzero(rows & table.mask[:, d])
+            k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
+            raise DataError(
+                f"{table.where(table.channel_names[d], k)}: value {table.values[k, d]:g}: the column's "
+                f"values span more than float64 can scale ({scaler} scaler); rescale the column "
+                "(e.g. divide it by 1e300) or fix the value"
+            )
+        centers.append(c)
+        scales.append(s)
+    return centers, scales, log
+
+
+def target_channels(table) -> np.ndarray:
+    """``[D]`` bool: the channels of a SeriesTable that are forecast (the value columns, not the past covariates read
+    after them)."""
+    n_past = len((table.extra.get("columns") or {}).get("past") or [])
+    return np.arange(table.num_channels) < table.num_channels - n_past
+
+
+def positive_targets(table) -> bool:
+    """Whether every observed value of the forecast channels is > 0 (what scaler ``"log"`` needs)."""
+    return all(bool((table.values[table.mask[:, d], d] > 0).all()) for d in np.flatnonzero(target_channels(table)))
+
+
+def refuse_non_positive(table, log: Sequence[bool]) -> None:
+    """DataError naming file, column and row for the first observed value <= 0 of a channel scaled by its log."""
+    for d in np.flatnonzero(np.asarray(log, dtype=bool)):
+        bad = np.flatnonzero(table.mask[:, d] & ~(table.values[:, d] > 0))
+        if bad.size:
+            raise DataError(
+                f"{table.where(table.channel_names[d], int(bad[0]))}: value {table.values[bad[0], d]:g}: scaler "
+                "'log' needs positive values; fix the value, or pass --data.scaler standard"
+            )
+
+
+def resolve_time_scale(time_scale: float | str, span: Callable[[], float]) -> float:
+    """The time scale as a number: ``"auto"`` -> :func:`auto_time_scale` of ``span()`` (the longest stretch of raw time
+    the data module fits on); a positive number as given; anything else a ConfigError."""
+    if time_scale == "auto":
+        return auto_time_scale(span())
+    try:
+        ts = float(time_scale)
+    except (TypeError, ValueError):
+        ts = math.nan
+    if not (ts > 0 and math.isfinite(ts)):
+        raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
+    return ts
+
+
+__all__ = [
+    "LOG",
+    "SCALERS",
+    "auto_time_scale",
+    "exp_channels",
+    "fit_channel_scalers",
+    "fit_scaler",
+    "log_channels",
+    "merge_scaler",
+    "positive_targets",
+    "refuse_non_positive",
+    "resolve_time_scale",
+    "target_channels",
+]

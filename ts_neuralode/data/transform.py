@@ -16,14 +16,14 @@ Time convention (the one place it is defined)
 
 Values: one scikit-learn scaler per channel (``"standard"`` default, ``"minmax"``, ``"robust"`` or
 ``"none"``) fitted on the observed training values only, stored as ``center`` / ``scale`` so that
-``model = (value - center) / scale``.
+``model = (value - center) / scale``. ``"log"``: ``model = (log(value) - center) / scale`` on the forecast channels
+(``log`` flags them; every value must be positive), the standard scaler on past covariates.
 
 Everything is JSON-serialisable: ``SeriesTransform.state_dict()`` / ``SeriesTransform.from_state_dict()``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,7 +36,14 @@ from torch import Tensor
 from ts_neuralode.data.batch import Batch
 from ts_neuralode.data.batching import SeriesArrays, collate
 from ts_neuralode.data.io import read_series
-from ts_neuralode.data.scalers import SCALERS, auto_time_scale, fit_scaler
+from ts_neuralode.data.scalers import (
+    SCALERS,
+    exp_channels,
+    fit_channel_scalers,
+    log_channels,
+    refuse_non_positive,
+    resolve_time_scale,
+)
 from ts_neuralode.data.timecodec import TimeCodec, unit_to_ns
 from ts_neuralode.errors import ConfigError, DataError, ForecastError
 
@@ -58,7 +65,8 @@ class SeriesTransform:
         codec: raw time codec (datetimes <-> floats, timezone).
         time_origin: "series" or "zero".
         time_scale: raw time units per model time unit.
-        scaler: scaler kind; ``center`` / ``scale``: ``[D]`` lists.
+        scaler: scaler kind; ``center`` / ``scale``: ``[D]`` lists; ``log``: ``[D]`` flags of the channels whose
+            natural log is scaled (scaler ``"log"``; None: none).
         id_col / time_col: column names used when writing frames.
     """
 
@@ -69,6 +77,7 @@ class SeriesTransform:
     scaler: str = "standard"
     center: list[float] | None = None
     scale: list[float] | None = None
+    log: list[bool] | None = None
     id_col: str = "unique_id"
     time_col: str = "ds"
 
@@ -78,6 +87,8 @@ class SeriesTransform:
         d = len(self.channel_names)
         self.center = [0.0] * d if self.center is None else [float(c) for c in self.center]
         self.scale = [1.0] * d if self.scale is None else [float(s) for s in self.scale]
+        self.log = [False] * d if self.log is None else [bool(x) for x in self.log]
+        self._log = np.asarray(self.log, dtype=bool)
         self._c = np.asarray(self.center, dtype=np.float64)
         self._s = np.asarray(self.scale, dtype=np.float64)
 
@@ -109,35 +120,15 @@ class SeriesTransform:
         np.add.at(marks, lo, 1)
         np.add.at(marks, hi, -1)
         rows = np.cumsum(marks[:-1]) > 0
-        centers, scales = [], []
-        for d in range(table.num_channels):
-            c, s = fit_scaler(scaler, table.values[rows & table.mask[:, d], d])
-            centers.append(c)
-            scales.append(s)
-        if time_scale == "auto":
-            if time_origin == "series":
-                span = float(np.max(table.last_times()[series] - table.first_times()[series]))
-                if window is not None:
-                    span = min(span, float(window))
-            else:
-                span = float(np.max(np.abs(table.times[rows])))
-            ts = auto_time_scale(span)
-        else:
-            try:
-                ts = float(time_scale)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number") from exc
-            if not (ts > 0 and np.isfinite(ts)):
-                raise ConfigError(f"time_scale={time_scale!r} must be 'auto' or a positive number")
-        for d, (c, sc) in enumerate(zip(centers, scales, strict=True)):
-            if not (math.isfinite(c) and math.isfinite(sc)):
-                obs = np.flatnonzero(rows & table.mask[:, d])
-                k = int(obs[np.argmax(np.abs(table.values[obs, d]))])
-                raise DataError(
-                    f"{table.where(table.channel_names[d], k)}: value {table.values[k, d]:g}: the column's "
-                    f"values span more than float64 can scale ({scaler} scaler); rescale the column "
-                    "(e.g. divide it by 1e300) or fix the value"
-                )
+        centers, scales, log = fit_channel_scalers(table, rows, scaler)
+
+        def span() -> float:  # what the auto time scale reads
+            if time_origin != "series":
+                return float(np.max(np.abs(table.times[rows])))
+            longest = float(np.max(table.last_times()[series] - table.first_times()[series]))
+            return longest if window is None else min(longest, float(window))
+
+        ts = resolve_time_scale(time_scale, span)
         out = cls(
             channel_names=list(table.channel_names),
             codec=table.codec,
@@ -146,6 +137,7 @@ class SeriesTransform:
             scaler=scaler,
             center=centers,
             scale=scales,
+            log=log,
             id_col=table.id_col or "unique_id",
             time_col=table.time_col,
         )
@@ -156,6 +148,7 @@ class SeriesTransform:
         """DataError naming file, column and row for the first value or time that this transform would make
         non-finite or too large for the float32 model (|scaled value| > :data:`MAX_SCALED_VALUE`, |model time| >
         :data:`MAX_MODEL_TIME`), so that a fit or forecast never meets it as a NaN deep in a solver."""
+        refuse_non_positive(table, self.log)
         with np.errstate(over="ignore", invalid="ignore"):
             z = self.transform_values(table.values)
             tm = self.raw_to_model_time(table.times, np.repeat(self.origins(table), table.counts))
@@ -189,6 +182,7 @@ class SeriesTransform:
             "scaler": self.scaler,
             "center": [float(c) for c in self.center],
             "scale": [float(s) for s in self.scale],
+            "log": list(self.log),
             "id_col": self.id_col,
             "time_col": self.time_col,
         }
@@ -206,19 +200,16 @@ class SeriesTransform:
 
     def transform_values(self, v: Any) -> np.ndarray:
         """Original -> model units; ``v`` [..., D]."""
-        return (np.asarray(v, dtype=np.float64) - self._c) / self._s
+        v = log_channels(v, self._log) if self._log.any() else np.asarray(v, dtype=np.float64)
+        return (v - self._c) / self._s
 
     def inverse_values(self, v: Any) -> np.ndarray:
-        """Model -> original units; ``v`` [..., D] (tensor or array)."""
+        """Model -> original units; ``v`` [..., D] (tensor or array). Monotone per channel: a quantile maps to the
+        same quantile (on a log channel the sample mean maps to the geometric mean, the median of a log-normal)."""
         if isinstance(v, Tensor):
             v = v.detach().cpu().double().numpy()
-        return np.asarray(v, dtype=np.float64) * self._s + self._c
-
-    def inverse_std(self, s: Any) -> np.ndarray:
-        """A standard deviation in model units -> original units (scale only)."""
-        if isinstance(s, Tensor):
-            s = s.detach().cpu().double().numpy()
-        return np.asarray(s, dtype=np.float64) * self._s
+        out = np.asarray(v, dtype=np.float64) * self._s + self._c
+        return exp_channels(out, self._log) if self._log.any() else out
 
     # --- times -----------------------------------------------------------------------------------
     def to_model_time(self, t: Any, origin: Any = 0.0) -> np.ndarray:
@@ -322,7 +313,6 @@ class SeriesTransform:
         times: Any,
         values: Any,
         bands: Mapping[str, Any] | None = None,
-        value_kind: Mapping[str, str] | None = None,
         history: tuple[Any, Sequence[int]] | None = None,
     ) -> pd.DataFrame:
         """Model-unit predictions -> long DataFrame ``[id_col, time_col, <channel>..., <channel>-<band>...]``.
@@ -331,7 +321,7 @@ class SeriesTransform:
             series_ids: ``B`` ids; origins: ``[B]`` raw float origins.
             times: ``[Tq]`` or ``[B, Tq]`` model times. values: ``[B, Tq, D]`` model-unit values.
             bands: extra ``[B, Tq, D]`` arrays (e.g. {"lo-90": q05, "hi-90": q95}) in model units, mapped like
-                values (or, where ``value_kind[name] == "std"``, scaled only), written as ``<channel>-<name>``.
+                values, written as ``<channel>-<name>``.
             history: ``(table, idx)``: the SeriesTable the predictions are about and the table position of each of
                 the ``B`` series. A time within float32 rounding of one of that series' observations is then written
                 as that observation's time exactly as read (model times are float32: without this, a forecast at
@@ -359,9 +349,7 @@ class SeriesTransform:
         for k, ch in enumerate(self.channel_names):
             out[ch] = vals[:, k]
         for name, arr in (bands or {}).items():
-            arr = to_np(arr)
-            kind = (value_kind or {}).get(name, "value")
-            mapped = (self.inverse_std(arr) if kind == "std" else self.inverse_values(arr)).reshape(b * tq, d)
+            mapped = self.inverse_values(to_np(arr)).reshape(b * tq, d)
             for k, ch in enumerate(self.channel_names):
                 out[f"{ch}-{name}"] = mapped[:, k]
         return pd.DataFrame(out)
@@ -433,13 +421,7 @@ class PreparedBatch:
         return self.last_times[:, None] + dt * np.arange(1, horizon + 1)[None, :]
 
     def to_frame(
-        self,
-        times: Any,
-        values: Any,
-        bands: Mapping[str, Any] | None = None,
-        value_kind: Mapping[str, str] | None = None,
-        query: Any = None,
-        raw: bool = False,
+        self, times: Any, values: Any, bands: Mapping[str, Any] | None = None, query: Any = None, raw: bool = False
     ) -> pd.DataFrame:
         """Model-unit predictions at model ``times`` -> long DataFrame in original units/timestamps.
 
@@ -447,4 +429,4 @@ class PreparedBatch:
         timestamps instead of ones recovered from float32 model times."""
         if query is not None:
             times = self.transform.raw_to_model_time(self._raw_query(query, raw), self.origins[:, None])
-        return self.transform.to_frame(self.series_ids, self.origins, times, values, bands, value_kind)
+        return self.transform.to_frame(self.series_ids, self.origins, times, values, bands)

@@ -169,7 +169,7 @@ class BenchmarkConfig:
         cut: extrapolation: the cut as a fraction of each series' span.
         extrap_obs_fraction: extrapolation: the observed fraction of the points before the cut.
         layout: batch layout: auto (union when the series share their times, else padded), union or padded.
-        scaler: value scaler: standard, minmax, robust or none (MSE in the data's units).
+        scaler: value scaler: standard, minmax, robust, log or none (MSE in the data's units).
         time_scale: auto or a number.
         epochs: training epochs of every model.
         batch_size: series per batch.
