@@ -468,10 +468,10 @@ def test_starting_points_follow_the_season():
             assert value in p.values if p.kind == "choice" else p.low <= value <= p.high, (option, value)
 
 
-def test_the_log_scale_is_searched_where_the_values_are_positive():
-    """Positive values: the space searches ``data.scaler`` (standard / log) and, with a season, the second starting
-    point is the first on the log scale; not where the user fixed the scaler, nor without a season (there it is left
-    to the search), nor for data with a value <= 0 (a log trial would fail as a data error and end the search)."""
+def test_the_log_scale_is_a_starting_point_where_it_is_searched():
+    """Positive seasonal values: the space searches ``data.scaler`` (standard / log) and the second starting point is
+    the first on the log scale; not where the user fixed the scaler; a space with it but no season (a user's space)
+    names the standard scale on every point."""
     from ts_neuralode.api.model_choice_space import LOG_SCALE, SEARCH_SPACE, default_space, starting_points
 
     assert default_space(False) == SEARCH_SPACE and LOG_SCALE not in SEARCH_SPACE
@@ -484,6 +484,28 @@ def test_the_log_scale_is_searched_where_the_values_are_positive():
     assert all("data.scaler" not in p for p in starting_points({**season, "data.scaler": "standard"}, log_scale=True))
     assert [p["data.scaler"] for p in starting_points({"data.horizon": 5}, log_scale=True)] == ["standard"] * 3
     assert starting_points(season, log_scale=False) == starting_points(season)
+
+
+def test_the_search_tries_the_log_scale_for_positive_seasonal_values_only(tmp_path):
+    from ts_neuralode.api.model_choice_study import choice_table, log_scale_applies
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "unique_id": np.repeat(["a", "b"], 30),
+            "ds": np.tile(np.arange(30.0), 2),
+            "y": rng.uniform(1, 2, 60),
+            "temp": rng.normal(-5, 1, 60),  # a past covariate may be negative: it is not forecast
+        }
+    )
+    df.to_csv(path := tmp_path / "d.csv", index=False)
+    season = {"data.horizon": 5, "data.season": 7, "data.past_cols": ["temp"]}
+    assert log_scale_applies(season, choice_table(season, path))
+    assert not log_scale_applies({**season, "data.season": None}, choice_table(season, path))  # no season
+    assert not log_scale_applies(season, None)  # a Parquet folder: no table read
+    df.loc[3, "y"] = 0.0
+    df.to_csv(path, index=False)
+    assert not log_scale_applies(season, choice_table(season, path))  # a value to forecast <= 0
 
 
 def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, tmp_path):

@@ -59,10 +59,10 @@ from ts_neuralode.api.model_choice_study import (
     _Search,
     choice_table,
     gated_value,
+    log_scale_applies,
     resolve_season,
 )
 from ts_neuralode.api.predictor import Predictor
-from ts_neuralode.data.scalers import positive_targets
 from ts_neuralode.errors import ConfigError, DataError, SolverError, TSNeuralODEError
 
 try:
@@ -123,7 +123,7 @@ def search(
             (``{"trials": 20, "time": "1h"}``); default 20 trials.
         metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
         space: the search space (default :func:`~ts_neuralode.api.model_choice_space.default_space`:
-            :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`, and the log scale where the values are positive).
+            :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`, and the log scale for positive seasonal data).
         storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
             storage and study name resume a search and let several workers share it.
         study_name: the study in the storage (None: ``ts_neuralode_auto``).
@@ -140,8 +140,7 @@ def search(
     path = _prepare_data(data, out)
     table = choice_table(fixed, path)
     fixed, season_line = resolve_season(fixed, path, seed, table)
-    # the log scale is searched (and, with a season, a starting point) where every value to forecast is positive
-    space = check_space(default_space(table is not None and positive_targets(table)) if space is None else space)
+    space = check_space(default_space(log_scale_applies(fixed, table)) if space is None else space)
     del table
     if season_line is not None and progress is not False:
         print(f"model auto: {season_line}", file=sys.stderr)

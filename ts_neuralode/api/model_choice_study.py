@@ -18,6 +18,7 @@ import pandas as pd
 
 from ts_neuralode.api.model_choice_space import flatten
 from ts_neuralode.data.io import READ_KEYS, read_series
+from ts_neuralode.data.scalers import positive_targets
 from ts_neuralode.data.season import detect_season
 from ts_neuralode.errors import ConfigError, DataError
 
@@ -211,6 +212,13 @@ def resolve_season(
         )
     season, line = detect_season(choice_table(fixed, path) if table is None else table, seed)
     return {**fixed, "data.season": season}, line
+
+
+def log_scale_applies(fixed: Mapping[str, Any], table: Any) -> bool:
+    """Whether the search tries the log scale (:data:`~ts_neuralode.api.model_choice_space.LOG_SCALE`): the data has a
+    season (``fixed`` after :func:`resolve_season`) and every observed value to forecast in ``table`` (as
+    :func:`choice_table` read it; None for a Parquet folder) is positive."""
+    return fixed.get("data.season") is not None and table is not None and positive_targets(table)
 
 
 def _fixed_options(data_options, model_options, trainer) -> dict[str, Any]:
