@@ -38,6 +38,7 @@ Writes ``--out`` (results/peers.md) and the plot beside it (results/peers.png).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -753,6 +754,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_steps", type=int, default=300, help="neuralforecast max_steps (default 300)")
     p.add_argument("--auto", action="store_true", help="also the automatic model choice (Forecaster.fit 'auto')")
     p.add_argument("--auto_budget", type=int, default=10, help="trials of the automatic choice (default 10)")
+    p.add_argument(
+        "--data_option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a --data.* option of our contenders' fits on every data set (repeatable; e.g. scaler=log): an ablation, "
+        "cached and shown under '<data set>+KEY=VALUE'",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: 2 cutoffs, 1 epoch, 2 configs, 20 peer steps")
     p.add_argument(
         "--cache",
@@ -801,8 +810,12 @@ def main(argv: list[str] | None = None) -> int:
         log("the package has uncommitted changes: our models' results are neither read from nor written to the cache")
     sections, all_overall, all_results, skipped = [], {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        extra = dict(o.split("=", 1) for o in args.data_option)
         for name in [d for d in args.datasets.split(",") if d]:
             ds = DATASETS[name]
+            if extra:  # an ablation: the data set under its own name, with the options added to its fits
+                ds = dataclasses.replace(ds, options={**ds.options, **extra})
+                name = "+".join([name, *args.data_option])
             if not (ROOT / ds.path).is_file():
                 skipped.append(f"{name}: {ds.path} not found (write it with {ds.make})")
                 log(f"skip {skipped[-1]}")
