@@ -49,12 +49,44 @@ def correction_weight(fc) -> str:
     return "—" if wm is None else f"{float(wm.correction_scale):.2f}"
 
 
+def in_sample_calibration(fc, source, transfer: dict) -> dict | None:
+    """The refit's calibration from its own errors on its trial's validation windows (which it trained on)."""
+    from ts_neuralode.api import calibration as c
+    from ts_neuralode.api.held_out import window_forecasts, windows_from_record
+
+    record = (transfer.get("fitted_on") or {}).get("windows")
+    if not record:
+        return None
+    levels = [float(lv) for lv in transfer["factors"]]
+    cv, table, h, _ = window_forecasts(fc, source, windows_from_record(record), levels=levels)
+    lead = c.lead_since_last(table, cv["unique_id"], cv["ds"], cv["cutoff"])
+    unit_ns = table.codec.unit_ns if table.codec.is_datetime else None
+    return c.fit(cv, fc.name, h, len(transfer["edges"]) - 1, unit_ns, lead=lead, drop_unreachable=True)
+
+
+def mean_calibration(a: dict, b: dict) -> dict:
+    """``a`` with each factor and floor the geometric mean of ``a``'s and ``b``'s (levels both have)."""
+    factors = {
+        lv: [float(np.sqrt(x * y)) for x, y in zip(f, b["factors"][lv], strict=True)]
+        for lv, f in a["factors"].items()
+        if lv in b["factors"]
+    }
+    floors = {lv: float(np.sqrt(a["floors"][lv] * b["floors"][lv])) for lv in factors}
+    return {**a, "factors": factors, "floors": floors}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="bxlator")
     p.add_argument("--budget", type=int, default=4)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--cutoffs", type=int, default=4)
+    p.add_argument(
+        "--alternatives",
+        action="store_true",
+        help="also score the returned model with its bands calibrated in-sample, and by the geometric mean of that "
+        "and the transfer's factors",
+    )
     args = p.parse_args()
     import torch
 
@@ -115,6 +147,18 @@ def main() -> int:
         from ts_neuralode.api.model_choice_space import describe
 
         row("auto (returned)", describe(fc.fit_info["params"]), fc)
+        if args.alternatives and fc.calibration is not None:
+            # the refit's calibration made other ways, on the same windows (its trial's validation windows)
+            transfer = fc.calibration
+            own = in_sample_calibration(fc, train, transfer)
+            if own is not None:
+                for label, cal in (
+                    ("in-sample: its own errors on the windows it trained on", own),
+                    ("geometric mean of the transfer's and the in-sample factors", mean_calibration(transfer, own)),
+                ):
+                    fc.calibration = cal
+                    row(f"auto (returned), {label}", describe(fc.fit_info["params"]), fc)
+            fc.calibration = transfer
         import optuna
 
         study = optuna.load_study(study_name=fc.fit_info["study_name"], storage=f"sqlite:///{Path(tmp) / 'study.db'}")
