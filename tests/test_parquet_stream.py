@@ -204,6 +204,8 @@ def test_bad_folders_are_one_line_errors(tmp_path):
 
     with pytest.raises(ConfigError, match="robust scaler is not supported"):
         IrregularTimeSeriesDataModule(path=str(mixed), scaler="robust")
+    with pytest.raises(ConfigError, match=r"log scaler is not supported for a Parquet folder.*--data.scaler standard"):
+        IrregularTimeSeriesDataModule(path=str(mixed), scaler="log")
 
     bad_time = tmp_path / "bad_time"
     paths = write_parts(df, bad_time, n_files=2)
