@@ -140,10 +140,13 @@ def search(
     path = _prepare_data(data, out)
     table = choice_table(fixed, path)
     fixed, season_line = resolve_season(fixed, path, seed, table)
-    space = check_space(default_space(log_scale_applies(fixed, table)) if space is None else space)
+    log_scale = space is None and "data.scaler" not in fixed and log_scale_applies(fixed, table)
+    space = check_space(default_space(log_scale) if space is None else space)
     del table
     if season_line is not None and progress is not False:
         print(f"model auto: {season_line}", file=sys.stderr)
+    if log_scale and progress is not False:
+        print("model auto: every value to forecast is positive: the log scale is searched too", file=sys.stderr)
     defaults = {f"trainer.{k}": v for k, v in TRIAL_TRAINER.items()}
     if not tracking:
         defaults["trainer.logger"] = False
