@@ -305,6 +305,45 @@ def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     assert trials[1].params == trials[0].params  # queued to run first when the search resumes
 
 
+class _StaleElsewhere(Callback):
+    """At the end of trial ``n``'s fit, fails it in the storage, as another worker's stale-trial check does when a
+    running trial's heartbeat is GRACE_S seconds late (a loaded machine)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        trial = next(c for c in trainer.callbacks if isinstance(c, model_choice.TrialCallback)).trial
+        if trial.number == self.n:
+            storage = trial.study._storage
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+
+@pytest.mark.slow
+def test_a_trial_failed_by_another_worker_is_dropped_and_the_search_goes_on(series, tmp_path, capsys):
+    """Its result is not recorded over the FAIL (Optuna refuses to update a finished trial: the worker used to exit
+    with that error) and it does not count in the budget."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    model_choice.search(
+        series,
+        data_options=DATA,
+        model_options=MODEL,
+        trainer=TRAINER,
+        output_dir=tmp_path,
+        tracking=False,
+        budget=2,
+        storage=storage,
+        study_name="stale",
+        progress=True,
+        callbacks=[_StaleElsewhere(0)],
+    )
+    trials = optuna.load_study(study_name="stale", storage=storage).get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL and "outcome" not in trials[0].user_attrs
+    assert len(_counted(optuna.load_study(study_name="stale", storage=storage))) == 2  # two others ran
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("auto: trial 0 ") and ": dropped after" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_storage(series, tmp_path):
     csv = tmp_path / "data.csv"

@@ -300,38 +300,45 @@ def _run_trial(trial, run: _Search) -> None:
         raise
     seconds = time.monotonic() - started
     shutil.rmtree(tdir / "checkpoints", ignore_errors=True)  # the model directory holds the best weights
-    trial.set_user_attr("seconds", round(seconds, 3))
-    trial.set_user_attr("epochs", len(cb.values))
+    attrs: dict[str, Any] = {"seconds": round(seconds, 3), "epochs": len(cb.values)}
     if cb.run_id:
-        trial.set_user_attr("mlflow_run_id", cb.run_id)
+        attrs["mlflow_run_id"] = cb.run_id
     if fc is not None:
-        trial.set_user_attr("model_dir", str(Path(fc.fit_info["model_dir"]).resolve()))
-        trial.set_user_attr("monitor", fc.fit_info.get("monitor"))
-        trial.set_user_attr("best_score", fc.fit_info.get("best_score"))
+        attrs["model_dir"] = str(Path(fc.fit_info["model_dir"]).resolve())
+        attrs["monitor"] = fc.fit_info.get("monitor")
+        attrs["best_score"] = fc.fit_info.get("best_score")
         # what the trial measured on its validation windows, for the refit that has none (model_choice_finish)
-        trial.set_user_attr("validation_choices", validation_choices(fc))
+        attrs["validation_choices"] = validation_choices(fc)
     if reason is None and cb.pruned:
         outcome, state = "pruned", States.PRUNED
     elif reason is None and math.isfinite(cb.best):
         outcome, state = "complete", States.COMPLETE
-        trial.set_user_attr("best_epoch", cb.best_epoch)
+        attrs["best_epoch"] = cb.best_epoch
     else:
         outcome, state = "failed", States.FAIL
         reason = reason or (
             "stopped by the time budget before its first validation" if cb.stopped_by_time else f"no finite {metric}"
         )
-        trial.set_user_attr("reason", reason)
+        attrs["reason"] = reason
     # ranked as the returned model will forecast: with the correction weight chosen on validation
     value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
     gated = state == States.COMPLETE and value != cb.best
     if gated:
-        trial.set_user_attr("value_as_trained", cb.best)
+        attrs["value_as_trained"] = cb.best
     if cb.stopped_by_time:
-        trial.set_user_attr("stopped_by_time", True)
-    trial.set_user_attr("outcome", outcome)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        study.tell(trial, value if state == States.COMPLETE else None, state=state)
+        attrs["stopped_by_time"] = True
+    attrs["outcome"] = outcome  # last: a trial with an outcome counts in the budget
+    try:
+        for key, val in attrs.items():
+            trial.set_user_attr(key, val)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.tell(trial, value if state == States.COMPLETE else None, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another worker failed it while it ran (no heartbeat for GRACE_S seconds: a loaded machine) and queued it to
+        # run again; that run counts, this one is dropped
+        bar.note(f"trial {n} {label}: dropped after {seconds:.1f}s (another worker had failed it and queued it again)")
+        return
     track.tag(
         cb.run_id, {"ts_neuralode.outcome": outcome}, {"trial_value": value} if state == States.COMPLETE else None
     )

@@ -141,6 +141,15 @@ class _Progress:
         else:
             print(f"auto: {line}", file=self.stream, flush=True)
 
+    def note(self, line: str) -> None:
+        """A line that does not count as a finished trial (the bar does not move)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"auto: {line}", file=self.stream)
+        else:
+            print(f"auto: {line}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
