@@ -328,7 +328,7 @@ def test_an_untrained_correction_starts_at_its_base(name):
 def test_the_harmonic_base_learns_how_fast_its_level_reverts():
     """The reversion time (per channel) learned through the correction's loss alone: short where the seasonal
     series' departures are an Ornstein–Uhlenbeck process of time constant 0.1 seasons, long where they are a random
-    walk (both start at 4 seasons); a model directory written before it existed loads as no reversion."""
+    walk (both start at 1 season); a model directory written before it existed loads as no reversion."""
     rng = np.random.default_rng(0)
     t = np.arange(0, 6.0, 0.05)
     phi = math.exp(-0.05 / 0.1)
@@ -346,7 +346,8 @@ def test_the_harmonic_base_learns_how_fast_its_level_reverts():
             model.loss(batch)[0].backward()
             opt.step()
         learned[name] = math.exp(model.reversion.item())
-    assert learned["ou"] < 0.3 and learned["walk"] > 1.0, learned
+    # measured 0.19 and 24 (data drawn with other seeds: 0.03-0.26 and 1.5-29)
+    assert learned["ou"] < 0.3 and learned["walk"] > 1.2, learned
     old = {k: v for k, v in model.state_dict().items() if k != "reversion"}
     again = WindowModel(ode_rnn(), "window", "harmonic", season_period=P)
     again.load_state_dict(old)
