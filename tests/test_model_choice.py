@@ -278,25 +278,32 @@ class _CtrlC(Callback):
             raise KeyboardInterrupt
 
 
+def _two_trials(series, tmp_path, name: str, callback: Callback, progress: bool = False) -> str:
+    """A 2-trial search of the small options on a sqlite storage, with ``callback`` in every trial; the storage URL."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    model_choice.search(
+        series,
+        data_options=DATA,
+        model_options=MODEL,
+        trainer=TRAINER,
+        output_dir=tmp_path,
+        tracking=False,
+        budget=2,
+        storage=storage,
+        study_name=name,
+        progress=progress,
+        callbacks=[callback],
+    )
+    return storage
+
+
 @pytest.mark.slow
 def test_an_interrupted_trial_is_queued_to_run_again(series, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            model_choice.search(
-                series,
-                data_options=DATA,
-                model_options=MODEL,
-                trainer=TRAINER,
-                output_dir=tmp_path,
-                tracking=False,
-                budget=2,
-                storage=storage,
-                study_name="ctrl_c",
-                progress=False,
-                callbacks=[_CtrlC(0)],
-            )
+            _two_trials(series, tmp_path, "ctrl_c", _CtrlC(0))
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after a Ctrl-C
     trials = optuna.load_study(study_name="ctrl_c", storage=storage).get_trials()
@@ -323,20 +330,7 @@ class _StaleElsewhere(Callback):
 def test_a_trial_failed_by_another_worker_is_dropped_and_the_search_goes_on(series, tmp_path, capsys):
     """Its result is not recorded over the FAIL (Optuna refuses to update a finished trial: the worker used to exit
     with that error) and it does not count in the budget."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    model_choice.search(
-        series,
-        data_options=DATA,
-        model_options=MODEL,
-        trainer=TRAINER,
-        output_dir=tmp_path,
-        tracking=False,
-        budget=2,
-        storage=storage,
-        study_name="stale",
-        progress=True,
-        callbacks=[_StaleElsewhere(0)],
-    )
+    storage = _two_trials(series, tmp_path, "stale", _StaleElsewhere(0), progress=True)
     trials = optuna.load_study(study_name="stale", storage=storage).get_trials()
     assert trials[0].state == optuna.trial.TrialState.FAIL and "outcome" not in trials[0].user_attrs
     assert len(_counted(optuna.load_study(study_name="stale", storage=storage))) == 2  # two others ran
