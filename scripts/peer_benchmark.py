@@ -275,6 +275,7 @@ def run_config(
     epochs: int,
     work: Path,
     auto_budget: int | None = None,
+    auto_ensemble: int = 1,
 ) -> dict:
     """Train ``model`` (a config path or "auto") on each series' rows up to its first cutoff, backtest every window;
     returns {"cols": frame aligned to ``rows`` or None, "fit_s", "predict_s", "error"}."""
@@ -287,7 +288,7 @@ def run_config(
     res = {"cols": None, "fit_s": math.nan, "predict_s": math.nan, "error": ""}
     t0 = time.perf_counter()
     try:
-        kw = {"budget": auto_budget} if model == "auto" else {}
+        kw = {"budget": auto_budget, "ensemble": auto_ensemble} if model == "auto" else {}
         fc = Forecaster.fit(
             train,
             model,
@@ -434,12 +435,21 @@ def code_revision() -> str | None:
     return head.stdout.strip()
 
 
+def auto_name(ensemble: int) -> str:
+    """The automatic choice's contender name: ``auto``, or ``auto-e<k>`` for the top-k ensemble."""
+    return "auto" if ensemble == 1 else f"auto-e{ensemble}"
+
+
+def is_auto(name: str) -> bool:
+    return name == "auto" or name.startswith("auto-e")
+
+
 def our_cache_key(cache: Path | None, tag: str, stem: str, args, rev: str | None) -> Path | None:
     """Where a result of ours is cached: by data set, contender, epochs (the automatic choice: and budget) and the
     commit it ran at — a result made by other code is not reused. None without a cache or a commit."""
     if cache is None or rev is None:
         return None
-    budget = f"-b{args.auto_budget}" if stem == "auto" else ""
+    budget = f"-b{args.auto_budget}" if is_auto(stem) else ""
     return cache / f"{tag}-{stem}-e{args.epochs}{budget}-{rev}.pkl"
 
 
@@ -578,7 +588,7 @@ def family(name: str) -> str:
         return "neuralforecast"
     if name.startswith("base_"):
         return "base"
-    return "auto" if name == "auto" else "ours"
+    return "auto" if is_auto(name) else "ours"
 
 
 def fmt(v, nd=4) -> str:
@@ -755,6 +765,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auto", action="store_true", help="also the automatic model choice (Forecaster.fit 'auto')")
     p.add_argument("--auto_budget", type=int, default=10, help="trials of the automatic choice (default 10)")
     p.add_argument(
+        "--auto_ensemble",
+        type=int,
+        default=1,
+        help="the automatic choice keeps its top k trials as one ensemble (default 1: the single best); shown and "
+        "cached as 'auto-e<k>'",
+    )
+    p.add_argument(
         "--data_option",
         action="append",
         default=[],
@@ -861,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.update(peer_res)
             models = [(c.stem, str(c)) for c in configs if c.stem != "demo" or name == "demo"]
             if args.auto:
-                models.append(("auto", "auto"))
+                models.append((auto_name(args.auto_ensemble), "auto"))
             for stem, model in models:
                 if args.from_cache and cache is not None:
                     key = newest_cached(cache, our_cache_key(cache, tag, stem, args, "any"))
@@ -889,8 +906,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.epochs,
                     Path(tmp) / f"{name}_{stem}",
                     args.auto_budget,
+                    args.auto_ensemble,
                 )
-                if stem == "auto" and r["cols"] is None:
+                if is_auto(stem) and r["cols"] is None:
                     r["error"] = "automatic model choice unavailable or failed: " + r["error"]
                 results[stem] = r
                 log(f"{name}: {stem} fit {r['fit_s']:.0f}s predict {r['predict_s']:.0f}s {r['error']}")

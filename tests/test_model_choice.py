@@ -442,6 +442,19 @@ def test_ensemble_bands_come_from_the_mixture(series, tmp_path):
     assert len(cv) > 0 and np.isfinite(cv["ensemble"]).all()
 
 
+def test_an_ensemble_keeps_only_trials_near_the_best():
+    study = optuna.create_study()
+    for value in (0.50, 0.40, 0.47, 2.0, 0.44):  # trials 0..4
+        t = optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={"outcome": "complete"})
+        study.add_trial(t)
+    result = model_choice.SearchResult(study, None, "trials")
+    kept, left = result.ensemble(3)  # the top 3: 0.40, 0.44, 0.47, all within 1.2x of 0.40
+    assert [t.number for t in kept] == [1, 4, 2] and left == []
+    kept, left = result.ensemble(5, within=1.15)  # 0.47 > 1.15 x 0.40
+    assert [t.number for t in kept] == [1, 4] and [t.number for t in left] == [2, 0, 3]
+    assert [t.number for t in result.ensemble(1)[0]] == [1]
+
+
 def test_auto_errors_are_one_line(series, tmp_path, capsys):
     csv = tmp_path / "d.csv"
     series.to_csv(csv, index=False)

@@ -375,7 +375,8 @@ def fit_auto(
     Args:
         data: a DataFrame or a CSV / Parquet path, as :meth:`Forecaster.fit`.
         log_model: log the returned model directory to MLflow.
-        ensemble: keep the top ``k`` trials as a mixture (1: the single best model).
+        ensemble: keep the top ``k`` trials as a mixture (1: the single best model); a trial whose validation
+            metric is more than 1.2x the best one's is left out of it.
         refit: train the chosen configuration(s) again on train + validation for the best trial's epochs (False:
             return the trials' own models, trained without the validation horizon).
     """

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Quiet, _Tracking
 from ts_neuralode.api.model_choice_space import describe, nest
-from ts_neuralode.api.model_choice_study import SearchResult, _prepare_data
+from ts_neuralode.api.model_choice_study import ENSEMBLE_WITHIN, SearchResult, _prepare_data
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.errors import ConfigError, TrainingError
 
@@ -179,7 +180,14 @@ def finish(
     """The search's result as a model: the best ``ensemble`` trials, refitted or loaded (as ``forecaster_cls``),
     saved under ``output_dir/model``."""
 
-    chosen = result.best(ensemble)
+    chosen, left_out = result.ensemble(ensemble)
+    if left_out:
+        far = ", ".join(f"{t.number} ({t.value:.4g})" for t in left_out)
+        print(
+            f"model auto: ensemble of {len(chosen)}: trial {far} left out, more than {ENSEMBLE_WITHIN:g}x the best "
+            f"trial's {result.settings.get('metric', 'metric')} ({chosen[0].value:.4g})",
+            file=sys.stderr,
+        )
     n = {k: len(result.trials(k)) for k in ("complete", "pruned", "failed")}
     if not chosen:
         raise TrainingError(
