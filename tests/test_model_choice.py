@@ -554,6 +554,37 @@ def test_the_search_tries_the_log_scale_for_positive_seasonal_values_only(tmp_pa
     assert not log_scale_applies(season, choice_table(season, path))  # a value to forecast <= 0
 
 
+def test_the_trend_base_is_searched_only_where_it_forecast_the_history_better_than_the_last_value(tmp_path):
+    """The base screen: the trend through the last horizon, forecast from rolling origins of each series' history,
+    against the last value. Noise around a level: the line extrapolates noise, not searched (no space entry, no
+    starting point); growth with little noise: searched; a season or a base the user fixed: no screen."""
+    from ts_neuralode.api.model_choice_bases import rolling_ratio, trend_is_searched
+    from ts_neuralode.api.model_choice_space import default_space, searches_trend, starting_points
+    from ts_neuralode.api.model_choice_study import choice_table
+
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 60, (3, 50)), axis=1)  # 3 irregular series
+    frame = lambda y: pd.DataFrame({"unique_id": np.repeat(["a", "b", "c"], 50), "ds": t.ravel(), "y": y.ravel()})  # noqa: E731
+    fixed = {"data.horizon": 5}
+    frame(10 + rng.normal(0, 1, t.shape)).to_csv(noise := tmp_path / "noise.csv", index=False)
+    frame(2.0 * t + rng.normal(0, 0.5, t.shape)).to_csv(growth := tmp_path / "growth.csv", index=False)
+    ratio, n = rolling_ratio(choice_table(fixed, noise), 5.0, 5.0, "trend")
+    assert ratio > 1.1 and n >= 30, (ratio, n)  # 1.56 over 46 windows (1.26-1.37 with other seeds of the data)
+    keep, line = trend_is_searched(fixed, choice_table(fixed, noise))
+    assert not keep and "not searched" in line
+    ratio, _ = rolling_ratio(choice_table(fixed, growth), 5.0, 5.0, "trend")
+    assert ratio < 0.5, ratio  # 0.16: the last value misses the growth of a horizon (0.12-0.15 other seeds)
+    assert trend_is_searched(fixed, choice_table(fixed, growth))[0]
+    # nothing to screen: a season, a base the user fixed, a Parquet folder (no table)
+    table = choice_table(fixed, noise)
+    assert trend_is_searched({**fixed, "data.season": 7}, table) == (True, None)
+    assert trend_is_searched({**fixed, "model.base": "trend"}, table) == (True, None)
+    assert trend_is_searched(fixed, None) == (True, None)
+    # ruled out: gone from the space and from the starting points
+    assert searches_trend(default_space(False)) and not searches_trend(default_space(False, trend=False))
+    assert [p["model.base"] for p in starting_points(fixed, trend=False)] == ["auto", "none"]
+
+
 def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, tmp_path):
     """The refit trains on train + validation, so it has no validation windows of its own: without its trial's
     choices its bands were left uncalibrated (BXLator: a 90% band covering 17% of the points, results/peers.md) and

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ts_neuralode.api.model_choice_bases import trend_is_searched
 from ts_neuralode.api.model_choice_finish import (
     _user_error,
     finish,
@@ -44,7 +45,15 @@ from ts_neuralode.api.model_choice_finish import (
     validation_choices,
 )
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
-from ts_neuralode.api.model_choice_space import Param, check_space, default_space, describe, sample, starting_points
+from ts_neuralode.api.model_choice_space import (
+    Param,
+    check_space,
+    default_space,
+    describe,
+    sample,
+    searches_trend,
+    starting_points,
+)
 from ts_neuralode.api.model_choice_storage import Heartbeat, abandon_trial, claim_trial, next_starting_point, open_study
 from ts_neuralode.api.model_choice_study import (
     DEFAULT_EPOCHS,
@@ -141,10 +150,12 @@ def search(
     table = choice_table(fixed, path)
     fixed, season_line = resolve_season(fixed, path, seed, table)
     log_scale = space is None and "data.scaler" not in fixed and log_scale_applies(fixed, table)
-    space = check_space(default_space(log_scale) if space is None else space)
+    trend, trend_line = trend_is_searched(fixed, table, seed) if space is None else (True, None)
+    space = check_space(default_space(log_scale, trend) if space is None else space)
     del table
-    if season_line is not None and progress is not False:
-        print(f"model auto: {season_line}", file=sys.stderr)
+    for line in (season_line, trend_line):
+        if line is not None and progress is not False:
+            print(f"model auto: {line}", file=sys.stderr)
     if log_scale and progress is not False:
         print("model auto: every value to forecast is positive: the log scale is searched too", file=sys.stderr)
     defaults = {f"trainer.{k}": v for k, v in TRIAL_TRAINER.items()}
@@ -181,7 +192,8 @@ def search(
             study.enqueue_trial(dict(params))
     # the package's starting points go in one at a time, as trials are claimed: none is left waiting when the budget
     # ends first, and a resumed study (as many trials as points) has had them
-    points = starting_points(fixed, log_scale=any(p.option == "data.scaler" for p in space)) if enqueue is None else []
+    log_space = any(p.option == "data.scaler" for p in space)
+    points = starting_points(fixed, log_space, searches_trend(space)) if enqueue is None else []
     study_id = storage_obj.get_study_id_from_name(study.study_name)
     deadline = None if budget.time is None else time.monotonic() + budget.time
     n_startup = 10 if budget.trials is None else min(10, max(2, budget.trials // 2))

@@ -93,11 +93,23 @@ SEARCH_SPACE: tuple[Param, ...] = (
 LOG_SCALE = choice("data.scaler", ("standard", "log"))
 
 
-def default_space(log_scale: bool) -> tuple[Param, ...]:
+def default_space(log_scale: bool, trend: bool = True) -> tuple[Param, ...]:
     """The search space of a search given none: :data:`SEARCH_SPACE`, and :data:`LOG_SCALE` where ``log_scale`` (a
     season, and every observed value of the forecast channels > 0: a log trial on other data would fail as a data
-    error)."""
-    return (*SEARCH_SPACE, LOG_SCALE) if log_scale else SEARCH_SPACE
+    error); without the trend base where not ``trend`` (its rolling forecasts over the history lost to the last
+    value's: :func:`ts_neuralode.api.model_choice_bases.trend_is_searched`)."""
+    space = SEARCH_SPACE
+    if not trend:
+        space = tuple(
+            choice(p.option, tuple(v for v in p.values if v != "trend")) if p.option == "model.base" else p
+            for p in space
+        )
+    return (*space, LOG_SCALE) if log_scale else space
+
+
+def searches_trend(space: Sequence[Param]) -> bool:
+    """Whether ``space`` lets a trial take the trend base."""
+    return any(p.option == "model.base" and "trend" in p.values for p in space)
 
 
 #: the first trial when the caller enqueues none: the ODE-RNN learning a correction in window units on top of the
@@ -128,7 +140,7 @@ STARTING_POINT: dict[str, Any] = {
 GLOBAL_LEVEL: dict[str, Any] = {**STARTING_POINT, "model.normalize": "none", "model.base": "none"}
 
 
-def starting_points(fixed: Mapping[str, Any], log_scale: bool = False) -> list[dict[str, Any]]:
+def starting_points(fixed: Mapping[str, Any], log_scale: bool = False, trend: bool = True) -> list[dict[str, Any]]:
     """The trials run first: :data:`STARTING_POINT`, and without a season (``data.season`` not fixed) the same on
     the trend base through the last horizon of history as well (the last value and today's slope are the two naive
     forecasts of series without a season: lab values that wander, growth curves that may level off), then, with a
@@ -139,11 +151,12 @@ def starting_points(fixed: Mapping[str, Any], log_scale: bool = False) -> list[d
     mean in window units was measured and dropped: the validation horizon chose it where it forecast worse
     (results/peers.md).
 
-    ``log_scale`` (the search space has :data:`LOG_SCALE`: positive seasonal data) and a season: the second point is
-    :data:`STARTING_POINT` on the log scale (unless the user fixed ``data.scaler``): a season whose amplitude grows with
-    the level (airline passengers, sales) is additive there, and the harmonic base fits it."""
+    ``trend``: the space holds the trend base (False where the history's rolling forecasts ruled it out: no trend
+    point either). ``log_scale`` (the search space has :data:`LOG_SCALE`: positive seasonal data) and a season: the
+    second point is :data:`STARTING_POINT` on the log scale (unless the user fixed ``data.scaler``): a season whose
+    amplitude grows with the level (airline passengers, sales) is additive there, and the harmonic base fits it."""
     points = [dict(STARTING_POINT)]
-    if fixed.get("data.season") is None:
+    if fixed.get("data.season") is None and trend:
         points.append({**STARTING_POINT, "model.base": "trend", "data.context_horizons": 1})
     points.append(dict(GLOBAL_LEVEL))
     if not log_scale or "data.scaler" in fixed:
