@@ -184,7 +184,8 @@ def finish(
     if left_out:
         far = ", ".join(f"{t.number} ({t.value:.4g})" for t in left_out)
         print(
-            f"model auto: ensemble of {len(chosen)}: trial {far} left out, more than {ENSEMBLE_WITHIN:g}x the best "
+            f"model auto: ensemble of {len(chosen)}: trial{'s' if len(left_out) > 1 else ''} {far} left out, more "
+            f"than {ENSEMBLE_WITHIN:g}x the best "
             f"trial's {result.settings.get('metric', 'metric')} ({chosen[0].value:.4g})",
             file=sys.stderr,
         )
