@@ -253,10 +253,14 @@ def fit_options(ds: DataSet, model: str) -> dict:
         "calendar": None,
         **ds.options,
     }
-    if model == "auto" and "context" not in ds.options:
+    if model == "auto":
         # the automatic choice searches the context (data.context_horizons); a context fixed to None here made
-        # every trial use the whole history, its starting points' "the last horizon" included
-        del opts["context"]
+        # every trial use the whole history, its starting points' "the last horizon" included. It also detects
+        # the season where the data set names none, as a new user's search does (season None fixed here hid a
+        # calendar year from it on monthly sets)
+        for key in ("context", "season"):
+            if key not in ds.options:
+                del opts[key]
     if Path(model).stem == "demo":  # the demo's own config as shipped: its own context and batch size
         opts = {"task": "forecast", "horizon": ds.options["horizon"], "time_unit": "h", "season": "24h"}
     return opts
