@@ -15,12 +15,13 @@ code the models use), and returns the median over series and channels of the bas
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.batch import Batch, rows_batch
 from ts_neuralode.data.scalers import target_channels
 from ts_neuralode.errors import ConfigError
 from ts_neuralode.models.window import WindowStats
@@ -63,28 +64,8 @@ def _windows(table: Any, series: np.ndarray, horizon: float, context: float, cha
     rows = [(c, h, k) for c, h, k in rows if len(c) >= 2 and len(h) >= 1]
     if not rows:
         return None
-    B, T, D = len(rows), max(len(c) + len(h) for c, h, _ in rows), table.num_channels
-    times, values = np.zeros((B, T)), np.zeros((B, T, D))
-    obs, target, valid = np.zeros((B, T, D)), np.zeros((B, T, D)), np.zeros((B, T), dtype=bool)
-    keep = np.zeros(D, dtype=bool)
-    keep[channels] = True
-    for r, (c, h, _) in enumerate(rows):
-        idx = np.concatenate([c, h])
-        n = len(idx)
-        times[r, :n], times[r, n:] = table.times[idx], table.times[idx[-1]]
-        m = table.mask[idx] & keep
-        values[r, :n] = np.where(m, table.values[idx], 0.0)
-        obs[r, : len(c)], target[r, len(c) : n] = m[: len(c)], m[len(c) :]
-        valid[r, :n] = True
-    return Batch(
-        times=torch.from_numpy(times),
-        values=torch.from_numpy(values),
-        obs_mask=torch.from_numpy(obs),
-        target_mask=torch.from_numpy(target),
-        time_mask=torch.from_numpy(valid),
-        series_idx=torch.as_tensor([k for _, _, k in rows], dtype=torch.long),
-        cutoff=torch.from_numpy(np.array([table.times[c[-1]] for c, _, _ in rows])),
-    )
+    batch = rows_batch(table, [np.concatenate([c, h]) for c, h, _ in rows], [len(c) for c, _, _ in rows], channels)
+    return replace(batch, series_idx=torch.as_tensor([k for _, _, k in rows], dtype=torch.long))
 
 
 def rolling_ratio(

@@ -17,8 +17,9 @@ A batch may carry its covariates, :class:`CovariateBatch`: ``u(t)`` at any model
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -157,4 +158,32 @@ def _each_field(batch: _B, method: str, *args, **kwargs) -> _B:
             f.name: None if (x := getattr(batch, f.name)) is None else getattr(x, method)(*args, **kwargs)
             for f in fields(batch)
         }
+    )
+
+
+def rows_batch(table: Any, rows: list[np.ndarray], n_context: list[int], channels: np.ndarray | None = None) -> Batch:
+    """A padded batch in raw times and values (float64) of a SeriesTable's rows: batch row ``r`` holds the table rows
+    ``rows[r]`` (one series, in time order), the first ``n_context[r]`` of them observed (``obs_mask``) and the rest
+    the targets (``target_mask``); only ``channels`` (default all) are read. Padding repeats the row's last time.
+    ``series_idx`` is the batch row's position; ``cutoff`` the last observed time."""
+    B, T, D = len(rows), max(len(idx) for idx in rows), table.num_channels
+    keep = np.ones(D, dtype=bool) if channels is None else np.isin(np.arange(D), channels)
+    times, values = np.zeros((B, T)), np.zeros((B, T, D))
+    obs, target, valid = np.zeros((B, T, D)), np.zeros((B, T, D)), np.zeros((B, T), dtype=bool)
+    for r, (idx, c) in enumerate(zip(rows, n_context, strict=True)):
+        n = len(idx)
+        times[r, :n], times[r, n:] = table.times[idx], table.times[idx[-1]]
+        m = table.mask[idx] & keep
+        values[r, :n] = np.where(m, table.values[idx], 0.0)
+        obs[r, :c], target[r, c:n] = m[:c], m[c:]
+        valid[r, :n] = True
+    v = torch.from_numpy(values)
+    return Batch(
+        times=torch.from_numpy(times),
+        values=v,
+        obs_mask=torch.from_numpy(obs),
+        target_mask=torch.from_numpy(target),
+        time_mask=torch.from_numpy(valid),
+        series_idx=torch.arange(B, dtype=torch.long),
+        cutoff=torch.from_numpy(np.array([times[r, c - 1] for r, c in enumerate(n_context)])),
     )

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ts_neuralode.data.batch import Batch
+from ts_neuralode.data.batch import Batch, rows_batch
 from ts_neuralode.data.harmonic import FIT_SEASONS, HarmonicFit
 from ts_neuralode.data.series_table import SeriesTable
 from ts_neuralode.errors import ConfigError
@@ -58,27 +58,8 @@ def _recent_batch(table: SeriesTable, series: np.ndarray, period: float, seasons
         if len(idx) > MAX_POINTS:
             idx = idx[np.linspace(0, len(idx) - 1, MAX_POINTS).round().astype(np.int64)]
         rows.append(idx)
-    B, T, D = len(rows), max(len(r) for r in rows), table.num_channels
-    times = np.zeros((B, T))
-    values = np.zeros((B, T, D))
-    mask = np.zeros((B, T, D))
-    valid = np.zeros((B, T), dtype=bool)
-    for b, idx in enumerate(rows):
-        n = len(idx)
-        times[b, :n], times[b, n:] = table.times[idx], table.times[idx[-1]]
-        m = table.mask[idx]
-        values[b, :n] = np.where(m, table.values[idx], 0.0)
-        mask[b, :n], valid[b, :n] = m, True
-    v = torch.from_numpy(values)
-    return Batch(
-        times=torch.from_numpy(times),
-        values=v,
-        obs_mask=torch.from_numpy(mask),
-        target_mask=torch.zeros_like(v),
-        time_mask=torch.from_numpy(valid),
-        series_idx=torch.as_tensor(series, dtype=torch.long),
-        cutoff=torch.from_numpy(times[:, -1].copy()),
-    )
+    batch = rows_batch(table, rows, [len(idx) for idx in rows])
+    return replace(batch, series_idx=torch.as_tensor(series, dtype=torch.long))
 
 
 def _held_out_gain(table: SeriesTable, series: np.ndarray, period: float) -> tuple[Tensor, Tensor, Tensor]:
