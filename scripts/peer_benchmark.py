@@ -280,6 +280,7 @@ def run_config(
     work: Path,
     auto_budget: int | None = None,
     auto_ensemble: int = 1,
+    auto_folds: str = "auto",
 ) -> dict:
     """Train ``model`` (a config path or "auto") on each series' rows up to its first cutoff, backtest every window;
     returns {"cols": frame aligned to ``rows`` or None, "fit_s", "predict_s", "error"}."""
@@ -292,7 +293,7 @@ def run_config(
     res = {"cols": None, "fit_s": math.nan, "predict_s": math.nan, "error": ""}
     t0 = time.perf_counter()
     try:
-        kw = {"budget": auto_budget, "ensemble": auto_ensemble} if model == "auto" else {}
+        kw = {"budget": auto_budget, "ensemble": auto_ensemble, "folds": auto_folds} if model == "auto" else {}
         fc = Forecaster.fit(
             train,
             model,
@@ -454,6 +455,8 @@ def our_cache_key(cache: Path | None, tag: str, stem: str, args, rev: str | None
     if cache is None or rev is None:
         return None
     budget = f"-b{args.auto_budget}" if is_auto(stem) else ""
+    if is_auto(stem) and args.auto_folds != "auto":
+        budget += f"-f{args.auto_folds}"
     return cache / f"{tag}-{stem}-e{args.epochs}{budget}-{rev}.pkl"
 
 
@@ -776,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
         "cached as 'auto-e<k>'",
     )
     p.add_argument(
+        "--auto_folds",
+        default="auto",
+        help="backtest folds scoring each trial of the automatic choice ('auto', the default: 3 where fewer than 10 "
+        "series validate; or an integer; ts_neuralode.api.model_choice_folds)",
+    )
+    p.add_argument(
         "--data_option",
         action="append",
         default=[],
@@ -911,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                     Path(tmp) / f"{name}_{stem}",
                     args.auto_budget,
                     args.auto_ensemble,
+                    args.auto_folds,
                 )
                 if is_auto(stem) and r["cols"] is None:
                     r["error"] = "automatic model choice unavailable or failed: " + r["error"]

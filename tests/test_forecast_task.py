@@ -121,6 +121,30 @@ def test_validation_and_test_windows_are_the_last_horizons(frame, layout):
         assert sorted(got) == [0, 1, 2]  # split by time: every series in every split
 
 
+def test_a_holdout_shift_moves_validation_and_test_back_by_whole_horizons(frame):
+    """``holdout_shift=k`` (the automatic choice's backtest folds): the split as if each series ended k horizons
+    earlier; the later observations are in no window."""
+    k = 2
+    dm = make_dm(frame, holdout_shift=k, windows_per_series=30)
+    last = dm.table.last_times() - k * H
+    for loader, back in ((dm.val_dataloader(), 2 * H), (dm.test_dataloader(), H)):
+        for s, c, ctx_t, tgt_t, om, gm, _v in items(next(iter(loader))):
+            assert c == pytest.approx(last[s] - back)
+            check_window(dm, s, c, ctx_t, tgt_t, om, gm)
+            assert tgt_t.max() <= last[s]
+    torch.manual_seed(0)
+    for batch in dm.train_dataloader():
+        for s, _c, _ctx_t, tgt_t, *_ in items(batch):
+            assert tgt_t.max() <= last[s] - 2 * H  # training targets end at the shifted validation cutoff
+    for bad, match in ((-1, "integer >= 0"), (1.5, "integer >= 0"), (True, "integer >= 0")):
+        with pytest.raises(ConfigError, match=match):
+            make_dm(frame, holdout_shift=bad)
+    with pytest.raises(ConfigError, match="without train_end"):
+        make_dm(frame, holdout_shift=1, train_end=30.0)
+    with pytest.raises(ConfigError, match="split by time"):
+        make_dm(frame, holdout_shift=1, split_by="series")
+
+
 def test_cutoffs_are_redrawn_and_seeded(frame):
     dm = make_dm(frame, windows_per_series=10, layout="padded", shuffle=False)
 

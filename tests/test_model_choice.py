@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -274,7 +275,7 @@ class _CtrlC(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.calls += 1
         trial = next(c for c in trainer.callbacks if isinstance(c, model_choice.TrialCallback)).trial
-        if self.calls == 1 and trial.number == self.n:
+        if self.calls == 1 and trial is not None and trial.number == self.n:  # None: a backtest fold's fit
             raise KeyboardInterrupt
 
 
@@ -321,7 +322,7 @@ class _StaleElsewhere(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         trial = next(c for c in trainer.callbacks if isinstance(c, model_choice.TrialCallback)).trial
-        if trial.number == self.n:
+        if trial is not None and trial.number == self.n:  # None: a backtest fold's fit
             storage = trial.study._storage
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
@@ -637,3 +638,94 @@ def test_the_refit_keeps_what_its_trial_chose_on_the_validation_windows(series, 
     f90, floor = np.asarray(back.calibration["factors"]["90"]), float(back.calibration["floors"]["90"])
     assert np.all(w_cal >= f90.min() * (w_own + 2 * floor) - 1e-6)
     assert np.all(w_cal <= f90.max() * (w_own + 2 * floor) + 1e-6)
+
+
+def test_backtest_folds_where_few_series_validate(tmp_path):
+    """One series validates on one horizon: a trial is also scored 1 and 2 horizons earlier where the history has
+    room (each fold's training part at least half the usual split's, and a horizon long); many series, a user's
+    train_end or a Parquet folder: one fold."""
+    from ts_neuralode.api.model_choice_folds import combined, fold_count
+    from ts_neuralode.api.model_choice_study import choice_table
+
+    def table(n_series: int, span: float):
+        t = np.linspace(0.0, span, 40)
+        df = pd.DataFrame({"unique_id": np.repeat([f"s{i}" for i in range(n_series)], 40), "ds": np.tile(t, n_series)})
+        df["y"] = np.sin(df["ds"])
+        df.to_csv(path := tmp_path / f"d{n_series}_{span}.csv", index=False)
+        return choice_table({"data.horizon": 1.0}, path)
+
+    fixed = {"data.horizon": 1.0}
+    k, line = fold_count(fixed, table(1, 20.0), "auto")
+    assert k == 3 and "backtest folds: 3 (1 series validate" in line
+    assert fold_count(fixed, table(12, 20.0), "auto") == (1, None)  # 12 horizons validate already
+    assert fold_count(fixed, table(12, 20.0), 2)[0] == 2  # asked for
+    assert fold_count(fixed, table(1, 4.5), "auto")[0] == 2  # fold 2 would train on 1.5 < half of 3.5 time units
+    k, line = fold_count(fixed, table(1, 2.5), "auto")
+    assert k == 1 and "no room" in line
+    with pytest.raises(ConfigError, match=r"folds=3: .* has room for 1 .* pass folds=1"):
+        fold_count(fixed, table(1, 2.5), 3)
+    assert fold_count({**fixed, "data.train_end": 10.0}, table(1, 20.0), "auto") == (1, None)
+    with pytest.raises(ConfigError, match="train_end"):
+        fold_count({**fixed, "data.train_end": 10.0}, table(1, 20.0), 2)
+    assert fold_count(fixed, None, "auto") == (1, None)
+    for bad in (0, "two", True, -1):
+        with pytest.raises(ConfigError, match="must be 'auto' or an integer >= 1"):
+            fold_count(fixed, table(1, 20.0), bad)
+    # the geometric mean: a fold's scale multiplies every trial's value alike, the ranking stays
+    assert combined([0.5, 2.0]) == pytest.approx(1.0)
+    assert combined([0.1, 0.2]) < combined([0.1, 0.3])
+    assert combined([0.5, math.inf]) == math.inf and combined([0.0, 1.0]) == 0.0
+
+
+@pytest.mark.slow
+def test_a_trial_of_one_series_is_ranked_on_its_folds_and_its_refit_calibrated_on_them(tmp_path, capsys):
+    """One series: each complete trial is ranked by the geometric mean over its folds; the refit's bands are
+    calibrated on the held-out errors of the trial and of its folds together (one horizon alone is too few points)."""
+    one = generate("periodic", n_series=1, n_points=80, seed=0)  # times 0..~5: two folds of horizon 1.0
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    fc = Forecaster.fit(
+        one,
+        "auto",
+        data_options=DATA,
+        model_options=MODEL,
+        trainer=TRAINER,
+        output_dir=tmp_path / "out",
+        tracking=False,
+        budget=2,
+        seed=TEST_SEED,
+        storage=storage,
+        log_model=False,
+    )
+    err = capsys.readouterr().err
+    assert "backtest folds: 2 (1 series validate" in err
+    study = optuna.load_study(study_name="ts_neuralode_auto", storage=storage)
+    done = [t for t in study.get_trials() if t.user_attrs.get("outcome") == "complete"]
+    assert done, [t.user_attrs.get("reason") for t in study.get_trials()]
+    for t in done:
+        folds = t.user_attrs["fold_values"]
+        assert len(folds) == 2 and all(math.isfinite(v) and v > 0 for v in folds)
+        assert t.value == pytest.approx(math.exp(np.mean(np.log(folds))))
+        (fold,) = t.user_attrs["validation_choices"]["folds"]
+        assert (Path(fold["model_dir"]) / "config.json").is_file() and fold["windows"]["ids"] == ["s0"]
+        assert not list(Path(fold["model_dir"]).parent.glob("checkpoints/*"))
+    lines = [ln for ln in err.splitlines() if ln.startswith("auto: [")]
+    assert any("; folds " in ln and " -> " in ln for ln in lines), lines
+    cal = fc.calibration
+    assert cal is not None and "1 earlier backtest fold(s)" in cal["fitted_on"]["what"], cal and cal["fitted_on"]
+    trial = Forecaster.load(tmp_path / "out" / "trials" / f"trial_{fc.fit_info['best_trial']:04d}" / "model")
+    own = trial.calibration["fitted_on"]["points"] if trial.calibration is not None else 0  # its horizon alone
+    assert cal["fitted_on"]["points"] > own, (cal["fitted_on"]["points"], own)
+    # folds=1: the last horizon alone, as before
+    one_fold = model_choice.search(
+        one,
+        data_options=DATA,
+        model_options=MODEL,
+        trainer=TRAINER,
+        output_dir=tmp_path / "one",
+        tracking=False,
+        budget=1,
+        seed=TEST_SEED,
+        folds=1,
+    )
+    t = one_fold.trials()[0]
+    assert "fold_values" not in t.user_attrs and one_fold.settings["folds"] == 1

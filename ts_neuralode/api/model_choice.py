@@ -5,6 +5,8 @@ and their key options (:data:`ts_neuralode.api.model_choice_space.SEARCH_SPACE`,
 forecast task's **time split**: every trial trains on each series' history before its last ``horizon`` and is
 scored on that last horizon (``data.train_end`` moves the cut to one time for every series). The score is the
 validation metric (``val_mae`` by default: comparable across families, unlike their losses), its best epoch.
+Where fewer than 10 series validate, a complete trial is also fitted and scored with its validation one and two
+horizons earlier, and ranked by the geometric mean of its folds (``folds``: :mod:`.model_choice_folds`).
 
 * **pruning**: :class:`TrialCallback` reports the metric to Optuna after every validation; a trial the pruner
   (median rule by default) finds hopeless stops there;
@@ -44,6 +46,7 @@ from ts_neuralode.api.model_choice_finish import (
     summary,
     validation_choices,
 )
+from ts_neuralode.api.model_choice_folds import combined, fold_count, fold_values
 from ts_neuralode.api.model_choice_runs import TrialCallback, _Progress, _Quiet, _Tracking
 from ts_neuralode.api.model_choice_space import (
     Param,
@@ -113,6 +116,7 @@ def search(
     enqueue: Sequence[Mapping[str, Any]] | None = None,
     patience: int | None = None,
     progress: bool | None = None,
+    folds: int | str = "auto",
 ) -> SearchResult:
     """Run trials until the budget is spent (see the module docstring); returns the :class:`SearchResult`.
 
@@ -141,6 +145,8 @@ def search(
             :func:`~ts_neuralode.api.model_choice_space.starting_points`, ``[]``: none.
         patience: stop a trial after this many validations without improvement (None: run all epochs).
         progress: None: a bar on a terminal, one line per trial otherwise; False: silent.
+        folds: backtest folds scoring each complete trial (:mod:`ts_neuralode.api.model_choice_folds`): ``"auto"``
+            (3 where fewer than 10 series validate and the history has room, else 1) or an integer.
     """
     _require_optuna()
     budget = Budget.coerce(budget)
@@ -152,8 +158,9 @@ def search(
     log_scale = space is None and "data.scaler" not in fixed and log_scale_applies(fixed, table)
     trend, trend_line = trend_is_searched(fixed, table, seed) if space is None else (True, None)
     space = check_space(default_space(log_scale, trend) if space is None else space)
+    n_folds, fold_line = fold_count(fixed, table, folds)
     del table
-    for line in (season_line, trend_line):
+    for line in (season_line, trend_line, fold_line):
         if line is not None and progress is not False:
             print(f"model auto: {line}", file=sys.stderr)
     if log_scale and progress is not False:
@@ -171,6 +178,7 @@ def search(
         "seed": seed,
         "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
         "space": [repr(p) for p in space],
+        "folds": n_folds,
     }
     storage_obj, study, created = open_study(storage, study_name, pruner, settings)
     track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
@@ -218,6 +226,7 @@ def search(
         patience,
         bar,
         result,
+        n_folds,
     )
     status = "FINISHED"
     try:
@@ -335,6 +344,44 @@ def _run_trial(trial, run: _Search) -> None:
     # ranked as the returned model will forecast: with the correction weight chosen on validation
     value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
     gated = state == States.COMPLETE and value != cb.best
+    folds_txt = ""
+    # scored on earlier horizons too (model_choice_folds), unless another worker has failed it meanwhile
+    if state == States.COMPLETE and run.folds > 1 and storage.get_trial(tid).state == States.RUNNING:
+        with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
+            fold_fits, fold_reason, by_time = fold_values(
+                full,
+                run.folds,
+                lambda opts, fdir, cbs: fit_configuration(
+                    opts,
+                    run.path,
+                    fdir,
+                    [*cbs, *(run.callbacks or [])],
+                    _Tracking(False, None, None, None),
+                    f"trial_{n:04d}_fold",
+                    log_model=False,
+                    seed=run.seed,
+                ),
+                metric,
+                tdir,
+                lambda: TrialCallback(None, metric, deadline=run.deadline, patience=run.patience),
+            )
+        seconds = time.monotonic() - started
+        attrs["seconds"] = round(seconds, 3)
+        if fold_reason is not None:
+            outcome, state, reason = "failed", States.FAIL, fold_reason
+            attrs["reason"] = reason
+            attrs.pop("best_epoch", None)
+        else:
+            attrs["fold_values"] = [value, *(f["value"] for f in fold_fits)]
+            attrs["validation_choices"]["folds"] = [
+                {"model_dir": f["model_dir"], "windows": f["windows"]} for f in fold_fits
+            ]
+            folds_txt = f"; folds {'/'.join(f'{v:.4g}' for v in attrs['fold_values'])}"
+            value = combined(attrs["fold_values"])
+            folds_txt += f" -> {value:.4g}"
+            if by_time:
+                attrs["stopped_by_time"] = True
+                folds_txt += " (the deadline came first)"
     if gated:
         attrs["value_as_trained"] = cb.best
     if cb.stopped_by_time:
@@ -352,14 +399,20 @@ def _run_trial(trial, run: _Search) -> None:
         bar.note(f"trial {n} {label}: dropped after {seconds:.1f}s (another worker had failed it and queued it again)")
         return
     track.tag(
-        cb.run_id, {"ts_neuralode.outcome": outcome}, {"trial_value": value} if state == States.COMPLETE else None
+        cb.run_id,
+        {"ts_neuralode.outcome": outcome},
+        {"trial_value": value, **{f"fold_{i}_value": v for i, v in enumerate(attrs.get("fold_values", []))}}
+        if state == States.COMPLETE
+        else None,
     )
     best = result.best(1)
     best_txt = f"best {best[0].value:.4g} (trial {best[0].number})" if best else "no complete trial yet"
     if outcome == "complete":
         what = f"{metric}={cb.best:.4g} at epoch {cb.best_epoch}"
         if gated:
-            what += f" (x{value / cb.best:.3g} with the correction weight chosen on validation: {value:.4g})"
+            fold0 = attrs.get("fold_values", [value])[0]
+            what += f" (x{fold0 / cb.best:.3g} with the correction weight chosen on validation: {fold0:.4g})"
+        what += folds_txt
     elif outcome == "pruned":
         what = f"pruned after epoch {cb.values and len(cb.values) - 1}"
     else:

@@ -309,3 +309,4 @@ class _Search:
     patience: int | None
     bar: Any  # model_choice_runs._Progress
     result: SearchResult
+    folds: int = 1  # backtest folds scoring a complete trial (model_choice_folds)

@@ -87,6 +87,7 @@ DATA_OPTIONS = (
     "context",
     "task",
     "train_end",
+    "holdout_shift",
     "season",
     "val_fraction",
     "test_fraction",

@@ -130,6 +130,10 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             data's own time axis) instead of the last horizons: training windows lie before it (the scaler is
             fitted on that part), validation scores the horizon after it, conditioned on the context before
             it (val_fraction / test_fraction are then ignored; there is no test split).
+        holdout_shift: forecast task split by time: move the validation (and test) horizons this many horizons back
+            from each series' end; the observations after them are not used (default 0). The automatic model
+            choice scores a trial on several such backtest folds where there are few series
+            (:mod:`ts_neuralode.api.model_choice_folds`).
         season: the period of the seasonal naive baseline and the harmonic base (a duration or a number of time
             units), or ``"auto"``: chosen from the calendar's periods by the harmonic fit (datetimes only;
             :mod:`ts_neuralode.data.season`); the LightningModule gets it in model units through
@@ -188,6 +192,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         past_cols: list[str] | None = None,
         static_cols: list[str] | None = None,
         train_end: float | str | None = None,
+        holdout_shift: int = 0,
     ):
         super().__init__()
 
@@ -211,6 +216,13 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
             raise ConfigError(
                 f"train_end applies to task='forecast' split by time (task={task!r}, split_by="
                 f"{split_by!r}); pass --data.task forecast with a horizon, or drop train_end"
+            )
+        if isinstance(holdout_shift, bool) or not str(holdout_shift).isdigit():
+            raise ConfigError(f"holdout_shift={holdout_shift!r} must be an integer >= 0 (a number of horizons)")
+        if int(holdout_shift) and (task != "forecast" or split_by != "time" or train_end is not None):
+            raise ConfigError(
+                f"holdout_shift={holdout_shift} applies to task='forecast' split by time without train_end; "
+                "drop holdout_shift (or train_end)"
             )
         if windows_per_series != "auto" and not (str(windows_per_series).isdigit() and int(windows_per_series) >= 1):
             raise ConfigError(f"windows_per_series={windows_per_series!r} must be 'auto' or an integer >= 1")
@@ -238,7 +250,7 @@ class IrregularTimeSeriesDataModule(L.LightningDataModule, metaclass=_FolderDisp
         self.scaler, self.time_scale, self.time_origin = scaler, time_scale, time_origin
         self.predict_split, self.shuffle = predict_split, bool(shuffle)
         self.horizon, self.context, self.split_by = horizon, context, split_by
-        self.season, self.train_end = season, train_end
+        self.season, self.train_end, self.holdout_shift = season, train_end, int(holdout_shift)
         self.windows_per_series = windows_per_series if windows_per_series == "auto" else int(windows_per_series)
         self._cov_spec = CovariateSpec.configure(future_cols, future_interp, calendar, past_cols, static_cols)
         if self._cov_spec is not None:

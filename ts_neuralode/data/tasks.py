@@ -142,7 +142,7 @@ def prepare_forecast(opts, table) -> Prepared:
     h = positive_duration(table.codec, opts.horizon, "horizon")
     ctx = None if opts.context is None else positive_duration(table.codec, opts.context, "context")
     window = None if ctx is None else ctx + h  # what a model integrates over: sets time_scale="auto"
-    first, last = table.first_times(), table.last_times()
+    first, last = table.first_times(), table.last_times() - opts.holdout_shift * h
     every, none = np.arange(s), np.zeros(0, dtype=np.int64)
     if opts.split_by == "time":
         if opts.train_end is not None:  # one cutoff for every series: train before it, validate after it
