@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ import pandas as pd
 
 from ts_neuralode.api.forecast_frame import band_col, fmt_level, levels_of, quantile_columns
 from ts_neuralode.api.held_out import (
-    FIT_LEVELS,
     data_source,
     held_out_windows,
     window_forecasts,
@@ -269,51 +268,22 @@ def transfer_calibration(
     levels = [float(lv) for lv in (calibration.get("factors") or {})]
     if not record or not levels:
         return None
-    cal = pooled_transfer(fc, [(donor, record)], source, levels, buckets)
-    if cal is not None:
-        cal["fitted_on"] = {**dict(calibration.get("fitted_on") or {}), **cal["fitted_on"]}
-    return cal
-
-
-def pooled_transfer(
-    fc,
-    donors: Sequence[tuple[Any, Mapping[str, Any]]],
-    source: Any,
-    levels: Sequence[float] = FIT_LEVELS,
-    buckets: int = DEFAULT_BUCKETS,
-) -> dict | None:
-    """:func:`transfer_calibration` from several donors, each on its own held-out windows (``(model, windows
-    record)`` pairs: a trial and the fits of its backtest folds, :mod:`ts_neuralode.api.model_choice_folds`), their
-    scores pooled. A donor whose forecasts do not line up with ``fc``'s is left out; None when fewer than
-    ``MIN_FIT_POINTS`` points remain. ``fitted_on`` records the first donor's windows (those a refit of it is checked
-    against) and the points and series of all."""
-    frames: list[pd.DataFrame] = []
-    ids_seen: set[str] = set()
-    table = h = None
-    for donor, record in donors:
-        windows = windows_from_record(record)
-        mine, table, h, ids = window_forecasts(fc, source, windows, levels=levels)
-        theirs = window_forecasts(donor, source, windows, levels=levels)[0]
-        keys = ["unique_id", "ds", "cutoff"] + (["channel"] if "channel" in mine.columns else [])
-        if not len(mine) or len(mine) != len(theirs) or not mine[keys].equals(theirs[keys]):
-            continue
-        frame = mine[[*keys, "y"]].copy()
-        for lv in levels:
-            half = (mine[band_col(fc.name, "hi", lv)] - mine[band_col(fc.name, "lo", lv)]).abs() / 2.0
-            mid = (theirs[band_col(donor.name, "hi", lv)] + theirs[band_col(donor.name, "lo", lv)]) / 2.0
-            frame[band_col(fc.name, "lo", lv)], frame[band_col(fc.name, "hi", lv)] = mid - half, mid + half
-        frames.append(frame)
-        ids_seen.update(str(u) for u in ids)
-    if not frames or table is None or h is None:
+    windows = windows_from_record(record)
+    mine, table, h, ids = window_forecasts(fc, source, windows, levels=levels)
+    theirs = window_forecasts(donor, source, windows, levels=levels)[0]
+    keys = ["unique_id", "ds", "cutoff"] + (["channel"] if "channel" in mine.columns else [])
+    if len(mine) < MIN_FIT_POINTS or len(mine) != len(theirs) or not mine[keys].equals(theirs[keys]):
         return None
-    frame = pd.concat(frames, ignore_index=True)
-    if len(frame) < MIN_FIT_POINTS:
-        return None
+    frame = mine[[*keys, "y"]].copy()
+    for lv in levels:
+        half = (mine[band_col(fc.name, "hi", lv)] - mine[band_col(fc.name, "lo", lv)]).abs() / 2.0
+        mid = (theirs[band_col(donor.name, "hi", lv)] + theirs[band_col(donor.name, "lo", lv)]) / 2.0
+        frame[band_col(fc.name, "lo", lv)], frame[band_col(fc.name, "hi", lv)] = mid - half, mid + half
     codec = table.codec
     lead = lead_since_last(table, frame["unique_id"], frame["ds"], frame["cutoff"])
     unit_ns = codec.unit_ns if codec.is_datetime else None
     cal = fit(frame, fc.name, h, buckets, unit_ns, lead=lead, drop_unreachable=True)
-    cal["fitted_on"] = {"windows": dict(donors[0][1]), "points": int(len(frame)), "series": len(ids_seen)}
+    cal["fitted_on"] = {**dict(calibration.get("fitted_on") or {}), "points": int(len(frame)), "series": len(ids)}
     return cal
 
 

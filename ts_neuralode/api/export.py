@@ -17,7 +17,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from ts_neuralode.api.calibration import fit_calibration
 from ts_neuralode.api.correction_gate import gate_correction
-from ts_neuralode.api.held_out import held_out_record
 from ts_neuralode.api.predictor import Predictor
 from ts_neuralode.api.training_extent import training_extent
 from ts_neuralode.errors import TSNeuralODEError
@@ -81,7 +80,6 @@ class ModelExportCallback(Callback):
         self.forecaster = None
         self.calibration_line: str | None = None
         self.correction_gate: dict | None = None  # what the correction gate chose (correction_gate.gate_correction)
-        self.held_out_windows: dict | None = None  # the held-out validation windows (held_out.held_out_record)
         self.model_dir_written: Path | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -93,5 +91,4 @@ class ModelExportCallback(Callback):
             if self.calibrate:
                 self.calibration_line = calibrate_fitted(self.forecaster, trainer.datamodule)
                 self.correction_gate = getattr(self.forecaster, "correction_gate", None)
-                self.held_out_windows = held_out_record(trainer.datamodule)
             self.model_dir_written = self.forecaster.save(self.model_dir)

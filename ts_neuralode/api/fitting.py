@@ -85,8 +85,6 @@ class FitResult:
     model_uri: str | None = None
     #: the correction weight chosen on the validation windows and its relative errors (correction_gate), if any
     correction_gate: dict | None = None
-    #: the held-out validation windows the bands were (or could have been) calibrated on (held_out.held_out_record)
-    held_out_windows: dict | None = None
 
 
 # -- resolving the options --------------------------------------------------------------------------------------
@@ -279,7 +277,6 @@ def train(
         calibration_line=getattr(export, "calibration_line", None),
         model_uri=getattr(cb, "model_uri", None),
         correction_gate=getattr(export, "correction_gate", None),
-        held_out_windows=getattr(export, "held_out_windows", None),
     )
 
 
@@ -318,7 +315,6 @@ def forecaster_of(
         "monitor": result.monitor,
         "best_score": result.best_score,
         "correction_gate": result.correction_gate,
-        "held_out_windows": result.held_out_windows,
     }
     return fc
 

@@ -146,15 +146,6 @@ def windows_record(windows: tuple) -> dict:
     }
 
 
-def held_out_record(datamodule) -> dict | None:
-    """The fit's held-out validation windows (:func:`held_out_windows`) as a :func:`windows_record`, or None (no
-    validation split, or a Parquet folder read in shards): what a refit's band calibration is transferred on."""
-    if getattr(datamodule, "streams_shards", False):
-        return None
-    windows = held_out_windows(datamodule)
-    return None if windows is None else windows_record(windows)
-
-
 def windows_from_record(record: Mapping[str, Any]) -> tuple:
     """The inverse of :func:`windows_record`."""
     limit = np.asarray([math.inf if x is None else x for x in record["limit"]], dtype=np.float64)
@@ -166,7 +157,6 @@ __all__ = [
     "FIT_MAX_SERIES",
     "FIT_WINDOWS",
     "held_out_forecasts",
-    "held_out_record",
     "held_out_windows",
     "window_forecasts",
     "windows_from_record",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from ts_neuralode.api.calibration import pooled_transfer, transfer_calibration
+from ts_neuralode.api.calibration import transfer_calibration
 from ts_neuralode.api.correction_gate import window_model
 from ts_neuralode.api.fitting import fit
 from ts_neuralode.api.model_choice_ensemble import EnsembleForecaster
@@ -31,14 +31,12 @@ def _user_error(err: Exception, n: int, label: str) -> Exception:
 
 def validation_choices(fc) -> dict[str, Any]:
     """What a fit chose on its held-out validation windows (``ts_neuralode.api.export.calibrate_fitted``): the window
-    model's correction weight (None without a base), the conformal band calibration (None when it could not be
-    fitted) and the windows (None without them; the search adds ``folds``: its backtest folds' models and windows).
-    JSON-able: a trial keeps it as a user attribute, for its refit."""
+    model's correction weight (None without a base) and the conformal band calibration (None when it could not be
+    fitted). JSON-able: a trial keeps it as a user attribute, for its refit."""
     wm = window_model(fc)
     return {
         "correction_weight": None if wm is None else float(wm.correction_scale.item()),  # type: ignore[operator]
         "calibration": json.loads(json.dumps(fc.calibration)) if fc.calibration is not None else None,
-        "windows": (fc.fit_info or {}).get("held_out_windows"),
     }
 
 
@@ -55,10 +53,8 @@ def inherit_validation_choices(
     weight would stay 1 and its bands uncalibrated) what its trial chose on the validation windows: the correction
     weight, and a band calibration. The calibration is made for the refit's own bands on the trial's windows, from
     the trial's held-out errors there (:func:`ts_neuralode.api.calibration.transfer_calibration`, with the trial's
-    model from ``trial_dir`` and the history ``data``), and from its backtest folds' held-out errors on theirs where
-    it had folds (:func:`~ts_neuralode.api.calibration.pooled_transfer`: a single series' one validation horizon is
-    too few points to calibrate on, three folds' often enough); where the trial's model is not on this machine
-    (another worker ran it), the trial's factors are taken as they are. Returns whether anything was given."""
+    model from ``trial_dir`` and the history ``data``); where the trial's model is not on this machine (another
+    worker ran it), the trial's factors are taken as they are. Returns whether anything was given."""
     if not choices:
         return False
     given = False
@@ -68,22 +64,13 @@ def inherit_validation_choices(
         wm.set_correction_scale(float(weight))
         given = True
     cal = choices.get("calibration")
-    if getattr(fc, "calibration", None) is not None:
+    if cal is None or getattr(fc, "calibration", None) is not None:
         return given
-    here = trial_dir is not None and data is not None and Path(trial_dir).is_dir()
-    folds = [f for f in choices.get("folds") or [] if f.get("windows") and Path(f["model_dir"]).is_dir()]
-    own, how = None, "the trial's factors"
-    if here and folds and choices.get("windows"):
-        donors = [(trial_dir, choices["windows"]), *((f["model_dir"], f["windows"]) for f in folds)]
-        own = pooled_transfer(fc, [(forecaster_cls.load(d), w) for d, w in donors], data)
-        how = f"the errors of the trial and its {len(folds)} earlier backtest fold(s) over this model's band widths"
-    if own is None and cal is not None and here:
+    own = None
+    if trial_dir is not None and data is not None and Path(trial_dir).is_dir():
         own = transfer_calibration(fc, forecaster_cls.load(trial_dir), data, cal)
-        how = "the trial's errors over this model's band widths"
-    if own is None and cal is None:
-        return given
     base = own if own is not None else cal
-    how = how if own is not None else "the trial's factors"
+    how = "the trial's errors over this model's band widths" if own is not None else "the trial's factors"
     what = f"held-out validation windows of trial {trial_number} (the same configuration before its refit): {how}"
     fc.calibration = {**base, "fitted_on": {**dict(base.get("fitted_on") or {}), "what": what}}
     return True

@@ -8,7 +8,9 @@ data"). Where fewer than :data:`FOLD_SERIES` series validate, a complete trial i
 with its validation ``k = 1 … folds-1`` horizons earlier (``data.holdout_shift=k``: the later observations unused),
 and ranked by the geometric mean of its folds' values (a fold's level and scaler differ: the geometric mean ranks
 trials the same whatever each fold's scale). Pruning, the best epoch, the correction weight and the band calibration
-stay those of fold 0, the usual split, which the refit inherits.
+stay those of fold 0, the usual split, which the refit inherits. (Calibrating the refit's bands on the folds' held-out
+errors pooled with the trial's was tried and dropped: on four of five unseen sets it covered worse than the
+trial's own calibration or the uncalibrated bands; results/peers_irregular.md, "Backtest folds".)
 """
 
 from __future__ import annotations
@@ -94,37 +96,27 @@ def combined(values: Sequence[float]) -> float:
 
 def fold_values(
     options: Mapping[str, Any], folds: int, fit_fold, metric: str, tdir: Path, make_callback
-) -> tuple[list[dict[str, Any]], str | None, bool]:
-    """Fit ``options`` with its validation 1 … ``folds``-1 horizons earlier; returns ``(fits, reason, by_time)``:
-    per fold that ran, ``{"value": its gated value, "model_dir": its model, "windows": its held-out windows}`` (the
-    model stays under ``tdir``: the refit's bands are calibrated on every fold's held-out errors,
-    :func:`ts_neuralode.api.calibration.pooled_transfer`), stopping early where a fold stopped at the deadline
-    (``by_time``); and why a fold failed (None: none did). ``fit_fold(options, out, callbacks)`` trains one fold
-    (untracked, its log joining the trial's); ``make_callback()`` a fresh
+) -> tuple[list[float], str | None, bool]:
+    """Fit ``options`` with its validation 1 … ``folds``-1 horizons earlier; returns ``(values, reason, by_time)``:
+    the folds' gated values in order (stopping early where a fold stopped at the deadline: ``by_time``), and why a
+    fold failed (None: none did). ``fit_fold(options, out, callbacks)`` trains one fold (untracked, its log joining
+    the trial's; its directory is removed after); ``make_callback()`` a fresh
     :class:`~ts_neuralode.api.model_choice_runs.TrialCallback` without an Optuna trial."""
-    fits: list[dict[str, Any]] = []
+    values: list[float] = []
     for k in range(1, folds):
         cb = make_callback()
         fdir = tdir / f"fold_{k}"
         try:
             fc = fit_fold({**options, "data.holdout_shift": k}, fdir, [cb])
         except DataError:  # the data has no window for this fold (the same for every trial): scored without it
-            shutil.rmtree(fdir, ignore_errors=True)
             continue
         except (TSNeuralODEError, SolverError) as err:
+            return values, f"fold {k} ({k} horizons earlier): {' '.join(str(err).split())[:400]}", False
+        finally:
             shutil.rmtree(fdir, ignore_errors=True)
-            return fits, f"fold {k} ({k} horizons earlier): {' '.join(str(err).split())[:400]}", False
-        shutil.rmtree(fdir / "checkpoints", ignore_errors=True)  # the model directory holds the best weights
         if cb.stopped_by_time:
-            return fits, None, True
+            return values, None, True
         if not math.isfinite(cb.best):
-            return fits, f"fold {k} ({k} horizons earlier): no finite {metric}", False
-        info = fc.fit_info or {}
-        fits.append(
-            {
-                "value": gated_value(cb.best, metric, info.get("correction_gate")),
-                "model_dir": str(Path(info["model_dir"]).resolve()),
-                "windows": info.get("held_out_windows"),
-            }
-        )
-    return fits, None, False
+            return values, f"fold {k} ({k} horizons earlier): no finite {metric}", False
+        values.append(gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate")))
+    return values, None, False
