@@ -4,8 +4,7 @@ It searches the model families (latent ODE, ODE-RNN, GRU-ODE) × evolutions (ODE
 and their key options (:data:`ts_neuralode.api.model_choice_space.SEARCH_SPACE`, a declared table) with Optuna, on the
 forecast task's **time split**: every trial trains on each series' history before its last ``horizon`` and is
 scored on that last horizon (``data.train_end`` moves the cut to one time for every series). The score is the
-validation metric (``val_mae`` by default: comparable across families, unlike their losses) over the last value's on
-the same windows (comparable across scalers too), its best epoch.
+validation metric (``val_mae`` by default: comparable across families, unlike their losses), its best epoch.
 Where fewer than 10 series validate, a complete trial is also fitted and scored with its validation one and two
 horizons earlier, and ranked by the geometric mean of its folds (``folds``: :mod:`.model_choice_folds`).
 
@@ -135,9 +134,7 @@ def search(
         seed: seed of the sampler and of every trial's fit.
         budget: trials of the study (an int), a wall time for this call's search (``"30min"``), or both
             (``{"trials": 20, "time": "1h"}``); default 20 trials.
-        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit),
-            divided by the last value's on the same windows where the fit logs it (``val_mae_locf``: comparable
-            across scalers; :class:`~ts_neuralode.api.model_choice_runs.TrialCallback`).
+        metric: the validation metric to minimise (``val_mae``; ``val_crps``, ``val_mse`` … as logged by the fit).
         space: the search space (default :func:`~ts_neuralode.api.model_choice_space.default_space`:
             :data:`~ts_neuralode.api.model_choice_space.SEARCH_SPACE`, and the log scale for positive seasonal data).
         storage: the Optuna storage URL (``sqlite:///study.db``, ``postgresql://…``; None: in memory): the same
@@ -182,7 +179,6 @@ def search(
         "defaults": {k: v for k, v in defaults.items() if k != "trainer.logger"},  # tracking may differ
         "space": [repr(p) for p in space],
         "folds": n_folds,
-        "value": "metric / last value's",  # a study ranked on the raw metric (before 2026-12-08) is not resumed
     }
     storage_obj, study, created = open_study(storage, study_name, pruner, settings)
     track = _Tracking(tracking, tracking_uri, experiment_name, run_name)
@@ -409,7 +405,7 @@ def _run_trial(trial, run: _Search) -> None:
     best = result.best(1)
     best_txt = f"best {best[0].value:.4g} (trial {best[0].number})" if best else "no complete trial yet"
     if outcome == "complete":
-        what = f"{metric}{'/last value' if cb.scaled else ''}={cb.best:.4g} at epoch {cb.best_epoch}"
+        what = f"{metric}={cb.best:.4g} at epoch {cb.best_epoch}"
         if gated:
             fold0 = attrs.get("fold_values", [value])[0]
             what += f" (x{fold0 / cb.best:.3g} with the correction weight chosen on validation: {fold0:.4g})"

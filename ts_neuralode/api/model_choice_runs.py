@@ -22,22 +22,11 @@ from ts_neuralode.errors import ConfigError
 from ts_neuralode.integrations.mlflow.tracking import resolve_tracking_uri
 
 
-def reference_key(metric: str) -> str:
-    """The last value's (``locf``) score on the same validation windows that ``metric`` is divided by: ``val_mae`` →
-    ``val_mae_locf`` (a point forecast's CRPS is its MAE: ``val_crps`` → ``val_mae_locf``)."""
-    return (metric[: -len("crps")] + "mae" if metric.endswith("crps") else metric) + "_locf"
-
-
 class TrialCallback(Callback):
     """Reports ``metric`` to the Optuna ``trial`` after every validation and stops the fit when the pruner says so
     (``pruned``), when ``patience`` validations passed without improvement, or at ``deadline`` (``time.monotonic``;
     ``stopped_by_time``). Keeps each epoch's value and the best one (``best``, ``best_epoch``). With a
-    ``parent_run_id`` it makes the fit's MLflow run a child of it (and adds ``tags``); ``run_id`` is that run.
-
-    The value is ``metric`` over the last value's on the same windows (:func:`reference_key`, logged by the fit's
-    baselines) where the fit logs it: a trial on the log scale scores in other units than one on the standard
-    scale (on UKgas the last value's validation MAE was 1.18x larger in the log scale's units), and the ratio is
-    the same in both. ``scaled`` says whether it was; without the baseline the metric is taken as it is."""
+    ``parent_run_id`` it makes the fit's MLflow run a child of it (and adds ``tags``); ``run_id`` is that run."""
 
     def __init__(
         self,
@@ -54,7 +43,7 @@ class TrialCallback(Callback):
         self.values: list[float] = []
         self.best: float = math.inf
         self.best_epoch: int | None = None
-        self.pruned = self.stopped_by_time = self.scaled = False
+        self.pruned = self.stopped_by_time = False
         self.run_id: str | None = None
         self.client: Any = None
 
@@ -90,9 +79,6 @@ class TrialCallback(Callback):
                 f"{', '.join(known) or 'val_loss'}"
             )
         value = float(metrics[self.metric])
-        ref = metrics.get(reference_key(self.metric))
-        if ref is not None and math.isfinite(float(ref)) and float(ref) > 0:
-            value, self.scaled = value / float(ref), True
         if not math.isfinite(value):
             value = math.inf
         epoch = int(trainer.current_epoch)
