@@ -664,6 +664,8 @@ def test_backtest_folds_where_few_series_validate(tmp_path):
     with pytest.raises(ConfigError, match=r"folds=3: .* has room for 1 .* pass folds=1"):
         fold_count(fixed, table(1, 2.5), 3)
     assert fold_count({**fixed, "data.train_end": 10.0}, table(1, 20.0), "auto") == (1, None)
+    # a holdout_shift the user fixed leaves its horizons out first: 4.5 units with 1 shifted is the 3.5 above's room
+    assert fold_count({**fixed, "data.holdout_shift": 1}, table(1, 5.5), "auto")[0] == 2
     with pytest.raises(ConfigError, match="train_end"):
         fold_count({**fixed, "data.train_end": 10.0}, table(1, 20.0), 2)
     assert fold_count(fixed, None, "auto") == (1, None)

@@ -58,7 +58,10 @@ def fold_count(fixed: Mapping[str, Any], table: Any, folds: Any) -> tuple[int, s
     if asked is None and n >= FOLD_SERIES:
         return 1, None
     h = positive_duration(table.codec, fixed["data.horizon"], "horizon")
-    held = h * (2 if float(fixed.get("data.test_fraction", 0.0)) > 0 else 1)  # the usual split's held-out end
+    # the usual split's held-out end: validation, test, and the horizons a user's holdout_shift leaves out
+    shift = fixed.get("data.holdout_shift", 0)
+    shift = int(shift) if str(shift).isdigit() and not isinstance(shift, bool) else 0  # bad: the data module says so
+    held = h * (1 + (float(fixed.get("data.test_fraction", 0.0)) > 0) + shift)
     span = float(np.max(table.last_times() - table.first_times())) if n else 0.0
     base = span - held  # fold 0's training stretch (the longest series)
     want = AUTO_FOLDS if asked is None else asked
@@ -107,7 +110,8 @@ def fold_values(
         cb = make_callback()
         fdir = tdir / f"fold_{k}"
         try:
-            fc = fit_fold({**options, "data.holdout_shift": k}, fdir, [cb])
+            shift = int(options.get("data.holdout_shift", 0)) + k  # on top of a shift the user fixed
+            fc = fit_fold({**options, "data.holdout_shift": shift}, fdir, [cb])
         except DataError:  # the data has no window for this fold (the same for every trial): scored without it
             continue
         except (TSNeuralODEError, SolverError) as err:
