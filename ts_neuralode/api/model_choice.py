@@ -345,8 +345,10 @@ def _run_trial(trial, run: _Search) -> None:
     value = gated_value(cb.best, metric, (fc.fit_info or {}).get("correction_gate") if fc is not None else None)
     gated = state == States.COMPLETE and value != cb.best
     folds_txt = ""
-    # scored on earlier horizons too (model_choice_folds), unless another worker has failed it meanwhile
-    if state == States.COMPLETE and run.folds > 1 and storage.get_trial(tid).state == States.RUNNING:
+    # scored on earlier horizons too (model_choice_folds), unless the deadline stopped it (scored on the usual split
+    # alone, as the budget's docstring says) or another worker has failed it meanwhile
+    folds_now = state == States.COMPLETE and run.folds > 1 and not cb.stopped_by_time
+    if folds_now and storage.get_trial(tid).state == States.RUNNING:
         with Heartbeat(storage, tid), _Quiet(tdir / "log.txt"):
             more, fold_reason, by_time = fold_values(
                 full,

@@ -87,7 +87,7 @@ def fold_count(fixed: Mapping[str, Any], table: Any, folds: Any) -> tuple[int, s
 
 
 def combined(values: Sequence[float]) -> float:
-    """The trials' ranking value over its folds: the geometric mean (inf if any is not a finite positive number;
+    """A trial's ranking value over its folds: the geometric mean (inf if any is not a finite positive number;
     0 if one is 0)."""
     vals = [float(v) for v in values]
     if any(not math.isfinite(v) or v < 0 for v in vals):
